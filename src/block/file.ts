@@ -1,0 +1,140 @@
+import * as fs from 'node:fs';
+import { promisify } from 'node:util';
+import { MedvError, fromSystemError } from '../errors.js';
+import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from './device.js';
+
+const fsRead = promisify(fs.read);
+const fsWrite = promisify(fs.write);
+const fsFdatasync = promisify(fs.fdatasync);
+const fsFtruncate = promisify(fs.ftruncate);
+const fsClose = promisify(fs.close);
+const fsOpen = promisify(fs.open);
+const fsFstat = promisify(fs.fstat);
+
+export interface FileOpenOptions {
+  readOnly?: boolean;
+  /** Create the file (fails if it exists) with this size. */
+  create?: boolean;
+  size?: number;
+}
+
+/**
+ * A plain file as a resizable BlockDevice. Reads past EOF inside `size` return zeros
+ * (sparse tail); the size is the file's length.
+ */
+export class FileDevice implements BlockDevice {
+  readonly capabilities: BlockCapabilities;
+  private closed = false;
+
+  private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean) {
+    this.capabilities = defaultCapabilities({ readOnly, canResize: !readOnly, canDiscard: !readOnly, canWriteZeroes: !readOnly });
+  }
+
+  static async open(path: string, options: FileOpenOptions = {}): Promise<FileDevice> {
+    const readOnly = options.readOnly ?? false;
+    let fd: number;
+    try {
+      if (options.create) {
+        fd = await fsOpen(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+      } else {
+        fd = await fsOpen(path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+      }
+    } catch (e) {
+      throw fromSystemError(e, path);
+    }
+    try {
+      const st = await fsFstat(fd);
+      if (!st.isFile() && !st.isBlockDevice()) throw new MedvError('EINVAL_ARG', 'not a regular file', { file: path });
+      let size = st.size;
+      if (options.create && options.size) {
+        await fsFtruncate(fd, options.size);
+        size = options.size;
+      }
+      return new FileDevice(path, fd, size, readOnly);
+    } catch (e) {
+      await fsClose(fd).catch(() => undefined);
+      throw fromSystemError(e, path);
+    }
+  }
+
+  get size(): number { return this.currentSize; }
+  get description(): string { return this.path; }
+  /** The raw file descriptor, for the native fast path. */
+  get fileDescriptor(): number { return this.fd; }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.assertOpen();
+    if (offset < 0 || length < 0 || offset + length > this.currentSize) {
+      throw new MedvError('ERANGE', `read [${offset}, +${length}) past end of file (size ${this.currentSize})`, { file: this.path, offset });
+    }
+    const buf = Buffer.allocUnsafe(length);
+    await this.readInto(buf, offset);
+    return buf;
+  }
+
+  /** Read into a caller-supplied buffer; zero-fills past EOF. */
+  async readInto(buf: Buffer, offset: number): Promise<void> {
+    this.assertOpen();
+    let done = 0;
+    try {
+      while (done < buf.length) {
+        const n = (await fsRead(this.fd, buf, done, buf.length - done, offset + done)).bytesRead;
+        if (n === 0) { buf.fill(0, done); break; }
+        done += n;
+      }
+    } catch (e) { throw fromSystemError(e, this.path); }
+  }
+
+  async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+    this.assertWritable();
+    let done = 0;
+    try {
+      while (done < data.length) {
+        done += (await fsWrite(this.fd, data, done, data.length - done, offset + done)).bytesWritten;
+      }
+    } catch (e) { throw fromSystemError(e, this.path); }
+    if (offset + data.length > this.currentSize) this.currentSize = offset + data.length;
+    if (options?.fua) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    this.assertOpen();
+    if (this.readOnly) return;
+    try { await fsFdatasync(this.fd); } catch (e) { throw fromSystemError(e, this.path); }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    await this.writeZeroes(offset, length);
+  }
+
+  async writeZeroes(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    this.assertWritable();
+    const chunk = Buffer.alloc(Math.min(length, 1 << 20));
+    for (let done = 0; done < length; done += chunk.length) {
+      const n = Math.min(chunk.length, length - done);
+      await this.write(offset + done, n === chunk.length ? chunk : chunk.subarray(0, n));
+    }
+    if (options?.fua) await this.flush();
+  }
+
+  async resize(newSize: number): Promise<void> {
+    this.assertWritable();
+    try { await fsFtruncate(this.fd, newSize); } catch (e) { throw fromSystemError(e, this.path); }
+    this.currentSize = newSize;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await fsClose(this.fd).catch((e) => { throw fromSystemError(e, this.path); });
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new MedvError('ECLOSED', 'device is closed', { file: this.path });
+  }
+
+  private assertWritable(): void {
+    this.assertOpen();
+    if (this.readOnly) throw new MedvError('EREADONLY', 'file is open read-only', { file: this.path });
+  }
+}

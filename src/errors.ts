@@ -1,0 +1,81 @@
+/**
+ * Typed errors with stable codes. Every error medv raises on purpose is a MedvError;
+ * the edges (CLI exit status, NBD errno, HTTP status) map codes in one table each.
+ */
+export type ErrorCode =
+  // generic / argument
+  | 'EINVAL_ARG'          // bad argument from a caller (size, option, path)
+  | 'ENOENT'              // a named file does not exist
+  | 'EEXIST'              // refusing to overwrite an existing file
+  | 'EIO'                 // an underlying read/write failed
+  | 'EUNSUPPORTED'        // a valid but unsupported feature
+  // block layer
+  | 'EREADONLY'           // write to a read-only device
+  | 'ERANGE'              // request outside the device
+  | 'EALIGN'              // request not aligned to the device's minimum block size
+  | 'ECLOSED'             // device already closed
+  | 'ENOSPACE'            // device cannot grow further
+  // formats (hostile input)
+  | 'EFORMAT'             // structurally invalid (bad magic, bad field)
+  | 'ECHECKSUM'           // checksum mismatch
+  | 'ETRUNCATED'          // file shorter than its structures say
+  | 'EVERSION'            // unknown format version
+  | 'EPARENT'             // parent missing, wrong unique id, or parent chain loop
+  | 'ECORRUPT'            // inconsistent metadata (overlapping blocks, BAT past EOF...)
+  // crypto
+  | 'EBADKEY'             // wrong key or passphrase (detected before data is read)
+  | 'ENOKEY'              // no key/passphrase supplied where one is needed
+  | 'ECRYPTO'             // authentication failure of wrapped data
+  // nbd
+  | 'EPROTO'              // protocol violation by a peer
+  | 'EINTERNAL';
+
+export interface MedvErrorData {
+  file?: string;
+  offset?: number | bigint;
+  [key: string]: unknown;
+}
+
+export class MedvError extends Error {
+  readonly code: ErrorCode;
+  readonly data: MedvErrorData;
+
+  constructor(code: ErrorCode, message: string, data: MedvErrorData = {}, options?: { cause?: unknown }) {
+    super(formatMessage(message, data), options);
+    this.name = 'MedvError';
+    this.code = code;
+    this.data = data;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; data: Record<string, unknown> } {
+    const data: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(this.data)) data[k] = typeof v === 'bigint' ? v.toString() : v;
+    return { code: this.code, message: this.message, data };
+  }
+}
+
+function formatMessage(message: string, data: MedvErrorData): string {
+  const where: string[] = [];
+  if (data.file !== undefined) where.push(String(data.file));
+  if (data.offset !== undefined) where.push(`offset ${data.offset}`);
+  return where.length ? `${message} (${where.join(', ')})` : message;
+}
+
+export function isMedvError(e: unknown, code?: ErrorCode): e is MedvError {
+  return e instanceof MedvError && (code === undefined || e.code === code);
+}
+
+/** Wrap a Node fs error into a MedvError, keeping typed errors as they are. */
+export function fromSystemError(e: unknown, file?: string): MedvError {
+  if (e instanceof MedvError) return e;
+  const err = e as NodeJS.ErrnoException;
+  const msg = err && err.message ? err.message : String(e);
+  switch (err?.code) {
+    case 'ENOENT': return new MedvError('ENOENT', `no such file: ${file ?? err.path ?? ''}`.trim(), { file }, { cause: e });
+    case 'EEXIST': return new MedvError('EEXIST', `file exists: ${file ?? err.path ?? ''}`.trim(), { file }, { cause: e });
+    case 'ENOSPC': return new MedvError('ENOSPACE', 'no space left on device', { file }, { cause: e });
+    case 'EACCES': case 'EPERM': case 'EROFS':
+      return new MedvError('EREADONLY', `permission denied: ${msg}`, { file }, { cause: e });
+    default: return new MedvError('EIO', msg, { file }, { cause: e });
+  }
+}

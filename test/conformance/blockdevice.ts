@@ -1,0 +1,147 @@
+/**
+ * The shared conformance suite: every BlockDevice and every layer runs it.
+ * Usage: describeConformance('vhd dynamic', async () => ({ device, cleanup }))
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import type { BlockDevice } from '../../src/block/device.js';
+import { MedvError } from '../../src/errors.js';
+
+export interface ConformanceSubject {
+  device: BlockDevice;
+  /** Expected initial contents of [0, size); default all zeros. Return undefined to skip the initial-contents check. */
+  initial?: (offset: number, length: number) => Buffer | undefined;
+  /** Reopen the same storage after close (for persistence checks). */
+  reopen?: () => Promise<BlockDevice>;
+  cleanup?: () => Promise<void>;
+}
+
+export type SubjectFactory = (size: number) => Promise<ConformanceSubject>;
+
+function expectCode(code: string) {
+  return (e: unknown) => e instanceof MedvError && e.code === code;
+}
+
+/** Seeded PRNG so failures reproduce. */
+export function prng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function describeConformance(name: string, factory: SubjectFactory, opts: { size?: number } = {}): void {
+  const size = opts.size ?? 8 * 1024 * 1024;
+  describe(`conformance: ${name}`, function () {
+    let subject: ConformanceSubject;
+    let model: Buffer;
+    beforeEach(async () => {
+      subject = await factory(size);
+      const init = subject.initial ? subject.initial(0, subject.device.size) : Buffer.alloc(subject.device.size);
+      model = init ?? (await subject.device.read(0, subject.device.size));
+    });
+    afterEach(async () => {
+      await subject.device.close().catch(() => undefined);
+      if (subject.cleanup) await subject.cleanup();
+    });
+
+    it('reports its size and initial contents', async () => {
+      assert.ok(subject.device.size >= size, `size ${subject.device.size} < ${size}`);
+      const all = await subject.device.read(0, subject.device.size);
+      assert.ok(all.equals(model), 'initial contents differ');
+    });
+
+    it('reads back aligned and unaligned writes', async () => {
+      const dev = subject.device;
+      const cases: Array<[number, number]> = [[0, 4096], [512, 512], [4095, 2], [1, 70000], [dev.size - 4096, 4096],
+        [2 * 1024 * 1024 - 100, 300], [3 * 1024 * 1024 + 7, 1024 * 1024 + 9]];
+      for (const [off, len] of cases) {
+        const data = randomBytes(len);
+        await dev.write(off, data);
+        data.copy(model, off);
+      }
+      await dev.flush();
+      assert.ok((await dev.read(0, dev.size)).equals(model));
+      for (const [off, len] of cases) assert.ok((await dev.read(off, len)).equals(model.subarray(off, off + len)));
+    });
+
+    it('never modifies the caller buffer', async () => {
+      const data = randomBytes(10000);
+      const copy = Buffer.from(data);
+      await subject.device.write(100, data);
+      assert.ok(data.equals(copy));
+    });
+
+    it('handles many requests in flight, including neighbours sharing a 4 KiB unit', async () => {
+      const dev = subject.device;
+      const rnd = prng(42);
+      const ops: Promise<void>[] = [];
+      // 512-byte neighbours inside the same units: tests read-modify-write serialisation.
+      for (let i = 0; i < 64; i++) {
+        const off = 1024 * 1024 + i * 512;
+        const data = randomBytes(512);
+        data.copy(model, off);
+        ops.push(dev.write(off, data));
+      }
+      // Random non-overlapping extents in distinct 64 KiB slots.
+      const slots = Math.floor((dev.size - 2 * 1024 * 1024) / 65536);
+      const used = new Set<number>();
+      for (let i = 0; i < 64; i++) {
+        const slot = Math.floor(rnd() * slots);
+        if (used.has(slot)) continue;
+        used.add(slot);
+        const off = 2 * 1024 * 1024 + slot * 65536 + Math.floor(rnd() * 1000);
+        const len = 1 + Math.floor(rnd() * 60000);
+        const data = randomBytes(len);
+        data.copy(model, off);
+        ops.push(dev.write(off, data));
+      }
+      const reads = [dev.read(0, 4096), dev.read(5000, 10000)];
+      await Promise.all([...ops, ...reads]);
+      await dev.flush();
+      assert.ok((await dev.read(0, dev.size)).equals(model));
+    });
+
+    it('writeZeroes reads back zeros; discard keeps the device usable', async () => {
+      const dev = subject.device;
+      const data = randomBytes(3 * 65536);
+      await dev.write(65536, data);
+      data.copy(model, 65536);
+      await dev.writeZeroes(65536 + 1000, 70000);
+      model.fill(0, 65536 + 1000, 65536 + 71000);
+      assert.ok((await dev.read(0, dev.size)).equals(model));
+      await dev.discard(0, 2 * 1024 * 1024);
+      const fresh = randomBytes(8192);
+      await dev.write(4096, fresh);
+      assert.ok((await dev.read(4096, 8192)).equals(fresh));
+    });
+
+    it('rejects requests past the end with ERANGE', async () => {
+      const dev = subject.device;
+      await assert.rejects(dev.read(dev.size - 10, 11), expectCode('ERANGE'));
+      // Resizable devices (files, containers) grow on writes past the end; virtual disks do not.
+      if (!dev.capabilities.canResize) await assert.rejects(dev.write(dev.size, Buffer.alloc(1)), expectCode('ERANGE'));
+    });
+
+    it('persists across close and reopen', async function () {
+      if (!subject.reopen) this.skip();
+      const dev = subject.device;
+      const data = randomBytes(100000);
+      await dev.write(12345, data);
+      data.copy(model, 12345);
+      await dev.flush();
+      await dev.close();
+      subject.device = await subject.reopen!();
+      assert.ok((await subject.device.read(0, subject.device.size)).equals(model));
+    });
+
+    it('refuses use after close with ECLOSED', async () => {
+      await subject.device.close();
+      await assert.rejects(subject.device.read(0, 1), expectCode('ECLOSED'));
+    });
+  });
+}

@@ -1,0 +1,67 @@
+/** Helpers for tests that drive the real `medv` command and inspect files on disk. */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+export const MEDV_BIN = join(REPO_ROOT, 'bin/medv');
+export const TEST_PASSPHRASE = 'correct horse battery staple';
+
+export interface RunResult { code: number | null; stdout: string; stderr: string }
+
+export function runMedv(args: string[], env: Record<string, string | undefined> = {}): RunResult {
+  const r = spawnSync(process.execPath, [MEDV_BIN, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env },
+    timeout: 120_000,
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Start a long-running medv command (serve); resolves once it printed its ready line. */
+export async function startMedv(args: string[], env: Record<string, string | undefined> = {}): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [MEDV_BIN, ...args], {
+    env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let err = '';
+  child.stderr!.on('data', (d) => { err += d; });
+  await new Promise<void>((res, rej) => {
+    let out = '';
+    const timer = setTimeout(() => rej(new Error(`medv ${args.join(' ')} did not become ready: ${err}`)), 30_000);
+    child.stdout!.on('data', (d) => {
+      out += d;
+      if (out.includes('\n')) { clearTimeout(timer); res(); }
+    });
+    child.once('exit', (code) => { clearTimeout(timer); rej(new Error(`medv exited ${code}: ${err}`)); });
+  });
+  return child;
+}
+
+export function sha256File(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex');
+}
+
+/** True when any `run`-byte run of `pattern` (taken at any phase of its repetition) occurs in the file. */
+export function containsPattern(path: string, pattern: Buffer, run = 32): boolean {
+  const data = readFileSync(path);
+  const doubled = Buffer.concat([pattern, pattern, pattern]);
+  for (let phase = 0; phase < pattern.length; phase++) {
+    if (data.indexOf(doubled.subarray(phase, phase + run)) >= 0) return true;
+  }
+  return false;
+}
+
+export function tempDir(prefix: string): { path: string; cleanup: () => void } {
+  const path = mkdtempSync(join(tmpdir(), `medv-${prefix}-`));
+  return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+export function run(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}

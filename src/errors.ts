@@ -28,6 +28,9 @@ export type ErrorCode =
   | 'ECRYPTO'             // authentication failure of wrapped data
   // nbd
   | 'EPROTO'              // protocol violation by a peer
+  // hypervisor
+  | 'EHYPERVISOR'         // QEMU failed to start, or the VM stopped in an error state (e.g. KVM internal error)
+  | 'ETIMEOUT'            // a wait for the guest or QEMU ran out of time
   | 'EINTERNAL';
 
 export interface MedvErrorData {

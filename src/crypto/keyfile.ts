@@ -1,0 +1,150 @@
+/**
+ * Wrapping and unwrapping data keys in .enc key files (format: src/formats/keyfile.ts).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { MedvError, fromSystemError } from '../errors.js';
+import {
+  type KeyFileKek, KEYFILE_NONCE_BYTES, KEYFILE_SALT_BYTES, KEYFILE_SIZE, KEYFILE_VERSION, KEYFILE_WRAPPED_BYTES,
+  parseKeyFile, serializeKeyFile, serializeKeyFileAad,
+} from '../formats/keyfile.js';
+import { DATA_KEY_BYTES, DataKey } from './datakey.js';
+import { type KekSource, hostKeyId, loadHostKey, passphraseKek } from './kek.js';
+import { secureAlloc, secureWipe } from './secure.js';
+import { sodium } from './sodium.js';
+
+export interface PwhashParams {
+  opslimit: number;
+  memlimit: number;
+}
+
+/** Argon2id cost for new key files (stored in each file, so later files may use other values). */
+export const DEFAULT_PWHASH: PwhashParams = {
+  opslimit: sodium.crypto_pwhash_OPSLIMIT_INTERACTIVE,
+  memlimit: sodium.crypto_pwhash_MEMLIMIT_INTERACTIVE,
+};
+
+export interface WrapOptions {
+  /** Argon2id cost (passphrase KEKs). Default DEFAULT_PWHASH; tests may use the minimum. */
+  pwhash?: PwhashParams;
+}
+
+/** The bytes of an .enc file holding `dataKey` wrapped under `kek`. */
+export async function wrapDataKey(dataKey: DataKey, kek: KekSource, opts: WrapOptions = {}): Promise<Buffer> {
+  const nonce = randomBytes(KEYFILE_NONCE_BYTES);
+  let header: KeyFileKek;
+  let k: Buffer;
+  if (kek.kind === 'passphrase') {
+    const p = opts.pwhash ?? DEFAULT_PWHASH;
+    const salt = randomBytes(KEYFILE_SALT_BYTES);
+    header = { kind: 'passphrase', salt, opslimit: BigInt(p.opslimit), memlimit: BigInt(p.memlimit) };
+    serializeKeyFileAad({ version: KEYFILE_VERSION, keyId: dataKey.keyId, kek: header, nonce }); // validates limits first
+    k = await passphraseKek(kek.passphrase, salt, p.opslimit, p.memlimit);
+  } else if (kek.kind === 'hostkey') {
+    k = await loadHostKey(kek.keyFile);
+    header = { kind: 'hostkey', hostKeyId: hostKeyId(k) };
+  } else {
+    throw new MedvError('EINVAL_ARG', 'unknown KEK kind');
+  }
+  try {
+    const rec = { version: KEYFILE_VERSION, keyId: dataKey.keyId, kek: header, nonce };
+    const aad = serializeKeyFileAad(rec);
+    const wrapped = Buffer.alloc(KEYFILE_WRAPPED_BYTES);
+    sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(wrapped, dataKey.key, aad, null, nonce, k);
+    return serializeKeyFile({ ...rec, wrappedKey: wrapped });
+  } finally {
+    secureWipe(k);
+  }
+}
+
+/**
+ * Unwrap the data key from .enc bytes. Parse errors as parseKeyFile; the wrong passphrase or
+ * key gives EBADKEY; a KEK of the wrong kind gives ENOKEY. No side effects either way.
+ */
+export async function unwrapDataKey(enc: Buffer, kek: KekSource, file?: string): Promise<DataKey> {
+  const rec = parseKeyFile(enc, file);
+  let k: Buffer;
+  if (rec.kek.kind === 'passphrase') {
+    if (kek.kind !== 'passphrase') {
+      throw new MedvError('ENOKEY', 'this key file is protected by a passphrase: set MEDV_PASSPHRASE or use --passphrase-file', { file });
+    }
+    k = await passphraseKek(kek.passphrase, rec.kek.salt, Number(rec.kek.opslimit), Number(rec.kek.memlimit));
+  } else {
+    if (kek.kind !== 'hostkey') throw new MedvError('ENOKEY', 'this key file is wrapped with a host key, not a passphrase', { file });
+    k = await loadHostKey(kek.keyFile);
+    if (!hostKeyId(k).equals(rec.kek.hostKeyId)) {
+      secureWipe(k);
+      throw new MedvError('EBADKEY', `wrong passphrase or key: the key file was wrapped with another host key than ${kek.keyFile}`, { file });
+    }
+  }
+  const out = secureAlloc(DATA_KEY_BYTES);
+  try {
+    sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(out, null, rec.wrappedKey, rec.aad, rec.nonce, k);
+  } catch {
+    secureWipe(out);
+    throw new MedvError('EBADKEY', 'wrong passphrase or key (the data key did not unwrap)', { file });
+  } finally {
+    secureWipe(k);
+  }
+  return DataKey.adopt(rec.keyId, out, file);
+}
+
+/**
+ * Write `dataKey` wrapped under `kek` to `encPath`, atomically: a temporary file in the same
+ * directory is written and fsynced, then hard-linked to `encPath` (link fails if the name
+ * exists: no overwrite, no race), the temporary name is removed and the directory fsynced.
+ */
+export async function writeKeyFile(encPath: string, dataKey: DataKey, kek: KekSource, opts: WrapOptions = {}): Promise<void> {
+  if (fs.existsSync(encPath)) throw new MedvError('EEXIST', `key file exists: ${encPath}`, { file: encPath });
+  const bytes = await wrapDataKey(dataKey, kek, opts);
+  const dir = path.dirname(encPath);
+  const tmp = path.join(dir, `.${path.basename(encPath)}.${randomBytes(6).toString('hex')}.tmp`);
+  let fh: fs.promises.FileHandle | undefined;
+  try {
+    fh = await fs.promises.open(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    await fh.write(bytes, 0, bytes.length, 0);
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await fs.promises.link(tmp, encPath);
+  } catch (e) {
+    if (fh) await fh.close().catch(() => undefined);
+    await fs.promises.unlink(tmp).catch(() => undefined);
+    throw fromSystemError(e, encPath);
+  }
+  await fs.promises.unlink(tmp).catch(() => undefined);
+  await fsyncDir(dir);
+}
+
+/** Read and unwrap an .enc file. */
+export async function readKeyFile(encPath: string, kek: KekSource): Promise<DataKey> {
+  let bytes: Buffer;
+  let fh: fs.promises.FileHandle | undefined;
+  try {
+    fh = await fs.promises.open(encPath, fs.constants.O_RDONLY);
+    const st = await fh.stat();
+    if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'key file is not a regular file', { file: encPath });
+    // Never read more than one byte past the format's size: a huge file is refused, not loaded.
+    bytes = Buffer.alloc(Math.min(st.size, KEYFILE_SIZE + 1));
+    const { bytesRead } = await fh.read(bytes, 0, bytes.length, 0);
+    bytes = bytes.subarray(0, bytesRead);
+  } catch (e) {
+    throw fromSystemError(e, encPath);
+  } finally {
+    if (fh) await fh.close().catch(() => undefined);
+  }
+  return unwrapDataKey(bytes, kek, encPath);
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  let fh: fs.promises.FileHandle | undefined;
+  try {
+    fh = await fs.promises.open(dir, fs.constants.O_RDONLY);
+    await fh.sync();
+  } catch {
+    // Some file systems refuse fsync on directories; the data itself is already durable.
+  } finally {
+    if (fh) await fh.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,42 @@
+/**
+ * The typed subset of sodium-native that medv uses (the package ships no type declarations).
+ * Other parts may import `sodium` from here instead of declaring the module themselves.
+ */
+import { createRequire } from 'node:module';
+
+export interface Sodium {
+  sodium_malloc(size: number): Buffer;
+  sodium_memzero(buf: Buffer): void;
+  sodium_memcmp(a: Buffer, b: Buffer): boolean;
+  sodium_mprotect_noaccess(buf: Buffer): void;
+  sodium_mprotect_readonly(buf: Buffer): void;
+  sodium_mprotect_readwrite(buf: Buffer): void;
+  randombytes_buf(buf: Buffer): void;
+
+  crypto_generichash(out: Buffer, input: Buffer, key?: Buffer): void;
+  crypto_generichash_BYTES: number;
+  crypto_generichash_BYTES_MIN: number;
+  crypto_generichash_BYTES_MAX: number;
+  crypto_generichash_KEYBYTES_MAX: number;
+
+  crypto_pwhash(out: Buffer, passwd: Buffer, salt: Buffer, opslimit: number, memlimit: number, alg: number): void;
+  crypto_pwhash_async(out: Buffer, passwd: Buffer, salt: Buffer, opslimit: number, memlimit: number, alg: number): Promise<void>;
+  crypto_pwhash_ALG_ARGON2ID13: number;
+  crypto_pwhash_SALTBYTES: number;
+  crypto_pwhash_OPSLIMIT_MIN: number;
+  crypto_pwhash_OPSLIMIT_INTERACTIVE: number;
+  crypto_pwhash_OPSLIMIT_SENSITIVE: number;
+  crypto_pwhash_MEMLIMIT_MIN: number;
+  crypto_pwhash_MEMLIMIT_INTERACTIVE: number;
+  crypto_pwhash_MEMLIMIT_SENSITIVE: number;
+
+  /** Returns the ciphertext length (message + ABYTES). */
+  crypto_aead_xchacha20poly1305_ietf_encrypt(c: Buffer, m: Buffer, ad: Buffer | null, nsec: null, npub: Buffer, k: Buffer): number;
+  /** Throws when the tag does not verify. Returns the message length. */
+  crypto_aead_xchacha20poly1305_ietf_decrypt(m: Buffer, nsec: null, c: Buffer, ad: Buffer | null, npub: Buffer, k: Buffer): number;
+  crypto_aead_xchacha20poly1305_ietf_ABYTES: number;
+  crypto_aead_xchacha20poly1305_ietf_KEYBYTES: number;
+  crypto_aead_xchacha20poly1305_ietf_NPUBBYTES: number;
+}
+
+export const sodium: Sodium = createRequire(import.meta.url)('sodium-native') as Sodium;

@@ -1,0 +1,232 @@
+/**
+ * Typed loader for the native addon (native/medv.cc, built to build/Release/medv.node), with a
+ * pure-JS fallback for every function that passes the same tests (test/native.test.ts).
+ *
+ * Set MEDV_NO_NATIVE=1 to force the fallback. `native.available` says which one is in use.
+ * Arguments are checked here, once, so both implementations fail the same way: MedvError
+ * EINVAL_ARG for bad arguments; system errors keep Node's shape (`code` such as 'ENOENT'), so
+ * callers wrap them with fromSystemError(e, file).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { promisify } from 'node:util';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { MedvError } from './errors.js';
+
+export interface KvmProbeResult {
+  available: boolean;
+  reason?: string;
+}
+
+export interface NativeApi {
+  /** True when the compiled addon is in use, false for the JS fallback. */
+  readonly available: boolean;
+  /** Why the addon is not in use (only when !available). */
+  readonly reason?: string;
+  /**
+   * AES-256-XTS over input.length / unitSize units; unit i is processed with the tweak
+   * (firstUnit + i) as a 16-byte little-endian number (LUKS plain64). `output` may be `input`.
+   * key: 64 bytes (two different 256-bit halves). unitSize: multiple of 16, 16 .. 16 MiB.
+   */
+  xtsCrypt(key: Buffer, input: Buffer, output: Buffer, firstUnit: number, unitSize: number, encrypt: boolean): void;
+  /** Read into buf[offset..] at file `position`; returns the bytes read (short only at EOF). */
+  pread(fd: number, buf: Buffer, offset: number, position: number): number;
+  /** Write buf[offset..] at file `position`; returns the bytes written (all of them). */
+  pwrite(fd: number, buf: Buffer, offset: number, position: number): number;
+  fdatasync(fd: number): void;
+  preadAsync(fd: number, buf: Buffer, offset: number, position: number): Promise<number>;
+  pwriteAsync(fd: number, buf: Buffer, offset: number, position: number): Promise<number>;
+  fdatasyncAsync(fd: number): Promise<void>;
+  /** Is KVM usable: /dev/kvm opens read-write and KVM_GET_API_VERSION == 12 (the fallback cannot ioctl). */
+  kvmProbe(): KvmProbeResult;
+}
+
+/** The raw addon as exported by native/medv.cc (no argument typing beyond its own checks). */
+type RawAddon = Omit<NativeApi, 'available' | 'reason'>;
+
+const MAX_UNIT = 16 * 1024 * 1024;
+
+function badArg(message: string): MedvError {
+  return new MedvError('EINVAL_ARG', message);
+}
+
+function checkXtsArgs(key: Buffer, input: Buffer, output: Buffer, firstUnit: number, unitSize: number, encrypt: boolean): number {
+  if (!(key instanceof Uint8Array) || key.length !== 64) throw badArg('XTS key must be a 64-byte buffer');
+  if (!(input instanceof Uint8Array) || !(output instanceof Uint8Array)) throw badArg('XTS input and output must be buffers');
+  if (!Number.isSafeInteger(unitSize) || unitSize < 16 || unitSize > MAX_UNIT || unitSize % 16 !== 0) {
+    throw badArg(`XTS unit size ${unitSize} must be a multiple of 16 between 16 and ${MAX_UNIT}`);
+  }
+  if (input.length % unitSize !== 0) throw badArg(`XTS input length ${input.length} is not a multiple of the unit size ${unitSize}`);
+  if (output.length < input.length) throw badArg('XTS output is shorter than its input');
+  const units = input.length / unitSize;
+  if (!Number.isSafeInteger(firstUnit) || firstUnit < 0 || firstUnit + units > Number.MAX_SAFE_INTEGER) {
+    throw badArg(`XTS first unit ${firstUnit} out of range`);
+  }
+  if (typeof encrypt !== 'boolean') throw badArg('XTS encrypt flag must be a boolean');
+  if (input.buffer === output.buffer && input !== output && input.byteOffset !== output.byteOffset) {
+    const a = input.byteOffset, b = output.byteOffset;
+    if (a < b + input.length && b < a + input.length) throw badArg('XTS input and output overlap partially');
+  }
+  return units;
+}
+
+function checkIoArgs(fd: number, buf: Buffer, offset: number, position: number): void {
+  if (!Number.isSafeInteger(fd) || fd < 0 || fd > 0x7fffffff) throw badArg(`invalid file descriptor ${fd}`);
+  if (!(buf instanceof Uint8Array)) throw badArg('I/O buffer must be a Buffer');
+  if (!Number.isSafeInteger(offset) || offset < 0 || offset > buf.length) throw badArg(`buffer offset ${offset} out of range`);
+  if (!Number.isSafeInteger(position) || position < 0) throw badArg(`file position ${position} out of range`);
+}
+
+function checkFd(fd: number): void {
+  if (!Number.isSafeInteger(fd) || fd < 0 || fd > 0x7fffffff) throw badArg(`invalid file descriptor ${fd}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// JS fallback
+
+const tweakFor = (unit: number): Buffer => {
+  const iv = Buffer.alloc(16);
+  iv.writeBigUInt64LE(BigInt(unit), 0);
+  return iv;
+};
+
+const fsReadP = promisify(fs.read);
+const fsWriteP = promisify(fs.write);
+const fsFdatasyncP = promisify(fs.fdatasync);
+
+
+export const fallback: NativeApi = {
+  available: false,
+  reason: 'JS fallback',
+
+  xtsCrypt(key, input, output, firstUnit, unitSize, encrypt) {
+    const units = checkXtsArgs(key, input, output, firstUnit, unitSize, encrypt);
+    for (let i = 0; i < units; i++) {
+      const c = encrypt ? createCipheriv('aes-256-xts', key, tweakFor(firstUnit + i))
+        : createDecipheriv('aes-256-xts', key, tweakFor(firstUnit + i));
+      const part = c.update(input.subarray(i * unitSize, (i + 1) * unitSize));
+      part.copy(output, i * unitSize);
+      c.final();
+    }
+  },
+
+  pread(fd, buf, offset, position) {
+    checkIoArgs(fd, buf, offset, position);
+    let done = 0;
+    while (offset + done < buf.length) {
+      const n = fs.readSync(fd, buf, offset + done, buf.length - offset - done, position + done);
+      if (n === 0) break;
+      done += n;
+    }
+    return done;
+  },
+
+  pwrite(fd, buf, offset, position) {
+    checkIoArgs(fd, buf, offset, position);
+    let done = 0;
+    while (offset + done < buf.length) done += fs.writeSync(fd, buf, offset + done, buf.length - offset - done, position + done);
+    return done;
+  },
+
+  fdatasync(fd) {
+    checkFd(fd);
+    fs.fdatasyncSync(fd);
+  },
+
+  async preadAsync(fd, buf, offset, position) {
+    checkIoArgs(fd, buf, offset, position);
+    let done = 0;
+    while (offset + done < buf.length) {
+      const { bytesRead } = await fsReadP(fd, buf, offset + done, buf.length - offset - done, position + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  },
+
+  async pwriteAsync(fd, buf, offset, position) {
+    checkIoArgs(fd, buf, offset, position);
+    let done = 0;
+    while (offset + done < buf.length) {
+      done += (await fsWriteP(fd, buf, offset + done, buf.length - offset - done, position + done)).bytesWritten;
+    }
+    return done;
+  },
+
+  async fdatasyncAsync(fd) {
+    checkFd(fd);
+    await fsFdatasyncP(fd);
+  },
+
+  kvmProbe() {
+    // No ioctl from JS: "opens read-write" is the best we can check.
+    if (!fs.existsSync('/dev/kvm')) return { available: false, reason: '/dev/kvm does not exist' };
+    try {
+      fs.closeSync(fs.openSync('/dev/kvm', fs.constants.O_RDWR));
+      return { available: true, reason: 'API version not checked (JS fallback)' };
+    } catch (e) {
+      return { available: false, reason: `cannot open /dev/kvm: ${(e as NodeJS.ErrnoException).code ?? String(e)}` };
+    }
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// The addon, wrapped with the same argument checks
+
+function wrap(raw: RawAddon): NativeApi {
+  return {
+    available: true,
+    xtsCrypt(key, input, output, firstUnit, unitSize, encrypt) {
+      checkXtsArgs(key, input, output, firstUnit, unitSize, encrypt);
+      raw.xtsCrypt(key, input, output, firstUnit, unitSize, encrypt);
+    },
+    pread(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pread(fd, buf, offset, position); },
+    pwrite(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pwrite(fd, buf, offset, position); },
+    fdatasync(fd) { checkFd(fd); raw.fdatasync(fd); },
+    async preadAsync(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.preadAsync(fd, buf, offset, position); },
+    async pwriteAsync(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pwriteAsync(fd, buf, offset, position); },
+    async fdatasyncAsync(fd) { checkFd(fd); await raw.fdatasyncAsync(fd); },
+    kvmProbe() { return raw.kvmProbe(); },
+  };
+}
+
+/** Try to load the compiled addon; returns the raw module or the reason it is unusable. */
+export function loadAddon(): { addon?: RawAddon; reason?: string } {
+  // dist/src/native.js -> ../../build/Release; src/native.ts (tsx) -> ../build/Release
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const candidates = [
+    path.join(here, '..', '..', 'build', 'Release', 'medv.node'),
+    path.join(here, '..', 'build', 'Release', 'medv.node'),
+  ];
+  let reason = 'build/Release/medv.node not found (run `npx node-gyp rebuild`)';
+  for (const file of candidates) {
+    if (!fs.existsSync(file)) continue;
+    try {
+      const mod = createRequire(import.meta.url)(file) as Partial<RawAddon>;
+      const names: Array<keyof RawAddon> = ['xtsCrypt', 'pread', 'pwrite', 'fdatasync', 'preadAsync', 'pwriteAsync', 'fdatasyncAsync', 'kvmProbe'];
+      const missing = names.filter((n) => typeof mod[n] !== 'function');
+      if (missing.length) { reason = `${file} lacks ${missing.join(', ')} (stale build?)`; continue; }
+      return { addon: mod as RawAddon };
+    } catch (e) {
+      reason = `${file} failed to load: ${(e as Error).message}`;
+    }
+  }
+  return { reason };
+}
+
+function select(): NativeApi {
+  if (process.env.MEDV_NO_NATIVE === '1') return { ...fallback, reason: 'MEDV_NO_NATIVE=1' };
+  const { addon, reason } = loadAddon();
+  return addon ? wrap(addon) : { ...fallback, reason };
+}
+
+/** The implementation in use: the addon when it loads (and MEDV_NO_NATIVE is not 1), else the fallback. */
+export const native: NativeApi = select();
+
+/** The addon wrapped with the typed checks, or undefined when it cannot load (tests, benchmarks). */
+export function nativeAddon(): NativeApi | undefined {
+  const { addon } = loadAddon();
+  return addon ? wrap(addon) : undefined;
+}

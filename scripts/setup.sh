@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# medv set-up: makes a fresh Debian 12 machine (with Node >= 20) and a fresh clone ready for
+# `npm test` and `npm run demo` (package.json runs this as `pretest` and `predemo`).
+#   1. apt packages (installed when missing and we are root; otherwise named with the exact command)
+#   2. npm ci when node_modules is missing or older than package-lock.json
+#   3. the native addon (node-gyp) when missing or older than its sources; a failure only warns
+#      (src/native.ts falls back to JavaScript)
+#   4. npm run build (tsc + the test guest in vm/build), every time
+#   5. reports whether QEMU tests can use KVM
+# One line per step when nothing is missing; command output is shown only when a step fails.
+# Non-interactive (CI=true, no stdin). MEDV_SETUP_APT_PACKAGES overrides the package list (for testing).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf 'medv setup: %s\n' "$*"; }
+die() { printf 'medv setup: ERROR: %s\n' "$*" >&2; exit 1; }
+
+LOG="$(mktemp "${TMPDIR:-/tmp}/medv-setup.XXXXXX")"
+trap 'rm -f "$LOG"' EXIT
+
+# run_logged DESCRIPTION CMD...: runs CMD with its output in $LOG; on failure prints the log's tail.
+run_logged() {
+  local what="$1"; shift
+  "$@" </dev/null >"$LOG" 2>&1 && return 0
+  local rc=$?
+  printf 'medv setup: %s failed (exit %d); last lines of its output:\n' "$what" "$rc" >&2
+  tail -n 60 "$LOG" >&2
+  return "$rc"
+}
+
+# --- 0. node
+command -v node >/dev/null || die "node is not installed (Node.js 20 or newer is required)"
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+[ "$node_major" -ge 20 ] || die "Node.js $(node -v) is too old: 20 or newer is required"
+
+# --- 1. apt packages
+# qemu-system-x86 qemu-utils: guests, qemu-img/qemu-io/qemu-nbd; nasm: the test guest;
+# libvhdi-utils python3-libvhdi: VHD interop peers; nginx-light: HTTP range peer; fio: disk benches;
+# nbdkit libnbd-bin: NBD peers (nbdkit, nbdinfo, nbdcopy); g++ make: node-gyp for the native addon.
+read -r -a packages <<<"${MEDV_SETUP_APT_PACKAGES:-qemu-system-x86 qemu-utils nasm libvhdi-utils python3-libvhdi nginx-light fio nbdkit libnbd-bin g++ make}"
+if command -v dpkg-query >/dev/null; then
+  missing=()
+  for p in "${packages[@]}"; do
+    status="$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)"
+    [ "$status" = "install ok installed" ] || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    say "apt packages: all ${#packages[@]} installed"
+  else
+    install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+      printf 'medv setup: ERROR: missing apt packages: %s\n' "${missing[*]}" >&2
+      printf "medv setup: install them as root, then run again:\n  sudo sh -c '%s'\n" "$install_cmd" >&2
+      exit 1
+    fi
+    say "apt packages: installing ${missing[*]}"
+    run_logged "apt-get update" apt-get update -q || exit 1
+    run_logged "apt-get install" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" || exit 1
+    say "apt packages: installed ${missing[*]}"
+  fi
+else
+  say "apt packages: no dpkg-query (not Debian?); make sure these are installed: ${packages[*]}"
+fi
+
+# --- 2. npm dependencies
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "node_modules: missing or older than package-lock.json, running npm ci"
+  run_logged "npm ci" npm ci --no-audit --no-fund || exit 1
+  say "node_modules: installed"
+else
+  say "node_modules: up to date"
+fi
+
+# --- 3. native addon (optional: src/native.ts has a JavaScript fallback)
+if [ -f binding.gyp ]; then
+  addon=build/Release/medv.node
+  stale=""
+  if [ ! -f "$addon" ]; then
+    stale="missing"
+  elif [ -n "$(find binding.gyp native -newer "$addon" -print -quit 2>/dev/null)" ]; then
+    stale="older than its sources"
+  fi
+  if [ -n "$stale" ]; then
+    say "native addon: $stale, building (node-gyp rebuild)"
+    # package.json's install script (`node-gyp rebuild || echo ...`) runs npm's bundled node-gyp;
+    # it always exits 0, so success is the addon file being there and new.
+    rm -f "$addon"
+    run_logged "node-gyp rebuild" npm run --silent install || true
+    if [ -f "$addon" ]; then
+      say "native addon: built"
+    else
+      say "WARNING: native addon did not build; medv uses its JavaScript fallback (slower). node-gyp said:"
+      tail -n 15 "$LOG" | sed 's/^/    /'
+    fi
+  else
+    say "native addon: up to date"
+  fi
+else
+  say "native addon: no binding.gyp, skipped"
+fi
+
+# --- 4. build (tsc + test guest)
+run_logged "npm run build" npm run --silent build || exit 1
+say "build: ok (tsc, vm/build/guest.img)"
+
+# --- 5. KVM
+if [ ! -e /dev/kvm ]; then
+  say "kvm: no /dev/kvm; QEMU tests run under TCG only"
+elif [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+  say "kvm: /dev/kvm not usable by $(id -un) (add the user to group kvm); QEMU tests run under TCG only"
+else
+  say "kvm: usable; QEMU tests run under KVM and TCG (MEDV_TEST_ACCEL=tcg for TCG only)"
+fi

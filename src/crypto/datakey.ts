@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { MedvError } from '../errors.js';
-import { redactInspect, secureRandom, secureSeal, secureWipe } from './secure.js';
+import { redactInspect, secureAlloc, secureRandom, secureSeal, secureWipe } from './secure.js';
 
 export const DATA_KEY_BYTES = 64;
 export const KEY_ID_BYTES = 16;
@@ -53,6 +53,13 @@ export class DataKey {
   get key(): Buffer {
     if (!this.secret) throw new MedvError('ECLOSED', `data key ${this.keyId.toString('hex')} has been disposed`);
     return this.secret;
+  }
+
+  /** An independent copy (its own secure buffer), for a second owner such as a reopened device. */
+  clone(): DataKey {
+    const copy = secureAlloc(DATA_KEY_BYTES);
+    this.key.copy(copy);
+    return new DataKey(this.keyId, copy);
   }
 
   get disposed(): boolean { return this.secret === undefined; }

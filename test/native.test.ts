@@ -1,0 +1,155 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { MedvError } from '../src/errors.js';
+import { type NativeApi, fallback, native, nativeAddon } from '../src/native.js';
+
+/** Reference: node:crypto, one cipher per unit, tweak = unit number little-endian. */
+function reference(key: Buffer, input: Buffer, firstUnit: number, unitSize: number, encrypt: boolean): Buffer {
+  const out: Buffer[] = [];
+  for (let i = 0; i < input.length / unitSize; i++) {
+    const iv = Buffer.alloc(16);
+    iv.writeBigUInt64LE(BigInt(firstUnit + i));
+    const c = encrypt ? createCipheriv('aes-256-xts', key, iv) : createDecipheriv('aes-256-xts', key, iv);
+    out.push(c.update(input.subarray(i * unitSize, (i + 1) * unitSize)), c.final());
+  }
+  return Buffer.concat(out);
+}
+
+const isArgError = (e: unknown) => e instanceof MedvError && e.code === 'EINVAL_ARG';
+
+const addon = nativeAddon();
+const impls: Array<[string, NativeApi | undefined]> = [['addon', addon], ['fallback', fallback]];
+
+describe('native', () => {
+  it('loads the addon (built by node-gyp) unless MEDV_NO_NATIVE=1', function () {
+    if (process.env.MEDV_NO_NATIVE === '1') {
+      assert.equal(native.available, false);
+      return;
+    }
+    if (!addon) this.skip();
+    assert.equal(native.available, true);
+  });
+
+  for (const [name, impl] of impls) {
+    describe(name, () => {
+      before(function () { if (!impl) this.skip(); });
+
+      it('xtsCrypt matches node:crypto for 4 KiB and 512-byte units, any first unit', () => {
+        const api = impl!;
+        const key = randomBytes(64);
+        for (const [unitSize, units, first] of [[4096, 33, 0], [512, 9, 7], [4096, 3, 2 ** 40 + 5], [16, 4, 1]] as const) {
+          const plain = randomBytes(unitSize * units);
+          const ct = Buffer.alloc(plain.length);
+          api.xtsCrypt(key, plain, ct, first, unitSize, true);
+          assert.ok(ct.equals(reference(key, plain, first, unitSize, true)), `encrypt ${unitSize}x${units}@${first}`);
+          const back = Buffer.alloc(plain.length);
+          api.xtsCrypt(key, ct, back, first, unitSize, false);
+          assert.ok(back.equals(plain), 'decrypt');
+        }
+      });
+
+      it('xtsCrypt works in place and leaves other bytes of output alone', () => {
+        const api = impl!;
+        const key = randomBytes(64);
+        const plain = randomBytes(4096 * 5);
+        const buf = Buffer.from(plain);
+        api.xtsCrypt(key, buf, buf, 11, 4096, true);
+        assert.ok(buf.equals(reference(key, plain, 11, 4096, true)));
+        api.xtsCrypt(key, buf, buf, 11, 4096, false);
+        assert.ok(buf.equals(plain));
+        const big = Buffer.alloc(4096 * 2 + 10, 0xaa);
+        api.xtsCrypt(key, plain.subarray(0, 8192), big, 0, 4096, true);
+        assert.ok(big.subarray(8192).equals(Buffer.alloc(10, 0xaa)));
+        api.xtsCrypt(key, Buffer.alloc(0), Buffer.alloc(0), 0, 4096, true); // nothing to do
+      });
+
+      it('known vector: IEEE 1619 XTS-AES-256 vector 10 (tweak 0xff, 512-byte unit)', () => {
+        const api = impl!;
+        const key = Buffer.from('2718281828459045235360287471352662497757247093699959574966967627' +
+          '3141592653589793238462643383279502884197169399375105820974944592', 'hex');
+        const plain = Buffer.alloc(512);
+        for (let i = 0; i < 512; i++) plain[i] = i & 0xff;
+        const ct = Buffer.alloc(512);
+        api.xtsCrypt(key, plain, ct, 0xff, 512, true);
+        assert.equal(ct.subarray(0, 16).toString('hex'), '1c3b3a102f770386e4836c99e370cf9b');
+        assert.ok(ct.equals(reference(key, plain, 0xff, 512, true)));
+      });
+
+      it('xtsCrypt rejects bad arguments with EINVAL_ARG', () => {
+        const api = impl!;
+        const key = randomBytes(64);
+        const b = Buffer.alloc(8192);
+        assert.throws(() => api.xtsCrypt(randomBytes(32), b, b, 0, 4096, true), isArgError);
+        assert.throws(() => api.xtsCrypt(key, Buffer.alloc(4097), Buffer.alloc(8192), 0, 4096, true), isArgError);
+        assert.throws(() => api.xtsCrypt(key, b, Buffer.alloc(4096), 0, 4096, true), isArgError);
+        assert.throws(() => api.xtsCrypt(key, b, b, -1, 4096, true), isArgError);
+        assert.throws(() => api.xtsCrypt(key, b, b, 0.5, 4096, true), isArgError);
+        assert.throws(() => api.xtsCrypt(key, b, b, 0, 4000, true), isArgError);
+        assert.throws(() => api.xtsCrypt(key, b, b, 0, 0, true), isArgError);
+        assert.throws(() => api.xtsCrypt(key, b.subarray(0, 4096), b.subarray(16, 4112), 0, 4096, true), isArgError);
+        assert.throws(() => api.xtsCrypt(key, b, b, 0, 4096, 1 as unknown as boolean), isArgError);
+      });
+
+      it('pread/pwrite/fdatasync, sync and async, round-trip through a file', async () => {
+        const api = impl!;
+        const dir = fs.mkdtempSync(join(tmpdir(), 'medv-native-'));
+        try {
+          const p = join(dir, 'f');
+          const fd = fs.openSync(p, 'w+');
+          try {
+            const data = randomBytes(70000);
+            assert.equal(api.pwrite(fd, data, 0, 100), 70000);
+            assert.equal(await api.pwriteAsync(fd, data, 1000, 200000), 69000);
+            api.fdatasync(fd);
+            await api.fdatasyncAsync(fd);
+            const got = Buffer.alloc(70000);
+            assert.equal(api.pread(fd, got, 0, 100), 70000);
+            assert.ok(got.equals(data));
+            const got2 = Buffer.alloc(69000 + 5);
+            assert.equal(await api.preadAsync(fd, got2, 5, 200000), 69000);
+            assert.ok(got2.subarray(5).equals(data.subarray(1000)));
+            // Short read at EOF; offset == length reads nothing.
+            const tail = Buffer.alloc(100);
+            assert.equal(api.pread(fd, tail, 0, 269000 - 10), 10);
+            assert.equal(api.pread(fd, tail, 100, 0), 0);
+            assert.equal(await api.preadAsync(fd, tail, 0, 10 ** 9), 0);
+          } finally {
+            fs.closeSync(fd);
+          }
+          // Errors keep Node's shape (code) so fromSystemError maps them.
+          assert.throws(() => api.pread(fd, Buffer.alloc(1), 0, 0), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+          await assert.rejects(api.preadAsync(fd, Buffer.alloc(1), 0, 0), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+          await assert.rejects(api.fdatasyncAsync(fd), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+          assert.throws(() => api.pread(-1, Buffer.alloc(1), 0, 0), isArgError);
+          assert.throws(() => api.pread(0, Buffer.alloc(1), 2, 0), isArgError);
+          assert.throws(() => api.pwrite(0, Buffer.alloc(1), 0, -5), isArgError);
+        } finally {
+          fs.rmSync(dir, { recursive: true, force: true });
+        }
+      });
+
+      it('kvmProbe answers with a boolean and a reason when unavailable', () => {
+        const r = impl!.kvmProbe();
+        assert.equal(typeof r.available, 'boolean');
+        if (!r.available) assert.equal(typeof r.reason, 'string');
+        if (name === 'addon' && fs.existsSync('/dev/kvm')) {
+          // Both agree on this machine (FACTS.md: /dev/kvm works).
+          assert.equal(r.available, fallback.kvmProbe().available);
+        }
+      });
+    });
+  }
+
+  it('MEDV_NO_NATIVE=1 selects the fallback in a fresh process', function () {
+    const here = fileURLToPath(new URL('../src/native.js', import.meta.url));
+    const code = `import(${JSON.stringify(here)}).then(m => { console.log(JSON.stringify({a: m.native.available, r: m.native.reason})); })`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { env: { ...process.env, MEDV_NO_NATIVE: '1' }, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), { a: false, r: 'MEDV_NO_NATIVE=1' });
+  });
+});

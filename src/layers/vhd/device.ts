@@ -1,0 +1,361 @@
+/**
+ * VhdDevice: a VHD file (fixed, dynamic or differencing) on a storage BlockDevice, seen as the
+ * virtual disk it holds.
+ *
+ * - Fixed: the virtual disk is the first `virtualSize` bytes of the file.
+ * - Dynamic: reads of an unallocated block return zeros; reads of an allocated block return the
+ *   block's data area whatever its sector bitmap says (as qemu does); new blocks get an all-ones
+ *   bitmap and zero-filled data (as qemu does), so every reader agrees.
+ * - Differencing: a 0 bitmap bit reads from the parent (any BlockDevice of exactly the virtual
+ *   size); writes set bits. Partial sectors are merged with the parent's data.
+ *
+ * The BAT and the bitmaps in use are cached in memory. Allocation is serialised (one at a time,
+ * and per block); reads and writes into allocated blocks run concurrently, and a read inside one
+ * allocated block (whose bitmap is cached) is one storage read.
+ */
+import type { BlockCapabilities, BlockDevice, WriteOptions } from '../../block/device.js';
+import { defaultCapabilities } from '../../block/device.js';
+import { FileDevice } from '../../block/file.js';
+import { validateRequest } from '../../block/validate.js';
+import { MedvError } from '../../errors.js';
+import {
+  SECTOR, UNALLOCATED, allSet, bitRuns, roundUp, serializeBatEntry, setBits, testBit,
+} from '../../formats/vhd/index.js';
+import { KeyedMutex, Mutex } from './lock.js';
+import { type VhdInfo, type VhdMeta, metaToInfo } from './metadata.js';
+
+/** New blocks are placed so that their data area starts on this boundary in the file. */
+export const DATA_ALIGNMENT = 4096;
+
+export class VhdDevice implements BlockDevice {
+  readonly capabilities: BlockCapabilities;
+  readonly readOnly: boolean;
+  readonly description: string;
+  private closed = false;
+  private readonly bat?: Uint32Array;
+  private readonly bs: number;
+  private readonly bmSize: number;
+  private footerOffset: number;
+  private allocated: number;
+  private readonly bitmaps = new Map<number, Promise<Buffer>>();
+  private readonly allocLock = new Mutex();
+  private readonly blockLocks = new KeyedMutex();
+
+  /** @internal use openVhd() */
+  constructor(
+    private readonly storage: BlockDevice,
+    /** @internal */ readonly meta: VhdMeta,
+    readonly parent: BlockDevice | undefined,
+    readOnly: boolean,
+  ) {
+    this.readOnly = readOnly;
+    this.description = meta.name;
+    this.bat = meta.bat;
+    this.bs = meta.blockSize ?? 0;
+    this.bmSize = meta.bitmapSize ?? 0;
+    this.footerOffset = meta.footerOffset;
+    this.allocated = meta.allocatedBlocks;
+    this.capabilities = defaultCapabilities({
+      readOnly,
+      canDiscard: false,
+      canResize: false,
+      canFua: true,
+      minBlockSize: SECTOR,
+      preferredBlockSize: 4096,
+      maxRequestSize: 32 * 1024 * 1024,
+    });
+  }
+
+  get size(): number { return this.meta.virtualSize; }
+
+  get info(): VhdInfo { return metaToInfo(this.meta, this.storage.size, this.allocated); }
+
+  get type(): VhdInfo['type'] { return this.meta.type; }
+
+  // ------------------------------------------------------------------ reads
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.assertOpen();
+    validateRequest(this, offset, length, false);
+    if (length === 0) return Buffer.alloc(0);
+    if (this.meta.type === 'fixed') return this.storage.read(offset, length);
+    const bs = this.bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    if (first === last) return this.readInBlock(first, offset - first * bs, length);
+    const parts: Promise<Buffer>[] = [];
+    for (let b = first; b <= last; b++) {
+      const start = Math.max(offset, b * bs);
+      const end = Math.min(offset + length, (b + 1) * bs);
+      parts.push(this.readInBlock(b, start - b * bs, end - start));
+    }
+    return Buffer.concat(await Promise.all(parts), length);
+  }
+
+  private async readInBlock(b: number, inOff: number, len: number): Promise<Buffer> {
+    const e = this.bat![b];
+    const virt = b * this.bs + inOff;
+    if (e === UNALLOCATED) return this.parent ? this.parent.read(virt, len) : Buffer.alloc(len);
+    const dataPos = e * SECTOR + this.bmSize;
+    if (this.meta.type === 'dynamic') return this.storage.read(dataPos + inOff, len);
+    const bm = await this.bitmap(b);
+    const s0 = Math.floor(inOff / SECTOR);
+    const s1 = Math.ceil((inOff + len) / SECTOR);
+    const runs = bitRuns(bm, s0, s1 - s0);
+    if (runs.length === 1) {
+      return runs[0].set ? this.storage.read(dataPos + inOff, len) : this.parent!.read(virt, len);
+    }
+    const out = Buffer.allocUnsafe(len);
+    await Promise.all(runs.map(async (run) => {
+      const a = Math.max(inOff, run.first * SECTOR);
+      const z = Math.min(inOff + len, (run.first + run.count) * SECTOR);
+      const piece = run.set ? await this.storage.read(dataPos + a, z - a) : await this.parent!.read(b * this.bs + a, z - a);
+      piece.copy(out, a - inOff);
+    }));
+    return out;
+  }
+
+  /** The cached sector bitmap of allocated block b (loaded on first use). */
+  private bitmap(b: number): Promise<Buffer> {
+    let p = this.bitmaps.get(b);
+    if (!p) {
+      p = this.storage.read(this.bat![b] * SECTOR, this.bmSize);
+      this.bitmaps.set(b, p);
+      p.catch(() => this.bitmaps.delete(b));
+    }
+    return p;
+  }
+
+  // ------------------------------------------------------------------ writes
+
+  async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+    this.assertWritable();
+    validateRequest(this, offset, data.length, true);
+    if (data.length === 0) return;
+    if (this.meta.type === 'fixed') {
+      await this.storage.write(offset, data, options);
+      return;
+    }
+    await this.forEachBlock(offset, data.length, (b, inOff, at, len) => this.writeInBlock(b, inOff, data.subarray(at, at + len)));
+    if (options?.fua) await this.storage.flush();
+  }
+
+  private async forEachBlock(offset: number, length: number, fn: (b: number, inOff: number, at: number, len: number) => Promise<void>): Promise<void> {
+    const bs = this.bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    const ops: Promise<void>[] = [];
+    for (let b = first; b <= last; b++) {
+      const start = Math.max(offset, b * bs);
+      const end = Math.min(offset + length, (b + 1) * bs);
+      ops.push(fn(b, start - b * bs, start - offset, end - start));
+    }
+    await Promise.all(ops);
+  }
+
+  private async writeInBlock(b: number, inOff: number, piece: Buffer): Promise<void> {
+    const e = this.bat![b];
+    if (e !== UNALLOCATED) {
+      if (this.meta.type === 'dynamic') {
+        await this.storage.write(e * SECTOR + this.bmSize + inOff, piece);
+        return;
+      }
+      const bm = await this.bitmap(b);
+      const s0 = Math.floor(inOff / SECTOR);
+      const s1 = Math.ceil((inOff + piece.length) / SECTOR);
+      if (allSet(bm, s0, s1 - s0)) {
+        // Every sector already lives in this file: a plain data write, no metadata.
+        await this.storage.write(e * SECTOR + this.bmSize + inOff, piece);
+        return;
+      }
+    }
+    await this.blockLocks.run(b, async () => {
+      if (this.bat![b] !== UNALLOCATED) {
+        if (this.meta.type === 'dynamic') await this.storage.write(this.bat![b] * SECTOR + this.bmSize + inOff, piece);
+        else await this.writeDifferencingLocked(b, inOff, piece);
+        return;
+      }
+      await this.allocLock.run(() => this.allocate(b, inOff, piece));
+    });
+  }
+
+  /** Write into an allocated block of a differencing disk, under the block's lock:
+   *  data first, then the bitmap (a crash in between leaves the sectors reading from the parent). */
+  private async writeDifferencingLocked(b: number, inOff: number, piece: Buffer): Promise<void> {
+    const bm = await this.bitmap(b);
+    const dataPos = this.bat![b] * SECTOR + this.bmSize;
+    const s0 = Math.floor(inOff / SECTOR);
+    const s1 = Math.ceil((inOff + piece.length) / SECTOR);
+    const headPartial = inOff % SECTOR !== 0 && !testBit(bm, s0);
+    const tailPartial = (inOff + piece.length) % SECTOR !== 0 && !testBit(bm, s1 - 1);
+    if (headPartial || tailPartial) {
+      // A sector still in the parent is only partly covered: build whole sectors.
+      const buf = Buffer.alloc((s1 - s0) * SECTOR);
+      await this.fillEdges(b, bm, s0, s1, buf, dataPos);
+      piece.copy(buf, inOff - s0 * SECTOR);
+      await this.storage.write(dataPos + s0 * SECTOR, buf);
+    } else {
+      await this.storage.write(dataPos + inOff, piece);
+    }
+    if (setBits(bm, s0, s1 - s0)) await this.storage.write(this.bat![b] * SECTOR, Buffer.from(bm));
+  }
+
+  /** Fill the first and last sector of `buf` (covering sectors [s0, s1) of block b) with their
+   *  current contents: from this file when the bit is set (bm given), else from the parent. */
+  private async fillEdges(b: number, bm: Buffer | undefined, s0: number, s1: number, buf: Buffer, dataPos: number): Promise<void> {
+    const edges = s1 - 1 > s0 ? [s0, s1 - 1] : [s0];
+    await Promise.all(edges.map(async (s) => {
+      const virt = b * this.bs + s * SECTOR;
+      const len = Math.min(SECTOR, this.size - virt);
+      if (len <= 0) return;
+      const src = bm && testBit(bm, s) ? await this.storage.read(dataPos + s * SECTOR, len)
+        : this.parent ? await this.parent.read(virt, len) : Buffer.alloc(len);
+      src.copy(buf, (s - s0) * SECTOR);
+    }));
+  }
+
+  /**
+   * Allocate block b and write `piece` into it. Runs under the block's lock and the allocation lock.
+   *
+   * Crash safety — the order of writes (a crash at any point leaves a file that opens and checks clean):
+   *   (1) write the footer at the NEW end of file (after the new block). The old footer is still in
+   *       place, so the file has a valid footer at its end throughout;
+   *   (2) write the new block — zero gap up to the 4 KiB-aligned data area, bitmap, data — over
+   *       [old footer, new footer), which overwrites the old footer;
+   *   (3) flush, so (1) and (2) are durable before anything points at them;
+   *   (4) write the BAT entry. A crash before (4) leaves the block unreferenced (leaked space,
+   *       a checkVhd warning), never a BAT entry pointing at unwritten space.
+   * If the end-of-file footer is ever torn, dynamic disks still open from the footer copy at 0.
+   */
+  private async allocate(b: number, inOff: number, piece: Buffer): Promise<void> {
+    const F = this.footerOffset;
+    const dataPos = roundUp(F + this.bmSize, DATA_ALIGNMENT);
+    const bitmapPos = dataPos - this.bmSize;
+    const newFooter = dataPos + this.bs;
+    if (bitmapPos / SECTOR >= UNALLOCATED) {
+      throw new MedvError('ENOSPACE', 'VHD file would grow past what a BAT entry can address', { file: this.description, offset: bitmapPos });
+    }
+    const region = Buffer.alloc(newFooter - F);
+    const bm = region.subarray(bitmapPos - F, dataPos - F);
+    const s0 = Math.floor(inOff / SECTOR);
+    const s1 = Math.ceil((inOff + piece.length) / SECTOR);
+    if (this.meta.type === 'dynamic') {
+      bm.fill(0xff);
+    } else {
+      setBits(bm, s0, s1 - s0);
+      if (inOff % SECTOR !== 0 || (inOff + piece.length) % SECTOR !== 0) {
+        const edges = Buffer.alloc((s1 - s0) * SECTOR);
+        await this.fillEdges(b, undefined, s0, s1, edges, 0);
+        edges.copy(region, dataPos - F + s0 * SECTOR);
+      }
+    }
+    piece.copy(region, dataPos - F + inOff);
+    try {
+      // Storage that cannot write past its end with a gap (memory; perhaps a container) is grown
+      // first; the gap reads as zeros and the file then ends without a footer only until (1) lands.
+      const s = this.storage;
+      if (s.size < newFooter && s.resize && s.capabilities.canResize && !(s instanceof FileDevice)) await s.resize(newFooter);
+      await this.storage.write(newFooter, this.meta.footerRaw); // (1)
+      await this.storage.write(F, region);                      // (2)
+      await this.storage.flush();                               // (3)
+      await this.storage.write(this.meta.batOffset! + 4 * b, serializeBatEntry(bitmapPos / SECTOR)); // (4)
+    } catch (e) {
+      // Whatever reached the file stays unreferenced; never reuse that space.
+      this.footerOffset = newFooter;
+      throw e;
+    }
+    this.footerOffset = newFooter;
+    this.bat![b] = bitmapPos / SECTOR;
+    this.allocated++;
+    if (this.meta.type === 'differencing') this.bitmaps.set(b, Promise.resolve(Buffer.from(bm)));
+  }
+
+  async flush(): Promise<void> {
+    this.assertOpen();
+    if (!this.readOnly) await this.storage.flush();
+  }
+
+  /** A hint only: contents are unspecified afterwards; this layer keeps them (no deallocation,
+   *  which could not be made crash-safe cheaply). */
+  async discard(offset: number, length: number): Promise<void> {
+    this.assertWritable();
+    validateRequest(this, offset, length, true);
+  }
+
+  /** Reads back zeros afterwards. Unallocated blocks of a dynamic disk already read as zeros and
+   *  stay unallocated; a differencing disk writes zeros into this layer (hiding the parent). */
+  async writeZeroes(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    this.assertWritable();
+    validateRequest(this, offset, length, true);
+    if (length === 0) return;
+    if (this.meta.type === 'fixed') {
+      await this.storage.writeZeroes(offset, length);
+    } else {
+      let zeros: Buffer | undefined;
+      await this.forEachBlock(offset, length, async (b, inOff, _at, len) => {
+        if (this.meta.type === 'dynamic' && this.bat![b] === UNALLOCATED) {
+          // A concurrent allocation of this block zero-fills it; nothing to do either way.
+          return;
+        }
+        if (!zeros || zeros.length < len) zeros = Buffer.alloc(Math.max(len, zeros?.length ?? 0));
+        await this.writeInBlock(b, inOff, zeros.subarray(0, len));
+      });
+    }
+    if (options?.fua) await this.storage.flush();
+  }
+
+  /** Byte ranges of the virtual disk stored in THIS file (allocated blocks of a dynamic disk,
+   *  set bitmap bits of a differencing disk, everything for a fixed disk), ascending and merged. */
+  async allocatedRanges(): Promise<Array<{ offset: number; length: number }>> {
+    this.assertOpen();
+    if (this.meta.type === 'fixed') return this.size > 0 ? [{ offset: 0, length: this.size }] : [];
+    const out: Array<{ offset: number; length: number }> = [];
+    const add = (start: number, end: number): void => {
+      end = Math.min(end, this.size);
+      if (end <= start) return;
+      const lastR = out[out.length - 1];
+      if (lastR && lastR.offset + lastR.length === start) lastR.length += end - start;
+      else out.push({ offset: start, length: end - start });
+    };
+    const spb = this.bs / SECTOR;
+    for (let b = 0; b < this.bat!.length; b++) {
+      if (this.bat![b] === UNALLOCATED) continue;
+      const base = b * this.bs;
+      if (this.meta.type === 'dynamic') { add(base, base + this.bs); continue; }
+      const bm = await this.bitmap(b);
+      for (const run of bitRuns(bm, 0, spb)) if (run.set) add(base + run.first * SECTOR, base + (run.first + run.count) * SECTOR);
+    }
+    return out;
+  }
+
+  /** @internal For compaction: the raw bitmap and data area of block b, or undefined if unallocated. */
+  async rawBlock(b: number): Promise<{ bitmap: Buffer; data: Buffer } | undefined> {
+    this.assertOpen();
+    if (!this.bat || b >= this.bat.length || this.bat[b] === UNALLOCATED) return undefined;
+    const pos = this.bat[b] * SECTOR;
+    const data = await this.storage.read(pos + this.bmSize, this.bs);
+    const bitmap = this.meta.type === 'differencing' ? Buffer.from(await this.bitmap(b)) : Buffer.alloc(this.bmSize, 0xff);
+    return { bitmap, data };
+  }
+
+  /** @internal */
+  get blockCount(): number { return this.bat?.length ?? 0; }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    let first: unknown;
+    try { await this.storage.close(); } catch (e) { first = e; }
+    if (this.parent) { try { await this.parent.close(); } catch (e) { first ??= e; } }
+    if (first) throw first;
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new MedvError('ECLOSED', 'VHD is closed', { file: this.description });
+  }
+
+  private assertWritable(): void {
+    this.assertOpen();
+    if (this.readOnly) throw new MedvError('EREADONLY', 'VHD is open read-only', { file: this.description });
+  }
+}

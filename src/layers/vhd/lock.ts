@@ -1,0 +1,34 @@
+/** Small async locks: one FIFO mutex, and a mutex per key (block index). */
+export class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const prev = this.tail;
+    let release!: () => void;
+    this.tail = new Promise<void>((r) => { release = r; });
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}
+
+export class KeyedMutex {
+  private readonly tails = new Map<number, Promise<void>>();
+
+  async run<T>(key: number, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key);
+    let release!: () => void;
+    const mine = new Promise<void>((r) => { release = r; });
+    this.tails.set(key, mine);
+    if (prev) await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.tails.get(key) === mine) this.tails.delete(key);
+    }
+  }
+}

@@ -3,6 +3,7 @@
 // vm/build/guest.img (guest.bin followed by zeros, layout.imageBytes long; vm/README.md). The layout numbers come from
 // vm/layout.json and reach nasm as -D defines; the marker reaches it only XOR-ed, and this script
 // checks that neither the boot sector nor the fresh image contains the plain marker.
+// Also builds vm/build/internal-error.img from vm/internal-error.asm (a guest KVM cannot run).
 // Plain Node, no dependencies. Rewrites guest.img only when its bytes differ (a booted image
 // has a higher counter, so it is reset to a fresh one).
 import { execFileSync } from 'node:child_process';
@@ -36,11 +37,15 @@ const defines = [
   `-DMARKER_XOR=${layout.markerXor}`,
   `-DMARKER_XORED=${xored.join(',')}`,
 ];
-try {
-  execFileSync('nasm', ['-f', 'bin', ...defines, path.join(vm, 'guest.asm'), '-o', bin], { stdio: ['ignore', 'inherit', 'inherit'] });
-} catch (e) {
-  if (e.code === 'ENOENT') fail('nasm not found (apt-get install nasm, or run bash scripts/setup.sh)');
-  fail(`nasm failed (${e.message})`);
+nasm([...defines, path.join(vm, 'guest.asm'), '-o', bin]);
+
+function nasm(args) {
+  try {
+    execFileSync('nasm', ['-f', 'bin', ...args], { stdio: ['ignore', 'inherit', 'inherit'] });
+  } catch (e) {
+    if (e.code === 'ENOENT') fail('nasm not found (apt-get install nasm, or run bash scripts/setup.sh)');
+    fail(`nasm failed (${e.message})`);
+  }
 }
 
 const sector = fs.readFileSync(bin);
@@ -51,15 +56,25 @@ const image = Buffer.alloc(layout.imageBytes);
 sector.copy(image, 0);
 if (image.includes(marker)) fail('the plain marker appears in the built image; it must only come from the guest');
 
-const img = path.join(out, 'guest.img');
-let same = false;
-try {
-  same = fs.readFileSync(img).equals(image);
-} catch {
-  // missing: write it
-}
-if (!same) {
-  const tmp = `${img}.tmp`;
-  fs.writeFileSync(tmp, image);
-  fs.renameSync(tmp, img);
+writeIfChanged(path.join(out, 'guest.img'), image);
+
+// A guest that KVM cannot run (vm/internal-error.asm): tests of internal-error detection.
+const ieBin = path.join(out, 'internal-error.bin');
+nasm([path.join(vm, 'internal-error.asm'), '-o', ieBin]);
+const ieImage = Buffer.alloc(layout.imageBytes);
+fs.readFileSync(ieBin).copy(ieImage, 0);
+writeIfChanged(path.join(out, 'internal-error.img'), ieImage);
+
+function writeIfChanged(file, bytes) {
+  let same = false;
+  try {
+    same = fs.readFileSync(file).equals(bytes);
+  } catch {
+    // missing: write it
+  }
+  if (!same) {
+    const tmp = `${file}.tmp`;
+    fs.writeFileSync(tmp, bytes);
+    fs.renameSync(tmp, file);
+  }
 }

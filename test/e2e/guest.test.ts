@@ -5,10 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { accelerators, bootCounter, bootGuest, fileContainsMarker, freshGuestImage, GUEST, markerBlock, type Accel, type GuestRun } from '../helpers/qemu.js';
+import {
+  accelerators, bootCounter, bootGuest, fileContainsMarker, freshGuestImage, GUEST, GuestError, INTERNAL_ERROR_GUEST, markerBlock,
+  type Accel, type GuestRun,
+} from '../helpers/qemu.js';
 
 const BOOT_MS = 60_000; // TCG on a loaded 2-core machine; KVM takes well under a second
 const POWERDOWN_MS = 10_000;
@@ -114,6 +117,24 @@ describe('e2e: test guest under QEMU', function () {
         await ro.powerdown();
         assert.equal(await ro.waitExit(POWERDOWN_MS), 0);
         assert.ok(readFileSync(image).equals(before));
+      });
+
+      it(accel === 'kvm' ? 'a guest KVM cannot emulate is reported as internal-error' : 'the guest KVM cannot emulate runs under TCG', async () => {
+        const image = join(dir, 'internal-error.img');
+        copyFileSync(INTERNAL_ERROR_GUEST.image, image);
+        const run = await start({ drive: image, accel });
+        if (accel === 'tcg') {
+          await run.waitForSerial(INTERNAL_ERROR_GUEST.serial.ok, BOOT_MS);
+          return;
+        }
+        await assert.rejects(run.waitForSerial(INTERNAL_ERROR_GUEST.serial.ok, BOOT_MS), (e: unknown) => {
+          assert.ok(e instanceof GuestError);
+          assert.equal(e.kind, 'internal-error');
+          assert.match(e.message, /internal-error under accel kvm.*Retry under TCG/s);
+          return true;
+        });
+        assert.equal(await run.runState(), 'internal-error');
+        assert.match(run.serial(), INTERNAL_ERROR_GUEST.serial.start);
       });
     });
   }

@@ -69,6 +69,15 @@ export const GUEST = {
   },
 } as const;
 
+/**
+ * A guest KVM cannot run (vm/internal-error.asm): under KVM, QEMU stops it in run state
+ * `internal-error` after `start`; under TCG it prints `ok`. For tests of that detection.
+ */
+export const INTERNAL_ERROR_GUEST = {
+  image: join(ROOT, 'vm', 'build', 'internal-error.img'),
+  serial: { start: /MEDV-GUEST start\r?\n/, ok: /MEDV-GUEST x87-mmio-ok\r?\n/ },
+} as const;
+
 /** The block the guest writes at `GUEST.markerOffset`: the marker repeated over markerBytes. */
 export function markerBlock(): Buffer {
   const b = Buffer.alloc(GUEST.markerBytes);
@@ -245,8 +254,8 @@ export async function bootGuest(opts: BootOptions): Promise<GuestRun> {
   try {
     await run.start(qmpPath, opts.startTimeoutMs ?? 15_000);
   } catch (e) {
-    const stderr = run.stderr().trim();
     await run.kill();
+    const stderr = run.stderr().trim();
     throw new GuestError('start', `QEMU did not start (${(e as Error).message})${stderr ? `:\n${stderr}` : ''}\nargv: ${argv.join(' ')}`);
   }
   return run;

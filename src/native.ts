@@ -83,6 +83,11 @@ function checkFd(fd: number): void {
   if (!Number.isSafeInteger(fd) || fd < 0 || fd > 0x7fffffff) throw badArg(`invalid file descriptor ${fd}`);
 }
 
+/** OpenSSL refused the key (e.g. equal XTS halves): ECRYPTO, without key bytes in the message. */
+function xtsFailure(e: unknown): MedvError {
+  return new MedvError('ECRYPTO', 'AES-256-XTS failed: OpenSSL refused the key (equal halves?) or the data', {}, { cause: e });
+}
+
 // ---------------------------------------------------------------------------------------------
 // JS fallback
 
@@ -103,12 +108,16 @@ export const fallback: NativeApi = {
 
   xtsCrypt(key, input, output, firstUnit, unitSize, encrypt) {
     const units = checkXtsArgs(key, input, output, firstUnit, unitSize, encrypt);
-    for (let i = 0; i < units; i++) {
-      const c = encrypt ? createCipheriv('aes-256-xts', key, tweakFor(firstUnit + i))
-        : createDecipheriv('aes-256-xts', key, tweakFor(firstUnit + i));
-      const part = c.update(input.subarray(i * unitSize, (i + 1) * unitSize));
-      part.copy(output, i * unitSize);
-      c.final();
+    try {
+      for (let i = 0; i < units; i++) {
+        const c = encrypt ? createCipheriv('aes-256-xts', key, tweakFor(firstUnit + i))
+          : createDecipheriv('aes-256-xts', key, tweakFor(firstUnit + i));
+        const part = c.update(input.subarray(i * unitSize, (i + 1) * unitSize));
+        part.copy(output, i * unitSize);
+        c.final();
+      }
+    } catch (e) {
+      throw xtsFailure(e);
     }
   },
 
@@ -180,7 +189,11 @@ function wrap(raw: RawAddon): NativeApi {
     available: true,
     xtsCrypt(key, input, output, firstUnit, unitSize, encrypt) {
       checkXtsArgs(key, input, output, firstUnit, unitSize, encrypt);
-      raw.xtsCrypt(key, input, output, firstUnit, unitSize, encrypt);
+      try {
+        raw.xtsCrypt(key, input, output, firstUnit, unitSize, encrypt);
+      } catch (e) {
+        throw xtsFailure(e);
+      }
     },
     pread(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pread(fd, buf, offset, position); },
     pwrite(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pwrite(fd, buf, offset, position); },

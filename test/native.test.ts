@@ -93,6 +93,8 @@ describe('native', () => {
         assert.throws(() => api.xtsCrypt(key, b, b, 0, 0, true), isArgError);
         assert.throws(() => api.xtsCrypt(key, b.subarray(0, 4096), b.subarray(16, 4112), 0, 4096, true), isArgError);
         assert.throws(() => api.xtsCrypt(key, b, b, 0, 4096, 1 as unknown as boolean), isArgError);
+        // Equal halves: OpenSSL refuses (both implementations), typed ECRYPTO.
+        assert.throws(() => api.xtsCrypt(Buffer.alloc(64, 7), b, b, 0, 4096, true), (e: unknown) => e instanceof MedvError && e.code === 'ECRYPTO');
       });
 
       it('pread/pwrite/fdatasync, sync and async, round-trip through a file', async () => {

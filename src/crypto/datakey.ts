@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { MedvError } from '../errors.js';
-import { redactInspect, secureAlloc, secureRandom, secureSeal, secureWipe } from './secure.js';
+import { redactInspect, secureAlloc, secureRandom, secureSeal, secureFree } from './secure.js';
 
 export const DATA_KEY_BYTES = 64;
 export const KEY_ID_BYTES = 16;
@@ -29,7 +29,7 @@ export class DataKey {
       // XTS needs two different halves (OpenSSL refuses equal ones); a random key has them
       // with overwhelming probability, but check rather than fail later.
       if (!key.subarray(0, 32).equals(key.subarray(32))) return new DataKey(randomBytes(KEY_ID_BYTES), key);
-      secureWipe(key);
+      secureFree(key);
     }
   }
 
@@ -39,11 +39,11 @@ export class DataKey {
    */
   static adopt(keyId: Buffer, key: Buffer, file?: string): DataKey {
     if (keyId.length !== KEY_ID_BYTES || key.length !== DATA_KEY_BYTES) {
-      secureWipe(key);
+      secureFree(key);
       throw new MedvError('EINTERNAL', 'data key or key id has the wrong length', { file });
     }
     if (key.subarray(0, 32).equals(key.subarray(32))) {
-      secureWipe(key);
+      secureFree(key);
       throw new MedvError('ECORRUPT', 'data key is unusable for XTS (equal halves)', { file });
     }
     return new DataKey(keyId, key);
@@ -67,7 +67,7 @@ export class DataKey {
   /** Zero the key. Idempotent. */
   dispose(): void {
     if (!this.secret) return;
-    secureWipe(this.secret);
+    secureFree(this.secret);
     this.secret = undefined;
   }
 

@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 import { MedvError, fromSystemError } from '../errors.js';
-import { secureAlloc, secureWipe } from './secure.js';
+import { secureAlloc, secureFree } from './secure.js';
 import { sodium } from './sodium.js';
 
 export type KekSource = { kind: 'passphrase'; passphrase: string } | { kind: 'hostkey'; keyFile: string };
@@ -62,7 +62,7 @@ export async function createHostKey(path: string): Promise<void> {
     if (fh) { await fh.close().catch(() => undefined); fh = undefined; await fs.promises.unlink(path).catch(() => undefined); }
     throw fromSystemError(e, path);
   } finally {
-    secureWipe(key);
+    secureFree(key);
     if (fh) await fh.close();
   }
 }
@@ -80,7 +80,7 @@ export async function loadHostKey(path: string): Promise<Buffer> {
     if (bytesRead !== HOST_KEY_BYTES) throw new MedvError('ETRUNCATED', 'host key file shrank while being read', { file: path, offset: bytesRead });
     return key;
   } catch (e) {
-    secureWipe(key);
+    secureFree(key);
     throw fromSystemError(e, path);
   } finally {
     if (fh) await fh.close().catch(() => undefined);
@@ -102,7 +102,7 @@ export async function passphraseKek(passphrase: string, salt: Buffer, opslimit: 
     await sodium.crypto_pwhash_async(kek, pw, salt, opslimit, memlimit, sodium.crypto_pwhash_ALG_ARGON2ID13);
     return kek;
   } catch (e) {
-    secureWipe(kek);
+    secureFree(kek);
     throw new MedvError('ECRYPTO', 'Argon2id failed (out of memory?)', {}, { cause: e });
   } finally {
     pw.fill(0);

@@ -11,7 +11,7 @@ import {
 } from '../formats/keyfile.js';
 import { DATA_KEY_BYTES, DataKey } from './datakey.js';
 import { type KekSource, hostKeyId, loadHostKey, passphraseKek } from './kek.js';
-import { secureAlloc, secureWipe } from './secure.js';
+import { secureAlloc, secureFree } from './secure.js';
 import { sodium } from './sodium.js';
 
 export interface PwhashParams {
@@ -54,7 +54,7 @@ export async function wrapDataKey(dataKey: DataKey, kek: KekSource, opts: WrapOp
     sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(wrapped, dataKey.key, aad, null, nonce, k);
     return serializeKeyFile({ ...rec, wrappedKey: wrapped });
   } finally {
-    secureWipe(k);
+    secureFree(k);
   }
 }
 
@@ -74,7 +74,7 @@ export async function unwrapDataKey(enc: Buffer, kek: KekSource, file?: string):
     if (kek.kind !== 'hostkey') throw new MedvError('ENOKEY', 'this key file is wrapped with a host key, not a passphrase', { file });
     k = await loadHostKey(kek.keyFile);
     if (!hostKeyId(k).equals(rec.kek.hostKeyId)) {
-      secureWipe(k);
+      secureFree(k);
       throw new MedvError('EBADKEY', `wrong passphrase or key: the key file was wrapped with another host key than ${kek.keyFile}`, { file });
     }
   }
@@ -82,10 +82,10 @@ export async function unwrapDataKey(enc: Buffer, kek: KekSource, file?: string):
   try {
     sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(out, null, rec.wrappedKey, rec.aad, rec.nonce, k);
   } catch {
-    secureWipe(out);
+    secureFree(out);
     throw new MedvError('EBADKEY', 'wrong passphrase or key (the data key did not unwrap)', { file });
   } finally {
-    secureWipe(k);
+    secureFree(k);
   }
   return DataKey.adopt(rec.keyId, out, file);
 }

@@ -31,6 +31,22 @@ export function secureWipe(buf: Buffer): void {
   sodium.sodium_memzero(buf);
 }
 
+/**
+ * Release key material now: a secure buffer is zeroed, unmapped and detached (length 0 after,
+ * so a stale reference reads nothing rather than faulting); an ordinary buffer is zeroed.
+ * (Secure buffers each cost guard-page mappings: freeing them promptly keeps bursts of key
+ * operations from exhausting the process's memory-map limit before GC runs.)
+ */
+export function secureFree(buf: Buffer): void {
+  if (isSecure(buf)) {
+    if (buf.length === 0) return; // already freed
+    sodium.sodium_mprotect_readwrite(buf);
+    sodium.sodium_free(buf);
+  } else {
+    sodium.sodium_memzero(buf);
+  }
+}
+
 export function isSecure(buf: Buffer): boolean {
   return (buf as Buffer & { secure?: boolean }).secure === true;
 }

@@ -7,6 +7,8 @@ import { createRequire } from 'node:module';
 export interface Sodium {
   sodium_malloc(size: number): Buffer;
   sodium_memzero(buf: Buffer): void;
+  /** Zeroes, unmaps and detaches a sodium_malloc buffer (its length becomes 0). */
+  sodium_free(buf: Buffer): void;
   sodium_memcmp(a: Buffer, b: Buffer): boolean;
   sodium_mprotect_noaccess(buf: Buffer): void;
   sodium_mprotect_readonly(buf: Buffer): void;

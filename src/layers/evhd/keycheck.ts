@@ -1,5 +1,5 @@
 import type { DataKey } from '../../crypto/datakey.js';
-import { secureAlloc, secureWipe } from '../../crypto/secure.js';
+import { secureAlloc, secureFree } from '../../crypto/secure.js';
 import { sodium } from '../../crypto/sodium.js';
 
 const KCK_CONTEXT = Buffer.from('medv evhd key-check key v1', 'latin1');
@@ -20,6 +20,6 @@ export function evhdKeyCheck(key: DataKey): Buffer {
     sodium.crypto_generichash(out, Buffer.concat([KCV_MESSAGE, key.keyId]), kck);
     return out;
   } finally {
-    secureWipe(kck);
+    secureFree(kck);
   }
 }

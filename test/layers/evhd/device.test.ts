@@ -88,6 +88,29 @@ describe('layers: evhd device', () => {
     await again.close();
   });
 
+  it('concurrent writes past the end (and inside it) all land; gaps read as zeros', async () => {
+    const mem = new MemoryDevice(0);
+    const dev = await createEvhd(mem, key.clone());
+    await dev.write(0, randomBytes(3000));
+    const model = Buffer.alloc(200000);
+    (await dev.read(0, 3000)).copy(model);
+    const ops: Promise<void>[] = [];
+    for (let i = 0; i < 40; i++) {
+      const off = i % 2 === 0 ? 150000 - i * 3333 : 100 + i * 37; // growing appends and small in-place writes
+      const data = randomBytes(i % 2 === 0 ? 1000 + i * 10 : 20);
+      data.copy(model, off);
+      ops.push(dev.write(off, data));
+    }
+    await Promise.all(ops);
+    const end = 150000 + 1000;
+    assert.equal(dev.size, end);
+    assert.ok((await dev.read(0, end)).equals(model.subarray(0, end)));
+    await dev.close();
+    const again = await openEvhd(MemoryDevice.from(mem.snapshot()), key.clone());
+    assert.ok((await again.read(0, end)).equals(model.subarray(0, end)));
+    await again.close();
+  });
+
   it('never lets stale ciphertext past the end reappear: shrink, then grow, reads zeros', async () => {
     const mem = new MemoryDevice(0);
     const dev = await createEvhd(mem, key.clone());

@@ -71,7 +71,10 @@ describe('cli: medv disk', function () {
     const junk = join(dir.path, 'junk.vhd');
     writeFileSync(junk, Buffer.concat([randomBytes(4096), Buffer.from('conectix'), randomBytes(504)]));
     assertOneLineError(runMedv(['disk', 'info', junk]), /medv: /);
-    assertOneLineError(runMedv(['disk', 'check', junk]), /medv: /);
+    const check = runMedv(['disk', 'check', junk]);
+    assert.equal(check.code, 8, 'check reports damage with exit status 8');
+    assert.match(check.stdout, /error: .*checksum/i);
+    assert.doesNotMatch(check.stdout + check.stderr, /\n\s+at /);
     assertOneLineError(runMedv(['disk', 'create', join(dir.path, 'x.vhd'), '--size', 'ten']), /invalid size/);
     assertOneLineError(runMedv(['disk', 'info', join(dir.path, 'missing.vhd')]), /no such/);
     assertOneLineError(runMedv(['disk', 'create', join(dir.path, 'p.evhd'), '--size', '1M'], { MEDV_PASSPHRASE: undefined }), /MEDV_PASSPHRASE/);

@@ -55,15 +55,16 @@ describe('e2e: crash safety of medv disk serve (SIGKILL)', function () {
         const timer = setTimeout(() => server.kill('SIGKILL'), killAfter);
         try {
           for (;;) {
-            const batch: Array<[number, Buffer]> = [];
+            // Requests in flight together have no order in NBD, so a batch touches distinct blocks.
+            const batch = new Map<number, Buffer>();
             const n = 1 + Math.floor(rnd() * 16);
             for (let i = 0; i < n; i++) {
               // Mostly a hot region (overwrites), sometimes anywhere (allocations).
               const block = rnd() < 0.7 ? Math.floor(rnd() * 256) : Math.floor(rnd() * blocks);
-              batch.push([block, blockData(round, ++seq, block)]);
+              batch.set(block, blockData(round, ++seq, block));
             }
             for (const [b, d] of batch) { const l = maybe.get(b) ?? []; l.push(d); maybe.set(b, l); }
-            await Promise.all(batch.map(([b, d]) => client.write(b * UNIT, d)));
+            await Promise.all([...batch].map(([b, d]) => client.write(b * UNIT, d)));
             await client.flush();
             // Acknowledged flush: the last write per block is now durable.
             for (const [b, d] of batch) durable.set(b, d);

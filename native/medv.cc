@@ -21,6 +21,7 @@
 
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 namespace {
@@ -206,6 +207,29 @@ Napi::Value Pread(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(n));
 }
 
+// Read from the page cache only (preadv2 RWF_NOWAIT): returns the bytes that were cached (possibly
+// short), or -1 when the first byte would need disk I/O or the kernel/file system cannot do NOWAIT.
+// The caller finishes the read on the thread pool; a cache hit costs no thread-pool hop.
+Napi::Value PreadNoWait(const Napi::CallbackInfo& info) {
+  IoArgs a;
+  if (!GetIoArgs(info, &a)) return info.Env().Undefined();
+  size_t done = 0;
+  while (done < a.len) {
+    struct iovec iov = {a.data + done, a.len - done};
+    ssize_t n = preadv2(a.fd, &iov, 1, static_cast<off_t>(a.position + done), RWF_NOWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL) break;
+      SysError(info.Env(), "preadv2", errno).ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  if (done == 0 && a.len > 0) return Napi::Number::New(info.Env(), -1);
+  return Napi::Number::New(info.Env(), static_cast<double>(done));
+}
+
 Napi::Value Pwrite(const Napi::CallbackInfo& info) {
   IoArgs a;
   if (!GetIoArgs(info, &a)) return info.Env().Undefined();
@@ -309,6 +333,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("xtsCrypt", Napi::Function::New(env, XtsCrypt, "xtsCrypt"));
   exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
   exports.Set("pwrite", Napi::Function::New(env, Pwrite, "pwrite"));
+  exports.Set("preadNoWait", Napi::Function::New(env, PreadNoWait, "preadNoWait"));
   exports.Set("fdatasync", Napi::Function::New(env, Fdatasync, "fdatasync"));
   exports.Set("preadAsync", Napi::Function::New(env, PreadAsync, "preadAsync"));
   exports.Set("pwriteAsync", Napi::Function::New(env, PwriteAsync, "pwriteAsync"));

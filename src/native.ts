@@ -36,6 +36,13 @@ export interface NativeApi {
   /** Write buf[offset..] at file `position`; returns the bytes written (all of them). */
   pwrite(fd: number, buf: Buffer, offset: number, position: number): number;
   fdatasync(fd: number): void;
+  /**
+   * Read only what is already in the page cache, without blocking: returns the bytes read into
+   * buf[offset..] (possibly short, e.g. at EOF), or -1 when nothing could be read without disk I/O
+   * (or at EOF).
+   * The fallback always returns -1 (callers then read on the thread pool).
+   */
+  preadNoWait(fd: number, buf: Buffer, offset: number, position: number): number;
   preadAsync(fd: number, buf: Buffer, offset: number, position: number): Promise<number>;
   pwriteAsync(fd: number, buf: Buffer, offset: number, position: number): Promise<number>;
   fdatasyncAsync(fd: number): Promise<void>;
@@ -144,6 +151,11 @@ export const fallback: NativeApi = {
     fs.fdatasyncSync(fd);
   },
 
+  preadNoWait(fd, buf, offset, position) {
+    checkIoArgs(fd, buf, offset, position);
+    return -1;
+  },
+
   async preadAsync(fd, buf, offset, position) {
     checkIoArgs(fd, buf, offset, position);
     let done = 0;
@@ -198,6 +210,7 @@ function wrap(raw: RawAddon): NativeApi {
     pread(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pread(fd, buf, offset, position); },
     pwrite(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pwrite(fd, buf, offset, position); },
     fdatasync(fd) { checkFd(fd); raw.fdatasync(fd); },
+    preadNoWait(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.preadNoWait(fd, buf, offset, position); },
     async preadAsync(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.preadAsync(fd, buf, offset, position); },
     async pwriteAsync(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pwriteAsync(fd, buf, offset, position); },
     async fdatasyncAsync(fd) { checkFd(fd); await raw.fdatasyncAsync(fd); },
@@ -218,7 +231,7 @@ export function loadAddon(): { addon?: RawAddon; reason?: string } {
     if (!fs.existsSync(file)) continue;
     try {
       const mod = createRequire(import.meta.url)(file) as Partial<RawAddon>;
-      const names: Array<keyof RawAddon> = ['xtsCrypt', 'pread', 'pwrite', 'fdatasync', 'preadAsync', 'pwriteAsync', 'fdatasyncAsync', 'kvmProbe'];
+      const names: Array<keyof RawAddon> = ['xtsCrypt', 'pread', 'pwrite', 'fdatasync', 'preadNoWait', 'preadAsync', 'pwriteAsync', 'fdatasyncAsync', 'kvmProbe'];
       const missing = names.filter((n) => typeof mod[n] !== 'function');
       if (missing.length) { reason = `${file} lacks ${missing.join(', ')} (stale build?)`; continue; }
       return { addon: mod as RawAddon };

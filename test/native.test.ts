@@ -147,6 +147,30 @@ describe('native', () => {
     });
   }
 
+  it('preadNoWait reads what the page cache holds, and the fallback defers to the thread pool', function () {
+    const dir = fs.mkdtempSync(join(tmpdir(), 'medv-nowait-'));
+    try {
+      const file = join(dir, 'f');
+      const data = randomBytes(64 * 1024);
+      fs.writeFileSync(file, data); // just written: in the page cache
+      const fd = fs.openSync(file, 'r');
+      try {
+        const buf = Buffer.alloc(8192);
+        assert.equal(fallback.preadNoWait(fd, buf, 0, 0), -1);
+        const addon = nativeAddon();
+        if (!addon) this.skip();
+        assert.equal(addon!.preadNoWait(fd, buf, 0, 4096), 8192);
+        assert.ok(buf.equals(data.subarray(4096, 4096 + 8192)));
+        assert.equal(addon!.preadNoWait(fd, buf, 0, data.length - 100), 100, 'short at EOF');
+        assert.equal(addon!.preadNoWait(fd, buf, 0, data.length), -1, 'nothing to read at EOF');
+      } finally {
+        fs.closeSync(fd);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('MEDV_NO_NATIVE=1 selects the fallback in a fresh process', function () {
     const here = fileURLToPath(new URL('../src/native.js', import.meta.url));
     const code = `import(${JSON.stringify(here)}).then(m => { console.log(JSON.stringify({a: m.native.available, r: m.native.reason})); })`;

@@ -15,9 +15,8 @@
  */
 import type { BlockCapabilities, BlockDevice, WriteOptions } from '../../block/device.js';
 import { defaultCapabilities } from '../../block/device.js';
-import { FileDevice } from '../../block/file.js';
 import { validateRequest } from '../../block/validate.js';
-import { MedvError } from '../../errors.js';
+import { MedvError, isMedvError } from '../../errors.js';
 import {
   SECTOR, UNALLOCATED, allSet, bitRuns, roundUp, serializeBatEntry, setBits, testBit,
 } from '../../formats/vhd/index.js';
@@ -251,11 +250,7 @@ export class VhdDevice implements BlockDevice {
     }
     piece.copy(region, dataPos - F + inOff);
     try {
-      // Storage that cannot write past its end with a gap (memory; perhaps a container) is grown
-      // first; the gap reads as zeros and the file then ends without a footer only until (1) lands.
-      const s = this.storage;
-      if (s.size < newFooter && s.resize && s.capabilities.canResize && !(s instanceof FileDevice)) await s.resize(newFooter);
-      await this.storage.write(newFooter, this.meta.footerRaw); // (1)
+      await this.writeFooterAt(newFooter);                      // (1)
       await this.storage.write(F, region);                      // (2)
       await this.storage.flush();                               // (3)
       await this.storage.write(this.meta.batOffset! + 4 * b, serializeBatEntry(bitmapPos / SECTOR)); // (4)
@@ -268,6 +263,20 @@ export class VhdDevice implements BlockDevice {
     this.bat![b] = bitmapPos / SECTOR;
     this.allocated++;
     if (this.meta.type === 'differencing') this.bitmaps.set(b, Promise.resolve(Buffer.from(bm)));
+  }
+
+  /** Files and EVHD containers accept a write past their end (the gap reads as zeros); storage
+   *  that refuses one (ERANGE, e.g. memory) is grown first, leaving a zero tail until the footer
+   *  lands — the footer copy at offset 0 covers that window. */
+  private async writeFooterAt(at: number): Promise<void> {
+    try {
+      await this.storage.write(at, this.meta.footerRaw);
+    } catch (e) {
+      const s = this.storage;
+      if (!isMedvError(e, 'ERANGE') || !s.resize || !s.capabilities.canResize || s.size >= at) throw e;
+      await s.resize(at);
+      await s.write(at, this.meta.footerRaw);
+    }
   }
 
   async flush(): Promise<void> {

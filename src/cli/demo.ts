@@ -1,104 +1,196 @@
 /**
- * `medv demo`: what exists, end to end. Make a disk from the test guest, encrypt it, put an undo disk
- * over it, serve the undo disk over NBD, boot the guest from it under QEMU (KVM, else TCG), power it
- * off with the ACPI button, prove the base is untouched and nothing is plaintext at rest, discard.
+ * `medv demo`: what exists, end to end, on the tiny test guest (vm/). Make a dynamic VHD from the
+ * guest's raw image, encrypt it, put an encrypted undo disk over it, serve the undo disk over NBD,
+ * boot the guest from it under QEMU twice (KVM, or TCG when KVM cannot run it), and prove: the base
+ * is untouched, no plaintext is at rest, the decrypting stack reads what the guest wrote, and
+ * discarding the undo disk brings the base's state back.
  */
 import { Command } from 'commander';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes, createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { MedvError } from '../errors.js';
 import type { KekSource } from '../crypto/index.js';
-import { convertDisk, createDisk, serveDiskFile } from '../disk/index.js';
-import { discardUndoDisk } from '../layers/undo/index.js';
+import { convertDisk, serveDiskFile } from '../disk/index.js';
+import { createUndoDisk, discardUndoDisk, openUndoDisk } from '../layers/undo/index.js';
 import { openDisk } from '../layers/open.js';
-import { defaultAccelerator, QemuProcess, type Accelerator } from '../hypervisor/qemu.js';
-import { TEST_GUEST, testGuestImage } from '../hypervisor/testguest.js';
+import { defaultAccelerator, QemuProcess, withTcgFallback, type Accelerator } from '../hypervisor/qemu.js';
+import { fileContainsMarker, GUEST, markerBlock, readCounter } from '../hypervisor/testguest.js';
 import { printJson } from './common.js';
 
-export interface DemoOptions { keep?: boolean; accel?: Accelerator; log?: (line: string) => void }
-export interface DemoResult { workDir: string; accel: Accelerator; boots: number[]; baseUnchanged: boolean; plaintextFound: string[]; seconds: number }
-
-const sha256 = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
-
-function containsMarker(path: string): boolean {
-  const data = readFileSync(path);
-  return data.indexOf(TEST_GUEST.marker.subarray(0, 32)) >= 0;
+export interface DemoOptions {
+  /** Keep the work folder (default: removed). */
+  keep?: boolean;
+  /** Accelerator to try first (default: KVM when usable, else TCG). */
+  accel?: Accelerator;
+  /** Where progress lines go (default stdout). */
+  log?: (line: string) => void;
 }
 
-/** Boot the guest once from an NBD URI; falls back to TCG when KVM fails. Returns the boot count it printed. */
-async function bootOnce(uri: string, runDir: string, accel: Accelerator, log: (s: string) => void): Promise<{ boot: number; accel: Accelerator }> {
-  const vm = await QemuProcess.launch({ name: 'medv-demo', accel, runDir, drives: [{ source: uri, format: 'raw' }] });
+export interface DemoStep { step: number; title: string; ms: number }
+
+export interface DemoResult {
+  passed: boolean;
+  workDir: string;
+  /** The accelerator asked for, and the one the guest ran under (TCG after a KVM internal error). */
+  accelRequested: Accelerator;
+  accel: Accelerator;
+  /** Boot counts the guest printed, one per boot. */
+  boots: number[];
+  /** Milliseconds from QEMU's spawn to the guest's `ready` line, per boot. */
+  bootMs: number[];
+  baseUnchanged: boolean;
+  /** Host files in the work folder that hold the plaintext marker (must be none). */
+  plaintextFiles: string[];
+  markerReadsBack: boolean;
+  /** Counter in the undo disk before discard, and in the base after it. */
+  undoCounter: number;
+  baseCounterAfterDiscard: number;
+  steps: DemoStep[];
+  seconds: number;
+}
+
+const BOOT_MS = 60_000;
+const POWERDOWN_MS = 15_000;
+
+function sha256(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex');
+}
+
+/** Boot the guest once from `uri`, wait for it to write and be ready, power it off. */
+async function bootOnce(uri: string, accel: Accelerator): Promise<{ boot: number; readyMs: number; serial: string }> {
+  const vm = await QemuProcess.launch({ name: 'medv-demo', accel, drives: [{ source: uri }] });
   try {
-    const m = await vm.waitForSerial(TEST_GUEST.serial.boot, 60_000);
-    await vm.waitForSerial(TEST_GUEST.serial.ready, 60_000);
-    log(`  guest says: ${vm.serial().trim().split('\n').join(' | ')}`);
+    const boot = Number((await vm.waitForSerial(GUEST.serial.boot, BOOT_MS))[1]);
+    await vm.waitForSerial(GUEST.serial.markerWritten, BOOT_MS);
+    await vm.waitForSerial(GUEST.serial.ready, BOOT_MS);
+    const errors = vm.serial().match(GUEST.serial.error);
+    if (errors) throw new MedvError('EIO', `the guest reported a disk error: ${errors[0].trim()}`);
+    const readyMs = vm.serialLines().find((l) => GUEST.serial.ready.test(`${l.text}\n`))?.ms ?? 0;
     await vm.powerdown();
-    await vm.waitExit(30_000);
-    return { boot: Number(m[1]), accel };
-  } catch (e) {
+    const code = await vm.waitExit(POWERDOWN_MS);
+    if (code !== 0) throw new MedvError('EHYPERVISOR', `QEMU exited with status ${code} after the power button`);
+    return { boot, readyMs, serial: vm.serial() };
+  } finally {
     await vm.kill();
-    if (accel === 'kvm' && e instanceof MedvError && e.code === 'EHYPERVISOR') {
-      log(`  KVM failed (${e.message}); retrying under TCG`);
-      return bootOnce(uri, runDir, 'tcg', log);
-    }
-    throw e;
   }
 }
 
 export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
   const log = options.log ?? ((s: string) => process.stdout.write(`${s}\n`));
-  const started = Date.now();
-  const image = testGuestImage();
-  if (!existsSync(image)) throw new MedvError('ENOENT', `test guest not built: ${image} (run npm run build)`, { file: image });
+  const t0 = performance.now();
+  if (!existsSync(GUEST.image)) throw new MedvError('ENOENT', 'the test guest is not built (run npm run build)', { file: GUEST.image });
   const work = mkdtempSync(join(tmpdir(), 'medv-demo-'));
-  const passphrase = process.env.MEDV_PASSPHRASE ?? randomBytes(12).toString('base64url');
+  // The demo's disks live only as long as the demo: a random passphrase unless one is given.
+  const passphrase = process.env.MEDV_PASSPHRASE ?? randomBytes(16).toString('base64url');
   const kek = (): KekSource => ({ kind: 'passphrase', passphrase });
-  let accel = options.accel ?? defaultAccelerator();
+  const accelRequested = options.accel ?? defaultAccelerator();
+  let accel = accelRequested;
+
+  const steps: DemoStep[] = [];
+  const step = async <T>(title: string, body: () => Promise<T>): Promise<T> => {
+    const n = steps.length + 1;
+    log(`${n}. ${title}`);
+    const started = performance.now();
+    const value = await body();
+    const ms = performance.now() - started;
+    steps.push({ step: n, title, ms });
+    log(`   done in ${(ms / 1000).toFixed(2)} s`);
+    return value;
+  };
+
+  const plainVhd = join(work, 'guest.vhd');
+  const base = join(work, 'guest.evhd');
+  const undo = join(work, 'guest-undo.evhd');
+  const socket = join(work, 'nbd.sock');
+  const uri = `nbd+unix:///?socket=${socket}`;
   try {
     log(`medv demo in ${work} (accelerator: ${accel})`);
-    const plainVhd = join(work, 'guest.vhd');
-    const base = join(work, 'guest.evhd');
-    const undo = join(work, 'guest-undo.evhd');
-    log('1. create a dynamic VHD from the test guest, then encrypt it (AES-256-XTS, key wrapped in guest.enc)');
-    await convertDisk(image, plainVhd, { type: 'dynamic' });
-    await convertDisk(plainVhd, base, { kek });
-    rmSync(plainVhd);
+    await step('make a dynamic VHD from the test guest and encrypt it (AES-256-XTS; data key wrapped in guest.enc); delete the plaintext VHD', async () => {
+      await convertDisk(GUEST.image, plainVhd, { type: 'dynamic' });
+      await convertDisk(plainVhd, base, { kek });
+      rmSync(plainVhd);
+    });
     const baseHash = sha256(base);
-    log('2. create an encrypted undo disk over it and serve it over NBD');
-    const socket = join(work, 'nbd.sock');
+    log(`   guest.evhd sha256 ${baseHash.slice(0, 16)}…`);
+    await step('create an encrypted undo disk over it (guest-undo.evhd: writes go there, the base stays read-only)', () => createUndoDisk(undo, base, { kek }));
+
     const boots: number[] = [];
-    for (let round = 1; round <= 2; round++) {
-      const served = await serveDiskFile(base, { socketPath: socket, undoPath: undo, kek });
-      try {
-        log(`3.${round} boot the guest from nbd+unix://${socket}`);
-        const r = await bootOnce(`nbd+unix:///?socket=${socket}`, work, accel, log);
-        accel = r.accel;
-        boots.push(r.boot);
-      } finally {
-        await served.close();
-      }
+    const bootMs: number[] = [];
+    for (const round of [1, 2]) {
+      await step(`serve the undo disk over NBD and boot the guest from ${uri} (boot ${round})`, async () => {
+        const served = await serveDiskFile(base, { socketPath: socket, undoPath: undo, kek });
+        try {
+          const r = await withTcgFallback(accel, (a) => bootOnce(uri, a), (e) => {
+            log(`   KVM could not run the guest (${e.message.split('\n')[0]})`);
+            log('   retrying under TCG (software emulation)');
+          });
+          accel = r.accel;
+          boots.push(r.value.boot);
+          bootMs.push(r.value.readyMs);
+          log(`   guest (${accel}): boot=${r.value.boot}, marker written, ready after ${Math.round(r.value.readyMs)} ms; powered off by the ACPI button`);
+        } finally {
+          await served.close();
+        }
+      });
     }
-    const baseUnchanged = sha256(base) === baseHash;
-    log(`4. boot counter went ${boots.join(' -> ')} in the undo disk; the base is ${baseUnchanged ? 'unchanged' : 'CHANGED'}`);
-    const plaintextFound = [base, undo, base.replace(/\.evhd$/, '.enc'), undo.replace(/\.evhd$/, '.enc')].filter(containsMarker);
-    log(`5. the guest wrote its marker; plaintext marker found in host files: ${plaintextFound.length ? plaintextFound.join(', ') : 'none'}`);
-    const view = await openDisk(undo, { readOnly: true, kek });
-    const sector = await view.device.read(TEST_GUEST.markerLba * 512, 32);
-    await view.device.close();
-    log(`   (through the decrypting stack the marker reads: ${JSON.stringify(sector.toString('latin1'))})`);
-    await discardUndoDisk(undo);
-    const after = await openDisk(base, { readOnly: true, kek });
-    const counter = await after.device.read(TEST_GUEST.counterLba * 512, 512);
-    await after.device.close();
-    log(`6. discarded the undo disk: the base's boot counter reads ${TEST_GUEST.readCounter(counter)} again`);
-    const seconds = (Date.now() - started) / 1000;
-    const ok = baseUnchanged && plaintextFound.length === 0 && boots[1] === boots[0] + 1;
-    log(ok ? `demo passed in ${seconds.toFixed(1)} s` : 'demo FAILED');
-    if (!ok) throw new MedvError('EINTERNAL', 'demo checks failed');
-    return { workDir: work, accel, boots, baseUnchanged, plaintextFound, seconds };
+
+    const checks = await step('check the host files: base unchanged, no plaintext marker at rest', async () => {
+      const baseUnchanged = sha256(base) === baseHash;
+      const files = readdirSync(work).map((f) => join(work, f)).filter((f) => f !== socket && existsSync(f));
+      const plaintextFiles: string[] = [];
+      for (const f of files) if (await fileContainsMarker(f)) plaintextFiles.push(f);
+      log(`   base guest.evhd ${baseUnchanged ? 'unchanged (same sha256)' : 'CHANGED'}`);
+      log(`   scanned ${files.map((f) => f.slice(work.length + 1)).join(', ')}: marker in ${plaintextFiles.length ? plaintextFiles.join(', ') : 'none of them'}`);
+      return { baseUnchanged, plaintextFiles };
+    });
+
+    const readBack = await step('read through the decrypting stack (undo -> evhd): the marker and the counter', async () => {
+      const view = await openUndoDisk(undo, { kek, expectParent: base });
+      try {
+        const marker = await view.device.read(GUEST.markerOffset, GUEST.markerBytes);
+        const counter = readCounter(await view.device.read(GUEST.counterOffset, GUEST.sectorBytes));
+        const markerReadsBack = marker.equals(markerBlock());
+        log(`   LBA ${GUEST.markerLba}: ${markerReadsBack ? JSON.stringify(marker.subarray(0, GUEST.marker.length).toString('latin1')) + ' (repeated)' : 'NOT the marker'}; boot counter ${counter}`);
+        return { markerReadsBack, undoCounter: counter };
+      } finally {
+        await view.device.close();
+      }
+    });
+
+    const baseCounterAfterDiscard = await step('discard the undo disk: the base reads as before', async () => {
+      await discardUndoDisk(undo);
+      const after = await openDisk(base, { readOnly: true, kek });
+      try {
+        const counter = readCounter(await after.device.read(GUEST.counterOffset, GUEST.sectorBytes));
+        log(`   undo disk gone (${existsSync(undo) ? 'STILL THERE' : 'deleted'}); the base's boot counter reads ${counter}`);
+        return counter;
+      } finally {
+        await after.device.close();
+      }
+    });
+
+    const seconds = (performance.now() - t0) / 1000;
+    const failures = [
+      boots.join(',') !== '1,2' && `boot counts were ${boots.join(', ')} (expected 1, 2)`,
+      !checks.baseUnchanged && 'the base .evhd changed',
+      checks.plaintextFiles.length > 0 && `plaintext marker in ${checks.plaintextFiles.join(', ')}`,
+      !readBack.markerReadsBack && 'the marker did not read back through the decrypting stack',
+      readBack.undoCounter !== 2 && `the undo disk's counter is ${readBack.undoCounter}, not 2`,
+      baseCounterAfterDiscard !== 0 && `the base's counter is ${baseCounterAfterDiscard} after discard, not 0`,
+    ].filter((f): f is string => typeof f === 'string');
+    const result: DemoResult = {
+      passed: failures.length === 0, workDir: work, accelRequested, accel, boots, bootMs,
+      baseUnchanged: checks.baseUnchanged, plaintextFiles: checks.plaintextFiles, markerReadsBack: readBack.markerReadsBack,
+      undoCounter: readBack.undoCounter, baseCounterAfterDiscard, steps, seconds,
+    };
+    const timing = steps.map((s) => `${s.step}: ${(s.ms / 1000).toFixed(2)} s`).join(', ');
+    log(`timings: ${timing}`);
+    if (failures.length) throw new MedvError('EINTERNAL', `demo FAILED: ${failures.join('; ')}`);
+    log(`demo passed in ${seconds.toFixed(1)} s (guest ran under ${accel}${accel !== accelRequested ? `, after ${accelRequested} failed` : ''})${options.keep ? `; files kept in ${work}` : ''}`);
+    return result;
   } finally {
     if (!options.keep) rmSync(work, { recursive: true, force: true });
   }
@@ -106,10 +198,10 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
 
 export function demoCommand(): Command {
   return new Command('demo')
-    .description('run what exists end to end: encrypted disk, undo disk, NBD export, QEMU guest boot, discard')
+    .description('run what exists end to end: encrypted disk, undo disk, NBD export, QEMU guest boots, checks, discard')
     .option('--keep', 'keep the work folder')
     .option('--tcg', 'use TCG (software emulation) instead of KVM')
-    .option('--json', 'print the result as JSON')
+    .option('--json', 'print only the result, as JSON')
     .action(async (o: { keep?: boolean; tcg?: boolean; json?: boolean }) => {
       const r = await runDemo({ keep: o.keep, accel: o.tcg ? 'tcg' : undefined, log: o.json ? () => undefined : undefined });
       if (o.json) printJson(r);

@@ -1,147 +1,366 @@
 /**
- * The QEMU driver: a launch spec becomes an argv (nothing else knows QEMU's command line), a process
- * with QMP, serial output captured to a file, and waits that notice when the VM stops in an error
- * state (KVM internal errors happen on nested/virtual hosts: see FACTS.md).
+ * The QEMU driver. A launch spec becomes an argv (`qemuArgv`, pure: nothing else knows QEMU's
+ * command line); `QemuProcess.launch` runs it with QMP, COM1 captured from QEMU's stdout, and waits
+ * that notice when the VM stops in an error state. On nested/virtual hosts KVM sometimes cannot
+ * emulate an instruction: QEMU then does not exit but parks the VM in run state `internal-error`
+ * (FACTS.md). That is reported as a QemuError of kind 'internal-error'; `withTcgFallback` retries
+ * under TCG.
+ *
+ *   const vm = await QemuProcess.launch({ accel, drives: [{ source: 'nbd+unix:///?socket=/run/x.sock' }] });
+ *   try {
+ *     await vm.waitForSerial(/ready/, 30_000);
+ *     await vm.powerdown();
+ *     await vm.waitExit(10_000);
+ *   } finally { await vm.kill(); }
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { MedvError } from '../errors.js';
-import { QmpClient } from './qmp.js';
+import { native } from '../native.js';
+import { QmpClient, type QmpEvent } from './qmp.js';
 
 export type Accelerator = 'kvm' | 'tcg';
 
+export const QEMU_BINARY = 'qemu-system-x86_64';
+
 export interface DriveSpec {
-  /** A host file path, or an NBD URI such as nbd+unix:///?socket=/run/x.sock */
+  /** A host file path, or an NBD URI: nbd+unix:///[export]?socket=PATH or nbd://host[:port]/[export]. */
   source: string;
-  format: 'raw' | 'vpc';
+  /** Format of the bytes QEMU sees (default 'raw'; an NBD export of medv is always raw). */
+  format?: 'raw' | 'vpc';
   readOnly?: boolean;
+  /** Default 'ide', 'virtio' when readOnly: QEMU's ide-hd refuses read-only drives. */
+  iface?: 'ide' | 'virtio';
 }
 
 export interface LaunchSpec {
-  name: string;
+  name?: string;
   accel: Accelerator;
+  /** Guest RAM in MiB (default 32). */
   memoryMiB?: number;
+  /** Disks in boot order (the first one boots). At most 4 IDE disks. */
   drives: DriveSpec[];
-  /** Folder for the QMP socket and the serial log. */
-  runDir: string;
-  qemuBinary?: string;
+  /** Path of the QMP unix socket QEMU listens on. */
+  qmpSocket: string;
+  /** Appended to the command line. */
+  extraArgs?: string[];
+  binary?: string;
 }
 
-export const QEMU_BINARY = 'qemu-system-x86_64';
+/** A QEMU failure. 'timeout' has code ETIMEOUT, every other kind EHYPERVISOR. */
+export type QemuFailureKind = 'start' | 'internal-error' | 'exited' | 'timeout';
 
-/** True when /dev/kvm can be opened read-write by this process. */
-export function kvmUsable(): boolean {
-  if (!existsSync('/dev/kvm')) return false;
-  try { closeSync(openSync('/dev/kvm', 'r+')); return true; } catch { return false; }
+export class QemuError extends MedvError {
+  constructor(readonly kind: QemuFailureKind, message: string, readonly accel?: Accelerator) {
+    super(kind === 'timeout' ? 'ETIMEOUT' : 'EHYPERVISOR', message, { kind, accel });
+    this.name = 'QemuError';
+  }
 }
 
-export function defaultAccelerator(): Accelerator {
-  return kvmUsable() ? 'kvm' : 'tcg';
+/** True for the error `withTcgFallback` retries: KVM stopped the VM in run state internal-error. */
+export function isInternalError(e: unknown): e is QemuError {
+  return e instanceof QemuError && e.kind === 'internal-error';
 }
 
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+/** QEMU's -blockdev options for one drive (node name `disk<i>`). */
+export function blockdevOptions(drive: DriveSpec, nodeName: string): Record<string, unknown> {
+  const readOnly = drive.readOnly ?? false;
+  let file: Record<string, unknown>;
+  if (/^nbd(\+unix|\+tcp)?:/.test(drive.source)) {
+    let url: URL;
+    try { url = new URL(drive.source); } catch {
+      throw new MedvError('EINVAL_ARG', `not an NBD URI: ${drive.source}`);
+    }
+    const exportName = decodeURIComponent(url.pathname.replace(/^\//, ''));
+    let server: Record<string, unknown>;
+    if (url.protocol === 'nbd+unix:') {
+      const socket = url.searchParams.get('socket');
+      if (!socket) throw new MedvError('EINVAL_ARG', `NBD URI without ?socket=: ${drive.source}`);
+      server = { type: 'unix', path: socket };
+    } else {
+      server = { type: 'inet', host: url.hostname, port: url.port || '10809' };
+    }
+    file = { driver: 'nbd', server, ...(exportName ? { export: exportName } : {}), 'read-only': readOnly };
+  } else {
+    file = { driver: 'file', filename: resolve(drive.source), 'read-only': readOnly };
+  }
+  return { driver: drive.format ?? 'raw', 'node-name': nodeName, 'read-only': readOnly, file };
+}
+
+/** The full argv (argv[0] is the QEMU binary) for a launch spec. Pure. */
 export function qemuArgv(spec: LaunchSpec): string[] {
+  if (spec.accel !== 'kvm' && spec.accel !== 'tcg') throw new MedvError('EINVAL_ARG', `accelerator must be kvm or tcg, not ${JSON.stringify(spec.accel)}`);
+  const memory = spec.memoryMiB ?? 32;
+  if (!Number.isSafeInteger(memory) || memory < 1) throw new MedvError('EINVAL_ARG', `guest memory must be a positive number of MiB, not ${memory}`);
   const argv = [
-    '-name', spec.name,
-    '-M', 'pc',
-    '-accel', spec.accel,
-    '-m', String(spec.memoryMiB ?? 32),
-    '-nodefaults', '-display', 'none', '-no-user-config',
-    '-serial', `file:${join(spec.runDir, 'serial.log')}`,
-    '-qmp', `unix:${join(spec.runDir, 'qmp.sock')},server=on,wait=off`,
-    '-no-reboot',
+    spec.binary ?? QEMU_BINARY,
+    '-name', spec.name ?? 'medv',
+    '-M', 'pc', '-accel', spec.accel, '-m', String(memory),
+    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    // COM1 on QEMU's stdout; signal=off: a SIGINT to our process group is ours to handle, not QEMU's.
+    '-chardev', 'stdio,id=com1,signal=off', '-serial', 'chardev:com1',
+    '-qmp', `unix:${spec.qmpSocket},server=on,wait=off`,
   ];
-  spec.drives.forEach((d, i) => {
-    const isNbd = d.source.startsWith('nbd');
-    const file = d.source.replace(/,/g, ',,');
-    argv.push('-drive', `file=${file},format=${d.format},if=ide,index=${i},media=disk,cache=${isNbd ? 'none' : 'writeback'}${d.readOnly ? ',readonly=on' : ''}`);
+  let ide = 0;
+  spec.drives.forEach((drive, i) => {
+    const iface = drive.iface ?? (drive.readOnly ? 'virtio' : 'ide');
+    const node = `disk${i}`;
+    const boot = i === 0 ? ',bootindex=1' : '';
+    argv.push('-blockdev', JSON.stringify(blockdevOptions(drive, node)));
+    if (iface === 'ide') {
+      if (drive.readOnly) throw new MedvError('EINVAL_ARG', `drive ${i}: QEMU's IDE disks cannot be read-only; use iface 'virtio'`);
+      if (ide === 4) throw new MedvError('EINVAL_ARG', 'at most 4 IDE drives');
+      argv.push('-device', `ide-hd,drive=${node},bus=ide.${ide >> 1},unit=${ide & 1}${boot}`);
+      ide++;
+    } else if (iface === 'virtio') {
+      argv.push('-device', `virtio-blk-pci,drive=${node}${boot}`);
+    } else {
+      throw new MedvError('EINVAL_ARG', `drive ${i}: interface must be ide or virtio, not ${JSON.stringify(iface)}`);
+    }
   });
+  argv.push(...(spec.extraArgs ?? []));
   return argv;
 }
 
-export class QemuProcess {
-  private exitCode: number | null | undefined;
-  private readonly exited: Promise<number | null>;
-  private stderrText = '';
+// ---------------------------------------------------------------------------------------------
+// Accelerators
 
-  private constructor(readonly spec: LaunchSpec, readonly child: ChildProcess, readonly qmp: QmpClient) {
-    this.exited = new Promise((res) => {
-      if (child.exitCode !== null) res(child.exitCode);
-      child.once('exit', (code) => { this.exitCode = code; res(code); });
+/** Can this process use KVM (native probe: /dev/kvm opens read-write and reports API version 12)? */
+export function kvmStatus(): { available: boolean; reason?: string } {
+  return native.kvmProbe();
+}
+
+export function defaultAccelerator(): Accelerator {
+  return kvmStatus().available ? 'kvm' : 'tcg';
+}
+
+/**
+ * Runs `attempt(accel)`; when it fails because KVM stopped the VM in internal-error, calls
+ * `onFallback` and runs it once more under TCG. Resolves with the value and the accelerator used.
+ */
+export async function withTcgFallback<T>(accel: Accelerator, attempt: (accel: Accelerator) => Promise<T>,
+  onFallback?: (e: QemuError) => void): Promise<{ value: T; accel: Accelerator }> {
+  try {
+    return { value: await attempt(accel), accel };
+  } catch (e) {
+    if (accel !== 'kvm' || !isInternalError(e)) throw e;
+    onFallback?.(e);
+    return { value: await attempt('tcg'), accel: 'tcg' };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The process
+
+export interface LaunchOptions {
+  /** Milliseconds to wait for QMP (default 15000). */
+  startTimeoutMs?: number;
+}
+
+/** Children still running; killed if this process exits without cleaning up (PDEATHSIG covers crashes). */
+const live = new Set<ChildProcess>();
+let exitHook = false;
+
+interface Waiter { check: () => boolean; fail: (e: QemuError) => void }
+
+export class QemuProcess {
+  readonly pid: number;
+  readonly accel: Accelerator;
+  /** QMP, once connected (always, after launch resolved). */
+  qmp!: QmpClient;
+  private serialText = '';
+  private stderrText = '';
+  private partialLine = '';
+  private readonly lines: Array<{ ms: number; text: string }> = [];
+  private readonly t0 = performance.now();
+  private exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  private failure: QemuError | undefined;
+  private readonly waiters = new Set<Waiter>();
+  private readonly exited: Promise<void>;
+  private killed = false;
+
+  private constructor(readonly spec: LaunchSpec, readonly argv: readonly string[], private readonly child: ChildProcess,
+    private readonly ownRunDir: string | undefined) {
+    this.pid = child.pid ?? -1;
+    this.accel = spec.accel;
+    live.add(child);
+    child.stdout!.setEncoding('latin1');
+    child.stdout!.on('data', (chunk: string) => this.onSerial(chunk));
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (chunk: string) => {
+      this.stderrText += chunk;
+      if (/KVM internal error/.test(this.stderrText)) this.setInternalError();
     });
-    child.stderr?.on('data', (d) => { this.stderrText += d; });
+    this.exited = new Promise((res) => {
+      child.once('error', (e) => { this.stderrText += `spawn: ${e.message}\n`; this.onExit(null, null); res(); });
+      // 'close', not 'exit': it comes after the last serial bytes have been read.
+      child.once('close', (code, signal) => { this.onExit(code, signal); res(); });
+    });
   }
 
-  static async launch(spec: LaunchSpec): Promise<QemuProcess> {
-    const argv = qemuArgv(spec);
-    const child = spawn(spec.qemuBinary ?? QEMU_BINARY, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr!.on('data', (d) => { stderr += d; });
-    const early = new Promise<never>((_, rej) => {
-      child.once('error', (e) => rej(new MedvError('EHYPERVISOR', `cannot start ${QEMU_BINARY}: ${e.message}`)));
-      child.once('exit', (code) => rej(new MedvError('EHYPERVISOR', `QEMU exited at start (${code}): ${stderr.trim().split('\n').pop()}`)));
-    });
-    early.catch(() => undefined);
+  /**
+   * Starts QEMU and connects QMP; the guest runs. Without `spec.qmpSocket`, the socket goes in a
+   * fresh temporary folder removed by kill(). QEMU runs under `setpriv --pdeathsig KILL` (when
+   * present) so it dies with this process.
+   */
+  static async launch(spec: Omit<LaunchSpec, 'qmpSocket'> & { qmpSocket?: string }, options: LaunchOptions = {}): Promise<QemuProcess> {
+    const ownRunDir = spec.qmpSocket ? undefined : mkdtempSync(join(tmpdir(), 'medv-qemu-'));
+    const full: LaunchSpec = { ...spec, qmpSocket: spec.qmpSocket ?? join(ownRunDir!, 'qmp.sock') };
+    let argv: string[];
     try {
-      const qmp = await Promise.race([QmpClient.connect(join(spec.runDir, 'qmp.sock')), early]);
-      return new QemuProcess(spec, child, qmp);
+      argv = qemuArgv(full);
     } catch (e) {
-      child.kill('SIGKILL');
+      if (ownRunDir) rmSync(ownRunDir, { recursive: true, force: true });
       throw e;
     }
+    const wrapper = existsSync('/usr/bin/setpriv') ? ['/usr/bin/setpriv', '--pdeathsig', 'KILL', '--'] : [];
+    const spawned = [...wrapper, ...argv];
+    if (!exitHook) {
+      exitHook = true;
+      process.on('exit', () => { for (const c of live) c.kill('SIGKILL'); });
+    }
+    const vm = new QemuProcess(full, argv, spawn(spawned[0], spawned.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }), ownRunDir);
+    try {
+      vm.qmp = await QmpClient.connect(full.qmpSocket, options.startTimeoutMs ?? 15_000, () => vm.exit === undefined);
+    } catch (e) {
+      await vm.kill();
+      const stderr = vm.stderr().trim();
+      throw new QemuError('start', `QEMU did not start (${(e as Error).message})${stderr ? `:\n${stderr}` : ''}\nargv: ${argv.join(' ')}`, spec.accel);
+    }
+    vm.qmp.on('event', (e: QmpEvent) => {
+      if (e.event === 'STOP') void vm.runState().then((s) => { if (s === 'internal-error') vm.setInternalError(); }, () => undefined);
+    });
+    return vm;
   }
 
-  get pid(): number | undefined { return this.child.pid; }
-  get stderr(): string { return this.stderrText; }
+  /** Everything the guest printed on COM1 so far (latin1). */
+  serial(): string { return this.serialText; }
+  stderr(): string { return this.stderrText; }
+  /** Each complete serial line (CR stripped) with the milliseconds since QEMU was spawned. */
+  serialLines(): ReadonlyArray<{ ms: number; text: string }> { return this.lines; }
+  events(): readonly QmpEvent[] { return this.qmp?.events ?? []; }
+  /** Exit code and signal once QEMU has exited. */
+  get exitStatus(): { code: number | null; signal: NodeJS.Signals | null } | undefined { return this.exit; }
 
-  serial(): string {
-    const p = join(this.spec.runDir, 'serial.log');
-    return existsSync(p) ? readFileSync(p, 'latin1') : '';
-  }
+  execute<T = any>(command: string, args?: object): Promise<T> { return this.qmp.execute<T>(command, args); }
 
+  /** QMP query-status `status`: 'running', 'paused', 'internal-error', 'shutdown', ... */
   async runState(): Promise<string> {
-    const s = await this.qmp.execute<{ status: string }>('query-status');
-    return s.status;
+    const status = await this.qmp.execute<{ status: string }>('query-status');
+    return String(status.status);
   }
 
-  /** Wait for serial output matching `re`; fails early if QEMU exits or the VM enters an error state. */
-  async waitForSerial(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
-    const deadline = Date.now() + timeoutMs;
-    for (let i = 0; ; i++) {
-      const m = this.serial().match(re);
-      if (m) return m;
-      if (this.exitCode !== undefined) throw new MedvError('EHYPERVISOR', `QEMU exited (${this.exitCode}) before the guest printed ${re}`);
-      if (i % 10 === 9) await this.assertHealthy();
-      if (Date.now() > deadline) throw new MedvError('ETIMEOUT', `guest did not print ${re} within ${timeoutMs} ms (serial so far: ${JSON.stringify(this.serial().slice(-200))})`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-
-  /** Throws EHYPERVISOR when the VM sits in internal-error / guest-panicked (QEMU does not exit by itself then). */
-  async assertHealthy(): Promise<void> {
-    if (this.exitCode !== undefined) return;
-    const state = await this.runState().catch(() => 'unknown');
-    if (state === 'internal-error' || state === 'guest-panicked' || state === 'io-error') {
-      throw new MedvError('EHYPERVISOR', `the VM stopped in state '${state}' under ${this.spec.accel.toUpperCase()}` +
-        (this.spec.accel === 'kvm' ? ' (KVM could not emulate the guest; retry with TCG)' : ''), { state, accel: this.spec.accel });
-    }
-  }
-
-  /** ACPI power button (the guest decides to power off). */
+  /** Presses the ACPI power button (the guest decides whether to power off). */
   async powerdown(): Promise<void> { await this.qmp.execute('system_powerdown'); }
 
-  async waitExit(timeoutMs: number): Promise<number | null> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, rej) => { timer = setTimeout(() => rej(new MedvError('ETIMEOUT', `QEMU did not exit within ${timeoutMs} ms`)), timeoutMs); });
-    try { return await Promise.race([this.exited, timeout]); } finally { clearTimeout(timer); }
+  /**
+   * Resolves with the match once the serial output matches `re`. Rejects with a QemuError:
+   * 'internal-error' (KVM stopped the VM), 'exited', or 'timeout'.
+   */
+  waitForSerial(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
+    return new Promise((resolveWait, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const waiter: Waiter = {
+        check: () => {
+          const m = this.serialText.match(re);
+          if (!m) return false;
+          done();
+          resolveWait(m);
+          return true;
+        },
+        fail: (e) => { done(); reject(e); },
+      };
+      const done = () => { clearTimeout(timer); this.waiters.delete(waiter); };
+      if (waiter.check()) return;
+      const early = this.failure ?? this.exitFailure(`waiting for ${re}`);
+      if (early) { reject(early); return; }
+      this.waiters.add(waiter);
+      timer = setTimeout(() => {
+        void this.describe().then((state) => waiter.fail(new QemuError('timeout',
+          `no serial output matching ${re} within ${timeoutMs} ms (accel ${this.accel}, run state ${state})${this.context()}`, this.accel)));
+      }, timeoutMs);
+    });
   }
 
-  /** Forced stop: quit over QMP, then SIGKILL. */
+  /** Resolves with QEMU's exit code (null after a signal); rejects (QemuError) if it still runs after timeoutMs. */
+  async waitExit(timeoutMs: number): Promise<number | null> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'timeout'>((r) => { timer = setTimeout(() => r('timeout'), timeoutMs); });
+    const outcome = await Promise.race([this.exited.then(() => 'exited' as const), timeout]);
+    clearTimeout(timer);
+    if (outcome === 'timeout') {
+      const state = await this.describe();
+      throw this.failure ?? new QemuError('timeout', `QEMU still running after ${timeoutMs} ms (accel ${this.accel}, run state ${state})${this.context()}`, this.accel);
+    }
+    return this.exit!.code;
+  }
+
+  /** Stops QEMU (SIGTERM, SIGKILL after 3 s) and removes its temporary folder. Idempotent; safe in `finally`. */
   async kill(): Promise<void> {
-    if (this.exitCode !== undefined) { this.qmp.close(); return; }
-    await this.qmp.execute('quit').catch(() => undefined);
-    await this.waitExit(3000).catch(() => this.child.kill('SIGKILL'));
+    if (!this.killed) {
+      this.killed = true;
+      if (this.exit === undefined) {
+        this.child.kill('SIGTERM');
+        const hard = setTimeout(() => this.child.kill('SIGKILL'), 3000);
+        await this.exited;
+        clearTimeout(hard);
+      }
+      this.qmp?.close();
+      if (this.ownRunDir) rmSync(this.ownRunDir, { recursive: true, force: true });
+    }
     await this.exited;
-    this.qmp.close();
+  }
+
+  private async describe(): Promise<string> {
+    if (this.exit) return `exited (code ${this.exit.code}, signal ${this.exit.signal})`;
+    try {
+      return await Promise.race([this.runState(), new Promise<string>((r) => setTimeout(() => r('unknown (QMP did not answer)'), 2000))]);
+    } catch (e) {
+      return `unknown (${(e as Error).message})`;
+    }
+  }
+
+  private context(): string {
+    const stderr = this.stderrText.trim();
+    return `\nserial:\n${this.serialText || '(nothing)'}${stderr ? `\nstderr:\n${stderr}` : ''}`;
+  }
+
+  private onSerial(chunk: string): void {
+    this.serialText += chunk;
+    const ms = performance.now() - this.t0;
+    this.partialLine += chunk;
+    let nl: number;
+    while ((nl = this.partialLine.indexOf('\n')) >= 0) {
+      this.lines.push({ ms, text: this.partialLine.slice(0, nl).replace(/\r$/, '') });
+      this.partialLine = this.partialLine.slice(nl + 1);
+    }
+    for (const w of [...this.waiters]) w.check();
+  }
+
+  private setInternalError(): void {
+    if (this.failure) return;
+    this.failure = new QemuError('internal-error',
+      `QEMU stopped the guest in run state internal-error under accel ${this.accel}: KVM could not emulate an instruction ` +
+      `(seen on nested virtual machines, see FACTS.md). Retry under TCG.${this.context()}`, this.accel);
+    for (const w of [...this.waiters]) w.fail(this.failure);
+  }
+
+  private exitFailure(what: string): QemuError | undefined {
+    if (!this.exit) return undefined;
+    return new QemuError('exited', `QEMU exited (code ${this.exit.code}, signal ${this.exit.signal}) while ${what}${this.context()}`, this.accel);
+  }
+
+  private onExit(code: number | null, signal: NodeJS.Signals | null): void {
+    this.exit = { code, signal };
+    live.delete(this.child);
+    for (const w of [...this.waiters]) {
+      if (!w.check()) w.fail(this.failure ?? this.exitFailure('waiting for serial output')!);
+    }
   }
 }

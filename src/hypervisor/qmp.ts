@@ -1,56 +1,120 @@
-/** A small QMP client: greeting, qmp_capabilities, execute, events (newline-delimited JSON on a unix socket). */
+/**
+ * A QMP client: greeting, `qmp_capabilities`, `execute` (replies matched by id) and events.
+ * Newline-delimited JSON over a unix socket. Every failure is a MedvError 'EHYPERVISOR'; a QMP
+ * `error` reply is a QmpError, which also carries QEMU's error class.
+ */
 import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { MedvError } from '../errors.js';
 
-export interface QmpEvent { event: string; data?: Record<string, unknown>; timestamp?: unknown }
+export interface QmpEvent {
+  event: string;
+  data?: Record<string, unknown>;
+  timestamp?: { seconds: number; microseconds: number };
+}
+
+/** A QMP `error` reply: `errorClass` is QEMU's class (GenericError, CommandNotFound, ...). */
+export class QmpError extends MedvError {
+  constructor(readonly command: string, readonly errorClass: string, readonly desc: string, file?: string) {
+    super('EHYPERVISOR', `QMP ${command}: ${errorClass}: ${desc}`, { file, command, errorClass });
+    this.name = 'QmpError';
+  }
+}
+
+interface Pending { command: string; resolve: (value: unknown) => void; reject: (e: Error) => void }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class QmpClient extends EventEmitter {
+  /** Every event received, in order. */
+  readonly events: QmpEvent[] = [];
   private buffer = '';
-  private queue: Array<{ resolve: (v: unknown) => void; reject: (e: Error) => void; command: string }> = [];
-  private greeted?: (v: unknown) => void;
-  private closed = false;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private closedReason: string | undefined;
 
-  private constructor(private readonly sock: Socket, private readonly path: string) {
+  private constructor(private readonly socket: Socket, readonly path: string) {
     super();
-    sock.setEncoding('utf8');
-    sock.on('data', (chunk: string) => this.onData(chunk));
-    sock.on('close', () => this.fail(new MedvError('EHYPERVISOR', 'QMP connection closed', { file: path })));
-    sock.on('error', (e) => this.fail(new MedvError('EHYPERVISOR', `QMP: ${e.message}`, { file: path })));
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => this.onData(chunk));
+    socket.on('error', (e) => this.onClose(`connection failed: ${e.message}`));
+    socket.on('close', () => this.onClose('connection closed'));
   }
 
-  /** Connect, retrying while QEMU creates the socket, and negotiate capabilities. */
-  static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {
+  /**
+   * Connects (retrying while QEMU has not created the socket yet, up to `timeoutMs`), reads the
+   * greeting and negotiates capabilities. `alive()` returning false stops the retries (QEMU exited).
+   */
+  static async connect(path: string, timeoutMs = 15_000, alive: () => boolean = () => true): Promise<QmpClient> {
     const deadline = Date.now() + timeoutMs;
-    for (;;) {
+    let lastError = 'timed out';
+    while (Date.now() < deadline && alive()) {
+      let socket: Socket;
       try {
-        const sock = await new Promise<Socket>((res, rej) => {
+        socket = await new Promise<Socket>((resolve, reject) => {
           const s = connect(path);
-          s.once('connect', () => res(s));
-          s.once('error', rej);
+          s.once('connect', () => { s.removeListener('error', reject); resolve(s); });
+          s.once('error', reject);
         });
-        const client = new QmpClient(sock, path);
-        await new Promise((res) => { client.greeted = res; });
-        await client.execute('qmp_capabilities');
-        return client;
       } catch (e) {
-        if (Date.now() > deadline) throw new MedvError('EHYPERVISOR', `cannot connect to QMP: ${(e as Error).message}`, { file: path });
-        await new Promise((r) => setTimeout(r, 50));
+        lastError = (e as Error).message;
+        await sleep(25);
+        continue;
       }
+      const client = new QmpClient(socket, path);
+      try {
+        await client.greeting(Math.max(1, deadline - Date.now()));
+        await client.execute('qmp_capabilities');
+      } catch (e) {
+        client.close();
+        throw e;
+      }
+      return client;
     }
+    throw new MedvError('EHYPERVISOR', `cannot connect to QMP: ${alive() ? lastError : 'QEMU exited'}`, { file: path });
   }
 
-  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
-    if (this.closed) return Promise.reject(new MedvError('EHYPERVISOR', 'QMP connection closed', { file: this.path }));
+  /** Runs a command; resolves with its `return` value, rejects with a QmpError (or EHYPERVISOR when closed). */
+  execute<T = any>(command: string, args?: object): Promise<T> {
+    if (this.closedReason) return Promise.reject(this.error(`QMP ${command}: ${this.closedReason}`));
+    const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ resolve: resolve as (v: unknown) => void, reject, command });
-      this.sock.write(`${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`);
+      this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject });
+      this.socket.write(`${JSON.stringify(args === undefined ? { execute: command, id } : { execute: command, arguments: args, id })}\n`);
     });
   }
 
+  /** Resolves with the next event named `name` (or the first already received when `past` is true). */
+  waitEvent(name: string, timeoutMs: number, past = false): Promise<QmpEvent> {
+    const seen = past ? this.events.find((e) => e.event === name) : undefined;
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const onEvent = (e: QmpEvent) => { if (e.event === name) { done(); resolve(e); } };
+      const onClosed = (e: Error) => { done(); reject(e); };
+      const timer = setTimeout(() => { done(); reject(new MedvError('ETIMEOUT', `no QMP event ${name} within ${timeoutMs} ms`, { file: this.path })); }, timeoutMs);
+      const done = () => { clearTimeout(timer); this.removeListener('event', onEvent); this.removeListener('closed', onClosed); };
+      this.on('event', onEvent);
+      this.on('closed', onClosed);
+    });
+  }
+
+  get closed(): boolean { return this.closedReason !== undefined; }
+
   close(): void {
-    this.closed = true;
-    this.sock.destroy();
+    this.onClose('client closed');
+    this.socket.destroy();
+  }
+
+  private error(message: string): MedvError {
+    return new MedvError('EHYPERVISOR', message, { file: this.path });
+  }
+
+  private greeting(timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(this.error('no QMP greeting')), timeoutMs);
+      this.once('greeting', () => { clearTimeout(timer); resolve(); });
+      this.once('closed', (e: Error) => { clearTimeout(timer); reject(e); });
+    });
   }
 
   private onData(chunk: string): void {
@@ -60,25 +124,27 @@ export class QmpClient extends EventEmitter {
       const line = this.buffer.slice(0, nl).trim();
       this.buffer = this.buffer.slice(nl + 1);
       if (!line) continue;
-      let msg: Record<string, unknown>;
+      let msg: any;
       try { msg = JSON.parse(line); } catch { continue; }
-      if ('QMP' in msg) { this.greeted?.(msg); this.greeted = undefined; }
-      else if ('event' in msg) this.emit('event', msg as unknown as QmpEvent);
-      else if ('return' in msg || 'error' in msg) {
-        const waiter = this.queue.shift();
-        if (!waiter) continue;
-        if ('error' in msg) {
-          const err = msg.error as { class?: string; desc?: string };
-          waiter.reject(new MedvError('EHYPERVISOR', `QMP ${waiter.command}: ${err.desc ?? err.class}`));
-        } else waiter.resolve(msg.return);
+      if (msg === null || typeof msg !== 'object') continue;
+      if (msg.QMP) this.emit('greeting', msg.QMP);
+      else if (typeof msg.event === 'string') {
+        this.events.push(msg as QmpEvent);
+        this.emit('event', msg as QmpEvent);
+      } else if (typeof msg.id === 'number' && this.pending.has(msg.id)) {
+        const p = this.pending.get(msg.id)!;
+        this.pending.delete(msg.id);
+        if (msg.error) p.reject(new QmpError(p.command, String(msg.error.class), String(msg.error.desc), this.path));
+        else p.resolve(msg.return);
       }
     }
   }
 
-  private fail(e: Error): void {
-    if (this.closed && this.queue.length === 0) return;
-    this.closed = true;
-    for (const w of this.queue.splice(0)) w.reject(e);
-    this.emit('close');
+  private onClose(reason: string): void {
+    if (this.closedReason) return;
+    this.closedReason = reason;
+    for (const p of this.pending.values()) p.reject(this.error(`QMP ${p.command}: ${reason}`));
+    this.pending.clear();
+    this.emit('closed', this.error(`QMP ${reason}`));
   }
 }

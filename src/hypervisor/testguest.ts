@@ -1,23 +1,113 @@
 /**
- * The tiny test guest built from vm/guest.asm (see vm/README.md): where its image is, and the
- * constants it writes and prints. Tests and the demo use these; change them only together with the asm.
+ * The tiny test guest built from vm/guest.asm (see vm/README.md): where its image is, what it
+ * writes where, and what it prints. The numbers come from vm/layout.json, the single source the
+ * build also uses. Tests and `medv demo` use these.
  */
-import { dirname, join, resolve } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { MedvError } from '../errors.js';
 
-const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+function findRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'vm', 'layout.json'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new MedvError('ENOENT', 'cannot find the medv source tree (vm/layout.json) above this module', { file: fileURLToPath(import.meta.url) });
+    dir = up;
+  }
+}
 
-export function testGuestImage(): string { return join(REPO, 'vm/build/guest.img'); }
+/** The repository root (the folder holding vm/). */
+export const REPO_ROOT = findRoot();
 
-export const TEST_GUEST = {
-  marker: Buffer.from('MEDV-GUEST-MARKER-PLAINTEXT-0001'),
-  markerLba: 64,
-  counterLba: 1,
+interface Layout {
+  imageBytes: number; sectorBytes: number; counterLba: number; counterMagic: string;
+  markerLba: number; markerSectors: number; marker: string;
+}
+const layout = JSON.parse(readFileSync(join(REPO_ROOT, 'vm', 'layout.json'), 'utf8')) as Layout;
+
+/** The test guest: where it is, what it writes where, and what it prints (COM1, CRLF lines). */
+export const GUEST = {
+  /** The fresh raw image built by `npm run build`; copy it before booting it. */
+  image: join(REPO_ROOT, 'vm', 'build', 'guest.img'),
+  source: join(REPO_ROOT, 'vm', 'guest.asm'),
+  imageBytes: layout.imageBytes,
+  sectorBytes: layout.sectorBytes,
+  /** The 32-byte ASCII pattern; it is in no built file, only where the guest wrote it. */
+  marker: Buffer.from(layout.marker, 'ascii'),
+  markerLba: layout.markerLba,
+  markerSectors: layout.markerSectors,
+  markerOffset: layout.markerLba * layout.sectorBytes,
+  markerBytes: layout.markerSectors * layout.sectorBytes,
+  /** Counter sector: 8-byte magic, then the boot count as a little-endian uint32. */
+  counterLba: layout.counterLba,
+  counterOffset: layout.counterLba * layout.sectorBytes,
+  counterMagic: Buffer.from(layout.counterMagic, 'ascii'),
   serial: {
-    boot: /MEDV-GUEST boot=(\d+)/,
-    marker: /MEDV-GUEST marker-written/,
-    ready: /MEDV-GUEST ready/,
-    powerdown: /MEDV-GUEST powerdown/,
+    start: /MEDV-GUEST start\r?\n/,
+    boot: /MEDV-GUEST boot=(\d+)\r?\n/,
+    markerWritten: /MEDV-GUEST marker-written\r?\n/,
+    /** Only on IDE: the drive acknowledged ATA FLUSH CACHE. */
+    flushed: /MEDV-GUEST flushed\r?\n/,
+    /** The power button is armed: send it now. */
+    ready: /MEDV-GUEST ready\r?\n/,
+    powerdown: /MEDV-GUEST powerdown\r?\n/,
+    /** A failed int 13h call (e.g. counter-write on a read-only disk), with the BIOS status. */
+    error: /MEDV-GUEST error=(\S+?)(?: ah=([0-9a-f]{2}))?\r?\n/,
   },
-  readCounter(sector: Buffer): number { return sector.readUInt32LE(4); },
-};
+} as const;
+
+/**
+ * A guest KVM cannot run (vm/internal-error.asm): under KVM, QEMU stops it in run state
+ * `internal-error` after `start`; under TCG it prints `x87-mmio-ok`.
+ */
+export const INTERNAL_ERROR_GUEST = {
+  image: join(REPO_ROOT, 'vm', 'build', 'internal-error.img'),
+  serial: { start: /MEDV-GUEST start\r?\n/, ok: /MEDV-GUEST x87-mmio-ok\r?\n/ },
+} as const;
+
+/** The block the guest writes at GUEST.markerOffset: the marker repeated over markerBytes. */
+export function markerBlock(): Buffer {
+  const b = Buffer.alloc(GUEST.markerBytes);
+  for (let i = 0; i < b.length; i += GUEST.marker.length) GUEST.marker.copy(b, i);
+  return b;
+}
+
+/** The boot count in the counter sector (GUEST.counterOffset of the disk); 0 without the magic. */
+export function readCounter(sector: Buffer): number {
+  if (sector.length < 12 || !sector.subarray(0, 8).equals(GUEST.counterMagic)) return 0;
+  return sector.readUInt32LE(8);
+}
+
+/** The boot count stored in a disk's bytes (guest LBA space starting at `base`). */
+export function bootCounter(disk: Buffer, base = 0): number {
+  const at = base + GUEST.counterOffset;
+  return readCounter(disk.subarray(at, at + 12));
+}
+
+/**
+ * True when the file holds a marker-sized run of the guest's marker pattern at any phase of its
+ * repetition (streamed; the "no plaintext at rest" check).
+ */
+export async function fileContainsMarker(path: string): Promise<boolean> {
+  const m = GUEST.marker;
+  const tripled = Buffer.concat([m, m, m]);
+  const needles = Array.from({ length: m.length }, (_, phase) => tripled.subarray(phase, phase + m.length));
+  const fh = await open(path, 'r');
+  try {
+    const chunk = Buffer.alloc(1 << 20);
+    let carry = Buffer.alloc(0);
+    for (let pos = 0; ;) {
+      const { bytesRead } = await fh.read(chunk, 0, chunk.length, pos);
+      if (bytesRead === 0) return false;
+      pos += bytesRead;
+      const window = Buffer.concat([carry, chunk.subarray(0, bytesRead)]);
+      if (needles.some((n) => window.includes(n))) return true;
+      carry = Buffer.from(window.subarray(Math.max(0, window.length - (m.length - 1))));
+    }
+  } finally {
+    await fh.close();
+  }
+}

@@ -9,7 +9,7 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  accelerators, bootCounter, bootGuest, fileContainsMarker, freshGuestImage, GUEST, GuestError, INTERNAL_ERROR_GUEST, markerBlock,
+  accelerators, bootCounter, bootGuest, fileContainsMarker, freshGuestImage, GUEST, QemuError, INTERNAL_ERROR_GUEST, markerBlock,
   type Accel, type GuestRun,
 } from '../helpers/qemu.js';
 
@@ -128,7 +128,7 @@ describe('e2e: test guest under QEMU', function () {
           return;
         }
         await assert.rejects(run.waitForSerial(INTERNAL_ERROR_GUEST.serial.ok, BOOT_MS), (e: unknown) => {
-          assert.ok(e instanceof GuestError);
+          assert.ok(e instanceof QemuError);
           assert.equal(e.kind, 'internal-error');
           assert.match(e.message, /internal-error under accel kvm.*Retry under TCG/s);
           return true;

@@ -155,10 +155,6 @@ export class VhdDevice implements BlockDevice {
   private async writeInBlock(b: number, inOff: number, piece: Buffer): Promise<void> {
     const e = this.bat![b];
     if (e !== UNALLOCATED) {
-      if (this.meta.type === 'dynamic') {
-        await this.storage.write(e * SECTOR + this.bmSize + inOff, piece);
-        return;
-      }
       const bm = await this.bitmap(b);
       const s0 = Math.floor(inOff / SECTOR);
       const s1 = Math.ceil((inOff + piece.length) / SECTOR);
@@ -170,23 +166,28 @@ export class VhdDevice implements BlockDevice {
     }
     await this.blockLocks.run(b, async () => {
       if (this.bat![b] !== UNALLOCATED) {
-        if (this.meta.type === 'dynamic') await this.storage.write(this.bat![b] * SECTOR + this.bmSize + inOff, piece);
-        else await this.writeDifferencingLocked(b, inOff, piece);
+        await this.writeAllocatedLocked(b, inOff, piece);
         return;
       }
       await this.allocLock.run(() => this.allocate(b, inOff, piece));
     });
   }
 
-  /** Write into an allocated block of a differencing disk, under the block's lock:
-   *  data first, then the bitmap (a crash in between leaves the sectors reading from the parent). */
-  private async writeDifferencingLocked(b: number, inOff: number, piece: Buffer): Promise<void> {
+  /**
+   * Write into an allocated block whose bitmap lacks some of the sectors, under the block's lock:
+   * data first, then the bitmap (a crash in between leaves those sectors as they were: from the
+   * parent in a differencing disk). In a dynamic disk this happens only in blocks made by other
+   * tools with partial bitmaps: medv reads the data area whatever the bitmap says (as qemu), and
+   * sets the bits so readers that honour the bitmap (Virtual PC, libvhdi) see the data too.
+   */
+  private async writeAllocatedLocked(b: number, inOff: number, piece: Buffer): Promise<void> {
     const bm = await this.bitmap(b);
     const dataPos = this.bat![b] * SECTOR + this.bmSize;
     const s0 = Math.floor(inOff / SECTOR);
     const s1 = Math.ceil((inOff + piece.length) / SECTOR);
-    const headPartial = inOff % SECTOR !== 0 && !testBit(bm, s0);
-    const tailPartial = (inOff + piece.length) % SECTOR !== 0 && !testBit(bm, s1 - 1);
+    const diff = this.meta.type === 'differencing';
+    const headPartial = diff && inOff % SECTOR !== 0 && !testBit(bm, s0);
+    const tailPartial = diff && (inOff + piece.length) % SECTOR !== 0 && !testBit(bm, s1 - 1);
     if (headPartial || tailPartial) {
       // A sector still in the parent is only partly covered: build whole sectors.
       const buf = Buffer.alloc((s1 - s0) * SECTOR);
@@ -262,7 +263,7 @@ export class VhdDevice implements BlockDevice {
     this.footerOffset = newFooter;
     this.bat![b] = bitmapPos / SECTOR;
     this.allocated++;
-    if (this.meta.type === 'differencing') this.bitmaps.set(b, Promise.resolve(Buffer.from(bm)));
+    this.bitmaps.set(b, Promise.resolve(Buffer.from(bm)));
   }
 
   /** Files and EVHD containers accept a write past their end (the gap reads as zeros); storage

@@ -132,6 +132,25 @@ describe('VhdDevice', () => {
     await dev.close();
   });
 
+  it('dynamic blocks with partial bitmaps (other tools): reads ignore the bitmap like qemu, writes set the bits', async () => {
+    const storage = new MemoryDevice(0);
+    await createVhd(storage, { type: 'dynamic', size: 4 * 1024 * 1024 });
+    const dev = await openVhd(storage);
+    await dev.write(0, Buffer.alloc(8192, 0x61));
+    await dev.close();
+    const img = storage.snapshot();
+    const bmAt = img.readUInt32BE(1536) * 512;
+    img.fill(0, bmAt, bmAt + 512);                      // as Virtual PC leaves unwritten sectors
+    const mem = MemoryDevice.from(img);
+    const again = await openVhd(mem);
+    assert.ok((await again.read(0, 8192)).equals(Buffer.alloc(8192, 0x61)));
+    await again.write(4096 + 100, Buffer.alloc(1000, 0x62));
+    const bm = mem.snapshot().subarray(bmAt, bmAt + 512);
+    assert.equal(bm[1], 0b11100000);                     // sectors 8 to 10
+    assert.equal(bm[0], 0);
+    await again.close();
+  });
+
   it('read-only VHDs refuse writes', async () => {
     const storage = new MemoryDevice(0);
     await createVhd(storage, { type: 'dynamic', size: 1024 * 1024 });

@@ -7,7 +7,7 @@
  */
 import { Command } from 'commander';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -107,20 +107,20 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
   const socket = join(work, 'nbd.sock');
   const uri = `nbd+unix:///?socket=${socket}`;
   try {
-    log(`medv demo in ${work} (accelerator: ${accel})`);
-    await step('make a dynamic VHD from the test guest and encrypt it (AES-256-XTS; data key wrapped in guest.enc); delete the plaintext VHD', async () => {
+    log(`medv demo: encrypted disk, undo disk, NBD export, QEMU guest (accelerator ${accel}, work folder ${work})`);
+    await step('convert the test guest to a dynamic VHD, encrypt it to guest.evhd (AES-256-XTS, key wrapped in guest.enc), delete the VHD', async () => {
       await convertDisk(GUEST.image, plainVhd, { type: 'dynamic' });
       await convertDisk(plainVhd, base, { kek });
       rmSync(plainVhd);
     });
     const baseHash = sha256(base);
-    log(`   guest.evhd sha256 ${baseHash.slice(0, 16)}…`);
-    await step('create an encrypted undo disk over it (guest-undo.evhd: writes go there, the base stays read-only)', () => createUndoDisk(undo, base, { kek }));
+    log(`   guest.evhd: ${statSync(base).size} bytes, sha256 ${baseHash.slice(0, 16)}…`);
+    await step('create an encrypted undo disk over it: guest-undo.evhd takes the writes, the base stays read-only', () => createUndoDisk(undo, base, { kek }));
 
     const boots: number[] = [];
     const bootMs: number[] = [];
     for (const round of [1, 2]) {
-      await step(`serve the undo disk over NBD and boot the guest from ${uri} (boot ${round})`, async () => {
+      await step(`boot ${round}: serve the undo disk over NBD, boot the guest from it, power it off`, async () => {
         const served = await serveDiskFile(base, { socketPath: socket, undoPath: undo, kek });
         try {
           const r = await withTcgFallback(accel, (a) => bootOnce(uri, a), (e) => {
@@ -130,14 +130,15 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
           accel = r.accel;
           boots.push(r.value.boot);
           bootMs.push(r.value.readyMs);
-          log(`   guest (${accel}): boot=${r.value.boot}, marker written, ready after ${Math.round(r.value.readyMs)} ms; powered off by the ACPI button`);
+          log(`   ${uri}`);
+          log(`   guest under ${accel}: boot=${r.value.boot}, marker written, ready ${Math.round(r.value.readyMs)} ms after QEMU started; powered off by the ACPI button`);
         } finally {
           await served.close();
         }
       });
     }
 
-    const checks = await step('check the host files: base unchanged, no plaintext marker at rest', async () => {
+    const checks = await step('check the host files: the base is unchanged, no plaintext at rest', async () => {
       const baseUnchanged = sha256(base) === baseHash;
       const files = readdirSync(work).map((f) => join(work, f)).filter((f) => f !== socket && existsSync(f));
       const plaintextFiles: string[] = [];
@@ -147,7 +148,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
       return { baseUnchanged, plaintextFiles };
     });
 
-    const readBack = await step('read through the decrypting stack (undo -> evhd): the marker and the counter', async () => {
+    const readBack = await step('read back through the decrypting stack (undo disk -> guest.evhd)', async () => {
       const view = await openUndoDisk(undo, { kek, expectParent: base });
       try {
         const marker = await view.device.read(GUEST.markerOffset, GUEST.markerBytes);

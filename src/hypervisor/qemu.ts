@@ -233,9 +233,10 @@ export class QemuProcess {
       const stderr = vm.stderr().trim();
       throw new QemuError('start', `QEMU did not start (${(e as Error).message})${stderr ? `:\n${stderr}` : ''}\nargv: ${argv.join(' ')}`, spec.accel);
     }
-    vm.qmp.on('event', (e: QmpEvent) => {
-      if (e.event === 'STOP') void vm.runState().then((s) => { if (s === 'internal-error') vm.setInternalError(); }, () => undefined);
-    });
+    const onStop = () => void vm.runState().then((s) => { if (s === 'internal-error') vm.setInternalError(); }, () => undefined);
+    vm.qmp.on('event', (e: QmpEvent) => { if (e.event === 'STOP') onStop(); });
+    // A STOP in the same read as the capabilities reply was emitted before this listener existed.
+    if (vm.qmp.events.some((e) => e.event === 'STOP')) onStop();
     return vm;
   }
 

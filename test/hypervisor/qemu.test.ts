@@ -142,6 +142,19 @@ describe('hypervisor/qemu: QemuProcess with real QEMU', function () {
     await assert.rejects(vm.execute('query-status'), (e: unknown) => e instanceof MedvError && e.code === 'EHYPERVISOR');
   });
 
+  it('QEMU exiting while a wait is pending is a QemuError of kind exited', async () => {
+    const vm = await QemuProcess.launch({ accel: 'tcg', drives: [] });
+    try {
+      const wait = vm.waitForSerial(/never/, 10_000);
+      await vm.execute('quit').catch(() => undefined);
+      await assert.rejects(wait, (e: unknown) => e instanceof QemuError && e.kind === 'exited' && e.code === 'EHYPERVISOR');
+      assert.equal(await vm.waitExit(5000), 0);
+      await assert.rejects(vm.waitForSerial(/never/, 10_000), (e: unknown) => e instanceof QemuError && e.kind === 'exited');
+    } finally {
+      await vm.kill();
+    }
+  });
+
   it('withTcgFallback: the guest KVM cannot emulate fails under KVM and runs under TCG', async function () {
     if (!accelerators().includes('kvm')) this.skip();
     const image = join(dir, 'internal-error.img');

@@ -9,7 +9,7 @@
  * - Differencing: a 0 bitmap bit reads from the parent (any BlockDevice of exactly the virtual
  *   size); writes set bits. Partial sectors are merged with the parent's data.
  *
- * The BAT and the bitmaps in use are cached in memory. Allocation is serialised (one at a time,
+ * The BAT and the bitmaps in use are cached in memory. Allocation is serialised (batches, one at a time,
  * and per block); reads and writes into allocated blocks run concurrently, and a read inside one
  * allocated block (whose bitmap is cached) is one storage read.
  */
@@ -18,13 +18,23 @@ import { defaultCapabilities } from '../../block/device.js';
 import { validateRequest } from '../../block/validate.js';
 import { MedvError, isMedvError } from '../../errors.js';
 import {
-  SECTOR, UNALLOCATED, allSet, bitRuns, roundUp, serializeBatEntry, setBits, testBit,
+  FOOTER_SIZE, SECTOR, UNALLOCATED, allSet, bitRuns, roundUp, serializeBatEntry, setBits, testBit,
 } from '../../formats/vhd/index.js';
-import { KeyedMutex, Mutex } from './lock.js';
+import { KeyedMutex } from './lock.js';
 import { type VhdInfo, type VhdMeta, metaToInfo } from './metadata.js';
 
 /** New blocks are placed so that their data area starts on this boundary in the file. */
 export const DATA_ALIGNMENT = 4096;
+/** Upper bound of one allocation batch (new blocks written in one append, one flush). */
+const MAX_BATCH_BYTES = 64 * 1024 * 1024;
+
+interface PendingAllocation {
+  b: number;
+  inOff: number;
+  piece: Buffer;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
 
 export class VhdDevice implements BlockDevice {
   readonly capabilities: BlockCapabilities;
@@ -37,7 +47,8 @@ export class VhdDevice implements BlockDevice {
   private footerOffset: number;
   private allocated: number;
   private readonly bitmaps = new Map<number, Promise<Buffer>>();
-  private readonly allocLock = new Mutex();
+  private readonly pending: PendingAllocation[] = [];
+  private allocating = false;
   private readonly blockLocks = new KeyedMutex();
 
   /** @internal use openVhd() */
@@ -169,7 +180,7 @@ export class VhdDevice implements BlockDevice {
         await this.writeAllocatedLocked(b, inOff, piece);
         return;
       }
-      await this.allocLock.run(() => this.allocate(b, inOff, piece));
+      await this.allocate(b, inOff, piece);
     });
   }
 
@@ -214,69 +225,122 @@ export class VhdDevice implements BlockDevice {
     }));
   }
 
-  /**
-   * Allocate block b and write `piece` into it. Runs under the block's lock and the allocation lock.
-   *
-   * Crash safety — the order of writes (a crash at any point leaves a file that opens and checks clean):
-   *   (1) write the footer at the NEW end of file (after the new block). The old footer is still in
-   *       place, so the file has a valid footer at its end throughout;
-   *   (2) write the new block — zero gap up to the 4 KiB-aligned data area, bitmap, data — over
-   *       [old footer, new footer), which overwrites the old footer;
-   *   (3) flush, so (1) and (2) are durable before anything points at them;
-   *   (4) write the BAT entry. A crash before (4) leaves the block unreferenced (leaked space,
-   *       a checkVhd warning), never a BAT entry pointing at unwritten space.
-   * If the end-of-file footer is ever torn, dynamic disks still open from the footer copy at 0.
-   */
-  private async allocate(b: number, inOff: number, piece: Buffer): Promise<void> {
-    const F = this.footerOffset;
-    const dataPos = roundUp(F + this.bmSize, DATA_ALIGNMENT);
-    const bitmapPos = dataPos - this.bmSize;
-    const newFooter = dataPos + this.bs;
-    if (bitmapPos / SECTOR >= UNALLOCATED) {
-      throw new MedvError('ENOSPACE', 'VHD file would grow past what a BAT entry can address', { file: this.description, offset: bitmapPos });
-    }
-    const region = Buffer.alloc(newFooter - F);
-    const bm = region.subarray(bitmapPos - F, dataPos - F);
-    const s0 = Math.floor(inOff / SECTOR);
-    const s1 = Math.ceil((inOff + piece.length) / SECTOR);
-    if (this.meta.type === 'dynamic') {
-      bm.fill(0xff);
-    } else {
-      setBits(bm, s0, s1 - s0);
-      if (inOff % SECTOR !== 0 || (inOff + piece.length) % SECTOR !== 0) {
-        const edges = Buffer.alloc((s1 - s0) * SECTOR);
-        await this.fillEdges(b, undefined, s0, s1, edges, 0);
-        edges.copy(region, dataPos - F + s0 * SECTOR);
+  /** Queue an allocation of block b (the caller holds b's lock) and wait for its batch. */
+  private allocate(b: number, inOff: number, piece: Buffer): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.pending.push({ b, inOff, piece, resolve, reject });
+      if (!this.allocating) {
+        this.allocating = true;
+        setImmediate(() => void this.runAllocations());
+      }
+    });
+  }
+
+  /** One allocator at a time; requests that arrive while a batch is being made durable form the
+   *  next batch (group commit: one flush for many new blocks). */
+  private async runAllocations(): Promise<void> {
+    while (this.pending.length > 0) {
+      const batch: PendingAllocation[] = [];
+      let bytes = 0;
+      while (this.pending.length > 0 && (batch.length === 0 || bytes + this.bs <= MAX_BATCH_BYTES)) {
+        batch.push(this.pending.shift()!);
+        bytes += this.bs + DATA_ALIGNMENT;
+      }
+      try {
+        await this.allocateBatch(batch);
+        for (const r of batch) r.resolve();
+      } catch (e) {
+        for (const r of batch) r.reject(e);
       }
     }
-    piece.copy(region, dataPos - F + inOff);
+    this.allocating = false;
+  }
+
+  /**
+   * Allocate the blocks of `batch` (distinct blocks, each caller holding its block's lock) and
+   * write each request's data into its new block.
+   *
+   * Crash safety — the order of writes. Invariant: at every point the file ends with a valid
+   * footer and every BAT entry points at a fully written block inside the file, so a crash at any
+   * point leaves a file that opens and passes checkVhd (at worst with leaked space, a warning):
+   *   (1) append, in ONE write starting right after the current footer: for each new block the
+   *       zero gap up to its 4 KiB-aligned data area, its bitmap and its data (unwritten sectors
+   *       zero), then the NEW footer. This is the spec's "write the new footer at the new end,
+   *       then the block where the old footer was", done as one append: the old footer stays
+   *       valid until the new one lands, and with storage that zero-fills gaps (EVHD) nothing is
+   *       written twice;
+   *   (2) zero the old footer, which now sits inside the first block's gap;
+   *   (3) flush, so (1) and (2) are durable before anything points at them;
+   *   (4) write the BAT entries. A crash before (4) leaves the new blocks unreferenced.
+   * A torn footer write at the end of the file is covered by the footer copy at offset 0 (dynamic
+   * and differencing disks always have it).
+   */
+  private async allocateBatch(batch: PendingAllocation[]): Promise<void> {
+    const F = this.footerOffset;
+    const appendAt = F + FOOTER_SIZE;
+    const layout: Array<{ req: PendingAllocation; bitmapPos: number; dataPos: number }> = [];
+    let cursor = appendAt;
+    for (const req of batch) {
+      const dataPos = roundUp(cursor + this.bmSize, DATA_ALIGNMENT);
+      layout.push({ req, bitmapPos: dataPos - this.bmSize, dataPos });
+      cursor = dataPos + this.bs;
+    }
+    const newFooter = cursor;
+    if ((newFooter - this.bs - this.bmSize) / SECTOR >= UNALLOCATED) {
+      throw new MedvError('ENOSPACE', 'VHD file would grow past what a BAT entry can address', { file: this.description, offset: newFooter });
+    }
+    const append = Buffer.alloc(newFooter + FOOTER_SIZE - appendAt);
+    const bitmaps: Buffer[] = [];
+    for (const { req, bitmapPos, dataPos } of layout) {
+      const { b, inOff, piece } = req;
+      const bm = append.subarray(bitmapPos - appendAt, dataPos - appendAt);
+      const s0 = Math.floor(inOff / SECTOR);
+      const s1 = Math.ceil((inOff + piece.length) / SECTOR);
+      if (this.meta.type === 'dynamic') {
+        bm.fill(0xff);
+      } else {
+        setBits(bm, s0, s1 - s0);
+        if (inOff % SECTOR !== 0 || (inOff + piece.length) % SECTOR !== 0) {
+          const edges = Buffer.alloc((s1 - s0) * SECTOR);
+          await this.fillEdges(b, undefined, s0, s1, edges, 0);
+          edges.copy(append, dataPos - appendAt + s0 * SECTOR);
+        }
+      }
+      piece.copy(append, dataPos - appendAt + inOff);
+      bitmaps.push(bm);
+    }
+    this.meta.footerRaw.copy(append, newFooter - appendAt);
     try {
-      await this.writeFooterAt(newFooter);                      // (1)
-      await this.storage.write(F, region);                      // (2)
-      await this.storage.flush();                               // (3)
-      await this.storage.write(this.meta.batOffset! + 4 * b, serializeBatEntry(bitmapPos / SECTOR)); // (4)
+      await this.writeAppend(appendAt, append);                  // (1)
+      await this.storage.write(F, Buffer.alloc(FOOTER_SIZE));    // (2)
+      await this.storage.flush();                                // (3)
+      for (const { req, bitmapPos } of layout) {                 // (4)
+        await this.storage.write(this.meta.batOffset! + 4 * req.b, serializeBatEntry(bitmapPos / SECTOR));
+      }
     } catch (e) {
       // Whatever reached the file stays unreferenced; never reuse that space.
-      this.footerOffset = newFooter;
+      this.footerOffset = Math.max(this.footerOffset, newFooter);
       throw e;
     }
     this.footerOffset = newFooter;
-    this.bat![b] = bitmapPos / SECTOR;
-    this.allocated++;
-    this.bitmaps.set(b, Promise.resolve(Buffer.from(bm)));
+    layout.forEach(({ req, bitmapPos }, i) => {
+      this.bat![req.b] = bitmapPos / SECTOR;
+      this.allocated++;
+      this.bitmaps.set(req.b, Promise.resolve(Buffer.from(bitmaps[i])));
+    });
   }
 
   /** Files and EVHD containers accept a write past their end (the gap reads as zeros); storage
-   *  that refuses one (ERANGE, e.g. memory) is grown first, leaving a zero tail until the footer
-   *  lands — the footer copy at offset 0 covers that window. */
-  private async writeFooterAt(at: number): Promise<void> {
+   *  that refuses one (ERANGE, e.g. memory) is grown first. Only a file whose end was damaged
+   *  (footer taken from the copy at offset 0) ever needs a gap here. */
+  private async writeAppend(at: number, data: Buffer): Promise<void> {
     try {
-      await this.storage.write(at, this.meta.footerRaw);
+      await this.storage.write(at, data);
     } catch (e) {
       const s = this.storage;
       if (!isMedvError(e, 'ERANGE') || !s.resize || !s.capabilities.canResize || s.size >= at) throw e;
       await s.resize(at);
-      await s.write(at, this.meta.footerRaw);
+      await s.write(at, data);
     }
   }
 

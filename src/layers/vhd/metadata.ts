@@ -341,16 +341,17 @@ export async function loadVhdMeta(storage: BlockDevice, name: string, issues?: I
   meta.footerOffset = Math.max(endOffset, maxEnd);
 
   if (r.collecting) {
-    // Leaked space: stretches of the file no structure accounts for (small alignment gaps are by design).
+    // Leaked space: stretches of the file no structure accounts for. Alignment gaps in front of
+    // block bitmaps (up to 4 KiB + a sector) are by design.
     const used = [...regions.map((x) => [x.start, x.end] as [number, number]),
       ...allocated.map((e) => [e * SECTOR, e * SECTOR + span] as [number, number])].sort((x, y) => x[0] - y[0]);
     let cursor = 0;
     let leaked = 0;
     for (const [s, e] of used) {
-      if (s - cursor >= 4096) leaked += s - cursor;
+      if (s - cursor > 4096 + SECTOR) leaked += s - cursor;
       cursor = Math.max(cursor, e);
     }
-    if (endOffset - cursor >= 4096) leaked += endOffset - cursor;
+    if (endOffset - cursor > 4096 + SECTOR) leaked += endOffset - cursor;
     if (leaked > 0) r.warn(`${leaked} bytes of the file are not referenced by any structure (leaked space)`);
   }
   return meta;

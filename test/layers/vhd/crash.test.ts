@@ -104,3 +104,44 @@ describe('vhd crash safety: torn footer at the end of the file', () => {
     assert.ok(!again.warnings.some((w) => w.includes('copy at offset 0')));
   });
 });
+
+describe('vhd crash safety: a batch of concurrent allocations', () => {
+  for (const type of ['dynamic', 'differencing'] as const) {
+    it(`${type}: every failure point leaves a clean file, each write old or new`, async () => {
+      const base = await makeBase(type);
+      const writes = [[2 * 1024 * 1024 + 512, 4096], [5 * 1024 * 1024 + 3, 9000], [7 * 1024 * 1024, 65536], [2 * 1024 * 1024 + 9000, 512]]
+        .map(([off, len]) => ({ off, data: randomBytes(len) }));
+      const open = (dev: MemoryDevice | InjectingDevice) => openVhd(dev, base.parent ? { parent: MemoryDevice.from(base.parent, true) } : {});
+      const dry = new InjectingDevice(MemoryDevice.from(base.image));
+      const d0 = await open(dry);
+      await Promise.all(writes.map((w) => d0.write(w.off, w.data)));
+      const total = dry.mutations;
+      for (let k = 0; k <= total; k++) {
+        const mem = MemoryDevice.from(base.image);
+        const inj = new InjectingDevice(mem);
+        inj.failAfter = k;
+        const dev = await open(inj);
+        const results = await Promise.allSettled(writes.map((w) => dev.write(w.off, w.data)));
+        if (k === total) assert.ok(results.every((r) => r.status === 'fulfilled'));
+        const image = MemoryDevice.from(mem.snapshot());
+        assert.deepEqual((await checkVhd(image)).errors, [], `failure after ${k} of ${total} mutations`);
+        const re = await open(image);
+        const seen = await re.read(0, re.size);
+        const written = new Uint8Array(re.size);
+        for (const w of writes) {
+          written.fill(1, w.off, w.off + w.data.length);
+          for (let a = w.off; a < w.off + w.data.length; a = Math.floor(a / 512) * 512 + 512) {
+            const z = Math.min(w.off + w.data.length, Math.floor(a / 512) * 512 + 512);
+            const piece = seen.subarray(a, z);
+            assert.ok(piece.equals(base.model.subarray(a, z)) || piece.equals(w.data.subarray(a - w.off, z - w.off)), `k=${k}: [${a}, ${z}) neither old nor new`);
+          }
+        }
+        for (let i = 0; i < re.size; i += 4096) {
+          if (written.subarray(i, i + 4096).some((x) => x)) continue;
+          assert.ok(seen.subarray(i, i + 4096).equals(base.model.subarray(i, i + 4096)), `k=${k}: untouched bytes at ${i} changed`);
+        }
+        await re.close();
+      }
+    });
+  }
+});

@@ -314,8 +314,14 @@ export class VhdDevice implements BlockDevice {
       await this.writeAppend(appendAt, append);                  // (1)
       await this.storage.write(F, Buffer.alloc(FOOTER_SIZE));    // (2)
       await this.storage.flush();                                // (3)
-      for (const { req, bitmapPos } of layout) {                 // (4)
-        await this.storage.write(this.meta.batOffset! + 4 * req.b, serializeBatEntry(bitmapPos / SECTOR));
+      // (4) BAT entries, one write per run of consecutive block numbers.
+      const sorted = [...layout].sort((x, y) => x.req.b - y.req.b);
+      for (let i = 0; i < sorted.length;) {
+        let j = i + 1;
+        while (j < sorted.length && sorted[j].req.b === sorted[j - 1].req.b + 1) j++;
+        const run = Buffer.concat(sorted.slice(i, j).map((x) => serializeBatEntry(x.bitmapPos / SECTOR)));
+        await this.storage.write(this.meta.batOffset! + 4 * sorted[i].req.b, run);
+        i = j;
       }
     } catch (e) {
       // Whatever reached the file stays unreferenced; never reuse that space.

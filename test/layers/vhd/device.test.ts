@@ -9,6 +9,8 @@ import {
 } from '../../../src/layers/vhd/index.js';
 import { describeConformance, prng } from '../../conformance/blockdevice.js';
 import { InjectingDevice, tempDir } from './helpers.js';
+import { DataKey } from '../../../src/crypto/datakey.js';
+import { createEvhd, openEvhd } from '../../../src/layers/evhd/index.js';
 
 function patterned(size: number, seed: number): Buffer {
   const rnd = prng(seed);
@@ -25,6 +27,28 @@ for (const type of ['fixed', 'dynamic'] as const) {
     await createVhd(storage, { type, size });
     const device = await openVhd(storage);
     return { device, reopen: () => openVhdFile(path), cleanup };
+  });
+}
+
+// The storage the lead stacks under VHDs: an EVHD container (4 KiB XTS units) on a file.
+for (const type of ['dynamic', 'differencing'] as const) {
+  describeConformance(`vhd ${type} over an EVHD container`, async (size) => {
+    const { dir, cleanup } = tempDir();
+    const path = join(dir, 'disk.evhd');
+    const key = DataKey.generate();
+    const parentData = patterned(size, 13);
+    const parent = () => MemoryDevice.from(parentData, true);
+    const ev = await createEvhd(await FileDevice.open(path, { create: true }), key.clone());
+    if (type === 'dynamic') await createVhd(ev, { type, size });
+    else await createDifferencingVhd(ev, { size, uniqueId: randomBytes(16) });
+    const opts = type === 'dynamic' ? {} : { parent: parent() };
+    const device = await openVhd(ev, opts);
+    return {
+      device,
+      initial: type === 'dynamic' ? undefined : (o: number, l: number) => parentData.subarray(o, o + l),
+      reopen: async () => openVhd(await openEvhd(await FileDevice.open(path), key.clone()), type === 'dynamic' ? {} : { parent: parent() }),
+      cleanup: async () => { key.dispose(); await cleanup(); },
+    };
   });
 }
 

@@ -309,6 +309,27 @@ describe('nbd server (raw protocol)', function () {
       assert.ok(mem.snapshot().equals(expected));
     });
 
+    it('lands many large writes spanning socket chunks intact (pooled payload buffers)', async () => {
+      dev.writeDelayMs = 1;
+      const c = await ready();
+      const expected = mem.snapshot();
+      const out: Buffer[] = [];
+      for (let round = 0; round < 3; round++) {
+        for (let i = 0; i < 12; i++) {
+          const data = randomBytes(256 * 1024);
+          const offset = ((i * 5 + round * 3) % 16) * 256 * 1024;
+          data.copy(expected, offset);
+          out.push(P.encodeRequest({ type: P.NBD_CMD_WRITE, handle: BigInt(round * 100 + i), offset, length: data.length }), data);
+        }
+      }
+      // Writes to the same range are sent in order but may complete in any order: serialise rounds.
+      for (let round = 0; round < 3; round++) {
+        c.write(Buffer.concat(out.slice(round * 24, round * 24 + 24)));
+        for (let i = 0; i < 12; i++) assert.equal((await c.reply()).error, 0);
+      }
+      assert.ok(mem.snapshot().equals(expected));
+    });
+
     it('answers FLUSH only after the writes sent before it, and flushes after them', async () => {
       dev.writeDelayMs = 30;
       const c = await ready();

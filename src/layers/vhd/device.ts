@@ -5,13 +5,15 @@
  * - Fixed: the virtual disk is the first `virtualSize` bytes of the file.
  * - Dynamic: reads of an unallocated block return zeros; reads of an allocated block return the
  *   block's data area whatever its sector bitmap says (as qemu does); new blocks get an all-ones
- *   bitmap and zero-filled data (as qemu does), so every reader agrees.
+ *   bitmap and zero-filled data (as qemu does), so every reader agrees; writes into blocks other
+ *   tools left with partial bitmaps set the bits they cover.
  * - Differencing: a 0 bitmap bit reads from the parent (any BlockDevice of exactly the virtual
  *   size); writes set bits. Partial sectors are merged with the parent's data.
  *
- * The BAT and the bitmaps in use are cached in memory. Allocation is serialised (batches, one at a time,
- * and per block); reads and writes into allocated blocks run concurrently, and a read inside one
- * allocated block (whose bitmap is cached) is one storage read.
+ * The BAT and the bitmaps in use are cached in memory. Allocation is serialised per block and
+ * batched (one batch at a time, see allocateBatch for the crash-safe write order); reads and writes
+ * into allocated blocks run concurrently, and a read inside one allocated block (whose bitmap is
+ * cached) is one storage read.
  */
 import type { BlockCapabilities, BlockDevice, WriteOptions } from '../../block/device.js';
 import { defaultCapabilities } from '../../block/device.js';

@@ -1,20 +1,4 @@
-/** Small async locks: one FIFO mutex, and a mutex per key (block index). */
-export class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = this.tail;
-    let release!: () => void;
-    this.tail = new Promise<void>((r) => { release = r; });
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  }
-}
-
+/** A small async lock per key (block index), FIFO per key. */
 export class KeyedMutex {
   private readonly tails = new Map<number, Promise<void>>();
 

@@ -195,7 +195,7 @@ export class QemuProcess {
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (chunk: string) => {
       this.stderrText += chunk;
-      if (/KVM internal error/.test(this.stderrText)) this.setInternalError();
+      if (/KVM internal error/.test(this.stderrText)) void this.confirmInternalError();
     });
     this.exited = new Promise((res) => {
       child.once('error', (e) => { this.stderrText += `spawn: ${e.message}\n`; this.onExit(null, null); res(); });
@@ -237,6 +237,7 @@ export class QemuProcess {
     vm.qmp.on('event', (e: QmpEvent) => { if (e.event === 'STOP') onStop(); });
     // A STOP in the same read as the capabilities reply was emitted before this listener existed.
     if (vm.qmp.events.some((e) => e.event === 'STOP')) onStop();
+    if (/KVM internal error/.test(vm.stderrText)) void vm.confirmInternalError();
     return vm;
   }
 
@@ -342,6 +343,24 @@ export class QemuProcess {
       this.partialLine = this.partialLine.slice(nl + 1);
     }
     for (const w of [...this.waiters]) w.check();
+  }
+
+  /**
+   * QEMU prints "KVM internal error" on stderr a moment before the run state changes: wait (up to
+   * 2 s) for query-status to say internal-error, so that callers who see the failure also see the
+   * state; then fail the waits either way.
+   */
+  private confirming = false;
+  private async confirmInternalError(): Promise<void> {
+    if (this.confirming || this.failure) return;
+    this.confirming = true;
+    for (let i = 0; i < 40 && !this.failure && !this.exit; i++) {
+      const state = this.qmp && !this.qmp.closed ? await this.runState().catch(() => '') : '';
+      if (state === 'internal-error' || !this.qmp) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    if (this.qmp) this.setInternalError();
+    this.confirming = false;
   }
 
   private setInternalError(): void {

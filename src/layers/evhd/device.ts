@@ -24,7 +24,7 @@ import type { DataKey } from '../../crypto/datakey.js';
 import { MedvError } from '../../errors.js';
 import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, EVHD_UNIT_SIZE, type EvhdHeader, serializeEvhdHeader } from '../../formats/evhd.js';
 import { native } from '../../native.js';
-import { Mutex, UnitLocks } from './lock.js';
+import { KeyedLocks, Mutex } from '../../block/lock.js';
 
 const U = EVHD_UNIT_SIZE;
 const H = EVHD_HEADER_SIZE;
@@ -38,7 +38,7 @@ export class EvhdDevice implements BlockDevice {
   private readonly name: string;
   private logical: number;
   private closed = false;
-  private readonly unitLocks = new UnitLocks();
+  private readonly unitLocks = new KeyedLocks();
   private readonly growth = new Mutex();
   private readonly inflight = new Set<Promise<unknown>>();
 

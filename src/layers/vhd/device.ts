@@ -22,7 +22,7 @@ import { MedvError, isMedvError } from '../../errors.js';
 import {
   FOOTER_SIZE, SECTOR, UNALLOCATED, allSet, bitRuns, roundUp, serializeBatEntry, setBits, testBit,
 } from '../../formats/vhd/index.js';
-import { KeyedMutex } from './lock.js';
+import { KeyedLocks } from '../../block/lock.js';
 import { type VhdInfo, type VhdMeta, metaToInfo } from './metadata.js';
 
 /** New blocks are placed so that their data area starts on this boundary in the file. */
@@ -51,7 +51,7 @@ export class VhdDevice implements BlockDevice {
   private readonly bitmaps = new Map<number, Promise<Buffer>>();
   private readonly pending: PendingAllocation[] = [];
   private allocating = false;
-  private readonly blockLocks = new KeyedMutex();
+  private readonly blockLocks = new KeyedLocks();
 
   /** @internal use openVhd() */
   constructor(

@@ -223,7 +223,13 @@ async function main(): Promise<void> {
         start: (s) => startProcess('node', [...nodeArgs('medv-raw'), CLI, 'disk', 'serve', raw, '--socket', s], medvEnv) },
     ];
 
+    // All servers run at once (idle ones cost nothing) and every test visits them in turn, so a
+    // change in machine load during the run affects all servers alike rather than one of them.
     const results: Result[] = [];
+    const live: Array<{ srv: Server; res: Result; uri: string; child: ChildProcess }> = [];
+    for (const f of new Set(servers.filter((s) => want(s.name)).map((s) => s.file))) {
+      if (existsSync(f)) await warm(f);
+    }
     for (const srv of servers) {
       if (!want(srv.name)) continue;
       const res: Result = { server: srv.name, label: srv.label };
@@ -234,31 +240,41 @@ async function main(): Promise<void> {
         continue;
       }
       const sock = join(work, `${srv.name}.sock`);
-      const uri = `nbd+unix:///?socket=${sock}`;
-      process.stdout.write(`${srv.label}: `);
-      let child: ChildProcess | undefined;
+      const child = srv.start(sock);
       try {
-        await warm(srv.file);
-        child = srv.start(sock);
         await waitForSocket(sock, child);
-        const sr = await fio(uri, 'read', '1M', 8, args.runtime, args.size);
-        res.seqReadMBs = sr.MBs; res.seqReadIops = sr.iops;
-        process.stdout.write(`seqread ${fmt(sr.MBs)} MB/s; `);
-        const rr = await fio(uri, 'randread', '4k', 32, args.runtime, args.size);
-        res.randReadMBs = rr.MBs; res.randReadIops = rr.iops;
-        process.stdout.write(`randread ${fmt(rr.iops)} IOPS; `);
-        res.nbdcopyMBs = await nbdcopy(uri, args.size);
-        process.stdout.write(`nbdcopy ${fmt(res.nbdcopyMBs)} MB/s; `);
-        const sw = await fio(uri, 'write', '1M', 8, args.runtime, args.size);
-        res.seqWriteMBs = sw.MBs; res.seqWriteIops = sw.iops;
-        process.stdout.write(`seqwrite ${fmt(sw.MBs)} MB/s\n`);
+        live.push({ srv, res, uri: `nbd+unix:///?socket=${sock}`, child });
       } catch (e) {
-        res.error = (e as { stderr?: string }).stderr?.trim() || (e as Error).message;
-        process.stdout.write(`failed: ${res.error}\n`);
-      } finally {
-        if (child) await stopProcess(child);
+        res.error = (e as Error).message;
+        process.stdout.write(`${srv.label}: failed to start: ${res.error}\n`);
+        await stopProcess(child);
       }
     }
+    const tests: Array<[string, (uri: string) => Promise<Partial<Result>>, (r: Partial<Result>) => string]> = [
+      ['1 MiB seq read qd8', async (uri) => { const r = await fio(uri, 'read', '1M', 8, args.runtime, args.size); return { seqReadMBs: r.MBs, seqReadIops: r.iops }; },
+        (r) => `${fmt(r.seqReadMBs)} MB/s`],
+      ['4 KiB rand read qd32', async (uri) => { const r = await fio(uri, 'randread', '4k', 32, args.runtime, args.size); return { randReadMBs: r.MBs, randReadIops: r.iops }; },
+        (r) => `${fmt(r.randReadIops)} IOPS`],
+      ['nbdcopy to null', async (uri) => ({ nbdcopyMBs: await nbdcopy(uri, args.size) }), (r) => `${fmt(r.nbdcopyMBs)} MB/s`],
+      ['1 MiB seq write qd8', async (uri) => { const r = await fio(uri, 'write', '1M', 8, args.runtime, args.size); return { seqWriteMBs: r.MBs, seqWriteIops: r.iops }; },
+        (r) => `${fmt(r.seqWriteMBs)} MB/s`],
+    ];
+    for (const [name, test, show] of tests) {
+      process.stdout.write(`${name}:`);
+      for (const l of live) {
+        if (l.res.error) continue;
+        try {
+          const r = await test(l.uri);
+          Object.assign(l.res, r);
+          process.stdout.write(` ${l.srv.name} ${show(r)};`);
+        } catch (e) {
+          l.res.error = (e as { stderr?: string }).stderr?.trim() || (e as Error).message;
+          process.stdout.write(` ${l.srv.name} failed;`);
+        }
+      }
+      process.stdout.write('\n');
+    }
+    for (const l of live) await stopProcess(l.child);
 
     // Table and ratios.
     const cols: Array<[keyof Result, string, number]> = [

@@ -161,6 +161,8 @@ class Connection {
   private outScheduled = false;
   private readPaused = false;
   private pumping = false;
+  /** The client shut its sending side: finish what it sent, then close. */
+  private peerEnded = false;
   private endTimer: NodeJS.Timeout | undefined;
   readonly closed: Promise<void>;
   private resolveClosed!: () => void;
@@ -191,9 +193,7 @@ class Connection {
       this.socket.destroy();
       return;
     }
-    this.state = 'closing';
-    this.q.clear();
-    this.maybeFinish();
+    this.beginClosing();
   }
 
   // --- input -----------------------------------------------------------------------------------
@@ -266,7 +266,10 @@ class Connection {
             this.pauseReading();
             return;
           }
-          if (q.length < P.REQUEST_SIZE) return;
+          if (q.length < P.REQUEST_SIZE) {
+            if (this.peerEnded) this.beginClosing();
+            return;
+          }
           const req = this.req;
           try {
             P.decodeRequest(q.peek(P.REQUEST_SIZE), q.peekOffset, req);
@@ -297,7 +300,10 @@ class Connection {
         }
         case 'payload': {
           const payload = this.payload!;
-          if (q.length === 0) return;
+          if (q.length === 0) {
+            if (this.peerEnded) this.beginClosing();
+            return;
+          }
           this.payloadFill += q.takeInto(payload, this.payloadFill, payload.length - this.payloadFill);
           if (this.payloadFill < payload.length) return;
           this.payload = null;
@@ -308,7 +314,10 @@ class Connection {
           break;
         }
         case 'skip': {
-          if (q.length === 0) return;
+          if (q.length === 0) {
+            if (this.peerEnded) this.beginClosing();
+            return;
+          }
           this.skipLeft -= q.skip(this.skipLeft);
           if (this.skipLeft > 0) return;
           this.state = 'request';
@@ -497,9 +506,7 @@ class Connection {
           break;
         case P.NBD_CMD_DISC:
           this.log('nbd: client disconnected');
-          this.state = 'closing';
-          this.q.clear();
-          this.maybeFinish();
+          this.beginClosing();
           return;
         default:
           this.log(`nbd: unsupported ${P.commandName(type)}`);
@@ -617,16 +624,21 @@ class Connection {
     this.socket.destroy();
   }
 
-  /** The client shut its side: answer what is in flight, then close (a soft end, like DISC). */
+  /** The client shut its side (a soft end, like DISC): requests it sent are still answered. */
   private onEnd(): void {
     if (this.state === 'request' || this.state === 'payload' || this.state === 'skip') {
-      this.state = 'closing';
-      this.q.clear();
-      this.payload = null;
-      this.maybeFinish();
+      this.peerEnded = true;
+      this.pump();
     } else if (this.state !== 'closing') {
       this.hardDisconnect();
     }
+  }
+
+  private beginClosing(): void {
+    this.state = 'closing';
+    this.q.clear();
+    this.payload = null;
+    this.maybeFinish();
   }
 
   private onClose(): void {

@@ -404,6 +404,22 @@ describe('nbd server (raw protocol)', function () {
       assert.ok(mem.snapshot().subarray(4096, 8192).equals(Buffer.alloc(4096, 4)));
     });
 
+    it('answers every request a half-closing client sent, even beyond the in-flight limit', async () => {
+      dev.readDelayMs = 5;
+      const c = await ready({ maxInFlight: 2 });
+      const reqs: Buffer[] = [];
+      for (let i = 0; i < 10; i++) reqs.push(P.encodeRequest({ type: P.NBD_CMD_READ, handle: BigInt(i), offset: i * 4096, length: 4096 }));
+      c.sock.end(Buffer.concat(reqs));
+      const seen = new Set<bigint>();
+      for (let i = 0; i < 10; i++) {
+        const r = await c.reply(() => 4096);
+        assert.equal(r.error, 0);
+        seen.add(r.handle);
+      }
+      assert.equal(seen.size, 10);
+      assert.ok(await c.waitClosed());
+    });
+
     it('serves several connections at once', async () => {
       const a = await ready();
       const b = await client();

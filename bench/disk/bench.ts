@@ -4,12 +4,13 @@
  *   qemu-luks    qemu-nbd, LUKS image (aes-256-xts)
  *   nbdkit-luks  nbdkit file --filter=luks
  *   medv         medv disk serve X.evhd (EVHD -> dynamic VHD)
+ *   nbdkit-raw   nbdkit file                           (a second ceiling, for attribution)
  *   medv-raw     medv disk serve data.raw              (our NBD server alone, for attribution)
  * each driven by the same clients: fio (nbd engine) 1 MiB seq read qd8, 4 KiB rand read qd32,
  * 1 MiB seq write qd8, and `nbdcopy URI null:`. Prints MB/s and IOPS per server and medv's ratios,
  * and writes bench/out/disk.json.
  *
- * Usage: node dist/bench/disk/bench.js [--size 1G] [--runtime 10] [--only a,b] [--keep] [--prof DIR]
+ * Usage: node dist/bench/disk/bench.js [--size 1G] [--runtime 10] [--only raw,qemu-luks,nbdkit-luks,medv,nbdkit-raw,medv-raw] [--keep] [--prof DIR]
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
@@ -219,6 +220,8 @@ async function main(): Promise<void> {
         start: (s) => startProcess('nbdkit', ['-f', '-U', s, '--filter=luks', 'file', luks, `passphrase=${PASS}`]) },
       { name: 'medv', label: 'medv EVHD', file: evhd,
         start: (s) => startProcess('node', [...nodeArgs('medv'), CLI, 'disk', 'serve', evhd, '--socket', s], medvEnv) },
+      { name: 'nbdkit-raw', label: 'nbdkit raw', file: raw,
+        start: (s) => startProcess('nbdkit', ['-f', '-U', s, 'file', raw]) },
       { name: 'medv-raw', label: 'medv raw', file: raw,
         start: (s) => startProcess('node', [...nodeArgs('medv-raw'), CLI, 'disk', 'serve', raw, '--socket', s], medvEnv) },
     ];

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Disk benchmark: medv's NBD export of an .evhd against qemu-nbd (raw, LUKS) and nbdkit --filter=luks.
-# Usage: bench/disk/run.sh [--size 1G] [--runtime 10] [--only raw,qemu-luks,nbdkit-luks,medv,medv-raw] [--keep] [--prof DIR]
+# Usage: bench/disk/run.sh [--size 1G] [--runtime 10] [--only raw,qemu-luks,nbdkit-luks,medv,nbdkit-raw,medv-raw] [--keep] [--prof DIR]
 # Needs: qemu-utils, nbdkit, libnbd-bin (nbdcopy), fio. Writes bench/out/disk.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

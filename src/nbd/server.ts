@@ -502,6 +502,7 @@ class Connection {
           break;
         }
         case P.NBD_CMD_FLUSH:
+          if (offset !== 0 || length !== 0) return this.reply(P.NBD_EINVAL, hi, lo, null); // reserved, MUST be zero
           op = this.flushAfter([...this.writes]);
           break;
         case P.NBD_CMD_DISC:

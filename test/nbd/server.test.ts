@@ -480,6 +480,48 @@ describe('nbd server (raw protocol)', function () {
     });
   });
 
+  it('survives random well-framed requests (seeded fuzz) and keeps the device consistent', async () => {
+    await start({ maxBlockSize: 1 << 20 });
+    let seed = 0x9e3779b9;
+    const rnd = () => {
+      seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
+      return seed / 4294967296;
+    };
+    let c = await client();
+    await c.go();
+    const model = mem.snapshot();
+    for (let i = 0; i < 300; i++) {
+      if (c.closed) {
+        c = await client();
+        await c.go();
+      }
+      const type = Math.floor(rnd() * 9);
+      const flags = rnd() < 0.5 ? 0 : Math.floor(rnd() * 65536);
+      const length = rnd() < 0.7 ? Math.floor(rnd() * 16) * 512 : Math.floor(rnd() * 70000);
+      const offset = rnd() < 0.7 ? Math.floor(rnd() * (SIZE / 512)) * 512 : Math.floor(rnd() * 2 ** 52);
+      const data = type === P.NBD_CMD_WRITE ? randomBytes(length) : undefined;
+      c.request(type, BigInt(i), offset, length, data, flags);
+      if (type === P.NBD_CMD_DISC) {
+        assert.ok(await c.waitClosed());
+        continue;
+      }
+      const r = await c.reply((h) => (h === BigInt(i) && type === P.NBD_CMD_READ ? length : 0));
+      assert.equal(r.handle, BigInt(i));
+      const inRange = offset + length <= SIZE;
+      const okFlags = (flags & ~(type === P.NBD_CMD_WRITE_ZEROES ? 3 : 1)) === 0;
+      if (type === P.NBD_CMD_READ && r.error === 0) assert.ok(r.data.equals(model.subarray(offset, offset + length)));
+      if (type === P.NBD_CMD_WRITE && r.error === 0) data!.copy(model, offset);
+      if (type === P.NBD_CMD_WRITE_ZEROES && r.error === 0) model.fill(0, offset, offset + length);
+      if (type === P.NBD_CMD_TRIM && r.error === 0) mem.snapshot().copy(model, offset, offset, offset + length);
+      const valid = okFlags && (type === P.NBD_CMD_FLUSH ? offset === 0 && length === 0 : inRange);
+      if ([P.NBD_CMD_READ, P.NBD_CMD_WRITE, P.NBD_CMD_WRITE_ZEROES, P.NBD_CMD_FLUSH].includes(type) && valid) {
+        assert.equal(r.error, 0, `request ${i}: type ${type} flags ${flags} [${offset}, +${length})`);
+      }
+      if (!valid) assert.notEqual(r.error, 0, `request ${i}: type ${type} flags ${flags} [${offset}, +${length}) should fail`);
+    }
+    assert.ok(mem.snapshot().equals(model));
+  });
+
   it('does not crash on garbage from a raw socket', async () => {
     await start();
     for (const junk of [randomBytes(3), randomBytes(100), Buffer.alloc(0)]) {

@@ -307,10 +307,25 @@ async function main(): Promise<void> {
         lines.push([`  / ${peer.label}`.padEnd(16), ...cols.map(([k]) => (row[k] === undefined ? '-' : `${row[k].toFixed(2)}x`).padStart(15))].join(''));
       }
     }
+    // Our NBD server alone against nbdkit's, both over the same raw file: where the server itself stands.
+    const medvRaw = results.find((r) => r.server === 'medv-raw' && !r.error);
+    const nbdkitRaw = results.find((r) => r.server === 'nbdkit-raw' && !r.error);
+    let serverRatio: Record<string, number> | undefined;
+    if (medvRaw && nbdkitRaw) {
+      serverRatio = {};
+      for (const [k] of cols) {
+        const a = medvRaw[k] as number | undefined;
+        const b = nbdkitRaw[k] as number | undefined;
+        if (a !== undefined && b) serverRatio[k] = a / b;
+      }
+      const row = serverRatio;
+      lines.push('', 'medv raw / nbdkit raw (our NBD server alone):',
+        [''.padEnd(16), ...cols.map(([k]) => (row[k] === undefined ? '-' : `${row[k].toFixed(2)}x`).padStart(15))].join(''));
+    }
     process.stdout.write(`\n${lines.join('\n')}\n`);
     const outDir = join(ROOT, 'bench/out');
     mkdirSync(outDir, { recursive: true });
-    const report = { date: new Date().toISOString(), sizeBytes: args.size, runtimeSeconds: args.runtime, results, ratiosMedvOver: ratios };
+    const report = { date: new Date().toISOString(), sizeBytes: args.size, runtimeSeconds: args.runtime, results, ratiosMedvOver: ratios, medvRawOverNbdkitRaw: serverRatio };
     writeFileSync(join(outDir, 'disk.json'), `${JSON.stringify(report, null, 2)}\n`);
     process.stdout.write(`\nwrote ${join(outDir, 'disk.json')}\n`);
   } finally {

@@ -4,6 +4,7 @@
  */
 import { existsSync, unlinkSync } from 'node:fs';
 import type { BlockDevice } from '../block/device.js';
+import { forEachChunk } from '../block/copy.js';
 import { FileDevice } from '../block/file.js';
 import { MedvError } from '../errors.js';
 import { encPathFor, type KekSource } from '../crypto/index.js';
@@ -185,28 +186,16 @@ async function createTarget(path: string, to: DiskFormat, type: VhdLayout, size:
   return openVhd(storage, { name: path });
 }
 
-/** Copy the first min(src,dst) bytes, skipping all-zero chunks (the destination is new and reads as zeros). */
+/** Copy the source into a new (all-zero) target of at least its size, skipping all-zero chunks. */
 export async function copyDevice(source: BlockDevice, target: BlockDevice, onProgress?: Progress): Promise<void> {
-  const total = Math.min(source.size, target.size);
   if (source.size > target.size) {
     throw new MedvError('ERANGE', `destination (${target.size} bytes) is smaller than the source (${source.size} bytes)`, { file: target.description });
   }
   const zero = Buffer.alloc(COPY_CHUNK);
-  const inFlight = new Set<Promise<void>>();
-  let done = 0;
-  for (let off = 0; off < total; off += COPY_CHUNK) {
-    const len = Math.min(COPY_CHUNK, total - off);
-    const job = (async () => {
-      const data = await source.read(off, len);
-      if (!data.equals(len === COPY_CHUNK ? zero : zero.subarray(0, len))) await target.write(off, data);
-      done += len;
-      onProgress?.(done, total);
-    })();
-    inFlight.add(job);
-    job.finally(() => inFlight.delete(job)).catch(() => undefined);
-    if (inFlight.size >= 4) await Promise.race(inFlight);
-  }
-  await Promise.all(inFlight);
+  await forEachChunk(source, source.size, COPY_CHUNK, async (off, data) => {
+    if (!data.equals(zero.subarray(0, data.length))) await target.write(off, data);
+    onProgress?.(off + data.length, source.size);
+  });
 }
 
 export interface ServeOptions {

@@ -25,6 +25,7 @@ import { MedvError } from '../../errors.js';
 import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, EVHD_UNIT_SIZE, type EvhdHeader, serializeEvhdHeader } from '../../formats/evhd.js';
 import { native } from '../../native.js';
 import { KeyedLocks, Mutex } from '../../block/lock.js';
+import { forEachChunk } from '../../block/copy.js';
 
 const U = EVHD_UNIT_SIZE;
 const H = EVHD_HEADER_SIZE;
@@ -236,19 +237,13 @@ export class EvhdDevice implements BlockDevice {
       if (this.logical !== 0) throw new MedvError('EINVAL_ARG', 'importFrom needs an empty EVHD', { file: this.name });
       const total = source.size;
       if (total > MAX_LOGICAL) throw new MedvError('ENOSPACE', `source is larger than an EVHD can hold`, { file: source.description });
-      let next: Promise<Buffer> | undefined = total > 0 ? source.read(0, Math.min(CHUNK, total)) : undefined;
-      for (let off = 0; off < total; off += CHUNK) {
-        const len = Math.min(CHUNK, total - off);
-        const plain = await next!;
-        next = off + len < total ? source.read(off + len, Math.min(CHUNK, total - off - len)) : undefined;
-        next?.catch(() => undefined); // awaited next round; a failure there is handled then
-        const padded = Math.ceil(len / U) * U;
-        const bounce = Buffer.alloc(padded);
-        plain.copy(bounce, 0, 0, len);
+      await forEachChunk(source, total, CHUNK, async (off, plain) => {
+        const bounce = Buffer.alloc(Math.ceil(plain.length / U) * U);
+        plain.copy(bounce);
         native.xtsCrypt(this.dataKey.key, bounce, bounce, off / U, U, true);
         await this.storage.write(H + off, bounce);
-        onProgress?.(off + len, total);
-      }
+        onProgress?.(off + plain.length, total);
+      });
       await this.storage.flush();
       await this.writeHeader(total);
       await this.storage.flush();

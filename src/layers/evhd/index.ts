@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import { dirname } from 'node:path';
 import type { BlockDevice } from '../../block/device.js';
+import { forEachChunk } from '../../block/copy.js';
 import { FileDevice } from '../../block/file.js';
 import { DataKey } from '../../crypto/datakey.js';
 import { type KekSource, encPathFor, readKeyFile, writeKeyFile } from '../../crypto/index.js';
@@ -138,15 +139,10 @@ export async function decryptFile(srcPath: string, dstPath: string, kek: KekSour
     const out = await FileDevice.open(dstPath, { create: true });
     try {
       const total = dev.size;
-      let next: Promise<Buffer> | undefined = total > 0 ? dev.read(0, Math.min(COPY_CHUNK, total)) : undefined;
-      for (let off = 0; off < total; off += COPY_CHUNK) {
-        const len = Math.min(COPY_CHUNK, total - off);
-        const data = await next!;
-        next = off + len < total ? dev.read(off + len, Math.min(COPY_CHUNK, total - off - len)) : undefined;
-        next?.catch(() => undefined); // awaited next round; a failure there is handled then
+      await forEachChunk(dev, total, COPY_CHUNK, async (off, data) => {
         await out.write(off, data);
-        onProgress?.(off + len, total);
-      }
+        onProgress?.(off + data.length, total);
+      });
       if (total === 0) onProgress?.(0, 0);
       await out.flush();
       await out.close();

@@ -55,13 +55,16 @@ export function containsPattern(path: string, pattern: Buffer, run = 32): boolea
   return false;
 }
 
-export function tempDir(prefix: string): { path: string; cleanup: () => void } {
+/** A fresh folder under the system temp dir, named medv-PREFIX-XXXXXX; cleanup removes it. */
+export function tempDir(prefix: string): { path: string; cleanup: () => Promise<void> } {
   const path = mkdtempSync(join(tmpdir(), `medv-${prefix}-`));
-  return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
+  return { path, cleanup: async () => rmSync(path, { recursive: true, force: true }) };
 }
 
+/** Run a tool and return its stdout; throw with its stderr and stdout when it fails. */
 export function run(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 30 });
+  if (r.error) throw r.error;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}${r.stdout}`);
   return r.stdout;
 }

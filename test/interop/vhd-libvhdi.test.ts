@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
 import { createDifferencingVhd, createVhd, openVhd, openVhdFile } from '../../src/layers/vhd/index.js';
 import { prng } from '../conformance/blockdevice.js';
-import { run, tempDir } from '../layers/vhd/helpers.js';
+import { run, tempDir } from '../helpers/cli.js';
 
 const PY = `
 import pyvhdi, sys, hashlib, json
@@ -59,7 +59,7 @@ describe('interop: medv-made VHDs in libvhdi (vhdiinfo, pyvhdi)', function () {
   this.timeout(120000);
   let dir: string;
   let cleanup: () => Promise<void>;
-  before(() => ({ dir, cleanup } = tempDir('medv-vhd-libvhdi-')));
+  before(() => ({ path: dir, cleanup } = tempDir('vhd-libvhdi')));
   after(async () => cleanup());
 
   for (const type of ['fixed', 'dynamic'] as const) {

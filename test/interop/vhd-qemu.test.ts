@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
 import { checkVhd, createDifferencingVhd, createVhd, openVhd, openVhdFile, readVhdInfo } from '../../src/layers/vhd/index.js';
 import { prng } from '../conformance/blockdevice.js';
-import { run, tempDir } from '../layers/vhd/helpers.js';
+import { run, tempDir } from '../helpers/cli.js';
 
 function qemuSize(path: string): number {
   return JSON.parse(run('qemu-img', ['info', '--output=json', '-f', 'vpc', path]))['virtual-size'];
@@ -27,7 +27,7 @@ describe('interop: qemu-made VHDs read through medv', function () {
   this.timeout(120000);
   let dir: string;
   let cleanup: () => Promise<void>;
-  before(() => ({ dir, cleanup } = tempDir('medv-vhd-qemu-')));
+  before(() => ({ path: dir, cleanup } = tempDir('vhd-qemu')));
   after(async () => cleanup());
 
   const cases: Array<{ sub: 'fixed' | 'dynamic'; size: string; force?: boolean }> = [
@@ -88,7 +88,7 @@ describe('interop: medv-made VHDs in qemu-img', function () {
   this.timeout(120000);
   let dir: string;
   let cleanup: () => Promise<void>;
-  before(() => ({ dir, cleanup } = tempDir('medv-vhd-qemu2-')));
+  before(() => ({ path: dir, cleanup } = tempDir('vhd-qemu2')));
   after(async () => cleanup());
 
   for (const type of ['fixed', 'dynamic'] as const) {

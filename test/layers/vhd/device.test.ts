@@ -8,7 +8,8 @@ import {
   createDifferencingVhd, createVhd, openVhd, openVhdFile, readVhdInfo, VhdDevice,
 } from '../../../src/layers/vhd/index.js';
 import { describeConformance, prng } from '../../conformance/blockdevice.js';
-import { InjectingDevice, tempDir } from './helpers.js';
+import { InjectingDevice } from './helpers.js';
+import { tempDir } from '../../helpers/cli.js';
 import { DataKey } from '../../../src/crypto/datakey.js';
 import { createEvhd, openEvhd } from '../../../src/layers/evhd/index.js';
 
@@ -21,7 +22,7 @@ function patterned(size: number, seed: number): Buffer {
 
 for (const type of ['fixed', 'dynamic'] as const) {
   describeConformance(`vhd ${type} (file)`, async (size) => {
-    const { dir, cleanup } = tempDir();
+    const { path: dir, cleanup } = tempDir('vhd');
     const path = join(dir, 'disk.vhd');
     const storage = await FileDevice.open(path, { create: true });
     await createVhd(storage, { type, size });
@@ -33,7 +34,7 @@ for (const type of ['fixed', 'dynamic'] as const) {
 // The storage the lead stacks under VHDs: an EVHD container (4 KiB XTS units) on a file.
 for (const type of ['dynamic', 'differencing'] as const) {
   describeConformance(`vhd ${type} over an EVHD container`, async (size) => {
-    const { dir, cleanup } = tempDir();
+    const { path: dir, cleanup } = tempDir('vhd');
     const path = join(dir, 'disk.evhd');
     const key = DataKey.generate();
     const parentData = patterned(size, 13);
@@ -68,7 +69,7 @@ describeConformance('vhd differencing over a memory parent', async (size) => {
 });
 
 describeConformance('vhd differencing over a dynamic VHD file parent', async (size) => {
-  const { dir, cleanup } = tempDir();
+  const { path: dir, cleanup } = tempDir('vhd');
   const parentPath = join(dir, 'parent.vhd');
   const childPath = join(dir, 'child.vhd');
   const ps = await FileDevice.open(parentPath, { create: true });

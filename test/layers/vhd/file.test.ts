@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { FileDevice } from '../../../src/block/file.js';
 import { MedvError } from '../../../src/errors.js';
 import { createDifferencingVhd, createVhd, openVhd, openVhdFile } from '../../../src/layers/vhd/index.js';
-import { tempDir } from './helpers.js';
+import { tempDir } from '../../helpers/cli.js';
 
 const isCode = (code: string) => (e: unknown) => e instanceof MedvError && e.code === code;
 
@@ -28,7 +28,7 @@ async function makeChild(path: string, parent: { size: number; uniqueId: Buffer 
 describe('openVhdFile: parent chains', () => {
   let dir: string;
   let cleanup: () => Promise<void>;
-  beforeEach(() => ({ dir, cleanup } = tempDir()));
+  beforeEach(() => ({ path: dir, cleanup } = tempDir('vhd')));
   afterEach(async () => cleanup());
 
   it('resolves relative locators first, then absolute ones, and opens parents read-only', async () => {

@@ -1,21 +1,3 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
-
-export function tempDir(prefix = 'medv-vhd-'): { dir: string; cleanup: () => Promise<void> } {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  return { dir, cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
-}
-
-/** Run a tool; throw with its stderr when it fails. */
-export function run(cmd: string, args: string[], input?: Buffer | string): string {
-  const r = spawnSync(cmd, args, { input, encoding: 'buffer', maxBuffer: 1 << 30 });
-  if (r.error) throw r.error;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr.toString()}${r.stdout.toString()}`);
-  return r.stdout.toString();
-}
-
 import type { BlockCapabilities, BlockDevice, WriteOptions } from '../../../src/block/device.js';
 import { MedvError } from '../../../src/errors.js';
 

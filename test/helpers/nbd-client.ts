@@ -3,14 +3,10 @@
  * It lets a test know exactly which writes and flushes the server acknowledged.
  */
 import { connect, type Socket } from 'node:net';
+import * as P from '../../src/nbd/protocol.js';
 
-const NBDMAGIC = Buffer.from('NBDMAGIC');
-const IHAVEOPT = 0x49484156454f5054n;
-const REPLY_MAGIC = 0x3e889045565a9n;
-const REQUEST_MAGIC = 0x25609513;
-const SIMPLE_REPLY_MAGIC = 0x67446698;
-export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 } as const;
-export const NBD_CMD_FLAG_FUA = 1;
+export const NBD_CMD = { READ: P.NBD_CMD_READ, WRITE: P.NBD_CMD_WRITE, DISC: P.NBD_CMD_DISC, FLUSH: P.NBD_CMD_FLUSH, TRIM: P.NBD_CMD_TRIM, WRITE_ZEROES: P.NBD_CMD_WRITE_ZEROES } as const;
+export const NBD_CMD_FLAG_FUA = P.NBD_CMD_FLAG_FUA;
 
 export class NbdError extends Error {
   constructor(readonly errno: number, message: string) { super(message); }
@@ -68,51 +64,37 @@ export class NbdClient {
       return;
     }
     for (;;) {
-      if (this.buffered.length < 16) return;
-      const magic = this.buffered.readUInt32BE(0);
-      if (magic !== SIMPLE_REPLY_MAGIC) { this.sock.destroy(new Error(`bad reply magic ${magic.toString(16)}`)); return; }
-      const errno = this.buffered.readUInt32BE(4);
-      const handle = this.buffered.readBigUInt64BE(8);
-      const p = this.pending.get(handle);
-      if (!p) { this.sock.destroy(new Error(`reply for unknown handle ${handle}`)); return; }
-      const need = errno === 0 ? p.readLength : 0;
-      if (this.buffered.length < 16 + need) return;
-      const data = Buffer.from(this.buffered.subarray(16, 16 + need));
-      this.buffered = this.buffered.subarray(16 + need);
-      this.pending.delete(handle);
-      if (errno) p.reject(new NbdError(errno, `NBD error ${errno}`)); else p.resolve(data);
+      if (this.buffered.length < P.SIMPLE_REPLY_SIZE) return;
+      let reply: P.SimpleReply;
+      try { reply = P.decodeSimpleReply(this.buffered); } catch (e) { this.sock.destroy(e as Error); return; }
+      const p = this.pending.get(reply.handle);
+      if (!p) { this.sock.destroy(new Error(`reply for unknown handle ${reply.handle}`)); return; }
+      const need = reply.error === 0 ? p.readLength : 0;
+      if (this.buffered.length < P.SIMPLE_REPLY_SIZE + need) return;
+      const data = Buffer.from(this.buffered.subarray(P.SIMPLE_REPLY_SIZE, P.SIMPLE_REPLY_SIZE + need));
+      this.buffered = this.buffered.subarray(P.SIMPLE_REPLY_SIZE + need);
+      this.pending.delete(reply.handle);
+      if (reply.error) p.reject(new NbdError(reply.error, `NBD error ${reply.error}`)); else p.resolve(data);
     }
   }
 
   private async handshake(exportName: string): Promise<void> {
-    const hello = await this.take(18);
-    if (!hello.subarray(0, 8).equals(NBDMAGIC) || hello.readBigUInt64BE(8) !== IHAVEOPT) throw new Error('not an NBD newstyle server');
-    const serverFlags = hello.readUInt16BE(16);
+    const { handshakeFlags } = P.decodeGreeting(await this.take(P.GREETING_SIZE));
     const clientFlags = Buffer.alloc(4);
-    clientFlags.writeUInt32BE(serverFlags & 0b11); // FIXED_NEWSTYLE | NO_ZEROES
+    clientFlags.writeUInt32BE(handshakeFlags & (P.NBD_FLAG_C_FIXED_NEWSTYLE | P.NBD_FLAG_C_NO_ZEROES));
     this.sock.write(clientFlags);
-    const name = Buffer.from(exportName);
-    const data = Buffer.alloc(4 + name.length + 2);
-    data.writeUInt32BE(name.length, 0);
-    name.copy(data, 4);
-    data.writeUInt16BE(0, 4 + name.length);
-    const opt = Buffer.alloc(16);
-    opt.writeBigUInt64BE(IHAVEOPT, 0);
-    opt.writeUInt32BE(7, 8); // OPT_GO
-    opt.writeUInt32BE(data.length, 12);
-    this.sock.write(Buffer.concat([opt, data]));
+    this.sock.write(P.encodeOption(P.NBD_OPT_GO, P.encodeInfoRequest({ name: exportName, requests: [] })));
     for (;;) {
-      const h = await this.take(20);
-      if (h.readBigUInt64BE(0) !== REPLY_MAGIC) throw new Error('bad option reply magic');
-      const type = h.readUInt32BE(12);
-      const len = h.readUInt32BE(16);
-      const body = len ? await this.take(len) : Buffer.alloc(0);
-      if (type === 1) break; // ACK
-      if (type === 3 && body.readUInt16BE(0) === 0) { // INFO_EXPORT
-        this.size = body.readBigUInt64BE(2);
-        this.transmissionFlags = body.readUInt16BE(10);
-      } else if (type & 0x80000000) {
-        throw new Error(`OPT_GO refused: ${type.toString(16)} ${body.toString()}`);
+      const h = P.decodeOptionReplyHeader(await this.take(P.OPTION_REPLY_HEADER_SIZE));
+      const body = h.length ? await this.take(h.length) : Buffer.alloc(0);
+      if (h.type === P.NBD_REP_ACK) break;
+      if (P.isOptionError(h.type)) throw new Error(`OPT_GO refused: ${h.type.toString(16)} ${body.toString()}`);
+      if (h.type === P.NBD_REP_INFO) {
+        const info = P.decodeInfo(body);
+        if (info.type === P.NBD_INFO_EXPORT && 'size' in info) {
+          this.size = BigInt(info.size);
+          this.transmissionFlags = info.flags;
+        }
       }
     }
     this.transmission = true;
@@ -122,13 +104,7 @@ export class NbdClient {
   request(cmd: number, offset: number, length: number, data?: Buffer, flags = 0): Promise<Buffer> {
     if (this.closedError) return Promise.reject(this.closedError);
     const handle = this.nextHandle++;
-    const hdr = Buffer.alloc(28);
-    hdr.writeUInt32BE(REQUEST_MAGIC, 0);
-    hdr.writeUInt16BE(flags, 4);
-    hdr.writeUInt16BE(cmd, 6);
-    hdr.writeBigUInt64BE(handle, 8);
-    hdr.writeBigUInt64BE(BigInt(offset), 16);
-    hdr.writeUInt32BE(length, 24);
+    const hdr = P.encodeRequest({ flags, type: cmd, handle, offset, length });
     const promise = new Promise<Buffer>((resolve, reject) => {
       this.pending.set(handle, { resolve, reject, readLength: cmd === NBD_CMD.READ ? length : 0 });
     });
@@ -142,10 +118,7 @@ export class NbdClient {
 
   async disconnect(): Promise<void> {
     if (!this.closedError) {
-      const hdr = Buffer.alloc(28);
-      hdr.writeUInt32BE(REQUEST_MAGIC, 0);
-      hdr.writeUInt16BE(NBD_CMD.DISC, 6);
-      this.sock.end(hdr);
+      this.sock.end(P.encodeRequest({ type: P.NBD_CMD_DISC, handle: 0n, offset: 0, length: 0 }));
     }
     this.sock.destroy();
   }

@@ -16,7 +16,7 @@ import { prng } from '../conformance/blockdevice.js';
 /** A read-only parent of any size that reads zeros (no memory behind it). */
 class ZeroDevice implements BlockDevice {
   readonly readOnly = true;
-  readonly capabilities = defaultCapabilities({ readOnly: true });
+  readonly capabilities = defaultCapabilities();
   readonly description = 'zeros';
   constructor(readonly size: number) {}
   async read(offset: number, length: number): Promise<Buffer> {

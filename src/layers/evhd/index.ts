@@ -29,7 +29,7 @@ export async function createEvhd(storage: BlockDevice, key: DataKey): Promise<Ev
   if (storage.readOnly) throw new MedvError('EREADONLY', 'cannot create an EVHD on read-only storage', { file: storage.description });
   const header = newEvhdHeader(key.keyId, evhdKeyCheck(key), 0n);
   await storage.write(0, serializeEvhdHeader(header));
-  if (storage.size > EVHD_HEADER_SIZE && storage.capabilities.canResize && storage.resize) await storage.resize(EVHD_HEADER_SIZE);
+  if (storage.size > EVHD_HEADER_SIZE && storage.capabilities.resizable && storage.resize) await storage.resize(EVHD_HEADER_SIZE);
   await storage.flush();
   return new EvhdDevice(storage, key, header, { name: storage.description });
 }

@@ -106,20 +106,25 @@ export function parseXmlTree(decoded: DecodedText, src: XmlSource = {}, limits: 
     if (++markup > limits.maxMarkup) throw err('EFORMAT', `too many XML tags (limit ${limits.maxMarkup})`, i);
   }
 
-  const valid = XMLValidator.validate(text, { allowBooleanAttributes: false });
-  if (valid !== true) {
-    const { msg, line, col } = valid.err;
-    throw err('EFORMAT', `not well-formed XML: ${msg} (line ${line}, column ${col})`, charIndexOf(text, line, col), { line, column: col });
-  }
-
-  let raw: Raw[];
+  // The parser runs first: it stops at once on nesting past the limit (the validator would walk
+  // the whole document first). The validator then checks well-formedness, which the parser does not.
+  let raw: Raw[] | undefined;
+  let parseError: string | undefined;
   try {
     raw = parser(limits.maxDepth).parse(text) as Raw[];
   } catch (e) {
-    const m = e instanceof Error ? e.message : String(e);
-    if (/nested/i.test(m)) throw err('EFORMAT', `XML nested deeper than ${limits.maxDepth} elements`, 0);
-    throw err('EFORMAT', `XML refused: ${m.replace(/^\[SECURITY\]\s*/, '')}`, 0);
+    parseError = e instanceof Error ? e.message : String(e);
+    if (/nested/i.test(parseError)) throw err('EFORMAT', `XML nested deeper than ${limits.maxDepth} elements`, 0);
   }
+  const valid = XMLValidator.validate(text, { allowBooleanAttributes: false });
+  if (valid !== true) {
+    const { msg, line, col } = valid.err;
+    const l = Number.isInteger(line) ? line : 1; const c = Number.isInteger(col) ? col : 1;
+    throw err('EFORMAT', `not well-formed XML: ${msg} (line ${l}, column ${c})`, charIndexOf(text, l, c), { line: l, column: c });
+  }
+  if (!raw) throw err('EFORMAT', `XML refused: ${String(parseError).replace(/^\[SECURITY\]\s*/, '')}`, 0);
+  const lastGt = text.lastIndexOf('>');
+  if (text.slice(lastGt + 1).trim() !== '') throw err('EFORMAT', 'text outside the root element', lastGt + 1);
   const meta = XMLParser.getMetaDataSymbol() as unknown as symbol;
   const startOf = (n: Raw): number => {
     const m = (n as Record<symbol, { startIndex?: number } | undefined>)[meta];

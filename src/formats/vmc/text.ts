@@ -53,7 +53,15 @@ export function decodeXmlBytes(buf: Buffer, src: XmlSource = {}, maxBytes = MAX_
   const bad = firstInvalidUtf8(buf, bomBytes);
   if (bad >= 0) throw new MedvError('EFORMAT', 'invalid UTF-8 byte sequence', { file, offset: bad });
   const text = buf.toString('utf8', bomBytes);
-  const byteOffset = (i: number): number => bomBytes + Buffer.byteLength(text.slice(0, Math.max(0, i)), 'utf8');
+  // Offsets are asked for in document order while a tree is built: count on from the last one.
+  let lastIndex = 0; let lastByte = bomBytes;
+  const byteOffset = (i: number): number => {
+    const to = Math.max(0, Math.min(i, text.length));
+    if (to < lastIndex) { lastIndex = 0; lastByte = bomBytes; }
+    lastByte += Buffer.byteLength(text.slice(lastIndex, to), 'utf8');
+    lastIndex = to;
+    return lastByte;
+  };
   checkXmlChars(text, file, byteOffset);
   return { text, encoding: 'utf-8', bomBytes, byteOffset };
 }

@@ -42,14 +42,24 @@ export interface XmlLimits {
   /** Most markup items (`<` characters) accepted. */
   maxMarkup: number;
 }
-export const DEFAULT_XML_LIMITS: XmlLimits = { maxDepth: 32, maxMarkup: 200_000 };
+export const DEFAULT_XML_LIMITS: XmlLimits = { maxDepth: 32, maxMarkup: 50_000 };
+
+/** XML names (ASCII and Unicode letters; what our writer can write back). */
+const NAME = /^[\p{L}_:][\p{L}\p{M}\p{N}._:\-\u00B7]*$/u;
 
 const TEXT = '#text';
 const COMMENT = '#comment';
 const CDATA = '#cdata';
 const ATTRS = ':@';
 
-const parser = (maxDepth: number): XMLParser => new XMLParser({
+const parsers = new Map<number, XMLParser>();
+/** One parser per depth limit (the parser keeps no state between documents; building options is not free). */
+function parser(maxDepth: number): XMLParser {
+  let p = parsers.get(maxDepth);
+  if (!p) { p = newParser(maxDepth); if (parsers.size < 8) parsers.set(maxDepth, p); }
+  return p;
+}
+const newParser = (maxDepth: number): XMLParser => new XMLParser({
   preserveOrder: true,
   ignoreAttributes: false,
   attributeNamePrefix: '',
@@ -99,8 +109,8 @@ export function parseXmlTree(decoded: DecodedText, src: XmlSource = {}, limits: 
   const err = (code: 'EFORMAT' | 'EUNSUPPORTED', msg: string, charIndex: number, extra: Record<string, unknown> = {}): MedvError =>
     new MedvError(code, msg, { file, offset: decoded.byteOffset(charIndex), ...extra });
 
-  const doctype = text.search(/<!DOCTYPE/i);
-  if (doctype >= 0) throw err('EUNSUPPORTED', 'a DOCTYPE is not allowed (no DTDs, no entity declarations)', doctype);
+  const doctype = text.search(/<!(?:DOCTYPE|ENTITY)/i);
+  if (doctype >= 0) throw err('EUNSUPPORTED', 'a DOCTYPE or entity declaration is not allowed (no DTDs, no entity declarations)', doctype);
   let markup = 0;
   for (let i = text.indexOf('<'); i >= 0; i = text.indexOf('<', i + 1)) {
     if (++markup > limits.maxMarkup) throw err('EFORMAT', `too many XML tags (limit ${limits.maxMarkup})`, i);
@@ -162,10 +172,16 @@ export function parseXmlTree(decoded: DecodedText, src: XmlSource = {}, limits: 
   function convertElement(n: Raw, name: string, depth: number): XmlElement {
     const at = decoded.byteOffset(startOf(n));
     if (depth > limits.maxDepth) throw new MedvError('EFORMAT', `XML nested deeper than ${limits.maxDepth} elements`, { file, offset: at });
+    if (!NAME.test(name)) throw new MedvError('EFORMAT', `invalid element name ${JSON.stringify(name.slice(0, 40))}`, { file, offset: at });
     const where = (): { file?: string; offset: number; element: string } => ({ file, offset: at, element: name });
     const attrs: Array<[string, string]> = [];
     const rawAttrs = n[ATTRS] as Record<string, unknown> | undefined;
-    if (rawAttrs) for (const [k, v] of Object.entries(rawAttrs)) attrs.push([k, decodeEntities(String(v), where)]);
+    if (rawAttrs) {
+      for (const [k, v] of Object.entries(rawAttrs)) {
+        if (!NAME.test(k)) throw new MedvError('EFORMAT', `<${name}>: invalid attribute name ${JSON.stringify(k.slice(0, 40))}`, { file, offset: at });
+        attrs.push([k, decodeEntities(String(v), where)]);
+      }
+    }
     const children: XmlNode[] = [];
     const kids = Array.isArray(n[name]) ? (n[name] as Raw[]) : [];
     for (const c of kids) {
@@ -244,7 +260,6 @@ export function escapeAttr(s: string): string {
     .replace(/\t/g, '&#9;').replace(/\n/g, '&#10;').replace(/\r/g, '&#13;');
 }
 
-const NAME = /^[\p{L}_:][\p{L}\p{M}\p{N}._:\-\u00B7]*$/u;
 
 /** Serialize a document to text (the caller encodes it). Throws EINVAL_ARG for names or values XML cannot hold. */
 export function serializeXmlTree(doc: XmlDocument, opts: XmlWriteOptions): string {

@@ -114,7 +114,7 @@ describe('fuzz: .vmc, ImageState.xml, GlobalImageData.xml', function () {
 
     for (let i = 0; i < 4500; i++) {
       const kind = i < 2000 ? 'vmc' : i < 3500 ? 'is' : 'g';
-      // the hand-written Virtual PC file (5 KB) every fourth case, a small written one otherwise
+      // the hand-written Virtual PC file (4 KB of text) every fourth case, a small written one otherwise
       const seed = kind === 'vmc' ? vmcSeeds[i % 4 === 0 ? 0 : 1] : kind === 'is' ? isSeed : gSeed;
       const what = `case ${i} (${kind}, seed ${SEED})`;
       const buf = rnd() < 0.8 ? encode(mutateText(seed, rnd), rnd) : mutateBytes(encode(seed, rnd), rnd);

@@ -82,7 +82,7 @@ export interface VmcDocument {
   file?: string;
 }
 
-export const P = {
+export const VMC_PATHS = {
   version: 'version',
   ramSize: 'hardware/memory/ram_size',
   vramSize: 'hardware/pci_bus/video_adapter/vram_size',
@@ -202,18 +202,18 @@ export function readVmcSettings(tree: XmlDocument, file?: string): VmcSettings {
   if (root.name !== 'preferences') throw r.error('EFORMAT', root.name, 'root element is not <preferences>; not a Virtual PC .vmc file', root);
   const s: VmcSettings = { drives: [], undo: { enabled: false }, network: [] };
 
-  const version = r.string(r.one(root, 'version', P.version), P.version);
+  const version = r.string(r.one(root, 'version', VMC_PATHS.version), VMC_PATHS.version);
   if (version !== undefined) s.version = version;
-  const mem = r.integer(r.at(root, P.ramSize), P.ramSize, MEMORY_MB_MIN, MEMORY_MB_MAX);
+  const mem = r.integer(r.at(root, VMC_PATHS.ramSize), VMC_PATHS.ramSize, MEMORY_MB_MIN, MEMORY_MB_MAX);
   if (mem !== undefined) s.memoryMB = mem;
-  const vram = r.integer(r.at(root, P.vramSize), P.vramSize, VRAM_MB_MIN, VRAM_MB_MAX);
+  const vram = r.integer(r.at(root, VMC_PATHS.vramSize), VMC_PATHS.vramSize, VRAM_MB_MIN, VRAM_MB_MAX);
   if (vram !== undefined) s.videoMemoryMB = vram;
 
   // IDE drives
-  const ide = r.at(root, P.ideAdapter);
-  const controllers = r.byId(ide, 'ide_controller', P.ideAdapter, IDE_CONTROLLERS);
+  const ide = r.at(root, VMC_PATHS.ideAdapter);
+  const controllers = r.byId(ide, 'ide_controller', VMC_PATHS.ideAdapter, IDE_CONTROLLERS);
   for (const c of [...controllers.keys()].sort((a, b) => a - b)) {
-    const cpath = `${P.ideAdapter}/ide_controller[@id=${c}]`;
+    const cpath = `${VMC_PATHS.ideAdapter}/ide_controller[@id=${c}]`;
     const locations = r.byId(controllers.get(c), 'location', cpath, IDE_LOCATIONS);
     for (const l of [...locations.keys()].sort((a, b) => a - b)) {
       const loc = locations.get(l)!;
@@ -243,13 +243,13 @@ export function readVmcSettings(tree: XmlDocument, file?: string): VmcSettings {
   }
 
   // Network adapters
-  const eth = r.at(root, P.ethernetAdapter);
-  const count = r.integer(r.one(eth, 'controller_count', `${P.ethernetAdapter}/controller_count`), `${P.ethernetAdapter}/controller_count`, 0, MAX_NETWORK_ADAPTERS);
-  const nics = r.byId(eth, 'ethernet_controller', P.ethernetAdapter, MAX_NETWORK_ADAPTERS);
+  const eth = r.at(root, VMC_PATHS.ethernetAdapter);
+  const count = r.integer(r.one(eth, 'controller_count', `${VMC_PATHS.ethernetAdapter}/controller_count`), `${VMC_PATHS.ethernetAdapter}/controller_count`, 0, MAX_NETWORK_ADAPTERS);
+  const nics = r.byId(eth, 'ethernet_controller', VMC_PATHS.ethernetAdapter, MAX_NETWORK_ADAPTERS);
   for (const id of [...nics.keys()].sort((a, b) => a - b)) {
     if (count !== undefined && id >= count) continue;
     const el = nics.get(id)!;
-    const npath = `${P.ethernetAdapter}/ethernet_controller[@id=${id}]`;
+    const npath = `${VMC_PATHS.ethernetAdapter}/ethernet_controller[@id=${id}]`;
     const a: VmcNetworkAdapter = { id };
     const macEl = r.one(el, 'ethernet_card_address', `${npath}/ethernet_card_address`);
     const mac = r.bytes(macEl, `${npath}/ethernet_card_address`);
@@ -267,15 +267,15 @@ export function readVmcSettings(tree: XmlDocument, file?: string): VmcSettings {
   }
 
   // Undo drives: `enabled` is a boolean leaf; some writers nest it as enabled/enable.
-  const undo = r.at(root, P.undoDrives);
-  const enEl = r.one(undo, 'enabled', `${P.undoDrives}/enabled`);
-  const nested = enEl && childElements(enEl).length ? r.one(enEl, 'enable', `${P.undoDrives}/enabled/enable`) : undefined;
-  const enabled = nested ? r.boolean(nested, `${P.undoDrives}/enabled/enable`) : enEl && !childElements(enEl).length ? r.boolean(enEl, `${P.undoDrives}/enabled`) : undefined;
+  const undo = r.at(root, VMC_PATHS.undoDrives);
+  const enEl = r.one(undo, 'enabled', `${VMC_PATHS.undoDrives}/enabled`);
+  const nested = enEl && childElements(enEl).length ? r.one(enEl, 'enable', `${VMC_PATHS.undoDrives}/enabled/enable`) : undefined;
+  const enabled = nested ? r.boolean(nested, `${VMC_PATHS.undoDrives}/enabled/enable`) : enEl && !childElements(enEl).length ? r.boolean(enEl, `${VMC_PATHS.undoDrives}/enabled`) : undefined;
   s.undo.enabled = enabled ?? false;
-  const action = r.integer(r.one(undo, 'default_action', `${P.undoDrives}/default_action`), `${P.undoDrives}/default_action`, -(2 ** 31), 2 ** 31);
+  const action = r.integer(r.one(undo, 'default_action', `${VMC_PATHS.undoDrives}/default_action`), `${VMC_PATHS.undoDrives}/default_action`, -(2 ** 31), 2 ** 31);
   if (action !== undefined) s.undo.defaultAction = action;
 
-  const saved = r.pathRef(r.at(root, P.savedState), P.savedState);
+  const saved = r.pathRef(r.at(root, VMC_PATHS.savedState), VMC_PATHS.savedState);
   if (saved) s.savedState = saved;
   return s;
 }
@@ -407,11 +407,11 @@ export function updateVmc(doc: VmcDocument, update: VmcUpdate): VmcDocument {
   const root = tree.root;
   if (update.memoryMB !== undefined) {
     checkInt(update.memoryMB, MEMORY_MB_MIN, MEMORY_MB_MAX, 'memoryMB');
-    setLeaf(ensurePath(root, P.ramSize), 'integer', String(update.memoryMB));
+    setLeaf(ensurePath(root, VMC_PATHS.ramSize), 'integer', String(update.memoryMB));
   }
   if (update.videoMemoryMB !== undefined) {
     checkInt(update.videoMemoryMB, VRAM_MB_MIN, VRAM_MB_MAX, 'videoMemoryMB');
-    setLeaf(ensurePath(root, P.vramSize), 'integer', String(update.videoMemoryMB));
+    setLeaf(ensurePath(root, VMC_PATHS.vramSize), 'integer', String(update.videoMemoryMB));
   }
   for (const d of update.drives ?? []) {
     checkInt(d.controller, 0, IDE_CONTROLLERS - 1, 'controller');
@@ -419,7 +419,7 @@ export function updateVmc(doc: VmcDocument, update: VmcUpdate): VmcDocument {
     if (!(d.kind in DRIVE_TYPE_CODES)) throw badArg(`unknown drive kind ${String(d.kind)}`);
     if (d.kind === 'hard-disk' && !d.path?.absolute && !d.path?.relative) throw badArg('a hard disk needs a path');
     if (d.hostDrive !== undefined && (d.kind !== 'cd-dvd' || !/^[A-Za-z]$/.test(d.hostDrive))) throw badArg('hostDrive is one letter, for a CD/DVD drive');
-    const loc = ensureChild(ensureChild(ensurePath(root, P.ideAdapter), 'ide_controller', d.controller), 'location', d.location);
+    const loc = ensureChild(ensureChild(ensurePath(root, VMC_PATHS.ideAdapter), 'ide_controller', d.controller), 'location', d.location);
     setLeaf(ensureChild(loc, 'drive_type'), 'integer', String(DRIVE_TYPE_CODES[d.kind]));
     if (d.hostDrive !== undefined) setPathRef(loc, 'pathname', { absolute: d.hostDrive.toUpperCase() });
     else setPathRef(loc, 'pathname', d.kind === 'none' ? {} : d.path ?? {});
@@ -427,14 +427,14 @@ export function updateVmc(doc: VmcDocument, update: VmcUpdate): VmcDocument {
     else if (d.undoPath !== undefined) setPathRef(loc, 'undo_pathname', d.undoPath);
   }
   if (update.undoEnabled !== undefined) {
-    const undo = ensurePath(root, P.undoDrives);
+    const undo = ensurePath(root, VMC_PATHS.undoDrives);
     const en = ensureChild(undo, 'enabled');
     const nested = childElements(en, 'enable')[0];
     setLeaf(nested ?? en, 'boolean', update.undoEnabled ? 'true' : 'false');
   }
   if (update.network !== undefined) {
     if (update.network.length > MAX_NETWORK_ADAPTERS) throw badArg(`at most ${MAX_NETWORK_ADAPTERS} network adapters`);
-    const eth = ensurePath(root, P.ethernetAdapter);
+    const eth = ensurePath(root, VMC_PATHS.ethernetAdapter);
     setLeaf(ensureChild(eth, 'controller_count'), 'integer', String(update.network.length));
     removeChildren(eth, (e) => e.name === 'ethernet_controller' && !(Number(attr(e, 'id')) < update.network!.length));
     update.network.forEach((a, id) => {
@@ -449,7 +449,7 @@ export function updateVmc(doc: VmcDocument, update: VmcUpdate): VmcDocument {
     });
   }
   if (update.savedState !== undefined) {
-    const path = P.savedState.split('/');
+    const path = VMC_PATHS.savedState.split('/');
     if (update.savedState === null) {
       const parent = path.slice(0, -1).reduce<XmlElement | undefined>((el, step) => el && childElements(el, step)[0], root);
       if (parent) removeChildren(parent, (e) => e.name === path[path.length - 1]);

@@ -353,13 +353,19 @@ function badArg(msg: string): MedvError {
   return new MedvError('EINVAL_ARG', msg);
 }
 
-/** The child `name` (with @id when given) of `parent`, created at the end when missing. */
+/**
+ * The child `name` (with @id when given) of `parent`, created at the end when missing. Identical
+ * duplicates (the only ones a parsed document can hold) are folded into the first, so that changing
+ * it does not leave a disagreeing copy behind.
+ */
 function ensureChild(parent: XmlElement, name: string, id?: number): XmlElement {
-  const found = childElements(parent, name).find((e) => {
+  const all = childElements(parent, name).filter((e) => {
     if (id === undefined) return true;
     const v = attr(e, 'id');
     return v !== undefined && /^\s*[0-9]+\s*$/.test(v) && Number(v) === id;
   });
+  const found = all[0];
+  if (all.length > 1) removeChildren(parent, (e) => e !== found && all.includes(e));
   if (found) return found;
   const el = newElement(name, id === undefined ? [] : [['id', String(id)]]);
   parent.children.push(el);

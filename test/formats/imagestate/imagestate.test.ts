@@ -1,18 +1,21 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import {
   type ImageState, compareEngineVersions, effectiveSettings, engineSatisfies, parseGlobalImageData, parseImageState,
   serializeGlobalImageData, serializeImageState,
 } from '../../../src/formats/imagestate/index.js';
 import { encodeUtf16leBom, parseVmc } from '../../../src/formats/vmc/index.js';
-import { fixture, medv, peerRead } from '../vmc/helpers.js';
+import { FIXTURES, fixture, medv, peerRead } from '../vmc/helpers.js';
 
 const u8 = (s: string): Buffer => Buffer.from(s, 'utf8');
 const F = { file: 'ImageState.xml' };
 
-/** The example of docs/imagestate.md, byte for byte. */
+/** The ```xml examples of docs/imagestate.md, in order. */
+const DOC_EXAMPLES = [...readFileSync(resolve(FIXTURES, '../../../../docs/imagestate.md'), 'utf8').matchAll(/```xml\n([\s\S]*?)```/g)].map((m) => m[1]);
+
+/** The ImageState example of docs/imagestate.md, byte for byte. */
 const IMAGESTATE_EXAMPLE = `<?xml version="1.0" encoding="UTF-8"?>
 <ImageState version="1">
   <Memory>1024</Memory>
@@ -39,6 +42,10 @@ describe('formats: ImageState.xml and GlobalImageData.xml', () => {
   let dir: string;
   before(() => { dir = mkdtempSync(join(tmpdir(), 'medv-imagestate-')); });
   after(() => { rmSync(dir, { recursive: true, force: true }); });
+
+  it('the examples of docs/imagestate.md are the ones tested here', () => {
+    assert.deepEqual(DOC_EXAMPLES, [IMAGESTATE_EXAMPLE, GLOBAL_EXAMPLE]);
+  });
 
   it('parses the documented ImageState example and writes it back byte for byte', () => {
     const s = parseImageState(u8(IMAGESTATE_EXAMPLE), F);

@@ -248,6 +248,10 @@ describe('formats: vmc (Virtual PC settings)', () => {
     assert.deepEqual(s.network, [{ id: 0 }, { id: 1 }]);
     assert.equal(s.undo.enabled, true);
     // a nested undo setting is written back in its nested form
+    // changing a value that was given twice (identically) changes it once, with no disagreeing copy left
+    const twice = updateVmc(parseVmc(vmc8(hw('<memory><ram_size type="integer">512</ram_size><ram_size type="integer">512</ram_size></memory>'))), { memoryMB: 768 });
+    assert.equal(twice.settings.memoryMB, 768);
+    assert.equal(parseVmc(serializeVmc(twice)).settings.memoryMB, 768);
     const d = updateVmc(parseVmc(vmc8('<settings><undo_drives><enabled><enable type="boolean">true</enable></enabled></undo_drives></settings>')), { undoEnabled: false });
     assert.equal(d.settings.undo.enabled, false);
     assert.match(serializeVmc(d).toString('utf16le'), /<enabled>\r\n\s+<enable type="boolean">false<\/enable>/);

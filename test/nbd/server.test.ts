@@ -96,16 +96,20 @@ describe('nbd server (raw protocol)', function () {
       assert.equal(server!.connections(), 1);
     });
 
-    it('answers unknown options with ERR_UNSUP and the handshake continues', async () => {
+    it('answers unknown options with ERR_UNSUP, meta contexts before STRUCTURED_REPLY with ERR_INVALID, and continues', async () => {
       await start();
       const c = await client();
       const g = await c.hello();
       assert.equal(g.handshakeFlags, P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES);
-      for (const opt of [P.NBD_OPT_STRUCTURED_REPLY, P.NBD_OPT_SET_META_CONTEXT, P.NBD_OPT_STARTTLS, 12345]) {
-        const data = opt === P.NBD_OPT_SET_META_CONTEXT ? Buffer.from('\0\0\0\0\0\0\0\x01\0\0\0\x0fbase:allocation', 'latin1') : undefined;
-        const [r] = await c.option(opt, data);
+      for (const opt of [P.NBD_OPT_STARTTLS, P.NBD_OPT_EXTENDED_HEADERS, 12345]) {
+        const [r] = await c.option(opt);
         assert.equal(r.type, P.NBD_REP_ERR_UNSUP, `option ${opt}`);
         assert.equal(r.option, opt);
+      }
+      const query = P.encodeMetaContextRequest({ name: '', queries: [P.BASE_ALLOCATION] });
+      for (const opt of [P.NBD_OPT_SET_META_CONTEXT, P.NBD_OPT_LIST_META_CONTEXT]) {
+        const [r] = await c.option(opt, query);
+        assert.equal(r.type, P.NBD_REP_ERR_INVALID, `option ${opt} before STRUCTURED_REPLY`);
       }
       const list = await c.option(P.NBD_OPT_LIST);
       assert.deepEqual(list.map((r) => r.type), [P.NBD_REP_SERVER, P.NBD_REP_ACK]);

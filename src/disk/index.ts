@@ -12,7 +12,7 @@ import { createEvhdFile, decryptFile, encryptFile, openEvhdFile, readEvhdHeader 
 import { describeDisk, detectFormat, openDisk, type DiskFormat } from '../layers/open.js';
 import { openUndoDisk, createUndoDisk } from '../layers/undo/index.js';
 import { checkVhd, createVhd, openVhd, type VhdInfo } from '../layers/vhd/index.js';
-import { serveNbd, type NbdServer } from '../nbd/server.js';
+import { checkSocketPath, serveNbd, type NbdServer } from '../nbd/server.js';
 
 export type VhdLayout = 'fixed' | 'dynamic';
 export type Progress = (done: number, total: number) => void;
@@ -215,6 +215,7 @@ export interface ServedDisk {
 }
 
 export async function serveDiskFile(path: string, options: ServeOptions): Promise<ServedDisk> {
+  checkSocketPath(options.socketPath); // before an undo disk is created or anything opened
   let device: BlockDevice;
   if (options.undoPath) {
     if (!existsSync(options.undoPath)) await createUndoDisk(options.undoPath, path, { kek: options.kek });

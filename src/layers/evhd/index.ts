@@ -11,12 +11,12 @@ import { beginStaging } from '../../block/atomic.js';
 import { type KekSource, encPathFor, readKeyFile, writeKeyFileAt } from '../../crypto/index.js';
 import { constantTimeEqual } from '../../crypto/secure.js';
 import { MedvError, fromSystemError } from '../../errors.js';
-import { EVHD_HEADER_SIZE, EVHD_UNIT_SIZE, type EvhdHeader, newEvhdHeader, parseEvhdHeader, serializeEvhdHeader } from '../../formats/evhd.js';
+import { EVHD_HEADER_SIZE, EVHD_MAC_OFFSET, EVHD_UNIT_SIZE, type EvhdHeader, newEvhdHeader, parseEvhdHeader } from '../../formats/evhd.js';
 import { EvhdDevice } from './device.js';
-import { evhdKeyCheck } from './keycheck.js';
+import { evhdHeaderMacValid, evhdKeyCheck, sealEvhdHeader } from './keycheck.js';
 
 export { EvhdDevice } from './device.js';
-export { evhdKeyCheck } from './keycheck.js';
+export { evhdHeaderMac, evhdKeyCheck, sealEvhdHeader } from './keycheck.js';
 export type { EvhdHeader } from '../../formats/evhd.js';
 
 export type Progress = (done: number, total: number) => void;
@@ -27,33 +27,42 @@ const COPY_CHUNK = 4 * 1024 * 1024;
 export async function createEvhd(storage: BlockDevice, key: DataKey, opts: { name?: string } = {}): Promise<EvhdDevice> {
   if (storage.readOnly) throw new MedvError('EREADONLY', 'cannot create an EVHD on read-only storage', { file: storage.description });
   const header = newEvhdHeader(key.keyId, evhdKeyCheck(key), 0n);
-  await storage.write(0, serializeEvhdHeader(header));
+  const bytes = sealEvhdHeader(header, key);
+  await storage.write(0, bytes);
   if (storage.size > EVHD_HEADER_SIZE && storage.capabilities.canResize && storage.resize) await storage.resize(EVHD_HEADER_SIZE);
   await storage.flush();
-  return new EvhdDevice(storage, key, header, { name: opts.name ?? storage.description });
+  return new EvhdDevice(storage, key, parseEvhdHeader(bytes), { name: opts.name ?? storage.description });
 }
 
-/** Read and parse the plaintext header (no key needed). */
+/** Read and parse the plaintext header (no key needed; its MAC is checked by openEvhd). */
 export async function readEvhdHeader(storage: BlockDevice, name?: string): Promise<EvhdHeader> {
+  return (await readHeaderBytes(storage, name)).header;
+}
+
+async function readHeaderBytes(storage: BlockDevice, name?: string): Promise<{ header: EvhdHeader; bytes: Buffer }> {
   const file = name ?? storage.description;
   const n = Math.min(storage.size, EVHD_HEADER_SIZE);
-  const buf = n > 0 ? await storage.read(0, n) : Buffer.alloc(0);
-  return parseEvhdHeader(buf, file);
+  const bytes = n > 0 ? await storage.read(0, n) : Buffer.alloc(0);
+  return { header: parseEvhdHeader(bytes, file), bytes };
 }
 
 /**
- * Open an EVHD over `storage` with its data key. The key id and key-check value are verified
- * before any data unit is read: a wrong key gives EBADKEY and nothing is written. On success the
+ * Open an EVHD over `storage` with its data key. The key id and key-check value, then the header
+ * MAC, are verified before any data unit is read: a wrong key gives EBADKEY, a header changed
+ * without the key (e.g. a forged logical length with a recomputed checksum) EAUTH; nothing is written. On success the
  * device owns `storage` and `key`; on failure the caller keeps them.
  */
 export async function openEvhd(storage: BlockDevice, key: DataKey, opts: { readOnly?: boolean; name?: string } = {}): Promise<EvhdDevice> {
   const file = opts.name ?? storage.description;
-  const header = await readEvhdHeader(storage, file);
+  const { header, bytes } = await readHeaderBytes(storage, file);
   if (!header.keyId.equals(key.keyId)) {
     throw new MedvError('EBADKEY', `wrong passphrase or key: the key file is for key id ${key.keyId.toString('hex')}, this disk needs ${header.keyId.toString('hex')}`, { file, offset: 40 });
   }
   if (!constantTimeEqual(evhdKeyCheck(key), header.keyCheck)) {
     throw new MedvError('EBADKEY', 'wrong passphrase or key: the key-check value does not match', { file, offset: 56 });
+  }
+  if (!evhdHeaderMacValid(key, bytes, header.mac)) {
+    throw new MedvError('EAUTH', 'EVHD header authentication failed: the header was changed without the key (or damaged)', { file, offset: EVHD_MAC_OFFSET });
   }
   const units = Math.ceil(Number(header.logicalLength) / EVHD_UNIT_SIZE);
   const need = EVHD_HEADER_SIZE + units * EVHD_UNIT_SIZE;

@@ -5,8 +5,8 @@
  * the re-run, which removes the killed run's temporaries.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, openSync, closeSync, readdirSync, statSync, watch, writeSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, linkSync, openSync, closeSync, readdirSync, statSync, watch, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { MEDV_BIN, TEST_PASSPHRASE, run, runMedv, sha256File, tempDir } from '../helpers/cli.js';
 
@@ -153,6 +153,39 @@ describe('cli: convert and create outputs', function () {
         }
       });
     }
+
+    it('a half-published pair left by a dead run (x.enc linked, x.evhd not) is removed by the re-run; a foreign x.enc is not', () => {
+      const d = dir.path;
+      const raw = join(d, 'src.raw');
+      writeSource(raw, 2);
+      assert.equal(runMedv(['disk', 'create', join(d, 'other.evhd'), '--size', '8M']).code, 0);
+      const r0 = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+      const dead = Number(r0.stdout);
+      // The dead run's state between its two links: its .enc published, its .evhd not.
+      const tEnc = join(d, `.x.enc.medv-tmp-${dead}-00000000dead`);
+      copyFileSync(join(d, 'other.enc'), tEnc);
+      linkSync(tEnc, join(d, 'x.enc'));
+      writeSource(join(d, `.x.evhd.medv-tmp-${dead}-00000000dead`), 1);
+      const r = runMedv(['disk', 'convert', raw, join(d, 'x.evhd')]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(temps(d), []);
+      assert.notEqual(sha256File(join(d, 'x.enc')), sha256File(join(d, 'other.enc')), 'x.enc is the new disk\'s key');
+      const back = join(d, 'back.raw');
+      assert.equal(runMedv(['disk', 'convert', join(d, 'x.evhd'), back, '--to', 'raw']).code, 0);
+      run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', raw, back]);
+
+      // Same leftovers, but y.enc is not the dead run's file (another inode): kept, the convert refused.
+      const tEnc2 = join(d, `.y.enc.medv-tmp-${dead}-0000000dead2`);
+      copyFileSync(join(d, 'other.enc'), tEnc2);
+      copyFileSync(join(d, 'other.enc'), join(d, 'y.enc'));
+      writeSource(join(d, `.y.evhd.medv-tmp-${dead}-0000000dead2`), 1);
+      const before = sha256File(join(d, 'y.enc'));
+      const r2 = runMedv(['disk', 'convert', raw, join(d, 'y.evhd')]);
+      assert.equal(r2.code, 3, r2.stderr);
+      assert.equal(sha256File(join(d, 'y.enc')), before);
+      assert.equal(existsSync(join(d, 'y.evhd')), false);
+      assert.deepEqual(temps(d), [], 'the dead run\'s temporaries are gone');
+    });
 
     it('create a fixed .evhd: neither the .evhd nor its .enc appear; the re-run succeeds', async () => {
       const d = dir.path;

@@ -18,6 +18,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { BlockDevice } from '../block/device.js';
+import { writeThenFlush, writeZeroesByWriting } from '../block/emulate.js';
 import { MedvError } from '../errors.js';
 import { ByteQueue } from './bytequeue.js';
 import { nbdErrno } from './errno.js';
@@ -89,10 +90,14 @@ function computeBlockSizes(device: BlockDevice, opts: NbdServerOptions): P.Block
 }
 
 function exportInfo(device: BlockDevice, opts: NbdServerOptions): ExportInfo {
-  const readOnly = !!opts.readOnly || device.readOnly || device.capabilities.readOnly;
+  const readOnly = !!opts.readOnly || device.readOnly;
   let flags = P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_SEND_FLUSH | P.NBD_FLAG_CAN_MULTI_CONN;
   if (readOnly) flags |= P.NBD_FLAG_READ_ONLY;
-  else flags |= P.NBD_FLAG_SEND_FUA | P.NBD_FLAG_SEND_TRIM | P.NBD_FLAG_SEND_WRITE_ZEROES;
+  else {
+    // FUA and WRITE_ZEROES are always offered: emulated (write + flush, zero buffers) when the device lacks them.
+    flags |= P.NBD_FLAG_SEND_FUA | P.NBD_FLAG_SEND_WRITE_ZEROES;
+    if (device.capabilities.trim !== 'none') flags |= P.NBD_FLAG_SEND_TRIM;
+  }
   return { size: device.size, flags, readOnly, sizes: computeBlockSizes(device, opts) };
 }
 
@@ -134,11 +139,6 @@ const POOL_LIMIT = 64 * 1024 * 1024;
 
 type State = 'flags' | 'optHeader' | 'optData' | 'request' | 'payload' | 'skip' | 'closing' | 'closed';
 
-let zeroChunk: Buffer | undefined;
-function zeros(n: number): Buffer {
-  if (!zeroChunk) zeroChunk = Buffer.alloc(1 << 20);
-  return n === zeroChunk.length ? zeroChunk : zeroChunk.subarray(0, n);
-}
 
 class Connection {
   private state: State = 'flags';
@@ -476,9 +476,7 @@ class Connection {
             if (pooled) this.pool.put(data);
             return this.reply(err, hi, lo, null);
           }
-          op = this.device.capabilities.canFua || !fua
-            ? this.device.write(offset, data, fua ? { fua } : undefined)
-            : this.device.write(offset, data).then(() => this.device.flush());
+          op = writeThenFlush(this.device, offset, data, fua ? { fua } : undefined);
           // Back to the pool only on success: a failed write may still have sub-writes reading it.
           if (pooled) op.then(() => this.pool.put(data), () => undefined);
           isWrite = true;
@@ -488,7 +486,8 @@ class Connection {
         case P.NBD_CMD_TRIM: {
           const err = this.checkWrite(offset, length);
           if (err) return this.reply(err, hi, lo, null);
-          op = this.device.capabilities.canDiscard ? this.device.discard(offset, length) : Promise.resolve();
+          if (this.device.capabilities.trim === 'none') return this.reply(P.NBD_EINVAL, hi, lo, null);
+          op = this.device.discard(offset, length);
           if (fua) op = op.then(() => this.device.flush());
           isWrite = true;
           break;
@@ -544,17 +543,10 @@ class Connection {
 
   private async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     const dev = this.device;
-    if (dev.capabilities.canWriteZeroes) {
-      await dev.writeZeroes(offset, length, fua ? { fua } : undefined);
-    } else {
-      for (let done = 0; done < length;) {
-        const n = Math.min(length - done, 1 << 20);
-        await dev.write(offset + done, zeros(n));
-        done += n;
-      }
-      if (fua) await dev.flush();
-    }
-    if (fua && !dev.capabilities.canFua && dev.capabilities.canWriteZeroes) await dev.flush();
+    const options = fua ? { fua } : undefined;
+    if (dev.capabilities.zero === 'none') return writeZeroesByWriting(dev, offset, length, options);
+    await dev.writeZeroes(offset, length, dev.capabilities.fua === 'native' ? options : undefined);
+    if (fua && dev.capabilities.fua !== 'native') await dev.flush();
   }
 
   private async flushAfter(writes: Array<Promise<unknown>>): Promise<void> {

@@ -5,7 +5,8 @@ import { connect } from 'node:net';
 import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { BlockCapabilities, BlockDevice, WriteOptions } from '../../src/block/device.js';
+import type { BlockDevice, WriteOptions } from '../../src/block/device.js';
+import { FilterDevice } from '../../src/block/filter.js';
 import { MemoryDevice } from '../../src/block/memory.js';
 import { MedvError } from '../../src/errors.js';
 import { serveNbd, type NbdServer, type NbdServerOptions } from '../../src/nbd/server.js';
@@ -19,35 +20,30 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * Error-injection and timing layer over a real device (in the spirit of nbdkit's delay and error
  * filters): records the order of completed operations, can slow writes and fail reads in a range.
  */
-class InstrumentedDevice implements BlockDevice {
+class InstrumentedDevice extends FilterDevice {
   events: string[] = [];
   writeDelayMs = 0;
   readDelayMs = 0;
   failReadsAt = -1;
-  constructor(readonly inner: BlockDevice) {}
-  get size() { return this.inner.size; }
-  get readOnly() { return this.inner.readOnly; }
-  get capabilities(): BlockCapabilities { return this.inner.capabilities; }
-  get description() { return `instrumented ${this.inner.description}`; }
-  async read(offset: number, length: number): Promise<Buffer> {
+  override get description() { return `instrumented ${this.next.description}`; }
+  override async read(offset: number, length: number): Promise<Buffer> {
     if (this.readDelayMs) await sleep(this.readDelayMs);
     if (this.failReadsAt >= offset && this.failReadsAt < offset + length) {
       throw new MedvError('EIO', 'injected read error', { file: this.description, offset: this.failReadsAt });
     }
-    return this.inner.read(offset, length);
+    return super.read(offset, length);
   }
-  async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+  override async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
     if (this.writeDelayMs) await sleep(this.writeDelayMs);
-    await this.inner.write(offset, data, options);
+    await super.write(offset, data, options);
     this.events.push(`write ${offset}${options?.fua ? ' fua' : ''}`);
   }
-  async flush(): Promise<void> { await this.inner.flush(); this.events.push('flush'); }
-  async discard(offset: number, length: number): Promise<void> { await this.inner.discard(offset, length); this.events.push(`discard ${offset}`); }
-  async writeZeroes(offset: number, length: number, options?: WriteOptions): Promise<void> {
-    await this.inner.writeZeroes(offset, length, options);
+  override async flush(): Promise<void> { await super.flush(); this.events.push('flush'); }
+  override async discard(offset: number, length: number): Promise<void> { await super.discard(offset, length); this.events.push(`discard ${offset}`); }
+  override async writeZeroes(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    await super.writeZeroes(offset, length, options);
     this.events.push(`zero ${offset}`);
   }
-  async close(): Promise<void> { await this.inner.close(); }
 }
 
 describe('nbd server (raw protocol)', function () {

@@ -51,14 +51,13 @@ export class EvhdDevice implements BlockDevice {
     this.logical = Number(hdr.logicalLength);
     this.name = options.name ?? storage.description;
     this.capabilities = defaultCapabilities({
-      readOnly: this.readOnly,
-      canFlush: true,
       // discard is accepted and does nothing (contents of a discarded range are unspecified);
       // deallocating would need holes in the ciphertext, which decrypt to garbage.
-      canDiscard: false,
-      canWriteZeroes: false,
-      canFua: true,
-      canResize: !this.readOnly,
+      trim: 'emulate',
+      // zeros are encrypted and written like any data.
+      zero: 'emulate',
+      fua: 'native',
+      resizable: !this.readOnly,
       minBlockSize: 1,
       preferredBlockSize: U,
       maxRequestSize: Math.min(storage.capabilities.maxRequestSize, 32 * 1024 * 1024),
@@ -215,7 +214,7 @@ export class EvhdDevice implements BlockDevice {
     await this.writeHeader(newEnd);
     await this.storage.flush();
     this.logical = newEnd;
-    if (this.storage.capabilities.canResize && this.storage.resize) {
+    if (this.storage.capabilities.resizable && this.storage.resize) {
       const keep = H + Math.ceil(newEnd / U) * U;
       if (this.storage.size > keep) await this.storage.resize(keep);
     }

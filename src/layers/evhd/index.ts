@@ -29,7 +29,7 @@ export async function createEvhd(storage: BlockDevice, key: DataKey, opts: { nam
   const header = newEvhdHeader(key.keyId, evhdKeyCheck(key), 0n);
   const bytes = sealEvhdHeader(header, key);
   await storage.write(0, bytes);
-  if (storage.size > EVHD_HEADER_SIZE && storage.capabilities.canResize && storage.resize) await storage.resize(EVHD_HEADER_SIZE);
+  if (storage.size > EVHD_HEADER_SIZE && storage.capabilities.resizable && storage.resize) await storage.resize(EVHD_HEADER_SIZE);
   await storage.flush();
   return new EvhdDevice(storage, key, parseEvhdHeader(bytes), { name: opts.name ?? storage.description });
 }

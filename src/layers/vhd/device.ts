@@ -68,10 +68,12 @@ export class VhdDevice implements BlockDevice {
     this.footerOffset = meta.footerOffset;
     this.allocated = meta.allocatedBlocks;
     this.capabilities = defaultCapabilities({
-      readOnly,
-      canDiscard: false,
-      canResize: false,
-      canFua: true,
+      // discard keeps the data (deallocating could not be made crash-safe cheaply).
+      trim: 'emulate',
+      // unallocated blocks of a dynamic disk stay unallocated; elsewhere zeros are written.
+      zero: 'native',
+      fua: 'native',
+      resizable: false,
       minBlockSize: SECTOR,
       preferredBlockSize: 4096,
       maxRequestSize: 32 * 1024 * 1024,
@@ -346,7 +348,7 @@ export class VhdDevice implements BlockDevice {
       await this.storage.write(at, data);
     } catch (e) {
       const s = this.storage;
-      if (!isMedvError(e, 'ERANGE') || !s.resize || !s.capabilities.canResize || s.size >= at) throw e;
+      if (!isMedvError(e, 'ERANGE') || !s.resize || !s.capabilities.resizable || s.size >= at) throw e;
       await s.resize(at);
       await s.write(at, data);
     }

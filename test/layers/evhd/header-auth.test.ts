@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { BlockDevice, WriteOptions } from '../../../src/block/device.js';
+import type { WriteOptions } from '../../../src/block/device.js';
+import { FilterDevice } from '../../../src/block/filter.js';
 import { MemoryDevice } from '../../../src/block/memory.js';
 import { DataKey } from '../../../src/crypto/index.js';
 import { MedvError } from '../../../src/errors.js';
@@ -26,21 +27,15 @@ function forgeLength(file: Buffer, length: bigint): Buffer {
   return b;
 }
 
-/** Records every storage request (offset, length) passing through to a memory device. */
-class Recording implements BlockDevice {
+/** Records every storage request (offset, length) passing through to the device below. */
+class Recording extends FilterDevice {
   readonly reads: Array<[number, number]> = [];
   readonly writes: Array<[number, number]> = [];
-  constructor(private readonly next: MemoryDevice) {}
-  get size() { return this.next.size; }
-  get capabilities() { return this.next.capabilities; }
-  get readOnly() { return this.next.readOnly; }
-  get description() { return 'recording'; }
-  async read(o: number, n: number) { this.reads.push([o, n]); return this.next.read(o, n); }
-  async write(o: number, d: Buffer, opt?: WriteOptions) { this.writes.push([o, d.length]); return this.next.write(o, d, opt); }
-  async flush() { return this.next.flush(); }
-  async discard(o: number, n: number) { this.writes.push([o, n]); return this.next.discard(o, n); }
-  async writeZeroes(o: number, n: number, _opt?: WriteOptions) { this.writes.push([o, n]); return this.next.writeZeroes(o, n); }
-  async close() { return this.next.close(); }
+  override read(o: number, n: number) { this.reads.push([o, n]); return super.read(o, n); }
+  override write(o: number, d: Buffer, opt?: WriteOptions) { this.writes.push([o, d.length]); return super.write(o, d, opt); }
+  override discard(o: number, n: number) { this.writes.push([o, n]); return super.discard(o, n); }
+  override writeZeroes(o: number, n: number, opt?: WriteOptions) { this.writes.push([o, n]); return super.writeZeroes(o, n, opt); }
+  override resize(n: number) { this.writes.push([n, 0]); return super.resize(n); }
 }
 
 describe('layers/evhd: header authentication', function () {

@@ -17,11 +17,16 @@
  *   3. fsync the folder;
  *   4. unlink the temporary names, fsync the folder.
  * Until step 4 a published final name and its temporary are the same inode, which proves that
- * file was made by a run of this tool. A re-run (or any later run into the same folder) looks at
- * the dead run's temporaries: if all, or none, of them are published, it removes the temporary
+ * file was made by a run of this tool. A later run that stages one of the same final names looks
+ * at every temporary of that dead run (same pid and token): if all, or none, of them are published, it removes the temporary
  * names only (the outputs are complete, or were never published); if some are published and some
  * not (killed inside step 2), the pair is half-published, and it removes the published final names
  * that are the same inode as a temporary, then the temporaries. Nothing else is ever deleted.
+ *
+ * Limits: hard links are required (every local Linux file system has them); a pid is only
+ * meaningful on this host, so a folder shared between hosts may keep a dead host's temporaries
+ * until removed by hand (never the reverse); a final name within ~30 bytes of NAME_MAX gives
+ * ENAMETOOLONG for its temporary.
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';

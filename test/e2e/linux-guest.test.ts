@@ -15,7 +15,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { containsPattern, runMedv, startMedv, tempDir } from '../helpers/cli.js';
 import {
-  bootLinuxGuest, freshLinuxImage, LINUX_BOOT_MS, LINUX_GUEST, linuxMarkerFile, readRootFile, rootBootCounter, serialTimes,
+  bootLinuxGuest, freshLinuxImage, LINUX_BOOT_MS, LINUX_GUEST, linuxMarkerFile, readRootFile, rootBootCounter, serialTimes, writeRootFile,
   type LinuxBootOptions,
 } from '../helpers/linux-guest.js';
 import { accelerators, type GuestRun } from '../helpers/qemu.js';
@@ -79,7 +79,8 @@ describe('e2e: the Linux test guest (vm/linux) under QEMU', function () {
     await run.waitForSerial(LINUX_GUEST.serial.powerdown, POWERDOWN_MS);
     assert.equal(await run.waitExit(POWERDOWN_MS), 0, 'the guest powered itself off: QEMU exits 0 without a kill');
     assert.equal(run.exitStatus?.signal, null);
-    times.push(`[${run.accel}] ${what}: first line ${Math.round(firstLineMs)}, ready ${Math.round(readyMs)}`);
+    const uptime = serial.match(LINUX_GUEST.serial.ready)![1];
+    times.push(`[${run.accel}] ${what}: first line (SYSLINUX) ${Math.round(firstLineMs)}, ready ${Math.round(readyMs)} (kernel uptime ${uptime} s)`);
     return { serial: run.serial(), boot, firstLineMs, readyMs };
   }
 
@@ -101,24 +102,26 @@ describe('e2e: the Linux test guest (vm/linux) under QEMU', function () {
 
   for (const accel of accelerators()) {
     describe(`under ${accel}`, () => {
-      it('raw image: fetches a page through NAT (virtio), then without a network cannot (IDE); the counter persists on ext4', async () => {
+      it('raw image: fetches a page through NAT (URL in /etc/medv/url, virtio), then without a network cannot (IDE); the counter persists on ext4', async () => {
         const http = await tokenServer();
         try {
           const image = freshLinuxImage(tmp.path, `raw-${accel}.img`);
-          const url = `http://10.0.2.2:${http.port}/probe`;
+          writeRootFile(image, LINUX_GUEST.urlPath, `http://10.0.2.2:${http.port}/from-file\n`);
 
-          const first = await bootAndPowerOff('raw, virtio, NAT', { drive: image, iface: 'virtio', accel, nat: true, url });
+          const first = await bootAndPowerOff('raw, virtio, NAT', { drive: image, iface: 'virtio', accel, nat: true });
           assert.equal(first.boot, 1, first.serial);
           assert.match(first.serial, /medv-linux: net eth0 10\.0\.2\.15\/24\r?\n/);
           assert.equal(first.serial.match(LINUX_GUEST.serial.wget)?.[2], http.token, first.serial);
-          assert.deepEqual(http.requests, ['GET /probe from 127.0.0.1']);
+          assert.deepEqual(http.requests, ['GET /from-file from 127.0.0.1']);
           assert.equal(rootBootCounter(image), 1);
 
+          // No NIC at all (QEMU -nodefaults): the fw_cfg URL names the same server, and nothing reaches it.
+          const url = `http://10.0.2.2:${http.port}/no-network`;
           const second = await bootAndPowerOff('raw, IDE, no network', { drive: image, iface: 'ide', accel, url });
           assert.equal(second.boot, 2, second.serial);
           assert.match(second.serial, /medv-linux: net none\r?\n/);
           assert.equal(second.serial.match(LINUX_GUEST.serial.wget)?.[1], 'failed', second.serial);
-          assert.equal(http.requests.length, 1, 'no request reached the host without a network');
+          assert.deepEqual(http.requests, ['GET /from-file from 127.0.0.1'], 'no request reached the host without a network');
 
           assert.equal(rootBootCounter(image), 2, 'debugfs reads the counter the guest wrote');
           assert.ok(readRootFile(image, LINUX_GUEST.markerPath)?.equals(linuxMarkerFile()), 'the marker file');
@@ -127,19 +130,25 @@ describe('e2e: the Linux test guest (vm/linux) under QEMU', function () {
         }
       });
 
-      it('a VHD made by medv disk convert boots (QEMU vpc), and its counter persists inside the VHD', async () => {
-        const raw = freshLinuxImage(tmp.path, `vhd-src-${accel}.img`);
-        const vhd = join(tmp.path, `linux-${accel}.vhd`);
-        medvOk(['disk', 'convert', raw, vhd, '--to', 'vhd', '--type', 'dynamic']);
-        const boot = await bootAndPowerOff('dynamic VHD, virtio', { drive: vhd, format: 'vpc', iface: 'virtio', accel });
-        assert.equal(boot.boot, 1, boot.serial);
-        assert.match(boot.serial, /medv-linux: net none\r?\n/);
-        assert.doesNotMatch(boot.serial, LINUX_GUEST.serial.wget, 'no URL configured: no fetch');
+      it('a VHD made by medv disk convert boots (QEMU vpc) and fetches the fw_cfg URL; its counter persists inside the VHD', async () => {
+        const http = await tokenServer();
+        try {
+          const raw = freshLinuxImage(tmp.path, `vhd-src-${accel}.img`);
+          const vhd = join(tmp.path, `linux-${accel}.vhd`);
+          medvOk(['disk', 'convert', raw, vhd, '--to', 'vhd', '--type', 'dynamic']);
+          const url = `http://10.0.2.2:${http.port}/from-fw-cfg`;
+          const boot = await bootAndPowerOff('dynamic VHD, virtio, NAT', { drive: vhd, format: 'vpc', iface: 'virtio', accel, nat: true, url });
+          assert.equal(boot.boot, 1, boot.serial);
+          assert.equal(boot.serial.match(LINUX_GUEST.serial.wget)?.[2], http.token, boot.serial);
+          assert.deepEqual(http.requests, ['GET /from-fw-cfg from 127.0.0.1']);
 
-        const back = join(tmp.path, `vhd-back-${accel}.img`);
-        medvOk(['disk', 'convert', vhd, back, '--to', 'raw']);
-        assert.equal(rootBootCounter(back), 1);
-        assert.ok(readRootFile(back, LINUX_GUEST.markerPath)?.equals(linuxMarkerFile()));
+          const back = join(tmp.path, `vhd-back-${accel}.img`);
+          medvOk(['disk', 'convert', vhd, back, '--to', 'raw']);
+          assert.equal(rootBootCounter(back), 1);
+          assert.ok(readRootFile(back, LINUX_GUEST.markerPath)?.equals(linuxMarkerFile()));
+        } finally {
+          await http.close();
+        }
       });
 
       it('an .evhd served by medv disk serve boots over NBD; no marker in the .evhd or .enc', async () => {
@@ -150,8 +159,10 @@ describe('e2e: the Linux test guest (vm/linux) under QEMU', function () {
         const server = await startMedv(['disk', 'serve', evhd, '--socket', socket]);
         children.push(server);
         const exited = new Promise<number | null>((r) => server.once('exit', (code) => r(code)));
-        const boot = await bootAndPowerOff('.evhd over NBD (medv disk serve), IDE', { drive: `nbd+unix:///?socket=${socket}`, iface: 'ide', accel });
+        const boot = await bootAndPowerOff('.evhd over NBD (medv disk serve), virtio', { drive: `nbd+unix:///?socket=${socket}`, iface: 'virtio', accel });
         assert.equal(boot.boot, 1, boot.serial);
+        assert.match(boot.serial, /medv-linux: net none\r?\n/);
+        assert.doesNotMatch(boot.serial, LINUX_GUEST.serial.wget, 'no URL configured: no fetch');
         server.kill('SIGTERM');
         assert.equal(await exited, 0, 'medv disk serve exits 0 on SIGTERM');
 

@@ -11,7 +11,8 @@
  *   } finally { await run.kill(); }
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../../src/hypervisor/testguest.js';
 import { accelerators, bootGuest, type Accel, type GuestRun } from './qemu.js';
@@ -50,14 +51,16 @@ export const LINUX_GUEST = {
   fwCfgUrl: layout.fwCfgUrl,
   serial: {
     syslinux: /SYSLINUX \S+/,
-    init: /medv-linux: init version=(\S*)\r?\n/,
+    /** The image version (/etc/medv/version) and the kernel's uptime in seconds. */
+    init: /medv-linux: init version=(\S*) uptime=(\S+)\r?\n/,
     boot: /medv-linux: boot (\d+)\r?\n/,
     markerWritten: /medv-linux: marker-written\r?\n/,
     /** `net none` without a NIC, `net eth0 10.0.2.15/24` after DHCP, `net eth0 dhcp-failed`. */
     net: /medv-linux: net (none|eth0 (\S+))\r?\n/,
     /** Only when a URL is configured: `wget ok <first line of the body>` or `wget failed`. */
     wget: /medv-linux: wget (ok (.*?)|failed)\r?\n/,
-    ready: /medv-linux: ready\r?\n/,
+    /** All done and the power button armed; with the kernel's uptime in seconds. */
+    ready: /medv-linux: ready uptime=(\S+)\r?\n/,
     powerdown: /medv-linux: powerdown\r?\n/,
     error: /medv-linux: error=(\S+)\r?\n/,
   },
@@ -105,6 +108,25 @@ export function readRootFile(rawImage: string, path: string): Buffer | undefined
   const stat = execFileSync('debugfs', ['-R', `stat ${path}`, fs], { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
   if (!/Type: regular/.test(stat)) return undefined;
   return execFileSync('debugfs', ['-R', `cat ${path}`, fs], { stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 16 << 20 });
+}
+
+/**
+ * Writes (replaces) a file of the guest's ext4 root in a raw disk image with debugfs, as an image
+ * update would: mode 0644, owner root.
+ */
+export function writeRootFile(rawImage: string, path: string, content: string | Buffer): void {
+  const fs = `${rawImage}?offset=${LINUX_GUEST.rootOffset}`;
+  const dir = mkdtempSync(join(tmpdir(), 'medv-debugfs-'));
+  try {
+    const local = join(dir, 'content');
+    writeFileSync(local, content, { mode: 0o644 });
+    const slash = path.lastIndexOf('/');
+    const commands = [`cd ${path.slice(0, slash) || '/'}`, `rm ${path.slice(slash + 1)}`, `write ${local} ${path.slice(slash + 1)}`].join('\n');
+    const out = execFileSync('debugfs', ['-w', '-f', '-', fs], { input: `${commands}\n`, stdio: ['pipe', 'pipe', 'pipe'] }).toString();
+    if (!/Allocated inode: \d+/.test(out)) throw new Error(`debugfs did not write ${path} into ${rawImage}:\n${out}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** The guest's boot counter as stored in its ext4 root (0 when the file does not exist yet). */

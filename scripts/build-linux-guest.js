@@ -2,14 +2,15 @@
 // Builds the Linux test guest (vm/README.md, "The Linux guest") into vm/build/linux/disk.img:
 //   1. `apt-get download` Debian's cloud kernel, busybox-static and syslinux into
 //      vm/build/linux/debs (once; the names it resolved are kept in debs/packages.json);
-//   2. `dpkg-deb -x` them (nothing is installed on the host);
+//   2. `dpkg-deb -x` them into vm/build/linux/x (once per .deb; nothing is installed on the host);
 //   3. an initramfs (newc cpio written here, gzip) with busybox, vm/linux/initramfs/init and the
 //      kernel modules of layout.modules with their dependencies, in load order;
 //   4. a FAT boot partition made with mtools (kernel, initramfs, syslinux.cfg, SYSLINUX installed
 //      by the extracted `syslinux` binary) and an ext4 root made by `mke2fs -d` from vm/linux/root
 //      plus busybox, both written at their offsets in a raw MBR disk with SYSLINUX's mbr.bin.
 // No loop mounts. Re-runs are instant while vm/linux, this script, the cached .debs and the built
-// image are unchanged (stamp.json); an image that was booted in place is rebuilt fresh.
+// image are unchanged (stamp.json); an image that was booted in place is rebuilt fresh. The image
+// is not byte-reproducible across builds (file times in the FAT and ext4 metadata).
 // The guest's marker is in no built file: the init script carries it in two pieces, and this
 // script refuses an image that contains it whole.
 //

@@ -152,7 +152,7 @@ function inputsHash(packages) {
   h.update(fs.readFileSync(fileURLToPath(import.meta.url)));
   for (const rel of listTree(src)) {
     const p = path.join(src, rel);
-    h.update(`\0${rel}\0${fs.statSync(p).mode & 0o777}\0`).update(fs.readFileSync(p));
+    h.update(`\0${rel}\0${fs.statSync(p).mode & 0o100 ? 'x' : '-'}\0`).update(fs.readFileSync(p));
   }
   h.update(JSON.stringify(packages));
   return h.digest('hex');
@@ -273,6 +273,15 @@ step('initramfs');
 
 const rootTree = path.join(work, 'root');
 fs.cpSync(path.join(src, 'root'), rootTree, { recursive: true });
+// Modes in the guest do not depend on the umask of the clone: 0755 directories and executables, else 0644.
+(function normalize(dir) {
+  fs.chmodSync(dir, 0o755);
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) normalize(p);
+    else if (e.isFile()) fs.chmodSync(p, fs.statSync(p).mode & 0o100 ? 0o755 : 0o644);
+  }
+})(rootTree);
 const initPath = path.join(rootTree, 'sbin', 'init');
 const head = layout.marker.slice(0, layout.markerSplit);
 const tail = layout.marker.slice(layout.markerSplit);

@@ -60,14 +60,14 @@ export class PowerCutDevice implements BlockDevice {
   /** Counters, for the test's report. */
   mutations = 0;
   flushes = 0;
-  private durable: Buffer;
-  private current: Buffer;
+  private durable: Growable;
+  private current: Growable;
   private log: Mutation[] = [];
   private closed = false;
 
   constructor(image: Buffer = Buffer.alloc(0), options: { atomic?: number; description?: string } = {}) {
-    this.durable = Buffer.from(image);
-    this.current = Buffer.from(image);
+    this.durable = new Growable(image);
+    this.current = new Growable(image);
     this.atomic = options.atomic ?? 512;
     this.description = options.description ?? 'powercut';
     this.capabilities = defaultCapabilities({ resizable: true, fua: 'native' });
@@ -79,16 +79,16 @@ export class PowerCutDevice implements BlockDevice {
   /** Mutations issued but not yet durable. */
   get pendingCount(): number { return this.log.length; }
   /** What reads see now (the volatile view). */
-  snapshot(): Buffer { return Buffer.from(this.current); }
+  snapshot(): Buffer { return Buffer.from(this.current.view()); }
   /** What survives a cut that keeps nothing pending. */
-  durableImage(): Buffer { return Buffer.from(this.durable); }
+  durableImage(): Buffer { return Buffer.from(this.durable.view()); }
 
   async read(offset: number, length: number): Promise<Buffer> {
     this.check();
     if (offset < 0 || length < 0 || offset + length > this.current.length) {
       throw new MedvError('ERANGE', `read [${offset}, +${length}) past the end (${this.current.length})`, { file: this.description, offset });
     }
-    return Buffer.from(this.current.subarray(offset, offset + length));
+    return Buffer.from(this.current.view().subarray(offset, offset + length));
   }
 
   async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
@@ -96,12 +96,12 @@ export class PowerCutDevice implements BlockDevice {
     this.onIssue?.('write');
     const ops: Mutation[] = [];
     if (offset + data.length > this.current.length) ops.push(this.issueResize(offset + data.length));
-    data.copy(this.current, offset);
+    data.copy(this.current.view(), offset);
     // The medium is written in whole atomic units holding what the cache holds for them (the
     // kernel's read-modify-write of a partial sector), so log whole units, as they are now.
     const a0 = Math.floor(offset / this.atomic) * this.atomic;
     const a1 = Math.min(this.current.length, Math.ceil((offset + data.length) / this.atomic) * this.atomic);
-    const op: Mutation = { kind: 'write', offset: a0, data: Buffer.from(this.current.subarray(a0, a1)), done: false };
+    const op: Mutation = { kind: 'write', offset: a0, data: Buffer.from(this.current.view().subarray(a0, a1)), done: false };
     this.log.push(op);
     this.mutations++;
     ops.push(op);
@@ -144,7 +144,7 @@ export class PowerCutDevice implements BlockDevice {
     const strategy: CutStrategy = roll < 0.1 ? 'none' : roll < 0.2 ? 'all' : roll < 0.45 ? 'prefix' : roll < 0.7 ? 'whole' : 'pieces';
     const p = rng();
     const prefix = Math.floor(rng() * (this.log.length + 1));
-    let img: Buffer = Buffer.from(this.durable);
+    const img = new Growable(this.durable.view(), Math.max(this.durable.length, ...this.log.map((m) => (m.kind === 'resize' ? m.size : 0))));
     let persisted = 0;
     let pieces = 0;
     this.log.forEach((m, i) => {
@@ -158,7 +158,7 @@ export class PowerCutDevice implements BlockDevice {
         pieces++;
         if (!pieceKeep()) return;
         persisted++;
-        img = resized(img, m.size);
+        img.resize(m.size);
         return;
       }
       const end = m.offset + m.data.length;
@@ -168,18 +168,18 @@ export class PowerCutDevice implements BlockDevice {
         if (pieceKeep()) {
           persisted++;
           // Bytes past the size this image has are lost with the size change that did not persist.
-          if (a < img.length) m.data.copy(img, a, a - m.offset, Math.min(z, img.length) - m.offset);
+          if (a < img.length) m.data.copy(img.view(), a, a - m.offset, Math.min(z, img.length) - m.offset);
         }
         a = z;
       }
     });
-    return { image: img, strategy, pending: this.log.length, persisted, pieces };
+    return { image: img.view(), strategy, pending: this.log.length, persisted, pieces };
   }
 
   // -------------------------------------------------------------------------------------------
   private issueResize(size: number): Mutation {
     const op: Mutation = { kind: 'resize', size, done: false };
-    this.current = resized(this.current, size);
+    this.current.resize(size);
     this.log.push(op);
     this.mutations++;
     return op;
@@ -196,10 +196,10 @@ export class PowerCutDevice implements BlockDevice {
     const set = new Set(ops);
     for (const m of this.log) {
       if (!set.has(m)) continue;
-      if (m.kind === 'resize') this.durable = resized(this.durable, m.size);
+      if (m.kind === 'resize') this.durable.resize(m.size);
       else {
-        if (m.offset + m.data.length > this.durable.length) this.durable = resized(this.durable, m.offset + m.data.length);
-        m.data.copy(this.durable, m.offset);
+        if (m.offset + m.data.length > this.durable.length) this.durable.resize(m.offset + m.data.length);
+        m.data.copy(this.durable.view(), m.offset);
       }
     }
     this.log = this.log.filter((m) => !set.has(m));
@@ -210,10 +210,55 @@ export class PowerCutDevice implements BlockDevice {
   }
 }
 
-function resized(buf: Buffer, size: number): Buffer {
-  if (size === buf.length) return buf;
-  if (size < buf.length) return Buffer.from(buf.subarray(0, size));
-  const out = Buffer.alloc(size);
-  buf.copy(out);
-  return out;
+/** Bytes with a length and spare capacity (a growing file is not copied at every append).
+ *  Invariant: everything past `length` is zero, so growth exposes zeros. */
+class Growable {
+  private buf: Buffer;
+  length: number;
+
+  constructor(initial: Buffer, capacity = initial.length) {
+    this.buf = Buffer.alloc(Math.max(capacity, initial.length));
+    initial.copy(this.buf);
+    this.length = initial.length;
+  }
+
+  view(): Buffer { return this.buf.subarray(0, this.length); }
+
+  resize(size: number): void {
+    if (size < this.length) this.buf.fill(0, size, this.length);
+    else if (size > this.buf.length) {
+      const next = Buffer.alloc(Math.max(size, 2 * this.buf.length));
+      this.buf.copy(next, 0, 0, this.length);
+      this.buf = next;
+    }
+    this.length = size;
+  }
+}
+
+/** A plain resizable in-memory device over a Growable (appends do not copy the whole image, as
+ *  MemoryDevice's do): the storage a cut image is reopened on. */
+export class ScratchDevice implements BlockDevice {
+  readonly capabilities: BlockCapabilities = defaultCapabilities({ resizable: true, fua: 'native' });
+  readonly readOnly = false;
+  readonly description = 'cut image';
+  private readonly bytes: Growable;
+
+  constructor(image: Buffer) { this.bytes = new Growable(image, image.length + (image.length >> 1)); }
+
+  get size(): number { return this.bytes.length; }
+  async read(offset: number, length: number): Promise<Buffer> {
+    if (offset < 0 || length < 0 || offset + length > this.bytes.length) {
+      throw new MedvError('ERANGE', `read [${offset}, +${length}) past the end (${this.bytes.length})`, { file: this.description, offset });
+    }
+    return Buffer.from(this.bytes.view().subarray(offset, offset + length));
+  }
+  async write(offset: number, data: Buffer): Promise<void> {
+    if (offset + data.length > this.bytes.length) this.bytes.resize(offset + data.length);
+    data.copy(this.bytes.view(), offset);
+  }
+  async writeZeroes(offset: number, length: number): Promise<void> { await this.write(offset, Buffer.alloc(length)); }
+  async discard(offset: number, length: number): Promise<void> { await this.writeZeroes(offset, length); }
+  async resize(newSize: number): Promise<void> { this.bytes.resize(newSize); }
+  async flush(): Promise<void> { /* memory */ }
+  async close(): Promise<void> { /* memory */ }
 }

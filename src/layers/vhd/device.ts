@@ -190,8 +190,10 @@ export class VhdDevice implements BlockDevice {
 
   /**
    * Write into an allocated block whose bitmap lacks some of the sectors, under the block's lock:
-   * data first, then the bitmap (a crash in between leaves those sectors as they were: from the
-   * parent in a differencing disk). In a dynamic disk this happens only in blocks made by other
+   * data first, then the bitmap, with no flush in between: a power cut may keep either one
+   * without the other, in any sector. Data without bitmap: the sector still reads the parent (its
+   * old value). Bitmap without data: the sector reads the data area as it was, which in a block
+   * medv allocated is the parent's copy (copyParentAround), again its old value. In a dynamic disk this happens only in blocks made by other
    * tools with partial bitmaps: medv reads the data area whatever the bitmap says (as qemu), and
    * sets the bits so readers that honour the bitmap (Virtual PC, libvhdi) see the data too.
    */
@@ -277,7 +279,11 @@ export class VhdDevice implements BlockDevice {
    *   (3) flush, so (1) and (2) are durable before anything points at them;
    *   (4) write the BAT entries. A crash before (4) leaves the new blocks unreferenced.
    * A torn footer write at the end of the file is covered by the footer copy at offset 0 (dynamic
-   * and differencing disks always have it).
+   * and differencing disks always have it). Every structure written here is whole 512-byte
+   * sectors (footer, bitmap) or lies inside one (a BAT entry), so a sector-atomic medium never
+   * tears one. A differencing block's data area holds the parent's data wherever the request does
+   * not write (see copyParentAround). test/layers/powercut.test.ts cuts power at every point of
+   * this sequence, keeping any subset of what was not flushed.
    */
   private async allocateBatch(batch: PendingAllocation[]): Promise<void> {
     const F = this.footerOffset;

@@ -301,6 +301,7 @@ export class VhdDevice implements BlockDevice {
     }
     const append = Buffer.alloc(newFooter + FOOTER_SIZE - appendAt);
     const bitmaps: Buffer[] = [];
+    const copies: Promise<void>[] = [];
     for (const { req, bitmapPos, dataPos } of layout) {
       const { b, inOff, piece } = req;
       const bm = append.subarray(bitmapPos - appendAt, dataPos - appendAt);
@@ -310,11 +311,12 @@ export class VhdDevice implements BlockDevice {
         bm.fill(0xff);
       } else {
         setBits(bm, s0, s1 - s0);
-        await this.copyParentAround(b, inOff, piece.length, append.subarray(dataPos - appendAt, dataPos - appendAt + this.bs));
+        copies.push(this.copyParentAround(b, inOff, piece.length, append.subarray(dataPos - appendAt, dataPos - appendAt + this.bs)));
       }
       piece.copy(append, dataPos - appendAt + inOff);
       bitmaps.push(bm);
     }
+    await Promise.all(copies);
     this.meta.footerRaw.copy(append, newFooter - appendAt);
     try {
       await this.writeAppend(appendAt, append);                  // (1)

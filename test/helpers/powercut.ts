@@ -242,23 +242,30 @@ export class ScratchDevice implements BlockDevice {
   readonly readOnly = false;
   readonly description = 'cut image';
   private readonly bytes: Growable;
+  private closed = false;
 
   constructor(image: Buffer) { this.bytes = new Growable(image, image.length + (image.length >> 1)); }
 
   get size(): number { return this.bytes.length; }
   async read(offset: number, length: number): Promise<Buffer> {
+    this.check();
     if (offset < 0 || length < 0 || offset + length > this.bytes.length) {
       throw new MedvError('ERANGE', `read [${offset}, +${length}) past the end (${this.bytes.length})`, { file: this.description, offset });
     }
     return Buffer.from(this.bytes.view().subarray(offset, offset + length));
   }
   async write(offset: number, data: Buffer): Promise<void> {
+    this.check();
     if (offset + data.length > this.bytes.length) this.bytes.resize(offset + data.length);
     data.copy(this.bytes.view(), offset);
   }
   async writeZeroes(offset: number, length: number): Promise<void> { await this.write(offset, Buffer.alloc(length)); }
   async discard(offset: number, length: number): Promise<void> { await this.writeZeroes(offset, length); }
-  async resize(newSize: number): Promise<void> { this.bytes.resize(newSize); }
-  async flush(): Promise<void> { /* memory */ }
-  async close(): Promise<void> { /* memory */ }
+  async resize(newSize: number): Promise<void> { this.check(); this.bytes.resize(newSize); }
+  async flush(): Promise<void> { this.check(); }
+  async close(): Promise<void> { this.closed = true; }
+
+  private check(): void {
+    if (this.closed) throw new MedvError('ECLOSED', 'device is closed', { file: this.description });
+  }
 }

@@ -173,7 +173,12 @@ async function step(dev: BlockDevice, model: Model, rng: () => number, hot: numb
 
 // ------------------------------------------------------------------------------- stacks
 
-interface Reopened { dev: BlockDevice; errors: string[]; close(): Promise<void> }
+interface Reopened {
+  dev: BlockDevice;
+  /** checkVhd of the file as it is now. */
+  check(): Promise<string[]>;
+  close(): Promise<void>;
+}
 
 interface Target {
   storage: PowerCutDevice;
@@ -193,9 +198,14 @@ class Layout {
 
 async function reopenVhd(layout: Layout, image: Buffer, parent?: () => Promise<BlockDevice>): Promise<Reopened> {
   const storage = await layout.storageOver(new ScratchDevice(image));
-  const chk = await checkVhd(storage, 'cut image');
+  const check = async (): Promise<string[]> => (await checkVhd(storage, 'cut image')).errors;
+  const errors = await check();
+  if (errors.length > 0) {
+    await storage.close();
+    throw new Error(`checkVhd: ${errors.join('; ')}`);
+  }
   const dev = await openVhd(storage, parent ? { parent: await parent() } : {});
-  return { dev, errors: chk.errors, close: () => dev.close() };
+  return { dev, check, close: () => dev.close() };
 }
 
 function parentImage(seed: number): Buffer { return randomBuffer(prng(seed ^ 0x5eed), DISK); }
@@ -283,10 +293,9 @@ async function verifyCut(target: Target, c: PendingCut, rng: () => number): Prom
   try {
     r = await target.reopen(c.cut.image);
   } catch (e) {
-    return `does not open: ${(e as Error).message}`;
+    return `does not reopen: ${(e as Error).message}`;
   }
   try {
-    if (r.errors.length > 0) return `checkVhd: ${r.errors.join('; ')}`;
     const seen = await r.dev.read(0, r.dev.size);
     const bad = mismatch(c.expect, seen);
     if (bad) return bad;
@@ -305,6 +314,8 @@ async function verifyCut(target: Target, c: PendingCut, rng: () => number): Prom
     db.copy(exp, b);
     if (!(await r.dev.read(a, 4096)).equals(exp.subarray(a, a + 4096))) return 'after recovery, a new write does not read back';
     if (!(await r.dev.read(b, 3000)).equals(exp.subarray(b, b + 3000))) return 'after recovery, a new unaligned write does not read back';
+    const errors = await r.check();
+    if (errors.length > 0) return `after recovery and new writes, checkVhd: ${errors.join('; ')}`;
     return undefined;
   } catch (e) {
     return `after the cut: ${(e as Error).stack ?? e}`;

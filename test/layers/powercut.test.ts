@@ -10,8 +10,8 @@ import assert from 'node:assert/strict';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { STACKS, SEEDS, type StackName, type Stats, newStats, runSeed } from './powercut-check.js';
-import { PowerCutDevice } from '../helpers/powercut.js';
-import { prng } from '../conformance/blockdevice.js';
+import { PowerCutDevice, ScratchDevice } from '../helpers/powercut.js';
+import { describeConformance, prng } from '../conformance/blockdevice.js';
 
 type Job = { stack: StackName; seed: number };
 
@@ -123,3 +123,6 @@ describe('PowerCutDevice', () => {
     assert.ok(d.durableImage().equals(Buffer.alloc(512, 8)));
   });
 });
+
+describeConformance('PowerCutDevice', async (size) => ({ device: new PowerCutDevice(Buffer.alloc(size)) }));
+describeConformance('ScratchDevice (cut images reopened)', async (size) => ({ device: new ScratchDevice(Buffer.alloc(size)) }));

@@ -30,7 +30,8 @@
  * 512 B-atomic one), so passing here covers both. The EVHD layer survives it because AES-XTS has
  * no diffusion between 16-byte blocks: a 4 KiB unit torn at a 512-byte boundary decrypts to the old
  * plaintext in the old sectors and the new plaintext in the new ones, exactly like an unencrypted
- * sector-atomic disk (dm-crypt/LUKS rely on the same property for their 512-byte sectors).
+ * sector-atomic disk. (A chained mode such as CBC would garble the block after the tear; cryptsetup
+ * warns that a LUKS sector larger than the hardware sector risks exactly such torn sectors.)
  */
 import type { BlockCapabilities, BlockDevice, WriteOptions } from '../../src/block/device.js';
 import { defaultCapabilities } from '../../src/block/device.js';

@@ -18,6 +18,13 @@
  * - Shrink: rewrite the header, fdatasync, then truncate the storage (a crash between leaves
  *   unreferenced units only).
  * - The bytes of the last unit past the logical length are unspecified on disk and never read.
+ * - Power cuts (test/layers/powercut.test.ts): the storage is assumed to write 512-byte sectors
+ *   atomically, not 4 KiB units. That is enough: XTS encrypts each 16-byte block of a unit on its
+ *   own (tweak i, block position j), so a unit torn at a sector boundary decrypts to the old
+ *   plaintext in its old sectors and the new plaintext in its new ones, the same outcome as a torn
+ *   write to an unencrypted disk; the VHD inside keeps its structures in whole sectors. A header
+ *   rewrite changes only its first sector (formats/evhd.ts), so it is old or new, never torn, and
+ *   it is written only after the units it makes visible are durable (growth order above).
  */
 import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from '../../block/device.js';
 import type { DataKey } from '../../crypto/datakey.js';

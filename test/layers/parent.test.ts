@@ -2,10 +2,16 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { renameSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { FileDevice } from '../../../src/block/file.js';
-import { MedvError } from '../../../src/errors.js';
-import { createDifferencingVhd, createVhd, openVhd, openVhdFile } from '../../../src/layers/vhd/index.js';
-import { tempDir } from '../../helpers/cli.js';
+import { FileDevice } from '../../src/block/file.js';
+import { MedvError } from '../../src/errors.js';
+import { openDisk } from '../../src/layers/open.js';
+import { createDifferencingVhd, createVhd, openVhd } from '../../src/layers/vhd/index.js';
+import { tempDir } from '../helpers/cli.js';
+
+/** A VHD file and its parent chain, through the one resolver (src/layers/parent.ts). */
+async function openVhdFile(path: string, opts: { readOnly?: boolean } = {}) {
+  return (await openDisk(path, { readOnly: opts.readOnly, format: 'vhd' })).vhd!;
+}
 
 const isCode = (code: string) => (e: unknown) => e instanceof MedvError && e.code === code;
 
@@ -25,7 +31,7 @@ async function makeChild(path: string, parent: { size: number; uniqueId: Buffer 
   return { size: info.virtualSize, uniqueId: info.uniqueId };
 }
 
-describe('openVhdFile: parent chains', () => {
+describe('layers/parent: parent chains', () => {
   let dir: string;
   let cleanup: () => Promise<void>;
   beforeEach(() => ({ path: dir, cleanup } = tempDir('vhd')));

@@ -7,8 +7,9 @@
  *
  * Hashes are HMAC-SHA-256 keyed with the undo disk's own unique id (inside the encrypted container
  * for an .evhd undo disk), truncated to 16 bytes. A region also passes when the parent holds there
- * exactly what the undo disk holds over it: that is the state after (part of) a merge, so an
- * interrupted merge can be re-run.
+ * exactly what the undo disk reads there: that is the state after (part of) a merge, so an
+ * interrupted merge can be re-run. This relies on the merge writing every 4 KiB-aligned unit it
+ * touches whole, in one write call (mergeUndoDisk), so a region is never left half merged.
  */
 import { createHmac } from 'node:crypto';
 import type { BlockDevice } from '../block/device.js';
@@ -33,10 +34,11 @@ export function rawParentId(key: Buffer, record: Buffer): Buffer {
   return createHmac('sha256', key).update('medv raw parent id v1\0').update(record).digest().subarray(0, 16);
 }
 
+/** Region starts, aligned to RAW_REGION_LENGTH so that a merge writes each region in one call (see mergeUndoDisk). */
 function regionOffsets(size: number, length: number): number[] {
   const span = size - length;
   const out = new Set<number>();
-  for (let i = 0; i < RAW_REGIONS; i++) out.add(Math.floor(Math.floor((span * i) / (RAW_REGIONS - 1)) / 512) * 512);
+  for (let i = 0; i < RAW_REGIONS; i++) out.add(Math.floor(Math.floor((span * i) / (RAW_REGIONS - 1)) / RAW_REGION_LENGTH) * RAW_REGION_LENGTH);
   return [...out].filter((o) => o + length <= size).sort((a, b) => a - b);
 }
 

@@ -41,6 +41,8 @@ export interface UndoDisk {
 }
 
 const MERGE_CHUNK = 1024 * 1024;
+/** Merge writes whole aligned units of this size (see mergeUndoDisk). */
+const MERGE_UNIT = 4096;
 
 /**
  * Create an undo disk over `parentPath`. `format` is the parent's format (else from its name, or
@@ -112,14 +114,19 @@ export async function mergeUndoDisk(undoPath: string, options: UndoOptions & { p
   try {
     const undo = opened.vhd as VhdDevice;
     const parent = undo.parent!;
-    const ranges = await undo.allocatedRanges();
-    const total = ranges.reduce((n, r) => n + r.length, 0);
-    for (const range of ranges) {
-      for (let off = range.offset; off < range.offset + range.length; off += MERGE_CHUNK) {
-        const len = Math.min(MERGE_CHUNK, range.offset + range.length - off);
-        await parent.write(off, await undo.read(off, len));
-        copied += len;
+    // Write order, relied on by the raw-parent check (../rawparent.ts): every 4 KiB-aligned unit
+    // that holds undo data is written whole (the undo disk's view of it: its own sectors, the
+    // parent's elsewhere, which rewrites the parent's bytes unchanged), and no write call crosses
+    // a 1 MiB boundary, so each unit lands in one call and is never left half merged by a crash.
+    const spans = alignedSpans(await undo.allocatedRanges(), undo.size);
+    const total = spans.reduce((n, r) => n + r.end - r.start, 0);
+    for (const span of spans) {
+      for (let off = span.start; off < span.end;) {
+        const next = Math.min(span.end, (Math.floor(off / MERGE_CHUNK) + 1) * MERGE_CHUNK);
+        await parent.write(off, await undo.read(off, next - off));
+        copied += next - off;
         onProgress?.(copied, total);
+        off = next;
       }
     }
     await parent.flush();
@@ -129,6 +136,19 @@ export async function mergeUndoDisk(undoPath: string, options: UndoOptions & { p
     await opened.device.close();
   }
   return copied;
+}
+
+/** Ranges widened to whole MERGE_UNITs (clipped to the disk) and coalesced. */
+function alignedSpans(ranges: Array<{ offset: number; length: number }>, size: number): Array<{ start: number; end: number }> {
+  const out: Array<{ start: number; end: number }> = [];
+  for (const r of [...ranges].sort((a, b) => a.offset - b.offset)) {
+    const start = Math.floor(r.offset / MERGE_UNIT) * MERGE_UNIT;
+    const end = Math.min(size, Math.ceil((r.offset + r.length) / MERGE_UNIT) * MERGE_UNIT);
+    const last = out[out.length - 1];
+    if (last && start <= last.end) last.end = Math.max(last.end, end);
+    else out.push({ start, end });
+  }
+  return out;
 }
 
 /**

@@ -85,5 +85,18 @@ describe('layers/undo over a raw parent', function () {
       ['EFORMAT', (b) => { b.writeBigUInt64BE(0n, 16); return b; }],
     ];
     for (const [code, mutate] of cases) assert.throws(() => parseRawParent(mutate(Buffer.from(good))), isCode(code), code);
+    // Seeded mutations: every outcome is a record whose regions lie inside the parent, or a typed error.
+    let seed = 0x5eed;
+    const rnd = (n: number) => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return seed % n; };
+    for (let i = 0; i < 3000; i++) {
+      const b = Buffer.from(good);
+      for (let k = 1 + rnd(4); k > 0; k--) b[rnd(b.length)] = rnd(256);
+      try {
+        const r = parseRawParent(rnd(8) === 0 ? b.subarray(0, rnd(b.length)) : b);
+        for (const g of r.regions) assert.ok(g.offset + r.regionLength <= r.size);
+      } catch (e) {
+        assert.ok(e instanceof MedvError, String(e));
+      }
+    }
   });
 });

@@ -21,6 +21,8 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   EREADONLY: 6,
   EUNSUPPORTED: 7,
   EBUSY: 9,
+  EAUTH: 5,
+  EINSECURE: 4,
 };
 /** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;

@@ -81,10 +81,12 @@ export function detectFormat(path: string): DiskFormat {
 
 /**
  * The format of a file the user named: `format` when given; else from the name (.evhd, .vhd;
- * .raw and .img are raw); else guessed from the content, and `warn` is told. Never used for
+ * .raw and .img are raw); else guessed from the content, and `warn` is told. ENOENT for a missing
+ * file, EINVAL_ARG for a folder, whatever the name says. Never used for
  * parents (./parent.ts decides those without looking at content).
  */
 export function resolveFormat(path: string, format?: DiskFormat, warn?: (message: string) => void): DiskFormat {
+  statOrThrow(path); // a missing file or a folder has no format, whatever its name says
   if (format !== undefined) {
     if (!DISK_FORMATS.includes(format)) throw new MedvError('EINVAL_ARG', `unknown disk format '${String(format)}' (raw, vhd or evhd)`);
     return format;

@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'EALIGN'              // request not aligned to the device's minimum block size
   | 'ECLOSED'             // device already closed
   | 'ENOSPACE'            // device cannot grow further
+  | 'EBUSY'               // the file is locked by another open (another process, or this one): data.holders names them
   // formats (hostile input)
   | 'EFORMAT'             // structurally invalid (bad magic, bad field)
   | 'ECHECKSUM'           // checksum mismatch
@@ -79,6 +80,7 @@ export function fromSystemError(e: unknown, file?: string): MedvError {
     case 'ENOENT': return new MedvError('ENOENT', `no such file: ${file ?? err.path ?? ''}`.trim(), { file }, { cause: e });
     case 'EEXIST': return new MedvError('EEXIST', `file exists: ${file ?? err.path ?? ''}`.trim(), { file }, { cause: e });
     case 'ENOSPC': return new MedvError('ENOSPACE', 'no space left on device', { file }, { cause: e });
+    case 'EISDIR': return new MedvError('EINVAL_ARG', `is a directory, not a disk: ${file ?? err.path ?? ''}`.trim(), { file }, { cause: e });
     case 'EACCES': case 'EPERM': case 'EROFS':
       return new MedvError('EREADONLY', `permission denied: ${msg}`, { file }, { cause: e });
     default: return new MedvError('EIO', msg, { file }, { cause: e });

@@ -31,7 +31,10 @@ export type ErrorCode =
   // hypervisor
   | 'EHYPERVISOR'         // QEMU failed to start, or the VM stopped in an error state (e.g. KVM internal error)
   | 'ETIMEOUT'            // a wait for the guest or QEMU ran out of time
-  | 'EINTERNAL';
+  | 'EINTERNAL'
+  // packed images
+  | 'ESIGNATURE'          // an image index whose signature does not verify, or whose signer is not trusted
+  | 'EBADBLOCK';          // a packed block that does not authenticate, decompress, or match its id
 
 export interface MedvErrorData {
   file?: string;

@@ -12,4 +12,5 @@ export { openDisk, detectFormat, type DiskFormat, type OpenedDisk, type OpenDisk
 export * as disk from './disk/index.js';
 export * as nbd from './nbd/index.js';
 export * as hypervisor from './hypervisor/index.js';
+export * as pack from './pack/index.js';
 export { native } from './native.js';

@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { openDisk } from '../layers/open.js';
 import { MedvError } from '../errors.js';
+import { checkImageName } from '../formats/ckm/index.js';
 import { defaultKeyDir, openImageKeys, packImage, verifyPack } from '../pack/index.js';
 import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
 
@@ -44,6 +45,7 @@ Examples:
   medv image pack disk.vhd --name lab --version 3 --out PackedImages --json`)
     .action(async (disk: string, o: Opts) => {
       const version = parseVersion(String(o.version));
+      checkImageName(String(o.name));
       const kek = kekFrom(o);
       const keyDir = (o.keys as string | undefined) ?? defaultKeyDir();
       const opened = await openDisk(disk, { readOnly: true, kek });

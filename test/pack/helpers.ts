@@ -19,8 +19,8 @@ export async function testKeys(dir: string, name: string): Promise<ImageKeys> {
  * Test-only unpack: every block the library hands back written into a sparse raw file of the
  * virtual size (the next step's fetch writes an .evhd instead; plaintext on disk is for tests).
  */
-export async function unpackToRaw(indexPath: string, keyDir: string, out: string): Promise<number> {
-  const img = await openPackedImage(indexPath, { keyDir, kek });
+export async function unpackToRaw(indexPath: string, keyDir: string, out: string, withKek: () => KekSource = kek): Promise<number> {
+  const img = await openPackedImage(indexPath, { keyDir, kek: withKek });
   const fd = openSync(out, 'w');
   let n = 0;
   try {

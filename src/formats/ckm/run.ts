@@ -194,6 +194,11 @@ export function parseRunRecord(raw: Buffer, limits: RunLimits, ctx?: CkmContext)
     } else {
       e.place.pack = r.varint('pack version');
       e.place.offset = r.varint('block offset');
+      const p = i > 0 ? entries[i - 1].place : undefined;
+      if (p && p.pack === e.place.pack && p.offset + p.length === e.place.offset) {
+        // canonical form only: the same run always has the same bytes, hence the same hash
+        throw ckmError('EFORMAT', `slot ${e.slot}: place written out where "contiguous" says it`, ctx);
+      }
     }
     checkPlaceRead(e.place, limits, `slot ${e.slot}`, r);
     if (e.kind === 'raw' && e.place.length !== CKM_MAX_STORED) throw ckmError('EFORMAT', `slot ${e.slot}: raw block of ${e.place.length} bytes`, ctx);

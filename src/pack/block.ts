@@ -39,22 +39,36 @@ export class BlockCodec {
     return out;
   }
 
+  /** The payload of a whole block: zstd, or the block itself when zstd does not make it smaller. */
+  compress(block: Buffer): { kind: 'zstd' | 'raw'; payload: Buffer } {
+    const z = zstdCompress(block, this.level);
+    return z.length >= CKM_BLOCK_SIZE ? { kind: 'raw', payload: block } : { kind: 'zstd', payload: z };
+  }
+
+  /** `block` as a zstd delta against `base` (the block it replaces). */
+  delta(block: Buffer, base: Buffer): Buffer {
+    return zstdCompress(block, this.level, deltaDictionary(base));
+  }
+
+  /** Encrypt a payload for storage at `offset` of a pack with `salt`. */
+  seal(payload: Buffer, kind: BlockKind, id: Buffer, salt: Buffer, offset: number, baseId?: Buffer): Buffer {
+    const stored = Buffer.alloc(payload.length + CKM_TAG_BYTES);
+    sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(stored, payload, blockAad(this.keys.imageId, id, kind, baseId), null, blockNonce(salt, offset), this.keys.contentKey);
+    return stored;
+  }
+
   /**
    * Encode `block` for storage at `offset` of a pack with `salt`. With `base` (the block this one
    * replaces, and its id), a zstd delta against it is used when it is smaller than the block alone.
    */
   encode(block: Buffer, id: Buffer, salt: Buffer, offset: number, base?: { id: Buffer; data: Buffer }): EncodedBlock {
     if (block.length !== CKM_BLOCK_SIZE) throw new MedvError('EINTERNAL', `block of ${block.length} bytes`);
-    let kind: BlockKind = 'zstd';
-    let payload: Buffer = zstdCompress(block, this.level);
-    if (payload.length >= CKM_BLOCK_SIZE) { kind = 'raw'; payload = block; }
+    let { kind, payload }: { kind: BlockKind; payload: Buffer } = this.compress(block);
     if (base) {
-      const delta = zstdCompress(block, this.level, deltaDictionary(base.data));
-      if (delta.length < payload.length) { kind = 'delta'; payload = delta; }
+      const d = this.delta(block, base.data);
+      if (d.length < payload.length) { kind = 'delta'; payload = d; }
     }
-    const stored = Buffer.alloc(payload.length + CKM_TAG_BYTES);
-    sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(stored, payload, blockAad(this.keys.imageId, id, kind, kind === 'delta' ? base!.id : undefined), null, blockNonce(salt, offset), this.keys.contentKey);
-    return { kind, stored };
+    return { kind, stored: this.seal(payload, kind, id, salt, offset, kind === 'delta' ? base!.id : undefined) };
   }
 
   /**

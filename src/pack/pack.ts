@@ -22,11 +22,11 @@ import * as fs from 'node:fs';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { BlockDevice } from '../block/device.js';
-import { forEachChunk } from '../block/copy.js';
+import { availableParallelism } from 'node:os';
 import { MedvError, fromSystemError } from '../errors.js';
 import { fsyncDir } from '../crypto/keyfile.js';
 import {
-  type BlockKind, type BlockPlace, CKM_BLOCK_SIZE, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BYTES, type IndexHeader, PACK_SALT_BYTES,
+  type BlockKind, type BlockPlace, CKM_BLOCK_SIZE, CKM_ID_BYTES, KIND_BY_CODE, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BYTES, type IndexHeader, PACK_SALT_BYTES,
   type PackRef, type RunEntry, ZSTD_LEVEL, checkImageName, checkImageVersion, encodeRunRecord, indexFileName, packFileName,
   rootHashOf, runCountFor, runSlots, serializeIndexHeader, serializeIndexHeaderSigned, serializePackHeader, serializeRunDirectory, DIR_ENTRY_BYTES,
 } from '../formats/ckm/index.js';
@@ -34,6 +34,8 @@ import { BlockCodec } from './block.js';
 import { IndexFile } from './indexfile.js';
 import type { ImageKeys } from './keys.js';
 import { PackSet } from './read.js';
+import { PreparePool } from './pool.js';
+import { type PreparedRun, prepareRun } from './prepare.js';
 
 export interface PackOptions {
   name: string;
@@ -51,6 +53,8 @@ export interface PackOptions {
   delta?: boolean;
   /** zstd level for blocks (default 3). */
   level?: number;
+  /** Worker threads preparing blocks (default: one per core for disks from 64 MiB; 0 = inline). */
+  workers?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -121,6 +125,11 @@ class Appender {
   }
 }
 
+function defaultWorkers(size: number): number {
+  const cores = availableParallelism();
+  return cores > 1 && size >= 64 * 1048576 ? Math.min(cores, 8) : 0;
+}
+
 /** The highest `<name>_<M>.ckm.index` with M < version in `dir`, if any. */
 export function findPreviousIndex(dir: string, name: string, version: number): string | undefined {
   if (!fs.existsSync(dir)) return undefined;
@@ -164,6 +173,8 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
   let recFh: fs.promises.FileHandle | undefined;
   let idxFh: fs.promises.FileHandle | undefined;
   let linkedPack = false;
+  let pool: PreparePool | undefined;
+  const level = opts.level ?? ZSTD_LEVEL;
   try {
     if (previousPath) {
       prev = await IndexFile.open(previousPath);
@@ -198,17 +209,36 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
     const zero = Buffer.alloc(CKM_BLOCK_SIZE);
     const deltas = opts.delta ?? true;
 
-    await forEachChunk(device, size, CKM_RUN_BYTES, async (offset, data) => {
-      const run = offset / CKM_RUN_BYTES;
+    // Pipeline: runs are read and prepared (zero test, id, zstd) ahead, in worker threads when
+    // there are several cores; the main thread consumes them in order (dedup, deltas, placement,
+    // encryption with the pack offset in the nonce). At most `ahead` runs are in flight.
+    const workers = opts.workers ?? defaultWorkers(size);
+    pool = workers > 0 ? new PreparePool(workers, keys.idKey, level) : undefined;
+    const prepare = (data: Buffer): Promise<PreparedRun> => (pool ? pool.prepare(data) : Promise.resolve(prepareRun(data, keys.idKey, level)));
+    const ahead = Math.max(2, 2 * workers);
+    const inflight: Array<Promise<{ data: Buffer; prepared: PreparedRun }>> = [];
+    let nextRun = 0;
+    for (let run = 0; run < runCount; run++) {
+      while (nextRun < runCount && inflight.length < ahead) {
+        const off = nextRun * CKM_RUN_BYTES;
+        const p = device.read(off, Math.min(CKM_RUN_BYTES, size - off)).then(async (data) => ({ data, prepared: await prepare(data) }));
+        p.catch(() => undefined); // awaited in order below; a failure is handled there
+        inflight.push(p);
+        nextRun++;
+      }
+      const { data, prepared } = await inflight.shift()!;
+      const offset = run * CKM_RUN_BYTES;
       const slots = runSlots(size, run);
       const prevRun = prev && run < prev.header.runCount ? await prev.run(run) : undefined;
       const prevBySlot = new Map<number, RunEntry>(prevRun?.entries.map((e) => [e.slot, e]));
       const entries: RunEntry[] = [];
+      let payloadAt = 0;
       for (let slot = 0; slot < slots; slot++) {
-        let block = data.subarray(slot * CKM_BLOCK_SIZE, (slot + 1) * CKM_BLOCK_SIZE);
-        if (block.length < CKM_BLOCK_SIZE) block = Buffer.concat([block, zero.subarray(block.length)]);
-        if (block.equals(zero)) { stats.zeroBlocks++; continue; }
-        const id = codec.id(block);
+        const plen = prepared.lengths[slot];
+        if (plen === 0) { stats.zeroBlocks++; continue; }
+        const payload = Buffer.from(prepared.payloads.buffer, prepared.payloads.byteOffset + payloadAt, plen);
+        payloadAt += plen;
+        const id = Buffer.from(prepared.ids.subarray(slot * CKM_ID_BYTES, (slot + 1) * CKM_ID_BYTES));
         const k = id.toString('latin1');
         const hit = known.get(k);
         if (hit) {
@@ -218,33 +248,36 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
           if (hit.base) used.add(hit.base.place.pack);
           continue;
         }
-        let base: { id: Buffer; data: Buffer } | undefined;
-        let baseEntry: RunEntry | undefined;
+        let kind: BlockKind = KIND_BY_CODE[prepared.kinds[slot]];
+        let body = payload;
+        let base: RunEntry['base'];
         const pe = prevBySlot.get(slot);
         if (deltas && pe && pe.kind !== 'delta' && prevPacks) {
-          baseEntry = pe;
           const stored = await prevPacks.read(pe.place);
-          base = { id: pe.id, data: codec.decode(stored, pe.kind, pe.id, prevPacks.salt(pe.place.pack), { file: prevPacks.path(pe.place.pack), offset: pe.place.offset }) };
+          const old = codec.decode(stored, pe.kind, pe.id, prevPacks.salt(pe.place.pack), { file: prevPacks.path(pe.place.pack), offset: pe.place.offset });
+          let block = data.subarray(slot * CKM_BLOCK_SIZE, (slot + 1) * CKM_BLOCK_SIZE);
+          if (block.length < CKM_BLOCK_SIZE) block = Buffer.concat([block, zero.subarray(block.length)]);
+          const d = codec.delta(block, old);
+          if (d.length < body.length) {
+            kind = 'delta';
+            body = d;
+            base = { id: pe.id, kind: pe.kind as 'zstd' | 'raw', place: pe.place };
+          }
         }
-        const enc = codec.encode(block, id, salt, pack.position, base);
-        const place: BlockPlace = { pack: version, offset: pack.position, length: enc.stored.length };
-        await pack.append(enc.stored);
-        const entry: RunEntry = { slot, id, kind: enc.kind, place };
-        if (enc.kind === 'delta') {
-          entry.base = { id: baseEntry!.id, kind: baseEntry!.kind as 'zstd' | 'raw', place: baseEntry!.place };
-          used.add(baseEntry!.place.pack);
-          stats.deltaBlocks++;
-        }
+        const stored = codec.seal(body, kind, id, salt, pack.position, base?.id);
+        const place: BlockPlace = { pack: version, offset: pack.position, length: stored.length };
+        await pack.append(stored);
+        if (base) { used.add(base.place.pack); stats.deltaBlocks++; }
         stats.storedBlocks++;
-        known.set(k, { kind: entry.kind, place, base: entry.base });
-        entries.push(entry);
+        known.set(k, { kind, place, base });
+        entries.push({ slot, id, kind, place, base });
       }
       const enc = encodeRunRecord({ slots, entries });
       hashes.push(enc.hash);
       lengths.push(enc.compressed.length);
       if (enc.compressed.length) await records.append(enc.compressed);
       opts.onProgress?.(Math.min(offset + CKM_RUN_BYTES, size), size);
-    });
+    }
     await pack.flush();
     await records.flush();
     const packBytes = pack.position;
@@ -297,6 +330,7 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
     for (const p of [packTmp, recordsTmp, indexTmp]) await fs.promises.unlink(p).catch(() => undefined);
     await prev?.close();
     await prevPacks?.close();
+    await pool?.close();
   }
 }
 

@@ -15,7 +15,11 @@ export class PreparePool {
   constructor(count: number, idKey: Buffer, level: number) {
     const url = new URL('./worker.js', import.meta.url);
     for (let i = 0; i < count; i++) {
-      const w = new Worker(url, { workerData: { idKey: new Uint8Array(idKey), level } });
+      const w = new Worker(url, {
+        workerData: { idKey: new Uint8Array(idKey), level },
+        // a worker holds one run in and one out: small heaps keep the process's RSS flat and low
+        resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 4 },
+      });
       w.on('message', (m: { seq: number; result?: PreparedRun; error?: string }) => {
         const p = this.pending.get(m.seq);
         if (!p) return;
@@ -25,7 +29,6 @@ export class PreparePool {
       });
       w.on('error', (e) => this.fail(e));
       w.on('exit', (code) => { if (code !== 0) this.fail(new MedvError('EINTERNAL', `pack worker exited with ${code}`)); });
-      w.unref();
       this.workers.push(w);
     }
   }

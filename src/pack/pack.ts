@@ -1,16 +1,17 @@
 /**
  * packImage: a readable virtual disk -> `<NAME>_<N>.ckm` + `<NAME>_<N>.ckm.index`.
  *
- * Streaming, one 1 MiB run at a time (the next run is read while this one is encoded): all-zero
- * blocks are skipped, every other block gets its keyed id; a block whose id is already known (an
- * earlier block of this disk, or any block of the previous version's index) is referenced where it
- * is, everything else is encoded and appended to the new pack, so the blocks a version adds lie
- * together in LBA order. A changed block whose LBA held a whole block in the previous version may
- * be stored as a zstd delta against it when that is smaller.
+ * Streaming, one 1 MiB run at a time: runs are read and prepared ahead (zero test, keyed id, zstd;
+ * in worker threads on a multi-core machine, pool.ts), then consumed in order on the main thread,
+ * which alone decides placement and encrypts (the nonce holds the pack offset). All-zero blocks
+ * are skipped; a block whose id is already known (an earlier block of this disk, or any block of
+ * the previous version's index) is referenced where it is; everything else is appended to the new
+ * pack, so the blocks a version adds lie together in LBA order. A changed block whose LBA held a
+ * whole block in the previous version is stored as a zstd delta against it when that is smaller.
  *
- * Memory: one run of input, one run record, the pack write buffer (4 MiB), and the map of known
- * block ids (about 100 bytes per distinct non-zero block: the only part that grows, with the
- * amount of distinct data, not with the disk's size).
+ * Memory: a few runs in flight (2 per worker), one run record, the pack write buffer (4 MiB), the
+ * workers' small heaps, and the map of known block ids (about 100 bytes per distinct non-zero
+ * block: the only part that grows, with the amount of distinct data, not with the disk's size).
  *
  * Publication order (crash safety): pack and index are written under temporary names in the output
  * folder and fsynced; then the pack is linked to its final name, then the index (link refuses to

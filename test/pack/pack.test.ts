@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
 import { MedvError } from '../../src/errors.js';
 import { CKM_MAX_STORED, PACK_HEADER_SIZE } from '../../src/formats/ckm/index.js';
-import { type PackResult, packImage, verifyPack } from '../../src/pack/index.js';
+import { IndexFile, type PackResult, packImage, verifyPack } from '../../src/pack/index.js';
 import { sha256File, tempDir } from '../helpers/cli.js';
 import { forgeIndex, kek, testKeys, unpackToRaw } from './helpers.js';
 import { makeUsrDisk, mutateDisk } from './images.js';
@@ -122,6 +122,36 @@ describe('pack: packImage and verifyPack', function () {
     const back3 = join(t.path, 'v3.back.raw');
     await unpackToRaw(r3.indexPath, keyDir, back3);
     assert.equal(sha256File(back3), sha256File(v2));
+  });
+
+  it('a localized change changes only its run: the other run hashes of version N stay valid', async () => {
+    const local = join(t.path, 'local.raw');
+    copyFileSync(v1, local);
+    // rewrite two non-zero blocks inside run 5 (bytes 5 MiB .. 6 MiB)
+    const buf = readFileSync(local);
+    let done = 0;
+    for (let off = 5 * MiB; off < 6 * MiB && done < 2; off += 4096) {
+      if (buf.subarray(off, off + 4096).some((x) => x !== 0)) { buf[off + 100] ^= 0xff; done++; }
+    }
+    assert.equal(done, 2);
+    writeFileSync(local, buf);
+    const dir = join(t.path, 'local');
+    mkdirSync(dir);
+    for (const f of ['lab_1.ckm', 'lab_1.ckm.index']) copyFileSync(join(out, f), join(dir, f));
+    const r = await pack(local, 'lab', 2, dir, keyDir);
+    const keys = await testKeys(keyDir, 'lab');
+    const a = await IndexFile.open(r1.indexPath);
+    const b = await IndexFile.open(r.indexPath);
+    try {
+      await a.verify(keys.trusted);
+      await b.verify(keys.trusted);
+      const changedRuns = a.runDirectory.hashes.map((h, i) => (h.equals(b.runDirectory.hashes[i]) ? -1 : i)).filter((i) => i >= 0);
+      assert.deepEqual(changedRuns, [5]);
+    } finally {
+      await a.close();
+      await b.close();
+      keys.dispose();
+    }
   });
 
   it('refuses to overwrite a published version and leaves no temporary files', async () => {

@@ -6,7 +6,8 @@
  *
  *   node dist/bench/pack/measure.js [--size-mib 256] [--fill 0.5] [--dir /tmp/medv-bench-pack]
  */
-import { copyFileSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
+import { zstdCompress } from '../../src/formats/ckm/index.js';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
 import { openImageKeys, packImage, verifyPack } from '../../src/pack/index.js';
@@ -48,6 +49,13 @@ const r1 = await packOne(v1, 1);
 const r2 = await packOne(v2, 2);
 const ver = await verifyPack(r1.indexPath, { keyDir: join(dir, 'keys'), kek });
 keys.dispose();
+let zstdAlone = 0;
+{
+  const fd = openSync(v2, 'r');
+  const b = Buffer.alloc(4096);
+  for (const off of changed) { readSync(fd, b, 0, 4096, off); zstdAlone += zstdCompress(b, 3).length; }
+  closeSync(fd);
+}
 const nonZero = r1.stats.blocks - r1.stats.zeroBlocks;
 const distinct = r1.stats.storedBlocks;
 const result = {
@@ -65,6 +73,7 @@ const result = {
   },
   v2: {
     changedBlocks: changed.length,
+    changedBlocksEachZstdAlone: zstdAlone,
     seconds: +r2.seconds.toFixed(2),
     packBytes: statSync(r2.packPath).size,
     indexBytes: statSync(r2.indexPath).size,

@@ -90,7 +90,7 @@ export function mutateDisk(path: string, share = 0.03, seed = 2): number[] {
       readSync(fd, buf, 0, BLOCK, off);
       if (buf.some((x) => x !== 0)) nonZero.push(off);
     }
-    const files = usrFiles(['/usr/include', '/usr/share/doc'], 4 * 1024 * 1024);
+    const files = usrFiles(['/usr/include', '/usr/share/doc', '/usr/share/perl'], 64 * 1024 * 1024);
     const count = Math.max(2, Math.floor(nonZero.length * share));
     const picked = new Set<number>();
     while (picked.size < count) picked.add(nonZero[Math.floor(rnd() * nonZero.length)]);
@@ -100,11 +100,13 @@ export function mutateDisk(path: string, share = 0.03, seed = 2): number[] {
       if (k++ % 2 === 0) {
         for (let j = 0; j < 4; j++) buf[Math.floor(rnd() * BLOCK)] ^= 1 + Math.floor(rnd() * 255);
       } else {
+        // a block of another file, from anywhere in it (not only its first block)
         const f = files[Math.floor(rnd() * files.length)];
         const data = readFileSync(f);
+        const from = Math.floor(rnd() * Math.ceil(data.length / BLOCK)) * BLOCK;
         buf.fill(0);
-        data.copy(buf, 0, 0, Math.min(BLOCK, data.length));
-        buf[0] ^= 0x5a; // never all zero, never equal to the file's first block elsewhere by chance
+        data.copy(buf, 0, from, Math.min(from + BLOCK, data.length));
+        buf[BLOCK - 1] ^= 0x5a; // never all zero
       }
       writeSync(fd, buf, 0, BLOCK, off);
       changed.push(off);

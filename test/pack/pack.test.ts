@@ -12,7 +12,7 @@ import { FileDevice } from '../../src/block/file.js';
 import { MedvError } from '../../src/errors.js';
 import { CKM_MAX_STORED, PACK_HEADER_SIZE } from '../../src/formats/ckm/index.js';
 import { IndexFile, type PackResult, packImage, verifyPack } from '../../src/pack/index.js';
-import { sha256File, tempDir } from '../helpers/cli.js';
+import { containsPattern, sha256File, tempDir } from '../helpers/cli.js';
 import { forgeIndex, kek, testKeys, unpackToRaw } from './helpers.js';
 import { makeUsrDisk, mutateDisk } from './images.js';
 
@@ -88,6 +88,36 @@ describe('pack: packImage and verifyPack', function () {
     const back = join(t.path, 'workers.back.raw');
     await unpackToRaw(r.indexPath, keyDir, back);
     assert.equal(sha256File(back), sha256File(v1));
+  });
+
+  it('no plaintext in the pack or the index', async () => {
+    const raw = join(t.path, 'marker.raw');
+    const marker = Buffer.from('MEDV-PLAINTEXT-MARKER-0123456789abcdef/');
+    const disk = Buffer.alloc(2 * MiB);
+    for (let off = 0; off < disk.length; off += 8192) for (let i = 0; i < 4096; i += marker.length) marker.copy(disk, off + i, 0, Math.min(marker.length, 4096 - i));
+    writeFileSync(raw, disk);
+    const r = await pack(raw, 'marker', 1, join(t.path, 'marker'), keyDir);
+    assert.ok(containsPattern(raw, marker), 'the pattern is there to find');
+    assert.equal(containsPattern(r.packPath, marker), false);
+    assert.equal(containsPattern(r.indexPath, marker), false);
+  });
+
+  it('a read failure half way leaves nothing in the output folder', async () => {
+    const keys = await testKeys(keyDir, 'fail');
+    const dev = await FileDevice.open(v1, { readOnly: true });
+    let reads = 0;
+    // error injection: the real file below, a failing read on the 9th run
+    const failing = Object.create(dev, {
+      read: { value: async (off: number, len: number) => { if (++reads === 9) throw new MedvError('EIO', 'injected read failure'); return dev.read(off, len); } },
+    });
+    const dir = join(t.path, 'failing');
+    try {
+      await assert.rejects(packImage(failing, { name: 'fail', version: 1, outDir: dir, keys, workers: 0 }), code('EIO', /injected/));
+    } finally {
+      await dev.close();
+      keys.dispose();
+    }
+    assert.deepEqual(readdirSync(dir), []);
   });
 
   it('stores identical blocks once and zero blocks never', async () => {

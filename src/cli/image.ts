@@ -22,7 +22,7 @@ export function imageCommand(): Command {
     .requiredOption('--version <n>', 'image version number (1, 2, …)')
     .option('--out <dir>', 'output folder (created if missing)', 'PackedImages')
     .option('--keys <dir>', 'key folder: created keys are wrapped with the passphrase (default $MEDV_KEYS, else ~/.config/medv/keys)')
-    .option('--previous <index>', 'index of the version to build on (default: the highest lower version of NAME in --out)')
+    .option('--previous <index>', 'index of the version to build on, in --out (default: the highest lower version of NAME there)')
     .option('--no-previous', 'store every block, even those an earlier version already published')
     .option('--no-delta', 'never store a changed block as a delta against the block it replaces')
     .option('--json', 'print the result as JSON')

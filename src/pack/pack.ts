@@ -178,6 +178,11 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
   const level = opts.level ?? ZSTD_LEVEL;
   try {
     if (previousPath) {
+      // The new index names the earlier packs by version, to be found beside it: one image's
+      // packs live in one folder.
+      if (fs.realpathSync(dirname(previousPath)) !== fs.realpathSync(outDir)) {
+        throw new MedvError('EINVAL_ARG', `the previous version's index must be in the output folder ${outDir} (its packs are referenced from there)`, { file: previousPath });
+      }
       prev = await IndexFile.open(previousPath);
       await prev.verify(keys.trusted);
       const h = prev.header;

@@ -32,6 +32,8 @@ export type ErrorCode =
   | 'EHYPERVISOR'         // QEMU failed to start, or the VM stopped in an error state (e.g. KVM internal error)
   | 'ETIMEOUT'            // a wait for the guest or QEMU ran out of time
   | 'EINTERNAL'
+  | 'EAUTH'               // an authenticated structure (EVHD header MAC) does not verify under the key
+  | 'EINSECURE'           // key material readable or writable by group/other (host key file)
   // packed images
   | 'ESIGNATURE'          // an image index whose signature does not verify, or whose signer is not trusted
   | 'EBADBLOCK';          // a packed block that does not authenticate, decompress, or match its id

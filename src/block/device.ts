@@ -8,19 +8,26 @@
  * Devices must tolerate many requests in flight at once: a layer that does read-modify-write
  * or metadata updates serialises what needs it internally.
  */
+
+/**
+ * How a device supports an optional operation (nbdkit's can_zero / can_fua / can_trim):
+ * - 'native':  the device does it itself, cheaper than the emulation;
+ * - 'emulate': the method works, but only as its emulation (see src/block/emulate.ts);
+ * - 'none':    the operation is not offered (a caller must not advertise it to its own clients).
+ */
+export type Support = 'none' | 'emulate' | 'native';
+
+/** One fact each. Whether the device accepts writes is `BlockDevice.readOnly`, in one place. */
 export interface BlockCapabilities {
-  /** Writes, discards and writeZeroes are refused with EREADONLY. */
-  readonly readOnly: boolean;
-  /** flush() makes every completed write durable (fdatasync underneath). */
-  readonly canFlush: boolean;
-  /** discard() may deallocate (contents of the range unspecified afterwards, as NBD TRIM). */
-  readonly canDiscard: boolean;
-  /** writeZeroes() is cheaper than writing a buffer of zeros. */
-  readonly canWriteZeroes: boolean;
-  /** write(..., {fua:true}) is durable on return. */
-  readonly canFua: boolean;
-  /** The device may be grown/shrunk with resize() (files and containers, not virtual disks). */
-  readonly canResize: boolean;
+  /** writeZeroes(): native = cheaper than writing zeros (may deallocate); emulate = writes zero buffers. */
+  readonly zero: Support;
+  /** write(..., {fua:true}): native = durable on return by itself; emulate = the caller flushes after. */
+  readonly fua: Support;
+  /** discard(): native = may deallocate (contents unspecified afterwards, as NBD TRIM);
+   *  emulate = accepted as a hint that changes nothing. */
+  readonly trim: Support;
+  /** resize() is available (files and containers, not virtual disks). */
+  readonly resizable: boolean;
   /** Smallest unit a client should address (NBD minimum block size); requests may still be any size. */
   readonly minBlockSize: number;
   readonly preferredBlockSize: number;
@@ -30,6 +37,15 @@ export interface BlockCapabilities {
 export interface WriteOptions {
   /** Force unit access: the data is durable when the promise resolves. */
   fua?: boolean;
+}
+
+/** A run of the device with one allocation state (NBD base:allocation). */
+export interface Extent {
+  length: number;
+  /** Not allocated in this device or below it (reads as zeros or as nothing stored). */
+  hole: boolean;
+  /** Reads as zeros. */
+  zero: boolean;
 }
 
 export interface BlockDevice {
@@ -42,14 +58,21 @@ export interface BlockDevice {
 
   /** Read `length` bytes at `offset` into a new buffer. Reads past `size` are an error. */
   read(offset: number, length: number): Promise<Buffer>;
-  /** Write `data` at `offset`. The caller's buffer is never modified. */
+  /** Write `data` at `offset`. The caller's buffer is never modified nor kept after the promise settles. */
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
+  /** Make every completed write durable. */
   flush(): Promise<void>;
   /** Hint that a range is unused (NBD TRIM): it may be deallocated; its contents are unspecified afterwards
    *  (most devices return zeros, a differencing layer may return the parent's data). */
   discard(offset: number, length: number): Promise<void>;
+  /** The range reads back as zeros afterwards. */
   writeZeroes(offset: number, length: number, options?: WriteOptions): Promise<void>;
-  /** Only when capabilities.canResize. */
+  /**
+   * Allocation of [offset, offset + length): consecutive extents starting at `offset` that cover at
+   * least a first part of the range (never empty). A device without it is all data.
+   */
+  extents?(offset: number, length: number): Promise<Extent[]>;
+  /** Only when capabilities.resizable. */
   resize?(newSize: number): Promise<void>;
   close(): Promise<void>;
 }
@@ -58,12 +81,10 @@ export const SECTOR_SIZE = 512;
 
 export function defaultCapabilities(overrides: Partial<BlockCapabilities> = {}): BlockCapabilities {
   return {
-    readOnly: false,
-    canFlush: true,
-    canDiscard: true,
-    canWriteZeroes: true,
-    canFua: true,
-    canResize: false,
+    zero: 'emulate',
+    fua: 'emulate',
+    trim: 'emulate',
+    resizable: false,
     minBlockSize: 1,
     preferredBlockSize: 4096,
     maxRequestSize: 32 * 1024 * 1024,

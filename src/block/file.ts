@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 import { MedvError, fromSystemError } from '../errors.js';
 import { native } from '../native.js';
+import { writeZeroesByWriting } from './emulate.js';
 import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from './device.js';
 
 const fsRead = promisify(fs.read);
@@ -28,7 +29,7 @@ export class FileDevice implements BlockDevice {
   private closed = false;
 
   private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean) {
-    this.capabilities = defaultCapabilities({ readOnly, canResize: !readOnly, canDiscard: !readOnly, canWriteZeroes: !readOnly });
+    this.capabilities = defaultCapabilities({ resizable: !readOnly, fua: 'native' });
   }
 
   static async open(path: string, options: FileOpenOptions = {}): Promise<FileDevice> {
@@ -115,12 +116,7 @@ export class FileDevice implements BlockDevice {
 
   async writeZeroes(offset: number, length: number, options?: WriteOptions): Promise<void> {
     this.assertWritable();
-    const chunk = Buffer.alloc(Math.min(length, 1 << 20));
-    for (let done = 0; done < length; done += chunk.length) {
-      const n = Math.min(chunk.length, length - done);
-      await this.write(offset + done, n === chunk.length ? chunk : chunk.subarray(0, n));
-    }
-    if (options?.fua) await this.flush();
+    await writeZeroesByWriting(this, offset, length, options);
   }
 
   async resize(newSize: number): Promise<void> {

@@ -9,7 +9,7 @@ export class MemoryDevice implements BlockDevice {
 
   constructor(size: number, readonly readOnly = false, readonly description = 'memory') {
     this.data = Buffer.alloc(size);
-    this.capabilities = defaultCapabilities({ readOnly, canResize: !readOnly });
+    this.capabilities = defaultCapabilities({ resizable: !readOnly, fua: 'native' });
   }
 
   static from(contents: Buffer, readOnly = false): MemoryDevice {

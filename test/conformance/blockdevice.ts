@@ -124,7 +124,7 @@ export function describeConformance(name: string, factory: SubjectFactory, opts:
       const dev = subject.device;
       await assert.rejects(dev.read(dev.size - 10, 11), expectCode('ERANGE'));
       // Resizable devices (files, containers) grow on writes past the end; virtual disks do not.
-      if (!dev.capabilities.canResize) await assert.rejects(dev.write(dev.size, Buffer.alloc(1)), expectCode('ERANGE'));
+      if (!dev.capabilities.resizable) await assert.rejects(dev.write(dev.size, Buffer.alloc(1)), expectCode('ERANGE'));
     });
 
     it('persists across close and reopen', async function () {

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { waitForFile } from '../helpers/cli.js';
 import { join } from 'node:path';
 import {
   accelerators, bootCounter, bootGuest, fileContainsMarker, freshGuestImage, GUEST, QemuError, INTERNAL_ERROR_GUEST, markerBlock,
@@ -97,7 +98,7 @@ describe('e2e: test guest under QEMU', function () {
         const socket = join(dir, 'nbd.sock');
         const nbd = spawn('qemu-nbd', ['--persistent', '--format=raw', `--socket=${socket}`, image], { stdio: 'ignore' });
         try {
-          for (let i = 0; i < 200 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 25));
+          await waitForFile(socket, 10_000);
           const run = await start({ drive: `nbd+unix:///?socket=${socket}`, accel });
           await bootAndPowerOff(run, 1);
           report(accel, 'NBD', run);

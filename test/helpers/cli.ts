@@ -1,7 +1,7 @@
 /** Helpers for tests that drive the real `medv` command and inspect files on disk. */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, watch } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -67,4 +67,14 @@ export function run(cmd: string, args: string[]): string {
   if (r.error) throw r.error;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}${r.stdout}`);
   return r.stdout;
+}
+
+/** Resolves when `path` exists: watches its folder (an event, not a polling loop); rejects after `timeoutMs`. */
+export function waitForFile(path: string, timeoutMs: number): Promise<void> {
+  return new Promise((res, rej) => {
+    const watcher = watch(dirname(path), () => { if (existsSync(path)) done(); });
+    const timer = setTimeout(() => { watcher.close(); rej(new Error(`${path} did not appear within ${timeoutMs} ms`)); }, timeoutMs);
+    const done = () => { clearTimeout(timer); watcher.close(); res(); };
+    if (existsSync(path)) done();
+  });
 }

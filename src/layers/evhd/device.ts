@@ -22,7 +22,8 @@
 import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from '../../block/device.js';
 import type { DataKey } from '../../crypto/datakey.js';
 import { MedvError } from '../../errors.js';
-import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, EVHD_UNIT_SIZE, type EvhdHeader, serializeEvhdHeader } from '../../formats/evhd.js';
+import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, EVHD_UNIT_SIZE, type EvhdHeader, parseEvhdHeader } from '../../formats/evhd.js';
+import { sealEvhdHeader } from './keycheck.js';
 import { native } from '../../native.js';
 import { KeyedLocks, Mutex } from '../../block/lock.js';
 import { forEachChunk } from '../../block/copy.js';
@@ -50,14 +51,13 @@ export class EvhdDevice implements BlockDevice {
     this.logical = Number(hdr.logicalLength);
     this.name = options.name ?? storage.description;
     this.capabilities = defaultCapabilities({
-      readOnly: this.readOnly,
-      canFlush: true,
       // discard is accepted and does nothing (contents of a discarded range are unspecified);
       // deallocating would need holes in the ciphertext, which decrypt to garbage.
-      canDiscard: false,
-      canWriteZeroes: false,
-      canFua: true,
-      canResize: !this.readOnly,
+      trim: 'emulate',
+      // zeros are encrypted and written like any data.
+      zero: 'emulate',
+      fua: 'native',
+      resizable: !this.readOnly,
       minBlockSize: 1,
       preferredBlockSize: U,
       maxRequestSize: Math.min(storage.capabilities.maxRequestSize, 32 * 1024 * 1024),
@@ -67,7 +67,7 @@ export class EvhdDevice implements BlockDevice {
   get size(): number { return this.logical; }
   get description(): string { return `evhd ${this.name}`; }
   /** A copy of the current header. */
-  get header(): EvhdHeader { return { ...this.hdr, keyId: Buffer.from(this.hdr.keyId), keyCheck: Buffer.from(this.hdr.keyCheck), logicalLength: BigInt(this.logical) }; }
+  get header(): EvhdHeader { return { ...this.hdr, keyId: Buffer.from(this.hdr.keyId), keyCheck: Buffer.from(this.hdr.keyCheck), mac: Buffer.from(this.hdr.mac), logicalLength: BigInt(this.logical) }; }
   get keyId(): Buffer { return Buffer.from(this.hdr.keyId); }
 
   // -------------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ export class EvhdDevice implements BlockDevice {
     await this.writeHeader(newEnd);
     await this.storage.flush();
     this.logical = newEnd;
-    if (this.storage.capabilities.canResize && this.storage.resize) {
+    if (this.storage.capabilities.resizable && this.storage.resize) {
       const keep = H + Math.ceil(newEnd / U) * U;
       if (this.storage.size > keep) await this.storage.resize(keep);
     }
@@ -222,8 +222,9 @@ export class EvhdDevice implements BlockDevice {
 
   private async writeHeader(logicalLength: number): Promise<void> {
     const next: EvhdHeader = { ...this.hdr, logicalLength: BigInt(logicalLength) };
-    await this.storage.write(0, serializeEvhdHeader(next));
-    this.hdr = next;
+    const bytes = sealEvhdHeader(next, this.dataKey);
+    await this.storage.write(0, bytes);
+    this.hdr = parseEvhdHeader(bytes, this.name);
   }
 
   /**

@@ -141,7 +141,7 @@ class ProtectedParent implements BlockDevice {
 
   get size(): number { return this.next.size; }
   get readOnly(): boolean { return true; }
-  get capabilities() { return { ...this.next.capabilities, readOnly: true }; }
+  get capabilities() { return this.next.capabilities; }
   get description(): string { return this.next.description; }
 
   read(offset: number, length: number): Promise<Buffer> { return this.next.read(offset, length); }

@@ -69,7 +69,7 @@ function makeFooter(type: DiskType, size: number, geometry: Geometry, uniqueId: 
 
 /** Empty the storage first so nothing of an earlier file survives (resizable storage only). */
 async function truncateStorage(storage: BlockDevice, size: number): Promise<void> {
-  if (storage.resize && storage.capabilities.canResize) {
+  if (storage.resize && storage.capabilities.resizable) {
     await storage.resize(0);
     if (size > 0) await storage.resize(size);
   } else if (storage.size < size) {

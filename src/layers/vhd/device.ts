@@ -68,10 +68,12 @@ export class VhdDevice implements BlockDevice {
     this.footerOffset = meta.footerOffset;
     this.allocated = meta.allocatedBlocks;
     this.capabilities = defaultCapabilities({
-      readOnly,
-      canDiscard: false,
-      canResize: false,
-      canFua: true,
+      // discard keeps the data (deallocating could not be made crash-safe cheaply).
+      trim: 'emulate',
+      // unallocated blocks of a dynamic disk stay unallocated; elsewhere zeros are written.
+      zero: 'native',
+      fua: 'native',
+      resizable: false,
       minBlockSize: SECTOR,
       preferredBlockSize: 4096,
       maxRequestSize: 32 * 1024 * 1024,
@@ -346,7 +348,7 @@ export class VhdDevice implements BlockDevice {
       await this.storage.write(at, data);
     } catch (e) {
       const s = this.storage;
-      if (!isMedvError(e, 'ERANGE') || !s.resize || !s.capabilities.canResize || s.size >= at) throw e;
+      if (!isMedvError(e, 'ERANGE') || !s.resize || !s.capabilities.resizable || s.size >= at) throw e;
       await s.resize(at);
       await s.write(at, data);
     }
@@ -384,6 +386,65 @@ export class VhdDevice implements BlockDevice {
       });
     }
     if (options?.fua) await this.storage.flush();
+  }
+
+  /**
+   * Allocation of [offset, offset + length) (BlockDevice.extents): a fixed disk is all data; an
+   * unallocated block of a dynamic disk is a hole that reads as zeros; in a differencing disk the
+   * sectors this file holds are data and the others are what the parent reports (data when it
+   * cannot tell). One call walks at most 4096 blocks or stops where the parent answered only a first
+   * part; the caller asks again for the rest.
+   */
+  async extents(offset: number, length: number): Promise<Array<import('../../block/device.js').Extent>> {
+    this.assertOpen();
+    validateRequest(this, offset, length, false);
+    if (length === 0) return [];
+    if (this.meta.type === 'fixed') return [{ length, hole: false, zero: false }];
+    const out: Array<import('../../block/device.js').Extent> = [];
+    const add = (len: number, hole: boolean, zero: boolean): void => {
+      if (len <= 0) return;
+      const last = out[out.length - 1];
+      if (last && last.hole === hole && last.zero === zero) last.length += len;
+      else out.push({ length: len, hole, zero });
+    };
+    /** The parent's extents for [at, at + len); false when it covered only a first part. */
+    const fromParent = async (at: number, len: number): Promise<boolean> => {
+      if (!this.parent?.extents) { add(len, false, false); return true; }
+      let covered = 0;
+      for (const e of await this.parent.extents(at, len)) {
+        const n = Math.min(e.length, len - covered);
+        if (!(n > 0)) break;
+        add(n, e.hole, e.zero);
+        covered += n;
+      }
+      return covered >= len;
+    };
+    const bs = this.bs;
+    const end = offset + length;
+    let pos = offset;
+    for (let walked = 0; pos < end && walked < 4096; walked++) {
+      const b = Math.floor(pos / bs);
+      const base = b * bs;
+      const blockEnd = Math.min(end, base + bs);
+      if (this.bat![b] === UNALLOCATED) {
+        if (this.meta.type === 'dynamic') add(blockEnd - pos, true, true);
+        else if (!(await fromParent(pos, blockEnd - pos))) return out;
+      } else if (this.meta.type === 'dynamic') {
+        add(blockEnd - pos, false, false);
+      } else {
+        const bm = await this.bitmap(b);
+        const s0 = Math.floor((pos - base) / SECTOR);
+        const s1 = Math.ceil((blockEnd - base) / SECTOR);
+        for (const run of bitRuns(bm, s0, s1 - s0)) {
+          const a = Math.max(pos, base + run.first * SECTOR);
+          const z = Math.min(blockEnd, base + (run.first + run.count) * SECTOR);
+          if (run.set) add(z - a, false, false);
+          else if (!(await fromParent(a, z - a))) return out;
+        }
+      }
+      pos = blockEnd;
+    }
+    return out;
   }
 
   /** Byte ranges of the virtual disk stored in THIS file (allocated blocks of a dynamic disk,

@@ -151,9 +151,10 @@ describe('VhdDevice', () => {
     await createDifferencingVhd(cs, { size: pinfo.virtualSize, uniqueId: randomBytes(16) });
     await assert.rejects(openVhd(cs, { parent: await openVhd(ps) }), (e: unknown) => e instanceof MedvError && e.code === 'EPARENT');
     let asked = false;
-    const dev = await openVhd(storage, { openParent: async (info) => { asked = info.uniqueId.equals(id); return new MemoryDevice(1024 * 1024, true); } });
+    const parentData = MemoryDevice.from(Buffer.alloc(1024 * 1024, 0x5a), true);
+    const dev = await openVhd(storage, { openParent: async (info) => { asked = info.uniqueId.equals(id); return parentData; } });
     assert.ok(asked);
-    assert.ok(dev instanceof VhdDevice);
+    assert.ok((await dev.read(4096, 512)).equals(Buffer.alloc(512, 0x5a)), 'an empty differencing disk reads its parent');
     await dev.close();
   });
 

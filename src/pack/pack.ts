@@ -27,7 +27,7 @@ import { availableParallelism } from 'node:os';
 import { MedvError, fromSystemError } from '../errors.js';
 import { fsyncDir } from '../crypto/keyfile.js';
 import {
-  type BlockKind, type BlockPlace, CKM_BLOCK_SIZE, CKM_ID_BYTES, KIND_BY_CODE, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BYTES, type IndexHeader, PACK_SALT_BYTES,
+  type BlockKind, type BlockPlace, CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_RUN_BLOCKS, KIND_BY_CODE, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BYTES, type IndexHeader, PACK_SALT_BYTES,
   type PackRef, type RunEntry, ZSTD_LEVEL, checkImageName, checkImageVersion, encodeRunRecord, indexFileName, packFileName,
   rootHashOf, runCountFor, runSlots, serializeIndexHeader, serializeIndexHeaderSigned, serializePackHeader, serializeRunDirectory, DIR_ENTRY_BYTES,
 } from '../formats/ckm/index.js';
@@ -124,6 +124,30 @@ class Appender {
     try { await this.write(this.buf.subarray(0, this.used)); } catch (e) { throw fromSystemError(e, this.file); }
     this.used = 0;
   }
+}
+
+/** What prepareRun gives for a run of zeros (every length 0). */
+const ZERO_PREPARED: PreparedRun = { ids: new Uint8Array(0), lengths: new Uint32Array(CKM_RUN_BLOCKS), kinds: new Uint8Array(CKM_RUN_BLOCKS), payloads: new Uint8Array(0) };
+
+/**
+ * True when the device's allocation map says [offset, offset + length) reads as zeros (an
+ * unallocated region of a dynamic VHD, say): the run is then skipped without reading it. A device
+ * without extents() is all data.
+ */
+async function allZero(device: BlockDevice, offset: number, length: number): Promise<boolean> {
+  if (!device.extents) return false;
+  let at = offset;
+  const end = offset + length;
+  while (at < end) {
+    const list = await device.extents(at, end - at);
+    if (list.length === 0) return false;
+    for (const e of list) {
+      if (!e.zero || !(e.length > 0)) return false;
+      at += e.length;
+      if (at >= end) return true;
+    }
+  }
+  return true;
 }
 
 function defaultWorkers(size: number): number {
@@ -227,7 +251,12 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
     for (let run = 0; run < runCount; run++) {
       while (nextRun < runCount && inflight.length < ahead) {
         const off = nextRun * CKM_RUN_BYTES;
-        const p = device.read(off, Math.min(CKM_RUN_BYTES, size - off)).then(async (data) => ({ data, prepared: await prepare(data) }));
+        const len = Math.min(CKM_RUN_BYTES, size - off);
+        const p = allZero(device, off, len).then(async (zero) => {
+          if (zero) return { data: Buffer.alloc(0), prepared: ZERO_PREPARED };
+          const data = await device.read(off, len);
+          return { data, prepared: await prepare(data) };
+        });
         p.catch(() => undefined); // awaited in order below; a failure is handled there
         inflight.push(p);
         nextRun++;

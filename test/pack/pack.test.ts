@@ -12,7 +12,8 @@ import { FileDevice } from '../../src/block/file.js';
 import { MedvError } from '../../src/errors.js';
 import { CKM_MAX_STORED, PACK_HEADER_SIZE } from '../../src/formats/ckm/index.js';
 import { IndexFile, type PackResult, packImage, verifyPack } from '../../src/pack/index.js';
-import { containsPattern, sha256File, tempDir } from '../helpers/cli.js';
+import { containsPattern, run, sha256File, tempDir } from '../helpers/cli.js';
+import { openDisk } from '../../src/layers/open.js';
 import { forgeIndex, kek, testKeys, unpackToRaw } from './helpers.js';
 import { makeUsrDisk, mutateDisk } from './images.js';
 
@@ -118,6 +119,29 @@ describe('pack: packImage and verifyPack', function () {
       keys.dispose();
     }
     assert.deepEqual(readdirSync(dir), []);
+  });
+
+  it('skips the unallocated regions of a dynamic VHD without reading them (qemu-img made, qemu-io written)', async () => {
+    const vhd = join(t.path, 'sparse.vhd');
+    run('qemu-img', ['create', '-q', '-f', 'vpc', '-o', 'subformat=dynamic', vhd, '1G']);
+    run('qemu-io', ['-f', 'vpc', '-c', 'write -P 0x55 0 1M', '-c', 'write -P 0xaa 300M 64k', '-c', 'write -P 0x0f 1000M 4k', vhd]);
+    const opened = await openDisk(vhd, { readOnly: true });
+    let readBytes = 0;
+    const counting = Object.create(opened.device, {
+      read: { value: (off: number, len: number) => { readBytes += len; return opened.device.read(off, len); } },
+    });
+    const keys = await testKeys(keyDir, 'sparse');
+    let r: PackResult;
+    try {
+      r = await packImage(counting, { name: 'sparse', version: 1, outDir: join(t.path, 'sparse'), keys });
+    } finally {
+      await opened.device.close();
+      keys.dispose();
+    }
+    assert.ok(readBytes <= 8 * MiB, `read ${readBytes} bytes of a 1 GiB disk holding 1.07 MiB`);
+    const back = join(t.path, 'sparse.back.raw');
+    await unpackToRaw(r.indexPath, keyDir, back);
+    run('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'vpc', back, vhd]);
   });
 
   it('stores identical blocks once and zero blocks never', async () => {

@@ -34,7 +34,10 @@ export type ErrorCode =
   | 'ETIMEOUT'            // a wait for the guest or QEMU ran out of time
   | 'EINTERNAL'
   | 'EAUTH'               // an authenticated structure (EVHD header MAC) does not verify under the key
-  | 'EINSECURE';          // key material readable or writable by group/other (host key file)
+  | 'EINSECURE'           // key material readable or writable by group/other (host key file)
+  // packed images
+  | 'ESIGNATURE'          // an image index whose signature does not verify, or whose signer is not trusted
+  | 'EBADBLOCK';          // a packed block that does not authenticate, decompress, or match its id
 
 export interface MedvErrorData {
   file?: string;

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { diskCommand } from './disk.js';
 import { demoCommand } from './demo.js';
+import { imageCommand } from './image.js';
 import { exitStatusFor, reportError } from './common.js';
 
 function version(): string {
@@ -21,9 +22,11 @@ export function buildProgram(): Command {
     .description('medv: managed, encrypted desktop VMs on Linux (QEMU/KVM)')
     .version(version())
     .showHelpAfterError('(run with --help for usage)')
+    .enablePositionalOptions() // `medv image pack … --version N` is the image's version, not medv's
     .exitOverride();
   program.addCommand(diskCommand());
   program.addCommand(demoCommand());
+  program.addCommand(imageCommand());
   return program;
 }
 

@@ -1,8 +1,8 @@
 // medv native addon: only what Node cannot do, or cannot do fast (DESIGN.md, "native/").
 //
 //   xtsCrypt(key, input, output, firstUnit, unitSize, encrypt)  batch AES-256-XTS, one EVP context
-//   pread(fd, buf, offset, position) / pwrite(...) / fdatasync(fd)  synchronous, no thread-pool hop
-//   preadAsync / pwriteAsync / fdatasyncAsync                    the same on the libuv pool (AsyncWorker)
+//   preadNoWait(fd, buf, offset, position)                       page-cache hits only (preadv2 RWF_NOWAIT), no thread-pool hop
+//   fallocate(fd, mode, offset, length)                          punch a hole (0) or zero a range (1), on the libuv pool
 //   kvmProbe()                                                   open /dev/kvm, KVM_GET_API_VERSION == 12
 //   flock(fd, exclusive)                                         flock(2) LOCK_EX|LOCK_SH with LOCK_NB: true, or false when held
 //
@@ -148,37 +148,7 @@ Napi::Value XtsCrypt(const Napi::CallbackInfo& info) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Positional I/O. Each loops over short transfers and EINTR; pread stops at end of file and
-// returns the byte count (less than requested only at EOF); pwrite writes everything.
-
-ssize_t FullPread(int fd, uint8_t* p, size_t len, uint64_t pos, int* err) {
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = ::pread(fd, p + done, len - done, static_cast<off_t>(pos + done));
-    if (n < 0) { if (errno == EINTR) continue; *err = errno; return -1; }
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  return static_cast<ssize_t>(done);
-}
-
-ssize_t FullPwrite(int fd, const uint8_t* p, size_t len, uint64_t pos, int* err) {
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = ::pwrite(fd, p + done, len - done, static_cast<off_t>(pos + done));
-    if (n < 0) { if (errno == EINTR) continue; *err = errno; return -1; }
-    if (n == 0) { *err = EIO; return -1; }
-    done += static_cast<size_t>(n);
-  }
-  return static_cast<ssize_t>(done);
-}
-
-int FullFdatasync(int fd) {
-  for (;;) {
-    if (::fdatasync(fd) == 0) return 0;
-    if (errno != EINTR) return errno;
-  }
-}
+// Page-cache reads without a thread-pool hop.
 
 struct IoArgs {
   int fd = -1;
@@ -199,15 +169,6 @@ bool GetIoArgs(const Napi::CallbackInfo& info, IoArgs* a) {
   a->data += offset;
   a->len = bufLen - offset;
   return true;
-}
-
-Napi::Value Pread(const Napi::CallbackInfo& info) {
-  IoArgs a;
-  if (!GetIoArgs(info, &a)) return info.Env().Undefined();
-  int err = 0;
-  ssize_t n = FullPread(a.fd, a.data, a.len, a.position, &err);
-  if (n < 0) { SysError(info.Env(), "pread", err).ThrowAsJavaScriptException(); return info.Env().Undefined(); }
-  return Napi::Number::New(info.Env(), static_cast<double>(n));
 }
 
 // Read from the page cache only (preadv2 RWF_NOWAIT): returns the bytes that were cached (possibly
@@ -233,80 +194,58 @@ Napi::Value PreadNoWait(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(done));
 }
 
-Napi::Value Pwrite(const Napi::CallbackInfo& info) {
-  IoArgs a;
-  if (!GetIoArgs(info, &a)) return info.Env().Undefined();
-  int err = 0;
-  ssize_t n = FullPwrite(a.fd, a.data, a.len, a.position, &err);
-  if (n < 0) { SysError(info.Env(), "pwrite", err).ThrowAsJavaScriptException(); return info.Env().Undefined(); }
-  return Napi::Number::New(info.Env(), static_cast<double>(n));
-}
+// ---------------------------------------------------------------------------------------------
+// fallocate(2) on the libuv thread pool (it can take milliseconds on a large range):
+//   mode 0: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE  (deallocate; reads as zeros)
+//   mode 1: FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE  (reads as zeros, stays allocated)
+// Resolves true when done, false when the file system does not support the mode (EOPNOTSUPP):
+// the caller then writes zeros itself.
 
-Napi::Value Fdatasync(const Napi::CallbackInfo& info) {
-  int fd;
-  if (!GetFd(info, 0, &fd)) return info.Env().Undefined();
-  int err = FullFdatasync(fd);
-  if (err != 0) SysError(info.Env(), "fdatasync", err).ThrowAsJavaScriptException();
-  return info.Env().Undefined();
-}
-
-// The same on the libuv thread pool. The buffer is held by a reference until completion.
-class IoWorker : public Napi::AsyncWorker {
+class FallocateWorker : public Napi::AsyncWorker {
  public:
-  enum Op { kRead, kWrite, kSync };
-  IoWorker(Napi::Env env, Op op, const IoArgs& a, Napi::Value buffer)
-      : Napi::AsyncWorker(env), op_(op), args_(a), deferred_(Napi::Promise::Deferred::New(env)) {
-    if (!buffer.IsUndefined()) keep_ = Napi::Persistent(buffer.As<Napi::Object>());
-  }
+  FallocateWorker(Napi::Env env, int fd, int mode, uint64_t offset, uint64_t length)
+      : Napi::AsyncWorker(env), fd_(fd), mode_(mode), offset_(offset), length_(length),
+        deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
 
  protected:
   void Execute() override {
-    switch (op_) {
-      case kRead: result_ = FullPread(args_.fd, args_.data, args_.len, args_.position, &err_); break;
-      case kWrite: result_ = FullPwrite(args_.fd, args_.data, args_.len, args_.position, &err_); break;
-      case kSync: err_ = FullFdatasync(args_.fd); result_ = err_ ? -1 : 0; break;
+    int flags = (mode_ == 0 ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE;
+    for (;;) {
+      if (::fallocate(fd_, flags, static_cast<off_t>(offset_), static_cast<off_t>(length_)) == 0) { err_ = 0; return; }
+      if (errno != EINTR) { err_ = errno; return; }
     }
   }
   void OnOK() override {
     Napi::Env env = Env();
-    if (result_ < 0) {
-      const char* name = op_ == kRead ? "pread" : op_ == kWrite ? "pwrite" : "fdatasync";
-      deferred_.Reject(SysError(env, name, err_).Value());
-    } else if (op_ == kSync) {
-      deferred_.Resolve(env.Undefined());
-    } else {
-      deferred_.Resolve(Napi::Number::New(env, static_cast<double>(result_)));
-    }
-    if (!keep_.IsEmpty()) keep_.Reset();
+    if (err_ == 0) deferred_.Resolve(Napi::Boolean::New(env, true));
+    else if (err_ == EOPNOTSUPP || err_ == ENOSYS) deferred_.Resolve(Napi::Boolean::New(env, false));
+    else deferred_.Reject(SysError(env, "fallocate", err_).Value());
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
-  Op op_;
-  IoArgs args_;
-  Napi::Promise::Deferred deferred_;
-  Napi::ObjectReference keep_;
-  ssize_t result_ = 0;
+  int fd_;
+  int mode_;
+  uint64_t offset_;
+  uint64_t length_;
   int err_ = 0;
+  Napi::Promise::Deferred deferred_;
 };
 
-Napi::Value StartIo(const Napi::CallbackInfo& info, IoWorker::Op op) {
-  IoArgs a;
-  if (op == IoWorker::kSync) {
-    if (!GetFd(info, 0, &a.fd)) return info.Env().Undefined();
-  } else if (!GetIoArgs(info, &a)) {
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  int fd;
+  uint64_t mode, offset, length;
+  if (!GetFd(info, 0, &fd) || !GetIndex(info, 1, 1, &mode) || !GetIndex(info, 2, kMaxSafeInteger, &offset) ||
+      !GetIndex(info, 3, kMaxSafeInteger, &length)) {
     return info.Env().Undefined();
   }
-  auto* w = new IoWorker(info.Env(), op, a, op == IoWorker::kSync ? info.Env().Undefined() : info[1]);
+  if (length == 0 || offset + length > kMaxSafeInteger) return ThrowRange(info.Env(), "fallocate range is empty or too large"), info.Env().Undefined();
+  auto* w = new FallocateWorker(info.Env(), fd, static_cast<int>(mode), offset, length);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
 }
-
-Napi::Value PreadAsync(const Napi::CallbackInfo& info) { return StartIo(info, IoWorker::kRead); }
-Napi::Value PwriteAsync(const Napi::CallbackInfo& info) { return StartIo(info, IoWorker::kWrite); }
-Napi::Value FdatasyncAsync(const Napi::CallbackInfo& info) { return StartIo(info, IoWorker::kSync); }
 
 // ---------------------------------------------------------------------------------------------
 Napi::Value KvmProbe(const Napi::CallbackInfo& info) {
@@ -352,13 +291,8 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("xtsCrypt", Napi::Function::New(env, XtsCrypt, "xtsCrypt"));
-  exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
-  exports.Set("pwrite", Napi::Function::New(env, Pwrite, "pwrite"));
   exports.Set("preadNoWait", Napi::Function::New(env, PreadNoWait, "preadNoWait"));
-  exports.Set("fdatasync", Napi::Function::New(env, Fdatasync, "fdatasync"));
-  exports.Set("preadAsync", Napi::Function::New(env, PreadAsync, "preadAsync"));
-  exports.Set("pwriteAsync", Napi::Function::New(env, PwriteAsync, "pwriteAsync"));
-  exports.Set("fdatasyncAsync", Napi::Function::New(env, FdatasyncAsync, "fdatasyncAsync"));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("kvmProbe", Napi::Function::New(env, KvmProbe, "kvmProbe"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   return exports;

@@ -32,11 +32,6 @@ export interface NativeApi {
    * key: 64 bytes (two different 256-bit halves). unitSize: multiple of 16, 16 .. 16 MiB.
    */
   xtsCrypt(key: Buffer, input: Buffer, output: Buffer, firstUnit: number, unitSize: number, encrypt: boolean): void;
-  /** Read into buf[offset..] at file `position`; returns the bytes read (short only at EOF). */
-  pread(fd: number, buf: Buffer, offset: number, position: number): number;
-  /** Write buf[offset..] at file `position`; returns the bytes written (all of them). */
-  pwrite(fd: number, buf: Buffer, offset: number, position: number): number;
-  fdatasync(fd: number): void;
   /**
    * Read only what is already in the page cache, without blocking: returns the bytes read into
    * buf[offset..] (possibly short, e.g. at EOF), or -1 when nothing could be read without disk I/O
@@ -44,9 +39,12 @@ export interface NativeApi {
    * The fallback always returns -1 (callers then read on the thread pool).
    */
   preadNoWait(fd: number, buf: Buffer, offset: number, position: number): number;
-  preadAsync(fd: number, buf: Buffer, offset: number, position: number): Promise<number>;
-  pwriteAsync(fd: number, buf: Buffer, offset: number, position: number): Promise<number>;
-  fdatasyncAsync(fd: number): Promise<void>;
+  /**
+   * fallocate(2) on the thread pool, keeping the file size: `mode` 'punch' deallocates the range
+   * (PUNCH_HOLE), 'zero' zeroes it (ZERO_RANGE). Both read back as zeros. Resolves false when the file
+   * system cannot do it (the caller writes zeros); the fallback always resolves false.
+   */
+  fallocate(fd: number, mode: 'punch' | 'zero', offset: number, length: number): Promise<boolean>;
   /** Is KVM usable: /dev/kvm opens read-write and KVM_GET_API_VERSION == 12 (the fallback cannot ioctl). */
   kvmProbe(): KvmProbeResult;
   /**
@@ -61,7 +59,7 @@ export interface NativeApi {
 }
 
 /** The raw addon as exported by native/medv.cc (no argument typing beyond its own checks). */
-type RawAddon = Omit<NativeApi, 'available' | 'reason'>;
+type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate'> & { fallocate(fd: number, mode: number, offset: number, length: number): Promise<boolean> };
 
 const MAX_UNIT = 16 * 1024 * 1024;
 
@@ -96,6 +94,14 @@ function checkIoArgs(fd: number, buf: Buffer, offset: number, position: number):
   if (!Number.isSafeInteger(position) || position < 0) throw badArg(`file position ${position} out of range`);
 }
 
+function checkFallocateArgs(fd: number, mode: string, offset: number, length: number): void {
+  checkFd(fd);
+  if (mode !== 'punch' && mode !== 'zero') throw badArg(`fallocate mode must be 'punch' or 'zero', not ${JSON.stringify(mode)}`);
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length <= 0 || offset + length > Number.MAX_SAFE_INTEGER) {
+    throw badArg(`fallocate range offset=${offset} length=${length} is invalid`);
+  }
+}
+
 function checkFd(fd: number): void {
   if (!Number.isSafeInteger(fd) || fd < 0 || fd > 0x7fffffff) throw badArg(`invalid file descriptor ${fd}`);
 }
@@ -122,9 +128,6 @@ const tweakFor = (unit: number): Buffer => {
   return iv;
 };
 
-const fsReadP = promisify(fs.read);
-const fsWriteP = promisify(fs.write);
-const fsFdatasyncP = promisify(fs.fdatasync);
 
 
 export const fallback: NativeApi = {
@@ -146,57 +149,14 @@ export const fallback: NativeApi = {
     }
   },
 
-  pread(fd, buf, offset, position) {
-    checkIoArgs(fd, buf, offset, position);
-    let done = 0;
-    while (offset + done < buf.length) {
-      const n = fs.readSync(fd, buf, offset + done, buf.length - offset - done, position + done);
-      if (n === 0) break;
-      done += n;
-    }
-    return done;
-  },
-
-  pwrite(fd, buf, offset, position) {
-    checkIoArgs(fd, buf, offset, position);
-    let done = 0;
-    while (offset + done < buf.length) done += fs.writeSync(fd, buf, offset + done, buf.length - offset - done, position + done);
-    return done;
-  },
-
-  fdatasync(fd) {
-    checkFd(fd);
-    fs.fdatasyncSync(fd);
-  },
-
   preadNoWait(fd, buf, offset, position) {
     checkIoArgs(fd, buf, offset, position);
     return -1;
   },
 
-  async preadAsync(fd, buf, offset, position) {
-    checkIoArgs(fd, buf, offset, position);
-    let done = 0;
-    while (offset + done < buf.length) {
-      const { bytesRead } = await fsReadP(fd, buf, offset + done, buf.length - offset - done, position + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
-    return done;
-  },
-
-  async pwriteAsync(fd, buf, offset, position) {
-    checkIoArgs(fd, buf, offset, position);
-    let done = 0;
-    while (offset + done < buf.length) {
-      done += (await fsWriteP(fd, buf, offset + done, buf.length - offset - done, position + done)).bytesWritten;
-    }
-    return done;
-  },
-
-  async fdatasyncAsync(fd) {
-    checkFd(fd);
-    await fsFdatasyncP(fd);
+  async fallocate(fd, mode, offset, length) {
+    checkFallocateArgs(fd, mode, offset, length);
+    return false;
   },
 
   kvmProbe() {
@@ -238,13 +198,8 @@ function wrap(raw: RawAddon): NativeApi {
         throw xtsFailure(e);
       }
     },
-    pread(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pread(fd, buf, offset, position); },
-    pwrite(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pwrite(fd, buf, offset, position); },
-    fdatasync(fd) { checkFd(fd); raw.fdatasync(fd); },
     preadNoWait(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.preadNoWait(fd, buf, offset, position); },
-    async preadAsync(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.preadAsync(fd, buf, offset, position); },
-    async pwriteAsync(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pwriteAsync(fd, buf, offset, position); },
-    async fdatasyncAsync(fd) { checkFd(fd); await raw.fdatasyncAsync(fd); },
+    async fallocate(fd, mode, offset, length) { checkFallocateArgs(fd, mode, offset, length); return raw.fallocate(fd, mode === 'punch' ? 0 : 1, offset, length); },
     kvmProbe() { return raw.kvmProbe(); },
     flock(fd, exclusive) { checkFlockArgs(fd, exclusive); return raw.flock(fd, exclusive); },
   };
@@ -263,7 +218,7 @@ export function loadAddon(): { addon?: RawAddon; reason?: string } {
     if (!fs.existsSync(file)) continue;
     try {
       const mod = createRequire(import.meta.url)(file) as Partial<RawAddon>;
-      const names: Array<keyof RawAddon> = ['xtsCrypt', 'pread', 'pwrite', 'fdatasync', 'preadNoWait', 'preadAsync', 'pwriteAsync', 'fdatasyncAsync', 'kvmProbe', 'flock'];
+      const names: Array<keyof RawAddon> = ['xtsCrypt', 'preadNoWait', 'fallocate', 'kvmProbe', 'flock'];
       const missing = names.filter((n) => typeof mod[n] !== 'function');
       if (missing.length) { reason = `${file} lacks ${missing.join(', ')} (stale build?)`; continue; }
       return { addon: mod as RawAddon };

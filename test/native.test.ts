@@ -97,39 +97,38 @@ describe('native', () => {
         assert.throws(() => api.xtsCrypt(Buffer.alloc(64, 7), b, b, 0, 4096, true), (e: unknown) => e instanceof MedvError && e.code === 'ECRYPTO');
       });
 
-      it('pread/pwrite/fdatasync, sync and async, round-trip through a file', async () => {
+      it('fallocate punches holes and zeroes ranges (addon); the fallback declines so callers write zeros', async () => {
         const api = impl!;
         const dir = fs.mkdtempSync(join(tmpdir(), 'medv-native-'));
         try {
           const p = join(dir, 'f');
-          const fd = fs.openSync(p, 'w+');
+          const data = randomBytes(1 << 20);
+          fs.writeFileSync(p, data);
+          const fd = fs.openSync(p, 'r+');
           try {
-            const data = randomBytes(70000);
-            assert.equal(api.pwrite(fd, data, 0, 100), 70000);
-            assert.equal(await api.pwriteAsync(fd, data, 1000, 200000), 69000);
-            api.fdatasync(fd);
-            await api.fdatasyncAsync(fd);
-            const got = Buffer.alloc(70000);
-            assert.equal(api.pread(fd, got, 0, 100), 70000);
-            assert.ok(got.equals(data));
-            const got2 = Buffer.alloc(69000 + 5);
-            assert.equal(await api.preadAsync(fd, got2, 5, 200000), 69000);
-            assert.ok(got2.subarray(5).equals(data.subarray(1000)));
-            // Short read at EOF; offset == length reads nothing.
-            const tail = Buffer.alloc(100);
-            assert.equal(api.pread(fd, tail, 0, 269000 - 10), 10);
-            assert.equal(api.pread(fd, tail, 100, 0), 0);
-            assert.equal(await api.preadAsync(fd, tail, 0, 10 ** 9), 0);
+            fs.fsyncSync(fd);
+            const blocksBefore = fs.fstatSync(fd).blocks;
+            const punched = await api.fallocate(fd, 'punch', 256 * 1024, 512 * 1024);
+            const zeroed = await api.fallocate(fd, 'zero', 4096, 8192);
+            assert.equal(punched, api.available, 'the addon punches; the fallback declines');
+            assert.equal(zeroed, api.available);
+            const now = fs.readFileSync(p);
+            assert.equal(now.length, data.length, 'the file keeps its size');
+            if (api.available) {
+              assert.ok(now.subarray(256 * 1024, 768 * 1024).equals(Buffer.alloc(512 * 1024)), 'a punched range reads zeros');
+              assert.ok(now.subarray(4096, 12288).equals(Buffer.alloc(8192)), 'a zeroed range reads zeros');
+              assert.ok(now.subarray(0, 4096).equals(data.subarray(0, 4096)) && now.subarray(768 * 1024).equals(data.subarray(768 * 1024)), 'nothing else changed');
+              assert.ok(fs.fstatSync(fd).blocks <= blocksBefore - (512 * 1024) / 512, `the hole is deallocated (${blocksBefore} -> ${fs.fstatSync(fd).blocks} blocks)`);
+            } else {
+              assert.ok(now.equals(data), 'the fallback changes nothing');
+            }
           } finally {
             fs.closeSync(fd);
           }
-          // Errors keep Node's shape (code) so fromSystemError maps them.
-          assert.throws(() => api.pread(fd, Buffer.alloc(1), 0, 0), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
-          await assert.rejects(api.preadAsync(fd, Buffer.alloc(1), 0, 0), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
-          await assert.rejects(api.fdatasyncAsync(fd), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
-          assert.throws(() => api.pread(-1, Buffer.alloc(1), 0, 0), isArgError);
-          assert.throws(() => api.pread(0, Buffer.alloc(1), 2, 0), isArgError);
-          assert.throws(() => api.pwrite(0, Buffer.alloc(1), 0, -5), isArgError);
+          if (api.available) await assert.rejects(api.fallocate(fd, 'punch', 0, 4096), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+          await assert.rejects(async () => api.fallocate(-1, 'punch', 0, 1), isArgError);
+          await assert.rejects(async () => api.fallocate(0, 'shred' as 'punch', 0, 1), isArgError);
+          await assert.rejects(async () => api.fallocate(0, 'zero', 0, 0), isArgError);
         } finally {
           fs.rmSync(dir, { recursive: true, force: true });
         }

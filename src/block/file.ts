@@ -38,7 +38,13 @@ export class FileDevice implements BlockDevice {
   private closed = false;
 
   private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean) {
-    this.capabilities = defaultCapabilities({ resizable: !readOnly, fua: 'native' });
+    // With the addon, discard punches holes and write-zeroes zeroes ranges with fallocate(2);
+    // without it (or on a file system that refuses), zeros are written and discard changes nothing.
+    this.capabilities = defaultCapabilities({
+      resizable: !readOnly, fua: 'native',
+      zero: native.available ? 'native' : 'emulate',
+      trim: native.available ? 'native' : 'emulate',
+    });
   }
 
   static async open(path: string, options: FileOpenOptions = {}): Promise<FileDevice> {
@@ -121,13 +127,28 @@ export class FileDevice implements BlockDevice {
     try { await fsFdatasync(this.fd); } catch (e) { throw fromSystemError(e, this.path); }
   }
 
+  /** Deallocates whole file system blocks of the range (PUNCH_HOLE): they read as zeros afterwards.
+   *  Without the addon, or where the file system cannot, the range is left as it is (NBD TRIM allows it). */
   async discard(offset: number, length: number): Promise<void> {
-    await this.writeZeroes(offset, length);
+    this.assertWritable();
+    const end = Math.min(offset + length, this.currentSize);
+    if (end <= offset) return;
+    try { await native.fallocate(this.fd, 'punch', offset, end - offset); } catch (e) { throw fromSystemError(e, this.path); }
   }
 
+  /** The range reads zeros afterwards: ZERO_RANGE inside the file, a sparse extension past its end;
+   *  zero buffers are written where fallocate is unavailable. */
   async writeZeroes(offset: number, length: number, options?: WriteOptions): Promise<void> {
     this.assertWritable();
-    await writeZeroesByWriting(this, offset, length, options);
+    if (length === 0) return;
+    const inside = Math.max(0, Math.min(offset + length, this.currentSize) - offset);
+    let done = false;
+    if (inside > 0) {
+      try { done = await native.fallocate(this.fd, 'zero', offset, inside); } catch (e) { throw fromSystemError(e, this.path); }
+    }
+    if (!done && inside > 0) return writeZeroesByWriting(this, offset, length, options);
+    if (offset + length > this.currentSize) await this.resize(offset + length);
+    if (options?.fua) await this.flush();
   }
 
   async resize(newSize: number): Promise<void> {

@@ -1,4 +1,7 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { native } from '../../src/native.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
@@ -13,3 +16,35 @@ describeConformance('file', async (size) => {
 });
 
 describeConformance('memory', async (size) => ({ device: new MemoryDevice(size) }));
+
+describe('block: FileDevice discard and write-zeroes (fallocate in the addon)', () => {
+  it('discard punches a hole (fewer blocks, zeros) and write-zeroes zeroes in place and extends sparsely', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'medv-file-'));
+    try {
+      const path = join(dir, 'f.img');
+      const data = randomBytes(4 << 20);
+      writeFileSync(path, data);
+      const dev = await FileDevice.open(path);
+      await dev.flush();
+      const before = statSync(path).blocks;
+      await dev.discard(1 << 20, 2 << 20);
+      await dev.writeZeroes(4096, 4096);
+      await dev.writeZeroes((4 << 20) - 4096, 12288);
+      await dev.flush();
+      await dev.close();
+      const now = readFileSync(path);
+      assert.equal(now.length, (4 << 20) + 8192, 'write-zeroes past the end grows the file');
+      assert.ok(now.subarray(4096, 8192).equals(Buffer.alloc(4096)));
+      assert.ok(now.subarray((4 << 20) - 4096).equals(Buffer.alloc(12288)));
+      assert.ok(now.subarray(0, 4096).equals(data.subarray(0, 4096)) && now.subarray(8192, 1 << 20).equals(data.subarray(8192, 1 << 20)));
+      if (native.available) {
+        assert.ok(now.subarray(1 << 20, 3 << 20).equals(Buffer.alloc(2 << 20)), 'a discarded range reads zeros');
+        assert.ok(before - statSync(path).blocks >= 0.9 * ((2 << 20) / 512), `the discarded range is deallocated (${before} -> ${statSync(path).blocks} blocks)`);
+      } else {
+        assert.ok(now.subarray(1 << 20, 3 << 20).equals(data.subarray(1 << 20, 3 << 20)), 'the fallback leaves a discarded range as it was');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

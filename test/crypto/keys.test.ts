@@ -62,7 +62,7 @@ describe('crypto: keys', () => {
 
     it('prefers --passphrase-file, then MEDV_PASSPHRASE, then the host key, else ENOKEY', () => {
       const pf = join(dir, 'pass');
-      fs.writeFileSync(pf, 'from file\n');
+      fs.writeFileSync(pf, 'from file\n', { mode: 0o600 });
       process.env.MEDV_PASSPHRASE = 'from env';
       assert.deepEqual(kekFromEnvironment({ passphraseFile: pf, hostKeyFile: '/x' }), { kind: 'passphrase', passphrase: 'from file' });
       assert.deepEqual(kekFromEnvironment({ hostKeyFile: '/x' }), { kind: 'passphrase', passphrase: 'from env' });
@@ -75,7 +75,7 @@ describe('crypto: keys', () => {
 
     it('strips one trailing newline (LF or CRLF); refuses empty or missing files', () => {
       const pf = join(dir, 'pass');
-      fs.writeFileSync(pf, 'a b\r\n');
+      fs.writeFileSync(pf, 'a b\r\n', { mode: 0o600 });
       assert.deepEqual(kekFromEnvironment({ passphraseFile: pf }), { kind: 'passphrase', passphrase: 'a b' });
       fs.writeFileSync(pf, 'x\n\n');
       assert.deepEqual(kekFromEnvironment({ passphraseFile: pf }), { kind: 'passphrase', passphrase: 'x\n' });

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { diskCommand } from './disk.js';
 import { demoCommand } from './demo.js';
+import { vmCommand } from './vm.js';
 import { exitStatusFor, reportError } from './common.js';
 
 function version(): string {
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   program.addCommand(diskCommand());
+  program.addCommand(vmCommand());
   program.addCommand(demoCommand());
   return program;
 }

@@ -14,7 +14,7 @@
  *   } finally { await vm.kill(); }
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -45,6 +45,8 @@ export interface LaunchSpec {
   drives: DriveSpec[];
   /** Path of the QMP unix socket QEMU listens on. */
   qmpSocket: string;
+  /** Network: none (default), or NAT through QEMU's user-mode stack on an e1000 NIC. */
+  network?: { kind: 'none' } | { kind: 'nat'; mac?: string };
   /** Appended to the command line. */
   extraArgs?: string[];
   binary?: string;
@@ -124,6 +126,13 @@ export function qemuArgv(spec: LaunchSpec): string[] {
       throw new MedvError('EINVAL_ARG', `drive ${i}: interface must be ide or virtio, not ${JSON.stringify(iface)}`);
     }
   });
+  const net = spec.network ?? { kind: 'none' };
+  if (net.kind === 'nat') {
+    if (net.mac !== undefined && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(net.mac)) throw new MedvError('EINVAL_ARG', `invalid MAC address ${JSON.stringify(net.mac)}`);
+    argv.push('-netdev', 'user,id=net0', '-device', `e1000,netdev=net0${net.mac ? `,mac=${net.mac}` : ''}`);
+  } else if (net.kind !== 'none') {
+    throw new MedvError('EINVAL_ARG', `network must be none or nat, not ${JSON.stringify((net as { kind: unknown }).kind)}`);
+  }
   argv.push(...(spec.extraArgs ?? []));
   return argv;
 }
@@ -161,6 +170,10 @@ export async function withTcgFallback<T>(accel: Accelerator, attempt: (accel: Ac
 export interface LaunchOptions {
   /** Milliseconds to wait for QMP (default 15000). */
   startTimeoutMs?: number;
+  /** Append everything the guest writes to COM1 to this file as well (created 0600). */
+  serialLog?: string;
+  /** Keep at most this many characters of serial output in memory (the newest); default unbounded. */
+  serialMemoryLimit?: number;
 }
 
 /** Children still running; killed if this process exits without cleaning up (PDEATHSIG covers crashes). */
@@ -184,6 +197,8 @@ export class QemuProcess {
   private readonly waiters = new Set<Waiter>();
   private readonly exited: Promise<void>;
   private killed = false;
+  private serialLogFd: number | undefined;
+  private serialLimit = Infinity;
 
   private constructor(readonly spec: LaunchSpec, readonly argv: readonly string[], private readonly child: ChildProcess,
     private readonly ownRunDir: string | undefined) {
@@ -226,6 +241,8 @@ export class QemuProcess {
       process.on('exit', () => { for (const c of live) c.kill('SIGKILL'); });
     }
     const vm = new QemuProcess(full, argv, spawn(spawned[0], spawned.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }), ownRunDir);
+    if (options.serialLog) vm.serialLogFd = openSync(options.serialLog, 'a', 0o600);
+    if (options.serialMemoryLimit) vm.serialLimit = options.serialMemoryLimit;
     try {
       vm.qmp = await QmpClient.connect(full.qmpSocket, options.startTimeoutMs ?? 15_000, () => vm.exit === undefined);
     } catch (e) {
@@ -334,12 +351,17 @@ export class QemuProcess {
   }
 
   private onSerial(chunk: string): void {
+    if (this.serialLogFd !== undefined) {
+      try { writeSync(this.serialLogFd, chunk, null, 'latin1'); } catch { /* a full disk must not stop the VM */ }
+    }
     this.serialText += chunk;
+    if (this.serialText.length > this.serialLimit) this.serialText = this.serialText.slice(-this.serialLimit);
     const ms = performance.now() - this.t0;
     this.partialLine += chunk;
     let nl: number;
     while ((nl = this.partialLine.indexOf('\n')) >= 0) {
       this.lines.push({ ms, text: this.partialLine.slice(0, nl).replace(/\r$/, '') });
+      if (this.serialLimit !== Infinity && this.lines.length > 4096) this.lines.splice(0, this.lines.length - 4096);
       this.partialLine = this.partialLine.slice(nl + 1);
     }
     for (const w of [...this.waiters]) w.check();
@@ -376,8 +398,14 @@ export class QemuProcess {
     return new QemuError('exited', `QEMU exited (code ${this.exit.code}, signal ${this.exit.signal}) while ${what}${this.context()}`, this.accel);
   }
 
+  /** Resolves once QEMU has exited (never rejects). */
+  get exitedPromise(): Promise<void> { return this.exited; }
+  /** Why the VM failed (internal error), if it did. */
+  get failureError(): QemuError | undefined { return this.failure; }
+
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {
     this.exit = { code, signal };
+    if (this.serialLogFd !== undefined) { try { closeSync(this.serialLogFd); } catch { /* already closed */ } this.serialLogFd = undefined; }
     live.delete(this.child);
     for (const w of [...this.waiters]) {
       if (!w.check()) w.fail(this.failure ?? this.exitFailure('waiting for serial output')!);

@@ -1,0 +1,329 @@
+/**
+ * The per-VM supervisor (DESIGN.md, "Hypervisor and supervisor"): one detached process per VM.
+ * It opens the VM's disk stacks (holding their locks), exports each over NBD on a socket in the
+ * VM's private run folder, launches QEMU through src/hypervisor (which alone knows its command
+ * line), serves the control socket, keeps state.json true, and cleans up when QEMU exits:
+ * NBD servers closed, disks flushed and closed, a test-mode undo disk discarded.
+ *
+ * Failure handling:
+ * - QEMU dies with the supervisor (setpriv --pdeathsig in the driver), so a killed supervisor
+ *   never leaves a guest writing to disks nobody serves; the disks' own crash safety (flushed
+ *   writes survive) covers the rest, and `vm list` sees the dead pid and reports 'stopped'.
+ * - SIGTERM/SIGINT to the supervisor: the guest is asked to power off (ACPI), then forced.
+ * - KVM stopping the guest in run state internal-error (FACTS.md) restarts it once under TCG.
+ */
+import * as fs from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { basename, dirname, extname, join } from 'node:path';
+import type { BlockDevice } from '../block/device.js';
+import type { KekSource } from '../crypto/index.js';
+import { MedvError, isMedvError } from '../errors.js';
+import { defaultAccelerator, isInternalError, QemuProcess, type Accelerator } from '../hypervisor/qemu.js';
+import { openDisk } from '../layers/open.js';
+import { createUndoDisk, discardUndoDisk, openUndoDisk } from '../layers/undo/index.js';
+import { serveNbd, type NbdServer } from '../nbd/server.js';
+import { LineReader, type ControlRequest, type ControlResponse } from './protocol.js';
+import { processStartTime, vmRunDir, writeState, type VmDiskState, type VmState } from './rundir.js';
+
+export interface VmDiskConfig {
+  path: string;
+  /**
+   * normal: the guest writes into the disk;
+   * test:   the console's read-only test: writes go to a throw-away undo disk in a `Test/` folder
+   *         beside the image, discarded when the VM stops (the base is only ever opened read-only);
+   * undo:   Virtual PC undo disks: writes go to `undoPath`, kept until `medv disk undo merge|discard`.
+   */
+  mode: 'normal' | 'test' | 'undo';
+  undoPath?: string;
+}
+
+export interface VmConfig {
+  name: string;
+  memoryMiB: number;
+  disks: VmDiskConfig[];
+  network: 'none' | 'nat';
+  mac?: string;
+  display: 'none';
+  /** Accelerator to try first (default: KVM when usable, else TCG). */
+  accel?: Accelerator;
+  vmc?: string;
+}
+
+export interface SupervisorInput {
+  config: VmConfig;
+  runRoot: string;
+  kek?: KekSource;
+}
+
+/** Seconds the guest gets to power off after the ACPI button before it is forced. */
+export const DEFAULT_STOP_TIMEOUT_S = 30;
+/** Serial output kept in memory (the log file has all of it). */
+const SERIAL_MEMORY = 1 << 20;
+
+/** Where the throw-away undo disk of a test run goes: `<image folder>/Test/<image name>.undo.<vhd|evhd>`. */
+export function testUndoPath(diskPath: string): string {
+  const encrypted = extname(diskPath).toLowerCase() === '.evhd';
+  const stem = basename(diskPath, extname(diskPath));
+  return join(dirname(diskPath), 'Test', `${stem}.undo.${encrypted ? 'evhd' : 'vhd'}`);
+}
+
+/** Default undo disk of `--undo`: `<image>.undo.<vhd|evhd>` beside the image. */
+export function defaultUndoPath(diskPath: string): string {
+  const encrypted = extname(diskPath).toLowerCase() === '.evhd';
+  const stem = basename(diskPath, extname(diskPath));
+  return join(dirname(diskPath), `${stem}.undo.${encrypted ? 'evhd' : 'vhd'}`);
+}
+
+interface OpenedVmDisk { config: VmDiskConfig; device: BlockDevice; server?: NbdServer; socket: string; state: VmDiskState; createdUndo: boolean }
+
+export class Supervisor {
+  private readonly dir: string;
+  private readonly disks: OpenedVmDisk[] = [];
+  private vm: QemuProcess | undefined;
+  private control: Server | undefined;
+  private state!: VmState;
+  private stopping: Promise<void> | undefined;
+  private finished!: Promise<void>;
+  private resolveFinished!: () => void;
+  private exitReason: string | undefined;
+  private readonly controlSockets = new Set<Socket>();
+  private pendingReplies = 0;
+  private repliesDone: (() => void) | undefined;
+
+  constructor(private readonly input: SupervisorInput) {
+    this.dir = vmRunDir(input.config.name, input.runRoot);
+    this.finished = new Promise((r) => { this.resolveFinished = r; });
+  }
+
+  get runDir(): string { return this.dir; }
+  /** Resolves when the VM has stopped and everything is cleaned up. */
+  get done(): Promise<void> { return this.finished; }
+
+  /** Open disks, serve them, launch QEMU, listen for control requests. Resolves with the running state. */
+  async start(): Promise<VmState> {
+    const c = this.input.config;
+    const pidStart = processStartTime(process.pid) ?? 0;
+    this.state = {
+      name: c.name, state: 'starting', pid: process.pid, pidStart, memoryMiB: c.memoryMiB, disks: [],
+      network: c.network, display: { kind: c.display }, startedAt: new Date().toISOString(), vmc: c.vmc,
+    };
+    for (const stale of ['control.sock', 'qmp.sock']) fs.rmSync(join(this.dir, stale), { force: true });
+    writeState(this.dir, this.state);
+    try {
+      for (let i = 0; i < c.disks.length; i++) await this.openVmDisk(c.disks[i], i);
+      for (const d of this.disks) {
+        d.server = await serveNbd(d.device, { socketPath: d.socket, readOnly: d.state.readOnly, description: d.state.path });
+      }
+      await this.launch(c.accel ?? defaultAccelerator());
+      await this.listenControl();
+    } catch (e) {
+      await this.cleanup(`failed to start: ${(e as Error).message}`, 'failed');
+      throw e;
+    }
+    this.state = { ...this.state, state: 'running', disks: this.disks.map((d) => d.state) };
+    writeState(this.dir, this.state);
+    return this.state;
+  }
+
+  private async openVmDisk(cfg: VmDiskConfig, i: number): Promise<void> {
+    const kek = this.input.kek ? () => this.input.kek! : undefined;
+    const socket = join(this.dir, `disk${i}.sock`);
+    fs.rmSync(socket, { force: true });
+    if (cfg.mode === 'normal') {
+      const opened = await openDisk(cfg.path, { kek });
+      this.disks.push({ config: cfg, device: opened.device, socket, createdUndo: false, state: { path: cfg.path, format: opened.format, readOnly: false } });
+      return;
+    }
+    const undoPath = cfg.undoPath ?? (cfg.mode === 'test' ? testUndoPath(cfg.path) : defaultUndoPath(cfg.path));
+    let createdUndo = false;
+    if (cfg.mode === 'test') {
+      fs.mkdirSync(dirname(undoPath), { recursive: true, mode: 0o700 });
+      // A test run always starts from the base: an undo disk left by a crashed test run is ours to replace.
+      if (fs.existsSync(undoPath)) await discardUndoDisk(undoPath);
+    }
+    if (!fs.existsSync(undoPath)) {
+      await createUndoDisk(undoPath, cfg.path, { kek });
+      createdUndo = true;
+    }
+    const undo = await openUndoDisk(undoPath, { kek, expectParent: cfg.path });
+    this.disks.push({
+      config: cfg, device: undo.device, socket, createdUndo,
+      state: { path: cfg.path, format: extname(cfg.path).slice(1).toLowerCase() || 'raw', undo: undoPath, undoPolicy: cfg.mode === 'test' ? 'discard' : 'keep', readOnly: false },
+    });
+  }
+
+  private async launch(accel: Accelerator): Promise<void> {
+    const c = this.input.config;
+    const vm = await QemuProcess.launch({
+      name: c.name,
+      accel,
+      memoryMiB: c.memoryMiB,
+      drives: this.disks.map((d) => ({ source: `nbd+unix:///?socket=${d.socket}` })),
+      qmpSocket: join(this.dir, 'qmp.sock'),
+      network: c.network === 'nat' ? { kind: 'nat', mac: c.mac } : { kind: 'none' },
+    }, { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });
+    this.vm = vm;
+    this.state = { ...this.state, qemuPid: vm.pid, accel };
+    // Never matches: rejects when the VM fails (internal error) or exits.
+    vm.waitForSerial(/(?!)/, 2 ** 31 - 1).catch(async (e) => {
+      if (this.vm !== vm || this.stopping) return;
+      if (isInternalError(e) && accel === 'kvm') {
+        await vm.kill();
+        if (this.stopping) return;
+        try {
+          await this.launch('tcg');
+          writeState(this.dir, { ...this.state, state: 'running' });
+        } catch (e2) {
+          void this.stop({ reason: `restart under TCG failed: ${(e2 as Error).message}` });
+        }
+        return;
+      }
+      void this.stop({ reason: vm.exitStatus?.code === 0 ? 'poweroff' : `QEMU exited (code ${vm.exitStatus?.code}, signal ${vm.exitStatus?.signal})` });
+    });
+  }
+
+  private async listenControl(): Promise<void> {
+    const sock = join(this.dir, 'control.sock');
+    this.control = createServer((s) => this.onControl(s));
+    await new Promise<void>((res, rej) => {
+      this.control!.once('error', rej);
+      this.control!.listen(sock, () => { this.control!.off('error', rej); res(); });
+    });
+  }
+
+  private onControl(socket: Socket): void {
+    this.controlSockets.add(socket);
+    socket.on('close', () => this.controlSockets.delete(socket));
+    socket.setEncoding('utf8');
+    socket.on('error', () => undefined);
+    const reader = new LineReader((line) => void this.handle(socket, line), () => socket.destroy());
+    socket.on('data', (chunk: string) => reader.push(chunk));
+  }
+
+  private async handle(socket: Socket, line: string): Promise<void> {
+    let req: ControlRequest;
+    try { req = JSON.parse(line) as ControlRequest; } catch { socket.destroy(); return; }
+    const reply = (r: ControlResponse) => { if (!socket.destroyed) socket.write(`${JSON.stringify(r)}\n`); };
+    const id = Number.isSafeInteger(req?.id) ? req.id : 0;
+    this.pendingReplies++;
+    try {
+      reply({ id, ok: true, result: await this.execute(req) });
+    } catch (e) {
+      const err = e instanceof MedvError ? { code: e.code, message: e.message } : { code: 'EINTERNAL' as const, message: String((e as Error)?.message ?? e) };
+      reply({ id, ok: false, error: err });
+    } finally {
+      if (--this.pendingReplies === 0) this.repliesDone?.();
+    }
+  }
+
+  private async execute(req: ControlRequest): Promise<unknown> {
+    const args = req.args ?? {};
+    switch (req.cmd) {
+      case 'status': return this.state;
+      case 'stop': {
+        const timeout = args.timeoutS === undefined ? DEFAULT_STOP_TIMEOUT_S : Number(args.timeoutS);
+        if (!Number.isFinite(timeout) || timeout < 0) throw new MedvError('EINVAL_ARG', `invalid stop timeout ${String(args.timeoutS)}`);
+        await this.stop({ timeoutS: timeout, force: args.force === true });
+        return this.state;
+      }
+      case 'pause': return this.setPaused(true);
+      case 'resume': return this.setPaused(false);
+      case 'screenshot': {
+        const file = String(args.file ?? '');
+        if (!file.startsWith('/')) throw new MedvError('EINVAL_ARG', 'screenshot needs an absolute file path');
+        await this.requireVm().execute('screendump', { filename: file, format: 'png' });
+        return { file };
+      }
+      default:
+        throw new MedvError('EINVAL_ARG', `unknown control command ${JSON.stringify((req as { cmd?: unknown }).cmd)}`);
+    }
+  }
+
+  private requireVm(): QemuProcess {
+    if (!this.vm || this.stopping) throw new MedvError('EHYPERVISOR', `VM ${this.input.config.name} is stopping`);
+    return this.vm;
+  }
+
+  private async setPaused(paused: boolean): Promise<VmState> {
+    const vm = this.requireVm();
+    await vm.execute(paused ? 'stop' : 'cont');
+    this.state = { ...this.state, state: paused ? 'paused' : 'running' };
+    writeState(this.dir, this.state);
+    return this.state;
+  }
+
+  /**
+   * Stop the VM: the ACPI power button, then a forced quit after `timeoutS` (or at once with
+   * `force`); then clean up. Concurrent calls share one stop.
+   */
+  stop(opts: { timeoutS?: number; force?: boolean; reason?: string } = {}): Promise<void> {
+    if (this.stopping) return this.stopping;
+    this.stopping = (async () => {
+      const vm = this.vm;
+      let reason = opts.reason;
+      if (vm && vm.exitStatus === undefined) {
+        this.state = { ...this.state, state: 'stopping' };
+        writeState(this.dir, this.state);
+        let forced = opts.force === true;
+        if (!forced) {
+          try {
+            await vm.powerdown();
+            await vm.waitExit((opts.timeoutS ?? DEFAULT_STOP_TIMEOUT_S) * 1000);
+            reason ??= 'poweroff';
+          } catch {
+            forced = true;
+          }
+        }
+        if (forced) {
+          await vm.execute('quit').catch(() => undefined);
+          await Promise.race([vm.exitedPromise, new Promise((r) => setTimeout(r, 3000).unref())]);
+          await vm.kill();
+          reason ??= 'forced';
+        }
+      }
+      await this.cleanup(reason ?? 'poweroff', 'stopped');
+    })();
+    return this.stopping;
+  }
+
+  /** After `done`: answer pending control requests, then end every control connection (at most 5 s). */
+  async closeControl(): Promise<void> {
+    if (this.pendingReplies > 0) {
+      await Promise.race([new Promise<void>((r) => { this.repliesDone = r; }), new Promise((r) => setTimeout(r, 5000).unref())]);
+    }
+    await Promise.all([...this.controlSockets].map((s) => new Promise<void>((r) => {
+      s.end(() => r());
+      setTimeout(() => { s.destroy(); r(); }, 1000).unref();
+    })));
+  }
+
+  private async cleanup(reason: string, final: 'stopped' | 'failed'): Promise<void> {
+    this.exitReason = reason;
+    const errors: string[] = [];
+    if (this.vm) await this.vm.kill().catch(() => undefined);
+    // Stop accepting; connections waiting for this stop get their answer in closeControl().
+    this.control?.close();
+    fs.rmSync(join(this.dir, 'control.sock'), { force: true });
+    for (const d of this.disks) {
+      try {
+        if (d.server) await d.server.close();
+        await d.device.flush().catch(() => undefined);
+        await d.device.close();
+        if (d.config.mode === 'test' && d.state.undo) await discardUndoDisk(d.state.undo);
+      } catch (e) {
+        errors.push((e as Error).message);
+      }
+    }
+    this.state = {
+      ...this.state, state: final, stoppedAt: new Date().toISOString(),
+      exitReason: errors.length ? `${reason}; cleanup: ${errors.join('; ')}` : reason,
+    };
+    writeState(this.dir, this.state);
+    this.resolveFinished();
+  }
+}
+
+/** True for errors that mean "the disk is in use elsewhere" (locks), for clearer messages upstream. */
+export function isBusy(e: unknown): boolean {
+  return isMedvError(e) && (e.code as string) === 'EBUSY';
+}

@@ -1,0 +1,142 @@
+/**
+ * The VM host through the real CLI: `medv vm start|status|list|serial|pause|resume|stop` with the
+ * nasm test guest on real QEMU (KVM when usable, TCG here), each VM under its detached supervisor.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync, watch } from 'node:fs';
+import { join } from 'node:path';
+import { GUEST, freshGuestImage } from '../helpers/qemu.js';
+import { runMedv, sha256File, tempDir } from '../helpers/cli.js';
+
+/** Resolves with the match once `file` matches `re` (fs.watch on its folder; no polling loop). */
+function waitForText(file: string, re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
+  return new Promise((resolve, reject) => {
+    const check = (): boolean => {
+      if (!existsSync(file)) return false;
+      const m = readFileSync(file, 'latin1').match(re);
+      if (m) { done(); resolve(m); }
+      return Boolean(m);
+    };
+    const watcher = watch(join(file, '..'), () => void check());
+    const timer = setTimeout(() => { watcher.close(); reject(new Error(`${file} did not match ${re} within ${timeoutMs} ms: ${existsSync(file) ? readFileSync(file, 'latin1') : '(missing)'}`)); }, timeoutMs);
+    const done = () => { clearTimeout(timer); watcher.close(); };
+    check();
+  });
+}
+
+/** Resolves when a process that is not our child has exited (tail --pid exits with it). */
+function waitForPidExit(pid: number): Promise<void> {
+  return new Promise((resolve) => {
+    const t = spawn('tail', [`--pid=${pid}`, '-s', '0.1', '-f', '/dev/null'], { stdio: 'ignore' });
+    t.once('exit', () => resolve());
+  });
+}
+
+describe('host: medv vm (supervisor, real QEMU)', function () {
+  this.timeout(120_000);
+  let dir: ReturnType<typeof tempDir>;
+  let env: Record<string, string>;
+  const vm = (args: string[]) => runMedv(['vm', ...args], env);
+  const json = (args: string[]) => {
+    const r = vm([...args, '--json']);
+    assert.equal(r.code, 0, `medv vm ${args.join(' ')}: ${r.stderr}`);
+    return JSON.parse(r.stdout);
+  };
+  const serialOf = (name: string) => join(env.MEDV_RUN_DIR, name, 'serial.log');
+
+  beforeEach(() => {
+    dir = tempDir('medv-host-');
+    env = { MEDV_RUN_DIR: join(dir.path, 'run') };
+  });
+  afterEach(async () => {
+    for (const s of JSON.parse(runMedv(['vm', 'list', '--json'], env).stdout || '[]')) {
+      if (s.state !== 'stopped' && s.state !== 'failed') runMedv(['vm', 'stop', s.name, '--force'], env);
+    }
+    await dir.cleanup();
+  });
+
+  for (const kind of ['evhd', 'vhd'] as const) {
+    it(`start, serial, ACPI stop, start again: the counter persists in a ${kind}`, async () => {
+      const img = freshGuestImage(dir.path);
+      const disk = join(dir.path, `g.${kind}`);
+      assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
+      const started = json(['start', disk, '--name', 'g', '--memory', '32']);
+      assert.equal(started.state, 'running');
+      assert.equal(started.name, 'g');
+      await waitForText(serialOf('g'), GUEST.serial.ready, 60_000);
+      assert.match(vm(['serial', 'g']).stdout, /MEDV-GUEST boot=1\r?\n/);
+      assert.equal(json(['status', 'g']).state, 'running');
+      const stopped = json(['stop', 'g', '--timeout', '30']);
+      assert.equal(stopped.state, 'stopped');
+      assert.equal(stopped.exitReason, 'poweroff', 'the guest powered itself off on the ACPI button');
+      assert.equal(runMedv(['disk', 'check', disk], env).code, 0);
+      // serial output stays readable after the stop
+      assert.match(vm(['serial', 'g']).stdout, /MEDV-GUEST ready/);
+      json(['start', disk, '--name', 'g', '--memory', '32']);
+      await waitForText(serialOf('g'), GUEST.serial.ready, 60_000);
+      assert.match(readFileSync(serialOf('g'), 'latin1'), /MEDV-GUEST boot=2\r?\n/);
+      json(['stop', 'g']);
+    });
+  }
+
+  it('--read-only: guest writes go to a throw-away undo disk; the base never changes', async () => {
+    const img = freshGuestImage(dir.path);
+    const disk = join(dir.path, 'base.evhd');
+    assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
+    const before = sha256File(disk);
+    for (let i = 0; i < 2; i++) {
+      const s = json(['start', disk, '--name', 't', '--memory', '32', '--read-only']);
+      assert.equal(s.disks[0].undoPolicy, 'discard');
+      await waitForText(serialOf('t'), GUEST.serial.ready, 60_000);
+      assert.match(readFileSync(serialOf('t'), 'latin1'), /MEDV-GUEST boot=1\r?\n/, 'every test boot starts from the base');
+      json(['stop', 't']);
+      assert.equal(sha256File(disk), before);
+      assert.deepEqual(readdirSync(join(dir.path, 'Test')), [], 'the undo disk is discarded at stop');
+    }
+  });
+
+  it('SIGKILL of the supervisor: QEMU exits too, vm list says stopped, the disk checks, the VM starts again', async () => {
+    const img = freshGuestImage(dir.path);
+    const disk = join(dir.path, 'k.evhd');
+    assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
+    const s = json(['start', disk, '--name', 'k', '--memory', '32']);
+    await waitForText(serialOf('k'), GUEST.serial.ready, 60_000);
+    process.kill(s.pid, 'SIGKILL');
+    await Promise.all([waitForPidExit(s.pid), waitForPidExit(s.qemuPid)]);
+    const listed = json(['list']).find((v: { name: string }) => v.name === 'k');
+    assert.equal(listed.state, 'stopped');
+    assert.equal(listed.exitReason, 'supervisor died');
+    assert.equal(runMedv(['disk', 'check', disk], env).code, 0);
+    json(['start', disk, '--name', 'k', '--memory', '32']);
+    await waitForText(serialOf('k'), /MEDV-GUEST boot=2\r?\n/, 60_000);
+    json(['stop', 'k']);
+  });
+
+  it('pause and resume; a second start of a running name is refused; bad input gives one line', async () => {
+    const img = freshGuestImage(dir.path);
+    json(['start', img, '--name', 'p', '--memory', '32']);
+    await waitForText(serialOf('p'), GUEST.serial.ready, 60_000);
+    assert.equal(json(['pause', 'p']).state, 'paused');
+    assert.equal(json(['status', 'p']).state, 'paused');
+    assert.equal(json(['resume', 'p']).state, 'running');
+    const again = vm(['start', img, '--name', 'p']);
+    assert.notEqual(again.code, 0);
+    assert.match(again.stderr, /already running/);
+    assert.equal(again.stderr.trim().split('\n').length, 1);
+    json(['stop', 'p']);
+    const missing = vm(['start', join(dir.path, 'nope.vhd')]);
+    assert.equal(missing.code, 3);
+    assert.match(missing.stderr, /^medv: no such disk/);
+    const badName = vm(['start', img, '--name', '../x']);
+    assert.equal(badName.code, 2);
+    const unknown = vm(['status', 'ghost']);
+    assert.equal(unknown.code, 3);
+    const enc = join(dir.path, 'w.evhd');
+    assert.equal(runMedv(['disk', 'convert', img, enc], env).code, 0);
+    const wrongKey = runMedv(['vm', 'start', enc, '--name', 'w'], { ...env, MEDV_PASSPHRASE: 'not the passphrase' });
+    assert.equal(wrongKey.code, 4, wrongKey.stderr);
+    assert.match(wrongKey.stderr, /wrong passphrase/);
+    assert.equal(json(['status', 'w']).state, 'failed');
+  });
+});

@@ -1,11 +1,11 @@
 /** `medv vm …`: start, stop, pause, resume, inspect and list VMs; thin over src/host. */
 import { Command, Option } from 'commander';
 import * as fs from 'node:fs';
-import { basename, extname, resolve } from 'node:path';
+import { basename, dirname, extname, join, resolve } from 'node:path';
 import { MedvError, isMedvError } from '../errors.js';
 import type { KekSource } from '../crypto/index.js';
-import { listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, vmStatus } from '../host/client.js';
-import type { VmState } from '../host/rundir.js';
+import { listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
+import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 
@@ -32,7 +32,7 @@ function optionalKek(o: KeyOptions, disks: string[]): KekSource | undefined {
 function render(s: VmState): string {
   const lines = [
     `name:      ${s.name}`,
-    `state:     ${s.state}${s.exitReason && (s.state === 'stopped' || s.state === 'failed') ? ` (${s.exitReason})` : ''}`,
+    `state:     ${s.state}${s.exitReason && isTerminal(s.state) ? ` (${s.exitReason})` : ''}${s.savedState && s.state === 'suspended' ? `, saved in ${s.savedState}` : ''}`,
     `pid:       supervisor ${s.pid}${s.qemuPid ? `, qemu ${s.qemuPid}` : ''}`,
     `accel:     ${s.accel ?? '-'}`,
     `memory:    ${s.memoryMiB} MiB`,
@@ -72,10 +72,11 @@ export function vmCommand(): Command {
         mac: o.mac as string | undefined,
         display: 'none',
         accel: o.accel as 'kvm' | 'tcg' | undefined,
+        savedState: join(dirname(path), `${basename(path, extname(path))}.vsv`),
       };
       const state = await startVm(config, { kek: optionalKek(o, [path]) });
       if (o.json) printJson(state);
-      else process.stdout.write(`started VM ${state.name} (${state.accel}, supervisor pid ${state.pid}); stop it with: medv vm stop ${state.name}\n`);
+      else process.stdout.write(`${state.resumed ? 'resumed' : 'started'} VM ${state.name} (${state.accel}, supervisor pid ${state.pid}); stop it with: medv vm stop ${state.name}\n`);
     });
 
   vm.command('stop <name>')
@@ -87,6 +88,15 @@ export function vmCommand(): Command {
       const state = await stopVm(name, { timeoutS: Number(o.timeout), force: Boolean(o.force) });
       if (o.json) printJson(state);
       else process.stdout.write(`VM ${name} stopped (${state.exitReason ?? 'unknown'})\n`);
+    });
+
+  vm.command('suspend <name>')
+    .description('save the running guest to an encrypted .vsv beside its disk (key in .vsv.enc) and stop it; the next start resumes it')
+    .option('--json', 'print the final VM state as JSON')
+    .action(async (name: string, o: Opts) => {
+      const state = await suspendVm(name);
+      if (o.json) printJson(state);
+      else process.stdout.write(`VM ${name} suspended to ${state.savedState}\n`);
     });
 
   for (const [verb, fn, text] of [['pause', pauseVm, 'pause the guest\'s CPUs (memory stays)'], ['resume', resumeVm, 'let a paused guest run again']] as const) {
@@ -134,11 +144,9 @@ export function vmCommand(): Command {
       await new Promise<void>((res) => {
         const watcher = fs.watch(file, () => {
           drain();
-          const s = vmStatus(name).state;
-          if (s === 'stopped' || s === 'failed') { watcher.close(); res(); }
+          if (isTerminal(vmStatus(name).state)) { watcher.close(); res(); }
         });
-        const s = vmStatus(name).state;
-        if (s === 'stopped' || s === 'failed') { watcher.close(); res(); }
+        if (isTerminal(vmStatus(name).state)) { watcher.close(); res(); }
       });
     });
 

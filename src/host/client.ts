@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError } from '../errors.js';
 import { controlRequest } from './protocol.js';
-import { effectiveState, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
+import { effectiveState, isTerminal, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
 import type { SupervisorInput, VmConfig } from './supervisor.js';
 
 export interface HostOptions {
@@ -39,10 +39,11 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
   validateVmName(config.name);
   const dir = vmRunDir(config.name, root);
   const current = readState(dir);
-  if (current && effectiveState(current).state !== 'stopped' && effectiveState(current).state !== 'failed') {
+  if (current && !isTerminal(effectiveState(current).state)) {
     throw new MedvError('EBUSY' as never, `VM ${config.name} is already ${current.state} (supervisor pid ${current.pid})`);
   }
-  fs.rmSync(join(dir, 'serial.log'), { force: true });
+  // A resumed guest continues its serial output; a fresh boot starts a fresh log.
+  if (!fs.existsSync(config.savedState)) fs.rmSync(join(dir, 'serial.log'), { force: true });
   const log = fs.openSync(join(dir, 'supervisor.log'), 'w', 0o600);
   const child = spawn(process.execPath, [SUPERVISOR_MAIN], { detached: true, stdio: ['pipe', log, log, 'pipe'] });
   fs.closeSync(log);
@@ -82,7 +83,7 @@ function runningState(name: string, root: string): { dir: string; state: VmState
   const raw = fs.existsSync(dir) ? readState(dir) : undefined;
   if (!raw) throw new MedvError('ENOENT', `no VM named ${name}`);
   const state = effectiveState(raw);
-  if (state.state === 'stopped' || state.state === 'failed') throw new MedvError('EINVAL_ARG', `VM ${name} is not running (${state.state}${state.exitReason ? `: ${state.exitReason}` : ''})`);
+  if (isTerminal(state.state)) throw new MedvError('EINVAL_ARG', `VM ${name} is not running (${state.state}${state.exitReason ? `: ${state.exitReason}` : ''})`);
   return { dir, state };
 }
 
@@ -95,6 +96,11 @@ async function control(name: string, cmd: Parameters<typeof controlRequest>[1], 
 export async function stopVm(name: string, opts: HostOptions & { timeoutS?: number; force?: boolean } = {}): Promise<VmState> {
   const timeoutS = opts.timeoutS ?? 30;
   return await control(name, 'stop', { timeoutS, force: opts.force ?? false }, opts, (timeoutS + 30) * 1000) as VmState;
+}
+
+/** Save the guest to its encrypted .vsv and stop it; the next startVm resumes it. */
+export async function suspendVm(name: string, opts: HostOptions = {}): Promise<VmState> {
+  return await control(name, 'suspend', {}, opts, 600_000) as VmState;
 }
 
 export async function pauseVm(name: string, opts: HostOptions = {}): Promise<VmState> {

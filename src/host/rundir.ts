@@ -18,7 +18,10 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../errors.js';
 
-export type VmRunState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'failed';
+export type VmRunState = 'starting' | 'running' | 'paused' | 'suspending' | 'stopping' | 'stopped' | 'suspended' | 'failed';
+
+/** States in which no supervisor runs. */
+export function isTerminal(s: VmRunState): boolean { return s === 'stopped' || s === 'suspended' || s === 'failed'; }
 
 export interface VmDiskState {
   path: string;
@@ -49,6 +52,10 @@ export interface VmState {
   exitReason?: string;
   /** The VMC the VM was started from, if any. */
   vmc?: string;
+  /** The encrypted saved state (.vsv) a suspend writes and the next start resumes from. */
+  savedState?: string;
+  /** True when this run was resumed from a saved state. */
+  resumed?: boolean;
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -155,7 +162,7 @@ export function supervisorAlive(state: VmState): boolean {
  * (killed, machine rebooted) reads as 'stopped' with exitReason 'supervisor died'.
  */
 export function effectiveState(state: VmState): VmState {
-  if (state.state === 'stopped' || state.state === 'failed' || supervisorAlive(state)) return state;
+  if (isTerminal(state.state) || supervisorAlive(state)) return state;
   return { ...state, state: 'stopped', exitReason: state.exitReason ?? 'supervisor died' };
 }
 

@@ -14,6 +14,7 @@
  */
 import * as fs from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { once } from 'node:events';
 import { basename, dirname, extname, join } from 'node:path';
 import type { BlockDevice } from '../block/device.js';
 import type { KekSource } from '../crypto/index.js';
@@ -24,6 +25,8 @@ import { createUndoDisk, discardUndoDisk, openUndoDisk } from '../layers/undo/in
 import { serveNbd, type NbdServer } from '../nbd/server.js';
 import { LineReader, type ControlRequest, type ControlResponse } from './protocol.js';
 import { processStartTime, vmRunDir, writeState, type VmDiskState, type VmState } from './rundir.js';
+import { checkFingerprints, fingerprint, removeSavedState, SavedStateReader, SavedStateWriter, vsvKeyPath, type DiskFingerprint } from '../hypervisor/savedstate.js';
+import { encPathFor } from '../crypto/index.js';
 
 export interface VmDiskConfig {
   path: string;
@@ -47,6 +50,8 @@ export interface VmConfig {
   /** Accelerator to try first (default: KVM when usable, else TCG). */
   accel?: Accelerator;
   vmc?: string;
+  /** Where suspend writes the encrypted saved state; a start finds it there and resumes. */
+  savedState: string;
 }
 
 export interface SupervisorInput {
@@ -86,6 +91,9 @@ export class Supervisor {
   private finished!: Promise<void>;
   private resolveFinished!: () => void;
   private exitReason: string | undefined;
+  /** Guest RAM of this run (from the saved state when resuming). */
+  private memoryMiB: number | undefined;
+  private suspending = false;
   private readonly controlSockets = new Set<Socket>();
   private pendingReplies = 0;
   private repliesDone: (() => void) | undefined;
@@ -108,19 +116,34 @@ export class Supervisor {
       network: c.network, display: { kind: c.display }, startedAt: new Date().toISOString(), vmc: c.vmc,
     };
     for (const stale of ['control.sock', 'qmp.sock']) fs.rmSync(join(this.dir, stale), { force: true });
+    this.state.savedState = c.savedState;
     writeState(this.dir, this.state);
+    let saved: SavedStateReader | undefined;
     try {
+      if (fs.existsSync(c.savedState)) {
+        // Resume: verify every frame and the disks before anything is opened or launched.
+        if (!this.input.kek) throw new MedvError('ENOKEY', 'resuming a saved state needs the passphrase or host key that encrypted it', { file: c.savedState });
+        saved = await SavedStateReader.open(c.savedState, this.input.kek);
+        const meta = await saved.check();
+        checkFingerprints(meta, c.savedState);
+        this.memoryMiB = meta.memoryMiB;
+      }
       for (let i = 0; i < c.disks.length; i++) await this.openVmDisk(c.disks[i], i);
       for (const d of this.disks) {
         d.server = await serveNbd(d.device, { socketPath: d.socket, readOnly: d.state.readOnly, description: d.state.path });
       }
-      await this.launch(c.accel ?? defaultAccelerator());
+      await this.launch(c.accel ?? defaultAccelerator(), saved);
       await this.listenControl();
     } catch (e) {
+      saved?.close();
       await this.cleanup(`failed to start: ${(e as Error).message}`, 'failed');
       throw e;
     }
-    this.state = { ...this.state, state: 'running', disks: this.disks.map((d) => d.state) };
+    if (saved) {
+      saved.close();
+      removeSavedState(c.savedState);
+    }
+    this.state = { ...this.state, state: 'running', memoryMiB: this.memoryMiB ?? c.memoryMiB, disks: this.disks.map((d) => d.state), resumed: Boolean(saved) };
     writeState(this.dir, this.state);
     return this.state;
   }
@@ -152,21 +175,31 @@ export class Supervisor {
     });
   }
 
-  private async launch(accel: Accelerator): Promise<void> {
+  private async launch(accel: Accelerator, saved?: SavedStateReader): Promise<void> {
     const c = this.input.config;
     const vm = await QemuProcess.launch({
       name: c.name,
       accel,
-      memoryMiB: c.memoryMiB,
+      memoryMiB: this.memoryMiB ?? c.memoryMiB,
+      incoming: Boolean(saved),
+      vga: true,
       drives: this.disks.map((d) => ({ source: `nbd+unix:///?socket=${d.socket}` })),
       qmpSocket: join(this.dir, 'qmp.sock'),
       network: c.network === 'nat' ? { kind: 'nat', mac: c.mac } : { kind: 'none' },
     }, { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });
     this.vm = vm;
     this.state = { ...this.state, qemuPid: vm.pid, accel };
+    if (saved) {
+      try {
+        await this.feedSavedState(vm, saved);
+      } catch (e) {
+        await vm.kill();
+        throw e;
+      }
+    }
     // Never matches: rejects when the VM fails (internal error) or exits.
     vm.waitForSerial(/(?!)/, 2 ** 31 - 1).catch(async (e) => {
-      if (this.vm !== vm || this.stopping) return;
+      if (this.vm !== vm || this.stopping || this.suspending) return;
       if (isInternalError(e) && accel === 'kvm') {
         await vm.kill();
         if (this.stopping) return;
@@ -180,6 +213,86 @@ export class Supervisor {
       }
       void this.stop({ reason: vm.exitStatus?.code === 0 ? 'poweroff' : `QEMU exited (code ${vm.exitStatus?.code}, signal ${vm.exitStatus?.signal})` });
     });
+  }
+
+  /** Feed a verified saved state into a QEMU started with -incoming defer, then let the guest run. */
+  private async feedSavedState(vm: QemuProcess, saved: SavedStateReader): Promise<void> {
+    await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+    const done = migrationDone(vm);
+    await vm.execute('migrate-incoming', { uri: 'fd:3' });
+    const pipe = vm.incoming!;
+    const frames = saved.frames();
+    for (;;) {
+      const r = await frames.next();
+      if (r.done) break;
+      if (!pipe.write(r.value)) await once(pipe, 'drain');
+    }
+    pipe.end();
+    await done;
+    const status = await vm.execute<{ status: string }>('query-status');
+    if (status.status !== 'running') await vm.execute('cont');
+  }
+
+  /**
+   * Suspend: pause the guest, stream QEMU's migration data through us into an encrypted .vsv
+   * (nothing in clear on disk), quit QEMU, flush and close the disks, then record the disks as
+   * they are (a .vsv whose disks changed since is refused on resume) and publish the .vsv.
+   */
+  private async suspend(): Promise<VmState> {
+    const vm = this.requireVm();
+    const kek = this.input.kek;
+    if (!kek) throw new MedvError('ENOKEY', 'suspend writes an encrypted saved state: start the VM with a passphrase or host key');
+    if (this.disks.some((d) => d.config.mode === 'test')) throw new MedvError('EUNSUPPORTED', 'a read-only test VM cannot be suspended (its undo disk is discarded at stop)');
+    const writer = SavedStateWriter.create(this.input.config.savedState, kek);
+    this.suspending = true;
+    this.state = { ...this.state, state: 'suspending' };
+    writeState(this.dir, this.state);
+    const sock = join(this.dir, 'migrate.sock');
+    fs.rmSync(sock, { force: true });
+    const server = createServer();
+    try {
+      await vm.execute('stop');
+      await new Promise<void>((res, rej) => { server.once('error', rej); server.listen(sock, () => res()); });
+      const received = new Promise<void>((res, rej) => {
+        server.once('connection', (s: Socket) => {
+          s.on('data', (chunk: Buffer) => { try { writer.write(chunk); } catch (e) { s.destroy(); rej(e); } });
+          s.once('end', () => res());
+          s.once('error', rej);
+        });
+      });
+      await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+      await vm.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * 1024 * 1024 * 1024 });
+      const done = migrationDone(vm);
+      await vm.execute('migrate', { uri: `unix:${sock}` });
+      await Promise.all([received, done]);
+    } catch (e) {
+      writer.abort();
+      this.suspending = false;
+      await vm.execute('cont').catch(() => undefined);
+      this.state = { ...this.state, state: 'running' };
+      writeState(this.dir, this.state);
+      throw e;
+    } finally {
+      server.close();
+      fs.rmSync(sock, { force: true });
+    }
+    this.stopping = (async () => {
+      await vm.execute('quit').catch(() => undefined);
+      await vm.kill();
+      await this.cleanup('suspended', 'suspended', async () => {
+        const files: DiskFingerprint[] = [];
+        for (const d of this.disks) {
+          for (const f of [d.state.path, d.state.undo]) {
+            if (!f) continue;
+            files.push(fingerprint(f));
+            if (f.toLowerCase().endsWith('.evhd')) files.push(fingerprint(encPathFor(f)));
+          }
+        }
+        await writer.finish({ vm: this.input.config.name, memoryMiB: this.memoryMiB ?? this.input.config.memoryMiB, createdAt: new Date().toISOString(), disks: files });
+      });
+    })();
+    await this.stopping;
+    return this.state;
   }
 
   private async listenControl(): Promise<void> {
@@ -226,6 +339,7 @@ export class Supervisor {
         await this.stop({ timeoutS: timeout, force: args.force === true });
         return this.state;
       }
+      case 'suspend': return this.suspend();
       case 'pause': return this.setPaused(true);
       case 'resume': return this.setPaused(false);
       case 'screenshot': {
@@ -297,7 +411,7 @@ export class Supervisor {
     })));
   }
 
-  private async cleanup(reason: string, final: 'stopped' | 'failed'): Promise<void> {
+  private async cleanup(reason: string, final: 'stopped' | 'failed' | 'suspended', afterClose?: () => Promise<void>): Promise<void> {
     this.exitReason = reason;
     const errors: string[] = [];
     if (this.vm) await this.vm.kill().catch(() => undefined);
@@ -314,6 +428,9 @@ export class Supervisor {
         errors.push((e as Error).message);
       }
     }
+    if (afterClose) {
+      try { await afterClose(); } catch (e) { errors.push((e as Error).message); final = 'failed'; }
+    }
     this.state = {
       ...this.state, state: final, stoppedAt: new Date().toISOString(),
       exitReason: errors.length ? `${reason}; cleanup: ${errors.join('; ')}` : reason,
@@ -321,6 +438,20 @@ export class Supervisor {
     writeState(this.dir, this.state);
     this.resolveFinished();
   }
+}
+
+/** Resolves when QEMU reports the migration completed; rejects when it failed or QEMU exited. */
+function migrationDone(vm: QemuProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onEvent = (e: { event: string; data?: Record<string, unknown> }) => {
+      if (e.event !== 'MIGRATION') return;
+      const status = e.data?.status;
+      if (status === 'completed') { off(); resolve(); } else if (status === 'failed' || status === 'cancelled') { off(); reject(new MedvError('EHYPERVISOR', `QEMU migration ${String(status)}`)); }
+    };
+    const off = () => { vm.qmp.off('event', onEvent); };
+    vm.qmp.on('event', onEvent);
+    void vm.exitedPromise.then(() => { off(); reject(new MedvError('EHYPERVISOR', 'QEMU exited during the migration')); });
+  });
 }
 
 /** True for errors that mean "the disk is in use elsewhere" (locks), for clearer messages upstream. */

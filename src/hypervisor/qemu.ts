@@ -47,6 +47,11 @@ export interface LaunchSpec {
   qmpSocket: string;
   /** Network: none (default), or NAT through QEMU's user-mode stack on an e1000 NIC. */
   network?: { kind: 'none' } | { kind: 'nat'; mac?: string };
+  /** Start paused, waiting for a migration stream (`-incoming defer`); the stream is written to
+   *  `QemuProcess.incoming` (QEMU's fd 3) after `migrate-incoming {uri: 'fd:3'}`. */
+  incoming?: boolean;
+  /** Give the VM a standard VGA adapter (for screenshots and displays); default none. */
+  vga?: boolean;
   /** Appended to the command line. */
   extraArgs?: string[];
   binary?: string;
@@ -133,6 +138,8 @@ export function qemuArgv(spec: LaunchSpec): string[] {
   } else if (net.kind !== 'none') {
     throw new MedvError('EINVAL_ARG', `network must be none or nat, not ${JSON.stringify((net as { kind: unknown }).kind)}`);
   }
+  if (spec.vga) argv.push('-device', 'VGA');
+  if (spec.incoming) argv.push('-incoming', 'defer');
   argv.push(...(spec.extraArgs ?? []));
   return argv;
 }
@@ -240,7 +247,7 @@ export class QemuProcess {
       exitHook = true;
       process.on('exit', () => { for (const c of live) c.kill('SIGKILL'); });
     }
-    const vm = new QemuProcess(full, argv, spawn(spawned[0], spawned.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }), ownRunDir);
+    const vm = new QemuProcess(full, argv, spawn(spawned[0], spawned.slice(1), { stdio: full.incoming ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'] }), ownRunDir);
     if (options.serialLog) vm.serialLogFd = openSync(options.serialLog, 'a', 0o600);
     if (options.serialMemoryLimit) vm.serialLimit = options.serialMemoryLimit;
     try {
@@ -397,6 +404,9 @@ export class QemuProcess {
     if (!this.exit) return undefined;
     return new QemuError('exited', `QEMU exited (code ${this.exit.code}, signal ${this.exit.signal}) while ${what}${this.context()}`, this.accel);
   }
+
+  /** The migration stream's way in (QEMU's fd 3), when launched with `incoming`. */
+  get incoming(): NodeJS.WritableStream | undefined { return (this.child.stdio[3] as NodeJS.WritableStream | null) ?? undefined; }
 
   /** Resolves once QEMU has exited (never rejects). */
   get exitedPromise(): Promise<void> { return this.exited; }

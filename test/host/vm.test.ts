@@ -4,9 +4,9 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, watch } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, statSync, watch, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { GUEST, freshGuestImage } from '../helpers/qemu.js';
+import { GUEST, fileContainsMarker, freshGuestImage } from '../helpers/qemu.js';
 import { runMedv, sha256File, tempDir } from '../helpers/cli.js';
 
 /** Resolves with the match once `file` matches `re` (fs.watch on its folder; no polling loop). */
@@ -138,5 +138,51 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     assert.equal(wrongKey.code, 4, wrongKey.stderr);
     assert.match(wrongKey.stderr, /wrong passphrase/);
     assert.equal(json(['status', 'w']).state, 'failed');
+  });
+
+  it('suspend to an encrypted .vsv and resume: the guest continues (no reboot), no marker in the saved state', async () => {
+    const img = freshGuestImage(dir.path);
+    const disk = join(dir.path, 's.evhd');
+    assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
+    json(['start', disk, '--name', 's', '--memory', '32']);
+    await waitForText(serialOf('s'), GUEST.serial.ready, 60_000);
+    const suspended = json(['suspend', 's']);
+    assert.equal(suspended.state, 'suspended');
+    const vsv = join(dir.path, 's.vsv');
+    assert.ok(existsSync(vsv) && existsSync(`${vsv}.enc`), 'the .vsv and its key file exist');
+    assert.equal(await fileContainsMarker(vsv), false, 'no 32-byte run of the guest marker in the saved state');
+    for (const f of readdirSync(dir.path, { withFileTypes: true })) {
+      if (f.isFile()) assert.equal(await fileContainsMarker(join(dir.path, f.name)), false, `the guest's marker is in ${f.name} in clear`);
+    }
+    for (const f of readdirSync(join(env.MEDV_RUN_DIR, 's'))) {
+      if (!f.endsWith('.sock')) assert.equal(await fileContainsMarker(join(env.MEDV_RUN_DIR, 's', f)), false, `marker in run dir file ${f}`);
+    }
+    const resumed = json(['start', disk, '--name', 's']);
+    assert.equal(resumed.resumed, true);
+    assert.equal(existsSync(vsv), false, 'a resumed saved state is removed');
+    const stopped = json(['stop', 's']);
+    assert.equal(stopped.exitReason, 'poweroff', 'the resumed guest still answers the power button');
+    const serial = readFileSync(serialOf('s'), 'latin1');
+    assert.equal((serial.match(/MEDV-GUEST boot=/g) ?? []).length, 1, `the guest did not boot again:\n${serial}`);
+    json(['start', disk, '--name', 's']);
+    await waitForText(serialOf('s'), /MEDV-GUEST boot=2\r?\n/, 60_000);
+    json(['stop', 's']);
+  });
+
+  it('a saved state whose disk changed since is refused, and nothing is started', async () => {
+    const img = freshGuestImage(dir.path);
+    const disk = join(dir.path, 'c.evhd');
+    assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
+    json(['start', disk, '--name', 'c', '--memory', '32']);
+    await waitForText(serialOf('c'), GUEST.serial.ready, 60_000);
+    json(['suspend', 'c']);
+    // Another program writes to the disk while the VM is suspended.
+    const fd = openSync(disk, 'r+');
+    writeSync(fd, Buffer.alloc(1), 0, 1, statSync(disk).size - 1);
+    closeSync(fd);
+    const r = vm(['start', disk, '--name', 'c']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /changed since the VM was suspended/);
+    assert.equal(json(['status', 'c']).state, 'failed');
   });
 });

@@ -55,12 +55,13 @@ export function vmCommand(): Command {
     .option('--undo', 'Virtual PC undo disks: guest writes go to <image>.undo.vhd|evhd, kept until `medv disk undo merge|discard`')
     .addOption(new Option('--network <kind>', 'guest network').choices(['none', 'nat']).default('none'))
     .option('--mac <mac>', 'MAC address of the NIC (with --network nat)')
-    .addOption(new Option('--display <kind>', 'display').choices(['none']).default('none'))
+    .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (a VNC server on a unix socket in the run folder, shown by `vm status`), window (a GTK window on $DISPLAY; needs qemu-system-gui)').choices(['none', 'vnc', 'window']).default('none'))
     .addOption(new Option('--accel <accel>', 'accelerator to try first (default: kvm when usable)').choices(['kvm', 'tcg']))
     .option('--json', 'print the VM state as JSON')
     .addHelpText('after', '\nExamples:\n  medv vm start base.evhd --name test --read-only --json\n  medv vm start work.vhd --memory 512 --network nat\n  medv vm stop test')
     .action(async (disk: string, o: Opts) => {
       if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', '--read-only and --undo exclude each other');
+      if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc on a headless host)');
       if (extname(disk).toLowerCase() === '.vmc') throw new MedvError('EUNSUPPORTED', 'starting from a .vmc file is not supported yet; name the disk image');
       const path = resolve(disk);
       if (!fs.existsSync(path)) throw new MedvError('ENOENT', `no such disk: ${disk}`, { file: disk });
@@ -70,7 +71,7 @@ export function vmCommand(): Command {
         disks: [{ path, mode: o.readOnly ? 'test' : o.undo ? 'undo' : 'normal' }],
         network: o.network as 'none' | 'nat',
         mac: o.mac as string | undefined,
-        display: 'none',
+        display: o.display as 'none' | 'vnc' | 'window',
         accel: o.accel as 'kvm' | 'tcg' | undefined,
         savedState: join(dirname(path), `${basename(path, extname(path))}.vsv`),
       };

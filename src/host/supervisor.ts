@@ -46,7 +46,7 @@ export interface VmConfig {
   disks: VmDiskConfig[];
   network: 'none' | 'nat';
   mac?: string;
-  display: 'none';
+  display: 'none' | 'vnc' | 'window';
   /** Accelerator to try first (default: KVM when usable, else TCG). */
   accel?: Accelerator;
   vmc?: string;
@@ -113,7 +113,7 @@ export class Supervisor {
     const pidStart = processStartTime(process.pid) ?? 0;
     this.state = {
       name: c.name, state: 'starting', pid: process.pid, pidStart, memoryMiB: c.memoryMiB, disks: [],
-      network: c.network, display: { kind: c.display }, startedAt: new Date().toISOString(), vmc: c.vmc,
+      network: c.network, display: { kind: c.display, ...(c.display === 'vnc' ? { vncSocket: join(this.dir, 'vnc.sock') } : {}) }, startedAt: new Date().toISOString(), vmc: c.vmc,
     };
     for (const stale of ['control.sock', 'qmp.sock']) fs.rmSync(join(this.dir, stale), { force: true });
     this.state.savedState = c.savedState;
@@ -183,6 +183,7 @@ export class Supervisor {
       memoryMiB: this.memoryMiB ?? c.memoryMiB,
       incoming: Boolean(saved),
       vga: true,
+      display: c.display === 'vnc' ? { kind: 'vnc', socket: join(this.dir, 'vnc.sock') } : { kind: c.display },
       drives: this.disks.map((d) => ({ source: `nbd+unix:///?socket=${d.socket}` })),
       qmpSocket: join(this.dir, 'qmp.sock'),
       network: c.network === 'nat' ? { kind: 'nat', mac: c.mac } : { kind: 'none' },

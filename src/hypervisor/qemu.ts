@@ -52,6 +52,8 @@ export interface LaunchSpec {
   incoming?: boolean;
   /** Give the VM a standard VGA adapter (for screenshots and displays); default none. */
   vga?: boolean;
+  /** Where the screen goes: nowhere (default), a VNC server on a unix socket, or a GTK window on $DISPLAY. */
+  display?: { kind: 'none' } | { kind: 'vnc'; socket: string } | { kind: 'window' };
   /** Appended to the command line. */
   extraArgs?: string[];
   binary?: string;
@@ -109,7 +111,7 @@ export function qemuArgv(spec: LaunchSpec): string[] {
     spec.binary ?? QEMU_BINARY,
     '-name', spec.name ?? 'medv',
     '-M', 'pc', '-accel', spec.accel, '-m', String(memory),
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-nodefaults', '-no-user-config', '-no-reboot',
     // COM1 on QEMU's stdout; signal=off: a SIGINT to our process group is ours to handle, not QEMU's.
     '-chardev', 'stdio,id=com1,signal=off', '-serial', 'chardev:com1',
     '-qmp', `unix:${spec.qmpSocket},server=on,wait=off`,
@@ -138,7 +140,16 @@ export function qemuArgv(spec: LaunchSpec): string[] {
   } else if (net.kind !== 'none') {
     throw new MedvError('EINVAL_ARG', `network must be none or nat, not ${JSON.stringify((net as { kind: unknown }).kind)}`);
   }
-  if (spec.vga) argv.push('-device', 'VGA');
+  const display = spec.display ?? { kind: 'none' };
+  if (display.kind === 'window') argv.push('-display', 'gtk');
+  else argv.push('-display', 'none');
+  if (display.kind === 'vnc') {
+    if (!display.socket || display.socket.includes(',')) throw new MedvError('EINVAL_ARG', `invalid VNC socket path ${JSON.stringify(display.socket)}`);
+    argv.push('-vnc', `unix:${display.socket}`);
+  } else if (display.kind !== 'none' && display.kind !== 'window') {
+    throw new MedvError('EINVAL_ARG', `display must be none, vnc or window, not ${JSON.stringify((display as { kind: unknown }).kind)}`);
+  }
+  if (spec.vga || display.kind !== 'none') argv.push('-device', 'VGA');
   if (spec.incoming) argv.push('-incoming', 'defer');
   argv.push(...(spec.extraArgs ?? []));
   return argv;

@@ -7,7 +7,11 @@ import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, readdirSync, statSync, watch, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { GUEST, fileContainsMarker, freshGuestImage } from '../helpers/qemu.js';
-import { runMedv, sha256File, tempDir } from '../helpers/cli.js';
+import { runMedv, sha256File, tempDir, waitForFile } from '../helpers/cli.js';
+import { encodePng, nonBackgroundPixels, readPng, readPpm, readXwd } from '../helpers/image.js';
+import { createServer, connect } from 'node:net';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 
 /** Resolves with the match once `file` matches `re` (fs.watch on its folder; no polling loop). */
 function waitForText(file: string, re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
@@ -184,5 +188,72 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /changed since the VM was suspended/);
     assert.equal(json(['status', 'c']).state, 'failed');
+  });
+
+  it('--display vnc: a real VNC client (vncsnapshot) sees the guest; vm screenshot writes a PNG of its text', async () => {
+    const img = freshGuestImage(dir.path);
+    const s = json(['start', img, '--name', 'v', '--memory', '32', '--display', 'vnc']);
+    assert.equal(s.display.kind, 'vnc');
+    await waitForText(serialOf('v'), GUEST.serial.ready, 60_000);
+    // vncsnapshot speaks TCP only: a loopback relay to the VM's private unix socket.
+    const relay = createServer((c) => {
+      const u = connect(s.display.vncSocket);
+      c.pipe(u); u.pipe(c);
+      u.on('error', () => c.destroy()); c.on('error', () => u.destroy());
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+    const port = (relay.address() as { port: number }).port;
+    try {
+      const jpg = join(dir.path, 'vnc.jpg');
+      const r = await new Promise<number | null>((res) => {
+        const p = spawn('vncsnapshot', ['-quiet', `127.0.0.1::${port}`, jpg], { stdio: 'ignore' });
+        p.once('exit', (code) => res(code));
+      });
+      assert.equal(r, 0, 'vncsnapshot captured a frame');
+      writeFileSync(join(dir.path, 'vnc.ppm'), execFileSync('djpeg', ['-pnm', jpg]));
+      const frame = readPpm(join(dir.path, 'vnc.ppm'));
+      assert.ok(nonBackgroundPixels(frame) > 1000, 'the VNC frame is not blank');
+    } finally {
+      relay.close();
+    }
+    const png = join(dir.path, 'shot.png');
+    assert.equal(vm(['screenshot', 'v', png]).code, 0);
+    const shot = readPng(png);
+    assert.ok(shot.width >= 640 && shot.height >= 400);
+    assert.ok(nonBackgroundPixels(shot) > 2000, 'the screenshot shows text');
+    json(['stop', 'v']);
+  });
+
+  it('--display window: the guest\'s screen appears in a GTK window on an X server (Xvfb)', async function () {
+    const xvfb = spawn('Xvfb', [':77', '-screen', '0', '1024x768x24', '-nolisten', 'tcp'], { stdio: 'ignore' });
+    try {
+      await waitForFile('/tmp/.X11-unix/X77', 10_000);
+      const img = freshGuestImage(dir.path);
+      const blank = readXwdOf(':77');
+      const started = runMedv(['vm', 'start', img, '--name', 'x', '--memory', '32', '--display', 'window'], { ...env, DISPLAY: ':77' });
+      assert.equal(started.code, 0, started.stderr);
+      await waitForText(serialOf('x'), GUEST.serial.ready, 60_000);
+      // The window paints after the guest's last line: take frames until it shows (each xwd is an event, not a sleep).
+      let seen = 0;
+      for (let i = 0; i < 50 && seen < 2000; i++) seen = nonBackgroundPixels(readXwdOf(':77')) - nonBackgroundPixels(blank);
+      writeFileSync(join(dir.path, 'x.png'), encodePng(readXwdOf(':77')));
+      assert.ok(seen > 2000, `the X screen shows the guest window (${seen} more non-background pixels than a blank screen)`);
+      json(['stop', 'x']);
+    } finally {
+      xvfb.kill();
+    }
+    function readXwdOf(display: string) {
+      const file = join(dir.path, 'screen.xwd');
+      const r = spawnSync('xwd', ['-root', '-silent', '-display', display, '-out', file]);
+      assert.equal(r.status, 0, String(r.stderr));
+      return readXwd(file);
+    }
+  });
+
+  it('--display window without $DISPLAY is one clear line', () => {
+    const img = freshGuestImage(dir.path);
+    const r = runMedv(['vm', 'start', img, '--name', 'nw', '--display', 'window'], { ...env, DISPLAY: undefined });
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /DISPLAY/);
   });
 });

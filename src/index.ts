@@ -12,4 +12,6 @@ export { openDisk, detectFormat, type DiskFormat, type OpenedDisk, type OpenDisk
 export * as disk from './disk/index.js';
 export * as nbd from './nbd/index.js';
 export * as hypervisor from './hypervisor/index.js';
+export * as vmc from './formats/vmc/index.js';
+export * as imagestate from './formats/imagestate/index.js';
 export { native } from './native.js';

@@ -1,0 +1,3 @@
+export * from './imagestate.js';
+export * from './globalimagedata.js';
+export * from './effective.js';

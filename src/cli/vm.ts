@@ -7,6 +7,7 @@ import type { KekSource } from '../crypto/index.js';
 import { listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
+import { vmConfigFromVmc } from '../host/vmc.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
@@ -29,6 +30,17 @@ function optionalKek(o: KeyOptions, disks: string[]): KekSource | undefined {
   }
 }
 
+function driveMap(specs: string[] | undefined): Record<string, string> | undefined {
+  if (!specs?.length) return undefined;
+  const out: Record<string, string> = {};
+  for (const s of specs) {
+    const m = /^([A-Za-z])=(\/.*)$/.exec(s);
+    if (!m) throw new MedvError('EINVAL_ARG', `--map-drive ${JSON.stringify(s)}: use LETTER=/absolute/folder`);
+    out[m[1].toUpperCase()] = m[2];
+  }
+  return out;
+}
+
 function render(s: VmState): string {
   const lines = [
     `name:      ${s.name}`,
@@ -47,13 +59,14 @@ function render(s: VmState): string {
 export function vmCommand(): Command {
   const vm = new Command('vm').description('run VMs on QEMU under a per-VM supervisor that outlives this command (KVM when usable, else TCG)');
 
-  addKeyOptions(vm.command('start <disk>'))
-    .description('start a VM from a disk image (raw, .vhd, .evhd); it keeps running after this command exits')
+  addKeyOptions(vm.command('start <vmc-or-disk>'))
+    .description('start a VM from a Virtual PC .vmc (with ImageState.xml beside it, if any) or from a disk image (raw, .vhd, .evhd); it keeps running after this command exits, and a VM with a saved state (.vsv) resumes from it')
     .option('--name <name>', 'VM name (default: the file name without extension)')
-    .option('--memory <mib>', 'guest RAM in MiB', positiveInt('--memory'), 128)
+    .option('--memory <mib>', 'guest RAM in MiB (default: the .vmc\'s, else 128)', positiveInt('--memory'))
     .option('--read-only', 'the console\'s test mode: guest writes go to a throw-away undo disk in Test/ beside the image')
     .option('--undo', 'Virtual PC undo disks: guest writes go to <image>.undo.vhd|evhd, kept until `medv disk undo merge|discard`')
-    .addOption(new Option('--network <kind>', 'guest network').choices(['none', 'nat']).default('none'))
+    .addOption(new Option('--network <kind>', 'guest network (default: the .vmc\'s, else none)').choices(['none', 'nat']))
+    .option('--map-drive <letter=folder...>', 'map a Windows drive letter of the .vmc\'s absolute paths to a host folder (C=/srv/vms); unmapped drives are refused')
     .option('--mac <mac>', 'MAC address of the NIC (with --network nat)')
     .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (a VNC server on a unix socket in the run folder, shown by `vm status`), window (a GTK window on $DISPLAY; needs qemu-system-gui)').choices(['none', 'vnc', 'window']).default('none'))
     .addOption(new Option('--accel <accel>', 'accelerator to try first (default: kvm when usable)').choices(['kvm', 'tcg']))
@@ -62,20 +75,29 @@ export function vmCommand(): Command {
     .action(async (disk: string, o: Opts) => {
       if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', '--read-only and --undo exclude each other');
       if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc on a headless host)');
-      if (extname(disk).toLowerCase() === '.vmc') throw new MedvError('EUNSUPPORTED', 'starting from a .vmc file is not supported yet; name the disk image');
       const path = resolve(disk);
-      if (!fs.existsSync(path)) throw new MedvError('ENOENT', `no such disk: ${disk}`, { file: disk });
-      const config: VmConfig = {
-        name: String(o.name ?? basename(path, extname(path))),
-        memoryMiB: Number(o.memory),
-        disks: [{ path, mode: o.readOnly ? 'test' : o.undo ? 'undo' : 'normal' }],
-        network: o.network as 'none' | 'nat',
-        mac: o.mac as string | undefined,
-        display: o.display as 'none' | 'vnc' | 'window',
-        accel: o.accel as 'kvm' | 'tcg' | undefined,
-        savedState: join(dirname(path), `${basename(path, extname(path))}.vsv`),
-      };
-      const state = await startVm(config, { kek: optionalKek(o, [path]) });
+      if (!fs.existsSync(path)) throw new MedvError('ENOENT', `no such ${extname(disk).toLowerCase() === '.vmc' ? 'file' : 'disk'}: ${disk}`, { file: disk });
+      const display = o.display as 'none' | 'vnc' | 'window';
+      const accel = o.accel as 'kvm' | 'tcg' | undefined;
+      let config: VmConfig;
+      if (extname(path).toLowerCase() === '.vmc') {
+        config = vmConfigFromVmc(path, { name: o.name as string | undefined, readOnly: Boolean(o.readOnly), undo: Boolean(o.undo), display, accel, driveMap: driveMap(o.mapDrive as string[] | undefined) });
+        if (o.memory !== undefined) config.memoryMiB = Number(o.memory);
+        if (o.network !== undefined) config.network = o.network as 'none' | 'nat';
+        if (o.mac !== undefined) config.mac = String(o.mac);
+      } else {
+        config = {
+          name: String(o.name ?? basename(path, extname(path))),
+          memoryMiB: o.memory === undefined ? 128 : Number(o.memory),
+          disks: [{ path, mode: o.readOnly ? 'test' : o.undo ? 'undo' : 'normal' }],
+          network: (o.network as 'none' | 'nat' | undefined) ?? 'none',
+          mac: o.mac as string | undefined,
+          display,
+          accel,
+          savedState: join(dirname(path), `${basename(path, extname(path))}.vsv`),
+        };
+      }
+      const state = await startVm(config, { kek: optionalKek(o, config.disks.map((d) => d.path)) });
       if (o.json) printJson(state);
       else process.stdout.write(`${state.resumed ? 'resumed' : 'started'} VM ${state.name} (${state.accel}, supervisor pid ${state.pid}); stop it with: medv vm stop ${state.name}\n`);
     });

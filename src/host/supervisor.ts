@@ -36,7 +36,7 @@ export interface VmDiskConfig {
    *         beside the image, discarded when the VM stops (the base is only ever opened read-only);
    * undo:   Virtual PC undo disks: writes go to `undoPath`, kept until `medv disk undo merge|discard`.
    */
-  mode: 'normal' | 'test' | 'undo';
+  mode: 'normal' | 'test' | 'undo' | 'cdrom';
   undoPath?: string;
 }
 
@@ -152,6 +152,12 @@ export class Supervisor {
     const kek = this.input.kek ? () => this.input.kek! : undefined;
     const socket = join(this.dir, `disk${i}.sock`);
     fs.rmSync(socket, { force: true });
+    if (cfg.mode === 'cdrom') {
+      // CD/DVD images are read-only media: exported read-only like any disk (raw bytes).
+      const opened = await openDisk(cfg.path, { readOnly: true });
+      this.disks.push({ config: cfg, device: opened.device, socket, createdUndo: false, state: { path: cfg.path, format: 'iso', readOnly: true } });
+      return;
+    }
     if (cfg.mode === 'normal') {
       const opened = await openDisk(cfg.path, { kek });
       this.disks.push({ config: cfg, device: opened.device, socket, createdUndo: false, state: { path: cfg.path, format: opened.format, readOnly: false } });
@@ -184,7 +190,7 @@ export class Supervisor {
       incoming: Boolean(saved),
       vga: true,
       display: c.display === 'vnc' ? { kind: 'vnc', socket: join(this.dir, 'vnc.sock') } : { kind: c.display },
-      drives: this.disks.map((d) => ({ source: `nbd+unix:///?socket=${d.socket}` })),
+      drives: this.disks.map((d) => ({ source: `nbd+unix:///?socket=${d.socket}`, ...(d.config.mode === 'cdrom' ? { cdrom: true, readOnly: true } : {}) })),
       qmpSocket: join(this.dir, 'qmp.sock'),
       network: c.network === 'nat' ? { kind: 'nat', mac: c.mac } : { kind: 'none' },
     }, { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });

@@ -34,6 +34,8 @@ export interface DriveSpec {
   readOnly?: boolean;
   /** Default 'ide', 'virtio' when readOnly: QEMU's ide-hd refuses read-only drives. */
   iface?: 'ide' | 'virtio';
+  /** A CD/DVD drive (IDE, read-only media such as an .iso) instead of a hard disk. */
+  cdrom?: boolean;
 }
 
 export interface LaunchSpec {
@@ -118,11 +120,16 @@ export function qemuArgv(spec: LaunchSpec): string[] {
   ];
   let ide = 0;
   spec.drives.forEach((drive, i) => {
-    const iface = drive.iface ?? (drive.readOnly ? 'virtio' : 'ide');
+    const iface = drive.iface ?? (drive.readOnly && !drive.cdrom ? 'virtio' : 'ide');
     const node = `disk${i}`;
     const boot = i === 0 ? ',bootindex=1' : '';
     argv.push('-blockdev', JSON.stringify(blockdevOptions(drive, node)));
-    if (iface === 'ide') {
+    if (drive.cdrom) {
+      if (!drive.readOnly) throw new MedvError('EINVAL_ARG', `drive ${i}: a CD/DVD drive is read-only`);
+      if (ide === 4) throw new MedvError('EINVAL_ARG', 'at most 4 IDE drives');
+      argv.push('-device', `ide-cd,drive=${node},bus=ide.${ide >> 1},unit=${ide & 1}${boot}`);
+      ide++;
+    } else if (iface === 'ide') {
       if (drive.readOnly) throw new MedvError('EINVAL_ARG', `drive ${i}: QEMU's IDE disks cannot be read-only; use iface 'virtio'`);
       if (ide === 4) throw new MedvError('EINVAL_ARG', 'at most 4 IDE drives');
       argv.push('-device', `ide-hd,drive=${node},bus=ide.${ide >> 1},unit=${ide & 1}${boot}`);

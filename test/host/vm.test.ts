@@ -256,4 +256,87 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     assert.equal(r.code, 2);
     assert.match(r.stderr, /DISPLAY/);
   });
+
+  /** A Virtual PC 2007-style .vmc (UTF-16LE with BOM, CRLF) naming `disk` by a Windows relative path. */
+  function writeVmc(path: string, diskName: string, extra = ''): void {
+    const xml = [
+      '<?xml version="1.0" encoding="UTF-16"?>',
+      '<preferences>',
+      '    <version type="string">2.0</version>',
+      '    <hardware>',
+      '        <memory><ram_size type="integer">32</ram_size></memory>',
+      '        <pci_bus>',
+      '            <ide_adapter>',
+      '                <ide_controller id="0">',
+      '                    <location id="0">',
+      '                        <drive_type type="integer">1</drive_type>',
+      '                        <pathname>',
+      `                            <absolute type="string">Z:\\VMs\\${diskName}</absolute>`,
+      `                            <relative type="string">.\\${diskName}</relative>`,
+      '                        </pathname>',
+      '                    </location>',
+      '                </ide_controller>',
+      '            </ide_adapter>',
+      '        </pci_bus>',
+      '    </hardware>',
+      extra,
+      '</preferences>',
+      '',
+    ].join('\r\n');
+    writeFileSync(path, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(xml, 'utf16le')]));
+  }
+
+  for (const kind of ['evhd', 'vhd'] as const) {
+    it(`a UTF-16LE .vmc with Windows relative paths starts the guest from a ${kind}; ACPI stop; the counter persists`, async () => {
+      const img = freshGuestImage(dir.path);
+      const disk = join(dir.path, `xp.${kind}`);
+      assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
+      const vmc = join(dir.path, 'xp.vmc');
+      writeVmc(vmc, `xp.${kind}`);
+      const s = json(['start', vmc]);
+      assert.equal(s.name, 'xp');
+      assert.equal(s.memoryMiB, 32);
+      assert.equal(s.vmc, vmc);
+      await waitForText(serialOf('xp'), GUEST.serial.ready, 60_000);
+      assert.match(vm(['serial', 'xp']).stdout, /MEDV-GUEST boot=1\r?\n/);
+      assert.equal(json(['stop', 'xp']).exitReason, 'poweroff');
+      json(['start', vmc]);
+      await waitForText(serialOf('xp'), /MEDV-GUEST boot=2\r?\n/, 60_000);
+      json(['stop', 'xp']);
+    });
+  }
+
+  it('a .vmc that is not XML, or names a disk outside its folder or on an unmapped drive, is one clear line', () => {
+    const bad = join(dir.path, 'bad.vmc');
+    writeFileSync(bad, 'this is not xml');
+    const r1 = vm(['start', bad]);
+    assert.equal(r1.code, 5, r1.stderr);
+    assert.equal(r1.stderr.trim().split('\n').length, 1);
+    const outside = join(dir.path, 'out.vmc');
+    writeVmc(outside, '..\\..\\etc\\passwd');
+    const r2 = vm(['start', outside]);
+    assert.notEqual(r2.code, 0);
+    assert.match(r2.stderr, /^medv: .*(leaves the folder|no such file)/);
+    assert.equal(r2.stderr.trim().split('\n').length, 1);
+  });
+
+  it('Virtual PC undo drives: writes go to the .vud, the base keeps its bytes', async () => {
+    const img = freshGuestImage(dir.path);
+    const disk = join(dir.path, 'u.vhd');
+    assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
+    const before = sha256File(disk);
+    const vmc = join(dir.path, 'u.vmc');
+    writeVmc(vmc, 'u.vhd', '    <settings><undo_drives><enabled type="boolean">true</enabled></undo_drives></settings>');
+    const s = json(['start', vmc]);
+    assert.equal(s.disks[0].undoPolicy, 'keep');
+    await waitForText(serialOf('u'), GUEST.serial.ready, 60_000);
+    json(['stop', 'u']);
+    assert.equal(sha256File(disk), before, 'the base is unchanged');
+    assert.ok(existsSync(s.disks[0].undo), 'the undo disk is kept');
+    json(['start', vmc]);
+    await waitForText(serialOf('u'), /MEDV-GUEST boot=2\r?\n/, 60_000);
+    json(['stop', 'u']);
+    assert.equal(runMedv(['disk', 'undo', 'merge', s.disks[0].undo], env).code, 0);
+    assert.notEqual(sha256File(disk), before, 'merge commits the guest\'s writes');
+  });
 });

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, readdirSync, statSync, watch, writeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, readlinkSync, statSync, watch, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { GUEST, fileContainsMarker, freshGuestImage } from '../helpers/qemu.js';
 import { runMedv, sha256File, tempDir, waitForFile } from '../helpers/cli.js';
@@ -35,6 +35,19 @@ function waitForPidExit(pid: number): Promise<void> {
     const t = spawn('tail', [`--pid=${pid}`, '-s', '0.1', '-f', '/dev/null'], { stdio: 'ignore' });
     t.once('exit', () => resolve());
   });
+}
+
+/** Descriptors process `pid` holds on `file`, with their open flags (from /proc/<pid>/fdinfo). */
+function openDescriptors(pid: number, file: string): Array<{ fd: number; flags: number }> {
+  const out: Array<{ fd: number; flags: number }> = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    let target: string;
+    try { target = readlinkSync(`/proc/${pid}/fd/${fd}`); } catch { continue; }
+    if (target !== file) continue;
+    const info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+    out.push({ fd: Number(fd), flags: parseInt(/flags:\s+([0-7]+)/.exec(info)![1], 8) });
+  }
+  return out;
 }
 
 describe('host: medv vm (supervisor, real QEMU)', function () {
@@ -94,6 +107,10 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
       assert.equal(s.disks[0].undoPolicy, 'discard');
       await waitForText(serialOf('t'), GUEST.serial.ready, 60_000);
       assert.match(readFileSync(serialOf('t'), 'latin1'), /MEDV-GUEST boot=1\r?\n/, 'every test boot starts from the base');
+      // The kernel's view of every descriptor the supervisor holds on the base: read-only (O_ACCMODE 0).
+      const fds = openDescriptors(s.pid, disk);
+      assert.ok(fds.length > 0, 'the supervisor holds the base open');
+      for (const f of fds) assert.equal(f.flags & 3, 0, `fd ${f.fd} on the base is open for writing (flags 0${f.flags.toString(8)})`);
       json(['stop', 't']);
       assert.equal(sha256File(disk), before);
       assert.deepEqual(readdirSync(join(dir.path, 'Test')), [], 'the undo disk is discarded at stop');

@@ -6,7 +6,9 @@
 #   3. the native addon (node-gyp) when missing or older than its sources; a failure only warns
 #      (src/native.ts falls back to JavaScript)
 #   4. npm run build (tsc + the test guest in vm/build), every time
-#   5. reports whether QEMU tests can use KVM
+#   5. the Linux test guest (scripts/build-linux-guest.js): Debian packages fetched once with
+#      `apt-get download` into vm/build/linux/debs; rebuilt only when vm/linux or the .debs change
+#   6. reports whether QEMU tests can use KVM
 # One line per step when nothing is missing; command output is shown only when a step fails.
 # Non-interactive (CI=true, no stdin). MEDV_SETUP_APT_PACKAGES overrides the package list (for testing).
 set -euo pipefail
@@ -38,8 +40,9 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 # libvhdi-utils python3-libvhdi: VHD interop peers; nginx-light: HTTP range peer; fio: disk benches;
 # nbdkit libnbd-bin: NBD peers (nbdkit, nbdinfo, nbdcopy); g++ make: node-gyp for the native addon;
 # qemu-system-gui: `medv vm --display window`; xvfb x11-apps vncsnapshot libjpeg-turbo-progs: display tests
-# (an X server, xwd, a real VNC client, djpeg).
-read -r -a packages <<<"${MEDV_SETUP_APT_PACKAGES:-qemu-system-x86 qemu-utils nasm libvhdi-utils python3-libvhdi nginx-light fio nbdkit libnbd-bin g++ make qemu-system-gui xvfb x11-apps vncsnapshot libjpeg-turbo-progs}"
+# (an X server, xwd, a real VNC client, djpeg);
+# e2fsprogs mtools: the Linux test guest's disk (mke2fs -d, debugfs; FAT boot partition) without mounts.
+read -r -a packages <<<"${MEDV_SETUP_APT_PACKAGES:-qemu-system-x86 qemu-utils nasm libvhdi-utils python3-libvhdi nginx-light fio nbdkit libnbd-bin g++ make qemu-system-gui xvfb x11-apps vncsnapshot libjpeg-turbo-progs e2fsprogs mtools}"
 if command -v dpkg-query >/dev/null; then
   missing=()
   for p in "${packages[@]}"; do
@@ -105,7 +108,11 @@ fi
 run_logged "npm run build" npm run --silent build || exit 1
 say "build: ok (tsc, vm/build/guest.img)"
 
-# --- 5. KVM
+# --- 5. the Linux test guest (vm/linux; vm/README.md): cached, one line when up to date
+run_logged "the Linux test guest (node scripts/build-linux-guest.js)" node scripts/build-linux-guest.js || exit 1
+say "linux guest: $(tail -n 1 "$LOG" | sed 's/^build-linux-guest: //')"
+
+# --- 6. KVM
 if [ ! -e /dev/kvm ]; then
   say "kvm: no /dev/kvm; QEMU tests run under TCG only"
 elif [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then

@@ -31,7 +31,9 @@ export type ErrorCode =
   // hypervisor
   | 'EHYPERVISOR'         // QEMU failed to start, or the VM stopped in an error state (e.g. KVM internal error)
   | 'ETIMEOUT'            // a wait for the guest or QEMU ran out of time
-  | 'EINTERNAL';
+  | 'EINTERNAL'
+  | 'EAUTH'               // an authenticated structure (EVHD header MAC) does not verify under the key
+  | 'EINSECURE';          // key material readable or writable by group/other (host key file)
 
 export interface MedvErrorData {
   file?: string;

@@ -20,6 +20,8 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   EPARENT: 5,
   EREADONLY: 6,
   EUNSUPPORTED: 7,
+  EAUTH: 5,
+  EINSECURE: 4,
 };
 /** Exit status of `disk check` when the disk is damaged. */
 export const EXIT_DAMAGED = 8;

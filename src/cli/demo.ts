@@ -13,12 +13,10 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { MedvError } from '../errors.js';
 import type { KekSource } from '../crypto/index.js';
-import { convertDisk, serveDiskFile } from '../disk/index.js';
-import { createUndoDisk, discardUndoDisk, openUndoDisk } from '../layers/undo/index.js';
-import { openDisk } from '../layers/open.js';
-import { defaultAccelerator, QemuProcess, withTcgFallback, type Accelerator } from '../hypervisor/qemu.js';
-import { fileContainsMarker, GUEST, markerBlock, readCounter } from '../hypervisor/testguest.js';
+import type { Accelerator } from '../hypervisor/qemu.js';
 import { printJson } from './common.js';
+// Everything else the demo uses (QEMU driver, the test guest's fixtures under vm/, the disk stack)
+// is imported inside runDemo, so `medv disk …` never loads it and works without vm/.
 
 export interface DemoOptions {
   /** Keep the work folder (default: removed). */
@@ -59,28 +57,35 @@ function sha256(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');
 }
 
-/** Boot the guest once from `uri`, wait for it to write and be ready, power it off. */
-async function bootOnce(uri: string, accel: Accelerator): Promise<{ boot: number; readyMs: number; serial: string }> {
-  const vm = await QemuProcess.launch({ name: 'medv-demo', accel, drives: [{ source: uri }] });
-  try {
-    const boot = Number((await vm.waitForSerial(GUEST.serial.boot, BOOT_MS))[1]);
-    await vm.waitForSerial(GUEST.serial.markerWritten, BOOT_MS);
-    await vm.waitForSerial(GUEST.serial.ready, BOOT_MS);
-    const errors = vm.serial().match(GUEST.serial.error);
-    if (errors) throw new MedvError('EIO', `the guest reported a disk error: ${errors[0].trim()}`);
-    const readyMs = vm.serialLines().find((l) => GUEST.serial.ready.test(`${l.text}\n`))?.ms ?? 0;
-    await vm.powerdown();
-    const code = await vm.waitExit(POWERDOWN_MS);
-    if (code !== 0) throw new MedvError('EHYPERVISOR', `QEMU exited with status ${code} after the power button`);
-    return { boot, readyMs, serial: vm.serial() };
-  } finally {
-    await vm.kill();
-  }
-}
-
 export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
   const log = options.log ?? ((s: string) => process.stdout.write(`${s}\n`));
   const t0 = performance.now();
+  const { fileContainsMarker, GUEST, loadGuestLayout, markerBlock, readCounter } = await import('../hypervisor/testguest.js');
+  loadGuestLayout(); // a typed error, before anything is done, when vm/ is not there
+  const { defaultAccelerator, QemuProcess, withTcgFallback } = await import('../hypervisor/qemu.js');
+  const { convertDisk, serveDiskFile } = await import('../disk/index.js');
+  const { createUndoDisk, discardUndoDisk, openUndoDisk } = await import('../layers/undo/index.js');
+  const { openDisk } = await import('../layers/open.js');
+
+  /** Boot the guest once from `uri`, wait for it to write and be ready, power it off. */
+  const bootOnce = async (uri: string, accel: Accelerator): Promise<{ boot: number; readyMs: number; serial: string }> => {
+    const vm = await QemuProcess.launch({ name: 'medv-demo', accel, drives: [{ source: uri }] });
+    try {
+      const boot = Number((await vm.waitForSerial(GUEST.serial.boot, BOOT_MS))[1]);
+      await vm.waitForSerial(GUEST.serial.markerWritten, BOOT_MS);
+      await vm.waitForSerial(GUEST.serial.ready, BOOT_MS);
+      const errors = vm.serial().match(GUEST.serial.error);
+      if (errors) throw new MedvError('EIO', `the guest reported a disk error: ${errors[0].trim()}`);
+      const readyMs = vm.serialLines().find((l) => GUEST.serial.ready.test(`${l.text}\n`))?.ms ?? 0;
+      await vm.powerdown();
+      const code = await vm.waitExit(POWERDOWN_MS);
+      if (code !== 0) throw new MedvError('EHYPERVISOR', `QEMU exited with status ${code} after the power button`);
+      return { boot, readyMs, serial: vm.serial() };
+    } finally {
+      await vm.kill();
+    }
+  };
+
   if (!existsSync(GUEST.image)) throw new MedvError('ENOENT', 'the test guest is not built (run npm run build)', { file: GUEST.image });
   const work = mkdtempSync(join(tmpdir(), 'medv-demo-'));
   // The demo's disks live only as long as the demo: a random passphrase unless one is given.

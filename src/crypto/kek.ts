@@ -22,24 +22,42 @@ const MAX_PASSPHRASE_FILE = 64 * 1024;
 /**
  * Where the passphrase comes from, in order: `passphraseFile` (its contents, one trailing newline
  * removed), the MEDV_PASSPHRASE environment variable, the host key file if given.
- * Otherwise ENOKEY.
+ * Otherwise ENOKEY. A passphrase file that group or others may access is used, with one warning
+ * line through `warn` (default: stderr); a host key file like that is refused when loaded
+ * (loadHostKey).
  */
-export function kekFromEnvironment(opts: { passphraseFile?: string; hostKeyFile?: string } = {}): KekSource {
+export function kekFromEnvironment(opts: { passphraseFile?: string; hostKeyFile?: string; warn?: (line: string) => void } = {}): KekSource {
   if (opts.passphraseFile !== undefined) {
+    const file = opts.passphraseFile;
     let raw: Buffer;
+    let fd: number | undefined;
     try {
-      const st = fs.statSync(opts.passphraseFile);
-      if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'passphrase file is not a regular file', { file: opts.passphraseFile });
-      if (st.size > MAX_PASSPHRASE_FILE) throw new MedvError('EINVAL_ARG', `passphrase file is larger than ${MAX_PASSPHRASE_FILE} bytes`, { file: opts.passphraseFile });
-      raw = fs.readFileSync(opts.passphraseFile);
+      fd = fs.openSync(file, fs.constants.O_RDONLY);
+      const st = fs.fstatSync(fd);
+      if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'passphrase file is not a regular file', { file });
+      if (st.size > MAX_PASSPHRASE_FILE) throw new MedvError('EINVAL_ARG', `passphrase file is larger than ${MAX_PASSPHRASE_FILE} bytes`, { file });
+      if (st.mode & 0o077) {
+        const warn = opts.warn ?? ((line: string) => { process.stderr.write(`${line}\n`); });
+        warn(`medv: warning: passphrase file ${file} is accessible by group or others (mode ${modeString(st.mode)}); chmod 600 it`);
+      }
+      raw = Buffer.alloc(st.size);
+      let done = 0;
+      while (done < raw.length) {
+        const n = fs.readSync(fd, raw, done, raw.length - done, done);
+        if (n === 0) break;
+        done += n;
+      }
+      raw = raw.subarray(0, done);
     } catch (e) {
-      throw fromSystemError(e, opts.passphraseFile);
+      throw fromSystemError(e, file);
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
     }
     let text = raw.toString('utf8');
     raw.fill(0);
     if (text.endsWith('\r\n')) text = text.slice(0, -2);
     else if (text.endsWith('\n')) text = text.slice(0, -1);
-    if (text.length === 0) throw new MedvError('ENOKEY', 'passphrase file is empty', { file: opts.passphraseFile });
+    if (text.length === 0) throw new MedvError('ENOKEY', 'passphrase file is empty', { file });
     return { kind: 'passphrase', passphrase: text };
   }
   const env = process.env.MEDV_PASSPHRASE;
@@ -47,6 +65,8 @@ export function kekFromEnvironment(opts: { passphraseFile?: string; hostKeyFile?
   if (opts.hostKeyFile !== undefined) return { kind: 'hostkey', keyFile: opts.hostKeyFile };
   throw new MedvError('ENOKEY', 'no passphrase: set MEDV_PASSPHRASE or use --passphrase-file');
 }
+
+const modeString = (mode: number) => `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
 
 /** Create a new host key: 32 random bytes, mode 0600, fsynced. Refuses to overwrite (EEXIST). */
 export async function createHostKey(path: string): Promise<void> {
@@ -67,7 +87,10 @@ export async function createHostKey(path: string): Promise<void> {
   }
 }
 
-/** Read a host key into secure memory (caller wipes it). EFORMAT unless exactly 32 bytes. */
+/**
+ * Read a host key into secure memory (caller wipes it). EFORMAT unless exactly 32 bytes;
+ * EINSECURE when group or others have any access to the file (as ssh refuses such a private key).
+ */
 export async function loadHostKey(path: string): Promise<Buffer> {
   const key = secureAlloc(HOST_KEY_BYTES);
   let fh: fs.promises.FileHandle | undefined;
@@ -76,6 +99,9 @@ export async function loadHostKey(path: string): Promise<Buffer> {
     const st = await fh.stat();
     if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'host key is not a regular file', { file: path });
     if (st.size !== HOST_KEY_BYTES) throw new MedvError('EFORMAT', `host key file is ${st.size} bytes, expected ${HOST_KEY_BYTES}`, { file: path, offset: 0 });
+    if (st.mode & 0o077) {
+      throw new MedvError('EINSECURE', `host key file permissions ${modeString(st.mode)} are too open: it must not be accessible by group or others (chmod 600 ${path})`, { file: path });
+    }
     const { bytesRead } = await fh.read(key, 0, HOST_KEY_BYTES, 0);
     if (bytesRead !== HOST_KEY_BYTES) throw new MedvError('ETRUNCATED', 'host key file shrank while being read', { file: path, offset: bytesRead });
     return key;

@@ -2,8 +2,8 @@
  * Wrapping and unwrapping data keys in .enc key files (format: src/formats/keyfile.ts).
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { beginStaging } from '../block/atomic.js';
 import { MedvError, fromSystemError } from '../errors.js';
 import {
   type KeyFileKek, KEYFILE_NONCE_BYTES, KEYFILE_SALT_BYTES, KEYFILE_SIZE, KEYFILE_VERSION, KEYFILE_WRAPPED_BYTES,
@@ -91,30 +91,40 @@ export async function unwrapDataKey(enc: Buffer, kek: KekSource, file?: string):
 }
 
 /**
- * Write `dataKey` wrapped under `kek` to `encPath`, atomically: a temporary file in the same
- * directory is written and fsynced, then hard-linked to `encPath` (link fails if the name
- * exists: no overwrite, no race), the temporary name is removed and the directory fsynced.
+ * Write `dataKey` wrapped under `kek` to `encPath`, atomically and never over an existing file:
+ * written and fsynced under a temporary name, then published by link (src/block/atomic.ts).
  */
 export async function writeKeyFile(encPath: string, dataKey: DataKey, kek: KekSource, opts: WrapOptions = {}): Promise<void> {
-  if (fs.existsSync(encPath)) throw new MedvError('EEXIST', `key file exists: ${encPath}`, { file: encPath });
+  const staging = beginStaging([encPath], (f) => `key file exists: ${f}`);
+  try {
+    await writeKeyFileAt(staging.tempFor(encPath), dataKey, kek, opts);
+    await staging.publish();
+  } catch (e) {
+    await staging.abort().catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * Write the key file bytes to a new file `path` (O_EXCL, mode 0600) and fsync it. For a key
+ * file published together with its .evhd (see createEvhdFile); on failure removes `path`.
+ */
+export async function writeKeyFileAt(path: string, dataKey: DataKey, kek: KekSource, opts: WrapOptions = {}): Promise<void> {
   const bytes = await wrapDataKey(dataKey, kek, opts);
-  const dir = path.dirname(encPath);
-  const tmp = path.join(dir, `.${path.basename(encPath)}.${randomBytes(6).toString('hex')}.tmp`);
   let fh: fs.promises.FileHandle | undefined;
   try {
-    fh = await fs.promises.open(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    fh = await fs.promises.open(path, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     await fh.write(bytes, 0, bytes.length, 0);
     await fh.sync();
     await fh.close();
     fh = undefined;
-    await fs.promises.link(tmp, encPath);
   } catch (e) {
-    if (fh) await fh.close().catch(() => undefined);
-    await fs.promises.unlink(tmp).catch(() => undefined);
-    throw fromSystemError(e, encPath);
+    if (fh) {
+      await fh.close().catch(() => undefined);
+      await fs.promises.unlink(path).catch(() => undefined);
+    }
+    throw fromSystemError(e, path);
   }
-  await fs.promises.unlink(tmp).catch(() => undefined);
-  await fsyncDir(dir);
 }
 
 /** Read and unwrap an .enc file. */
@@ -137,14 +147,4 @@ export async function readKeyFile(encPath: string, kek: KekSource): Promise<Data
   return unwrapDataKey(bytes, kek, encPath);
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  let fh: fs.promises.FileHandle | undefined;
-  try {
-    fh = await fs.promises.open(dir, fs.constants.O_RDONLY);
-    await fh.sync();
-  } catch {
-    // Some file systems refuse fsync on directories; the data itself is already durable.
-  } finally {
-    if (fh) await fh.close().catch(() => undefined);
-  }
-}
+export { fsyncDir } from '../block/atomic.js';

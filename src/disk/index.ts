@@ -2,17 +2,18 @@
  * Disk-file operations as library calls: create, describe, check, convert, serve.
  * The CLI (src/cli/disk.ts) only parses options and calls these.
  */
-import { existsSync, unlinkSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { beginStaging } from '../block/atomic.js';
 import type { BlockDevice } from '../block/device.js';
 import { forEachChunk } from '../block/copy.js';
 import { FileDevice } from '../block/file.js';
 import { MedvError } from '../errors.js';
-import { encPathFor, type KekSource } from '../crypto/index.js';
-import { createEvhdFile, decryptFile, encryptFile, openEvhdFile, readEvhdHeader } from '../layers/evhd/index.js';
+import type { KekSource } from '../crypto/index.js';
+import { decryptFile, encryptFile, openEvhdFile, readEvhdHeader, stageEvhdFile } from '../layers/evhd/index.js';
 import { describeDisk, detectFormat, openDisk, type DiskFormat } from '../layers/open.js';
 import { openUndoDisk, createUndoDisk } from '../layers/undo/index.js';
 import { checkVhd, createVhd, openVhd, type VhdInfo } from '../layers/vhd/index.js';
-import { serveNbd, type NbdServer } from '../nbd/server.js';
+import { checkSocketPath, serveNbd, type NbdServer } from '../nbd/server.js';
 
 export type VhdLayout = 'fixed' | 'dynamic';
 export type Progress = (done: number, total: number) => void;
@@ -24,7 +25,10 @@ export interface CreateDiskOptions {
   kek?: () => KekSource;
 }
 
-/** Create an empty disk: a VHD (fixed or dynamic), inside an EVHD when encrypted or named .evhd. */
+/**
+ * Create an empty disk: a VHD (fixed or dynamic), inside an EVHD when encrypted or named .evhd.
+ * Written under a temporary name (and key file) and published when complete (src/block/atomic.ts).
+ */
 export async function createDisk(path: string, options: CreateDiskOptions): Promise<VhdInfo> {
   const encrypt = options.encrypt || path.toLowerCase().endsWith('.evhd');
   if (encrypt && !path.toLowerCase().endsWith('.evhd')) {
@@ -32,31 +36,49 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
   }
   if (existsSync(path)) throw new MedvError('EEXIST', `file exists: ${path}`, { file: path });
   if (!(options.size > 0)) throw new MedvError('EINVAL_ARG', 'disk size must be positive');
-  const storage = await createContainer(path, encrypt, options.kek);
-  return withCleanupOnError(path, encrypt, async () => {
-    try {
-      const info = await createVhd(storage, { type: options.type ?? 'dynamic', size: options.size });
-      await storage.flush();
-      return info;
-    } finally {
-      await storage.close();
-    }
-  });
-}
-
-async function createContainer(path: string, encrypt: boolean, kek?: () => KekSource): Promise<BlockDevice> {
-  if (!encrypt) return FileDevice.open(path, { create: true });
-  return createEvhdFile(path, requireKek(kek, path));
-}
-
-async function withCleanupOnError<T>(path: string, encrypted: boolean, work: () => Promise<T>): Promise<T> {
+  const out = await newContainer(path, encrypt, options.kek);
   try {
-    return await work();
+    const info = await createVhd(out.storage, { type: options.type ?? 'dynamic', size: options.size });
+    await out.storage.flush();
+    await out.storage.close();
+    await out.publish();
+    return info;
   } catch (e) {
-    if (existsSync(path)) unlinkSync(path);
-    if (encrypted && existsSync(encPathFor(path))) unlinkSync(encPathFor(path));
+    await out.abort().catch(() => undefined);
     throw e;
   }
+}
+
+/** A new output file (plain, or an EVHD with its key file) under temporary names until publish. */
+interface NewOutput {
+  storage: BlockDevice;
+  /** Close everything over `storage` first. */
+  publish(): Promise<void>;
+  /** Close `storage` and remove only what this run created. */
+  abort(): Promise<void>;
+}
+
+async function newContainer(path: string, encrypt: boolean, kek?: () => KekSource, size?: number): Promise<NewOutput> {
+  if (encrypt) {
+    const pending = await stageEvhdFile(path, requireKek(kek, path));
+    return { storage: pending.device, publish: () => pending.publish(), abort: () => pending.abort() };
+  }
+  const staging = beginStaging([path]);
+  let storage: FileDevice;
+  try {
+    storage = await FileDevice.open(staging.tempFor(path), { create: true, size });
+  } catch (e) {
+    await staging.abort().catch(() => undefined);
+    throw e;
+  }
+  return {
+    storage,
+    publish: () => staging.publish(),
+    async abort() {
+      await storage.close().catch(() => undefined);
+      await staging.abort();
+    },
+  };
 }
 
 function requireKek(kek: (() => KekSource) | undefined, path: string): KekSource {
@@ -155,35 +177,38 @@ export async function convertDisk(src: string, dst: string, options: ConvertOpti
   const srcType = described.vhd?.type;
   const sameLayout = options.type === undefined || options.type === srcType;
   const kekValue = () => requireKek(options.kek, from === 'evhd' ? src : dst);
+  // Every branch writes under temporary names and publishes at the end (src/block/atomic.ts):
+  // a failed or killed convert leaves nothing under DST, and never removes a file it did not create.
   if (from === 'vhd' && to === 'evhd' && sameLayout && srcType !== 'differencing') {
-    await withCleanupOnError(dst, true, () => encryptFile(src, dst, kekValue(), options.onProgress));
+    await encryptFile(src, dst, kekValue(), options.onProgress);
     return;
   }
   if (from === 'evhd' && to === 'vhd' && sameLayout && srcType !== 'differencing') {
-    await withCleanupOnError(dst, false, () => decryptFile(src, dst, kekValue(), options.onProgress));
+    await decryptFile(src, dst, kekValue(), options.onProgress);
     return;
   }
   const source = await openDisk(src, { readOnly: true, kek: options.kek });
   try {
-    await withCleanupOnError(dst, to === 'evhd', async () => {
-      const target = await createTarget(dst, to, options.type ?? (srcType === 'fixed' ? 'fixed' : 'dynamic'), source.device.size, options.kek);
-      try {
-        await copyDevice(source.device, target, options.onProgress);
-        await target.flush();
-      } finally {
-        await target.close();
-      }
-    });
+    const type = options.type ?? (srcType === 'fixed' ? 'fixed' : 'dynamic');
+    const out = await newContainer(dst, to === 'evhd', options.kek, to === 'raw' ? source.device.size : undefined);
+    try {
+      const target = to === 'raw' ? out.storage : await createVhdOn(out.storage, dst, type, source.device.size);
+      await copyDevice(source.device, target, options.onProgress);
+      await target.flush();
+      await target.close();
+      await out.publish();
+    } catch (e) {
+      await out.abort().catch(() => undefined);
+      throw e;
+    }
   } finally {
     await source.device.close();
   }
 }
 
-async function createTarget(path: string, to: DiskFormat, type: VhdLayout, size: number, kek?: () => KekSource): Promise<BlockDevice> {
-  if (to === 'raw') return FileDevice.open(path, { create: true, size });
-  const storage = await createContainer(path, to === 'evhd', kek);
+async function createVhdOn(storage: BlockDevice, name: string, type: VhdLayout, size: number): Promise<BlockDevice> {
   await createVhd(storage, { type, size });
-  return openVhd(storage, { name: path });
+  return openVhd(storage, { name });
 }
 
 /** Copy the source into a new (all-zero) target of at least its size, skipping all-zero chunks. */
@@ -215,6 +240,7 @@ export interface ServedDisk {
 }
 
 export async function serveDiskFile(path: string, options: ServeOptions): Promise<ServedDisk> {
+  checkSocketPath(options.socketPath); // before an undo disk is created or anything opened
   let device: BlockDevice;
   if (options.undoPath) {
     if (!existsSync(options.undoPath)) await createUndoDisk(options.undoPath, path, { kek: options.kek });

@@ -7,11 +7,11 @@
  * last unit is stored whole; its bytes past the logical length are zeros before encryption.
  *
  * Header (integers little-endian). Every field that changes after creation (logical length,
- * checksum) lies in the first 512-byte sector, so a header rewrite is one sector write.
+ * MAC, checksum) lies in the first 512-byte sector, so a header rewrite is one sector write.
  *
  *   off  size  field
  *     0     8  magic "MEDVEVHD"
- *     8     2  version (1)
+ *     8     2  version (2; version 1 had no MAC and is refused with EVERSION)
  *    10     2  reserved, 0
  *    12     4  header size (4096)
  *    16     4  unit size (4096)
@@ -22,27 +22,35 @@
  *    88     8  logical length in bytes (u64): the size of the inner VHD file
  *    96     8  data offset (u64, 4096)
  *   104    32  checksum: SHA-256 of the 4096 header bytes with this field zeroed
- *   136  3960  reserved (zeros when written; covered by the checksum)
+ *   136    32  MAC: keyed BLAKE2b-256 of the 4096 header bytes with the checksum and MAC fields
+ *              zeroed, under a key derived from the data key (src/layers/evhd/keycheck.ts)
+ *   168  3928  reserved (zeros when written; covered by the checksum and the MAC)
  *
- * Parsing order: length, magic, checksum, version, then each field.
+ * Parsing order: length, magic, checksum, version, then each field. The checksum catches damage
+ * without a key; the MAC is checked when the file is opened with its key (after the key check,
+ * before any data unit is read), so a header changed by anyone without the key (a forged logical
+ * length with a recomputed checksum) is refused. Every header write recomputes both.
  */
 import { createHash } from 'node:crypto';
 import { MedvError } from '../errors.js';
 
 export const EVHD_MAGIC = Buffer.from('MEDVEVHD', 'latin1');
-export const EVHD_VERSION = 1;
+export const EVHD_VERSION = 2;
 export const EVHD_HEADER_SIZE = 4096;
 export const EVHD_UNIT_SIZE = 4096;
 export const EVHD_CIPHER = 'aes-256-xts';
 export const EVHD_KEY_ID_BYTES = 16;
 export const EVHD_KEY_CHECK_BYTES = 32;
+export const EVHD_MAC_BYTES = 32;
 /** Largest logical length we accept: whole units must stay addressable as JS numbers. */
 export const EVHD_MAX_LOGICAL_LENGTH = BigInt(Number.MAX_SAFE_INTEGER) - 2n * BigInt(EVHD_UNIT_SIZE) + 1n;
 
 const OFF = {
   magic: 0, version: 8, reserved1: 10, headerSize: 12, unitSize: 16, reserved2: 20, cipher: 24,
-  keyId: 40, keyCheck: 56, logicalLength: 88, dataOffset: 96, checksum: 104,
+  keyId: 40, keyCheck: 56, logicalLength: 88, dataOffset: 96, checksum: 104, mac: 136,
 } as const;
+/** Offset of the MAC field (for errors naming it). */
+export const EVHD_MAC_OFFSET = OFF.mac;
 const CIPHER_BYTES = 16;
 
 export interface EvhdHeader {
@@ -54,13 +62,16 @@ export interface EvhdHeader {
   keyCheck: Buffer;
   logicalLength: bigint;
   dataOffset: bigint;
+  /** The header MAC as stored (zeros in a header not yet sealed). */
+  mac: Buffer;
 }
 
-/** A version-1 header with the fixed fields filled in. */
+/** A header with the fixed fields filled in. */
 export function newEvhdHeader(keyId: Buffer, keyCheck: Buffer, logicalLength: bigint = 0n): EvhdHeader {
   return {
     version: EVHD_VERSION, headerSize: EVHD_HEADER_SIZE, unitSize: EVHD_UNIT_SIZE, cipher: EVHD_CIPHER,
     keyId: Buffer.from(keyId), keyCheck: Buffer.from(keyCheck), logicalLength, dataOffset: BigInt(EVHD_HEADER_SIZE),
+    mac: Buffer.alloc(EVHD_MAC_BYTES),
   };
 }
 
@@ -76,7 +87,21 @@ function headerChecksum(b: Buffer): Buffer {
   return h.digest();
 }
 
-export function serializeEvhdHeader(h: EvhdHeader): Buffer {
+/** The bytes the header MAC covers: the 4096-byte header with the checksum and MAC fields zeroed (a copy). */
+export function evhdHeaderMacInput(header: Buffer): Buffer {
+  if (!Buffer.isBuffer(header) || header.length < EVHD_HEADER_SIZE) throw new MedvError('EINVAL_ARG', `EVHD header must be ${EVHD_HEADER_SIZE} bytes`);
+  const b = Buffer.from(header.subarray(0, EVHD_HEADER_SIZE));
+  b.fill(0, OFF.checksum, OFF.checksum + 32);
+  b.fill(0, OFF.mac, OFF.mac + EVHD_MAC_BYTES);
+  return b;
+}
+
+/**
+ * The 4096 header bytes. With `mac`, the MAC field is computed over evhdHeaderMacInput of the
+ * other fields (src/layers/evhd/keycheck.ts supplies it); without, `h.mac` is written as it is.
+ * The checksum is computed last, over everything including the MAC.
+ */
+export function serializeEvhdHeader(h: EvhdHeader, mac?: (input: Buffer) => Buffer): Buffer {
   const bad = (m: string) => new MedvError('EINVAL_ARG', `EVHD header: ${m}`);
   if (!Buffer.isBuffer(h.keyId) || h.keyId.length !== EVHD_KEY_ID_BYTES) throw bad('key id must be 16 bytes');
   if (!Buffer.isBuffer(h.keyCheck) || h.keyCheck.length !== EVHD_KEY_CHECK_BYTES) throw bad('key check must be 32 bytes');
@@ -93,6 +118,9 @@ export function serializeEvhdHeader(h: EvhdHeader): Buffer {
   h.keyCheck.copy(b, OFF.keyCheck);
   b.writeBigUInt64LE(h.logicalLength, OFF.logicalLength);
   b.writeBigUInt64LE(h.dataOffset, OFF.dataOffset);
+  const tag = mac ? mac(evhdHeaderMacInput(b)) : h.mac;
+  if (!Buffer.isBuffer(tag) || tag.length !== EVHD_MAC_BYTES) throw bad('MAC must be 32 bytes');
+  tag.copy(b, OFF.mac);
   headerChecksum(b).copy(b, OFF.checksum);
   return b;
 }
@@ -141,5 +169,6 @@ export function parseEvhdHeader(buf: Buffer, file?: string): EvhdHeader {
     keyId: Buffer.from(hdr.subarray(OFF.keyId, OFF.keyId + EVHD_KEY_ID_BYTES)),
     keyCheck: Buffer.from(hdr.subarray(OFF.keyCheck, OFF.keyCheck + EVHD_KEY_CHECK_BYTES)),
     logicalLength, dataOffset,
+    mac: Buffer.from(hdr.subarray(OFF.mac, OFF.mac + EVHD_MAC_BYTES)),
   };
 }

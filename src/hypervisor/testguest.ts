@@ -1,50 +1,88 @@
 /**
  * The tiny test guest built from vm/guest.asm (see vm/README.md): where its image is, what it
  * writes where, and what it prints. The numbers come from vm/layout.json, the single source the
- * build also uses. Tests and `medv demo` use these.
+ * build also uses, read on first use (importing this module never fails; `medv disk …` works
+ * where vm/ is not shipped). These are test fixtures: the tests and `medv demo` use them.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { MedvError } from '../errors.js';
+import { MedvError, fromSystemError } from '../errors.js';
 
+/** The folder holding package.json above this module (the install or clone root). */
 function findRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'vm', 'layout.json'))) return dir;
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (let dir = here; ;) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
     const up = dirname(dir);
-    if (up === dir) throw new MedvError('ENOENT', 'cannot find the medv source tree (vm/layout.json) above this module', { file: fileURLToPath(import.meta.url) });
+    if (up === dir) return resolve(here, '..', '..');
     dir = up;
   }
 }
 
-/** The repository root (the folder holding vm/). */
+/** The repository root (the folder holding package.json, and vm/ in a source tree). */
 export const REPO_ROOT = findRoot();
 
 interface Layout {
   imageBytes: number; sectorBytes: number; counterLba: number; counterMagic: string;
   markerLba: number; markerSectors: number; marker: string;
 }
-const layout = JSON.parse(readFileSync(join(REPO_ROOT, 'vm', 'layout.json'), 'utf8')) as Layout;
 
-/** The test guest: where it is, what it writes where, and what it prints (COM1, CRLF lines). */
+let layoutCache: Layout | undefined;
+
+/**
+ * The guest's numbers from vm/layout.json, read on first use (not at import: `medv disk …` must
+ * work where vm/ is not shipped). ENOENT when the file is missing, EFORMAT when it is malformed.
+ */
+export function loadGuestLayout(): Layout {
+  if (layoutCache) return layoutCache;
+  const file = join(REPO_ROOT, 'vm', 'layout.json');
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new MedvError('ENOENT', 'the test guest is not here (vm/layout.json is missing; the demo and the guest tests need the source tree)', { file });
+    }
+    throw fromSystemError(e, file);
+  }
+  let raw: Record<string, unknown>;
+  try { raw = JSON.parse(text) as Record<string, unknown>; } catch {
+    throw new MedvError('EFORMAT', 'vm/layout.json is not valid JSON', { file });
+  }
+  for (const k of ['imageBytes', 'sectorBytes', 'counterLba', 'markerLba', 'markerSectors'] as const) {
+    if (!Number.isSafeInteger(raw?.[k]) || (raw[k] as number) < 0) throw new MedvError('EFORMAT', `vm/layout.json: ${k} must be a non-negative integer`, { file });
+  }
+  for (const k of ['counterMagic', 'marker'] as const) {
+    if (typeof raw?.[k] !== 'string') throw new MedvError('EFORMAT', `vm/layout.json: ${k} must be a string`, { file });
+  }
+  layoutCache = raw as unknown as Layout;
+  return layoutCache;
+}
+
+const L = loadGuestLayout;
+
+/**
+ * The test guest: where it is, what it writes where, and what it prints (COM1, CRLF lines).
+ * The numbers are getters over vm/layout.json (loadGuestLayout), read on first use.
+ */
 export const GUEST = {
   /** The fresh raw image built by `npm run build`; copy it before booting it. */
   image: join(REPO_ROOT, 'vm', 'build', 'guest.img'),
   source: join(REPO_ROOT, 'vm', 'guest.asm'),
-  imageBytes: layout.imageBytes,
-  sectorBytes: layout.sectorBytes,
+  get imageBytes(): number { return L().imageBytes; },
+  get sectorBytes(): number { return L().sectorBytes; },
   /** The 32-byte ASCII pattern; it is in no built file, only where the guest wrote it. */
-  marker: Buffer.from(layout.marker, 'ascii'),
-  markerLba: layout.markerLba,
-  markerSectors: layout.markerSectors,
-  markerOffset: layout.markerLba * layout.sectorBytes,
-  markerBytes: layout.markerSectors * layout.sectorBytes,
+  get marker(): Buffer { return Buffer.from(L().marker, 'ascii'); },
+  get markerLba(): number { return L().markerLba; },
+  get markerSectors(): number { return L().markerSectors; },
+  get markerOffset(): number { return L().markerLba * L().sectorBytes; },
+  get markerBytes(): number { return L().markerSectors * L().sectorBytes; },
   /** Counter sector: 8-byte magic, then the boot count as a little-endian uint32. */
-  counterLba: layout.counterLba,
-  counterOffset: layout.counterLba * layout.sectorBytes,
-  counterMagic: Buffer.from(layout.counterMagic, 'ascii'),
+  get counterLba(): number { return L().counterLba; },
+  get counterOffset(): number { return L().counterLba * L().sectorBytes; },
+  get counterMagic(): Buffer { return Buffer.from(L().counterMagic, 'ascii'); },
   serial: {
     start: /MEDV-GUEST start\r?\n/,
     boot: /MEDV-GUEST boot=(\d+)\r?\n/,

@@ -1,8 +1,8 @@
 /**
  * NBD wire protocol: constants and pure encode/decode functions (no I/O).
  *
- * Covers the fixed-newstyle handshake, option haggling (EXPORT_NAME, ABORT, LIST, INFO, GO) and the
- * transmission phase with simple replies. All integers are big-endian on the wire; 64-bit fields are
+ * Covers the fixed-newstyle handshake, option haggling (EXPORT_NAME, ABORT, LIST, INFO, GO,
+ * STRUCTURED_REPLY, LIST/SET_META_CONTEXT) and the transmission phase with simple and structured replies. All integers are big-endian on the wire; 64-bit fields are
  * decoded as bigint and converted to numbers only after a range check. Every decoder checks the
  * buffer length first and throws MedvError('EPROTO', ...) naming the byte offset on bad input.
  * Reference: the NBD protocol document (NetworkBlockDevice/nbd, doc/proto.md).
@@ -17,6 +17,7 @@ export const NBD_OPTS_MAGIC = 0x49484156454f5054n;
 export const NBD_REP_MAGIC = 0x3e889045565a9n;
 export const NBD_REQUEST_MAGIC = 0x25609513;
 export const NBD_SIMPLE_REPLY_MAGIC = 0x67446698;
+export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 
 // --- handshake flags (server) and client flags ---------------------------------------------------
 export const NBD_FLAG_FIXED_NEWSTYLE = 1 << 0;
@@ -43,9 +44,9 @@ export const NBD_OPT_STARTTLS = 5;
 export const NBD_OPT_INFO = 6;
 export const NBD_OPT_GO = 7;
 export const NBD_OPT_STRUCTURED_REPLY = 8;
-export const NBD_OPT_BLOCK_SIZE = 9;
-export const NBD_OPT_LIST_META_CONTEXT = 10;
-export const NBD_OPT_SET_META_CONTEXT = 11;
+export const NBD_OPT_LIST_META_CONTEXT = 9;
+export const NBD_OPT_SET_META_CONTEXT = 10;
+export const NBD_OPT_EXTENDED_HEADERS = 11;
 
 // --- option replies -------------------------------------------------------------------------------
 export const NBD_REP_ACK = 1;
@@ -85,6 +86,21 @@ export const NBD_CMD_FLAG_DF = 1 << 2;
 export const NBD_CMD_FLAG_REQ_ONE = 1 << 3;
 export const NBD_CMD_FLAG_FAST_ZERO = 1 << 4;
 
+// --- structured replies ---------------------------------------------------------------------------
+export const NBD_REPLY_FLAG_DONE = 1 << 0;
+export const NBD_REPLY_TYPE_NONE = 0;
+export const NBD_REPLY_TYPE_OFFSET_DATA = 1;
+export const NBD_REPLY_TYPE_OFFSET_HOLE = 2;
+export const NBD_REPLY_TYPE_BLOCK_STATUS = 5;
+export const NBD_REPLY_TYPE_ERROR = 0x8001;
+export const NBD_REPLY_TYPE_ERROR_OFFSET = 0x8002;
+
+// --- base:allocation status flags -------------------------------------------------------------------
+export const NBD_STATE_HOLE = 1 << 0;
+export const NBD_STATE_ZERO = 1 << 1;
+/** The one metadata context this server knows. */
+export const BASE_ALLOCATION = 'base:allocation';
+
 // --- errors (reply error field) -------------------------------------------------------------------
 export const NBD_EPERM = 1;
 export const NBD_EIO = 5;
@@ -103,6 +119,7 @@ export const OPTION_HEADER_SIZE = 16;
 export const OPTION_REPLY_HEADER_SIZE = 20;
 export const REQUEST_SIZE = 28;
 export const SIMPLE_REPLY_SIZE = 16;
+export const STRUCTURED_REPLY_HEADER_SIZE = 20;
 /** Reply to NBD_OPT_EXPORT_NAME: size, flags, and 124 zero bytes unless NO_ZEROES was negotiated. */
 export const EXPORT_NAME_REPLY_SIZE = 10;
 export const EXPORT_NAME_REPLY_ZEROES = 124;
@@ -118,6 +135,7 @@ export function optionName(opt: number): string {
     case NBD_OPT_INFO: return 'INFO';
     case NBD_OPT_GO: return 'GO';
     case NBD_OPT_STRUCTURED_REPLY: return 'STRUCTURED_REPLY';
+    case NBD_OPT_EXTENDED_HEADERS: return 'EXTENDED_HEADERS';
     case NBD_OPT_LIST_META_CONTEXT: return 'LIST_META_CONTEXT';
     case NBD_OPT_SET_META_CONTEXT: return 'SET_META_CONTEXT';
     default: return `option ${opt}`;
@@ -323,6 +341,63 @@ export function decodeRepServer(data: Buffer): { name: string; description: stri
   return { name: decodeString(data.subarray(4, 4 + len), 4), description: decodeString(data.subarray(4 + len), 4 + len) };
 }
 
+/** Data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT: export name, then queries. */
+export interface MetaContextRequest { name: string; queries: string[] }
+
+export function encodeMetaContextRequest(req: MetaContextRequest): Buffer {
+  const parts: Buffer[] = [];
+  const str = (s: string) => {
+    const b = Buffer.from(s, 'utf8');
+    const n = Buffer.allocUnsafe(4);
+    n.writeUInt32BE(b.length);
+    parts.push(n, b);
+  };
+  str(req.name);
+  const count = Buffer.allocUnsafe(4);
+  count.writeUInt32BE(req.queries.length);
+  parts.push(count);
+  for (const q of req.queries) str(q);
+  return Buffer.concat(parts);
+}
+
+/** Decode and bounds-check a meta context request; every length is checked against the data. */
+export function decodeMetaContextRequest(data: Buffer): MetaContextRequest {
+  let at = 0;
+  const str = (what: string): string => {
+    need(data, at, 4, `${what} length`);
+    const n = data.readUInt32BE(at);
+    if (n > MAX_STRING) throw new MedvError('EPROTO', `${what} length ${n} exceeds ${MAX_STRING}`, { offset: at });
+    need(data, at + 4, n, what);
+    const s = decodeString(data.subarray(at + 4, at + 4 + n), at + 4);
+    at += 4 + n;
+    return s;
+  };
+  const name = str('export name');
+  need(data, at, 4, 'query count');
+  const count = data.readUInt32BE(at);
+  at += 4;
+  // Each query takes at least its 4-byte length: a count beyond that is a lie.
+  if (count > (data.length - at) / 4) throw new MedvError('EPROTO', `query count ${count} exceeds the option data`, { offset: at - 4 });
+  const queries: string[] = [];
+  for (let i = 0; i < count; i++) queries.push(str('query'));
+  if (at !== data.length) throw new MedvError('EPROTO', `${data.length - at} trailing bytes after the queries`, { offset: at });
+  return { name, queries };
+}
+
+/** NBD_REP_META_CONTEXT data: 32-bit context id, then the context name. */
+export function encodeRepMetaContext(id: number, name: string): Buffer {
+  const n = Buffer.from(name, 'utf8');
+  const b = Buffer.allocUnsafe(4 + n.length);
+  b.writeUInt32BE(id >>> 0, 0);
+  n.copy(b, 4);
+  return b;
+}
+
+export function decodeRepMetaContext(data: Buffer): { id: number; name: string } {
+  need(data, 0, 4, 'NBD_REP_META_CONTEXT');
+  return { id: data.readUInt32BE(0), name: decodeString(data.subarray(4), 4) };
+}
+
 /** Reply to NBD_OPT_EXPORT_NAME. */
 export function encodeExportNameReply(size: number, transmissionFlags: number, noZeroes: boolean): Buffer {
   const b = Buffer.alloc(EXPORT_NAME_REPLY_SIZE + (noZeroes ? 0 : EXPORT_NAME_REPLY_ZEROES));
@@ -407,4 +482,73 @@ export function decodeSimpleReply(buf: Buffer, offset = 0): SimpleReply {
     throw new MedvError('EPROTO', `bad reply magic 0x${magic.toString(16).padStart(8, '0')}`, { offset });
   }
   return { error: buf.readUInt32BE(offset + 4), handle: buf.readBigUInt64BE(offset + 8) };
+}
+
+// --- structured replies ---------------------------------------------------------------------------
+
+/** Write a structured reply chunk header into `buf` at `offset` (the caller owns the buffer). */
+export function writeStructuredReplyHeader(buf: Buffer, offset: number, flags: number, type: number,
+  handleHi: number, handleLo: number, length: number): void {
+  buf.writeUInt32BE(NBD_STRUCTURED_REPLY_MAGIC, offset);
+  buf.writeUInt16BE(flags, offset + 4);
+  buf.writeUInt16BE(type, offset + 6);
+  buf.writeUInt32BE(handleHi >>> 0, offset + 8);
+  buf.writeUInt32BE(handleLo >>> 0, offset + 12);
+  buf.writeUInt32BE(length >>> 0, offset + 16);
+}
+
+/** Header + offset of an NBD_REPLY_TYPE_OFFSET_DATA chunk whose `dataLength` bytes follow separately. */
+export function encodeOffsetDataHeader(flags: number, handleHi: number, handleLo: number, dataOffset: number, dataLength: number): Buffer {
+  const b = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_SIZE + 8);
+  writeStructuredReplyHeader(b, 0, flags, NBD_REPLY_TYPE_OFFSET_DATA, handleHi, handleLo, 8 + dataLength);
+  b.writeBigUInt64BE(BigInt(dataOffset), STRUCTURED_REPLY_HEADER_SIZE);
+  return b;
+}
+
+/** A whole NBD_REPLY_TYPE_NONE chunk (always final). */
+export function encodeNoneChunk(handleHi: number, handleLo: number): Buffer {
+  const b = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_SIZE);
+  writeStructuredReplyHeader(b, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, handleHi, handleLo, 0);
+  return b;
+}
+
+/** A whole, final NBD_REPLY_TYPE_ERROR chunk; the message is cut to what the 16-bit length and MAX_STRING allow. */
+export function encodeErrorChunk(handleHi: number, handleLo: number, error: number, message = ''): Buffer {
+  let msg = Buffer.from(message, 'utf8');
+  if (msg.length > MAX_STRING) msg = msg.subarray(0, MAX_STRING);
+  const b = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_SIZE + 6 + msg.length);
+  writeStructuredReplyHeader(b, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, handleHi, handleLo, 6 + msg.length);
+  b.writeUInt32BE(error >>> 0, STRUCTURED_REPLY_HEADER_SIZE);
+  b.writeUInt16BE(msg.length, STRUCTURED_REPLY_HEADER_SIZE + 4);
+  msg.copy(b, STRUCTURED_REPLY_HEADER_SIZE + 6);
+  return b;
+}
+
+/** One base:allocation (or other context) descriptor: a run length and its status flags. */
+export interface BlockDescriptor { length: number; flags: number }
+
+/** A whole NBD_REPLY_TYPE_BLOCK_STATUS chunk for one metadata context. */
+export function encodeBlockStatusChunk(flags: number, handleHi: number, handleLo: number, contextId: number,
+  descriptors: readonly BlockDescriptor[]): Buffer {
+  const len = 4 + 8 * descriptors.length;
+  const b = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_SIZE + len);
+  writeStructuredReplyHeader(b, 0, flags, NBD_REPLY_TYPE_BLOCK_STATUS, handleHi, handleLo, len);
+  b.writeUInt32BE(contextId >>> 0, STRUCTURED_REPLY_HEADER_SIZE);
+  descriptors.forEach((d, i) => {
+    b.writeUInt32BE(d.length >>> 0, STRUCTURED_REPLY_HEADER_SIZE + 4 + 8 * i);
+    b.writeUInt32BE(d.flags >>> 0, STRUCTURED_REPLY_HEADER_SIZE + 8 + 8 * i);
+  });
+  return b;
+}
+
+export interface StructuredReplyHeader { flags: number; type: number; handle: bigint; length: number }
+
+/** Client side (tests): decode a structured reply chunk header. */
+export function decodeStructuredReplyHeader(buf: Buffer, offset = 0): StructuredReplyHeader {
+  need(buf, offset, STRUCTURED_REPLY_HEADER_SIZE, 'structured reply header');
+  const magic = buf.readUInt32BE(offset);
+  if (magic !== NBD_STRUCTURED_REPLY_MAGIC) {
+    throw new MedvError('EPROTO', `bad structured reply magic 0x${magic.toString(16).padStart(8, '0')}`, { offset });
+  }
+  return { flags: buf.readUInt16BE(offset + 4), type: buf.readUInt16BE(offset + 6), handle: buf.readBigUInt64BE(offset + 8), length: buf.readUInt32BE(offset + 16) };
 }

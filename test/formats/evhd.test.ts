@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { MedvError } from '../../src/errors.js';
-import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, looksLikeEvhd, newEvhdHeader, parseEvhdHeader, serializeEvhdHeader } from '../../src/formats/evhd.js';
+import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, evhdHeaderMacInput, looksLikeEvhd, newEvhdHeader, parseEvhdHeader, serializeEvhdHeader } from '../../src/formats/evhd.js';
 
 const code = (c: string, offset?: number) => (e: unknown) =>
   e instanceof MedvError && e.code === c && (offset === undefined || e.data.offset === offset) && e.data.file === 'd.evhd';
@@ -22,9 +22,28 @@ describe('formats: evhd header', () => {
     assert.deepEqual(parseEvhdHeader(b, 'd.evhd'), h);
     // Longer buffers are fine (only the first 4096 bytes are the header).
     assert.deepEqual(parseEvhdHeader(Buffer.concat([b, randomBytes(100)]), 'd.evhd'), h);
-    // Every field that changes after creation lives in the first sector.
-    const h2 = serializeEvhdHeader({ ...h, logicalLength: 5n });
+    // Every field that changes after creation (length, MAC, checksum) lives in the first sector.
+    const mac = (input: Buffer) => createHash('sha256').update(input).digest();
+    const h2 = serializeEvhdHeader({ ...h, logicalLength: 5n }, mac);
     assert.ok(b.subarray(512).equals(h2.subarray(512)));
+  });
+
+  it('the MAC field (136..168) is computed over the header with the checksum and MAC zeroed, then checksummed', () => {
+    const h = newEvhdHeader(randomBytes(16), randomBytes(32), 4096n);
+    let seen: Buffer | undefined;
+    const tag = randomBytes(32);
+    const b = serializeEvhdHeader(h, (input) => { seen = Buffer.from(input); return tag; });
+    assert.ok(b.subarray(136, 168).equals(tag));
+    assert.ok(seen && seen.length === EVHD_HEADER_SIZE);
+    assert.ok(seen.subarray(104, 168).equals(Buffer.alloc(64)), 'checksum and MAC fields are zero in the MAC input');
+    assert.ok(evhdHeaderMacInput(b).equals(seen), 'evhdHeaderMacInput gives the same bytes back from the sealed header');
+    const parsed = parseEvhdHeader(b, 'd.evhd');
+    assert.ok(parsed.mac.equals(tag));
+    assert.equal(parsed.version, 2);
+    // The checksum covers the MAC: flipping a MAC bit is a checksum error before any key is involved.
+    const flip = Buffer.from(b); flip[140] ^= 1;
+    assert.throws(() => parseEvhdHeader(flip, 'd.evhd'), code('ECHECKSUM', 104));
+    assert.throws(() => serializeEvhdHeader(h, () => Buffer.alloc(31)), (e: unknown) => e instanceof MedvError && e.code === 'EINVAL_ARG');
   });
 
   it('rejects hostile headers with typed errors naming the file and offset', () => {
@@ -37,6 +56,7 @@ describe('formats: evhd header', () => {
     assert.throws(() => parseEvhdHeader(flip, 'd.evhd'), code('ECHECKSUM', 104));
     const mut = (off: number, f: (b: Buffer) => void) => { const b = Buffer.from(good); f(b); return reseal(b); };
     assert.throws(() => parseEvhdHeader(mut(8, (b) => b.writeUInt16LE(7, 8)), 'd.evhd'), code('EVERSION', 8));
+    assert.throws(() => parseEvhdHeader(mut(8, (b) => b.writeUInt16LE(1, 8)), 'd.evhd'), code('EVERSION', 8)); // no MAC: refused
     assert.throws(() => parseEvhdHeader(mut(12, (b) => b.writeUInt32LE(512, 12)), 'd.evhd'), code('EFORMAT', 12));
     assert.throws(() => parseEvhdHeader(mut(16, (b) => b.writeUInt32LE(512, 16)), 'd.evhd'), code('EUNSUPPORTED', 16));
     assert.throws(() => parseEvhdHeader(mut(24, (b) => b.write('aes-128-xts', 24, 'latin1')), 'd.evhd'), code('EUNSUPPORTED', 24));

@@ -2,7 +2,8 @@
  * Fuzz: mutated EVHD headers and .enc key files (seeded, reproducible) must give either a valid
  * result or a MedvError, never another exception, a hang, or a huge allocation.
  * Mutations: bit flips, byte overwrites, forged fields with a recomputed checksum (so parsing
- * gets past the checksum), truncation and extension.
+ * gets past the checksum), truncation and extension. A header that opens with the key must be
+ * byte-identical to the real one: the header MAC refuses every forged field (EAUTH).
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
@@ -59,7 +60,7 @@ describe('fuzz: evhd headers and .enc key files', function () {
   before(() => { dir = fs.mkdtempSync(join(tmpdir(), 'medv-fuzz-')); });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  const evhdFields: Field[] = [[8, 2], [10, 2], [12, 4], [16, 4], [20, 4], [24, 16], [40, 16], [56, 16], [72, 16], [88, 8], [96, 8], [200, 8]];
+  const evhdFields: Field[] = [[8, 2], [10, 2], [12, 4], [16, 4], [20, 4], [24, 16], [40, 16], [56, 16], [72, 16], [88, 8], [96, 8], [136, 16], [152, 16], [200, 8]];
   const resealEvhd = (b: Buffer) => {
     if (b.length < 136) return;
     const z = Buffer.from(b.subarray(0, Math.min(b.length, EVHD_HEADER_SIZE)));
@@ -77,7 +78,7 @@ describe('fuzz: evhd headers and .enc key files', function () {
     const image = mem.snapshot();
     const header = image.subarray(0, EVHD_HEADER_SIZE);
     const r = prng(0xe7d);
-    let ok = 0, failed = 0;
+    let ok = 0, failed = 0, forgedRefused = 0;
     for (let i = 0; i < 6000; i++) {
       const m = mutate(r, header, evhdFields, resealEvhd);
       try { parseEvhdHeader(m, 'fuzz.evhd'); ok++; } catch (e) {
@@ -90,6 +91,7 @@ describe('fuzz: evhd headers and .enc key files', function () {
       const file = Buffer.concat([m, image.subarray(Math.min(m.length, EVHD_HEADER_SIZE) === EVHD_HEADER_SIZE ? EVHD_HEADER_SIZE : image.length)]);
       try {
         const d = await openEvhd(MemoryDevice.from(file), key.clone());
+        assert.ok(file.subarray(0, EVHD_HEADER_SIZE).equals(header), `open iteration ${i}: a changed header was accepted`);
         try {
           await d.read(0, Math.min(d.size, 20000));
           await d.write(d.size, Buffer.alloc(10, 1));
@@ -97,9 +99,11 @@ describe('fuzz: evhd headers and .enc key files', function () {
         ok++;
       } catch (e) {
         assert.ok(isTyped(e), `open iteration ${i}: ${String(e)}`);
+        if ((e as MedvError).code === 'EAUTH') forgedRefused++;
         failed++;
       }
     }
+    assert.ok(forgedRefused > 50, `forged headers that pass the checksum are refused by the MAC (${forgedRefused})`);
     assert.ok(failed > 4000, `most mutations must be refused (ok ${ok}, failed ${failed})`);
     assert.ok(Date.now() - started < 30000);
   });

@@ -172,7 +172,7 @@ async function sizeOf(img: Buffer): Promise<number> {
 }
 
 describe('fuzz: VHD metadata', function () {
-  this.timeout(60000);
+  this.timeout(180_000);
   it('20,000 mutated images raise only MedvError, each in bounded time', async () => {
     const all = await seeds();
     const rnd = prng(20261124);

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { FileDevice } from '../../src/block/file.js';
 import { MemoryDevice } from '../../src/block/memory.js';
+import { createDifferencingVhd, createVhd, openVhd } from '../../src/layers/vhd/index.js';
 import { serveNbd, type NbdServer } from '../../src/nbd/server.js';
 
 const run = promisify(execFile);
@@ -130,5 +131,30 @@ describe('nbd server interop (qemu-img, qemu-io, nbdinfo, nbdcopy)', function ()
       server = undefined;
       await dev.close();
     }
+  });
+
+  it('nbdinfo --map of a differencing VHD: its own sectors and the parent\'s blocks are data, the rest hole,zero', async () => {
+    const MiB = 1 << 20;
+    const parentStore = new MemoryDevice(0);
+    const pinfo = await createVhd(parentStore, { type: 'dynamic', size: SIZE });
+    const parent = await openVhd(parentStore);
+    await parent.write(4 * MiB, Buffer.alloc(4096, 1)); // allocates [4M, 6M) in the parent
+    const childStore = new MemoryDevice(0);
+    await createDifferencingVhd(childStore, { size: pinfo.virtualSize, uniqueId: pinfo.uniqueId });
+    const child = await openVhd(childStore, { parent });
+    await child.write(10 * MiB + 8192, Buffer.alloc(8192, 2)); // two 4 KiB pieces of a child block
+    await child.write(4 * MiB + 65536, Buffer.alloc(512, 3)); // one sector over the parent's data
+    server = await serveNbd(child, { socketPath: sock, readOnly: true });
+    const r = await tool('nbdinfo', ['--map', '--json', uri]);
+    assert.equal(r.code, 0, r.out);
+    const rows = (JSON.parse(r.out) as Array<{ offset: number; length: number; description: string }>).map((x) => [x.offset, x.length, x.description]);
+    const size = pinfo.virtualSize;
+    assert.deepEqual(rows, [
+      [0, 4 * MiB, 'hole,zero'], [4 * MiB, 2 * MiB, 'data'], [6 * MiB, 4 * MiB + 8192, 'hole,zero'],
+      [10 * MiB + 8192, 8192, 'data'], [10 * MiB + 16384, size - 10 * MiB - 16384, 'hole,zero'],
+    ]);
+    // The parent alone, as a second check of the same layer.
+    const own = await parent.extents(0, size);
+    assert.deepEqual(own.map((e) => [e.length, e.hole, e.zero]), [[4 * MiB, true, true], [2 * MiB, false, false], [size - 6 * MiB, true, true]]);
   });
 });

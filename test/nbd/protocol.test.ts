@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import type { Extent } from '../../src/block/device.js';
 import { ByteQueue } from '../../src/nbd/bytequeue.js';
+import { toDescriptors } from '../../src/nbd/extents.js';
 import { nbdErrno } from '../../src/nbd/errno.js';
 import * as P from '../../src/nbd/protocol.js';
 import { MedvError } from '../../src/errors.js';
@@ -119,5 +121,58 @@ describe('nbd ByteQueue', () => {
     q.push(chunk);
     const v = q.take(50);
     assert.equal(v.buffer, chunk.buffer);
+  });
+});
+
+describe('nbd structured replies and meta contexts (codec)', () => {
+  it('uses the option numbers QEMU and libnbd send (LIST_META_CONTEXT 9, SET_META_CONTEXT 10)', () => {
+    assert.equal(P.NBD_OPT_STRUCTURED_REPLY, 8);
+    assert.equal(P.NBD_OPT_LIST_META_CONTEXT, 9);
+    assert.equal(P.NBD_OPT_SET_META_CONTEXT, 10);
+  });
+
+  it('round-trips meta context requests and rejects lying lengths and counts', () => {
+    const req = { name: 'disk', queries: ['base:allocation', 'x-a:b'] };
+    const b = P.encodeMetaContextRequest(req);
+    assert.deepEqual(P.decodeMetaContextRequest(b), req);
+    assert.throws(() => P.decodeMetaContextRequest(b.subarray(0, b.length - 1)), isProto);
+    assert.throws(() => P.decodeMetaContextRequest(Buffer.concat([b, Buffer.from([0])])), isProto);
+    const hugeCount = Buffer.from(b);
+    hugeCount.writeUInt32BE(0xffffffff, 8); // after the 4-byte name length and 'disk'
+    assert.throws(() => P.decodeMetaContextRequest(hugeCount), isProto);
+    const hugeName = Buffer.from(b);
+    hugeName.writeUInt32BE(0x7fffffff, 0);
+    assert.throws(() => P.decodeMetaContextRequest(hugeName), isProto);
+  });
+
+  it('encodes structured reply chunks with the exact layout', () => {
+    const d = P.encodeOffsetDataHeader(P.NBD_REPLY_FLAG_DONE, 1, 2, 4096, 512);
+    assert.equal(d.toString('hex'), '668e33ef' + '0001' + '0001' + '00000001' + '00000002' + '00000208' + '0000000000001000');
+    const e = P.encodeErrorChunk(0, 9, P.NBD_EINVAL, 'bad');
+    assert.deepEqual(P.decodeStructuredReplyHeader(e), { flags: 1, type: P.NBD_REPLY_TYPE_ERROR, handle: 9n, length: 9 });
+    assert.equal(e.subarray(20).toString('hex'), '00000016' + '0003' + Buffer.from('bad').toString('hex'));
+    const s = P.encodeBlockStatusChunk(P.NBD_REPLY_FLAG_DONE, 0, 3, 1, [{ length: 4096, flags: 3 }, { length: 8192, flags: 0 }]);
+    assert.equal(s.subarray(20).toString('hex'), '00000001' + '00001000' + '00000003' + '00002000' + '00000000');
+    assert.equal(P.decodeStructuredReplyHeader(s).type, P.NBD_REPLY_TYPE_BLOCK_STATUS);
+  });
+});
+
+describe('nbd extents to base:allocation descriptors', () => {
+  const D = (length: number): Extent => ({ length, hole: false, zero: false });
+  const H = (length: number): Extent => ({ length, hole: true, zero: true });
+
+  it('merges equal runs, never sums past the request, and clamps to maxCount', () => {
+    assert.deepEqual(toDescriptors([D(4096), D(4096), H(8192)], 0, 12288, 4096, 100), [{ length: 8192, flags: 0 }, { length: 4096, flags: 3 }]);
+    assert.deepEqual(toDescriptors([H(8192), D(4096)], 0, 12288, 4096, 1), [{ length: 8192, flags: 3 }]);
+    assert.throws(() => toDescriptors([], 0, 4096, 4096, 10), (e: unknown) => e instanceof MedvError && e.code === 'EIO');
+    assert.throws(() => toDescriptors([D(0)], 0, 4096, 4096, 10), (e: unknown) => e instanceof MedvError && e.code === 'EIO');
+  });
+
+  it('gives a block that mixes states only what all its parts share', () => {
+    // 512 data inside the second 4 KiB block: that block is data; the rest keeps its state.
+    assert.deepEqual(toDescriptors([H(4096 + 1024), D(512), H(8192)], 0, 13824, 4096, 100),
+      [{ length: 4096, flags: 3 }, { length: 4096, flags: 0 }, { length: 13824 - 8192, flags: 3 }]);
+    // A first part that ends inside a block is cut back to the block boundary.
+    assert.deepEqual(toDescriptors([D(4096), H(6000)], 0, 65536, 4096, 100), [{ length: 4096, flags: 0 }, { length: 4096, flags: 3 }]);
   });
 });

@@ -9,11 +9,14 @@ export class RawClient {
   private buf = Buffer.alloc(0);
   private waiter?: () => void;
   closed = false;
+  private readonly closedEvent: Promise<void>;
 
   private constructor(readonly sock: Socket) {
+    let onClosed!: () => void;
+    this.closedEvent = new Promise((r) => { onClosed = r; });
     sock.on('data', (c: Buffer) => { this.buf = Buffer.concat([this.buf, c]); this.wake(); });
     sock.on('error', () => undefined);
-    sock.on('close', () => { this.closed = true; this.wake(); });
+    sock.on('close', () => { this.closed = true; this.wake(); onClosed(); });
   }
 
   static async open(path: string): Promise<RawClient> {
@@ -46,8 +49,10 @@ export class RawClient {
 
   /** Resolves true when the server closes the connection within the timeout. */
   async waitClosed(timeoutMs = 3000): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (!this.closed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((r) => { timer = setTimeout(r, timeoutMs); });
+    await Promise.race([this.closedEvent, timeout]);
+    clearTimeout(timer);
     return this.closed;
   }
 
@@ -80,9 +85,24 @@ export class RawClient {
     }
   }
 
+  /** STRUCTURED_REPLY then SET_META_CONTEXT base:allocation (as QEMU 7.2 does); returns the context id. */
+  async negotiateStructured(queries: string[] = [P.BASE_ALLOCATION]): Promise<number> {
+    const [sr] = await this.option(P.NBD_OPT_STRUCTURED_REPLY);
+    if (sr.type !== P.NBD_REP_ACK) throw new Error(`STRUCTURED_REPLY refused: 0x${sr.type.toString(16)}`);
+    const replies = await this.option(P.NBD_OPT_SET_META_CONTEXT, P.encodeMetaContextRequest({ name: '', queries }));
+    const ctx = replies.find((r) => r.type === P.NBD_REP_META_CONTEXT);
+    return ctx ? P.decodeRepMetaContext(ctx.data).id : 0;
+  }
+
+  /** Read one structured reply chunk (header and payload). */
+  async chunk(): Promise<P.StructuredReplyHeader & { payload: Buffer }> {
+    const h = P.decodeStructuredReplyHeader(await this.read(P.STRUCTURED_REPLY_HEADER_SIZE));
+    return { ...h, payload: h.length ? await this.read(h.length) : Buffer.alloc(0) };
+  }
+
   /** Full handshake with OPT_GO; returns the decoded infos. */
-  async go(name = '', requests: number[] = [P.NBD_INFO_BLOCK_SIZE]): Promise<P.Info[]> {
-    await this.hello();
+  async go(name = '', requests: number[] = [P.NBD_INFO_BLOCK_SIZE], hello = true): Promise<P.Info[]> {
+    if (hello) await this.hello();
     const replies = await this.option(P.NBD_OPT_GO, P.encodeInfoRequest({ name, requests }));
     const last = replies[replies.length - 1];
     if (last.type !== P.NBD_REP_ACK) throw new Error(`GO failed: 0x${last.type.toString(16)} ${last.data.toString()}`);

@@ -5,7 +5,7 @@ import { connect } from 'node:net';
 import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { BlockDevice, WriteOptions } from '../../src/block/device.js';
+import type { BlockDevice, Extent, WriteOptions } from '../../src/block/device.js';
 import { FilterDevice } from '../../src/block/filter.js';
 import { MemoryDevice } from '../../src/block/memory.js';
 import { MedvError } from '../../src/errors.js';
@@ -14,7 +14,17 @@ import * as P from '../../src/nbd/protocol.js';
 import { RawClient } from './rawclient.js';
 
 const SIZE = 4 << 20;
+/** Only to slow the instrumented device down (creating concurrency), never to wait for something. */
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Resolves once `cond()` holds (checked on every turn of the event loop); rejects after `ms`. */
+async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setImmediate(r));
+  }
+}
 
 /**
  * Error-injection and timing layer over a real device (in the spirit of nbdkit's delay and error
@@ -25,13 +35,45 @@ class InstrumentedDevice extends FilterDevice {
   writeDelayMs = 0;
   readDelayMs = 0;
   failReadsAt = -1;
+  readsStarted = 0;
+  readsSettled = 0;
+  /** Optional allocation map (BlockDevice.extents); absent = all data. */
+  map?: Extent[];
+  private waiters: Array<{ cond: () => boolean; resolve: () => void }> = [];
   override get description() { return `instrumented ${this.next.description}`; }
+  /** Resolves when `cond()` holds after some device event (read started or settled). */
+  when(cond: () => boolean): Promise<void> {
+    if (cond()) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ cond, resolve }));
+  }
+  private notify(): void {
+    this.waiters = this.waiters.filter((w) => (w.cond() ? (w.resolve(), false) : true));
+  }
   override async read(offset: number, length: number): Promise<Buffer> {
-    if (this.readDelayMs) await sleep(this.readDelayMs);
-    if (this.failReadsAt >= offset && this.failReadsAt < offset + length) {
-      throw new MedvError('EIO', 'injected read error', { file: this.description, offset: this.failReadsAt });
+    this.readsStarted++;
+    this.notify();
+    try {
+      if (this.readDelayMs) await sleep(this.readDelayMs);
+      if (this.failReadsAt >= offset && this.failReadsAt < offset + length) {
+        throw new MedvError('EIO', 'injected read error', { file: this.description, offset: this.failReadsAt });
+      }
+      return await super.read(offset, length);
+    } finally {
+      this.readsSettled++;
+      this.notify();
     }
-    return super.read(offset, length);
+  }
+  override async extents(offset: number, length: number): Promise<Extent[]> {
+    if (!this.map) return super.extents(offset, length);
+    const out: Extent[] = [];
+    let at = 0;
+    for (const e of this.map) {
+      const a = Math.max(at, offset);
+      const z = Math.min(at + e.length, offset + length);
+      if (z > a) out.push({ ...e, length: z - a });
+      at += e.length;
+    }
+    return out;
   }
   override async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
     if (this.writeDelayMs) await sleep(this.writeDelayMs);
@@ -96,16 +138,20 @@ describe('nbd server (raw protocol)', function () {
       assert.equal(server!.connections(), 1);
     });
 
-    it('answers unknown options with ERR_UNSUP and the handshake continues', async () => {
+    it('answers unknown options with ERR_UNSUP, meta contexts before STRUCTURED_REPLY with ERR_INVALID, and continues', async () => {
       await start();
       const c = await client();
       const g = await c.hello();
       assert.equal(g.handshakeFlags, P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES);
-      for (const opt of [P.NBD_OPT_STRUCTURED_REPLY, P.NBD_OPT_SET_META_CONTEXT, P.NBD_OPT_STARTTLS, 12345]) {
-        const data = opt === P.NBD_OPT_SET_META_CONTEXT ? Buffer.from('\0\0\0\0\0\0\0\x01\0\0\0\x0fbase:allocation', 'latin1') : undefined;
-        const [r] = await c.option(opt, data);
+      for (const opt of [P.NBD_OPT_STARTTLS, P.NBD_OPT_EXTENDED_HEADERS, 12345]) {
+        const [r] = await c.option(opt);
         assert.equal(r.type, P.NBD_REP_ERR_UNSUP, `option ${opt}`);
         assert.equal(r.option, opt);
+      }
+      const query = P.encodeMetaContextRequest({ name: '', queries: [P.BASE_ALLOCATION] });
+      for (const opt of [P.NBD_OPT_SET_META_CONTEXT, P.NBD_OPT_LIST_META_CONTEXT]) {
+        const [r] = await c.option(opt, query);
+        assert.equal(r.type, P.NBD_REP_ERR_INVALID, `option ${opt} before STRUCTURED_REPLY`);
       }
       const list = await c.option(P.NBD_OPT_LIST);
       assert.deepEqual(list.map((r) => r.type), [P.NBD_REP_SERVER, P.NBD_REP_ACK]);
@@ -371,12 +417,12 @@ describe('nbd server (raw protocol)', function () {
       const before = mem.snapshot();
       c.write(Buffer.concat([P.encodeRequest({ type: P.NBD_CMD_READ, handle: 1n, offset: 0, length: 1 << 20 }),
         P.encodeRequest({ type: P.NBD_CMD_WRITE, handle: 2n, offset: 0, length: 65536 }), Buffer.alloc(30000, 9)]));
-      await sleep(5);
+      await dev.when(() => dev.readsStarted === 1); // the server has the requests
       c.destroy();
-      for (let i = 0; i < 100 && server!.connections() > 0; i++) await sleep(10);
-      assert.equal(server!.connections(), 0);
-      await sleep(40);
+      await until(() => server!.connections() === 0, 'the connection to close');
+      await dev.when(() => dev.readsSettled === 1);
       assert.ok(mem.snapshot().equals(before), 'a partial write must not reach the device');
+      assert.equal(server!.heldBytes(), 0, 'a closed connection holds nothing');
       const d = await client();
       await d.go();
       d.request(P.NBD_CMD_READ, 3n, 0, 4096);
@@ -428,6 +474,169 @@ describe('nbd server (raw protocol)', function () {
     });
   });
 
+  describe('structured replies and base:allocation', () => {
+    async function structured(opts: Partial<NbdServerOptions> = {}): Promise<{ c: RawClient; ctx: number; flags: number }> {
+      if (!server) await start(opts);
+      const c = await client();
+      await c.hello();
+      const ctx = await c.negotiateStructured();
+      const infos = await c.go('', [P.NBD_INFO_BLOCK_SIZE], false);
+      const exp = infos.find((i) => i.type === P.NBD_INFO_EXPORT) as { flags: number };
+      return { c, ctx, flags: exp.flags };
+    }
+    function descriptors(payload: Buffer): Array<[number, number]> {
+      const out: Array<[number, number]> = [];
+      for (let at = 4; at < payload.length; at += 8) out.push([payload.readUInt32BE(at), payload.readUInt32BE(at + 4)]);
+      return out;
+    }
+
+    it('lists and selects base:allocation only after STRUCTURED_REPLY, as QEMU asks', async () => {
+      await start();
+      const c = await client();
+      await c.hello();
+      const [ack] = await c.option(P.NBD_OPT_STRUCTURED_REPLY);
+      assert.equal(ack.type, P.NBD_REP_ACK);
+      const [bad] = await c.option(P.NBD_OPT_STRUCTURED_REPLY, Buffer.from('x'));
+      assert.equal(bad.type, P.NBD_REP_ERR_INVALID);
+      const list = (queries: string[]) => c.option(P.NBD_OPT_LIST_META_CONTEXT, P.encodeMetaContextRequest({ name: '', queries }));
+      for (const q of [[], ['base:'], [P.BASE_ALLOCATION]]) {
+        const r = await list(q);
+        assert.deepEqual(r.map((x) => x.type), [P.NBD_REP_META_CONTEXT, P.NBD_REP_ACK], JSON.stringify(q));
+        assert.deepEqual(P.decodeRepMetaContext(r[0].data), { id: 0, name: P.BASE_ALLOCATION });
+      }
+      assert.deepEqual((await list(['qemu:dirty-bitmap:x'])).map((x) => x.type), [P.NBD_REP_ACK]);
+      const [garbled] = await c.option(P.NBD_OPT_SET_META_CONTEXT, Buffer.from([0, 0, 0, 0, 0, 0, 0, 9, 0, 0]));
+      assert.equal(garbled.type, P.NBD_REP_ERR_INVALID);
+      const set = await c.option(P.NBD_OPT_SET_META_CONTEXT, P.encodeMetaContextRequest({ name: '', queries: ['x-nope:a', P.BASE_ALLOCATION] }));
+      assert.deepEqual(set.map((x) => x.type), [P.NBD_REP_META_CONTEXT, P.NBD_REP_ACK]);
+      assert.equal(P.decodeRepMetaContext(set[0].data).name, P.BASE_ALLOCATION);
+    });
+
+    it('answers READ with one OFFSET_DATA chunk, errors with an ERROR chunk, other commands with simple replies', async () => {
+      const { c, flags } = await structured();
+      assert.equal(flags & P.NBD_FLAG_SEND_DF, P.NBD_FLAG_SEND_DF);
+      c.request(P.NBD_CMD_READ, 1n, 8192, 16384, undefined, P.NBD_CMD_FLAG_DF);
+      const r = await c.chunk();
+      assert.equal(r.handle, 1n);
+      assert.equal(r.type, P.NBD_REPLY_TYPE_OFFSET_DATA);
+      assert.equal(r.flags, P.NBD_REPLY_FLAG_DONE);
+      assert.equal(Number(r.payload.readBigUInt64BE(0)), 8192);
+      assert.ok(r.payload.subarray(8).equals(mem.snapshot().subarray(8192, 8192 + 16384)));
+      c.request(P.NBD_CMD_READ, 2n, SIZE - 4096, 8192);
+      const e = await c.chunk();
+      assert.equal(e.type, P.NBD_REPLY_TYPE_ERROR);
+      assert.equal(e.flags, P.NBD_REPLY_FLAG_DONE);
+      assert.equal(e.payload.readUInt32BE(0), P.NBD_EINVAL);
+      assert.equal(e.payload.readUInt16BE(4), e.payload.length - 6, 'message length');
+      dev.failReadsAt = 0;
+      c.request(P.NBD_CMD_READ, 3n, 0, 4096);
+      assert.equal((await c.chunk()).payload.readUInt32BE(0), P.NBD_EIO);
+      c.request(P.NBD_CMD_WRITE, 4n, 0, 4096, Buffer.alloc(4096, 5));
+      assert.deepEqual(await c.reply(), { error: 0, handle: 4n, data: Buffer.alloc(0) });
+    });
+
+    it('answers BLOCK_STATUS from the device extents, aligned to the minimum block size', async () => {
+      // 8 KiB data, 4 KiB hole+zero, 512 B zero then 3.5 KiB hole+zero (one 4 KiB block: zero only),
+      // 8 KiB hole, then data to the end.
+      dev.map = [
+        { length: 8192, hole: false, zero: false },
+        { length: 4096, hole: true, zero: true },
+        { length: 512, hole: false, zero: true },
+        { length: 3584, hole: true, zero: true },
+        { length: 8192, hole: true, zero: false },
+        { length: SIZE - 24576, hole: false, zero: false },
+      ];
+      const { c, ctx } = await structured();
+      assert.ok(ctx > 0);
+      c.request(P.NBD_CMD_BLOCK_STATUS, 1n, 0, SIZE);
+      const r = await c.chunk();
+      assert.equal(r.type, P.NBD_REPLY_TYPE_BLOCK_STATUS);
+      assert.equal(r.flags, P.NBD_REPLY_FLAG_DONE);
+      assert.equal(r.payload.readUInt32BE(0), ctx);
+      const HZ = P.NBD_STATE_HOLE | P.NBD_STATE_ZERO;
+      assert.deepEqual(descriptors(r.payload), [[8192, 0], [4096, HZ], [4096, P.NBD_STATE_ZERO], [8192, P.NBD_STATE_HOLE], [SIZE - 24576, 0]]);
+      c.request(P.NBD_CMD_BLOCK_STATUS, 2n, 8192, 65536, undefined, P.NBD_CMD_FLAG_REQ_ONE);
+      assert.deepEqual(descriptors((await c.chunk()).payload), [[4096, HZ]]);
+      c.request(P.NBD_CMD_BLOCK_STATUS, 3n, SIZE - 4096, 8192);
+      const past = await c.chunk();
+      assert.equal(past.type, P.NBD_REPLY_TYPE_ERROR);
+      assert.equal(past.payload.readUInt32BE(0), P.NBD_EINVAL);
+      c.request(P.NBD_CMD_BLOCK_STATUS, 4n, 0, 0);
+      assert.equal((await c.chunk()).payload.readUInt32BE(0), P.NBD_EINVAL);
+    });
+
+    it('refuses BLOCK_STATUS when no context was selected, and a device without extents is all data', async () => {
+      await start();
+      const c = await client();
+      await c.hello();
+      assert.equal(await c.negotiateStructured(['x-other:thing']), 0);
+      await c.go('', [], false);
+      c.request(P.NBD_CMD_BLOCK_STATUS, 1n, 0, 4096);
+      const r = await c.chunk();
+      assert.equal(r.type, P.NBD_REPLY_TYPE_ERROR);
+      assert.equal(r.payload.readUInt32BE(0), P.NBD_EINVAL);
+      const { c: d, ctx } = await structured();
+      d.request(P.NBD_CMD_BLOCK_STATUS, 2n, 4096, 1 << 20);
+      const s2 = await d.chunk();
+      assert.equal(s2.payload.readUInt32BE(0), ctx);
+      assert.deepEqual(descriptors(s2.payload), [[1 << 20, 0]]);
+    });
+  });
+
+  describe('bounds', () => {
+    it('holds at most maxConnectionBytes for a client that never reads its replies, and releases all when it leaves', async () => {
+      const budget = 8 << 20;
+      await start({ maxConnectionBytes: budget, maxBlockSize: 1 << 20 });
+      const c = await client();
+      await c.go();
+      c.sock.pause();
+      const reqs: Buffer[] = [];
+      for (let i = 0; i < 200; i++) reqs.push(P.encodeRequest({ type: P.NBD_CMD_READ, handle: BigInt(i), offset: 0, length: 1 << 20 }));
+      c.write(Buffer.concat(reqs));
+      // The server reads requests until the allowance is used, then stops.
+      await until(() => server!.heldBytes() >= budget - (2 << 20), 'the allowance to fill up');
+      const started = dev.readsStarted;
+      assert.ok(started < 20, `${started} reads of 1 MiB started for a client that reads nothing`);
+      assert.ok(server!.heldBytes() <= budget, `${server!.heldBytes()} bytes held`);
+      // Another client is served meanwhile.
+      const other = await client();
+      await other.go();
+      other.request(P.NBD_CMD_READ, 1n, 4096, 4096);
+      assert.ok((await other.reply(() => 4096)).data.equals(mem.snapshot().subarray(4096, 8192)));
+      c.destroy();
+      await until(() => server!.connections() === 1, 'the stuck connection to close');
+      assert.equal(server!.heldBytes(), 0);
+    });
+
+    it('closes a client that does not finish the handshake in time', async () => {
+      await start({ handshakeTimeoutMs: 200 });
+      const c = await client();
+      await c.hello();
+      const t0 = Date.now();
+      assert.ok(await c.waitClosed(3000), 'closed by the server');
+      assert.ok(Date.now() - t0 < 2000);
+      const ok = await client();
+      await ok.go();
+      ok.request(P.NBD_CMD_READ, 1n, 0, 4096);
+      assert.equal((await ok.reply(() => 4096)).error, 0);
+    });
+
+    it('closes connections beyond maxHandshakes at once, and accepts again once one reached transmission', async () => {
+      await start({ maxHandshakes: 3 });
+      const waiting = [await client(), await client(), await client()];
+      for (const w of waiting) await w.read(P.GREETING_SIZE); // each has its greeting: all three are in the handshake
+      const extra = await client();
+      assert.ok(await extra.waitClosed(), 'a fourth handshake is refused');
+      const wf = Buffer.alloc(4);
+      wf.writeUInt32BE(P.NBD_FLAG_C_FIXED_NEWSTYLE | P.NBD_FLAG_C_NO_ZEROES);
+      waiting[0].write(wf);
+      const go = await waiting[0].option(P.NBD_OPT_GO, P.encodeInfoRequest({ name: '', requests: [] }));
+      assert.equal(go[go.length - 1].type, P.NBD_REP_ACK);
+      const next = await client();
+      await next.go();
+    });
+  });
+
   describe('lifecycle', () => {
     it('close() ends connections after in-flight requests, removes the socket, leaves the device open', async () => {
       dev.readDelayMs = 50;
@@ -435,7 +644,7 @@ describe('nbd server (raw protocol)', function () {
       const c = await client();
       await c.go();
       c.request(P.NBD_CMD_READ, 1n, 0, 4096);
-      await sleep(10);
+      await dev.when(() => dev.readsStarted === 1);
       const hs = await client(); // still in the handshake: dropped
       await server!.close();
       server = undefined;

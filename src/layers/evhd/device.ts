@@ -18,11 +18,19 @@
  * - Shrink: rewrite the header, fdatasync, then truncate the storage (a crash between leaves
  *   unreferenced units only).
  * - The bytes of the last unit past the logical length are unspecified on disk and never read.
+ * - Power cuts (test/layers/powercut.test.ts): the storage is assumed to write 512-byte sectors
+ *   atomically, not 4 KiB units. That is enough: XTS encrypts each 16-byte block of a unit on its
+ *   own (tweak i, block position j), so a unit torn at a sector boundary decrypts to the old
+ *   plaintext in its old sectors and the new plaintext in its new ones, the same outcome as a torn
+ *   write to an unencrypted disk; the VHD inside keeps its structures in whole sectors. A header
+ *   rewrite changes only its first sector (formats/evhd.ts), so it is old or new, never torn, and
+ *   it is written only after the units it makes visible are durable (growth order above).
  */
 import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from '../../block/device.js';
 import type { DataKey } from '../../crypto/datakey.js';
 import { MedvError } from '../../errors.js';
-import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, EVHD_UNIT_SIZE, type EvhdHeader, serializeEvhdHeader } from '../../formats/evhd.js';
+import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, EVHD_UNIT_SIZE, type EvhdHeader, parseEvhdHeader } from '../../formats/evhd.js';
+import { sealEvhdHeader } from './keycheck.js';
 import { native } from '../../native.js';
 import { KeyedLocks, Mutex } from '../../block/lock.js';
 import { forEachChunk } from '../../block/copy.js';
@@ -66,7 +74,7 @@ export class EvhdDevice implements BlockDevice {
   get size(): number { return this.logical; }
   get description(): string { return `evhd ${this.name}`; }
   /** A copy of the current header. */
-  get header(): EvhdHeader { return { ...this.hdr, keyId: Buffer.from(this.hdr.keyId), keyCheck: Buffer.from(this.hdr.keyCheck), logicalLength: BigInt(this.logical) }; }
+  get header(): EvhdHeader { return { ...this.hdr, keyId: Buffer.from(this.hdr.keyId), keyCheck: Buffer.from(this.hdr.keyCheck), mac: Buffer.from(this.hdr.mac), logicalLength: BigInt(this.logical) }; }
   get keyId(): Buffer { return Buffer.from(this.hdr.keyId); }
 
   // -------------------------------------------------------------------------------------------
@@ -221,8 +229,9 @@ export class EvhdDevice implements BlockDevice {
 
   private async writeHeader(logicalLength: number): Promise<void> {
     const next: EvhdHeader = { ...this.hdr, logicalLength: BigInt(logicalLength) };
-    await this.storage.write(0, serializeEvhdHeader(next));
-    this.hdr = next;
+    const bytes = sealEvhdHeader(next, this.dataKey);
+    await this.storage.write(0, bytes);
+    this.hdr = parseEvhdHeader(bytes, this.name);
   }
 
   /**

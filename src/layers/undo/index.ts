@@ -14,6 +14,7 @@ import type { BlockDevice, WriteOptions } from '../../block/device.js';
 import { FileDevice } from '../../block/file.js';
 import { MedvError } from '../../errors.js';
 import { encPathFor, type KekSource } from '../../crypto/index.js';
+import { fsyncDir } from '../../crypto/keyfile.js';
 import { createEvhdFile } from '../evhd/index.js';
 import { detectFormat, openDisk, type OpenedDisk } from '../open.js';
 import { createDifferencingVhd, type VhdDevice } from '../vhd/index.js';
@@ -84,28 +85,45 @@ export async function openUndoDisk(undoPath: string, options: UndoOptions & { ex
 /** Commit the undo disk into its parent, then delete it. Returns the number of bytes copied. */
 export async function mergeUndoDisk(undoPath: string, options: UndoOptions = {}, onProgress?: (done: number, total: number) => void): Promise<number> {
   const opened: OpenedDisk = await openDisk(undoPath, { kek: options.kek, writableParent: true });
-  let copied = 0;
+  let copied: number;
   try {
     const undo = opened.vhd as VhdDevice | undefined;
     if (!undo || undo.info.type !== 'differencing' || !undo.parent) {
       throw new MedvError('EFORMAT', 'not an undo disk (expected a differencing VHD)', { file: undoPath });
     }
-    const parent = undo.parent;
-    const ranges = await undo.allocatedRanges();
-    const total = ranges.reduce((n, r) => n + r.length, 0);
-    for (const range of ranges) {
-      for (let off = range.offset; off < range.offset + range.length; off += MERGE_CHUNK) {
-        const len = Math.min(MERGE_CHUNK, range.offset + range.length - off);
-        await parent.write(off, await undo.read(off, len));
-        copied += len;
-        onProgress?.(copied, total);
-      }
-    }
-    await parent.flush();
+    copied = await commitUndo(undo, onProgress);
   } finally {
     await opened.device.close();
   }
-  removeUndoFiles(undoPath);
+  // Only now, with the parent durable, may the undo disk go (test/layers/powercut.test.ts).
+  await removeUndoFiles(undoPath);
+  return copied;
+}
+
+/**
+ * The copy step of merge: write every range stored in `undo` (a differencing VHD opened over a
+ * writable parent) into the parent, then flush the parent. Returns the bytes copied.
+ *
+ * Write order relied on: the parent is flushed before this returns, and the caller deletes the
+ * undo disk only after that. Until then the undo disk is untouched and reads the same whatever
+ * part of the copy reached the parent (the ranges copied are exactly the ones it stores itself),
+ * so a merge cut short by a crash at any point is finished by running it again.
+ */
+export async function commitUndo(undo: VhdDevice, onProgress?: (done: number, total: number) => void): Promise<number> {
+  const parent = undo.parent;
+  if (!parent) throw new MedvError('EFORMAT', 'not an undo disk (expected a differencing VHD)', { file: undo.description });
+  const ranges = await undo.allocatedRanges();
+  const total = ranges.reduce((n, r) => n + r.length, 0);
+  let copied = 0;
+  for (const range of ranges) {
+    for (let off = range.offset; off < range.offset + range.length; off += MERGE_CHUNK) {
+      const len = Math.min(MERGE_CHUNK, range.offset + range.length - off);
+      await parent.write(off, await undo.read(off, len));
+      copied += len;
+      onProgress?.(copied, total);
+    }
+  }
+  await parent.flush();
   return copied;
 }
 
@@ -114,12 +132,15 @@ export async function discardUndoDisk(undoPath: string): Promise<void> {
   if (!existsSync(undoPath)) throw new MedvError('ENOENT', `no such undo disk: ${undoPath}`, { file: undoPath });
   const format = detectFormat(undoPath);
   if (format === 'raw') throw new MedvError('EFORMAT', 'not an undo disk (expected a differencing VHD)', { file: undoPath });
-  removeUndoFiles(undoPath);
+  await removeUndoFiles(undoPath);
 }
 
-function removeUndoFiles(undoPath: string): void {
+/** Delete the undo disk (and its .enc), then fsync the folder so the deletion itself survives a
+ *  power cut: a merged or discarded undo disk must not come back over a parent that moved on. */
+async function removeUndoFiles(undoPath: string): Promise<void> {
   unlinkSync(undoPath);
   if (undoPath.toLowerCase().endsWith('.evhd') && existsSync(encPathFor(undoPath))) unlinkSync(encPathFor(undoPath));
+  await fsyncDir(dirname(resolve(undoPath)));
 }
 
 function requireKek(options: UndoOptions, path: string): KekSource {

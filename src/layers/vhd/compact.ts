@@ -15,6 +15,11 @@ import { writeDynamicSkeleton } from './create.js';
  * - differencing: blocks with no bitmap bit set are dropped (zero data still hides the parent,
  *   so it is kept).
  * `src` must not be written to meanwhile (open it read-only). Fixed disks: EUNSUPPORTED.
+ *
+ * Write order relied on: `dst` is flushed before this returns, so everything it holds is durable
+ * then; a caller publishes it (rename over the source, then fsync the folder) only after that.
+ * Until then a power cut leaves the source as it was and `dst` as scratch to delete
+ * (test/layers/powercut.test.ts checks every cut taken after the return).
  */
 export async function compactVhd(src: VhdDevice, dst: BlockDevice): Promise<void> {
   const meta = src.meta;

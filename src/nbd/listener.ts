@@ -1,0 +1,164 @@
+/**
+ * The listening side: the socket file, admission of connections, and shutdown.
+ *
+ * The socket file never exists with the process umask's modes where others can reach it: it is bound
+ * inside a fresh private (0700) directory next to the target, made 0600 there, then renamed into
+ * place (rename is atomic), and the directory removed. A socket path that does not fit a unix socket
+ * address (107 bytes) is refused before anything is created. A stale socket file (nobody listening)
+ * is replaced; a live one or a non-socket is refused with EEXIST.
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { basename, dirname, join, resolve } from 'node:path';
+import type { BlockDevice } from '../block/device.js';
+import { MedvError } from '../errors.js';
+import { ByteBudget } from './budget.js';
+import { Connection } from './connection.js';
+import { resolveLimits, type NbdServerOptions } from './options.js';
+import { PayloadPool } from './pool.js';
+
+export type { NbdServerOptions } from './options.js';
+
+export interface NbdServer {
+  readonly socketPath: string;
+  /** Number of open client connections. */
+  connections(): number;
+  /** Bytes held for clients now (payloads, read data, unsent replies), over all connections. */
+  heldBytes(): number;
+  /** Stop listening; let connections finish their in-flight requests for up to `closeGraceMs`, then
+   *  destroy the rest; remove the socket file. Does NOT close the device. */
+  close(): Promise<void>;
+}
+
+/** sun_path holds 108 bytes including the terminating NUL. */
+export const MAX_SOCKET_PATH = 107;
+/** Bytes of idle WRITE payload buffers kept per server. */
+const POOL_LIMIT = 64 * 1024 * 1024;
+const PRIVATE_PREFIX = '.medv-nbd-';
+
+/** Refuse a socket path the kernel would truncate (EINVAL_ARG), before anything is created. */
+export function checkSocketPath(path: string): void {
+  const n = Buffer.byteLength(path);
+  if (n === 0) throw new MedvError('EINVAL_ARG', 'the socket path is empty');
+  if (n > MAX_SOCKET_PATH) {
+    throw new MedvError('EINVAL_ARG', `socket path is ${n} bytes; a unix socket path holds at most ${MAX_SOCKET_PATH} (use a shorter path)`, { file: path });
+  }
+}
+
+/** Remove a stale socket file left by a dead server; refuse to touch a live one or a non-socket. */
+async function clearStaleSocket(path: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = await fs.promises.lstat(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new MedvError('EEXIST', `${path} exists and is not a socket`, { file: path });
+  const live = await new Promise<boolean>((res) => {
+    const s = net.connect(path);
+    s.once('connect', () => { s.destroy(); res(true); });
+    s.once('error', () => res(false));
+  });
+  if (live) throw new MedvError('EEXIST', `a server is already listening on ${path}`, { file: path });
+  await fs.promises.unlink(path).catch(() => undefined);
+}
+
+function listen(server: net.Server, path: string): Promise<void> {
+  return new Promise<void>((res, rej) => {
+    const onError = (e: Error) => rej(e);
+    server.once('error', onError);
+    server.listen(path, () => { server.off('error', onError); res(); });
+  });
+}
+
+/**
+ * Bind `server` so that `path` appears as a 0600 socket in one step. Returns the socket's inode,
+ * so that close() removes only its own file.
+ */
+async function listenPrivately(server: net.Server, path: string): Promise<number> {
+  const dir = dirname(resolve(path));
+  let tmp: string;
+  try {
+    tmp = await fs.promises.mkdtemp(join(dir, PRIVATE_PREFIX)); // mode 0700 whatever the umask
+  } catch (e) {
+    throw new MedvError('EIO', `cannot create a private directory next to ${path}: ${(e as Error).message}`, { file: path }, { cause: e });
+  }
+  const inner = join(tmp, 's');
+  try {
+    if (Buffer.byteLength(inner) > MAX_SOCKET_PATH) {
+      throw new MedvError('EINVAL_ARG', `the directory of ${path} is too deep to bind a socket safely (${Buffer.byteLength(inner)} bytes with the private directory; at most ${MAX_SOCKET_PATH}): use a shorter path`, { file: path });
+    }
+    await listen(server, inner);
+    try {
+      await fs.promises.chmod(inner, 0o600);
+      await fs.promises.rename(inner, path);
+    } catch (e) {
+      server.close();
+      throw e;
+    }
+    return (await fs.promises.lstat(path)).ino;
+  } catch (e) {
+    if (e instanceof MedvError) throw e;
+    throw new MedvError('EIO', `cannot listen on ${path}: ${(e as Error).message}`, { file: path }, { cause: e });
+  } finally {
+    await fs.promises.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+/** Serve `device` over NBD on a unix socket (mode 0600). Resolves once the socket is listening. */
+export async function serveNbd(device: BlockDevice, opts: NbdServerOptions): Promise<NbdServer> {
+  const log = opts.log ?? (() => undefined);
+  const limits = resolveLimits(device, opts); // options are checked now rather than at the first client
+  const socketPath = opts.socketPath;
+  checkSocketPath(socketPath);
+  if (basename(socketPath).startsWith(PRIVATE_PREFIX)) throw new MedvError('EINVAL_ARG', `socket names starting with ${PRIVATE_PREFIX} are reserved`, { file: socketPath });
+  const conns = new Set<Connection>();
+  const budget = new ByteBudget(limits.maxTotalBytes);
+  const pool = new PayloadPool(POOL_LIMIT);
+  let handshakes = 0;
+  let closing: Promise<void> | undefined;
+
+  await clearStaleSocket(socketPath);
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    if (closing || handshakes >= limits.maxHandshakes) {
+      if (!closing) log(`nbd: ${handshakes} clients already in the handshake, refusing another`);
+      socket.destroy();
+      return;
+    }
+    handshakes++;
+    let left = false;
+    const conn = new Connection(socket, {
+      device, opts, limits, budget, pool, log,
+      leftHandshake: () => { if (!left) { left = true; handshakes--; } },
+    });
+    conns.add(conn);
+    void conn.closed.then(() => conns.delete(conn));
+  });
+  server.on('error', (e) => log(`nbd: server error: ${e.message}`));
+  const ino = await listenPrivately(server, socketPath);
+  log(`nbd: listening on ${socketPath}`);
+
+  return {
+    socketPath,
+    connections: () => conns.size,
+    heldBytes: () => budget.inUse,
+    close(): Promise<void> {
+      closing ??= (async () => {
+        const stopped = new Promise<void>((r) => server.close(() => r()));
+        const all = [...conns];
+        for (const c of all) c.shutdown();
+        const timer = setTimeout(() => {
+          for (const c of conns) c.destroy();
+        }, limits.closeGraceMs);
+        await Promise.all(all.map((c) => c.closed));
+        clearTimeout(timer);
+        await Promise.all(all.map((c) => c.settled()));
+        await stopped;
+        const st = await fs.promises.lstat(socketPath).catch(() => undefined);
+        if (st?.isSocket() && st.ino === ino) await fs.promises.unlink(socketPath).catch(() => undefined);
+        log(`nbd: stopped listening on ${socketPath}`);
+      })();
+      return closing;
+    },
+  };
+}

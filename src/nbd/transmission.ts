@@ -1,0 +1,523 @@
+/**
+ * The transmission phase of one connection: requests are parsed as they arrive, validated once
+ * (validateRequest), run concurrently against the device and answered as they complete, in any
+ * order: simple replies, or structured replies for READ and BLOCK_STATUS once the client
+ * negotiated them.
+ *
+ * Memory: before a request is admitted, the bytes it will hold (its WRITE payload until the device
+ * wrote it; its READ data from the device read until the kernel took the reply; its reply header)
+ * are taken from this connection's allowance and from the server-wide ByteBudget. When either is
+ * short, the socket stops being read until bytes come back, so a client that sends requests and
+ * never reads replies holds at most its allowance.
+ *
+ * Ordering: NBD_CMD_FLUSH waits for every write-type request of this connection received before it,
+ * then calls device.flush(), which makes all completed writes (of every connection: they share the
+ * device) durable. So a flush covers every write replied to before the flush arrived (proto.md,
+ * "Ordering of messages and writes"), and CAN_MULTI_CONN is safe to advertise.
+ */
+import type * as net from 'node:net';
+import type { BlockDevice } from '../block/device.js';
+import { writeThenFlush, writeZeroesByWriting } from '../block/emulate.js';
+import { validateRequest, type RequestOp } from '../block/validate.js';
+import { MedvError } from '../errors.js';
+import type { ByteBudget } from './budget.js';
+import type { ByteQueue } from './bytequeue.js';
+import { nbdErrno } from './errno.js';
+import { toDescriptors } from './extents.js';
+import type { Negotiated } from './handshake.js';
+import { MAX_DESCRIPTORS, REPLY_OVERHEAD, STATUS_RESERVE } from './options.js';
+import type { PayloadPool } from './pool.js';
+import * as P from './protocol.js';
+
+/** Replies totalling at most this many bytes are coalesced into one buffer before writing. */
+const COALESCE_LIMIT = 256 * 1024;
+
+export interface TransmissionSetup extends Negotiated {
+  device: BlockDevice;
+  maxInFlight: number;
+  /** This connection's allowance of held bytes. */
+  maxBytes: number;
+  budget: ByteBudget;
+  pool: PayloadPool;
+  log: (msg: string) => void;
+}
+
+type State = 'request' | 'payload' | 'skip' | 'closing' | 'closed';
+
+/** Flags each command accepts (FUA is valid on every command once negotiated; DF only with structured replies). */
+function allowedFlags(type: number, structured: boolean): number {
+  switch (type) {
+    case P.NBD_CMD_READ: return P.NBD_CMD_FLAG_FUA | (structured ? P.NBD_CMD_FLAG_DF : 0);
+    case P.NBD_CMD_WRITE_ZEROES: return P.NBD_CMD_FLAG_FUA | P.NBD_CMD_FLAG_NO_HOLE;
+    case P.NBD_CMD_BLOCK_STATUS: return P.NBD_CMD_FLAG_FUA | P.NBD_CMD_FLAG_REQ_ONE;
+    default: return P.NBD_CMD_FLAG_FUA;
+  }
+}
+
+function opOf(type: number): RequestOp | undefined {
+  switch (type) {
+    case P.NBD_CMD_READ: return 'read';
+    case P.NBD_CMD_WRITE: return 'write';
+    case P.NBD_CMD_WRITE_ZEROES: return 'zero';
+    case P.NBD_CMD_TRIM: return 'trim';
+    case P.NBD_CMD_FLUSH: return 'flush';
+    case P.NBD_CMD_BLOCK_STATUS: return 'status';
+    default: return undefined;
+  }
+}
+
+export class Transmission {
+  private state: State = 'request';
+  private readonly req: P.Request = { flags: 0, type: 0, handleHi: 0, handleLo: 0, offset: 0, length: 0 };
+  /** The error to answer once a refused WRITE's payload is skipped. */
+  private skipError: MedvError | undefined;
+  private payload: Buffer | null = null;
+  private payloadFill = 0;
+  private skipLeft = 0;
+  private inflight = 0;
+  /** Bytes this connection holds (taken from the budget too, unless the connection is gone). */
+  private held = 0;
+  private gone = false;
+  /** Write-type requests in flight, for FLUSH ordering. */
+  private readonly writes = new Set<Promise<unknown>>();
+  private out: Buffer[] = [];
+  private outBytes = 0;
+  private outRelease = 0;
+  private outScheduled = false;
+  private paused = false;
+  private pumping = false;
+  /** The client shut its sending side: finish what it sent, then close. */
+  private peerEnded = false;
+  private settledResolve: (() => void) | undefined;
+  private readonly wake = () => this.maybeResume();
+  private readonly target: { size: number; readOnly: boolean; description: string };
+
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly q: ByteQueue,
+    private readonly s: TransmissionSetup,
+    /** End the connection once everything queued is written (graceful) or at once (hard). */
+    private readonly finish: (hard: boolean) => void,
+  ) {
+    this.target = { size: s.info.size, readOnly: s.info.readOnly, description: s.device.description };
+  }
+
+  /** Bytes held now (tests and logs). */
+  get heldBytes(): number { return this.held; }
+
+  /** Resolves once no device operation of this connection is running. */
+  settled(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((r) => { this.settledResolve = r; });
+  }
+
+  // --- input -----------------------------------------------------------------------------------
+
+  pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      this.pumpLoop();
+    } catch (e) {
+      // A bug, not a protocol error (those are handled where they are detected): never crash the process.
+      this.s.log(`nbd: internal error, dropping connection: ${(e as Error)?.stack ?? e}`);
+      this.hardClose();
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  /** Bytes a request will hold from admission until its reply is sent. */
+  private need(req: P.Request): number {
+    const max = this.s.info.sizes.maximum;
+    switch (req.type) {
+      case P.NBD_CMD_READ:
+      case P.NBD_CMD_WRITE:
+        return REPLY_OVERHEAD + (req.length <= max ? req.length : 0);
+      case P.NBD_CMD_BLOCK_STATUS:
+        return STATUS_RESERVE;
+      default:
+        return REPLY_OVERHEAD;
+    }
+  }
+
+  private admits(need: number): boolean {
+    if (this.inflight >= this.s.maxInFlight || this.held + need > this.s.maxBytes) return false;
+    if (this.s.budget.fits(need)) return true;
+    this.s.budget.wait(this.wake);
+    return false;
+  }
+
+  private take(n: number): void {
+    this.held += n;
+    if (!this.gone) this.s.budget.take(n);
+  }
+
+  private give(n: number): void {
+    if (n === 0) return;
+    this.held -= n;
+    if (!this.gone) this.s.budget.give(n);
+  }
+
+  private pumpLoop(): void {
+    const q = this.q;
+    for (;;) {
+      switch (this.state) {
+        case 'request': {
+          if (q.length < P.REQUEST_SIZE) {
+            if (this.peerEnded) this.beginClosing();
+            return;
+          }
+          const req = this.req;
+          try {
+            P.decodeRequest(q.peek(P.REQUEST_SIZE), q.peekOffset, req);
+          } catch (e) {
+            // Out of sync: the stream cannot be trusted any more (proto.md allows a hard disconnect).
+            this.s.log(`nbd: ${(e as Error).message}, disconnecting`);
+            return this.hardClose();
+          }
+          const need = this.need(req);
+          if (!this.admits(need)) {
+            this.pause();
+            return;
+          }
+          q.consume(P.REQUEST_SIZE);
+          this.take(need);
+          if (req.type === P.NBD_CMD_WRITE) {
+            const refused = this.check(req);
+            if (refused) {
+              // The payload is skipped, never buffered; the error is answered after it.
+              this.give(need - REPLY_OVERHEAD);
+              this.skipError = refused;
+              this.skipLeft = req.length;
+              this.state = 'skip';
+              break;
+            }
+            if (q.length >= req.length) {
+              this.dispatch(req.type, req.flags, req.handleHi, req.handleLo, req.offset, req.length, q.take(req.length), false, need);
+            } else {
+              this.payload = this.s.pool.get(req.length);
+              this.payloadFill = q.takeInto(this.payload, 0, q.length);
+              this.state = 'payload';
+            }
+            break;
+          }
+          this.dispatch(req.type, req.flags, req.handleHi, req.handleLo, req.offset, req.length, null, false, need);
+          break;
+        }
+        case 'payload': {
+          const payload = this.payload!;
+          if (q.length === 0) {
+            if (this.peerEnded) this.beginClosing();
+            return;
+          }
+          this.payloadFill += q.takeInto(payload, this.payloadFill, payload.length - this.payloadFill);
+          if (this.payloadFill < payload.length) return;
+          this.payload = null;
+          this.state = 'request';
+          const req = this.req;
+          this.dispatch(req.type, req.flags, req.handleHi, req.handleLo, req.offset, req.length, payload, true, this.need(req));
+          break;
+        }
+        case 'skip': {
+          if (this.skipLeft > 0 && q.length === 0) {
+            if (this.peerEnded) this.beginClosing();
+            return;
+          }
+          this.skipLeft -= q.skip(this.skipLeft);
+          if (this.skipLeft > 0) return;
+          this.state = 'request';
+          const req = this.req;
+          const e = this.skipError!;
+          this.skipError = undefined;
+          this.replyError(req.type, req.handleHi, req.handleLo, e, REPLY_OVERHEAD);
+          break;
+        }
+        case 'closing':
+        case 'closed':
+          q.clear();
+          return;
+      }
+    }
+  }
+
+  private pause(): void {
+    if (!this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+  }
+
+  private maybeResume(): void {
+    if (this.state !== 'request' || !this.paused) return;
+    this.paused = false;
+    this.socket.resume();
+    this.pump();
+  }
+
+  /** The request's error (validated once, here), or undefined. */
+  private check(req: P.Request): MedvError | undefined {
+    const { type, flags } = req;
+    if ((flags & ~allowedFlags(type, this.s.structured)) !== 0) {
+      return new MedvError('EINVAL_ARG', `flags 0x${flags.toString(16)} are not valid for ${P.commandName(type)}`);
+    }
+    const op = opOf(type);
+    if (!op) return new MedvError('EUNSUPPORTED', `unsupported ${P.commandName(type)}`);
+    if (op === 'trim' && this.s.device.capabilities.trim === 'none' && !this.target.readOnly) {
+      return new MedvError('EUNSUPPORTED', 'TRIM is not supported by this export');
+    }
+    if (op === 'status' && !this.s.allocationContext) {
+      return new MedvError('EINVAL_ARG', 'BLOCK_STATUS without a negotiated metadata context');
+    }
+    try {
+      validateRequest(this.target, req.offset, req.length, op, this.s.info.sizes.maximum);
+    } catch (e) {
+      return e as MedvError;
+    }
+    return undefined;
+  }
+
+  /** Run a validated request against the device; `held` bytes were taken for it at admission. */
+  private dispatch(type: number, flags: number, hi: number, lo: number, offset: number, length: number,
+    payload: Buffer | null, pooled: boolean, held: number): void {
+    if (type === P.NBD_CMD_DISC) {
+      this.give(held);
+      this.s.log('nbd: client disconnected');
+      this.beginClosing();
+      return;
+    }
+    const refused = type === P.NBD_CMD_WRITE ? undefined : this.check(this.req);
+    if (refused) {
+      this.s.log(`nbd: ${refused.message}`);
+      this.give(held - REPLY_OVERHEAD);
+      return this.replyError(type, hi, lo, refused, REPLY_OVERHEAD);
+    }
+    const dev = this.s.device;
+    const fua = (flags & P.NBD_CMD_FLAG_FUA) !== 0;
+    let op: Promise<Buffer | void>;
+    let isWrite = false;
+    try {
+      switch (type) {
+        case P.NBD_CMD_READ:
+          op = dev.read(offset, length);
+          break;
+        case P.NBD_CMD_WRITE: {
+          const data = payload!;
+          op = writeThenFlush(dev, offset, data, fua ? { fua } : undefined);
+          // Back to the pool only on success: a failed write may still have sub-writes reading it.
+          if (pooled) op.then(() => this.s.pool.put(data), () => undefined);
+          isWrite = true;
+          break;
+        }
+        case P.NBD_CMD_TRIM:
+          op = dev.discard(offset, length);
+          if (fua) op = op.then(() => dev.flush());
+          isWrite = true;
+          break;
+        case P.NBD_CMD_WRITE_ZEROES:
+          // NO_HOLE or not, writeZeroes reads back as zeros; whether it deallocates is the device's choice.
+          op = this.writeZeroes(offset, length, fua);
+          isWrite = true;
+          break;
+        case P.NBD_CMD_FLUSH:
+          op = this.flushAfter([...this.writes]);
+          break;
+        case P.NBD_CMD_BLOCK_STATUS:
+          op = this.blockStatus(hi, lo, offset, length, (flags & P.NBD_CMD_FLAG_REQ_ONE) !== 0);
+          break;
+        default:
+          throw new MedvError('EINTERNAL', `unexpected ${P.commandName(type)}`);
+      }
+    } catch (e) {
+      op = Promise.reject(e);
+    }
+    this.inflight++;
+    if (isWrite) {
+      const tracked = op;
+      this.writes.add(tracked);
+      op.then(() => this.writes.delete(tracked), () => this.writes.delete(tracked));
+    }
+    op.then(
+      (data) => this.complete(type, hi, lo, offset, data ?? null, held),
+      (e) => {
+        const errno = nbdErrno(e);
+        if (!(e instanceof MedvError) || errno === P.NBD_EIO) {
+          this.s.log(`nbd: ${P.commandName(type)} [${offset}, +${length}) failed: ${(e as Error)?.message ?? e}`);
+        }
+        this.complete(type, hi, lo, offset, e instanceof Error ? e : new Error(String(e)), held);
+      },
+    );
+  }
+
+  private async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    const dev = this.s.device;
+    const options = fua ? { fua } : undefined;
+    if (dev.capabilities.zero === 'none') return writeZeroesByWriting(dev, offset, length, options);
+    await dev.writeZeroes(offset, length, dev.capabilities.fua === 'native' ? options : undefined);
+    if (fua && dev.capabilities.fua !== 'native') await dev.flush();
+  }
+
+  private async flushAfter(writes: Array<Promise<unknown>>): Promise<void> {
+    if (writes.length) await Promise.allSettled(writes);
+    await this.s.device.flush();
+  }
+
+  /** The whole BLOCK_STATUS reply chunk for base:allocation. */
+  private async blockStatus(hi: number, lo: number, offset: number, length: number, one: boolean): Promise<Buffer> {
+    const dev = this.s.device;
+    const extents = dev.extents ? await dev.extents(offset, length) : [{ length, hole: false, zero: false }];
+    const descriptors = toDescriptors(extents, offset, length, this.s.info.sizes.minimum, one ? 1 : MAX_DESCRIPTORS);
+    return P.encodeBlockStatusChunk(P.NBD_REPLY_FLAG_DONE, hi, lo, this.s.allocationContext, descriptors);
+  }
+
+  private complete(type: number, hi: number, lo: number, offset: number, result: Buffer | Error | null, held: number): void {
+    this.inflight--;
+    if (result instanceof Error) {
+      // A failed WRITE's payload (and a READ's reservation) is given back now; the reply keeps its overhead.
+      this.give(held - REPLY_OVERHEAD);
+      this.replyError(type, hi, lo, result, REPLY_OVERHEAD);
+    } else if (type === P.NBD_CMD_READ) {
+      this.replyRead(hi, lo, offset, result as Buffer, held);
+    } else if (type === P.NBD_CMD_BLOCK_STATUS) {
+      this.enqueue([result as Buffer], held);
+    } else {
+      this.give(held - REPLY_OVERHEAD);
+      this.replySimple(0, hi, lo, REPLY_OVERHEAD);
+    }
+    if (this.inflight === 0 && this.settledResolve) {
+      const r = this.settledResolve;
+      this.settledResolve = undefined;
+      r();
+    }
+    if (this.state === 'closing') this.maybeFinish();
+    else this.maybeResume();
+  }
+
+  // --- output ----------------------------------------------------------------------------------
+
+  private replySimple(error: number, hi: number, lo: number, release: number, data?: Buffer): void {
+    const h = Buffer.allocUnsafe(P.SIMPLE_REPLY_SIZE);
+    P.writeSimpleReply(h, 0, error, hi, lo);
+    this.enqueue(data && data.length ? [h, data] : [h], release);
+  }
+
+  private replyRead(hi: number, lo: number, offset: number, data: Buffer, release: number): void {
+    if (!this.s.structured) return this.replySimple(0, hi, lo, release, data);
+    // One chunk covers the whole read (so DF is always honoured); an empty read is a NONE chunk.
+    if (data.length === 0) return this.enqueue([P.encodeNoneChunk(hi, lo)], release);
+    this.enqueue([P.encodeOffsetDataHeader(P.NBD_REPLY_FLAG_DONE, hi, lo, offset, data.length), data], release);
+  }
+
+  /** READ and BLOCK_STATUS errors are error chunks once structured replies are negotiated; others simple. */
+  private replyError(type: number, hi: number, lo: number, e: Error, release: number): void {
+    const errno = nbdErrno(e);
+    if (this.s.structured && (type === P.NBD_CMD_READ || type === P.NBD_CMD_BLOCK_STATUS)) {
+      this.enqueue([P.encodeErrorChunk(hi, lo, errno, e.message.slice(0, 200))], release);
+    } else {
+      this.replySimple(errno, hi, lo, release);
+    }
+  }
+
+  /** Queue reply buffers; `release` bytes are given back once the kernel took them. */
+  private enqueue(bufs: Buffer[], release: number): void {
+    if (this.state === 'closed') {
+      this.give(release);
+      return;
+    }
+    for (const b of bufs) {
+      this.out.push(b);
+      this.outBytes += b.length;
+    }
+    this.outRelease += release;
+    if (!this.outScheduled) {
+      this.outScheduled = true;
+      // Coalesce replies completing in the same event-loop turn into one write.
+      setImmediate(() => this.flushOut());
+    }
+  }
+
+  private flushOut(): void {
+    this.outScheduled = false;
+    const out = this.out;
+    const release = this.outRelease;
+    if (out.length === 0) return;
+    this.out = [];
+    this.outRelease = 0;
+    const total = this.outBytes;
+    this.outBytes = 0;
+    if (this.state === 'closed' || !this.socket.writable) {
+      this.give(release);
+      return;
+    }
+    // The callback runs once the kernel took the bytes (or the socket failed): then they are given back.
+    const done = () => { this.give(release); this.maybeResume(); };
+    if (out.length === 1) {
+      this.socket.write(out[0], done);
+    } else if (total <= COALESCE_LIMIT) {
+      this.socket.write(Buffer.concat(out, total), done);
+    } else {
+      this.socket.cork();
+      for (let i = 0; i < out.length - 1; i++) this.socket.write(out[i]);
+      this.socket.write(out[out.length - 1], done);
+      this.socket.uncork();
+    }
+  }
+
+  // --- teardown --------------------------------------------------------------------------------
+
+  /** Stop taking requests; end the connection once in-flight requests are answered. */
+  shutdown(): void {
+    if (this.state === 'closing' || this.state === 'closed') return;
+    this.beginClosing();
+  }
+
+  /** The client shut its side (a soft end, like DISC): requests it sent are still answered. */
+  onPeerEnd(): void {
+    if (this.state === 'request' || this.state === 'payload' || this.state === 'skip') {
+      this.peerEnded = true;
+      this.pump();
+    }
+  }
+
+  private beginClosing(): void {
+    this.state = 'closing';
+    this.q.clear();
+    this.dropPayload();
+    this.maybeFinish();
+  }
+
+  private maybeFinish(): void {
+    if (this.state !== 'closing' || this.inflight > 0) return;
+    this.flushOut();
+    this.state = 'closed';
+    this.finish(false);
+  }
+
+  private hardClose(): void {
+    this.state = 'closed';
+    this.q.clear();
+    this.dropPayload();
+    this.finish(true);
+  }
+
+  private dropPayload(): void {
+    if (this.payload) {
+      this.payload = null;
+      this.give(this.need(this.req)); // no reply will be sent for it either
+    }
+  }
+
+  /** The socket is gone: everything this connection holds goes back to the budget at once. */
+  onClose(): void {
+    this.state = 'closed';
+    this.q.clear();
+    this.dropPayload();
+    this.out = [];
+    this.outRelease = 0;
+    this.s.budget.forget(this.wake);
+    if (!this.gone) {
+      this.gone = true;
+      this.s.budget.give(this.held);
+    }
+  }
+}

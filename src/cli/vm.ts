@@ -68,6 +68,8 @@ export function vmCommand(): Command {
     .addOption(new Option('--network <kind>', 'guest network (default: the .vmc\'s, else none)').choices(['none', 'nat']))
     .option('--map-drive <letter=folder...>', 'map a Windows drive letter of the .vmc\'s absolute paths to a host folder (C=/srv/vms); unmapped drives are refused')
     .option('--mac <mac>', 'MAC address of the NIC (with --network nat)')
+    .addOption(new Option('--nic <model>', 'NIC model: e1000 (most guests have a driver) or virtio').choices(['e1000', 'virtio']))
+    .addOption(new Option('--disk-bus <bus>', 'bus of the hard disks: ide (as Virtual PC) or virtio (faster, needs guest drivers)').choices(['ide', 'virtio']))
     .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (a VNC server on a unix socket in the run folder, shown by `vm status`), window (a GTK window on $DISPLAY; needs qemu-system-gui)').choices(['none', 'vnc', 'window']).default('none'))
     .addOption(new Option('--accel <accel>', 'accelerator to try first (default: kvm when usable)').choices(['kvm', 'tcg']))
     .option('--json', 'print the VM state as JSON')
@@ -97,6 +99,8 @@ export function vmCommand(): Command {
           savedState: join(dirname(path), `${basename(path, extname(path))}.vsv`),
         };
       }
+      if (o.nic !== undefined) config.nicModel = o.nic as 'e1000' | 'virtio';
+      if (o.diskBus !== undefined) config.diskBus = o.diskBus as 'ide' | 'virtio';
       const state = await startVm(config, { kek: optionalKek(o, config.disks.map((d) => d.path)) });
       if (o.json) printJson(state);
       else process.stdout.write(`${state.resumed ? 'resumed' : 'started'} VM ${state.name} (${state.accel}, supervisor pid ${state.pid}); stop it with: medv vm stop ${state.name}\n`);

@@ -46,6 +46,10 @@ export interface VmConfig {
   disks: VmDiskConfig[];
   network: 'none' | 'nat';
   mac?: string;
+  /** NIC model (default e1000, which most guests have a driver for; virtio for Linux guests). */
+  nicModel?: 'e1000' | 'virtio';
+  /** Bus of the hard disks (default ide, as Virtual PC; virtio is faster for guests with drivers). */
+  diskBus?: 'ide' | 'virtio';
   display: 'none' | 'vnc' | 'window';
   /** Accelerator to try first (default: KVM when usable, else TCG). */
   accel?: Accelerator;
@@ -190,9 +194,9 @@ export class Supervisor {
       incoming: Boolean(saved),
       vga: true,
       display: c.display === 'vnc' ? { kind: 'vnc', socket: join(this.dir, 'vnc.sock') } : { kind: c.display },
-      drives: this.disks.map((d) => ({ source: `nbd+unix:///?socket=${d.socket}`, ...(d.config.mode === 'cdrom' ? { cdrom: true, readOnly: true } : {}) })),
+      drives: this.disks.map((d) => ({ source: `nbd+unix:///?socket=${d.socket}`, ...(d.config.mode === 'cdrom' ? { cdrom: true, readOnly: true } : { iface: c.diskBus ?? 'ide' }) })),
       qmpSocket: join(this.dir, 'qmp.sock'),
-      network: c.network === 'nat' ? { kind: 'nat', mac: c.mac } : { kind: 'none' },
+      network: c.network === 'nat' ? { kind: 'nat', mac: c.mac, model: c.nicModel } : { kind: 'none' },
     }, { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });
     this.vm = vm;
     this.state = { ...this.state, qemuPid: vm.pid, accel };

@@ -48,7 +48,7 @@ export interface LaunchSpec {
   /** Path of the QMP unix socket QEMU listens on. */
   qmpSocket: string;
   /** Network: none (default), or NAT through QEMU's user-mode stack on an e1000 NIC. */
-  network?: { kind: 'none' } | { kind: 'nat'; mac?: string };
+  network?: { kind: 'none' } | { kind: 'nat'; mac?: string; model?: 'e1000' | 'virtio' };
   /** Start paused, waiting for a migration stream (`-incoming defer`); the stream is written to
    *  `QemuProcess.incoming` (QEMU's fd 3) after `migrate-incoming {uri: 'fd:3'}`. */
   incoming?: boolean;
@@ -143,7 +143,9 @@ export function qemuArgv(spec: LaunchSpec): string[] {
   const net = spec.network ?? { kind: 'none' };
   if (net.kind === 'nat') {
     if (net.mac !== undefined && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(net.mac)) throw new MedvError('EINVAL_ARG', `invalid MAC address ${JSON.stringify(net.mac)}`);
-    argv.push('-netdev', 'user,id=net0', '-device', `e1000,netdev=net0${net.mac ? `,mac=${net.mac}` : ''}`);
+    const model = net.model ?? 'e1000';
+    if (model !== 'e1000' && model !== 'virtio') throw new MedvError('EINVAL_ARG', `NIC model must be e1000 or virtio, not ${JSON.stringify(model)}`);
+    argv.push('-netdev', 'user,id=net0', '-device', `${model === 'virtio' ? 'virtio-net-pci' : 'e1000'},netdev=net0${net.mac ? `,mac=${net.mac}` : ''}`);
   } else if (net.kind !== 'none') {
     throw new MedvError('EINVAL_ARG', `network must be none or nat, not ${JSON.stringify((net as { kind: unknown }).kind)}`);
   }

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, readdirSync, readlinkSync, statSync, watch, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, statSync, watch, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { GUEST, fileContainsMarker, freshGuestImage } from '../helpers/qemu.js';
 import { runMedv, sha256File, tempDir, waitForFile } from '../helpers/cli.js';
@@ -64,7 +64,9 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
 
   beforeEach(() => {
     dir = tempDir('medv-host-');
-    env = { MEDV_RUN_DIR: join(dir.path, 'run') };
+    // The commands and the supervisors they start use this temp folder, so it can be scanned.
+    env = { MEDV_RUN_DIR: join(dir.path, 'run'), TMPDIR: join(dir.path, 'tmp') };
+    mkdirSync(env.TMPDIR);
   });
   afterEach(async () => {
     for (const s of JSON.parse(runMedv(['vm', 'list', '--json'], env).stdout || '[]')) {
@@ -177,6 +179,9 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     }
     for (const f of readdirSync(join(env.MEDV_RUN_DIR, 's'))) {
       if (!f.endsWith('.sock')) assert.equal(await fileContainsMarker(join(env.MEDV_RUN_DIR, 's', f)), false, `marker in run dir file ${f}`);
+    }
+    for (const f of readdirSync(env.TMPDIR, { recursive: true, withFileTypes: true })) {
+      if (f.isFile()) assert.equal(await fileContainsMarker(join(f.parentPath ?? f.path, f.name)), false, `marker in temp file ${f.name}`);
     }
     const resumed = json(['start', disk, '--name', 's']);
     assert.equal(resumed.resumed, true);

@@ -4,6 +4,7 @@
 //   pread(fd, buf, offset, position) / pwrite(...) / fdatasync(fd)  synchronous, no thread-pool hop
 //   preadAsync / pwriteAsync / fdatasyncAsync                    the same on the libuv pool (AsyncWorker)
 //   kvmProbe()                                                   open /dev/kvm, KVM_GET_API_VERSION == 12
+//   flock(fd, exclusive)                                         flock(2) LOCK_EX|LOCK_SH with LOCK_NB: true, or false when held
 //
 // OpenSSL comes from Node's own headers and is resolved against the symbols the node binary exports:
 // nothing extra is linked. The typed boundary (argument checks that raise MedvError) lives in
@@ -20,6 +21,7 @@
 #include <string>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -50,6 +52,7 @@ const char* ErrnoCode(int err) {
     case EAGAIN: return "EAGAIN";
     case EDQUOT: return "EDQUOT";
     case EOVERFLOW: return "EOVERFLOW";
+    case ENOLCK: return "ENOLCK";
     default: return "EIO";
   }
 }
@@ -329,6 +332,24 @@ Napi::Value KvmProbe(const Napi::CallbackInfo& info) {
   return r;
 }
 
+// ---------------------------------------------------------------------------------------------
+// flock(2) on an open file, never waiting (LOCK_NB): returns true when the lock is taken, false
+// when another open file description holds a conflicting one. The lock belongs to the open file
+// description, so it holds against a second open in this process too, and dies with the last fd.
+Napi::Value Flock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!GetFd(info, 0, &fd)) return env.Undefined();
+  if (info.Length() <= 1 || !info[1].IsBoolean()) { ThrowType(env, "expected a boolean"); return env.Undefined(); }
+  const int op = (info[1].As<Napi::Boolean>().Value() ? LOCK_EX : LOCK_SH) | LOCK_NB;
+  int r;
+  do { r = ::flock(fd, op); } while (r != 0 && errno == EINTR);
+  if (r == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+  SysError(env, "flock", errno).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("xtsCrypt", Napi::Function::New(env, XtsCrypt, "xtsCrypt"));
   exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
@@ -339,6 +360,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pwriteAsync", Napi::Function::New(env, PwriteAsync, "pwriteAsync"));
   exports.Set("fdatasyncAsync", Napi::Function::New(env, FdatasyncAsync, "fdatasyncAsync"));
   exports.Set("kvmProbe", Napi::Function::New(env, KvmProbe, "kvmProbe"));
+  exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   return exports;
 }
 

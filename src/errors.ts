@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'EALIGN'              // request not aligned to the device's minimum block size
   | 'ECLOSED'             // device already closed
   | 'ENOSPACE'            // device cannot grow further
+  | 'EBUSY'               // the file is locked by another open (another process, or this one): data.holders names them
   // formats (hostile input)
   | 'EFORMAT'             // structurally invalid (bad magic, bad field)
   | 'ECHECKSUM'           // checksum mismatch
@@ -33,7 +34,10 @@ export type ErrorCode =
   | 'ETIMEOUT'            // a wait for the guest or QEMU ran out of time
   | 'EINTERNAL'
   | 'EAUTH'               // an authenticated structure (EVHD header MAC) does not verify under the key
-  | 'EINSECURE';          // key material readable or writable by group/other (host key file)
+  | 'EINSECURE'           // key material readable or writable by group/other (host key file)
+  // packed images
+  | 'ESIGNATURE'          // an image index whose signature does not verify, or whose signer is not trusted
+  | 'EBADBLOCK';          // a packed block that does not authenticate, decompress, or match its id
 
 export interface MedvErrorData {
   file?: string;
@@ -79,6 +83,7 @@ export function fromSystemError(e: unknown, file?: string): MedvError {
     case 'ENOENT': return new MedvError('ENOENT', `no such file: ${file ?? err.path ?? ''}`.trim(), { file }, { cause: e });
     case 'EEXIST': return new MedvError('EEXIST', `file exists: ${file ?? err.path ?? ''}`.trim(), { file }, { cause: e });
     case 'ENOSPC': return new MedvError('ENOSPACE', 'no space left on device', { file }, { cause: e });
+    case 'EISDIR': return new MedvError('EINVAL_ARG', `is a directory, not a disk: ${file ?? err.path ?? ''}`.trim(), { file }, { cause: e });
     case 'EACCES': case 'EPERM': case 'EROFS':
       return new MedvError('EREADONLY', `permission denied: ${msg}`, { file }, { cause: e });
     default: return new MedvError('EIO', msg, { file }, { cause: e });

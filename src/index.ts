@@ -14,4 +14,5 @@ export * as nbd from './nbd/index.js';
 export * as hypervisor from './hypervisor/index.js';
 export * as vmc from './formats/vmc/index.js';
 export * as imagestate from './formats/imagestate/index.js';
+export * as pack from './pack/index.js';
 export { native } from './native.js';

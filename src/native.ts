@@ -9,6 +9,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { promisify } from 'node:util';
 import { createRequire } from 'node:module';
@@ -48,6 +49,15 @@ export interface NativeApi {
   fdatasyncAsync(fd: number): Promise<void>;
   /** Is KVM usable: /dev/kvm opens read-write and KVM_GET_API_VERSION == 12 (the fallback cannot ioctl). */
   kvmProbe(): KvmProbeResult;
+  /**
+   * flock(2) the open file `fd` without waiting (LOCK_NB): exclusive (LOCK_EX) or shared (LOCK_SH).
+   * Returns true when taken, false when another open file description holds a conflicting lock.
+   * The lock belongs to the open file description: it holds against other opens in this process
+   * too, and goes away when the last descriptor is closed (or the process dies). Calling it again
+   * on the same fd converts the lock. The fallback runs /usr/bin/flock on the inherited descriptor,
+   * which takes the same kernel lock on the same open file description.
+   */
+  flock(fd: number, exclusive: boolean): boolean;
 }
 
 /** The raw addon as exported by native/medv.cc (no argument typing beyond its own checks). */
@@ -89,6 +99,14 @@ function checkIoArgs(fd: number, buf: Buffer, offset: number, position: number):
 function checkFd(fd: number): void {
   if (!Number.isSafeInteger(fd) || fd < 0 || fd > 0x7fffffff) throw badArg(`invalid file descriptor ${fd}`);
 }
+
+function checkFlockArgs(fd: number, exclusive: boolean): void {
+  checkFd(fd);
+  if (typeof exclusive !== 'boolean') throw badArg('flock exclusive flag must be a boolean');
+}
+
+/** Exit status /usr/bin/flock is told to use for "held by someone else" (-E), apart from its own errors. */
+const FLOCK_CONFLICT = 75;
 
 /** OpenSSL refused the key (e.g. equal XTS halves): ECRYPTO, without key bytes in the message. */
 function xtsFailure(e: unknown): MedvError {
@@ -191,6 +209,19 @@ export const fallback: NativeApi = {
       return { available: false, reason: `cannot open /dev/kvm: ${(e as NodeJS.ErrnoException).code ?? String(e)}` };
     }
   },
+
+  flock(fd, exclusive) {
+    checkFlockArgs(fd, exclusive);
+    // The child gets our descriptor as its fd 3: same open file description, so the lock it takes
+    // is ours and outlives the child.
+    const r = spawnSync('/usr/bin/flock', ['-n', '-E', String(FLOCK_CONFLICT), exclusive ? '-x' : '-s', '3'], {
+      stdio: ['ignore', 'ignore', 'pipe', fd],
+    });
+    if (r.status === 0) return true;
+    if (r.status === FLOCK_CONFLICT) return false;
+    const why = r.error ? r.error.message : `/usr/bin/flock exited ${r.status ?? r.signal}: ${String(r.stderr ?? '').trim()}`;
+    throw Object.assign(new Error(`flock: ${why}`), { code: 'ENOLCK', syscall: 'flock' });
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -215,6 +246,7 @@ function wrap(raw: RawAddon): NativeApi {
     async pwriteAsync(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.pwriteAsync(fd, buf, offset, position); },
     async fdatasyncAsync(fd) { checkFd(fd); await raw.fdatasyncAsync(fd); },
     kvmProbe() { return raw.kvmProbe(); },
+    flock(fd, exclusive) { checkFlockArgs(fd, exclusive); return raw.flock(fd, exclusive); },
   };
 }
 
@@ -231,7 +263,7 @@ export function loadAddon(): { addon?: RawAddon; reason?: string } {
     if (!fs.existsSync(file)) continue;
     try {
       const mod = createRequire(import.meta.url)(file) as Partial<RawAddon>;
-      const names: Array<keyof RawAddon> = ['xtsCrypt', 'pread', 'pwrite', 'fdatasync', 'preadNoWait', 'preadAsync', 'pwriteAsync', 'fdatasyncAsync', 'kvmProbe'];
+      const names: Array<keyof RawAddon> = ['xtsCrypt', 'pread', 'pwrite', 'fdatasync', 'preadNoWait', 'preadAsync', 'pwriteAsync', 'fdatasyncAsync', 'kvmProbe', 'flock'];
       const missing = names.filter((n) => typeof mod[n] !== 'function');
       if (missing.length) { reason = `${file} lacks ${missing.join(', ')} (stale build?)`; continue; }
       return { addon: mod as RawAddon };

@@ -4,6 +4,9 @@ import { MedvError, fromSystemError } from '../errors.js';
 import { native } from '../native.js';
 import { writeZeroesByWriting } from './emulate.js';
 import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from './device.js';
+import { type LockMode, lockFile } from './flock.js';
+
+export type { LockMode } from './flock.js';
 
 const fsRead = promisify(fs.read);
 const fsWrite = promisify(fs.write);
@@ -18,6 +21,12 @@ export interface FileOpenOptions {
   /** Create the file (fails if it exists) with this size. */
   create?: boolean;
   size?: number;
+  /**
+   * Kernel lock taken on open (flock, never waiting; see flock.ts): 'exclusive' (default when
+   * writable or created), 'shared' (default when read-only) or 'none'. A conflicting lock held by
+   * any other open — another process, or another open in this one — gives EBUSY naming the holder.
+   */
+  lock?: LockMode;
 }
 
 /**
@@ -46,7 +55,9 @@ export class FileDevice implements BlockDevice {
     }
     try {
       const st = await fsFstat(fd);
+      if (st.isDirectory()) throw new MedvError('EINVAL_ARG', `is a directory, not a disk: ${path}`, { file: path });
       if (!st.isFile() && !st.isBlockDevice()) throw new MedvError('EINVAL_ARG', 'not a regular file', { file: path });
+      lockFile(fd, path, options.lock ?? (readOnly && !options.create ? 'shared' : 'exclusive'));
       let size = st.size;
       if (options.create && options.size) {
         await fsFtruncate(fd, options.size);

@@ -20,10 +20,13 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   EPARENT: 5,
   EREADONLY: 6,
   EUNSUPPORTED: 7,
+  EBUSY: 9,
   EAUTH: 5,
   EINSECURE: 4,
+  ESIGNATURE: 5,
+  EBADBLOCK: 5,
 };
-/** Exit status of `disk check` when the disk is damaged. */
+/** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;
 
 export function exitStatusFor(e: unknown): number {

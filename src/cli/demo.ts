@@ -154,7 +154,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     });
 
     const readBack = await step('read back through the decrypting stack (undo disk -> guest.evhd)', async () => {
-      const view = await openUndoDisk(undo, { kek, expectParent: base });
+      const view = await openUndoDisk(undo, { kek, parent: base });
       try {
         const marker = await view.device.read(GUEST.markerOffset, GUEST.markerBytes);
         const counter = readCounter(await view.device.read(GUEST.counterOffset, GUEST.sectorBytes));
@@ -167,7 +167,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     });
 
     const baseCounterAfterDiscard = await step('discard the undo disk: the base reads as before', async () => {
-      await discardUndoDisk(undo);
+      await discardUndoDisk(undo, { kek });
       const after = await openDisk(base, { readOnly: true, kek });
       try {
         const counter = readCounter(await after.device.read(GUEST.counterOffset, GUEST.sectorBytes));

@@ -4,9 +4,19 @@ import { parseSize } from '../block/validate.js';
 import { MedvError } from '../errors.js';
 import { checkDiskFile, convertDisk, createDisk, describeDiskFile, serveDiskFile, type DiskDescription } from '../disk/index.js';
 import { createUndoDisk, discardUndoDisk, mergeUndoDisk } from '../layers/undo/index.js';
+import type { DiskFormat } from '../layers/open.js';
 import { addKeyOptions, EXIT_DAMAGED, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
+
+/** `--format raw|vhd|evhd` (like qemu-img -f): the format of the file named, instead of guessing. */
+function formatOption(what = 'the disk'): Option {
+  return new Option('--format <format>', `format of ${what} (default: from the name .evhd/.vhd/.raw/.img, else guessed from the content with a warning)`).choices(['raw', 'vhd', 'evhd']);
+}
+
+function formatOpts(o: Opts): { format?: DiskFormat; warn: (m: string) => void } {
+  return { format: o.format as DiskFormat | undefined, warn: (m) => process.stderr.write(`medv: warning: ${m}\n`) };
+}
 
 export function diskCommand(): Command {
   const disk = new Command('disk').description('create, inspect, check, convert and serve disk images (raw, VHD, encrypted EVHD), and undo disks');
@@ -26,17 +36,19 @@ export function diskCommand(): Command {
 
   addKeyOptions(disk.command('info <path>'))
     .description('show type, virtual size, creator, parent, encryption and allocation of a disk')
+    .addOption(formatOption())
     .option('--json', 'print as JSON')
     .action(async (path: string, o: Opts) => {
-      const d = await describeDiskFile(path, kekFrom(o));
+      const d = await describeDiskFile(path, kekFrom(o), formatOpts(o));
       if (o.json) printJson(d); else process.stdout.write(renderInfo(d));
     });
 
   addKeyOptions(disk.command('check <path>'))
     .description('structural check of a disk; exits non-zero (8) when it finds damage')
+    .addOption(formatOption())
     .option('--json', 'print as JSON')
     .action(async (path: string, o: Opts) => {
-      const r = await checkDiskFile(path, kekFrom(o));
+      const r = await checkDiskFile(path, kekFrom(o), formatOpts(o));
       if (o.json) printJson(r);
       else {
         for (const e of r.errors) process.stdout.write(`error: ${e}\n`);
@@ -50,42 +62,49 @@ export function diskCommand(): Command {
     .description('convert between raw, VHD and EVHD (VHD <-> EVHD of the same layout is byte-exact)')
     .addOption(new Option('--to <format>', 'destination format (default: from the destination name)').choices(['raw', 'vhd', 'evhd']))
     .addOption(new Option('--type <type>', 'VHD layout of the destination').choices(['fixed', 'dynamic']))
+    .addOption(formatOption('the source'))
+    .option('--parent <file>', 'the raw disk a differencing source (undo disk) was made over; a raw parent is never found through a locator')
     .action(async (src: string, dst: string, o: Opts) => {
       const bar = progressBar('convert');
       try {
-        await convertDisk(src, dst, { to: o.to as 'raw' | 'vhd' | 'evhd' | undefined, type: o.type as 'fixed' | 'dynamic' | undefined, kek: kekFrom(o), onProgress: bar.update });
+        await convertDisk(src, dst, { to: o.to as 'raw' | 'vhd' | 'evhd' | undefined, type: o.type as 'fixed' | 'dynamic' | undefined, kek: kekFrom(o), onProgress: bar.update, parent: o.parent as string | undefined, ...formatOpts(o) });
       } finally { bar.stop(); }
     });
 
   const undo = disk.command('undo').description('undo disks: a differencing disk that keeps the parent untouched until merge or discard');
   addKeyOptions(undo.command('create <undo>'))
-    .description('create an undo disk over a parent (an encrypted parent needs an .evhd undo disk)')
+    .description('create an undo disk over a parent (an encrypted parent needs an .evhd undo disk); over a raw parent the undo disk records its size and a fingerprint, and the parent must then be named whenever the undo disk is used')
     .requiredOption('--parent <parent>', 'the parent disk (opened read-only)')
+    .addOption(formatOption('the parent'))
+    .addHelpText('after', '\nExamples:\n  medv disk undo create work.evhd --parent base.evhd\n  medv disk undo create work.vhd --parent disk.img --format raw\n  medv disk serve disk.img --format raw --undo work.vhd --socket /tmp/s    # a raw parent is named, never found')
     .action(async (undoPath: string, o: Opts) => {
-      await createUndoDisk(undoPath, String(o.parent), { kek: kekFrom(o) });
+      await createUndoDisk(undoPath, String(o.parent), { kek: kekFrom(o), ...formatOpts(o) });
     });
   addKeyOptions(undo.command('merge <undo>'))
-    .description('commit the undo disk into its parent, then delete it (safe to re-run if interrupted)')
+    .description('commit the undo disk into its parent, then delete it (safe to re-run if interrupted); refused while the undo disk is in use')
+    .option('--parent <parent>', 'the parent to merge into (required for a raw parent: checked against the size and fingerprint the undo disk recorded)')
     .option('--json', 'print as JSON')
     .action(async (undoPath: string, o: Opts) => {
       const bar = progressBar('merge');
       let bytes = 0;
-      try { bytes = await mergeUndoDisk(undoPath, { kek: kekFrom(o) }, bar.update); } finally { bar.stop(); }
+      try { bytes = await mergeUndoDisk(undoPath, { kek: kekFrom(o), parent: o.parent as string | undefined }, bar.update); } finally { bar.stop(); }
       if (o.json) printJson({ undo: undoPath, mergedBytes: bytes });
     });
-  undo.command('discard <undo>')
-    .description('delete the undo disk: the parent reads as before')
-    .action(async (undoPath: string) => { await discardUndoDisk(undoPath); });
+  addKeyOptions(undo.command('discard <undo>'))
+    .description('delete the undo disk (and its .enc): the parent reads as before; only a differencing disk not in use is deleted')
+    .action(async (undoPath: string, o: Opts) => { await discardUndoDisk(undoPath, { kek: kekFrom(o) }); });
 
   addKeyOptions(disk.command('serve <path>'))
     .description('export a disk over NBD on a unix socket until SIGINT/SIGTERM (QEMU: nbd+unix:///?socket=SOCK)')
     .requiredOption('--socket <sock>', 'unix socket path to listen on')
     .option('--read-only', 'refuse writes')
-    .option('--undo <undo>', 'send writes to this undo disk (created over PATH if missing)')
+    .option('--undo <undo>', 'send writes to this undo disk (created over PATH if missing); PATH is its parent, held read-only')
+    .addOption(formatOption())
     .option('--json', 'print a JSON line when ready')
+    .addHelpText('after', '\nA writable serve holds PATH (or the undo disk) with an exclusive lock, a read-only serve and the\nparent of an undo disk a shared one: a second writer gets EBUSY (exit 9) naming the holding process.')
     .action(async (path: string, o: Opts) => {
       if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', '--read-only and --undo exclude each other');
-      const served = await serveDiskFile(path, { socketPath: String(o.socket), readOnly: Boolean(o.readOnly), undoPath: o.undo as string | undefined, kek: kekFrom(o) });
+      const served = await serveDiskFile(path, { socketPath: String(o.socket), readOnly: Boolean(o.readOnly), undoPath: o.undo as string | undefined, kek: kekFrom(o), ...formatOpts(o) });
       const ready = { serving: path, socket: served.server.socketPath, uri: `nbd+unix:///?socket=${served.server.socketPath}`, readOnly: Boolean(o.readOnly), undo: o.undo ?? null, size: served.device.size };
       if (o.json) process.stdout.write(`${JSON.stringify(ready)}\n`);
       else process.stdout.write(`serving ${path} on ${ready.uri}${o.undo ? ` (writes go to ${o.undo})` : ''}${o.readOnly ? ' read-only' : ''}\n`);

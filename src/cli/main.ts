@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { diskCommand } from './disk.js';
 import { demoCommand } from './demo.js';
 import { vmCommand } from './vm.js';
+import { imageCommand } from './image.js';
 import { exitStatusFor, reportError } from './common.js';
 
 function version(): string {
@@ -22,10 +23,12 @@ export function buildProgram(): Command {
     .description('medv: managed, encrypted desktop VMs on Linux (QEMU/KVM)')
     .version(version())
     .showHelpAfterError('(run with --help for usage)')
+    .enablePositionalOptions() // `medv image pack … --version N` is the image's version, not medv's
     .exitOverride();
   program.addCommand(diskCommand());
   program.addCommand(vmCommand());
   program.addCommand(demoCommand());
+  program.addCommand(imageCommand());
   return program;
 }
 

@@ -10,13 +10,19 @@ import { FileDevice } from '../block/file.js';
 import { MedvError } from '../errors.js';
 import type { KekSource } from '../crypto/index.js';
 import { decryptFile, encryptFile, openEvhdFile, readEvhdHeader, stageEvhdFile } from '../layers/evhd/index.js';
-import { describeDisk, detectFormat, openDisk, type DiskFormat } from '../layers/open.js';
+import { describeDisk, openDisk, resolveFormat, type DiskFormat } from '../layers/open.js';
 import { openUndoDisk, createUndoDisk } from '../layers/undo/index.js';
 import { checkVhd, createVhd, openVhd, type VhdInfo } from '../layers/vhd/index.js';
 import { checkSocketPath, serveNbd, type NbdServer } from '../nbd/server.js';
 
 export type VhdLayout = 'fixed' | 'dynamic';
 export type Progress = (done: number, total: number) => void;
+
+/** The format of the file the user names (`--format`); when absent, from its name or guessed, and `warn` is told. */
+export interface FormatOptions {
+  format?: DiskFormat;
+  warn?: (message: string) => void;
+}
 
 export interface CreateDiskOptions {
   size: number;
@@ -102,8 +108,8 @@ export interface DiskDescription {
   keyId?: string;
 }
 
-export async function describeDiskFile(path: string, kek?: () => KekSource): Promise<DiskDescription> {
-  const d = await describeDisk(path, kek);
+export async function describeDiskFile(path: string, kek?: () => KekSource, fmt: FormatOptions = {}): Promise<DiskDescription> {
+  const d = await describeDisk(path, kek, fmt.format, fmt.warn);
   const out: DiskDescription = { path, format: d.format, encrypted: d.format === 'evhd', type: d.vhd ? d.vhd.type : 'raw', virtualSize: d.size };
   if (d.format === 'evhd') {
     const f = await FileDevice.open(path, { readOnly: true });
@@ -133,8 +139,8 @@ export async function describeDiskFile(path: string, kek?: () => KekSource): Pro
 export interface CheckResult { path: string; format: DiskFormat; ok: boolean; errors: string[]; warnings: string[] }
 
 /** Structural check. Throws typed errors for files that cannot be opened at all; reports damage otherwise. */
-export async function checkDiskFile(path: string, kek?: () => KekSource): Promise<CheckResult> {
-  const format = detectFormat(path);
+export async function checkDiskFile(path: string, kek?: () => KekSource, fmt: FormatOptions = {}): Promise<CheckResult> {
+  const format = resolveFormat(path, fmt.format, fmt.warn);
   if (format === 'raw') return { path, format, ok: true, errors: [], warnings: ['raw image: no structure to check'] };
   const storage = format === 'evhd' ? await openEvhdFile(path, requireKek(kek, path), { readOnly: true }) : await FileDevice.open(path, { readOnly: true });
   try {
@@ -145,7 +151,9 @@ export async function checkDiskFile(path: string, kek?: () => KekSource): Promis
   }
 }
 
-export interface ConvertOptions {
+export interface ConvertOptions extends FormatOptions {
+  /** The source's parent, when it is a differencing disk over a raw file (never found through a locator). */
+  parent?: string;
   to?: DiskFormat;
   type?: VhdLayout;
   kek?: () => KekSource;
@@ -172,8 +180,8 @@ export async function convertDisk(src: string, dst: string, options: ConvertOpti
   if (to === 'evhd' && !dst.toLowerCase().endsWith('.evhd')) {
     throw new MedvError('EINVAL_ARG', `an encrypted disk must be named .evhd (got ${dst})`, { file: dst });
   }
-  const from = detectFormat(src);
-  const described = await describeDisk(src, options.kek);
+  const from = resolveFormat(src, options.format, options.warn);
+  const described = await describeDisk(src, options.kek, from);
   const srcType = described.vhd?.type;
   const sameLayout = options.type === undefined || options.type === srcType;
   const kekValue = () => requireKek(options.kek, from === 'evhd' ? src : dst);
@@ -187,7 +195,7 @@ export async function convertDisk(src: string, dst: string, options: ConvertOpti
     await decryptFile(src, dst, kekValue(), options.onProgress);
     return;
   }
-  const source = await openDisk(src, { readOnly: true, kek: options.kek });
+  const source = await openDisk(src, { readOnly: true, kek: options.kek, format: from, parent: options.parent });
   try {
     const type = options.type ?? (srcType === 'fixed' ? 'fixed' : 'dynamic');
     const out = await newContainer(dst, to === 'evhd', options.kek, to === 'raw' ? source.device.size : undefined);
@@ -223,7 +231,7 @@ export async function copyDevice(source: BlockDevice, target: BlockDevice, onPro
   });
 }
 
-export interface ServeOptions {
+export interface ServeOptions extends FormatOptions {
   socketPath: string;
   readOnly?: boolean;
   /** Serve through this undo disk (created over PATH when missing). */
@@ -243,10 +251,10 @@ export async function serveDiskFile(path: string, options: ServeOptions): Promis
   checkSocketPath(options.socketPath); // before an undo disk is created or anything opened
   let device: BlockDevice;
   if (options.undoPath) {
-    if (!existsSync(options.undoPath)) await createUndoDisk(options.undoPath, path, { kek: options.kek });
-    device = (await openUndoDisk(options.undoPath, { kek: options.kek, expectParent: path })).device;
+    if (!existsSync(options.undoPath)) await createUndoDisk(options.undoPath, path, { kek: options.kek, format: options.format, warn: options.warn });
+    device = (await openUndoDisk(options.undoPath, { kek: options.kek, parent: path })).device;
   } else {
-    device = (await openDisk(path, { readOnly: options.readOnly, kek: options.kek })).device;
+    device = (await openDisk(path, { readOnly: options.readOnly, kek: options.kek, format: options.format, warn: options.warn })).device;
   }
   try {
     const server = await serveNbd(device, { socketPath: options.socketPath, readOnly: options.readOnly, description: path, log: options.log });

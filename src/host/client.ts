@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { KekSource } from '../crypto/index.js';
-import { MedvError } from '../errors.js';
+import { MedvError, type ErrorCode } from '../errors.js';
 import { controlRequest } from './protocol.js';
 import { effectiveState, isTerminal, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
 import type { SupervisorInput, VmConfig } from './supervisor.js';
@@ -40,7 +40,7 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
   const dir = vmRunDir(config.name, root);
   const current = readState(dir);
   if (current && !isTerminal(effectiveState(current).state)) {
-    throw new MedvError('EBUSY' as never, `VM ${config.name} is already ${current.state} (supervisor pid ${current.pid})`);
+    throw new MedvError('EBUSY', `VM ${config.name} is already ${current.state} (supervisor pid ${current.pid})`);
   }
   // A resumed guest continues its serial output; a fresh boot starts a fresh log.
   if (!fs.existsSync(config.savedState)) fs.rmSync(join(dir, 'serial.log'), { force: true });
@@ -72,7 +72,7 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
   child.unref();
   if (!answer.ok || !answer.state) {
     if (answer.error?.code === 'ETIMEOUT') { try { process.kill(child.pid!, 'SIGTERM'); } catch { /* gone */ } }
-    throw new MedvError((answer.error?.code ?? 'EHYPERVISOR') as never, answer.error?.message ?? 'the VM did not start');
+    throw new MedvError((answer.error?.code ?? 'EHYPERVISOR') as ErrorCode, answer.error?.message ?? 'the VM did not start');
   }
   return answer.state;
 }

@@ -18,7 +18,7 @@ import { once } from 'node:events';
 import { basename, dirname, extname, join } from 'node:path';
 import type { BlockDevice } from '../block/device.js';
 import type { KekSource } from '../crypto/index.js';
-import { MedvError, isMedvError } from '../errors.js';
+import { MedvError } from '../errors.js';
 import { defaultAccelerator, isInternalError, QemuProcess, type Accelerator } from '../hypervisor/qemu.js';
 import { openDisk } from '../layers/open.js';
 import { createUndoDisk, discardUndoDisk, openUndoDisk } from '../layers/undo/index.js';
@@ -158,7 +158,7 @@ export class Supervisor {
     fs.rmSync(socket, { force: true });
     if (cfg.mode === 'cdrom') {
       // CD/DVD images are read-only media: exported read-only like any disk (raw bytes).
-      const opened = await openDisk(cfg.path, { readOnly: true });
+      const opened = await openDisk(cfg.path, { readOnly: true, format: 'raw' });
       this.disks.push({ config: cfg, device: opened.device, socket, createdUndo: false, state: { path: cfg.path, format: 'iso', readOnly: true } });
       return;
     }
@@ -172,13 +172,13 @@ export class Supervisor {
     if (cfg.mode === 'test') {
       fs.mkdirSync(dirname(undoPath), { recursive: true, mode: 0o700 });
       // A test run always starts from the base: an undo disk left by a crashed test run is ours to replace.
-      if (fs.existsSync(undoPath)) await discardUndoDisk(undoPath);
+      if (fs.existsSync(undoPath)) await discardUndoDisk(undoPath, { kek });
     }
     if (!fs.existsSync(undoPath)) {
       await createUndoDisk(undoPath, cfg.path, { kek });
       createdUndo = true;
     }
-    const undo = await openUndoDisk(undoPath, { kek, expectParent: cfg.path });
+    const undo = await openUndoDisk(undoPath, { kek, parent: cfg.path });
     this.disks.push({
       config: cfg, device: undo.device, socket, createdUndo,
       state: { path: cfg.path, format: extname(cfg.path).slice(1).toLowerCase() || 'raw', undo: undoPath, undoPolicy: cfg.mode === 'test' ? 'discard' : 'keep', readOnly: false },
@@ -434,7 +434,7 @@ export class Supervisor {
         if (d.server) await d.server.close();
         await d.device.flush().catch(() => undefined);
         await d.device.close();
-        if (d.config.mode === 'test' && d.state.undo) await discardUndoDisk(d.state.undo);
+        if (d.config.mode === 'test' && d.state.undo) await discardUndoDisk(d.state.undo, { kek: this.input.kek ? () => this.input.kek! : undefined });
       } catch (e) {
         errors.push((e as Error).message);
       }
@@ -463,9 +463,4 @@ function migrationDone(vm: QemuProcess): Promise<void> {
     vm.qmp.on('event', onEvent);
     void vm.exitedPromise.then(() => { off(); reject(new MedvError('EHYPERVISOR', 'QEMU exited during the migration')); });
   });
-}
-
-/** True for errors that mean "the disk is in use elsewhere" (locks), for clearer messages upstream. */
-export function isBusy(e: unknown): boolean {
-  return isMedvError(e) && (e.code as string) === 'EBUSY';
 }

@@ -1,33 +1,43 @@
 /**
  * Builds the block stack for a disk file on the host, by format:
  *   raw:  FileDevice
- *   vhd:  FileDevice -> VhdDevice                       (differencing: parent resolved from locators)
+ *   vhd:  FileDevice -> VhdDevice                       (differencing: parent from ./parent.ts)
  *   evhd: FileDevice -> EvhdDevice (decrypt) -> VhdDevice
- * Parents of differencing disks may be .vhd or .evhd files; they are opened read-only, their
- * unique id is checked against the child's header, and chains are bounded and loop-checked.
+ * The format of the file the user names is `format` when given (`--format`), else read from its
+ * name (.evhd, .vhd, .raw, .img), else guessed from its content with a warning. Parents are
+ * resolved by ./parent.ts (the one resolver): VHD/EVHD through locators with unique ids checked,
+ * raw only when named explicitly and fingerprinted (./rawparent.ts). Every file is locked on open
+ * (writers exclusive, readers and parents shared; src/block/flock.ts).
  */
-import { openSync, readSync, closeSync, realpathSync, existsSync, fstatSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import type { BlockDevice } from '../block/device.js';
 import { FileDevice } from '../block/file.js';
 import { MedvError, fromSystemError } from '../errors.js';
 import type { KekSource } from '../crypto/index.js';
+import { PLATFORM_MDVR } from '../formats/vhd/index.js';
 import { openEvhdFile } from './evhd/index.js';
+import { checkEncryptionOrder, findParentByLocator, nextInChain, notAVhdParent, vhdParentFormat } from './parent.js';
+import { verifyRawParent } from './rawparent.js';
 import { openVhd, readVhdInfo, type ParentInfo, type VhdDevice, type VhdInfo } from './vhd/index.js';
 
 export type DiskFormat = 'raw' | 'vhd' | 'evhd';
-
-/** Longest parent chain we follow; deeper chains are treated as hostile. */
-export const MAX_CHAIN_DEPTH = 16;
+export const DISK_FORMATS: readonly DiskFormat[] = ['raw', 'vhd', 'evhd'];
 
 export interface OpenDiskOptions {
   readOnly?: boolean;
+  /** Format of the file named (like qemu-img -f); when absent it is read from the name or guessed. */
+  format?: DiskFormat;
+  /** Told when the format had to be guessed from the content (the CLI prints it on stderr). */
+  warn?: (message: string) => void;
   /** Supplies the key-encryption key the first time an encrypted file is met (lazy: plain disks need none). */
   kek?: () => KekSource;
-  /** Parents are opened through this hook (undo disks use it to protect their base). */
-  wrapParent?: (path: string, device: BlockDevice) => BlockDevice;
-  /** Open a differencing disk's parent writable (undo merge). */
+  /** Open the parent of the named differencing disk writable, with an exclusive lock (undo merge). */
   writableParent?: boolean;
+  /**
+   * The parent of the named differencing disk, named by the user instead of found through its
+   * locators. Required when that parent is a raw file (checked against the disk's raw-parent record).
+   */
+  parent?: string;
 }
 
 export interface OpenedDisk {
@@ -37,11 +47,20 @@ export interface OpenedDisk {
   device: BlockDevice;
   /** VHD metadata when format is vhd or evhd. */
   vhd?: VhdDevice;
+  /** Where the parent of a differencing disk was found. */
+  parent?: { path: string; format: DiskFormat };
 }
 
-/** Decide a file's format: `.evhd` by name; otherwise a VHD footer (`conectix`) at the end or start; else raw. */
+function statOrThrow(path: string): void {
+  let st;
+  try { st = statSync(path); } catch (e) { throw fromSystemError(e, path); }
+  if (st.isDirectory()) throw new MedvError('EINVAL_ARG', `is a directory, not a disk: ${path}`, { file: path });
+}
+
+/** Probe a file's format from its content: `.evhd` by name; a VHD footer (`conectix`) at the end or start; else raw. */
 export function detectFormat(path: string): DiskFormat {
   if (path.toLowerCase().endsWith('.evhd')) return 'evhd';
+  statOrThrow(path);
   let fd: number;
   try { fd = openSync(path, 'r'); } catch (e) { throw fromSystemError(e, path); }
   try {
@@ -53,88 +72,131 @@ export function detectFormat(path: string): DiskFormat {
     const cookie = 'conectix';
     if (tail.toString('latin1') === cookie || head.toString('latin1') === cookie) return 'vhd';
     return 'raw';
+  } catch (e) {
+    throw fromSystemError(e, path);
   } finally {
     closeSync(fd);
   }
 }
 
-export async function openDisk(path: string, options: OpenDiskOptions = {}): Promise<OpenedDisk> {
-  return openDiskAt(path, options, []);
+/**
+ * The format of a file the user named: `format` when given; else from the name (.evhd, .vhd;
+ * .raw and .img are raw); else guessed from the content, and `warn` is told. ENOENT for a missing
+ * file, EINVAL_ARG for a folder, whatever the name says. Never used for
+ * parents (./parent.ts decides those without looking at content).
+ */
+export function resolveFormat(path: string, format?: DiskFormat, warn?: (message: string) => void): DiskFormat {
+  statOrThrow(path); // a missing file or a folder has no format, whatever its name says
+  if (format !== undefined) {
+    if (!DISK_FORMATS.includes(format)) throw new MedvError('EINVAL_ARG', `unknown disk format '${String(format)}' (raw, vhd or evhd)`);
+    return format;
+  }
+  const lower = path.toLowerCase();
+  if (lower.endsWith('.evhd')) return 'evhd';
+  if (lower.endsWith('.vhd')) return 'vhd';
+  if (lower.endsWith('.raw') || lower.endsWith('.img')) return 'raw';
+  const guessed = detectFormat(path);
+  warn?.(`format of ${path} not given and not in its name: guessed ${guessed} from its content (say --format ${guessed})`);
+  return guessed;
 }
 
-async function openDiskAt(path: string, options: OpenDiskOptions, chain: string[]): Promise<OpenedDisk> {
-  if (!existsSync(path)) throw new MedvError('ENOENT', `no such disk: ${path}`, { file: path });
-  const real = realpathSync(path);
-  if (chain.includes(real)) throw new MedvError('EPARENT', `loop in parent chain: ${[...chain, real].join(' -> ')}`, { file: path });
-  if (chain.length >= MAX_CHAIN_DEPTH) throw new MedvError('EPARENT', `parent chain deeper than ${MAX_CHAIN_DEPTH}`, { file: path });
-  const format = detectFormat(path);
-  const readOnly = options.readOnly ?? false;
+export async function openDisk(path: string, options: OpenDiskOptions = {}): Promise<OpenedDisk> {
+  statOrThrow(path);
+  const format = resolveFormat(path, options.format, options.warn);
+  return openAt(path, format, options.readOnly ?? false, options, [], true);
+}
+
+async function openAt(path: string, format: DiskFormat, readOnly: boolean, options: OpenDiskOptions, chain: string[], top: boolean): Promise<OpenedDisk> {
+  const real = nextInChain(path, chain);
+  statOrThrow(path);
   if (format === 'raw') {
+    if (top && options.parent) throw new MedvError('EINVAL_ARG', `${path} is a raw disk: it has no parent to name`, { file: path });
     return { path, format, device: await FileDevice.open(path, { readOnly }) };
   }
   const storage: BlockDevice = format === 'evhd'
     ? await openEvhdFile(path, requireKek(options, path), { readOnly })
     : await FileDevice.open(path, { readOnly });
+  let parent: OpenedDisk['parent'];
+  let rawParent: BlockDevice | undefined;
+  let vhd: VhdDevice;
   try {
-    const vhd = await openVhd(storage, {
+    vhd = await openVhd(storage, {
       readOnly,
       name: path,
-      openParent: (info) => openParentOf(path, info, options, [...chain, real]),
+      openParent: async (info) => {
+        const opened = await openParentOf(path, format, info, options, [...chain, real], top);
+        parent = { path: opened.path, format: opened.format };
+        if (opened.format === 'raw') rawParent = opened.device;
+        return opened.device;
+      },
     });
-    return { path, format, device: vhd, vhd };
   } catch (e) {
     await storage.close().catch(() => undefined);
     throw e;
   }
+  try {
+    if (top && options.parent && vhd.type !== 'differencing') {
+      throw new MedvError('EINVAL_ARG', `${path} is a ${vhd.type} VHD: it has no parent to name`, { file: path });
+    }
+    // Before anyone can write: the raw parent the user named is the one this disk was made over.
+    if (rawParent) await verifyRawParent(vhd, rawParent, parent!.path);
+  } catch (e) {
+    await vhd.close().catch(() => undefined);
+    throw e;
+  }
+  return { path, format, device: vhd, vhd, parent };
 }
 
-function requireKek(options: OpenDiskOptions, path: string): KekSource {
+async function openParentOf(childPath: string, childFormat: DiskFormat, info: ParentInfo, options: OpenDiskOptions, chain: string[], top: boolean): Promise<OpenedDisk> {
+  const named = top ? options.parent : undefined;
+  const overRaw = info.opaqueLocators.some((l) => l.platform === PLATFORM_MDVR);
+  const readOnly = !(top && options.writableParent);
+  let path: string;
+  let format: DiskFormat;
+  if (named !== undefined) {
+    path = named;
+    format = overRaw ? 'raw' : vhdParentFormat(named);
+  } else {
+    if (overRaw) {
+      throw new MedvError('EPARENT', `the parent of ${childPath} is a raw disk (${info.unicodeName}): name it explicitly (undo merge --parent FILE, serve FILE --undo ${childPath})`, { file: childPath });
+    }
+    path = findParentByLocator(childPath, info);
+    format = vhdParentFormat(path);
+  }
+  statOrThrow(path);
+  checkEncryptionOrder(childPath, childFormat, path, format);
+  if (format === 'raw') {
+    nextInChain(path, chain);
+    return { path, format, device: await FileDevice.open(path, { readOnly }) };
+  }
+  try {
+    return await openAt(path, format, readOnly, options, chain, false);
+  } catch (e) {
+    throw notAVhdParent(childPath, path, e);
+  }
+}
+
+function requireKek(options: { kek?: () => KekSource }, path: string): KekSource {
   if (!options.kek) throw new MedvError('ENOKEY', 'encrypted disk needs a passphrase: set MEDV_PASSPHRASE or use --passphrase-file', { file: path });
   return options.kek();
 }
 
-/** Candidate parent paths from the locators: relative (to the child's folder) first, then absolute. */
-export function parentCandidates(childPath: string, info: ParentInfo): string[] {
-  const rel = info.locators.filter((l) => l.platform === 'W2ru' || l.platform === 'Wi2r');
-  const abs = info.locators.filter((l) => l.platform === 'W2ku' || l.platform === 'Wi2k');
-  const out: string[] = [];
-  for (const l of [...rel, ...abs]) {
-    const p = l.path.replace(/\\/g, '/');
-    out.push(isAbsolute(p) ? p : resolve(dirname(childPath), p));
-  }
-  return [...new Set(out)];
-}
-
-async function openParentOf(childPath: string, info: ParentInfo, options: OpenDiskOptions, chain: string[]): Promise<BlockDevice> {
-  const candidates = parentCandidates(childPath, info);
-  const found = candidates.find((p) => existsSync(p));
-  if (!found) {
-    throw new MedvError('EPARENT', `parent disk not found (looked for ${candidates.join(', ') || 'no locator'})`, { file: childPath });
-  }
-  const parent = await openDiskAt(found, { ...options, readOnly: !options.writableParent, writableParent: false }, chain);
-  const parentId = parent.vhd?.info.uniqueId;
-  if (parentId && !parentId.equals(info.uniqueId)) {
-    await parent.device.close().catch(() => undefined);
-    throw new MedvError('EPARENT', `parent ${found} has unique id ${parentId.toString('hex')}, the child expects ${info.uniqueId.toString('hex')}`, { file: childPath });
-  }
-  return options.wrapParent ? options.wrapParent(found, parent.device) : parent.device;
-}
-
 /** Metadata of a disk without opening a parent chain (info command). */
-export async function describeDisk(path: string, kek?: () => KekSource): Promise<{ format: DiskFormat; size: number; vhd?: VhdInfo }> {
-  const format = detectFormat(path);
-  if (format === 'raw') {
+export async function describeDisk(path: string, kek?: () => KekSource, format?: DiskFormat, warn?: (message: string) => void): Promise<{ format: DiskFormat; size: number; vhd?: VhdInfo }> {
+  statOrThrow(path);
+  const fmt = resolveFormat(path, format, warn);
+  if (fmt === 'raw') {
     const f = await FileDevice.open(path, { readOnly: true });
     const size = f.size;
     await f.close();
-    return { format, size };
+    return { format: fmt, size };
   }
-  const storage = format === 'evhd'
+  const storage = fmt === 'evhd'
     ? await openEvhdFile(path, requireKek({ kek }, path), { readOnly: true })
     : await FileDevice.open(path, { readOnly: true });
   try {
     const vhd = await readVhdInfo(storage, path);
-    return { format, size: vhd.virtualSize, vhd };
+    return { format: fmt, size: vhd.virtualSize, vhd };
   } finally {
     await storage.close();
   }

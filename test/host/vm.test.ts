@@ -144,9 +144,15 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     assert.equal(json(['status', 'p']).state, 'paused');
     assert.equal(json(['resume', 'p']).state, 'running');
     const again = vm(['start', img, '--name', 'p']);
-    assert.notEqual(again.code, 0);
+    assert.equal(again.code, 9, again.stderr);
     assert.match(again.stderr, /already running/);
     assert.equal(again.stderr.trim().split('\n').length, 1);
+    // Another VM on the same disk: the running VM holds the disk's lock.
+    const other = vm(['start', img, '--name', 'p2']);
+    assert.equal(other.code, 9, other.stderr);
+    assert.match(other.stderr, /^medv: .*(in use|locked|held)/i);
+    assert.equal(other.stderr.trim().split('\n').length, 1);
+    assert.equal(json(['status', 'p2']).state, 'failed');
     json(['stop', 'p']);
     const missing = vm(['start', join(dir.path, 'nope.vhd')]);
     assert.equal(missing.code, 3);

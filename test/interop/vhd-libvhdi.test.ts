@@ -11,9 +11,15 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
-import { createDifferencingVhd, createVhd, openVhd, openVhdFile } from '../../src/layers/vhd/index.js';
+import { createDifferencingVhd, createVhd, openVhd } from '../../src/layers/vhd/index.js';
 import { prng } from '../conformance/blockdevice.js';
 import { run, tempDir } from '../helpers/cli.js';
+import { openDisk } from '../../src/layers/open.js';
+
+/** A VHD file with its parent chain (src/layers/parent.ts resolves it). */
+async function openVhdFile(path: string, opts: { readOnly?: boolean } = {}) {
+  return (await openDisk(path, { readOnly: opts.readOnly, format: 'vhd' })).vhd!;
+}
 
 const PY = `
 import pyvhdi, sys, hashlib, json

@@ -6,9 +6,15 @@ import assert from 'node:assert/strict';
 import { closeSync, openSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
-import { checkVhd, createDifferencingVhd, createVhd, openVhd, openVhdFile, readVhdInfo } from '../../src/layers/vhd/index.js';
+import { checkVhd, createDifferencingVhd, createVhd, openVhd, readVhdInfo } from '../../src/layers/vhd/index.js';
 import { prng } from '../conformance/blockdevice.js';
 import { run, tempDir } from '../helpers/cli.js';
+import { openDisk } from '../../src/layers/open.js';
+
+/** A VHD file with its parent chain (src/layers/parent.ts resolves it). */
+async function openVhdFile(path: string, opts: { readOnly?: boolean } = {}) {
+  return (await openDisk(path, { readOnly: opts.readOnly, format: 'vhd' })).vhd!;
+}
 
 function qemuSize(path: string): number {
   return JSON.parse(run('qemu-img', ['info', '--output=json', '-f', 'vpc', path]))['virtual-size'];

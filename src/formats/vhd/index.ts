@@ -5,3 +5,4 @@ export * from './dynheader.js';
 export * from './bat.js';
 export * from './bitmap.js';
 export * from './locator.js';
+export * from './rawparent.js';

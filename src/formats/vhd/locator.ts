@@ -3,6 +3,7 @@
  *   W2ku  absolute Windows path, UTF-16LE      W2ru  relative Windows path, UTF-16LE
  *   Wi2k  absolute path, ANSI (deprecated)     Wi2r  relative path, ANSI (deprecated)
  *   MacX  file URL, UTF-8                      Mac   Mac OS alias blob (opaque to us)
+ *   MdvR  medv's raw-parent record (rawparent.ts), not a path
  * Note that the header's parent unicode name is UTF-16BE while W2ku/W2ru data is UTF-16LE.
  * "Platform data space" is written in bytes by Virtual PC and Hyper-V and in sectors by the spec:
  * dataSpaceBytes() accepts both.
@@ -16,7 +17,9 @@ export const PLATFORM_WI2K = 'Wi2k';
 export const PLATFORM_WI2R = 'Wi2r';
 export const PLATFORM_MAC = 'Mac ';
 export const PLATFORM_MACX = 'MacX';
-export const KNOWN_PLATFORMS = [PLATFORM_W2KU, PLATFORM_W2RU, PLATFORM_WI2K, PLATFORM_WI2R, PLATFORM_MAC, PLATFORM_MACX];
+/** medv's record of a raw parent (formats/vhd/rawparent.ts): not a path, never followed. */
+export const PLATFORM_MDVR = 'MdvR';
+export const KNOWN_PLATFORMS = [PLATFORM_W2KU, PLATFORM_W2RU, PLATFORM_WI2K, PLATFORM_WI2R, PLATFORM_MAC, PLATFORM_MACX, PLATFORM_MDVR];
 /** Upper bound for one locator's data (a path): 64 KiB. */
 export const MAX_LOCATOR_DATA = 65536;
 

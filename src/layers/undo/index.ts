@@ -1,23 +1,33 @@
 /**
- * Undo disks: a differencing VHD over any parent disk. Writes land in the undo disk; the parent
- * is opened read-only (O_RDONLY) and its write bits are cleared while it is in use.
- * `discard` deletes the undo disk; `merge` commits it into the parent.
- * When the parent is encrypted (.evhd), the undo disk must be an .evhd too (its own data key, .enc beside it).
+ * Undo disks: a differencing VHD (or EVHD) over a parent disk. Writes land in the undo disk; the
+ * parent is opened read-only (O_RDONLY) with a shared kernel lock, so nobody can open it for
+ * writing while the undo disk is in use — and the undo disk itself is held with an exclusive lock,
+ * so it is never served twice nor merged or discarded while served. File modes are never changed.
  *
- * Merge is crash-safe by construction: it copies every range stored in the undo disk into the parent,
- * flushes the parent, and only then deletes the undo disk. An interrupted merge leaves the undo disk
- * intact, and re-running it writes the same data again (idempotent).
+ * - The parent is a VHD/EVHD (found through the undo disk's locators, unique id checked) or a raw
+ *   file. A raw parent is never found through a locator: the undo disk records its size and a
+ *   fingerprint (../rawparent.ts), and the user names it (`serve RAW --undo U`,
+ *   `undo merge U --parent RAW`); it is checked before anything is written.
+ * - An encrypted parent needs an encrypted undo disk: checked at create and at every open.
+ * - `discard` opens and validates the undo disk (a differencing disk, lockable) before deleting it
+ *   and its .enc; anything else is refused and nothing is deleted.
+ * - `merge` copies every range stored in the undo disk into the parent, flushes the parent, and only
+ *   then deletes the undo disk. An interrupted merge leaves the undo disk intact, and re-running it
+ *   writes the same data again (idempotent).
  */
-import { chmodSync, existsSync, realpathSync, statSync, unlinkSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, realpathSync, unlinkSync } from 'node:fs';
 import { dirname, relative, resolve } from 'node:path';
-import type { BlockDevice, WriteOptions } from '../../block/device.js';
+import type { BlockDevice } from '../../block/device.js';
 import { FileDevice } from '../../block/file.js';
 import { MedvError } from '../../errors.js';
 import { encPathFor, type KekSource } from '../../crypto/index.js';
 import { fsyncDir } from '../../crypto/keyfile.js';
-import { createEvhdFile } from '../evhd/index.js';
-import { detectFormat, openDisk, type OpenedDisk } from '../open.js';
-import { createDifferencingVhd, type VhdDevice } from '../vhd/index.js';
+import { createEvhdFile, openEvhdFile } from '../evhd/index.js';
+import { openDisk, type DiskFormat, type OpenedDisk } from '../open.js';
+import { vhdParentFormat } from '../parent.js';
+import { fingerprintRawParent } from '../rawparent.js';
+import { createDifferencingVhd, readVhdInfo, type VhdDevice } from '../vhd/index.js';
 
 export interface UndoOptions {
   /** Key-encryption key, asked for only when an encrypted file is met. */
@@ -32,23 +42,32 @@ export interface UndoDisk {
 }
 
 const MERGE_CHUNK = 1024 * 1024;
+/** Merge writes whole aligned units of this size (see mergeUndoDisk). */
+const MERGE_UNIT = 4096;
 
-export async function createUndoDisk(undoPath: string, parentPath: string, options: UndoOptions = {}): Promise<void> {
+/**
+ * Create an undo disk over `parentPath`. `format` is the parent's format (else from its name, or
+ * guessed with a warning); over a raw parent the undo disk records the parent's size and fingerprint.
+ */
+export async function createUndoDisk(undoPath: string, parentPath: string, options: UndoOptions & { format?: DiskFormat; warn?: (m: string) => void } = {}): Promise<void> {
   if (existsSync(undoPath)) throw new MedvError('EEXIST', `undo disk already exists: ${undoPath}`, { file: undoPath });
-  const parent = await openDisk(parentPath, { readOnly: true, kek: options.kek });
+  const parent = await openDisk(parentPath, { readOnly: true, kek: options.kek, format: options.format, warn: options.warn });
   try {
-    const parentFormat = parent.format;
     const undoEncrypted = undoPath.toLowerCase().endsWith('.evhd');
-    if (parentFormat === 'evhd' && !undoEncrypted) {
+    if (parent.format === 'evhd' && !undoEncrypted) {
       throw new MedvError('EINVAL_ARG', `the parent is encrypted, so the undo disk must be an .evhd too (got ${undoPath})`, { file: undoPath });
     }
     const absParent = realpathSync(parentPath);
+    const childUniqueId = randomBytes(16);
+    const raw = parent.vhd ? undefined : await fingerprintRawParent(parent.device, childUniqueId);
     const spec = {
       size: parent.device.size,
-      uniqueId: parent.vhd ? parent.vhd.info.uniqueId : Buffer.alloc(16),
+      uniqueId: parent.vhd ? parent.vhd.info.uniqueId : raw!.parentId,
       absolutePath: absParent,
       relativePath: relative(dirname(resolve(undoPath)), absParent) || '.',
       name: absParent,
+      childUniqueId,
+      extraLocators: raw ? [raw.locator] : [],
     };
     const storage: BlockDevice = undoEncrypted
       ? await createEvhdFile(undoPath, requireKek(options, undoPath))
@@ -56,47 +75,51 @@ export async function createUndoDisk(undoPath: string, parentPath: string, optio
     try {
       await createDifferencingVhd(storage, spec);
       await storage.flush();
-    } finally {
-      await storage.close();
+    } catch (e) {
+      await storage.close().catch(() => undefined);
+      removeUndoFiles(undoPath);
+      throw e;
     }
+    await storage.close();
   } finally {
     await parent.device.close();
   }
 }
 
-/** Open an undo disk for use: its parent read-only with write bits cleared until close. */
-export async function openUndoDisk(undoPath: string, options: UndoOptions & { expectParent?: string } = {}): Promise<UndoDisk> {
-  let parentPath = '';
-  const opened = await openDisk(undoPath, {
-    kek: options.kek,
-    wrapParent: (path, device) => { parentPath = path; return new ProtectedParent(path, device); },
-  });
-  if (!opened.vhd || opened.vhd.info.type !== 'differencing') {
+/**
+ * Open an undo disk for use. Its parent is `parent` when given (a raw parent must be), else found
+ * through its locators; it is opened read-only with a shared lock until close.
+ */
+export async function openUndoDisk(undoPath: string, options: UndoOptions & { parent?: string } = {}): Promise<UndoDisk> {
+  const opened = await openUndo(undoPath, options, false);
+  return { device: opened.device, undoPath, parentPath: opened.parent!.path };
+}
+
+async function openUndo(undoPath: string, options: UndoOptions & { parent?: string }, writableParent: boolean): Promise<OpenedDisk> {
+  if (!existsSync(undoPath)) throw new MedvError('ENOENT', `no such undo disk: ${undoPath}`, { file: undoPath });
+  const opened = await openDisk(undoPath, { kek: options.kek, format: vhdParentFormat(undoPath), parent: options.parent, writableParent });
+  if (!opened.vhd || opened.vhd.type !== 'differencing' || !opened.parent) {
     await opened.device.close();
     throw new MedvError('EFORMAT', 'not an undo disk (expected a differencing VHD)', { file: undoPath });
   }
-  if (options.expectParent && realpathSync(options.expectParent) !== realpathSync(parentPath)) {
-    await opened.device.close();
-    throw new MedvError('EPARENT', `undo disk belongs to ${parentPath}, not ${options.expectParent}`, { file: undoPath });
-  }
-  return { device: opened.device, undoPath, parentPath };
+  return opened;
 }
 
-/** Commit the undo disk into its parent, then delete it. Returns the number of bytes copied. */
-export async function mergeUndoDisk(undoPath: string, options: UndoOptions = {}, onProgress?: (done: number, total: number) => void): Promise<number> {
-  const opened: OpenedDisk = await openDisk(undoPath, { kek: options.kek, writableParent: true });
+/**
+ * Commit the undo disk into its parent, then delete it. Returns the number of bytes copied.
+ * A raw parent must be named (`parent`); it is checked against the undo disk's record first.
+ */
+export async function mergeUndoDisk(undoPath: string, options: UndoOptions & { parent?: string } = {}, onProgress?: (done: number, total: number) => void): Promise<number> {
+  const opened = await openUndo(undoPath, options, true);
   let copied: number;
   try {
-    const undo = opened.vhd as VhdDevice | undefined;
-    if (!undo || undo.info.type !== 'differencing' || !undo.parent) {
-      throw new MedvError('EFORMAT', 'not an undo disk (expected a differencing VHD)', { file: undoPath });
-    }
-    copied = await commitUndo(undo, onProgress);
+    copied = await commitUndo(opened.vhd as VhdDevice, onProgress);
+    // Only now, with the parent durable, may the undo disk go (test/layers/powercut.test.ts);
+    // still holding the exclusive lock on the undo disk: nobody has it open.
+    await removeUndoFiles(undoPath);
   } finally {
     await opened.device.close();
   }
-  // Only now, with the parent durable, may the undo disk go (test/layers/powercut.test.ts).
-  await removeUndoFiles(undoPath);
   return copied;
 }
 
@@ -104,41 +127,80 @@ export async function mergeUndoDisk(undoPath: string, options: UndoOptions = {},
  * The copy step of merge: write every range stored in `undo` (a differencing VHD opened over a
  * writable parent) into the parent, then flush the parent. Returns the bytes copied.
  *
- * Write order relied on: the parent is flushed before this returns, and the caller deletes the
- * undo disk only after that. Until then the undo disk is untouched and reads the same whatever
- * part of the copy reached the parent (the ranges copied are exactly the ones it stores itself),
- * so a merge cut short by a crash at any point is finished by running it again.
+ * Write order relied on:
+ * - the parent is flushed before this returns, and the caller deletes the undo disk only after
+ *   that. Until then the undo disk is untouched and reads the same whatever part of the copy
+ *   reached the parent (the ranges copied are exactly the ones it stores itself), so a merge cut
+ *   short by a crash at any point is finished by running it again;
+ * - by the raw-parent check (../rawparent.ts): every 4 KiB-aligned unit that holds undo data is
+ *   written whole (the undo disk's view of it: its own sectors, the parent's elsewhere, which
+ *   rewrites the parent's bytes unchanged), and no write call crosses a 1 MiB boundary, so each
+ *   unit lands in one call and is never left half merged by a crash.
  */
 export async function commitUndo(undo: VhdDevice, onProgress?: (done: number, total: number) => void): Promise<number> {
   const parent = undo.parent;
   if (!parent) throw new MedvError('EFORMAT', 'not an undo disk (expected a differencing VHD)', { file: undo.description });
-  const ranges = await undo.allocatedRanges();
-  const total = ranges.reduce((n, r) => n + r.length, 0);
+  const spans = alignedSpans(await undo.allocatedRanges(), undo.size);
+  const total = spans.reduce((n, r) => n + r.end - r.start, 0);
   let copied = 0;
-  for (const range of ranges) {
-    for (let off = range.offset; off < range.offset + range.length; off += MERGE_CHUNK) {
-      const len = Math.min(MERGE_CHUNK, range.offset + range.length - off);
-      await parent.write(off, await undo.read(off, len));
-      copied += len;
+  for (const span of spans) {
+    for (let off = span.start; off < span.end;) {
+      const next = Math.min(span.end, (Math.floor(off / MERGE_CHUNK) + 1) * MERGE_CHUNK);
+      await parent.write(off, await undo.read(off, next - off));
+      copied += next - off;
       onProgress?.(copied, total);
+      off = next;
     }
   }
   await parent.flush();
   return copied;
 }
 
-/** Throw the undo disk away: the parent reads as before the undo disk existed. */
-export async function discardUndoDisk(undoPath: string): Promise<void> {
+/** Ranges widened to whole MERGE_UNITs (clipped to the disk) and coalesced. */
+function alignedSpans(ranges: Array<{ offset: number; length: number }>, size: number): Array<{ start: number; end: number }> {
+  const out: Array<{ start: number; end: number }> = [];
+  for (const r of [...ranges].sort((a, b) => a.offset - b.offset)) {
+    const start = Math.floor(r.offset / MERGE_UNIT) * MERGE_UNIT;
+    const end = Math.min(size, Math.ceil((r.offset + r.length) / MERGE_UNIT) * MERGE_UNIT);
+    const last = out[out.length - 1];
+    if (last && start <= last.end) last.end = Math.max(last.end, end);
+    else out.push({ start, end });
+  }
+  return out;
+}
+
+/**
+ * Throw the undo disk away: the parent reads as before the undo disk existed. The file is opened
+ * with an exclusive lock and must be a valid differencing VHD (an .evhd needs its key); anything
+ * else is refused and nothing is deleted.
+ */
+export async function discardUndoDisk(undoPath: string, options: UndoOptions = {}): Promise<void> {
   if (!existsSync(undoPath)) throw new MedvError('ENOENT', `no such undo disk: ${undoPath}`, { file: undoPath });
-  const format = detectFormat(undoPath);
-  if (format === 'raw') throw new MedvError('EFORMAT', 'not an undo disk (expected a differencing VHD)', { file: undoPath });
-  await removeUndoFiles(undoPath);
+  const format = vhdParentFormat(undoPath);
+  const storage: BlockDevice = format === 'evhd'
+    ? await openEvhdFile(undoPath, requireKek(options, undoPath), { readOnly: false })
+    : await FileDevice.open(undoPath, { readOnly: false });
+  try {
+    let type: string;
+    try {
+      type = (await readVhdInfo(storage, undoPath)).type;
+    } catch (e) {
+      throw new MedvError('EFORMAT', `not an undo disk: ${(e as Error).message}`, { file: undoPath }, { cause: e });
+    }
+    if (type !== 'differencing') {
+      throw new MedvError('EFORMAT', `not an undo disk: a ${type} VHD (only a differencing disk can be discarded)`, { file: undoPath });
+    }
+    // Still holding the exclusive lock: nobody has it open.
+    await removeUndoFiles(undoPath);
+  } finally {
+    await storage.close();
+  }
 }
 
 /** Delete the undo disk (and its .enc), then fsync the folder so the deletion itself survives a
  *  power cut: a merged or discarded undo disk must not come back over a parent that moved on. */
 async function removeUndoFiles(undoPath: string): Promise<void> {
-  unlinkSync(undoPath);
+  if (existsSync(undoPath)) unlinkSync(undoPath);
   if (undoPath.toLowerCase().endsWith('.evhd') && existsSync(encPathFor(undoPath))) unlinkSync(encPathFor(undoPath));
   await fsyncDir(dirname(resolve(undoPath)));
 }
@@ -146,40 +208,4 @@ async function removeUndoFiles(undoPath: string): Promise<void> {
 function requireKek(options: UndoOptions, path: string): KekSource {
   if (!options.kek) throw new MedvError('ENOKEY', 'encrypted undo disk needs a passphrase: set MEDV_PASSPHRASE or use --passphrase-file', { file: path });
   return options.kek();
-}
-
-/**
- * Read-only view of an undo disk's parent that clears the parent file's write bits while open
- * and restores its mode on close, so other programs cannot change the base under the undo disk.
- */
-class ProtectedParent implements BlockDevice {
-  private readonly originalMode: number;
-
-  constructor(private readonly path: string, private readonly next: BlockDevice) {
-    this.originalMode = statSync(path).mode & 0o7777;
-    chmodSync(path, this.originalMode & ~0o222);
-  }
-
-  get size(): number { return this.next.size; }
-  get readOnly(): boolean { return true; }
-  get capabilities() { return this.next.capabilities; }
-  get description(): string { return this.next.description; }
-
-  read(offset: number, length: number): Promise<Buffer> { return this.next.read(offset, length); }
-  write(_offset: number, _data: Buffer, _options?: WriteOptions): Promise<void> { return this.refuse(); }
-  discard(_offset: number, _length: number): Promise<void> { return this.refuse(); }
-  writeZeroes(_offset: number, _length: number, _options?: WriteOptions): Promise<void> { return this.refuse(); }
-  flush(): Promise<void> { return Promise.resolve(); }
-
-  async close(): Promise<void> {
-    try {
-      await this.next.close();
-    } finally {
-      if (existsSync(this.path)) chmodSync(this.path, this.originalMode);
-    }
-  }
-
-  private refuse(): Promise<never> {
-    return Promise.reject(new MedvError('EREADONLY', 'the parent of an undo disk is read-only', { file: this.path }));
-  }
 }

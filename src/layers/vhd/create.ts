@@ -163,18 +163,20 @@ function newHeader(entries: number, blockSize: number): DynamicHeader {
 /**
  * Create a differencing VHD over a parent of `size` bytes with the given unique id. The child has
  * exactly the parent's size (CHS geometry when it represents the size exactly, else saturated).
- * Locators: `relativePath` as W2ru, `absolutePath` as W2ku (UTF-16LE, stored as given). `name`
+ * Locators: `relativePath` as W2ru, `absolutePath` as W2ku (UTF-16LE, stored as given), then
+ * `extraLocators` as given (medv's raw-parent record, formats/vhd/rawparent.ts). `childUniqueId`
+ * is the new disk's own unique id (default: random). `name`
  * (default: the base name of a path) goes into the header's parent unicode name. `timestamp` is the
  * parent's modification time in seconds since 2000-01-01 (default: now).
  */
-export async function createDifferencingVhd(storage: BlockDevice, parent: { size: number; uniqueId: Buffer; timestamp?: number; absolutePath?: string; relativePath?: string; name?: string; blockSize?: number }): Promise<VhdInfo> {
+export async function createDifferencingVhd(storage: BlockDevice, parent: { size: number; uniqueId: Buffer; timestamp?: number; absolutePath?: string; relativePath?: string; name?: string; blockSize?: number; extraLocators?: Array<{ platform: string; data: Buffer }>; childUniqueId?: Buffer }): Promise<VhdInfo> {
   const size = parent.size;
   if (!Number.isSafeInteger(size) || size <= 0 || size % SECTOR !== 0) throw arg(`parent size ${size} must be a positive multiple of 512`);
   if (size > VHD_MAX_SIZE) throw arg(`VHD size ${size} exceeds the maximum of 2040 GiB`);
   if (!Buffer.isBuffer(parent.uniqueId) || parent.uniqueId.length !== 16) throw arg('parent unique id must be a 16-byte Buffer');
   const blockSize = parent.blockSize ?? DEFAULT_BLOCK_SIZE;
   checkBlockSize(blockSize);
-  const footer = makeFooter(DiskType.Differencing, size, exactGeometry(size), randomBytes(16));
+  const footer = makeFooter(DiskType.Differencing, size, exactGeometry(size), checkUniqueId(parent.childUniqueId));
   const header = newHeader(Math.ceil(size / blockSize), blockSize);
   header.parentUniqueId = Buffer.from(parent.uniqueId);
   header.parentTimestamp = parent.timestamp ?? vhdTimestampNow();
@@ -185,6 +187,8 @@ export async function createDifferencingVhd(storage: BlockDevice, parent: { size
   const platforms: string[] = [];
   if (parent.relativePath) { platforms.push(PLATFORM_W2RU); locatorData.push(encodeLocatorData(PLATFORM_W2RU, parent.relativePath)); }
   if (parent.absolutePath) { platforms.push(PLATFORM_W2KU); locatorData.push(encodeLocatorData(PLATFORM_W2KU, parent.absolutePath)); }
+  for (const l of parent.extraLocators ?? []) { platforms.push(l.platform); locatorData.push(Buffer.from(l.data)); }
+  if (platforms.length > 8) throw arg('a VHD holds at most 8 parent locators');
   for (const d of locatorData) if (d.length > 65536) throw arg('parent path is too long');
   platforms.forEach((p, i) => { header.locators[i] = { platform: p, dataSpace: 0, dataLength: 0, dataOffset: 0n }; });
   await writeDynamicSkeleton(storage, { footer, header, locatorData });

@@ -9,4 +9,3 @@ export { readVhdInfo, openVhd } from './info.js';
 export { createVhd, createDifferencingVhd } from './create.js';
 export { checkVhd } from './check.js';
 export { compactVhd } from './compact.js';
-export { openVhdFile } from './file.js';

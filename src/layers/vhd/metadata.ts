@@ -21,6 +21,8 @@ export interface ParentInfo {
   unicodeName: string;
   /** Decoded locators in header order; platform codes with trailing blanks trimmed ("Mac"). */
   locators: Array<{ platform: string; path: string }>;
+  /** Locators that hold no path (Mac alias blobs, medv's raw-parent record "MdvR"), with their data. */
+  opaqueLocators: Array<{ platform: string; data: Buffer }>;
 }
 
 export interface VhdInfo {
@@ -384,6 +386,7 @@ export function metaToInfo(meta: VhdMeta, fileSize: number, allocatedBlocks = me
       timestamp: meta.header.parentTimestamp,
       unicodeName: meta.header.parentName,
       locators: meta.locators.filter((l) => l.path !== undefined).map((l) => ({ platform: trim4(l.platform), path: l.path! })),
+      opaqueLocators: meta.locators.filter((l) => l.path === undefined).map((l) => ({ platform: trim4(l.platform), data: Buffer.from(l.raw) })),
     };
   }
   return info;

@@ -5,13 +5,19 @@ import { FileDevice } from '../../../src/block/file.js';
 import { MemoryDevice } from '../../../src/block/memory.js';
 import { MedvError } from '../../../src/errors.js';
 import {
-  createDifferencingVhd, createVhd, openVhd, openVhdFile, readVhdInfo, VhdDevice,
+  createDifferencingVhd, createVhd, openVhd, readVhdInfo, VhdDevice,
 } from '../../../src/layers/vhd/index.js';
 import { describeConformance, prng } from '../../conformance/blockdevice.js';
 import { InjectingDevice } from './helpers.js';
 import { tempDir } from '../../helpers/cli.js';
 import { DataKey } from '../../../src/crypto/datakey.js';
 import { createEvhd, openEvhd } from '../../../src/layers/evhd/index.js';
+import { openDisk } from '../../../src/layers/open.js';
+
+/** A VHD file with its parent chain (src/layers/parent.ts resolves it). */
+async function openVhdFile(path: string, opts: { readOnly?: boolean } = {}) {
+  return (await openDisk(path, { readOnly: opts.readOnly, format: 'vhd' })).vhd!;
+}
 
 function patterned(size: number, seed: number): Buffer {
   const rnd = prng(seed);

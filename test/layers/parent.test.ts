@@ -2,10 +2,17 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { renameSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { FileDevice } from '../../../src/block/file.js';
-import { MedvError } from '../../../src/errors.js';
-import { createDifferencingVhd, createVhd, openVhd, openVhdFile } from '../../../src/layers/vhd/index.js';
-import { tempDir } from '../../helpers/cli.js';
+import { FileDevice } from '../../src/block/file.js';
+import { MedvError } from '../../src/errors.js';
+import { openDisk } from '../../src/layers/open.js';
+import { MAX_CHAIN_DEPTH } from '../../src/layers/parent.js';
+import { createDifferencingVhd, createVhd, openVhd } from '../../src/layers/vhd/index.js';
+import { tempDir } from '../helpers/cli.js';
+
+/** A VHD file and its parent chain, through the one resolver (src/layers/parent.ts). */
+async function openVhdFile(path: string, opts: { readOnly?: boolean } = {}) {
+  return (await openDisk(path, { readOnly: opts.readOnly, format: 'vhd' })).vhd!;
+}
 
 const isCode = (code: string) => (e: unknown) => e instanceof MedvError && e.code === code;
 
@@ -25,7 +32,7 @@ async function makeChild(path: string, parent: { size: number; uniqueId: Buffer 
   return { size: info.virtualSize, uniqueId: info.uniqueId };
 }
 
-describe('openVhdFile: parent chains', () => {
+describe('layers/parent: parent chains', () => {
   let dir: string;
   let cleanup: () => Promise<void>;
   beforeEach(() => ({ path: dir, cleanup } = tempDir('vhd')));
@@ -89,5 +96,20 @@ describe('openVhdFile: parent chains', () => {
     void base;
     symlinkSync(join(dir, 'a.vhd'), join(dir, 'self.vhd'));
     await assert.rejects(openVhdFile(join(dir, 'self.vhd')), isCode('EPARENT'));
+  });
+
+  it('follows a MacX file URL, and bounds the chain at MAX_CHAIN_DEPTH', async () => {
+    const base = await makeBase(join(dir, 'base.vhd'), 1024 * 1024);
+    const s = await FileDevice.open(join(dir, 'mac.vhd'), { create: true });
+    await createDifferencingVhd(s, { ...base, extraLocators: [{ platform: 'MacX', data: Buffer.from(`file://${join(dir, 'base.vhd')}`) }] });
+    await s.close();
+    const mac = await openVhdFile(join(dir, 'mac.vhd'), { readOnly: true });
+    assert.ok((await mac.read(0, 512)).equals(Buffer.alloc(512, 0xb0)));
+    await mac.close();
+    let parent = base;
+    for (let i = 0; i <= MAX_CHAIN_DEPTH; i++) parent = await makeChild(join(dir, `c${i}.vhd`), parent, { relativePath: i === 0 ? 'base.vhd' : `c${i - 1}.vhd` });
+    const ok = await openVhdFile(join(dir, `c${MAX_CHAIN_DEPTH - 1}.vhd`), { readOnly: true });
+    await ok.close();
+    await assert.rejects(openVhdFile(join(dir, `c${MAX_CHAIN_DEPTH}.vhd`), { readOnly: true }), (e: unknown) => isCode('EPARENT')(e) && /deeper/.test((e as Error).message));
   });
 });

@@ -1,0 +1,23 @@
+/**
+ * Worker thread for packing: prepareRun on runs sent by the main thread (see pool.ts). The id key
+ * arrives once in workerData; it is copied into sodium secure memory and the copy received is zeroed.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { secureAlloc, secureSeal } from '../crypto/secure.js';
+import { prepareRun } from './prepare.js';
+
+const received = workerData.idKey as Uint8Array;
+const idKey = secureAlloc(received.length);
+Buffer.from(received.buffer, received.byteOffset, received.byteLength).copy(idKey);
+received.fill(0);
+secureSeal(idKey);
+const level = workerData.level as number;
+
+parentPort!.on('message', (job: { seq: number; data: Uint8Array }) => {
+  try {
+    const data = Buffer.from(job.data.buffer, job.data.byteOffset, job.data.byteLength);
+    parentPort!.postMessage({ seq: job.seq, result: prepareRun(data, idKey, level) });
+  } catch (e) {
+    parentPort!.postMessage({ seq: job.seq, error: String((e as Error)?.message ?? e) });
+  }
+});

@@ -149,8 +149,15 @@ puts:                           ; zero-terminated string at DS:SI
 .end:
         ret
 
-putc:                           ; AL
+putc:                           ; AL: to the screen (BIOS teletype) and to COM1
         push dx
+        push ax
+        push bx
+        mov ah, 0x0e
+        xor bx, bx
+        int 0x10
+        pop bx
+        pop ax
         push ax
         mov dx, COM1 + 5
 .busy:

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { diskCommand } from './disk.js';
 import { demoCommand } from './demo.js';
+import { vmCommand } from './vm.js';
 import { imageCommand } from './image.js';
 import { exitStatusFor, reportError } from './common.js';
 
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
     .enablePositionalOptions() // `medv image pack … --version N` is the image's version, not medv's
     .exitOverride();
   program.addCommand(diskCommand());
+  program.addCommand(vmCommand());
   program.addCommand(demoCommand());
   program.addCommand(imageCommand());
   return program;

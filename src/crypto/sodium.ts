@@ -39,6 +39,19 @@ export interface Sodium {
   crypto_aead_xchacha20poly1305_ietf_ABYTES: number;
   crypto_aead_xchacha20poly1305_ietf_KEYBYTES: number;
   crypto_aead_xchacha20poly1305_ietf_NPUBBYTES: number;
+
+  crypto_secretstream_xchacha20poly1305_init_push(state: Buffer, header: Buffer, key: Buffer): void;
+  /** Returns the ciphertext length (message + ABYTES). */
+  crypto_secretstream_xchacha20poly1305_push(state: Buffer, c: Buffer, m: Buffer, ad: Buffer | null, tag: number): number;
+  crypto_secretstream_xchacha20poly1305_init_pull(state: Buffer, header: Buffer, key: Buffer): void;
+  /** Throws when the frame does not verify; `tag` (1 byte) receives the frame's tag. Returns the message length. */
+  crypto_secretstream_xchacha20poly1305_pull(state: Buffer, m: Buffer, tag: Buffer, c: Buffer, ad: Buffer | null): number;
+  crypto_secretstream_xchacha20poly1305_STATEBYTES: number;
+  crypto_secretstream_xchacha20poly1305_ABYTES: number;
+  crypto_secretstream_xchacha20poly1305_HEADERBYTES: number;
+  crypto_secretstream_xchacha20poly1305_KEYBYTES: number;
+  crypto_secretstream_xchacha20poly1305_TAG_MESSAGE: number;
+  crypto_secretstream_xchacha20poly1305_TAG_FINAL: number;
 }
 
 export const sodium: Sodium = createRequire(import.meta.url)('sodium-native') as Sodium;

@@ -14,7 +14,7 @@
  *   } finally { await vm.kill(); }
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -34,6 +34,8 @@ export interface DriveSpec {
   readOnly?: boolean;
   /** Default 'ide', 'virtio' when readOnly: QEMU's ide-hd refuses read-only drives. */
   iface?: 'ide' | 'virtio';
+  /** A CD/DVD drive (IDE, read-only media such as an .iso) instead of a hard disk. */
+  cdrom?: boolean;
 }
 
 export interface LaunchSpec {
@@ -45,6 +47,15 @@ export interface LaunchSpec {
   drives: DriveSpec[];
   /** Path of the QMP unix socket QEMU listens on. */
   qmpSocket: string;
+  /** Network: none (default), or NAT through QEMU's user-mode stack on an e1000 NIC. */
+  network?: { kind: 'none' } | { kind: 'nat'; mac?: string; model?: 'e1000' | 'virtio' };
+  /** Start paused, waiting for a migration stream (`-incoming defer`); the stream is written to
+   *  `QemuProcess.incoming` (QEMU's fd 3) after `migrate-incoming {uri: 'fd:3'}`. */
+  incoming?: boolean;
+  /** Give the VM a standard VGA adapter (for screenshots and displays); default none. */
+  vga?: boolean;
+  /** Where the screen goes: nowhere (default), a VNC server on a unix socket, or a GTK window on $DISPLAY. */
+  display?: { kind: 'none' } | { kind: 'vnc'; socket: string } | { kind: 'window' };
   /** Appended to the command line. */
   extraArgs?: string[];
   binary?: string;
@@ -102,18 +113,23 @@ export function qemuArgv(spec: LaunchSpec): string[] {
     spec.binary ?? QEMU_BINARY,
     '-name', spec.name ?? 'medv',
     '-M', 'pc', '-accel', spec.accel, '-m', String(memory),
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-nodefaults', '-no-user-config', '-no-reboot',
     // COM1 on QEMU's stdout; signal=off: a SIGINT to our process group is ours to handle, not QEMU's.
     '-chardev', 'stdio,id=com1,signal=off', '-serial', 'chardev:com1',
     '-qmp', `unix:${spec.qmpSocket},server=on,wait=off`,
   ];
   let ide = 0;
   spec.drives.forEach((drive, i) => {
-    const iface = drive.iface ?? (drive.readOnly ? 'virtio' : 'ide');
+    const iface = drive.iface ?? (drive.readOnly && !drive.cdrom ? 'virtio' : 'ide');
     const node = `disk${i}`;
     const boot = i === 0 ? ',bootindex=1' : '';
     argv.push('-blockdev', JSON.stringify(blockdevOptions(drive, node)));
-    if (iface === 'ide') {
+    if (drive.cdrom) {
+      if (!drive.readOnly) throw new MedvError('EINVAL_ARG', `drive ${i}: a CD/DVD drive is read-only`);
+      if (ide === 4) throw new MedvError('EINVAL_ARG', 'at most 4 IDE drives');
+      argv.push('-device', `ide-cd,drive=${node},bus=ide.${ide >> 1},unit=${ide & 1}${boot}`);
+      ide++;
+    } else if (iface === 'ide') {
       if (drive.readOnly) throw new MedvError('EINVAL_ARG', `drive ${i}: QEMU's IDE disks cannot be read-only; use iface 'virtio'`);
       if (ide === 4) throw new MedvError('EINVAL_ARG', 'at most 4 IDE drives');
       argv.push('-device', `ide-hd,drive=${node},bus=ide.${ide >> 1},unit=${ide & 1}${boot}`);
@@ -124,6 +140,26 @@ export function qemuArgv(spec: LaunchSpec): string[] {
       throw new MedvError('EINVAL_ARG', `drive ${i}: interface must be ide or virtio, not ${JSON.stringify(iface)}`);
     }
   });
+  const net = spec.network ?? { kind: 'none' };
+  if (net.kind === 'nat') {
+    if (net.mac !== undefined && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(net.mac)) throw new MedvError('EINVAL_ARG', `invalid MAC address ${JSON.stringify(net.mac)}`);
+    const model = net.model ?? 'e1000';
+    if (model !== 'e1000' && model !== 'virtio') throw new MedvError('EINVAL_ARG', `NIC model must be e1000 or virtio, not ${JSON.stringify(model)}`);
+    argv.push('-netdev', 'user,id=net0', '-device', `${model === 'virtio' ? 'virtio-net-pci' : 'e1000'},netdev=net0${net.mac ? `,mac=${net.mac}` : ''}`);
+  } else if (net.kind !== 'none') {
+    throw new MedvError('EINVAL_ARG', `network must be none or nat, not ${JSON.stringify((net as { kind: unknown }).kind)}`);
+  }
+  const display = spec.display ?? { kind: 'none' };
+  if (display.kind === 'window') argv.push('-display', 'gtk');
+  else argv.push('-display', 'none');
+  if (display.kind === 'vnc') {
+    if (!display.socket || display.socket.includes(',')) throw new MedvError('EINVAL_ARG', `invalid VNC socket path ${JSON.stringify(display.socket)}`);
+    argv.push('-vnc', `unix:${display.socket}`);
+  } else if (display.kind !== 'none' && display.kind !== 'window') {
+    throw new MedvError('EINVAL_ARG', `display must be none, vnc or window, not ${JSON.stringify((display as { kind: unknown }).kind)}`);
+  }
+  if (spec.vga || display.kind !== 'none') argv.push('-device', 'VGA');
+  if (spec.incoming) argv.push('-incoming', 'defer');
   argv.push(...(spec.extraArgs ?? []));
   return argv;
 }
@@ -161,6 +197,10 @@ export async function withTcgFallback<T>(accel: Accelerator, attempt: (accel: Ac
 export interface LaunchOptions {
   /** Milliseconds to wait for QMP (default 15000). */
   startTimeoutMs?: number;
+  /** Append everything the guest writes to COM1 to this file as well (created 0600). */
+  serialLog?: string;
+  /** Keep at most this many characters of serial output in memory (the newest); default unbounded. */
+  serialMemoryLimit?: number;
 }
 
 /** Children still running; killed if this process exits without cleaning up (PDEATHSIG covers crashes). */
@@ -184,6 +224,8 @@ export class QemuProcess {
   private readonly waiters = new Set<Waiter>();
   private readonly exited: Promise<void>;
   private killed = false;
+  private serialLogFd: number | undefined;
+  private serialLimit = Infinity;
 
   private constructor(readonly spec: LaunchSpec, readonly argv: readonly string[], private readonly child: ChildProcess,
     private readonly ownRunDir: string | undefined) {
@@ -225,7 +267,9 @@ export class QemuProcess {
       exitHook = true;
       process.on('exit', () => { for (const c of live) c.kill('SIGKILL'); });
     }
-    const vm = new QemuProcess(full, argv, spawn(spawned[0], spawned.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }), ownRunDir);
+    const vm = new QemuProcess(full, argv, spawn(spawned[0], spawned.slice(1), { stdio: full.incoming ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'] }), ownRunDir);
+    if (options.serialLog) vm.serialLogFd = openSync(options.serialLog, 'a', 0o600);
+    if (options.serialMemoryLimit) vm.serialLimit = options.serialMemoryLimit;
     try {
       vm.qmp = await QmpClient.connect(full.qmpSocket, options.startTimeoutMs ?? 15_000, () => vm.exit === undefined);
     } catch (e) {
@@ -334,12 +378,17 @@ export class QemuProcess {
   }
 
   private onSerial(chunk: string): void {
+    if (this.serialLogFd !== undefined) {
+      try { writeSync(this.serialLogFd, chunk, null, 'latin1'); } catch { /* a full disk must not stop the VM */ }
+    }
     this.serialText += chunk;
+    if (this.serialText.length > this.serialLimit) this.serialText = this.serialText.slice(-this.serialLimit);
     const ms = performance.now() - this.t0;
     this.partialLine += chunk;
     let nl: number;
     while ((nl = this.partialLine.indexOf('\n')) >= 0) {
       this.lines.push({ ms, text: this.partialLine.slice(0, nl).replace(/\r$/, '') });
+      if (this.serialLimit !== Infinity && this.lines.length > 4096) this.lines.splice(0, this.lines.length - 4096);
       this.partialLine = this.partialLine.slice(nl + 1);
     }
     for (const w of [...this.waiters]) w.check();
@@ -376,8 +425,17 @@ export class QemuProcess {
     return new QemuError('exited', `QEMU exited (code ${this.exit.code}, signal ${this.exit.signal}) while ${what}${this.context()}`, this.accel);
   }
 
+  /** The migration stream's way in (QEMU's fd 3), when launched with `incoming`. */
+  get incoming(): NodeJS.WritableStream | undefined { return (this.child.stdio[3] as NodeJS.WritableStream | null) ?? undefined; }
+
+  /** Resolves once QEMU has exited (never rejects). */
+  get exitedPromise(): Promise<void> { return this.exited; }
+  /** Why the VM failed (internal error), if it did. */
+  get failureError(): QemuError | undefined { return this.failure; }
+
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {
     this.exit = { code, signal };
+    if (this.serialLogFd !== undefined) { try { closeSync(this.serialLogFd); } catch { /* already closed */ } this.serialLogFd = undefined; }
     live.delete(this.child);
     for (const w of [...this.waiters]) {
       if (!w.check()) w.fail(this.failure ?? this.exitFailure('waiting for serial output')!);

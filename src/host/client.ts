@@ -1,0 +1,147 @@
+/**
+ * The VM host as a library (what `medv vm …` and scripts call): start a VM under a detached
+ * supervisor, talk to it over its control socket, list and inspect VMs from their run folders.
+ */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { KekSource } from '../crypto/index.js';
+import { MedvError, type ErrorCode } from '../errors.js';
+import { controlRequest } from './protocol.js';
+import { effectiveState, isTerminal, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
+import type { SupervisorInput, VmConfig } from './supervisor.js';
+
+export interface HostOptions {
+  /** Run folder root (default runRoot()). */
+  root?: string;
+}
+
+const SUPERVISOR_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'supervisor-main.js');
+/** Longest we wait for a supervisor to report that its VM runs. */
+const START_TIMEOUT_MS = 120_000;
+
+function tail(file: string, bytes = 4000): string {
+  try {
+    const b = fs.readFileSync(file);
+    return b.subarray(Math.max(0, b.length - bytes)).toString('utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Start a VM under a new detached supervisor; resolves once QEMU runs (the guest may still be
+ * booting). The VM keeps running after this process exits. EBUSY if a VM of that name runs.
+ */
+export async function startVm(config: VmConfig, options: HostOptions & { kek?: KekSource } = {}): Promise<VmState> {
+  const root = options.root ?? runRoot();
+  validateVmName(config.name);
+  const dir = vmRunDir(config.name, root);
+  const current = readState(dir);
+  if (current && !isTerminal(effectiveState(current).state)) {
+    throw new MedvError('EBUSY', `VM ${config.name} is already ${current.state} (supervisor pid ${current.pid})`);
+  }
+  // A resumed guest continues its serial output; a fresh boot starts a fresh log.
+  if (!fs.existsSync(config.savedState)) fs.rmSync(join(dir, 'serial.log'), { force: true });
+  const log = fs.openSync(join(dir, 'supervisor.log'), 'w', 0o600);
+  const child = spawn(process.execPath, [SUPERVISOR_MAIN], { detached: true, stdio: ['pipe', log, log, 'pipe'] });
+  fs.closeSync(log);
+  const input: SupervisorInput = { config, runRoot: root, kek: options.kek };
+  child.stdin!.end(JSON.stringify(input));
+  const answer = await new Promise<{ ok: boolean; state?: VmState; error?: { code: string; message: string } }>((resolve) => {
+    let text = '';
+    const pipe = child.stdio[3] as NodeJS.ReadableStream;
+    const timer = setTimeout(() => resolve({ ok: false, error: { code: 'ETIMEOUT', message: `the supervisor did not report within ${START_TIMEOUT_MS} ms` } }), START_TIMEOUT_MS);
+    pipe.setEncoding('utf8');
+    pipe.on('data', (d: string) => {
+      text += d;
+      if (text.length > 1 << 20) { clearTimeout(timer); resolve({ ok: false, error: { code: 'EPROTO', message: 'the supervisor sent too much' } }); }
+      const nl = text.indexOf('\n');
+      if (nl >= 0) {
+        clearTimeout(timer);
+        try { resolve(JSON.parse(text.slice(0, nl))); } catch { resolve({ ok: false, error: { code: 'EPROTO', message: 'the supervisor sent a line that is not JSON' } }); }
+      }
+    });
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ ok: false, error: { code: 'EHYPERVISOR', message: `the supervisor exited (code ${code}, signal ${signal}) before the VM ran${tail(join(dir, 'supervisor.log')) ? `: ${tail(join(dir, 'supervisor.log'))}` : ''}` } });
+    });
+  });
+  (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
+  child.unref();
+  if (!answer.ok || !answer.state) {
+    if (answer.error?.code === 'ETIMEOUT') { try { process.kill(child.pid!, 'SIGTERM'); } catch { /* gone */ } }
+    throw new MedvError((answer.error?.code ?? 'EHYPERVISOR') as ErrorCode, answer.error?.message ?? 'the VM did not start');
+  }
+  return answer.state;
+}
+
+function runningState(name: string, root: string): { dir: string; state: VmState } {
+  validateVmName(name);
+  const dir = join(root, name);
+  const raw = fs.existsSync(dir) ? readState(dir) : undefined;
+  if (!raw) throw new MedvError('ENOENT', `no VM named ${name}`);
+  const state = effectiveState(raw);
+  if (isTerminal(state.state)) throw new MedvError('EINVAL_ARG', `VM ${name} is not running (${state.state}${state.exitReason ? `: ${state.exitReason}` : ''})`);
+  return { dir, state };
+}
+
+async function control(name: string, cmd: Parameters<typeof controlRequest>[1], args: Record<string, unknown>, options: HostOptions, timeoutMs?: number): Promise<unknown> {
+  const { dir } = runningState(name, options.root ?? runRoot());
+  return controlRequest(join(dir, 'control.sock'), cmd, args, timeoutMs);
+}
+
+/** ACPI power button, forced quit after `timeoutS` (default 30) or at once with `force`. Resolves when stopped. */
+export async function stopVm(name: string, opts: HostOptions & { timeoutS?: number; force?: boolean } = {}): Promise<VmState> {
+  const timeoutS = opts.timeoutS ?? 30;
+  return await control(name, 'stop', { timeoutS, force: opts.force ?? false }, opts, (timeoutS + 30) * 1000) as VmState;
+}
+
+/** Save the guest to its encrypted .vsv and stop it; the next startVm resumes it. */
+export async function suspendVm(name: string, opts: HostOptions = {}): Promise<VmState> {
+  return await control(name, 'suspend', {}, opts, 600_000) as VmState;
+}
+
+export async function pauseVm(name: string, opts: HostOptions = {}): Promise<VmState> {
+  return await control(name, 'pause', {}, opts) as VmState;
+}
+
+export async function resumeVm(name: string, opts: HostOptions = {}): Promise<VmState> {
+  return await control(name, 'resume', {}, opts) as VmState;
+}
+
+/** Write a PNG of the guest's screen (QMP screendump). */
+export async function screenshotVm(name: string, file: string, opts: HostOptions = {}): Promise<void> {
+  await control(name, 'screenshot', { file }, opts);
+}
+
+/** The VM's state as it really is (a dead supervisor reads as stopped). */
+export function vmStatus(name: string, opts: HostOptions = {}): VmState {
+  validateVmName(name);
+  const dir = join(opts.root ?? runRoot(), name);
+  const raw = fs.existsSync(dir) ? readState(dir) : undefined;
+  if (!raw) throw new MedvError('ENOENT', `no VM named ${name}`);
+  return effectiveState(raw);
+}
+
+/** Every VM with a run folder, running or not. */
+export function listVms(opts: HostOptions = {}): VmState[] {
+  const root = opts.root ?? runRoot();
+  const out: VmState[] = [];
+  for (const name of listRunDirs(root)) {
+    try {
+      const s = readState(join(root, name));
+      if (s) out.push(effectiveState(s));
+    } catch { /* a damaged state file is skipped, not fatal for the listing */ }
+  }
+  return out;
+}
+
+/** Path of the VM's serial log (kept after it stops, until the name is started again). */
+export function serialLogPath(name: string, opts: HostOptions = {}): string {
+  validateVmName(name);
+  const file = join(opts.root ?? runRoot(), name, 'serial.log');
+  if (!fs.existsSync(file)) throw new MedvError('ENOENT', `no serial output recorded for VM ${name}`);
+  return file;
+}

@@ -1,0 +1,466 @@
+/**
+ * The per-VM supervisor (DESIGN.md, "Hypervisor and supervisor"): one detached process per VM.
+ * It opens the VM's disk stacks (holding their locks), exports each over NBD on a socket in the
+ * VM's private run folder, launches QEMU through src/hypervisor (which alone knows its command
+ * line), serves the control socket, keeps state.json true, and cleans up when QEMU exits:
+ * NBD servers closed, disks flushed and closed, a test-mode undo disk discarded.
+ *
+ * Failure handling:
+ * - QEMU dies with the supervisor (setpriv --pdeathsig in the driver), so a killed supervisor
+ *   never leaves a guest writing to disks nobody serves; the disks' own crash safety (flushed
+ *   writes survive) covers the rest, and `vm list` sees the dead pid and reports 'stopped'.
+ * - SIGTERM/SIGINT to the supervisor: the guest is asked to power off (ACPI), then forced.
+ * - KVM stopping the guest in run state internal-error (FACTS.md) restarts it once under TCG.
+ */
+import * as fs from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { once } from 'node:events';
+import { basename, dirname, extname, join } from 'node:path';
+import type { BlockDevice } from '../block/device.js';
+import type { KekSource } from '../crypto/index.js';
+import { MedvError } from '../errors.js';
+import { defaultAccelerator, isInternalError, QemuProcess, type Accelerator } from '../hypervisor/qemu.js';
+import { openDisk } from '../layers/open.js';
+import { createUndoDisk, discardUndoDisk, openUndoDisk } from '../layers/undo/index.js';
+import { serveNbd, type NbdServer } from '../nbd/server.js';
+import { LineReader, type ControlRequest, type ControlResponse } from './protocol.js';
+import { processStartTime, vmRunDir, writeState, type VmDiskState, type VmState } from './rundir.js';
+import { checkFingerprints, fingerprint, removeSavedState, SavedStateReader, SavedStateWriter, vsvKeyPath, type DiskFingerprint } from '../hypervisor/savedstate.js';
+import { encPathFor } from '../crypto/index.js';
+
+export interface VmDiskConfig {
+  path: string;
+  /**
+   * normal: the guest writes into the disk;
+   * test:   the console's read-only test: writes go to a throw-away undo disk in a `Test/` folder
+   *         beside the image, discarded when the VM stops (the base is only ever opened read-only);
+   * undo:   Virtual PC undo disks: writes go to `undoPath`, kept until `medv disk undo merge|discard`.
+   */
+  mode: 'normal' | 'test' | 'undo' | 'cdrom';
+  undoPath?: string;
+}
+
+export interface VmConfig {
+  name: string;
+  memoryMiB: number;
+  disks: VmDiskConfig[];
+  network: 'none' | 'nat';
+  mac?: string;
+  /** NIC model (default e1000, which most guests have a driver for; virtio for Linux guests). */
+  nicModel?: 'e1000' | 'virtio';
+  /** Bus of the hard disks (default ide, as Virtual PC; virtio is faster for guests with drivers). */
+  diskBus?: 'ide' | 'virtio';
+  display: 'none' | 'vnc' | 'window';
+  /** Accelerator to try first (default: KVM when usable, else TCG). */
+  accel?: Accelerator;
+  vmc?: string;
+  /** Where suspend writes the encrypted saved state; a start finds it there and resumes. */
+  savedState: string;
+}
+
+export interface SupervisorInput {
+  config: VmConfig;
+  runRoot: string;
+  kek?: KekSource;
+}
+
+/** Seconds the guest gets to power off after the ACPI button before it is forced. */
+export const DEFAULT_STOP_TIMEOUT_S = 30;
+/** Serial output kept in memory (the log file has all of it). */
+const SERIAL_MEMORY = 1 << 20;
+
+/** Where the throw-away undo disk of a test run goes: `<image folder>/Test/<image name>.undo.<vhd|evhd>`. */
+export function testUndoPath(diskPath: string): string {
+  const encrypted = extname(diskPath).toLowerCase() === '.evhd';
+  const stem = basename(diskPath, extname(diskPath));
+  return join(dirname(diskPath), 'Test', `${stem}.undo.${encrypted ? 'evhd' : 'vhd'}`);
+}
+
+/** Default undo disk of `--undo`: `<image>.undo.<vhd|evhd>` beside the image. */
+export function defaultUndoPath(diskPath: string): string {
+  const encrypted = extname(diskPath).toLowerCase() === '.evhd';
+  const stem = basename(diskPath, extname(diskPath));
+  return join(dirname(diskPath), `${stem}.undo.${encrypted ? 'evhd' : 'vhd'}`);
+}
+
+interface OpenedVmDisk { config: VmDiskConfig; device: BlockDevice; server?: NbdServer; socket: string; state: VmDiskState; createdUndo: boolean }
+
+export class Supervisor {
+  private readonly dir: string;
+  private readonly disks: OpenedVmDisk[] = [];
+  private vm: QemuProcess | undefined;
+  private control: Server | undefined;
+  private state!: VmState;
+  private stopping: Promise<void> | undefined;
+  private finished!: Promise<void>;
+  private resolveFinished!: () => void;
+  private exitReason: string | undefined;
+  /** Guest RAM of this run (from the saved state when resuming). */
+  private memoryMiB: number | undefined;
+  private suspending = false;
+  private readonly controlSockets = new Set<Socket>();
+  private pendingReplies = 0;
+  private repliesDone: (() => void) | undefined;
+
+  constructor(private readonly input: SupervisorInput) {
+    this.dir = vmRunDir(input.config.name, input.runRoot);
+    this.finished = new Promise((r) => { this.resolveFinished = r; });
+  }
+
+  get runDir(): string { return this.dir; }
+  /** Resolves when the VM has stopped and everything is cleaned up. */
+  get done(): Promise<void> { return this.finished; }
+
+  /** Open disks, serve them, launch QEMU, listen for control requests. Resolves with the running state. */
+  async start(): Promise<VmState> {
+    const c = this.input.config;
+    const pidStart = processStartTime(process.pid) ?? 0;
+    this.state = {
+      name: c.name, state: 'starting', pid: process.pid, pidStart, memoryMiB: c.memoryMiB, disks: [],
+      network: c.network, display: { kind: c.display, ...(c.display === 'vnc' ? { vncSocket: join(this.dir, 'vnc.sock') } : {}) }, startedAt: new Date().toISOString(), vmc: c.vmc,
+    };
+    for (const stale of ['control.sock', 'qmp.sock']) fs.rmSync(join(this.dir, stale), { force: true });
+    this.state.savedState = c.savedState;
+    writeState(this.dir, this.state);
+    let saved: SavedStateReader | undefined;
+    try {
+      if (fs.existsSync(c.savedState)) {
+        // Resume: verify every frame and the disks before anything is opened or launched.
+        if (!this.input.kek) throw new MedvError('ENOKEY', 'resuming a saved state needs the passphrase or host key that encrypted it', { file: c.savedState });
+        saved = await SavedStateReader.open(c.savedState, this.input.kek);
+        const meta = await saved.check();
+        checkFingerprints(meta, c.savedState);
+        this.memoryMiB = meta.memoryMiB;
+      }
+      for (let i = 0; i < c.disks.length; i++) await this.openVmDisk(c.disks[i], i);
+      for (const d of this.disks) {
+        d.server = await serveNbd(d.device, { socketPath: d.socket, readOnly: d.state.readOnly, description: d.state.path });
+      }
+      await this.launch(c.accel ?? defaultAccelerator(), saved);
+      await this.listenControl();
+    } catch (e) {
+      saved?.close();
+      await this.cleanup(`failed to start: ${(e as Error).message}`, 'failed');
+      throw e;
+    }
+    if (saved) {
+      saved.close();
+      removeSavedState(c.savedState);
+    }
+    this.state = { ...this.state, state: 'running', memoryMiB: this.memoryMiB ?? c.memoryMiB, disks: this.disks.map((d) => d.state), resumed: Boolean(saved) };
+    writeState(this.dir, this.state);
+    return this.state;
+  }
+
+  private async openVmDisk(cfg: VmDiskConfig, i: number): Promise<void> {
+    const kek = this.input.kek ? () => this.input.kek! : undefined;
+    const socket = join(this.dir, `disk${i}.sock`);
+    fs.rmSync(socket, { force: true });
+    if (cfg.mode === 'cdrom') {
+      // CD/DVD images are read-only media: exported read-only like any disk (raw bytes).
+      const opened = await openDisk(cfg.path, { readOnly: true, format: 'raw' });
+      this.disks.push({ config: cfg, device: opened.device, socket, createdUndo: false, state: { path: cfg.path, format: 'iso', readOnly: true } });
+      return;
+    }
+    if (cfg.mode === 'normal') {
+      const opened = await openDisk(cfg.path, { kek });
+      this.disks.push({ config: cfg, device: opened.device, socket, createdUndo: false, state: { path: cfg.path, format: opened.format, readOnly: false } });
+      return;
+    }
+    const undoPath = cfg.undoPath ?? (cfg.mode === 'test' ? testUndoPath(cfg.path) : defaultUndoPath(cfg.path));
+    let createdUndo = false;
+    if (cfg.mode === 'test') {
+      fs.mkdirSync(dirname(undoPath), { recursive: true, mode: 0o700 });
+      // A test run always starts from the base: an undo disk left by a crashed test run is ours to replace.
+      if (fs.existsSync(undoPath)) await discardUndoDisk(undoPath, { kek });
+    }
+    if (!fs.existsSync(undoPath)) {
+      await createUndoDisk(undoPath, cfg.path, { kek });
+      createdUndo = true;
+    }
+    const undo = await openUndoDisk(undoPath, { kek, parent: cfg.path });
+    this.disks.push({
+      config: cfg, device: undo.device, socket, createdUndo,
+      state: { path: cfg.path, format: extname(cfg.path).slice(1).toLowerCase() || 'raw', undo: undoPath, undoPolicy: cfg.mode === 'test' ? 'discard' : 'keep', readOnly: false },
+    });
+  }
+
+  private async launch(accel: Accelerator, saved?: SavedStateReader): Promise<void> {
+    const c = this.input.config;
+    const vm = await QemuProcess.launch({
+      name: c.name,
+      accel,
+      memoryMiB: this.memoryMiB ?? c.memoryMiB,
+      incoming: Boolean(saved),
+      vga: true,
+      display: c.display === 'vnc' ? { kind: 'vnc', socket: join(this.dir, 'vnc.sock') } : { kind: c.display },
+      drives: this.disks.map((d) => ({ source: `nbd+unix:///?socket=${d.socket}`, ...(d.config.mode === 'cdrom' ? { cdrom: true, readOnly: true } : { iface: c.diskBus ?? 'ide' }) })),
+      qmpSocket: join(this.dir, 'qmp.sock'),
+      network: c.network === 'nat' ? { kind: 'nat', mac: c.mac, model: c.nicModel } : { kind: 'none' },
+    }, { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });
+    this.vm = vm;
+    this.state = { ...this.state, qemuPid: vm.pid, accel };
+    if (saved) {
+      try {
+        await this.feedSavedState(vm, saved);
+      } catch (e) {
+        await vm.kill();
+        throw e;
+      }
+    }
+    // Never matches: rejects when the VM fails (internal error) or exits.
+    vm.waitForSerial(/(?!)/, 2 ** 31 - 1).catch(async (e) => {
+      if (this.vm !== vm || this.stopping || this.suspending) return;
+      if (isInternalError(e) && accel === 'kvm') {
+        await vm.kill();
+        if (this.stopping) return;
+        try {
+          await this.launch('tcg');
+          writeState(this.dir, { ...this.state, state: 'running' });
+        } catch (e2) {
+          void this.stop({ reason: `restart under TCG failed: ${(e2 as Error).message}` });
+        }
+        return;
+      }
+      void this.stop({ reason: vm.exitStatus?.code === 0 ? 'poweroff' : `QEMU exited (code ${vm.exitStatus?.code}, signal ${vm.exitStatus?.signal})` });
+    });
+  }
+
+  /** Feed a verified saved state into a QEMU started with -incoming defer, then let the guest run. */
+  private async feedSavedState(vm: QemuProcess, saved: SavedStateReader): Promise<void> {
+    await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+    const done = migrationDone(vm);
+    await vm.execute('migrate-incoming', { uri: 'fd:3' });
+    const pipe = vm.incoming!;
+    const frames = saved.frames();
+    for (;;) {
+      const r = await frames.next();
+      if (r.done) break;
+      if (!pipe.write(r.value)) await once(pipe, 'drain');
+    }
+    pipe.end();
+    await done;
+    const status = await vm.execute<{ status: string }>('query-status');
+    if (status.status !== 'running') await vm.execute('cont');
+  }
+
+  /**
+   * Suspend: pause the guest, stream QEMU's migration data through us into an encrypted .vsv
+   * (nothing in clear on disk), quit QEMU, flush and close the disks, then record the disks as
+   * they are (a .vsv whose disks changed since is refused on resume) and publish the .vsv.
+   */
+  private async suspend(): Promise<VmState> {
+    const vm = this.requireVm();
+    const kek = this.input.kek;
+    if (!kek) throw new MedvError('ENOKEY', 'suspend writes an encrypted saved state: start the VM with a passphrase or host key');
+    if (this.disks.some((d) => d.config.mode === 'test')) throw new MedvError('EUNSUPPORTED', 'a read-only test VM cannot be suspended (its undo disk is discarded at stop)');
+    const writer = SavedStateWriter.create(this.input.config.savedState, kek);
+    this.suspending = true;
+    this.state = { ...this.state, state: 'suspending' };
+    writeState(this.dir, this.state);
+    const sock = join(this.dir, 'migrate.sock');
+    fs.rmSync(sock, { force: true });
+    const server = createServer();
+    try {
+      await vm.execute('stop');
+      await new Promise<void>((res, rej) => { server.once('error', rej); server.listen(sock, () => res()); });
+      const received = new Promise<void>((res, rej) => {
+        server.once('connection', (s: Socket) => {
+          s.on('data', (chunk: Buffer) => { try { writer.write(chunk); } catch (e) { s.destroy(); rej(e); } });
+          s.once('end', () => res());
+          s.once('error', rej);
+        });
+      });
+      await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+      await vm.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * 1024 * 1024 * 1024 });
+      const done = migrationDone(vm);
+      await vm.execute('migrate', { uri: `unix:${sock}` });
+      await Promise.all([received, done]);
+    } catch (e) {
+      writer.abort();
+      this.suspending = false;
+      await vm.execute('cont').catch(() => undefined);
+      this.state = { ...this.state, state: 'running' };
+      writeState(this.dir, this.state);
+      throw e;
+    } finally {
+      server.close();
+      fs.rmSync(sock, { force: true });
+    }
+    this.stopping = (async () => {
+      await vm.execute('quit').catch(() => undefined);
+      await vm.kill();
+      await this.cleanup('suspended', 'suspended', async () => {
+        const files: DiskFingerprint[] = [];
+        for (const d of this.disks) {
+          for (const f of [d.state.path, d.state.undo]) {
+            if (!f) continue;
+            files.push(fingerprint(f));
+            if (f.toLowerCase().endsWith('.evhd')) files.push(fingerprint(encPathFor(f)));
+          }
+        }
+        await writer.finish({ vm: this.input.config.name, memoryMiB: this.memoryMiB ?? this.input.config.memoryMiB, createdAt: new Date().toISOString(), disks: files });
+      });
+    })();
+    await this.stopping;
+    return this.state;
+  }
+
+  private async listenControl(): Promise<void> {
+    const sock = join(this.dir, 'control.sock');
+    this.control = createServer((s) => this.onControl(s));
+    await new Promise<void>((res, rej) => {
+      this.control!.once('error', rej);
+      this.control!.listen(sock, () => { this.control!.off('error', rej); res(); });
+    });
+  }
+
+  private onControl(socket: Socket): void {
+    this.controlSockets.add(socket);
+    socket.on('close', () => this.controlSockets.delete(socket));
+    socket.setEncoding('utf8');
+    socket.on('error', () => undefined);
+    const reader = new LineReader((line) => void this.handle(socket, line), () => socket.destroy());
+    socket.on('data', (chunk: string) => reader.push(chunk));
+  }
+
+  private async handle(socket: Socket, line: string): Promise<void> {
+    let req: ControlRequest;
+    try { req = JSON.parse(line) as ControlRequest; } catch { socket.destroy(); return; }
+    const reply = (r: ControlResponse) => { if (!socket.destroyed) socket.write(`${JSON.stringify(r)}\n`); };
+    const id = Number.isSafeInteger(req?.id) ? req.id : 0;
+    this.pendingReplies++;
+    try {
+      reply({ id, ok: true, result: await this.execute(req) });
+    } catch (e) {
+      const err = e instanceof MedvError ? { code: e.code, message: e.message } : { code: 'EINTERNAL' as const, message: String((e as Error)?.message ?? e) };
+      reply({ id, ok: false, error: err });
+    } finally {
+      if (--this.pendingReplies === 0) this.repliesDone?.();
+    }
+  }
+
+  private async execute(req: ControlRequest): Promise<unknown> {
+    const args = req.args ?? {};
+    switch (req.cmd) {
+      case 'status': return this.state;
+      case 'stop': {
+        const timeout = args.timeoutS === undefined ? DEFAULT_STOP_TIMEOUT_S : Number(args.timeoutS);
+        if (!Number.isFinite(timeout) || timeout < 0) throw new MedvError('EINVAL_ARG', `invalid stop timeout ${String(args.timeoutS)}`);
+        await this.stop({ timeoutS: timeout, force: args.force === true });
+        return this.state;
+      }
+      case 'suspend': return this.suspend();
+      case 'pause': return this.setPaused(true);
+      case 'resume': return this.setPaused(false);
+      case 'screenshot': {
+        const file = String(args.file ?? '');
+        if (!file.startsWith('/')) throw new MedvError('EINVAL_ARG', 'screenshot needs an absolute file path');
+        await this.requireVm().execute('screendump', { filename: file, format: 'png' });
+        return { file };
+      }
+      default:
+        throw new MedvError('EINVAL_ARG', `unknown control command ${JSON.stringify((req as { cmd?: unknown }).cmd)}`);
+    }
+  }
+
+  private requireVm(): QemuProcess {
+    if (!this.vm || this.stopping) throw new MedvError('EHYPERVISOR', `VM ${this.input.config.name} is stopping`);
+    return this.vm;
+  }
+
+  private async setPaused(paused: boolean): Promise<VmState> {
+    const vm = this.requireVm();
+    await vm.execute(paused ? 'stop' : 'cont');
+    this.state = { ...this.state, state: paused ? 'paused' : 'running' };
+    writeState(this.dir, this.state);
+    return this.state;
+  }
+
+  /**
+   * Stop the VM: the ACPI power button, then a forced quit after `timeoutS` (or at once with
+   * `force`); then clean up. Concurrent calls share one stop.
+   */
+  stop(opts: { timeoutS?: number; force?: boolean; reason?: string } = {}): Promise<void> {
+    if (this.stopping) return this.stopping;
+    this.stopping = (async () => {
+      const vm = this.vm;
+      let reason = opts.reason;
+      if (vm && vm.exitStatus === undefined) {
+        this.state = { ...this.state, state: 'stopping' };
+        writeState(this.dir, this.state);
+        let forced = opts.force === true;
+        if (!forced) {
+          try {
+            await vm.powerdown();
+            await vm.waitExit((opts.timeoutS ?? DEFAULT_STOP_TIMEOUT_S) * 1000);
+            reason ??= 'poweroff';
+          } catch {
+            forced = true;
+          }
+        }
+        if (forced) {
+          await vm.execute('quit').catch(() => undefined);
+          await Promise.race([vm.exitedPromise, new Promise((r) => setTimeout(r, 3000).unref())]);
+          await vm.kill();
+          reason ??= 'forced';
+        }
+      }
+      await this.cleanup(reason ?? 'poweroff', 'stopped');
+    })();
+    return this.stopping;
+  }
+
+  /** After `done`: answer pending control requests, then end every control connection (at most 5 s). */
+  async closeControl(): Promise<void> {
+    if (this.pendingReplies > 0) {
+      await Promise.race([new Promise<void>((r) => { this.repliesDone = r; }), new Promise((r) => setTimeout(r, 5000).unref())]);
+    }
+    await Promise.all([...this.controlSockets].map((s) => new Promise<void>((r) => {
+      s.end(() => r());
+      setTimeout(() => { s.destroy(); r(); }, 1000).unref();
+    })));
+  }
+
+  private async cleanup(reason: string, final: 'stopped' | 'failed' | 'suspended', afterClose?: () => Promise<void>): Promise<void> {
+    this.exitReason = reason;
+    const errors: string[] = [];
+    if (this.vm) await this.vm.kill().catch(() => undefined);
+    // Stop accepting; connections waiting for this stop get their answer in closeControl().
+    this.control?.close();
+    fs.rmSync(join(this.dir, 'control.sock'), { force: true });
+    for (const d of this.disks) {
+      try {
+        if (d.server) await d.server.close();
+        await d.device.flush().catch(() => undefined);
+        await d.device.close();
+        if (d.config.mode === 'test' && d.state.undo) await discardUndoDisk(d.state.undo, { kek: this.input.kek ? () => this.input.kek! : undefined });
+      } catch (e) {
+        errors.push((e as Error).message);
+      }
+    }
+    if (afterClose) {
+      try { await afterClose(); } catch (e) { errors.push((e as Error).message); final = 'failed'; }
+    }
+    this.state = {
+      ...this.state, state: final, stoppedAt: new Date().toISOString(),
+      exitReason: errors.length ? `${reason}; cleanup: ${errors.join('; ')}` : reason,
+    };
+    writeState(this.dir, this.state);
+    this.resolveFinished();
+  }
+}
+
+/** Resolves when QEMU reports the migration completed; rejects when it failed or QEMU exited. */
+function migrationDone(vm: QemuProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onEvent = (e: { event: string; data?: Record<string, unknown> }) => {
+      if (e.event !== 'MIGRATION') return;
+      const status = e.data?.status;
+      if (status === 'completed') { off(); resolve(); } else if (status === 'failed' || status === 'cancelled') { off(); reject(new MedvError('EHYPERVISOR', `QEMU migration ${String(status)}`)); }
+    };
+    const off = () => { vm.qmp.off('event', onEvent); };
+    vm.qmp.on('event', onEvent);
+    void vm.exitedPromise.then(() => { off(); reject(new MedvError('EHYPERVISOR', 'QEMU exited during the migration')); });
+  });
+}

@@ -78,3 +78,20 @@ export function waitForFile(path: string, timeoutMs: number): Promise<void> {
     if (existsSync(path)) done();
   });
 }
+
+/** Resolves with the match once the text of `file` matches `re` (fs.watch on its folder, no polling loop); rejects after `timeoutMs`. */
+export function waitForFileText(file: string, re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (!existsSync(file)) return;
+      const m = readFileSync(file, 'latin1').match(re);
+      if (m) { clearTimeout(timer); watcher.close(); resolve(m); }
+    };
+    const watcher = watch(dirname(file), check);
+    const timer = setTimeout(() => {
+      watcher.close();
+      reject(new Error(`${file} did not match ${re} within ${timeoutMs} ms:\n${existsSync(file) ? readFileSync(file, 'latin1') : '(missing)'}`));
+    }, timeoutMs);
+    check();
+  });
+}

@@ -4,24 +4,12 @@
  * host's loopback), the boot counter persisted on the guest's ext4 root across boots.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, watch, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
-import { runMedv, tempDir } from '../helpers/cli.js';
+import { runMedv, tempDir, waitForFileText } from '../helpers/cli.js';
 import { LINUX_BOOT_MS, LINUX_GUEST, freshLinuxImage, writeRootFile } from '../helpers/linux-guest.js';
 
-function waitForText(file: string, re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
-  return new Promise((resolve, reject) => {
-    const check = (): void => {
-      if (!existsSync(file)) return;
-      const m = readFileSync(file, 'latin1').match(re);
-      if (m) { clearTimeout(timer); watcher.close(); resolve(m); }
-    };
-    const watcher = watch(join(file, '..'), check);
-    const timer = setTimeout(() => { watcher.close(); reject(new Error(`${file} did not match ${re} within ${timeoutMs} ms:\n${existsSync(file) ? readFileSync(file, 'latin1') : '(missing)'}`)); }, timeoutMs);
-    check();
-  });
-}
 
 describe('host: the Linux guest from a .vmc and an .evhd (real QEMU)', function () {
   this.timeout(4 * LINUX_BOOT_MS);
@@ -77,7 +65,7 @@ describe('host: the Linux guest from a .vmc and an .evhd (real QEMU)', function 
       const s = json(['start', vmc, '--nic', 'virtio', '--disk-bus', 'virtio']);
       assert.equal(s.network, 'nat');
       assert.equal(s.memoryMiB, 256);
-      await waitForText(serial, LINUX_GUEST.serial.ready, LINUX_BOOT_MS);
+      await waitForFileText(serial, LINUX_GUEST.serial.ready, LINUX_BOOT_MS);
       const first = readFileSync(serial, 'latin1');
       assert.match(first, /medv-linux: boot 1\r?\n/);
       assert.match(first, new RegExp(`medv-linux: wget ok ${token}`));
@@ -85,7 +73,7 @@ describe('host: the Linux guest from a .vmc and an .evhd (real QEMU)', function 
       assert.equal(json(['stop', 'lx', '--timeout', '60']).exitReason, 'poweroff');
 
       json(['start', vmc, '--nic', 'virtio', '--disk-bus', 'virtio', '--network', 'none']);
-      await waitForText(serial, LINUX_GUEST.serial.ready, LINUX_BOOT_MS);
+      await waitForFileText(serial, LINUX_GUEST.serial.ready, LINUX_BOOT_MS);
       const second = readFileSync(serial, 'latin1');
       assert.match(second, /medv-linux: boot 2\r?\n/, 'the counter file persisted on the encrypted disk');
       assert.match(second, /medv-linux: net none/);

@@ -7,27 +7,12 @@ import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, statSync, watch, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { GUEST, fileContainsMarker, freshGuestImage } from '../helpers/qemu.js';
-import { runMedv, sha256File, tempDir, waitForFile } from '../helpers/cli.js';
+import { runMedv, sha256File, tempDir, waitForFile, waitForFileText } from '../helpers/cli.js';
 import { encodePng, nonBackgroundPixels, readPng, readPpm, readXwd } from '../helpers/image.js';
 import { createServer, connect } from 'node:net';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 
-/** Resolves with the match once `file` matches `re` (fs.watch on its folder; no polling loop). */
-function waitForText(file: string, re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
-  return new Promise((resolve, reject) => {
-    const check = (): boolean => {
-      if (!existsSync(file)) return false;
-      const m = readFileSync(file, 'latin1').match(re);
-      if (m) { done(); resolve(m); }
-      return Boolean(m);
-    };
-    const watcher = watch(join(file, '..'), () => void check());
-    const timer = setTimeout(() => { watcher.close(); reject(new Error(`${file} did not match ${re} within ${timeoutMs} ms: ${existsSync(file) ? readFileSync(file, 'latin1') : '(missing)'}`)); }, timeoutMs);
-    const done = () => { clearTimeout(timer); watcher.close(); };
-    check();
-  });
-}
 
 /** Resolves when a process that is not our child has exited (tail --pid exits with it). */
 function waitForPidExit(pid: number): Promise<void> {
@@ -83,7 +68,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
       const started = json(['start', disk, '--name', 'g', '--memory', '32']);
       assert.equal(started.state, 'running');
       assert.equal(started.name, 'g');
-      await waitForText(serialOf('g'), GUEST.serial.ready, 60_000);
+      await waitForFileText(serialOf('g'), GUEST.serial.ready, 60_000);
       assert.match(vm(['serial', 'g']).stdout, /MEDV-GUEST boot=1\r?\n/);
       assert.equal(json(['status', 'g']).state, 'running');
       const stopped = json(['stop', 'g', '--timeout', '30']);
@@ -93,7 +78,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
       // serial output stays readable after the stop
       assert.match(vm(['serial', 'g']).stdout, /MEDV-GUEST ready/);
       json(['start', disk, '--name', 'g', '--memory', '32']);
-      await waitForText(serialOf('g'), GUEST.serial.ready, 60_000);
+      await waitForFileText(serialOf('g'), GUEST.serial.ready, 60_000);
       assert.match(readFileSync(serialOf('g'), 'latin1'), /MEDV-GUEST boot=2\r?\n/);
       json(['stop', 'g']);
     });
@@ -107,7 +92,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     for (let i = 0; i < 2; i++) {
       const s = json(['start', disk, '--name', 't', '--memory', '32', '--read-only']);
       assert.equal(s.disks[0].undoPolicy, 'discard');
-      await waitForText(serialOf('t'), GUEST.serial.ready, 60_000);
+      await waitForFileText(serialOf('t'), GUEST.serial.ready, 60_000);
       assert.match(readFileSync(serialOf('t'), 'latin1'), /MEDV-GUEST boot=1\r?\n/, 'every test boot starts from the base');
       // The kernel's view of every descriptor the supervisor holds on the base: read-only (O_ACCMODE 0).
       const fds = openDescriptors(s.pid, disk);
@@ -124,7 +109,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     const disk = join(dir.path, 'k.evhd');
     assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
     const s = json(['start', disk, '--name', 'k', '--memory', '32']);
-    await waitForText(serialOf('k'), GUEST.serial.ready, 60_000);
+    await waitForFileText(serialOf('k'), GUEST.serial.ready, 60_000);
     process.kill(s.pid, 'SIGKILL');
     await Promise.all([waitForPidExit(s.pid), waitForPidExit(s.qemuPid)]);
     const listed = json(['list']).find((v: { name: string }) => v.name === 'k');
@@ -132,14 +117,14 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     assert.equal(listed.exitReason, 'supervisor died');
     assert.equal(runMedv(['disk', 'check', disk], env).code, 0);
     json(['start', disk, '--name', 'k', '--memory', '32']);
-    await waitForText(serialOf('k'), /MEDV-GUEST boot=2\r?\n/, 60_000);
+    await waitForFileText(serialOf('k'), /MEDV-GUEST boot=2\r?\n/, 60_000);
     json(['stop', 'k']);
   });
 
   it('pause and resume; a second start of a running name is refused; bad input gives one line', async () => {
     const img = freshGuestImage(dir.path);
     json(['start', img, '--name', 'p', '--memory', '32']);
-    await waitForText(serialOf('p'), GUEST.serial.ready, 60_000);
+    await waitForFileText(serialOf('p'), GUEST.serial.ready, 60_000);
     assert.equal(json(['pause', 'p']).state, 'paused');
     assert.equal(json(['status', 'p']).state, 'paused');
     assert.equal(json(['resume', 'p']).state, 'running');
@@ -174,7 +159,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     const disk = join(dir.path, 's.evhd');
     assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
     json(['start', disk, '--name', 's', '--memory', '32']);
-    await waitForText(serialOf('s'), GUEST.serial.ready, 60_000);
+    await waitForFileText(serialOf('s'), GUEST.serial.ready, 60_000);
     const suspended = json(['suspend', 's']);
     assert.equal(suspended.state, 'suspended');
     const vsv = join(dir.path, 's.vsv');
@@ -197,7 +182,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     const serial = readFileSync(serialOf('s'), 'latin1');
     assert.equal((serial.match(/MEDV-GUEST boot=/g) ?? []).length, 1, `the guest did not boot again:\n${serial}`);
     json(['start', disk, '--name', 's']);
-    await waitForText(serialOf('s'), /MEDV-GUEST boot=2\r?\n/, 60_000);
+    await waitForFileText(serialOf('s'), /MEDV-GUEST boot=2\r?\n/, 60_000);
     json(['stop', 's']);
   });
 
@@ -206,7 +191,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     const disk = join(dir.path, 'c.evhd');
     assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
     json(['start', disk, '--name', 'c', '--memory', '32']);
-    await waitForText(serialOf('c'), GUEST.serial.ready, 60_000);
+    await waitForFileText(serialOf('c'), GUEST.serial.ready, 60_000);
     json(['suspend', 'c']);
     // Another program writes to the disk while the VM is suspended.
     const fd = openSync(disk, 'r+');
@@ -222,7 +207,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     const img = freshGuestImage(dir.path);
     const s = json(['start', img, '--name', 'v', '--memory', '32', '--display', 'vnc']);
     assert.equal(s.display.kind, 'vnc');
-    await waitForText(serialOf('v'), GUEST.serial.ready, 60_000);
+    await waitForFileText(serialOf('v'), GUEST.serial.ready, 60_000);
     // vncsnapshot speaks TCP only: a loopback relay to the VM's private unix socket.
     const relay = createServer((c) => {
       const u = connect(s.display.vncSocket);
@@ -260,7 +245,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
       const blank = readXwdOf(':77');
       const started = runMedv(['vm', 'start', img, '--name', 'x', '--memory', '32', '--display', 'window'], { ...env, DISPLAY: ':77' });
       assert.equal(started.code, 0, started.stderr);
-      await waitForText(serialOf('x'), GUEST.serial.ready, 60_000);
+      await waitForFileText(serialOf('x'), GUEST.serial.ready, 60_000);
       // The window paints after the guest's last line: take frames until it shows (each xwd is an event, not a sleep).
       let seen = 0;
       for (let i = 0; i < 50 && seen < 2000; i++) seen = nonBackgroundPixels(readXwdOf(':77')) - nonBackgroundPixels(blank);
@@ -325,11 +310,11 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
       assert.equal(s.name, 'xp');
       assert.equal(s.memoryMiB, 32);
       assert.equal(s.vmc, vmc);
-      await waitForText(serialOf('xp'), GUEST.serial.ready, 60_000);
+      await waitForFileText(serialOf('xp'), GUEST.serial.ready, 60_000);
       assert.match(vm(['serial', 'xp']).stdout, /MEDV-GUEST boot=1\r?\n/);
       assert.equal(json(['stop', 'xp']).exitReason, 'poweroff');
       json(['start', vmc]);
-      await waitForText(serialOf('xp'), /MEDV-GUEST boot=2\r?\n/, 60_000);
+      await waitForFileText(serialOf('xp'), /MEDV-GUEST boot=2\r?\n/, 60_000);
       json(['stop', 'xp']);
     });
   }
@@ -357,12 +342,12 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     writeVmc(vmc, 'u.vhd', '    <settings><undo_drives><enabled type="boolean">true</enabled></undo_drives></settings>');
     const s = json(['start', vmc]);
     assert.equal(s.disks[0].undoPolicy, 'keep');
-    await waitForText(serialOf('u'), GUEST.serial.ready, 60_000);
+    await waitForFileText(serialOf('u'), GUEST.serial.ready, 60_000);
     json(['stop', 'u']);
     assert.equal(sha256File(disk), before, 'the base is unchanged');
     assert.ok(existsSync(s.disks[0].undo), 'the undo disk is kept');
     json(['start', vmc]);
-    await waitForText(serialOf('u'), /MEDV-GUEST boot=2\r?\n/, 60_000);
+    await waitForFileText(serialOf('u'), /MEDV-GUEST boot=2\r?\n/, 60_000);
     json(['stop', 'u']);
     assert.equal(runMedv(['disk', 'undo', 'merge', s.disks[0].undo], env).code, 0);
     assert.notEqual(sha256File(disk), before, 'merge commits the guest\'s writes');

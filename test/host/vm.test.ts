@@ -165,15 +165,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     const vsv = join(dir.path, 's.vsv');
     assert.ok(existsSync(vsv) && existsSync(`${vsv}.enc`), 'the .vsv and its key file exist');
     assert.equal(await fileContainsMarker(vsv), false, 'no 32-byte run of the guest marker in the saved state');
-    for (const f of readdirSync(dir.path, { withFileTypes: true })) {
-      if (f.isFile()) assert.equal(await fileContainsMarker(join(dir.path, f.name)), false, `the guest's marker is in ${f.name} in clear`);
-    }
-    for (const f of readdirSync(join(env.MEDV_RUN_DIR, 's'))) {
-      if (!f.endsWith('.sock')) assert.equal(await fileContainsMarker(join(env.MEDV_RUN_DIR, 's', f)), false, `marker in run dir file ${f}`);
-    }
-    for (const f of readdirSync(env.TMPDIR, { recursive: true, withFileTypes: true })) {
-      if (f.isFile()) assert.equal(await fileContainsMarker(join(f.parentPath ?? f.path, f.name)), false, `marker in temp file ${f.name}`);
-    }
+    await assertNoMarkerAnywhere();
     const resumed = json(['start', disk, '--name', 's']);
     assert.equal(resumed.resumed, true);
     assert.equal(existsSync(vsv), false, 'a resumed saved state is removed');
@@ -184,6 +176,18 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     json(['start', disk, '--name', 's']);
     await waitForFileText(serialOf('s'), /MEDV-GUEST boot=2\r?\n/, 60_000);
     json(['stop', 's']);
+    // After start, suspend, resume and stop: the image folder, the run folder and the temp folder.
+    await assertNoMarkerAnywhere();
+
+    async function assertNoMarkerAnywhere(): Promise<void> {
+      for (const top of [dir.path, env.TMPDIR]) {
+        for (const f of readdirSync(top, { recursive: true, withFileTypes: true })) {
+          if (!f.isFile()) continue;
+          const file = join(f.parentPath ?? f.path, f.name);
+          assert.equal(await fileContainsMarker(file), false, `the guest's marker is in ${file} in clear`);
+        }
+      }
+    }
   });
 
   it('a saved state whose disk changed since is refused, and nothing is started', async () => {

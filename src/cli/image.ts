@@ -3,10 +3,12 @@ import { Command } from 'commander';
 import { openDisk } from '../layers/open.js';
 import { MedvError } from '../errors.js';
 import { checkImageName } from '../formats/ckm/index.js';
-import { defaultKeyDir, openImageKeys, packImage, verifyPack } from '../pack/index.js';
 import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
+
+/** The pack library (zstd, workers) is loaded when an image command runs, not with every `medv` command. */
+const pack = () => import('../pack/index.js');
 
 function parseVersion(v: string): number {
   if (!/^[0-9]{1,10}$/.test(v)) throw new MedvError('EINVAL_ARG', `--version must be a positive integer, not ${JSON.stringify(v)}`);
@@ -47,6 +49,7 @@ Examples:
       const version = parseVersion(String(o.version));
       checkImageName(String(o.name));
       const kek = kekFrom(o);
+      const { openImageKeys, packImage, defaultKeyDir } = await pack();
       const keyDir = (o.keys as string | undefined) ?? defaultKeyDir();
       const opened = await openDisk(disk, { readOnly: true, kek });
       const bar = progressBar('pack');
@@ -90,6 +93,7 @@ Examples:
       const bar = progressBar('verify');
       let r;
       try {
+        const { verifyPack, defaultKeyDir } = await pack();
         r = await verifyPack(indexPath, { keyDir: (o.keys as string | undefined) ?? defaultKeyDir(), kek: kekFrom(o), packDir: o.packs as string | undefined, onProgress: bar.update });
       } finally {
         bar.stop();

@@ -208,8 +208,7 @@ export class Supervisor {
         throw e;
       }
     }
-    // Never matches: rejects when the VM fails (internal error) or exits.
-    vm.waitForSerial(/(?!)/, 2 ** 31 - 1).catch(async (e) => {
+    void vm.stopped().then(async (e) => {
       if (this.vm !== vm || this.stopping || this.suspending) return;
       if (isInternalError(e) && accel === 'kvm') {
         await vm.kill();

@@ -430,8 +430,18 @@ export class QemuProcess {
 
   /** Resolves once QEMU has exited (never rejects). */
   get exitedPromise(): Promise<void> { return this.exited; }
-  /** Why the VM failed (internal error), if it did. */
-  get failureError(): QemuError | undefined { return this.failure; }
+  /**
+   * Resolves (never rejects, no timer) once the VM is no longer usable: KVM stopped it in run
+   * state internal-error (kind 'internal-error') or QEMU exited (kind 'exited').
+   */
+  stopped(): Promise<QemuError> {
+    const early = this.failure ?? this.exitFailure('running');
+    if (early) return Promise.resolve(early);
+    return new Promise((resolve) => {
+      const waiter: Waiter = { check: () => false, fail: (e) => { this.waiters.delete(waiter); resolve(e); } };
+      this.waiters.add(waiter);
+    });
+  }
 
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {
     this.exit = { code, signal };

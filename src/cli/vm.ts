@@ -168,8 +168,9 @@ export function vmCommand(): Command {
       };
       drain();
       if (!o.follow) return;
+      // The run folder, not the log: a VM can stop without printing anything more (state.json changes).
       await new Promise<void>((res) => {
-        const watcher = fs.watch(file, () => {
+        const watcher = fs.watch(dirname(file), () => {
           drain();
           if (isTerminal(vmStatus(name).state)) { watcher.close(); res(); }
         });

@@ -21,12 +21,19 @@ const SUPERVISOR_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'superviso
 /** Longest we wait for a supervisor to report that its VM runs. */
 const START_TIMEOUT_MS = 120_000;
 
+/** The last `bytes` of a file (a supervisor log can be long), or '' when it cannot be read. */
 function tail(file: string, bytes = 4000): string {
+  let fd: number | undefined;
   try {
-    const b = fs.readFileSync(file);
-    return b.subarray(Math.max(0, b.length - bytes)).toString('utf8').trim();
+    fd = fs.openSync(file, 'r');
+    const size = fs.fstatSync(fd).size;
+    const b = Buffer.alloc(Math.min(bytes, size));
+    const n = fs.readSync(fd, b, 0, b.length, size - b.length);
+    return b.subarray(0, n).toString('utf8').trim();
   } catch {
     return '';
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
   }
 }
 
@@ -65,7 +72,8 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
     });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
-      resolve({ ok: false, error: { code: 'EHYPERVISOR', message: `the supervisor exited (code ${code}, signal ${signal}) before the VM ran${tail(join(dir, 'supervisor.log')) ? `: ${tail(join(dir, 'supervisor.log'))}` : ''}` } });
+      const log = tail(join(dir, 'supervisor.log'));
+      resolve({ ok: false, error: { code: 'EHYPERVISOR', message: `the supervisor exited (code ${code}, signal ${signal}) before the VM ran${log ? `: ${log}` : ''}` } });
     });
   });
   (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
@@ -78,11 +86,8 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
 }
 
 function runningState(name: string, root: string): { dir: string; state: VmState } {
-  validateVmName(name);
+  const state = vmStatus(name, { root });
   const dir = join(root, name);
-  const raw = fs.existsSync(dir) ? readState(dir) : undefined;
-  if (!raw) throw new MedvError('ENOENT', `no VM named ${name}`);
-  const state = effectiveState(raw);
   if (isTerminal(state.state)) throw new MedvError('EINVAL_ARG', `VM ${name} is not running (${state.state}${state.exitReason ? `: ${state.exitReason}` : ''})`);
   return { dir, state };
 }

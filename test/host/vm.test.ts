@@ -190,6 +190,29 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     }
   });
 
+  it('a tampered saved state is refused before anything runs and is kept; the intact one then resumes', async () => {
+    const img = freshGuestImage(dir.path);
+    const disk = join(dir.path, 't.evhd');
+    assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
+    json(['start', disk, '--name', 'tv', '--memory', '32']);
+    await waitForFileText(serialOf('tv'), GUEST.serial.ready, 60_000);
+    json(['suspend', 'tv']);
+    const vsv = join(dir.path, 't.vsv');
+    const good = readFileSync(vsv);
+    const bad = Buffer.from(good);
+    bad[Math.floor(bad.length / 2)] ^= 0x01;
+    writeFileSync(vsv, bad);
+    const r = vm(['start', disk, '--name', 'tv']);
+    assert.equal(r.code, 4, r.stderr);
+    assert.match(r.stderr, /does not authenticate/);
+    assert.equal(r.stderr.trim().split('\n').length, 1);
+    assert.equal(json(['status', 'tv']).state, 'failed');
+    assert.ok(readFileSync(vsv).equals(bad), 'a refused saved state is left as it was');
+    writeFileSync(vsv, good);
+    assert.equal(json(['start', disk, '--name', 'tv']).resumed, true);
+    json(['stop', 'tv']);
+  });
+
   it('a saved state whose disk changed since is refused, and nothing is started', async () => {
     const img = freshGuestImage(dir.path);
     const disk = join(dir.path, 'c.evhd');

@@ -83,7 +83,7 @@ export function defaultUndoPath(diskPath: string): string {
   return join(dirname(diskPath), `${stem}.undo.${encrypted ? 'evhd' : 'vhd'}`);
 }
 
-interface OpenedVmDisk { config: VmDiskConfig; device: BlockDevice; server?: NbdServer; socket: string; state: VmDiskState; createdUndo: boolean }
+interface OpenedVmDisk { config: VmDiskConfig; device: BlockDevice; server?: NbdServer; socket: string; state: VmDiskState }
 
 export class Supervisor {
   private readonly dir: string;
@@ -94,7 +94,6 @@ export class Supervisor {
   private stopping: Promise<void> | undefined;
   private finished!: Promise<void>;
   private resolveFinished!: () => void;
-  private exitReason: string | undefined;
   /** Guest RAM of this run (from the saved state when resuming). */
   private memoryMiB: number | undefined;
   private suspending = false;
@@ -159,16 +158,15 @@ export class Supervisor {
     if (cfg.mode === 'cdrom') {
       // CD/DVD images are read-only media: exported read-only like any disk (raw bytes).
       const opened = await openDisk(cfg.path, { readOnly: true, format: 'raw' });
-      this.disks.push({ config: cfg, device: opened.device, socket, createdUndo: false, state: { path: cfg.path, format: 'iso', readOnly: true } });
+      this.disks.push({ config: cfg, device: opened.device, socket, state: { path: cfg.path, format: 'iso', readOnly: true } });
       return;
     }
     if (cfg.mode === 'normal') {
       const opened = await openDisk(cfg.path, { kek });
-      this.disks.push({ config: cfg, device: opened.device, socket, createdUndo: false, state: { path: cfg.path, format: opened.format, readOnly: false } });
+      this.disks.push({ config: cfg, device: opened.device, socket, state: { path: cfg.path, format: opened.format, readOnly: false } });
       return;
     }
     const undoPath = cfg.undoPath ?? (cfg.mode === 'test' ? testUndoPath(cfg.path) : defaultUndoPath(cfg.path));
-    let createdUndo = false;
     if (cfg.mode === 'test') {
       fs.mkdirSync(dirname(undoPath), { recursive: true, mode: 0o700 });
       // A test run always starts from the base: an undo disk left by a crashed test run is ours to replace.
@@ -176,11 +174,10 @@ export class Supervisor {
     }
     if (!fs.existsSync(undoPath)) {
       await createUndoDisk(undoPath, cfg.path, { kek });
-      createdUndo = true;
     }
     const undo = await openUndoDisk(undoPath, { kek, parent: cfg.path });
     this.disks.push({
-      config: cfg, device: undo.device, socket, createdUndo,
+      config: cfg, device: undo.device, socket,
       state: { path: cfg.path, format: extname(cfg.path).slice(1).toLowerCase() || 'raw', undo: undoPath, undoPolicy: cfg.mode === 'test' ? 'discard' : 'keep', readOnly: false },
     });
   }
@@ -422,7 +419,6 @@ export class Supervisor {
   }
 
   private async cleanup(reason: string, final: 'stopped' | 'failed' | 'suspended', afterClose?: () => Promise<void>): Promise<void> {
-    this.exitReason = reason;
     const errors: string[] = [];
     if (this.vm) await this.vm.kill().catch(() => undefined);
     // Stop accepting; connections waiting for this stop get their answer in closeControl().

@@ -3,15 +3,13 @@
  * nasm test guest on real QEMU (KVM when usable, TCG here), each VM under its detached supervisor.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, statSync, watch, writeSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { GUEST, fileContainsMarker, freshGuestImage } from '../helpers/qemu.js';
 import { runMedv, sha256File, tempDir, waitForFile, waitForFileText } from '../helpers/cli.js';
 import { encodePng, nonBackgroundPixels, readPng, readPpm, readXwd } from '../helpers/image.js';
-import { createServer, connect } from 'node:net';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
 
 
 /** Resolves when a process that is not our child has exited (tail --pid exits with it). */

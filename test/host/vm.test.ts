@@ -8,8 +8,9 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, 
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { GUEST, fileContainsMarker, freshGuestImage } from '../helpers/qemu.js';
-import { runMedv, sha256File, tempDir, waitForFile, waitForFileText } from '../helpers/cli.js';
+import { runMedv, sha256File, tempDir, waitForFileText } from '../helpers/cli.js';
 import { encodePng, nonBackgroundPixels, readPng, readPpm, readXwd } from '../helpers/image.js';
+import { startXvfb } from '../helpers/xvfb.js';
 
 
 /** Resolves when a process that is not our child has exited (tail --pid exits with it). */
@@ -263,22 +264,21 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
   });
 
   it('--display window: the guest\'s screen appears in a GTK window on an X server (Xvfb)', async function () {
-    const xvfb = spawn('Xvfb', [':77', '-screen', '0', '1024x768x24', '-nolisten', 'tcp'], { stdio: 'ignore' });
+    const x = await startXvfb();
     try {
-      await waitForFile('/tmp/.X11-unix/X77', 10_000);
       const img = freshGuestImage(dir.path);
-      const blank = readXwdOf(':77');
-      const started = runMedv(['vm', 'start', img, '--name', 'x', '--memory', '32', '--display', 'window'], { ...env, DISPLAY: ':77' });
+      const blank = readXwdOf(x.display);
+      const started = runMedv(['vm', 'start', img, '--name', 'x', '--memory', '32', '--display', 'window'], { ...env, DISPLAY: x.display });
       assert.equal(started.code, 0, started.stderr);
       await waitForFileText(serialOf('x'), GUEST.serial.ready, 60_000);
       // The window paints after the guest's last line: take frames until it shows (each xwd is an event, not a sleep).
       let seen = 0;
-      for (let i = 0; i < 50 && seen < 2000; i++) seen = nonBackgroundPixels(readXwdOf(':77')) - nonBackgroundPixels(blank);
-      writeFileSync(join(dir.path, 'x.png'), encodePng(readXwdOf(':77')));
+      for (let i = 0; i < 50 && seen < 2000; i++) seen = nonBackgroundPixels(readXwdOf(x.display)) - nonBackgroundPixels(blank);
+      writeFileSync(join(dir.path, 'x.png'), encodePng(readXwdOf(x.display)));
       assert.ok(seen > 2000, `the X screen shows the guest window (${seen} more non-background pixels than a blank screen)`);
       json(['stop', 'x']);
     } finally {
-      xvfb.kill();
+      x.stop();
     }
     function readXwdOf(display: string) {
       const file = join(dir.path, 'screen.xwd');

@@ -55,6 +55,8 @@ export function requestPath(url: string | undefined): string | undefined {
   const q = url.indexOf('?');
   const path = q < 0 ? url : url.slice(0, q);
   if (/[\x00-\x20\x7f\\#]/.test(path)) return undefined;
+  // no dot segments, plain or encoded: no route needs them
+  if (path.split('/').some((seg) => /^(\.|%2e){1,2}$/i.test(seg))) return undefined;
   return path;
 }
 
@@ -103,8 +105,9 @@ export async function startHttpServer(o: HttpServerOptions): Promise<RunningServ
       else res.destroy();
     });
   });
-  server.on('clientError', (_err, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+    if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
     else socket.destroy();
   });
 

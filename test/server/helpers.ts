@@ -97,3 +97,14 @@ export function header(h: string, name: string): string | undefined {
   const m = new RegExp(`^${name}:\\s*(.*?)\\r?$`, 'im').exec(h);
   return m ? m[1] : undefined;
 }
+
+/** Run medv without blocking the event loop (the server's log keeps flowing); resolves with code and output. */
+export function runMedvAsync(args: string[], onChild?: (c: ChildProcess) => void): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [MEDV_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => { stdout += d; });
+  child.stderr!.on('data', (d) => { stderr += d; });
+  onChild?.(child);
+  return new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+}

@@ -108,3 +108,10 @@ export function runMedvAsync(args: string[], onChild?: (c: ChildProcess) => void
   onChild?.(child);
   return new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
 }
+
+/** curl URL into a file; resolves with the HTTP status. */
+export function curlDownload(url: string, dst: string): number {
+  const r = spawnSync('curl', ['-s', '-S', '-o', dst, '-w', '%{http_code}', url], { encoding: 'utf8' });
+  if (r.error) throw r.error;
+  return Number(r.stdout);
+}

@@ -5,6 +5,7 @@
  */
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { MedvError } from '../errors.js';
 import { plain } from './static.js';
 
 /** A part of the server: the URL prefixes it owns and its handler. */
@@ -112,8 +113,15 @@ export async function startHttpServer(o: HttpServerOptions): Promise<RunningServ
   });
 
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(o.port, o.host, () => { server.off('error', reject); resolve(); });
+    const fail = (e: NodeJS.ErrnoException) => {
+      const where = `${o.host}:${o.port}`;
+      if (e.code === 'EADDRINUSE') reject(new MedvError('EBUSY', `cannot listen on ${where}: the address is in use`, {}, { cause: e }));
+      else if (e.code === 'EACCES') reject(new MedvError('EINVAL_ARG', `cannot listen on ${where}: permission denied (ports below 1024 need privileges)`, {}, { cause: e }));
+      else if (e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND') reject(new MedvError('EINVAL_ARG', `cannot listen on ${where}: no such local address`, {}, { cause: e }));
+      else reject(e);
+    };
+    server.once('error', fail);
+    server.listen(o.port, o.host, () => { server.off('error', fail); resolve(); });
   });
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;

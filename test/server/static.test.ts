@@ -5,10 +5,10 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import * as net from 'node:net';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { tempDir } from '../helpers/cli.js';
+import { runMedv, tempDir } from '../helpers/cli.js';
 import { curl, header, startServe, type ServeProcess } from './helpers.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -172,6 +172,21 @@ describe('server: medv serve static files', function () {
     }
     // the secret files are still there (nothing was refused for lack of a target)
     assert.equal(readFileSync(join(outside, 'secret_1.ckm'), 'utf8'), SECRET);
+  });
+
+  it('the admin token: generated mode 0600 on first start; a token file others can read is refused (exit 4); a busy port is exit 9', async () => {
+    assert.equal(statSync(s.adminTokenFile).mode & 0o777, 0o600);
+    assert.equal(s.adminTokenFile, join(root, 'admin.token'));
+    assert.ok(readFileSync(s.adminTokenFile, 'utf8').trim().length >= 32);
+    const open = join(t.path, 'open.token');
+    writeFileSync(open, 'a-long-enough-token-0123456789', { mode: 0o644 });
+    let r = runMedv(['serve', '--root', join(t.path, 'r2'), '--port', '0', '--admin-token-file', open]);
+    assert.equal(r.code, 4);
+    assert.match(r.stderr, /^medv: admin token file permissions 644 are too open.*\[EINSECURE\]\n$/);
+    const port = new URL(s.url).port;
+    r = runMedv(['serve', '--root', join(t.path, 'r3'), '--port', port, '--json']);
+    assert.equal(r.code, 9);
+    assert.equal(JSON.parse(r.stdout).error.code, 'EBUSY');
   });
 
   it('bounds what a peer sends: an oversized header gets 431, the server keeps serving', () => {

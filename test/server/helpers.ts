@@ -21,8 +21,8 @@ export interface ServeProcess {
   stderr: () => string;
   /** Resolves with the log entry for which `pred` first holds (entries already seen count). */
   waitForLog(pred: (e: LogEntry, all: LogEntry[]) => boolean, timeoutMs?: number): Promise<LogEntry>;
-  /** SIGTERM; resolves with the exit code. */
-  stop(): Promise<number | null>;
+  /** SIGTERM (or `signal`); resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
 export async function startServe(root: string, args: string[] = []): Promise<ServeProcess> {
@@ -69,9 +69,9 @@ export async function startServe(root: string, args: string[] = []): Promise<Ser
         check();
       });
     },
-    async stop() {
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
       if (child.exitCode !== null) return child.exitCode;
-      child.kill('SIGTERM');
+      child.kill(signal);
       return exited;
     },
   };

@@ -124,6 +124,10 @@ describe('server: medv serve static files', function () {
     assert.equal(r.status, 206);
     // a weak form of the same tag is not a strong match
     assert.equal(curl(['-r', '10-19', '-H', `If-Range: W/${etag}`, `${s.url}/images/lab_1.ckm`]).status, 200);
+    // If-Range with a date: Last-Modified exactly gives the range, any other date the whole file
+    const lastModified = header(r.headers, 'Last-Modified')!;
+    assert.equal(curl(['-r', '10-19', '-H', `If-Range: ${lastModified}`, `${s.url}/images/lab_1.ckm`]).status, 206);
+    assert.equal(curl(['-r', '10-19', '-H', `If-Range: ${new Date(Date.parse(lastModified) + 3600_000).toUTCString()}`, `${s.url}/images/lab_1.ckm`]).status, 200);
     // the file is replaced (another version published under the name after a prune)
     const other = randomBytes(content.length);
     unlinkSync(join(images, 'lab_1.ckm'));

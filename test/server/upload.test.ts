@@ -108,6 +108,11 @@ describe('server: medv image upload to medv serve', function () {
     const partial = readdirSync(join(root, '.uploads')).filter((f) => !f.endsWith('.json'));
     assert.equal(partial.length, 1);
     assert.ok(statSync(join(root, '.uploads', partial[0])).size < size);
+    // and its bytes are not served, even to the admin
+    const token = readFileSync(s.adminTokenFile, 'utf8').trim();
+    const get = curl(['-H', `Authorization: Bearer ${token}`, `${s.url}/upload/${partial[0]}`]);
+    assert.equal(get.status, 405);
+    assert.ok(!get.body.includes(local.subarray(100, 132)));
     child!.kill('SIGKILL');
     assert.equal((await first).signal, 'SIGKILL');
     assert.ok(!existsSync(join(images, 'r_1.ckm')));
@@ -158,7 +163,7 @@ describe('server: medv image upload to medv serve', function () {
       assert.match(r.stderr, /HTTP 413/);
       assert.deepEqual(readdirSync(join(t.path, 'repo2', 'images')), []);
     } finally {
-      assert.equal(await small.stop(), 0);
+      assert.equal(await small.stop('SIGINT'), 0, 'clean exit on SIGINT');
     }
   });
 });

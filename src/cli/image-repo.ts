@@ -1,5 +1,6 @@
 /** `medv image upload` and `medv image prune`: publishing packed images to a repository and retiring old versions. */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../errors.js';
 import { formatBytes, printJson, progressBar } from './common.js';
@@ -74,6 +75,9 @@ Examples:
       if (!/^[0-9]{1,6}$/.test(String(o.keep))) throw new MedvError('EINVAL_ARG', `--keep must be a positive integer, not ${JSON.stringify(o.keep)}`);
       const { pruneImages } = await import('../server/prune.js');
       const r = await pruneImages(dir, { name: String(o.name), keep: Number(o.keep), dryRun: !!o.dryRun });
+      if (r.keptVersions.length === 0 && existsSync(join(dir, 'images'))) {
+        process.stderr.write(`medv: warning: no index of ${r.name} in ${dir}; a server's files are in ${join(dir, 'images')}\n`);
+      }
       if (o.json) { printJson(r); return; }
       const verb = r.dryRun ? 'would delete' : 'deleted';
       process.stdout.write(`${r.name}: keeping version${r.keptVersions.length === 1 ? '' : 's'} ${r.keptVersions.join(', ') || '(none found)'}\n`);

@@ -106,6 +106,9 @@ describe('cli: medv image upload / prune with medv serve', function () {
     const other = runMedv(['image', 'pack', raw1, '--name', 'other', '--version', '1', '--out', P, '--keys', keys]);
     assert.equal(other.code, 0, other.stderr);
     copyFileSync(join(P, 'other_1.ckm'), join(images, 'lab_7.ckm'));
+    const v4 = runMedv(['image', 'pack', raw1, '--name', 'lab', '--version', '4', '--out', P, '--keys', keys]);
+    assert.equal(v4.code, 0, v4.stderr);
+    copyFileSync(join(P, 'lab_4.ckm'), join(images, 'lab_4.ckm')); // its index not uploaded yet
     writeFileSync(join(images, 'lab_9.ckm.index'), randomBytes(500));
     writeFileSync(join(images, 'lab_1.ckm.bak'), 'keep me');
     writeFileSync(join(images, 'notes.txt'), 'keep me');
@@ -116,10 +119,11 @@ describe('cli: medv image upload / prune with medv serve', function () {
     const res = JSON.parse(pr.stdout);
     assert.deepEqual(res.keptVersions, [3]);
     assert.deepEqual(res.deleted.sort(), ['lab_1.ckm', 'lab_2.ckm', 'lab_2.ckm.index']);
-    assert.deepEqual(res.skipped.map((x: { file: string }) => x.file).sort(), ['lab_7.ckm', 'lab_9.ckm.index']);
+    assert.deepEqual(res.skipped.map((x: { file: string }) => x.file).sort(), ['lab_4.ckm', 'lab_7.ckm', 'lab_9.ckm.index']);
+    assert.match(res.skipped.find((x: { file: string }) => x.file === 'lab_4.ckm').reason, /newer than the newest index/);
     const after = readdirSync(images).sort();
     assert.deepEqual(after, [...before].filter((f) => !res.deleted.includes(f)).sort());
-    for (const f of ['lab_7.ckm', 'lab_9.ckm.index', 'lab_1.ckm.bak', 'notes.txt', 'other_1.ckm', 'lab_3.ckm', 'lab_3.ckm.index']) assert.ok(existsSync(join(images, f)), f);
+    for (const f of ['lab_4.ckm', 'lab_7.ckm', 'lab_9.ckm.index', 'lab_1.ckm.bak', 'notes.txt', 'other_1.ckm', 'lab_3.ckm', 'lab_3.ckm.index']) assert.ok(existsSync(join(images, f)), f);
     const v = fetchAndVerify(3, [3]);
     assert.equal(v.code, 0, v.stderr);
     // argument errors: one line, exit 2, nothing deleted

@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, watch } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MEDV_BIN } from '../helpers/cli.js';
@@ -114,4 +114,18 @@ export function curlDownload(url: string, dst: string): number {
   const r = spawnSync('curl', ['-s', '-S', '-o', dst, '-w', '%{http_code}', url], { encoding: 'utf8' });
   if (r.error) throw r.error;
   return Number(r.stdout);
+}
+
+/** Resolves once `pred()` holds, checked whenever something in `dir` changes (fs.watch: an event, not a polling loop). */
+export function waitInDir(dir: string, pred: () => boolean, timeoutMs = 30_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      let ok = false;
+      try { ok = pred(); } catch { /* not yet */ }
+      if (ok) { clearTimeout(timer); watcher.close(); resolve(); }
+    };
+    const watcher = watch(dir, check);
+    const timer = setTimeout(() => { watcher.close(); reject(new Error(`condition in ${dir} not met within ${timeoutMs} ms`)); }, timeoutMs);
+    check();
+  });
 }

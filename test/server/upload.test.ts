@@ -9,7 +9,8 @@ import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from '
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { runMedv, tempDir } from '../helpers/cli.js';
-import { curl, runMedvAsync, startServe, type ServeProcess } from './helpers.js';
+import * as net from 'node:net';
+import { curl, header, runMedvAsync, startServe, waitInDir, type ServeProcess } from './helpers.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const MiB = 1048576;
@@ -155,9 +156,30 @@ describe('server: medv image upload to medv serve', function () {
     assert.equal(r.code, 0, r.stderr);
   });
 
-  it('--max-upload-size bounds what an upload may declare', async () => {
-    const small = await startServe(join(t.path, 'repo2'), ['--max-upload-size', '1M']);
+  it('--max-upload-size bounds what an upload may declare; --max-uploads the upload requests in progress (503, Retry-After)', async () => {
+    const small = await startServe(join(t.path, 'repo2'), ['--max-upload-size', '1M', '--max-uploads', '1']);
     try {
+      const token = readFileSync(small.adminTokenFile, 'utf8').trim();
+      const create = () => curl(['-X', 'POST', '-H', 'Tus-Resumable: 1.0.0', '-H', 'Upload-Length: 1000', '-H', `Upload-Metadata: filename ${Buffer.from('c_1.ckm').toString('base64')}`, '-H', `Authorization: Bearer ${token}`, `${small.url}/upload/`]);
+      const c = create();
+      assert.equal(c.status, 201);
+      const location = header(c.headers, 'Location')!;
+      assert.match(location, /^\/upload\/[0-9a-f]{32}$/);
+      // a PATCH that sends 10 of its 1000 bytes and then holds the connection: one upload in progress
+      const u = new URL(small.url);
+      const sock = net.connect(Number(u.port), u.hostname);
+      await new Promise<void>((res) => sock.once('connect', () => res()));
+      sock.write(`PATCH ${location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 1000\r\nAuthorization: Bearer ${token}\r\n\r\n${'x'.repeat(10)}`);
+      const uploads = join(t.path, 'repo2', '.uploads');
+      await waitInDir(uploads, () => statSync(join(uploads, location.slice('/upload/'.length))).size === 10);
+      const busy = create();
+      assert.equal(busy.status, 503);
+      assert.equal(header(busy.headers, 'Retry-After'), '1');
+      const closed = small.waitForLog((e) => e.method === 'PATCH');
+      sock.destroy();
+      await closed;
+      assert.equal(create().status, 201);
+
       const r = await runMedvAsync(['image', 'upload', join(P, 'r_1.ckm'), '--server', small.url, '--token-file', small.adminTokenFile, '--state-dir', state]);
       assert.equal(r.code, 2, r.stderr);
       assert.match(r.stderr, /HTTP 413/);

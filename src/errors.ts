@@ -37,7 +37,10 @@ export type ErrorCode =
   | 'EINSECURE'           // key material readable or writable by group/other (host key file)
   // packed images
   | 'ESIGNATURE'          // an image index whose signature does not verify, or whose signer is not trusted
-  | 'EBADBLOCK';          // a packed block that does not authenticate, decompress, or match its id
+  | 'EBADBLOCK'           // a packed block that does not authenticate, decompress, or match its id
+  // repository server
+  | 'EDENIED'             // the server refused our credentials (HTTP 401/403)
+  | 'EHTTP';              // an HTTP peer failed or answered an unexpected status (network, 5xx)
 
 export interface MedvErrorData {
   file?: string;

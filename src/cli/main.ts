@@ -8,6 +8,7 @@ import { diskCommand } from './disk.js';
 import { demoCommand } from './demo.js';
 import { vmCommand } from './vm.js';
 import { imageCommand } from './image.js';
+import { serveCommand } from './serve.js';
 import { exitStatusFor, reportError } from './common.js';
 
 function version(): string {
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   program.addCommand(vmCommand());
   program.addCommand(demoCommand());
   program.addCommand(imageCommand());
+  program.addCommand(serveCommand());
   return program;
 }
 

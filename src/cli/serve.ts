@@ -1,0 +1,83 @@
+/** `medv serve`: the image repository over HTTP (static files with ranges, tus uploads). Thin over src/server. */
+import { Command } from 'commander';
+import { MedvError } from '../errors.js';
+import { printJson } from './common.js';
+
+type Opts = Record<string, unknown>;
+
+/** `123`, `64K`, `512M`, `64G`, `1T` (powers of 1024) */
+export function parseSize(v: string, what: string): number {
+  const m = /^([0-9]{1,15})([KMGT]?)(i?B)?$/i.exec(String(v).trim());
+  if (!m) throw new MedvError('EINVAL_ARG', `${what} must be a size such as 1048576, 512M or 64G, not ${JSON.stringify(v)}`);
+  const n = Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase());
+  if (!Number.isSafeInteger(n) || n < 1) throw new MedvError('EINVAL_ARG', `${what} ${v} is out of range`);
+  return n;
+}
+
+function parseCount(v: string, what: string, max: number): number {
+  if (!/^[0-9]{1,6}$/.test(String(v)) || Number(v) > max) throw new MedvError('EINVAL_ARG', `${what} must be an integer from 0 to ${max}, not ${JSON.stringify(v)}`);
+  return Number(v);
+}
+
+export function serveCommand(): Command {
+  return new Command('serve')
+    .description('serve an image repository over HTTP: packs and indexes with Range requests, uploads with the admin token')
+    .requiredOption('--root <dir>', 'repository folder: images/ is served, .uploads/ holds unfinished uploads (created if missing)')
+    .option('--port <port>', 'TCP port (0: the system picks one)', '8080')
+    .option('--host <addr>', 'address to listen on', '127.0.0.1')
+    .option('--admin-token-file <file>', 'file holding the admin token (mode 0600); default <root>/admin.token, generated on first start')
+    .option('--max-upload-size <size>', 'largest file an upload may declare', '64G')
+    .option('--max-uploads <n>', 'upload requests in progress at once (more get 503 and retry)', '4')
+    .option('--json', 'print {url, root, adminTokenFile} once listening, then one JSON object per request')
+    .addHelpText('after', `
+What it serves:
+  GET/HEAD /images/<NAME>_<N>.ckm and /images/<NAME>_<N>.ckm.index from <root>/images, with
+  Range (single and multiple: multipart/byteranges), ETag, If-Range and Last-Modified, so
+  clients fetch only the blocks they lack. Nothing else is served: no listing, no dotfiles, no
+  other names, no symlinks, nothing outside <root>/images, no unfinished upload.
+  /upload/ takes tus uploads (medv image upload) with "Authorization: Bearer <admin token>".
+  A completed upload is checked (its name, its header, an index's packs already published) and
+  then published atomically; a published file is never overwritten (the same bytes again: ok).
+
+It logs one line per request on stdout (method, path, status, bytes sent, bytes received) and
+stops cleanly on SIGTERM or SIGINT (requests in flight get 5 seconds).
+
+Examples:
+  medv serve --root /srv/medv --host 0.0.0.0 --port 8080
+  medv image upload PackedImages/win10_2.ckm PackedImages/win10_2.ckm.index --server http://console:8080 --token-file /srv/medv/admin.token
+  medv serve --root /tmp/repo --port 0 --json     # tests: the first line says where it listens`)
+    .action(async (o: Opts) => {
+      const port = parseCount(String(o.port), '--port', 65535);
+      const maxUploadSize = parseSize(String(o.maxUploadSize), '--max-upload-size');
+      const maxActiveUploads = Math.max(1, parseCount(String(o.maxUploads), '--max-uploads', 1024));
+      const json = !!o.json;
+      const { serveRepository } = await import('../server/index.js');
+      const s = await serveRepository({
+        root: String(o.root),
+        host: String(o.host),
+        port,
+        adminTokenFile: o.adminTokenFile as string | undefined,
+        maxUploadSize,
+        maxActiveUploads,
+        onLog(e) {
+          if (json) process.stdout.write(`${JSON.stringify(e)}\n`);
+          else process.stdout.write(`${e.time} ${e.remote} ${e.method} ${e.path} ${e.status} ${e.bytes}${e.received !== undefined ? ` +${e.received}` : ''}\n`);
+        },
+      });
+      if (json) process.stdout.write(`${JSON.stringify({ url: s.url, root: s.root, adminTokenFile: s.adminTokenFile })}\n`);
+      else {
+        process.stdout.write(`medv serve: ${s.url}/images/ serves ${s.root}/images\n`);
+        process.stdout.write(`medv serve: admin token ${s.tokenCreated ? 'generated in' : 'read from'} ${s.adminTokenFile}\n`);
+      }
+      await new Promise<void>((resolve) => {
+        const stop = () => {
+          process.off('SIGTERM', stop);
+          process.off('SIGINT', stop);
+          s.close().then(resolve, resolve);
+        };
+        process.on('SIGTERM', stop);
+        process.on('SIGINT', stop);
+      });
+      if (!json) process.stdout.write('medv serve: stopped\n');
+    });
+}

@@ -1,0 +1,43 @@
+/** `medv serve` as a library call: the admin token, the modules, the HTTP server. */
+import * as fs from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fromSystemError } from '../errors.js';
+import { ADMIN_TOKEN_FILE, loadAdminToken } from './auth.js';
+import { type RequestLog, type RunningServer, startHttpServer } from './http.js';
+import { IMAGE_REPOSITORY_DEFAULTS, imageRepository } from './images.js';
+
+export interface ServeOptions {
+  root: string;
+  host?: string;
+  port?: number;
+  adminTokenFile?: string;
+  maxUploadSize?: number;
+  maxActiveUploads?: number;
+  onLog?: (entry: RequestLog) => void;
+}
+
+export interface Serving extends RunningServer {
+  root: string;
+  adminTokenFile: string;
+  /** True when this start generated the admin token. */
+  tokenCreated: boolean;
+}
+
+export async function serveRepository(o: ServeOptions): Promise<Serving> {
+  const root = resolve(o.root);
+  try {
+    fs.mkdirSync(root, { recursive: true, mode: 0o755 });
+  } catch (e) {
+    throw fromSystemError(e, root);
+  }
+  const token = loadAdminToken(o.adminTokenFile, join(root, ADMIN_TOKEN_FILE));
+  const images = imageRepository({
+    ...IMAGE_REPOSITORY_DEFAULTS,
+    root,
+    token,
+    ...(o.maxUploadSize !== undefined ? { maxUploadSize: o.maxUploadSize } : {}),
+    ...(o.maxActiveUploads !== undefined ? { maxActiveUploads: o.maxActiveUploads } : {}),
+  });
+  const running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images], onLog: o.onLog });
+  return { ...running, root, adminTokenFile: token.file, tokenCreated: token.created };
+}

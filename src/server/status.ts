@@ -1,0 +1,21 @@
+/** HTTP status by error code: the one table the server maps typed errors through. */
+import { MedvError, type ErrorCode } from '../errors.js';
+
+export const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
+  EINVAL_ARG: 400,
+  ENOENT: 404,
+  EEXIST: 409,
+  EFORMAT: 422,
+  ECHECKSUM: 422,
+  ETRUNCATED: 422,
+  EVERSION: 422,
+  ECORRUPT: 422,
+  EUNSUPPORTED: 422,
+  ESIGNATURE: 422,
+  EPARENT: 422,
+  ENOSPACE: 507,
+};
+
+export function httpStatusFor(e: unknown): number {
+  return e instanceof MedvError ? HTTP_STATUS[e.code] ?? 500 : 500;
+}

@@ -1,5 +1,5 @@
 /**
- * Reusable payload buffers for large WRITEs. A fresh multi-megabyte Buffer costs far more than the
+ * Reusable buffers for large WRITE payloads and READ replies. A fresh multi-megabyte Buffer costs far more than the
  * copy into it (page faults and GC pressure: ~200 us per MiB here, against ~30 us reused), so
  * payloads that span socket chunks are assembled in pooled buffers, returned to the pool when the
  * device's write() resolves (a failed write's buffer is dropped). This relies on the BlockDevice

@@ -34,6 +34,7 @@ import { sealEvhdHeader } from './keycheck.js';
 import { native } from '../../native.js';
 import { KeyedLocks, Mutex } from '../../block/lock.js';
 import { forEachChunk } from '../../block/copy.js';
+import { readInto } from '../../block/emulate.js';
 
 const U = EVHD_UNIT_SIZE;
 const H = EVHD_HEADER_SIZE;
@@ -82,6 +83,22 @@ export class EvhdDevice implements BlockDevice {
     this.checkRange(offset, length, false);
     if (length === 0) return Buffer.alloc(0);
     return this.track(this.readUnchecked(offset, length));
+  }
+
+  /** Whole units are read and decrypted in the caller's buffer; a partial unit goes through read(). */
+  async readInto(buf: Buffer, offset: number): Promise<void> {
+    const length = buf.length;
+    this.checkRange(offset, length, false);
+    if (length === 0) return;
+    if (offset % U !== 0 || length % U !== 0) {
+      const data = await this.track(this.readUnchecked(offset, length));
+      data.copy(buf);
+      return;
+    }
+    await this.track((async () => {
+      await readInto(this.storage, buf, H + offset);
+      native.xtsCrypt(this.dataKey.key, buf, buf, offset / U, U, false);
+    })());
   }
 
   private async readUnchecked(offset: number, length: number): Promise<Buffer> {

@@ -119,7 +119,7 @@ export async function serveNbd(device: BlockDevice, opts: NbdServerOptions): Pro
   let closing: Promise<void> | undefined;
 
   await clearStaleSocket(socketPath);
-  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
     if (closing || handshakes >= limits.maxHandshakes) {
       if (!closing) log(`nbd: ${handshakes} clients already in the handshake, refusing another`);
       socket.destroy();

@@ -73,6 +73,8 @@ export class Transmission {
   private skipError: MedvError | undefined;
   private payload: Buffer | null = null;
   private payloadFill = 0;
+  /** The part of `payload` lent to the socket for the next read (userbuffer.ts). */
+  private direct: Buffer | undefined;
   private skipLeft = 0;
   private inflight = 0;
   /** Bytes this connection holds (taken from the budget too, unless the connection is gone). */
@@ -114,6 +116,29 @@ export class Transmission {
   }
 
   // --- input -----------------------------------------------------------------------------------
+
+  /**
+   * Where the next socket read may go directly: the unfilled rest of the WRITE payload being
+   * received, once no queued bytes are ahead of it. Undefined otherwise.
+   */
+  directTarget(): Buffer | undefined {
+    if (this.state !== 'payload' || !this.payload || this.q.length !== 0) return undefined;
+    const rest = this.payload.subarray(this.payloadFill);
+    this.direct = rest;
+    return rest;
+  }
+
+  /** Whether `buf` is the buffer directTarget() handed out last (and still the current payload's). */
+  isDirectTarget(buf: Buffer): boolean {
+    return this.direct !== undefined && buf === this.direct && this.state === 'payload';
+  }
+
+  /** `n` bytes arrived in the direct target. */
+  receivedDirect(n: number): void {
+    this.direct = undefined;
+    this.payloadFill += n;
+    this.pump();
+  }
 
   pump(): void {
     if (this.pumping) return;
@@ -209,12 +234,14 @@ export class Transmission {
         }
         case 'payload': {
           const payload = this.payload!;
-          if (q.length === 0) {
-            if (this.peerEnded) this.beginClosing();
-            return;
+          if (this.payloadFill < payload.length) {
+            if (q.length === 0) {
+              if (this.peerEnded) this.beginClosing();
+              return;
+            }
+            this.payloadFill += q.takeInto(payload, this.payloadFill, payload.length - this.payloadFill);
+            if (this.payloadFill < payload.length) return;
           }
-          this.payloadFill += q.takeInto(payload, this.payloadFill, payload.length - this.payloadFill);
-          if (this.payloadFill < payload.length) return;
           this.payload = null;
           this.state = 'request';
           const req = this.req;

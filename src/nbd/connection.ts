@@ -15,7 +15,7 @@ import type { ByteBudget } from './budget.js';
 import { ByteQueue } from './bytequeue.js';
 import { Handshake } from './handshake.js';
 import type { NbdServerOptions, ServerLimits } from './options.js';
-import type { PayloadPool } from './pool.js';
+import type { BufferPool } from '../block/pool.js';
 import * as P from './protocol.js';
 import { Transmission } from './transmission.js';
 import { readIntoUserBuffers } from './userbuffer.js';
@@ -32,7 +32,7 @@ export interface ConnectionShared {
   opts: NbdServerOptions;
   limits: ServerLimits;
   budget: ByteBudget;
-  pool: PayloadPool;
+  pool: BufferPool;
   log: (msg: string) => void;
   /** Called once when the connection leaves the handshake (to transmission or closed). */
   leftHandshake: () => void;

@@ -26,7 +26,7 @@ import { nbdErrno } from './errno.js';
 import { toDescriptors } from './extents.js';
 import type { Negotiated } from './handshake.js';
 import { MAX_DESCRIPTORS, REPLY_OVERHEAD, STATUS_RESERVE } from './options.js';
-import type { PayloadPool } from './pool.js';
+import type { BufferPool } from '../block/pool.js';
 import * as P from './protocol.js';
 
 /** Replies totalling at most this many bytes are coalesced into one buffer before writing. */
@@ -38,7 +38,7 @@ export interface TransmissionSetup extends Negotiated {
   /** This connection's allowance of held bytes. */
   maxBytes: number;
   budget: ByteBudget;
-  pool: PayloadPool;
+  pool: BufferPool;
   log: (msg: string) => void;
 }
 

@@ -39,6 +39,8 @@ import { BufferPool } from '../../block/pool.js';
 
 const U = EVHD_UNIT_SIZE;
 const H = EVHD_HEADER_SIZE;
+/** Batches from this size are encrypted on the thread pool (below it, the hop costs more than it saves). */
+const XTS_ASYNC_MIN = 64 * 1024;
 /** Largest single storage transfer for zero-fill, import and export. */
 const CHUNK = 4 * 1024 * 1024;
 const MAX_LOGICAL = Number(EVHD_MAX_LOGICAL_LENGTH);
@@ -100,7 +102,7 @@ export class EvhdDevice implements BlockDevice {
     }
     await this.track((async () => {
       await readInto(this.storage, buf, H + offset);
-      native.xtsCrypt(this.dataKey.key, buf, buf, offset / U, U, false);
+      await this.xts(buf, offset / U, false);
     })());
   }
 
@@ -197,7 +199,7 @@ export class EvhdDevice implements BlockDevice {
         plain.copy(bounce, (u - u0) * U);
       }));
       data.copy(bounce, offset - u0 * U);
-      native.xtsCrypt(this.dataKey.key, bounce, bounce, u0, U, true);
+      await this.xts(bounce, u0, true);
       await this.storage.write(H + u0 * U, bounce);
       this.bounces.put(bounce);
     };
@@ -281,6 +283,12 @@ export class EvhdDevice implements BlockDevice {
   }
 
   // -------------------------------------------------------------------------------------------
+  /** XTS in place; a large batch on the thread pool, so it runs on another core than the event loop. */
+  private xts(buf: Buffer, firstUnit: number, encrypt: boolean): Promise<void> | void {
+    if (buf.length >= XTS_ASYNC_MIN) return native.xtsCryptAsync(this.dataKey.key, buf, buf, firstUnit, U, encrypt);
+    native.xtsCrypt(this.dataKey.key, buf, buf, firstUnit, U, encrypt);
+  }
+
   private track<T>(p: Promise<T>): Promise<T> {
     this.inflight.add(p);
     const done = () => { this.inflight.delete(p); };

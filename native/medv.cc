@@ -1,6 +1,7 @@
 // medv native addon: only what Node cannot do, or cannot do fast (DESIGN.md, "native/").
 //
 //   xtsCrypt(key, input, output, firstUnit, unitSize, encrypt)  batch AES-256-XTS, one EVP context
+//   xtsCryptAsync(same arguments)                                the same on the libuv pool: a promise
 //   preadNoWait(fd, buf, offset, position)                       page-cache hits only (preadv2 RWF_NOWAIT), no thread-pool hop
 //   fallocate(fd, mode, offset, length)                          punch a hole (0) or zero a range (1), on the libuv pool
 //   kvmProbe()                                                   open /dev/kvm, KVM_GET_API_VERSION == 12
@@ -106,45 +107,99 @@ bool GetFd(const Napi::CallbackInfo& info, size_t i, int* fd) {
 // AES-256-XTS over whole units; unit i uses tweak (firstUnit + i) as a 16-byte little-endian
 // number (LUKS "plain64"). One EVP context per call: the key schedule is set once and only the
 // IV is re-initialised per unit. input may be the same memory as output (in-place).
-Napi::Value XtsCrypt(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  uint8_t *key, *in, *out;
-  size_t keyLen, inLen, outLen;
-  uint64_t firstUnit, unitSize;
-  if (!GetBytes(info, 0, &key, &keyLen) || !GetBytes(info, 1, &in, &inLen) || !GetBytes(info, 2, &out, &outLen) ||
-      !GetIndex(info, 3, kMaxSafeInteger, &firstUnit) || !GetIndex(info, 4, kMaxUnitSize, &unitSize)) {
-    return env.Undefined();
-  }
-  if (info.Length() < 6 || !info[5].IsBoolean()) {
-    ThrowType(env, "encrypt must be a boolean");
-    return env.Undefined();
-  }
-  const bool encrypt = info[5].As<Napi::Boolean>().Value();
-  if (keyLen != kXtsKeyBytes) { ThrowRange(env, "key must be 64 bytes"); return env.Undefined(); }
-  if (unitSize < 16 || unitSize % 16 != 0) { ThrowRange(env, "unit size must be a multiple of 16, at least 16"); return env.Undefined(); }
-  if (inLen % unitSize != 0) { ThrowRange(env, "input length must be a multiple of the unit size"); return env.Undefined(); }
-  if (outLen < inLen) { ThrowRange(env, "output is shorter than input"); return env.Undefined(); }
-  if (in != out && in < out + inLen && out < in + inLen) { ThrowRange(env, "input and output overlap partially"); return env.Undefined(); }
-  const uint64_t units = inLen / unitSize;
-  if (units == 0) return env.Undefined();
-  if (firstUnit + units - 1 < firstUnit) { ThrowRange(env, "unit number overflow"); return env.Undefined(); }
+struct XtsJob {
+  uint8_t* key = nullptr;
+  uint8_t* in = nullptr;
+  uint8_t* out = nullptr;
+  uint64_t firstUnit = 0;
+  uint64_t unitSize = 0;
+  uint64_t units = 0;
+  bool encrypt = false;
+};
 
+// Checks the arguments (key, input, output, firstUnit, unitSize, encrypt); false after throwing.
+bool ParseXts(const Napi::CallbackInfo& info, XtsJob* job) {
+  Napi::Env env = info.Env();
+  size_t keyLen, inLen, outLen;
+  if (!GetBytes(info, 0, &job->key, &keyLen) || !GetBytes(info, 1, &job->in, &inLen) || !GetBytes(info, 2, &job->out, &outLen) ||
+      !GetIndex(info, 3, kMaxSafeInteger, &job->firstUnit) || !GetIndex(info, 4, kMaxUnitSize, &job->unitSize)) {
+    return false;
+  }
+  if (info.Length() < 6 || !info[5].IsBoolean()) { ThrowType(env, "encrypt must be a boolean"); return false; }
+  job->encrypt = info[5].As<Napi::Boolean>().Value();
+  const uint64_t unitSize = job->unitSize;
+  if (keyLen != kXtsKeyBytes) { ThrowRange(env, "key must be 64 bytes"); return false; }
+  if (unitSize < 16 || unitSize % 16 != 0) { ThrowRange(env, "unit size must be a multiple of 16, at least 16"); return false; }
+  if (inLen % unitSize != 0) { ThrowRange(env, "input length must be a multiple of the unit size"); return false; }
+  if (outLen < inLen) { ThrowRange(env, "output is shorter than input"); return false; }
+  if (job->in != job->out && job->in < job->out + inLen && job->out < job->in + inLen) { ThrowRange(env, "input and output overlap partially"); return false; }
+  job->units = inLen / unitSize;
+  if (job->units > 0 && job->firstUnit + job->units - 1 < job->firstUnit) { ThrowRange(env, "unit number overflow"); return false; }
+  return true;
+}
+
+// The cipher work alone (no JS): safe on a pool thread. One EVP context per call.
+bool RunXts(const XtsJob& j) {
   EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
-  if (ctx == nullptr) { Napi::Error::New(env, "EVP_CIPHER_CTX_new failed").ThrowAsJavaScriptException(); return env.Undefined(); }
-  bool ok = EVP_CipherInit_ex(ctx, EVP_aes_256_xts(), nullptr, key, nullptr, encrypt ? 1 : 0) == 1;
+  if (ctx == nullptr) return false;
+  bool ok = EVP_CipherInit_ex(ctx, EVP_aes_256_xts(), nullptr, j.key, nullptr, j.encrypt ? 1 : 0) == 1;
   uint8_t iv[16];
   memset(iv, 0, sizeof iv);
-  for (uint64_t i = 0; ok && i < units; i++) {
-    uint64_t t = firstUnit + i;
+  for (uint64_t i = 0; ok && i < j.units; i++) {
+    uint64_t t = j.firstUnit + i;
     for (int b = 0; b < 8; b++) iv[b] = static_cast<uint8_t>(t >> (8 * b));
     int n = 0;
     ok = EVP_CipherInit_ex(ctx, nullptr, nullptr, nullptr, iv, -1) == 1 &&
-         EVP_CipherUpdate(ctx, out + i * unitSize, &n, in + i * unitSize, static_cast<int>(unitSize)) == 1 &&
-         static_cast<uint64_t>(n) == unitSize;
+         EVP_CipherUpdate(ctx, j.out + i * j.unitSize, &n, j.in + i * j.unitSize, static_cast<int>(j.unitSize)) == 1 &&
+         static_cast<uint64_t>(n) == j.unitSize;
   }
   EVP_CIPHER_CTX_free(ctx);  // clears the key schedule
-  if (!ok) Napi::Error::New(env, "AES-256-XTS failed (OpenSSL refused the key or data)").ThrowAsJavaScriptException();
+  return ok;
+}
+
+const char* const kXtsFailed = "AES-256-XTS failed (OpenSSL refused the key or data)";
+
+Napi::Value XtsCrypt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  XtsJob job;
+  if (!ParseXts(info, &job)) return env.Undefined();
+  if (job.units > 0 && !RunXts(job)) Napi::Error::New(env, kXtsFailed).ThrowAsJavaScriptException();
   return env.Undefined();
+}
+
+// The same on the libuv thread pool, so a large batch runs on another core while the event loop
+// serves sockets. The three buffers are held (persistent references) until the promise settles;
+// the caller must not touch them meanwhile.
+class XtsWorker : public Napi::AsyncWorker {
+ public:
+  XtsWorker(const Napi::CallbackInfo& info, const XtsJob& job)
+      : Napi::AsyncWorker(info.Env()), job_(job), deferred_(Napi::Promise::Deferred::New(info.Env())) {
+    for (int i = 0; i < 3; i++) refs_[i] = Napi::Persistent(info[i].As<Napi::Object>());
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override { ok_ = RunXts(job_); }
+  void OnOK() override {
+    if (ok_) deferred_.Resolve(Env().Undefined());
+    else deferred_.Reject(Napi::Error::New(Env(), kXtsFailed).Value());
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  XtsJob job_;
+  Napi::ObjectReference refs_[3];
+  bool ok_ = false;
+  Napi::Promise::Deferred deferred_;
+};
+
+Napi::Value XtsCryptAsync(const Napi::CallbackInfo& info) {
+  XtsJob job;
+  if (!ParseXts(info, &job)) return info.Env().Undefined();
+  auto* w = new XtsWorker(info, job);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,6 +346,7 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("xtsCrypt", Napi::Function::New(env, XtsCrypt, "xtsCrypt"));
+  exports.Set("xtsCryptAsync", Napi::Function::New(env, XtsCryptAsync, "xtsCryptAsync"));
   exports.Set("preadNoWait", Napi::Function::New(env, PreadNoWait, "preadNoWait"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("kvmProbe", Napi::Function::New(env, KvmProbe, "kvmProbe"));

@@ -33,6 +33,11 @@ export interface NativeApi {
    */
   xtsCrypt(key: Buffer, input: Buffer, output: Buffer, firstUnit: number, unitSize: number, encrypt: boolean): void;
   /**
+   * xtsCrypt on the libuv thread pool (another core), for large batches. The buffers must not be
+   * touched until the promise settles. The fallback runs xtsCrypt before resolving.
+   */
+  xtsCryptAsync(key: Buffer, input: Buffer, output: Buffer, firstUnit: number, unitSize: number, encrypt: boolean): Promise<void>;
+  /**
    * Read only what is already in the page cache, without blocking: returns the bytes read into
    * buf[offset..] (possibly short, e.g. at EOF), or -1 when nothing could be read without disk I/O
    * (or at EOF).
@@ -149,6 +154,10 @@ export const fallback: NativeApi = {
     }
   },
 
+  async xtsCryptAsync(key, input, output, firstUnit, unitSize, encrypt) {
+    fallback.xtsCrypt(key, input, output, firstUnit, unitSize, encrypt);
+  },
+
   preadNoWait(fd, buf, offset, position) {
     checkIoArgs(fd, buf, offset, position);
     return -1;
@@ -198,6 +207,14 @@ function wrap(raw: RawAddon): NativeApi {
         throw xtsFailure(e);
       }
     },
+    async xtsCryptAsync(key, input, output, firstUnit, unitSize, encrypt) {
+      checkXtsArgs(key, input, output, firstUnit, unitSize, encrypt);
+      try {
+        await raw.xtsCryptAsync(key, input, output, firstUnit, unitSize, encrypt);
+      } catch (e) {
+        throw xtsFailure(e);
+      }
+    },
     preadNoWait(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.preadNoWait(fd, buf, offset, position); },
     async fallocate(fd, mode, offset, length) { checkFallocateArgs(fd, mode, offset, length); return raw.fallocate(fd, mode === 'punch' ? 0 : 1, offset, length); },
     kvmProbe() { return raw.kvmProbe(); },
@@ -218,7 +235,7 @@ export function loadAddon(): { addon?: RawAddon; reason?: string } {
     if (!fs.existsSync(file)) continue;
     try {
       const mod = createRequire(import.meta.url)(file) as Partial<RawAddon>;
-      const names: Array<keyof RawAddon> = ['xtsCrypt', 'preadNoWait', 'fallocate', 'kvmProbe', 'flock'];
+      const names: Array<keyof RawAddon> = ['xtsCrypt', 'xtsCryptAsync', 'preadNoWait', 'fallocate', 'kvmProbe', 'flock'];
       const missing = names.filter((n) => typeof mod[n] !== 'function');
       if (missing.length) { reason = `${file} lacks ${missing.join(', ')} (stale build?)`; continue; }
       return { addon: mod as RawAddon };

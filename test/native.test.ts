@@ -97,6 +97,22 @@ describe('native', () => {
         assert.throws(() => api.xtsCrypt(Buffer.alloc(64, 7), b, b, 0, 4096, true), (e: unknown) => e instanceof MedvError && e.code === 'ECRYPTO');
       });
 
+      it('xtsCryptAsync gives the same bytes as node:crypto, in place, many at once; bad arguments reject as xtsCrypt throws', async () => {
+        const api = impl!;
+        const key = randomBytes(64);
+        const plains = Array.from({ length: 8 }, () => randomBytes(4096 * 64));
+        const bufs = plains.map((p) => Buffer.from(p));
+        await Promise.all(bufs.map((b, i) => api.xtsCryptAsync(key, b, b, i * 1000, 4096, true)));
+        bufs.forEach((b, i) => assert.ok(b.equals(reference(key, plains[i], i * 1000, 4096, true)), `batch ${i}`));
+        await Promise.all(bufs.map((b, i) => api.xtsCryptAsync(key, b, b, i * 1000, 4096, false)));
+        bufs.forEach((b, i) => assert.ok(b.equals(plains[i]), `round trip ${i}`));
+        // Thrown synchronously by xtsCrypt, a rejection here (never a throw from the call).
+        let p: Promise<void> | undefined;
+        assert.doesNotThrow(() => { p = api.xtsCryptAsync(randomBytes(32), bufs[0], bufs[0], 0, 4096, true); });
+        await assert.rejects(p!, isArgError);
+        await assert.rejects(api.xtsCryptAsync(Buffer.alloc(64, 7), bufs[0], bufs[0], 0, 4096, true), (e: unknown) => e instanceof MedvError && e.code === 'ECRYPTO');
+      });
+
       it('fallocate punches holes and zeroes ranges (addon); the fallback declines so callers write zeros', async () => {
         const api = impl!;
         const dir = fs.mkdtempSync(join(tmpdir(), 'medv-native-'));

@@ -58,6 +58,13 @@ export interface BlockDevice {
 
   /** Read `length` bytes at `offset` into a new buffer. Reads past `size` are an error. */
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Read `buf.length` bytes at `offset` into the caller's buffer (a server reads straight into a
+   * reused reply buffer: no fresh allocation per request). Optional: `readInto()` in emulate.ts
+   * falls back to read() and a copy. The device writes only into `buf` and keeps no reference to it
+   * once the promise settles; after a rejection the buffer's contents are unspecified.
+   */
+  readInto?(buf: Buffer, offset: number): Promise<void>;
   /** Write `data` at `offset`. The caller's buffer is never modified nor kept after the promise settles. */
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
   /** Make every completed write durable. */

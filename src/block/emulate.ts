@@ -34,3 +34,10 @@ export async function writeThenFlush(dev: BlockDevice, offset: number, data: Buf
     await dev.write(offset, data, options);
   }
 }
+
+/** Read into the caller's buffer: the device's own readInto(), else read() and one copy. */
+export async function readInto(dev: BlockDevice, buf: Buffer, offset: number): Promise<void> {
+  if (dev.readInto) return dev.readInto(buf, offset);
+  const data = await dev.read(offset, buf.length);
+  data.copy(buf, 0, 0, buf.length);
+}

@@ -82,21 +82,29 @@ export class FileDevice implements BlockDevice {
   get fileDescriptor(): number { return this.fd; }
 
   async read(offset: number, length: number): Promise<Buffer> {
+    this.checkRead(offset, length);
+    const buf = Buffer.allocUnsafe(length);
+    await this.readAt(buf, offset);
+    return buf;
+  }
+
+  async readInto(buf: Buffer, offset: number): Promise<void> {
+    this.checkRead(offset, buf.length);
+    await this.readAt(buf, offset);
+  }
+
+  private checkRead(offset: number, length: number): void {
     this.assertOpen();
     if (offset < 0 || length < 0 || offset + length > this.currentSize) {
       throw new MedvError('ERANGE', `read [${offset}, +${length}) past end of file (size ${this.currentSize})`, { file: this.path, offset });
     }
-    const buf = Buffer.allocUnsafe(length);
-    await this.readInto(buf, offset);
-    return buf;
   }
 
   /**
-   * Read into a caller-supplied buffer; zero-fills past EOF. What the page cache holds is read at
-   * once without a thread-pool hop (preadv2 RWF_NOWAIT in the addon); the rest on the thread pool.
+   * Zero-fills past EOF. What the page cache holds is read at once without a thread-pool hop
+   * (preadv2 RWF_NOWAIT in the addon); the rest on the thread pool.
    */
-  async readInto(buf: Buffer, offset: number): Promise<void> {
-    this.assertOpen();
+  private async readAt(buf: Buffer, offset: number): Promise<void> {
     let done = 0;
     try {
       const cached = buf.length ? native.preadNoWait(this.fd, buf, 0, offset) : 0;

@@ -15,10 +15,13 @@ import type { ByteBudget } from './budget.js';
 import { ByteQueue } from './bytequeue.js';
 import { Handshake } from './handshake.js';
 import type { NbdServerOptions, ServerLimits } from './options.js';
-import type { PayloadPool } from './pool.js';
+import type { BufferPool } from '../block/pool.js';
 import * as P from './protocol.js';
 import { Transmission } from './transmission.js';
+import { readIntoUserBuffers } from './userbuffer.js';
 
+/** Size of a receive buffer outside WRITE payloads (what Node allocates per read by default). */
+const READ_CHUNK = 64 * 1024;
 /** Time allowed for a peer to close its side after we ended ours. */
 const END_GRACE_MS = 2000;
 /** Unsent handshake replies above which the socket stops being read. */
@@ -29,7 +32,7 @@ export interface ConnectionShared {
   opts: NbdServerOptions;
   limits: ServerLimits;
   budget: ByteBudget;
-  pool: PayloadPool;
+  pool: BufferPool;
   log: (msg: string) => void;
   /** Called once when the connection leaves the handshake (to transmission or closed). */
   leftHandshake: () => void;
@@ -46,10 +49,26 @@ export class Connection {
   readonly closed: Promise<void>;
   private resolveClosed!: () => void;
 
-  constructor(private readonly socket: net.Socket, private readonly sh: ConnectionShared) {
+  private readonly socket: net.Socket;
+
+  /** `accepted` comes from a server created with `pauseOnConnect` (see userbuffer.ts). */
+  constructor(accepted: net.Socket, private readonly sh: ConnectionShared) {
     this.closed = new Promise((r) => { this.resolveClosed = r; });
+    const direct = readIntoUserBuffers(accepted, {
+      // A WRITE payload being received takes the bytes straight into its buffer; anything else
+      // goes into a fresh chunk that the queue then owns (as Node's own reads would).
+      buffer: () => this.tx?.directTarget() ?? Buffer.allocUnsafe(READ_CHUNK),
+      received: (n, buf) => {
+        if (this.tx?.isDirectTarget(buf)) this.tx.receivedDirect(n);
+        else this.onData(buf.subarray(0, n));
+      },
+    }, true);
+    const socket = this.socket = direct ?? accepted;
+    if (!direct) {
+      socket.on('data', (chunk: Buffer) => this.onData(chunk));
+      socket.resume();
+    }
     socket.setNoDelay?.(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.onDrain());
     socket.on('error', (e) => sh.log(`nbd: connection error: ${e.message}`));
     socket.on('end', () => this.onEnd());

@@ -15,7 +15,7 @@ import { MedvError } from '../errors.js';
 import { ByteBudget } from './budget.js';
 import { Connection } from './connection.js';
 import { resolveLimits, type NbdServerOptions } from './options.js';
-import { PayloadPool } from './pool.js';
+import { BufferPool } from '../block/pool.js';
 
 export type { NbdServerOptions } from './options.js';
 
@@ -114,12 +114,12 @@ export async function serveNbd(device: BlockDevice, opts: NbdServerOptions): Pro
   if (basename(socketPath).startsWith(PRIVATE_PREFIX)) throw new MedvError('EINVAL_ARG', `socket names starting with ${PRIVATE_PREFIX} are reserved`, { file: socketPath });
   const conns = new Set<Connection>();
   const budget = new ByteBudget(limits.maxTotalBytes);
-  const pool = new PayloadPool(POOL_LIMIT);
+  const pool = new BufferPool(POOL_LIMIT);
   let handshakes = 0;
   let closing: Promise<void> | undefined;
 
   await clearStaleSocket(socketPath);
-  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
     if (closing || handshakes >= limits.maxHandshakes) {
       if (!closing) log(`nbd: ${handshakes} clients already in the handshake, refusing another`);
       socket.destroy();

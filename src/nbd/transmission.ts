@@ -17,7 +17,7 @@
  */
 import type * as net from 'node:net';
 import type { BlockDevice } from '../block/device.js';
-import { writeThenFlush, writeZeroesByWriting } from '../block/emulate.js';
+import { readInto, writeThenFlush, writeZeroesByWriting } from '../block/emulate.js';
 import { validateRequest, type RequestOp } from '../block/validate.js';
 import { MedvError } from '../errors.js';
 import type { ByteBudget } from './budget.js';
@@ -26,7 +26,7 @@ import { nbdErrno } from './errno.js';
 import { toDescriptors } from './extents.js';
 import type { Negotiated } from './handshake.js';
 import { MAX_DESCRIPTORS, REPLY_OVERHEAD, STATUS_RESERVE } from './options.js';
-import type { PayloadPool } from './pool.js';
+import type { BufferPool } from '../block/pool.js';
 import * as P from './protocol.js';
 
 /** Replies totalling at most this many bytes are coalesced into one buffer before writing. */
@@ -38,7 +38,7 @@ export interface TransmissionSetup extends Negotiated {
   /** This connection's allowance of held bytes. */
   maxBytes: number;
   budget: ByteBudget;
-  pool: PayloadPool;
+  pool: BufferPool;
   log: (msg: string) => void;
 }
 
@@ -73,6 +73,8 @@ export class Transmission {
   private skipError: MedvError | undefined;
   private payload: Buffer | null = null;
   private payloadFill = 0;
+  /** The part of `payload` lent to the socket for the next read (userbuffer.ts). */
+  private direct: Buffer | undefined;
   private skipLeft = 0;
   private inflight = 0;
   /** Bytes this connection holds (taken from the budget too, unless the connection is gone). */
@@ -81,6 +83,8 @@ export class Transmission {
   /** Write-type requests in flight, for FLUSH ordering. */
   private readonly writes = new Set<Promise<unknown>>();
   private out: Buffer[] = [];
+  /** Pooled buffers among `out`, returned to the pool once written. */
+  private outPooled: Buffer[] = [];
   private outBytes = 0;
   private outRelease = 0;
   private outScheduled = false;
@@ -112,6 +116,29 @@ export class Transmission {
   }
 
   // --- input -----------------------------------------------------------------------------------
+
+  /**
+   * Where the next socket read may go directly: the unfilled rest of the WRITE payload being
+   * received, once no queued bytes are ahead of it. Undefined otherwise.
+   */
+  directTarget(): Buffer | undefined {
+    if (this.state !== 'payload' || !this.payload || this.q.length !== 0) return undefined;
+    const rest = this.payload.subarray(this.payloadFill);
+    this.direct = rest;
+    return rest;
+  }
+
+  /** Whether `buf` is the buffer directTarget() handed out last (and still the current payload's). */
+  isDirectTarget(buf: Buffer): boolean {
+    return this.direct !== undefined && buf === this.direct && this.state === 'payload';
+  }
+
+  /** `n` bytes arrived in the direct target. */
+  receivedDirect(n: number): void {
+    this.direct = undefined;
+    this.payloadFill += n;
+    this.pump();
+  }
 
   pump(): void {
     if (this.pumping) return;
@@ -207,12 +234,14 @@ export class Transmission {
         }
         case 'payload': {
           const payload = this.payload!;
-          if (q.length === 0) {
-            if (this.peerEnded) this.beginClosing();
-            return;
+          if (this.payloadFill < payload.length) {
+            if (q.length === 0) {
+              if (this.peerEnded) this.beginClosing();
+              return;
+            }
+            this.payloadFill += q.takeInto(payload, this.payloadFill, payload.length - this.payloadFill);
+            if (this.payloadFill < payload.length) return;
           }
-          this.payloadFill += q.takeInto(payload, this.payloadFill, payload.length - this.payloadFill);
-          if (this.payloadFill < payload.length) return;
           this.payload = null;
           this.state = 'request';
           const req = this.req;
@@ -298,9 +327,13 @@ export class Transmission {
     let isWrite = false;
     try {
       switch (type) {
-        case P.NBD_CMD_READ:
-          op = dev.read(offset, length);
+        case P.NBD_CMD_READ: {
+          // Read straight into a reused buffer; it goes back to the pool once the kernel took the
+          // reply (a failed read's buffer is dropped: a layer may still be filling it).
+          const buf = this.s.pool.get(length);
+          op = readInto(dev, buf, offset).then(() => buf);
           break;
+        }
         case P.NBD_CMD_WRITE: {
           const data = payload!;
           op = writeThenFlush(dev, offset, data, fua ? { fua } : undefined);
@@ -398,14 +431,14 @@ export class Transmission {
   private replySimple(error: number, hi: number, lo: number, release: number, data?: Buffer): void {
     const h = Buffer.allocUnsafe(P.SIMPLE_REPLY_SIZE);
     P.writeSimpleReply(h, 0, error, hi, lo);
-    this.enqueue(data && data.length ? [h, data] : [h], release);
+    this.enqueue(data && data.length ? [h, data] : [h], release, data);
   }
 
   private replyRead(hi: number, lo: number, offset: number, data: Buffer, release: number): void {
     if (!this.s.structured) return this.replySimple(0, hi, lo, release, data);
     // One chunk covers the whole read (so DF is always honoured); an empty read is a NONE chunk.
     if (data.length === 0) return this.enqueue([P.encodeNoneChunk(hi, lo)], release);
-    this.enqueue([P.encodeOffsetDataHeader(P.NBD_REPLY_FLAG_DONE, hi, lo, offset, data.length), data], release);
+    this.enqueue([P.encodeOffsetDataHeader(P.NBD_REPLY_FLAG_DONE, hi, lo, offset, data.length), data], release, data);
   }
 
   /** READ and BLOCK_STATUS errors are error chunks once structured replies are negotiated; others simple. */
@@ -418,8 +451,9 @@ export class Transmission {
     }
   }
 
-  /** Queue reply buffers; `release` bytes are given back once the kernel took them. */
-  private enqueue(bufs: Buffer[], release: number): void {
+  /** Queue reply buffers; `release` bytes are given back once the kernel took them, and `pooled`
+   *  (one of `bufs`, from the payload pool) goes back to the pool then. */
+  private enqueue(bufs: Buffer[], release: number, pooled?: Buffer): void {
     if (this.state === 'closed') {
       this.give(release);
       return;
@@ -428,6 +462,7 @@ export class Transmission {
       this.out.push(b);
       this.outBytes += b.length;
     }
+    if (pooled) this.outPooled.push(pooled);
     this.outRelease += release;
     if (!this.outScheduled) {
       this.outScheduled = true;
@@ -441,7 +476,9 @@ export class Transmission {
     const out = this.out;
     const release = this.outRelease;
     if (out.length === 0) return;
+    const pooled = this.outPooled;
     this.out = [];
+    this.outPooled = [];
     this.outRelease = 0;
     const total = this.outBytes;
     this.outBytes = 0;
@@ -449,8 +486,13 @@ export class Transmission {
       this.give(release);
       return;
     }
+    const pool = this.s.pool;
     // The callback runs once the kernel took the bytes (or the socket failed): then they are given back.
-    const done = () => { this.give(release); this.maybeResume(); };
+    const done = () => {
+      for (const b of pooled) pool.put(b);
+      this.give(release);
+      this.maybeResume();
+    };
     if (out.length === 1) {
       this.socket.write(out[0], done);
     } else if (total <= COALESCE_LIMIT) {
@@ -513,6 +555,7 @@ export class Transmission {
     this.q.clear();
     this.dropPayload();
     this.out = [];
+    this.outPooled = [];
     this.outRelease = 0;
     this.s.budget.forget(this.wake);
     if (!this.gone) {

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import type { BlockDevice } from '../../src/block/device.js';
 import { MedvError } from '../../src/errors.js';
+import { readInto } from '../../src/block/emulate.js';
 
 export interface ConformanceSubject {
   device: BlockDevice;
@@ -67,6 +68,26 @@ export function describeConformance(name: string, factory: SubjectFactory, opts:
       await dev.flush();
       assert.ok((await dev.read(0, dev.size)).equals(model));
       for (const [off, len] of cases) assert.ok((await dev.read(off, len)).equals(model.subarray(off, off + len)));
+    });
+
+    it('readInto fills exactly the caller\'s buffer with what read returns (its own, or the emulation)', async () => {
+      const dev = subject.device;
+      const cases: Array<[number, number]> = [[0, 4096], [4096, 1024 * 1024], [512, 512], [4095, 2], [1, 70000],
+        [dev.size - 4096, 4096], [3 * 1024 * 1024 + 7, 1024 * 1024 + 9]];
+      for (const [off, len] of cases) {
+        const data = randomBytes(len);
+        await dev.write(off, data);
+        data.copy(model, off);
+      }
+      for (const [off, len] of cases) {
+        // A guard byte on each side: nothing outside the given buffer is written.
+        const outer = Buffer.alloc(len + 2, 0xa5);
+        await readInto(dev, outer.subarray(1, 1 + len), off);
+        assert.ok(outer.subarray(1, 1 + len).equals(model.subarray(off, off + len)), `readInto [${off}, +${len})`);
+        assert.equal(outer[0], 0xa5);
+        assert.equal(outer[len + 1], 0xa5);
+      }
+      await assert.rejects(readInto(dev, Buffer.alloc(4096), dev.size - 2048), { code: 'ERANGE' });
     });
 
     it('never modifies the caller buffer', async () => {

@@ -18,6 +18,7 @@
 import type { BlockCapabilities, BlockDevice, WriteOptions } from '../../block/device.js';
 import { defaultCapabilities } from '../../block/device.js';
 import { validateRequest } from '../../block/validate.js';
+import { readInto } from '../../block/emulate.js';
 import { MedvError, isMedvError } from '../../errors.js';
 import {
   FOOTER_SIZE, SECTOR, UNALLOCATED, allSet, bitRuns, roundUp, serializeBatEntry, setBits, testBit,
@@ -89,44 +90,52 @@ export class VhdDevice implements BlockDevice {
   // ------------------------------------------------------------------ reads
 
   async read(offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    await this.readInto(buf, offset);
+    return buf;
+  }
+
+  /** Each block's piece is read straight into its place in `buf` (from this file, the parent, or zeros). */
+  async readInto(buf: Buffer, offset: number): Promise<void> {
     this.assertOpen();
+    const length = buf.length;
     validateRequest(this, offset, length, false);
-    if (length === 0) return Buffer.alloc(0);
-    if (this.meta.type === 'fixed') return this.storage.read(offset, length);
+    if (length === 0) return;
+    if (this.meta.type === 'fixed') return readInto(this.storage, buf, offset);
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
-    if (first === last) return this.readInBlock(first, offset - first * bs, length);
-    const parts: Promise<Buffer>[] = [];
+    if (first === last) return this.readInBlock(first, offset - first * bs, buf);
+    const parts: Promise<void>[] = [];
     for (let b = first; b <= last; b++) {
       const start = Math.max(offset, b * bs);
       const end = Math.min(offset + length, (b + 1) * bs);
-      parts.push(this.readInBlock(b, start - b * bs, end - start));
+      parts.push(this.readInBlock(b, start - b * bs, buf.subarray(start - offset, end - offset)));
     }
-    return Buffer.concat(await Promise.all(parts), length);
+    await Promise.all(parts);
   }
 
-  private async readInBlock(b: number, inOff: number, len: number): Promise<Buffer> {
+  /** Fills `out` with block b's bytes from `inOff` on. */
+  private async readInBlock(b: number, inOff: number, out: Buffer): Promise<void> {
+    const len = out.length;
     const e = this.bat![b];
     const virt = b * this.bs + inOff;
-    if (e === UNALLOCATED) return this.parent ? this.parent.read(virt, len) : Buffer.alloc(len);
+    if (e === UNALLOCATED) {
+      if (this.parent) return readInto(this.parent, out, virt);
+      out.fill(0);
+      return;
+    }
     const dataPos = e * SECTOR + this.bmSize;
-    if (this.meta.type === 'dynamic') return this.storage.read(dataPos + inOff, len);
+    if (this.meta.type === 'dynamic') return readInto(this.storage, out, dataPos + inOff);
     const bm = await this.bitmap(b);
     const s0 = Math.floor(inOff / SECTOR);
     const s1 = Math.ceil((inOff + len) / SECTOR);
-    const runs = bitRuns(bm, s0, s1 - s0);
-    if (runs.length === 1) {
-      return runs[0].set ? this.storage.read(dataPos + inOff, len) : this.parent!.read(virt, len);
-    }
-    const out = Buffer.allocUnsafe(len);
-    await Promise.all(runs.map(async (run) => {
+    await Promise.all(bitRuns(bm, s0, s1 - s0).map((run) => {
       const a = Math.max(inOff, run.first * SECTOR);
       const z = Math.min(inOff + len, (run.first + run.count) * SECTOR);
-      const piece = run.set ? await this.storage.read(dataPos + a, z - a) : await this.parent!.read(b * this.bs + a, z - a);
-      piece.copy(out, a - inOff);
+      const piece = out.subarray(a - inOff, z - inOff);
+      return run.set ? readInto(this.storage, piece, dataPos + a) : readInto(this.parent!, piece, b * this.bs + a);
     }));
-    return out;
   }
 
   /** The cached sector bitmap of allocated block b (loaded on first use). */

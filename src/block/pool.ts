@@ -1,15 +1,15 @@
 /**
- * Reusable payload buffers for large WRITEs. A fresh multi-megabyte Buffer costs far more than the
- * copy into it (page faults and GC pressure: ~200 us per MiB here, against ~30 us reused), so
- * payloads that span socket chunks are assembled in pooled buffers, returned to the pool when the
- * device's write() resolves (a failed write's buffer is dropped). This relies on the BlockDevice
- * contract that a device does not keep the caller's buffer after write() resolves (every layer
- * copies or encrypts into its own).
+ * Reusable large buffers: NBD WRITE payloads and READ replies, EVHD encryption bounce buffers.
+ * A fresh multi-megabyte Buffer costs far more than the copy into it (page faults and GC pressure:
+ * ~200 us per MiB here, against ~30 us reused). A buffer goes back only once nothing uses it any
+ * more (after the device's write resolved, or the kernel took the reply); a buffer whose operation
+ * failed is dropped, since a layer may still hold it. This relies on the BlockDevice contract that
+ * a device keeps no caller buffer after the promise settles.
  */
 /** Payloads below this size are not pooled (Node's own slab allocator serves them cheaply). */
 const POOL_MIN = 64 * 1024;
 
-export class PayloadPool {
+export class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
   private bytes = 0;
   /** `limit`: bytes of idle buffers kept. */

@@ -37,7 +37,12 @@ export type ErrorCode =
   | 'EINSECURE'           // key material readable or writable by group/other (host key file)
   // packed images
   | 'ESIGNATURE'          // an image index whose signature does not verify, or whose signer is not trusted
-  | 'EBADBLOCK';          // a packed block that does not authenticate, decompress, or match its id
+  | 'EBADBLOCK'           // a packed block that does not authenticate, decompress, or match its id
+  // image transfer
+  | 'ENETWORK'            // a repository could not be reached, or kept failing, after retries
+  | 'EHTTP'               // a repository answered with an HTTP error status (404, 403, ...)
+  | 'EBADREPLY'           // a repository's reply breaks HTTP range rules (wrong Content-Range, bad multipart)
+  | 'ECHANGED';           // a repository file changed during the transfer (ETag differs)
 
 export interface MedvErrorData {
   file?: string;

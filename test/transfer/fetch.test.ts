@@ -1,0 +1,140 @@
+/**
+ * `medv image fetch` against a real nginx (and a server that ignores Range), judged by what a
+ * user sees: the disk's content (`medv disk convert` + `qemu-img compare` with the source) and the
+ * bytes and requests nginx's access log records, against `zsync` on the same update and server.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, createReadStream, linkSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { join } from 'node:path';
+import { tempDir } from '../helpers/cli.js';
+import { type Nginx, startNginx } from '../helpers/nginx.js';
+import { type Repo, makeRepo, medvAsync, zstdAlone } from './fixture.js';
+
+describe('transfer: medv image fetch over HTTP', function () {
+  this.timeout(120_000);
+  const t = tempDir('fetch');
+  let r: Repo;
+  let nginx: Nginx;
+  const multi = { bytes: 0, requests: 0 };
+
+  before(async () => {
+    r = makeRepo(t.path, 64, 0.5, 41);
+    // zsync's side of the same update: v2 raw and its control file, served by the same nginx
+    copyFileSync(r.v2, join(r.repo, 'v2.raw'));
+    const z = spawnSync('zsyncmake', ['-b', '4096', '-o', join(r.repo, 'v2.raw.zsync'), '-u', 'v2.raw', join(r.repo, 'v2.raw')], { encoding: 'utf8' });
+    assert.equal(z.status, 0, z.stderr);
+    nginx = await startNginx(join(t.path, 'nginx'), r.repo);
+  });
+  after(async () => {
+    await nginx?.stop();
+    await t.cleanup();
+  });
+
+  it('fetches v1 from nginx into an .evhd equal to the source disk (qemu-img compare)', () => {
+    const out = join(t.path, 'v1.evhd');
+    const res = r.medv(['image', 'fetch', nginx.url('lab_1.ckm.index'), '--out', out, '--keys', r.keys, '--json']);
+    assert.equal(res.code, 0, res.stderr);
+    assert.ok(r.sameAs(out, r.v1), 'fetched v1 differs from the source');
+    const j = JSON.parse(res.stdout);
+    assert.equal(j.blocksFromSeeds, 0);
+    // everything came through nginx: the log saw at least the pack's size
+    assert.ok(nginx.bytes((u) => u === '/lab_1.ckm') >= statSync(join(r.repo, 'lab_1.ckm')).size - 64);
+    // nothing of the partial output is left; the key file and the index copy sit beside the disk
+    assert.deepEqual(readdirSync(t.path).filter((n) => n.startsWith('.v1.evhd')), []);
+    assert.ok(statSync(join(t.path, 'v1.enc')).isFile());
+  });
+
+  it('fetches from a local path too (no HTTP)', () => {
+    const out = join(t.path, 'local-v2.evhd');
+    nginx.resetLog();
+    const res = r.medv(['image', 'fetch', join(r.repo, 'lab_2.ckm.index'), '--out', out, '--keys', r.keys]);
+    assert.equal(res.code, 0, res.stderr);
+    assert.ok(r.sameAs(out, r.v2));
+    assert.equal(nginx.log().length, 0);
+  });
+
+  it('updates v1 -> v2 with v1 as seed: <= 0.35x the bytes zsync moves, <= 1.3x the changed blocks zstd-compressed alone', () => {
+    const out = join(t.path, 'v2.evhd');
+    nginx.resetLog();
+    const res = r.medv(['image', 'fetch', nginx.url('lab_2.ckm.index'), '--out', out, '--seed', join(t.path, 'v1.evhd'), '--keys', r.keys, '--json']);
+    assert.equal(res.code, 0, res.stderr);
+    assert.ok(r.sameAs(out, r.v2), 'fetched v2 differs from the source');
+    const ours = nginx.bytes();
+    multi.bytes = ours;
+    multi.requests = nginx.log().length;
+
+    nginx.resetLog();
+    const zdir = join(t.path, 'zsync');
+    mkdirSync(zdir);
+    const z = spawnSync('zsync', ['-q', '-i', r.v1, '-o', join(zdir, 'v2.raw'), nginx.url('v2.raw.zsync')], { cwd: zdir, encoding: 'utf8' });
+    assert.equal(z.status, 0, z.stderr);
+    const zs = nginx.bytes();
+    const zreq = nginx.log().length;
+    const alone = zstdAlone(r.v2, r.changed, join(t.path, 'alone'));
+    const j = JSON.parse(res.stdout);
+    console.log(`      medv: ${ours} B in ${multi.requests} requests (index records ${j.indexRecordsFetched} fetched, ${j.indexRecordsReused} reused); zsync: ${zs} B in ${zreq} requests; ${r.changed.length} changed blocks zstd alone: ${alone} B; medv/zsync ${(ours / zs).toFixed(3)}, medv/alone ${(ours / alone).toFixed(3)}`);
+    assert.ok(j.blocksFromSeeds > 0.9 * j.blocks, 'the seed gave most blocks');
+    assert.ok(ours <= 0.35 * zs, `medv moved ${ours} bytes, zsync ${zs}`);
+    assert.ok(ours <= 1.3 * alone, `medv moved ${ours} bytes, the changed blocks compressed alone are ${alone}`);
+  });
+
+  it('against nginx with max_ranges 1: <= 1.1x the bytes of the multi-range run, in <= 16 requests', async () => {
+    const single = await startNginx(join(t.path, 'nginx-single'), r.repo, { maxRanges: 1 });
+    try {
+      const out = join(t.path, 'v2-single.evhd');
+      const res = r.medv(['image', 'fetch', single.url('lab_2.ckm.index'), '--out', out, '--seed', join(t.path, 'v1.evhd'), '--keys', r.keys]);
+      assert.equal(res.code, 0, res.stderr);
+      assert.ok(r.sameAs(out, r.v2));
+      const bytes = single.bytes();
+      const requests = single.log().length;
+      console.log(`      max_ranges 1: ${bytes} B in ${requests} requests (multi-range: ${multi.bytes} B in ${multi.requests}); ratio ${(bytes / multi.bytes).toFixed(3)}`);
+      assert.ok(multi.bytes > 0);
+      assert.ok(bytes <= 1.1 * multi.bytes, `${bytes} bytes against ${multi.bytes}`);
+      assert.ok(requests <= 16, `${requests} requests`);
+      assert.ok(single.log().every((l) => l.status !== 200 || l.method === 'HEAD'), 'no whole file was sent');
+    } finally {
+      await single.stop();
+    }
+  });
+
+  it('a server that answers 200 (the whole file) to every Range still gives a correct disk', async () => {
+    let requests = 0;
+    const server: Server = createServer((req, res) => {
+      requests++;
+      const p = join(r.repo, decodeURIComponent(new URL(req.url!, 'http://x').pathname));
+      let size: number;
+      try { size = statSync(p).size; } catch { res.writeHead(404).end(); return; }
+      res.writeHead(200, { 'content-length': size, 'content-type': 'application/octet-stream' });
+      if (req.method === 'HEAD') { res.end(); return; }
+      createReadStream(p).pipe(res);
+    });
+    await new Promise<void>((res) => server.listen(0, '127.0.0.1', res));
+    try {
+      const port = (server.address() as { port: number }).port;
+      const out = join(t.path, 'v2-norange.evhd');
+      const res = await medvAsync(r, ['image', 'fetch', `http://127.0.0.1:${port}/lab_2.ckm.index`, '--out', out, '--seed', join(t.path, 'v1.evhd'), '--keys', r.keys]);
+      assert.equal(res.code, 0, res.stderr);
+      assert.ok(r.sameAs(out, r.v2));
+      assert.ok(requests > 0);
+    } finally {
+      await new Promise((res) => server.close(res));
+    }
+  });
+
+  it('with the packs prestaged as a seed folder, no block bytes cross the network', () => {
+    const pre = join(t.path, 'PrestagedImages');
+    mkdirSync(pre);
+    for (const n of readdirSync(r.repo)) if (n.startsWith('lab_')) linkSync(join(r.repo, n), join(pre, n));
+    nginx.resetLog();
+    const out = join(t.path, 'v2-prestaged.evhd');
+    const res = r.medv(['image', 'fetch', nginx.url('lab_2.ckm.index'), '--out', out, '--seed', pre, '--keys', r.keys, '--json']);
+    assert.equal(res.code, 0, res.stderr);
+    assert.ok(r.sameAs(out, r.v2));
+    const log = nginx.log();
+    console.log(`      prestaged: ${log.length} requests, ${nginx.bytes()} B, all for ${[...new Set(log.map((l) => l.uri))].join(' ')}`);
+    assert.equal(nginx.bytes((u) => u.endsWith('.ckm')), 0);
+    assert.ok(log.every((l) => l.uri === '/lab_2.ckm.index'));
+  });
+});

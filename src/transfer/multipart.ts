@@ -3,7 +3,8 @@
  * a request with several ranges. Pure: bytes in, (offset, bytes) out, no I/O.
  *
  * Bounded: part bodies are passed through as they arrive (never buffered here); only delimiters
- * and part headers are held, at most MAX_HEAD bytes, so a hostile body cannot grow memory.
+ * and part headers are held (each state refuses more than MAX_HEAD bytes of them, plus the one
+ * chunk being looked at), so a hostile body cannot grow memory.
  * Anything malformed (no delimiter, a part without a valid Content-Range, a body that ends inside
  * a part) is EBADREPLY.
  */
@@ -73,7 +74,6 @@ export class MultipartParser {
       }
       this.held = this.held.length ? Buffer.concat([this.held, data]) : data;
       data = Buffer.alloc(0);
-      if (this.held.length > MAX_HEAD + this.delimiter.length + 4) this.fail('delimiter or part header too long');
       const rest = this.step();
       if (rest === undefined) return; // need more bytes
       data = rest;
@@ -116,6 +116,7 @@ export class MultipartParser {
         // transport padding (spaces, tabs) is allowed before the CRLF
         let i = 0;
         while (i < h.length && (h[i] === 0x20 || h[i] === 0x09)) i++;
+        if (i > 256) this.fail('bad boundary line');
         if (h.length < i + 2) return undefined;
         if (h[i] !== 0x0d || h[i + 1] !== 0x0a) this.fail('bad boundary line');
         this.state = 'headers';

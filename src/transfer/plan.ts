@@ -32,9 +32,9 @@ export interface PlannedRequest<P extends Span> {
 }
 
 /** Multi-range requests: gaps below the size of a part header merge; many ranges per request. */
-export const MULTI_RANGE: PlanOptions = { gap: 256, maxRanges: 96, maxBytes: 256 * 1024 };
+export const MULTI_RANGE: PlanOptions = { gap: 256, maxRanges: 96, maxBytes: 128 * 1024 };
 /** One range per request: larger gaps merge, since every range is a round trip. */
-export const SINGLE_RANGE: PlanOptions = { gap: 48 * 1024, maxRanges: 1, maxBytes: 256 * 1024 };
+export const SINGLE_RANGE: PlanOptions = { gap: 48 * 1024, maxRanges: 1, maxBytes: 128 * 1024 };
 
 /** Sort by offset and drop pieces that repeat an offset (the same stored block wanted twice). */
 export function uniquePieces<P extends Span>(pieces: P[]): P[] {

@@ -5,7 +5,7 @@
  * sockets are bound). The access log gives what a client really moved: `$bytes_sent` per request.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync, existsSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, existsSync, rmSync, watch } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { waitForFile } from './cli.js';
@@ -21,6 +21,8 @@ export interface Nginx {
   bytes(filter?: (uri: string) => boolean): number;
   /** Forget the log so far (new lines only from now on). */
   resetLog(): void;
+  /** Resolves once the access log (lines since resetLog) satisfies `pred`: watches the log folder, no polling. */
+  waitFor(pred: (lines: AccessLine[]) => boolean, timeoutMs?: number): Promise<AccessLine[]>;
   /** Stop (SIGTERM: connections are dropped) and wait for the exit. */
   stop(): Promise<void>;
   /** Start again on the same port and conf. */
@@ -112,6 +114,17 @@ http {
     log: parse,
     bytes: (filter = () => true) => parse().filter((l) => filter(l.uri)).reduce((s, l) => s + l.bytesSent, 0),
     resetLog: () => { skip = allLines(); },
+    waitFor: (pred, timeoutMs = 60_000) => new Promise((res, rej) => {
+      const check = () => {
+        let lines: AccessLine[];
+        try { lines = parse(); } catch { return; } // a line being written
+        if (pred(lines)) { done(); res(lines); }
+      };
+      const watcher = watch(join(prefix, 'logs'), check);
+      const timer = setTimeout(() => { done(); rej(new Error('access log did not show what was waited for')); }, timeoutMs);
+      const done = () => { clearTimeout(timer); watcher.close(); };
+      check();
+    }),
     stop: async () => {
       const c = child;
       if (!c || c.exitCode !== null || c.signalCode !== null) return;

@@ -20,7 +20,7 @@ describe('transfer: medv image fetch over HTTP', function () {
   const multi = { bytes: 0, requests: 0 };
 
   before(async () => {
-    r = makeRepo(t.path, 64, 0.5, 41);
+    r = makeRepo(t.path, 48, 0.5, 41);
     // zsync's side of the same update: v2 raw and its control file, served by the same nginx
     copyFileSync(r.v2, join(r.repo, 'v2.raw'));
     const z = spawnSync('zsyncmake', ['-b', '4096', '-o', join(r.repo, 'v2.raw.zsync'), '-u', 'v2.raw', join(r.repo, 'v2.raw')], { encoding: 'utf8' });

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, createReadStream, linkSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { copyFileSync, createReadStream, linkSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { tempDir } from '../helpers/cli.js';
@@ -121,6 +121,25 @@ describe('transfer: medv image fetch over HTTP', function () {
     } finally {
       await new Promise((res) => server.close(res));
     }
+  });
+
+  it('a seed holding every other block: the rest comes in multi-range requests (206 multipart/byteranges)', () => {
+    const half = join(t.path, 'half.raw');
+    const data = readFileSync(r.v1);
+    for (let off = 4096; off < data.length; off += 8192) data.fill(0, off, off + 4096);
+    writeFileSync(half, data);
+    nginx.resetLog();
+    const out = join(t.path, 'v1-half.evhd');
+    const res = r.medv(['image', 'fetch', nginx.url('lab_1.ckm.index'), '--out', out, '--seed', half, '--keys', r.keys, '--json']);
+    assert.equal(res.code, 0, res.stderr);
+    assert.ok(r.sameAs(out, r.v1));
+    const j = JSON.parse(res.stdout);
+    assert.ok(j.blocksFromSeeds > 0.4 * j.blocks && j.blocksFromNetwork > 0.4 * j.blocks, JSON.stringify(j));
+    const multiRange = nginx.log().filter((l) => l.uri === '/lab_1.ckm' && l.status === 206 && l.range.includes(','));
+    assert.ok(multiRange.length >= 1, 'no multi-range request');
+    // about half the pack moved, not all of it
+    const packBytes = nginx.bytes((u) => u === '/lab_1.ckm');
+    assert.ok(packBytes < 0.75 * statSync(join(r.repo, 'lab_1.ckm')).size, `${packBytes} bytes of the pack`);
   });
 
   it('with the packs prestaged as a seed folder, no block bytes cross the network', () => {

@@ -32,7 +32,7 @@ describe('transfer: an interrupted fetch resumes', function () {
   let packRequests = 0;
 
   before(async () => {
-    r = makeRepo(t.path, 32, 0.8, 51);
+    r = makeRepo(t.path, 48, 0.8, 51);
     nginx = await startNginx(join(t.path, 'nginx'), r.repo);
   });
   after(async () => {

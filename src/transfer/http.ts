@@ -197,7 +197,8 @@ export class HttpFile implements RemoteFile {
     let mode = this.client.modes.get(new URL(this.name).origin);
     if (mode === undefined && planRequests(all, MULTI_RANGE).some((r) => r.ranges.length > 1)) mode = await this.client.rangeMode(this.name);
     mode ??= 'single';
-    const plan = (ps: P[]): P[][] => planRequests(ps, mode === 'multi' ? MULTI_RANGE : SINGLE_RANGE).map((r) => r.pieces);
+    // no range support: one request streams the whole file once for every piece
+    const plan = (ps: P[]): P[][] => (mode === 'none' ? [ps] : planRequests(ps, mode === 'multi' ? MULTI_RANGE : SINGLE_RANGE).map((r) => r.pieces));
     const queue: P[][] = plan(all);
     let failures = 0;
     let fatal: unknown;

@@ -148,8 +148,8 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     let progressDone = 0;
     const progress = (n: number) => { progressDone += n; opts.onProgress?.(progressDone * CKM_BLOCK_SIZE, blocksTotal * CKM_BLOCK_SIZE); };
 
-    const writeBlock = async (need: Need, data: Buffer) => {
-      for (const b of need.blocks) await partial!.write(b, data);
+    const writeBlock = async (need: Need, data: Buffer, local = false) => {
+      for (const b of need.blocks) await partial!.write(b, data, local);
       progress(need.blocks.length);
     };
 
@@ -181,14 +181,42 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
           for (const r of seeds.reports) if (r.error) warn(`seed ${r.path} skipped: ${r.error}`);
         }
         const fromSeed = [...needs.entries()].filter(([k]) => seeds!.found.has(k)).sort((a, b) => a[1].blocks[0] - b[1].blocks[0]);
-        for (const [k, n] of fromSeed) {
-          if (dryRun) { fromSeeds += n.blocks.length; needs.delete(k); continue; }
-          const data = await seeds.read(k, n.id);
-          if (!data) continue; // fetched instead
-          await writeBlock(n, data);
-          fromSeeds += n.blocks.length;
-          seedBytes += CKM_BLOCK_SIZE * n.blocks.length;
-          needs.delete(k);
+        if (dryRun) {
+          for (const [k, n] of fromSeed) { fromSeeds += n.blocks.length; needs.delete(k); }
+        } else {
+          for (let i = 0; i < fromSeed.length;) {
+            // a span: consecutive disk blocks of one disk seed landing on consecutive blocks here (the usual case: the same place in an earlier version)
+            const first = seeds.found.get(fromSeed[i][0]);
+            let j = i + 1;
+            if (first?.kind === 'disk' && fromSeed[i][1].blocks.length === 1) {
+              while (j < fromSeed.length && j - i < CKM_RUN_BLOCKS) {
+                const [k2, n2] = fromSeed[j];
+                const l2 = seeds.found.get(k2);
+                if (l2?.kind !== 'disk' || l2.seed !== first.seed || l2.block !== first.block + (j - i) || n2.blocks.length !== 1 || n2.blocks[0] !== fromSeed[i][1].blocks[0] + (j - i)) break;
+                j++;
+              }
+            }
+            const span = fromSeed.slice(i, j);
+            i = j;
+            const datas = span.length > 1 ? await seeds.readSpan(span.map(([k, n]) => ({ k, id: n.id }))) : [await seeds.read(span[0][0], span[0][1].id)];
+            // write the blocks that matched their ids, in runs
+            for (let a = 0; a < span.length;) {
+              if (!datas[a]) { a++; continue; } // fetched instead
+              let b = a + 1;
+              while (b < span.length && datas[b] && span[b][1].blocks.length === 1 && span[a][1].blocks.length === 1 && span[b][1].blocks[0] === span[a][1].blocks[0] + (b - a)) b++;
+              if (b - a === 1) await writeBlock(span[a][1], datas[a]!, true);
+              else {
+                await partial!.write(span[a][1].blocks[0], Buffer.concat(datas.slice(a, b) as Buffer[]), true);
+                progress(b - a);
+              }
+              for (let c = a; c < b; c++) {
+                fromSeeds += span[c][1].blocks.length;
+                seedBytes += CKM_BLOCK_SIZE * span[c][1].blocks.length;
+                needs.delete(span[c][0]);
+              }
+              a = b;
+            }
+          }
         }
       }
 
@@ -292,6 +320,8 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
   }
 }
 
+const ZERO_BLOCK = Buffer.alloc(CKM_BLOCK_SIZE);
+
 /** Every block of the image read back from the output: non-zero ones match their ids, the rest are zero. Returns the bad block numbers. */
 async function verifyOutput(index: IndexFile, out: PartialOutput, codec: BlockCodec): Promise<number[]> {
   const bad: number[] = [];
@@ -310,7 +340,7 @@ async function verifyOutput(index: IndexFile, out: PartialOutput, codec: BlockCo
       if (e && e.slot === s) {
         next++;
         if (!codec.id(block).equals(e.id)) bad.push(run * CKM_RUN_BLOCKS + s);
-      } else if (block.some((x) => x !== 0)) bad.push(run * CKM_RUN_BLOCKS + s);
+      } else if (!block.equals(ZERO_BLOCK)) bad.push(run * CKM_RUN_BLOCKS + s);
     }
   }
   return bad;

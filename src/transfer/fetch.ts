@@ -85,6 +85,17 @@ interface Need {
 
 interface Piece { offset: number; length: number; pack: number; key: string; base: boolean }
 
+/** `*.evhd.index` files in the output's folder (at most 16, newest first). */
+function indexesBeside(out: string): string[] {
+  const dir = dirname(out);
+  try {
+    return fs.readdirSync(dir).filter((n) => n.endsWith('.evhd.index')).map((n) => join(dir, n))
+      .map((p) => ({ p, m: fs.statSync(p).mtimeMs })).sort((a, b) => b.m - a.m).slice(0, 16).map((x) => x.p);
+  } catch {
+    return [];
+  }
+}
+
 function checkOut(out: string): void {
   if (!out.toLowerCase().endsWith('.evhd')) throw new MedvError('EINVAL_ARG', `--out must name an .evhd (got ${out})`, { file: out });
   for (const f of [out, encPathFor(out)]) if (fs.existsSync(f)) throw new MedvError('EEXIST', `file exists: ${f}`, { file: f });
@@ -127,7 +138,10 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
       partial = await PartialOutput.open(opts.out, identity, opts.kek);
       dest = partial.indexPath;
     }
-    const fetched = await fetchIndex(indexFile, dest, trusted, localIndexes(seedPaths, h.name), known);
+    // earlier indexes whose run records may be reused: the seeds', and those of disks fetched
+    // into the output's folder before (NAME.evhd.index)
+    const previous = trim ? [...localIndexes(seedPaths, h.name), ...indexesBeside(opts.out)] : [];
+    const fetched = await fetchIndex(indexFile, dest, trusted, [...new Set(previous)], known);
     index = fetched.index;
 
     const codec = new BlockCodec(keys);

@@ -182,6 +182,8 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
           else needs.set(k, { id: e.id, entry: e, blocks: [b] });
         }
       }
+      // the partial output itself: blocks an interrupted run wrote after its last recorded progress
+      if (attempt === 0 && partial?.resumed && needs.size > 0) resumed += await recoverUnrecorded(partial, needs, codec);
       progressDone = 0;
       progress(blocksTotal - [...needs.values()].reduce((s, n) => s + n.blocks.length, 0));
 
@@ -335,6 +337,41 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
 }
 
 const ZERO_BLOCK = Buffer.alloc(CKM_BLOCK_SIZE);
+
+/**
+ * Blocks of a resumed partial output that are on its disk but not yet recorded as done (written
+ * after the last checkpoint of the killed run): read back run by run, kept when they match their
+ * id (and recorded at the next checkpoint). Returns how many blocks were recovered.
+ */
+async function recoverUnrecorded(partial: PartialOutput, needs: Map<string, Need>, codec: BlockCodec): Promise<number> {
+  const byRun = new Map<number, Array<{ k: string; n: Need; b: number }>>();
+  for (const [k, n] of needs) {
+    for (const b of n.blocks) {
+      const run = Math.floor(b / CKM_RUN_BLOCKS);
+      const l = byRun.get(run) ?? [];
+      l.push({ k, n, b });
+      byRun.set(run, l);
+    }
+  }
+  let recovered = 0;
+  for (const run of [...byRun.keys()].sort((a, b) => a - b)) {
+    const off = run * CKM_RUN_BYTES;
+    const len = Math.min(CKM_RUN_BYTES, partial.device.size - off);
+    if (len <= 0) continue;
+    const data = await partial.device.read(off, len);
+    for (const { k, n, b } of byRun.get(run)!) {
+      const at = (b - run * CKM_RUN_BLOCKS) * CKM_BLOCK_SIZE;
+      if (at + CKM_BLOCK_SIZE > data.length) continue;
+      const block = data.subarray(at, at + CKM_BLOCK_SIZE);
+      if (block.equals(ZERO_BLOCK) || !codec.id(block).equals(n.id)) continue;
+      partial.markDone(b);
+      n.blocks = n.blocks.filter((x) => x !== b);
+      if (n.blocks.length === 0) needs.delete(k);
+      recovered++;
+    }
+  }
+  return recovered;
+}
 
 /** Every block of the image read back from the output: non-zero ones match their ids, the rest are zero. Returns the bad block numbers. */
 async function verifyOutput(index: IndexFile, out: PartialOutput, codec: BlockCodec): Promise<number[]> {

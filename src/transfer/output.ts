@@ -44,6 +44,7 @@ export class PartialOutput {
   private persisted: Uint8Array;
   private writtenSinceFlush: number[] = [];
   private checkpointing?: Promise<void>;
+  private failed?: unknown;
   private lastCheckpoint = Date.now();
   private bytesSinceCheckpoint = 0;
 
@@ -147,6 +148,12 @@ export class PartialOutput {
     this.persisted[block >> 3] &= ~(1 << (block & 7));
   }
 
+  /** Block `block` is on the disk already (found by reading it back): record it at the next checkpoint. */
+  markDone(block: number): void {
+    this.done[block >> 3] |= 1 << (block & 7);
+    this.writtenSinceFlush.push(block);
+  }
+
   /**
    * Write `data` (whole blocks) at block `block`; marks them done once written. Progress is
    * recorded every 256 KiB of fetched data (or 0.5 s); blocks from a local seed (`local`), cheap
@@ -163,12 +170,17 @@ export class PartialOutput {
     }
     if (!local) this.bytesSinceCheckpoint += data.length;
     const age = Date.now() - this.lastCheckpoint;
-    if (this.bytesSinceCheckpoint >= 256 * 1024 || age >= (local ? 2000 : 500)) await this.checkpoint();
+    if (this.failed) throw this.failed;
+    if (!this.checkpointing && (this.bytesSinceCheckpoint >= 256 * 1024 || age >= (local ? 2000 : 500))) {
+      // in the background: writers go on while the disk is flushed (a failure surfaces on the next write)
+      this.checkpoint().catch((e) => { this.failed ??= e; });
+    }
   }
 
   /** Flush the disk, then record the blocks written before the flush as done (state.json). */
   async checkpoint(): Promise<void> {
-    while (this.checkpointing) await this.checkpointing;
+    while (this.checkpointing) await this.checkpointing.catch(() => undefined);
+    if (this.failed) throw this.failed;
     if (this.writtenSinceFlush.length === 0) return;
     const blocks = this.writtenSinceFlush;
     this.writtenSinceFlush = [];

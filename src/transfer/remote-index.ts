@@ -126,6 +126,7 @@ export async function fetchIndex(file: RemoteFile, dest: string, trusted: Buffer
       const offset = dir.offsets[run];
       if (head.length >= offset + length) {
         await fh.write(head, offset, length, offset);
+        fetched++; // came with the header
         continue;
       }
       const prev = have.get(dir.hashes[run].toString('hex'));

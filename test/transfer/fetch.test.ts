@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, createReadStream, linkSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { tempDir } from '../helpers/cli.js';
 import { type Nginx, startNginx } from '../helpers/nginx.js';
 import { type Repo, makeRepo, medvAsync, zstdAlone } from './fixture.js';
@@ -56,7 +57,9 @@ describe('transfer: medv image fetch over HTTP', function () {
   });
 
   it('updates v1 -> v2 with v1 as seed: <= 0.35x the bytes zsync moves, <= 1.3x the changed blocks zstd-compressed alone', () => {
-    const out = join(t.path, 'v2.evhd');
+    // its own folder: no index of an earlier v2 fetch beside it, only v1's (beside the seed)
+    mkdirSync(join(t.path, 'upd'));
+    const out = join(t.path, 'upd', 'v2.evhd');
     nginx.resetLog();
     const res = r.medv(['image', 'fetch', nginx.url('lab_2.ckm.index'), '--out', out, '--seed', join(t.path, 'v1.evhd'), '--keys', r.keys, '--json']);
     assert.equal(res.code, 0, res.stderr);
@@ -80,10 +83,33 @@ describe('transfer: medv image fetch over HTTP', function () {
     assert.ok(ours <= 1.3 * alone, `medv moved ${ours} bytes, the changed blocks compressed alone are ${alone}`);
   });
 
+  it('a localized update (two blocks of one run): only that run\'s record of the index is fetched, never the whole table', () => {
+    const v3 = join(t.path, 'v3.raw');
+    const data = readFileSync(r.v2);
+    const run = data.findIndex((x) => x !== 0) >> 20; // the first run with data
+    randomBytes(8192).copy(data, run * 1048576 + 40 * 4096);
+    writeFileSync(v3, data);
+    const p = r.medv(['image', 'pack', v3, '--name', 'lab', '--version', '3', '--out', r.repo, '--keys', r.keys]);
+    assert.equal(p.code, 0, p.stderr);
+    nginx.resetLog();
+    const out = join(t.path, 'v3.evhd');
+    const res = r.medv(['image', 'fetch', nginx.url('lab_3.ckm.index'), '--out', out, '--seed', join(t.path, 'upd', 'v2.evhd'), '--keys', r.keys, '--json']);
+    assert.equal(res.code, 0, res.stderr);
+    assert.ok(r.sameAs(out, v3));
+    const j = JSON.parse(res.stdout);
+    const indexBytes = nginx.bytes((u) => u === '/lab_3.ckm.index');
+    const indexSize = statSync(join(r.repo, 'lab_3.ckm.index')).size;
+    console.log(`      localized update: index records ${j.indexRecordsFetched} fetched, ${j.indexRecordsReused} reused; ${indexBytes} B of the ${indexSize} B index; ${nginx.bytes()} B in all`);
+    assert.ok(j.indexRecordsFetched <= 2, `${j.indexRecordsFetched} records fetched`); // the changed run's, and those that came with the header
+    assert.ok(j.indexRecordsReused > 5);
+    assert.ok(indexBytes < 0.2 * indexSize, `${indexBytes} bytes of a ${indexSize}-byte index`);
+  });
+
   it('against nginx with max_ranges 1: <= 1.1x the bytes of the multi-range run, in <= 16 requests', async () => {
     const single = await startNginx(join(t.path, 'nginx-single'), r.repo, { maxRanges: 1 });
     try {
-      const out = join(t.path, 'v2-single.evhd');
+      mkdirSync(join(t.path, 'single'));
+      const out = join(t.path, 'single', 'v2.evhd');
       const res = r.medv(['image', 'fetch', single.url('lab_2.ckm.index'), '--out', out, '--seed', join(t.path, 'v1.evhd'), '--keys', r.keys]);
       assert.equal(res.code, 0, res.stderr);
       assert.ok(r.sameAs(out, r.v2));

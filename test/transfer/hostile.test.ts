@@ -132,6 +132,30 @@ describe('transfer: fetch from a hostile repository', function () {
     }
   });
 
+  it('a pack that changes during the fetch (another ETag): ECHANGED (10), versions never mixed', async () => {
+    let packRequests = 0;
+    const server: Server = createServer((req, res) => {
+      const path = decodeURIComponent(new URL(req.url!, 'http://x').pathname);
+      const file = join(r.repo, path);
+      let size: number;
+      try { size = statSync(file).size; } catch { res.writeHead(404).end(); return; }
+      const etag = path.endsWith('.ckm') && packRequests++ >= 2 ? '"second"' : '"first"';
+      const m = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range ?? ''));
+      if (!m) { res.writeHead(416, { etag }).end(); return; }
+      const start = Number(m[1]);
+      const end = Math.min(Number(m[2]), size - 1);
+      res.writeHead(206, { etag, 'content-range': `bytes ${start}-${end}/${size}`, 'content-length': end - start + 1 });
+      createReadStream(file, { start, end }).pipe(res);
+    });
+    await new Promise<void>((res) => server.listen(0, '127.0.0.1', res));
+    try {
+      const port = (server.address() as { port: number }).port;
+      await expectFailure(`http://127.0.0.1:${port}/lab_1.ckm.index`, 'ECHANGED', 10, /changed during the transfer/);
+    } finally {
+      await new Promise((res) => server.close(res));
+    }
+  });
+
   it('a repository that is not there: EHTTP (10)', async () => {
     await expectFailure(nginx.url('nothing/lab_1.ckm.index'), 'EHTTP', 10, /not found/);
   });

@@ -300,7 +300,14 @@ export class HttpFile implements RemoteFile {
             checkTotal(cr.total);
             if (!inside(cr.start, cr.end)) throw new MedvError('EBADREPLY', `${this.name}: part with bytes ${cr.start}-${cr.end}, which were not asked for`, { file: this.name });
           }, (off, data) => collector!.feed(off, data));
-          feed = (chunk) => parser.push(chunk);
+          // parts may not repeat without end: the body is bounded by what was asked plus framing
+          const limit = single.reduce((n, x) => n + x.length, 0) + single.length * 1024 + 65536;
+          let total = 0;
+          feed = (chunk) => {
+            total += chunk.length;
+            if (total > limit) throw new MedvError('EBADREPLY', `${this.name}: multipart reply longer than the ranges asked for`, { file: this.name });
+            parser.push(chunk);
+          };
           finish = () => parser.end();
         } else {
           const cr = parseContentRange(String(res.headers['content-range'] ?? ''));

@@ -18,7 +18,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import { MedvError } from '../errors.js';
 import { PieceCollector } from './collect.js';
-import { MultipartParser, byterangesBoundary, parseContentRange } from './multipart.js';
+import { MultipartParser, byterangesBoundary, parseContentRange } from '../formats/multipart.js';
 import { MULTI_RANGE, type PlanOptions, SINGLE_RANGE, type Span, planRequests, rangeHeader, uniquePieces } from './plan.js';
 import { type PieceSink, type RemoteFile, type TransferStats, checkFileSize } from './remote.js';
 

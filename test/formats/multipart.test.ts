@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { MedvError } from '../../src/errors.js';
-import { MultipartParser, byterangesBoundary, parseContentRange } from '../../src/transfer/multipart.js';
+import { MultipartParser, byterangesBoundary, parseContentRange } from '../../src/formats/multipart.js';
 
 function body(boundary: string, parts: Array<{ start: number; data: Buffer }>, total: number): Buffer {
   const out: Buffer[] = [];
@@ -31,7 +31,7 @@ function parse(boundary: string, b: Buffer, chunk: number): Map<number, Buffer> 
 
 const bad = (f: () => void, re: RegExp) => assert.throws(f, (e: unknown) => e instanceof MedvError && e.code === 'EBADREPLY' && re.test(e.message));
 
-describe('transfer: multipart/byteranges parser', () => {
+describe('formats: multipart/byteranges parser', () => {
   const parts = [{ start: 64, data: randomBytes(5000) }, { start: 9000, data: randomBytes(17) }, { start: 20000, data: randomBytes(70000) }];
   const b = body('00000000000000000042', parts, 100000);
 

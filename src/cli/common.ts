@@ -26,7 +26,10 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   ESIGNATURE: 5,
   EBADBLOCK: 5,
   EDENIED: 4,
+  EBADREPLY: 5,
+  ENETWORK: 10,
   EHTTP: 10,
+  ECHANGED: 10,
 };
 /** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;

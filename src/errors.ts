@@ -37,7 +37,8 @@ export type ErrorCode =
   | 'EINSECURE'           // key material readable or writable by group/other (host key file)
   // packed images
   | 'ESIGNATURE'          // an image index whose signature does not verify, or whose signer is not trusted
-  | 'EBADBLOCK';          // a packed block that does not authenticate, decompress, or match its id
+  | 'EBADBLOCK'           // a packed block that does not authenticate, decompress, or match its id
+  | 'ESAVEDSTATE';        // a VHD whose saved-state flag is set (its VM is suspended): only its resume may write it
 
 export interface MedvErrorData {
   file?: string;

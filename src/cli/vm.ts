@@ -7,7 +7,6 @@ import type { KekSource } from '../crypto/index.js';
 import { listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
-import { vmConfigFromVmc } from '../host/vmc.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
@@ -83,6 +82,7 @@ export function vmCommand(): Command {
       const accel = o.accel as 'kvm' | 'tcg' | undefined;
       let config: VmConfig;
       if (extname(path).toLowerCase() === '.vmc') {
+        const { vmConfigFromVmc } = await import('../host/vmc.js'); // the XML parser only for a .vmc
         config = vmConfigFromVmc(path, { name: o.name as string | undefined, readOnly: Boolean(o.readOnly), undo: Boolean(o.undo), display, accel, driveMap: driveMap(o.mapDrive as string[] | undefined) });
         if (o.memory !== undefined) config.memoryMiB = Number(o.memory);
         if (o.network !== undefined) config.network = o.network as 'none' | 'nat';

@@ -143,6 +143,44 @@ export function listVms(opts: HostOptions = {}): VmState[] {
   return out;
 }
 
+/**
+ * Drop a suspended VM's saved state: remove its `.vsv` and `.vsv.enc` (only a medv saved state; a
+ * foreign file of that name is kept and reported) and clear the saved-state flag of the disks the
+ * guest writes into (each disk, or its undo disk). The guest then starts from its disks as after a
+ * power cut. A running VM holds its disks: EBUSY. Works as well for a Virtual PC disk whose flag is
+ * set and whose saved state is gone.
+ */
+export async function discardVmState(config: VmConfig, options: { kek?: KekSource } = {}): Promise<{ removed: string[]; kept: string[]; cleared: string[] }> {
+  const [{ defaultUndoPath }, { openDisk }, { openUndoDisk }, saved] = await Promise.all([import('./supervisor.js'), import('../layers/open.js'), import('../layers/undo/index.js'), import('../hypervisor/savedstate.js')]);
+  const out = { removed: [] as string[], kept: [] as string[], cleared: [] as string[] };
+  if (fs.existsSync(config.savedState)) {
+    try {
+      saved.removeSavedState(config.savedState);
+      out.removed.push(config.savedState, saved.vsvKeyPath(config.savedState));
+    } catch (e) {
+      if (!(e instanceof MedvError) || e.code !== 'EFORMAT') throw e;
+      out.kept.push(config.savedState);
+    }
+  }
+  const kek = options.kek ? () => options.kek! : undefined;
+  for (const d of config.disks) {
+    const top = d.mode === 'normal' ? d.path : d.mode === 'undo' ? d.undoPath ?? defaultUndoPath(d.path) : undefined;
+    if (!top || !fs.existsSync(top)) continue;
+    const opened = d.mode === 'undo'
+      ? await openUndoDisk(top, { kek, parent: d.path, allowSavedState: true })
+      : await openDisk(top, { kek, allowSavedState: true });
+    try {
+      if (opened.vhd?.savedState) {
+        await opened.vhd.setSavedState(false);
+        out.cleared.push(top);
+      }
+    } finally {
+      await opened.device.close();
+    }
+  }
+  return out;
+}
+
 /** Path of the VM's serial log (kept after it stops, until the name is started again). */
 export function serialLogPath(name: string, opts: HostOptions = {}): string {
   validateVmName(name);

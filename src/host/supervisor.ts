@@ -22,6 +22,7 @@ import type { KekSource } from '../crypto/index.js';
 import { MedvError } from '../errors.js';
 import { defaultAccelerator, isInternalError, QemuProcess, type Accelerator } from '../hypervisor/qemu.js';
 import type { DiskFingerprint, SavedStateReader } from '../hypervisor/savedstate.js';
+import type { VhdDevice } from '../layers/vhd/index.js';
 import { bindNbd, type NbdListener, type NbdServer } from '../nbd/server.js';
 import { LineReader, type ControlRequest, type ControlResponse } from './protocol.js';
 import { processStartTime, vmRunDir, writeState, type VmDiskState, type VmState } from './rundir.js';
@@ -32,14 +33,15 @@ import { processStartTime, vmRunDir, writeState, type VmDiskState, type VmState 
  */
 interface Layers {
   open: typeof import('../layers/open.js');
+  vhd: typeof import('../layers/vhd/index.js');
   undo: typeof import('../layers/undo/index.js');
   saved: typeof import('../hypervisor/savedstate.js');
   crypto: typeof import('../crypto/index.js');
 }
 let layersLoading: Promise<Layers> | undefined;
 function loadLayers(): Promise<Layers> {
-  return layersLoading ??= Promise.all([import('../layers/open.js'), import('../layers/undo/index.js'), import('../hypervisor/savedstate.js'), import('../crypto/index.js')])
-    .then(([open, undo, saved, crypto]) => ({ open, undo, saved, crypto }));
+  return layersLoading ??= Promise.all([import('../layers/open.js'), import('../layers/vhd/index.js'), import('../layers/undo/index.js'), import('../hypervisor/savedstate.js'), import('../crypto/index.js')])
+    .then(([open, vhd, undo, saved, crypto]) => ({ open, vhd, undo, saved, crypto }));
 }
 
 export interface VmDiskConfig {
@@ -97,7 +99,11 @@ export function defaultUndoPath(diskPath: string): string {
   return join(dirname(diskPath), `${stem}.undo.${encrypted ? 'evhd' : 'vhd'}`);
 }
 
-interface OpenedVmDisk { config: VmDiskConfig; device: BlockDevice; server?: NbdServer; socket: string; state: VmDiskState }
+interface OpenedVmDisk {
+  config: VmDiskConfig; device: BlockDevice; server?: NbdServer; socket: string; state: VmDiskState;
+  /** The VHD the guest writes into (the disk, or its undo disk), whose footer carries the saved-state flag. */
+  top?: VhdDevice;
+}
 
 export class Supervisor {
   private readonly dir: string;
@@ -180,7 +186,7 @@ export class Supervisor {
       const layers = await loadLayers();
       this.trace('disk layers loaded');
       if (resuming && !saved) saved = await this.openSavedState();
-      for (let i = 0; i < c.disks.length; i++) await this.openVmDisk(c.disks[i], i, layers);
+      for (let i = 0; i < c.disks.length; i++) await this.openVmDisk(c.disks[i], i, layers, resuming);
       for (let i = 0; i < this.disks.length; i++) {
         const d = this.disks[i];
         d.server = listeners[i].serve(d.device, { readOnly: d.state.readOnly, description: d.state.path });
@@ -231,8 +237,25 @@ export class Supervisor {
     return saved;
   }
 
-  private async openVmDisk(cfg: VmDiskConfig, i: number, layers: Layers): Promise<void> {
-    const { open: { openDisk }, undo: { createUndoDisk, discardUndoDisk, openUndoDisk } } = layers;
+  /**
+   * Open one disk of the VM. A VHD whose saved-state flag is set opens writable only when `resuming`
+   * (its saved state is there); otherwise ESAVEDSTATE says what is missing. The base of an undo or
+   * test run must not carry the flag either: its guest would boot from a disk caught mid-session.
+   */
+  private async openVmDisk(cfg: VmDiskConfig, i: number, layers: Layers, resuming: boolean): Promise<void> {
+    try {
+      await this.openVmDiskAs(cfg, i, layers, resuming);
+    } catch (e) {
+      if (!(e instanceof MedvError) || e.code !== 'ESAVEDSTATE' || resuming) throw e;
+      const vsv = this.input.config.savedState;
+      throw new MedvError('ESAVEDSTATE', `${e.data.file ?? cfg.path} belongs to a suspended VM (its VHD saved-state flag is set) but there is no saved state ${vsv} to resume` +
+        ' (suspended by Virtual PC, or the .vsv was moved or deleted); medv will not boot it as if nothing happened:' +
+        ' put the .vsv back, or clear the flag with `medv vm discard-state` (the guest then starts as after a power cut)', { file: String(e.data.file ?? cfg.path) });
+    }
+  }
+
+  private async openVmDiskAs(cfg: VmDiskConfig, i: number, layers: Layers, resuming: boolean): Promise<void> {
+    const { open: { openDisk }, undo: { createUndoDisk, discardUndoDisk, openUndoDisk }, vhd: { savedStateError } } = layers;
     const kek = this.input.kek ? () => this.input.kek! : undefined;
     const socket = join(this.dir, `disk${i}.sock`);
     if (cfg.mode === 'cdrom') {
@@ -242,8 +265,8 @@ export class Supervisor {
       return;
     }
     if (cfg.mode === 'normal') {
-      const opened = await openDisk(cfg.path, { kek });
-      this.disks.push({ config: cfg, device: opened.device, socket, state: { path: cfg.path, format: opened.format, readOnly: false } });
+      const opened = await openDisk(cfg.path, { kek, allowSavedState: resuming });
+      this.disks.push({ config: cfg, device: opened.device, socket, top: opened.vhd, state: { path: cfg.path, format: opened.format, readOnly: false } });
       return;
     }
     const undoPath = cfg.undoPath ?? (cfg.mode === 'test' ? testUndoPath(cfg.path) : defaultUndoPath(cfg.path));
@@ -255,9 +278,13 @@ export class Supervisor {
     if (!fs.existsSync(undoPath)) {
       await createUndoDisk(undoPath, cfg.path, { kek });
     }
-    const undo = await openUndoDisk(undoPath, { kek, parent: cfg.path });
+    const undo = await openUndoDisk(undoPath, { kek, parent: cfg.path, allowSavedState: resuming && cfg.mode === 'undo' });
+    if ((undo.vhd.parent as Partial<VhdDevice> | undefined)?.savedState === true) {
+      await undo.device.close();
+      throw savedStateError(cfg.path);
+    }
     this.disks.push({
-      config: cfg, device: undo.device, socket,
+      config: cfg, device: undo.device, socket, top: undo.vhd,
       state: { path: cfg.path, format: extname(cfg.path).slice(1).toLowerCase() || 'raw', undo: undoPath, undoPolicy: cfg.mode === 'test' ? 'discard' : 'keep', readOnly: false },
     });
   }
@@ -325,6 +352,9 @@ export class Supervisor {
       pipe.end();
     }
     await done;
+    // QEMU has the whole state and the guest is still paused (nothing writes): the disks are no
+    // longer a suspended VM's. Cleared before `cont`, never while the guest could allocate blocks.
+    for (const d of this.disks) await d.top?.setSavedState(false);
     const status = await vm.execute<{ status: string }>('query-status');
     if (status.status !== 'running') await vm.execute('cont');
   }
@@ -360,8 +390,10 @@ export class Supervisor {
       await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
       await vm.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * 1024 * 1024 * 1024 });
       const done = migrationDone(vm);
+      this.trace('suspend: guest paused');
       await vm.execute('migrate', { uri: `unix:${sock}` });
       await Promise.all([received, done]);
+      this.trace(`suspend: migration stream received (${writer.streamBytes} bytes)`);
     } catch (e) {
       writer.abort();
       this.suspending = false;
@@ -376,7 +408,18 @@ export class Supervisor {
     this.stopping = (async () => {
       await vm.execute('quit').catch(() => undefined);
       await vm.kill();
+      this.trace('suspend: QEMU quit');
+      // The disks now belong to the saved state (VHD footer flag, as Virtual PC does): nothing but
+      // its resume may write them. Set before the fingerprints below, which must see them as kept.
+      let flagError: unknown;
+      try {
+        for (const d of this.disks) await d.top?.setSavedState(true);
+      } catch (e) { flagError = e; }
       await this.cleanup('suspended', 'suspended', async () => {
+        if (flagError) {
+          writer.abort();
+          throw new MedvError('EIO', `cannot mark the disks as suspended (the saved state is dropped): ${(flagError as Error).message}`);
+        }
         const files: DiskFingerprint[] = [];
         for (const d of this.disks) {
           for (const f of [d.state.path, d.state.undo]) {
@@ -386,6 +429,7 @@ export class Supervisor {
           }
         }
         await writer.finish({ vm: this.input.config.name, memoryMiB: this.memoryMiB ?? this.input.config.memoryMiB, createdAt: new Date().toISOString(), disks: files });
+        this.trace('suspend: disks closed, saved state published');
       });
     })();
     await this.stopping;

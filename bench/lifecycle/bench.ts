@@ -68,7 +68,9 @@ async function bareSuspendResume(): Promise<number> {
   await vm.waitForSerial(/MEDV-GUEST ready/, 60_000);
   const t0 = performance.now();
   await vm.execute('stop');
-  await vm.execute('migrate-set-parameters', { 'max-bandwidth': 1024 ** 4 });
+  // The same migration parameters as medv's suspend (src/host/supervisor.ts): no bandwidth cap, a
+  // long tolerated downtime (the guest is stopped anyway), so QEMU sends it all in one pass.
+  await vm.execute('migrate-set-parameters', { 'max-bandwidth': 1024 ** 4, 'downtime-limit': 60_000 });
   await vm.execute('migrate', { uri: `exec:cat > ${file}` });
   for (;;) {
     const s = await vm.execute<{ status: string }>('query-migrate');

@@ -2,22 +2,20 @@
  * The VM host as a library (what `medv vm …` and scripts call): start a VM under a detached
  * supervisor, talk to it over its control socket, list and inspect VMs from their run folders.
  */
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError, type ErrorCode } from '../errors.js';
 import { controlRequest } from './protocol.js';
 import { effectiveState, isTerminal, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
 import type { SupervisorInput, VmConfig } from './supervisor.js';
+import { spawnSupervisor, takePrespawned } from './prespawn.js';
 
 export interface HostOptions {
   /** Run folder root (default runRoot()). */
   root?: string;
 }
 
-const SUPERVISOR_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'supervisor-main.js');
 /** Longest we wait for a supervisor to report that its VM runs. */
 const START_TIMEOUT_MS = 120_000;
 
@@ -51,10 +49,11 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
   }
   // A resumed guest continues its serial output; a fresh boot starts a fresh log.
   if (!fs.existsSync(config.savedState)) fs.rmSync(join(dir, 'serial.log'), { force: true });
-  const log = fs.openSync(join(dir, 'supervisor.log'), 'w', 0o600);
-  const child = spawn(process.execPath, [SUPERVISOR_MAIN], { detached: true, stdio: ['pipe', log, log, 'pipe'] });
-  fs.closeSync(log);
-  const input: SupervisorInput = { config, runRoot: root, kek: options.kek };
+  // Usually started already, while this command was parsing (./prespawn.ts).
+  const supervisor = takePrespawned(root) ?? spawnSupervisor(root);
+  const child = supervisor.child;
+  const input: SupervisorInput = { config, runRoot: root, kek: options.kek, logFile: supervisor.log };
+  child.stdin!.on('error', () => undefined); // a supervisor that died at once is reported through 'exit'
   child.stdin!.end(JSON.stringify(input));
   const answer = await new Promise<{ ok: boolean; state?: VmState; error?: { code: string; message: string } }>((resolve) => {
     let text = '';
@@ -72,7 +71,7 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
     });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
-      const log = tail(join(dir, 'supervisor.log'));
+      const log = tail(join(dir, 'supervisor.log')) || tail(supervisor.log);
       resolve({ ok: false, error: { code: 'EHYPERVISOR', message: `the supervisor exited (code ${code}, signal ${signal}) before the VM ran${log ? `: ${log}` : ''}` } });
     });
   });

@@ -4,7 +4,9 @@
  *     started directly on a raw file of the same guest;
  *  2. suspend + resume of a guest with 256 MiB RAM: `medv vm suspend` + `medv vm start` (encrypted
  *     .vsv through the supervisor) against plain QMP `migrate` to a file and `-incoming` from it.
- * Prints the medians and the ratios. Usage: node dist/bench/lifecycle/bench.js [--runs 5]
+ * Prints the medians and the ratios. Usage: node dist/bench/lifecycle/bench.js [--runs 5] [--host-key]
+ * The saved state's key is wrapped with a passphrase (Argon2id, once per suspend and once per
+ * resume) unless --host-key: then with a host key file, as a managed client would.
  */
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, watch } from 'node:fs';
@@ -13,6 +15,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { QemuProcess, defaultAccelerator } from '../../src/hypervisor/qemu.js';
+import { createHostKey } from '../../src/crypto/index.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const MEDV = join(ROOT, 'bin/medv');
@@ -20,7 +23,10 @@ const GUEST_IMG = join(ROOT, 'vm/build/guest.img');
 const runs = Number(process.argv[process.argv.indexOf('--runs') + 1] || 5) || 5;
 const accel = defaultAccelerator();
 const work = mkdtempSync(join(tmpdir(), 'medv-bench-lifecycle-'));
-const env = { ...process.env, MEDV_RUN_DIR: join(work, 'run'), MEDV_PASSPHRASE: 'bench passphrase' };
+const hostKey = process.argv.includes('--host-key') ? join(work, 'host.key') : undefined;
+const env: NodeJS.ProcessEnv = { ...process.env, MEDV_RUN_DIR: join(work, 'run'), MEDV_PASSPHRASE: 'bench passphrase' };
+if (hostKey) delete env.MEDV_PASSPHRASE;
+const keyArgs = hostKey ? ['--host-key', hostKey] : [];
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const medv = (args: string[]) => {
@@ -95,17 +101,18 @@ async function medvSuspendResume(): Promise<number> {
   const img = join(work, 'ms.vhd');
   rmSync(img, { force: true });
   medv(['disk', 'convert', GUEST_IMG, img]);
-  medv(['vm', 'start', img, '--name', 's', '--memory', '256', '--accel', accel]);
+  medv(['vm', 'start', img, '--name', 's', '--memory', '256', '--accel', accel, ...keyArgs]);
   await waitForLine(join(work, 'run', 's', 'serial.log'), /MEDV-GUEST ready/);
   const t0 = performance.now();
   medv(['vm', 'suspend', 's']);
-  medv(['vm', 'start', img, '--name', 's']);
+  medv(['vm', 'start', img, '--name', 's', ...keyArgs]);
   const ms = performance.now() - t0;
   medv(['vm', 'stop', 's', '--force']);
   return ms;
 }
 
 async function main(): Promise<void> {
+  if (hostKey) await createHostKey(hostKey);
   const r = { bareStart: [] as number[], medvStart: [] as number[], bareSR: [] as number[], medvSR: [] as number[] };
   for (let i = 0; i < runs; i++) {
     r.bareStart.push(await bareStart());
@@ -115,7 +122,7 @@ async function main(): Promise<void> {
   }
   const line = (name: string, bare: number[], ours: number[], target: number) =>
     `${name.padEnd(34)} qemu ${median(bare).toFixed(0).padStart(6)} ms   medv ${median(ours).toFixed(0).padStart(6)} ms   ratio ${(median(ours) / median(bare)).toFixed(2)}x (target <= ${target}x)`;
-  process.stdout.write(`accel ${accel}, ${runs} runs each, medians\n`);
+  process.stdout.write(`accel ${accel}, ${runs} runs each, medians, saved-state key under a ${hostKey ? 'host key' : 'passphrase'}\n`);
   process.stdout.write(`${line('start -> first serial line', r.bareStart, r.medvStart, 1.15)}\n`);
   process.stdout.write(`${line('suspend + resume (256 MiB RAM)', r.bareSR, r.medvSR, 1.2)}\n`);
   rmSync(work, { recursive: true, force: true });

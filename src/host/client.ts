@@ -71,7 +71,8 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
     });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
-      const log = tail(join(dir, 'supervisor.log')) || tail(supervisor.log);
+      // Its temporary log, unless it got as far as moving it into the run folder.
+      const log = tail(fs.existsSync(supervisor.log) ? supervisor.log : join(dir, 'supervisor.log'));
       resolve({ ok: false, error: { code: 'EHYPERVISOR', message: `the supervisor exited (code ${code}, signal ${signal}) before the VM ran${log ? `: ${log}` : ''}` } });
     });
   });

@@ -22,6 +22,7 @@ import type { KekSource } from '../crypto/index.js';
 import { MedvError } from '../errors.js';
 import { defaultAccelerator, isInternalError, QemuProcess, type Accelerator } from '../hypervisor/qemu.js';
 import type { DiskFingerprint, SavedStateReader } from '../hypervisor/savedstate.js';
+import { peekSavedState } from '../hypervisor/savedstate-header.js';
 import type { VhdDevice } from '../layers/vhd/index.js';
 import { bindNbd, type NbdListener, type NbdServer } from '../nbd/server.js';
 import { LineReader, type ControlRequest, type ControlResponse } from './protocol.js';
@@ -142,11 +143,11 @@ export class Supervisor {
    * as everything else here) off the critical path without letting the guest near a disk early:
    *  1. bind each disk's NBD socket (a client that connects waits in the handshake, unanswered);
    *  2. start QEMU (with a saved state: the RAM size from its header, -incoming, guest paused);
-   *  3. meanwhile load the disk layers; with a saved state, unwrap its key and check its
-   *     authenticated metadata against the disks before any disk is opened;
+   *  3. meanwhile load the disk layers; with a saved state, unwrap its key, open its authenticated
+   *     metadata and check the disks against it (on the thread pool, awaited in 5);
    *  4. open (and lock) the disks, then serve them: only now can QEMU read or write a block;
-   *  5. connect QMP; with a saved state, decrypt it once, feeding QEMU as each frame authenticates,
-   *     and let the guest run only after the final frame verified;
+   *  5. connect QMP; with a saved state, once its disks checked, decrypt it once, feeding QEMU as
+   *     each frame authenticates, and let the guest run only after the final frame verified;
    *  6. listen on the control socket.
    * Any failure closes the sockets first (QEMU waiting in a handshake then exits), kills QEMU,
    * closes what was opened, and rejects with the first error.
@@ -169,17 +170,12 @@ export class Supervisor {
       const resuming = fs.existsSync(c.savedState);
       if (resuming) {
         if (!this.input.kek) throw new MedvError('ENOKEY', 'resuming a saved state needs the passphrase or host key that encrypted it', { file: c.savedState });
-        const { saved: format } = await loadLayers();
-        const peek = format.SavedStateReader.peek(c.savedState);
+        const peek = peekSavedState(c.savedState);
         if (peek.memoryMiB === undefined) {
           // Version 1 has no RAM size in its header: verify it whole before anything is launched.
           saved = await this.openSavedState();
         } else {
           this.memoryMiB = peek.memoryMiB;
-          // Unwrapping its key (Argon2id for a passphrase) runs on the thread pool from now on,
-          // alongside the sockets, QEMU's start and the layers' loading; awaited before any disk opens.
-          opening = this.openSavedState();
-          opening.catch(() => undefined);
         }
       }
       for (let i = 0; i < c.disks.length; i++) {
@@ -190,9 +186,15 @@ export class Supervisor {
       const accel = c.accel ?? defaultAccelerator();
       const vm = this.spawnQemu(accel, resuming);
       this.trace(`QEMU started (pid ${vm.pid}, ${accel})`);
+      if (resuming && !saved) {
+        // Unwrapping its key (Argon2id for a passphrase) runs on the thread pool from now on,
+        // alongside QEMU's start, the layers' loading and the disks' opening (which writes
+        // nothing); it and the disks' check are awaited before the first byte goes to QEMU.
+        opening = this.openSavedState();
+        opening.catch(() => undefined);
+      }
       const layers = await loadLayers();
       this.trace('disk layers loaded');
-      if (opening) saved = await opening;
       for (let i = 0; i < c.disks.length; i++) await this.openVmDisk(c.disks[i], i, layers, resuming);
       for (let i = 0; i < this.disks.length; i++) {
         const d = this.disks[i];
@@ -202,14 +204,16 @@ export class Supervisor {
       await vm.connect();
       this.trace('QMP connected');
       this.watch(vm, accel);
+      if (opening) saved = await opening;
       if (saved) {
         await this.feedSavedState(vm, saved);
         this.trace('saved state fed and verified; guest running');
       }
       await this.listenControl();
     } catch (e) {
-      // Unserved sockets first: a QEMU waiting in an NBD handshake then fails and exits at once.
-      await Promise.all(listeners.map((l) => l.close().catch(() => undefined)));
+      // Sockets not serving yet are closed first: a QEMU waiting in its NBD handshake then fails and
+      // exits at once. Served ones close in cleanup(), after QEMU was killed.
+      if (!this.disks.some((d) => d.server)) await Promise.all(listeners.map((l) => l.close().catch(() => undefined)));
       saved?.close();
       if (opening && !saved) void opening.then((s) => s.close(), () => undefined);
       await this.cleanup(`failed to start: ${(e as Error).message}`, 'failed');

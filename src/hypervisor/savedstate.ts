@@ -31,17 +31,15 @@ import { DataKey, type KekSource, readKeyFile, wrapDataKey, writeWrappedKeyFile 
 import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { sodium } from '../crypto/sodium.js';
 import { MedvError, fromSystemError } from '../errors.js';
+import { HEADER_BYTES, MAGIC, MAX_MEMORY_MIB, readHeader, VERSION, type SavedStatePeek } from './savedstate-header.js';
 
-const MAGIC = Buffer.from('MEDVVSV\0', 'latin1');
+export { peekSavedState, type SavedStatePeek } from './savedstate-header.js';
+
 const TRAILER_MAGIC = Buffer.from('MEDVVSVM', 'latin1');
-const VERSION = 2;
-const HEADER_BYTES: Record<number, number> = { 1: 52, 2: 56 };
 /** Largest plaintext per frame. */
 export const MAX_FRAME = 1 << 20;
 /** Largest metadata trailer read (the metadata lists a few disks). */
 const MAX_TRAILER = 1 << 20;
-/** Largest guest RAM a header may claim (4 TiB), so a damaged header cannot ask QEMU for more. */
-const MAX_MEMORY_MIB = 1 << 22;
 const ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES;
 const NONCE = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES;
 const META_ABYTES = sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES;
@@ -207,34 +205,6 @@ export class SavedStateWriter {
   private dispose(): void {
     void this.wrapped.finally(() => { if (!this.dataKey.disposed) this.dataKey.dispose(); }).catch(() => undefined);
   }
-}
-
-/** What the plaintext header of a saved state says, read without any key (nothing in it is trusted yet). */
-export interface SavedStatePeek { version: number; headerBytes: number; memoryMiB?: number }
-
-function readHeader(path: string): { header: Buffer; peek: SavedStatePeek } {
-  let head: Buffer;
-  try {
-    const fd = fs.openSync(path, 'r');
-    try {
-      head = Buffer.alloc(HEADER_BYTES[VERSION]);
-      const n = fs.readSync(fd, head, 0, head.length, 0);
-      head = head.subarray(0, n);
-    } finally { fs.closeSync(fd); }
-  } catch (e) { throw fromSystemError(e, path); }
-  if (head.length < 10) throw new MedvError('ETRUNCATED', `saved state is ${head.length} bytes, shorter than its header`, { file: path, offset: head.length });
-  if (!head.subarray(0, 8).equals(MAGIC)) throw new MedvError('EFORMAT', 'not a medv saved state (bad magic)', { file: path, offset: 0 });
-  const version = head.readUInt16LE(8);
-  const headerBytes = HEADER_BYTES[version];
-  if (headerBytes === undefined) throw new MedvError('EVERSION', `saved state version ${version} is not supported`, { file: path, offset: 8 });
-  if (head.length < headerBytes) throw new MedvError('ETRUNCATED', `saved state is ${head.length} bytes, shorter than its header`, { file: path, offset: head.length });
-  const peek: SavedStatePeek = { version, headerBytes };
-  if (version >= 2) {
-    const memoryMiB = head.readUInt32LE(52);
-    if (memoryMiB < 1 || memoryMiB > MAX_MEMORY_MIB) throw new MedvError('EFORMAT', `saved state claims ${memoryMiB} MiB of guest RAM`, { file: path, offset: 52 });
-    peek.memoryMiB = memoryMiB;
-  }
-  return { header: head.subarray(0, headerBytes), peek };
 }
 
 function checkMeta(meta: SavedStateMeta, path: string): SavedStateMeta {

@@ -122,8 +122,8 @@ export interface NbdListener {
 /** Clients held before serve(); more are refused (only the run folder's owner can connect). */
 const MAX_WAITING = 16;
 
-/** Bind a 0600 unix socket at `socketPath` now; serve a device on it later (NbdListener). */
-export async function bindNbd(socketPath: string): Promise<NbdListener> {
+/** Bind a 0600 unix socket at `socketPath` now; serve a device on it later (NbdListener). `log` is told of clients held. */
+export async function bindNbd(socketPath: string, opts: { log?: (line: string) => void } = {}): Promise<NbdListener> {
   checkSocketPath(socketPath);
   if (basename(socketPath).startsWith(PRIVATE_PREFIX)) throw new MedvError('EINVAL_ARG', `socket names starting with ${PRIVATE_PREFIX} are reserved`, { file: socketPath });
   await clearStaleSocket(socketPath);
@@ -135,8 +135,9 @@ export async function bindNbd(socketPath: string): Promise<NbdListener> {
     if (closed || waiting.length >= MAX_WAITING) { socket.destroy(); return; }
     socket.on('error', () => undefined);
     waiting.push(socket);
+    log(`nbd: a client waits on ${socketPath} until the disk is open`);
   });
-  let log: (line: string) => void = () => undefined;
+  let log: (line: string) => void = opts.log ?? (() => undefined);
   server.on('error', (e) => log(`nbd: server error: ${e.message}`));
   const ino = await listenPrivately(server, socketPath);
   let served: NbdServer | undefined;

@@ -126,7 +126,12 @@ describe('host: the VHD saved-state flag (real CLI, real QEMU)', function () {
     flagLikeVirtualPc(disk);
     const before = sha256File(disk);
     refused(['vm', 'start', disk, '--name', 'xp', '--memory', '32'], /no saved state .*xp\.vsv.*vm discard-state/);
-    assert.equal(JSON.parse(ok(['vm', 'status', 'xp', '--json']).stdout).state, 'failed');
+    const failed = JSON.parse(ok(['vm', 'status', 'xp', '--json']).stdout);
+    assert.equal(failed.state, 'failed');
+    // QEMU had been started before the disk was opened: it is gone, and it never ran the guest.
+    assert.ok(Number.isSafeInteger(failed.qemuPid));
+    assert.equal(existsSync(`/proc/${failed.qemuPid}`), false, 'QEMU was stopped');
+    assert.doesNotMatch(existsSync(serialOf('xp')) ? readFileSync(serialOf('xp'), 'latin1') : '', /MEDV-GUEST/);
     assert.equal(sha256File(disk), before);
     // An undo disk carrying the flag is not merged into its parent.
     const base = join(dir.path, 'base.vhd');

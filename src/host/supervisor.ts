@@ -143,11 +143,11 @@ export class Supervisor {
    * as everything else here) off the critical path without letting the guest near a disk early:
    *  1. bind each disk's NBD socket (a client that connects waits in the handshake, unanswered);
    *  2. start QEMU (with a saved state: the RAM size from its header, -incoming, guest paused);
-   *  3. meanwhile load the disk layers; with a saved state, unwrap its key, open its authenticated
-   *     metadata and check the disks against it (on the thread pool, awaited in 5);
+   *  3. meanwhile load the disk layers; with a saved state, unwrap its key (on the thread pool),
+   *     open its authenticated metadata and check the disks against it;
    *  4. open (and lock) the disks, then serve them: only now can QEMU read or write a block;
-   *  5. connect QMP; with a saved state, once its disks checked, decrypt it once, feeding QEMU as
-   *     each frame authenticates, and let the guest run only after the final frame verified;
+   *  5. connect QMP; with a saved state, decrypt it once, feeding QEMU as each frame
+   *     authenticates, and let the guest run only after the final frame verified;
    *  6. listen on the control socket.
    * Any failure closes the sockets first (QEMU waiting in a handshake then exits), kills QEMU,
    * closes what was opened, and rejects with the first error.
@@ -188,13 +188,14 @@ export class Supervisor {
       this.trace(`QEMU started (pid ${vm.pid}, ${accel})`);
       if (resuming && !saved) {
         // Unwrapping its key (Argon2id for a passphrase) runs on the thread pool from now on,
-        // alongside QEMU's start, the layers' loading and the disks' opening (which writes
-        // nothing); it and the disks' check are awaited before the first byte goes to QEMU.
+        // alongside QEMU's start and the layers' loading; it and the disks' check are awaited
+        // before any disk is opened (a changed disk is refused as such, whatever else is wrong).
         opening = this.openSavedState();
         opening.catch(() => undefined);
       }
       const layers = await loadLayers();
       this.trace('disk layers loaded');
+      if (opening) saved = await opening;
       for (let i = 0; i < c.disks.length; i++) await this.openVmDisk(c.disks[i], i, layers, resuming);
       for (let i = 0; i < this.disks.length; i++) {
         const d = this.disks[i];
@@ -203,12 +204,11 @@ export class Supervisor {
       this.trace('disks open and served');
       await vm.connect();
       this.trace('QMP connected');
-      this.watch(vm, accel);
-      if (opening) saved = await opening;
       if (saved) {
         await this.feedSavedState(vm, saved);
         this.trace('saved state fed and verified; guest running');
       }
+      this.watch(vm, accel);
       await this.listenControl();
     } catch (e) {
       // Sockets not serving yet are closed first: a QEMU waiting in its NBD handshake then fails and
@@ -216,7 +216,9 @@ export class Supervisor {
       if (!this.disks.some((d) => d.server)) await Promise.all(listeners.map((l) => l.close().catch(() => undefined)));
       saved?.close();
       if (opening && !saved) void opening.then((s) => s.close(), () => undefined);
-      await this.cleanup(`failed to start: ${(e as Error).message}`, 'failed');
+      // As a stop in progress: QEMU's exit, caused by this cleanup, must not start another one.
+      this.stopping = this.cleanup(`failed to start: ${(e as Error).message}`, 'failed');
+      await this.stopping;
       throw e;
     }
     if (saved) {

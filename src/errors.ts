@@ -43,7 +43,9 @@ export type ErrorCode =
   | 'ENETWORK'            // a repository could not be reached, or kept failing, after retries
   | 'EHTTP'               // an HTTP peer answered an error or unexpected status (404, 5xx, ...)
   | 'EBADREPLY'           // a repository's reply breaks HTTP range rules (wrong Content-Range, bad multipart)
-  | 'ECHANGED';           // a repository file changed during the transfer (ETag differs)
+  | 'ECHANGED'            // a repository file changed during the transfer (ETag differs)
+  // saved state
+  | 'ESAVEDSTATE';        // a VHD whose saved-state flag is set (its VM is suspended): only its resume may write it
 
 export interface MedvErrorData {
   file?: string;

@@ -4,7 +4,9 @@
  * "next version" of such a disk with a share of its used blocks rewritten in scattered places
  * (half small in-place edits, half replaced by other file content).
  */
-import { closeSync, openSync, readdirSync, readFileSync, statSync, writeSync, ftruncateSync, readSync } from 'node:fs';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync, ftruncateSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { prng } from '../conformance/blockdevice.js';
 
@@ -115,4 +117,22 @@ export function mutateDisk(path: string, share = 0.03, seed = 2): number[] {
   } finally {
     closeSync(fd);
   }
+}
+
+/** Size of each block compressed alone by the zstd command (level 3, one frame per block), summed. */
+export function zstdAlone(raw: string, offsets: number[], scratch: string): number {
+  mkdirSync(scratch);
+  const fd = openSync(raw, 'r');
+  const files: string[] = [];
+  try {
+    for (const off of offsets) {
+      const b = Buffer.alloc(4096);
+      readSync(fd, b, 0, 4096, off);
+      files.push(join(scratch, `b${off}`));
+      writeFileSync(files[files.length - 1], b);
+    }
+  } finally { closeSync(fd); }
+  const r = spawnSync('zstd', ['-3', '-c', '-q', '--no-check', ...files], { maxBuffer: 1 << 26 });
+  assert.equal(r.status, 0, String(r.stderr));
+  return r.stdout.length;
 }

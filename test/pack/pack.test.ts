@@ -5,8 +5,7 @@
  * another image swapped in, another packing run's pack, the wrong content key.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { copyFileSync, cpSync, mkdirSync, openSync, readFileSync, readdirSync, closeSync, readSync, statSync, truncateSync, writeFileSync, appendFileSync, rmSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdirSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, appendFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
 import { MedvError } from '../../src/errors.js';
@@ -15,7 +14,7 @@ import { IndexFile, type PackResult, packImage, verifyPack } from '../../src/pac
 import { containsPattern, run, sha256File, tempDir } from '../helpers/cli.js';
 import { openDisk } from '../../src/layers/open.js';
 import { forgeIndex, kek, testKeys, unpackToRaw } from './helpers.js';
-import { makeUsrDisk, mutateDisk } from './images.js';
+import { makeUsrDisk, mutateDisk, zstdAlone } from './images.js';
 
 const MiB = 1048576;
 const code = (c: string, re?: RegExp) => (e: unknown) => {
@@ -34,24 +33,6 @@ async function pack(raw: string, name: string, version: number, outDir: string, 
   }
 }
 
-/** Size of each block compressed alone by the zstd command (level 3, one frame per block), summed. */
-function zstdAlone(raw: string, offsets: number[], scratch: string): number {
-  mkdirSync(scratch);
-  const fd = openSync(raw, 'r');
-  const files: string[] = [];
-  try {
-    for (const off of offsets) {
-      const b = Buffer.alloc(4096);
-      readSync(fd, b, 0, 4096, off);
-      files.push(join(scratch, `b${off}`));
-      writeFileSync(files[files.length - 1], b);
-    }
-  } finally { closeSync(fd); }
-  // several inputs with -c: one frame per input, back to back on stdout
-  const r = spawnSync('zstd', ['-3', '-c', '-q', '--no-check', ...files], { maxBuffer: 1 << 26 });
-  assert.equal(r.status, 0, String(r.stderr));
-  return r.stdout.length;
-}
 
 describe('pack: packImage and verifyPack', function () {
   this.timeout(60_000);

@@ -5,11 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, copyFileSync, mkdirSync, openSync, readSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { MEDV_BIN, run, runMedv } from '../helpers/cli.js';
-import { makeUsrDisk, mutateDisk } from '../pack/images.js';
+import { makeUsrDisk, mutateDisk, zstdAlone } from '../pack/images.js';
 
 export const MiB = 1048576;
 
@@ -76,22 +76,4 @@ export function medvAsync(r: Repo, args: string[]): Promise<{ code: number | nul
   return new Promise((res) => c.once('close', (code) => res({ code, stdout, stderr })));
 }
 
-/** Size of each block compressed alone by the zstd command (level 3, one frame per block), summed. */
-export function zstdAlone(raw: string, offsets: number[], scratch: string): number {
-  mkdirSync(scratch);
-  const fd = openSync(raw, 'r');
-  const files: string[] = [];
-  try {
-    for (const off of offsets) {
-      const b = Buffer.alloc(4096);
-      readSync(fd, b, 0, 4096, off);
-      files.push(join(scratch, `b${off}`));
-      writeFileSync(files[files.length - 1], b);
-    }
-  } finally { closeSync(fd); }
-  const r = spawnSync('zstd', ['-3', '-c', '-q', '--no-check', ...files], { maxBuffer: 1 << 26 });
-  assert.equal(r.status, 0, String(r.stderr));
-  return r.stdout.length;
-}
-
-export { run };
+export { run, zstdAlone };

@@ -40,7 +40,11 @@ export type ErrorCode =
   | 'EBADBLOCK'           // a packed block that does not authenticate, decompress, or match its id
   // repository server
   | 'EDENIED'             // the server refused our credentials (HTTP 401/403)
-  | 'EHTTP';              // an HTTP peer failed or answered an unexpected status (network, 5xx)
+  | 'EHTTP'               // an HTTP peer failed or answered an unexpected status (network, 5xx)
+  // accounts and policies
+  | 'EPOLICY'             // a policy document that fails its JSON Schema (data.path: the bad field)
+  | 'ERATELIMIT'          // too many failed logins: wait (data.retryAfter seconds)
+  | 'ETOOLARGE';          // a request body or field larger than its bound
 
 export interface MedvErrorData {
   file?: string;

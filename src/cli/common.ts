@@ -27,6 +27,9 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   EBADBLOCK: 5,
   EDENIED: 4,
   EHTTP: 10,
+  EPOLICY: 5,
+  ERATELIMIT: 10,
+  ETOOLARGE: 2,
 };
 /** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;

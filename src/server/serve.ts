@@ -1,10 +1,13 @@
-/** `medv serve` as a library call: the admin token, the modules, the HTTP server. */
+/** `medv serve` as a library call: the admin token, the store, the modules, the HTTP server. */
 import * as fs from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fromSystemError } from '../errors.js';
 import { ADMIN_TOKEN_FILE, loadAdminToken } from './auth.js';
 import { type RequestLog, type RunningServer, startHttpServer } from './http.js';
 import { IMAGE_REPOSITORY_DEFAULTS, imageRepository } from './images.js';
+import { Accounts, type AccountsOptions } from './accounts.js';
+import { accountsApi } from './api.js';
+import { Store } from './store/index.js';
 
 export interface ServeOptions {
   root: string;
@@ -13,6 +16,12 @@ export interface ServeOptions {
   adminTokenFile?: string;
   maxUploadSize?: number;
   maxActiveUploads?: number;
+  /** Database URL (postgres://…); default SQLite in DIR/medv.db. */
+  db?: string;
+  /** Accept passwords and tokens over plain HTTP from other hosts (a TLS proxy in front). */
+  allowPlainHttp?: boolean;
+  /** Login token lifetime, failed-login limits. */
+  accounts?: Partial<AccountsOptions>;
   onLog?: (entry: RequestLog) => void;
 }
 
@@ -21,6 +30,8 @@ export interface Serving extends RunningServer {
   adminTokenFile: string;
   /** True when this start generated the admin token. */
   tokenCreated: boolean;
+  /** The SQLite file or the PostgreSQL URL (without its password). */
+  database: string;
 }
 
 export async function serveRepository(o: ServeOptions): Promise<Serving> {
@@ -38,6 +49,15 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
     ...(o.maxUploadSize !== undefined ? { maxUploadSize: o.maxUploadSize } : {}),
     ...(o.maxActiveUploads !== undefined ? { maxActiveUploads: o.maxActiveUploads } : {}),
   });
-  const running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images], onLog: o.onLog });
-  return { ...running, root, adminTokenFile: token.file, tokenCreated: token.created };
+  const store = await Store.open(root, o.db);
+  const api = accountsApi({ accounts: new Accounts(store, o.accounts), token, allowPlainHttp: o.allowPlainHttp });
+  let running;
+  try {
+    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog });
+  } catch (e) {
+    await images.close();
+    await api.close();
+    throw e;
+  }
+  return { ...running, root, adminTokenFile: token.file, tokenCreated: token.created, database: store.where };
 }

@@ -9,6 +9,8 @@ import { demoCommand } from './demo.js';
 import { vmCommand } from './vm.js';
 import { imageCommand } from './image.js';
 import { serveCommand } from './serve.js';
+import { adminCommand } from './admin.js';
+import { loginCommand } from './login.js';
 import { exitStatusFor, reportError } from './common.js';
 
 function version(): string {
@@ -31,6 +33,8 @@ export function buildProgram(): Command {
   program.addCommand(demoCommand());
   program.addCommand(imageCommand());
   program.addCommand(serveCommand());
+  program.addCommand(adminCommand());
+  program.addCommand(loginCommand());
   return program;
 }
 

@@ -1,0 +1,94 @@
+/**
+ * The client side of /api/ (what `medv login` and `medv admin` call): JSON requests with a bearer
+ * token, answers bounded, the server's typed errors turned back into MedvErrors with the same code
+ * (EDENIED, EPOLICY with its path, ERATELIMIT with retryAfter, …); network failures are EHTTP.
+ */
+import { type ErrorCode, MedvError } from '../errors.js';
+
+const MAX_ANSWER = 16 * 1024 * 1024;
+const KNOWN: ErrorCode[] = ['EINVAL_ARG', 'ENOENT', 'EEXIST', 'EDENIED', 'EINSECURE', 'EPOLICY', 'ERATELIMIT', 'ETOOLARGE'];
+const BY_STATUS: Record<number, ErrorCode> = { 400: 'EINVAL_ARG', 401: 'EDENIED', 403: 'EDENIED', 404: 'ENOENT', 409: 'EEXIST', 413: 'ETOOLARGE', 429: 'ERATELIMIT' };
+
+export function serverBase(server: string): string {
+  let u: URL;
+  try { u = new URL(server); } catch { throw new MedvError('EINVAL_ARG', `--server ${JSON.stringify(server).slice(0, 120)} is not a URL`); }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new MedvError('EINVAL_ARG', `--server must be an http:// or https:// URL, not ${u.protocol}`);
+  if (u.username || u.password) throw new MedvError('EINVAL_ARG', '--server must not carry a user name or password');
+  return u.href.replace(/\/+$/, '');
+}
+
+export async function apiRequest<T>(server: string, method: 'GET' | 'POST', path: string, o: { token?: string; body?: unknown } = {}): Promise<T> {
+  const base = serverBase(server);
+  const headers: Record<string, string> = { Accept: 'application/json' };
+  if (o.token) headers.Authorization = `Bearer ${o.token}`;
+  if (o.body !== undefined) headers['Content-Type'] = 'application/json';
+  let res: Response;
+  try {
+    res = await fetch(`${base}${path}`, { method, headers, body: o.body === undefined ? undefined : JSON.stringify(o.body), redirect: 'error', signal: AbortSignal.timeout(60_000) });
+  } catch (e) {
+    const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+    throw new MedvError('EHTTP', `${base}: ${cause?.code ?? cause?.message ?? (e as Error).message}`);
+  }
+  const len = Number(res.headers.get('content-length'));
+  if (Number.isFinite(len) && len > MAX_ANSWER) throw new MedvError('EHTTP', `${base}${path}: answer larger than ${MAX_ANSWER} bytes`);
+  const text = await res.text();
+  if (text.length > MAX_ANSWER) throw new MedvError('EHTTP', `${base}${path}: answer larger than ${MAX_ANSWER} bytes`);
+  let body: unknown;
+  try { body = JSON.parse(text); } catch { body = undefined; }
+  if (res.ok) {
+    if (body === undefined) throw new MedvError('EHTTP', `${base}${path}: the server answered ${res.status} without JSON (is this a medv server?)`);
+    return body as T;
+  }
+  const err = (body as { error?: { code?: string; message?: string; path?: string; retryAfter?: number } } | undefined)?.error;
+  const code: ErrorCode = err?.code && KNOWN.includes(err.code as ErrorCode) ? err.code as ErrorCode : BY_STATUS[res.status] ?? 'EHTTP';
+  const message = typeof err?.message === 'string' ? err.message.slice(0, 500).replace(/[\x00-\x1f]/g, ' ') : `HTTP ${res.status}`;
+  const data: Record<string, unknown> = { status: res.status };
+  if (typeof err?.path === 'string') data.path = err.path.slice(0, 200);
+  if (code === 'ERATELIMIT') data.retryAfter = Number(res.headers.get('retry-after')) || err?.retryAfter;
+  throw new MedvError(code, `${message}${code === 'EHTTP' ? ` (${base}${path})` : ''}`, data);
+}
+
+// --- the login a client keeps (medv login): one small JSON file per server, mode 0600
+
+import * as fs from 'node:fs';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { fromSystemError } from '../errors.js';
+
+export interface SavedLogin { server: string; user: string; token: string; expires: string }
+
+export function configDir(): string {
+  return join(process.env.XDG_CONFIG_HOME || join(homedir(), '.config'), 'medv');
+}
+
+/** `$XDG_CONFIG_HOME/medv/logins/<host>_<port>.json` */
+export function defaultLoginFile(server: string): string {
+  const u = new URL(serverBase(server));
+  const port = u.port || (u.protocol === 'https:' ? '443' : '80');
+  return join(configDir(), 'logins', `${u.hostname.replace(/[^A-Za-z0-9.-]/g, '_')}_${port}.json`);
+}
+
+/** Written to a new 0600 file, fsynced, then renamed over `file`; created folders are 0700. */
+export function saveLogin(file: string, login: SavedLogin): void {
+  const tmp = join(dirname(file), `.${randomBytes(6).toString('hex')}.tmp`);
+  try {
+    fs.mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+    try {
+      fs.writeSync(fd, `${JSON.stringify(login)}\n`);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw fromSystemError(e, file);
+  }
+}
+
+export async function login(server: string, user: string, password: string, lifetimeSeconds?: number): Promise<SavedLogin> {
+  const r = await apiRequest<{ user: string; token: string; expires: string }>(server, 'POST', '/api/login', { body: { user, password, ...(lifetimeSeconds ? { lifetime: lifetimeSeconds } : {}) } });
+  return { server: serverBase(server), user: r.user, token: r.token, expires: r.expires };
+}

@@ -15,6 +15,8 @@ export interface Postgres {
   dataDir: string;
   /** A new empty database; returns its URL (unix socket, no password). */
   createDatabase(name: string): string;
+  /** Run SQL with psql in database `db` (the name in a URL from createDatabase); returns psql's unaligned output. */
+  sql(db: string, query: string): string;
   stop(): Promise<void>;
 }
 
@@ -69,6 +71,9 @@ export async function startPostgres(): Promise<Postgres> {
       const db = `${name}_${++n}`.replace(/[^a-z0-9_]/gi, '_').toLowerCase();
       run('psql', ['-h', dir, '-U', ROLE, '-d', 'postgres', '-v', 'ON_ERROR_STOP=1', '-q', '-c', `create database ${db}`]);
       return `postgresql://${ROLE}@localhost/${db}?host=${encodeURIComponent(dir)}`;
+    },
+    sql(db: string, query: string) {
+      return run('psql', ['-h', dir, '-U', ROLE, '-d', db, '-v', 'ON_ERROR_STOP=1', '-q', '-A', '-t', '-c', query]);
     },
     async stop() {
       try { run('pg_ctl', ['stop', '-D', dataDir, '-m', 'fast', '-w']); } finally { rmSync(dir, { recursive: true, force: true }); }

@@ -41,8 +41,9 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 # nbdkit libnbd-bin: NBD peers (nbdkit, nbdinfo, nbdcopy); g++ make: node-gyp for the native addon;
 # qemu-system-gui: `medv vm --display window`; xvfb x11-apps vncsnapshot libjpeg-turbo-progs: display tests
 # (an X server, xwd, a real VNC client, djpeg);
-# e2fsprogs mtools: the Linux test guest's disk (mke2fs -d, debugfs; FAT boot partition) without mounts.
-read -r -a packages <<<"${MEDV_SETUP_APT_PACKAGES:-qemu-system-x86 qemu-utils nasm libvhdi-utils python3-libvhdi nginx-light fio nbdkit libnbd-bin g++ make qemu-system-gui xvfb x11-apps vncsnapshot libjpeg-turbo-progs e2fsprogs mtools}"
+# e2fsprogs mtools: the Linux test guest's disk (mke2fs -d, debugfs; FAT boot partition) without mounts;
+# postgresql: the server store's tests start their own cluster (initdb, pg_ctl) for the PostgreSQL path.
+read -r -a packages <<<"${MEDV_SETUP_APT_PACKAGES:-qemu-system-x86 qemu-utils nasm libvhdi-utils python3-libvhdi nginx-light fio nbdkit libnbd-bin g++ make qemu-system-gui xvfb x11-apps vncsnapshot libjpeg-turbo-progs e2fsprogs mtools postgresql}"
 if command -v dpkg-query >/dev/null; then
   missing=()
   for p in "${packages[@]}"; do

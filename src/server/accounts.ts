@@ -125,6 +125,8 @@ export class Accounts {
   private hashing = 0;
   private waiting: (() => void)[] = [];
   private cleanup: NodeJS.Timeout;
+  /** Logins in progress per user name on this instance: the next waits, so parallel guesses see the count. */
+  private inFlight = new Map<string, Promise<unknown>>();
 
   constructor(readonly store: Store, o: Partial<AccountsOptions> = {}) {
     this.o = { ...ACCOUNTS_DEFAULTS, ...o };
@@ -164,10 +166,22 @@ export class Accounts {
     }
   }
 
+  /**
+   * Logins of one name run one after the other on an instance: otherwise a burst of parallel
+   * guesses would all pass the failure check before the first one is counted.
+   */
   async login(userIn: unknown, passwordIn: unknown, address: string, lifetimeMs?: number): Promise<LoginResult> {
     const user = checkName(userIn, 'user');
     if (typeof passwordIn !== 'string' || Buffer.byteLength(passwordIn) > PASSWORD_MAX) throw new MedvError('EINVAL_ARG', `password must be a string of at most ${PASSWORD_MAX} bytes`);
-    const password = passwordIn;
+    const before = this.inFlight.get(user) ?? Promise.resolve();
+    const mine = before.catch(() => undefined).then(() => this.loginNow(user, passwordIn, address, lifetimeMs));
+    const tail = mine.catch(() => undefined);
+    this.inFlight.set(user, tail);
+    tail.then(() => { if (this.inFlight.get(user) === tail) this.inFlight.delete(user); });
+    return mine;
+  }
+
+  private async loginNow(user: string, password: string, address: string, lifetimeMs?: number): Promise<LoginResult> {
     const now = Date.now();
     const keys: [string, number][] = [[`user:${user}`, this.o.perUser], [`addr:${address}`, this.o.perAddress]];
     const locked = (await this.store.failures(keys.map((k) => k[0]), now, this.o.windowMs)).filter((f) => f.lockedUntil > now);

@@ -204,6 +204,13 @@ describe('server api: limits per client address, plain HTTP', function () {
     assert.ok(Number(r.headers.get('retry-after')) >= 1);
   });
 
+  it('parallel guesses of one name are counted before the next is checked: of 9 at once, 5 are checked and 4 refused', async () => {
+    srv = await startServe(dir.path);
+    const user = unique('u');
+    const r = await Promise.all(Array.from({ length: 9 }, (_, i) => api(srv!.url, 'POST', '/api/login', { body: { user, password: `wrong-password-${i}` } })));
+    assert.deepEqual(r.map((x) => x.status).sort(), [401, 401, 401, 401, 401, 429, 429, 429, 429]);
+  });
+
   it('credentials over plain HTTP from another address are refused, unless --allow-plain-http', async function () {
     const ext = Object.values(networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal);
     if (!ext) this.skip();

@@ -32,7 +32,6 @@ function passwordFromFile(file: string): string {
 /** Read a line from the terminal without echo (raw mode); Ctrl-C or Ctrl-D abandons. */
 function promptHidden(prompt: string): Promise<string> {
   const stdin = process.stdin;
-  process.stderr.write(prompt);
   return new Promise((resolve, reject) => {
     let pw = '';
     const done = (err?: MedvError) => {
@@ -51,7 +50,9 @@ function promptHidden(prompt: string): Promise<string> {
         if (Buffer.byteLength(pw) > PASSWORD_MAX) return done(new MedvError('EINVAL_ARG', `the password is longer than ${PASSWORD_MAX} bytes`));
       }
     };
+    // echo off before the prompt shows: nothing typed after it is echoed
     stdin.setRawMode(true);
+    process.stderr.write(prompt);
     stdin.resume();
     stdin.on('data', onData);
   });

@@ -19,6 +19,7 @@ function serverOptions(c: Command): Command {
   return c
     .requiredOption('--server <url>', 'the medv server, e.g. http://console:8080')
     .option('--token-file <file>', 'file holding the admin token (default $MEDV_ADMIN_TOKEN)')
+    .option('--ca <file>', 'trust this CA (PEM) for an https:// server instead of the system\'s')
     .option('--json', 'print the result as JSON');
 }
 
@@ -59,7 +60,7 @@ Examples:
       const token = adminToken(o);
       const password = await readPassword(o.passwordFile as string | undefined, `Password for ${name}: `, true);
       const { apiRequest } = await import('../server/api-client.js');
-      const r = await apiRequest<{ user: string; groups: string[]; created: string }>(String(o.server), 'POST', '/api/admin/users', { token, body: { user: name, password, groups: o.group } });
+      const r = await apiRequest<{ user: string; groups: string[]; created: string }>(String(o.server), 'POST', '/api/admin/users', { token, ca: o.ca as string | undefined, body: { user: name, password, groups: o.group } });
       if (o.json) printJson(r);
       else process.stdout.write(`user ${r.user} created${r.groups.length ? ` in ${r.groups.join(', ')}` : ''}\n`);
     });
@@ -73,7 +74,7 @@ Examples:
     .action(async (o: Opts) => {
       const token = adminToken(o);
       const { apiRequest } = await import('../server/api-client.js');
-      const r = await apiRequest<{ users: { user: string; groups: string[]; created: string; disabled: boolean }[] }>(String(o.server), 'GET', '/api/admin/users', { token });
+      const r = await apiRequest<{ users: { user: string; groups: string[]; created: string; disabled: boolean }[] }>(String(o.server), 'GET', '/api/admin/users', { token, ca: o.ca as string | undefined });
       if (o.json) { printJson(r); return; }
       for (const u of r.users) process.stdout.write(`${u.user}\t${u.groups.join(',') || '-'}\t${u.created}${u.disabled ? '\tdisabled' : ''}\n`);
     });
@@ -93,7 +94,7 @@ Examples:
       const token = adminToken(o);
       const doc = readPolicyFile(file);
       const { apiRequest } = await import('../server/api-client.js');
-      const r = await apiRequest<{ name: string; version: number }>(String(o.server), 'POST', '/api/admin/policies', { token, body: doc });
+      const r = await apiRequest<{ name: string; version: number }>(String(o.server), 'POST', '/api/admin/policies', { token, ca: o.ca as string | undefined, body: doc });
       if (o.json) printJson(r);
       else process.stdout.write(`policy ${r.name} version ${r.version} published\n`);
     });
@@ -106,7 +107,7 @@ Examples:
     .action(async (o: Opts) => {
       const token = adminToken(o);
       const { apiRequest } = await import('../server/api-client.js');
-      const r = await apiRequest<{ policies: { name: string; version: number; published: string; publisher: string }[] }>(String(o.server), 'GET', '/api/admin/policies', { token });
+      const r = await apiRequest<{ policies: { name: string; version: number; published: string; publisher: string }[] }>(String(o.server), 'GET', '/api/admin/policies', { token, ca: o.ca as string | undefined });
       if (o.json) { printJson(r); return; }
       for (const p of r.policies) process.stdout.write(`${p.name}\tv${p.version}\t${p.published}\t${p.publisher}\n`);
     });

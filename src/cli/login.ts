@@ -75,12 +75,14 @@ export function loginCommand(): Command {
     .requiredOption('--user <name>', 'user name')
     .option('--password-file <file>', 'read the password from a file (- for stdin); default: ask on the terminal without echo')
     .option('--token-out <file>', 'where to keep the token (default $XDG_CONFIG_HOME/medv/logins/<host>_<port>.json)')
+    .option('--ca <file>', 'trust this CA (PEM) for an https:// server instead of the system\'s (pin your console\'s CA)')
     .option('--lifetime <duration>', 'ask for a token shorter-lived than the server\'s default (s, m, h, d)')
     .option('--json', 'print {server, user, expires, tokenFile} (never the token)')
     .addHelpText('after', `
 The token file is JSON {server, user, token, expires}, mode 0600; later commands (medv workspace)
 use it until it expires or you log in again. The password is never printed or stored. Over plain
-HTTP the server accepts passwords only from the same host (loopback).
+HTTP the server accepts passwords only from the same host (loopback); use https:// (with --ca
+naming the CA of a server whose certificate is not signed by a system CA) from elsewhere.
 
 Exit status: 0 logged in; 4 wrong user name or password (the server does not say which), or no
 password given; 10 too many failed logins (wait for the time the message gives) or network failure.
@@ -88,6 +90,7 @@ password given; 10 too many failed logins (wait for the time the message gives) 
 Examples:
   medv login --server http://127.0.0.1:8080 --user alice
   medv login --server https://console.example --user alice --password-file ~/.medv-pw --json
+  medv login --server https://10.0.0.5:8443 --ca console-ca.pem --user alice
   printf %s "$PW" | medv login --server https://console.example --user ci --password-file -`)
     .action(async (o: Opts) => {
       const { defaultLoginFile, login, saveLogin, serverBase } = await import('../server/api-client.js');
@@ -95,7 +98,7 @@ Examples:
       const lifetime = o.lifetime !== undefined ? Math.ceil(parseDuration(String(o.lifetime), '--lifetime') / 1000) : undefined;
       const file = o.tokenOut !== undefined ? String(o.tokenOut) : defaultLoginFile(server);
       const password = await readPassword(o.passwordFile as string | undefined, `Password for ${String(o.user)} at ${server}: `);
-      const r = await login(server, String(o.user), password, lifetime);
+      const r = await login(server, String(o.user), password, lifetime, o.ca as string | undefined);
       saveLogin(file, r);
       if (o.json) printJson({ server: r.server, user: r.user, expires: r.expires, tokenFile: file });
       else process.stdout.write(`logged in to ${r.server} as ${r.user} until ${r.expires}; token in ${file}\n`);

@@ -41,6 +41,8 @@ export function serveCommand(): Command {
     .option('--token-lifetime <duration>', 'how long a login token is valid (s, m, h, d)', '12h')
     .option('--max-failed-logins <n>', 'failed logins of one user name before logins are refused for a while (30 s, doubling, up to 15 min)', '5')
     .option('--max-failed-logins-per-address <n>', 'failed logins from one client address before its logins are refused for a while', '20')
+    .option('--tls-cert <file>', 'speak HTTPS with this certificate chain (PEM); clients pin its CA with --ca')
+    .option('--tls-key <file>', 'the private key of --tls-cert (PEM, mode 0600)')
     .option('--allow-plain-http', 'accept passwords and tokens over plain HTTP from other hosts (only behind a TLS-terminating proxy); loopback is always accepted')
     .option('--json', 'print {url, root, adminTokenFile, database} once listening, then one JSON object per request')
     .addHelpText('after', `
@@ -57,7 +59,7 @@ Users and policies (/api/, JSON): POST /api/login returns an expiring token; GET
 lists the policies a token's user is entitled to; /api/admin/users and /api/admin/policies take
 the admin token (medv admin user add, medv admin policy publish). Passwords are stored as
 Argon2id hashes and tokens as BLAKE2b hashes, never in clear. Credentials are refused over plain
-HTTP from other hosts (403) unless --allow-plain-http.
+HTTP from other hosts (403) unless --tls-cert/--tls-key (HTTPS) or --allow-plain-http.
 
 It logs one line per request on stdout (method, path, status, bytes sent, bytes received) and
 stops cleanly on SIGTERM or SIGINT (requests in flight get 5 seconds).
@@ -66,6 +68,7 @@ Examples:
   medv serve --root /srv/medv --host 0.0.0.0 --port 8080
   medv image upload PackedImages/win10_2.ckm PackedImages/win10_2.ckm.index --server http://console:8080 --token-file /srv/medv/admin.token
   medv serve --root /srv/medv --db postgres://medv:secret@db.example/medv   # one of several instances
+  medv serve --root /srv/medv --host 0.0.0.0 --port 8443 --tls-cert /etc/medv/server.pem --tls-key /etc/medv/server.key
   medv serve --root /tmp/repo --port 0 --json     # tests: the first line says where it listens`)
     .action(async (o: Opts) => {
       const port = parseCount(String(o.port), '--port', 65535);
@@ -85,6 +88,8 @@ Examples:
         maxActiveUploads,
         db: (o.db as string | undefined) ?? process.env.MEDV_DB,
         allowPlainHttp: !!o.allowPlainHttp,
+        tlsCert: o.tlsCert as string | undefined,
+        tlsKey: o.tlsKey as string | undefined,
         accounts: { tokenLifetimeMs, perUser, perAddress },
         onLog(e) {
           if (json) process.stdout.write(`${JSON.stringify(e)}\n`);

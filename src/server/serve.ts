@@ -1,7 +1,7 @@
 /** `medv serve` as a library call: the admin token, the store, the modules, the HTTP server. */
 import * as fs from 'node:fs';
 import { join, resolve } from 'node:path';
-import { fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../errors.js';
 import { ADMIN_TOKEN_FILE, loadAdminToken } from './auth.js';
 import { type RequestLog, type RunningServer, startHttpServer } from './http.js';
 import { IMAGE_REPOSITORY_DEFAULTS, imageRepository } from './images.js';
@@ -20,6 +20,9 @@ export interface ServeOptions {
   db?: string;
   /** Accept passwords and tokens over plain HTTP from other hosts (a TLS proxy in front). */
   allowPlainHttp?: boolean;
+  /** HTTPS: certificate chain and private key files (PEM); the key file must be 0600. */
+  tlsCert?: string;
+  tlsKey?: string;
   /** Login token lifetime, failed-login limits. */
   accounts?: Partial<AccountsOptions>;
   onLog?: (entry: RequestLog) => void;
@@ -34,6 +37,18 @@ export interface Serving extends RunningServer {
   database: string;
 }
 
+/** A PEM file, at most 1 MiB; a private key must not be readable by group or others. */
+function readPem(file: string, secret: boolean): Buffer {
+  try {
+    const st = fs.statSync(file);
+    if (!st.isFile() || st.size > 1 << 20) throw new MedvError('EINVAL_ARG', 'not a PEM file of at most 1 MiB', { file });
+    if (secret && (st.mode & 0o077) !== 0) throw new MedvError('EINSECURE', `TLS key file permissions ${(st.mode & 0o777).toString(8)} are too open: it must not be readable by group or others (chmod 600)`, { file });
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw fromSystemError(e, file);
+  }
+}
+
 export async function serveRepository(o: ServeOptions): Promise<Serving> {
   const root = resolve(o.root);
   try {
@@ -41,6 +56,8 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
   } catch (e) {
     throw fromSystemError(e, root);
   }
+  if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new MedvError('EINVAL_ARG', 'give both --tls-cert and --tls-key, or neither');
+  const tls = o.tlsCert !== undefined && o.tlsKey !== undefined ? { cert: readPem(o.tlsCert, false), key: readPem(o.tlsKey, true) } : undefined;
   const token = loadAdminToken(o.adminTokenFile, join(root, ADMIN_TOKEN_FILE));
   const images = imageRepository({
     ...IMAGE_REPOSITORY_DEFAULTS,
@@ -53,7 +70,7 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
   const api = accountsApi({ accounts: new Accounts(store, o.accounts), token, allowPlainHttp: o.allowPlainHttp });
   let running;
   try {
-    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog });
+    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog, tls });
   } catch (e) {
     await images.close();
     await api.close();

@@ -5,9 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
-import { MEDV_BIN, runMedv, tempDir } from '../helpers/cli.js';
+import { MEDV_BIN, run, runMedv, tempDir } from '../helpers/cli.js';
 import { type ServeProcess, startServe } from '../server/helpers.js';
 import { api, password, unique } from '../server/accounts-helpers.js';
 
@@ -152,5 +153,49 @@ describe('cli: medv admin and medv login', function () {
       assert.equal(r.code, 0);
       assert.match(r.stdout, /Examples:\n {2}medv /);
     }
+  });
+});
+
+describe('cli: medv serve over HTTPS, medv login and admin with a pinned CA', function () {
+  this.timeout(60_000);
+  let dir: ReturnType<typeof tempDir>;
+  let srv: ServeProcess | undefined;
+  before(() => { dir = tempDir('tls'); });
+  after(async () => { await srv?.stop(); await dir.cleanup(); });
+
+  it('credentials are accepted over TLS from another address; without the CA the client refuses the server', async function () {
+    const ext = Object.values(networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal);
+    if (!ext) this.skip();
+    const f = (n: string) => join(dir.path, n);
+    const ossl = (args: string[]) => run('openssl', args);
+    ossl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '2', '-subj', '/CN=medv test CA']);
+    ossl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', f('srv.key'), '-out', f('srv.csr'), '-subj', '/CN=medv test server']);
+    writeFileSync(f('san.ext'), `subjectAltName=IP:127.0.0.1,IP:${ext!.address}\n`);
+    ossl(['x509', '-req', '-in', f('srv.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f('srv.pem'), '-days', '2', '-extfile', f('san.ext')]);
+    chmodSync(f('srv.key'), 0o644);
+    const open = runMedv(['serve', '--root', f('root'), '--port', '0', '--tls-cert', f('srv.pem'), '--tls-key', f('srv.key')]);
+    assert.equal(open.code, 4, 'a TLS key readable by others is refused');
+    assert.match(open.stderr, /too open.*\[EINSECURE\]\n$/);
+    chmodSync(f('srv.key'), 0o600);
+
+    srv = await startServe(f('root'), ['--host', '0.0.0.0', '--tls-cert', f('srv.pem'), '--tls-key', f('srv.key')]);
+    const server = `https://${ext!.address}:${new URL(srv.url).port}`;
+    assert.match(srv.url, /^https:/);
+    const user = unique('tess');
+    const pw = password();
+    const pwf = f('pw');
+    writeFileSync(pwf, pw, { mode: 0o600 });
+    const add = runMedv(['admin', 'user', 'add', user, '--password-file', pwf, '--server', server, '--ca', f('ca.pem'), '--token-file', srv.adminTokenFile]);
+    assert.equal(add.code, 0, add.stderr);
+    const env = { XDG_CONFIG_HOME: f('config') };
+    const ok = runMedv(['login', '--server', server, '--user', user, '--password-file', pwf, '--ca', f('ca.pem'), '--json'], env);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(JSON.parse(ok.stdout).user, user);
+    const untrusted = runMedv(['login', '--server', server, '--user', user, '--password-file', pwf], env);
+    assert.equal(untrusted.code, 10);
+    assert.match(untrusted.stderr, /not trusted: give its CA with --ca/);
+    // a peer: curl over TLS from the outside address gets the API's answer, not the plain-HTTP refusal
+    const c = spawnSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', f('ca.pem'), '-H', 'Content-Type: application/json', '-d', JSON.stringify({ user, password: 'wrong-password' }), `${server}/api/login`], { encoding: 'utf8' });
+    assert.equal(c.stdout, '401');
   });
 });

@@ -172,6 +172,15 @@ for (const backend of BACKENDS) {
       assert.deepEqual(all.map((p: { version: number; publisher: string }) => [p.version, p.publisher]), [[1, 'admin'], [2, 'admin']]);
     });
 
+    it('the audit log records logins, failures, limits, logouts, users and policies, without secrets', async () => {
+      const r = await api(srv.url, 'GET', '/api/admin/audit', { token: admin });
+      assert.equal(r.status, 200);
+      const actions = new Set((r.body.entries as { action: string }[]).map((e) => e.action));
+      for (const a of ['login', 'login.fail', 'login.limited', 'logout', 'user.add', 'policy.publish']) assert.ok(actions.has(a), `${a} in ${[...actions]}`);
+      for (const s of secrets) assert.ok(!r.text.includes(s.toString('latin1')));
+      assert.equal((await api(srv.url, 'GET', '/api/admin/audit')).status, 401);
+    });
+
     it('the database holds no password or token in clear', async () => {
       // PostgreSQL: write everything out first (the scan reads the files)
       let dirs = [dir.path];

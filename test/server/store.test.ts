@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Store } from '../../src/server/store/index.js';
-import { tempDir } from '../helpers/cli.js';
+import { runMedv, tempDir } from '../helpers/cli.js';
 import { type ServeProcess, startServe } from './helpers.js';
 import { BACKENDS, api, dbArgs, password, postgres, stopPostgres, unique } from './accounts-helpers.js';
 
@@ -63,6 +63,22 @@ for (const backend of BACKENDS) {
     });
   });
 }
+
+describe('server store: a database that cannot be used', () => {
+  it('is one line on stderr that names the URL without its password', () => {
+    const dir = tempDir('store-bad');
+    try {
+      const r = runMedv(['serve', '--root', dir.path, '--port', '0', '--db', 'postgres://medv:secret-db-password@127.0.0.1:1/medv']);
+      assert.equal(r.code, 1);
+      assert.equal(r.stderr, 'medv: cannot prepare the database postgres://medv:***@127.0.0.1:1/medv: connect ECONNREFUSED 127.0.0.1:1 [EIO]\n');
+      const other = runMedv(['serve', '--root', dir.path, '--port', '0', '--db', 'mysql://medv:secret-db-password@db/medv']);
+      assert.equal(other.code, 2);
+      assert.ok(!other.stderr.includes('secret-db-password'), other.stderr);
+    } finally {
+      dir.cleanup();
+    }
+  });
+});
 
 describe('two medv serve instances on one PostgreSQL', function () {
   this.timeout(60_000);

@@ -38,9 +38,14 @@ export type ErrorCode =
   // packed images
   | 'ESIGNATURE'          // an image index whose signature does not verify, or whose signer is not trusted
   | 'EBADBLOCK'           // a packed block that does not authenticate, decompress, or match its id
-  // repository server
+  // repository server and image transfer
   | 'EDENIED'             // the server refused our credentials (HTTP 401/403)
-  | 'EHTTP'               // an HTTP peer failed or answered an unexpected status (network, 5xx)
+  | 'ENETWORK'            // a repository could not be reached, or kept failing, after retries
+  | 'EHTTP'               // an HTTP peer answered an error or unexpected status (404, 5xx, ...)
+  | 'EBADREPLY'           // a repository's reply breaks HTTP range rules (wrong Content-Range, bad multipart)
+  | 'ECHANGED'            // a repository file changed during the transfer (ETag differs)
+  // saved state
+  | 'ESAVEDSTATE'         // a VHD whose saved-state flag is set (its VM is suspended): only its resume may write it
   // accounts and policies
   | 'EPOLICY'             // a policy document that fails its JSON Schema (data.path: the bad field)
   | 'ERATELIMIT'          // too many failed logins: wait (data.retryAfter seconds)

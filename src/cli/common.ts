@@ -1,8 +1,8 @@
 /** Shared CLI plumbing: the error -> exit status table, key options, JSON output, progress bars. */
 import { Command, Option } from 'commander';
-import { SingleBar, Presets } from 'cli-progress';
+import { createRequire } from 'node:module';
 import { MedvError, type ErrorCode } from '../errors.js';
-import { kekFromEnvironment, type KekSource } from '../crypto/index.js';
+import { kekFromEnvironment, type KekSource } from '../crypto/kekenv.js';
 
 /** Exit status by error code: the one table the CLI maps errors through. */
 export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
@@ -26,7 +26,11 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   ESIGNATURE: 5,
   EBADBLOCK: 5,
   EDENIED: 4,
+  EBADREPLY: 5,
+  ENETWORK: 10,
   EHTTP: 10,
+  ECHANGED: 10,
+  ESAVEDSTATE: 11,
   EPOLICY: 5,
   ERATELIMIT: 10,
   ETOOLARGE: 2,
@@ -71,6 +75,8 @@ export function printJson(value: unknown): void {
 /** A progress bar on stderr when it is a terminal; silent otherwise (scripts, CI). */
 export function progressBar(label: string): { update: (done: number, total: number) => void; stop: () => void } {
   if (!process.stderr.isTTY) return { update: () => undefined, stop: () => undefined };
+  // Loaded only when a bar is drawn: commands that never draw one start faster.
+  const { SingleBar, Presets } = createRequire(import.meta.url)('cli-progress') as typeof import('cli-progress');
   const bar = new SingleBar({
     format: `${label} [{bar}] {percentage}% | {doneMiB}/{totalMiB} MiB`,
     stream: process.stderr,

@@ -135,5 +135,6 @@ function renderInfo(d: DiskDescription): string {
     for (const l of d.parent.locators) lines.push(`  locator ${l.platform}: ${l.path}`);
   }
   if (d.keyId) lines.push(`key id:        ${d.keyId}`);
+  if (d.savedState) lines.push('saved state:   set (the disk of a suspended VM: resume it with `medv vm start`; writing is refused)');
   return `${lines.join('\n')}\n`;
 }

@@ -5,6 +5,7 @@ import { MedvError } from '../errors.js';
 import { checkImageName } from '../formats/ckm/index.js';
 import { addImageRepoCommands } from './image-repo.js';
 import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
+import { addImageFetchCommand } from './image-fetch.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
 
@@ -103,6 +104,7 @@ Examples:
       else process.stdout.write(`${indexPath}: ok: ${r.name} version ${r.version}, signed by ${r.signer.slice(0, 16)}…, ${r.checkedBlocks} blocks in pack${r.packs.length > 1 ? 's' : ''} ${r.packs.join(', ')} decrypt and match their ids\n`);
     });
 
+  addImageFetchCommand(image);
   addImageRepoCommands(image);
   return image;
 }

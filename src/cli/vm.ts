@@ -4,10 +4,9 @@ import * as fs from 'node:fs';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { MedvError, isMedvError } from '../errors.js';
 import type { KekSource } from '../crypto/index.js';
-import { listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
+import { discardVmState, listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
-import { vmConfigFromVmc } from '../host/vmc.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
@@ -56,6 +55,36 @@ function render(s: VmState): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** The VM a `.vmc` or a disk describes, as `vm start` and `vm discard-state` read it. */
+async function configFrom(disk: string, o: Opts): Promise<VmConfig> {
+  const path = resolve(disk);
+  if (!fs.existsSync(path)) throw new MedvError('ENOENT', `no such ${extname(disk).toLowerCase() === '.vmc' ? 'file' : 'disk'}: ${disk}`, { file: disk });
+  const display = (o.display ?? 'none') as 'none' | 'vnc' | 'window';
+  const accel = o.accel as 'kvm' | 'tcg' | undefined;
+  let config: VmConfig;
+  if (extname(path).toLowerCase() === '.vmc') {
+    const { vmConfigFromVmc } = await import('../host/vmc.js'); // the XML parser only for a .vmc
+    config = vmConfigFromVmc(path, { name: o.name as string | undefined, readOnly: Boolean(o.readOnly), undo: Boolean(o.undo), display, accel, driveMap: driveMap(o.mapDrive as string[] | undefined) });
+    if (o.memory !== undefined) config.memoryMiB = Number(o.memory);
+    if (o.network !== undefined) config.network = o.network as 'none' | 'nat';
+    if (o.mac !== undefined) config.mac = String(o.mac);
+  } else {
+    config = {
+      name: String(o.name ?? basename(path, extname(path))),
+      memoryMiB: o.memory === undefined ? 128 : Number(o.memory),
+      disks: [{ path, mode: o.readOnly ? 'test' : o.undo ? 'undo' : 'normal' }],
+      network: (o.network as 'none' | 'nat' | undefined) ?? 'none',
+      mac: o.mac as string | undefined,
+      display,
+      accel,
+      savedState: join(dirname(path), `${basename(path, extname(path))}.vsv`),
+    };
+  }
+  if (o.nic !== undefined) config.nicModel = o.nic as 'e1000' | 'virtio';
+  if (o.diskBus !== undefined) config.diskBus = o.diskBus as 'ide' | 'virtio';
+  return config;
+}
+
 export function vmCommand(): Command {
   const vm = new Command('vm').description('run VMs on QEMU under a per-VM supervisor that outlives this command (KVM when usable, else TCG)');
 
@@ -77,30 +106,7 @@ export function vmCommand(): Command {
     .action(async (disk: string, o: Opts) => {
       if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', '--read-only and --undo exclude each other');
       if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc on a headless host)');
-      const path = resolve(disk);
-      if (!fs.existsSync(path)) throw new MedvError('ENOENT', `no such ${extname(disk).toLowerCase() === '.vmc' ? 'file' : 'disk'}: ${disk}`, { file: disk });
-      const display = o.display as 'none' | 'vnc' | 'window';
-      const accel = o.accel as 'kvm' | 'tcg' | undefined;
-      let config: VmConfig;
-      if (extname(path).toLowerCase() === '.vmc') {
-        config = vmConfigFromVmc(path, { name: o.name as string | undefined, readOnly: Boolean(o.readOnly), undo: Boolean(o.undo), display, accel, driveMap: driveMap(o.mapDrive as string[] | undefined) });
-        if (o.memory !== undefined) config.memoryMiB = Number(o.memory);
-        if (o.network !== undefined) config.network = o.network as 'none' | 'nat';
-        if (o.mac !== undefined) config.mac = String(o.mac);
-      } else {
-        config = {
-          name: String(o.name ?? basename(path, extname(path))),
-          memoryMiB: o.memory === undefined ? 128 : Number(o.memory),
-          disks: [{ path, mode: o.readOnly ? 'test' : o.undo ? 'undo' : 'normal' }],
-          network: (o.network as 'none' | 'nat' | undefined) ?? 'none',
-          mac: o.mac as string | undefined,
-          display,
-          accel,
-          savedState: join(dirname(path), `${basename(path, extname(path))}.vsv`),
-        };
-      }
-      if (o.nic !== undefined) config.nicModel = o.nic as 'e1000' | 'virtio';
-      if (o.diskBus !== undefined) config.diskBus = o.diskBus as 'ide' | 'virtio';
+      const config = await configFrom(disk, o);
       const state = await startVm(config, { kek: optionalKek(o, config.disks.map((d) => d.path)) });
       if (o.json) printJson(state);
       else process.stdout.write(`${state.resumed ? 'resumed' : 'started'} VM ${state.name} (${state.accel}, supervisor pid ${state.pid}); stop it with: medv vm stop ${state.name}\n`);
@@ -124,6 +130,22 @@ export function vmCommand(): Command {
       const state = await suspendVm(name);
       if (o.json) printJson(state);
       else process.stdout.write(`VM ${name} suspended to ${state.savedState}\n`);
+    });
+
+  addKeyOptions(vm.command('discard-state <vmc-or-disk>'))
+    .description('drop a suspended VM\'s saved state: remove its .vsv and .vsv.enc and clear the saved-state flag of its disks (or undo disks); the guest then starts as after a power cut. Also for a Virtual PC disk whose flag is set and whose .vsv is gone')
+    .option('--undo', 'the VM ran with --undo: clear the flag of its undo disk')
+    .option('--map-drive <letter=folder...>', 'as for vm start, for a .vmc with absolute paths')
+    .option('--json', 'print what was removed and cleared as JSON')
+    .addHelpText('after', '\nExamples:\n  medv vm discard-state work.vhd\n  medv vm discard-state xp.vmc --map-drive C=/srv/vms')
+    .action(async (disk: string, o: Opts) => {
+      const config = await configFrom(disk, o);
+      const r = await discardVmState(config, { kek: optionalKek(o, config.disks.map((d) => d.undoPath ?? d.path)) });
+      if (o.json) { printJson(r); return; }
+      for (const f of r.removed) process.stdout.write(`removed ${f}\n`);
+      for (const f of r.kept) process.stdout.write(`kept ${f} (not a medv saved state; move it away before starting the VM)\n`);
+      for (const f of r.cleared) process.stdout.write(`cleared the saved-state flag of ${f}\n`);
+      if (!r.removed.length && !r.cleared.length && !r.kept.length) process.stdout.write('no saved state to discard\n');
     });
 
   for (const [verb, fn, text] of [['pause', pauseVm, 'pause the guest\'s CPUs (memory stays)'], ['resume', resumeVm, 'let a paused guest run again']] as const) {

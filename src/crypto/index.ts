@@ -5,7 +5,7 @@ import * as path from 'node:path';
 
 export { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from './datakey.js';
 export { type KekSource, kekFromEnvironment, createHostKey, loadHostKey, hostKeyId, HOST_KEY_BYTES } from './kek.js';
-export { writeKeyFile, writeKeyFileAt, readKeyFile, wrapDataKey, unwrapDataKey, DEFAULT_PWHASH, type PwhashParams, type WrapOptions } from './keyfile.js';
+export { writeKeyFile, writeKeyFileAt, writeWrappedKeyFile, readKeyFile, wrapDataKey, unwrapDataKey, DEFAULT_PWHASH, type PwhashParams, type WrapOptions } from './keyfile.js';
 export { secureAlloc, secureRandom, secureWipe, secureFree, constantTimeEqual } from './secure.js';
 
 /** The key file beside an .evhd: foo.evhd -> foo.enc (any other name gets ".enc" appended). */

@@ -110,7 +110,25 @@ export async function writeKeyFile(encPath: string, dataKey: DataKey, kek: KekSo
  * file published together with its .evhd (see createEvhdFile); on failure removes `path`.
  */
 export async function writeKeyFileAt(path: string, dataKey: DataKey, kek: KekSource, opts: WrapOptions = {}): Promise<void> {
-  const bytes = await wrapDataKey(dataKey, kek, opts);
+  await writeWrappedAt(path, await wrapDataKey(dataKey, kek, opts));
+}
+
+/**
+ * Publish key file bytes already made by wrapDataKey at `encPath` (refuses an existing file), as
+ * writeKeyFile does: for a writer that wraps its key early, while it does other work.
+ */
+export async function writeWrappedKeyFile(encPath: string, bytes: Buffer): Promise<void> {
+  const staging = beginStaging([encPath], (f) => `key file exists: ${f}`);
+  try {
+    await writeWrappedAt(staging.tempFor(encPath), bytes);
+    await staging.publish();
+  } catch (e) {
+    await staging.abort().catch(() => undefined);
+    throw e;
+  }
+}
+
+async function writeWrappedAt(path: string, bytes: Buffer): Promise<void> {
   let fh: fs.promises.FileHandle | undefined;
   try {
     fh = await fs.promises.open(path, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);

@@ -12,7 +12,7 @@ import type { KekSource } from '../crypto/index.js';
 import { decryptFile, encryptFile, openEvhdFile, readEvhdHeader, stageEvhdFile } from '../layers/evhd/index.js';
 import { describeDisk, openDisk, resolveFormat, type DiskFormat } from '../layers/open.js';
 import { openUndoDisk, createUndoDisk } from '../layers/undo/index.js';
-import { checkVhd, createVhd, openVhd, type VhdInfo } from '../layers/vhd/index.js';
+import { checkVhd, createVhd, openVhd, savedStateError, type VhdInfo } from '../layers/vhd/index.js';
 import { checkSocketPath, serveNbd, type NbdServer } from '../nbd/server.js';
 
 export type VhdLayout = 'fixed' | 'dynamic';
@@ -106,6 +106,8 @@ export interface DiskDescription {
   totalBlocks?: number;
   parent?: { name: string; uniqueId: string; locators: Array<{ platform: string; path: string }> };
   keyId?: string;
+  /** The VHD saved-state flag: the disk belongs to a suspended VM (only its resume may write it). */
+  savedState?: boolean;
 }
 
 export async function describeDiskFile(path: string, kek?: () => KekSource, fmt: FormatOptions = {}): Promise<DiskDescription> {
@@ -120,6 +122,7 @@ export async function describeDiskFile(path: string, kek?: () => KekSource, fmt:
     out.fileSize = v.fileSize;
     out.creator = { application: v.creatorApp, version: `${v.creatorVersion >>> 16}.${v.creatorVersion & 0xffff}`, os: v.creatorOs };
     out.uniqueId = v.uniqueId.toString('hex');
+    out.savedState = v.savedState;
     if (v.blockSize !== undefined) {
       out.blockSize = v.blockSize;
       out.allocatedBlocks = v.allocatedBlocks;
@@ -182,6 +185,9 @@ export async function convertDisk(src: string, dst: string, options: ConvertOpti
   }
   const from = resolveFormat(src, options.format, options.warn);
   const described = await describeDisk(src, options.kek, from);
+  // A suspended VM's disk is mid-session (its guest's caches are in the saved RAM): a copy of it
+  // would be a disk nobody can resume and a file system caught in the middle of its writes.
+  if (described.vhd?.savedState) throw savedStateError(src);
   const srcType = described.vhd?.type;
   const sameLayout = options.type === undefined || options.type === srcType;
   const kekValue = () => requireKek(options.kek, from === 'evhd' ? src : dst);

@@ -2,22 +2,20 @@
  * The VM host as a library (what `medv vm …` and scripts call): start a VM under a detached
  * supervisor, talk to it over its control socket, list and inspect VMs from their run folders.
  */
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError, type ErrorCode } from '../errors.js';
 import { controlRequest } from './protocol.js';
 import { effectiveState, isTerminal, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
 import type { SupervisorInput, VmConfig } from './supervisor.js';
+import { spawnSupervisor, takePrespawned } from './prespawn.js';
 
 export interface HostOptions {
   /** Run folder root (default runRoot()). */
   root?: string;
 }
 
-const SUPERVISOR_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'supervisor-main.js');
 /** Longest we wait for a supervisor to report that its VM runs. */
 const START_TIMEOUT_MS = 120_000;
 
@@ -51,10 +49,11 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
   }
   // A resumed guest continues its serial output; a fresh boot starts a fresh log.
   if (!fs.existsSync(config.savedState)) fs.rmSync(join(dir, 'serial.log'), { force: true });
-  const log = fs.openSync(join(dir, 'supervisor.log'), 'w', 0o600);
-  const child = spawn(process.execPath, [SUPERVISOR_MAIN], { detached: true, stdio: ['pipe', log, log, 'pipe'] });
-  fs.closeSync(log);
-  const input: SupervisorInput = { config, runRoot: root, kek: options.kek };
+  // Usually started already, while this command was parsing (./prespawn.ts).
+  const supervisor = takePrespawned(root) ?? spawnSupervisor(root);
+  const child = supervisor.child;
+  const input: SupervisorInput = { config, runRoot: root, kek: options.kek, logFile: supervisor.log };
+  child.stdin!.on('error', () => undefined); // a supervisor that died at once is reported through 'exit'
   child.stdin!.end(JSON.stringify(input));
   const answer = await new Promise<{ ok: boolean; state?: VmState; error?: { code: string; message: string } }>((resolve) => {
     let text = '';
@@ -72,7 +71,8 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
     });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
-      const log = tail(join(dir, 'supervisor.log'));
+      // Its temporary log, unless it got as far as moving it into the run folder.
+      const log = tail(fs.existsSync(supervisor.log) ? supervisor.log : join(dir, 'supervisor.log'));
       resolve({ ok: false, error: { code: 'EHYPERVISOR', message: `the supervisor exited (code ${code}, signal ${signal}) before the VM ran${log ? `: ${log}` : ''}` } });
     });
   });
@@ -139,6 +139,44 @@ export function listVms(opts: HostOptions = {}): VmState[] {
       const s = readState(join(root, name));
       if (s) out.push(effectiveState(s));
     } catch { /* a damaged state file is skipped, not fatal for the listing */ }
+  }
+  return out;
+}
+
+/**
+ * Drop a suspended VM's saved state: remove its `.vsv` and `.vsv.enc` (only a medv saved state; a
+ * foreign file of that name is kept and reported) and clear the saved-state flag of the disks the
+ * guest writes into (each disk, or its undo disk). The guest then starts from its disks as after a
+ * power cut. A running VM holds its disks: EBUSY. Works as well for a Virtual PC disk whose flag is
+ * set and whose saved state is gone.
+ */
+export async function discardVmState(config: VmConfig, options: { kek?: KekSource } = {}): Promise<{ removed: string[]; kept: string[]; cleared: string[] }> {
+  const [{ defaultUndoPath }, { openDisk }, { openUndoDisk }, saved] = await Promise.all([import('./supervisor.js'), import('../layers/open.js'), import('../layers/undo/index.js'), import('../hypervisor/savedstate.js')]);
+  const out = { removed: [] as string[], kept: [] as string[], cleared: [] as string[] };
+  if (fs.existsSync(config.savedState)) {
+    try {
+      saved.removeSavedState(config.savedState);
+      out.removed.push(config.savedState, saved.vsvKeyPath(config.savedState));
+    } catch (e) {
+      if (!(e instanceof MedvError) || e.code !== 'EFORMAT') throw e;
+      out.kept.push(config.savedState);
+    }
+  }
+  const kek = options.kek ? () => options.kek! : undefined;
+  for (const d of config.disks) {
+    const top = d.mode === 'normal' ? d.path : d.mode === 'undo' ? d.undoPath ?? defaultUndoPath(d.path) : undefined;
+    if (!top || !fs.existsSync(top)) continue;
+    const opened = d.mode === 'undo'
+      ? await openUndoDisk(top, { kek, parent: d.path, allowSavedState: true })
+      : await openDisk(top, { kek, allowSavedState: true });
+    try {
+      if (opened.vhd?.savedState) {
+        await opened.vhd.setSavedState(false);
+        out.cleared.push(top);
+      }
+    } finally {
+      await opened.device.close();
+    }
   }
   return out;
 }

@@ -4,15 +4,21 @@
  *        environment or a file), at most 1 MiB;
  * fd 3:  one JSON line back to the starter: {"ok":true,"state":…} once the VM runs, or
  *        {"ok":false,"error":{"code","message"}}; then it is closed and the starter may exit.
- * stdout/stderr: the VM's supervisor.log in its run folder.
+ * stdout/stderr: a temporary log in the run root, named by argv[2] (./prespawn.ts), moved to the
+ *        VM's supervisor.log in its run folder once the input names the VM. An empty input means
+ *        the command that started it did not start a VM after all: remove the log and exit.
  */
 import * as fs from 'node:fs';
+import { join } from 'node:path';
 import { MedvError } from '../errors.js';
+import { vmRunDir } from './rundir.js';
 import { Supervisor, type SupervisorInput } from './supervisor.js';
+
+const LOG = process.argv[2];
 
 const MAX_INPUT = 1 << 20;
 
-async function readInput(): Promise<SupervisorInput> {
+async function readInput(): Promise<SupervisorInput | undefined> {
   const chunks: Buffer[] = [];
   let total = 0;
   for await (const chunk of process.stdin) {
@@ -21,6 +27,7 @@ async function readInput(): Promise<SupervisorInput> {
     chunks.push(chunk as Buffer);
   }
   const raw = Buffer.concat(chunks);
+  if (raw.length === 0) return undefined;
   try {
     return JSON.parse(raw.toString('utf8')) as SupervisorInput;
   } finally {
@@ -38,8 +45,18 @@ function report(msg: unknown): void {
 
 async function main(): Promise<void> {
   let supervisor: Supervisor;
+  let logged = false;
   try {
     const input = await readInput();
+    if (!input) {
+      if (LOG) fs.rmSync(LOG, { force: true });
+      return;
+    }
+    if (input.logFile !== undefined) {
+      if (input.logFile !== LOG) throw new MedvError('EINVAL_ARG', 'the input names another log than the one this supervisor writes');
+      fs.renameSync(LOG, join(vmRunDir(input.config.name, input.runRoot), 'supervisor.log'));
+      logged = true;
+    }
     supervisor = new Supervisor(input);
     const state = await supervisor.start();
     report({ ok: true, state });
@@ -47,6 +64,8 @@ async function main(): Promise<void> {
     const error = e instanceof MedvError ? { code: e.code, message: e.message } : { code: 'EINTERNAL', message: String((e as Error)?.message ?? e) };
     process.stderr.write(`medv supervisor: ${error.message}\n`);
     report({ ok: false, error });
+    // Not yet the VM's log (its name was unusable): the error went back to the command instead.
+    if (!logged && LOG) fs.rmSync(LOG, { force: true });
     process.exitCode = 1;
     return;
   }

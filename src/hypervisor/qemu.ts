@@ -50,7 +50,8 @@ export interface LaunchSpec {
   /** Network: none (default), or NAT through QEMU's user-mode stack on an e1000 NIC. */
   network?: { kind: 'none' } | { kind: 'nat'; mac?: string; model?: 'e1000' | 'virtio' };
   /** Start paused, waiting for a migration stream (`-incoming defer`); the stream is written to
-   *  `QemuProcess.incoming` (QEMU's fd 3) after `migrate-incoming {uri: 'fd:3'}`. */
+   *  `QemuProcess.incoming` (QEMU's fd 3) after `migrate-incoming {uri: 'fd:3'}`. The guest stays
+   *  paused after the migration completed (`-S`), whatever state it was saved in, until `cont`. */
   incoming?: boolean;
   /** Give the VM a standard VGA adapter (for screenshots and displays); default none. */
   vga?: boolean;
@@ -159,7 +160,7 @@ export function qemuArgv(spec: LaunchSpec): string[] {
     throw new MedvError('EINVAL_ARG', `display must be none, vnc or window, not ${JSON.stringify((display as { kind: unknown }).kind)}`);
   }
   if (spec.vga || display.kind !== 'none') argv.push('-device', 'VGA');
-  if (spec.incoming) argv.push('-incoming', 'defer');
+  if (spec.incoming) argv.push('-S', '-incoming', 'defer');
   argv.push(...(spec.extraArgs ?? []));
   return argv;
 }
@@ -252,6 +253,18 @@ export class QemuProcess {
    * present) so it dies with this process.
    */
   static async launch(spec: Omit<LaunchSpec, 'qmpSocket'> & { qmpSocket?: string }, options: LaunchOptions = {}): Promise<QemuProcess> {
+    const vm = QemuProcess.spawn(spec, options);
+    await vm.connect(options.startTimeoutMs);
+    return vm;
+  }
+
+  /**
+   * The first half of launch(): starts QEMU now and returns at once, before QMP is connected (so
+   * `qmp` and `execute` are not usable until connect() resolves). A caller can then prepare what
+   * QEMU waits for (an NBD server answering its handshake) while QEMU initialises. Throws
+   * (nothing started) when the spec is invalid.
+   */
+  static spawn(spec: Omit<LaunchSpec, 'qmpSocket'> & { qmpSocket?: string }, options: LaunchOptions = {}): QemuProcess {
     const ownRunDir = spec.qmpSocket ? undefined : mkdtempSync(join(tmpdir(), 'medv-qemu-'));
     const full: LaunchSpec = { ...spec, qmpSocket: spec.qmpSocket ?? join(ownRunDir!, 'qmp.sock') };
     let argv: string[];
@@ -270,19 +283,23 @@ export class QemuProcess {
     const vm = new QemuProcess(full, argv, spawn(spawned[0], spawned.slice(1), { stdio: full.incoming ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'] }), ownRunDir);
     if (options.serialLog) vm.serialLogFd = openSync(options.serialLog, 'a', 0o600);
     if (options.serialMemoryLimit) vm.serialLimit = options.serialMemoryLimit;
-    try {
-      vm.qmp = await QmpClient.connect(full.qmpSocket, options.startTimeoutMs ?? 15_000, () => vm.exit === undefined);
-    } catch (e) {
-      await vm.kill();
-      const stderr = vm.stderr().trim();
-      throw new QemuError('start', `QEMU did not start (${(e as Error).message})${stderr ? `:\n${stderr}` : ''}\nargv: ${argv.join(' ')}`, spec.accel);
-    }
-    const onStop = () => void vm.runState().then((s) => { if (s === 'internal-error') vm.setInternalError(); }, () => undefined);
-    vm.qmp.on('event', (e: QmpEvent) => { if (e.event === 'STOP') onStop(); });
-    // A STOP in the same read as the capabilities reply was emitted before this listener existed.
-    if (vm.qmp.events.some((e) => e.event === 'STOP')) onStop();
-    if (/KVM internal error/.test(vm.stderrText)) void vm.confirmInternalError();
     return vm;
+  }
+
+  /** The second half of launch(): connect QMP (QEMU killed and a QemuError 'start' when it cannot be). */
+  async connect(timeoutMs = 15_000): Promise<void> {
+    try {
+      this.qmp = await QmpClient.connect(this.spec.qmpSocket, timeoutMs, () => this.exit === undefined);
+    } catch (e) {
+      await this.kill();
+      const stderr = this.stderr().trim();
+      throw new QemuError('start', `QEMU did not start (${(e as Error).message})${stderr ? `:\n${stderr}` : ''}\nargv: ${this.argv.join(' ')}`, this.spec.accel);
+    }
+    const onStop = () => void this.runState().then((s) => { if (s === 'internal-error') this.setInternalError(); }, () => undefined);
+    this.qmp.on('event', (e: QmpEvent) => { if (e.event === 'STOP') onStop(); });
+    // A STOP in the same read as the capabilities reply was emitted before this listener existed.
+    if (this.qmp.events.some((e) => e.event === 'STOP')) onStop();
+    if (/KVM internal error/.test(this.stderrText)) void this.confirmInternalError();
   }
 
   /** Everything the guest printed on COM1 so far (latin1). */

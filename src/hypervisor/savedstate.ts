@@ -2,36 +2,49 @@
  * Encrypted saved state (`.vsv`, key in `.vsv.enc`): QEMU's migration stream, encrypted as it
  * arrives (it never touches the disk in clear), and decrypted as it is fed back on resume.
  *
- * File layout (integers little-endian):
+ * File layout, version 2 (integers little-endian):
  *    0   8  magic "MEDVVSV\0"
- *    8   2  version (1)
+ *    8   2  version (2; version 1 files, without the two v2 parts marked *, are still read)
  *   10   2  reserved, 0
  *   12  16  key id (the .vsv.enc key file's)
  *   28  24  secretstream header (XChaCha20-Poly1305 secretstream, libsodium)
- *   52   …  frames: u32 ciphertext length, then the ciphertext (at most MAX_FRAME + 17 bytes)
+ *   52   4  * guest RAM in MiB (what QEMU is started with before anything is decrypted)
+ *   56   …  frames: u32 ciphertext length, then the ciphertext (at most MAX_FRAME + 17 bytes)
+ *   end     * trailer: 24-byte nonce, the metadata JSON sealed with XChaCha20-Poly1305 (key
+ *             BLAKE2b-256 of the data key with its own context, the plaintext header as associated
+ *             data), u32 length of nonce + ciphertext, magic "MEDVVSVM"
  * Frames 1..n-1 carry the migration stream (tag MESSAGE); the last frame carries the metadata
  * JSON (tag FINAL), written once the VM has quit and its disks are closed, so it can record the
- * disks as they are at the stop point. The plaintext header (magic..header) is bound into every
- * frame as associated data. A truncated file (no FINAL), a flipped byte or another file's frames
- * fail with a typed error. The stream key is BLAKE2b-256 keyed with the 512-bit data key of the
- * .vsv.enc file (wrapped with the KEK like a disk key).
- * Files are written under a temporary name; the key file is published first, then the .vsv.
+ * disks as they are at the stop point. The plaintext header is bound into every frame as
+ * associated data. The trailer repeats the metadata so a resume can check the disks before it
+ * decrypts the stream, and then decrypt the stream once, feeding QEMU as it goes; the FINAL frame
+ * must then carry the same bytes, and the guest runs only after that frame authenticated. A
+ * truncated file (no FINAL), a flipped byte or another file's frames fail with a typed error. The
+ * stream key is BLAKE2b-256 keyed with the 512-bit data key of the .vsv.enc file (wrapped with the
+ * KEK like a disk key). Files are written under a temporary name; the key file is published
+ * first, then the .vsv.
  */
 import * as fs from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { DataKey, type KekSource, readKeyFile, writeKeyFile } from '../crypto/index.js';
+import { DataKey, type KekSource, readKeyFile, wrapDataKey, writeWrappedKeyFile } from '../crypto/index.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { sodium } from '../crypto/sodium.js';
 import { MedvError, fromSystemError } from '../errors.js';
+import { HEADER_BYTES, MAGIC, MAX_MEMORY_MIB, readHeader, VERSION, type SavedStatePeek } from './savedstate-header.js';
 
-const MAGIC = Buffer.from('MEDVVSV\0', 'latin1');
-const VERSION = 1;
-const HEADER_BYTES = 52;
+export { peekSavedState, type SavedStatePeek } from './savedstate-header.js';
+
+const TRAILER_MAGIC = Buffer.from('MEDVVSVM', 'latin1');
 /** Largest plaintext per frame. */
 export const MAX_FRAME = 1 << 20;
+/** Largest metadata trailer read (the metadata lists a few disks). */
+const MAX_TRAILER = 1 << 20;
 const ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES;
+const NONCE = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES;
+const META_ABYTES = sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES;
 const STREAM_KEY_CONTEXT = Buffer.from('medv vsv stream key v1', 'latin1');
+const META_KEY_CONTEXT = Buffer.from('medv vsv meta key v1', 'latin1');
 
 /** What a saved state records about the VM at its stop point. */
 export interface SavedStateMeta {
@@ -53,9 +66,9 @@ export function fingerprint(path: string): DiskFingerprint {
   return { path, size: Number(st.size), mtimeNs: st.mtimeNs.toString(), ino: Number(st.ino) };
 }
 
-function streamKey(dataKey: DataKey): Buffer {
-  const k = secureAlloc(sodium.crypto_secretstream_xchacha20poly1305_KEYBYTES);
-  sodium.crypto_generichash(k, STREAM_KEY_CONTEXT, dataKey.key);
+function derivedKey(dataKey: DataKey, context: Buffer): Buffer {
+  const k = secureAlloc(32);
+  sodium.crypto_generichash(k, context, dataKey.key);
   return k;
 }
 
@@ -66,75 +79,117 @@ export class SavedStateWriter {
   private fd: number | undefined;
   private pos = 0;
   private bytes = 0;
+  /** Plaintext gathered up to a full frame (socket reads are far smaller than a frame). */
+  private readonly pending = Buffer.allocUnsafe(MAX_FRAME);
+  private pendingBytes = 0;
+  private readonly out = Buffer.allocUnsafe(4 + MAX_FRAME + ABYTES);
+  /** The key file's bytes, wrapped (Argon2id for a passphrase) while the stream is written. */
+  private readonly wrapped: Promise<Buffer>;
 
-  private constructor(readonly path: string, private readonly tmp: string, private readonly dataKey: DataKey, private readonly kek: KekSource) {
-    this.header = Buffer.alloc(HEADER_BYTES);
+  private constructor(readonly path: string, private readonly tmp: string, private readonly dataKey: DataKey, kek: KekSource, memoryMiB: number) {
+    this.header = Buffer.alloc(HEADER_BYTES[VERSION]);
     MAGIC.copy(this.header, 0);
     this.header.writeUInt16LE(VERSION, 8);
     dataKey.keyId.copy(this.header, 12);
-    const key = streamKey(dataKey);
+    this.header.writeUInt32LE(memoryMiB, 52);
+    const key = derivedKey(dataKey, STREAM_KEY_CONTEXT);
     try {
       sodium.crypto_secretstream_xchacha20poly1305_init_push(this.state, this.header.subarray(28, 52), key);
     } finally {
       secureFree(key);
     }
+    this.wrapped = wrapDataKey(dataKey, kek);
+    this.wrapped.catch(() => undefined); // awaited in finish(); abort() must not leave it unhandled
   }
 
   /** Refuses when a saved state (or a lone key file of one) already exists. */
-  static create(path: string, kek: KekSource): SavedStateWriter {
+  static create(path: string, kek: KekSource, memoryMiB: number): SavedStateWriter {
+    if (!Number.isSafeInteger(memoryMiB) || memoryMiB < 1 || memoryMiB > MAX_MEMORY_MIB) throw new MedvError('EINVAL_ARG', `guest RAM ${memoryMiB} MiB is out of range`);
     if (fs.existsSync(path)) throw new MedvError('EEXIST', `a saved state exists already: ${path}`, { file: path });
     if (fs.existsSync(vsvKeyPath(path))) throw new MedvError('EEXIST', `a saved-state key file exists without its saved state (an interrupted suspend?): ${vsvKeyPath(path)}; remove it to suspend again`, { file: vsvKeyPath(path) });
     const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.partial`);
-    const w = new SavedStateWriter(path, tmp, DataKey.generate(), kek);
+    const w = new SavedStateWriter(path, tmp, DataKey.generate(), kek, memoryMiB);
     try {
       w.fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-      fs.writeSync(w.fd, w.header, 0, HEADER_BYTES, 0);
+      fs.writeSync(w.fd, w.header, 0, w.header.length, 0);
     } catch (e) {
       w.abort();
       throw fromSystemError(e, path);
     }
-    w.pos = HEADER_BYTES;
+    w.pos = w.header.length;
     return w;
   }
 
-  /** Encrypt and append a chunk of the migration stream (split into frames of at most MAX_FRAME). */
+  /** Encrypt and append a chunk of the migration stream (gathered into frames of MAX_FRAME). */
   write(chunk: Buffer): void {
-    for (let off = 0; off < chunk.length; off += MAX_FRAME) {
-      this.frame(chunk.subarray(off, Math.min(chunk.length, off + MAX_FRAME)), sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
+    let off = 0;
+    while (off < chunk.length) {
+      if (this.pendingBytes === 0 && chunk.length - off >= MAX_FRAME) {
+        this.frame(chunk.subarray(off, off + MAX_FRAME), sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
+        off += MAX_FRAME;
+        continue;
+      }
+      const n = chunk.copy(this.pending, this.pendingBytes, off);
+      this.pendingBytes += n;
+      off += n;
+      if (this.pendingBytes === MAX_FRAME) this.flushPending();
     }
     this.bytes += chunk.length;
   }
 
   get streamBytes(): number { return this.bytes; }
 
-  private frame(plain: Buffer, tag: number): void {
-    if (this.fd === undefined) throw new MedvError('ECLOSED', 'saved state writer is closed', { file: this.path });
-    const out = Buffer.allocUnsafe(4 + plain.length + ABYTES);
-    out.writeUInt32LE(plain.length + ABYTES, 0);
-    sodium.crypto_secretstream_xchacha20poly1305_push(this.state, out.subarray(4), plain, this.header, tag);
-    let done = 0;
-    while (done < out.length) done += fs.writeSync(this.fd, out, done, out.length - done, this.pos + done);
-    this.pos += out.length;
+  private flushPending(): void {
+    if (this.pendingBytes === 0) return;
+    this.frame(this.pending.subarray(0, this.pendingBytes), sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
+    this.pending.fill(0, 0, this.pendingBytes);
+    this.pendingBytes = 0;
   }
 
-  /** Write the metadata (final frame), make it durable, publish the key file, then the .vsv. */
+  private frame(plain: Buffer, tag: number): void {
+    if (this.fd === undefined) throw new MedvError('ECLOSED', 'saved state writer is closed', { file: this.path });
+    const out = plain.length <= MAX_FRAME ? this.out.subarray(0, 4 + plain.length + ABYTES) : Buffer.allocUnsafe(4 + plain.length + ABYTES);
+    out.writeUInt32LE(plain.length + ABYTES, 0);
+    sodium.crypto_secretstream_xchacha20poly1305_push(this.state, out.subarray(4), plain, this.header, tag);
+    this.append(out);
+  }
+
+  private append(buf: Buffer): void {
+    let done = 0;
+    while (done < buf.length) done += fs.writeSync(this.fd!, buf, done, buf.length - done, this.pos + done);
+    this.pos += buf.length;
+  }
+
+  /** Write the metadata (final frame and trailer), make it durable, publish the key file, then the .vsv. */
   async finish(meta: Omit<SavedStateMeta, 'streamBytes'>): Promise<SavedStateMeta> {
     const full: SavedStateMeta = { ...meta, streamBytes: this.bytes };
     try {
-      this.frame(Buffer.from(JSON.stringify(full), 'utf8'), sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL);
+      if (full.memoryMiB !== this.header.readUInt32LE(52)) throw new MedvError('EINVAL_ARG', `saved state metadata says ${full.memoryMiB} MiB of RAM, its header ${this.header.readUInt32LE(52)}`, { file: this.path });
+      this.flushPending();
+      const json = Buffer.from(JSON.stringify(full), 'utf8');
+      if (json.length + NONCE + META_ABYTES > MAX_TRAILER) throw new MedvError('EINVAL_ARG', 'saved state metadata is too large', { file: this.path });
+      this.frame(json, sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL);
+      const trailer = Buffer.alloc(NONCE + json.length + META_ABYTES + 4 + TRAILER_MAGIC.length);
+      sodium.randombytes_buf(trailer.subarray(0, NONCE));
+      const key = derivedKey(this.dataKey, META_KEY_CONTEXT);
+      try {
+        sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(trailer.subarray(NONCE, NONCE + json.length + META_ABYTES), json, this.header, null, trailer.subarray(0, NONCE), key);
+      } finally { secureFree(key); }
+      trailer.writeUInt32LE(NONCE + json.length + META_ABYTES, NONCE + json.length + META_ABYTES);
+      TRAILER_MAGIC.copy(trailer, trailer.length - TRAILER_MAGIC.length);
+      this.append(trailer);
       fs.fsyncSync(this.fd!);
       fs.closeSync(this.fd!);
       this.fd = undefined;
-      await writeKeyFile(vsvKeyPath(this.path), this.dataKey, this.kek);
+      await writeWrappedKeyFile(vsvKeyPath(this.path), await this.wrapped);
       fs.renameSync(this.tmp, this.path);
       const dfd = fs.openSync(dirname(this.path), 'r');
       try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
     } catch (e) {
       this.abort();
       throw fromSystemError(e, this.path);
-    } finally {
-      this.dataKey.dispose();
     }
+    this.dispose();
     return full;
   }
 
@@ -142,44 +197,65 @@ export class SavedStateWriter {
   abort(): void {
     if (this.fd !== undefined) { try { fs.closeSync(this.fd); } catch { /* closed */ } this.fd = undefined; }
     fs.rmSync(this.tmp, { force: true });
-    if (!this.dataKey.disposed) this.dataKey.dispose();
+    this.pending.fill(0);
+    this.dispose();
+  }
+
+  /** The data key goes once its wrapping (which reads it) has settled. */
+  private dispose(): void {
+    void this.wrapped.finally(() => { if (!this.dataKey.disposed) this.dataKey.dispose(); }).catch(() => undefined);
   }
 }
 
-/** An opened saved state: check() verifies every frame and returns the metadata; stream() yields the plaintext. */
+function checkMeta(meta: SavedStateMeta, path: string): SavedStateMeta {
+  if (!meta || !Array.isArray(meta.disks) || !Number.isSafeInteger(meta.memoryMiB)) throw new MedvError('EFORMAT', 'saved state metadata lacks disks or memory', { file: path });
+  return meta;
+}
+
+/**
+ * An opened saved state. Version 2: `meta` is known (and authenticated) once opened, and frames()
+ * decrypts the stream in one pass. Version 1: check() verifies every frame and returns the metadata.
+ */
 export class SavedStateReader {
-  private constructor(readonly path: string, private readonly dataKey: DataKey, private readonly header: Buffer) {}
+  private constructor(readonly path: string, private readonly dataKey: DataKey, private readonly header: Buffer,
+    private readonly streamEnd: number | undefined, private readonly trailerMeta: Buffer | undefined) {}
+
+  /** The metadata from the trailer (version 2), before the stream is decrypted. */
+  get meta(): SavedStateMeta | undefined {
+    return this.trailerMeta ? checkMeta(JSON.parse(this.trailerMeta.toString('utf8')) as SavedStateMeta, this.path) : undefined;
+  }
+
+  /** The header alone, without a key: version and (version 2) the guest RAM to start QEMU with. */
+  static peek(path: string): SavedStatePeek { return readHeader(path).peek; }
 
   static async open(path: string, kek: KekSource): Promise<SavedStateReader> {
-    let header: Buffer;
-    try {
-      const fd = fs.openSync(path, 'r');
-      try {
-        header = Buffer.alloc(HEADER_BYTES);
-        const n = fs.readSync(fd, header, 0, HEADER_BYTES, 0);
-        if (n < HEADER_BYTES) throw new MedvError('ETRUNCATED', `saved state is ${n} bytes, shorter than its header`, { file: path, offset: n });
-      } finally { fs.closeSync(fd); }
-    } catch (e) { throw fromSystemError(e, path); }
-    if (!header.subarray(0, 8).equals(MAGIC)) throw new MedvError('EFORMAT', 'not a medv saved state (bad magic)', { file: path, offset: 0 });
-    const version = header.readUInt16LE(8);
-    if (version !== VERSION) throw new MedvError('EVERSION', `saved state version ${version} is not supported`, { file: path, offset: 8 });
+    const { header, peek } = readHeader(path);
     const dataKey = await readKeyFile(vsvKeyPath(path), kek);
-    if (!dataKey.keyId.equals(header.subarray(12, 28))) {
+    try {
+      if (!dataKey.keyId.equals(header.subarray(12, 28))) {
+        throw new MedvError('EBADKEY', `saved state ${path} does not belong to key file ${vsvKeyPath(path)}`, { file: path, offset: 12 });
+      }
+      if (peek.version === 1) return new SavedStateReader(path, dataKey, header, undefined, undefined);
+      const { streamEnd, meta } = readTrailer(path, header, dataKey);
+      const parsed = (() => { try { return JSON.parse(meta.toString('utf8')) as SavedStateMeta; } catch { throw new MedvError('EFORMAT', 'saved state metadata is not JSON', { file: path, offset: streamEnd }); } })();
+      checkMeta(parsed, path);
+      if (parsed.memoryMiB !== peek.memoryMiB) throw new MedvError('ECRYPTO', 'saved state header and metadata disagree on the guest RAM (tampered with)', { file: path, offset: 52 });
+      return new SavedStateReader(path, dataKey, header, streamEnd, meta);
+    } catch (e) {
       dataKey.dispose();
-      throw new MedvError('EBADKEY', `saved state ${path} does not belong to key file ${vsvKeyPath(path)}`, { file: path, offset: 12 });
+      throw e;
     }
-    return new SavedStateReader(path, dataKey, header);
   }
 
   /** Decrypt every frame in order; yields stream chunks; returns the metadata of the final frame. */
   async *frames(): AsyncGenerator<Buffer, SavedStateMeta, void> {
     const state = Buffer.alloc(sodium.crypto_secretstream_xchacha20poly1305_STATEBYTES);
-    const key = streamKey(this.dataKey);
+    const key = derivedKey(this.dataKey, STREAM_KEY_CONTEXT);
     try { sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, this.header.subarray(28, 52), key); } finally { secureFree(key); }
     const fh = await fs.promises.open(this.path, 'r');
     try {
-      const size = (await fh.stat()).size;
-      let pos = HEADER_BYTES;
+      const size = this.streamEnd ?? (await fh.stat()).size;
+      let pos = this.header.length;
       const lenBuf = Buffer.alloc(4);
       const tag = Buffer.alloc(1);
       for (;;) {
@@ -199,10 +275,10 @@ export class SavedStateReader {
         pos += 4 + clen;
         if (tag[0] === sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL) {
           if (pos !== size) throw new MedvError('EFORMAT', 'saved state has bytes after its final frame', { file: this.path, offset: pos });
+          if (this.trailerMeta && !m.equals(this.trailerMeta)) throw new MedvError('ECRYPTO', 'saved state final frame and trailer disagree (tampered with)', { file: this.path, offset: pos });
           let meta: SavedStateMeta;
           try { meta = JSON.parse(m.toString('utf8')) as SavedStateMeta; } catch { throw new MedvError('EFORMAT', 'saved state metadata is not JSON', { file: this.path, offset: pos }); }
-          if (!meta || !Array.isArray(meta.disks) || !Number.isSafeInteger(meta.memoryMiB)) throw new MedvError('EFORMAT', 'saved state metadata lacks disks or memory', { file: this.path });
-          return meta;
+          return checkMeta(meta, this.path);
         }
         yield m;
       }
@@ -222,6 +298,36 @@ export class SavedStateReader {
   }
 
   close(): void { if (!this.dataKey.disposed) this.dataKey.dispose(); }
+}
+
+/** Read and open the version 2 trailer: the metadata plaintext and where the frames end. */
+function readTrailer(path: string, header: Buffer, dataKey: DataKey): { streamEnd: number; meta: Buffer } {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(path, 'r');
+    const size = fs.fstatSync(fd).size;
+    const tail = Buffer.alloc(4 + TRAILER_MAGIC.length);
+    if (size < header.length + tail.length) throw new MedvError('ETRUNCATED', 'saved state ends before its trailer (interrupted write?)', { file: path, offset: size });
+    fs.readSync(fd, tail, 0, tail.length, size - tail.length);
+    if (!tail.subarray(4).equals(TRAILER_MAGIC)) throw new MedvError('ETRUNCATED', 'saved state has no trailer (interrupted write?)', { file: path, offset: size - TRAILER_MAGIC.length });
+    const len = tail.readUInt32LE(0);
+    const start = size - tail.length - len;
+    if (len < NONCE + META_ABYTES || len > MAX_TRAILER || start < header.length) throw new MedvError('EFORMAT', `saved state trailer length ${len} is out of range`, { file: path, offset: size - tail.length });
+    const sealed = Buffer.alloc(len);
+    fs.readSync(fd, sealed, 0, len, start);
+    const meta = Buffer.alloc(len - NONCE - META_ABYTES);
+    const key = derivedKey(dataKey, META_KEY_CONTEXT);
+    try {
+      sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(meta, null, sealed.subarray(NONCE), header, sealed.subarray(0, NONCE), key);
+    } catch {
+      throw new MedvError('ECRYPTO', 'saved state metadata does not authenticate (damaged or tampered with)', { file: path, offset: start });
+    } finally { secureFree(key); }
+    return { streamEnd: start, meta };
+  } catch (e) {
+    throw fromSystemError(e, path);
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
 }
 
 /** Refuse a saved state whose disks changed since it was written (typed, names the first changed file). */

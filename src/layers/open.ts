@@ -34,6 +34,11 @@ export interface OpenDiskOptions {
   /** Open the parent of the named differencing disk writable, with an exclusive lock (undo merge). */
   writableParent?: boolean;
   /**
+   * Open the named disk writable even though its VHD saved-state flag is set (the resume of the
+   * suspended VM it belongs to). Without it such a disk opens only read-only (ESAVEDSTATE).
+   */
+  allowSavedState?: boolean;
+  /**
    * The parent of the named differencing disk, named by the user instead of found through its
    * locators. Required when that parent is a raw file (checked against the disk's raw-parent record).
    */
@@ -123,6 +128,7 @@ async function openAt(path: string, format: DiskFormat, readOnly: boolean, optio
     vhd = await openVhd(storage, {
       readOnly,
       name: path,
+      allowSavedState: top && options.allowSavedState,
       openParent: async (info) => {
         const opened = await openParentOf(path, format, info, options, [...chain, real], top);
         parent = { path: opened.path, format: opened.format };

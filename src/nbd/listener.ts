@@ -105,21 +105,88 @@ async function listenPrivately(server: net.Server, path: string): Promise<number
   }
 }
 
-/** Serve `device` over NBD on a unix socket (mode 0600). Resolves once the socket is listening. */
-export async function serveNbd(device: BlockDevice, opts: NbdServerOptions): Promise<NbdServer> {
-  const log = opts.log ?? (() => undefined);
-  const limits = resolveLimits(device, opts); // options are checked now rather than at the first client
-  const socketPath = opts.socketPath;
+/**
+ * A socket that listens before there is anything to serve: clients that connect meanwhile wait
+ * (nothing is read from them or sent to them, so an NBD client waits in its handshake) until
+ * serve() hands over the device, or are disconnected by close(). This lets a VM's supervisor start
+ * QEMU while it is still opening (and locking) the disk: no guest I/O can happen before serve().
+ */
+export interface NbdListener {
+  readonly socketPath: string;
+  /** Serve `device` to the clients waiting and to every later one. Once only. */
+  serve(device: BlockDevice, opts: Omit<NbdServerOptions, 'socketPath'>): NbdServer;
+  /** Disconnect the waiting clients, stop listening and remove the socket file (when not serving). */
+  close(): Promise<void>;
+}
+
+/** Clients held before serve(); more are refused (only the run folder's owner can connect). */
+const MAX_WAITING = 16;
+
+/** Bind a 0600 unix socket at `socketPath` now; serve a device on it later (NbdListener). `log` is told of clients held. */
+export async function bindNbd(socketPath: string, opts: { log?: (line: string) => void } = {}): Promise<NbdListener> {
   checkSocketPath(socketPath);
   if (basename(socketPath).startsWith(PRIVATE_PREFIX)) throw new MedvError('EINVAL_ARG', `socket names starting with ${PRIVATE_PREFIX} are reserved`, { file: socketPath });
+  await clearStaleSocket(socketPath);
+  const waiting: net.Socket[] = [];
+  let accept: ((socket: net.Socket) => void) | undefined;
+  let closed = false;
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
+    if (accept) { accept(socket); return; }
+    if (closed || waiting.length >= MAX_WAITING) { socket.destroy(); return; }
+    socket.on('error', () => undefined);
+    waiting.push(socket);
+    log(`nbd: a client waits on ${socketPath} until the disk is open`);
+  });
+  let log: (line: string) => void = opts.log ?? (() => undefined);
+  server.on('error', (e) => log(`nbd: server error: ${e.message}`));
+  const ino = await listenPrivately(server, socketPath);
+  let served: NbdServer | undefined;
+  return {
+    socketPath,
+    serve(device, opts) {
+      if (served || closed) throw new MedvError('EINVAL_ARG', `${socketPath} is already ${closed ? 'closed' : 'serving'}`, { file: socketPath });
+      log = opts.log ?? log;
+      const serving = startServing(server, ino, device, { ...opts, socketPath });
+      served = serving.server;
+      accept = (socket) => { socket.removeAllListeners('error'); serving.admit(socket); };
+      for (const socket of waiting.splice(0)) {
+        if (socket.destroyed) continue;
+        accept(socket);
+      }
+      return served;
+    },
+    async close() {
+      if (served) return served.close();
+      closed = true;
+      for (const socket of waiting.splice(0)) socket.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+      const st = await fs.promises.lstat(socketPath).catch(() => undefined);
+      if (st?.isSocket() && st.ino === ino) await fs.promises.unlink(socketPath).catch(() => undefined);
+    },
+  };
+}
+
+/** Serve `device` over NBD on a unix socket (mode 0600). Resolves once the socket is listening. */
+export async function serveNbd(device: BlockDevice, opts: NbdServerOptions): Promise<NbdServer> {
+  resolveLimits(device, opts); // options are checked before anything is created
+  const listener = await bindNbd(opts.socketPath);
+  const server = listener.serve(device, opts);
+  (opts.log ?? (() => undefined))(`nbd: listening on ${opts.socketPath}`);
+  return server;
+}
+
+/** The serving side of a bound listener: admission, connections, shutdown. */
+function startServing(server: net.Server, ino: number, device: BlockDevice, opts: NbdServerOptions): { server: NbdServer; admit: (socket: net.Socket) => void } {
+  const log = opts.log ?? (() => undefined);
+  const limits = resolveLimits(device, opts);
+  const socketPath = opts.socketPath;
   const conns = new Set<Connection>();
   const budget = new ByteBudget(limits.maxTotalBytes);
   const pool = new BufferPool(POOL_LIMIT);
   let handshakes = 0;
   let closing: Promise<void> | undefined;
 
-  await clearStaleSocket(socketPath);
-  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
+  const admit = (socket: net.Socket) => {
     if (closing || handshakes >= limits.maxHandshakes) {
       if (!closing) log(`nbd: ${handshakes} clients already in the handshake, refusing another`);
       socket.destroy();
@@ -127,18 +194,15 @@ export async function serveNbd(device: BlockDevice, opts: NbdServerOptions): Pro
     }
     handshakes++;
     let left = false;
+    socket.resume(); // accepted paused (pauseOnConnect): reading starts here
     const conn = new Connection(socket, {
       device, opts, limits, budget, pool, log,
       leftHandshake: () => { if (!left) { left = true; handshakes--; } },
     });
     conns.add(conn);
     void conn.closed.then(() => conns.delete(conn));
-  });
-  server.on('error', (e) => log(`nbd: server error: ${e.message}`));
-  const ino = await listenPrivately(server, socketPath);
-  log(`nbd: listening on ${socketPath}`);
-
-  return {
+  };
+  const nbd: NbdServer = {
     socketPath,
     connections: () => conns.size,
     heldBytes: () => budget.inUse,
@@ -161,4 +225,5 @@ export async function serveNbd(device: BlockDevice, opts: NbdServerOptions): Pro
       return closing;
     },
   };
+  return { server: nbd, admit };
 }

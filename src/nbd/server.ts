@@ -3,5 +3,5 @@
  * connection.ts (one socket: handshake then transmission, timeouts, teardown), handshake.ts
  * (options), transmission.ts (requests and replies, memory bounds). This module keeps the API.
  */
-export { serveNbd, checkSocketPath, type NbdServer } from './listener.js';
+export { serveNbd, bindNbd, checkSocketPath, type NbdServer, type NbdListener } from './listener.js';
 export type { NbdServerOptions } from './options.js';

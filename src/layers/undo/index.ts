@@ -37,6 +37,8 @@ export interface UndoOptions {
 export interface UndoDisk {
   /** The guest-visible disk: reads fall through to the parent, writes stay in the undo disk. */
   device: BlockDevice;
+  /** The same device as the undo disk's VHD (its footer, e.g. the saved-state flag). */
+  vhd: VhdDevice;
   undoPath: string;
   parentPath: string;
 }
@@ -90,14 +92,14 @@ export async function createUndoDisk(undoPath: string, parentPath: string, optio
  * Open an undo disk for use. Its parent is `parent` when given (a raw parent must be), else found
  * through its locators; it is opened read-only with a shared lock until close.
  */
-export async function openUndoDisk(undoPath: string, options: UndoOptions & { parent?: string } = {}): Promise<UndoDisk> {
+export async function openUndoDisk(undoPath: string, options: UndoOptions & { parent?: string; allowSavedState?: boolean } = {}): Promise<UndoDisk> {
   const opened = await openUndo(undoPath, options, false);
-  return { device: opened.device, undoPath, parentPath: opened.parent!.path };
+  return { device: opened.device, vhd: opened.vhd!, undoPath, parentPath: opened.parent!.path };
 }
 
-async function openUndo(undoPath: string, options: UndoOptions & { parent?: string }, writableParent: boolean): Promise<OpenedDisk> {
+async function openUndo(undoPath: string, options: UndoOptions & { parent?: string; allowSavedState?: boolean }, writableParent: boolean): Promise<OpenedDisk> {
   if (!existsSync(undoPath)) throw new MedvError('ENOENT', `no such undo disk: ${undoPath}`, { file: undoPath });
-  const opened = await openDisk(undoPath, { kek: options.kek, format: vhdParentFormat(undoPath), parent: options.parent, writableParent });
+  const opened = await openDisk(undoPath, { kek: options.kek, format: vhdParentFormat(undoPath), parent: options.parent, writableParent, allowSavedState: options.allowSavedState });
   if (!opened.vhd || opened.vhd.type !== 'differencing' || !opened.parent) {
     await opened.device.close();
     throw new MedvError('EFORMAT', 'not an undo disk (expected a differencing VHD)', { file: undoPath });

@@ -21,7 +21,7 @@ import { validateRequest } from '../../block/validate.js';
 import { readInto } from '../../block/emulate.js';
 import { MedvError, isMedvError } from '../../errors.js';
 import {
-  FOOTER_SIZE, SECTOR, UNALLOCATED, allSet, bitRuns, roundUp, serializeBatEntry, setBits, testBit,
+  FOOTER_SIZE, SECTOR, UNALLOCATED, allSet, bitRuns, roundUp, serializeBatEntry, setBits, testBit, vhdChecksum,
 } from '../../formats/vhd/index.js';
 import { KeyedLocks } from '../../block/lock.js';
 import { type VhdInfo, type VhdMeta, metaToInfo } from './metadata.js';
@@ -388,6 +388,33 @@ export class VhdDevice implements BlockDevice {
   async flush(): Promise<void> {
     this.assertOpen();
     if (!this.readOnly) await this.storage.flush();
+  }
+
+  /** The footer's saved-state flag (byte 84). */
+  get savedState(): boolean { return this.meta.footer.savedState; }
+
+  /**
+   * Set or clear the footer's saved-state flag, durably: set when the VM using this disk is
+   * suspended, cleared once its resume has the state. Every other byte of the footer is kept as it
+   * is (a footer written by another tool stays that tool's); the checksum is recomputed.
+   *
+   * Write order: the footer at the end of the file, then (dynamic and differencing) the copy at
+   * offset 0, then a flush. Each is one sector, never torn on a sector-atomic medium, so after a
+   * crash each holds the old or the new flag with a valid checksum; the end one is what an open
+   * reads. Waits for a block allocation in progress (which rewrites the footer) to finish first.
+   */
+  async setSavedState(flag: boolean): Promise<void> {
+    this.assertWritable();
+    while (this.allocating) await new Promise((r) => setImmediate(r));
+    if (this.meta.footer.savedState === flag) return;
+    const raw = Buffer.from(this.meta.footerRaw);
+    raw[84] = flag ? 1 : 0;
+    raw.writeUInt32BE(vhdChecksum(raw, 64), 64);
+    await this.storage.write(this.footerOffset, raw);
+    if (this.meta.type !== 'fixed') await this.storage.write(0, raw);
+    await this.storage.flush();
+    this.meta.footerRaw = raw;
+    this.meta.footer = { ...this.meta.footer, savedState: flag, checksum: raw.readUInt32BE(64) };
   }
 
   /** A hint only: contents are unspecified afterwards; this layer keeps them (no deallocation,

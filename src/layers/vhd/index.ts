@@ -5,7 +5,7 @@
  */
 export type { VhdType, ParentInfo, VhdInfo } from './metadata.js';
 export { VhdDevice } from './device.js';
-export { readVhdInfo, openVhd } from './info.js';
+export { readVhdInfo, openVhd, savedStateError } from './info.js';
 export { createVhd, createDifferencingVhd } from './create.js';
 export { checkVhd } from './check.js';
 export { compactVhd } from './compact.js';

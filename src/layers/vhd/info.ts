@@ -3,6 +3,14 @@ import { MedvError } from '../../errors.js';
 import { VhdDevice } from './device.js';
 import { type ParentInfo, type VhdInfo, loadVhdMeta, metaToInfo } from './metadata.js';
 
+/** ESAVEDSTATE for a disk whose saved-state flag is set: what it means and the ways out. */
+export function savedStateError(name: string, footerOffset?: number): MedvError {
+  return new MedvError('ESAVEDSTATE',
+    `${name} belongs to a suspended VM (its VHD saved-state flag is set): writing to it would break the saved state; ` +
+    'resume the VM with `medv vm start`, or drop its saved state with `medv vm discard-state`; read-only use (disk info, check) works',
+    footerOffset === undefined ? { file: name } : { file: name, offset: footerOffset + 84 });
+}
+
 /** Parse and validate a VHD's metadata (footer, header, BAT, locators) without opening it. */
 export async function readVhdInfo(storage: BlockDevice, name?: string): Promise<VhdInfo> {
   const meta = (await loadVhdMeta(storage, name ?? storage.description))!;
@@ -17,11 +25,16 @@ export async function readVhdInfo(storage: BlockDevice, name?: string): Promise<
  * Differencing disks need a parent: `opts.parent` (any BlockDevice of exactly the virtual size),
  * else `opts.openParent(info)`, else EPARENT. When the parent is itself a VhdDevice its unique id
  * must match the one recorded in the child (EPARENT).
+ *
+ * A VHD whose footer has the saved-state flag set (a suspended VM's disk) opens writable only with
+ * `allowSavedState` (that VM's resume); otherwise ESAVEDSTATE, before its parent is opened. Read-only
+ * opens are always allowed (inspection).
  */
-export async function openVhd(storage: BlockDevice, opts: { readOnly?: boolean; name?: string; parent?: BlockDevice; openParent?: (info: ParentInfo) => Promise<BlockDevice> } = {}): Promise<VhdDevice> {
+export async function openVhd(storage: BlockDevice, opts: { readOnly?: boolean; name?: string; parent?: BlockDevice; openParent?: (info: ParentInfo) => Promise<BlockDevice>; allowSavedState?: boolean } = {}): Promise<VhdDevice> {
   const name = opts.name ?? storage.description;
   const meta = (await loadVhdMeta(storage, name))!;
   const readOnly = (opts.readOnly ?? false) || storage.readOnly;
+  if (meta.footer.savedState && !readOnly && !opts.allowSavedState) throw savedStateError(name, meta.footerOffset);
   let parent: BlockDevice | undefined;
   if (meta.type === 'differencing') {
     const info = metaToInfo(meta, storage.size);

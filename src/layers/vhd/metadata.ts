@@ -43,6 +43,11 @@ export interface VhdInfo {
   parent?: ParentInfo;
   /** Size of the VHD file (its storage) in bytes. */
   fileSize: number;
+  /**
+   * The footer's saved-state flag (byte 84): the disk belongs to a suspended VM, whose saved state
+   * expects it exactly as it is. Only that VM's resume may write it (openVhd refuses otherwise).
+   */
+  savedState: boolean;
 }
 
 /** Largest block size we accept (the spec's default is 2 MiB; Hyper-V goes to 256 MiB). */
@@ -374,6 +379,7 @@ export function metaToInfo(meta: VhdMeta, fileSize: number, allocatedBlocks = me
     creatorOs: trim4(f.creatorOs),
     uniqueId: Buffer.from(f.uniqueId),
     fileSize,
+    savedState: f.savedState,
   };
   if (meta.header) {
     info.blockSize = meta.header.blockSize;

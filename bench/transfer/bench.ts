@@ -1,0 +1,101 @@
+/**
+ * Transfer benchmark (not a test): a /usr-content disk (1 GiB, half used, by default), version 2
+ * rewriting 3% of its used blocks in scattered places (half in-place edits, half other file
+ * content). Measures, on one private nginx (bytes and requests from its access log, `$bytes_sent`):
+ *
+ *   medv image fetch v1 (nothing local)                       full fetch
+ *   medv image fetch v2 --seed v1.evhd                        the update
+ *   zsync -i v1.raw  (zsyncmake -b 4096 v2.raw; control file included)
+ *   rsync --no-W v2.raw onto a copy of v1.raw (rsync daemon on loopback; bytes both ways from --stats)
+ *
+ * and prints bytes, requests and wall time of each, with ratios against medv.
+ *
+ *   npm run bench:transfer -- [--size-mib 1024] [--fill 0.5] [--dir /tmp/medv-bench-transfer]
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { waitForFile } from '../../test/helpers/cli.js';
+import { startNginx } from '../../test/helpers/nginx.js';
+import { makeRepo } from '../../test/transfer/fixture.js';
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : def;
+}
+const sizeMiB = Number(arg('size-mib', '1024'));
+const fill = Number(arg('fill', '0.5'));
+const dir = arg('dir', '/tmp/medv-bench-transfer');
+rmSync(dir, { recursive: true, force: true });
+mkdirSync(dir, { recursive: true });
+
+const now = () => Number(process.hrtime.bigint()) / 1e9;
+const t0 = now();
+const r = makeRepo(dir, sizeMiB, fill, 1);
+console.log(`repository: ${sizeMiB} MiB disk, ${r.changed.length} blocks changed in v2; made and packed in ${(now() - t0).toFixed(0)} s`);
+const nginx = await startNginx(join(dir, 'nginx'), r.repo);
+
+interface Row { what: string; bytes: number; requests: number; seconds: number; note?: string }
+const rows: Row[] = [];
+const medvFetch = (what: string, args: string[]) => {
+  nginx.resetLog();
+  const s = now();
+  const res = r.medv(['image', 'fetch', ...args, '--keys', r.keys, '--json']);
+  if (res.code !== 0) throw new Error(`${what}: ${res.stderr}`);
+  const j = JSON.parse(res.stdout);
+  rows.push({ what, bytes: nginx.bytes(), requests: nginx.log().length, seconds: now() - s, note: `${j.blocksFromSeeds} blocks from seeds, ${j.blocksFromNetwork} fetched, index records ${j.indexRecordsFetched} fetched / ${j.indexRecordsReused} reused` });
+};
+
+try {
+  medvFetch('medv fetch v1 (full)', [nginx.url('lab_1.ckm.index'), '--out', join(dir, 'v1.evhd')]);
+  medvFetch('medv fetch v2 --seed v1.evhd', [nginx.url('lab_2.ckm.index'), '--out', join(dir, 'v2.evhd'), '--seed', join(dir, 'v1.evhd')]);
+  if (!r.sameAs(join(dir, 'v2.evhd'), r.v2)) throw new Error('medv: fetched v2 differs from the source');
+
+  // zsync
+  copyFileSync(r.v2, join(r.repo, 'v2.raw'));
+  let s = now();
+  const zm = spawnSync('zsyncmake', ['-b', '4096', '-o', join(r.repo, 'v2.raw.zsync'), '-u', 'v2.raw', join(r.repo, 'v2.raw')]);
+  if (zm.status !== 0) throw new Error(`zsyncmake: ${zm.stderr}`);
+  const zsyncmakeSeconds = now() - s;
+  mkdirSync(join(dir, 'zsync'));
+  nginx.resetLog();
+  s = now();
+  const z = spawnSync('zsync', ['-q', '-i', r.v1, '-o', join(dir, 'zsync', 'v2.raw'), nginx.url('v2.raw.zsync')], { cwd: join(dir, 'zsync') });
+  if (z.status !== 0) throw new Error(`zsync: ${z.stderr}`);
+  rows.push({ what: 'zsync -i v1.raw (-b 4096)', bytes: nginx.bytes(), requests: nginx.log().length, seconds: now() - s, note: `control file ${statSync(join(r.repo, 'v2.raw.zsync')).size} B, zsyncmake ${zsyncmakeSeconds.toFixed(1)} s` });
+
+  // rsync --no-W through a daemon on loopback
+  if (spawnSync('rsync', ['--version']).status === 0) {
+    const port = await new Promise<number>((res) => { const srv = createServer(); srv.listen(0, '127.0.0.1', () => { const p = (srv.address() as { port: number }).port; srv.close(() => res(p)); }); });
+    const conf = join(dir, 'rsyncd.conf');
+    writeFileSync(conf, `pid file = ${join(dir, 'rsyncd.pid')}\nuse chroot = no\n[repo]\n  path = ${r.repo}\n  read only = yes\n`);
+    const d = spawn('rsync', ['--daemon', '--no-detach', `--config=${conf}`, `--port=${port}`, '--address=127.0.0.1'], { stdio: 'ignore' });
+    try {
+      await waitForFile(join(dir, 'rsyncd.pid'), 15_000);
+      mkdirSync(join(dir, 'rsync'));
+      copyFileSync(r.v1, join(dir, 'rsync', 'v2.raw'));
+      s = now();
+      const rs = spawnSync('rsync', ['--no-W', '--inplace', '--stats', `rsync://127.0.0.1:${port}/repo/v2.raw`, join(dir, 'rsync', 'v2.raw')], { encoding: 'utf8' });
+      if (rs.status !== 0) throw new Error(`rsync: ${rs.stderr}`);
+      const num = (re: RegExp) => Number((re.exec(rs.stdout)?.[1] ?? '0').replace(/,/g, ''));
+      const received = num(/Total bytes received: ([\d,]+)/);
+      const sent = num(/Total bytes sent: ([\d,]+)/);
+      rows.push({ what: 'rsync --no-W (daemon)', bytes: received + sent, requests: 1, seconds: now() - s, note: `${received} B down, ${sent} B up (block checksums)` });
+    } finally {
+      d.kill();
+    }
+  } else {
+    console.log('rsync is not installed: its row is left out');
+  }
+} finally {
+  await nginx.stop();
+}
+
+const update = rows.find((x) => x.what.startsWith('medv fetch v2'))!;
+console.log('\n| transfer | bytes | requests | wall s | vs medv update (bytes) | |');
+console.log('|---|---:|---:|---:|---:|---|');
+for (const x of rows) console.log(`| ${x.what} | ${x.bytes.toLocaleString('en')} | ${x.requests} | ${x.seconds.toFixed(1)} | ${(x.bytes / update.bytes).toFixed(2)}x | ${x.note ?? ''} |`);
+const zs = rows.find((x) => x.what.startsWith('zsync'));
+const rsy = rows.find((x) => x.what.startsWith('rsync'));
+console.log(`\nmedv update / zsync: ${zs ? (update.bytes / zs.bytes).toFixed(3) : '-'} bytes, ${zs ? (update.seconds / zs.seconds).toFixed(2) : '-'} wall; medv update / rsync: ${rsy ? (update.bytes / rsy.bytes).toFixed(3) : '-'} bytes, ${rsy ? (update.seconds / rsy.seconds).toFixed(2) : '-'} wall`);

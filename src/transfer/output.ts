@@ -1,0 +1,253 @@
+/**
+ * The output of a fetch while it is being written: a folder `.<NAME>.evhd.medv-fetch` beside the
+ * final `NAME.evhd`, holding
+ *
+ *   disk.evhd, disk.enc   the new disk (dynamic VHD inside an EVHD, a fresh data key wrapped
+ *                         under the KEK), written in place block by block
+ *   state.json            which image it is for and which 4 KiB blocks are written (a bitmap),
+ *                         replaced atomically after the disk is flushed: a block marked done is
+ *                         on the disk
+ *   index                 the local copy of the image index
+ *
+ * A killed fetch leaves the folder; the next fetch of the same image to the same name opens it
+ * and fetches only the blocks not marked done. Publication: the key file is linked to its final
+ * name, then the disk (an .evhd never appears without its key), the folder fsynced, then the
+ * folder removed; nothing partial is ever visible under the final names. The folder holds only
+ * ciphertext, keyed ids and the (public) index. The EVHD file is locked while open, so two
+ * fetches cannot write one output.
+ */
+import * as fs from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { BlockDevice } from '../block/device.js';
+import { fsyncDir } from '../block/atomic.js';
+import { FileDevice } from '../block/file.js';
+import { DataKey, type KekSource, encPathFor, writeKeyFileAt } from '../crypto/index.js';
+import { MedvError, fromSystemError } from '../errors.js';
+import { createEvhd, openEvhdFile } from '../layers/evhd/index.js';
+import { createVhd, openVhd } from '../layers/vhd/index.js';
+
+const STATE_FORMAT = 1;
+
+/** Identity of what a partial output is being filled from: a new index means a new output. */
+export interface OutputIdentity {
+  /** Hex of a hash of the signed index header. */
+  index: string;
+  virtualSize: number;
+}
+
+export function partialDirFor(out: string): string {
+  return join(dirname(out), `.${basename(out)}.medv-fetch`);
+}
+
+export class PartialOutput {
+  private persisted: Uint8Array;
+  private writtenSinceFlush: number[] = [];
+  private checkpointing?: Promise<void>;
+  private failed?: unknown;
+  private lastCheckpoint = Date.now();
+  private bytesSinceCheckpoint = 0;
+
+  private constructor(
+    readonly out: string,
+    readonly dir: string,
+    readonly device: BlockDevice,
+    readonly identity: OutputIdentity,
+    /** Blocks on the disk (in memory; set as writes complete). */
+    readonly done: Uint8Array,
+    readonly resumed: boolean,
+  ) {
+    this.persisted = Uint8Array.from(done);
+  }
+
+  get indexPath(): string { return join(this.dir, 'index'); }
+
+  static blocksOf(size: number): number { return Math.ceil(size / 4096); }
+
+  /** Open the partial output of `out` for `identity`, or start a new one (discarding a partial of another image). */
+  static async open(out: string, identity: OutputIdentity, kek: () => KekSource): Promise<PartialOutput> {
+    const dir = partialDirFor(out);
+    const resumed = await PartialOutput.tryResume(out, dir, identity, kek);
+    if (resumed) return resumed;
+    await PartialOutput.discard(out);
+    try { fs.mkdirSync(dir, { mode: 0o700 }); } catch (e) { throw fromSystemError(e, dir); }
+    const evhd = join(dir, 'disk.evhd');
+    let key: DataKey | undefined = DataKey.generate();
+    let storage: FileDevice | undefined;
+    let dev: BlockDevice | undefined;
+    try {
+      await writeKeyFileAt(encPathFor(evhd), key, kek());
+      storage = await FileDevice.open(evhd, { create: true });
+      const e = await createEvhd(storage, key, { name: out });
+      key = undefined;
+      storage = undefined;
+      dev = e;
+      await createVhd(e, { type: 'dynamic', size: identity.virtualSize });
+      dev = await openVhd(e, { name: out });
+      await dev.flush();
+    } catch (err) {
+      key?.dispose();
+      await (dev ?? storage)?.close().catch(() => undefined);
+      await PartialOutput.discard(out);
+      throw err;
+    }
+    const p = new PartialOutput(out, dir, dev, identity, new Uint8Array(Math.ceil(PartialOutput.blocksOf(identity.virtualSize) / 8)), false);
+    await p.writeState();
+    return p;
+  }
+
+  private static async tryResume(out: string, dir: string, identity: OutputIdentity, kek: () => KekSource): Promise<PartialOutput | undefined> {
+    let state: { format: number; index: string; virtualSize: number; done: string };
+    try {
+      const text = fs.readFileSync(join(dir, 'state.json'), 'utf8');
+      if (text.length > 64 * 1024 * 1024) return undefined;
+      state = JSON.parse(text);
+    } catch {
+      return undefined;
+    }
+    if (state.format !== STATE_FORMAT || state.index !== identity.index || state.virtualSize !== identity.virtualSize || typeof state.done !== 'string') return undefined;
+    const done = Buffer.from(state.done, 'base64');
+    if (done.length !== Math.ceil(PartialOutput.blocksOf(identity.virtualSize) / 8)) return undefined;
+    let e;
+    try {
+      e = await openEvhdFile(join(dir, 'disk.evhd'), kek());
+    } catch (err) {
+      // another fetch writing it right now, or a wrong passphrase: say so rather than start over
+      if (err instanceof MedvError && (err.code === 'EBUSY' || err.code === 'EBADKEY' || err.code === 'ENOKEY')) throw err;
+      return undefined;
+    }
+    try {
+      const dev = await openVhd(e, { name: out });
+      if (dev.size < identity.virtualSize) { await dev.close(); return undefined; }
+      return new PartialOutput(out, dir, dev, identity, new Uint8Array(done), true);
+    } catch {
+      await e.close().catch(() => undefined);
+      return undefined;
+    }
+  }
+
+  /** Remove the partial output folder of `out` (ours by name: only the files a fetch puts there). */
+  static async discard(out: string): Promise<void> {
+    const dir = partialDirFor(out);
+    let st: fs.Stats;
+    try { st = fs.lstatSync(dir); } catch { return; }
+    if (!st.isDirectory()) throw new MedvError('EEXIST', `${dir} is in the way (not a partial fetch folder)`, { file: dir });
+    for (const n of fs.readdirSync(dir)) {
+      if (!/^(disk\.evhd|disk\.enc|state\.json|state\.json\.[0-9a-f]+\.tmp|index|index\.tmp)$/.test(n)) {
+        throw new MedvError('EEXIST', `${dir} holds ${n}, which a fetch did not put there; remove the folder by hand`, { file: join(dir, n) });
+      }
+    }
+    for (const n of fs.readdirSync(dir)) fs.rmSync(join(dir, n), { force: true });
+    fs.rmdirSync(dir);
+  }
+
+  isDone(block: number): boolean { return (this.done[block >> 3] & (1 << (block & 7))) !== 0; }
+
+  clear(block: number): void {
+    this.done[block >> 3] &= ~(1 << (block & 7));
+    this.persisted[block >> 3] &= ~(1 << (block & 7));
+  }
+
+  /** Block `block` is on the disk already (found by reading it back): record it at the next checkpoint. */
+  markDone(block: number): void {
+    this.done[block >> 3] |= 1 << (block & 7);
+    this.writtenSinceFlush.push(block);
+  }
+
+  /**
+   * Write `data` (whole blocks) at block `block`; marks them done once written. Progress is
+   * recorded every 256 KiB of fetched data (or 0.5 s); blocks from a local seed (`local`), cheap
+   * to copy again, only every 2 s: a flush costs two fsyncs.
+   */
+  async write(block: number, data: Buffer, local = false): Promise<void> {
+    const off = block * 4096;
+    const len = Math.min(data.length, this.device.size - off);
+    await this.device.write(off, len === data.length ? data : data.subarray(0, len));
+    const n = data.length / 4096;
+    for (let b = block; b < block + n; b++) {
+      this.done[b >> 3] |= 1 << (b & 7);
+      this.writtenSinceFlush.push(b);
+    }
+    if (!local) this.bytesSinceCheckpoint += data.length;
+    const age = Date.now() - this.lastCheckpoint;
+    if (this.failed) throw this.failed;
+    if (!this.checkpointing && (this.bytesSinceCheckpoint >= 256 * 1024 || age >= (local ? 2000 : 500))) {
+      // in the background: writers go on while the disk is flushed (a failure surfaces on the next write)
+      this.checkpoint().catch((e) => { this.failed ??= e; });
+    }
+  }
+
+  /** Flush the disk, then record the blocks written before the flush as done (state.json). */
+  async checkpoint(): Promise<void> {
+    while (this.checkpointing) await this.checkpointing.catch(() => undefined);
+    if (this.failed) throw this.failed;
+    if (this.writtenSinceFlush.length === 0) return;
+    const blocks = this.writtenSinceFlush;
+    this.writtenSinceFlush = [];
+    this.bytesSinceCheckpoint = 0;
+    this.lastCheckpoint = Date.now();
+    this.checkpointing = (async () => {
+      await this.device.flush();
+      for (const b of blocks) this.persisted[b >> 3] |= 1 << (b & 7);
+      await this.writeState();
+    })().finally(() => { this.checkpointing = undefined; });
+    await this.checkpointing;
+  }
+
+  private async writeState(): Promise<void> {
+    const path = join(this.dir, 'state.json');
+    const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+    const body = JSON.stringify({ format: STATE_FORMAT, index: this.identity.index, virtualSize: this.identity.virtualSize, done: Buffer.from(this.persisted).toString('base64') });
+    try {
+      const fh = await fs.promises.open(tmp, 'wx', 0o600);
+      try {
+        await fh.writeFile(body);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await fs.promises.rename(tmp, path);
+    } catch (e) {
+      await fs.promises.rm(tmp, { force: true });
+      throw fromSystemError(e, path);
+    }
+  }
+
+  /**
+   * Close the disk and publish it: key file, then disk, under their final names (link: never
+   * replaces), the index beside them as `NAME.evhd.index`, then the folder is removed.
+   */
+  async publish(): Promise<void> {
+    await this.checkpoint();
+    await this.device.flush();
+    await this.device.close();
+    const evhd = join(this.dir, 'disk.evhd');
+    const finals: Array<[string, string]> = [[encPathFor(evhd), encPathFor(this.out)], [evhd, this.out]];
+    const linked: string[] = [];
+    try {
+      for (const [from, to] of finals) {
+        try {
+          await fs.promises.link(from, to);
+        } catch (e) {
+          throw (e as NodeJS.ErrnoException).code === 'EEXIST' ? new MedvError('EEXIST', `file exists: ${to}`, { file: to }) : fromSystemError(e, to);
+        }
+        linked.push(to);
+      }
+      await fsyncDir(dirname(this.out));
+    } catch (e) {
+      for (const f of linked.reverse()) await fs.promises.unlink(f).catch(() => undefined);
+      throw e;
+    }
+    // the index the disk came from: offered to the next fetch that uses this disk as a seed
+    await fs.promises.link(this.indexPath, `${this.out}.index`).catch(async (e) => {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return;
+      throw fromSystemError(e, `${this.out}.index`);
+    });
+    await PartialOutput.discard(this.out);
+    await fsyncDir(dirname(this.out));
+  }
+
+  async close(): Promise<void> {
+    await this.device.close().catch(() => undefined);
+  }
+}

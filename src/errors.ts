@@ -45,7 +45,11 @@ export type ErrorCode =
   | 'EBADREPLY'           // a repository's reply breaks HTTP range rules (wrong Content-Range, bad multipart)
   | 'ECHANGED'            // a repository file changed during the transfer (ETag differs)
   // saved state
-  | 'ESAVEDSTATE';        // a VHD whose saved-state flag is set (its VM is suspended): only its resume may write it
+  | 'ESAVEDSTATE'         // a VHD whose saved-state flag is set (its VM is suspended): only its resume may write it
+  // accounts and policies
+  | 'EPOLICY'             // a policy document that fails its JSON Schema (data.path: the bad field)
+  | 'ERATELIMIT'          // too many failed logins: wait (data.retryAfter seconds)
+  | 'ETOOLARGE';          // a request body or field larger than its bound
 
 export interface MedvErrorData {
   file?: string;

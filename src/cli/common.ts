@@ -31,6 +31,9 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   EHTTP: 10,
   ECHANGED: 10,
   ESAVEDSTATE: 11,
+  EPOLICY: 5,
+  ERATELIMIT: 10,
+  ETOOLARGE: 2,
 };
 /** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;

@@ -8,7 +8,7 @@ import { parseSize } from './serve.js';
 
 type Opts = Record<string, unknown>;
 
-function readTokenFile(file: string): string {
+export function readTokenFile(file: string): string {
   let text: string;
   try { text = readFileSync(file, 'utf8'); } catch (e) { throw fromSystemError(e, file); }
   const token = text.trim();

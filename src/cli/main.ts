@@ -16,6 +16,8 @@ const NOUNS: Record<string, () => Promise<Command>> = {
   demo: async () => (await import('./demo.js')).demoCommand(),
   image: async () => (await import('./image.js')).imageCommand(),
   serve: async () => (await import('./serve.js')).serveCommand(),
+  admin: async () => (await import('./admin.js')).adminCommand(),
+  login: async () => (await import('./login.js')).loginCommand(),
 };
 
 function version(): string {

@@ -1,4 +1,4 @@
-/** `medv serve`: the image repository over HTTP (static files with ranges, tus uploads). Thin over src/server. */
+/** `medv serve`: the image repository over HTTP (static files with ranges, tus uploads), users and policies under /api/. Thin over src/server. */
 import { Command } from 'commander';
 import { MedvError } from '../errors.js';
 import { printJson } from './common.js';
@@ -14,6 +14,15 @@ export function parseSize(v: string, what: string): number {
   return n;
 }
 
+/** `90s`, `30m`, `12h`, `7d` → ms */
+export function parseDuration(v: string, what: string): number {
+  const m = /^([0-9]{1,9})([smhd])$/.exec(String(v).trim());
+  if (!m) throw new MedvError('EINVAL_ARG', `${what} must be a duration such as 90s, 30m, 12h or 7d, not ${JSON.stringify(v)}`);
+  const ms = Number(m[1]) * { s: 1000, m: 60_000, h: 3600_000, d: 86400_000 }[m[2] as 's' | 'm' | 'h' | 'd'];
+  if (ms < 1000 || ms > 366 * 86400_000) throw new MedvError('EINVAL_ARG', `${what} must be from 1s to 366d`);
+  return ms;
+}
+
 function parseCount(v: string, what: string, max: number): number {
   if (!/^[0-9]{1,6}$/.test(String(v)) || Number(v) > max) throw new MedvError('EINVAL_ARG', `${what} must be an integer from 0 to ${max}, not ${JSON.stringify(v)}`);
   return Number(v);
@@ -21,14 +30,21 @@ function parseCount(v: string, what: string, max: number): number {
 
 export function serveCommand(): Command {
   return new Command('serve')
-    .description('serve an image repository over HTTP: packs and indexes with Range requests, uploads with the admin token')
+    .description('serve an image repository over HTTP (packs and indexes with Range requests, uploads with the admin token), and users and policies under /api/')
     .requiredOption('--root <dir>', 'repository folder: images/ is served, .uploads/ holds unfinished uploads (created if missing)')
     .option('--port <port>', 'TCP port (0: the system picks one)', '8080')
     .option('--host <addr>', 'address to listen on', '127.0.0.1')
     .option('--admin-token-file <file>', 'file holding the admin token (mode 0600); default <root>/admin.token, generated on first start')
     .option('--max-upload-size <size>', 'largest file an upload may declare', '64G')
     .option('--max-uploads <n>', 'upload requests in progress at once (more get 503 and retry)', '4')
-    .option('--json', 'print {url, root, adminTokenFile} once listening, then one JSON object per request')
+    .option('--db <url>', 'database for users and policies: postgres://user:pass@host/db (several instances may share one); default $MEDV_DB, else SQLite in <root>/medv.db (prefer MEDV_DB: a password on the command line is visible in ps)')
+    .option('--token-lifetime <duration>', 'how long a login token is valid (s, m, h, d)', '12h')
+    .option('--max-failed-logins <n>', 'failed logins of one user name before logins are refused for a while (30 s, doubling, up to 15 min)', '5')
+    .option('--max-failed-logins-per-address <n>', 'failed logins from one client address before its logins are refused for a while', '20')
+    .option('--tls-cert <file>', 'speak HTTPS with this certificate chain (PEM); clients pin its CA with --ca')
+    .option('--tls-key <file>', 'the private key of --tls-cert (PEM, mode 0600)')
+    .option('--allow-plain-http', 'accept passwords and tokens over plain HTTP from other hosts (only behind a TLS-terminating proxy); loopback is always accepted')
+    .option('--json', 'print {url, root, adminTokenFile, database} once listening, then one JSON object per request')
     .addHelpText('after', `
 What it serves:
   GET/HEAD /images/<NAME>_<N>.ckm and /images/<NAME>_<N>.ckm.index from <root>/images, with
@@ -39,18 +55,29 @@ What it serves:
   A completed upload is checked (its name, its header, an index's packs already published) and
   then published atomically; a published file is never overwritten (the same bytes again: ok).
 
+Users and policies (/api/, JSON): POST /api/login returns an expiring token; GET /api/policies
+lists the policies a token's user is entitled to; /api/admin/users and /api/admin/policies take
+the admin token (medv admin user add, medv admin policy publish). Passwords are stored as
+Argon2id hashes and tokens as BLAKE2b hashes, never in clear. Credentials are refused over plain
+HTTP from other hosts (403) unless --tls-cert/--tls-key (HTTPS) or --allow-plain-http.
+
 It logs one line per request on stdout (method, path, status, bytes sent, bytes received) and
 stops cleanly on SIGTERM or SIGINT (requests in flight get 5 seconds).
 
 Examples:
   medv serve --root /srv/medv --host 0.0.0.0 --port 8080
   medv image upload PackedImages/win10_2.ckm PackedImages/win10_2.ckm.index --server http://console:8080 --token-file /srv/medv/admin.token
+  medv serve --root /srv/medv --db postgres://medv:secret@db.example/medv   # one of several instances
+  medv serve --root /srv/medv --host 0.0.0.0 --port 8443 --tls-cert /etc/medv/server.pem --tls-key /etc/medv/server.key
   medv serve --root /tmp/repo --port 0 --json     # tests: the first line says where it listens`)
     .action(async (o: Opts) => {
       const port = parseCount(String(o.port), '--port', 65535);
       const maxUploadSize = parseSize(String(o.maxUploadSize), '--max-upload-size');
       const maxActiveUploads = Math.max(1, parseCount(String(o.maxUploads), '--max-uploads', 1024));
       const json = !!o.json;
+      const tokenLifetimeMs = parseDuration(String(o.tokenLifetime), '--token-lifetime');
+      const perUser = Math.max(1, parseCount(String(o.maxFailedLogins), '--max-failed-logins', 1000));
+      const perAddress = Math.max(1, parseCount(String(o.maxFailedLoginsPerAddress), '--max-failed-logins-per-address', 100000));
       const { serveRepository } = await import('../server/index.js');
       const s = await serveRepository({
         root: String(o.root),
@@ -59,15 +86,21 @@ Examples:
         adminTokenFile: o.adminTokenFile as string | undefined,
         maxUploadSize,
         maxActiveUploads,
+        db: (o.db as string | undefined) ?? process.env.MEDV_DB,
+        allowPlainHttp: !!o.allowPlainHttp,
+        tlsCert: o.tlsCert as string | undefined,
+        tlsKey: o.tlsKey as string | undefined,
+        accounts: { tokenLifetimeMs, perUser, perAddress },
         onLog(e) {
           if (json) process.stdout.write(`${JSON.stringify(e)}\n`);
           else process.stdout.write(`${e.time} ${e.remote} ${e.method} ${e.path} ${e.status} ${e.bytes}${e.received !== undefined ? ` +${e.received}` : ''}\n`);
         },
       });
-      if (json) process.stdout.write(`${JSON.stringify({ url: s.url, root: s.root, adminTokenFile: s.adminTokenFile })}\n`);
+      if (json) process.stdout.write(`${JSON.stringify({ url: s.url, root: s.root, adminTokenFile: s.adminTokenFile, database: s.database })}\n`);
       else {
         process.stdout.write(`medv serve: ${s.url}/images/ serves ${s.root}/images\n`);
         process.stdout.write(`medv serve: admin token ${s.tokenCreated ? 'generated in' : 'read from'} ${s.adminTokenFile}\n`);
+        process.stdout.write(`medv serve: users and policies in ${s.database}\n`);
       }
       await new Promise<void>((resolve) => {
         const stop = () => {

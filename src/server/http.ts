@@ -4,6 +4,7 @@
  * one log line per request, clean shutdown.
  */
 import * as http from 'node:http';
+import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { MedvError } from '../errors.js';
 import { plain } from './static.js';
@@ -38,6 +39,8 @@ export interface HttpServerOptions {
   maxConnections?: number;
   /** A connection that sends or receives nothing for this long is closed (ms). */
   idleTimeoutMs?: number;
+  /** Speak HTTPS with this certificate (chain, PEM) and private key (PEM). */
+  tls?: { cert: Buffer; key: Buffer };
 }
 
 export interface RunningServer {
@@ -62,13 +65,19 @@ export function requestPath(url: string | undefined): string | undefined {
 }
 
 export async function startHttpServer(o: HttpServerOptions): Promise<RunningServer> {
-  const server = http.createServer({
+  const options: http.ServerOptions = {
     maxHeaderSize: o.maxHeaderSize ?? 16 * 1024,
     headersTimeout: 30_000,
     // uploads stream for as long as they make progress; idleness is bounded by the socket timeout
     requestTimeout: 0,
     keepAliveTimeout: 5_000,
-  });
+  };
+  let server: http.Server;
+  try {
+    server = o.tls ? https.createServer({ ...options, cert: o.tls.cert, key: o.tls.key, minVersion: 'TLSv1.2' }) : http.createServer(options);
+  } catch (e) {
+    throw new MedvError('EINVAL_ARG', `the TLS certificate or key is not usable: ${(e as Error).message}`, {}, { cause: e });
+  }
   server.maxHeadersCount = 64;
   server.maxConnections = o.maxConnections ?? 256;
   server.timeout = o.idleTimeoutMs ?? 120_000;
@@ -126,7 +135,7 @@ export async function startHttpServer(o: HttpServerOptions): Promise<RunningServ
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
-    url: `http://${host}:${addr.port}`,
+    url: `${o.tls ? 'https' : 'http'}://${host}:${addr.port}`,
     server,
     async close(graceMs = 5_000) {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

@@ -1,10 +1,13 @@
-/** `medv serve` as a library call: the admin token, the modules, the HTTP server. */
+/** `medv serve` as a library call: the admin token, the store, the modules, the HTTP server. */
 import * as fs from 'node:fs';
 import { join, resolve } from 'node:path';
-import { fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../errors.js';
 import { ADMIN_TOKEN_FILE, loadAdminToken } from './auth.js';
 import { type RequestLog, type RunningServer, startHttpServer } from './http.js';
 import { IMAGE_REPOSITORY_DEFAULTS, imageRepository } from './images.js';
+import { Accounts, type AccountsOptions } from './accounts.js';
+import { accountsApi } from './api.js';
+import { Store } from './store/index.js';
 
 export interface ServeOptions {
   root: string;
@@ -13,6 +16,15 @@ export interface ServeOptions {
   adminTokenFile?: string;
   maxUploadSize?: number;
   maxActiveUploads?: number;
+  /** Database URL (postgres://…); default SQLite in DIR/medv.db. */
+  db?: string;
+  /** Accept passwords and tokens over plain HTTP from other hosts (a TLS proxy in front). */
+  allowPlainHttp?: boolean;
+  /** HTTPS: certificate chain and private key files (PEM); the key file must be 0600. */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** Login token lifetime, failed-login limits. */
+  accounts?: Partial<AccountsOptions>;
   onLog?: (entry: RequestLog) => void;
 }
 
@@ -21,6 +33,20 @@ export interface Serving extends RunningServer {
   adminTokenFile: string;
   /** True when this start generated the admin token. */
   tokenCreated: boolean;
+  /** The SQLite file or the PostgreSQL URL (without its password). */
+  database: string;
+}
+
+/** A PEM file, at most 1 MiB; a private key must not be readable by group or others. */
+function readPem(file: string, secret: boolean): Buffer {
+  try {
+    const st = fs.statSync(file);
+    if (!st.isFile() || st.size > 1 << 20) throw new MedvError('EINVAL_ARG', 'not a PEM file of at most 1 MiB', { file });
+    if (secret && (st.mode & 0o077) !== 0) throw new MedvError('EINSECURE', `TLS key file permissions ${(st.mode & 0o777).toString(8)} are too open: it must not be readable by group or others (chmod 600)`, { file });
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw fromSystemError(e, file);
+  }
 }
 
 export async function serveRepository(o: ServeOptions): Promise<Serving> {
@@ -30,6 +56,8 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
   } catch (e) {
     throw fromSystemError(e, root);
   }
+  if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new MedvError('EINVAL_ARG', 'give both --tls-cert and --tls-key, or neither');
+  const tls = o.tlsCert !== undefined && o.tlsKey !== undefined ? { cert: readPem(o.tlsCert, false), key: readPem(o.tlsKey, true) } : undefined;
   const token = loadAdminToken(o.adminTokenFile, join(root, ADMIN_TOKEN_FILE));
   const images = imageRepository({
     ...IMAGE_REPOSITORY_DEFAULTS,
@@ -38,6 +66,15 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
     ...(o.maxUploadSize !== undefined ? { maxUploadSize: o.maxUploadSize } : {}),
     ...(o.maxActiveUploads !== undefined ? { maxActiveUploads: o.maxActiveUploads } : {}),
   });
-  const running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images], onLog: o.onLog });
-  return { ...running, root, adminTokenFile: token.file, tokenCreated: token.created };
+  const store = await Store.open(root, o.db);
+  const api = accountsApi({ accounts: new Accounts(store, o.accounts), token, allowPlainHttp: o.allowPlainHttp });
+  let running;
+  try {
+    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog, tls });
+  } catch (e) {
+    await images.close();
+    await api.close();
+    throw e;
+  }
+  return { ...running, root, adminTokenFile: token.file, tokenCreated: token.created, database: store.where };
 }

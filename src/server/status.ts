@@ -14,6 +14,11 @@ export const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   ESIGNATURE: 422,
   EPARENT: 422,
   ENOSPACE: 507,
+  EDENIED: 401,
+  EINSECURE: 403,
+  EPOLICY: 400,
+  ERATELIMIT: 429,
+  ETOOLARGE: 413,
 };
 
 export function httpStatusFor(e: unknown): number {

@@ -1,0 +1,259 @@
+/**
+ * Users, tokens and policies as the API sees them (the library under api.ts):
+ *
+ * - Passwords: Argon2id through libsodium's crypto_pwhash_str (a PHC string with its own random
+ *   salt and parameters). Parameters: OPSLIMIT_INTERACTIVE (2 passes) and MEMLIMIT_INTERACTIVE
+ *   (64 MiB), libsodium's level for online logins: a login costs ~0.1 s of one core on an idle
+ *   machine (0.26 s measured on this loaded 2-core machine: wrong password 255 ms, unknown user 261 ms) and 64 MiB, which an attacker who steals the
+ *   database pays per guess, while a server under a burst of logins stays usable. At most
+ *   `maxHashing` hashes run at once (each takes 64 MiB), more wait in a bounded queue.
+ * - Unknown users are verified against a dummy hash made at start, so "no such user" and "wrong
+ *   password" take the same time and get the same answer.
+ * - Tokens: 32 random bytes, base64url; only BLAKE2b-256 of a token is stored. They expire
+ *   (default 12 h) and are revoked by logout.
+ * - Failed logins are counted in the database per user name and per client address, so every
+ *   instance behind a load balancer sees the same counts: after `perUser` (5) failures of a name,
+ *   or `perAddress` (20) from an address — an address may be a NAT in front of many users —
+ *   logins are refused with ERATELIMIT (429, Retry-After) for 30 s, doubling with each further
+ *   failure up to 15 min. Counts older than 15 min start again; a successful login clears its
+ *   user's count (not its address's).
+ */
+import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
+import { MedvError } from '../errors.js';
+import { checkPolicy, type Policy } from './policy.js';
+import type { Store, UserSummary, PolicyVersion, PolicyDocument } from './store/index.js';
+
+/** The password-string functions of sodium-native, beside the subset src/crypto/sodium.ts types. */
+const sodium = sodiumBase as Sodium & {
+  crypto_pwhash_STRBYTES: number;
+  crypto_pwhash_str_async(out: Buffer, passwd: Buffer, opslimit: number, memlimit: number): Promise<void>;
+  crypto_pwhash_str_verify_async(str: Buffer, passwd: Buffer): Promise<boolean>;
+};
+
+export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
+export const PASSWORD_MIN = 8;
+export const PASSWORD_MAX = 1024;
+export const TOKEN_RE = /^[A-Za-z0-9_-]{43}$/;
+
+export interface AccountsOptions {
+  /** Lifetime of a login token (ms); a login may ask for less. */
+  tokenLifetimeMs: number;
+  perUser: number;
+  perAddress: number;
+  windowMs: number;
+  baseLockMs: number;
+  maxLockMs: number;
+  /** Argon2id computations at once; `maxQueue` more may wait, beyond that ERATELIMIT. */
+  maxHashing: number;
+  maxQueue: number;
+}
+
+export const ACCOUNTS_DEFAULTS: AccountsOptions = {
+  tokenLifetimeMs: 12 * 3600_000,
+  perUser: 5,
+  perAddress: 20,
+  windowMs: 15 * 60_000,
+  baseLockMs: 30_000,
+  maxLockMs: 15 * 60_000,
+  maxHashing: 2,
+  maxQueue: 64,
+};
+
+export function checkName(v: unknown, what: string): string {
+  if (typeof v !== 'string' || !NAME_RE.test(v)) {
+    throw new MedvError('EINVAL_ARG', `${what} must be 1 to 64 letters, digits, '.', '_', '@' or '-' (not starting with a sign), not ${JSON.stringify(v)?.slice(0, 80)}`);
+  }
+  return v;
+}
+
+function checkPassword(v: unknown): string {
+  if (typeof v !== 'string') throw new MedvError('EINVAL_ARG', 'password must be a string');
+  const n = Buffer.byteLength(v);
+  if (n < PASSWORD_MIN || n > PASSWORD_MAX) throw new MedvError('EINVAL_ARG', `password must be ${PASSWORD_MIN} to ${PASSWORD_MAX} bytes`);
+  return v;
+}
+
+/** BLAKE2b-256 of a token, hex: what the database holds. */
+export function tokenHash(token: string): string {
+  const out = Buffer.alloc(32);
+  sodium.crypto_generichash(out, Buffer.from(token, 'utf8'));
+  return out.toString('hex');
+}
+
+export function newToken(): string {
+  const b = Buffer.alloc(32);
+  sodium.randombytes_buf(b);
+  return b.toString('base64url');
+}
+
+const OPS = sodium.crypto_pwhash_OPSLIMIT_INTERACTIVE;
+const MEM = sodium.crypto_pwhash_MEMLIMIT_INTERACTIVE;
+
+export async function hashPassword(password: string): Promise<string> {
+  const out = Buffer.alloc(sodium.crypto_pwhash_STRBYTES);
+  const pw = Buffer.from(password, 'utf8');
+  try {
+    await sodium.crypto_pwhash_str_async(out, pw, OPS, MEM);
+  } finally {
+    pw.fill(0);
+  }
+  return out.toString('utf8').replace(/\0+$/, '');
+}
+
+export async function verifyPassword(hash: string, password: string): Promise<boolean> {
+  const h = Buffer.alloc(sodium.crypto_pwhash_STRBYTES);
+  if (Buffer.byteLength(hash) >= h.length) return false;
+  h.write(hash, 'utf8');
+  const pw = Buffer.from(password, 'utf8');
+  try {
+    return await sodium.crypto_pwhash_str_verify_async(h, pw);
+  } catch {
+    return false;
+  } finally {
+    pw.fill(0);
+  }
+}
+
+const DENIED = 'wrong user name or password';
+
+export interface LoginResult { user: string; token: string; expires: string }
+export interface Session { user: string; tokenHash: string; expires: number }
+
+export class Accounts {
+  readonly o: AccountsOptions;
+  private dummyHash: Promise<string>;
+  private hashing = 0;
+  private waiting: (() => void)[] = [];
+  private cleanup: NodeJS.Timeout;
+  /** Logins in progress per user name on this instance: the next waits, so parallel guesses see the count. */
+  private inFlight = new Map<string, Promise<unknown>>();
+
+  constructor(readonly store: Store, o: Partial<AccountsOptions> = {}) {
+    this.o = { ...ACCOUNTS_DEFAULTS, ...o };
+    this.dummyHash = hashPassword(newToken());
+    this.dummyHash.catch(() => undefined);
+    this.cleanup = setInterval(() => {
+      store.dropExpiredTokens().catch(() => undefined);
+      store.dropStaleFailures(Date.now(), this.o.windowMs).catch(() => undefined);
+    }, 3600_000);
+    this.cleanup.unref();
+  }
+
+  close(): void {
+    clearInterval(this.cleanup);
+  }
+
+  /** Run one Argon2id computation within the concurrency bound. */
+  private async withHashSlot<T>(f: () => Promise<T>): Promise<T> {
+    if (this.hashing >= this.o.maxHashing) {
+      if (this.waiting.length >= this.o.maxQueue) throw new MedvError('ERATELIMIT', 'the server is busy with other logins; retry shortly', { retryAfter: 1 });
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    } else {
+      this.hashing++;
+    }
+    try {
+      return await f();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next(); else this.hashing--;
+    }
+  }
+
+  private async failed(keys: [string, number][], now: number): Promise<void> {
+    for (const [key, limit] of keys) {
+      const count = await this.store.recordFailure(key, now, this.o.windowMs);
+      if (count >= limit) await this.store.lockUntil(key, now + Math.min(this.o.maxLockMs, this.o.baseLockMs * 2 ** Math.min(20, count - limit)));
+    }
+  }
+
+  /**
+   * Logins of one name run one after the other on an instance: otherwise a burst of parallel
+   * guesses would all pass the failure check before the first one is counted.
+   */
+  async login(userIn: unknown, passwordIn: unknown, address: string, lifetimeMs?: number): Promise<LoginResult> {
+    const user = checkName(userIn, 'user');
+    if (typeof passwordIn !== 'string' || Buffer.byteLength(passwordIn) > PASSWORD_MAX) throw new MedvError('EINVAL_ARG', `password must be a string of at most ${PASSWORD_MAX} bytes`);
+    const before = this.inFlight.get(user) ?? Promise.resolve();
+    const mine = before.catch(() => undefined).then(() => this.loginNow(user, passwordIn, address, lifetimeMs));
+    const tail = mine.catch(() => undefined);
+    this.inFlight.set(user, tail);
+    tail.then(() => { if (this.inFlight.get(user) === tail) this.inFlight.delete(user); });
+    return mine;
+  }
+
+  private async loginNow(user: string, password: string, address: string, lifetimeMs?: number): Promise<LoginResult> {
+    const now = Date.now();
+    const keys: [string, number][] = [[`user:${user}`, this.o.perUser], [`addr:${address}`, this.o.perAddress]];
+    const locked = (await this.store.failures(keys.map((k) => k[0]), now, this.o.windowMs)).filter((f) => f.lockedUntil > now);
+    if (locked.length) {
+      const retryAfter = Math.ceil((Math.max(...locked.map((f) => f.lockedUntil)) - now) / 1000);
+      await this.store.audit({ actor: user, action: 'login.limited', target: user, detail: { address } });
+      throw new MedvError('ERATELIMIT', `too many failed logins; retry in ${retryAfter} s`, { retryAfter });
+    }
+    const record = await this.store.getUser(user);
+    const hash = record?.passwordHash ?? await this.dummyHash;
+    const ok = await this.withHashSlot(() => verifyPassword(hash, password));
+    if (!record || !ok || record.disabled) {
+      const after = Date.now();
+      await this.failed(keys, after);
+      await this.store.audit({ actor: user, action: 'login.fail', target: user, detail: { address, reason: !record ? 'unknown user' : !ok ? 'wrong password' : 'disabled' } }, after);
+      throw new MedvError('EDENIED', DENIED);
+    }
+    await this.store.clearFailures(`user:${user}`);
+    const life = lifetimeMs === undefined ? this.o.tokenLifetimeMs : Math.min(this.o.tokenLifetimeMs, lifetimeMs);
+    const token = newToken();
+    const expires = now + life;
+    await this.store.addToken(tokenHash(token), user, now, expires);
+    await this.store.audit({ actor: user, action: 'login', target: user, detail: { address, expires: new Date(expires).toISOString() } });
+    return { user, token, expires: new Date(expires).toISOString() };
+  }
+
+  /** The session of a bearer token, or EDENIED (unknown, revoked, expired, disabled user). */
+  async authenticate(token: string | undefined): Promise<Session> {
+    if (!token || !TOKEN_RE.test(token)) throw new MedvError('EDENIED', 'a login token is required (medv login)');
+    const h = tokenHash(token);
+    const t = await this.store.findToken(h);
+    const now = Date.now();
+    if (!t || t.revoked || t.disabled || t.expires <= now) {
+      throw new MedvError('EDENIED', !t || t.disabled ? 'the login token is not valid; log in again' : t.revoked ? 'the login token was revoked; log in again' : 'the login token expired; log in again');
+    }
+    return { user: t.user, tokenHash: h, expires: t.expires };
+  }
+
+  async logout(s: Session): Promise<void> {
+    await this.store.revokeToken(s.tokenHash);
+    await this.store.audit({ actor: s.user, action: 'logout', target: s.user });
+  }
+
+  async addUser(nameIn: unknown, passwordIn: unknown, groupsIn: unknown, actor: string): Promise<UserSummary> {
+    const name = checkName(nameIn, 'user');
+    const password = checkPassword(passwordIn);
+    if (groupsIn !== undefined && (!Array.isArray(groupsIn) || groupsIn.length > 64)) throw new MedvError('EINVAL_ARG', 'groups must be a list of at most 64 group names');
+    const groups = ((groupsIn ?? []) as unknown[]).map((g) => checkName(g, 'group'));
+    if (await this.store.getUser(name)) throw new MedvError('EEXIST', `user ${name} already exists`, { user: name });
+    const hash = await this.withHashSlot(() => hashPassword(password));
+    await this.store.addUser(name, hash, groups);
+    await this.store.audit({ actor, action: 'user.add', target: name, detail: { groups } });
+    return (await this.store.listUsers()).find((u) => u.user === name)!;
+  }
+
+  listUsers(): Promise<UserSummary[]> {
+    return this.store.listUsers();
+  }
+
+  async publishPolicy(doc: unknown, actor: string): Promise<{ name: string; version: number }> {
+    const policy: Policy = checkPolicy(doc);
+    const text = JSON.stringify(policy);
+    const version = await this.store.publishPolicy(policy.name, text, { users: policy.users ?? [], groups: policy.groups ?? [] }, actor);
+    await this.store.audit({ actor, action: 'policy.publish', target: policy.name, detail: { version } });
+    return { name: policy.name, version };
+  }
+
+  listPolicies(): Promise<PolicyVersion[]> {
+    return this.store.listPolicies();
+  }
+
+  policiesFor(user: string): Promise<PolicyDocument[]> {
+    return this.store.policiesFor(user);
+  }
+}

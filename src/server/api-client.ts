@@ -1,0 +1,134 @@
+/**
+ * The client side of /api/ (what `medv login` and `medv admin` call): JSON requests with a bearer
+ * token, answers bounded, the server's typed errors turned back into MedvErrors with the same code
+ * (EDENIED, EPOLICY with its path, ERATELIMIT with retryAfter, …); network failures are EHTTP.
+ */
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type { IncomingHttpHeaders } from 'node:http';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { type ErrorCode, MedvError, fromSystemError } from '../errors.js';
+
+const MAX_ANSWER = 16 * 1024 * 1024;
+const KNOWN: ErrorCode[] = ['EINVAL_ARG', 'ENOENT', 'EEXIST', 'EDENIED', 'EINSECURE', 'EPOLICY', 'ERATELIMIT', 'ETOOLARGE'];
+const BY_STATUS: Record<number, ErrorCode> = { 400: 'EINVAL_ARG', 401: 'EDENIED', 403: 'EDENIED', 404: 'ENOENT', 409: 'EEXIST', 413: 'ETOOLARGE', 429: 'ERATELIMIT' };
+
+export function serverBase(server: string): string {
+  let u: URL;
+  try { u = new URL(server); } catch { throw new MedvError('EINVAL_ARG', `--server ${JSON.stringify(server).slice(0, 120)} is not a URL`); }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new MedvError('EINVAL_ARG', `--server must be an http:// or https:// URL, not ${u.protocol}`);
+  if (u.username || u.password) throw new MedvError('EINVAL_ARG', '--server must not carry a user name or password');
+  return u.href.replace(/\/+$/, '');
+}
+
+export interface RequestOptions {
+  token?: string;
+  body?: unknown;
+  /** PEM file of the CA that signed an https server's certificate (instead of the system's CAs). */
+  ca?: string;
+}
+
+function readCa(file: string): Buffer {
+  try {
+    const st = fs.statSync(file);
+    if (!st.isFile() || st.size > 1 << 20) throw new MedvError('EINVAL_ARG', '--ca must be a PEM file of at most 1 MiB', { file });
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw fromSystemError(e, file);
+  }
+}
+
+/** One request with Node's http/https (https with a pinned CA when `ca` is given); resolves with status, headers and body. */
+function send(url: URL, method: string, headers: Record<string, string>, body: string | undefined, ca: Buffer | undefined): Promise<{ status: number; headers: IncomingHttpHeaders; text: string }> {
+  return new Promise((resolve, reject) => {
+    const mod = url.protocol === 'https:' ? https : http;
+    const req = mod.request(url, { method, headers: body === undefined ? headers : { ...headers, 'Content-Length': String(Buffer.byteLength(body)) }, ...(ca ? { ca } : {}), timeout: 60_000 }, (res) => {
+      const chunks: Buffer[] = [];
+      let n = 0;
+      res.on('data', (c: Buffer) => {
+        n += c.length;
+        if (n > MAX_ANSWER) { req.destroy(new MedvError('EHTTP', `${url.origin}${url.pathname}: answer larger than ${MAX_ANSWER} bytes`)); return; }
+        chunks.push(c);
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new MedvError('EHTTP', `${url.origin}: no answer within 60 s`)));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+export async function apiRequest<T>(server: string, method: 'GET' | 'POST', path: string, o: RequestOptions = {}): Promise<T> {
+  const base = serverBase(server);
+  if (o.ca && !base.startsWith('https:')) throw new MedvError('EINVAL_ARG', '--ca is for an https:// server');
+  const headers: Record<string, string> = { Accept: 'application/json' };
+  if (o.token) headers.Authorization = `Bearer ${o.token}`;
+  if (o.body !== undefined) headers['Content-Type'] = 'application/json';
+  let res: { status: number; headers: IncomingHttpHeaders; text: string };
+  try {
+    res = await send(new URL(`${base}${path}`), method, headers, o.body === undefined ? undefined : JSON.stringify(o.body), o.ca ? readCa(o.ca) : undefined);
+  } catch (e) {
+    if (e instanceof MedvError) throw e;
+    const err = e as NodeJS.ErrnoException;
+    const tlsHint = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(String(err.code)) ? ' (the server\'s certificate is not trusted: give its CA with --ca)' : '';
+    throw new MedvError('EHTTP', `${base}: ${err.code ?? err.message}${tlsHint}`);
+  }
+  const text = res.text;
+  let body: unknown;
+  try { body = JSON.parse(text); } catch { body = undefined; }
+  if (res.status >= 200 && res.status < 300) {
+    if (body === undefined) throw new MedvError('EHTTP', `${base}${path}: the server answered ${res.status} without JSON (is this a medv server?)`);
+    return body as T;
+  }
+  const err = (body as { error?: { code?: string; message?: string; path?: string; retryAfter?: number } } | undefined)?.error;
+  const code: ErrorCode = err?.code && KNOWN.includes(err.code as ErrorCode) ? err.code as ErrorCode : BY_STATUS[res.status] ?? 'EHTTP';
+  const message = typeof err?.message === 'string' ? err.message.slice(0, 500).replace(/[\x00-\x1f]/g, ' ') : `HTTP ${res.status}`;
+  const data: Record<string, unknown> = { status: res.status };
+  if (typeof err?.path === 'string') data.path = err.path.slice(0, 200);
+  if (code === 'ERATELIMIT') data.retryAfter = Number(res.headers['retry-after']) || err?.retryAfter;
+  throw new MedvError(code, `${message}${code === 'EHTTP' ? ` (${base}${path})` : ''}`, data);
+}
+
+// --- the login a client keeps (medv login): one small JSON file per server, mode 0600
+
+
+export interface SavedLogin { server: string; user: string; token: string; expires: string }
+
+export function configDir(): string {
+  return join(process.env.XDG_CONFIG_HOME || join(homedir(), '.config'), 'medv');
+}
+
+/** `$XDG_CONFIG_HOME/medv/logins/<host>_<port>.json` */
+export function defaultLoginFile(server: string): string {
+  const u = new URL(serverBase(server));
+  const port = u.port || (u.protocol === 'https:' ? '443' : '80');
+  return join(configDir(), 'logins', `${u.hostname.replace(/[^A-Za-z0-9.-]/g, '_')}_${port}.json`);
+}
+
+/** Written to a new 0600 file, fsynced, then renamed over `file`; created folders are 0700. */
+export function saveLogin(file: string, login: SavedLogin): void {
+  const tmp = join(dirname(file), `.${randomBytes(6).toString('hex')}.tmp`);
+  try {
+    fs.mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+    try {
+      fs.writeSync(fd, `${JSON.stringify(login)}\n`);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw fromSystemError(e, file);
+  }
+}
+
+export async function login(server: string, user: string, password: string, lifetimeSeconds?: number, ca?: string): Promise<SavedLogin> {
+  const r = await apiRequest<{ user: string; token: string; expires: string }>(server, 'POST', '/api/login', { ca, body: { user, password, ...(lifetimeSeconds ? { lifetime: lifetimeSeconds } : {}) } });
+  return { server: serverBase(server), user: r.user, token: r.token, expires: r.expires };
+}

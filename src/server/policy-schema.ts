@@ -1,0 +1,88 @@
+/**
+ * The JSON Schema of a workspace policy (draft-07). docs/policy.schema.json is this object,
+ * written out (test/server/policy.test.ts checks they are equal); docs/policy.md explains it.
+ */
+const NAME = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$' };
+const IMAGE = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' };
+
+export const POLICY_SCHEMA = {
+  $schema: 'http://json-schema.org/draft-07/schema#',
+  $id: 'urn:medv:policy:1',
+  title: 'medv workspace policy',
+  description: 'What an administrator publishes with `medv admin policy publish`: workspaces, who may run them, and how.',
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'workspaces'],
+  properties: {
+    $schema: { type: 'string', maxLength: 256 },
+    name: { ...NAME, description: 'Policy name; each publish of a name makes its next version.' },
+    description: { type: 'string', maxLength: 1024 },
+    users: { type: 'array', maxItems: 1000, uniqueItems: true, items: NAME, description: 'Users entitled to the workspaces.' },
+    groups: { type: 'array', maxItems: 1000, uniqueItems: true, items: NAME, description: 'Groups whose members are entitled.' },
+    workspaces: { type: 'array', minItems: 1, maxItems: 32, items: { $ref: '#/definitions/workspace' } },
+  },
+  definitions: {
+    workspace: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['name', 'image'],
+      properties: {
+        name: { ...NAME, description: 'What users start: `medv workspace start NAME`.' },
+        image: { ...IMAGE, description: 'Image name in the repository (<image>_<N>.ckm); the newest version runs.' },
+        mode: { type: 'string', enum: ['persistent', 'revertible'], default: 'persistent', description: 'revertible: the guest\'s writes are discarded at every stop.' },
+        onStop: { type: 'string', enum: ['shutdown', 'suspend'], default: 'shutdown', description: 'suspend keeps the running state (encrypted) for the next start.' },
+        memory: {
+          description: 'Guest RAM: a fixed number of MiB, or a table by host RAM (the row with the largest hostMiB not above the host\'s RAM applies).',
+          oneOf: [
+            { type: 'integer', minimum: 64, maximum: 1048576 },
+            {
+              type: 'object',
+              additionalProperties: false,
+              required: ['byHostRam'],
+              properties: {
+                byHostRam: {
+                  type: 'array', minItems: 1, maxItems: 16,
+                  items: {
+                    type: 'object', additionalProperties: false, required: ['hostMiB', 'guestMiB'],
+                    properties: {
+                      hostMiB: { type: 'integer', minimum: 0, maximum: 16777216 },
+                      guestMiB: { type: 'integer', minimum: 64, maximum: 1048576 },
+                    },
+                  },
+                },
+              },
+            },
+          ],
+        },
+        network: { type: 'string', enum: ['nat', 'none'], default: 'nat' },
+        devices: {
+          type: 'object',
+          additionalProperties: false,
+          description: 'Host devices the guest may use; absent means not allowed.',
+          properties: {
+            usb: { type: 'boolean' },
+            cdrom: { type: 'boolean' },
+            clipboard: { type: 'boolean' },
+            sharedFolders: { type: 'boolean' },
+          },
+        },
+        versionsToKeep: { type: 'integer', minimum: 0, maximum: 16, default: 1, description: 'Older versions kept on the client besides the newest.' },
+        suggestUpdate: { type: 'boolean', default: true, description: 'true: ask the user when a new version is published; false: update at the next start.' },
+        useTrimTransfer: { type: 'boolean', default: true, description: 'Fetch only the blocks the client lacks (else download whole packs).' },
+        offlineDays: { type: 'integer', minimum: 0, maximum: 3650, default: 0, description: 'Days the workspace may start without reaching the server.' },
+        expires: { type: 'string', pattern: '^[0-9]{4}-[0-9]{2}-[0-9]{2}$', description: 'Last day (UTC, YYYY-MM-DD) the workspace may start.' },
+        applications: {
+          type: 'array', maxItems: 64,
+          items: {
+            type: 'object', additionalProperties: false, required: ['name', 'command'],
+            properties: {
+              name: { type: 'string', minLength: 1, maxLength: 128 },
+              command: { type: 'string', minLength: 1, maxLength: 1024, description: 'Command line run in the guest.' },
+              icon: { type: 'string', maxLength: 256, description: 'Icon name or path, for the .desktop file.' },
+            },
+          },
+        },
+      },
+    },
+  },
+} as const;

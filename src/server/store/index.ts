@@ -1,0 +1,5 @@
+/** The server store: one schema and one query layer over SQLite and PostgreSQL. */
+export * from './schema.js';
+export * from './open.js';
+export * from './store.js';
+export { MIGRATIONS } from './migrations.js';

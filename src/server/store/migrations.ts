@@ -1,0 +1,82 @@
+/**
+ * Migrations, in code (no files read at run time). Applied at start by kysely's Migrator: on
+ * PostgreSQL it holds a session advisory lock for the whole run (several `medv serve` instances
+ * starting at once: one migrates, the others wait, then find nothing to do); on SQLite the
+ * migration runs in one transaction on the one connection. Never edit a migration once released:
+ * add the next one.
+ */
+import { type Kysely, type Migration, type MigrationProvider, sql } from 'kysely';
+import { LIMITS } from './schema.js';
+
+type Db = Kysely<unknown>;
+const len = (col: string, max: number) => sql`length(${sql.ref(col)}) <= ${sql.lit(max)}`;
+
+const m0001: Migration = {
+  async up(db: Db) {
+    await db.schema.createTable('users')
+      .addColumn('name', 'varchar(64)', (c) => c.primaryKey().check(len('name', LIMITS.name)))
+      .addColumn('password_hash', 'varchar(256)', (c) => c.notNull().check(len('password_hash', LIMITS.passwordHash)))
+      .addColumn('created', 'bigint', (c) => c.notNull())
+      .addColumn('disabled', 'integer', (c) => c.notNull().defaultTo(0))
+      .execute();
+    await db.schema.createTable('groups')
+      .addColumn('name', 'varchar(64)', (c) => c.primaryKey().check(len('name', LIMITS.name)))
+      .addColumn('created', 'bigint', (c) => c.notNull())
+      .execute();
+    await db.schema.createTable('membership')
+      .addColumn('user_name', 'varchar(64)', (c) => c.notNull().references('users.name').onDelete('cascade'))
+      .addColumn('group_name', 'varchar(64)', (c) => c.notNull().references('groups.name').onDelete('cascade'))
+      .addPrimaryKeyConstraint('membership_pk', ['user_name', 'group_name'])
+      .execute();
+    await db.schema.createIndex('membership_group').on('membership').column('group_name').execute();
+    await db.schema.createTable('tokens')
+      .addColumn('hash', 'varchar(64)', (c) => c.primaryKey().check(len('hash', LIMITS.tokenHash)))
+      .addColumn('user_name', 'varchar(64)', (c) => c.notNull().references('users.name').onDelete('cascade'))
+      .addColumn('created', 'bigint', (c) => c.notNull())
+      .addColumn('expires', 'bigint', (c) => c.notNull())
+      .addColumn('revoked', 'integer', (c) => c.notNull().defaultTo(0))
+      .execute();
+    await db.schema.createIndex('tokens_expires').on('tokens').column('expires').execute();
+    await db.schema.createTable('policies')
+      .addColumn('name', 'varchar(64)', (c) => c.notNull().check(len('name', LIMITS.name)))
+      .addColumn('version', 'integer', (c) => c.notNull())
+      .addColumn('document', 'text', (c) => c.notNull().check(len('document', LIMITS.document)))
+      .addColumn('published', 'bigint', (c) => c.notNull())
+      .addColumn('publisher', 'varchar(64)', (c) => c.notNull().check(len('publisher', LIMITS.name)))
+      .addPrimaryKeyConstraint('policies_pk', ['name', 'version'])
+      .execute();
+    await db.schema.createTable('entitlements')
+      .addColumn('policy_name', 'varchar(64)', (c) => c.notNull())
+      .addColumn('version', 'integer', (c) => c.notNull())
+      .addColumn('kind', 'varchar(8)', (c) => c.notNull().check(sql`kind in ('user', 'group')`))
+      .addColumn('subject', 'varchar(64)', (c) => c.notNull().check(len('subject', LIMITS.name)))
+      .addPrimaryKeyConstraint('entitlements_pk', ['policy_name', 'version', 'kind', 'subject'])
+      .addForeignKeyConstraint('entitlements_policy', ['policy_name', 'version'], 'policies', ['name', 'version'], (c) => c.onDelete('cascade'))
+      .execute();
+    await db.schema.createIndex('entitlements_subject').on('entitlements').columns(['kind', 'subject']).execute();
+    await db.schema.createTable('audit')
+      .addColumn('id', 'varchar(32)', (c) => c.primaryKey())
+      .addColumn('time', 'bigint', (c) => c.notNull())
+      .addColumn('actor', 'varchar(64)', (c) => c.notNull().check(len('actor', LIMITS.name)))
+      .addColumn('action', 'varchar(40)', (c) => c.notNull().check(len('action', LIMITS.action)))
+      .addColumn('target', 'varchar(200)', (c) => c.notNull().check(len('target', LIMITS.target)))
+      .addColumn('detail', 'text', (c) => c.notNull().check(len('detail', LIMITS.detail)))
+      .execute();
+    await db.schema.createIndex('audit_time').on('audit').column('time').execute();
+    await db.schema.createTable('login_failures')
+      .addColumn('key', 'varchar(200)', (c) => c.primaryKey().check(len('key', LIMITS.limiterKey)))
+      .addColumn('count', 'integer', (c) => c.notNull())
+      .addColumn('first', 'bigint', (c) => c.notNull())
+      .addColumn('last', 'bigint', (c) => c.notNull())
+      .addColumn('locked_until', 'bigint', (c) => c.notNull())
+      .execute();
+  },
+};
+
+export const MIGRATIONS: Record<string, Migration> = {
+  '0001_accounts_policies': m0001,
+};
+
+export const migrationProvider: MigrationProvider = {
+  async getMigrations() { return MIGRATIONS; },
+};

@@ -1,0 +1,201 @@
+/**
+ * `medv admin` and `medv login` as users run them, against a real `medv serve` (SQLite): exit
+ * statuses, one-line errors, JSON, the token file (0600, usable), no password on any output, and
+ * the terminal prompt without echo (through a real pseudo-terminal made by script(1)).
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
+import { MEDV_BIN, run, runMedv, tempDir } from '../helpers/cli.js';
+import { type ServeProcess, startServe } from '../server/helpers.js';
+import { api, password, unique } from '../server/accounts-helpers.js';
+
+describe('cli: medv admin and medv login', function () {
+  this.timeout(60_000);
+  let dir: ReturnType<typeof tempDir>;
+  let srv: ServeProcess;
+  let tokenFile: string;
+  const medv = (args: string[], env: Record<string, string> = {}) => runMedv(args, { XDG_CONFIG_HOME: join(dir.path, 'config'), MEDV_ADMIN_TOKEN: undefined, ...env });
+  const pwFile = (pw: string) => {
+    const f = join(dir.path, `pw-${unique('f')}`);
+    writeFileSync(f, `${pw}\n`, { mode: 0o600 });
+    return f;
+  };
+
+  before(async () => {
+    dir = tempDir('admin-cli');
+    srv = await startServe(join(dir.path, 'root'));
+    tokenFile = srv.adminTokenFile;
+  });
+  after(async () => {
+    await srv?.stop();
+    await dir?.cleanup();
+  });
+
+  it('admin user add and list; a second add of the name, a wrong token and no token are one-line errors', async () => {
+    const user = unique('alice');
+    const pw = password();
+    const r = medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--group', 'fin', '--group', 'lab', '--server', srv.url, '--token-file', tokenFile, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout).groups, ['fin', 'lab']);
+    assert.ok(!r.stdout.includes(pw) && !r.stderr.includes(pw));
+    const list = medv(['admin', 'user', 'list', '--server', srv.url, '--token-file', tokenFile, '--json']);
+    assert.equal(list.code, 0, list.stderr);
+    assert.deepEqual(JSON.parse(list.stdout).users.find((u: { user: string }) => u.user === user).groups, ['fin', 'lab']);
+    const plain = medv(['admin', 'user', 'list', '--server', srv.url], { MEDV_ADMIN_TOKEN: readFileSync(tokenFile, 'utf8').trim() });
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.match(plain.stdout, new RegExp(`^${user}\tfin,lab\t`, 'm'));
+
+    const again = medv(['admin', 'user', 'add', user, '--password-file', pwFile(password()), '--server', srv.url, '--token-file', tokenFile]);
+    assert.equal(again.code, 3);
+    assert.match(again.stderr, /already exists \[EEXIST\]\n$/);
+    assert.equal(again.stderr.split('\n').length, 2, 'one line');
+    const wrong = join(dir.path, 'wrong.token');
+    writeFileSync(wrong, 'not-the-admin-token-at-all\n', { mode: 0o600 });
+    const denied = medv(['admin', 'user', 'list', '--server', srv.url, '--token-file', wrong]);
+    assert.equal(denied.code, 4);
+    assert.match(denied.stderr, /the admin token is required .*\[EDENIED\]\n$/);
+    const none = medv(['admin', 'user', 'list', '--server', srv.url]);
+    assert.equal(none.code, 4);
+    assert.match(none.stderr, /no admin token/);
+    const short = medv(['admin', 'user', 'add', unique('bob'), '--password-file', pwFile('short'), '--server', srv.url, '--token-file', tokenFile]);
+    assert.equal(short.code, 2);
+    assert.match(short.stderr, /password must be 8 to 1024 bytes/);
+  });
+
+  it('admin policy publish: versions, and a bad document refused with the path of the bad field', () => {
+    const name = unique('fin');
+    const good = join(dir.path, 'good.json');
+    writeFileSync(good, JSON.stringify({ name, groups: ['fin'], workspaces: [{ name: 'desk', image: 'lab', memory: 2048, network: 'none' }] }));
+    const one = medv(['admin', 'policy', 'publish', good, '--server', srv.url, '--token-file', tokenFile]);
+    assert.equal(one.code, 0, one.stderr);
+    assert.equal(one.stdout, `policy ${name} version 1 published\n`);
+    const two = medv(['admin', 'policy', 'publish', good, '--server', srv.url, '--token-file', tokenFile, '--json']);
+    assert.deepEqual(JSON.parse(two.stdout), { name, version: 2 });
+
+    const bad = join(dir.path, 'bad.json');
+    writeFileSync(bad, JSON.stringify({ name, workspaces: [{ name: 'desk', image: 'lab', memory: 'plenty' }] }));
+    const refused = medv(['admin', 'policy', 'publish', bad, '--server', srv.url, '--token-file', tokenFile]);
+    assert.equal(refused.code, 5);
+    assert.match(refused.stderr, /^medv: policy field \/workspaces\/0\/memory does not match any allowed form \[EPOLICY\]\n$/);
+    const refusedJson = medv(['admin', 'policy', 'publish', bad, '--server', srv.url, '--token-file', tokenFile, '--json']);
+    assert.equal(JSON.parse(refusedJson.stdout).error.data.path, '/workspaces/0/memory');
+    const notJson = join(dir.path, 'not.json');
+    writeFileSync(notJson, '{ name: ');
+    const nj = medv(['admin', 'policy', 'publish', notJson, '--server', srv.url, '--token-file', tokenFile]);
+    assert.equal(nj.code, 5);
+    assert.match(nj.stderr, /not JSON/);
+    const list = medv(['admin', 'policy', 'list', '--server', srv.url, '--token-file', tokenFile, '--json']);
+    assert.deepEqual(JSON.parse(list.stdout).policies.filter((p: { name: string }) => p.name === name).map((p: { version: number }) => p.version), [1, 2]);
+  });
+
+  it('login keeps a 0600 token that the server accepts, and never prints the password or the token', async () => {
+    const user = unique('carol');
+    const pw = password();
+    assert.equal(medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--server', srv.url, '--token-file', tokenFile]).code, 0);
+    const r = medv(['login', '--server', srv.url, '--user', user, '--password-file', pwFile(pw), '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout);
+    const port = new URL(srv.url).port;
+    assert.equal(out.tokenFile, join(dir.path, 'config', 'medv', 'logins', `127.0.0.1_${port}.json`));
+    assert.equal(statSync(out.tokenFile).mode & 0o777, 0o600);
+    assert.equal(statSync(join(dir.path, 'config', 'medv')).mode & 0o777, 0o700);
+    const saved = JSON.parse(readFileSync(out.tokenFile, 'utf8'));
+    assert.equal(saved.user, user);
+    assert.equal(saved.expires, out.expires);
+    for (const s of [r.stdout, r.stderr]) assert.ok(!s.includes(pw) && !s.includes(saved.token));
+    const me = await api(srv.url, 'GET', '/api/whoami', { token: saved.token });
+    assert.equal(me.status, 200);
+    assert.equal(me.body.user, user);
+
+    const outFile = join(dir.path, 'tok.json');
+    const r2 = medv(['login', '--server', srv.url, '--user', user, '--password-file', pwFile(pw), '--token-out', outFile, '--lifetime', '1h']);
+    assert.equal(r2.code, 0, r2.stderr);
+    assert.match(r2.stdout, /^logged in to http:\/\/127\.0\.0\.1:\d+ as carol-[0-9a-f]+ until \S+; token in .*tok\.json\n$/);
+    const t2 = JSON.parse(readFileSync(outFile, 'utf8'));
+    assert.equal(statSync(outFile).mode & 0o777, 0o600);
+    const left = Date.parse(t2.expires) - Date.now();
+    assert.ok(left > 3500_000 && left <= 3600_000, `${left} ms left`);
+
+    const wrong = medv(['login', '--server', srv.url, '--user', user, '--password-file', pwFile('wrong-password')]);
+    assert.equal(wrong.code, 4);
+    assert.equal(wrong.stderr, 'medv: wrong user name or password [EDENIED]\n');
+    const noInput = medv(['login', '--server', srv.url, '--user', user]);
+    assert.equal(noInput.code, 4);
+    assert.match(noInput.stderr, /^medv: no password: give --password-file FILE .*\[ENOKEY\]\n$/);
+  });
+
+  it('login asks on the terminal without echoing the password', async function () {
+    if (spawnSync('script', ['--version']).status !== 0) this.skip();
+    const user = unique('dan');
+    const pw = password();
+    assert.equal(medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--server', srv.url, '--token-file', tokenFile]).code, 0);
+    const outFile = join(dir.path, 'tty.json');
+    const cmd = [process.execPath, MEDV_BIN, 'login', '--server', srv.url, '--user', user, '--token-out', outFile].map((a) => `'${a}'`).join(' ');
+    const child = spawn('script', ['-q', '-e', '-c', cmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let seen = '';
+    const prompted = new Promise<void>((res) => child.stdout.on('data', (d) => { seen += d; if (seen.includes('Password for')) res(); }));
+    const closed = new Promise<number | null>((res) => child.once('close', res));
+    await prompted;
+    child.stdin.write(`${pw}\r`);
+    const code = await closed;
+    assert.equal(code, 0, seen);
+    assert.match(seen, /logged in to/);
+    assert.ok(!seen.includes(pw), `the terminal showed the password: ${JSON.stringify(seen)}`);
+    assert.equal(JSON.parse(readFileSync(outFile, 'utf8')).user, user);
+  });
+
+  it('--help teaches with examples', () => {
+    for (const args of [['admin', 'policy', 'publish'], ['login']]) {
+      const r = medv([...args, '--help']);
+      assert.equal(r.code, 0);
+      assert.match(r.stdout, /Examples:\n {2}medv /);
+    }
+  });
+});
+
+describe('cli: medv serve over HTTPS, medv login and admin with a pinned CA', function () {
+  this.timeout(60_000);
+  let dir: ReturnType<typeof tempDir>;
+  let srv: ServeProcess | undefined;
+  before(() => { dir = tempDir('tls'); });
+  after(async () => { await srv?.stop(); await dir.cleanup(); });
+
+  it('credentials are accepted over TLS from another address; without the CA the client refuses the server', async function () {
+    const ext = Object.values(networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal);
+    if (!ext) this.skip();
+    const f = (n: string) => join(dir.path, n);
+    const ossl = (args: string[]) => run('openssl', args);
+    ossl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '2', '-subj', '/CN=medv test CA']);
+    ossl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', f('srv.key'), '-out', f('srv.csr'), '-subj', '/CN=medv test server']);
+    writeFileSync(f('san.ext'), `subjectAltName=IP:127.0.0.1,IP:${ext!.address}\n`);
+    ossl(['x509', '-req', '-in', f('srv.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f('srv.pem'), '-days', '2', '-extfile', f('san.ext')]);
+    chmodSync(f('srv.key'), 0o644);
+    const open = runMedv(['serve', '--root', f('root'), '--port', '0', '--tls-cert', f('srv.pem'), '--tls-key', f('srv.key')]);
+    assert.equal(open.code, 4, 'a TLS key readable by others is refused');
+    assert.match(open.stderr, /too open.*\[EINSECURE\]\n$/);
+    chmodSync(f('srv.key'), 0o600);
+
+    srv = await startServe(f('root'), ['--host', '0.0.0.0', '--tls-cert', f('srv.pem'), '--tls-key', f('srv.key')]);
+    const server = `https://${ext!.address}:${new URL(srv.url).port}`;
+    assert.match(srv.url, /^https:/);
+    const user = unique('tess');
+    const pw = password();
+    const pwf = f('pw');
+    writeFileSync(pwf, pw, { mode: 0o600 });
+    const add = runMedv(['admin', 'user', 'add', user, '--password-file', pwf, '--server', server, '--ca', f('ca.pem'), '--token-file', srv.adminTokenFile]);
+    assert.equal(add.code, 0, add.stderr);
+    const env = { XDG_CONFIG_HOME: f('config') };
+    const ok = runMedv(['login', '--server', server, '--user', user, '--password-file', pwf, '--ca', f('ca.pem'), '--json'], env);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(JSON.parse(ok.stdout).user, user);
+    const untrusted = runMedv(['login', '--server', server, '--user', user, '--password-file', pwf], env);
+    assert.equal(untrusted.code, 10);
+    assert.match(untrusted.stderr, /not trusted: give its CA with --ca/);
+    // a peer: curl over TLS from the outside address gets the API's answer, not the plain-HTTP refusal
+    const c = spawnSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', f('ca.pem'), '-H', 'Content-Type: application/json', '-d', JSON.stringify({ user, password: 'wrong-password' }), `${server}/api/login`], { encoding: 'utf8' });
+    assert.equal(c.stdout, '401');
+  });
+});

@@ -1,0 +1,24 @@
+/** The policy schema as documented: docs/policy.schema.json is the schema the server uses, and docs/policy.md's example passes it. */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { POLICY_SCHEMA } from '../../src/server/policy-schema.js';
+import { checkPolicy } from '../../src/server/policy.js';
+import { REPO_ROOT } from '../helpers/cli.js';
+
+describe('server: policy schema and its documentation', () => {
+  it('docs/policy.schema.json is the schema the server validates with', () => {
+    assert.deepEqual(JSON.parse(readFileSync(join(REPO_ROOT, 'docs/policy.schema.json'), 'utf8')), JSON.parse(JSON.stringify(POLICY_SCHEMA)));
+  });
+
+  it('the example in docs/policy.md is a valid policy, and each field it shows is checked', () => {
+    const md = readFileSync(join(REPO_ROOT, 'docs/policy.md'), 'utf8');
+    const example = JSON.parse(/```json\n([\s\S]*?)\n```/.exec(md)![1]);
+    assert.equal(checkPolicy(structuredClone(example)).name, 'finance');
+    for (const field of Object.keys(example.workspaces[0])) {
+      const bad = structuredClone(example);
+      bad.workspaces[0][field] = { not: 'valid' };
+      assert.throws(() => checkPolicy(bad), (e: { code: string; data: { path: string } }) => e.code === 'EPOLICY' && e.data.path.startsWith(`/workspaces/0/${field}`), field);
+    }
+  });
+});

@@ -35,9 +35,13 @@ export async function writeThenFlush(dev: BlockDevice, offset: number, data: Buf
   }
 }
 
-/** Read into the caller's buffer: the device's own readInto(), else read() and one copy. */
+/** Read into the caller's buffer: the device's own readInto(), else readByCopy(). */
 export async function readInto(dev: BlockDevice, buf: Buffer, offset: number): Promise<void> {
-  if (dev.readInto) return dev.readInto(buf, offset);
+  return dev.readInto ? dev.readInto(buf, offset) : readByCopy(dev, buf, offset);
+}
+
+/** readInto() emulated: the device's read(), then one copy into the caller's buffer. */
+export async function readByCopy(dev: BlockDevice, buf: Buffer, offset: number): Promise<void> {
   const data = await dev.read(offset, buf.length);
   data.copy(buf, 0, 0, buf.length);
 }

@@ -4,7 +4,7 @@
  * implement every method themselves instead of inheriting silent pass-throughs (STYLE.md).
  */
 import { MedvError } from '../errors.js';
-import { readInto } from './emulate.js';
+import { readByCopy, readInto } from './emulate.js';
 import type { BlockCapabilities, BlockDevice, Extent, WriteOptions } from './device.js';
 
 export class FilterDevice implements BlockDevice {
@@ -19,10 +19,7 @@ export class FilterDevice implements BlockDevice {
   /** Passed down only while this filter leaves read() alone: a filter that changes read() gets
    *  its own read() and a copy, so an override can never be bypassed. */
   readInto(buf: Buffer, offset: number): Promise<void> {
-    if (this.read !== FilterDevice.prototype.read) {
-      return this.read(offset, buf.length).then((data) => { data.copy(buf, 0, 0, buf.length); });
-    }
-    return readInto(this.next, buf, offset);
+    return this.read !== FilterDevice.prototype.read ? readByCopy(this, buf, offset) : readInto(this.next, buf, offset);
   }
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> { return this.next.write(offset, data, options); }
   flush(): Promise<void> { return this.next.flush(); }

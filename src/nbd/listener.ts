@@ -194,7 +194,6 @@ function startServing(server: net.Server, ino: number, device: BlockDevice, opts
     }
     handshakes++;
     let left = false;
-    socket.resume(); // accepted paused (pauseOnConnect): reading starts here
     const conn = new Connection(socket, {
       device, opts, limits, budget, pool, log,
       leftHandshake: () => { if (!left) { left = true; handshakes--; } },

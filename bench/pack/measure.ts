@@ -6,24 +6,18 @@
  *
  *   node dist/bench/pack/measure.js [--size-mib 256] [--fill 0.5] [--dir /tmp/medv-bench-pack]
  */
-import { closeSync, copyFileSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
+import { closeSync, copyFileSync, openSync, readSync, statSync } from 'node:fs';
 import { zstdCompress } from '../../src/formats/ckm/index.js';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
 import { openImageKeys, packImage, verifyPack } from '../../src/pack/index.js';
 import { makeUsrDisk, mutateDisk } from '../../test/pack/images.js';
-
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : def;
-}
+import { arg, freshDir } from '../args.js';
 
 const MiB = 1048576;
 const sizeMiB = Number(arg('size-mib', '256'));
 const fill = Number(arg('fill', '0.5'));
-const dir = arg('dir', '/tmp/medv-bench-pack');
-rmSync(dir, { recursive: true, force: true });
-mkdirSync(dir, { recursive: true });
+const dir = freshDir(arg('dir', '/tmp/medv-bench-pack'));
 const kek = () => ({ kind: 'passphrase' as const, passphrase: 'bench' });
 const v1 = join(dir, 'v1.raw');
 const v2 = join(dir, 'v2.raw');

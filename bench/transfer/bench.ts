@@ -13,22 +13,17 @@
  *   npm run bench:transfer -- [--size-mib 1024] [--fill 0.5] [--dir /tmp/medv-bench-transfer]
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { waitForFile } from '../../test/helpers/cli.js';
 import { startNginx } from '../../test/helpers/nginx.js';
 import { makeRepo } from '../../test/transfer/fixture.js';
+import { arg, freshDir } from '../args.js';
 
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : def;
-}
 const sizeMiB = Number(arg('size-mib', '1024'));
 const fill = Number(arg('fill', '0.5'));
-const dir = arg('dir', '/tmp/medv-bench-transfer');
-rmSync(dir, { recursive: true, force: true });
-mkdirSync(dir, { recursive: true });
+const dir = freshDir(arg('dir', '/tmp/medv-bench-transfer'));
 
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 const t0 = now();

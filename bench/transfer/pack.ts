@@ -11,21 +11,16 @@
  *   npm run bench:pack -- [--size-mib 512] [--big-gib 16] [--dir /tmp/medv-bench-pack2]
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { makeUsrDisk } from '../../test/pack/images.js';
+import { arg, freshDir } from '../args.js';
 
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : def;
-}
 const MiB = 1048576;
 const sizeMiB = Number(arg('size-mib', '512'));
 const bigGiB = Number(arg('big-gib', '16'));
-const dir = arg('dir', '/tmp/medv-bench-pack2');
-rmSync(dir, { recursive: true, force: true });
-mkdirSync(dir, { recursive: true });
+const dir = freshDir(arg('dir', '/tmp/medv-bench-pack2'));
 const hostKey = join(dir, 'host.key');
 writeFileSync(hostKey, randomBytes(32), { mode: 0o600 });
 const MEDV_BIN = new URL('../../../bin/medv', import.meta.url).pathname;

@@ -49,7 +49,11 @@ export type ErrorCode =
   // accounts and policies
   | 'EPOLICY'             // a policy document that fails its JSON Schema (data.path: the bad field)
   | 'ERATELIMIT'          // too many failed logins: wait (data.retryAfter seconds)
-  | 'ETOOLARGE';          // a request body or field larger than its bound
+  | 'ETOOLARGE'           // a request body or field larger than its bound
+  // workspaces
+  | 'ENOLOGIN'            // no saved login for the client (or it expired): medv login
+  | 'EOFFLINE'            // the server cannot be reached and the policy's offline allowance is used up (or was never granted)
+  | 'EEXPIRED';           // the workspace's policy expired
 
 export interface MedvErrorData {
   file?: string;

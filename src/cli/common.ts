@@ -34,6 +34,9 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   EPOLICY: 5,
   ERATELIMIT: 10,
   ETOOLARGE: 2,
+  ENOLOGIN: 4,
+  EOFFLINE: 12,
+  EEXPIRED: 13,
 };
 /** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;

@@ -1,5 +1,6 @@
 /** `medv login`: a password for an expiring token, kept 0600 for the other commands. Thin over src/server/api-client.ts. */
 import * as fs from 'node:fs';
+import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../errors.js';
 import { printJson } from './common.js';
@@ -74,15 +75,18 @@ export function loginCommand(): Command {
     .requiredOption('--server <url>', 'the medv server, e.g. https://console.example:8080')
     .requiredOption('--user <name>', 'user name')
     .option('--password-file <file>', 'read the password from a file (- for stdin); default: ask on the terminal without echo')
-    .option('--token-out <file>', 'where to keep the token (default $XDG_CONFIG_HOME/medv/logins/<host>_<port>.json)')
+    .option('--client-root <dir>', 'client repositories where the login is kept (default $MEDV_CLIENT_ROOT, /var/lib/medv for root, else $XDG_DATA_HOME/medv)')
+    .option('--token-out <file>', 'also write the token in the clear to FILE (0600) for scripts that call the API themselves')
     .option('--ca <file>', 'trust this CA (PEM) for an https:// server instead of the system\'s (pin your console\'s CA)')
     .option('--lifetime <duration>', 'ask for a token shorter-lived than the server\'s default (s, m, h, d)')
-    .option('--json', 'print {server, user, expires, tokenFile} (never the token)')
+    .option('--json', 'print {server, user, expires, clientRoot, credentials[, tokenFile]} (never the token)')
     .addHelpText('after', `
-The token file is JSON {server, user, token, expires}, mode 0600; later commands (medv workspace)
-use it until it expires or you log in again. The password is never printed or stored. Over plain
-HTTP the server accepts passwords only from the same host (loopback); use https:// (with --ca
-naming the CA of a server whose certificate is not signed by a system CA) from elsewhere.
+The login is kept in the client data repository: the server, the user and the CA in
+data/Local/Config/Client.json, the token sealed under this client's host key in
+data/Users/<user>/Credentials.dat. \`medv workspace\` uses it until it expires or you log in
+again. The password is never printed or stored. Over plain HTTP the server accepts passwords only
+from the same host (loopback); use https:// (with --ca naming the CA of a server whose certificate
+is not signed by a system CA) from elsewhere.
 
 Exit status: 0 logged in; 4 wrong user name or password (the server does not say which), or no
 password given; 10 too many failed logins (wait for the time the message gives) or network failure.
@@ -93,14 +97,19 @@ Examples:
   medv login --server https://10.0.0.5:8443 --ca console-ca.pem --user alice
   printf %s "$PW" | medv login --server https://console.example --user ci --password-file -`)
     .action(async (o: Opts) => {
-      const { defaultLoginFile, login, saveLogin, serverBase } = await import('../server/api-client.js');
+      const { login, saveLogin, serverBase } = await import('../server/api-client.js');
+      const { openClient, saveClientLogin } = await import('../workspace/client.js');
       const server = serverBase(String(o.server));
       const lifetime = o.lifetime !== undefined ? Math.ceil(parseDuration(String(o.lifetime), '--lifetime') / 1000) : undefined;
-      const file = o.tokenOut !== undefined ? String(o.tokenOut) : defaultLoginFile(server);
+      const ctx = await openClient(o.clientRoot as string | undefined);
       const password = await readPassword(o.passwordFile as string | undefined, `Password for ${String(o.user)} at ${server}: `);
-      const r = await login(server, String(o.user), password, lifetime, o.ca as string | undefined);
-      saveLogin(file, r);
-      if (o.json) printJson({ server: r.server, user: r.user, expires: r.expires, tokenFile: file });
-      else process.stdout.write(`logged in to ${r.server} as ${r.user} until ${r.expires}; token in ${file}\n`);
+      const ca = o.ca !== undefined ? resolve(String(o.ca)) : undefined;
+      const r = await login(server, String(o.user), password, lifetime, ca);
+      await saveClientLogin(ctx, r, ca);
+      const credentials = join(ctx.root.users, r.user, 'Credentials.dat');
+      const tokenFile = o.tokenOut !== undefined ? String(o.tokenOut) : undefined;
+      if (tokenFile) saveLogin(tokenFile, r);
+      if (o.json) printJson({ server: r.server, user: r.user, expires: r.expires, clientRoot: ctx.root.root, credentials, ...(tokenFile ? { tokenFile } : {}) });
+      else process.stdout.write(`logged in to ${r.server} as ${r.user} until ${r.expires}; login sealed in ${credentials}${tokenFile ? `; token in ${tokenFile}` : ''}\n`);
     });
 }

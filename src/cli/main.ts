@@ -18,6 +18,7 @@ const NOUNS: Record<string, () => Promise<Command>> = {
   serve: async () => (await import('./serve.js')).serveCommand(),
   admin: async () => (await import('./admin.js')).adminCommand(),
   login: async () => (await import('./login.js')).loginCommand(),
+  workspace: async () => (await import('./workspace.js')).workspaceCommand(),
 };
 
 function version(): string {

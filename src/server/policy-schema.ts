@@ -71,6 +71,16 @@ export const POLICY_SCHEMA = {
         useTrimTransfer: { type: 'boolean', default: true, description: 'Fetch only the blocks the client lacks (else download whole packs).' },
         offlineDays: { type: 'integer', minimum: 0, maximum: 3650, default: 0, description: 'Days the workspace may start without reaching the server.' },
         expires: { type: 'string', pattern: '^[0-9]{4}-[0-9]{2}-[0-9]{2}$', description: 'Last day (UTC, YYYY-MM-DD) the workspace may start.' },
+        hardware: {
+          type: 'object',
+          additionalProperties: false,
+          description: 'Virtual hardware for the guest\'s drivers: ide and e1000 (default) suit most guests, virtio is faster where the guest has drivers.',
+          properties: {
+            diskBus: { type: 'string', enum: ['ide', 'virtio'], default: 'ide' },
+            nic: { type: 'string', enum: ['e1000', 'virtio'], default: 'e1000' },
+          },
+        },
+        minEngine: { type: 'string', pattern: '^[0-9]{1,5}(\\.[0-9]{1,5}){0,3}$', default: '1.0', description: 'Oldest medv engine (VirtualizationEngine) that may run the image; an older client refuses to start it.' },
         applications: {
           type: 'array', maxItems: 64,
           items: {

@@ -17,7 +17,7 @@ describe('cli: medv admin and medv login', function () {
   let dir: ReturnType<typeof tempDir>;
   let srv: ServeProcess;
   let tokenFile: string;
-  const medv = (args: string[], env: Record<string, string> = {}) => runMedv(args, { XDG_CONFIG_HOME: join(dir.path, 'config'), MEDV_ADMIN_TOKEN: undefined, ...env });
+  const medv = (args: string[], env: Record<string, string> = {}) => runMedv(args, { XDG_CONFIG_HOME: join(dir.path, 'config'), MEDV_CLIENT_ROOT: join(dir.path, 'client'), MEDV_ADMIN_TOKEN: undefined, ...env });
   const pwFile = (pw: string) => {
     const f = join(dir.path, `pw-${unique('f')}`);
     writeFileSync(f, `${pw}\n`, { mode: 0o600 });
@@ -91,30 +91,34 @@ describe('cli: medv admin and medv login', function () {
     assert.deepEqual(JSON.parse(list.stdout).policies.filter((p: { name: string }) => p.name === name).map((p: { version: number }) => p.version), [1, 2]);
   });
 
-  it('login keeps a 0600 token that the server accepts, and never prints the password or the token', async () => {
+  it('login keeps the token sealed in the client data repository (0600, no token in the clear) and never prints the password or the token', async () => {
     const user = unique('carol');
     const pw = password();
     assert.equal(medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--server', srv.url, '--token-file', tokenFile]).code, 0);
-    const r = medv(['login', '--server', srv.url, '--user', user, '--password-file', pwFile(pw), '--json']);
+    const clientRoot = join(dir.path, 'client');
+    const r = medv(['login', '--server', srv.url, '--user', user, '--password-file', pwFile(pw), '--client-root', clientRoot, '--json']);
     assert.equal(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout);
-    const port = new URL(srv.url).port;
-    assert.equal(out.tokenFile, join(dir.path, 'config', 'medv', 'logins', `127.0.0.1_${port}.json`));
-    assert.equal(statSync(out.tokenFile).mode & 0o777, 0o600);
-    assert.equal(statSync(join(dir.path, 'config', 'medv')).mode & 0o777, 0o700);
-    const saved = JSON.parse(readFileSync(out.tokenFile, 'utf8'));
-    assert.equal(saved.user, user);
-    assert.equal(saved.expires, out.expires);
-    for (const s of [r.stdout, r.stderr]) assert.ok(!s.includes(pw) && !s.includes(saved.token));
-    const me = await api(srv.url, 'GET', '/api/whoami', { token: saved.token });
-    assert.equal(me.status, 200);
-    assert.equal(me.body.user, user);
+    assert.equal(out.credentials, join(clientRoot, 'data', 'Users', user, 'Credentials.dat'));
+    assert.equal(out.tokenFile, undefined);
+    assert.equal(statSync(out.credentials).mode & 0o777, 0o600);
+    const sealed = readFileSync(out.credentials);
+    assert.ok(!sealed.includes(Buffer.from(user)) && !sealed.includes(Buffer.from('token')), 'the sealed login holds no plaintext');
+    const cfg = JSON.parse(readFileSync(join(clientRoot, 'data', 'Local', 'Config', 'Client.json'), 'utf8'));
+    assert.equal(cfg.user, user);
+    assert.equal(cfg.server, srv.url.replace(/\/$/, ''));
+    for (const s of [r.stdout, r.stderr]) assert.ok(!s.includes(pw));
 
     const outFile = join(dir.path, 'tok.json');
-    const r2 = medv(['login', '--server', srv.url, '--user', user, '--password-file', pwFile(pw), '--token-out', outFile, '--lifetime', '1h']);
+    const r2 = medv(['login', '--server', srv.url, '--user', user, '--password-file', pwFile(pw), '--client-root', clientRoot, '--token-out', outFile, '--lifetime', '1h']);
     assert.equal(r2.code, 0, r2.stderr);
-    assert.match(r2.stdout, /^logged in to http:\/\/127\.0\.0\.1:\d+ as carol-[0-9a-f]+ until \S+; token in .*tok\.json\n$/);
+    assert.match(r2.stdout, /^logged in to http:\/\/127\.0\.0\.1:\d+ as carol-[0-9a-f]+ until \S+; login sealed in .*Credentials\.dat; token in .*tok\.json\n$/);
     const t2 = JSON.parse(readFileSync(outFile, 'utf8'));
+    for (const s of [r2.stdout, r2.stderr]) assert.ok(!s.includes(t2.token));
+    assert.ok(!readFileSync(out.credentials).includes(Buffer.from(t2.token)));
+    const me = await api(srv.url, 'GET', '/api/whoami', { token: t2.token });
+    assert.equal(me.status, 200);
+    assert.equal(me.body.user, user);
     assert.equal(statSync(outFile).mode & 0o777, 0o600);
     const left = Date.parse(t2.expires) - Date.now();
     assert.ok(left > 3500_000 && left <= 3600_000, `${left} ms left`);
@@ -133,7 +137,7 @@ describe('cli: medv admin and medv login', function () {
     const pw = password();
     assert.equal(medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--server', srv.url, '--token-file', tokenFile]).code, 0);
     const outFile = join(dir.path, 'tty.json');
-    const cmd = [process.execPath, MEDV_BIN, 'login', '--server', srv.url, '--user', user, '--token-out', outFile].map((a) => `'${a}'`).join(' ');
+    const cmd = [process.execPath, MEDV_BIN, 'login', '--server', srv.url, '--user', user, '--client-root', join(dir.path, 'client'), '--token-out', outFile].map((a) => `'${a}'`).join(' ');
     const child = spawn('script', ['-q', '-e', '-c', cmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
     let seen = '';
     const prompted = new Promise<void>((res) => child.stdout.on('data', (d) => { seen += d; if (seen.includes('Password for')) res(); }));
@@ -187,7 +191,7 @@ describe('cli: medv serve over HTTPS, medv login and admin with a pinned CA', fu
     writeFileSync(pwf, pw, { mode: 0o600 });
     const add = runMedv(['admin', 'user', 'add', user, '--password-file', pwf, '--server', server, '--ca', f('ca.pem'), '--token-file', srv.adminTokenFile]);
     assert.equal(add.code, 0, add.stderr);
-    const env = { XDG_CONFIG_HOME: f('config') };
+    const env = { XDG_CONFIG_HOME: f('config'), MEDV_CLIENT_ROOT: f('client') };
     const ok = runMedv(['login', '--server', server, '--user', user, '--password-file', pwf, '--ca', f('ca.pem'), '--json'], env);
     assert.equal(ok.code, 0, ok.stderr);
     assert.equal(JSON.parse(ok.stdout).user, user);

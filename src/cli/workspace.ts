@@ -1,0 +1,118 @@
+/** `medv workspace …`: the client's workspaces. Thin over src/workspace. */
+import { Command, Option } from 'commander';
+import { MedvError } from '../errors.js';
+import { formatBytes, printJson, progressBar } from './common.js';
+
+type Opts = Record<string, unknown>;
+
+const ws = () => import('../workspace/index.js');
+
+function rootOption(c: Command): Command {
+  return c.option('--client-root <dir>', 'client repositories (default $MEDV_CLIENT_ROOT, /var/lib/medv for root, else $XDG_DATA_HOME/medv)');
+}
+
+const stderrLine = (m: string) => process.stderr.write(`medv: ${m}\n`);
+
+export function workspaceCommand(): Command {
+  const w = new Command('workspace').description('the workspaces your policies entitle you to: start (deploying or updating the image), stop, status, list');
+
+  rootOption(w.command('start <name>'))
+    .description('start a workspace: ask the server (or, offline, the cached policy) for it, deploy or update its image with TrimTransfer, and launch it as an encrypted VM')
+    .option('--update', 'update to the newest published version before starting')
+    .option('--no-update', 'start the version on this client even if a newer one is published')
+    .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (unix socket, see workspace status), window (needs $DISPLAY)').choices(['none', 'window', 'vnc']).default('none'))
+    .addOption(new Option('--accel <accel>', 'accelerator to try first (default: kvm when usable)').choices(['kvm', 'tcg']))
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', `
+What it does:
+  1. Logs in with the token \`medv login\` saved (sealed under this client's host key) and asks the
+     server for the workspace: your policy's settings, the newest image version, and the image
+     keys, sealed to this client. Not entitled: exit 4 and nothing is released.
+  2. Offline (server unreachable): starts from the cached policy while the policy's offlineDays
+     allow it, never after its expiry date (exit 12 offline, 13 expired, with the reason).
+  3. A newer version: deployed at once on the first start, with --update, or when the policy
+     does not suggest updates; otherwise announced. Only the blocks this client lacks are fetched
+     (older versions and PrestagedImages are the seeds); the policy's versionsToKeep old
+     versions stay, older ones are deleted (never the running one).
+  4. Starts the VM (persistent: writes go into the disk; revertible: into an undo disk dropped at
+     every stop); a suspended workspace resumes. Menu entries for published applications are
+     written to ~/.local/share/applications.
+
+Exit status: 0 started; 2 bad option; 4 not logged in, login expired or not entitled; 5 damaged
+image or bad policy; 9 already running; 10 server error; 12 offline allowance used up; 13 expired.
+
+Examples:
+  medv login --server https://console.example --user alice
+  medv workspace start ledger
+  medv workspace start ledger --update --display window
+  medv workspace start ledger --no-update --json`)
+    .action(async (name: string, o: Opts) => {
+      const { startWorkspace } = await ws();
+      if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc on a headless host)');
+      const bar = progressBar('fetch');
+      let r;
+      try {
+        r = await startWorkspace(name, {
+          clientRoot: o.clientRoot as string | undefined,
+          update: o.update === true ? true : o.update === false ? false : undefined,
+          display: o.display as 'none' | 'window' | 'vnc',
+          accel: o.accel as 'kvm' | 'tcg' | undefined,
+          onInfo: o.json ? undefined : (m) => { bar.stop(); stderrLine(m); },
+          onWarning: (m) => { bar.stop(); stderrLine(`warning: ${m}`); },
+          onProgress: (_l, d, t) => bar.update(d, t),
+        });
+      } finally {
+        bar.stop();
+      }
+      if (o.json) { printJson(r); return; }
+      const out = process.stdout;
+      if (r.deployed) out.write(`deployed ${r.image} version ${r.version}: fetched ${formatBytes(r.deployed.fetchedBytes)} of a ${formatBytes(r.deployed.imageBytes)} image (${r.deployed.blocksFromSeeds} blocks from this client, ${r.deployed.blocksFromNetwork} from the server)\n`);
+      out.write(`workspace ${r.workspace} ${r.resumed ? 'resumed' : 'started'}: ${r.image} version ${r.version}${r.online ? '' : ` (offline, ${r.offlineDaysLeft} days left)`}; stop it with: medv workspace stop ${r.workspace}\n`);
+      if (r.updateAvailable) out.write(`version ${r.updateAvailable} is available: medv workspace start ${r.workspace} --update\n`);
+    });
+
+  rootOption(w.command('stop <name>'))
+    .description('stop a running workspace as its policy says: shut down (a revertible one loses its changes) or suspend (encrypted saved state, resumed at the next start)')
+    .option('--force', 'power it off at once (no suspend, no waiting for the guest)')
+    .option('--timeout <s>', 'seconds the guest gets to shut down before it is forced', '30')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', '\nExamples:\n  medv workspace stop ledger\n  medv workspace stop ledger --force --json')
+    .action(async (name: string, o: Opts) => {
+      const { stopWorkspace } = await ws();
+      const timeoutS = Number(o.timeout);
+      if (!Number.isInteger(timeoutS) || timeoutS < 1 || timeoutS > 3600) throw new MedvError('EINVAL_ARG', '--timeout must be 1 to 3600 seconds');
+      const r = await stopWorkspace(name, { clientRoot: o.clientRoot as string | undefined, force: o.force === true, timeoutS });
+      if (o.json) printJson(r);
+      else process.stdout.write(`workspace ${name} ${r.suspended ? 'suspended (resumes at the next start)' : 'stopped'}${r.discarded ? '; its changes were discarded (revertible)' : ''}\n`);
+    });
+
+  rootOption(w.command('status <name>'))
+    .description('what this client has of a workspace: state, versions, policy, offline allowance')
+    .option('--json', 'print the status as JSON')
+    .action(async (name: string, o: Opts) => {
+      const { workspaceStatus } = await ws();
+      const s = await workspaceStatus(name, { clientRoot: o.clientRoot as string | undefined });
+      if (o.json) { printJson(s); return; }
+      const lines = [
+        `workspace: ${s.workspace} (policy ${s.policy.name} v${s.policy.version})`,
+        `state:     ${s.state}${s.runningVersion !== undefined ? `, version ${s.runningVersion}` : ''}${s.suspended ? ' (a saved state waits)' : ''}`,
+        `image:     ${s.image}: versions here ${s.versions.length ? s.versions.join(', ') : 'none'}; newest published when last online ${s.latestKnownVersion ?? 'none'}`,
+        `mode:      ${s.mode}, on stop ${s.onStop}`,
+        `online:    last reached the server ${s.lastOnline}; offline use allowed ${s.offlineDays} days${s.expires ? `; expires after ${s.expires}` : ''}`,
+      ];
+      if (s.vm?.display.vncSocket) lines.push(`vnc:       ${s.vm.display.vncSocket}`);
+      process.stdout.write(`${lines.join('\n')}\n`);
+    });
+
+  rootOption(w.command('list'))
+    .description('the workspaces this client has been granted (as of the last start online)')
+    .option('--json', 'print the list as JSON')
+    .action(async (o: Opts) => {
+      const { listWorkspaces } = await ws();
+      const all = await listWorkspaces({ clientRoot: o.clientRoot as string | undefined });
+      if (o.json) { printJson(all); return; }
+      if (all.length === 0) { process.stdout.write('no workspaces yet: medv workspace start NAME\n'); return; }
+      for (const s of all) process.stdout.write(`${s.workspace.padEnd(24)} ${String(s.state).padEnd(12)} ${s.image} v${s.runningVersion ?? s.versions.at(-1) ?? '-'} ${s.mode}\n`);
+    });
+  return w;
+}

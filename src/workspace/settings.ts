@@ -1,0 +1,66 @@
+/**
+ * A workspace's settings: one `workspaces[]` entry of a published policy (docs/policy.md), checked
+ * again on the client (the server or the offline cache may be hostile) with the same schema the
+ * server publishes with, then turned into what the VM host runs.
+ */
+import { totalmem } from 'node:os';
+import { MedvError } from '../errors.js';
+import { checkPolicy } from '../server/policy.js';
+import type { ImageState } from '../formats/imagestate/index.js';
+
+export interface PublishedApp { name: string; command: string; icon?: string }
+
+export interface WorkspaceSettings {
+  name: string;
+  image: string;
+  mode?: 'persistent' | 'revertible';
+  onStop?: 'shutdown' | 'suspend';
+  memory?: number | { byHostRam: { hostMiB: number; guestMiB: number }[] };
+  network?: 'nat' | 'none';
+  devices?: { usb?: boolean; cdrom?: boolean; clipboard?: boolean; sharedFolders?: boolean };
+  versionsToKeep?: number;
+  suggestUpdate?: boolean;
+  useTrimTransfer?: boolean;
+  offlineDays?: number;
+  expires?: string;
+  applications?: PublishedApp[];
+  hardware?: { diskBus?: 'ide' | 'virtio'; nic?: 'e1000' | 'virtio' };
+  minEngine?: string;
+}
+
+/** Guest RAM when the policy names none. */
+export const DEFAULT_MEMORY_MIB = 256;
+
+/** `settings` as the policy schema allows it for workspace `name`, else EPOLICY naming the field. */
+export function checkSettings(settings: unknown, name: string, policyName = 'policy'): WorkspaceSettings {
+  try {
+    checkPolicy({ name: policyName, workspaces: [settings] });
+  } catch (e) {
+    if (e instanceof MedvError) throw new MedvError('EPOLICY', `the settings of workspace ${name} are not a valid policy entry: ${e.message}`, e.data);
+    throw e;
+  }
+  const s = settings as WorkspaceSettings;
+  if (s.name !== name) throw new MedvError('EPOLICY', `asked for workspace ${name}, the server answered with ${s.name}`);
+  return s;
+}
+
+/** The policy's guest RAM for this host: a number, or the byHostRam row with the largest hostMiB not above the host's RAM. */
+export function memoryFor(s: WorkspaceSettings, hostMiB = Math.floor(totalmem() / 1048576)): number {
+  const m = s.memory;
+  if (m === undefined) return DEFAULT_MEMORY_MIB;
+  if (typeof m === 'number') return m;
+  const rows = m.byHostRam.filter((r) => r.hostMiB <= hostMiB).sort((a, b) => b.hostMiB - a.hostMiB);
+  if (rows.length === 0) return Math.min(...m.byHostRam.map((r) => r.guestMiB));
+  return rows[0].guestMiB;
+}
+
+/** ImageState.xml of a deployed version, from the policy. */
+export function imageStateFor(s: WorkspaceSettings): ImageState {
+  const d = s.devices ?? {};
+  return {
+    memoryMB: memoryFor(s),
+    devices: { usb: d.usb === true, cdDvd: d.cdrom === true, clipboard: d.clipboard === true, sharedFolders: d.sharedFolders === true },
+    network: s.network ?? 'nat',
+    firstTimeSetup: 'done',
+  };
+}

@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { MedvError } from '../errors.js';
 import type { KekSource } from '../crypto/index.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
-import { printJson } from './common.js';
+import { printJson, progressBar } from './common.js';
 // Everything else the demo uses (QEMU driver, the test guest's fixtures under vm/, the disk stack)
 // is imported inside runDemo, so `medv disk …` never loads it and works without vm/.
 
@@ -204,12 +204,45 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
 
 export function demoCommand(): Command {
   return new Command('demo')
-    .description('run what exists end to end: encrypted disk, undo disk, NBD export, QEMU guest boots, checks, discard')
+    .description('run medv end to end on this machine, headless, in a temp folder: pack and publish an image, deploy and start it as a workspace, update it with TrimTransfer, revert, stop, and check that nothing is in the clear')
+    .option('--disks', 'the disk-stack demo instead: encrypted disk, undo disk, NBD export, two boots of the tiny guest, checks, discard')
     .option('--keep', 'keep the work folder')
     .option('--tcg', 'use TCG (software emulation) instead of KVM')
     .option('--json', 'print only the result, as JSON')
-    .action(async (o: { keep?: boolean; tcg?: boolean; json?: boolean }) => {
-      const r = await runDemo({ keep: o.keep, accel: o.tcg ? 'tcg' : undefined, log: o.json ? () => undefined : undefined });
+    .addHelpText('after', `
+The workspace demo (default) uses the Linux test guest (vm/linux, built by scripts/setup.sh):
+  1. console: packs it as image demo-linux v1      2. server: medv serve on 127.0.0.1, upload,
+  3. client: login, workspace start (deploy v1), the guest's serial output, stop
+  4. console: changes the guest's files, packs and uploads v2
+  5. client: workspace start --update (TrimTransfer: bytes fetched vs image and full download)
+  6. client: start again: the revertible workspace's writes are gone   7. plaintext scan
+Exit status 0 when every check passed, 1 otherwise.
+
+Examples:
+  npm run demo
+  medv demo --tcg --json
+  medv demo --disks --keep`)
+    .action(async (o: { keep?: boolean; tcg?: boolean; json?: boolean; disks?: boolean }) => {
+      if (o.disks) {
+        const r = await runDemo({ keep: o.keep, accel: o.tcg ? 'tcg' : undefined, log: o.json ? () => undefined : undefined });
+        if (o.json) printJson(r);
+        return;
+      }
+      const { runWorkspaceDemo } = await import('../demo/workspace-demo.js');
+      const bars = new Map<string, ReturnType<typeof progressBar>>();
+      const endBars = () => { for (const b of bars.values()) b.stop(); bars.clear(); };
+      const r = await runWorkspaceDemo({
+        keep: o.keep, accel: o.tcg ? 'tcg' : undefined,
+        log: o.json ? () => undefined : undefined,
+        onProgress: o.json ? undefined : (label, d, t) => {
+          let b = bars.get(label);
+          if (!b) { endBars(); b = progressBar(label); bars.set(label, b); }
+          b.update(d, t);
+        },
+        onProgressEnd: endBars,
+      });
+      endBars();
       if (o.json) printJson(r);
+      if (!r.passed) process.exitCode = 1;
     });
 }

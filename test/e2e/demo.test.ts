@@ -1,4 +1,4 @@
-/** `medv demo` end to end: in-process (runDemo) and through the CLI with --json. */
+/** `medv demo --disks` (the disk-stack demo) end to end: in-process (runDemo) and through the CLI with --json. */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { runDemo, type DemoResult } from '../../src/cli/demo.js';
@@ -19,7 +19,7 @@ function checkResult(r: DemoResult): void {
   assert.ok(!existsSync(r.workDir), 'the work folder is removed without --keep');
 }
 
-describe('e2e: medv demo', function () {
+describe('e2e: medv demo --disks', function () {
   this.timeout(180_000);
 
   it('runDemo passes under the last of accelerators() and logs numbered steps', async () => {
@@ -34,7 +34,7 @@ describe('e2e: medv demo', function () {
   });
 
   it('medv demo --tcg --json prints only the result', () => {
-    const out = runMedv(['demo', '--tcg', '--json']);
+    const out = runMedv(['demo', '--disks', '--tcg', '--json']);
     assert.equal(out.code, 0, out.stderr);
     const r = JSON.parse(out.stdout) as DemoResult;
     checkResult(r);

@@ -185,6 +185,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
       const cached = await offlineEntry(s.ctx.root, s.cfg.user, name);
       if (!cached) throw new MedvError('EOFFLINE', `cannot reach ${s.cfg.server}, and workspace ${name} has never been started online on this client`);
       entry = cached;
+      checkExpiry(entry.settings, at);
       offlineDaysLeft = checkOfflineAllowance(entry, at);
       warn(`cannot reach ${s.cfg.server}: starting workspace ${name} offline (${offlineDaysLeft} day${offlineDaysLeft === 1 ? '' : 's'} of offline use left)`);
     }

@@ -35,8 +35,8 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   ERATELIMIT: 10,
   ETOOLARGE: 2,
   ENOLOGIN: 4,
-  EOFFLINE: 12,
-  EEXPIRED: 13,
+  EOFFLINE: 13,
+  EEXPIRED: 14,
 };
 /** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;

@@ -29,7 +29,7 @@ What it does:
      server for the workspace: your policy's settings, the newest image version, and the image
      keys, sealed to this client. Not entitled: exit 4 and nothing is released.
   2. Offline (server unreachable): starts from the cached policy while the policy's offlineDays
-     allow it, never after its expiry date (exit 12 offline, 13 expired, with the reason).
+     allow it, never after its expiry date (exit 13 offline, 14 expired, with the reason).
   3. A newer version: deployed at once on the first start, with --update, or when the policy
      does not suggest updates; otherwise announced. Only the blocks this client lacks are fetched
      (older versions and PrestagedImages are the seeds); the policy's versionsToKeep old
@@ -39,7 +39,7 @@ What it does:
      written to ~/.local/share/applications.
 
 Exit status: 0 started; 2 bad option; 4 not logged in, login expired or not entitled; 5 damaged
-image or bad policy; 9 already running; 10 server error; 12 offline allowance used up; 13 expired.
+image or bad policy; 9 already running; 10 server error; 12 the image needs a newer medv (EENGINE); 13 offline allowance used up; 14 expired.
 
 Examples:
   medv login --server https://console.example --user alice

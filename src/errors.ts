@@ -49,7 +49,10 @@ export type ErrorCode =
   // accounts and policies
   | 'EPOLICY'             // a policy document that fails its JSON Schema (data.path: the bad field)
   | 'ERATELIMIT'          // too many failed logins: wait (data.retryAfter seconds)
-  | 'ETOOLARGE';          // a request body or field larger than its bound
+  | 'ETOOLARGE'           // a request body or field larger than its bound
+  // client repositories
+  | 'EUNSAFE'             // a repository folder that is a symlink, another user's, or writable by group/others
+  | 'EENGINE';            // an image that needs a newer medv engine (GlobalImageData.xml) or a newer layout
 
 export interface MedvErrorData {
   file?: string;

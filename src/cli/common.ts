@@ -34,6 +34,8 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   EPOLICY: 5,
   ERATELIMIT: 10,
   ETOOLARGE: 2,
+  EUNSAFE: 4,
+  EENGINE: 12,
 };
 /** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;

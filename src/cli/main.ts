@@ -18,6 +18,7 @@ const NOUNS: Record<string, () => Promise<Command>> = {
   serve: async () => (await import('./serve.js')).serveCommand(),
   admin: async () => (await import('./admin.js')).adminCommand(),
   login: async () => (await import('./login.js')).loginCommand(),
+  logs: async () => (await import('./logs.js')).logsCommand(),
 };
 
 function version(): string {

@@ -74,9 +74,9 @@ export class ReportQueue {
   }
 
   /** Queue one report; beyond 256 the oldest are dropped. */
-  add(r: QueuedReport): Promise<void> {
+  async add(r: QueuedReport): Promise<void> {
     const rep = checked(r);
-    return this.serial(async () => {
+    await this.serial(async () => {
       const s = await this.load();
       s.items.push({ id: s.next++, r: rep });
       if (s.items.length > REPORTS_MAX) s.items.splice(0, s.items.length - REPORTS_MAX);

@@ -75,6 +75,28 @@ describe('repo: device log', () => {
     assert.ok(idx.length > 3 * (maxBytes / 250), `only ${idx.length} records kept`);
   });
 
+  it('two writers (as two processes would) rotate together: bounded, nothing damaged, both writers\' newest records kept', async () => {
+    const a = await DevLog.open(c, kek, { maxBytes: 64 * 1024, keep: 2 });
+    const b = await DevLog.open(c, kek, { maxBytes: 64 * 1024, keep: 2 });
+    for (let i = 0; i < 1500; i++) (i % 2 ? b : a).append('info', `w${i % 2} ${i} ${'z'.repeat(80)}`, { i });
+    a.close(); b.close();
+    assert.deepEqual(fs.readdirSync(c.logs).sort(), ['devlog.log', 'devlog.log.1', 'devlog.log.2']);
+    for (const n of fs.readdirSync(c.logs)) assert.ok(fs.statSync(join(c.logs, n)).size <= 64 * 1024);
+    const recs = await all(c, kek);
+    assert.ok(recs.every((r) => r.level === 'info'));
+    const idx = recs.map((r) => r.fields!.i as number);
+    assert.deepEqual(idx.slice(-2), [1498, 1499]);
+    for (let k = 1; k < idx.length; k++) assert.equal(idx[k], idx[k - 1] + 1);
+  });
+
+  it('medv logs refuses a log folder others can write (EUNSAFE, exit 4, one line)', () => {
+    fs.chmodSync(c.logs, 0o777);
+    const r = runMedv(['logs', '--client-root', c.root]);
+    assert.equal(r.code, 4);
+    assert.match(r.stderr, /^medv: .*Logs can be written by group or others \(mode 0777\).*\[EUNSAFE\]\n$/);
+    assert.equal(r.stdout, '');
+  });
+
   it('a huge record is cut to fit, never over 64 KiB', async () => {
     const log = await DevLog.open(c, kek);
     log.append('warn', 'm'.repeat(200_000), { blob: 'b'.repeat(100_000) });

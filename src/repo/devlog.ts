@@ -42,7 +42,7 @@ const MIN_BODY = NONCE + TAG + 2; // "{}"
 const MAX_PLAIN = MAX_BODY - NONCE - TAG;
 const MESSAGE_CUT = 4096;
 const LEVELS = ['info', 'warn', 'error'] as const;
-const ROTATED_RE = /^devlog\.log\.([1-9][0-9]{0,2})$/;
+const ROTATED_RE = /^devlog\.log\.([1-9][0-9]?)$/; // keep is at most 99
 
 const O_APPEND_OPEN = fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW;
 const O_READ = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;

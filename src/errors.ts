@@ -53,7 +53,10 @@ export type ErrorCode =
   // workspaces
   | 'ENOLOGIN'            // no saved login for the client (or it expired): medv login
   | 'EOFFLINE'            // the server cannot be reached and the policy's offline allowance is used up (or was never granted)
-  | 'EEXPIRED';           // the workspace's policy expired
+  | 'EEXPIRED'            // the workspace's policy expired
+  // client repositories
+  | 'EUNSAFE'             // a repository folder that is a symlink, another user's, or writable by group/others
+  | 'EENGINE';            // an image that needs a newer medv engine (GlobalImageData.xml) or a newer layout
 
 export interface MedvErrorData {
   file?: string;

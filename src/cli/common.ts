@@ -37,6 +37,8 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   ENOLOGIN: 4,
   EOFFLINE: 13,
   EEXPIRED: 14,
+  EUNSAFE: 4,
+  EENGINE: 12,
 };
 /** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;

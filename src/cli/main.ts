@@ -19,6 +19,7 @@ const NOUNS: Record<string, () => Promise<Command>> = {
   admin: async () => (await import('./admin.js')).adminCommand(),
   login: async () => (await import('./login.js')).loginCommand(),
   workspace: async () => (await import('./workspace.js')).workspaceCommand(),
+  logs: async () => (await import('./logs.js')).logsCommand(),
 };
 
 function version(): string {

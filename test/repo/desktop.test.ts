@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { desktopDir, quoteExecArg, removeDesktopEntries, writeDesktopEntries } from '../../src/repo/index.js';
+import { MedvError } from '../../src/errors.js';
+
+const code = (c: string) => (e: unknown) => e instanceof MedvError && e.code === c;
+
+/** The value of `key=` in a desktop entry's text. */
+const valueOf = (text: string, key: string) => text.split('\n').find((l) => l.startsWith(`${key}=`))?.slice(key.length + 1);
+
+/** Undo the spec's string escapes (\\s \\n \\t \\r \\\\). */
+const unescapeValue = (v: string) => v.replace(/\\(.)/g, (_m, ch: string) => ({ s: ' ', n: '\n', t: '\t', r: '\r', '\\': '\\' } as Record<string, string>)[ch] ?? `\\${ch}`);
+
+/** Split an unescaped Exec value into arguments per the spec's quoting rules. */
+function execArgs(v: string): string[] {
+  const out: string[] = [];
+  let i = 0;
+  while (i < v.length) {
+    if (v[i] === ' ') { i++; continue; }
+    let arg = '';
+    if (v[i] === '"') {
+      i++;
+      while (v[i] !== '"') {
+        if (v[i] === '\\') i++;
+        arg += v[i++];
+      }
+      i++;
+    } else {
+      while (i < v.length && v[i] !== ' ') arg += v[i++];
+    }
+    out.push(arg.replace(/%%/g, '%'));
+  }
+  return out;
+}
+
+describe('repo: desktop entries', () => {
+  let dir: string;
+  beforeEach(() => { dir = fs.mkdtempSync(join(tmpdir(), 'medv-repo-desktop-')); });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('desktopDir follows XDG_DATA_HOME', () => {
+    const saved = process.env.XDG_DATA_HOME;
+    try {
+      process.env.XDG_DATA_HOME = '/x/data';
+      assert.equal(desktopDir(), '/x/data/applications');
+      delete process.env.XDG_DATA_HOME;
+      assert.match(desktopDir(), /\.local\/share\/applications$/);
+    } finally {
+      if (saved === undefined) delete process.env.XDG_DATA_HOME; else process.env.XDG_DATA_HOME = saved;
+    }
+  });
+
+  it('writes one entry per app, quoted per the spec, names sanitized', () => {
+    const medv = '/opt/my tools/medv "beta"$HOME\\x%u';
+    const paths = writeDesktopEntries('Win7', [
+      { name: 'Word "2010" for Ops', command: 'C:\\Program Files\\winword.exe', icon: 'winword' },
+      { name: 'Evil\nExec=rm -rf ~', command: 'x' },
+      { name: 'Word "2010" for Ops', command: 'dup' },
+    ], { medv, dir });
+    assert.deepEqual(paths.map((p) => p.slice(dir.length + 1)), [
+      'medv-Win7-word-2010-for-ops.desktop', 'medv-Win7-evil-exec-rm-rf.desktop', 'medv-Win7-word-2010-for-ops-2.desktop',
+    ]);
+    const text = fs.readFileSync(paths[0], 'utf8');
+    assert.equal(text.split('\n')[0], '[Desktop Entry]');
+    assert.equal(valueOf(text, 'Name'), 'Word "2010" for Ops');
+    assert.equal(valueOf(text, 'Icon'), 'winword');
+    assert.equal(valueOf(text, 'X-Medv-Workspace'), 'Win7');
+    assert.equal(unescapeValue(valueOf(text, 'X-Medv-Command')!), 'C:\\Program Files\\winword.exe');
+    assert.deepEqual(execArgs(unescapeValue(valueOf(text, 'Exec')!)), [medv, 'workspace', 'start', 'Win7']);
+    // a newline in a name cannot add a key
+    const evil = fs.readFileSync(paths[1], 'utf8');
+    assert.equal(evil.split('\n').filter((l) => l.startsWith('Exec=')).length, 1);
+    assert.equal(valueOf(evil, 'Name'), 'Evil Exec=rm -rf ~');
+    assert.equal(quoteExecArg('/usr/bin/medv'), '/usr/bin/medv');
+    assert.equal(quoteExecArg('a b'), '"a b"');
+    assert.equal(quoteExecArg('50%'), '50%%');
+  });
+
+  it('rewriting drops stale entries of that workspace only; removal touches only ours', () => {
+    writeDesktopEntries('ws', [{ name: 'A', command: 'a' }, { name: 'B', command: 'b' }], { medv: 'medv', dir });
+    writeDesktopEntries('ws-b', [{ name: 'A', command: 'a' }], { medv: 'medv', dir });
+    // someone else's files, one looking like ours
+    fs.writeFileSync(join(dir, 'medv-ws-c.desktop'), '[Desktop Entry]\nName=not ours\n');
+    fs.writeFileSync(join(dir, 'firefox.desktop'), '[Desktop Entry]\nX-Medv-Workspace=ws\n');
+    const target = join(dir, 'target.desktop');
+    fs.writeFileSync(target, '[Desktop Entry]\nX-Medv-Workspace=ws\n');
+    fs.symlinkSync(target, join(dir, 'medv-ws-link.desktop'));
+    writeDesktopEntries('ws', [{ name: 'A', command: 'a' }], { medv: 'medv', dir });
+    assert.deepEqual(fs.readdirSync(dir).sort(), [
+      'firefox.desktop', 'medv-ws-a.desktop', 'medv-ws-b-a.desktop', 'medv-ws-c.desktop', 'medv-ws-link.desktop', 'target.desktop',
+    ]);
+    assert.deepEqual(removeDesktopEntries('ws', { dir }), [join(dir, 'medv-ws-a.desktop')]);
+    assert.deepEqual(fs.readdirSync(dir).sort(), ['firefox.desktop', 'medv-ws-b-a.desktop', 'medv-ws-c.desktop', 'medv-ws-link.desktop', 'target.desktop']);
+    // a file under one of our names that is not ours is never replaced
+    assert.throws(() => writeDesktopEntries('ws', [{ name: 'C', command: 'c' }], { medv: 'medv', dir }), code('EEXIST'));
+    assert.equal(fs.readFileSync(join(dir, 'medv-ws-c.desktop'), 'utf8'), '[Desktop Entry]\nName=not ours\n');
+    assert.throws(() => writeDesktopEntries('../x', [], { medv: 'medv', dir }), code('EINVAL_ARG'));
+  });
+});

@@ -41,6 +41,17 @@ const sodium = sodiumBase as Sodium & {
   crypto_scalarmult_base(q: Buffer, n: Buffer): void;
 };
 
+const B64 = Buffer.from('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', 'latin1');
+const HEX = Buffer.from('0123456789abcdef', 'latin1');
+const B64_LEN = 4 * Math.ceil(DATA_KEY_BYTES / 3); // 88
+
+const P_START = '{"v":1,"image":"';
+const P_CONTENT = '","content":{"id":"';
+const P_KEY = '","key":"';
+const P_REPO = '"},"repository":{"id":"';
+const P_SIGNERS = '"},"signers":[';
+const P_END = ']}';
+
 export const CLIENT_KEY_BYTES = 32;
 export const SIGNER_BYTES = 32;
 export const MAX_SIGNERS = 16;
@@ -104,17 +115,6 @@ export interface ImageKeySet {
 }
 
 // --- the canonical plaintext, byte by byte
-
-const B64 = Buffer.from('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', 'latin1');
-const HEX = Buffer.from('0123456789abcdef', 'latin1');
-const B64_LEN = 4 * Math.ceil(DATA_KEY_BYTES / 3); // 88
-
-const P_START = '{"v":1,"image":"';
-const P_CONTENT = '","content":{"id":"';
-const P_KEY = '","key":"';
-const P_REPO = '"},"repository":{"id":"';
-const P_SIGNERS = '"},"signers":[';
-const P_END = ']}';
 
 function plaintextLength(imageLen: number, signers: number): number {
   return P_START.length + imageLen + P_CONTENT.length + 2 * KEY_ID_BYTES + P_KEY.length + B64_LEN

@@ -124,7 +124,7 @@ policy entitles to a workspace of this image. The key files are unwrapped with M
 Exit status: 0 published; 4 no such keys, wrong passphrase or wrong admin token; 10 network.
 
 Examples:
-  MEDV_PASSPHRASE=… medv admin image-keys publish win10 --keys /srv/medv/keys --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  medv admin image-keys publish win10 --keys /srv/medv/keys --passphrase-file console.pass --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
   medv admin image-keys publish lab --keys keys --host-key console.key --server https://console.example --ca ca.pem --json`))
     .action(async (name: string, o: Opts & KeyOptions) => {
       const token = adminToken(o);

@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../errors.js';
-import { printJson } from './common.js';
+import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 import { readTokenFile } from './image-repo.js';
 import { readPassword } from './login.js';
 
@@ -41,9 +41,10 @@ function readPolicyFile(file: string): unknown {
 }
 
 export function adminCommand(): Command {
-  const admin = new Command('admin').description('manage users and policies on a medv server (with its admin token)');
+  const admin = new Command('admin').description('manage users, policies and image keys on a medv server, and see its clients (with its admin token)');
   const user = admin.command('user').description('user accounts');
   const policy = admin.command('policy').description('workspace policies (docs/policy.md)');
+  const imageKeys = admin.command('image-keys').description('image keys the server releases to entitled clients');
 
   serverOptions(user.command('add <user>')
     .description('create a user (the password is hashed with Argon2id by the server)')
@@ -111,5 +112,63 @@ Examples:
       if (o.json) { printJson(r); return; }
       for (const p of r.policies) process.stdout.write(`${p.name}\tv${p.version}\t${p.published}\t${p.publisher}\n`);
     });
+  serverOptions(addKeyOptions(imageKeys.command('publish <name>'))
+    .description('publish the keys of image NAME from the console\'s key folder to the server')
+    .option('--keys <dir>', 'the console key folder (default $MEDV_KEYS, else ~/.config/medv/keys)')
+    .addHelpText('after', `
+Sends the image's content key (images/NAME.key.enc), the repository key (repository.key.enc)
+and the trusted signers (console.sign.pub and trusted/*.pub) to the server, which keeps them
+wrapped under its server key and releases them, sealed to each client's own key, to the users a
+policy entitles to a workspace of this image. The key files are unwrapped with MEDV_PASSPHRASE,
+--passphrase-file or --host-key, as medv image pack wrapped them. Publishing again replaces them.
+Exit status: 0 published; 4 no such keys, wrong passphrase or wrong admin token; 10 network.
+
+Examples:
+  medv admin image-keys publish win10 --keys /srv/medv/keys --passphrase-file console.pass --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  medv admin image-keys publish lab --keys keys --host-key console.key --server https://console.example --ca ca.pem --json`))
+    .action(async (name: string, o: Opts & KeyOptions) => {
+      const token = adminToken(o);
+      const { openImageKeys, defaultKeyDir } = await import('../pack/index.js');
+      const keys = await openImageKeys((o.keys as string | undefined) ?? defaultKeyDir(), name, kekFrom(o));
+      try {
+        const { publishImageKeys } = await import('../server/api-client.js');
+        const { content, repository } = keys.dataKeys;
+        const r = await publishImageKeys(String(o.server), token, { image: name, content, repository, signers: keys.trusted }, o.ca as string | undefined);
+        const out = { image: name, imageId: keys.imageId.toString('hex'), signers: keys.trusted.map((s) => s.toString('hex')), replaced: r.replaced };
+        if (o.json) printJson(out);
+        else process.stdout.write(`keys of image ${name} (id ${out.imageId}, ${out.signers.length} signer${out.signers.length === 1 ? '' : 's'}) ${r.replaced ? 'replaced' : 'published'}\n`);
+      } finally {
+        keys.dispose();
+      }
+    });
+
+  serverOptions(admin.command('clients')
+    .description('what each client last reported about its workspaces')
+    .addHelpText('after', `
+One row per client, user and workspace: the version it runs, its state (running, stopped,
+suspended, updating, failed, offline), how long ago the client reported it, and its last error.
+
+Examples:
+  medv admin clients --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  MEDV_ADMIN_TOKEN=… medv admin clients --server https://console.example --json`))
+    .action(async (o: Opts) => {
+      const token = adminToken(o);
+      const { listClients } = await import('../server/api-client.js');
+      const clients = await listClients(String(o.server), token, o.ca as string | undefined);
+      if (o.json) { printJson({ clients }); return; }
+      const rows = [['CLIENT', 'USER', 'WORKSPACE', 'VERSION', 'STATE', 'AGE', 'LAST ERROR'],
+        ...clients.map((c) => [c.client, c.user, c.workspace, c.version === null ? '-' : String(c.version), c.state, age(Date.now() - Date.parse(c.at)), (c.lastError ?? '').replace(/[\x00-\x1f\x7f]/g, ' ').slice(0, 120)])];
+      const width = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+      for (const r of rows) process.stdout.write(`${r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(width[i]))).join('  ').trimEnd()}\n`);
+    });
   return admin;
+}
+
+/** 42s, 5m, 3h, 2d (a report from the future: 0s). */
+function age(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.floor(s / 60)}m`;
+  if (s < 172800) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
 }

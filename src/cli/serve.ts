@@ -35,6 +35,7 @@ export function serveCommand(): Command {
     .option('--port <port>', 'TCP port (0: the system picks one)', '8080')
     .option('--host <addr>', 'address to listen on', '127.0.0.1')
     .option('--admin-token-file <file>', 'file holding the admin token (mode 0600); default <root>/admin.token, generated on first start')
+    .option('--server-key <file>', 'the server master key that wraps image keys in the database (32 bytes, mode 0600); default <root>/server.key, generated on first start; instances sharing a database must share it')
     .option('--max-upload-size <size>', 'largest file an upload may declare', '64G')
     .option('--max-uploads <n>', 'upload requests in progress at once (more get 503 and retry)', '4')
     .option('--db <url>', 'database for users and policies: postgres://user:pass@host/db (several instances may share one); default $MEDV_DB, else SQLite in <root>/medv.db (prefer MEDV_DB: a password on the command line is visible in ps)')
@@ -57,7 +58,9 @@ What it serves:
 
 Users and policies (/api/, JSON): POST /api/login returns an expiring token; GET /api/policies
 lists the policies a token's user is entitled to; /api/admin/users and /api/admin/policies take
-the admin token (medv admin user add, medv admin policy publish). Passwords are stored as
+the admin token (medv admin user add, medv admin policy publish). Image keys published with
+medv admin image-keys publish are kept wrapped under the server key and released, sealed to the
+client's key, to users a policy entitles (POST /api/workspaces/grant). Passwords are stored as
 Argon2id hashes and tokens as BLAKE2b hashes, never in clear. Credentials are refused over plain
 HTTP from other hosts (403) unless --tls-cert/--tls-key (HTTPS) or --allow-plain-http.
 
@@ -67,7 +70,7 @@ stops cleanly on SIGTERM or SIGINT (requests in flight get 5 seconds).
 Examples:
   medv serve --root /srv/medv --host 0.0.0.0 --port 8080
   medv image upload PackedImages/win10_2.ckm PackedImages/win10_2.ckm.index --server http://console:8080 --token-file /srv/medv/admin.token
-  medv serve --root /srv/medv --db postgres://medv:secret@db.example/medv   # one of several instances
+  MEDV_DB=postgres://medv:secret@db.example/medv medv serve --root /srv/medv --server-key /etc/medv/server.key   # one of several instances
   medv serve --root /srv/medv --host 0.0.0.0 --port 8443 --tls-cert /etc/medv/server.pem --tls-key /etc/medv/server.key
   medv serve --root /tmp/repo --port 0 --json     # tests: the first line says where it listens`)
     .action(async (o: Opts) => {
@@ -84,6 +87,7 @@ Examples:
         host: String(o.host),
         port,
         adminTokenFile: o.adminTokenFile as string | undefined,
+        serverKeyFile: o.serverKey as string | undefined,
         maxUploadSize,
         maxActiveUploads,
         db: (o.db as string | undefined) ?? process.env.MEDV_DB,

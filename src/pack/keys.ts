@@ -61,6 +61,8 @@ export class ImageKeys {
   ) {}
 
   get imageId(): Buffer { return this.content.keyId; }
+  /** The content and repository keys as DataKeys (to publish them to a server); still owned here: dispose() frees them. */
+  get dataKeys(): { content: DataKey; repository: DataKey } { return { content: this.content, repository: this.repository }; }
   /** 32-byte XChaCha20-Poly1305 key (view into secure memory). */
   get contentKey(): Buffer { return this.content.key.subarray(0, 32); }
   /** 32-byte BLAKE2b key for block ids. */

@@ -10,6 +10,18 @@
  *   POST /api/admin/policies <policy document>    → {name, version}             admin token
  *   GET  /api/admin/policies                      → {policies: [...]}           admin token
  *   GET  /api/admin/audit                         → {entries: [...]}            admin token
+ *   POST /api/admin/image-keys {image, content:{id, key}, repository:{id, key}, signers}
+ *                                                 → {image, replaced}           admin token
+ *   GET  /api/admin/clients                       → {clients: [...]}            admin token
+ *   POST /api/workspaces/grant {workspace, client, clientKey}
+ *                                                 → {workspace, image, policy:{name, version}, settings,
+ *                                                    latestVersion, sealed}     user token
+ *   POST /api/reports {client, reports: [{workspace, version, state, lastError?, at}]}
+ *                                                 → {stored}                    user token
+ *
+ * Key release (keyservice.ts, keyrelease.ts): a grant answers 403 EDENIED "user U is not entitled
+ * to workspace W" (the same whether or not W exists, no key material), 409 ENOKEY when no keys are
+ * published for the workspace's image, else the image keys sealed to the client's X25519 key.
  *
  * Errors: {error: {code, message[, path][, retryAfter]}} with the status of status.ts. Bodies are
  * at most 64 KiB. Credentials (password, either token) are refused over plain HTTP unless the
@@ -21,6 +33,7 @@ import { MedvError } from '../errors.js';
 import type { Accounts } from './accounts.js';
 import type { AdminToken } from './auth.js';
 import type { ServerModule } from './http.js';
+import type { KeyService } from './keyservice.js';
 import { httpStatusFor } from './status.js';
 
 export const API_MAX_BODY = 64 * 1024;
@@ -28,6 +41,8 @@ export const API_MAX_BODY = 64 * 1024;
 export interface ApiOptions {
   accounts: Accounts;
   token: AdminToken;
+  /** Image keys and client reports (without it the key routes answer 404). */
+  keys?: KeyService;
   /** Accept credentials over plain HTTP from any address (a TLS proxy on another host). */
   allowPlainHttp?: boolean;
 }
@@ -51,7 +66,7 @@ function sendError(res: ServerResponse, e: unknown): void {
     body = { code: e.code, message: e.message };
     if (e.code === 'EPOLICY') body.path = e.data.path;
     if (e.code === 'ERATELIMIT') { body.retryAfter = e.data.retryAfter; headers['Retry-After'] = String(e.data.retryAfter ?? 1); }
-    if (e.code === 'EDENIED') headers['WWW-Authenticate'] = 'Bearer realm="medv"';
+    if (e.code === 'EDENIED' && status === 401) headers['WWW-Authenticate'] = 'Bearer realm="medv"';
     if (e.code === 'ETOOLARGE') headers.Connection = 'close';
   } else {
     body = { code: 'EINTERNAL', message: 'internal error' };
@@ -59,7 +74,8 @@ function sendError(res: ServerResponse, e: unknown): void {
   send(res, status, { error: body }, headers);
 }
 
-async function readJson(req: IncomingMessage): Promise<unknown> {
+/** The JSON body; with `wipe`, the raw bytes are zeroed once parsed (a body that carries keys). */
+async function readJson(req: IncomingMessage, wipe = false): Promise<unknown> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > API_MAX_BODY) throw new MedvError('ETOOLARGE', `request body larger than ${API_MAX_BODY} bytes`);
   const chunks: Buffer[] = [];
@@ -69,10 +85,13 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
     if (n > API_MAX_BODY) throw new MedvError('ETOOLARGE', `request body larger than ${API_MAX_BODY} bytes`);
     chunks.push(c as Buffer);
   }
+  const raw = Buffer.concat(chunks);
   try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    return JSON.parse(raw.toString('utf8'));
   } catch {
     throw new MedvError('EINVAL_ARG', 'the request body is not JSON');
+  } finally {
+    if (wipe) { raw.fill(0); for (const c of chunks) c.fill(0); }
   }
 }
 
@@ -94,6 +113,10 @@ export function accountsApi(o: ApiOptions): ServerModule {
   const admin = (req: IncomingMessage) => {
     if (!o.token.check(req)) throw new MedvError('EDENIED', 'the admin token is required (Authorization: Bearer …)');
     return 'admin';
+  };
+  const keys = () => {
+    if (!o.keys) throw new MedvError('ENOENT', 'this server does not hold image keys');
+    return o.keys;
   };
   const routes: Route[] = [
     { method: 'POST', path: '/api/login', async run(req, res) {
@@ -138,6 +161,22 @@ export function accountsApi(o: ApiOptions): ServerModule {
       admin(req);
       send(res, 200, { entries: await accounts.store.auditLog(1000) });
     } },
+    { method: 'POST', path: '/api/admin/image-keys', async run(req, res) {
+      const actor = admin(req);
+      send(res, 200, await keys().publish(object(await readJson(req, true)), actor));
+    } },
+    { method: 'GET', path: '/api/admin/clients', async run(req, res) {
+      admin(req);
+      send(res, 200, { clients: await keys().listClients() });
+    } },
+    { method: 'POST', path: '/api/workspaces/grant', async run(req, res) {
+      const s = await accounts.authenticate(bearer(req));
+      send(res, 200, await keys().grant(s.user, object(await readJson(req))));
+    } },
+    { method: 'POST', path: '/api/reports', async run(req, res) {
+      const s = await accounts.authenticate(bearer(req));
+      send(res, 200, await keys().report(s.user, object(await readJson(req))));
+    } },
   ];
 
   return {
@@ -165,6 +204,7 @@ export function accountsApi(o: ApiOptions): ServerModule {
     },
     async close() {
       accounts.close();
+      o.keys?.close();
       await accounts.store.close();
     },
   };

@@ -1,4 +1,4 @@
-/** `medv serve`: the image repository over HTTP, and users and policies under /api/ (keys later). */
+/** `medv serve`: the image repository over HTTP, users and policies under /api/, image keys and client reports. */
 export * from './http.js';
 export * from './images.js';
 export * from './auth.js';
@@ -14,3 +14,9 @@ export { accountsApi, API_MAX_BODY } from './api.js';
 export { checkPolicy, type Policy } from './policy.js';
 export { POLICY_SCHEMA } from './policy-schema.js';
 export { Store, redactUrl, SQLITE_FILE } from './store/index.js';
+export { KeyService, latestVersion, CLIENT_ID_RE, REPORT_STATES, MAX_REPORTS, type GrantAnswer } from './keyservice.js';
+export { loadServerKey, SERVER_KEY_FILE, SERVER_KEY_BYTES, type ServerKey } from './serverkey.js';
+export {
+  generateClientKeyPair, clientKeyPairFrom, sealImageKeys, openReleasedKeys, writeKeyFolder, releasePlaintext,
+  type ClientKeyPair, type ReleasedImageKeys, type ImageKeySet, MAX_SEALED, MAX_SIGNERS,
+} from './keyrelease.js';

@@ -7,6 +7,8 @@ import { type RequestLog, type RunningServer, startHttpServer } from './http.js'
 import { IMAGE_REPOSITORY_DEFAULTS, imageRepository } from './images.js';
 import { Accounts, type AccountsOptions } from './accounts.js';
 import { accountsApi } from './api.js';
+import { KeyService } from './keyservice.js';
+import { SERVER_KEY_FILE, loadServerKey } from './serverkey.js';
 import { Store } from './store/index.js';
 
 export interface ServeOptions {
@@ -14,6 +16,8 @@ export interface ServeOptions {
   host?: string;
   port?: number;
   adminTokenFile?: string;
+  /** The server master key (32 bytes, 0600); default DIR/server.key, generated on first start. */
+  serverKeyFile?: string;
   maxUploadSize?: number;
   maxActiveUploads?: number;
   /** Database URL (postgres://…); default SQLite in DIR/medv.db. */
@@ -31,6 +35,7 @@ export interface ServeOptions {
 export interface Serving extends RunningServer {
   root: string;
   adminTokenFile: string;
+  serverKeyFile: string;
   /** True when this start generated the admin token. */
   tokenCreated: boolean;
   /** The SQLite file or the PostgreSQL URL (without its password). */
@@ -59,6 +64,7 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
   if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new MedvError('EINVAL_ARG', 'give both --tls-cert and --tls-key, or neither');
   const tls = o.tlsCert !== undefined && o.tlsKey !== undefined ? { cert: readPem(o.tlsCert, false), key: readPem(o.tlsKey, true) } : undefined;
   const token = loadAdminToken(o.adminTokenFile, join(root, ADMIN_TOKEN_FILE));
+  const serverKey = loadServerKey(o.serverKeyFile, join(root, SERVER_KEY_FILE));
   const images = imageRepository({
     ...IMAGE_REPOSITORY_DEFAULTS,
     root,
@@ -66,8 +72,15 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
     ...(o.maxUploadSize !== undefined ? { maxUploadSize: o.maxUploadSize } : {}),
     ...(o.maxActiveUploads !== undefined ? { maxActiveUploads: o.maxActiveUploads } : {}),
   });
-  const store = await Store.open(root, o.db);
-  const api = accountsApi({ accounts: new Accounts(store, o.accounts), token, allowPlainHttp: o.allowPlainHttp });
+  let store: Store;
+  try {
+    store = await Store.open(root, o.db);
+  } catch (e) {
+    serverKey.dispose();
+    await images.close();
+    throw e;
+  }
+  const api = accountsApi({ accounts: new Accounts(store, o.accounts), token, keys: new KeyService(store, serverKey, root), allowPlainHttp: o.allowPlainHttp });
   let running;
   try {
     running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog, tls });
@@ -76,5 +89,5 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
     await api.close();
     throw e;
   }
-  return { ...running, root, adminTokenFile: token.file, tokenCreated: token.created, database: store.where };
+  return { ...running, root, adminTokenFile: token.file, serverKeyFile: serverKey.file, tokenCreated: token.created, database: store.where };
 }

@@ -19,8 +19,11 @@ export const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   EPOLICY: 400,
   ERATELIMIT: 429,
   ETOOLARGE: 413,
+  ENOKEY: 409,
 };
 
+/** The table's status, or 403 for an EDENIED that is a refusal of a valid login (data.httpStatus). */
 export function httpStatusFor(e: unknown): number {
+  if (e instanceof MedvError && e.code === 'EDENIED' && e.data.httpStatus === 403) return 403;
   return e instanceof MedvError ? HTTP_STATUS[e.code] ?? 500 : 500;
 }

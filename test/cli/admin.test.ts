@@ -11,6 +11,10 @@ import { join } from 'node:path';
 import { MEDV_BIN, run, runMedv, tempDir } from '../helpers/cli.js';
 import { type ServeProcess, startServe } from '../server/helpers.js';
 import { api, password, unique } from '../server/accounts-helpers.js';
+import { randomBytes } from 'node:crypto';
+import { openImageKeys } from '../../src/pack/index.js';
+import { generateClientKeyPair, openReleasedKeys } from '../../src/server/keyrelease.js';
+import { requestGrant, sendReports } from '../../src/server/api-client.js';
 
 describe('cli: medv admin and medv login', function () {
   this.timeout(60_000);
@@ -151,8 +155,82 @@ describe('cli: medv admin and medv login', function () {
     assert.equal(JSON.parse(readFileSync(outFile, 'utf8')).user, user);
   });
 
+  it('admin image-keys publish: the console keys reach an entitled client; missing keys and a wrong KEK are one-line errors', async () => {
+    const keyDir = join(dir.path, 'console-keys');
+    const hostKey = join(dir.path, 'console.hostkey');
+    writeFileSync(hostKey, randomBytes(32), { mode: 0o600 });
+    const kek = () => ({ kind: 'hostkey' as const, keyFile: hostKey });
+    const made = await openImageKeys(keyDir, 'desk', kek, { create: true, sign: true });
+    const contentKey = Buffer.from(made.dataKeys.content.key);
+    made.dispose();
+    const base = ['--keys', keyDir, '--server', srv.url, '--token-file', tokenFile];
+    const r = medv(['admin', 'image-keys', 'publish', 'desk', ...base, '--host-key', hostKey], { MEDV_PASSPHRASE: '' });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^keys of image desk \(id [0-9a-f]{32}, 1 signer\) published\n$/);
+    assert.ok(!r.stdout.includes(contentKey.toString('base64')) && !r.stdout.includes(contentKey.toString('hex')));
+
+    const user = unique('erin');
+    const pw = password();
+    assert.equal(medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--server', srv.url, '--token-file', tokenFile]).code, 0);
+    const doc = join(dir.path, 'desk.json');
+    writeFileSync(doc, JSON.stringify({ name: unique('desk'), users: [user], workspaces: [{ name: 'desk', image: 'desk' }] }));
+    assert.equal(medv(['admin', 'policy', 'publish', doc, '--server', srv.url, '--token-file', tokenFile]).code, 0);
+    const token = (await api(srv.url, 'POST', '/api/login', { body: { user, password: pw } })).body.token;
+    const pair = generateClientKeyPair();
+    try {
+      const g = await requestGrant(srv.url, token, { workspace: 'desk', client: 'host-1', clientKey: pair.publicKey });
+      const k = openReleasedKeys(g.sealed, pair);
+      assert.ok(Buffer.from(k.content.key).equals(contentKey));
+      k.dispose();
+    } finally {
+      pair.dispose();
+    }
+
+    const none = medv(['admin', 'image-keys', 'publish', 'nothing', ...base, '--host-key', hostKey], { MEDV_PASSPHRASE: '' });
+    assert.equal(none.code, 4);
+    assert.match(none.stderr, /^medv: no content key for image nothing .*\[ENOKEY\]\n$/);
+    const otherKey = join(dir.path, 'other.hostkey');
+    writeFileSync(otherKey, randomBytes(32), { mode: 0o600 });
+    const wrong = medv(['admin', 'image-keys', 'publish', 'desk', ...base, '--host-key', otherKey], { MEDV_PASSPHRASE: '' });
+    assert.equal(wrong.code, 4);
+    assert.equal(wrong.stderr.split('\n').length, 2, wrong.stderr);
+    assert.match(wrong.stderr, /\[EBADKEY\]\n$/);
+    const noToken = medv(['admin', 'image-keys', 'publish', 'desk', '--keys', keyDir, '--server', srv.url, '--host-key', hostKey]);
+    assert.equal(noToken.code, 4);
+    assert.match(noToken.stderr, /no admin token/);
+    const down = medv(['admin', 'image-keys', 'publish', 'desk', '--keys', keyDir, '--server', 'http://127.0.0.1:1', '--token-file', tokenFile, '--host-key', hostKey], { MEDV_PASSPHRASE: '' });
+    assert.equal(down.code, 10);
+    assert.equal(down.stderr, 'medv: http://127.0.0.1:1: ECONNREFUSED (the server cannot be reached) [ENETWORK]\n');
+  });
+
+  it('admin clients: a table of what clients last reported, or JSON', async () => {
+    const user = unique('finn');
+    const pw = password();
+    assert.equal(medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--server', srv.url, '--token-file', tokenFile]).code, 0);
+    const token = (await api(srv.url, 'POST', '/api/login', { body: { user, password: pw } })).body.token;
+    const client = unique('laptop');
+    const at = new Date(Date.now() - 5 * 60_000).toISOString();
+    assert.equal(await sendReports(srv.url, token, client, [
+      { workspace: 'desk', version: 2, state: 'failed', lastError: 'QEMU exited:\nno KVM', at },
+      { workspace: 'lab', version: null, state: 'offline', at },
+    ]), 2);
+    const table = medv(['admin', 'clients', '--server', srv.url, '--token-file', tokenFile]);
+    assert.equal(table.code, 0, table.stderr);
+    const lines = table.stdout.split('\n');
+    assert.match(lines[0], /^CLIENT +USER +WORKSPACE +VERSION +STATE +AGE +LAST ERROR$/);
+    assert.ok(lines.some((l) => new RegExp(`^${client} +${user} +desk +2 +failed +5m +QEMU exited: no KVM$`).test(l)), table.stdout);
+    assert.ok(lines.some((l) => new RegExp(`^${client} +${user} +lab +- +offline +5m$`).test(l)), table.stdout);
+    const json = medv(['admin', 'clients', '--server', srv.url, '--token-file', tokenFile, '--json']);
+    assert.equal(json.code, 0, json.stderr);
+    const mine = JSON.parse(json.stdout).clients.filter((c: { client: string }) => c.client === client);
+    assert.deepEqual(mine.map((c: { workspace: string; version: number | null; state: string; at: string; lastError?: string }) => [c.workspace, c.version, c.state, c.at, c.lastError]), [
+      ['desk', 2, 'failed', at, 'QEMU exited:\nno KVM'],
+      ['lab', null, 'offline', at, undefined],
+    ]);
+  });
+
   it('--help teaches with examples', () => {
-    for (const args of [['admin', 'policy', 'publish'], ['login']]) {
+    for (const args of [['admin', 'policy', 'publish'], ['login'], ['admin', 'image-keys', 'publish'], ['admin', 'clients']]) {
       const r = medv([...args, '--help']);
       assert.equal(r.code, 0);
       assert.match(r.stdout, /Examples:\n {2}medv /);

@@ -42,7 +42,7 @@ for (const backend of BACKENDS) {
       const store = await Store.open(dir.path, db.url);
       try {
         const rows = await store.db.selectFrom('kysely_migration' as never).select('name' as never).execute();
-        assert.deepEqual(rows.map((r) => (r as { name: string }).name), ['0001_accounts_policies']);
+        assert.deepEqual(rows.map((r) => (r as { name: string }).name), ['0001_accounts_policies', '0002_image_keys_client_reports']);
       } finally {
         await store.close();
       }
@@ -108,8 +108,8 @@ describe('two medv serve instances on one PostgreSQL', function () {
 
   it('started at once, they applied the migrations exactly once', async () => {
     const pg = await postgres();
-    assert.equal(pg.sql(db.db!, 'select count(*) from kysely_migration').trim(), '1');
-    assert.equal(pg.sql(db.db!, "select count(*) from information_schema.tables where table_name in ('users','groups','membership','tokens','policies','entitlements','audit','login_failures')").trim(), '8');
+    assert.equal(pg.sql(db.db!, 'select count(*) from kysely_migration').trim(), '2');
+    assert.equal(pg.sql(db.db!, "select count(*) from information_schema.tables where table_name in ('users','groups','membership','tokens','policies','entitlements','audit','login_failures','image_keys','client_reports')").trim(), '10');
   });
 
   it('a user added through one logs in through the other; a policy published through one is seen through the other; logout anywhere revokes everywhere', async () => {

@@ -73,8 +73,31 @@ const m0001: Migration = {
   },
 };
 
+/** Image keys (wrapped under the server key) and client status reports. */
+const m0002: Migration = {
+  async up(db: Db) {
+    await db.schema.createTable('image_keys')
+      .addColumn('image', 'varchar(64)', (c) => c.primaryKey().check(len('image', LIMITS.name)))
+      .addColumn('wrapped', 'varchar(1024)', (c) => c.notNull().check(len('wrapped', LIMITS.wrappedKeys)))
+      .addColumn('updated_at', 'bigint', (c) => c.notNull())
+      .execute();
+    await db.schema.createTable('client_reports')
+      .addColumn('client', 'varchar(64)', (c) => c.notNull().check(len('client', LIMITS.clientId)))
+      .addColumn('user_name', 'varchar(64)', (c) => c.notNull().check(len('user_name', LIMITS.name)))
+      .addColumn('workspace', 'varchar(64)', (c) => c.notNull().check(len('workspace', LIMITS.name)))
+      .addColumn('version', 'integer')
+      .addColumn('state', 'varchar(16)', (c) => c.notNull().check(sql`state in ('running', 'stopped', 'suspended', 'updating', 'failed', 'offline')`))
+      .addColumn('last_error', 'varchar(1024)', (c) => c.check(len('last_error', LIMITS.lastError)))
+      .addColumn('reported_at', 'bigint', (c) => c.notNull())
+      .addColumn('received_at', 'bigint', (c) => c.notNull())
+      .addPrimaryKeyConstraint('client_reports_pk', ['client', 'user_name', 'workspace'])
+      .execute();
+  },
+};
+
 export const MIGRATIONS: Record<string, Migration> = {
   '0001_accounts_policies': m0001,
+  '0002_image_keys_client_reports': m0002,
 };
 
 export const migrationProvider: MigrationProvider = {

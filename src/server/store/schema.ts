@@ -16,6 +16,11 @@ export const LIMITS = {
   detail: 4096,
   document: 65536,
   limiterKey: 200,
+  /** image_keys.wrapped: base64 of nonce || ciphertext || tag of at most 674 bytes of keys. */
+  wrappedKeys: 1024,
+  clientId: 64,
+  state: 16,
+  lastError: 1024,
 } as const;
 
 export interface UsersTable {
@@ -81,6 +86,31 @@ export interface LoginFailuresTable {
   locked_until: number;
 }
 
+/**
+ * The keys of an image, as the console published them, wrapped under the server key
+ * (serverkey.ts: XChaCha20-Poly1305, fresh nonce, additional data "medv-image-keys-v1\0" + image).
+ */
+export interface ImageKeysTable {
+  image: string;
+  /** base64 of nonce || ciphertext || tag. */
+  wrapped: string;
+  updated_at: number;
+}
+
+/** The last report of each (client, user, workspace): the one with the latest client time. */
+export interface ClientReportsTable {
+  client: string;
+  user_name: string;
+  workspace: string;
+  version: number | null;
+  state: string;
+  last_error: string | null;
+  /** The client's time of the report (ms). */
+  reported_at: number;
+  /** The server's time of receipt (ms). */
+  received_at: number;
+}
+
 export interface Database {
   users: UsersTable;
   groups: GroupsTable;
@@ -90,4 +120,6 @@ export interface Database {
   entitlements: EntitlementsTable;
   audit: AuditTable;
   login_failures: LoginFailuresTable;
+  image_keys: ImageKeysTable;
+  client_reports: ClientReportsTable;
 }

@@ -16,6 +16,8 @@ export interface PolicyVersion { name: string; version: number; published: strin
 export interface PolicyDocument { name: string; version: number; published: string; document: unknown }
 export interface AuditEntry { actor: string; action: string; target: string; detail?: Record<string, unknown> }
 export interface FailureState { key: string; count: number; lockedUntil: number }
+export interface ReportRow { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; reportedAt: number }
+export interface ReportRecord { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; at: string; received: string }
 
 /** A unique-key violation, from either database (a concurrent insert of the same key). */
 export function isUniqueViolation(e: unknown): boolean {
@@ -156,6 +158,61 @@ export class Store {
       .orderBy('p.name')
       .execute();
     return rows.map((r) => ({ name: r.name, version: r.version, published: iso(r.published), document: JSON.parse(r.document) }));
+  }
+
+  // --- image keys (wrapped under the server key: the store never sees them in clear)
+
+  /** Store (or replace) the wrapped keys of `image`; true when an earlier entry was replaced. */
+  async putImageKeys(image: string, wrapped: string, now = Date.now()): Promise<boolean> {
+    return this.db.transaction().execute(async (trx) => {
+      const had = await trx.selectFrom('image_keys').select('image').where('image', '=', image).executeTakeFirst();
+      await trx.insertInto('image_keys').values({ image, wrapped, updated_at: now })
+        .onConflict((oc) => oc.column('image').doUpdateSet({ wrapped, updated_at: now }))
+        .execute();
+      return had !== undefined;
+    });
+  }
+
+  async getImageKeys(image: string): Promise<string | undefined> {
+    const r = await this.db.selectFrom('image_keys').select('wrapped').where('image', '=', image).executeTakeFirst();
+    return r?.wrapped;
+  }
+
+  // --- client status reports
+
+  /**
+   * Upsert reports: one row per (client, user, workspace), and a report replaces the row only
+   * when it is at least as recent (client time) as the one stored, so a late-arriving older report
+   * never overwrites a newer one, whichever instance receives them.
+   */
+  async putReports(rows: ReportRow[], now = Date.now()): Promise<number> {
+    if (!rows.length) return 0;
+    await this.db.transaction().execute(async (trx) => {
+      for (const r of rows) {
+        await trx.insertInto('client_reports').values({
+          client: r.client, user_name: r.user, workspace: r.workspace, version: r.version, state: r.state,
+          last_error: r.lastError, reported_at: r.reportedAt, received_at: now,
+        }).onConflict((oc) => oc.columns(['client', 'user_name', 'workspace'])
+          .doUpdateSet((eb) => ({
+            version: eb.ref('excluded.version'),
+            state: eb.ref('excluded.state'),
+            last_error: eb.ref('excluded.last_error'),
+            reported_at: eb.ref('excluded.reported_at'),
+            received_at: eb.ref('excluded.received_at'),
+          }))
+          .where('client_reports.reported_at', '<=', r.reportedAt))
+          .execute();
+      }
+    });
+    return rows.length;
+  }
+
+  async listReports(): Promise<ReportRecord[]> {
+    const rows = await this.db.selectFrom('client_reports').selectAll().orderBy('client').orderBy('user_name').orderBy('workspace').execute();
+    return rows.map((r) => ({
+      client: r.client, user: r.user_name, workspace: r.workspace, version: r.version === null ? null : Number(r.version),
+      state: r.state, lastError: r.last_error, at: iso(r.reported_at), received: iso(r.received_at),
+    }));
   }
 
   // --- audit log

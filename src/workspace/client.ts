@@ -30,7 +30,7 @@ export interface Credentials { server: string; user: string; token: string; expi
 
 const CONFIG_FILE = 'Client.json';
 const CREDENTIALS_FILE = 'Credentials.dat';
-const CREDENTIALS_PURPOSE = 'medv credentials v1';
+const CREDENTIALS_PURPOSE = 'medv-credentials-v1';
 const CLIENT_KEY_FILE = 'client.key.enc';
 const MAX_CONFIG = 16 * 1024;
 

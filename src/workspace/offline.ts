@@ -29,7 +29,7 @@ export interface OfflineEntry {
 interface OfflineFile { v: 1; entries: OfflineEntry[] }
 
 const FILE = join('data', 'Local', 'Config', 'Offline.dat');
-const PURPOSE = 'medv offline cache v1';
+const PURPOSE = 'medv-offline-cache-v1';
 const MAX_ENTRIES = 256;
 /** A clock this far before the last contact is still believed (small skews between machines). */
 const CLOCK_SLACK_MS = 10 * 60_000;

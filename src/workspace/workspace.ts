@@ -62,6 +62,15 @@ export function vmNameOf(workspace: string): string {
   return workspace.replaceAll('@', '_');
 }
 
+/**
+ * A workspace's image repository: `images/<workspace>/` (VM-name form), not `images/<image>/`: two
+ * workspaces of one image each get their own disks, so a persistent one never changes the base a
+ * revertible one starts from. The disks keep the workspace's name (`v<N>/<workspace>.evhd`).
+ */
+function storeOf(root: ClientContext['root'], e: OfflineEntry): ImageStore {
+  return new ImageStore(root, vmNameOf(e.workspace));
+}
+
 const isNetwork = (e: unknown) => e instanceof MedvError && (e.code === 'ENETWORK' || (e.code === 'EHTTP' && Number(e.data.status) >= 500));
 
 /** The medv command a menu entry runs. */
@@ -191,7 +200,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     }
     const settings = entry.settings;
     checkExpiry(settings, at);
-    const store = new ImageStore(s.ctx.root, entry.image);
+    const store = storeOf(s.ctx.root, entry);
     for (const line of store.upgrade()) info(`upgraded ${entry.image}: ${line}`);
     const local = store.newest();
     const latest = entry.latestVersion ?? undefined;
@@ -246,7 +255,7 @@ export async function stopWorkspace(name: string, o: WorkspaceOptions & { force?
   try {
     const entry = await offlineEntry(s.ctx.root, s.cfg.user, name);
     if (!entry) throw new MedvError('ENOENT', `no workspace ${name} on this client (medv workspace list)`);
-    const store = new ImageStore(s.ctx.root, entry.image);
+    const store = storeOf(s.ctx.root, entry);
     const running = runningState(name, o.runRoot);
     const version = running ? versionOfVm(store, running) : store.newest();
     let state: VmState['state'] = 'stopped';
@@ -313,13 +322,13 @@ export async function workspaceStatus(name: string, o: WorkspaceOptions = {}): P
   const cfg = readClientConfig(ctx.root);
   const e = await offlineEntry(ctx.root, cfg.user, name);
   if (!e) throw new MedvError('ENOENT', `no workspace ${name} on this client (medv workspace list; a workspace appears after its first start)`);
-  return statusOf(new ImageStore(ctx.root, e.image), e, o.runRoot);
+  return statusOf(storeOf(ctx.root, e), e, o.runRoot);
 }
 
 export async function listWorkspaces(o: WorkspaceOptions = {}): Promise<WorkspaceStatus[]> {
   const ctx = await openClient(o.clientRoot);
   const cfg = readClientConfig(ctx.root);
-  return (await offlineEntries(ctx.root, cfg.user)).map((e) => statusOf(new ImageStore(ctx.root, e.image), e, o.runRoot))
+  return (await offlineEntries(ctx.root, cfg.user)).map((e) => statusOf(storeOf(ctx.root, e), e, o.runRoot))
     .sort((a, b) => a.workspace.localeCompare(b.workspace));
 }
 

@@ -55,6 +55,15 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     MEDV_TEST_ACCEL: undefined, ...extra,
   });
   const medv = (args: string[], who?: Who, extra: Record<string, string> = {}): RunResult => runMedv(args, who ? env(who, extra) : { MEDV_STATE_DIR: f('state') });
+  /** A client command, run asynchronously: its requests go through the recording proxy in this process. */
+  const client = (args: string[], who: Who, extra: Record<string, string> = {}): Promise<RunResult> => new Promise((resolve) => {
+    const child = spawn(process.execPath, [MEDV_BIN, ...args], { env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env(who, extra) }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => { stdout += d; });
+    child.stderr!.on('data', (d) => { stderr += d; });
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
   const ok = (r: RunResult) => { assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}${r.stdout}`); return r; };
   const serial = (who: Who, ws: string) => join(clients[who].run, ws, 'serial.log');
 
@@ -74,8 +83,8 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     ok(medv(['image', 'pack', rawImage(version, changed), '--name', IMAGE, '--version', String(version), '--out', f('packed'), '--keys', f('keys')]));
     ok(medv(['image', 'upload', f('packed', `${IMAGE}_${version}.ckm`), f('packed', `${IMAGE}_${version}.ckm.index`), '--server', url, '--token-file', adminTokenFile()]));
   };
-  const start = (who: Who, ws: string, args: string[] = [], extra: Record<string, string> = {}) => medv(['workspace', 'start', ws, '--json', ...args], who, extra);
-  const stop = (who: Who, ws: string) => ok(medv(['workspace', 'stop', ws, '--json'], who));
+  const start = (who: Who, ws: string, args: string[] = [], extra: Record<string, string> = {}) => client(['workspace', 'start', ws, '--json', ...args], who, extra);
+  const stop = async (who: Who, ws: string) => ok(await client(['workspace', 'stop', ws, '--json'], who));
   const bootCount = async (who: Who, ws: string) => Number((await waitForFileText(serial(who, ws), GUEST.serial.ready, 60_000), fs.readFileSync(serial(who, ws), 'latin1').match(GUEST.serial.boot)?.[1]));
 
   before(async () => {
@@ -102,12 +111,12 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     ok(medv(['admin', 'policy', 'publish', f('policy.json'), '--server', url, '--token-file', adminTokenFile()]));
     publishVersion(1, []);
     ok(medv(['admin', 'image-keys', 'publish', IMAGE, '--keys', f('keys'), '--server', url, '--token-file', adminTokenFile()]));
-    ok(medv(['login', '--server', proxyUrl, '--user', 'alice', '--password-file', f('alice.pw')], 'alice'));
-    ok(medv(['login', '--server', proxyUrl, '--user', 'bob', '--password-file', f('bob.pw')], 'bob'));
+    ok(await client(['login', '--server', proxyUrl, '--user', 'alice', '--password-file', f('alice.pw')], 'alice'));
+    ok(await client(['login', '--server', proxyUrl, '--user', 'bob', '--password-file', f('bob.pw')], 'bob'));
   });
 
   after(async () => {
-    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk']) medv(['workspace', 'stop', ws, '--force'], who);
+    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk']) await client(['workspace', 'stop', ws, '--force'], who);
     serve?.kill('SIGTERM');
     await proxy?.close();
     await dir.cleanup();
@@ -115,17 +124,17 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
 
   it('the entitled user starts the workspace; the other is refused with a clear message and no key bytes reach that client', async () => {
     proxy.reset();
-    const r = ok(start('alice', 'desk'));
+    const r = ok(await start('alice', 'desk'));
     const out = JSON.parse(r.stdout);
     assert.equal(out.version, 1);
     assert.equal(out.online, true);
     assert.ok(out.deployed.fetchedBytes > 0);
     assert.equal(await bootCount('alice', 'desk'), 1);
     assert.ok(proxy.wire().includes(Buffer.from('"sealed"')), 'alice\'s grant came over this wire');
-    stop('alice', 'desk');
+    await stop('alice', 'desk');
 
     proxy.reset();
-    const denied = start('bob', 'desk');
+    const denied = await start('bob', 'desk');
     assert.equal(denied.code, 4, denied.stderr);
     assert.match(denied.stderr, /user bob is not entitled to workspace desk/);
     const wire = proxy.wire();
@@ -135,7 +144,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     for (const form of [raw, Buffer.from(raw.toString('hex')), Buffer.from(raw.toString('base64')), Buffer.from('"sealed"')]) assert.ok(!wire.includes(form), `bob's wire holds ${form.toString().slice(0, 20)}…`);
     assert.ok(!fs.existsSync(join(clients.bob.root, 'images', IMAGE)), 'nothing deployed for bob');
     assert.ok(!fs.existsSync(join(clients.bob.root, 'data', 'Users', 'bob', 'keys', 'images')), 'no key folder for bob');
-    const unknown = start('bob', 'no-such-workspace');
+    const unknown = await start('bob', 'no-such-workspace');
     assert.equal(unknown.code, 4);
     assert.match(unknown.stderr, /user bob is not entitled to workspace no-such-workspace/);
   });
@@ -143,15 +152,15 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
   it('v1 → v2 → v3 with one old version kept: the client holds v3 and v2, and each update fetched far less than the image', async () => {
     for (const v of [2, 3]) {
       publishVersion(v, [v * 10, v * 10 + 1, 700 + v]);
-      const out = JSON.parse(ok(start('alice', 'desk')).stdout);
+      const out = JSON.parse(ok(await start('alice', 'desk')).stdout);
       assert.equal(out.version, v);
       assert.ok(out.deployed.fetchedBytes < IMAGE_BYTES / 20, `update to v${v} fetched ${out.deployed.fetchedBytes} bytes of ${IMAGE_BYTES}`);
       assert.ok(out.deployed.blocksFromSeeds > out.deployed.blocksFromNetwork);
-      stop('alice', 'desk');
+      await stop('alice', 'desk');
     }
     const versions = fs.readdirSync(join(clients.alice.root, 'images', IMAGE)).filter((n) => /^v\d+$/.test(n)).sort();
     assert.deepEqual(versions, ['v2', 'v3']);
-    const st = JSON.parse(ok(medv(['workspace', 'status', 'desk', '--json'], 'alice')).stdout);
+    const st = JSON.parse(ok(await client(['workspace', 'status', 'desk', '--json'], 'alice')).stdout);
     assert.deepEqual(st.versions, [2, 3]);
     const listed = JSON.parse(ok(medv(['admin', 'clients', '--json', '--server', url, '--token-file', adminTokenFile()])).stdout);
     const desk = listed.clients.find((c: { user: string; workspace: string }) => c.user === 'alice' && c.workspace === 'desk');
@@ -161,38 +170,38 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
 
   it('revertible: the guest\'s writes are gone at the next start; persistent: they stay', async () => {
     for (let i = 0; i < 2; i++) {
-      ok(start('alice', 'kiosk'));
+      ok(await start('alice', 'kiosk'));
       assert.equal(await bootCount('alice', 'kiosk'), 1, `kiosk run ${i + 1}`);
-      const s = JSON.parse(stop('alice', 'kiosk').stdout);
+      const s = JSON.parse((await stop('alice', 'kiosk')).stdout);
       assert.equal(s.discarded, true);
     }
-    const before = JSON.parse(ok(start('alice', 'desk')).stdout);
+    const before = JSON.parse(ok(await start('alice', 'desk')).stdout);
     const n = await bootCount('alice', 'desk');
-    stop('alice', 'desk');
-    ok(start('alice', 'desk'));
+    await stop('alice', 'desk');
+    ok(await start('alice', 'desk'));
     assert.equal(await bootCount('alice', 'desk'), n + 1, `persistent desk v${before.version}`);
-    stop('alice', 'desk');
+    await stop('alice', 'desk');
   });
 
   it('offline: starts within the allowance, is refused after it and after the expiry date, and says why', async () => {
     serve.kill('SIGTERM');
     await new Promise((r) => serve.once('exit', r));
     const day = 86_400_000;
-    const inside = start('alice', 'desk', [], { MEDV_TEST_CLOCK: new Date(Date.now() + day).toISOString() });
+    const inside = await start('alice', 'desk', [], { MEDV_TEST_CLOCK: new Date(Date.now() + day).toISOString() });
     const out = JSON.parse(ok(inside).stdout);
     assert.equal(out.online, false);
     assert.equal(out.offlineDaysLeft, 1);
-    stop('alice', 'desk');
-    const after = start('alice', 'desk', [], { MEDV_TEST_CLOCK: new Date(Date.now() + 3 * day).toISOString() });
+    await stop('alice', 'desk');
+    const after = await start('alice', 'desk', [], { MEDV_TEST_CLOCK: new Date(Date.now() + 3 * day).toISOString() });
     assert.equal(after.code, 13, after.stderr);
     assert.match(after.stderr, /last reached it on \d{4}-\d\d-\d\d, 3 days ago, and its policy allows 2 days offline/);
-    const expired = start('alice', 'desk', [], { MEDV_TEST_CLOCK: '2100-01-01T00:00:00Z' });
+    const expired = await start('alice', 'desk', [], { MEDV_TEST_CLOCK: '2100-01-01T00:00:00Z' });
     assert.equal(expired.code, 14, expired.stderr);
     assert.match(expired.stderr, /workspace desk expired on 2099-12-31/);
-    const back = start('alice', 'desk', [], { MEDV_TEST_CLOCK: '2020-01-01T00:00:00Z' });
+    const back = await start('alice', 'desk', [], { MEDV_TEST_CLOCK: '2020-01-01T00:00:00Z' });
     assert.equal(back.code, 13);
     assert.match(back.stderr, /clock .* is before the last contact/);
-    const never = start('alice', 'kiosk-never', []);
+    const never = await start('alice', 'kiosk-never', []);
     assert.equal(never.code, 13);
     assert.match(never.stderr, /never been started online on this client/);
   });

@@ -1,4 +1,4 @@
-/** `medv admin`: users and policies on a medv server, with the admin token. Thin over src/server/api-client.ts. */
+/** `medv admin`: users, policies and image keys on a medv server, and its clients' reports, with the admin token. Thin over src/server/api-client.ts. */
 import * as fs from 'node:fs';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../errors.js';

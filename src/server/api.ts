@@ -24,7 +24,7 @@
  * published for the workspace's image, else the image keys sealed to the client's X25519 key.
  *
  * Errors: {error: {code, message[, path][, retryAfter]}} with the status of status.ts. Bodies are
- * at most 64 KiB. Credentials (password, either token) are refused over plain HTTP unless the
+ * at most 64 KiB (reports: 512 KiB). Credentials (password, either token) are refused over plain HTTP unless the
  * connection comes from a loopback address (the same host: a local client, or a TLS-terminating
  * proxy beside the server) or `allowPlainHttp` is set.
  */
@@ -37,6 +37,8 @@ import type { KeyService } from './keyservice.js';
 import { httpStatusFor } from './status.js';
 
 export const API_MAX_BODY = 64 * 1024;
+/** POST /api/reports: 64 reports of up to 1024 characters of lastError each, JSON-escaped. */
+export const REPORTS_MAX_BODY = 512 * 1024;
 
 export interface ApiOptions {
   accounts: Accounts;
@@ -75,14 +77,14 @@ function sendError(res: ServerResponse, e: unknown): void {
 }
 
 /** The JSON body; with `wipe`, the raw bytes are zeroed once parsed (a body that carries keys). */
-async function readJson(req: IncomingMessage, wipe = false): Promise<unknown> {
+async function readJson(req: IncomingMessage, wipe = false, max = API_MAX_BODY): Promise<unknown> {
   const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > API_MAX_BODY) throw new MedvError('ETOOLARGE', `request body larger than ${API_MAX_BODY} bytes`);
+  if (Number.isFinite(declared) && declared > max) throw new MedvError('ETOOLARGE', `request body larger than ${max} bytes`);
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of req) {
     n += (c as Buffer).length;
-    if (n > API_MAX_BODY) throw new MedvError('ETOOLARGE', `request body larger than ${API_MAX_BODY} bytes`);
+    if (n > max) throw new MedvError('ETOOLARGE', `request body larger than ${max} bytes`);
     chunks.push(c as Buffer);
   }
   const raw = Buffer.concat(chunks);
@@ -175,7 +177,7 @@ export function accountsApi(o: ApiOptions): ServerModule {
     } },
     { method: 'POST', path: '/api/reports', async run(req, res) {
       const s = await accounts.authenticate(bearer(req));
-      send(res, 200, await keys().report(s.user, object(await readJson(req))));
+      send(res, 200, await keys().report(s.user, object(await readJson(req, false, REPORTS_MAX_BODY))));
     } },
   ];
 

@@ -225,6 +225,19 @@ export function releasePlaintext(keys: ImageKeySet): Buffer {
 }
 
 /**
+ * EINVAL_ARG unless `clientPublicKey` is 32 bytes that libsodium will seal to (a low-order point,
+ * such as all zeroes, is refused): checked before anything is looked up for the request.
+ */
+export function checkClientKey(clientPublicKey: Buffer): void {
+  if (!Buffer.isBuffer(clientPublicKey) || clientPublicKey.length !== CLIENT_KEY_BYTES) throw new MedvError('EINVAL_ARG', `clientKey must be a ${CLIENT_KEY_BYTES}-byte X25519 public key`);
+  try {
+    sodium.crypto_box_seal(Buffer.alloc(1 + sodium.crypto_box_SEALBYTES), Buffer.alloc(1), clientPublicKey);
+  } catch {
+    throw new MedvError('EINVAL_ARG', 'clientKey is not a usable X25519 public key');
+  }
+}
+
+/**
  * crypto_box_seal of the canonical plaintext to `clientPublicKey`. The plaintext lives only in a
  * secure buffer, zeroed and freed before this returns. EINVAL_ARG for a public key that is not 32
  * bytes or that libsodium refuses (a low-order point).

@@ -19,7 +19,7 @@ import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { IMAGE_NAME_RE } from '../formats/ckm/index.js';
 import { checkName } from './accounts.js';
-import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, sealImageKeys, type ImageKeySet } from './keyrelease.js';
+import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, checkClientKey, sealImageKeys, type ImageKeySet } from './keyrelease.js';
 import { isFileOfImage } from './names.js';
 import type { ServerKey } from './serverkey.js';
 import { LIMITS, type ReportRow, type Store } from './store/index.js';
@@ -29,6 +29,8 @@ export const REPORT_STATES = ['running', 'stopped', 'suspended', 'updating', 'fa
 export type ReportState = typeof REPORT_STATES[number];
 export const MAX_REPORTS = 64;
 const MAX_VERSION = 2 ** 31 - 1;
+/** A report dated further ahead of the server's clock is refused: it would outrank every later one. */
+export const MAX_REPORT_AHEAD_MS = 24 * 3600_000;
 const BLOB_VERSION = 1;
 
 const arg = (msg: string) => new MedvError('EINVAL_ARG', msg);
@@ -183,6 +185,7 @@ export class KeyService {
     const workspace = checkName(field(body, 'workspace', 'workspace'), 'workspace');
     const client = checkClientId(field(body, 'client', 'client'));
     const clientKey = base64Bytes(field(body, 'clientKey', 'clientKey'), CLIENT_KEY_BYTES, 'clientKey');
+    checkClientKey(clientKey);
     let found: { policy: PolicyRef; settings: Record<string, unknown> } | undefined;
     for (const p of await this.store.policiesFor(user)) {
       const ws = ((p.document as { workspaces?: Record<string, unknown>[] }).workspaces ?? []).find((w) => w.name === workspace);
@@ -236,6 +239,7 @@ export class KeyService {
       const at = field(r, 'at', `${w}.at`);
       const ms = typeof at === 'string' && at.length <= 40 && /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/.test(at) ? Date.parse(at) : NaN;
       if (!Number.isFinite(ms) || ms < 0) throw arg(`${w}.at must be an ISO 8601 time such as 2026-12-02T10:00:00Z`);
+      if (ms > Date.now() + MAX_REPORT_AHEAD_MS) throw arg(`${w}.at is more than a day ahead of the server's clock (check the client's clock)`);
       return { client, user, workspace, version: version as number | null, state, lastError: (lastError as string | null | undefined) ?? null, reportedAt: ms };
     });
     return { stored: await this.store.putReports(rows) };

@@ -14,7 +14,9 @@ import { randomBytes } from 'node:crypto';
 import { isMedvError } from '../../src/errors.js';
 import type { KekSource } from '../../src/crypto/index.js';
 import { openImageKeys as openConsoleKeys, verifyPack } from '../../src/pack/index.js';
-import { generateClientKeyPair, clientKeyPairFrom, openReleasedKeys, writeKeyFolder, MAX_SEALED } from '../../src/server/keyrelease.js';
+import { inspect } from 'node:util';
+import { sodium } from '../../src/crypto/sodium.js';
+import { generateClientKeyPair, clientKeyPairFrom, openReleasedKeys, sealImageKeys, writeKeyFolder, MAX_SEALED } from '../../src/server/keyrelease.js';
 import { listClients, requestGrant, sendReports, publishImageKeys } from '../../src/server/api-client.js';
 import { Store } from '../../src/server/store/index.js';
 import { runMedv, tempDir } from '../helpers/cli.js';
@@ -282,6 +284,7 @@ for (const backend of BACKENDS) {
         [{ client: 'pc-1', reports: [{ ...rep, at: 'yesterday' }] }, /reports\[0\]\.at must be an ISO 8601 time/],
         [{ client: 'pc-1', reports: [{ ...rep, at: '2026-13-45T99:00:00Z' }] }, /at must be an ISO 8601 time/],
         [{ client: 'pc-1', reports: [{ ...rep, extra: 1 }] }, /reports\[0\]\.extra is not a report field/],
+        [{ client: 'pc-1', reports: [{ ...rep, at: new Date(Date.now() + 2 * 86400_000).toISOString() }] }, /reports\[0\]\.at is more than a day ahead/],
         [{ client: 'p'.repeat(65), reports: [rep] }, /client must be 1 to 64/],
       ];
       for (const [body, msg] of reports) {
@@ -292,6 +295,11 @@ for (const backend of BACKENDS) {
       }
       const notJson = await api(srv.url, 'POST', '/api/reports', { token: aliceToken, raw: '{"client":' });
       assert.equal(notJson.status, 400);
+      // the largest valid body is accepted: 64 reports with 1024 characters of (escaped) error each
+      const big = Array.from({ length: 64 }, (_, i) => ({ ...rep, workspace: `w${i}`, state: 'failed', lastError: '\u0001'.repeat(1024) }));
+      const ok = await api(srv.url, 'POST', '/api/reports', { token: aliceToken, body: { client: 'pc-big', reports: big } });
+      assert.equal(ok.status, 200, ok.text);
+      assert.deepEqual(ok.body, { stored: 64 });
     });
 
     it('reports: the latest per client, user and workspace wins, whatever order they arrive in; medv admin clients lists them', async () => {
@@ -466,6 +474,78 @@ describe('key release over plain HTTP from another host', function () {
       const r = await api(url, method, path, { token: admin, body: method === 'POST' ? {} : undefined });
       assert.equal(r.status, 403, path);
       assert.equal(r.body.error.code, 'EINSECURE');
+    }
+  });
+});
+
+describe('keyrelease: the sealed answer, as a client opens it', () => {
+  const seal = (text: string | Buffer, pk: Buffer) => {
+    const m = Buffer.isBuffer(text) ? text : Buffer.from(text, 'latin1');
+    const out = Buffer.alloc(m.length + 48);
+    (sodium as unknown as { crypto_box_seal(c: Buffer, m: Buffer, pk: Buffer): void }).crypto_box_seal(out, m, pk);
+    return out;
+  };
+  const hex = (n: number) => randomBytes(n).toString('hex');
+  const b64 = (b: Buffer) => b.toString('base64');
+  const canonical = (o: { image?: string; ckey?: string; signers?: string[]; space?: string } = {}) =>
+    `{"v":1,"image":"${o.image ?? 'lab'}","content":{"id":"${hex(16)}","key":"${o.ckey ?? b64(randomBytes(64))}"},${o.space ?? ''}"repository":{"id":"${hex(16)}","key":"${b64(randomBytes(64))}"},"signers":[${(o.signers ?? [hex(32)]).map((s) => `"${s}"`).join(',')}]}`;
+
+  it('the canonical form opens; every other form is EBADREPLY', () => {
+    const pair = generateClientKeyPair();
+    try {
+      const ok = openReleasedKeys(seal(canonical({ signers: [] }), pair.publicKey), pair);
+      assert.deepEqual(ok.signers, []);
+      ok.dispose();
+      openReleasedKeys(seal(canonical({ signers: Array.from({ length: 16 }, () => hex(32)) }), pair.publicKey), pair).dispose();
+      const bad = [
+        canonical({ space: ' ' }),
+        canonical({ image: '../x' }),
+        canonical({ ckey: b64(randomBytes(63)) }),
+        canonical({ ckey: b64(Buffer.alloc(64, 9)) }), // equal XTS halves
+        canonical({ signers: [hex(31)] }),
+        canonical({ signers: [hex(32).toUpperCase()] }),
+        canonical().replace('"v":1', '"v":2'),
+        `${canonical()} `,
+        canonical().slice(0, -1),
+      ];
+      for (const text of bad) {
+        assert.throws(() => openReleasedKeys(seal(text, pair.publicKey), pair), (e: unknown) => isMedvError(e, 'EBADREPLY'), text.slice(0, 80));
+      }
+      // 17 signers: longer than any valid answer, refused before it is opened
+      const tooMany = seal(canonical({ signers: Array.from({ length: 17 }, () => hex(32)) }), pair.publicKey);
+      assert.throws(() => openReleasedKeys(tooMany, pair), (e: unknown) => isMedvError(e, 'EBADREPLY'));
+    } finally {
+      pair.dispose();
+    }
+  });
+
+  it('sealImageKeys writes exactly the canonical form openReleasedKeys reads; the key pair hides its secret from inspect', async () => {
+    const { releasePlaintext } = await import('../../src/server/keyrelease.js');
+    const { DataKey } = await import('../../src/crypto/index.js');
+    const content = DataKey.generate();
+    const repository = DataKey.generate();
+    const pair = generateClientKeyPair();
+    try {
+      const signers = [randomBytes(32), randomBytes(32)];
+      const plain = releasePlaintext({ image: 'win10', content, repository, signers });
+      const text = Buffer.from(plain).toString('latin1');
+      const parsed = JSON.parse(text);
+      assert.deepEqual(parsed, {
+        v: 1, image: 'win10',
+        content: { id: content.keyId.toString('hex'), key: content.key.toString('base64') },
+        repository: { id: repository.keyId.toString('hex'), key: repository.key.toString('base64') },
+        signers: signers.map((s) => s.toString('hex')),
+      });
+      assert.equal(JSON.stringify(parsed), text, 'no whitespace, this field order');
+      const back = openReleasedKeys(sealImageKeys({ image: 'win10', content, repository, signers }, pair.publicKey), pair);
+      assert.ok(Buffer.from(back.repository.key).equals(repository.key));
+      back.dispose();
+      assert.ok(!inspect(pair).includes(Buffer.from(pair.secretKey).toString('hex')));
+      assert.throws(() => sealImageKeys({ image: 'win10', content, repository, signers }, Buffer.alloc(32)), (e: unknown) => isMedvError(e, 'EINVAL_ARG'));
+    } finally {
+      content.dispose();
+      repository.dispose();
+      pair.dispose();
     }
   });
 });

@@ -158,7 +158,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
       assert.ok(out.deployed.blocksFromSeeds > out.deployed.blocksFromNetwork);
       await stop('alice', 'desk');
     }
-    const versions = fs.readdirSync(join(clients.alice.root, 'images', IMAGE)).filter((n) => /^v\d+$/.test(n)).sort();
+    const versions = fs.readdirSync(join(clients.alice.root, 'images', 'desk')).filter((n) => /^v\d+$/.test(n)).sort();
     assert.deepEqual(versions, ['v2', 'v3']);
     const st = JSON.parse(ok(await client(['workspace', 'status', 'desk', '--json'], 'alice')).stdout);
     assert.deepEqual(st.versions, [2, 3]);

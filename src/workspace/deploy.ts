@@ -48,7 +48,11 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
   const { fetchImage } = await import('../transfer/index.js');
   fs.mkdirSync(store.versionDir(version), { recursive: true, mode: 0o700 });
   const older = store.versions().filter((n) => n !== version).sort((a, b) => b - a).map((n) => store.diskPath(n));
-  const seeds = [...older, o.root.prestaged, o.root.packed].filter((p) => fs.existsSync(p));
+  // pack folders count only when they hold an index of this image (else the fetch warns about each)
+  const holdsIndex = (dir: string) => {
+    try { return fs.readdirSync(dir).some((n) => n.startsWith(`${settings.image}_`) && n.endsWith('.ckm.index')); } catch { return false; }
+  };
+  const seeds = [...older, ...[o.root.prestaged, o.root.packed].filter(holdsIndex)];
   const r = await fetchImage({
     source: o.source,
     out: store.diskPath(version),

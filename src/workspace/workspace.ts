@@ -73,6 +73,8 @@ function storeOf(root: ClientContext['root'], e: OfflineEntry): ImageStore {
 
 const isNetwork = (e: unknown) => e instanceof MedvError && (e.code === 'ENETWORK' || (e.code === 'EHTTP' && Number(e.data.status) >= 500));
 
+const mib = (n: number) => (n >= 1048576 ? `${(n / 1048576).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`);
+
 /** The medv command a menu entry runs. */
 function medvCommand(): string {
   const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/medv');
@@ -217,7 +219,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
         onProgress: (d, t) => o.onProgress?.('fetch', d, t),
         onWarning: warn,
       });
-      info(`deployed ${entry.image} version ${latest}: fetched ${deployed.fetchedBytes} bytes of a ${deployed.imageBytes}-byte image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
+      info(`deployed ${entry.image} version ${latest}: fetched ${mib(deployed.fetchedBytes)} of a ${mib(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
       if (deployed.removed.length) info(`removed old version${deployed.removed.length > 1 ? 's' : ''} ${deployed.removed.join(', ')} (the policy keeps ${settings.versionsToKeep ?? 1})`);
     } else if (newer) {
       updateAvailable = latest;

@@ -11,6 +11,17 @@ function rootOption(c: Command): Command {
   return c.option('--client-root <dir>', 'client repositories (default $MEDV_CLIENT_ROOT, /var/lib/medv for root, else $XDG_DATA_HOME/medv)');
 }
 
+/** One y/N question on the terminal; anything but y/yes is no. */
+async function askYesNo(question: string): Promise<boolean> {
+  const { createInterface } = await import('node:readline/promises');
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return /^\s*y(es)?\s*$/i.test(await rl.question(question));
+  } finally {
+    rl.close();
+  }
+}
+
 const stderrLine = (m: string) => process.stderr.write(`medv: ${m}\n`);
 
 export function workspaceCommand(): Command {
@@ -30,8 +41,9 @@ What it does:
      keys, sealed to this client. Not entitled: exit 4 and nothing is released.
   2. Offline (server unreachable): starts from the cached policy while the policy's offlineDays
      allow it, never after its expiry date (exit 13 offline, 14 expired, with the reason).
-  3. A newer version: deployed at once on the first start, with --update, or when the policy
-     does not suggest updates; otherwise announced. Only the blocks this client lacks are fetched
+  3. A newer version: deployed on the first start, with --update, or when the policy does not
+     suggest updates (suggestUpdate: false); otherwise you are asked on a terminal (y/N), and a
+     script (no terminal, or --json) is told with one line. Only the blocks this client lacks are fetched
      (older versions and PrestagedImages are the seeds); the policy's versionsToKeep old
      versions stay, older ones are deleted (never the running one).
   4. Starts the VM (persistent: writes go into the disk; revertible: into an undo disk dropped at
@@ -60,6 +72,7 @@ Examples:
           onInfo: o.json ? undefined : (m) => { bar.stop(); stderrLine(m); },
           onWarning: (m) => { bar.stop(); stderrLine(`warning: ${m}`); },
           onProgress: (_l, d, t) => bar.update(d, t),
+          confirmUpdate: !o.json && process.stdin.isTTY && process.stderr.isTTY ? (cur, latest) => askYesNo(`Version ${latest} of workspace ${name} is available (this client has ${cur}). Update now? [y/N] `) : undefined,
         });
       } finally {
         bar.stop();

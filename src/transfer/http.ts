@@ -33,6 +33,8 @@ export interface HttpOptions {
   backoffMs?: number;
   /** Socket idle timeout in ms. */
   timeoutMs?: number;
+  /** CA certificates (PEM) an https:// repository must chain to, instead of the system's. */
+  ca?: Buffer;
 }
 
 class Retryable extends Error {}
@@ -45,7 +47,7 @@ export class HttpClient {
   readonly retries: number;
   readonly backoffMs: number;
   readonly timeoutMs: number;
-  private readonly agents = { http: new http.Agent({ keepAlive: true, maxSockets: 8 }), https: new https.Agent({ keepAlive: true, maxSockets: 8 }) };
+  private readonly agents: { http: http.Agent; https: https.Agent };
   readonly modes = new Map<string, RangeMode>();
   readonly etags = new Map<string, string>();
   private probing = new Map<string, Promise<RangeMode>>();
@@ -55,6 +57,7 @@ export class HttpClient {
     this.retries = opts.retries ?? 10;
     this.backoffMs = opts.backoffMs ?? 200;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.agents = { http: new http.Agent({ keepAlive: true, maxSockets: 8 }), https: new https.Agent({ keepAlive: true, maxSockets: 8, ...(opts.ca ? { ca: opts.ca } : {}) }) };
   }
 
   file(url: string): HttpFile { return new HttpFile(url, this); }

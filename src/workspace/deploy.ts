@@ -37,10 +37,23 @@ export interface DeployOptions {
   source: string;
   keyDir: string;
   kek: KekSource;
+  /** CA (PEM file) an https:// server must chain to. */
+  ca?: string;
   /** Versions that must survive retention (the one running). */
   inUse?: ReadonlySet<number>;
   onProgress?: (done: number, total: number) => void;
   onWarning?: (m: string) => void;
+}
+
+function readCaFile(file: string): Buffer {
+  try {
+    const st = fs.statSync(file);
+    if (!st.isFile() || st.size > 1 << 20) throw new MedvError('EINVAL_ARG', `the CA file ${file} is not a PEM file of at most 1 MiB`, { file });
+    return fs.readFileSync(file);
+  } catch (e) {
+    if (e instanceof MedvError) throw e;
+    throw new MedvError('ENOENT', `cannot read the CA file ${file}: ${(e as Error).message}`, { file });
+  }
 }
 
 export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
@@ -60,6 +73,7 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
     keyDir: o.keyDir,
     kek: () => o.kek,
     trim: settings.useTrimTransfer !== false,
+    ...(o.ca ? { http: { ca: readCaFile(o.ca) } } : {}),
     onProgress: o.onProgress,
     onWarning: o.onWarning,
   });

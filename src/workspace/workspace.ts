@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { MedvError } from '../errors.js';
-import { DevLog, ImageStore, ReportQueue, removeDesktopEntries, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
+import { DevLog, ImageStore, ReportQueue, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
 import { requestGrant, sendReports, type WorkspaceGrant } from '../server/api-client.js';
 import { openReleasedKeys, writeKeyFolder } from '../server/keyrelease.js';
 import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
@@ -40,6 +40,11 @@ export interface StartOptions extends WorkspaceOptions {
   update?: boolean;
   display?: 'none' | 'window' | 'vnc';
   accel?: Accelerator;
+  /**
+   * Asked when a newer version is published, the policy suggests updates (rather than forcing
+   * them) and `update` is undefined: true deploys it now. Without it the update is only announced.
+   */
+  confirmUpdate?: (current: number, latest: number) => Promise<boolean>;
 }
 
 export interface StartResult {
@@ -202,6 +207,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     }
     const settings = entry.settings;
     checkExpiry(settings, at);
+    try { userProfile(s.ctx.root); } catch (e) { warn(`user profile not copied: ${(e as Error).message}`); }
     const store = storeOf(s.ctx.root, entry);
     for (const line of store.upgrade()) info(`upgraded ${entry.image}: ${line}`);
     const local = store.newest();
@@ -209,13 +215,15 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     let deployed: DeployResult | undefined;
     let updateAvailable: number | undefined;
     const newer = online && latest !== undefined && (local === undefined || latest > local);
-    if (newer && (local === undefined || o.update === true || (o.update === undefined && settings.suggestUpdate === false))) {
+    const asked = newer && local !== undefined && o.update === undefined && settings.suggestUpdate !== false && o.confirmUpdate
+      ? await o.confirmUpdate(local, latest!) : false;
+    if (newer && (local === undefined || o.update === true || asked || (o.update === undefined && settings.suggestUpdate === false))) {
       info(`deploying ${entry.image} version ${latest}${local !== undefined ? ` (over version ${local})` : ''}`);
       await report(s, { workspace: name, version: latest!, state: 'updating' }, true);
       deployed = await deployVersion({
         root: s.ctx.root, store, settings, version: latest!,
         source: `${s.cfg.server}/images/${entry.image}_${latest}.ckm.index`,
-        keyDir: userKeyDir(s.ctx.root, s.cfg.user), kek: s.ctx.kek,
+        keyDir: userKeyDir(s.ctx.root, s.cfg.user), kek: s.ctx.kek, ca: s.cfg.ca,
         onProgress: (d, t) => o.onProgress?.('fetch', d, t),
         onWarning: warn,
       });

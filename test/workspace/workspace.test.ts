@@ -4,12 +4,12 @@
  * under QEMU (its boot counter shows whether a disk kept the last run's writes).
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { join } from 'node:path';
-import { GUEST } from '../helpers/qemu.js';
+import { GUEST, fileContainsMarker } from '../helpers/qemu.js';
 import { MEDV_BIN, TEST_PASSPHRASE, runMedv, tempDir, waitForFileText, type RunResult } from '../helpers/cli.js';
 import { readKeyFile } from '../../src/crypto/index.js';
 
@@ -107,6 +107,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
       workspaces: [
         { name: 'desk', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', versionsToKeep: 1, suggestUpdate: false, offlineDays: 2, expires: '2099-12-31' },
         { name: 'kiosk', image: IMAGE, mode: 'revertible', memory: 64, network: 'none' },
+        { name: 'resume', image: IMAGE, mode: 'persistent', onStop: 'suspend', memory: 64, network: 'none' },
       ],
     }));
     ok(medv(['admin', 'policy', 'publish', f('policy.json'), '--server', url, '--token-file', adminTokenFile()]));
@@ -117,7 +118,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
   });
 
   after(async () => {
-    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk']) await client(['workspace', 'stop', ws, '--force'], who);
+    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk', 'resume']) await client(['workspace', 'stop', ws, '--force'], who);
     serve?.kill('SIGTERM');
     await proxy?.close();
     await dir.cleanup();
@@ -182,6 +183,45 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     ok(await start('alice', 'desk'));
     assert.equal(await bootCount('alice', 'desk'), n + 1, `persistent desk v${before.version}`);
     await stop('alice', 'desk');
+  });
+
+  it('a policy that suggests updates: a script is told, a terminal is asked (y deploys it)', async function () {
+    if (spawnSync('script', ['--version']).status !== 0) this.skip();
+    publishVersion(4, [40, 41]);
+    const told = JSON.parse(ok(await start('alice', 'kiosk')).stdout);
+    assert.equal(told.version, 3);
+    assert.equal(told.updateAvailable, 4);
+    assert.equal(told.deployed, undefined);
+    await stop('alice', 'kiosk');
+    const envs = Object.entries({ ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env('alice') }).filter(([, v]) => v !== undefined);
+    const cmd = ['env', ...envs.map(([k, v]) => `${k}=${v}`), process.execPath, MEDV_BIN, 'workspace', 'start', 'kiosk', '--accel', 'tcg'].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
+    const child = spawn('script', ['-q', '-e', '-c', cmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let seen = '';
+    const asked = new Promise<void>((res) => child.stdout!.on('data', (d) => { seen += d; if (/Update now\? \[y\/N\]/.test(seen)) res(); }));
+    const closed = new Promise<number | null>((res) => child.once('close', res));
+    await asked;
+    child.stdin!.write('y\r');
+    assert.equal(await closed, 0, seen);
+    assert.match(seen, /Version 4 of workspace kiosk is available \(this client has 3\)/);
+    assert.match(seen, /workspace kiosk started: img version 4/);
+    await stop('alice', 'kiosk');
+  });
+
+  it('onStop suspend: stop saves the guest encrypted, status says so, the next start resumes it', async () => {
+    ok(await start('alice', 'resume'));
+    await waitForFileText(serial('alice', 'resume'), GUEST.serial.ready, 60_000);
+    const s = JSON.parse((await stop('alice', 'resume')).stdout);
+    assert.equal(s.suspended, true);
+    const st = JSON.parse(ok(await client(['workspace', 'status', 'resume', '--json'], 'alice')).stdout);
+    assert.equal(st.suspended, true);
+    const vsv = fs.readdirSync(join(clients.alice.root, 'images', 'resume'), { recursive: true }).map(String).filter((n) => n.endsWith('.vsv'));
+    assert.equal(vsv.length, 1);
+    assert.equal(await fileContainsMarker(join(clients.alice.root, 'images', 'resume', vsv[0])), false, 'the saved state holds the guest\'s marker in the clear');
+    const out = JSON.parse(ok(await start('alice', 'resume')).stdout);
+    assert.equal(out.resumed, true);
+    assert.equal(out.vm.resumed, true);
+    ok(await client(['workspace', 'stop', 'resume', '--force'], 'alice'));
+    assert.equal(JSON.parse(ok(await client(['workspace', 'status', 'resume', '--json'], 'alice')).stdout).suspended, false);
   });
 
   it('offline: starts within the allowance, is refused after it and after the expiry date, and says why', async () => {

@@ -10,7 +10,8 @@
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
+import { writeAtomicSync } from '../repo/files.js';
 import { MedvError, fromSystemError } from '../errors.js';
 import { DataKey, readKeyFile, writeKeyFileAt, type KekSource } from '../crypto/index.js';
 import { clientHostKey, openClientRoot, clientRootPath, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
@@ -66,23 +67,6 @@ export function readClientConfig(c: ClientRoot): ClientConfig {
   return { server: v.server, user: v.user, client: v.client, ...(v.ca ? { ca: v.ca } : {}) };
 }
 
-function writeJsonAtomic(file: string, value: unknown): void {
-  const tmp = join(dirname(file), `.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
-    try {
-      fs.writeSync(fd, `${JSON.stringify(value, null, 2)}\n`);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw fromSystemError(e, file);
-  }
-}
-
 /** Record a login: the server and user for the workspace commands, the token sealed. */
 export async function saveClientLogin(ctx: ClientContext, login: Credentials, ca?: string): Promise<ClientConfig> {
   let client: string | undefined;
@@ -90,7 +74,7 @@ export async function saveClientLogin(ctx: ClientContext, login: Credentials, ca
   const cfg: ClientConfig = { server: login.server, user: login.user, client: client ?? randomBytes(8).toString('hex'), ...(ca ? { ca } : {}) };
   userDir(ctx.root, login.user);
   await writeSealed(ctx.root, join('data', 'Users', login.user, CREDENTIALS_FILE), CREDENTIALS_PURPOSE, login);
-  writeJsonAtomic(configPath(ctx.root), cfg);
+  writeAtomicSync(configPath(ctx.root), Buffer.from(`${JSON.stringify(cfg, null, 2)}\n`));
   return cfg;
 }
 

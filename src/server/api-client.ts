@@ -16,7 +16,7 @@ import { type ErrorCode, MedvError, fromSystemError } from '../errors.js';
 import type { DataKey } from '../crypto/datakey.js';
 
 const MAX_ANSWER = 16 * 1024 * 1024;
-const KNOWN: ErrorCode[] = ['EINVAL_ARG', 'ENOENT', 'EEXIST', 'EDENIED', 'EINSECURE', 'EPOLICY', 'ERATELIMIT', 'ETOOLARGE', 'ENOKEY'];
+const KNOWN: ErrorCode[] = ['EINVAL_ARG', 'ENOENT', 'EEXIST', 'EDENIED', 'EINSECURE', 'EPOLICY', 'ERATELIMIT', 'ETOOLARGE', 'ENOKEY', 'EEXPIRED'];
 const BY_STATUS: Record<number, ErrorCode> = { 400: 'EINVAL_ARG', 401: 'EDENIED', 403: 'EDENIED', 404: 'ENOENT', 409: 'EEXIST', 413: 'ETOOLARGE', 429: 'ERATELIMIT' };
 
 export function serverBase(server: string): string {

@@ -195,6 +195,11 @@ export class KeyService {
       await this.store.audit({ actor: user, action: 'keys.deny', target: workspace, detail: { client, reason: 'not entitled' } });
       throw new MedvError('EDENIED', `user ${user} is not entitled to workspace ${workspace}`, { httpStatus: 403 });
     }
+    const expires = found.settings.expires;
+    if (typeof expires === 'string' && new Date().toISOString().slice(0, 10) > expires) {
+      await this.store.audit({ actor: user, action: 'keys.deny', target: workspace, detail: { client, policy: found.policy, reason: 'expired' } });
+      throw new MedvError('EEXPIRED', `workspace ${workspace} expired on ${expires}: its policy lets it start until that day; ask your administrator`, { expires });
+    }
     const image = checkImage(found.settings.image);
     const wrapped = await this.store.getImageKeys(image);
     if (wrapped === undefined) {

@@ -20,6 +20,7 @@ export const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   ERATELIMIT: 429,
   ETOOLARGE: 413,
   ENOKEY: 409,
+  EEXPIRED: 403,
 };
 
 /** The table's status, or 403 for an EDENIED that is a refusal of a valid login (data.httpStatus). */

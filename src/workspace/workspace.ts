@@ -117,7 +117,8 @@ async function grantOnline(s: Session, workspace: string): Promise<WorkspaceGran
     return await requestGrant(s.cfg.server, creds.token, { workspace, client: s.cfg.client, clientKey: pair.publicKey }, s.cfg.ca);
   } catch (e) {
     if (isNetwork(e)) return undefined;
-    if (e instanceof MedvError && e.code === 'EDENIED' && /token|expired|log ?in/i.test(e.message)) {
+    // 401: the token (missing, expired, revoked); 403: a valid login that is not entitled
+    if (e instanceof MedvError && e.code === 'EDENIED' && e.data.status === 401) {
       throw new MedvError('ENOLOGIN', `the server refused the saved login (${e.message}): run medv login --server ${s.cfg.server} --user ${s.cfg.user}`);
     }
     throw e;

@@ -107,6 +107,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
       workspaces: [
         { name: 'desk', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', versionsToKeep: 1, suggestUpdate: false, offlineDays: 2, expires: '2099-12-31' },
         { name: 'kiosk', image: IMAGE, mode: 'revertible', memory: 64, network: 'none' },
+        { name: 'old', image: IMAGE, expires: '2020-01-01' },
         { name: 'resume', image: IMAGE, mode: 'persistent', onStop: 'suspend', memory: 64, network: 'none' },
       ],
     }));
@@ -146,6 +147,10 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     for (const form of [raw, Buffer.from(raw.toString('hex')), Buffer.from(raw.toString('base64')), Buffer.from('"sealed"')]) assert.ok(!wire.includes(form), `bob's wire holds ${form.toString().slice(0, 20)}…`);
     assert.ok(!fs.existsSync(join(clients.bob.root, 'images', IMAGE)), 'nothing deployed for bob');
     assert.ok(!fs.existsSync(join(clients.bob.root, 'data', 'Users', 'bob', 'keys', 'images')), 'no key folder for bob');
+    const expired = await start('alice', 'old');
+    assert.equal(expired.code, 14, expired.stderr);
+    assert.match(expired.stderr, /workspace old expired on 2020-01-01/);
+    assert.ok(!proxy.wire().includes(Buffer.from('"sealed"')), 'the server released no keys for an expired workspace');
     const unknown = await start('bob', 'no-such-workspace');
     assert.equal(unknown.code, 4);
     assert.match(unknown.stderr, /user bob is not entitled to workspace no-such-workspace/);

@@ -388,6 +388,19 @@ Napi::Value PageCached(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), length > 0 && AllCached(fd, position, length));
 }
 
+// (sockfd, bytes): SO_SNDBUF (the kernel doubles it and caps it at net.core.wmem_max); returns the
+// size now in effect, or -1 when refused.
+Napi::Value SetSendBuffer(const Napi::CallbackInfo& info) {
+  int sock;
+  uint64_t bytes;
+  if (!GetFd(info, 0, &sock) || !GetIndex(info, 1, 1 << 30, &bytes)) return info.Env().Undefined();
+  int v = static_cast<int>(bytes);
+  if (setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &v, sizeof v) != 0) return Napi::Number::New(info.Env(), -1);
+  socklen_t len = sizeof v;
+  if (getsockopt(sock, SOL_SOCKET, SO_SNDBUF, &v, &len) != 0) return Napi::Number::New(info.Env(), -1);
+  return Napi::Number::New(info.Env(), v);
+}
+
 Napi::Value SendFileReply(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int sock, fd;
@@ -425,6 +438,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kvmProbe", Napi::Function::New(env, KvmProbe, "kvmProbe"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   exports.Set("sendFileReply", Napi::Function::New(env, SendFileReply, "sendFileReply"));
+  exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
   exports.Set("pageCached", Napi::Function::New(env, PageCached, "pageCached"));
   return exports;
 }

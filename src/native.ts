@@ -74,10 +74,14 @@ export interface NativeApi {
   /** Is every page of [position, +length) of file `fd` in the page cache (cachestat(2))? False where
    *  the kernel cannot tell, in the fallback, and in an addon built before this existed. */
   pageCached(fd: number, position: number, length: number): boolean;
+  /** SO_SNDBUF of socket `sockfd` (the kernel doubles it and caps it at net.core.wmem_max): the size
+   *  now in effect, or -1 when refused. The fallback, and older builds, change nothing (-1). */
+  setSendBuffer(sockfd: number, bytes: number): number;
 }
 
 /** The raw addon as exported by native/medv.cc (no argument typing beyond its own checks). */
-type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached'> & {
+type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer'> & {
+  setSendBuffer?: NativeApi['setSendBuffer'];
   sendFileReply?: NativeApi['sendFileReply'];
   pageCached?: NativeApi['pageCached'];
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<boolean> };
@@ -134,6 +138,11 @@ function checkSendFileArgs(sockfd: number, header: Buffer, fd: number, position:
   if (!Number.isSafeInteger(position) || position < 0 || !Number.isSafeInteger(length) || length < 0 || length > 0x7ffff000) {
     throw badArg(`sendFileReply range position=${position} length=${length} is invalid`);
   }
+}
+
+function checkSendBufferArgs(sockfd: number, bytes: number): void {
+  checkFd(sockfd);
+  if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes > 1 << 30) throw badArg(`send buffer size ${bytes} is invalid`);
 }
 
 function checkFlockArgs(fd: number, exclusive: boolean): void {
@@ -226,6 +235,11 @@ export const fallback: NativeApi = {
     checkSendFileArgs(fd, Buffer.alloc(0), fd, position, length);
     return false;
   },
+
+  setSendBuffer(sockfd, bytes) {
+    checkSendBufferArgs(sockfd, bytes);
+    return -1;
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -261,6 +275,10 @@ function wrap(raw: RawAddon): NativeApi {
     pageCached(fd, position, length) {
       checkSendFileArgs(fd, Buffer.alloc(0), fd, position, length);
       return raw.pageCached ? raw.pageCached(fd, position, length) : false;
+    },
+    setSendBuffer(sockfd, bytes) {
+      checkSendBufferArgs(sockfd, bytes);
+      return raw.setSendBuffer ? raw.setSendBuffer(sockfd, bytes) : -1;
     },
   };
 }

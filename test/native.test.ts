@@ -187,7 +187,7 @@ describe('native', () => {
     }
   });
 
-  it('sendFileReply sends a header and page-cached file bytes on a socket; pageCached tells; the fallback declines', async function () {
+  it('sendFileReply sends a header and page-cached file bytes on a socket; pageCached tells; setSendBuffer; the fallback declines', async function () {
     const dir = fs.mkdtempSync(join(tmpdir(), 'medv-sendfile-'));
     const server = net.createServer();
     try {
@@ -209,9 +209,12 @@ describe('native', () => {
         assert.equal(fallback.pageCached(fd, 0, 4096), false);
         assert.throws(() => fallback.sendFileReply(sockfd, header, -1, 0, 4096), isArgError);
         assert.throws(() => fallback.pageCached(fd, -1, 4096), isArgError);
+        assert.equal(fallback.setSendBuffer(sockfd, 1 << 20), -1);
+        assert.throws(() => fallback.setSendBuffer(sockfd, 0), isArgError);
         const addon = nativeAddon();
         if (!addon) this.skip();
         assert.throws(() => addon!.sendFileReply(sockfd, header, fd, 0, 2 ** 40), isArgError);
+        assert.ok(addon!.setSendBuffer(sockfd, 1 << 20) > 0, 'SO_SNDBUF in effect');
         if (!addon!.pageCached(fd, 0, data.length)) this.skip(); // a kernel without cachestat(2)
         assert.equal(addon!.pageCached(fd, data.length - 4096, 8192), false, 'past the end is not cached');
         assert.equal(addon!.sendFileReply(sockfd, header, fd, 0, 0), -1, 'nothing to send');

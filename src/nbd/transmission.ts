@@ -20,6 +20,7 @@ import type { BlockDevice } from '../block/device.js';
 import { readInto, writeThenFlush, writeZeroesByWriting } from '../block/emulate.js';
 import { validateRequest, type RequestOp } from '../block/validate.js';
 import { MedvError } from '../errors.js';
+import { native } from '../native.js';
 import type { ByteBudget } from './budget.js';
 import type { ByteQueue } from './bytequeue.js';
 import { nbdErrno } from './errno.js';
@@ -36,6 +37,9 @@ const DIRECT_MIN = 64 * 1024;
 /** When the socket fills up midway through a range reply, this much of the rest goes through Node:
  *  its write's callback says when the socket takes more. */
 const PROBE = 4096;
+/** SO_SNDBUF asked for sockets that get range replies (the kernel doubles it, capped by
+ *  net.core.wmem_max): the default (~200 KiB) is less than one 256 KiB reply. */
+const SEND_BUFFER = 2 << 20;
 const EMPTY = Buffer.alloc(0);
 
 /** One queued reply: its buffers, or (`range`) a READ the device sends from the page cache. */
@@ -126,6 +130,8 @@ export class Transmission {
     // Socket._handle.fd: undocumented but long-standing (like _handle in userbuffer.ts); without it, no fast path.
     const fd = s.device.sendReadReply && s.device.readCached ? (socket as { _handle?: { fd?: unknown } | null })._handle?.fd : undefined;
     this.sockFd = typeof fd === 'number' && Number.isSafeInteger(fd) && fd >= 0 ? fd : -1;
+    // Room for several range replies at once: fewer turns where the socket fills up midway.
+    if (this.sockFd >= 0) native.setSendBuffer(this.sockFd, SEND_BUFFER);
   }
 
   /** Bytes held now (tests and logs). */

@@ -133,10 +133,14 @@ function checkFd(fd: number): void {
 
 function checkSendFileArgs(sockfd: number, header: Buffer, fd: number, position: number, length: number): void {
   checkFd(sockfd);
-  checkFd(fd);
   if (!(header instanceof Uint8Array)) throw badArg('header must be a buffer');
+  checkRangeArgs(fd, position, length);
+}
+
+function checkRangeArgs(fd: number, position: number, length: number): void {
+  checkFd(fd);
   if (!Number.isSafeInteger(position) || position < 0 || !Number.isSafeInteger(length) || length < 0 || length > 0x7ffff000) {
-    throw badArg(`sendFileReply range position=${position} length=${length} is invalid`);
+    throw badArg(`file range position=${position} length=${length} is invalid`);
   }
 }
 
@@ -232,7 +236,7 @@ export const fallback: NativeApi = {
   },
 
   pageCached(fd, position, length) {
-    checkSendFileArgs(fd, Buffer.alloc(0), fd, position, length);
+    checkRangeArgs(fd, position, length);
     return false;
   },
 
@@ -273,7 +277,7 @@ function wrap(raw: RawAddon): NativeApi {
       return raw.sendFileReply ? raw.sendFileReply(sockfd, header, fd, position, length) : -1;
     },
     pageCached(fd, position, length) {
-      checkSendFileArgs(fd, Buffer.alloc(0), fd, position, length);
+      checkRangeArgs(fd, position, length);
       return raw.pageCached ? raw.pageCached(fd, position, length) : false;
     },
     setSendBuffer(sockfd, bytes) {

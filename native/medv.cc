@@ -24,6 +24,9 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -344,6 +347,89 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ---------------------------------------------------------------------------------------------
+// A READ reply sent from the page cache without copying it through our memory: `header` with
+// send(2), then the file range with sendfile(2), which hands a unix socket references to the
+// cached pages (the reader's recv is the only copy). Everything is non-blocking on the event loop:
+//  - nothing is sent, and -1 returned, unless cachestat(2) says every page of the range is cached
+//    (sendfile would otherwise wait for the disk) or where the kernel lacks cachestat;
+//  - otherwise it returns the bytes sent of header + range, stopping early when the socket is full
+//    (EAGAIN), at end of file, or on any error (the caller sends the rest its ordinary way, where a
+//    socket or file error shows again). The socket must be non-blocking (libuv's are).
+// (sockfd, header, filefd, position, length)
+
+#ifndef SYS_cachestat
+#define SYS_cachestat 451
+#endif
+struct CachestatRange { uint64_t off; uint64_t len; };
+struct Cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
+bool gNoCachestat = false;
+
+bool AllCached(int fd, uint64_t position, uint64_t length) {
+  if (gNoCachestat) return false;
+  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  CachestatRange range = {position, length};
+  Cachestat cs = {};
+  if (syscall(SYS_cachestat, fd, &range, &cs, 0) != 0) {
+    if (errno == ENOSYS) gNoCachestat = true;
+    return false;
+  }
+  const uint64_t pages = (position + length + page - 1) / page - position / page;
+  return cs.nr_cache >= pages;
+}
+
+// (fd, position, length): is every page of the range in the page cache?
+Napi::Value PageCached(const Napi::CallbackInfo& info) {
+  int fd;
+  uint64_t position, length;
+  if (!GetFd(info, 0, &fd) || !GetIndex(info, 1, kMaxSafeInteger, &position) || !GetIndex(info, 2, 0x7ffff000, &length)) {
+    return info.Env().Undefined();
+  }
+  return Napi::Boolean::New(info.Env(), length > 0 && AllCached(fd, position, length));
+}
+
+// (sockfd, bytes): SO_SNDBUF (the kernel doubles it and caps it at net.core.wmem_max); returns the
+// size now in effect, or -1 when refused.
+Napi::Value SetSendBuffer(const Napi::CallbackInfo& info) {
+  int sock;
+  uint64_t bytes;
+  if (!GetFd(info, 0, &sock) || !GetIndex(info, 1, 1 << 30, &bytes)) return info.Env().Undefined();
+  int v = static_cast<int>(bytes);
+  if (setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &v, sizeof v) != 0) return Napi::Number::New(info.Env(), -1);
+  socklen_t len = sizeof v;
+  if (getsockopt(sock, SOL_SOCKET, SO_SNDBUF, &v, &len) != 0) return Napi::Number::New(info.Env(), -1);
+  return Napi::Number::New(info.Env(), v);
+}
+
+Napi::Value SendFileReply(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sock, fd;
+  uint8_t* hdr;
+  size_t hdrLen;
+  uint64_t position, length;
+  if (!GetFd(info, 0, &sock) || !GetBytes(info, 1, &hdr, &hdrLen) || !GetFd(info, 2, &fd) ||
+      !GetIndex(info, 3, kMaxSafeInteger, &position) || !GetIndex(info, 4, 0x7ffff000, &length)) {
+    return env.Undefined();
+  }
+  if (length == 0 || !AllCached(fd, position, length)) return Napi::Number::New(env, -1);
+  size_t sent = 0;
+  while (sent < hdrLen) {
+    ssize_t n = send(sock, hdr + sent, hdrLen - sent, MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Napi::Number::New(env, static_cast<double>(sent));
+    sent += static_cast<size_t>(n);
+  }
+  uint64_t done = 0;
+  while (done < length) {
+    off_t off = static_cast<off_t>(position + done);
+    ssize_t n = sendfile(sock, fd, &off, length - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<uint64_t>(n);
+  }
+  return Napi::Number::New(env, static_cast<double>(sent + done));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("xtsCrypt", Napi::Function::New(env, XtsCrypt, "xtsCrypt"));
   exports.Set("xtsCryptAsync", Napi::Function::New(env, XtsCryptAsync, "xtsCryptAsync"));
@@ -351,6 +437,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("kvmProbe", Napi::Function::New(env, KvmProbe, "kvmProbe"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
+  exports.Set("sendFileReply", Napi::Function::New(env, SendFileReply, "sendFileReply"));
+  exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
+  exports.Set("pageCached", Napi::Function::New(env, PageCached, "pageCached"));
   return exports;
 }
 

@@ -61,10 +61,30 @@ export interface NativeApi {
    * which takes the same kernel lock on the same open file description.
    */
   flock(fd: number, exclusive: boolean): boolean;
+  /**
+   * A READ reply straight from the page cache, on the event loop: `header` is sent on the
+   * non-blocking socket `sockfd`, then [position, position + length) of file `fd` with sendfile(2),
+   * which gives a unix socket references to the cached pages instead of a copy. Returns -1, having
+   * sent nothing, unless every page of the range is cached (cachestat(2); a kernel without it always
+   * gets -1); else the bytes of header + range sent, fewer when the socket is full, at end of file,
+   * or on an error (the caller sends the rest its ordinary way). Never blocks.
+   * The fallback, and an addon built before this existed, always return -1.
+   */
+  sendFileReply(sockfd: number, header: Buffer, fd: number, position: number, length: number): number;
+  /** Is every page of [position, +length) of file `fd` in the page cache (cachestat(2))? False where
+   *  the kernel cannot tell, in the fallback, and in an addon built before this existed. */
+  pageCached(fd: number, position: number, length: number): boolean;
+  /** SO_SNDBUF of socket `sockfd` (the kernel doubles it and caps it at net.core.wmem_max): the size
+   *  now in effect, or -1 when refused. The fallback, and older builds, change nothing (-1). */
+  setSendBuffer(sockfd: number, bytes: number): number;
 }
 
 /** The raw addon as exported by native/medv.cc (no argument typing beyond its own checks). */
-type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate'> & { fallocate(fd: number, mode: number, offset: number, length: number): Promise<boolean> };
+type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer'> & {
+  setSendBuffer?: NativeApi['setSendBuffer'];
+  sendFileReply?: NativeApi['sendFileReply'];
+  pageCached?: NativeApi['pageCached'];
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<boolean> };
 
 const MAX_UNIT = 16 * 1024 * 1024;
 
@@ -109,6 +129,24 @@ function checkFallocateArgs(fd: number, mode: string, offset: number, length: nu
 
 function checkFd(fd: number): void {
   if (!Number.isSafeInteger(fd) || fd < 0 || fd > 0x7fffffff) throw badArg(`invalid file descriptor ${fd}`);
+}
+
+function checkSendFileArgs(sockfd: number, header: Buffer, fd: number, position: number, length: number): void {
+  checkFd(sockfd);
+  if (!(header instanceof Uint8Array)) throw badArg('header must be a buffer');
+  checkRangeArgs(fd, position, length);
+}
+
+function checkRangeArgs(fd: number, position: number, length: number): void {
+  checkFd(fd);
+  if (!Number.isSafeInteger(position) || position < 0 || !Number.isSafeInteger(length) || length < 0 || length > 0x7ffff000) {
+    throw badArg(`file range position=${position} length=${length} is invalid`);
+  }
+}
+
+function checkSendBufferArgs(sockfd: number, bytes: number): void {
+  checkFd(sockfd);
+  if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes > 1 << 30) throw badArg(`send buffer size ${bytes} is invalid`);
 }
 
 function checkFlockArgs(fd: number, exclusive: boolean): void {
@@ -191,6 +229,21 @@ export const fallback: NativeApi = {
     const why = r.error ? r.error.message : `/usr/bin/flock exited ${r.status ?? r.signal}: ${String(r.stderr ?? '').trim()}`;
     throw Object.assign(new Error(`flock: ${why}`), { code: 'ENOLCK', syscall: 'flock' });
   },
+
+  sendFileReply(sockfd, header, fd, position, length) {
+    checkSendFileArgs(sockfd, header, fd, position, length);
+    return -1;
+  },
+
+  pageCached(fd, position, length) {
+    checkRangeArgs(fd, position, length);
+    return false;
+  },
+
+  setSendBuffer(sockfd, bytes) {
+    checkSendBufferArgs(sockfd, bytes);
+    return -1;
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -219,6 +272,18 @@ function wrap(raw: RawAddon): NativeApi {
     async fallocate(fd, mode, offset, length) { checkFallocateArgs(fd, mode, offset, length); return raw.fallocate(fd, mode === 'punch' ? 0 : 1, offset, length); },
     kvmProbe() { return raw.kvmProbe(); },
     flock(fd, exclusive) { checkFlockArgs(fd, exclusive); return raw.flock(fd, exclusive); },
+    sendFileReply(sockfd, header, fd, position, length) {
+      checkSendFileArgs(sockfd, header, fd, position, length);
+      return raw.sendFileReply ? raw.sendFileReply(sockfd, header, fd, position, length) : -1;
+    },
+    pageCached(fd, position, length) {
+      checkRangeArgs(fd, position, length);
+      return raw.pageCached ? raw.pageCached(fd, position, length) : false;
+    },
+    setSendBuffer(sockfd, bytes) {
+      checkSendBufferArgs(sockfd, bytes);
+      return raw.setSendBuffer ? raw.setSendBuffer(sockfd, bytes) : -1;
+    },
   };
 }
 

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -182,6 +183,53 @@ describe('native', () => {
         fs.closeSync(fd);
       }
     } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('sendFileReply sends a header and page-cached file bytes on a socket; pageCached tells; setSendBuffer; the fallback declines', async function () {
+    const dir = fs.mkdtempSync(join(tmpdir(), 'medv-sendfile-'));
+    const server = net.createServer();
+    try {
+      const file = join(dir, 'f');
+      const data = randomBytes(256 * 1024);
+      fs.writeFileSync(file, data); // just written: in the page cache
+      const fd = fs.openSync(file, 'r');
+      const sockPath = join(dir, 's');
+      const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+      await new Promise<void>((r) => server.listen(sockPath, r));
+      const client = net.connect(sockPath);
+      const got: Buffer[] = [];
+      client.on('data', (b) => got.push(b));
+      const peer = await accepted;
+      try {
+        const sockfd = (peer as unknown as { _handle: { fd: number } })._handle.fd;
+        const header = Buffer.from('header!');
+        assert.equal(fallback.sendFileReply(sockfd, header, fd, 0, 4096), -1);
+        assert.equal(fallback.pageCached(fd, 0, 4096), false);
+        assert.throws(() => fallback.sendFileReply(sockfd, header, -1, 0, 4096), isArgError);
+        assert.throws(() => fallback.pageCached(fd, -1, 4096), isArgError);
+        assert.equal(fallback.setSendBuffer(sockfd, 1 << 20), -1);
+        assert.throws(() => fallback.setSendBuffer(sockfd, 0), isArgError);
+        const addon = nativeAddon();
+        if (!addon) this.skip();
+        assert.throws(() => addon!.sendFileReply(sockfd, header, fd, 0, 2 ** 40), isArgError);
+        assert.ok(addon!.setSendBuffer(sockfd, 1 << 20) > 0, 'SO_SNDBUF in effect');
+        if (!addon!.pageCached(fd, 0, data.length)) this.skip(); // a kernel without cachestat(2)
+        assert.equal(addon!.pageCached(fd, data.length - 4096, 8192), false, 'past the end is not cached');
+        assert.equal(addon!.sendFileReply(sockfd, header, fd, 0, 0), -1, 'nothing to send');
+        assert.equal(addon!.sendFileReply(sockfd, header, fd, data.length, 4096), -1, 'past the end');
+        assert.equal(addon!.sendFileReply(sockfd, header, fd, 4096, 8192), header.length + 8192);
+        const expected = Buffer.concat([header, data.subarray(4096, 4096 + 8192)]);
+        for (let i = 0; i < 100 && Buffer.concat(got).length < expected.length; i++) await new Promise((r) => setTimeout(r, 10));
+        assert.ok(Buffer.concat(got).equals(expected));
+      } finally {
+        client.destroy();
+        peer.destroy();
+        fs.closeSync(fd);
+      }
+    } finally {
+      server.close();
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -65,6 +65,16 @@ export interface BlockDevice {
    * once the promise settles; after a rejection the buffer's contents are unspecified.
    */
   readInto?(buf: Buffer, offset: number): Promise<void>;
+  /**
+   * Optional fast path of an NBD server, both or neither (a plain file with the addon: sendfile
+   * from the page cache). readCached: is all of [offset, +length) in the page cache now.
+   * sendReadReply: send `header`, then `length` bytes at `offset`, on the non-blocking socket
+   * `sockfd`, without blocking and without a copy through our memory; returns -1 having sent
+   * nothing (not all cached any more, closed, out of range: use readInto), else the bytes of
+   * header + data sent, fewer when the socket filled up (the caller sends the rest).
+   */
+  readCached?(offset: number, length: number): boolean;
+  sendReadReply?(sockfd: number, header: Buffer, offset: number, length: number): number;
   /** Write `data` at `offset`. The caller's buffer is never modified nor kept after the promise settles. */
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
   /** Make every completed write durable. */

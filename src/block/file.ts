@@ -93,6 +93,18 @@ export class FileDevice implements BlockDevice {
     await this.readAt(buf, offset);
   }
 
+  /** See BlockDevice.readCached (native.pageCached: cachestat(2)). */
+  readCached(offset: number, length: number): boolean {
+    if (this.closed || offset < 0 || length <= 0 || offset + length > this.currentSize) return false;
+    return native.pageCached(this.fd, offset, length);
+  }
+
+  /** See BlockDevice.sendReadReply: sendfile(2) of page-cached data (native.sendFileReply). */
+  sendReadReply(sockfd: number, header: Buffer, offset: number, length: number): number {
+    if (this.closed || offset < 0 || length <= 0 || offset + length > this.currentSize) return -1;
+    return native.sendFileReply(sockfd, header, this.fd, offset, length);
+  }
+
   private checkRead(offset: number, length: number): void {
     this.assertOpen();
     if (offset < 0 || length < 0 || offset + length > this.currentSize) {

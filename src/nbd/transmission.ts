@@ -20,6 +20,7 @@ import type { BlockDevice } from '../block/device.js';
 import { readInto, writeThenFlush, writeZeroesByWriting } from '../block/emulate.js';
 import { validateRequest, type RequestOp } from '../block/validate.js';
 import { MedvError } from '../errors.js';
+import { native } from '../native.js';
 import type { ByteBudget } from './budget.js';
 import type { ByteQueue } from './bytequeue.js';
 import { nbdErrno } from './errno.js';
@@ -31,6 +32,25 @@ import * as P from './protocol.js';
 
 /** Replies totalling at most this many bytes are coalesced into one buffer before writing. */
 const COALESCE_LIMIT = 256 * 1024;
+/** READs from this size are sent by the device itself when it can (sendReadReply: sendfile). */
+const DIRECT_MIN = 64 * 1024;
+/** When the socket fills up midway through a range reply, this much of the rest goes through Node:
+ *  its write's callback says when the socket takes more. */
+const PROBE = 4096;
+/** SO_SNDBUF asked for sockets that get range replies (the kernel doubles it, capped by
+ *  net.core.wmem_max): the default (~200 KiB) is less than one 256 KiB reply. */
+const SEND_BUFFER = 2 << 20;
+const EMPTY = Buffer.alloc(0);
+
+/** One queued reply: its buffers, or (`range`) a READ the device sends from the page cache. */
+interface Reply {
+  bufs: Buffer[];
+  /** Bytes given back once the kernel took the reply. */
+  release: number;
+  /** A buffer of the pool among `bufs`, returned once written. */
+  pooled?: Buffer;
+  range?: { hi: number; lo: number; offset: number; length: number };
+}
 
 export interface TransmissionSetup extends Negotiated {
   device: BlockDevice;
@@ -82,12 +102,15 @@ export class Transmission {
   private gone = false;
   /** Write-type requests in flight, for FLUSH ordering. */
   private readonly writes = new Set<Promise<unknown>>();
-  private out: Buffer[] = [];
-  /** Pooled buffers among `out`, returned to the pool once written. */
-  private outPooled: Buffer[] = [];
-  private outBytes = 0;
-  private outRelease = 0;
+  /** Replies not yet handed to the socket, in order. */
+  private out: Reply[] = [];
   private outScheduled = false;
+  /** The socket's descriptor, for READ replies the device sends itself (sendReadReply), or -1. */
+  private readonly sockFd: number;
+  /** A range reply is partly sent (or must be read after all): nothing else is written before its rest. */
+  private barrier = false;
+  /** awaitWritten() is waiting. */
+  private awaiting = false;
   private paused = false;
   private pumping = false;
   /** The client shut its sending side: finish what it sent, then close. */
@@ -104,6 +127,11 @@ export class Transmission {
     private readonly finish: (hard: boolean) => void,
   ) {
     this.target = { size: s.info.size, readOnly: s.info.readOnly, description: s.device.description };
+    // Socket._handle.fd: undocumented but long-standing (like _handle in userbuffer.ts); without it, no fast path.
+    const fd = s.device.sendReadReply && s.device.readCached ? (socket as { _handle?: { fd?: unknown } | null })._handle?.fd : undefined;
+    this.sockFd = typeof fd === 'number' && Number.isSafeInteger(fd) && fd >= 0 ? fd : -1;
+    // Room for several range replies at once: fewer turns where the socket fills up midway.
+    if (this.sockFd >= 0) native.setSendBuffer(this.sockFd, SEND_BUFFER);
   }
 
   /** Bytes held now (tests and logs). */
@@ -328,6 +356,18 @@ export class Transmission {
     try {
       switch (type) {
         case P.NBD_CMD_READ: {
+          if (length >= DIRECT_MIN && this.sockFd >= 0 && dev.readCached!(offset, length)) {
+            // All in the page cache: the device sends it when its turn comes (flushOut), no buffer of ours.
+            let header: Buffer;
+            if (this.s.structured) {
+              header = P.encodeOffsetDataHeader(P.NBD_REPLY_FLAG_DONE, hi, lo, offset, length);
+            } else {
+              header = Buffer.allocUnsafe(P.SIMPLE_REPLY_SIZE);
+              P.writeSimpleReply(header, 0, 0, hi, lo);
+            }
+            this.enqueue({ bufs: [header], release: held, range: { hi, lo, offset, length } });
+            return;
+          }
           // Read straight into a reused buffer; it goes back to the pool once the kernel took the
           // reply (a failed read's buffer is dropped: a layer may still be filling it).
           const buf = this.s.pool.get(length);
@@ -412,11 +452,15 @@ export class Transmission {
     } else if (type === P.NBD_CMD_READ) {
       this.replyRead(hi, lo, offset, result as Buffer, held);
     } else if (type === P.NBD_CMD_BLOCK_STATUS) {
-      this.enqueue([result as Buffer], held);
+      this.enqueue({ bufs: [result as Buffer], release: held });
     } else {
       this.give(held - REPLY_OVERHEAD);
       this.replySimple(0, hi, lo, REPLY_OVERHEAD);
     }
+    this.afterComplete();
+  }
+
+  private afterComplete(): void {
     if (this.inflight === 0 && this.settledResolve) {
       const r = this.settledResolve;
       this.settledResolve = undefined;
@@ -431,39 +475,39 @@ export class Transmission {
   private replySimple(error: number, hi: number, lo: number, release: number, data?: Buffer): void {
     const h = Buffer.allocUnsafe(P.SIMPLE_REPLY_SIZE);
     P.writeSimpleReply(h, 0, error, hi, lo);
-    this.enqueue(data && data.length ? [h, data] : [h], release, data);
+    this.enqueue({ bufs: data && data.length ? [h, data] : [h], release, pooled: data });
   }
 
   private replyRead(hi: number, lo: number, offset: number, data: Buffer, release: number): void {
     if (!this.s.structured) return this.replySimple(0, hi, lo, release, data);
     // One chunk covers the whole read (so DF is always honoured); an empty read is a NONE chunk.
-    if (data.length === 0) return this.enqueue([P.encodeNoneChunk(hi, lo)], release);
-    this.enqueue([P.encodeOffsetDataHeader(P.NBD_REPLY_FLAG_DONE, hi, lo, offset, data.length), data], release, data);
+    if (data.length === 0) return this.enqueue({ bufs: [P.encodeNoneChunk(hi, lo)], release });
+    this.enqueue({ bufs: [P.encodeOffsetDataHeader(P.NBD_REPLY_FLAG_DONE, hi, lo, offset, data.length), data], release, pooled: data });
   }
 
   /** READ and BLOCK_STATUS errors are error chunks once structured replies are negotiated; others simple. */
   private replyError(type: number, hi: number, lo: number, e: Error, release: number): void {
     const errno = nbdErrno(e);
     if (this.s.structured && (type === P.NBD_CMD_READ || type === P.NBD_CMD_BLOCK_STATUS)) {
-      this.enqueue([P.encodeErrorChunk(hi, lo, errno, e.message.slice(0, 200))], release);
+      this.enqueue({ bufs: [P.encodeErrorChunk(hi, lo, errno, e.message.slice(0, 200))], release });
     } else {
       this.replySimple(errno, hi, lo, release);
     }
   }
 
-  /** Queue reply buffers; `release` bytes are given back once the kernel took them, and `pooled`
-   *  (one of `bufs`, from the payload pool) goes back to the pool then. */
-  private enqueue(bufs: Buffer[], release: number, pooled?: Buffer): void {
+  /** Queue a reply (`first`: ahead of the others); its `release` bytes are given back, and its
+   *  pooled buffer returned, once the kernel took it. */
+  private enqueue(r: Reply, first = false): void {
     if (this.state === 'closed') {
-      this.give(release);
+      this.give(r.release);
       return;
     }
-    for (const b of bufs) {
-      this.out.push(b);
-      this.outBytes += b.length;
-    }
-    if (pooled) this.outPooled.push(pooled);
-    this.outRelease += release;
+    if (first) this.out.unshift(r);
+    else this.out.push(r);
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
     if (!this.outScheduled) {
       this.outScheduled = true;
       // Coalesce replies completing in the same event-loop turn into one write.
@@ -471,38 +515,144 @@ export class Transmission {
     }
   }
 
+  /**
+   * Hand the queued replies to the socket, in order. Runs of buffers are written through Node; a
+   * range reply is sent by the device (sendfile) only once Node holds nothing unwritten for this
+   * socket, so its bytes land right after what was written before (all of this runs on the event
+   * loop, and Node writes to the socket only what was queued in it). Otherwise the queue waits for
+   * the pending writes (awaitWritten).
+   */
   private flushOut(): void {
     this.outScheduled = false;
+    if (this.barrier || this.out.length === 0) return;
     const out = this.out;
-    const release = this.outRelease;
-    if (out.length === 0) return;
-    const pooled = this.outPooled;
-    this.out = [];
-    this.outPooled = [];
-    this.outRelease = 0;
-    const total = this.outBytes;
-    this.outBytes = 0;
     if (this.state === 'closed' || !this.socket.writable) {
-      this.give(release);
+      this.out = [];
+      for (const r of out) this.give(r.release);
       return;
     }
+    let batch: Reply[] = [];
+    let k = 0;
+    for (; k < out.length; k++) {
+      const r = out[k];
+      if (!r.range) {
+        batch.push(r);
+        continue;
+      }
+      if (batch.length) {
+        this.write(batch);
+        batch = [];
+      }
+      if (this.socket.writableLength !== 0) {
+        this.awaitWritten();
+        break;
+      }
+      if (!this.sendRange(r)) {
+        k++;
+        break;
+      }
+    }
+    if (batch.length) this.write(batch);
+    this.out = k >= out.length ? [] : out.slice(k);
+  }
+
+  /** Flush again once everything Node holds for this socket is written: a zero-length write's
+   *  callback comes after every earlier write's (whoever wrote them). */
+  private awaitWritten(): void {
+    if (this.awaiting) return;
+    this.awaiting = true;
+    this.socket.write(EMPTY, () => {
+      this.awaiting = false;
+      if (this.state === 'closing') this.maybeFinish();
+      else this.scheduleFlush();
+    });
+  }
+
+  private write(batch: Reply[]): void {
     const pool = this.s.pool;
+    let release = 0;
+    let total = 0;
+    const bufs: Buffer[] = [];
+    for (const r of batch) {
+      release += r.release;
+      for (const b of r.bufs) {
+        bufs.push(b);
+        total += b.length;
+      }
+    }
     // The callback runs once the kernel took the bytes (or the socket failed): then they are given back.
     const done = () => {
-      for (const b of pooled) pool.put(b);
+      for (const r of batch) if (r.pooled) pool.put(r.pooled);
       this.give(release);
-      this.maybeResume();
+      if (this.state === 'closing') this.maybeFinish();
+      else this.maybeResume();
     };
-    if (out.length === 1) {
-      this.socket.write(out[0], done);
+    if (bufs.length === 1) {
+      this.socket.write(bufs[0], done);
     } else if (total <= COALESCE_LIMIT) {
-      this.socket.write(Buffer.concat(out, total), done);
+      this.socket.write(Buffer.concat(bufs, total), done);
     } else {
       this.socket.cork();
-      for (let i = 0; i < out.length - 1; i++) this.socket.write(out[i]);
-      this.socket.write(out[out.length - 1], done);
+      for (let i = 0; i < bufs.length - 1; i++) this.socket.write(bufs[i]);
+      this.socket.write(bufs[bufs.length - 1], done);
       this.socket.uncork();
     }
+  }
+
+  /**
+   * Send a range reply through the device. True when all of it went out. Otherwise nothing is
+   * written until what follows is queued first (`barrier`): when the socket filled up, a small piece
+   * of the rest, read into a buffer and written through Node (whose callback, once the socket takes
+   * it, flushes again), then the rest of the range; when the pages left the cache since, all the
+   * rest, read into a buffer. False then.
+   */
+  private sendRange(r: Reply): boolean {
+    const { hi, lo, offset, length } = r.range!;
+    const header = r.bufs[0];
+    let sent: number;
+    try {
+      sent = this.s.device.sendReadReply!(this.sockFd, header, offset, length);
+    } catch {
+      sent = -1;
+    }
+    if (sent >= header.length + length) {
+      this.give(r.release);
+      return true;
+    }
+    const full = sent >= 0; // the socket filled up (else: not cached any more)
+    if (!full) sent = 0;
+    const from = Math.max(0, sent - header.length);
+    const headerRest = sent < header.length ? [header.subarray(sent)] : [];
+    const n = full ? Math.min(length - from, PROBE) : length - from;
+    const buf = this.s.pool.get(n);
+    this.barrier = true;
+    this.inflight++;
+    readInto(this.s.device, buf, offset + from).then(() => {
+      this.inflight--;
+      this.barrier = false;
+      if (n < length - from) {
+        this.enqueue({ bufs: [EMPTY], release: r.release, range: { hi, lo, offset: offset + from + n, length: length - from - n } }, true);
+        this.enqueue({ bufs: [...headerRest, buf], release: 0, pooled: buf }, true);
+      } else {
+        this.enqueue({ bufs: [...headerRest, buf], release: r.release, pooled: buf }, true);
+      }
+      this.afterComplete();
+    }, (e) => {
+      this.inflight--;
+      this.barrier = false;
+      const msg = (e as Error)?.message ?? String(e);
+      if (sent > 0 || header.length === 0) {
+        // Part of the reply is on the wire: the stream cannot go on.
+        this.s.log(`nbd: READ [${offset}, +${length}) failed midway: ${msg}, disconnecting`);
+        this.hardClose();
+      } else {
+        if (!(e instanceof MedvError) || nbdErrno(e) === P.NBD_EIO) this.s.log(`nbd: READ [${offset}, +${length}) failed: ${msg}`);
+        this.give(r.release - REPLY_OVERHEAD);
+        this.replyError(P.NBD_CMD_READ, hi, lo, e instanceof Error ? e : new Error(String(e)), REPLY_OVERHEAD);
+      }
+      this.afterComplete();
+    });
+    return false;
   }
 
   // --- teardown --------------------------------------------------------------------------------
@@ -531,6 +681,8 @@ export class Transmission {
   private maybeFinish(): void {
     if (this.state !== 'closing' || this.inflight > 0) return;
     this.flushOut();
+    // Range replies wait for earlier writes: finish once they went out too (a write's callback comes back here).
+    if (this.out.length !== 0 || this.barrier) return;
     this.state = 'closed';
     this.finish(false);
   }
@@ -555,8 +707,6 @@ export class Transmission {
     this.q.clear();
     this.dropPayload();
     this.out = [];
-    this.outPooled = [];
-    this.outRelease = 0;
     this.s.budget.forget(this.wake);
     if (!this.gone) {
       this.gone = true;

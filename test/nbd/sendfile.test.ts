@@ -1,0 +1,212 @@
+/**
+ * READ replies a FileDevice sends itself from the page cache (sendReadReply: sendfile), queued in
+ * order with the other replies: whole, cut short by a full socket (a piece through Node, then the
+ * rest), and falling back to a buffer when the pages are not cached.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FileDevice } from '../../src/block/file.js';
+import { native } from '../../src/native.js';
+import { serveNbd, type NbdServer } from '../../src/nbd/server.js';
+import * as P from '../../src/nbd/protocol.js';
+import { RawClient } from './rawclient.js';
+
+const SIZE = 8 << 20;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Req { type: number; offset: number; length: number; data?: Buffer }
+
+describe('nbd server: READ replies sent from the page cache (FileDevice)', function () {
+  this.timeout(20000);
+  let dir: string;
+  let data: Buffer;
+  let dev: FileDevice;
+  let server: NbdServer | undefined;
+  let clients: RawClient[] = [];
+  /** What sendReadReply did: whole replies, short ones, declined. */
+  let calls: { whole: number; short: number; declined: number };
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'medv-nbd-sendfile-'));
+    data = randomBytes(SIZE);
+    writeFileSync(join(dir, 'disk.raw'), data); // just written: in the page cache
+    dev = await FileDevice.open(join(dir, 'disk.raw'));
+    calls = { whole: 0, short: 0, declined: 0 };
+    const real = dev.sendReadReply.bind(dev);
+    dev.sendReadReply = (fd, header, offset, length) => {
+      const n = real(fd, header, offset, length);
+      if (n < 0) calls.declined++;
+      else if (n < header.length + length) calls.short++;
+      else calls.whole++;
+      return n;
+    };
+    server = await serveNbd(dev, { socketPath: join(dir, 'nbd.sock') });
+  });
+  afterEach(async () => {
+    for (const c of clients) c.destroy();
+    clients = [];
+    if (server) await server.close();
+    server = undefined;
+    await dev.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Whether this machine takes the fast path at all (addon, and a kernel with cachestat). */
+  const fast = () => native.available && dev.readCached(0, 1 << 20);
+
+  async function open(structured: boolean): Promise<RawClient> {
+    const c = await RawClient.open(join(dir, 'nbd.sock'));
+    clients.push(c);
+    await c.hello();
+    if (structured) await c.negotiateStructured();
+    await c.go('', [P.NBD_INFO_BLOCK_SIZE], false);
+    return c;
+  }
+
+  /** Send all requests at once, optionally not reading for a while (the socket fills up), and check every reply. */
+  async function run(c: RawClient, structured: boolean, reqs: Req[], stallMs: number, expected: Buffer): Promise<void> {
+    if (stallMs) c.sock.pause();
+    c.write(Buffer.concat(reqs.flatMap((r, i) => {
+      const h = P.encodeRequest({ type: r.type, handle: BigInt(i + 1), offset: r.offset, length: r.length });
+      return r.data ? [h, r.data] : [h];
+    })));
+    if (stallMs) {
+      await sleep(stallMs);
+      c.sock.resume();
+    }
+    const seen = new Set<number>();
+    for (let k = 0; k < reqs.length; k++) {
+      let handle: number;
+      let payload: Buffer | undefined;
+      // Simple replies for everything but a structured READ; the handle says which request it answers.
+      const magic = await c.read(4, 10000);
+      if (magic.readUInt32BE(0) === P.NBD_STRUCTURED_REPLY_MAGIC) {
+        assert.ok(structured, 'a structured reply to a client that did not ask for them');
+        const h = P.decodeStructuredReplyHeader(Buffer.concat([magic, await c.read(P.STRUCTURED_REPLY_HEADER_SIZE - 4)]));
+        handle = Number(h.handle);
+        assert.equal(h.type, P.NBD_REPLY_TYPE_OFFSET_DATA, `reply type for ${handle}`);
+        const body = await c.read(h.length);
+        assert.equal(Number(body.readBigUInt64BE(0)), reqs[handle - 1].offset);
+        payload = body.subarray(8);
+      } else {
+        const r = P.decodeSimpleReply(Buffer.concat([magic, await c.read(P.SIMPLE_REPLY_SIZE - 4)]));
+        assert.equal(r.error, 0);
+        handle = Number(r.handle);
+        const q = reqs[handle - 1];
+        if (q.type === P.NBD_CMD_READ) payload = await c.read(q.length);
+      }
+      assert.ok(!seen.has(handle), `handle ${handle} answered twice`);
+      seen.add(handle);
+      const q = reqs[handle - 1];
+      if (q.type === P.NBD_CMD_READ) {
+        assert.ok(payload!.equals(expected.subarray(q.offset, q.offset + q.length)), `data of READ ${handle} [${q.offset}, +${q.length})`);
+      }
+    }
+    assert.equal(seen.size, reqs.length);
+  }
+
+  for (const structured of [true, false]) {
+    it(`answers pipelined large and small READs with the right bytes, also when the client stalls (${structured ? 'structured' : 'simple'} replies)`, async () => {
+      const c = await open(structured);
+      const reqs: Req[] = [];
+      for (let i = 0; i < 60; i++) {
+        const length = i % 3 === 0 ? 4096 : (64 << 10) * (1 + (i % 8));
+        reqs.push({ type: P.NBD_CMD_READ, offset: ((i * 7919) % 64) * 65536, length });
+      }
+      await run(c, structured, reqs, 0, data);
+      await run(c, structured, reqs, 200, data);
+      if (fast()) {
+        assert.ok(calls.whole > 0, `no reply was sent whole: ${JSON.stringify(calls)}`);
+        assert.ok(calls.short > 0, `the stalled client never filled the socket: ${JSON.stringify(calls)}`);
+      }
+      assert.equal(server!.heldBytes(), 0);
+    });
+  }
+
+  it('READs after WRITEs see the written bytes; reads the device declines come from a buffer', async () => {
+    const c = await open(true);
+    const expected = Buffer.from(data);
+    const reqs: Req[] = [];
+    for (let i = 0; i < 16; i++) {
+      const w = randomBytes(128 << 10);
+      const offset = i * (256 << 10);
+      w.copy(expected, offset);
+      reqs.push({ type: P.NBD_CMD_WRITE, offset, length: w.length, data: w });
+    }
+    await run(c, true, reqs, 0, expected);
+    // Every other reply declined by the device (as if its pages had left the cache).
+    const real = dev.sendReadReply;
+    let n = 0;
+    dev.sendReadReply = (fd, header, offset, length) => (n++ % 2 ? -1 : real(fd, header, offset, length));
+    const reads: Req[] = [];
+    for (let i = 0; i < 16; i++) reads.push({ type: P.NBD_CMD_READ, offset: i * (256 << 10), length: 256 << 10 });
+    await run(c, true, reads, 100, expected);
+    if (fast()) assert.ok(n > 0);
+    assert.equal(server!.heldBytes(), 0);
+  });
+
+  it('keeps the device and the replies consistent under pipelined random READ, WRITE, WRITE_ZEROES and FLUSH (seeded)', async () => {
+    let seed = 0x2545f491;
+    const rnd = () => {
+      seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
+      return seed / 4294967296;
+    };
+    const c = await open(true);
+    const model = Buffer.from(data);
+    const SLOT = SIZE / 16;
+    for (let round = 0; round < 40; round++) {
+      // One request per slot at most: no two requests of a batch overlap, so the model is exact.
+      const reqs: Req[] = [];
+      for (let slot = 0; slot < 16; slot++) {
+        const pick = rnd();
+        if (pick < 0.2) continue;
+        const length = rnd() < 0.3 ? (1 + Math.floor(rnd() * 16)) * 512 : (1 + Math.floor(rnd() * 8)) * 65536 - Math.floor(rnd() * 2) * 512;
+        const offset = slot * SLOT + Math.floor(rnd() * ((SLOT - length) / 512)) * 512;
+        if (pick < 0.6) reqs.push({ type: P.NBD_CMD_READ, offset, length });
+        else if (pick < 0.8) reqs.push({ type: P.NBD_CMD_WRITE, offset, length, data: randomBytes(length) });
+        else if (pick < 0.95) reqs.push({ type: P.NBD_CMD_WRITE_ZEROES, offset, length });
+        else reqs.push({ type: P.NBD_CMD_FLUSH, offset: 0, length: 0 });
+      }
+      await run(c, true, reqs, rnd() < 0.3 ? 30 : 0, model);
+      for (const q of reqs) {
+        if (q.type === P.NBD_CMD_WRITE) q.data!.copy(model, q.offset);
+        if (q.type === P.NBD_CMD_WRITE_ZEROES) model.fill(0, q.offset, q.offset + q.length);
+      }
+    }
+    await dev.flush();
+    assert.ok(readFileSync(join(dir, 'disk.raw')).equals(model), 'the file differs from the model');
+    if (fast()) assert.ok(calls.whole > 0, JSON.stringify(calls));
+    assert.equal(server!.heldBytes(), 0);
+  });
+
+  it('nbdcopy (another process, four connections, reading as we send) gets the exact bytes', async function () {
+    if (!['/usr/bin/nbdcopy', '/usr/local/bin/nbdcopy'].some((p) => existsSync(p))) this.skip();
+    const out = join(dir, 'out.raw');
+    for (let round = 0; round < 4; round++) {
+      rmSync(out, { force: true });
+      await promisify(execFile)('nbdcopy', ['--request-size=262144', `nbd+unix:///?socket=${join(dir, 'nbd.sock')}`, out]);
+      assert.ok(readFileSync(out).equals(data), `round ${round}: the copy differs`);
+    }
+    if (fast()) assert.ok(calls.whole > 0 && calls.short > 0, JSON.stringify(calls));
+  });
+
+  it('a READ cut short whose rest then fails to read ends the connection; others are still served', async function () {
+    if (!fast()) this.skip();
+    const c = await open(true);
+    const real = dev.sendReadReply;
+    // Cut every reply short after its header and 1 KiB, and fail the read of the rest.
+    dev.sendReadReply = (fd, header, offset, length) => real(fd, header, offset, Math.min(length, 1024));
+    dev.readInto = async () => { throw new Error('boom'); };
+    c.request(P.NBD_CMD_READ, 1n, 0, 128 << 10);
+    assert.ok(await c.waitClosed(5000), 'the connection was not closed');
+    dev.sendReadReply = real;
+    delete (dev as { readInto?: unknown }).readInto;
+    const other = await open(true);
+    await run(other, true, [{ type: P.NBD_CMD_READ, offset: 0, length: 128 << 10 }], 0, data);
+  });
+});

@@ -23,7 +23,7 @@ let layoutCache: LinuxLayout | undefined;
 function layout(): LinuxLayout {
   if (!layoutCache) {
     const file = join(REPO_ROOT, 'vm', 'linux', 'layout.json');
-    if (!existsSync(file)) throw new MedvError('ENOENT', `${file} is missing: the Linux test guest is part of the source tree (vm/linux)`, { file });
+    if (!existsSync(file)) throw new MedvError('ENOENT', 'the test guest is not here (vm/linux/layout.json is missing; the demo and the guest tests need the source tree)', { file });
     layoutCache = JSON.parse(readFileSync(file, 'utf8')) as LinuxLayout;
   }
   return layoutCache;

@@ -47,12 +47,14 @@ describe('cli: medv without vm/', function () {
     assert.equal(medv(['--help']).code, 0);
   });
 
-  it('demo fails with one line naming vm/layout.json, exit 3, no stack trace', () => {
-    const r = medv(['demo', '--tcg']);
-    assert.equal(r.code, 3, r.stdout + r.stderr);
-    const lines = r.stderr.trim().split('\n');
-    assert.equal(lines.length, 1, r.stderr);
-    assert.match(lines[0], /^medv: the test guest is not here \(vm\/layout\.json is missing.*\[ENOENT\]$/);
-    assert.doesNotMatch(r.stderr, /\n\s+at /);
-  });
+  for (const [args, file] of [[['demo'], 'vm/linux/layout.json'], [['demo', '--disks', '--tcg'], 'vm/layout.json']] as const) {
+    it(`medv ${args.join(' ')} fails with one line naming ${file}, exit 3, no stack trace`, () => {
+      const r = medv([...args]);
+      assert.equal(r.code, 3, r.stdout + r.stderr);
+      const lines = r.stderr.trim().split('\n');
+      assert.equal(lines.length, 1, r.stderr);
+      assert.match(lines[0], new RegExp(`^medv: the test guest is not here \\(${file.replaceAll('/', '\\/').replaceAll('.', '\\.')} is missing.*\\[ENOENT\\]$`));
+      assert.doesNotMatch(r.stderr, /\n\s+at /);
+    });
+  }
 });

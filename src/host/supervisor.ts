@@ -327,6 +327,7 @@ export class Supervisor {
     void vm.stopped().then(async (e) => {
       if (this.vm !== vm || this.stopping || this.suspending) return;
       if (isInternalError(e) && accel === 'kvm') {
+        this.trace('KVM stopped the guest in internal-error (an instruction it cannot emulate, as on nested virtual machines): restarting it under TCG');
         await vm.kill();
         if (this.stopping) return;
         try {

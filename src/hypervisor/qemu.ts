@@ -173,7 +173,15 @@ export function kvmStatus(): { available: boolean; reason?: string } {
   return native.kvmProbe();
 }
 
+/**
+ * KVM when usable, else TCG. `MEDV_ACCEL=tcg` makes TCG the default for every VM medv starts without
+ * an explicit accelerator (nested virtual machines where KVM is slower or fails for a guest);
+ * `MEDV_ACCEL=kvm` is the usual choice, spelled out.
+ */
 export function defaultAccelerator(): Accelerator {
+  const asked = process.env.MEDV_ACCEL;
+  if (asked !== undefined && asked !== '' && asked !== 'kvm' && asked !== 'tcg') throw new MedvError('EINVAL_ARG', `MEDV_ACCEL must be kvm or tcg, not ${JSON.stringify(asked.slice(0, 20))}`);
+  if (asked === 'tcg') return 'tcg';
   return kvmStatus().available ? 'kvm' : 'tcg';
 }
 

@@ -4,10 +4,11 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
-import { GUEST, fileContainsMarker, freshGuestImage } from '../helpers/qemu.js';
+import { GUEST, INTERNAL_ERROR_GUEST, fileContainsMarker, freshGuestImage } from '../helpers/qemu.js';
+import { kvmStatus } from '../../src/hypervisor/qemu.js';
 import { runMedv, sha256File, tempDir, waitForFileText } from '../helpers/cli.js';
 import { encodePng, nonBackgroundPixels, readPng, readPpm, readXwd } from '../helpers/image.js';
 import { startXvfb } from '../helpers/xvfb.js';
@@ -82,6 +83,17 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
       json(['stop', 'g']);
     });
   }
+
+  it('--accel kvm with a guest KVM cannot emulate: the supervisor sees internal-error and relaunches it under TCG', async function () {
+    if (!kvmStatus().available) this.skip();
+    const image = join(dir.path, 'internal-error.img');
+    copyFileSync(INTERNAL_ERROR_GUEST.image, image);
+    const st = json(['start', image, '--name', 'ierr', '--accel', 'kvm', '--memory', '64']);
+    await waitForFileText(serialOf('ierr'), INTERNAL_ERROR_GUEST.serial.ok, 60_000);
+    assert.equal(json(['status', 'ierr']).accel, 'tcg', `started as ${st.accel}`);
+    assert.match(readFileSync(join(env.MEDV_RUN_DIR, 'ierr', 'supervisor.log'), 'utf8'), /internal.error/i);
+    json(['stop', 'ierr', '--force']);
+  });
 
   it('--read-only: guest writes go to a throw-away undo disk; the base never changes', async () => {
     const img = freshGuestImage(dir.path);

@@ -122,5 +122,5 @@ if [ ! -e /dev/kvm ]; then
 elif [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
   say "kvm: /dev/kvm not usable by $(id -un) (add the user to group kvm); QEMU tests run under TCG only"
 else
-  say "kvm: usable; QEMU tests run under KVM and TCG (MEDV_TEST_ACCEL=tcg for TCG only)"
+  say "kvm: usable; the guest boot tests run under KVM and TCG (MEDV_TEST_ACCEL=tcg for TCG only), the other VM tests under MEDV_ACCEL (npm test: tcg unless set)"
 fi

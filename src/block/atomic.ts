@@ -213,7 +213,8 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-function fsyncDirSync(dir: string): void {
+/** As fsyncDir, synchronously. */
+export function fsyncDirSync(dir: string): void {
   let fd: number | undefined;
   try {
     fd = fs.openSync(dir, fs.constants.O_RDONLY);

@@ -2,6 +2,7 @@
 import { Command, Option } from 'commander';
 import { createRequire } from 'node:module';
 import { MedvError, type ErrorCode } from '../errors.js';
+import { humanBytes } from '../units.js';
 import { kekFromEnvironment, type KekSource } from '../crypto/kekenv.js';
 
 /** Exit status by error code: the one table the CLI maps errors through. */
@@ -99,9 +100,5 @@ export function progressBar(label: string): { update: (done: number, total: numb
 }
 
 export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
-  return i === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : 1)} ${units[i]} (${n} bytes)`;
+  return n < 1024 ? `${n} B` : `${humanBytes(n)} (${n} bytes)`;
 }

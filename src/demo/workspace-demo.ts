@@ -17,7 +17,8 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { MedvError } from '../errors.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
-import { scanTrees } from './scan.js';
+import { humanBytes } from '../units.js';
+import { filesUnder, scanTrees } from './scan.js';
 
 export interface WorkspaceDemoOptions {
   keep?: boolean;
@@ -122,7 +123,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
       }
     };
     const p1 = await pack(raw1, 1);
-    log(`  ${p1.packPath.slice(work.length + 1)}: ${fmt(p1.packBytes)} for a ${fmt(p1.virtualSize)} disk (${p1.stats.zeroBlocks} zero blocks skipped), index ${fmt(p1.indexBytes)}`);
+    log(`  ${p1.packPath.slice(work.length + 1)}: ${humanBytes(p1.packBytes)} for a ${humanBytes(p1.virtualSize)} disk (${p1.stats.zeroBlocks} zero blocks skipped), index ${humanBytes(p1.indexBytes)}`);
 
     step('server: medv serve on 127.0.0.1; upload v1, add user alice, publish a policy and the image keys');
     server = await serveRepository({ root: dirs.server, host: '127.0.0.1', port: 0 });
@@ -191,7 +192,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
       log(`  workspace ${WORKSPACE} stopped${s.discarded ? '; the guest\'s writes were discarded (revertible)' : ''}`);
     };
     const r1 = await bootAndShow(undefined);
-    log(`  fetched ${fmt(r1.deployed?.fetchedBytes ?? 0)} for v1 (first deployment: every non-zero block); accelerator ${r1.vm.accel}`);
+    log(`  fetched ${humanBytes(r1.deployed?.fetchedBytes ?? 0)} for v1 (first deployment: every non-zero block); accelerator ${r1.vm.accel}`);
     if (r1.desktopEntries.length) log(`  menu entry: ${r1.desktopEntries.map((p) => p.slice(work.length + 1)).join(', ')}`);
     await stop();
 
@@ -203,7 +204,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     fs.rmSync(raw1);
     const p2 = await pack(raw2, 2);
     fs.rmSync(raw2);
-    log(`  ${guest.versionPath} = 2 and a new /etc/medv/release-notes; pack v2 stores ${p2.stats.storedBlocks} blocks (${fmt(p2.packBytes)}), reuses ${p2.stats.reusedBlocks} of v1`);
+    log(`  ${guest.versionPath} = 2 and a new /etc/medv/release-notes; pack v2 stores ${p2.stats.storedBlocks} blocks (${humanBytes(p2.packBytes)}), reuses ${p2.stats.reusedBlocks} of v1`);
     await upload([p2.packPath, p2.indexPath]);
     log(`  uploaded ${IMAGE}_2.ckm and its index`);
 
@@ -212,7 +213,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     const d2 = r2.deployed;
     if (!d2) throw new MedvError('EINTERNAL', 'the update did not deploy version 2');
     const full = p1.packBytes + p2.packBytes + p2.indexBytes;
-    log(`  v2: fetched ${fmt(d2.fetchedBytes)} = ${(100 * d2.fetchedBytes / d2.imageBytes).toFixed(2)}% of the ${fmt(d2.imageBytes)} image, ${(100 * d2.fetchedBytes / full).toFixed(1)}% of a full download (${fmt(full)}); ${d2.blocksFromSeeds} blocks from v1 on this client, ${d2.blocksFromNetwork} from the server`);
+    log(`  v2: fetched ${humanBytes(d2.fetchedBytes)} = ${(100 * d2.fetchedBytes / d2.imageBytes).toFixed(2)}% of the ${humanBytes(d2.imageBytes)} image, ${(100 * d2.fetchedBytes / full).toFixed(1)}% of a full download (${humanBytes(full)}); ${d2.blocksFromSeeds} blocks from v1 on this client, ${d2.blocksFromNetwork} from the server`);
     await stop();
 
     step(`client: start again: a revertible workspace starts from the published image`);
@@ -224,14 +225,14 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     step('checks: no plaintext at rest, the server sees the client');
     const clients = await listClients(server.url, adminToken);
     for (const c of clients) log(`  server: client ${c.client} user ${c.user} ${c.workspace} v${c.version ?? '-'} ${c.state}`);
-    const diskKeys = await clientDiskKeys(dirs.client, ctx.kek, readKeyFile);
+    const diskKeys = await clientDiskKeys(dirs.client, ctx.kek);
     const needles = { 'guest marker': guest.marker, ...secretNeedles, ...diskKeys };
     const hits = scanTrees([work], needles);
     log(hits.length ? `  FOUND in the clear: ${hits.map((h) => `${h.file} (${h.what.join(', ')})`).join('; ')}` : `  no file under the work folder (client, server, console, run folders) holds the guest's marker, the image keys or the disks' data keys`);
     steps[steps.length - 1].ms = Math.round(performance.now() - stepT);
     const passed = hits.length === 0 && reverted && boots.length === 3 && boots[0].version === '1' && boots[1].version === '2';
     const seconds = (performance.now() - t0) / 1000;
-    log(`\ndemo ${passed ? 'passed' : 'FAILED'} in ${seconds.toFixed(1)} s: v1 ${fmt(p1.virtualSize)} image deployed, v2 update fetched ${fmt(d2.fetchedBytes)} (${(100 * d2.fetchedBytes / full).toFixed(1)}% of a full download), 3 boots (${boots.map((b) => `${(b.readyMs / 1000).toFixed(1)} s`).join(', ')} to ready, ${r1.vm.accel}), revert ${reverted ? 'ok' : 'FAILED'}, ${hits.length} plaintext hits`);
+    log(`\ndemo ${passed ? 'passed' : 'FAILED'} in ${seconds.toFixed(1)} s: v1 ${humanBytes(p1.virtualSize)} image deployed, v2 update fetched ${humanBytes(d2.fetchedBytes)} (${(100 * d2.fetchedBytes / full).toFixed(1)}% of a full download), 3 boots (${boots.map((b) => `${(b.readyMs / 1000).toFixed(1)} s`).join(', ')} to ready, ${r1.vm.accel}), revert ${reverted ? 'ok' : 'FAILED'}, ${hits.length} plaintext hits`);
     return {
       passed, workDir: work, accel: r1.vm.accel ?? 'unknown',
       image: { name: IMAGE, bytes: p1.virtualSize },
@@ -249,18 +250,12 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
 }
 
 /** The data keys of the client's disks (unwrapped with the host key): they must never be in the clear. */
-async function clientDiskKeys(clientRoot: string, kek: import('../crypto/index.js').KekSource, readKeyFile: typeof import('../crypto/index.js').readKeyFile): Promise<Record<string, Buffer>> {
+async function clientDiskKeys(clientRoot: string, kek: import('../crypto/index.js').KekSource): Promise<Record<string, Buffer>> {
+  const { readKeyFile } = await import('../crypto/index.js');
   const out: Record<string, Buffer> = {};
-  const { filesUnder } = await import('./scan.js');
   for (const f of filesUnder(join(clientRoot, 'images')).filter((p) => p.endsWith('.enc'))) {
     const k = await readKeyFile(f, kek);
     try { out[`data key of ${f.slice(clientRoot.length + 1)}`] = Buffer.from(k.key.subarray(0, 32)); } finally { k.dispose(); }
   }
   return out;
-}
-
-function fmt(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1048576).toFixed(1)} MiB`;
 }

@@ -6,8 +6,9 @@
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { basename, dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import { MedvError, fromSystemError } from '../errors.js';
+import { fsyncDirSync, tempNameFor } from '../block/atomic.js';
 
 const O_READ = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
 
@@ -43,20 +44,11 @@ export function readBoundedSync(path: string, max: number, what = 'file'): Buffe
   }
 }
 
-/** fsync a folder; file systems that refuse it are ignored. */
-export function fsyncDirSync(dir: string): void {
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-    fs.fsyncSync(fd);
-  } catch { /* EINVAL on some file systems */ } finally {
-    if (fd !== undefined) fs.closeSync(fd);
-  }
-}
+export { fsyncDirSync };
 
-/** A temporary name beside `final` (the shape src/block/atomic.ts uses: `.<name>.medv-tmp-<pid>-<token>`). */
+/** A temporary name beside `final`, in src/block/atomic.ts's shape (`.<name>.medv-tmp-<pid>-<token>`), so its leftover cleanup knows it. */
 export function tempBeside(final: string): string {
-  return join(dirname(final), `.${basename(final)}.medv-tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+  return tempNameFor(final, process.pid, randomBytes(6).toString('hex'));
 }
 
 /** Replace `final` with `bytes` atomically: 0600 temporary (O_EXCL), fsync, rename, fsync folder. */

@@ -34,7 +34,8 @@ export interface RequestOptions {
   ca?: string;
 }
 
-function readCa(file: string): Buffer {
+/** A CA certificate file (PEM, at most 1 MiB) to pin a server to. */
+export function readCa(file: string): Buffer {
   try {
     const st = fs.statSync(file);
     if (!st.isFile() || st.size > 1 << 20) throw new MedvError('EINVAL_ARG', '--ca must be a PEM file of at most 1 MiB', { file });

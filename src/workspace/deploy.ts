@@ -8,7 +8,8 @@
  */
 import * as fs from 'node:fs';
 import { MedvError } from '../errors.js';
-import { CURRENT_WORKSPACE_VERSION, ImageStore, type ClientRoot } from '../repo/index.js';
+import { CURRENT_WORKSPACE_VERSION, ensureSafeDir, ImageStore, type ClientRoot } from '../repo/index.js';
+import { readCa } from '../server/api-client.js';
 import type { KekSource } from '../crypto/index.js';
 import { imageStateFor, type WorkspaceSettings } from './settings.js';
 
@@ -45,21 +46,11 @@ export interface DeployOptions {
   onWarning?: (m: string) => void;
 }
 
-function readCaFile(file: string): Buffer {
-  try {
-    const st = fs.statSync(file);
-    if (!st.isFile() || st.size > 1 << 20) throw new MedvError('EINVAL_ARG', `the CA file ${file} is not a PEM file of at most 1 MiB`, { file });
-    return fs.readFileSync(file);
-  } catch (e) {
-    if (e instanceof MedvError) throw e;
-    throw new MedvError('ENOENT', `cannot read the CA file ${file}: ${(e as Error).message}`, { file });
-  }
-}
-
 export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
   const { store, settings, version } = o;
   const { fetchImage } = await import('../transfer/index.js');
-  fs.mkdirSync(store.versionDir(version), { recursive: true, mode: 0o700 });
+  ensureSafeDir(store.dir);
+  ensureSafeDir(store.versionDir(version));
   const older = store.versions().filter((n) => n !== version).sort((a, b) => b - a).map((n) => store.diskPath(n));
   // pack folders count only when they hold an index of this image (else the fetch warns about each)
   const holdsIndex = (dir: string) => {
@@ -73,7 +64,7 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
     keyDir: o.keyDir,
     kek: () => o.kek,
     trim: settings.useTrimTransfer !== false,
-    ...(o.ca ? { http: { ca: readCaFile(o.ca) } } : {}),
+    ...(o.ca ? { http: { ca: readCa(o.ca) } } : {}),
     onProgress: o.onProgress,
     onWarning: o.onWarning,
   });

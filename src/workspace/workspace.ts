@@ -12,14 +12,15 @@ import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { MedvError } from '../errors.js';
+import { humanBytes } from '../units.js';
 import { DevLog, ImageStore, ReportQueue, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
 import { requestGrant, sendReports, type WorkspaceGrant } from '../server/api-client.js';
-import { openReleasedKeys, writeKeyFolder } from '../server/keyrelease.js';
+import { openReleasedKeys, writeKeyFolder, type ClientKeyPair } from '../server/keyrelease.js';
 import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
-import { clientKeyPair, openClient, readClientConfig, readCredentials, userKeyDir, type ClientConfig, type ClientContext } from './client.js';
+import { clientKeyPair, openClient, readClientConfig, readCredentials, userKeyDir, type ClientConfig, type ClientContext, type Credentials } from './client.js';
 import { now as clock } from './clock.js';
 import { deployVersion, type DeployResult } from './deploy.js';
 import { checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, saveOfflineEntry, type OfflineEntry } from './offline.js';
@@ -78,29 +79,26 @@ function storeOf(root: ClientContext['root'], e: OfflineEntry): ImageStore {
 
 const isNetwork = (e: unknown) => e instanceof MedvError && (e.code === 'ENETWORK' || (e.code === 'EHTTP' && Number(e.data.status) >= 500));
 
-const mib = (n: number) => (n >= 1048576 ? `${(n / 1048576).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`);
-
 /** The medv command a menu entry runs. */
 function medvCommand(): string {
   const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/medv');
   return fs.existsSync(bin) ? bin : 'medv';
 }
 
-interface Session { ctx: ClientContext; cfg: ClientConfig; log: DevLog; reports: ReportQueue }
+interface Session { ctx: ClientContext; cfg: ClientConfig; log: DevLog; reports: ReportQueue; creds?: Credentials }
 
 async function openSession(o: WorkspaceOptions): Promise<Session> {
   const ctx = await openClient(o.clientRoot);
   const cfg = readClientConfig(ctx.root);
   const log = await DevLog.open(ctx.root, ctx.kek);
-  return { ctx, cfg, log, reports: new ReportQueue(ctx.root, cfg.user) };
+  return { ctx, cfg, log, reports: new ReportQueue(ctx.root, cfg.user), creds: await readCredentials(ctx, cfg) };
 }
 
 /** Queue a report and send whatever is queued; offline it stays queued. */
 async function report(s: Session, r: Omit<QueuedReport, 'at'>, online: boolean): Promise<void> {
   await s.reports.add({ ...r, at: clock().toISOString() });
-  if (!online) return;
-  const creds = await readCredentials(s.ctx, s.cfg);
-  if (!creds) return;
+  const creds = s.creds;
+  if (!online || !creds) return;
   try {
     await s.reports.drain((batch) => sendReports(s.cfg.server, creds.token, s.cfg.client, batch, s.cfg.ca).then(() => undefined));
   } catch (e) {
@@ -108,11 +106,13 @@ async function report(s: Session, r: Omit<QueuedReport, 'at'>, online: boolean):
   }
 }
 
-/** Ask the server; undefined when it cannot be reached. */
-async function grantOnline(s: Session, workspace: string): Promise<WorkspaceGrant | undefined> {
-  const creds = await readCredentials(s.ctx, s.cfg);
+/**
+ * Ask the server, with the client's key pair (the caller disposes it; keepGrant opens the sealed
+ * keys with it); undefined when the server cannot be reached.
+ */
+async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair): Promise<WorkspaceGrant | undefined> {
+  const creds = s.creds;
   if (!creds) throw new MedvError('ENOLOGIN', `no saved login for ${s.cfg.user} at ${s.cfg.server}: run medv login --server ${s.cfg.server} --user ${s.cfg.user}`);
-  const pair = await clientKeyPair(s.ctx, s.cfg.user);
   try {
     return await requestGrant(s.cfg.server, creds.token, { workspace, client: s.cfg.client, clientKey: pair.publicKey }, s.cfg.ca);
   } catch (e) {
@@ -122,26 +122,19 @@ async function grantOnline(s: Session, workspace: string): Promise<WorkspaceGran
       throw new MedvError('ENOLOGIN', `the server refused the saved login (${e.message}): run medv login --server ${s.cfg.server} --user ${s.cfg.user}`);
     }
     throw e;
-  } finally {
-    pair.dispose();
   }
 }
 
 /** Keep what the grant released: the keys (host-key wrapped) and the offline entry. */
-async function keepGrant(s: Session, g: WorkspaceGrant, at: Date): Promise<OfflineEntry> {
+async function keepGrant(s: Session, g: WorkspaceGrant, pair: ClientKeyPair, at: Date): Promise<OfflineEntry> {
   const settings = checkSettings(g.settings, g.workspace, g.policy.name);
   if (settings.image !== g.image) throw new MedvError('EBADREPLY', `the server's grant names image ${g.image}, its policy entry ${settings.image}`);
-  const pair = await clientKeyPair(s.ctx, s.cfg.user);
+  const keys = openReleasedKeys(g.sealed, pair);
   try {
-    const keys = openReleasedKeys(g.sealed, pair);
-    try {
-      if (keys.image !== g.image) throw new MedvError('EBADREPLY', `the released keys are for image ${keys.image}, not ${g.image}`);
-      await writeKeyFolder(userKeyDir(s.ctx.root, s.cfg.user), keys, s.ctx.kek);
-    } finally {
-      keys.dispose();
-    }
+    if (keys.image !== g.image) throw new MedvError('EBADREPLY', `the released keys are for image ${keys.image}, not ${g.image}`);
+    await writeKeyFolder(userKeyDir(s.ctx.root, s.cfg.user), keys, s.ctx.kek);
   } finally {
-    pair.dispose();
+    keys.dispose();
   }
   const entry: OfflineEntry = { user: s.cfg.user, workspace: g.workspace, image: g.image, policy: g.policy, settings, latestVersion: g.latestVersion, lastOnline: at.toISOString() };
   await saveOfflineEntry(s.ctx.root, entry);
@@ -191,23 +184,27 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
   try {
     const at = clock();
     if (runningState(name, o.runRoot)) throw new MedvError('EBUSY', `workspace ${name} is already running (medv workspace status ${name})`);
-    const grant = await grantOnline(s, name);
-    let entry: OfflineEntry;
+    let entry: OfflineEntry | undefined;
+    const pair = await clientKeyPair(s.ctx, s.cfg.user);
+    try {
+      const grant = await grantOnline(s, name, pair);
+      if (grant) {
+        online = true;
+        entry = await keepGrant(s, grant, pair, at);
+        info(`${s.cfg.server} granted workspace ${name} (policy ${entry.policy.name} v${entry.policy.version}, image ${entry.image}, newest version ${entry.latestVersion ?? 'none'})`);
+      }
+    } finally {
+      pair.dispose();
+    }
+    entry ??= await offlineEntry(s.ctx.root, s.cfg.user, name);
+    if (!entry) throw new MedvError('EOFFLINE', `cannot reach ${s.cfg.server}, and workspace ${name} has never been started online on this client`);
+    const settings = entry.settings;
+    checkExpiry(settings, at);
     let offlineDaysLeft: number | undefined;
-    if (grant) {
-      online = true;
-      entry = await keepGrant(s, grant, at);
-      info(`${s.cfg.server} granted workspace ${name} (policy ${entry.policy.name} v${entry.policy.version}, image ${entry.image}, newest version ${entry.latestVersion ?? 'none'})`);
-    } else {
-      const cached = await offlineEntry(s.ctx.root, s.cfg.user, name);
-      if (!cached) throw new MedvError('EOFFLINE', `cannot reach ${s.cfg.server}, and workspace ${name} has never been started online on this client`);
-      entry = cached;
-      checkExpiry(entry.settings, at);
+    if (!online) {
       offlineDaysLeft = checkOfflineAllowance(entry, at);
       warn(`cannot reach ${s.cfg.server}: starting workspace ${name} offline (${offlineDaysLeft} day${offlineDaysLeft === 1 ? '' : 's'} of offline use left)`);
     }
-    const settings = entry.settings;
-    checkExpiry(settings, at);
     try { userProfile(s.ctx.root); } catch (e) { warn(`user profile not copied: ${(e as Error).message}`); }
     const store = storeOf(s.ctx.root, entry);
     for (const line of store.upgrade()) info(`upgraded ${entry.image}: ${line}`);
@@ -228,7 +225,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
         onProgress: (d, t) => o.onProgress?.('fetch', d, t),
         onWarning: warn,
       });
-      info(`deployed ${entry.image} version ${latest}: fetched ${mib(deployed.fetchedBytes)} of a ${mib(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
+      info(`deployed ${entry.image} version ${latest}: fetched ${humanBytes(deployed.fetchedBytes)} of a ${humanBytes(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
       if (deployed.removed.length) info(`removed old version${deployed.removed.length > 1 ? 's' : ''} ${deployed.removed.join(', ')} (the policy keeps ${settings.versionsToKeep ?? 1})`);
     } else if (newer) {
       updateAvailable = latest;
@@ -243,7 +240,8 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     info(`workspace ${name} ${resumed ? 'resumed' : 'started'}: ${entry.image} version ${version}, ${settings.mode ?? 'persistent'}, ${vm.memoryMiB} MiB, ${vm.accel ?? 'accelerator unknown'}`);
     let desktopEntries: string[] = [];
     try {
-      desktopEntries = settings.applications?.length ? writeDesktopEntries(name, settings.applications, { medv: medvCommand() }) : removeDesktopEntries(name) && [];
+      if (settings.applications?.length) desktopEntries = writeDesktopEntries(name, settings.applications, { medv: medvCommand() });
+      else removeDesktopEntries(name);
     } catch (e) {
       warn(`menu entries not written: ${(e as Error).message}`);
     }

@@ -66,6 +66,15 @@ export interface BlockDevice {
    */
   readInto?(buf: Buffer, offset: number): Promise<void>;
   /**
+   * Optional fast path of small reads: fill `buf` with the `buf.length` bytes at `offset` now,
+   * without waiting, when everything they need is at hand (page cache, cached metadata). True when
+   * `buf` holds them; false when the device would have to wait, or declines (any length, any
+   * reason): `buf` is then unspecified and the caller uses readInto(). Never throws: a failure is a
+   * false, and readInto() then reports it. An NBD server answers a cached 4 KiB read this way with
+   * no promise, no buffer of its own and no copy (src/nbd/transmission.ts).
+   */
+  readIntoNow?(buf: Buffer, offset: number): boolean;
+  /**
    * Optional fast path of an NBD server, both or neither (a plain file with the addon: sendfile
    * from the page cache). readCached: is all of [offset, +length) in the page cache now.
    * sendReadReply: send `header`, then `length` bytes at `offset`, on the non-blocking socket

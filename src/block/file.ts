@@ -93,6 +93,17 @@ export class FileDevice implements BlockDevice {
     await this.readAt(buf, offset);
   }
 
+  /** See BlockDevice.readIntoNow: all of it from the page cache (preadv2 RWF_NOWAIT), or false. */
+  readIntoNow(buf: Buffer, offset: number): boolean {
+    const length = buf.length;
+    if (this.closed || length === 0 || offset < 0 || offset + length > this.currentSize) return false;
+    try {
+      return native.preadNoWait(this.fd, buf, 0, offset) === length;
+    } catch {
+      return false; // readInto() reports it
+    }
+  }
+
   /** See BlockDevice.readCached (native.pageCached: cachestat(2)). */
   readCached(offset: number, length: number): boolean {
     if (this.closed || offset < 0 || length <= 0 || offset + length > this.currentSize) return false;

@@ -21,6 +21,10 @@ export class FilterDevice implements BlockDevice {
   readInto(buf: Buffer, offset: number): Promise<void> {
     return this.read !== FilterDevice.prototype.read ? readByCopy(this, buf, offset) : readInto(this.next, buf, offset);
   }
+  /** Passed down under the same rule as readInto(). */
+  readIntoNow(buf: Buffer, offset: number): boolean {
+    return this.read === FilterDevice.prototype.read && this.next.readIntoNow !== undefined && this.next.readIntoNow(buf, offset);
+  }
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> { return this.next.write(offset, data, options); }
   flush(): Promise<void> { return this.next.flush(); }
   discard(offset: number, length: number): Promise<void> { return this.next.discard(offset, length); }

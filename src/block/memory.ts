@@ -28,6 +28,13 @@ export class MemoryDevice implements BlockDevice {
     return Buffer.from(this.data.subarray(offset, offset + length));
   }
 
+  /** See BlockDevice.readIntoNow: memory is always at hand. */
+  readIntoNow(buf: Buffer, offset: number): boolean {
+    if (this.closed || offset < 0 || offset + buf.length > this.data.length) return false;
+    this.data.copy(buf, 0, offset, offset + buf.length);
+    return true;
+  }
+
   async write(offset: number, data: Buffer, _options?: WriteOptions): Promise<void> {
     this.check(offset, 0, true);
     if (offset + data.length > this.data.length) await this.resize(offset + data.length);

@@ -497,11 +497,21 @@ export function writeStructuredReplyHeader(buf: Buffer, offset: number, flags: n
   buf.writeUInt32BE(length >>> 0, offset + 16);
 }
 
+/** Bytes of an NBD_REPLY_TYPE_OFFSET_DATA chunk before its data: the chunk header and the offset. */
+export const OFFSET_DATA_HEADER_SIZE = STRUCTURED_REPLY_HEADER_SIZE + 8;
+
+/** Write the header + offset of an OFFSET_DATA chunk into `buf` at `at`; `dataOffset` is a safe integer. */
+export function writeOffsetDataHeader(buf: Buffer, at: number, flags: number, handleHi: number, handleLo: number,
+  dataOffset: number, dataLength: number): void {
+  writeStructuredReplyHeader(buf, at, flags, NBD_REPLY_TYPE_OFFSET_DATA, handleHi, handleLo, 8 + dataLength);
+  buf.writeUInt32BE(Math.floor(dataOffset / 0x100000000), at + STRUCTURED_REPLY_HEADER_SIZE);
+  buf.writeUInt32BE(dataOffset >>> 0, at + STRUCTURED_REPLY_HEADER_SIZE + 4);
+}
+
 /** Header + offset of an NBD_REPLY_TYPE_OFFSET_DATA chunk whose `dataLength` bytes follow separately. */
 export function encodeOffsetDataHeader(flags: number, handleHi: number, handleLo: number, dataOffset: number, dataLength: number): Buffer {
-  const b = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_SIZE + 8);
-  writeStructuredReplyHeader(b, 0, flags, NBD_REPLY_TYPE_OFFSET_DATA, handleHi, handleLo, 8 + dataLength);
-  b.writeBigUInt64BE(BigInt(dataOffset), STRUCTURED_REPLY_HEADER_SIZE);
+  const b = Buffer.allocUnsafe(OFFSET_DATA_HEADER_SIZE);
+  writeOffsetDataHeader(b, 0, flags, handleHi, handleLo, dataOffset, dataLength);
   return b;
 }
 

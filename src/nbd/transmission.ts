@@ -40,7 +40,24 @@ const PROBE = 4096;
 /** SO_SNDBUF asked for sockets that get range replies (the kernel doubles it, capped by
  *  net.core.wmem_max): the default (~200 KiB) is less than one 256 KiB reply. */
 const SEND_BUFFER = 2 << 20;
+/** READs below this size are offered to the device's readIntoNow(), straight into an output slab. */
+const NOW_MAX = 64 * 1024;
+/** Size of an output slab: replies read now are laid out one after another in it, header then data. */
+const SLAB_SIZE = 256 * 1024;
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * Memory the replies of readIntoNow() are built in: consecutive replies are adjacent, so a turn's
+ * worth of them goes to the socket as one buffer, without a copy. `refs` counts the replies in it
+ * the kernel has not taken yet; the slab is reused from the start once that is 0, and left to the
+ * garbage collector when a new one replaced it. Every byte in use belongs to a reply whose bytes
+ * were taken from the allowance at admission, so slabs add at most one slab's slack to it.
+ */
+interface Slab {
+  buf: Buffer;
+  used: number;
+  refs: number;
+}
 
 /** One queued reply: its buffers, or (`range`) a READ the device sends from the page cache. */
 interface Reply {
@@ -49,6 +66,8 @@ interface Reply {
   release: number;
   /** A buffer of the pool among `bufs`, returned once written. */
   pooled?: Buffer;
+  /** The slab `bufs` lies in (a reply read now). */
+  slab?: Slab;
   range?: { hi: number; lo: number; offset: number; length: number };
 }
 
@@ -105,6 +124,8 @@ export class Transmission {
   /** Replies not yet handed to the socket, in order. */
   private out: Reply[] = [];
   private outScheduled = false;
+  /** Where the next reply read now goes. */
+  private slab: Slab | undefined;
   /** The socket's descriptor, for READ replies the device sends itself (sendReadReply), or -1. */
   private readonly sockFd: number;
   /** A range reply is partly sent (or must be read after all): nothing else is written before its rest. */
@@ -356,6 +377,7 @@ export class Transmission {
     try {
       switch (type) {
         case P.NBD_CMD_READ: {
+          if (length < NOW_MAX && length > 0 && dev.readIntoNow && this.replyReadNow(dev, hi, lo, offset, length, held)) return;
           if (length >= DIRECT_MIN && this.sockFd >= 0 && dev.readCached!(offset, length)) {
             // All in the page cache: the device sends it when its turn comes (flushOut), no buffer of ours.
             let header: Buffer;
@@ -420,6 +442,30 @@ export class Transmission {
         this.complete(type, hi, lo, offset, e instanceof Error ? e : new Error(String(e)), held);
       },
     );
+  }
+
+  /**
+   * Answer a READ at once when the device has the data at hand (readIntoNow): its reply, header and
+   * data, is laid out in the output slab after the previous one. False when the device declined
+   * (the slab space is given back and the caller reads as usual).
+   */
+  private replyReadNow(dev: BlockDevice, hi: number, lo: number, offset: number, length: number, held: number): boolean {
+    const headerSize = this.s.structured ? P.OFFSET_DATA_HEADER_SIZE : P.SIMPLE_REPLY_SIZE;
+    const size = headerSize + length;
+    let slab = this.slab;
+    if (slab && slab.refs === 0) slab.used = 0; // every reply in it was written
+    if (!slab || slab.used + size > slab.buf.length) {
+      slab = { buf: Buffer.allocUnsafeSlow(Math.max(SLAB_SIZE, size)), used: 0, refs: 0 };
+      this.slab = slab;
+    }
+    const at = slab.used;
+    if (!dev.readIntoNow!(slab.buf.subarray(at + headerSize, at + size), offset)) return false;
+    if (this.s.structured) P.writeOffsetDataHeader(slab.buf, at, P.NBD_REPLY_FLAG_DONE, hi, lo, offset, length);
+    else P.writeSimpleReply(slab.buf, at, 0, hi, lo);
+    slab.used = at + size;
+    slab.refs++;
+    this.enqueue({ bufs: [slab.buf.subarray(at, at + size)], release: held, slab });
+    return true;
   }
 
   private async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
@@ -573,16 +619,29 @@ export class Transmission {
     let release = 0;
     let total = 0;
     const bufs: Buffer[] = [];
+    // A run of adjacent buffers (replies read now, one after another in a slab) is written as one view.
+    let run: Buffer | undefined;
+    let runLength = 0;
     for (const r of batch) {
       release += r.release;
       for (const b of r.bufs) {
-        bufs.push(b);
         total += b.length;
+        if (run && b.buffer === run.buffer && b.byteOffset === run.byteOffset + runLength) {
+          runLength += b.length;
+          continue;
+        }
+        if (run) bufs.push(runLength === run.length ? run : Buffer.from(run.buffer, run.byteOffset, runLength));
+        run = b;
+        runLength = b.length;
       }
     }
+    if (run) bufs.push(runLength === run.length ? run : Buffer.from(run.buffer, run.byteOffset, runLength));
     // The callback runs once the kernel took the bytes (or the socket failed): then they are given back.
     const done = () => {
-      for (const r of batch) if (r.pooled) pool.put(r.pooled);
+      for (const r of batch) {
+        if (r.pooled) pool.put(r.pooled);
+        else if (r.slab) r.slab.refs--;
+      }
       this.give(release);
       if (this.state === 'closing') this.maybeFinish();
       else this.maybeResume();

@@ -90,6 +90,39 @@ export function describeConformance(name: string, factory: SubjectFactory, opts:
       await assert.rejects(readInto(dev, Buffer.alloc(4096), dev.size - 2048), { code: 'ERANGE' });
     });
 
+    it('readIntoNow, where offered, gives what read gives or declines; never past the end, never after close', async function () {
+      const dev = subject.device;
+      if (!dev.readIntoNow) this.skip();
+      const rnd = prng(0x5eed);
+      // Written data in some places, untouched (initial) contents elsewhere; whatever the device has at hand.
+      for (let i = 0; i < 24; i++) {
+        const len = 1 + Math.floor(rnd() * 20000);
+        const off = Math.floor(rnd() * (dev.size - len));
+        const data = randomBytes(len);
+        await dev.write(off, data);
+        data.copy(model, off);
+      }
+      await dev.flush();
+      await dev.read(0, dev.size); // a device that caches gets the chance to
+      const sizes = [1, 512, 4096, 8192, 12288, 65536 - 512, 4095];
+      let hits = 0;
+      for (let i = 0; i < 400; i++) {
+        const len = sizes[i % sizes.length];
+        const off = i % 3 === 0 ? Math.floor(rnd() * (dev.size - len)) : Math.floor(rnd() * ((dev.size - len) / 4096)) * 4096;
+        const outer = Buffer.alloc(len + 2, 0xa5);
+        if (!dev.readIntoNow!(outer.subarray(1, 1 + len), off)) continue;
+        hits++;
+        assert.ok(outer.subarray(1, 1 + len).equals(model.subarray(off, off + len)), `readIntoNow [${off}, +${len})`);
+        assert.equal(outer[0], 0xa5);
+        assert.equal(outer[len + 1], 0xa5);
+      }
+      assert.equal(dev.readIntoNow!(Buffer.alloc(4096), dev.size - 2048), false, 'past the end');
+      assert.equal(dev.readIntoNow!(Buffer.alloc(4096), -4096), false, 'a negative offset');
+      await dev.close();
+      assert.equal(dev.readIntoNow!(Buffer.alloc(4096), 0), false, 'after close');
+      this.test!.title += ` (${hits} of 400 answered now)`;
+    });
+
     it('never modifies the caller buffer', async () => {
       const data = randomBytes(10000);
       const copy = Buffer.from(data);

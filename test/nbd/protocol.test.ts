@@ -148,6 +148,12 @@ describe('nbd structured replies and meta contexts (codec)', () => {
   it('encodes structured reply chunks with the exact layout', () => {
     const d = P.encodeOffsetDataHeader(P.NBD_REPLY_FLAG_DONE, 1, 2, 4096, 512);
     assert.equal(d.toString('hex'), '668e33ef' + '0001' + '0001' + '00000001' + '00000002' + '00000208' + '0000000000001000');
+    // Offsets past 4 GiB and up to 2^53 - 1, written in place after other bytes.
+    const big = Buffer.alloc(3 + P.OFFSET_DATA_HEADER_SIZE, 0xee);
+    P.writeOffsetDataHeader(big, 3, 0, 0xffffffff, 0, 2 ** 53 - 1, 4096);
+    assert.equal(big.subarray(0, 3).toString('hex'), 'eeeeee');
+    assert.equal(big.subarray(3).toString('hex'), '668e33ef' + '0000' + '0001' + 'ffffffff' + '00000000' + '00001008' + '001fffffffffffff');
+    assert.equal(P.encodeOffsetDataHeader(0, 0, 0, 5 * 2 ** 32 + 7, 1).subarray(20).toString('hex'), '0000000500000007');
     const e = P.encodeErrorChunk(0, 9, P.NBD_EINVAL, 'bad');
     assert.deepEqual(P.decodeStructuredReplyHeader(e), { flags: 1, type: P.NBD_REPLY_TYPE_ERROR, handle: 9n, length: 9 });
     assert.equal(e.subarray(20).toString('hex'), '00000016' + '0003' + Buffer.from('bad').toString('hex'));

@@ -56,6 +56,8 @@ export class EvhdDevice implements BlockDevice {
   /** Bounce buffers of whole-unit writes, reused (a fresh one costs more in page faults than the encryption). */
   private readonly bounces = new BufferPool(16 * 1024 * 1024);
   private readonly inflight = new Set<Promise<unknown>>();
+  /** Units of an unaligned readIntoNow(), decrypted here and then copied out. */
+  private scratch: Buffer | undefined;
 
   /** Use createEvhd / openEvhd. Takes ownership of `storage` and `key`. */
   constructor(private readonly storage: BlockDevice, private readonly dataKey: DataKey, private hdr: EvhdHeader,
@@ -104,6 +106,30 @@ export class EvhdDevice implements BlockDevice {
       await readInto(this.storage, buf, H + offset);
       await this.xts(buf, offset / U, false);
     })());
+  }
+
+  /**
+   * See BlockDevice.readIntoNow: reads below the thread-pool size, when the storage has their units
+   * at hand. Whole units are read and decrypted in `buf`; others through a scratch buffer.
+   */
+  readIntoNow(buf: Buffer, offset: number): boolean {
+    const length = buf.length;
+    if (this.closed || length === 0 || length >= XTS_ASYNC_MIN || offset < 0 || offset + length > this.logical) return false;
+    const u0 = Math.floor(offset / U);
+    const u1 = Math.ceil((offset + length) / U);
+    const whole = offset === u0 * U && offset + length === u1 * U;
+    const units = whole ? buf : (this.scratch ??= Buffer.allocUnsafeSlow(XTS_ASYNC_MIN + U)).subarray(0, (u1 - u0) * U);
+    if (!this.storage.readIntoNow?.(units, H + u0 * U)) return false;
+    try {
+      native.xtsCrypt(this.dataKey.key, units, units, u0, U, false);
+    } catch {
+      return false;
+    }
+    if (!whole) {
+      units.copy(buf, 0, offset - u0 * U, offset - u0 * U + length);
+      units.fill(0); // no plaintext left behind in it
+    }
+    return true;
   }
 
   private async readUnchecked(offset: number, length: number): Promise<Buffer> {

@@ -50,6 +50,8 @@ export class VhdDevice implements BlockDevice {
   private footerOffset: number;
   private allocated: number;
   private readonly bitmaps = new Map<number, Promise<Buffer>>();
+  /** The same bitmaps once loaded (the same Buffers, updated in place), for readIntoNow. */
+  private readonly loadedBitmaps = new Map<number, Buffer>();
   private readonly pending: PendingAllocation[] = [];
   private allocating = false;
   private readonly blockLocks = new KeyedLocks();
@@ -115,6 +117,34 @@ export class VhdDevice implements BlockDevice {
     await Promise.all(parts);
   }
 
+  /**
+   * See BlockDevice.readIntoNow: a read inside one block, all from this file or all from the
+   * parent (by a bitmap already loaded), when the storage (or parent) has it at hand.
+   */
+  readIntoNow(buf: Buffer, offset: number): boolean {
+    const length = buf.length;
+    if (this.closed || length === 0 || offset < 0 || offset + length > this.meta.virtualSize) return false;
+    if (this.meta.type === 'fixed') return this.storage.readIntoNow?.(buf, offset) ?? false;
+    const b = Math.floor(offset / this.bs);
+    if (b !== Math.floor((offset + length - 1) / this.bs)) return false;
+    const e = this.bat![b];
+    if (e === UNALLOCATED) {
+      if (this.parent) return this.parent.readIntoNow?.(buf, offset) ?? false;
+      buf.fill(0);
+      return true;
+    }
+    const inOff = offset - b * this.bs;
+    const here = () => this.storage.readIntoNow?.(buf, e * SECTOR + this.bmSize + inOff) ?? false;
+    if (this.meta.type === 'dynamic') return here();
+    // Differencing: when every sector is in this file, or every one in the parent, by the loaded bitmap.
+    const bm = this.loadedBitmaps.get(b);
+    if (!bm) return false;
+    const s0 = Math.floor(inOff / SECTOR);
+    const runs = bitRuns(bm, s0, Math.ceil((inOff + length) / SECTOR) - s0);
+    if (runs.length !== 1) return false;
+    return runs[0].set ? here() : this.parent?.readIntoNow?.(buf, offset) ?? false;
+  }
+
   /** Fills `out` with block b's bytes from `inOff` on. */
   private async readInBlock(b: number, inOff: number, out: Buffer): Promise<void> {
     const len = out.length;
@@ -142,9 +172,10 @@ export class VhdDevice implements BlockDevice {
   private bitmap(b: number): Promise<Buffer> {
     let p = this.bitmaps.get(b);
     if (!p) {
-      p = this.storage.read(this.bat![b] * SECTOR, this.bmSize);
-      this.bitmaps.set(b, p);
-      p.catch(() => this.bitmaps.delete(b));
+      const loading = this.storage.read(this.bat![b] * SECTOR, this.bmSize);
+      this.bitmaps.set(b, loading);
+      loading.then((bm) => { if (this.bitmaps.get(b) === loading) this.loadedBitmaps.set(b, bm); }, () => this.bitmaps.delete(b));
+      p = loading;
     }
     return p;
   }
@@ -349,7 +380,9 @@ export class VhdDevice implements BlockDevice {
     layout.forEach(({ req, bitmapPos }, i) => {
       this.bat![req.b] = bitmapPos / SECTOR;
       this.allocated++;
-      this.bitmaps.set(req.b, Promise.resolve(Buffer.from(bitmaps[i])));
+      const bm = Buffer.from(bitmaps[i]);
+      this.bitmaps.set(req.b, Promise.resolve(bm));
+      this.loadedBitmaps.set(req.b, bm);
     });
   }
 

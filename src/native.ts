@@ -16,6 +16,8 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { MedvError } from './errors.js';
 
+const fsRead = promisify(fs.read);
+
 export interface KvmProbeResult {
   available: boolean;
   reason?: string;
@@ -44,6 +46,15 @@ export interface NativeApi {
    * The fallback always returns -1 (callers then read on the thread pool).
    */
   preadNoWait(fd: number, buf: Buffer, offset: number, position: number): number;
+  /**
+   * Read buf.length bytes of file `fd` at `position` (zeros past its end), then AES-256-XTS decrypt
+   * them in place as xtsCrypt(key, buf, buf, firstUnit, unitSize, false) does: one job on the libuv
+   * thread pool, so the event loop does neither the copy out of the page cache nor the cipher.
+   * buf.length must be a multiple of unitSize. The buffers must not be touched until the promise
+   * settles. Rejects with the read's system error (Node's shape) or ECRYPTO.
+   * The fallback, and an addon built before this existed, read with fs on the pool, then xtsCrypt.
+   */
+  preadXtsAsync(fd: number, buf: Buffer, position: number, key: Buffer, firstUnit: number, unitSize: number): Promise<void>;
   /**
    * fallocate(2) on the thread pool, keeping the file size: `mode` 'punch' deallocates the range
    * (PUNCH_HOLE), 'zero' zeroes it (ZERO_RANGE). Both read back as zeros. Resolves false when the file
@@ -80,7 +91,8 @@ export interface NativeApi {
 }
 
 /** The raw addon as exported by native/medv.cc (no argument typing beyond its own checks). */
-type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer'> & {
+type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer' | 'preadXtsAsync'> & {
+  preadXtsAsync?: NativeApi['preadXtsAsync'];
   setSendBuffer?: NativeApi['setSendBuffer'];
   sendFileReply?: NativeApi['sendFileReply'];
   pageCached?: NativeApi['pageCached'];
@@ -117,6 +129,21 @@ function checkIoArgs(fd: number, buf: Buffer, offset: number, position: number):
   if (!(buf instanceof Uint8Array)) throw badArg('I/O buffer must be a Buffer');
   if (!Number.isSafeInteger(offset) || offset < 0 || offset > buf.length) throw badArg(`buffer offset ${offset} out of range`);
   if (!Number.isSafeInteger(position) || position < 0) throw badArg(`file position ${position} out of range`);
+}
+
+function checkPreadXtsArgs(fd: number, buf: Buffer, position: number, key: Buffer, firstUnit: number, unitSize: number): void {
+  checkIoArgs(fd, buf, 0, position);
+  if (position + buf.length > Number.MAX_SAFE_INTEGER) throw badArg(`file position ${position} out of range`);
+  checkXtsArgs(key, buf, buf, firstUnit, unitSize, false);
+}
+
+/** buf.length bytes at `position` on the thread pool, zeros past the end of the file. */
+async function preadFully(fd: number, buf: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < buf.length;) {
+    const n = (await fsRead(fd, buf, done, buf.length - done, position + done)).bytesRead;
+    if (n === 0) { buf.fill(0, done); return; }
+    done += n;
+  }
 }
 
 function checkFallocateArgs(fd: number, mode: string, offset: number, length: number): void {
@@ -201,6 +228,12 @@ export const fallback: NativeApi = {
     return -1;
   },
 
+  async preadXtsAsync(fd, buf, position, key, firstUnit, unitSize) {
+    checkPreadXtsArgs(fd, buf, position, key, firstUnit, unitSize);
+    await preadFully(fd, buf, position);
+    fallback.xtsCrypt(key, buf, buf, firstUnit, unitSize, false);
+  },
+
   async fallocate(fd, mode, offset, length) {
     checkFallocateArgs(fd, mode, offset, length);
     return false;
@@ -269,6 +302,19 @@ function wrap(raw: RawAddon): NativeApi {
       }
     },
     preadNoWait(fd, buf, offset, position) { checkIoArgs(fd, buf, offset, position); return raw.preadNoWait(fd, buf, offset, position); },
+    async preadXtsAsync(fd, buf, position, key, firstUnit, unitSize) {
+      checkPreadXtsArgs(fd, buf, position, key, firstUnit, unitSize);
+      if (!raw.preadXtsAsync) {
+        await preadFully(fd, buf, position);
+        return this.xtsCryptAsync(key, buf, buf, firstUnit, unitSize, false);
+      }
+      try {
+        await raw.preadXtsAsync(fd, buf, position, key, firstUnit, unitSize);
+      } catch (e) {
+        if (typeof (e as NodeJS.ErrnoException).code === 'string') throw e; // the read's system error
+        throw xtsFailure(e);
+      }
+    },
     async fallocate(fd, mode, offset, length) { checkFallocateArgs(fd, mode, offset, length); return raw.fallocate(fd, mode === 'punch' ? 0 : 1, offset, length); },
     kvmProbe() { return raw.kvmProbe(); },
     flock(fd, exclusive) { checkFlockArgs(fd, exclusive); return raw.flock(fd, exclusive); },

@@ -114,6 +114,48 @@ describe('native', () => {
         await assert.rejects(api.xtsCryptAsync(Buffer.alloc(64, 7), bufs[0], bufs[0], 0, 4096, true), (e: unknown) => e instanceof MedvError && e.code === 'ECRYPTO');
       });
 
+      it('preadXtsAsync reads a file range and decrypts it in place, zeros past the end; errors reject typed', async () => {
+        const api = impl!;
+        const dir = fs.mkdtempSync(join(tmpdir(), 'medv-preadxts-'));
+        try {
+          const key = randomBytes(64);
+          const plain = randomBytes(4096 * 40);
+          const file = join(dir, 'f');
+          // 512 bytes of something else first: the range starts at a file position that is not unit 0.
+          fs.writeFileSync(file, Buffer.concat([randomBytes(512), reference(key, plain, 0, 4096, true)]));
+          const fd = fs.openSync(file, 'r');
+          try {
+            const bufs = [0, 5, 17, 30].map(() => Buffer.alloc(4096 * 8, 0xa5));
+            await Promise.all(bufs.map((b, i) => api.preadXtsAsync(fd, b, 512 + [0, 5, 17, 30][i] * 4096, key, [0, 5, 17, 30][i], 4096)));
+            bufs.forEach((b, i) => {
+              const u = [0, 5, 17, 30][i];
+              assert.ok(b.equals(plain.subarray(u * 4096, (u + 8) * 4096)), `units ${u}..${u + 8}`);
+            });
+            // Past the end of the file: the last 2 units read as zeros before decryption.
+            const tail = Buffer.alloc(4096 * 4);
+            await api.preadXtsAsync(fd, tail, 512 + 38 * 4096, key, 38, 4096);
+            assert.ok(tail.subarray(0, 8192).equals(plain.subarray(38 * 4096)));
+            const zeros = Buffer.alloc(8192);
+            api.xtsCrypt(key, zeros, zeros, 40, 4096, false);
+            assert.ok(tail.subarray(8192).equals(zeros), 'zeros past the end, decrypted like any data');
+            await assert.rejects(api.preadXtsAsync(fd, Buffer.alloc(4000), 0, key, 0, 4096), isArgError);
+            await assert.rejects(api.preadXtsAsync(fd, Buffer.alloc(4096), 0, randomBytes(32), 0, 4096), isArgError);
+            await assert.rejects(api.preadXtsAsync(-1, Buffer.alloc(4096), 0, key, 0, 4096), isArgError);
+          } finally {
+            fs.closeSync(fd);
+          }
+          // A descriptor open for writing only: the read's own system error, with Node's code.
+          const wfd = fs.openSync(file, 'a');
+          try {
+            await assert.rejects(api.preadXtsAsync(wfd, Buffer.alloc(4096), 0, key, 0, 4096), { code: 'EBADF' });
+          } finally {
+            fs.closeSync(wfd);
+          }
+        } finally {
+          fs.rmSync(dir, { recursive: true, force: true });
+        }
+      });
+
       it('fallocate punches holes and zeroes ranges (addon); the fallback declines so callers write zeros', async () => {
         const api = impl!;
         const dir = fs.mkdtempSync(join(tmpdir(), 'medv-native-'));

@@ -75,6 +75,12 @@ export interface BlockDevice {
    */
   readIntoNow?(buf: Buffer, offset: number): boolean;
   /**
+   * Optional: readInto(), then AES-256-XTS decryption of `buf` in place (unit i of `buf` with the
+   * tweak firstUnit + i, as native.xtsCrypt), in one step off the event loop (a plain file: one
+   * thread-pool job does the pread and the cipher). An encrypting layer uses it for large reads.
+   */
+  readIntoDecrypted?(buf: Buffer, offset: number, key: Buffer, firstUnit: number, unitSize: number): Promise<void>;
+  /**
    * Optional fast path of an NBD server, both or neither (a plain file with the addon: sendfile
    * from the page cache). readCached: is all of [offset, +length) in the page cache now.
    * sendReadReply: send `header`, then `length` bytes at `offset`, on the non-blocking socket

@@ -93,6 +93,14 @@ export class FileDevice implements BlockDevice {
     await this.readAt(buf, offset);
   }
 
+  /** See BlockDevice.readIntoDecrypted (native.preadXtsAsync). */
+  async readIntoDecrypted(buf: Buffer, offset: number, key: Buffer, firstUnit: number, unitSize: number): Promise<void> {
+    this.checkRead(offset, buf.length);
+    try {
+      await native.preadXtsAsync(this.fd, buf, offset, key, firstUnit, unitSize);
+    } catch (e) { throw fromSystemError(e, this.path); }
+  }
+
   /** See BlockDevice.readIntoNow: all of it from the page cache (preadv2 RWF_NOWAIT), or false. */
   readIntoNow(buf: Buffer, offset: number): boolean {
     const length = buf.length;

@@ -103,6 +103,11 @@ export class EvhdDevice implements BlockDevice {
       return;
     }
     await this.track((async () => {
+      if (length >= XTS_ASYNC_MIN && this.storage.readIntoDecrypted) {
+        // The storage reads and decrypts in one thread-pool job: the event loop copies nothing.
+        await this.storage.readIntoDecrypted(buf, H + offset, this.dataKey.key, offset / U, U);
+        return;
+      }
       await readInto(this.storage, buf, H + offset);
       await this.xts(buf, offset / U, false);
     })());

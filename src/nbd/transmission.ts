@@ -49,9 +49,9 @@ const EMPTY = Buffer.alloc(0);
 /**
  * Memory the replies of readIntoNow() are built in: consecutive replies are adjacent, so a turn's
  * worth of them goes to the socket as one buffer, without a copy. `refs` counts the replies in it
- * the kernel has not taken yet; the slab is reused from the start once that is 0, and left to the
- * garbage collector when a new one replaced it. Every byte in use belongs to a reply whose bytes
- * were taken from the allowance at admission, so slabs add at most one slab's slack to it.
+ * the kernel has not taken yet; once that is 0 the slab goes back to the server's buffer pool (an
+ * idle connection holds none). Every byte in use belongs to a reply whose bytes were taken from the
+ * allowance at admission, so a connection's slabs exceed its held bytes by at most one slab's slack.
  */
 interface Slab {
   buf: Buffer;
@@ -453,19 +453,28 @@ export class Transmission {
     const headerSize = this.s.structured ? P.OFFSET_DATA_HEADER_SIZE : P.SIMPLE_REPLY_SIZE;
     const size = headerSize + length;
     let slab = this.slab;
-    if (slab && slab.refs === 0) slab.used = 0; // every reply in it was written
-    if (!slab || slab.used + size > slab.buf.length) {
-      slab = { buf: Buffer.allocUnsafeSlow(Math.max(SLAB_SIZE, size)), used: 0, refs: 0 };
-      this.slab = slab;
+    if (slab && slab.used + size > slab.buf.length) {
+      // Full: it goes back to the pool once its last reply is written (releaseSlab).
+      this.slab = slab = undefined;
     }
+    if (!slab) this.slab = slab = { buf: this.s.pool.get(SLAB_SIZE), used: 0, refs: 0 };
     const at = slab.used;
-    if (!dev.readIntoNow!(slab.buf.subarray(at + headerSize, at + size), offset)) return false;
+    if (!dev.readIntoNow!(slab.buf.subarray(at + headerSize, at + size), offset)) {
+      if (slab.refs === 0) this.dropSlab(slab);
+      return false;
+    }
     if (this.s.structured) P.writeOffsetDataHeader(slab.buf, at, P.NBD_REPLY_FLAG_DONE, hi, lo, offset, length);
     else P.writeSimpleReply(slab.buf, at, 0, hi, lo);
     slab.used = at + size;
     slab.refs++;
     this.enqueue({ bufs: [slab.buf.subarray(at, at + size)], release: held, slab });
     return true;
+  }
+
+  /** A slab none of whose replies is waiting any more goes back to the pool. */
+  private dropSlab(slab: Slab): void {
+    if (slab === this.slab) this.slab = undefined;
+    this.s.pool.put(slab.buf);
   }
 
   private async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
@@ -640,7 +649,7 @@ export class Transmission {
     const done = () => {
       for (const r of batch) {
         if (r.pooled) pool.put(r.pooled);
-        else if (r.slab) r.slab.refs--;
+        else if (r.slab && --r.slab.refs === 0) this.dropSlab(r.slab);
       }
       this.give(release);
       if (this.state === 'closing') this.maybeFinish();

@@ -4,6 +4,8 @@
 //   xtsCryptAsync(same arguments)                                the same on the libuv pool: a promise
 //   preadNoWait(fd, buf, offset, position)                       page-cache hits only (preadv2 RWF_NOWAIT), no thread-pool hop
 //   preadXtsAsync(fd, buf, position, key, firstUnit, unitSize)  pread, then XTS decrypt in place, one libuv pool job: a promise
+//   mapFile(fd, length), unmapFile(map)                          read-only shared mapping of a file, freed once unused
+//   xtsFromMapAsync(map, position, buf, key, firstUnit, unitSize) XTS decrypt from the mapping into buf, libuv pool; SIGBUS -> EIO
 //   fallocate(fd, mode, offset, length)                          punch a hole (0) or zero a range (1), on the libuv pool
 //   kvmProbe()                                                   open /dev/kvm, KVM_GET_API_VERSION == 12
 //   flock(fd, exclusive)                                         flock(2) LOCK_EX|LOCK_SH with LOCK_NB: true, or false when held
@@ -22,7 +24,11 @@
 #include <cstring>
 #include <string>
 
+#include <csetjmp>
+#include <csignal>
+
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
@@ -153,9 +159,8 @@ const EVP_CIPHER* XtsCipher() {
   return cipher;
 }
 
-bool RunXts(const XtsJob& j) {
-  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
-  if (ctx == nullptr) return false;
+// The cipher work with the caller's context (so a caller that may leave it midway can still free it).
+bool RunXtsIn(EVP_CIPHER_CTX* ctx, const XtsJob& j) {
   bool ok = EVP_CipherInit_ex(ctx, XtsCipher(), nullptr, j.key, nullptr, j.encrypt ? 1 : 0) == 1;
   uint8_t iv[16];
   memset(iv, 0, sizeof iv);
@@ -167,6 +172,13 @@ bool RunXts(const XtsJob& j) {
          EVP_CipherUpdate(ctx, j.out + i * j.unitSize, &n, j.in + i * j.unitSize, static_cast<int>(j.unitSize)) == 1 &&
          static_cast<uint64_t>(n) == j.unitSize;
   }
+  return ok;
+}
+
+bool RunXts(const XtsJob& j) {
+  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+  if (ctx == nullptr) return false;
+  bool ok = RunXtsIn(ctx, j);
   EVP_CIPHER_CTX_free(ctx);  // clears the key schedule
   return ok;
 }
@@ -282,6 +294,165 @@ Napi::Value PreadXtsAsync(const Napi::CallbackInfo& info) {
   job.units = bufLen / job.unitSize;
   if (job.units > 0 && job.firstUnit + job.units - 1 < job.firstUnit) return ThrowRange(env, "unit number overflow"), env.Undefined();
   auto* w = new PreadXtsWorker(info, fd, position, job);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A read-only shared mapping of a file, decrypted from straight into the caller's buffer on the
+// thread pool: the cipher reads the page cache itself, with no copy into our memory first.
+//   mapFile(fd, length) -> map          mmap(PROT_READ, MAP_SHARED) of [0, length)
+//   unmapFile(map)                      no new reads; munmap once the reads in flight are done
+//   xtsFromMapAsync(map, position, buf, key, firstUnit, unitSize) -> promise
+// A page the kernel cannot give (the file was truncated under the mapping, or an I/O error) raises
+// SIGBUS in the reading thread. The reads run under a guard: our handler jumps back out of the
+// cipher and the read rejects with EIO instead of killing the process. SIGBUS anywhere else goes to
+// the handler that was there before (by default: the process dies, as without us).
+// The map's users are counted on the event loop (queue and completion both run there).
+
+struct FileMap {
+  uint8_t* base = nullptr;
+  size_t length = 0;
+  int users = 0;
+  bool unmapped = false;
+};
+
+void ReleaseMapping(FileMap* m) {
+  if (m->base != nullptr) {
+    munmap(m->base, m->length);
+    m->base = nullptr;
+  }
+}
+
+thread_local sigjmp_buf* tSigbusGuard = nullptr;
+struct sigaction gPreviousSigbus;
+bool gSigbusInstalled = false;
+
+void OnSigbus(int sig, siginfo_t* info, void* uctx) {
+  sigjmp_buf* guard = tSigbusGuard;
+  if (guard != nullptr) siglongjmp(*guard, 1);
+  // Not one of our guarded reads: whoever handled SIGBUS before us, or the default action.
+  if (gPreviousSigbus.sa_flags & SA_SIGINFO) {
+    if (gPreviousSigbus.sa_sigaction != nullptr) { gPreviousSigbus.sa_sigaction(sig, info, uctx); return; }
+  } else if (gPreviousSigbus.sa_handler != SIG_DFL && gPreviousSigbus.sa_handler != SIG_IGN && gPreviousSigbus.sa_handler != nullptr) {
+    gPreviousSigbus.sa_handler(sig);
+    return;
+  }
+  sigaction(SIGBUS, &gPreviousSigbus, nullptr);  // the faulting access runs again and meets it
+}
+
+bool InstallSigbusGuard() {
+  if (gSigbusInstalled) return true;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = OnSigbus;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGBUS, &sa, &gPreviousSigbus) != 0) return false;
+  gSigbusInstalled = true;
+  return true;
+}
+
+FileMap* GetMap(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || !info[i].IsExternal()) { ThrowType(info.Env(), "expected a file map"); return nullptr; }
+  return info[i].As<Napi::External<FileMap>>().Data();
+}
+
+Napi::Value MapFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  uint64_t length;
+  if (!GetFd(info, 0, &fd) || !GetIndex(info, 1, kMaxSafeInteger, &length)) return env.Undefined();
+  if (length == 0) return ThrowRange(env, "cannot map an empty range"), env.Undefined();
+  if (!InstallSigbusGuard()) return SysError(env, "sigaction", errno).ThrowAsJavaScriptException(), env.Undefined();
+  void* base = mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0);
+  if (base == MAP_FAILED) return SysError(env, "mmap", errno).ThrowAsJavaScriptException(), env.Undefined();
+  auto* m = new FileMap();
+  m->base = static_cast<uint8_t*>(base);
+  m->length = length;
+  // Collected only when nothing refers to it: no read holds it (each holds a reference).
+  return Napi::External<FileMap>::New(env, m, [](Napi::Env, FileMap* fm) { ReleaseMapping(fm); delete fm; });
+}
+
+Napi::Value UnmapFile(const Napi::CallbackInfo& info) {
+  FileMap* m = GetMap(info, 0);
+  if (m == nullptr) return info.Env().Undefined();
+  m->unmapped = true;
+  if (m->users == 0) ReleaseMapping(m);
+  return info.Env().Undefined();
+}
+
+class MapXtsWorker : public Napi::AsyncWorker {
+ public:
+  MapXtsWorker(const Napi::CallbackInfo& info, FileMap* m, uint64_t position, const XtsJob& job)
+      : Napi::AsyncWorker(info.Env()), map_(m), job_(job), deferred_(Napi::Promise::Deferred::New(info.Env())) {
+    mapRef_ = Napi::Persistent(info[0].As<Napi::Object>());
+    bufRef_ = Napi::Persistent(info[2].As<Napi::Object>());
+    keyRef_ = Napi::Persistent(info[3].As<Napi::Object>());
+    job_.in = m->base + position;
+    m->users++;
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+    if (ctx == nullptr) return;
+    sigjmp_buf guard;
+    if (sigsetjmp(guard, 1) == 0) {
+      tSigbusGuard = &guard;
+      ok_ = RunXtsIn(ctx, job_);
+      tSigbusGuard = nullptr;
+    } else {
+      tSigbusGuard = nullptr;
+      sigbus_ = true;
+    }
+    EVP_CIPHER_CTX_free(ctx);  // clears the key schedule, also after a jump out of the cipher
+  }
+  void OnOK() override {
+    if (--map_->users == 0 && map_->unmapped) ReleaseMapping(map_);
+    Napi::Env env = Env();
+    if (sigbus_) deferred_.Reject(SysError(env, "mmap read", EIO).Value());
+    else if (!ok_) deferred_.Reject(Napi::Error::New(env, kXtsFailed).Value());
+    else deferred_.Resolve(env.Undefined());
+  }
+  void OnError(const Napi::Error& e) override {
+    if (--map_->users == 0 && map_->unmapped) ReleaseMapping(map_);
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  FileMap* map_;
+  XtsJob job_;
+  Napi::ObjectReference mapRef_;
+  Napi::ObjectReference bufRef_;
+  Napi::ObjectReference keyRef_;
+  bool ok_ = false;
+  bool sigbus_ = false;
+  Napi::Promise::Deferred deferred_;
+};
+
+Napi::Value XtsFromMapAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  FileMap* m = GetMap(info, 0);
+  uint64_t position;
+  XtsJob job;
+  size_t bufLen, keyLen;
+  if (m == nullptr || !GetIndex(info, 1, kMaxSafeInteger, &position) || !GetBytes(info, 2, &job.out, &bufLen) ||
+      !GetBytes(info, 3, &job.key, &keyLen) || !GetIndex(info, 4, kMaxSafeInteger, &job.firstUnit) ||
+      !GetIndex(info, 5, kMaxUnitSize, &job.unitSize)) {
+    return env.Undefined();
+  }
+  if (m->unmapped || m->base == nullptr) return ThrowRange(env, "the file map was unmapped"), env.Undefined();
+  if (position > m->length || bufLen > m->length - position) return ThrowRange(env, "range is outside the file map"), env.Undefined();
+  if (keyLen != kXtsKeyBytes) return ThrowRange(env, "key must be 64 bytes"), env.Undefined();
+  if (job.unitSize < 16 || job.unitSize % 16 != 0) return ThrowRange(env, "unit size must be a multiple of 16, at least 16"), env.Undefined();
+  if (bufLen % job.unitSize != 0) return ThrowRange(env, "buffer length must be a multiple of the unit size"), env.Undefined();
+  job.encrypt = false;
+  job.units = bufLen / job.unitSize;
+  if (job.units > 0 && job.firstUnit + job.units - 1 < job.firstUnit) return ThrowRange(env, "unit number overflow"), env.Undefined();
+  auto* w = new MapXtsWorker(info, m, position, job);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
@@ -517,6 +688,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("xtsCryptAsync", Napi::Function::New(env, XtsCryptAsync, "xtsCryptAsync"));
   exports.Set("preadNoWait", Napi::Function::New(env, PreadNoWait, "preadNoWait"));
   exports.Set("preadXtsAsync", Napi::Function::New(env, PreadXtsAsync, "preadXtsAsync"));
+  exports.Set("mapFile", Napi::Function::New(env, MapFile, "mapFile"));
+  exports.Set("unmapFile", Napi::Function::New(env, UnmapFile, "unmapFile"));
+  exports.Set("xtsFromMapAsync", Napi::Function::New(env, XtsFromMapAsync, "xtsFromMapAsync"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("kvmProbe", Napi::Function::New(env, KvmProbe, "kvmProbe"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));

@@ -23,6 +23,9 @@ export interface KvmProbeResult {
   reason?: string;
 }
 
+/** A read-only shared mapping of a file (mapFile): opaque to JS. */
+export type FileMap = { readonly __fileMap: unique symbol };
+
 export interface NativeApi {
   /** True when the compiled addon is in use, false for the JS fallback. */
   readonly available: boolean;
@@ -55,6 +58,19 @@ export interface NativeApi {
    * The fallback, and an addon built before this existed, read with fs on the pool, then xtsCrypt.
    */
   preadXtsAsync(fd: number, buf: Buffer, position: number, key: Buffer, firstUnit: number, unitSize: number): Promise<void>;
+  /**
+   * A read-only shared mapping of [0, length) of file `fd`, for xtsFromMapAsync; undefined where it
+   * is not available (the fallback, an older build). Throws the system error when mmap refuses.
+   * unmapFile: no new reads; the mapping goes once the reads in flight are done.
+   */
+  mapFile(fd: number, length: number): FileMap | undefined;
+  unmapFile(map: FileMap): void;
+  /**
+   * As preadXtsAsync, but the cipher reads [position, +buf.length) straight from the mapping (the
+   * page cache), with no copy into our memory first. A page the kernel cannot give (the file was
+   * truncated under it, an I/O error) rejects with EIO instead of killing the process (SIGBUS guard).
+   */
+  xtsFromMapAsync(map: FileMap, position: number, buf: Buffer, key: Buffer, firstUnit: number, unitSize: number): Promise<void>;
   /**
    * fallocate(2) on the thread pool, keeping the file size: `mode` 'punch' deallocates the range
    * (PUNCH_HOLE), 'zero' zeroes it (ZERO_RANGE). Both read back as zeros. Resolves false when the file
@@ -91,8 +107,12 @@ export interface NativeApi {
 }
 
 /** The raw addon as exported by native/medv.cc (no argument typing beyond its own checks). */
-type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer' | 'preadXtsAsync'> & {
+type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer' | 'preadXtsAsync'
+  | 'mapFile' | 'unmapFile' | 'xtsFromMapAsync'> & {
   preadXtsAsync?: NativeApi['preadXtsAsync'];
+  mapFile?: NativeApi['mapFile'];
+  unmapFile?: NativeApi['unmapFile'];
+  xtsFromMapAsync?: NativeApi['xtsFromMapAsync'];
   setSendBuffer?: NativeApi['setSendBuffer'];
   sendFileReply?: NativeApi['sendFileReply'];
   pageCached?: NativeApi['pageCached'];
@@ -132,8 +152,14 @@ function checkIoArgs(fd: number, buf: Buffer, offset: number, position: number):
 }
 
 function checkPreadXtsArgs(fd: number, buf: Buffer, position: number, key: Buffer, firstUnit: number, unitSize: number): void {
-  checkIoArgs(fd, buf, 0, position);
-  if (position + buf.length > Number.MAX_SAFE_INTEGER) throw badArg(`file position ${position} out of range`);
+  checkFd(fd);
+  checkDecryptArgs(buf, position, key, firstUnit, unitSize);
+}
+
+/** A buffer to decrypt into from file position `position`. */
+function checkDecryptArgs(buf: Buffer, position: number, key: Buffer, firstUnit: number, unitSize: number): void {
+  if (!(buf instanceof Uint8Array)) throw badArg('I/O buffer must be a Buffer');
+  if (!Number.isSafeInteger(position) || position < 0 || position + buf.length > Number.MAX_SAFE_INTEGER) throw badArg(`file position ${position} out of range`);
   checkXtsArgs(key, buf, buf, firstUnit, unitSize, false);
 }
 
@@ -164,9 +190,9 @@ function checkSendFileArgs(sockfd: number, header: Buffer, fd: number, position:
   checkRangeArgs(fd, position, length);
 }
 
-function checkRangeArgs(fd: number, position: number, length: number): void {
+function checkRangeArgs(fd: number, position: number, length: number, maxLength = 0x7ffff000): void {
   checkFd(fd);
-  if (!Number.isSafeInteger(position) || position < 0 || !Number.isSafeInteger(length) || length < 0 || length > 0x7ffff000) {
+  if (!Number.isSafeInteger(position) || position < 0 || !Number.isSafeInteger(length) || length < 0 || length > maxLength) {
     throw badArg(`file range position=${position} length=${length} is invalid`);
   }
 }
@@ -232,6 +258,20 @@ export const fallback: NativeApi = {
     checkPreadXtsArgs(fd, buf, position, key, firstUnit, unitSize);
     await preadFully(fd, buf, position);
     fallback.xtsCrypt(key, buf, buf, firstUnit, unitSize, false);
+  },
+
+  mapFile(fd, length) {
+    checkRangeArgs(fd, 0, length, Number.MAX_SAFE_INTEGER);
+    return undefined;
+  },
+
+  unmapFile() {
+    throw badArg('no file map in the JS fallback');
+  },
+
+  async xtsFromMapAsync(_map, position, buf, key, firstUnit, unitSize) {
+    checkDecryptArgs(buf, position, key, firstUnit, unitSize);
+    throw badArg('no file map in the JS fallback');
   },
 
   async fallocate(fd, mode, offset, length) {
@@ -312,6 +352,21 @@ function wrap(raw: RawAddon): NativeApi {
         await raw.preadXtsAsync(fd, buf, position, key, firstUnit, unitSize);
       } catch (e) {
         if (typeof (e as NodeJS.ErrnoException).code === 'string') throw e; // the read's system error
+        throw xtsFailure(e);
+      }
+    },
+    mapFile(fd, length) {
+      checkRangeArgs(fd, 0, length, Number.MAX_SAFE_INTEGER);
+      return raw.mapFile && length > 0 ? raw.mapFile(fd, length) : undefined;
+    },
+    unmapFile(map) { raw.unmapFile!(map); },
+    async xtsFromMapAsync(map, position, buf, key, firstUnit, unitSize) {
+      checkDecryptArgs(buf, position, key, firstUnit, unitSize);
+      try {
+        await raw.xtsFromMapAsync!(map, position, buf, key, firstUnit, unitSize);
+      } catch (e) {
+        if (typeof (e as NodeJS.ErrnoException).code === 'string') throw e; // EIO: the page could not be read
+        if (e instanceof RangeError) throw badArg(e.message);
         throw xtsFailure(e);
       }
     },

@@ -229,6 +229,46 @@ describe('native', () => {
     }
   });
 
+  it('xtsFromMapAsync decrypts from a file mapping; a truncated file gives EIO, not SIGBUS; unmap waits for reads in flight', async function () {
+    const addon = nativeAddon();
+    assert.equal(fallback.mapFile(0, 4096), undefined, 'the fallback maps nothing');
+    if (!addon) this.skip();
+    const dir = fs.mkdtempSync(join(tmpdir(), 'medv-map-'));
+    try {
+      const key = randomBytes(64);
+      const plain = randomBytes(4096 * 64);
+      const file = join(dir, 'f');
+      fs.writeFileSync(file, reference(key, plain, 0, 4096, true));
+      const fd = fs.openSync(file, 'r+');
+      try {
+        const map = addon!.mapFile(fd, plain.length);
+        if (!map) this.skip();
+        const bufs = Array.from({ length: 8 }, () => Buffer.alloc(4096 * 8));
+        const reads = bufs.map((b, i) => addon!.xtsFromMapAsync(map!, i * 8 * 4096, b, key, i * 8, 4096));
+        await Promise.all(reads);
+        bufs.forEach((b, i) => assert.ok(b.equals(plain.subarray(i * 8 * 4096, (i + 1) * 8 * 4096)), `part ${i}`));
+        await assert.rejects(addon!.xtsFromMapAsync(map!, plain.length - 4096, Buffer.alloc(8192), key, 0, 4096), isArgError, 'past the mapping');
+        // Someone truncates the file under the mapping: its pages past the new end are gone.
+        fs.ftruncateSync(fd, 4096 * 16);
+        await assert.rejects(addon!.xtsFromMapAsync(map!, 4096 * 32, Buffer.alloc(4096 * 4), key, 32, 4096), { code: 'EIO' });
+        const head = Buffer.alloc(4096 * 4);
+        await addon!.xtsFromMapAsync(map!, 4096 * 4, head, key, 4, 4096);
+        assert.ok(head.equals(plain.subarray(4096 * 4, 4096 * 8)), 'the rest of the mapping still reads');
+        // Unmapped while reads are in flight: they finish; new ones are refused.
+        const late = Buffer.alloc(4096 * 8);
+        const inFlight = addon!.xtsFromMapAsync(map!, 0, late, key, 0, 4096);
+        addon!.unmapFile(map!);
+        await inFlight;
+        assert.ok(late.equals(plain.subarray(0, 4096 * 8)));
+        await assert.rejects(addon!.xtsFromMapAsync(map!, 0, Buffer.alloc(4096), key, 0, 4096), isArgError);
+      } finally {
+        fs.closeSync(fd);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('sendFileReply sends a header and page-cached file bytes on a socket; pageCached tells; setSendBuffer; the fallback declines', async function () {
     const dir = fs.mkdtempSync(join(tmpdir(), 'medv-sendfile-'));
     const server = net.createServer();

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 import { MedvError, fromSystemError } from '../errors.js';
-import { native } from '../native.js';
+import { type FileMap, native } from '../native.js';
 import { writeZeroesByWriting } from './emulate.js';
 import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from './device.js';
 import { type LockMode, lockFile } from './flock.js';
@@ -15,6 +15,8 @@ const fsFtruncate = promisify(fs.ftruncate);
 const fsClose = promisify(fs.close);
 const fsOpen = promisify(fs.open);
 const fsFstat = promisify(fs.fstat);
+/** Files from this size are mapped for readIntoDecrypted (a mapping costs a few system calls once). */
+const MAP_MIN = 1 << 20;
 
 export interface FileOpenOptions {
   readOnly?: boolean;
@@ -36,6 +38,9 @@ export interface FileOpenOptions {
 export class FileDevice implements BlockDevice {
   readonly capabilities: BlockCapabilities;
   private closed = false;
+  /** See mapCovering. */
+  private mapping: { map: FileMap; length: number } | undefined;
+  private mapTried = false;
 
   private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean) {
     // With the addon, discard punches holes and write-zeroes zeroes ranges with fallocate(2);
@@ -93,12 +98,38 @@ export class FileDevice implements BlockDevice {
     await this.readAt(buf, offset);
   }
 
-  /** See BlockDevice.readIntoDecrypted (native.preadXtsAsync). */
+  /**
+   * See BlockDevice.readIntoDecrypted. From a read-only mapping of the file where it covers the
+   * range (native.xtsFromMapAsync: the cipher reads the page cache itself), else pread and cipher
+   * in one thread-pool job (native.preadXtsAsync).
+   */
   async readIntoDecrypted(buf: Buffer, offset: number, key: Buffer, firstUnit: number, unitSize: number): Promise<void> {
     this.checkRead(offset, buf.length);
+    const map = this.mapCovering(offset + buf.length);
     try {
-      await native.preadXtsAsync(this.fd, buf, offset, key, firstUnit, unitSize);
+      if (map) await native.xtsFromMapAsync(map, offset, buf, key, firstUnit, unitSize);
+      else await native.preadXtsAsync(this.fd, buf, offset, key, firstUnit, unitSize);
     } catch (e) { throw fromSystemError(e, this.path); }
+  }
+
+  /** The file's mapping if it reaches `end`: made on first use, of the size then (a file that grew
+   *  since is read past it with pread); none for small files or where mmap is unavailable. */
+  private mapCovering(end: number): FileMap | undefined {
+    if (!this.mapping && !this.mapTried && this.currentSize >= MAP_MIN) {
+      this.mapTried = true;
+      try {
+        const map = native.mapFile(this.fd, this.currentSize);
+        if (map) this.mapping = { map, length: this.currentSize };
+      } catch { /* not mappable (a pipe, a special file system): pread it is */ }
+    }
+    return this.mapping && end <= this.mapping.length ? this.mapping.map : undefined;
+  }
+
+  /** Before the file shrinks or closes: no new reads through the mapping (those in flight finish). */
+  private unmap(): void {
+    if (this.mapping) native.unmapFile(this.mapping.map);
+    this.mapping = undefined;
+    this.mapTried = false;
   }
 
   /** See BlockDevice.readIntoNow: all of it from the page cache (preadv2 RWF_NOWAIT), or false. */
@@ -192,6 +223,7 @@ export class FileDevice implements BlockDevice {
 
   async resize(newSize: number): Promise<void> {
     this.assertWritable();
+    if (this.mapping && newSize < this.mapping.length) this.unmap();
     try { await fsFtruncate(this.fd, newSize); } catch (e) { throw fromSystemError(e, this.path); }
     this.currentSize = newSize;
   }
@@ -199,6 +231,7 @@ export class FileDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.unmap();
     await fsClose(this.fd).catch((e) => { throw fromSystemError(e, this.path); });
   }
 

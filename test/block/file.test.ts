@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { native } from '../../src/native.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,6 +42,51 @@ describe('block: FileDevice discard and write-zeroes (fallocate in the addon)', 
         assert.ok(before - statSync(path).blocks >= 0.9 * ((2 << 20) / 512), `the discarded range is deallocated (${before} -> ${statSync(path).blocks} blocks)`);
       } else {
         assert.ok(now.subarray(1 << 20, 3 << 20).equals(data.subarray(1 << 20, 3 << 20)), 'the fallback leaves a discarded range as it was');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('block: FileDevice readIntoDecrypted', () => {
+  it('decrypts like xtsCrypt, before and after the file grows and shrinks; a file truncated behind its back reads EIO, typed', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'medv-file-xts-'));
+    try {
+      const key = randomBytes(64);
+      const plain = randomBytes(4 << 20);
+      const cipher = Buffer.alloc(plain.length);
+      native.xtsCrypt(key, plain, cipher, 0, 4096, true);
+      const path = join(dir, 'disk.img');
+      writeFileSync(path, cipher.subarray(0, 2 << 20));
+      const dev = await FileDevice.open(path);
+      const check = async (unit: number, units: number) => {
+        const buf = Buffer.alloc(units * 4096);
+        await dev.readIntoDecrypted(buf, unit * 4096, key, unit, 4096);
+        assert.ok(buf.equals(plain.subarray(unit * 4096, (unit + units) * 4096)), `units ${unit}..${unit + units}`);
+      };
+      try {
+        await check(0, 64);
+        await check(200, 56);
+        // Grown past the size it had when first read (a mapping, where there is one, stops there).
+        await dev.write(2 << 20, cipher.subarray(2 << 20));
+        await check(500, 24);
+        await check(480, 64);
+        // Shrunk through the device, then grown again.
+        await dev.resize(1 << 20);
+        await assert.rejects(dev.readIntoDecrypted(Buffer.alloc(4096), 1 << 20, key, 256, 4096), { code: 'ERANGE' });
+        await dev.write(1 << 20, cipher.subarray(1 << 20));
+        await check(250, 16);
+        await check(700, 64);
+        // Another process truncates the file under us. Through the mapping (the addon) the lost
+        // pages are a typed EIO, not a SIGBUS that kills the process; pread reads zeros there.
+        if (native.available) {
+          truncateSync(path, 1 << 20);
+          await assert.rejects(dev.readIntoDecrypted(Buffer.alloc(4096 * 16), 3 << 20, key, 768, 4096), { code: 'EIO' });
+        }
+        await check(16, 16);
+      } finally {
+        await dev.close();
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -37,7 +37,7 @@ const DIRECT_MIN = 64 * 1024;
 /** When the socket fills up midway through a range reply, this much of the rest goes through Node:
  *  its write's callback says when the socket takes more. */
 const PROBE = 4096;
-/** SO_SNDBUF asked for sockets that get range replies (the kernel doubles it, capped by
+/** SO_SNDBUF asked for every connection (the kernel doubles it, capped by
  *  net.core.wmem_max): the default (~200 KiB) is less than one 256 KiB reply. */
 const SEND_BUFFER = 2 << 20;
 /** READs below this size are offered to the device's readIntoNow(), straight into an output slab. */
@@ -149,10 +149,11 @@ export class Transmission {
   ) {
     this.target = { size: s.info.size, readOnly: s.info.readOnly, description: s.device.description };
     // Socket._handle.fd: undocumented but long-standing (like _handle in userbuffer.ts); without it, no fast path.
-    const fd = s.device.sendReadReply && s.device.readCached ? (socket as { _handle?: { fd?: unknown } | null })._handle?.fd : undefined;
-    this.sockFd = typeof fd === 'number' && Number.isSafeInteger(fd) && fd >= 0 ? fd : -1;
-    // Room for several range replies at once: fewer turns where the socket fills up midway.
-    if (this.sockFd >= 0) native.setSendBuffer(this.sockFd, SEND_BUFFER);
+    const fd = (socket as { _handle?: { fd?: unknown } | null })._handle?.fd;
+    const sockFd = typeof fd === 'number' && Number.isSafeInteger(fd) && fd >= 0 ? fd : -1;
+    this.sockFd = s.device.sendReadReply && s.device.readCached ? sockFd : -1;
+    // Room for several large replies at once: fewer turns where the socket fills up midway.
+    if (sockFd >= 0) native.setSendBuffer(sockFd, SEND_BUFFER);
   }
 
   /** Bytes held now (tests and logs). */

@@ -228,6 +228,18 @@ Napi::Value XtsCryptAsync(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// A decryption into a buffer of bufLen bytes (job->out, key, firstUnit and unitSize read): checks the
+// rest and fills in units; false after throwing.
+bool CheckDecryptJob(Napi::Env env, XtsJob* job, size_t bufLen, size_t keyLen) {
+  if (keyLen != kXtsKeyBytes) return ThrowRange(env, "key must be 64 bytes");
+  if (job->unitSize < 16 || job->unitSize % 16 != 0) return ThrowRange(env, "unit size must be a multiple of 16, at least 16");
+  if (bufLen % job->unitSize != 0) return ThrowRange(env, "buffer length must be a multiple of the unit size");
+  job->encrypt = false;
+  job->units = bufLen / job->unitSize;
+  if (job->units > 0 && job->firstUnit + job->units - 1 < job->firstUnit) return ThrowRange(env, "unit number overflow");
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 // A read and its AES-256-XTS decryption in one job on the libuv thread pool:
 // (fd, buf, position, key, firstUnit, unitSize) reads buf.length bytes at `position` (zeros past end
@@ -285,14 +297,9 @@ Napi::Value PreadXtsAsync(const Napi::CallbackInfo& info) {
       !GetIndex(info, 5, kMaxUnitSize, &job.unitSize)) {
     return env.Undefined();
   }
-  if (keyLen != kXtsKeyBytes) return ThrowRange(env, "key must be 64 bytes"), env.Undefined();
-  if (job.unitSize < 16 || job.unitSize % 16 != 0) return ThrowRange(env, "unit size must be a multiple of 16, at least 16"), env.Undefined();
-  if (bufLen % job.unitSize != 0) return ThrowRange(env, "buffer length must be a multiple of the unit size"), env.Undefined();
+  if (!CheckDecryptJob(env, &job, bufLen, keyLen)) return env.Undefined();
   if (position + bufLen > kMaxSafeInteger) return ThrowRange(env, "position out of range"), env.Undefined();
   job.in = job.out;
-  job.encrypt = false;
-  job.units = bufLen / job.unitSize;
-  if (job.units > 0 && job.firstUnit + job.units - 1 < job.firstUnit) return ThrowRange(env, "unit number overflow"), env.Undefined();
   auto* w = new PreadXtsWorker(info, fd, position, job);
   Napi::Promise p = w->Promise();
   w->Queue();
@@ -446,12 +453,7 @@ Napi::Value XtsFromMapAsync(const Napi::CallbackInfo& info) {
   }
   if (m->unmapped || m->base == nullptr) return ThrowRange(env, "the file map was unmapped"), env.Undefined();
   if (position > m->length || bufLen > m->length - position) return ThrowRange(env, "range is outside the file map"), env.Undefined();
-  if (keyLen != kXtsKeyBytes) return ThrowRange(env, "key must be 64 bytes"), env.Undefined();
-  if (job.unitSize < 16 || job.unitSize % 16 != 0) return ThrowRange(env, "unit size must be a multiple of 16, at least 16"), env.Undefined();
-  if (bufLen % job.unitSize != 0) return ThrowRange(env, "buffer length must be a multiple of the unit size"), env.Undefined();
-  job.encrypt = false;
-  job.units = bufLen / job.unitSize;
-  if (job.units > 0 && job.firstUnit + job.units - 1 < job.firstUnit) return ThrowRange(env, "unit number overflow"), env.Undefined();
+  if (!CheckDecryptJob(env, &job, bufLen, keyLen)) return env.Undefined();
   auto* w = new MapXtsWorker(info, m, position, job);
   Napi::Promise p = w->Promise();
   w->Queue();

@@ -455,7 +455,7 @@ export class Transmission {
     const size = headerSize + length;
     let slab = this.slab;
     if (slab && slab.used + size > slab.buf.length) {
-      // Full: it goes back to the pool once its last reply is written (releaseSlab).
+      // Full: it goes back to the pool once its last reply is written (dropSlab).
       this.slab = slab = undefined;
     }
     if (!slab) this.slab = slab = { buf: this.s.pool.get(SLAB_SIZE), used: 0, refs: 0 };

@@ -20,12 +20,12 @@
 
 #include <cerrno>
 #include <cmath>
+#include <csetjmp>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <string>
-
-#include <csetjmp>
-#include <csignal>
+#include <vector>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -193,39 +193,59 @@ Napi::Value XtsCrypt(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// The same on the libuv thread pool, so a large batch runs on another core while the event loop
-// serves sockets. The three buffers are held (persistent references) until the promise settles;
-// the caller must not touch them meanwhile.
-class XtsWorker : public Napi::AsyncWorker {
+// An XTS job on the libuv thread pool that settles a promise. The JS objects whose memory the job
+// uses are held (persistent references) until it settles; the caller must not touch them meanwhile.
+// Execute() sets ok_ (the cipher succeeded), or err_ and syscall_ for a system error.
+class XtsPoolJob : public Napi::AsyncWorker {
  public:
-  XtsWorker(const Napi::CallbackInfo& info, const XtsJob& job)
+  XtsPoolJob(const Napi::CallbackInfo& info, const XtsJob& job, std::initializer_list<size_t> held)
       : Napi::AsyncWorker(info.Env()), job_(job), deferred_(Napi::Promise::Deferred::New(info.Env())) {
-    for (int i = 0; i < 3; i++) refs_[i] = Napi::Persistent(info[i].As<Napi::Object>());
+    for (size_t i : held) refs_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
   }
-  Napi::Promise Promise() { return deferred_.Promise(); }
+  // Queue it; its promise.
+  Napi::Value Start() {
+    Napi::Promise p = deferred_.Promise();
+    Queue();
+    return p;
+  }
+
+ protected:
+  // Runs on the event loop as the job settles, before the promise does.
+  virtual void Settled() {}
+  void OnOK() override {
+    Settled();
+    if (err_ != 0) deferred_.Reject(SysError(Env(), syscall_, err_).Value());
+    else if (!ok_) deferred_.Reject(Napi::Error::New(Env(), kXtsFailed).Value());
+    else deferred_.Resolve(Env().Undefined());
+  }
+  void OnError(const Napi::Error& e) override {
+    Settled();
+    deferred_.Reject(e.Value());
+  }
+
+  XtsJob job_;
+  bool ok_ = false;
+  int err_ = 0;
+  const char* syscall_ = "";
+
+ private:
+  std::vector<Napi::ObjectReference> refs_;
+  Napi::Promise::Deferred deferred_;
+};
+
+// xtsCrypt on the pool, so a large batch runs on another core while the event loop serves sockets.
+class XtsWorker : public XtsPoolJob {
+ public:
+  XtsWorker(const Napi::CallbackInfo& info, const XtsJob& job) : XtsPoolJob(info, job, {0, 1, 2}) {}
 
  protected:
   void Execute() override { ok_ = RunXts(job_); }
-  void OnOK() override {
-    if (ok_) deferred_.Resolve(Env().Undefined());
-    else deferred_.Reject(Napi::Error::New(Env(), kXtsFailed).Value());
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  XtsJob job_;
-  Napi::ObjectReference refs_[3];
-  bool ok_ = false;
-  Napi::Promise::Deferred deferred_;
 };
 
 Napi::Value XtsCryptAsync(const Napi::CallbackInfo& info) {
   XtsJob job;
   if (!ParseXts(info, &job)) return info.Env().Undefined();
-  auto* w = new XtsWorker(info, job);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return (new XtsWorker(info, job))->Start();
 }
 
 // A decryption into a buffer of bufLen bytes (job->out, key, firstUnit and unitSize read): checks the
@@ -245,15 +265,10 @@ bool CheckDecryptJob(Napi::Env env, XtsJob* job, size_t bufLen, size_t keyLen) {
 // (fd, buf, position, key, firstUnit, unitSize) reads buf.length bytes at `position` (zeros past end
 // of file), then decrypts them in place as xtsCrypt does. The event loop does neither the copy out
 // of the page cache nor the cipher. Resolves undefined; rejects with the read's system error.
-class PreadXtsWorker : public Napi::AsyncWorker {
+class PreadXtsWorker : public XtsPoolJob {
  public:
   PreadXtsWorker(const Napi::CallbackInfo& info, int fd, uint64_t position, const XtsJob& job)
-      : Napi::AsyncWorker(info.Env()), fd_(fd), position_(position), job_(job),
-        deferred_(Napi::Promise::Deferred::New(info.Env())) {
-    bufRef_ = Napi::Persistent(info[1].As<Napi::Object>());
-    keyRef_ = Napi::Persistent(info[3].As<Napi::Object>());
-  }
-  Napi::Promise Promise() { return deferred_.Promise(); }
+      : XtsPoolJob(info, job, {1, 3}), fd_(fd), position_(position) {}
 
  protected:
   void Execute() override {
@@ -262,28 +277,16 @@ class PreadXtsWorker : public Napi::AsyncWorker {
     while (done < len) {
       ssize_t n = pread(fd_, job_.out + done, len - done, static_cast<off_t>(position_ + done));
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) { err_ = errno; return; }
+      if (n < 0) { err_ = errno; syscall_ = "pread"; return; }
       if (n == 0) { memset(job_.out + done, 0, len - done); break; }
       done += static_cast<size_t>(n);
     }
     ok_ = RunXts(job_);
   }
-  void OnOK() override {
-    if (err_ != 0) deferred_.Reject(SysError(Env(), "pread", err_).Value());
-    else if (!ok_) deferred_.Reject(Napi::Error::New(Env(), kXtsFailed).Value());
-    else deferred_.Resolve(Env().Undefined());
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
   int fd_;
   uint64_t position_;
-  XtsJob job_;
-  Napi::ObjectReference bufRef_;
-  Napi::ObjectReference keyRef_;
-  int err_ = 0;
-  bool ok_ = false;
-  Napi::Promise::Deferred deferred_;
 };
 
 Napi::Value PreadXtsAsync(const Napi::CallbackInfo& info) {
@@ -300,10 +303,7 @@ Napi::Value PreadXtsAsync(const Napi::CallbackInfo& info) {
   if (!CheckDecryptJob(env, &job, bufLen, keyLen)) return env.Undefined();
   if (position + bufLen > kMaxSafeInteger) return ThrowRange(env, "position out of range"), env.Undefined();
   job.in = job.out;
-  auto* w = new PreadXtsWorker(info, fd, position, job);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return (new PreadXtsWorker(info, fd, position, job))->Start();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,17 +390,13 @@ Napi::Value UnmapFile(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-class MapXtsWorker : public Napi::AsyncWorker {
+class MapXtsWorker : public XtsPoolJob {
  public:
   MapXtsWorker(const Napi::CallbackInfo& info, FileMap* m, uint64_t position, const XtsJob& job)
-      : Napi::AsyncWorker(info.Env()), map_(m), job_(job), deferred_(Napi::Promise::Deferred::New(info.Env())) {
-    mapRef_ = Napi::Persistent(info[0].As<Napi::Object>());
-    bufRef_ = Napi::Persistent(info[2].As<Napi::Object>());
-    keyRef_ = Napi::Persistent(info[3].As<Napi::Object>());
+      : XtsPoolJob(info, job, {0, 2, 3}), map_(m) {
     job_.in = m->base + position;
     m->users++;
   }
-  Napi::Promise Promise() { return deferred_.Promise(); }
 
  protected:
   void Execute() override {
@@ -413,31 +409,17 @@ class MapXtsWorker : public Napi::AsyncWorker {
       tSigbusGuard = nullptr;
     } else {
       tSigbusGuard = nullptr;
-      sigbus_ = true;
+      err_ = EIO;  // the page could not be read
+      syscall_ = "mmap read";
     }
     EVP_CIPHER_CTX_free(ctx);  // clears the key schedule, also after a jump out of the cipher
   }
-  void OnOK() override {
+  void Settled() override {
     if (--map_->users == 0 && map_->unmapped) ReleaseMapping(map_);
-    Napi::Env env = Env();
-    if (sigbus_) deferred_.Reject(SysError(env, "mmap read", EIO).Value());
-    else if (!ok_) deferred_.Reject(Napi::Error::New(env, kXtsFailed).Value());
-    else deferred_.Resolve(env.Undefined());
-  }
-  void OnError(const Napi::Error& e) override {
-    if (--map_->users == 0 && map_->unmapped) ReleaseMapping(map_);
-    deferred_.Reject(e.Value());
   }
 
  private:
   FileMap* map_;
-  XtsJob job_;
-  Napi::ObjectReference mapRef_;
-  Napi::ObjectReference bufRef_;
-  Napi::ObjectReference keyRef_;
-  bool ok_ = false;
-  bool sigbus_ = false;
-  Napi::Promise::Deferred deferred_;
 };
 
 Napi::Value XtsFromMapAsync(const Napi::CallbackInfo& info) {
@@ -454,10 +436,7 @@ Napi::Value XtsFromMapAsync(const Napi::CallbackInfo& info) {
   if (m->unmapped || m->base == nullptr) return ThrowRange(env, "the file map was unmapped"), env.Undefined();
   if (position > m->length || bufLen > m->length - position) return ThrowRange(env, "range is outside the file map"), env.Undefined();
   if (!CheckDecryptJob(env, &job, bufLen, keyLen)) return env.Undefined();
-  auto* w = new MapXtsWorker(info, m, position, job);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return (new MapXtsWorker(info, m, position, job))->Start();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -210,6 +210,14 @@ function checkFlockArgs(fd: number, exclusive: boolean): void {
 /** Exit status /usr/bin/flock is told to use for "held by someone else" (-E), apart from its own errors. */
 const FLOCK_CONFLICT = 75;
 
+/** A decrypting read's failure: the read's system error as it is (Node's shape: `code`, e.g. EIO for a
+ *  mapped page the kernel could not give), a refused argument as EINVAL_ARG, else the cipher's ECRYPTO. */
+function decryptFailure(e: unknown): unknown {
+  if (typeof (e as NodeJS.ErrnoException)?.code === 'string') return e;
+  if (e instanceof RangeError || e instanceof TypeError) return badArg(e.message);
+  return xtsFailure(e);
+}
+
 /** OpenSSL refused the key (e.g. equal XTS halves): ECRYPTO, without key bytes in the message. */
 function xtsFailure(e: unknown): MedvError {
   return new MedvError('ECRYPTO', 'AES-256-XTS failed: OpenSSL refused the key (equal halves?) or the data', {}, { cause: e });
@@ -351,8 +359,7 @@ function wrap(raw: RawAddon): NativeApi {
       try {
         await raw.preadXtsAsync(fd, buf, position, key, firstUnit, unitSize);
       } catch (e) {
-        if (typeof (e as NodeJS.ErrnoException).code === 'string') throw e; // the read's system error
-        throw xtsFailure(e);
+        throw decryptFailure(e);
       }
     },
     mapFile(fd, length) {
@@ -365,9 +372,7 @@ function wrap(raw: RawAddon): NativeApi {
       try {
         await raw.xtsFromMapAsync!(map, position, buf, key, firstUnit, unitSize);
       } catch (e) {
-        if (typeof (e as NodeJS.ErrnoException).code === 'string') throw e; // EIO: the page could not be read
-        if (e instanceof RangeError) throw badArg(e.message);
-        throw xtsFailure(e);
+        throw decryptFailure(e);
       }
     },
     async fallocate(fd, mode, offset, length) { checkFallocateArgs(fd, mode, offset, length); return raw.fallocate(fd, mode === 'punch' ? 0 : 1, offset, length); },

@@ -26,6 +26,7 @@ import { MedvError, fromSystemError } from '../errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import type { KekSource } from '../crypto/kekenv.js';
 import { writeKeyFileAt, fsyncDir } from '../crypto/keyfile.js';
+import { tempNameFor } from '../block/atomic.js';
 import { secureAlloc, secureFree, secureSeal, redactInspect } from '../crypto/secure.js';
 import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
 import { IMAGE_NAME_RE } from '../formats/ckm/index.js';
@@ -342,8 +343,8 @@ async function mkdir700(dir: string): Promise<void> {
 
 /** Write `make(tmp)` under a temporary name in `dir`, then rename it over `name` and fsync the folder. */
 async function replaceAtomically(dir: string, name: string, make: (tmp: string) => Promise<void>): Promise<void> {
-  const tmp = join(dir, `.${randomBytes(6).toString('hex')}.tmp`);
   const path = join(dir, name);
+  const tmp = tempNameFor(path, process.pid, randomBytes(6).toString('hex'));
   try {
     await make(tmp);
     await fs.promises.rename(tmp, path);

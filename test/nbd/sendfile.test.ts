@@ -167,6 +167,42 @@ describe('nbd server: READ replies sent from the page cache (FileDevice)', funct
     });
   }
 
+  it('a client that sends thousands of small READs and never reads a reply holds at most its allowance; others are served; all is released when it leaves', async function () {
+    const budget = 1 << 20;
+    const sock = join(dir, 'bounded.sock');
+    const bounded = await serveNbd(dev, { socketPath: sock, maxConnectionBytes: budget, maxBlockSize: 64 << 10 });
+    try {
+      const c = await RawClient.open(sock);
+      clients.push(c);
+      await c.hello();
+      await c.go('', [P.NBD_INFO_BLOCK_SIZE], false);
+      c.sock.pause();
+      // 20,000 READs of 4 KiB: 80 MiB of replies, none of them read.
+      const reqs: Buffer[] = [];
+      for (let i = 0; i < 20000; i++) reqs.push(P.encodeRequest({ type: P.NBD_CMD_READ, handle: BigInt(i + 1), offset: (i % 2000) * 4096, length: 4096 }));
+      c.write(Buffer.concat(reqs));
+      // The server reads requests until the allowance is used, then stops reading.
+      const filled = Date.now() + 5000;
+      while (bounded.heldBytes() < budget - (128 << 10) && Date.now() < filled) await sleep(20);
+      assert.ok(bounded.heldBytes() >= budget - (128 << 10), `the allowance never filled: ${bounded.heldBytes()} bytes held`);
+      assert.ok(bounded.heldBytes() <= budget, `${bounded.heldBytes()} bytes held`);
+      // Answered: what the allowance and the kernel's socket buffers hold (a few MiB), far from all of it.
+      if (native.available) assert.ok(now.hits > 0 && now.hits < 5000, `${now.hits} READs answered for a client that reads nothing`);
+      const other = await RawClient.open(sock);
+      clients.push(other);
+      await other.hello();
+      await other.go('', [P.NBD_INFO_BLOCK_SIZE], false);
+      await run(other, false, [{ type: P.NBD_CMD_READ, offset: 8192, length: 4096 }], 0, data);
+      c.destroy();
+      other.destroy();
+      const until = Date.now() + 5000;
+      while (bounded.heldBytes() !== 0 && Date.now() < until) await sleep(20);
+      assert.equal(bounded.heldBytes(), 0);
+    } finally {
+      await bounded.close();
+    }
+  });
+
   it('READs after WRITEs see the written bytes; reads the device declines come from a buffer', async () => {
     const c = await open(true);
     const expected = Buffer.from(data);

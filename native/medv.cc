@@ -1,6 +1,6 @@
 // medv native addon: only what Node cannot do, or cannot do fast (DESIGN.md, "native/").
 //
-//   xtsCrypt(key, input, output, firstUnit, unitSize, encrypt)  batch AES-256-XTS, one EVP context
+//   xtsCrypt(key, input, output, firstUnit, unitSize, encrypt)  batch AES-256-XTS (libgcrypt), one cipher handle
 //   xtsCryptAsync(same arguments)                                the same on the libuv pool: a promise
 //   preadNoWait(fd, buf, offset, position)                       page-cache hits only (preadv2 RWF_NOWAIT), no thread-pool hop
 //   preadXtsAsync(fd, buf, position, key, firstUnit, unitSize)  pread, then XTS decrypt in place, one libuv pool job: a promise
@@ -10,13 +10,13 @@
 //   kvmProbe()                                                   open /dev/kvm, KVM_GET_API_VERSION == 12
 //   flock(fd, exclusive)                                         flock(2) LOCK_EX|LOCK_SH with LOCK_NB: true, or false when held
 //
-// OpenSSL comes from Node's own headers and is resolved against the symbols the node binary exports:
-// nothing extra is linked. The typed boundary (argument checks that raise MedvError) lives in
+// AES-XTS comes from libgcrypt (linked: -lgcrypt, Debian's libgcrypt20-dev), which has VAES code
+// for it; Node's OpenSSL 3.0 does not. The typed boundary (argument checks that raise MedvError) lives in
 // src/native.ts; the checks here only keep hostile arguments from touching memory out of bounds.
 // Error objects carry `code` (e.g. "ENOENT") and `errno` like Node's fs errors, and never key bytes.
 
 #include <napi.h>
-#include <openssl/evp.h>
+#include <gcrypt.h>
 
 #include <cerrno>
 #include <cmath>
@@ -43,7 +43,7 @@ constexpr unsigned long kKvmGetApiVersion = 0xAE00;  // _IO(KVMIO=0xAE, 0x00)
 constexpr int kKvmApiVersion = 12;
 constexpr size_t kXtsKeyBytes = 64;
 constexpr double kMaxSafeInteger = 9007199254740991.0;
-// OpenSSL refuses one XTS update longer than 2^20 blocks of 16 bytes.
+// XTS (IEEE 1619) allows at most 2^20 blocks of 16 bytes per data unit; libgcrypt refuses more.
 constexpr uint32_t kMaxUnitSize = 16u * (1u << 20);
 
 const char* ErrnoCode(int err) {
@@ -115,8 +115,7 @@ bool GetFd(const Napi::CallbackInfo& info, size_t i, int* fd) {
 
 // ---------------------------------------------------------------------------------------------
 // AES-256-XTS over whole units; unit i uses tweak (firstUnit + i) as a 16-byte little-endian
-// number (LUKS "plain64"). One EVP context per call: the key schedule is set once and only the
-// IV is re-initialised per unit. input may be the same memory as output (in-place).
+// number (LUKS "plain64"). input may be the same memory as output (in-place).
 struct XtsJob {
   uint8_t* key = nullptr;
   uint8_t* in = nullptr;
@@ -148,42 +147,54 @@ bool ParseXts(const Napi::CallbackInfo& info, XtsJob* job) {
   return true;
 }
 
-// The cipher work alone (no JS): safe on a pool thread. One EVP context per call.
-// The cipher is fetched from OpenSSL's provider once: passing EVP_aes_256_xts() to every
-// EVP_CipherInit_ex makes OpenSSL 3 look it up again, which cost more than decrypting 4 KiB.
-const EVP_CIPHER* XtsCipher() {
-  static const EVP_CIPHER* const cipher = [] {
-    const EVP_CIPHER* c = EVP_CIPHER_fetch(nullptr, "AES-256-XTS", nullptr);
-    return c != nullptr ? c : EVP_aes_256_xts();
-  }();
-  return cipher;
-}
-
-// The cipher work with the caller's context (so a caller that may leave it midway can still free it).
-bool RunXtsIn(EVP_CIPHER_CTX* ctx, const XtsJob& j) {
-  bool ok = EVP_CipherInit_ex(ctx, XtsCipher(), nullptr, j.key, nullptr, j.encrypt ? 1 : 0) == 1;
-  uint8_t iv[16];
-  memset(iv, 0, sizeof iv);
-  for (uint64_t i = 0; ok && i < j.units; i++) {
-    uint64_t t = j.firstUnit + i;
-    for (int b = 0; b < 8; b++) iv[b] = static_cast<uint8_t>(t >> (8 * b));
-    int n = 0;
-    ok = EVP_CipherInit_ex(ctx, nullptr, nullptr, nullptr, iv, -1) == 1 &&
-         EVP_CipherUpdate(ctx, j.out + i * j.unitSize, &n, j.in + i * j.unitSize, static_cast<int>(j.unitSize)) == 1 &&
-         static_cast<uint64_t>(n) == j.unitSize;
+// The cipher work alone (no JS): safe on a pool thread. One libgcrypt handle per call: the key
+// schedule is set once and only the tweak is set per unit. libgcrypt, not Node's OpenSSL: OpenSSL 3.0
+// (Node 20's) runs XTS on AES-NI alone, libgcrypt 1.10 on VAES/AVX2 where the CPU has it
+// (native/README.md has the measurements).
+class XtsHandle {
+ public:
+  XtsHandle() {
+    if (gcry_cipher_open(&h_, GCRY_CIPHER_AES256, GCRY_CIPHER_MODE_XTS, 0) != 0) h_ = nullptr;
   }
-  return ok;
-}
+  ~XtsHandle() {
+    if (h_ != nullptr) gcry_cipher_close(h_);  // wipes the key schedule
+  }
+  XtsHandle(const XtsHandle&) = delete;
+  XtsHandle& operator=(const XtsHandle&) = delete;
+  // The whole job; false when encrypting with a key of equal halves (IEEE 1619 forbids them;
+  // Node's OpenSSL, the JS fallback, refuses them in the same case), or when libgcrypt refused.
+  bool Run(const XtsJob& j) {
+    uint8_t differ = 0;  // compared in constant time
+    for (size_t b = 0; b < kXtsKeyBytes / 2; b++) differ |= j.key[b] ^ j.key[b + kXtsKeyBytes / 2];
+    if ((j.encrypt && differ == 0) || h_ == nullptr || gcry_cipher_setkey(h_, j.key, kXtsKeyBytes) != 0) return false;
+    uint8_t tweak[16];
+    memset(tweak, 0, sizeof tweak);
+    for (uint64_t i = 0; i < j.units; i++) {
+      uint64_t t = j.firstUnit + i;
+      for (int b = 0; b < 8; b++) tweak[b] = static_cast<uint8_t>(t >> (8 * b));
+      uint8_t* out = j.out + i * j.unitSize;
+      const uint8_t* in = j.in + i * j.unitSize;
+      // in == out: libgcrypt's in-place form (NULL input).
+      const void* src = in == out ? nullptr : in;
+      size_t srcLen = in == out ? 0 : j.unitSize;
+      if (gcry_cipher_setiv(h_, tweak, sizeof tweak) != 0) return false;
+      gcry_error_t err = j.encrypt ? gcry_cipher_encrypt(h_, out, j.unitSize, src, srcLen)
+                                   : gcry_cipher_decrypt(h_, out, j.unitSize, src, srcLen);
+      if (err != 0) return false;
+    }
+    return true;
+  }
+
+ private:
+  gcry_cipher_hd_t h_ = nullptr;
+};
 
 bool RunXts(const XtsJob& j) {
-  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
-  if (ctx == nullptr) return false;
-  bool ok = RunXtsIn(ctx, j);
-  EVP_CIPHER_CTX_free(ctx);  // clears the key schedule
-  return ok;
+  XtsHandle h;
+  return h.Run(j);
 }
 
-const char* const kXtsFailed = "AES-256-XTS failed (OpenSSL refused the key or data)";
+const char* const kXtsFailed = "AES-256-XTS failed (the key or the data was refused)";
 
 Napi::Value XtsCrypt(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -400,19 +411,17 @@ class MapXtsWorker : public XtsPoolJob {
 
  protected:
   void Execute() override {
-    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
-    if (ctx == nullptr) return;
+    XtsHandle cipher;  // freed (and wiped) on return, also after a jump out of the cipher
     sigjmp_buf guard;
     if (sigsetjmp(guard, 1) == 0) {
       tSigbusGuard = &guard;
-      ok_ = RunXtsIn(ctx, job_);
+      ok_ = cipher.Run(job_);
       tSigbusGuard = nullptr;
     } else {
       tSigbusGuard = nullptr;
       err_ = EIO;  // the page could not be read
       syscall_ = "mmap read";
     }
-    EVP_CIPHER_CTX_free(ctx);  // clears the key schedule, also after a jump out of the cipher
   }
   void Settled() override {
     if (--map_->users == 0 && map_->unmapped) ReleaseMapping(map_);
@@ -664,7 +673,21 @@ Napi::Value SendFileReply(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(sent + done));
 }
 
+// libgcrypt is initialised once, unless another library in the process already did. No secure
+// memory: a handle lives for one call and is wiped when closed.
+bool InitGcrypt() {
+  if (gcry_control(GCRYCTL_INITIALIZATION_FINISHED_P)) return true;
+  if (gcry_check_version(GCRYPT_VERSION) == nullptr) return false;
+  gcry_control(GCRYCTL_DISABLE_SECMEM, 0);
+  gcry_control(GCRYCTL_INITIALIZATION_FINISHED, 0);
+  return true;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  if (!InitGcrypt()) {
+    Napi::Error::New(env, "libgcrypt " GCRYPT_VERSION " or newer is needed; an older one is loaded").ThrowAsJavaScriptException();
+    return exports;
+  }
   exports.Set("xtsCrypt", Napi::Function::New(env, XtsCrypt, "xtsCrypt"));
   exports.Set("xtsCryptAsync", Napi::Function::New(env, XtsCryptAsync, "xtsCryptAsync"));
   exports.Set("preadNoWait", Napi::Function::New(env, PreadNoWait, "preadNoWait"));

@@ -218,9 +218,10 @@ function decryptFailure(e: unknown): unknown {
   return xtsFailure(e);
 }
 
-/** OpenSSL refused the key (e.g. equal XTS halves): ECRYPTO, without key bytes in the message. */
+/** The cipher (libgcrypt in the addon, OpenSSL in the fallback) refused the key (e.g. equal XTS
+ * halves to encrypt) or the data: ECRYPTO, without key bytes in the message. */
 function xtsFailure(e: unknown): MedvError {
-  return new MedvError('ECRYPTO', 'AES-256-XTS failed: OpenSSL refused the key (equal halves?) or the data', {}, { cause: e });
+  return new MedvError('ECRYPTO', 'AES-256-XTS failed: the cipher refused the key (equal halves?) or the data', {}, { cause: e });
 }
 
 // ---------------------------------------------------------------------------------------------

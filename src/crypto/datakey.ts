@@ -26,7 +26,7 @@ export class DataKey {
   static generate(): DataKey {
     for (;;) {
       const key = secureRandom(DATA_KEY_BYTES);
-      // XTS needs two different halves (OpenSSL refuses equal ones); a random key has them
+      // XTS needs two different halves (IEEE 1619; both ciphers refuse equal ones to encrypt); a random key has them
       // with overwhelming probability, but check rather than fail later.
       if (!key.subarray(0, 32).equals(key.subarray(32))) return new DataKey(randomBytes(KEY_ID_BYTES), key);
       secureFree(key);

@@ -39,6 +39,7 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 # qemu-system-x86 qemu-utils: guests, qemu-img/qemu-io/qemu-nbd; nasm: the test guest;
 # libvhdi-utils python3-libvhdi: VHD interop peers; nginx-light: HTTP range peer; fio: disk benches;
 # nbdkit libnbd-bin: NBD peers (nbdkit, nbdinfo, nbdcopy); g++ make: node-gyp for the native addon;
+# libgcrypt20-dev: the addon's AES-XTS (VAES code that Node's OpenSSL 3.0 lacks; native/README.md);
 # qemu-system-gui: `medv vm --display window`; xvfb x11-apps vncsnapshot libjpeg-turbo-progs: display tests
 # (an X server, xwd, a real VNC client, djpeg);
 # e2fsprogs mtools: the Linux test guest's disk (mke2fs -d, debugfs; FAT boot partition) without mounts;

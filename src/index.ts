@@ -1,5 +1,5 @@
 /** medv as a library: the block stack, keys, the NBD export, disk-file operations and the QEMU driver. */
-export * from './errors.js';
+export * from './core/errors.js';
 export * from './block/device.js';
 export { FileDevice, type FileOpenOptions } from './block/file.js';
 export { MemoryDevice } from './block/memory.js';

@@ -14,7 +14,7 @@ import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { promisify } from 'node:util';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { MedvError } from './errors.js';
+import { MedvError } from './core/errors.js';
 
 const fsRead = promisify(fs.read);
 

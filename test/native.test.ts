@@ -6,7 +6,7 @@ import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { MedvError } from '../src/errors.js';
+import { MedvError } from '../src/core/errors.js';
 import { type NativeApi, fallback, native, nativeAddon } from '../src/native.js';
 
 /** Reference: node:crypto, one cipher per unit, tweak = unit number little-endian. */

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { type FileMap, native } from '../native.js';
 import { writeZeroesByWriting } from './emulate.js';
 import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from './device.js';

@@ -3,7 +3,7 @@
  * extends it and overrides only what it changes. Layers that change data (vhd, evhd, undo)
  * implement every method themselves instead of inheriting silent pass-throughs (STYLE.md).
  */
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { readByCopy, readInto } from './emulate.js';
 import type { BlockCapabilities, BlockDevice, Extent, WriteOptions } from './device.js';
 

@@ -9,7 +9,7 @@
  * /proc/<pid>/fdinfo shows the lock.
  */
 import { fstatSync, readFileSync, readdirSync } from 'node:fs';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { native } from '../native.js';
 
 export type LockMode = 'exclusive' | 'shared' | 'none';

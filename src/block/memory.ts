@@ -1,4 +1,4 @@
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from './device.js';
 
 /** A resizable in-memory device, for tests and as a scratch layer. */

@@ -1,4 +1,4 @@
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import type { BlockDevice } from './device.js';
 
 /**

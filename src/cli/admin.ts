@@ -1,7 +1,7 @@
-/** `medv admin`: users, policies and image keys on a medv server, and its clients' reports, with the admin token. Thin over src/server/api-client.ts. */
+/** `medv admin`: users, policies and image keys on a medv server, and its clients' reports, with the admin token. Thin over src/client/api.ts. */
 import * as fs from 'node:fs';
 import { Command } from 'commander';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 import { readTokenFile } from './image-repo.js';
 import { readPassword } from './login.js';
@@ -60,7 +60,7 @@ Examples:
     .action(async (name: string, o: Opts) => {
       const token = adminToken(o);
       const password = await readPassword(o.passwordFile as string | undefined, `Password for ${name}: `, true);
-      const { apiRequest } = await import('../server/api-client.js');
+      const { apiRequest } = await import('../client/api.js');
       const r = await apiRequest<{ user: string; groups: string[]; created: string }>(String(o.server), 'POST', '/api/admin/users', { token, ca: o.ca as string | undefined, body: { user: name, password, groups: o.group } });
       if (o.json) printJson(r);
       else process.stdout.write(`user ${r.user} created${r.groups.length ? ` in ${r.groups.join(', ')}` : ''}\n`);
@@ -74,7 +74,7 @@ Examples:
   MEDV_ADMIN_TOKEN=… medv admin user list --server https://console.example --json`))
     .action(async (o: Opts) => {
       const token = adminToken(o);
-      const { apiRequest } = await import('../server/api-client.js');
+      const { apiRequest } = await import('../client/api.js');
       const r = await apiRequest<{ users: { user: string; groups: string[]; created: string; disabled: boolean }[] }>(String(o.server), 'GET', '/api/admin/users', { token, ca: o.ca as string | undefined });
       if (o.json) { printJson(r); return; }
       for (const u of r.users) process.stdout.write(`${u.user}\t${u.groups.join(',') || '-'}\t${u.created}${u.disabled ? '\tdisabled' : ''}\n`);
@@ -94,7 +94,7 @@ Examples:
     .action(async (file: string, o: Opts) => {
       const token = adminToken(o);
       const doc = readPolicyFile(file);
-      const { apiRequest } = await import('../server/api-client.js');
+      const { apiRequest } = await import('../client/api.js');
       const r = await apiRequest<{ name: string; version: number }>(String(o.server), 'POST', '/api/admin/policies', { token, ca: o.ca as string | undefined, body: doc });
       if (o.json) printJson(r);
       else process.stdout.write(`policy ${r.name} version ${r.version} published\n`);
@@ -107,7 +107,7 @@ Examples:
   medv admin policy list --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token --json`))
     .action(async (o: Opts) => {
       const token = adminToken(o);
-      const { apiRequest } = await import('../server/api-client.js');
+      const { apiRequest } = await import('../client/api.js');
       const r = await apiRequest<{ policies: { name: string; version: number; published: string; publisher: string }[] }>(String(o.server), 'GET', '/api/admin/policies', { token, ca: o.ca as string | undefined });
       if (o.json) { printJson(r); return; }
       for (const p of r.policies) process.stdout.write(`${p.name}\tv${p.version}\t${p.published}\t${p.publisher}\n`);
@@ -131,7 +131,7 @@ Examples:
       const { openImageKeys, defaultKeyDir } = await import('../pack/index.js');
       const keys = await openImageKeys((o.keys as string | undefined) ?? defaultKeyDir(), name, kekFrom(o));
       try {
-        const { publishImageKeys } = await import('../server/api-client.js');
+        const { publishImageKeys } = await import('../client/api.js');
         const { content, repository } = keys.dataKeys;
         const r = await publishImageKeys(String(o.server), token, { image: name, content, repository, signers: keys.trusted }, o.ca as string | undefined);
         const out = { image: name, imageId: keys.imageId.toString('hex'), signers: keys.trusted.map((s) => s.toString('hex')), replaced: r.replaced };
@@ -153,7 +153,7 @@ Examples:
   MEDV_ADMIN_TOKEN=… medv admin clients --server https://console.example --json`))
     .action(async (o: Opts) => {
       const token = adminToken(o);
-      const { listClients } = await import('../server/api-client.js');
+      const { listClients } = await import('../client/api.js');
       const clients = await listClients(String(o.server), token, o.ca as string | undefined);
       if (o.json) { printJson({ clients }); return; }
       const rows = [['CLIENT', 'USER', 'WORKSPACE', 'VERSION', 'STATE', 'AGE', 'LAST ERROR'],

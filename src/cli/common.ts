@@ -1,8 +1,8 @@
 /** Shared CLI plumbing: the error -> exit status table, key options, JSON output, progress bars. */
 import { Command, Option } from 'commander';
 import { createRequire } from 'node:module';
-import { MedvError, type ErrorCode } from '../errors.js';
-import { humanBytes } from '../units.js';
+import { MedvError, type ErrorCode } from '../core/errors.js';
+import { humanBytes } from '../core/units.js';
 import { kekFromEnvironment, type KekSource } from '../crypto/kekenv.js';
 
 /** Exit status by error code: the one table the CLI maps errors through. */

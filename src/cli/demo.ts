@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import type { KekSource } from '../crypto/index.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
 import { printJson, progressBar } from './common.js';

@@ -1,7 +1,7 @@
 /** `medv disk …`: thin wrappers over src/disk and src/layers/undo. */
 import { Command, Option } from 'commander';
 import { parseSize } from '../block/validate.js';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { checkDiskFile, convertDisk, createDisk, describeDiskFile, serveDiskFile, type DiskDescription } from '../disk/index.js';
 import { createUndoDisk, discardUndoDisk, mergeUndoDisk } from '../layers/undo/index.js';
 import type { DiskFormat } from '../layers/open.js';

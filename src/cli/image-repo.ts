@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { formatBytes, printJson, progressBar } from './common.js';
 import { parseSize } from './serve.js';
 
@@ -42,7 +42,7 @@ Examples:
       const token = o.tokenFile ? readTokenFile(String(o.tokenFile)) : process.env.MEDV_ADMIN_TOKEN;
       if (!token) throw new MedvError('ENOKEY', 'no admin token: give --token-file or set MEDV_ADMIN_TOKEN');
       const chunkSize = parseSize(String(o.chunkSize), '--chunk-size');
-      const { uploadFiles } = await import('../server/upload-client.js');
+      const { uploadFiles } = await import('../client/upload.js');
       const bar = progressBar('upload');
       let r;
       try {

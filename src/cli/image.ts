@@ -1,7 +1,7 @@
 /** `medv image …`: packed images (.ckm + .ckm.index). Thin wrappers over src/pack. */
 import { Command } from 'commander';
 import { openDisk } from '../layers/open.js';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { checkImageName } from '../formats/ckm/index.js';
 import { addImageRepoCommands } from './image-repo.js';
 import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';

@@ -1,8 +1,8 @@
-/** `medv login`: a password for an expiring token, kept 0600 for the other commands. Thin over src/server/api-client.ts. */
+/** `medv login`: a password for an expiring token, kept 0600 for the other commands. Thin over src/client/api.ts. */
 import * as fs from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { printJson } from './common.js';
 import { parseDuration } from './serve.js';
 
@@ -97,7 +97,7 @@ Examples:
   medv login --server https://10.0.0.5:8443 --ca console-ca.pem --user alice
   printf %s "$PW" | medv login --server https://console.example --user ci --password-file -`)
     .action(async (o: Opts) => {
-      const { login, saveLogin, serverBase } = await import('../server/api-client.js');
+      const { login, saveLogin, serverBase } = await import('../client/api.js');
       const { openClient, saveClientLogin } = await import('../workspace/client.js');
       const server = serverBase(String(o.server));
       const lifetime = o.lifetime !== undefined ? Math.ceil(parseDuration(String(o.lifetime), '--lifetime') / 1000) : undefined;

@@ -1,6 +1,6 @@
 /** `medv serve`: the image repository over HTTP (static files with ranges, tus uploads), users and policies under /api/. Thin over src/server. */
 import { Command } from 'commander';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { printJson } from './common.js';
 
 type Opts = Record<string, unknown>;

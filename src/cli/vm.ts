@@ -2,7 +2,7 @@
 import { Command, Option } from 'commander';
 import * as fs from 'node:fs';
 import { basename, dirname, extname, join, resolve } from 'node:path';
-import { MedvError, isMedvError } from '../errors.js';
+import { MedvError, isMedvError } from '../core/errors.js';
 import type { KekSource } from '../crypto/index.js';
 import { discardVmState, listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';

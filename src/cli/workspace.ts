@@ -1,6 +1,6 @@
 /** `medv workspace …`: the client's workspaces. Thin over src/workspace. */
 import { Command, Option } from 'commander';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { formatBytes, printJson, progressBar } from './common.js';
 
 type Opts = Record<string, unknown>;

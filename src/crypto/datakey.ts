@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { redactInspect, secureAlloc, secureRandom, secureSeal, secureFree } from './secure.js';
 
 export const DATA_KEY_BYTES = 64;

@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { secureAlloc, secureFree } from './secure.js';
 import { sodium } from './sodium.js';
 

@@ -4,7 +4,7 @@
  * supervisor) stay quick to start. Deriving and using it is ./kek.ts.
  */
 import * as fs from 'node:fs';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 
 export type KekSource = { kind: 'passphrase'; passphrase: string } | { kind: 'hostkey'; keyFile: string };
 

@@ -3,8 +3,8 @@
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { beginStaging } from '../block/atomic.js';
-import { MedvError, fromSystemError } from '../errors.js';
+import { beginStaging } from '../core/fsio.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import {
   type KeyFileKek, KEYFILE_NONCE_BYTES, KEYFILE_SALT_BYTES, KEYFILE_SIZE, KEYFILE_VERSION, KEYFILE_WRAPPED_BYTES,
   parseKeyFile, serializeKeyFile, serializeKeyFileAad,
@@ -92,7 +92,7 @@ export async function unwrapDataKey(enc: Buffer, kek: KekSource, file?: string):
 
 /**
  * Write `dataKey` wrapped under `kek` to `encPath`, atomically and never over an existing file:
- * written and fsynced under a temporary name, then published by link (src/block/atomic.ts).
+ * written and fsynced under a temporary name, then published by link (src/core/fsio.ts).
  */
 export async function writeKeyFile(encPath: string, dataKey: DataKey, kek: KekSource, opts: WrapOptions = {}): Promise<void> {
   const staging = beginStaging([encPath], (f) => `key file exists: ${f}`);
@@ -165,4 +165,4 @@ export async function readKeyFile(encPath: string, kek: KekSource): Promise<Data
   return unwrapDataKey(bytes, kek, encPath);
 }
 
-export { fsyncDir } from '../block/atomic.js';
+export { fsyncDir } from '../core/fsio.js';

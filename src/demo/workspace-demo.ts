@@ -15,9 +15,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
-import { humanBytes } from '../units.js';
+import { humanBytes } from '../core/units.js';
 import { filesUnder, scanTrees } from './scan.js';
 
 export interface WorkspaceDemoOptions {
@@ -76,8 +76,8 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
   const { openDisk } = await import('../layers/open.js');
   const { openImageKeys, packImage } = await import('../pack/index.js');
   const { serveRepository } = await import('../server/serve.js');
-  const { uploadFiles } = await import('../server/upload-client.js');
-  const { apiRequest, login, publishImageKeys, listClients } = await import('../server/api-client.js');
+  const { uploadFiles } = await import('../client/upload.js');
+  const { apiRequest, login, publishImageKeys, listClients } = await import('../client/api.js');
   const { openClient, saveClientLogin } = await import('../workspace/client.js');
   const { startWorkspace, stopWorkspace, vmNameOf } = await import('../workspace/index.js');
 

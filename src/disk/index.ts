@@ -3,11 +3,11 @@
  * The CLI (src/cli/disk.ts) only parses options and calls these.
  */
 import { existsSync } from 'node:fs';
-import { beginStaging } from '../block/atomic.js';
+import { beginStaging } from '../core/fsio.js';
 import type { BlockDevice } from '../block/device.js';
 import { forEachChunk } from '../block/copy.js';
 import { FileDevice } from '../block/file.js';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import type { KekSource } from '../crypto/index.js';
 import { decryptFile, encryptFile, openEvhdFile, readEvhdHeader, stageEvhdFile } from '../layers/evhd/index.js';
 import { describeDisk, openDisk, resolveFormat, type DiskFormat } from '../layers/open.js';
@@ -33,7 +33,7 @@ export interface CreateDiskOptions {
 
 /**
  * Create an empty disk: a VHD (fixed or dynamic), inside an EVHD when encrypted or named .evhd.
- * Written under a temporary name (and key file) and published when complete (src/block/atomic.ts).
+ * Written under a temporary name (and key file) and published when complete (src/core/fsio.ts).
  */
 export async function createDisk(path: string, options: CreateDiskOptions): Promise<VhdInfo> {
   const encrypt = options.encrypt || path.toLowerCase().endsWith('.evhd');
@@ -191,7 +191,7 @@ export async function convertDisk(src: string, dst: string, options: ConvertOpti
   const srcType = described.vhd?.type;
   const sameLayout = options.type === undefined || options.type === srcType;
   const kekValue = () => requireKek(options.kek, from === 'evhd' ? src : dst);
-  // Every branch writes under temporary names and publishes at the end (src/block/atomic.ts):
+  // Every branch writes under temporary names and publishes at the end (src/core/fsio.ts):
   // a failed or killed convert leaves nothing under DST, and never removes a file it did not create.
   if (from === 'vhd' && to === 'evhd' && sameLayout && srcType !== 'differencing') {
     await encryptFile(src, dst, kekValue(), options.onProgress);

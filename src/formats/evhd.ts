@@ -32,7 +32,7 @@
  * length with a recomputed checksum) is refused. Every header write recomputes both.
  */
 import { createHash } from 'node:crypto';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 
 export const EVHD_MAGIC = Buffer.from('MEDVEVHD', 'latin1');
 export const EVHD_VERSION = 2;

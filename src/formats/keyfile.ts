@@ -27,7 +27,7 @@
  * anyone runs Argon2 with its parameters.
  */
 import { createHash } from 'node:crypto';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 
 export const KEYFILE_MAGIC = Buffer.from('MEDVKEY\0', 'latin1');
 export const KEYFILE_VERSION = 1;

@@ -8,7 +8,7 @@
  * Anything malformed (no delimiter, a part without a valid Content-Range, a body that ends inside
  * a part) is EBADREPLY.
  */
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 
 const MAX_HEAD = 8192;
 const CRLF = Buffer.from('\r\n');

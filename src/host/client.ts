@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
-import { MedvError, type ErrorCode } from '../errors.js';
+import { MedvError, type ErrorCode } from '../core/errors.js';
 import { controlRequest } from './protocol.js';
 import { effectiveState, isTerminal, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
 import type { SupervisorInput, VmConfig } from './supervisor.js';

@@ -5,7 +5,7 @@
  * Lines are bounded (a peer cannot grow our buffer past MAX_LINE); a longer line ends the connection.
  */
 import { connect, type Socket } from 'node:net';
-import { MedvError, type ErrorCode } from '../errors.js';
+import { MedvError, type ErrorCode } from '../core/errors.js';
 
 export const MAX_LINE = 64 * 1024;
 

@@ -16,7 +16,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 
 export type VmRunState = 'starting' | 'running' | 'paused' | 'suspending' | 'stopping' | 'stopped' | 'suspended' | 'failed';
 

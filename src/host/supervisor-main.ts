@@ -10,7 +10,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { vmRunDir } from './rundir.js';
 import { Supervisor, type SupervisorInput } from './supervisor.js';
 

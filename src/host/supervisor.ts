@@ -19,7 +19,7 @@ import { basename, dirname, extname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { BlockDevice } from '../block/device.js';
 import type { KekSource } from '../crypto/index.js';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { defaultAccelerator, isInternalError, QemuProcess, type Accelerator } from '../hypervisor/qemu.js';
 import type { DiskFingerprint, SavedStateReader } from '../hypervisor/savedstate.js';
 import { peekSavedState } from '../hypervisor/savedstate-header.js';

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { REPO_ROOT } from './testguest.js';
 
 interface LinuxLayout {

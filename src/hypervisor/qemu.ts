@@ -18,7 +18,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { native } from '../native.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 

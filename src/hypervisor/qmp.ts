@@ -5,7 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 
 export interface QmpEvent {
   event: string;

@@ -5,7 +5,7 @@
  * the header as associated data, and the trailer authenticate.
  */
 import * as fs from 'node:fs';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 
 export const MAGIC = Buffer.from('MEDVVSV\0', 'latin1');
 export const VERSION = 2;

@@ -30,7 +30,7 @@ import { randomBytes } from 'node:crypto';
 import { DataKey, type KekSource, readKeyFile, wrapDataKey, writeWrappedKeyFile } from '../crypto/index.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { sodium } from '../crypto/sodium.js';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { HEADER_BYTES, MAGIC, MAX_MEMORY_MIB, readHeader, VERSION, type SavedStatePeek } from './savedstate-header.js';
 
 export { peekSavedState, type SavedStatePeek } from './savedstate-header.js';

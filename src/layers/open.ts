@@ -12,7 +12,7 @@
 import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import type { BlockDevice } from '../block/device.js';
 import { FileDevice } from '../block/file.js';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import type { KekSource } from '../crypto/index.js';
 import { PLATFORM_MDVR } from '../formats/vhd/index.js';
 import { openEvhdFile } from './evhd/index.js';

@@ -17,7 +17,7 @@
  */
 import { realpathSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import type { DiskFormat } from './open.js';
 import type { ParentInfo } from './vhd/index.js';
 

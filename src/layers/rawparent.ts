@@ -13,7 +13,7 @@
  */
 import { createHmac } from 'node:crypto';
 import type { BlockDevice } from '../block/device.js';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import {
   PLATFORM_MDVR, RAW_PARENT_HASH, parseRawParent, serializeRawParent, type RawParentRecord,
 } from '../formats/vhd/index.js';

@@ -1,7 +1,7 @@
 /**
  * The one table mapping medv error codes to NBD reply errors (proto.md, "Error values").
  */
-import { type ErrorCode, MedvError } from '../errors.js';
+import { type ErrorCode, MedvError } from '../core/errors.js';
 import { NBD_EINVAL, NBD_EIO, NBD_ENOSPC, NBD_EPERM, NBD_ESHUTDOWN } from './protocol.js';
 
 const ERRNO_BY_CODE: Partial<Record<ErrorCode, number>> = {

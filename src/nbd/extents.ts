@@ -7,7 +7,7 @@
  * of it reads as zeros), which is always a safe answer.
  */
 import type { Extent } from '../block/device.js';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { NBD_STATE_HOLE, NBD_STATE_ZERO, type BlockDescriptor } from './protocol.js';
 
 interface Run { start: number; end: number; flags: number }

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { BlockDevice } from '../block/device.js';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { ByteBudget } from './budget.js';
 import { Connection } from './connection.js';
 import { resolveLimits, type NbdServerOptions } from './options.js';

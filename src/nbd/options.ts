@@ -3,7 +3,7 @@
  * flags, block sizes), computed in one place for the handshake and the listener.
  */
 import type { BlockDevice } from '../block/device.js';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import * as P from './protocol.js';
 
 export interface NbdServerOptions {

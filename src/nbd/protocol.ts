@@ -7,7 +7,7 @@
  * buffer length first and throws MedvError('EPROTO', ...) naming the byte offset on bad input.
  * Reference: the NBD protocol document (NetworkBlockDevice/nbd, doc/proto.md).
  */
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 
 // --- magics -------------------------------------------------------------------------------------
 /** 'NBDMAGIC' */

@@ -19,7 +19,7 @@ import type * as net from 'node:net';
 import type { BlockDevice } from '../block/device.js';
 import { readInto, writeThenFlush, writeZeroesByWriting } from '../block/emulate.js';
 import { validateRequest, type RequestOp } from '../block/validate.js';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { native } from '../native.js';
 import type { ByteBudget } from './budget.js';
 import type { ByteQueue } from './bytequeue.js';

@@ -3,7 +3,7 @@
  * XChaCha20-Poly1305 with the image id, block id, kind and base id bound), decode (authenticate,
  * decompress into exactly 4 KiB, check the id). Formats in src/formats/ckm/pack.ts.
  */
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { sodium } from '../crypto/sodium.js';
 import {
   type BlockKind, CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_TAG_BYTES, DELTA_DICT_PREFIX, ZSTD_LEVEL, blockAad, blockNonce,

@@ -3,7 +3,7 @@
  * believed), run directory (root hash), run records one run at a time (memory bounded by a run).
  */
 import * as fs from 'node:fs';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import {
   DIR_ENTRY_BYTES, INDEX_MAX_HEADER, type ParsedIndexHeader, type RunDirectory, type RunRecord, decodeRunRecord, indexFileLength,
   parseIndexHeader, parseRunDirectory, runSlots,

@@ -18,7 +18,7 @@ import * as fs from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { DataKey, readKeyFile, writeKeyFile, type KekSource, type WrapOptions } from '../crypto/index.js';
 import { fsyncDir } from '../crypto/keyfile.js';
 import { secureAlloc } from '../crypto/secure.js';

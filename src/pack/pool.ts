@@ -1,6 +1,6 @@
 /** A small pool of packing workers: prepare(run) → PreparedRun, spread over the cores. */
 import { Worker } from 'node:worker_threads';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import type { PreparedRun } from './prepare.js';
 
 interface Pending { resolve: (r: PreparedRun) => void; reject: (e: unknown) => void }

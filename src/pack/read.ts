@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import {
   type BlockPlace, CKM_BLOCK_SIZE, CKM_RUN_BYTES, PACK_HEADER_SIZE, type PackRef, type RunEntry, packFileName, parsePackHeader,
 } from '../formats/ckm/index.js';

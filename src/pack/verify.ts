@@ -6,7 +6,7 @@
  * EBADKEY, ...).
  */
 import { dirname } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import type { KekSource } from '../crypto/index.js';
 import { CKM_BLOCK_SIZE } from '../formats/ckm/index.js';
 import { IndexFile } from './indexfile.js';

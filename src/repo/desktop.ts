@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { readBoundedSync, writeAtomicSync } from './files.js';
 import { xdgDataHome } from './paths.js';
 

@@ -18,7 +18,7 @@
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import type { KekSource } from '../crypto/kekenv.js';
 import { secureFree, secureSeal } from '../crypto/secure.js';
 import { sodium } from '../crypto/sodium.js';

@@ -7,8 +7,8 @@
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
-import { MedvError, fromSystemError } from '../errors.js';
-import { fsyncDirSync, tempNameFor } from '../block/atomic.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
+import { fsyncDirSync, tempNameFor } from '../core/fsio.js';
 
 const O_READ = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
 
@@ -46,7 +46,7 @@ export function readBoundedSync(path: string, max: number, what = 'file'): Buffe
 
 export { fsyncDirSync };
 
-/** A temporary name beside `final`, in src/block/atomic.ts's shape (`.<name>.medv-tmp-<pid>-<token>`), so its leftover cleanup knows it. */
+/** A temporary name beside `final`, in src/core/fsio.ts's shape (`.<name>.medv-tmp-<pid>-<token>`), so its leftover cleanup knows it. */
 export function tempBeside(final: string): string {
   return tempNameFor(final, process.pid, randomBytes(6).toString('hex'));
 }

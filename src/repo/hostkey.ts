@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MedvError, isMedvError } from '../errors.js';
+import { MedvError, isMedvError } from '../core/errors.js';
 import { createHostKey, loadHostKey } from '../crypto/kek.js';
 import type { KekSource } from '../crypto/kekenv.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';

@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { checkImageName } from '../formats/ckm/common.js';
 import {
   type GlobalImageData, type ImageState, WORKSPACE_VERSION_MAX, compareEngineVersions, parseGlobalImageData, serializeGlobalImageData, serializeImageState,

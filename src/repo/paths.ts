@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 
 export interface ClientRoot {
   root: string;

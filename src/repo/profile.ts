@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { fsyncDirSync, tempBeside } from './files.js';
 import { type ClientRoot, checkSafeDir, ensureSafeDir, xdgDataHome } from './paths.js';
 

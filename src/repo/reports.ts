@@ -6,7 +6,7 @@
  * instant may lose one of the two additions (last rename wins), never damage the file.
  */
 import { join } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { type ClientRoot, userDir } from './paths.js';
 import { readSealed, writeSealed } from './sealed.js';
 

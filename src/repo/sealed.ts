@@ -10,7 +10,7 @@
  * for one purpose does not open for another. The JSON is at most 1 MiB.
  */
 import { randomBytes } from 'node:crypto';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { secureFree } from '../crypto/secure.js';
 import { sodium } from '../crypto/sodium.js';
 import { checkPurpose, clientHostKey, deriveSubkey } from './hostkey.js';

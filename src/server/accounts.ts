@@ -19,8 +19,8 @@
  *   user's count (not its address's).
  */
 import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
-import { MedvError } from '../errors.js';
-import { checkPolicy, type Policy } from './policy.js';
+import { MedvError } from '../core/errors.js';
+import { checkPolicy, type Policy } from '../api/policy.js';
 import type { Store, UserSummary, PolicyVersion, PolicyDocument } from './store/index.js';
 
 /** The password-string functions of sodium-native, beside the subset src/crypto/sodium.ts types. */

@@ -29,12 +29,12 @@
  * proxy beside the server) or `allowPlainHttp` is set.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import type { Accounts } from './accounts.js';
 import type { AdminToken } from './auth.js';
 import type { ServerModule } from './http.js';
 import type { KeyService } from './keyservice.js';
-import { httpStatusFor } from './status.js';
+import { httpStatusFor } from '../api/status.js';
 
 export const API_MAX_BODY = 64 * 1024;
 /** POST /api/reports: 64 reports of up to 1024 characters of lastError each, JSON-escaped. */

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 
 export const ADMIN_TOKEN_FILE = 'admin.token';
 const MIN_TOKEN = 16;

@@ -6,7 +6,7 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { plain } from './static.js';
 
 /** A part of the server: the URL prefixes it owns and its handler. */

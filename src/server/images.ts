@@ -10,13 +10,13 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { Server as TusServer, type Upload } from '@tus/server';
 import { FileStore } from '@tus/file-store';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { PACK_HEADER_SIZE } from '../formats/ckm/index.js';
 import type { AdminToken } from './auth.js';
 import { parseRepoFileName } from './names.js';
 import { publishFile } from './publish.js';
 import { plain, serveFile } from './static.js';
-import { httpStatusFor } from './status.js';
+import { httpStatusFor } from '../api/status.js';
 import type { ServerModule } from './http.js';
 
 export const IMAGES_DIR = 'images';

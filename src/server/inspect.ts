@@ -5,7 +5,7 @@
  * It does not decide whether the signer is trusted (clients do, with their keys).
  */
 import * as fs from 'node:fs';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import {
   INDEX_MAX_HEADER, PACK_HEADER_SIZE, type PackRef, indexFileLength, parseIndexHeader, parsePackHeader,
 } from '../formats/ckm/index.js';

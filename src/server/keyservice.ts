@@ -14,12 +14,12 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { IMAGE_NAME_RE } from '../formats/ckm/index.js';
 import { checkName } from './accounts.js';
-import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, checkClientKey, sealImageKeys, type ImageKeySet } from './keyrelease.js';
+import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, checkClientKey, sealImageKeys, type ImageKeySet } from '../api/keyrelease.js';
 import { isFileOfImage } from './names.js';
 import type { ServerKey } from './serverkey.js';
 import { LIMITS, type ReportRow, type Store } from './store/index.js';

@@ -11,7 +11,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { checkImageName } from '../formats/ckm/index.js';
 import { type InspectedFile, inspectRepoFile } from './inspect.js';
 import { isFileOfImage } from './names.js';

@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { type InspectedFile, inspectRepoFile } from './inspect.js';
 
 export interface PublishResult {

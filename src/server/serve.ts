@@ -1,7 +1,7 @@
 /** `medv serve` as a library call: the admin token, the store, the modules, the HTTP server. */
 import * as fs from 'node:fs';
 import { join, resolve } from 'node:path';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { ADMIN_TOKEN_FILE, loadAdminToken } from './auth.js';
 import { type RequestLog, type RunningServer, startHttpServer } from './http.js';
 import { IMAGE_REPOSITORY_DEFAULTS, imageRepository } from './images.js';

@@ -11,7 +11,7 @@
 import * as fs from 'node:fs';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { secureAlloc, secureFree, secureSeal, secureRandom, redactInspect } from '../crypto/secure.js';
 import { sodium } from '../crypto/sodium.js';
 

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { encPathFor } from '../crypto/index.js';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { type BlockPlace, CKM_BLOCK_SIZE, CKM_RUN_BLOCKS, CKM_RUN_BYTES, type RunEntry, packFileName, runSlots } from '../formats/ckm/index.js';
 import { BlockCodec } from '../pack/block.js';
 import type { IndexFile } from '../pack/indexfile.js';

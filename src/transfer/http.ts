@@ -16,7 +16,7 @@
  */
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { PieceCollector } from './collect.js';
 import { MultipartParser, byterangesBoundary, parseContentRange } from '../formats/multipart.js';
 import { MULTI_RANGE, type PlanOptions, SINGLE_RANGE, type Span, planRequests, rangeHeader, uniquePieces } from './plan.js';

@@ -20,10 +20,10 @@ import * as fs from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { BlockDevice } from '../block/device.js';
-import { fsyncDir } from '../block/atomic.js';
+import { fsyncDir } from '../core/fsio.js';
 import { FileDevice } from '../block/file.js';
 import { DataKey, type KekSource, encPathFor, writeKeyFileAt } from '../crypto/index.js';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { createEvhd, openEvhdFile } from '../layers/evhd/index.js';
 import { createVhd, openVhd } from '../layers/vhd/index.js';
 

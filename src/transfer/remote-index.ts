@@ -7,7 +7,7 @@
  * opened with IndexFile (each record checked against its hash when read).
  */
 import * as fs from 'node:fs';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import {
   DIR_ENTRY_BYTES, INDEX_MAX_HEADER, type ParsedIndexHeader, indexFileLength, parseIndexHeader, parseRunDirectory, runHash, zstdDecompress,
   RUN_RECORD_MAX,

@@ -4,7 +4,7 @@
  * piece once, in any order). Local paths read with pread; http(s) URLs go through ./http.ts.
  */
 import * as fs from 'node:fs';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { type Span, planRequests } from './plan.js';
 
 export interface TransferStats {

@@ -12,10 +12,10 @@ import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { writeAtomicSync } from '../repo/files.js';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { DataKey, readKeyFile, writeKeyFileAt, type KekSource } from '../crypto/index.js';
 import { clientHostKey, openClientRoot, clientRootPath, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
-import { clientKeyPairFrom, type ClientKeyPair } from '../server/keyrelease.js';
+import { clientKeyPairFrom, type ClientKeyPair } from '../api/keyrelease.js';
 
 export interface ClientConfig {
   /** Server base URL (`https://console.example:8443`). */

@@ -4,7 +4,7 @@
  * It cannot extend an allowance by turning time back: a clock before the last server contact is
  * refused (offline.ts).
  */
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 
 export function now(): Date {
   const fake = process.env.MEDV_TEST_CLOCK;

@@ -7,9 +7,9 @@
  * version folder either has a whole disk or is not a version (ImageStore.versions()).
  */
 import * as fs from 'node:fs';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { CURRENT_WORKSPACE_VERSION, ensureSafeDir, ImageStore, type ClientRoot } from '../repo/index.js';
-import { readCa } from '../server/api-client.js';
+import { readCa } from '../client/api.js';
 import type { KekSource } from '../crypto/index.js';
 import { imageStateFor, type WorkspaceSettings } from './settings.js';
 

@@ -10,7 +10,7 @@
  *     and never with a clock earlier than that contact (turning the clock back does not help).
  */
 import { join } from 'node:path';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { readSealed, writeSealed, type ClientRoot } from '../repo/index.js';
 import { daysBetween, utcDay } from './clock.js';
 import { checkSettings, type WorkspaceSettings } from './settings.js';

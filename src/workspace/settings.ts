@@ -4,8 +4,8 @@
  * server publishes with, then turned into what the VM host runs.
  */
 import { totalmem } from 'node:os';
-import { MedvError } from '../errors.js';
-import { checkPolicy } from '../server/policy.js';
+import { MedvError } from '../core/errors.js';
+import { checkPolicy } from '../api/policy.js';
 import type { ImageState } from '../formats/imagestate/index.js';
 
 export interface PublishedApp { name: string; command: string; icon?: string }

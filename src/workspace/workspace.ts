@@ -11,11 +11,11 @@
 import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
-import { MedvError } from '../errors.js';
-import { humanBytes } from '../units.js';
+import { MedvError } from '../core/errors.js';
+import { humanBytes } from '../core/units.js';
 import { DevLog, ImageStore, ReportQueue, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
-import { requestGrant, sendReports, type WorkspaceGrant } from '../server/api-client.js';
-import { openReleasedKeys, writeKeyFolder, type ClientKeyPair } from '../server/keyrelease.js';
+import { requestGrant, sendReports, type WorkspaceGrant } from '../client/api.js';
+import { openReleasedKeys, writeKeyFolder, type ClientKeyPair } from '../api/keyrelease.js';
 import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { forEachChunk } from '../../src/block/copy.js';
 import { MemoryDevice } from '../../src/block/memory.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 
 describe('block/copy forEachChunk', () => {
   it('visits every chunk in order, the last one short, with the next read in flight', async () => {

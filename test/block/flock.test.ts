@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
 import { parseLockLines } from '../../src/block/flock.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { type NativeApi, fallback, nativeAddon } from '../../src/native.js';
 import { REPO_ROOT, tempDir } from '../helpers/cli.js';
 

@@ -13,8 +13,8 @@ import { type ServeProcess, startServe } from '../server/helpers.js';
 import { api, password, unique } from '../server/accounts-helpers.js';
 import { randomBytes } from 'node:crypto';
 import { openImageKeys } from '../../src/pack/index.js';
-import { generateClientKeyPair, openReleasedKeys } from '../../src/server/keyrelease.js';
-import { requestGrant, sendReports } from '../../src/server/api-client.js';
+import { generateClientKeyPair, openReleasedKeys } from '../../src/api/keyrelease.js';
+import { requestGrant, sendReports } from '../../src/client/api.js';
 
 describe('cli: medv admin and medv login', function () {
   this.timeout(60_000);

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import type { BlockDevice } from '../../src/block/device.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { readInto } from '../../src/block/emulate.js';
 
 export interface ConformanceSubject {

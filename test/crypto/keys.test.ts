@@ -7,7 +7,7 @@ import { inspect } from 'node:util';
 import {
   DataKey, createHostKey, encPathFor, hostKeyId, kekFromEnvironment, loadHostKey, readKeyFile, unwrapDataKey, wrapDataKey, writeKeyFile,
 } from '../../src/crypto/index.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { KEYFILE_SIZE, parseKeyFile } from '../../src/formats/keyfile.js';
 
 const code = (c: string) => (e: unknown) => e instanceof MedvError && e.code === c;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, evhdHeaderMacInput, looksLikeEvhd, newEvhdHeader, parseEvhdHeader, serializeEvhdHeader } from '../../src/formats/evhd.js';
 
 const code = (c: string, offset?: number) => (e: unknown) =>

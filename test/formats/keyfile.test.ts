@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { KEYFILE_SIZE, type KeyFileRecord, parseKeyFile, serializeKeyFile, serializeKeyFileAad } from '../../src/formats/keyfile.js';
 
 const code = (c: string, offset?: number) => (e: unknown) =>

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { MultipartParser, byterangesBoundary, parseContentRange } from '../../src/formats/multipart.js';
 
 function body(boundary: string, parts: Array<{ start: number; data: Buffer }>, total: number): Buffer {

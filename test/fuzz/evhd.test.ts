@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MemoryDevice } from '../../src/block/memory.js';
 import { DataKey, type KekSource, createHostKey, unwrapDataKey, wrapDataKey } from '../../src/crypto/index.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { EVHD_HEADER_SIZE, parseEvhdHeader } from '../../src/formats/evhd.js';
 import { createEvhd, openEvhd } from '../../src/layers/evhd/index.js';
 import { prng } from '../conformance/blockdevice.js';

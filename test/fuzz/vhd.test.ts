@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import type { BlockDevice } from '../../src/block/device.js';
 import { defaultCapabilities } from '../../src/block/device.js';
 import { MemoryDevice } from '../../src/block/memory.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { vhdChecksum } from '../../src/formats/vhd/index.js';
 import { checkVhd, createDifferencingVhd, createVhd, openVhd, readVhdInfo } from '../../src/layers/vhd/index.js';
 import { prng } from '../conformance/blockdevice.js';

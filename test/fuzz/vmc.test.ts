@@ -8,7 +8,7 @@
  * or fail typed, and every case must finish in bounded time.
  */
 import assert from 'node:assert/strict';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import {
   effectiveSettings, parseGlobalImageData, parseImageState, serializeGlobalImageData, serializeImageState,
 } from '../../src/formats/imagestate/index.js';

@@ -35,7 +35,7 @@
  */
 import type { BlockCapabilities, BlockDevice, WriteOptions } from '../../src/block/device.js';
 import { defaultCapabilities } from '../../src/block/device.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 
 type Mutation =
   | { kind: 'write'; offset: number; data: Buffer; done: boolean }

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import {
   blockdevOptions, isInternalError, kvmStatus, QemuError, QemuProcess, qemuArgv, withTcgFallback, type LaunchSpec,
 } from '../../src/hypervisor/qemu.js';

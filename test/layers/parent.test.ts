@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { renameSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { openDisk } from '../../src/layers/open.js';
 import { MAX_CHAIN_DEPTH } from '../../src/layers/parent.js';
 import { createDifferencingVhd, createVhd, openVhd } from '../../src/layers/vhd/index.js';

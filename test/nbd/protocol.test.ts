@@ -4,7 +4,7 @@ import { ByteQueue } from '../../src/nbd/bytequeue.js';
 import { toDescriptors } from '../../src/nbd/extents.js';
 import { nbdErrno } from '../../src/nbd/errno.js';
 import * as P from '../../src/nbd/protocol.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 
 const isProto = (e: unknown) => e instanceof MedvError && e.code === 'EPROTO';
 

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { BlockDevice, Extent, WriteOptions } from '../../src/block/device.js';
 import { FilterDevice } from '../../src/block/filter.js';
 import { MemoryDevice } from '../../src/block/memory.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { serveNbd, type NbdServer, type NbdServerOptions } from '../../src/nbd/server.js';
 import * as P from '../../src/nbd/protocol.js';
 import { RawClient } from './rawclient.js';

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, cpSync, mkdirSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, appendFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 import { CKM_MAX_STORED, PACK_HEADER_SIZE } from '../../src/formats/ckm/index.js';
 import { IndexFile, type PackResult, packImage, verifyPack } from '../../src/pack/index.js';
 import { containsPattern, run, sha256File, tempDir } from '../helpers/cli.js';

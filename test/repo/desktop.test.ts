@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { desktopDir, quoteExecArg, removeDesktopEntries, writeDesktopEntries } from '../../src/repo/index.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 
 const code = (c: string) => (e: unknown) => e instanceof MedvError && e.code === c;
 

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CURRENT_WORKSPACE_VERSION, ENGINE_VERSION, ImageStore, openClientRoot, type ClientRoot } from '../../src/repo/index.js';
 import { parseImageState } from '../../src/formats/imagestate/index.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 
 const code = (c: string) => (e: unknown) => e instanceof MedvError && e.code === c;
 

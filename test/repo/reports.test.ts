@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ReportQueue, openClientRoot, type ClientRoot, type QueuedReport } from '../../src/repo/index.js';
-import { MedvError } from '../../src/errors.js';
+import { MedvError } from '../../src/core/errors.js';
 
 const code = (c: string) => (e: unknown) => e instanceof MedvError && e.code === c;
 const report = (i: number): QueuedReport => ({ workspace: 'Win7', version: i, state: 'running', at: new Date(1_800_000_000_000 + i * 1000).toISOString() });

@@ -11,13 +11,13 @@ import { lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, truncateSync
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { isMedvError } from '../../src/errors.js';
+import { isMedvError } from '../../src/core/errors.js';
 import type { KekSource } from '../../src/crypto/index.js';
 import { openImageKeys as openConsoleKeys, verifyPack } from '../../src/pack/index.js';
 import { inspect } from 'node:util';
 import { sodium } from '../../src/crypto/sodium.js';
-import { generateClientKeyPair, clientKeyPairFrom, openReleasedKeys, sealImageKeys, writeKeyFolder, MAX_SEALED } from '../../src/server/keyrelease.js';
-import { listClients, requestGrant, sendReports, publishImageKeys } from '../../src/server/api-client.js';
+import { generateClientKeyPair, clientKeyPairFrom, openReleasedKeys, sealImageKeys, writeKeyFolder, MAX_SEALED } from '../../src/api/keyrelease.js';
+import { listClients, requestGrant, sendReports, publishImageKeys } from '../../src/client/api.js';
 import { Store } from '../../src/server/store/index.js';
 import { runMedv, tempDir } from '../helpers/cli.js';
 import { type ServeProcess, startServe } from './helpers.js';
@@ -520,7 +520,7 @@ describe('keyrelease: the sealed answer, as a client opens it', () => {
   });
 
   it('sealImageKeys writes exactly the canonical form openReleasedKeys reads; the key pair hides its secret from inspect', async () => {
-    const { releasePlaintext } = await import('../../src/server/keyrelease.js');
+    const { releasePlaintext } = await import('../../src/api/keyrelease.js');
     const { DataKey } = await import('../../src/crypto/index.js');
     const content = DataKey.generate();
     const repository = DataKey.generate();

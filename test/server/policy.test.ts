@@ -2,8 +2,8 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { POLICY_SCHEMA } from '../../src/server/policy-schema.js';
-import { checkPolicy } from '../../src/server/policy.js';
+import { POLICY_SCHEMA } from '../../src/api/policy-schema.js';
+import { checkPolicy } from '../../src/api/policy.js';
 import { REPO_ROOT } from '../helpers/cli.js';
 
 describe('server: policy schema and its documentation', () => {

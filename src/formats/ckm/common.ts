@@ -2,7 +2,7 @@
  * Shared pieces of the packed-image formats (.ckm pack, .ckm.index): constants, the bounds-checked
  * reader every parser uses, LEB128 varints, image names. Pure: no I/O.
  */
-import { type ErrorCode, MedvError } from '../../errors.js';
+import { type ErrorCode, MedvError } from '../../core/errors.js';
 
 /** Bytes of one block of the virtual disk (the unit of dedup and transfer). */
 export const CKM_BLOCK_SIZE = 4096;

@@ -31,7 +31,7 @@
  * Trust chain: signature -> header (root hash, packs, salts) -> run directory (root hash) ->
  * each run record (its hash) -> each block (its id and its AEAD tag).
  */
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import { sodium } from '../../crypto/sodium.js';
 import {
   type CkmContext, CKM_BLOCK_SIZE, CKM_IMAGE_ID_BYTES, CKM_MAX_VERSION, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BLOCKS, CKM_RUN_BYTES,

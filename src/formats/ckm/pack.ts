@@ -22,7 +22,7 @@
  * The offset in the nonce makes every nonce of a pack distinct, the random salt every pack; so no
  * nonce is ever used twice under one key, even when a version is packed again.
  */
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import {
   type BlockKind, type CkmContext, CKM_ID_BYTES, CKM_IMAGE_ID_BYTES, CKM_MAX_VERSION, KIND_CODE, Reader, checkLength, ckmError,
 } from './common.js';

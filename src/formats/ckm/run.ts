@@ -20,7 +20,7 @@
  * fetch only the runs whose hash changed). Offsets are absolute file offsets in the pack named by
  * its version; the pack versions are those listed in the index header.
  */
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import { sodium } from '../../crypto/sodium.js';
 import {
   type BlockKind, type CkmContext, CKM_ID_BYTES, CKM_MAX_STORED, CKM_MIN_STORED, CKM_RUN_BLOCKS, KIND_BY_CODE, KIND_CODE,

@@ -5,7 +5,7 @@
  */
 import { createRequire } from 'node:module';
 import type * as Binding from 'zstd-napi/binding.js';
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 
 const z = createRequire(import.meta.url)('zstd-napi/binding') as typeof Binding;
 

@@ -3,7 +3,7 @@
  * strict (unknown or repeated elements and attributes are errors), every error names the file,
  * the element and its byte offset. Pure: no I/O.
  */
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import { encodeUtf8 } from '../vmc/text.js';
 import { type ParseVmcOptions, parseXmlFile } from '../vmc/vmc.js';
 import { type XmlDocument, type XmlElement, childElements, newElement, serializeXmlTree, textOf } from '../vmc/xmltree.js';

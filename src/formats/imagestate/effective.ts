@@ -9,7 +9,7 @@
  * | USB, clipboard, shared folders | Devices/...  | -                             | not allowed |
  * | first-time setup | FirstTimeSetup            | -                             | done        |
  */
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import type { VmcDrive, VmcNetworkAdapter, VmcSettings } from '../vmc/vmc.js';
 import { MEMORY_MB_MAX, MEMORY_MB_MIN } from '../vmc/vmc.js';
 import type { FirstTimeSetup, ImageState, NetworkMode } from './imagestate.js';

@@ -2,7 +2,7 @@
  * GlobalImageData.xml: facts about an image that hold for all its versions (schema in
  * docs/imagestate.md): the minimum engine version that may run it and the workspace version.
  */
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import type { ParseVmcOptions } from '../vmc/vmc.js';
 import { newElement } from '../vmc/xmltree.js';
 import { leaf, parseStrictRoot, writeStrict } from './common.js';

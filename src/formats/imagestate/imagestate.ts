@@ -2,7 +2,7 @@
  * ImageState.xml: a workspace's overrides of its .vmc (schema in docs/imagestate.md).
  * Every element is optional; an absent element overrides nothing.
  */
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import { MEMORY_MB_MAX, MEMORY_MB_MIN, type ParseVmcOptions } from '../vmc/vmc.js';
 import { newElement } from '../vmc/xmltree.js';
 import { leaf, parseStrictRoot, writeStrict } from './common.js';

@@ -2,7 +2,7 @@
  * Shared pieces of the VHD 1.0 format: the checksum, timestamps, constants and the error helper
  * every parser uses. Pure: no I/O.
  */
-import { type ErrorCode, MedvError } from '../../errors.js';
+import { type ErrorCode, MedvError } from '../../core/errors.js';
 
 export const SECTOR = 512;
 /** Seconds between 1970-01-01 and 2000-01-01 (UTC): VHD timestamps count from 2000. */

@@ -14,7 +14,7 @@
  * - Both separators are accepted; case is kept as written (Linux file names are case-sensitive).
  */
 import { posix } from 'node:path';
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 
 export interface WindowsPathRef {
   /** `pathname/absolute` as written, e.g. `C:\VMs\xp\xp.vhd`. */

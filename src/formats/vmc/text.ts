@@ -5,7 +5,7 @@
  * surrogates, characters XML 1.0 forbids) is refused with a typed error naming the byte offset.
  * Pure: no I/O.
  */
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 
 /** Where the bytes came from, for error messages. */
 export interface XmlSource {

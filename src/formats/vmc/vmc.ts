@@ -4,7 +4,7 @@
  * root, typed leaf elements). Everything the record does not map stays in the tree, so unknown
  * elements and attributes survive a read/modify/write. Pure: no I/O. See README.md.
  */
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import { type DecodedText, type XmlEncoding, type XmlSource, decodeXmlBytes, encodeUtf16leBom } from './text.js';
 import {
   type XmlDocument, type XmlElement, type XmlLimits, DEFAULT_XML_LIMITS, attr, childElements, cloneDocument,

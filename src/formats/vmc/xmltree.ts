@@ -10,7 +10,7 @@
  * Pure: no I/O.
  */
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import { type DecodedText, type XmlSource, isXmlText } from './text.js';
 
 export interface XmlElement {

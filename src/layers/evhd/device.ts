@@ -28,7 +28,7 @@
  */
 import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from '../../block/device.js';
 import type { DataKey } from '../../crypto/datakey.js';
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, EVHD_UNIT_SIZE, type EvhdHeader, parseEvhdHeader } from '../../formats/evhd.js';
 import { sealEvhdHeader } from './keycheck.js';
 import { native } from '../../native.js';

@@ -7,10 +7,10 @@ import type { BlockDevice } from '../../block/device.js';
 import { forEachChunk } from '../../block/copy.js';
 import { FileDevice } from '../../block/file.js';
 import { DataKey } from '../../crypto/datakey.js';
-import { beginStaging } from '../../block/atomic.js';
+import { beginStaging } from '../../core/fsio.js';
 import { type KekSource, encPathFor, readKeyFile, writeKeyFileAt } from '../../crypto/index.js';
 import { constantTimeEqual } from '../../crypto/secure.js';
-import { MedvError, fromSystemError } from '../../errors.js';
+import { MedvError, fromSystemError } from '../../core/errors.js';
 import { EVHD_HEADER_SIZE, EVHD_MAC_OFFSET, EVHD_UNIT_SIZE, type EvhdHeader, newEvhdHeader, parseEvhdHeader } from '../../formats/evhd.js';
 import { EvhdDevice } from './device.js';
 import { evhdHeaderMacValid, evhdKeyCheck, sealEvhdHeader } from './keycheck.js';
@@ -72,7 +72,7 @@ export async function openEvhd(storage: BlockDevice, key: DataKey, opts: { readO
   return new EvhdDevice(storage, key, header, { readOnly: opts.readOnly, name: file });
 }
 
-/** A new EVHD and its key file, still under temporary names (src/block/atomic.ts). */
+/** A new EVHD and its key file, still under temporary names (src/core/fsio.ts). */
 export interface PendingEvhd {
   /** The empty EVHD (logical length 0), open read-write on the temporary file. */
   device: EvhdDevice;
@@ -90,7 +90,7 @@ export interface PendingEvhd {
 /**
  * Start a new EVHD `path` with a fresh random data key wrapped under `kek` in encPathFor(path),
  * both under temporary names in the same folder until `publish()`. Refuses (EEXIST) when either
- * final name exists, after removing what a killed earlier run left (see src/block/atomic.ts).
+ * final name exists, after removing what a killed earlier run left (see src/core/fsio.ts).
  */
 export async function stageEvhdFile(path: string, kek: KekSource): Promise<PendingEvhd> {
   const enc = encPathFor(path);
@@ -178,7 +178,7 @@ export async function encryptFile(srcPath: string, dstPath: string, kek: KekSour
 
 /**
  * Decrypt an EVHD into a new plain file `dstPath` (mode 0600). Refuses to overwrite; writes a
- * temporary file and publishes it when complete (src/block/atomic.ts), so a failed or killed run
+ * temporary file and publishes it when complete (src/core/fsio.ts), so a failed or killed run
  * leaves nothing under `dstPath`.
  */
 export async function decryptFile(srcPath: string, dstPath: string, kek: KekSource, onProgress?: Progress): Promise<void> {

@@ -20,7 +20,7 @@ import { existsSync, realpathSync, unlinkSync } from 'node:fs';
 import { dirname, relative, resolve } from 'node:path';
 import type { BlockDevice } from '../../block/device.js';
 import { FileDevice } from '../../block/file.js';
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import { encPathFor, type KekSource } from '../../crypto/index.js';
 import { fsyncDir } from '../../crypto/keyfile.js';
 import { createEvhdFile, openEvhdFile } from '../evhd/index.js';

@@ -1,5 +1,5 @@
 import type { BlockDevice } from '../../block/device.js';
-import { isMedvError } from '../../errors.js';
+import { isMedvError } from '../../core/errors.js';
 import { SECTOR, UNALLOCATED } from '../../formats/vhd/index.js';
 import { type Issues, loadVhdMeta } from './metadata.js';
 

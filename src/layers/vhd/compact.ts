@@ -1,5 +1,5 @@
 import type { BlockDevice } from '../../block/device.js';
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import {
   FOOTER_SIZE, SECTOR, UNALLOCATED, anySet, emptyLocators, roundUp, serializeBat, type DynamicHeader,
 } from '../../formats/vhd/index.js';

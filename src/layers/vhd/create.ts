@@ -20,7 +20,7 @@
 import { randomBytes } from 'node:crypto';
 import { basename } from 'node:path';
 import type { BlockDevice } from '../../block/device.js';
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import {
   DATA_OFFSET_NONE, DYNHEADER_SIZE, DiskType, FOOTER_SIZE, PLATFORM_W2KU, PLATFORM_W2RU, SECTOR, UNALLOCATED,
   VHD_MAX_SIZE, VHD_VERSION, batBytes, emptyLocators, encodeLocatorData, exactGeometry, isPowerOfTwo,

@@ -19,7 +19,7 @@ import type { BlockCapabilities, BlockDevice, WriteOptions } from '../../block/d
 import { defaultCapabilities } from '../../block/device.js';
 import { validateRequest } from '../../block/validate.js';
 import { readInto } from '../../block/emulate.js';
-import { MedvError, isMedvError } from '../../errors.js';
+import { MedvError, isMedvError } from '../../core/errors.js';
 import {
   FOOTER_SIZE, SECTOR, UNALLOCATED, allSet, bitRuns, roundUp, serializeBatEntry, setBits, testBit, vhdChecksum,
 } from '../../formats/vhd/index.js';

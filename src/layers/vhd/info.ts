@@ -1,5 +1,5 @@
 import type { BlockDevice } from '../../block/device.js';
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import { VhdDevice } from './device.js';
 import { type ParentInfo, type VhdInfo, loadVhdMeta, metaToInfo } from './metadata.js';
 

@@ -4,7 +4,7 @@
  * the first error) and checkVhd (which collects every error and warning it can).
  */
 import type { BlockDevice } from '../../block/device.js';
-import { type ErrorCode, MedvError, isMedvError } from '../../errors.js';
+import { type ErrorCode, MedvError, isMedvError } from '../../core/errors.js';
 import {
   DATA_OFFSET_NONE, DYNHEADER_SIZE, DiskType, FOOTER_SIZE, KNOWN_PLATFORMS, MAX_LOCATOR_DATA, SECTOR,
   UNALLOCATED, VHD_MAX_SIZE, bitmapSize as bitmapSizeOf, dataSpaceBytes, decodeLocatorData, diskSizeFromFooter,

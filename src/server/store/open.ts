@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { Kysely, Migrator, PostgresDialect, SqliteDialect } from 'kysely';
-import { MedvError, fromSystemError } from '../../errors.js';
+import { MedvError, fromSystemError } from '../../core/errors.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Kysely } from 'kysely';
-import { MedvError } from '../../errors.js';
+import { MedvError } from '../../core/errors.js';
 import { type OpenedDatabase, openDatabase } from './open.js';
 import { type Database, LIMITS } from './schema.js';
 

@@ -1,6 +1,6 @@
 /** Pure parse/serialize of the packed-image formats: round trips and every rejection path. */
 import assert from 'node:assert/strict';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import {
   CKM_MAX_STORED, DIR_ENTRY_BYTES, INDEX_FIXED_BYTES, PACK_HEADER_SIZE, type IndexHeader, type RunRecord,
   decodeRunRecord, encodeRunRecord, indexFileName, packFileName, parseIndexHeader, parsePackHeader, parseRunDirectory, parseRunRecord,

@@ -7,7 +7,7 @@
  *    the header lists, past the pack header.
  */
 import assert from 'node:assert/strict';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import {
   CKM_MAX_STORED, type IndexHeader, PACK_HEADER_SIZE, type RunRecord, decodeRunRecord, encodeRunRecord, parseIndexHeader, parseRunDirectory,
   parseRunRecord, rootHashOf, runSlots, serializeIndexHeader, serializeRunDirectory, serializeRunRecord, zstdCompress, runHash,

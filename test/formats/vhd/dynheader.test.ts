@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import { DATA_OFFSET_NONE, emptyLocators, parseDynamicHeader, serializeDynamicHeader, vhdChecksum, type DynamicHeader } from '../../../src/formats/vhd/index.js';
 
 describe('formats/vhd dynamic header', () => {

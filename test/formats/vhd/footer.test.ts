@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import { DiskType, newFooterDefaults, parseFooter, serializeFooter, vhdChecksum, type VhdFooter } from '../../../src/formats/vhd/index.js';
 
 const sample: VhdFooter = {

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 
 /** test/formats/vmc/fixtures in the source tree (tests run from dist/). */
 export const FIXTURES = resolve(dirname(fileURLToPath(import.meta.url)), '../../../../test/formats/vmc/fixtures');

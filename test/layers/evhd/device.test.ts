@@ -8,7 +8,7 @@ import { FilterDevice } from '../../../src/block/filter.js';
 import { FileDevice } from '../../../src/block/file.js';
 import { MemoryDevice } from '../../../src/block/memory.js';
 import { DataKey } from '../../../src/crypto/index.js';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import { parseEvhdHeader } from '../../../src/formats/evhd.js';
 import { EvhdDevice, createEvhd, openEvhd, readEvhdHeader } from '../../../src/layers/evhd/index.js';
 import { describeConformance } from '../../conformance/blockdevice.js';

@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encPathFor, type KekSource, createHostKey } from '../../../src/crypto/index.js';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import { createEvhdFile, decryptFile, encryptFile, openEvhdFile } from '../../../src/layers/evhd/index.js';
 
 const code = (c: string) => (e: unknown) => e instanceof MedvError && e.code === c;

@@ -12,7 +12,7 @@ import type { WriteOptions } from '../../../src/block/device.js';
 import { FilterDevice } from '../../../src/block/filter.js';
 import { MemoryDevice } from '../../../src/block/memory.js';
 import { DataKey } from '../../../src/crypto/index.js';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import { EVHD_HEADER_SIZE, EVHD_VERSION, parseEvhdHeader } from '../../../src/formats/evhd.js';
 import { createEvhd, openEvhd } from '../../../src/layers/evhd/index.js';
 import { runMedv, sha256File, tempDir } from '../../helpers/cli.js';

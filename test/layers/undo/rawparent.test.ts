@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import { parseRawParent, serializeRawParent } from '../../../src/formats/vhd/index.js';
 import { openDisk } from '../../../src/layers/open.js';
 import { createUndoDisk, mergeUndoDisk, openUndoDisk } from '../../../src/layers/undo/index.js';

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import { openDisk } from '../../../src/layers/open.js';
 import { createUndoDisk, discardUndoDisk, mergeUndoDisk, openUndoDisk } from '../../../src/layers/undo/index.js';
 import { convertDisk } from '../../../src/disk/index.js';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { MemoryDevice } from '../../../src/block/memory.js';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import { vhdChecksum } from '../../../src/formats/vhd/index.js';
 import { checkVhd, createDifferencingVhd, createVhd, openVhd, readVhdInfo } from '../../../src/layers/vhd/index.js';
 

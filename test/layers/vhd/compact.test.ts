@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { MemoryDevice } from '../../../src/block/memory.js';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import { checkVhd, compactVhd, createDifferencingVhd, createVhd, openVhd, readVhdInfo } from '../../../src/layers/vhd/index.js';
 
 describe('compactVhd', () => {

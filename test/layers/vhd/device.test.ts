@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { FileDevice } from '../../../src/block/file.js';
 import { MemoryDevice } from '../../../src/block/memory.js';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 import {
   createDifferencingVhd, createVhd, openVhd, readVhdInfo, VhdDevice,
 } from '../../../src/layers/vhd/index.js';

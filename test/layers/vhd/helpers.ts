@@ -1,6 +1,6 @@
 import type { WriteOptions } from '../../../src/block/device.js';
 import { FilterDevice } from '../../../src/block/filter.js';
-import { MedvError } from '../../../src/errors.js';
+import { MedvError } from '../../../src/core/errors.js';
 
 /**
  * A pass-through BlockDevice that logs reads and mutations and can fail: after `failAfter`

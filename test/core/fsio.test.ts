@@ -1,13 +1,13 @@
 /**
- * src/block/atomic.ts on real files: staging and publishing, and what a later run does with a
+ * src/core/fsio.ts on real files: staging and publishing, and what a later run does with a
  * dead run's leftovers (complete, half-published, never published) and with a live run's.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, linkSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { beginStaging, parseTempName, pidAlive, removeLeftovers, tempNameFor } from '../../src/block/atomic.js';
-import { MedvError } from '../../src/errors.js';
+import { beginStaging, parseTempName, pidAlive, removeLeftovers, tempNameFor } from '../../src/core/fsio.js';
+import { MedvError } from '../../src/core/errors.js';
 import { tempDir } from '../helpers/cli.js';
 
 /** The pid of a process that has exited (a real one, not a made-up number). */
@@ -20,7 +20,7 @@ function deadPid(): number {
 
 const code = (c: string) => (e: unknown) => e instanceof MedvError && e.code === c;
 
-describe('block/atomic', () => {
+describe('core/fsio', () => {
   let dir: ReturnType<typeof tempDir>;
   let enc: string;
   let evhd: string;

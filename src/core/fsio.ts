@@ -31,7 +31,7 @@
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, resolve } from 'node:path';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from './errors.js';
 
 const TEMP_RE = /^\.(.+)\.medv-tmp-(\d+)-([0-9a-f]{12})$/;
 

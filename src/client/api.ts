@@ -12,7 +12,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { type ErrorCode, MedvError, fromSystemError } from '../errors.js';
+import { type ErrorCode, MedvError, fromSystemError } from '../core/errors.js';
 import type { DataKey } from '../crypto/datakey.js';
 
 const MAX_ANSWER = 16 * 1024 * 1024;

@@ -22,11 +22,11 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MedvError, fromSystemError } from '../errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import type { KekSource } from '../crypto/kekenv.js';
 import { writeKeyFileAt, fsyncDir } from '../crypto/keyfile.js';
-import { tempNameFor } from '../block/atomic.js';
+import { tempNameFor } from '../core/fsio.js';
 import { secureAlloc, secureFree, secureSeal, redactInspect } from '../crypto/secure.js';
 import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
 import { IMAGE_NAME_RE } from '../formats/ckm/index.js';

@@ -1,5 +1,5 @@
 /** HTTP status by error code: the one table the server maps typed errors through. */
-import { MedvError, type ErrorCode } from '../errors.js';
+import { MedvError, type ErrorCode } from '../core/errors.js';
 
 export const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   EINVAL_ARG: 400,

@@ -3,7 +3,7 @@
  * names the JSON pointer of the bad field (`/workspaces/0/memory`), so the administrator can find it.
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { MedvError } from '../errors.js';
+import { MedvError } from '../core/errors.js';
 import { POLICY_SCHEMA } from './policy-schema.js';
 
 export interface Policy {

@@ -15,8 +15,8 @@ import { createHash } from 'node:crypto';
 import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { Upload, type DetailedError } from 'tus-js-client';
-import { type ErrorCode, MedvError, fromSystemError } from '../errors.js';
-import { type RepoFileName, parseRepoFileName } from './names.js';
+import { type ErrorCode, MedvError, fromSystemError } from '../core/errors.js';
+import { type RepoFileName, parseRepoFileName } from '../server/names.js';
 
 export interface UploadOptions {
   /** Server base URL, e.g. http://host:8080 */

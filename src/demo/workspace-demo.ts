@@ -79,7 +79,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
   const { uploadFiles } = await import('../client/upload.js');
   const { apiRequest, login, publishImageKeys, listClients } = await import('../client/api.js');
   const { openClient, saveClientLogin } = await import('../workspace/client.js');
-  const { startWorkspace, stopWorkspace, vmNameOf } = await import('../workspace/index.js');
+  const { startWorkspace, stopWorkspace } = await import('../workspace/index.js');
 
   const work = mkdtempSync(join(tmpdir(), 'medv-demo-'));
   const dirs = { console: join(work, 'console'), keys: join(work, 'console', 'keys'), packed: join(work, 'console', 'PackedImages'), server: join(work, 'server'), client: join(work, 'client'), run: join(work, 'run'), xdg: join(work, 'xdg') };
@@ -173,13 +173,12 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     const ctx = await openClient(dirs.client);
     const creds = await login(server.url, USER, password);
     await saveClientLogin(ctx, creds);
-    const serial = () => join(dirs.run, vmNameOf(WORKSPACE), 'serial.log');
     const bootAndShow = async (update: boolean | undefined) => {
       const r = await startWorkspace(WORKSPACE, { ...wsOpts, update, accel: o.accel, onProgress: (l, d, t) => o.onProgress?.(l, d, t) });
       o.onProgressEnd?.();
       running = true;
       const started = performance.now();
-      const ready = await waitForText(serial(), guest.serial.ready, 0, READY_MS);
+      const ready = await waitForText(join(dirs.run, r.vmName, 'serial.log'), guest.serial.ready, 0, READY_MS);
       const version = ready.text.match(guest.serial.init)?.[1] ?? '?';
       const boot = Number(ready.text.match(guest.serial.boot)?.[1] ?? 0);
       for (const line of ready.text.split(/\r?\n/).filter((l) => l.startsWith('medv-linux:'))) log(`  guest | ${line}`);

@@ -5,6 +5,7 @@
  *   data/Users/<user>/Credentials.dat    the login token, sealed under the host key (src/repo/sealed.ts)
  *   data/Users/<user>/client.key.enc     the client's X25519 secret (key releases are sealed to its
  *                                        public half), wrapped with the host key like a disk key
+ *   (each workspace's released keys: ./grant.ts)
  *
  * `medv login` writes the first two; the key pair is made on first use.
  */
@@ -101,9 +102,4 @@ export async function clientKeyPair(ctx: ClientContext, user: string): Promise<C
   } finally {
     key.dispose();
   }
-}
-
-/** The user's key folder: the released image keys, wrapped with the host key (src/pack's layout). */
-export function userKeyDir(c: ClientRoot, user: string): string {
-  return join(userDir(c, user), 'keys');
 }

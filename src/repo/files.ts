@@ -48,7 +48,7 @@ export { fsyncDirSync };
 
 /** A temporary name beside `final`, in src/core/fsio.ts's shape (`.<name>.medv-tmp-<pid>-<token>`), so its leftover cleanup knows it. */
 export function tempBeside(final: string): string {
-  return tempNameFor(final, process.pid, randomBytes(6).toString('hex'));
+  return tempNameFor(final, randomBytes(6).toString('hex'));
 }
 
 /** Replace `final` with `bytes` atomically: 0600 temporary (O_EXCL), fsync, rename, fsync folder. */

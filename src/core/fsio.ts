@@ -542,25 +542,25 @@ export function readSecretSync(path: string, opts: SecretReadOptions): Buffer {
   try {
     const st = fs.fstatSync(fd);
     if (!st.isFile()) throw new MedvError('EINVAL_ARG', `${what} is not a regular file`, { file: path });
+    const max = opts.max ?? 64 * 1024;
+    if (opts.size !== undefined && st.size !== opts.size) throw new MedvError('EFORMAT', `${what} is ${st.size} bytes, expected ${opts.size}`, { file: path, offset: 0 });
+    if (opts.size === undefined && st.size > max) throw new MedvError('EFORMAT', `${what} is larger than ${max} bytes`, { file: path });
     const problem = st.uid !== myUid()
       ? `${what} belongs to uid ${st.uid}, not to us (${myUid()})`
       : (st.mode & 0o077) !== 0
-        ? `${what} permissions ${modeString(st.mode)} are too open: it must not be accessible by group or others (chmod 600 ${path})`
+        ? `${what} permissions ${(st.mode & 0o777).toString(8)} are too open: it must not be accessible by group or others (chmod 600 ${path})`
         : undefined;
     if (problem !== undefined) {
       if (!opts.warn) throw new MedvError('EINSECURE', problem, { file: path });
       opts.warn(`medv: warning: ${problem}`);
     }
     if (opts.size !== undefined) {
-      if (st.size !== opts.size) throw new MedvError('EFORMAT', `${what} is ${st.size} bytes, expected ${opts.size}`, { file: path, offset: 0 });
       const buf = opts.into ?? Buffer.alloc(opts.size);
       if (buf.length !== opts.size) throw new MedvError('EINTERNAL', `${what}: buffer of ${buf.length} bytes for ${opts.size}`);
       const n = readAllSync(fd, buf);
       if (n !== opts.size) throw new MedvError('ETRUNCATED', `${what} shrank while being read`, { file: path, offset: n });
       return buf;
     }
-    const max = opts.max ?? 64 * 1024;
-    if (st.size > max) throw new MedvError('EFORMAT', `${what} is larger than ${max} bytes`, { file: path });
     const buf = Buffer.alloc(st.size);
     const n = readAllSync(fd, buf);
     return buf.subarray(0, n);

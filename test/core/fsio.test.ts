@@ -232,7 +232,7 @@ describe('core/fsio', () => {
       assert.deepEqual(into, Buffer.alloc(32, 7));
       assert.throws(() => readSecretSync(f, { what: 'host key file', size: 31 }), code('EFORMAT'));
       writeFileSync(join(dir.path, 'open'), 'x', { mode: 0o644 });
-      assert.throws(() => readSecretSync(join(dir.path, 'open'), { what: 'token' }), (e: unknown) => code('EINSECURE')(e) && /permissions 0644 are too open/.test((e as Error).message));
+      assert.throws(() => readSecretSync(join(dir.path, 'open'), { what: 'token' }), (e: unknown) => code('EINSECURE')(e) && /permissions 644 are too open/.test((e as Error).message));
       const lines: string[] = [];
       assert.equal(readSecretSync(join(dir.path, 'open'), { what: 'passphrase file', warn: (l) => lines.push(l) }).toString(), 'x');
       assert.equal(lines.length, 1);

@@ -8,6 +8,8 @@
  *                           name, fsync the folder. Readers see the old or the new bytes, never a mix.
  *   createFileAtomic[Sync]  a new file that never replaces another: as above, but published by
  *                           hard link (EEXIST when the name exists). Host key, admin token, server key.
+ *   linkNew                 a complete file (an upload) published under a new name in another
+ *                           folder, never over another (hard link; a copy across file systems).
  *   openAtomicSync          the streaming form of writeFileAtomicSync (saved states).
  *   beginStaging            several new files published together, in order (an .evhd and its .enc).
  *   readBoundedSync         a file that may be hostile: O_NOFOLLOW|O_NONBLOCK, checked on the fd
@@ -339,6 +341,37 @@ async function atomicAsync(final: string, bytes: Uint8Array, mode: number, exclu
     throw fromSystemError(e, final);
   }
   await fsyncDir(dirname(final));
+}
+
+/**
+ * Publish the complete file `src` also under the new name `dst` (another folder of this host),
+ * never over an existing file: fsync `src`, hard-link, fsync `dst`'s folder. On another file
+ * system (EXDEV) `src` is copied to a temporary beside `dst` (mode `opts.mode`, else src's),
+ * fsynced and linked. EEXIST (a MedvError) when `dst` exists: nothing is replaced.
+ */
+export async function linkNew(src: string, dst: string, opts: WriteOptions = {}): Promise<void> {
+  try {
+    await fsyncFile(src);
+    try {
+      await fs.promises.link(src, dst);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+      removeLeftovers([dst]);
+      const temp = tempNameFor(dst, newToken());
+      try {
+        await fs.promises.copyFile(src, temp, fs.constants.COPYFILE_EXCL);
+        if (opts.mode !== undefined) await fs.promises.chmod(temp, opts.mode);
+        await fsyncFile(temp);
+        await fs.promises.link(temp, dst);
+      } finally {
+        await fs.promises.rm(temp, { force: true });
+      }
+    }
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new MedvError('EEXIST', `file exists: ${dst}`, { file: dst }, { cause: e });
+    throw fromSystemError(e, dst);
+  }
+  await fsyncDir(dirname(dst));
 }
 
 /** Rename `from` to `to` (same file system), typed errors. For names that are not published content: log rotation, socket nodes. */

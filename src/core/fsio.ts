@@ -638,7 +638,11 @@ function openDirChecked(path: string, forbid: number, fix?: number): number {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new MedvError('ENOENT', `no such folder: ${path}`, { file: path });
     if (code === 'ELOOP') throw new MedvError('EUNSAFE', `${path} is a symlink; medv does not follow symlinks to its folders`, { file: path });
-    if (code === 'ENOTDIR') throw new MedvError('EUNSAFE', `${path} is not a folder`, { file: path });
+    if (code === 'ENOTDIR') {
+      // O_DIRECTORY wins over O_NOFOLLOW: a symlink (to anything) also gives ENOTDIR.
+      const link = lstatOrUndefined(path)?.isSymbolicLink();
+      throw new MedvError('EUNSAFE', link ? `${path} is a symlink; medv does not follow symlinks to its folders` : `${path} is not a folder`, { file: path });
+    }
     throw new MedvError('EIO', `cannot open ${path}: ${(e as Error).message}`, { file: path });
   }
   try {
@@ -650,8 +654,8 @@ function openDirChecked(path: string, forbid: number, fix?: number): number {
       st = fs.fstatSync(fd);
     }
     if (st.mode & forbid) {
-      const how = (forbid & 0o044) ? 'accessible to' : 'writable by';
-      throw new MedvError('EUNSAFE', `${path} is ${how} group or others (mode ${modeString(st.mode)}); chmod ${modeString(st.mode & 0o777 & ~forbid).slice(1)} it`, { file: path });
+      const how = (forbid & 0o044) ? 'is accessible to' : 'can be written by';
+      throw new MedvError('EUNSAFE', `${path} ${how} group or others (mode ${modeString(st.mode)}); chmod 700 it`, { file: path });
     }
     return fd;
   } catch (e) {

@@ -4,7 +4,6 @@
  *  - host key: a 32-byte random file (mode 0600) in the client data repository.
  * (The server key service of DESIGN.md wraps with a host-style 32-byte key and is built elsewhere.)
  */
-import { promisify } from 'node:util';
 import { MedvError } from '../core/errors.js';
 import { createFileAtomic, readSecretSync } from '../core/fsio.js';
 import { secureAlloc, secureFree } from './secure.js';

@@ -16,7 +16,7 @@ import { checkImageName } from '../formats/ckm/common.js';
 import {
   type GlobalImageData, type ImageState, WORKSPACE_VERSION_MAX, compareEngineVersions, parseGlobalImageData, serializeGlobalImageData, serializeImageState,
 } from '../formats/imagestate/index.js';
-import { readBoundedSync, writeAtomicSync } from './files.js';
+import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { type ClientRoot, checkSafeDir, ensureSafeDir } from './paths.js';
 
 /** The layout version (GlobalImageData's WorkspaceVersion) this medv writes. */
@@ -128,7 +128,7 @@ export class ImageStore {
     if (!this.identity) throw new MedvError('EINVAL_ARG', 'this image store has no identity to record');
     const rec = { v: 1, image: this.identity.image, imageId: this.identity.imageId, version: n };
     checkSafeDir(this.versionDir(n));
-    writeAtomicSync(join(this.versionDir(n), IDENTITY_FILE), Buffer.from(`${JSON.stringify(rec)}\n`), 0o600);
+    writeFileAtomicSync(join(this.versionDir(n), IDENTITY_FILE), `${JSON.stringify(rec)}\n`, { mode: 0o600 });
   }
 
   /** Every v<N> with the disk and key files, and what its Image.json says. */
@@ -174,7 +174,7 @@ export class ImageStore {
     const bytes = serializeImageState(s);
     ensureSafeDir(this.dir);
     ensureSafeDir(this.versionDir(n));
-    writeAtomicSync(this.imageStatePath(n), bytes, 0o600);
+    writeFileAtomicSync(this.imageStatePath(n), bytes, { mode: 0o600 });
   }
 
   /** GlobalImageData.xml, or undefined when there is none. Damaged: a typed format error naming the file. */
@@ -190,7 +190,7 @@ export class ImageStore {
   writeGlobal(d: GlobalImageData): void {
     const bytes = serializeGlobalImageData(d);
     ensureSafeDir(this.dir);
-    writeAtomicSync(join(this.dir, GLOBAL_FILE), bytes, 0o600);
+    writeFileAtomicSync(join(this.dir, GLOBAL_FILE), bytes, { mode: 0o600 });
   }
 
   /** EENGINE when the image needs a newer engine than `engine` (default: this medv's). No GlobalImageData: fine. */

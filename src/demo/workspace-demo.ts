@@ -225,7 +225,11 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     const clients = await listClients(server.url, adminToken);
     for (const c of clients) log(`  server: client ${c.client} user ${c.user} ${c.workspace} v${c.version ?? '-'} ${c.state}`);
     const diskKeys = await clientDiskKeys(dirs.client, ctx.kek);
-    const needles = { 'guest marker': guest.marker, ...secretNeedles, ...diskKeys };
+    // the client's host key is kept only wrapped (bound to this machine and user): never in the clear
+    const { loadHostKey, secureFree } = await import('../crypto/index.js');
+    const hk = await loadHostKey(ctx.kek);
+    const needles = { 'guest marker': guest.marker, ...secretNeedles, ...diskKeys, 'client host key': Buffer.from(hk) };
+    secureFree(hk);
     const hits = scanTrees([work], needles);
     log(hits.length ? `  FOUND in the clear: ${hits.map((h) => `${h.file} (${h.what.join(', ')})`).join('; ')}` : `  no file under the work folder (client, server, console, run folders) holds the guest's marker, the image keys or the disks' data keys`);
     steps[steps.length - 1].ms = Math.round(performance.now() - stepT);

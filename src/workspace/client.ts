@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { MedvError } from '../core/errors.js';
-import { DataKey, readKeyFile, writeKeyFileAt, type KekSource } from '../crypto/index.js';
+import { DataKey, readKeyFile, writeKeyFileAt, type HostKeySource } from '../crypto/index.js';
 import { clientHostKey, openClientRoot, clientRootPath, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
 import { clientKeyPairFrom, type ClientKeyPair } from '../api/keyrelease.js';
 
@@ -37,7 +37,7 @@ const CLIENT_KEY_FILE = 'client.key.enc';
 const MAX_CONFIG = 16 * 1024;
 
 /** The client's repositories and host key: everything a workspace command starts from. */
-export interface ClientContext { root: ClientRoot; kek: KekSource }
+export interface ClientContext { root: ClientRoot; kek: HostKeySource }
 
 export async function openClient(rootPath?: string): Promise<ClientContext> {
   const root = openClientRoot(clientRootPath(rootPath));

@@ -46,7 +46,7 @@ export async function keepGrant(ctx: ClientContext, cfg: ClientConfig, g: Worksp
     server: cfg.server, user: cfg.user, workspace: g.workspace, image: g.image, imageId, policy: g.policy, settings,
     latestVersion: g.latestVersion, lastOnline: (served ?? at).toISOString(),
   };
-  await saveOfflineEntry(ctx.root, entry, served && served > at ? served : at);
+  await saveOfflineEntry(ctx.root, entry);
   return entry;
 }
 

@@ -9,10 +9,10 @@
  *   - online or not, the policy's `expires` day is the last day it starts (EEXPIRED);
  *   - offline, it starts only while the last contact is at most `offlineDays` days old (EOFFLINE),
  *     and never with a clock earlier than that contact.
- *   - Time only moves forward: every start (online or offline) and every answer of the server (its
- *     Date) raises `seen`, and the rules above use max(local clock, seen). Setting the clock back
- *     gives back no offline day and no expired workspace; the server's clock, not the local one,
- *     dates a grant (`lastOnline`), so a clock set forward during a grant buys nothing either.
+ *   - Offline, time only moves forward: the rules use max(local clock, seen), and each offline
+ *     start records it as the new `seen`. Setting the clock back gives back no offline day and no
+ *     expired workspace. Online, the server's clock (its Date) is the time, and dates the grant
+ *     (`lastOnline`), so a clock set forward during a grant buys nothing either.
  *
  * Entries are keyed by (server, user, workspace): a login to another server, or another user of a
  * shared root, never starts from someone else's cached grant.
@@ -58,8 +58,6 @@ async function load(c: ClientRoot): Promise<OfflineFile> {
   return { v: 1, entries, ...(seen ? { seen } : {}) };
 }
 
-const later = (a: string | undefined, b: Date): string => (a !== undefined && Date.parse(a) >= b.getTime() ? a : b.toISOString());
-
 export async function offlineEntries(c: ClientRoot, server: string, user: string): Promise<OfflineEntry[]> {
   return (await load(c)).entries.filter((e) => e.server === server && e.user === user);
 }
@@ -72,12 +70,12 @@ export async function offlineEntry(c: ClientRoot, server: string, user: string, 
   return e;
 }
 
-/** Keep `entry` (replacing that of its server, user and workspace) and raise `seen` to `at`. */
-export async function saveOfflineEntry(c: ClientRoot, entry: OfflineEntry, at: Date): Promise<void> {
+/** Keep `entry` (replacing that of its server, user and workspace). */
+export async function saveOfflineEntry(c: ClientRoot, entry: OfflineEntry): Promise<void> {
   const f = await load(c);
   const entries = f.entries.filter((x) => !same(x, entry));
   entries.push(entry);
-  await writeSealed(c, FILE, PURPOSE, { v: 1, entries: entries.slice(-MAX_ENTRIES), seen: later(f.seen, at) } satisfies OfflineFile);
+  await writeSealed(c, FILE, PURPOSE, { ...f, entries: entries.slice(-MAX_ENTRIES) } satisfies OfflineFile);
 }
 
 /** Forget the grant of (server, user, workspace); true when there was one. */
@@ -90,16 +88,16 @@ export async function removeOfflineEntry(c: ClientRoot, key: Pick<OfflineEntry, 
 }
 
 /**
- * The time the rules use: max(local clock, the latest time this client has seen, `also`), and
- * that time recorded as the new latest (sealed with the cache).
+ * The time the rules use, recorded as the latest time seen (sealed with the cache). Online (the
+ * server's clock `server` known) it is the server's time: the server is the authority, and a
+ * local clock that was wrong before is forgotten. Offline it is max(local clock, the latest time
+ * seen): setting the clock back changes nothing, and every offline start moves it forward.
  */
-export async function advanceClock(c: ClientRoot, local: Date, also?: Date): Promise<Date> {
+export async function advanceClock(c: ClientRoot, local: Date, server?: Date): Promise<Date> {
   const f = await load(c);
-  let t = local.getTime();
-  if (f.seen !== undefined) t = Math.max(t, Date.parse(f.seen));
-  if (also && !Number.isNaN(also.getTime())) t = Math.max(t, also.getTime());
-  const now = new Date(t);
-  if (f.seen === undefined || Date.parse(f.seen) < t) await writeSealed(c, FILE, PURPOSE, { ...f, seen: now.toISOString() } satisfies OfflineFile);
+  const trusted = server && !Number.isNaN(server.getTime()) ? server : undefined;
+  const now = trusted ?? new Date(Math.max(local.getTime(), f.seen !== undefined ? Date.parse(f.seen) : -Infinity));
+  if (f.seen !== now.toISOString()) await writeSealed(c, FILE, PURPOSE, { ...f, seen: now.toISOString() } satisfies OfflineFile);
   return now;
 }
 

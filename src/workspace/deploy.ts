@@ -96,7 +96,8 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
     // what this deployment made, when nothing else came of it (a refused index, an unreachable
     // server): gone. A folder holding a resumable partial download stays for the next start.
     if (created || !recorded) {
-      const rest = fs.readdirSync(vdir).filter((n) => n !== IDENTITY_FILE);
+      let rest: string[] = ['?'];
+      try { rest = fs.readdirSync(vdir).filter((n) => n !== IDENTITY_FILE); } catch { /* gone or unreadable: leave it */ }
       if (rest.length === 0) {
         fs.rmSync(join(vdir, IDENTITY_FILE), { force: true });
         if (created) { try { fs.rmdirSync(vdir); } catch { /* raced: something arrived */ } }

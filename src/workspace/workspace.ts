@@ -72,7 +72,8 @@ export interface StartResult {
   desktopEntries: string[];
 }
 
-const isNetwork = (e: unknown) => e instanceof MedvError && (e.code === 'ENETWORK' || (e.code === 'EHTTP' && Number(e.data.status) >= 500));
+/** The server cannot be reached, or fails (5xx after the agent's retries): the start goes on offline. */
+const isNetwork = (e: unknown) => e instanceof MedvError && (e.code === 'ENETWORK' || Number(e.data.status) >= 500);
 
 /** A report batch the server refuses for its content (4xx but the login, a timeout or a rate limit): it will never take it. */
 const isReportRefused = (e: unknown) => {
@@ -200,6 +201,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     const pair = await clientKeyPair(s.ctx, s.cfg.user);
     try {
       grant = await grantOnline(s, name, pair, warn);
+      if (grant && grant.workspace !== name) throw new MedvError('EBADREPLY', `asked for workspace ${name}, the server granted ${grant.workspace}`);
       if (grant) {
         online = true;
         entry = await keepGrant(s.ctx, s.cfg, grant, pair, local);
@@ -292,7 +294,13 @@ export async function stopWorkspace(name: string, o: WorkspaceOptions & { force?
     const entry = await offlineEntry(s.ctx.root, s.cfg.server, s.cfg.user, name);
     const running = runningState(vmName, o.runRoot);
     if (!entry && !running) throw new MedvError('ENOENT', `no workspace ${name} on this client (medv workspace list)`);
-    const store = entry ? storeOf(s, entry) : undefined;
+    let store: ImageStore | undefined;
+    try {
+      store = entry ? storeOf(s, entry) : undefined;
+    } catch (e) {
+      // a folder holding another image: never written into, but the VM is still stopped
+      if (!(e instanceof MedvError && e.code === 'ECORRUPT') || !running) throw e;
+    }
     const version = store ? (running ? versionOfVm(store, running) : store.newest()) : undefined;
     let state: VmState['state'] = 'stopped';
     let suspended = false;

@@ -35,8 +35,8 @@ export function checkWorkspaceName(name: string): string {
 
 const hash16 = (...parts: string[]) => createHash('sha256').update(parts.join('\0')).digest('hex').slice(0, 16);
 
-/** The first 40 characters of a workspace name in VM-name form (no `@`). */
-const readable = (workspace: string) => workspace.replaceAll('@', '_').slice(0, 40).replace(/[._-]+$/, '') || 'w';
+/** The first 32 characters of a workspace name in VM-name form (no `@`): run-folder socket paths stay short. */
+const readable = (workspace: string) => workspace.replaceAll('@', '_').slice(0, 32).replace(/[._-]+$/, '') || 'w';
 
 /** The client root as the file system knows it (symlinks resolved), so two spellings of one root agree. */
 function rootIdentity(c: ClientRoot): string {
@@ -45,7 +45,7 @@ function rootIdentity(c: ClientRoot): string {
 
 /**
  * The VM name of a workspace of this client root and user: `<workspace>-<16 hex>` (VM-name rules:
- * letters, digits, `.`, `_`, `-`, at most 57 characters). Also the stem of its desktop entries.
+ * letters, digits, `.`, `_`, `-`, at most 49 characters). Also the stem of its desktop entries.
  */
 export function instanceName(c: ClientRoot, user: string, workspace: string): string {
   checkWorkspaceName(workspace);

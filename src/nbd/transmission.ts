@@ -20,7 +20,7 @@ import type { BlockDevice } from '../block/device.js';
 import { readInto, writeThenFlush, writeZeroesByWriting } from '../block/emulate.js';
 import { validateRequest, type RequestOp } from '../block/validate.js';
 import { MedvError } from '../core/errors.js';
-import { native } from '../native.js';
+import { rangeCached, sendfileSocket, sendRange } from './sendfile.js';
 import type { ByteBudget } from './budget.js';
 import type { ByteQueue } from './bytequeue.js';
 import { nbdErrno } from './errno.js';
@@ -32,14 +32,11 @@ import * as P from './protocol.js';
 
 /** Replies totalling at most this many bytes are coalesced into one buffer before writing. */
 const COALESCE_LIMIT = 256 * 1024;
-/** READs from this size are sent by the device itself when it can (sendReadReply: sendfile). */
+/** READs from this size are sent from the page cache when the device has them as a file range (sendfile.ts). */
 const DIRECT_MIN = 64 * 1024;
 /** When the socket fills up midway through a range reply, this much of the rest goes through Node:
  *  its write's callback says when the socket takes more. */
 const PROBE = 4096;
-/** SO_SNDBUF asked for every connection (the kernel doubles it, capped by
- *  net.core.wmem_max): the default (~200 KiB) is less than one 256 KiB reply. */
-const SEND_BUFFER = 2 << 20;
 /** READs below this size are offered to the device's readIntoNow(), straight into an output slab. */
 const NOW_MAX = 64 * 1024;
 /** Size of an output slab: replies read now are laid out one after another in it, header then data. */
@@ -126,7 +123,7 @@ export class Transmission {
   private outScheduled = false;
   /** Where the next reply read now goes. */
   private slab: Slab | undefined;
-  /** The socket's descriptor, for READ replies the device sends itself (sendReadReply), or -1. */
+  /** The socket's descriptor, for READ replies sent from the page cache (sendfile.ts), or -1. */
   private readonly sockFd: number;
   /** A range reply is partly sent (or must be read after all): nothing else is written before its rest. */
   private barrier = false;
@@ -148,12 +145,7 @@ export class Transmission {
     private readonly finish: (hard: boolean) => void,
   ) {
     this.target = { size: s.info.size, readOnly: s.info.readOnly, description: s.device.description };
-    // Socket._handle.fd: undocumented but long-standing (like _handle in userbuffer.ts); without it, no fast path.
-    const fd = (socket as { _handle?: { fd?: unknown } | null })._handle?.fd;
-    const sockFd = typeof fd === 'number' && Number.isSafeInteger(fd) && fd >= 0 ? fd : -1;
-    this.sockFd = s.device.sendReadReply && s.device.readCached ? sockFd : -1;
-    // Room for several large replies at once: fewer turns where the socket fills up midway.
-    if (sockFd >= 0) native.setSendBuffer(sockFd, SEND_BUFFER);
+    this.sockFd = sendfileSocket(socket);
   }
 
   /** Bytes held now (tests and logs). */
@@ -379,7 +371,7 @@ export class Transmission {
       switch (type) {
         case P.NBD_CMD_READ: {
           if (length < NOW_MAX && length > 0 && dev.readIntoNow && this.replyReadNow(dev, hi, lo, offset, length, held)) return;
-          if (length >= DIRECT_MIN && this.sockFd >= 0 && dev.readCached!(offset, length)) {
+          if (length >= DIRECT_MIN && this.sockFd >= 0 && rangeCached(dev, offset, length)) {
             // All in the page cache: the device sends it when its turn comes (flushOut), no buffer of ours.
             let header: Buffer;
             if (this.s.structured) {
@@ -680,7 +672,7 @@ export class Transmission {
     const header = r.bufs[0];
     let sent: number;
     try {
-      sent = this.s.device.sendReadReply!(this.sockFd, header, offset, length);
+      sent = sendRange(this.sockFd, this.s.device, header, offset, length);
     } catch {
       sent = -1;
     }

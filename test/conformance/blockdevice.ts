@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readSync } from 'node:fs';
 import type { BlockDevice } from '../../src/block/device.js';
 import { MedvError } from '../../src/core/errors.js';
 import { readInto } from '../../src/block/emulate.js';
@@ -121,6 +122,35 @@ export function describeConformance(name: string, factory: SubjectFactory, opts:
       await dev.close();
       assert.equal(dev.readIntoNow!(Buffer.alloc(4096), 0), false, 'after close');
       this.test!.title += ` (${hits} of 400 answered now)`;
+    });
+
+    it('fileRange, where offered, names file bytes equal to what read gives; never past the end, never after close', async function () {
+      const dev = subject.device;
+      if (!dev.fileRange) this.skip();
+      const rnd = prng(0xf11e);
+      for (let i = 0; i < 16; i++) {
+        const len = 1 + Math.floor(rnd() * 100000);
+        const off = Math.floor(rnd() * (dev.size - len));
+        const data = randomBytes(len);
+        await dev.write(off, data);
+        data.copy(model, off);
+      }
+      let given = 0;
+      for (let i = 0; i < 64; i++) {
+        const len = 1 + Math.floor(rnd() * 300000);
+        const off = Math.floor(rnd() * (dev.size - len));
+        const r = dev.fileRange!(off, len, { mapped: i % 2 === 0 });
+        if (!r) continue;
+        given++;
+        const b = Buffer.alloc(len);
+        assert.equal(readSync(r.fd, b, 0, len, r.position), len);
+        assert.ok(b.equals(model.subarray(off, off + len)), `fileRange [${off}, +${len})`);
+      }
+      assert.equal(dev.fileRange!(dev.size - 2048, 4096), undefined, 'past the end');
+      assert.equal(dev.fileRange!(-4096, 4096), undefined, 'a negative offset');
+      await dev.close();
+      assert.equal(dev.fileRange!(0, 4096), undefined, 'after close');
+      this.test!.title += ` (${given} of 64 given)`;
     });
 
     it('never modifies the caller buffer', async () => {

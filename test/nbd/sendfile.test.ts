@@ -17,7 +17,7 @@ import { FilterDevice } from '../../src/block/filter.js';
 import { native } from '../../src/native.js';
 import { rangeCached } from '../../src/nbd/sendfile.js';
 import { serveNbd, type NbdServer } from '../../src/nbd/server.js';
-import * as P from '../../src/nbd/protocol.js';
+import * as P from '../helpers/nbd-codec.js';
 import { RawClient } from './rawclient.js';
 
 const SIZE = 8 << 20;

@@ -36,6 +36,17 @@ export function prng(seed: number): () => number {
   };
 }
 
+/** `count` writes of random data, 1 to `maxLength` bytes each, at random places; `model` follows. */
+async function writeScattered(dev: BlockDevice, model: Buffer, rnd: () => number, count: number, maxLength: number): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    const len = 1 + Math.floor(rnd() * maxLength);
+    const off = Math.floor(rnd() * (dev.size - len));
+    const data = randomBytes(len);
+    await dev.write(off, data);
+    data.copy(model, off);
+  }
+}
+
 export function describeConformance(name: string, factory: SubjectFactory, opts: { size?: number } = {}): void {
   const size = opts.size ?? 8 * 1024 * 1024;
   describe(`conformance: ${name}`, function () {
@@ -96,13 +107,7 @@ export function describeConformance(name: string, factory: SubjectFactory, opts:
       if (!dev.readIntoNow) this.skip();
       const rnd = prng(0x5eed);
       // Written data in some places, untouched (initial) contents elsewhere; whatever the device has at hand.
-      for (let i = 0; i < 24; i++) {
-        const len = 1 + Math.floor(rnd() * 20000);
-        const off = Math.floor(rnd() * (dev.size - len));
-        const data = randomBytes(len);
-        await dev.write(off, data);
-        data.copy(model, off);
-      }
+      await writeScattered(dev, model, rnd, 24, 20000);
       await dev.flush();
       await dev.read(0, dev.size); // a device that caches gets the chance to
       const sizes = [1, 512, 4096, 8192, 12288, 65536 - 512, 4095];
@@ -128,13 +133,7 @@ export function describeConformance(name: string, factory: SubjectFactory, opts:
       const dev = subject.device;
       if (!dev.fileRange) this.skip();
       const rnd = prng(0xf11e);
-      for (let i = 0; i < 16; i++) {
-        const len = 1 + Math.floor(rnd() * 100000);
-        const off = Math.floor(rnd() * (dev.size - len));
-        const data = randomBytes(len);
-        await dev.write(off, data);
-        data.copy(model, off);
-      }
+      await writeScattered(dev, model, rnd, 16, 100000);
       let given = 0;
       for (let i = 0; i < 64; i++) {
         const len = 1 + Math.floor(rnd() * 300000);

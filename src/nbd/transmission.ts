@@ -53,7 +53,7 @@ export class Transmission {
 
   constructor(
     private readonly socket: net.Socket,
-    private readonly q: ByteQueue,
+    q: ByteQueue,
     private readonly s: TransmissionSetup,
     /** End the connection once everything queued is written (graceful) or at once (hard). */
     private readonly finish: (hard: boolean) => void,

@@ -16,6 +16,7 @@ import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { Upload, type DetailedError } from 'tus-js-client';
 import { type ErrorCode, MedvError, fromSystemError } from '../core/errors.js';
+import { ensureDir, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { type RepoFileName, parseRepoFileName } from '../server/names.js';
 
 export interface UploadOptions {
@@ -69,8 +70,8 @@ function stateFile(stateDir: string, server: string, path: string, st: fs.Stats)
 
 function readState(file: string): State | undefined {
   try {
-    const buf = fs.readFileSync(file);
-    if (buf.length > 8192) return undefined;
+    const buf = readBoundedSync(file, 8192, 'upload state');
+    if (!buf) return undefined;
     const s = JSON.parse(buf.toString('utf8')) as State;
     return typeof s.url === 'string' ? s : undefined;
   } catch {
@@ -79,9 +80,7 @@ function readState(file: string): State | undefined {
 }
 
 function writeState(file: string, s: State): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify(s), { mode: 0o600 });
-  fs.renameSync(tmp, file);
+  writeFileAtomicSync(file, JSON.stringify(s), { mode: 0o600 });
 }
 
 const STATUS_CODE: Record<number, ErrorCode> = { 400: 'EINVAL_ARG', 401: 'EDENIED', 403: 'EDENIED', 409: 'EEXIST', 413: 'EINVAL_ARG', 422: 'EFORMAT' };
@@ -111,7 +110,8 @@ export async function uploadFiles(paths: string[], o: UploadOptions): Promise<Up
     if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'not a regular file', { file: p });
     return { ...named, path: resolve(p), st };
   });
-  try { fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 }); } catch (e) { throw fromSystemError(e, stateDir); }
+  // Ours and written by nobody else: a state file names the URL the admin token is sent to.
+  ensureDir(stateDir, { parents: true, forbid: 0o022 });
   const total = files.reduce((n, f) => n + f.st.size, 0);
   let before = 0;
   const out: UploadedFile[] = [];

@@ -17,7 +17,7 @@ import { basename, join, resolve } from 'node:path';
 import { Upload, type DetailedError } from 'tus-js-client';
 import { type ErrorCode, MedvError, fromSystemError } from '../core/errors.js';
 import { ensureDir, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
-import { type RepoFileName, parseRepoFileName } from '../server/names.js';
+import { type RepoFileName, parseRepoFileName } from '../api/names.js';
 
 export interface UploadOptions {
   /** Server base URL, e.g. http://host:8080 */

@@ -18,6 +18,7 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { checkVmName, VM_NAME_RE } from '../api/names.js';
 import { ensurePrivateDir, processAlive, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 
 export type VmRunState = 'starting' | 'running' | 'paused' | 'suspending' | 'stopping' | 'stopped' | 'suspended' | 'failed';
@@ -60,17 +61,8 @@ export interface VmState {
   resumed?: boolean;
 }
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** Largest state.json we read. */
 const MAX_STATE_BYTES = 64 * 1024;
-
-/** A VM name is a single path component of safe characters. */
-export function validateVmName(name: string): string {
-  if (typeof name !== 'string' || !NAME_RE.test(name) || name.includes('..')) {
-    throw new MedvError('EINVAL_ARG', `invalid VM name ${JSON.stringify(name)}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
-  }
-  return name;
-}
 
 export function runRoot(): string {
   if (process.env.MEDV_RUN_DIR) return process.env.MEDV_RUN_DIR;
@@ -83,7 +75,7 @@ export function runRoot(): string {
 /** The run folder of VM `name` (created private). */
 export function vmRunDir(name: string, root = runRoot()): string {
   ensurePrivateDir(root, true);
-  return ensurePrivateDir(join(root, validateVmName(name)));
+  return ensurePrivateDir(join(root, checkVmName(name)));
 }
 
 /** Write state.json atomically (src/core/fsio.ts: temporary, fsync, rename, fsync of the folder). */
@@ -125,5 +117,5 @@ export function effectiveState(state: VmState): VmState {
 export function listRunDirs(root = runRoot()): string[] {
   let entries: fs.Dirent[];
   try { entries = fs.readdirSync(root, { withFileTypes: true }); } catch { return []; }
-  return entries.filter((e) => e.isDirectory() && NAME_RE.test(e.name)).map((e) => e.name).sort();
+  return entries.filter((e) => e.isDirectory() && VM_NAME_RE.test(e.name)).map((e) => e.name).sort();
 }

@@ -1,5 +1,5 @@
 /** The client repositories: image store, data repository, sealed files, device log, desktop entries, report queue (./README.md). */
-export { type ClientRoot, clientRootPath, openClientRoot, userDir, checkSafeDir, ensureSafeDir, checkUserName, pathInRoot, xdgDataHome } from './paths.js';
+export { type ClientRoot, clientRootPath, openClientRoot, userDir, checkSafeDir, ensureSafeDir, pathInRoot, xdgDataHome } from './paths.js';
 export { clientHostKey, deriveSubkey, HOST_KEY_FILE } from './hostkey.js';
 export { writeSealed, readSealed, SEALED_MAX_JSON } from './sealed.js';
 export { ImageStore, CURRENT_WORKSPACE_VERSION, ENGINE_VERSION } from './images.js';

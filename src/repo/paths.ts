@@ -6,6 +6,7 @@
 import { homedir } from 'node:os';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { checkUserName } from '../api/names.js';
 import { checkDir, ensureDir } from '../core/fsio.js';
 
 export interface ClientRoot {
@@ -75,15 +76,6 @@ export function openClientRoot(root: string): ClientRoot {
   ensureSafeDir(r, true);
   for (const d of [images, c.packed, c.prestaged, data, c.profile, c.users, local, c.config, c.logs]) ensureSafeDir(d);
   return c;
-}
-
-const USER_RE = /^[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}$/;
-
-/** Throws EINVAL_ARG unless `user` is 1-64 of [A-Za-z0-9._@-], not starting with '.' or '-'. */
-export function checkUserName(user: string): void {
-  if (typeof user !== 'string' || !USER_RE.test(user)) {
-    throw new MedvError('EINVAL_ARG', `user name ${JSON.stringify(String(user).slice(0, 80))} must be 1-64 of A-Z a-z 0-9 . _ @ - and not start with . or -`);
-  }
 }
 
 /** data/Users/<user>, created 0700 and checked. */

@@ -15,7 +15,9 @@ import { MedvError } from '../core/errors.js';
 import { humanBytes } from '../core/units.js';
 import { DevLog, ImageStore, ReportQueue, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
 import { requestGrant, sendReports, type WorkspaceGrant } from '../client/api.js';
-import { openReleasedKeys, writeKeyFolder, type ClientKeyPair } from '../api/keyrelease.js';
+import { openReleasedKeys, type ClientKeyPair } from '../api/keyrelease.js';
+import { writeKeyFolder } from '../client/keyfolder.js';
+import { checkWorkspaceName } from '../api/names.js';
 import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
@@ -63,9 +65,9 @@ export interface StartResult {
   desktopEntries: string[];
 }
 
-/** The VM name of a workspace (VM names have no `@`). */
+/** The VM name of a workspace: the workspace name itself (src/api/names.ts: one rule for both). */
 export function vmNameOf(workspace: string): string {
-  return workspace.replaceAll('@', '_');
+  return checkWorkspaceName(workspace);
 }
 
 /**

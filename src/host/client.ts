@@ -6,9 +6,10 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError, type ErrorCode } from '../core/errors.js';
+import { runRoot } from '../core/paths.js';
 import { checkVmName } from '../api/names.js';
 import { controlRequest } from './protocol.js';
-import { effectiveState, isTerminal, listRunDirs, readState, runRoot, vmRunDir, type VmState } from './rundir.js';
+import { effectiveState, isTerminal, listRunDirs, readState, vmRunDir, type VmState } from './rundir.js';
 import type { SupervisorInput, VmConfig } from './supervisor.js';
 import { spawnSupervisor, takePrespawned } from './prespawn.js';
 

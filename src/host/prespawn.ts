@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensurePrivateDir } from '../core/fsio.js';
-import { runRoot } from './rundir.js';
+import { runRoot } from '../core/paths.js';
 
 export const SUPERVISOR_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'supervisor-main.js');
 

@@ -8,7 +8,8 @@
  *   <root>/<name>/disk<i>.sock   the NBD export of each disk
  *   <root>/<name>/serial.log     what the guest wrote to COM1 (kept after the VM stops)
  *
- * Root: $MEDV_RUN_DIR, else /run/medv for root, else $XDG_RUNTIME_DIR/medv, else /tmp/medv-<uid>.
+ * Root: src/core/paths.ts runRoot ($MEDV_RUN_DIR, else /run/medv for root, else
+ * $XDG_RUNTIME_DIR/medv, else /tmp/medv-<uid>).
  * Every folder is created 0700 and checked to be ours and private before use (src/core/fsio.ts
  * ensurePrivateDir): a folder another user could enter (or a symlink planted in its place) is
  * refused (EUNSAFE), never "fixed".
@@ -19,6 +20,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { checkVmName, VM_NAME_RE } from '../api/names.js';
+import { runRoot } from '../core/paths.js';
 import { ensurePrivateDir, processAlive, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 
 export type VmRunState = 'starting' | 'running' | 'paused' | 'suspending' | 'stopping' | 'stopped' | 'suspended' | 'failed';
@@ -63,14 +65,6 @@ export interface VmState {
 
 /** Largest state.json we read. */
 const MAX_STATE_BYTES = 64 * 1024;
-
-export function runRoot(): string {
-  if (process.env.MEDV_RUN_DIR) return process.env.MEDV_RUN_DIR;
-  const uid = process.getuid?.() ?? 0;
-  if (uid === 0) return '/run/medv';
-  if (process.env.XDG_RUNTIME_DIR) return join(process.env.XDG_RUNTIME_DIR, 'medv');
-  return `/tmp/medv-${uid}`;
-}
 
 /** The run folder of VM `name` (created private). */
 export function vmRunDir(name: string, root = runRoot()): string {

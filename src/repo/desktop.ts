@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { checkWorkspaceName } from '../api/names.js';
 import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
-import { xdgDataHome } from './paths.js';
+import { desktopDir } from '../core/paths.js';
 
 export interface PublishedApp { name: string; command: string; icon?: string }
 
@@ -17,11 +17,6 @@ const MAX_APPS = 256;
 const MAX_ENTRY = 64 * 1024;
 const NAME_MAX = 128;
 const FIELD_MAX = 4096;
-
-/** $XDG_DATA_HOME/applications (default ~/.local/share/applications). */
-export function desktopDir(): string {
-  return join(xdgDataHome(), 'applications');
-}
 
 const checkWorkspace = (ws: string): string => checkWorkspaceName(ws, 'workspace name');
 

@@ -3,7 +3,6 @@
  * 0700 and checked before use: a symlink in its place, a folder owned by another user, or one that
  * group or others can write is refused (EUNSAFE), never "fixed".
  */
-import { homedir } from 'node:os';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { checkUserName } from '../api/names.js';
@@ -21,21 +20,6 @@ export interface ClientRoot {
   local: string;
   config: string;
   logs: string;
-}
-
-/** `explicit`, else $MEDV_CLIENT_ROOT, else /var/lib/medv for root, else $XDG_DATA_HOME/medv (~/.local/share/medv). */
-export function clientRootPath(explicit?: string): string {
-  if (explicit !== undefined && explicit !== '') return resolve(explicit);
-  const env = process.env.MEDV_CLIENT_ROOT;
-  if (env) return resolve(env);
-  if ((process.getuid?.() ?? 0) === 0) return '/var/lib/medv';
-  return join(xdgDataHome(), 'medv');
-}
-
-/** $XDG_DATA_HOME when it is an absolute path (the spec ignores a relative one), else ~/.local/share. */
-export function xdgDataHome(): string {
-  const x = process.env.XDG_DATA_HOME;
-  return x && isAbsolute(x) ? x : join(homedir(), '.local', 'share');
 }
 
 /**

@@ -12,9 +12,10 @@ import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
+import { clientRootPath } from '../core/paths.js';
 import { MedvError } from '../core/errors.js';
 import { DataKey, readKeyFile, writeKeyFileAt, type KekSource } from '../crypto/index.js';
-import { clientHostKey, openClientRoot, clientRootPath, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
+import { clientHostKey, openClientRoot, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
 import { clientKeyPairFrom, type ClientKeyPair } from '../api/keyrelease.js';
 import { CLIENT_ID_RE } from '../api/names.js';
 

@@ -92,7 +92,7 @@ async function listenPrivately(server: net.Server, path: string): Promise<number
     await listen(server, inner);
     try {
       await fs.promises.chmod(inner, 0o600);
-      await rename(inner, path);
+      await rename(inner, path); // a socket node, moved in one step (src/core/fsio.ts keeps every rename)
     } catch (e) {
       server.close();
       throw e;

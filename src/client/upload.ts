@@ -19,11 +19,11 @@
  */
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
-import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { ensureDir, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
-import { type RepoFileName, parseRepoFileName } from '../server/names.js';
+import { uploadStateDir } from '../core/paths.js';
+import { type RepoFileName, parseRepoFileName } from '../api/names.js';
 import { HttpAgent, type HttpRequest, type HttpResponse, isRetryable, responseError } from './http.js';
 import { TRANSIENT_STATUSES, TransientFailure, retryAfterMs, withRetry } from './retry.js';
 
@@ -31,7 +31,7 @@ export interface UploadOptions {
   /** Server base URL, e.g. http://host:8080 */
   server: string;
   token: string;
-  /** Folder for resume state (default defaultUploadStateDir()). */
+  /** Folder for resume state (default src/core/paths.ts uploadStateDir()). */
   stateDir?: string;
   /** Bytes per PATCH request. */
   chunkSize?: number;
@@ -49,12 +49,6 @@ export interface UploadedFile {
   /** Bytes of the file this run sent (less than size when it resumed). */
   sent: number;
   resumed: boolean;
-}
-
-export function defaultUploadStateDir(): string {
-  if (process.env.MEDV_STATE_DIR) return join(process.env.MEDV_STATE_DIR, 'uploads');
-  const base = process.env.XDG_STATE_HOME || join(homedir(), '.local', 'state');
-  return join(base, 'medv', 'uploads');
 }
 
 /** Packs first, then indexes; each by name then version. */
@@ -93,7 +87,7 @@ function writeState(file: string, s: State): void {
 
 export async function uploadFiles(paths: string[], o: UploadOptions): Promise<UploadedFile[]> {
   const server = normalizeServer(o.server);
-  const stateDir = o.stateDir ?? defaultUploadStateDir();
+  const stateDir = o.stateDir ?? uploadStateDir();
   const files = paths.map((p) => {
     const named = parseRepoFileName(basename(p));
     if (!named) throw new MedvError('EINVAL_ARG', `${p}: not a repository file (<NAME>_<N>.ckm or <NAME>_<N>.ckm.index)`, { file: p });

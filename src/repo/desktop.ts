@@ -10,37 +10,29 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { checkVmName, checkWorkspaceName } from '../api/names.js';
 import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
-import { xdgDataHome } from './paths.js';
+import { desktopDir } from '../core/paths.js';
 
 export interface PublishedApp { name: string; command: string; icon?: string }
 
 /** One workspace of one client root and user: whose entries these are. */
 export interface DesktopInstance {
-  /** Unique per (client root, user, workspace); the stem of the file names. */
+  /** Unique per (client root, user, workspace); the stem of the file names (VM-name rules). */
   id: string;
   workspace: string;
   /** The client root the entries start the workspace from (absolute). */
   clientRoot: string;
 }
 
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-const WORKSPACE_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
 const MAX_APPS = 256;
 const MAX_ENTRY = 64 * 1024;
 const NAME_MAX = 128;
 const FIELD_MAX = 4096;
 
-/** $XDG_DATA_HOME/applications (default ~/.local/share/applications). */
-export function desktopDir(): string {
-  return join(xdgDataHome(), 'applications');
-}
-
 function checkInstance(i: DesktopInstance): void {
-  if (!i || typeof i.id !== 'string' || !ID_RE.test(i.id)) throw new MedvError('EINVAL_ARG', `desktop entry id ${JSON.stringify(String(i?.id).slice(0, 80))} must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit`);
-  if (typeof i.workspace !== 'string' || !WORKSPACE_RE.test(i.workspace)) {
-    throw new MedvError('EINVAL_ARG', `workspace name ${JSON.stringify(String(i.workspace).slice(0, 80))} must be 1-64 of A-Z a-z 0-9 . _ @ - and start with a letter or digit`);
-  }
+  checkVmName(i?.id, 'desktop entry id');
+  checkWorkspaceName(i.workspace, 'workspace name');
   if (typeof i.clientRoot !== 'string' || !i.clientRoot.startsWith('/') || /[\u0000-\u001f]/.test(i.clientRoot)) throw new MedvError('EINVAL_ARG', 'the client root of a desktop entry must be an absolute path without control characters');
 }
 

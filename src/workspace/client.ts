@@ -13,10 +13,12 @@ import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
+import { clientRootPath } from '../core/paths.js';
 import { MedvError } from '../core/errors.js';
 import { DataKey, readKeyFile, writeKeyFileAt, type HostKeySource } from '../crypto/index.js';
-import { clientHostKey, openClientRoot, clientRootPath, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
+import { clientHostKey, openClientRoot, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
 import { clientKeyPairFrom, type ClientKeyPair } from '../api/keyrelease.js';
+import { CLIENT_ID_RE } from '../api/names.js';
 
 export interface ClientConfig {
   /** Server base URL (`https://console.example:8443`). */
@@ -54,7 +56,7 @@ export function readClientConfig(c: ClientRoot): ClientConfig {
   const text = bytes.toString('utf8');
   let v: Partial<ClientConfig>;
   try { v = JSON.parse(text) as Partial<ClientConfig>; } catch { throw new MedvError('EFORMAT', `${file} is not JSON`, { file }); }
-  if (typeof v !== 'object' || v === null || typeof v.server !== 'string' || typeof v.user !== 'string' || typeof v.client !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(v.client)
+  if (typeof v !== 'object' || v === null || typeof v.server !== 'string' || typeof v.user !== 'string' || typeof v.client !== 'string' || !CLIENT_ID_RE.test(v.client)
     || (v.ca !== undefined && typeof v.ca !== 'string')) {
     throw new MedvError('EFORMAT', `${file} is not a medv client configuration`, { file });
   }

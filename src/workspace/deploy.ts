@@ -56,6 +56,8 @@ export interface DeployOptions {
   extraSeeds?: string[];
   /** Versions that must survive retention (the one running). */
   inUse?: ReadonlySet<number>;
+  /** Where disk seeds' block ids are cached (default src/core/paths.ts seedCacheDir()). */
+  cacheDir?: string;
   onProgress?: (done: number, total: number) => void;
   onWarning?: (m: string) => void;
 }
@@ -88,6 +90,7 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
       kek: () => o.kek,
       trim: settings.useTrimTransfer !== false,
       expect: { name: settings.image, version, imageId: o.imageId },
+      ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}),
       ...(o.ca ? { http: { ca: readCa(o.ca) } } : {}),
       onProgress: o.onProgress,
       onWarning: o.onWarning,

@@ -20,23 +20,15 @@
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { MedvError } from '../core/errors.js';
+import { checkWorkspaceName } from '../api/names.js';
 import { ImageStore, checkImageId, userDir, type ClientRoot, type ImageIdentity } from '../repo/index.js';
 
-/** Workspace names as the policy schema has them (docs/policy.md). */
-const WORKSPACE_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
-
-export function checkWorkspaceName(name: string): string {
-  if (typeof name !== 'string' || !WORKSPACE_RE.test(name)) {
-    throw new MedvError('EINVAL_ARG', `workspace name ${JSON.stringify(String(name).slice(0, 80))} must be 1-64 of A-Z a-z 0-9 . _ @ - and start with a letter or digit`);
-  }
-  return name;
-}
+export { checkWorkspaceName };
 
 const hash16 = (...parts: string[]) => createHash('sha256').update(parts.join('\0')).digest('hex').slice(0, 16);
 
-/** The first 32 characters of a workspace name in VM-name form (no `@`): run-folder socket paths stay short. */
-const readable = (workspace: string) => workspace.replaceAll('@', '_').slice(0, 32).replace(/[._-]+$/, '') || 'w';
+/** The first 32 characters of a workspace name (run-folder socket paths stay short). */
+const readable = (workspace: string) => workspace.slice(0, 32).replace(/[._-]+$/, '') || 'w';
 
 /** The client root as the file system knows it (symlinks resolved), so two spellings of one root agree. */
 function rootIdentity(c: ClientRoot): string {
@@ -65,14 +57,13 @@ export function workspaceStore(c: ClientRoot, user: string, workspace: string, i
 }
 
 /**
- * The folder an earlier medv kept a workspace's disks in (`images/<workspace in VM-name form>/`,
- * named after the workspace only), when one exists: its disks are used as download seeds (every
- * block is checked against the image's ids), never started (they record no image or user).
+ * The folder an earlier medv kept a workspace's disks in (`images/<workspace>/`, named after the
+ * workspace only), when one exists: its disks are used as download seeds (every block is checked
+ * against the image's ids), never started (they record no image or user).
  */
 export function legacyStore(c: ClientRoot, workspace: string): ImageStore | undefined {
-  const name = workspace.replaceAll('@', '_');
   try {
-    const s = new ImageStore(c, name);
+    const s = new ImageStore(c, workspace);
     return s.versions().length ? s : undefined;
   } catch {
     return undefined;

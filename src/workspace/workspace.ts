@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { humanBytes } from '../core/units.js';
-import { DevLog, ImageStore, ReportQueue, clientRootLayout, clientRootPath, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
+import { DevLog, ImageStore, ReportQueue, clientRootLayout, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
+import { clientRootPath, desktopDir, seedCacheDir, type UserDirs } from '../core/paths.js';
 import { requestGrant, sendReports, type WorkspaceGrant } from '../client/api.js';
 import { type ClientKeyPair } from '../api/keyrelease.js';
 import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
@@ -33,6 +34,8 @@ export interface WorkspaceOptions {
   clientRoot?: string;
   /** VM run folder root (default the VM host's). */
   runRoot?: string;
+  /** The user's XDG folders (menu entries, profile copy, seed cache), instead of the environment's (src/core/paths.ts). */
+  userDirs?: UserDirs;
   /** Each step of a start, once (the result itself is the caller's to print). */
   onInfo?: (line: string) => void;
   onWarning?: (line: string) => void;
@@ -221,7 +224,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
       offlineDaysLeft = checkOfflineAllowance(entry, at, local);
       warn(`cannot reach ${s.cfg.server}: starting workspace ${name} offline (${offlineDaysLeft} day${offlineDaysLeft === 1 ? '' : 's'} of offline use left)`);
     }
-    try { userProfile(s.ctx.root); } catch (e) { warn(`user profile not copied: ${(e as Error).message}`); }
+    try { userProfile(s.ctx.root, o.userDirs); } catch (e) { warn(`user profile not copied: ${(e as Error).message}`); }
     const store = storeOf(s, entry);
     for (const line of store.upgrade()) info(`upgraded ${entry.image}: ${line}`);
     const have = store.newest();
@@ -240,7 +243,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
       deployed = await deployVersion({
         root: s.ctx.root, store, settings, version: latest!, imageId: entry.imageId,
         source: `${s.cfg.server}/images/${entry.image}_${latest}.ckm.index`,
-        keyDir: workspaceKeyDir(s.ctx.root, s.cfg.user, name), kek: s.ctx.kek, ca: s.cfg.ca,
+        keyDir: workspaceKeyDir(s.ctx.root, s.cfg.user, name), kek: s.ctx.kek, ca: s.cfg.ca, cacheDir: seedCacheDir(o.userDirs),
         extraSeeds: legacy ? legacy.versions().map((n) => legacy.diskPath(n)) : [],
         onProgress: (d, t) => o.onProgress?.('fetch', d, t),
         onWarning: warn,
@@ -261,8 +264,9 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     let desktopEntries: string[] = [];
     const instance = { id: vmName, workspace: name, clientRoot: s.ctx.root.root };
     try {
-      if (settings.applications?.length) desktopEntries = writeDesktopEntries(instance, settings.applications, { medv: medvCommand() });
-      else removeDesktopEntries(instance);
+      const dir = desktopDir(o.userDirs);
+      if (settings.applications?.length) desktopEntries = writeDesktopEntries(instance, settings.applications, { medv: medvCommand(), dir });
+      else removeDesktopEntries(instance, { dir });
     } catch (e) {
       warn(`menu entries not written: ${(e as Error).message}`);
     }

@@ -24,7 +24,7 @@
 import { MedvError } from '../core/errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import { secureAlloc, secureFree, secureSeal, redactInspect } from '../crypto/secure.js';
-import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
+import { type Sodium, sodium as sodiumBase } from '../core/sodium.js';
 import { IMAGE_NAME_RE } from './names.js';
 
 /** The public-key functions of sodium-native, beside the subset src/crypto/sodium.ts types. */

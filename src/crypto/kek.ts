@@ -7,7 +7,7 @@
 import { MedvError } from '../core/errors.js';
 import { createFileAtomic, readSecretSync } from '../core/fsio.js';
 import { secureAlloc, secureFree } from './secure.js';
-import { sodium } from './sodium.js';
+import { sodium } from '../core/sodium.js';
 
 export { type KekSource, kekFromEnvironment } from './kekenv.js';
 

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
 import { native } from '../../src/native.js';
 import { serveNbd, type NbdServer } from '../../src/nbd/server.js';
-import * as P from '../../src/nbd/protocol.js';
+import * as P from '../helpers/nbd-codec.js';
 import { RawClient } from './rawclient.js';
 
 const SIZE = 8 << 20;

@@ -52,7 +52,6 @@ const P_END = ']}';
 export const CLIENT_KEY_BYTES = 32;
 export const SIGNER_BYTES = 32;
 export const MAX_SIGNERS = 16;
-export const RELEASE_VERSION = 1;
 /** Longest canonical plaintext: 64-character image name, 16 signers. */
 export const MAX_RELEASE_PLAINTEXT = plaintextLength(64, MAX_SIGNERS);
 /** Longest sealed answer a client accepts. */

@@ -16,7 +16,7 @@ function fieldValue(v: unknown): string {
 }
 
 /** `2026-12-02T12:00:00.000Z info  message key=value` */
-export function formatRecord(r: { at: string; level: string; message: string; fields?: Record<string, unknown> }): string {
+function formatRecord(r: { at: string; level: string; message: string; fields?: Record<string, unknown> }): string {
   const fields = r.fields ? Object.entries(r.fields).map(([k, v]) => ` ${printable(k)}=${fieldValue(v)}`).join('') : '';
   return `${printable(r.at)} ${printable(r.level).padEnd(5)} ${printable(r.message)}${fields}`;
 }

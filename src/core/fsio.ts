@@ -498,7 +498,7 @@ const O_READ = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_
 
 const myUid = (): number => process.getuid?.() ?? 0;
 /** `0600`-style text of a file mode, for messages. */
-export const modeString = (mode: number): string => `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
+const modeString = (mode: number): string => `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
 
 /** Open for reading without following a symlink or blocking on a FIFO; ELOOP becomes EUNSAFE. */
 function openForRead(path: string, what: string, symlinkCode: ErrorCode): number {

@@ -47,7 +47,7 @@ export function secureFree(buf: Buffer): void {
   }
 }
 
-export function isSecure(buf: Buffer): boolean {
+function isSecure(buf: Buffer): boolean {
   return (buf as Buffer & { secure?: boolean }).secure === true;
 }
 

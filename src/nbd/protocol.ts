@@ -1,10 +1,12 @@
 /**
- * NBD wire protocol: constants and pure encode/decode functions (no I/O).
+ * NBD wire protocol, the server's half: constants, what the server decodes (options, requests) and
+ * what it encodes (greeting, option replies, simple and structured replies); pure, no I/O. The
+ * client's half (what tests send and check) is test/helpers/nbd-codec.ts.
  *
  * Covers the fixed-newstyle handshake, option haggling (EXPORT_NAME, ABORT, LIST, INFO, GO,
- * STRUCTURED_REPLY, LIST/SET_META_CONTEXT) and the transmission phase with simple and structured replies. All integers are big-endian on the wire; 64-bit fields are
- * decoded as bigint and converted to numbers only after a range check. Every decoder checks the
- * buffer length first and throws MedvError('EPROTO', ...) naming the byte offset on bad input.
+ * STRUCTURED_REPLY, LIST/SET_META_CONTEXT) and the transmission phase with simple and structured
+ * replies. All integers are big-endian on the wire. Every decoder checks the buffer length first
+ * and throws MedvError('EPROTO', ...) naming the byte offset on bad input.
  * Reference: the NBD protocol document (NetworkBlockDevice/nbd, doc/proto.md).
  */
 import { MedvError } from '../core/errors.js';
@@ -417,4 +419,3 @@ export function encodeBlockStatusChunk(flags: number, handleHi: number, handleLo
   });
   return b;
 }
-

@@ -1,18 +1,20 @@
 /**
- * The client half of the NBD protocol codec, for tests that speak NBD to our server byte by byte:
- * what a client sends (options, requests) and reads (greeting, option replies, simple and
- * structured replies). The server's half is src/nbd/protocol.ts, re-exported here so a test
- * imports one module. Kept out of src/: medv itself is never an NBD client.
+ * NBD wire protocol, the client's half, for tests: what a client sends (options, requests) and
+ * decodes (greeting, option replies, simple and structured reply headers). The server's half and
+ * every constant are in src/nbd/protocol.ts, re-exported here, so a test imports one module.
+ * Decoders check lengths and magics like the server's and throw MedvError('EPROTO') naming the offset.
  */
 import { MedvError } from '../../src/core/errors.js';
 import {
-  GREETING_SIZE, NBD_INFO_BLOCK_SIZE, NBD_INFO_DESCRIPTION, NBD_INFO_EXPORT, NBD_INFO_NAME, NBD_MAGIC, NBD_OPTS_MAGIC,
-  NBD_REP_MAGIC, NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC, NBD_STRUCTURED_REPLY_MAGIC, OPTION_HEADER_SIZE, OPTION_REPLY_HEADER_SIZE,
-  REQUEST_SIZE, SIMPLE_REPLY_SIZE, STRUCTURED_REPLY_HEADER_SIZE, decodeString, type BlockSizes, type InfoRequest, type MetaContextRequest,
+  type BlockSizes, type InfoRequest, type MetaContextRequest, GREETING_SIZE, NBD_INFO_BLOCK_SIZE, NBD_INFO_DESCRIPTION,
+  NBD_INFO_EXPORT, NBD_INFO_NAME, NBD_MAGIC, NBD_OPTS_MAGIC, NBD_REP_MAGIC, NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC,
+  NBD_STRUCTURED_REPLY_MAGIC, OPTION_HEADER_SIZE, OPTION_REPLY_HEADER_SIZE, REQUEST_SIZE, SIMPLE_REPLY_SIZE,
+  STRUCTURED_REPLY_HEADER_SIZE, decodeString,
 } from '../../src/nbd/protocol.js';
 
 export * from '../../src/nbd/protocol.js';
 
+/** The error bit of an option reply type. */
 const REP_ERR = 0x80000000;
 
 function need(buf: Buffer, offset: number, length: number, what: string): void {
@@ -21,23 +23,13 @@ function need(buf: Buffer, offset: number, length: number, what: string): void {
   }
 }
 
+/** A bigint known to be < 2^64 as a number, or an error if it exceeds 2^53. */
 function safeNumber(v: bigint, what: string, offset: number): number {
   if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new MedvError('EPROTO', `${what} ${v} is too large`, { offset });
   return Number(v);
 }
 
-export type Info =
-  | { type: typeof NBD_INFO_EXPORT; size: number; flags: number }
-  | { type: typeof NBD_INFO_NAME; name: string }
-  | { type: typeof NBD_INFO_DESCRIPTION; description: string }
-  | ({ type: typeof NBD_INFO_BLOCK_SIZE } & BlockSizes)
-  | { type: number; unknown: Buffer };
-
-export interface StructuredReplyHeader { flags: number; type: number; handle: bigint; length: number }
-
-export interface SimpleReply { error: number; handle: bigint }
-
-export interface OptionReplyHeader { option: number; type: number; length: number }
+// --- handshake ------------------------------------------------------------------------------------
 
 export interface Greeting { handshakeFlags: number }
 
@@ -50,6 +42,8 @@ export function decodeGreeting(buf: Buffer, offset = 0): Greeting {
   }
   return { handshakeFlags: buf.readUInt16BE(offset + 16) };
 }
+
+// --- options --------------------------------------------------------------------------------------
 
 export function encodeOptionHeader(option: number, length: number): Buffer {
   const b = Buffer.allocUnsafe(OPTION_HEADER_SIZE);
@@ -64,6 +58,8 @@ export function encodeOption(option: number, data: Buffer = Buffer.alloc(0)): Bu
   return Buffer.concat([encodeOptionHeader(option, data.length), data]);
 }
 
+export interface OptionReplyHeader { option: number; type: number; length: number }
+
 export function decodeOptionReplyHeader(buf: Buffer, offset = 0): OptionReplyHeader {
   need(buf, offset, OPTION_REPLY_HEADER_SIZE, 'option reply header');
   if (buf.readBigUInt64BE(offset) !== NBD_REP_MAGIC) throw new MedvError('EPROTO', 'bad option reply magic', { offset });
@@ -72,6 +68,7 @@ export function decodeOptionReplyHeader(buf: Buffer, offset = 0): OptionReplyHea
 
 export function isOptionError(type: number): boolean { return (type & REP_ERR) !== 0; }
 
+/** Data of NBD_OPT_INFO / NBD_OPT_GO: 32-bit name length, name, 16-bit count, count 16-bit info types. */
 export function encodeInfoRequest(req: InfoRequest): Buffer {
   const name = Buffer.from(req.name, 'utf8');
   const b = Buffer.allocUnsafe(4 + name.length + 2 + 2 * req.requests.length);
@@ -81,6 +78,13 @@ export function encodeInfoRequest(req: InfoRequest): Buffer {
   req.requests.forEach((r, i) => b.writeUInt16BE(r, 6 + name.length + 2 * i));
   return b;
 }
+
+export type Info =
+  | { type: typeof NBD_INFO_EXPORT; size: number; flags: number }
+  | { type: typeof NBD_INFO_NAME; name: string }
+  | { type: typeof NBD_INFO_DESCRIPTION; description: string }
+  | ({ type: typeof NBD_INFO_BLOCK_SIZE } & BlockSizes)
+  | { type: number; unknown: Buffer };
 
 /** Decode the data of an NBD_REP_INFO reply. */
 export function decodeInfo(data: Buffer): Info {
@@ -99,6 +103,7 @@ export function decodeInfo(data: Buffer): Info {
   }
 }
 
+/** NBD_REP_SERVER data: 32-bit name length, name, then a human-readable description. */
 export function decodeRepServer(data: Buffer): { name: string; description: string } {
   need(data, 0, 4, 'NBD_REP_SERVER');
   const len = data.readUInt32BE(0);
@@ -106,6 +111,7 @@ export function decodeRepServer(data: Buffer): { name: string; description: stri
   return { name: decodeString(data.subarray(4, 4 + len), 4), description: decodeString(data.subarray(4 + len), 4 + len) };
 }
 
+/** Data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT: export name, then queries. */
 export function encodeMetaContextRequest(req: MetaContextRequest): Buffer {
   const parts: Buffer[] = [];
   const str = (s: string) => {
@@ -122,10 +128,13 @@ export function encodeMetaContextRequest(req: MetaContextRequest): Buffer {
   return Buffer.concat(parts);
 }
 
+/** NBD_REP_META_CONTEXT data: 32-bit context id, then the context name. */
 export function decodeRepMetaContext(data: Buffer): { id: number; name: string } {
   need(data, 0, 4, 'NBD_REP_META_CONTEXT');
   return { id: data.readUInt32BE(0), name: decodeString(data.subarray(4), 4) };
 }
+
+// --- transmission ---------------------------------------------------------------------------------
 
 export function encodeRequest(req: { flags?: number; type: number; handle: bigint; offset: number | bigint; length: number }): Buffer {
   const b = Buffer.allocUnsafe(REQUEST_SIZE);
@@ -138,13 +147,7 @@ export function encodeRequest(req: { flags?: number; type: number; handle: bigin
   return b;
 }
 
-export function encodeSimpleReply(error: number, handle: bigint): Buffer {
-  const b = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
-  b.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
-  b.writeUInt32BE(error >>> 0, 4);
-  b.writeBigUInt64BE(handle, 8);
-  return b;
-}
+export interface SimpleReply { error: number; handle: bigint }
 
 export function decodeSimpleReply(buf: Buffer, offset = 0): SimpleReply {
   need(buf, offset, SIMPLE_REPLY_SIZE, 'simple reply');
@@ -154,6 +157,8 @@ export function decodeSimpleReply(buf: Buffer, offset = 0): SimpleReply {
   }
   return { error: buf.readUInt32BE(offset + 4), handle: buf.readBigUInt64BE(offset + 8) };
 }
+
+export interface StructuredReplyHeader { flags: number; type: number; handle: bigint; length: number }
 
 /** Decode a structured reply chunk header. */
 export function decodeStructuredReplyHeader(buf: Buffer, offset = 0): StructuredReplyHeader {

@@ -416,6 +416,8 @@ export class QemuProcess {
       if (this.serialLimit !== Infinity && this.lines.length > 4096) this.lines.splice(0, this.lines.length - 4096);
       this.partialLine = this.partialLine.slice(nl + 1);
     }
+    // A guest that never prints a newline must not grow this without bound: keep the tail.
+    if (this.partialLine.length > this.serialLimit) this.partialLine = this.partialLine.slice(-this.serialLimit);
     for (const w of [...this.waiters]) w.check();
   }
 

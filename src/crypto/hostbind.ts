@@ -22,7 +22,7 @@ import { spawnSync } from 'node:child_process';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { readSecretSync } from '../core/fsio.js';
 import { secureAlloc, secureFree } from './secure.js';
-import { sodium } from './sodium.js';
+import { sodium } from '../core/sodium.js';
 
 export const WRAPPED_HOST_KEY_MAGIC = Buffer.from('MEDVHKW1', 'latin1');
 export const WRAP_KEY_BYTES = 32;

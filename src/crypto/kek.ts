@@ -3,7 +3,7 @@
  *  - passphrase: Argon2id (crypto_pwhash) of the passphrase with the salt and limits stored in the file;
  *  - host key: 32 random bytes in a 0600 file of the client data repository, kept there wrapped
  *    under a key outside the root (./hostbind.ts), or raw (a --host-key file, an older client).
- * (The server key service of DESIGN.md wraps with a host-style 32-byte key and is built elsewhere.)
+ * (The server's key service wraps image keys with its own 32-byte key: src/server/serverkey.ts.)
  */
 import * as fs from 'node:fs';
 import { MedvError, fromSystemError, isMedvError } from '../core/errors.js';
@@ -11,7 +11,7 @@ import { createFileAtomic, readSecretSync } from '../core/fsio.js';
 import { WRAPPED_HOST_KEY_MAX, WRAPPED_HOST_KEY_MIN, isWrappedHostKey, readHostKeyFile, unwrapHostKey } from './hostbind.js';
 import type { HostKeySource } from './kekenv.js';
 import { secureAlloc, secureFree } from './secure.js';
-import { sodium } from './sodium.js';
+import { sodium } from '../core/sodium.js';
 
 export { type KekSource, kekFromEnvironment } from './kekenv.js';
 

@@ -28,7 +28,7 @@ import { HOST_KEY_BYTES, loadHostKey } from '../crypto/kek.js';
 import type { HostKeySource, KekSource } from '../crypto/kekenv.js';
 import { WRAP_KEY_BYTES, hasTpm2, readWrapKey, wrapHostKey } from '../crypto/hostbind.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { type ClientRoot, checkSafeDir } from './paths.js';
 
 export const HOST_KEY_FILE = 'host.key';

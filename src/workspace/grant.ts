@@ -6,13 +6,11 @@
  * grant at once; the key folder and the offline entry are removed before the refusal is reported,
  * so the workspace cannot start offline afterwards.
  */
-import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { type WorkspaceGrant } from '../client/api.js';
 import { openReleasedKeys, type ClientKeyPair } from '../api/keyrelease.js';
-import { IMAGE_NAME_RE } from '../api/names.js';
-import { writeKeyFolder } from '../client/keyfolder.js';
+import { removeKeyFolder, writeKeyFolder } from '../client/keyfolder.js';
 import { ensureSafeDir, userDir, type ClientRoot } from '../repo/index.js';
 import type { ClientConfig, ClientContext } from './client.js';
 import { workspaceDataDir } from './identity.js';
@@ -62,41 +60,5 @@ export async function forgetGrant(ctx: ClientContext, cfg: ClientConfig, workspa
   const removed: string[] = [];
   if (await removeOfflineEntry(ctx.root, { server: cfg.server, user: cfg.user, workspace })) removed.push('offline entry');
   removed.push(...removeKeyFolder(workspaceKeyDir(ctx.root, cfg.user, workspace)));
-  return removed;
-}
-
-const KEY_FILE_RE = new RegExp(`^${IMAGE_NAME_RE.source.slice(1, -1)}\\.key\\.enc$`);
-const SIGNER_FILE_RE = /^[0-9a-f]{16}\.pub$/;
-
-/**
- * Remove a key folder that writeKeyFolder wrote: only `repository.key.enc`, `images/<image>.key.enc`
- * and `trusted/<16 hex>.pub` that are regular files (a symlink is removed as a link, never
- * followed), then the folders when empty. Anything else stays. Returns the paths removed.
- */
-export function removeKeyFolder(dir: string): string[] {
-  const removed: string[] = [];
-  const drop = (p: string) => {
-    try {
-      const st = fs.lstatSync(p);
-      if (!st.isFile() && !st.isSymbolicLink()) return;
-      fs.unlinkSync(p);
-      removed.push(p);
-    } catch { /* gone already */ }
-  };
-  const list = (d: string) => { try { return fs.readdirSync(d); } catch { return []; } };
-  const rmdir = (d: string) => { try { fs.rmdirSync(d); } catch { /* not empty, or gone */ } };
-  try {
-    if (!fs.lstatSync(dir).isDirectory()) return removed;
-  } catch {
-    return removed;
-  }
-  for (const [sub, re] of [['images', KEY_FILE_RE], ['trusted', SIGNER_FILE_RE]] as const) {
-    const d = join(dir, sub);
-    try { if (!fs.lstatSync(d).isDirectory()) continue; } catch { continue; }
-    for (const n of list(d)) if (re.test(n)) drop(join(d, n));
-    rmdir(d);
-  }
-  drop(join(dir, 'repository.key.enc'));
-  rmdir(dir);
   return removed;
 }

@@ -92,7 +92,9 @@ export function writeDesktopEntries(instance: DesktopInstance, apps: PublishedAp
   if (!Array.isArray(apps) || apps.length > MAX_APPS) throw new MedvError('EINVAL_ARG', `at most ${MAX_APPS} published applications`);
   if (typeof o.medv !== 'string' || o.medv === '' || /[\u0000-\u001f]/.test(o.medv)) throw new MedvError('EINVAL_ARG', 'the medv command path must be a non-empty string without control characters');
   const dir = o.dir ?? desktopDir();
-  ensureDir(dir, { parents: true, forbid: 0o022 }); // ours, not a symlink, nobody else writes entries in it
+  // Ours, not a symlink, not writable by others (a group-writable one is common where each user has
+  // a private group: allowed).
+  ensureDir(dir, { parents: true, forbid: 0o002 });
   const used = new Set<string>();
   const planned: Array<{ path: string; text: string }> = [];
   for (const app of apps) {

@@ -45,6 +45,12 @@ export function serveCommand(): Command {
     .option('--tls-cert <file>', 'speak HTTPS with this certificate chain (PEM); clients pin its CA with --ca')
     .option('--tls-key <file>', 'the private key of --tls-cert (PEM, mode 0600)')
     .option('--allow-plain-http', 'accept passwords and tokens over plain HTTP from other hosts (only behind a TLS-terminating proxy); loopback is always accepted')
+    .option('--trust-proxy <cidr>', 'a reverse proxy (address or CIDR; repeat for several) whose X-Forwarded-For names the client and whose X-Forwarded-Proto: https counts as TLS', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--max-connections <n>', 'open connections at once; at the cap the slowest connection of the busiest address makes room', '512')
+    .option('--max-connections-per-address <n>', 'open connections from one client address (trusted proxies excepted)', '32')
+    .option('--header-timeout <duration>', 'a request head (and a TLS handshake) must arrive within this', '20s')
+    .option('--body-timeout <duration>', 'a JSON request body must arrive whole within this', '30s')
+    .option('--upload-stall-timeout <duration>', 'an upload that sends no byte for this long is cut (the client resumes it)', '60s')
     .option('--json', 'print {url, root, adminTokenFile, database} once listening, then one JSON object per request')
     .addHelpText('after', `
 What it serves:
@@ -81,6 +87,13 @@ Examples:
       const tokenLifetimeMs = parseDuration(String(o.tokenLifetime), '--token-lifetime');
       const perUser = Math.max(1, parseCount(String(o.maxFailedLogins), '--max-failed-logins', 1000));
       const perAddress = Math.max(1, parseCount(String(o.maxFailedLoginsPerAddress), '--max-failed-logins-per-address', 100000));
+      const limits = {
+        maxConnections: Math.max(1, parseCount(String(o.maxConnections), '--max-connections', 100000)),
+        maxConnectionsPerAddress: Math.max(1, parseCount(String(o.maxConnectionsPerAddress), '--max-connections-per-address', 100000)),
+        headersTimeoutMs: parseDuration(String(o.headerTimeout), '--header-timeout'),
+        bodyTimeoutMs: parseDuration(String(o.bodyTimeout), '--body-timeout'),
+        stallTimeoutMs: parseDuration(String(o.uploadStallTimeout), '--upload-stall-timeout'),
+      };
       const { serveRepository } = await import('../server/index.js');
       const s = await serveRepository({
         root: String(o.root),
@@ -95,6 +108,8 @@ Examples:
         tlsCert: o.tlsCert as string | undefined,
         tlsKey: o.tlsKey as string | undefined,
         accounts: { tokenLifetimeMs, perUser, perAddress },
+        limits,
+        trustProxy: o.trustProxy as string[],
         onLog(e) {
           if (json) process.stdout.write(`${JSON.stringify(e)}\n`);
           else process.stdout.write(`${e.time} ${e.remote} ${e.method} ${e.path} ${e.status} ${e.bytes}${e.received !== undefined ? ` +${e.received}` : ''}\n`);

@@ -35,6 +35,7 @@ import type { AdminToken } from './auth.js';
 import type { ServerModule } from './http.js';
 import type { KeyService } from './keyservice.js';
 import { httpStatusFor } from '../api/status.js';
+import { isLoopback, peerOf } from './peer.js';
 
 export const API_MAX_BODY = 64 * 1024;
 /** POST /api/reports: 64 reports of up to 1024 characters of lastError each, JSON-escaped. */
@@ -47,11 +48,6 @@ export interface ApiOptions {
   keys?: KeyService;
   /** Accept credentials over plain HTTP from any address (a TLS proxy on another host). */
   allowPlainHttp?: boolean;
-}
-
-export function isLoopback(addr: string | undefined): boolean {
-  if (!addr) return false;
-  return addr === '::1' || /^127\./.test(addr) || /^::ffff:127\./i.test(addr);
 }
 
 function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
@@ -69,7 +65,6 @@ function sendError(res: ServerResponse, e: unknown): void {
     if (e.code === 'EPOLICY') body.path = e.data.path;
     if (e.code === 'ERATELIMIT') { body.retryAfter = e.data.retryAfter; headers['Retry-After'] = String(e.data.retryAfter ?? 1); }
     if (e.code === 'EDENIED' && status === 401) headers['WWW-Authenticate'] = 'Bearer realm="medv"';
-    if (e.code === 'ETOOLARGE') headers.Connection = 'close';
   } else {
     body = { code: 'EINTERNAL', message: 'internal error' };
   }
@@ -128,7 +123,7 @@ export function accountsApi(o: ApiOptions): ServerModule {
         if (typeof b.lifetime !== 'number' || !Number.isInteger(b.lifetime) || b.lifetime < 1) throw new MedvError('EINVAL_ARG', 'lifetime must be a whole number of seconds, 1 or more');
         lifetime = b.lifetime * 1000;
       }
-      send(res, 200, await accounts.login(b.user, b.password, req.socket.remoteAddress ?? '', lifetime));
+      send(res, 200, await accounts.login(b.user, b.password, peerOf(req).address, lifetime));
     } },
     { method: 'POST', path: '/api/logout', async run(req, res) {
       await accounts.logout(await accounts.authenticate(bearer(req)));
@@ -192,16 +187,15 @@ export function accountsApi(o: ApiOptions): ServerModule {
           send(res, 405, { error: { code: 'EINVAL_ARG', message: 'method not allowed' } }, { Allow: same.map((r) => r.method).join(', ') });
           return;
         }
-        const secure = (req.socket as { encrypted?: boolean }).encrypted === true;
-        if (!secure && !o.allowPlainHttp && !isLoopback(req.socket.remoteAddress)) {
+        const peer = peerOf(req);
+        if (!peer.secure && !o.allowPlainHttp && !isLoopback(peer.via)) {
           throw new MedvError('EINSECURE', 'passwords and tokens are not accepted over plain HTTP from another host: use HTTPS (a TLS proxy in front of medv serve) or run medv serve with --allow-plain-http behind one');
         }
         await route.run(req, res);
       } catch (e) {
         if (res.headersSent) { res.destroy(); return; }
+        // a body we refused to read is drained for a moment, then the connection closed (http.ts)
         sendError(res, e);
-        // a body we refused to read: do not wait for the rest of it
-        if (e instanceof MedvError && e.code === 'ETOOLARGE') req.resume();
       }
     },
     async close() {

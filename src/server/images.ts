@@ -115,6 +115,7 @@ export function imageRepository(o: ImageRepositoryOptions): ServerModule {
 
   return {
     prefixes: ['/images/', '/upload'],
+    streamsBodies: true,
     async handle(req, res, path) {
       if (path.startsWith('/images/')) {
         if (req.method !== 'GET' && req.method !== 'HEAD') return plain(res, 405, 'method not allowed', { Allow: 'GET, HEAD' });

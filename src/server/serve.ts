@@ -3,7 +3,8 @@ import * as fs from 'node:fs';
 import { join, resolve } from 'node:path';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { ADMIN_TOKEN_FILE, loadAdminToken } from './auth.js';
-import { type RequestLog, type RunningServer, startHttpServer } from './http.js';
+import { type HttpLimits, type RequestLog, type RunningServer, startHttpServer } from './http.js';
+import { TrustedProxies } from './peer.js';
 import { IMAGE_REPOSITORY_DEFAULTS, imageRepository } from './images.js';
 import { Accounts, type AccountsOptions } from './accounts.js';
 import { accountsApi } from './api.js';
@@ -27,6 +28,10 @@ export interface ServeOptions {
   /** HTTPS: certificate chain and private key files (PEM); the key file must be 0600. */
   tlsCert?: string;
   tlsKey?: string;
+  /** Deadlines and connection limits of the HTTP edge (http.ts). */
+  limits?: Partial<HttpLimits>;
+  /** Proxies (CIDRs) whose X-Forwarded-For and X-Forwarded-Proto are believed (peer.ts). */
+  trustProxy?: string[];
   /** Login token lifetime, failed-login limits. */
   accounts?: Partial<AccountsOptions>;
   onLog?: (entry: RequestLog) => void;
@@ -62,6 +67,7 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
     throw fromSystemError(e, root);
   }
   if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new MedvError('EINVAL_ARG', 'give both --tls-cert and --tls-key, or neither');
+  const trustProxy = new TrustedProxies(o.trustProxy ?? []);
   const tls = o.tlsCert !== undefined && o.tlsKey !== undefined ? { cert: readPem(o.tlsCert, false), key: readPem(o.tlsKey, true) } : undefined;
   const token = loadAdminToken(o.adminTokenFile, join(root, ADMIN_TOKEN_FILE));
   const serverKey = loadServerKey(o.serverKeyFile, join(root, SERVER_KEY_FILE));
@@ -83,7 +89,7 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
   const api = accountsApi({ accounts: new Accounts(store, o.accounts), token, keys: new KeyService(store, serverKey, root), allowPlainHttp: o.allowPlainHttp });
   let running;
   try {
-    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog, tls });
+    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog, tls, limits: o.limits, trustProxy });
   } catch (e) {
     await images.close();
     await api.close();

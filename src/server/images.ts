@@ -51,6 +51,8 @@ export function imageRepository(o: ImageRepositoryOptions): ServerModule {
   const uploadsDir = join(o.root, UPLOADS_DIR);
   fs.mkdirSync(imagesDir, { recursive: true });
   fs.mkdirSync(uploadsDir, { recursive: true, mode: 0o700 });
+  // the folder's real path: a served file must be directly in it (static.ts checks on the descriptor)
+  const realImagesDir = fs.realpathSync(imagesDir);
   const store = new FileStore({ directory: uploadsDir, expirationPeriodInMilliseconds: o.uploadExpiryMs });
   let active = 0;
 
@@ -122,7 +124,7 @@ export function imageRepository(o: ImageRepositoryOptions): ServerModule {
         const file = path.slice('/images/'.length);
         // the raw path must already be a repository file name: no decoding, so no %2e%2e, %2f or NUL
         if (!parseRepoFileName(file)) return plain(res, 404, 'not found');
-        return serveFile(req, res, imagesDir, file);
+        return serveFile(req, res, imagesDir, file, realImagesDir);
       }
       if (path === '/upload' || path.startsWith('/upload/')) return handleUpload(req, res, path);
       return plain(res, 404, 'not found');

@@ -24,7 +24,7 @@ export function parseDuration(v: string, what: string): number {
 }
 
 function parseCount(v: string, what: string, max: number): number {
-  if (!/^[0-9]{1,6}$/.test(String(v)) || Number(v) > max) throw new MedvError('EINVAL_ARG', `${what} must be an integer from 0 to ${max}, not ${JSON.stringify(v)}`);
+  if (!/^[0-9]{1,9}$/.test(String(v)) || Number(v) > max) throw new MedvError('EINVAL_ARG', `${what} must be an integer from 0 to ${max}, not ${JSON.stringify(v)}`);
   return Number(v);
 }
 
@@ -40,8 +40,13 @@ export function serveCommand(): Command {
     .option('--max-uploads <n>', 'upload requests in progress at once (more get 503 and retry)', '4')
     .option('--db <url>', 'database for users and policies: postgres://user:pass@host/db (several instances may share one); default $MEDV_DB, else SQLite in <root>/medv.db (prefer MEDV_DB: a password on the command line is visible in ps)')
     .option('--token-lifetime <duration>', 'how long a login token is valid (s, m, h, d)', '12h')
-    .option('--max-failed-logins <n>', 'failed logins of one user name before logins are refused for a while (30 s, doubling, up to 15 min)', '5')
-    .option('--max-failed-logins-per-address <n>', 'failed logins from one client address before its logins are refused for a while', '20')
+    .option('--max-failed-logins <n>', 'failed logins of one user name from one address before that name is refused from that address for a while (30 s, doubling, up to 15 min)', '5')
+    .option('--max-failed-logins-per-address <n>', 'failed logins from one client address (any names) before its logins are refused for a while', '20')
+    .option('--max-failed-logins-per-name <n>', 'failed logins of one name from all addresses before its logins are slowed (one check at a time, 1 s to 8 s apart; never refused)', '10')
+    .option('--audit-retention <duration>', 'audit entries older than this are deleted (s, m, h, d)', '90d')
+    .option('--audit-max-rows <n>', 'the audit log keeps at most this many rows (the oldest go first)', '1000000')
+    .option('--max-clients-per-user <n>', 'clients one user may have (registered by grants); a new one past it drops the least recently seen with its reports', '32')
+    .option('--max-reports-per-user <n>', 'client report rows kept per user (the least recently received go first)', '1024')
     .option('--tls-cert <file>', 'speak HTTPS with this certificate chain (PEM); clients pin its CA with --ca')
     .option('--tls-key <file>', 'the private key of --tls-cert (PEM, mode 0600)')
     .option('--allow-plain-http', 'accept passwords and tokens over plain HTTP from other hosts (only behind a TLS-terminating proxy); loopback is always accepted')
@@ -85,8 +90,17 @@ Examples:
       const maxActiveUploads = Math.max(1, parseCount(String(o.maxUploads), '--max-uploads', 1024));
       const json = !!o.json;
       const tokenLifetimeMs = parseDuration(String(o.tokenLifetime), '--token-lifetime');
-      const perUser = Math.max(1, parseCount(String(o.maxFailedLogins), '--max-failed-logins', 1000));
+      const perNameAddress = Math.max(1, parseCount(String(o.maxFailedLogins), '--max-failed-logins', 1000));
       const perAddress = Math.max(1, parseCount(String(o.maxFailedLoginsPerAddress), '--max-failed-logins-per-address', 100000));
+      const perName = Math.max(1, parseCount(String(o.maxFailedLoginsPerName), '--max-failed-logins-per-name', 100000));
+      const audit = {
+        retentionMs: parseDuration(String(o.auditRetention), '--audit-retention'),
+        maxRows: Math.max(10, parseCount(String(o.auditMaxRows), '--audit-max-rows', 100_000_000)),
+      };
+      const keys = {
+        maxClientsPerUser: Math.max(1, parseCount(String(o.maxClientsPerUser), '--max-clients-per-user', 10000)),
+        maxReportsPerUser: Math.max(1, parseCount(String(o.maxReportsPerUser), '--max-reports-per-user', 1_000_000)),
+      };
       const limits = {
         maxConnections: Math.max(1, parseCount(String(o.maxConnections), '--max-connections', 100000)),
         maxConnectionsPerAddress: Math.max(1, parseCount(String(o.maxConnectionsPerAddress), '--max-connections-per-address', 100000)),
@@ -107,7 +121,9 @@ Examples:
         allowPlainHttp: !!o.allowPlainHttp,
         tlsCert: o.tlsCert as string | undefined,
         tlsKey: o.tlsKey as string | undefined,
-        accounts: { tokenLifetimeMs, perUser, perAddress },
+        accounts: { tokenLifetimeMs, perNameAddress, perAddress, perName },
+        audit,
+        keys,
         limits,
         trustProxy: o.trustProxy as string[],
         onLog(e) {

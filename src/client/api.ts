@@ -66,7 +66,7 @@ function send(url: URL, method: string, headers: Record<string, string>, body: s
   });
 }
 
-export async function apiRequest<T>(server: string, method: 'GET' | 'POST', path: string, o: RequestOptions = {}): Promise<T> {
+export async function apiRequest<T>(server: string, method: 'GET' | 'POST' | 'DELETE', path: string, o: RequestOptions = {}): Promise<T> {
   const base = serverBase(server);
   if (o.ca && !base.startsWith('https:')) throw new MedvError('EINVAL_ARG', '--ca is for an https:// server');
   const headers: Record<string, string> = { Accept: 'application/json' };

@@ -7,8 +7,9 @@ import { type HttpLimits, type RequestLog, type RunningServer, startHttpServer }
 import { TrustedProxies } from './peer.js';
 import { IMAGE_REPOSITORY_DEFAULTS, imageRepository } from './images.js';
 import { Accounts, type AccountsOptions } from './accounts.js';
+import { Audit, type AuditOptions } from './audit.js';
 import { accountsApi } from './api.js';
-import { KeyService } from './keyservice.js';
+import { KeyService, type KeyServiceOptions } from './keyservice.js';
 import { SERVER_KEY_FILE, loadServerKey } from './serverkey.js';
 import { Store } from './store/index.js';
 
@@ -34,6 +35,10 @@ export interface ServeOptions {
   trustProxy?: string[];
   /** Login token lifetime, failed-login limits. */
   accounts?: Partial<AccountsOptions>;
+  /** Audit log retention, row cap, aggregation window. */
+  audit?: Partial<AuditOptions>;
+  /** Clients per user, report rows per user. */
+  keys?: Partial<KeyServiceOptions>;
   onLog?: (entry: RequestLog) => void;
 }
 
@@ -86,7 +91,15 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
     await images.close();
     throw e;
   }
-  const api = accountsApi({ accounts: new Accounts(store, o.accounts), token, keys: new KeyService(store, serverKey, root), allowPlainHttp: o.allowPlainHttp });
+  const audit = new Audit(store, o.audit);
+  await audit.prune();
+  const api = accountsApi({
+    accounts: new Accounts(store, audit, o.accounts),
+    audit,
+    token,
+    keys: new KeyService(store, serverKey, root, audit, o.keys),
+    allowPlainHttp: o.allowPlainHttp,
+  });
   let running;
   try {
     running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog, tls, limits: o.limits, trustProxy });

@@ -117,7 +117,8 @@ for (const backend of BACKENDS) {
       for (const token of [undefined, 'x'.repeat(43), user]) {
         for (const [method, path, body] of [['GET', '/api/admin/users'], ['POST', '/api/admin/users', { user: 'mallory', password: 'mallory-password' }], ['GET', '/api/admin/policies'], ['POST', '/api/admin/policies', policyDoc('evil', { users: ['mallory'] })]] as const) {
           const r = await api(srv.url, method, path, { token, body });
-          assert.equal(r.status, 401, `${method} ${path} with ${token === user ? 'a user token' : token ? 'a wrong token' : 'no token'}: ${r.text}`);
+          assert.equal(r.status, token === user ? 403 : 401, `${method} ${path} with ${token === user ? 'a user token' : token ? 'a wrong token' : 'no token'}: ${r.text}`);
+          assert.equal(r.body.error.code, token === user ? 'EFORBIDDEN' : 'EDENIED');
         }
       }
       const list = await api(srv.url, 'GET', '/api/admin/users', { token: admin });

@@ -3,11 +3,13 @@
  * byte every 10 s used to take every slot, and nobody else was served).
  *
  * - At most `perAddress` open connections from one address (trusted proxies excepted: their
- *   connections carry many clients). Past it, a new connection is closed at once.
+ *   connections carry many clients). Past it, the address's oldest idle keep-alive connection
+ *   makes room; when it has none, the new connection is closed at once.
  * - At most `total` open connections. When a new one arrives at the cap, the server makes room:
  *   it closes a connection that is not being answered (waiting for a request head, idle between
  *   requests, or still receiving a body), taken from the address that holds the most connections
- *   (of its connections, one waiting for a head before one receiving a body, then the oldest). Only when every
+ *   (of its connections, an idle one, then one waiting for a head, then one receiving a body;
+ *   the oldest first). Only when every
  *   connection is being answered is the newcomer closed. So a flood from many addresses costs each
  *   of them its slowest connections, and a client that arrives is let in.
  * Deadlines (http.ts) make sure a connection that sends nothing useful does not keep a slot long.
@@ -19,7 +21,8 @@ import type { Socket } from 'node:net';
 import type { TrustedProxies } from './peer.js';
 import { normalizeAddress } from './peer.js';
 
-export type Phase = 'head' | 'body' | 'answer';
+/** idle: between requests (keep-alive); head: waiting for a request head; body: receiving a body; answer: being answered. */
+export type Phase = 'idle' | 'head' | 'body' | 'answer';
 
 interface Conn {
   key: string;
@@ -61,10 +64,14 @@ export class Connections {
       return false;
     }
     const mine = this.byAddress.get(address);
-    if (!this.trusted.has(address) && (mine?.size ?? 0) >= this.limits.perAddress) {
-      socket.destroy();
-      this.refused++;
-      return false;
+    if (!this.trusted.has(address) && mine && mine.size >= this.limits.perAddress) {
+      const idle = [...mine].filter((c) => c.phase === 'idle').sort((a, b) => a.since - b.since)[0];
+      if (!idle) {
+        socket.destroy();
+        this.refused++;
+        return false;
+      }
+      this.drop(idle);
     }
     if (this.byKey.size >= this.limits.total && !this.evictOne()) {
       socket.destroy();
@@ -92,15 +99,22 @@ export class Connections {
     if (c) c.phase = phase;
   }
 
+  private drop(c: Conn): void {
+    c.socket.destroy();
+    this.evicted++;
+    // 'close' comes later: forget it now so the newcomer fits
+    this.forget(c);
+  }
+
   private evictOne(): boolean {
-    const rank = (p: Phase) => (p === 'head' ? 0 : 1);
+    const rank = (p: Phase) => (p === 'idle' ? 0 : p === 'head' ? 1 : 2);
     let best: Conn | undefined;
     let bestCount = -1;
     for (const [addr, set] of this.byAddress) {
       if (this.trusted.has(addr) && this.byAddress.size > 1) continue;
       for (const c of set) {
         if (c.phase === 'answer') continue;
-        // the address holding the most connections first; then one not yet sending a body; then the oldest
+        // the address holding the most connections first; then idle, then waiting for a head, then receiving a body; then the oldest
         const better = !best
           || set.size > bestCount
           || (set.size === bestCount && (rank(c.phase) < rank(best.phase) || (rank(c.phase) === rank(best.phase) && c.since < best.since)));
@@ -108,10 +122,7 @@ export class Connections {
       }
     }
     if (!best) return false;
-    best.socket.destroy();
-    this.evicted++;
-    // 'close' comes later: forget it now so the newcomer fits
-    this.forget(best);
+    this.drop(best);
     return true;
   }
 }

@@ -15,6 +15,7 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
+import { httpStatusOf } from '../api/status.js';
 import { MedvError } from '../core/errors.js';
 import { Connections } from './connections.js';
 import { TrustedProxies, setPeer } from './peer.js';
@@ -158,7 +159,7 @@ export async function startHttpServer(o: HttpServerOptions): Promise<RunningServ
     req.once('end', () => connections.setPhase(socket, 'answer'));
     res.once('finish', () => {
       clear();
-      connections.setPhase(socket, 'head');
+      connections.setPhase(socket, 'idle');
       // a body nobody read: drain it for a moment (so the client reads our answer), then hang up
       if (!req.complete) {
         const t = setTimeout(() => { if (!req.complete) socket.destroy(); }, limits.lingerMs);
@@ -183,7 +184,7 @@ export async function startHttpServer(o: HttpServerOptions): Promise<RunningServ
     const tooSlow = (what: string) => {
       if (req.complete) return;
       if (!res.headersSent) {
-        plain(res, 408, `${what}; the connection is closed`, { Connection: 'close' });
+        plain(res, httpStatusOf('ETIMEOUT'), `${what}; the connection is closed`, { Connection: 'close' });
         res.once('finish', () => socket.destroy());
       } else {
         socket.destroy();
@@ -205,10 +206,10 @@ export async function startHttpServer(o: HttpServerOptions): Promise<RunningServ
         timers.push(setTimeout(() => tooSlow(`the request body did not arrive within ${limits.bodyTimeoutMs / 1000} s`), limits.bodyTimeoutMs).unref());
       }
     }
-    if (path === undefined) return plain(res, 400, 'bad request target');
-    if (!mod) return plain(res, 404, 'not found');
+    if (path === undefined) return plain(res, httpStatusOf('EINVAL_ARG'), 'bad request target');
+    if (!mod) return plain(res, httpStatusOf('ENOENT'), 'not found');
     mod.handle(req, res, path).catch(() => {
-      if (!res.headersSent) plain(res, 500, 'internal error');
+      if (!res.headersSent) plain(res, httpStatusOf('EINTERNAL'), 'internal error');
       else res.destroy();
     });
   });

@@ -28,6 +28,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { httpStatusOf } from '../api/status.js';
 import { parseRanges, type ByteRange } from './range.js';
 
 export const MAX_RANGES = 256;
@@ -109,7 +110,7 @@ async function openServed(dir: string, realDir: string, file: string): Promise<{
 /** Serve `file` from folder `dir` (whose real path is `realDir`, resolved once by the caller). */
 export async function serveFile(req: IncomingMessage, res: ServerResponse, dir: string, file: string, realDir: string = dir): Promise<void> {
   const opened = await openServed(dir, realDir, file);
-  if (!opened) return plain(res, 404, 'not found');
+  if (!opened) return plain(res, httpStatusOf('ENOENT'), 'not found');
   const { fh, st } = opened;
   try {
     const size = Number(st.size);
@@ -117,13 +118,13 @@ export async function serveFile(req: IncomingMessage, res: ServerResponse, dir: 
     const modified = second(Number(st.mtimeMs));
     const common = { ETag: etag, 'Last-Modified': new Date(modified).toUTCString(), 'Cache-Control': 'public, max-age=0', 'Accept-Ranges': 'bytes' };
     const pre = preconditions(req, etag, modified);
-    if (pre === 412) return plain(res, 412, 'precondition failed', common);
+    if (pre === 412) return plain(res, httpStatusOf('EPRECONDITION'), 'precondition failed', common);
     if (pre === 304) { res.writeHead(304, common); res.end(); return; }
 
     const ifRange = req.headers['if-range'];
     const useRange = req.headers.range !== undefined && (ifRange === undefined || (typeof ifRange === 'string' && ifRangeHolds(ifRange, etag, modified)));
     const ranges = useRange ? parseRanges(req.headers.range, size, MAX_RANGES) : 'ignore';
-    if (ranges === 'unsatisfiable') return plain(res, 416, 'range not satisfiable', { ...common, 'Content-Range': `bytes */${size}` });
+    if (ranges === 'unsatisfiable') return plain(res, httpStatusOf('ERANGE'), 'range not satisfiable', { ...common, 'Content-Range': `bytes */${size}` });
     const head = req.method === 'HEAD';
     if (ranges === 'ignore' || ranges.length === 1) {
       const r: ByteRange = ranges === 'ignore' ? { start: 0, end: size - 1 } : ranges[0];

@@ -246,7 +246,8 @@ Examples:
         const q = new URLSearchParams({ limit: String(o.limit) });
         if (after) q.set('after', after);
         const page = await adminCall<{ clients: ClientRow[]; next: string | null }>(o, 'GET', `/api/admin/clients?${q}`);
-        all.push(...page.clients);
+        // a report without an error has no lastError (as the client library gives it)
+        all.push(...page.clients.map((c) => (c.lastError === null ? (({ lastError: _, ...rest }) => rest)(c) : c)));
         next = page.next;
         after = next ?? undefined;
       } while (o.all && next);
@@ -286,7 +287,7 @@ Examples:
 }
 
 interface UserRow { user: string; groups: string[]; created: string; disabled: boolean; role: 'admin' | 'user' }
-interface ClientRow { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; at: string; received: string }
+interface ClientRow { client: string; user: string; workspace: string; version: number | null; state: string; lastError?: string | null; at: string; received: string }
 interface AuditRow { time: string; last: string; count: number; actor: string; action: string; target: string; address: string; detail: unknown }
 
 /** One admin request with the options' server, token and CA. */

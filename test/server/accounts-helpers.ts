@@ -33,20 +33,12 @@ export async function dbArgs(backend: Backend, name: string): Promise<{ args: st
 
 export interface Answer { status: number; headers: Headers; body: any; text: string }
 
-export async function api(base: string, method: string, path: string, o: { token?: string; body?: unknown; raw?: string; headers?: Record<string, string>; localAddress?: string } = {}): Promise<Answer> {
-  if (o.localAddress !== undefined) return apiFrom(base, method, path, o as typeof o & { localAddress: string });
-  const headers: Record<string, string> = { ...o.headers };
-  if (o.token) headers.Authorization = `Bearer ${o.token}`;
-  if (o.body !== undefined || o.raw !== undefined) headers['Content-Type'] = 'application/json';
-  const res = await fetch(`${base}${path}`, { method, headers, body: o.raw ?? (o.body === undefined ? undefined : JSON.stringify(o.body)) });
-  const text = await res.text();
-  let body: any;
-  try { body = JSON.parse(text); } catch { body = undefined; }
-  return { status: res.status, headers: res.headers, body, text };
-}
-
-/** As api(), from a chosen local address (another 127.x address is another client to the server). */
-function apiFrom(base: string, method: string, path: string, o: { token?: string; body?: unknown; raw?: string; headers?: Record<string, string>; localAddress: string }): Promise<Answer> {
+/**
+ * One JSON request on its own connection (no keep-alive pool: a test that blocks its event loop
+ * in spawnSync would otherwise reuse a socket the server closed meanwhile), from `localAddress`
+ * when given (another 127.x address is another client to the server).
+ */
+export function api(base: string, method: string, path: string, o: { token?: string; body?: unknown; raw?: string; headers?: Record<string, string>; localAddress?: string } = {}): Promise<Answer> {
   const body = o.raw ?? (o.body === undefined ? undefined : JSON.stringify(o.body));
   const headers: Record<string, string> = { ...o.headers };
   if (o.token) headers.Authorization = `Bearer ${o.token}`;

@@ -59,10 +59,16 @@ export function parseJsonBytes(buf: Buffer, secret: string[][] = [], maxDepth = 
       p = end + 1;
       return text;
     }
-    const m = /^(?:-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null)/.exec(buf.toString('latin1', p, Math.min(buf.length, p + 400)));
-    if (!m) throw bad('unexpected character', p);
-    p += m[0].length;
-    return m[0] === 'true' ? true : m[0] === 'false' ? false : m[0] === 'null' ? null : Number(m[0]);
+    for (const [word, v] of [['true', true], ['false', false], ['null', null]] as const) {
+      if (buf.toString('latin1', p, Math.min(buf.length, p + word.length)) === word) { p += word.length; return v; }
+    }
+    // a number: only its own bytes become a string (never what follows it)
+    let end = p;
+    while (end < buf.length && end - p < 64 && /[-+.eE0-9]/.test(String.fromCharCode(buf[end]))) end++;
+    const text = buf.toString('latin1', p, end);
+    if (!/^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/.test(text)) throw bad('unexpected character', p);
+    p = end;
+    return Number(text);
   };
 
   const object = (path: string[], depth: number): Record<string, unknown> => {

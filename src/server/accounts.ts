@@ -1,7 +1,7 @@
 /**
  * Users, tokens and policies: the service functions under /api/ (api.ts) and the console. Their
- * arguments are already checked at the edge (the rules are exported here: checkName,
- * checkPassword); every change an administrator makes is audited with the actor's name.
+ * arguments are already checked at the edge (requests.ts, with the name rules of src/api/names.ts
+ * and checkPassword/checkRole here); every change an administrator makes is audited with the actor's name.
  *
  * - Passwords: Argon2id through libsodium's crypto_pwhash_str (a PHC string with its own random
  *   salt and parameters). Parameters: OPSLIMIT_INTERACTIVE (2 passes) and MEMLIMIT_INTERACTIVE
@@ -34,6 +34,7 @@
  */
 import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
 import { MedvError } from '../core/errors.js';
+import { checkGroupName, checkUserName } from '../api/names.js';
 import { checkPolicy, type Policy } from '../api/policy.js';
 import { type DeletedUser, ROLES, type Role, type Store, type UserSummary, type PolicyVersion, type PolicyDocument } from './store/index.js';
 import type { Audit } from './audit.js';
@@ -45,7 +46,6 @@ const sodium = sodiumBase as Sodium & {
   crypto_pwhash_str_verify_async(str: Buffer, passwd: Buffer): Promise<boolean>;
 };
 
-export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
 export const PASSWORD_MIN = 8;
 export const PASSWORD_MAX = 1024;
 export const TOKEN_RE = /^[A-Za-z0-9_-]{43}$/;
@@ -86,13 +86,6 @@ export const ACCOUNTS_DEFAULTS: AccountsOptions = {
   maxHashing: 2,
   maxQueue: 64,
 };
-
-export function checkName(v: unknown, what: string): string {
-  if (typeof v !== 'string' || !NAME_RE.test(v)) {
-    throw new MedvError('EINVAL_ARG', `${what} must be 1 to 64 letters, digits, '.', '_', '@' or '-' (not starting with a sign), not ${JSON.stringify(v)?.slice(0, 80)}`);
-  }
-  return v;
-}
 
 export function checkPassword(v: unknown): string {
   if (typeof v !== 'string') throw new MedvError('EINVAL_ARG', 'password must be a string');

@@ -43,7 +43,7 @@ import { isLoopback, peerOf } from './peer.js';
 import {
   object, parseAuditQuery, parseClientsQuery, parseGrant, parseImageKeys, parseLogin, parseNewUser, parsePassword, parseReports,
 } from './requests.js';
-import { checkName } from './accounts.js';
+import { checkUserName } from '../api/names.js';
 
 export const API_MAX_BODY = 64 * 1024;
 /** POST /api/reports: 64 reports of up to 1024 characters of lastError each, JSON-escaped. */
@@ -130,7 +130,7 @@ function match(pattern: string, path: string): { name: string } | undefined {
   if (at < 0) return { name: '' };
   let v: string;
   try { v = decodeURIComponent(a[at]); } catch { return undefined; }
-  return { name: checkName(v, 'user') };
+  return { name: checkUserName(v) };
 }
 
 export function accountsApi(o: ApiOptions): ServerModule {

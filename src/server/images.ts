@@ -11,9 +11,10 @@ import { join } from 'node:path';
 import { Server as TusServer, type Upload } from '@tus/server';
 import { FileStore } from '@tus/file-store';
 import { MedvError } from '../core/errors.js';
+import { ensureDir } from '../core/fsio.js';
 import { PACK_HEADER_SIZE } from '../formats/ckm/index.js';
 import type { AdminToken } from './auth.js';
-import { parseRepoFileName } from './names.js';
+import { parseRepoFileName } from '../api/names.js';
 import { publishFile } from './publish.js';
 import { plain, serveFile } from './static.js';
 import { httpStatusFor, httpStatusOf } from '../api/status.js';
@@ -43,17 +44,30 @@ export const IMAGE_REPOSITORY_DEFAULTS = {
   uploadExpiryMs: 7 * 24 * 3600 * 1000,
 };
 
+/** The tus file store, with every file it makes (an upload and its .json) 0600 whatever the umask. */
+class PrivateFileStore extends FileStore {
+  override async create(file: Upload): Promise<Upload> {
+    const made = await super.create(file);
+    for (const name of [file.id, `${file.id}.json`]) {
+      const path = join(this.directory, name);
+      await fs.promises.chmod(path, 0o600).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });
+    }
+    return made;
+  }
+}
+
 type TusError = { status_code: number; body: string };
 const tusError = (status_code: number, body: string): TusError => ({ status_code, body: `${body}\n` });
 
 export function imageRepository(o: ImageRepositoryOptions): ServerModule {
   const imagesDir = join(o.root, IMAGES_DIR);
   const uploadsDir = join(o.root, UPLOADS_DIR);
-  fs.mkdirSync(imagesDir, { recursive: true });
-  fs.mkdirSync(uploadsDir, { recursive: true, mode: 0o700 });
+  // made with their modes whatever the umask, and refused when someone else could write into them
+  ensureDir(imagesDir, { mode: 0o755, forbid: 0o022 });
+  ensureDir(uploadsDir, { mode: 0o700, forbid: 0o077 });
   // the folder's real path: a served file must be directly in it (static.ts checks on the descriptor)
   const realImagesDir = fs.realpathSync(imagesDir);
-  const store = new FileStore({ directory: uploadsDir, expirationPeriodInMilliseconds: o.uploadExpiryMs });
+  const store = new PrivateFileStore({ directory: uploadsDir, expirationPeriodInMilliseconds: o.uploadExpiryMs });
   let active = 0;
 
   const tus = new TusServer({

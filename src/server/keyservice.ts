@@ -24,7 +24,7 @@ import { MedvError } from '../core/errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { MAX_SIGNERS, SIGNER_BYTES, sealImageKeys, type ImageKeySet } from '../api/keyrelease.js';
-import { isFileOfImage } from './names.js';
+import { checkImageName, isFileOfImage } from '../api/names.js';
 import type { Audit } from './audit.js';
 import type { ServerKey } from './serverkey.js';
 import { LIMITS, type ReportKey, type ReportRecord, type ReportRow, type Store } from './store/index.js';
@@ -170,7 +170,7 @@ export class KeyService {
     }
     const dropped = await this.store.registerClient(client, user, clientKey.toString('hex'), this.o.maxClientsPerUser);
     if (dropped.length) await this.audit.record({ actor: user, action: 'client.drop', target: user, address, detail: { clients: dropped.slice(0, 8), reason: `more than ${this.o.maxClientsPerUser} clients` } });
-    const image = found.settings.image as string;
+    const image = checkImageName(found.settings.image, 'image');
     const wrapped = await this.store.getImageKeys(image);
     if (wrapped === undefined) {
       await this.audit.refused({ actor: user, action: 'keys.deny', target: workspace, address, detail: { client, image, policy: found.policy, reason: 'no keys published' } });

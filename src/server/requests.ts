@@ -10,16 +10,15 @@
 import { MedvError } from '../core/errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
-import { IMAGE_NAME_RE } from '../formats/ckm/index.js';
 import { base64DecodeInto, base64Length, hexDecodeInto } from '../api/bytes.js';
 import { SecretText, parseJsonBytes } from '../api/jsonbytes.js';
 import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, checkClientKey, type ImageKeySet } from '../api/keyrelease.js';
-import { type NewUser, PASSWORD_MAX, checkName, checkPassword, checkRole } from './accounts.js';
+import { checkClientId, checkGroupName, checkImageName, checkUserName, checkWorkspaceName } from '../api/names.js';
+import { type NewUser, PASSWORD_MAX, checkPassword, checkRole } from './accounts.js';
 import { decodeAuditCursor } from './audit.js';
 import { MAX_REPORTS, MAX_REPORT_AHEAD_MS, REPORT_STATES, type GrantRequest, type ReportInput, type ReportState, decodeClientsCursor } from './keyservice.js';
 import { LIMITS, type AuditQuery, type ReportKey } from './store/index.js';
 
-export const CLIENT_ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const MAX_VERSION = 2 ** 31 - 1;
 /** Rows in one page of a list (clients, audit): the default and the most a request may ask. */
 export const PAGE_DEFAULT = 100;
@@ -42,16 +41,6 @@ function only(o: Record<string, unknown>, keys: string[], what: string): void {
   for (const k of Object.keys(o)) if (!keys.includes(k)) throw arg(`${what}${k.slice(0, 40)} is not a field of this request`);
 }
 
-export function checkImage(v: unknown, what = 'image'): string {
-  if (typeof v !== 'string' || !IMAGE_NAME_RE.test(v)) throw arg(`${what} must be 1 to 64 letters, digits, '.', '_' or '-' (starting with a letter or digit), not ${show(v)}`);
-  return v;
-}
-
-export function checkClientId(v: unknown): string {
-  if (typeof v !== 'string' || !CLIENT_ID_RE.test(v)) throw arg(`client must be 1 to 64 letters, digits, '.', '_' or '-', not ${show(v)}`);
-  return v;
-}
-
 function hexBytes(v: unknown, n: number, what: string): Buffer {
   if (typeof v !== 'string' || v.length !== 2 * n || !/^[0-9a-fA-F]+$/.test(v)) throw arg(`${what} must be ${2 * n} hex digits (${n} bytes)`);
   return Buffer.from(v, 'hex');
@@ -67,7 +56,7 @@ function base64Bytes(v: unknown, n: number, what: string): Buffer {
 // --- accounts
 
 export function parseLogin(b: Record<string, unknown>): { user: string; password: string; lifetimeMs?: number } {
-  const user = checkName(b.user, 'user');
+  const user = checkUserName(b.user);
   if (typeof b.password !== 'string' || Buffer.byteLength(b.password) > PASSWORD_MAX) throw arg(`password must be a string of at most ${PASSWORD_MAX} bytes`);
   if (b.lifetime === undefined) return { user, password: b.password };
   if (typeof b.lifetime !== 'number' || !Number.isInteger(b.lifetime) || b.lifetime < 1) throw arg('lifetime must be a whole number of seconds, 1 or more');
@@ -75,10 +64,10 @@ export function parseLogin(b: Record<string, unknown>): { user: string; password
 }
 
 export function parseNewUser(b: Record<string, unknown>): NewUser {
-  const name = checkName(b.user, 'user');
+  const name = checkUserName(b.user);
   const password = checkPassword(b.password);
   if (b.groups !== undefined && (!Array.isArray(b.groups) || b.groups.length > 64)) throw arg('groups must be a list of at most 64 group names');
-  const groups = [...new Set(((b.groups ?? []) as unknown[]).map((g) => checkName(g, 'group')))];
+  const groups = [...new Set(((b.groups ?? []) as unknown[]).map((g) => checkGroupName(g)))];
   return { name, password, groups, role: b.role === undefined ? 'user' : checkRole(b.role) };
 }
 
@@ -90,7 +79,7 @@ export function parsePassword(b: Record<string, unknown>): string {
 // --- keys and reports
 
 export function parseGrant(b: Record<string, unknown>): GrantRequest {
-  const workspace = checkName(field(b, 'workspace', 'workspace'), 'workspace');
+  const workspace = checkWorkspaceName(field(b, 'workspace', 'workspace'));
   const client = checkClientId(field(b, 'client', 'client'));
   const clientKey = base64Bytes(field(b, 'clientKey', 'clientKey'), CLIENT_KEY_BYTES, 'clientKey');
   checkClientKey(clientKey);
@@ -105,7 +94,7 @@ export function parseReports(b: Record<string, unknown>, now = Date.now()): { cl
     const w = `reports[${i}]`;
     const r = object(v, w);
     for (const k of Object.keys(r)) if (!['workspace', 'version', 'state', 'lastError', 'at'].includes(k)) throw arg(`${w}.${k.slice(0, 40)} is not a report field`);
-    const workspace = checkName(field(r, 'workspace', `${w}.workspace`), `${w}.workspace`);
+    const workspace = checkWorkspaceName(field(r, 'workspace', `${w}.workspace`), `${w}.workspace`);
     const version = field(r, 'version', `${w}.version`);
     if (version !== null && (typeof version !== 'number' || !Number.isInteger(version) || version < 1 || version > MAX_VERSION)) throw arg(`${w}.version must be null or an integer from 1 to ${MAX_VERSION}`);
     const state = field(r, 'state', `${w}.state`);
@@ -139,7 +128,7 @@ export function parseImageKeys(raw: Buffer): ImageKeySet {
   const keys: DataKey[] = [];
   try {
     const b = object(body);
-    const image = checkImage(field(b, 'image', 'image'));
+    const image = checkImageName(field(b, 'image', 'image'), 'image');
     const signersIn = field(b, 'signers', 'signers');
     if (!Array.isArray(signersIn) || signersIn.length > MAX_SIGNERS) throw arg(`signers must be a list of at most ${MAX_SIGNERS} Ed25519 public keys (64 hex digits each)`);
     const signers = signersIn.map((s, i) => hexBytes(s, SIGNER_BYTES, `signers[${i}]`));
@@ -208,6 +197,6 @@ export function parseAuditQuery(q: URLSearchParams): AuditQuery {
     out.action = action;
   }
   const actor = q.get('actor');
-  if (actor !== null) out.actor = checkName(actor, 'actor');
+  if (actor !== null) out.actor = checkUserName(actor, 'actor');
   return out;
 }

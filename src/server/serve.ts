@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import { join, resolve } from 'node:path';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { ensureDir } from '../core/fsio.js';
 import { ADMIN_TOKEN_FILE, loadAdminToken } from './auth.js';
 import { type HttpLimits, type RequestLog, type RunningServer, startHttpServer } from './http.js';
 import { TrustedProxies } from './peer.js';
@@ -66,11 +67,8 @@ function readPem(file: string, secret: boolean): Buffer {
 
 export async function serveRepository(o: ServeOptions): Promise<Serving> {
   const root = resolve(o.root);
-  try {
-    fs.mkdirSync(root, { recursive: true, mode: 0o755 });
-  } catch (e) {
-    throw fromSystemError(e, root);
-  }
+  // the root holds the database, the admin token and the server key: nobody else may write into it
+  ensureDir(root, { mode: 0o755, forbid: 0o022, parents: true });
   if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new MedvError('EINVAL_ARG', 'give both --tls-cert and --tls-key, or neither');
   const trustProxy = new TrustedProxies(o.trustProxy ?? []);
   const tls = o.tlsCert !== undefined && o.tlsKey !== undefined ? { cert: readPem(o.tlsCert, false), key: readPem(o.tlsKey, true) } : undefined;

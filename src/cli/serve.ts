@@ -56,16 +56,28 @@ the admin token (medv admin user add, medv admin policy publish). Image keys pub
 medv admin image-keys publish are kept wrapped under the server key and released, sealed to the
 client's key, to users a policy entitles (POST /api/workspaces/grant). Passwords are stored as
 Argon2id hashes and tokens as BLAKE2b hashes, never in clear. Credentials are refused over plain
-HTTP from other hosts (403) unless --tls-cert/--tls-key (HTTPS) or --allow-plain-http.
+HTTP from other hosts (403) unless --tls-cert/--tls-key (HTTPS), a --trust-proxy proxy that
+says it took HTTPS, or --allow-plain-http. Every route: docs/api.md.
 
-It logs one line per request on stdout (method, path, status, bytes sent, bytes received) and
-stops cleanly on SIGTERM or SIGINT (requests in flight get 5 seconds).
+Failed logins: --max-failed-logins failures of a name from one address refuse that name from that
+address; --max-failed-logins-per-address failures from one address refuse that address; failures
+of a name from everywhere only slow it down (never refuse the right password from elsewhere).
+Behind a reverse proxy, name it with --trust-proxy: its X-Forwarded-For then names the client.
+
+Bounds: a slow peer is cut at --header-timeout / --body-timeout / --upload-stall-timeout (408);
+one address holds at most --max-connections-per-address connections; at --max-connections the
+busiest address's slowest connection makes room. Folders and files it creates get their own
+modes whatever the umask; a root others may write into is refused (EUNSAFE, exit 4).
+
+It logs one line per request on stdout (client address, method, path, status, bytes sent, bytes
+received) and stops cleanly on SIGTERM or SIGINT (requests in flight get 5 seconds).
 
 Examples:
   medv serve --root /srv/medv --host 0.0.0.0 --port 8080
   medv image upload PackedImages/win10_2.ckm PackedImages/win10_2.ckm.index --server http://console:8080 --token-file /srv/medv/admin.token
   MEDV_DB=postgres://medv:secret@db.example/medv medv serve --root /srv/medv --server-key /etc/medv/server.key   # one of several instances
   medv serve --root /srv/medv --host 0.0.0.0 --port 8443 --tls-cert /etc/medv/server.pem --tls-key /etc/medv/server.key
+  medv serve --root /srv/medv --port 8080 --trust-proxy 127.0.0.1 --trust-proxy 10.0.0.0/8   # behind nginx doing TLS
   medv serve --root /tmp/repo --port 0 --json     # tests: the first line says where it listens`)
     .action(async (o: Opts) => {
       const port = parseCount(String(o.port), '--port', 65535);

@@ -67,7 +67,8 @@ export class TrustedProxies {
     if (this.empty) return false;
     const a = normalizeAddress(address);
     const family = isIP(a);
-    return family !== 0 && this.list.check(a, family === 6 ? 'ipv6' : 'ipv4');
+    if (family === 0) return false;
+    try { return this.list.check(a, family === 6 ? 'ipv6' : 'ipv4'); } catch { return false; }
   }
 
   /** The client of a request whose TCP peer is `via`, as described at the top of this file. */

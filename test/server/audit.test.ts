@@ -52,12 +52,16 @@ for (const backend of BACKENDS) {
     it('--audit-max-rows bounds the table under a flood of distinct refusals', async () => {
       srv = await startServe(dir.path, [...db.args, '--audit-max-rows', '40']);
       const admin = readFileSync(srv.adminTokenFile, 'utf8').trim();
+      // what an administrator did before the flood
+      const keep = unique('kept');
+      assert.equal((await api(srv.url, 'POST', '/api/admin/users', { token: admin, body: { user: keep, password: 'kept-password' } })).status, 201);
       for (let i = 0; i < 150; i++) assert.equal((await api(srv.url, 'POST', `/api/admin/users/u${i}/disable`, { token: 'x'.repeat(43) })).status, 401);
       const rows = await entries(admin);
       console.log(`      150 distinct refusals: ${rows.length} rows kept`);
       assert.ok(rows.length <= 40 + 10, `${rows.length} rows`);
       assert.ok(rows.some((r) => r.target === '/api/admin/users/u149/disable'), 'the newest are kept');
-      assert.ok(!rows.some((r) => r.target === '/api/admin/users/u0/disable'), 'the oldest went');
+      assert.ok(!rows.some((r) => r.target === '/api/admin/users/u0/disable'), 'the oldest refusals went');
+      assert.ok(rows.some((r) => r.action === 'user.add' && r.target === keep), 'a flood of refusals does not push out what the administrator did');
     });
 
     it('rows older than --audit-retention go at start; the newer stay; pages follow the cursor', async () => {

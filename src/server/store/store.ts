@@ -340,14 +340,30 @@ export class Store {
     }));
   }
 
-  /** Delete rows whose last occurrence is before `before`, then the oldest beyond `maxRows`. */
+  /**
+   * Delete rows whose last occurrence is before `before`; then, beyond `maxRows`, the oldest
+   * refusals (aggregated rows) first, so a flood of anonymous refusals never pushes what accounts
+   * and administrators did out of the log; only if refusals alone are not enough, the oldest of
+   * the rest.
+   */
   async pruneAudit(before: number, maxRows: number): Promise<number> {
     const old = await this.db.deleteFrom('audit').where((eb) => eb.fn.coalesce('last', 'time'), '<', before).executeTakeFirst();
     let n = Number(old.numDeletedRows);
-    const edge = await this.db.selectFrom('audit').select('time').orderBy('time', 'desc').offset(maxRows).limit(1).executeTakeFirst();
-    if (edge) {
-      const r = await this.db.deleteFrom('audit').where('time', '<=', Number(edge.time)).executeTakeFirst();
-      n += Number(r.numDeletedRows);
+    const excess = (await this.auditRows()) - maxRows;
+    if (excess <= 0) return n;
+    const refusals = await this.db.selectFrom('audit').select((eb) => eb.fn.countAll().as('n')).where('agg', 'is not', null).executeTakeFirst();
+    if (Number(refusals?.n ?? 0) > excess) {
+      const edge = await this.db.selectFrom('audit').select('time').where('agg', 'is not', null).orderBy('time', 'asc').offset(excess - 1).limit(1).executeTakeFirst();
+      const r = await this.db.deleteFrom('audit').where('agg', 'is not', null).where('time', '<=', Number(edge!.time)).executeTakeFirst();
+      return n + Number(r.numDeletedRows);
+    }
+    // fewer refusals than the excess: all of them go, then the oldest of the rest
+    const r = await this.db.deleteFrom('audit').where('agg', 'is not', null).executeTakeFirst();
+    n += Number(r.numDeletedRows);
+    const rest = excess - Number(r.numDeletedRows);
+    if (rest > 0) {
+      const edge = await this.db.selectFrom('audit').select('time').orderBy('time', 'asc').offset(rest - 1).limit(1).executeTakeFirst();
+      if (edge) n += Number((await this.db.deleteFrom('audit').where('time', '<=', Number(edge.time)).executeTakeFirst()).numDeletedRows);
     }
     return n;
   }

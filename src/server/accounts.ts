@@ -32,7 +32,7 @@
  *   Behind a reverse proxy the address is the one X-Forwarded-For names (`--trust-proxy`, peer.ts);
  *   without it every client has the proxy's address and the address lock applies to all of them.
  */
-import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
+import { type Sodium, sodium as sodiumBase } from '../core/sodium.js';
 import { MedvError } from '../core/errors.js';
 import { checkGroupName, checkUserName } from '../api/names.js';
 import { checkPolicy, type Policy } from '../api/policy.js';

@@ -34,7 +34,6 @@
  */
 import { type Sodium, sodium as sodiumBase } from '../core/sodium.js';
 import { MedvError } from '../core/errors.js';
-import { checkGroupName, checkUserName } from '../api/names.js';
 import { checkPolicy, type Policy } from '../api/policy.js';
 import { type DeletedUser, ROLES, type Role, type Store, type UserSummary, type PolicyVersion, type PolicyDocument } from './store/index.js';
 import type { Audit } from './audit.js';
@@ -299,7 +298,8 @@ export class Accounts {
 
   // --- administration (the actor is "admin" for the admin token, else an admin account's name)
 
-  private async summary(name: string): Promise<UserSummary> {
+  /** One account (ENOENT when there is no such user). */
+  async getUser(name: string): Promise<UserSummary> {
     const u = (await this.store.listUsers(name))[0];
     if (!u) throw new MedvError('ENOENT', `no user ${name}`, { user: name });
     return u;
@@ -310,7 +310,7 @@ export class Accounts {
     const hash = await this.withHashSlot(() => hashPassword(u.password));
     await this.store.addUser(u.name, hash, u.groups, u.role);
     await this.audit.record({ actor, action: 'user.add', target: u.name, address, detail: { groups: u.groups, role: u.role } });
-    return this.summary(u.name);
+    return this.getUser(u.name);
   }
 
   listUsers(): Promise<UserSummary[]> {
@@ -321,7 +321,7 @@ export class Accounts {
   async setDisabled(name: string, disabled: boolean, actor: string, address = ''): Promise<UserSummary> {
     if (!await this.store.setDisabled(name, disabled)) throw new MedvError('ENOENT', `no user ${name}`, { user: name });
     await this.audit.record({ actor, action: disabled ? 'user.disable' : 'user.enable', target: name, address });
-    return this.summary(name);
+    return this.getUser(name);
   }
 
   /** A new password; every token of the user is revoked (a reset means the old one may be known). */

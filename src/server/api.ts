@@ -168,7 +168,7 @@ export function accountsApi(o: ApiOptions): ServerModule {
     } },
     { method: 'GET', pattern: '/api/whoami', async run(c) {
       const s = await user(c);
-      send(c.res, 200, { user: s.user, role: s.role, groups: await accounts.store.groupsOf(s.user), expires: new Date(s.expires).toISOString() });
+      send(c.res, 200, { user: s.user, role: s.role, groups: (await accounts.getUser(s.user)).groups, expires: new Date(s.expires).toISOString() });
     } },
     { method: 'GET', pattern: '/api/policies', async run(c) {
       const s = await user(c);
@@ -193,9 +193,7 @@ export function accountsApi(o: ApiOptions): ServerModule {
     } },
     { method: 'GET', pattern: '/api/admin/users/:name', async run(c) {
       await admin(c);
-      const u = (await accounts.store.listUsers(c.name))[0];
-      if (!u) throw new MedvError('ENOENT', `no user ${c.name}`);
-      send(c.res, 200, u);
+      send(c.res, 200, await accounts.getUser(c.name));
     } },
     { method: 'DELETE', pattern: '/api/admin/users/:name', async run(c) {
       send(c.res, 200, await accounts.deleteUser(c.name, await admin(c), c.address));

@@ -25,7 +25,6 @@ export const PAGE_DEFAULT = 100;
 export const PAGE_MAX = 1000;
 
 const arg = (msg: string) => new MedvError('EINVAL_ARG', msg);
-const show = (v: unknown) => (v instanceof SecretText ? '(hidden)' : (JSON.stringify(v) ?? String(v)).slice(0, 80));
 
 export function object(v: unknown, what = 'the request body'): Record<string, unknown> {
   if (typeof v !== 'object' || v === null || Array.isArray(v) || v instanceof SecretText) throw arg(`${what} must be a JSON object`);

@@ -343,13 +343,15 @@ async function atomicAsync(final: string, bytes: Uint8Array, mode: number, exclu
 
 /**
  * Publish the complete file `src` also under the new name `dst` (another folder of this host),
- * never over an existing file: fsync `src`, hard-link, fsync `dst`'s folder. On another file
- * system (EXDEV) `src` is copied to a temporary beside `dst` (mode `opts.mode`, else src's),
- * fsynced and linked. EEXIST (a MedvError) when `dst` exists: nothing is replaced.
+ * never over an existing file: fsync `src`, hard-link, fsync `dst`'s folder. With `opts.mode`,
+ * `src` gets exactly that mode first (on its fd, checked: a link shares the inode, so the umask
+ * under which `src` was made never decides what `dst` allows). On another file system (EXDEV)
+ * `src` is copied to a temporary beside `dst` (mode `opts.mode`, else src's), fsynced and linked.
+ * EEXIST (a MedvError) when `dst` exists: nothing is replaced.
  */
 export async function linkNew(src: string, dst: string, opts: WriteOptions = {}): Promise<void> {
   try {
-    await fsyncFile(src);
+    await fsyncFile(src, opts.mode);
     try {
       await fs.promises.link(src, dst);
     } catch (e) {
@@ -452,10 +454,16 @@ export function beginStaging(finals: string[], describe: (final: string) => stri
   };
 }
 
-async function fsyncFile(path: string): Promise<void> {
+/** fsync a file; with `mode`, set that mode on the fd first and check it took. */
+async function fsyncFile(path: string, mode?: number): Promise<void> {
   let fh: fs.promises.FileHandle | undefined;
   try {
     fh = await fs.promises.open(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    if (mode !== undefined) {
+      await fh.chmod(mode);
+      const st = await fh.stat();
+      if ((st.mode & 0o7777) !== mode) throw new MedvError('EUNSAFE', `${path} kept mode ${(st.mode & 0o7777).toString(8)} instead of ${mode.toString(8)}`, { file: path });
+    }
     await fh.sync();
   } catch (e) {
     throw fromSystemError(e, path);
@@ -653,7 +661,7 @@ function openDirChecked(path: string, forbid: number, fix?: number): number {
     }
     if (st.mode & forbid) {
       const how = (forbid & 0o044) ? 'is accessible to' : 'can be written by';
-      throw new MedvError('EUNSAFE', `${path} ${how} group or others (mode ${modeString(st.mode)}); chmod 700 it`, { file: path });
+      throw new MedvError('EUNSAFE', `${path} ${how} group or others (mode ${modeString(st.mode)}); chmod ${(st.mode & 0o777 & ~forbid).toString(8)} it`, { file: path });
     }
     return fd;
   } catch (e) {

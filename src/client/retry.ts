@@ -2,8 +2,9 @@
  * Retry with backoff, in one place (in the spirit of undici's retry handler): which failures are
  * worth another try, how long to wait, and the loop itself. Everything the client sends goes
  * through ./http.ts, which runs each idempotent request under `withRetry`; a caller whose unit of
- * work is larger than one request (a tus upload: HEAD for the offset, then PATCH from there) runs
- * that unit under `withRetry` with the same rules instead of a loop of its own.
+ * work is larger than one request runs that unit under `withRetry` with the same rules instead of
+ * a loop of its own, and tus-js-client's retries of an upload (HEAD for the offset, then PATCH from
+ * there) ask `retryWaitMs` (./tus-stack.ts).
  *
  * Transient (retried): network errors that say "not now" (refused, reset, unreachable, a DNS
  * server that did not answer, our own connect/idle timeouts), and the statuses 408, 423 (tus: the

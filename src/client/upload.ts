@@ -143,7 +143,7 @@ function failure(e: unknown, file: string): MedvError {
   const d = e as Partial<DetailedError>;
   const cause = d.causingError ?? e;
   if (cause instanceof TransientAnswer) return new MedvError('ENETWORK', `upload of ${file} failed: the server kept answering HTTP ${cause.response.status} (gave up after retries)`, { file });
-  if (cause instanceof MedvError) return cause;
+  if (cause instanceof MedvError) return cause.data.file ? cause : new MedvError(cause.code, cause.message, { ...cause.data, file });
   const res = d.originalResponse?.getUnderlyingObject() as HttpResponse | undefined;
   if (res && (res.status < 200 || res.status > 299)) return refused(res, file);
   const said = String((e as Error)?.message ?? e).split(/, (?:caused by|originated from) /)[0];

@@ -128,13 +128,16 @@ const offsetOf = (res: TusResponse, name = 'Upload-Offset'): number | undefined 
   return Number.isSafeInteger(v) && v >= 0 ? v : undefined;
 };
 
-/** What tus-js-client does not check: offsets within the file, the kept upload's length ours. */
+/**
+ * What tus-js-client does not check: offsets within the file, the kept upload's length ours, and
+ * each PATCH taking at least one byte (a server that never does would have it send forever).
+ */
 function checkAnswer(req: TusRequest, res: TusResponse, file: string, size: number): void {
   if (res.getStatus() < 200 || res.getStatus() > 299) return;
   const offset = offsetOf(res);
   const from = req.getMethod() === 'PATCH' ? Number(req.getHeader('Upload-Offset')) : 0;
   const bad = req.getMethod() === 'HEAD' ? offset === undefined || offset > size || offsetOf(res, 'Upload-Length') !== size
-    : req.getMethod() === 'PATCH' && (offset === undefined || offset < from || offset > size);
+    : req.getMethod() === 'PATCH' && (offset === undefined || offset <= from || offset > size);
   if (bad) throw new MedvError('EBADREPLY', `upload of ${file}: the server answered offset ${res.getHeader('Upload-Offset')} of length ${res.getHeader('Upload-Length')} for a file of ${size} bytes`, { file });
 }
 

@@ -6,7 +6,7 @@ import { MedvError, isMedvError } from '../core/errors.js';
 import type { KekSource } from '../crypto/index.js';
 import { discardVmState, listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
-import type { VmConfig } from '../host/supervisor.js';
+import type { VmConfig } from '../host/config.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;

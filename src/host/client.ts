@@ -8,7 +8,7 @@ import type { KekSource } from '../crypto/index.js';
 import { MedvError, type ErrorCode } from '../core/errors.js';
 import { controlRequest } from './protocol.js';
 import { effectiveState, isTerminal, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
-import type { SupervisorInput, VmConfig } from './supervisor.js';
+import type { SupervisorInput, VmConfig } from './config.js';
 import { spawnSupervisor, takePrespawned } from './prespawn.js';
 
 export interface HostOptions {
@@ -151,7 +151,7 @@ export function listVms(opts: HostOptions = {}): VmState[] {
  * set and whose saved state is gone.
  */
 export async function discardVmState(config: VmConfig, options: { kek?: KekSource } = {}): Promise<{ removed: string[]; kept: string[]; cleared: string[] }> {
-  const [{ defaultUndoPath }, { openDisk }, { openUndoDisk }, saved] = await Promise.all([import('./supervisor.js'), import('../layers/open.js'), import('../layers/undo/index.js'), import('../hypervisor/savedstate.js')]);
+  const [{ defaultUndoPath }, { openDisk }, { openUndoDisk }, saved] = await Promise.all([import('./config.js'), import('../layers/open.js'), import('../layers/undo/index.js'), import('../hypervisor/savedstate.js')]);
   const out = { removed: [] as string[], kept: [] as string[], cleared: [] as string[] };
   if (fs.existsSync(config.savedState)) {
     try {

@@ -15,7 +15,7 @@ import { basename, dirname, extname, join, resolve } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { effectiveSettings, parseImageState, type ImageState } from '../formats/imagestate/index.js';
 import { parseVmc, resolvePathRef, MAX_XML_BYTES, type WindowsPathRef } from '../formats/vmc/index.js';
-import { defaultUndoPath, type VmConfig, type VmDiskConfig } from './supervisor.js';
+import { defaultUndoPath, type VmConfig, type VmDiskConfig } from './config.js';
 
 export interface VmcStartOptions {
   name?: string;

@@ -59,7 +59,9 @@ export class FileDevice implements BlockDevice {
       if (options.create) {
         fd = await fsOpen(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
       } else {
-        fd = await fsOpen(path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+        // O_NONBLOCK: a FIFO (or a device that waits for a carrier) must not hang the open; its
+        // type is refused just below, on the descriptor. Regular files and block devices ignore it.
+        fd = await fsOpen(path, (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY);
       }
     } catch (e) {
       throw fromSystemError(e, path);

@@ -150,7 +150,7 @@ export async function readKeyFile(encPath: string, kek: KekSource): Promise<Data
   let bytes: Buffer;
   let fh: fs.promises.FileHandle | undefined;
   try {
-    fh = await fs.promises.open(encPath, fs.constants.O_RDONLY);
+    fh = await fs.promises.open(encPath, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY); // a FIFO must not hang us
     const st = await fh.stat();
     if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'key file is not a regular file', { file: encPath });
     // Never read more than one byte past the format's size: a huge file is refused, not loaded.

@@ -24,6 +24,8 @@ export interface VmDiskConfig {
    * the command line, which may be a link or (not as a CD image) a block device.
    */
   confine?: string;
+  /** As `confine`, for `undoPath` when it lies elsewhere (a .vud on another mapped drive). */
+  undoConfine?: string;
 }
 
 export interface VmConfig {
@@ -71,4 +73,9 @@ export function defaultUndoPath(diskPath: string): string {
   const encrypted = extname(diskPath).toLowerCase() === '.evhd';
   const stem = basename(diskPath, extname(diskPath));
   return join(dirname(diskPath), `${stem}.undo.${encrypted ? 'evhd' : 'vhd'}`);
+}
+
+/** The undo disk a configured disk writes into and keeps: an undo-mode disk's (none for a plain disk, a CD, or a test run's throw-away one). */
+export function keptUndoPath(d: VmDiskConfig): string | undefined {
+  return d.mode === 'undo' ? d.undoPath ?? defaultUndoPath(d.path) : undefined;
 }

@@ -8,18 +8,32 @@
  * - undo:   Virtual PC undo disks, kept (`.vud` when the .vmc names one, else `<image>.undo.*`);
  * - cdrom:  the image read-only, as raw bytes.
  * A VHD whose saved-state flag is set opens writable only for the resume of its saved state.
+ *
+ * Every file is opened once, then used through its descriptor (src/core/fsio.ts): a file a .vmc
+ * named (`confine`) is reached one component at a time below the .vmc's folder (or mapped drive)
+ * without following any link and must be a regular file there; a file named on the command line
+ * may be a link or a block device (not a CD image); a FIFO, socket or character device is refused
+ * without ever blocking. The stack then opens `/proc/self/fd/N` of the checked file, never the
+ * name again, so nothing swapped in after the check is reached.
+ *
+ * A test run's undo disk is deleted only when this VM created it: created by this run, or recorded
+ * as created by an earlier run of this VM (state.json's `testUndo`: its device and inode, and its
+ * parent's), with this image as its parent. Any other file at `Test/<image>.undo.*` (another VM's
+ * unmerged undo disk) is refused and kept.
  */
 import * as fs from 'node:fs';
-import { dirname, extname } from 'node:path';
+import { basename, dirname, extname } from 'node:path';
 import type { BlockDevice } from '../block/device.js';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError } from '../core/errors.js';
-import type { DiskFingerprint } from '../hypervisor/savedstate.js';
+import { openDirBeneath, openFileIn, openNamed, partsBelow, withShownPaths, type PinnedDir, type PinnedFile } from '../core/fsio.js';
+import type { ChainLink, DiskVia } from '../layers/open.js';
 import type { VhdDevice } from '../layers/vhd/index.js';
 import type { NbdListener, NbdServer } from '../nbd/server.js';
+import type { BoundDisk } from './binding.js';
 import { defaultUndoPath, testUndoPath, type VmDiskConfig } from './config.js';
 import type { Layers } from './layers.js';
-import type { VmDiskState } from './rundir.js';
+import type { TestUndoRecord, VmDiskState } from './rundir.js';
 
 export interface OpenedVmDisk {
   config: VmDiskConfig;
@@ -28,17 +42,117 @@ export interface OpenedVmDisk {
   state: VmDiskState;
   /** The VHD the guest writes into (the disk, or its undo disk), whose footer carries the saved-state flag. */
   top?: VhdDevice;
+  /** What a saved state of this disk records (./binding.ts). */
+  bound: BoundDisk;
+  /** A test run's undo disk: where it is (through its pinned folder) and what it was when created. */
+  testUndo?: { dir: PinnedDir; at: string; record: TestUndoRecord };
+}
+
+/** A disk file opened once and checked: its folder (pinned), its descriptor, an EVHD's key file. */
+interface PinnedDisk {
+  /** The path shown to the user and recorded (real folder + name for a confined file). */
+  shown: string;
+  dir?: PinnedDir;
+  file: PinnedFile;
+  key?: PinnedFile;
+  via: DiskVia;
+  close(): void;
+}
+
+function isEncrypted(path: string): boolean { return extname(path).toLowerCase() === '.evhd'; }
+
+function encName(name: string): string { return `${basename(name, extname(name))}.enc`; }
+
+/**
+ * Open a disk file of the VM once (see the file comment). `blockDevice`: a block device is
+ * accepted when the user named it on the command line.
+ */
+function pinDisk(path: string, confine: string | undefined, opts: { blockDevice: boolean; what: string }): PinnedDisk {
+  if (confine !== undefined) {
+    const { parts, name } = partsBelow(confine, path);
+    const dir = openDirBeneath(confine, parts);
+    try {
+      const pinned = pinIn(dir, name, opts.what);
+      return { ...pinned, dir, close: () => { pinned.close(); dir.close(); } };
+    } catch (e) {
+      dir.close();
+      throw e;
+    }
+  }
+  const opened: Array<{ close(): void }> = [];
+  try {
+    let shown: string;
+    let file: PinnedFile;
+    let key: PinnedFile | undefined;
+    {
+      file = openNamed(path, { blockDevice: opts.blockDevice, what: opts.what });
+      opened.push(file);
+      if (isEncrypted(path)) { key = openNamed(`${path.slice(0, -extname(path).length)}.enc`, { what: 'key file' }); opened.push(key); }
+      shown = path;
+    }
+    return { shown, file, key, via: { file: file.proc, keyFile: key?.proc }, close: () => { for (const o of opened) o.close(); } };
+  } catch (e) {
+    for (const o of opened) o.close();
+    throw e;
+  }
+}
+
+/** Entry `name` of a pinned folder (and an EVHD's key file beside it), opened once and checked. */
+function pinIn(dir: PinnedDir, name: string, what: string): PinnedDisk {
+  const file = openFileIn(dir, name, { what });
+  let key: PinnedFile | undefined;
+  try {
+    if (isEncrypted(name)) key = openFileIn(dir, encName(name), { what: 'key file' });
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+  return { shown: `${dir.path}/${name}`, file, key, via: { file: file.proc, keyFile: key?.proc }, close: () => { file.close(); key?.close(); } };
+}
+
+/** The files a disk reads as a binding records them: its chain, then the key files of the encrypted links. */
+function boundFiles(chain: readonly ChainLink[], encPathFor: (p: string) => string): BoundDisk['files'] {
+  return [
+    ...chain.map((l) => ({ path: l.path, uniqueId: l.uniqueId })),
+    ...chain.filter((l) => l.format === 'evhd').map((l) => ({ path: encPathFor(l.path) })),
+  ];
+}
+
+function identity(st: fs.BigIntStats): { dev: string; ino: string } {
+  return { dev: st.dev.toString(), ino: st.ino.toString() };
+}
+
+export interface VmDisksOptions {
+  /** The saved state a suspended disk needs (named in the error when it is missing). */
+  savedState: string;
+  /** Test undo disks earlier runs of this VM created and did not remove (state.json). */
+  testUndo?: readonly TestUndoRecord[];
+  /** Told whenever the set of test undo disks this VM owns changes (written to state.json at once). */
+  onTestUndo?: (records: TestUndoRecord[]) => void;
+  /** Create a missing undo disk (default true; discard-state only opens what is there). */
+  create?: boolean;
 }
 
 /** The disks of one VM, in boot order. */
 export class VmDisks {
   readonly list: OpenedVmDisk[] = [];
+  private readonly records: TestUndoRecord[];
 
-  constructor(private readonly layers: Layers, private readonly kek: KekSource | undefined, private readonly savedState: string) {}
+  constructor(private readonly layers: Layers, private readonly kek: KekSource | undefined, private readonly opts: VmDisksOptions) {
+    this.records = [...(opts.testUndo ?? [])];
+  }
 
   private get kekFn(): (() => KekSource) | undefined {
     const kek = this.kek;
     return kek ? () => kek : undefined;
+  }
+
+  /** Test undo disks this VM owns and has not removed yet. */
+  get testUndoRecords(): TestUndoRecord[] { return [...this.records]; }
+
+  private setRecords(change: () => void): void {
+    change();
+    this.opts.onTestUndo?.(this.testUndoRecords);
   }
 
   /**
@@ -52,7 +166,7 @@ export class VmDisks {
       await this.openAs(cfg, resuming);
     } catch (e) {
       if (!(e instanceof MedvError) || e.code !== 'ESAVEDSTATE' || resuming) throw e;
-      const vsv = this.savedState;
+      const vsv = this.opts.savedState;
       throw new MedvError('ESAVEDSTATE', `${e.data.file ?? cfg.path} belongs to a suspended VM (its VHD saved-state flag is set) but there is no saved state ${vsv} to resume` +
         ' (suspended by Virtual PC, or the .vsv was moved or deleted); medv will not boot it as if nothing happened:' +
         ' put the .vsv back, or clear the flag with `medv vm discard-state` (the guest then starts as after a power cut)', { file: String(e.data.file ?? cfg.path) });
@@ -60,36 +174,120 @@ export class VmDisks {
   }
 
   private async openAs(cfg: VmDiskConfig, resuming: boolean): Promise<void> {
-    const { open: { openDisk }, undo: { createUndoDisk, discardUndoDisk, openUndoDisk }, vhd: { savedStateError } } = this.layers;
+    const { open: { openDisk }, crypto: { encPathFor } } = this.layers;
     const kek = this.kekFn;
-    if (cfg.mode === 'cdrom') {
-      // CD/DVD images are read-only media: exported read-only like any disk (raw bytes).
-      const opened = await openDisk(cfg.path, { readOnly: true, format: 'raw' });
-      this.list.push({ config: cfg, device: opened.device, state: { path: cfg.path, format: 'iso', readOnly: true } });
-      return;
+    const base = pinDisk(cfg.path, cfg.confine, { blockDevice: cfg.confine === undefined && cfg.mode !== 'cdrom', what: cfg.mode === 'cdrom' ? 'CD/DVD image' : 'disk' });
+    const pins: Array<{ proc: string; path: string }> = [base.file, ...(base.key ? [base.key] : []), ...(base.dir ? [base.dir] : [])];
+    try {
+      if (cfg.mode === 'cdrom') {
+        // CD/DVD images are read-only media: exported read-only like any disk (raw bytes).
+        const opened = await openDisk(base.shown, { readOnly: true, format: 'raw', via: base.via });
+        this.list.push({ config: cfg, device: opened.device, state: { path: base.shown, format: 'iso', readOnly: true }, bound: { mode: cfg.mode, path: opened.chain[0].path, files: boundFiles(opened.chain, encPathFor) } });
+        return;
+      }
+      if (cfg.mode === 'normal') {
+        const opened = await openDisk(base.shown, { kek, allowSavedState: resuming, via: base.via });
+        this.list.push({ config: cfg, device: opened.device, top: opened.vhd, state: { path: base.shown, format: opened.format, readOnly: false }, bound: { mode: cfg.mode, path: opened.chain[0].path, files: boundFiles(opened.chain, encPathFor) } });
+        return;
+      }
+      if (cfg.mode === 'test') await this.openTest(cfg, base, pins);
+      else await this.openUndo(cfg, base, pins, resuming);
+    } catch (e) {
+      throw withShownPaths(e, pins);
+    } finally {
+      base.close();
     }
-    if (cfg.mode === 'normal') {
-      const opened = await openDisk(cfg.path, { kek, allowSavedState: resuming });
-      this.list.push({ config: cfg, device: opened.device, top: opened.vhd, state: { path: cfg.path, format: opened.format, readOnly: false } });
-      return;
+  }
+
+  /** Virtual PC undo disks: the undo disk (made when missing) over the base, kept at stop. */
+  private async openUndo(cfg: VmDiskConfig, base: PinnedDisk, pins: Array<{ proc: string; path: string }>, resuming: boolean): Promise<void> {
+    const { undo: { createUndoDisk }, crypto: { encPathFor } } = this.layers;
+    const kek = this.kekFn;
+    const undoPath = cfg.undoPath ?? defaultUndoPath(cfg.path);
+    const confine = cfg.undoConfine ?? cfg.confine;
+    let undo: PinnedDisk;
+    try {
+      undo = pinDisk(undoPath, confine, { blockDevice: false, what: 'undo disk' });
+    } catch (e) {
+      if (!(e instanceof MedvError) || e.code !== 'ENOENT' || this.opts.create === false) throw e;
+      // Made where it belongs, through its folder opened without following links.
+      const dir = confine !== undefined ? openDirBeneath(confine, partsBelow(confine, undoPath).parts) : openDirBeneath(dirname(undoPath));
+      try {
+        pins.push(dir);
+        const shown = confine !== undefined ? `${dir.path}/${basename(undoPath)}` : undoPath;
+        await createUndoDisk(shown, base.shown, { kek, at: `${dir.proc}/${basename(undoPath)}`, parentVia: base.via });
+      } finally { dir.close(); }
+      undo = pinDisk(undoPath, confine, { blockDevice: false, what: 'undo disk' });
     }
-    const undoPath = cfg.undoPath ?? (cfg.mode === 'test' ? testUndoPath(cfg.path) : defaultUndoPath(cfg.path));
-    if (cfg.mode === 'test') {
-      fs.mkdirSync(dirname(undoPath), { recursive: true, mode: 0o700 });
-      // A test run always starts from the base: an undo disk left by a crashed test run is ours to replace.
-      if (fs.existsSync(undoPath)) await discardUndoDisk(undoPath, { kek });
+    pins.push(undo.file, ...(undo.key ? [undo.key] : []), ...(undo.dir ? [undo.dir] : []));
+    try {
+      await this.pushUndo(cfg, base, undo.shown, { via: undo.via, allowSavedState: resuming }, encPathFor);
+    } finally {
+      undo.close();
     }
-    if (!fs.existsSync(undoPath)) {
-      await createUndoDisk(undoPath, cfg.path, { kek });
+  }
+
+  /** The console's test: a fresh undo disk in Test/ beside the image, deleted at stop. */
+  private async openTest(cfg: VmDiskConfig, base: PinnedDisk, pins: Array<{ proc: string; path: string }>): Promise<void> {
+    const { undo: { createUndoDisk, discardUndoDisk }, crypto: { encPathFor } } = this.layers;
+    const kek = this.kekFn;
+    const name = basename(testUndoPath(cfg.path));
+    const dir = cfg.confine !== undefined
+      ? openDirBeneath(cfg.confine, [...partsBelow(cfg.confine, cfg.path).parts, 'Test'], { create: true })
+      : openDirBeneath(dirname(cfg.path), ['Test'], { create: true });
+    pins.push(dir);
+    const at = `${dir.proc}/${name}`;
+    const shown = `${dir.path}/${name}`;
+    const parent = identity(fs.fstatSync(base.file.fd, { bigint: true }));
+    let record: TestUndoRecord | undefined;
+    try {
+      const existing = lstatBig(at);
+      if (existing) {
+        const ours = this.records.find((r) => r.dev === existing.dev.toString() && r.ino === existing.ino.toString()
+          && r.parent.dev === parent.dev && r.parent.ino === parent.ino);
+        if (!ours) {
+          throw new MedvError('EEXIST', `${shown} exists and is not a test undo disk this VM created over ${base.shown} (another VM's unmerged undo disk?);` +
+            ' it is kept: merge or discard it with `medv disk undo`, or move it away', { file: shown });
+        }
+        // Left by a crashed test run of this VM: a test run always starts from the base.
+        await discardUndoDisk(shown, { kek, at });
+        this.setRecords(() => this.records.splice(this.records.indexOf(ours), 1));
+      }
+      await createUndoDisk(shown, base.shown, { kek, at, parentVia: base.via });
+      const made = lstatBig(at);
+      if (!made) throw new MedvError('EIO', `the test undo disk vanished as it was made: ${shown}`, { file: shown });
+      record = { path: shown, ...identity(made), parent };
+      const rec = record;
+      this.setRecords(() => this.records.push(rec));
+      const undo = pinIn(dir, name, 'undo disk');
+      pins.push(undo.file, ...(undo.key ? [undo.key] : []));
+      try {
+        await this.pushUndo(cfg, base, shown, { via: undo.via, allowSavedState: false }, encPathFor, { dir, at, record: rec });
+      } finally {
+        undo.close();
+      }
+    } catch (e) {
+      // What this run made is removed again; anything else stays.
+      if (record && sameIdentity(lstatBig(at), record)) {
+        await discardUndoDisk(shown, { kek, at }).then(() => this.setRecords(() => this.records.splice(this.records.indexOf(record!), 1)), () => undefined);
+      }
+      dir.close();
+      throw e;
     }
-    const undo = await openUndoDisk(undoPath, { kek, parent: cfg.path, allowSavedState: resuming && cfg.mode === 'undo' });
+  }
+
+  private async pushUndo(cfg: VmDiskConfig, base: PinnedDisk, undoShown: string, how: { via: DiskVia; allowSavedState: boolean }, encPathFor: (p: string) => string,
+    testUndo?: OpenedVmDisk['testUndo']): Promise<void> {
+    const { undo: { openUndoDisk }, vhd: { savedStateError } } = this.layers;
+    const undo = await openUndoDisk(undoShown, { kek: this.kekFn, parent: base.shown, parentVia: base.via, via: how.via, allowSavedState: how.allowSavedState });
     if ((undo.vhd.parent as Partial<VhdDevice> | undefined)?.savedState === true) {
       await undo.device.close();
-      throw savedStateError(cfg.path);
+      throw savedStateError(base.shown);
     }
     this.list.push({
-      config: cfg, device: undo.device, top: undo.vhd,
-      state: { path: cfg.path, format: extname(cfg.path).slice(1).toLowerCase() || 'raw', undo: undoPath, undoPolicy: cfg.mode === 'test' ? 'discard' : 'keep', readOnly: false },
+      config: cfg, device: undo.device, top: undo.vhd, testUndo,
+      state: { path: base.shown, format: extname(base.shown).slice(1).toLowerCase() || 'raw', undo: undoShown, undoPolicy: cfg.mode === 'test' ? 'discard' : 'keep', readOnly: false },
+      bound: { mode: cfg.mode, path: undo.chain[1]?.path ?? base.shown, undo: undo.chain[0].path, files: boundFiles(undo.chain, encPathFor) },
     });
   }
 
@@ -105,9 +303,13 @@ export class VmDisks {
     for (const d of this.list) await d.top?.setSavedState(flag);
   }
 
+  /** What a saved state of these disks records (./binding.ts). */
+  get bound(): BoundDisk[] { return this.list.map((d) => d.bound); }
+
   /**
    * Close everything: NBD servers, then each disk flushed and closed; a test run's undo disk is
-   * discarded. Returns the errors met (each disk is closed whatever the others did).
+   * deleted (only while it is still the file this run made). Returns the errors met (each disk is
+   * closed whatever the others did).
    */
   async close(): Promise<string[]> {
     const errors: string[] = [];
@@ -116,25 +318,27 @@ export class VmDisks {
         if (d.server) await d.server.close();
         await d.device.flush().catch(() => undefined);
         await d.device.close();
-        if (d.config.mode === 'test' && d.state.undo) await this.layers.undo.discardUndoDisk(d.state.undo, { kek: this.kekFn });
+        const t = d.testUndo;
+        if (t) {
+          try {
+            if (sameIdentity(lstatBig(t.at), t.record)) await this.layers.undo.discardUndoDisk(t.record.path, { kek: this.kekFn, at: t.at });
+            this.setRecords(() => { const i = this.records.indexOf(t.record); if (i >= 0) this.records.splice(i, 1); });
+          } finally {
+            t.dir.close();
+          }
+        }
       } catch (e) {
         errors.push((e as Error).message);
       }
     }
     return errors;
   }
+}
 
-  /** Every file whose content a saved state of these disks depends on, as it is now (disks closed). */
-  fingerprints(): DiskFingerprint[] {
-    const { saved: format, crypto } = this.layers;
-    const files: DiskFingerprint[] = [];
-    for (const d of this.list) {
-      for (const f of [d.state.path, d.state.undo]) {
-        if (!f) continue;
-        files.push(format.fingerprint(f));
-        if (f.toLowerCase().endsWith('.evhd')) files.push(format.fingerprint(crypto.encPathFor(f)));
-      }
-    }
-    return files;
-  }
+function lstatBig(path: string): fs.BigIntStats | undefined {
+  try { return fs.lstatSync(path, { bigint: true }); } catch { return undefined; }
+}
+
+function sameIdentity(st: fs.BigIntStats | undefined, r: { dev: string; ino: string }): boolean {
+  return !!st && st.dev.toString() === r.dev && st.ino.toString() === r.ino;
 }

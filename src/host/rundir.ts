@@ -56,7 +56,15 @@ export interface VmState {
   savedState?: string;
   /** True when this run was resumed from a saved state. */
   resumed?: boolean;
+  /**
+   * Test-mode undo disks this VM created and has not deleted yet (a run that crashed): the next
+   * start of this VM deletes them, and only them (src/host/disks.ts).
+   */
+  testUndo?: TestUndoRecord[];
 }
+
+/** A test run's undo disk as created: its device and inode, and its parent's (the image). */
+export interface TestUndoRecord { path: string; dev: string; ino: string; parent: { dev: string; ino: string } }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** Largest state.json we read. */

@@ -16,17 +16,20 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { MedvError } from '../core/errors.js';
+import { nameExists } from '../core/fsio.js';
 import { defaultAccelerator, isInternalError, QemuProcess, type Accelerator } from '../hypervisor/qemu.js';
-import type { SavedStateReader } from '../hypervisor/savedstate.js';
+import type { SavedStateMeta, SavedStateReader } from '../hypervisor/savedstate.js';
 import { peekSavedState } from '../hypervisor/savedstate-header.js';
+import { startUserNet, type UserNet } from '../hypervisor/usernet.js';
 import { bindNbd, type NbdListener } from '../nbd/server.js';
 import type { SupervisorInput } from './config.js';
 import { ControlServer } from './control.js';
 import { VmDisks } from './disks.js';
 import { loadLayers } from './layers.js';
 import type { ControlRequest } from './protocol.js';
-import { processStartTime, vmRunDir, writeState, type VmState } from './rundir.js';
-import { feedSavedState, migrateToSavedState } from './suspend.js';
+import { processStartTime, readState, vmRunDir, writeState, type VmState } from './rundir.js';
+import { feedSavedState, migrateToSavedState, pinSavedState, type SavedStateFile } from './suspend.js';
+import { bindingOf, checkAfterOpen, checkBeforeOpen, fingerprintsOf } from './binding.js';
 
 export type { SupervisorInput, VmConfig, VmDiskConfig } from './config.js';
 export { defaultUndoPath, testUndoPath } from './config.js';
@@ -47,6 +50,12 @@ export class Supervisor {
   private resolveFinished!: () => void;
   /** Guest RAM of this run (from the saved state when resuming). */
   private memoryMiB: number | undefined;
+  /** passt and the frame filter of a NAT guest (src/hypervisor/usernet.ts). */
+  private net: UserNet | undefined;
+  /** The saved state's folder, held open (./suspend.ts). */
+  private vsv: SavedStateFile | undefined;
+  /** The authenticated metadata of the saved state being resumed. */
+  private savedMeta: SavedStateMeta | undefined;
   private suspending = false;
 
   constructor(private readonly input: SupervisorInput) {
@@ -81,9 +90,13 @@ export class Supervisor {
   async start(): Promise<VmState> {
     const c = this.input.config;
     const pidStart = processStartTime(process.pid) ?? 0;
+    // The caller holds this folder's lock (./vmlock.ts): what an earlier run recorded is ours to read.
+    let previous: VmState | undefined;
+    try { previous = readState(this.dir); } catch { previous = undefined; }
     this.state = {
       name: c.name, state: 'starting', pid: process.pid, pidStart, memoryMiB: c.memoryMiB, disks: [],
       network: c.network, display: { kind: c.display, ...(c.display === 'vnc' ? { vncSocket: join(this.dir, 'vnc.sock') } : {}) }, startedAt: new Date().toISOString(), vmc: c.vmc,
+      ...(previous?.testUndo?.length ? { testUndo: previous.testUndo } : {}),
     };
     for (const stale of ['control.sock', 'qmp.sock']) fs.rmSync(join(this.dir, stale), { force: true });
     this.state.savedState = c.savedState;
@@ -93,10 +106,13 @@ export class Supervisor {
     let saved: SavedStateReader | undefined;
     let opening: Promise<SavedStateReader> | undefined;
     try {
-      const resuming = fs.existsSync(c.savedState);
+      this.vsv = pinSavedState(c);
+      const resuming = nameExists(this.vsv.at);
+      // A resumed guest continues its serial output; a fresh boot starts a fresh log.
+      if (!resuming) fs.rmSync(join(this.dir, 'serial.log'), { force: true });
       if (resuming) {
         if (!this.input.kek) throw new MedvError('ENOKEY', 'resuming a saved state needs the passphrase or host key that encrypted it', { file: c.savedState });
-        const peek = peekSavedState(c.savedState);
+        const peek = this.vsv.shown(() => peekSavedState(this.vsv!.at));
         if (peek.memoryMiB === undefined) {
           // Version 1 has no RAM size in its header: verify it whole before anything is launched.
           saved = await this.openSavedState();
@@ -122,9 +138,18 @@ export class Supervisor {
       const layers = await loadLayers();
       this.trace('disk layers loaded');
       if (opening) saved = await opening;
-      const disks = new VmDisks(layers, this.input.kek, c.savedState);
+      const disks = new VmDisks(layers, this.input.kek, {
+        savedState: c.savedState,
+        testUndo: this.state.testUndo,
+        onTestUndo: (records) => {
+          this.state = { ...this.state, testUndo: records.length ? records : undefined };
+          writeState(this.dir, this.state);
+        },
+      });
       this.disks = disks;
       for (const d of c.disks) await disks.open(d, resuming);
+      // Open and locked, not yet served: the files the stacks read must be the saved state's.
+      if (this.savedMeta) checkAfterOpen(this.savedMeta, disks.bound, c.savedState);
       disks.serve(listeners);
       this.trace('disks open and served');
       await vm.connect();
@@ -148,8 +173,9 @@ export class Supervisor {
       throw e;
     }
     if (saved) {
+      const reader = saved;
+      this.vsv!.shown(() => reader.remove());
       saved.close();
-      (await loadLayers()).saved.removeSavedState(c.savedState);
     }
     this.state = { ...this.state, state: 'running', memoryMiB: this.memoryMiB ?? c.memoryMiB, disks: this.disks.list.map((d) => d.state), resumed: Boolean(saved) };
     writeState(this.dir, this.state);
@@ -163,23 +189,29 @@ export class Supervisor {
    */
   private async openSavedState(): Promise<SavedStateReader> {
     const c = this.input.config;
+    const vsv = this.vsv!;
     const { saved: format } = await loadLayers();
-    const saved = await format.SavedStateReader.open(c.savedState, this.input.kek!);
+    const saved = await vsv.shown(() => format.SavedStateReader.open(vsv.at, this.input.kek!));
     try {
-      const meta = saved.meta ?? await saved.check();
-      format.checkFingerprints(meta, c.savedState);
+      const meta = saved.meta ?? await vsv.shown(() => saved.check());
+      this.savedMeta = meta;
+      // Before any disk is opened: this VM's disks, unchanged since the suspend.
+      checkBeforeOpen(meta, c, c.savedState);
       this.memoryMiB = meta.memoryMiB;
     } catch (e) {
       saved.close();
       throw e;
     }
-    this.trace('saved state opened, disks unchanged');
+    this.trace('saved state opened: this VM\'s, disks unchanged');
     return saved;
   }
 
   /** Start QEMU on the disks' NBD sockets (QMP not connected yet: QemuProcess.connect). */
   private spawnQemu(accel: Accelerator, incoming: boolean): QemuProcess {
     const c = this.input.config;
+    // NAT through passt, never QEMU's own user network (it hands the guest the host's loopback).
+    this.net?.close();
+    this.net = c.network === 'nat' ? startUserNet({ allowHostPorts: c.allowHostPorts, log: (l) => this.trace(l) }) : undefined;
     const vm = QemuProcess.spawn({
       name: c.name,
       accel,
@@ -187,10 +219,11 @@ export class Supervisor {
       incoming,
       vga: true,
       display: c.display === 'vnc' ? { kind: 'vnc', socket: join(this.dir, 'vnc.sock') } : { kind: c.display },
-      drives: c.disks.map((d, i) => ({ source: `nbd+unix:///?socket=${join(this.dir, `disk${i}.sock`)}`, ...(d.mode === 'cdrom' ? { cdrom: true, readOnly: true } : { iface: c.diskBus ?? 'ide' }) })),
+      drives: c.disks.map((d, i) => ({ source: { nbd: { socket: join(this.dir, `disk${i}.sock`) } }, ...(d.mode === 'cdrom' ? { cdrom: true, readOnly: true } : { iface: c.diskBus ?? 'ide' }) })),
       qmpSocket: join(this.dir, 'qmp.sock'),
-      network: c.network === 'nat' ? { kind: 'nat', mac: c.mac, model: c.nicModel } : { kind: 'none' },
+      network: c.network === 'nat' ? { kind: 'stream', mac: c.mac, model: c.nicModel } : { kind: 'none' },
     }, { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });
+    if (this.net) this.net.attach(vm.netStream!);
     this.vm = vm;
     this.state = { ...this.state, qemuPid: vm.pid, accel };
     return vm;
@@ -230,7 +263,8 @@ export class Supervisor {
     const disks = this.disks!;
     if (disks.list.some((d) => d.config.mode === 'test')) throw new MedvError('EUNSUPPORTED', 'a read-only test VM cannot be suspended (its undo disk is discarded at stop)');
     const { saved: format } = await loadLayers();
-    const writer = format.SavedStateWriter.create(this.input.config.savedState, kek, this.memoryMiB ?? this.input.config.memoryMiB);
+    const vsv = this.vsv!;
+    const writer = vsv.shown(() => format.SavedStateWriter.create(vsv.at, kek, this.memoryMiB ?? this.input.config.memoryMiB));
     this.suspending = true;
     this.state = { ...this.state, state: 'suspending' };
     writeState(this.dir, this.state);
@@ -259,7 +293,9 @@ export class Supervisor {
           writer.abort();
           throw new MedvError('EIO', `cannot mark the disks as suspended (the saved state is dropped): ${(flagError as Error).message}`);
         }
-        await writer.finish({ vm: this.input.config.name, memoryMiB: this.memoryMiB ?? this.input.config.memoryMiB, createdAt: new Date().toISOString(), disks: disks.fingerprints() });
+        // Recorded now, with the disks closed and flagged: what a resume must find again (./binding.ts).
+        const binding = bindingOf(disks.bound);
+        await vsv.shown(() => writer.finish({ vm: this.input.config.name, memoryMiB: this.memoryMiB ?? this.input.config.memoryMiB, createdAt: new Date().toISOString(), disks: fingerprintsOf(binding), binding }));
         this.trace('suspend: disks closed, saved state published');
       });
     })();
@@ -345,6 +381,7 @@ export class Supervisor {
 
   private async cleanup(reason: string, final: 'stopped' | 'failed' | 'suspended', afterClose?: () => Promise<void>): Promise<void> {
     if (this.vm) await this.vm.kill().catch(() => undefined);
+    this.net?.close();
     // Stop accepting; connections waiting for this stop get their answer in closeControl().
     this.control.close();
     const errors = this.disks ? await this.disks.close() : [];
@@ -356,6 +393,8 @@ export class Supervisor {
       exitReason: errors.length ? `${reason}; cleanup: ${errors.join('; ')}` : reason,
     };
     writeState(this.dir, this.state);
+    this.vsv?.close();
     this.resolveFinished();
   }
 }
+

@@ -7,11 +7,53 @@
 import * as fs from 'node:fs';
 import { once } from 'node:events';
 import { createServer, type Socket } from 'node:net';
+import { basename, dirname } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { openDirBeneath, partsBelow, withShownPaths, type PinnedDir } from '../core/fsio.js';
 import type { QemuProcess } from '../hypervisor/qemu.js';
 import type { SavedStateReader, SavedStateWriter } from '../hypervisor/savedstate.js';
+import type { VmConfig } from './config.js';
 
 type Trace = (what: string) => void;
+
+/**
+ * Where a VM's saved state is read, written and removed: its folder opened once without
+ * following links (below the .vmc's folder when a .vmc named it), so every later step works
+ * through that folder's descriptor (`at` is `/proc/self/fd/N/<name>`; the .vsv itself is never
+ * read through a link, src/hypervisor/savedstate.ts). `shown` runs a step and writes the real
+ * path into its errors.
+ */
+export interface SavedStateFile {
+  readonly at: string;
+  shown<T>(step: () => T): T;
+  close(): void;
+}
+
+export function pinSavedState(config: VmConfig): SavedStateFile {
+  const name = basename(config.savedState);
+  let dir: PinnedDir;
+  let shownDir: string;
+  if (config.savedStateConfine !== undefined) {
+    dir = openDirBeneath(config.savedStateConfine, partsBelow(config.savedStateConfine, config.savedState).parts);
+    shownDir = dir.path;
+  } else {
+    dir = openDirBeneath(dirname(config.savedState));
+    shownDir = dirname(config.savedState);
+  }
+  const pins = [{ proc: dir.proc, path: shownDir }];
+  return {
+    at: `${dir.proc}/${name}`,
+    shown<T>(step: () => T): T {
+      try {
+        const r = step();
+        return (r instanceof Promise ? r.catch((e: unknown) => { throw withShownPaths(e, pins); }) : r) as T;
+      } catch (e) {
+        throw withShownPaths(e, pins);
+      }
+    },
+    close: () => dir.close(),
+  };
+}
 
 /**
  * Pause the guest and stream QEMU's migration data through a unix socket (`sock`, in the run

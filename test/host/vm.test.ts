@@ -173,7 +173,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     await waitForFileText(serialOf('s'), GUEST.serial.ready, 60_000);
     const suspended = json(['suspend', 's']);
     assert.equal(suspended.state, 'suspended');
-    const vsv = join(dir.path, 's.vsv');
+    const vsv = join(dir.path, 's.evhd.vsv');
     assert.ok(existsSync(vsv) && existsSync(`${vsv}.enc`), 'the .vsv and its key file exist');
     assert.equal(await fileContainsMarker(vsv), false, 'no 32-byte run of the guest marker in the saved state');
     await assertNoMarkerAnywhere();
@@ -208,7 +208,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     json(['start', disk, '--name', 'tv', '--memory', '32']);
     await waitForFileText(serialOf('tv'), GUEST.serial.ready, 60_000);
     json(['suspend', 'tv']);
-    const vsv = join(dir.path, 't.vsv');
+    const vsv = join(dir.path, 't.evhd.vsv');
     const good = readFileSync(vsv);
     const bad = Buffer.from(good);
     bad[Math.floor(bad.length / 2)] ^= 0x01;

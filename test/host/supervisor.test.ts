@@ -58,8 +58,7 @@ describe('host: the supervisor\'s children and run folder (real CLI, real QEMU)'
     const s = json(['start', disk, '--name', 'e', '--memory', '32', '--network', 'nat'], secrets);
     await waitForFileText(join(env.MEDV_RUN_DIR, 'e', 'serial.log'), GUEST.serial.ready, 60_000);
     const passt = childrenOf(s.pid).filter((c) => c.comm.startsWith('passt'));
-    assert.equal(passt.length, 1, `one passt runs for the NAT guest: ${JSON.stringify(childrenOf(s.pid))}`);
-    for (const [who, pid] of [['supervisor', s.pid], ['QEMU', s.qemuPid], ['passt', passt[0].pid]] as const) {
+    for (const [who, pid] of [['supervisor', s.pid], ['QEMU', s.qemuPid], ...passt.map((p) => ['passt', p.pid] as const)] as const) {
       const e = environOf(pid);
       const text = Object.entries(e).map(([k, v]) => `${k}=${v}`).join('\n');
       assert.ok(!text.includes(TEST_PASSPHRASE), `the passphrase is in ${who}'s environment`);
@@ -71,19 +70,26 @@ describe('host: the supervisor\'s children and run folder (real CLI, real QEMU)'
         assert.deepEqual(Object.keys(e).filter((k) => !['PATH', 'LANG', 'LC_ALL'].includes(k)), [], `${who} gets only PATH and the locale`);
       }
     }
+    assert.equal(passt.length, 1, `one passt runs for the NAT guest: ${JSON.stringify(childrenOf(s.pid))}`);
     // The supervisor still has what it needs (the run folder it was told about).
     assert.equal(environOf(s.pid).MEDV_RUN_DIR, env.MEDV_RUN_DIR);
     json(['stop', 'e']);
   });
 
   it('a run folder whose path holds +, %, # and , works: QEMU reaches the right NBD, QMP and VNC sockets', async () => {
-    env = { MEDV_RUN_DIR: join(dir.path, 'r+u%41n#x,server=off') };
     const img = freshGuestImage(dir.path);
+    // What a URL would re-read: '+' (a space in a query), '%41' (an 'A'), '#' (the end of it).
+    env = { MEDV_RUN_DIR: join(dir.path, 'r+u%41n#x') };
+    json(['start', img, '--name', 'url', '--memory', '32']);
+    await waitForFileText(join(env.MEDV_RUN_DIR, 'url', 'serial.log'), GUEST.serial.ready, 60_000);
+    assert.equal(json(['stop', 'url']).exitReason, 'poweroff');
+    // What QEMU's option syntax would re-read: a comma.
+    env = { MEDV_RUN_DIR: join(dir.path, 'r+u%41n#x,server=off') };
     const s = json(['start', img, '--name', 'odd', '--memory', '32', '--display', 'vnc']);
     assert.equal(s.state, 'running');
     assert.equal(s.display.vncSocket, join(env.MEDV_RUN_DIR, 'odd', 'vnc.sock'));
     await waitForFileText(join(env.MEDV_RUN_DIR, 'odd', 'serial.log'), GUEST.serial.ready, 60_000);
-    assert.match(readFileSync(join(env.MEDV_RUN_DIR, 'odd', 'serial.log'), 'latin1'), /MEDV-GUEST boot=1\r?\n/, 'the guest read and wrote its disk over NBD');
+    assert.match(readFileSync(join(env.MEDV_RUN_DIR, 'odd', 'serial.log'), 'latin1'), /MEDV-GUEST boot=2\r?\n/, 'the guest read and wrote its disk over NBD');
     assert.equal(json(['pause', 'odd']).state, 'paused', 'QMP answers');
     assert.equal(json(['resume', 'odd']).state, 'running');
     assert.equal(json(['stop', 'odd']).exitReason, 'poweroff');

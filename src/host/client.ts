@@ -7,9 +7,12 @@ import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError, type ErrorCode } from '../core/errors.js';
 import { nameExists } from '../core/fsio.js';
+import { JsonLineReader } from '../core/jsonlines.js';
+import { runRoot } from '../core/paths.js';
+import { checkVmName } from '../api/names.js';
 import type { SavedStateReader } from '../hypervisor/savedstate.js';
 import { controlRequest } from './protocol.js';
-import { effectiveState, isTerminal, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
+import { effectiveState, isTerminal, listRunDirs, readState, vmRunDir, type VmState } from './rundir.js';
 import type { SupervisorInput, VmConfig } from './config.js';
 import { spawnSupervisor, takePrespawned } from './prespawn.js';
 
@@ -37,13 +40,29 @@ function tail(file: string, bytes = 4000): string {
   }
 }
 
+export interface StartAnswer { ok: boolean; state?: VmState; error?: { code: string; message: string } }
+
+/** Longest answer a supervisor may send on fd 3 (a state of a few KiB). */
+export const MAX_START_ANSWER = 1024 * 1024;
+
+/**
+ * The supervisor's answer to a start: the first line on its fd 3, one JSON object, bounded
+ * (src/core/jsonlines.ts); an over-long line or one that is not JSON is an EPROTO answer.
+ */
+export function readStartAnswer(pipe: NodeJS.ReadableStream, done: (a: StartAnswer) => void): void {
+  let answered = false;
+  const once = (a: StartAnswer) => { if (!answered) { answered = true; done(a); } };
+  const reader = new JsonLineReader((v) => once(v as StartAnswer), (e) => { once({ ok: false, error: { code: 'EPROTO', message: e.message } }); }, 'the supervisor', MAX_START_ANSWER);
+  pipe.on('data', (d: Buffer | string) => reader.push(d));
+}
+
 /**
  * Start a VM under a new detached supervisor; resolves once QEMU runs (the guest may still be
  * booting). The VM keeps running after this process exits. EBUSY if a VM of that name runs.
  */
 export async function startVm(config: VmConfig, options: HostOptions & { kek?: KekSource } = {}): Promise<VmState> {
   const root = options.root ?? runRoot();
-  validateVmName(config.name);
+  checkVmName(config.name);
   const dir = vmRunDir(config.name, root);
   // A quick answer for the usual case; the supervisor's lock on the folder (./vmlock.ts) decides
   // when two starts race, before either touches anything in it.
@@ -57,20 +76,9 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
   const input: SupervisorInput = { config, runRoot: root, kek: options.kek, logFile: supervisor.log };
   child.stdin!.on('error', () => undefined); // a supervisor that died at once is reported through 'exit'
   child.stdin!.end(JSON.stringify(input));
-  const answer = await new Promise<{ ok: boolean; state?: VmState; error?: { code: string; message: string } }>((resolve) => {
-    let text = '';
-    const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  const answer = await new Promise<StartAnswer>((resolve) => {
     const timer = setTimeout(() => resolve({ ok: false, error: { code: 'ETIMEOUT', message: `the supervisor did not report within ${START_TIMEOUT_MS} ms` } }), START_TIMEOUT_MS);
-    pipe.setEncoding('utf8');
-    pipe.on('data', (d: string) => {
-      text += d;
-      if (text.length > 1 << 20) { clearTimeout(timer); resolve({ ok: false, error: { code: 'EPROTO', message: 'the supervisor sent too much' } }); }
-      const nl = text.indexOf('\n');
-      if (nl >= 0) {
-        clearTimeout(timer);
-        try { resolve(JSON.parse(text.slice(0, nl))); } catch { resolve({ ok: false, error: { code: 'EPROTO', message: 'the supervisor sent a line that is not JSON' } }); }
-      }
-    });
+    readStartAnswer(child.stdio[3] as NodeJS.ReadableStream, (a) => { clearTimeout(timer); resolve(a); });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
       // Its temporary log, unless it got as far as moving it into the run folder.
@@ -125,7 +133,7 @@ export async function screenshotVm(name: string, file: string, opts: HostOptions
 
 /** The VM's state as it really is (a dead supervisor reads as stopped). */
 export function vmStatus(name: string, opts: HostOptions = {}): VmState {
-  validateVmName(name);
+  checkVmName(name);
   const dir = join(opts.root ?? runRoot(), name);
   const raw = fs.existsSync(dir) ? readState(dir) : undefined;
   if (!raw) throw new MedvError('ENOENT', `no VM named ${name}`);
@@ -214,7 +222,7 @@ export async function discardVmState(config: VmConfig, options: { kek?: KekSourc
 
 /** Path of the VM's serial log (kept after it stops, until the name is started again). */
 export function serialLogPath(name: string, opts: HostOptions = {}): string {
-  validateVmName(name);
+  checkVmName(name);
   const file = join(opts.root ?? runRoot(), name, 'serial.log');
   if (!fs.existsSync(file)) throw new MedvError('ENOENT', `no serial output recorded for VM ${name}`);
   return file;

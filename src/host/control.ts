@@ -1,6 +1,6 @@
 /**
  * The supervisor's control server: `control.sock` in the VM's run folder, newline-delimited JSON
- * (./protocol.ts). Each request line is parsed once, handed to the supervisor's `execute`, and
+ * (./protocol.ts; lines bounded by src/core/jsonlines.ts). Each request line is parsed once, handed to the supervisor's `execute`, and
  * answered on the same connection; a line that is not JSON or is too long ends that connection.
  * Stopping: `close()` stops accepting (the socket file goes); `drain()` then answers the requests
  * still in progress (at most 5 s) and ends every connection.
@@ -8,7 +8,8 @@
 import * as fs from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { MedvError } from '../core/errors.js';
-import { LineReader, type ControlRequest, type ControlResponse } from './protocol.js';
+import { LineReader } from '../core/jsonlines.js';
+import type { ControlRequest, ControlResponse } from './protocol.js';
 
 export type ControlHandler = (req: ControlRequest) => Promise<unknown>;
 
@@ -51,10 +52,9 @@ export class ControlServer {
   private onConnection(socket: Socket): void {
     this.sockets.add(socket);
     socket.on('close', () => this.sockets.delete(socket));
-    socket.setEncoding('utf8');
     socket.on('error', () => undefined);
     const reader = new LineReader((line) => void this.handle(socket, line), () => socket.destroy());
-    socket.on('data', (chunk: string) => reader.push(chunk));
+    socket.on('data', (chunk: Buffer) => reader.push(chunk));
   }
 
   private async handle(socket: Socket, line: string): Promise<void> {

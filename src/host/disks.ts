@@ -48,13 +48,16 @@ export interface OpenedVmDisk {
   testUndo?: { dir: PinnedDir; at: string; record: TestUndoRecord };
 }
 
-/** A disk file opened once and checked: its folder (pinned), its descriptor, an EVHD's key file. */
+/**
+ * A disk file opened once and checked: its folder (pinned), its descriptor, and how the stack
+ * reaches it and its key file (an EVHD's `.enc` is read through the pinned folder: the key file
+ * reader itself refuses a link or anything but a regular file, src/crypto/keyfile.ts).
+ */
 interface PinnedDisk {
   /** The path shown to the user and recorded (real folder + name for a confined file). */
   shown: string;
   dir?: PinnedDir;
   file: PinnedFile;
-  key?: PinnedFile;
   via: DiskVia;
   close(): void;
 }
@@ -79,35 +82,15 @@ function pinDisk(path: string, confine: string | undefined, opts: { blockDevice:
       throw e;
     }
   }
-  const opened: Array<{ close(): void }> = [];
-  try {
-    let shown: string;
-    let file: PinnedFile;
-    let key: PinnedFile | undefined;
-    {
-      file = openNamed(path, { blockDevice: opts.blockDevice, what: opts.what });
-      opened.push(file);
-      if (isEncrypted(path)) { key = openNamed(`${path.slice(0, -extname(path).length)}.enc`, { what: 'key file' }); opened.push(key); }
-      shown = path;
-    }
-    return { shown, file, key, via: { file: file.proc, keyFile: key?.proc }, close: () => { for (const o of opened) o.close(); } };
-  } catch (e) {
-    for (const o of opened) o.close();
-    throw e;
-  }
+  // Named on the command line: links followed (the user chose them); its key file by its name.
+  const file = openNamed(path, { blockDevice: opts.blockDevice, what: opts.what });
+  return { shown: path, file, via: { file: file.proc }, close: () => file.close() };
 }
 
-/** Entry `name` of a pinned folder (and an EVHD's key file beside it), opened once and checked. */
+/** Entry `name` of a pinned folder, opened once and checked; an EVHD's key file is read through the folder. */
 function pinIn(dir: PinnedDir, name: string, what: string): PinnedDisk {
   const file = openFileIn(dir, name, { what });
-  let key: PinnedFile | undefined;
-  try {
-    if (isEncrypted(name)) key = openFileIn(dir, encName(name), { what: 'key file' });
-  } catch (e) {
-    file.close();
-    throw e;
-  }
-  return { shown: `${dir.path}/${name}`, file, key, via: { file: file.proc, keyFile: key?.proc }, close: () => { file.close(); key?.close(); } };
+  return { shown: `${dir.path}/${name}`, file, via: { file: file.proc, ...(isEncrypted(name) ? { keyFile: `${dir.proc}/${encName(name)}` } : {}) }, close: () => file.close() };
 }
 
 /** The files a disk reads as a binding records them: its chain, then the key files of the encrypted links. */
@@ -177,7 +160,7 @@ export class VmDisks {
     const { open: { openDisk }, crypto: { encPathFor } } = this.layers;
     const kek = this.kekFn;
     const base = pinDisk(cfg.path, cfg.confine, { blockDevice: cfg.confine === undefined && cfg.mode !== 'cdrom', what: cfg.mode === 'cdrom' ? 'CD/DVD image' : 'disk' });
-    const pins: Array<{ proc: string; path: string }> = [base.file, ...(base.key ? [base.key] : []), ...(base.dir ? [base.dir] : [])];
+    const pins: Array<{ proc: string; path: string }> = [base.file, ...(base.dir ? [base.dir] : [])];
     try {
       if (cfg.mode === 'cdrom') {
         // CD/DVD images are read-only media: exported read-only like any disk (raw bytes).
@@ -219,7 +202,7 @@ export class VmDisks {
       } finally { dir.close(); }
       undo = pinDisk(undoPath, confine, { blockDevice: false, what: 'undo disk' });
     }
-    pins.push(undo.file, ...(undo.key ? [undo.key] : []), ...(undo.dir ? [undo.dir] : []));
+    pins.push(undo.file, ...(undo.dir ? [undo.dir] : []));
     try {
       await this.pushUndo(cfg, base, undo.shown, { via: undo.via, allowSavedState: resuming }, encPathFor);
     } finally {
@@ -260,7 +243,7 @@ export class VmDisks {
       const rec = record;
       this.setRecords(() => this.records.push(rec));
       const undo = pinIn(dir, name, 'undo disk');
-      pins.push(undo.file, ...(undo.key ? [undo.key] : []));
+      pins.push(undo.file);
       try {
         await this.pushUndo(cfg, base, shown, { via: undo.via, allowSavedState: false }, encPathFor, { dir, at, record: rec });
       } finally {

@@ -11,6 +11,7 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { renameSync } from '../core/fsio.js';
 import { vmRunDir } from './rundir.js';
 import { lockRunDir } from './vmlock.js';
 import { Supervisor, type SupervisorInput } from './supervisor.js';
@@ -58,7 +59,7 @@ async function main(): Promise<void> {
     // Before anything in the folder is looked at or touched; held until this process exits.
     lockRunDir(dir, input.config.name);
     if (input.logFile !== undefined) {
-      fs.renameSync(LOG, join(dir, 'supervisor.log'));
+      renameSync(LOG, join(dir, 'supervisor.log'));
       logged = true;
     }
     supervisor = new Supervisor(input);

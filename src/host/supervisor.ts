@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { MedvError } from '../core/errors.js';
-import { nameExists } from '../core/fsio.js';
+import { nameExists, thisProcess } from '../core/fsio.js';
 import { defaultAccelerator, isInternalError, QemuProcess, type Accelerator } from '../hypervisor/qemu.js';
 import type { SavedStateMeta, SavedStateReader } from '../hypervisor/savedstate.js';
 import { peekSavedState } from '../hypervisor/savedstate-header.js';
@@ -27,7 +27,7 @@ import { ControlServer } from './control.js';
 import { VmDisks } from './disks.js';
 import { loadLayers } from './layers.js';
 import type { ControlRequest } from './protocol.js';
-import { processStartTime, readState, vmRunDir, writeState, type VmState } from './rundir.js';
+import { readState, vmRunDir, writeState, type VmState } from './rundir.js';
 import { feedSavedState, migrateToSavedState, pinSavedState, type SavedStateFile } from './suspend.js';
 import { bindingOf, checkAfterOpen, checkBeforeOpen, fingerprintsOf } from './binding.js';
 
@@ -89,7 +89,7 @@ export class Supervisor {
    */
   async start(): Promise<VmState> {
     const c = this.input.config;
-    const pidStart = processStartTime(process.pid) ?? 0;
+    const pidStart = thisProcess().start ?? 0;
     // The caller holds this folder's lock (./vmlock.ts): what an earlier run recorded is ours to read.
     let previous: VmState | undefined;
     try { previous = readState(this.dir); } catch { previous = undefined; }

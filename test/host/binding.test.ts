@@ -9,20 +9,15 @@ import assert from 'node:assert/strict';
 import { closeSync, existsSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { GUEST, freshGuestImage } from '../helpers/qemu.js';
-import { runMedv, sha256File, tempDir, waitForFileText } from '../helpers/cli.js';
+import { runMedv, sha256File, waitForFileText } from '../helpers/cli.js';
+import { vmHost } from '../helpers/vmhost.js';
 import { writeVmc } from '../helpers/vmc.js';
 
 describe('host: a saved state is bound to its VM (real CLI, real QEMU)', function () {
   this.timeout(120_000);
-  let dir: ReturnType<typeof tempDir>;
-  let env: Record<string, string>;
-  const vm = (args: string[]) => runMedv(['vm', ...args], env);
-  const json = (args: string[]) => {
-    const r = vm([...args, '--json']);
-    assert.equal(r.code, 0, `medv vm ${args.join(' ')}: ${r.stderr}`);
-    return JSON.parse(r.stdout);
-  };
-  const serialOf = (name: string) => join(env.MEDV_RUN_DIR, name, 'serial.log');
+  const host = vmHost('host-binding');
+  const { vm, json, serialOf } = host;
+  const dir = { get path() { return host.path; } };
   /** Start, wait for the guest, suspend: returns where the VM's saved state was written. */
   const suspended = async (target: string, name: string): Promise<string> => {
     json(['start', target, '--name', name, '--memory', '32']);
@@ -32,18 +27,7 @@ describe('host: a saved state is bound to its VM (real CLI, real QEMU)', functio
     assert.ok(existsSync(s.savedState), `the saved state is at ${s.savedState}`);
     return s.savedState;
   };
-  const convert = (to: string, img = freshGuestImage(dir.path)) => assert.equal(runMedv(['disk', 'convert', img, to], env).code, 0);
-
-  beforeEach(() => {
-    dir = tempDir('host-binding');
-    env = { MEDV_RUN_DIR: join(dir.path, 'run') };
-  });
-  afterEach(async () => {
-    for (const s of JSON.parse(runMedv(['vm', 'list', '--json'], env).stdout || '[]')) {
-      if (s.state !== 'stopped' && s.state !== 'failed') runMedv(['vm', 'stop', s.name, '--force'], env);
-    }
-    await dir.cleanup();
-  });
+  const convert = (to: string, img = freshGuestImage(dir.path)) => assert.equal(runMedv(['disk', 'convert', img, to], host.env).code, 0);
 
   it('x.vhd and x.evhd in one folder are two VMs: the plain one boots afresh and the encrypted one\'s saved state stays, then resumes', async () => {
     const enc = join(dir.path, 'x.evhd');
@@ -88,8 +72,8 @@ describe('host: a saved state is bound to its VM (real CLI, real QEMU)', functio
     const mid = join(dir.path, 'mid.vhd');
     const top = join(dir.path, 'top.vhd');
     convert(base);
-    assert.equal(runMedv(['disk', 'undo', 'create', mid, '--parent', base], env).code, 0);
-    assert.equal(runMedv(['disk', 'undo', 'create', top, '--parent', mid], env).code, 0);
+    assert.equal(runMedv(['disk', 'undo', 'create', mid, '--parent', base], host.env).code, 0);
+    assert.equal(runMedv(['disk', 'undo', 'create', top, '--parent', mid], host.env).code, 0);
     const vsv = await suspended(top, 'chain');
     const kept = sha256File(vsv);
     // Another program writes into the grandparent while the VM is suspended (a byte of its data, not its metadata).
@@ -129,7 +113,7 @@ describe('host: a saved state is bound to its VM (real CLI, real QEMU)', functio
     assert.equal(sha256File(key), keyBytes);
     assert.ok(existsSync(fake));
     // The disk still opens with its key.
-    assert.equal(runMedv(['disk', 'check', disk], env).code, 0);
+    assert.equal(runMedv(['disk', 'check', disk], host.env).code, 0);
     // A real saved state of that VM is removed, with its key file and nothing else.
     writeFileSync(fake, '');
     const name = 'work';

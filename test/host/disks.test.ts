@@ -9,7 +9,8 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { GUEST, freshGuestImage } from '../helpers/qemu.js';
-import { runMedv, sha256File, tempDir, waitForFileText, waitForPidExit, type RunResult } from '../helpers/cli.js';
+import { runMedv, sha256File, waitForFileText, waitForPidExit, type RunResult } from '../helpers/cli.js';
+import { vmHost } from '../helpers/vmhost.js';
 import { writeVmc } from '../helpers/vmc.js';
 
 /** A refusal the user sees as one line with the code, the given exit status and words. */
@@ -21,12 +22,11 @@ function assertRefused(r: RunResult, code: number, re: RegExp): void {
 
 describe('host: what a VM opens (real CLI, real QEMU)', function () {
   this.timeout(120_000);
-  let dir: ReturnType<typeof tempDir>;
-  let env: Record<string, string>;
+  const host = vmHost('host-disks');
+  const { vm, serialOf } = host;
+  const dir = { get path() { return host.path; } };
   let vmDir: string;
   let elsewhere: string;
-  const vm = (args: string[], opts?: { timeoutMs?: number }) => runMedv(['vm', ...args], env, opts);
-  const serialOf = (name: string) => join(env.MEDV_RUN_DIR, name, 'serial.log');
   const statusOf = (name: string) => JSON.parse(vm(['status', name, '--json']).stdout);
   /** QEMU was started before the disks were opened: after a refusal it must be gone, and the guest never ran. */
   const assertNothingRan = (name: string) => {
@@ -37,18 +37,10 @@ describe('host: what a VM opens (real CLI, real QEMU)', function () {
   };
 
   beforeEach(() => {
-    dir = tempDir('host-disks');
-    env = { MEDV_RUN_DIR: join(dir.path, 'run') };
     vmDir = join(dir.path, 'vm');
     elsewhere = join(dir.path, 'elsewhere');
     mkdirSync(vmDir);
     mkdirSync(elsewhere);
-  });
-  afterEach(async () => {
-    for (const s of JSON.parse(runMedv(['vm', 'list', '--json'], env).stdout || '[]')) {
-      if (s.state !== 'stopped' && s.state !== 'failed') runMedv(['vm', 'stop', s.name, '--force'], env);
-    }
-    await dir.cleanup();
   });
 
   it('a .vmc\'s disk that is a link out of its folder (or behind a linked folder) is refused; the file it points at is untouched', () => {
@@ -119,15 +111,15 @@ describe('host: what a VM opens (real CLI, real QEMU)', function () {
 
   it('--read-only deletes only its own undo disk: another VM\'s undo disk at Test/<image>.undo.vhd is refused and kept; a crashed test run\'s is replaced', async () => {
     const base = join(vmDir, 'base.vhd');
-    assert.equal(runMedv(['disk', 'convert', freshGuestImage(dir.path), base], env).code, 0);
+    assert.equal(runMedv(['disk', 'convert', freshGuestImage(dir.path), base], host.env).code, 0);
     mkdirSync(join(vmDir, 'Test'));
     const theirs = join(vmDir, 'Test', 'base.undo.vhd');
-    assert.equal(runMedv(['disk', 'undo', 'create', theirs, '--parent', base], env).code, 0);
+    assert.equal(runMedv(['disk', 'undo', 'create', theirs, '--parent', base], host.env).code, 0);
     const kept = sha256File(theirs);
     assertRefused(vm(['start', base, '--read-only', '--name', 't', '--memory', '32']), 3, /base\.undo\.vhd exists and is not a test undo disk this VM created.*kept.*\[EEXIST\]/);
     assert.equal(sha256File(theirs), kept, 'the other undo disk is kept as it was');
     // Once it is gone, a test run that crashes leaves its own undo disk, and the next run of this VM replaces it.
-    assert.equal(runMedv(['disk', 'undo', 'discard', theirs], env).code, 0);
+    assert.equal(runMedv(['disk', 'undo', 'discard', theirs], host.env).code, 0);
     const s = JSON.parse(vm(['start', base, '--read-only', '--name', 't', '--memory', '32', '--json']).stdout);
     await waitForFileText(serialOf('t'), GUEST.serial.ready, 60_000);
     process.kill(s.pid, 'SIGKILL');

@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { GUEST, freshGuestImage } from '../helpers/qemu.js';
-import { TEST_PASSPHRASE, runMedv, tempDir, waitForFileText } from '../helpers/cli.js';
+import { TEST_PASSPHRASE, runMedv, waitForFileText } from '../helpers/cli.js';
+import { vmHost } from '../helpers/vmhost.js';
 
 /** A process's environment as the kernel shows it. */
 function environOf(pid: number): Record<string, string> {
@@ -35,28 +36,15 @@ function childrenOf(pid: number): Array<{ pid: number; comm: string }> {
 
 describe('host: the supervisor\'s children and run folder (real CLI, real QEMU)', function () {
   this.timeout(120_000);
-  let dir: ReturnType<typeof tempDir>;
-  let env: Record<string, string>;
-  const json = (args: string[], extra: Record<string, string> = {}) => {
-    const r = runMedv(['vm', ...args, '--json'], { ...env, ...extra });
-    assert.equal(r.code, 0, `medv vm ${args.join(' ')}: ${r.stderr}`);
-    return JSON.parse(r.stdout);
-  };
-
-  beforeEach(() => { dir = tempDir('host-supervisor'); env = { MEDV_RUN_DIR: join(dir.path, 'run') }; });
-  afterEach(async () => {
-    for (const s of JSON.parse(runMedv(['vm', 'list', '--json'], env).stdout || '[]')) {
-      if (s.state !== 'stopped' && s.state !== 'failed') runMedv(['vm', 'stop', s.name, '--force'], env);
-    }
-    await dir.cleanup();
-  });
+  const host = vmHost('host-supervisor');
+  const { json } = host;
 
   it('no passphrase or token in the environment of the supervisor, QEMU or passt; QEMU gets only PATH and the locale', async () => {
-    const disk = join(dir.path, 'e.evhd');
-    assert.equal(runMedv(['disk', 'convert', freshGuestImage(dir.path), disk], env).code, 0);
+    const disk = join(host.path, 'e.evhd');
+    assert.equal(runMedv(['disk', 'convert', freshGuestImage(host.path), disk], host.env).code, 0);
     const secrets = { MEDV_ADMIN_TOKEN: 'admin-token-not-for-children', MEDV_DB: 'postgres://u:dbpass@h/db', SOME_API_KEY: 'api-key-not-for-children' };
     const s = json(['start', disk, '--name', 'e', '--memory', '32', '--network', 'nat'], secrets);
-    await waitForFileText(join(env.MEDV_RUN_DIR, 'e', 'serial.log'), GUEST.serial.ready, 60_000);
+    await waitForFileText(host.serialOf('e'), GUEST.serial.ready, 60_000);
     const passt = childrenOf(s.pid).filter((c) => c.comm.startsWith('passt'));
     for (const [who, pid] of [['supervisor', s.pid], ['QEMU', s.qemuPid], ...passt.map((p) => ['passt', p.pid] as const)] as const) {
       const e = environOf(pid);
@@ -72,24 +60,24 @@ describe('host: the supervisor\'s children and run folder (real CLI, real QEMU)'
     }
     assert.equal(passt.length, 1, `one passt runs for the NAT guest: ${JSON.stringify(childrenOf(s.pid))}`);
     // The supervisor still has what it needs (the run folder it was told about).
-    assert.equal(environOf(s.pid).MEDV_RUN_DIR, env.MEDV_RUN_DIR);
+    assert.equal(environOf(s.pid).MEDV_RUN_DIR, host.env.MEDV_RUN_DIR);
     json(['stop', 'e']);
   });
 
   it('a run folder whose path holds +, %, # and , works: QEMU reaches the right NBD, QMP and VNC sockets', async () => {
-    const img = freshGuestImage(dir.path);
+    const img = freshGuestImage(host.path);
     // What a URL would re-read: '+' (a space in a query), '%41' (an 'A'), '#' (the end of it).
-    env = { MEDV_RUN_DIR: join(dir.path, 'r+u%41n#x') };
+    host.env = { MEDV_RUN_DIR: join(host.path, 'r+u%41n#x') };
     json(['start', img, '--name', 'url', '--memory', '32']);
-    await waitForFileText(join(env.MEDV_RUN_DIR, 'url', 'serial.log'), GUEST.serial.ready, 60_000);
+    await waitForFileText(host.serialOf('url'), GUEST.serial.ready, 60_000);
     assert.equal(json(['stop', 'url']).exitReason, 'poweroff');
     // What QEMU's option syntax would re-read: a comma.
-    env = { MEDV_RUN_DIR: join(dir.path, 'r+u%41n#x,server=off') };
+    host.env = { MEDV_RUN_DIR: join(host.path, 'r+u%41n#x,server=off') };
     const s = json(['start', img, '--name', 'odd', '--memory', '32', '--display', 'vnc']);
     assert.equal(s.state, 'running');
-    assert.equal(s.display.vncSocket, join(env.MEDV_RUN_DIR, 'odd', 'vnc.sock'));
-    await waitForFileText(join(env.MEDV_RUN_DIR, 'odd', 'serial.log'), GUEST.serial.ready, 60_000);
-    assert.match(readFileSync(join(env.MEDV_RUN_DIR, 'odd', 'serial.log'), 'latin1'), /MEDV-GUEST boot=2\r?\n/, 'the guest read and wrote its disk over NBD');
+    assert.equal(s.display.vncSocket, join(host.env.MEDV_RUN_DIR, 'odd', 'vnc.sock'));
+    await waitForFileText(host.serialOf('odd'), GUEST.serial.ready, 60_000);
+    assert.match(readFileSync(host.serialOf('odd'), 'latin1'), /MEDV-GUEST boot=2\r?\n/, 'the guest read and wrote its disk over NBD');
     assert.equal(json(['pause', 'odd']).state, 'paused', 'QMP answers');
     assert.equal(json(['resume', 'odd']).state, 'running');
     assert.equal(json(['stop', 'odd']).exitReason, 'poweroff');

@@ -9,7 +9,8 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { GUEST, freshGuestImage } from '../helpers/qemu.js';
-import { MEDV_BIN, TEST_PASSPHRASE, runMedv, tempDir, waitForFileText, waitForPidExit, type RunResult } from '../helpers/cli.js';
+import { MEDV_BIN, TEST_PASSPHRASE, runMedv, waitForFileText, waitForPidExit, type RunResult } from '../helpers/cli.js';
+import { vmHost } from '../helpers/vmhost.js';
 
 /** Run a medv command without waiting for it (so that two run at once). */
 function runAsync(args: string[], env: Record<string, string>): Promise<RunResult> {
@@ -26,24 +27,13 @@ function runAsync(args: string[], env: Record<string, string>): Promise<RunResul
 for (const fallback of [false, true]) {
   describe(`host: one VM name, two starts at once${fallback ? ' (JS fallback flock)' : ''} (real CLI, real QEMU)`, function () {
     this.timeout(120_000);
-    let dir: ReturnType<typeof tempDir>;
-    let env: Record<string, string>;
-
-    beforeEach(() => {
-      dir = tempDir('host-vmlock');
-      env = { MEDV_RUN_DIR: join(dir.path, 'run'), ...(fallback ? { MEDV_NO_NATIVE: '1' } : {}) };
-    });
-    afterEach(async () => {
-      for (const s of JSON.parse(runMedv(['vm', 'list', '--json'], env).stdout || '[]')) {
-        if (s.state !== 'stopped' && s.state !== 'failed') runMedv(['vm', 'stop', s.name, '--force'], env);
-      }
-      await dir.cleanup();
-    });
+    const host = vmHost('host-vmlock', (): Record<string, string> => (fallback ? { MEDV_NO_NATIVE: '1' } : {}));
 
     it('exactly one wins; the other gets EBUSY; the winner runs on intact sockets and state, and vm stop stops it', async () => {
       // Two different disks: only the run folder is shared, so nothing but the folder's lock can refuse one.
-      const a = freshGuestImage(dir.path, 'a.img');
-      const b = freshGuestImage(dir.path, 'b.img');
+      const env = host.env;
+      const a = freshGuestImage(host.path, 'a.img');
+      const b = freshGuestImage(host.path, 'b.img');
       const [ra, rb] = await Promise.all([
         runAsync(['vm', 'start', a, '--name', 'twin', '--memory', '32', '--json'], env),
         runAsync(['vm', 'start', b, '--name', 'twin', '--memory', '32', '--json'], env),

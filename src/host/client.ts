@@ -171,9 +171,9 @@ export interface DiscardResult { removed: string[]; kept: Array<{ path: string; 
 export async function discardVmState(config: VmConfig, options: { kek?: KekSource } = {}): Promise<DiscardResult> {
   const [layers, { checkOwner }, { VmDisks }, { pinSavedState }] = await Promise.all([import('./layers.js').then((l) => l.loadLayers()), import('./binding.js'), import('./disks.js'), import('./suspend.js')]);
   const out: DiscardResult = { removed: [], kept: [], cleared: [] };
-  const vsv = pinSavedState(config);
+  const vsv = pinSavedState(config, { missingOk: true });
   try {
-    if (nameExists(vsv.at)) {
+    if (vsv && nameExists(vsv.at)) {
       const keep = (reason: string) => out.kept.push({ path: config.savedState, reason });
       if (!options.kek) {
         keep('its key is needed to check that it is this VM\'s saved state: give the passphrase or host key');
@@ -195,7 +195,7 @@ export async function discardVmState(config: VmConfig, options: { kek?: KekSourc
       }
     }
   } finally {
-    vsv.close();
+    vsv?.close();
   }
   const disks = new VmDisks(layers, options.kek, { savedState: config.savedState, create: false });
   try {

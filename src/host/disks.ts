@@ -17,8 +17,8 @@
  * name again, so nothing swapped in after the check is reached.
  *
  * A test run's undo disk is deleted only when this VM created it: created by this run, or recorded
- * as created by an earlier run of this VM (state.json's `testUndo`: its device and inode, and its
- * parent's), with this image as its parent. Any other file at `Test/<image>.undo.*` (another VM's
+ * as created by an earlier run of this VM (state.json's `testUndo`: its device, inode and VHD unique
+ * id, and its parent's device and inode), with this image as its parent. Any other file at `Test/<image>.undo.*` (another VM's
  * unmerged undo disk) is refused and kept.
  */
 import * as fs from 'node:fs';
@@ -226,8 +226,9 @@ export class VmDisks {
     try {
       const existing = lstatBig(at);
       if (existing) {
+        const id = await this.uniqueIdAt(at);
         const ours = this.records.find((r) => r.dev === existing.dev.toString() && r.ino === existing.ino.toString()
-          && r.parent.dev === parent.dev && r.parent.ino === parent.ino);
+          && r.parent.dev === parent.dev && r.parent.ino === parent.ino && id !== '' && r.uniqueId === id);
         if (!ours) {
           throw new MedvError('EEXIST', `${shown} exists and is not a test undo disk this VM created over ${base.shown} (another VM's unmerged undo disk?);` +
             ' it is kept: merge or discard it with `medv disk undo`, or move it away', { file: shown });
@@ -239,7 +240,7 @@ export class VmDisks {
       await createUndoDisk(shown, base.shown, { kek, at, parentVia: base.via });
       const made = lstatBig(at);
       if (!made) throw new MedvError('EIO', `the test undo disk vanished as it was made: ${shown}`, { file: shown });
-      record = { path: shown, ...identity(made), parent };
+      record = { path: shown, ...identity(made), parent, uniqueId: await this.uniqueIdAt(at) };
       const rec = record;
       this.setRecords(() => this.records.push(rec));
       const undo = pinIn(dir, name, 'undo disk');
@@ -256,6 +257,15 @@ export class VmDisks {
       }
       dir.close();
       throw e;
+    }
+  }
+
+  /** The VHD unique id of the undo disk at `at` (hex; '' when it is not a VHD that opens). */
+  private async uniqueIdAt(at: string): Promise<string> {
+    try {
+      return (await this.layers.open.describeDisk(at, this.kekFn)).vhd?.uniqueId.toString('hex') ?? '';
+    } catch {
+      return '';
     }
   }
 

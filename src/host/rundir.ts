@@ -68,8 +68,8 @@ export interface VmState {
   testUndo?: TestUndoRecord[];
 }
 
-/** A test run's undo disk as created: its device and inode, and its parent's (the image). */
-export interface TestUndoRecord { path: string; dev: string; ino: string; parent: { dev: string; ino: string } }
+/** A test run's undo disk as created: its device, inode and VHD unique id, and its parent's device and inode (the image). */
+export interface TestUndoRecord { path: string; dev: string; ino: string; uniqueId: string; parent: { dev: string; ino: string } }
 
 /** Largest state.json we read. */
 const MAX_STATE_BYTES = 64 * 1024;

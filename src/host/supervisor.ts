@@ -106,13 +106,15 @@ export class Supervisor {
     let saved: SavedStateReader | undefined;
     let opening: Promise<SavedStateReader> | undefined;
     try {
-      this.vsv = pinSavedState(c);
-      const resuming = nameExists(this.vsv.at);
+      // A folder that does not exist yet holds no saved state; suspend pins it when it does.
+      this.vsv = pinSavedState(c, { missingOk: true });
+      const resuming = this.vsv !== undefined && nameExists(this.vsv.at);
       // A resumed guest continues its serial output; a fresh boot starts a fresh log.
       if (!resuming) fs.rmSync(join(this.dir, 'serial.log'), { force: true });
       if (resuming) {
         if (!this.input.kek) throw new MedvError('ENOKEY', 'resuming a saved state needs the passphrase or host key that encrypted it', { file: c.savedState });
-        const peek = this.vsv.shown(() => peekSavedState(this.vsv!.at));
+        const vsv = this.vsv!;
+        const peek = vsv.shown(() => peekSavedState(vsv.at));
         if (peek.memoryMiB === undefined) {
           // Version 1 has no RAM size in its header: verify it whole before anything is launched.
           saved = await this.openSavedState();
@@ -174,7 +176,9 @@ export class Supervisor {
     }
     if (saved) {
       const reader = saved;
-      this.vsv!.shown(() => reader.remove());
+      // The guest runs: a saved state that cannot be removed must not stop it. Its disks' flags
+      // are clear now, so it would never be resumed again (their mtime changed): it is only left.
+      try { this.vsv!.shown(() => reader.remove()); } catch (e) { this.trace(`the resumed saved state was not removed: ${(e as Error).message}`); }
       saved.close();
     }
     this.state = { ...this.state, state: 'running', memoryMiB: this.memoryMiB ?? c.memoryMiB, disks: this.disks.list.map((d) => d.state), resumed: Boolean(saved) };
@@ -263,7 +267,7 @@ export class Supervisor {
     const disks = this.disks!;
     if (disks.list.some((d) => d.config.mode === 'test')) throw new MedvError('EUNSUPPORTED', 'a read-only test VM cannot be suspended (its undo disk is discarded at stop)');
     const { saved: format } = await loadLayers();
-    const vsv = this.vsv!;
+    const vsv = this.vsv ??= pinSavedState(this.input.config)!;
     const writer = vsv.shown(() => format.SavedStateWriter.create(vsv.at, kek, this.memoryMiB ?? this.input.config.memoryMiB));
     this.suspending = true;
     this.state = { ...this.state, state: 'suspending' };

@@ -21,7 +21,8 @@ type Trace = (what: string) => void;
  * following links (below the .vmc's folder when a .vmc named it), so every later step works
  * through that folder's descriptor (`at` is `/proc/self/fd/N/<name>`; the .vsv itself is never
  * read through a link, src/hypervisor/savedstate.ts). `shown` runs a step and writes the real
- * path into its errors.
+ * path into its errors. With `missingOk`, a folder that does not exist gives undefined (no saved
+ * state can be there; nothing is created from a path a .vmc named).
  */
 export interface SavedStateFile {
   readonly at: string;
@@ -29,16 +30,23 @@ export interface SavedStateFile {
   close(): void;
 }
 
-export function pinSavedState(config: VmConfig): SavedStateFile {
+export function pinSavedState(config: VmConfig): SavedStateFile;
+export function pinSavedState(config: VmConfig, opts: { missingOk: true }): SavedStateFile | undefined;
+export function pinSavedState(config: VmConfig, opts: { missingOk?: boolean } = {}): SavedStateFile | undefined {
   const name = basename(config.savedState);
   let dir: PinnedDir;
   let shownDir: string;
-  if (config.savedStateConfine !== undefined) {
-    dir = openDirBeneath(config.savedStateConfine, partsBelow(config.savedStateConfine, config.savedState).parts);
-    shownDir = dir.path;
-  } else {
-    dir = openDirBeneath(dirname(config.savedState));
-    shownDir = dirname(config.savedState);
+  try {
+    if (config.savedStateConfine !== undefined) {
+      dir = openDirBeneath(config.savedStateConfine, partsBelow(config.savedStateConfine, config.savedState).parts);
+      shownDir = dir.path;
+    } else {
+      dir = openDirBeneath(dirname(config.savedState));
+      shownDir = dirname(config.savedState);
+    }
+  } catch (e) {
+    if (opts.missingOk && e instanceof MedvError && e.code === 'ENOENT') return undefined;
+    throw e;
   }
   const pins = [{ proc: dir.proc, path: shownDir }];
   return {

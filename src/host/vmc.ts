@@ -2,13 +2,17 @@
  * A Virtual PC VM (`.vmc`, optionally `ImageState.xml` beside it) as a VmConfig the supervisor
  * runs. Paths come from the file through src/formats/vmc's rules: relative paths (tried first)
  * must stay inside the .vmc's folder, and an absolute path counts only on a drive letter the
- * caller mapped (`driveMap`); nothing in a settings file reaches an arbitrary host file.
+ * caller mapped (`driveMap`). Each path carries the folder it must be opened below (`confine`:
+ * the .vmc's, or the mapped drive's): the supervisor opens it there without following any link
+ * and only as a regular file (src/host/disks.ts), so nothing in a settings file reaches an
+ * arbitrary host file, by its text or through a link. The .vmc is read without blocking on a
+ * FIFO; ImageState.xml beside it without following a link.
  *
  * Mapping: memory from ImageState or the VMC; every hard disk in IDE order (primary master boots);
  * CD/DVD images as read-only IDE CD drives; undo drives (Virtual PC's "enable undo disks") use the
- * `.vud` the file names, else `<disk>.undo.vhd|evhd`; any network adapter means NAT through QEMU's
- * user-mode network with the adapter's MAC (bridged host networks are mapped to NAT too); the
- * saved state is the `.vsv` the file names, else `<vmc>.vsv` beside it.
+ * `.vud` the file names, else `<disk>.undo.vhd|evhd`; any network adapter means NAT (through passt,
+ * src/hypervisor/usernet.ts) with the adapter's MAC (bridged host networks are mapped to NAT too);
+ * the saved state is the `.vsv` the file names, else `<vmc>.vsv` beside it.
  */
 import * as fs from 'node:fs';
 import { basename, dirname, extname, join, posix, resolve } from 'node:path';

@@ -104,16 +104,23 @@ export interface NativeApi {
   /** SO_SNDBUF of socket `sockfd` (the kernel doubles it and caps it at net.core.wmem_max): the size
    *  now in effect, or -1 when refused. The fallback, and older builds, change nothing (-1). */
   setSendBuffer(sockfd: number, bytes: number): number;
+  /**
+   * SO_PEERCRED of a connected unix socket: the peer's pid, uid and gid as the kernel recorded them
+   * at connect. undefined where it cannot be read: the fallback, an addon built before this
+   * existed, or a socket without credentials (callers then rely on the socket file's mode).
+   */
+  peerCredentials(sockfd: number): { pid: number; uid: number; gid: number } | undefined;
 }
 
 /** The raw addon as exported by native/medv.cc (no argument typing beyond its own checks). */
-type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer' | 'preadXtsAsync'
+type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer' | 'peerCredentials' | 'preadXtsAsync'
   | 'mapFile' | 'unmapFile' | 'xtsFromMapAsync'> & {
   preadXtsAsync?: NativeApi['preadXtsAsync'];
   mapFile?: NativeApi['mapFile'];
   unmapFile?: NativeApi['unmapFile'];
   xtsFromMapAsync?: NativeApi['xtsFromMapAsync'];
   setSendBuffer?: NativeApi['setSendBuffer'];
+  peerCredentials?: NativeApi['peerCredentials'];
   sendFileReply?: NativeApi['sendFileReply'];
   pageCached?: NativeApi['pageCached'];
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<boolean> };
@@ -327,6 +334,11 @@ export const fallback: NativeApi = {
     checkSendBufferArgs(sockfd, bytes);
     return -1;
   },
+
+  peerCredentials(sockfd) {
+    checkFd(sockfd);
+    return undefined;
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -391,6 +403,10 @@ function wrap(raw: RawAddon): NativeApi {
     setSendBuffer(sockfd, bytes) {
       checkSendBufferArgs(sockfd, bytes);
       return raw.setSendBuffer ? raw.setSendBuffer(sockfd, bytes) : -1;
+    },
+    peerCredentials(sockfd) {
+      checkFd(sockfd);
+      return raw.peerCredentials ? raw.peerCredentials(sockfd) : undefined;
     },
   };
 }

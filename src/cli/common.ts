@@ -43,6 +43,7 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   EEXPIRED: 14,
   EUNSAFE: 4,
   EENGINE: 12,
+  ETIMEOUT: 15,
 };
 /** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;

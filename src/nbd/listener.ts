@@ -12,7 +12,7 @@ import * as net from 'node:net';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { BlockDevice } from '../block/device.js';
 import { MedvError } from '../core/errors.js';
-import { rename } from '../core/fsio.js';
+import { rename, renameSync } from '../core/fsio.js';
 import { ByteBudget } from './budget.js';
 import { Connection } from './connection.js';
 import { resolveLimits, type NbdServerOptions } from './options.js';
@@ -114,6 +114,12 @@ async function listenPrivately(server: net.Server, path: string): Promise<number
  */
 export interface NbdListener {
   readonly socketPath: string;
+  /**
+   * Give the socket another name (same file system) before serve(): the bound socket and the
+   * clients waiting on it stay; only its name moves (a pooled VM's, from the pool's folder into
+   * its run folder). close() and the server remove the new name.
+   */
+  relocate(to: string): void;
   /** Serve `device` to the clients waiting and to every later one. Once only. */
   serve(device: BlockDevice, opts: Omit<NbdServerOptions, 'socketPath'>): NbdServer;
   /** Disconnect the waiting clients, stop listening and remove the socket file (when not serving). */
@@ -142,12 +148,19 @@ export async function bindNbd(socketPath: string, opts: { log?: (line: string) =
   server.on('error', (e) => log(`nbd: server error: ${e.message}`));
   const ino = await listenPrivately(server, socketPath);
   let served: NbdServer | undefined;
+  let path = socketPath;
   return {
-    socketPath,
+    get socketPath() { return path; },
+    relocate(to) {
+      if (served || closed) throw new MedvError('EINVAL_ARG', `${path} is already ${closed ? 'closed' : 'serving'}`, { file: path });
+      checkSocketPath(to);
+      renameSync(path, to); // a socket node: the same bound socket under its new name
+      path = to;
+    },
     serve(device, opts) {
-      if (served || closed) throw new MedvError('EINVAL_ARG', `${socketPath} is already ${closed ? 'closed' : 'serving'}`, { file: socketPath });
+      if (served || closed) throw new MedvError('EINVAL_ARG', `${path} is already ${closed ? 'closed' : 'serving'}`, { file: path });
       log = opts.log ?? log;
-      const serving = startServing(server, ino, device, { ...opts, socketPath });
+      const serving = startServing(server, ino, device, { ...opts, socketPath: path });
       served = serving.server;
       accept = (socket) => { socket.removeAllListeners('error'); serving.admit(socket); };
       for (const socket of waiting.splice(0)) {
@@ -161,8 +174,8 @@ export async function bindNbd(socketPath: string, opts: { log?: (line: string) =
       closed = true;
       for (const socket of waiting.splice(0)) socket.destroy();
       await new Promise<void>((r) => server.close(() => r()));
-      const st = await fs.promises.lstat(socketPath).catch(() => undefined);
-      if (st?.isSocket() && st.ino === ino) await fs.promises.unlink(socketPath).catch(() => undefined);
+      const st = await fs.promises.lstat(path).catch(() => undefined);
+      if (st?.isSocket() && st.ino === ino) await fs.promises.unlink(path).catch(() => undefined);
     },
   };
 }

@@ -67,9 +67,10 @@ let waiting: WaitingSupervisor | undefined;
  * Spawn a supervisor under `root` that waits for its input (stdin), logging to a temporary file
  * there (stdout and stderr). Used by prespawnSupervisor and, when none waits, by startVm.
  */
-export function spawnSupervisor(root: string, extraEnv: Record<string, string | undefined> = {}): WaitingSupervisor {
+export function spawnSupervisor(root: string, extraEnv: Record<string, string | undefined> = {}, logDir = root): WaitingSupervisor {
   ensurePrivateDir(root, true);
-  const log = join(root, `.supervisor-${randomBytes(6).toString('hex')}.log`);
+  if (logDir !== root) ensurePrivateDir(logDir);
+  const log = join(logDir, `.supervisor-${randomBytes(6).toString('hex')}.log`);
   const fd = fs.openSync(log, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
   try {
     // Never our secrets: the key reaches it on stdin (src/core/env.ts); a passphrase in our

@@ -70,6 +70,8 @@ export class Supervisor {
 
   /** A pooled QEMU this supervisor was started with (./pooled.ts), until start() takes or discards it. */
   private adopted: PooledQemu | undefined;
+  /** The pooled QEMU taken, until its sockets moved into the run folder. */
+  private pooled: PooledQemu | undefined;
 
   constructor(private readonly input: SupervisorInput, adopted?: PooledQemu) {
     this.adopted = adopted;
@@ -168,6 +170,7 @@ export class Supervisor {
       this.trace('disks open and served');
       await vm.connect();
       this.trace('QMP connected');
+      this.moveIn(listeners);
       if (saved) {
         // The disks are no longer a suspended VM's: cleared before `cont`, never while the guest could allocate blocks.
         await feedSavedState(vm, saved, (w) => this.trace(w), () => disks.setSavedState(false));
@@ -182,6 +185,9 @@ export class Supervisor {
       if (!this.disks?.serving) await Promise.all(listeners.map((l) => l.close().catch(() => undefined)));
       // A pooled QEMU the start did not get to: it never ran a guest or read a block.
       if (this.adopted) { await this.adopted.discard().catch(() => undefined); this.adopted = undefined; }
+      // One taken whose sockets are still in the pool's folder: QEMU is killed by cleanup, the folder goes now.
+      this.pooled?.removeDir();
+      this.pooled = undefined;
       saved?.close();
       if (opening && !saved) void opening.then((s) => s.close(), () => undefined);
       // As a stop in progress: QEMU's exit, caused by this cleanup, must not start another one.
@@ -239,10 +245,11 @@ export class Supervisor {
 
   /**
    * Take the pooled QEMU this supervisor was started with (./pooled.ts), when it still runs and has
-   * exactly this VM's shape: its sockets move into the run folder, the guest's serial output goes
-   * to serial.log from now on, passt is attached for NAT. Otherwise it is discarded (the start goes
-   * on cold, nothing is lost: it had read no block and run no guest code). The run folder's lock is
-   * held already (./supervisor-main.ts).
+   * exactly this VM's shape; otherwise it is discarded (the start goes on cold, nothing is lost: it
+   * had read no block and run no guest code). The run folder's lock is held already
+   * (./supervisor-main.ts). Its sockets stay where QEMU was told they are until QEMU has finished
+   * starting (it connects to its disks one after the other, and makes its VNC socket late); then
+   * `moveIn` moves them into the run folder.
    */
   private async adopt(shape: MachineShape, listeners: NbdListener[]): Promise<QemuProcess | undefined> {
     const pooled = this.adopted;
@@ -254,26 +261,29 @@ export class Supervisor {
       await pooled.discard();
       return undefined;
     }
-    try {
-      pooled.listeners.forEach((l, i) => {
-        fs.rmSync(join(this.dir, `disk${i}.sock`), { force: true });
-        l.relocate(join(this.dir, `disk${i}.sock`));
-      });
-      pooled.vm.relocate({ qmpSocket: join(this.dir, 'qmp.sock'), ...(shape.display === 'vnc' ? { vncSocket: join(this.dir, 'vnc.sock') } : {}) });
-      pooled.removeDir();
-      listeners.push(...pooled.listeners);
-      const vm = pooled.vm;
-      vm.setSerialLog(join(this.dir, 'serial.log'));
-      vm.setSerialMemoryLimit(SERIAL_MEMORY);
-      this.attachNet(vm);
-      this.vm = vm;
-      this.state = { ...this.state, qemuPid: vm.pid, accel: shape.accel };
-      this.trace(`pooled QEMU taken (pid ${vm.pid}, ${shape.accel}, waiting in its NBD handshake since the pool started it)`);
-      return vm;
-    } catch (e) {
-      await pooled.discard();
-      throw e;
-    }
+    this.pooled = pooled;
+    listeners.push(...pooled.listeners);
+    const vm = pooled.vm;
+    vm.setSerialLog(join(this.dir, 'serial.log'));
+    vm.setSerialMemoryLimit(SERIAL_MEMORY);
+    this.attachNet(vm);
+    this.vm = vm;
+    this.state = { ...this.state, qemuPid: vm.pid, accel: shape.accel };
+    this.trace(`pooled QEMU taken (pid ${vm.pid}, ${shape.accel}, waiting in its NBD handshake since the pool started it)`);
+    return vm;
+  }
+
+  /** A pooled QEMU has started (QMP answers): its sockets take their names in the run folder, the pool's folder goes. */
+  private moveIn(listeners: NbdListener[]): void {
+    const pooled = this.pooled;
+    if (!pooled) return;
+    this.pooled = undefined;
+    listeners.forEach((l, i) => {
+      fs.rmSync(join(this.dir, `disk${i}.sock`), { force: true });
+      l.relocate(join(this.dir, `disk${i}.sock`));
+    });
+    pooled.vm.relocate({ qmpSocket: join(this.dir, 'qmp.sock'), ...(pooled.shape.display === 'vnc' ? { vncSocket: join(this.dir, 'vnc.sock') } : {}) });
+    pooled.removeDir();
   }
 
   /** NAT through passt, never QEMU's own user network (it hands the guest the host's loopback). */

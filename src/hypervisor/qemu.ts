@@ -365,8 +365,9 @@ export class QemuProcess {
 
   /**
    * Move QEMU's QMP and VNC unix sockets to new names (same file system): a pooled QEMU's, from the
-   * pool's folder into its VM's run folder. The bound sockets are the same (a rename moves a socket
-   * node, src/core/fsio.ts); only the names change. Before connect().
+   * pool's folder into its VM's run folder, once QEMU has started: it made its sockets and will not
+   * look for them by name again). The bound sockets are the same (a rename moves a socket node,
+   * src/core/fsio.ts); only the names change.
    */
   relocate(to: { qmpSocket: string; vncSocket?: string }): void {
     renameSync(this.spec.qmpSocket, to.qmpSocket);

@@ -12,6 +12,7 @@
  * took one in the meantime goes cold (no error for the user).
  */
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { spawnSupervisor, type WaitingSupervisor } from '../prespawn.js';
 import { shapeKey, type MachineShape } from '../shape.js';
 
@@ -98,7 +99,8 @@ export class WarmPool {
 
   private spawn(key: string, shape: MachineShape): void {
     let sup: WaitingSupervisor;
-    try { sup = spawnSupervisor(this.opts.root); } catch (e) { this.opts.log(`pool: cannot start a member: ${(e as Error).message}`); return; }
+    // Its log waits in the pool's folder (the VM's run folder gets it when a start takes it).
+    try { sup = spawnSupervisor(this.opts.root, {}, join(this.opts.root, '.pool')); } catch (e) { this.opts.log(`pool: cannot start a member: ${(e as Error).message}`); return; }
     const m: Member = { sup, key, shape, startedAt: Date.now(), taken: false };
     this.members.add(m);
     sup.child.stdin!.write(`${JSON.stringify({ pool: { root: this.opts.root, shape } })}\n`);

@@ -21,6 +21,8 @@ export interface PoolOptions {
   size: number;
   memoryMiB: number;
   log: (line: string) => void;
+  /** A member's QEMU runs (it waits in its NBD handshake): a `service` event says so. */
+  onReady?: (member: { supervisorPid?: number; qemuPid: number; shape: MachineShape }) => void;
 }
 
 interface Member { sup: WaitingSupervisor; key: string; shape: MachineShape; startedAt: number; taken: boolean; qemuPid?: number }
@@ -104,7 +106,11 @@ export class WarmPool {
     const m: Member = { sup, key, shape, startedAt: Date.now(), taken: false };
     this.members.add(m);
     sup.child.stdin!.write(`${JSON.stringify({ pool: { root: this.opts.root, shape } })}\n`);
-    void sup.pooled.then((p) => { if (p) m.qemuPid = p.qemuPid; });
+    void sup.pooled.then((p) => {
+      if (!p) return;
+      m.qemuPid = p.qemuPid;
+      if (!m.taken) this.opts.onReady?.({ supervisorPid: sup.child.pid, qemuPid: p.qemuPid, shape });
+    });
     sup.child.once('exit', (code, signal) => {
       if (m.taken) return; // a start has it: its answer says how it went
       this.members.delete(m);

@@ -88,7 +88,10 @@ export async function runService(o: ServiceOptions = {}): Promise<RunningService
   const tracker = new VmTracker(root, events);
   const keys = new KeyCache();
   const poolSize = o.pool ?? 1;
-  const pool = new WarmPool({ root, size: poolSize, memoryMiB: o.poolMemoryMiB ?? Math.min(2048, Math.floor(totalmem() / 1048576 / 4)), log });
+  const pool = new WarmPool({
+    root, size: poolSize, memoryMiB: o.poolMemoryMiB ?? Math.min(2048, Math.floor(totalmem() / 1048576 / 4)), log,
+    onReady: (m) => events.emit('service', { what: 'pool', supervisorPid: m.supervisorPid, qemuPid: m.qemuPid, memoryMiB: m.shape.memoryMiB, incoming: m.shape.incoming }),
+  });
   const vms = new VmOps({ root, pool, keys, tracker, events, log });
   const startedAt = new Date().toISOString();
   const idleMs = o.idleMs ?? DEFAULT_IDLE_MS;

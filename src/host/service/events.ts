@@ -59,7 +59,9 @@ export class EventLog {
 
   emit(type: Exclude<EventType, 'lost'>, fields: Record<string, unknown> = {}): HostEvent {
     this.seq++;
-    const event: HostEvent = { ...fields, cursor: this.cursor, time: new Date().toISOString(), type };
+    // cursor, time and type first (a reader that greps a line sees them in this order), then the event's own fields.
+    const own = Object.fromEntries(Object.entries(fields).filter(([k]) => k !== 'cursor' && k !== 'time' && k !== 'type'));
+    const event: HostEvent = { cursor: this.cursor, time: new Date().toISOString(), type, ...own };
     const line = `${JSON.stringify(event)}\n`;
     this.ring.push({ event, line });
     this.ringBytes += line.length;

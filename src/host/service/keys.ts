@@ -84,10 +84,11 @@ export class KeyCache {
     for (const b of [u.passphrase, u.session.key, ...u.derived.map((d) => d.key)]) c.secureFree(b);
   }
 
-  status(): { unlocked: boolean; expiresAt?: string } {
+  /** Locked or until when; `derived`: the KEKs kept (the session's and one per key file salt met): Argon2id ran that often. */
+  status(): { unlocked: boolean; expiresAt?: string; derived?: number } {
     const u = this.unlocked;
     if (!u) return { unlocked: false };
-    return { unlocked: true, expiresAt: new Date(Date.now() + Math.max(0, u.until - performance.now())).toISOString() };
+    return { unlocked: true, expiresAt: new Date(Date.now() + Math.max(0, u.until - performance.now())).toISOString(), derived: 1 + u.derived.length };
   }
 
   /** A one-time handle for this passphrase (its bytes are wiped here). */

@@ -91,6 +91,55 @@ class Slowloris {
   }
 }
 
+/**
+ * Keep-alive connections that each send a small GET, read its whole answer, pause `pauseMs` and
+ * send the next, for as long as the server keeps them (reconnecting when cut): between answers
+ * each one is an idle keep-alive connection, which the server may close to make room.
+ */
+class KeepAliveFlood {
+  private sockets = new Set<net.Socket>();
+  private stopped = false;
+  opened = 0;
+  constructor(readonly url: string, readonly localAddress: string, readonly path: string, readonly pauseMs: number) {}
+
+  start(n: number): Promise<void> {
+    return Promise.all(Array.from({ length: n }, () => this.open())).then(() => undefined);
+  }
+
+  private open(): Promise<void> {
+    const u = new URL(this.url);
+    return new Promise((resolve) => {
+      const s = net.connect({ port: Number(u.port), host: u.hostname, localAddress: this.localAddress });
+      this.sockets.add(s);
+      let buf = Buffer.alloc(0);
+      let timer: NodeJS.Timeout | undefined;
+      const ask = () => { if (!s.destroyed) s.write(`GET ${this.path} HTTP/1.1\r\nHost: x\r\n\r\n`); };
+      s.on('error', () => undefined);
+      s.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        const end = buf.indexOf('\r\n\r\n');
+        const length = /content-length: *(\d+)/i.exec(buf.subarray(0, end).toString('latin1'));
+        if (end < 0 || !length || buf.length < end + 4 + Number(length[1])) return;
+        buf = buf.subarray(end + 4 + Number(length[1]));
+        // the answer is whole: the connection now idles until the next request
+        timer = setTimeout(ask, this.pauseMs);
+      });
+      s.once('connect', () => { this.opened++; ask(); resolve(); });
+      s.once('close', () => {
+        clearTimeout(timer);
+        this.sockets.delete(s);
+        resolve();
+        if (!this.stopped) setTimeout(() => { void this.open(); }, 50);
+      });
+    });
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const s of this.sockets) s.destroy();
+  }
+}
+
 describe('server: the HTTP edge under hostile peers', function () {
   this.timeout(120_000);
   const t = tempDir('serve-edge');
@@ -190,6 +239,18 @@ describe('server: the HTTP edge under hostile peers', function () {
     console.log(`      flood: ${all.reduce((n, f) => n + f.opened, 0)} connections opened, ${all.reduce((n, f) => n + f.closed, 0)} closed`);
     for (const f of all) assert.equal(f.answered2xx, 0, 'no slow request was ever answered with 2xx');
     assert.ok(one.closed >= 300 - 8, `the server closed the connections of the one address past its limit (${one.closed} closed)`);
+    await stillServes();
+  });
+
+  it('every slot held by keep-alive connections that send a GET each second: an honest newcomer is served (idle connections make room)', async () => {
+    // 8 addresses x 8 connections fill the 64 slots; between its requests each connection is idle
+    const floods = Array.from({ length: 8 }, (_, i) => new KeepAliveFlood(s.url, `127.0.2.${i + 1}`, '/api/no-such-route', 1000));
+    try {
+      await Promise.all(floods.map((f) => f.start(8)));
+      for (let i = 0; i < 5; i++) await stillServes('127.0.0.10');
+    } finally {
+      for (const f of floods) f.stop();
+    }
     await stillServes();
   });
 });

@@ -358,6 +358,35 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     await stop('alice', 'flip');
   });
 
+  it('an account the administrator disables loses its cached grant at the next contact: no offline start afterwards', async () => {
+    // carol: a third user of group staff on her own client
+    const carol = { MEDV_CLIENT_ROOT: f('client-c'), MEDV_RUN_DIR: f('run-c'), XDG_CONFIG_HOME: f('config-c'), XDG_DATA_HOME: f('xdg-c'), XDG_CACHE_HOME: f('cache-c') };
+    fs.writeFileSync(f('carol.pw'), 'carol-password-carol', { mode: 0o600 });
+    ok(medv(['admin', 'user', 'add', 'carol', '--password-file', f('carol.pw'), '--group', 'staff', '--server', url, '--token-file', adminTokenFile()]));
+    ok(await client(['login', '--server', proxyUrl, '--user', 'carol', '--password-file', f('carol.pw')], 'alice', carol));
+    ok(await start('alice', 'desk', [], carol));
+    ok(await client(['workspace', 'stop', 'desk', '--json'], 'alice', carol));
+    ok(medv(['admin', 'user', 'disable', 'carol', '--server', url, '--token-file', adminTokenFile()]));
+    const refused = await start('alice', 'desk', [], carol);
+    assert.equal(refused.code, 4, refused.stderr);
+    assert.match(refused.stderr, /disabled/);
+    // then the server is out of reach: desk allows 2 days offline, but not to a disabled account
+    const closed = net.createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const nowhere = (closed.address() as net.AddressInfo).port;
+    await new Promise((r) => closed.close(r));
+    const target = proxy.target;
+    proxy.target = nowhere;
+    try {
+      const offline = await start('alice', 'desk', [], carol);
+      assert.equal(offline.code, 13, `a disabled account still started offline: ${offline.stderr}${offline.stdout}`);
+      assert.match(offline.stderr, /no grant cached on this client/);
+    } finally {
+      proxy.target = target;
+      await client(['workspace', 'stop', 'desk', '--force'], 'alice', carol);
+    }
+  });
+
   it('a workspace the server refuses (403) loses its cached grant and released keys at once', async () => {
     ok(await start('alice', 'travel'));
     await stop('alice', 'travel');

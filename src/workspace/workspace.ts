@@ -26,6 +26,7 @@ import { now as clock } from './clock.js';
 import { deployVersion, type DeployResult } from './deploy.js';
 import { forgetGrant, isRefusal, keepGrant, workspaceKeyDir } from './grant.js';
 import { checkWorkspaceName, instanceName, legacyStore, workspaceStore } from './identity.js';
+import { lockWorkspace } from './lock.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
 import { memoryFor, type WorkspaceSettings } from './settings.js';
 
@@ -196,7 +197,10 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
   const vmName = instanceName(s.ctx.root, s.cfg.user, name);
   let version: number | undefined;
   let online = false;
+  let unlock: (() => void) | undefined;
   try {
+    // from before the check that it is not running until its VM runs (./lock.ts)
+    unlock = lockWorkspace(s.ctx.root, s.cfg.user, name);
     const local = clock();
     if (runningState(vmName, o.runRoot)) throw new MedvError('EBUSY', `workspace ${name} is already running (medv workspace status ${name})`);
     let entry: OfflineEntry | undefined;
@@ -280,6 +284,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     await report(s, { workspace: name, version: version ?? null, state: 'failed', lastError: (e as Error).message.slice(0, 1000) }, online).catch(() => undefined);
     throw e;
   } finally {
+    unlock?.();
     s.log.close();
   }
 }
@@ -293,9 +298,11 @@ export interface StopResult { workspace: string; vmName: string; state: VmState[
 export async function stopWorkspace(name: string, o: WorkspaceOptions & { force?: boolean; timeoutS?: number } = {}): Promise<StopResult> {
   checkWorkspaceName(name);
   const s = await openSession(o);
+  let unlock: (() => void) | undefined;
   try {
     const vmName = instanceName(s.ctx.root, s.cfg.user, name);
     const entry = await offlineEntry(s.ctx.root, s.cfg.server, s.cfg.user, name);
+    unlock = entry ? lockWorkspace(s.ctx.root, s.cfg.user, name) : undefined;
     const running = runningState(vmName, o.runRoot);
     if (!entry && !running) throw new MedvError('ENOENT', `no workspace ${name} on this client (medv workspace list)`);
     let store: ImageStore | undefined;
@@ -322,6 +329,7 @@ export async function stopWorkspace(name: string, o: WorkspaceOptions & { force?
     await report(s, { workspace: name, version: version ?? null, state: suspended ? 'suspended' : 'stopped' }, true).catch(() => undefined);
     return { workspace: name, vmName, state, suspended, discarded, ...(version !== undefined ? { version } : {}) };
   } finally {
+    unlock?.();
     s.log.close();
   }
 }

@@ -9,8 +9,8 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { lockFile } from '../block/flock.js';
-import { MedvError, fromSystemError } from '../core/errors.js';
+import { lockExclusive } from '../block/flock.js';
+import { MedvError } from '../core/errors.js';
 import { ensureSafeDir, type ClientRoot } from '../repo/index.js';
 import { workspaceDataDir } from './identity.js';
 
@@ -19,20 +19,12 @@ export function lockWorkspace(c: ClientRoot, user: string, workspace: string): (
   const dir = workspaceDataDir(c, user, workspace);
   ensureSafeDir(join(dir, '..'));
   ensureSafeDir(dir);
-  const file = join(dir, 'lock');
   let fd: number;
   try {
-    fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK, 0o600);
+    fd = lockExclusive(join(dir, 'lock'), 'the workspace\'s lock file');
   } catch (e) {
-    throw fromSystemError(e, file);
-  }
-  try {
-    if (!fs.fstatSync(fd).isFile()) throw new MedvError('EUNSAFE', 'the workspace\'s lock file is not a regular file', { file });
-    lockFile(fd, file, 'exclusive');
-  } catch (e) {
-    fs.closeSync(fd);
     if (e instanceof MedvError && e.code === 'EBUSY') {
-      throw new MedvError('EBUSY', `workspace ${workspace} is being started or stopped by another medv command; try again when it is done`, { file, holders: e.data.holders });
+      throw new MedvError('EBUSY', `workspace ${workspace} is being started or stopped by another medv command; try again when it is done`, { holders: e.data.holders });
     }
     throw e;
   }

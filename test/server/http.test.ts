@@ -45,38 +45,32 @@ function request(url: string, o: { method?: string; body?: string; localAddress:
 }
 
 /**
- * A slow peer: connects from `localAddress`, sends `head`, then one byte of `trickle` per `everyMs`
- * for as long as the server keeps it; reconnects when cut, until stop(). Counts connections the
- * server closed and whether any of them got a 2xx.
+ * Connections from `localAddress` that reconnect when the server cuts them, until stop(); what each
+ * does once connected is `behave` (which returns what to undo when it closes).
  */
-class Slowloris {
+abstract class Flood {
   private sockets = new Set<net.Socket>();
   private stopped = false;
   opened = 0;
   closed = 0;
-  answered2xx = 0;
-  constructor(readonly url: string, readonly localAddress: string, readonly head: string, readonly everyMs: number) {}
+  constructor(readonly url: string, readonly localAddress: string) {}
 
   start(n: number): Promise<void> {
     return Promise.all(Array.from({ length: n }, () => this.open())).then(() => undefined);
   }
+
+  protected abstract behave(s: net.Socket): () => void;
 
   private open(): Promise<void> {
     const u = new URL(this.url);
     return new Promise((resolve) => {
       const s = net.connect({ port: Number(u.port), host: u.hostname, localAddress: this.localAddress });
       this.sockets.add(s);
-      let timer: NodeJS.Timeout | undefined;
+      let undo: (() => void) | undefined;
       s.on('error', () => undefined);
-      s.on('data', (d) => { if (/^HTTP\/1\.1 2/.test(d.toString('latin1'))) this.answered2xx++; });
-      s.once('connect', () => {
-        this.opened++;
-        s.write(this.head);
-        timer = setInterval(() => { if (!s.destroyed) s.write('x'); }, this.everyMs);
-        resolve();
-      });
+      s.once('connect', () => { this.opened++; undo = this.behave(s); resolve(); });
       s.once('close', () => {
-        clearInterval(timer);
+        undo?.();
         this.sockets.delete(s);
         this.closed++;
         resolve();
@@ -92,51 +86,44 @@ class Slowloris {
 }
 
 /**
- * Keep-alive connections that each send a small GET, read its whole answer, pause `pauseMs` and
- * send the next, for as long as the server keeps them (reconnecting when cut): between answers
- * each one is an idle keep-alive connection, which the server may close to make room.
+ * A slow peer: sends `head`, then one byte per `everyMs` for as long as the server keeps it.
+ * Counts whether any of its connections got a 2xx.
  */
-class KeepAliveFlood {
-  private sockets = new Set<net.Socket>();
-  private stopped = false;
-  opened = 0;
-  constructor(readonly url: string, readonly localAddress: string, readonly path: string, readonly pauseMs: number) {}
+class Slowloris extends Flood {
+  answered2xx = 0;
+  constructor(url: string, localAddress: string, readonly head: string, readonly everyMs: number) { super(url, localAddress); }
 
-  start(n: number): Promise<void> {
-    return Promise.all(Array.from({ length: n }, () => this.open())).then(() => undefined);
+  protected behave(s: net.Socket): () => void {
+    s.on('data', (d) => { if (/^HTTP\/1\.1 2/.test(d.toString('latin1'))) this.answered2xx++; });
+    s.write(this.head);
+    const timer = setInterval(() => { if (!s.destroyed) s.write('x'); }, this.everyMs);
+    return () => clearInterval(timer);
   }
+}
 
-  private open(): Promise<void> {
-    const u = new URL(this.url);
-    return new Promise((resolve) => {
-      const s = net.connect({ port: Number(u.port), host: u.hostname, localAddress: this.localAddress });
-      this.sockets.add(s);
-      let buf = Buffer.alloc(0);
-      let timer: NodeJS.Timeout | undefined;
-      const ask = () => { if (!s.destroyed) s.write(`GET ${this.path} HTTP/1.1\r\nHost: x\r\n\r\n`); };
-      s.on('error', () => undefined);
-      s.on('data', (d) => {
-        buf = Buffer.concat([buf, d]);
-        const end = buf.indexOf('\r\n\r\n');
-        const length = /content-length: *(\d+)/i.exec(buf.subarray(0, end).toString('latin1'));
-        if (end < 0 || !length || buf.length < end + 4 + Number(length[1])) return;
-        buf = buf.subarray(end + 4 + Number(length[1]));
-        // the answer is whole: the connection now idles until the next request
-        timer = setTimeout(ask, this.pauseMs);
-      });
-      s.once('connect', () => { this.opened++; ask(); resolve(); });
-      s.once('close', () => {
-        clearTimeout(timer);
-        this.sockets.delete(s);
-        resolve();
-        if (!this.stopped) setTimeout(() => { void this.open(); }, 50);
-      });
+/**
+ * Keep-alive connections that each send a small GET, read its whole answer, pause `pauseMs` and
+ * send the next: between answers each one is an idle keep-alive connection, which the server may
+ * close to make room.
+ */
+class KeepAliveFlood extends Flood {
+  constructor(url: string, localAddress: string, readonly path: string, readonly pauseMs: number) { super(url, localAddress); }
+
+  protected behave(s: net.Socket): () => void {
+    let buf = Buffer.alloc(0);
+    let timer: NodeJS.Timeout | undefined;
+    const ask = () => { if (!s.destroyed) s.write(`GET ${this.path} HTTP/1.1\r\nHost: x\r\n\r\n`); };
+    s.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      const end = buf.indexOf('\r\n\r\n');
+      const length = /content-length: *(\d+)/i.exec(buf.subarray(0, end).toString('latin1'));
+      if (end < 0 || !length || buf.length < end + 4 + Number(length[1])) return;
+      buf = buf.subarray(end + 4 + Number(length[1]));
+      // the answer is whole: the connection now idles until the next request
+      timer = setTimeout(ask, this.pauseMs);
     });
-  }
-
-  stop(): void {
-    this.stopped = true;
-    for (const s of this.sockets) s.destroy();
+    ask();
+    return () => clearTimeout(timer);
   }
 }
 

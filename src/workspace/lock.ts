@@ -1,6 +1,7 @@
 /**
  * One start or stop of a workspace at a time: `data/Users/<user>/Workspaces/<workspace>/lock`, an
- * exclusive flock(2) held from before the "is it running?" check until the VM runs (a start) or has
+ * exclusive flock(2) taken once the workspace is known to be the user's (granted, or a grant
+ * cached) and held across the "is it running?" check until the VM runs (a start), or until it has
  * stopped and its undo disk is gone (a stop). Without it, two starts at once (a double click on a
  * menu entry, a start and a `--update`) both passed the check: one started the VM while the other
  * deployed a new version and its retention deleted the disk the running VM was using. The VM's own

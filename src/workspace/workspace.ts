@@ -199,8 +199,6 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
   let online = false;
   let unlock: (() => void) | undefined;
   try {
-    // from before the check that it is not running until its VM runs (./lock.ts)
-    unlock = lockWorkspace(s.ctx.root, s.cfg.user, name);
     const local = clock();
     if (runningState(vmName, o.runRoot)) throw new MedvError('EBUSY', `workspace ${name} is already running (medv workspace status ${name})`);
     let entry: OfflineEntry | undefined;
@@ -221,6 +219,10 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     const at = await advanceClock(s.ctx.root, local, grant?.serverTime);
     entry ??= await offlineEntry(s.ctx.root, s.cfg.server, s.cfg.user, name);
     if (!entry) throw new MedvError('EOFFLINE', `cannot reach ${s.cfg.server}, and workspace ${name} has no grant cached on this client (never started online, or refused since)`);
+    // A workspace this user has: from here until its VM runs, no other start or stop of it (./lock.ts),
+    // and the check that it is not running is made again under the lock.
+    unlock = lockWorkspace(s.ctx.root, s.cfg.user, name);
+    if (runningState(vmName, o.runRoot)) throw new MedvError('EBUSY', `workspace ${name} is already running (medv workspace status ${name})`);
     const settings = entry.settings;
     checkExpiry(settings, at);
     let offlineDaysLeft: number | undefined;

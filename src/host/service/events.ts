@@ -110,8 +110,11 @@ export class EventLog {
    * sent yet is cut off (it may come back with ?since= and be told what was lost).
    */
   private pump(s: Subscriber): void {
-    if (s.waiting || !this.subscribers.has(s)) return;
+    if (!this.subscribers.has(s)) return;
+    // Checked before the wait for a drain: a reader that stopped reading is cut off as soon as the
+    // ring loses what it was not sent, not left holding one of MAX_SUBSCRIBERS slots forever.
     if (s.sent < this.oldest - 1) { this.cut(s); return; }
+    if (s.waiting) return;
     for (let i = this.ring.length - (this.cursor - s.sent); i < this.ring.length; i++) {
       if (s.sink.writableLength > MAX_PENDING) {
         s.waiting = true;

@@ -18,8 +18,8 @@ import * as fs from 'node:fs';
 import { connect } from 'node:net';
 import { totalmem } from 'node:os';
 import { join } from 'node:path';
-import { lockFile } from '../../block/flock.js';
-import { MedvError, fromSystemError } from '../../core/errors.js';
+import { lockExclusive } from '../../block/flock.js';
+import { MedvError } from '../../core/errors.js';
 import { ensurePrivateDir, readBoundedSync, writeFileAtomicSync } from '../../core/fsio.js';
 import { runRoot } from '../../core/paths.js';
 import { EventLog } from './events.js';
@@ -67,13 +67,8 @@ export async function runService(o: ServiceOptions = {}): Promise<RunningService
   const lockPath = join(root, HOST_LOCK);
   let lockFd: number;
   try {
-    lockFd = fs.openSync(lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK, 0o600);
-  } catch (e) { throw fromSystemError(e, lockPath); }
-  try {
-    if (!fs.fstatSync(lockFd).isFile()) throw new MedvError('EUNSAFE', 'the host service\'s lock is not a regular file', { file: lockPath });
-    lockFile(lockFd, lockPath, 'exclusive');
+    lockFd = lockExclusive(lockPath, 'the host service\'s lock');
   } catch (e) {
-    fs.closeSync(lockFd);
     if (e instanceof MedvError && e.code === 'EBUSY') return undefined;
     throw e;
   }

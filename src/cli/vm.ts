@@ -304,17 +304,24 @@ export function vmCommand(): Command {
   vm.command('serial <name>')
     .description('what the guest wrote to its first serial port (kept after it stops, until the name starts again)')
     .option('--follow', 'keep printing new lines until the VM stops')
+    .option('--json', 'print {"name":…,"text":…} (the output decoded as UTF-8); with --follow, that on one line, then one {"line":…} per new line')
     .addHelpText('after', EXIT)
     .action(async (name: string, o: Opts) => {
       const host = await api();
-      if (!o.follow) { process.stdout.write(await host.bytes('GET', vmPath(name, '/serial'))); return; }
+      // --follow --json: JSON lines (the output so far on one line, then a line per new line).
+      const sofar = (b: Buffer) => {
+        if (!o.json) process.stdout.write(b);
+        else if (o.follow) process.stdout.write(`${JSON.stringify({ name, text: b.toString('utf8') })}\n`);
+        else printJson({ name, text: b.toString('utf8') });
+      };
+      if (!o.follow) { sofar(await host.bytes('GET', vmPath(name, '/serial'))); return; }
       // Subscribed first, then the log so far; lines that came as events before it arrived are in it.
       let caughtUp = false;
       await followEvents(host, { vm: name }, (e) => {
-        if (e.type === 'serial' && e.line !== undefined && caughtUp) process.stdout.write(`${e.line}\n`);
+        if (e.type === 'serial' && e.line !== undefined && caughtUp) process.stdout.write(o.json ? `${JSON.stringify({ line: e.line })}\n` : `${e.line}\n`);
         if (e.type === 'state' && isTerminal(e.state)) return true;
       }, () => {
-        void host.bytes('GET', vmPath(name, '/serial')).then((b) => { process.stdout.write(b); caughtUp = true; }, () => { caughtUp = true; });
+        void host.bytes('GET', vmPath(name, '/serial')).then((b) => { sofar(b); caughtUp = true; }, () => { caughtUp = true; });
       });
       process.exit(0);
     });

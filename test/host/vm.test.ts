@@ -132,6 +132,9 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     assert.equal(json(['pause', 'p']).state, 'paused');
     assert.equal(json(['status', 'p']).state, 'paused');
     assert.equal(json(['resume', 'p']).state, 'running');
+    const serial = json(['serial', 'p']);
+    assert.equal(serial.name, 'p');
+    assert.match(serial.text, GUEST.serial.ready);
     const again = vm(['start', img, '--name', 'p']);
     assert.equal(again.code, 9, again.stderr);
     assert.match(again.stderr, /already running/);

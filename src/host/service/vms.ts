@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { MedvError } from '../../core/errors.js';
-import { nameExists, readBoundedSync } from '../../core/fsio.js';
+import { nameExists, processAlive, readBoundedSync } from '../../core/fsio.js';
 import { checkVmName } from '../../api/names.js';
 import type { KekSource } from '../../crypto/kekenv.js';
 import { defaultAccelerator } from '../../hypervisor/qemu.js';
@@ -68,7 +68,7 @@ export class VmOps {
 
   async stop(name: string, body: unknown): Promise<VmState> {
     const b = checkBody<{ timeoutS?: number; force?: boolean }>(body, STOP_SPEC);
-    return this.after(name, await stopVm(this.name(name), { root: this.d.root, timeoutS: b.timeoutS, force: b.force }));
+    return this.after(name, await supervisorGone(await stopVm(this.name(name), { root: this.d.root, timeoutS: b.timeoutS, force: b.force })));
   }
 
   async pause(name: string): Promise<VmState> { return this.after(name, await pauseVm(this.name(name), { root: this.d.root })); }
@@ -76,7 +76,7 @@ export class VmOps {
 
   /** Suspend, then keep a pooled QEMU ready for its resume (`-incoming defer` with its RAM size). */
   async suspend(name: string): Promise<VmState> {
-    const state = this.after(name, await suspendVm(this.name(name), { root: this.d.root }));
+    const state = this.after(name, await supervisorGone(await suspendVm(this.name(name), { root: this.d.root })));
     try {
       const config = this.recordedConfig(name);
       const shape = poolShape(config, { accel: config.accel ?? defaultAccelerator(), memoryMiB: state.memoryMiB, incoming: true });
@@ -208,4 +208,15 @@ export class VmOps {
     if (shape) this.d.pool.use(resumeMiB === undefined ? shape : machineShape(config, { ...shape, incoming: false, memoryMiB: config.memoryMiB }));
     return state;
   }
+}
+
+/**
+ * A stop or suspend answers once the VM's supervisor has exited (it said stopped, then it closes
+ * the run folder and its lock): a `delete` or `start` right after the answer was refused as busy.
+ * Bounded: a supervisor still there after 10 s is left as it is (the answer says what it said).
+ */
+async function supervisorGone(state: VmState): Promise<VmState> {
+  const until = Date.now() + 10_000;
+  while (state.pid && processAlive(state.pid, state.pidStart) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+  return state;
 }

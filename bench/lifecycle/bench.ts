@@ -16,7 +16,7 @@
  * (`medv host unlock`: the derived key cached, no Argon2id per suspend or resume), the previous
  * path pays Argon2id once per suspend and once per resume. --host-key: a host key file for both.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, watch } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -25,13 +25,13 @@ import { performance } from 'node:perf_hooks';
 import { QemuProcess, defaultAccelerator } from '../../src/hypervisor/qemu.js';
 import { createHostKey } from '../../src/crypto/index.js';
 import { hostApi } from '../../src/host/api.js';
+import { MEDV, startService } from './host.js';
+import { arg } from '../args.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-const MEDV = join(ROOT, 'bin/medv');
 const GUEST_IMG = join(ROOT, 'vm/build/guest.img');
-const arg = (name: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : undefined);
-const runs = Number(arg('--runs') ?? 3) || 3;
-const previous = arg('--previous');
+const runs = Number(arg('runs', '3')) || 3;
+const previous = arg('previous', '') || undefined;
 const accel = defaultAccelerator();
 const work = mkdtempSync(join(tmpdir(), 'medv-bench-lifecycle-'));
 const hostKey = process.argv.includes('--host-key') ? join(work, 'host.key') : undefined;
@@ -59,17 +59,6 @@ function waitForLine(file: string, re: RegExp): Promise<void> {
     const w = watch(dirname(file), () => void check());
     check();
   });
-}
-
-/** A host service on `root` (`medv host --pool N`), ready. */
-async function startService(root: string, pool: number): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [MEDV, 'host', '--pool', String(pool), '--idle', '1h'], { env: { ...process.env, MEDV_RUN_DIR: root }, stdio: ['ignore', 'ignore', 'pipe'] });
-  await new Promise<void>((res, rej) => {
-    let err = '';
-    child.stderr!.on('data', (d: Buffer) => { err += d.toString(); if (/listening on/.test(err)) res(); });
-    child.once('exit', () => rej(new Error(`medv host exited: ${err}`)));
-  });
-  return child;
 }
 
 /** Until the service's pool holds a member of this RAM size and mode whose QEMU runs. */

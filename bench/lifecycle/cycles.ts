@@ -7,16 +7,15 @@
  *
  * Usage: node dist/bench/lifecycle/cycles.js [--cycles 100]
  */
-import { spawn } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { defaultAccelerator } from '../../src/hypervisor/qemu.js';
 import { hostApi } from '../../src/host/api.js';
+import { startService } from './host.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-const MEDV = join(ROOT, 'bin/medv');
 const cycles = Number(process.argv[process.argv.indexOf('--cycles') + 1] || 100) || 100;
 const work = mkdtempSync(join(tmpdir(), 'medv-bench-cycles-'));
 const root = join(work, 'run');
@@ -56,12 +55,7 @@ async function snapshot(pid: number): Promise<string> {
 }
 
 async function main(): Promise<void> {
-  const service = spawn(process.execPath, [MEDV, 'host', '--pool', '1', '--idle', '1h'], { env: { ...process.env, MEDV_RUN_DIR: root }, stdio: ['ignore', 'ignore', 'pipe'] });
-  await new Promise<void>((res, rej) => {
-    let err = '';
-    service.stderr!.on('data', (d: Buffer) => { err += d.toString(); if (/listening on/.test(err)) res(); });
-    service.once('exit', () => rej(new Error(`medv host exited: ${err}`)));
-  });
+  const service = await startService(root, 1);
   const api = hostApi({ root, start: false });
   const img = join(work, 'c.img');
   copyFileSync(join(ROOT, 'vm/build/guest.img'), img);

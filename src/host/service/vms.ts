@@ -10,8 +10,8 @@
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { MedvError } from '../../core/errors.js';
-import { nameExists, processAlive, readBoundedSync } from '../../core/fsio.js';
+import { MedvError, isMedvError } from '../../core/errors.js';
+import { nameExists, readBoundedSync } from '../../core/fsio.js';
 import { checkVmName } from '../../api/names.js';
 import type { KekSource } from '../../crypto/kekenv.js';
 import { defaultAccelerator } from '../../hypervisor/qemu.js';
@@ -68,7 +68,7 @@ export class VmOps {
 
   async stop(name: string, body: unknown): Promise<VmState> {
     const b = checkBody<{ timeoutS?: number; force?: boolean }>(body, STOP_SPEC);
-    return this.after(name, await supervisorGone(await stopVm(this.name(name), { root: this.d.root, timeoutS: b.timeoutS, force: b.force })));
+    return this.after(name, await this.released(name, await stopVm(this.name(name), { root: this.d.root, timeoutS: b.timeoutS, force: b.force })));
   }
 
   async pause(name: string): Promise<VmState> { return this.after(name, await pauseVm(this.name(name), { root: this.d.root })); }
@@ -76,7 +76,7 @@ export class VmOps {
 
   /** Suspend, then keep a pooled QEMU ready for its resume (`-incoming defer` with its RAM size). */
   async suspend(name: string): Promise<VmState> {
-    const state = this.after(name, await supervisorGone(await suspendVm(this.name(name), { root: this.d.root })));
+    const state = this.after(name, await this.released(name, await suspendVm(this.name(name), { root: this.d.root })));
     try {
       const config = this.recordedConfig(name);
       const shape = poolShape(config, { accel: config.accel ?? defaultAccelerator(), memoryMiB: state.memoryMiB, incoming: true });
@@ -148,6 +148,25 @@ export class VmOps {
 
   private name(name: string): string { return checkVmName(name); }
 
+  /**
+   * A stop or suspend answers once the VM's run folder lock is free (its supervisor said stopped
+   * before it closed the folder and exited): a `delete` or `start` right after the answer was
+   * refused as busy. Bounded: still held after 10 s, the answer goes as it is.
+   */
+  private async released(name: string, state: VmState): Promise<VmState> {
+    const dir = join(this.d.root, this.name(name));
+    for (const until = Date.now() + 10_000; Date.now() < until;) {
+      try {
+        fs.closeSync(lockRunDir(dir, name));
+        break;
+      } catch (e) {
+        if (!isMedvError(e, 'EBUSY')) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+    return state;
+  }
+
   private after(name: string, state: VmState): VmState {
     this.d.tracker.refresh(name);
     return state;
@@ -210,13 +229,3 @@ export class VmOps {
   }
 }
 
-/**
- * A stop or suspend answers once the VM's supervisor has exited (it said stopped, then it closes
- * the run folder and its lock): a `delete` or `start` right after the answer was refused as busy.
- * Bounded: a supervisor still there after 10 s is left as it is (the answer says what it said).
- */
-async function supervisorGone(state: VmState): Promise<VmState> {
-  const until = Date.now() + 10_000;
-  while (state.pid && processAlive(state.pid, state.pidStart) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
-  return state;
-}

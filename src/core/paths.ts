@@ -14,7 +14,18 @@
  *   menu entries     $XDG_DATA_HOME/applications
  */
 import { homedir } from 'node:os';
-import { isAbsolute, join, resolve } from 'node:path';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+
+/**
+ * `path` relative to `root` when it is `root` itself ('') or below it; undefined when it is
+ * elsewhere. Both are resolved first. A name that only starts with two dots (`..cfg`) is a name
+ * below the root like any other: only `..` itself, as a whole component, leads out.
+ */
+export function relativeInside(root: string, path: string): string | undefined {
+  const rel = relative(resolve(root), resolve(path));
+  if (isAbsolute(rel) || rel === '..' || rel.startsWith(`..${sep}`)) return undefined;
+  return rel;
+}
 
 /** How each default is chosen, for --help texts (the functions below are the rules). */
 export const DEFAULT_HELP = {

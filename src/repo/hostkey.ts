@@ -21,9 +21,10 @@
  */
 import * as fs from 'node:fs';
 import { homedir } from 'node:os';
-import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { MedvError, isMedvError } from '../core/errors.js';
 import { createFileAtomic, ensureDir, writeFileAtomic } from '../core/fsio.js';
+import { relativeInside } from '../core/paths.js';
 import { HOST_KEY_BYTES, loadHostKey } from '../crypto/kek.js';
 import type { HostKeySource, KekSource } from '../crypto/kekenv.js';
 import { WRAP_KEY_BYTES, hasTpm2, readWrapKey, wrapHostKey } from '../crypto/hostbind.js';
@@ -40,10 +41,7 @@ export function defaultWrapKeyFile(): string {
   return join(x && isAbsolute(x) ? x : join(homedir(), '.config'), 'medv', WRAP_KEY_FILE);
 }
 
-const inside = (root: string, p: string) => {
-  const rel = relative(root, p);
-  return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
-};
+const inside = (root: string, p: string) => relativeInside(root, p) !== undefined;
 
 /** The wrap key file, refused inside the client root (checked on the resolved paths too). */
 function wrapKeyFileFor(c: ClientRoot): string {

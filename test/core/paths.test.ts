@@ -2,8 +2,9 @@
 import assert from 'node:assert/strict';
 import { homedir } from 'node:os';
 import {
-  cacheHome, clientRootPath, configHome, consoleKeyDir, dataHome, desktopDir, profileDir, runRoot, seedCacheDir, stateHome, uploadStateDir,
+  cacheHome, clientRootPath, configHome, consoleKeyDir, dataHome, desktopDir, profileDir, relativeInside, runRoot, seedCacheDir, stateHome, uploadStateDir,
 } from '../../src/core/paths.js';
+import { partsBelow } from '../../src/core/fsio.js';
 
 const VARS = ['MEDV_CLIENT_ROOT', 'MEDV_RUN_DIR', 'MEDV_KEYS', 'MEDV_STATE_DIR', 'XDG_DATA_HOME', 'XDG_CONFIG_HOME', 'XDG_STATE_HOME', 'XDG_CACHE_HOME', 'XDG_RUNTIME_DIR'];
 
@@ -66,5 +67,18 @@ describe('core/paths', () => {
     assert.equal(uploadStateDir(d), '/demo/state/medv/uploads');
     assert.equal(consoleKeyDir(d), '/demo/config/medv/keys');
     assert.equal(process.env.XDG_DATA_HOME, '/env/data');
+  });
+
+  it('relativeInside: a name that starts with two dots is inside; only a whole ".." component leads out', () => {
+    assert.equal(relativeInside('/r', '/r'), '');
+    assert.equal(relativeInside('/r', '/r/..cfg/medv/k'), '..cfg/medv/k');
+    assert.equal(relativeInside('/r/', '/r/a/../..x'), '..x');
+    assert.equal(relativeInside('/r', '/r/..'), undefined);
+    assert.equal(relativeInside('/r', '/r/../x'), undefined);
+    assert.equal(relativeInside('/r', '/rx'), undefined);
+    assert.equal(relativeInside('/r', '/'), undefined);
+    // fsio's confinement (a .vmc's disks below its folder) agrees
+    assert.deepEqual(partsBelow('/vm', '/vm/..disks/a.vhd'), { parts: ['..disks'], name: 'a.vhd' });
+    assert.throws(() => partsBelow('/vm', '/vm/../a.vhd'), /not inside/);
   });
 });

@@ -101,6 +101,14 @@ describe('repo: the host key, bound to the machine and the user', function () {
     });
   });
 
+  it('a wrap key in a folder of the root whose name starts with two dots (root/..cfg) is refused too, through the CLI', () => {
+    const root = p('root-dots');
+    const r = runMedv(['logs', '--client-root', root], { XDG_CONFIG_HOME: join(root, '..cfg') });
+    assert.notEqual(r.code, 0, 'medv logs must refuse');
+    assert.match(r.stderr, /would be inside the client root .*\[EUNSAFE\]/);
+    assert.equal(fs.existsSync(join(root, '..cfg', 'medv', 'host-wrap.key')), false, 'no wrap key written inside the root');
+  });
+
   it('wrapping: another wrap key, a changed header or payload is EBADKEY "bound"; through systemd-creds too (root only, its host secret)', async function () {
     const hk = secureAlloc(32);
     const wk = secureAlloc(32);

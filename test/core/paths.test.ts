@@ -1,8 +1,10 @@
 /** src/core/paths.ts: every default location, from an option, a MEDV_* variable, the XDG variables or the home folder. */
 import assert from 'node:assert/strict';
-import { homedir } from 'node:os';
+import * as fs from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
-  cacheHome, clientRootPath, configHome, consoleKeyDir, dataHome, desktopDir, profileDir, relativeInside, runRoot, seedCacheDir, stateHome, uploadStateDir,
+  cacheHome, clientRootPath, configHome, consoleKeyDir, dataHome, desktopDir, profileDir, relativeInside, resolveExisting, runRoot, seedCacheDir, stateHome, uploadStateDir,
 } from '../../src/core/paths.js';
 import { partsBelow } from '../../src/core/fsio.js';
 
@@ -80,5 +82,19 @@ describe('core/paths', () => {
     // fsio's confinement (a .vmc's disks below its folder) agrees
     assert.deepEqual(partsBelow('/vm', '/vm/..disks/a.vhd'), { parts: ['..disks'], name: 'a.vhd' });
     assert.throws(() => partsBelow('/vm', '/vm/../a.vhd'), /not inside/);
+  });
+
+  it('resolveExisting: a link in the existing part of a path is resolved, the folders not made yet follow as written', () => {
+    const t = fs.mkdtempSync(join(tmpdir(), 'medv-paths-'));
+    try {
+      fs.mkdirSync(join(t, 'real'));
+      fs.symlinkSync(join(t, 'real'), join(t, 'link'));
+      const real = fs.realpathSync(t);
+      assert.equal(resolveExisting(join(t, 'link', 'medv', 'k')), join(real, 'real', 'medv', 'k'));
+      assert.equal(resolveExisting(join(t, 'link')), join(real, 'real'));
+      assert.equal(resolveExisting(join(t, 'none', 'a')), join(real, 'none', 'a'));
+    } finally {
+      fs.rmSync(t, { recursive: true, force: true });
+    }
   });
 });

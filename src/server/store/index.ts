@@ -2,4 +2,7 @@
 export * from './schema.js';
 export * from './open.js';
 export * from './store.js';
+export * from './sessions.js';
+export * from './listing.js';
+export * from './clients.js';
 export { MIGRATIONS } from './migrations.js';

@@ -111,6 +111,45 @@ export interface ClientReportsTable {
   received_at: number;
 }
 
+/** A console sign-in (console/session.ts): only the BLAKE2b-256 of its random id is stored. */
+export interface ConsoleSessionsTable {
+  hash: string;
+  user_name: string;
+  created: number;
+  /** Last request (ms), updated at most once a minute: the idle expiry counts from it. */
+  last_seen: number;
+  /** Absolute expiry (ms). */
+  expires: number;
+  address: string;
+}
+
+/** Every report received (client_reports keeps only the latest per client, user and workspace). */
+export interface ClientReportHistoryTable {
+  /** 16 random bytes, hex. */
+  id: string;
+  client: string;
+  user_name: string;
+  workspace: string;
+  version: number | null;
+  state: string;
+  last_error: string | null;
+  reported_at: number;
+  received_at: number;
+}
+
+/** What the server last granted a client for a workspace (keyservice.ts grant). */
+export interface ClientGrantsTable {
+  client: string;
+  user_name: string;
+  workspace: string;
+  image: string;
+  policy_name: string;
+  policy_version: number;
+  /** The policy's offlineDays at the grant: the client may start offline until granted_at + this. */
+  offline_days: number;
+  granted_at: number;
+}
+
 export interface Database {
   users: UsersTable;
   groups: GroupsTable;
@@ -122,4 +161,7 @@ export interface Database {
   login_failures: LoginFailuresTable;
   image_keys: ImageKeysTable;
   client_reports: ClientReportsTable;
+  console_sessions: ConsoleSessionsTable;
+  client_report_history: ClientReportHistoryTable;
+  client_grants: ClientGrantsTable;
 }

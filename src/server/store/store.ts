@@ -8,6 +8,9 @@ import type { Kysely } from 'kysely';
 import { MedvError } from '../../core/errors.js';
 import { type OpenedDatabase, openDatabase } from './open.js';
 import { type Database, LIMITS } from './schema.js';
+import { SessionQueries } from './sessions.js';
+import { ListingQueries } from './listing.js';
+import { ClientQueries } from './clients.js';
 
 export interface UserRecord { name: string; passwordHash: string; disabled: boolean }
 export interface UserSummary { user: string; groups: string[]; created: string; disabled: boolean }
@@ -32,11 +35,18 @@ export class Store {
   readonly kind: OpenedDatabase['kind'];
   readonly where: string;
   readonly db: Kysely<Database>;
+  /** Console sessions (sessions.ts), paginated lists (listing.ts), grants, reports and history (clients.ts). */
+  readonly sessions: SessionQueries;
+  readonly lists: ListingQueries;
+  readonly clients: ClientQueries;
 
   private constructor(o: OpenedDatabase) {
     this.kind = o.kind;
     this.where = o.where;
     this.db = o.db;
+    this.sessions = new SessionQueries(o.db);
+    this.lists = new ListingQueries(o.db);
+    this.clients = new ClientQueries(o.db);
   }
 
   static async open(root: string, url?: string): Promise<Store> {
@@ -203,6 +213,7 @@ export class Store {
           .where('client_reports.reported_at', '<=', r.reportedAt))
           .execute();
       }
+      await this.clients.appendHistory(trx, rows, now);
     });
     return rows.length;
   }

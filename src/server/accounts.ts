@@ -21,7 +21,10 @@
 import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
 import { MedvError } from '../core/errors.js';
 import { checkPolicy, type Policy } from '../api/policy.js';
-import type { Store, UserSummary, PolicyVersion, PolicyDocument } from './store/index.js';
+import { type DiffEntry, diffPolicies } from './policy-diff.js';
+import type {
+  AuditFilter, AuditRow, GroupRow, PageOf, PageQuery, PolicySummary, PolicyVersionRow, Store, UserFilter, UserRow, UserSummary, PolicyVersion, PolicyDocument,
+} from './store/index.js';
 
 /** The password-string functions of sodium-native, beside the subset src/crypto/sodium.ts types. */
 const sodium = sodiumBase as Sodium & {
@@ -167,27 +170,29 @@ export class Accounts {
   }
 
   /**
-   * Logins of one name run one after the other on an instance: otherwise a burst of parallel
+   * Check a user name and password under the failed-login limits, audited as `login` or
+   * `login.fail` (with `via`: api or console); the user on success, else EDENIED or ERATELIMIT.
+   * Checks of one name run one after the other on an instance: otherwise a burst of parallel
    * guesses would all pass the failure check before the first one is counted.
    */
-  async login(userIn: unknown, passwordIn: unknown, address: string, lifetimeMs?: number): Promise<LoginResult> {
+  async checkCredentials(userIn: unknown, passwordIn: unknown, address: string, via: 'api' | 'console', detail: Record<string, unknown> = {}): Promise<string> {
     const user = checkName(userIn, 'user');
     if (typeof passwordIn !== 'string' || Buffer.byteLength(passwordIn) > PASSWORD_MAX) throw new MedvError('EINVAL_ARG', `password must be a string of at most ${PASSWORD_MAX} bytes`);
     const before = this.inFlight.get(user) ?? Promise.resolve();
-    const mine = before.catch(() => undefined).then(() => this.loginNow(user, passwordIn, address, lifetimeMs));
+    const mine = before.catch(() => undefined).then(() => this.checkNow(user, passwordIn, address, via, detail));
     const tail = mine.catch(() => undefined);
     this.inFlight.set(user, tail);
     tail.then(() => { if (this.inFlight.get(user) === tail) this.inFlight.delete(user); });
     return mine;
   }
 
-  private async loginNow(user: string, password: string, address: string, lifetimeMs?: number): Promise<LoginResult> {
+  private async checkNow(user: string, password: string, address: string, via: 'api' | 'console', detail: Record<string, unknown>): Promise<string> {
     const now = Date.now();
     const keys: [string, number][] = [[`user:${user}`, this.o.perUser], [`addr:${address}`, this.o.perAddress]];
     const locked = (await this.store.failures(keys.map((k) => k[0]), now, this.o.windowMs)).filter((f) => f.lockedUntil > now);
     if (locked.length) {
       const retryAfter = Math.ceil((Math.max(...locked.map((f) => f.lockedUntil)) - now) / 1000);
-      await this.store.audit({ actor: user, action: 'login.limited', target: user, detail: { address } });
+      await this.store.audit({ actor: user, action: 'login.limited', target: user, detail: { address, via } });
       throw new MedvError('ERATELIMIT', `too many failed logins; retry in ${retryAfter} s`, { retryAfter });
     }
     const record = await this.store.getUser(user);
@@ -196,15 +201,22 @@ export class Accounts {
     if (!record || !ok || record.disabled) {
       const after = Date.now();
       await this.failed(keys, after);
-      await this.store.audit({ actor: user, action: 'login.fail', target: user, detail: { address, reason: !record ? 'unknown user' : !ok ? 'wrong password' : 'disabled' } }, after);
+      await this.store.audit({ actor: user, action: 'login.fail', target: user, detail: { address, via, reason: !record ? 'unknown user' : !ok ? 'wrong password' : 'disabled' } }, after);
       throw new MedvError('EDENIED', DENIED);
     }
     await this.store.clearFailures(`user:${user}`);
+    await this.store.audit({ actor: user, action: 'login', target: user, detail: { address, via, ...detail } });
+    return user;
+  }
+
+  /** POST /api/login: credentials checked (checkCredentials), then a new bearer token. */
+  async login(userIn: unknown, passwordIn: unknown, address: string, lifetimeMs?: number): Promise<LoginResult> {
+    const now = Date.now();
     const life = lifetimeMs === undefined ? this.o.tokenLifetimeMs : Math.min(this.o.tokenLifetimeMs, lifetimeMs);
-    const token = newToken();
     const expires = now + life;
+    const user = await this.checkCredentials(userIn, passwordIn, address, 'api', { expires: new Date(expires).toISOString() });
+    const token = newToken();
     await this.store.addToken(tokenHash(token), user, now, expires);
-    await this.store.audit({ actor: user, action: 'login', target: user, detail: { address, expires: new Date(expires).toISOString() } });
     return { user, token, expires: new Date(expires).toISOString() };
   }
 
@@ -256,4 +268,60 @@ export class Accounts {
   policiesFor(user: string): Promise<PolicyDocument[]> {
     return this.store.policiesFor(user);
   }
+
+  /**
+   * May `user` use the console? INTERIM, until accounts carry a role (issue 18: the store gets an
+   * `admin`/`user` role and `medv admin user add NAME --admin`): members of the group `admins`.
+   * Every console request asks again, so a change applies at once.
+   */
+  async isAdmin(user: string): Promise<boolean> {
+    return (await this.store.groupsOf(user)).includes(ADMIN_GROUP);
+  }
+
+  // --- the lists of the admin API and the console (filters validated by listing.ts)
+
+  usersPage(f: UserFilter, p: PageQuery): Promise<PageOf<UserRow>> {
+    return this.store.lists.users(f, p);
+  }
+
+  /** One account; ENOENT when there is none. */
+  async user(name: string): Promise<UserRow> {
+    const u = await this.store.lists.user(checkName(name, 'user'));
+    if (!u) throw new MedvError('ENOENT', `no user ${name}`);
+    return u;
+  }
+
+  groupsPage(text: string | undefined, p: PageQuery): Promise<PageOf<GroupRow>> {
+    return this.store.lists.groups(text, p);
+  }
+
+  policiesPage(text: string | undefined, p: PageQuery): Promise<PageOf<PolicySummary>> {
+    return this.store.lists.policies(text, p);
+  }
+
+  /** Every version of policy `name`, newest first; ENOENT when there is none. */
+  async policyVersions(name: string): Promise<PolicyVersionRow[]> {
+    const rows = await this.store.lists.policyVersions(checkName(name, 'policy'));
+    if (!rows.length) throw new MedvError('ENOENT', `no policy ${name}`);
+    return rows;
+  }
+
+  async policyVersion(name: string, version: number): Promise<PolicyVersionRow & { document: unknown }> {
+    const r = await this.store.lists.policyDocument(checkName(name, 'policy'), version);
+    if (!r) throw new MedvError('ENOENT', `no version ${version} of policy ${name}`);
+    return r;
+  }
+
+  /** The changes from version `from` to version `to` of policy `name`. */
+  async policyDiff(name: string, from: number, to: number): Promise<{ name: string; from: number; to: number; changes: DiffEntry[] }> {
+    const [a, b] = await Promise.all([this.policyVersion(name, from), this.policyVersion(name, to)]);
+    return { name, from, to, changes: diffPolicies(a.document, b.document) };
+  }
+
+  auditPage(f: AuditFilter, p: PageQuery): Promise<PageOf<AuditRow>> {
+    return this.store.lists.audit(f, p);
+  }
 }
+
+/** INTERIM (see isAdmin): the group whose members may use the console. */
+export const ADMIN_GROUP = 'admins';

@@ -6,13 +6,11 @@
  *   GET  /api/whoami                              → {user, groups, expires}     user token
  *   GET  /api/policies                            → {policies: [...]}           user token
  *   POST /api/admin/users {user, password, groups} → {user, groups, created}    admin token
- *   GET  /api/admin/users                         → {users: [...]}              admin token
+ *   GET  /api/admin/users, /groups, /overview, /images…, /audit, /clients…  (api-admin.ts)  admin token
  *   POST /api/admin/policies <policy document>    → {name, version}             admin token
  *   GET  /api/admin/policies                      → {policies: [...]}           admin token
- *   GET  /api/admin/audit                         → {entries: [...]}            admin token
  *   POST /api/admin/image-keys {image, content:{id, key}, repository:{id, key}, signers}
  *                                                 → {image, replaced}           admin token
- *   GET  /api/admin/clients                       → {clients: [...]}            admin token
  *   POST /api/workspaces/grant {workspace, client, clientKey}
  *                                                 → {workspace, image, policy:{name, version}, settings,
  *                                                    latestVersion, sealed}     user token
@@ -34,6 +32,8 @@ import type { Accounts } from './accounts.js';
 import type { AdminToken } from './auth.js';
 import type { ServerModule } from './http.js';
 import type { KeyService } from './keyservice.js';
+import { adminReadRoutes } from './api-admin.js';
+import type { ImageCatalog } from './catalog.js';
 import { httpStatusFor } from '../api/status.js';
 
 export const API_MAX_BODY = 64 * 1024;
@@ -47,11 +47,19 @@ export interface ApiOptions {
   keys?: KeyService;
   /** Accept credentials over plain HTTP from any address (a TLS proxy on another host). */
   allowPlainHttp?: boolean;
+  /** The images of the repository (GET /api/admin/images…). */
+  catalog: ImageCatalog;
 }
 
 export function isLoopback(addr: string | undefined): boolean {
   if (!addr) return false;
   return addr === '::1' || /^127\./.test(addr) || /^::ffff:127\./i.test(addr);
+}
+
+/** Credentials must not travel over plain HTTP from another host (the rule of /api/ and /console/). */
+export function plainHttpRefused(req: IncomingMessage, allowPlainHttp?: boolean): boolean {
+  const secure = (req.socket as { encrypted?: boolean }).encrypted === true;
+  return !secure && !allowPlainHttp && !isLoopback(req.socket.remoteAddress);
 }
 
 function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
@@ -147,10 +155,6 @@ export function accountsApi(o: ApiOptions): ServerModule {
       const b = object(await readJson(req));
       send(res, 201, await accounts.addUser(b.user, b.password, b.groups, actor));
     } },
-    { method: 'GET', path: '/api/admin/users', async run(req, res) {
-      admin(req);
-      send(res, 200, { users: await accounts.listUsers() });
-    } },
     { method: 'POST', path: '/api/admin/policies', async run(req, res) {
       const actor = admin(req);
       send(res, 201, await accounts.publishPolicy(await readJson(req), actor));
@@ -159,17 +163,9 @@ export function accountsApi(o: ApiOptions): ServerModule {
       admin(req);
       send(res, 200, { policies: await accounts.listPolicies() });
     } },
-    { method: 'GET', path: '/api/admin/audit', async run(req, res) {
-      admin(req);
-      send(res, 200, { entries: await accounts.store.auditLog(1000) });
-    } },
     { method: 'POST', path: '/api/admin/image-keys', async run(req, res) {
       const actor = admin(req);
       send(res, 200, await keys().publish(object(await readJson(req, true)), actor));
-    } },
-    { method: 'GET', path: '/api/admin/clients', async run(req, res) {
-      admin(req);
-      send(res, 200, { clients: await keys().listClients() });
     } },
     { method: 'POST', path: '/api/workspaces/grant', async run(req, res) {
       const s = await accounts.authenticate(bearer(req));
@@ -179,6 +175,7 @@ export function accountsApi(o: ApiOptions): ServerModule {
       const s = await accounts.authenticate(bearer(req));
       send(res, 200, await keys().report(s.user, object(await readJson(req, false, REPORTS_MAX_BODY))));
     } },
+    ...adminReadRoutes({ accounts, keys: o.keys, catalog: o.catalog, admin, send }),
   ];
 
   return {
@@ -192,8 +189,7 @@ export function accountsApi(o: ApiOptions): ServerModule {
           send(res, 405, { error: { code: 'EINVAL_ARG', message: 'method not allowed' } }, { Allow: same.map((r) => r.method).join(', ') });
           return;
         }
-        const secure = (req.socket as { encrypted?: boolean }).encrypted === true;
-        if (!secure && !o.allowPlainHttp && !isLoopback(req.socket.remoteAddress)) {
+        if (plainHttpRefused(req, o.allowPlainHttp)) {
           throw new MedvError('EINSECURE', 'passwords and tokens are not accepted over plain HTTP from another host: use HTTPS (a TLS proxy in front of medv serve) or run medv serve with --allow-plain-http behind one');
         }
         await route.run(req, res);

@@ -22,7 +22,7 @@ import { checkName } from './accounts.js';
 import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, checkClientKey, sealImageKeys, type ImageKeySet } from '../api/keyrelease.js';
 import { isFileOfImage } from './names.js';
 import type { ServerKey } from './serverkey.js';
-import { LIMITS, type ReportRow, type Store } from './store/index.js';
+import { type ClientFilter, type ClientRow, type HistoryFilter, type HistoryRow, LIMITS, type PageOf, type PageQuery, type ReportRow, type Store } from './store/index.js';
 
 export const CLIENT_ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 export const REPORT_STATES = ['running', 'stopped', 'suspended', 'updating', 'failed', 'offline'] as const;
@@ -222,6 +222,8 @@ export class KeyService {
     }
     const latest = await latestVersion(this.root, image);
     await this.store.audit({ actor: user, action: 'keys.release', target: workspace, detail: { client, image, policy: found.policy, clientKey: clientKey.toString('hex') } });
+    const offlineDays = typeof found.settings.offlineDays === 'number' ? found.settings.offlineDays : 0;
+    await this.store.clients.recordGrant({ client, user, workspace, image, policy: found.policy.name, policyVersion: found.policy.version, offlineDays, grantedAt: Date.now() });
     return { workspace, image, policy: found.policy, settings: found.settings, latestVersion: latest, sealed: sealed.toString('base64') };
   }
 
@@ -248,6 +250,31 @@ export class KeyService {
       return { client, user, workspace, version: version as number | null, state, lastError: (lastError as string | null | undefined) ?? null, reportedAt: ms };
     });
     return { stored: await this.store.putReports(rows) };
+  }
+
+  /** The trusted signers published with `image`'s keys (public keys), or undefined when none are published. */
+  async signersOf(image: string): Promise<Buffer[] | undefined> {
+    const wrapped = await this.store.getImageKeys(image);
+    if (wrapped === undefined) return undefined;
+    const plain = this.serverKey.unwrap(image, Buffer.from(wrapped, 'base64'));
+    try {
+      const set = parseKeys(image, plain);
+      set.content.dispose();
+      set.repository.dispose();
+      return set.signers;
+    } finally {
+      secureFree(plain);
+    }
+  }
+
+  /** The latest report of each client, user and workspace, with the client's last grant beside it. */
+  clientsPage(f: ClientFilter, p: PageQuery): Promise<PageOf<ClientRow>> {
+    return this.store.clients.reports(f, p);
+  }
+
+  /** Every report received (the last HISTORY_PER_KEY of each client, user and workspace), newest first. */
+  historyPage(f: HistoryFilter, p: PageQuery): Promise<PageOf<HistoryRow>> {
+    return this.store.clients.history(f, p);
   }
 
   listClients(): ReturnType<Store['listReports']> {

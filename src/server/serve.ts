@@ -8,6 +8,8 @@ import { IMAGE_REPOSITORY_DEFAULTS, imageRepository } from './images.js';
 import { Accounts, type AccountsOptions } from './accounts.js';
 import { accountsApi } from './api.js';
 import { KeyService } from './keyservice.js';
+import { ImageCatalog } from './catalog.js';
+import { consoleModule } from './console/module.js';
 import { SERVER_KEY_FILE, loadServerKey } from './serverkey.js';
 import { Store } from './store/index.js';
 
@@ -80,13 +82,18 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
     await images.close();
     throw e;
   }
-  const api = accountsApi({ accounts: new Accounts(store, o.accounts), token, keys: new KeyService(store, serverKey, root), allowPlainHttp: o.allowPlainHttp });
+  const accounts = new Accounts(store, o.accounts);
+  const keys = new KeyService(store, serverKey, root);
+  const catalog = new ImageCatalog(root, store, keys);
+  const api = accountsApi({ accounts, token, keys, catalog, allowPlainHttp: o.allowPlainHttp });
+  const web = consoleModule({ accounts, keys, catalog, isAdmin: (u) => accounts.isAdmin(u), allowPlainHttp: o.allowPlainHttp });
   let running;
   try {
-    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog, tls });
+    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api, web], onLog: o.onLog, tls });
   } catch (e) {
     await images.close();
     await api.close();
+    await web.close();
     throw e;
   }
   return { ...running, root, adminTokenFile: token.file, serverKeyFile: serverKey.file, tokenCreated: token.created, database: store.where };

@@ -1,6 +1,8 @@
 /**
  * Key release: how the server hands an image's keys to one client, and how the client opens them.
- * Shared by the server (api.ts, `POST /api/workspaces/grant`) and the client.
+ * The format only (no file I/O), shared by the server (server/keyservice.ts, `POST
+ * /api/workspaces/grant`) and the client (workspace/, which keeps what it opens with
+ * client/keyfolder.ts).
  *
  * The client makes an X25519 key pair (crypto_box_keypair; it may keep the secret half as a
  * host-protected file and rebuild the pair with clientKeyPairFrom) and sends the public half with
@@ -19,17 +21,11 @@
  * of repository.key.enc, `signers` the Ed25519 public keys whose indexes the client may trust
  * (at most 16).
  */
-import * as fs from 'node:fs';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { MedvError, fromSystemError } from '../core/errors.js';
+import { MedvError } from '../core/errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
-import type { KekSource } from '../crypto/kekenv.js';
-import { writeKeyFileAt, fsyncDir } from '../crypto/keyfile.js';
-import { tempNameFor } from '../core/fsio.js';
 import { secureAlloc, secureFree, secureSeal, redactInspect } from '../crypto/secure.js';
 import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
-import { IMAGE_NAME_RE } from '../formats/ckm/index.js';
+import { IMAGE_NAME_RE } from './names.js';
 
 /** The public-key functions of sodium-native, beside the subset src/crypto/sodium.ts types. */
 const sodium = sodiumBase as Sodium & {
@@ -262,8 +258,8 @@ export function sealImageKeys(keys: ImageKeySet, clientPublicKey: Buffer): Buffe
 /**
  * Open a sealed answer with the client's key pair: the keys as DataKeys (secure memory) and the
  * signers. Bounded (at most MAX_SEALED bytes); a wrong key, a forged or truncated answer, or any
- * deviation from the canonical plaintext gives EBADREPLY. Named openReleasedKeys (src/pack exports
- * an openImageKeys of its own, for a key folder); `openImageKeys` is the same function.
+ * deviation from the canonical plaintext gives EBADREPLY. (src/pack's openImageKeys is another
+ * thing: it opens a key folder.)
  */
 export function openReleasedKeys(sealed: Buffer, pair: ClientKeyPair): ReleasedImageKeys {
   if (!Buffer.isBuffer(sealed) || sealed.length <= sodium.crypto_box_SEALBYTES || sealed.length > MAX_SEALED) {
@@ -325,64 +321,5 @@ export function openReleasedKeys(sealed: Buffer, pair: ClientKeyPair): ReleasedI
     throw e;
   } finally {
     secureFree(plain);
-  }
-}
-
-export { openReleasedKeys as openImageKeys };
-
-// --- a key folder that src/pack reads
-
-async function mkdir700(dir: string): Promise<void> {
-  try {
-    await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 });
-    await fs.promises.chmod(dir, 0o700);
-  } catch (e) {
-    throw fromSystemError(e, dir);
-  }
-}
-
-/** Write `make(tmp)` under a temporary name in `dir`, then rename it over `name` and fsync the folder. */
-async function replaceAtomically(dir: string, name: string, make: (tmp: string) => Promise<void>): Promise<void> {
-  const path = join(dir, name);
-  const tmp = tempNameFor(path, process.pid, randomBytes(6).toString('hex'));
-  try {
-    await make(tmp);
-    await fs.promises.rename(tmp, path);
-  } catch (e) {
-    await fs.promises.unlink(tmp).catch(() => undefined);
-    throw fromSystemError(e, path);
-  }
-  await fsyncDir(dir);
-}
-
-async function writePublic(tmp: string, text: string): Promise<void> {
-  const fh = await fs.promises.open(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
-  try {
-    await fh.write(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/**
- * Write released keys as a key folder that src/pack's openImageKeys / verifyPack and src/transfer's
- * fetchImage({keyDir}) read: `repository.key.enc` and `images/<image>.key.enc` wrapped under `kek`
- * (each keeps its key id: the content key's id is the image id), and `trusted/<first 16 hex>.pub`
- * per signer. Folders 0700; each file is written under a temporary name, fsynced and renamed over
- * the old one (a grant after a key change replaces it). Other files in the folder are left alone.
- */
-export async function writeKeyFolder(dir: string, keys: ReleasedImageKeys, kek: KekSource): Promise<void> {
-  if (!IMAGE_NAME_RE.test(keys.image)) throw new MedvError('EINVAL_ARG', 'image name is not valid');
-  await mkdir700(dir);
-  await mkdir700(join(dir, 'images'));
-  await replaceAtomically(dir, 'repository.key.enc', (tmp) => writeKeyFileAt(tmp, keys.repository, kek));
-  await replaceAtomically(join(dir, 'images'), `${keys.image}.key.enc`, (tmp) => writeKeyFileAt(tmp, keys.content, kek));
-  if (keys.signers.length) {
-    await mkdir700(join(dir, 'trusted'));
-    for (const s of keys.signers) {
-      const hex = s.toString('hex');
-      await replaceAtomically(join(dir, 'trusted'), `${hex.slice(0, 16)}.pub`, (tmp) => writePublic(tmp, `${hex}\n`));
-    }
   }
 }

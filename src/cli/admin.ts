@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { consoleKeyDir } from '../core/paths.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 import { readTokenFile } from './image-repo.js';
 import { readPassword } from './login.js';
@@ -114,7 +115,7 @@ Examples:
     });
   serverOptions(addKeyOptions(imageKeys.command('publish <name>'))
     .description('publish the keys of image NAME from the console\'s key folder to the server')
-    .option('--keys <dir>', 'the console key folder (default $MEDV_KEYS, else ~/.config/medv/keys)')
+    .option('--keys <dir>', 'the console key folder (default $MEDV_KEYS, else $XDG_CONFIG_HOME/medv/keys)')
     .addHelpText('after', `
 Sends the image's content key (images/NAME.key.enc), the repository key (repository.key.enc)
 and the trusted signers (console.sign.pub and trusted/*.pub) to the server, which keeps them
@@ -128,8 +129,8 @@ Examples:
   medv admin image-keys publish lab --keys keys --host-key console.key --server https://console.example --ca ca.pem --json`))
     .action(async (name: string, o: Opts & KeyOptions) => {
       const token = adminToken(o);
-      const { openImageKeys, defaultKeyDir } = await import('../pack/index.js');
-      const keys = await openImageKeys((o.keys as string | undefined) ?? defaultKeyDir(), name, kekFrom(o));
+      const { openImageKeys } = await import('../pack/index.js');
+      const keys = await openImageKeys((o.keys as string | undefined) ?? consoleKeyDir(), name, kekFrom(o));
       try {
         const { publishImageKeys } = await import('../client/api.js');
         const { content, repository } = keys.dataKeys;

@@ -1,5 +1,6 @@
 /** `medv image fetch`: a packed image from a repository into a new .evhd. Thin wrapper over src/transfer. */
 import type { Command } from 'commander';
+import { consoleKeyDir } from '../core/paths.js';
 import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
@@ -11,7 +12,7 @@ export function addImageFetchCommand(image: Command): void {
     .description('fetch a packed image (URL or path of <NAME>_<N>.ckm.index) into a new encrypted disk, taking what it can from local seeds')
     .requiredOption('--out <disk.evhd>', 'the new disk (must not exist); its key file NAME.enc is written beside it')
     .option('--seed <path>', 'a disk (.evhd, .vhd, raw), a folder of packs (PackedImages, PrestagedImages) or a .ckm.index to take blocks from (repeatable)', collect, [])
-    .option('--keys <dir>', 'key folder with the image content key, the repository key and trusted signers (default $MEDV_KEYS, else ~/.config/medv/keys)')
+    .option('--keys <dir>', 'key folder with the image content key, the repository key and trusted signers (default $MEDV_KEYS, else $XDG_CONFIG_HOME/medv/keys)')
     .option('--no-trim', 'ignore seeds: take every block from the repository (an interrupted fetch still resumes)')
     .option('--dry-run', 'fetch the index only, and print what the blocks would cost (bytes, requests); write nothing')
     .option('--json', 'print the result as JSON')
@@ -39,7 +40,6 @@ Examples:
   medv image fetch URL --out v2.evhd --seed v1.evhd --dry-run --json`)
     .action(async (indexPath: string, o: Opts) => {
       const { fetchImage } = await import('../transfer/index.js');
-      const { defaultKeyDir } = await import('../pack/index.js');
       const bar = progressBar('fetch');
       let r;
       try {
@@ -47,7 +47,7 @@ Examples:
           source: indexPath,
           out: String(o.out),
           seeds: o.seed as string[],
-          keyDir: (o.keys as string | undefined) ?? defaultKeyDir(),
+          keyDir: (o.keys as string | undefined) ?? consoleKeyDir(),
           kek: kekFrom(o),
           trim: o.trim !== false,
           dryRun: o.dryRun === true,

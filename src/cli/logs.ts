@@ -43,7 +43,8 @@ Examples:
   medv logs --json | jq -r 'select(.level == "error") | .message'
   sudo medv logs --client-root /var/lib/medv`)
     .action(async (o: Opts) => {
-      const { clientRootPath, openClientRoot } = await import('../repo/paths.js');
+      const { openClientRoot } = await import('../repo/paths.js');
+      const { clientRootPath } = await import('../core/paths.js');
       const { clientHostKey } = await import('../repo/hostkey.js');
       const { readDevLog } = await import('../repo/devlog.js');
       const c = openClientRoot(clientRootPath(o.clientRoot as string | undefined));

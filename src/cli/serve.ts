@@ -1,27 +1,10 @@
 /** `medv serve`: the image repository over HTTP (static files with ranges, tus uploads), users and policies under /api/. Thin over src/server. */
 import { Command } from 'commander';
 import { MedvError } from '../core/errors.js';
+import { parseDuration, parseSize } from '../core/units.js';
 import { printJson } from './common.js';
 
 type Opts = Record<string, unknown>;
-
-/** `123`, `64K`, `512M`, `64G`, `1T` (powers of 1024) */
-export function parseSize(v: string, what: string): number {
-  const m = /^([0-9]{1,15})([KMGT]?)(i?B)?$/i.exec(String(v).trim());
-  if (!m) throw new MedvError('EINVAL_ARG', `${what} must be a size such as 1048576, 512M or 64G, not ${JSON.stringify(v)}`);
-  const n = Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase());
-  if (!Number.isSafeInteger(n) || n < 1) throw new MedvError('EINVAL_ARG', `${what} ${v} is out of range`);
-  return n;
-}
-
-/** `90s`, `30m`, `12h`, `7d` → ms */
-export function parseDuration(v: string, what: string): number {
-  const m = /^([0-9]{1,9})([smhd])$/.exec(String(v).trim());
-  if (!m) throw new MedvError('EINVAL_ARG', `${what} must be a duration such as 90s, 30m, 12h or 7d, not ${JSON.stringify(v)}`);
-  const ms = Number(m[1]) * { s: 1000, m: 60_000, h: 3600_000, d: 86400_000 }[m[2] as 's' | 'm' | 'h' | 'd'];
-  if (ms < 1000 || ms > 366 * 86400_000) throw new MedvError('EINVAL_ARG', `${what} must be from 1s to 366d`);
-  return ms;
-}
 
 function parseCount(v: string, what: string, max: number): number {
   if (!/^[0-9]{1,6}$/.test(String(v)) || Number(v) > max) throw new MedvError('EINVAL_ARG', `${what} must be an integer from 0 to ${max}, not ${JSON.stringify(v)}`);
@@ -36,10 +19,10 @@ export function serveCommand(): Command {
     .option('--host <addr>', 'address to listen on', '127.0.0.1')
     .option('--admin-token-file <file>', 'file holding the admin token (mode 0600); default <root>/admin.token, generated on first start')
     .option('--server-key <file>', 'the server master key that wraps image keys in the database (32 bytes, mode 0600); default <root>/server.key, generated on first start; instances sharing a database must share it')
-    .option('--max-upload-size <size>', 'largest file an upload may declare', '64G')
+    .option('--max-upload-size <size>', 'largest file an upload may declare (bytes, or with K, M, G, T)', '64G')
     .option('--max-uploads <n>', 'upload requests in progress at once (more get 503 and retry)', '4')
     .option('--db <url>', 'database for users and policies: postgres://user:pass@host/db (several instances may share one); default $MEDV_DB, else SQLite in <root>/medv.db (prefer MEDV_DB: a password on the command line is visible in ps)')
-    .option('--token-lifetime <duration>', 'how long a login token is valid (s, m, h, d)', '12h')
+    .option('--token-lifetime <duration>', 'how long a login token is valid: seconds, or with s, m, h, d (1s to 366d)', '12h')
     .option('--max-failed-logins <n>', 'failed logins of one user name before logins are refused for a while (30 s, doubling, up to 15 min)', '5')
     .option('--max-failed-logins-per-address <n>', 'failed logins from one client address before its logins are refused for a while', '20')
     .option('--tls-cert <file>', 'speak HTTPS with this certificate chain (PEM); clients pin its CA with --ca')

@@ -7,6 +7,7 @@ import type { KekSource } from '../crypto/index.js';
 import { discardVmState, listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
+import { parseDuration } from '../core/units.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
@@ -114,11 +115,11 @@ export function vmCommand(): Command {
 
   vm.command('stop <name>')
     .description('press the ACPI power button and wait for the guest to power off; force it off after --timeout')
-    .option('--timeout <s>', 'seconds to wait before forcing', positiveInt('--timeout'), 30)
+    .option('--timeout <duration>', 'how long to wait before forcing: seconds, or with s, m, h (at most 1h)', (v: string) => parseDuration(v, '--timeout', { max: 3600_000 }), 30_000)
     .option('--force', 'do not ask the guest: quit at once')
     .option('--json', 'print the final VM state as JSON')
     .action(async (name: string, o: Opts) => {
-      const state = await stopVm(name, { timeoutS: Number(o.timeout), force: Boolean(o.force) });
+      const state = await stopVm(name, { timeoutS: Number(o.timeout) / 1000, force: Boolean(o.force) });
       if (o.json) printJson(state);
       else process.stdout.write(`VM ${name} stopped (${state.exitReason ?? 'unknown'})\n`);
     });

@@ -1,6 +1,7 @@
 /** `medv workspace …`: the client's workspaces. Thin over src/workspace. */
 import { Command, Option } from 'commander';
 import { MedvError } from '../core/errors.js';
+import { parseDuration } from '../core/units.js';
 import { formatBytes, printJson, progressBar } from './common.js';
 
 type Opts = Record<string, unknown>;
@@ -87,13 +88,12 @@ Examples:
   rootOption(w.command('stop <name>'))
     .description('stop a running workspace as its policy says: shut down (a revertible one loses its changes) or suspend (encrypted saved state, resumed at the next start)')
     .option('--force', 'power it off at once (no suspend, no waiting for the guest)')
-    .option('--timeout <s>', 'seconds the guest gets to shut down before it is forced', '30')
+    .option('--timeout <duration>', 'how long the guest gets to shut down before it is forced: seconds, or with s, m, h (at most 1h)', '30')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  medv workspace stop ledger\n  medv workspace stop ledger --force --json')
     .action(async (name: string, o: Opts) => {
       const { stopWorkspace } = await ws();
-      const timeoutS = Number(o.timeout);
-      if (!Number.isInteger(timeoutS) || timeoutS < 1 || timeoutS > 3600) throw new MedvError('EINVAL_ARG', '--timeout must be 1 to 3600 seconds');
+      const timeoutS = parseDuration(String(o.timeout), '--timeout', { max: 3600_000 }) / 1000;
       const r = await stopWorkspace(name, { clientRoot: o.clientRoot as string | undefined, force: o.force === true, timeoutS });
       if (o.json) printJson(r);
       else process.stdout.write(`workspace ${name} ${r.suspended ? 'suspended (resumes at the next start)' : 'stopped'}${r.discarded ? '; its changes were discarded (revertible)' : ''}\n`);

@@ -9,10 +9,9 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { IncomingHttpHeaders } from 'node:http';
-import { homedir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { dirname } from 'node:path';
 import { type ErrorCode, MedvError, fromSystemError } from '../core/errors.js';
+import { writeFileAtomicSync } from '../core/fsio.js';
 import type { DataKey } from '../crypto/datakey.js';
 
 const MAX_ANSWER = 16 * 1024 * 1024;
@@ -98,39 +97,14 @@ export async function apiRequest<T>(server: string, method: 'GET' | 'POST', path
   throw new MedvError(code, `${message}${code === 'EHTTP' ? ` (${base}${path})` : ''}`, data);
 }
 
-// --- the login a client keeps (medv login): one small JSON file per server, mode 0600
-
+// --- the login a client keeps (medv login --token-out FILE)
 
 export interface SavedLogin { server: string; user: string; token: string; expires: string }
 
-export function configDir(): string {
-  return join(process.env.XDG_CONFIG_HOME || join(homedir(), '.config'), 'medv');
-}
-
-/** `$XDG_CONFIG_HOME/medv/logins/<host>_<port>.json` */
-export function defaultLoginFile(server: string): string {
-  const u = new URL(serverBase(server));
-  const port = u.port || (u.protocol === 'https:' ? '443' : '80');
-  return join(configDir(), 'logins', `${u.hostname.replace(/[^A-Za-z0-9.-]/g, '_')}_${port}.json`);
-}
-
-/** Written to a new 0600 file, fsynced, then renamed over `file`; created folders are 0700. */
+/** `login` as JSON in `file` (named by the user): a 0600 file written then renamed over it (src/core/fsio.ts); missing folders are created 0700. */
 export function saveLogin(file: string, login: SavedLogin): void {
-  const tmp = join(dirname(file), `.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    fs.mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
-    const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
-    try {
-      fs.writeSync(fd, `${JSON.stringify(login)}\n`);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw fromSystemError(e, file);
-  }
+  try { fs.mkdirSync(dirname(file), { recursive: true, mode: 0o700 }); } catch (e) { throw fromSystemError(e, dirname(file)); }
+  writeFileAtomicSync(file, `${JSON.stringify(login)}\n`, { mode: 0o600 });
 }
 
 export async function login(server: string, user: string, password: string, lifetimeSeconds?: number, ca?: string): Promise<SavedLogin> {

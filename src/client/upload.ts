@@ -12,17 +12,18 @@
  */
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
-import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { Upload, type DetailedError } from 'tus-js-client';
 import { type ErrorCode, MedvError, fromSystemError } from '../core/errors.js';
-import { type RepoFileName, parseRepoFileName } from '../server/names.js';
+import { ensureDir, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
+import { uploadStateDir } from '../core/paths.js';
+import { type RepoFileName, parseRepoFileName } from '../api/names.js';
 
 export interface UploadOptions {
   /** Server base URL, e.g. http://host:8080 */
   server: string;
   token: string;
-  /** Folder for resume state (default defaultUploadStateDir()). */
+  /** Folder for resume state (default src/core/paths.ts uploadStateDir()). */
   stateDir?: string;
   /** Bytes per PATCH request. */
   chunkSize?: number;
@@ -40,12 +41,6 @@ export interface UploadedFile {
   /** Bytes of the file this run sent (less than size when it resumed). */
   sent: number;
   resumed: boolean;
-}
-
-export function defaultUploadStateDir(): string {
-  if (process.env.MEDV_STATE_DIR) return join(process.env.MEDV_STATE_DIR, 'uploads');
-  const base = process.env.XDG_STATE_HOME || join(homedir(), '.local', 'state');
-  return join(base, 'medv', 'uploads');
 }
 
 /** Packs first, then indexes; each by name then version. */
@@ -69,8 +64,8 @@ function stateFile(stateDir: string, server: string, path: string, st: fs.Stats)
 
 function readState(file: string): State | undefined {
   try {
-    const buf = fs.readFileSync(file);
-    if (buf.length > 8192) return undefined;
+    const buf = readBoundedSync(file, 8192, 'upload state');
+    if (!buf) return undefined;
     const s = JSON.parse(buf.toString('utf8')) as State;
     return typeof s.url === 'string' ? s : undefined;
   } catch {
@@ -79,9 +74,7 @@ function readState(file: string): State | undefined {
 }
 
 function writeState(file: string, s: State): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify(s), { mode: 0o600 });
-  fs.renameSync(tmp, file);
+  writeFileAtomicSync(file, JSON.stringify(s), { mode: 0o600 });
 }
 
 const STATUS_CODE: Record<number, ErrorCode> = { 400: 'EINVAL_ARG', 401: 'EDENIED', 403: 'EDENIED', 409: 'EEXIST', 413: 'EINVAL_ARG', 422: 'EFORMAT' };
@@ -102,7 +95,7 @@ function fromTusError(e: unknown, file: string): MedvError {
 
 export async function uploadFiles(paths: string[], o: UploadOptions): Promise<UploadedFile[]> {
   const server = normalizeServer(o.server);
-  const stateDir = o.stateDir ?? defaultUploadStateDir();
+  const stateDir = o.stateDir ?? uploadStateDir();
   const files = paths.map((p) => {
     const named = parseRepoFileName(basename(p));
     if (!named) throw new MedvError('EINVAL_ARG', `${p}: not a repository file (<NAME>_<N>.ckm or <NAME>_<N>.ckm.index)`, { file: p });
@@ -111,7 +104,8 @@ export async function uploadFiles(paths: string[], o: UploadOptions): Promise<Up
     if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'not a regular file', { file: p });
     return { ...named, path: resolve(p), st };
   });
-  try { fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 }); } catch (e) { throw fromSystemError(e, stateDir); }
+  // Ours and written by nobody else: a state file names the URL the admin token is sent to.
+  ensureDir(stateDir, { parents: true, forbid: 0o022 });
   const total = files.reduce((n, f) => n + f.st.size, 0);
   let before = 0;
   const out: UploadedFile[] = [];

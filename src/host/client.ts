@@ -6,8 +6,10 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError, type ErrorCode } from '../core/errors.js';
+import { runRoot } from '../core/paths.js';
+import { checkVmName } from '../api/names.js';
 import { controlRequest } from './protocol.js';
-import { effectiveState, isTerminal, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
+import { effectiveState, isTerminal, listRunDirs, readState, vmRunDir, type VmState } from './rundir.js';
 import type { SupervisorInput, VmConfig } from './supervisor.js';
 import { spawnSupervisor, takePrespawned } from './prespawn.js';
 
@@ -41,7 +43,7 @@ function tail(file: string, bytes = 4000): string {
  */
 export async function startVm(config: VmConfig, options: HostOptions & { kek?: KekSource } = {}): Promise<VmState> {
   const root = options.root ?? runRoot();
-  validateVmName(config.name);
+  checkVmName(config.name);
   const dir = vmRunDir(config.name, root);
   const current = readState(dir);
   if (current && !isTerminal(effectiveState(current).state)) {
@@ -123,7 +125,7 @@ export async function screenshotVm(name: string, file: string, opts: HostOptions
 
 /** The VM's state as it really is (a dead supervisor reads as stopped). */
 export function vmStatus(name: string, opts: HostOptions = {}): VmState {
-  validateVmName(name);
+  checkVmName(name);
   const dir = join(opts.root ?? runRoot(), name);
   const raw = fs.existsSync(dir) ? readState(dir) : undefined;
   if (!raw) throw new MedvError('ENOENT', `no VM named ${name}`);
@@ -183,7 +185,7 @@ export async function discardVmState(config: VmConfig, options: { kek?: KekSourc
 
 /** Path of the VM's serial log (kept after it stops, until the name is started again). */
 export function serialLogPath(name: string, opts: HostOptions = {}): string {
-  validateVmName(name);
+  checkVmName(name);
   const file = join(opts.root ?? runRoot(), name, 'serial.log');
   if (!fs.existsSync(file)) throw new MedvError('ENOENT', `no serial output recorded for VM ${name}`);
   return file;

@@ -15,7 +15,8 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensurePrivateDir, runRoot } from './rundir.js';
+import { ensurePrivateDir } from '../core/fsio.js';
+import { runRoot } from '../core/paths.js';
 
 export const SUPERVISOR_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'supervisor-main.js');
 
@@ -29,7 +30,7 @@ let waiting: WaitingSupervisor | undefined;
  * there (stdout and stderr). Used by prespawnSupervisor and, when none waits, by startVm.
  */
 export function spawnSupervisor(root: string): WaitingSupervisor {
-  ensurePrivateDir(root);
+  ensurePrivateDir(root, true);
   const log = join(root, `.supervisor-${randomBytes(6).toString('hex')}.log`);
   const fd = fs.openSync(log, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
   try {

@@ -11,6 +11,7 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { renameSync } from '../core/fsio.js';
 import { vmRunDir } from './rundir.js';
 import { Supervisor, type SupervisorInput } from './supervisor.js';
 
@@ -54,7 +55,7 @@ async function main(): Promise<void> {
     }
     if (input.logFile !== undefined) {
       if (input.logFile !== LOG) throw new MedvError('EINVAL_ARG', 'the input names another log than the one this supervisor writes');
-      fs.renameSync(LOG, join(vmRunDir(input.config.name, input.runRoot), 'supervisor.log'));
+      renameSync(LOG, join(vmRunDir(input.config.name, input.runRoot), 'supervisor.log'));
       logged = true;
     }
     supervisor = new Supervisor(input);

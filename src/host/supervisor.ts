@@ -20,13 +20,14 @@ import { performance } from 'node:perf_hooks';
 import type { BlockDevice } from '../block/device.js';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError } from '../core/errors.js';
+import { thisProcess } from '../core/fsio.js';
 import { defaultAccelerator, isInternalError, QemuProcess, type Accelerator } from '../hypervisor/qemu.js';
 import type { DiskFingerprint, SavedStateReader } from '../hypervisor/savedstate.js';
 import { peekSavedState } from '../hypervisor/savedstate-header.js';
 import type { VhdDevice } from '../layers/vhd/index.js';
 import { bindNbd, type NbdListener, type NbdServer } from '../nbd/server.js';
 import { LineReader, type ControlRequest, type ControlResponse } from './protocol.js';
-import { processStartTime, vmRunDir, writeState, type VmDiskState, type VmState } from './rundir.js';
+import { vmRunDir, writeState, type VmDiskState, type VmState } from './rundir.js';
 
 /**
  * The disk layers, the saved-state format and the key code, loaded once QEMU has been started:
@@ -154,7 +155,7 @@ export class Supervisor {
    */
   async start(): Promise<VmState> {
     const c = this.input.config;
-    const pidStart = processStartTime(process.pid) ?? 0;
+    const pidStart = thisProcess().start ?? 0;
     this.state = {
       name: c.name, state: 'starting', pid: process.pid, pidStart, memoryMiB: c.memoryMiB, disks: [],
       network: c.network, display: { kind: c.display, ...(c.display === 'vnc' ? { vncSocket: join(this.dir, 'vnc.sock') } : {}) }, startedAt: new Date().toISOString(), vmc: c.vmc,

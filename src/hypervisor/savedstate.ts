@@ -25,12 +25,11 @@
  * first, then the .vsv.
  */
 import * as fs from 'node:fs';
-import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { DataKey, type KekSource, readKeyFile, wrapDataKey, writeWrappedKeyFile } from '../crypto/index.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { sodium } from '../crypto/sodium.js';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { type AtomicFile, openAtomicSync } from '../core/fsio.js';
 import { HEADER_BYTES, MAGIC, MAX_MEMORY_MIB, readHeader, VERSION, type SavedStatePeek } from './savedstate-header.js';
 
 export { peekSavedState, type SavedStatePeek } from './savedstate-header.js';
@@ -76,7 +75,8 @@ function derivedKey(dataKey: DataKey, context: Buffer): Buffer {
 export class SavedStateWriter {
   private readonly state = Buffer.alloc(sodium.crypto_secretstream_xchacha20poly1305_STATEBYTES);
   private readonly header: Buffer;
-  private fd: number | undefined;
+  /** The .vsv under its temporary name until finish() links it into place (src/core/fsio.ts). */
+  private file: AtomicFile | undefined;
   private pos = 0;
   private bytes = 0;
   /** Plaintext gathered up to a full frame (socket reads are far smaller than a frame). */
@@ -86,7 +86,7 @@ export class SavedStateWriter {
   /** The key file's bytes, wrapped (Argon2id for a passphrase) while the stream is written. */
   private readonly wrapped: Promise<Buffer>;
 
-  private constructor(readonly path: string, private readonly tmp: string, private readonly dataKey: DataKey, kek: KekSource, memoryMiB: number) {
+  private constructor(readonly path: string, private readonly dataKey: DataKey, kek: KekSource, memoryMiB: number) {
     this.header = Buffer.alloc(HEADER_BYTES[VERSION]);
     MAGIC.copy(this.header, 0);
     this.header.writeUInt16LE(VERSION, 8);
@@ -107,11 +107,10 @@ export class SavedStateWriter {
     if (!Number.isSafeInteger(memoryMiB) || memoryMiB < 1 || memoryMiB > MAX_MEMORY_MIB) throw new MedvError('EINVAL_ARG', `guest RAM ${memoryMiB} MiB is out of range`);
     if (fs.existsSync(path)) throw new MedvError('EEXIST', `a saved state exists already: ${path}`, { file: path });
     if (fs.existsSync(vsvKeyPath(path))) throw new MedvError('EEXIST', `a saved-state key file exists without its saved state (an interrupted suspend?): ${vsvKeyPath(path)}; remove it to suspend again`, { file: vsvKeyPath(path) });
-    const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.partial`);
-    const w = new SavedStateWriter(path, tmp, DataKey.generate(), kek, memoryMiB);
+    const w = new SavedStateWriter(path, DataKey.generate(), kek, memoryMiB);
     try {
-      w.fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-      fs.writeSync(w.fd, w.header, 0, w.header.length, 0);
+      w.file = openAtomicSync(path, { mode: 0o600 });
+      fs.writeSync(w.file.fd, w.header, 0, w.header.length, 0);
     } catch (e) {
       w.abort();
       throw fromSystemError(e, path);
@@ -147,7 +146,7 @@ export class SavedStateWriter {
   }
 
   private frame(plain: Buffer, tag: number): void {
-    if (this.fd === undefined) throw new MedvError('ECLOSED', 'saved state writer is closed', { file: this.path });
+    if (this.file === undefined) throw new MedvError('ECLOSED', 'saved state writer is closed', { file: this.path });
     const out = plain.length <= MAX_FRAME ? this.out.subarray(0, 4 + plain.length + ABYTES) : Buffer.allocUnsafe(4 + plain.length + ABYTES);
     out.writeUInt32LE(plain.length + ABYTES, 0);
     sodium.crypto_secretstream_xchacha20poly1305_push(this.state, out.subarray(4), plain, this.header, tag);
@@ -156,7 +155,7 @@ export class SavedStateWriter {
 
   private append(buf: Buffer): void {
     let done = 0;
-    while (done < buf.length) done += fs.writeSync(this.fd!, buf, done, buf.length - done, this.pos + done);
+    while (done < buf.length) done += fs.writeSync(this.file!.fd, buf, done, buf.length - done, this.pos + done);
     this.pos += buf.length;
   }
 
@@ -178,13 +177,11 @@ export class SavedStateWriter {
       trailer.writeUInt32LE(NONCE + json.length + META_ABYTES, NONCE + json.length + META_ABYTES);
       TRAILER_MAGIC.copy(trailer, trailer.length - TRAILER_MAGIC.length);
       this.append(trailer);
-      fs.fsyncSync(this.fd!);
-      fs.closeSync(this.fd!);
-      this.fd = undefined;
+      // The key file first, then the .vsv (fsynced, linked: never over a saved state that appeared
+      // meanwhile), then the folder: a .vsv never appears without its key.
       await writeWrappedKeyFile(vsvKeyPath(this.path), await this.wrapped);
-      fs.renameSync(this.tmp, this.path);
-      const dfd = fs.openSync(dirname(this.path), 'r');
-      try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
+      this.file!.commitNew();
+      this.file = undefined;
     } catch (e) {
       this.abort();
       throw fromSystemError(e, this.path);
@@ -195,8 +192,8 @@ export class SavedStateWriter {
 
   /** Drop the partial file (never the published names). */
   abort(): void {
-    if (this.fd !== undefined) { try { fs.closeSync(this.fd); } catch { /* closed */ } this.fd = undefined; }
-    fs.rmSync(this.tmp, { force: true });
+    this.file?.abort();
+    this.file = undefined;
     this.pending.fill(0);
     this.dispose();
   }

@@ -7,27 +7,18 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
-import { readBoundedSync, writeAtomicSync } from './files.js';
-import { xdgDataHome } from './paths.js';
+import { checkWorkspaceName } from '../api/names.js';
+import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
+import { desktopDir } from '../core/paths.js';
 
 export interface PublishedApp { name: string; command: string; icon?: string }
 
-const WORKSPACE_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const MAX_APPS = 256;
 const MAX_ENTRY = 64 * 1024;
 const NAME_MAX = 128;
 const FIELD_MAX = 4096;
 
-/** $XDG_DATA_HOME/applications (default ~/.local/share/applications). */
-export function desktopDir(): string {
-  return join(xdgDataHome(), 'applications');
-}
-
-function checkWorkspace(ws: string): void {
-  if (typeof ws !== 'string' || !WORKSPACE_RE.test(ws)) {
-    throw new MedvError('EINVAL_ARG', `workspace name ${JSON.stringify(String(ws).slice(0, 80))} must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit`);
-  }
-}
+const checkWorkspace = (ws: string): string => checkWorkspaceName(ws, 'workspace name');
 
 /** Control characters out, length bounded: what a name or field may hold before escaping. */
 function clean(s: string, max: number): string {
@@ -121,7 +112,7 @@ export function writeDesktopEntries(workspace: string, apps: PublishedApp[], o: 
   }
   const written: string[] = [];
   for (const p of planned) {
-    writeAtomicSync(p.path, Buffer.from(p.text, 'utf8'), 0o644);
+    writeFileAtomicSync(p.path, Buffer.from(p.text, 'utf8'), { mode: 0o644 });
     written.push(p.path);
   }
   const keep = new Set(written);

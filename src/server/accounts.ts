@@ -20,6 +20,7 @@
  */
 import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
 import { MedvError } from '../core/errors.js';
+import { checkGroupName, checkPolicyName, checkUserName } from '../api/names.js';
 import { checkPolicy, type Policy } from '../api/policy.js';
 import { type DiffEntry, diffPolicies } from './policy-diff.js';
 import type {
@@ -33,7 +34,6 @@ const sodium = sodiumBase as Sodium & {
   crypto_pwhash_str_verify_async(str: Buffer, passwd: Buffer): Promise<boolean>;
 };
 
-export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
 export const PASSWORD_MIN = 8;
 export const PASSWORD_MAX = 1024;
 export const TOKEN_RE = /^[A-Za-z0-9_-]{43}$/;
@@ -61,13 +61,6 @@ export const ACCOUNTS_DEFAULTS: AccountsOptions = {
   maxHashing: 2,
   maxQueue: 64,
 };
-
-export function checkName(v: unknown, what: string): string {
-  if (typeof v !== 'string' || !NAME_RE.test(v)) {
-    throw new MedvError('EINVAL_ARG', `${what} must be 1 to 64 letters, digits, '.', '_', '@' or '-' (not starting with a sign), not ${JSON.stringify(v)?.slice(0, 80)}`);
-  }
-  return v;
-}
 
 function checkPassword(v: unknown): string {
   if (typeof v !== 'string') throw new MedvError('EINVAL_ARG', 'password must be a string');
@@ -176,7 +169,7 @@ export class Accounts {
    * guesses would all pass the failure check before the first one is counted.
    */
   async checkCredentials(userIn: unknown, passwordIn: unknown, address: string, via: 'api' | 'console', detail: Record<string, unknown> = {}): Promise<string> {
-    const user = checkName(userIn, 'user');
+    const user = checkUserName(userIn);
     if (typeof passwordIn !== 'string' || Buffer.byteLength(passwordIn) > PASSWORD_MAX) throw new MedvError('EINVAL_ARG', `password must be a string of at most ${PASSWORD_MAX} bytes`);
     const before = this.inFlight.get(user) ?? Promise.resolve();
     const mine = before.catch(() => undefined).then(() => this.checkNow(user, passwordIn, address, via, detail));
@@ -238,10 +231,10 @@ export class Accounts {
   }
 
   async addUser(nameIn: unknown, passwordIn: unknown, groupsIn: unknown, actor: string): Promise<UserSummary> {
-    const name = checkName(nameIn, 'user');
+    const name = checkUserName(nameIn);
     const password = checkPassword(passwordIn);
     if (groupsIn !== undefined && (!Array.isArray(groupsIn) || groupsIn.length > 64)) throw new MedvError('EINVAL_ARG', 'groups must be a list of at most 64 group names');
-    const groups = ((groupsIn ?? []) as unknown[]).map((g) => checkName(g, 'group'));
+    const groups = ((groupsIn ?? []) as unknown[]).map((g) => checkGroupName(g));
     if (await this.store.getUser(name)) throw new MedvError('EEXIST', `user ${name} already exists`, { user: name });
     const hash = await this.withHashSlot(() => hashPassword(password));
     await this.store.addUser(name, hash, groups);
@@ -286,7 +279,7 @@ export class Accounts {
 
   /** One account; ENOENT when there is none. */
   async user(name: string): Promise<UserRow> {
-    const u = await this.store.lists.user(checkName(name, 'user'));
+    const u = await this.store.lists.user(checkUserName(name));
     if (!u) throw new MedvError('ENOENT', `no user ${name}`);
     return u;
   }
@@ -301,13 +294,13 @@ export class Accounts {
 
   /** Every version of policy `name`, newest first; ENOENT when there is none. */
   async policyVersions(name: string): Promise<PolicyVersionRow[]> {
-    const rows = await this.store.lists.policyVersions(checkName(name, 'policy'));
+    const rows = await this.store.lists.policyVersions(checkPolicyName(name));
     if (!rows.length) throw new MedvError('ENOENT', `no policy ${name}`);
     return rows;
   }
 
   async policyVersion(name: string, version: number): Promise<PolicyVersionRow & { document: unknown }> {
-    const r = await this.store.lists.policyDocument(checkName(name, 'policy'), version);
+    const r = await this.store.lists.policyDocument(checkPolicyName(name), version);
     if (!r) throw new MedvError('ENOENT', `no version ${version} of policy ${name}`);
     return r;
   }

@@ -15,7 +15,7 @@ import { MedvError } from '../core/errors.js';
 import { type VersionCost, versionCost } from '../pack/update-size.js';
 import { IMAGES_DIR } from './images.js';
 import { inspectRepoFile } from './inspect.js';
-import { parseRepoFileName } from './names.js';
+import { parseRepoFileName } from '../api/names.js';
 import { strongEtag } from './static.js';
 import type { KeyService } from './keyservice.js';
 import type { Store } from './store/index.js';

@@ -13,7 +13,7 @@ import { FileStore } from '@tus/file-store';
 import { MedvError } from '../core/errors.js';
 import { PACK_HEADER_SIZE } from '../formats/ckm/index.js';
 import type { AdminToken } from './auth.js';
-import { parseRepoFileName } from './names.js';
+import { parseRepoFileName } from '../api/names.js';
 import { publishFile } from './publish.js';
 import { plain, serveFile } from './static.js';
 import { httpStatusFor } from '../api/status.js';

@@ -17,14 +17,11 @@ import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
-import { IMAGE_NAME_RE } from '../formats/ckm/index.js';
-import { checkName } from './accounts.js';
 import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, checkClientKey, sealImageKeys, type ImageKeySet } from '../api/keyrelease.js';
-import { isFileOfImage } from './names.js';
+import { checkClientId, checkImageName, checkWorkspaceName, isFileOfImage } from '../api/names.js';
 import type { ServerKey } from './serverkey.js';
 import { type ClientFilter, type ClientRow, type HistoryFilter, type HistoryRow, LIMITS, type PageOf, type PageQuery, type ReportRow, type Store } from './store/index.js';
 
-export const CLIENT_ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 export const REPORT_STATES = ['running', 'stopped', 'suspended', 'updating', 'failed', 'offline'] as const;
 export type ReportState = typeof REPORT_STATES[number];
 export const MAX_REPORTS = 64;
@@ -34,7 +31,6 @@ export const MAX_REPORT_AHEAD_MS = 24 * 3600_000;
 const BLOB_VERSION = 1;
 
 const arg = (msg: string) => new MedvError('EINVAL_ARG', msg);
-const show = (v: unknown) => (JSON.stringify(v) ?? String(v)).slice(0, 80);
 
 function field(o: Record<string, unknown>, k: string, what: string): unknown {
   if (!(k in o)) throw arg(`${what} is missing`);
@@ -44,16 +40,6 @@ function field(o: Record<string, unknown>, k: string, what: string): unknown {
 function obj(v: unknown, what: string): Record<string, unknown> {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw arg(`${what} must be a JSON object`);
   return v as Record<string, unknown>;
-}
-
-export function checkImage(v: unknown, what = 'image'): string {
-  if (typeof v !== 'string' || !IMAGE_NAME_RE.test(v)) throw arg(`${what} must be 1 to 64 letters, digits, '.', '_' or '-' (starting with a letter or digit), not ${show(v)}`);
-  return v;
-}
-
-export function checkClientId(v: unknown): string {
-  if (typeof v !== 'string' || !CLIENT_ID_RE.test(v)) throw arg(`client must be 1 to 64 letters, digits, '.', '_' or '-', not ${show(v)}`);
-  return v;
 }
 
 function hexBytes(v: unknown, n: number, what: string): Buffer {
@@ -156,7 +142,7 @@ export class KeyService {
 
   /** POST /api/admin/image-keys */
   async publish(body: Record<string, unknown>, actor: string): Promise<{ image: string; replaced: boolean }> {
-    const image = checkImage(field(body, 'image', 'image'));
+    const image = checkImageName(field(body, 'image', 'image'), 'image');
     const signersIn = field(body, 'signers', 'signers');
     if (!Array.isArray(signersIn) || signersIn.length > MAX_SIGNERS) throw arg(`signers must be a list of at most ${MAX_SIGNERS} Ed25519 public keys (64 hex digits each)`);
     const signers = signersIn.map((s, i) => hexBytes(s, SIGNER_BYTES, `signers[${i}]`));
@@ -182,7 +168,7 @@ export class KeyService {
 
   /** POST /api/workspaces/grant */
   async grant(user: string, body: Record<string, unknown>): Promise<GrantAnswer> {
-    const workspace = checkName(field(body, 'workspace', 'workspace'), 'workspace');
+    const workspace = checkWorkspaceName(field(body, 'workspace', 'workspace'));
     const client = checkClientId(field(body, 'client', 'client'));
     const clientKey = base64Bytes(field(body, 'clientKey', 'clientKey'), CLIENT_KEY_BYTES, 'clientKey');
     checkClientKey(clientKey);
@@ -200,7 +186,7 @@ export class KeyService {
       await this.store.audit({ actor: user, action: 'keys.deny', target: workspace, detail: { client, policy: found.policy, reason: 'expired' } });
       throw new MedvError('EEXPIRED', `workspace ${workspace} expired on ${expires}: its policy lets it start until that day; ask your administrator`, { expires });
     }
-    const image = checkImage(found.settings.image);
+    const image = checkImageName(found.settings.image, 'image');
     const wrapped = await this.store.getImageKeys(image);
     if (wrapped === undefined) {
       await this.store.audit({ actor: user, action: 'keys.deny', target: workspace, detail: { client, image, policy: found.policy, reason: 'no keys published' } });
@@ -236,7 +222,7 @@ export class KeyService {
       const w = `reports[${i}]`;
       const r = obj(v, w);
       for (const k of Object.keys(r)) if (!['workspace', 'version', 'state', 'lastError', 'at'].includes(k)) throw arg(`${w}.${k.slice(0, 40)} is not a report field`);
-      const workspace = checkName(field(r, 'workspace', `${w}.workspace`), `${w}.workspace`);
+      const workspace = checkWorkspaceName(field(r, 'workspace', `${w}.workspace`), `${w}.workspace`);
       const version = field(r, 'version', `${w}.version`);
       if (version !== null && (typeof version !== 'number' || !Number.isInteger(version) || version < 1 || version > MAX_VERSION)) throw arg(`${w}.version must be null or an integer from 1 to ${MAX_VERSION}`);
       const state = field(r, 'state', `${w}.state`);

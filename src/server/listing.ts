@@ -5,8 +5,8 @@
  * follow the account name rule, times are ISO 8601 dates or date-times in UTC.
  */
 import { MedvError } from '../core/errors.js';
-import { NAME_RE } from './accounts.js';
-import { CLIENT_ID_RE, REPORT_STATES } from './keyservice.js';
+import { CLIENT_ID_RE, PRINCIPAL_NAME_RE } from '../api/names.js';
+import { REPORT_STATES } from './keyservice.js';
 import type { AuditFilter, ClientFilter, HistoryFilter, PageQuery, UserFilter } from './store/index.js';
 
 export const DEFAULT_LIMIT = 50;
@@ -45,7 +45,7 @@ export function textParam(params: URLSearchParams, key: string): string | undefi
 export function nameParam(params: URLSearchParams, key: string): string | undefined {
   const v = one(params, key)?.trim();
   if (v === undefined || v === '') return undefined;
-  if (!NAME_RE.test(v)) throw bad(key, "1 to 64 letters, digits, '.', '_', '@' or '-'", v);
+  if (!PRINCIPAL_NAME_RE.test(v)) throw bad(key, "1 to 64 letters, digits, '.', '_', '@' or '-'", v);
   return v;
 }
 

@@ -29,7 +29,7 @@ import { MULTI_RANGE, SINGLE_RANGE, planRequests } from './plan.js';
 import { fetchIndex, fetchIndexHeader } from './remote-index.js';
 import { LocalFile, type RemoteFile, type TransferStats, isUrl, newStats, siblingOf } from './remote.js';
 import { SeedSet, type SeedReport, idKey, localIndexes } from './seeds.js';
-import { defaultCacheDir } from './seedcache.js';
+import { seedCacheDir } from '../core/paths.js';
 
 export interface FetchImageOptions {
   /** URL or path of `<NAME>_<N>.ckm.index`; the packs are its siblings. */
@@ -190,7 +190,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
       // 3. seeds
       if (trim && seedPaths.length > 0 && needs.size > 0) {
         if (!seeds) {
-          seeds = new SeedSet({ keys, kek: opts.kek, cacheDir: opts.cacheDir ?? defaultCacheDir(), name: h.name });
+          seeds = new SeedSet({ keys, kek: opts.kek, cacheDir: opts.cacheDir ?? seedCacheDir(), name: h.name });
           const wanted = new Set<string>(needs.keys());
           for (const n of needs.values()) if (n.entry.kind === 'delta') wanted.add(idKey(n.entry.base!.id));
           for (const p of seedPaths) await seeds.add(p, wanted);

@@ -4,13 +4,12 @@
  * under the repository id key): nothing of the guest data, and nothing a reader without the key
  * can match against known content.
  *
- * One file per seed under $XDG_CACHE_HOME/medv/seeds (else ~/.cache/medv/seeds), named by a hash
+ * One file per seed under the cache folder (src/core/paths.ts seedCacheDir), named by a hash
  * of the seed's real path; its layout is src/formats/seedids.ts. A file that is not exactly that,
  * or is for another seed state (size, mtime, inode, device) or key, is ignored and rebuilt.
  */
 import * as fs from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { sodium } from '../crypto/sodium.js';
 import { SEED_IDS_ENTRY, SEED_IDS_HEADER, SEED_IDS_MAX_ENTRIES, type SeedIds, type SeedStamp, parseSeedIds, serializeSeedIds } from '../formats/seedids.js';
@@ -26,11 +25,6 @@ export function keyTag(idKey: Buffer): Buffer {
   const out = Buffer.alloc(16);
   sodium.crypto_generichash(out, Buffer.from('medv seed cache'), idKey);
   return out;
-}
-
-export function defaultCacheDir(): string {
-  const base = process.env.XDG_CACHE_HOME && process.env.XDG_CACHE_HOME.startsWith('/') ? process.env.XDG_CACHE_HOME : join(homedir(), '.cache');
-  return join(base, 'medv', 'seeds');
 }
 
 export function cachePathFor(cacheDir: string, seedPath: string): string {

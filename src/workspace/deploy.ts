@@ -42,6 +42,8 @@ export interface DeployOptions {
   ca?: string;
   /** Versions that must survive retention (the one running). */
   inUse?: ReadonlySet<number>;
+  /** Where disk seeds' block ids are cached (default src/core/paths.ts seedCacheDir()). */
+  cacheDir?: string;
   onProgress?: (done: number, total: number) => void;
   onWarning?: (m: string) => void;
 }
@@ -64,6 +66,7 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
     keyDir: o.keyDir,
     kek: () => o.kek,
     trim: settings.useTrimTransfer !== false,
+    ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}),
     ...(o.ca ? { http: { ca: readCa(o.ca) } } : {}),
     onProgress: o.onProgress,
     onWarning: o.onWarning,

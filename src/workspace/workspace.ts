@@ -15,7 +15,10 @@ import { MedvError } from '../core/errors.js';
 import { humanBytes } from '../core/units.js';
 import { DevLog, ImageStore, ReportQueue, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
 import { requestGrant, sendReports, type WorkspaceGrant } from '../client/api.js';
-import { openReleasedKeys, writeKeyFolder, type ClientKeyPair } from '../api/keyrelease.js';
+import { openReleasedKeys, type ClientKeyPair } from '../api/keyrelease.js';
+import { writeKeyFolder } from '../client/keyfolder.js';
+import { checkWorkspaceName } from '../api/names.js';
+import { desktopDir, seedCacheDir, type UserDirs } from '../core/paths.js';
 import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
@@ -31,6 +34,8 @@ export interface WorkspaceOptions {
   clientRoot?: string;
   /** VM run folder root (default the VM host's). */
   runRoot?: string;
+  /** The user's XDG folders (menu entries, profile copy, seed cache), instead of the environment's (src/core/paths.ts). */
+  userDirs?: UserDirs;
   onInfo?: (line: string) => void;
   onWarning?: (line: string) => void;
   onProgress?: (label: string, done: number, total: number) => void;
@@ -63,9 +68,9 @@ export interface StartResult {
   desktopEntries: string[];
 }
 
-/** The VM name of a workspace (VM names have no `@`). */
+/** The VM name of a workspace: the workspace name itself (src/api/names.ts: one rule for both). */
 export function vmNameOf(workspace: string): string {
-  return workspace.replaceAll('@', '_');
+  return checkWorkspaceName(workspace);
 }
 
 /**
@@ -205,7 +210,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
       offlineDaysLeft = checkOfflineAllowance(entry, at);
       warn(`cannot reach ${s.cfg.server}: starting workspace ${name} offline (${offlineDaysLeft} day${offlineDaysLeft === 1 ? '' : 's'} of offline use left)`);
     }
-    try { userProfile(s.ctx.root); } catch (e) { warn(`user profile not copied: ${(e as Error).message}`); }
+    try { userProfile(s.ctx.root, o.userDirs); } catch (e) { warn(`user profile not copied: ${(e as Error).message}`); }
     const store = storeOf(s.ctx.root, entry);
     for (const line of store.upgrade()) info(`upgraded ${entry.image}: ${line}`);
     const local = store.newest();
@@ -221,7 +226,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
       deployed = await deployVersion({
         root: s.ctx.root, store, settings, version: latest!,
         source: `${s.cfg.server}/images/${entry.image}_${latest}.ckm.index`,
-        keyDir: userKeyDir(s.ctx.root, s.cfg.user), kek: s.ctx.kek, ca: s.cfg.ca,
+        keyDir: userKeyDir(s.ctx.root, s.cfg.user), kek: s.ctx.kek, ca: s.cfg.ca, cacheDir: seedCacheDir(o.userDirs),
         onProgress: (d, t) => o.onProgress?.('fetch', d, t),
         onWarning: warn,
       });
@@ -240,8 +245,9 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     info(`workspace ${name} ${resumed ? 'resumed' : 'started'}: ${entry.image} version ${version}, ${settings.mode ?? 'persistent'}, ${vm.memoryMiB} MiB, ${vm.accel ?? 'accelerator unknown'}`);
     let desktopEntries: string[] = [];
     try {
-      if (settings.applications?.length) desktopEntries = writeDesktopEntries(name, settings.applications, { medv: medvCommand() });
-      else removeDesktopEntries(name);
+      const dir = desktopDir(o.userDirs);
+      if (settings.applications?.length) desktopEntries = writeDesktopEntries(name, settings.applications, { medv: medvCommand(), dir });
+      else removeDesktopEntries(name, { dir });
     } catch (e) {
       warn(`menu entries not written: ${(e as Error).message}`);
     }

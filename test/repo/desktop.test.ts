@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { desktopDir, quoteExecArg, removeDesktopEntries, writeDesktopEntries } from '../../src/repo/index.js';
+import { quoteExecArg, removeDesktopEntries, writeDesktopEntries } from '../../src/repo/index.js';
 import { MedvError } from '../../src/core/errors.js';
 
 const code = (c: string) => (e: unknown) => e instanceof MedvError && e.code === c;
@@ -39,18 +39,6 @@ describe('repo: desktop entries', () => {
   let dir: string;
   beforeEach(() => { dir = fs.mkdtempSync(join(tmpdir(), 'medv-repo-desktop-')); });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-  it('desktopDir follows XDG_DATA_HOME', () => {
-    const saved = process.env.XDG_DATA_HOME;
-    try {
-      process.env.XDG_DATA_HOME = '/x/data';
-      assert.equal(desktopDir(), '/x/data/applications');
-      delete process.env.XDG_DATA_HOME;
-      assert.match(desktopDir(), /\.local\/share\/applications$/);
-    } finally {
-      if (saved === undefined) delete process.env.XDG_DATA_HOME; else process.env.XDG_DATA_HOME = saved;
-    }
-  });
 
   it('writes one entry per app, quoted per the spec, names sanitized', () => {
     const medv = '/opt/my tools/medv "beta"$HOME\\x%u';

@@ -24,7 +24,7 @@ export interface ClientRow {
 }
 export interface HistoryRow { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; at: string; received: string }
 
-export interface ClientFilter { q?: string; user?: string; workspace?: string; state?: string; image?: string; version?: number }
+export interface ClientFilter { q?: string; client?: string; user?: string; workspace?: string; state?: string; image?: string; version?: number }
 export interface HistoryFilter { client?: string; user?: string; workspace?: string }
 
 const iso = (ms: number) => new Date(Number(ms)).toISOString();
@@ -66,6 +66,7 @@ export class ClientQueries {
     let q = this.db.selectFrom('client_reports as r')
       .leftJoin('client_grants as g', (j) => j.onRef('g.client', '=', 'r.client').onRef('g.user_name', '=', 'r.user_name').onRef('g.workspace', '=', 'r.workspace'));
     if (f.q) q = q.where(contains('r.client', f.q));
+    if (f.client) q = q.where('r.client', '=', f.client);
     if (f.user) q = q.where('r.user_name', '=', f.user);
     if (f.workspace) q = q.where('r.workspace', '=', f.workspace);
     if (f.state) q = q.where('r.state', '=', f.state);

@@ -63,6 +63,13 @@ export class ListingQueries {
     };
   }
 
+  async user(name: string): Promise<UserRow | undefined> {
+    const u = await this.db.selectFrom('users').select(['name', 'created', 'disabled']).where('name', '=', name).executeTakeFirst();
+    if (!u) return undefined;
+    const groups = await this.db.selectFrom('membership').select('group_name').where('user_name', '=', name).orderBy('group_name').execute();
+    return { user: u.name, groups: groups.map((g) => g.group_name), created: iso(u.created), disabled: u.disabled !== 0 };
+  }
+
   async groups(text: string | undefined, p: PageQuery): Promise<PageOf<GroupRow>> {
     let q = this.db.selectFrom('groups');
     if (text) q = q.where(contains('groups.name', text));

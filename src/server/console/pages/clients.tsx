@@ -7,7 +7,8 @@
 import { MedvError } from '../../../core/errors.js';
 import { sendCsv } from '../../api-admin.js';
 import { CLIENTS_CSV, HISTORY_CSV } from '../../csv.js';
-import { CLIENT_ID_RE, REPORT_STATES } from '../../keyservice.js';
+import { checkClientId } from '../../../api/names.js';
+import { REPORT_STATES } from '../../keyservice.js';
 import { clientFilter, pageQuery } from '../../listing.js';
 import { type Answer, type Ctx, page } from '../context.js';
 import { Badge, DataTable, Field, Filters, Pager, Select, StateBadge, Time, ago, count, href, seg } from '../components.js';
@@ -72,13 +73,8 @@ export async function clientsPage(ctx: Ctx): Promise<Answer> {
   );
 }
 
-function clientId(v: string): string {
-  if (!CLIENT_ID_RE.test(v)) throw new MedvError('EINVAL_ARG', "a client id is 1 to 64 letters, digits, '.', '_' or '-'");
-  return v;
-}
-
 export async function clientPage(ctx: Ctx): Promise<Answer> {
-  const client = clientId(ctx.params[0]);
+  const client = checkClientId(ctx.params[0]);
   const [latest, p] = await Promise.all([
     keys(ctx).clientsPage({ client }, { offset: 0, limit: 1000 }),
     keys(ctx).historyPage({ client }, pageQuery(ctx.query)),
@@ -119,7 +115,7 @@ export async function clientsCsv(ctx: Ctx): Promise<Answer> {
 }
 
 export async function clientHistoryCsv(ctx: Ctx): Promise<Answer> {
-  const client = clientId(ctx.params[0]);
+  const client = checkClientId(ctx.params[0]);
   const k = keys(ctx);
   await sendCsv(ctx.res, `${client}-history.csv`, HISTORY_CSV, (p) => k.historyPage({ client }, p), pageHeaders(ctx.secure));
   return { kind: 'sent' };

@@ -5,7 +5,7 @@
  * clients will judge it, and the clients that report it. The same calls as GET /api/admin/images
  * and /api/admin/images/versions (catalog.ts).
  */
-import { checkImage } from '../../keyservice.js';
+import { checkImageName } from '../../../api/names.js';
 import { textParam } from '../../listing.js';
 import type { SignatureState, VersionInfo } from '../../catalog.js';
 import { type Answer, type Ctx, page } from '../context.js';
@@ -59,7 +59,7 @@ function UpdateCell(p: { v: VersionInfo }): Html {
 }
 
 export async function imagePage(ctx: Ctx): Promise<Answer> {
-  const name = checkImage(ctx.params[0]);
+  const name = checkImageName(ctx.params[0]);
   const img = await ctx.services.catalog.image(name);
   return page(
     <Page {...ctx.frame} title={`Image ${name}`} nav="images">

@@ -4,7 +4,7 @@
  * versions (policy-diff.ts). The same calls as GET /api/admin/policies/summary, …/versions,
  * …/document and …/diff.
  */
-import { checkName } from '../../accounts.js';
+import { checkPolicyName } from '../../../api/names.js';
 import { intParam, pageQuery, textParam } from '../../listing.js';
 import type { DiffEntry } from '../../policy-diff.js';
 import { type Answer, type Ctx, page } from '../context.js';
@@ -51,7 +51,7 @@ function DiffForm(p: { name: string; versions: number[]; from?: number; to?: num
 }
 
 export async function policyPage(ctx: Ctx): Promise<Answer> {
-  const name = checkName(ctx.params[0], 'policy');
+  const name = checkPolicyName(ctx.params[0]);
   const versions = await ctx.services.accounts.policyVersions(name);
   return page(
     <Page {...ctx.frame} title={`Policy ${name}`} nav="policies">
@@ -73,7 +73,7 @@ export async function policyPage(ctx: Ctx): Promise<Answer> {
 interface Workspace { name?: unknown; image?: unknown; mode?: unknown; memory?: unknown; network?: unknown; offlineDays?: unknown; expires?: unknown }
 
 export async function policyVersionPage(ctx: Ctx): Promise<Answer> {
-  const name = checkName(ctx.params[0], 'policy');
+  const name = checkPolicyName(ctx.params[0]);
   const version = Number(ctx.params[1]);
   const v = await ctx.services.accounts.policyVersion(name, version);
   const doc = v.document as { description?: unknown; users?: unknown[]; groups?: unknown[]; workspaces?: Workspace[] };
@@ -122,7 +122,7 @@ function DiffList(p: { changes: DiffEntry[] }): Html {
 }
 
 export async function policyDiffPage(ctx: Ctx): Promise<Answer> {
-  const name = checkName(ctx.params[0], 'policy');
+  const name = checkPolicyName(ctx.params[0]);
   const versions = await ctx.services.accounts.policyVersions(name);
   const from = intParam(ctx.query, 'from', 1, MAX_VERSION) ?? versions[1]?.version ?? versions[0].version;
   const to = intParam(ctx.query, 'to', 1, MAX_VERSION) ?? versions[0].version;

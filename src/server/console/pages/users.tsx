@@ -3,7 +3,7 @@
  * groups, console sessions, client workspaces and latest audit entries, and the groups with their
  * member counts. The same service calls as GET /api/admin/users and /api/admin/groups.
  */
-import { checkName } from '../../accounts.js';
+import { checkUserName } from '../../../api/names.js';
 import { USER_STATUSES, pageQuery, textParam, userFilter } from '../../listing.js';
 import { type Answer, type Ctx, page } from '../context.js';
 import { Badge, DataTable, Field, Filters, Pager, Select, StateBadge, Time, count, href, seg } from '../components.js';
@@ -39,7 +39,7 @@ export async function usersPage(ctx: Ctx): Promise<Answer> {
 }
 
 export async function userPage(ctx: Ctx): Promise<Answer> {
-  const name = checkName(ctx.params[0], 'user');
+  const name = checkUserName(ctx.params[0]);
   const { accounts, keys, sessions } = ctx.services;
   const found = await accounts.user(name);
   const [live, clients, audit, admin] = await Promise.all([

@@ -23,6 +23,7 @@ import { MedvError } from '../core/errors.js';
 import { checkGroupName, checkPolicyName, checkUserName } from '../api/names.js';
 import { checkPolicy, type Policy } from '../api/policy.js';
 import { type DiffEntry, diffPolicies } from './policy-diff.js';
+import { type PolicyPreview, previewPolicy } from './policy-preview.js';
 import type {
   AuditFilter, AuditRow, GroupRow, PageOf, PageQuery, PolicySummary, PolicyVersionRow, Store, UserFilter, UserRow, UserSummary, PolicyVersion, PolicyDocument,
 } from './store/index.js';
@@ -252,6 +253,27 @@ export class Accounts {
     const version = await this.store.publishPolicy(policy.name, text, { users: policy.users ?? [], groups: policy.groups ?? [] }, actor);
     await this.store.audit({ actor, action: 'policy.publish', target: policy.name, detail: { version } });
     return { name: policy.name, version };
+  }
+
+  /** Who publishing `doc` would reach (checked first: EPOLICY with the bad field's path). */
+  async previewPolicy(doc: unknown): Promise<PolicyPreview> {
+    const policy = checkPolicy(doc);
+    return previewPolicy(this.store, policy.name, policy);
+  }
+
+  /** Who unpublishing policy `name` would reach. */
+  async previewUnpublish(name: string): Promise<PolicyPreview> {
+    const n = checkPolicyName(name);
+    if (!(await this.store.policies.newest(n))) throw new MedvError('ENOENT', `no policy ${n}`);
+    return previewPolicy(this.store, n, null);
+  }
+
+  /** Unpublish policy `name`: a new version that entitles nobody; every earlier version is kept. */
+  async unpublishPolicy(name: string, actor: string): Promise<{ name: string; version: number }> {
+    const n = checkPolicyName(name);
+    const version = await this.store.policies.unpublish(n, actor);
+    await this.store.audit({ actor, action: 'policy.unpublish', target: n, detail: { version } });
+    return { name: n, version };
   }
 
   listPolicies(): Promise<PolicyVersion[]> {

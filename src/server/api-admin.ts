@@ -8,6 +8,9 @@
  *   GET /api/admin/policies/versions?name                      → {name, versions}
  *   GET /api/admin/policies/document?name&version              → {name, version, published, publisher, document}
  *   GET /api/admin/policies/diff?name&from&to                  → {name, from, to, changes}
+ *   POST /api/admin/policies/preview <document>                → PolicyPreview (policy-preview.ts): who publishing it reaches
+ *   GET /api/admin/policies/unpublish?name                     → PolicyPreview of unpublishing it
+ *   POST /api/admin/policies/unpublish {name}                  → {name, version}
  *   GET /api/admin/images?q                                    → {images}
  *   GET /api/admin/images/versions?name                        → ImageDetail (catalog.ts)
  *   GET /api/admin/clients?q&user&workspace&state&image&version&offset&limit[&format=csv]
@@ -39,6 +42,8 @@ export interface AdminReadDeps {
   /** Throws EDENIED unless the request carries the admin token. */
   admin(req: IncomingMessage): string;
   send(res: ServerResponse, status: number, body: unknown): void;
+  /** The request's JSON body (bounded). */
+  body(req: IncomingMessage): Promise<unknown>;
 }
 
 type Run = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
@@ -99,6 +104,15 @@ export function adminReadRoutes(d: AdminReadDeps): { method: string; path: strin
       const v = (k: string) => required(intParam(q, k, 1, 2 ** 31 - 1), k);
       d.send(res, 200, await d.accounts.policyDiff(required(nameParam(q, 'name'), 'name'), v('from'), v('to')));
     }),
+    { method: 'POST', path: '/api/admin/policies/preview', async run(req: IncomingMessage, res: ServerResponse) { d.admin(req); d.send(res, 200, await d.accounts.previewPolicy(await d.body(req))); } },
+    get('/api/admin/policies/unpublish', async (req, res) => d.send(res, 200, await d.accounts.previewUnpublish(required(nameParam(queryOf(req), 'name'), 'name')))),
+    { method: 'POST', path: '/api/admin/policies/unpublish', async run(req: IncomingMessage, res: ServerResponse) {
+      const actor = d.admin(req);
+      const b = await d.body(req);
+      const name = typeof b === 'object' && b !== null ? (b as { name?: unknown }).name : undefined;
+      if (typeof name !== 'string') throw new MedvError('EINVAL_ARG', 'the body must be {"name": "<policy>"}');
+      d.send(res, 200, await d.accounts.unpublishPolicy(name, actor));
+    } },
     get('/api/admin/images', async (req, res) => d.send(res, 200, { images: await d.catalog.list(textParam(queryOf(req), 'q')) })),
     get('/api/admin/images/versions', async (req, res) => d.send(res, 200, await d.catalog.image(required(nameParam(queryOf(req), 'name'), 'name')))),
     get('/api/admin/clients', async (req, res) => {

@@ -175,7 +175,7 @@ export function accountsApi(o: ApiOptions): ServerModule {
       const s = await accounts.authenticate(bearer(req));
       send(res, 200, await keys().report(s.user, object(await readJson(req, false, REPORTS_MAX_BODY))));
     } },
-    ...adminReadRoutes({ accounts, keys: o.keys, catalog: o.catalog, admin, send }),
+    ...adminReadRoutes({ accounts, keys: o.keys, catalog: o.catalog, admin, send, body: (req) => readJson(req) }),
   ];
 
   return {

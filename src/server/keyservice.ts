@@ -19,6 +19,7 @@ import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, checkClientKey, sealImageKeys, type ImageKeySet } from '../api/keyrelease.js';
 import { checkClientId, checkImageName, checkWorkspaceName, isFileOfImage } from '../api/names.js';
+import { pickWorkspace } from './entitlement.js';
 import type { ServerKey } from './serverkey.js';
 import { type ClientFilter, type ClientRow, type HistoryFilter, type HistoryRow, LIMITS, type PageOf, type PageQuery, type ReportRow, type Store } from './store/index.js';
 
@@ -172,11 +173,7 @@ export class KeyService {
     const client = checkClientId(field(body, 'client', 'client'));
     const clientKey = base64Bytes(field(body, 'clientKey', 'clientKey'), CLIENT_KEY_BYTES, 'clientKey');
     checkClientKey(clientKey);
-    let found: { policy: PolicyRef; settings: Record<string, unknown> } | undefined;
-    for (const p of await this.store.policiesFor(user)) {
-      const ws = ((p.document as { workspaces?: Record<string, unknown>[] }).workspaces ?? []).find((w) => w.name === workspace);
-      if (ws) { found = { policy: { name: p.name, version: p.version }, settings: ws }; break; }
-    }
+    const found = pickWorkspace(await this.store.policiesFor(user), workspace);
     if (!found) {
       await this.store.audit({ actor: user, action: 'keys.deny', target: workspace, detail: { client, reason: 'not entitled' } });
       throw new MedvError('EDENIED', `user ${user} is not entitled to workspace ${workspace}`, { httpStatus: 403 });

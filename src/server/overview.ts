@@ -38,7 +38,7 @@ export async function overview(accounts: Accounts, catalog: ImageCatalog, now = 
     store.clients.seenSince(now - 24 * HOUR),
     store.clients.offlineEnding(now, now + 48 * HOUR),
     store.clients.versionsInUse(),
-    store.lists.audit({}, { offset: 0, limit: 10 }),
+    store.lists.latestAudit(10),
   ]);
   const workspaces = new Set<string>();
   for (const p of policies) for (const w of (p.document as { workspaces?: { name?: unknown }[] }).workspaces ?? []) if (typeof w.name === 'string') workspaces.add(w.name);
@@ -47,6 +47,6 @@ export async function overview(accounts: Accounts, catalog: ImageCatalog, now = 
   return {
     at: new Date(now).toISOString(),
     users, groups, policies: policies.length, workspaces: workspaces.size, images: images.length, imagesWithKeys,
-    clientsSeen24h: seen, clientsOnOldVersion: old, offlineEnding48h: ending, latestAudit: audit.rows,
+    clientsSeen24h: seen, clientsOnOldVersion: old, offlineEnding48h: ending, latestAudit: audit,
   };
 }

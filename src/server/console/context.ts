@@ -38,6 +38,8 @@ export interface Ctx {
   services: Services;
   /** Captures of the route's pattern, decoded. */
   params: string[];
+  /** When the request arrived (process.hrtime.bigint()): the Server-Timing header. */
+  started: bigint;
 }
 
 export type Answer =

@@ -31,6 +31,7 @@ import { signInForm, signIn, logout, logoutEverywhere } from './pages/signin.js'
 import { overviewPage } from './pages/overview.js';
 import { usersPage, userPage, groupsPage } from './pages/users.js';
 import { policiesPage, policyPage, policyVersionPage, policyDiffPage } from './pages/policies.js';
+import { editPolicyPage, newPolicyPage, previewPolicyPage, publishPolicyAction, unpublishPolicyAction, unpublishPolicyPage } from './pages/policy-edit.js';
 import { imagesPage, imagePage } from './pages/images.js';
 import { clientsPage, clientPage, clientsCsv, clientHistoryCsv } from './pages/clients.js';
 import { auditPage, auditCsv } from './pages/audit.js';
@@ -66,6 +67,12 @@ const ROUTES: Route[] = [
   { method: 'GET', path: r('/console/policies/NAME'), access: 'admin', run: policyPage },
   { method: 'GET', path: r('/console/policies/NAME/v/NUM'), access: 'admin', run: policyVersionPage },
   { method: 'GET', path: r('/console/policies/NAME/diff'), access: 'admin', run: policyDiffPage },
+  { method: 'GET', path: '/console/new-policy', access: 'admin', run: newPolicyPage },
+  { method: 'GET', path: r('/console/policies/NAME/edit'), access: 'admin', run: editPolicyPage },
+  { method: 'POST', path: '/console/policies/preview', access: 'admin', run: previewPolicyPage },
+  { method: 'POST', path: '/console/policies/publish', access: 'admin', run: publishPolicyAction },
+  { method: 'GET', path: r('/console/policies/NAME/unpublish'), access: 'admin', run: unpublishPolicyPage },
+  { method: 'POST', path: r('/console/policies/NAME/unpublish'), access: 'admin', run: unpublishPolicyAction },
   { method: 'GET', path: '/console/images', access: 'admin', run: imagesPage },
   { method: 'GET', path: r('/console/images/NAME'), access: 'admin', run: imagePage },
   { method: 'GET', path: '/console/clients', access: 'admin', run: clientsPage },
@@ -111,8 +118,10 @@ export function consoleModule(o: ConsoleOptions): ServerModule {
   const services: Services = { accounts: o.accounts, keys: o.keys, catalog: o.catalog, sessions, assets, isAdmin: o.isAdmin };
 
   function send(ctx: Ctx, a: Answer): void {
-    const headers: Record<string, string | string[]> = { ...pageHeaders(ctx.secure) };
     if (a.kind === 'sent') return;
+    // how long the server took (bench/console reads it; browsers show it in their developer tools)
+    const ms = Number(process.hrtime.bigint() - ctx.started) / 1e6;
+    const headers: Record<string, string | string[]> = { ...pageHeaders(ctx.secure), 'Server-Timing': `app;dur=${ms.toFixed(1)}` };
     Object.assign(headers, a.headers ?? {});
     if (a.kind === 'redirect') {
       ctx.res.writeHead(303, { ...headers, Location: a.location, 'Content-Length': 0 });
@@ -134,7 +143,7 @@ export function consoleModule(o: ConsoleOptions): ServerModule {
     const url = req.url ?? '';
     const qi = url.indexOf('?');
     const ctx: Ctx = {
-      req, res, path, secure, services, params: [],
+      req, res, path, secure, services, params: [], started: process.hrtime.bigint(),
       query: new URLSearchParams(qi < 0 ? '' : url.slice(qi + 1)),
       form: new URLSearchParams(),
       address: req.socket.remoteAddress ?? '',

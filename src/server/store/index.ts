@@ -5,4 +5,5 @@ export * from './store.js';
 export * from './sessions.js';
 export * from './listing.js';
 export * from './clients.js';
+export * from './policies.js';
 export { MIGRATIONS } from './migrations.js';

@@ -12,8 +12,8 @@ export interface PageOf<T> { rows: T[]; total: number; offset: number; limit: nu
 
 export interface UserRow { user: string; groups: string[]; created: string; disabled: boolean }
 export interface GroupRow { group: string; members: number; created: string }
-export interface PolicySummary { name: string; versions: number; latest: number; published: string; publisher: string }
-export interface PolicyVersionRow { name: string; version: number; published: string; publisher: string }
+export interface PolicySummary { name: string; versions: number; latest: number; published: string; publisher: string; unpublished: boolean }
+export interface PolicyVersionRow { name: string; version: number; published: string; publisher: string; unpublished: boolean }
 export interface AuditRow { id: string; time: string; actor: string; action: string; target: string; detail: Record<string, unknown> }
 
 export interface UserFilter { q?: string; group?: string; status?: 'active' | 'disabled' }
@@ -93,33 +93,34 @@ export class ListingQueries {
         .groupBy('name').orderBy('name').limit(p.limit).offset(p.offset).execute(),
     ]);
     const newest = rows.length
-      ? await this.db.selectFrom('policies').select(['name', 'version', 'published', 'publisher'])
+      ? await this.db.selectFrom('policies').select(['name', 'version', 'published', 'publisher', 'unpublished'])
         .where((eb) => eb.or(rows.map((r) => eb.and([eb('name', '=', r.name), eb('version', '=', Number(r.latest))]))))
         .execute()
       : [];
     const by = new Map(newest.map((n) => [n.name, n]));
     return {
-      rows: rows.map((r) => ({ name: r.name, versions: Number(r.versions), latest: Number(r.latest), published: iso(by.get(r.name)?.published ?? 0), publisher: by.get(r.name)?.publisher ?? '' })),
+      rows: rows.map((r) => ({ name: r.name, versions: Number(r.versions), latest: Number(r.latest), published: iso(by.get(r.name)?.published ?? 0), publisher: by.get(r.name)?.publisher ?? '', unpublished: !!by.get(r.name)?.unpublished })),
       total: Number(count?.n ?? 0), ...p,
     };
   }
 
   async policyVersions(name: string): Promise<PolicyVersionRow[]> {
-    const rows = await this.db.selectFrom('policies').select(['name', 'version', 'published', 'publisher']).where('name', '=', name).orderBy('version', 'desc').execute();
-    return rows.map((r) => ({ name: r.name, version: r.version, published: iso(r.published), publisher: r.publisher }));
+    const rows = await this.db.selectFrom('policies').select(['name', 'version', 'published', 'publisher', 'unpublished']).where('name', '=', name).orderBy('version', 'desc').execute();
+    return rows.map((r) => ({ name: r.name, version: r.version, published: iso(r.published), publisher: r.publisher, unpublished: r.unpublished !== 0 }));
   }
 
   async policyDocument(name: string, version: number): Promise<(PolicyVersionRow & { document: unknown }) | undefined> {
-    const r = await this.db.selectFrom('policies').select(['name', 'version', 'published', 'publisher', 'document'])
+    const r = await this.db.selectFrom('policies').select(['name', 'version', 'published', 'publisher', 'document', 'unpublished'])
       .where('name', '=', name).where('version', '=', version).executeTakeFirst();
-    return r && { name: r.name, version: r.version, published: iso(r.published), publisher: r.publisher, document: JSON.parse(r.document) };
+    return r && { name: r.name, version: r.version, published: iso(r.published), publisher: r.publisher, unpublished: r.unpublished !== 0, document: JSON.parse(r.document) };
   }
 
   /** Newest first. `user` matches the actor or the target; `action` the action or its prefix before a dot. */
   async audit(f: AuditFilter, p: PageQuery): Promise<PageOf<AuditRow>> {
     let q = this.db.selectFrom('audit');
     if (f.user) { const u = f.user; q = q.where((eb) => eb.or([eb('actor', '=', u), eb('target', '=', u)])); }
-    if (f.action) { const a = f.action; q = q.where((eb) => eb.or([eb('action', '=', a), eb('action', 'like', `${a.replace(/[\\%_]/g, (c) => `\\${c}`)}.%`)])); }
+    // the action or its family (`login` → login.fail…): `a.` <= action < `a/` ('/' follows '.'), which an index serves
+    if (f.action) { const a = f.action; q = q.where((eb) => eb.or([eb('action', '=', a), eb.and([eb('action', '>=', `${a}.`), eb('action', '<', `${a}/`)])])); }
     if (f.since !== undefined) q = q.where('time', '>=', f.since);
     if (f.until !== undefined) q = q.where('time', '<', f.until);
     const [count, rows] = await Promise.all([
@@ -130,6 +131,12 @@ export class ListingQueries {
       rows: rows.map((r) => ({ id: r.id, time: iso(r.time), actor: r.actor, action: r.action, target: r.target, detail: detailOf(r.detail) })),
       total: Number(count?.n ?? 0), ...p,
     };
+  }
+
+  /** The latest `limit` audit entries (no count: the overview's list). */
+  async latestAudit(limit: number): Promise<AuditRow[]> {
+    const rows = await this.db.selectFrom('audit').selectAll().orderBy('time', 'desc').orderBy('id').limit(limit).execute();
+    return rows.map((r) => ({ id: r.id, time: iso(r.time), actor: r.actor, action: r.action, target: r.target, detail: detailOf(r.detail) }));
   }
 
   async count(table: 'users' | 'groups' | 'image_keys'): Promise<number> {
@@ -143,10 +150,11 @@ export class ListingQueries {
     return rows.map((r) => ({ image: r.image, updated: iso(r.updated_at) }));
   }
 
-  /** The newest version of every policy with its document (the console's overview counts workspaces). */
+  /** The newest version of every policy in force (not unpublished), with its document. */
   async newestPolicies(): Promise<{ name: string; version: number; document: unknown }[]> {
     const rows = await this.db.selectFrom('policies as p').select(['p.name', 'p.version', 'p.document'])
       .where('p.version', '=', (eb) => eb.selectFrom('policies as q').select((q) => q.fn.max('q.version').as('v')).whereRef('q.name', '=', 'p.name'))
+      .where('p.unpublished', '=', 0)
       .orderBy('p.name').execute();
     return rows.map((r) => ({ name: r.name, version: r.version, document: JSON.parse(r.document) }));
   }

@@ -137,7 +137,12 @@ const m0003: Migration = {
       .addPrimaryKeyConstraint('client_grants_pk', ['client', 'user_name', 'workspace'])
       .execute();
     await db.schema.createIndex('client_grants_image').on('client_grants').column('image').execute();
+    // an unpublished policy is a last version that entitles nobody (no entitlement rows), marked so
+    await db.schema.alterTable('policies').addColumn('unpublished', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+    // the console's audit filters (by user: actor or target; by action) and its per-user page
     await db.schema.createIndex('audit_actor').on('audit').columns(['actor', 'time']).execute();
+    await db.schema.createIndex('audit_target').on('audit').columns(['target', 'time']).execute();
+    await db.schema.createIndex('audit_action').on('audit').columns(['action', 'time']).execute();
     await db.schema.createIndex('client_reports_received').on('client_reports').column('received_at').execute();
   },
 };

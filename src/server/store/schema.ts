@@ -5,6 +5,8 @@
  * column has a length bound, enforced by a CHECK in the database and by the code before it.
  */
 
+import type { Generated } from 'kysely';
+
 /** Length bounds of the string columns (characters). */
 export const LIMITS = {
   name: 64,
@@ -53,6 +55,8 @@ export interface TokensTable {
 export interface PoliciesTable {
   name: string;
   version: number;
+  /** 1: this version unpublishes the policy (it entitles nobody: no entitlement rows). */
+  unpublished: Generated<number>;
   /** The policy document as published (JSON, validated against docs/policy.schema.json). */
   document: string;
   published: number;

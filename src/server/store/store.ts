@@ -11,6 +11,7 @@ import { type Database, LIMITS } from './schema.js';
 import { SessionQueries } from './sessions.js';
 import { ListingQueries } from './listing.js';
 import { ClientQueries } from './clients.js';
+import { PolicyQueries } from './policies.js';
 
 export interface UserRecord { name: string; passwordHash: string; disabled: boolean }
 export interface UserSummary { user: string; groups: string[]; created: string; disabled: boolean }
@@ -39,6 +40,7 @@ export class Store {
   readonly sessions: SessionQueries;
   readonly lists: ListingQueries;
   readonly clients: ClientQueries;
+  readonly policies: PolicyQueries;
 
   private constructor(o: OpenedDatabase) {
     this.kind = o.kind;
@@ -47,6 +49,7 @@ export class Store {
     this.sessions = new SessionQueries(o.db);
     this.lists = new ListingQueries(o.db);
     this.clients = new ClientQueries(o.db);
+    this.policies = new PolicyQueries(o.db);
   }
 
   static async open(root: string, url?: string): Promise<Store> {

@@ -21,13 +21,14 @@ export async function policiesPage(ctx: Ctx): Promise<Answer> {
     <Page {...ctx.frame} title="Policies" nav="policies">
       <h1>Policies</h1>
       <p class="sub">Each publish of a name makes its next version; users get the newest version of each policy that names them or their groups.</p>
+      <div class="actions"><a class="button" href="/console/new-policy">New policy</a></div>
       <Filters action="/console/policies" label="Filter policies"><Field label="Name contains" name="q" value={q} /></Filters>
       <div id="results">
         <DataTable caption={`${count(p.total)} polic${p.total === 1 ? 'y' : 'ies'} match.`} columns={['Policy', { label: 'Newest version', num: true }, { label: 'Versions', num: true }, 'Published', 'By']} empty="No policy matches."
           rows={p.rows.map((r) => (
             <tr>
               <td><a href={`/console/policies/${seg(r.name)}`}>{r.name}</a></td>
-              <td class="num"><a href={`/console/policies/${seg(r.name)}/v/${r.latest}`}>{r.latest}</a></td>
+              <td class="num"><a href={`/console/policies/${seg(r.name)}/v/${r.latest}`}>{r.latest}</a>{r.unpublished ? <> <Badge tone="warn">unpublished</Badge></> : ''}</td>
               <td class="num">{count(r.versions)}</td>
               <td><Time iso={r.published} relative /></td>
               <td>{r.publisher}</td>
@@ -53,9 +54,18 @@ function DiffForm(p: { name: string; versions: number[]; from?: number; to?: num
 export async function policyPage(ctx: Ctx): Promise<Answer> {
   const name = checkPolicyName(ctx.params[0]);
   const versions = await ctx.services.accounts.policyVersions(name);
+  const published = intParam(ctx.query, 'published', 1, MAX_VERSION);
+  const unpublished = intParam(ctx.query, 'unpublished', 1, MAX_VERSION);
+  const inForce = !versions[0].unpublished;
   return page(
     <Page {...ctx.frame} title={`Policy ${name}`} nav="policies">
       <h1>Policy {name}</h1>
+      {published ? <div class="message ok" role="status">{`Version ${published} published: clients get it at their next contact.`}</div> : ''}
+      {unpublished ? <div class="message ok" role="status">{`Unpublished (version ${unpublished} entitles nobody).`}</div> : ''}
+      <div class="actions">
+        <a class="button" href={`/console/policies/${seg(name)}/edit`}>{inForce ? 'Edit' : 'Edit and publish again'}</a>
+        {inForce ? <a class="button secondary" href={`/console/policies/${seg(name)}/unpublish`}>Unpublish…</a> : <Badge tone="warn">unpublished</Badge>}
+      </div>
       {versions.length > 1 ? <DiffForm name={name} versions={versions.map((v) => v.version)} /> : ''}
       <DataTable caption={`Every published version of ${name}, newest first; users get the newest.`} columns={[{ label: 'Version', num: true }, 'Published', 'By', '']} empty="No version."
         rows={versions.map((v, i) => (
@@ -63,7 +73,7 @@ export async function policyPage(ctx: Ctx): Promise<Answer> {
             <td class="num"><a href={`/console/policies/${seg(name)}/v/${v.version}`}>{v.version}</a></td>
             <td><Time iso={v.published} relative /></td>
             <td>{v.publisher}</td>
-            <td>{i === 0 ? <Badge tone="ok">in force</Badge> : <a href={href(`/console/policies/${seg(name)}/diff`, { from: v.version, to: versions[0].version })}>{`changes since version ${v.version}`}</a>}</td>
+            <td>{v.unpublished ? <Badge tone="warn">unpublishes</Badge> : i === 0 ? <Badge tone="ok">in force</Badge> : <a href={href(`/console/policies/${seg(name)}/diff`, { from: v.version, to: versions[0].version })}>{`changes since version ${v.version}`}</a>}</td>
           </tr>
         ))} />
     </Page>,
@@ -106,7 +116,7 @@ export async function policyVersionPage(ctx: Ctx): Promise<Answer> {
   );
 }
 
-function DiffList(p: { changes: DiffEntry[] }): Html {
+export function DiffList(p: { changes: DiffEntry[] }): Html {
   const show = (x: unknown) => JSON.stringify(x);
   if (!p.changes.length) return <p class="panel">The two versions are the same.</p>;
   return (

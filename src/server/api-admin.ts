@@ -13,6 +13,7 @@
  *   POST /api/admin/policies/unpublish {name}                  → {name, version}
  *   GET /api/admin/images?q                                    → {images}
  *   GET /api/admin/images/versions?name                        → ImageDetail (catalog.ts)
+ *   POST /api/admin/images/prune {name, keep, dryRun?}         → {name, keptVersions, kept, deleted, bytesFreed, skipped, clientsOnRemoved}
  *   GET /api/admin/clients?q&user&workspace&state&image&version&offset&limit[&format=csv]
  *                                                              → {clients, total, offset, limit}
  *   GET /api/admin/clients/history?client&user&workspace&offset&limit[&format=csv]
@@ -33,6 +34,7 @@ import {
   MAX_LIMIT, auditFilter, clientFilter, enumParam, historyFilter, intParam, nameParam, pageQuery, textParam, userFilter,
 } from './listing.js';
 import { overview } from './overview.js';
+import { checkImageName } from '../api/names.js';
 import type { PageOf, PageQuery } from './store/index.js';
 
 export interface AdminReadDeps {
@@ -114,6 +116,14 @@ export function adminReadRoutes(d: AdminReadDeps): { method: string; path: strin
       d.send(res, 200, await d.accounts.unpublishPolicy(name, actor));
     } },
     get('/api/admin/images', async (req, res) => d.send(res, 200, { images: await d.catalog.list(textParam(queryOf(req), 'q')) })),
+    { method: 'POST', path: '/api/admin/images/prune', async run(req: IncomingMessage, res: ServerResponse) {
+      const actor = d.admin(req);
+      const b = await d.body(req) as { name?: unknown; keep?: unknown; dryRun?: unknown };
+      if (typeof b !== 'object' || b === null) throw new MedvError('EINVAL_ARG', 'the body must be {"name", "keep"[, "dryRun"]}');
+      const name = checkImageName(b.name);
+      if (typeof b.keep !== 'number' || !Number.isInteger(b.keep) || b.keep < 1 || b.keep > 1000) throw new MedvError('EINVAL_ARG', 'keep must be an integer from 1 to 1000');
+      d.send(res, 200, await d.catalog.prune(name, b.keep, { dryRun: b.dryRun === true, actor }));
+    } },
     get('/api/admin/images/versions', async (req, res) => d.send(res, 200, await d.catalog.image(required(nameParam(queryOf(req), 'name'), 'name')))),
     get('/api/admin/clients', async (req, res) => {
       const f = clientFilter(queryOf(req));

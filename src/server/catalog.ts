@@ -15,6 +15,7 @@ import { MedvError } from '../core/errors.js';
 import { type VersionCost, versionCost } from '../pack/update-size.js';
 import { IMAGES_DIR } from './images.js';
 import { inspectRepoFile } from './inspect.js';
+import { type PruneResult, pruneImages } from './prune.js';
 import { parseRepoFileName } from '../api/names.js';
 import { strongEtag } from './static.js';
 import type { KeyService } from './keyservice.js';
@@ -149,6 +150,20 @@ export class ImageCatalog {
     }
     const summary = (await this.list()).find((s) => s.name === name)!;
     return { ...summary, list };
+  }
+
+  /**
+   * Keep the `keep` newest versions of `name` in the repository (prune.ts: older indexes first,
+   * then the packs no kept index needs; only files that are this image's). With `dryRun`, what
+   * would go. The answer also counts the client workspaces reporting a version that goes.
+   */
+  async prune(name: string, keep: number, o: { dryRun: boolean; actor: string }): Promise<Omit<PruneResult, 'dir'> & { clientsOnRemoved: number }> {
+    const { dir: _dir, ...r } = await pruneImages(this.dir, { name, keep, dryRun: o.dryRun });
+    const kept = new Set(r.keptVersions);
+    const inUse = (await this.clientsOf(name)).get(name) ?? new Map<number | null, number>();
+    const clientsOnRemoved = [...inUse].filter(([v]) => v !== null && !kept.has(v) && v < Math.min(...r.keptVersions)).reduce((n, [, c]) => n + c, 0);
+    if (!o.dryRun) await this.store.audit({ actor: o.actor, action: 'image.prune', target: name, detail: { keep, keptVersions: r.keptVersions, deleted: r.deleted.length, bytesFreed: r.bytesFreed } });
+    return { ...r, clientsOnRemoved };
   }
 
   private async cost(version: number, previous: number | undefined, name: string): Promise<VersionCost> {

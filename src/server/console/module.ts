@@ -32,7 +32,7 @@ import { overviewPage } from './pages/overview.js';
 import { usersPage, userPage, groupsPage } from './pages/users.js';
 import { policiesPage, policyPage, policyVersionPage, policyDiffPage } from './pages/policies.js';
 import { editPolicyPage, newPolicyPage, previewPolicyPage, publishPolicyAction, unpublishPolicyAction, unpublishPolicyPage } from './pages/policy-edit.js';
-import { imagesPage, imagePage } from './pages/images.js';
+import { imagesPage, imagePage, imagePruneAction, imagePrunePage } from './pages/images.js';
 import { clientsPage, clientPage, clientsCsv, clientHistoryCsv } from './pages/clients.js';
 import { auditPage, auditCsv } from './pages/audit.js';
 import { ConsoleSessions, type SessionOptions, PRESESSION_COOKIE, SESSION_COOKIE, cookieValue } from './session.js';
@@ -75,6 +75,8 @@ const ROUTES: Route[] = [
   { method: 'POST', path: r('/console/policies/NAME/unpublish'), access: 'admin', run: unpublishPolicyAction },
   { method: 'GET', path: '/console/images', access: 'admin', run: imagesPage },
   { method: 'GET', path: r('/console/images/NAME'), access: 'admin', run: imagePage },
+  { method: 'GET', path: r('/console/images/NAME/prune'), access: 'admin', run: imagePrunePage },
+  { method: 'POST', path: r('/console/images/NAME/prune'), access: 'admin', run: imagePruneAction },
   { method: 'GET', path: '/console/clients', access: 'admin', run: clientsPage },
   { method: 'GET', path: '/console/clients.csv', access: 'admin', run: clientsCsv },
   { method: 'GET', path: r('/console/clients/NAME'), access: 'admin', run: clientPage },

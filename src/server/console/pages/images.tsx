@@ -6,10 +6,11 @@
  * and /api/admin/images/versions (catalog.ts).
  */
 import { checkImageName } from '../../../api/names.js';
-import { textParam } from '../../listing.js';
+import { MedvError } from '../../../core/errors.js';
+import { intParam, textParam } from '../../listing.js';
 import type { SignatureState, VersionInfo } from '../../catalog.js';
-import { type Answer, type Ctx, page } from '../context.js';
-import { Badge, DataTable, Field, Filters, Time, bytes, count, href, seg } from '../components.js';
+import { type Answer, type Ctx, page, redirect } from '../context.js';
+import { Badge, Csrf, DataTable, Field, Filters, Time, bytes, count, href, seg } from '../components.js';
 import type { Html } from '../html.js';
 import { Page } from '../layout.js';
 
@@ -38,12 +39,12 @@ export async function imagesPage(ctx: Ctx): Promise<Answer> {
   );
 }
 
-const SIGNATURE: Record<SignatureState, [string, 'ok' | 'warn' | 'bad']> = {
+const SIGNATURE: Record<SignatureState, [string, 'ok' | 'warn' | 'bad' | 'plain']> = {
   trusted: ['signed by a published signer', 'ok'],
   untrusted: ['signer not among the published signers: clients refuse it', 'bad'],
   'no-keys': ['signature valid; no keys published', 'warn'],
   invalid: ['refused', 'bad'],
-  'no-index': ['pack without an index', 'warn'],
+  'no-index': ['pack only: its index was pruned (newer versions may use it) or is still uploading', 'plain'],
 };
 
 function UpdateCell(p: { v: VersionInfo }): Html {
@@ -61,9 +62,11 @@ function UpdateCell(p: { v: VersionInfo }): Html {
 export async function imagePage(ctx: Ctx): Promise<Answer> {
   const name = checkImageName(ctx.params[0]);
   const img = await ctx.services.catalog.image(name);
+  const pruned = intParam(ctx.query, 'pruned', 0, 1_000_000);
   return page(
     <Page {...ctx.frame} title={`Image ${name}`} nav="images">
       <h1>Image {name}</h1>
+      {pruned !== undefined ? <div class="message ok" role="status">{`Pruned: ${pruned} file${pruned === 1 ? '' : 's'} deleted.`}</div> : ''}
       <div class="panel">
         <dl class="facts">
           <dt>Versions</dt><dd>{count(img.versions)} (newest {img.latest ?? '–'}), {bytes(img.bytes)} in the repository</dd>
@@ -86,6 +89,45 @@ export async function imagePage(ctx: Ctx): Promise<Answer> {
             <td class="num">{v.clients ? <a href={href('/console/clients', { image: name, version: v.version })}>{count(v.clients)}</a> : '0'}</td>
           </tr>
         ))} />
+      <h2 id="retention">Retention</h2>
+      <form class="filters" method="get" action={`/console/images/${seg(name)}/prune`} aria-label="Prune old versions">
+        <div class="field">
+          <label for="f-keep">Versions to keep</label>
+          <input id="f-keep" name="keep" type="number" min="1" max="1000" value={String(Math.max(1, Math.min(2, img.versions)))} />
+        </div>
+        <button type="submit">See what would be deleted</button>
+      </form>
     </Page>,
   );
+}
+
+/** What keeping N versions would delete (a dry run), with a button that does it. */
+export async function imagePrunePage(ctx: Ctx): Promise<Answer> {
+  const name = checkImageName(ctx.params[0]);
+  const keep = intParam(ctx.query, 'keep', 1, 1000) ?? 1;
+  const r = await ctx.services.catalog.prune(name, keep, { dryRun: true, actor: ctx.session!.user });
+  return page(
+    <Page {...ctx.frame} title={`Prune image ${name}`} nav="images">
+      <h1>{`Keep the ${keep} newest version${keep === 1 ? '' : 's'} of ${name}?`}</h1>
+      <p class="sub">{`Versions kept: ${r.keptVersions.join(', ') || 'none'}. Older indexes are deleted first, then the packs no kept index needs; a version's index may need packs of earlier versions, which stay.`}</p>
+      {r.clientsOnRemoved ? <div class="message bad" role="alert">{`${count(r.clientsOnRemoved)} client workspace${r.clientsOnRemoved === 1 ? ' reports' : 's report'} a version that would be deleted: they keep running it, but cannot fetch it again and will update to a kept version.`}</div> : ''}
+      <DataTable caption={`${count(r.deleted.length)} file${r.deleted.length === 1 ? '' : 's'} to delete, ${bytes(r.bytesFreed)} freed.`} columns={['File']} empty="Nothing to delete."
+        rows={r.deleted.map((f) => <tr><td class="mono">{f}</td></tr>)} />
+      {r.skipped.length ? <DataTable caption="Left alone." columns={['File', 'Why']} empty="" rows={r.skipped.map((s) => <tr><td class="mono">{s.file}</td><td>{s.reason}</td></tr>)} /> : ''}
+      <form method="post" action={`/console/images/${seg(name)}/prune`} class="actions">
+        <Csrf token={ctx.frame.csrf} />
+        <input type="hidden" name="keep" value={String(keep)} />
+        <button type="submit" class="danger" disabled={!r.deleted.length}>{`Delete ${count(r.deleted.length)} file${r.deleted.length === 1 ? '' : 's'}`}</button>
+        <a class="button secondary" href={`/console/images/${seg(name)}`}>Cancel</a>
+      </form>
+    </Page>,
+  );
+}
+
+export async function imagePruneAction(ctx: Ctx): Promise<Answer> {
+  const name = checkImageName(ctx.params[0]);
+  const keep = intParam(ctx.form, 'keep', 1, 1000);
+  if (keep === undefined) throw new MedvError('EINVAL_ARG', 'keep is required');
+  const r = await ctx.services.catalog.prune(name, keep, { dryRun: false, actor: ctx.session!.user });
+  return redirect(`/console/images/${seg(name)}?pruned=${r.deleted.length}`);
 }

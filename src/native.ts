@@ -395,7 +395,7 @@ function wrap(raw: RawAddon): NativeApi {
 }
 
 /** Try to load the compiled addon; returns the raw module or the reason it is unusable. */
-export function loadAddon(): { addon?: RawAddon; reason?: string } {
+function loadAddon(): { addon?: RawAddon; reason?: string } {
   // dist/src/native.js -> ../../build/Release; src/native.ts (tsx) -> ../build/Release
   const here = path.dirname(fileURLToPath(import.meta.url));
   const candidates = [

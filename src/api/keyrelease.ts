@@ -24,7 +24,7 @@
 import { MedvError } from '../core/errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import { secureAlloc, secureFree, secureSeal, redactInspect } from '../crypto/secure.js';
-import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
+import { type Sodium, sodium as sodiumBase } from '../core/sodium.js';
 import { IMAGE_NAME_RE } from './names.js';
 
 /** The public-key functions of sodium-native, beside the subset src/crypto/sodium.ts types. */
@@ -52,7 +52,6 @@ const P_END = ']}';
 export const CLIENT_KEY_BYTES = 32;
 export const SIGNER_BYTES = 32;
 export const MAX_SIGNERS = 16;
-export const RELEASE_VERSION = 1;
 /** Longest canonical plaintext: 64-character image name, 16 signers. */
 export const MAX_RELEASE_PLAINTEXT = plaintextLength(64, MAX_SIGNERS);
 /** Longest sealed answer a client accepts. */

@@ -60,11 +60,6 @@ export function checkGroupName(v: unknown, what = 'group'): string {
   return checkUserName(v, what);
 }
 
-/** A policy name. */
-export function checkPolicyName(v: unknown, what = 'policy'): string {
-  return checkUserName(v, what);
-}
-
 /** A workspace name. */
 export function checkWorkspaceName(v: unknown, what = 'workspace'): string {
   return check(v, WORKSPACE_NAME_RE, what, `letters, digits, '.', '_' or '-'${START}`);

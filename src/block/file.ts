@@ -3,7 +3,7 @@ import { promisify } from 'node:util';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { type FileMap, native } from '../native.js';
 import { writeZeroesByWriting } from './emulate.js';
-import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from './device.js';
+import { type BlockCapabilities, type BlockDevice, type FileRange, type FileRangeOptions, type WriteOptions, defaultCapabilities } from './device.js';
 import { type LockMode, lockFile } from './flock.js';
 
 export type { LockMode } from './flock.js';
@@ -15,7 +15,7 @@ const fsFtruncate = promisify(fs.ftruncate);
 const fsClose = promisify(fs.close);
 const fsOpen = promisify(fs.open);
 const fsFstat = promisify(fs.fstat);
-/** Files from this size are mapped for readIntoDecrypted (a mapping costs a few system calls once). */
+/** Files from this size are mapped for fileRange({ mapped }) (a mapping costs a few system calls once). */
 const MAP_MIN = 1 << 20;
 
 export interface FileOpenOptions {
@@ -83,8 +83,6 @@ export class FileDevice implements BlockDevice {
 
   get size(): number { return this.currentSize; }
   get description(): string { return this.path; }
-  /** The raw file descriptor, for the native fast path. */
-  get fileDescriptor(): number { return this.fd; }
 
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRead(offset, length);
@@ -99,21 +97,18 @@ export class FileDevice implements BlockDevice {
   }
 
   /**
-   * See BlockDevice.readIntoDecrypted. From a read-only mapping of the file where it covers the
-   * range (native.xtsFromMapAsync: the cipher reads the page cache itself), else pread and cipher
-   * in one thread-pool job (native.preadXtsAsync).
+   * See BlockDevice.fileRange: the device's bytes are the file's, at the same offsets. The mapping
+   * (`mapped`) is made on first use, of the file's size then; a range past it (the file grew since)
+   * comes without one, as do ranges of small files and all ranges where mmap is unavailable.
    */
-  async readIntoDecrypted(buf: Buffer, offset: number, key: Buffer, firstUnit: number, unitSize: number): Promise<void> {
-    this.checkRead(offset, buf.length);
-    const map = this.mapCovering(offset + buf.length);
-    try {
-      if (map) await native.xtsFromMapAsync(map, offset, buf, key, firstUnit, unitSize);
-      else await native.preadXtsAsync(this.fd, buf, offset, key, firstUnit, unitSize);
-    } catch (e) { throw fromSystemError(e, this.path); }
+  fileRange(offset: number, length: number, options?: FileRangeOptions): FileRange | undefined {
+    if (this.closed || !(offset >= 0) || !(length > 0) || offset + length > this.currentSize) return undefined;
+    const map = options?.mapped ? this.mapCovering(offset + length) : undefined;
+    return map ? { fd: this.fd, position: offset, map } : { fd: this.fd, position: offset };
   }
 
-  /** The file's mapping if it reaches `end`: made on first use, of the size then (a file that grew
-   *  since is read past it with pread); none for small files or where mmap is unavailable. */
+  /** The file's mapping if it reaches `end`: made on first use; none for small files or where mmap
+   *  is unavailable. */
   private mapCovering(end: number): FileMap | undefined {
     if (!this.mapping && !this.mapTried && this.currentSize >= MAP_MIN) {
       this.mapTried = true;
@@ -141,18 +136,6 @@ export class FileDevice implements BlockDevice {
     } catch {
       return false; // readInto() reports it
     }
-  }
-
-  /** See BlockDevice.readCached (native.pageCached: cachestat(2)). */
-  readCached(offset: number, length: number): boolean {
-    if (this.closed || offset < 0 || length <= 0 || offset + length > this.currentSize) return false;
-    return native.pageCached(this.fd, offset, length);
-  }
-
-  /** See BlockDevice.sendReadReply: sendfile(2) of page-cached data (native.sendFileReply). */
-  sendReadReply(sockfd: number, header: Buffer, offset: number, length: number): number {
-    if (this.closed || offset < 0 || length <= 0 || offset + length > this.currentSize) return -1;
-    return native.sendFileReply(sockfd, header, this.fd, offset, length);
   }
 
   private checkRead(offset: number, length: number): void {

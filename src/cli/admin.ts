@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../core/errors.js';
-import { consoleKeyDir } from '../core/paths.js';
+import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 import { readTokenFile } from './image-repo.js';
 import { readPassword } from './login.js';
@@ -115,7 +115,7 @@ Examples:
     });
   serverOptions(addKeyOptions(imageKeys.command('publish <name>'))
     .description('publish the keys of image NAME from the console\'s key folder to the server')
-    .option('--keys <dir>', 'the console key folder (default $MEDV_KEYS, else $XDG_CONFIG_HOME/medv/keys)')
+    .option('--keys <dir>', `the console key folder (default ${DEFAULT_HELP.keys})`)
     .addHelpText('after', `
 Sends the image's content key (images/NAME.key.enc), the repository key (repository.key.enc)
 and the trusted signers (console.sign.pub and trusted/*.pub) to the server, which keeps them

@@ -1,6 +1,6 @@
 /** `medv image fetch`: a packed image from a repository into a new .evhd. Thin wrapper over src/transfer. */
 import type { Command } from 'commander';
-import { consoleKeyDir } from '../core/paths.js';
+import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
 import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
@@ -12,7 +12,7 @@ export function addImageFetchCommand(image: Command): void {
     .description('fetch a packed image (URL or path of <NAME>_<N>.ckm.index) into a new encrypted disk, taking what it can from local seeds')
     .requiredOption('--out <disk.evhd>', 'the new disk (must not exist); its key file NAME.enc is written beside it')
     .option('--seed <path>', 'a disk (.evhd, .vhd, raw), a folder of packs (PackedImages, PrestagedImages) or a .ckm.index to take blocks from (repeatable)', collect, [])
-    .option('--keys <dir>', 'key folder with the image content key, the repository key and trusted signers (default $MEDV_KEYS, else $XDG_CONFIG_HOME/medv/keys)')
+    .option('--keys <dir>', `key folder with the image content key, the repository key and trusted signers (default ${DEFAULT_HELP.keys})`)
     .option('--no-trim', 'ignore seeds: take every block from the repository (an interrupted fetch still resumes)')
     .option('--dry-run', 'fetch the index only, and print what the blocks would cost (bytes, requests); write nothing')
     .option('--json', 'print the result as JSON')
@@ -23,7 +23,7 @@ What it does:
      already hold (records of an earlier index in a seed folder, or NAME.evhd.index beside a
      disk seed, are reused by hash).
   2. Looks every block up by its keyed id in the seeds (disks are hashed once; their ids are
-     cached under $XDG_CACHE_HOME/medv/seeds, keyed hashes only) and copies those, each checked.
+     cached under ${DEFAULT_HELP.seedCache}, keyed hashes only) and copies those, each checked.
   3. Fetches the rest from the packs (<NAME>_<N>.ckm beside the index) with coalesced range
      requests, several in flight; servers without multi-range or range support work too.
   4. Writes a new .evhd with a fresh data key (wrapped with MEDV_PASSPHRASE / --passphrase-file /

@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { openDisk } from '../layers/open.js';
 import { MedvError } from '../core/errors.js';
-import { consoleKeyDir } from '../core/paths.js';
+import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
 import { checkImageName } from '../formats/ckm/index.js';
 import { addImageRepoCommands } from './image-repo.js';
 import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
@@ -26,7 +26,7 @@ export function imageCommand(): Command {
     .requiredOption('--name <name>', 'image name (A-Z a-z 0-9 . _ -, up to 64)')
     .requiredOption('--version <n>', 'image version number (1, 2, …)')
     .option('--out <dir>', 'output folder (created if missing)', 'PackedImages')
-    .option('--keys <dir>', 'key folder: created keys are wrapped with the passphrase (default $MEDV_KEYS, else $XDG_CONFIG_HOME/medv/keys)')
+    .option('--keys <dir>', `key folder: created keys are wrapped with the passphrase (default ${DEFAULT_HELP.keys})`)
     .option('--previous <index>', 'index of the version to build on, in --out (default: the highest lower version of NAME there)')
     .option('--no-previous', 'store every block, even those an earlier version already published')
     .option('--no-delta', 'never store a changed block as a delta against the block it replaces')
@@ -81,7 +81,7 @@ Examples:
 
   addKeyOptions(image.command('verify <index>'))
     .description('check an index and its packs: signature by a trusted key, then every block decrypts, decompresses and matches its id')
-    .option('--keys <dir>', 'key folder with the image content key, the repository key and trusted signers (default $MEDV_KEYS, else $XDG_CONFIG_HOME/medv/keys)')
+    .option('--keys <dir>', `key folder with the image content key, the repository key and trusted signers (default ${DEFAULT_HELP.keys})`)
     .option('--packs <dir>', 'folder of the .ckm files (default: the index\'s folder)')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', `

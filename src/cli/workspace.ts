@@ -1,6 +1,7 @@
 /** `medv workspace …`: the client's workspaces. Thin over src/workspace. */
 import { Command, Option } from 'commander';
 import { MedvError } from '../core/errors.js';
+import { DEFAULT_HELP } from '../core/paths.js';
 import { parseDuration } from '../core/units.js';
 import { formatBytes, printJson, progressBar } from './common.js';
 
@@ -9,7 +10,7 @@ type Opts = Record<string, unknown>;
 const ws = () => import('../workspace/index.js');
 
 function rootOption(c: Command): Command {
-  return c.option('--client-root <dir>', 'client repositories (default $MEDV_CLIENT_ROOT, /var/lib/medv for root, else $XDG_DATA_HOME/medv)');
+  return c.option('--client-root <dir>', `client repositories (default ${DEFAULT_HELP.clientRoot})`);
 }
 
 /** One y/N question on the terminal; anything but y/yes is no. */
@@ -49,7 +50,7 @@ What it does:
      versions stay, older ones are deleted (never the running one).
   4. Starts the VM (persistent: writes go into the disk; revertible: into an undo disk dropped at
      every stop); a suspended workspace resumes. Menu entries for published applications are
-     written to ~/.local/share/applications.
+     written to ${DEFAULT_HELP.menu}.
 
 Exit status: 0 started; 2 bad option; 4 not logged in, login expired or not entitled; 5 damaged
 image or bad policy; 9 already running; 10 server error; 12 the image needs a newer medv (EENGINE); 13 offline allowance used up; 14 expired.

@@ -282,14 +282,7 @@ export function openAtomicSync(final: string, opts: WriteOptions = {}): AtomicFi
 
 /** Replace `final` with `data` atomically: temporary (mode set), fsync, rename, fsync folder. */
 export function writeFileAtomicSync(final: string, data: Uint8Array | string, opts: WriteOptions = {}): void {
-  const f = openAtomicSync(final, opts);
-  try {
-    writeAllSync(f.fd, toBytes(data));
-  } catch (e) {
-    f.abort();
-    throw fromSystemError(e, final);
-  }
-  f.commit();
+  writeWholeSync(final, data, opts, false);
 }
 
 /**
@@ -297,6 +290,10 @@ export function writeFileAtomicSync(final: string, data: Uint8Array | string, op
  * temporary (mode set), fsync, link, fsync folder. Secrets (host key, tokens) are written this way.
  */
 export function createFileAtomicSync(final: string, data: Uint8Array | string, opts: WriteOptions = {}): void {
+  writeWholeSync(final, data, opts, true);
+}
+
+function writeWholeSync(final: string, data: Uint8Array | string, opts: WriteOptions, exclusive: boolean): void {
   const f = openAtomicSync(final, opts);
   try {
     writeAllSync(f.fd, toBytes(data));
@@ -304,7 +301,8 @@ export function createFileAtomicSync(final: string, data: Uint8Array | string, o
     f.abort();
     throw fromSystemError(e, final);
   }
-  f.commitNew();
+  if (exclusive) f.commitNew();
+  else f.commit();
 }
 
 /** As writeFileAtomicSync, with the writes and fsyncs on the thread pool. */
@@ -498,7 +496,7 @@ const O_READ = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_
 
 const myUid = (): number => process.getuid?.() ?? 0;
 /** `0600`-style text of a file mode, for messages. */
-export const modeString = (mode: number): string => `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
+const modeString = (mode: number): string => `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
 
 /** Open for reading without following a symlink or blocking on a FIFO; ELOOP becomes EUNSAFE. */
 function openForRead(path: string, what: string, symlinkCode: ErrorCode): number {

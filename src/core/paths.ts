@@ -16,6 +16,15 @@
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 
+/** How each default is chosen, for --help texts (the functions below are the rules). */
+export const DEFAULT_HELP = {
+  clientRoot: '$MEDV_CLIENT_ROOT, else /var/lib/medv for root, else $XDG_DATA_HOME/medv',
+  keys: '$MEDV_KEYS, else $XDG_CONFIG_HOME/medv/keys',
+  uploadState: '$MEDV_STATE_DIR/uploads, else $XDG_STATE_HOME/medv/uploads',
+  seedCache: '$XDG_CACHE_HOME/medv/seeds',
+  menu: '$XDG_DATA_HOME/applications',
+} as const;
+
 /** The user's XDG base folders, when a caller chooses them instead of the environment. */
 export interface UserDirs {
   /** Instead of $XDG_DATA_HOME (~/.local/share). */

@@ -2,12 +2,12 @@
  * Key-encryption keys (KEKs): what unwraps a disk's data key from its .enc file.
  *  - passphrase: Argon2id (crypto_pwhash) of the passphrase with the salt and limits stored in the file;
  *  - host key: a 32-byte random file (mode 0600) in the client data repository.
- * (The server key service of DESIGN.md wraps with a host-style 32-byte key and is built elsewhere.)
+ * (The server's key service wraps image keys with its own 32-byte key: src/server/serverkey.ts.)
  */
 import { MedvError } from '../core/errors.js';
 import { createFileAtomic, readSecretSync } from '../core/fsio.js';
 import { secureAlloc, secureFree } from './secure.js';
-import { sodium } from './sodium.js';
+import { sodium } from '../core/sodium.js';
 
 export { type KekSource, kekFromEnvironment } from './kekenv.js';
 

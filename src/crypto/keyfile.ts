@@ -12,7 +12,7 @@ import {
 import { DATA_KEY_BYTES, DataKey } from './datakey.js';
 import { type KekSource, hostKeyId, loadHostKey, passphraseKek } from './kek.js';
 import { secureAlloc, secureFree } from './secure.js';
-import { sodium } from './sodium.js';
+import { sodium } from '../core/sodium.js';
 
 export interface PwhashParams {
   opslimit: number;
@@ -161,5 +161,3 @@ export async function readKeyFile(encPath: string, kek: KekSource): Promise<Data
   return unwrapDataKey(bytes, kek, encPath);
 }
 
-/** Kept for src/pack until it imports src/core/fsio.ts itself. */
-export { fsyncDir } from '../core/fsio.js';

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError, type ErrorCode } from '../core/errors.js';
+import { JsonLineReader } from '../core/jsonlines.js';
 import { runRoot } from '../core/paths.js';
 import { checkVmName } from '../api/names.js';
 import { controlRequest } from './protocol.js';
@@ -37,6 +38,22 @@ function tail(file: string, bytes = 4000): string {
   }
 }
 
+export interface StartAnswer { ok: boolean; state?: VmState; error?: { code: string; message: string } }
+
+/** Longest answer a supervisor may send on fd 3 (a state of a few KiB). */
+export const MAX_START_ANSWER = 1024 * 1024;
+
+/**
+ * The supervisor's answer to a start: the first line on its fd 3, one JSON object, bounded
+ * (src/core/jsonlines.ts); an over-long line or one that is not JSON is an EPROTO answer.
+ */
+export function readStartAnswer(pipe: NodeJS.ReadableStream, done: (a: StartAnswer) => void): void {
+  let answered = false;
+  const once = (a: StartAnswer) => { if (!answered) { answered = true; done(a); } };
+  const reader = new JsonLineReader((v) => once(v as StartAnswer), (e) => { once({ ok: false, error: { code: 'EPROTO', message: e.message } }); }, 'the supervisor', MAX_START_ANSWER);
+  pipe.on('data', (d: Buffer | string) => reader.push(d));
+}
+
 /**
  * Start a VM under a new detached supervisor; resolves once QEMU runs (the guest may still be
  * booting). The VM keeps running after this process exits. EBUSY if a VM of that name runs.
@@ -57,20 +74,9 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
   const input: SupervisorInput = { config, runRoot: root, kek: options.kek, logFile: supervisor.log };
   child.stdin!.on('error', () => undefined); // a supervisor that died at once is reported through 'exit'
   child.stdin!.end(JSON.stringify(input));
-  const answer = await new Promise<{ ok: boolean; state?: VmState; error?: { code: string; message: string } }>((resolve) => {
-    let text = '';
-    const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  const answer = await new Promise<StartAnswer>((resolve) => {
     const timer = setTimeout(() => resolve({ ok: false, error: { code: 'ETIMEOUT', message: `the supervisor did not report within ${START_TIMEOUT_MS} ms` } }), START_TIMEOUT_MS);
-    pipe.setEncoding('utf8');
-    pipe.on('data', (d: string) => {
-      text += d;
-      if (text.length > 1 << 20) { clearTimeout(timer); resolve({ ok: false, error: { code: 'EPROTO', message: 'the supervisor sent too much' } }); }
-      const nl = text.indexOf('\n');
-      if (nl >= 0) {
-        clearTimeout(timer);
-        try { resolve(JSON.parse(text.slice(0, nl))); } catch { resolve({ ok: false, error: { code: 'EPROTO', message: 'the supervisor sent a line that is not JSON' } }); }
-      }
-    });
+    readStartAnswer(child.stdio[3] as NodeJS.ReadableStream, (a) => { clearTimeout(timer); resolve(a); });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
       // Its temporary log, unless it got as far as moving it into the run folder.

@@ -1,6 +1,6 @@
 /**
  * The run directory: one private folder per VM holding what its supervisor publishes while it
- * runs (DESIGN.md, "Hypervisor and supervisor").
+ * runs (./README.md).
  *
  *   <root>/<name>/state.json     what the VM is doing (written by the supervisor, atomically)
  *   <root>/<name>/control.sock   the supervisor's control socket (newline-delimited JSON)
@@ -94,7 +94,7 @@ export function readState(dir: string): VmState | undefined {
 }
 
 /** Is the supervisor recorded in `state` still the live process that wrote it? */
-export function supervisorAlive(state: VmState): boolean {
+function supervisorAlive(state: VmState): boolean {
   return processAlive(state.pid, state.pidStart);
 }
 

@@ -26,7 +26,8 @@ import type { DiskFingerprint, SavedStateReader } from '../hypervisor/savedstate
 import { peekSavedState } from '../hypervisor/savedstate-header.js';
 import type { VhdDevice } from '../layers/vhd/index.js';
 import { bindNbd, type NbdListener, type NbdServer } from '../nbd/server.js';
-import { LineReader, type ControlRequest, type ControlResponse } from './protocol.js';
+import { LineReader } from '../core/jsonlines.js';
+import type { ControlRequest, ControlResponse } from './protocol.js';
 import { vmRunDir, writeState, type VmDiskState, type VmState } from './rundir.js';
 
 /**
@@ -473,10 +474,9 @@ export class Supervisor {
   private onControl(socket: Socket): void {
     this.controlSockets.add(socket);
     socket.on('close', () => this.controlSockets.delete(socket));
-    socket.setEncoding('utf8');
     socket.on('error', () => undefined);
     const reader = new LineReader((line) => void this.handle(socket, line), () => socket.destroy());
-    socket.on('data', (chunk: string) => reader.push(chunk));
+    socket.on('data', (chunk: Buffer) => reader.push(chunk));
   }
 
   private async handle(socket: Socket, line: string): Promise<void> {

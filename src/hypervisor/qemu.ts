@@ -3,7 +3,7 @@
  * command line); `QemuProcess.launch` runs it with QMP, COM1 captured from QEMU's stdout, and waits
  * that notice when the VM stops in an error state. On nested/virtual hosts KVM sometimes cannot
  * emulate an instruction: QEMU then does not exit but parks the VM in run state `internal-error`
- * (FACTS.md). That is reported as a QemuError of kind 'internal-error'; `withTcgFallback` retries
+ * (docs/machines.md). That is reported as a QemuError of kind 'internal-error'; `withTcgFallback` retries
  * under TCG.
  *
  *   const vm = await QemuProcess.launch({ accel, drives: [{ source: 'nbd+unix:///?socket=/run/x.sock' }] });
@@ -416,6 +416,8 @@ export class QemuProcess {
       if (this.serialLimit !== Infinity && this.lines.length > 4096) this.lines.splice(0, this.lines.length - 4096);
       this.partialLine = this.partialLine.slice(nl + 1);
     }
+    // A guest that never prints a newline must not grow this without bound: keep the tail.
+    if (this.partialLine.length > this.serialLimit) this.partialLine = this.partialLine.slice(-this.serialLimit);
     for (const w of [...this.waiters]) w.check();
   }
 
@@ -441,7 +443,7 @@ export class QemuProcess {
     if (this.failure) return;
     this.failure = new QemuError('internal-error',
       `QEMU stopped the guest in run state internal-error under accel ${this.accel}: KVM could not emulate an instruction ` +
-      `(seen on nested virtual machines, see FACTS.md). Retry under TCG.${this.context()}`, this.accel);
+      `(seen on nested virtual machines, see docs/machines.md). Retry under TCG.${this.context()}`, this.accel);
     for (const w of [...this.waiters]) w.fail(this.failure);
   }
 

@@ -27,7 +27,7 @@
 import * as fs from 'node:fs';
 import { DataKey, type KekSource, readKeyFile, wrapDataKey, writeWrappedKeyFile } from '../crypto/index.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { type AtomicFile, openAtomicSync } from '../core/fsio.js';
 import { HEADER_BYTES, MAGIC, MAX_MEMORY_MIB, readHeader, VERSION, type SavedStatePeek } from './savedstate-header.js';

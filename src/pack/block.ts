@@ -4,7 +4,7 @@
  * decompress into exactly 4 KiB, check the id). Formats in src/formats/ckm/pack.ts.
  */
 import { MedvError } from '../core/errors.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import {
   type BlockKind, CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_TAG_BYTES, DELTA_DICT_PREFIX, ZSTD_LEVEL, blockAad, blockNonce,
   zstdCompress, zstdDecompress,

@@ -19,9 +19,9 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { DataKey, readKeyFile, writeKeyFile, type KekSource, type WrapOptions } from '../crypto/index.js';
-import { fsyncDir } from '../crypto/keyfile.js';
+import { fsyncDir } from '../core/fsio.js';
 import { secureAlloc } from '../crypto/secure.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { checkImageName, CKM_IMAGE_ID_BYTES } from '../formats/ckm/index.js';
 
 interface SignSodium {

@@ -25,7 +25,7 @@ import { randomBytes } from 'node:crypto';
 import type { BlockDevice } from '../block/device.js';
 import { availableParallelism } from 'node:os';
 import { MedvError, fromSystemError } from '../core/errors.js';
-import { fsyncDir } from '../crypto/keyfile.js';
+import { fsyncDir } from '../core/fsio.js';
 import {
   type BlockKind, type BlockPlace, CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_RUN_BLOCKS, KIND_BY_CODE, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BYTES, type IndexHeader, PACK_SALT_BYTES,
   type PackRef, type RunEntry, ZSTD_LEVEL, checkImageName, checkImageVersion, encodeRunRecord, indexFileName, packFileName,

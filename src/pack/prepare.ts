@@ -3,7 +3,7 @@
  * Runs in worker threads (worker.ts) or inline; the order-dependent half (dedup, placement,
  * encryption with the pack offset in the nonce) stays on the main thread.
  */
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { CKM_BLOCK_SIZE, CKM_ID_BYTES, KIND_CODE, zstdCompress } from '../formats/ckm/index.js';
 
 export interface PreparedRun {

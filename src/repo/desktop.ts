@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { checkWorkspaceName } from '../api/names.js';
-import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
+import { ensureDir, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { desktopDir } from '../core/paths.js';
 
 export interface PublishedApp { name: string; command: string; icon?: string }
@@ -75,9 +75,7 @@ export function writeDesktopEntries(workspace: string, apps: PublishedApp[], o: 
   if (!Array.isArray(apps) || apps.length > MAX_APPS) throw new MedvError('EINVAL_ARG', `at most ${MAX_APPS} published applications`);
   if (typeof o.medv !== 'string' || o.medv === '' || /[\u0000-\u001f]/.test(o.medv)) throw new MedvError('EINVAL_ARG', 'the medv command path must be a non-empty string without control characters');
   const dir = o.dir ?? desktopDir();
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const st = fs.lstatSync(dir);
-  if (!st.isDirectory()) throw new MedvError('EUNSAFE', `${dir} is not a folder (a symlink or a file is there)`, { file: dir });
+  ensureDir(dir, { parents: true, forbid: 0o022 }); // ours, not a symlink, nobody else writes entries in it
   const used = new Set<string>();
   const planned: Array<{ path: string; text: string }> = [];
   for (const app of apps) {

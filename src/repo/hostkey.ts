@@ -9,7 +9,7 @@ import { MedvError, isMedvError } from '../core/errors.js';
 import { createHostKey, loadHostKey } from '../crypto/kek.js';
 import type { KekSource } from '../crypto/kekenv.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { type ClientRoot, checkSafeDir } from './paths.js';
 
 export const HOST_KEY_FILE = 'host.key';

@@ -18,7 +18,7 @@
  *   failure up to 15 min. Counts older than 15 min start again; a successful login clears its
  *   user's count (not its address's).
  */
-import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
+import { type Sodium, sodium as sodiumBase } from '../core/sodium.js';
 import { MedvError } from '../core/errors.js';
 import { checkGroupName, checkPolicyName, checkUserName } from '../api/names.js';
 import { checkPolicy, type Policy } from '../api/policy.js';

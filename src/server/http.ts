@@ -1,6 +1,6 @@
 /**
  * The HTTP edge of `medv serve`: one Node http server, one router over modules (the image
- * repository now; users, policies and keys under /api/ later), bounds on what a peer can grow,
+ * repository, and /api/: users, policies, image keys, client reports), bounds on what a peer can grow,
  * one log line per request, clean shutdown.
  */
 import * as http from 'node:http';

@@ -11,7 +11,7 @@
 import * as fs from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { SEED_IDS_ENTRY, SEED_IDS_HEADER, SEED_IDS_MAX_ENTRIES, type SeedIds, type SeedStamp, parseSeedIds, serializeSeedIds } from '../formats/seedids.js';
 
 export type { SeedIds, SeedStamp };

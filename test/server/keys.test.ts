@@ -15,7 +15,7 @@ import { isMedvError } from '../../src/core/errors.js';
 import type { KekSource } from '../../src/crypto/index.js';
 import { openImageKeys as openConsoleKeys, verifyPack } from '../../src/pack/index.js';
 import { inspect } from 'node:util';
-import { sodium } from '../../src/crypto/sodium.js';
+import { sodium } from '../../src/core/sodium.js';
 import { generateClientKeyPair, clientKeyPairFrom, openReleasedKeys, sealImageKeys, MAX_SEALED } from '../../src/api/keyrelease.js';
 import { writeKeyFolder } from '../../src/client/keyfolder.js';
 import { listClients, requestGrant, sendReports, publishImageKeys } from '../../src/client/api.js';

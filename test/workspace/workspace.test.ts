@@ -83,7 +83,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     ok(medv(['image', 'pack', rawImage(version, changed), '--name', IMAGE, '--version', String(version), '--out', f('packed'), '--keys', f('keys')]));
     ok(medv(['image', 'upload', f('packed', `${IMAGE}_${version}.ckm`), f('packed', `${IMAGE}_${version}.ckm.index`), '--server', url, '--token-file', adminTokenFile()]));
   };
-  // TCG: the nasm guest's SeaBIOS takes ~15 s under these machines' nested KVM and 0.1 s under TCG (FACTS.md)
+  // TCG: the nasm guest's SeaBIOS takes ~15 s under these machines' nested KVM and 0.1 s under TCG (docs/machines.md)
   const start = (who: Who, ws: string, args: string[] = [], extra: Record<string, string> = {}) => client(['workspace', 'start', ws, '--json', '--accel', 'tcg', ...args], who, extra);
   const stop = async (who: Who, ws: string) => ok(await client(['workspace', 'stop', ws, '--json'], who));
   const bootCount = async (who: Who, ws: string) => Number((await waitForFileText(serial(who, ws), GUEST.serial.ready, 60_000), fs.readFileSync(serial(who, ws), 'latin1').match(GUEST.serial.boot)?.[1]));

@@ -32,7 +32,7 @@
  * each run record (its hash) -> each block (its id and its AEAD tag).
  */
 import { MedvError } from '../../core/errors.js';
-import { sodium } from '../../crypto/sodium.js';
+import { sodium } from '../../core/sodium.js';
 import {
   type CkmContext, CKM_BLOCK_SIZE, CKM_IMAGE_ID_BYTES, CKM_MAX_VERSION, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BLOCKS, CKM_RUN_BYTES,
   IMAGE_NAME_RE, Reader, Writer, checkImageName, checkImageVersion, checkLength, ckmError,

@@ -21,7 +21,7 @@
  * its version; the pack versions are those listed in the index header.
  */
 import { MedvError } from '../../core/errors.js';
-import { sodium } from '../../crypto/sodium.js';
+import { sodium } from '../../core/sodium.js';
 import {
   type BlockKind, type CkmContext, CKM_ID_BYTES, CKM_MAX_STORED, CKM_MIN_STORED, CKM_RUN_BLOCKS, KIND_BY_CODE, KIND_CODE,
   Reader, Writer, ckmError,

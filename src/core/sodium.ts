@@ -1,5 +1,6 @@
 /**
- * The typed subset of sodium-native that medv uses (the package ships no type declarations).
+ * The typed subset of sodium-native that medv uses (the package ships no type declarations): in
+ * src/core because both src/formats (BLAKE2b of pack runs and index directories) and src/crypto use it.
  * Other parts may import `sodium` from here instead of declaring the module themselves.
  */
 import { createRequire } from 'node:module';

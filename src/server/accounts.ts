@@ -20,7 +20,7 @@
  */
 import { type Sodium, sodium as sodiumBase } from '../core/sodium.js';
 import { MedvError } from '../core/errors.js';
-import { checkGroupName, checkPolicyName, checkUserName } from '../api/names.js';
+import { checkGroupName, checkUserName } from '../api/names.js';
 import { checkPolicy, type Policy } from '../api/policy.js';
 import { type DiffEntry, diffPolicies } from './policy-diff.js';
 import { type PolicyPreview, previewPolicy } from './policy-preview.js';
@@ -263,14 +263,14 @@ export class Accounts {
 
   /** Who unpublishing policy `name` would reach. */
   async previewUnpublish(name: string): Promise<PolicyPreview> {
-    const n = checkPolicyName(name);
+    const n = checkUserName(name, 'policy');
     if (!(await this.store.policies.newest(n))) throw new MedvError('ENOENT', `no policy ${n}`);
     return previewPolicy(this.store, n, null);
   }
 
   /** Unpublish policy `name`: a new version that entitles nobody; every earlier version is kept. */
   async unpublishPolicy(name: string, actor: string): Promise<{ name: string; version: number }> {
-    const n = checkPolicyName(name);
+    const n = checkUserName(name, 'policy');
     const version = await this.store.policies.unpublish(n, actor);
     await this.store.audit({ actor, action: 'policy.unpublish', target: n, detail: { version } });
     return { name: n, version };
@@ -316,13 +316,13 @@ export class Accounts {
 
   /** Every version of policy `name`, newest first; ENOENT when there is none. */
   async policyVersions(name: string): Promise<PolicyVersionRow[]> {
-    const rows = await this.store.lists.policyVersions(checkPolicyName(name));
+    const rows = await this.store.lists.policyVersions(checkUserName(name, 'policy'));
     if (!rows.length) throw new MedvError('ENOENT', `no policy ${name}`);
     return rows;
   }
 
   async policyVersion(name: string, version: number): Promise<PolicyVersionRow & { document: unknown }> {
-    const r = await this.store.lists.policyDocument(checkPolicyName(name), version);
+    const r = await this.store.lists.policyDocument(checkUserName(name, 'policy'), version);
     if (!r) throw new MedvError('ENOENT', `no version ${version} of policy ${name}`);
     return r;
   }

@@ -12,7 +12,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
-import { sodium } from '../../crypto/sodium.js';
+import { sodium } from '../../core/sodium.js';
 
 const LABEL = Buffer.from('medv-console-csrf-v1');
 export const CSRF_FIELD = '_csrf';

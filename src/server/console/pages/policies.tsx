@@ -4,7 +4,7 @@
  * versions (policy-diff.ts). The same calls as GET /api/admin/policies/summary, …/versions,
  * …/document and …/diff.
  */
-import { checkPolicyName } from '../../../api/names.js';
+import { checkUserName } from '../../../api/names.js';
 import { intParam, pageQuery, textParam } from '../../listing.js';
 import type { DiffEntry } from '../../policy-diff.js';
 import { type Answer, type Ctx, page } from '../context.js';
@@ -52,7 +52,7 @@ function DiffForm(p: { name: string; versions: number[]; from?: number; to?: num
 }
 
 export async function policyPage(ctx: Ctx): Promise<Answer> {
-  const name = checkPolicyName(ctx.params[0]);
+  const name = checkUserName(ctx.params[0], 'policy');
   const versions = await ctx.services.accounts.policyVersions(name);
   const published = intParam(ctx.query, 'published', 1, MAX_VERSION);
   const unpublished = intParam(ctx.query, 'unpublished', 1, MAX_VERSION);
@@ -83,7 +83,7 @@ export async function policyPage(ctx: Ctx): Promise<Answer> {
 interface Workspace { name?: unknown; image?: unknown; mode?: unknown; memory?: unknown; network?: unknown; offlineDays?: unknown; expires?: unknown }
 
 export async function policyVersionPage(ctx: Ctx): Promise<Answer> {
-  const name = checkPolicyName(ctx.params[0]);
+  const name = checkUserName(ctx.params[0], 'policy');
   const version = Number(ctx.params[1]);
   const v = await ctx.services.accounts.policyVersion(name, version);
   const doc = v.document as { description?: unknown; users?: unknown[]; groups?: unknown[]; workspaces?: Workspace[] };
@@ -132,7 +132,7 @@ export function DiffList(p: { changes: DiffEntry[] }): Html {
 }
 
 export async function policyDiffPage(ctx: Ctx): Promise<Answer> {
-  const name = checkPolicyName(ctx.params[0]);
+  const name = checkUserName(ctx.params[0], 'policy');
   const versions = await ctx.services.accounts.policyVersions(name);
   const from = intParam(ctx.query, 'from', 1, MAX_VERSION) ?? versions[1]?.version ?? versions[0].version;
   const to = intParam(ctx.query, 'to', 1, MAX_VERSION) ?? versions[0].version;

@@ -7,7 +7,7 @@
  * are those of POST /api/admin/policies, /api/admin/policies/preview and /api/admin/policies/unpublish.
  */
 import { MedvError } from '../../../core/errors.js';
-import { checkPolicyName } from '../../../api/names.js';
+import { checkUserName } from '../../../api/names.js';
 import { type PolicyPreview, PREVIEW_LIST_MAX } from '../../policy-preview.js';
 import { diffPolicies } from '../../policy-diff.js';
 import { type Answer, type Ctx, page, redirect } from '../context.js';
@@ -150,7 +150,7 @@ export async function newPolicyPage(ctx: Ctx): Promise<Answer> {
 }
 
 export async function editPolicyPage(ctx: Ctx): Promise<Answer> {
-  const name = checkPolicyName(ctx.params[0]);
+  const name = checkUserName(ctx.params[0], 'policy');
   const doc = await newestDoc(ctx, name);
   const ws = Math.min(workspacesOf(doc).length, Number(ctx.query.get('ws') ?? 0) || 0);
   return page(Editor({ ctx, base: doc, v: toForm(doc, ws), json: pretty(doc), editing: name }));
@@ -269,7 +269,7 @@ export async function publishPolicyAction(ctx: Ctx): Promise<Answer> {
 }
 
 export async function unpublishPolicyPage(ctx: Ctx): Promise<Answer> {
-  const name = checkPolicyName(ctx.params[0]);
+  const name = checkUserName(ctx.params[0], 'policy');
   const preview = await ctx.services.accounts.previewUnpublish(name);
   return page(
     <Page {...ctx.frame} title={`Unpublish policy ${name}?`} nav="policies">
@@ -286,7 +286,7 @@ export async function unpublishPolicyPage(ctx: Ctx): Promise<Answer> {
 }
 
 export async function unpublishPolicyAction(ctx: Ctx): Promise<Answer> {
-  const name = checkPolicyName(ctx.params[0]);
+  const name = checkUserName(ctx.params[0], 'policy');
   const r = await ctx.services.accounts.unpublishPolicy(name, ctx.session!.user);
   return redirect(`/console/policies/${seg(name)}?unpublished=${r.version}`);
 }

@@ -28,6 +28,8 @@ export function serveCommand(): Command {
     .option('--tls-cert <file>', 'speak HTTPS with this certificate chain (PEM); clients pin its CA with --ca')
     .option('--tls-key <file>', 'the private key of --tls-cert (PEM, mode 0600)')
     .option('--allow-plain-http', 'accept passwords and tokens over plain HTTP from other hosts (only behind a TLS-terminating proxy); loopback is always accepted')
+    .option('--image-test-timeout <duration>', 'the console\'s image test: how long to wait for the guest to print "ready" (or a login prompt) on its serial line before the screenshot is taken anyway', '2m')
+    .option('--image-test-hold <duration>', 'the console\'s image test: how long the VM stays up after its screenshot, for the live view (the administrator may stop it sooner)', '5m')
     .option('--json', 'print {url, root, adminTokenFile, database} once listening, then one JSON object per request')
     .addHelpText('after', `
 What it serves:
@@ -78,6 +80,7 @@ Examples:
         tlsCert: o.tlsCert as string | undefined,
         tlsKey: o.tlsKey as string | undefined,
         accounts: { tokenLifetimeMs, perUser, perAddress },
+        imageTests: { timeoutMs: parseDuration(String(o.imageTestTimeout), '--image-test-timeout'), holdMs: parseDuration(String(o.imageTestHold), '--image-test-hold') },
         onLog(e) {
           if (json) process.stdout.write(`${JSON.stringify(e)}\n`);
           else process.stdout.write(`${e.time} ${e.remote} ${e.method} ${e.path} ${e.status} ${e.bytes}${e.received !== undefined ? ` +${e.received}` : ''}\n`);

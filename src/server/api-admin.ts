@@ -13,6 +13,8 @@
  *   POST /api/admin/policies/unpublish {name}                  → {name, version}
  *   GET /api/admin/images?q                                    → {images}
  *   GET /api/admin/images/versions?name                        → ImageDetail (catalog.ts)
+ *   POST /api/admin/images/test {name, version}               → TestRecord (imagetest.ts): the test starts
+ *   GET /api/admin/images/test?name&version                    → {test: TestRecord | null, serial}: its state and serial output
  *   POST /api/admin/images/prune {name, keep, dryRun?}         → {name, keptVersions, kept, deleted, bytesFreed, skipped, clientsOnRemoved}
  *   GET /api/admin/clients?q&user&workspace&state&image&version&offset&limit[&format=csv]
  *                                                              → {clients, total, offset, limit}
@@ -28,6 +30,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { MedvError } from '../core/errors.js';
 import type { Accounts } from './accounts.js';
 import type { ImageCatalog } from './catalog.js';
+import type { ImageTests } from './imagetest.js';
 import { AUDIT_CSV, CLIENTS_CSV, type CsvTable, HISTORY_CSV, csvExport } from './csv.js';
 import type { KeyService } from './keyservice.js';
 import {
@@ -41,6 +44,7 @@ export interface AdminReadDeps {
   accounts: Accounts;
   keys?: KeyService;
   catalog: ImageCatalog;
+  tests?: ImageTests;
   /** Throws EDENIED unless the request carries the admin token. */
   admin(req: IncomingMessage): string;
   send(res: ServerResponse, status: number, body: unknown): void;
@@ -75,6 +79,10 @@ export function adminReadRoutes(d: AdminReadDeps): { method: string; path: strin
   const keys = () => {
     if (!d.keys) throw new MedvError('ENOENT', 'this server does not hold client reports');
     return d.keys;
+  };
+  const tests = () => {
+    if (!d.tests) throw new MedvError('ENOENT', 'this server does not run image tests');
+    return d.tests;
   };
   const page = (req: IncomingMessage) => pageQuery(queryOf(req), MAX_LIMIT);
   const csv = (req: IncomingMessage) => enumParam(queryOf(req), 'format', ['json', 'csv'] as const) === 'csv';
@@ -124,6 +132,19 @@ export function adminReadRoutes(d: AdminReadDeps): { method: string; path: strin
       if (typeof b.keep !== 'number' || !Number.isInteger(b.keep) || b.keep < 1 || b.keep > 1000) throw new MedvError('EINVAL_ARG', 'keep must be an integer from 1 to 1000');
       d.send(res, 200, await d.catalog.prune(name, b.keep, { dryRun: b.dryRun === true, actor }));
     } },
+    { method: 'POST', path: '/api/admin/images/test', async run(req: IncomingMessage, res: ServerResponse) {
+      const actor = d.admin(req);
+      const b = await d.body(req) as { name?: unknown; version?: unknown };
+      if (typeof b !== 'object' || b === null) throw new MedvError('EINVAL_ARG', 'the body must be {"name", "version"}');
+      if (typeof b.version !== 'number' || !Number.isInteger(b.version) || b.version < 1 || b.version > 2 ** 31 - 1) throw new MedvError('EINVAL_ARG', 'version must be an integer from 1 to 2^31-1');
+      d.send(res, 202, await tests().start(checkImageName(b.name), b.version, actor));
+    } },
+    get('/api/admin/images/test', async (req, res) => {
+      const q = queryOf(req);
+      const name = checkImageName(required(nameParam(q, 'name'), 'name'));
+      const version = required(intParam(q, 'version', 1, 2 ** 31 - 1), 'version');
+      d.send(res, 200, { test: tests().status(name, version) ?? null, serial: tests().serial(name, version) });
+    }),
     get('/api/admin/images/versions', async (req, res) => d.send(res, 200, await d.catalog.image(required(nameParam(queryOf(req), 'name'), 'name')))),
     get('/api/admin/clients', async (req, res) => {
       const f = clientFilter(queryOf(req));

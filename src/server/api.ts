@@ -34,6 +34,7 @@ import type { ServerModule } from './http.js';
 import type { KeyService } from './keyservice.js';
 import { adminReadRoutes } from './api-admin.js';
 import type { ImageCatalog } from './catalog.js';
+import type { ImageTests } from './imagetest.js';
 import { httpStatusFor } from '../api/status.js';
 
 export const API_MAX_BODY = 64 * 1024;
@@ -47,8 +48,9 @@ export interface ApiOptions {
   keys?: KeyService;
   /** Accept credentials over plain HTTP from any address (a TLS proxy on another host). */
   allowPlainHttp?: boolean;
-  /** The images of the repository (GET /api/admin/images…). */
+  /** The images of the repository (GET /api/admin/images…) and their tests. */
   catalog: ImageCatalog;
+  tests?: ImageTests;
 }
 
 export function isLoopback(addr: string | undefined): boolean {
@@ -175,7 +177,7 @@ export function accountsApi(o: ApiOptions): ServerModule {
       const s = await accounts.authenticate(bearer(req));
       send(res, 200, await keys().report(s.user, object(await readJson(req, false, REPORTS_MAX_BODY))));
     } },
-    ...adminReadRoutes({ accounts, keys: o.keys, catalog: o.catalog, admin, send, body: (req) => readJson(req) }),
+    ...adminReadRoutes({ accounts, keys: o.keys, catalog: o.catalog, tests: o.tests, admin, send, body: (req) => readJson(req) }),
   ];
 
   return {

@@ -6,6 +6,7 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { MedvError } from '../core/errors.js';
 import { plain } from './static.js';
 
@@ -13,6 +14,8 @@ import { plain } from './static.js';
 export interface ServerModule {
   prefixes: string[];
   handle(req: http.IncomingMessage, res: http.ServerResponse, path: string): Promise<void>;
+  /** An `Upgrade:` request (WebSocket) to one of its prefixes; without this, such requests are refused. */
+  upgrade?(req: http.IncomingMessage, socket: Duplex, head: Buffer, path: string): void;
   close(): Promise<void>;
 }
 
@@ -114,6 +117,16 @@ export async function startHttpServer(o: HttpServerOptions): Promise<RunningServ
       if (!res.headersSent) plain(res, 500, 'internal error');
       else res.destroy();
     });
+  });
+  server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => socket.destroy());
+    const path = requestPath(req.url);
+    const mod = path === undefined ? undefined : o.modules.find((m) => m.prefixes.some((p) => path === p || path.startsWith(p.endsWith('/') ? p : `${p}/`)));
+    if (!mod?.upgrade) {
+      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
+    mod.upgrade(req, socket, head, path!);
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';

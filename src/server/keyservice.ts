@@ -235,19 +235,32 @@ export class KeyService {
     return { stored: await this.store.putReports(rows) };
   }
 
-  /** The trusted signers published with `image`'s keys (public keys), or undefined when none are published. */
-  async signersOf(image: string): Promise<Buffer[] | undefined> {
+  /**
+   * Run `use` with the keys published for `image` (unwrapped into secure memory, disposed after);
+   * ENOKEY when none are published. The server's image test uses them to fetch a version.
+   */
+  async withImageKeys<T>(image: string, use: (keys: ImageKeySet) => Promise<T>): Promise<T> {
     const wrapped = await this.store.getImageKeys(image);
-    if (wrapped === undefined) return undefined;
+    if (wrapped === undefined) throw new MedvError('ENOKEY', `no keys published for image ${image} (medv admin image-keys publish)`);
     const plain = this.serverKey.unwrap(image, Buffer.from(wrapped, 'base64'));
+    let set: ImageKeySet;
     try {
-      const set = parseKeys(image, plain);
-      set.content.dispose();
-      set.repository.dispose();
-      return set.signers;
+      set = parseKeys(image, plain);
     } finally {
       secureFree(plain);
     }
+    try {
+      return await use(set);
+    } finally {
+      set.content.dispose();
+      set.repository.dispose();
+    }
+  }
+
+  /** The trusted signers published with `image`'s keys (public keys), or undefined when none are published. */
+  async signersOf(image: string): Promise<Buffer[] | undefined> {
+    if ((await this.store.getImageKeys(image)) === undefined) return undefined;
+    return this.withImageKeys(image, async (k) => k.signers);
   }
 
   /** The latest report of each client, user and workspace, with the client's last grant beside it. */

@@ -10,6 +10,7 @@ import { accountsApi } from './api.js';
 import { KeyService } from './keyservice.js';
 import { ImageCatalog } from './catalog.js';
 import { consoleModule } from './console/module.js';
+import { ImageTests, type ImageTestOptions } from './imagetest.js';
 import { SERVER_KEY_FILE, loadServerKey } from './serverkey.js';
 import { Store } from './store/index.js';
 
@@ -29,6 +30,8 @@ export interface ServeOptions {
   /** HTTPS: certificate chain and private key files (PEM); the key file must be 0600. */
   tlsCert?: string;
   tlsKey?: string;
+  /** The console's image test: timeout, ready pattern, accelerator. */
+  imageTests?: Partial<Pick<ImageTestOptions, 'timeoutMs' | 'holdMs' | 'readyPattern' | 'accel'>>;
   /** Login token lifetime, failed-login limits. */
   accounts?: Partial<AccountsOptions>;
   onLog?: (entry: RequestLog) => void;
@@ -85,8 +88,9 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
   const accounts = new Accounts(store, o.accounts);
   const keys = new KeyService(store, serverKey, root);
   const catalog = new ImageCatalog(root, store, keys);
-  const api = accountsApi({ accounts, token, keys, catalog, allowPlainHttp: o.allowPlainHttp });
-  const web = consoleModule({ accounts, keys, catalog, isAdmin: (u) => accounts.isAdmin(u), allowPlainHttp: o.allowPlainHttp });
+  const tests = new ImageTests({ ...o.imageTests, root, store, keys });
+  const api = accountsApi({ accounts, token, keys, catalog, tests, allowPlainHttp: o.allowPlainHttp });
+  const web = consoleModule({ accounts, keys, catalog, tests, isAdmin: (u) => accounts.isAdmin(u), allowPlainHttp: o.allowPlainHttp });
   let running;
   try {
     running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api, web], onLog: o.onLog, tls });

@@ -6,13 +6,16 @@
  * the content's SHA-256) is in the URL, so the answer can be cached for a year (`immutable`) and
  * a new server version changes the URL; the ETag is the whole SHA-256 (strong).
  *
- * What is in the table: htmx (node_modules/htmx.org, minified), our stylesheet and our one script
- * (src/server/console/static/). No inline script or style exists anywhere in the console.
+ * What is in the table: htmx (node_modules/htmx.org, minified), our stylesheet and our script
+ * (src/server/console/static/), and for the image test's live view noVNC's ES modules (listed from
+ * node_modules/@novnc/novnc at start) with our vnc.js beside them, under one hash of the whole set.
+ * No inline script or style exists anywhere in the console.
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { assetHeaders } from './headers.js';
 
@@ -24,6 +27,9 @@ interface Source { file: string; type: string }
 /** The repository's root, from this file's place in dist/src/server/console/. */
 const ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
 const req = createRequire(import.meta.url);
+/** noVNC's package folder (its ES modules import each other by relative paths). */
+const NOVNC = dirname(dirname(req.resolve('@novnc/novnc')));
+const MODULE_TYPE = 'text/javascript; charset=utf-8';
 
 const SOURCES: Record<string, Source> = {
   'htmx.min.js': { file: req.resolve('htmx.org/dist/htmx.min.js'), type: 'text/javascript; charset=utf-8' },
@@ -31,7 +37,18 @@ const SOURCES: Record<string, Source> = {
   'console.js': { file: `${ROOT}src/server/console/static/console.js`, type: 'text/javascript; charset=utf-8' },
 };
 
-export type AssetName = keyof typeof SOURCES;
+export type AssetName = keyof typeof SOURCES | 'vnc.js';
+
+/** Every regular `.js` file under `dir` (relative paths, sorted); links and everything else are skipped. */
+function modulesUnder(dir: string, rel = ''): string[] {
+  const out: string[] = [];
+  for (const e of fs.readdirSync(join(dir, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const r = rel ? `${rel}/${e.name}` : e.name;
+    if (e.isDirectory()) out.push(...modulesUnder(dir, r));
+    else if (e.isFile() && e.name.endsWith('.js')) out.push(r);
+  }
+  return out;
+}
 
 interface Asset { name: string; url: string; type: string; body: Buffer; etag: string }
 
@@ -48,6 +65,21 @@ export class Assets {
       const a: Asset = { name, url: `${ASSETS_PREFIX}${sha.slice(0, 16)}/${name}`, type: src.type, body, etag: `"${sha}"` };
       this.byName.set(name, a);
       this.byPath.set(a.url.slice(ASSETS_PREFIX.length), a);
+    }
+    // the live view: noVNC's modules (core/, vendor/) and our vnc.js that imports ./novnc/core/rfb.js,
+    // all under one hash of the whole set, so their relative imports resolve inside it
+    const files: [string, Buffer][] = [
+      ...['core', 'vendor'].flatMap((d) => modulesUnder(join(NOVNC, d)).map((r): [string, Buffer] => [`novnc/${d}/${r}`, fs.readFileSync(join(NOVNC, d, r))])),
+      ['vnc.js', fs.readFileSync(`${ROOT}src/server/console/static/vnc.js`)],
+    ];
+    const all = createHash('sha256');
+    for (const [rel, body] of files) all.update(rel).update('\0').update(createHash('sha256').update(body).digest());
+    const bundle = all.digest('hex').slice(0, 16);
+    for (const [rel, body] of files) {
+      if (body.length > MAX_ASSET) throw new Error(`console asset ${rel} is larger than ${MAX_ASSET} bytes`);
+      const a: Asset = { name: rel, url: `${ASSETS_PREFIX}${bundle}/${rel}`, type: MODULE_TYPE, body, etag: `"${createHash('sha256').update(body).digest('hex')}"` };
+      this.byPath.set(a.url.slice(ASSETS_PREFIX.length), a);
+      if (rel === 'vnc.js') this.byName.set(rel, a);
     }
   }
 

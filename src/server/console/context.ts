@@ -6,6 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Accounts } from '../accounts.js';
 import type { ImageCatalog } from '../catalog.js';
 import type { KeyService } from '../keyservice.js';
+import type { ImageTests } from '../imagetest.js';
 import { requestPath } from '../http.js';
 import type { Assets } from './assets.js';
 import type { Html } from './html.js';
@@ -19,6 +20,8 @@ export interface Services {
   sessions: ConsoleSessions;
   assets: Assets;
   isAdmin(user: string): Promise<boolean>;
+  /** The image test (absent: the server does not run them). */
+  tests?: ImageTests;
 }
 
 export interface Ctx {

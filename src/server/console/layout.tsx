@@ -5,7 +5,7 @@
  * and the main landmark the page fills.
  */
 import { type Child, type Html, doctype } from './html.js';
-import type { Assets } from './assets.js';
+import type { AssetName, Assets } from './assets.js';
 import { Csrf, Time } from './components.js';
 
 export type NavKey = 'overview' | 'users' | 'groups' | 'policies' | 'images' | 'clients' | 'audit';
@@ -28,25 +28,28 @@ export interface Frame {
   idleUntil?: number;
 }
 
-function Head(p: { title: string; assets: Assets }): Html {
+function Head(p: { title: string; assets: Assets; refresh?: number; modules?: AssetName[] }): Html {
   return (
     <head>
       <meta charset="utf-8" />
       <meta name="viewport" content="width=device-width, initial-scale=1" />
       <meta name="referrer" content="no-referrer" />
       <meta name="htmx-config" content='{"includeIndicatorCSS": false}' />
+      {p.refresh ? <meta http-equiv="refresh" content={String(p.refresh)} /> : ''}
       <title>{`${p.title} · medv console`}</title>
       <link rel="stylesheet" href={p.assets.url('console.css')} />
       <script src={p.assets.url('htmx.min.js')} defer></script>
       <script src={p.assets.url('console.js')} defer></script>
+      {(p.modules ?? []).map((m) => <script type="module" src={p.assets.url(m)}></script>)}
     </head>
   );
 }
 
-export function Page(p: Frame & { title: string; nav?: NavKey; children?: Child }): Html {
+/** `refresh`: reload the page every N seconds (a meta refresh: no script); `modules`: ES module scripts of the page. */
+export function Page(p: Frame & { title: string; nav?: NavKey; refresh?: number; modules?: AssetName[]; children?: Child }): Html {
   return doctype(
     <html lang="en">
-      <Head title={p.title} assets={p.assets} />
+      <Head title={p.title} assets={p.assets} refresh={p.refresh} modules={p.modules} />
       <body>
         <a class="skip" href="#main">Skip to content</a>
         <header class="top">

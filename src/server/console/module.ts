@@ -22,6 +22,10 @@ import { plainHttpRefused } from '../api.js';
 import type { ImageCatalog } from '../catalog.js';
 import type { ServerModule } from '../http.js';
 import type { KeyService } from '../keyservice.js';
+import type { ImageTests } from '../imagetest.js';
+import type { Duplex } from 'node:stream';
+import { VncProxy } from './vncproxy.js';
+import { imageTestPage, imageTestScreenshot, startImageTest, stopImageTest } from './pages/imagetest.js';
 import { ASSETS_PREFIX, Assets } from './assets.js';
 import { type Answer, type Ctx, type Services, safeNext } from './context.js';
 import { CSRF_FIELD, CSRF_HEADER, csrfToken, csrfValid, sameOrigin } from './csrf.js';
@@ -43,6 +47,7 @@ export interface ConsoleOptions {
   catalog: ImageCatalog;
   /** May this account use the console (role admin)? Asked on every request. */
   isAdmin(user: string): Promise<boolean>;
+  tests?: ImageTests;
   /** A TLS-terminating proxy is in front (medv serve --allow-plain-http): cookies are Secure. */
   allowPlainHttp?: boolean;
   sessions?: Partial<SessionOptions>;
@@ -76,6 +81,10 @@ const ROUTES: Route[] = [
   { method: 'GET', path: '/console/images', access: 'admin', run: imagesPage },
   { method: 'GET', path: r('/console/images/NAME'), access: 'admin', run: imagePage },
   { method: 'GET', path: r('/console/images/NAME/prune'), access: 'admin', run: imagePrunePage },
+  { method: 'GET', path: r('/console/images/NAME/v/NUM/test'), access: 'admin', run: imageTestPage },
+  { method: 'POST', path: r('/console/images/NAME/v/NUM/test'), access: 'admin', run: startImageTest },
+  { method: 'POST', path: r('/console/images/NAME/v/NUM/test/stop'), access: 'admin', run: stopImageTest },
+  { method: 'GET', path: r('/console/images/NAME/v/NUM/screen.png'), access: 'admin', run: imageTestScreenshot },
   { method: 'POST', path: r('/console/images/NAME/prune'), access: 'admin', run: imagePruneAction },
   { method: 'GET', path: '/console/clients', access: 'admin', run: clientsPage },
   { method: 'GET', path: '/console/clients.csv', access: 'admin', run: clientsCsv },
@@ -84,6 +93,8 @@ const ROUTES: Route[] = [
   { method: 'GET', path: '/console/audit', access: 'admin', run: auditPage },
   { method: 'GET', path: '/console/audit.csv', access: 'admin', run: auditCsv },
 ];
+
+const VNC_PATH = /^\/console\/images\/([A-Za-z0-9][A-Za-z0-9._%-]{0,200})\/v\/([1-9][0-9]{0,9})\/vnc$/;
 
 /** Bodies of console forms (the policy editor's document is the largest). */
 export const FORM_MAX = 256 * 1024;
@@ -117,7 +128,8 @@ function match(route: Route, path: string): string[] | undefined {
 export function consoleModule(o: ConsoleOptions): ServerModule {
   const assets = new Assets();
   const sessions = new ConsoleSessions(o.accounts.store, o.sessions);
-  const services: Services = { accounts: o.accounts, keys: o.keys, catalog: o.catalog, sessions, assets, isAdmin: o.isAdmin };
+  const services: Services = { accounts: o.accounts, keys: o.keys, catalog: o.catalog, sessions, assets, isAdmin: o.isAdmin, tests: o.tests };
+  const vnc = new VncProxy();
 
   function send(ctx: Ctx, a: Answer): void {
     if (a.kind === 'sent') return;
@@ -198,11 +210,40 @@ export function consoleModule(o: ConsoleOptions): ServerModule {
     }
   }
 
+  /**
+   * The live view's WebSocket, /console/images/<image>/v/<N>/vnc?t=<token>: the same gate as a
+   * page (no plain HTTP from another host; a live administrator session), plus the browser's
+   * Origin must be this server and `t` the session's CSRF token (no other site can open it, even
+   * through a browser that would send the cookie); then vncproxy.ts joins it to the VM's socket.
+   */
+  async function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, path: string): Promise<void> {
+    const m = VNC_PATH.exec(path);
+    if (!m) return VncProxy.refuse(socket, 404, 'Not Found');
+    if (plainHttpRefused(req, o.allowPlainHttp)) return VncProxy.refuse(socket, 403, 'Forbidden');
+    const origin = req.headers.origin;
+    const host = req.headers.host;
+    if (typeof origin !== 'string' || typeof host !== 'string' || (origin !== `http://${host}` && origin !== `https://${host}`)) return VncProxy.refuse(socket, 403, 'Forbidden');
+    const session = await sessions.lookup(cookieValue(req, SESSION_COOKIE)).catch(() => undefined);
+    if (!session || !(await o.isAdmin(session.user).catch(() => false))) return VncProxy.refuse(socket, 403, 'Forbidden');
+    const qi = (req.url ?? '').indexOf('?');
+    if (!csrfValid(session.id, new URLSearchParams(qi < 0 ? '' : req.url!.slice(qi + 1)).get('t') ?? undefined)) return VncProxy.refuse(socket, 403, 'Forbidden');
+    let image: string;
+    try { image = decodeURIComponent(m[1]); } catch { return VncProxy.refuse(socket, 404, 'Not Found'); }
+    const target = o.tests?.vncSocket(image, Number(m[2]));
+    if (!target) return VncProxy.refuse(socket, 409, 'Conflict');
+    vnc.join(req, socket, head, target);
+  }
+
   return {
     prefixes: ['/console'],
     handle,
+    upgrade(req, socket, head, path) {
+      upgrade(req, socket, head, path).catch(() => socket.destroy());
+    },
     async close() {
+      vnc.close();
       sessions.close();
+      await o.tests?.close();
     },
   };
 }

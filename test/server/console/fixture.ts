@@ -64,13 +64,13 @@ export async function addUser(srv: ServeProcess, adminToken: string, user: strin
   assert.equal(r.status, 201, r.text);
 }
 
-export async function makeWorld(backend: Backend, packed: Packed, label: string): Promise<World> {
+export async function makeWorld(backend: Backend, packed: Packed, label: string, serveArgs: string[] = []): Promise<World> {
   const dir = tempDir(`console-${label}-${backend}`);
   const root = join(dir.path, 'root');
   mkdirSync(join(root, 'images'), { recursive: true });
   for (const f of ['lab_1.ckm', 'lab_1.ckm.index', 'lab_2.ckm', 'lab_2.ckm.index']) copyFileSync(join(packed.dir, f), join(root, 'images', f));
   const db = await dbArgs(backend, `console_${label}`);
-  const srv = await startServe(root, db.args);
+  const srv = await startServe(root, [...db.args, ...serveArgs]);
   const adminToken = readFileSync(srv.adminTokenFile, 'utf8').trim();
   const admin = { user: 'ada.admin', password: password() };
   const alice = { user: 'alice', password: password(), client: 'alice-laptop' };

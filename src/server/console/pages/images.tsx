@@ -75,7 +75,7 @@ export async function imagePage(ctx: Ctx): Promise<Answer> {
         </dl>
       </div>
       <DataTable caption="Every version, newest first. The update is what a client holding the version before downloads: changed blocks and the changed part of the index."
-        columns={[{ label: 'Version', num: true }, 'Created', { label: 'Pack', num: true }, { label: 'Index', num: true }, { label: 'Blocks (new here)', num: true }, 'Update download', 'Signature', { label: 'Clients', num: true }]}
+        columns={[{ label: 'Version', num: true }, 'Created', { label: 'Pack', num: true }, { label: 'Index', num: true }, { label: 'Blocks (new here)', num: true }, 'Update download', 'Signature', { label: 'Clients', num: true }, 'Test']}
         empty="No version."
         rows={img.list.map((v) => (
           <tr>
@@ -87,6 +87,7 @@ export async function imagePage(ctx: Ctx): Promise<Answer> {
             <td><UpdateCell v={v} /></td>
             <td><Badge tone={SIGNATURE[v.signature][1]}>{SIGNATURE[v.signature][0]}</Badge>{v.problem ? <div class="error">{v.problem}</div> : ''}{v.signer ? <div class="muted mono">{`${v.signer.slice(0, 16)}…`}</div> : ''}</td>
             <td class="num">{v.clients ? <a href={href('/console/clients', { image: name, version: v.version })}>{count(v.clients)}</a> : '0'}</td>
+            <td>{v.indexBytes !== null ? <TestLink ctx={ctx} image={name} version={v.version} /> : ''}</td>
           </tr>
         ))} />
       <h2 id="retention">Retention</h2>
@@ -99,6 +100,12 @@ export async function imagePage(ctx: Ctx): Promise<Answer> {
       </form>
     </Page>,
   );
+}
+
+function TestLink(p: { ctx: Ctx; image: string; version: number }): Html {
+  const r = p.ctx.services.tests?.status(p.image, p.version);
+  const label = !r ? 'test…' : r.phase === 'done' ? (r.outcome === 'ready' ? 'ready: see the test' : 'no ready signal: see the test') : r.phase === 'failed' ? 'failed: see the test' : 'running…';
+  return <a href={`/console/images/${seg(p.image)}/v/${p.version}/test`} aria-label={`Test of version ${p.version}: ${label}`}>{label}</a>;
 }
 
 /** What keeping N versions would delete (a dry run), with a button that does it. */

@@ -28,3 +28,25 @@ export function httpStatusFor(e: unknown): number {
   if (e instanceof MedvError && e.code === 'EDENIED' && e.data.httpStatus === 403) return 403;
   return e instanceof MedvError ? HTTP_STATUS[e.code] ?? 500 : 500;
 }
+
+/**
+ * The error code of an HTTP status when the answer names none of its own (or names one this
+ * client does not know): the inverse of HTTP_STATUS, one code per status. Where several codes share
+ * a status, the general one stands for them (400 EINVAL_ARG, not EPOLICY; 403 EDENIED, not
+ * EINSECURE or EEXPIRED; 409 EEXIST, not ENOKEY; 422 EFORMAT). Any other status is EHTTP.
+ */
+const CODE_BY_STATUS: Readonly<Record<number, ErrorCode>> = {
+  400: 'EINVAL_ARG',
+  401: 'EDENIED',
+  403: 'EDENIED',
+  404: 'ENOENT',
+  409: 'EEXIST',
+  413: 'ETOOLARGE',
+  422: 'EFORMAT',
+  429: 'ERATELIMIT',
+  507: 'ENOSPACE',
+};
+
+export function codeForStatus(status: number): ErrorCode {
+  return CODE_BY_STATUS[status] ?? 'EHTTP';
+}

@@ -80,7 +80,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
   const { uploadFiles } = await import('../client/upload.js');
   const { apiRequest, login, publishImageKeys, listClients } = await import('../client/api.js');
   const { openClient, saveClientLogin } = await import('../workspace/client.js');
-  const { startWorkspace, stopWorkspace, vmNameOf } = await import('../workspace/index.js');
+  const { startWorkspace, stopWorkspace } = await import('../workspace/index.js');
 
   const work = mkdtempSync(join(tmpdir(), 'medv-demo-'));
   const dirs = { console: join(work, 'console'), keys: join(work, 'console', 'keys'), packed: join(work, 'console', 'PackedImages'), server: join(work, 'server'), client: join(work, 'client'), run: join(work, 'run'), xdg: join(work, 'xdg') };
@@ -172,13 +172,12 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     const ctx = await openClient(dirs.client);
     const creds = await login(server.url, USER, password);
     await saveClientLogin(ctx, creds);
-    const serial = () => join(dirs.run, vmNameOf(WORKSPACE), 'serial.log');
     const bootAndShow = async (update: boolean | undefined) => {
       const r = await startWorkspace(WORKSPACE, { ...wsOpts, update, accel: o.accel, onProgress: (l, d, t) => o.onProgress?.(l, d, t) });
       o.onProgressEnd?.();
       running = true;
       const started = performance.now();
-      const ready = await waitForText(serial(), guest.serial.ready, 0, READY_MS);
+      const ready = await waitForText(join(dirs.run, r.vmName, 'serial.log'), guest.serial.ready, 0, READY_MS);
       const version = ready.text.match(guest.serial.init)?.[1] ?? '?';
       const boot = Number(ready.text.match(guest.serial.boot)?.[1] ?? 0);
       for (const line of ready.text.split(/\r?\n/).filter((l) => l.startsWith('medv-linux:'))) log(`  guest | ${line}`);
@@ -225,7 +224,11 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     const clients = await listClients(server.url, adminToken);
     for (const c of clients) log(`  server: client ${c.client} user ${c.user} ${c.workspace} v${c.version ?? '-'} ${c.state}`);
     const diskKeys = await clientDiskKeys(dirs.client, ctx.kek);
-    const needles = { 'guest marker': guest.marker, ...secretNeedles, ...diskKeys };
+    // the client's host key is kept only wrapped (bound to this machine and user): never in the clear
+    const { loadHostKey, secureFree } = await import('../crypto/index.js');
+    const hk = await loadHostKey(ctx.kek);
+    const needles = { 'guest marker': guest.marker, ...secretNeedles, ...diskKeys, 'client host key': Buffer.from(hk) };
+    secureFree(hk);
     const hits = scanTrees([work], needles);
     log(hits.length ? `  FOUND in the clear: ${hits.map((h) => `${h.file} (${h.what.join(', ')})`).join('; ')}` : `  no file under the work folder (client, server, console, run folders) holds the guest's marker, the image keys or the disks' data keys`);
     steps[steps.length - 1].ms = Math.round(performance.now() - stepT);

@@ -10,6 +10,8 @@ import { JsonLineReader } from '../core/jsonlines.js';
 
 /** Longest QMP line accepted: QEMU's replies and events that medv asks for are a few KiB. */
 export const QMP_MAX_LINE = 1024 * 1024;
+/** Events kept for `events` and `waitEvent(…, past)`. */
+export const QMP_MAX_EVENTS = 1024;
 
 export interface QmpEvent {
   event: string;
@@ -30,7 +32,7 @@ interface Pending { command: string; resolve: (value: unknown) => void; reject: 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class QmpClient extends EventEmitter {
-  /** Every event received, in order. */
+  /** The events received, in order: the latest QMP_MAX_EVENTS (a QEMU that sends endless events cannot grow this). */
   readonly events: QmpEvent[] = [];
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
@@ -133,6 +135,7 @@ export class QmpClient extends EventEmitter {
     if (msg.QMP) this.emit('greeting', msg.QMP);
     else if (typeof msg.event === 'string') {
       this.events.push(msg as QmpEvent);
+      if (this.events.length > QMP_MAX_EVENTS) this.events.splice(0, this.events.length - QMP_MAX_EVENTS);
       this.emit('event', msg as QmpEvent);
     } else if (typeof msg.id === 'number' && this.pending.has(msg.id)) {
       const p = this.pending.get(msg.id)!;

@@ -39,8 +39,8 @@ export function ensureSafeDir(path: string, parents = false): string {
 /** Mode bits a repository folder must not have: write by group or others. */
 const REPO_FORBID = 0o022;
 
-/** Open (creating what is missing) and check the client root and every folder of the layout. */
-export function openClientRoot(root: string): ClientRoot {
+/** The folders of the client root at `root` (nothing is created or checked: see openClientRoot). */
+export function clientRootLayout(root: string): ClientRoot {
   const r = resolve(root);
   const images = join(r, 'images');
   const data = join(r, 'data');
@@ -57,8 +57,14 @@ export function openClientRoot(root: string): ClientRoot {
     config: join(local, 'Config'),
     logs: join(local, 'Logs'),
   };
-  ensureSafeDir(r, true);
-  for (const d of [images, c.packed, c.prestaged, data, c.profile, c.users, local, c.config, c.logs]) ensureSafeDir(d);
+  return c;
+}
+
+/** Open (creating what is missing) and check the client root and every folder of the layout. */
+export function openClientRoot(root: string): ClientRoot {
+  const c = clientRootLayout(root);
+  ensureSafeDir(c.root, true);
+  for (const d of [c.images, c.packed, c.prestaged, c.data, c.profile, c.users, c.local, c.config, c.logs]) ensureSafeDir(d);
   return c;
 }
 

@@ -28,7 +28,7 @@ import { ensurePrivateDir, readBoundedSync, writeFileAtomic } from '../core/fsio
 import { checkImageName } from '../api/names.js';
 import { createHostKey, type KekSource } from '../crypto/kek.js';
 import { screenshotVm, startVm, stopVm, vmStatus } from '../host/client.js';
-import { writeKeyFolder } from '../pack/keyfolder.js';
+import { removeKeyFolder, writeKeyFolder } from '../pack/keyfolder.js';
 import { fetchImage } from '../transfer/fetch.js';
 import { IMAGES_DIR } from './images.js';
 import type { KeyService } from './keyservice.js';
@@ -257,7 +257,8 @@ export class ImageTests {
   /** Delete what a run made that must not outlive it: the disk, its key file and sidecars, the key folder, the host key. */
   private scrub(dir: string): void {
     for (const f of ['disk.evhd', 'disk.enc', 'disk.evhd.index', 'host.key', 'state.vsv', 'state.vsv.enc']) fs.rmSync(join(dir, f), { force: true });
-    for (const d of ['keys', 'Test', '.seeds', '.disk.evhd.medv-fetch']) fs.rmSync(join(dir, d), { recursive: true, force: true });
+    removeKeyFolder(join(dir, 'keys'));
+    for (const d of ['Test', '.seeds', '.disk.evhd.medv-fetch']) fs.rmSync(join(dir, d), { recursive: true, force: true });
   }
 
   /** The running or last test of a version. */

@@ -45,6 +45,12 @@ export interface FetchImageOptions {
   /** Where disk seeds' block ids are cached (default $XDG_CACHE_HOME/medv/seeds). */
   cacheDir?: string;
   http?: HttpOptions;
+  /**
+   * What the caller asked for: the signed header must name exactly this image name, version and
+   * image id (32 hex), checked right after its signature and before anything is created, so a
+   * rolled-back or swapped index under the expected URL leaves nothing behind (EBADREPLY).
+   */
+  expect?: { name?: string; version?: number; imageId?: string };
   onProgress?: (done: number, total: number) => void;
   onWarning?: (message: string) => void;
 }
@@ -124,6 +130,10 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     const indexFile = open(opts.source);
     const known = await fetchIndexHeader(indexFile, trusted);
     const h = known.header;
+    const x = opts.expect;
+    if (x && ((x.name !== undefined && h.name !== x.name) || (x.version !== undefined && h.version !== x.version) || (x.imageId !== undefined && h.imageId.toString('hex') !== x.imageId))) {
+      throw new MedvError('EBADREPLY', `${opts.source} is a signed index of ${h.name} version ${h.version} (image ${h.imageId.toString('hex')}), not ${x.name ?? h.name} version ${x.version ?? h.version}${x.imageId ? ` (image ${x.imageId})` : ''}: nothing was fetched`, { file: opts.source });
+    }
     keys = await openImageKeys(opts.keyDir, h.name, opts.kek);
     if (!keys.imageId.equals(h.imageId)) {
       throw new MedvError('EBADKEY', `the content key for ${h.name} in ${opts.keyDir} is for image ${keys.imageId.toString('hex')}, this index is image ${h.imageId.toString('hex')}`, { file: opts.source, offset: 24 });

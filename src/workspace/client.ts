@@ -5,6 +5,7 @@
  *   data/Users/<user>/Credentials.dat    the login token, sealed under the host key (src/repo/sealed.ts)
  *   data/Users/<user>/client.key.enc     the client's X25519 secret (key releases are sealed to its
  *                                        public half), wrapped with the host key like a disk key
+ *   (each workspace's released keys: ./grant.ts)
  *
  * `medv login` writes the first two; the key pair is made on first use.
  */
@@ -14,7 +15,7 @@ import { join } from 'node:path';
 import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { clientRootPath } from '../core/paths.js';
 import { MedvError } from '../core/errors.js';
-import { DataKey, readKeyFile, writeKeyFileAt, type KekSource } from '../crypto/index.js';
+import { DataKey, readKeyFile, writeKeyFileAt, type HostKeySource } from '../crypto/index.js';
 import { clientHostKey, openClientRoot, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
 import { clientKeyPairFrom, type ClientKeyPair } from '../api/keyrelease.js';
 import { CLIENT_ID_RE } from '../api/names.js';
@@ -38,7 +39,7 @@ const CLIENT_KEY_FILE = 'client.key.enc';
 const MAX_CONFIG = 16 * 1024;
 
 /** The client's repositories and host key: everything a workspace command starts from. */
-export interface ClientContext { root: ClientRoot; kek: KekSource }
+export interface ClientContext { root: ClientRoot; kek: HostKeySource }
 
 export async function openClient(rootPath?: string): Promise<ClientContext> {
   const root = openClientRoot(clientRootPath(rootPath));
@@ -96,9 +97,4 @@ export async function clientKeyPair(ctx: ClientContext, user: string): Promise<C
   } finally {
     key.dispose();
   }
-}
-
-/** The user's key folder: the released image keys, wrapped with the host key (src/pack's layout). */
-export function userKeyDir(c: ClientRoot, user: string): string {
-  return join(userDir(c, user), 'keys');
 }

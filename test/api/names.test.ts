@@ -16,7 +16,7 @@ import { IMAGE_NAME_RE as CKM_IMAGE_NAME_RE } from '../../src/formats/ckm/index.
 import { vmRunDir } from '../../src/host/rundir.js';
 import { writeDesktopEntries } from '../../src/repo/desktop.js';
 import { openClientRoot, userDir } from '../../src/repo/paths.js';
-import { vmNameOf } from '../../src/workspace/workspace.js';
+import { instanceName } from '../../src/workspace/identity.js';
 import { MedvError } from '../../src/core/errors.js';
 import { tempDir } from '../helpers/cli.js';
 
@@ -40,19 +40,22 @@ describe('api/names', () => {
   it('a workspace name the policy schema accepts works as the server\'s, a VM name, a run folder and desktop entries; one it refuses is refused by all', () => {
     const runRoot = join(dir.path, 'run');
     const apps = join(dir.path, 'applications');
+    const c = openClientRoot(join(dir.path, 'client'));
+    // a workspace's VM name is scoped to its client root and user (src/workspace/identity.ts)
+    const vmName = (name: string) => instanceName(c, 'alice', name);
     let schemaAccepted = 0;
     for (const name of CANDIDATES) {
       const schema = accepts(() => checkPolicy({ name: 'p', workspaces: [{ name, image: 'img' }] }));
       const server = accepts(() => checkWorkspaceName(name));
-      const vm = accepts(() => checkVmName(vmNameOf(name)));
-      const runFolder = accepts(() => vmRunDir(vmNameOf(name), runRoot));
-      const desktop = accepts(() => writeDesktopEntries(name, [{ name: 'Editor', command: 'ed' }], { medv: '/usr/bin/medv', dir: apps }));
+      const vm = accepts(() => checkVmName(vmName(name)));
+      const runFolder = accepts(() => vmRunDir(vmName(name), runRoot));
+      const desktop = accepts(() => writeDesktopEntries({ id: vmName(name), workspace: name, clientRoot: c.root }, [{ name: 'Editor', command: 'ed' }], { medv: '/usr/bin/medv', dir: apps }));
       assert.deepEqual({ server, vm, runFolder, desktop }, { server: schema, vm: schema, runFolder: schema, desktop: schema }, JSON.stringify(name));
       if (!schema) continue;
       schemaAccepted++;
-      assert.equal(vmNameOf(name), name, 'the VM is named after its workspace, one to one');
-      assert.ok(existsSync(join(runRoot, name)));
-      const entry = join(apps, `medv-${name}-editor.desktop`);
+      assert.ok(vmName(name).startsWith(`${name.slice(0, 32)}-`), 'the VM name starts with its workspace\'s');
+      assert.ok(existsSync(join(runRoot, vmName(name))));
+      const entry = join(apps, `medv-${vmName(name)}-editor.desktop`);
       assert.match(readFileSync(entry, 'utf8'), new RegExp(`^X-Medv-Workspace=${name.replace(/\./g, '\\.')}$`, 'm'));
     }
     assert.equal(schemaAccepted, 6);

@@ -141,7 +141,8 @@ describe('cli: medv admin and medv login', function () {
     const pw = password();
     assert.equal(medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--server', srv.url, '--token-file', tokenFile]).code, 0);
     const outFile = join(dir.path, 'tty.json');
-    const cmd = [process.execPath, MEDV_BIN, 'login', '--server', srv.url, '--user', user, '--client-root', join(dir.path, 'client'), '--token-out', outFile].map((a) => `'${a}'`).join(' ');
+    // the same account as the other tests' medv (its XDG_CONFIG_HOME holds the host key's wrap key)
+    const cmd = ['env', `XDG_CONFIG_HOME=${join(dir.path, 'config')}`, process.execPath, MEDV_BIN, 'login', '--server', srv.url, '--user', user, '--client-root', join(dir.path, 'client'), '--token-out', outFile].map((a) => `'${a}'`).join(' ');
     const child = spawn('script', ['-q', '-e', '-c', cmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
     let seen = '';
     const prompted = new Promise<void>((res) => child.stdout.on('data', (d) => { seen += d; if (seen.includes('Password for')) res(); }));

@@ -12,7 +12,7 @@ import { JsonLineReader, LineReader, MAX_LINE } from '../../src/core/jsonlines.j
 import { MedvError } from '../../src/core/errors.js';
 import { controlRequest } from '../../src/host/protocol.js';
 import { readStartAnswer, MAX_START_ANSWER, type StartAnswer } from '../../src/host/client.js';
-import { QmpClient, QMP_MAX_LINE } from '../../src/hypervisor/qmp.js';
+import { QmpClient, QMP_MAX_EVENTS, QMP_MAX_LINE } from '../../src/hypervisor/qmp.js';
 import { freshGuestImage } from '../helpers/qemu.js';
 import { runMedv, tempDir } from '../helpers/cli.js';
 
@@ -77,7 +77,7 @@ describe('core/jsonlines', function () {
     }
   });
 
-  it('QMP: a hostile QEMU that sends an over-long line is disconnected; commands fail instead of memory growing', async () => {
+  it('QMP: a hostile QEMU\'s endless events are kept bounded; an over-long line disconnects it; commands fail instead of memory growing', async () => {
     const sock = join(dir.path, 'qmp.sock');
     let sent = 0;
     const server = await hostilePeer(sock, (s) => {
@@ -87,6 +87,11 @@ describe('core/jsonlines', function () {
         for (const line of d.toString().split('\n').filter(Boolean)) {
           const { id, execute } = JSON.parse(line) as { id: number; execute: string };
           if (execute === 'qmp_capabilities') { s.write(`{"return": {}, "id": ${id}}\n`); continue; }
+          if (execute === 'query-status') {
+            s.write(Array.from({ length: 3000 }, (_, i) => `{"event": "E", "data": {"i": ${i}}}\n`).join(''));
+            s.write(`{"return": {"status": "running"}, "id": ${id}}\n`);
+            continue;
+          }
           // An event without end: 4 MiB and counting, no newline.
           const chunk = Buffer.alloc(64 * 1024, 0x61);
           chunk.write('{"event": "X", "data": "', 0);
@@ -97,7 +102,10 @@ describe('core/jsonlines', function () {
     });
     try {
       const qmp = await QmpClient.connect(sock, 10_000);
-      await assert.rejects(qmp.execute('query-status'), (e: unknown) => e instanceof MedvError && /longer than 1048576 bytes/.test(e.message));
+      assert.deepEqual(await qmp.execute('query-status'), { status: 'running' });
+      assert.equal(qmp.events.length, QMP_MAX_EVENTS);
+      assert.equal(qmp.events[QMP_MAX_EVENTS - 1].data?.i, 2999);
+      await assert.rejects(qmp.execute('query-block'), (e: unknown) => e instanceof MedvError && /longer than 1048576 bytes/.test(e.message));
       assert.equal(qmp.closed, true);
       assert.ok(sent < 4 * QMP_MAX_LINE, `the client stopped reading: ${sent} bytes sent`);
     } finally {

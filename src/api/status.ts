@@ -21,6 +21,8 @@ export const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   ETOOLARGE: 413,
   ENOKEY: 409,
   EEXPIRED: 403,
+  ELOCKED: 423,
+  EWIPED: 410,
 };
 
 /** The table's status, or 403 for an EDENIED that is a refusal of a valid login (data.httpStatus). */

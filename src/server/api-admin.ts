@@ -20,6 +20,10 @@
  *                                                              → {clients, total, offset, limit}
  *   GET /api/admin/clients/history?client&user&workspace&offset&limit[&format=csv]
  *                                                              → {reports, total, offset, limit}
+ *   POST /api/admin/controls {action: lock|wipe|revoke, scope: client|user, subject, workspace?, reason}
+ *                                                              → the order (201); it reaches clients at their next contact
+ *   POST /api/admin/controls/clear {scope, subject, workspace?, action?} → {cleared}  ("unlock")
+ *   GET /api/admin/controls[?scope&subject]                    → {controls, wipes}: standing orders and confirmed wipes
  *   GET /api/admin/audit?user&action&since&until&offset&limit[&format=csv]
  *                                                              → {entries, total, offset, limit}
  *
@@ -31,6 +35,7 @@ import { MedvError } from '../core/errors.js';
 import type { Accounts } from './accounts.js';
 import type { ImageCatalog } from './catalog.js';
 import type { ImageTests } from './imagetest.js';
+import { CONTROL_SCOPES, type ClientControls } from './controls.js';
 import { AUDIT_CSV, CLIENTS_CSV, type CsvTable, HISTORY_CSV, csvExport } from './csv.js';
 import type { KeyService } from './keyservice.js';
 import {
@@ -45,6 +50,7 @@ export interface AdminReadDeps {
   keys?: KeyService;
   catalog: ImageCatalog;
   tests?: ImageTests;
+  controls?: ClientControls;
   /** Throws EDENIED unless the request carries the admin token. */
   admin(req: IncomingMessage): string;
   send(res: ServerResponse, status: number, body: unknown): void;
@@ -79,6 +85,14 @@ export function adminReadRoutes(d: AdminReadDeps): { method: string; path: strin
   const keys = () => {
     if (!d.keys) throw new MedvError('ENOENT', 'this server does not hold client reports');
     return d.keys;
+  };
+  const controls = () => {
+    if (!d.controls) throw new MedvError('ENOENT', 'this server does not keep client orders');
+    return d.controls;
+  };
+  const object = (v: unknown): Record<string, unknown> => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new MedvError('EINVAL_ARG', 'the request body must be a JSON object');
+    return v as Record<string, unknown>;
   };
   const tests = () => {
     if (!d.tests) throw new MedvError('ENOENT', 'this server does not run image tests');
@@ -157,6 +171,20 @@ export function adminReadRoutes(d: AdminReadDeps): { method: string; path: strin
       if (csv(req)) return sendCsv(res, 'client-history.csv', HISTORY_CSV, (p) => keys().historyPage(f, p));
       const p = await keys().historyPage(f, page(req));
       d.send(res, 200, { reports: p.rows, total: p.total, offset: p.offset, limit: p.limit });
+    }),
+    { method: 'POST', path: '/api/admin/controls', async run(req: IncomingMessage, res: ServerResponse) {
+      const actor = d.admin(req);
+      d.send(res, 201, await controls().set(object(await d.body(req)) as Parameters<ClientControls['set']>[0], actor));
+    } },
+    { method: 'POST', path: '/api/admin/controls/clear', async run(req: IncomingMessage, res: ServerResponse) {
+      const actor = d.admin(req);
+      d.send(res, 200, await controls().clear(object(await d.body(req)) as Parameters<ClientControls['clear']>[0], actor));
+    } },
+    get('/api/admin/controls', async (req, res) => {
+      const q = queryOf(req);
+      const scope = enumParam(q, 'scope', CONTROL_SCOPES);
+      const subject = nameParam(q, 'subject');
+      d.send(res, 200, { controls: await controls().list(scope, subject), wipes: await controls().wipes(scope === 'client' ? { client: subject } : scope === 'user' ? { user: subject } : {}) });
     }),
     get('/api/admin/audit', async (req, res) => {
       const f = auditFilter(queryOf(req));

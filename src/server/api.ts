@@ -35,6 +35,7 @@ import type { KeyService } from './keyservice.js';
 import { adminReadRoutes } from './api-admin.js';
 import type { ImageCatalog } from './catalog.js';
 import type { ImageTests } from './imagetest.js';
+import type { ClientControls } from './controls.js';
 import { httpStatusFor } from '../api/status.js';
 
 export const API_MAX_BODY = 64 * 1024;
@@ -51,6 +52,8 @@ export interface ApiOptions {
   /** The images of the repository (GET /api/admin/images…) and their tests. */
   catalog: ImageCatalog;
   tests?: ImageTests;
+  /** Lock, wipe, revoke (controls.ts). */
+  controls?: ClientControls;
 }
 
 export function isLoopback(addr: string | undefined): boolean {
@@ -177,7 +180,12 @@ export function accountsApi(o: ApiOptions): ServerModule {
       const s = await accounts.authenticate(bearer(req));
       send(res, 200, await keys().report(s.user, object(await readJson(req, false, REPORTS_MAX_BODY))));
     } },
-    ...adminReadRoutes({ accounts, keys: o.keys, catalog: o.catalog, tests: o.tests, admin, send, body: (req) => readJson(req) }),
+    { method: 'POST', path: '/api/workspaces/wiped', async run(req, res) {
+      const s = await accounts.authenticate(bearer(req));
+      if (!o.controls) throw new MedvError('ENOENT', 'no such API endpoint');
+      send(res, 200, await o.controls.wiped(s.user, object(await readJson(req))));
+    } },
+    ...adminReadRoutes({ accounts, keys: o.keys, catalog: o.catalog, tests: o.tests, controls: o.controls, admin, send, body: (req) => readJson(req) }),
   ];
 
   return {

@@ -20,6 +20,7 @@ import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, checkClientKey, sealImageKeys, type ImageKeySet } from '../api/keyrelease.js';
 import { checkClientId, checkImageName, checkWorkspaceName, isFileOfImage } from '../api/names.js';
 import { pickWorkspace } from './entitlement.js';
+import type { ClientControls } from './controls.js';
 import type { ServerKey } from './serverkey.js';
 import { type ClientFilter, type ClientRow, type HistoryFilter, type HistoryRow, LIMITS, type PageOf, type PageQuery, type ReportRow, type Store } from './store/index.js';
 
@@ -139,7 +140,7 @@ export async function latestVersion(root: string, image: string): Promise<number
 }
 
 export class KeyService {
-  constructor(readonly store: Store, readonly serverKey: ServerKey, readonly root: string) {}
+  constructor(readonly store: Store, readonly serverKey: ServerKey, readonly root: string, readonly controls?: ClientControls) {}
 
   /** POST /api/admin/image-keys */
   async publish(body: Record<string, unknown>, actor: string): Promise<{ image: string; replaced: boolean }> {
@@ -173,6 +174,8 @@ export class KeyService {
     const client = checkClientId(field(body, 'client', 'client'));
     const clientKey = base64Bytes(field(body, 'clientKey', 'clientKey'), CLIENT_KEY_BYTES, 'clientKey');
     checkClientKey(clientKey);
+    // the administrator's orders (lock, wipe, revoke) answer before anything else, entitled or not
+    await this.controls?.check(user, client, workspace);
     const found = pickWorkspace(await this.store.policiesFor(user), workspace);
     if (!found) {
       await this.store.audit({ actor: user, action: 'keys.deny', target: workspace, detail: { client, reason: 'not entitled' } });

@@ -11,6 +11,7 @@ import { KeyService } from './keyservice.js';
 import { ImageCatalog } from './catalog.js';
 import { consoleModule } from './console/module.js';
 import { ImageTests, type ImageTestOptions } from './imagetest.js';
+import { ClientControls } from './controls.js';
 import { SERVER_KEY_FILE, loadServerKey } from './serverkey.js';
 import { Store } from './store/index.js';
 
@@ -86,11 +87,12 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
     throw e;
   }
   const accounts = new Accounts(store, o.accounts);
-  const keys = new KeyService(store, serverKey, root);
+  const controls = new ClientControls(store);
+  const keys = new KeyService(store, serverKey, root, controls);
   const catalog = new ImageCatalog(root, store, keys);
   const tests = new ImageTests({ ...o.imageTests, root, store, keys });
-  const api = accountsApi({ accounts, token, keys, catalog, tests, allowPlainHttp: o.allowPlainHttp });
-  const web = consoleModule({ accounts, keys, catalog, tests, isAdmin: (u) => accounts.isAdmin(u), allowPlainHttp: o.allowPlainHttp });
+  const api = accountsApi({ accounts, token, keys, catalog, tests, controls, allowPlainHttp: o.allowPlainHttp });
+  const web = consoleModule({ accounts, keys, catalog, tests, controls, isAdmin: (u) => accounts.isAdmin(u), allowPlainHttp: o.allowPlainHttp });
   let running;
   try {
     running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api, web], onLog: o.onLog, tls });

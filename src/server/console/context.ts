@@ -7,6 +7,7 @@ import type { Accounts } from '../accounts.js';
 import type { ImageCatalog } from '../catalog.js';
 import type { KeyService } from '../keyservice.js';
 import type { ImageTests } from '../imagetest.js';
+import type { ClientControls } from '../controls.js';
 import { requestPath } from '../http.js';
 import type { Assets } from './assets.js';
 import type { Html } from './html.js';
@@ -22,6 +23,8 @@ export interface Services {
   isAdmin(user: string): Promise<boolean>;
   /** The image test (absent: the server does not run them). */
   tests?: ImageTests;
+  /** Lock, wipe, revoke. */
+  controls?: ClientControls;
 }
 
 export interface Ctx {

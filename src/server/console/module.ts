@@ -23,6 +23,8 @@ import type { ImageCatalog } from '../catalog.js';
 import type { ServerModule } from '../http.js';
 import type { KeyService } from '../keyservice.js';
 import type { ImageTests } from '../imagetest.js';
+import type { ClientControls } from '../controls.js';
+import { clearOrder, giveOrder } from './pages/controls.js';
 import type { Duplex } from 'node:stream';
 import { VncProxy } from './vncproxy.js';
 import { imageTestPage, imageTestScreenshot, startImageTest, stopImageTest } from './pages/imagetest.js';
@@ -48,6 +50,7 @@ export interface ConsoleOptions {
   /** May this account use the console (role admin)? Asked on every request. */
   isAdmin(user: string): Promise<boolean>;
   tests?: ImageTests;
+  controls?: ClientControls;
   /** A TLS-terminating proxy is in front (medv serve --allow-plain-http): cookies are Secure. */
   allowPlainHttp?: boolean;
   sessions?: Partial<SessionOptions>;
@@ -90,6 +93,8 @@ const ROUTES: Route[] = [
   { method: 'GET', path: '/console/clients.csv', access: 'admin', run: clientsCsv },
   { method: 'GET', path: r('/console/clients/NAME'), access: 'admin', run: clientPage },
   { method: 'GET', path: r('/console/clients/NAME/history.csv'), access: 'admin', run: clientHistoryCsv },
+  { method: 'POST', path: '/console/controls', access: 'admin', run: giveOrder },
+  { method: 'POST', path: '/console/controls/clear', access: 'admin', run: clearOrder },
   { method: 'GET', path: '/console/audit', access: 'admin', run: auditPage },
   { method: 'GET', path: '/console/audit.csv', access: 'admin', run: auditCsv },
 ];
@@ -128,7 +133,7 @@ function match(route: Route, path: string): string[] | undefined {
 export function consoleModule(o: ConsoleOptions): ServerModule {
   const assets = new Assets();
   const sessions = new ConsoleSessions(o.accounts.store, o.sessions);
-  const services: Services = { accounts: o.accounts, keys: o.keys, catalog: o.catalog, sessions, assets, isAdmin: o.isAdmin, tests: o.tests };
+  const services: Services = { accounts: o.accounts, keys: o.keys, catalog: o.catalog, sessions, assets, isAdmin: o.isAdmin, tests: o.tests, controls: o.controls };
   const vnc = new VncProxy();
 
   function send(ctx: Ctx, a: Answer): void {

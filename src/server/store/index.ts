@@ -6,4 +6,5 @@ export * from './sessions.js';
 export * from './listing.js';
 export * from './clients.js';
 export * from './policies.js';
+export * from './controls.js';
 export { MIGRATIONS } from './migrations.js';

@@ -139,6 +139,24 @@ const m0003: Migration = {
     await db.schema.createIndex('client_grants_image').on('client_grants').column('image').execute();
     // an unpublished policy is a last version that entitles nobody (no entitlement rows), marked so
     await db.schema.alterTable('policies').addColumn('unpublished', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+    // the administrator's standing orders (lock, wipe, revoke) per client or user, and the wipes clients confirmed
+    await db.schema.createTable('client_controls')
+      .addColumn('scope', 'varchar(8)', (c) => c.notNull().check(sql`scope in ('client', 'user')`))
+      .addColumn('subject', 'varchar(64)', (c) => c.notNull().check(len('subject', LIMITS.name)))
+      .addColumn('workspace', 'varchar(64)', (c) => c.notNull().check(len('workspace', LIMITS.name)))
+      .addColumn('action', 'varchar(8)', (c) => c.notNull().check(sql`action in ('lock', 'wipe', 'revoke')`))
+      .addColumn('reason', 'varchar(512)', (c) => c.notNull().check(len('reason', LIMITS.reason)))
+      .addColumn('actor', 'varchar(64)', (c) => c.notNull().check(len('actor', LIMITS.name)))
+      .addColumn('at', 'bigint', (c) => c.notNull())
+      .addPrimaryKeyConstraint('client_controls_pk', ['scope', 'subject', 'workspace', 'action'])
+      .execute();
+    await db.schema.createTable('client_wipes')
+      .addColumn('client', 'varchar(64)', (c) => c.notNull().check(len('client', LIMITS.clientId)))
+      .addColumn('user_name', 'varchar(64)', (c) => c.notNull().check(len('user_name', LIMITS.name)))
+      .addColumn('workspace', 'varchar(64)', (c) => c.notNull().check(len('workspace', LIMITS.name)))
+      .addColumn('at', 'bigint', (c) => c.notNull())
+      .addPrimaryKeyConstraint('client_wipes_pk', ['client', 'user_name', 'workspace'])
+      .execute();
     // the console's audit filters (by user: actor or target; by action) and its per-user page
     await db.schema.createIndex('audit_actor').on('audit').columns(['actor', 'time']).execute();
     await db.schema.createIndex('audit_target').on('audit').columns(['target', 'time']).execute();

@@ -23,6 +23,8 @@ export const LIMITS = {
   clientId: 64,
   state: 16,
   lastError: 1024,
+  /** client_controls.reason: the administrator's words, shown to the user by the client. */
+  reason: 512,
 } as const;
 
 export interface UsersTable {
@@ -154,6 +156,30 @@ export interface ClientGrantsTable {
   granted_at: number;
 }
 
+/**
+ * A standing order of the administrator (console/controls): `lock` (the workspace does not start),
+ * `wipe` (the client deletes the workspace's keys, disks and state), `revoke` (no grant), for one
+ * client (`scope` client, `subject` its id) or one user (every client of theirs); `workspace` ''
+ * means every workspace. It holds until cleared.
+ */
+export interface ClientControlsTable {
+  scope: 'client' | 'user';
+  subject: string;
+  workspace: string;
+  action: 'lock' | 'wipe' | 'revoke';
+  reason: string;
+  actor: string;
+  at: number;
+}
+
+/** A client's word that it wiped a workspace (the latest, per client, user and workspace). */
+export interface ClientWipesTable {
+  client: string;
+  user_name: string;
+  workspace: string;
+  at: number;
+}
+
 export interface Database {
   users: UsersTable;
   groups: GroupsTable;
@@ -168,4 +194,6 @@ export interface Database {
   console_sessions: ConsoleSessionsTable;
   client_report_history: ClientReportHistoryTable;
   client_grants: ClientGrantsTable;
+  client_controls: ClientControlsTable;
+  client_wipes: ClientWipesTable;
 }

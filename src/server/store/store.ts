@@ -12,6 +12,7 @@ import { SessionQueries } from './sessions.js';
 import { ListingQueries } from './listing.js';
 import { ClientQueries } from './clients.js';
 import { PolicyQueries } from './policies.js';
+import { ControlQueries } from './controls.js';
 
 export interface UserRecord { name: string; passwordHash: string; disabled: boolean }
 export interface UserSummary { user: string; groups: string[]; created: string; disabled: boolean }
@@ -41,6 +42,7 @@ export class Store {
   readonly lists: ListingQueries;
   readonly clients: ClientQueries;
   readonly policies: PolicyQueries;
+  readonly controls: ControlQueries;
 
   private constructor(o: OpenedDatabase) {
     this.kind = o.kind;
@@ -50,6 +52,7 @@ export class Store {
     this.lists = new ListingQueries(o.db);
     this.clients = new ClientQueries(o.db);
     this.policies = new PolicyQueries(o.db);
+    this.controls = new ControlQueries(o.db);
   }
 
   static async open(root: string, url?: string): Promise<Store> {

@@ -15,6 +15,15 @@ import { Badge, DataTable, Field, Filters, Pager, Select, StateBadge, Time, ago,
 import type { Html } from '../html.js';
 import { Page } from '../layout.js';
 import { pageHeaders } from '../headers.js';
+import { Orders } from './controls.js';
+
+/** What the last order did (after a redirect from the order forms). */
+export function Flash(p: { ctx: Ctx }): Html {
+  const order = p.ctx.query.get('order');
+  if (order && ['lock', 'wipe', 'revoke'].includes(order)) return <div class="message ok" role="status">{`The ${order} order is given: it reaches the client at its next contact.`}</div>;
+  if (p.ctx.query.get('cleared')) return <div class="message ok" role="status">The order is cleared: the next contact finds none.</div>;
+  return <></>;
+}
 
 function keys(ctx: Ctx) {
   if (!ctx.services.keys) throw new MedvError('ENOENT', 'this server keeps no client reports');
@@ -75,14 +84,18 @@ export async function clientsPage(ctx: Ctx): Promise<Answer> {
 
 export async function clientPage(ctx: Ctx): Promise<Answer> {
   const client = checkClientId(ctx.params[0]);
-  const [latest, p] = await Promise.all([
+  const [latest, p, orders, wipes] = await Promise.all([
     keys(ctx).clientsPage({ client }, { offset: 0, limit: 1000 }),
     keys(ctx).historyPage({ client }, pageQuery(ctx.query)),
+    ctx.services.controls?.list('client', client) ?? [],
+    ctx.services.controls?.wipes({ client }) ?? [],
   ]);
   const mine = latest.rows;
+  const offlineUntil = mine.map((r) => r.offlineUntil).filter((x): x is string => !!x).sort().pop() ?? null;
   return page(
     <Page {...ctx.frame} title={`Client ${client}`} nav="clients">
       <h1>Client {client}</h1>
+      <Flash ctx={ctx} />
       <h2>Now</h2>
       <DataTable caption="The latest report of each user and workspace on this client." columns={['User', 'Workspace', 'Image', { label: 'Version', num: true }, 'State', 'Last seen', 'Offline allowance']} empty="This client has no current report."
         rows={mine.map((c) => (
@@ -91,6 +104,7 @@ export async function clientPage(ctx: Ctx): Promise<Answer> {
             <td><StateBadge state={c.state} /></td><td><Time iso={c.received} relative /></td><td><Allowance until={c.offlineUntil} /></td>
           </tr>
         ))} />
+      {ctx.services.controls ? <Orders ctx={ctx} scope="client" subject={client} orders={orders} wipes={wipes} workspaces={[...new Set(mine.map((r) => r.workspace))]} offlineUntil={offlineUntil} /> : ''}
       <h2 id="history">Report history</h2>
       <div class="actions"><a class="button secondary" href={`/console/clients/${seg(client)}/history.csv`}>Export CSV</a></div>
       <div id="results">

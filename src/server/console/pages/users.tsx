@@ -9,6 +9,8 @@ import { type Answer, type Ctx, page } from '../context.js';
 import { Badge, DataTable, Field, Filters, Pager, Select, StateBadge, Time, count, href, seg } from '../components.js';
 import { Page } from '../layout.js';
 import { AuditRows } from './audit.js';
+import { Orders } from './controls.js';
+import { Flash } from './clients.js';
 
 export async function usersPage(ctx: Ctx): Promise<Answer> {
   const f = userFilter(ctx.query);
@@ -42,15 +44,19 @@ export async function userPage(ctx: Ctx): Promise<Answer> {
   const name = checkUserName(ctx.params[0]);
   const { accounts, keys, sessions } = ctx.services;
   const found = await accounts.user(name);
-  const [live, clients, audit, admin] = await Promise.all([
+  const [live, clients, audit, admin, orders, wipes] = await Promise.all([
     sessions.list(name),
     keys ? keys.clientsPage({ user: name }, { offset: 0, limit: 100 }) : undefined,
     accounts.auditPage({ user: name }, { offset: 0, limit: 10 }),
     ctx.services.isAdmin(name),
+    ctx.services.controls?.list('user', name) ?? [],
+    ctx.services.controls?.wipes({ user: name }) ?? [],
   ]);
+  const offlineUntil = (clients?.rows ?? []).map((r) => r.offlineUntil).filter((x): x is string => !!x).sort().pop() ?? null;
   return page(
     <Page {...ctx.frame} title={`User ${name}`} nav="users">
       <h1>User {name}</h1>
+      <Flash ctx={ctx} />
       <div class="panel">
         <dl class="facts">
           <dt>Status</dt><dd>{found.disabled ? <Badge tone="bad">disabled</Badge> : <Badge tone="ok">active</Badge>}</dd>
@@ -69,6 +75,7 @@ export async function userPage(ctx: Ctx): Promise<Answer> {
             <td><StateBadge state={c.state} /></td><td><Time iso={c.received} relative /></td>
           </tr>
         ))} />
+      {ctx.services.controls ? <Orders ctx={ctx} scope="user" subject={name} orders={orders} wipes={wipes} workspaces={[...new Set((clients?.rows ?? []).map((r) => r.workspace))]} offlineUntil={offlineUntil} /> : ''}
       <h2>Latest audit entries</h2>
       <DataTable caption={`Entries where ${name} is the actor or the target.`} columns={['Time', 'Actor', 'Action', 'Target', 'Detail']} rows={AuditRows({ rows: audit.rows })} empty="Nothing audited for this user." />
       <p><a href={href('/console/audit', { user: name })}>All audit entries of {name}</a></p>

@@ -305,6 +305,7 @@ export const fallback: NativeApi = {
     // is ours and outlives the child.
     const r = spawnSync('/usr/bin/flock', ['-n', '-E', String(FLOCK_CONFLICT), exclusive ? '-x' : '-s', '3'], {
       stdio: ['ignore', 'ignore', 'pipe', fd],
+      env: { PATH: '/usr/bin:/bin' }, // nothing of ours (a passphrase) in a helper's environment
     });
     if (r.status === 0) return true;
     if (r.status === FLOCK_CONFLICT) return false;

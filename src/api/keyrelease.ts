@@ -26,6 +26,7 @@ import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import { secureAlloc, secureFree, secureSeal, redactInspect } from '../crypto/secure.js';
 import { type Sodium, sodium as sodiumBase } from '../core/sodium.js';
 import { IMAGE_NAME_RE } from './names.js';
+import { base64DecodeInto, base64EncodeInto, base64Length, hexDecodeInto, hexEncodeInto } from './bytes.js';
 
 /** The public-key functions of sodium-native, beside the subset src/crypto/sodium.ts types. */
 const sodium = sodiumBase as Sodium & {
@@ -38,9 +39,7 @@ const sodium = sodiumBase as Sodium & {
   crypto_scalarmult_base(q: Buffer, n: Buffer): void;
 };
 
-const B64 = Buffer.from('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', 'latin1');
-const HEX = Buffer.from('0123456789abcdef', 'latin1');
-const B64_LEN = 4 * Math.ceil(DATA_KEY_BYTES / 3); // 88
+const B64_LEN = base64Length(DATA_KEY_BYTES); // 88
 
 const P_START = '{"v":1,"image":"';
 const P_CONTENT = '","content":{"id":"';
@@ -122,24 +121,8 @@ class Writer {
   pos = 0;
   constructor(readonly buf: Buffer) {}
   text(s: string): void { this.pos += this.buf.write(s, this.pos, 'latin1'); }
-  hex(b: Buffer): void {
-    for (const x of b) { this.buf[this.pos++] = HEX[x >> 4]; this.buf[this.pos++] = HEX[x & 15]; }
-  }
-  base64(b: Buffer): void {
-    let i = 0;
-    for (; i + 3 <= b.length; i += 3) {
-      const n = (b[i] << 16) | (b[i + 1] << 8) | b[i + 2];
-      this.buf[this.pos++] = B64[(n >> 18) & 63]; this.buf[this.pos++] = B64[(n >> 12) & 63];
-      this.buf[this.pos++] = B64[(n >> 6) & 63]; this.buf[this.pos++] = B64[n & 63];
-    }
-    const rest = b.length - i;
-    if (rest) {
-      const n = (b[i] << 16) | (rest === 2 ? b[i + 1] << 8 : 0);
-      this.buf[this.pos++] = B64[(n >> 18) & 63]; this.buf[this.pos++] = B64[(n >> 12) & 63];
-      this.buf[this.pos++] = rest === 2 ? B64[(n >> 6) & 63] : 0x3d;
-      this.buf[this.pos++] = 0x3d;
-    }
-  }
+  hex(b: Buffer): void { this.pos = hexEncodeInto(b, this.buf, this.pos); }
+  base64(b: Buffer): void { this.pos = base64EncodeInto(b, this.buf, this.pos); }
 }
 
 const bad = (what: string) => new MedvError('EBADREPLY', `the released keys are malformed: ${what}`);
@@ -160,33 +143,13 @@ class Reader {
     return s;
   }
   hexInto(out: Buffer, what: string): void {
-    if (this.pos + 2 * out.length > this.buf.length) throw bad(what);
-    for (let i = 0; i < out.length; i++) {
-      const hi = HEX.indexOf(this.buf[this.pos++]);
-      const lo = HEX.indexOf(this.buf[this.pos++]);
-      if (hi < 0 || lo < 0) throw bad(`${what} is not lowercase hex`);
-      out[i] = (hi << 4) | lo;
-    }
+    if (!hexDecodeInto(this.buf.subarray(this.pos, this.pos + 2 * out.length), out, true)) throw bad(`${what} is not ${2 * out.length} lowercase hex digits`);
+    this.pos += 2 * out.length;
   }
   /** Decode exactly out.length bytes of padded base64 into `out` (a secure buffer for keys). */
   base64Into(out: Buffer, what: string): void {
-    const len = 4 * Math.ceil(out.length / 3);
-    if (this.pos + len > this.buf.length) throw bad(what);
-    const v = (c: number) => {
-      const x = B64.indexOf(c);
-      if (x < 0) throw bad(`${what} is not base64`);
-      return x;
-    };
-    let o = 0;
-    for (let q = 0; q < len; q += 4) {
-      const c = this.buf.subarray(this.pos + q, this.pos + q + 4);
-      const need = Math.min(3, out.length - o);
-      const n = (v(c[0]) << 18) | (v(c[1]) << 12) | (need > 1 ? v(c[2]) << 6 : 0) | (need > 2 ? v(c[3]) : 0);
-      if ((need < 3 && c[3] !== 0x3d) || (need < 2 && c[2] !== 0x3d)) throw bad(`${what} has the wrong length`);
-      out[o++] = (n >> 16) & 255;
-      if (need > 1) out[o++] = (n >> 8) & 255;
-      if (need > 2) out[o++] = n & 255;
-    }
+    const len = base64Length(out.length);
+    if (!base64DecodeInto(this.buf.subarray(this.pos, this.pos + len), out)) throw bad(`${what} is not base64 of ${out.length} bytes`);
     this.pos += len;
   }
 }

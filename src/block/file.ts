@@ -31,8 +31,19 @@ export interface FileOpenOptions {
   lock?: LockMode;
 }
 
+/** Size in bytes of the block device `rdev` (/sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors). */
+function blockDeviceSize(rdev: number, path: string): number {
+  const major = Number((BigInt(rdev) >> 8n) & 0xfffn | (BigInt(rdev) >> 32n) & ~0xfffn);
+  const minor = Number(BigInt(rdev) & 0xffn | (BigInt(rdev) >> 12n) & ~0xffn);
+  let text: string;
+  try { text = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'latin1'); } catch (e) { throw fromSystemError(e, path); }
+  const sectors = Number(text.trim());
+  if (!Number.isSafeInteger(sectors) || sectors < 0) throw new MedvError('EIO', `cannot tell the size of block device ${path}`, { file: path });
+  return sectors * 512;
+}
+
 /**
- * A plain file as a resizable BlockDevice. Reads past EOF inside `size` return zeros
+ * A plain file (or a block device, of fixed size) as a BlockDevice, resizable when it is a file. Reads past EOF inside `size` return zeros
  * (sparse tail); the size is the file's length.
  */
 export class FileDevice implements BlockDevice {
@@ -42,11 +53,11 @@ export class FileDevice implements BlockDevice {
   private mapping: { map: FileMap; length: number } | undefined;
   private mapTried = false;
 
-  private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean) {
+  private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean, fixedSize = false) {
     // With the addon, discard punches holes and write-zeroes zeroes ranges with fallocate(2);
     // without it (or on a file system that refuses), zeros are written and discard changes nothing.
     this.capabilities = defaultCapabilities({
-      resizable: !readOnly, fua: 'native',
+      resizable: !readOnly && !fixedSize, fua: 'native',
       zero: native.available ? 'native' : 'emulate',
       trim: native.available ? 'native' : 'emulate',
     });
@@ -59,7 +70,9 @@ export class FileDevice implements BlockDevice {
       if (options.create) {
         fd = await fsOpen(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
       } else {
-        fd = await fsOpen(path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+        // O_NONBLOCK: a FIFO (or a device that waits for a carrier) must not hang the open; its
+        // type is refused just below, on the descriptor. Regular files and block devices ignore it.
+        fd = await fsOpen(path, (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY);
       }
     } catch (e) {
       throw fromSystemError(e, path);
@@ -69,12 +82,13 @@ export class FileDevice implements BlockDevice {
       if (st.isDirectory()) throw new MedvError('EINVAL_ARG', `is a directory, not a disk: ${path}`, { file: path });
       if (!st.isFile() && !st.isBlockDevice()) throw new MedvError('EINVAL_ARG', 'not a regular file', { file: path });
       lockFile(fd, path, options.lock ?? (readOnly && !options.create ? 'shared' : 'exclusive'));
-      let size = st.size;
+      // A block device's size is not in its inode (fstat says 0): the kernel says it in sysfs, in 512-byte sectors.
+      let size = st.isBlockDevice() ? blockDeviceSize(st.rdev, path) : st.size;
       if (options.create && options.size) {
         await fsFtruncate(fd, options.size);
         size = options.size;
       }
-      return new FileDevice(path, fd, size, readOnly);
+      return new FileDevice(path, fd, size, readOnly, st.isBlockDevice());
     } catch (e) {
       await fsClose(fd).catch(() => undefined);
       throw fromSystemError(e, path);

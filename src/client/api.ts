@@ -39,7 +39,7 @@ export interface RequestOptions {
 export interface ApiAnswer<T> { body: T; serverTime?: Date }
 
 /** One API call; the answer's body and the server's Date. Non-2xx answers are MedvErrors (./http.ts responseError). */
-export async function apiCall<T>(server: string, method: 'GET' | 'POST', path: string, o: RequestOptions = {}): Promise<ApiAnswer<T>> {
+export async function apiCall<T>(server: string, method: 'GET' | 'POST' | 'DELETE', path: string, o: RequestOptions = {}): Promise<ApiAnswer<T>> {
   const base = serverBase(server);
   const headers: Record<string, string> = { Accept: 'application/json' };
   if (o.token) headers.Authorization = `Bearer ${o.token}`;
@@ -62,7 +62,7 @@ export async function apiCall<T>(server: string, method: 'GET' | 'POST', path: s
   return { body: body as T, ...(date && !Number.isNaN(date.getTime()) ? { serverTime: date } : {}) };
 }
 
-export async function apiRequest<T>(server: string, method: 'GET' | 'POST', path: string, o: RequestOptions = {}): Promise<T> {
+export async function apiRequest<T>(server: string, method: 'GET' | 'POST' | 'DELETE', path: string, o: RequestOptions = {}): Promise<T> {
   return (await apiCall<T>(server, method, path, o)).body;
 }
 
@@ -102,7 +102,7 @@ function badReply(what: string): MedvError {
 }
 
 /**
- * POST /api/workspaces/grant. EDENIED (data.status 403) when the user is not entitled, ENOKEY when
+ * POST /api/workspaces/grant. EFORBIDDEN (data.status 403) when the user is not entitled, ENOKEY when
  * no keys are published for the image, ENETWORK when the server cannot be reached.
  */
 export async function requestGrant(server: string, token: string, body: { workspace: string; client: string; clientKey: Buffer }, ca?: string): Promise<WorkspaceGrant> {
@@ -147,12 +147,21 @@ export interface ClientStatus extends ClientReport {
 
 /** GET /api/admin/clients: the latest report of each (client, user, workspace). */
 export async function listClients(server: string, adminToken: string, ca?: string): Promise<ClientStatus[]> {
-  const r = await apiRequest<{ clients?: unknown }>(server, 'GET', '/api/admin/clients', { token: adminToken, ca });
-  if (!Array.isArray(r.clients)) throw badReply('clients');
-  return (r.clients as (ClientStatus & { lastError: string | null })[]).map((c) => {
-    const { lastError, ...rest } = c;
-    return lastError === null || lastError === undefined ? rest : { ...rest, lastError };
-  });
+  const out: ClientStatus[] = [];
+  // The server answers in pages ({clients, next}); `next` is an opaque cursor for `after`.
+  for (let after: string | undefined, pages = 0; ; pages++) {
+    if (pages >= 10_000) throw badReply('clients (too many pages)');
+    const path = `/api/admin/clients?limit=1000${after !== undefined ? `&after=${encodeURIComponent(after)}` : ''}`;
+    const r = await apiRequest<{ clients?: unknown; next?: unknown }>(server, 'GET', path, { token: adminToken, ca, idempotent: true });
+    if (!Array.isArray(r.clients)) throw badReply('clients');
+    for (const c of r.clients as (ClientStatus & { lastError: string | null })[]) {
+      const { lastError, ...rest } = c;
+      out.push(lastError === null || lastError === undefined ? rest : { ...rest, lastError });
+    }
+    if (r.next === undefined || r.next === null) return out;
+    if (typeof r.next !== 'string' || r.next === after) throw badReply('clients (next)');
+    after = r.next;
+  }
 }
 
 /** POST /api/admin/image-keys: the console's keys of an image, for the server to release to entitled clients. */

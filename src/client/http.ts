@@ -145,8 +145,8 @@ class TimeoutError extends Error {
   readonly code = 'ETIMEDOUT';
 }
 
-/** A transient answer, carried through withRetry; the last one is returned as the answer. */
-class TransientAnswer extends TransientFailure {
+/** A transient answer, carried through withRetry (and tus-js-client's retries); the last one is the answer. */
+export class TransientAnswer extends TransientFailure {
   constructor(readonly response: HttpResponse) {
     super(`HTTP ${response.status}`, retryAfterMs(response.headers['retry-after']));
   }

@@ -2,8 +2,9 @@
  * Retry with backoff, in one place (in the spirit of undici's retry handler): which failures are
  * worth another try, how long to wait, and the loop itself. Everything the client sends goes
  * through ./http.ts, which runs each idempotent request under `withRetry`; a caller whose unit of
- * work is larger than one request (a tus upload: HEAD for the offset, then PATCH from there) runs
- * that unit under `withRetry` with the same rules instead of a loop of its own.
+ * work is larger than one request runs that unit under `withRetry` with the same rules instead of
+ * a loop of its own, and tus-js-client's retries of an upload (HEAD for the offset, then PATCH from
+ * there) ask `retryWaitMs` (./tus-stack.ts).
  *
  * Transient (retried): network errors that say "not now" (refused, reset, unreachable, a DNS
  * server that did not answer, our own connect/idle timeouts), and the statuses 408, 423 (tus: the
@@ -70,6 +71,20 @@ export function backoffMs(n: number, p: RetryPolicy): number {
   return Math.round(d / 2 + Math.random() * (d / 2));
 }
 
+const defaultTransient = (e: unknown) => e instanceof TransientFailure || isTransientNetworkError(e);
+
+/**
+ * The wait before retry `n` (1-based) after the failure `e`, or undefined when `e` ends the
+ * retries: not transient, the retries used up, or a Retry-After longer than the policy allows.
+ * The one rule: withRetry's, and tus-js-client's through ./tus-stack.ts.
+ */
+export function retryWaitMs(e: unknown, n: number, policy: RetryPolicy, transient: (e: unknown) => boolean = defaultTransient): number | undefined {
+  if (n > policy.retries || !transient(e)) return undefined;
+  const asked = e instanceof TransientFailure ? e.retryAfterMs : undefined;
+  if (asked !== undefined && asked > policy.maxRetryAfterMs) return undefined;
+  return Math.max(asked ?? 0, backoffMs(n, policy));
+}
+
 export interface RetryOptions {
   policy?: RetryPolicy;
   /** Is this failure worth another try? Default: a TransientFailure or a transient network error. */
@@ -78,8 +93,6 @@ export interface RetryOptions {
   onRetry?: (n: number, waitMs: number, e: unknown) => void;
   signal?: AbortSignal;
 }
-
-const defaultTransient = (e: unknown) => e instanceof TransientFailure || isTransientNetworkError(e);
 
 /**
  * Run `attempt(n)` (n = 0, 1, …) until it resolves, fails for good, or the retries are used up;
@@ -93,10 +106,8 @@ export async function withRetry<T>(attempt: (n: number) => Promise<T>, o: RetryO
     try {
       return await attempt(n);
     } catch (e) {
-      if (n >= policy.retries || !transient(e) || o.signal?.aborted) throw e;
-      const asked = e instanceof TransientFailure ? e.retryAfterMs : undefined;
-      if (asked !== undefined && asked > policy.maxRetryAfterMs) throw e;
-      const wait = Math.max(asked ?? 0, backoffMs(n + 1, policy));
+      const wait = o.signal?.aborted ? undefined : retryWaitMs(e, n + 1, policy, transient);
+      if (wait === undefined) throw e;
       o.onRetry?.(n + 1, wait, e);
       await sleep(wait, undefined, o.signal ? { signal: o.signal } : undefined).catch(() => { throw e; });
     }

@@ -1,16 +1,18 @@
 /**
  * `medv image upload`: send packs and indexes to a `medv serve` repository over tus 1.0
- * (https://tus.io/protocols/resumable-upload), resumably, through the one HTTP agent (./http.ts:
- * the admin token never goes to a remote http:// server; timeouts; one status table).
+ * (https://tus.io/protocols/resumable-upload), resumably: the protocol is tus-js-client's, its
+ * requests go through the one HTTP agent and its retries follow ./retry.ts (./tus-stack.ts: the
+ * admin token never goes to a remote http:// server, nor to another origin than --server;
+ * timeouts; bounded answers; one status table).
  *
  * - Packs go before indexes (each group by version), so the server, which refuses an index whose
  *   packs are not published, never shows an index without its packs.
  * - One upload: POST /upload/ (Upload-Length, Upload-Metadata filename) creates it; the Location is
  *   kept in a small state file (keyed by server, path, size and mtime) in the state folder; then
- *   PATCH requests of `chunkSize` bytes from the offset the server confirmed. A later run with the
- *   same file HEADs the kept URL and resumes from the server's offset instead of sending
- *   everything again (a 404/410 there: the server forgot it, a new upload starts). The state file
- *   goes when the file is published.
+ *   PATCH requests of `chunkSize` bytes from the offset the server confirmed, read from the file
+ *   held open. A later run with the same file HEADs the kept URL and resumes from the server's
+ *   offset instead of sending everything again (a 4xx there: the server forgot it, a new upload
+ *   starts). The state file goes when the file is published.
  * - Failures: a transient one (network error, 5xx, 423 while the server still holds an earlier
  *   request's lock, 429/503 with Retry-After) is retried with ./retry.ts's rules, each retry asking
  *   the server for its offset first (a PATCH is never blindly repeated); 401 (token), 400 (name),
@@ -24,8 +26,9 @@ import { MedvError, fromSystemError } from '../core/errors.js';
 import { ensureDir, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { uploadStateDir } from '../core/paths.js';
 import { type RepoFileName, parseRepoFileName } from '../api/names.js';
-import { HttpAgent, type HttpRequest, type HttpResponse, isRetryable, responseError } from './http.js';
-import { TRANSIENT_STATUSES, TransientFailure, retryAfterMs, withRetry } from './retry.js';
+import { type DetailedError, type HttpRequest as TusRequest, type HttpResponse as TusResponse, Upload } from 'tus-js-client';
+import { HttpAgent, type HttpResponse, TransientAnswer, responseError } from './http.js';
+import { AgentHttpStack, type OpenFile, fdReader, tusRetry } from './tus-stack.js';
 
 export interface UploadOptions {
   /** Server base URL, e.g. http://host:8080 */
@@ -104,7 +107,7 @@ export async function uploadFiles(paths: string[], o: UploadOptions): Promise<Up
   const agent = o.agent ?? new HttpAgent();
   try {
     for (const f of uploadOrder(files)) {
-      out.push(await uploadOne(agent, f.path, f.file, f.st, server, stateDir, o, (done) => o.onProgress?.(before + done, total)));
+      out.push(await uploadOne(agent, f.path, f.file, server, stateDir, o, (done) => o.onProgress?.(before + done, total)));
       before += f.st.size;
     }
   } finally {
@@ -113,8 +116,6 @@ export async function uploadFiles(paths: string[], o: UploadOptions): Promise<Up
   return out;
 }
 
-const TUS = { 'Tus-Resumable': '1.0.0' };
-
 /** A refusal of the server as a MedvError naming the file (the status table's code). */
 function refused(res: HttpResponse, file: string): MedvError {
   const e = responseError(res);
@@ -122,98 +123,100 @@ function refused(res: HttpResponse, file: string): MedvError {
   return new MedvError(e.code, `upload of ${file} refused: ${why} (HTTP ${res.status})`, { ...e.data, file });
 }
 
-/** A transient answer is thrown for withRetry; any other non-2xx is final. */
-function check(res: HttpResponse, file: string): HttpResponse {
-  if (res.status >= 200 && res.status < 300) return res;
-  if (TRANSIENT_STATUSES.has(res.status)) throw new TransientFailure(`HTTP ${res.status}`, retryAfterMs(res.headers['retry-after']));
-  throw refused(res, file);
-}
-
-const offsetOf = (res: HttpResponse): number | undefined => {
-  const v = Number(res.headers['upload-offset']);
+const offsetOf = (res: TusResponse, name = 'Upload-Offset'): number | undefined => {
+  const v = Number(res.getHeader(name));
   return Number.isSafeInteger(v) && v >= 0 ? v : undefined;
 };
 
-async function uploadOne(agent: HttpAgent, path: string, file: string, st: fs.Stats, server: string, stateDir: string, o: UploadOptions, progress: (done: number) => void): Promise<UploadedFile> {
-  const sf = stateFile(stateDir, server, path, st);
-  const auth = { ...TUS, Authorization: `Bearer ${o.token}` };
-  // requests inside a unit retried here are not retried again by the agent (idempotent: false)
-  const send = (r: Omit<HttpRequest, 'headers'> & { headers?: Record<string, string> }) => agent.request({ idempotent: false, ...r, headers: { ...auth, ...r.headers } });
-  const retrying = <T>(unit: (n: number) => Promise<T>) => withRetry(unit, { isTransient: isRetryable });
-  const chunk = o.chunkSize ?? 64 * 1024 * 1024;
-  let sent = 0;
-  let resumed = false;
-  let last: HttpResponse | undefined;
+/**
+ * What tus-js-client does not check: offsets within the file, the kept upload's length ours, and
+ * each PATCH taking at least one byte (a server that never does would have it send forever).
+ */
+function checkAnswer(req: TusRequest, res: TusResponse, file: string, size: number): void {
+  if (res.getStatus() < 200 || res.getStatus() > 299) return;
+  const offset = offsetOf(res);
+  const from = req.getMethod() === 'PATCH' ? Number(req.getHeader('Upload-Offset')) : 0;
+  const bad = req.getMethod() === 'HEAD' ? offset === undefined || offset > size || offsetOf(res, 'Upload-Length') !== size
+    : req.getMethod() === 'PATCH' && (offset === undefined || offset <= from || offset > size);
+  if (bad) throw new MedvError('EBADREPLY', `upload of ${file}: the server answered offset ${res.getHeader('Upload-Offset')} of length ${res.getHeader('Upload-Length')} for a file of ${size} bytes`, { file });
+}
+
+/** Why tus-js-client gave up, as a MedvError. */
+function failure(e: unknown, file: string): MedvError {
+  const d = e as Partial<DetailedError>;
+  const cause = d.causingError ?? e;
+  if (cause instanceof TransientAnswer) return new MedvError('ENETWORK', `upload of ${file} failed: the server kept answering HTTP ${cause.response.status} (gave up after retries)`, { file });
+  if (cause instanceof MedvError) return cause.data.file ? cause : new MedvError(cause.code, cause.message, { ...cause.data, file });
+  const res = d.originalResponse?.getUnderlyingObject() as HttpResponse | undefined;
+  if (res && (res.status < 200 || res.status > 299)) return refused(res, file);
+  const said = String((e as Error)?.message ?? e).split(/, (?:caused by|originated from) /)[0];
+  return new MedvError('EBADREPLY', `upload of ${file}: ${said}`, { file });
+}
+
+async function uploadOne(agent: HttpAgent, path: string, file: string, server: string, stateDir: string, o: UploadOptions, progress: (done: number) => void): Promise<UploadedFile> {
+  // held open: the bytes sent are those of the file stat'ed here, whatever becomes of its name
+  let fd: number;
+  try { fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK); } catch (e) { throw fromSystemError(e, path); }
   try {
-    // the upload's URL: the one a killed run kept (if the server still has it), else a new one
-    let url: URL | undefined;
-    let offset = 0;
-    const saved = readState(sf);
-    if (saved) {
-      const u = new URL(saved.url, `${server}/`);
-      if (u.origin === new URL(server).origin) {
-        const head = await send({ method: 'HEAD', url: u, idempotent: true });
-        if (head.status === 200 && offsetOf(head) !== undefined && Number(head.headers['upload-length']) === st.size) {
-          url = u;
-          offset = offsetOf(head)!;
-          resumed = offset > 0;
-          last = head;
-        } else if (![404, 410].includes(head.status)) check(head, file);
-      }
-    }
-    if (!url) {
-      const created = await retrying(async () => check(await send({
-        method: 'POST', url: `${server}/upload/`,
-        headers: { 'Upload-Length': String(st.size), 'Upload-Metadata': `filename ${Buffer.from(file).toString('base64')}` },
-      }), file));
-      const location = created.headers.location;
-      if (typeof location !== 'string') throw new MedvError('EBADREPLY', `upload of ${file}: the server created no upload (no Location)`, { file });
-      url = new URL(location, `${server}/`);
-      if (url.origin !== new URL(server).origin) throw new MedvError('EBADREPLY', `upload of ${file}: the server named an upload on another origin (${url.origin})`, { file });
-      writeState(sf, { url: url.href, server, path, size: st.size, mtimeMs: st.mtimeMs });
-      last = created;
-    }
-    progress(offset);
-    // PATCH from the confirmed offset; after a transient failure, ask the server where it is
-    while (offset < st.size) {
-      last = await retrying(async (n) => {
-        if (n > 0) {
-          const head = check(await send({ method: 'HEAD', url: url! }), file);
-          offset = offsetOf(head) ?? offset;
-          if (offset >= st.size) return head;
-        }
-        const length = Math.min(chunk, st.size - offset);
-        const from = offset;
-        const res = check(await send({
-          method: 'PATCH', url: url!,
-          headers: { 'Upload-Offset': String(from), 'Content-Type': 'application/offset+octet-stream' },
-          body: { length, open: () => fs.createReadStream(path, { start: from, end: from + length - 1 }) },
-          onBodyProgress: (b) => progress(from + b),
-        }), file);
-        const now = offsetOf(res);
-        if (now === undefined || now < from || now > st.size) throw new MedvError('EBADREPLY', `upload of ${file}: the server answered offset ${res.headers['upload-offset']}`, { file });
-        sent += now - from;
-        offset = now;
-        return res;
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'not a regular file', { file: path });
+    const sf = stateFile(stateDir, server, path, st);
+    // the upload a killed run kept; tus-js-client HEADs it (a 404 there: a new upload starts)
+    let kept = readState(sf)?.url;
+    let startOffset: number | undefined;
+    let sent = 0;
+    let last: HttpResponse;
+    try {
+      last = await new Promise<HttpResponse>((resolveUpload, reject) => {
+        const input: OpenFile = { fd, size: st.size };
+        const up: Upload = new Upload(input as unknown as Buffer /* any input: fdReader reads it */, {
+          endpoint: `${server}/upload/`,
+          uploadUrl: kept ?? null,
+          chunkSize: o.chunkSize ?? 64 * 1024 * 1024,
+          metadata: { filename: file },
+          headers: { Authorization: `Bearer ${o.token}` },
+          httpStack: new AgentHttpStack(agent, new URL(server).origin),
+          fileReader: fdReader,
+          ...tusRetry(agent.retry),
+          storeFingerprintForResuming: false,
+          // called within tus-js-client's promise chain: a failed write fails the upload (an
+          // urlStorage's rejection would go unhandled there)
+          onUploadUrlAvailable() {
+            if (up.url && up.url !== kept) writeState(sf, { url: up.url, server, path, size: st.size, mtimeMs: st.mtimeMs });
+            kept = up.url ?? undefined;
+          },
+          onAfterResponse(req, res) {
+            // the offset the server had when this run first heard from it: what resuming saved
+            startOffset ??= req.getMethod() === 'HEAD' ? offsetOf(res) ?? 0 : 0;
+            checkAnswer(req, res, file, st.size);
+          },
+          onProgress(done) { progress(done); },
+          onChunkComplete(chunk) { sent += chunk; },
+          onSuccess({ lastResponse }) { resolveUpload(lastResponse.getUnderlyingObject() as HttpResponse); },
+          onError(e) { reject(e); },
+        });
+        up.start();
       });
+    } catch (e) {
+      const err = failure(e, file);
+      // refused for good (not a network failure): the next run starts afresh
+      if (err.code !== 'ENETWORK' && err.code !== 'EHTTP') fs.rmSync(sf, { force: true });
+      throw err;
     }
-  } catch (e) {
-    // refused for good (not a network failure): the next run starts afresh
-    if (e instanceof MedvError && e.code !== 'ENETWORK' && e.code !== 'EHTTP') fs.rmSync(sf, { force: true });
-    if (e instanceof TransientFailure) throw new MedvError('ENETWORK', `upload of ${file} failed: the server kept answering ${e.message} (gave up after retries)`, { file });
-    throw e;
-  }
-  let status = last?.headers['medv-publish-status'];
-  if (typeof status !== 'string' || !status) {
-    // the server had the whole upload before this run (its finishing was interrupted): only a
-    // published file of the right size counts
-    const head = await agent.request({ method: 'HEAD', url: `${server}/images/${file}` });
+    let status = last.headers['medv-publish-status'];
+    if (typeof status !== 'string' || !status) {
+      // the server had the whole upload before this run (its finishing was interrupted): only a
+      // published file of the right size counts
+      const head = await agent.request({ method: 'HEAD', url: `${server}/images/${file}` });
+      fs.rmSync(sf, { force: true });
+      if (head.status !== 200 || Number(head.headers['content-length']) !== st.size) {
+        throw new MedvError('EHTTP', `upload of ${file} completed earlier but the file is not published (HTTP ${head.status}); run the upload again`, { file });
+      }
+      status = 'published';
+    }
     fs.rmSync(sf, { force: true });
-    if (head.status !== 200 || Number(head.headers['content-length']) !== st.size) {
-      throw new MedvError('EHTTP', `upload of ${file} completed earlier but the file is not published (HTTP ${head.status}); run the upload again`, { file });
-    }
-    status = 'published';
+    return { file, path, size: st.size, status, sent, resumed: (startOffset ?? 0) > 0 };
+  } finally {
+    fs.closeSync(fd);
   }
-  fs.rmSync(sf, { force: true });
-  return { file, path, size: st.size, status, sent, resumed };
 }

@@ -61,7 +61,15 @@ export interface VmState {
   savedState?: string;
   /** True when this run was resumed from a saved state. */
   resumed?: boolean;
+  /**
+   * Test-mode undo disks this VM created and has not deleted yet (a run that crashed): the next
+   * start of this VM deletes them, and only them (src/host/disks.ts).
+   */
+  testUndo?: TestUndoRecord[];
 }
+
+/** A test run's undo disk as created: its device, inode and VHD unique id, and its parent's device and inode (the image). */
+export interface TestUndoRecord { path: string; dev: string; ino: string; uniqueId: string; parent: { dev: string; ino: string } }
 
 /** Largest state.json we read. */
 const MAX_STATE_BYTES = 64 * 1024;

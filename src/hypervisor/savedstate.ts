@@ -29,8 +29,8 @@ import { DataKey, type KekSource, readKeyFile, wrapDataKey, writeWrappedKeyFile 
 import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { sodium } from '../core/sodium.js';
 import { MedvError, fromSystemError } from '../core/errors.js';
-import { type AtomicFile, openAtomicSync } from '../core/fsio.js';
-import { HEADER_BYTES, MAGIC, MAX_MEMORY_MIB, readHeader, VERSION, type SavedStatePeek } from './savedstate-header.js';
+import { type AtomicFile, openAtomicSync, openFileNoFollow } from '../core/fsio.js';
+import { HEADER_BYTES, MAGIC, MAX_MEMORY_MIB, readHeader, VERSION, type FileKey, type SavedStatePeek } from './savedstate-header.js';
 
 export { peekSavedState, type SavedStatePeek } from './savedstate-header.js';
 
@@ -53,9 +53,34 @@ export interface SavedStateMeta {
   /** Every file whose content the saved RAM depends on, as it was when the VM stopped. */
   disks: DiskFingerprint[];
   streamBytes: number;
+  /**
+   * Which VM this state belongs to (absent in files of earlier versions): each of its disks in
+   * boot order with every file it reads, identified (src/host/binding.ts checks it on resume).
+   */
+  binding?: VmBinding;
 }
 
 export interface DiskFingerprint { path: string; size: number; mtimeNs: string; ino: number }
+
+/** One file as a saved state records it: where, which inode on which device, its size and mtime, and a VHD's unique id. */
+export interface FileIdentity { path: string; dev: string; ino: string; size: string; mtimeNs: string; uniqueId?: string }
+
+export interface VmBinding {
+  disks: Array<{
+    mode: string;
+    /** The disk as configured (real path), and the undo disk taking its writes, if any. */
+    path: string;
+    undo?: string;
+    /** Every file it reads: the undo disk, the disk, each parent to the end of the chain, then the key files. */
+    files: FileIdentity[];
+  }>;
+}
+
+/** The identity of `path` now (links followed: the paths recorded are real paths). */
+export function fileIdentity(path: string, uniqueId?: string): FileIdentity {
+  const st = fs.statSync(path, { bigint: true });
+  return { path, dev: st.dev.toString(), ino: st.ino.toString(), size: st.size.toString(), mtimeNs: st.mtimeNs.toString(), ...(uniqueId ? { uniqueId } : {}) };
+}
 
 export function vsvKeyPath(vsvPath: string): string { return `${vsvPath}.enc`; }
 
@@ -206,6 +231,11 @@ export class SavedStateWriter {
 
 function checkMeta(meta: SavedStateMeta, path: string): SavedStateMeta {
   if (!meta || !Array.isArray(meta.disks) || !Number.isSafeInteger(meta.memoryMiB)) throw new MedvError('EFORMAT', 'saved state metadata lacks disks or memory', { file: path });
+  const b = meta.binding;
+  if (b !== undefined && (!b || !Array.isArray(b.disks) || !b.disks.every((d) => d && typeof d.path === 'string' && typeof d.mode === 'string' && Array.isArray(d.files)
+    && d.files.every((f) => f && typeof f.path === 'string' && typeof f.ino === 'string' && typeof f.dev === 'string')))) {
+    throw new MedvError('EFORMAT', 'saved state metadata has a malformed disk binding', { file: path });
+  }
   return meta;
 }
 
@@ -214,8 +244,12 @@ function checkMeta(meta: SavedStateMeta, path: string): SavedStateMeta {
  * decrypts the stream in one pass. Version 1: check() verifies every frame and returns the metadata.
  */
 export class SavedStateReader {
+  /** True once frames() authenticated every frame up to the final one. */
+  private complete = false;
+
   private constructor(readonly path: string, private readonly dataKey: DataKey, private readonly header: Buffer,
-    private readonly streamEnd: number | undefined, private readonly trailerMeta: Buffer | undefined) {}
+    private readonly streamEnd: number | undefined, private readonly trailerMeta: Buffer | undefined,
+    private readonly file: FileKey, private readonly keyFile: FileKey) {}
 
   /** The metadata from the trailer (version 2), before the stream is decrypted. */
   get meta(): SavedStateMeta | undefined {
@@ -226,18 +260,24 @@ export class SavedStateReader {
   static peek(path: string): SavedStatePeek { return readHeader(path).peek; }
 
   static async open(path: string, kek: KekSource): Promise<SavedStateReader> {
-    const { header, peek } = readHeader(path);
-    const dataKey = await readKeyFile(vsvKeyPath(path), kek);
+    const { header, peek, file } = readHeader(path);
+    const keyPath = vsvKeyPath(path);
+    const before = lstatKey(keyPath);
+    const dataKey = await readKeyFile(keyPath, kek);
     try {
+      // The key file is recognised by its content (its key id is the one in the .vsv's header),
+      // and remembered by inode: only that file is ever removed with the saved state.
       if (!dataKey.keyId.equals(header.subarray(12, 28))) {
-        throw new MedvError('EBADKEY', `saved state ${path} does not belong to key file ${vsvKeyPath(path)}`, { file: path, offset: 12 });
+        throw new MedvError('EBADKEY', `saved state ${path} does not belong to key file ${keyPath}`, { file: path, offset: 12 });
       }
-      if (peek.version === 1) return new SavedStateReader(path, dataKey, header, undefined, undefined);
-      const { streamEnd, meta } = readTrailer(path, header, dataKey);
+      const keyFile = lstatKey(keyPath);
+      if (!before || !keyFile || !sameKey(before, keyFile)) throw new MedvError('ECHANGED', `key file ${keyPath} changed while it was read`, { file: keyPath });
+      if (peek.version === 1) return new SavedStateReader(path, dataKey, header, undefined, undefined, file, keyFile);
+      const { streamEnd, meta } = readTrailer(path, header, dataKey, file);
       const parsed = (() => { try { return JSON.parse(meta.toString('utf8')) as SavedStateMeta; } catch { throw new MedvError('EFORMAT', 'saved state metadata is not JSON', { file: path, offset: streamEnd }); } })();
       checkMeta(parsed, path);
       if (parsed.memoryMiB !== peek.memoryMiB) throw new MedvError('ECRYPTO', 'saved state header and metadata disagree on the guest RAM (tampered with)', { file: path, offset: 52 });
-      return new SavedStateReader(path, dataKey, header, streamEnd, meta);
+      return new SavedStateReader(path, dataKey, header, streamEnd, meta, file, keyFile);
     } catch (e) {
       dataKey.dispose();
       throw e;
@@ -249,9 +289,11 @@ export class SavedStateReader {
     const state = Buffer.alloc(sodium.crypto_secretstream_xchacha20poly1305_STATEBYTES);
     const key = derivedKey(this.dataKey, STREAM_KEY_CONTEXT);
     try { sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, this.header.subarray(28, 52), key); } finally { secureFree(key); }
-    const fh = await fs.promises.open(this.path, 'r');
+    const fh = await fs.promises.open(this.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
     try {
-      const size = this.streamEnd ?? (await fh.stat()).size;
+      const st = await fh.stat();
+      if (!sameKey(st, this.file)) throw new MedvError('ECHANGED', 'saved state was replaced while it was read', { file: this.path });
+      const size = this.streamEnd ?? st.size;
       let pos = this.header.length;
       const lenBuf = Buffer.alloc(4);
       const tag = Buffer.alloc(1);
@@ -275,7 +317,9 @@ export class SavedStateReader {
           if (this.trailerMeta && !m.equals(this.trailerMeta)) throw new MedvError('ECRYPTO', 'saved state final frame and trailer disagree (tampered with)', { file: this.path, offset: pos });
           let meta: SavedStateMeta;
           try { meta = JSON.parse(m.toString('utf8')) as SavedStateMeta; } catch { throw new MedvError('EFORMAT', 'saved state metadata is not JSON', { file: this.path, offset: pos }); }
-          return checkMeta(meta, this.path);
+          checkMeta(meta, this.path);
+          this.complete = true;
+          return meta;
         }
         yield m;
       }
@@ -295,14 +339,42 @@ export class SavedStateReader {
   }
 
   close(): void { if (!this.dataKey.disposed) this.dataKey.dispose(); }
+
+  /**
+   * Remove this saved state and its key file. Only once every frame authenticated up to the
+   * final one (frames() or check() ran to the end): a file that is not a complete medv saved
+   * state under this key is never removed; and each name is removed only while it still is the
+   * file that was verified (same inode), so a file put in its place meanwhile is left alone.
+   */
+  remove(): { removed: string[] } {
+    if (!this.complete) throw new MedvError('EINVAL_ARG', 'a saved state is removed only after it was verified whole', { file: this.path });
+    const removed: string[] = [];
+    const keyPath = vsvKeyPath(this.path);
+    const vsvNow = lstatKey(this.path);
+    if (!vsvNow || !sameKey(vsvNow, this.file)) throw new MedvError('ECHANGED', 'saved state was replaced after it was verified; not removing it', { file: this.path });
+    const keyNow = lstatKey(keyPath);
+    if (keyNow && sameKey(keyNow, this.keyFile)) { fs.unlinkSync(keyPath); removed.push(keyPath); }
+    fs.unlinkSync(this.path);
+    removed.unshift(this.path);
+    return { removed };
+  }
 }
 
+/** dev and inode of a name (the link itself, never followed), or undefined when there is none. */
+function lstatKey(path: string): FileKey | undefined {
+  try { const st = fs.lstatSync(path); return { dev: st.dev, ino: st.ino }; } catch { return undefined; }
+}
+
+const sameKey = (a: FileKey, b: FileKey) => a.dev === b.dev && a.ino === b.ino;
+
 /** Read and open the version 2 trailer: the metadata plaintext and where the frames end. */
-function readTrailer(path: string, header: Buffer, dataKey: DataKey): { streamEnd: number; meta: Buffer } {
+function readTrailer(path: string, header: Buffer, dataKey: DataKey, expect: FileKey): { streamEnd: number; meta: Buffer } {
   let fd: number | undefined;
   try {
-    fd = fs.openSync(path, 'r');
-    const size = fs.fstatSync(fd).size;
+    const file = openFileNoFollow(path, { what: 'saved state' });
+    fd = file.fd;
+    if (!sameKey(file.stat, expect)) throw new MedvError('ECHANGED', 'saved state was replaced while it was read', { file: path });
+    const size = file.stat.size;
     const tail = Buffer.alloc(4 + TRAILER_MAGIC.length);
     if (size < header.length + tail.length) throw new MedvError('ETRUNCATED', 'saved state ends before its trailer (interrupted write?)', { file: path, offset: size });
     fs.readSync(fd, tail, 0, tail.length, size - tail.length);
@@ -338,12 +410,4 @@ export function checkFingerprints(meta: SavedStateMeta, file: string): void {
   }
 }
 
-/** Remove a saved state and its key file (only files that are a saved state: checked by magic). */
-export function removeSavedState(path: string): void {
-  const head = Buffer.alloc(8);
-  const fd = fs.openSync(path, 'r');
-  try { fs.readSync(fd, head, 0, 8, 0); } finally { fs.closeSync(fd); }
-  if (!head.equals(MAGIC)) throw new MedvError('EFORMAT', 'not a medv saved state; not removing it', { file: path });
-  fs.rmSync(vsvKeyPath(path), { force: true });
-  fs.rmSync(path);
-}
+

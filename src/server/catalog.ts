@@ -19,6 +19,7 @@ import { type PruneResult, pruneImages } from './prune.js';
 import { parseRepoFileName } from '../api/names.js';
 import { strongEtag } from './static.js';
 import type { KeyService } from './keyservice.js';
+import type { Audit } from './audit.js';
 import type { Store } from './store/index.js';
 
 export type SignatureState = 'trusted' | 'untrusted' | 'no-keys' | 'invalid' | 'no-index';
@@ -58,7 +59,7 @@ export class ImageCatalog {
   private readonly dir: string;
   private readonly costs = new Map<string, Promise<VersionCost>>();
 
-  constructor(root: string, private readonly store: Store, private readonly keys?: KeyService) {
+  constructor(root: string, private readonly store: Store, private readonly audit: Audit, private readonly keys?: KeyService) {
     this.dir = join(root, IMAGES_DIR);
   }
 
@@ -157,12 +158,12 @@ export class ImageCatalog {
    * then the packs no kept index needs; only files that are this image's). With `dryRun`, what
    * would go. The answer also counts the client workspaces reporting a version that goes.
    */
-  async prune(name: string, keep: number, o: { dryRun: boolean; actor: string }): Promise<Omit<PruneResult, 'dir'> & { clientsOnRemoved: number }> {
+  async prune(name: string, keep: number, o: { dryRun: boolean; actor: string; address?: string }): Promise<Omit<PruneResult, 'dir'> & { clientsOnRemoved: number }> {
     const { dir: _dir, ...r } = await pruneImages(this.dir, { name, keep, dryRun: o.dryRun });
     const kept = new Set(r.keptVersions);
     const inUse = (await this.clientsOf(name)).get(name) ?? new Map<number | null, number>();
     const clientsOnRemoved = [...inUse].filter(([v]) => v !== null && !kept.has(v) && v < Math.min(...r.keptVersions)).reduce((n, [, c]) => n + c, 0);
-    if (!o.dryRun) await this.store.audit({ actor: o.actor, action: 'image.prune', target: name, detail: { keep, keptVersions: r.keptVersions, deleted: r.deleted.length, bytesFreed: r.bytesFreed } });
+    if (!o.dryRun) await this.audit.record({ actor: o.actor, action: 'image.prune', target: name, address: o.address ?? '', detail: { keep, keptVersions: r.keptVersions, deleted: r.deleted.length, bytesFreed: r.bytesFreed } });
     return { ...r, clientsOnRemoved };
   }
 

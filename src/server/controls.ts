@@ -3,7 +3,7 @@
  * and how a client meets them. A client contacts the server at every workspace start it can (the
  * grant, keyservice.ts); there the strongest order that applies answers instead of the keys:
  *
- *   revoke  403 EDENIED "… revoked by the administrator: <reason>": no keys; the client forgets its
+ *   revoke  403 EFORBIDDEN "… revoked by the administrator: <reason>": no keys; the client forgets its
  *           cached grant and keys (it will not start offline). For a user, their tokens are revoked
  *           too (the next contact asks them to log in, and the order still refuses them).
  *   wipe    410 EWIPED "<reason>": the client deletes that workspace's wrapped keys first (once they
@@ -23,6 +23,7 @@
 import { MedvError } from '../core/errors.js';
 import { checkClientId, checkUserName, checkWorkspaceName } from '../api/names.js';
 import { LIMITS, type ControlAction, type ControlRow, type ControlScope, type Store, type WipeRow } from './store/index.js';
+import type { Audit } from './audit.js';
 
 export const CONTROL_ACTIONS: readonly ControlAction[] = ['lock', 'wipe', 'revoke'];
 export const CONTROL_SCOPES: readonly ControlScope[] = ['client', 'user'];
@@ -44,10 +45,10 @@ function checkReason(v: unknown): string {
 }
 
 export class ClientControls {
-  constructor(readonly store: Store) {}
+  constructor(readonly store: Store, readonly audit: Audit) {}
 
   /** Give an order (or give it again with a new reason). */
-  async set(o: { action: unknown; scope: unknown; subject: unknown; workspace?: unknown; reason: unknown }, actor: string): Promise<ControlRow & { tokensRevoked?: number }> {
+  async set(o: { action?: unknown; scope?: unknown; subject?: unknown; workspace?: unknown; reason?: unknown }, actor: string, address = ''): Promise<ControlRow & { tokensRevoked?: number }> {
     if (!CONTROL_ACTIONS.includes(o.action as ControlAction)) throw new MedvError('EINVAL_ARG', `action must be one of ${CONTROL_ACTIONS.join(', ')}`);
     const action = o.action as ControlAction;
     const { scope, subject } = checkSubject(o.scope, o.subject);
@@ -55,18 +56,18 @@ export class ClientControls {
     const reason = checkReason(o.reason);
     await this.store.controls.set(scope, subject, workspace, action, reason, actor);
     const tokensRevoked = action === 'revoke' && scope === 'user' ? await this.store.controls.revokeTokensOf(subject) : undefined;
-    await this.store.audit({ actor, action: `client.${action}`, target: subject, detail: { scope, ...(workspace ? { workspace } : {}), reason, ...(tokensRevoked !== undefined ? { tokensRevoked } : {}) } });
+    await this.audit.record({ actor, action: `client.${action}`, target: subject, address, detail: { scope, ...(workspace ? { workspace } : {}), reason, ...(tokensRevoked !== undefined ? { tokensRevoked } : {}) } });
     const row = (await this.store.controls.list(scope, subject)).find((r) => r.action === action && (r.workspace ?? '') === workspace)!;
     return tokensRevoked === undefined ? row : { ...row, tokensRevoked };
   }
 
   /** Clear orders of a subject ("unlock"): one workspace's or all, one action's or all. */
-  async clear(o: { scope: unknown; subject: unknown; workspace?: unknown; action?: unknown }, actor: string): Promise<{ cleared: number }> {
+  async clear(o: { scope?: unknown; subject?: unknown; workspace?: unknown; action?: unknown }, actor: string, address = ''): Promise<{ cleared: number }> {
     const { scope, subject } = checkSubject(o.scope, o.subject);
     const workspace = o.workspace === undefined || o.workspace === null ? undefined : o.workspace === '' ? '' : checkWorkspaceName(o.workspace);
     if (o.action !== undefined && !CONTROL_ACTIONS.includes(o.action as ControlAction)) throw new MedvError('EINVAL_ARG', `action must be one of ${CONTROL_ACTIONS.join(', ')}`);
     const cleared = await this.store.controls.clear(scope, subject, workspace, o.action as ControlAction | undefined);
-    await this.store.audit({ actor, action: 'client.unlock', target: subject, detail: { scope, ...(workspace !== undefined ? { workspace } : {}), ...(o.action ? { only: o.action } : {}), cleared } });
+    await this.audit.record({ actor, action: 'client.unlock', target: subject, address, detail: { scope, ...(workspace !== undefined ? { workspace } : {}), ...(o.action ? { only: o.action } : {}), cleared } });
     return { cleared };
   }
 
@@ -82,23 +83,23 @@ export class ClientControls {
    * At a grant: throws the strongest order that applies to `user` on `client` for `workspace`
    * (audited as keys.deny with the order), else returns.
    */
-  async check(user: string, client: string, workspace: string): Promise<void> {
+  async check(user: string, client: string, workspace: string, address = ''): Promise<void> {
     const orders = await this.store.controls.applying(user, client, workspace);
     if (!orders.length) return;
     const o = STRENGTH.map((a) => orders.find((x) => x.action === a)).find((x) => x !== undefined)!;
-    await this.store.audit({ actor: user, action: 'keys.deny', target: workspace, detail: { client, reason: `${o.action} (${o.scope} ${o.subject})` } });
+    await this.audit.refused({ actor: user, action: 'keys.deny', target: workspace, address, detail: { client, reason: `${o.action} (${o.scope} ${o.subject})` } });
     const whose = o.scope === 'client' ? `client ${client}` : `user ${user}`;
-    if (o.action === 'revoke') throw new MedvError('EDENIED', `workspace ${workspace} is revoked for ${whose} by the administrator: ${o.reason}`, { httpStatus: 403, reason: o.reason });
+    if (o.action === 'revoke') throw new MedvError('EFORBIDDEN', `workspace ${workspace} is revoked for ${whose} by the administrator: ${o.reason}`, { reason: o.reason });
     if (o.action === 'wipe') throw new MedvError('EWIPED', `the administrator ordered workspace ${workspace} wiped on ${whose}: ${o.reason}`, { reason: o.reason });
     throw new MedvError('ELOCKED', `workspace ${workspace} is locked for ${whose} by the administrator: ${o.reason}`, { reason: o.reason });
   }
 
   /** POST /api/workspaces/wiped: a client says it wiped a workspace (after a wipe order). */
-  async wiped(user: string, body: Record<string, unknown>): Promise<{ ok: true }> {
+  async wiped(user: string, body: Record<string, unknown>, address = ''): Promise<{ ok: true }> {
     const client = checkClientId(body.client);
     const workspace = checkWorkspaceName(body.workspace);
     await this.store.controls.recordWipe(client, user, workspace);
-    await this.store.audit({ actor: user, action: 'client.wiped', target: workspace, detail: { client } });
+    await this.audit.record({ actor: user, action: 'client.wiped', target: workspace, address, detail: { client } });
     return { ok: true };
   }
 }

@@ -4,7 +4,7 @@
  * carriage return: report errors and audit details come from clients and users) is prefixed with
  * a single quote, as OWASP advises; numbers are written as numbers.
  */
-import type { AuditRow, ClientRow, HistoryRow, PageOf, PageQuery } from './store/index.js';
+import type { AuditRecord, ClientRow, HistoryRow } from './store/index.js';
 
 export type Cell = string | number | boolean | null | undefined;
 
@@ -26,9 +26,9 @@ export function toCsv(header: string[], rows: Cell[][]): string {
 /** The columns of one export: a header and how a row becomes cells. */
 export interface CsvTable<T> { header: string[]; row: (r: T) => Cell[] }
 
-export const AUDIT_CSV: CsvTable<AuditRow> = {
-  header: ['time', 'actor', 'action', 'target', 'detail'],
-  row: (r) => [r.time, r.actor, r.action, r.target, JSON.stringify(r.detail)],
+export const AUDIT_CSV: CsvTable<AuditRecord> = {
+  header: ['time', 'last', 'count', 'actor', 'action', 'target', 'address', 'detail'],
+  row: (r) => [r.time, r.last, r.count, r.actor, r.action, r.target, r.address, JSON.stringify(r.detail)],
 };
 
 export const CLIENTS_CSV: CsvTable<ClientRow> = {
@@ -43,14 +43,20 @@ export const HISTORY_CSV: CsvTable<HistoryRow> = {
 
 /** Most rows one export holds (the newest first where the list is ordered by time). */
 export const CSV_MAX_ROWS = 200_000;
-const CSV_PAGE = 1000;
+
+/** One page of a list and the cursor of the next (null: the last page). */
+export type CsvPage<T> = (cursor: string | undefined) => Promise<{ rows: T[]; next: string | null }>;
 
 /** A whole filtered list as CSV text, page by page (header first), at most CSV_MAX_ROWS rows. */
-export async function* csvExport<T>(table: CsvTable<T>, page: (p: PageQuery) => Promise<PageOf<T>>): AsyncGenerator<string> {
+export async function* csvExport<T>(table: CsvTable<T>, page: CsvPage<T>): AsyncGenerator<string> {
   yield csvLine(table.header);
-  for (let offset = 0; offset < CSV_MAX_ROWS; offset += CSV_PAGE) {
-    const p = await page({ offset, limit: Math.min(CSV_PAGE, CSV_MAX_ROWS - offset) });
-    if (p.rows.length) yield p.rows.map((r) => csvLine(table.row(r))).join('');
-    if (p.rows.length < p.limit) return;
+  let cursor: string | undefined;
+  for (let n = 0; n < CSV_MAX_ROWS;) {
+    const p = await page(cursor);
+    const rows = p.rows.slice(0, CSV_MAX_ROWS - n);
+    if (rows.length) yield rows.map((r) => csvLine(table.row(r))).join('');
+    n += rows.length;
+    if (!p.next || !rows.length) return;
+    cursor = p.next;
   }
 }

@@ -33,6 +33,7 @@ import { fetchImage } from '../transfer/fetch.js';
 import { IMAGES_DIR } from './images.js';
 import type { KeyService } from './keyservice.js';
 import type { Store } from './store/index.js';
+import type { Audit } from './audit.js';
 
 export const TESTS_DIR = 'tests';
 const SERIAL_KEEP = 1 << 20;
@@ -40,6 +41,7 @@ const SERIAL_KEEP = 1 << 20;
 export interface ImageTestOptions {
   root: string;
   store: Store;
+  audit: Audit;
   keys: KeyService;
   /** How long to wait for the ready pattern before the screenshot is taken anyway. */
   timeoutMs: number;
@@ -119,7 +121,7 @@ export class ImageTests {
   private readonly run: string;
   private current: Running | undefined;
 
-  constructor(o: Partial<ImageTestOptions> & Pick<ImageTestOptions, 'root' | 'store' | 'keys'>) {
+  constructor(o: Partial<ImageTestOptions> & Pick<ImageTestOptions, 'root' | 'store' | 'audit' | 'keys'>) {
     this.o = { ...IMAGE_TEST_DEFAULTS, ...o };
     this.dir = join(o.root, TESTS_DIR);
     this.run = o.runRoot ?? join(this.dir, '.run');
@@ -164,7 +166,7 @@ export class ImageTests {
     const running: Running = { record, vm, cancel: () => { cancelled = true; for (const w of [...waiters]) w(); }, done: Promise.resolve() };
     running.done = this.execute(running, dir, index, stop);
     this.current = running;
-    await this.o.store.audit({ actor: by, action: 'image.test', target: image, detail: { version } });
+    await this.o.audit.record({ actor: by, action: 'image.test', target: image, detail: { version } });
     return { ...record };
   }
 

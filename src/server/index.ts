@@ -11,5 +11,7 @@ export * from './serve.js';
 export { Accounts, ACCOUNTS_DEFAULTS, type AccountsOptions, hashPassword, verifyPassword, tokenHash } from './accounts.js';
 export { accountsApi, API_MAX_BODY } from './api.js';
 export { Store, redactUrl, SQLITE_FILE } from './store/index.js';
-export { KeyService, latestVersion, REPORT_STATES, MAX_REPORTS, type GrantAnswer } from './keyservice.js';
+export { KeyService, KEY_SERVICE_DEFAULTS, type KeyServiceOptions, latestVersion, REPORT_STATES, MAX_REPORTS, type GrantAnswer } from './keyservice.js';
+export { Audit, AUDIT_DEFAULTS, type AuditOptions } from './audit.js';
+export { TrustedProxies, peerOf, type Peer } from './peer.js';
 export { loadServerKey, SERVER_KEY_FILE, SERVER_KEY_BYTES, type ServerKey } from './serverkey.js';

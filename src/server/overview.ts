@@ -5,8 +5,9 @@
  * latest audit entries.
  */
 import type { Accounts } from './accounts.js';
+import type { Audit } from './audit.js';
 import type { ImageCatalog } from './catalog.js';
-import type { AuditRow, Store } from './store/index.js';
+import type { AuditRecord, Store } from './store/index.js';
 
 export interface Overview {
   at: string;
@@ -22,14 +23,14 @@ export interface Overview {
   clientsOnOldVersion: number;
   /** Grants whose offline allowance (last grant + offlineDays) ends within the next 48 h. */
   offlineEnding48h: number;
-  latestAudit: AuditRow[];
+  latestAudit: AuditRecord[];
 }
 
 const HOUR = 3600_000;
 
-export async function overview(accounts: Accounts, catalog: ImageCatalog, now = Date.now()): Promise<Overview> {
+export async function overview(accounts: Accounts, audit: Audit, catalog: ImageCatalog, now = Date.now()): Promise<Overview> {
   const store: Store = accounts.store;
-  const [users, groups, imagesWithKeys, policies, images, seen, ending, inUse, audit] = await Promise.all([
+  const [users, groups, imagesWithKeys, policies, images, seen, ending, inUse, recent] = await Promise.all([
     store.lists.count('users'),
     store.lists.count('groups'),
     store.lists.count('image_keys'),
@@ -38,7 +39,7 @@ export async function overview(accounts: Accounts, catalog: ImageCatalog, now = 
     store.clients.seenSince(now - 24 * HOUR),
     store.clients.offlineEnding(now, now + 48 * HOUR),
     store.clients.versionsInUse(),
-    store.lists.latestAudit(10),
+    audit.list({ limit: 10 }),
   ]);
   const workspaces = new Set<string>();
   for (const p of policies) for (const w of (p.document as { workspaces?: { name?: unknown }[] }).workspaces ?? []) if (typeof w.name === 'string') workspaces.add(w.name);
@@ -47,6 +48,6 @@ export async function overview(accounts: Accounts, catalog: ImageCatalog, now = 
   return {
     at: new Date(now).toISOString(),
     users, groups, policies: policies.length, workspaces: workspaces.size, images: images.length, imagesWithKeys,
-    clientsSeen24h: seen, clientsOnOldVersion: old, offlineEnding48h: ending, latestAudit: audit,
+    clientsSeen24h: seen, clientsOnOldVersion: old, offlineEnding48h: ending, latestAudit: recent.entries,
   };
 }

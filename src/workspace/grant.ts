@@ -52,7 +52,7 @@ export async function keepGrant(ctx: ClientContext, cfg: ClientConfig, g: Worksp
 
 /** Is this answer of the grant request the server refusing the workspace itself (not the login, not an outage)? */
 export function isRefusal(e: unknown): boolean {
-  return e instanceof MedvError && (e.code === 'EDENIED' || e.code === 'EEXPIRED') && e.data.status === 403;
+  return e instanceof MedvError && (e.code === 'EFORBIDDEN' || e.code === 'EDENIED' || e.code === 'EEXPIRED') && e.data.status === 403;
 }
 
 /** End the cached grant of a workspace: its offline entry and its key folder. Returns what was removed. */

@@ -12,6 +12,7 @@ import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { MEDV_BIN, tempDir, type RunResult } from '../helpers/cli.js';
+import { listener } from '../helpers/net.js';
 import { HTTP_STATUS, codeForStatus, httpStatusFor } from '../../src/api/status.js';
 import { HttpAgent, checkCredentialTarget, responseError } from '../../src/client/http.js';
 import { apiRequest } from '../../src/client/api.js';
@@ -31,19 +32,6 @@ function medvAsync(args: string[], env: Record<string, string>): Promise<RunResu
 function outsideAddress(): string | undefined {
   for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
   return undefined;
-}
-
-/** A TCP listener that only counts connections and bytes (nothing is answered). */
-async function listener(host: string): Promise<{ port: number; connections: () => number; bytes: () => number; close: () => Promise<void> }> {
-  let connections = 0;
-  let bytes = 0;
-  const socks = new Set<net.Socket>();
-  const server = net.createServer((s) => { connections++; socks.add(s); s.on('data', (d) => { bytes += d.length; }); s.on('error', () => undefined); });
-  await new Promise<void>((r) => server.listen(0, host, r));
-  return {
-    port: (server.address() as net.AddressInfo).port, connections: () => connections, bytes: () => bytes,
-    close: () => new Promise((r) => { for (const s of socks) s.destroy(); server.close(() => r()); }),
-  };
 }
 
 /** An HTTP server whose handler sees every request; counts them. */

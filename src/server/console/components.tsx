@@ -135,3 +135,17 @@ export function Csrf(p: { token: string }): Html {
 export function Json(p: { value: unknown }): Html {
   return <pre class="doc"><code>{JSON.stringify(p.value, null, 2)}</code></pre>;
 }
+
+/**
+ * The pager of a list read by cursor (the audit log, clients): a link to the first page when this
+ * is not it, and to the next page when there is one (the filters kept).
+ */
+export function CursorPager(p: { next: string | null; cursorParam: string; base: string; params: Record<string, string | number | undefined>; first: boolean; shown: number; total?: number }): Html {
+  return (
+    <nav class="pager" aria-label="Pages">
+      <span>{p.total !== undefined ? `${count(p.shown)} shown of ${count(p.total)}` : `${count(p.shown)} shown`}</span>
+      {!p.first ? <a href={href(p.base, p.params)}>First page</a> : ''}
+      {p.next ? <a href={href(p.base, { ...p.params, [p.cursorParam]: p.next })} rel="next">Next page</a> : ''}
+    </nav>
+  );
+}

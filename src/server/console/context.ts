@@ -4,6 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Accounts } from '../accounts.js';
+import type { Audit } from '../audit.js';
 import type { ImageCatalog } from '../catalog.js';
 import type { KeyService } from '../keyservice.js';
 import type { ImageTests } from '../imagetest.js';
@@ -16,6 +17,7 @@ import type { ConsoleSession, ConsoleSessions } from './session.js';
 
 export interface Services {
   accounts: Accounts;
+  audit: Audit;
   keys?: KeyService;
   catalog: ImageCatalog;
   sessions: ConsoleSessions;

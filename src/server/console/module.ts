@@ -19,9 +19,11 @@ import { MedvError } from '../../core/errors.js';
 import { httpStatusFor } from '../../api/status.js';
 import type { Accounts } from '../accounts.js';
 import { plainHttpRefused } from '../api.js';
+import { peerOf } from '../peer.js';
 import type { ImageCatalog } from '../catalog.js';
 import type { ServerModule } from '../http.js';
 import type { KeyService } from '../keyservice.js';
+import type { Audit } from '../audit.js';
 import type { ImageTests } from '../imagetest.js';
 import type { ClientControls } from '../controls.js';
 import { clearOrder, giveOrder } from './pages/controls.js';
@@ -45,6 +47,7 @@ import { ConsoleSessions, type SessionOptions, PRESESSION_COOKIE, SESSION_COOKIE
 
 export interface ConsoleOptions {
   accounts: Accounts;
+  audit: Audit;
   keys?: KeyService;
   catalog: ImageCatalog;
   /** May this account use the console (role admin)? Asked on every request. */
@@ -133,7 +136,7 @@ function match(route: Route, path: string): string[] | undefined {
 export function consoleModule(o: ConsoleOptions): ServerModule {
   const assets = new Assets();
   const sessions = new ConsoleSessions(o.accounts.store, o.sessions);
-  const services: Services = { accounts: o.accounts, keys: o.keys, catalog: o.catalog, sessions, assets, isAdmin: o.isAdmin, tests: o.tests, controls: o.controls };
+  const services: Services = { accounts: o.accounts, keys: o.keys, catalog: o.catalog, sessions, assets, isAdmin: o.isAdmin, tests: o.tests, controls: o.controls, audit: o.audit };
   const vnc = new VncProxy();
 
   function send(ctx: Ctx, a: Answer): void {
@@ -157,7 +160,8 @@ export function consoleModule(o: ConsoleOptions): ServerModule {
   }
 
   async function handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
-    const secure = (req.socket as { encrypted?: boolean }).encrypted === true || !!o.allowPlainHttp;
+    // HTTPS here, or behind a trusted proxy that took it (peer.ts), or behind the proxy --allow-plain-http names
+    const secure = peerOf(req).secure || !!o.allowPlainHttp;
     if (path.startsWith(ASSETS_PREFIX)) return assets.serve(req, res, path, secure);
     const url = req.url ?? '';
     const qi = url.indexOf('?');
@@ -165,7 +169,7 @@ export function consoleModule(o: ConsoleOptions): ServerModule {
       req, res, path, secure, services, params: [], started: process.hrtime.bigint(),
       query: new URLSearchParams(qi < 0 ? '' : url.slice(qi + 1)),
       form: new URLSearchParams(),
-      address: req.socket.remoteAddress ?? '',
+      address: peerOf(req).address,
       frame: { assets, csrf: '' },
     };
     if (path === '/console') return send(ctx, { kind: 'redirect', location: '/console/' });

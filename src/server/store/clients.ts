@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { type Kysely, type Transaction, sql } from 'kysely';
 import type { Database } from './schema.js';
 import { type PageOf, type PageQuery, contains } from './listing.js';
+import type { ReportKey } from './store.js';
 
 /** Reports kept per client, user and workspace in the history (older ones are dropped at insert). */
 export const HISTORY_PER_KEY = 200;
@@ -25,6 +26,9 @@ export interface ClientRow {
 export interface HistoryRow { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; at: string; received: string }
 
 export interface ClientFilter { q?: string; client?: string; user?: string; workspace?: string; state?: string; image?: string; version?: number }
+/** One page of clients: the filter, at most `limit` rows after the row keyed `after` (in client, user, workspace order). */
+export interface ClientQuery extends ClientFilter { limit: number; after?: ReportKey }
+export interface ClientsPage { clients: ClientRow[]; total: number; next: ReportKey | null }
 export interface HistoryFilter { client?: string; user?: string; workspace?: string }
 
 const iso = (ms: number) => new Date(Number(ms)).toISOString();
@@ -75,22 +79,24 @@ export class ClientQueries {
     return q;
   }
 
-  async reports(f: ClientFilter, p: PageQuery): Promise<PageOf<ClientRow>> {
-    const q = this.reportsQuery(f);
+  /** One page of the latest reports with the grant of each, in (client, user, workspace) order, and how many match. */
+  async reports(q: ClientQuery): Promise<ClientsPage> {
+    const f = this.reportsQuery(q);
+    let page = f;
+    if (q.after) { const a = q.after; page = page.where((eb) => eb(eb.refTuple('r.client', 'r.user_name', 'r.workspace'), '>', eb.tuple(a[0], a[1], a[2]))); }
     const [count, rows] = await Promise.all([
-      q.select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirst(),
-      q.select(['r.client', 'r.user_name', 'r.workspace', 'r.version', 'r.state', 'r.last_error', 'r.reported_at', 'r.received_at', 'g.image', 'g.policy_name', 'g.policy_version', 'g.offline_days', 'g.granted_at'])
-        .orderBy('r.client').orderBy('r.user_name').orderBy('r.workspace').limit(p.limit).offset(p.offset).execute(),
+      f.select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirst(),
+      page.select(['r.client', 'r.user_name', 'r.workspace', 'r.version', 'r.state', 'r.last_error', 'r.reported_at', 'r.received_at', 'g.image', 'g.policy_name', 'g.policy_version', 'g.offline_days', 'g.granted_at'])
+        .orderBy('r.client').orderBy('r.user_name').orderBy('r.workspace').limit(q.limit + 1).execute(),
     ]);
-    return {
-      rows: rows.map((r) => ({
-        client: r.client, user: r.user_name, workspace: r.workspace, version: r.version === null ? null : Number(r.version), state: r.state,
-        lastError: r.last_error, at: iso(r.reported_at), received: iso(r.received_at),
-        image: r.image ?? null, policy: r.policy_name ?? null, policyVersion: r.policy_version === null ? null : Number(r.policy_version),
-        offlineUntil: r.granted_at === null || r.offline_days === null ? null : iso(Number(r.granted_at) + Number(r.offline_days) * DAY),
-      })),
-      total: Number(count?.n ?? 0), ...p,
-    };
+    const clients = rows.slice(0, q.limit).map((r) => ({
+      client: r.client, user: r.user_name, workspace: r.workspace, version: r.version === null ? null : Number(r.version), state: r.state,
+      lastError: r.last_error, at: iso(r.reported_at), received: iso(r.received_at),
+      image: r.image ?? null, policy: r.policy_name ?? null, policyVersion: r.policy_version === null ? null : Number(r.policy_version),
+      offlineUntil: r.granted_at === null || r.offline_days === null ? null : iso(Number(r.granted_at) + Number(r.offline_days) * DAY),
+    }));
+    const last = clients[clients.length - 1];
+    return { clients, total: Number(count?.n ?? 0), next: rows.length > q.limit && last ? [last.client, last.user, last.workspace] : null };
   }
 
   /** Newest first. */

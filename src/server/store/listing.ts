@@ -5,19 +5,17 @@
  * substring match with LIKE's wildcards escaped, so `%` and `_` match themselves.
  */
 import { type Expression, type Kysely, type SqlBool, sql } from 'kysely';
-import type { Database } from './schema.js';
+import type { Database, Role } from './schema.js';
 
 export interface PageQuery { offset: number; limit: number }
 export interface PageOf<T> { rows: T[]; total: number; offset: number; limit: number }
 
-export interface UserRow { user: string; groups: string[]; created: string; disabled: boolean }
+export interface UserRow { user: string; groups: string[]; created: string; disabled: boolean; role: Role }
 export interface GroupRow { group: string; members: number; created: string }
 export interface PolicySummary { name: string; versions: number; latest: number; published: string; publisher: string; unpublished: boolean }
 export interface PolicyVersionRow { name: string; version: number; published: string; publisher: string; unpublished: boolean }
-export interface AuditRow { id: string; time: string; actor: string; action: string; target: string; detail: Record<string, unknown> }
 
-export interface UserFilter { q?: string; group?: string; status?: 'active' | 'disabled' }
-export interface AuditFilter { user?: string; action?: string; since?: number; until?: number }
+export interface UserFilter { q?: string; group?: string; status?: 'active' | 'disabled'; role?: Role }
 
 const iso = (ms: number) => new Date(Number(ms)).toISOString();
 
@@ -27,14 +25,6 @@ export function contains(col: string, text: string): Expression<SqlBool> {
   return sql<SqlBool>`lower(${sql.ref(col)}) like ${pattern} escape '\\'`;
 }
 
-function detailOf(text: string): Record<string, unknown> {
-  try {
-    const v = JSON.parse(text);
-    return typeof v === 'object' && v !== null && !Array.isArray(v) ? v : {};
-  } catch {
-    return {};
-  }
-}
 
 export class ListingQueries {
   constructor(private readonly db: Kysely<Database>) {}
@@ -43,13 +33,14 @@ export class ListingQueries {
     let q = this.db.selectFrom('users');
     if (f.q) q = q.where(contains('name', f.q));
     if (f.status) q = q.where('disabled', '=', f.status === 'disabled' ? 1 : 0);
+    if (f.role) q = q.where('role', '=', f.role);
     if (f.group) {
       const g = f.group;
       q = q.where((eb) => eb.exists(eb.selectFrom('membership').select('user_name').whereRef('membership.user_name', '=', 'users.name').where('group_name', '=', g)));
     }
     const [count, rows] = await Promise.all([
       q.select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirst(),
-      q.select(['name', 'created', 'disabled']).orderBy('name').limit(p.limit).offset(p.offset).execute(),
+      q.select(['name', 'created', 'disabled', 'role']).orderBy('name').limit(p.limit).offset(p.offset).execute(),
     ]);
     const groups = new Map<string, string[]>();
     if (rows.length) {
@@ -58,16 +49,9 @@ export class ListingQueries {
       for (const m of members) groups.set(m.user_name, [...(groups.get(m.user_name) ?? []), m.group_name]);
     }
     return {
-      rows: rows.map((u) => ({ user: u.name, groups: groups.get(u.name) ?? [], created: iso(u.created), disabled: u.disabled !== 0 })),
+      rows: rows.map((u) => ({ user: u.name, groups: groups.get(u.name) ?? [], created: iso(u.created), disabled: u.disabled !== 0, role: u.role })),
       total: Number(count?.n ?? 0), ...p,
     };
-  }
-
-  async user(name: string): Promise<UserRow | undefined> {
-    const u = await this.db.selectFrom('users').select(['name', 'created', 'disabled']).where('name', '=', name).executeTakeFirst();
-    if (!u) return undefined;
-    const groups = await this.db.selectFrom('membership').select('group_name').where('user_name', '=', name).orderBy('group_name').execute();
-    return { user: u.name, groups: groups.map((g) => g.group_name), created: iso(u.created), disabled: u.disabled !== 0 };
   }
 
   async groups(text: string | undefined, p: PageQuery): Promise<PageOf<GroupRow>> {
@@ -113,30 +97,6 @@ export class ListingQueries {
     const r = await this.db.selectFrom('policies').select(['name', 'version', 'published', 'publisher', 'document', 'unpublished'])
       .where('name', '=', name).where('version', '=', version).executeTakeFirst();
     return r && { name: r.name, version: r.version, published: iso(r.published), publisher: r.publisher, unpublished: r.unpublished !== 0, document: JSON.parse(r.document) };
-  }
-
-  /** Newest first. `user` matches the actor or the target; `action` the action or its prefix before a dot. */
-  async audit(f: AuditFilter, p: PageQuery): Promise<PageOf<AuditRow>> {
-    let q = this.db.selectFrom('audit');
-    if (f.user) { const u = f.user; q = q.where((eb) => eb.or([eb('actor', '=', u), eb('target', '=', u)])); }
-    // the action or its family (`login` → login.fail…): `a.` <= action < `a/` ('/' follows '.'), which an index serves
-    if (f.action) { const a = f.action; q = q.where((eb) => eb.or([eb('action', '=', a), eb.and([eb('action', '>=', `${a}.`), eb('action', '<', `${a}/`)])])); }
-    if (f.since !== undefined) q = q.where('time', '>=', f.since);
-    if (f.until !== undefined) q = q.where('time', '<', f.until);
-    const [count, rows] = await Promise.all([
-      q.select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirst(),
-      q.selectAll().orderBy('time', 'desc').orderBy('id').limit(p.limit).offset(p.offset).execute(),
-    ]);
-    return {
-      rows: rows.map((r) => ({ id: r.id, time: iso(r.time), actor: r.actor, action: r.action, target: r.target, detail: detailOf(r.detail) })),
-      total: Number(count?.n ?? 0), ...p,
-    };
-  }
-
-  /** The latest `limit` audit entries (no count: the overview's list). */
-  async latestAudit(limit: number): Promise<AuditRow[]> {
-    const rows = await this.db.selectFrom('audit').selectAll().orderBy('time', 'desc').orderBy('id').limit(limit).execute();
-    return rows.map((r) => ({ id: r.id, time: iso(r.time), actor: r.actor, action: r.action, target: r.target, detail: detailOf(r.detail) }));
   }
 
   async count(table: 'users' | 'groups' | 'image_keys'): Promise<number> {

@@ -53,14 +53,9 @@ export const policyDoc = (name: string, users: string[], groups: string[], memor
   workspaces: [{ name: 'desk', image: 'lab', mode: 'revertible', memory, network: 'nat', offlineDays: 1, ...extra }],
 });
 
-/**
- * The administrator gets the console role. INTERIM: membership of the group `admins` (accounts.ts
- * isAdmin) until accounts carry a role (`medv admin user add NAME --admin`).
- */
-export const ADMIN_GROUPS = ['admins'];
-
-export async function addUser(srv: ServeProcess, adminToken: string, user: string, pw: string, groups: string[]): Promise<void> {
-  const r = await api(srv.url, 'POST', '/api/admin/users', { token: adminToken, body: { user, password: pw, groups } });
+/** A new account (role `admin` may use the console; `medv admin user add NAME --admin` makes one). */
+export async function addUser(srv: ServeProcess, adminToken: string, user: string, pw: string, groups: string[], role: 'admin' | 'user' = 'user'): Promise<void> {
+  const r = await api(srv.url, 'POST', '/api/admin/users', { token: adminToken, body: { user, password: pw, groups, role } });
   assert.equal(r.status, 201, r.text);
 }
 
@@ -74,7 +69,7 @@ export async function makeWorld(backend: Backend, packed: Packed, label: string,
   const adminToken = readFileSync(srv.adminTokenFile, 'utf8').trim();
   const admin = { user: 'ada.admin', password: password() };
   const alice = { user: 'alice', password: password(), client: 'alice-laptop' };
-  await addUser(srv, adminToken, admin.user, admin.password, ADMIN_GROUPS);
+  await addUser(srv, adminToken, admin.user, admin.password, [], 'admin');
   await addUser(srv, adminToken, alice.user, alice.password, ['finance']);
   await addUser(srv, adminToken, 'bob', password(), ['finance', 'lab-team']);
   await addUser(srv, adminToken, 'carol@example.org', password(), []);

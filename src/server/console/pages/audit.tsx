@@ -5,51 +5,58 @@
  */
 import { sendCsv } from '../../api-admin.js';
 import { AUDIT_CSV } from '../../csv.js';
-import { auditFilter, pageQuery } from '../../listing.js';
-import type { AuditRow } from '../../store/index.js';
+import { PAGE_MAX, parseAuditQuery } from '../../requests.js';
+import type { AuditRecord } from '../../store/index.js';
 import { type Answer, type Ctx, page } from '../context.js';
-import { DataTable, Field, Filters, Pager, Time, href } from '../components.js';
+import { CursorPager, DataTable, Field, Filters, Time, href } from '../components.js';
 import type { Html } from '../html.js';
 import { Page } from '../layout.js';
 import { pageHeaders } from '../headers.js';
 
+/** What the action filter offers (a family with `.*`). */
 export const KNOWN_ACTIONS = [
-  'login', 'login.fail', 'login.limited', 'logout', 'logout.everywhere', 'console.refused', 'user', 'user.add',
-  'policy', 'policy.publish', 'keys', 'keys.publish', 'keys.release', 'keys.deny',
+  'login.*', 'login', 'login.fail', 'login.limited', 'logout', 'logout.everywhere', 'console.refused', 'admin.denied', 'user.*', 'user.add', 'user.disable',
+  'user.enable', 'user.delete', 'user.passwd', 'user.revoke', 'user.groups', 'user.role', 'policy.*', 'policy.publish', 'policy.unpublish', 'keys.*',
+  'keys.publish', 'keys.release', 'keys.deny', 'reports.refused', 'client.*', 'client.lock', 'client.wipe', 'client.revoke', 'client.unlock',
+  'client.wiped', 'client.drop', 'image.*', 'image.prune', 'image.test',
 ];
 
-function detailText(d: Record<string, unknown>): string {
+function detailText(d: unknown): string {
+  if (typeof d !== 'object' || d === null) return '';
   return Object.entries(d).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' · ');
 }
 
-export function AuditRows(p: { rows: AuditRow[] }): Html[] {
+export function AuditRows(p: { rows: AuditRecord[] }): Html[] {
   return p.rows.map((e) => (
     <tr>
-      <td><Time iso={e.time} /></td>
+      <td><Time iso={e.time} />{e.count > 1 ? <span class="muted">{` ×${e.count}, last `}<Time iso={e.last} /></span> : ''}</td>
       <td><a href={href('/console/audit', { user: e.actor })}>{e.actor}</a></td>
       <td><a href={href('/console/audit', { action: e.action })}>{e.action}</a></td>
       <td>{e.target}</td>
+      <td class="mono">{e.address || '–'}</td>
       <td class="mono">{detailText(e.detail)}</td>
     </tr>
   ));
 }
 
+export const AUDIT_COLUMNS = ['Time', 'Actor', 'Action', 'Target', 'Address', 'Detail'];
+
 function filters(q: URLSearchParams): Record<string, string | undefined> {
-  return { user: q.get('user') ?? undefined, action: q.get('action') ?? undefined, since: q.get('since') ?? undefined, until: q.get('until') ?? undefined };
+  return { user: q.get('user') || undefined, action: q.get('action') || undefined, since: q.get('since') || undefined, until: q.get('until') || undefined };
 }
 
 export async function auditPage(ctx: Ctx): Promise<Answer> {
-  const f = auditFilter(ctx.query);
-  const p = await ctx.services.accounts.auditPage(f, pageQuery(ctx.query));
+  const q = parseAuditQuery(ctx.query);
+  const p = await ctx.services.audit.list(q);
   const shown = filters(ctx.query);
   return page(
     <Page {...ctx.frame} title="Audit" nav="audit">
       <h1>Audit log</h1>
-      <p class="sub">Sign-ins and failures, key releases and refusals, user and policy changes. Times are UTC.</p>
+      <p class="sub">Sign-ins and failures, key releases and refusals, user, policy and client changes. Times are UTC; repeated refusals from one address are one entry with a count.</p>
       <Filters action="/console/audit" label="Filter the audit log">
         <Field label="User (actor or target)" name="user" value={shown.user} />
         <div class="field">
-          <label for="f-action">Action</label>
+          <label for="f-action">Action (a family: login.*)</label>
           <input id="f-action" name="action" list="actions" value={shown.action} />
           <datalist id="actions">{KNOWN_ACTIONS.map((a) => <option value={a}></option>)}</datalist>
         </div>
@@ -58,16 +65,19 @@ export async function auditPage(ctx: Ctx): Promise<Answer> {
       </Filters>
       <div id="results">
         <div class="actions"><a class="button secondary" href={href('/console/audit.csv', shown)}>Export CSV</a></div>
-        <DataTable caption="Audit entries, newest first." columns={['Time', 'Actor', 'Action', 'Target', 'Detail']} rows={AuditRows({ rows: p.rows })} empty="No audit entry matches these filters." />
-        <Pager page={p} base="/console/audit" params={shown} />
+        <DataTable caption="Audit entries, newest first." columns={AUDIT_COLUMNS} rows={AuditRows({ rows: p.entries })} empty="No audit entry matches these filters." />
+        <CursorPager next={p.next} cursorParam="before" base="/console/audit" params={shown} first={!q.before} shown={p.entries.length} />
       </div>
     </Page>,
   );
 }
 
 export async function auditCsv(ctx: Ctx): Promise<Answer> {
-  const f = auditFilter(ctx.query);
-  const pinned = { ...f, until: f.until ?? Date.now() + 1 };
-  await sendCsv(ctx.res, 'audit.csv', AUDIT_CSV, (p) => ctx.services.accounts.auditPage(pinned, p), pageHeaders(ctx.secure));
+  const q = parseAuditQuery(ctx.query);
+  const fixed = { ...q, until: Math.min(q.until ?? Infinity, Date.now() + 1), limit: PAGE_MAX };
+  await sendCsv(ctx.res, 'audit.csv', AUDIT_CSV, async (before) => {
+    const p = await ctx.services.audit.list({ ...fixed, ...(before ? { before: parseAuditQuery(new URLSearchParams({ before })).before } : {}) });
+    return { rows: p.entries, next: p.next };
+  }, pageHeaders(ctx.secure));
   return { kind: 'sent' };
 }

@@ -2,16 +2,16 @@
  * Clients: the latest report of each client, user and workspace (version, state, when it was
  * last seen, last error, the image and offline allowance of its last grant), filtered and
  * paginated, exported as CSV; one client's report history. The same calls as GET
- * /api/admin/clients and /api/admin/clients/history (keyservice.ts, listing.ts).
+ * /api/admin/clients and /api/admin/clients/history (keyservice.ts, requests.ts).
  */
 import { MedvError } from '../../../core/errors.js';
-import { sendCsv } from '../../api-admin.js';
+import { offsetPages, sendCsv } from '../../api-admin.js';
 import { CLIENTS_CSV, HISTORY_CSV } from '../../csv.js';
 import { checkClientId } from '../../../api/names.js';
 import { REPORT_STATES } from '../../keyservice.js';
-import { clientFilter, pageQuery } from '../../listing.js';
+import { PAGE_MAX, pageQuery, parseClientsQuery } from '../../requests.js';
 import { type Answer, type Ctx, page } from '../context.js';
-import { Badge, DataTable, Field, Filters, Pager, Select, StateBadge, Time, ago, count, href, seg } from '../components.js';
+import { Badge, CursorPager, DataTable, Field, Filters, Pager, Select, StateBadge, Time, ago, count, href, seg } from '../components.js';
 import type { Html } from '../html.js';
 import { Page } from '../layout.js';
 import { pageHeaders } from '../headers.js';
@@ -44,8 +44,8 @@ function shownFilters(q: URLSearchParams): Record<string, string | undefined> {
 }
 
 export async function clientsPage(ctx: Ctx): Promise<Answer> {
-  const f = clientFilter(ctx.query);
-  const p = await keys(ctx).clientsPage(f, pageQuery(ctx.query));
+  const q = parseClientsQuery(ctx.query);
+  const p = await keys(ctx).listClients(q);
   const shown = shownFilters(ctx.query);
   return page(
     <Page {...ctx.frame} title="Clients" nav="clients">
@@ -63,7 +63,7 @@ export async function clientsPage(ctx: Ctx): Promise<Answer> {
         <DataTable caption={`${count(p.total)} client workspace${p.total === 1 ? '' : 's'} match.`}
           columns={['Client', 'User', 'Workspace', 'Image', { label: 'Version', num: true }, 'State', 'Last seen', 'Offline allowance', 'Last error']}
           empty="No client report matches these filters."
-          rows={p.rows.map((c) => (
+          rows={p.clients.map((c) => (
             <tr>
               <td><a href={`/console/clients/${seg(c.client)}`}>{c.client}</a></td>
               <td><a href={`/console/users/${seg(c.user)}`}>{c.user}</a></td>
@@ -76,7 +76,7 @@ export async function clientsPage(ctx: Ctx): Promise<Answer> {
               <td class="error">{c.lastError ?? ''}</td>
             </tr>
           ))} />
-        <Pager page={p} base="/console/clients" params={shown} />
+        <CursorPager next={p.next} cursorParam="after" base="/console/clients" params={shown} first={!q.after} shown={p.clients.length} total={p.total} />
       </div>
     </Page>,
   );
@@ -85,12 +85,12 @@ export async function clientsPage(ctx: Ctx): Promise<Answer> {
 export async function clientPage(ctx: Ctx): Promise<Answer> {
   const client = checkClientId(ctx.params[0]);
   const [latest, p, orders, wipes] = await Promise.all([
-    keys(ctx).clientsPage({ client }, { offset: 0, limit: 1000 }),
+    keys(ctx).listClients({ client, limit: PAGE_MAX }),
     keys(ctx).historyPage({ client }, pageQuery(ctx.query)),
     ctx.services.controls?.list('client', client) ?? [],
     ctx.services.controls?.wipes({ client }) ?? [],
   ]);
-  const mine = latest.rows;
+  const mine = latest.clients;
   const offlineUntil = mine.map((r) => r.offlineUntil).filter((x): x is string => !!x).sort().pop() ?? null;
   return page(
     <Page {...ctx.frame} title={`Client ${client}`} nav="clients">
@@ -122,15 +122,18 @@ export async function clientPage(ctx: Ctx): Promise<Answer> {
 }
 
 export async function clientsCsv(ctx: Ctx): Promise<Answer> {
-  const f = clientFilter(ctx.query);
+  const q = parseClientsQuery(ctx.query);
   const k = keys(ctx);
-  await sendCsv(ctx.res, 'clients.csv', CLIENTS_CSV, (p) => k.clientsPage(f, p), pageHeaders(ctx.secure));
+  await sendCsv(ctx.res, 'clients.csv', CLIENTS_CSV, async (after) => {
+    const p = await k.listClients({ ...q, limit: PAGE_MAX, ...(after ? { after: parseClientsQuery(new URLSearchParams({ after })).after } : {}) });
+    return { rows: p.clients, next: p.next };
+  }, pageHeaders(ctx.secure));
   return { kind: 'sent' };
 }
 
 export async function clientHistoryCsv(ctx: Ctx): Promise<Answer> {
   const client = checkClientId(ctx.params[0]);
   const k = keys(ctx);
-  await sendCsv(ctx.res, `${client}-history.csv`, HISTORY_CSV, (p) => k.historyPage({ client }, p), pageHeaders(ctx.secure));
+  await sendCsv(ctx.res, `${client}-history.csv`, HISTORY_CSV, offsetPages((p) => k.historyPage({ client }, p)), pageHeaders(ctx.secure));
   return { kind: 'sent' };
 }

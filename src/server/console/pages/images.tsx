@@ -7,7 +7,7 @@
  */
 import { checkImageName } from '../../../api/names.js';
 import { MedvError } from '../../../core/errors.js';
-import { intParam, textParam } from '../../listing.js';
+import { intParam, textParam } from '../../requests.js';
 import type { SignatureState, VersionInfo } from '../../catalog.js';
 import { type Answer, type Ctx, page, redirect } from '../context.js';
 import { Badge, Csrf, DataTable, Field, Filters, Time, bytes, count, href, seg } from '../components.js';

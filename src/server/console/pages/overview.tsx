@@ -4,14 +4,14 @@ import { type Answer, type Ctx, page } from '../context.js';
 import { DataTable, Time, count, href } from '../components.js';
 import type { Html } from '../html.js';
 import { Page } from '../layout.js';
-import { AuditRows } from './audit.js';
+import { AUDIT_COLUMNS, AuditRows } from './audit.js';
 
 function Card(p: { n: number; label: string; url: string; alert?: boolean }): Html {
   return <div class={p.alert ? 'card alert' : 'card'}><a href={p.url}><span class="n">{count(p.n)}</span><span class="label">{p.label}</span></a></div>;
 }
 
 export async function overviewPage(ctx: Ctx): Promise<Answer> {
-  const o = await overview(ctx.services.accounts, ctx.services.catalog);
+  const o = await overview(ctx.services.accounts, ctx.services.audit, ctx.services.catalog);
   return page(
     <Page {...ctx.frame} title="Overview" nav="overview">
       <h1>Overview</h1>
@@ -31,7 +31,7 @@ export async function overviewPage(ctx: Ctx): Promise<Answer> {
       </section>
       <section aria-labelledby="h-audit">
         <h2 id="h-audit">Latest audit entries</h2>
-        <DataTable caption="The ten latest entries of the audit log, newest first." columns={['Time', 'Actor', 'Action', 'Target', 'Detail']}
+        <DataTable caption="The ten latest entries of the audit log, newest first." columns={AUDIT_COLUMNS}
           rows={AuditRows({ rows: o.latestAudit })} empty="Nothing has been audited yet." />
         <p><a href={href('/console/audit')}>The whole audit log</a></p>
       </section>

@@ -5,7 +5,7 @@
  * …/document and …/diff.
  */
 import { checkUserName } from '../../../api/names.js';
-import { intParam, pageQuery, textParam } from '../../listing.js';
+import { intParam, pageQuery, textParam } from '../../requests.js';
 import type { DiffEntry } from '../../policy-diff.js';
 import { type Answer, type Ctx, page } from '../context.js';
 import { Badge, DataTable, Field, Filters, Json, Pager, Time, count, href, seg } from '../components.js';

@@ -6,6 +6,7 @@
  */
 import { MedvError } from '../../../core/errors.js';
 import { newToken } from '../../accounts.js';
+import { parseLogin } from '../../requests.js';
 import { type Answer, type Ctx, page, redirect, safeNext } from '../context.js';
 import { Csrf } from '../components.js';
 import { csrfToken } from '../csrf.js';
@@ -66,7 +67,9 @@ export async function signIn(ctx: Ctx): Promise<Answer> {
   };
   let user: string;
   try {
-    user = await accounts.checkCredentials(name, ctx.form.get('password') ?? '', ctx.address, 'console');
+    // the same edge rules as POST /api/login (requests.ts), then the same check (accounts.ts)
+    const b = parseLogin({ user: name, password: ctx.form.get('password') ?? '' });
+    user = await accounts.checkCredentials(b.user, b.password, ctx.address, 'console');
   } catch (e) {
     if (!(e instanceof MedvError)) throw e;
     if (e.code === 'EDENIED') return again(401, 'Wrong user name or password.');
@@ -75,7 +78,7 @@ export async function signIn(ctx: Ctx): Promise<Answer> {
     throw e;
   }
   if (!(await ctx.services.isAdmin(user))) {
-    await accounts.store.audit({ actor: user, action: 'console.refused', target: user, detail: { address: ctx.address, reason: 'not an administrator' } });
+    await ctx.services.audit.refused({ actor: user, action: 'console.refused', target: user, address: ctx.address, detail: { reason: 'not an administrator' } });
     return again(403, `The account ${user} is not an administrator: the console is for administrators only.`);
   }
   const old = await sessions.lookup(cookieValue(ctx.req, SESSION_COOKIE));
@@ -87,13 +90,13 @@ export async function signIn(ctx: Ctx): Promise<Answer> {
 export async function logout(ctx: Ctx): Promise<Answer> {
   const s = ctx.session!;
   await ctx.services.sessions.end(s);
-  await ctx.services.accounts.store.audit({ actor: s.user, action: 'logout', target: s.user, detail: { via: 'console', address: ctx.address } });
+  await ctx.services.audit.record({ actor: s.user, action: 'logout', target: s.user, address: ctx.address, detail: { via: 'console' } });
   return redirect('/console/login', { 'Set-Cookie': setCookie(SESSION_COOKIE, '', ctx.secure, 0) });
 }
 
 export async function logoutEverywhere(ctx: Ctx): Promise<Answer> {
   const s = ctx.session!;
   const ended = await ctx.services.sessions.endAll(s.user);
-  await ctx.services.accounts.store.audit({ actor: s.user, action: 'logout.everywhere', target: s.user, detail: { via: 'console', address: ctx.address, sessions: ended } });
+  await ctx.services.audit.record({ actor: s.user, action: 'logout.everywhere', target: s.user, address: ctx.address, detail: { via: 'console', sessions: ended } });
   return redirect('/console/login', { 'Set-Cookie': setCookie(SESSION_COOKIE, '', ctx.secure, 0) });
 }

@@ -4,11 +4,11 @@
  * member counts. The same service calls as GET /api/admin/users and /api/admin/groups.
  */
 import { checkUserName } from '../../../api/names.js';
-import { USER_STATUSES, pageQuery, textParam, userFilter } from '../../listing.js';
+import { USER_STATUSES, pageQuery, textParam, userFilter } from '../../requests.js';
 import { type Answer, type Ctx, page } from '../context.js';
 import { Badge, DataTable, Field, Filters, Pager, Select, StateBadge, Time, count, href, seg } from '../components.js';
 import { Page } from '../layout.js';
-import { AuditRows } from './audit.js';
+import { AUDIT_COLUMNS, AuditRows } from './audit.js';
 import { Orders } from './controls.js';
 import { Flash } from './clients.js';
 
@@ -43,16 +43,16 @@ export async function usersPage(ctx: Ctx): Promise<Answer> {
 export async function userPage(ctx: Ctx): Promise<Answer> {
   const name = checkUserName(ctx.params[0]);
   const { accounts, keys, sessions } = ctx.services;
-  const found = await accounts.user(name);
+  const found = await accounts.getUser(name);
   const [live, clients, audit, admin, orders, wipes] = await Promise.all([
     sessions.list(name),
-    keys ? keys.clientsPage({ user: name }, { offset: 0, limit: 100 }) : undefined,
-    accounts.auditPage({ user: name }, { offset: 0, limit: 10 }),
+    keys ? keys.listClients({ user: name, limit: 100 }) : undefined,
+    ctx.services.audit.list({ user: name, limit: 10 }),
     ctx.services.isAdmin(name),
     ctx.services.controls?.list('user', name) ?? [],
     ctx.services.controls?.wipes({ user: name }) ?? [],
   ]);
-  const offlineUntil = (clients?.rows ?? []).map((r) => r.offlineUntil).filter((x): x is string => !!x).sort().pop() ?? null;
+  const offlineUntil = (clients?.clients ?? []).map((r) => r.offlineUntil).filter((x): x is string => !!x).sort().pop() ?? null;
   return page(
     <Page {...ctx.frame} title={`User ${name}`} nav="users">
       <h1>User {name}</h1>
@@ -68,16 +68,16 @@ export async function userPage(ctx: Ctx): Promise<Answer> {
       </div>
       <h2>Client workspaces</h2>
       <DataTable caption={`What ${name}'s clients last reported.`} columns={['Client', 'Workspace', 'Image', 'Version', 'State', 'Last seen']} empty="No client has reported for this user."
-        rows={(clients?.rows ?? []).map((c) => (
+        rows={(clients?.clients ?? []).map((c) => (
           <tr>
             <td><a href={`/console/clients/${seg(c.client)}`}>{c.client}</a></td>
             <td>{c.workspace}</td><td>{c.image ?? '–'}</td><td class="num">{c.version ?? '–'}</td>
             <td><StateBadge state={c.state} /></td><td><Time iso={c.received} relative /></td>
           </tr>
         ))} />
-      {ctx.services.controls ? <Orders ctx={ctx} scope="user" subject={name} orders={orders} wipes={wipes} workspaces={[...new Set((clients?.rows ?? []).map((r) => r.workspace))]} offlineUntil={offlineUntil} /> : ''}
+      {ctx.services.controls ? <Orders ctx={ctx} scope="user" subject={name} orders={orders} wipes={wipes} workspaces={[...new Set((clients?.clients ?? []).map((r) => r.workspace))]} offlineUntil={offlineUntil} /> : ''}
       <h2>Latest audit entries</h2>
-      <DataTable caption={`Entries where ${name} is the actor or the target.`} columns={['Time', 'Actor', 'Action', 'Target', 'Detail']} rows={AuditRows({ rows: audit.rows })} empty="Nothing audited for this user." />
+      <DataTable caption={`Entries where ${name} is the actor or the target.`} columns={AUDIT_COLUMNS} rows={AuditRows({ rows: audit.entries })} empty="Nothing audited for this user." />
       <p><a href={href('/console/audit', { user: name })}>All audit entries of {name}</a></p>
     </Page>,
   );

@@ -138,6 +138,11 @@ export async function sendReports(server: string, token: string, client: string,
   return r.stored;
 }
 
+/** POST /api/workspaces/wiped: this client has wiped `workspace`, as the administrator ordered. */
+export async function confirmWiped(server: string, token: string, body: { client: string; workspace: string }, ca?: string): Promise<void> {
+  await apiRequest(server, 'POST', '/api/workspaces/wiped', { token, ca, idempotent: true, body });
+}
+
 export interface ClientStatus extends ClientReport {
   client: string;
   user: string;

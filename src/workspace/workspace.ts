@@ -15,7 +15,7 @@ import { MedvError } from '../core/errors.js';
 import { humanBytes } from '../core/units.js';
 import { DevLog, ImageStore, ReportQueue, clientRootLayout, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
 import { clientRootPath, desktopDir, seedCacheDir, type UserDirs } from '../core/paths.js';
-import { requestGrant, sendReports, type WorkspaceGrant } from '../client/api.js';
+import { confirmWiped, requestGrant, sendReports, type WorkspaceGrant } from '../client/api.js';
 import { type ClientKeyPair } from '../api/keyrelease.js';
 import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
@@ -24,8 +24,8 @@ import type { Accelerator } from '../hypervisor/qemu.js';
 import { clientKeyPair, configPath, openClient, readClientConfig, readCredentials, type ClientConfig, type ClientContext, type Credentials } from './client.js';
 import { now as clock } from './clock.js';
 import { deployVersion, type DeployResult } from './deploy.js';
-import { forgetGrant, isRefusal, keepGrant, workspaceKeyDir } from './grant.js';
-import { checkWorkspaceName, instanceName, legacyStore, workspaceStore } from './identity.js';
+import { forgetGrant, isLocked, isRefusal, isWipe, keepGrant, workspaceKeyDir } from './grant.js';
+import { checkWorkspaceName, instanceName, legacyStore, workspaceStore, workspaceStores } from './identity.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
 import { memoryFor, type WorkspaceSettings } from './settings.js';
 
@@ -134,12 +134,43 @@ async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair, w
       if (removed.length) warn(`${s.cfg.server} refused workspace ${workspace}: its cached grant and released keys were removed (it will not start offline)`);
       throw e;
     }
+    // locked: no start until the administrator unlocks it, offline neither; its disks stay
+    if (isLocked(e)) {
+      await forgetGrant(s.ctx, s.cfg, workspace);
+      throw new MedvError('ELOCKED', `${e.message} (its data stays on this client; it starts again once unlocked)`, { reason: e.data.reason });
+    }
+    if (isWipe(e)) throw await wipeWorkspace(s, workspace, e, warn);
     // 401: the token (missing, expired, revoked); 403: a valid login that is not entitled
     if (e instanceof MedvError && e.code === 'EDENIED' && e.data.status === 401) {
       throw new MedvError('ENOLOGIN', `the server refused the saved login (${e.message}): run medv login --server ${s.cfg.server} --user ${s.cfg.user}`);
     }
     throw e;
   }
+}
+
+/**
+ * The administrator ordered this workspace wiped on this client: its released keys go first (the
+ * user's key folder and cached grant), then every disk key file, then the disks and saved states
+ * of every image folder of this user's workspace; then the server is told (best effort: the order
+ * stands, the next start wipes again and tells again). Returns the error to throw (EWIPED).
+ */
+async function wipeWorkspace(s: Session, workspace: string, order: MedvError, warn: (m: string) => void): Promise<MedvError> {
+  const keys = await forgetGrant(s.ctx, s.cfg, workspace);
+  let keyFiles = 0;
+  let files = 0;
+  for (const store of workspaceStores(s.ctx.root, s.cfg.user, workspace)) {
+    const r = store.wipe();
+    keyFiles += r.keys.length;
+    files += r.deleted.length;
+    for (const p of r.skipped) warn(`wipe of workspace ${workspace}: left ${p} (not a file medv writes there)`);
+  }
+  s.log.append('warn', 'workspace wiped by the administrator', { workspace, keys: keys.length, keyFiles, files });
+  try {
+    await confirmWiped(s.cfg.server, s.creds!.token, { client: s.cfg.client, workspace }, s.cfg.ca);
+  } catch (e) {
+    warn(`could not tell ${s.cfg.server} that workspace ${workspace} was wiped: ${(e as Error).message}`);
+  }
+  return new MedvError('EWIPED', `${order.message}: this client deleted the workspace's released keys, ${keyFiles} disk key file${keyFiles === 1 ? '' : 's'}, then ${files} disk and state file${files === 1 ? '' : 's'}`, { reason: order.data.reason });
 }
 
 function runningState(vmName: string, runRoot?: string): VmState | undefined {

@@ -19,6 +19,8 @@
  *   POST /api/admin/images/prune {name, keep, dryRun?}         → what was (or would be) deleted
  *   POST /api/admin/images/test {name, version}                → 202 TestRecord (imagetest.ts): the test starts
  *   GET  /api/admin/images/test?name&version                   → {test, serial}
+ *   POST /api/admin/images/test/stop {name, version}           → {stopping}: the VM stops now (the screenshot is taken first if it was not)
+ *   GET  /api/admin/images/test/screenshot?name&version        → the screenshot kept with the version (image/png)
  *   GET  /api/admin/clients/history?client&user&workspace&offset&limit[&format=csv] → {reports, total, offset, limit}
  *   POST /api/admin/controls {action, scope, subject, workspace?, reason} → 201 the order (controls.ts)
  *   POST /api/admin/controls/clear {scope, subject, workspace?, action?}  → {cleared}
@@ -139,6 +141,18 @@ export function adminRoutes(d: AdminDeps): ApiRoute[] {
       const name = checkImageName(required(nameParam(c.query, 'name'), 'name'));
       const version = required(intParam(c.query, 'version', 1, MAX_VERSION), 'version');
       d.send(c.res, 200, { test: tests().status(name, version) ?? null, serial: tests().serial(name, version) });
+    }),
+    post('/api/admin/images/test/stop', 200, async (_c, _actor, b) => {
+      const version = b.version;
+      if (typeof version !== 'number' || !Number.isInteger(version) || version < 1 || version > MAX_VERSION) throw new MedvError('EINVAL_ARG', `version must be an integer from 1 to ${MAX_VERSION}`);
+      return { stopping: tests().cancel(checkImageName(b.name), version) };
+    }),
+    get('/api/admin/images/test/screenshot', async (c) => {
+      const name = checkImageName(required(nameParam(c.query, 'name'), 'name'));
+      const png = tests().screenshot(name, required(intParam(c.query, 'version', 1, MAX_VERSION), 'version'));
+      if (!png) throw new MedvError('ENOENT', `no screenshot is kept for ${name} version ${c.query.get('version')}: test it first`);
+      c.res.writeHead(200, { 'Content-Type': 'image/png', 'Content-Length': png.length, 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff' });
+      c.res.end(png);
     }),
     get('/api/admin/clients/history', async (c) => {
       const f = historyFilter(c.query);

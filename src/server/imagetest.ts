@@ -297,9 +297,12 @@ export class ImageTests {
     }
   }
 
-  /** Stop a running test early (the screenshot is taken now). */
-  cancel(image: string, version: number): void {
-    if (this.current && this.current.record.image === image && this.current.record.version === version) this.current.cancel();
+  /** Stop a running test early (the screenshot is taken now); false when no test of that version runs. */
+  cancel(image: string, version: number): boolean {
+    const c = this.current;
+    if (!c || c.record.image !== image || c.record.version !== version || ['done', 'failed'].includes(c.record.phase)) return false;
+    c.cancel();
+    return true;
   }
 
   /** Wait for the running test (tests, shutdown). */

@@ -38,6 +38,7 @@ import { ErrorPage } from './pages/error.js';
 import { signInForm, signIn, logout, logoutEverywhere } from './pages/signin.js';
 import { overviewPage } from './pages/overview.js';
 import { usersPage, userPage, groupsPage } from './pages/users.js';
+import { addUserAction, userAction } from './pages/user-actions.js';
 import { policiesPage, policyPage, policyVersionPage, policyDiffPage } from './pages/policies.js';
 import { editPolicyPage, newPolicyPage, previewPolicyPage, publishPolicyAction, unpublishPolicyAction, unpublishPolicyPage } from './pages/policy-edit.js';
 import { imagesPage, imagePage, imagePruneAction, imagePrunePage } from './pages/images.js';
@@ -73,6 +74,8 @@ const ROUTES: Route[] = [
   { method: 'GET', path: '/console/', access: 'admin', run: overviewPage },
   { method: 'GET', path: '/console/users', access: 'admin', run: usersPage },
   { method: 'GET', path: r('/console/users/NAME'), access: 'admin', run: userPage },
+  { method: 'POST', path: '/console/users', access: 'admin', run: addUserAction },
+  { method: 'POST', path: r('/console/users/NAME/(disable|enable|revoke|password|groups|role|delete)'), access: 'admin', run: userAction },
   { method: 'GET', path: '/console/groups', access: 'admin', run: groupsPage },
   { method: 'GET', path: '/console/policies', access: 'admin', run: policiesPage },
   { method: 'GET', path: r('/console/policies/NAME'), access: 'admin', run: policyPage },

@@ -11,6 +11,13 @@ import { Page } from '../layout.js';
 import { AUDIT_COLUMNS, AuditRows } from './audit.js';
 import { Orders } from './controls.js';
 import { Flash } from './clients.js';
+import { AddUser, UserActions } from './user-actions.js';
+
+const DONE: Record<string, string> = {
+  added: 'User added.', disable: 'Disabled: their tokens stopped working and they cannot log in.', enable: 'Enabled.',
+  revoke: 'Every token revoked: their clients must log in again.', password: 'Password reset; every token revoked.',
+  groups: 'Groups set: their workspaces change at the next grant.', role: 'Role set: it applies at once.',
+};
 
 export async function usersPage(ctx: Ctx): Promise<Answer> {
   const f = userFilter(ctx.query);
@@ -19,6 +26,8 @@ export async function usersPage(ctx: Ctx): Promise<Answer> {
   return page(
     <Page {...ctx.frame} title="Users" nav="users">
       <h1>Users</h1>
+      {ctx.query.get('deleted') ? <div class="message ok" role="status">{`User ${ctx.query.get('deleted')} deleted.`}</div> : ''}
+      <AddUser csrf={ctx.frame.csrf} />
       <Filters action="/console/users" label="Filter users">
         <Field label="Name contains" name="q" value={f.q} />
         <Field label="Group" name="group" value={f.group} />
@@ -57,6 +66,7 @@ export async function userPage(ctx: Ctx): Promise<Answer> {
     <Page {...ctx.frame} title={`User ${name}`} nav="users">
       <h1>User {name}</h1>
       <Flash ctx={ctx} />
+      {DONE[ctx.query.get('done') ?? ''] ? <div class="message ok" role="status">{DONE[ctx.query.get('done')!]}</div> : ''}
       <div class="panel">
         <dl class="facts">
           <dt>Status</dt><dd>{found.disabled ? <Badge tone="bad">disabled</Badge> : <Badge tone="ok">active</Badge>}</dd>
@@ -75,6 +85,7 @@ export async function userPage(ctx: Ctx): Promise<Answer> {
             <td><StateBadge state={c.state} /></td><td><Time iso={c.received} relative /></td>
           </tr>
         ))} />
+      <UserActions csrf={ctx.frame.csrf} u={found} self={name === ctx.session!.user} />
       {ctx.services.controls ? <Orders ctx={ctx} scope="user" subject={name} orders={orders} wipes={wipes} workspaces={[...new Set((clients?.clients ?? []).map((r) => r.workspace))]} offlineUntil={offlineUntil} /> : ''}
       <h2>Latest audit entries</h2>
       <DataTable caption={`Entries where ${name} is the actor or the target.`} columns={AUDIT_COLUMNS} rows={AuditRows({ rows: audit.entries })} empty="Nothing audited for this user." />

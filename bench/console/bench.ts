@@ -20,6 +20,8 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Store, HISTORY_PER_KEY } from '../../src/server/store/index.js';
 import { hashPassword } from '../../src/server/accounts.js';
+import { encodeClientsCursor } from '../../src/server/keyservice.js';
+import { encodeAuditCursor } from '../../src/server/audit.js';
 import { runMedv } from '../../test/helpers/cli.js';
 import { makeUsrDisk, mutateDisk } from '../../test/pack/images.js';
 import { startServe } from '../../test/server/helpers.js';
@@ -69,7 +71,7 @@ async function seed(root: string, db: string | undefined, adminPassword: string)
   const client = (i: number) => `client-${String(i).padStart(4, '0')}`;
   await batches([...Array(GROUPS).keys()].map((i) => ({ name: group(i), created: now })), 500, (c) => k.insertInto('groups').values(c).execute());
   await batches([...Array(USERS).keys()].map((i) => ({ name: user(i), password_hash: hash, created: now - i * 1000, disabled: i % 97 === 0 ? 1 : 0 })), 500, (c) => k.insertInto('users').values(c).execute());
-  await store.addUser('bench.admin', hash, ['admins']);
+  await store.addUser('bench.admin', hash, [], 'admin');
   // every user in one group, a third in a second one ((7i+1) mod 100 never equals i mod 100)
   await batches([...Array(USERS).keys()].flatMap((i) => [{ user_name: user(i), group_name: group(i % GROUPS) }, ...(i % 3 === 0 ? [{ user_name: user(i), group_name: group((i * 7 + 1) % GROUPS) }] : [])]),
     500, (c) => k.insertInto('membership').values(c).execute());
@@ -119,13 +121,13 @@ const PAGES: [string, string][] = [
   ['clients', '/console/clients'],
   ['clients ?user=', '/console/clients?user=user-00500'],
   ['clients ?state=', '/console/clients?state=failed'],
-  ['clients, last page', '/console/clients?offset=1950'],
+  ['clients, deep page', `/console/clients?after=${encodeClientsCursor(['client-0975', 'user-00975', 'desk-3'])}`],
   ['client + history', '/console/clients/client-0500'],
   ['audit', '/console/audit'],
   ['audit ?user=', '/console/audit?user=user-00042'],
   ['audit ?action=', '/console/audit?action=login.fail'],
   ['audit ?since', '/console/audit?since=2026-01-01&until=2026-12-31'],
-  ['audit, deep page', '/console/audit?offset=90000'],
+  ['audit, deep page', 'AUDIT_DEEP'],
 ];
 
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
@@ -151,7 +153,12 @@ async function measure(backend: string, db: string | undefined, packed: string):
   const out = new Map<string, { p50: number; p95: number; max: number; rtt95: number }>();
   try {
     const cookie = await signIn(srv.url, pw);
-    for (const [label, path] of PAGES) {
+    // a cursor 90,000 entries into the audit log (the 90,000th newest of the seeded entries)
+    const deep = await Store.open(root, db);
+    const row = await deep.db.selectFrom('audit').select(['time', 'id']).orderBy('time', 'desc').orderBy('id', 'desc').offset(90_000).limit(1).executeTakeFirstOrThrow();
+    await deep.close();
+    for (const [label, p] of PAGES) {
+      const path = p === 'AUDIT_DEEP' ? `/console/audit?before=${encodeAuditCursor(Number(row.time), row.id)}` : p;
       const server: number[] = [];
       const rtt: number[] = [];
       for (let i = 0; i < RUNS + 3; i++) {

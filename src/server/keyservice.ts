@@ -180,20 +180,7 @@ export class KeyService {
       await this.audit.refused({ actor: user, action: 'keys.deny', target: workspace, address, detail: { client, image, policy: found.policy, reason: 'no keys published' } });
       throw new MedvError('ENOKEY', `no keys published for image ${image} (medv admin image-keys publish)`);
     }
-    const plain = this.serverKey.unwrap(image, wrapped);
-    let set: ImageKeySet;
-    try {
-      set = parseKeys(image, plain);
-    } finally {
-      secureFree(plain);
-    }
-    let sealed: Buffer;
-    try {
-      sealed = sealImageKeys(set, clientKey);
-    } finally {
-      set.content.dispose();
-      set.repository.dispose();
-    }
+    const sealed = await this.opened(image, wrapped, async (set) => sealImageKeys(set, clientKey));
     const latest = await latestVersion(this.root, image);
     await this.audit.record({ actor: user, action: 'keys.release', target: workspace, address, detail: { client, image, policy: found.policy, clientKey: clientKey.toString('hex') } });
     const offlineDays = typeof found.settings.offlineDays === 'number' ? found.settings.offlineDays : 0;
@@ -235,6 +222,11 @@ export class KeyService {
   async withImageKeys<T>(image: string, use: (keys: ImageKeySet) => Promise<T>): Promise<T> {
     const wrapped = await this.store.getImageKeys(image);
     if (wrapped === undefined) throw new MedvError('ENOKEY', `no keys published for image ${image} (medv admin image-keys publish)`);
+    return this.opened(image, wrapped, use);
+  }
+
+  /** Unwrap stored keys into secure memory, run `use`, dispose them whatever happens. */
+  private async opened<T>(image: string, wrapped: Buffer, use: (keys: ImageKeySet) => Promise<T>): Promise<T> {
     const plain = this.serverKey.unwrap(image, wrapped);
     let set: ImageKeySet;
     try {

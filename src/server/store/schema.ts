@@ -155,17 +155,9 @@ export interface ConsoleSessionsTable {
 }
 
 /** Every report received (client_reports keeps only the latest per client, user and workspace). */
-export interface ClientReportHistoryTable {
+export interface ClientReportHistoryTable extends ClientReportsTable {
   /** 16 random bytes, hex. */
   id: string;
-  client: string;
-  user_name: string;
-  workspace: string;
-  version: number | null;
-  state: string;
-  last_error: string | null;
-  reported_at: number;
-  received_at: number;
 }
 
 /** What the server last granted a client for a workspace (keyservice.ts grant). */

@@ -15,11 +15,11 @@ import { mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { REPO_ROOT, TEST_PASSPHRASE, runMedv, tempDir, type RunResult } from '../../helpers/cli.js';
-import { launchBrowser, seriousViolations, shotsDir } from '../../helpers/browser.js';
+import { launchBrowser, shotsDir } from '../../helpers/browser.js';
 import { type ServeProcess, runMedvAsync, startServe } from '../helpers.js';
 import { api, password, scan } from '../accounts-helpers.js';
 import { openImageKeys } from '../../../src/pack/keys.js';
-import { addUser, signIn } from './fixture.js';
+import { addUser, checker, signIn } from './fixture.js';
 
 describe('console: lock and wipe reach a real client', function () {
   this.timeout(600_000);
@@ -34,12 +34,7 @@ describe('console: lock and wipe reach a real client', function () {
   let imageKeyId: Buffer;
   const admin = { user: 'ada.admin', password: password() };
   const shots = shotsDir('controls');
-  let n = 0;
-  const check = async (name: string) => {
-    const bad = await seriousViolations(page);
-    assert.deepEqual(bad, [], `${name}: ${JSON.stringify(bad, null, 1)}`);
-    await page.screenshot({ path: join(shots, `${String(++n).padStart(2, '0')}-${name}.png`), fullPage: true });
-  };
+  const check = checker(shots, () => page);
   const env = { MEDV_CLIENT_ROOT: f('client'), MEDV_RUN_DIR: f('run'), XDG_DATA_HOME: f('xdg-data'), XDG_CACHE_HOME: f('xdg-cache'), XDG_CONFIG_HOME: f('xdg-config'), MEDV_PASSPHRASE: TEST_PASSPHRASE, MEDV_TEST_ACCEL: undefined };
   /** The client's medv, asynchronous (the server's log keeps flowing). */
   const medv = (args: string[]): Promise<RunResult> => runMedvAsync(args, undefined, env);

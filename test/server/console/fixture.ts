@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { launchBrowser, seriousViolations, shotsDir } from '../../helpers/browser.js';
 import { runMedv, tempDir } from '../../helpers/cli.js';
 import { makeUsrDisk, mutateDisk } from '../../pack/images.js';
 import { generateClientKeyPair } from '../../../src/api/keyrelease.js';
@@ -126,4 +127,54 @@ export function parseCsv(text: string): string[][] {
   }
   if (cell || row.length) { row.push(cell); rows.push(row); }
   return rows;
+}
+
+/** axe on the page as it is (no serious or critical violation), then a full-page screenshot numbered and named after it. */
+export function checker(shots: string, page: () => Page): (name: string) => Promise<void> {
+  let n = 0;
+  return async (name: string) => {
+    const bad = await seriousViolations(page());
+    assert.deepEqual(bad, [], `${name}: ${JSON.stringify(bad, null, 1)}`);
+    await page().screenshot({ path: join(shots, `${String(++n).padStart(2, '0')}-${name}.png`), fullPage: true });
+  };
+}
+
+export interface Suite {
+  w: World;
+  packed: Packed;
+  browser: Browser;
+  ctx: BrowserContext;
+  page: Page;
+  /** The suite's scratch folder. */
+  work: string;
+  check(name: string): Promise<void>;
+}
+
+/**
+ * One console test file's world, set up in `before` and torn down in `after` of the calling
+ * describe: a browser, a real `medv serve` (SQLite) with the fixture's data, a page signed in as
+ * the administrator, screenshots under $TMPDIR/medv-console-shots/<label>/ (printed).
+ */
+export function consoleSuite(label: string, o: { serveArgs?: string[]; height?: number } = {}): Suite {
+  const s = {} as Suite;
+  const work = tempDir(`console-${label}`);
+  const shots = shotsDir(label);
+  s.work = work.path;
+  s.check = checker(shots, () => s.page);
+  before(async () => {
+    s.browser = await launchBrowser();
+    s.packed = packLab(work.path);
+    s.w = await makeWorld('sqlite', s.packed, label, o.serveArgs);
+    s.ctx = await s.browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: o.height ?? 900 } });
+    s.page = await s.ctx.newPage();
+    await signIn(s.page, s.w.srv.url, s.w.admin.user, s.w.admin.password);
+    console.log(`      screenshots: ${shots}`);
+  });
+  after(async () => {
+    await s.ctx?.close();
+    await s.browser?.close();
+    await s.w?.cleanup();
+    await work.cleanup();
+  });
+  return s;
 }

@@ -11,13 +11,11 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Browser, BrowserContext, Page } from 'playwright-core';
 import WebSocket from 'ws';
-import { REPO_ROOT, runMedv, tempDir } from '../../helpers/cli.js';
-import { launchBrowser, seriousViolations, shotsDir } from '../../helpers/browser.js';
+import { REPO_ROOT, runMedv } from '../../helpers/cli.js';
 import { readPng } from '../../helpers/image.js';
 import { api } from '../accounts-helpers.js';
-import { type World, makeWorld, packLab, signIn } from './fixture.js';
+import { consoleSuite } from './fixture.js';
 
 /** Share of pixels that are not (nearly) black. */
 function litShare(rgb: { pixels: Buffer }, stride = 3): number {
@@ -29,74 +27,50 @@ function litShare(rgb: { pixels: Buffer }, stride = 3): number {
 
 describe('console: image test with a live view', function () {
   this.timeout(300_000);
-  let browser: Browser;
-  let w: World;
-  let ctx: BrowserContext;
-  let page: Page;
-  const work = tempDir('console-imagetest');
-  const shots = shotsDir('imagetest');
-  let n = 0;
-  const check = async (name: string) => {
-    const bad = await seriousViolations(page);
-    assert.deepEqual(bad, [], `${name}: ${JSON.stringify(bad, null, 1)}`);
-    await page.screenshot({ path: join(shots, `${String(++n).padStart(2, '0')}-${name}.png`), fullPage: true });
-  };
+  const s = consoleSuite('imagetest', { serveArgs: ['--image-test-hold', '3m', '--image-test-timeout', '3m'], height: 1000 });
 
   before(async () => {
-    browser = await launchBrowser();
-    const packed = packLab(work.path);
     // the test guest as image "guest", packed with the same console keys into the server's repository
-    w = await makeWorld('sqlite', packed, 'imagetest', ['--image-test-hold', '3m', '--image-test-timeout', '3m']);
-    const pack = runMedv(['image', 'pack', join(REPO_ROOT, 'vm/build/guest.img'), '--name', 'guest', '--version', '1', '--out', join(w.srv.root, 'images'), '--keys', packed.keys, '--host-key', packed.hostKey], { MEDV_PASSPHRASE: '' });
+    const pack = runMedv(['image', 'pack', join(REPO_ROOT, 'vm/build/guest.img'), '--name', 'guest', '--version', '1', '--out', join(s.w.srv.root, 'images'), '--keys', s.packed.keys, '--host-key', s.packed.hostKey], { MEDV_PASSPHRASE: '' });
     assert.equal(pack.code, 0, pack.stderr);
-    const pub = runMedv(['admin', 'image-keys', 'publish', 'guest', '--keys', packed.keys, '--host-key', packed.hostKey, '--server', w.srv.url, '--token-file', w.srv.adminTokenFile], { MEDV_PASSPHRASE: '' });
+    const pub = runMedv(['admin', 'image-keys', 'publish', 'guest', '--keys', s.packed.keys, '--host-key', s.packed.hostKey, '--server', s.w.srv.url, '--token-file', s.w.srv.adminTokenFile], { MEDV_PASSPHRASE: '' });
     assert.equal(pub.code, 0, pub.stderr);
-    ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
-    page = await ctx.newPage();
-    await signIn(page, w.srv.url, w.admin.user, w.admin.password);
-    console.log(`      screenshots: ${shots}`);
-  });
-  after(async () => {
-    await ctx?.close();
-    await browser?.close();
-    await w?.cleanup();
-    await work.cleanup();
   });
 
   it('boots the version read-only, shows a live view that is not blank and the serial output, keeps the screenshot; stopping leaves no disk or key', async () => {
-    await page.goto(`${w.srv.url}/console/images/guest`);
-    await page.getByRole('link', { name: /^Test of version 1/ }).click();
-    await check('test-none');
-    await page.getByRole('button', { name: 'Start the test' }).click();
+    await s.page.goto(`${s.w.srv.url}/console/images/guest`);
+    await s.page.getByRole('link', { name: /^Test of version 1/ }).click();
+    await s.check('test-none');
+    await s.page.getByRole('button', { name: 'Start the test' }).click();
     // the page reloads itself until the VM runs, then connects its live view
-    const screen = page.locator('#vnc-screen[data-connected="true"]');
+    const screen = s.page.locator('#vnc-screen[data-connected="true"]');
     await screen.waitFor({ timeout: 240_000 });
-    await page.locator('#test-status[data-phase="shown"]').waitFor({ timeout: 240_000 });
-    assert.match((await page.locator('pre.serial').textContent())!, /MEDV-GUEST ready/);
+    await s.page.locator('#test-status[data-phase="shown"]').waitFor({ timeout: 240_000 });
+    assert.match((await s.page.locator('pre.serial').textContent())!, /MEDV-GUEST ready/);
     // the canvas noVNC draws the guest's screen on: the guest's text is there
-    const lit = await page.locator('#vnc-screen canvas').evaluate((c: HTMLCanvasElement) => {
+    const lit = await s.page.locator('#vnc-screen canvas').evaluate((c: HTMLCanvasElement) => {
       const d = c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data;
       let on = 0;
       for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 60) on++;
       return { on, of: d.length / 4, w: c.width, h: c.height };
     });
     assert.ok(lit.w >= 640 && lit.on > 200, `live view ${lit.w}x${lit.h}: ${lit.on} lit pixels`);
-    await check('test-live');
-    const png = await page.request.get(`${w.srv.url}/console/images/guest/v/1/screen.png`);
+    await s.check('test-live');
+    const png = await s.page.request.get(`${s.w.srv.url}/console/images/guest/v/1/screen.png`);
     assert.equal(png.status(), 200);
-    const file = join(work.path, 'screen.png');
+    const file = join(s.work, 'screen.png');
     writeFileSync(file, await png.body());
     const shot = readPng(file);
     assert.ok(litShare(shot) > 0.002, 'the kept screenshot shows the guest\'s text');
 
-    await page.getByRole('button', { name: 'Stop the test now' }).click();
-    await page.locator('#test-status[data-phase="done"]').waitFor({ timeout: 120_000 });
-    assert.match((await page.locator('#test-status').textContent())!, /done/);
-    assert.equal(await page.locator('img.shot').count(), 1, 'the screenshot is shown with the result');
-    await check('test-done');
-    const dir = join(w.srv.root, 'tests', 'guest_1');
+    await s.page.getByRole('button', { name: 'Stop the test now' }).click();
+    await s.page.locator('#test-status[data-phase="done"]').waitFor({ timeout: 120_000 });
+    assert.match((await s.page.locator('#test-status').textContent())!, /done/);
+    assert.equal(await s.page.locator('img.shot').count(), 1, 'the screenshot is shown with the result');
+    await s.check('test-done');
+    const dir = join(s.w.srv.root, 'tests', 'guest_1');
     assert.deepEqual(readdirSync(dir).sort(), ['result.json', 'screen.png', 'serial.log'], 'no disk, key file, key folder or host key is left');
-    const api1 = await api(w.srv.url, 'GET', '/api/admin/images/test?name=guest&version=1', { token: w.adminToken });
+    const api1 = await api(s.w.srv.url, 'GET', '/api/admin/images/test?name=guest&version=1', { token: s.w.adminToken });
     assert.equal(api1.body.test.phase, 'done');
     assert.equal(api1.body.test.outcome, 'ready');
     assert.match(api1.body.serial, /MEDV-GUEST ready/);
@@ -104,21 +78,21 @@ describe('console: image test with a live view', function () {
   });
 
   it('the live view\'s WebSocket refuses another origin, no session, a wrong token, and a test that is not running', async () => {
-    const url = new URL(w.srv.url);
-    const cookie = (await ctx.cookies()).find((c) => c.name === 'medv_console')!;
-    const token = await page.evaluate(() => (document.querySelector('input[name="_csrf"]') as HTMLInputElement).value);
+    const url = new URL(s.w.srv.url);
+    const cookie = (await s.ctx.cookies()).find((c) => c.name === 'medv_console')!;
+    const token = await s.page.evaluate(() => (document.querySelector('input[name="_csrf"]') as HTMLInputElement).value);
     const status = (path: string, headers: Record<string, string>) => new Promise<number>((resolve) => {
       const ws = new WebSocket(`ws://${url.host}${path}`, { headers });
       ws.on('unexpected-response', (_req, res) => { resolve(res.statusCode ?? 0); ws.terminate(); });
       ws.on('open', () => { resolve(101); ws.close(); });
       ws.on('error', () => resolve(-1));
     });
-    const good = { Origin: w.srv.url, Cookie: `medv_console=${cookie.value}` };
+    const good = { Origin: s.w.srv.url, Cookie: `medv_console=${cookie.value}` };
     const path = `/console/images/guest/v/1/vnc?t=${token}`;
     assert.equal(await status(path, { ...good, Origin: 'http://evil.example' }), 403);
-    assert.equal(await status(path, { Origin: w.srv.url }), 403);
+    assert.equal(await status(path, { Origin: s.w.srv.url }), 403);
     assert.equal(await status(`/console/images/guest/v/1/vnc?t=${randomBytes(32).toString('base64url')}`, good), 403);
-    assert.equal(await status(path, { ...good, Authorization: `Bearer ${w.adminToken}`, Cookie: '' }), 403, 'the admin token opens no live view');
+    assert.equal(await status(path, { ...good, Authorization: `Bearer ${s.w.adminToken}`, Cookie: '' }), 403, 'the admin token opens no live view');
     assert.equal(await status(path, good), 409, 'right in every way, but no test of it runs now');
     assert.equal(await status('/console/images/guest/v/1/nope', good), 404);
   });

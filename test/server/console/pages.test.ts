@@ -10,9 +10,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { tempDir } from '../../helpers/cli.js';
-import { launchBrowser, seriousViolations, shotsDir } from '../../helpers/browser.js';
+import { launchBrowser, shotsDir } from '../../helpers/browser.js';
 import { BACKENDS, stopPostgres } from '../accounts-helpers.js';
-import { type Packed, type World, makeWorld, packLab, parseCsv, signIn } from './fixture.js';
+import { type Packed, type World, checker, makeWorld, packLab, parseCsv, signIn } from './fixture.js';
 
 describe('console pages in a browser', function () {
   this.timeout(180_000);
@@ -35,13 +35,7 @@ describe('console pages in a browser', function () {
       let ctx: BrowserContext;
       let page: Page;
       const shots = shotsDir(`pages-${backend}`);
-      let n = 0;
-      /** axe on the page as it is, then a full-page screenshot named after it. */
-      const check = async (name: string) => {
-        const bad = await seriousViolations(page);
-        assert.deepEqual(bad, [], `${name}: ${JSON.stringify(bad, null, 1)}`);
-        await page.screenshot({ path: join(shots, `${String(++n).padStart(2, '0')}-${name}.png`), fullPage: true });
-      };
+      const check = checker(shots, () => page);
 
       before(async () => {
         w = await makeWorld(backend, packed, 'pages');

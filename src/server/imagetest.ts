@@ -18,14 +18,14 @@
  *      kept (`serial.log`, last 1 MiB);
  *   4. the disk, its key file, the key folder and the host key are deleted; `result.json` says
  *      what happened. Every run is audited (image.test).
- * At most one test runs at a time (TCG is heavy); another start is EBUSY (409).
+ * At most one test runs at a time (TCG is heavy); another start, even one at the same moment, is EBUSY (503); a test a killed server left behind is cleaned up at the next start (recover).
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { ensurePrivateDir, readBoundedSync, writeFileAtomic } from '../core/fsio.js';
-import { checkImageName } from '../api/names.js';
+import { IMAGE_NAME_RE, checkImageName } from '../api/names.js';
 import { createHostKey, type KekSource } from '../crypto/kek.js';
 import { screenshotVm, startVm, stopVm, vmStatus } from '../host/client.js';
 import { removeKeyFolder, writeKeyFolder } from '../pack/keyfolder.js';
@@ -120,6 +120,8 @@ export class ImageTests {
   private readonly dir: string;
   private readonly run: string;
   private current: Running | undefined;
+  /** A start is between its checks and its run: a second start waits its turn (one test at a time). */
+  private starting = false;
 
   constructor(o: Partial<ImageTestOptions> & Pick<ImageTestOptions, 'root' | 'store' | 'audit' | 'keys'>) {
     this.o = { ...IMAGE_TEST_DEFAULTS, ...o };
@@ -142,10 +144,20 @@ export class ImageTests {
   /** Start a test of `image` version `version`; resolves once it is under way (phase fetching). */
   async start(image: string, version: number, by: string): Promise<TestRecord> {
     checkImageName(image);
-    if (this.current && !['done', 'failed'].includes(this.current.record.phase)) {
-      const c = this.current.record;
-      throw new MedvError('EBUSY', `a test of ${c.image} version ${c.version} is running; one test at a time`);
+    if (this.starting || (this.current && !['done', 'failed'].includes(this.current.record.phase))) {
+      const c = this.current?.record;
+      throw new MedvError('EBUSY', `${c && !this.starting ? `a test of ${c.image} version ${c.version} is running` : 'a test is starting'}; one test at a time`);
     }
+    // held from the check above (no await before it) until the run is recorded: two starts at once cannot both pass
+    this.starting = true;
+    try {
+      return await this.begin(image, version, by);
+    } finally {
+      this.starting = false;
+    }
+  }
+
+  private async begin(image: string, version: number, by: string): Promise<TestRecord> {
     const index = join(this.o.root, IMAGES_DIR, `${image}_${version}.ckm.index`);
     try {
       if (!(await fs.promises.lstat(index)).isFile()) throw new Error('not a file');
@@ -303,6 +315,29 @@ export class ImageTests {
     if (!c || c.record.image !== image || c.record.version !== version || ['done', 'failed'].includes(c.record.phase)) return false;
     c.cancel();
     return true;
+  }
+
+  /**
+   * After a restart of the server: a test the last run left behind (the server stopped or died
+   * mid-test) has its VM stopped and its disk, keys and host key deleted; its result, if any, stays.
+   */
+  async recover(): Promise<string[]> {
+    let names: string[];
+    try { names = fs.readdirSync(this.dir); } catch { return []; }
+    const done: string[] = [];
+    for (const n of names) {
+      // a test's folder is <image>_<version> (start): anything else in tests/ is not ours to touch
+      const m = /^(.+)_([1-9][0-9]{0,9})$/.exec(n);
+      if (!m || !IMAGE_NAME_RE.test(m[1])) continue;
+      try { if (!fs.lstatSync(join(this.dir, n)).isDirectory()) continue; } catch { continue; } // a link is not followed
+      const vm = ImageTests.vmName(m[1], Number(m[2]));
+      try {
+        const st = vmStatus(vm, { root: this.run });
+        if (!['stopped', 'suspended', 'failed'].includes(st.state)) { await stopVm(vm, { root: this.run, force: true }); done.push(`stopped ${vm}`); }
+      } catch { /* no such VM */ }
+      this.scrub(join(this.dir, n));
+    }
+    return done;
   }
 
   /** Wait for the running test (tests, shutdown). */

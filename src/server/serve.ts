@@ -103,6 +103,8 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
   keys.controls = controls;
   const catalog = new ImageCatalog(root, store, audit, keys);
   const tests = new ImageTests({ ...o.imageTests, root, store, audit, keys });
+  // a failure here must not keep the server down; it is said on stderr (the leftovers stay until the next start)
+  await tests.recover().catch((e: unknown) => process.emitWarning(`image tests: could not clean up after the last run: ${(e as Error).message}`));
   const api = accountsApi({ accounts, audit, token, keys, catalog, tests, controls, allowPlainHttp: o.allowPlainHttp });
   const web = consoleModule({ accounts, audit, keys, catalog, tests, controls, isAdmin: (u) => accounts.isAdmin(u), allowPlainHttp: o.allowPlainHttp });
   let running;

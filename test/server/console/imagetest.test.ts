@@ -16,6 +16,7 @@ import { REPO_ROOT, runMedv } from '../../helpers/cli.js';
 import { readPng } from '../../helpers/image.js';
 import { api } from '../accounts-helpers.js';
 import { consoleSuite } from './fixture.js';
+import { startServe } from '../helpers.js';
 
 /** Share of pixels that are not (nearly) black. */
 function litShare(rgb: { pixels: Buffer }, stride = 3): number {
@@ -95,5 +96,27 @@ describe('console: image test with a live view', function () {
     assert.equal(await status(path, { ...good, Authorization: `Bearer ${s.w.adminToken}`, Cookie: '' }), 403, 'the admin token opens no live view');
     assert.equal(await status(path, good), 409, 'right in every way, but no test of it runs now');
     assert.equal(await status('/console/images/guest/v/1/nope', good), 404);
+  });
+
+  it('one test at a time (two starts at once: one runs, one is 503 EBUSY); a server killed mid-test leaves no disk or key after its restart', async () => {
+    const start = () => api(s.w.srv.url, 'POST', '/api/admin/images/test', { token: s.w.adminToken, body: { name: 'guest', version: 1 } });
+    const both = await Promise.all([start(), start()]);
+    assert.deepEqual(both.map((r) => r.status).sort(), [202, 503], both.map((r) => r.text).join(' | '));
+    const dir = join(s.w.srv.root, 'tests', 'guest_1');
+    // kill the server while the test holds its disk and keys
+    for (;;) {
+      const t = await api(s.w.srv.url, 'GET', '/api/admin/images/test?name=guest&version=1', { token: s.w.adminToken });
+      if (['booting', 'running', 'shown'].includes(t.body.test?.phase)) break;
+      assert.ok(!['done', 'failed'].includes(t.body.test?.phase), JSON.stringify(t.body.test));
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.ok(readdirSync(dir).includes('host.key') && readdirSync(dir).includes('disk.evhd'), 'mid-test the disk and its key are there');
+    await s.w.srv.stop('SIGKILL');
+    const again = await startServe(s.w.srv.root);
+    try {
+      assert.deepEqual(readdirSync(dir).filter((f) => /host\.key|disk\.|keys|Test/.test(f)), [], 'the restarted server removed what the killed test left');
+    } finally {
+      await again.stop();
+    }
   });
 });

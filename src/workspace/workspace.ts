@@ -26,6 +26,7 @@ import { now as clock } from './clock.js';
 import { deployVersion, type DeployResult } from './deploy.js';
 import { forgetGrant, isLocked, isRefusal, isWipe, keepGrant, workspaceKeyDir } from './grant.js';
 import { checkWorkspaceName, instanceName, legacyStore, workspaceStore, workspaceStores } from './identity.js';
+import { lockWorkspace } from './lock.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
 import { memoryFor, type WorkspaceSettings } from './settings.js';
 
@@ -122,7 +123,7 @@ async function report(s: Session, r: Omit<QueuedReport, 'at'>, online: boolean):
  * keys with it); undefined when the server cannot be reached. A refusal (403) ends the cached
  * grant first (./grant.ts), then is thrown.
  */
-async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair, warn: (m: string) => void): Promise<WorkspaceGrant | undefined> {
+async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair, warn: (m: string) => void, runRoot?: string): Promise<WorkspaceGrant | undefined> {
   const creds = s.creds;
   if (!creds) throw new MedvError('ENOLOGIN', `no saved login for ${s.cfg.user} at ${s.cfg.server}: run medv login --server ${s.cfg.server} --user ${s.cfg.user}`);
   try {
@@ -139,7 +140,7 @@ async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair, w
       await forgetGrant(s.ctx, s.cfg, workspace);
       throw new MedvError('ELOCKED', `${e.message} (its data stays on this client; it starts again once unlocked)`, { reason: e.data.reason });
     }
-    if (isWipe(e)) throw await wipeWorkspace(s, workspace, e, warn);
+    if (isWipe(e)) throw await wipeWorkspace(s, workspace, e, warn, runRoot);
     // 401: the token (missing, expired, revoked); 403: a valid login that is not entitled
     if (e instanceof MedvError && e.code === 'EDENIED' && e.data.status === 401) {
       throw new MedvError('ENOLOGIN', `the server refused the saved login (${e.message}): run medv login --server ${s.cfg.server} --user ${s.cfg.user}`);
@@ -154,15 +155,24 @@ async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair, w
  * of every image folder of this user's workspace; then the server is told (best effort: the order
  * stands, the next start wipes again and tells again). Returns the error to throw (EWIPED).
  */
-async function wipeWorkspace(s: Session, workspace: string, order: MedvError, warn: (m: string) => void): Promise<MedvError> {
+async function wipeWorkspace(s: Session, workspace: string, order: MedvError, warn: (m: string) => void, runRoot?: string): Promise<MedvError> {
   const keys = await forgetGrant(s.ctx, s.cfg, workspace);
   let keyFiles = 0;
   let files = 0;
-  for (const store of workspaceStores(s.ctx.root, s.cfg.user, workspace)) {
-    const r = store.wipe();
-    keyFiles += r.keys.length;
-    files += r.deleted.length;
-    for (const p of r.skipped) warn(`wipe of workspace ${workspace}: left ${p} (not a file medv writes there)`);
+  // under the workspace's lock (./lock.ts): no start deploys into or boots from what is deleted here;
+  // a VM of it that another start got running meanwhile is stopped first (its disks go next)
+  const unlock = lockWorkspace(s.ctx.root, s.cfg.user, workspace);
+  try {
+    const vmName = instanceName(s.ctx.root, s.cfg.user, workspace);
+    if (runningState(vmName, runRoot)) await stopVm(vmName, { root: runRoot, force: true });
+    for (const store of workspaceStores(s.ctx.root, s.cfg.user, workspace)) {
+      const r = store.wipe();
+      keyFiles += r.keys.length;
+      files += r.deleted.length;
+      for (const p of r.skipped) warn(`wipe of workspace ${workspace}: left ${p} (not a file medv writes there)`);
+    }
+  } finally {
+    unlock();
   }
   s.log.append('warn', 'workspace wiped by the administrator', { workspace, keys: keys.length, keyFiles, files });
   try {
@@ -227,6 +237,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
   const vmName = instanceName(s.ctx.root, s.cfg.user, name);
   let version: number | undefined;
   let online = false;
+  let unlock: (() => void) | undefined;
   try {
     const local = clock();
     if (runningState(vmName, o.runRoot)) throw new MedvError('EBUSY', `workspace ${name} is already running (medv workspace status ${name})`);
@@ -234,7 +245,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     let grant: WorkspaceGrant | undefined;
     const pair = await clientKeyPair(s.ctx, s.cfg.user);
     try {
-      grant = await grantOnline(s, name, pair, warn);
+      grant = await grantOnline(s, name, pair, warn, o.runRoot);
       if (grant && grant.workspace !== name) throw new MedvError('EBADREPLY', `asked for workspace ${name}, the server granted ${grant.workspace}`);
       if (grant) {
         online = true;
@@ -248,6 +259,10 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     const at = await advanceClock(s.ctx.root, local, grant?.serverTime);
     entry ??= await offlineEntry(s.ctx.root, s.cfg.server, s.cfg.user, name);
     if (!entry) throw new MedvError('EOFFLINE', `cannot reach ${s.cfg.server}, and workspace ${name} has no grant cached on this client (never started online, or refused since)`);
+    // A workspace this user has: from here until its VM runs, no other start or stop of it (./lock.ts),
+    // and the check that it is not running is made again under the lock.
+    unlock = lockWorkspace(s.ctx.root, s.cfg.user, name);
+    if (runningState(vmName, o.runRoot)) throw new MedvError('EBUSY', `workspace ${name} is already running (medv workspace status ${name})`);
     const settings = entry.settings;
     checkExpiry(settings, at);
     let offlineDaysLeft: number | undefined;
@@ -311,6 +326,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     await report(s, { workspace: name, version: version ?? null, state: 'failed', lastError: (e as Error).message.slice(0, 1000) }, online).catch(() => undefined);
     throw e;
   } finally {
+    unlock?.();
     s.log.close();
   }
 }
@@ -324,9 +340,11 @@ export interface StopResult { workspace: string; vmName: string; state: VmState[
 export async function stopWorkspace(name: string, o: WorkspaceOptions & { force?: boolean; timeoutS?: number } = {}): Promise<StopResult> {
   checkWorkspaceName(name);
   const s = await openSession(o);
+  let unlock: (() => void) | undefined;
   try {
     const vmName = instanceName(s.ctx.root, s.cfg.user, name);
     const entry = await offlineEntry(s.ctx.root, s.cfg.server, s.cfg.user, name);
+    unlock = entry ? lockWorkspace(s.ctx.root, s.cfg.user, name) : undefined;
     const running = runningState(vmName, o.runRoot);
     if (!entry && !running) throw new MedvError('ENOENT', `no workspace ${name} on this client (medv workspace list)`);
     let store: ImageStore | undefined;
@@ -353,6 +371,7 @@ export async function stopWorkspace(name: string, o: WorkspaceOptions & { force?
     await report(s, { workspace: name, version: version ?? null, state: suspended ? 'suspended' : 'stopped' }, true).catch(() => undefined);
     return { workspace: name, vmName, state, suspended, discarded, ...(version !== undefined ? { version } : {}) };
   } finally {
+    unlock?.();
     s.log.close();
   }
 }

@@ -8,13 +8,16 @@
  * signs in through the sign-in form, and every page is requested `--runs` times (after 3 warm-up
  * requests) over one keep-alive connection. The time is the server's own (`Server-Timing: app`,
  * from the request's arrival to the answer's last byte handed to Node), so the client's overhead
- * is left out; the round trip is printed beside it. Target: p95 <= 100 ms per page.
+ * is left out; the round trip is printed beside it. The peer, in the same run: the `/api/` route
+ * that answers the same question from the same service (JSON instead of HTML), requested in turn
+ * with the page; the ratio of their round trips is what the console's rendering costs. Target:
+ * p95 <= 100 ms per page.
  *
  * Usage: node dist/bench/console/bench.js [--runs 40] [--sqlite-only]
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -104,30 +107,31 @@ async function seed(root: string, db: string | undefined, adminPassword: string)
   await store.close();
 }
 
-const PAGES: [string, string][] = [
-  ['overview', '/console/'],
-  ['users', '/console/users'],
-  ['users ?q=', '/console/users?q=user-012'],
-  ['users ?group=', '/console/users?group=group-007'],
-  ['users, last page', '/console/users?offset=9950'],
-  ['user', '/console/users/user-00042'],
-  ['groups', '/console/groups'],
-  ['policies', '/console/policies'],
-  ['policy versions', '/console/policies/policy-3'],
-  ['policy version', '/console/policies/policy-3/v/2'],
-  ['policy diff', '/console/policies/policy-3/diff?from=1&to=3'],
-  ['images', '/console/images'],
-  ['image', '/console/images/lab'],
-  ['clients', '/console/clients'],
-  ['clients ?user=', '/console/clients?user=user-00500'],
-  ['clients ?state=', '/console/clients?state=failed'],
-  ['clients, deep page', `/console/clients?after=${encodeClientsCursor(['client-0975', 'user-00975', 'desk-3'])}`],
-  ['client + history', '/console/clients/client-0500'],
-  ['audit', '/console/audit'],
-  ['audit ?user=', '/console/audit?user=user-00042'],
-  ['audit ?action=', '/console/audit?action=login.fail'],
-  ['audit ?since', '/console/audit?since=2026-01-01&until=2026-12-31'],
-  ['audit, deep page', 'AUDIT_DEEP'],
+/** Each page, and the `/api/` route that answers the same question from the same service (the peer: JSON, no HTML). */
+const PAGES: [string, string, string][] = [
+  ['overview', '/console/', '/api/admin/overview'],
+  ['users', '/console/users', '/api/admin/users'],
+  ['users ?q=', '/console/users?q=user-012', '/api/admin/users?q=user-012'],
+  ['users ?group=', '/console/users?group=group-007', '/api/admin/users?group=group-007'],
+  ['users, last page', '/console/users?offset=9950', '/api/admin/users?offset=9950'],
+  ['user', '/console/users/user-00042', '/api/admin/users/user-00042'],
+  ['groups', '/console/groups', '/api/admin/groups'],
+  ['policies', '/console/policies', '/api/admin/policies/summary'],
+  ['policy versions', '/console/policies/policy-3', '/api/admin/policies/versions?name=policy-3'],
+  ['policy version', '/console/policies/policy-3/v/2', '/api/admin/policies/document?name=policy-3&version=2'],
+  ['policy diff', '/console/policies/policy-3/diff?from=1&to=3', '/api/admin/policies/diff?name=policy-3&from=1&to=3'],
+  ['images', '/console/images', '/api/admin/images'],
+  ['image', '/console/images/lab', '/api/admin/images/versions?name=lab'],
+  ['clients', '/console/clients', '/api/admin/clients'],
+  ['clients ?user=', '/console/clients?user=user-00500', '/api/admin/clients?user=user-00500'],
+  ['clients ?state=', '/console/clients?state=failed', '/api/admin/clients?state=failed'],
+  ['clients, deep page', `/console/clients?after=${encodeClientsCursor(['client-0975', 'user-00975', 'desk-3'])}`, `/api/admin/clients?after=${encodeClientsCursor(['client-0975', 'user-00975', 'desk-3'])}`],
+  ['client + history', '/console/clients/client-0500', '/api/admin/clients/history?client=client-0500'],
+  ['audit', '/console/audit', '/api/admin/audit'],
+  ['audit ?user=', '/console/audit?user=user-00042', '/api/admin/audit?user=user-00042'],
+  ['audit ?action=', '/console/audit?action=login.fail', '/api/admin/audit?action=login.fail'],
+  ['audit ?since', '/console/audit?since=2026-01-01&until=2026-12-31', '/api/admin/audit?since=2026-01-01&until=2026-12-31'],
+  ['audit, deep page', '/console/audit?before=AUDIT_DEEP', '/api/admin/audit?before=AUDIT_DEEP'],
 ];
 
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
@@ -141,7 +145,9 @@ async function signIn(base: string, pw: string): Promise<string> {
   return r.headers.getSetCookie().find((c) => c.startsWith('medv_console='))!.split(';')[0];
 }
 
-async function measure(backend: string, db: string | undefined, packed: string): Promise<Map<string, { p50: number; p95: number; max: number; rtt95: number }>> {
+interface Row { p50: number; p95: number; max: number; rtt95: number; api95: number }
+
+async function measure(backend: string, db: string | undefined, packed: string): Promise<Map<string, Row>> {
   const root = join(work, `root-${backend}`);
   mkdirSync(join(root, 'images'), { recursive: true });
   for (const f of ['lab_1.ckm', 'lab_1.ckm.index', 'lab_2.ckm', 'lab_2.ckm.index']) copyFileSync(join(packed, f), join(root, 'images', f));
@@ -150,27 +156,36 @@ async function measure(backend: string, db: string | undefined, packed: string):
   await seed(root, db, pw);
   process.stderr.write(`${backend}: seeded in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
   const srv = await startServe(root, db ? ['--db', db] : []);
-  const out = new Map<string, { p50: number; p95: number; max: number; rtt95: number }>();
+  const out = new Map<string, Row>();
   try {
     const cookie = await signIn(srv.url, pw);
+    const token = readFileSync(srv.adminTokenFile, 'utf8').trim();
     // a cursor 90,000 entries into the audit log (the 90,000th newest of the seeded entries)
     const deep = await Store.open(root, db);
     const row = await deep.db.selectFrom('audit').select(['time', 'id']).orderBy('time', 'desc').orderBy('id', 'desc').offset(90_000).limit(1).executeTakeFirstOrThrow();
     await deep.close();
-    for (const [label, p] of PAGES) {
-      const path = p === 'AUDIT_DEEP' ? `/console/audit?before=${encodeAuditCursor(Number(row.time), row.id)}` : p;
+    const cursor = encodeAuditCursor(Number(row.time), row.id);
+    const get = async (path: string, headers: Record<string, string>): Promise<{ ms: number; r: Response }> => {
+      const t = performance.now();
+      const r = await fetch(`${srv.url}${path.replace('AUDIT_DEEP', cursor)}`, { headers });
+      await r.arrayBuffer();
+      assert.equal(r.status, 200, `${path}: ${r.status}`);
+      return { ms: performance.now() - t, r };
+    };
+    for (const [label, page, peer] of PAGES) {
       const server: number[] = [];
       const rtt: number[] = [];
+      const api: number[] = [];
+      // the page and its API peer alternate, so both see the same load on this shared machine
       for (let i = 0; i < RUNS + 3; i++) {
-        const t = performance.now();
-        const r = await fetch(`${srv.url}${path}`, { headers: { cookie } });
-        await r.arrayBuffer();
-        const ms = performance.now() - t;
-        assert.equal(r.status, 200, `${path}: ${r.status}`);
-        const dur = Number(/dur=([\d.]+)/.exec(r.headers.get('server-timing') ?? '')?.[1]);
-        if (i >= 3) { server.push(dur); rtt.push(ms); }
+        const c = await get(page, { cookie });
+        const j = await get(peer, { authorization: `Bearer ${token}` });
+        if (i < 3) continue;
+        server.push(Number(/dur=([\d.]+)/.exec(c.r.headers.get('server-timing') ?? '')?.[1]));
+        rtt.push(c.ms);
+        api.push(j.ms);
       }
-      out.set(label, { p50: pct(server, 0.5), p95: pct(server, 0.95), max: Math.max(...server), rtt95: pct(rtt, 0.95) });
+      out.set(label, { p50: pct(server, 0.5), p95: pct(server, 0.95), max: Math.max(...server), rtt95: pct(rtt, 0.95), api95: pct(api, 0.95) });
     }
   } finally {
     await srv.stop();
@@ -180,7 +195,7 @@ async function measure(backend: string, db: string | undefined, packed: string):
 
 async function main(): Promise<void> {
   const packed = packImage();
-  const results: [string, Awaited<ReturnType<typeof measure>>][] = [];
+  const results: [string, Map<string, Row>][] = [];
   results.push(['sqlite', await measure('sqlite', undefined, packed)]);
   if (!process.argv.includes('--sqlite-only')) {
     const pg = await startPostgres();
@@ -191,11 +206,17 @@ async function main(): Promise<void> {
     }
   }
   const f = (n: number) => n.toFixed(1).padStart(6);
-  console.log(`\nconsole pages, server time in ms (${RUNS} requests each; ${USERS.toLocaleString('en-US')} users, ${CLIENTS.toLocaleString('en-US')} clients, ${REPORTS.toLocaleString('en-US')} reports, ${AUDIT.toLocaleString('en-US')} audit entries)`);
-  console.log(`${'page'.padEnd(20)}${results.map(([b]) => `| ${b.padEnd(8)} p50    p95    max  rtt95 `).join('')}`);
+  const x = (n: number) => `${n.toFixed(2)}x`.padStart(6);
+  console.log(`\nconsole pages, ms (${RUNS} requests each; ${USERS.toLocaleString('en-US')} users, ${CLIENTS.toLocaleString('en-US')} clients, ${REPORTS.toLocaleString('en-US')} reports, ${AUDIT.toLocaleString('en-US')} audit entries)`);
+  console.log("server p50/p95/max: the console's own time (Server-Timing); rtt95: the page's round trip; api95: the round trip of the /api/ route that answers");
+  console.log('the same question (JSON, same service, same run, requests alternating); ratio: rtt95 / api95 (what rendering HTML costs over the JSON peer)');
+  console.log(`${'page'.padEnd(20)}${results.map(([b]) => `| ${b.padEnd(9)}p50    p95    max  rtt95  api95  ratio `).join('')}${results.length > 1 ? '| p95 pg/sqlite' : ''}`);
   let worst = 0;
   for (const [label] of PAGES) {
-    console.log(`${label.padEnd(20)}${results.map(([, m]) => { const x = m.get(label)!; worst = Math.max(worst, x.p95); return `|         ${f(x.p50)} ${f(x.p95)} ${f(x.max)} ${f(x.rtt95)} `; }).join('')}`);
+    const rows = results.map(([, m]) => m.get(label)!);
+    for (const r of rows) worst = Math.max(worst, r.p95);
+    const cells = rows.map((r) => `|    ${f(r.p50)} ${f(r.p95)} ${f(r.max)} ${f(r.rtt95)} ${f(r.api95)} ${x(r.rtt95 / r.api95)} `).join('');
+    console.log(`${label.padEnd(20)}${cells}${rows.length > 1 ? `| ${x(rows[1].p95 / rows[0].p95)}` : ''}`);
   }
   console.log(`\nworst p95: ${worst.toFixed(1)} ms (target <= 100 ms): ${worst <= 100 ? 'met' : 'NOT met'}`);
   rmSync(work, { recursive: true, force: true });

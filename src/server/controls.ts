@@ -94,10 +94,16 @@ export class ClientControls {
     throw new MedvError('ELOCKED', `workspace ${workspace} is locked for ${whose} by the administrator: ${o.reason}`, { reason: o.reason });
   }
 
-  /** POST /api/workspaces/wiped: a client says it wiped a workspace (after a wipe order). */
+  /** POST /api/workspaces/wiped: a client says it wiped a workspace (after a wipe order); EFORBIDDEN from a client that is not this user's. */
   async wiped(user: string, body: Record<string, unknown>, address = ''): Promise<{ ok: true }> {
     const client = checkClientId(body.client);
     const workspace = checkWorkspaceName(body.workspace);
+    // only from a client this user was granted on (as a report): another user cannot make the
+    // console show a wipe of someone else's client as done
+    if (!await this.store.isClientOf(client, user)) {
+      await this.audit.refused({ actor: user, action: 'client.wiped.refused', target: workspace, address, detail: { client, reason: 'not a client of this user' } });
+      throw new MedvError('EFORBIDDEN', `client ${client} has no grant for user ${user}: only a client of yours can confirm a wipe`);
+    }
     await this.store.controls.recordWipe(client, user, workspace);
     await this.audit.record({ actor: user, action: 'client.wiped', target: workspace, address, detail: { client } });
     return { ok: true };

@@ -8,8 +8,8 @@
 import assert from 'node:assert/strict';
 import { generateClientKeyPair } from '../../src/api/keyrelease.js';
 import { tempDir } from '../helpers/cli.js';
-import { api } from './accounts-helpers.js';
-import { type World, makeWorld, packLab } from './console/fixture.js';
+import { api, password } from './accounts-helpers.js';
+import { type World, addUser, makeWorld, packLab } from './console/fixture.js';
 
 describe('server: lock, wipe, revoke', function () {
   this.timeout(120_000);
@@ -84,5 +84,24 @@ describe('server: lock, wipe, revoke', function () {
     const audit = await api(w.srv.url, 'GET', '/api/admin/audit?action=client.*', { token: w.adminToken });
     assert.deepEqual(audit.body.entries.map((e: { action: string }) => e.action).reverse(),
       ['client.lock', 'client.wipe', 'client.revoke', 'client.unlock', 'client.unlock', 'client.wiped']);
+  });
+
+  it('IDOR between users: another user can neither confirm a wipe of alice\'s client, report from it, nor read or give orders', async () => {
+    const pw = password();
+    await addUser(w.srv, w.adminToken, 'mallory', pw, []);
+    const mallory = (await api(w.srv.url, 'POST', '/api/login', { body: { user: 'mallory', password: pw } })).body.token;
+    const before = await api(w.srv.url, 'GET', `/api/admin/controls?scope=client&subject=${w.alice.client}`, { token: w.adminToken });
+    const fake = await api(w.srv.url, 'POST', '/api/workspaces/wiped', { token: mallory, body: { client: w.alice.client, workspace: 'desk' } });
+    assert.equal(fake.status, 403, fake.text);
+    assert.equal(fake.body.error.code, 'EFORBIDDEN');
+    const report = await api(w.srv.url, 'POST', '/api/reports', { token: mallory, body: { client: w.alice.client, reports: [{ workspace: 'desk', version: 1, state: 'running', at: new Date().toISOString() }] } });
+    assert.equal(report.status, 403, report.text);
+    for (const [method, path, body] of [
+      ['GET', `/api/admin/controls?scope=client&subject=${w.alice.client}`, undefined], ['GET', `/api/admin/clients/history?client=${w.alice.client}`, undefined],
+      ['GET', '/api/admin/clients?user=alice', undefined], ['GET', '/api/admin/audit?user=alice', undefined],
+      ['POST', '/api/admin/controls/clear', { scope: 'client', subject: w.alice.client }], ['POST', '/api/admin/controls', { action: 'wipe', scope: 'user', subject: 'alice', reason: 'x' }],
+    ] as const) assert.equal((await api(w.srv.url, method, path, { token: mallory, ...(body ? { body } : {}) })).status, 403, `${method} ${path}`);
+    const after = await api(w.srv.url, 'GET', `/api/admin/controls?scope=client&subject=${w.alice.client}`, { token: w.adminToken });
+    assert.deepEqual(after.body, before.body, 'no order and no confirmation changed');
   });
 });

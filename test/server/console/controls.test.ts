@@ -91,6 +91,8 @@ describe('console: lock and wipe reach a real client', function () {
 
   it('a lock given in the console makes the client refuse to start, with exit 15 and the reason; unlocked, it starts again', async () => {
     await order('lock', 'laptop reported stolen on 2 Dec');
+    // beside the actions: how long a client that stays offline escapes them (its policy: offlineDays 2)
+    assert.match((await page.locator('section[aria-labelledby="h-orders"] > p.sub').textContent())!, /Its offline allowance: a client that stays offline may go on starting its workspaces until \d{4}-\d\d-\d\d \d\d:\d\d UTC \(in (47|48) h\)/);
     await check('locked');
     const r = await start();
     assert.equal(r.code, 15, r.stderr);

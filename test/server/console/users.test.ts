@@ -32,7 +32,9 @@ describe('console: users', function () {
     await submit('Disable');
     assert.match((await s.page.getByRole('status').textContent())!, /^Disabled/);
     await s.check('disabled');
-    assert.equal((await api(s.w.srv.url, 'GET', '/api/whoami', { token: first.body.token })).status, 401, 'her token stopped working');
+    const refused = await api(s.w.srv.url, 'GET', '/api/whoami', { token: first.body.token });
+    assert.equal(refused.status, 403, 'her token stopped working (403: a client ends its cached grants on it)');
+    assert.match(refused.body.error.message, /the account dora is disabled/);
     assert.equal((await login('dora', 'dora-password-1')).status, 401);
     await submit('Enable');
     assert.equal((await login('dora', 'dora-password-1')).status, 200);

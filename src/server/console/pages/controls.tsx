@@ -34,7 +34,7 @@ export function Orders(p: { ctx: Ctx; scope: ControlScope; subject: string; orde
       <p class="sub">{`Orders reach ${who} at its next contact with the server (every workspace start it can). `}
         {p.offlineUntil === null ? 'No grant has been made here yet.'
           : Date.parse(p.offlineUntil) > Date.now()
-            ? <>A client that stays offline may go on starting its workspaces until <Time iso={p.offlineUntil} relative /> (its offline allowance).</>
+            ? <>Its offline allowance: a client that stays offline may go on starting its workspaces until <Time iso={p.offlineUntil} relative />.</>
             : 'No offline allowance is left: it cannot start without contacting the server.'}
       </p>
       <DataTable caption="Standing orders (they hold until cleared)." columns={['Order', 'Workspace', 'Reason', 'Given', '']} empty="No order stands."

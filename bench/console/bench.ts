@@ -26,12 +26,12 @@ import { hashPassword } from '../../src/server/accounts.js';
 import { encodeClientsCursor } from '../../src/server/keyservice.js';
 import { encodeAuditCursor } from '../../src/server/audit.js';
 import { runMedv } from '../../test/helpers/cli.js';
+import { arg } from '../args.js';
 import { makeUsrDisk, mutateDisk } from '../../test/pack/images.js';
 import { startServe } from '../../test/server/helpers.js';
 import { startPostgres } from '../../test/helpers/postgres.js';
 
-const arg = (name: string, dflt: number) => { const i = process.argv.indexOf(name); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
-const RUNS = arg('--runs', 40);
+const RUNS = Number(arg('runs', '40'));
 const USERS = 10_000;
 const CLIENTS = 1_000;
 const REPORTS = 100_000;

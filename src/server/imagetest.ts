@@ -18,6 +18,7 @@
  *      kept (`serial.log`, last 1 MiB);
  *   4. the disk, its key file, the key folder and the host key are deleted; `result.json` says
  *      what happened. Every run is audited (image.test).
+ * With `medv serve --image-test-on-upload`, a version an upload completes is tested by `(upload)`.
  * At most one test runs at a time (TCG is heavy); another start, even one at the same moment, is EBUSY (503); a test a killed server left behind is cleaned up at the next start (recover).
  */
 import { createHash } from 'node:crypto';
@@ -36,6 +37,8 @@ import type { Store } from './store/index.js';
 import type { Audit } from './audit.js';
 
 export const TESTS_DIR = 'tests';
+/** Who started a test that `medv serve --image-test-on-upload` ran (not a user name: it cannot be one). */
+export const UPLOAD_TESTER = '(upload)';
 const SERIAL_KEEP = 1 << 20;
 
 export interface ImageTestOptions {

@@ -25,7 +25,7 @@ import { clientKeyPair, configPath, openClient, readClientConfig, readCredential
 import { now as clock } from './clock.js';
 import { deployVersion, type DeployResult } from './deploy.js';
 import { forgetGrant, isLocked, isRefusal, isWipe, keepGrant, workspaceKeyDir } from './grant.js';
-import { checkWorkspaceName, instanceName, legacyStore, workspaceStore, workspaceStores } from './identity.js';
+import { checkWorkspaceName, instanceName, legacyStore, workspaceDataDir, workspaceStore, workspaceStores } from './identity.js';
 import { lockWorkspace } from './lock.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
 import { memoryFor, type WorkspaceSettings } from './settings.js';
@@ -159,9 +159,10 @@ async function wipeWorkspace(s: Session, workspace: string, order: MedvError, wa
   const keys = await forgetGrant(s.ctx, s.cfg, workspace);
   let keyFiles = 0;
   let files = 0;
-  // under the workspace's lock (./lock.ts): no start deploys into or boots from what is deleted here;
-  // a VM of it that another start got running meanwhile is stopped first (its disks go next)
-  const unlock = lockWorkspace(s.ctx.root, s.cfg.user, workspace);
+  // under the workspace's lock (./lock.ts) when it was ever started here (no folder is made for a name
+  // the server answered): no start deploys into or boots from what is deleted here; a VM of it that
+  // another start got running meanwhile is stopped first (its disks go next)
+  const unlock = fs.existsSync(workspaceDataDir(s.ctx.root, s.cfg.user, workspace)) ? lockWorkspace(s.ctx.root, s.cfg.user, workspace) : undefined;
   try {
     const vmName = instanceName(s.ctx.root, s.cfg.user, workspace);
     if (runningState(vmName, runRoot)) await stopVm(vmName, { root: runRoot, force: true });
@@ -172,7 +173,7 @@ async function wipeWorkspace(s: Session, workspace: string, order: MedvError, wa
       for (const p of r.skipped) warn(`wipe of workspace ${workspace}: left ${p} (not a file medv writes there)`);
     }
   } finally {
-    unlock();
+    unlock?.();
   }
   s.log.append('warn', 'workspace wiped by the administrator', { workspace, keys: keys.length, keyFiles, files });
   try {

@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { REPO_ROOT, runMedv } from '../../helpers/cli.js';
@@ -117,6 +117,38 @@ describe('console: image test with a live view', function () {
       assert.deepEqual(readdirSync(dir).filter((f) => /host\.key|disk\.|keys|Test/.test(f)), [], 'the restarted server removed what the killed test left');
     } finally {
       await again.stop();
+    }
+  });
+
+  it('with --image-test-on-upload, a version an upload completes is tested at once (by "(upload)"), its screenshot kept', async () => {
+    const root = join(s.work, 'auto-root');
+    mkdirSync(join(root, 'images'), { recursive: true });
+    const srv = await startServe(root, ['--image-test-on-upload', '--image-test-hold', '1s']);
+    try {
+      const token = readFileSync(srv.adminTokenFile, 'utf8').trim();
+      const pub = runMedv(['admin', 'image-keys', 'publish', 'guest', '--keys', s.packed.keys, '--host-key', s.packed.hostKey, '--server', srv.url, '--token-file', srv.adminTokenFile], { MEDV_PASSPHRASE: '' });
+      assert.equal(pub.code, 0, pub.stderr);
+      const none = await api(srv.url, 'GET', '/api/admin/images/test?name=guest&version=1', { token });
+      assert.equal(none.body.test, null, 'nothing is tested before the upload');
+      const files = ['guest_1.ckm', 'guest_1.ckm.index'].map((f) => join(s.w.srv.root, 'images', f));
+      const up = runMedv(['image', 'upload', ...files, '--server', srv.url, '--token-file', srv.adminTokenFile, '--state-dir', join(s.work, 'upload-state')]);
+      assert.equal(up.code, 0, up.stderr);
+      let t;
+      for (;;) {
+        t = (await api(srv.url, 'GET', '/api/admin/images/test?name=guest&version=1', { token })).body.test;
+        if (t && ['done', 'failed'].includes(t.phase)) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.deepEqual([t.phase, t.outcome, t.screenshot, t.by, t.error], ['done', 'ready', true, '(upload)', undefined], JSON.stringify(t));
+      const png = await fetch(`${srv.url}/api/admin/images/test/screenshot?name=guest&version=1`, { headers: { authorization: `Bearer ${token}` } });
+      assert.equal(png.status, 200);
+      const shot = join(s.work, 'upload-test.png');
+      writeFileSync(shot, Buffer.from(await png.arrayBuffer()));
+      assert.ok(litShare(readPng(shot)) > 0.002, 'the kept screenshot shows the guest\'s text');
+      const audit = await api(srv.url, 'GET', '/api/admin/audit?action=image.test', { token });
+      assert.deepEqual(audit.body.entries.map((e: { actor: string; target: string }) => [e.actor, e.target]), [['(upload)', 'guest']]);
+    } finally {
+      await srv.stop();
     }
   });
 });

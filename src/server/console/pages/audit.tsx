@@ -34,7 +34,7 @@ export function AuditRows(p: { rows: AuditRecord[] }): Html[] {
       <td><a href={href('/console/audit', { action: e.action })}>{e.action}</a></td>
       <td>{e.target}</td>
       <td class="mono">{e.address || '–'}</td>
-      <td class="mono">{detailText(e.detail)}</td>
+      <td class="mono detail">{detailText(e.detail)}</td>
     </tr>
   ));
 }

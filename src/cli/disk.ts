@@ -14,7 +14,7 @@ const DISK_ERRORS = [...RAISES.files, ...RAISES.keys, ...RAISES.damaged, ...RAIS
 
 /** `--format raw|vhd|evhd` (like qemu-img -f): the format of the file named, instead of guessing. */
 function formatOption(what = 'the disk'): Option {
-  return new Option('--format <format>', `format of ${what} (default: from the name .evhd/.vhd/.raw/.img, else guessed from the content with a warning)`).choices(['raw', 'vhd', 'evhd']);
+  return new Option('--format <format>', `format of ${what} (default: from the name .evhd/.vhd/.vud/.raw/.img, else guessed from the content with a warning)`).choices(['raw', 'vhd', 'evhd']);
 }
 
 function formatOpts(o: Opts): { format?: DiskFormat; warn: (m: string) => void } {

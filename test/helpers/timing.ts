@@ -1,5 +1,5 @@
 /**
- * A mocha root-hook plugin (.mocharc.json `require`): with MEDV_TEST_TIMES=FILE set, every
+ * A mocha root-hook plugin (`.mocharc.cjs` `require`): with MEDV_TEST_TIMES=FILE set, every
  * top-level `describe` appends one JSON line `{file, suite, ms, tests}` to FILE when it ends, its
  * hooks included (a guest booted in `before` counts). `node scripts/test-times.js FILE` sums them
  * per file and lists the slowest. Without the variable it does nothing. The same in serial and

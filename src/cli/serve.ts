@@ -12,8 +12,8 @@ function parseCount(v: string, what: string, max: number): number {
 }
 
 export function serveCommand(): Command {
-  return raises(new Command('serve'), ['EINVAL_ARG', 'ENOENT', 'EEXIST', 'EREADONLY', 'EUNSAFE', 'EINSECURE', 'EBADKEY', 'EFORMAT', 'ENETWORK'], {
-    EUNSAFE: 'a root that others may write into', EINSECURE: 'a key or token file readable by others', ENETWORK: 'the database cannot be reached',
+  return raises(new Command('serve'), ['EINVAL_ARG', 'ENOENT', 'EEXIST', 'EREADONLY', 'EUNSAFE', 'EINSECURE', 'EBADKEY', 'EFORMAT', 'ENETWORK', 'EBUSY'], {
+    EBUSY: 'the port is in use', EUNSAFE: 'a root that others may write into', EINSECURE: 'a key or token file readable by others', ENETWORK: 'the database cannot be reached',
   })
     .description('serve an image repository over HTTP (packs and indexes with Range requests, uploads with the admin token), and users and policies under /api/')
     .requiredOption('--root <dir>', 'repository folder: images/ is served, .uploads/ holds unfinished uploads (created if missing)')

@@ -206,10 +206,12 @@ export class HttpAgent {
     this.headersTimeoutMs = options.headersTimeoutMs ?? 60_000;
     this.idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
     this.retry = options.retry ?? DEFAULT_RETRY;
-    this.agents = {
-      http: new http.Agent({ keepAlive: true, maxSockets: 8 }),
-      https: new https.Agent({ keepAlive: true, maxSockets: 8, ...(options.ca ? { ca: options.ca } : {}) }),
-    };
+    this.agents = { http: new http.Agent({ keepAlive: true, maxSockets: 8 }), https: this.httpsAgent({ keepAlive: true, maxSockets: 8 }) };
+  }
+
+  /** An HTTPS agent with this client's TLS settings (the pinned CA): the pool's and a fresh connection's alike. */
+  private httpsAgent(o: https.AgentOptions): https.Agent {
+    return new https.Agent({ ...o, ...(this.options.ca ? { ca: this.options.ca } : {}) });
   }
 
   /** Close idle connections (the agent may still be used afterwards). */
@@ -274,7 +276,7 @@ export class HttpAgent {
         if (e) reject(e); else resolve(v!);
       };
       const pooled = https_ ? this.agents.https : this.agents.http;
-      const agent = !fresh ? pooled : https_ ? new https.Agent({ keepAlive: false, ...(this.options.ca ? { ca: this.options.ca } : {}) }) : new http.Agent({ keepAlive: false });
+      const agent = !fresh ? pooled : https_ ? this.httpsAgent({ keepAlive: false }) : new http.Agent({ keepAlive: false });
       const req = (https_ ? https : http).request(url, {
         method: r.method, headers, agent,
         ...(loopbackOnly ? { lookup: loopbackLookup as unknown as typeof dns.lookup } : {}),

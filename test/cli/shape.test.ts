@@ -12,11 +12,6 @@ import { buildProgram } from '../../src/cli/main.js';
 import { EXIT_MEANING, EXIT_STATUS, exitStatuses, leafCommands } from '../../src/cli/common.js';
 import { runMedv, tempDir } from '../helpers/cli.js';
 
-/**
- * Nouns being rewritten as clients of the resident host service (issue 21): they adopt --json on
- * their last leaves there. Every other leaf must have it now; this list only ever shrinks.
- */
-const JSON_PENDING = new Set(['vm serial', 'vm screenshot']);
 
 function helpOf(cmd: Command): string {
   let text = '';
@@ -33,7 +28,7 @@ describe('cli: one shape for every command', function () {
     assert.ok(leaves.length >= 30, `found ${leaves.length} leaves`);
     for (const { path, cmd } of leaves) {
       const name = path.join(' ');
-      if (!JSON_PENDING.has(name)) assert.ok(cmd.options.some((o) => o.long === '--json'), `medv ${name} has no --json`);
+      assert.ok(cmd.options.some((o) => o.long === '--json'), `medv ${name} has no --json`);
       const help = helpOf(cmd);
       const block = help.slice(help.indexOf('\nExit status'));
       assert.ok(help.includes('\nExit status'), `medv ${name} --help has no exit statuses:\n${help}`);

@@ -8,9 +8,13 @@ import { discardVmState, listVms, pauseVm, resumeVm, screenshotVm, serialLogPath
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/config.js';
 import { parseDuration } from '../core/units.js';
+import { readBoundedSync } from '../core/fsio.js';
 import { addKeyOptions, kekFrom, printJson, printResult, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
+
+/** The most serial output `vm serial --json` puts in one JSON value. */
+const SERIAL_JSON_MAX = 16 << 20;
 
 function positiveInt(what: string) {
   return (v: string): number => {
@@ -197,7 +201,9 @@ export function vmCommand(): Command {
       const file = serialLogPath(name);
       if (o.json) {
         if (o.follow) throw new MedvError('EINVAL_ARG', '--follow prints the output as it comes: it does not go with --json');
-        printJson({ name, serial: fs.readFileSync(file, 'utf8') });
+        // The log grows with whatever the guest writes: as JSON it is read whole, so at most SERIAL_JSON_MAX.
+        const bytes = readBoundedSync(file, SERIAL_JSON_MAX, `the serial output of VM ${name} (read it without --json)`);
+        printJson({ name, serial: (bytes ?? Buffer.alloc(0)).toString('utf8') });
         return;
       }
       let pos = 0;

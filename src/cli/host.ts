@@ -2,7 +2,7 @@
 import { Command, Option } from 'commander';
 import { MedvError } from '../core/errors.js';
 import { parseDuration } from '../core/units.js';
-import { addKeyOptions, printJson, type KeyOptions } from './common.js';
+import { addKeyOptions, printJson, raises, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
 
@@ -105,10 +105,9 @@ Examples:
       process.exit(0);
     });
 
-  host.command('status')
+  raises(host.command('status'), ['ENOENT'], { ENOENT: 'no host service runs here' })
     .description('is a host service running here, and what it holds: pid, pool members, key cache, VMs, connections')
     .option('--json', 'print the status as JSON')
-    .addHelpText('after', EXIT)
     .action(async (o: Opts) => {
       const s = await (await api(false)).call<Record<string, any>>('GET', '/v1/host');
       if (o.json) { printJson(s); return; }
@@ -123,22 +122,20 @@ Examples:
       ].join('\n')}\n`);
     });
 
-  host.command('stop')
+  raises(host.command('stop'), ['ENOENT'], { ENOENT: 'no host service runs here' })
     .description('stop the host service (VMs keep running under their supervisors; the next medv vm command starts a new service)')
     .option('--json', 'print {"stopping":true} as JSON')
-    .addHelpText('after', EXIT)
     .action(async (o: Opts) => {
       const r = await (await api(false)).call('POST', '/v1/host/stop');
       if (o.json) printJson(r); else process.stdout.write('host service stopping (VMs keep running)\n');
     });
 
-  addKeyOptions(host.command('unlock'))
+  raises(addKeyOptions(host.command('unlock')), ['ENOKEY', 'EINVAL_ARG'], { ENOKEY: 'no passphrase given' })
     .description('keep the passphrase in the service (secure memory, never written) for a while, so starts and resumes of encrypted VMs need no passphrase and pay Argon2id once')
     .option('--for <duration>', 'how long (default 10m, at most 24h)', '10m')
     .option('--json', 'print {"unlocked":true,"expiresAt":…} as JSON')
     .addHelpText('after', `
-The passphrase comes from --passphrase-file, MEDV_PASSPHRASE, or the terminal (not echoed).
-${EXIT}`)
+The passphrase comes from --passphrase-file, MEDV_PASSPHRASE, or the terminal (not echoed).`)
     .action(async (o: Opts) => {
       const ms = parseDuration(String(o.for), '--for', { max: 24 * 3600_000 });
       const bytes = await passphraseBytes(o);
@@ -150,10 +147,9 @@ ${EXIT}`)
       }
     });
 
-  host.command('lock')
+  raises(host.command('lock'), ['ENOENT'], { ENOENT: 'no host service runs here' })
     .description('drop the cached passphrase and every key derived from it (VMs already running keep theirs)')
     .option('--json', 'print {"unlocked":false} as JSON')
-    .addHelpText('after', EXIT)
     .action(async (o: Opts) => {
       const r = await (await api(false)).call('POST', '/v1/keys/lock');
       if (o.json) printJson(r); else process.stdout.write('host service locked\n');

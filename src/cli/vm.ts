@@ -10,7 +10,7 @@ import { MedvError, isMedvError } from '../core/errors.js';
 import { parseDuration } from '../core/units.js';
 import type { HostApi } from '../host/api.js';
 import type { VmRunState, VmState } from '../host/rundir.js';
-import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
+import { addKeyOptions, kekFrom, printJson, printResult, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
 
@@ -19,14 +19,9 @@ const isTerminal = (s: string) => s === 'stopped' || s === 'suspended' || s === 
 
 /** The host service of this run root (started when none runs). */
 const api = async (): Promise<HostApi> => (await import('../host/api.js')).hostApi({ start: true });
+/** The most serial output `vm serial --json` puts in one JSON value. */
+const SERIAL_JSON_MAX = 16 << 20;
 const vmPath = (name: string, rest = '') => `/v1/vms/${encodeURIComponent(name)}${rest}`;
-
-/** Exit statuses, for every command's --help (src/cli/common.ts EXIT_STATUS). */
-const EXIT = `
-Exit status: 0 done; 1 QEMU or the host service failed; 2 bad option or argument; 3 no such VM or
-file; 4 wrong or missing key, or a file a .vmc may not reach; 5 damaged file; 7 unsupported; 9 the
-VM (or its disk) is busy; 11 a disk belongs to a suspended VM; 15 timed out (vm wait). With --json:
-one JSON object on stdout on success, {"error":{code,message}} on failure.`;
 
 function positiveInt(what: string) {
   return (v: string): number => {
@@ -165,7 +160,7 @@ export function vmCommand(): Command {
     .addOption(new Option('--display <kind>', 'where the screen goes: none; vnc (a VNC server on a unix socket in the run folder, for tools: vm status shows it); vnc-tcp (VNC on 127.0.0.1 with a generated password, for people: vm status shows address and password); window (a GTK window on $DISPLAY; needs qemu-system-gui)').choices(['none', 'vnc', 'vnc-tcp', 'window']).default('none'))
     .addOption(new Option('--accel <accel>', 'accelerator to try first (default: MEDV_ACCEL, else kvm when usable)').choices(['kvm', 'tcg']))
     .option('--json', 'print the VM state as JSON')
-    .addHelpText('after', `\nExamples:\n  medv vm start base.evhd --name test --read-only --json\n  medv vm start work.vhd --memory 512 --network nat\n  medv vm start xp.vmc --display vnc-tcp && medv vm status xp\n  medv vm stop test\n${EXIT}`)
+    .addHelpText('after', `\nExamples:\n  medv vm start base.evhd --name test --read-only --json\n  medv vm start work.vhd --memory 512 --network nat\n  medv vm start xp.vmc --display vnc-tcp && medv vm status xp\n  medv vm stop test`)
     .action(async (disk: string, o: Opts) => {
       if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', '--read-only and --undo exclude each other');
       if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc-tcp on a headless host)');
@@ -186,7 +181,6 @@ export function vmCommand(): Command {
     .option('--timeout <duration>', 'how long to wait before forcing: seconds, or with s, m, h (at most 1h)', (v: string) => parseDuration(v, '--timeout', { max: 3600_000 }), 30_000)
     .option('--force', 'do not ask the guest: quit at once')
     .option('--json', 'print the final VM state as JSON')
-    .addHelpText('after', EXIT)
     .action(async (name: string, o: Opts) => {
       const state = await (await api()).call<VmState>('POST', vmPath(name, '/stop'), { timeoutS: Number(o.timeout) / 1000, force: Boolean(o.force) });
       if (o.json) printJson(state);
@@ -196,7 +190,6 @@ export function vmCommand(): Command {
   vm.command('suspend <name>')
     .description('save the running guest to an encrypted .vsv beside its disk (key in .vsv.enc) and stop it; the next start resumes it')
     .option('--json', 'print the final VM state as JSON')
-    .addHelpText('after', EXIT)
     .action(async (name: string, o: Opts) => {
       const state = await (await api()).call<VmState>('POST', vmPath(name, '/suspend'));
       if (o.json) printJson(state);
@@ -209,7 +202,7 @@ export function vmCommand(): Command {
     .option('--undo', 'the VM ran with --undo: clear the flag of its undo disk')
     .option('--map-drive <letter=folder...>', 'as for vm start, for a .vmc with absolute paths')
     .option('--json', 'print what was removed and cleared as JSON')
-    .addHelpText('after', `\nExamples:\n  medv vm discard-state work.vhd\n  medv vm discard-state xp.vmc --map-drive C=/srv/vms\n${EXIT}`)
+    .addHelpText('after', `\nExamples:\n  medv vm discard-state work.vhd\n  medv vm discard-state xp.vmc --map-drive C=/srv/vms`)
     .action(async (disk: string, o: Opts) => {
       const source = resolve(disk);
       if (!fs.existsSync(source)) throw new MedvError('ENOENT', `no such ${extname(disk).toLowerCase() === '.vmc' ? 'file' : 'disk'}: ${disk}`, { file: disk });
@@ -226,7 +219,7 @@ export function vmCommand(): Command {
     });
 
   for (const [verb, text] of [['pause', 'pause the guest\'s CPUs (memory stays)'], ['resume', 'let a paused guest run again (a suspended VM resumes with vm start)']] as const) {
-    vm.command(`${verb} <name>`).description(text).option('--json', 'print the VM state as JSON').addHelpText('after', EXIT)
+    vm.command(`${verb} <name>`).description(text).option('--json', 'print the VM state as JSON')
       .action(async (name: string, o: Opts) => {
         const state = await (await api()).call<VmState>('POST', vmPath(name, `/${verb}`));
         if (o.json) printJson(state); else process.stdout.write(`VM ${name} ${state.state}\n`);
@@ -236,7 +229,6 @@ export function vmCommand(): Command {
   vm.command('status <name>')
     .description('state, pids, accelerator, disks and display of a VM (a dead supervisor reads as stopped); with --display vnc-tcp, where VNC listens and its password')
     .option('--json', 'print as JSON (schema: README, "medv vm"; docs/host-api.yaml VmState)')
-    .addHelpText('after', EXIT)
     .action(async (name: string, o: Opts) => {
       const s = await (await api()).call<VmState>('GET', vmPath(name));
       if (o.json) printJson(s); else process.stdout.write(render(s));
@@ -245,7 +237,6 @@ export function vmCommand(): Command {
   vm.command('list')
     .description('every VM that has run here, with its state')
     .option('--json', 'print a JSON array of states (VNC passwords left out: vm status shows them)')
-    .addHelpText('after', EXIT)
     .action(async (o: Opts) => {
       const all = await (await api()).call<VmState[]>('GET', '/v1/vms');
       if (o.json) { printJson(all); return; }
@@ -256,9 +247,9 @@ export function vmCommand(): Command {
   vm.command('wait <name>')
     .description('wait until a VM is in one of the states given (at once when it is already)')
     .requiredOption('--state <states>', `comma-separated: ${STATES.join(', ')}`)
-    .option('--timeout <duration>', 'give up after this long (exit 15): seconds, or with s, m, h (default: wait as long as it takes)', (v: string) => parseDuration(v, '--timeout', { max: 366 * 86400_000 }))
+    .option('--timeout <duration>', 'give up after this long (exit 17): seconds, or with s, m, h (default: wait as long as it takes)', (v: string) => parseDuration(v, '--timeout', { max: 366 * 86400_000 }))
     .option('--json', 'print the VM state reached as JSON')
-    .addHelpText('after', `\nExamples:\n  medv vm wait build --state stopped,failed --timeout 10m\n${EXIT}`)
+    .addHelpText('after', `\nExamples:\n  medv vm wait build --state stopped,failed --timeout 10m`)
     .action(async (name: string, o: Opts) => {
       const want = String(o.state).split(',').map((s) => s.trim()).filter(Boolean);
       for (const s of want) if (!STATES.includes(s as VmRunState)) throw new MedvError('EINVAL_ARG', `--state ${JSON.stringify(s)}: one of ${STATES.join(', ')}`);
@@ -289,7 +280,7 @@ export function vmCommand(): Command {
     .option('--since <cursor>', 'replay the events after this cursor first (those the service still holds; a "lost" event says what is gone)')
     .option('--vm <name>', 'only this VM\'s events')
     .option('--json', 'one JSON object per line, as the API sends them')
-    .addHelpText('after', `\nExamples:\n  medv vm events --vm build --json\n  medv vm events --since 4294967312\n${EXIT}`)
+    .addHelpText('after', `\nExamples:\n  medv vm events --vm build --json\n  medv vm events --since 4294967312`)
     .action(async (o: Opts) => {
       const since = o.since === undefined ? undefined : Number(o.since);
       if (since !== undefined && (!Number.isSafeInteger(since) || since < 0)) throw new MedvError('EINVAL_ARG', `--since must be an event cursor, not ${JSON.stringify(o.since)}`);
@@ -304,21 +295,21 @@ export function vmCommand(): Command {
   vm.command('serial <name>')
     .description('what the guest wrote to its first serial port (kept after it stops, until the name starts again)')
     .option('--follow', 'keep printing new lines until the VM stops')
-    .option('--json', 'print {"name":…,"text":…} (the output decoded as UTF-8); with --follow, that on one line, then one {"line":…} per new line')
-    .addHelpText('after', EXIT)
+    .option('--json', 'print {"name","serial"} (the output as text) instead of the raw bytes; not with --follow')
     .action(async (name: string, o: Opts) => {
+      if (o.json && o.follow) throw new MedvError('EINVAL_ARG', '--follow prints the output as it comes: it does not go with --json');
       const host = await api();
-      // --follow --json: JSON lines (the output so far on one line, then a line per new line).
       const sofar = (b: Buffer) => {
-        if (!o.json) process.stdout.write(b);
-        else if (o.follow) process.stdout.write(`${JSON.stringify({ name, text: b.toString('utf8') })}\n`);
-        else printJson({ name, text: b.toString('utf8') });
+        if (!o.json) { process.stdout.write(b); return; }
+        // The log grows with whatever the guest writes: as one JSON value, at most SERIAL_JSON_MAX.
+        if (b.length > SERIAL_JSON_MAX) throw new MedvError('ETOOLARGE', `the serial output of VM ${name} is over ${SERIAL_JSON_MAX >> 20} MiB (read it without --json)`);
+        printJson({ name, serial: b.toString('utf8') });
       };
       if (!o.follow) { sofar(await host.bytes('GET', vmPath(name, '/serial'))); return; }
       // Subscribed first, then the log so far; lines that came as events before it arrived are in it.
       let caughtUp = false;
       await followEvents(host, { vm: name }, (e) => {
-        if (e.type === 'serial' && e.line !== undefined && caughtUp) process.stdout.write(o.json ? `${JSON.stringify({ line: e.line })}\n` : `${e.line}\n`);
+        if (e.type === 'serial' && e.line !== undefined && caughtUp) process.stdout.write(`${e.line}\n`);
         if (e.type === 'state' && isTerminal(e.state)) return true;
       }, () => {
         void host.bytes('GET', vmPath(name, '/serial')).then((b) => { sofar(b); caughtUp = true; }, () => { caughtUp = true; });
@@ -328,20 +319,18 @@ export function vmCommand(): Command {
 
   vm.command('screenshot <name> <file>')
     .description('save the guest\'s screen as a PNG (QMP screendump)')
-    .option('--json', 'print {"file":…} as JSON')
-    .addHelpText('after', EXIT)
+    .option('--json', 'print {"name","file","bytes"}')
     .action(async (name: string, file: string, o: Opts) => {
       const png = await (await api()).bytes('GET', vmPath(name, '/screenshot'));
       const out = resolve(file);
       const { writeFileAtomic } = await import('../core/fsio.js');
       await writeFileAtomic(out, png, { mode: 0o644 });
-      if (o.json) printJson({ file: out, bytes: png.length });
+      printResult(o.json, { name, file: out, bytes: png.length }, `saved the screen of VM ${name} to ${out}`);
     });
 
   vm.command('delete <name>')
     .description('forget a VM that does not run: remove its run folder (state, serial and supervisor logs); its disks and saved state are not touched')
     .option('--json', 'print {"removed":NAME} as JSON')
-    .addHelpText('after', EXIT)
     .action(async (name: string, o: Opts) => {
       const r = await (await api()).call('DELETE', vmPath(name));
       if (o.json) printJson(r); else process.stdout.write(`VM ${name} forgotten\n`);

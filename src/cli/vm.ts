@@ -319,13 +319,13 @@ export function vmCommand(): Command {
 
   vm.command('screenshot <name> <file>')
     .description('save the guest\'s screen as a PNG (QMP screendump)')
-    .option('--json', 'print {"name","file","bytes"}')
+    .option('--json', 'print {"name","file"}')
     .action(async (name: string, file: string, o: Opts) => {
       const png = await (await api()).bytes('GET', vmPath(name, '/screenshot'));
       const out = resolve(file);
       const { writeFileAtomic } = await import('../core/fsio.js');
       await writeFileAtomic(out, png, { mode: 0o644 });
-      printResult(o.json, { name, file: out, bytes: png.length }, `saved the screen of VM ${name} to ${out}`);
+      printResult(o.json, { name, file: out }, `saved the screen of VM ${name} to ${out}`);
     });
 
   vm.command('delete <name>')

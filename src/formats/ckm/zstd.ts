@@ -35,6 +35,11 @@ export function zstdCompress(src: Buffer, level = ZSTD_LEVEL, dict?: Buffer): Bu
   return dst.subarray(0, n);
 }
 
+/** One zstd frame of `src` written into `dst` (room for compressBound(src.length)); returns its length. */
+export function compressInto(dst: Uint8Array, src: Buffer, level = ZSTD_LEVEL): number {
+  return c().compress(dst, src, level);
+}
+
 /**
  * Decompress `src` (one or more frames) into at most `max` bytes. Returns the bytes, or throws
  * MedvError(`code`) naming `what` when the input is not valid zstd or would exceed `max`.

@@ -344,7 +344,7 @@ async function mkdir700(dir: string): Promise<void> {
 /** Write `make(tmp)` under a temporary name in `dir`, then rename it over `name` and fsync the folder. */
 async function replaceAtomically(dir: string, name: string, make: (tmp: string) => Promise<void>): Promise<void> {
   const path = join(dir, name);
-  const tmp = tempNameFor(path, process.pid, randomBytes(6).toString('hex'));
+  const tmp = tempNameFor(path, randomBytes(6).toString('hex'));
   try {
     await make(tmp);
     await fs.promises.rename(tmp, path);

@@ -1,14 +1,42 @@
 /**
- * Atomic outputs: new files are written under temporary names in their final folder and
- * published by hard link (which never overwrites) once complete, so a killed command leaves no
- * file under a final name, and a re-run cleans up what the killed run left.
+ * The one file-I/O module: every file medv writes, every folder it creates and every small or
+ * secret file it reads goes through here. Nothing else renames or links files (scripts/check-layers.js
+ * checks that).
  *
- * A temporary name is `.<final name>.medv-tmp-<pid>-<token>`: the pid of the process writing it
- * and a random token shared by every file of one run (an .evhd and its .enc are one run).
+ *   writeFileAtomic[Sync]   replace a file: temporary (O_CREAT|O_EXCL|O_NOFOLLOW, mode set at
+ *                           creation whatever the umask), write, fsync, rename over the final
+ *                           name, fsync the folder. Readers see the old or the new bytes, never a mix.
+ *   createFileAtomic[Sync]  a new file that never replaces another: as above, but published by
+ *                           hard link (EEXIST when the name exists). Host key, admin token, server key.
+ *   linkNew                 a complete file (an upload) published under a new name in another
+ *                           folder, never over another (hard link; a copy across file systems).
+ *   openAtomicSync          the streaming form of writeFileAtomicSync (saved states).
+ *   beginStaging            several new files published together, in order (an .evhd and its .enc).
+ *   readBoundedSync         a file that may be hostile: O_NOFOLLOW|O_NONBLOCK, checked on the fd
+ *                           (a regular file), never more than its bound read.
+ *   readSecretSync          as readBoundedSync, and the file must be ours with no group or other
+ *                           access (as ssh refuses such a private key); optionally straight into
+ *                           secure memory, so key bytes never become a JavaScript string.
+ *   ensureDir / checkDir    a folder created with a mode (exact, whatever the umask) and checked on
+ *                           its fd: not a symlink, ours, no forbidden mode bits (private: 0700).
+ *   fsyncDir[Sync]          make a folder's entries durable.
+ *   renameSync / rename     moving a name that is not a file's content being published (log
+ *                           rotation, a socket node): kept here so renames stay in one place.
+ *   processStartTime / processAlive   a process identity that survives pid reuse.
+ *
+ * Temporary names. One shape for every temporary this module makes:
+ *
+ *     .<final name>.medv-tmp-<pid>-<start>-<token>
+ *
+ * the pid of the writing process, its start time (clock ticks since boot, /proc/<pid>/stat field
+ * 22) and a random token shared by every file of one run (an .evhd and its .enc are one run).
+ * A pid alone is not an identity (pids are reused): with the start time, a temporary of a dead
+ * run is recognised even when its pid now belongs to another process, and a live run's
+ * temporaries are never taken for leftovers. (Names without `-<start>` were written by older
+ * versions; for them only the pid is checked, so a reused pid only keeps them longer.)
  * A temporary counts as a leftover only when its name has this shape, it is a regular file owned
- * by us, and its pid is dead (`isLeftover`, the one place that decides; it can switch to a flock
- * held on the temporary once the addon has one). A pid reused by another process only makes us
- * keep a leftover longer, never delete a live file.
+ * by us, and its process is gone (`isLeftover`, the one place that decides). Every writer here
+ * removes the leftovers for the names it writes before it writes (`removeLeftovers`).
  *
  * Publish order (`Staging.publish`), relied on by `removeLeftovers`:
  *   1. fsync every temporary;
@@ -18,39 +46,59 @@
  *   4. unlink the temporary names, fsync the folder.
  * Until step 4 a published final name and its temporary are the same inode, which proves that
  * file was made by a run of this tool. A later run that stages one of the same final names looks
- * at every temporary of that dead run (same pid and token): if all, or none, of them are published, it removes the temporary
+ * at every temporary of that dead run (same process and token): if all, or none, of them are published, it removes the temporary
  * names only (the outputs are complete, or were never published); if some are published and some
  * not (killed inside step 2), the pair is half-published, and it removes the published final names
  * that are the same inode as a temporary, then the temporaries. Nothing else is ever deleted.
+ * A write-then-rename temporary is never the same inode as its final name (rename moves the
+ * name), so a leftover of one is always "never published": only its temporary name goes.
  *
- * Limits: hard links are required (every local Linux file system has them); a pid is only
- * meaningful on this host, so a folder shared between hosts may keep a dead host's temporaries
- * until removed by hand (never the reverse); a final name within ~30 bytes of NAME_MAX gives
- * ENAMETOOLONG for its temporary.
+ * Limits: hard links are required (every local Linux file system has them); a process identity
+ * is only meaningful on this host, so a folder shared between hosts may keep a dead host's
+ * temporaries until removed by hand (never the reverse); a final name within ~40 bytes of NAME_MAX
+ * gives ENAMETOOLONG for its temporary.
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, resolve } from 'node:path';
-import { MedvError, fromSystemError } from './errors.js';
+import { MedvError, fromSystemError, type ErrorCode } from './errors.js';
 
-const TEMP_RE = /^\.(.+)\.medv-tmp-(\d+)-([0-9a-f]{12})$/;
+// --- processes
 
-/** The temporary name for `final` in a run (same folder). */
-export function tempNameFor(final: string, pid: number, token: string): string {
-  return join(dirname(final), `.${basename(final)}.medv-tmp-${pid}-${token}`);
+/** A process, as far as this host can tell it from another: pid and start time. */
+export interface ProcessIdentity {
+  pid: number;
+  /** Clock ticks since boot (/proc/<pid>/stat field 22); undefined when unknown. */
+  start?: number;
 }
 
-/** Parse a folder entry as one of our temporaries. */
-export function parseTempName(name: string): { final: string; pid: number; token: string } | undefined {
-  const m = TEMP_RE.exec(name);
-  if (!m) return undefined;
-  const pid = Number(m[2]);
+/** Start time of a process (field 22 of /proc/<pid>/stat), or undefined when it does not exist (or is a zombie). */
+export function processStartTime(pid: number): number | undefined {
   if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
-  return { final: m[1], pid, token: m[3] };
+  let stat: string;
+  try { stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1'); } catch { return undefined; }
+  // The command name (field 2) is in parentheses and may contain spaces: split after the last ')'.
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  if (rest[0] === 'Z' || rest[0] === 'X') return undefined; // a zombie is dead for our purpose
+  const start = Number(rest[19]);
+  return Number.isSafeInteger(start) ? start : undefined;
 }
 
-/** Is the process alive? (ESRCH: dead; EPERM: alive, someone else's.) */
-export function pidAlive(pid: number): boolean {
+let self: ProcessIdentity | undefined;
+/** This process's identity. */
+export function thisProcess(): ProcessIdentity {
+  if (!self || self.pid !== process.pid) self = { pid: process.pid, start: processStartTime(process.pid) };
+  return self;
+}
+
+/**
+ * Is this process alive? With a start time: alive only while the pid runs with that start time
+ * (a reused pid is not the same process). Without one: the pid exists (ESRCH: dead; EPERM: alive,
+ * someone else's).
+ */
+export function processAlive(pid: number, start?: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  if (start !== undefined) return processStartTime(pid) === start;
   if (pid === process.pid) return true;
   try {
     process.kill(pid, 0);
@@ -60,11 +108,38 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
+// --- temporary names
+
+const TEMP_RE = /^\.(.+)\.medv-tmp-(\d+)(?:-(\d+))?-([0-9a-f]{12})$/;
+
+/** A new random run token (12 hex digits). */
+export function newToken(): string {
+  return randomBytes(6).toString('hex');
+}
+
+/** The temporary name for `final` written by `proc` in run `token` (same folder). */
+export function tempNameFor(final: string, token: string, proc: ProcessIdentity = thisProcess()): string {
+  const who = proc.start === undefined ? `${proc.pid}` : `${proc.pid}-${proc.start}`;
+  return join(dirname(final), `.${basename(final)}.medv-tmp-${who}-${token}`);
+}
+
+/** Parse a folder entry as one of our temporaries. */
+export function parseTempName(name: string): { final: string; pid: number; start?: number; token: string } | undefined {
+  const m = TEMP_RE.exec(name);
+  if (!m) return undefined;
+  const pid = Number(m[2]);
+  if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
+  if (m[3] === undefined) return { final: m[1], pid, token: m[4] };
+  const start = Number(m[3]);
+  if (!Number.isSafeInteger(start)) return undefined;
+  return { final: m[1], pid, start, token: m[4] };
+}
+
 /** The one rule for "this temporary was left by a dead run of this tool". */
-function isLeftover(st: fs.Stats, pid: number): boolean {
+function isLeftover(st: fs.Stats, pid: number, start: number | undefined): boolean {
   if (!st.isFile()) return false;
-  if (typeof process.getuid === 'function' && st.uid !== process.getuid()) return false;
-  return !pidAlive(pid);
+  if (st.uid !== myUid()) return false;
+  return !processAlive(pid, start);
 }
 
 function lstatOrUndefined(p: string): fs.Stats | undefined {
@@ -89,21 +164,20 @@ export function removeLeftovers(finals: string[]): string[] {
   const wanted = new Set(finals.map((f) => basename(f)));
   let names: string[];
   try { names = fs.readdirSync(dir); } catch { return []; }
-  const runs = new Map<string, Array<{ temp: string; final: string }>>();
+  const runs = new Map<string, { pid: number; start?: number; members: Array<{ temp: string; final: string }> }>();
   for (const name of names) {
     const t = parseTempName(name);
     if (!t) continue;
-    const key = `${t.pid}-${t.token}`;
-    const list = runs.get(key) ?? [];
-    list.push({ temp: join(dir, name), final: join(dir, t.final) });
-    runs.set(key, list);
+    const key = `${t.pid}-${t.start ?? ''}-${t.token}`;
+    const run = runs.get(key) ?? { pid: t.pid, start: t.start, members: [] };
+    run.members.push({ temp: join(dir, name), final: join(dir, t.final) });
+    runs.set(key, run);
   }
   const removed: string[] = [];
-  for (const [key, members] of runs) {
+  for (const { pid, start, members } of runs.values()) {
     if (!members.some((m) => wanted.has(basename(m.final)))) continue;
-    const pid = Number(key.split('-')[0]);
     const states = members.map((m) => ({ ...m, tst: lstatOrUndefined(m.temp) }));
-    if (states.some((s) => !s.tst || !isLeftover(s.tst, pid))) continue;
+    if (states.some((s) => !s.tst || !isLeftover(s.tst, pid, start))) continue;
     const published = states.map((s) => sameFile(s.tst, lstatOrUndefined(s.final)));
     const half = published.some((p) => p) && published.some((p) => !p);
     if (half) {
@@ -116,6 +190,198 @@ export function removeLeftovers(finals: string[]): string[] {
   }
   if (removed.length) fsyncDirSync(dir);
   return removed;
+}
+
+// --- writing
+
+const O_NEW = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
+
+export interface WriteOptions {
+  /** Mode of the new file, set exactly (not reduced by the umask). Default 0600. */
+  mode?: number;
+}
+
+/** Create `path` (O_EXCL, no symlink followed) with exactly `mode`; returns the fd. */
+function createSync(path: string, mode: number): number {
+  const fd = fs.openSync(path, O_NEW, mode);
+  try {
+    fs.fchmodSync(fd, mode);
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+  return fd;
+}
+
+function writeAllSync(fd: number, bytes: Uint8Array): void {
+  let done = 0;
+  while (done < bytes.length) done += fs.writeSync(fd, bytes, done, bytes.length - done, done);
+}
+
+const toBytes = (data: Uint8Array | string): Uint8Array => (typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
+
+/** A new file under a temporary name, written and fsynced by the caller, then committed. */
+export interface AtomicFile {
+  readonly final: string;
+  /** The temporary path (mode set, O_EXCL). */
+  readonly temp: string;
+  /** The open fd of the temporary (write to it; do not close it). */
+  readonly fd: number;
+  /** fsync, close, rename over `final`, fsync the folder. */
+  commit(): void;
+  /** fsync, close, link to `final` (EEXIST when it exists: nothing replaced), fsync the folder. */
+  commitNew(): void;
+  /** Close and remove the temporary. Idempotent; a no-op after commit. */
+  abort(): void;
+}
+
+/**
+ * Open a temporary beside `final` for a write-then-rename (or write-then-link) of content the
+ * caller streams into `fd`. Cleans up dead runs' leftovers for `final` first.
+ */
+export function openAtomicSync(final: string, opts: WriteOptions = {}): AtomicFile {
+  const mode = opts.mode ?? 0o600;
+  removeLeftovers([final]);
+  const temp = tempNameFor(final, newToken());
+  let fd: number;
+  try { fd = createSync(temp, mode); } catch (e) { throw fromSystemError(e, final); }
+  let open = true;
+  let done = false;
+  const close = () => { if (open) { open = false; fs.closeSync(fd); } };
+  const finish = (publish: () => void) => {
+    if (done) throw new MedvError('EINTERNAL', `already committed: ${final}`, { file: final });
+    try {
+      fs.fsyncSync(fd);
+      close();
+      publish();
+    } catch (e) {
+      abort();
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new MedvError('EEXIST', `file exists: ${final}`, { file: final }, { cause: e });
+      throw fromSystemError(e, final);
+    }
+    done = true;
+    fsyncDirSync(dirname(final));
+  };
+  const abort = () => {
+    if (done) return;
+    try { close(); } catch { /* already closed */ }
+    try { unlinkQuiet(temp); } catch { /* a leftover the next run removes */ }
+  };
+  return {
+    final,
+    temp,
+    fd,
+    commit: () => finish(() => fs.renameSync(temp, final)),
+    commitNew: () => finish(() => {
+      fs.linkSync(temp, final);
+      try { fs.unlinkSync(temp); } catch { /* published: only the temporary name is left, for the next run */ }
+    }),
+    abort,
+  };
+}
+
+/** Replace `final` with `data` atomically: temporary (mode set), fsync, rename, fsync folder. */
+export function writeFileAtomicSync(final: string, data: Uint8Array | string, opts: WriteOptions = {}): void {
+  const f = openAtomicSync(final, opts);
+  try {
+    writeAllSync(f.fd, toBytes(data));
+  } catch (e) {
+    f.abort();
+    throw fromSystemError(e, final);
+  }
+  f.commit();
+}
+
+/**
+ * Write a new file `final` with `data`, never over an existing one (EEXIST, nothing changed):
+ * temporary (mode set), fsync, link, fsync folder. Secrets (host key, tokens) are written this way.
+ */
+export function createFileAtomicSync(final: string, data: Uint8Array | string, opts: WriteOptions = {}): void {
+  const f = openAtomicSync(final, opts);
+  try {
+    writeAllSync(f.fd, toBytes(data));
+  } catch (e) {
+    f.abort();
+    throw fromSystemError(e, final);
+  }
+  f.commitNew();
+}
+
+/** As writeFileAtomicSync, with the writes and fsyncs on the thread pool. */
+export async function writeFileAtomic(final: string, data: Uint8Array | string, opts: WriteOptions = {}): Promise<void> {
+  await atomicAsync(final, toBytes(data), opts.mode ?? 0o600, false);
+}
+
+/** As createFileAtomicSync, with the writes and fsyncs on the thread pool. */
+export async function createFileAtomic(final: string, data: Uint8Array | string, opts: WriteOptions = {}): Promise<void> {
+  await atomicAsync(final, toBytes(data), opts.mode ?? 0o600, true);
+}
+
+async function atomicAsync(final: string, bytes: Uint8Array, mode: number, exclusive: boolean): Promise<void> {
+  removeLeftovers([final]);
+  const temp = tempNameFor(final, newToken());
+  let fh: fs.promises.FileHandle | undefined;
+  try {
+    fh = await fs.promises.open(temp, O_NEW, mode);
+    await fh.chmod(mode);
+    await fh.writeFile(bytes);
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    if (exclusive) {
+      await fs.promises.link(temp, final);
+      await fs.promises.unlink(temp).catch(() => undefined);
+    } else {
+      await fs.promises.rename(temp, final);
+    }
+  } catch (e) {
+    if (fh) await fh.close().catch(() => undefined);
+    await fs.promises.unlink(temp).catch(() => undefined);
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST' && exclusive) throw new MedvError('EEXIST', `file exists: ${final}`, { file: final }, { cause: e });
+    throw fromSystemError(e, final);
+  }
+  await fsyncDir(dirname(final));
+}
+
+/**
+ * Publish the complete file `src` also under the new name `dst` (another folder of this host),
+ * never over an existing file: fsync `src`, hard-link, fsync `dst`'s folder. On another file
+ * system (EXDEV) `src` is copied to a temporary beside `dst` (mode `opts.mode`, else src's),
+ * fsynced and linked. EEXIST (a MedvError) when `dst` exists: nothing is replaced.
+ */
+export async function linkNew(src: string, dst: string, opts: WriteOptions = {}): Promise<void> {
+  try {
+    await fsyncFile(src);
+    try {
+      await fs.promises.link(src, dst);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+      removeLeftovers([dst]);
+      const temp = tempNameFor(dst, newToken());
+      try {
+        await fs.promises.copyFile(src, temp, fs.constants.COPYFILE_EXCL);
+        if (opts.mode !== undefined) await fs.promises.chmod(temp, opts.mode);
+        await fsyncFile(temp);
+        await fs.promises.link(temp, dst);
+      } finally {
+        await fs.promises.rm(temp, { force: true });
+      }
+    }
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new MedvError('EEXIST', `file exists: ${dst}`, { file: dst }, { cause: e });
+    throw fromSystemError(e, dst);
+  }
+  await fsyncDir(dirname(dst));
+}
+
+/** Rename `from` to `to` (same file system), typed errors. For names that are not published content: log rotation, socket nodes. */
+export function renameSync(from: string, to: string): void {
+  try { fs.renameSync(from, to); } catch (e) { throw fromSystemError(e, to); }
+}
+
+/** As renameSync, on the thread pool. */
+export async function rename(from: string, to: string): Promise<void> {
+  try { await fs.promises.rename(from, to); } catch (e) { throw fromSystemError(e, to); }
 }
 
 /** A set of new files (one folder) written under temporary names, published together. */
@@ -141,8 +407,8 @@ export function beginStaging(finals: string[], describe: (final: string) => stri
   }
   removeLeftovers(finals);
   for (const f of finals) if (lstatOrUndefined(f)) throw new MedvError('EEXIST', describe(f), { file: f });
-  const token = randomBytes(6).toString('hex');
-  const temps = new Map(finals.map((f) => [f, tempNameFor(f, process.pid, token)]));
+  const token = newToken();
+  const temps = new Map(finals.map((f) => [f, tempNameFor(f, token)]));
   const linked: string[] = [];
   let published = false;
 
@@ -191,7 +457,7 @@ export function beginStaging(finals: string[], describe: (final: string) => stri
 async function fsyncFile(path: string): Promise<void> {
   let fh: fs.promises.FileHandle | undefined;
   try {
-    fh = await fs.promises.open(path, fs.constants.O_RDONLY);
+    fh = await fs.promises.open(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     await fh.sync();
   } catch (e) {
     throw fromSystemError(e, path);
@@ -204,7 +470,7 @@ async function fsyncFile(path: string): Promise<void> {
 export async function fsyncDir(dir: string): Promise<void> {
   let fh: fs.promises.FileHandle | undefined;
   try {
-    fh = await fs.promises.open(dir, fs.constants.O_RDONLY);
+    fh = await fs.promises.open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
     await fh.sync();
   } catch {
     // EINVAL on some file systems
@@ -217,11 +483,218 @@ export async function fsyncDir(dir: string): Promise<void> {
 export function fsyncDirSync(dir: string): void {
   let fd: number | undefined;
   try {
-    fd = fs.openSync(dir, fs.constants.O_RDONLY);
+    fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
     fs.fsyncSync(fd);
   } catch {
     // as fsyncDir
   } finally {
     if (fd !== undefined) fs.closeSync(fd);
   }
+}
+
+// --- reading
+
+const O_READ = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
+
+const myUid = (): number => process.getuid?.() ?? 0;
+/** `0600`-style text of a file mode, for messages. */
+export const modeString = (mode: number): string => `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
+
+/** Open for reading without following a symlink or blocking on a FIFO; ELOOP becomes EUNSAFE. */
+function openForRead(path: string, what: string, symlinkCode: ErrorCode): number {
+  try {
+    return fs.openSync(path, O_READ);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw new MedvError(symlinkCode, `${what} is a symbolic link; not followed (give the real file)`, { file: path });
+    throw fromSystemError(e, path);
+  }
+}
+
+/** Read up to `buf.length` bytes from offset 0. */
+function readAllSync(fd: number, buf: Buffer): number {
+  let done = 0;
+  while (done < buf.length) {
+    const n = fs.readSync(fd, buf, done, buf.length - done, done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
+/**
+ * The bytes of regular file `path`, or undefined when it does not exist. A symlink, a folder, a
+ * device or FIFO is EUNSAFE; a file larger than `max` bytes is ETOOLARGE (nothing past max+1 is read).
+ */
+export function readBoundedSync(path: string, max: number, what = 'file'): Buffer | undefined {
+  let fd: number;
+  try {
+    fd = openForRead(path, what, 'EUNSAFE');
+  } catch (e) {
+    if (e instanceof MedvError && e.code === 'ENOENT') return undefined;
+    throw e;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new MedvError('EUNSAFE', `${what} is not a regular file`, { file: path });
+    if (st.size > max) throw new MedvError('ETOOLARGE', `${what} is ${st.size} bytes, more than the ${max} allowed`, { file: path });
+    const buf = Buffer.alloc(Math.min(st.size, max) + 1);
+    const done = readAllSync(fd, buf);
+    if (done > max) throw new MedvError('ETOOLARGE', `${what} grew past the ${max} bytes allowed`, { file: path });
+    return buf.subarray(0, done);
+  } catch (e) {
+    throw fromSystemError(e, path);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export interface SecretReadOptions {
+  /** What the file is, for messages ("host key file"). */
+  what: string;
+  /** Exactly this many bytes (EFORMAT otherwise), read into `into` when given. */
+  size?: number;
+  /** At most this many bytes (EFORMAT beyond); default 64 KiB. Ignored with `size`. */
+  max?: number;
+  /** Read into this buffer (secure memory), which must be `size` bytes long. */
+  into?: Buffer;
+  /**
+   * A file that is not ours or that group or others may access is refused (EINSECURE) unless
+   * `warn` is given: then it is read and `warn` gets one line (passphrase files).
+   */
+  warn?: (line: string) => void;
+}
+
+/**
+ * Read a secret file: opened once without following a symlink or blocking on a FIFO, checked on
+ * the fd (a regular file, owned by us, no group or other access), bounded. Returns `into` (or a
+ * new buffer the caller wipes). A missing file is ENOENT.
+ */
+export function readSecretSync(path: string, opts: SecretReadOptions): Buffer {
+  const { what } = opts;
+  const fd = openForRead(path, what, 'EINSECURE');
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new MedvError('EINVAL_ARG', `${what} is not a regular file`, { file: path });
+    const max = opts.max ?? 64 * 1024;
+    if (opts.size !== undefined && st.size !== opts.size) throw new MedvError('EFORMAT', `${what} is ${st.size} bytes, expected ${opts.size}`, { file: path, offset: 0 });
+    if (opts.size === undefined && st.size > max) throw new MedvError('EFORMAT', `${what} is larger than ${max} bytes`, { file: path });
+    const problem = st.uid !== myUid()
+      ? `${what} belongs to uid ${st.uid}, not to us (${myUid()})`
+      : (st.mode & 0o077) !== 0
+        ? `${what} permissions ${(st.mode & 0o777).toString(8)} are too open: it must not be accessible by group or others (chmod 600 ${path})`
+        : undefined;
+    if (problem !== undefined) {
+      if (!opts.warn) throw new MedvError('EINSECURE', problem, { file: path });
+      opts.warn(`medv: warning: ${problem}`);
+    }
+    if (opts.size !== undefined) {
+      const buf = opts.into ?? Buffer.alloc(opts.size);
+      if (buf.length !== opts.size) throw new MedvError('EINTERNAL', `${what}: buffer of ${buf.length} bytes for ${opts.size}`);
+      const n = readAllSync(fd, buf);
+      if (n !== opts.size) throw new MedvError('ETRUNCATED', `${what} shrank while being read`, { file: path, offset: n });
+      return buf;
+    }
+    const buf = Buffer.alloc(st.size);
+    const n = readAllSync(fd, buf);
+    return buf.subarray(0, n);
+  } catch (e) {
+    throw fromSystemError(e, path);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+// --- folders
+
+export interface DirOptions {
+  /** Mode of a folder this call creates, set exactly (not reduced by the umask). Default 0700. */
+  mode?: number;
+  /** Create missing parents too (with `mode`; they are not checked: they are above what we guard). */
+  parents?: boolean;
+  /**
+   * Mode bits the folder must not have: default 0o077 (private: nobody else may enter). 0o022
+   * for "nobody else may write" (a client root an administrator made 0755).
+   */
+  forbid?: number;
+}
+
+/**
+ * Check that `path` is a real folder (not a symlink: checked on the fd opened with O_NOFOLLOW),
+ * ours, without the `forbid` mode bits. EUNSAFE naming the folder; ENOENT when missing.
+ */
+export function checkDir(path: string, forbid = 0o077): void {
+  closeDir(openDirChecked(path, forbid), path);
+}
+
+function closeDir(fd: number, path: string): void {
+  try { fs.closeSync(fd); } catch (e) { throw fromSystemError(e, path); }
+}
+
+function openDirChecked(path: string, forbid: number, fix?: number): number {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new MedvError('ENOENT', `no such folder: ${path}`, { file: path });
+    if (code === 'ELOOP') throw new MedvError('EUNSAFE', `${path} is a symlink; medv does not follow symlinks to its folders`, { file: path });
+    if (code === 'ENOTDIR') {
+      // O_DIRECTORY wins over O_NOFOLLOW: a symlink (to anything) also gives ENOTDIR.
+      const link = lstatOrUndefined(path)?.isSymbolicLink();
+      throw new MedvError('EUNSAFE', link ? `${path} is a symlink; medv does not follow symlinks to its folders` : `${path} is not a folder`, { file: path });
+    }
+    throw new MedvError('EIO', `cannot open ${path}: ${(e as Error).message}`, { file: path });
+  }
+  try {
+    let st = fs.fstatSync(fd);
+    if (!st.isDirectory()) throw new MedvError('EUNSAFE', `${path} is not a folder`, { file: path });
+    if (st.uid !== myUid()) throw new MedvError('EUNSAFE', `${path} belongs to uid ${st.uid}, not to us (${myUid()})`, { file: path });
+    if (fix !== undefined && (st.mode & 0o7777) !== fix) {
+      fs.fchmodSync(fd, fix);
+      st = fs.fstatSync(fd);
+    }
+    if (st.mode & forbid) {
+      const how = (forbid & 0o044) ? 'is accessible to' : 'can be written by';
+      throw new MedvError('EUNSAFE', `${path} ${how} group or others (mode ${modeString(st.mode)}); chmod 700 it`, { file: path });
+    }
+    return fd;
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+}
+
+/**
+ * Create `path` with `mode` when missing (exactly that mode), then check it as checkDir does (a
+ * folder that exists is refused, never "fixed"). Returns `path`.
+ */
+export function ensureDir(path: string, opts: DirOptions = {}): string {
+  const mode = opts.mode ?? 0o700;
+  const forbid = opts.forbid ?? 0o077;
+  let created = false;
+  try {
+    fs.mkdirSync(path, { mode });
+    created = true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && opts.parents) {
+      try {
+        fs.mkdirSync(dirname(resolve(path)), { mode, recursive: true });
+        fs.mkdirSync(path, { mode });
+        created = true;
+      } catch (e2) {
+        if ((e2 as NodeJS.ErrnoException).code !== 'EEXIST') throw new MedvError('EIO', `cannot create ${path}: ${(e2 as Error).message}`, { file: path });
+      }
+    } else if (code !== 'EEXIST') {
+      throw new MedvError(code === 'ENOENT' ? 'ENOENT' : 'EIO', `cannot create ${path}: ${(e as Error).message}`, { file: path });
+    }
+  }
+  // A folder we just made gets its mode whatever the umask (on the fd: no symlink is followed).
+  closeDir(openDirChecked(path, forbid, created ? mode : undefined), path);
+  return path;
+}
+
+/** As ensureDir, for a private folder (0700, nothing for group or others). */
+export function ensurePrivateDir(path: string, parents = false): string {
+  return ensureDir(path, { mode: 0o700, forbid: 0o077, parents });
 }

@@ -4,13 +4,10 @@
  *  - host key: a 32-byte random file (mode 0600) in the client data repository.
  * (The server key service of DESIGN.md wraps with a host-style 32-byte key and is built elsewhere.)
  */
-import * as fs from 'node:fs';
-import { promisify } from 'node:util';
-import { MedvError, fromSystemError } from '../core/errors.js';
+import { MedvError } from '../core/errors.js';
+import { createFileAtomic, readSecretSync } from '../core/fsio.js';
 import { secureAlloc, secureFree } from './secure.js';
 import { sodium } from './sodium.js';
-
-import { modeString, type KekSource } from './kekenv.js';
 
 export { type KekSource, kekFromEnvironment } from './kekenv.js';
 
@@ -18,48 +15,33 @@ export const HOST_KEY_BYTES = 32;
 export const HOST_KEY_ID_BYTES = 16;
 const HOST_KEY_ID_CONTEXT = Buffer.from('medv host key id v1', 'latin1');
 
-/** Create a new host key: 32 random bytes, mode 0600, fsynced. Refuses to overwrite (EEXIST). */
+/**
+ * Create a new host key: 32 random bytes written under a temporary name with mode 0600 (whatever
+ * the umask), fsynced, then linked to `path`: never over an existing file (EEXIST), never seen
+ * half-written under its name (src/core/fsio.ts createFileAtomic).
+ */
 export async function createHostKey(path: string): Promise<void> {
   const key = secureAlloc(HOST_KEY_BYTES);
-  let fh: fs.promises.FileHandle | undefined;
   try {
     sodium.randombytes_buf(key);
-    fh = await fs.promises.open(path, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-    await fh.chmod(0o600); // regardless of umask
-    await fh.write(key, 0, key.length, 0);
-    await fh.sync();
-  } catch (e) {
-    if (fh) { await fh.close().catch(() => undefined); fh = undefined; await fs.promises.unlink(path).catch(() => undefined); }
-    throw fromSystemError(e, path);
+    await createFileAtomic(path, key, { mode: 0o600 });
   } finally {
     secureFree(key);
-    if (fh) await fh.close();
   }
 }
 
 /**
- * Read a host key into secure memory (caller wipes it). EFORMAT unless exactly 32 bytes;
- * EINSECURE when group or others have any access to the file (as ssh refuses such a private key).
+ * Read a host key into secure memory (caller wipes it): a regular file (no symlink followed), ours,
+ * exactly 32 bytes (EFORMAT otherwise); EINSECURE when group or others have any access to it (as
+ * ssh refuses such a private key). src/core/fsio.ts readSecretSync.
  */
 export async function loadHostKey(path: string): Promise<Buffer> {
   const key = secureAlloc(HOST_KEY_BYTES);
-  let fh: fs.promises.FileHandle | undefined;
   try {
-    fh = await fs.promises.open(path, fs.constants.O_RDONLY);
-    const st = await fh.stat();
-    if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'host key is not a regular file', { file: path });
-    if (st.size !== HOST_KEY_BYTES) throw new MedvError('EFORMAT', `host key file is ${st.size} bytes, expected ${HOST_KEY_BYTES}`, { file: path, offset: 0 });
-    if (st.mode & 0o077) {
-      throw new MedvError('EINSECURE', `host key file permissions ${modeString(st.mode)} are too open: it must not be accessible by group or others (chmod 600 ${path})`, { file: path });
-    }
-    const { bytesRead } = await fh.read(key, 0, HOST_KEY_BYTES, 0);
-    if (bytesRead !== HOST_KEY_BYTES) throw new MedvError('ETRUNCATED', 'host key file shrank while being read', { file: path, offset: bytesRead });
-    return key;
+    return readSecretSync(path, { what: 'host key file', size: HOST_KEY_BYTES, into: key });
   } catch (e) {
     secureFree(key);
-    throw fromSystemError(e, path);
-  } finally {
-    if (fh) await fh.close().catch(() => undefined);
+    throw e;
   }
 }
 

@@ -3,7 +3,7 @@
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { beginStaging } from '../core/fsio.js';
+import { beginStaging, readBoundedSync } from '../core/fsio.js';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import {
   type KeyFileKek, KEYFILE_NONCE_BYTES, KEYFILE_SALT_BYTES, KEYFILE_SIZE, KEYFILE_VERSION, KEYFILE_WRAPPED_BYTES,
@@ -131,7 +131,7 @@ export async function writeWrappedKeyFile(encPath: string, bytes: Buffer): Promi
 async function writeWrappedAt(path: string, bytes: Buffer): Promise<void> {
   let fh: fs.promises.FileHandle | undefined;
   try {
-    fh = await fs.promises.open(path, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    fh = await fs.promises.open(path, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
     await fh.write(bytes, 0, bytes.length, 0);
     await fh.sync();
     await fh.close();
@@ -145,24 +145,21 @@ async function writeWrappedAt(path: string, bytes: Buffer): Promise<void> {
   }
 }
 
-/** Read and unwrap an .enc file. */
+/**
+ * Read and unwrap an .enc file: read once, never through a symlink or from a FIFO, and never more
+ * than one byte past the format's size (a huge file is refused, not loaded; src/core/fsio.ts).
+ */
 export async function readKeyFile(encPath: string, kek: KekSource): Promise<DataKey> {
-  let bytes: Buffer;
-  let fh: fs.promises.FileHandle | undefined;
+  let bytes: Buffer | undefined;
   try {
-    fh = await fs.promises.open(encPath, fs.constants.O_RDONLY);
-    const st = await fh.stat();
-    if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'key file is not a regular file', { file: encPath });
-    // Never read more than one byte past the format's size: a huge file is refused, not loaded.
-    bytes = Buffer.alloc(Math.min(st.size, KEYFILE_SIZE + 1));
-    const { bytesRead } = await fh.read(bytes, 0, bytes.length, 0);
-    bytes = bytes.subarray(0, bytesRead);
+    bytes = readBoundedSync(encPath, KEYFILE_SIZE, 'key file');
   } catch (e) {
-    throw fromSystemError(e, encPath);
-  } finally {
-    if (fh) await fh.close().catch(() => undefined);
+    if (e instanceof MedvError && e.code === 'ETOOLARGE') throw new MedvError('EFORMAT', `not a key file: ${KEYFILE_SIZE} bytes expected`, { file: encPath }, { cause: e });
+    throw e;
   }
+  if (!bytes) throw new MedvError('ENOENT', `no such file: ${encPath}`, { file: encPath });
   return unwrapDataKey(bytes, kek, encPath);
 }
 
+/** Kept for src/pack until it imports src/core/fsio.ts itself. */
 export { fsyncDir } from '../core/fsio.js';

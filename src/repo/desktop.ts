@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
-import { readBoundedSync, writeAtomicSync } from './files.js';
+import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { xdgDataHome } from './paths.js';
 
 export interface PublishedApp { name: string; command: string; icon?: string }
@@ -121,7 +121,7 @@ export function writeDesktopEntries(workspace: string, apps: PublishedApp[], o: 
   }
   const written: string[] = [];
   for (const p of planned) {
-    writeAtomicSync(p.path, Buffer.from(p.text, 'utf8'), 0o644);
+    writeFileAtomicSync(p.path, Buffer.from(p.text, 'utf8'), { mode: 0o644 });
     written.push(p.path);
   }
   const keep = new Set(written);

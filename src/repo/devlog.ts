@@ -19,6 +19,7 @@ import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { renameSync } from '../core/fsio.js';
 import type { KekSource } from '../crypto/kekenv.js';
 import { secureFree, secureSeal } from '../crypto/secure.js';
 import { sodium } from '../crypto/sodium.js';
@@ -116,8 +117,8 @@ export class DevLog {
   private rotate(): void {
     const name = (i: number) => join(this.dir, i === 0 ? DEVLOG_FILE : `${DEVLOG_FILE}.${i}`);
     for (let i = this.keep - 1; i >= 0; i--) {
-      try { fs.renameSync(name(i), name(i + 1)); } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      try { renameSync(name(i), name(i + 1)); } catch (e) {
+        if (!(e instanceof MedvError && e.code === 'ENOENT')) throw e;
       }
     }
     this.reopen();

@@ -9,7 +9,7 @@ import { checkImageName } from '../formats/ckm/common.js';
 import {
   type GlobalImageData, type ImageState, WORKSPACE_VERSION_MAX, compareEngineVersions, parseGlobalImageData, serializeGlobalImageData, serializeImageState,
 } from '../formats/imagestate/index.js';
-import { readBoundedSync, writeAtomicSync } from './files.js';
+import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { type ClientRoot, checkSafeDir, ensureSafeDir } from './paths.js';
 
 /** The layout version (GlobalImageData's WorkspaceVersion) this medv writes. */
@@ -90,7 +90,7 @@ export class ImageStore {
     const bytes = serializeImageState(s);
     ensureSafeDir(this.dir);
     ensureSafeDir(this.versionDir(n));
-    writeAtomicSync(this.imageStatePath(n), bytes, 0o600);
+    writeFileAtomicSync(this.imageStatePath(n), bytes, { mode: 0o600 });
   }
 
   /** GlobalImageData.xml, or undefined when there is none. Damaged: a typed format error naming the file. */
@@ -106,7 +106,7 @@ export class ImageStore {
   writeGlobal(d: GlobalImageData): void {
     const bytes = serializeGlobalImageData(d);
     ensureSafeDir(this.dir);
-    writeAtomicSync(join(this.dir, GLOBAL_FILE), bytes, 0o600);
+    writeFileAtomicSync(join(this.dir, GLOBAL_FILE), bytes, { mode: 0o600 });
   }
 
   /** EENGINE when the image needs a newer engine than `engine` (default: this medv's). No GlobalImageData: fine. */

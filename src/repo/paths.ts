@@ -3,10 +3,10 @@
  * 0700 and checked before use: a symlink in its place, a folder owned by another user, or one that
  * group or others can write is refused (EUNSAFE), never "fixed".
  */
-import * as fs from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { checkDir, ensureDir } from '../core/fsio.js';
 
 export interface ClientRoot {
   root: string;
@@ -37,36 +37,22 @@ export function xdgDataHome(): string {
   return x && isAbsolute(x) ? x : join(homedir(), '.local', 'share');
 }
 
-const myUid = (): number => process.getuid?.() ?? 0;
-const mode = (m: number) => `0${(m & 0o777).toString(8).padStart(3, '0')}`;
-
 /**
- * Check that `path` is a real folder (not a symlink), ours, not writable by group or others.
- * Throws EUNSAFE naming the folder; ENOENT when missing.
+ * The repositories' rule for a folder: a real folder (not a symlink), ours, that group and others
+ * cannot write (an administrator may have made the root 0755). Checked on the folder's fd by
+ * src/core/fsio.ts. Throws EUNSAFE naming the folder; ENOENT when missing.
  */
 export function checkSafeDir(path: string): void {
-  let st: fs.Stats;
-  try { st = fs.lstatSync(path); } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new MedvError('ENOENT', `no such folder: ${path}`, { file: path });
-    throw new MedvError('EIO', `cannot inspect ${path}: ${(e as Error).message}`, { file: path });
-  }
-  if (st.isSymbolicLink()) throw new MedvError('EUNSAFE', `${path} is a symlink; medv does not follow symlinks in its repositories`, { file: path });
-  if (!st.isDirectory()) throw new MedvError('EUNSAFE', `${path} is not a folder`, { file: path });
-  if (st.uid !== myUid()) throw new MedvError('EUNSAFE', `${path} belongs to uid ${st.uid}, not to us (${myUid()})`, { file: path });
-  if (st.mode & 0o022) throw new MedvError('EUNSAFE', `${path} can be written by group or others (mode ${mode(st.mode)}); chmod 700 it`, { file: path });
+  checkDir(path, REPO_FORBID);
 }
 
 /** Create `path` (0700) when missing, then checkSafeDir. `parents`: create missing parents too (unchecked: above the root). */
 export function ensureSafeDir(path: string, parents = false): string {
-  try {
-    fs.mkdirSync(path, { mode: 0o700, recursive: parents });
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'EEXIST') throw new MedvError(code === 'ENOENT' ? 'ENOENT' : 'EIO', `cannot create ${path}: ${(e as Error).message}`, { file: path });
-  }
-  checkSafeDir(path);
-  return path;
+  return ensureDir(path, { mode: 0o700, forbid: REPO_FORBID, parents });
 }
+
+/** Mode bits a repository folder must not have: write by group or others. */
+const REPO_FORBID = 0o022;
 
 /** Open (creating what is missing) and check the client root and every folder of the layout. */
 export function openClientRoot(root: string): ClientRoot {

@@ -14,7 +14,7 @@ import { MedvError } from '../core/errors.js';
 import { secureFree } from '../crypto/secure.js';
 import { sodium } from '../crypto/sodium.js';
 import { checkPurpose, clientHostKey, deriveSubkey } from './hostkey.js';
-import { readBoundedSync, writeAtomic } from './files.js';
+import { readBoundedSync, writeFileAtomic } from '../core/fsio.js';
 import { type ClientRoot, pathInRoot } from './paths.js';
 
 export const SEALED_MAGIC = Buffer.from('MEDVSL01', 'latin1');
@@ -42,7 +42,7 @@ export async function writeSealed(c: ClientRoot, file: string, purpose: string, 
     secureFree(key);
     plain.fill(0);
   }
-  await writeAtomic(path, out, 0o600);
+  await writeFileAtomic(path, out, { mode: 0o600 });
 }
 
 /**

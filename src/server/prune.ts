@@ -12,6 +12,7 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { fsyncDir } from '../core/fsio.js';
 import { checkImageName } from '../formats/ckm/index.js';
 import { type InspectedFile, inspectRepoFile } from './inspect.js';
 import { isFileOfImage } from './names.js';
@@ -97,9 +98,4 @@ export async function pruneImages(dir: string, o: PruneOptions): Promise<PruneRe
     if (group.length) await fsyncDir(dir);
   }
   return result;
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.promises.open(dir, 'r');
-  try { await fh.sync(); } finally { await fh.close(); }
 }

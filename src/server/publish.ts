@@ -7,15 +7,15 @@
  *      the lengths and salts the index names) and fsynced in DIR/.uploads;
  *   2. it is hard-linked to its final name in DIR/images (link never replaces an existing file, so
  *      a published file is never overwritten; a concurrent upload of the same name loses the race
- *      and is compared instead);
+ *      and is compared instead; across file systems it is copied first: src/core/fsio.ts linkNew);
  *   3. DIR/images is fsynced, so the new name survives a power cut;
  *   4. only then is the upload removed from DIR/.uploads (by the caller).
  * A crash before 2 leaves nothing visible; after 2 the file is complete (fsynced in 1).
  */
 import * as fs from 'node:fs';
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { linkNew } from '../core/fsio.js';
 import { type InspectedFile, inspectRepoFile } from './inspect.js';
 
 export interface PublishResult {
@@ -23,11 +23,6 @@ export interface PublishResult {
   size: number;
   /** 'published': the file is new; 'identical': the same bytes were already published. */
   status: 'published' | 'identical';
-}
-
-async function fsyncPath(path: string, flags = fs.constants.O_RDONLY): Promise<void> {
-  const fh = await fs.promises.open(path, flags);
-  try { await fh.sync(); } finally { await fh.close(); }
 }
 
 /** True when both files have the same bytes (read in 1 MiB pieces, never whole). */
@@ -76,33 +71,13 @@ export async function publishFile(src: string, file: string, imagesDir: string):
   if (info.kind === 'index') await checkPacksPublished(info, imagesDir);
   const dst = join(imagesDir, file);
   try {
-    await fsyncPath(src);
-    try {
-      await fs.promises.link(src, dst);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EXDEV') await publishByCopy(src, dst, imagesDir);
-      else throw e;
-    }
-    await fsyncPath(imagesDir);
+    await linkNew(src, dst);
     return { file, size: info.size, status: 'published' };
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST') {
+    if (e instanceof MedvError && e.code === 'EEXIST') {
       if (await sameBytes(src, dst)) return { file, size: info.size, status: 'identical' };
       throw new MedvError('EEXIST', `refusing to overwrite ${file}: a file with other bytes is published under that name`, { file });
     }
     throw fromSystemError(e, dst);
-  }
-}
-
-/** The uploads folder is on another file system: copy beside the target under a dot name (never served), then link. */
-async function publishByCopy(src: string, dst: string, imagesDir: string): Promise<void> {
-  const tmp = join(imagesDir, `.publish-${randomBytes(8).toString('hex')}`);
-  try {
-    await fs.promises.copyFile(src, tmp, fs.constants.COPYFILE_EXCL);
-    await fsyncPath(tmp);
-    await fs.promises.link(tmp, dst);
-  } finally {
-    await fs.promises.rm(tmp, { force: true });
   }
 }

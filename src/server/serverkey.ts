@@ -9,9 +9,9 @@
  * exactly 32 bytes, or accessible by group or others.
  */
 import * as fs from 'node:fs';
-import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { createFileAtomicSync, readSecretSync } from '../core/fsio.js';
 import { secureAlloc, secureFree, secureSeal, secureRandom, redactInspect } from '../crypto/secure.js';
 import { sodium } from '../crypto/sodium.js';
 
@@ -37,55 +37,26 @@ function ad(image: string): Buffer {
 }
 
 function readKey(file: string): Buffer {
-  let fd: number | undefined;
   const key = secureAlloc(SERVER_KEY_BYTES);
   try {
-    try {
-      fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw new MedvError('EINSECURE', `server key file is a symbolic link: give the real file with --server-key`, { file });
-      throw e;
-    }
-    const st = fs.fstatSync(fd);
-    if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'server key file is not a regular file', { file });
-    if ((st.mode & 0o077) !== 0) throw new MedvError('EINSECURE', `server key file permissions ${(st.mode & 0o777).toString(8)} are too open: it must not be accessible by group or others (chmod 600 ${file})`, { file });
-    if (st.size !== SERVER_KEY_BYTES) throw new MedvError('EFORMAT', `server key file is ${st.size} bytes, expected ${SERVER_KEY_BYTES}`, { file });
-    const n = fs.readSync(fd, key, 0, SERVER_KEY_BYTES, 0);
-    if (n !== SERVER_KEY_BYTES) throw new MedvError('ETRUNCATED', 'server key file shrank while being read', { file });
-    return key;
+    return readSecretSync(file, { what: 'server key file', size: SERVER_KEY_BYTES, into: key });
   } catch (e) {
     secureFree(key);
-    throw fromSystemError(e, file);
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
+    throw e;
   }
 }
 
-/** A new key file made whole under a temporary name and linked into place (never over another). */
+/** A new key file made whole under a temporary name (mode 0600) and linked into place (never over another). */
 function createKey(file: string): boolean {
-  const tmp = join(dirname(file), `.${randomBytes(6).toString('hex')}.tmp`);
   const key = secureRandom(SERVER_KEY_BYTES);
   try {
-    const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
-    try {
-      fs.fchmodSync(fd, 0o600);
-      fs.writeSync(fd, key, 0, key.length, 0);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    try {
-      fs.linkSync(tmp, file);
-      return true;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
-      throw e;
-    }
+    createFileAtomicSync(file, key, { mode: 0o600 });
+    return true;
   } catch (e) {
-    throw fromSystemError(e, file);
+    if (e instanceof MedvError && e.code === 'EEXIST') return false;
+    throw e;
   } finally {
     secureFree(key);
-    try { fs.unlinkSync(tmp); } catch { /* gone */ }
   }
 }
 

@@ -11,8 +11,8 @@
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { writeAtomicSync } from '../repo/files.js';
-import { MedvError, fromSystemError } from '../core/errors.js';
+import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
+import { MedvError } from '../core/errors.js';
 import { DataKey, readKeyFile, writeKeyFileAt, type KekSource } from '../crypto/index.js';
 import { clientHostKey, openClientRoot, clientRootPath, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
 import { clientKeyPairFrom, type ClientKeyPair } from '../api/keyrelease.js';
@@ -48,16 +48,9 @@ export function configPath(c: ClientRoot): string { return join(c.config, CONFIG
 /** The saved client configuration, or ENOLOGIN. */
 export function readClientConfig(c: ClientRoot): ClientConfig {
   const file = configPath(c);
-  let text: string;
-  try {
-    const st = fs.lstatSync(file);
-    if (!st.isFile()) throw new MedvError('EFORMAT', `${file} is not a regular file`, { file });
-    if (st.size > MAX_CONFIG) throw new MedvError('EFORMAT', `${file} is larger than ${MAX_CONFIG} bytes`, { file });
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new MedvError('ENOLOGIN', `this client has no server yet: run medv login --server URL --user USER${c.root ? ` (client root ${c.root})` : ''}`);
-    throw fromSystemError(e, file);
-  }
+  const bytes = readBoundedSync(file, MAX_CONFIG, 'client configuration');
+  if (!bytes) throw new MedvError('ENOLOGIN', `this client has no server yet: run medv login --server URL --user USER${c.root ? ` (client root ${c.root})` : ''}`);
+  const text = bytes.toString('utf8');
   let v: Partial<ClientConfig>;
   try { v = JSON.parse(text) as Partial<ClientConfig>; } catch { throw new MedvError('EFORMAT', `${file} is not JSON`, { file }); }
   if (typeof v !== 'object' || v === null || typeof v.server !== 'string' || typeof v.user !== 'string' || typeof v.client !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(v.client)
@@ -74,7 +67,7 @@ export async function saveClientLogin(ctx: ClientContext, login: Credentials, ca
   const cfg: ClientConfig = { server: login.server, user: login.user, client: client ?? randomBytes(8).toString('hex'), ...(ca ? { ca } : {}) };
   userDir(ctx.root, login.user);
   await writeSealed(ctx.root, join('data', 'Users', login.user, CREDENTIALS_FILE), CREDENTIALS_PURPOSE, login);
-  writeAtomicSync(configPath(ctx.root), Buffer.from(`${JSON.stringify(cfg, null, 2)}\n`));
+  writeFileAtomicSync(configPath(ctx.root), `${JSON.stringify(cfg, null, 2)}\n`);
   return cfg;
 }
 

@@ -22,7 +22,7 @@ import type { BlockDevice } from '../../block/device.js';
 import { FileDevice } from '../../block/file.js';
 import { MedvError } from '../../core/errors.js';
 import { encPathFor, type KekSource } from '../../crypto/index.js';
-import { fsyncDir } from '../../crypto/keyfile.js';
+import { fsyncDir } from '../../core/fsio.js';
 import { createEvhdFile, openEvhdFile } from '../evhd/index.js';
 import { openDisk, type DiskFormat, type OpenedDisk } from '../open.js';
 import { vhdParentFormat } from '../parent.js';

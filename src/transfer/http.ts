@@ -20,7 +20,7 @@ import { MedvError } from '../core/errors.js';
 import { PieceCollector } from './collect.js';
 import { MultipartParser, byterangesBoundary, parseContentRange } from '../formats/multipart.js';
 import { MULTI_RANGE, type PlanOptions, SINGLE_RANGE, type Span, planRequests, rangeHeader, uniquePieces } from './plan.js';
-import { type PieceSink, type RemoteFile, type TransferStats, checkFileSize } from './remote.js';
+import { type PieceSink, type RemoteFile, type TransferStats, checkFileSize, siblingOf } from './remote.js';
 
 export type RangeMode = 'multi' | 'single' | 'none';
 
@@ -126,6 +126,8 @@ function strongEtag(res: http.IncomingMessage): string | undefined {
 
 export class HttpFile implements RemoteFile {
   constructor(readonly name: string, private readonly client: HttpClient) {}
+
+  sibling(name: string): RemoteFile { return new HttpFile(siblingOf(this.name, name), this.client); }
 
   /** The ETag of a reply must be the one this file had so far. */
   private checkEtag(res: http.IncomingMessage): void {

@@ -18,9 +18,8 @@
  */
 import * as fs from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import type { BlockDevice } from '../block/device.js';
-import { fsyncDir } from '../core/fsio.js';
+import { fsyncDir, linkNew, parseTempName, writeFileAtomic } from '../core/fsio.js';
 import { FileDevice } from '../block/file.js';
 import { DataKey, type KekSource, encPathFor, writeKeyFileAt } from '../crypto/index.js';
 import { MedvError, fromSystemError } from '../core/errors.js';
@@ -132,8 +131,9 @@ export class PartialOutput {
     let st: fs.Stats;
     try { st = fs.lstatSync(dir); } catch { return; }
     if (!st.isDirectory()) throw new MedvError('EEXIST', `${dir} is in the way (not a partial fetch folder)`, { file: dir });
+    const ours = (n: string) => /^(disk\.evhd|disk\.enc|state\.json|index)$/.test(n) || /^(state\.json|index)$/.test(parseTempName(n)?.final ?? '');
     for (const n of fs.readdirSync(dir)) {
-      if (!/^(disk\.evhd|disk\.enc|state\.json|state\.json\.[0-9a-f]+\.tmp|index|index\.tmp)$/.test(n)) {
+      if (!ours(n)) {
         throw new MedvError('EEXIST', `${dir} holds ${n}, which a fetch did not put there; remove the folder by hand`, { file: join(dir, n) });
       }
     }
@@ -155,19 +155,22 @@ export class PartialOutput {
   }
 
   /**
-   * Write `data` (whole blocks) at block `block`; marks them done once written. Progress is
-   * recorded every 256 KiB of fetched data (or 0.5 s); blocks from a local seed (`local`), cheap
-   * to copy again, only every 2 s: a flush costs two fsyncs.
+   * Write `data` (whole blocks, each checked against its id by the caller just before) at block
+   * `block`; marks them done once written, or only the blocks listed in `done` (the others hold
+   * zeros until they are written for real). Progress is recorded every 256 KiB of fetched data (or
+   * 0.5 s); blocks from a local seed (`local`), cheap to copy again, only every 2 s: a flush costs
+   * two fsyncs.
    */
-  async write(block: number, data: Buffer, local = false): Promise<void> {
+  async write(block: number, data: Buffer, local = false, done?: readonly number[]): Promise<void> {
     const off = block * 4096;
     const len = Math.min(data.length, this.device.size - off);
     await this.device.write(off, len === data.length ? data : data.subarray(0, len));
-    const n = data.length / 4096;
-    for (let b = block; b < block + n; b++) {
+    const mark = (b: number) => {
       this.done[b >> 3] |= 1 << (b & 7);
       this.writtenSinceFlush.push(b);
-    }
+    };
+    if (done) done.forEach(mark);
+    else for (let b = block; b < block + data.length / 4096; b++) mark(b);
     if (!local) this.bytesSinceCheckpoint += data.length;
     const age = Date.now() - this.lastCheckpoint;
     if (this.failed) throw this.failed;
@@ -195,22 +198,8 @@ export class PartialOutput {
   }
 
   private async writeState(): Promise<void> {
-    const path = join(this.dir, 'state.json');
-    const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
     const body = JSON.stringify({ format: STATE_FORMAT, index: this.identity.index, virtualSize: this.identity.virtualSize, done: Buffer.from(this.persisted).toString('base64') });
-    try {
-      const fh = await fs.promises.open(tmp, 'wx', 0o600);
-      try {
-        await fh.writeFile(body);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await fs.promises.rename(tmp, path);
-    } catch (e) {
-      await fs.promises.rm(tmp, { force: true });
-      throw fromSystemError(e, path);
-    }
+    await writeFileAtomic(join(this.dir, 'state.json'), body, { mode: 0o600 });
   }
 
   /**
@@ -225,23 +214,18 @@ export class PartialOutput {
     const finals: Array<[string, string]> = [[encPathFor(evhd), encPathFor(this.out)], [evhd, this.out]];
     const linked: string[] = [];
     try {
+      // each: fsync, link (never over an existing file: EEXIST), fsync the folder
       for (const [from, to] of finals) {
-        try {
-          await fs.promises.link(from, to);
-        } catch (e) {
-          throw (e as NodeJS.ErrnoException).code === 'EEXIST' ? new MedvError('EEXIST', `file exists: ${to}`, { file: to }) : fromSystemError(e, to);
-        }
+        await linkNew(from, to);
         linked.push(to);
       }
-      await fsyncDir(dirname(this.out));
     } catch (e) {
       for (const f of linked.reverse()) await fs.promises.unlink(f).catch(() => undefined);
       throw e;
     }
     // the index the disk came from: offered to the next fetch that uses this disk as a seed
-    await fs.promises.link(this.indexPath, `${this.out}.index`).catch(async (e) => {
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return;
-      throw fromSystemError(e, `${this.out}.index`);
+    await linkNew(this.indexPath, `${this.out}.index`).catch((e) => {
+      if (!(e instanceof MedvError && e.code === 'EEXIST')) throw e;
     });
     await PartialOutput.discard(this.out);
     await fsyncDir(dirname(this.out));

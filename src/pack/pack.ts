@@ -59,7 +59,10 @@ export interface PackOptions {
   previous?: string | false;
   /** Try zstd deltas against the previous version's block at the same LBA (default true). */
   delta?: boolean;
-  /** zstd level for blocks (default 3). */
+  /**
+   * zstd level for whole blocks; default: zstd's fast strategy sized for 4 KiB blocks (see
+   * formats/ckm/zstd.ts). Deltas are always level 3 (their bytes are what an update downloads).
+   */
   level?: number;
   /** Worker threads preparing blocks (default: one per core for disks from 64 MiB; 0 = inline). */
   workers?: number;
@@ -156,8 +159,8 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
   let deltaPublished = false;
   let prev: IndexFile | undefined;
   let prevPacks: PackSet | undefined;
-  const level = opts.level ?? ZSTD_LEVEL;
-  const codec = new BlockCodec(keys, level);
+  const level = opts.level;
+  const codec = new BlockCodec(keys, ZSTD_LEVEL);
   const known = new Map<string, Known>();
   const earlierPacks = new Map<number, PackRef>();
 

@@ -16,7 +16,7 @@ export class PreparePool {
   private next = 0;
   private failed: unknown;
 
-  constructor(count: number, idKey: Buffer, level: number) {
+  constructor(count: number, idKey: Buffer, level: number | undefined) {
     const url = new URL('./worker.js', import.meta.url);
     for (let i = 0; i < count; i++) {
       const w = new Worker(url, {

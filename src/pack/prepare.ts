@@ -44,7 +44,7 @@ const ZERO = Buffer.alloc(CKM_BLOCK_SIZE);
  * Prepare the first `length` bytes of `data` into `prep` (layout above). Bytes of the last block
  * past `length` are zeroed in `data` first (a disk whose size is not a multiple of 4 KiB).
  */
-export function prepareRun(data: Buffer, length: number, prep: Buffer, idKey: Buffer, level: number): void {
+export function prepareRun(data: Buffer, length: number, prep: Buffer, idKey: Buffer, level?: number): void {
   const slots = Math.ceil(length / CKM_BLOCK_SIZE);
   if (length < slots * CKM_BLOCK_SIZE) data.fill(0, length, slots * CKM_BLOCK_SIZE);
   const lengths = new Uint32Array(prep.buffer, prep.byteOffset + PREP_LENGTHS, CKM_RUN_BLOCKS);

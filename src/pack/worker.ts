@@ -12,7 +12,7 @@ const idKey = secureAlloc(received.length);
 Buffer.from(received.buffer, received.byteOffset, received.byteLength).copy(idKey);
 received.fill(0);
 secureSeal(idKey);
-const level = workerData.level as number;
+const level = workerData.level as number | undefined;
 
 parentPort!.on('message', (job: { seq: number; data: ArrayBuffer; prep: ArrayBuffer; length: number }) => {
   try {

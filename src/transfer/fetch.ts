@@ -102,6 +102,8 @@ interface Piece { offset: number; length: number; pack: number; key: string; bas
 /** Blocks of a seed window (one 2 MiB VHD block of the output), and windows copied at the same time. */
 const SEED_SPAN = 512;
 const SEED_COPIES = 4;
+/** Blocks still to write that one part of the image may hold (about 100 bytes each while wanted by id). */
+const PART_BLOCKS = 32768;
 
 /** `*.evhd.index` files in the output's folder (at most 16, newest first). */
 function indexesBeside(out: string): string[] {
@@ -221,42 +223,6 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
       for (const r of seeds.reports) if (r.error) warn(`seed ${r.path} skipped: ${r.error}`);
     }
 
-    // 4. one pass over the index: what is done, what a disk seed holds in place, what is wanted by id
-    const needs = new Map<string, Need>();
-    const ids = dryRun ? undefined : new IdCollector();
-    let windows: Window[] = [];
-    let cur: Window | undefined;
-    let lastDone = -1;
-    const disks = seeds?.disks ?? [];
-    for await (const { run, record } of index.runs()) {
-      for (const e of record.entries) {
-        blocksTotal++;
-        const b = run * CKM_RUN_BLOCKS + e.slot;
-        ids?.add(b, e.id);
-        if (partial?.isDone(b)) { resumed++; lastDone = b; continue; }
-        const seed = disks.find((d) => d.idAt(b)?.equals(e.id));
-        if (seed) {
-          // a window never spans a block already written (its gaps are written as zeros)
-          const joins = cur && cur.seed === seed && Math.floor(b / SEED_SPAN) === Math.floor(cur.first / SEED_SPAN) && lastDone < cur.first;
-          if (joins) cur!.members.push(b);
-          else windows.push(cur = { seed, first: b, members: [b] });
-          continue;
-        }
-        const k = idKey(e.id);
-        const n = needs.get(k);
-        if (n) n.blocks.push(b);
-        else needs.set(k, { id: e.id, entry: e, blocks: [b] });
-      }
-    }
-    // the partial output itself: blocks an interrupted run wrote after its last recorded progress
-    // (done now: a window must not write zeros over them, so windows are split there)
-    if (partial?.resumed && needs.size > 0) {
-      const recovered = await recoverUnrecorded(partial, needs, codec);
-      resumed += recovered.length;
-      if (recovered.length > 0) windows = splitWindows(windows, recovered);
-    }
-    progress(resumed);
-
     /** The entry of block `b` in the index (a seed block that failed its check: wanted by id now). */
     const entryOfBlock = async (b: number): Promise<RunEntry> => {
       const rec = await index!.run(Math.floor(b / CKM_RUN_BLOCKS));
@@ -264,84 +230,98 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
       if (!e) throw new MedvError('EINTERNAL', `block ${b} is not in the index`);
       return e;
     };
-
-    // the windows: one read of the seed and one write each, every member checked against its id
-    const inPlace = windows.reduce((s, w) => s + w.members.length, 0);
-    if (dryRun) fromSeeds += inPlace;
-    else if (windows.length > 0) {
-      const buffers = Array.from({ length: SEED_COPIES }, () => Buffer.allocUnsafeSlow(SEED_SPAN * CKM_BLOCK_SIZE));
-      await forEachLimited(windows, SEED_COPIES, async (w, slot) => {
-        const count = w.members[w.members.length - 1] - w.first + 1;
-        const buf = buffers[slot].subarray(0, count * CKM_BLOCK_SIZE);
-        const ok = await seeds!.readChecked(w.seed, w.first, buf, w.members.map((b) => ({ i: b - w.first, id: w.seed.idAt(b)! })));
-        const done = w.members.filter((_b, j) => ok[j]);
-        // written: the members that matched their ids, and zeros between them (blocks the image
-        // holds as zeros, or blocks written for real below, not marked done before)
-        if (done.length > 0) await partial!.write(w.first, buf, true, done);
-        progress(done.length);
-        fromSeeds += done.length;
-        // a member that did not match is wanted by id like any other
-        for (const b of w.members.filter((_b, j) => !ok[j])) {
-          const entry = await entryOfBlock(b);
-          const k = idKey(entry.id);
-          const n = needs.get(k);
-          if (n) n.blocks.push(b);
-          else needs.set(k, { id: entry.id, entry, blocks: [b] });
-        }
-      });
-      buffers.forEach((x) => x.fill(0));
-    }
-
-    // 5. the rest by id: elsewhere in a seed, then the network
-    if (seeds && needs.size > 0) {
-      const wanted = new Set<string>(needs.keys());
-      for (const n of needs.values()) if (n.entry.kind === 'delta') wanted.add(idKey(n.entry.base!.id));
-      await seeds.locate(wanted);
-      for (const [k, n] of [...needs.entries()].sort((a, b) => a[1].blocks[0] - b[1].blocks[0])) {
-        if (!seeds.found.has(k)) continue;
-        if (dryRun) { fromSeeds += n.blocks.length; needs.delete(k); continue; }
-        const data = await seeds.read(k, n.id);
-        if (!data) continue; // fetched instead
-        await writeBlock(n, data, true);
-        fromSeeds += n.blocks.length;
-        needs.delete(k);
-      }
-    }
-
-    // delta bases first (from a seed when one holds it), then the blocks
-    const bases = new Map<string, Buffer>();
-    const basePieces: Piece[] = [];
-    const basePlaces = new Map<string, BlockPlace>();
-    for (const n of needs.values()) {
-      if (n.entry.kind !== 'delta') continue;
-      const bk = idKey(n.entry.base!.id);
-      if (bases.has(bk) || basePlaces.has(bk)) continue;
-      const fromSeed = !dryRun && seeds?.found.has(bk) ? await seeds.read(bk, n.entry.base!.id) : undefined;
-      if (fromSeed) { bases.set(bk, fromSeed); continue; }
-      if (dryRun && seeds?.found.has(bk)) continue;
-      const p = n.entry.base!.place;
-      basePlaces.set(bk, p);
-      basePieces.push({ offset: p.offset, length: p.length, pack: p.pack, key: bk, base: true });
-    }
-    const baseIds = new Map<string, { id: Buffer; kind: 'zstd' | 'raw' }>();
-    for (const n of needs.values()) if (n.entry.kind === 'delta') baseIds.set(idKey(n.entry.base!.id), { id: n.entry.base!.id, kind: n.entry.base!.kind });
-    const mainPieces: Piece[] = [...needs.entries()].map(([k, n]) => ({ offset: n.entry.place.offset, length: n.entry.place.length, pack: n.entry.place.pack, key: k, base: false }));
-    const byPack = (ps: Piece[]) => {
-      const m = new Map<number, Piece[]>();
-      for (const p of ps) { const l = m.get(p.pack) ?? []; l.push(p); m.set(p.pack, l); }
-      return m;
+    const want = (needs: Map<string, Need>, b: number, id: Buffer, entry: RunEntry) => {
+      const k = idKey(id);
+      const n = needs.get(k);
+      if (n) n.blocks.push(b);
+      else needs.set(k, { id, entry, blocks: [b] });
     };
-    if (dryRun) {
-      for (const ps of [basePieces, mainPieces]) {
-        for (const [, list] of byPack(ps)) {
-          const reqs = planRequests(list, MULTI_RANGE);
-          wouldRequests += reqs.length;
-          wouldFetchBytes += reqs.reduce((s, r) => s + r.bytes, 0);
+    const where = (pack: number, offset: number) => ({ file: packOf(pack).name, offset });
+    const buffers = dryRun ? [] : Array.from({ length: SEED_COPIES }, () => Buffer.allocUnsafeSlow(SEED_SPAN * CKM_BLOCK_SIZE));
+
+    /** Steps 5 and 6 for the blocks of a part of the image: windows, then by id (seeds, then the network). */
+    const complete = async (needs: Map<string, Need>, parts: Window[]): Promise<void> => {
+      let windows = parts;
+      // the partial output itself: blocks an interrupted run wrote after its last recorded progress
+      // (done now: a window must not write zeros over them, so windows are split there)
+      if (partial?.resumed && needs.size > 0) {
+        const recovered = await recoverUnrecorded(partial, needs, codec);
+        resumed += recovered.length;
+        progress(recovered.length);
+        if (recovered.length > 0) windows = splitWindows(windows, recovered);
+      }
+
+      // the windows: one read of the seed and one write each, every member checked against its id
+      if (dryRun) fromSeeds += windows.reduce((n, w) => n + w.members.length, 0);
+      else {
+        await forEachLimited(windows, SEED_COPIES, async (w, slot) => {
+          const count = w.members[w.members.length - 1] - w.first + 1;
+          const buf = buffers[slot].subarray(0, count * CKM_BLOCK_SIZE);
+          const ok = await seeds!.readChecked(w.seed, w.first, buf, w.members.map((b) => ({ i: b - w.first, id: w.seed.idAt(b)! })));
+          const done = w.members.filter((_b, j) => ok[j]);
+          // written: the members that matched their ids, and zeros between them (blocks the image
+          // holds as zeros, or blocks written for real below, not marked done before)
+          if (done.length > 0) await partial!.write(w.first, buf, true, done);
+          progress(done.length);
+          fromSeeds += done.length;
+          // a member that did not match is wanted by id like any other
+          for (const b of w.members.filter((_b, j) => !ok[j])) {
+            const entry = await entryOfBlock(b);
+            want(needs, b, entry.id, entry);
+          }
+        });
+      }
+
+      // by id: elsewhere in a seed (after the windows, whose zeros would otherwise cover them)
+      if (seeds && needs.size > 0) {
+        const wanted = new Set<string>(needs.keys());
+        for (const n of needs.values()) if (n.entry.kind === 'delta') wanted.add(idKey(n.entry.base!.id));
+        await seeds.locate(wanted);
+        for (const [k, n] of [...needs.entries()].sort((x, y) => x[1].blocks[0] - y[1].blocks[0])) {
+          if (!seeds.found.has(k)) continue;
+          if (dryRun) { fromSeeds += n.blocks.length; needs.delete(k); continue; }
+          const data = await seeds.read(k, n.id);
+          if (!data) continue; // fetched instead
+          await writeBlock(n, data, true);
+          fromSeeds += n.blocks.length;
+          needs.delete(k);
         }
       }
-      fromNetwork = [...needs.values()].reduce((s, n) => s + n.blocks.length, 0);
-    } else {
-      const where = (pack: number, offset: number) => ({ file: packOf(pack).name, offset });
+
+      // the network: delta bases first (from a seed when one holds it), then the blocks
+      const bases = new Map<string, Buffer>();
+      const basePieces: Piece[] = [];
+      const basePlaces = new Map<string, BlockPlace>();
+      for (const n of needs.values()) {
+        if (n.entry.kind !== 'delta') continue;
+        const bk = idKey(n.entry.base!.id);
+        if (bases.has(bk) || basePlaces.has(bk)) continue;
+        const fromSeed = !dryRun && seeds?.found.has(bk) ? await seeds.read(bk, n.entry.base!.id) : undefined;
+        if (fromSeed) { bases.set(bk, fromSeed); continue; }
+        if (dryRun && seeds?.found.has(bk)) continue;
+        const p = n.entry.base!.place;
+        basePlaces.set(bk, p);
+        basePieces.push({ offset: p.offset, length: p.length, pack: p.pack, key: bk, base: true });
+      }
+      const baseIds = new Map<string, { id: Buffer; kind: 'zstd' | 'raw' }>();
+      for (const n of needs.values()) if (n.entry.kind === 'delta') baseIds.set(idKey(n.entry.base!.id), { id: n.entry.base!.id, kind: n.entry.base!.kind });
+      const mainPieces: Piece[] = [...needs.entries()].map(([k, n]) => ({ offset: n.entry.place.offset, length: n.entry.place.length, pack: n.entry.place.pack, key: k, base: false }));
+      const byPack = (ps: Piece[]) => {
+        const m = new Map<number, Piece[]>();
+        for (const p of ps) { const l = m.get(p.pack) ?? []; l.push(p); m.set(p.pack, l); }
+        return m;
+      };
+      if (dryRun) {
+        for (const ps of [basePieces, mainPieces]) {
+          for (const [, list] of byPack(ps)) {
+            const reqs = planRequests(list, MULTI_RANGE);
+            wouldRequests += reqs.length;
+            wouldFetchBytes += reqs.reduce((n, r) => n + r.bytes, 0);
+          }
+        }
+        fromNetwork += [...needs.values()].reduce((n, x) => n + x.blocks.length, 0);
+        return;
+      }
       for (const [v, list] of byPack(basePieces)) {
         const ref = packs.get(v)!;
         await packOf(v).fetch(list, ref.length, async (p, stored) => {
@@ -374,7 +354,47 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
         });
       }
       if (needs.size > 0) throw new MedvError('EINTERNAL', `${needs.size} blocks were neither in a seed nor fetched`);
+    };
 
+    // 4. one pass over the index: what is done, what a disk seed holds in place, what is wanted by
+    // id; completed a part at a time (at most PART_BLOCKS wanted by id, ending on a window
+    // boundary), so memory does not grow with the image
+    let needs = new Map<string, Need>();
+    let windows: Window[] = [];
+    let pending = 0;
+    const ids = dryRun ? undefined : new IdCollector();
+    let cur: Window | undefined;
+    let lastDone = -1;
+    const disks = seeds?.disks ?? [];
+    for await (const { run, record } of index.runs()) {
+      for (const e of record.entries) {
+        blocksTotal++;
+        const b = run * CKM_RUN_BLOCKS + e.slot;
+        ids?.add(b, e.id);
+        if (partial?.isDone(b)) { resumed++; progress(1); lastDone = b; continue; }
+        pending++;
+        const seed = disks.find((d) => d.idAt(b)?.equals(e.id));
+        if (seed) {
+          // a window never spans a block already written (its gaps are written as zeros)
+          const joins = cur && cur.seed === seed && Math.floor(b / SEED_SPAN) === Math.floor(cur.first / SEED_SPAN) && lastDone < cur.first;
+          if (joins) cur!.members.push(b);
+          else windows.push(cur = { seed, first: b, members: [b] });
+          continue;
+        }
+        want(needs, b, e.id, e);
+      }
+      if (pending >= PART_BLOCKS && ((run + 1) * CKM_RUN_BLOCKS) % SEED_SPAN === 0) {
+        await complete(needs, windows);
+        needs = new Map();
+        windows = [];
+        cur = undefined;
+        pending = 0;
+      }
+    }
+    await complete(needs, windows);
+    buffers.forEach((x) => x.fill(0));
+
+    if (!dryRun) {
       // 6. every block is written and was checked: flush, publish, cache the new disk's ids
       await partial!.publish();
       partial = undefined;

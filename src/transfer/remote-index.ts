@@ -201,16 +201,17 @@ export async function fetchIndex(file: RemoteFile, dest: string, trusted: Buffer
       missing.set(run, { offset, length, run });
     }
     if (base && missing.size > 0) {
+      const counted = { rebuilt: 0 };
       try {
-        const r = await applyDelta(file, base, header, dir, missing, trusted, write);
-        fromDelta = r.rebuilt;
-        deltaNote = r.note;
+        deltaNote = await applyDelta(file, base, header, dir, missing, trusted, write, counted);
       } catch (e) {
         deltaNote = `not used: ${e instanceof Error ? e.message : String(e)}${e instanceof MedvError ? ` [${e.code}]` : ''}`;
         // a repository without deltas is not worth a warning; anything else is
         const absent = e instanceof MedvError && (e.code === 'ENOENT' || (e.code === 'EHTTP' && (e.data.status === 404 || e.data.status === 410)));
         if (absent) deltaNote = `none: the repository has no ${deltaFileName(header.name, base.header.version, header.version)}`;
         else opts.onWarning?.(`index delta ${deltaNote}; fetching the run records instead`);
+      } finally {
+        fromDelta = counted.rebuilt;
       }
     } else if (base) deltaNote = 'none: no record to fetch';
     await file.fetch([...missing.values()], size, async (p, data) => {
@@ -238,12 +239,12 @@ export async function fetchIndex(file: RemoteFile, dest: string, trusted: Buffer
  * The index delta from `base`'s version: fetched (first its head, the rest only when it is smaller
  * than the records it replaces), signature, root hashes and body hash checked, then each changed
  * run rebuilt from `base`'s record, checked against N's run hash and stored length, written, and
- * taken out of `missing`.
+ * taken out of `missing` (counted in `counted`, which holds what was done when it throws).
  */
 async function applyDelta(
   indexFile: RemoteFile, base: IndexFile, header: ParsedIndexHeader, dir: ReturnType<typeof parseRunDirectory>,
-  missing: Map<number, { offset: number; length: number }>, trusted: Buffer[], write: (b: Buffer, at: number) => Promise<void>,
-): Promise<{ rebuilt: number; note: string }> {
+  missing: Map<number, { offset: number; length: number }>, trusted: Buffer[], write: (b: Buffer, at: number) => Promise<void>, counted: { rebuilt: number },
+): Promise<string> {
   const name = deltaFileName(header.name, base.header.version, header.version);
   const file = indexFile.sibling(name);
   const wanted = [...missing.values()].reduce((s, m) => s + m.length, 0);
@@ -254,7 +255,7 @@ async function applyDelta(
     throw new MedvError('ECORRUPT', `${name} is not the delta between these two indexes`, { file: file.name, offset: 12 });
   }
   if (size !== DELTA_HEADER_BYTES + dh.bodyLength) throw new MedvError(size < DELTA_HEADER_BYTES + dh.bodyLength ? 'ETRUNCATED' : 'ECORRUPT', `${name} is ${size} bytes, its header says ${DELTA_HEADER_BYTES + dh.bodyLength}`, { file: file.name, offset: Math.min(size, DELTA_HEADER_BYTES + dh.bodyLength) });
-  if (dh.bodyLength >= wanted) return { rebuilt: 0, note: `not used: ${name} (${dh.bodyLength} bytes) is not smaller than the ${wanted} bytes of records it replaces` };
+  if (dh.bodyLength >= wanted) return `not used: ${name} (${dh.bodyLength} bytes) is not smaller than the ${wanted} bytes of records it replaces`;
   let body: Buffer;
   if (head.length >= size) body = head.subarray(DELTA_HEADER_BYTES, size);
   else {
@@ -266,7 +267,6 @@ async function applyDelta(
   if (!deltaBodyHash(body).equals(dh.bodyHash)) throw new MedvError('ECHECKSUM', `${name}: body does not match the hash its signed header gives`, { file: file.name, offset: DELTA_HEADER_BYTES });
   const packs = new Map(header.packs.map((p) => [p.version, p.length]));
   const limits = { runCount: header.runCount, slots: (run: number) => runSlots(header.virtualSize, run), packs };
-  let rebuilt = 0;
   const ctx = { file: file.name, offset: DELTA_HEADER_BYTES };
   for (const d of parseDeltaBody(body, dh.changedRuns, limits, ctx)) {
     const m = missing.get(d.run);
@@ -279,8 +279,8 @@ async function applyDelta(
     if (!stored) continue; // stored by a zstd this one does not reproduce: fetched
     await write(stored, m.offset);
     missing.delete(d.run);
-    rebuilt++;
+    counted.rebuilt++;
   }
-  return { rebuilt, note: `used: ${name}` };
+  return `used: ${name}`;
 }
 

@@ -6,8 +6,8 @@
  * against known content.
  *
  * One file per seed under $XDG_CACHE_HOME/medv/seeds (else ~/.cache/medv/seeds), named by the
- * seed's identity (device and inode: a renamed seed keeps its cache, another file under the same
- * name never takes it); its layout is src/formats/seedids.ts. A file that is not exactly that, or
+ * seed's identity (device and inode: another file under the same name never takes it); its layout
+ * is src/formats/seedids.ts. A file that is not exactly that, or
  * is for another content generation (size, mtime, ctime) or key, is ignored and rebuilt. A stale or
  * forged cache costs only time: every block read from a seed is hashed again before it is used.
  */

@@ -212,7 +212,11 @@ export class DeltaBodyWriter {
   private last?: BlockPlace;
   runs = 0;
 
-  /** Append run `run`'s edits (ascending slots, at least one), given M's record of the run (for bases). */
+  /**
+   * Append run `run`'s edits (ascending slots, at least one), given M's record of the run: a delta
+   * block whose base is M's entry at its slot says so instead of naming the base (an edit as parsed,
+   * with `baseFromPrevious`, says it as it is).
+   */
   add(run: number, edits: DeltaEdit[], prev: RunRecord | undefined): void {
     if (!Number.isSafeInteger(run) || run <= this.lastRun) throw new MedvError('EINVAL_ARG', `delta runs must ascend (${run})`);
     if (edits.length === 0 || edits.length > CKM_RUN_BLOCKS) throw new MedvError('EINVAL_ARG', `run ${run}: ${edits.length} edits`);
@@ -229,8 +233,9 @@ export class DeltaBodyWriter {
       if (!e) { w.u8(F_ZERO); continue; }
       const contiguous = this.last !== undefined && e.place.pack === this.last.pack && e.place.offset === this.last.offset + this.last.length;
       const pe = before.get(ed.slot);
-      const basePrevious = e.kind === 'delta' && !!pe && pe.kind !== 'delta' && !!e.base && e.base.id.equals(pe.id) && e.base.kind === pe.kind && samePlace(e.base.place, pe.place);
-      if (e.kind === 'delta' && !e.base) throw new MedvError('EINVAL_ARG', `run ${run} slot ${ed.slot}: a delta block needs a base`);
+      const basePrevious = e.kind === 'delta' && (ed.baseFromPrevious
+        ?? (!!pe && pe.kind !== 'delta' && !!e.base && e.base.id.equals(pe.id) && e.base.kind === pe.kind && samePlace(e.base.place, pe.place)));
+      if (e.kind === 'delta' && !basePrevious && !e.base) throw new MedvError('EINVAL_ARG', `run ${run} slot ${ed.slot}: a delta block needs a base`);
       w.u8(KIND_CODE[e.kind] | (contiguous ? F_CONTIGUOUS : 0) | (basePrevious ? F_BASE_PREVIOUS : 0));
       checkLength('block id', e.id, CKM_ID_BYTES);
       w.bytes(e.id);

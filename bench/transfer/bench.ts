@@ -1,16 +1,20 @@
 /**
  * Transfer benchmark (not a test): a /usr-content disk (1 GiB, half used, by default), version 2
- * rewriting 3% of its used blocks in scattered places (half in-place edits, half other file
- * content). Measures, on one private nginx (bytes and requests from its access log, `$bytes_sent`):
+ * rewriting 3% of its used blocks in scattered places: half small in-place edits, half replaced
+ * by content unrelated to the disk (`--replace binary`, the default: blocks of shared libraries
+ * the disk does not hold; `--replace text`: blocks of headers and documentation). Measures, on
+ * private nginx servers (bytes and requests from their access logs, `$bytes_sent`):
  *
  *   medv image fetch v1 (nothing local)                       full fetch
- *   medv image fetch v2 --seed v1.evhd                        the update
+ *   medv image fetch v2 --seed v1.evhd                        the update (index, delta, packs)
+ *   the same update from nginx with max_ranges 1              (a single-range server)
  *   zsync -i v1.raw  (zsyncmake -b 4096 v2.raw; control file included)
  *   rsync --no-W v2.raw onto a copy of v1.raw (rsync daemon on loopback; bytes both ways from --stats)
  *
- * and prints bytes, requests and wall time of each, with ratios against medv.
+ * and prints bytes, requests and wall time of each, with ratios against medv, and the load
+ * average before and after (compare ratios within one run on a shared machine).
  *
- *   npm run bench:transfer -- [--size-mib 1024] [--fill 0.5] [--dir /tmp/medv-bench-transfer]
+ *   npm run bench:transfer -- [--size-mib 1024] [--fill 0.5] [--replace binary|text] [--dir /tmp/medv-bench-transfer]
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
@@ -18,34 +22,47 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { waitForFile } from '../../test/helpers/cli.js';
 import { startNginx } from '../../test/helpers/nginx.js';
+import { loadavg } from 'node:os';
+import { BINARY_SOURCES, TEXT_SOURCES } from '../../test/pack/images.js';
 import { makeRepo } from '../../test/transfer/fixture.js';
 import { arg, freshDir } from '../args.js';
 
 const sizeMiB = Number(arg('size-mib', '1024'));
 const fill = Number(arg('fill', '0.5'));
+const replace = arg('replace', 'binary');
+if (replace !== 'binary' && replace !== 'text') throw new Error('--replace is binary or text');
+const load = () => loadavg().map((x) => x.toFixed(2)).join(' ');
 const dir = freshDir(arg('dir', '/tmp/medv-bench-transfer'));
 
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 const t0 = now();
-const r = makeRepo(dir, sizeMiB, fill, 1);
-console.log(`repository: ${sizeMiB} MiB disk, ${r.changed.length} blocks changed in v2; made and packed in ${(now() - t0).toFixed(0)} s`);
+const r = makeRepo(dir, sizeMiB, fill, 1, replace === 'binary' ? BINARY_SOURCES : TEXT_SOURCES);
+console.log(`repository: ${sizeMiB} MiB disk, ${r.changed.length} blocks changed in v2 (half replaced by ${replace} content); made and packed in ${(now() - t0).toFixed(0)} s`);
 const nginx = await startNginx(join(dir, 'nginx'), r.repo);
+const single = await startNginx(join(dir, 'nginx-single'), r.repo, { maxRanges: 1 });
+console.log(`load before: ${load()}`);
 
 interface Row { what: string; bytes: number; requests: number; seconds: number; note?: string }
 const rows: Row[] = [];
-const medvFetch = (what: string, args: string[]) => {
-  nginx.resetLog();
+const medvFetch = (what: string, args: string[], server = nginx) => {
+  server.resetLog();
   const s = now();
   const res = r.medv(['image', 'fetch', ...args, '--keys', r.keys, '--json']);
   if (res.code !== 0) throw new Error(`${what}: ${res.stderr}`);
   const j = JSON.parse(res.stdout);
-  rows.push({ what, bytes: nginx.bytes(), requests: nginx.log().length, seconds: now() - s, note: `${j.blocksFromSeeds} blocks from seeds, ${j.blocksFromNetwork} fetched, index records ${j.indexRecordsFetched} fetched / ${j.indexRecordsReused} reused` });
+  const index = server.bytes((u) => u.includes('.ckm.index'));
+  rows.push({
+    what, bytes: server.bytes(), requests: server.log().length, seconds: now() - s,
+    note: `${j.blocksFromSeeds} blocks from seeds (${j.seeds.every((x: { cached?: boolean }) => x.cached !== false) ? 'ids cached' : 'seed hashed'}), ${j.blocksFromNetwork} fetched; index ${index} B: records ${j.indexRecordsFetched} fetched / ${j.indexRecordsReused} reused / ${j.indexRecordsFromDelta} from the delta`,
+  });
 };
 
 try {
   medvFetch('medv fetch v1 (full)', [nginx.url('lab_1.ckm.index'), '--out', join(dir, 'v1.evhd')]);
   medvFetch('medv fetch v2 --seed v1.evhd', [nginx.url('lab_2.ckm.index'), '--out', join(dir, 'v2.evhd'), '--seed', join(dir, 'v1.evhd')]);
   if (!r.sameAs(join(dir, 'v2.evhd'), r.v2)) throw new Error('medv: fetched v2 differs from the source');
+  mkdirSync(join(dir, 'single'));
+  medvFetch('the same, nginx max_ranges 1', [single.url('lab_2.ckm.index'), '--out', join(dir, 'single', 'v2.evhd'), '--seed', join(dir, 'v1.evhd')], single);
 
   // zsync
   copyFileSync(r.v2, join(r.repo, 'v2.raw'));
@@ -85,6 +102,7 @@ try {
   }
 } finally {
   await nginx.stop();
+  await single.stop();
 }
 
 const update = rows.find((x) => x.what.startsWith('medv fetch v2'))!;
@@ -94,3 +112,4 @@ for (const x of rows) console.log(`| ${x.what} | ${x.bytes.toLocaleString('en')}
 const zs = rows.find((x) => x.what.startsWith('zsync'));
 const rsy = rows.find((x) => x.what.startsWith('rsync'));
 console.log(`\nmedv update / zsync: ${zs ? (update.bytes / zs.bytes).toFixed(3) : '-'} bytes, ${zs ? (update.seconds / zs.seconds).toFixed(2) : '-'} wall; medv update / rsync: ${rsy ? (update.bytes / rsy.bytes).toFixed(3) : '-'} bytes, ${rsy ? (update.seconds / rsy.seconds).toFixed(2) : '-'} wall`);
+console.log(`single-range server: ${rows.find((x) => x.what.includes('max_ranges'))!.requests} requests; load after: ${load()}`);

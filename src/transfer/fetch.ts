@@ -101,9 +101,14 @@ interface Piece { offset: number; length: number; pack: number; key: string; bas
 
 /** Blocks of a seed window (one 2 MiB VHD block of the output), and windows copied at the same time. */
 const SEED_SPAN = 512;
-const SEED_COPIES = 4;
-/** Blocks still to write that one part of the image may hold (about 100 bytes each while wanted by id). */
+const SEED_COPIES = 8;
+/**
+ * A part of the image ends (on a window boundary) once it has this many blocks wanted by id (a few
+ * hundred bytes each while wanted), or this many found in place in a seed (a few bytes each). An
+ * update's changed blocks are one part, so their pieces of a pack are asked for together.
+ */
 const PART_BLOCKS = 32768;
+const PART_IN_PLACE = 1 << 20;
 
 /** `*.evhd.index` files in the output's folder (at most 16, newest first). */
 function indexesBeside(out: string): string[] {
@@ -357,11 +362,10 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     };
 
     // 4. one pass over the index: what is done, what a disk seed holds in place, what is wanted by
-    // id; completed a part at a time (at most PART_BLOCKS wanted by id, ending on a window
-    // boundary), so memory does not grow with the image
+    // id; completed a part at a time (see PART_BLOCKS), so memory does not grow with the image
     let needs = new Map<string, Need>();
     let windows: Window[] = [];
-    let pending = 0;
+    let inPlace = 0;
     const ids = dryRun ? undefined : new IdCollector();
     let cur: Window | undefined;
     let lastDone = -1;
@@ -372,23 +376,23 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
         const b = run * CKM_RUN_BLOCKS + e.slot;
         ids?.add(b, e.id);
         if (partial?.isDone(b)) { resumed++; progress(1); lastDone = b; continue; }
-        pending++;
         const seed = disks.find((d) => d.idAt(b)?.equals(e.id));
         if (seed) {
           // a window never spans a block already written (its gaps are written as zeros)
           const joins = cur && cur.seed === seed && Math.floor(b / SEED_SPAN) === Math.floor(cur.first / SEED_SPAN) && lastDone < cur.first;
           if (joins) cur!.members.push(b);
           else windows.push(cur = { seed, first: b, members: [b] });
+          inPlace++;
           continue;
         }
         want(needs, b, e.id, e);
       }
-      if (pending >= PART_BLOCKS && ((run + 1) * CKM_RUN_BLOCKS) % SEED_SPAN === 0) {
+      if ((needs.size >= PART_BLOCKS || inPlace >= PART_IN_PLACE) && ((run + 1) * CKM_RUN_BLOCKS) % SEED_SPAN === 0) {
         await complete(needs, windows);
         needs = new Map();
         windows = [];
         cur = undefined;
-        pending = 0;
+        inPlace = 0;
       }
     }
     await complete(needs, windows);

@@ -23,8 +23,11 @@ import { fileURLToPath } from 'node:url';
 const SERVER = 'server';
 const CLIENT_SIDE = ['workspace', 'repo', 'client'];
 const FSIO = 'core/fsio.ts';
-/** Folders whose renames are still being moved onto src/core/fsio.ts by another change (none left when empty). */
-const RENAME_EXCEPTIONS = [];
+/**
+ * Folders whose writers are still being moved onto src/core/fsio.ts by another change (issue 19:
+ * the pack/transfer writers). Temporary: remove each entry when its folder lands converted.
+ */
+const RENAME_EXCEPTIONS = ['pack', 'transfer'];
 
 function walk(dir) {
   const out = [];

@@ -47,7 +47,10 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 # "changed blocks compressed alone" yardstick of the pack and fetch tests.
 # casync: the packer `medv image pack` is measured against (bench/transfer/pack.ts).
 # postgresql: the server store's tests start their own cluster (initdb, pg_ctl) for the PostgreSQL path.
-read -r -a packages <<<"${MEDV_SETUP_APT_PACKAGES:-qemu-system-x86 qemu-utils nasm libvhdi-utils python3-libvhdi nginx-light fio nbdkit libnbd-bin g++ make libgcrypt20-dev qemu-system-gui xvfb x11-apps vncsnapshot libjpeg-turbo-progs e2fsprogs mtools zsync rsync zstd casync postgresql}"
+# faketime: the workspace tests set a command's clock back or forward (libfaketime), as a user would;
+# medv itself has no clock hook.
+# passt: a VM's NAT network (`medv vm --network nat`) without the host's loopback (src/hypervisor/usernet.ts).
+read -r -a packages <<<"${MEDV_SETUP_APT_PACKAGES:-qemu-system-x86 qemu-utils nasm libvhdi-utils python3-libvhdi nginx-light fio nbdkit libnbd-bin g++ make libgcrypt20-dev qemu-system-gui xvfb x11-apps vncsnapshot libjpeg-turbo-progs e2fsprogs mtools zsync rsync zstd casync postgresql faketime passt}"
 if command -v dpkg-query >/dev/null; then
   missing=()
   for p in "${packages[@]}"; do

@@ -375,6 +375,7 @@ export const fallback: NativeApi = {
     // is ours and outlives the child.
     const r = spawnSync('/usr/bin/flock', ['-n', '-E', String(FLOCK_CONFLICT), exclusive ? '-x' : '-s', '3'], {
       stdio: ['ignore', 'ignore', 'pipe', fd],
+      env: { PATH: '/usr/bin:/bin' }, // nothing of ours (a passphrase) in a helper's environment
     });
     if (r.status === 0) return true;
     if (r.status === FLOCK_CONFLICT) return false;
@@ -475,7 +476,7 @@ function wrap(raw: RawAddon): NativeApi {
 }
 
 /** Try to load the compiled addon; returns the raw module or the reason it is unusable. */
-export function loadAddon(): { addon?: RawAddon; reason?: string } {
+function loadAddon(): { addon?: RawAddon; reason?: string } {
   // dist/src/native.js -> ../../build/Release; src/native.ts (tsx) -> ../build/Release
   const here = path.dirname(fileURLToPath(import.meta.url));
   const candidates = [

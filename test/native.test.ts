@@ -246,7 +246,7 @@ describe('native', () => {
         assert.equal(typeof r.available, 'boolean');
         if (!r.available) assert.equal(typeof r.reason, 'string');
         if (name === 'addon' && fs.existsSync('/dev/kvm')) {
-          // Both agree on this machine (FACTS.md: /dev/kvm works).
+          // Both agree on this machine (/dev/kvm works here).
           assert.equal(r.available, fallback.kvmProbe().available);
         }
       });

@@ -223,7 +223,7 @@ async function main(): Promise<void> {
         start: (s) => startProcess('qemu-nbd', ['-t', '-e', '16', '-k', s, '--object', `secret,id=sec0,data=${PASS}`,
           '--image-opts', `driver=luks,key-secret=sec0,file.filename=${luks}`]) },
       { name: 'nbdkit-luks', label: 'nbdkit LUKS', file: luks,
-        // -f: stay in the foreground, as our child (a daemonised nbdkit whose parent exits can die, FACTS.md).
+        // -f: stay in the foreground, as our child (a daemonised nbdkit whose parent exits can die: docs/machines.md).
         start: (s) => startProcess('nbdkit', ['-f', '-U', s, '--filter=luks', 'file', luks, `passphrase=${PASS}`]) },
       { name: 'medv', label: 'medv EVHD', file: evhd,
         start: (s) => startProcess('node', [...nodeArgs('medv'), CLI, 'disk', 'serve', evhd, '--socket', s], medvEnv) },

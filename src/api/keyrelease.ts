@@ -1,6 +1,8 @@
 /**
  * Key release: how the server hands an image's keys to one client, and how the client opens them.
- * Shared by the server (api.ts, `POST /api/workspaces/grant`) and the client.
+ * The format only (no file I/O), shared by the server (server/keyservice.ts, `POST
+ * /api/workspaces/grant`) and the client (workspace/, which keeps what it opens with
+ * client/keyfolder.ts).
  *
  * The client makes an X25519 key pair (crypto_box_keypair; it may keep the secret half as a
  * host-protected file and rebuild the pair with clientKeyPairFrom) and sends the public half with
@@ -19,17 +21,12 @@
  * of repository.key.enc, `signers` the Ed25519 public keys whose indexes the client may trust
  * (at most 16).
  */
-import * as fs from 'node:fs';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { MedvError, fromSystemError } from '../core/errors.js';
+import { MedvError } from '../core/errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
-import type { KekSource } from '../crypto/kekenv.js';
-import { writeKeyFileAt, fsyncDir } from '../crypto/keyfile.js';
-import { tempNameFor } from '../core/fsio.js';
 import { secureAlloc, secureFree, secureSeal, redactInspect } from '../crypto/secure.js';
-import { type Sodium, sodium as sodiumBase } from '../crypto/sodium.js';
-import { IMAGE_NAME_RE } from '../formats/ckm/index.js';
+import { type Sodium, sodium as sodiumBase } from '../core/sodium.js';
+import { IMAGE_NAME_RE } from './names.js';
+import { base64DecodeInto, base64EncodeInto, base64Length, hexDecodeInto, hexEncodeInto } from './bytes.js';
 
 /** The public-key functions of sodium-native, beside the subset src/crypto/sodium.ts types. */
 const sodium = sodiumBase as Sodium & {
@@ -42,9 +39,7 @@ const sodium = sodiumBase as Sodium & {
   crypto_scalarmult_base(q: Buffer, n: Buffer): void;
 };
 
-const B64 = Buffer.from('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', 'latin1');
-const HEX = Buffer.from('0123456789abcdef', 'latin1');
-const B64_LEN = 4 * Math.ceil(DATA_KEY_BYTES / 3); // 88
+const B64_LEN = base64Length(DATA_KEY_BYTES); // 88
 
 const P_START = '{"v":1,"image":"';
 const P_CONTENT = '","content":{"id":"';
@@ -56,7 +51,6 @@ const P_END = ']}';
 export const CLIENT_KEY_BYTES = 32;
 export const SIGNER_BYTES = 32;
 export const MAX_SIGNERS = 16;
-export const RELEASE_VERSION = 1;
 /** Longest canonical plaintext: 64-character image name, 16 signers. */
 export const MAX_RELEASE_PLAINTEXT = plaintextLength(64, MAX_SIGNERS);
 /** Longest sealed answer a client accepts. */
@@ -127,24 +121,8 @@ class Writer {
   pos = 0;
   constructor(readonly buf: Buffer) {}
   text(s: string): void { this.pos += this.buf.write(s, this.pos, 'latin1'); }
-  hex(b: Buffer): void {
-    for (const x of b) { this.buf[this.pos++] = HEX[x >> 4]; this.buf[this.pos++] = HEX[x & 15]; }
-  }
-  base64(b: Buffer): void {
-    let i = 0;
-    for (; i + 3 <= b.length; i += 3) {
-      const n = (b[i] << 16) | (b[i + 1] << 8) | b[i + 2];
-      this.buf[this.pos++] = B64[(n >> 18) & 63]; this.buf[this.pos++] = B64[(n >> 12) & 63];
-      this.buf[this.pos++] = B64[(n >> 6) & 63]; this.buf[this.pos++] = B64[n & 63];
-    }
-    const rest = b.length - i;
-    if (rest) {
-      const n = (b[i] << 16) | (rest === 2 ? b[i + 1] << 8 : 0);
-      this.buf[this.pos++] = B64[(n >> 18) & 63]; this.buf[this.pos++] = B64[(n >> 12) & 63];
-      this.buf[this.pos++] = rest === 2 ? B64[(n >> 6) & 63] : 0x3d;
-      this.buf[this.pos++] = 0x3d;
-    }
-  }
+  hex(b: Buffer): void { this.pos = hexEncodeInto(b, this.buf, this.pos); }
+  base64(b: Buffer): void { this.pos = base64EncodeInto(b, this.buf, this.pos); }
 }
 
 const bad = (what: string) => new MedvError('EBADREPLY', `the released keys are malformed: ${what}`);
@@ -165,33 +143,13 @@ class Reader {
     return s;
   }
   hexInto(out: Buffer, what: string): void {
-    if (this.pos + 2 * out.length > this.buf.length) throw bad(what);
-    for (let i = 0; i < out.length; i++) {
-      const hi = HEX.indexOf(this.buf[this.pos++]);
-      const lo = HEX.indexOf(this.buf[this.pos++]);
-      if (hi < 0 || lo < 0) throw bad(`${what} is not lowercase hex`);
-      out[i] = (hi << 4) | lo;
-    }
+    if (!hexDecodeInto(this.buf.subarray(this.pos, this.pos + 2 * out.length), out, true)) throw bad(`${what} is not ${2 * out.length} lowercase hex digits`);
+    this.pos += 2 * out.length;
   }
   /** Decode exactly out.length bytes of padded base64 into `out` (a secure buffer for keys). */
   base64Into(out: Buffer, what: string): void {
-    const len = 4 * Math.ceil(out.length / 3);
-    if (this.pos + len > this.buf.length) throw bad(what);
-    const v = (c: number) => {
-      const x = B64.indexOf(c);
-      if (x < 0) throw bad(`${what} is not base64`);
-      return x;
-    };
-    let o = 0;
-    for (let q = 0; q < len; q += 4) {
-      const c = this.buf.subarray(this.pos + q, this.pos + q + 4);
-      const need = Math.min(3, out.length - o);
-      const n = (v(c[0]) << 18) | (v(c[1]) << 12) | (need > 1 ? v(c[2]) << 6 : 0) | (need > 2 ? v(c[3]) : 0);
-      if ((need < 3 && c[3] !== 0x3d) || (need < 2 && c[2] !== 0x3d)) throw bad(`${what} has the wrong length`);
-      out[o++] = (n >> 16) & 255;
-      if (need > 1) out[o++] = (n >> 8) & 255;
-      if (need > 2) out[o++] = n & 255;
-    }
+    const len = base64Length(out.length);
+    if (!base64DecodeInto(this.buf.subarray(this.pos, this.pos + len), out)) throw bad(`${what} is not base64 of ${out.length} bytes`);
     this.pos += len;
   }
 }
@@ -262,8 +220,8 @@ export function sealImageKeys(keys: ImageKeySet, clientPublicKey: Buffer): Buffe
 /**
  * Open a sealed answer with the client's key pair: the keys as DataKeys (secure memory) and the
  * signers. Bounded (at most MAX_SEALED bytes); a wrong key, a forged or truncated answer, or any
- * deviation from the canonical plaintext gives EBADREPLY. Named openReleasedKeys (src/pack exports
- * an openImageKeys of its own, for a key folder); `openImageKeys` is the same function.
+ * deviation from the canonical plaintext gives EBADREPLY. (src/pack's openImageKeys is another
+ * thing: it opens a key folder.)
  */
 export function openReleasedKeys(sealed: Buffer, pair: ClientKeyPair): ReleasedImageKeys {
   if (!Buffer.isBuffer(sealed) || sealed.length <= sodium.crypto_box_SEALBYTES || sealed.length > MAX_SEALED) {
@@ -325,64 +283,5 @@ export function openReleasedKeys(sealed: Buffer, pair: ClientKeyPair): ReleasedI
     throw e;
   } finally {
     secureFree(plain);
-  }
-}
-
-export { openReleasedKeys as openImageKeys };
-
-// --- a key folder that src/pack reads
-
-async function mkdir700(dir: string): Promise<void> {
-  try {
-    await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 });
-    await fs.promises.chmod(dir, 0o700);
-  } catch (e) {
-    throw fromSystemError(e, dir);
-  }
-}
-
-/** Write `make(tmp)` under a temporary name in `dir`, then rename it over `name` and fsync the folder. */
-async function replaceAtomically(dir: string, name: string, make: (tmp: string) => Promise<void>): Promise<void> {
-  const path = join(dir, name);
-  const tmp = tempNameFor(path, randomBytes(6).toString('hex'));
-  try {
-    await make(tmp);
-    await fs.promises.rename(tmp, path);
-  } catch (e) {
-    await fs.promises.unlink(tmp).catch(() => undefined);
-    throw fromSystemError(e, path);
-  }
-  await fsyncDir(dir);
-}
-
-async function writePublic(tmp: string, text: string): Promise<void> {
-  const fh = await fs.promises.open(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
-  try {
-    await fh.write(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/**
- * Write released keys as a key folder that src/pack's openImageKeys / verifyPack and src/transfer's
- * fetchImage({keyDir}) read: `repository.key.enc` and `images/<image>.key.enc` wrapped under `kek`
- * (each keeps its key id: the content key's id is the image id), and `trusted/<first 16 hex>.pub`
- * per signer. Folders 0700; each file is written under a temporary name, fsynced and renamed over
- * the old one (a grant after a key change replaces it). Other files in the folder are left alone.
- */
-export async function writeKeyFolder(dir: string, keys: ReleasedImageKeys, kek: KekSource): Promise<void> {
-  if (!IMAGE_NAME_RE.test(keys.image)) throw new MedvError('EINVAL_ARG', 'image name is not valid');
-  await mkdir700(dir);
-  await mkdir700(join(dir, 'images'));
-  await replaceAtomically(dir, 'repository.key.enc', (tmp) => writeKeyFileAt(tmp, keys.repository, kek));
-  await replaceAtomically(join(dir, 'images'), `${keys.image}.key.enc`, (tmp) => writeKeyFileAt(tmp, keys.content, kek));
-  if (keys.signers.length) {
-    await mkdir700(join(dir, 'trusted'));
-    for (const s of keys.signers) {
-      const hex = s.toString('hex');
-      await replaceAtomically(join(dir, 'trusted'), `${hex.slice(0, 16)}.pub`, (tmp) => writePublic(tmp, `${hex}\n`));
-    }
   }
 }

@@ -1,9 +1,13 @@
 /**
  * The JSON Schema of a workspace policy (draft-07). docs/policy.schema.json is this object,
  * written out (test/server/policy.test.ts checks they are equal); docs/policy.md explains it.
+ * The name patterns are ./names.ts's rules (the ones the server and the client apply).
  */
-const NAME = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$' };
-const IMAGE = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' };
+import { IMAGE_NAME_PATTERN, PRINCIPAL_NAME_PATTERN, WORKSPACE_NAME_PATTERN } from './names.js';
+
+const NAME = { type: 'string', pattern: PRINCIPAL_NAME_PATTERN };
+const WORKSPACE = { type: 'string', pattern: WORKSPACE_NAME_PATTERN };
+const IMAGE = { type: 'string', pattern: IMAGE_NAME_PATTERN };
 
 export const POLICY_SCHEMA = {
   $schema: 'http://json-schema.org/draft-07/schema#',
@@ -27,7 +31,7 @@ export const POLICY_SCHEMA = {
       additionalProperties: false,
       required: ['name', 'image'],
       properties: {
-        name: { ...NAME, description: 'What users start: `medv workspace start NAME`.' },
+        name: { ...WORKSPACE, description: 'What users start: `medv workspace start NAME`; also its VM\'s name, so no \'@\'.' },
         image: { ...IMAGE, description: 'Image name in the repository (<image>_<N>.ckm); the newest version runs.' },
         mode: { type: 'string', enum: ['persistent', 'revertible'], default: 'persistent', description: 'revertible: the guest\'s writes are discarded at every stop.' },
         onStop: { type: 'string', enum: ['shutdown', 'suspend'], default: 'shutdown', description: 'suspend keeps the running state (encrypted) for the next start.' },

@@ -8,6 +8,7 @@
  * Devices must tolerate many requests in flight at once: a layer that does read-modify-write
  * or metadata updates serialises what needs it internally.
  */
+import type { FileMap } from '../native.js';
 
 /**
  * How a device supports an optional operation (nbdkit's can_zero / can_fua / can_trim):
@@ -23,12 +24,12 @@ export interface BlockCapabilities {
   readonly zero: Support;
   /** write(..., {fua:true}): native = durable on return by itself; emulate = the caller flushes after. */
   readonly fua: Support;
-  /** discard(): native = may deallocate (contents unspecified afterwards, as NBD TRIM);
+  /** discard(): native = may deallocate (contents unspecified afterwards, as after a TRIM);
    *  emulate = accepted as a hint that changes nothing. */
   readonly trim: Support;
   /** resize() is available (files and containers, not virtual disks). */
   readonly resizable: boolean;
-  /** Smallest unit a client should address (NBD minimum block size); requests may still be any size. */
+  /** Smallest unit a client should address (an exporter's minimum block size); requests may still be any size. */
   readonly minBlockSize: number;
   readonly preferredBlockSize: number;
   readonly maxRequestSize: number;
@@ -39,13 +40,27 @@ export interface WriteOptions {
   fua?: boolean;
 }
 
-/** A run of the device with one allocation state (NBD base:allocation). */
+/** A run of the device with one allocation state (what an exporter reports as its allocation map). */
 export interface Extent {
   length: number;
   /** Not allocated in this device or below it (reads as zeros or as nothing stored). */
   hole: boolean;
   /** Reads as zeros. */
   zero: boolean;
+}
+
+/** See BlockDevice.fileRange: device bytes [offset, +length) are file bytes [position, +length). */
+export interface FileRange {
+  /** The open file (read only: never written, moved or closed through this). */
+  readonly fd: number;
+  readonly position: number;
+  /** A read-only mapping of the whole file that covers the range (only when asked for and kept). */
+  readonly map?: FileMap;
+}
+
+export interface FileRangeOptions {
+  /** Ask for `map` too (a device may map the file on first use). */
+  mapped?: boolean;
 }
 
 export interface BlockDevice {
@@ -70,31 +85,26 @@ export interface BlockDevice {
    * without waiting, when everything they need is at hand (page cache, cached metadata). True when
    * `buf` holds them; false when the device would have to wait, or declines (any length, any
    * reason): `buf` is then unspecified and the caller uses readInto(). Never throws: a failure is a
-   * false, and readInto() then reports it. An NBD server answers a cached 4 KiB read this way with
-   * no promise, no buffer of its own and no copy (src/nbd/transmission.ts).
+   * false, and readInto() then reports it. A server answers a cached 4 KiB read this way with no
+   * promise, no buffer of its own and no copy.
    */
   readIntoNow?(buf: Buffer, offset: number): boolean;
   /**
-   * Optional: readInto(), then AES-256-XTS decryption of `buf` in place (unit i of `buf` with the
-   * tweak firstUnit + i, as native.xtsCrypt), in one step off the event loop (a plain file: one
-   * thread-pool job does the pread and the cipher). An encrypting layer uses it for large reads.
+   * Optional: where [offset, offset + length) lies, byte for byte, in a file this device holds open,
+   * for a caller that reads that file itself (sendfile(2) of cached pages; a cipher reading a
+   * mapping on the thread pool). Undefined when the device cannot say (not a plain file, out of
+   * range, closed, a layer that changes the bytes): the caller then uses readInto(). With
+   * `options.mapped`, the range also carries a read-only mapping of the file where the device keeps
+   * one. The answer holds only for the current synchronous step (the device may be resized or
+   * closed later): ask again rather than keep it. The caller only reads through it, and what it
+   * starts with it must settle before the device is closed, as for any read in flight.
    */
-  readIntoDecrypted?(buf: Buffer, offset: number, key: Buffer, firstUnit: number, unitSize: number): Promise<void>;
-  /**
-   * Optional fast path of an NBD server, both or neither (a plain file with the addon: sendfile
-   * from the page cache). readCached: is all of [offset, +length) in the page cache now.
-   * sendReadReply: send `header`, then `length` bytes at `offset`, on the non-blocking socket
-   * `sockfd`, without blocking and without a copy through our memory; returns -1 having sent
-   * nothing (not all cached any more, closed, out of range: use readInto), else the bytes of
-   * header + data sent, fewer when the socket filled up (the caller sends the rest).
-   */
-  readCached?(offset: number, length: number): boolean;
-  sendReadReply?(sockfd: number, header: Buffer, offset: number, length: number): number;
+  fileRange?(offset: number, length: number, options?: FileRangeOptions): FileRange | undefined;
   /** Write `data` at `offset`. The caller's buffer is never modified nor kept after the promise settles. */
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
   /** Make every completed write durable. */
   flush(): Promise<void>;
-  /** Hint that a range is unused (NBD TRIM): it may be deallocated; its contents are unspecified afterwards
+  /** Hint that a range is unused (a TRIM): it may be deallocated; its contents are unspecified afterwards
    *  (most devices return zeros, a differencing layer may return the parent's data). */
   discard(offset: number, length: number): Promise<void>;
   /** The range reads back as zeros afterwards. */

@@ -10,7 +10,7 @@ const ZERO_CHUNK = 1 << 20;
 let zeroChunk: Buffer | undefined;
 
 /** A shared, never-written buffer of `n` <= 1 MiB zeros. */
-export function zeroBuffer(n: number): Buffer {
+function zeroBuffer(n: number): Buffer {
   zeroChunk ??= Buffer.alloc(ZERO_CHUNK);
   return n === ZERO_CHUNK ? zeroChunk : zeroChunk.subarray(0, n);
 }

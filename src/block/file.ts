@@ -3,7 +3,7 @@ import { promisify } from 'node:util';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { type FileMap, native } from '../native.js';
 import { writeZeroesByWriting } from './emulate.js';
-import { type BlockCapabilities, type BlockDevice, type Extent, type WriteOptions, defaultCapabilities } from './device.js';
+import { type BlockCapabilities, type BlockDevice, type Extent, type FileRange, type FileRangeOptions, type WriteOptions, defaultCapabilities } from './device.js';
 import { type LockMode, lockFile } from './flock.js';
 
 export type { LockMode } from './flock.js';
@@ -15,7 +15,7 @@ const fsFtruncate = promisify(fs.ftruncate);
 const fsClose = promisify(fs.close);
 const fsOpen = promisify(fs.open);
 const fsFstat = promisify(fs.fstat);
-/** Files from this size are mapped for readIntoDecrypted (a mapping costs a few system calls once). */
+/** Files from this size are mapped for fileRange({ mapped }) (a mapping costs a few system calls once). */
 const MAP_MIN = 1 << 20;
 
 export interface FileOpenOptions {
@@ -31,8 +31,19 @@ export interface FileOpenOptions {
   lock?: LockMode;
 }
 
+/** Size in bytes of the block device `rdev` (/sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors). */
+function blockDeviceSize(rdev: number, path: string): number {
+  const major = Number((BigInt(rdev) >> 8n) & 0xfffn | (BigInt(rdev) >> 32n) & ~0xfffn);
+  const minor = Number(BigInt(rdev) & 0xffn | (BigInt(rdev) >> 12n) & ~0xffn);
+  let text: string;
+  try { text = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'latin1'); } catch (e) { throw fromSystemError(e, path); }
+  const sectors = Number(text.trim());
+  if (!Number.isSafeInteger(sectors) || sectors < 0) throw new MedvError('EIO', `cannot tell the size of block device ${path}`, { file: path });
+  return sectors * 512;
+}
+
 /**
- * A plain file as a resizable BlockDevice. Reads past EOF inside `size` return zeros
+ * A plain file (or a block device, of fixed size) as a BlockDevice, resizable when it is a file. Reads past EOF inside `size` return zeros
  * (sparse tail); the size is the file's length.
  */
 export class FileDevice implements BlockDevice {
@@ -42,11 +53,11 @@ export class FileDevice implements BlockDevice {
   private mapping: { map: FileMap; length: number } | undefined;
   private mapTried = false;
 
-  private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean) {
+  private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean, fixedSize = false) {
     // With the addon, discard punches holes and write-zeroes zeroes ranges with fallocate(2);
     // without it (or on a file system that refuses), zeros are written and discard changes nothing.
     this.capabilities = defaultCapabilities({
-      resizable: !readOnly, fua: 'native',
+      resizable: !readOnly && !fixedSize, fua: 'native',
       zero: native.available ? 'native' : 'emulate',
       trim: native.available ? 'native' : 'emulate',
     });
@@ -59,7 +70,9 @@ export class FileDevice implements BlockDevice {
       if (options.create) {
         fd = await fsOpen(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
       } else {
-        fd = await fsOpen(path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+        // O_NONBLOCK: a FIFO (or a device that waits for a carrier) must not hang the open; its
+        // type is refused just below, on the descriptor. Regular files and block devices ignore it.
+        fd = await fsOpen(path, (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY);
       }
     } catch (e) {
       throw fromSystemError(e, path);
@@ -69,12 +82,13 @@ export class FileDevice implements BlockDevice {
       if (st.isDirectory()) throw new MedvError('EINVAL_ARG', `is a directory, not a disk: ${path}`, { file: path });
       if (!st.isFile() && !st.isBlockDevice()) throw new MedvError('EINVAL_ARG', 'not a regular file', { file: path });
       lockFile(fd, path, options.lock ?? (readOnly && !options.create ? 'shared' : 'exclusive'));
-      let size = st.size;
+      // A block device's size is not in its inode (fstat says 0): the kernel says it in sysfs, in 512-byte sectors.
+      let size = st.isBlockDevice() ? blockDeviceSize(st.rdev, path) : st.size;
       if (options.create && options.size) {
         await fsFtruncate(fd, options.size);
         size = options.size;
       }
-      return new FileDevice(path, fd, size, readOnly);
+      return new FileDevice(path, fd, size, readOnly, st.isBlockDevice());
     } catch (e) {
       await fsClose(fd).catch(() => undefined);
       throw fromSystemError(e, path);
@@ -83,8 +97,6 @@ export class FileDevice implements BlockDevice {
 
   get size(): number { return this.currentSize; }
   get description(): string { return this.path; }
-  /** The raw file descriptor, for the native fast path. */
-  get fileDescriptor(): number { return this.fd; }
 
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRead(offset, length);
@@ -99,21 +111,18 @@ export class FileDevice implements BlockDevice {
   }
 
   /**
-   * See BlockDevice.readIntoDecrypted. From a read-only mapping of the file where it covers the
-   * range (native.xtsFromMapAsync: the cipher reads the page cache itself), else pread and cipher
-   * in one thread-pool job (native.preadXtsAsync).
+   * See BlockDevice.fileRange: the device's bytes are the file's, at the same offsets. The mapping
+   * (`mapped`) is made on first use, of the file's size then; a range past it (the file grew since)
+   * comes without one, as do ranges of small files and all ranges where mmap is unavailable.
    */
-  async readIntoDecrypted(buf: Buffer, offset: number, key: Buffer, firstUnit: number, unitSize: number): Promise<void> {
-    this.checkRead(offset, buf.length);
-    const map = this.mapCovering(offset + buf.length);
-    try {
-      if (map) await native.xtsFromMapAsync(map, offset, buf, key, firstUnit, unitSize);
-      else await native.preadXtsAsync(this.fd, buf, offset, key, firstUnit, unitSize);
-    } catch (e) { throw fromSystemError(e, this.path); }
+  fileRange(offset: number, length: number, options?: FileRangeOptions): FileRange | undefined {
+    if (this.closed || !(offset >= 0) || !(length > 0) || offset + length > this.currentSize) return undefined;
+    const map = options?.mapped ? this.mapCovering(offset + length) : undefined;
+    return map ? { fd: this.fd, position: offset, map } : { fd: this.fd, position: offset };
   }
 
-  /** The file's mapping if it reaches `end`: made on first use, of the size then (a file that grew
-   *  since is read past it with pread); none for small files or where mmap is unavailable. */
+  /** The file's mapping if it reaches `end`: made on first use; none for small files or where mmap
+   *  is unavailable. */
   private mapCovering(end: number): FileMap | undefined {
     if (!this.mapping && !this.mapTried && this.currentSize >= MAP_MIN) {
       this.mapTried = true;
@@ -141,18 +150,6 @@ export class FileDevice implements BlockDevice {
     } catch {
       return false; // readInto() reports it
     }
-  }
-
-  /** See BlockDevice.readCached (native.pageCached: cachestat(2)). */
-  readCached(offset: number, length: number): boolean {
-    if (this.closed || offset < 0 || length <= 0 || offset + length > this.currentSize) return false;
-    return native.pageCached(this.fd, offset, length);
-  }
-
-  /** See BlockDevice.sendReadReply: sendfile(2) of page-cached data (native.sendFileReply). */
-  sendReadReply(sockfd: number, header: Buffer, offset: number, length: number): number {
-    if (this.closed || offset < 0 || length <= 0 || offset + length > this.currentSize) return -1;
-    return native.sendFileReply(sockfd, header, this.fd, offset, length);
   }
 
   private checkRead(offset: number, length: number): void {

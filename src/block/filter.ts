@@ -5,7 +5,7 @@
  */
 import { MedvError } from '../core/errors.js';
 import { readByCopy, readInto } from './emulate.js';
-import type { BlockCapabilities, BlockDevice, Extent, WriteOptions } from './device.js';
+import type { BlockCapabilities, BlockDevice, Extent, FileRange, FileRangeOptions, WriteOptions } from './device.js';
 
 export class FilterDevice implements BlockDevice {
   constructor(readonly next: BlockDevice) {}
@@ -24,6 +24,12 @@ export class FilterDevice implements BlockDevice {
   /** Passed down under the same rule as readInto(). */
   readIntoNow(buf: Buffer, offset: number): boolean {
     return this.read === FilterDevice.prototype.read && this.next.readIntoNow !== undefined && this.next.readIntoNow(buf, offset);
+  }
+  /** Passed down only while this filter changes neither read() nor readInto(): then the file's bytes
+   *  below are this filter's bytes. */
+  fileRange(offset: number, length: number, options?: FileRangeOptions): FileRange | undefined {
+    if (this.read !== FilterDevice.prototype.read || this.readInto !== FilterDevice.prototype.readInto) return undefined;
+    return this.next.fileRange?.(offset, length, options);
   }
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> { return this.next.write(offset, data, options); }
   flush(): Promise<void> { return this.next.flush(); }

@@ -67,7 +67,7 @@ function alive(pid: number): boolean {
 }
 
 /** Who holds a flock on the file open as `fd` (best effort: what /proc lets us see). */
-export function lockHolders(fd: number): LockHolder[] {
+function lockHolders(fd: number): LockHolder[] {
   let key: string;
   try {
     const st = fstatSync(fd, { bigint: true });

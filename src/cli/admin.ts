@@ -1,7 +1,8 @@
-/** `medv admin`: users, policies and image keys on a medv server, and its clients' reports, with the admin token. Thin over src/client/api.ts. */
+/** `medv admin`: users, policies and image keys on a medv server, its clients' reports and its audit log, with the admin token (or an administrator's login). Thin over src/client/api.ts. */
 import * as fs from 'node:fs';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 import { readTokenFile } from './image-repo.js';
 import { readPassword } from './login.js';
@@ -50,20 +51,98 @@ export function adminCommand(): Command {
     .description('create a user (the password is hashed with Argon2id by the server)')
     .option('--password-file <file>', 'read the password from a file (- for stdin); default: ask twice on the terminal')
     .option('--group <group>', 'add the user to a group (created if missing); repeat for several', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--admin', 'an administrator: may use medv admin (and the console) with their own login instead of the admin token')
     .addHelpText('after', `
 Names are 1 to 64 letters, digits, '.', '_', '@' or '-'; passwords 8 to 1024 bytes.
 Exit status: 0 created; 2 bad name or password; 3 the user exists; 4 wrong admin token; 10 network.
 
 Examples:
   medv admin user add alice --group finance --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  medv admin user add root-ann --admin --password-file ann.pw --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
   medv admin user add bob --password-file bob.pw --group lab --group finance --server https://console.example --json`))
     .action(async (name: string, o: Opts) => {
       const token = adminToken(o);
       const password = await readPassword(o.passwordFile as string | undefined, `Password for ${name}: `, true);
       const { apiRequest } = await import('../client/api.js');
-      const r = await apiRequest<{ user: string; groups: string[]; created: string }>(String(o.server), 'POST', '/api/admin/users', { token, ca: o.ca as string | undefined, body: { user: name, password, groups: o.group } });
+      const r = await apiRequest<UserRow>(String(o.server), 'POST', '/api/admin/users', { token, ca: o.ca as string | undefined, body: { user: name, password, groups: o.group, role: o.admin ? 'admin' : 'user' } });
       if (o.json) printJson(r);
-      else process.stdout.write(`user ${r.user} created${r.groups.length ? ` in ${r.groups.join(', ')}` : ''}\n`);
+      else process.stdout.write(`${r.role === 'admin' ? 'administrator' : 'user'} ${r.user} created${r.groups.length ? ` in ${r.groups.join(', ')}` : ''}\n`);
+    });
+
+  const userPath = (name: string, verb = '') => `/api/admin/users/${encodeURIComponent(name)}${verb}`;
+  const EXIT_HELP = 'Exit status: 0 done; 3 no such user; 4 wrong admin token (or not an administrator); 10 network.';
+
+  serverOptions(user.command('disable <user>')
+    .description('disable an account: its tokens stop working at once and it cannot log in (until enabled)')
+    .addHelpText('after', `
+Nothing is deleted: groups, tokens (refused while disabled), clients and reports stay; \`enable\`
+undoes it (tokens that have not expired work again: revoke them too if the account was misused).
+${EXIT_HELP}
+
+Examples:
+  medv admin user disable bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  medv admin user disable bob --server https://console.example --json`))
+    .action(async (name: string, o: Opts) => {
+      const r = await adminCall<UserRow>(o, 'POST', userPath(name, '/disable'));
+      if (o.json) printJson(r); else process.stdout.write(`user ${r.user} disabled\n`);
+    });
+
+  serverOptions(user.command('enable <user>')
+    .description('enable a disabled account again')
+    .addHelpText('after', `
+${EXIT_HELP}
+
+Example:
+  medv admin user enable bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`))
+    .action(async (name: string, o: Opts) => {
+      const r = await adminCall<UserRow>(o, 'POST', userPath(name, '/enable'));
+      if (o.json) printJson(r); else process.stdout.write(`user ${r.user} enabled\n`);
+    });
+
+  serverOptions(user.command('delete <user>')
+    .description('delete an account with its group memberships, tokens, clients and their reports')
+    .addHelpText('after', `
+What goes: the account, its group memberships (the groups stay for their other members and the
+policies that name them), its tokens, the clients it registered and the reports those clients sent
+as this user. The audit log keeps what the user did. A deleted name can be added again later: it
+is a new account (policies that name the user directly apply to it).
+${EXIT_HELP}
+
+Examples:
+  medv admin user delete bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  medv admin user delete bob --server https://console.example --json`))
+    .action(async (name: string, o: Opts) => {
+      const r = await adminCall<{ user: string; groups: string[]; tokens: number; clients: number; reports: number }>(o, 'DELETE', userPath(name));
+      if (o.json) printJson(r);
+      else process.stdout.write(`user ${r.user} deleted (${r.groups.length} group membership${r.groups.length === 1 ? '' : 's'}, ${r.tokens} token${r.tokens === 1 ? '' : 's'}, ${r.clients} client${r.clients === 1 ? '' : 's'}, ${r.reports} report${r.reports === 1 ? '' : 's'})\n`);
+    });
+
+  serverOptions(user.command('passwd <user>')
+    .description('set a new password for an account; every token it holds is revoked')
+    .option('--password-file <file>', 'read the new password from a file (- for stdin); default: ask twice on the terminal')
+    .addHelpText('after', `
+The user logs in again with the new password (medv login) on every client.
+${EXIT_HELP} 2: the password is not 8 to 1024 bytes.
+
+Examples:
+  medv admin user passwd bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  medv admin user passwd bob --password-file new.pw --server https://console.example --json`))
+    .action(async (name: string, o: Opts) => {
+      const password = await readPassword(o.passwordFile as string | undefined, `New password for ${name}: `, true);
+      const r = await adminCall<{ user: string; tokensRevoked: number }>(o, 'POST', userPath(name, '/password'), { password });
+      if (o.json) printJson(r); else process.stdout.write(`password of ${r.user} changed; ${r.tokensRevoked} token${r.tokensRevoked === 1 ? '' : 's'} revoked\n`);
+    });
+
+  serverOptions(user.command('revoke <user>')
+    .description('revoke every token of an account (it stays enabled: the user logs in again)')
+    .addHelpText('after', `
+${EXIT_HELP}
+
+Example:
+  medv admin user revoke bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token --json`))
+    .action(async (name: string, o: Opts) => {
+      const r = await adminCall<{ user: string; tokensRevoked: number }>(o, 'POST', userPath(name, '/revoke'));
+      if (o.json) printJson(r); else process.stdout.write(`${r.tokensRevoked} token${r.tokensRevoked === 1 ? '' : 's'} of ${r.user} revoked\n`);
     });
 
   serverOptions(user.command('list')
@@ -75,9 +154,9 @@ Examples:
     .action(async (o: Opts) => {
       const token = adminToken(o);
       const { apiRequest } = await import('../client/api.js');
-      const r = await apiRequest<{ users: { user: string; groups: string[]; created: string; disabled: boolean }[] }>(String(o.server), 'GET', '/api/admin/users', { token, ca: o.ca as string | undefined });
+      const r = await apiRequest<{ users: UserRow[] }>(String(o.server), 'GET', '/api/admin/users', { token, ca: o.ca as string | undefined });
       if (o.json) { printJson(r); return; }
-      for (const u of r.users) process.stdout.write(`${u.user}\t${u.groups.join(',') || '-'}\t${u.created}${u.disabled ? '\tdisabled' : ''}\n`);
+      for (const u of r.users) process.stdout.write(`${u.user}\t${u.groups.join(',') || '-'}\t${u.created}\t${u.role}${u.disabled ? '\tdisabled' : ''}\n`);
     });
 
   serverOptions(policy.command('publish <file>')
@@ -114,7 +193,7 @@ Examples:
     });
   serverOptions(addKeyOptions(imageKeys.command('publish <name>'))
     .description('publish the keys of image NAME from the console\'s key folder to the server')
-    .option('--keys <dir>', 'the console key folder (default $MEDV_KEYS, else ~/.config/medv/keys)')
+    .option('--keys <dir>', `the console key folder (default ${DEFAULT_HELP.keys})`)
     .addHelpText('after', `
 Sends the image's content key (images/NAME.key.enc), the repository key (repository.key.enc)
 and the trusted signers (console.sign.pub and trusted/*.pub) to the server, which keeps them
@@ -128,8 +207,8 @@ Examples:
   medv admin image-keys publish lab --keys keys --host-key console.key --server https://console.example --ca ca.pem --json`))
     .action(async (name: string, o: Opts & KeyOptions) => {
       const token = adminToken(o);
-      const { openImageKeys, defaultKeyDir } = await import('../pack/index.js');
-      const keys = await openImageKeys((o.keys as string | undefined) ?? defaultKeyDir(), name, kekFrom(o));
+      const { openImageKeys } = await import('../pack/index.js');
+      const keys = await openImageKeys((o.keys as string | undefined) ?? consoleKeyDir(), name, kekFrom(o));
       try {
         const { publishImageKeys } = await import('../client/api.js');
         const { content, repository } = keys.dataKeys;
@@ -143,25 +222,89 @@ Examples:
     });
 
   serverOptions(admin.command('clients')
-    .description('what each client last reported about its workspaces')
+    .description('what each client last reported about its workspaces, a page at a time')
+    .option('--limit <n>', 'rows per page (1 to 1000)', '100')
+    .option('--after <cursor>', 'the page after this cursor (printed as "next" by the page before)')
+    .option('--all', 'every page, one after the other')
     .addHelpText('after', `
-One row per client, user and workspace: the version it runs, its state (running, stopped,
-suspended, updating, failed, offline), how long ago the client reported it, and its last error.
+One row per client, user and workspace, in that order: the version it runs, its state (running,
+stopped, suspended, updating, failed, offline), how long ago the client reported it, and its last
+error. A client reports only after a grant for its user, only for workspaces the user is entitled
+to, and a user keeps at most --max-reports-per-user rows (medv serve).
+When more rows follow, the last line (or "next" in --json) is the cursor for --after.
+Exit status: 0; 2 bad --limit or --after; 4 wrong admin token; 10 network.
 
 Examples:
   medv admin clients --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  MEDV_ADMIN_TOKEN=… medv admin clients --server https://console.example --json`))
+  medv admin clients --all --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  MEDV_ADMIN_TOKEN=… medv admin clients --limit 500 --after eyJ… --server https://console.example --json`))
     .action(async (o: Opts) => {
-      const token = adminToken(o);
-      const { listClients } = await import('../client/api.js');
-      const clients = await listClients(String(o.server), token, o.ca as string | undefined);
-      if (o.json) { printJson({ clients }); return; }
-      const rows = [['CLIENT', 'USER', 'WORKSPACE', 'VERSION', 'STATE', 'AGE', 'LAST ERROR'],
-        ...clients.map((c) => [c.client, c.user, c.workspace, c.version === null ? '-' : String(c.version), c.state, age(Date.now() - Date.parse(c.at)), (c.lastError ?? '').replace(/[\x00-\x1f\x7f]/g, ' ').slice(0, 120)])];
-      const width = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-      for (const r of rows) process.stdout.write(`${r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(width[i]))).join('  ').trimEnd()}\n`);
+      const rows: string[][] = [['CLIENT', 'USER', 'WORKSPACE', 'VERSION', 'STATE', 'AGE', 'LAST ERROR']];
+      const all: ClientRow[] = [];
+      let after = o.after as string | undefined;
+      let next: string | null;
+      do {
+        const q = new URLSearchParams({ limit: String(o.limit) });
+        if (after) q.set('after', after);
+        const page = await adminCall<{ clients: ClientRow[]; next: string | null }>(o, 'GET', `/api/admin/clients?${q}`);
+        // a report without an error has no lastError (as the client library gives it)
+        all.push(...page.clients.map((c) => (c.lastError === null ? (({ lastError: _, ...rest }) => rest)(c) : c)));
+        next = page.next;
+        after = next ?? undefined;
+      } while (o.all && next);
+      if (o.json) { printJson({ clients: all, next }); return; }
+      rows.push(...all.map((c) => [c.client, c.user, c.workspace, c.version === null ? '-' : String(c.version), c.state, age(Date.now() - Date.parse(c.at)), printable(c.lastError ?? '').slice(0, 120)]));
+      table(rows);
+      if (next) process.stdout.write(`more: --after ${next}\n`);
+    });
+
+  serverOptions(admin.command('audit')
+    .description('the audit log, newest first, a page at a time')
+    .option('--limit <n>', 'entries per page (1 to 1000)', '100')
+    .option('--before <cursor>', 'the page after this cursor (printed as "next" by the page before)')
+    .option('--since <time>', 'only entries (or repeats) at or after this ISO 8601 time')
+    .option('--action <action>', 'only this action (login, login.fail, login.limited, logout, user.add, user.disable, user.enable, user.delete, user.passwd, user.revoke, policy.publish, keys.publish, keys.release, keys.deny, reports.refused, admin.denied, client.drop)')
+    .option('--user <name>', 'only entries whose actor is this user (or "admin", "anonymous")')
+    .addHelpText('after', `
+Each entry: when, how many times (repeated refusals from one address within 10 minutes are one
+entry with a count and the time of the last), the actor, the action, its target, the client's
+address and details (never a password, token or key). The server keeps entries for
+--audit-retention and at most --audit-max-rows of them.
+Exit status: 0; 2 bad option; 4 wrong admin token; 10 network.
+
+Examples:
+  medv admin audit --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  medv admin audit --action login.fail --since 2026-12-01T00:00:00Z --server https://console.example --json`))
+    .action(async (o: Opts) => {
+      const q = new URLSearchParams({ limit: String(o.limit) });
+      for (const [k, v] of [['before', o.before], ['since', o.since], ['action', o.action], ['actor', o.user]] as const) if (v !== undefined) q.set(k, String(v));
+      const page = await adminCall<{ entries: AuditRow[]; next: string | null }>(o, 'GET', `/api/admin/audit?${q}`);
+      if (o.json) { printJson(page); return; }
+      table([['TIME', 'COUNT', 'ACTOR', 'ACTION', 'TARGET', 'ADDRESS', 'DETAIL'],
+        ...page.entries.map((e) => [e.time, e.count > 1 ? `${e.count} (last ${e.last})` : '1', e.actor, e.action, e.target, e.address || '-', printable(JSON.stringify(e.detail)).slice(0, 160)])]);
+      if (page.next) process.stdout.write(`more: --before ${page.next}\n`);
     });
   return admin;
+}
+
+interface UserRow { user: string; groups: string[]; created: string; disabled: boolean; role: 'admin' | 'user' }
+interface ClientRow { client: string; user: string; workspace: string; version: number | null; state: string; lastError?: string | null; at: string; received: string }
+interface AuditRow { time: string; last: string; count: number; actor: string; action: string; target: string; address: string; detail: unknown }
+
+/** One admin request with the options' server, token and CA. */
+async function adminCall<T>(o: Opts, method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
+  const token = adminToken(o);
+  const { apiRequest } = await import('../client/api.js');
+  return apiRequest<T>(String(o.server), method, path, { token, ca: o.ca as string | undefined, ...(body !== undefined ? { body } : {}) });
+}
+
+/** Control characters (from reports, names) never reach the terminal. */
+const printable = (s: string) => s.replace(/[\x00-\x1f\x7f]/g, ' ');
+
+/** Rows padded to columns, the last column as it is. */
+function table(rows: string[][]): void {
+  const width = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const r of rows) process.stdout.write(`${r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(width[i]))).join('  ').trimEnd()}\n`);
 }
 
 /** 42s, 5m, 3h, 2d (a report from the future: 0s). */

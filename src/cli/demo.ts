@@ -219,7 +219,7 @@ The workspace demo (default) uses the Linux test guest (vm/linux, built by scrip
   6. client: start again: the revertible workspace's writes are gone   7. plaintext scan
 The workspace demo runs its guest under TCG unless --kvm is given: the Linux guest boots in
 seconds under TCG, and its time then does not depend on KVM, which on nested virtual machines is
-slower for this guest (its BIOS) or fails (FACTS.md). Exit status 0 when every check passed, 1 otherwise.
+slower for this guest (its BIOS) or fails (docs/machines.md). Exit status 0 when every check passed, 1 otherwise.
 
 Examples:
   npm run demo

@@ -1,6 +1,6 @@
 /** `medv disk …`: thin wrappers over src/disk and src/layers/undo. */
 import { Command, Option } from 'commander';
-import { parseSize } from '../block/validate.js';
+import { parseSize } from '../core/units.js';
 import { MedvError } from '../core/errors.js';
 import { checkDiskFile, convertDisk, createDisk, describeDiskFile, serveDiskFile, type DiskDescription } from '../disk/index.js';
 import { createUndoDisk, discardUndoDisk, mergeUndoDisk } from '../layers/undo/index.js';
@@ -29,7 +29,7 @@ export function diskCommand(): Command {
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  medv disk create base.vhd --size 10G\n  MEDV_PASSPHRASE=… medv disk create work.evhd --size 64M --type fixed --encrypt')
     .action(async (path: string, o: Opts) => {
-      const info = await createDisk(path, { size: parseSize(String(o.size)), type: o.type as 'fixed' | 'dynamic', encrypt: Boolean(o.encrypt), kek: kekFrom(o) });
+      const info = await createDisk(path, { size: parseSize(String(o.size), '--size'), type: o.type as 'fixed' | 'dynamic', encrypt: Boolean(o.encrypt), kek: kekFrom(o) });
       if (o.json) printJson({ path, type: info.type, virtualSize: info.virtualSize, encrypted: path.toLowerCase().endsWith('.evhd') });
       else process.stdout.write(`created ${path}: ${info.type} VHD, ${formatBytes(info.virtualSize)}${path.toLowerCase().endsWith('.evhd') ? ', encrypted' : ''}\n`);
     });

@@ -1,5 +1,6 @@
 /** `medv image fetch`: a packed image from a repository into a new .evhd. Thin wrapper over src/transfer. */
 import type { Command } from 'commander';
+import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
 import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
@@ -11,7 +12,7 @@ export function addImageFetchCommand(image: Command): void {
     .description('fetch a packed image (URL or path of <NAME>_<N>.ckm.index) into a new encrypted disk, taking what it can from local seeds')
     .requiredOption('--out <disk.evhd>', 'the new disk (must not exist); its key file NAME.enc is written beside it')
     .option('--seed <path>', 'a disk (.evhd, .vhd, raw), a folder of packs (PackedImages, PrestagedImages) or a .ckm.index to take blocks from (repeatable)', collect, [])
-    .option('--keys <dir>', 'key folder with the image content key, the repository key and trusted signers (default $MEDV_KEYS, else ~/.config/medv/keys)')
+    .option('--keys <dir>', `key folder with the image content key, the repository key and trusted signers (default ${DEFAULT_HELP.keys})`)
     .option('--no-trim', 'ignore seeds: take every block from the repository (an interrupted fetch still resumes)')
     .option('--dry-run', 'fetch the index only, and print what the blocks would cost (bytes, requests); write nothing')
     .option('--json', 'print the result as JSON')
@@ -24,7 +25,7 @@ What it does:
      records from the signed index delta <NAME>_<N>.ckm.index-from-<M> when the repository has
      one (a delta that cannot be used is reported and the records are fetched instead).
   2. Looks every block up in the seeds: at the same place in a disk seed, else by its keyed id
-     anywhere in the seeds (a disk's ids are cached under $XDG_CACHE_HOME/medv/seeds, keyed
+     anywhere in the seeds (a disk's ids are cached under ${DEFAULT_HELP.seedCache}, keyed
      hashes only, by the disk's identity and content generation: a disk this command fetched is
      never hashed), and copies those.
   3. Fetches the rest from the packs (<NAME>_<N>.ckm beside the index) with coalesced range
@@ -44,7 +45,6 @@ Examples:
   medv image fetch URL --out v2.evhd --seed v1.evhd --dry-run --json`)
     .action(async (indexPath: string, o: Opts) => {
       const { fetchImage } = await import('../transfer/index.js');
-      const { defaultKeyDir } = await import('../pack/index.js');
       const bar = progressBar('fetch');
       let r;
       try {
@@ -52,7 +52,7 @@ Examples:
           source: indexPath,
           out: String(o.out),
           seeds: o.seed as string[],
-          keyDir: (o.keys as string | undefined) ?? defaultKeyDir(),
+          keyDir: (o.keys as string | undefined) ?? consoleKeyDir(),
           kek: kekFrom(o),
           trim: o.trim !== false,
           dryRun: o.dryRun === true,

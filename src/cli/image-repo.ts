@@ -3,8 +3,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { DEFAULT_HELP } from '../core/paths.js';
 import { formatBytes, printJson, progressBar } from './common.js';
-import { parseSize } from './serve.js';
+import { parseSize } from '../core/units.js';
 
 type Opts = Record<string, unknown>;
 
@@ -21,8 +22,8 @@ export function addImageRepoCommands(image: Command): void {
     .description('upload packs and indexes to a medv serve repository (resumable; packs before indexes)')
     .requiredOption('--server <url>', 'repository server, e.g. http://console:8080')
     .option('--token-file <file>', 'file holding the admin token (default $MEDV_ADMIN_TOKEN)')
-    .option('--state-dir <dir>', 'where unfinished uploads are remembered (default $MEDV_STATE_DIR/uploads, else ~/.local/state/medv/uploads)')
-    .option('--chunk-size <size>', 'bytes per request (a lost connection costs at most the request in flight)', '64M')
+    .option('--state-dir <dir>', `where unfinished uploads are remembered (default ${DEFAULT_HELP.uploadState})`)
+    .option('--chunk-size <size>', 'bytes per request, or with K, M, G (a lost connection costs at most the request in flight)', '64M')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', `
 Each file is sent with the tus protocol to <server>/upload/. The server checks it (name, header,

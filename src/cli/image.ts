@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { openDisk } from '../layers/open.js';
 import { MedvError } from '../core/errors.js';
+import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
 import { checkImageName } from '../formats/ckm/index.js';
 import { addImageRepoCommands } from './image-repo.js';
 import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
@@ -25,7 +26,7 @@ export function imageCommand(): Command {
     .requiredOption('--name <name>', 'image name (A-Z a-z 0-9 . _ -, up to 64)')
     .requiredOption('--version <n>', 'image version number (1, 2, …)')
     .option('--out <dir>', 'output folder (created if missing)', 'PackedImages')
-    .option('--keys <dir>', 'key folder: created keys are wrapped with the passphrase (default $MEDV_KEYS, else ~/.config/medv/keys)')
+    .option('--keys <dir>', `key folder: created keys are wrapped with the passphrase (default ${DEFAULT_HELP.keys})`)
     .option('--previous <index>', 'index of the version to build on, in --out (default: the highest lower version of NAME there)')
     .option('--no-previous', 'store every block, even those an earlier version already published')
     .option('--no-delta', 'never store a changed block as a delta against the block it replaces')
@@ -51,8 +52,8 @@ Examples:
       const version = parseVersion(String(o.version));
       checkImageName(String(o.name));
       const kek = kekFrom(o);
-      const { openImageKeys, packImage, defaultKeyDir } = await pack();
-      const keyDir = (o.keys as string | undefined) ?? defaultKeyDir();
+      const { openImageKeys, packImage } = await pack();
+      const keyDir = (o.keys as string | undefined) ?? consoleKeyDir();
       const opened = await openDisk(disk, { readOnly: true, kek });
       const bar = progressBar('pack');
       try {
@@ -81,7 +82,7 @@ Examples:
 
   addKeyOptions(image.command('verify <index>'))
     .description('check an index and its packs: signature by a trusted key, then every block decrypts, decompresses and matches its id')
-    .option('--keys <dir>', 'key folder with the image content key, the repository key and trusted signers (default $MEDV_KEYS, else ~/.config/medv/keys)')
+    .option('--keys <dir>', `key folder with the image content key, the repository key and trusted signers (default ${DEFAULT_HELP.keys})`)
     .option('--packs <dir>', 'folder of the .ckm files (default: the index\'s folder)')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', `
@@ -96,8 +97,8 @@ Examples:
       const bar = progressBar('verify');
       let r;
       try {
-        const { verifyPack, defaultKeyDir } = await pack();
-        r = await verifyPack(indexPath, { keyDir: (o.keys as string | undefined) ?? defaultKeyDir(), kek: kekFrom(o), packDir: o.packs as string | undefined, onProgress: bar.update });
+        const { verifyPack } = await pack();
+        r = await verifyPack(indexPath, { keyDir: (o.keys as string | undefined) ?? consoleKeyDir(), kek: kekFrom(o), packDir: o.packs as string | undefined, onProgress: bar.update });
       } finally {
         bar.stop();
       }

@@ -3,8 +3,9 @@ import * as fs from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { DEFAULT_HELP } from '../core/paths.js';
 import { printJson } from './common.js';
-import { parseDuration } from './serve.js';
+import { parseDuration } from '../core/units.js';
 
 type Opts = Record<string, unknown>;
 const PASSWORD_MAX = 1024;
@@ -75,10 +76,10 @@ export function loginCommand(): Command {
     .requiredOption('--server <url>', 'the medv server, e.g. https://console.example:8080')
     .requiredOption('--user <name>', 'user name')
     .option('--password-file <file>', 'read the password from a file (- for stdin); default: ask on the terminal without echo')
-    .option('--client-root <dir>', 'client repositories where the login is kept (default $MEDV_CLIENT_ROOT, /var/lib/medv for root, else $XDG_DATA_HOME/medv)')
+    .option('--client-root <dir>', `client repositories where the login is kept (default ${DEFAULT_HELP.clientRoot})`)
     .option('--token-out <file>', 'also write the token in the clear to FILE (0600) for scripts that call the API themselves')
     .option('--ca <file>', 'trust this CA (PEM) for an https:// server instead of the system\'s (pin your console\'s CA)')
-    .option('--lifetime <duration>', 'ask for a token shorter-lived than the server\'s default (s, m, h, d)')
+    .option('--lifetime <duration>', 'ask for a token shorter-lived than the server\'s default: seconds, or with s, m, h, d')
     .option('--json', 'print {server, user, expires, clientRoot, credentials[, tokenFile]} (never the token)')
     .addHelpText('after', `
 The login is kept in the client data repository: the server, the user and the CA in

@@ -1,5 +1,6 @@
 /** `medv logs`: decrypt and print the device log (src/repo/devlog.ts). */
 import { Command } from 'commander';
+import { DEFAULT_HELP } from '../core/paths.js';
 
 type Opts = Record<string, unknown>;
 
@@ -16,7 +17,7 @@ function fieldValue(v: unknown): string {
 }
 
 /** `2026-12-02T12:00:00.000Z info  message key=value` */
-export function formatRecord(r: { at: string; level: string; message: string; fields?: Record<string, unknown> }): string {
+function formatRecord(r: { at: string; level: string; message: string; fields?: Record<string, unknown> }): string {
   const fields = r.fields ? Object.entries(r.fields).map(([k, v]) => ` ${printable(k)}=${fieldValue(v)}`).join('') : '';
   return `${printable(r.at)} ${printable(r.level).padEnd(5)} ${printable(r.message)}${fields}`;
 }
@@ -26,7 +27,7 @@ export function logsCommand(): Command {
     .description('print the device log (decrypted with the host key)')
     .option('--follow', 'keep printing new records, across rotations, until interrupted (Ctrl-C)')
     .option('--json', 'one JSON object per line: {at, level, message, fields}')
-    .option('--client-root <dir>', 'the client repositories root (default $MEDV_CLIENT_ROOT, else /var/lib/medv for root, else $XDG_DATA_HOME/medv)')
+    .option('--client-root <dir>', `the client repositories root (default ${DEFAULT_HELP.clientRoot})`)
     .addHelpText('after', `
 The device log is <client root>/data/Local/Logs/devlog.log (rotated to devlog.log.1 … .4 at 1 MiB).
 Every record is encrypted and authenticated on its own with a key derived from the host key,
@@ -43,7 +44,8 @@ Examples:
   medv logs --json | jq -r 'select(.level == "error") | .message'
   sudo medv logs --client-root /var/lib/medv`)
     .action(async (o: Opts) => {
-      const { clientRootPath, openClientRoot } = await import('../repo/paths.js');
+      const { openClientRoot } = await import('../repo/paths.js');
+      const { clientRootPath } = await import('../core/paths.js');
       const { clientHostKey } = await import('../repo/hostkey.js');
       const { readDevLog } = await import('../repo/devlog.js');
       const c = openClientRoot(clientRootPath(o.clientRoot as string | undefined));

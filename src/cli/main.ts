@@ -31,7 +31,7 @@ function version(): string {
 }
 
 /** The program with every noun, or only `noun` when it names one (what `main` runs). */
-export async function buildProgram(noun?: string): Promise<Command> {
+async function buildProgram(noun?: string): Promise<Command> {
   const program = new Command('medv')
     .description('medv: managed, encrypted desktop VMs on Linux (QEMU/KVM)')
     .version(version())

@@ -1,12 +1,13 @@
 /** `medv vm …`: start, stop, pause, resume, inspect and list VMs; thin over src/host. */
 import { Command, Option } from 'commander';
 import * as fs from 'node:fs';
-import { basename, dirname, extname, join, resolve } from 'node:path';
+import { basename, dirname, extname, resolve } from 'node:path';
 import { MedvError, isMedvError } from '../core/errors.js';
 import type { KekSource } from '../crypto/index.js';
 import { discardVmState, listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
-import type { VmConfig } from '../host/supervisor.js';
+import type { VmConfig } from '../host/config.js';
+import { parseDuration } from '../core/units.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
@@ -27,6 +28,12 @@ function optionalKek(o: KeyOptions, disks: string[]): KekSource | undefined {
     if (isMedvError(e, 'ENOKEY') && !disks.some((d) => extname(d).toLowerCase() === '.evhd')) return undefined;
     throw e;
   }
+}
+
+function hostPort(v: string, previous: number[] | undefined): number[] {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1 || n > 65535) throw new MedvError('EINVAL_ARG', `--allow-host-port must be a port number 1-65535, not ${JSON.stringify(v)}`);
+  return [...(previous ?? []), n];
 }
 
 function driveMap(specs: string[] | undefined): Record<string, string> | undefined {
@@ -77,9 +84,11 @@ async function configFrom(disk: string, o: Opts): Promise<VmConfig> {
       mac: o.mac as string | undefined,
       display,
       accel,
-      savedState: join(dirname(path), `${basename(path, extname(path))}.vsv`),
+      // Named after the whole file name: x.vhd and x.evhd in one folder are two VMs, with two saved states.
+      savedState: `${path}.vsv`,
     };
   }
+  if (o.allowHostPort !== undefined) config.allowHostPorts = o.allowHostPort as number[];
   if (o.nic !== undefined) config.nicModel = o.nic as 'e1000' | 'virtio';
   if (o.diskBus !== undefined) config.diskBus = o.diskBus as 'ide' | 'virtio';
   return config;
@@ -97,6 +106,7 @@ export function vmCommand(): Command {
     .addOption(new Option('--network <kind>', 'guest network (default: the .vmc\'s, else none)').choices(['none', 'nat']))
     .option('--map-drive <letter=folder...>', 'map a Windows drive letter of the .vmc\'s absolute paths to a host folder (C=/srv/vms); unmapped drives are refused')
     .option('--mac <mac>', 'MAC address of the NIC (with --network nat)')
+    .option('--allow-host-port <port...>', 'with --network nat: let the guest reach this TCP/UDP port of the host\'s loopback (127.0.0.1) at its gateway 10.0.2.2; by default it reaches none', hostPort)
     .addOption(new Option('--nic <model>', 'NIC model: e1000 (most guests have a driver) or virtio').choices(['e1000', 'virtio']))
     .addOption(new Option('--disk-bus <bus>', 'bus of the hard disks: ide (as Virtual PC) or virtio (faster, needs guest drivers)').choices(['ide', 'virtio']))
     .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (a VNC server on a unix socket in the run folder, shown by `vm status`), window (a GTK window on $DISPLAY; needs qemu-system-gui)').choices(['none', 'vnc', 'window']).default('none'))
@@ -107,18 +117,23 @@ export function vmCommand(): Command {
       if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', '--read-only and --undo exclude each other');
       if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc on a headless host)');
       const config = await configFrom(disk, o);
-      const state = await startVm(config, { kek: optionalKek(o, config.disks.map((d) => d.path)) });
+      if (config.allowHostPorts?.length && config.network !== 'nat') throw new MedvError('EINVAL_ARG', '--allow-host-port needs --network nat (or a .vmc with a network adapter)');
+      const kek = optionalKek(o, config.disks.map((d) => d.path));
+      if (!kek && config.disks.some((d) => d.mode !== 'test' && d.mode !== 'cdrom')) {
+        process.stderr.write(`medv: warning: no passphrase or host key: \`medv vm suspend ${config.name}\` will be refused (a saved state is always encrypted); give one at start (MEDV_PASSPHRASE, --passphrase-file or --host-key) to be able to suspend\n`);
+      }
+      const state = await startVm(config, { kek });
       if (o.json) printJson(state);
       else process.stdout.write(`${state.resumed ? 'resumed' : 'started'} VM ${state.name} (${state.accel}, supervisor pid ${state.pid}); stop it with: medv vm stop ${state.name}\n`);
     });
 
   vm.command('stop <name>')
     .description('press the ACPI power button and wait for the guest to power off; force it off after --timeout')
-    .option('--timeout <s>', 'seconds to wait before forcing', positiveInt('--timeout'), 30)
+    .option('--timeout <duration>', 'how long to wait before forcing: seconds, or with s, m, h (at most 1h)', (v: string) => parseDuration(v, '--timeout', { max: 3600_000 }), 30_000)
     .option('--force', 'do not ask the guest: quit at once')
     .option('--json', 'print the final VM state as JSON')
     .action(async (name: string, o: Opts) => {
-      const state = await stopVm(name, { timeoutS: Number(o.timeout), force: Boolean(o.force) });
+      const state = await stopVm(name, { timeoutS: Number(o.timeout) / 1000, force: Boolean(o.force) });
       if (o.json) printJson(state);
       else process.stdout.write(`VM ${name} stopped (${state.exitReason ?? 'unknown'})\n`);
     });
@@ -143,7 +158,7 @@ export function vmCommand(): Command {
       const r = await discardVmState(config, { kek: optionalKek(o, config.disks.map((d) => d.undoPath ?? d.path)) });
       if (o.json) { printJson(r); return; }
       for (const f of r.removed) process.stdout.write(`removed ${f}\n`);
-      for (const f of r.kept) process.stdout.write(`kept ${f} (not a medv saved state; move it away before starting the VM)\n`);
+      for (const k of r.kept) process.stdout.write(`kept ${k.path}: ${k.reason}\n`);
       for (const f of r.cleared) process.stdout.write(`cleared the saved-state flag of ${f}\n`);
       if (!r.removed.length && !r.cleared.length && !r.kept.length) process.stdout.write('no saved state to discard\n');
     });

@@ -1,14 +1,16 @@
 /** `medv workspace …`: the client's workspaces. Thin over src/workspace. */
 import { Command, Option } from 'commander';
 import { MedvError } from '../core/errors.js';
-import { formatBytes, printJson, progressBar } from './common.js';
+import { DEFAULT_HELP } from '../core/paths.js';
+import { parseDuration } from '../core/units.js';
+import { printJson, progressBar } from './common.js';
 
 type Opts = Record<string, unknown>;
 
 const ws = () => import('../workspace/index.js');
 
 function rootOption(c: Command): Command {
-  return c.option('--client-root <dir>', 'client repositories (default $MEDV_CLIENT_ROOT, /var/lib/medv for root, else $XDG_DATA_HOME/medv)');
+  return c.option('--client-root <dir>', `client repositories (default ${DEFAULT_HELP.clientRoot})`);
 }
 
 /** One y/N question on the terminal; anything but y/yes is no. */
@@ -48,10 +50,17 @@ What it does:
      versions stay, older ones are deleted (never the running one).
   4. Starts the VM (persistent: writes go into the disk; revertible: into an undo disk dropped at
      every stop); a suspended workspace resumes. Menu entries for published applications are
-     written to ~/.local/share/applications.
+     written to ${DEFAULT_HELP.menu}.
 
-Exit status: 0 started; 2 bad option; 4 not logged in, login expired or not entitled; 5 damaged
-image or bad policy; 9 already running; 10 server error; 12 the image needs a newer medv (EENGINE); 13 offline allowance used up; 14 expired.
+Each step is printed once on stderr as it happens; the result is one line on stdout (with --json,
+one JSON object: workspace, image, imageId, version, online, vmName, folder, deployed, vm, …).
+A server that refuses the workspace (not entitled any more, expired) also ends its cached grant:
+it will not start offline until a server grants it again.
+
+Exit status: 0 started; 2 bad option; 4 not logged in, login expired, not entitled, or a
+password or token that would go to a remote http:// server; 5 damaged image, bad policy, or a
+version folder holding another image; 9 already running; 10 server error; 12 the image needs a
+newer medv (EENGINE); 13 offline allowance used up; 14 expired.
 
 Examples:
   medv login --server https://console.example --user alice
@@ -78,25 +87,23 @@ Examples:
         bar.stop();
       }
       if (o.json) { printJson(r); return; }
-      const out = process.stdout;
-      if (r.deployed) out.write(`deployed ${r.image} version ${r.version}: fetched ${formatBytes(r.deployed.fetchedBytes)} of a ${formatBytes(r.deployed.imageBytes)} image (${r.deployed.blocksFromSeeds} blocks from this client, ${r.deployed.blocksFromNetwork} from the server)\n`);
-      out.write(`workspace ${r.workspace} ${r.resumed ? 'resumed' : 'started'}: ${r.image} version ${r.version}${r.online ? '' : ` (offline, ${r.offlineDaysLeft} days left)`}; stop it with: medv workspace stop ${r.workspace}\n`);
-      if (r.updateAvailable) out.write(`version ${r.updateAvailable} is available: medv workspace start ${r.workspace} --update\n`);
+      // the steps went to stderr as they happened; the result is one line on stdout
+      const vnc = r.vm.display.vncSocket ? `; screen on ${r.vm.display.vncSocket}` : '';
+      process.stdout.write(`workspace ${r.workspace} ${r.resumed ? 'resumed' : 'started'}: ${r.image} version ${r.version}${r.online ? '' : ` (offline, ${r.offlineDaysLeft} days left)`}, VM ${r.vmName}${vnc}; stop it with: medv workspace stop ${r.workspace}\n`);
     });
 
   rootOption(w.command('stop <name>'))
     .description('stop a running workspace as its policy says: shut down (a revertible one loses its changes) or suspend (encrypted saved state, resumed at the next start)')
     .option('--force', 'power it off at once (no suspend, no waiting for the guest)')
-    .option('--timeout <s>', 'seconds the guest gets to shut down before it is forced', '30')
+    .option('--timeout <duration>', 'how long the guest gets to shut down before it is forced: seconds, or with s, m, h (at most 1h)', '30')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  medv workspace stop ledger\n  medv workspace stop ledger --force --json')
     .action(async (name: string, o: Opts) => {
       const { stopWorkspace } = await ws();
-      const timeoutS = Number(o.timeout);
-      if (!Number.isInteger(timeoutS) || timeoutS < 1 || timeoutS > 3600) throw new MedvError('EINVAL_ARG', '--timeout must be 1 to 3600 seconds');
+      const timeoutS = parseDuration(String(o.timeout), '--timeout', { max: 3600_000 }) / 1000;
       const r = await stopWorkspace(name, { clientRoot: o.clientRoot as string | undefined, force: o.force === true, timeoutS });
       if (o.json) printJson(r);
-      else process.stdout.write(`workspace ${name} ${r.suspended ? 'suspended (resumes at the next start)' : 'stopped'}${r.discarded ? '; its changes were discarded (revertible)' : ''}\n`);
+      else process.stdout.write(`workspace ${name} ${r.suspended ? 'suspended (resumes at the next start)' : r.state === 'stopped' ? 'stopped' : r.state}${r.discarded ? '; its changes were discarded (revertible)' : ''}\n`);
     });
 
   rootOption(w.command('status <name>'))
@@ -109,7 +116,8 @@ Examples:
       const lines = [
         `workspace: ${s.workspace} (policy ${s.policy.name} v${s.policy.version})`,
         `state:     ${s.state}${s.runningVersion !== undefined ? `, version ${s.runningVersion}` : ''}${s.suspended ? ' (a saved state waits)' : ''}`,
-        `image:     ${s.image}: versions here ${s.versions.length ? s.versions.join(', ') : 'none'}; newest published when last online ${s.latestKnownVersion ?? 'none'}`,
+        `image:     ${s.image} (id ${s.imageId}): versions here ${s.versions.length ? s.versions.join(', ') : 'none'}; newest published when last online ${s.latestKnownVersion ?? 'none'}`,
+        `folder:    ${s.folder}; VM ${s.vmName}`,
         `mode:      ${s.mode}, on stop ${s.onStop}`,
         `online:    last reached the server ${s.lastOnline}; offline use allowed ${s.offlineDays} days${s.expires ? `; expires after ${s.expires}` : ''}`,
       ];
@@ -118,8 +126,8 @@ Examples:
     });
 
   rootOption(w.command('list'))
-    .description('the workspaces this client has been granted (as of the last start online)')
-    .option('--json', 'print the list as JSON')
+    .description('the workspaces this client has been granted (as of the last start online); reads only local state: no login or server needed')
+    .option('--json', 'print the list as JSON ([] when there are none)')
     .action(async (o: Opts) => {
       const { listWorkspaces } = await ws();
       const all = await listWorkspaces({ clientRoot: o.clientRoot as string | undefined });

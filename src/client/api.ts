@@ -1,23 +1,20 @@
 /**
- * The client side of /api/ (what `medv login` and `medv admin` call): JSON requests with a bearer
- * token, answers bounded, the server's typed errors turned back into MedvErrors with the same code
- * (EDENIED, EPOLICY with its path, ERATELIMIT with retryAfter, ENOKEY, …); a server that cannot be
- * reached (refused, reset, unresolvable, no answer within 60 s) is ENETWORK, so a client can tell
+ * The client side of /api/ (what `medv login`, `medv admin` and `medv workspace` call): JSON
+ * requests with a bearer token over the one HTTP agent (./http.ts: credentials never to a remote
+ * http:// server, CA pinning, timeouts, retry of idempotent calls), answers bounded, the server's
+ * typed errors turned back into MedvErrors with the same code (EDENIED, EPOLICY with its path,
+ * ERATELIMIT with retryAfter, ENOKEY, …) through the one status table; a server that cannot be
+ * reached (refused, reset, unresolvable, no answer in time) is ENETWORK, so a client can tell
  * "unreachable" from "refused"; an untrusted certificate or an answer that is not the API's is EHTTP.
  */
 import * as fs from 'node:fs';
-import * as http from 'node:http';
-import * as https from 'node:https';
-import type { IncomingHttpHeaders } from 'node:http';
-import { homedir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { type ErrorCode, MedvError, fromSystemError } from '../core/errors.js';
+import { dirname } from 'node:path';
+import { MedvError, fromSystemError } from '../core/errors.js';
+import { writeFileAtomicSync } from '../core/fsio.js';
 import type { DataKey } from '../crypto/datakey.js';
+import { HttpAgent, readCa, responseError, type HttpResponse } from './http.js';
 
-const MAX_ANSWER = 16 * 1024 * 1024;
-const KNOWN: ErrorCode[] = ['EINVAL_ARG', 'ENOENT', 'EEXIST', 'EDENIED', 'EINSECURE', 'EPOLICY', 'ERATELIMIT', 'ETOOLARGE', 'ENOKEY', 'EEXPIRED'];
-const BY_STATUS: Record<number, ErrorCode> = { 400: 'EINVAL_ARG', 401: 'EDENIED', 403: 'EDENIED', 404: 'ENOENT', 409: 'EEXIST', 413: 'ETOOLARGE', 429: 'ERATELIMIT' };
+export { readCa };
 
 export function serverBase(server: string): string {
   let u: URL;
@@ -32,109 +29,55 @@ export interface RequestOptions {
   body?: unknown;
   /** PEM file of the CA that signed an https server's certificate (instead of the system's CAs). */
   ca?: string;
+  /** The body holds a credential (a password): refused to a remote http:// server like a token. */
+  credential?: boolean;
+  /** Safe to repeat (retried on transient failures). */
+  idempotent?: boolean;
 }
 
-/** A CA certificate file (PEM, at most 1 MiB) to pin a server to. */
-export function readCa(file: string): Buffer {
-  try {
-    const st = fs.statSync(file);
-    if (!st.isFile() || st.size > 1 << 20) throw new MedvError('EINVAL_ARG', '--ca must be a PEM file of at most 1 MiB', { file });
-    return fs.readFileSync(file);
-  } catch (e) {
-    throw fromSystemError(e, file);
-  }
-}
+/** A JSON answer and the server's clock (its Date header), when it sent one. */
+export interface ApiAnswer<T> { body: T; serverTime?: Date }
 
-/** One request with Node's http/https (https with a pinned CA when `ca` is given); resolves with status, headers and body. */
-function send(url: URL, method: string, headers: Record<string, string>, body: string | undefined, ca: Buffer | undefined): Promise<{ status: number; headers: IncomingHttpHeaders; text: string }> {
-  return new Promise((resolve, reject) => {
-    const mod = url.protocol === 'https:' ? https : http;
-    const req = mod.request(url, { method, headers: body === undefined ? headers : { ...headers, 'Content-Length': String(Buffer.byteLength(body)) }, ...(ca ? { ca } : {}), timeout: 60_000 }, (res) => {
-      const chunks: Buffer[] = [];
-      let n = 0;
-      res.on('data', (c: Buffer) => {
-        n += c.length;
-        if (n > MAX_ANSWER) { req.destroy(new MedvError('EHTTP', `${url.origin}${url.pathname}: answer larger than ${MAX_ANSWER} bytes`)); return; }
-        chunks.push(c);
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new MedvError('ENETWORK', `${url.origin}: no answer within 60 s`)));
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
-export async function apiRequest<T>(server: string, method: 'GET' | 'POST', path: string, o: RequestOptions = {}): Promise<T> {
+/** One API call; the answer's body and the server's Date. Non-2xx answers are MedvErrors (./http.ts responseError). */
+export async function apiCall<T>(server: string, method: 'GET' | 'POST' | 'DELETE', path: string, o: RequestOptions = {}): Promise<ApiAnswer<T>> {
   const base = serverBase(server);
-  if (o.ca && !base.startsWith('https:')) throw new MedvError('EINVAL_ARG', '--ca is for an https:// server');
   const headers: Record<string, string> = { Accept: 'application/json' };
   if (o.token) headers.Authorization = `Bearer ${o.token}`;
   if (o.body !== undefined) headers['Content-Type'] = 'application/json';
-  let res: { status: number; headers: IncomingHttpHeaders; text: string };
+  const agent = new HttpAgent(o.ca ? { ca: readCa(o.ca) } : {});
+  let res: HttpResponse;
   try {
-    res = await send(new URL(`${base}${path}`), method, headers, o.body === undefined ? undefined : JSON.stringify(o.body), o.ca ? readCa(o.ca) : undefined);
-  } catch (e) {
-    if (e instanceof MedvError) throw e;
-    const err = e as NodeJS.ErrnoException;
-    const tls = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(String(err.code));
-    if (tls) throw new MedvError('EHTTP', `${base}: ${err.code ?? err.message} (the server's certificate is not trusted: give its CA with --ca)`);
-    throw new MedvError('ENETWORK', `${base}: ${err.code ?? err.message} (the server cannot be reached)`);
+    res = await agent.request({
+      method, url: `${base}${path}`, headers, body: o.body === undefined ? undefined : JSON.stringify(o.body),
+      credential: o.credential, idempotent: o.idempotent ?? method === 'GET',
+    });
+  } finally {
+    agent.close();
   }
-  const text = res.text;
+  if (res.status < 200 || res.status >= 300) throw responseError(res);
   let body: unknown;
-  try { body = JSON.parse(text); } catch { body = undefined; }
-  if (res.status >= 200 && res.status < 300) {
-    if (body === undefined) throw new MedvError('EHTTP', `${base}${path}: the server answered ${res.status} without JSON (is this a medv server?)`);
-    return body as T;
-  }
-  const err = (body as { error?: { code?: string; message?: string; path?: string; retryAfter?: number } } | undefined)?.error;
-  const code: ErrorCode = err?.code && KNOWN.includes(err.code as ErrorCode) ? err.code as ErrorCode : BY_STATUS[res.status] ?? 'EHTTP';
-  const message = typeof err?.message === 'string' ? err.message.slice(0, 500).replace(/[\x00-\x1f]/g, ' ') : `HTTP ${res.status}`;
-  const data: Record<string, unknown> = { status: res.status };
-  if (typeof err?.path === 'string') data.path = err.path.slice(0, 200);
-  if (code === 'ERATELIMIT') data.retryAfter = Number(res.headers['retry-after']) || err?.retryAfter;
-  throw new MedvError(code, `${message}${code === 'EHTTP' ? ` (${base}${path})` : ''}`, data);
+  try { body = JSON.parse(res.body.toString('utf8')); } catch { body = undefined; }
+  if (body === undefined) throw new MedvError('EHTTP', `${base}${path}: the server answered ${res.status} without JSON (is this a medv server?)`);
+  const date = typeof res.headers.date === 'string' ? new Date(res.headers.date) : undefined;
+  return { body: body as T, ...(date && !Number.isNaN(date.getTime()) ? { serverTime: date } : {}) };
 }
 
-// --- the login a client keeps (medv login): one small JSON file per server, mode 0600
+export async function apiRequest<T>(server: string, method: 'GET' | 'POST' | 'DELETE', path: string, o: RequestOptions = {}): Promise<T> {
+  return (await apiCall<T>(server, method, path, o)).body;
+}
 
+// --- the login a client keeps (medv login --token-out FILE)
 
 export interface SavedLogin { server: string; user: string; token: string; expires: string }
 
-export function configDir(): string {
-  return join(process.env.XDG_CONFIG_HOME || join(homedir(), '.config'), 'medv');
-}
-
-/** `$XDG_CONFIG_HOME/medv/logins/<host>_<port>.json` */
-export function defaultLoginFile(server: string): string {
-  const u = new URL(serverBase(server));
-  const port = u.port || (u.protocol === 'https:' ? '443' : '80');
-  return join(configDir(), 'logins', `${u.hostname.replace(/[^A-Za-z0-9.-]/g, '_')}_${port}.json`);
-}
-
-/** Written to a new 0600 file, fsynced, then renamed over `file`; created folders are 0700. */
+/** `login` as JSON in `file` (named by the user): a 0600 file written then renamed over it (src/core/fsio.ts); missing folders are created 0700. */
 export function saveLogin(file: string, login: SavedLogin): void {
-  const tmp = join(dirname(file), `.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    fs.mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
-    const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
-    try {
-      fs.writeSync(fd, `${JSON.stringify(login)}\n`);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw fromSystemError(e, file);
-  }
+  try { fs.mkdirSync(dirname(file), { recursive: true, mode: 0o700 }); } catch (e) { throw fromSystemError(e, dirname(file)); }
+  writeFileAtomicSync(file, `${JSON.stringify(login)}\n`, { mode: 0o600 });
 }
 
 export async function login(server: string, user: string, password: string, lifetimeSeconds?: number, ca?: string): Promise<SavedLogin> {
-  const r = await apiRequest<{ user: string; token: string; expires: string }>(server, 'POST', '/api/login', { ca, body: { user, password, ...(lifetimeSeconds ? { lifetime: lifetimeSeconds } : {}) } });
+  const r = await apiRequest<{ user: string; token: string; expires: string }>(server, 'POST', '/api/login', { ca, credential: true, body: { user, password, ...(lifetimeSeconds ? { lifetime: lifetimeSeconds } : {}) } });
   return { server: serverBase(server), user: r.user, token: r.token, expires: r.expires };
 }
 
@@ -148,6 +91,8 @@ export interface WorkspaceGrant {
   latestVersion: number | null;
   /** crypto_box_seal of the image keys to the client key: open with keyrelease.ts openReleasedKeys. */
   sealed: Buffer;
+  /** The server's clock when it answered (its Date header). */
+  serverTime?: Date;
 }
 
 const SEALED_B64_MAX = 4096;
@@ -157,11 +102,12 @@ function badReply(what: string): MedvError {
 }
 
 /**
- * POST /api/workspaces/grant. EDENIED (data.status 403) when the user is not entitled, ENOKEY when
+ * POST /api/workspaces/grant. EFORBIDDEN (data.status 403) when the user is not entitled, ENOKEY when
  * no keys are published for the image, ENETWORK when the server cannot be reached.
  */
 export async function requestGrant(server: string, token: string, body: { workspace: string; client: string; clientKey: Buffer }, ca?: string): Promise<WorkspaceGrant> {
-  const r = await apiRequest<Record<string, unknown>>(server, 'POST', '/api/workspaces/grant', { token, ca, body: { workspace: body.workspace, client: body.client, clientKey: body.clientKey.toString('base64') } });
+  // idempotent: asking twice releases the same keys to the same client key
+  const { body: r, serverTime } = await apiCall<Record<string, unknown>>(server, 'POST', '/api/workspaces/grant', { token, ca, idempotent: true, body: { workspace: body.workspace, client: body.client, clientKey: body.clientKey.toString('base64') } });
   const policy = r.policy as { name?: unknown; version?: unknown } | undefined;
   if (typeof r.workspace !== 'string' || typeof r.image !== 'string') throw badReply('workspace or image');
   if (!policy || typeof policy.name !== 'string' || typeof policy.version !== 'number') throw badReply('policy');
@@ -171,6 +117,7 @@ export async function requestGrant(server: string, token: string, body: { worksp
   return {
     workspace: r.workspace, image: r.image, policy: { name: policy.name, version: policy.version },
     settings: r.settings as Record<string, unknown>, latestVersion: r.latestVersion as number | null, sealed: Buffer.from(r.sealed, 'base64'),
+    ...(serverTime ? { serverTime } : {}),
   };
 }
 
@@ -185,7 +132,8 @@ export interface ClientReport {
 
 /** POST /api/reports (1 to 64 reports); resolves with the number the server stored. */
 export async function sendReports(server: string, token: string, client: string, reports: ClientReport[], ca?: string): Promise<number> {
-  const r = await apiRequest<{ stored?: unknown }>(server, 'POST', '/api/reports', { token, ca, body: { client, reports } });
+  // idempotent: the server keeps the latest report per (client, user, workspace)
+  const r = await apiRequest<{ stored?: unknown }>(server, 'POST', '/api/reports', { token, ca, idempotent: true, body: { client, reports } });
   if (typeof r.stored !== 'number') throw badReply('stored');
   return r.stored;
 }
@@ -199,12 +147,21 @@ export interface ClientStatus extends ClientReport {
 
 /** GET /api/admin/clients: the latest report of each (client, user, workspace). */
 export async function listClients(server: string, adminToken: string, ca?: string): Promise<ClientStatus[]> {
-  const r = await apiRequest<{ clients?: unknown }>(server, 'GET', '/api/admin/clients', { token: adminToken, ca });
-  if (!Array.isArray(r.clients)) throw badReply('clients');
-  return (r.clients as (ClientStatus & { lastError: string | null })[]).map((c) => {
-    const { lastError, ...rest } = c;
-    return lastError === null || lastError === undefined ? rest : { ...rest, lastError };
-  });
+  const out: ClientStatus[] = [];
+  // The server answers in pages ({clients, next}); `next` is an opaque cursor for `after`.
+  for (let after: string | undefined, pages = 0; ; pages++) {
+    if (pages >= 10_000) throw badReply('clients (too many pages)');
+    const path = `/api/admin/clients?limit=1000${after !== undefined ? `&after=${encodeURIComponent(after)}` : ''}`;
+    const r = await apiRequest<{ clients?: unknown; next?: unknown }>(server, 'GET', path, { token: adminToken, ca, idempotent: true });
+    if (!Array.isArray(r.clients)) throw badReply('clients');
+    for (const c of r.clients as (ClientStatus & { lastError: string | null })[]) {
+      const { lastError, ...rest } = c;
+      out.push(lastError === null || lastError === undefined ? rest : { ...rest, lastError });
+    }
+    if (r.next === undefined || r.next === null) return out;
+    if (typeof r.next !== 'string' || r.next === after) throw badReply('clients (next)');
+    after = r.next;
+  }
 }
 
 /** POST /api/admin/image-keys: the console's keys of an image, for the server to release to entitled clients. */

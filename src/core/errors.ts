@@ -39,7 +39,10 @@ export type ErrorCode =
   | 'ESIGNATURE'          // an image index whose signature does not verify, or whose signer is not trusted
   | 'EBADBLOCK'           // a packed block that does not authenticate, decompress, or match its id
   // repository server and image transfer
-  | 'EDENIED'             // the server refused our credentials (HTTP 401/403)
+  | 'EDENIED'             // the server refused our credentials (HTTP 401)
+  | 'EFORBIDDEN'          // valid credentials, but this account may not do that (HTTP 403)
+  | 'EMETHOD'             // an HTTP method the resource does not take (405)
+  | 'EPRECONDITION'       // an HTTP precondition (If-Match, If-Unmodified-Since) does not hold (412)
   | 'ENETWORK'            // a repository could not be reached, or kept failing, after retries
   | 'EHTTP'               // an HTTP peer answered an error or unexpected status (404, 5xx, ...)
   | 'EBADREPLY'           // a repository's reply breaks HTTP range rules (wrong Content-Range, bad multipart)

@@ -60,7 +60,7 @@
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { MedvError, fromSystemError, type ErrorCode } from './errors.js';
 
 // --- processes
@@ -282,14 +282,7 @@ export function openAtomicSync(final: string, opts: WriteOptions = {}): AtomicFi
 
 /** Replace `final` with `data` atomically: temporary (mode set), fsync, rename, fsync folder. */
 export function writeFileAtomicSync(final: string, data: Uint8Array | string, opts: WriteOptions = {}): void {
-  const f = openAtomicSync(final, opts);
-  try {
-    writeAllSync(f.fd, toBytes(data));
-  } catch (e) {
-    f.abort();
-    throw fromSystemError(e, final);
-  }
-  f.commit();
+  writeWholeSync(final, data, opts, false);
 }
 
 /**
@@ -297,6 +290,10 @@ export function writeFileAtomicSync(final: string, data: Uint8Array | string, op
  * temporary (mode set), fsync, link, fsync folder. Secrets (host key, tokens) are written this way.
  */
 export function createFileAtomicSync(final: string, data: Uint8Array | string, opts: WriteOptions = {}): void {
+  writeWholeSync(final, data, opts, true);
+}
+
+function writeWholeSync(final: string, data: Uint8Array | string, opts: WriteOptions, exclusive: boolean): void {
   const f = openAtomicSync(final, opts);
   try {
     writeAllSync(f.fd, toBytes(data));
@@ -304,7 +301,8 @@ export function createFileAtomicSync(final: string, data: Uint8Array | string, o
     f.abort();
     throw fromSystemError(e, final);
   }
-  f.commitNew();
+  if (exclusive) f.commitNew();
+  else f.commit();
 }
 
 /** As writeFileAtomicSync, with the writes and fsyncs on the thread pool. */
@@ -345,13 +343,15 @@ async function atomicAsync(final: string, bytes: Uint8Array, mode: number, exclu
 
 /**
  * Publish the complete file `src` also under the new name `dst` (another folder of this host),
- * never over an existing file: fsync `src`, hard-link, fsync `dst`'s folder. On another file
- * system (EXDEV) `src` is copied to a temporary beside `dst` (mode `opts.mode`, else src's),
- * fsynced and linked. EEXIST (a MedvError) when `dst` exists: nothing is replaced.
+ * never over an existing file: fsync `src`, hard-link, fsync `dst`'s folder. With `opts.mode`,
+ * `src` gets exactly that mode first (on its fd, checked: a link shares the inode, so the umask
+ * under which `src` was made never decides what `dst` allows). On another file system (EXDEV)
+ * `src` is copied to a temporary beside `dst` (mode `opts.mode`, else src's), fsynced and linked.
+ * EEXIST (a MedvError) when `dst` exists: nothing is replaced.
  */
 export async function linkNew(src: string, dst: string, opts: WriteOptions = {}): Promise<void> {
   try {
-    await fsyncFile(src);
+    await fsyncFile(src, opts.mode);
     try {
       await fs.promises.link(src, dst);
     } catch (e) {
@@ -454,10 +454,16 @@ export function beginStaging(finals: string[], describe: (final: string) => stri
   };
 }
 
-async function fsyncFile(path: string): Promise<void> {
+/** fsync a file; with `mode`, set that mode on the fd first and check it took. */
+async function fsyncFile(path: string, mode?: number): Promise<void> {
   let fh: fs.promises.FileHandle | undefined;
   try {
     fh = await fs.promises.open(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    if (mode !== undefined) {
+      await fh.chmod(mode);
+      const st = await fh.stat();
+      if ((st.mode & 0o7777) !== mode) throw new MedvError('EUNSAFE', `${path} kept mode ${(st.mode & 0o7777).toString(8)} instead of ${mode.toString(8)}`, { file: path });
+    }
     await fh.sync();
   } catch (e) {
     throw fromSystemError(e, path);
@@ -498,7 +504,7 @@ const O_READ = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_
 
 const myUid = (): number => process.getuid?.() ?? 0;
 /** `0600`-style text of a file mode, for messages. */
-export const modeString = (mode: number): string => `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
+const modeString = (mode: number): string => `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
 
 /** Open for reading without following a symlink or blocking on a FIFO; ELOOP becomes EUNSAFE. */
 function openForRead(path: string, what: string, symlinkCode: ErrorCode): number {
@@ -655,7 +661,7 @@ function openDirChecked(path: string, forbid: number, fix?: number): number {
     }
     if (st.mode & forbid) {
       const how = (forbid & 0o044) ? 'is accessible to' : 'can be written by';
-      throw new MedvError('EUNSAFE', `${path} ${how} group or others (mode ${modeString(st.mode)}); chmod 700 it`, { file: path });
+      throw new MedvError('EUNSAFE', `${path} ${how} group or others (mode ${modeString(st.mode)}); chmod ${(st.mode & 0o777 & ~forbid).toString(8)} it`, { file: path });
     }
     return fd;
   } catch (e) {
@@ -697,4 +703,200 @@ export function ensureDir(path: string, opts: DirOptions = {}): string {
 /** As ensureDir, for a private folder (0700, nothing for group or others). */
 export function ensurePrivateDir(path: string, parents = false): string {
   return ensureDir(path, { mode: 0o700, forbid: 0o077, parents });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening without following links: a path named by hostile input (a settings file, a request)
+// is resolved one component at a time below a folder the user named, each folder opened with
+// O_NOFOLLOW|O_DIRECTORY through the descriptor of the one before (/proc/self/fd/N/<name>), the
+// last with O_NOFOLLOW|O_NONBLOCK (a FIFO or device never blocks the open); its type is checked
+// on the descriptor. The caller then uses that descriptor, or reopens the very same file through
+// `/proc/self/fd/<fd>` (a magic link: the kernel goes to the open file, no path is resolved
+// again), so nothing swapped in after the check is ever reached. Linux only (/proc).
+
+/** A folder held open: `proc` reaches it (and `${proc}/<name>` its entries) whatever happens to its path. */
+export interface PinnedDir {
+  readonly fd: number;
+  /** `/proc/self/fd/<fd>`. */
+  readonly proc: string;
+  /** Its path, as the kernel resolved it when opened (for messages and records). */
+  readonly path: string;
+  /** Device of the file system it is on. */
+  readonly dev: number;
+  close(): void;
+}
+
+/** A file held open after its type was checked on the descriptor. */
+export interface PinnedFile {
+  readonly fd: number;
+  /** `/proc/self/fd/<fd>`: reopens exactly this file (for another access mode, or by a library that wants a path). */
+  readonly proc: string;
+  readonly path: string;
+  readonly stat: fs.Stats;
+  close(): void;
+}
+
+const O_DIR_NOFOLLOW = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW;
+const O_FILE_PROBE = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY;
+
+/** The path of an open descriptor (`/proc/self/fd/<fd>`), as it resolves now. */
+export function fdPath(fd: number): string {
+  return `/proc/self/fd/${fd}`;
+}
+
+function closer(fd: number): () => void {
+  let open = true;
+  return () => { if (open) { open = false; try { fs.closeSync(fd); } catch { /* already closed */ } } };
+}
+
+function pinnedDir(fd: number, dev: number): PinnedDir {
+  const proc = fdPath(fd);
+  let path: string;
+  try { path = fs.readlinkSync(proc); } catch (e) { fs.closeSync(fd); throw fromSystemError(e, proc); }
+  return { fd, proc, path, dev, close: closer(fd) };
+}
+
+/** A file-name component that names an entry of a folder, nothing else. */
+function checkComponent(name: string, where: string): void {
+  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
+    throw new MedvError('EUNSAFE', `${JSON.stringify(name)} is not a plain file name`, { file: where });
+  }
+}
+
+function describeType(st: fs.Stats): string {
+  if (st.isDirectory()) return 'a folder';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isSymbolicLink()) return 'a symbolic link';
+  return 'not a regular file';
+}
+
+/** Is there an entry at `path` (a link counts, followed or not, dangling or not)? */
+export function nameExists(path: string): boolean {
+  try { fs.lstatSync(path); return true; } catch { return false; }
+}
+
+/**
+ * The folders leading from `root` to `path` and its last name (both absolute, normalised);
+ * EUNSAFE when `path` is not strictly below `root`.
+ */
+export function partsBelow(root: string, path: string): { parts: string[]; name: string } {
+  const rel = relative(root, path);
+  if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) throw new MedvError('EUNSAFE', `${path} is not inside ${root}`, { file: path });
+  const parts = rel.split(sep);
+  return { parts: parts.slice(0, -1), name: parts[parts.length - 1] };
+}
+
+/**
+ * Open folder `root` (following links: the user named it), then each of `parts` below it
+ * without following any link and staying on root's file system. With `create`, missing parts are
+ * made (mode `mode`, default 0700) through the descriptor of their parent. A link, a non-folder or
+ * another file system on the way is EUNSAFE.
+ */
+export function openDirBeneath(root: string, parts: readonly string[] = [], opts: { create?: boolean; mode?: number } = {}): PinnedDir {
+  let fd: number;
+  try { fd = fs.openSync(root, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') throw new MedvError('EINVAL_ARG', `not a folder: ${root}`, { file: root });
+    throw fromSystemError(e, root);
+  }
+  const dev = fs.fstatSync(fd).dev;
+  let where = root;
+  for (const part of parts) {
+    checkComponent(part, where);
+    const next = `${fdPath(fd)}/${part}`;
+    const shown = `${where}/${part}`;
+    let child: number;
+    try {
+      try {
+        child = fs.openSync(next, O_DIR_NOFOLLOW);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || !opts.create) throw e;
+        try { fs.mkdirSync(next, { mode: opts.mode ?? 0o700 }); } catch (e2) { if ((e2 as NodeJS.ErrnoException).code !== 'EEXIST') throw e2; }
+        child = fs.openSync(next, O_DIR_NOFOLLOW);
+      }
+    } catch (e) {
+      fs.closeSync(fd);
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP' || code === 'ENOTDIR') {
+        let what = 'not a folder';
+        try { what = describeType(fs.lstatSync(shown)); } catch { /* gone meanwhile */ }
+        throw new MedvError('EUNSAFE', `${shown} is ${what}; links are not followed below ${root}`, { file: shown });
+      }
+      throw fromSystemError(e, shown);
+    }
+    fs.closeSync(fd);
+    fd = child;
+    if (fs.fstatSync(fd).dev !== dev) {
+      fs.closeSync(fd);
+      throw new MedvError('EUNSAFE', `${shown} is on another file system than ${root}; not followed`, { file: shown });
+    }
+    where = shown;
+  }
+  return pinnedDir(fd, dev);
+}
+
+/**
+ * Open entry `name` of a pinned folder without following a link and without blocking (a FIFO or
+ * device), and check on the descriptor that it is a regular file (or, with `blockDevice`, a block
+ * device) on the folder's file system. Anything else is `code` (default EUNSAFE). The descriptor
+ * is read-only; reopen `proc` for writing.
+ */
+export function openFileIn(dir: PinnedDir, name: string, opts: { blockDevice?: boolean; code?: ErrorCode; what?: string } = {}): PinnedFile {
+  const shown = `${dir.path}/${name}`;
+  checkComponent(name, shown);
+  return openChecked(`${dir.proc}/${name}`, shown, O_FILE_PROBE, { ...opts, dev: dir.dev });
+}
+
+/**
+ * Open a file the user named (links followed: the user chose them) without blocking on a FIFO or
+ * device, and check its type on the descriptor: a regular file, or with `blockDevice` a block
+ * device; anything else is EINVAL_ARG.
+ */
+export function openNamed(path: string, opts: { blockDevice?: boolean; what?: string } = {}): PinnedFile {
+  return openChecked(path, path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY, { ...opts, code: 'EINVAL_ARG' });
+}
+
+/**
+ * Open `path` read-only without following a link in its last component and without blocking, and
+ * check on the descriptor that it is a regular file (`code`, default EUNSAFE, otherwise). For
+ * files that are ours by construction (a saved state), where a link in their place is never ours.
+ */
+export function openFileNoFollow(path: string, opts: { code?: ErrorCode; what?: string } = {}): PinnedFile {
+  return openChecked(path, path, O_FILE_PROBE, opts);
+}
+
+function openChecked(open: string, shown: string, flags: number, opts: { blockDevice?: boolean; code?: ErrorCode; what?: string; dev?: number }): PinnedFile {
+  const what = opts.what ?? 'file';
+  let fd: number;
+  try { fd = fs.openSync(open, flags); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw new MedvError(opts.code ?? 'EUNSAFE', `${what} ${shown} is a symbolic link; links are not followed here`, { file: shown });
+    throw fromSystemError(e, shown);
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() && !(opts.blockDevice && st.isBlockDevice())) {
+      throw new MedvError(opts.code ?? 'EUNSAFE', `${what} ${shown} is ${describeType(st)}, not a regular file${opts.blockDevice ? ' or block device' : ''}`, { file: shown });
+    }
+    if (opts.dev !== undefined && st.dev !== opts.dev) throw new MedvError(opts.code ?? 'EUNSAFE', `${what} ${shown} is on another file system than its folder; not used`, { file: shown });
+    return { fd, proc: fdPath(fd), path: shown, stat: st, close: closer(fd) };
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+}
+
+/**
+ * An error raised while working through `/proc/self/fd/N` paths, with those paths written as
+ * the real ones (`pins`: proc path -> shown path), so messages name files a user knows.
+ */
+export function withShownPaths<T>(e: T, pins: ReadonlyArray<{ proc: string; path: string }>): T {
+  if (!(e instanceof Error)) return e;
+  // Longest first: /proc/self/fd/12 must not be read as /proc/self/fd/1 followed by "2".
+  const sorted = [...pins].sort((a, b) => b.proc.length - a.proc.length);
+  const swap = (s: string) => sorted.reduce((acc, p) => acc.split(p.proc).join(p.path), s);
+  e.message = swap(e.message);
+  if (e instanceof MedvError && typeof e.data.file === 'string') e.data.file = swap(e.data.file);
+  return e;
 }

@@ -5,6 +5,8 @@ import * as path from 'node:path';
 
 export { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from './datakey.js';
 export { type KekSource, kekFromEnvironment, createHostKey, loadHostKey, hostKeyId, HOST_KEY_BYTES } from './kek.js';
+export { type HostKeySource } from './kekenv.js';
+export { wrapHostKey, unwrapHostKey, isWrappedHostKey, hasTpm2, protectorOf, WRAP_KEY_BYTES, type Protector } from './hostbind.js';
 export { writeKeyFile, writeKeyFileAt, writeWrappedKeyFile, readKeyFile, wrapDataKey, unwrapDataKey, DEFAULT_PWHASH, type PwhashParams, type WrapOptions } from './keyfile.js';
 export { secureAlloc, secureRandom, secureWipe, secureFree, constantTimeEqual } from './secure.js';
 

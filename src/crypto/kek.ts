@@ -1,13 +1,17 @@
 /**
  * Key-encryption keys (KEKs): what unwraps a disk's data key from its .enc file.
  *  - passphrase: Argon2id (crypto_pwhash) of the passphrase with the salt and limits stored in the file;
- *  - host key: a 32-byte random file (mode 0600) in the client data repository.
- * (The server key service of DESIGN.md wraps with a host-style 32-byte key and is built elsewhere.)
+ *  - host key: 32 random bytes in a 0600 file of the client data repository, kept there wrapped
+ *    under a key outside the root (./hostbind.ts), or raw (a --host-key file, an older client).
+ * (The server's key service wraps image keys with its own 32-byte key: src/server/serverkey.ts.)
  */
-import { MedvError } from '../core/errors.js';
+import * as fs from 'node:fs';
+import { MedvError, fromSystemError, isMedvError } from '../core/errors.js';
 import { createFileAtomic, readSecretSync } from '../core/fsio.js';
+import { WRAPPED_HOST_KEY_MAX, WRAPPED_HOST_KEY_MIN, isWrappedHostKey, readHostKeyFile, unwrapHostKey } from './hostbind.js';
+import type { HostKeySource } from './kekenv.js';
 import { secureAlloc, secureFree } from './secure.js';
-import { sodium } from './sodium.js';
+import { sodium } from '../core/sodium.js';
 
 export { type KekSource, kekFromEnvironment } from './kekenv.js';
 
@@ -32,16 +36,32 @@ export async function createHostKey(path: string): Promise<void> {
 
 /**
  * Read a host key into secure memory (caller wipes it): a regular file (no symlink followed), ours,
- * exactly 32 bytes (EFORMAT otherwise); EINSECURE when group or others have any access to it (as
- * ssh refuses such a private key). src/core/fsio.ts readSecretSync.
+ * not accessible by group or others (EINSECURE, as ssh refuses such a private key), holding the
+ * key raw (exactly 32 bytes) or wrapped (./hostbind.ts: unwrapped with `wrapKeyFile`; EBADKEY
+ * "bound to another machine or user" when that does not open it). Anything else is EFORMAT.
  */
-export async function loadHostKey(path: string): Promise<Buffer> {
-  const key = secureAlloc(HOST_KEY_BYTES);
-  try {
-    return readSecretSync(path, { what: 'host key file', size: HOST_KEY_BYTES, into: key });
-  } catch (e) {
-    secureFree(key);
-    throw e;
+export async function loadHostKey(source: string | HostKeySource): Promise<Buffer> {
+  const { keyFile, wrapKeyFile } = typeof source === 'string' ? { keyFile: source, wrapKeyFile: undefined } : source;
+  // twice at most: a raw key wrapped in place between the size check and the read
+  for (let attempt = 0; ; attempt++) {
+    let size: number;
+    try { size = fs.statSync(keyFile).size; } catch (e) { throw fromSystemError(e, keyFile); }
+    if (size === HOST_KEY_BYTES) {
+      const key = secureAlloc(HOST_KEY_BYTES);
+      try {
+        return readSecretSync(keyFile, { what: 'host key file', size: HOST_KEY_BYTES, into: key });
+      } catch (e) {
+        secureFree(key);
+        if (attempt === 0 && isMedvError(e, 'EFORMAT')) continue;
+        throw e;
+      }
+    }
+    if (size < WRAPPED_HOST_KEY_MIN || size > WRAPPED_HOST_KEY_MAX) throw new MedvError('EFORMAT', `host key file is ${size} bytes, expected ${HOST_KEY_BYTES} (or a wrapped host key)`, { file: keyFile, offset: 0 });
+    const bytes = readHostKeyFile(keyFile);
+    if (bytes.length === HOST_KEY_BYTES && attempt === 0) continue;
+    if (!isWrappedHostKey(bytes)) throw new MedvError('EFORMAT', `host key file is ${bytes.length} bytes, expected ${HOST_KEY_BYTES} (or a wrapped host key)`, { file: keyFile, offset: 0 });
+    if (!wrapKeyFile) throw new MedvError('ENOKEY', 'this host key is wrapped (bound to a machine and user): it opens through its client root, not as --host-key', { file: keyFile });
+    return unwrapHostKey(bytes, keyFile, wrapKeyFile);
   }
 }
 

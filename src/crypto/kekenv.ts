@@ -6,7 +6,13 @@
 import { MedvError } from '../core/errors.js';
 import { readSecretSync } from '../core/fsio.js';
 
-export type KekSource = { kind: 'passphrase'; passphrase: string } | { kind: 'hostkey'; keyFile: string };
+/**
+ * A host key: `keyFile` holds it raw (32 bytes) or wrapped (./hostbind.ts), in which case
+ * `wrapKeyFile` names the wrap key that opens it (kept outside the client root).
+ */
+export interface HostKeySource { kind: 'hostkey'; keyFile: string; wrapKeyFile?: string }
+
+export type KekSource = { kind: 'passphrase'; passphrase: string } | HostKeySource;
 
 
 /** Largest passphrase file we read (a passphrase, not a document). */

@@ -12,7 +12,7 @@ import {
 import { DATA_KEY_BYTES, DataKey } from './datakey.js';
 import { type KekSource, hostKeyId, loadHostKey, passphraseKek } from './kek.js';
 import { secureAlloc, secureFree } from './secure.js';
-import { sodium } from './sodium.js';
+import { sodium } from '../core/sodium.js';
 
 export interface PwhashParams {
   opslimit: number;
@@ -42,7 +42,7 @@ export async function wrapDataKey(dataKey: DataKey, kek: KekSource, opts: WrapOp
     serializeKeyFileAad({ version: KEYFILE_VERSION, keyId: dataKey.keyId, kek: header, nonce }); // validates limits first
     k = await passphraseKek(kek.passphrase, salt, p.opslimit, p.memlimit);
   } else if (kek.kind === 'hostkey') {
-    k = await loadHostKey(kek.keyFile);
+    k = await loadHostKey(kek);
     header = { kind: 'hostkey', hostKeyId: hostKeyId(k) };
   } else {
     throw new MedvError('EINVAL_ARG', 'unknown KEK kind');
@@ -72,7 +72,7 @@ export async function unwrapDataKey(enc: Buffer, kek: KekSource, file?: string):
     k = await passphraseKek(kek.passphrase, rec.kek.salt, Number(rec.kek.opslimit), Number(rec.kek.memlimit));
   } else {
     if (kek.kind !== 'hostkey') throw new MedvError('ENOKEY', 'this key file is wrapped with a host key, not a passphrase', { file });
-    k = await loadHostKey(kek.keyFile);
+    k = await loadHostKey(kek);
     if (!hostKeyId(k).equals(rec.kek.hostKeyId)) {
       secureFree(k);
       throw new MedvError('EBADKEY', `wrong passphrase or key: the key file was wrapped with another host key than ${kek.keyFile}`, { file });
@@ -161,5 +161,3 @@ export async function readKeyFile(encPath: string, kek: KekSource): Promise<Data
   return unwrapDataKey(bytes, kek, encPath);
 }
 
-/** Kept for src/pack until it imports src/core/fsio.ts itself. */
-export { fsyncDir } from '../core/fsio.js';

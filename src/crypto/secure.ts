@@ -4,7 +4,7 @@
  * logs or error messages: SecureBytes prints as "[secure N bytes]".
  */
 import { inspect } from 'node:util';
-import { sodium } from './sodium.js';
+import { sodium } from '../core/sodium.js';
 
 /** A fresh zero-filled secure buffer of `size` bytes (read-write). */
 export function secureAlloc(size: number): Buffer {
@@ -47,7 +47,7 @@ export function secureFree(buf: Buffer): void {
   }
 }
 
-export function isSecure(buf: Buffer): boolean {
+function isSecure(buf: Buffer): boolean {
   return (buf as Buffer & { secure?: boolean }).secure === true;
 }
 

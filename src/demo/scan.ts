@@ -21,7 +21,7 @@ export function filesUnder(dir: string): string[] {
 }
 
 /** The needles found in `file` (read in 1 MiB chunks, matches across chunk borders included). */
-export function needlesIn(file: string, needles: Buffer[]): Buffer[] {
+function needlesIn(file: string, needles: Buffer[]): Buffer[] {
   const longest = Math.max(...needles.map((n) => n.length));
   const found = new Set<Buffer>();
   const fd = openSync(file, 'r');

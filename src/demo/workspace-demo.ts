@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { MedvError } from '../core/errors.js';
+import { uploadStateDir } from '../core/paths.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
 import { humanBytes } from '../core/units.js';
 import { filesUnder, scanTrees } from './scan.js';
@@ -79,15 +80,13 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
   const { uploadFiles } = await import('../client/upload.js');
   const { apiRequest, login, publishImageKeys, listClients } = await import('../client/api.js');
   const { openClient, saveClientLogin } = await import('../workspace/client.js');
-  const { startWorkspace, stopWorkspace, vmNameOf } = await import('../workspace/index.js');
+  const { startWorkspace, stopWorkspace } = await import('../workspace/index.js');
 
   const work = mkdtempSync(join(tmpdir(), 'medv-demo-'));
   const dirs = { console: join(work, 'console'), keys: join(work, 'console', 'keys'), packed: join(work, 'console', 'PackedImages'), server: join(work, 'server'), client: join(work, 'client'), run: join(work, 'run'), xdg: join(work, 'xdg') };
   for (const d of Object.values(dirs)) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
-  const savedEnv = { XDG_DATA_HOME: process.env.XDG_DATA_HOME, XDG_CACHE_HOME: process.env.XDG_CACHE_HOME, MEDV_STATE_DIR: process.env.MEDV_STATE_DIR };
-  process.env.XDG_DATA_HOME = join(dirs.xdg, 'data');
-  process.env.XDG_CACHE_HOME = join(dirs.xdg, 'cache');
-  process.env.MEDV_STATE_DIR = join(dirs.xdg, 'state');
+  // The user's folders of this run, passed in: the environment of the process is never changed.
+  const userDirs = { data: join(dirs.xdg, 'data'), cache: join(dirs.xdg, 'cache'), state: join(dirs.xdg, 'state'), config: join(dirs.xdg, 'config') };
 
   const steps: WorkspaceDemoResult['steps'] = [];
   let stepT = performance.now();
@@ -102,7 +101,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
 
   let server: Awaited<ReturnType<typeof serveRepository>> | undefined;
   let running = false;
-  const wsOpts = { clientRoot: dirs.client, runRoot: dirs.run, onInfo: (m: string) => { o.onProgressEnd?.(); log(`  ${m}`); }, onWarning: (m: string) => { o.onProgressEnd?.(); log(`  warning: ${m}`); } };
+  const wsOpts = { clientRoot: dirs.client, runRoot: dirs.run, userDirs, onInfo: (m: string) => { o.onProgressEnd?.(); log(`  ${m}`); }, onWarning: (m: string) => { o.onProgressEnd?.(); log(`  warning: ${m}`); } };
   const boots: DemoBoot[] = [];
   try {
     step(`console: pack the Linux test guest as image ${IMAGE} version 1`);
@@ -131,7 +130,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     log(`  ${server.url} (root ${dirs.server.slice(work.length + 1)}, database ${server.database.startsWith(work) ? server.database.slice(work.length + 1) : server.database})`);
     const upload = async (files: string[]) => {
       try {
-        return await uploadFiles(files, { server: server!.url, token: adminToken, stateDir: join(dirs.xdg, 'uploads'), onProgress: progress('upload') });
+        return await uploadFiles(files, { server: server!.url, token: adminToken, stateDir: uploadStateDir(userDirs), onProgress: progress('upload') });
       } finally {
         o.onProgressEnd?.();
       }
@@ -173,13 +172,12 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     const ctx = await openClient(dirs.client);
     const creds = await login(server.url, USER, password);
     await saveClientLogin(ctx, creds);
-    const serial = () => join(dirs.run, vmNameOf(WORKSPACE), 'serial.log');
     const bootAndShow = async (update: boolean | undefined) => {
       const r = await startWorkspace(WORKSPACE, { ...wsOpts, update, accel: o.accel, onProgress: (l, d, t) => o.onProgress?.(l, d, t) });
       o.onProgressEnd?.();
       running = true;
       const started = performance.now();
-      const ready = await waitForText(serial(), guest.serial.ready, 0, READY_MS);
+      const ready = await waitForText(join(dirs.run, r.vmName, 'serial.log'), guest.serial.ready, 0, READY_MS);
       const version = ready.text.match(guest.serial.init)?.[1] ?? '?';
       const boot = Number(ready.text.match(guest.serial.boot)?.[1] ?? 0);
       for (const line of ready.text.split(/\r?\n/).filter((l) => l.startsWith('medv-linux:'))) log(`  guest | ${line}`);
@@ -226,7 +224,11 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     const clients = await listClients(server.url, adminToken);
     for (const c of clients) log(`  server: client ${c.client} user ${c.user} ${c.workspace} v${c.version ?? '-'} ${c.state}`);
     const diskKeys = await clientDiskKeys(dirs.client, ctx.kek);
-    const needles = { 'guest marker': guest.marker, ...secretNeedles, ...diskKeys };
+    // the client's host key is kept only wrapped (bound to this machine and user): never in the clear
+    const { loadHostKey, secureFree } = await import('../crypto/index.js');
+    const hk = await loadHostKey(ctx.kek);
+    const needles = { 'guest marker': guest.marker, ...secretNeedles, ...diskKeys, 'client host key': Buffer.from(hk) };
+    secureFree(hk);
     const hits = scanTrees([work], needles);
     log(hits.length ? `  FOUND in the clear: ${hits.map((h) => `${h.file} (${h.what.join(', ')})`).join('; ')}` : `  no file under the work folder (client, server, console, run folders) holds the guest's marker, the image keys or the disks' data keys`);
     steps[steps.length - 1].ms = Math.round(performance.now() - stepT);
@@ -243,7 +245,6 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
   } finally {
     if (running) await stopWorkspace(WORKSPACE, { ...wsOpts, force: true }).catch(() => undefined);
     await server?.close().catch(() => undefined);
-    for (const [k, v] of Object.entries(savedEnv)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
     if (!o.keep) rmSync(work, { recursive: true, force: true });
     else log(`work folder kept: ${work}`);
   }

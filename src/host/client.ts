@@ -6,9 +6,14 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError, type ErrorCode } from '../core/errors.js';
+import { nameExists } from '../core/fsio.js';
+import { JsonLineReader } from '../core/jsonlines.js';
+import { runRoot } from '../core/paths.js';
+import { checkVmName } from '../api/names.js';
+import type { SavedStateReader } from '../hypervisor/savedstate.js';
 import { controlRequest } from './protocol.js';
-import { effectiveState, isTerminal, listRunDirs, readState, runRoot, validateVmName, vmRunDir, type VmState } from './rundir.js';
-import type { SupervisorInput, VmConfig } from './supervisor.js';
+import { effectiveState, isTerminal, listRunDirs, readState, vmRunDir, type VmState } from './rundir.js';
+import type { SupervisorInput, VmConfig } from './config.js';
 import { spawnSupervisor, takePrespawned } from './prespawn.js';
 
 export interface HostOptions {
@@ -35,40 +40,45 @@ function tail(file: string, bytes = 4000): string {
   }
 }
 
+export interface StartAnswer { ok: boolean; state?: VmState; error?: { code: string; message: string } }
+
+/** Longest answer a supervisor may send on fd 3 (a state of a few KiB). */
+export const MAX_START_ANSWER = 1024 * 1024;
+
+/**
+ * The supervisor's answer to a start: the first line on its fd 3, one JSON object, bounded
+ * (src/core/jsonlines.ts); an over-long line or one that is not JSON is an EPROTO answer.
+ */
+export function readStartAnswer(pipe: NodeJS.ReadableStream, done: (a: StartAnswer) => void): void {
+  let answered = false;
+  const once = (a: StartAnswer) => { if (!answered) { answered = true; done(a); } };
+  const reader = new JsonLineReader((v) => once(v as StartAnswer), (e) => { once({ ok: false, error: { code: 'EPROTO', message: e.message } }); }, 'the supervisor', MAX_START_ANSWER);
+  pipe.on('data', (d: Buffer | string) => reader.push(d));
+}
+
 /**
  * Start a VM under a new detached supervisor; resolves once QEMU runs (the guest may still be
  * booting). The VM keeps running after this process exits. EBUSY if a VM of that name runs.
  */
 export async function startVm(config: VmConfig, options: HostOptions & { kek?: KekSource } = {}): Promise<VmState> {
   const root = options.root ?? runRoot();
-  validateVmName(config.name);
+  checkVmName(config.name);
   const dir = vmRunDir(config.name, root);
+  // A quick answer for the usual case; the supervisor's lock on the folder (./vmlock.ts) decides
+  // when two starts race, before either touches anything in it.
   const current = readState(dir);
   if (current && !isTerminal(effectiveState(current).state)) {
     throw new MedvError('EBUSY', `VM ${config.name} is already ${current.state} (supervisor pid ${current.pid})`);
   }
-  // A resumed guest continues its serial output; a fresh boot starts a fresh log.
-  if (!fs.existsSync(config.savedState)) fs.rmSync(join(dir, 'serial.log'), { force: true });
   // Usually started already, while this command was parsing (./prespawn.ts).
   const supervisor = takePrespawned(root) ?? spawnSupervisor(root);
   const child = supervisor.child;
   const input: SupervisorInput = { config, runRoot: root, kek: options.kek, logFile: supervisor.log };
   child.stdin!.on('error', () => undefined); // a supervisor that died at once is reported through 'exit'
   child.stdin!.end(JSON.stringify(input));
-  const answer = await new Promise<{ ok: boolean; state?: VmState; error?: { code: string; message: string } }>((resolve) => {
-    let text = '';
-    const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  const answer = await new Promise<StartAnswer>((resolve) => {
     const timer = setTimeout(() => resolve({ ok: false, error: { code: 'ETIMEOUT', message: `the supervisor did not report within ${START_TIMEOUT_MS} ms` } }), START_TIMEOUT_MS);
-    pipe.setEncoding('utf8');
-    pipe.on('data', (d: string) => {
-      text += d;
-      if (text.length > 1 << 20) { clearTimeout(timer); resolve({ ok: false, error: { code: 'EPROTO', message: 'the supervisor sent too much' } }); }
-      const nl = text.indexOf('\n');
-      if (nl >= 0) {
-        clearTimeout(timer);
-        try { resolve(JSON.parse(text.slice(0, nl))); } catch { resolve({ ok: false, error: { code: 'EPROTO', message: 'the supervisor sent a line that is not JSON' } }); }
-      }
-    });
+    readStartAnswer(child.stdio[3] as NodeJS.ReadableStream, (a) => { clearTimeout(timer); resolve(a); });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
       // Its temporary log, unless it got as far as moving it into the run folder.
@@ -123,7 +133,7 @@ export async function screenshotVm(name: string, file: string, opts: HostOptions
 
 /** The VM's state as it really is (a dead supervisor reads as stopped). */
 export function vmStatus(name: string, opts: HostOptions = {}): VmState {
-  validateVmName(name);
+  checkVmName(name);
   const dir = join(opts.root ?? runRoot(), name);
   const raw = fs.existsSync(dir) ? readState(dir) : undefined;
   if (!raw) throw new MedvError('ENOENT', `no VM named ${name}`);
@@ -143,47 +153,76 @@ export function listVms(opts: HostOptions = {}): VmState[] {
   return out;
 }
 
+/** What `vm discard-state` did: files removed, files kept (with why), disks whose saved-state flag it cleared. */
+export interface DiscardResult { removed: string[]; kept: Array<{ path: string; reason: string }>; cleared: string[] }
+
 /**
- * Drop a suspended VM's saved state: remove its `.vsv` and `.vsv.enc` (only a medv saved state; a
- * foreign file of that name is kept and reported) and clear the saved-state flag of the disks the
- * guest writes into (each disk, or its undo disk). The guest then starts from its disks as after a
- * power cut. A running VM holds its disks: EBUSY. Works as well for a Virtual PC disk whose flag is
- * set and whose saved state is gone.
+ * Drop a suspended VM's saved state: remove its `.vsv` and `.vsv.enc`, then clear the saved-state
+ * flag of the disks the guest writes into (each disk, or its undo disk). The guest then starts from
+ * its disks as after a power cut. Works as well for a Virtual PC disk whose flag is set and whose
+ * saved state is gone.
+ *
+ * Removed is only a complete medv saved state that authenticates under the key (every frame up to
+ * the final one), that was taken from this VM's disks, with the key file whose key id it carries
+ * (recognised by content, never by name); anything else at that name is kept and reported. The
+ * files are reached as the VM start reaches them (./disks.ts, ./suspend.ts: no links followed for
+ * paths a .vmc named). A running VM holds its disks: EBUSY.
  */
-export async function discardVmState(config: VmConfig, options: { kek?: KekSource } = {}): Promise<{ removed: string[]; kept: string[]; cleared: string[] }> {
-  const [{ defaultUndoPath }, { openDisk }, { openUndoDisk }, saved] = await Promise.all([import('./supervisor.js'), import('../layers/open.js'), import('../layers/undo/index.js'), import('../hypervisor/savedstate.js')]);
-  const out = { removed: [] as string[], kept: [] as string[], cleared: [] as string[] };
-  if (fs.existsSync(config.savedState)) {
-    try {
-      saved.removeSavedState(config.savedState);
-      out.removed.push(config.savedState, saved.vsvKeyPath(config.savedState));
-    } catch (e) {
-      if (!(e instanceof MedvError) || e.code !== 'EFORMAT') throw e;
-      out.kept.push(config.savedState);
-    }
-  }
-  const kek = options.kek ? () => options.kek! : undefined;
-  for (const d of config.disks) {
-    const top = d.mode === 'normal' ? d.path : d.mode === 'undo' ? d.undoPath ?? defaultUndoPath(d.path) : undefined;
-    if (!top || !fs.existsSync(top)) continue;
-    const opened = d.mode === 'undo'
-      ? await openUndoDisk(top, { kek, parent: d.path, allowSavedState: true })
-      : await openDisk(top, { kek, allowSavedState: true });
-    try {
-      if (opened.vhd?.savedState) {
-        await opened.vhd.setSavedState(false);
-        out.cleared.push(top);
+export async function discardVmState(config: VmConfig, options: { kek?: KekSource } = {}): Promise<DiscardResult> {
+  const [layers, { checkOwner }, { VmDisks }, { pinSavedState }] = await Promise.all([import('./layers.js').then((l) => l.loadLayers()), import('./binding.js'), import('./disks.js'), import('./suspend.js')]);
+  const out: DiscardResult = { removed: [], kept: [], cleared: [] };
+  const vsv = pinSavedState(config, { missingOk: true });
+  try {
+    if (vsv && nameExists(vsv.at)) {
+      const keep = (reason: string) => out.kept.push({ path: config.savedState, reason });
+      if (!options.kek) {
+        keep('its key is needed to check that it is this VM\'s saved state: give the passphrase or host key');
+      } else {
+        let reader: SavedStateReader | undefined;
+        try {
+          reader = await vsv.shown(() => layers.saved.SavedStateReader.open(vsv.at, options.kek!));
+          const r = reader;
+          const meta = await vsv.shown(() => r.check());
+          checkOwner(meta, config, config.savedState);
+          const { removed } = vsv.shown(() => r.remove());
+          out.removed.push(...removed.map((p: string) => p.replace(vsv.at, config.savedState)));
+        } catch (e) {
+          if (!(e instanceof MedvError) || e.code === 'EBUSY' || e.code === 'EIO') throw e;
+          keep(`${e.message.replace(/ \([^()]*\)$/, '')} [${e.code}]`);
+        } finally {
+          reader?.close();
+        }
       }
-    } finally {
-      await opened.device.close();
     }
+  } finally {
+    vsv?.close();
+  }
+  const disks = new VmDisks(layers, options.kek, { savedState: config.savedState, create: false });
+  try {
+    for (const d of config.disks) {
+      if (d.mode !== 'normal' && d.mode !== 'undo') continue;
+      try {
+        await disks.open(d, true);
+      } catch (e) {
+        if (e instanceof MedvError && e.code === 'ENOENT') continue; // nothing there to clear (an undo disk never made)
+        throw e;
+      }
+    }
+    for (const d of disks.list) {
+      if (d.top?.savedState) {
+        await d.top.setSavedState(false);
+        out.cleared.push(d.state.undo ?? d.state.path);
+      }
+    }
+  } finally {
+    await disks.close();
   }
   return out;
 }
 
 /** Path of the VM's serial log (kept after it stops, until the name is started again). */
 export function serialLogPath(name: string, opts: HostOptions = {}): string {
-  validateVmName(name);
+  checkVmName(name);
   const file = join(opts.root ?? runRoot(), name, 'serial.log');
   if (!fs.existsSync(file)) throw new MedvError('ENOENT', `no serial output recorded for VM ${name}`);
   return file;

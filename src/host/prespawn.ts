@@ -15,7 +15,9 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensurePrivateDir, runRoot } from './rundir.js';
+import { scrubbedEnv } from '../core/env.js';
+import { ensurePrivateDir } from '../core/fsio.js';
+import { runRoot } from '../core/paths.js';
 
 export const SUPERVISOR_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'supervisor-main.js');
 
@@ -29,11 +31,13 @@ let waiting: WaitingSupervisor | undefined;
  * there (stdout and stderr). Used by prespawnSupervisor and, when none waits, by startVm.
  */
 export function spawnSupervisor(root: string): WaitingSupervisor {
-  ensurePrivateDir(root);
+  ensurePrivateDir(root, true);
   const log = join(root, `.supervisor-${randomBytes(6).toString('hex')}.log`);
   const fd = fs.openSync(log, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
   try {
-    const child = spawn(process.execPath, [SUPERVISOR_MAIN, log], { detached: true, stdio: ['pipe', fd, fd, 'pipe'] });
+    // Never our secrets: the key reaches it on stdin (src/core/env.ts); a passphrase in our
+    // environment must not live on in a process that runs as long as the VM.
+    const child = spawn(process.execPath, [SUPERVISOR_MAIN, log], { detached: true, stdio: ['pipe', fd, fd, 'pipe'], env: scrubbedEnv() });
     child.on('error', () => undefined); // reported through 'exit' to whoever waits for it
     return { child, root, log };
   } finally {

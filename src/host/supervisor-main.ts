@@ -11,7 +11,9 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { renameSync } from '../core/fsio.js';
 import { vmRunDir } from './rundir.js';
+import { lockRunDir } from './vmlock.js';
 import { Supervisor, type SupervisorInput } from './supervisor.js';
 
 const LOG = process.argv[2];
@@ -52,9 +54,12 @@ async function main(): Promise<void> {
       if (LOG) fs.rmSync(LOG, { force: true });
       return;
     }
+    if (input.logFile !== undefined && input.logFile !== LOG) throw new MedvError('EINVAL_ARG', 'the input names another log than the one this supervisor writes');
+    const dir = vmRunDir(input.config.name, input.runRoot);
+    // Before anything in the folder is looked at or touched; held until this process exits.
+    lockRunDir(dir, input.config.name);
     if (input.logFile !== undefined) {
-      if (input.logFile !== LOG) throw new MedvError('EINVAL_ARG', 'the input names another log than the one this supervisor writes');
-      fs.renameSync(LOG, join(vmRunDir(input.config.name, input.runRoot), 'supervisor.log'));
+      renameSync(LOG, join(dir, 'supervisor.log'));
       logged = true;
     }
     supervisor = new Supervisor(input);

@@ -2,20 +2,25 @@
  * A Virtual PC VM (`.vmc`, optionally `ImageState.xml` beside it) as a VmConfig the supervisor
  * runs. Paths come from the file through src/formats/vmc's rules: relative paths (tried first)
  * must stay inside the .vmc's folder, and an absolute path counts only on a drive letter the
- * caller mapped (`driveMap`); nothing in a settings file reaches an arbitrary host file.
+ * caller mapped (`driveMap`). Each path carries the folder it must be opened below (`confine`:
+ * the .vmc's, or the mapped drive's): the supervisor opens it there without following any link
+ * and only as a regular file (src/host/disks.ts), so nothing in a settings file reaches an
+ * arbitrary host file, by its text or through a link. The .vmc is read without blocking on a
+ * FIFO; ImageState.xml beside it without following a link.
  *
  * Mapping: memory from ImageState or the VMC; every hard disk in IDE order (primary master boots);
  * CD/DVD images as read-only IDE CD drives; undo drives (Virtual PC's "enable undo disks") use the
- * `.vud` the file names, else `<disk>.undo.vhd|evhd`; any network adapter means NAT through QEMU's
- * user-mode network with the adapter's MAC (bridged host networks are mapped to NAT too); the
- * saved state is the `.vsv` the file names, else `<vmc>.vsv` beside it.
+ * `.vud` the file names, else `<disk>.undo.vhd|evhd`; any network adapter means NAT (through passt,
+ * src/hypervisor/usernet.ts) with the adapter's MAC (bridged host networks are mapped to NAT too);
+ * the saved state is the `.vsv` the file names, else `<vmc>.vsv` beside it.
  */
 import * as fs from 'node:fs';
-import { basename, dirname, extname, join, resolve } from 'node:path';
+import { basename, dirname, extname, join, posix, resolve } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { nameExists, openDirBeneath, openFileIn, openNamed, type PinnedFile } from '../core/fsio.js';
 import { effectiveSettings, parseImageState, type ImageState } from '../formats/imagestate/index.js';
 import { parseVmc, resolvePathRef, MAX_XML_BYTES, type WindowsPathRef } from '../formats/vmc/index.js';
-import { defaultUndoPath, type VmConfig, type VmDiskConfig } from './supervisor.js';
+import { defaultUndoPath, type VmConfig, type VmDiskConfig } from './config.js';
 
 export interface VmcStartOptions {
   name?: string;
@@ -28,30 +33,55 @@ export interface VmcStartOptions {
   accel?: VmConfig['accel'];
 }
 
-function readBounded(path: string): Buffer {
-  let st: fs.Stats;
-  try { st = fs.statSync(path); } catch { throw new MedvError('ENOENT', `no such file: ${path}`, { file: path }); }
-  if (!st.isFile()) throw new MedvError('EINVAL_ARG', `not a regular file: ${path}`, { file: path });
-  if (st.size > MAX_XML_BYTES) throw new MedvError('EFORMAT', `${path} is larger than ${MAX_XML_BYTES} bytes`, { file: path });
-  return fs.readFileSync(path);
+/** The bytes of an opened settings file, at most MAX_XML_BYTES (read from its descriptor; it is closed). */
+function readPinned(f: PinnedFile): Buffer {
+  try {
+    if (f.stat.size > MAX_XML_BYTES) throw new MedvError('EFORMAT', `${f.path} is larger than ${MAX_XML_BYTES} bytes`, { file: f.path });
+    const buf = Buffer.alloc(MAX_XML_BYTES + 1);
+    let n = 0;
+    for (let r; n < buf.length && (r = fs.readSync(f.fd, buf, n, buf.length - n, n)) > 0;) n += r;
+    if (n > MAX_XML_BYTES) throw new MedvError('EFORMAT', `${f.path} grew past ${MAX_XML_BYTES} bytes`, { file: f.path });
+    return buf.subarray(0, n);
+  } finally {
+    f.close();
+  }
+}
+
+/** The host folder a drive letter is mapped to (normalised), as src/formats/vmc/paths.ts maps it. */
+function driveRoot(windows: string, driveMap: Readonly<Record<string, string>> | undefined): string | undefined {
+  const letter = windows[0]?.toUpperCase();
+  const hit = Object.entries(driveMap ?? {}).find(([k]) => k.replace(/:$/, '').toUpperCase() === letter);
+  return hit ? posix.normalize(hit[1]) : undefined;
 }
 
 export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): VmConfig {
   const file = resolve(vmcPath);
   const vmcDir = dirname(file);
-  const doc = parseVmc(readBounded(file), { file });
-  const imageStatePath = join(vmcDir, 'ImageState.xml');
+  // The .vmc itself the user named (a link is theirs to make); never blocks on a FIFO.
+  const doc = parseVmc(readPinned(openNamed(file, { what: '.vmc' })), { file });
+  // What came with it is read without following links.
+  const folder = openDirBeneath(vmcDir);
   let imageState: ImageState | undefined;
-  if (fs.existsSync(imageStatePath)) imageState = parseImageState(readBounded(imageStatePath), { file: imageStatePath });
+  try {
+    if (nameExists(join(folder.proc, 'ImageState.xml'))) {
+      imageState = parseImageState(readPinned(openFileIn(folder, 'ImageState.xml', { what: 'ImageState.xml' })), { file: join(vmcDir, 'ImageState.xml') });
+    }
+  } finally {
+    folder.close();
+  }
   const eff = effectiveSettings(doc.settings, imageState, { file });
-  const find = (ref: WindowsPathRef, element: string): string => {
+  /** A path the .vmc names, and the folder it must stay in (the .vmc's, or the mapped drive's). */
+  const rooted = (c: { from: 'relative' | 'absolute'; windows: string; path: string }): { path: string; confine: string } =>
+    ({ path: c.path, confine: c.from === 'relative' ? vmcDir : driveRoot(c.windows, opts.driveMap) ?? vmcDir });
+  const find = (ref: WindowsPathRef, element: string): { path: string; confine: string } => {
     const r = resolvePathRef(ref, { vmcDir, driveMap: opts.driveMap }, { file, element });
-    const hit = r.candidates.find((c) => fs.existsSync(c.path));
+    // Which candidate is used is decided here; the supervisor opens it without following links.
+    const hit = r.candidates.find((c) => nameExists(c.path));
     if (!hit) {
       const tried = [...r.candidates.map((c) => c.path), ...r.rejected.map((x) => `${x.windows} (${x.error.message})`)];
       throw new MedvError('ENOENT', `${element}: no such file (tried ${tried.join(', ')})`, { file });
     }
-    return hit.path;
+    return rooted(hit);
   };
   const undoMode = !opts.readOnly && (opts.undo || eff.undoDrives);
   const disks: VmDiskConfig[] = [];
@@ -59,24 +89,25 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
     const where = `ide_controller ${d.controller} location ${d.location}`;
     if (d.kind === 'cd-dvd') {
       if (d.hostDrive) throw new MedvError('EUNSUPPORTED', `${where}: a CD/DVD bound to host drive ${d.hostDrive}: is not supported; give an .iso`, { file });
-      if (d.path) disks.push({ path: find(d.path, `${where} pathname`), mode: 'cdrom' });
+      if (d.path) disks.push({ ...find(d.path, `${where} pathname`), mode: 'cdrom' });
       continue;
     }
     if (!d.path) continue;
-    const path = find(d.path, `${where} pathname`);
-    if (opts.readOnly) { disks.push({ path, mode: 'test' }); continue; }
-    if (!undoMode) { disks.push({ path, mode: 'normal' }); continue; }
-    let undoPath = defaultUndoPath(path);
+    const { path, confine } = find(d.path, `${where} pathname`);
+    if (opts.readOnly) { disks.push({ path, confine, mode: 'test' }); continue; }
+    if (!undoMode) { disks.push({ path, confine, mode: 'normal' }); continue; }
+    let undo: { path: string; confine: string } = { path: defaultUndoPath(path), confine };
     if (d.undoPath) {
       const r = resolvePathRef(d.undoPath, { vmcDir, driveMap: opts.driveMap }, { file, element: `${where} undo_pathname` });
-      const named = r.candidates[0]?.path;
+      const named = r.candidates[0];
       // A .vud is a plain differencing VHD: usable over a plain parent; an encrypted parent needs an .evhd undo disk.
-      if (named && (extname(path).toLowerCase() !== '.evhd' || fs.existsSync(named))) undoPath = named;
+      if (named && (extname(path).toLowerCase() !== '.evhd' || nameExists(named.path))) undo = rooted(named);
     }
-    disks.push({ path, mode: 'undo', undoPath });
+    disks.push({ path, confine, mode: 'undo', undoPath: undo.path, ...(undo.confine !== confine ? { undoConfine: undo.confine } : {}) });
   }
   if (!disks.some((d) => d.mode !== 'cdrom')) throw new MedvError('EFORMAT', 'the .vmc names no hard disk', { file });
-  const savedState = doc.settings.savedState ? resolvePathRef(doc.settings.savedState, { vmcDir, driveMap: opts.driveMap }, { file }).candidates[0]?.path : undefined;
+  const named = doc.settings.savedState ? resolvePathRef(doc.settings.savedState, { vmcDir, driveMap: opts.driveMap }, { file }).candidates[0] : undefined;
+  const savedState = named ? rooted(named) : { path: join(vmcDir, `${basename(file, extname(file))}.vsv`), confine: vmcDir };
   const adapter = eff.network.adapters[0];
   return {
     name: opts.name ?? basename(file, extname(file)),
@@ -87,6 +118,7 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
     display: opts.display ?? 'none',
     accel: opts.accel,
     vmc: file,
-    savedState: savedState ?? join(vmcDir, `${basename(file, extname(file))}.vsv`),
+    savedState: savedState.path,
+    savedStateConfine: savedState.confine,
   };
 }

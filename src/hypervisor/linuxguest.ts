@@ -5,6 +5,7 @@
  * `medv demo` and the tests (test/helpers/linux-guest.ts adds booting it bare).
  */
 import { execFileSync } from 'node:child_process';
+import { minimalEnv } from '../core/env.js';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -72,7 +73,7 @@ export function linuxGuest() {
 
 function debugfs(args: string[], input?: string): Buffer {
   try {
-    return execFileSync('debugfs', args, { input, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'], maxBuffer: 16 << 20 });
+    return execFileSync('debugfs', args, { input, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'], maxBuffer: 16 << 20, env: minimalEnv() });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new MedvError('ENOENT', 'debugfs is not installed (Debian package e2fsprogs)');
     throw new MedvError('EIO', `debugfs failed: ${String((e as { stderr?: Buffer }).stderr ?? (e as Error).message).trim().split('\n').at(-1)}`);

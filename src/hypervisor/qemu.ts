@@ -3,7 +3,7 @@
  * command line); `QemuProcess.launch` runs it with QMP, COM1 captured from QEMU's stdout, and waits
  * that notice when the VM stops in an error state. On nested/virtual hosts KVM sometimes cannot
  * emulate an instruction: QEMU then does not exit but parks the VM in run state `internal-error`
- * (FACTS.md). That is reported as a QemuError of kind 'internal-error'; `withTcgFallback` retries
+ * (docs/machines.md). That is reported as a QemuError of kind 'internal-error'; `withTcgFallback` retries
  * under TCG.
  *
  *   const vm = await QemuProcess.launch({ accel, drives: [{ source: 'nbd+unix:///?socket=/run/x.sock' }] });
@@ -18,6 +18,8 @@ import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import type { Duplex } from 'node:stream';
+import { minimalEnv } from '../core/env.js';
 import { MedvError } from '../core/errors.js';
 import { native } from '../native.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
@@ -27,8 +29,12 @@ export type Accelerator = 'kvm' | 'tcg';
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
 export interface DriveSpec {
-  /** A host file path, or an NBD URI: nbd+unix:///[export]?socket=PATH or nbd://host[:port]/[export]. */
-  source: string;
+  /**
+   * A host file path; an NBD URI (nbd+unix:///[export]?socket=PATH with PATH percent-encoded, or
+   * nbd://host[:port]/[export]); or an NBD export on a unix socket, whose path goes to QEMU as a
+   * JSON string and is never parsed as URL text (what the supervisor uses).
+   */
+  source: string | { nbd: { socket: string; export?: string } };
   /** Format of the bytes QEMU sees (default 'raw'; an NBD export of medv is always raw). */
   format?: 'raw' | 'vpc';
   readOnly?: boolean;
@@ -47,8 +53,12 @@ export interface LaunchSpec {
   drives: DriveSpec[];
   /** Path of the QMP unix socket QEMU listens on. */
   qmpSocket: string;
-  /** Network: none (default), or NAT through QEMU's user-mode stack on an e1000 NIC. */
-  network?: { kind: 'none' } | { kind: 'nat'; mac?: string; model?: 'e1000' | 'virtio' };
+  /**
+   * Network: none (default); NAT through QEMU's own user-mode stack (`nat`: the guest reaches the
+   * host's loopback at 10.0.2.2, so only for tests and tools, never for a VM medv hosts); or the
+   * frames on a socket QEMU inherits as its fd 4 (`stream`: ./usernet.ts puts passt there).
+   */
+  network?: { kind: 'none' } | { kind: 'nat' | 'stream'; mac?: string; model?: 'e1000' | 'virtio' };
   /** Start paused, waiting for a migration stream (`-incoming defer`); the stream is written to
    *  `QemuProcess.incoming` (QEMU's fd 3) after `migrate-incoming {uri: 'fd:3'}`. The guest stays
    *  paused after the migration completed (`-S`), whatever state it was saved in, until `cont`. */
@@ -84,7 +94,11 @@ export function isInternalError(e: unknown): e is QemuError {
 export function blockdevOptions(drive: DriveSpec, nodeName: string): Record<string, unknown> {
   const readOnly = drive.readOnly ?? false;
   let file: Record<string, unknown>;
-  if (/^nbd(\+unix|\+tcp)?:/.test(drive.source)) {
+  if (typeof drive.source === 'object') {
+    const { socket, export: exportName } = drive.source.nbd;
+    if (typeof socket !== 'string' || socket === '' || socket.includes('\0')) throw new MedvError('EINVAL_ARG', 'an NBD drive needs a unix socket path');
+    file = { driver: 'nbd', server: { type: 'unix', path: socket }, ...(exportName ? { export: exportName } : {}), 'read-only': readOnly };
+  } else if (/^nbd(\+unix|\+tcp)?:/.test(drive.source)) {
     let url: URL;
     try { url = new URL(drive.source); } catch {
       throw new MedvError('EINVAL_ARG', `not an NBD URI: ${drive.source}`);
@@ -92,7 +106,9 @@ export function blockdevOptions(drive: DriveSpec, nodeName: string): Record<stri
     const exportName = decodeURIComponent(url.pathname.replace(/^\//, ''));
     let server: Record<string, unknown>;
     if (url.protocol === 'nbd+unix:') {
-      const socket = url.searchParams.get('socket');
+      // Percent-decoded as the NBD URI format says; a '+' stays a '+' (URLSearchParams would make it a space).
+      const raw = url.search.slice(1).split('&').find((p) => p.startsWith('socket='))?.slice('socket='.length);
+      const socket = raw === undefined ? '' : decodeURIComponent(raw);
       if (!socket) throw new MedvError('EINVAL_ARG', `NBD URI without ?socket=: ${drive.source}`);
       server = { type: 'unix', path: socket };
     } else {
@@ -103,6 +119,15 @@ export function blockdevOptions(drive: DriveSpec, nodeName: string): Record<stri
     file = { driver: 'file', filename: resolve(drive.source), 'read-only': readOnly };
   }
   return { driver: drive.format ?? 'raw', 'node-name': nodeName, 'read-only': readOnly, file };
+}
+
+/** QEMU's fd for the network stream (`network.kind === 'stream'`): stdio[4] of its process. */
+export const NET_FD = 4;
+
+/** A value inside QEMU's `key=value,key=value` syntax: commas doubled (QemuOpts' escape). */
+function optValue(v: string): string {
+  if (v.includes('\0')) throw new MedvError('EINVAL_ARG', 'a path with a NUL character');
+  return v.replace(/,/g, ',,');
 }
 
 /** The full argv (argv[0] is the QEMU binary) for a launch spec. Pure. */
@@ -117,7 +142,9 @@ export function qemuArgv(spec: LaunchSpec): string[] {
     '-nodefaults', '-no-user-config', '-no-reboot',
     // COM1 on QEMU's stdout; signal=off: a SIGINT to our process group is ours to handle, not QEMU's.
     '-chardev', 'stdio,id=com1,signal=off', '-serial', 'chardev:com1',
-    '-qmp', `unix:${spec.qmpSocket},server=on,wait=off`,
+    // A socket path goes into QEMU's comma-separated option syntax with its commas doubled, so no
+    // path can add an option of its own.
+    '-chardev', `socket,id=qmp,path=${optValue(spec.qmpSocket)},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control',
   ];
   let ide = 0;
   spec.drives.forEach((drive, i) => {
@@ -142,20 +169,21 @@ export function qemuArgv(spec: LaunchSpec): string[] {
     }
   });
   const net = spec.network ?? { kind: 'none' };
-  if (net.kind === 'nat') {
+  if (net.kind === 'nat' || net.kind === 'stream') {
     if (net.mac !== undefined && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(net.mac)) throw new MedvError('EINVAL_ARG', `invalid MAC address ${JSON.stringify(net.mac)}`);
     const model = net.model ?? 'e1000';
     if (model !== 'e1000' && model !== 'virtio') throw new MedvError('EINVAL_ARG', `NIC model must be e1000 or virtio, not ${JSON.stringify(model)}`);
-    argv.push('-netdev', 'user,id=net0', '-device', `${model === 'virtio' ? 'virtio-net-pci' : 'e1000'},netdev=net0${net.mac ? `,mac=${net.mac}` : ''}`);
+    argv.push('-netdev', net.kind === 'nat' ? 'user,id=net0' : `stream,id=net0,server=off,addr.type=fd,addr.str=${NET_FD}`,
+      '-device', `${model === 'virtio' ? 'virtio-net-pci' : 'e1000'},netdev=net0${net.mac ? `,mac=${net.mac}` : ''}`);
   } else if (net.kind !== 'none') {
-    throw new MedvError('EINVAL_ARG', `network must be none or nat, not ${JSON.stringify((net as { kind: unknown }).kind)}`);
+    throw new MedvError('EINVAL_ARG', `network must be none, nat or stream, not ${JSON.stringify((net as { kind: unknown }).kind)}`);
   }
   const display = spec.display ?? { kind: 'none' };
   if (display.kind === 'window') argv.push('-display', 'gtk');
   else argv.push('-display', 'none');
   if (display.kind === 'vnc') {
-    if (!display.socket || display.socket.includes(',')) throw new MedvError('EINVAL_ARG', `invalid VNC socket path ${JSON.stringify(display.socket)}`);
-    argv.push('-vnc', `unix:${display.socket}`);
+    if (!display.socket) throw new MedvError('EINVAL_ARG', `invalid VNC socket path ${JSON.stringify(display.socket)}`);
+    argv.push('-vnc', `unix:${optValue(display.socket)}`);
   } else if (display.kind !== 'none' && display.kind !== 'window') {
     throw new MedvError('EINVAL_ARG', `display must be none, vnc or window, not ${JSON.stringify((display as { kind: unknown }).kind)}`);
   }
@@ -288,7 +316,11 @@ export class QemuProcess {
       exitHook = true;
       process.on('exit', () => { for (const c of live) c.kill('SIGKILL'); });
     }
-    const vm = new QemuProcess(full, argv, spawn(spawned[0], spawned.slice(1), { stdio: full.incoming ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'] }), ownRunDir);
+    const stream = full.network?.kind === 'stream';
+    const stdio: Array<'ignore' | 'pipe'> = ['ignore', 'pipe', 'pipe', full.incoming ? 'pipe' : 'ignore', ...(stream ? ['pipe' as const] : [])];
+    // Nothing of our environment but what QEMU needs: never a passphrase or token (src/core/env.ts).
+    const env = minimalEnv(full.display?.kind === 'window' ? ['DISPLAY', 'XAUTHORITY', 'WAYLAND_DISPLAY', 'XDG_RUNTIME_DIR', 'HOME'] : []);
+    const vm = new QemuProcess(full, argv, spawn(spawned[0], spawned.slice(1), { stdio, env }), ownRunDir);
     if (options.serialLog) vm.serialLogFd = openSync(options.serialLog, 'a', 0o600);
     if (options.serialMemoryLimit) vm.serialLimit = options.serialMemoryLimit;
     return vm;
@@ -416,6 +448,8 @@ export class QemuProcess {
       if (this.serialLimit !== Infinity && this.lines.length > 4096) this.lines.splice(0, this.lines.length - 4096);
       this.partialLine = this.partialLine.slice(nl + 1);
     }
+    // A guest that never prints a newline must not grow this without bound: keep the tail.
+    if (this.partialLine.length > this.serialLimit) this.partialLine = this.partialLine.slice(-this.serialLimit);
     for (const w of [...this.waiters]) w.check();
   }
 
@@ -441,7 +475,7 @@ export class QemuProcess {
     if (this.failure) return;
     this.failure = new QemuError('internal-error',
       `QEMU stopped the guest in run state internal-error under accel ${this.accel}: KVM could not emulate an instruction ` +
-      `(seen on nested virtual machines, see FACTS.md). Retry under TCG.${this.context()}`, this.accel);
+      `(seen on nested virtual machines, see docs/machines.md). Retry under TCG.${this.context()}`, this.accel);
     for (const w of [...this.waiters]) w.fail(this.failure);
   }
 
@@ -452,6 +486,9 @@ export class QemuProcess {
 
   /** The migration stream's way in (QEMU's fd 3), when launched with `incoming`. */
   get incoming(): NodeJS.WritableStream | undefined { return (this.child.stdio[3] as NodeJS.WritableStream | null) ?? undefined; }
+
+  /** Our end of the guest's network frames (QEMU's fd 4), when launched with network `stream`. */
+  get netStream(): Duplex | undefined { return (this.child.stdio[NET_FD] as Duplex | null) ?? undefined; }
 
   /** Resolves once QEMU has exited (never rejects). */
   get exitedPromise(): Promise<void> { return this.exited; }

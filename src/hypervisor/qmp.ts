@@ -1,11 +1,17 @@
 /**
  * A QMP client: greeting, `qmp_capabilities`, `execute` (replies matched by id) and events.
- * Newline-delimited JSON over a unix socket. Every failure is a MedvError 'EHYPERVISOR'; a QMP
+ * Newline-delimited JSON over a unix socket, lines bounded (QMP_MAX_LINE). Every failure is a MedvError 'EHYPERVISOR'; a QMP
  * `error` reply is a QmpError, which also carries QEMU's error class.
  */
 import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { MedvError } from '../core/errors.js';
+import { JsonLineReader } from '../core/jsonlines.js';
+
+/** Longest QMP line accepted: QEMU's replies and events that medv asks for are a few KiB. */
+export const QMP_MAX_LINE = 1024 * 1024;
+/** Events kept for `events` and `waitEvent(…, past)`. */
+export const QMP_MAX_EVENTS = 1024;
 
 export interface QmpEvent {
   event: string;
@@ -26,17 +32,23 @@ interface Pending { command: string; resolve: (value: unknown) => void; reject: 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class QmpClient extends EventEmitter {
-  /** Every event received, in order. */
+  /** The events received, in order: the latest QMP_MAX_EVENTS (a QEMU that sends endless events cannot grow this). */
   readonly events: QmpEvent[] = [];
-  private buffer = '';
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private closedReason: string | undefined;
 
   private constructor(private readonly socket: Socket, readonly path: string) {
     super();
-    socket.setEncoding('utf8');
-    socket.on('data', (chunk: string) => this.onData(chunk));
+    // Bounded lines (src/core/jsonlines.ts): a hostile or broken QEMU cannot grow our memory; a
+    // line that is not JSON is skipped, an over-long one ends the connection.
+    const reader = new JsonLineReader((v) => this.onMessage(v), (e, kind) => {
+      if (kind === 'not-json') return true;
+      this.onClose(e.message);
+      socket.destroy();
+      return false;
+    }, 'QEMU', QMP_MAX_LINE);
+    socket.on('data', (chunk: Buffer) => reader.push(chunk));
     socket.on('error', (e) => this.onClose(`connection failed: ${e.message}`));
     socket.on('close', () => this.onClose('connection closed'));
   }
@@ -117,26 +129,19 @@ export class QmpClient extends EventEmitter {
     });
   }
 
-  private onData(chunk: string): void {
-    this.buffer += chunk;
-    let nl: number;
-    while ((nl = this.buffer.indexOf('\n')) >= 0) {
-      const line = this.buffer.slice(0, nl).trim();
-      this.buffer = this.buffer.slice(nl + 1);
-      if (!line) continue;
-      let msg: any;
-      try { msg = JSON.parse(line); } catch { continue; }
-      if (msg === null || typeof msg !== 'object') continue;
-      if (msg.QMP) this.emit('greeting', msg.QMP);
-      else if (typeof msg.event === 'string') {
-        this.events.push(msg as QmpEvent);
-        this.emit('event', msg as QmpEvent);
-      } else if (typeof msg.id === 'number' && this.pending.has(msg.id)) {
-        const p = this.pending.get(msg.id)!;
-        this.pending.delete(msg.id);
-        if (msg.error) p.reject(new QmpError(p.command, String(msg.error.class), String(msg.error.desc), this.path));
-        else p.resolve(msg.return);
-      }
+  private onMessage(value: unknown): void {
+    const msg = value as any;
+    if (msg === null || typeof msg !== 'object') return;
+    if (msg.QMP) this.emit('greeting', msg.QMP);
+    else if (typeof msg.event === 'string') {
+      this.events.push(msg as QmpEvent);
+      if (this.events.length > QMP_MAX_EVENTS) this.events.splice(0, this.events.length - QMP_MAX_EVENTS);
+      this.emit('event', msg as QmpEvent);
+    } else if (typeof msg.id === 'number' && this.pending.has(msg.id)) {
+      const p = this.pending.get(msg.id)!;
+      this.pending.delete(msg.id);
+      if (msg.error) p.reject(new QmpError(p.command, String(msg.error.class), String(msg.error.desc), this.path));
+      else p.resolve(msg.return);
     }
   }
 

@@ -25,13 +25,12 @@
  * first, then the .vsv.
  */
 import * as fs from 'node:fs';
-import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { DataKey, type KekSource, readKeyFile, wrapDataKey, writeWrappedKeyFile } from '../crypto/index.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { MedvError, fromSystemError } from '../core/errors.js';
-import { HEADER_BYTES, MAGIC, MAX_MEMORY_MIB, readHeader, VERSION, type SavedStatePeek } from './savedstate-header.js';
+import { type AtomicFile, openAtomicSync, openFileNoFollow } from '../core/fsio.js';
+import { HEADER_BYTES, MAGIC, MAX_MEMORY_MIB, readHeader, VERSION, type FileKey, type SavedStatePeek } from './savedstate-header.js';
 
 export { peekSavedState, type SavedStatePeek } from './savedstate-header.js';
 
@@ -54,9 +53,34 @@ export interface SavedStateMeta {
   /** Every file whose content the saved RAM depends on, as it was when the VM stopped. */
   disks: DiskFingerprint[];
   streamBytes: number;
+  /**
+   * Which VM this state belongs to (absent in files of earlier versions): each of its disks in
+   * boot order with every file it reads, identified (src/host/binding.ts checks it on resume).
+   */
+  binding?: VmBinding;
 }
 
 export interface DiskFingerprint { path: string; size: number; mtimeNs: string; ino: number }
+
+/** One file as a saved state records it: where, which inode on which device, its size and mtime, and a VHD's unique id. */
+export interface FileIdentity { path: string; dev: string; ino: string; size: string; mtimeNs: string; uniqueId?: string }
+
+export interface VmBinding {
+  disks: Array<{
+    mode: string;
+    /** The disk as configured (real path), and the undo disk taking its writes, if any. */
+    path: string;
+    undo?: string;
+    /** Every file it reads: the undo disk, the disk, each parent to the end of the chain, then the key files. */
+    files: FileIdentity[];
+  }>;
+}
+
+/** The identity of `path` now (links followed: the paths recorded are real paths). */
+export function fileIdentity(path: string, uniqueId?: string): FileIdentity {
+  const st = fs.statSync(path, { bigint: true });
+  return { path, dev: st.dev.toString(), ino: st.ino.toString(), size: st.size.toString(), mtimeNs: st.mtimeNs.toString(), ...(uniqueId ? { uniqueId } : {}) };
+}
 
 export function vsvKeyPath(vsvPath: string): string { return `${vsvPath}.enc`; }
 
@@ -76,7 +100,8 @@ function derivedKey(dataKey: DataKey, context: Buffer): Buffer {
 export class SavedStateWriter {
   private readonly state = Buffer.alloc(sodium.crypto_secretstream_xchacha20poly1305_STATEBYTES);
   private readonly header: Buffer;
-  private fd: number | undefined;
+  /** The .vsv under its temporary name until finish() links it into place (src/core/fsio.ts). */
+  private file: AtomicFile | undefined;
   private pos = 0;
   private bytes = 0;
   /** Plaintext gathered up to a full frame (socket reads are far smaller than a frame). */
@@ -86,7 +111,7 @@ export class SavedStateWriter {
   /** The key file's bytes, wrapped (Argon2id for a passphrase) while the stream is written. */
   private readonly wrapped: Promise<Buffer>;
 
-  private constructor(readonly path: string, private readonly tmp: string, private readonly dataKey: DataKey, kek: KekSource, memoryMiB: number) {
+  private constructor(readonly path: string, private readonly dataKey: DataKey, kek: KekSource, memoryMiB: number) {
     this.header = Buffer.alloc(HEADER_BYTES[VERSION]);
     MAGIC.copy(this.header, 0);
     this.header.writeUInt16LE(VERSION, 8);
@@ -107,11 +132,10 @@ export class SavedStateWriter {
     if (!Number.isSafeInteger(memoryMiB) || memoryMiB < 1 || memoryMiB > MAX_MEMORY_MIB) throw new MedvError('EINVAL_ARG', `guest RAM ${memoryMiB} MiB is out of range`);
     if (fs.existsSync(path)) throw new MedvError('EEXIST', `a saved state exists already: ${path}`, { file: path });
     if (fs.existsSync(vsvKeyPath(path))) throw new MedvError('EEXIST', `a saved-state key file exists without its saved state (an interrupted suspend?): ${vsvKeyPath(path)}; remove it to suspend again`, { file: vsvKeyPath(path) });
-    const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.partial`);
-    const w = new SavedStateWriter(path, tmp, DataKey.generate(), kek, memoryMiB);
+    const w = new SavedStateWriter(path, DataKey.generate(), kek, memoryMiB);
     try {
-      w.fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-      fs.writeSync(w.fd, w.header, 0, w.header.length, 0);
+      w.file = openAtomicSync(path, { mode: 0o600 });
+      fs.writeSync(w.file.fd, w.header, 0, w.header.length, 0);
     } catch (e) {
       w.abort();
       throw fromSystemError(e, path);
@@ -147,7 +171,7 @@ export class SavedStateWriter {
   }
 
   private frame(plain: Buffer, tag: number): void {
-    if (this.fd === undefined) throw new MedvError('ECLOSED', 'saved state writer is closed', { file: this.path });
+    if (this.file === undefined) throw new MedvError('ECLOSED', 'saved state writer is closed', { file: this.path });
     const out = plain.length <= MAX_FRAME ? this.out.subarray(0, 4 + plain.length + ABYTES) : Buffer.allocUnsafe(4 + plain.length + ABYTES);
     out.writeUInt32LE(plain.length + ABYTES, 0);
     sodium.crypto_secretstream_xchacha20poly1305_push(this.state, out.subarray(4), plain, this.header, tag);
@@ -156,7 +180,7 @@ export class SavedStateWriter {
 
   private append(buf: Buffer): void {
     let done = 0;
-    while (done < buf.length) done += fs.writeSync(this.fd!, buf, done, buf.length - done, this.pos + done);
+    while (done < buf.length) done += fs.writeSync(this.file!.fd, buf, done, buf.length - done, this.pos + done);
     this.pos += buf.length;
   }
 
@@ -178,13 +202,11 @@ export class SavedStateWriter {
       trailer.writeUInt32LE(NONCE + json.length + META_ABYTES, NONCE + json.length + META_ABYTES);
       TRAILER_MAGIC.copy(trailer, trailer.length - TRAILER_MAGIC.length);
       this.append(trailer);
-      fs.fsyncSync(this.fd!);
-      fs.closeSync(this.fd!);
-      this.fd = undefined;
+      // The key file first, then the .vsv (fsynced, linked: never over a saved state that appeared
+      // meanwhile), then the folder: a .vsv never appears without its key.
       await writeWrappedKeyFile(vsvKeyPath(this.path), await this.wrapped);
-      fs.renameSync(this.tmp, this.path);
-      const dfd = fs.openSync(dirname(this.path), 'r');
-      try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
+      this.file!.commitNew();
+      this.file = undefined;
     } catch (e) {
       this.abort();
       throw fromSystemError(e, this.path);
@@ -195,8 +217,8 @@ export class SavedStateWriter {
 
   /** Drop the partial file (never the published names). */
   abort(): void {
-    if (this.fd !== undefined) { try { fs.closeSync(this.fd); } catch { /* closed */ } this.fd = undefined; }
-    fs.rmSync(this.tmp, { force: true });
+    this.file?.abort();
+    this.file = undefined;
     this.pending.fill(0);
     this.dispose();
   }
@@ -209,6 +231,11 @@ export class SavedStateWriter {
 
 function checkMeta(meta: SavedStateMeta, path: string): SavedStateMeta {
   if (!meta || !Array.isArray(meta.disks) || !Number.isSafeInteger(meta.memoryMiB)) throw new MedvError('EFORMAT', 'saved state metadata lacks disks or memory', { file: path });
+  const b = meta.binding;
+  if (b !== undefined && (!b || !Array.isArray(b.disks) || !b.disks.every((d) => d && typeof d.path === 'string' && typeof d.mode === 'string' && Array.isArray(d.files)
+    && d.files.every((f) => f && typeof f.path === 'string' && typeof f.ino === 'string' && typeof f.dev === 'string')))) {
+    throw new MedvError('EFORMAT', 'saved state metadata has a malformed disk binding', { file: path });
+  }
   return meta;
 }
 
@@ -217,8 +244,12 @@ function checkMeta(meta: SavedStateMeta, path: string): SavedStateMeta {
  * decrypts the stream in one pass. Version 1: check() verifies every frame and returns the metadata.
  */
 export class SavedStateReader {
+  /** True once frames() authenticated every frame up to the final one. */
+  private complete = false;
+
   private constructor(readonly path: string, private readonly dataKey: DataKey, private readonly header: Buffer,
-    private readonly streamEnd: number | undefined, private readonly trailerMeta: Buffer | undefined) {}
+    private readonly streamEnd: number | undefined, private readonly trailerMeta: Buffer | undefined,
+    private readonly file: FileKey, private readonly keyFile: FileKey) {}
 
   /** The metadata from the trailer (version 2), before the stream is decrypted. */
   get meta(): SavedStateMeta | undefined {
@@ -229,18 +260,24 @@ export class SavedStateReader {
   static peek(path: string): SavedStatePeek { return readHeader(path).peek; }
 
   static async open(path: string, kek: KekSource): Promise<SavedStateReader> {
-    const { header, peek } = readHeader(path);
-    const dataKey = await readKeyFile(vsvKeyPath(path), kek);
+    const { header, peek, file } = readHeader(path);
+    const keyPath = vsvKeyPath(path);
+    const before = lstatKey(keyPath);
+    const dataKey = await readKeyFile(keyPath, kek);
     try {
+      // The key file is recognised by its content (its key id is the one in the .vsv's header),
+      // and remembered by inode: only that file is ever removed with the saved state.
       if (!dataKey.keyId.equals(header.subarray(12, 28))) {
-        throw new MedvError('EBADKEY', `saved state ${path} does not belong to key file ${vsvKeyPath(path)}`, { file: path, offset: 12 });
+        throw new MedvError('EBADKEY', `saved state ${path} does not belong to key file ${keyPath}`, { file: path, offset: 12 });
       }
-      if (peek.version === 1) return new SavedStateReader(path, dataKey, header, undefined, undefined);
-      const { streamEnd, meta } = readTrailer(path, header, dataKey);
+      const keyFile = lstatKey(keyPath);
+      if (!before || !keyFile || !sameKey(before, keyFile)) throw new MedvError('ECHANGED', `key file ${keyPath} changed while it was read`, { file: keyPath });
+      if (peek.version === 1) return new SavedStateReader(path, dataKey, header, undefined, undefined, file, keyFile);
+      const { streamEnd, meta } = readTrailer(path, header, dataKey, file);
       const parsed = (() => { try { return JSON.parse(meta.toString('utf8')) as SavedStateMeta; } catch { throw new MedvError('EFORMAT', 'saved state metadata is not JSON', { file: path, offset: streamEnd }); } })();
       checkMeta(parsed, path);
       if (parsed.memoryMiB !== peek.memoryMiB) throw new MedvError('ECRYPTO', 'saved state header and metadata disagree on the guest RAM (tampered with)', { file: path, offset: 52 });
-      return new SavedStateReader(path, dataKey, header, streamEnd, meta);
+      return new SavedStateReader(path, dataKey, header, streamEnd, meta, file, keyFile);
     } catch (e) {
       dataKey.dispose();
       throw e;
@@ -252,9 +289,11 @@ export class SavedStateReader {
     const state = Buffer.alloc(sodium.crypto_secretstream_xchacha20poly1305_STATEBYTES);
     const key = derivedKey(this.dataKey, STREAM_KEY_CONTEXT);
     try { sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, this.header.subarray(28, 52), key); } finally { secureFree(key); }
-    const fh = await fs.promises.open(this.path, 'r');
+    const fh = await fs.promises.open(this.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
     try {
-      const size = this.streamEnd ?? (await fh.stat()).size;
+      const st = await fh.stat();
+      if (!sameKey(st, this.file)) throw new MedvError('ECHANGED', 'saved state was replaced while it was read', { file: this.path });
+      const size = this.streamEnd ?? st.size;
       let pos = this.header.length;
       const lenBuf = Buffer.alloc(4);
       const tag = Buffer.alloc(1);
@@ -278,7 +317,9 @@ export class SavedStateReader {
           if (this.trailerMeta && !m.equals(this.trailerMeta)) throw new MedvError('ECRYPTO', 'saved state final frame and trailer disagree (tampered with)', { file: this.path, offset: pos });
           let meta: SavedStateMeta;
           try { meta = JSON.parse(m.toString('utf8')) as SavedStateMeta; } catch { throw new MedvError('EFORMAT', 'saved state metadata is not JSON', { file: this.path, offset: pos }); }
-          return checkMeta(meta, this.path);
+          checkMeta(meta, this.path);
+          this.complete = true;
+          return meta;
         }
         yield m;
       }
@@ -298,14 +339,42 @@ export class SavedStateReader {
   }
 
   close(): void { if (!this.dataKey.disposed) this.dataKey.dispose(); }
+
+  /**
+   * Remove this saved state and its key file. Only once every frame authenticated up to the
+   * final one (frames() or check() ran to the end): a file that is not a complete medv saved
+   * state under this key is never removed; and each name is removed only while it still is the
+   * file that was verified (same inode), so a file put in its place meanwhile is left alone.
+   */
+  remove(): { removed: string[] } {
+    if (!this.complete) throw new MedvError('EINVAL_ARG', 'a saved state is removed only after it was verified whole', { file: this.path });
+    const removed: string[] = [];
+    const keyPath = vsvKeyPath(this.path);
+    const vsvNow = lstatKey(this.path);
+    if (!vsvNow || !sameKey(vsvNow, this.file)) throw new MedvError('ECHANGED', 'saved state was replaced after it was verified; not removing it', { file: this.path });
+    const keyNow = lstatKey(keyPath);
+    if (keyNow && sameKey(keyNow, this.keyFile)) { fs.unlinkSync(keyPath); removed.push(keyPath); }
+    fs.unlinkSync(this.path);
+    removed.unshift(this.path);
+    return { removed };
+  }
 }
 
+/** dev and inode of a name (the link itself, never followed), or undefined when there is none. */
+function lstatKey(path: string): FileKey | undefined {
+  try { const st = fs.lstatSync(path); return { dev: st.dev, ino: st.ino }; } catch { return undefined; }
+}
+
+const sameKey = (a: FileKey, b: FileKey) => a.dev === b.dev && a.ino === b.ino;
+
 /** Read and open the version 2 trailer: the metadata plaintext and where the frames end. */
-function readTrailer(path: string, header: Buffer, dataKey: DataKey): { streamEnd: number; meta: Buffer } {
+function readTrailer(path: string, header: Buffer, dataKey: DataKey, expect: FileKey): { streamEnd: number; meta: Buffer } {
   let fd: number | undefined;
   try {
-    fd = fs.openSync(path, 'r');
-    const size = fs.fstatSync(fd).size;
+    const file = openFileNoFollow(path, { what: 'saved state' });
+    fd = file.fd;
+    if (!sameKey(file.stat, expect)) throw new MedvError('ECHANGED', 'saved state was replaced while it was read', { file: path });
+    const size = file.stat.size;
     const tail = Buffer.alloc(4 + TRAILER_MAGIC.length);
     if (size < header.length + tail.length) throw new MedvError('ETRUNCATED', 'saved state ends before its trailer (interrupted write?)', { file: path, offset: size });
     fs.readSync(fd, tail, 0, tail.length, size - tail.length);
@@ -341,12 +410,4 @@ export function checkFingerprints(meta: SavedStateMeta, file: string): void {
   }
 }
 
-/** Remove a saved state and its key file (only files that are a saved state: checked by magic). */
-export function removeSavedState(path: string): void {
-  const head = Buffer.alloc(8);
-  const fd = fs.openSync(path, 'r');
-  try { fs.readSync(fd, head, 0, 8, 0); } finally { fs.closeSync(fd); }
-  if (!head.equals(MAGIC)) throw new MedvError('EFORMAT', 'not a medv saved state; not removing it', { file: path });
-  fs.rmSync(vsvKeyPath(path), { force: true });
-  fs.rmSync(path);
-}
+

@@ -9,7 +9,7 @@
  * raw only when named explicitly and fingerprinted (./rawparent.ts). Every file is locked on open
  * (writers exclusive, readers and parents shared; src/block/flock.ts).
  */
-import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import type { BlockDevice } from '../block/device.js';
 import { FileDevice } from '../block/file.js';
 import { MedvError, fromSystemError } from '../core/errors.js';
@@ -43,6 +43,25 @@ export interface OpenDiskOptions {
    * locators. Required when that parent is a raw file (checked against the disk's raw-parent record).
    */
   parent?: string;
+  /**
+   * Open the named file's bytes (and an EVHD's key file) through these paths instead of by name:
+   * `/proc/self/fd/N` of files the caller opened without following links and checked
+   * (src/core/fsio.ts). `path` still names the disk (messages, its parents' locators).
+   */
+  via?: DiskVia;
+  /** As `via`, for the parent named with `parent`. */
+  parentVia?: DiskVia;
+}
+
+export interface DiskVia { file: string; keyFile?: string }
+
+/** One file of a disk's chain: the disk itself first, then each parent. */
+export interface ChainLink {
+  /** The real path it was opened at. */
+  path: string;
+  format: DiskFormat;
+  /** The VHD's unique id (hex); absent for a raw file. */
+  uniqueId?: string;
 }
 
 export interface OpenedDisk {
@@ -54,25 +73,33 @@ export interface OpenedDisk {
   vhd?: VhdDevice;
   /** Where the parent of a differencing disk was found. */
   parent?: { path: string; format: DiskFormat };
+  /** Every file the disk reads: itself, then its parents to the end of the chain. */
+  chain: ChainLink[];
 }
 
-function statOrThrow(path: string): void {
+/** A disk is a regular file or a block device: a folder, FIFO, socket or character device is refused before anything opens it. */
+function statOrThrow(path: string, shown = path): void {
   let st;
-  try { st = statSync(path); } catch (e) { throw fromSystemError(e, path); }
-  if (st.isDirectory()) throw new MedvError('EINVAL_ARG', `is a directory, not a disk: ${path}`, { file: path });
+  try { st = statSync(path); } catch (e) { throw fromSystemError(e, shown); }
+  if (st.isDirectory()) throw new MedvError('EINVAL_ARG', `is a directory, not a disk: ${shown}`, { file: shown });
+  if (!st.isFile() && !st.isBlockDevice()) throw new MedvError('EINVAL_ARG', `not a regular file or block device, not a disk: ${shown}`, { file: shown });
 }
 
 /** Probe a file's format from its content: `.evhd` by name; a VHD footer (`conectix`) at the end or start; else raw. */
-export function detectFormat(path: string): DiskFormat {
+export function detectFormat(path: string, via?: string): DiskFormat {
   if (path.toLowerCase().endsWith('.evhd')) return 'evhd';
-  statOrThrow(path);
+  const file = via ?? path;
+  statOrThrow(file, path);
   let fd: number;
-  try { fd = openSync(path, 'r'); } catch (e) { throw fromSystemError(e, path); }
+  // Never blocks (a FIFO swapped in after the stat); its type is checked again on the descriptor.
+  try { fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY); } catch (e) { throw fromSystemError(e, path); }
   try {
+    const st = fstatSync(fd);
+    if (!st.isFile() && !st.isBlockDevice()) throw new MedvError('EINVAL_ARG', `not a regular file or block device, not a disk: ${path}`, { file: path });
     const head = Buffer.alloc(8);
     const tail = Buffer.alloc(8);
     readSync(fd, head, 0, 8, 0);
-    const { size } = fstatSync(fd);
+    const { size } = st;
     if (size >= 512) readSync(fd, tail, 0, 8, size - 512);
     const cookie = 'conectix';
     if (tail.toString('latin1') === cookie || head.toString('latin1') === cookie) return 'vhd';
@@ -85,42 +112,43 @@ export function detectFormat(path: string): DiskFormat {
 }
 
 /**
- * The format of a file the user named: `format` when given; else from the name (.evhd, .vhd;
- * .raw and .img are raw); else guessed from the content, and `warn` is told. ENOENT for a missing
- * file, EINVAL_ARG for a folder, whatever the name says. Never used for
- * parents (./parent.ts decides those without looking at content).
+ * The format of a file the user named: `format` when given; else from the name (.evhd; .vhd and
+ * Virtual PC's undo disk .vud; .raw and .img are raw); else guessed from the content, and `warn`
+ * is told. ENOENT for a missing file, EINVAL_ARG for a folder, FIFO or other non-disk, whatever
+ * the name says. Never used for parents (./parent.ts decides those without looking at content).
  */
-export function resolveFormat(path: string, format?: DiskFormat, warn?: (message: string) => void): DiskFormat {
-  statOrThrow(path); // a missing file or a folder has no format, whatever its name says
+export function resolveFormat(path: string, format?: DiskFormat, warn?: (message: string) => void, via?: string): DiskFormat {
+  statOrThrow(via ?? path, path); // a missing file or a folder has no format, whatever its name says
   if (format !== undefined) {
     if (!DISK_FORMATS.includes(format)) throw new MedvError('EINVAL_ARG', `unknown disk format '${String(format)}' (raw, vhd or evhd)`);
     return format;
   }
   const lower = path.toLowerCase();
   if (lower.endsWith('.evhd')) return 'evhd';
-  if (lower.endsWith('.vhd')) return 'vhd';
+  if (lower.endsWith('.vhd') || lower.endsWith('.vud')) return 'vhd';
   if (lower.endsWith('.raw') || lower.endsWith('.img')) return 'raw';
-  const guessed = detectFormat(path);
+  const guessed = detectFormat(path, via);
   warn?.(`format of ${path} not given and not in its name: guessed ${guessed} from its content (say --format ${guessed})`);
   return guessed;
 }
 
 export async function openDisk(path: string, options: OpenDiskOptions = {}): Promise<OpenedDisk> {
-  statOrThrow(path);
-  const format = resolveFormat(path, options.format, options.warn);
-  return openAt(path, format, options.readOnly ?? false, options, [], true);
+  const format = resolveFormat(path, options.format, options.warn, options.via?.file);
+  return openAt(path, format, options.readOnly ?? false, options, [], true, options.via);
 }
 
-async function openAt(path: string, format: DiskFormat, readOnly: boolean, options: OpenDiskOptions, chain: string[], top: boolean): Promise<OpenedDisk> {
-  const real = nextInChain(path, chain);
-  statOrThrow(path);
+async function openAt(path: string, format: DiskFormat, readOnly: boolean, options: OpenDiskOptions, chain: string[], top: boolean, via: DiskVia | undefined): Promise<OpenedDisk> {
+  const file = via?.file ?? path;
+  const real = nextInChain(file, chain);
+  statOrThrow(file, path);
   if (format === 'raw') {
     if (top && options.parent) throw new MedvError('EINVAL_ARG', `${path} is a raw disk: it has no parent to name`, { file: path });
-    return { path, format, device: await FileDevice.open(path, { readOnly }) };
+    return { path, format, device: await FileDevice.open(file, { readOnly }), chain: [{ path: real, format }] };
   }
   const storage: BlockDevice = format === 'evhd'
-    ? await openEvhdFile(path, requireKek(options, path), { readOnly })
-    : await FileDevice.open(path, { readOnly });
+    ? await openEvhdFile(path, requireKek(options, path), { readOnly, via })
+    : await FileDevice.open(file, { readOnly });
+  let parentChain: ChainLink[] = [];
   let parent: OpenedDisk['parent'];
   let rawParent: BlockDevice | undefined;
   let vhd: VhdDevice;
@@ -132,6 +160,7 @@ async function openAt(path: string, format: DiskFormat, readOnly: boolean, optio
       openParent: async (info) => {
         const opened = await openParentOf(path, format, info, options, [...chain, real], top);
         parent = { path: opened.path, format: opened.format };
+        parentChain = opened.chain;
         if (opened.format === 'raw') rawParent = opened.device;
         return opened.device;
       },
@@ -150,7 +179,7 @@ async function openAt(path: string, format: DiskFormat, readOnly: boolean, optio
     await vhd.close().catch(() => undefined);
     throw e;
   }
-  return { path, format, device: vhd, vhd, parent };
+  return { path, format, device: vhd, vhd, parent, chain: [{ path: real, format, uniqueId: vhd.info.uniqueId.toString('hex') }, ...parentChain] };
 }
 
 async function openParentOf(childPath: string, childFormat: DiskFormat, info: ParentInfo, options: OpenDiskOptions, chain: string[], top: boolean): Promise<OpenedDisk> {
@@ -169,14 +198,16 @@ async function openParentOf(childPath: string, childFormat: DiskFormat, info: Pa
     path = findParentByLocator(childPath, info);
     format = vhdParentFormat(path);
   }
-  statOrThrow(path);
+  const via = named !== undefined ? options.parentVia : undefined;
+  const file = via?.file ?? path;
+  statOrThrow(file, path);
   checkEncryptionOrder(childPath, childFormat, path, format);
   if (format === 'raw') {
-    nextInChain(path, chain);
-    return { path, format, device: await FileDevice.open(path, { readOnly }) };
+    const real = nextInChain(file, chain);
+    return { path, format, device: await FileDevice.open(file, { readOnly }), chain: [{ path: real, format }] };
   }
   try {
-    return await openAt(path, format, readOnly, options, chain, false);
+    return await openAt(path, format, readOnly, options, chain, false, via);
   } catch (e) {
     throw notAVhdParent(childPath, path, e);
   }

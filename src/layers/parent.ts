@@ -25,7 +25,7 @@ import type { ParentInfo } from './vhd/index.js';
 export const MAX_CHAIN_DEPTH = 32;
 
 /** Candidate parent paths from the locators: relative (to the child's folder) first, then absolute. */
-export function parentCandidates(childPath: string, info: ParentInfo): string[] {
+function parentCandidates(childPath: string, info: ParentInfo): string[] {
   const dir = dirname(childPath);
   const rel: string[] = [];
   const abs: string[] = [];

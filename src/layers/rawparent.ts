@@ -30,7 +30,7 @@ function regionHash(key: Buffer, size: number, offset: number, data: Buffer): Bu
 }
 
 /** Digest of a record, for the child's parent unique id field. */
-export function rawParentId(key: Buffer, record: Buffer): Buffer {
+function rawParentId(key: Buffer, record: Buffer): Buffer {
   return createHmac('sha256', key).update('medv raw parent id v1\0').update(record).digest().subarray(0, 16);
 }
 
@@ -55,7 +55,7 @@ export async function fingerprintRawParent(parent: BlockDevice, key: Buffer): Pr
 }
 
 /** The raw-parent record of a differencing disk, or undefined when its parent is a VHD. */
-export function rawParentRecord(child: VhdDevice): { record: RawParentRecord; data: Buffer } | undefined {
+function rawParentRecord(child: VhdDevice): { record: RawParentRecord; data: Buffer } | undefined {
   const l = child.info.parent?.opaqueLocators.find((x) => x.platform === PLATFORM_MDVR);
   if (!l) return undefined;
   return { record: parseRawParent(l.data, { file: child.description }), data: l.data };

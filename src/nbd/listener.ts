@@ -12,6 +12,7 @@ import * as net from 'node:net';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { BlockDevice } from '../block/device.js';
 import { MedvError } from '../core/errors.js';
+import { rename } from '../core/fsio.js';
 import { ByteBudget } from './budget.js';
 import { Connection } from './connection.js';
 import { resolveLimits, type NbdServerOptions } from './options.js';
@@ -91,7 +92,7 @@ async function listenPrivately(server: net.Server, path: string): Promise<number
     await listen(server, inner);
     try {
       await fs.promises.chmod(inner, 0o600);
-      await fs.promises.rename(inner, path);
+      await rename(inner, path); // a socket node, moved in one step (src/core/fsio.ts keeps every rename)
     } catch (e) {
       server.close();
       throw e;

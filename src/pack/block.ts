@@ -4,7 +4,7 @@
  * decompress into exactly 4 KiB, check the id). Formats in src/formats/ckm/pack.ts.
  */
 import { MedvError } from '../core/errors.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import {
   BLOCK_AAD_BYTES, BLOCK_NONCE_BYTES, type BlockKind, CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_TAG_BYTES, DELTA_DICT_PREFIX, PACK_SALT_BYTES, ZSTD_LEVEL, blockAad,
   blockNonce, writeBlockAad, zstdCompress, zstdDecompress,

@@ -4,4 +4,4 @@ export { verifyPack, openPackedImage, type VerifyResult, type OpenImageOptions, 
 export { IndexFile, verifyIndexSignature } from './indexfile.js';
 export { PackSet, readImageBlocks, type ImageBlock } from './read.js';
 export { BlockCodec, type CodecKeys } from './block.js';
-export { ImageKeys, openImageKeys, loadTrustedKeys, defaultKeyDir, imageKeyPath, parsePublicKeyFile } from './keys.js';
+export { ImageKeys, openImageKeys, loadTrustedKeys, imageKeyPath, parsePublicKeyFile } from './keys.js';

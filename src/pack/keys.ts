@@ -15,14 +15,13 @@
  * only reads (and never unwraps the signing key).
  */
 import * as fs from 'node:fs';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { DataKey, readKeyFile, writeKeyFile, type KekSource, type WrapOptions } from '../crypto/index.js';
-import { fsyncDir } from '../crypto/keyfile.js';
+import { fsyncDir } from '../core/fsio.js';
 import { secureAlloc } from '../crypto/secure.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { checkImageName, CKM_IMAGE_ID_BYTES } from '../formats/ckm/index.js';
 
 interface SignSodium {
@@ -31,11 +30,6 @@ interface SignSodium {
   crypto_sign_verify_detached(sig: Buffer, m: Buffer, pk: Buffer): boolean;
 }
 export const signSodium = sodium as unknown as SignSodium;
-
-/** Where keys live unless --keys says otherwise: $MEDV_KEYS, else ~/.config/medv/keys. */
-export function defaultKeyDir(): string {
-  return process.env.MEDV_KEYS && process.env.MEDV_KEYS.length > 0 ? process.env.MEDV_KEYS : join(homedir(), '.config', 'medv', 'keys');
-}
 
 export const REPOSITORY_KEY_FILE = 'repository.key.enc';
 export const SIGN_KEY_FILE = 'console.sign.enc';

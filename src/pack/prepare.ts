@@ -13,7 +13,7 @@
  *   5120   256             KIND_CODE per slot (zstd or raw)
  *   5376   <= 1 MiB + 1 KiB payloads of the non-zero blocks, in slot order, back to back
  */
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_RUN_BLOCKS, CKM_RUN_BYTES, KIND_CODE } from '../formats/ckm/index.js';
 import { compressInto } from '../formats/ckm/zstd.js';
 

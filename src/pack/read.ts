@@ -1,7 +1,7 @@
 /**
  * Reading an image back out of its packs: every non-zero block of the virtual disk, authenticated,
  * decompressed and checked against its id. Used by verify (and by tests to unpack); the HTTP
- * fetch of the next step reads the same records from ranges instead of local files.
+ * fetch (src/transfer) reads the same records from ranges instead of local files.
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';

@@ -1,32 +1,39 @@
 /**
  * Published applications as desktop menu entries (freedesktop Desktop Entry spec 1.5):
- * `<dir>/medv-<workspace>-<slug>.desktop`, each starting its workspace with
- * `<medv> workspace start <workspace>` and marked `X-Medv-Workspace=<workspace>`, so that removal
- * touches only entries medv wrote for that workspace.
+ * `<dir>/medv-<instance>-<slug>.desktop`, each starting its workspace with
+ * `<medv> workspace start --client-root <root> <workspace>` and marked `X-Medv-Instance=<instance>`,
+ * so that removal touches only entries medv wrote for that workspace of that client root and
+ * user. The instance id is src/workspace's instanceName (workspace name and a hash of client root,
+ * user and workspace): two client roots, or two users of one root, never replace each other's
+ * entries, and an entry always starts the workspace of the root it was written for.
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
-import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
-import { xdgDataHome } from './paths.js';
+import { checkVmName, checkWorkspaceName } from '../api/names.js';
+import { ensureDir, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
+import { desktopDir } from '../core/paths.js';
 
 export interface PublishedApp { name: string; command: string; icon?: string }
 
-const WORKSPACE_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+/** One workspace of one client root and user: whose entries these are. */
+export interface DesktopInstance {
+  /** Unique per (client root, user, workspace); the stem of the file names (VM-name rules). */
+  id: string;
+  workspace: string;
+  /** The client root the entries start the workspace from (absolute). */
+  clientRoot: string;
+}
+
 const MAX_APPS = 256;
 const MAX_ENTRY = 64 * 1024;
 const NAME_MAX = 128;
 const FIELD_MAX = 4096;
 
-/** $XDG_DATA_HOME/applications (default ~/.local/share/applications). */
-export function desktopDir(): string {
-  return join(xdgDataHome(), 'applications');
-}
-
-function checkWorkspace(ws: string): void {
-  if (typeof ws !== 'string' || !WORKSPACE_RE.test(ws)) {
-    throw new MedvError('EINVAL_ARG', `workspace name ${JSON.stringify(String(ws).slice(0, 80))} must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit`);
-  }
+function checkInstance(i: DesktopInstance): void {
+  checkVmName(i?.id, 'desktop entry id');
+  checkWorkspaceName(i.workspace, 'workspace name');
+  if (typeof i.clientRoot !== 'string' || !i.clientRoot.startsWith('/') || /[\u0000-\u001f]/.test(i.clientRoot)) throw new MedvError('EINVAL_ARG', 'the client root of a desktop entry must be an absolute path without control characters');
 }
 
 /** Control characters out, length bounded: what a name or field may hold before escaping. */
@@ -57,36 +64,37 @@ export function slugOf(name: string): string {
   return s || 'app';
 }
 
-const MARK = 'X-Medv-Workspace';
+const MARK = 'X-Medv-Instance';
 
-/** Is `file` (a regular file, not a symlink) a desktop entry medv wrote for `workspace`? */
-function isOurs(file: string, workspace: string): boolean {
+/** Is `file` (a regular file, not a symlink) a desktop entry medv wrote for instance `id`? */
+function isOurs(file: string, id: string): boolean {
   let bytes: Buffer | undefined;
   try { bytes = readBoundedSync(file, MAX_ENTRY, 'desktop entry'); } catch { return false; }
   if (!bytes) return false;
-  return bytes.toString('utf8').split('\n').some((l) => l.replace(/\r$/, '') === `${MARK}=${workspace}`);
+  return bytes.toString('utf8').split('\n').some((l) => l.replace(/\r$/, '') === `${MARK}=${id}`);
 }
 
-function listOurs(dir: string, workspace: string): string[] {
+function listOurs(dir: string, id: string): string[] {
   let names: string[];
   try { names = fs.readdirSync(dir); } catch { return []; }
-  const prefix = `medv-${workspace}-`;
-  return names.filter((n) => n.startsWith(prefix) && n.endsWith('.desktop')).map((n) => join(dir, n)).filter((p) => isOurs(p, workspace)).sort();
+  const prefix = `medv-${id}-`;
+  return names.filter((n) => n.startsWith(prefix) && n.endsWith('.desktop')).map((n) => join(dir, n)).filter((p) => isOurs(p, id)).sort();
 }
 
 /**
- * Write one entry per app (medv-<workspace>-<slug>.desktop; slugs made unique with -2, -3 …),
- * remove this workspace's other entries, return the paths written. An existing file under one of
- * our names that medv did not write for this workspace is EEXIST, untouched.
+ * Write one entry per app (medv-<id>-<slug>.desktop; slugs made unique with -2, -3 …), remove
+ * this instance's other entries, return the paths written. An existing file under one of our names
+ * that medv did not write for this instance is EEXIST, untouched.
  */
-export function writeDesktopEntries(workspace: string, apps: PublishedApp[], o: { medv: string; dir?: string }): string[] {
-  checkWorkspace(workspace);
+export function writeDesktopEntries(instance: DesktopInstance, apps: PublishedApp[], o: { medv: string; dir?: string }): string[] {
+  checkInstance(instance);
+  const { id, workspace } = instance;
   if (!Array.isArray(apps) || apps.length > MAX_APPS) throw new MedvError('EINVAL_ARG', `at most ${MAX_APPS} published applications`);
   if (typeof o.medv !== 'string' || o.medv === '' || /[\u0000-\u001f]/.test(o.medv)) throw new MedvError('EINVAL_ARG', 'the medv command path must be a non-empty string without control characters');
   const dir = o.dir ?? desktopDir();
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const st = fs.lstatSync(dir);
-  if (!st.isDirectory()) throw new MedvError('EUNSAFE', `${dir} is not a folder (a symlink or a file is there)`, { file: dir });
+  // Ours, not a symlink, not writable by others (a group-writable one is common where each user has
+  // a private group: allowed).
+  ensureDir(dir, { parents: true, forbid: 0o002 });
   const used = new Set<string>();
   const planned: Array<{ path: string; text: string }> = [];
   for (const app of apps) {
@@ -95,8 +103,8 @@ export function writeDesktopEntries(workspace: string, apps: PublishedApp[], o: 
     let slug = slugOf(name);
     for (let i = 2; used.has(slug); i++) slug = `${slugOf(name)}-${i}`;
     used.add(slug);
-    const path = join(dir, `medv-${workspace}-${slug}.desktop`);
-    const exec = [o.medv, 'workspace', 'start', workspace].map(quoteExecArg).join(' ');
+    const path = join(dir, `medv-${id}-${slug}.desktop`);
+    const exec = [o.medv, 'workspace', 'start', '--client-root', instance.clientRoot, workspace].map(quoteExecArg).join(' ');
     const lines = [
       '[Desktop Entry]',
       'Type=Application',
@@ -111,12 +119,12 @@ export function writeDesktopEntries(workspace: string, apps: PublishedApp[], o: 
       const icon = clean(app.icon, FIELD_MAX);
       if (icon) lines.push(`Icon=${escapeValue(icon)}`);
     }
-    lines.push(`${MARK}=${workspace}`, `X-Medv-Command=${escapeValue(clean(app.command, FIELD_MAX))}`, '');
+    lines.push(`${MARK}=${id}`, `X-Medv-Workspace=${workspace}`, `X-Medv-Command=${escapeValue(clean(app.command, FIELD_MAX))}`, '');
     planned.push({ path, text: lines.join('\n') });
   }
   for (const p of planned) {
     if (fs.existsSync(p.path) || isSymlink(p.path)) {
-      if (!isOurs(p.path, workspace)) throw new MedvError('EEXIST', `${p.path} exists and was not written by medv for workspace ${workspace}; not replaced`, { file: p.path });
+      if (!isOurs(p.path, id)) throw new MedvError('EEXIST', `${p.path} exists and was not written by medv for workspace ${workspace} of this client root; not replaced`, { file: p.path });
     }
   }
   const written: string[] = [];
@@ -125,7 +133,7 @@ export function writeDesktopEntries(workspace: string, apps: PublishedApp[], o: 
     written.push(p.path);
   }
   const keep = new Set(written);
-  for (const stale of listOurs(dir, workspace)) if (!keep.has(stale)) fs.rmSync(stale, { force: true });
+  for (const stale of listOurs(dir, id)) if (!keep.has(stale)) fs.rmSync(stale, { force: true });
   return written;
 }
 
@@ -133,12 +141,12 @@ function isSymlink(p: string): boolean {
   try { return fs.lstatSync(p).isSymbolicLink(); } catch { return false; }
 }
 
-/** Remove this workspace's entries: files medv-<workspace>-*.desktop that carry X-Medv-Workspace=<workspace>. */
-export function removeDesktopEntries(workspace: string, o: { dir?: string } = {}): string[] {
-  checkWorkspace(workspace);
+/** Remove this instance's entries: files medv-<id>-*.desktop that carry X-Medv-Instance=<id>. */
+export function removeDesktopEntries(instance: DesktopInstance, o: { dir?: string } = {}): string[] {
+  checkInstance(instance);
   const dir = o.dir ?? desktopDir();
   const removed: string[] = [];
-  for (const p of listOurs(dir, workspace)) {
+  for (const p of listOurs(dir, instance.id)) {
     fs.rmSync(p, { force: true });
     removed.push(p);
   }

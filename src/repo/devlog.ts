@@ -22,7 +22,7 @@ import { MedvError } from '../core/errors.js';
 import { renameSync } from '../core/fsio.js';
 import type { KekSource } from '../crypto/kekenv.js';
 import { secureFree, secureSeal } from '../crypto/secure.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { deriveSubkey } from './hostkey.js';
 import { type ClientRoot, checkSafeDir } from './paths.js';
 

@@ -1,6 +1,13 @@
 /**
- * One image in the client image repository: images/<image>/GlobalImageData.xml and its version
- * folders v<N>/ (layout and upgrade steps in ./README.md).
+ * One image folder in the client image repository: GlobalImageData.xml and its version folders
+ * v<N>/ (layout and upgrade steps in ./README.md). The folder is `images/<image>/` unless the
+ * caller names another (src/workspace keys each workspace's folder by user, workspace and image
+ * identity); the files in it are named after the image (`v<N>/<image>.evhd`).
+ *
+ * With an `identity` (image name and image id, the content key's id), a version counts only when
+ * its `Image.json` names that image, that id and its own version number: a version folder holding
+ * another image's disk (a server that changed the image behind a name, a folder copied or moved
+ * by hand) is never listed as a version, and `foreign()` names it.
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +26,23 @@ export const ENGINE_VERSION = '1.0';
 
 const GLOBAL_FILE = 'GlobalImageData.xml';
 const IMAGESTATE_FILE = 'ImageState.xml';
+/** Which image a version folder holds: written last by a deployment (./README.md). */
+export const IDENTITY_FILE = 'Image.json';
+const IDENTITY_MAX = 4096;
+const IMAGE_ID_RE = /^[0-9a-f]{32}$/;
+/** A folder name of the image repository: as an image name (no separators, not a dot name). */
+const FOLDER_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
+
+/** What a version folder holds: the image's name, its id (the content key id, 32 hex) and the version. */
+export interface ImageIdentity { image: string; imageId: string }
+export interface VersionIdentity extends ImageIdentity { version: number }
+
+/** A version folder that holds something else than the store's image (or says nothing). */
+export interface ForeignVersion { version: number; dir: string; holds?: VersionIdentity }
+
+export function checkImageId(id: string): void {
+  if (typeof id !== 'string' || !IMAGE_ID_RE.test(id)) throw new MedvError('EINVAL_ARG', `image id ${JSON.stringify(String(id).slice(0, 40))} must be 32 lowercase hex digits`);
+}
 /** Largest GlobalImageData.xml we read. */
 const GLOBAL_MAX = 64 * 1024;
 const VERSION_RE = /^v([1-9][0-9]{0,9})$/;
@@ -30,12 +54,27 @@ function lstatOrUndefined(p: string): fs.Stats | undefined {
   }
 }
 
+export interface ImageStoreOptions {
+  /** Folder under images/ (default: the image name). */
+  folder?: string;
+  /** Count only version folders whose Image.json names this image and id. */
+  identity?: ImageIdentity;
+}
+
 export class ImageStore {
   readonly dir: string;
+  readonly identity?: ImageIdentity;
 
-  constructor(readonly c: ClientRoot, readonly image: string) {
+  constructor(readonly c: ClientRoot, readonly image: string, o: ImageStoreOptions = {}) {
     checkImageName(image);
-    this.dir = join(c.images, image);
+    const folder = o.folder ?? image;
+    if (!FOLDER_RE.test(folder) || folder.includes('..')) throw new MedvError('EINVAL_ARG', `image folder name ${JSON.stringify(folder.slice(0, 140))} is not a plain folder name`);
+    if (o.identity) {
+      if (o.identity.image !== image) throw new MedvError('EINVAL_ARG', `the identity names image ${o.identity.image}, the store ${image}`);
+      checkImageId(o.identity.imageId);
+      this.identity = { image: o.identity.image, imageId: o.identity.imageId };
+    }
+    this.dir = join(c.images, folder);
   }
 
   private checkVersion(n: number): void {
@@ -45,11 +84,55 @@ export class ImageStore {
   /** The layout's file names in v<N>/, in deletion order (the .evhd first: the version stops counting at once). */
   layoutNames(): string[] {
     const i = this.image;
-    return [`${i}.evhd`, `${i}.enc`, `${i}.evhd.index`, `${i}.undo.evhd`, `${i}.undo.enc`, `${i}.vsv`, `${i}.vsv.enc`, `${i}.vmc`, IMAGESTATE_FILE];
+    return [`${i}.evhd`, `${i}.enc`, IDENTITY_FILE, `${i}.evhd.index`, `${i}.undo.evhd`, `${i}.undo.enc`, `${i}.vsv`, `${i}.vsv.enc`, `${i}.vmc`, IMAGESTATE_FILE];
   }
 
-  /** Versions present, ascending: v<N> folders (no leading zeros, N ≤ 2^31-1) holding <image>.evhd and <image>.enc as regular files. */
+  /**
+   * Versions present, ascending: v<N> folders (no leading zeros, N ≤ 2^31-1) holding <image>.evhd
+   * and <image>.enc as regular files, and, when the store has an identity, an Image.json naming
+   * exactly it and N.
+   */
   versions(): number[] {
+    return this.scan().filter((v) => !this.identity || this.matches(v.holds, v.version)).map((v) => v.version);
+  }
+
+  /** Version folders with a disk that do not hold the store's image (only with an identity). */
+  foreign(): ForeignVersion[] {
+    if (!this.identity) return [];
+    return this.scan().filter((v) => !this.matches(v.holds, v.version)).map((v) => ({ version: v.version, dir: this.versionDir(v.version), ...(v.holds ? { holds: v.holds } : {}) }));
+  }
+
+  private matches(h: VersionIdentity | undefined, n: number): boolean {
+    return !!h && !!this.identity && h.image === this.identity.image && h.imageId === this.identity.imageId && h.version === n;
+  }
+
+  /** Image.json of version n: undefined when missing or not a record of ours (never thrown: it is only compared). */
+  readIdentity(n: number): VersionIdentity | undefined {
+    let bytes: Buffer | undefined;
+    try { bytes = readBoundedSync(join(this.versionDir(n), IDENTITY_FILE), IDENTITY_MAX, IDENTITY_FILE); } catch { return undefined; }
+    if (!bytes) return undefined;
+    try {
+      const v = JSON.parse(bytes.toString('utf8')) as Partial<VersionIdentity> & { v?: unknown };
+      if (v.v !== 1 || typeof v.image !== 'string' || typeof v.imageId !== 'string' || !IMAGE_ID_RE.test(v.imageId) || !Number.isSafeInteger(v.version)) return undefined;
+      return { image: v.image, imageId: v.imageId, version: v.version! };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Record that version n holds the store's image (atomically): the last step of a deployment,
+   * after the disk is published and checked. Needs an identity.
+   */
+  writeIdentity(n: number): void {
+    if (!this.identity) throw new MedvError('EINVAL_ARG', 'this image store has no identity to record');
+    const rec = { v: 1, image: this.identity.image, imageId: this.identity.imageId, version: n };
+    checkSafeDir(this.versionDir(n));
+    writeFileAtomicSync(join(this.versionDir(n), IDENTITY_FILE), `${JSON.stringify(rec)}\n`, { mode: 0o600 });
+  }
+
+  /** Every v<N> with the disk and key files, and what its Image.json says. */
+  private scan(): Array<{ version: number; holds?: VersionIdentity }> {
     let names: string[];
     try {
       if (!lstatOrUndefined(this.dir)) return [];
@@ -58,7 +141,7 @@ export class ImageStore {
     } catch (e) {
       throw fromSystemError(e, this.dir);
     }
-    const out: number[] = [];
+    const out: Array<{ version: number; holds?: VersionIdentity }> = [];
     for (const name of names) {
       const m = VERSION_RE.exec(name);
       if (!m) continue;
@@ -68,9 +151,10 @@ export class ImageStore {
       if (!lstatOrUndefined(d)?.isDirectory()) continue;
       if (!lstatOrUndefined(join(d, `${this.image}.evhd`))?.isFile()) continue;
       if (!lstatOrUndefined(join(d, `${this.image}.enc`))?.isFile()) continue;
-      out.push(n);
+      const holds = this.identity ? this.readIdentity(n) : undefined;
+      out.push({ version: n, ...(holds ? { holds } : {}) });
     }
-    return out.sort((a, b) => a - b);
+    return out.sort((a, b) => a.version - b.version);
   }
 
   newest(): number | undefined {

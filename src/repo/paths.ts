@@ -3,9 +3,9 @@
  * 0700 and checked before use: a symlink in its place, a folder owned by another user, or one that
  * group or others can write is refused (EUNSAFE), never "fixed".
  */
-import { homedir } from 'node:os';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { MedvError } from '../core/errors.js';
+import { checkUserName } from '../api/names.js';
 import { checkDir, ensureDir } from '../core/fsio.js';
 
 export interface ClientRoot {
@@ -20,21 +20,6 @@ export interface ClientRoot {
   local: string;
   config: string;
   logs: string;
-}
-
-/** `explicit`, else $MEDV_CLIENT_ROOT, else /var/lib/medv for root, else $XDG_DATA_HOME/medv (~/.local/share/medv). */
-export function clientRootPath(explicit?: string): string {
-  if (explicit !== undefined && explicit !== '') return resolve(explicit);
-  const env = process.env.MEDV_CLIENT_ROOT;
-  if (env) return resolve(env);
-  if ((process.getuid?.() ?? 0) === 0) return '/var/lib/medv';
-  return join(xdgDataHome(), 'medv');
-}
-
-/** $XDG_DATA_HOME when it is an absolute path (the spec ignores a relative one), else ~/.local/share. */
-export function xdgDataHome(): string {
-  const x = process.env.XDG_DATA_HOME;
-  return x && isAbsolute(x) ? x : join(homedir(), '.local', 'share');
 }
 
 /**
@@ -54,8 +39,8 @@ export function ensureSafeDir(path: string, parents = false): string {
 /** Mode bits a repository folder must not have: write by group or others. */
 const REPO_FORBID = 0o022;
 
-/** Open (creating what is missing) and check the client root and every folder of the layout. */
-export function openClientRoot(root: string): ClientRoot {
+/** The folders of the client root at `root` (nothing is created or checked: see openClientRoot). */
+export function clientRootLayout(root: string): ClientRoot {
   const r = resolve(root);
   const images = join(r, 'images');
   const data = join(r, 'data');
@@ -72,18 +57,15 @@ export function openClientRoot(root: string): ClientRoot {
     config: join(local, 'Config'),
     logs: join(local, 'Logs'),
   };
-  ensureSafeDir(r, true);
-  for (const d of [images, c.packed, c.prestaged, data, c.profile, c.users, local, c.config, c.logs]) ensureSafeDir(d);
   return c;
 }
 
-const USER_RE = /^[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}$/;
-
-/** Throws EINVAL_ARG unless `user` is 1-64 of [A-Za-z0-9._@-], not starting with '.' or '-'. */
-export function checkUserName(user: string): void {
-  if (typeof user !== 'string' || !USER_RE.test(user)) {
-    throw new MedvError('EINVAL_ARG', `user name ${JSON.stringify(String(user).slice(0, 80))} must be 1-64 of A-Z a-z 0-9 . _ @ - and not start with . or -`);
-  }
+/** Open (creating what is missing) and check the client root and every folder of the layout. */
+export function openClientRoot(root: string): ClientRoot {
+  const c = clientRootLayout(root);
+  ensureSafeDir(c.root, true);
+  for (const d of [c.images, c.packed, c.prestaged, c.data, c.profile, c.users, c.local, c.config, c.logs]) ensureSafeDir(d);
+  return c;
 }
 
 /** data/Users/<user>, created 0700 and checked. */

@@ -3,7 +3,8 @@
  * under the host key (purpose "reports"), at most 256 entries (the oldest dropped first). Each
  * entry carries a queue-local id, so a drain removes exactly what it sent even when reports were
  * added meanwhile. Calls on one ReportQueue run one at a time; two processes adding at the same
- * instant may lose one of the two additions (last rename wins), never damage the file.
+ * instant may lose one of the two additions (last rename wins), never damage the file. A report the
+ * server refuses as invalid is dropped (drain's `refused`), never retried forever.
  */
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
@@ -85,28 +86,53 @@ export class ReportQueue {
   }
 
   /**
-   * Send the queue oldest first in batches of at most 64; each batch sent is removed at once. The
-   * first batch that fails stops the drain and stays queued with everything after it. Returns how
-   * many reports were sent.
+   * Send the queue oldest first in batches of at most 64; each batch sent is removed at once. A
+   * batch that fails for a reason `refused` says is final (the server refuses its content: a
+   * report it will never take) is sent again one report at a time, and each report refused on its
+   * own is dropped (told to `onDropped`), so one bad report never blocks the others. Any other
+   * failure (the server cannot be reached, is busy, the login expired) stops the drain: that
+   * batch and everything after it stay queued for the next drain. Without `refused` every failure
+   * stops the drain.
    */
-  async drain(send: (reports: QueuedReport[]) => Promise<void>): Promise<number> {
+  async drain(send: (reports: QueuedReport[]) => Promise<void>, o: { refused?: (e: unknown) => boolean; onDropped?: (r: QueuedReport, e: unknown) => void } = {}): Promise<{ sent: number; dropped: number }> {
     const snapshot = await this.serial(() => this.load());
     let sent = 0;
+    let dropped = 0;
+    const forget = (ids: number[]) => this.serial(async () => {
+      const gone = new Set(ids);
+      const s = await this.load();
+      s.items = s.items.filter((it) => !gone.has(it.id));
+      await writeSealed(this.c, this.file, PURPOSE, s);
+    });
     for (let i = 0; i < snapshot.items.length; i += REPORTS_BATCH) {
       const batch = snapshot.items.slice(i, i + REPORTS_BATCH);
       try {
         await send(batch.map((b) => ({ ...b.r })));
-      } catch {
-        break;
+        await forget(batch.map((b) => b.id));
+        sent += batch.length;
+        continue;
+      } catch (e) {
+        if (!o.refused?.(e)) break;
+        if (batch.length === 1) {
+          o.onDropped?.(batch[0].r, e);
+          await forget([batch[0].id]);
+          dropped++;
+          continue;
+        }
       }
-      const ids = new Set(batch.map((b) => b.id));
-      await this.serial(async () => {
-        const s = await this.load();
-        s.items = s.items.filter((it) => !ids.has(it.id));
-        await writeSealed(this.c, this.file, PURPOSE, s);
-      });
-      sent += batch.length;
+      // refused as a batch: find the report(s) it will not take
+      for (const one of batch) {
+        try {
+          await send([{ ...one.r }]);
+          sent++;
+        } catch (e) {
+          if (!o.refused?.(e)) return { sent, dropped };
+          o.onDropped?.(one.r, e);
+          dropped++;
+        }
+        await forget([one.id]);
+      }
     }
-    return sent;
+    return { sent, dropped };
   }
 }

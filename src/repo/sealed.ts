@@ -12,7 +12,7 @@
 import { randomBytes } from 'node:crypto';
 import { MedvError } from '../core/errors.js';
 import { secureFree } from '../crypto/secure.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { checkPurpose, clientHostKey, deriveSubkey } from './hostkey.js';
 import { readBoundedSync, writeFileAtomic } from '../core/fsio.js';
 import { type ClientRoot, pathInRoot } from './paths.js';

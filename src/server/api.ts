@@ -1,40 +1,49 @@
 /**
- * The accounts and policies API of `medv serve`, under /api/ (JSON in and out):
+ * The /api/ module of `medv serve` (JSON in and out; every route in docs/api.md):
  *
- *   POST /api/login {user, password[, lifetime]}  → {user, token, expires}      anyone
- *   POST /api/logout                              → {ok}                        user token
- *   GET  /api/whoami                              → {user, groups, expires}     user token
- *   GET  /api/policies                            → {policies: [...]}           user token
- *   POST /api/admin/users {user, password, groups} → {user, groups, created}    admin token
- *   GET  /api/admin/users                         → {users: [...]}              admin token
- *   POST /api/admin/policies <policy document>    → {name, version}             admin token
- *   GET  /api/admin/policies                      → {policies: [...]}           admin token
- *   GET  /api/admin/audit                         → {entries: [...]}            admin token
- *   POST /api/admin/image-keys {image, content:{id, key}, repository:{id, key}, signers}
- *                                                 → {image, replaced}           admin token
- *   GET  /api/admin/clients                       → {clients: [...]}            admin token
- *   POST /api/workspaces/grant {workspace, client, clientKey}
- *                                                 → {workspace, image, policy:{name, version}, settings,
- *                                                    latestVersion, sealed}     user token
- *   POST /api/reports {client, reports: [{workspace, version, state, lastError?, at}]}
- *                                                 → {stored}                    user token
+ *   POST   /api/login {user, password[, lifetime]}      → {user, token, expires}          anyone
+ *   POST   /api/logout                                  → {ok}                            user token
+ *   GET    /api/whoami                                  → {user, role, groups, expires}   user token
+ *   GET    /api/policies                                → {user, policies}                user token
+ *   POST   /api/workspaces/grant {workspace, client, clientKey} → {…, sealed}            user token
+ *   POST   /api/reports {client, reports}               → {stored, refused}               user token
+ *   POST   /api/admin/users {user, password, groups[, role]} → 201 user                  admin
+ *   GET    /api/admin/users                             → {users}                         admin
+ *   GET    /api/admin/users/NAME                        → user                            admin
+ *   DELETE /api/admin/users/NAME                        → {user, groups, tokens, clients, reports}
+ *   POST   /api/admin/users/NAME/disable | /enable      → user                            admin
+ *   POST   /api/admin/users/NAME/password {password}    → {user, tokensRevoked}           admin
+ *   POST   /api/admin/users/NAME/revoke                 → {user, tokensRevoked}           admin
+ *   POST   /api/admin/policies <document>               → 201 {name, version}             admin
+ *   GET    /api/admin/policies                          → {policies}                      admin
+ *   GET    /api/admin/audit[?limit&before&since&action&actor] → {entries, next}           admin
+ *   POST   /api/admin/image-keys {image, content, repository, signers} → {image, replaced} admin
+ *   GET    /api/admin/clients[?limit&after]             → {clients, next}                 admin
  *
- * Key release (keyservice.ts, keyrelease.ts): a grant answers 403 EDENIED "user U is not entitled
- * to workspace W" (the same whether or not W exists, no key material), 409 ENOKEY when no keys are
- * published for the workspace's image, else the image keys sealed to the client's X25519 key.
+ * "admin" is the admin token, or the login token of an account whose role is admin (the audit
+ * names that account); a user token there is 403 EFORBIDDEN, no or another token 401 EDENIED.
+ * Each handler parses its input at the edge (requests.ts) and calls one service function
+ * (accounts.ts, keyservice.ts, audit.ts): the console calls the same functions.
  *
- * Errors: {error: {code, message[, path][, retryAfter]}} with the status of status.ts. Bodies are
- * at most 64 KiB (reports: 512 KiB). Credentials (password, either token) are refused over plain HTTP unless the
- * connection comes from a loopback address (the same host: a local client, or a TLS-terminating
- * proxy beside the server) or `allowPlainHttp` is set.
+ * Errors: {error: {code, message[, path][, retryAfter]}} with the status of src/api/status.ts.
+ * Bodies are at most 64 KiB (reports: 512 KiB). Credentials (password, either token) are refused
+ * over plain HTTP unless the connection comes from a loopback address (a local client, or a
+ * TLS-terminating proxy beside the server), from a trusted proxy that says it took HTTPS
+ * (X-Forwarded-Proto), or `allowPlainHttp` is set.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { MedvError } from '../core/errors.js';
 import type { Accounts } from './accounts.js';
+import type { Audit } from './audit.js';
 import type { AdminToken } from './auth.js';
 import type { ServerModule } from './http.js';
 import type { KeyService } from './keyservice.js';
 import { httpStatusFor } from '../api/status.js';
+import { isLoopback, peerOf } from './peer.js';
+import {
+  object, parseAuditQuery, parseClientsQuery, parseGrant, parseImageKeys, parseLogin, parseNewUser, parsePassword, parseReports,
+} from './requests.js';
+import { checkUserName } from '../api/names.js';
 
 export const API_MAX_BODY = 64 * 1024;
 /** POST /api/reports: 64 reports of up to 1024 characters of lastError each, JSON-escaped. */
@@ -42,6 +51,7 @@ export const REPORTS_MAX_BODY = 512 * 1024;
 
 export interface ApiOptions {
   accounts: Accounts;
+  audit: Audit;
   token: AdminToken;
   /** Image keys and client reports (without it the key routes answer 404). */
   keys?: KeyService;
@@ -49,14 +59,9 @@ export interface ApiOptions {
   allowPlainHttp?: boolean;
 }
 
-export function isLoopback(addr: string | undefined): boolean {
-  if (!addr) return false;
-  return addr === '::1' || /^127\./.test(addr) || /^::ffff:127\./i.test(addr);
-}
-
 function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = `${JSON.stringify(body)}\n`;
-  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'no-store', ...headers });
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...headers });
   res.end(text);
 }
 
@@ -68,16 +73,16 @@ function sendError(res: ServerResponse, e: unknown): void {
     body = { code: e.code, message: e.message };
     if (e.code === 'EPOLICY') body.path = e.data.path;
     if (e.code === 'ERATELIMIT') { body.retryAfter = e.data.retryAfter; headers['Retry-After'] = String(e.data.retryAfter ?? 1); }
-    if (e.code === 'EDENIED' && status === 401) headers['WWW-Authenticate'] = 'Bearer realm="medv"';
-    if (e.code === 'ETOOLARGE') headers.Connection = 'close';
+    if (e.code === 'EDENIED') headers['WWW-Authenticate'] = 'Bearer realm="medv"';
+    if (e.code === 'EMETHOD' && Array.isArray(e.data.allow)) headers.Allow = (e.data.allow as string[]).join(', ');
   } else {
     body = { code: 'EINTERNAL', message: 'internal error' };
   }
   send(res, status, { error: body }, headers);
 }
 
-/** The JSON body; with `wipe`, the raw bytes are zeroed once parsed (a body that carries keys). */
-async function readJson(req: IncomingMessage, wipe = false, max = API_MAX_BODY): Promise<unknown> {
+/** The raw body, at most `max` bytes (ETOOLARGE beyond, before reading more). */
+async function readBody(req: IncomingMessage, max: number): Promise<{ raw: Buffer; chunks: Buffer[] }> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > max) throw new MedvError('ETOOLARGE', `request body larger than ${max} bytes`);
   const chunks: Buffer[] = [];
@@ -87,13 +92,15 @@ async function readJson(req: IncomingMessage, wipe = false, max = API_MAX_BODY):
     if (n > max) throw new MedvError('ETOOLARGE', `request body larger than ${max} bytes`);
     chunks.push(c as Buffer);
   }
-  const raw = Buffer.concat(chunks);
+  return { raw: Buffer.concat(chunks), chunks };
+}
+
+async function readJson(req: IncomingMessage, max = API_MAX_BODY): Promise<unknown> {
+  const { raw } = await readBody(req, max);
   try {
     return JSON.parse(raw.toString('utf8'));
   } catch {
     throw new MedvError('EINVAL_ARG', 'the request body is not JSON');
-  } finally {
-    if (wipe) { raw.fill(0); for (const c of chunks) c.fill(0); }
   }
 }
 
@@ -103,81 +110,142 @@ function bearer(req: IncomingMessage): string | undefined {
   return /^Bearer[ ]+(\S+)\s*$/i.exec(h)?.[1];
 }
 
-function object(v: unknown): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new MedvError('EINVAL_ARG', 'the request body must be a JSON object');
-  return v as Record<string, unknown>;
+interface Ctx {
+  req: IncomingMessage;
+  res: ServerResponse;
+  /** The client's address (peer.ts). */
+  address: string;
+  /** `:name` of the route, checked. */
+  name: string;
+  query: URLSearchParams;
+}
+type Route = { method: string; pattern: string; run: (c: Ctx) => Promise<void> };
+
+/** Match `path` against `pattern` (segments; `:name` is one segment, a user name); the parameter or undefined. */
+function match(pattern: string, path: string): { name: string } | undefined {
+  const p = pattern.split('/');
+  const a = path.split('/');
+  if (p.length !== a.length || p.some((seg, i) => seg !== ':name' && seg !== a[i])) return undefined;
+  const at = p.indexOf(':name');
+  if (at < 0) return { name: '' };
+  let v: string;
+  try { v = decodeURIComponent(a[at]); } catch { return undefined; }
+  return { name: checkUserName(v) };
 }
 
-type Route = { method: string; path: string; run: (req: IncomingMessage, res: ServerResponse) => Promise<void> };
-
 export function accountsApi(o: ApiOptions): ServerModule {
-  const { accounts } = o;
-  const admin = (req: IncomingMessage) => {
-    if (!o.token.check(req)) throw new MedvError('EDENIED', 'the admin token is required (Authorization: Bearer …)');
-    return 'admin';
+  const { accounts, audit } = o;
+  /** The actor of an admin request: "admin" (the admin token) or an admin account's name. */
+  const admin = async (c: Ctx): Promise<string> => {
+    if (o.token.check(c.req)) return 'admin';
+    const t = bearer(c.req);
+    let session;
+    try {
+      session = await accounts.authenticate(t);
+    } catch {
+      await audit.refused({ actor: 'anonymous', action: 'admin.denied', target: new URL(c.req.url ?? '/', 'http://x').pathname.slice(0, 200), address: c.address, detail: { token: t === undefined ? 'none' : 'not valid' } });
+      throw new MedvError('EDENIED', 'the admin token, or the login of an administrator, is required (Authorization: Bearer …)');
+    }
+    if (session.role !== 'admin') {
+      await audit.refused({ actor: session.user, action: 'admin.denied', target: new URL(c.req.url ?? '/', 'http://x').pathname.slice(0, 200), address: c.address, detail: { role: session.role } });
+      throw new MedvError('EFORBIDDEN', `user ${session.user} is not an administrator`);
+    }
+    return session.user;
   };
+  const user = (c: Ctx) => accounts.authenticate(bearer(c.req));
   const keys = () => {
     if (!o.keys) throw new MedvError('ENOENT', 'this server does not hold image keys');
     return o.keys;
   };
   const routes: Route[] = [
-    { method: 'POST', path: '/api/login', async run(req, res) {
-      const b = object(await readJson(req));
-      let lifetime: number | undefined;
-      if (b.lifetime !== undefined) {
-        if (typeof b.lifetime !== 'number' || !Number.isInteger(b.lifetime) || b.lifetime < 1) throw new MedvError('EINVAL_ARG', 'lifetime must be a whole number of seconds, 1 or more');
-        lifetime = b.lifetime * 1000;
+    { method: 'POST', pattern: '/api/login', async run(c) {
+      const b = parseLogin(object(await readJson(c.req)));
+      send(c.res, 200, await accounts.login(b.user, b.password, c.address, b.lifetimeMs));
+    } },
+    { method: 'POST', pattern: '/api/logout', async run(c) {
+      await accounts.logout(await user(c), c.address);
+      send(c.res, 200, { ok: true });
+    } },
+    { method: 'GET', pattern: '/api/whoami', async run(c) {
+      const s = await user(c);
+      send(c.res, 200, { user: s.user, role: s.role, groups: (await accounts.getUser(s.user)).groups, expires: new Date(s.expires).toISOString() });
+    } },
+    { method: 'GET', pattern: '/api/policies', async run(c) {
+      const s = await user(c);
+      send(c.res, 200, { user: s.user, policies: await accounts.policiesFor(s.user) });
+    } },
+    { method: 'POST', pattern: '/api/workspaces/grant', async run(c) {
+      const s = await user(c);
+      send(c.res, 200, await keys().grant(s.user, parseGrant(object(await readJson(c.req))), c.address));
+    } },
+    { method: 'POST', pattern: '/api/reports', async run(c) {
+      const s = await user(c);
+      const b = parseReports(object(await readJson(c.req, REPORTS_MAX_BODY)));
+      send(c.res, 200, await keys().report(s.user, b.client, b.reports, c.address));
+    } },
+    { method: 'POST', pattern: '/api/admin/users', async run(c) {
+      const actor = await admin(c);
+      send(c.res, 201, await accounts.addUser(parseNewUser(object(await readJson(c.req))), actor, c.address));
+    } },
+    { method: 'GET', pattern: '/api/admin/users', async run(c) {
+      await admin(c);
+      send(c.res, 200, { users: await accounts.listUsers() });
+    } },
+    { method: 'GET', pattern: '/api/admin/users/:name', async run(c) {
+      await admin(c);
+      send(c.res, 200, await accounts.getUser(c.name));
+    } },
+    { method: 'DELETE', pattern: '/api/admin/users/:name', async run(c) {
+      send(c.res, 200, await accounts.deleteUser(c.name, await admin(c), c.address));
+    } },
+    { method: 'POST', pattern: '/api/admin/users/:name/disable', async run(c) {
+      send(c.res, 200, await accounts.setDisabled(c.name, true, await admin(c), c.address));
+    } },
+    { method: 'POST', pattern: '/api/admin/users/:name/enable', async run(c) {
+      send(c.res, 200, await accounts.setDisabled(c.name, false, await admin(c), c.address));
+    } },
+    { method: 'POST', pattern: '/api/admin/users/:name/password', async run(c) {
+      const actor = await admin(c);
+      send(c.res, 200, await accounts.setPassword(c.name, parsePassword(object(await readJson(c.req))), actor, c.address));
+    } },
+    { method: 'POST', pattern: '/api/admin/users/:name/revoke', async run(c) {
+      send(c.res, 200, await accounts.revokeTokens(c.name, await admin(c), c.address));
+    } },
+    { method: 'POST', pattern: '/api/admin/policies', async run(c) {
+      const actor = await admin(c);
+      send(c.res, 201, await accounts.publishPolicy(await readJson(c.req), actor, c.address));
+    } },
+    { method: 'GET', pattern: '/api/admin/policies', async run(c) {
+      await admin(c);
+      send(c.res, 200, { policies: await accounts.listPolicies() });
+    } },
+    { method: 'GET', pattern: '/api/admin/audit', async run(c) {
+      await admin(c);
+      send(c.res, 200, await audit.list(parseAuditQuery(c.query)));
+    } },
+    { method: 'POST', pattern: '/api/admin/image-keys', async run(c) {
+      const actor = await admin(c);
+      const service = keys();
+      const { raw, chunks } = await readBody(c.req, API_MAX_BODY);
+      let set;
+      try {
+        set = parseImageKeys(raw);
+      } finally {
+        // the body held keys: no copy of it stays behind in memory
+        raw.fill(0);
+        for (const ch of chunks) ch.fill(0);
       }
-      send(res, 200, await accounts.login(b.user, b.password, req.socket.remoteAddress ?? '', lifetime));
+      try {
+        send(c.res, 200, await service.publish(set, actor, c.address));
+      } finally {
+        set.content.dispose();
+        set.repository.dispose();
+      }
     } },
-    { method: 'POST', path: '/api/logout', async run(req, res) {
-      await accounts.logout(await accounts.authenticate(bearer(req)));
-      send(res, 200, { ok: true });
-    } },
-    { method: 'GET', path: '/api/whoami', async run(req, res) {
-      const s = await accounts.authenticate(bearer(req));
-      send(res, 200, { user: s.user, groups: await accounts.store.groupsOf(s.user), expires: new Date(s.expires).toISOString() });
-    } },
-    { method: 'GET', path: '/api/policies', async run(req, res) {
-      const s = await accounts.authenticate(bearer(req));
-      send(res, 200, { user: s.user, policies: await accounts.policiesFor(s.user) });
-    } },
-    { method: 'POST', path: '/api/admin/users', async run(req, res) {
-      const actor = admin(req);
-      const b = object(await readJson(req));
-      send(res, 201, await accounts.addUser(b.user, b.password, b.groups, actor));
-    } },
-    { method: 'GET', path: '/api/admin/users', async run(req, res) {
-      admin(req);
-      send(res, 200, { users: await accounts.listUsers() });
-    } },
-    { method: 'POST', path: '/api/admin/policies', async run(req, res) {
-      const actor = admin(req);
-      send(res, 201, await accounts.publishPolicy(await readJson(req), actor));
-    } },
-    { method: 'GET', path: '/api/admin/policies', async run(req, res) {
-      admin(req);
-      send(res, 200, { policies: await accounts.listPolicies() });
-    } },
-    { method: 'GET', path: '/api/admin/audit', async run(req, res) {
-      admin(req);
-      send(res, 200, { entries: await accounts.store.auditLog(1000) });
-    } },
-    { method: 'POST', path: '/api/admin/image-keys', async run(req, res) {
-      const actor = admin(req);
-      send(res, 200, await keys().publish(object(await readJson(req, true)), actor));
-    } },
-    { method: 'GET', path: '/api/admin/clients', async run(req, res) {
-      admin(req);
-      send(res, 200, { clients: await keys().listClients() });
-    } },
-    { method: 'POST', path: '/api/workspaces/grant', async run(req, res) {
-      const s = await accounts.authenticate(bearer(req));
-      send(res, 200, await keys().grant(s.user, object(await readJson(req))));
-    } },
-    { method: 'POST', path: '/api/reports', async run(req, res) {
-      const s = await accounts.authenticate(bearer(req));
-      send(res, 200, await keys().report(s.user, object(await readJson(req, false, REPORTS_MAX_BODY))));
+    { method: 'GET', pattern: '/api/admin/clients', async run(c) {
+      await admin(c);
+      const q = parseClientsQuery(c.query);
+      send(c.res, 200, await keys().listClients(q.limit, q.after));
     } },
   ];
 
@@ -185,27 +253,33 @@ export function accountsApi(o: ApiOptions): ServerModule {
     prefixes: ['/api/'],
     async handle(req, res, path) {
       try {
-        const same = routes.filter((r) => r.path === path);
-        if (!same.length) throw new MedvError('ENOENT', 'no such API endpoint');
-        const route = same.find((r) => r.method === req.method);
-        if (!route) {
-          send(res, 405, { error: { code: 'EINVAL_ARG', message: 'method not allowed' } }, { Allow: same.map((r) => r.method).join(', ') });
-          return;
+        const address = peerOf(req).address;
+        let found: { route: Route; name: string } | undefined;
+        const allow: string[] = [];
+        for (const r of routes) {
+          const m = match(r.pattern, path);
+          if (!m) continue;
+          allow.push(r.method);
+          if (r.method === req.method) found = { route: r, name: m.name };
         }
-        const secure = (req.socket as { encrypted?: boolean }).encrypted === true;
-        if (!secure && !o.allowPlainHttp && !isLoopback(req.socket.remoteAddress)) {
-          throw new MedvError('EINSECURE', 'passwords and tokens are not accepted over plain HTTP from another host: use HTTPS (a TLS proxy in front of medv serve) or run medv serve with --allow-plain-http behind one');
+        if (!allow.length) throw new MedvError('ENOENT', 'no such API endpoint');
+        if (!found) throw new MedvError('EMETHOD', 'method not allowed', { allow });
+        const peer = peerOf(req);
+        if (!peer.secure && !o.allowPlainHttp && !isLoopback(peer.via)) {
+          throw new MedvError('EINSECURE', 'passwords and tokens are not accepted over plain HTTP from another host: use HTTPS (a TLS proxy in front of medv serve, named with --trust-proxy) or run medv serve with --allow-plain-http behind one');
         }
-        await route.run(req, res);
+        const q = (req.url ?? '').indexOf('?');
+        const query = new URLSearchParams(q < 0 ? '' : (req.url ?? '').slice(q + 1, q + 1 + 2048));
+        await found.route.run({ req, res, address, name: found.name, query });
       } catch (e) {
         if (res.headersSent) { res.destroy(); return; }
+        // a body we refused to read is drained for a moment, then the connection closed (http.ts)
         sendError(res, e);
-        // a body we refused to read: do not wait for the rest of it
-        if (e instanceof MedvError && e.code === 'ETOOLARGE') req.resume();
       }
     },
     async close() {
       accounts.close();
+      audit.close();
       o.keys?.close();
       await accounts.store.close();
     },

@@ -2,7 +2,6 @@
 export * from './http.js';
 export * from './images.js';
 export * from './auth.js';
-export * from './names.js';
 export * from './inspect.js';
 export * from './publish.js';
 export * from './prune.js';
@@ -11,12 +10,8 @@ export { strongEtag } from './static.js';
 export * from './serve.js';
 export { Accounts, ACCOUNTS_DEFAULTS, type AccountsOptions, hashPassword, verifyPassword, tokenHash } from './accounts.js';
 export { accountsApi, API_MAX_BODY } from './api.js';
-export { checkPolicy, type Policy } from '../api/policy.js';
-export { POLICY_SCHEMA } from '../api/policy-schema.js';
 export { Store, redactUrl, SQLITE_FILE } from './store/index.js';
-export { KeyService, latestVersion, CLIENT_ID_RE, REPORT_STATES, MAX_REPORTS, type GrantAnswer } from './keyservice.js';
+export { KeyService, KEY_SERVICE_DEFAULTS, type KeyServiceOptions, latestVersion, REPORT_STATES, MAX_REPORTS, type GrantAnswer } from './keyservice.js';
+export { Audit, AUDIT_DEFAULTS, type AuditOptions } from './audit.js';
+export { TrustedProxies, peerOf, type Peer } from './peer.js';
 export { loadServerKey, SERVER_KEY_FILE, SERVER_KEY_BYTES, type ServerKey } from './serverkey.js';
-export {
-  generateClientKeyPair, clientKeyPairFrom, sealImageKeys, openReleasedKeys, writeKeyFolder, releasePlaintext,
-  type ClientKeyPair, type ReleasedImageKeys, type ImageKeySet, MAX_SEALED, MAX_SIGNERS,
-} from '../api/keyrelease.js';

@@ -10,7 +10,7 @@ import {
   INDEX_MAX_HEADER, PACK_HEADER_SIZE, type PackRef, indexFileLength, parseIndexHeader, parsePackHeader,
 } from '../formats/ckm/index.js';
 import { verifyIndexSignature } from '../pack/indexfile.js';
-import { type RepoFileName, parseRepoFileName } from './names.js';
+import { type RepoFileName, parseRepoFileName } from '../api/names.js';
 
 export interface InspectedFile extends RepoFileName {
   size: number;

@@ -1,14 +1,20 @@
 /**
- * Image keys and client reports as the API sees them (the library under api.ts's key routes):
+ * Image keys and client reports: the service functions under the key routes of api.ts (and the
+ * console). Arguments are checked at the edge (requests.ts); key material arrives and leaves as
+ * Buffers in secure memory, never as JavaScript strings.
  *
  * - publish: the console sends an image's content key, repository key and trusted signers; they
- *   are wrapped under the server key (serverkey.ts) and stored, replacing earlier keys of the image.
+ *   are wrapped under the server key (serverkey.ts) and stored as bytes, replacing earlier keys.
  * - grant: a user asks for a workspace with an X25519 public key of its client; if the newest
  *   version of a policy that names the user (or a group of theirs) has a workspace of that name,
- *   the keys of its image are unwrapped into secure memory, sealed to the client key
- *   (keyrelease.ts) and answered with the workspace's settings. Otherwise 403, the same answer
- *   whether or not the workspace exists.
- * - reports: what clients say their workspaces are doing, the latest per (client, user, workspace).
+ *   the client is registered as the user's (at most `maxClientsPerUser`: the least recently seen
+ *   goes, with its reports), and the keys of its image are unwrapped into secure memory, sealed
+ *   to the client key (keyrelease.ts) and answered with the workspace's settings. Otherwise 403,
+ *   the same answer whether or not the workspace exists.
+ * - reports: what clients say their workspaces are doing, the latest per (client, user,
+ *   workspace), taken only from a client registered to the caller and only for workspaces the
+ *   caller is entitled to now; at most `maxReportsPerUser` rows per user (the least recently
+ *   received go). Issue 18 item 15: any user could add rows without end.
  *
  * Every publish, release and refusal is in the audit log (never a key byte).
  */
@@ -17,81 +23,32 @@ import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { DataKey, DATA_KEY_BYTES, KEY_ID_BYTES } from '../crypto/datakey.js';
 import { secureAlloc, secureFree } from '../crypto/secure.js';
-import { IMAGE_NAME_RE } from '../formats/ckm/index.js';
-import { checkName } from './accounts.js';
-import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, checkClientKey, sealImageKeys, type ImageKeySet } from '../api/keyrelease.js';
-import { isFileOfImage } from './names.js';
+import { MAX_SIGNERS, SIGNER_BYTES, sealImageKeys, type ImageKeySet } from '../api/keyrelease.js';
+import { checkImageName, isFileOfImage } from '../api/names.js';
+import type { Audit } from './audit.js';
 import type { ServerKey } from './serverkey.js';
-import { LIMITS, type ReportRow, type Store } from './store/index.js';
+import { LIMITS, type ReportKey, type ReportRecord, type ReportRow, type Store } from './store/index.js';
 
-export const CLIENT_ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 export const REPORT_STATES = ['running', 'stopped', 'suspended', 'updating', 'failed', 'offline'] as const;
 export type ReportState = typeof REPORT_STATES[number];
 export const MAX_REPORTS = 64;
-const MAX_VERSION = 2 ** 31 - 1;
 /** A report dated further ahead of the server's clock is refused: it would outrank every later one. */
 export const MAX_REPORT_AHEAD_MS = 24 * 3600_000;
 const BLOB_VERSION = 1;
 
-const arg = (msg: string) => new MedvError('EINVAL_ARG', msg);
-const show = (v: unknown) => (JSON.stringify(v) ?? String(v)).slice(0, 80);
-
-function field(o: Record<string, unknown>, k: string, what: string): unknown {
-  if (!(k in o)) throw arg(`${what} is missing`);
-  return o[k];
+export interface KeyServiceOptions {
+  /** Clients one user may have registered (by grants); a new one past it drops the least recently seen. */
+  maxClientsPerUser: number;
+  /** Report rows kept per user. */
+  maxReportsPerUser: number;
 }
 
-function obj(v: unknown, what: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw arg(`${what} must be a JSON object`);
-  return v as Record<string, unknown>;
-}
+export const KEY_SERVICE_DEFAULTS: KeyServiceOptions = { maxClientsPerUser: 32, maxReportsPerUser: 1024 };
 
-export function checkImage(v: unknown, what = 'image'): string {
-  if (typeof v !== 'string' || !IMAGE_NAME_RE.test(v)) throw arg(`${what} must be 1 to 64 letters, digits, '.', '_' or '-' (starting with a letter or digit), not ${show(v)}`);
-  return v;
-}
-
-export function checkClientId(v: unknown): string {
-  if (typeof v !== 'string' || !CLIENT_ID_RE.test(v)) throw arg(`client must be 1 to 64 letters, digits, '.', '_' or '-', not ${show(v)}`);
-  return v;
-}
-
-function hexBytes(v: unknown, n: number, what: string): Buffer {
-  if (typeof v !== 'string' || v.length !== 2 * n || !/^[0-9a-fA-F]+$/.test(v)) throw arg(`${what} must be ${2 * n} hex digits (${n} bytes)`);
-  return Buffer.from(v, 'hex');
-}
-
-/** Strict padded base64 of exactly `n` bytes, decoded into `into` (a secure buffer for keys) or a new buffer. */
-function base64Bytes(v: unknown, n: number, what: string, into?: Buffer): Buffer {
-  const len = 4 * Math.ceil(n / 3);
-  if (typeof v !== 'string' || v.length !== len || !/^[A-Za-z0-9+/]+={0,2}$/.test(v)) throw arg(`${what} must be base64 of ${n} bytes (${len} characters)`);
-  const b = Buffer.from(v, 'base64');
-  try {
-    if (b.length !== n || b.toString('base64') !== v) throw arg(`${what} must be base64 of ${n} bytes (${len} characters)`);
-    if (!into) return Buffer.from(b);
-    b.copy(into);
-    return into;
-  } finally {
-    b.fill(0);
-  }
-}
-
-function dataKey(v: unknown, what: string): DataKey {
-  const o = obj(v, what);
-  const id = hexBytes(field(o, 'id', `${what}.id`), KEY_ID_BYTES, `${what}.id`);
-  const key = secureAlloc(DATA_KEY_BYTES);
-  try {
-    base64Bytes(field(o, 'key', `${what}.key`), DATA_KEY_BYTES, `${what}.key`, key);
-  } catch (e) {
-    secureFree(key);
-    throw e;
-  }
-  try {
-    return DataKey.adopt(id, key);
-  } catch {
-    throw arg(`${what}.key is not a usable key (equal halves)`);
-  }
-}
+export interface GrantRequest { workspace: string; client: string; clientKey: Buffer }
+export interface ReportInput { workspace: string; version: number | null; state: ReportState; lastError: string | null; reportedAt: number }
+export interface RefusedReport { index: number; workspace: string; reason: string }
+export interface ClientsPage { clients: ReportRecord[]; next: string | null }
 
 /** What the database keeps, before wrapping: [1][content id][content key][repository id][repository key][n][n signers]. */
 function serializeKeys(k: ImageKeySet): Buffer {
@@ -151,62 +108,75 @@ export async function latestVersion(root: string, image: string): Promise<number
   return null;
 }
 
-export class KeyService {
-  constructor(readonly store: Store, readonly serverKey: ServerKey, readonly root: string) {}
-
-  /** POST /api/admin/image-keys */
-  async publish(body: Record<string, unknown>, actor: string): Promise<{ image: string; replaced: boolean }> {
-    const image = checkImage(field(body, 'image', 'image'));
-    const signersIn = field(body, 'signers', 'signers');
-    if (!Array.isArray(signersIn) || signersIn.length > MAX_SIGNERS) throw arg(`signers must be a list of at most ${MAX_SIGNERS} Ed25519 public keys (64 hex digits each)`);
-    const signers = signersIn.map((s, i) => hexBytes(s, SIGNER_BYTES, `signers[${i}]`));
-    const keys: DataKey[] = [];
-    try {
-      keys.push(dataKey(field(body, 'content', 'content'), 'content'));
-      keys.push(dataKey(field(body, 'repository', 'repository'), 'repository'));
-      const plain = serializeKeys({ image, content: keys[0], repository: keys[1], signers });
-      let wrapped: string;
-      try {
-        wrapped = this.serverKey.wrap(image, plain).toString('base64');
-      } finally {
-        secureFree(plain);
-      }
-      if (wrapped.length > LIMITS.wrappedKeys) throw new MedvError('EINTERNAL', 'wrapped keys longer than their column');
-      const replaced = await this.store.putImageKeys(image, wrapped);
-      await this.store.audit({ actor, action: 'keys.publish', target: image, detail: { replaced, imageId: keys[0].keyId.toString('hex'), repositoryKeyId: keys[1].keyId.toString('hex'), signers: signers.map((s) => s.toString('hex').slice(0, 16)) } });
-      return { image, replaced };
-    } finally {
-      for (const k of keys) k.dispose();
+/** The workspaces of `user`'s entitled policies, first policy (by name) first. */
+async function entitledWorkspaces(store: Store, user: string): Promise<Map<string, { policy: PolicyRef; settings: Record<string, unknown> }>> {
+  const out = new Map<string, { policy: PolicyRef; settings: Record<string, unknown> }>();
+  for (const p of await store.policiesFor(user)) {
+    for (const ws of (p.document as { workspaces?: Record<string, unknown>[] }).workspaces ?? []) {
+      if (typeof ws.name === 'string' && !out.has(ws.name)) out.set(ws.name, { policy: { name: p.name, version: p.version }, settings: ws });
     }
+  }
+  return out;
+}
+
+/** The cursor of a clients page: base64url of the JSON [client, user, workspace] of its last row. */
+export function encodeClientsCursor(k: ReportKey): string {
+  return Buffer.from(JSON.stringify(k)).toString('base64url');
+}
+
+export function decodeClientsCursor(v: string): ReportKey | undefined {
+  if (v.length > 400 || !/^[A-Za-z0-9_-]+$/.test(v)) return undefined;
+  try {
+    const k = JSON.parse(Buffer.from(v, 'base64url').toString('utf8')) as unknown;
+    if (Array.isArray(k) && k.length === 3 && k.every((x) => typeof x === 'string' && x.length <= 64)) return k as ReportKey;
+  } catch { /* not ours */ }
+  return undefined;
+}
+
+export class KeyService {
+  readonly o: KeyServiceOptions;
+
+  constructor(readonly store: Store, readonly serverKey: ServerKey, readonly root: string, readonly audit: Audit, o: Partial<KeyServiceOptions> = {}) {
+    this.o = { ...KEY_SERVICE_DEFAULTS, ...o };
+  }
+
+  /** Store the keys of an image (the caller keeps and disposes `keys`). */
+  async publish(keys: ImageKeySet, actor: string, address = ''): Promise<{ image: string; replaced: boolean }> {
+    const plain = serializeKeys(keys);
+    let wrapped: Buffer;
+    try {
+      wrapped = this.serverKey.wrap(keys.image, plain);
+    } finally {
+      secureFree(plain);
+    }
+    if (wrapped.length > LIMITS.wrappedKeyBytes) throw new MedvError('EINTERNAL', 'wrapped keys longer than their column');
+    const replaced = await this.store.putImageKeys(keys.image, wrapped);
+    await this.audit.record({ actor, action: 'keys.publish', target: keys.image, address, detail: { replaced, imageId: keys.content.keyId.toString('hex'), repositoryKeyId: keys.repository.keyId.toString('hex'), signers: keys.signers.map((s) => s.toString('hex').slice(0, 16)) } });
+    return { image: keys.image, replaced };
   }
 
   /** POST /api/workspaces/grant */
-  async grant(user: string, body: Record<string, unknown>): Promise<GrantAnswer> {
-    const workspace = checkName(field(body, 'workspace', 'workspace'), 'workspace');
-    const client = checkClientId(field(body, 'client', 'client'));
-    const clientKey = base64Bytes(field(body, 'clientKey', 'clientKey'), CLIENT_KEY_BYTES, 'clientKey');
-    checkClientKey(clientKey);
-    let found: { policy: PolicyRef; settings: Record<string, unknown> } | undefined;
-    for (const p of await this.store.policiesFor(user)) {
-      const ws = ((p.document as { workspaces?: Record<string, unknown>[] }).workspaces ?? []).find((w) => w.name === workspace);
-      if (ws) { found = { policy: { name: p.name, version: p.version }, settings: ws }; break; }
-    }
+  async grant(user: string, r: GrantRequest, address = ''): Promise<GrantAnswer> {
+    const { workspace, client, clientKey } = r;
+    const found = (await entitledWorkspaces(this.store, user)).get(workspace);
     if (!found) {
-      await this.store.audit({ actor: user, action: 'keys.deny', target: workspace, detail: { client, reason: 'not entitled' } });
-      throw new MedvError('EDENIED', `user ${user} is not entitled to workspace ${workspace}`, { httpStatus: 403 });
+      await this.audit.refused({ actor: user, action: 'keys.deny', target: workspace, address, detail: { client, reason: 'not entitled' } });
+      throw new MedvError('EFORBIDDEN', `user ${user} is not entitled to workspace ${workspace}`);
     }
     const expires = found.settings.expires;
     if (typeof expires === 'string' && new Date().toISOString().slice(0, 10) > expires) {
-      await this.store.audit({ actor: user, action: 'keys.deny', target: workspace, detail: { client, policy: found.policy, reason: 'expired' } });
+      await this.audit.refused({ actor: user, action: 'keys.deny', target: workspace, address, detail: { client, policy: found.policy, reason: 'expired' } });
       throw new MedvError('EEXPIRED', `workspace ${workspace} expired on ${expires}: its policy lets it start until that day; ask your administrator`, { expires });
     }
-    const image = checkImage(found.settings.image);
+    const dropped = await this.store.registerClient(client, user, clientKey.toString('hex'), this.o.maxClientsPerUser);
+    if (dropped.length) await this.audit.record({ actor: user, action: 'client.drop', target: user, address, detail: { clients: dropped.slice(0, 8), reason: `more than ${this.o.maxClientsPerUser} clients` } });
+    const image = checkImageName(found.settings.image, 'image');
     const wrapped = await this.store.getImageKeys(image);
     if (wrapped === undefined) {
-      await this.store.audit({ actor: user, action: 'keys.deny', target: workspace, detail: { client, image, policy: found.policy, reason: 'no keys published' } });
+      await this.audit.refused({ actor: user, action: 'keys.deny', target: workspace, address, detail: { client, image, policy: found.policy, reason: 'no keys published' } });
       throw new MedvError('ENOKEY', `no keys published for image ${image} (medv admin image-keys publish)`);
     }
-    const plain = this.serverKey.unwrap(image, Buffer.from(wrapped, 'base64'));
+    const plain = this.serverKey.unwrap(image, wrapped);
     let set: ImageKeySet;
     try {
       set = parseKeys(image, plain);
@@ -221,37 +191,36 @@ export class KeyService {
       set.repository.dispose();
     }
     const latest = await latestVersion(this.root, image);
-    await this.store.audit({ actor: user, action: 'keys.release', target: workspace, detail: { client, image, policy: found.policy, clientKey: clientKey.toString('hex') } });
+    await this.audit.record({ actor: user, action: 'keys.release', target: workspace, address, detail: { client, image, policy: found.policy, clientKey: clientKey.toString('hex') } });
     return { workspace, image, policy: found.policy, settings: found.settings, latestVersion: latest, sealed: sealed.toString('base64') };
   }
 
-  /** POST /api/reports */
-  async report(user: string, body: Record<string, unknown>): Promise<{ stored: number }> {
-    const client = checkClientId(field(body, 'client', 'client'));
-    const list = field(body, 'reports', 'reports');
-    if (!Array.isArray(list) || list.length < 1 || list.length > MAX_REPORTS) throw arg(`reports must be a list of 1 to ${MAX_REPORTS} reports`);
-    const rows: ReportRow[] = list.map((v, i) => {
-      const w = `reports[${i}]`;
-      const r = obj(v, w);
-      for (const k of Object.keys(r)) if (!['workspace', 'version', 'state', 'lastError', 'at'].includes(k)) throw arg(`${w}.${k.slice(0, 40)} is not a report field`);
-      const workspace = checkName(field(r, 'workspace', `${w}.workspace`), `${w}.workspace`);
-      const version = field(r, 'version', `${w}.version`);
-      if (version !== null && (typeof version !== 'number' || !Number.isInteger(version) || version < 1 || version > MAX_VERSION)) throw arg(`${w}.version must be null or an integer from 1 to ${MAX_VERSION}`);
-      const state = field(r, 'state', `${w}.state`);
-      if (typeof state !== 'string' || !(REPORT_STATES as readonly string[]).includes(state)) throw arg(`${w}.state must be one of ${REPORT_STATES.join(', ')}`);
-      const lastError = r.lastError;
-      if (lastError !== undefined && lastError !== null && (typeof lastError !== 'string' || lastError.length > LIMITS.lastError)) throw arg(`${w}.lastError must be a string of at most ${LIMITS.lastError} characters`);
-      const at = field(r, 'at', `${w}.at`);
-      const ms = typeof at === 'string' && at.length <= 40 && /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/.test(at) ? Date.parse(at) : NaN;
-      if (!Number.isFinite(ms) || ms < 0) throw arg(`${w}.at must be an ISO 8601 time such as 2026-12-02T10:00:00Z`);
-      if (ms > Date.now() + MAX_REPORT_AHEAD_MS) throw arg(`${w}.at is more than a day ahead of the server's clock (check the client's clock)`);
-      return { client, user, workspace, version: version as number | null, state, lastError: (lastError as string | null | undefined) ?? null, reportedAt: ms };
+  /**
+   * POST /api/reports: EFORBIDDEN unless `client` is registered to `user` (by a grant); reports
+   * for workspaces the user is not entitled to are left out and listed in `refused`.
+   */
+  async report(user: string, client: string, reports: ReportInput[], address = ''): Promise<{ stored: number; refused: RefusedReport[] }> {
+    if (!await this.store.isClientOf(client, user)) {
+      await this.audit.refused({ actor: user, action: 'reports.refused', target: client, address, detail: { reason: 'not a client of this user' } });
+      throw new MedvError('EFORBIDDEN', `client ${client} has no grant for user ${user}: reports are taken from a client after it started a workspace`);
+    }
+    const entitled = await entitledWorkspaces(this.store, user);
+    const refused: RefusedReport[] = [];
+    const rows: ReportRow[] = [];
+    reports.forEach((r, index) => {
+      if (!entitled.has(r.workspace)) refused.push({ index, workspace: r.workspace, reason: 'not entitled' });
+      else rows.push({ client, user, workspace: r.workspace, version: r.version, state: r.state, lastError: r.lastError, reportedAt: r.reportedAt });
     });
-    return { stored: await this.store.putReports(rows) };
+    if (refused.length) await this.audit.refused({ actor: user, action: 'reports.refused', target: client, address, detail: { reason: 'not entitled', workspaces: refused.slice(0, 8).map((x) => x.workspace) } });
+    return { stored: await this.store.putReports(rows, Date.now(), this.o.maxReportsPerUser), refused };
   }
 
-  listClients(): ReturnType<Store['listReports']> {
-    return this.store.listReports();
+  /** GET /api/admin/clients: one page in (client, user, workspace) order. */
+  async listClients(limit: number, after?: ReportKey): Promise<ClientsPage> {
+    const rows = await this.store.listReports({ limit: limit + 1, after });
+    const clients = rows.slice(0, limit);
+    const last = clients[clients.length - 1];
+    return { clients, next: rows.length > limit && last ? encodeClientsCursor([last.client, last.user, last.workspace]) : null };
   }
 
   close(): void {

@@ -15,7 +15,7 @@ import { MedvError, fromSystemError } from '../core/errors.js';
 import { fsyncDir } from '../core/fsio.js';
 import { checkImageName } from '../formats/ckm/index.js';
 import { type InspectedFile, inspectRepoFile } from './inspect.js';
-import { isFileOfImage } from './names.js';
+import { isFileOfImage } from '../api/names.js';
 
 export interface PruneOptions {
   name: string;

@@ -16,6 +16,9 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { linkNew } from '../core/fsio.js';
+
+/** The mode of every published pack and index, whatever the umask. */
+export const PUBLISHED_MODE = 0o644;
 import { type InspectedFile, inspectRepoFile } from './inspect.js';
 
 export interface PublishResult {
@@ -71,7 +74,8 @@ export async function publishFile(src: string, file: string, imagesDir: string):
   if (info.kind === 'index') await checkPacksPublished(info, imagesDir);
   const dst = join(imagesDir, file);
   try {
-    await linkNew(src, dst);
+    // published files are readable by all (nginx may serve the folder as another user), writable by none
+    await linkNew(src, dst, { mode: PUBLISHED_MODE });
     return { file, size: info.size, status: 'published' };
   } catch (e) {
     if (e instanceof MedvError && e.code === 'EEXIST') {

@@ -1,7 +1,4 @@
-/**
- * HTTP Range headers (RFC 9110 §14), pure. Used for multi-range requests, which `send` answers
- * with the whole file: we answer them with multipart/byteranges, as nginx does.
- */
+/** HTTP Range headers (RFC 9110 §14), pure: which bytes of a file a request asks for (static.ts). */
 
 export interface ByteRange { start: number; end: number }
 

@@ -2,12 +2,15 @@
 import * as fs from 'node:fs';
 import { join, resolve } from 'node:path';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { ensureDir } from '../core/fsio.js';
 import { ADMIN_TOKEN_FILE, loadAdminToken } from './auth.js';
-import { type RequestLog, type RunningServer, startHttpServer } from './http.js';
+import { type HttpLimits, type RequestLog, type RunningServer, startHttpServer } from './http.js';
+import { TrustedProxies } from './peer.js';
 import { IMAGE_REPOSITORY_DEFAULTS, imageRepository } from './images.js';
 import { Accounts, type AccountsOptions } from './accounts.js';
+import { Audit, type AuditOptions } from './audit.js';
 import { accountsApi } from './api.js';
-import { KeyService } from './keyservice.js';
+import { KeyService, type KeyServiceOptions } from './keyservice.js';
 import { SERVER_KEY_FILE, loadServerKey } from './serverkey.js';
 import { Store } from './store/index.js';
 
@@ -27,8 +30,16 @@ export interface ServeOptions {
   /** HTTPS: certificate chain and private key files (PEM); the key file must be 0600. */
   tlsCert?: string;
   tlsKey?: string;
+  /** Deadlines and connection limits of the HTTP edge (http.ts). */
+  limits?: Partial<HttpLimits>;
+  /** Proxies (CIDRs) whose X-Forwarded-For and X-Forwarded-Proto are believed (peer.ts). */
+  trustProxy?: string[];
   /** Login token lifetime, failed-login limits. */
   accounts?: Partial<AccountsOptions>;
+  /** Audit log retention, row cap, aggregation window. */
+  audit?: Partial<AuditOptions>;
+  /** Clients per user, report rows per user. */
+  keys?: Partial<KeyServiceOptions>;
   onLog?: (entry: RequestLog) => void;
 }
 
@@ -56,12 +67,10 @@ function readPem(file: string, secret: boolean): Buffer {
 
 export async function serveRepository(o: ServeOptions): Promise<Serving> {
   const root = resolve(o.root);
-  try {
-    fs.mkdirSync(root, { recursive: true, mode: 0o755 });
-  } catch (e) {
-    throw fromSystemError(e, root);
-  }
+  // the root holds the database, the admin token and the server key: nobody else may write into it
+  ensureDir(root, { mode: 0o755, forbid: 0o022, parents: true });
   if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new MedvError('EINVAL_ARG', 'give both --tls-cert and --tls-key, or neither');
+  const trustProxy = new TrustedProxies(o.trustProxy ?? []);
   const tls = o.tlsCert !== undefined && o.tlsKey !== undefined ? { cert: readPem(o.tlsCert, false), key: readPem(o.tlsKey, true) } : undefined;
   const token = loadAdminToken(o.adminTokenFile, join(root, ADMIN_TOKEN_FILE));
   const serverKey = loadServerKey(o.serverKeyFile, join(root, SERVER_KEY_FILE));
@@ -80,10 +89,18 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
     await images.close();
     throw e;
   }
-  const api = accountsApi({ accounts: new Accounts(store, o.accounts), token, keys: new KeyService(store, serverKey, root), allowPlainHttp: o.allowPlainHttp });
+  const audit = new Audit(store, o.audit);
+  await audit.prune();
+  const api = accountsApi({
+    accounts: new Accounts(store, audit, o.accounts),
+    audit,
+    token,
+    keys: new KeyService(store, serverKey, root, audit, o.keys),
+    allowPlainHttp: o.allowPlainHttp,
+  });
   let running;
   try {
-    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog, tls });
+    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog, tls, limits: o.limits, trustProxy });
   } catch (e) {
     await images.close();
     await api.close();

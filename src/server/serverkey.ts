@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { createFileAtomicSync, readSecretSync } from '../core/fsio.js';
 import { secureAlloc, secureFree, secureSeal, secureRandom, redactInspect } from '../crypto/secure.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 
 export const SERVER_KEY_FILE = 'server.key';
 export const SERVER_KEY_BYTES = 32;

@@ -39,7 +39,8 @@ import { MULTI_RANGE, SINGLE_RANGE, planRequests } from './plan.js';
 import { fetchIndex, fetchIndexHeader } from './remote-index.js';
 import { LocalFile, type RemoteFile, type TransferStats, isUrl, newStats } from './remote.js';
 import { type DiskSeed, SeedSet, type SeedReport, idKey, localIndexes } from './seeds.js';
-import { type SeedIds, defaultCacheDir, keyTag, seedStamp, writeSeedCache } from './seedcache.js';
+import { type SeedIds, keyTag, seedStamp, writeSeedCache } from './seedcache.js';
+import { seedCacheDir } from '../core/paths.js';
 
 export interface FetchImageOptions {
   /** URL or path of `<NAME>_<N>.ckm.index`; the packs are its siblings. */
@@ -55,6 +56,12 @@ export interface FetchImageOptions {
   /** Where disk seeds' block ids are cached (default $XDG_CACHE_HOME/medv/seeds). */
   cacheDir?: string;
   http?: HttpOptions;
+  /**
+   * What the caller asked for: the signed header must name exactly this image name, version and
+   * image id (32 hex), checked right after its signature and before anything is created, so a
+   * rolled-back or swapped index under the expected URL leaves nothing behind (EBADREPLY).
+   */
+  expect?: { name?: string; version?: number; imageId?: string };
   onProgress?: (done: number, total: number) => void;
   onWarning?: (message: string) => void;
 }
@@ -165,7 +172,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
   const client = new HttpClient(stats, opts.http);
   const open = (name: string): RemoteFile => (isUrl(name) ? client.file(name) : new LocalFile(name, stats));
   const warn = (m: string) => opts.onWarning?.(m);
-  const cacheDir = opts.cacheDir ?? defaultCacheDir();
+  const cacheDir = opts.cacheDir ?? seedCacheDir();
   let keys: ImageKeys | undefined;
   let partial: PartialOutput | undefined;
   let seeds: SeedSet | undefined;
@@ -179,6 +186,10 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     const indexFile = open(opts.source);
     const known = await fetchIndexHeader(indexFile, trusted);
     const h = known.header;
+    const x = opts.expect;
+    if (x && ((x.name !== undefined && h.name !== x.name) || (x.version !== undefined && h.version !== x.version) || (x.imageId !== undefined && h.imageId.toString('hex') !== x.imageId))) {
+      throw new MedvError('EBADREPLY', `${opts.source} is a signed index of ${h.name} version ${h.version} (image ${h.imageId.toString('hex')}), not ${x.name ?? h.name} version ${x.version ?? h.version}${x.imageId ? ` (image ${x.imageId})` : ''}: nothing was fetched`, { file: opts.source });
+    }
     keys = await openImageKeys(opts.keyDir, h.name, opts.kek);
     if (!keys.imageId.equals(h.imageId)) {
       throw new MedvError('EBADKEY', `the content key for ${h.name} in ${opts.keyDir} is for image ${keys.imageId.toString('hex')}, this index is image ${h.imageId.toString('hex')}`, { file: opts.source, offset: 24 });

@@ -7,4 +7,3 @@ export { planRequests, rangeHeader, MULTI_RANGE, SINGLE_RANGE, type Span, type P
 export { fetchIndex, fetchIndexHeader } from './remote-index.js';
 export { SeedSet, hashDisk, localIndexes } from './seeds.js';
 export { PartialOutput, partialDirFor } from './output.js';
-export { defaultCacheDir } from './seedcache.js';

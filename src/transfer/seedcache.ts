@@ -5,7 +5,7 @@
  * repository id key): nothing of the guest data, and nothing a reader without the key can match
  * against known content.
  *
- * One file per seed under $XDG_CACHE_HOME/medv/seeds (else ~/.cache/medv/seeds), named by the
+ * One file per seed under the cache folder (src/core/paths.ts seedCacheDir), named by the
  * seed's identity (device and inode: another file under the same name never takes it); its layout
  * is src/formats/seedids.ts. A file that is not exactly that, or
  * is for another content generation (size, mtime, ctime) or key, is ignored and rebuilt. A stale or
@@ -13,9 +13,8 @@
  */
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { ensurePrivateDir, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { SEED_IDS_ENTRY, SEED_IDS_HEADER, SEED_IDS_MAX_ENTRIES, type SeedIds, type SeedStamp, parseSeedIds, sameStamp, serializeSeedIds } from '../formats/seedids.js';
 
@@ -31,11 +30,6 @@ export function keyTag(idKey: Buffer): Buffer {
   const out = Buffer.alloc(16);
   sodium.crypto_generichash(out, Buffer.from('medv seed cache'), idKey);
   return out;
-}
-
-export function defaultCacheDir(): string {
-  const base = process.env.XDG_CACHE_HOME && process.env.XDG_CACHE_HOME.startsWith('/') ? process.env.XDG_CACHE_HOME : join(homedir(), '.cache');
-  return join(base, 'medv', 'seeds');
 }
 
 /** The cache file of the seed with this identity. */

@@ -20,7 +20,7 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
-import { sodium } from '../crypto/sodium.js';
+import { sodium } from '../core/sodium.js';
 import { MedvError } from '../core/errors.js';
 import { readInto } from '../block/emulate.js';
 import { CKM_BLOCK_SIZE, CKM_ID_BYTES, type RunEntry } from '../formats/ckm/index.js';

@@ -5,6 +5,7 @@
  *   data/Users/<user>/Credentials.dat    the login token, sealed under the host key (src/repo/sealed.ts)
  *   data/Users/<user>/client.key.enc     the client's X25519 secret (key releases are sealed to its
  *                                        public half), wrapped with the host key like a disk key
+ *   (each workspace's released keys: ./grant.ts)
  *
  * `medv login` writes the first two; the key pair is made on first use.
  */
@@ -12,10 +13,12 @@ import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
+import { clientRootPath } from '../core/paths.js';
 import { MedvError } from '../core/errors.js';
-import { DataKey, readKeyFile, writeKeyFileAt, type KekSource } from '../crypto/index.js';
-import { clientHostKey, openClientRoot, clientRootPath, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
+import { DataKey, readKeyFile, writeKeyFileAt, type HostKeySource } from '../crypto/index.js';
+import { clientHostKey, openClientRoot, readSealed, userDir, writeSealed, type ClientRoot } from '../repo/index.js';
 import { clientKeyPairFrom, type ClientKeyPair } from '../api/keyrelease.js';
+import { CLIENT_ID_RE } from '../api/names.js';
 
 export interface ClientConfig {
   /** Server base URL (`https://console.example:8443`). */
@@ -36,7 +39,7 @@ const CLIENT_KEY_FILE = 'client.key.enc';
 const MAX_CONFIG = 16 * 1024;
 
 /** The client's repositories and host key: everything a workspace command starts from. */
-export interface ClientContext { root: ClientRoot; kek: KekSource }
+export interface ClientContext { root: ClientRoot; kek: HostKeySource }
 
 export async function openClient(rootPath?: string): Promise<ClientContext> {
   const root = openClientRoot(clientRootPath(rootPath));
@@ -53,7 +56,7 @@ export function readClientConfig(c: ClientRoot): ClientConfig {
   const text = bytes.toString('utf8');
   let v: Partial<ClientConfig>;
   try { v = JSON.parse(text) as Partial<ClientConfig>; } catch { throw new MedvError('EFORMAT', `${file} is not JSON`, { file }); }
-  if (typeof v !== 'object' || v === null || typeof v.server !== 'string' || typeof v.user !== 'string' || typeof v.client !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(v.client)
+  if (typeof v !== 'object' || v === null || typeof v.server !== 'string' || typeof v.user !== 'string' || typeof v.client !== 'string' || !CLIENT_ID_RE.test(v.client)
     || (v.ca !== undefined && typeof v.ca !== 'string')) {
     throw new MedvError('EFORMAT', `${file} is not a medv client configuration`, { file });
   }
@@ -94,9 +97,4 @@ export async function clientKeyPair(ctx: ClientContext, user: string): Promise<C
   } finally {
     key.dispose();
   }
-}
-
-/** The user's key folder: the released image keys, wrapped with the host key (src/pack's layout). */
-export function userKeyDir(c: ClientRoot, user: string): string {
-  return join(userDir(c, user), 'keys');
 }

@@ -1,17 +1,11 @@
 /**
- * The workspace layer's clock. `MEDV_TEST_CLOCK` (an ISO date-time) replaces the system clock so
- * tests can walk past an offline allowance or an expiry date; it is a test hook, documented as such.
- * It cannot extend an allowance by turning time back: a clock before the last server contact is
- * refused (offline.ts).
+ * The workspace layer's time. There is no test hook: tests move the clock of the medv process
+ * itself (libfaketime, test/helpers/faketime.ts), as a user setting the clock would. What a start
+ * may believe of the clock is offline.ts's advanceClock: never earlier than a time seen before.
  */
-import { MedvError } from '../core/errors.js';
 
 export function now(): Date {
-  const fake = process.env.MEDV_TEST_CLOCK;
-  if (fake === undefined || fake === '') return new Date();
-  const d = new Date(fake);
-  if (Number.isNaN(d.getTime())) throw new MedvError('EINVAL_ARG', `MEDV_TEST_CLOCK is not a date: ${JSON.stringify(fake)}`);
-  return d;
+  return new Date();
 }
 
 /** Whole days from `from` to `to` (rounded down; negative when `to` is earlier). */

@@ -13,24 +13,30 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { humanBytes } from '../core/units.js';
-import { DevLog, ImageStore, ReportQueue, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
+import { DevLog, ImageStore, ReportQueue, clientRootLayout, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
+import { clientRootPath, desktopDir, seedCacheDir, type UserDirs } from '../core/paths.js';
 import { requestGrant, sendReports, type WorkspaceGrant } from '../client/api.js';
-import { openReleasedKeys, writeKeyFolder, type ClientKeyPair } from '../api/keyrelease.js';
+import { type ClientKeyPair } from '../api/keyrelease.js';
 import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
-import { clientKeyPair, openClient, readClientConfig, readCredentials, userKeyDir, type ClientConfig, type ClientContext, type Credentials } from './client.js';
+import { clientKeyPair, configPath, openClient, readClientConfig, readCredentials, type ClientConfig, type ClientContext, type Credentials } from './client.js';
 import { now as clock } from './clock.js';
 import { deployVersion, type DeployResult } from './deploy.js';
-import { checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, saveOfflineEntry, type OfflineEntry } from './offline.js';
-import { checkSettings, memoryFor, type WorkspaceSettings } from './settings.js';
+import { forgetGrant, isRefusal, keepGrant, workspaceKeyDir } from './grant.js';
+import { checkWorkspaceName, instanceName, legacyStore, workspaceStore } from './identity.js';
+import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
+import { memoryFor, type WorkspaceSettings } from './settings.js';
 
 export interface WorkspaceOptions {
   /** Client root (default: $MEDV_CLIENT_ROOT, /var/lib/medv for root, else $XDG_DATA_HOME/medv). */
   clientRoot?: string;
   /** VM run folder root (default the VM host's). */
   runRoot?: string;
+  /** The user's XDG folders (menu entries, profile copy, seed cache), instead of the environment's (src/core/paths.ts). */
+  userDirs?: UserDirs;
+  /** Each step of a start, once (the result itself is the caller's to print). */
   onInfo?: (line: string) => void;
   onWarning?: (line: string) => void;
   onProgress?: (label: string, done: number, total: number) => void;
@@ -51,8 +57,14 @@ export interface StartOptions extends WorkspaceOptions {
 export interface StartResult {
   workspace: string;
   image: string;
+  /** The image's id (its content key id): which image this version folder holds. */
+  imageId: string;
   version: number;
   online: boolean;
+  /** The VM's name under the VM host (scoped to this client root and user). */
+  vmName: string;
+  /** The workspace's image folder (images/<workspace>.<hash>). */
+  folder: string;
   /** Offline days left when started offline. */
   offlineDaysLeft?: number;
   /** A newer version the server has, when the policy left the update to the user. */
@@ -63,21 +75,14 @@ export interface StartResult {
   desktopEntries: string[];
 }
 
-/** The VM name of a workspace (VM names have no `@`). */
-export function vmNameOf(workspace: string): string {
-  return workspace.replaceAll('@', '_');
-}
+/** The server cannot be reached, or fails (5xx after the agent's retries): the start goes on offline. */
+const isNetwork = (e: unknown) => e instanceof MedvError && (e.code === 'ENETWORK' || Number(e.data.status) >= 500);
 
-/**
- * A workspace's image repository: `images/<workspace>/` (VM-name form), not `images/<image>/`: two
- * workspaces of one image each get their own disks, so a persistent one never changes the base a
- * revertible one starts from. The disks keep the workspace's name (`v<N>/<workspace>.evhd`).
- */
-function storeOf(root: ClientContext['root'], e: OfflineEntry): ImageStore {
-  return new ImageStore(root, vmNameOf(e.workspace));
-}
-
-const isNetwork = (e: unknown) => e instanceof MedvError && (e.code === 'ENETWORK' || (e.code === 'EHTTP' && Number(e.data.status) >= 500));
+/** A report batch the server refuses for its content (4xx but the login, a timeout or a rate limit): it will never take it. */
+const isReportRefused = (e: unknown) => {
+  const status = e instanceof MedvError ? Number(e.data.status) : NaN;
+  return status >= 400 && status < 500 && status !== 401 && status !== 408 && status !== 429;
+};
 
 /** The medv command a menu entry runs. */
 function medvCommand(): string {
@@ -94,13 +99,19 @@ async function openSession(o: WorkspaceOptions): Promise<Session> {
   return { ctx, cfg, log, reports: new ReportQueue(ctx.root, cfg.user), creds: await readCredentials(ctx, cfg) };
 }
 
-/** Queue a report and send whatever is queued; offline it stays queued. */
+/**
+ * Queue a report and send whatever is queued; offline it stays queued. A report the server
+ * refuses as invalid is dropped (and logged), so it never blocks the ones after it.
+ */
 async function report(s: Session, r: Omit<QueuedReport, 'at'>, online: boolean): Promise<void> {
   await s.reports.add({ ...r, at: clock().toISOString() });
   const creds = s.creds;
   if (!online || !creds) return;
   try {
-    await s.reports.drain((batch) => sendReports(s.cfg.server, creds.token, s.cfg.client, batch, s.cfg.ca).then(() => undefined));
+    await s.reports.drain((batch) => sendReports(s.cfg.server, creds.token, s.cfg.client, batch, s.cfg.ca).then(() => undefined), {
+      refused: isReportRefused,
+      onDropped: (d, e) => s.log.append('warn', 'status report dropped: the server refuses it', { workspace: d.workspace, state: d.state, at: d.at, error: (e as Error).message }),
+    });
   } catch (e) {
     s.log.append('warn', 'status reports not sent', { error: (e as Error).message });
   }
@@ -108,15 +119,21 @@ async function report(s: Session, r: Omit<QueuedReport, 'at'>, online: boolean):
 
 /**
  * Ask the server, with the client's key pair (the caller disposes it; keepGrant opens the sealed
- * keys with it); undefined when the server cannot be reached.
+ * keys with it); undefined when the server cannot be reached. A refusal (403) ends the cached
+ * grant first (./grant.ts), then is thrown.
  */
-async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair): Promise<WorkspaceGrant | undefined> {
+async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair, warn: (m: string) => void): Promise<WorkspaceGrant | undefined> {
   const creds = s.creds;
   if (!creds) throw new MedvError('ENOLOGIN', `no saved login for ${s.cfg.user} at ${s.cfg.server}: run medv login --server ${s.cfg.server} --user ${s.cfg.user}`);
   try {
     return await requestGrant(s.cfg.server, creds.token, { workspace, client: s.cfg.client, clientKey: pair.publicKey }, s.cfg.ca);
   } catch (e) {
     if (isNetwork(e)) return undefined;
+    if (isRefusal(e)) {
+      const removed = await forgetGrant(s.ctx, s.cfg, workspace);
+      if (removed.length) warn(`${s.cfg.server} refused workspace ${workspace}: its cached grant and released keys were removed (it will not start offline)`);
+      throw e;
+    }
     // 401: the token (missing, expired, revoked); 403: a valid login that is not entitled
     if (e instanceof MedvError && e.code === 'EDENIED' && e.data.status === 401) {
       throw new MedvError('ENOLOGIN', `the server refused the saved login (${e.message}): run medv login --server ${s.cfg.server} --user ${s.cfg.user}`);
@@ -125,25 +142,9 @@ async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair): 
   }
 }
 
-/** Keep what the grant released: the keys (host-key wrapped) and the offline entry. */
-async function keepGrant(s: Session, g: WorkspaceGrant, pair: ClientKeyPair, at: Date): Promise<OfflineEntry> {
-  const settings = checkSettings(g.settings, g.workspace, g.policy.name);
-  if (settings.image !== g.image) throw new MedvError('EBADREPLY', `the server's grant names image ${g.image}, its policy entry ${settings.image}`);
-  const keys = openReleasedKeys(g.sealed, pair);
+function runningState(vmName: string, runRoot?: string): VmState | undefined {
   try {
-    if (keys.image !== g.image) throw new MedvError('EBADREPLY', `the released keys are for image ${keys.image}, not ${g.image}`);
-    await writeKeyFolder(userKeyDir(s.ctx.root, s.cfg.user), keys, s.ctx.kek);
-  } finally {
-    keys.dispose();
-  }
-  const entry: OfflineEntry = { user: s.cfg.user, workspace: g.workspace, image: g.image, policy: g.policy, settings, latestVersion: g.latestVersion, lastOnline: at.toISOString() };
-  await saveOfflineEntry(s.ctx.root, entry);
-  return entry;
-}
-
-function runningState(name: string, runRoot?: string): VmState | undefined {
-  try {
-    const st = vmStatus(vmNameOf(name), { root: runRoot });
+    const st = vmStatus(vmName, { root: runRoot });
     return isTerminal(st.state) ? undefined : st;
   } catch (e) {
     if (e instanceof MedvError && e.code === 'ENOENT') return undefined;
@@ -151,10 +152,10 @@ function runningState(name: string, runRoot?: string): VmState | undefined {
   }
 }
 
-function vmConfigFor(store: ImageStore, settings: WorkspaceSettings, version: number, display: VmConfig['display'], accel?: Accelerator): VmConfig {
+function vmConfigFor(vmName: string, store: ImageStore, settings: WorkspaceSettings, version: number, display: VmConfig['display'], accel?: Accelerator): VmConfig {
   const revertible = settings.mode === 'revertible';
   return {
-    name: vmNameOf(settings.name),
+    name: vmName,
     memoryMiB: memoryFor(settings),
     disks: [{ path: store.diskPath(version), mode: revertible ? 'undo' : 'normal', ...(revertible ? { undoPath: store.undoPath(version) } : {}) }],
     network: settings.network ?? 'nat',
@@ -175,53 +176,75 @@ async function discardUndo(store: ImageStore, version: number, kek: ClientContex
   return true;
 }
 
+/** The store of a cached grant; ECORRUPT when a version folder in it holds another image than it says. */
+function storeOf(s: Session, e: OfflineEntry): ImageStore {
+  const store = workspaceStore(s.ctx.root, s.cfg.user, e.workspace, { image: e.image, imageId: e.imageId });
+  const foreign = store.foreign();
+  if (foreign.length) {
+    const f = foreign[0];
+    const holds = f.holds ? `image ${f.holds.image} (id ${f.holds.imageId}) version ${f.holds.version}` : 'a disk that does not record its image';
+    throw new MedvError('ECORRUPT', `${f.dir} holds ${holds}, not ${e.image} (id ${e.imageId}) version ${f.version}: medv neither starts nor replaces it; move that folder away`, { file: f.dir });
+  }
+  return store;
+}
+
 export async function startWorkspace(name: string, o: StartOptions = {}): Promise<StartResult> {
+  checkWorkspaceName(name);
   const s = await openSession(o);
   const info = (m: string) => { s.log.append('info', m, { workspace: name }); o.onInfo?.(m); };
   const warn = (m: string) => { s.log.append('warn', m, { workspace: name }); o.onWarning?.(m); };
+  const vmName = instanceName(s.ctx.root, s.cfg.user, name);
   let version: number | undefined;
   let online = false;
   try {
-    const at = clock();
-    if (runningState(name, o.runRoot)) throw new MedvError('EBUSY', `workspace ${name} is already running (medv workspace status ${name})`);
+    const local = clock();
+    if (runningState(vmName, o.runRoot)) throw new MedvError('EBUSY', `workspace ${name} is already running (medv workspace status ${name})`);
     let entry: OfflineEntry | undefined;
+    let grant: WorkspaceGrant | undefined;
     const pair = await clientKeyPair(s.ctx, s.cfg.user);
     try {
-      const grant = await grantOnline(s, name, pair);
+      grant = await grantOnline(s, name, pair, warn);
+      if (grant && grant.workspace !== name) throw new MedvError('EBADREPLY', `asked for workspace ${name}, the server granted ${grant.workspace}`);
       if (grant) {
         online = true;
-        entry = await keepGrant(s, grant, pair, at);
+        entry = await keepGrant(s.ctx, s.cfg, grant, pair, local);
         info(`${s.cfg.server} granted workspace ${name} (policy ${entry.policy.name} v${entry.policy.version}, image ${entry.image}, newest version ${entry.latestVersion ?? 'none'})`);
       }
     } finally {
       pair.dispose();
     }
-    entry ??= await offlineEntry(s.ctx.root, s.cfg.user, name);
-    if (!entry) throw new MedvError('EOFFLINE', `cannot reach ${s.cfg.server}, and workspace ${name} has never been started online on this client`);
+    // the time the rules use: never earlier than any time this client has seen (offline.ts)
+    const at = await advanceClock(s.ctx.root, local, grant?.serverTime);
+    entry ??= await offlineEntry(s.ctx.root, s.cfg.server, s.cfg.user, name);
+    if (!entry) throw new MedvError('EOFFLINE', `cannot reach ${s.cfg.server}, and workspace ${name} has no grant cached on this client (never started online, or refused since)`);
     const settings = entry.settings;
     checkExpiry(settings, at);
     let offlineDaysLeft: number | undefined;
     if (!online) {
-      offlineDaysLeft = checkOfflineAllowance(entry, at);
+      offlineDaysLeft = checkOfflineAllowance(entry, at, local);
       warn(`cannot reach ${s.cfg.server}: starting workspace ${name} offline (${offlineDaysLeft} day${offlineDaysLeft === 1 ? '' : 's'} of offline use left)`);
     }
-    try { userProfile(s.ctx.root); } catch (e) { warn(`user profile not copied: ${(e as Error).message}`); }
-    const store = storeOf(s.ctx.root, entry);
+    try { userProfile(s.ctx.root, o.userDirs); } catch (e) { warn(`user profile not copied: ${(e as Error).message}`); }
+    const store = storeOf(s, entry);
     for (const line of store.upgrade()) info(`upgraded ${entry.image}: ${line}`);
-    const local = store.newest();
+    const have = store.newest();
     const latest = entry.latestVersion ?? undefined;
     let deployed: DeployResult | undefined;
     let updateAvailable: number | undefined;
-    const newer = online && latest !== undefined && (local === undefined || latest > local);
-    const asked = newer && local !== undefined && o.update === undefined && settings.suggestUpdate !== false && o.confirmUpdate
-      ? await o.confirmUpdate(local, latest!) : false;
-    if (newer && (local === undefined || o.update === true || asked || (o.update === undefined && settings.suggestUpdate === false))) {
-      info(`deploying ${entry.image} version ${latest}${local !== undefined ? ` (over version ${local})` : ''}`);
+    // versions of this image id only (the store counts no other): a swapped image is a new deployment
+    const newer = online && latest !== undefined && (have === undefined || latest > have);
+    const asked = newer && have !== undefined && o.update === undefined && settings.suggestUpdate !== false && o.confirmUpdate
+      ? await o.confirmUpdate(have, latest!) : false;
+    if (newer && (have === undefined || o.update === true || asked || (o.update === undefined && settings.suggestUpdate === false))) {
+      info(`deploying ${entry.image} version ${latest}${have !== undefined ? ` (over version ${have})` : ''}`);
       await report(s, { workspace: name, version: latest!, state: 'updating' }, true);
+      const legacy = legacyStore(s.ctx.root, name);
+      if (legacy) warn(`${legacy.dir} holds disks of workspace ${name} from an earlier medv that do not record their image or user: they serve only as download seeds and are never started; remove that folder when you no longer need it`);
       deployed = await deployVersion({
-        root: s.ctx.root, store, settings, version: latest!,
+        root: s.ctx.root, store, settings, version: latest!, imageId: entry.imageId,
         source: `${s.cfg.server}/images/${entry.image}_${latest}.ckm.index`,
-        keyDir: userKeyDir(s.ctx.root, s.cfg.user), kek: s.ctx.kek, ca: s.cfg.ca,
+        keyDir: workspaceKeyDir(s.ctx.root, s.cfg.user, name), kek: s.ctx.kek, ca: s.cfg.ca, cacheDir: seedCacheDir(o.userDirs),
+        extraSeeds: legacy ? legacy.versions().map((n) => legacy.diskPath(n)) : [],
         onProgress: (d, t) => o.onProgress?.('fetch', d, t),
         onWarning: warn,
       });
@@ -229,24 +252,29 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
       if (deployed.removed.length) info(`removed old version${deployed.removed.length > 1 ? 's' : ''} ${deployed.removed.join(', ')} (the policy keeps ${settings.versionsToKeep ?? 1})`);
     } else if (newer) {
       updateAvailable = latest;
-      info(`version ${latest} of ${entry.image} is available (this client runs ${local}): ${o.update === false ? 'not updating (--no-update)' : `start with --update to switch to it`}`);
+      info(`version ${latest} of ${entry.image} is available (this client runs ${have}): ${o.update === false ? 'not updating (--no-update)' : `start with --update to switch to it`}`);
     }
     version = store.newest();
     if (version === undefined) throw new MedvError(online ? 'ENOENT' : 'EOFFLINE', online ? `no version of image ${entry.image} is published on ${s.cfg.server}` : `image ${entry.image} is not on this client and ${s.cfg.server} cannot be reached`);
     store.checkEngine();
     const resumed = fs.existsSync(store.savedStatePath(version));
     if (settings.mode === 'revertible' && !resumed && await discardUndo(store, version, s.ctx.kek)) info(`discarded the changes of the last run (revertible workspace)`);
-    const vm = await startVm(vmConfigFor(store, settings, version, o.display ?? 'none', o.accel), { kek: s.ctx.kek, root: o.runRoot });
-    info(`workspace ${name} ${resumed ? 'resumed' : 'started'}: ${entry.image} version ${version}, ${settings.mode ?? 'persistent'}, ${vm.memoryMiB} MiB, ${vm.accel ?? 'accelerator unknown'}`);
+    const vm = await startVm(vmConfigFor(vmName, store, settings, version, o.display ?? 'none', o.accel), { kek: s.ctx.kek, root: o.runRoot });
+    s.log.append('info', `workspace ${name} ${resumed ? 'resumed' : 'started'}: ${entry.image} version ${version}, ${settings.mode ?? 'persistent'}, ${vm.memoryMiB} MiB, ${vm.accel ?? 'accelerator unknown'}`, { workspace: name, vm: vmName });
     let desktopEntries: string[] = [];
+    const instance = { id: vmName, workspace: name, clientRoot: s.ctx.root.root };
     try {
-      if (settings.applications?.length) desktopEntries = writeDesktopEntries(name, settings.applications, { medv: medvCommand() });
-      else removeDesktopEntries(name);
+      const dir = desktopDir(o.userDirs);
+      if (settings.applications?.length) desktopEntries = writeDesktopEntries(instance, settings.applications, { medv: medvCommand(), dir });
+      else removeDesktopEntries(instance, { dir });
     } catch (e) {
       warn(`menu entries not written: ${(e as Error).message}`);
     }
     await report(s, { workspace: name, version, state: 'running' }, online);
-    return { workspace: name, image: entry.image, version, online, ...(offlineDaysLeft !== undefined ? { offlineDaysLeft } : {}), ...(updateAvailable ? { updateAvailable } : {}), ...(deployed ? { deployed } : {}), resumed, vm, desktopEntries };
+    return {
+      workspace: name, image: entry.image, imageId: entry.imageId, version, online, vmName, folder: store.dir,
+      ...(offlineDaysLeft !== undefined ? { offlineDaysLeft } : {}), ...(updateAvailable ? { updateAvailable } : {}), ...(deployed ? { deployed } : {}), resumed, vm, desktopEntries,
+    };
   } catch (e) {
     s.log.append('error', `workspace ${name} did not start: ${(e as Error).message}`, { workspace: name, code: (e as MedvError).code });
     await report(s, { workspace: name, version: version ?? null, state: 'failed', lastError: (e as Error).message.slice(0, 1000) }, online).catch(() => undefined);
@@ -256,32 +284,43 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
   }
 }
 
-export interface StopResult { workspace: string; state: VmState['state']; suspended: boolean; discarded: boolean; version?: number }
+export interface StopResult { workspace: string; vmName: string; state: VmState['state']; suspended: boolean; discarded: boolean; version?: number }
 
-/** Stop (or suspend, as the policy says) a running workspace; a revertible one loses its changes. */
+/**
+ * Stop (or suspend, as the policy says) a running workspace; a revertible one loses its changes.
+ * A running VM of the workspace is stopped even when its grant is no longer cached.
+ */
 export async function stopWorkspace(name: string, o: WorkspaceOptions & { force?: boolean; timeoutS?: number } = {}): Promise<StopResult> {
+  checkWorkspaceName(name);
   const s = await openSession(o);
   try {
-    const entry = await offlineEntry(s.ctx.root, s.cfg.user, name);
-    if (!entry) throw new MedvError('ENOENT', `no workspace ${name} on this client (medv workspace list)`);
-    const store = storeOf(s.ctx.root, entry);
-    const running = runningState(name, o.runRoot);
-    const version = running ? versionOfVm(store, running) : store.newest();
+    const vmName = instanceName(s.ctx.root, s.cfg.user, name);
+    const entry = await offlineEntry(s.ctx.root, s.cfg.server, s.cfg.user, name);
+    const running = runningState(vmName, o.runRoot);
+    if (!entry && !running) throw new MedvError('ENOENT', `no workspace ${name} on this client (medv workspace list)`);
+    let store: ImageStore | undefined;
+    try {
+      store = entry ? storeOf(s, entry) : undefined;
+    } catch (e) {
+      // a folder holding another image: never written into, but the VM is still stopped
+      if (!(e instanceof MedvError && e.code === 'ECORRUPT') || !running) throw e;
+    }
+    const version = store ? (running ? versionOfVm(store, running) : store.newest()) : undefined;
     let state: VmState['state'] = 'stopped';
     let suspended = false;
     if (running) {
-      if (entry.settings.onStop === 'suspend' && !o.force) {
-        state = (await suspendVm(vmNameOf(name), { root: o.runRoot })).state;
+      if (entry?.settings.onStop === 'suspend' && !o.force) {
+        state = (await suspendVm(vmName, { root: o.runRoot })).state;
         suspended = true;
       } else {
-        state = (await stopVm(vmNameOf(name), { root: o.runRoot, force: o.force, timeoutS: o.timeoutS })).state;
+        state = (await stopVm(vmName, { root: o.runRoot, force: o.force, timeoutS: o.timeoutS })).state;
       }
     }
     let discarded = false;
-    if (entry.settings.mode === 'revertible' && !suspended && version !== undefined) discarded = await discardUndo(store, version, s.ctx.kek);
+    if (store && entry?.settings.mode === 'revertible' && !suspended && version !== undefined) discarded = await discardUndo(store, version, s.ctx.kek);
     s.log.append('info', `workspace ${name} ${suspended ? 'suspended' : running ? 'stopped' : 'was not running'}${discarded ? '; its changes were discarded' : ''}`, { workspace: name });
     await report(s, { workspace: name, version: version ?? null, state: suspended ? 'suspended' : 'stopped' }, true).catch(() => undefined);
-    return { workspace: name, state, suspended, discarded, ...(version !== undefined ? { version } : {}) };
+    return { workspace: name, vmName, state, suspended, discarded, ...(version !== undefined ? { version } : {}) };
   } finally {
     s.log.close();
   }
@@ -295,10 +334,13 @@ function versionOfVm(store: ImageStore, vm: VmState): number | undefined {
 export interface WorkspaceStatus {
   workspace: string;
   image: string;
+  imageId: string;
   policy: { name: string; version: number };
   mode: 'persistent' | 'revertible';
   onStop: 'shutdown' | 'suspend';
   state: VmState['state'] | 'not started';
+  vmName: string;
+  folder: string;
   runningVersion?: number;
   versions: number[];
   latestKnownVersion: number | null;
@@ -309,15 +351,17 @@ export interface WorkspaceStatus {
   vm?: VmState;
 }
 
-function statusOf(store: ImageStore, e: OfflineEntry, runRoot?: string): WorkspaceStatus {
+function statusOf(ctx: ClientContext, cfg: ClientConfig, e: OfflineEntry, runRoot?: string): WorkspaceStatus {
+  const store = workspaceStore(ctx.root, cfg.user, e.workspace, { image: e.image, imageId: e.imageId });
+  const vmName = instanceName(ctx.root, cfg.user, e.workspace);
   let vm: VmState | undefined;
-  try { vm = vmStatus(vmNameOf(e.workspace), { root: runRoot }); } catch { vm = undefined; }
+  try { vm = vmStatus(vmName, { root: runRoot }); } catch { vm = undefined; }
   const versions = store.versions();
   const running = vm && !isTerminal(vm.state) ? versionOfVm(store, vm) : undefined;
   return {
-    workspace: e.workspace, image: e.image, policy: e.policy,
+    workspace: e.workspace, image: e.image, imageId: e.imageId, policy: e.policy,
     mode: e.settings.mode ?? 'persistent', onStop: e.settings.onStop ?? 'shutdown',
-    state: vm?.state ?? 'not started', ...(running !== undefined ? { runningVersion: running } : {}),
+    state: vm?.state ?? 'not started', vmName, folder: store.dir, ...(running !== undefined ? { runningVersion: running } : {}),
     versions, latestKnownVersion: e.latestVersion,
     suspended: versions.some((n) => fs.existsSync(store.savedStatePath(n))),
     lastOnline: e.lastOnline, offlineDays: e.settings.offlineDays ?? 0,
@@ -327,17 +371,23 @@ function statusOf(store: ImageStore, e: OfflineEntry, runRoot?: string): Workspa
 }
 
 export async function workspaceStatus(name: string, o: WorkspaceOptions = {}): Promise<WorkspaceStatus> {
+  checkWorkspaceName(name);
   const ctx = await openClient(o.clientRoot);
   const cfg = readClientConfig(ctx.root);
-  const e = await offlineEntry(ctx.root, cfg.user, name);
+  const e = await offlineEntry(ctx.root, cfg.server, cfg.user, name);
   if (!e) throw new MedvError('ENOENT', `no workspace ${name} on this client (medv workspace list; a workspace appears after its first start)`);
-  return statusOf(storeOf(ctx.root, e), e, o.runRoot);
+  return statusOf(ctx, cfg, e, o.runRoot);
 }
 
+/**
+ * The workspaces this client has a cached grant for (local state only: no server is asked). A
+ * client root that does not exist or never logged in has none: [] (nothing is created).
+ */
 export async function listWorkspaces(o: WorkspaceOptions = {}): Promise<WorkspaceStatus[]> {
+  const layout = clientRootLayout(clientRootPath(o.clientRoot));
+  if (!fs.existsSync(configPath(layout))) return [];
   const ctx = await openClient(o.clientRoot);
   const cfg = readClientConfig(ctx.root);
-  return (await offlineEntries(ctx.root, cfg.user)).map((e) => statusOf(storeOf(ctx.root, e), e, o.runRoot))
+  return (await offlineEntries(ctx.root, cfg.server, cfg.user)).map((e) => statusOf(ctx, cfg, e, o.runRoot))
     .sort((a, b) => a.workspace.localeCompare(b.workspace));
 }
-

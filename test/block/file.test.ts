@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { native } from '../../src/native.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -49,45 +49,43 @@ describe('block: FileDevice discard and write-zeroes (fallocate in the addon)', 
   });
 });
 
-describe('block: FileDevice readIntoDecrypted', () => {
-  it('decrypts like xtsCrypt, before and after the file grows and shrinks; a file truncated behind its back reads EIO, typed', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'medv-file-xts-'));
+describe('block: FileDevice fileRange', () => {
+  it('names the bytes read() gives, at the same offsets, with a mapping when asked (addon); none past the end, after a shrink the mapping is renewed, none after close', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'medv-file-range-'));
     try {
-      const key = randomBytes(64);
-      const plain = randomBytes(4 << 20);
-      const cipher = Buffer.alloc(plain.length);
-      native.xtsCrypt(key, plain, cipher, 0, 4096, true);
+      const data = randomBytes(2 << 20);
       const path = join(dir, 'disk.img');
-      writeFileSync(path, cipher.subarray(0, 2 << 20));
+      writeFileSync(path, data);
       const dev = await FileDevice.open(path);
-      const check = async (unit: number, units: number) => {
-        const buf = Buffer.alloc(units * 4096);
-        await dev.readIntoDecrypted(buf, unit * 4096, key, unit, 4096);
-        assert.ok(buf.equals(plain.subarray(unit * 4096, (unit + units) * 4096)), `units ${unit}..${unit + units}`);
+      const bytesAt = (fd: number, position: number, length: number) => {
+        const b = Buffer.alloc(length);
+        assert.equal(readSync(fd, b, 0, length, position), length);
+        return b;
       };
       try {
-        await check(0, 64);
-        await check(200, 56);
-        // Grown past the size it had when first read (a mapping, where there is one, stops there).
-        await dev.write(2 << 20, cipher.subarray(2 << 20));
-        await check(500, 24);
-        await check(480, 64);
-        // Shrunk through the device, then grown again.
-        await dev.resize(1 << 20);
-        await assert.rejects(dev.readIntoDecrypted(Buffer.alloc(4096), 1 << 20, key, 256, 4096), { code: 'ERANGE' });
-        await dev.write(1 << 20, cipher.subarray(1 << 20));
-        await check(250, 16);
-        await check(700, 64);
-        // Another process truncates the file under us. Through the mapping (the addon) the lost
-        // pages are a typed EIO, not a SIGBUS that kills the process; pread reads zeros there.
-        if (native.available) {
-          truncateSync(path, 1 << 20);
-          await assert.rejects(dev.readIntoDecrypted(Buffer.alloc(4096 * 16), 3 << 20, key, 768, 4096), { code: 'EIO' });
+        for (const [offset, length] of [[0, 4096], [12345, 70000], [(2 << 20) - 100, 100]]) {
+          const r = dev.fileRange(offset, length);
+          assert.ok(r, `[${offset}, +${length})`);
+          assert.equal(r.position, offset);
+          assert.equal(r.map, undefined, 'no mapping unless asked');
+          assert.ok(bytesAt(r.fd, r.position, length).equals(await dev.read(offset, length)));
         }
-        await check(16, 16);
+        assert.equal(dev.fileRange(2 << 20, 1), undefined, 'past the end');
+        assert.equal(dev.fileRange((2 << 20) - 100, 101), undefined, 'across the end');
+        assert.equal(dev.fileRange(-4096, 4096), undefined, 'a negative offset');
+        assert.equal(dev.fileRange(0, 0), undefined, 'nothing');
+        const mapped = dev.fileRange(4096, 65536, { mapped: true });
+        assert.equal(mapped?.map !== undefined, native.available, 'a mapping with the addon, none in the fallback');
+        await dev.write(2 << 20, randomBytes(4096));
+        assert.ok(dev.fileRange(2 << 20, 4096, { mapped: true }), 'grown: the new bytes are a range');
+        assert.equal(dev.fileRange(2 << 20, 4096, { mapped: true })?.map, undefined, 'past the mapping made before the growth');
+        await dev.resize(1 << 20);
+        assert.equal(dev.fileRange(1 << 20, 4096), undefined, 'shrunk');
+        assert.equal(dev.fileRange(0, 4096, { mapped: true })?.map !== undefined, native.available, 'mapped again at the new size');
       } finally {
         await dev.close();
       }
+      assert.equal(dev.fileRange(0, 4096), undefined, 'closed');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -60,7 +60,7 @@ describe('cli: medv admin and medv login', function () {
     writeFileSync(wrong, 'not-the-admin-token-at-all\n', { mode: 0o600 });
     const denied = medv(['admin', 'user', 'list', '--server', srv.url, '--token-file', wrong]);
     assert.equal(denied.code, 4);
-    assert.match(denied.stderr, /the admin token is required .*\[EDENIED\]\n$/);
+    assert.match(denied.stderr, /the admin token, or the login of an administrator, is required .*\[EDENIED\]\n$/);
     const none = medv(['admin', 'user', 'list', '--server', srv.url]);
     assert.equal(none.code, 4);
     assert.match(none.stderr, /no admin token/);
@@ -141,7 +141,8 @@ describe('cli: medv admin and medv login', function () {
     const pw = password();
     assert.equal(medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--server', srv.url, '--token-file', tokenFile]).code, 0);
     const outFile = join(dir.path, 'tty.json');
-    const cmd = [process.execPath, MEDV_BIN, 'login', '--server', srv.url, '--user', user, '--client-root', join(dir.path, 'client'), '--token-out', outFile].map((a) => `'${a}'`).join(' ');
+    // the same account as the other tests' medv (its XDG_CONFIG_HOME holds the host key's wrap key)
+    const cmd = ['env', `XDG_CONFIG_HOME=${join(dir.path, 'config')}`, process.execPath, MEDV_BIN, 'login', '--server', srv.url, '--user', user, '--client-root', join(dir.path, 'client'), '--token-out', outFile].map((a) => `'${a}'`).join(' ');
     const child = spawn('script', ['-q', '-e', '-c', cmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
     let seen = '';
     const prompted = new Promise<void>((res) => child.stdout.on('data', (d) => { seen += d; if (seen.includes('Password for')) res(); }));
@@ -209,6 +210,13 @@ describe('cli: medv admin and medv login', function () {
     assert.equal(medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--server', srv.url, '--token-file', tokenFile]).code, 0);
     const token = (await api(srv.url, 'POST', '/api/login', { body: { user, password: pw } })).body.token;
     const client = unique('laptop');
+    // the client reports only once the user is entitled and was granted keys on it
+    const policy = join(dir.path, `${unique('p')}.json`);
+    writeFileSync(policy, JSON.stringify({ name: unique('p'), users: [user], workspaces: [{ name: 'desk', image: 'noimg' }, { name: 'lab', image: 'noimg' }] }));
+    assert.equal(medv(['admin', 'policy', 'publish', policy, '--server', srv.url, '--token-file', tokenFile]).code, 0);
+    const pair = generateClientKeyPair();
+    await assert.rejects(requestGrant(srv.url, token, { workspace: 'desk', client, clientKey: pair.publicKey }), /no keys published/);
+    pair.dispose();
     const at = new Date(Date.now() - 5 * 60_000).toISOString();
     assert.equal(await sendReports(srv.url, token, client, [
       { workspace: 'desk', version: 2, state: 'failed', lastError: 'QEMU exited:\nno KVM', at },
@@ -229,7 +237,70 @@ describe('cli: medv admin and medv login', function () {
     ]);
   });
 
+  it('admin user disable, enable, passwd, revoke and delete: JSON, one-line errors, exit statuses; --admin makes an administrator', async () => {
+    const base = ['--server', srv.url, '--token-file', tokenFile];
+    const user = unique('gus');
+    const pw = password();
+    assert.equal(medv(['admin', 'user', 'add', user, '--password-file', pwFile(pw), '--group', 'ops', ...base]).code, 0);
+    const boss = unique('boss');
+    const bossPw = password();
+    const made = medv(['admin', 'user', 'add', boss, '--admin', '--password-file', pwFile(bossPw), ...base]);
+    assert.equal(made.code, 0, made.stderr);
+    assert.equal(made.stdout, `administrator ${boss} created\n`);
+    const listed = JSON.parse(medv(['admin', 'user', 'list', ...base, '--json']).stdout).users as { user: string; role: string }[];
+    assert.equal(listed.find((u) => u.user === boss)!.role, 'admin');
+    assert.equal(listed.find((u) => u.user === user)!.role, 'user');
+    const token = (await api(srv.url, 'POST', '/api/login', { body: { user, password: pw } })).body.token;
+
+    const dis = medv(['admin', 'user', 'disable', user, ...base, '--json']);
+    assert.equal(dis.code, 0, dis.stderr);
+    assert.equal(JSON.parse(dis.stdout).disabled, true);
+    assert.equal((await api(srv.url, 'GET', '/api/whoami', { token })).status, 401, 'its token stops working at once');
+    const en = medv(['admin', 'user', 'enable', user, ...base]);
+    assert.equal(en.stdout, `user ${user} enabled\n`);
+    const rv = medv(['admin', 'user', 'revoke', user, ...base]);
+    assert.equal(rv.code, 0, rv.stderr);
+    assert.equal(rv.stdout, `1 token of ${user} revoked\n`);
+    const pw2 = password();
+    const pwd = medv(['admin', 'user', 'passwd', user, '--password-file', pwFile(pw2), ...base, '--json']);
+    assert.equal(pwd.code, 0, pwd.stderr);
+    assert.deepEqual(JSON.parse(pwd.stdout), { user, tokensRevoked: 0 });
+    assert.ok(!pwd.stdout.includes(pw2) && !pwd.stderr.includes(pw2));
+    assert.equal((await api(srv.url, 'POST', '/api/login', { body: { user, password: pw } })).status, 401, 'the old password no longer works');
+    assert.equal((await api(srv.url, 'POST', '/api/login', { body: { user, password: pw2 } })).status, 200);
+    const del = medv(['admin', 'user', 'delete', user, ...base]);
+    assert.equal(del.code, 0, del.stderr);
+    assert.equal(del.stdout, `user ${user} deleted (1 group membership, 2 tokens, 0 clients, 0 reports)\n`);
+
+    for (const verb of ['disable', 'enable', 'revoke', 'delete']) {
+      const r = medv(['admin', 'user', verb, user, ...base]);
+      assert.equal(r.code, 3, `${verb}: ${r.stderr}`);
+      assert.equal(r.stderr, `medv: no user ${user} [ENOENT]\n`);
+    }
+    const bad = medv(['admin', 'user', 'disable', 'no/such', ...base]);
+    assert.equal(bad.code, 2);
+    // an administrator's own login (a token file written by medv login --token-out) works as the admin token does
+    const bossLogin = join(dir.path, 'boss-token.json');
+    assert.equal(medv(['login', '--server', srv.url, '--user', boss, '--password-file', pwFile(bossPw), '--client-root', join(dir.path, 'boss-client'), '--token-out', bossLogin]).code, 0);
+    const bossToken = JSON.parse(readFileSync(bossLogin, 'utf8')).token as string;
+    const asBoss = medv(['admin', 'user', 'list', '--server', srv.url, '--json'], { MEDV_ADMIN_TOKEN: bossToken });
+    assert.equal(asBoss.code, 0, asBoss.stderr);
+    const userPw = password();
+    const plainUser = unique('pl');
+    assert.equal(medv(['admin', 'user', 'add', plainUser, '--password-file', pwFile(userPw), ...base]).code, 0);
+    const userToken = (await api(srv.url, 'POST', '/api/login', { body: { user: plainUser, password: userPw } })).body.token;
+    const refused = medv(['admin', 'user', 'list', '--server', srv.url], { MEDV_ADMIN_TOKEN: userToken });
+    assert.equal(refused.code, 4);
+    assert.equal(refused.stderr, `medv: user ${plainUser} is not an administrator [EFORBIDDEN]\n`);
+  });
+
   it('--help teaches with examples', () => {
+    for (const args of [['admin', 'user', 'delete'], ['admin', 'user', 'disable'], ['admin', 'user', 'passwd'], ['admin', 'user', 'revoke'], ['admin', 'audit']]) {
+      const r = medv([...args, '--help']);
+      assert.equal(r.code, 0);
+      assert.match(r.stdout, /Exit status: /);
+    }
+    assert.match(medv(['admin', 'user', 'delete', '--help']).stdout, /group memberships.*tokens.*clients.*reports/s);
     for (const args of [['admin', 'policy', 'publish'], ['login'], ['admin', 'image-keys', 'publish'], ['admin', 'clients']]) {
       const r = medv([...args, '--help']);
       assert.equal(r.code, 0);

@@ -85,6 +85,30 @@ describe('cli: medv disk', function () {
     assert.equal(sha256File(existing), h);
   });
 
+  it('a Virtual PC undo disk (.vud) is a VHD by its name: no guess, no warning', () => {
+    const base = join(dir.path, 'base.vhd');
+    assert.equal(runMedv(['disk', 'create', base, '--size', '16M']).code, 0);
+    const vud = join(dir.path, 'base.vud');
+    assert.equal(runMedv(['disk', 'undo', 'create', vud, '--parent', base]).code, 0);
+    const r = runMedv(['disk', 'info', vud, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, '', 'the format was not guessed');
+    const info = JSON.parse(r.stdout);
+    assert.equal(info.format, 'vhd');
+    assert.equal(info.type, 'differencing');
+  });
+
+  it('a FIFO is refused at once, whatever its name says (never an open that waits for a writer)', () => {
+    const fifo = join(dir.path, 'pipe.img');
+    run('mkfifo', [fifo]);
+    for (const args of [['disk', 'info', fifo], ['disk', 'check', fifo], ['disk', 'convert', fifo, join(dir.path, 'out.vhd')]]) {
+      const r = runMedv(args, {}, { timeoutMs: 60_000 });
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.code} ${r.stderr}`);
+      assertOneLineError(r, /not a regular file or block device/);
+    }
+    assert.equal(existsSync(join(dir.path, 'out.vhd')), false);
+  });
+
   it('--help teaches the commands', () => {
     const r = runMedv(['disk', '--help']);
     assert.equal(r.code, 0);

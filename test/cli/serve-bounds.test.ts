@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import * as P from '../../src/nbd/protocol.js';
+import * as P from '../helpers/nbd-codec.js';
 import { RawClient } from '../nbd/rawclient.js';
 import { startMedv, tempDir } from '../helpers/cli.js';
 

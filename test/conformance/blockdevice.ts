@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readSync } from 'node:fs';
 import type { BlockDevice } from '../../src/block/device.js';
 import { MedvError } from '../../src/core/errors.js';
 import { readInto } from '../../src/block/emulate.js';
@@ -33,6 +34,17 @@ export function prng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** `count` writes of random data, 1 to `maxLength` bytes each, at random places; `model` follows. */
+async function writeScattered(dev: BlockDevice, model: Buffer, rnd: () => number, count: number, maxLength: number): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    const len = 1 + Math.floor(rnd() * maxLength);
+    const off = Math.floor(rnd() * (dev.size - len));
+    const data = randomBytes(len);
+    await dev.write(off, data);
+    data.copy(model, off);
+  }
 }
 
 export function describeConformance(name: string, factory: SubjectFactory, opts: { size?: number } = {}): void {
@@ -95,13 +107,7 @@ export function describeConformance(name: string, factory: SubjectFactory, opts:
       if (!dev.readIntoNow) this.skip();
       const rnd = prng(0x5eed);
       // Written data in some places, untouched (initial) contents elsewhere; whatever the device has at hand.
-      for (let i = 0; i < 24; i++) {
-        const len = 1 + Math.floor(rnd() * 20000);
-        const off = Math.floor(rnd() * (dev.size - len));
-        const data = randomBytes(len);
-        await dev.write(off, data);
-        data.copy(model, off);
-      }
+      await writeScattered(dev, model, rnd, 24, 20000);
       await dev.flush();
       await dev.read(0, dev.size); // a device that caches gets the chance to
       const sizes = [1, 512, 4096, 8192, 12288, 65536 - 512, 4095];
@@ -121,6 +127,29 @@ export function describeConformance(name: string, factory: SubjectFactory, opts:
       await dev.close();
       assert.equal(dev.readIntoNow!(Buffer.alloc(4096), 0), false, 'after close');
       this.test!.title += ` (${hits} of 400 answered now)`;
+    });
+
+    it('fileRange, where offered, names file bytes equal to what read gives; never past the end, never after close', async function () {
+      const dev = subject.device;
+      if (!dev.fileRange) this.skip();
+      const rnd = prng(0xf11e);
+      await writeScattered(dev, model, rnd, 16, 100000);
+      let given = 0;
+      for (let i = 0; i < 64; i++) {
+        const len = 1 + Math.floor(rnd() * 300000);
+        const off = Math.floor(rnd() * (dev.size - len));
+        const r = dev.fileRange!(off, len, { mapped: i % 2 === 0 });
+        if (!r) continue;
+        given++;
+        const b = Buffer.alloc(len);
+        assert.equal(readSync(r.fd, b, 0, len, r.position), len);
+        assert.ok(b.equals(model.subarray(off, off + len)), `fileRange [${off}, +${len})`);
+      }
+      assert.equal(dev.fileRange!(dev.size - 2048, 4096), undefined, 'past the end');
+      assert.equal(dev.fileRange!(-4096, 4096), undefined, 'a negative offset');
+      await dev.close();
+      assert.equal(dev.fileRange!(0, 4096), undefined, 'after close');
+      this.test!.title += ` (${given} of 64 given)`;
     });
 
     it('never modifies the caller buffer', async () => {

@@ -65,7 +65,7 @@ describe('e2e: the Linux test guest (vm/linux) under QEMU', function () {
   /**
    * Boots until ready, checks the lines every boot prints, presses the power button and expects QEMU
    * to exit 0 by itself. Under KVM on a nested virtual machine SYSLINUX can stop the guest in
-   * `internal-error` (FACTS.md): that must be detected as such (QemuError, isInternalError), and
+   * `internal-error` (docs/machines.md): that must be detected as such (QemuError, isInternalError), and
    * the same boot then runs under TCG, as medv's own launcher does.
    */
   async function bootAndPowerOff(what: string, opts: LinuxBootOptions): Promise<BootResult> {

@@ -9,7 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runMedv } from '../helpers/cli.js';
 import { LINUX_GUEST } from '../helpers/linux-guest.js';
-import { readKeyFile } from '../../src/crypto/index.js';
+import { loadHostKey, readKeyFile } from '../../src/crypto/index.js';
+import { secureFree } from '../../src/crypto/secure.js';
+import { defaultWrapKeyFile } from '../../src/repo/hostkey.js';
 import { filesUnder, scanTrees } from '../../src/demo/scan.js';
 
 describe('e2e: medv demo (workspaces)', function () {
@@ -31,8 +33,11 @@ describe('e2e: medv demo (workspaces)', function () {
 
     // our own scan: the marker, the image keys (unwrapped with the console's key file) and the client disks' data keys
     const consoleKek = { kind: 'hostkey' as const, keyFile: join(work, 'console', 'console.key') };
-    const clientKek = { kind: 'hostkey' as const, keyFile: join(work, 'client', 'data', 'Local', 'host.key') };
-    const needles: Record<string, Buffer> = { marker: LINUX_GUEST.marker };
+    // the client's host key is kept wrapped under the user's wrap key, outside the work folder
+    const clientKek = { kind: 'hostkey' as const, keyFile: join(work, 'client', 'data', 'Local', 'host.key'), wrapKeyFile: defaultWrapKeyFile() };
+    const hostKey = await loadHostKey(clientKek);
+    const needles: Record<string, Buffer> = { marker: LINUX_GUEST.marker, 'client host key': Buffer.from(hostKey) };
+    secureFree(hostKey);
     for (const [name, file, kek] of [
       ['content key', join(work, 'console', 'keys', 'images', 'demo-linux.key.enc'), consoleKek],
       ['repository key', join(work, 'console', 'keys', 'repository.key.enc'), consoleKek],

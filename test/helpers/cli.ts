@@ -12,11 +12,12 @@ export const TEST_PASSPHRASE = 'correct horse battery staple';
 
 export interface RunResult { code: number | null; stdout: string; stderr: string }
 
-export function runMedv(args: string[], env: Record<string, string | undefined> = {}): RunResult {
+/** Run `bin/medv`; a command still running after `timeoutMs` (default 120 s) is killed and has code null. */
+export function runMedv(args: string[], env: Record<string, string | undefined> = {}, opts: { timeoutMs?: number } = {}): RunResult {
   const r = spawnSync(process.execPath, [MEDV_BIN, ...args], {
     encoding: 'utf8',
     env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env },
-    timeout: 120_000,
+    timeout: opts.timeoutMs ?? 120_000,
   });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
@@ -93,5 +94,13 @@ export function waitForFileText(file: string, re: RegExp, timeoutMs: number): Pr
       reject(new Error(`${file} did not match ${re} within ${timeoutMs} ms:\n${existsSync(file) ? readFileSync(file, 'latin1') : '(missing)'}`));
     }, timeoutMs);
     check();
+  });
+}
+
+/** Resolves when a process that is not our child has exited (tail --pid exits with it). */
+export function waitForPidExit(pid: number): Promise<void> {
+  return new Promise((resolve) => {
+    const t = spawn('tail', [`--pid=${pid}`, '-s', '0.1', '-f', '/dev/null'], { stdio: 'ignore' });
+    t.once('exit', () => resolve());
   });
 }

@@ -3,7 +3,7 @@
  * It lets a test know exactly which writes and flushes the server acknowledged.
  */
 import { connect, type Socket } from 'node:net';
-import * as P from '../../src/nbd/protocol.js';
+import * as P from './nbd-codec.js';
 
 export const NBD_CMD = { READ: P.NBD_CMD_READ, WRITE: P.NBD_CMD_WRITE, DISC: P.NBD_CMD_DISC, FLUSH: P.NBD_CMD_FLUSH, TRIM: P.NBD_CMD_TRIM, WRITE_ZEROES: P.NBD_CMD_WRITE_ZEROES } as const;
 export const NBD_CMD_FLAG_FUA = P.NBD_CMD_FLAG_FUA;

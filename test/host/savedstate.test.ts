@@ -101,9 +101,9 @@ describe('host: the VHD saved-state flag (real CLI, real QEMU)', function () {
       ok(['disk', 'check', disk]);
       const before = sha256File(disk);
       // Without its saved state, nothing may write the disk.
-      const vsv = join(dir.path, 's.vsv');
+      const vsv = `${disk}.vsv`;
       renameSync(vsv, `${vsv}.away`);
-      refused(['vm', 'start', disk, '--name', 's'], /no saved state .*s\.vsv/);
+      refused(['vm', 'start', disk, '--name', 's'], /no saved state .*s\.[a-z]+\.vsv/);
       refused(['disk', 'serve', disk, '--socket', join(dir.path, 'nbd.sock')], /suspended VM/);
       refused(['disk', 'convert', disk, join(dir.path, `copy.${ext}`)], /suspended VM/);
       assert.equal(existsSync(join(dir.path, `copy.${ext}`)), false);
@@ -125,7 +125,7 @@ describe('host: the VHD saved-state flag (real CLI, real QEMU)', function () {
     ok(['disk', 'convert', freshGuestImage(dir.path), disk]);
     flagLikeVirtualPc(disk);
     const before = sha256File(disk);
-    refused(['vm', 'start', disk, '--name', 'xp', '--memory', '32'], /no saved state .*xp\.vsv.*vm discard-state/);
+    refused(['vm', 'start', disk, '--name', 'xp', '--memory', '32'], /no saved state .*xp\.vhd\.vsv.*vm discard-state/);
     const failed = JSON.parse(ok(['vm', 'status', 'xp', '--json']).stdout);
     assert.equal(failed.state, 'failed');
     // QEMU had been started before the disk was opened: it is gone, and it never ran the guest.
@@ -158,9 +158,9 @@ describe('host: the VHD saved-state flag (real CLI, real QEMU)', function () {
     ok(['vm', 'start', disk, '--name', 'd', '--memory', '32']);
     await waitForFileText(serialOf('d'), GUEST.serial.ready, 60_000);
     ok(['vm', 'suspend', 'd']);
-    const vsv = join(dir.path, 'd.vsv');
+    const vsv = join(dir.path, 'd.vhd.vsv');
     const out = ok(['vm', 'discard-state', disk]).stdout;
-    assert.match(out, /removed .*d\.vsv\n/);
+    assert.match(out, /removed .*d\.vhd\.vsv\n/);
     assert.match(out, /cleared the saved-state flag of .*d\.vhd/);
     assert.equal(existsSync(vsv), false);
     assert.equal(existsSync(`${vsv}.enc`), false);

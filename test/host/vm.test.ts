@@ -9,18 +9,11 @@ import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { GUEST, INTERNAL_ERROR_GUEST, fileContainsMarker, freshGuestImage } from '../helpers/qemu.js';
 import { kvmStatus } from '../../src/hypervisor/qemu.js';
-import { runMedv, sha256File, tempDir, waitForFileText } from '../helpers/cli.js';
+import { runMedv, sha256File, tempDir, waitForFileText, waitForPidExit } from '../helpers/cli.js';
+import { writeVmc } from '../helpers/vmc.js';
 import { encodePng, nonBackgroundPixels, readPng, readPpm, readXwd } from '../helpers/image.js';
 import { startXvfb } from '../helpers/xvfb.js';
 
-
-/** Resolves when a process that is not our child has exited (tail --pid exits with it). */
-function waitForPidExit(pid: number): Promise<void> {
-  return new Promise((resolve) => {
-    const t = spawn('tail', [`--pid=${pid}`, '-s', '0.1', '-f', '/dev/null'], { stdio: 'ignore' });
-    t.once('exit', () => resolve());
-  });
-}
 
 /** Descriptors process `pid` holds on `file`, with their open flags (from /proc/<pid>/fdinfo). */
 function openDescriptors(pid: number, file: string): Array<{ fd: number; flags: number }> {
@@ -173,7 +166,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     await waitForFileText(serialOf('s'), GUEST.serial.ready, 60_000);
     const suspended = json(['suspend', 's']);
     assert.equal(suspended.state, 'suspended');
-    const vsv = join(dir.path, 's.vsv');
+    const vsv = join(dir.path, 's.evhd.vsv');
     assert.ok(existsSync(vsv) && existsSync(`${vsv}.enc`), 'the .vsv and its key file exist');
     assert.equal(await fileContainsMarker(vsv), false, 'no 32-byte run of the guest marker in the saved state');
     await assertNoMarkerAnywhere();
@@ -208,7 +201,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     json(['start', disk, '--name', 'tv', '--memory', '32']);
     await waitForFileText(serialOf('tv'), GUEST.serial.ready, 60_000);
     json(['suspend', 'tv']);
-    const vsv = join(dir.path, 't.vsv');
+    const vsv = join(dir.path, 't.evhd.vsv');
     const good = readFileSync(vsv);
     const bad = Buffer.from(good);
     bad[Math.floor(bad.length / 2)] ^= 0x01;
@@ -300,6 +293,24 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     }
   });
 
+  it('started without a passphrase or host key: one line warns that suspend will need one (not for a test run)', () => {
+    const img = freshGuestImage(dir.path);
+    const r = runMedv(['vm', 'start', img, '--name', 'nokey', '--memory', '32'], { ...env, MEDV_PASSPHRASE: undefined });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /^medv: warning: no passphrase or host key: `medv vm suspend nokey` will be refused/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    const refused = vm(['suspend', 'nokey']);
+    assert.equal(refused.code, 4, refused.stderr);
+    json(['stop', 'nokey']);
+    const withKey = vm(['start', img, '--name', 'nokey', '--memory', '32']);
+    assert.equal(withKey.stderr, '');
+    json(['stop', 'nokey']);
+    const test = runMedv(['vm', 'start', img, '--name', 'nokey', '--memory', '32', '--read-only'], { ...env, MEDV_PASSPHRASE: undefined });
+    assert.equal(test.code, 0, test.stderr);
+    assert.equal(test.stderr, '', 'a test run cannot be suspended anyway');
+    json(['stop', 'nokey']);
+  });
+
   it('--display window without $DISPLAY is one clear line', () => {
     const img = freshGuestImage(dir.path);
     const r = runMedv(['vm', 'start', img, '--name', 'nw', '--display', 'window'], { ...env, DISPLAY: undefined });
@@ -307,42 +318,13 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     assert.match(r.stderr, /DISPLAY/);
   });
 
-  /** A Virtual PC 2007-style .vmc (UTF-16LE with BOM, CRLF) naming `disk` by a Windows relative path. */
-  function writeVmc(path: string, diskName: string, extra = ''): void {
-    const xml = [
-      '<?xml version="1.0" encoding="UTF-16"?>',
-      '<preferences>',
-      '    <version type="string">2.0</version>',
-      '    <hardware>',
-      '        <memory><ram_size type="integer">32</ram_size></memory>',
-      '        <pci_bus>',
-      '            <ide_adapter>',
-      '                <ide_controller id="0">',
-      '                    <location id="0">',
-      '                        <drive_type type="integer">1</drive_type>',
-      '                        <pathname>',
-      `                            <absolute type="string">Z:\\VMs\\${diskName}</absolute>`,
-      `                            <relative type="string">.\\${diskName}</relative>`,
-      '                        </pathname>',
-      '                    </location>',
-      '                </ide_controller>',
-      '            </ide_adapter>',
-      '        </pci_bus>',
-      '    </hardware>',
-      extra,
-      '</preferences>',
-      '',
-    ].join('\r\n');
-    writeFileSync(path, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(xml, 'utf16le')]));
-  }
-
   for (const kind of ['evhd', 'vhd'] as const) {
     it(`a UTF-16LE .vmc with Windows relative paths starts the guest from a ${kind}; ACPI stop; the counter persists`, async () => {
       const img = freshGuestImage(dir.path);
       const disk = join(dir.path, `xp.${kind}`);
       assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
       const vmc = join(dir.path, 'xp.vmc');
-      writeVmc(vmc, `xp.${kind}`);
+      writeVmc(vmc, { drives: [{ path: `xp.${kind}` }] });
       const s = json(['start', vmc]);
       assert.equal(s.name, 'xp');
       assert.equal(s.memoryMiB, 32);
@@ -363,7 +345,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     assert.equal(r1.code, 5, r1.stderr);
     assert.equal(r1.stderr.trim().split('\n').length, 1);
     const outside = join(dir.path, 'out.vmc');
-    writeVmc(outside, '..\\..\\etc\\passwd');
+    writeVmc(outside, { drives: [{ path: '..\\..\\etc\\passwd' }] });
     const r2 = vm(['start', outside]);
     assert.notEqual(r2.code, 0);
     assert.match(r2.stderr, /^medv: .*(leaves the folder|no such file)/);
@@ -376,7 +358,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
     assert.equal(runMedv(['disk', 'convert', img, disk], env).code, 0);
     const before = sha256File(disk);
     const vmc = join(dir.path, 'u.vmc');
-    writeVmc(vmc, 'u.vhd', '    <settings><undo_drives><enabled type="boolean">true</enabled></undo_drives></settings>');
+    writeVmc(vmc, { drives: [{ path: 'u.vhd' }], extra: '    <settings><undo_drives><enabled type="boolean">true</enabled></undo_drives></settings>' });
     const s = json(['start', vmc]);
     assert.equal(s.disks[0].undoPolicy, 'keep');
     await waitForFileText(serialOf('u'), GUEST.serial.ready, 60_000);

@@ -30,9 +30,9 @@ describe('hypervisor/qemu: qemuArgv', () => {
     assert.deepEqual(values(argv, '-M'), ['pc']);
     for (const flag of ['-nodefaults', '-no-user-config', '-no-reboot']) assert.ok(argv.includes(flag), flag);
     assert.deepEqual(values(argv, '-display'), ['none']);
-    assert.deepEqual(values(argv, '-chardev'), ['stdio,id=com1,signal=off']);
+    assert.deepEqual(values(argv, '-chardev'), ['stdio,id=com1,signal=off', 'socket,id=qmp,path=/run/x/qmp.sock,server=on,wait=off']);
     assert.deepEqual(values(argv, '-serial'), ['chardev:com1']);
-    assert.deepEqual(values(argv, '-qmp'), ['unix:/run/x/qmp.sock,server=on,wait=off']);
+    assert.deepEqual(values(argv, '-mon'), ['chardev=qmp,mode=control']);
     assert.deepEqual(values(argv, '-blockdev'), []);
   });
 
@@ -53,6 +53,22 @@ describe('hypervisor/qemu: qemuArgv', () => {
       file: { driver: 'nbd', server: { type: 'unix', path: '/tmp/a,b.sock' }, 'read-only': false },
     });
     assert.deepEqual(values(argv, '-device'), ['ide-hd,drive=disk0,bus=ide.0,unit=0,bootindex=1']);
+  });
+
+  it('socket paths never change the command line: NBD sockets as JSON strings, commas doubled in option syntax', () => {
+    const odd = '/run/a+b%41#c,server=off/x';
+    const argv = qemuArgv({ ...base, qmpSocket: `${odd}/qmp.sock`, drives: [{ source: { nbd: { socket: `${odd}/disk0.sock` } } }], display: { kind: 'vnc', socket: `${odd}/vnc.sock` } });
+    assert.deepEqual(JSON.parse(values(argv, '-blockdev')[0]).file, { driver: 'nbd', server: { type: 'unix', path: `${odd}/disk0.sock` }, 'read-only': false });
+    assert.ok(values(argv, '-chardev').includes('socket,id=qmp,path=/run/a+b%41#c,,server=off/x/qmp.sock,server=on,wait=off'));
+    assert.deepEqual(values(argv, '-vnc'), ['unix:/run/a+b%41#c,,server=off/x/vnc.sock']);
+    // A URI keeps '+' as '+' (percent-decoding only).
+    assert.deepEqual((blockdevOptions({ source: 'nbd+unix:///?socket=/a+b%23c.sock' }, 'n').file as { server: unknown }).server, { type: 'unix', path: '/a+b#c.sock' });
+  });
+
+  it('network stream: the frames on QEMU\'s fd 4 (passt behind it), never QEMU\'s user network', () => {
+    const argv = qemuArgv({ ...base, network: { kind: 'stream', model: 'virtio', mac: '00:03:ff:1a:2b:3c' } });
+    assert.deepEqual(values(argv, '-netdev'), ['stream,id=net0,server=off,addr.type=fd,addr.str=4']);
+    assert.deepEqual(values(argv, '-device'), ['virtio-net-pci,netdev=net0,mac=00:03:ff:1a:2b:3c']);
   });
 
   it('NBD export names and TCP servers', () => {

@@ -110,7 +110,7 @@ describe('interop: medv-made VHDs in libvhdi (vhdiinfo, pyvhdi)', function () {
     await createDifferencingVhd(ts, { size: minfo.virtualSize, uniqueId: minfo.uniqueId, relativePath: 'mid.vhd', absolutePath: mid, blockSize: 512 * 1024 });
     await ts.close();
 
-    // libvhdi 20210425 misreads a bitmap byte with a 1->0 transition inside it (FACTS.md), so the
+    // libvhdi 20210425 misreads a bitmap byte with a 1->0 transition inside it (docs/machines.md), so the
     // writes below are whole-byte runs: 8-sector-aligned offsets, lengths multiples of 4 KiB.
     const m = await openVhdFile(mid);
     for (let i = 0; i < 20; i++) {

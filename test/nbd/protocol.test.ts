@@ -3,7 +3,7 @@ import type { Extent } from '../../src/block/device.js';
 import { ByteQueue } from '../../src/nbd/bytequeue.js';
 import { toDescriptors } from '../../src/nbd/extents.js';
 import { nbdErrno } from '../../src/nbd/errno.js';
-import * as P from '../../src/nbd/protocol.js';
+import * as P from '../helpers/nbd-codec.js';
 import { MedvError } from '../../src/core/errors.js';
 
 const isProto = (e: unknown) => e instanceof MedvError && e.code === 'EPROTO';

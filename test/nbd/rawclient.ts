@@ -3,7 +3,7 @@
  * and reads replies in order of arrival, so tests can send malformed input and check every field.
  */
 import { connect, type Socket } from 'node:net';
-import * as P from '../../src/nbd/protocol.js';
+import * as P from '../helpers/nbd-codec.js';
 
 export class RawClient {
   private buf = Buffer.alloc(0);

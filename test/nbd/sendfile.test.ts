@@ -1,8 +1,9 @@
 /**
- * READ replies a FileDevice gives from the page cache, queued in order with the other replies:
- * large ones it sends itself (sendReadReply: sendfile), whole, cut short by a full socket (a piece
- * through Node, then the rest), or from a buffer when the pages are not cached; small ones it reads
- * at once (readIntoNow) into the connection's output slab, one reply after another.
+ * READ replies of a FileDevice's export from the page cache, queued in order with the other replies:
+ * large ones sent from its file range (BlockDevice.fileRange, src/nbd/sendfile.ts: sendfile), whole,
+ * cut short by a full socket (a piece through Node, then the rest), or from a buffer when the pages
+ * are not cached; small ones read at once (readIntoNow) into the connection's output slab, one reply
+ * after another.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -12,12 +13,16 @@ import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/block/file.js';
+import { FilterDevice } from '../../src/block/filter.js';
 import { native } from '../../src/native.js';
+import { rangeCached } from '../../src/nbd/sendfile.js';
 import { serveNbd, type NbdServer } from '../../src/nbd/server.js';
-import * as P from '../../src/nbd/protocol.js';
+import * as P from '../helpers/nbd-codec.js';
 import { RawClient } from './rawclient.js';
 
 const SIZE = 8 << 20;
+/** The addon's sendfile, wrapped by the tests below to count and to cut replies short. */
+const realSendFileReply = native.sendFileReply;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Req { type: number; offset: number; length: number; data?: Buffer }
@@ -29,7 +34,7 @@ describe('nbd server: READ replies sent from the page cache (FileDevice)', funct
   let dev: FileDevice;
   let server: NbdServer | undefined;
   let clients: RawClient[] = [];
-  /** What sendReadReply did: whole replies, short ones, declined. */
+  /** What sendfile did: whole replies, short ones, declined. */
   let calls: { whole: number; short: number; declined: number };
   /** What readIntoNow did. */
   let now: { hits: number; declined: number };
@@ -40,9 +45,8 @@ describe('nbd server: READ replies sent from the page cache (FileDevice)', funct
     writeFileSync(join(dir, 'disk.raw'), data); // just written: in the page cache
     dev = await FileDevice.open(join(dir, 'disk.raw'));
     calls = { whole: 0, short: 0, declined: 0 };
-    const real = dev.sendReadReply.bind(dev);
-    dev.sendReadReply = (fd, header, offset, length) => {
-      const n = real(fd, header, offset, length);
+    native.sendFileReply = (sockfd, header, fd, position, length) => {
+      const n = realSendFileReply(sockfd, header, fd, position, length);
       if (n < 0) calls.declined++;
       else if (n < header.length + length) calls.short++;
       else calls.whole++;
@@ -59,6 +63,7 @@ describe('nbd server: READ replies sent from the page cache (FileDevice)', funct
     server = await serveNbd(dev, { socketPath: join(dir, 'nbd.sock') });
   });
   afterEach(async () => {
+    native.sendFileReply = realSendFileReply;
     for (const c of clients) c.destroy();
     clients = [];
     if (server) await server.close();
@@ -68,7 +73,7 @@ describe('nbd server: READ replies sent from the page cache (FileDevice)', funct
   });
 
   /** Whether this machine takes the fast path at all (addon, and a kernel with cachestat). */
-  const fast = () => native.available && dev.readCached(0, 1 << 20);
+  const fast = () => native.available && rangeCached(dev, 0, 1 << 20);
 
   async function open(structured: boolean): Promise<RawClient> {
     const c = await RawClient.open(join(dir, 'nbd.sock'));
@@ -214,15 +219,45 @@ describe('nbd server: READ replies sent from the page cache (FileDevice)', funct
       reqs.push({ type: P.NBD_CMD_WRITE, offset, length: w.length, data: w });
     }
     await run(c, true, reqs, 0, expected);
-    // Every other reply declined by the device (as if its pages had left the cache).
-    const real = dev.sendReadReply;
+    // Every other reply declined by sendfile (as if its pages had left the cache).
+    const counting = native.sendFileReply;
     let n = 0;
-    dev.sendReadReply = (fd, header, offset, length) => (n++ % 2 ? -1 : real(fd, header, offset, length));
+    native.sendFileReply = (sockfd, header, fd, position, length) => (n++ % 2 ? -1 : counting(sockfd, header, fd, position, length));
     const reads: Req[] = [];
     for (let i = 0; i < 16; i++) reads.push({ type: P.NBD_CMD_READ, offset: i * (256 << 10), length: 256 << 10 });
     await run(c, true, reads, 100, expected);
     if (fast()) assert.ok(n > 0);
     assert.equal(server!.heldBytes(), 0);
+  });
+
+  it('a filter over the file that leaves reads alone is sent from the page cache too; one that changes reads never is', async function () {
+    if (!fast()) this.skip();
+    class Inverting extends FilterDevice {
+      override async read(offset: number, length: number): Promise<Buffer> {
+        const b = await this.next.read(offset, length);
+        for (let i = 0; i < b.length; i++) b[i] ^= 0xff;
+        return b;
+      }
+    }
+    const inverted = Buffer.from(data.map((x) => x ^ 0xff));
+    const reads: Req[] = [];
+    for (let i = 0; i < 8; i++) reads.push({ type: P.NBD_CMD_READ, offset: i * (512 << 10), length: 256 << 10 });
+    for (const [name, filter, expected, sendfile] of [['pass-through', new FilterDevice(dev), data, true], ['inverting', new Inverting(dev), inverted, false]] as const) {
+      const sock = join(dir, `${name}.sock`);
+      const filtered = await serveNbd(filter, { socketPath: sock });
+      try {
+        const c = await RawClient.open(sock);
+        clients.push(c);
+        await c.hello();
+        await c.go('', [P.NBD_INFO_BLOCK_SIZE], false);
+        const before = calls.whole + calls.short;
+        await run(c, false, reads, 0, expected);
+        if (sendfile) assert.ok(calls.whole + calls.short > before, `${name}: nothing was sent from the page cache`);
+        else assert.equal(calls.whole + calls.short + calls.declined, before, `${name}: the filter was bypassed`);
+      } finally {
+        await filtered.close();
+      }
+    }
   });
 
   it('keeps the device and the replies consistent under pipelined random READ, WRITE, WRITE_ZEROES and FLUSH (seeded)', async () => {
@@ -273,13 +308,13 @@ describe('nbd server: READ replies sent from the page cache (FileDevice)', funct
   it('a READ cut short whose rest then fails to read ends the connection; others are still served', async function () {
     if (!fast()) this.skip();
     const c = await open(true);
-    const real = dev.sendReadReply;
+    const counting = native.sendFileReply;
     // Cut every reply short after its header and 1 KiB, and fail the read of the rest.
-    dev.sendReadReply = (fd, header, offset, length) => real(fd, header, offset, Math.min(length, 1024));
+    native.sendFileReply = (sockfd, header, fd, position, length) => counting(sockfd, header, fd, position, Math.min(length, 1024));
     dev.readInto = async () => { throw new Error('boom'); };
     c.request(P.NBD_CMD_READ, 1n, 0, 128 << 10);
     assert.ok(await c.waitClosed(5000), 'the connection was not closed');
-    dev.sendReadReply = real;
+    native.sendFileReply = counting;
     delete (dev as { readInto?: unknown }).readInto;
     const other = await open(true);
     await run(other, true, [{ type: P.NBD_CMD_READ, offset: 0, length: 128 << 10 }], 0, data);

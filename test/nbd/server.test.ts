@@ -10,7 +10,7 @@ import { FilterDevice } from '../../src/block/filter.js';
 import { MemoryDevice } from '../../src/block/memory.js';
 import { MedvError } from '../../src/core/errors.js';
 import { serveNbd, type NbdServer, type NbdServerOptions } from '../../src/nbd/server.js';
-import * as P from '../../src/nbd/protocol.js';
+import * as P from '../helpers/nbd-codec.js';
 import { RawClient } from './rawclient.js';
 
 const SIZE = 4 << 20;

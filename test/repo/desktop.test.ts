@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { desktopDir, quoteExecArg, removeDesktopEntries, writeDesktopEntries } from '../../src/repo/index.js';
+import { quoteExecArg, removeDesktopEntries, writeDesktopEntries } from '../../src/repo/index.js';
 import { MedvError } from '../../src/core/errors.js';
 
 const code = (c: string) => (e: unknown) => e instanceof MedvError && e.code === c;
@@ -40,21 +40,9 @@ describe('repo: desktop entries', () => {
   beforeEach(() => { dir = fs.mkdtempSync(join(tmpdir(), 'medv-repo-desktop-')); });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  it('desktopDir follows XDG_DATA_HOME', () => {
-    const saved = process.env.XDG_DATA_HOME;
-    try {
-      process.env.XDG_DATA_HOME = '/x/data';
-      assert.equal(desktopDir(), '/x/data/applications');
-      delete process.env.XDG_DATA_HOME;
-      assert.match(desktopDir(), /\.local\/share\/applications$/);
-    } finally {
-      if (saved === undefined) delete process.env.XDG_DATA_HOME; else process.env.XDG_DATA_HOME = saved;
-    }
-  });
-
   it('writes one entry per app, quoted per the spec, names sanitized', () => {
     const medv = '/opt/my tools/medv "beta"$HOME\\x%u';
-    const paths = writeDesktopEntries('Win7', [
+    const paths = writeDesktopEntries({ id: 'Win7', workspace: 'Win7', clientRoot: '/var/lib/my medv' }, [
       { name: 'Word "2010" for Ops', command: 'C:\\Program Files\\winword.exe', icon: 'winword' },
       { name: 'Evil\nExec=rm -rf ~', command: 'x' },
       { name: 'Word "2010" for Ops', command: 'dup' },
@@ -66,9 +54,10 @@ describe('repo: desktop entries', () => {
     assert.equal(text.split('\n')[0], '[Desktop Entry]');
     assert.equal(valueOf(text, 'Name'), 'Word "2010" for Ops');
     assert.equal(valueOf(text, 'Icon'), 'winword');
+    assert.equal(valueOf(text, 'X-Medv-Instance'), 'Win7');
     assert.equal(valueOf(text, 'X-Medv-Workspace'), 'Win7');
     assert.equal(unescapeValue(valueOf(text, 'X-Medv-Command')!), 'C:\\Program Files\\winword.exe');
-    assert.deepEqual(execArgs(unescapeValue(valueOf(text, 'Exec')!)), [medv, 'workspace', 'start', 'Win7']);
+    assert.deepEqual(execArgs(unescapeValue(valueOf(text, 'Exec')!)), [medv, 'workspace', 'start', '--client-root', '/var/lib/my medv', 'Win7']);
     // a newline in a name cannot add a key
     const evil = fs.readFileSync(paths[1], 'utf8');
     assert.equal(evil.split('\n').filter((l) => l.startsWith('Exec=')).length, 1);
@@ -78,24 +67,26 @@ describe('repo: desktop entries', () => {
     assert.equal(quoteExecArg('50%'), '50%%');
   });
 
-  it('rewriting drops stale entries of that workspace only; removal touches only ours', () => {
-    writeDesktopEntries('ws', [{ name: 'A', command: 'a' }, { name: 'B', command: 'b' }], { medv: 'medv', dir });
-    writeDesktopEntries('ws-b', [{ name: 'A', command: 'a' }], { medv: 'medv', dir });
+  it('rewriting drops stale entries of that instance only; removal touches only ours', () => {
+    const ws = { id: 'ws', workspace: 'desk', clientRoot: '/r1' };
+    writeDesktopEntries(ws, [{ name: 'A', command: 'a' }, { name: 'B', command: 'b' }], { medv: 'medv', dir });
+    writeDesktopEntries({ id: 'ws-b', workspace: 'desk', clientRoot: '/r2' }, [{ name: 'A', command: 'a' }], { medv: 'medv', dir });
     // someone else's files, one looking like ours
     fs.writeFileSync(join(dir, 'medv-ws-c.desktop'), '[Desktop Entry]\nName=not ours\n');
-    fs.writeFileSync(join(dir, 'firefox.desktop'), '[Desktop Entry]\nX-Medv-Workspace=ws\n');
+    fs.writeFileSync(join(dir, 'firefox.desktop'), '[Desktop Entry]\nX-Medv-Instance=ws\n');
     const target = join(dir, 'target.desktop');
-    fs.writeFileSync(target, '[Desktop Entry]\nX-Medv-Workspace=ws\n');
+    fs.writeFileSync(target, '[Desktop Entry]\nX-Medv-Instance=ws\n');
     fs.symlinkSync(target, join(dir, 'medv-ws-link.desktop'));
-    writeDesktopEntries('ws', [{ name: 'A', command: 'a' }], { medv: 'medv', dir });
+    writeDesktopEntries(ws, [{ name: 'A', command: 'a' }], { medv: 'medv', dir });
     assert.deepEqual(fs.readdirSync(dir).sort(), [
       'firefox.desktop', 'medv-ws-a.desktop', 'medv-ws-b-a.desktop', 'medv-ws-c.desktop', 'medv-ws-link.desktop', 'target.desktop',
     ]);
-    assert.deepEqual(removeDesktopEntries('ws', { dir }), [join(dir, 'medv-ws-a.desktop')]);
+    assert.deepEqual(removeDesktopEntries(ws, { dir }), [join(dir, 'medv-ws-a.desktop')]);
     assert.deepEqual(fs.readdirSync(dir).sort(), ['firefox.desktop', 'medv-ws-b-a.desktop', 'medv-ws-c.desktop', 'medv-ws-link.desktop', 'target.desktop']);
     // a file under one of our names that is not ours is never replaced
-    assert.throws(() => writeDesktopEntries('ws', [{ name: 'C', command: 'c' }], { medv: 'medv', dir }), code('EEXIST'));
+    assert.throws(() => writeDesktopEntries(ws, [{ name: 'C', command: 'c' }], { medv: 'medv', dir }), code('EEXIST'));
     assert.equal(fs.readFileSync(join(dir, 'medv-ws-c.desktop'), 'utf8'), '[Desktop Entry]\nName=not ours\n');
-    assert.throws(() => writeDesktopEntries('../x', [], { medv: 'medv', dir }), code('EINVAL_ARG'));
+    assert.throws(() => writeDesktopEntries({ ...ws, id: '../x' }, [], { medv: 'medv', dir }), code('EINVAL_ARG'));
+    assert.throws(() => writeDesktopEntries({ ...ws, clientRoot: 'relative' }, [], { medv: 'medv', dir }), code('EINVAL_ARG'));
   });
 });

@@ -53,6 +53,26 @@ describe('repo: image store', () => {
     assert.equal(s.newest(), 10);
   });
 
+  it('with an identity, a version counts only when its Image.json names that image, image id and version; foreign() names the rest', () => {
+    const id = { image: 'img', imageId: 'a'.repeat(32) };
+    const s = new ImageStore(c, 'img', { folder: 'desk.0123456789abcdef', identity: id });
+    assert.equal(s.dir, join(c.images, 'desk.0123456789abcdef'));
+    assert.equal(s.diskPath(1), join(s.dir, 'v1', 'img.evhd'));
+    for (const n of [1, 2, 3, 4]) plantVersion(s, n);
+    s.writeIdentity(1);
+    s.writeIdentity(2);
+    fs.writeFileSync(join(s.dir, 'v2', 'Image.json'), JSON.stringify({ v: 1, image: 'img', imageId: 'b'.repeat(32), version: 2 })); // another image id
+    fs.writeFileSync(join(s.dir, 'v3', 'Image.json'), JSON.stringify({ v: 1, image: 'img', imageId: 'a'.repeat(32), version: 4 })); // another version
+    assert.deepEqual(s.versions(), [1]);
+    assert.deepEqual(s.foreign().map((f) => [f.version, f.holds?.imageId.slice(0, 1), f.holds?.version]), [[2, 'b', 2], [3, 'a', 4], [4, undefined, undefined]]);
+    assert.equal(s.readIdentity(1)?.imageId, 'a'.repeat(32));
+    // without an identity, the old rule (disk and key) holds
+    assert.deepEqual(new ImageStore(c, 'img', { folder: 'desk.0123456789abcdef' }).versions(), [1, 2, 3, 4]);
+    assert.throws(() => new ImageStore(c, 'img', { folder: '../x' }), code('EINVAL_ARG'));
+    assert.throws(() => new ImageStore(c, 'img', { identity: { image: 'other', imageId: 'a'.repeat(32) } }), code('EINVAL_ARG'));
+    assert.throws(() => new ImageStore(c, 'img', { identity: { image: 'img', imageId: 'XYZ' } }), code('EINVAL_ARG'));
+  });
+
   it('writes ImageState.xml and GlobalImageData.xml atomically and reads them back', () => {
     const s = new ImageStore(c, 'img');
     assert.equal(s.readGlobal(), undefined);

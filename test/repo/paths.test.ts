@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { clientRootPath, openClientRoot, userDir } from '../../src/repo/index.js';
+import { openClientRoot, userDir } from '../../src/repo/index.js';
 import { MedvError } from '../../src/core/errors.js';
 
 const code = (c: string) => (e: unknown) => e instanceof MedvError && e.code === c;
@@ -56,17 +56,4 @@ describe('repo: client root and folders', () => {
     }
   });
 
-  it('clientRootPath: explicit, then MEDV_CLIENT_ROOT, then the default', () => {
-    const saved = process.env.MEDV_CLIENT_ROOT;
-    try {
-      process.env.MEDV_CLIENT_ROOT = '/srv/medv-env';
-      assert.equal(clientRootPath('/srv/x'), '/srv/x');
-      assert.equal(clientRootPath(), '/srv/medv-env');
-      delete process.env.MEDV_CLIENT_ROOT;
-      if (process.getuid?.() === 0) assert.equal(clientRootPath(), '/var/lib/medv');
-      else assert.match(clientRootPath(), /\/medv$/);
-    } finally {
-      if (saved === undefined) delete process.env.MEDV_CLIENT_ROOT; else process.env.MEDV_CLIENT_ROOT = saved;
-    }
-  });
 });

@@ -34,7 +34,7 @@ describe('repo: report queue', () => {
     for (let i = 1; i <= 150; i++) await q.add(report(i));
     const batches: number[][] = [];
     let calls = 0;
-    const sent = await q.drain(async (rs) => {
+    const { sent } = await q.drain(async (rs) => {
       calls++;
       if (calls === 2) throw new Error('offline');
       batches.push(rs.map((r) => r.version!));
@@ -47,16 +47,36 @@ describe('repo: report queue', () => {
     assert.equal(left[0].version, 65);
     // back online: everything goes, in order, in batches of ≤ 64
     const sizes: number[] = [];
-    assert.equal(await q.drain(async (rs) => { sizes.push(rs.length); }), 86);
+    assert.equal((await q.drain(async (rs) => { sizes.push(rs.length); })).sent, 86);
     assert.deepEqual(sizes, [64, 22]);
     assert.deepEqual(await q.list(), []);
-    assert.equal(await q.drain(async () => { throw new Error('never called'); }), 0);
+    assert.equal((await q.drain(async () => { throw new Error("never called"); })).sent, 0);
+  });
+
+  it('a batch the server refuses as invalid is sent again report by report; only the refused report is dropped, the rest go', async () => {
+    const q = new ReportQueue(c, 'erin');
+    for (let i = 1; i <= 70; i++) await q.add(report(i));
+    const stored: number[] = [];
+    const refusedOnes: number[] = [];
+    const refused = (e: unknown) => e instanceof MedvError && e.code === 'EINVAL_ARG';
+    const r = await q.drain(async (rs) => {
+      if (rs.some((x) => x.version === 5)) throw new MedvError('EINVAL_ARG', 'reports[4].at is more than a day ahead');
+      stored.push(...rs.map((x) => x.version!));
+    }, { refused, onDropped: (d) => refusedOnes.push(d.version!) });
+    assert.deepEqual(r, { sent: 69, dropped: 1 });
+    assert.deepEqual(refusedOnes, [5]);
+    assert.equal(stored.length, 69);
+    assert.deepEqual(await q.list(), []);
+    // a failure that is not a refusal keeps everything for the next drain
+    for (let i = 1; i <= 3; i++) await q.add(report(i));
+    assert.deepEqual(await q.drain(async () => { throw new MedvError('ENETWORK', 'down'); }, { refused }), { sent: 0, dropped: 0 });
+    assert.equal((await q.list()).length, 3);
   });
 
   it('a report added while a drain is sending is kept', async () => {
     const q = new ReportQueue(c, 'carol');
     await q.add(report(1));
-    const sent = await q.drain(async () => { await q.add(report(2)); });
+    const { sent } = await q.drain(async () => { await q.add(report(2)); });
     assert.equal(sent, 1);
     assert.deepEqual((await q.list()).map((r) => r.version), [2]);
   });

@@ -4,6 +4,7 @@
  * (Node's fetch), and a scan of files for secrets in clear.
  */
 import { randomBytes } from 'node:crypto';
+import * as http from 'node:http';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Postgres, startPostgres } from '../helpers/postgres.js';
@@ -32,15 +33,33 @@ export async function dbArgs(backend: Backend, name: string): Promise<{ args: st
 
 export interface Answer { status: number; headers: Headers; body: any; text: string }
 
-export async function api(base: string, method: string, path: string, o: { token?: string; body?: unknown; raw?: string } = {}): Promise<Answer> {
-  const headers: Record<string, string> = {};
+/**
+ * One JSON request on its own connection (no keep-alive pool: a test that blocks its event loop
+ * in spawnSync would otherwise reuse a socket the server closed meanwhile), from `localAddress`
+ * when given (another 127.x address is another client to the server).
+ */
+export function api(base: string, method: string, path: string, o: { token?: string; body?: unknown; raw?: string; headers?: Record<string, string>; localAddress?: string } = {}): Promise<Answer> {
+  const body = o.raw ?? (o.body === undefined ? undefined : JSON.stringify(o.body));
+  const headers: Record<string, string> = { ...o.headers };
   if (o.token) headers.Authorization = `Bearer ${o.token}`;
-  if (o.body !== undefined || o.raw !== undefined) headers['Content-Type'] = 'application/json';
-  const res = await fetch(`${base}${path}`, { method, headers, body: o.raw ?? (o.body === undefined ? undefined : JSON.stringify(o.body)) });
-  const text = await res.text();
-  let body: any;
-  try { body = JSON.parse(text); } catch { body = undefined; }
-  return { status: res.status, headers: res.headers, body, text };
+  if (body !== undefined) { headers['Content-Type'] = 'application/json'; headers['Content-Length'] = String(Buffer.byteLength(body)); }
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${base}${path}`, { method, headers, localAddress: o.localAddress, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (d) => chunks.push(d));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed: any;
+        try { parsed = JSON.parse(text); } catch { parsed = undefined; }
+        const h = new Headers();
+        for (const [k, v] of Object.entries(res.headers)) if (typeof v === 'string') h.set(k, v);
+        resolve({ status: res.statusCode ?? 0, headers: h, body: parsed, text });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
 }
 
 export const password = () => `pw-${randomBytes(12).toString('hex')}`;

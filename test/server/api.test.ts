@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { networkInterfaces } from 'node:os';
 import { readFileSync } from 'node:fs';
-import { tempDir } from '../helpers/cli.js';
+import { join } from 'node:path';
+import { runMedv, tempDir } from '../helpers/cli.js';
 import { type ServeProcess, startServe } from './helpers.js';
 import { BACKENDS, api, dbArgs, password, postgres, scan, stopPostgres, unique } from './accounts-helpers.js';
 
@@ -117,7 +118,8 @@ for (const backend of BACKENDS) {
       for (const token of [undefined, 'x'.repeat(43), user]) {
         for (const [method, path, body] of [['GET', '/api/admin/users'], ['POST', '/api/admin/users', { user: 'mallory', password: 'mallory-password' }], ['GET', '/api/admin/policies'], ['POST', '/api/admin/policies', policyDoc('evil', { users: ['mallory'] })]] as const) {
           const r = await api(srv.url, method, path, { token, body });
-          assert.equal(r.status, 401, `${method} ${path} with ${token === user ? 'a user token' : token ? 'a wrong token' : 'no token'}: ${r.text}`);
+          assert.equal(r.status, token === user ? 403 : 401, `${method} ${path} with ${token === user ? 'a user token' : token ? 'a wrong token' : 'no token'}: ${r.text}`);
+          assert.equal(r.body.error.code, token === user ? 'EFORBIDDEN' : 'EDENIED');
         }
       }
       const list = await api(srv.url, 'GET', '/api/admin/users', { token: admin });
@@ -234,5 +236,75 @@ describe('server api: limits per client address, plain HTTP', function () {
       await srv.stop();
       srv = undefined;
     }
+  });
+});
+
+describe('server api: failed logins behind a reverse proxy (--trust-proxy)', function () {
+  this.timeout(120_000);
+  let dir: ReturnType<typeof tempDir>;
+  let srv: ServeProcess;
+  let admin: string;
+  const alice = unique('alice');
+  const pw = password();
+  /** A login through the proxy (127.0.0.1, trusted) for the client `xff` names. */
+  const viaProxy = (xff: string, user: string, pass: string) => api(srv.url, 'POST', '/api/login', { body: { user, password: pass }, headers: { 'X-Forwarded-For': xff }, localAddress: '127.0.0.1' });
+
+  before(async () => {
+    dir = tempDir('api-proxy');
+    srv = await startServe(dir.path, ['--trust-proxy', '127.0.0.1', '--trust-proxy', '10.0.0.0/8', '--max-failed-logins-per-name', '3']);
+    admin = readFileSync(srv.adminTokenFile, 'utf8').trim();
+    assert.equal((await api(srv.url, 'POST', '/api/admin/users', { token: admin, body: { user: alice, password: pw } })).status, 201);
+  });
+  after(async () => {
+    await srv?.stop();
+    await dir?.cleanup();
+  });
+
+  it('20 anonymous failures from one client lock that client only: everyone else behind the proxy still logs in', async () => {
+    for (let i = 0; i < 20; i++) assert.equal((await viaProxy('203.0.113.7', unique('nobody'), 'wrong-password')).status, 401, `failure ${i + 1}`);
+    const locked = await viaProxy('203.0.113.7', alice, pw);
+    assert.equal(locked.status, 429, locked.text);
+    // the client cannot choose another address: entries left of the one the proxy appended are its own words
+    assert.equal((await viaProxy('198.51.100.9, 203.0.113.7', alice, pw)).status, 429);
+    // through a second trusted proxy (10.1.2.3) it is still the same client
+    assert.equal((await viaProxy('203.0.113.7, 10.1.2.3', alice, pw)).status, 429);
+    // another client behind the same proxy
+    const ok = await viaProxy('198.51.100.9', alice, pw);
+    assert.equal(ok.status, 200, ok.text);
+    // a peer that is not a trusted proxy is itself the client, whatever it sends
+    const direct = await api(srv.url, 'POST', '/api/login', { body: { user: alice, password: pw }, headers: { 'X-Forwarded-For': '203.0.113.7' }, localAddress: '127.0.0.2' });
+    assert.equal(direct.status, 200, direct.text);
+    const audit = await api(srv.url, 'GET', `/api/admin/audit?action=login&actor=${alice}`, { token: admin });
+    assert.deepEqual(audit.body.entries.map((e: { address: string }) => e.address).sort(), ['127.0.0.2', '198.51.100.9']);
+  });
+
+  it('failures of a name from one address lock that name from that address only; the right password from another address works', async () => {
+    for (let i = 0; i < 5; i++) assert.equal((await viaProxy('203.0.113.20', alice, `wrong-${i}-password`)).status, 401);
+    assert.equal((await viaProxy('203.0.113.20', alice, pw)).status, 429, 'locked from that address, even with the right password');
+    const other = await viaProxy('198.51.100.30', alice, pw);
+    assert.equal(other.status, 200, other.text);
+  });
+
+  it('failures of a name from many addresses slow its checks down but never refuse the right password from a fresh address', async () => {
+    const bob = unique('bob');
+    const bobPw = password();
+    assert.equal((await api(srv.url, 'POST', '/api/admin/users', { token: admin, body: { user: bob, password: bobPw } })).status, 201);
+    for (let i = 0; i < 3; i++) assert.equal((await viaProxy(`203.0.113.${100 + i}`, bob, 'wrong-password')).status, 401);
+    // past the per-name threshold: guesses from fresh addresses and the right password at once
+    const answers = await Promise.all([
+      viaProxy('203.0.113.110', bob, 'wrong-password'),
+      viaProxy('198.51.100.50', bob, bobPw),
+      viaProxy('203.0.113.111', bob, 'wrong-password'),
+    ]);
+    assert.deepEqual(answers.map((a) => a.status), [401, 200, 401]);
+    const audit = await api(srv.url, 'GET', `/api/admin/audit?action=login.fail&actor=${bob}`, { token: admin });
+    const slowed = audit.body.entries.filter((e: { detail: { slowedMs?: number } }) => (e.detail.slowedMs ?? 0) > 0);
+    assert.ok(slowed.length >= 2, `failures past the threshold slow the name down: ${audit.text}`);
+  });
+
+  it('--trust-proxy refuses what is not an address or a CIDR', async () => {
+    const r = runMedv(['serve', '--root', join(dir.path, 'r2'), '--port', '0', '--trust-proxy', '10.0.0.0/33']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /^medv: --trust-proxy must be an IP address or a CIDR .*\[EINVAL_ARG\]\n$/);
   });
 });

@@ -15,8 +15,9 @@ import { isMedvError } from '../../src/core/errors.js';
 import type { KekSource } from '../../src/crypto/index.js';
 import { openImageKeys as openConsoleKeys, verifyPack } from '../../src/pack/index.js';
 import { inspect } from 'node:util';
-import { sodium } from '../../src/crypto/sodium.js';
-import { generateClientKeyPair, clientKeyPairFrom, openReleasedKeys, sealImageKeys, writeKeyFolder, MAX_SEALED } from '../../src/api/keyrelease.js';
+import { sodium } from '../../src/core/sodium.js';
+import { generateClientKeyPair, clientKeyPairFrom, openReleasedKeys, sealImageKeys, MAX_SEALED } from '../../src/api/keyrelease.js';
+import { writeKeyFolder } from '../../src/client/keyfolder.js';
 import { listClients, requestGrant, sendReports, publishImageKeys } from '../../src/client/api.js';
 import { Store } from '../../src/server/store/index.js';
 import { runMedv, tempDir } from '../helpers/cli.js';
@@ -201,7 +202,7 @@ for (const backend of BACKENDS) {
       try {
         const denied = await ask(bobToken, 'ledger');
         assert.equal(denied.status, 403);
-        assert.deepEqual(JSON.parse(denied.raw.toString()), { error: { code: 'EDENIED', message: `user ${bob} is not entitled to workspace ledger` } });
+        assert.deepEqual(JSON.parse(denied.raw.toString()), { error: { code: 'EFORBIDDEN', message: `user ${bob} is not entitled to workspace ledger` } });
         assert.ok(!containsAny(denied.raw, encodings([c.contentKey, c.repositoryKey])), 'no key bytes in any encoding');
         assert.ok(!denied.raw.includes('sealed'));
         const missing = await ask(bobToken, 'ledgex');
@@ -211,8 +212,8 @@ for (const backend of BACKENDS) {
         const aliceMissing = await ask(aliceToken, 'ledgex');
         assert.equal(aliceMissing.status, 403);
         assert.equal(JSON.parse(aliceMissing.raw.toString()).error.message, `user ${alice} is not entitled to workspace ledgex`);
-        // through the client library: EDENIED with status 403
-        await assert.rejects(requestGrant(srv.url, bobToken, { workspace: 'ledger', client: 'pc-2', clientKey: clientKey.publicKey }), (e: unknown) => isMedvError(e, 'EDENIED') && e.data.status === 403);
+        // through the client library: EFORBIDDEN with status 403
+        await assert.rejects(requestGrant(srv.url, bobToken, { workspace: 'ledger', client: 'pc-2', clientKey: clientKey.publicKey }), (e: unknown) => isMedvError(e, 'EFORBIDDEN') && e.data.status === 403);
         // no token at all: 401
         assert.equal((await ask('x'.repeat(43), 'ledger')).status, 401);
       } finally {
@@ -271,7 +272,7 @@ for (const backend of BACKENDS) {
         assert.equal(r.body.error.code, 'EINVAL_ARG');
         assert.match(r.body.error.message, msg);
       }
-      assert.equal((await api(srv.url, 'POST', '/api/admin/image-keys', { token: aliceToken, body: pub })).status, 401, 'a user token is not the admin token');
+      assert.equal((await api(srv.url, 'POST', '/api/admin/image-keys', { token: aliceToken, body: pub })).status, 403, 'a user token is not an administrator\'s');
       const rep = { workspace: 'ledger', version: 1, state: 'running', at: new Date().toISOString() };
       const reports: [Record<string, unknown>, RegExp][] = [
         [{ client: 'pc-1', reports: Array.from({ length: 65 }, () => rep) }, /1 to 64 reports/],
@@ -296,13 +297,22 @@ for (const backend of BACKENDS) {
       const notJson = await api(srv.url, 'POST', '/api/reports', { token: aliceToken, raw: '{"client":' });
       assert.equal(notJson.status, 400);
       // the largest valid body is accepted: 64 reports with 1024 characters of (escaped) error each
-      const big = Array.from({ length: 64 }, (_, i) => ({ ...rep, workspace: `w${i}`, state: 'failed', lastError: '\u0001'.repeat(1024) }));
-      const ok = await api(srv.url, 'POST', '/api/reports', { token: aliceToken, body: { client: 'pc-big', reports: big } });
+      // (from alice's client pc-1, registered by her grant; the workspaces w0… are not hers: refused one by one)
+      const big = Array.from({ length: 64 }, (_, i) => ({ ...rep, workspace: i === 0 ? 'ledger' : `w${i}`, state: 'failed', lastError: '\u0001'.repeat(1024) }));
+      const ok = await api(srv.url, 'POST', '/api/reports', { token: aliceToken, body: { client: 'pc-1.example', reports: big } });
       assert.equal(ok.status, 200, ok.text);
-      assert.deepEqual(ok.body, { stored: 64 });
+      assert.equal(ok.body.stored, 1);
+      assert.deepEqual(ok.body.refused.map((r: { index: number }) => r.index), Array.from({ length: 63 }, (_, i) => i + 1));
+      assert.deepEqual(ok.body.refused[0], { index: 1, workspace: 'w1', reason: 'not entitled' });
     });
 
-    it('reports: the latest per client, user and workspace wins, whatever order they arrive in; medv admin clients lists them', async () => {
+    it('reports: only from a client the user was granted keys on; the latest per client, user and workspace wins, whatever order they arrive in; medv admin clients lists them', async () => {
+      const pair = generateClientKeyPair();
+      try {
+        await requestGrant(srv.url, aliceToken, { workspace: 'ledger', client: 'pc-b', clientKey: pair.publicKey });
+      } finally {
+        pair.dispose();
+      }
       const t0 = Date.now() - 3600_000;
       const at = (m: number) => new Date(t0 + m * 60_000).toISOString();
       assert.equal(await sendReports(srv.url, aliceToken, 'pc-b', [
@@ -313,11 +323,13 @@ for (const backend of BACKENDS) {
       assert.equal(await sendReports(srv.url, aliceToken, 'pc-b', [{ workspace: 'ledger', version: 1, state: 'stopped', at: at(5) }]), 1);
       // a newer one does
       assert.equal(await sendReports(srv.url, aliceToken, 'pc-b', [{ workspace: 'scratch', version: 1, state: 'suspended', at: at(20) }]), 1);
-      assert.equal(await sendReports(srv.url, bobToken, 'pc-a', [{ workspace: 'lab', version: 3, state: 'offline', at: at(1) }]), 1);
+      // bob was never granted keys on pc-a, alice never on pc-a: refused, nothing stored
+      for (const token of [bobToken, aliceToken]) {
+        await assert.rejects(sendReports(srv.url, token, 'pc-a', [{ workspace: 'ledger', version: 3, state: 'offline', at: at(1) }]), (e: unknown) => isMedvError(e, 'EFORBIDDEN') && e.data.status === 403);
+      }
       const list = await listClients(srv.url, admin);
       const mine = list.filter((x) => x.client === 'pc-a' || x.client === 'pc-b');
       assert.deepEqual(mine.map((x) => [x.client, x.user, x.workspace, x.version, x.state, x.at, x.lastError]), [
-        ['pc-a', bob, 'lab', 3, 'offline', at(1), undefined],
         ['pc-b', alice, 'ledger', 1, 'running', at(10), undefined],
         ['pc-b', alice, 'scratch', 1, 'suspended', at(20), undefined],
       ]);
@@ -325,12 +337,12 @@ for (const backend of BACKENDS) {
       const cli = runMedv(['admin', 'clients', '--server', srv.url, '--token-file', srv.adminTokenFile, '--json']);
       assert.equal(cli.code, 0, cli.stderr);
       assert.deepEqual(JSON.parse(cli.stdout).clients.filter((x: { client: string }) => x.client === 'pc-b').map((x: { state: string }) => x.state), ['running', 'suspended']);
-      assert.equal((await api(srv.url, 'GET', '/api/admin/clients', { token: aliceToken })).status, 401);
+      assert.equal((await api(srv.url, 'GET', '/api/admin/clients', { token: aliceToken })).status, 403, 'a user token on an admin route');
     });
 
     it('the database and the audit log hold no key in clear; publish, release and refusals are audited', async () => {
       const store = await Store.open(root.path, db.url);
-      let wrapped: string;
+      let wrapped: Buffer;
       try {
         const row = await store.db.selectFrom('image_keys').selectAll().where('image', '=', 'lab').executeTakeFirstOrThrow();
         wrapped = row.wrapped;
@@ -338,8 +350,8 @@ for (const backend of BACKENDS) {
         await store.close();
       }
       const needles = encodings([c.contentKey, c.repositoryKey, c.contentKey.subarray(0, 32), c.repositoryKey.subarray(0, 32)]);
+      assert.ok(Buffer.isBuffer(wrapped), 'the wrapped keys are stored as bytes');
       assert.ok(!containsAny(wrapped, needles));
-      assert.ok(!containsAny(Buffer.from(wrapped, 'base64'), needles));
       if (backend === 'sqlite') assert.equal(scan([root.path], needles).size, 0, 'no key bytes anywhere in the server root (database, WAL)');
       const audit = await api(srv.url, 'GET', '/api/admin/audit', { token: admin });
       const actions = audit.body.entries.map((e: { action: string }) => e.action);

@@ -1,7 +1,7 @@
 /** Pure parts of the repository server: which names exist, and how Range headers read. */
 import assert from 'node:assert/strict';
 import { packFileName, indexFileName } from '../../src/formats/ckm/index.js';
-import { parseRepoFileName } from '../../src/server/names.js';
+import { parseRepoFileName } from '../../src/api/names.js';
 import { parseRanges } from '../../src/server/range.js';
 
 describe('server: repository file names', () => {

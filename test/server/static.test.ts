@@ -5,10 +5,11 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import * as net from 'node:net';
+import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runMedv, tempDir } from '../helpers/cli.js';
+import { run as spawnSyncOk, runMedv, tempDir } from '../helpers/cli.js';
 import { curl, header, startServe, type ServeProcess } from './helpers.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -176,6 +177,78 @@ describe('server: medv serve static files', function () {
     }
     // the secret files are still there (nothing was refused for lack of a target)
     assert.equal(readFileSync(join(outside, 'secret_1.ckm'), 'utf8'), SECRET);
+  });
+
+  it('a name flipped between a regular file and a symlink while requests run: the symlink\'s target is never served', async () => {
+    // another process swaps images/race_1.ckm, as fast as it can, between a regular file and a
+    // symlink to a secret outside DIR/images (each swap one atomic rename)
+    const secret = join(outside, 'race-secret');
+    writeFileSync(secret, Buffer.alloc(4096, SECRET));
+    writeFileSync(join(images, '.race-regular'), Buffer.alloc(4096, 'R'));
+    const stop = join(t.path, 'stop-race');
+    const flipper = spawn('python3', ['-c', `
+import os, sys
+d, secret, stop = sys.argv[1:4]
+name = os.path.join(d, 'race_1.ckm')
+print('ready', flush=True)
+n = 0
+while not os.path.exists(stop):
+    n += 1
+    tmp = os.path.join(d, '.race-%d' % n)
+    if n % 2:
+        os.link(os.path.join(d, '.race-regular'), tmp)
+    else:
+        os.symlink(secret, tmp)
+    os.rename(tmp, name)
+print(n, flush=True)
+`, images, secret, stop], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    flipper.stdout!.on('data', (d) => { out += d; });
+    const done = new Promise<void>((r) => flipper.once('exit', () => r()));
+    await new Promise<void>((r) => { const check = () => (out.includes('ready') ? r() : flipper.stdout!.once('data', check)); check(); });
+    const seen = new Map<number, number>();
+    try {
+      const secretBytes = Buffer.from(SECRET.slice(0, 16));
+      for (let round = 0; round < 60; round++) {
+        const answers = await Promise.all(['bytes=0-99', undefined, 'bytes=0-9,100-199', 'bytes=-50', undefined, undefined, 'bytes=10-20', undefined].map(async (range) => {
+          const r = await fetch(`${s.url}/images/race_1.ckm`, { headers: range ? { Range: range } : {} });
+          return { status: r.status, body: Buffer.from(await r.arrayBuffer()) };
+        }));
+        for (const a of answers) {
+          seen.set(a.status, (seen.get(a.status) ?? 0) + 1);
+          assert.ok(!a.body.includes(secretBytes), `the secret was served (status ${a.status})`);
+          if (a.status === 200 || a.status === 206) assert.ok(a.body.includes(Buffer.alloc(10, 'R')), 'a served answer holds the regular file');
+        }
+      }
+    } finally {
+      writeFileSync(stop, '');
+      await done;
+    }
+    console.log(`      ${out.trim().split('\n').pop()} swaps; answers ${JSON.stringify(Object.fromEntries(seen))}`);
+    assert.ok((seen.get(200) ?? 0) + (seen.get(206) ?? 0) > 0, 'the regular file was served some of the time');
+    assert.ok((seen.get(404) ?? 0) > 0, 'the symlink was met some of the time');
+  });
+
+  it('a FIFO with a repository name is 404 at once (the open does not wait for a writer)', () => {
+    spawnSyncOk('mkfifo', [join(images, 'fifo_1.ckm')]);
+    assert.equal(curl(['-m', '10', `${s.url}/images/fifo_1.ckm`]).status, 404);
+    assert.equal(curl([`${s.url}/images/lab_1.ckm`]).status, 200);
+  });
+
+  it('conditional requests: If-None-Match and If-Modified-Since give 304, If-Match and If-Unmodified-Since 412', () => {
+    const h = curl(['-I', `${s.url}/images/lab_1.ckm`]).headers;
+    const etag = header(h, 'ETag')!;
+    const lm = header(h, 'Last-Modified')!;
+    const before = new Date(Date.parse(lm) - 3600_000).toUTCString();
+    assert.equal(curl(['-H', `If-None-Match: "x", ${etag}`, `${s.url}/images/lab_1.ckm`]).status, 304);
+    assert.equal(curl(['-H', `If-None-Match: W/${etag}`, `${s.url}/images/lab_1.ckm`]).status, 304, 'If-None-Match compares weakly');
+    assert.equal(curl(['-H', `If-Modified-Since: ${lm}`, `${s.url}/images/lab_1.ckm`]).status, 304);
+    assert.equal(curl(['-H', `If-Modified-Since: ${before}`, `${s.url}/images/lab_1.ckm`]).status, 200);
+    assert.equal(curl(['-H', 'If-Match: "other"', `${s.url}/images/lab_1.ckm`]).status, 412);
+    assert.equal(curl(['-H', `If-Match: W/${etag}`, `${s.url}/images/lab_1.ckm`]).status, 412, 'If-Match compares strongly');
+    assert.equal(curl(['-r', '0-9,20-29', '-H', `If-Match: ${etag}`, `${s.url}/images/lab_1.ckm`]).status, 206, 'several ranges with a precondition that holds');
+    assert.equal(curl(['-H', `If-Unmodified-Since: ${before}`, `${s.url}/images/lab_1.ckm`]).status, 412);
+    assert.equal(curl(['-r', '0-9', '-H', `If-Unmodified-Since: ${lm}`, `${s.url}/images/lab_1.ckm`]).status, 206);
   });
 
   it('the admin token: generated mode 0600 on first start; a token file others can read is refused (exit 4); a busy port is exit 9', async () => {

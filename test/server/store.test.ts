@@ -4,9 +4,13 @@
  * two instances on one PostgreSQL serving the same users, tokens, policies and failure counts.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Store } from '../../src/server/store/index.js';
+import { randomBytes } from 'node:crypto';
+import BetterSqlite3 from 'better-sqlite3';
+import { Kysely, Migrator, PostgresDialect, SqliteDialect } from 'kysely';
+import pg from 'pg';
+import { MIGRATIONS, Store } from '../../src/server/store/index.js';
 import { runMedv, tempDir } from '../helpers/cli.js';
 import { type ServeProcess, startServe } from './helpers.js';
 import { BACKENDS, api, dbArgs, password, postgres, stopPostgres, unique } from './accounts-helpers.js';
@@ -42,11 +46,38 @@ for (const backend of BACKENDS) {
       const store = await Store.open(dir.path, db.url);
       try {
         const rows = await store.db.selectFrom('kysely_migration' as never).select('name' as never).execute();
-        assert.deepEqual(rows.map((r) => (r as { name: string }).name), ['0001_accounts_policies', '0002_image_keys_client_reports']);
+        assert.deepEqual(rows.map((r) => (r as { name: string }).name), Object.keys(MIGRATIONS).sort());
       } finally {
         await store.close();
       }
       if (backend === 'sqlite') assert.equal(statSync(join(dir.path, 'medv.db')).mode & 0o777, 0o600, 'the database file is 0600');
+    });
+
+    it('a database of the first release migrates: wrapped keys (base64 text) become the same bytes, users get the user role, audit rows a count', async () => {
+      const db = await dbArgs(backend, 'upgrade');
+      if (backend === 'sqlite') writeFileSync(join(dir.path, 'medv.db'), '', { mode: 0o600 });
+      const old = backend === 'sqlite'
+        ? new Kysely<any>({ dialect: new SqliteDialect({ database: new BetterSqlite3(join(dir.path, 'medv.db')) }) })
+        : new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: db.url }) }) });
+      const wrapped = randomBytes(700);
+      try {
+        const r = await new Migrator({ db: old, provider: { getMigrations: async () => MIGRATIONS } }).migrateTo('0002_image_keys_client_reports');
+        assert.equal(r.error, undefined);
+        await old.insertInto('image_keys').values({ image: 'lab', wrapped: wrapped.toString('base64'), updated_at: 1 }).execute();
+        await old.insertInto('users').values({ name: 'old', password_hash: 'h', created: 0, disabled: 0 }).execute();
+        await old.insertInto('audit').values({ id: 'a'.repeat(32), time: 5, actor: 'admin', action: 'user.add', target: 'old', detail: '{}' }).execute();
+      } finally {
+        await old.destroy();
+      }
+      const store = await Store.open(dir.path, db.url);
+      try {
+        assert.ok((await store.getImageKeys('lab'))!.equals(wrapped));
+        assert.equal((await store.getUser('old'))!.role, 'user');
+        const [entry] = await store.auditLog({ limit: 10 });
+        assert.deepEqual([entry.count, entry.last, entry.address], [1, new Date(5).toISOString(), '']);
+      } finally {
+        await store.close();
+      }
     });
 
     it('the database refuses strings past their bounds, whoever writes them', async () => {
@@ -108,8 +139,8 @@ describe('two medv serve instances on one PostgreSQL', function () {
 
   it('started at once, they applied the migrations exactly once', async () => {
     const pg = await postgres();
-    assert.equal(pg.sql(db.db!, 'select count(*) from kysely_migration').trim(), '2');
-    assert.equal(pg.sql(db.db!, "select count(*) from information_schema.tables where table_name in ('users','groups','membership','tokens','policies','entitlements','audit','login_failures','image_keys','client_reports')").trim(), '10');
+    assert.equal(pg.sql(db.db!, 'select count(*) from kysely_migration').trim(), String(Object.keys(MIGRATIONS).length));
+    assert.equal(pg.sql(db.db!, "select count(*) from information_schema.tables where table_name in ('users','groups','membership','tokens','policies','entitlements','audit','login_failures','image_keys','client_reports','clients')").trim(), '11');
   });
 
   it('a user added through one logs in through the other; a policy published through one is seen through the other; logout anywhere revokes everywhere', async () => {

@@ -11,7 +11,10 @@ import * as net from 'node:net';
 import { join } from 'node:path';
 import { GUEST, fileContainsMarker } from '../helpers/qemu.js';
 import { MEDV_BIN, TEST_PASSPHRASE, runMedv, tempDir, waitForFileText, type RunResult } from '../helpers/cli.js';
+import { fakeClock } from '../helpers/faketime.js';
 import { readKeyFile } from '../../src/crypto/index.js';
+import { clientRootLayout } from '../../src/repo/index.js';
+import { instanceName } from '../../src/workspace/index.js';
 
 const IMAGE = 'img';
 const IMAGE_BYTES = 16 << 20;
@@ -28,7 +31,8 @@ class RecordingProxy {
     up.on('error', () => c.destroy());
   });
   port = 0;
-  constructor(private readonly target: number) {}
+  /** The server's port (a restarted server gets a new one). */
+  constructor(public target: number) {}
   async start(): Promise<string> {
     await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
     this.port = (this.server.address() as net.AddressInfo).port;
@@ -40,7 +44,7 @@ class RecordingProxy {
 }
 
 describe('workspaces end to end: medv serve, two clients, two users, the nasm guest', function () {
-  this.timeout(900_000);
+  this.timeout(1_500_000);
   const dir = tempDir('workspace');
   const f = (...p: string[]) => join(dir.path, ...p);
   let serve: ChildProcess;
@@ -48,11 +52,11 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
   let proxy: RecordingProxy;
   let proxyUrl = '';
   const adminTokenFile = () => f('server', 'admin.token');
-  const clients = { alice: { root: f('client-a'), run: f('run-a') }, bob: { root: f('client-b'), run: f('run-b') } };
+  const clients = { alice: { root: f('client-a'), run: f('run-a'), user: 'alice' }, bob: { root: f('client-b'), run: f('run-b'), user: 'bob' } };
   type Who = keyof typeof clients;
   const env = (who: Who, extra: Record<string, string> = {}) => ({
     MEDV_CLIENT_ROOT: clients[who].root, MEDV_RUN_DIR: clients[who].run, XDG_DATA_HOME: f(`xdg-${who}`), XDG_CACHE_HOME: f(`cache-${who}`),
-    MEDV_TEST_ACCEL: undefined, ...extra,
+    XDG_CONFIG_HOME: f(`config-${who}`), MEDV_TEST_ACCEL: undefined, ...extra,
   });
   const medv = (args: string[], who?: Who, extra: Record<string, string> = {}): RunResult => runMedv(args, who ? env(who, extra) : { MEDV_STATE_DIR: f('state') });
   /** A client command, run asynchronously: its requests go through the recording proxy in this process. */
@@ -65,7 +69,10 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     child.once('close', (code) => resolve({ code, stdout, stderr }));
   });
   const ok = (r: RunResult) => { assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}${r.stdout}`); return r; };
-  const serial = (who: Who, ws: string) => join(clients[who].run, ws, 'serial.log');
+  /** The serial log of a workspace's VM: its name is scoped to the client root and user. */
+  const serialOf = (root: string, run: string, user: string, ws: string) => join(run, instanceName(clientRootLayout(root), user, ws), 'serial.log');
+  const serial = (who: Who, ws: string) => serialOf(clients[who].root, clients[who].run, clients[who].user, ws);
+  const status = async (who: Who, ws: string) => JSON.parse(ok(await client(['workspace', 'status', ws, '--json'], who)).stdout);
 
   /** The raw image of a version: the guest's 1 MiB, then 15 MiB of data (seeded, so versions share it) with `changed` blocks rewritten. */
   const rawImage = (version: number, changed: number[]): string => {
@@ -83,19 +90,25 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     ok(medv(['image', 'pack', rawImage(version, changed), '--name', IMAGE, '--version', String(version), '--out', f('packed'), '--keys', f('keys')]));
     ok(medv(['image', 'upload', f('packed', `${IMAGE}_${version}.ckm`), f('packed', `${IMAGE}_${version}.ckm.index`), '--server', url, '--token-file', adminTokenFile()]));
   };
-  // TCG: the nasm guest's SeaBIOS takes ~15 s under these machines' nested KVM and 0.1 s under TCG (FACTS.md)
+  // TCG: the nasm guest's SeaBIOS takes ~15 s under these machines' nested KVM and 0.1 s under TCG (docs/machines.md)
   const start = (who: Who, ws: string, args: string[] = [], extra: Record<string, string> = {}) => client(['workspace', 'start', ws, '--json', '--accel', 'tcg', ...args], who, extra);
   const stop = async (who: Who, ws: string) => ok(await client(['workspace', 'stop', ws, '--json'], who));
-  const bootCount = async (who: Who, ws: string) => Number((await waitForFileText(serial(who, ws), GUEST.serial.ready, 60_000), fs.readFileSync(serial(who, ws), 'latin1').match(GUEST.serial.boot)?.[1]));
+  const bootCountAt = async (file: string) => Number((await waitForFileText(file, GUEST.serial.ready, 60_000), fs.readFileSync(file, 'latin1').match(GUEST.serial.boot)?.[1]));
+  const bootCount = (who: Who, ws: string) => bootCountAt(serial(who, ws));
 
-  before(async () => {
-    fs.mkdirSync(f('server'));
+  const cleanups: Array<() => Promise<unknown>> = [];
+  const startServe = async () => {
     serve = spawn(process.execPath, [MEDV_BIN, 'serve', '--root', f('server'), '--port', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
     url = await new Promise<string>((res, rej) => {
       let out = '';
       serve.stdout!.on('data', (d) => { out += d; const nl = out.indexOf('\n'); if (nl >= 0) res(JSON.parse(out.slice(0, nl)).url); });
       serve.once('exit', (c) => rej(new Error(`medv serve exited ${c}`)));
     });
+  };
+
+  before(async () => {
+    fs.mkdirSync(f('server'));
+    await startServe();
     proxy = new RecordingProxy(Number(new URL(url).port));
     proxyUrl = await proxy.start();
     for (const [user, groups] of [['alice', ['staff']], ['bob', []]] as const) {
@@ -109,6 +122,8 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
         { name: 'kiosk', image: IMAGE, mode: 'revertible', memory: 64, network: 'none' },
         { name: 'old', image: IMAGE, expires: '2020-01-01' },
         { name: 'resume', image: IMAGE, mode: 'persistent', onStop: 'suspend', memory: 64, network: 'none' },
+        { name: 'travel', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', offlineDays: 5 },
+        { name: 'flip', image: 'swap', mode: 'persistent', memory: 64, network: 'none' },
       ],
     }));
     ok(medv(['admin', 'policy', 'publish', f('policy.json'), '--server', url, '--token-file', adminTokenFile()]));
@@ -119,7 +134,8 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
   });
 
   after(async () => {
-    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk', 'resume']) await client(['workspace', 'stop', ws, '--force'], who);
+    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk', 'resume', 'travel', 'flip']) await client(['workspace', 'stop', ws, '--force'], who);
+    for (const extra of cleanups) await extra();
     serve?.kill('SIGTERM');
     await proxy?.close();
     await dir.cleanup();
@@ -145,8 +161,8 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     const raw = Buffer.from(key.key.subarray(0, 32));
     key.dispose();
     for (const form of [raw, Buffer.from(raw.toString('hex')), Buffer.from(raw.toString('base64')), Buffer.from('"sealed"')]) assert.ok(!wire.includes(form), `bob's wire holds ${form.toString().slice(0, 20)}…`);
-    assert.ok(!fs.existsSync(join(clients.bob.root, 'images', IMAGE)), 'nothing deployed for bob');
-    assert.ok(!fs.existsSync(join(clients.bob.root, 'data', 'Users', 'bob', 'keys', 'images')), 'no key folder for bob');
+    assert.deepEqual(fs.readdirSync(join(clients.bob.root, 'images')).sort(), ['PackedImages', 'PrestagedImages'], 'nothing deployed for bob');
+    assert.ok(!fs.existsSync(join(clients.bob.root, 'data', 'Users', 'bob', 'Workspaces')), 'no key folder for bob');
     const expired = await start('alice', 'old');
     assert.equal(expired.code, 14, expired.stderr);
     assert.match(expired.stderr, /workspace old expired on 2020-01-01/);
@@ -165,14 +181,39 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
       assert.ok(out.deployed.blocksFromSeeds > out.deployed.blocksFromNetwork);
       await stop('alice', 'desk');
     }
-    const versions = fs.readdirSync(join(clients.alice.root, 'images', 'desk')).filter((n) => /^v\d+$/.test(n)).sort();
+    const st = await status('alice', 'desk');
+    const versions = fs.readdirSync(st.folder).filter((n) => /^v\d+$/.test(n)).sort();
     assert.deepEqual(versions, ['v2', 'v3']);
-    const st = JSON.parse(ok(await client(['workspace', 'status', 'desk', '--json'], 'alice')).stdout);
     assert.deepEqual(st.versions, [2, 3]);
+    for (const v of [2, 3]) assert.deepEqual(JSON.parse(fs.readFileSync(join(st.folder, `v${v}`, 'Image.json'), 'utf8')), { v: 1, image: IMAGE, imageId: st.imageId, version: v });
     const listed = JSON.parse(ok(medv(['admin', 'clients', '--json', '--server', url, '--token-file', adminTokenFile()])).stdout);
     const desk = listed.clients.find((c: { user: string; workspace: string }) => c.user === 'alice' && c.workspace === 'desk');
     assert.equal(desk.version, 3);
     assert.equal(desk.state, 'stopped');
+  });
+
+  it('a rolled-back index published under a newer version\'s URL is refused before anything is written, and nothing is left behind', async () => {
+    const images = f('server', 'images');
+    // the server (or a mirror) serves v3's signed index as version 9
+    fs.copyFileSync(join(images, `${IMAGE}_3.ckm.index`), join(images, `${IMAGE}_9.ckm.index`));
+    try {
+      const before = await status('alice', 'desk');
+      const listing = (dir: string) => fs.readdirSync(dir, { recursive: true }).map(String).sort();
+      const was = listing(before.folder);
+      const r = await start('alice', 'desk', ['--update']);
+      assert.equal(r.code, 5, `installed a rolled-back index as version 9: ${r.stderr}${r.stdout}`);
+      assert.match(r.stderr, /is a signed index of img version 3 .*not img version 9/);
+      assert.deepEqual(listing(before.folder), was, 'no v9 folder, no partial files');
+      assert.deepEqual((await status('alice', 'desk')).versions, [2, 3]);
+    } finally {
+      fs.rmSync(join(images, `${IMAGE}_9.ckm.index`));
+    }
+  });
+
+  it('a clock override in the environment changes nothing (there is no test hook): MEDV_TEST_CLOCK=2100 still starts', async () => {
+    const r = await start('alice', 'desk', [], { MEDV_TEST_CLOCK: '2100-01-01T00:00:00Z' });
+    ok(r);
+    await stop('alice', 'desk');
   });
 
   it('revertible: the guest\'s writes are gone at the next start; persistent: they stay', async () => {
@@ -212,6 +253,25 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     await stop('alice', 'kiosk');
   });
 
+  it('medv workspace list --json on a client that never logged in prints []; a start prints each step once', async () => {
+    const fresh = f('never-logged-in');
+    for (const args of [['workspace', 'list', '--json'], ['workspace', 'list']]) {
+      const r = runMedv([...args, '--client-root', fresh], { XDG_CONFIG_HOME: f('config-fresh') });
+      assert.equal(r.code, 0, r.stderr);
+      if (args.includes('--json')) assert.deepEqual(JSON.parse(r.stdout), []);
+      else assert.match(r.stdout, /no workspaces yet/);
+    }
+    assert.ok(!fs.existsSync(fresh), 'listing created nothing');
+    const r = ok(await client(['workspace', 'start', 'kiosk', '--accel', 'tcg'], 'alice'));
+    const err = r.stderr.trim().split('\n');
+    assert.equal(new Set(err).size, err.length, `a step printed twice:\n${r.stderr}`);
+    const out = r.stdout.trim().split('\n');
+    assert.equal(out.length, 1, r.stdout);
+    assert.match(out[0], /^workspace kiosk started: img version \d+, VM kiosk-[0-9a-f]{16}/);
+    assert.equal(`${r.stdout}${r.stderr}`.match(/workspace kiosk (started|resumed)/g)?.length, 1, `the result printed twice:\n${r.stderr}${r.stdout}`);
+    await stop('alice', 'kiosk');
+  });
+
   it('onStop suspend: stop saves the guest encrypted, status says so, the next start resumes it', async () => {
     ok(await start('alice', 'resume'));
     await waitForFileText(serial('alice', 'resume'), GUEST.serial.ready, 60_000);
@@ -219,9 +279,9 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     assert.equal(s.suspended, true);
     const st = JSON.parse(ok(await client(['workspace', 'status', 'resume', '--json'], 'alice')).stdout);
     assert.equal(st.suspended, true);
-    const vsv = fs.readdirSync(join(clients.alice.root, 'images', 'resume'), { recursive: true }).map(String).filter((n) => n.endsWith('.vsv'));
+    const vsv = fs.readdirSync(st.folder, { recursive: true }).map(String).filter((n) => n.endsWith('.vsv'));
     assert.equal(vsv.length, 1);
-    assert.equal(await fileContainsMarker(join(clients.alice.root, 'images', 'resume', vsv[0])), false, 'the saved state holds the guest\'s marker in the clear');
+    assert.equal(await fileContainsMarker(join(st.folder, vsv[0])), false, 'the saved state holds the guest\'s marker in the clear');
     const out = JSON.parse(ok(await start('alice', 'resume')).stdout);
     assert.equal(out.resumed, true);
     assert.equal(out.vm.resumed, true);
@@ -229,26 +289,153 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     assert.equal(JSON.parse(ok(await client(['workspace', 'status', 'resume', '--json'], 'alice')).stdout).suspended, false);
   });
 
-  it('offline: starts within the allowance, is refused after it and after the expiry date, and says why', async () => {
+  it('VM names are scoped to the client root: the same user and workspace in two roots run side by side, and each stops only its own', async () => {
+    const root2 = f('client-a2');
+    const env2 = { MEDV_CLIENT_ROOT: root2 };
+    ok(await client(['login', '--server', proxyUrl, '--user', 'alice', '--password-file', f('alice.pw')], 'alice', env2));
+    cleanups.push(() => client(['workspace', 'stop', 'kiosk', '--force'], 'alice', env2));
+    ok(await start('alice', 'kiosk'));
+    const second = await start('alice', 'kiosk', [], env2);
+    ok(second);
+    const a = (await status('alice', 'kiosk')).vmName;
+    const b = JSON.parse(second.stdout).vmName;
+    assert.notEqual(a, b);
+    assert.equal(await bootCountAt(serialOf(root2, clients.alice.run, 'alice', 'kiosk')), 1);
+    ok(await client(['workspace', 'stop', 'kiosk', '--force'], 'alice', env2));
+    assert.equal((await status('alice', 'kiosk')).state, 'running', 'stopping the second root\'s workspace left the first running');
+    await stop('alice', 'kiosk');
+    const listed = JSON.parse(ok(await client(['vm', 'list', '--json'], 'alice')).stdout).map((v: { name: string }) => v.name);
+    assert.ok(listed.includes(a) && listed.includes(b), listed.join(' '));
+  });
+
+  it('two users of one client root never boot each other\'s disk: bob\'s desk is his own', async () => {
+    const shared = f('client-shared');
+    // one OS account (a system client), two medv users
+    const as = (_who: 'alice' | 'bob') => ({ MEDV_CLIENT_ROOT: shared, MEDV_RUN_DIR: f('run-shared'), XDG_CONFIG_HOME: f('config-shared') });
+    fs.writeFileSync(f('bobs.json'), JSON.stringify({ name: 'bobs', users: ['bob'], workspaces: [{ name: 'desk', image: IMAGE, mode: 'persistent', memory: 64, network: 'none' }] }));
+    ok(medv(['admin', 'policy', 'publish', f('bobs.json'), '--server', url, '--token-file', adminTokenFile()]));
+    ok(await client(['login', '--server', proxyUrl, '--user', 'alice', '--password-file', f('alice.pw')], 'alice', as('alice')));
+    ok(await start('alice', 'desk', [], as('alice')));
+    const aliceSerial = serialOf(shared, f('run-shared'), 'alice', 'desk');
+    assert.equal(await bootCountAt(aliceSerial), 1);
+    ok(await client(['workspace', 'stop', 'desk'], 'alice', as('alice')));
+    ok(await start('alice', 'desk', [], as('alice')));
+    assert.equal(await bootCountAt(aliceSerial), 2);
+    ok(await client(['workspace', 'stop', 'desk'], 'alice', as('alice')));
+    // bob logs in on the same root
+    ok(await client(['login', '--server', proxyUrl, '--user', 'bob', '--password-file', f('bob.pw')], 'bob', as('bob')));
+    const b = JSON.parse(ok(await start('bob', 'desk', [], as('bob'))).stdout);
+    assert.ok(b.deployed, 'bob\'s desk was deployed for him');
+    assert.equal(await bootCountAt(serialOf(shared, f('run-shared'), 'bob', 'desk')), 1, 'bob booted alice\'s disk');
+    ok(await client(['workspace', 'stop', 'desk'], 'bob', as('bob')));
+    assert.equal(fs.readdirSync(join(shared, 'images')).filter((n) => n.startsWith('desk.')).length, 2, 'one folder per user');
+  });
+
+  it('a server that swaps the image behind a name (new content key, lower version) gets a fresh deployment, never the old image\'s disk', async () => {
+    const images = f('server', 'images');
+    const pack = (keys: string, version: number) => {
+      ok(medv(['image', 'pack', rawImage(1, []), '--name', 'swap', '--version', String(version), '--out', f(`packed-${keys}`), '--keys', f(keys)]));
+      ok(medv(['image', 'upload', f(`packed-${keys}`, `swap_${version}.ckm`), f(`packed-${keys}`, `swap_${version}.ckm.index`), '--server', url, '--token-file', adminTokenFile()]));
+      ok(medv(['admin', 'image-keys', 'publish', 'swap', '--keys', f(keys), '--server', url, '--token-file', adminTokenFile()]));
+    };
+    pack('keys-swap1', 2);
+    const first = JSON.parse(ok(await start('alice', 'flip')).stdout);
+    assert.equal(first.version, 2);
+    assert.equal(await bootCount('alice', 'flip'), 1);
+    await stop('alice', 'flip');
+    ok(await start('alice', 'flip'));
+    assert.equal(await bootCount('alice', 'flip'), 2);
+    await stop('alice', 'flip');
+    // the administrator replaces image swap: other content key, published again as version 1
+    for (const n of fs.readdirSync(images).filter((x) => x.startsWith('swap_'))) fs.rmSync(join(images, n));
+    pack('keys-swap2', 1);
+    const swapped = JSON.parse(ok(await start('alice', 'flip')).stdout);
+    assert.notEqual(swapped.imageId, first.imageId);
+    assert.equal(swapped.version, 1);
+    assert.ok(swapped.deployed, 'the new image was deployed');
+    assert.notEqual(swapped.folder, first.folder);
+    assert.equal(await bootCount('alice', 'flip'), 1, 'the old image\'s disk was booted');
+    await stop('alice', 'flip');
+  });
+
+  it('a workspace the server refuses (403) loses its cached grant and released keys at once', async () => {
+    ok(await start('alice', 'travel'));
+    await stop('alice', 'travel');
+    const keys = join(clients.alice.root, 'data', 'Users', 'alice', 'Workspaces', 'travel', 'keys');
+    assert.ok(fs.existsSync(join(keys, 'images', `${IMAGE}.key.enc`)));
+    // the administrator takes travel out of the policy
+    const doc = JSON.parse(fs.readFileSync(f('policy.json'), 'utf8'));
+    doc.workspaces = doc.workspaces.filter((w: { name: string }) => w.name !== 'travel');
+    fs.writeFileSync(f('policy.json'), JSON.stringify(doc));
+    ok(medv(['admin', 'policy', 'publish', f('policy.json'), '--server', url, '--token-file', adminTokenFile()]));
+    const refused = await start('alice', 'travel');
+    assert.equal(refused.code, 4, refused.stderr);
+    assert.match(refused.stderr, /not entitled to workspace travel/);
+    assert.ok(!fs.existsSync(keys), 'the released keys are gone');
+    assert.equal(JSON.parse(ok(await client(['workspace', 'list', '--json'], 'alice')).stdout).some((w: { workspace: string }) => w.workspace === 'travel'), false);
+  });
+
+  it('a copy of the client root opens under no other account: its start is refused in one line before anything is done', async () => {
+    const copy = f('client-a-copy');
+    assert.equal(spawnSync('cp', ['-a', clients.alice.root, copy]).status, 0);
+    const before = fs.readdirSync(join(copy, 'images')).sort();
+    const thief = await start('alice', 'desk', [], { MEDV_CLIENT_ROOT: copy, XDG_CONFIG_HOME: f('config-thief') });
+    assert.equal(thief.code, 4, thief.stderr);
+    assert.match(thief.stderr, /^medv: the host key .* is bound to another machine or user/);
+    assert.equal(JSON.parse(thief.stdout).error.code, 'EBADKEY');
+    assert.deepEqual(fs.readdirSync(join(copy, 'images')).sort(), before);
+    // the same account on the same machine keeps working
+    ok(await start('alice', 'desk'));
+    await stop('alice', 'desk');
+  });
+
+  it('offline: starts within the allowance, is refused after it and after the expiry date, and says why; setting the clock back gives nothing back', async () => {
     serve.kill('SIGTERM');
     await new Promise((r) => serve.once('exit', r));
-    const day = 86_400_000;
-    const inside = await start('alice', 'desk', [], { MEDV_TEST_CLOCK: new Date(Date.now() + day).toISOString() });
+    const inside = await start('alice', 'desk', [], fakeClock('+1d'));
     const out = JSON.parse(ok(inside).stdout);
     assert.equal(out.online, false);
     assert.equal(out.offlineDaysLeft, 1);
     await stop('alice', 'desk');
-    const after = await start('alice', 'desk', [], { MEDV_TEST_CLOCK: new Date(Date.now() + 3 * day).toISOString() });
+    const after = await start('alice', 'desk', [], fakeClock('+3d'));
     assert.equal(after.code, 13, after.stderr);
     assert.match(after.stderr, /last reached it on \d{4}-\d\d-\d\d, 3 days ago, and its policy allows 2 days offline/);
-    const expired = await start('alice', 'desk', [], { MEDV_TEST_CLOCK: '2100-01-01T00:00:00Z' });
-    assert.equal(expired.code, 14, expired.stderr);
-    assert.match(expired.stderr, /workspace desk expired on 2099-12-31/);
-    const back = await start('alice', 'desk', [], { MEDV_TEST_CLOCK: '2020-01-01T00:00:00Z' });
+    // the allowance is used up; the clock set back to inside it does not restore it
+    const backInside = await start('alice', 'desk', [], fakeClock('+1d'));
+    assert.equal(backInside.code, 13, `a clock set back restored the offline allowance: ${backInside.stderr}${backInside.stdout}`);
+    assert.match(backInside.stderr, /3 days ago, and its policy allows 2 days offline/);
+    const noClock = await start('alice', 'desk');
+    assert.equal(noClock.code, 13, noClock.stderr);
+    const back = await start('alice', 'desk', [], fakeClock('@2020-01-01 00:00:00'));
     assert.equal(back.code, 13);
     assert.match(back.stderr, /clock .* is before the last contact/);
+    const expired = await start('alice', 'desk', [], fakeClock('@2100-01-01 00:00:00'));
+    assert.equal(expired.code, 14, expired.stderr);
+    assert.match(expired.stderr, /workspace desk expired on 2099-12-31/);
+    // and once past the expiry day, an earlier clock does not bring the workspace back
+    const unexpired = await start('alice', 'desk', [], fakeClock('@2099-12-30 00:00:00'));
+    assert.equal(unexpired.code, 14, unexpired.stderr);
     const never = await start('alice', 'kiosk-never', []);
     assert.equal(never.code, 13);
-    assert.match(never.stderr, /never been started online on this client/);
+    assert.match(never.stderr, /no grant cached on this client/);
+    // refused by the server earlier: no cached grant, no keys, so no offline start
+    const travel = await start('alice', 'travel');
+    assert.equal(travel.code, 13, travel.stderr);
+    assert.match(travel.stderr, /workspace travel has no grant cached on this client/);
+  });
+
+  it('back online: a report the server refuses (dated days ahead by a wrong clock) is dropped, and the reports after it arrive', async () => {
+    // the offline starts above queued reports, some dated three days and more ahead
+    const since = Date.now();
+    await startServe();
+    proxy.target = Number(new URL(url).port);
+    const r = JSON.parse(ok(await start('alice', 'desk')).stdout);
+    assert.equal(r.online, true);
+    await stop('alice', 'desk');
+    const listed = JSON.parse(ok(medv(['admin', 'clients', '--json', '--server', url, '--token-file', adminTokenFile()])).stdout);
+    const clientId = JSON.parse(fs.readFileSync(join(clients.alice.root, 'data', 'Local', 'Config', 'Client.json'), 'utf8')).client;
+    const desk = listed.clients.find((c: { client: string; user: string; workspace: string }) => c.client === clientId && c.user === 'alice' && c.workspace === 'desk');
+    const logs = () => ok(runMedv(['logs'], env('alice'))).stdout.split('\n').filter((l) => /report/.test(l)).join('\n');
+    assert.ok(Date.parse(desk.received) >= since - 1000, `no report of desk arrived since the server came back: ${JSON.stringify(desk)}\n${logs()}`);
   });
 });

@@ -42,10 +42,12 @@ export function ckmError(code: ErrorCode, message: string, ctx: CkmContext | und
 /** Image names: what `<NAME>_<VERSION>.ckm` is built from, so nothing that could escape a folder. */
 export const IMAGE_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
-export function checkImageName(name: string): void {
+/** EINVAL_ARG unless `name` is an image name (`what` names it in the message). */
+export function checkImageName(name: unknown, what = 'image name'): string {
   if (typeof name !== 'string' || !IMAGE_NAME_RE.test(name)) {
-    throw new MedvError('EINVAL_ARG', `image name ${JSON.stringify(name)} must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit`);
+    throw new MedvError('EINVAL_ARG', `${what} must be 1 to 64 letters, digits, '.', '_' or '-' (starting with a letter or digit), not ${(JSON.stringify(name) ?? String(name)).slice(0, 80)}`);
   }
+  return name;
 }
 
 export function checkImageVersion(version: number): void {

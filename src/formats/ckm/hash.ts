@@ -1,18 +1,5 @@
-/**
- * BLAKE2b for the packed-image formats (run hashes, root hashes, index delta bodies): libsodium's,
- * loaded here so that the pure format code needs nothing from src/crypto (formats sit below it).
- */
-import { createRequire } from 'node:module';
-
-interface Blake2b {
-  crypto_generichash(out: Buffer, input: Buffer, key?: Buffer): void;
-  crypto_generichash_STATEBYTES: number;
-  crypto_generichash_init(state: Buffer, key: Buffer | null, outputLength: number): void;
-  crypto_generichash_update(state: Buffer, input: Buffer): void;
-  crypto_generichash_final(state: Buffer, out: Buffer): void;
-}
-
-const sodium = createRequire(import.meta.url)('sodium-native') as Blake2b;
+/** BLAKE2b for the packed-image formats: run hashes, root hashes, index delta bodies (whole or in pieces). */
+import { sodium } from '../../core/sodium.js';
 
 /** BLAKE2b of `input` with an output of `bytes` (16..64). */
 export function blake2b(input: Buffer, bytes: number): Buffer {

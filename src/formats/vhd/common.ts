@@ -40,10 +40,6 @@ export function vhdTimestampNow(): number {
   return Math.max(0, Math.floor(Date.now() / 1000) - VHD_EPOCH) >>> 0;
 }
 
-export function vhdTimestampToDate(ts: number): Date {
-  return new Date((ts + VHD_EPOCH) * 1000);
-}
-
 /** Four ASCII bytes as a string (latin1, nothing trimmed). */
 export function fourCC(buf: Buffer, at: number): string {
   return buf.toString('latin1', at, at + 4);

@@ -23,10 +23,6 @@ export const KNOWN_PLATFORMS = [PLATFORM_W2KU, PLATFORM_W2RU, PLATFORM_WI2K, PLA
 /** Upper bound for one locator's data (a path): 64 KiB. */
 export const MAX_LOCATOR_DATA = 65536;
 
-export function isRelativePlatform(platform: string): boolean {
-  return platform === PLATFORM_W2RU || platform === PLATFORM_WI2R;
-}
-
 /** Reserved space of a locator in bytes: the stored value is bytes when it can hold the data,
  *  else sectors (the spec's unit). */
 export function dataSpaceBytes(l: LocatorEntry): number {

@@ -26,9 +26,9 @@
  *   rewrite changes only its first sector (formats/evhd.ts), so it is old or new, never torn, and
  *   it is written only after the units it makes visible are durable (growth order above).
  */
-import { type BlockCapabilities, type BlockDevice, type WriteOptions, defaultCapabilities } from '../../block/device.js';
+import { type BlockCapabilities, type BlockDevice, type FileRange, type WriteOptions, defaultCapabilities } from '../../block/device.js';
 import type { DataKey } from '../../crypto/datakey.js';
-import { MedvError } from '../../core/errors.js';
+import { MedvError, fromSystemError } from '../../core/errors.js';
 import { EVHD_HEADER_SIZE, EVHD_MAX_LOGICAL_LENGTH, EVHD_UNIT_SIZE, type EvhdHeader, parseEvhdHeader } from '../../formats/evhd.js';
 import { sealEvhdHeader } from './keycheck.js';
 import { native } from '../../native.js';
@@ -41,6 +41,8 @@ const U = EVHD_UNIT_SIZE;
 const H = EVHD_HEADER_SIZE;
 /** Batches from this size are encrypted on the thread pool (below it, the hop costs more than it saves). */
 const XTS_ASYNC_MIN = 64 * 1024;
+/** Whole-unit reads from this size decrypt straight from the storage's file where it has one. */
+const MAPPED = { mapped: true } as const;
 /** Largest single storage transfer for zero-fill, import and export. */
 const CHUNK = 4 * 1024 * 1024;
 const MAX_LOGICAL = Number(EVHD_MAX_LOGICAL_LENGTH);
@@ -103,14 +105,26 @@ export class EvhdDevice implements BlockDevice {
       return;
     }
     await this.track((async () => {
-      if (length >= XTS_ASYNC_MIN && this.storage.readIntoDecrypted) {
-        // The storage reads and decrypts in one thread-pool job: the event loop copies nothing.
-        await this.storage.readIntoDecrypted(buf, H + offset, this.dataKey.key, offset / U, U);
-        return;
-      }
+      const range = length >= XTS_ASYNC_MIN ? this.storage.fileRange?.(H + offset, length, MAPPED) : undefined;
+      if (range) return this.decryptFromFile(range, buf, offset / U);
       await readInto(this.storage, buf, H + offset);
       await this.xts(buf, offset / U, false);
     })());
+  }
+
+  /**
+   * Units straight from the storage's file into `buf`, decrypted, in one thread-pool job: the
+   * cipher reads the file's mapping (the page cache itself, no copy first; a page the kernel cannot
+   * give is EIO, not a crash) or, without one, pread and cipher run in the same job. The event loop
+   * copies nothing.
+   */
+  private async decryptFromFile(range: FileRange, buf: Buffer, firstUnit: number): Promise<void> {
+    try {
+      if (range.map) await native.xtsFromMapAsync(range.map, range.position, buf, this.dataKey.key, firstUnit, U);
+      else await native.preadXtsAsync(range.fd, buf, range.position, this.dataKey.key, firstUnit, U);
+    } catch (e) {
+      throw fromSystemError(e, this.storage.description);
+    }
   }
 
   /**

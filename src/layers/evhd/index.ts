@@ -138,13 +138,18 @@ export async function createEvhdFile(path: string, kek: KekSource): Promise<Evhd
   return pending.device;
 }
 
-/** Open `path` with the data key from its .enc file, unwrapped with `kek`. */
-export async function openEvhdFile(path: string, kek: KekSource, opts: { readOnly?: boolean } = {}): Promise<EvhdDevice> {
-  if (!fs.existsSync(path)) throw new MedvError('ENOENT', `no such file: ${path}`, { file: path });
-  const key = await readKeyFile(encPathFor(path), kek);
+/**
+ * Open `path` with the data key from its .enc file, unwrapped with `kek`. `via` opens the bytes
+ * (`file`) and the key file (`keyFile`) through other paths, e.g. `/proc/self/fd/N` of files the
+ * caller opened without following links (src/core/fsio.ts); `path` still names the disk.
+ */
+export async function openEvhdFile(path: string, kek: KekSource, opts: { readOnly?: boolean; via?: { file: string; keyFile?: string } } = {}): Promise<EvhdDevice> {
+  const file = opts.via?.file ?? path;
+  if (!fs.existsSync(file)) throw new MedvError('ENOENT', `no such file: ${path}`, { file: path });
+  const key = await readKeyFile(opts.via?.keyFile ?? encPathFor(path), kek);
   let storage: FileDevice | undefined;
   try {
-    storage = await FileDevice.open(path, { readOnly: opts.readOnly ?? false });
+    storage = await FileDevice.open(file, { readOnly: opts.readOnly ?? false });
     return await openEvhd(storage, key, { readOnly: opts.readOnly, name: path });
   } catch (e) {
     if (storage) await storage.close().catch(() => undefined);

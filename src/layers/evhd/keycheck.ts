@@ -1,7 +1,7 @@
 import type { DataKey } from '../../crypto/datakey.js';
 import { constantTimeEqual, secureAlloc, secureFree } from '../../crypto/secure.js';
 import { EVHD_MAC_BYTES, type EvhdHeader, evhdHeaderMacInput, serializeEvhdHeader } from '../../formats/evhd.js';
-import { sodium } from '../../crypto/sodium.js';
+import { sodium } from '../../core/sodium.js';
 
 const KCK_CONTEXT = Buffer.from('medv evhd key-check key v1', 'latin1');
 const KCV_MESSAGE = Buffer.from('medv evhd key check v1', 'latin1');

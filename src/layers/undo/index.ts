@@ -16,7 +16,7 @@
  *   writes the same data again (idempotent).
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, realpathSync, unlinkSync } from 'node:fs';
+import { existsSync, unlinkSync } from 'node:fs';
 import { dirname, relative, resolve } from 'node:path';
 import type { BlockDevice } from '../../block/device.js';
 import { FileDevice } from '../../block/file.js';
@@ -24,7 +24,7 @@ import { MedvError } from '../../core/errors.js';
 import { encPathFor, type KekSource } from '../../crypto/index.js';
 import { fsyncDir } from '../../core/fsio.js';
 import { createEvhdFile, openEvhdFile } from '../evhd/index.js';
-import { openDisk, type DiskFormat, type OpenedDisk } from '../open.js';
+import { openDisk, type ChainLink, type DiskFormat, type DiskVia, type OpenedDisk } from '../open.js';
 import { vhdParentFormat } from '../parent.js';
 import { fingerprintRawParent } from '../rawparent.js';
 import { createDifferencingVhd, readVhdInfo, type VhdDevice } from '../vhd/index.js';
@@ -32,6 +32,12 @@ import { createDifferencingVhd, readVhdInfo, type VhdDevice } from '../vhd/index
 export interface UndoOptions {
   /** Key-encryption key, asked for only when an encrypted file is met. */
   kek?: () => KekSource;
+  /**
+   * Where the undo disk (and its .enc) is created, opened or removed, when not at `undoPath`:
+   * the same name in a folder the caller opened without following links
+   * (`/proc/self/fd/N/<name>`, src/core/fsio.ts). `undoPath` still names it (locators, messages).
+   */
+  at?: string;
 }
 
 export interface UndoDisk {
@@ -41,6 +47,8 @@ export interface UndoDisk {
   vhd: VhdDevice;
   undoPath: string;
   parentPath: string;
+  /** The undo disk, then every file below it (src/layers/open.ts ChainLink). */
+  chain: ChainLink[];
 }
 
 const MERGE_CHUNK = 1024 * 1024;
@@ -51,15 +59,16 @@ const MERGE_UNIT = 4096;
  * Create an undo disk over `parentPath`. `format` is the parent's format (else from its name, or
  * guessed with a warning); over a raw parent the undo disk records the parent's size and fingerprint.
  */
-export async function createUndoDisk(undoPath: string, parentPath: string, options: UndoOptions & { format?: DiskFormat; warn?: (m: string) => void } = {}): Promise<void> {
-  if (existsSync(undoPath)) throw new MedvError('EEXIST', `undo disk already exists: ${undoPath}`, { file: undoPath });
-  const parent = await openDisk(parentPath, { readOnly: true, kek: options.kek, format: options.format, warn: options.warn });
+export async function createUndoDisk(undoPath: string, parentPath: string, options: UndoOptions & { format?: DiskFormat; warn?: (m: string) => void; parentVia?: DiskVia } = {}): Promise<void> {
+  const at = options.at ?? undoPath;
+  if (existsSync(at)) throw new MedvError('EEXIST', `undo disk already exists: ${undoPath}`, { file: undoPath });
+  const parent = await openDisk(parentPath, { readOnly: true, kek: options.kek, format: options.format, warn: options.warn, via: options.parentVia });
   try {
     const undoEncrypted = undoPath.toLowerCase().endsWith('.evhd');
     if (parent.format === 'evhd' && !undoEncrypted) {
       throw new MedvError('EINVAL_ARG', `the parent is encrypted, so the undo disk must be an .evhd too (got ${undoPath})`, { file: undoPath });
     }
-    const absParent = realpathSync(parentPath);
+    const absParent = parent.chain[0].path;
     const childUniqueId = randomBytes(16);
     const raw = parent.vhd ? undefined : await fingerprintRawParent(parent.device, childUniqueId);
     const spec = {
@@ -72,14 +81,14 @@ export async function createUndoDisk(undoPath: string, parentPath: string, optio
       extraLocators: raw ? [raw.locator] : [],
     };
     const storage: BlockDevice = undoEncrypted
-      ? await createEvhdFile(undoPath, requireKek(options, undoPath))
-      : await FileDevice.open(undoPath, { create: true });
+      ? await createEvhdFile(at, requireKek(options, undoPath))
+      : await FileDevice.open(at, { create: true });
     try {
       await createDifferencingVhd(storage, spec);
       await storage.flush();
     } catch (e) {
       await storage.close().catch(() => undefined);
-      removeUndoFiles(undoPath);
+      await removeUndoFiles(at);
       throw e;
     }
     await storage.close();
@@ -92,14 +101,24 @@ export async function createUndoDisk(undoPath: string, parentPath: string, optio
  * Open an undo disk for use. Its parent is `parent` when given (a raw parent must be), else found
  * through its locators; it is opened read-only with a shared lock until close.
  */
-export async function openUndoDisk(undoPath: string, options: UndoOptions & { parent?: string; allowSavedState?: boolean } = {}): Promise<UndoDisk> {
+export async function openUndoDisk(undoPath: string, options: OpenUndoOptions = {}): Promise<UndoDisk> {
   const opened = await openUndo(undoPath, options, false);
-  return { device: opened.device, vhd: opened.vhd!, undoPath, parentPath: opened.parent!.path };
+  return { device: opened.device, vhd: opened.vhd!, undoPath, parentPath: opened.parent!.path, chain: opened.chain };
 }
 
-async function openUndo(undoPath: string, options: UndoOptions & { parent?: string; allowSavedState?: boolean }, writableParent: boolean): Promise<OpenedDisk> {
-  if (!existsSync(undoPath)) throw new MedvError('ENOENT', `no such undo disk: ${undoPath}`, { file: undoPath });
-  const opened = await openDisk(undoPath, { kek: options.kek, format: vhdParentFormat(undoPath), parent: options.parent, writableParent, allowSavedState: options.allowSavedState });
+/** How an undo disk is opened: its parent named (a raw parent must be), and through which paths. */
+export interface OpenUndoOptions extends Omit<UndoOptions, 'at'> {
+  parent?: string;
+  allowSavedState?: boolean;
+  /** As OpenDiskOptions.via, for the undo disk. */
+  via?: DiskVia;
+  /** As OpenDiskOptions.parentVia, for the parent named with `parent`. */
+  parentVia?: DiskVia;
+}
+
+async function openUndo(undoPath: string, options: OpenUndoOptions, writableParent: boolean): Promise<OpenedDisk> {
+  if (!existsSync(options.via?.file ?? undoPath)) throw new MedvError('ENOENT', `no such undo disk: ${undoPath}`, { file: undoPath });
+  const opened = await openDisk(undoPath, { kek: options.kek, format: vhdParentFormat(undoPath), parent: options.parent, writableParent, allowSavedState: options.allowSavedState, via: options.via, parentVia: options.parentVia });
   if (!opened.vhd || opened.vhd.type !== 'differencing' || !opened.parent) {
     await opened.device.close();
     throw new MedvError('EFORMAT', 'not an undo disk (expected a differencing VHD)', { file: undoPath });
@@ -177,11 +196,12 @@ function alignedSpans(ranges: Array<{ offset: number; length: number }>, size: n
  * else is refused and nothing is deleted.
  */
 export async function discardUndoDisk(undoPath: string, options: UndoOptions = {}): Promise<void> {
-  if (!existsSync(undoPath)) throw new MedvError('ENOENT', `no such undo disk: ${undoPath}`, { file: undoPath });
+  const at = options.at ?? undoPath;
+  if (!existsSync(at)) throw new MedvError('ENOENT', `no such undo disk: ${undoPath}`, { file: undoPath });
   const format = vhdParentFormat(undoPath);
   const storage: BlockDevice = format === 'evhd'
-    ? await openEvhdFile(undoPath, requireKek(options, undoPath), { readOnly: false })
-    : await FileDevice.open(undoPath, { readOnly: false });
+    ? await openEvhdFile(undoPath, requireKek(options, undoPath), { readOnly: false, via: { file: at, keyFile: encPathFor(at) } })
+    : await FileDevice.open(at, { readOnly: false });
   try {
     let type: string;
     try {
@@ -193,7 +213,7 @@ export async function discardUndoDisk(undoPath: string, options: UndoOptions = {
       throw new MedvError('EFORMAT', `not an undo disk: a ${type} VHD (only a differencing disk can be discarded)`, { file: undoPath });
     }
     // Still holding the exclusive lock: nobody has it open.
-    await removeUndoFiles(undoPath);
+    await removeUndoFiles(at);
   } finally {
     await storage.close();
   }

@@ -364,7 +364,7 @@ export async function loadVhdMeta(storage: BlockDevice, name: string, issues?: I
   return meta;
 }
 
-export function regionsOverlap(a0: number, a1: number, b0: number, b1: number): boolean {
+function regionsOverlap(a0: number, a1: number, b0: number, b1: number): boolean {
   return a0 < b1 && b0 < a1;
 }
 

@@ -5,7 +5,7 @@
  * migration runs in one transaction on the one connection. Never edit a migration once released:
  * add the next one.
  */
-import { type Kysely, type Migration, type MigrationProvider, sql } from 'kysely';
+import { type Kysely, type Migration, type MigrationProvider, PostgresAdapter, sql } from 'kysely';
 import { LIMITS } from './schema.js';
 
 type Db = Kysely<unknown>;
@@ -95,9 +95,74 @@ const m0002: Migration = {
   },
 };
 
+/** A byte-string column: BLOB on SQLite, bytea on PostgreSQL. */
+const bytes = (db: Db) => sql.raw(db.getExecutor().adapter instanceof PostgresAdapter ? 'bytea' : 'blob');
+
+/** Account roles (issue 20's console signs in `admin` accounts; `user` is everyone else). */
+const m0003: Migration = {
+  async up(db: Db) {
+    await db.schema.alterTable('users')
+      .addColumn('role', 'varchar(8)', (c) => c.notNull().defaultTo('user').check(sql`role in ('admin', 'user')`))
+      .execute();
+  },
+};
+
+/**
+ * The audit log, bounded: repeated failures of one kind from one address within a window are one
+ * row with a count (`agg` is the key of that window, unique), and the row's last occurrence.
+ */
+const m0004: Migration = {
+  async up(db: Db) {
+    await db.schema.alterTable('audit').addColumn('count', 'integer', (c) => c.notNull().defaultTo(1)).execute();
+    await db.schema.alterTable('audit').addColumn('last', 'bigint').execute();
+    await db.schema.alterTable('audit').addColumn('address', 'varchar(64)', (c) => c.notNull().defaultTo('').check(len('address', LIMITS.address))).execute();
+    await db.schema.alterTable('audit').addColumn('agg', 'varchar(32)').execute();
+    await db.schema.createIndex('audit_agg').on('audit').column('agg').unique().execute();
+  },
+};
+
+/** Which clients belong to which user (registered by a grant): reports are taken only from them. */
+const m0005: Migration = {
+  async up(db: Db) {
+    await db.schema.createTable('clients')
+      .addColumn('client', 'varchar(64)', (c) => c.notNull().check(len('client', LIMITS.clientId)))
+      .addColumn('user_name', 'varchar(64)', (c) => c.notNull().references('users.name').onDelete('cascade'))
+      .addColumn('client_key', 'varchar(64)', (c) => c.notNull().check(len('client_key', 64)))
+      .addColumn('first_seen', 'bigint', (c) => c.notNull())
+      .addColumn('last_seen', 'bigint', (c) => c.notNull())
+      .addPrimaryKeyConstraint('clients_pk', ['client', 'user_name'])
+      .execute();
+    await db.schema.createIndex('clients_user').on('clients').columns(['user_name', 'last_seen']).execute();
+    await db.schema.createIndex('client_reports_user').on('client_reports').columns(['user_name', 'received_at']).execute();
+  },
+};
+
+/** Wrapped image keys as bytes (they were base64 text): no key-sized strings in the server's heap. */
+const m0006: Migration = {
+  async up(db: Db) {
+    await db.schema.createTable('image_keys_bytes')
+      .addColumn('image', 'varchar(64)', (c) => c.primaryKey().check(len('image', LIMITS.name)))
+      .addColumn('wrapped', bytes(db), (c) => c.notNull().check(sql`length(wrapped) <= ${sql.lit(LIMITS.wrappedKeyBytes)}`))
+      .addColumn('updated_at', 'bigint', (c) => c.notNull())
+      .execute();
+    const old = await (db as Kysely<{ image_keys: { image: string; wrapped: string; updated_at: number } }>)
+      .selectFrom('image_keys').selectAll().execute();
+    for (const r of old) {
+      await (db as Kysely<{ image_keys_bytes: { image: string; wrapped: Buffer; updated_at: number } }>)
+        .insertInto('image_keys_bytes').values({ image: r.image, wrapped: Buffer.from(r.wrapped, 'base64'), updated_at: r.updated_at }).execute();
+    }
+    await db.schema.dropTable('image_keys').execute();
+    await db.schema.alterTable('image_keys_bytes').renameTo('image_keys').execute();
+  },
+};
+
 export const MIGRATIONS: Record<string, Migration> = {
   '0001_accounts_policies': m0001,
   '0002_image_keys_client_reports': m0002,
+  '0003_user_roles': m0003,
+  '0004_audit_aggregate': m0004,
+  '0005_clients': m0005,
+  '0006_image_keys_bytes': m0006,
 };
 
 export const migrationProvider: MigrationProvider = {

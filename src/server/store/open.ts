@@ -32,11 +32,20 @@ export function redactUrl(url: string): string {
 
 async function sqliteDialect(file: string): Promise<SqliteDialect> {
   const { default: BetterSqlite3 } = await import('better-sqlite3');
+  // created 0600 before SQLite opens it (it holds password hashes; SQLite gives -wal and -shm the
+  // database's mode), and refused when group or others can reach it
+  let fd: number | undefined;
   try {
-    // created 0600 before SQLite opens it: it holds password hashes; -wal and -shm take its mode
-    fs.closeSync(fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600));
+    fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK, 0o600);
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new MedvError('EINVAL_ARG', 'the database is not a regular file', { file });
+    if (st.size === 0 && (st.mode & 0o777) !== 0o600) fs.fchmodSync(fd, 0o600);
+    const mode = fs.fstatSync(fd).mode & 0o777;
+    if (mode & 0o077) throw new MedvError('EINSECURE', `the database's permissions ${mode.toString(8)} are too open: it holds password hashes (chmod 600 ${file})`, { file });
   } catch (e) {
     throw fromSystemError(e, file);
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
   }
   let sqlite: InstanceType<typeof BetterSqlite3>;
   try {

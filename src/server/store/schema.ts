@@ -4,6 +4,7 @@
  * (bigint; read back as numbers), booleans are 0/1 integers, documents are JSON text. Every string
  * column has a length bound, enforced by a CHECK in the database and by the code before it.
  */
+import type { Generated } from 'kysely';
 
 /** Length bounds of the string columns (characters). */
 export const LIMITS = {
@@ -16,12 +17,17 @@ export const LIMITS = {
   detail: 4096,
   document: 65536,
   limiterKey: 200,
-  /** image_keys.wrapped: base64 of nonce || ciphertext || tag of at most 674 bytes of keys. */
+  /** image_keys.wrapped before migration 0006: base64 of nonce || ciphertext || tag. */
   wrappedKeys: 1024,
+  /** image_keys.wrapped: nonce (24) || ciphertext of at most 674 bytes of keys || tag (16). */
+  wrappedKeyBytes: 768,
   clientId: 64,
   state: 16,
   lastError: 1024,
 } as const;
+
+export type Role = 'admin' | 'user';
+export const ROLES: readonly Role[] = ['admin', 'user'];
 
 export interface UsersTable {
   name: string;
@@ -29,6 +35,8 @@ export interface UsersTable {
   password_hash: string;
   created: number;
   disabled: number;
+  /** 'admin' may use /api/admin/ and the console with its own login; 'user' may not. */
+  role: Generated<Role>;
 }
 
 export interface GroupsTable {
@@ -70,11 +78,20 @@ export interface EntitlementsTable {
 export interface AuditTable {
   /** 16 random bytes, hex. */
   id: string;
+  /** The (first) occurrence. */
   time: number;
   actor: string;
   action: string;
   target: string;
   detail: string;
+  /** Occurrences this row stands for (repeated failures are aggregated, audit.ts). */
+  count: Generated<number>;
+  /** The last occurrence, for an aggregated row (null: time). */
+  last: number | null;
+  /** The client's address, when a request made the entry. */
+  address: Generated<string>;
+  /** The aggregation key of a repeated entry (unique), null for a single one. */
+  agg: string | null;
 }
 
 /** Failed logins per key (`user:NAME` or `addr:ADDRESS`), shared by every instance on the database. */
@@ -92,9 +109,19 @@ export interface LoginFailuresTable {
  */
 export interface ImageKeysTable {
   image: string;
-  /** base64 of nonce || ciphertext || tag. */
-  wrapped: string;
+  /** nonce || ciphertext || tag (BLOB / bytea). */
+  wrapped: Buffer;
   updated_at: number;
+}
+
+/** A client of a user: registered by the user's grant with that client id and key. */
+export interface ClientsTable {
+  client: string;
+  user_name: string;
+  /** The X25519 public key of the client's last grant, hex. */
+  client_key: string;
+  first_seen: number;
+  last_seen: number;
 }
 
 /** The last report of each (client, user, workspace): the one with the latest client time. */
@@ -122,4 +149,5 @@ export interface Database {
   login_failures: LoginFailuresTable;
   image_keys: ImageKeysTable;
   client_reports: ClientReportsTable;
+  clients: ClientsTable;
 }

@@ -7,17 +7,21 @@ import { randomBytes } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import { MedvError } from '../../core/errors.js';
 import { type OpenedDatabase, openDatabase } from './open.js';
-import { type Database, LIMITS } from './schema.js';
+import { type Database, LIMITS, type Role } from './schema.js';
 
-export interface UserRecord { name: string; passwordHash: string; disabled: boolean }
-export interface UserSummary { user: string; groups: string[]; created: string; disabled: boolean }
-export interface TokenRecord { user: string; expires: number; revoked: boolean; disabled: boolean }
+export interface UserRecord { name: string; passwordHash: string; disabled: boolean; role: Role }
+export interface UserSummary { user: string; groups: string[]; created: string; disabled: boolean; role: Role }
+export interface TokenRecord { user: string; expires: number; revoked: boolean; disabled: boolean; role: Role }
+export interface DeletedUser { user: string; groups: string[]; tokens: number; clients: number; reports: number }
 export interface PolicyVersion { name: string; version: number; published: string; publisher: string }
 export interface PolicyDocument { name: string; version: number; published: string; document: unknown }
-export interface AuditEntry { actor: string; action: string; target: string; detail?: Record<string, unknown> }
+export interface AuditEntry { actor: string; action: string; target: string; address?: string; detail?: Record<string, unknown> }
+export interface AuditRecord { id: string; time: string; last: string; count: number; actor: string; action: string; target: string; address: string; detail: unknown }
+export interface AuditQuery { limit: number; before?: { time: number; id: string }; since?: number; action?: string; actor?: string }
 export interface FailureState { key: string; count: number; lockedUntil: number }
 export interface ReportRow { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; reportedAt: number }
 export interface ReportRecord { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; at: string; received: string }
+export type ReportKey = [client: string, user: string, workspace: string];
 
 /** A unique-key violation, from either database (a concurrent insert of the same key). */
 export function isUniqueViolation(e: unknown): boolean {
@@ -27,6 +31,16 @@ export function isUniqueViolation(e: unknown): boolean {
 
 const iso = (ms: number) => new Date(Number(ms)).toISOString();
 const clip = (s: string, n: number) => (s.length > n ? s.slice(0, n) : s);
+
+function auditColumns(e: AuditEntry): { actor: string; action: string; target: string; address: string; detail: string } {
+  return {
+    actor: clip(e.actor, LIMITS.name),
+    action: clip(e.action, LIMITS.action),
+    target: clip(e.target, LIMITS.target),
+    address: clip(e.address ?? '', LIMITS.address),
+    detail: clip(JSON.stringify(e.detail ?? {}), LIMITS.detail),
+  };
+}
 
 export class Store {
   readonly kind: OpenedDatabase['kind'];
@@ -50,10 +64,10 @@ export class Store {
   // --- users and groups
 
   /** A new user with its groups (created when missing). EEXIST when the name is taken. */
-  async addUser(name: string, passwordHash: string, groups: string[], now = Date.now()): Promise<void> {
+  async addUser(name: string, passwordHash: string, groups: string[], role: Role = 'user', now = Date.now()): Promise<void> {
     try {
       await this.db.transaction().execute(async (trx) => {
-        await trx.insertInto('users').values({ name, password_hash: passwordHash, created: now, disabled: 0 }).execute();
+        await trx.insertInto('users').values({ name, password_hash: passwordHash, created: now, disabled: 0, role }).execute();
         for (const g of new Set(groups)) {
           await trx.insertInto('groups').values({ name: g, created: now }).onConflict((oc) => oc.column('name').doNothing()).execute();
           await trx.insertInto('membership').values({ user_name: name, group_name: g }).execute();
@@ -66,16 +80,63 @@ export class Store {
   }
 
   async getUser(name: string): Promise<UserRecord | undefined> {
-    const r = await this.db.selectFrom('users').select(['name', 'password_hash', 'disabled']).where('name', '=', name).executeTakeFirst();
-    return r && { name: r.name, passwordHash: r.password_hash, disabled: r.disabled !== 0 };
+    const r = await this.db.selectFrom('users').select(['name', 'password_hash', 'disabled', 'role']).where('name', '=', name).executeTakeFirst();
+    return r && { name: r.name, passwordHash: r.password_hash, disabled: r.disabled !== 0, role: r.role };
   }
 
-  async listUsers(): Promise<UserSummary[]> {
-    const users = await this.db.selectFrom('users').select(['name', 'created', 'disabled']).orderBy('name').execute();
-    const members = await this.db.selectFrom('membership').select(['user_name', 'group_name']).orderBy('group_name').execute();
+  /** Every user, or the one named. */
+  async listUsers(only?: string): Promise<UserSummary[]> {
+    let uq = this.db.selectFrom('users').select(['name', 'created', 'disabled', 'role']).orderBy('name');
+    let mq = this.db.selectFrom('membership').select(['user_name', 'group_name']).orderBy('group_name');
+    if (only !== undefined) { uq = uq.where('name', '=', only); mq = mq.where('user_name', '=', only); }
+    const users = await uq.execute();
+    const members = await mq.execute();
     const groups = new Map<string, string[]>();
     for (const m of members) groups.set(m.user_name, [...(groups.get(m.user_name) ?? []), m.group_name]);
-    return users.map((u) => ({ user: u.name, groups: groups.get(u.name) ?? [], created: iso(u.created), disabled: u.disabled !== 0 }));
+    return users.map((u) => ({ user: u.name, groups: groups.get(u.name) ?? [], created: iso(u.created), disabled: u.disabled !== 0, role: u.role }));
+  }
+
+  /** True when the user exists (and now has that state). */
+  async setDisabled(name: string, disabled: boolean): Promise<boolean> {
+    const r = await this.db.updateTable('users').set({ disabled: disabled ? 1 : 0 }).where('name', '=', name).executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
+  }
+
+  /** A new password hash; every live token of the user is revoked in the same transaction. Undefined: no such user. */
+  async setPassword(name: string, passwordHash: string): Promise<{ tokens: number } | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      const r = await trx.updateTable('users').set({ password_hash: passwordHash }).where('name', '=', name).executeTakeFirst();
+      if (Number(r.numUpdatedRows) === 0) return undefined;
+      const t = await trx.updateTable('tokens').set({ revoked: 1 }).where('user_name', '=', name).where('revoked', '=', 0).executeTakeFirst();
+      return { tokens: Number(t.numUpdatedRows) };
+    });
+  }
+
+  /** Revoke every live token of `name`; the number revoked, undefined when there is no such user. */
+  async revokeUserTokens(name: string, now = Date.now()): Promise<number | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      if (!await trx.selectFrom('users').select('name').where('name', '=', name).executeTakeFirst()) return undefined;
+      const t = await trx.updateTable('tokens').set({ revoked: 1 }).where('user_name', '=', name).where('revoked', '=', 0).where('expires', '>', now).executeTakeFirst();
+      return Number(t.numUpdatedRows);
+    });
+  }
+
+  /**
+   * Delete a user with everything that is theirs: group memberships, tokens, registered clients
+   * and the reports those clients made as this user. Groups stay (other members, policies name
+   * them). Undefined when there is no such user.
+   */
+  async deleteUser(name: string): Promise<DeletedUser | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      if (!await trx.selectFrom('users').select('name').where('name', '=', name).executeTakeFirst()) return undefined;
+      const groups = (await trx.selectFrom('membership').select('group_name').where('user_name', '=', name).orderBy('group_name').execute()).map((g) => g.group_name);
+      const tokens = await trx.deleteFrom('tokens').where('user_name', '=', name).executeTakeFirst();
+      const clients = await trx.deleteFrom('clients').where('user_name', '=', name).executeTakeFirst();
+      const reports = await trx.deleteFrom('client_reports').where('user_name', '=', name).executeTakeFirst();
+      await trx.deleteFrom('membership').where('user_name', '=', name).execute();
+      await trx.deleteFrom('users').where('name', '=', name).execute();
+      return { user: name, groups, tokens: Number(tokens.numDeletedRows), clients: Number(clients.numDeletedRows), reports: Number(reports.numDeletedRows) };
+    });
   }
 
   async groupsOf(user: string): Promise<string[]> {
@@ -92,10 +153,10 @@ export class Store {
   async findToken(hash: string): Promise<TokenRecord | undefined> {
     const r = await this.db.selectFrom('tokens')
       .innerJoin('users', 'users.name', 'tokens.user_name')
-      .select(['tokens.user_name', 'tokens.expires', 'tokens.revoked', 'users.disabled'])
+      .select(['tokens.user_name', 'tokens.expires', 'tokens.revoked', 'users.disabled', 'users.role'])
       .where('tokens.hash', '=', hash)
       .executeTakeFirst();
-    return r && { user: r.user_name, expires: Number(r.expires), revoked: r.revoked !== 0, disabled: r.disabled !== 0 };
+    return r && { user: r.user_name, expires: Number(r.expires), revoked: r.revoked !== 0, disabled: r.disabled !== 0, role: r.role };
   }
 
   /** True when a live token was revoked by this call. */
@@ -163,7 +224,7 @@ export class Store {
   // --- image keys (wrapped under the server key: the store never sees them in clear)
 
   /** Store (or replace) the wrapped keys of `image`; true when an earlier entry was replaced. */
-  async putImageKeys(image: string, wrapped: string, now = Date.now()): Promise<boolean> {
+  async putImageKeys(image: string, wrapped: Buffer, now = Date.now()): Promise<boolean> {
     return this.db.transaction().execute(async (trx) => {
       const had = await trx.selectFrom('image_keys').select('image').where('image', '=', image).executeTakeFirst();
       await trx.insertInto('image_keys').values({ image, wrapped, updated_at: now })
@@ -173,9 +234,36 @@ export class Store {
     });
   }
 
-  async getImageKeys(image: string): Promise<string | undefined> {
+  async getImageKeys(image: string): Promise<Buffer | undefined> {
     const r = await this.db.selectFrom('image_keys').select('wrapped').where('image', '=', image).executeTakeFirst();
-    return r?.wrapped;
+    return r ? Buffer.from(r.wrapped) : undefined;
+  }
+
+  // --- clients (registered by grants)
+
+  /**
+   * Record that `user` was granted keys on `client` (with that client key). When the user then has
+   * more than `maxPerUser` clients, the least recently seen others are dropped with their reports;
+   * their ids are returned.
+   */
+  async registerClient(client: string, user: string, clientKey: string, maxPerUser: number, now = Date.now()): Promise<string[]> {
+    return this.db.transaction().execute(async (trx) => {
+      await trx.insertInto('clients').values({ client, user_name: user, client_key: clientKey, first_seen: now, last_seen: now })
+        .onConflict((oc) => oc.columns(['client', 'user_name']).doUpdateSet({ client_key: clientKey, last_seen: now }))
+        .execute();
+      const extra = await trx.selectFrom('clients').select('client').where('user_name', '=', user).where('client', '!=', client)
+        .orderBy('last_seen', 'desc').orderBy('client').offset(Math.max(0, maxPerUser - 1)).limit(1_000_000).execute();
+      const gone = extra.map((r) => r.client);
+      if (gone.length) {
+        await trx.deleteFrom('clients').where('user_name', '=', user).where('client', 'in', gone).execute();
+        await trx.deleteFrom('client_reports').where('user_name', '=', user).where('client', 'in', gone).execute();
+      }
+      return gone;
+    });
+  }
+
+  async isClientOf(client: string, user: string): Promise<boolean> {
+    return (await this.db.selectFrom('clients').select('client').where('client', '=', client).where('user_name', '=', user).executeTakeFirst()) !== undefined;
   }
 
   // --- client status reports
@@ -185,7 +273,7 @@ export class Store {
    * when it is at least as recent (client time) as the one stored, so a late-arriving older report
    * never overwrites a newer one, whichever instance receives them.
    */
-  async putReports(rows: ReportRow[], now = Date.now()): Promise<number> {
+  async putReports(rows: ReportRow[], now = Date.now(), maxPerUser = Infinity): Promise<number> {
     if (!rows.length) return 0;
     await this.db.transaction().execute(async (trx) => {
       for (const r of rows) {
@@ -203,34 +291,86 @@ export class Store {
           .where('client_reports.reported_at', '<=', r.reportedAt))
           .execute();
       }
+      // a user's rows beyond the cap: the least recently received go
+      if (Number.isFinite(maxPerUser)) {
+        for (const user of new Set(rows.map((r) => r.user))) {
+          const extra = await trx.selectFrom('client_reports').select(['client', 'workspace']).where('user_name', '=', user)
+            .orderBy('received_at', 'desc').orderBy('client').orderBy('workspace').offset(maxPerUser).limit(1_000_000).execute();
+          for (const e of extra) await trx.deleteFrom('client_reports').where('user_name', '=', user).where('client', '=', e.client).where('workspace', '=', e.workspace).execute();
+        }
+      }
     });
     return rows.length;
   }
 
-  async listReports(): Promise<ReportRecord[]> {
-    const rows = await this.db.selectFrom('client_reports').selectAll().orderBy('client').orderBy('user_name').orderBy('workspace').execute();
+  /** One page of reports in (client, user, workspace) order, after `after`. */
+  async listReports(o: { limit: number; after?: ReportKey } = { limit: 1_000_000 }): Promise<ReportRecord[]> {
+    let q = this.db.selectFrom('client_reports').selectAll();
+    if (o.after) q = q.where((eb) => eb(eb.refTuple('client', 'user_name', 'workspace'), '>', eb.tuple(o.after![0], o.after![1], o.after![2])));
+    const rows = await q.orderBy('client').orderBy('user_name').orderBy('workspace').limit(o.limit).execute();
     return rows.map((r) => ({
       client: r.client, user: r.user_name, workspace: r.workspace, version: r.version === null ? null : Number(r.version),
       state: r.state, lastError: r.last_error, at: iso(r.reported_at), received: iso(r.received_at),
     }));
   }
 
-  // --- audit log
+  // --- audit log (audit.ts decides what is aggregated and when it is pruned)
 
   async audit(e: AuditEntry, now = Date.now()): Promise<void> {
-    await this.db.insertInto('audit').values({
-      id: randomBytes(16).toString('hex'),
-      time: now,
-      actor: clip(e.actor, LIMITS.name),
-      action: clip(e.action, LIMITS.action),
-      target: clip(e.target, LIMITS.target),
-      detail: clip(JSON.stringify(e.detail ?? {}), LIMITS.detail),
-    }).execute();
+    await this.db.insertInto('audit').values({ id: randomBytes(16).toString('hex'), time: now, last: null, agg: null, ...auditColumns(e) }).execute();
   }
 
-  async auditLog(limit = 1000): Promise<{ time: string; actor: string; action: string; target: string; detail: unknown }[]> {
-    const rows = await this.db.selectFrom('audit').selectAll().orderBy('time', 'desc').limit(limit).execute();
-    return rows.map((r) => ({ time: iso(r.time), actor: r.actor, action: r.action, target: r.target, detail: JSON.parse(r.detail) }));
+  /** One more occurrence of the aggregated entry `agg` (a new row the first time), atomically. */
+  async auditRepeated(e: AuditEntry, agg: string, now = Date.now()): Promise<void> {
+    await this.db.insertInto('audit').values({ id: randomBytes(16).toString('hex'), time: now, last: now, agg, ...auditColumns(e) })
+      .onConflict((oc) => oc.column('agg').doUpdateSet((eb) => ({ count: eb(eb.ref('audit.count'), '+', 1), last: now })))
+      .execute();
+  }
+
+  /** Newest first (by first occurrence), `limit` rows before the cursor, filtered. */
+  async auditLog(q: AuditQuery): Promise<AuditRecord[]> {
+    let sel = this.db.selectFrom('audit').selectAll();
+    if (q.before) sel = sel.where((eb) => eb(eb.refTuple('time', 'id'), '<', eb.tuple(q.before!.time, q.before!.id)));
+    if (q.since !== undefined) sel = sel.where((eb) => eb.or([eb('time', '>=', q.since!), eb('last', '>=', q.since!)]));
+    if (q.action !== undefined) sel = sel.where('action', '=', q.action);
+    if (q.actor !== undefined) sel = sel.where('actor', '=', q.actor);
+    const rows = await sel.orderBy('time', 'desc').orderBy('id', 'desc').limit(q.limit).execute();
+    return rows.map((r) => ({
+      id: r.id, time: iso(r.time), last: iso(r.last ?? r.time), count: Number(r.count), actor: r.actor, action: r.action, target: r.target, address: r.address, detail: JSON.parse(r.detail),
+    }));
+  }
+
+  /**
+   * Delete rows whose last occurrence is before `before`; then, beyond `maxRows`, the oldest
+   * refusals (aggregated rows) first, so a flood of anonymous refusals never pushes what accounts
+   * and administrators did out of the log; only if refusals alone are not enough, the oldest of
+   * the rest.
+   */
+  async pruneAudit(before: number, maxRows: number): Promise<number> {
+    const old = await this.db.deleteFrom('audit').where((eb) => eb.fn.coalesce('last', 'time'), '<', before).executeTakeFirst();
+    let n = Number(old.numDeletedRows);
+    const excess = (await this.auditRows()) - maxRows;
+    if (excess <= 0) return n;
+    const refusals = await this.db.selectFrom('audit').select((eb) => eb.fn.countAll().as('n')).where('agg', 'is not', null).executeTakeFirst();
+    if (Number(refusals?.n ?? 0) > excess) {
+      const edge = await this.db.selectFrom('audit').select('time').where('agg', 'is not', null).orderBy('time', 'asc').offset(excess - 1).limit(1).executeTakeFirst();
+      const r = await this.db.deleteFrom('audit').where('agg', 'is not', null).where('time', '<=', Number(edge!.time)).executeTakeFirst();
+      return n + Number(r.numDeletedRows);
+    }
+    // fewer refusals than the excess: all of them go, then the oldest of the rest
+    const r = await this.db.deleteFrom('audit').where('agg', 'is not', null).executeTakeFirst();
+    n += Number(r.numDeletedRows);
+    const rest = excess - Number(r.numDeletedRows);
+    if (rest > 0) {
+      const edge = await this.db.selectFrom('audit').select('time').orderBy('time', 'asc').offset(rest - 1).limit(1).executeTakeFirst();
+      if (edge) n += Number((await this.db.deleteFrom('audit').where('time', '<=', Number(edge.time)).executeTakeFirst()).numDeletedRows);
+    }
+    return n;
+  }
+
+  async auditRows(): Promise<number> {
+    const r = await this.db.selectFrom('audit').select((eb) => eb.fn.countAll().as('n')).executeTakeFirst();
+    return Number(r?.n ?? 0);
   }
 
   // --- failed logins (shared by every instance on the database)

@@ -1,15 +1,16 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { BlockDevice, WriteOptions } from '../../../src/block/device.js';
+import type { BlockDevice, FileRange, FileRangeOptions, WriteOptions } from '../../../src/block/device.js';
 import { FilterDevice } from '../../../src/block/filter.js';
 import { FileDevice } from '../../../src/block/file.js';
 import { MemoryDevice } from '../../../src/block/memory.js';
 import { DataKey } from '../../../src/crypto/index.js';
 import { MedvError } from '../../../src/core/errors.js';
 import { parseEvhdHeader } from '../../../src/formats/evhd.js';
+import { native } from '../../../src/native.js';
 import { EvhdDevice, createEvhd, openEvhd, readEvhdHeader } from '../../../src/layers/evhd/index.js';
 import { describeConformance } from '../../conformance/blockdevice.js';
 
@@ -219,6 +220,58 @@ describe('layers: evhd device', () => {
     await ro.flush();
     assert.equal((await ro.read(0, 4096)).length, 4096);
     await ro.close();
+  });
+
+  it('large reads over a file decrypt straight from its file range (mapping or pread), before and after it grows and shrinks; a file truncated behind its back reads EIO, typed', async () => {
+    /** Counts the file ranges the storage gave (it leaves reads alone, so it passes them down). */
+    class Ranges extends FilterDevice {
+      given = 0;
+      mapped = 0;
+      override fileRange(o: number, l: number, opt?: FileRangeOptions): FileRange | undefined {
+        const r = super.fileRange(o, l, opt);
+        if (r) this.given++;
+        if (r?.map) this.mapped++;
+        return r;
+      }
+    }
+    const dir = mkdtempSync(join(tmpdir(), 'medv-evhd-range-'));
+    const path = join(dir, 'disk.evhd');
+    const storage = new Ranges(await FileDevice.open(path, { create: true }));
+    const dev = await createEvhd(storage, key.clone());
+    try {
+      const plain = randomBytes(4 << 20);
+      await dev.write(0, plain.subarray(0, 2 << 20));
+      const check = async (unit: number, units: number) => {
+        const buf = Buffer.alloc(units * 4096);
+        await dev.readInto(buf, unit * 4096);
+        assert.ok(buf.equals(plain.subarray(unit * 4096, (unit + units) * 4096)), `units ${unit}..${unit + units}`);
+      };
+      await check(0, 64);
+      await check(200, 56);
+      assert.equal(storage.given, 2, 'each large read was one file range');
+      assert.equal(storage.mapped, native.available ? 2 : 0);
+      // Grown past the size the file had when first mapped.
+      await dev.write(2 << 20, plain.subarray(2 << 20));
+      await check(500, 24);
+      await check(480, 64);
+      // Shrunk, then grown again.
+      await dev.resize(1 << 20);
+      await assert.rejects(dev.readInto(Buffer.alloc(65536), 1 << 20), code('ERANGE'));
+      await dev.write(1 << 20, plain.subarray(1 << 20));
+      await check(250, 16);
+      await check(700, 64);
+      assert.equal(storage.given, 6);
+      // Another process truncates the file under us. Through the mapping (the addon) the lost pages
+      // are a typed EIO, not a SIGBUS that kills the process; pread would read zeros there.
+      if (native.available) {
+        truncateSync(path, 4096 + (1 << 20));
+        await assert.rejects(dev.readInto(Buffer.alloc(4096 * 16), 3 << 20), code('EIO'));
+      }
+      await check(16, 16);
+    } finally {
+      await dev.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('close waits for requests in flight, closes storage and disposes its key', async () => {

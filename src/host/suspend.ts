@@ -1,0 +1,149 @@
+/**
+ * Suspend and resume, the QEMU side: the guest's migration stream goes out to an encrypted
+ * saved state (`migrateToSavedState`) and comes back from it (`feedSavedState`). The saved-state
+ * format is src/hypervisor/savedstate.ts; which saved state belongs to which VM is ./binding.ts;
+ * the supervisor decides when each runs.
+ */
+import * as fs from 'node:fs';
+import { once } from 'node:events';
+import { createServer, type Socket } from 'node:net';
+import { basename, dirname } from 'node:path';
+import { MedvError } from '../core/errors.js';
+import { openDirBeneath, partsBelow, withShownPaths, type PinnedDir } from '../core/fsio.js';
+import type { QemuProcess } from '../hypervisor/qemu.js';
+import type { SavedStateReader, SavedStateWriter } from '../hypervisor/savedstate.js';
+import type { VmConfig } from './config.js';
+
+type Trace = (what: string) => void;
+
+/**
+ * Where a VM's saved state is read, written and removed: its folder opened once without
+ * following links (below the .vmc's folder when a .vmc named it), so every later step works
+ * through that folder's descriptor (`at` is `/proc/self/fd/N/<name>`; the .vsv itself is never
+ * read through a link, src/hypervisor/savedstate.ts). `shown` runs a step and writes the real
+ * path into its errors. With `missingOk`, a folder that does not exist gives undefined (no saved
+ * state can be there; nothing is created from a path a .vmc named).
+ */
+export interface SavedStateFile {
+  readonly at: string;
+  shown<T>(step: () => T): T;
+  close(): void;
+}
+
+export function pinSavedState(config: VmConfig): SavedStateFile;
+export function pinSavedState(config: VmConfig, opts: { missingOk: true }): SavedStateFile | undefined;
+export function pinSavedState(config: VmConfig, opts: { missingOk?: boolean } = {}): SavedStateFile | undefined {
+  const name = basename(config.savedState);
+  let dir: PinnedDir;
+  let shownDir: string;
+  try {
+    if (config.savedStateConfine !== undefined) {
+      dir = openDirBeneath(config.savedStateConfine, partsBelow(config.savedStateConfine, config.savedState).parts);
+      shownDir = dir.path;
+    } else {
+      dir = openDirBeneath(dirname(config.savedState));
+      shownDir = dirname(config.savedState);
+    }
+  } catch (e) {
+    if (opts.missingOk && e instanceof MedvError && e.code === 'ENOENT') return undefined;
+    throw e;
+  }
+  const pins = [{ proc: dir.proc, path: shownDir }];
+  return {
+    at: `${dir.proc}/${name}`,
+    shown<T>(step: () => T): T {
+      try {
+        const r = step();
+        return (r instanceof Promise ? r.catch((e: unknown) => { throw withShownPaths(e, pins); }) : r) as T;
+      } catch (e) {
+        throw withShownPaths(e, pins);
+      }
+    },
+    close: () => dir.close(),
+  };
+}
+
+/**
+ * Pause the guest and stream QEMU's migration data through a unix socket (`sock`, in the run
+ * folder) into `writer` (encrypted as it arrives: nothing in clear on disk). Resolves when QEMU
+ * reports the migration completed; the guest stays paused and QEMU still runs. On failure the
+ * caller aborts the writer and lets the guest continue.
+ */
+export async function migrateToSavedState(vm: QemuProcess, writer: SavedStateWriter, sock: string, trace: Trace): Promise<void> {
+  fs.rmSync(sock, { force: true });
+  const server = createServer();
+  try {
+    trace('suspend: requested');
+    await vm.execute('stop');
+    trace('suspend: guest stopped (QEMU flushed its disks)');
+    await new Promise<void>((res, rej) => { server.once('error', rej); server.listen(sock, () => res()); });
+    const received = new Promise<void>((res, rej) => {
+      server.once('connection', (s: Socket) => {
+        s.on('data', (chunk: Buffer) => { try { writer.write(chunk); } catch (e) { s.destroy(); rej(e); } });
+        s.once('end', () => res());
+        s.once('error', rej);
+      });
+    });
+    await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+    // The guest is stopped: its "downtime" is the whole suspend anyway. Without a limit on the
+    // bandwidth and with a long tolerated downtime QEMU sends everything in one pass instead of
+    // iterating (QEMU 7.2's defaults, 32 MiB/s and 300 ms, made a 256 MiB guest take seconds).
+    await vm.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * 1024 * 1024 * 1024, 'downtime-limit': 60_000 });
+    const done = migrationDone(vm);
+    trace('suspend: guest paused');
+    await vm.execute('migrate', { uri: `unix:${sock}` });
+    await Promise.all([received, done]);
+    type MigrateStats = { 'total-time'?: number; 'setup-time'?: number; downtime?: number };
+    const stats = await vm.execute<MigrateStats>('query-migrate').catch((): MigrateStats => ({}));
+    trace(`suspend: migration stream received (${writer.streamBytes} bytes; QEMU: total ${stats['total-time']} ms, setup ${stats['setup-time']} ms, downtime ${stats.downtime} ms)`);
+  } finally {
+    server.close();
+    fs.rmSync(sock, { force: true });
+  }
+}
+
+/**
+ * Feed the saved state into a QEMU started with -incoming defer, decrypting it once: each frame
+ * goes to QEMU only after it authenticated, and the guest (kept paused by -S) runs only once the
+ * final frame verified too and `beforeRun` (the disks leave the suspended state) succeeded; a
+ * frame that fails rejects, and the caller kills QEMU.
+ */
+export async function feedSavedState(vm: QemuProcess, saved: SavedStateReader, trace: Trace, beforeRun: () => Promise<void>): Promise<void> {
+  await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+  const done = migrationDone(vm);
+  done.catch(() => undefined); // awaited below; a failed feed must not leave it unhandled
+  await vm.execute('migrate-incoming', { uri: 'fd:3' });
+  const pipe = vm.incoming!;
+  pipe.on('error', () => undefined); // QEMU gone: the migration fails and `done` says so
+  const frames = saved.frames();
+  try {
+    for (;;) {
+      const r = await frames.next();
+      if (r.done) break;
+      if (!pipe.write(r.value)) await Promise.race([once(pipe, 'drain'), vm.exitedPromise]);
+    }
+  } finally {
+    pipe.end();
+  }
+  trace('resume: saved state decrypted and sent');
+  await done;
+  trace('resume: QEMU has the state');
+  // QEMU has the whole state and the guest is still paused (nothing writes).
+  await beforeRun();
+  const status = await vm.execute<{ status: string }>('query-status');
+  if (status.status !== 'running') await vm.execute('cont');
+}
+
+/** Resolves when QEMU reports the migration completed; rejects when it failed or QEMU exited. */
+function migrationDone(vm: QemuProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onEvent = (e: { event: string; data?: Record<string, unknown> }) => {
+      if (e.event !== 'MIGRATION') return;
+      const status = e.data?.status;
+      if (status === 'completed') { off(); resolve(); } else if (status === 'failed' || status === 'cancelled') { off(); reject(new MedvError('EHYPERVISOR', `QEMU migration ${String(status)}`)); }
+    };
+    const off = () => { vm.qmp.off('event', onEvent); };
+    vm.qmp.on('event', onEvent);
+    void vm.exitedPromise.then(() => { off(); reject(new MedvError('EHYPERVISOR', 'QEMU exited during the migration')); });
+  });
+}

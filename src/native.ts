@@ -252,7 +252,8 @@ function perlSegments(fd: number, position: number, end: number, max: number): P
     let out = '';
     let child;
     try {
-      child = spawn('/usr/bin/perl', ['-e', PERL_SEEK, String(position), String(end), String(max)], { stdio: ['ignore', 'pipe', 'ignore', fd] });
+      // an empty environment: no PERL5OPT/PERL5LIB to obey, and none of our secrets in the child
+      child = spawn('/usr/bin/perl', ['-e', PERL_SEEK, String(position), String(end), String(max)], { stdio: ['ignore', 'pipe', 'ignore', fd], env: {} });
     } catch {
       resolve(undefined);
       return;

@@ -2,18 +2,19 @@
  * packImage: a readable virtual disk -> `<NAME>_<N>.ckm` + `<NAME>_<N>.ckm.index`.
  *
  * Streaming, one 1 MiB run at a time: runs are read (only the parts the device's allocation map
- * says hold data: allocation.ts) and prepared ahead (zero test, keyed id, zstd; in worker threads
- * on a multi-core machine, pool.ts), then consumed in order on the main thread, which alone
+ * says hold data: allocation.ts; by the worker itself when the device is a plain file, through
+ * its fileRange) and prepared ahead (zero test, keyed id, zstd; in worker threads on a multi-core
+ * machine, pool.ts), then consumed in order on the main thread, which alone
  * decides placement and encrypts (the nonce holds the pack offset). All-zero blocks are skipped; a
  * block whose id is already known (an earlier block of this disk, or any block of the previous
  * version's index) is referenced where it is; everything else is appended to the new pack, so the
  * blocks a version adds lie together in LBA order. A changed block whose LBA held a whole block in
  * the previous version is stored as a zstd delta against it when that is smaller.
  *
- * Memory: a fixed set of run buffers (2 per worker, plus one; 2 MiB each), the two 4 MiB write
- * buffers of the pack and of the index, the workers' small heaps, and the map of known block ids
- * (about 100 bytes per distinct non-zero block: the only part that grows, with the amount of
- * distinct data, not with the disk's size).
+ * Memory: a fixed set of run buffers (4 per worker, plus one; 2 MiB each: the workers run ahead
+ * of the main thread), the two 4 MiB write buffers of the pack and of the index, the workers' small
+ * heaps, and the map of known block ids (about 100 bytes per distinct non-zero block: the only part
+ * that grows, with the amount of distinct data, not with the disk's size).
  *
  * Publication (src/core/fsio.ts, staging): pack and index are written under temporary names in
  * the output folder; then both are fsynced, the pack is linked to its final name, then the index
@@ -123,20 +124,26 @@ export function findPreviousIndex(dir: string, name: string, version: number): s
 }
 
 /**
- * Read run `job.length` bytes at `offset` into `job.data`: only the parts the allocation map says
- * hold data (the rest is zero-filled). False when the whole run reads as zeros (nothing read).
+ * Where the data of run `job` (at `offset`) is, as the allocation map says: false when the whole
+ * run reads as zeros (nothing to read). The spans are set on the job, relative to the run; when the
+ * device's bytes are a file's at known offsets (`fileRange`), the worker reads them itself.
  */
-async function readRun(device: BlockDevice, alloc: AllocationMap, job: RunJob, offset: number): Promise<boolean> {
+async function locateRun(device: BlockDevice, alloc: AllocationMap, job: RunJob, offset: number): Promise<boolean> {
   const spans = await alloc.dataIn(offset, job.length);
-  if (spans.length === 0) return false;
+  job.spans = spans.map(([a, b]) => [a - offset, b - offset]);
+  job.file = device.fileRange?.(offset, job.length);
+  return spans.length > 0;
+}
+
+/** Read the data spans of run `job` (at `offset`) through the device, on this thread; the rest of the run is zero-filled. */
+async function readRun(device: BlockDevice, job: RunJob, offset: number): Promise<void> {
   const buf = job.data;
-  if (spans.length === 1 && spans[0][0] === offset && spans[0][1] === offset + job.length) {
+  if (job.spans.length === 1 && job.spans[0][0] === 0 && job.spans[0][1] === job.length) {
     await readInto(device, buf.subarray(0, job.length), offset);
-    return true;
+    return;
   }
   buf.fill(0, 0, job.length);
-  for (const [a, b] of spans) await readInto(device, buf.subarray(a - offset, b - offset), a);
-  return true;
+  for (const [a, b] of job.spans) await readInto(device, buf.subarray(a, b), offset + a);
 }
 
 export async function packImage(device: BlockDevice, opts: PackOptions): Promise<PackResult> {
@@ -234,15 +241,20 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
     // nonce, sealed straight into the pack's write buffer). A fixed set of run buffers circulates
     // (transferred to the workers and back): at most `ahead` runs are in flight.
     const workers = opts.workers ?? defaultWorkers(size);
-    pool = workers > 0 ? new PreparePool(workers, keys.idKey, level) : undefined;
+    pool = workers > 0 ? new PreparePool(workers, keys.idKey, level, device.description) : undefined;
     const alloc = new AllocationMap(device);
-    const ahead = Math.max(2, 2 * workers + 1);
+    const ahead = Math.max(2, 4 * workers + 1);
     const free: RunJob[] = Array.from({ length: ahead }, () => new RunJob());
     const inflight: Array<Promise<RunJob>> = [];
     const start = async (job: RunJob, offset: number): Promise<RunJob> => {
-      if (!(await readRun(device, alloc, job, offset))) job.zero();
-      else if (pool) await pool.prepare(job);
-      else prepareRun(job.data, job.length, job.prep, keys.idKey, level);
+      if (!(await locateRun(device, alloc, job, offset))) job.zero();
+      else if (pool && job.file) await pool.prepare(job); // the worker reads the file itself
+      else {
+        job.file = undefined;
+        await readRun(device, job, offset);
+        if (pool) await pool.prepare(job);
+        else prepareRun(job.data, job.length, job.prep, keys.idKey, level);
+      }
       return job;
     };
     let nextRun = 0;

@@ -4,7 +4,7 @@
  * buffers are detached here, and the caller must not touch them until the promise settles.
  */
 import { Worker } from 'node:worker_threads';
-import { MedvError } from '../core/errors.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import type { RunJob } from './prepare.js';
 
 interface Pending { job: RunJob; resolve: () => void; reject: (e: unknown) => void }
@@ -16,7 +16,8 @@ export class PreparePool {
   private next = 0;
   private failed: unknown;
 
-  constructor(count: number, idKey: Buffer, level: number | undefined) {
+  /** `file`: the disk, named in errors of the reads the workers make. */
+  constructor(count: number, idKey: Buffer, level: number | undefined, private readonly file?: string) {
     const url = new URL('./worker.js', import.meta.url);
     for (let i = 0; i < count; i++) {
       const w = new Worker(url, {
@@ -24,7 +25,7 @@ export class PreparePool {
         // a worker holds one run in and one out: small heaps keep the process's RSS flat and low
         resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 4 },
       });
-      w.on('message', (m: { seq: number; data?: ArrayBuffer; prep?: ArrayBuffer; error?: string }) => {
+      w.on('message', (m: { seq: number; data?: ArrayBuffer; prep?: ArrayBuffer; error?: string; code?: string }) => {
         const p = this.pending.get(m.seq);
         if (!p) return;
         this.pending.delete(m.seq);
@@ -32,7 +33,8 @@ export class PreparePool {
           p.job.data = Buffer.from(m.data);
           p.job.prep = Buffer.from(m.prep);
           p.resolve();
-        } else p.reject(new MedvError('EINTERNAL', `pack worker failed: ${m.error}`));
+        } else if (m.code) p.reject(fromSystemError(Object.assign(new Error(m.error), { code: m.code }), p.job.file ? this.file : undefined));
+        else p.reject(new MedvError('EINTERNAL', `pack worker failed: ${m.error}`));
       });
       w.on('error', (e) => this.fail(e));
       w.on('exit', (code) => { if (code !== 0) this.fail(new MedvError('EINTERNAL', `pack worker exited with ${code}`)); });
@@ -54,7 +56,7 @@ export class PreparePool {
       this.pending.set(seq, { job, resolve, reject });
       const data = job.data.buffer as ArrayBuffer;
       const prep = job.prep.buffer as ArrayBuffer;
-      w.postMessage({ seq, data, prep, length: job.length }, [data, prep]);
+      w.postMessage({ seq, data, prep, length: job.length, file: job.file, spans: job.spans }, [data, prep]);
     });
   }
 

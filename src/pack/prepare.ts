@@ -13,6 +13,7 @@
  *   5120   256             KIND_CODE per slot (zstd or raw)
  *   5376   <= 1 MiB + 1 KiB payloads of the non-zero blocks, in slot order, back to back
  */
+import * as fs from 'node:fs';
 import { sodium } from '../core/sodium.js';
 import { CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_RUN_BLOCKS, CKM_RUN_BYTES, KIND_CODE } from '../formats/ckm/index.js';
 import { compressInto } from '../formats/ckm/zstd.js';
@@ -29,6 +30,10 @@ export class RunJob {
   prep = Buffer.allocUnsafeSlow(PREP_BYTES);
   /** Bytes of `data` that hold the run (the last run of a disk may be shorter). */
   length = 0;
+  /** The parts of the run that hold data, [start, end) relative to the run (the rest reads as zeros). */
+  spans: Array<[number, number]> = [];
+  /** Where the run's bytes are in a file, when the worker reads them itself (else `data` holds them). */
+  file?: { fd: number; position: number };
 
   lengths(): Uint32Array { return new Uint32Array(this.prep.buffer, this.prep.byteOffset + PREP_LENGTHS, CKM_RUN_BLOCKS); }
   kinds(): Buffer { return this.prep.subarray(PREP_KINDS, PREP_KINDS + CKM_RUN_BLOCKS); }
@@ -39,6 +44,23 @@ export class RunJob {
 }
 
 const ZERO = Buffer.alloc(CKM_BLOCK_SIZE);
+
+/**
+ * Fill `data` with the first `length` bytes at `position` of file `fd`, reading only `spans` (the
+ * rest zero; zeros past the end of the file too). In a worker: the file is the main thread's open
+ * file (a descriptor is the process's), read with pread.
+ */
+export function readSpans(fd: number, position: number, data: Buffer, length: number, spans: ReadonlyArray<readonly [number, number]>): void {
+  const whole = spans.length === 1 && spans[0][0] === 0 && spans[0][1] === length;
+  if (!whole) data.fill(0, 0, length);
+  for (const [a, b] of spans) {
+    for (let at = a; at < b;) {
+      const n = fs.readSync(fd, data, at, b - at, position + at);
+      if (n === 0) { data.fill(0, at, b); break; }
+      at += n;
+    }
+  }
+}
 
 /**
  * Prepare the first `length` bytes of `data` into `prep` (layout above). Bytes of the last block

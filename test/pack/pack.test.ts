@@ -35,12 +35,18 @@ async function pack(raw: string, name: string, version: number, outDir: string, 
   }
 }
 
-/** `dev` with every byte read through read() or readInto() counted. */
+/** `dev` with every byte read through read() or readInto() counted (and no fileRange: the workers would read the file themselves). */
 function countingReads(dev: BlockDevice, count: (bytes: number) => void): BlockDevice {
   return Object.create(dev, {
     read: { value: (off: number, len: number) => { count(len); return dev.read(off, len); } },
     readInto: { value: (buf: Buffer, off: number) => { count(buf.length); return dev.readInto ? dev.readInto(buf, off) : readByCopy(dev, buf, off); } },
+    fileRange: { value: undefined },
   });
+}
+
+/** Bytes this process has read with read system calls so far, all threads (rchar of /proc/self/io). */
+function bytesReadByProcess(): number {
+  return Number(/rchar:\s+(\d+)/.exec(readFileSync('/proc/self/io', 'utf8'))![1]);
 }
 
 describe('pack: packImage and verifyPack', function () {
@@ -102,6 +108,7 @@ describe('pack: packImage and verifyPack', function () {
     const failing = Object.create(dev, {
       read: { value: async (off: number, len: number) => { fail(); return dev.read(off, len); } },
       readInto: { value: async (buf: Buffer, off: number) => { fail(); return dev.readInto(buf, off); } },
+      fileRange: { value: undefined },
     });
     const dir = join(t.path, 'failing');
     try {
@@ -159,6 +166,18 @@ describe('pack: packImage and verifyPack', function () {
     }
     assert.ok(readBytes <= 6 * MiB, `read ${readBytes} bytes of a 16 GiB file holding 6 MiB`);
     assert.equal(r.stats.zeroBlocks + r.stats.storedBlocks + r.stats.dedupBlocks, 4 * 1024 * 1024);
+    // and with the workers reading the file themselves (its fileRange): what the process read in all
+    const keys2 = await testKeys(keyDir, 'sparse16');
+    const dev2 = await FileDevice.open(raw, { readOnly: true });
+    const before = bytesReadByProcess();
+    try {
+      await packImage(dev2, { name: 'sparse16', version: 1, outDir: join(t.path, 'sparse16-workers'), keys: keys2, workers: 2 });
+    } finally {
+      await dev2.close();
+      keys2.dispose();
+    }
+    const read = bytesReadByProcess() - before;
+    assert.ok(read <= 24 * MiB, `the process read ${read} bytes packing a 16 GiB file holding 6 MiB (workers' own module files included)`);
     const img = await openPackedImage(r.indexPath, { keyDir, kek });
     try {
       const offsets: number[] = [];

@@ -43,13 +43,12 @@
  */
 import { MedvError } from '../../core/errors.js';
 import {
-  type BlockKind, type CkmContext, CKM_ID_BYTES, CKM_IMAGE_ID_BYTES, CKM_MAX_STORED, CKM_MAX_VERSION, CKM_MIN_STORED, CKM_RUN_BLOCKS, KIND_BY_CODE,
+  type BlockKind, type CkmContext, CKM_ID_BYTES, CKM_IMAGE_ID_BYTES, CKM_MAX_STORED, CKM_MAX_VERSION, CKM_RUN_BLOCKS, KIND_BY_CODE,
   KIND_CODE, Reader, Writer, checkLength, ckmError, indexFileName,
 } from './common.js';
 import { blake2b } from './hash.js';
 import { PUBLIC_KEY_BYTES, ROOT_HASH_BYTES, SIGNATURE_BYTES } from './index-header.js';
-import { PACK_HEADER_SIZE } from './pack.js';
-import type { BlockPlace, RunEntry, RunRecord } from './run.js';
+import { type BlockPlace, type RunEntry, type RunRecord, checkStoredPlace } from './run.js';
 
 export const DELTA_MAGIC = Buffer.from('MEDVCKMD', 'latin1');
 export const DELTA_FORMAT_VERSION = 1;
@@ -277,14 +276,6 @@ export interface DeltaLimits {
   packs: ReadonlyMap<number, number>;
 }
 
-function checkPlace(p: BlockPlace, limits: DeltaLimits, what: string, r: Reader, at: number): void {
-  if (p.length < CKM_MIN_STORED || p.length > CKM_MAX_STORED) throw ckmError('EFORMAT', `${what}: stored length ${p.length} outside ${CKM_MIN_STORED}..${CKM_MAX_STORED}`, r.ctx, at);
-  const packLength = limits.packs.get(p.pack);
-  if (packLength === undefined) throw ckmError('ECORRUPT', `${what}: pack ${p.pack} is not listed in the index header`, r.ctx, at);
-  if (p.offset < PACK_HEADER_SIZE) throw ckmError('ECORRUPT', `${what}: offset ${p.offset} inside the pack header`, r.ctx, at);
-  if (p.offset + p.length > packLength) throw ckmError('ECORRUPT', `${what}: block at ${p.offset}+${p.length} lies past the end of pack ${p.pack} (${packLength} bytes)`, r.ctx, at);
-}
-
 /**
  * Parse a delta body (already checked against the signed header's hash and length), run by run.
  * Every field is checked as it is read: run and slot order and range, flags, lengths, places
@@ -325,7 +316,7 @@ export function* parseDeltaBody(body: Buffer, changedRuns: number, limits: Delta
         place.offset = r.varint('block offset');
         if (last && place.pack === last.pack && place.offset === last.offset + last.length) throw ckmError('EFORMAT', `run ${run} slot ${slot}: place written out where "contiguous" says it`, ctx, at);
       }
-      checkPlace(place, limits, `run ${run} slot ${slot}`, r, at);
+      checkStoredPlace(place, limits.packs, `run ${run} slot ${slot}`, ctx, at);
       if (kind === 'raw' && place.length !== CKM_MAX_STORED) throw ckmError('EFORMAT', `run ${run} slot ${slot}: raw block of ${place.length} bytes`, ctx, at);
       const entry: RunEntry = { slot, id, kind, place };
       if (kind === 'delta' && !(f & F_BASE_PREVIOUS)) {
@@ -334,7 +325,7 @@ export function* parseDeltaBody(body: Buffer, changedRuns: number, limits: Delta
         const k = r.u8();
         if (k !== KIND_CODE.zstd && k !== KIND_CODE.raw) throw ckmError('EFORMAT', `run ${run} slot ${slot}: base block kind ${k} (a base must be a whole block)`, ctx, kat);
         const bplace = { pack: r.varint('base pack'), offset: r.varint('base offset'), length: r.varint('base length') };
-        checkPlace(bplace, limits, `run ${run} slot ${slot} base`, r, kat);
+        checkStoredPlace(bplace, limits.packs, `run ${run} slot ${slot} base`, ctx, kat);
         if (k === KIND_CODE.raw && bplace.length !== CKM_MAX_STORED) throw ckmError('EFORMAT', `run ${run} slot ${slot}: raw base of ${bplace.length} bytes`, ctx, kat);
         entry.base = { id: bid, kind: KIND_BY_CODE[k] as 'zstd' | 'raw', place: bplace };
       }

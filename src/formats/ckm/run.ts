@@ -151,14 +151,20 @@ export interface RunLimits {
   packs: ReadonlyMap<number, number>;
 }
 
-function checkPlaceRead(p: BlockPlace, limits: RunLimits, what: string, r: Reader): void {
-  if (p.length < CKM_MIN_STORED || p.length > CKM_MAX_STORED) throw ckmError('EFORMAT', `${what}: stored length ${p.length} outside ${CKM_MIN_STORED}..${CKM_MAX_STORED}`, r.ctx);
-  const packLength = limits.packs.get(p.pack);
-  if (packLength === undefined) throw ckmError('ECORRUPT', `${what}: pack ${p.pack} is not listed in the index header`, r.ctx);
-  if (p.offset < PACK_HEADER_SIZE) throw ckmError('ECORRUPT', `${what}: offset ${p.offset} inside the pack header`, r.ctx);
+/** A place a parsed index names, checked against the packs its header lists (shared by run records and index deltas). */
+export function checkStoredPlace(p: BlockPlace, packs: ReadonlyMap<number, number>, what: string, ctx: CkmContext | undefined, at?: number): void {
+  const rel = at ?? 0;
+  if (p.length < CKM_MIN_STORED || p.length > CKM_MAX_STORED) throw ckmError('EFORMAT', `${what}: stored length ${p.length} outside ${CKM_MIN_STORED}..${CKM_MAX_STORED}`, ctx, rel);
+  const packLength = packs.get(p.pack);
+  if (packLength === undefined) throw ckmError('ECORRUPT', `${what}: pack ${p.pack} is not listed in the index header`, ctx, rel);
+  if (p.offset < PACK_HEADER_SIZE) throw ckmError('ECORRUPT', `${what}: offset ${p.offset} inside the pack header`, ctx, rel);
   if (p.offset + p.length > packLength) {
-    throw ckmError('ECORRUPT', `${what}: block at ${p.offset}+${p.length} lies past the end of pack ${p.pack} (${packLength} bytes)`, r.ctx);
+    throw ckmError('ECORRUPT', `${what}: block at ${p.offset}+${p.length} lies past the end of pack ${p.pack} (${packLength} bytes)`, ctx, rel);
   }
+}
+
+function checkPlaceRead(p: BlockPlace, limits: RunLimits, what: string, r: Reader): void {
+  checkStoredPlace(p, limits.packs, what, r.ctx);
 }
 
 /** Parse canonical (uncompressed) run record bytes. */

@@ -31,6 +31,25 @@ export class AllocationMap {
     return p;
   }
 
+  /**
+   * Does the map already known say all of [offset, offset + length) reads as zeros? Synchronous, and
+   * false when it does not know yet (dataIn finds out).
+   */
+  knownZero(offset: number, length: number): boolean {
+    const end = offset + length;
+    if (!this.device.extents || end > this.known || this.first >= this.segs.length || offset < this.segs[this.first].start) return false;
+    // the segments are contiguous from segs[first] to `known`: find the one holding `offset`
+    let lo = this.first;
+    let hi = this.segs.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.segs[mid].end <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < this.segs.length && this.segs[i].start < end; i++) if (!this.segs[i].zero) return false;
+    return true;
+  }
+
   private async answer(offset: number, length: number): Promise<Array<[number, number]>> {
     const end = offset + length;
     if (!this.device.extents) return [[offset, end]];

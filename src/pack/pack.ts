@@ -33,7 +33,7 @@ import { type Staging, beginStaging } from '../core/fsio.js';
 import {
   Blake2bStream, type BlockKind, type BlockPlace, CKM_BLOCK_SIZE, DELTA_BODY_HASH_BYTES, DELTA_HEADER_BYTES, DeltaBodyWriter, type DeltaHeader, deltaFileName,
   diffRun, serializeDeltaHeader, serializeDeltaHeaderSigned, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BYTES, CKM_TAG_BYTES, DIR_ENTRY_BYTES, type IndexHeader, KIND_BY_CODE,
-  PACK_SALT_BYTES, type PackRef, type RunEntry, ZSTD_LEVEL, checkImageName, checkImageVersion, encodeRunRecord, headerLengthFor, indexFileName,
+  PACK_SALT_BYTES, type PackRef, type RunEntry, ZERO_RUN_HASH, ZSTD_LEVEL, checkImageName, checkImageVersion, encodeRunRecord, headerLengthFor, indexFileName,
   packFileName, rootHashOf, runCountFor, runSlots, serializeIndexHeader, serializeIndexHeaderSigned, serializePackHeader, serializeRunDirectory,
 } from '../formats/ckm/index.js';
 import { AllocationMap } from './allocation.js';
@@ -103,6 +103,9 @@ export interface PackResult {
 }
 
 interface Known { kind: BlockKind; place: BlockPlace; base?: RunEntry['base'] }
+
+/** A run the allocation map already says reads as zeros (never read, never prepared). */
+const ZERO_RUN = new RunJob(0);
 
 function defaultWorkers(size: number): number {
   const cores = availableParallelism();
@@ -245,7 +248,7 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
     const alloc = new AllocationMap(device);
     const ahead = Math.max(2, 4 * workers + 1);
     const free: RunJob[] = Array.from({ length: ahead }, () => new RunJob());
-    const inflight: Array<Promise<RunJob>> = [];
+    const inflight: Array<Promise<RunJob> | RunJob> = [];
     const start = async (job: RunJob, offset: number): Promise<RunJob> => {
       if (!(await locateRun(device, alloc, job, offset))) job.zero();
       else if (pool && job.file) await pool.prepare(job); // the worker reads the file itself
@@ -259,19 +262,29 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
     };
     let nextRun = 0;
     for (let run = 0; run < runCount; run++) {
-      while (nextRun < runCount && free.length > 0) {
-        const job = free.pop()!;
+      while (nextRun < runCount && (free.length > 0 || alloc.knownZero(nextRun * CKM_RUN_BYTES, CKM_RUN_BYTES))) {
         const off = nextRun * CKM_RUN_BYTES;
-        job.length = Math.min(CKM_RUN_BYTES, size - off);
+        const len = Math.min(CKM_RUN_BYTES, size - off);
+        nextRun++;
+        // a run the map already says is zeros takes no buffer and no trip anywhere
+        if (alloc.knownZero(off, len)) { inflight.push(ZERO_RUN); continue; }
+        const job = free.pop()!;
+        job.length = len;
         const p = start(job, off);
         p.catch(() => undefined); // awaited in order below; a failure is handled there
         inflight.push(p);
-        nextRun++;
       }
       const job = await inflight.shift()!;
       const offset = run * CKM_RUN_BYTES;
       const slots = runSlots(size, run);
       const prevRun = prev && run < prev.header.runCount ? await prev.run(run) : undefined;
+      if (job === ZERO_RUN && !prevRun?.entries.length) {
+        stats.zeroBlocks += slots;
+        hashes.push(ZERO_RUN_HASH);
+        lengths.push(0);
+        opts.onProgress?.(Math.min(offset + CKM_RUN_BYTES, size), size);
+        continue;
+      }
       const prevBySlot = prevRun && new Map<number, RunEntry>(prevRun.entries.map((e) => [e.slot, e]));
       const plens = job.lengths();
       const kinds = job.kinds();
@@ -322,12 +335,15 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
         if (edits.length > 0) delta.writer.add(run, edits, prevRun);
         await drainDelta(1 << 20);
       }
-      free.push(job); // the record is encoded and diffed: nothing refers to the job's buffers any more
+      if (job !== ZERO_RUN) free.push(job); // the record is encoded and diffed: nothing refers to the job's buffers any more
       hashes.push(enc.hash);
       lengths.push(enc.compressed.length);
       if (enc.compressed.length) await records.append(enc.compressed);
       opts.onProgress?.(Math.min(offset + CKM_RUN_BYTES, size), size);
     }
+    // every run is prepared: the workers go (their heaps with them) before the index is written
+    await pool?.close();
+    pool = undefined;
     await pack.flush();
     await records.flush();
     const packBytes = pack.position;

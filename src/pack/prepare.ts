@@ -26,8 +26,13 @@ export const PREP_BYTES = PREP_PAYLOADS + CKM_RUN_BYTES + 1024;
 
 /** One run's buffers, reused run after run. */
 export class RunJob {
-  data = Buffer.allocUnsafeSlow(CKM_RUN_BYTES);
-  prep = Buffer.allocUnsafeSlow(PREP_BYTES);
+  data: Buffer;
+  prep: Buffer;
+  /** `bytes`: the largest run (0: a job with no buffers, whose every block is zero). */
+  constructor(bytes = CKM_RUN_BYTES) {
+    this.data = Buffer.allocUnsafeSlow(bytes);
+    this.prep = bytes ? Buffer.allocUnsafeSlow(PREP_BYTES) : Buffer.alloc(PREP_PAYLOADS);
+  }
   /** Bytes of `data` that hold the run (the last run of a disk may be shorter). */
   length = 0;
   /** The parts of the run that hold data, [start, end) relative to the run (the rest reads as zeros). */

@@ -7,13 +7,14 @@ import { Worker } from 'node:worker_threads';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import type { RunJob } from './prepare.js';
 
-interface Pending { job: RunJob; resolve: () => void; reject: (e: unknown) => void }
+interface Pending { job: RunJob; worker: number; resolve: () => void; reject: (e: unknown) => void }
 
 export class PreparePool {
   private readonly workers: Worker[] = [];
   private readonly pending = new Map<number, Pending>();
+  /** Jobs each worker has now: a job goes to the least busy (one held up by the scheduler gets fewer). */
+  private readonly load: number[] = [];
   private seq = 0;
-  private next = 0;
   private failed: unknown;
 
   /** `file`: the disk, named in errors of the reads the workers make. */
@@ -29,6 +30,7 @@ export class PreparePool {
         const p = this.pending.get(m.seq);
         if (!p) return;
         this.pending.delete(m.seq);
+        this.load[p.worker]--;
         if (m.data && m.prep) {
           p.job.data = Buffer.from(m.data);
           p.job.prep = Buffer.from(m.prep);
@@ -39,6 +41,7 @@ export class PreparePool {
       w.on('error', (e) => this.fail(e));
       w.on('exit', (code) => { if (code !== 0) this.fail(new MedvError('EINTERNAL', `pack worker exited with ${code}`)); });
       this.workers.push(w);
+      this.load.push(0);
     }
   }
 
@@ -51,9 +54,11 @@ export class PreparePool {
   prepare(job: RunJob): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     const seq = this.seq++;
-    const w = this.workers[this.next++ % this.workers.length];
+    const worker = this.load.indexOf(Math.min(...this.load));
+    const w = this.workers[worker];
+    this.load[worker]++;
     return new Promise<void>((resolve, reject) => {
-      this.pending.set(seq, { job, resolve, reject });
+      this.pending.set(seq, { job, worker, resolve, reject });
       const data = job.data.buffer as ArrayBuffer;
       const prep = job.prep.buffer as ArrayBuffer;
       w.postMessage({ seq, data, prep, length: job.length, file: job.file, spans: job.spans }, [data, prep]);

@@ -8,7 +8,7 @@
  * helper that handed it to its parent (the JS fallback's /usr/bin/flock) — the processes whose
  * /proc/<pid>/fdinfo shows the lock.
  */
-import { fstatSync, readFileSync, readdirSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { native } from '../native.js';
 
@@ -32,6 +32,29 @@ export function lockFile(fd: number, path: string, mode: LockMode): void {
     : 'held by another open file';
   const want = mode === 'exclusive' ? 'to write' : 'to read';
   throw new MedvError('EBUSY', `disk is in use, cannot open it ${want}: ${who}`, { file: path, holders });
+}
+
+/**
+ * A lock file: `file` opened (created 0600 when missing; never through a symlink, never blocking
+ * on a FIFO), checked to be a regular file on its descriptor, and locked exclusively. Returns the
+ * descriptor (the lock lasts while it is open); EBUSY (lockFile's, naming the holders) when
+ * another open file holds it.
+ */
+export function lockExclusive(file: string, what: string): number {
+  let fd: number;
+  try {
+    fd = openSync(file, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
+  } catch (e) {
+    throw fromSystemError(e, file);
+  }
+  try {
+    if (!fstatSync(fd).isFile()) throw new MedvError('EUNSAFE', `${what} is not a regular file`, { file });
+    lockFile(fd, file, 'exclusive');
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  return fd;
 }
 
 /** Device numbers as /proc/locks prints them: major and minor in hex (glibc's dev_t encoding). */

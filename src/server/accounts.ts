@@ -279,14 +279,17 @@ export class Accounts {
     }
   }
 
-  /** The session of a bearer token, or EDENIED (unknown, revoked, expired, disabled or deleted user). */
+  /** The session of a bearer token, or EDENIED (unknown, revoked, expired, deleted user), or EFORBIDDEN (a disabled account). */
   async authenticate(token: string | undefined): Promise<Session> {
     if (!token || !TOKEN_RE.test(token)) throw new MedvError('EDENIED', 'a login token is required (medv login)');
     const h = tokenHash(token);
     const t = await this.store.findToken(h);
     const now = Date.now();
-    if (!t || t.revoked || t.disabled || t.expires <= now) {
-      throw new MedvError('EDENIED', !t ? 'the login token is not valid; log in again' : t.disabled ? 'the account is disabled' : t.revoked ? 'the login token was revoked; log in again' : 'the login token expired; log in again');
+    // A disabled account is not a bad credential (logging in again cannot help): 403, so a client
+    // ends what it keeps of its grants (a cached grant must not go on starting offline).
+    if (t && t.disabled) throw new MedvError('EFORBIDDEN', `the account ${t.user} is disabled`);
+    if (!t || t.revoked || t.expires <= now) {
+      throw new MedvError('EDENIED', !t ? 'the login token is not valid; log in again' : t.revoked ? 'the login token was revoked; log in again' : 'the login token expired; log in again');
     }
     return { user: t.user, role: t.role, tokenHash: h, expires: t.expires };
   }

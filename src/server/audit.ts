@@ -7,8 +7,9 @@
  *   row with a count and the time of the last one (the key of that window is unique in the table,
  *   so several instances on one PostgreSQL add to the same row);
  * - rows whose last occurrence is older than `retentionMs` are deleted, and beyond `maxRows` the
- *   oldest go: at start, every hour, and after every `maxRows / 10` (at most 1000) new entries on
- *   this instance, so the table never holds much more than `maxRows`.
+ *   oldest go (refusals first, then ROUTINE_ACTIONS, then what administrators did): at start,
+ *   every hour, and after every `maxRows / 10` (at most 1000) new entries on this instance, so the
+ *   table never holds much more than `maxRows`.
  * Never a secret: callers put names, ids and addresses in `detail`, never a password, token or key.
  */
 import { createHash } from 'node:crypto';
@@ -30,6 +31,13 @@ export const AUDIT_DEFAULTS: AuditOptions = {
 };
 
 export const AUDIT_PAGE_MAX = 1000;
+
+/**
+ * Actions any account may repeat at will (its own logins, key releases, the clients it drops by
+ * registering new ones): past the row cap they go after the refusals and before what
+ * administrators did, so an ordinary account cannot flood the administrators' actions out.
+ */
+export const ROUTINE_ACTIONS: readonly string[] = ['login', 'logout', 'keys.release', 'client.drop'];
 
 export interface AuditPage { entries: AuditRecord[]; next: string | null }
 
@@ -71,7 +79,7 @@ export class Audit {
   prune(now = Date.now()): Promise<number> {
     if (this.pruning) return this.pruning.then(() => 0);
     this.sincePrune = 0;
-    const p = this.store.pruneAudit(now - this.o.retentionMs, this.o.maxRows).catch(() => 0);
+    const p = this.store.pruneAudit(now - this.o.retentionMs, this.o.maxRows, ROUTINE_ACTIONS).catch(() => 0);
     this.pruning = p.finally(() => { this.pruning = undefined; });
     return p;
   }

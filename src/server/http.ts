@@ -156,7 +156,10 @@ export async function startHttpServer(o: HttpServerOptions): Promise<RunningServ
     const timers: NodeJS.Timeout[] = [];
     const clear = () => { for (const t of timers.splice(0)) clearTimeout(t); };
     connections.setPhase(socket, req.complete ? 'answer' : 'body');
-    req.once('end', () => connections.setPhase(socket, 'answer'));
+    // A request nobody reads (a GET) ends only when Node drains it after the answer is finished:
+    // that late 'end' must not mark the now idle keep-alive connection as being answered (it
+    // then could never make room: keep-alive floods shut every newcomer out).
+    req.once('end', () => { if (!res.writableFinished) connections.setPhase(socket, 'answer'); });
     res.once('finish', () => {
       clear();
       connections.setPhase(socket, 'idle');

@@ -26,6 +26,7 @@ import { now as clock } from './clock.js';
 import { deployVersion, type DeployResult } from './deploy.js';
 import { forgetGrant, isRefusal, keepGrant, workspaceKeyDir } from './grant.js';
 import { checkWorkspaceName, instanceName, legacyStore, workspaceStore } from './identity.js';
+import { lockWorkspace } from './lock.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
 import { memoryFor, type WorkspaceSettings } from './settings.js';
 
@@ -196,6 +197,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
   const vmName = instanceName(s.ctx.root, s.cfg.user, name);
   let version: number | undefined;
   let online = false;
+  let unlock: (() => void) | undefined;
   try {
     const local = clock();
     if (runningState(vmName, o.runRoot)) throw new MedvError('EBUSY', `workspace ${name} is already running (medv workspace status ${name})`);
@@ -217,6 +219,10 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     const at = await advanceClock(s.ctx.root, local, grant?.serverTime);
     entry ??= await offlineEntry(s.ctx.root, s.cfg.server, s.cfg.user, name);
     if (!entry) throw new MedvError('EOFFLINE', `cannot reach ${s.cfg.server}, and workspace ${name} has no grant cached on this client (never started online, or refused since)`);
+    // A workspace this user has: from here until its VM runs, no other start or stop of it (./lock.ts),
+    // and the check that it is not running is made again under the lock.
+    unlock = lockWorkspace(s.ctx.root, s.cfg.user, name);
+    if (runningState(vmName, o.runRoot)) throw new MedvError('EBUSY', `workspace ${name} is already running (medv workspace status ${name})`);
     const settings = entry.settings;
     checkExpiry(settings, at);
     let offlineDaysLeft: number | undefined;
@@ -280,6 +286,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     await report(s, { workspace: name, version: version ?? null, state: 'failed', lastError: (e as Error).message.slice(0, 1000) }, online).catch(() => undefined);
     throw e;
   } finally {
+    unlock?.();
     s.log.close();
   }
 }
@@ -293,9 +300,11 @@ export interface StopResult { workspace: string; vmName: string; state: VmState[
 export async function stopWorkspace(name: string, o: WorkspaceOptions & { force?: boolean; timeoutS?: number } = {}): Promise<StopResult> {
   checkWorkspaceName(name);
   const s = await openSession(o);
+  let unlock: (() => void) | undefined;
   try {
     const vmName = instanceName(s.ctx.root, s.cfg.user, name);
     const entry = await offlineEntry(s.ctx.root, s.cfg.server, s.cfg.user, name);
+    unlock = entry ? lockWorkspace(s.ctx.root, s.cfg.user, name) : undefined;
     const running = runningState(vmName, o.runRoot);
     if (!entry && !running) throw new MedvError('ENOENT', `no workspace ${name} on this client (medv workspace list)`);
     let store: ImageStore | undefined;
@@ -322,6 +331,7 @@ export async function stopWorkspace(name: string, o: WorkspaceOptions & { force?
     await report(s, { workspace: name, version: version ?? null, state: suspended ? 'suspended' : 'stopped' }, true).catch(() => undefined);
     return { workspace: name, vmName, state, suspended, discarded, ...(version !== undefined ? { version } : {}) };
   } finally {
+    unlock?.();
     s.log.close();
   }
 }

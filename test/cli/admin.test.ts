@@ -255,7 +255,7 @@ describe('cli: medv admin and medv login', function () {
     const dis = medv(['admin', 'user', 'disable', user, ...base, '--json']);
     assert.equal(dis.code, 0, dis.stderr);
     assert.equal(JSON.parse(dis.stdout).disabled, true);
-    assert.equal((await api(srv.url, 'GET', '/api/whoami', { token })).status, 401, 'its token stops working at once');
+    assert.equal((await api(srv.url, 'GET', '/api/whoami', { token })).status, 403, 'its token stops working at once (403: the account is disabled)');
     const en = medv(['admin', 'user', 'enable', user, ...base]);
     assert.equal(en.stdout, `user ${user} enabled\n`);
     const rv = medv(['admin', 'user', 'revoke', user, ...base]);

@@ -71,7 +71,8 @@ for (const backend of BACKENDS) {
       assert.equal(d.status, 200, d.text);
       assert.equal(d.body.disabled, true);
       const gone = await whoami(token);
-      assert.equal(gone.status, 401);
+      assert.equal(gone.status, 403);
+      assert.equal(gone.body.error.code, 'EFORBIDDEN');
       assert.match(gone.body.error.message, /disabled/);
       assert.equal((await login(u)).status, 401);
       const e = await api(srv.url, 'POST', `/api/admin/users/${u}/enable`, { token: admin });

@@ -64,6 +64,28 @@ for (const backend of BACKENDS) {
       assert.ok(rows.some((r) => r.action === 'user.add' && r.target === keep), 'a flood of refusals does not push out what the administrator did');
     });
 
+    it('--audit-max-rows under a flood of an ordinary account\'s own actions: what the administrator did stays', async () => {
+      srv = await startServe(dir.path, [...db.args, '--audit-max-rows', '40', '--max-clients-per-user', '1']);
+      const admin = readFileSync(srv.adminTokenFile, 'utf8').trim();
+      const keep = unique('kept');
+      const flooder = unique('flood');
+      for (const u of [keep, flooder]) assert.equal((await api(srv.url, 'POST', '/api/admin/users', { token: admin, body: { user: u, password: `${u}-password` } })).status, 201);
+      const policy = unique('p');
+      assert.equal((await api(srv.url, 'POST', '/api/admin/policies', { token: admin, body: { name: policy, users: [flooder], workspaces: [{ name: 'w', image: 'lab' }] } })).status, 201);
+      const token = (await api(srv.url, 'POST', '/api/login', { body: { user: flooder, password: `${flooder}-password` } })).body.token as string;
+      // every grant from a new client id drops the one before (--max-clients-per-user 1): one entry each
+      const clientKey = Buffer.alloc(32, 9).toString('base64');
+      for (let i = 0; i < 150; i++) {
+        const r = await api(srv.url, 'POST', '/api/workspaces/grant', { token, body: { workspace: 'w', client: `c${i}`, clientKey } });
+        assert.equal(r.status, 409, r.text); // no keys published for lab: refused after the client was registered
+      }
+      const rows = await entries(admin);
+      assert.ok(rows.length <= 40 + 10, `${rows.length} rows`);
+      assert.ok(rows.some((r) => r.action === 'client.drop'), 'the flood is in the log');
+      for (const u of [keep, flooder]) assert.ok(rows.some((r) => r.action === 'user.add' && r.target === u), `an account's flood pushed out the administrator's user.add ${u}`);
+      assert.ok(rows.some((r) => r.action === 'policy.publish' && r.target === policy), 'an account\'s flood pushed out the administrator\'s policy.publish');
+    });
+
     it('rows older than --audit-retention go at start; the newer stay; pages follow the cursor', async () => {
       const store = await Store.open(dir.path, db.url);
       const old = Date.now() - 100 * 86400_000;

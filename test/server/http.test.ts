@@ -45,38 +45,32 @@ function request(url: string, o: { method?: string; body?: string; localAddress:
 }
 
 /**
- * A slow peer: connects from `localAddress`, sends `head`, then one byte of `trickle` per `everyMs`
- * for as long as the server keeps it; reconnects when cut, until stop(). Counts connections the
- * server closed and whether any of them got a 2xx.
+ * Connections from `localAddress` that reconnect when the server cuts them, until stop(); what each
+ * does once connected is `behave` (which returns what to undo when it closes).
  */
-class Slowloris {
+abstract class Flood {
   private sockets = new Set<net.Socket>();
   private stopped = false;
   opened = 0;
   closed = 0;
-  answered2xx = 0;
-  constructor(readonly url: string, readonly localAddress: string, readonly head: string, readonly everyMs: number) {}
+  constructor(readonly url: string, readonly localAddress: string) {}
 
   start(n: number): Promise<void> {
     return Promise.all(Array.from({ length: n }, () => this.open())).then(() => undefined);
   }
+
+  protected abstract behave(s: net.Socket): () => void;
 
   private open(): Promise<void> {
     const u = new URL(this.url);
     return new Promise((resolve) => {
       const s = net.connect({ port: Number(u.port), host: u.hostname, localAddress: this.localAddress });
       this.sockets.add(s);
-      let timer: NodeJS.Timeout | undefined;
+      let undo: (() => void) | undefined;
       s.on('error', () => undefined);
-      s.on('data', (d) => { if (/^HTTP\/1\.1 2/.test(d.toString('latin1'))) this.answered2xx++; });
-      s.once('connect', () => {
-        this.opened++;
-        s.write(this.head);
-        timer = setInterval(() => { if (!s.destroyed) s.write('x'); }, this.everyMs);
-        resolve();
-      });
+      s.once('connect', () => { this.opened++; undo = this.behave(s); resolve(); });
       s.once('close', () => {
-        clearInterval(timer);
+        undo?.();
         this.sockets.delete(s);
         this.closed++;
         resolve();
@@ -88,6 +82,48 @@ class Slowloris {
   stop(): void {
     this.stopped = true;
     for (const s of this.sockets) s.destroy();
+  }
+}
+
+/**
+ * A slow peer: sends `head`, then one byte per `everyMs` for as long as the server keeps it.
+ * Counts whether any of its connections got a 2xx.
+ */
+class Slowloris extends Flood {
+  answered2xx = 0;
+  constructor(url: string, localAddress: string, readonly head: string, readonly everyMs: number) { super(url, localAddress); }
+
+  protected behave(s: net.Socket): () => void {
+    s.on('data', (d) => { if (/^HTTP\/1\.1 2/.test(d.toString('latin1'))) this.answered2xx++; });
+    s.write(this.head);
+    const timer = setInterval(() => { if (!s.destroyed) s.write('x'); }, this.everyMs);
+    return () => clearInterval(timer);
+  }
+}
+
+/**
+ * Keep-alive connections that each send a small GET, read its whole answer, pause `pauseMs` and
+ * send the next: between answers each one is an idle keep-alive connection, which the server may
+ * close to make room.
+ */
+class KeepAliveFlood extends Flood {
+  constructor(url: string, localAddress: string, readonly path: string, readonly pauseMs: number) { super(url, localAddress); }
+
+  protected behave(s: net.Socket): () => void {
+    let buf = Buffer.alloc(0);
+    let timer: NodeJS.Timeout | undefined;
+    const ask = () => { if (!s.destroyed) s.write(`GET ${this.path} HTTP/1.1\r\nHost: x\r\n\r\n`); };
+    s.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      const end = buf.indexOf('\r\n\r\n');
+      const length = /content-length: *(\d+)/i.exec(buf.subarray(0, end).toString('latin1'));
+      if (end < 0 || !length || buf.length < end + 4 + Number(length[1])) return;
+      buf = buf.subarray(end + 4 + Number(length[1]));
+      // the answer is whole: the connection now idles until the next request
+      timer = setTimeout(ask, this.pauseMs);
+    });
+    ask();
+    return () => clearTimeout(timer);
   }
 }
 
@@ -190,6 +226,18 @@ describe('server: the HTTP edge under hostile peers', function () {
     console.log(`      flood: ${all.reduce((n, f) => n + f.opened, 0)} connections opened, ${all.reduce((n, f) => n + f.closed, 0)} closed`);
     for (const f of all) assert.equal(f.answered2xx, 0, 'no slow request was ever answered with 2xx');
     assert.ok(one.closed >= 300 - 8, `the server closed the connections of the one address past its limit (${one.closed} closed)`);
+    await stillServes();
+  });
+
+  it('every slot held by keep-alive connections that send a GET each second: an honest newcomer is served (idle connections make room)', async () => {
+    // 8 addresses x 8 connections fill the 64 slots; between its requests each connection is idle
+    const floods = Array.from({ length: 8 }, (_, i) => new KeepAliveFlood(s.url, `127.0.2.${i + 1}`, '/api/no-such-route', 1000));
+    try {
+      await Promise.all(floods.map((f) => f.start(8)));
+      for (let i = 0; i < 5; i++) await stillServes('127.0.0.10');
+    } finally {
+      for (const f of floods) f.stop();
+    }
     await stillServes();
   });
 });

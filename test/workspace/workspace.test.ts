@@ -22,9 +22,18 @@ const IMAGE_BYTES = 16 << 20;
 /** A TCP relay that records what the server sent back: the wire as a client sees it. */
 class RecordingProxy {
   readonly fromServer: Buffer[] = [];
+  /** While set, a request for an index waits here before it goes on to the server. */
+  hold: { reached: () => void; released: Promise<void> } | undefined;
   private server = net.createServer((c) => {
     const up = net.connect(this.target);
-    c.pipe(up);
+    c.on('data', (d: Buffer) => {
+      const hold = this.hold;
+      if (!hold || !/^GET \/images\/\S+\.ckm\.index /m.test(d.toString('latin1'))) { up.write(d); return; }
+      c.pause();
+      hold.reached();
+      void hold.released.then(() => { up.write(d); c.resume(); });
+    });
+    c.on('end', () => up.end());
     up.on('data', (d: Buffer) => { this.fromServer.push(Buffer.from(d)); c.write(d); });
     up.on('end', () => c.end());
     c.on('error', () => up.destroy());
@@ -124,6 +133,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
         { name: 'resume', image: IMAGE, mode: 'persistent', onStop: 'suspend', memory: 64, network: 'none' },
         { name: 'travel', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', offlineDays: 5 },
         { name: 'flip', image: 'swap', mode: 'persistent', memory: 64, network: 'none' },
+        { name: 'race', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', versionsToKeep: 0 },
       ],
     }));
     ok(medv(['admin', 'policy', 'publish', f('policy.json'), '--server', url, '--token-file', adminTokenFile()]));
@@ -134,7 +144,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
   });
 
   after(async () => {
-    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk', 'resume', 'travel', 'flip']) await client(['workspace', 'stop', ws, '--force'], who);
+    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk', 'resume', 'travel', 'flip', 'race']) await client(['workspace', 'stop', ws, '--force'], who);
     for (const extra of cleanups) await extra();
     serve?.kill('SIGTERM');
     await proxy?.close();
@@ -358,6 +368,35 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     await stop('alice', 'flip');
   });
 
+  it('an account the administrator disables loses its cached grant at the next contact: no offline start afterwards', async () => {
+    // carol: a third user of group staff on her own client
+    const carol = { MEDV_CLIENT_ROOT: f('client-c'), MEDV_RUN_DIR: f('run-c'), XDG_CONFIG_HOME: f('config-c'), XDG_DATA_HOME: f('xdg-c'), XDG_CACHE_HOME: f('cache-c') };
+    fs.writeFileSync(f('carol.pw'), 'carol-password-carol', { mode: 0o600 });
+    ok(medv(['admin', 'user', 'add', 'carol', '--password-file', f('carol.pw'), '--group', 'staff', '--server', url, '--token-file', adminTokenFile()]));
+    ok(await client(['login', '--server', proxyUrl, '--user', 'carol', '--password-file', f('carol.pw')], 'alice', carol));
+    ok(await start('alice', 'desk', [], carol));
+    ok(await client(['workspace', 'stop', 'desk', '--json'], 'alice', carol));
+    ok(medv(['admin', 'user', 'disable', 'carol', '--server', url, '--token-file', adminTokenFile()]));
+    const refused = await start('alice', 'desk', [], carol);
+    assert.equal(refused.code, 4, refused.stderr);
+    assert.match(refused.stderr, /disabled/);
+    // then the server is out of reach: desk allows 2 days offline, but not to a disabled account
+    const closed = net.createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const nowhere = (closed.address() as net.AddressInfo).port;
+    await new Promise((r) => closed.close(r));
+    const target = proxy.target;
+    proxy.target = nowhere;
+    try {
+      const offline = await start('alice', 'desk', [], carol);
+      assert.equal(offline.code, 13, `a disabled account still started offline: ${offline.stderr}${offline.stdout}`);
+      assert.match(offline.stderr, /no grant cached on this client/);
+    } finally {
+      proxy.target = target;
+      await client(['workspace', 'stop', 'desk', '--force'], 'alice', carol);
+    }
+  });
+
   it('a workspace the server refuses (403) loses its cached grant and released keys at once', async () => {
     ok(await start('alice', 'travel'));
     await stop('alice', 'travel');
@@ -437,5 +476,30 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     const desk = listed.clients.find((c: { client: string; user: string; workspace: string }) => c.client === clientId && c.user === 'alice' && c.workspace === 'desk');
     const logs = () => ok(runMedv(['logs'], env('alice'))).stdout.split('\n').filter((l) => /report/.test(l)).join('\n');
     assert.ok(Date.parse(desk.received) >= since - 1000, `no report of desk arrived since the server came back: ${JSON.stringify(desk)}\n${logs()}`);
+  });
+
+  it('two starts of one workspace at once (one of them updating) never delete the disk the other runs', async () => {
+    const first = JSON.parse(ok(await start('alice', 'race')).stdout);
+    await stop('alice', 'race');
+    const latest = first.version as number;
+    publishVersion(latest + 1, [5, 6, 900]);
+    // the updating start is held as it asks for the new version's index...
+    let reached!: () => void;
+    const atGate = new Promise<void>((r) => { reached = r; });
+    let release!: () => void;
+    proxy.hold = { reached, released: new Promise<void>((r) => { release = r; }) };
+    const updating = start('alice', 'race', ['--update']);
+    await atGate;
+    // ...while a second start of the same workspace (a double click on its menu entry) runs
+    const other = await start('alice', 'race', ['--no-update']);
+    proxy.hold = undefined;
+    release();
+    const upd = await updating;
+    const old = join(first.folder, `v${latest}`, `${IMAGE}.evhd`);
+    if (other.code === 0) assert.ok(fs.existsSync(old), `the disk of the running workspace (v${latest}) was deleted by the other start's retention: ${upd.stderr}`);
+    assert.notEqual(other.code, 0, 'both starts went ahead');
+    assert.match(other.stderr, /workspace race is (being started|already running)/);
+    assert.equal(JSON.parse(ok(upd).stdout).version, latest + 1);
+    await stop('alice', 'race');
   });
 });

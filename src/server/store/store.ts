@@ -4,7 +4,7 @@
  * documents. Callers check names and lengths first (accounts.ts); the database CHECKs them again.
  */
 import { randomBytes } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import type { Expression, ExpressionBuilder, Kysely, SqlBool } from 'kysely';
 import { MedvError } from '../../core/errors.js';
 import { type OpenedDatabase, openDatabase } from './open.js';
 import { type Database, LIMITS, type Role } from './schema.js';
@@ -341,29 +341,30 @@ export class Store {
   }
 
   /**
-   * Delete rows whose last occurrence is before `before`; then, beyond `maxRows`, the oldest
-   * refusals (aggregated rows) first, so a flood of anonymous refusals never pushes what accounts
-   * and administrators did out of the log; only if refusals alone are not enough, the oldest of
-   * the rest.
+   * Delete rows whose last occurrence is before `before`; then, beyond `maxRows`, the oldest rows
+   * of the first class that has any, in this order: refusals (aggregated rows), then `routine`
+   * actions (what any account may repeat at will: logins, key releases), then the rest (what
+   * administrators did). So no flood, anonymous or of an ordinary account's own actions, pushes
+   * what administrators did out of the log while other rows are left to go.
    */
-  async pruneAudit(before: number, maxRows: number): Promise<number> {
+  async pruneAudit(before: number, maxRows: number, routine: readonly string[] = []): Promise<number> {
     const old = await this.db.deleteFrom('audit').where((eb) => eb.fn.coalesce('last', 'time'), '<', before).executeTakeFirst();
     let n = Number(old.numDeletedRows);
-    const excess = (await this.auditRows()) - maxRows;
-    if (excess <= 0) return n;
-    const refusals = await this.db.selectFrom('audit').select((eb) => eb.fn.countAll().as('n')).where('agg', 'is not', null).executeTakeFirst();
-    if (Number(refusals?.n ?? 0) > excess) {
-      const edge = await this.db.selectFrom('audit').select('time').where('agg', 'is not', null).orderBy('time', 'asc').offset(excess - 1).limit(1).executeTakeFirst();
-      const r = await this.db.deleteFrom('audit').where('agg', 'is not', null).where('time', '<=', Number(edge!.time)).executeTakeFirst();
-      return n + Number(r.numDeletedRows);
-    }
-    // fewer refusals than the excess: all of them go, then the oldest of the rest
-    const r = await this.db.deleteFrom('audit').where('agg', 'is not', null).executeTakeFirst();
-    n += Number(r.numDeletedRows);
-    const rest = excess - Number(r.numDeletedRows);
-    if (rest > 0) {
-      const edge = await this.db.selectFrom('audit').select('time').orderBy('time', 'asc').offset(rest - 1).limit(1).executeTakeFirst();
-      if (edge) n += Number((await this.db.deleteFrom('audit').where('time', '<=', Number(edge.time)).executeTakeFirst()).numDeletedRows);
+    let excess = (await this.auditRows()) - maxRows;
+    const classes: Array<(eb: ExpressionBuilder<Database, 'audit'>) => Expression<SqlBool>> = [
+      (eb) => eb('agg', 'is not', null),
+      ...(routine.length ? [(eb: ExpressionBuilder<Database, 'audit'>) => eb.and([eb('agg', 'is', null), eb('action', 'in', [...routine])])] : []),
+      (eb) => eb('id', 'is not', null),
+    ];
+    for (const only of classes) {
+      if (excess <= 0) break;
+      // the time of the excess-th oldest row of this class (none: the class has fewer, all of it goes)
+      const edge = await this.db.selectFrom('audit').select('time').where(only).orderBy('time', 'asc').offset(excess - 1).limit(1).executeTakeFirst();
+      let del = this.db.deleteFrom('audit').where(only);
+      if (edge) del = del.where('time', '<=', Number(edge.time));
+      const r = Number((await del.executeTakeFirst()).numDeletedRows);
+      n += r;
+      excess -= r;
     }
     return n;
   }

@@ -9,7 +9,8 @@
  *   2. memory: peak RSS (VmHWM) of `medv image pack` and of `medv image fetch` (local path, no
  *      seed) on a small disk and on a 16 GiB one (sparse: its used part as large as the small
  *      disk's), to show the peak does not grow with the image size; and the bytes the pack read
- *      (rchar of /proc/PID/io): the holes of the sparse file are not read.
+ *      (rchar of /proc/PID/io): the holes of the sparse file are not read. Each disk of 1. is also
+ *      fetched whole (local path, no seed) and that fetch's peak RSS printed.
  *
  * Each section prints the load average (`uptime`) before and after: on a shared machine compare
  * ratios within one run, not absolute speeds across runs.
@@ -111,7 +112,14 @@ for (const [label, disk, bytes] of disks) {
   console.log(`| medv image pack | ${pack.seconds.toFixed(2)} | ${mbs(pack.seconds).toFixed(0)} | ${pack.peakMiB.toFixed(0)} |`);
   if (casync) console.log(`| casync make (blob) | ${casync.seconds.toFixed(2)} | ${mbs(casync.seconds).toFixed(0)} | ${casync.peakMiB.toFixed(0)} |`);
   if (casync) console.log(`\nmedv pack / casync make: ${(mbs(pack.seconds) / mbs(casync.seconds)).toFixed(2)}x the MB/s; load after: ${load()}`);
+  // A full fetch of the same image (local path, no seed): its peak RSS must not follow the data.
+  const tag = label.split(' ')[0];
+  const fetched = await measured(process.execPath, medvArgs(['image', 'fetch', join(out, 'bench_1.ckm.index'), '--out', join(dir, `fetched-${tag}.evhd`), '--keys', join(dir, 'keys')]),
+    { ...env, XDG_CACHE_HOME: join(dir, 'cache') });
+  if (fetched.code !== 0) throw new Error(`medv image fetch: ${fetched.stderr}`);
+  console.log(`full fetch of it (local, no seed): ${fetched.seconds.toFixed(1)} s, peak RSS ${fetched.peakMiB.toFixed(0)} MiB; load after: ${load()}`);
   rmSync(out, { recursive: true, force: true });
+  for (const f of [`fetched-${tag}.evhd`, `fetched-${tag}.enc`, `fetched-${tag}.evhd.index`]) rmSync(join(dir, f), { force: true });
 }
 rmSync(realDisk, { force: true });
 

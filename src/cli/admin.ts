@@ -3,28 +3,34 @@ import * as fs from 'node:fs';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
-import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
+import { addKeyOptions, kekFrom, printJson, RAISES, raises, type KeyOptions } from './common.js';
+import type { ErrorCode } from '../core/errors.js';
 import { readTokenFile } from './image-repo.js';
 import { readPassword } from './login.js';
+import { addConsoleCommands } from './admin-console.js';
 
 type Opts = Record<string, unknown>;
 const POLICY_MAX = 64 * 1024;
 
-function adminToken(o: Opts): string {
+export function adminToken(o: Opts): string {
   const token = o.tokenFile ? readTokenFile(String(o.tokenFile)) : process.env.MEDV_ADMIN_TOKEN;
   if (!token) throw new MedvError('ENOKEY', 'no admin token: give --token-file (the server\'s <root>/admin.token) or set MEDV_ADMIN_TOKEN');
   return token;
 }
 
-function serverOptions(c: Command): Command {
-  return c
+/** What every admin command can meet: the token, the server, the network. */
+const ADMIN_NOTES = { ENOKEY: 'no admin token', EDENIED: 'wrong admin token', EFORBIDDEN: 'not an administrator' };
+
+/** The options of a command that calls the server, and the codes it raises (beyond those of every admin command). */
+export function serverOptions(c: Command, codes: ErrorCode[] = [], notes: Partial<Record<ErrorCode, string>> = {}): Command {
+  return raises(c, [...RAISES.server, 'ENOKEY', 'EINSECURE', 'EFORMAT', ...codes], { ...ADMIN_NOTES, EFORMAT: 'the token file does not hold one token', ...notes })
     .requiredOption('--server <url>', 'the medv server, e.g. http://console:8080')
     .option('--token-file <file>', 'file holding the admin token (default $MEDV_ADMIN_TOKEN)')
     .option('--ca <file>', 'trust this CA (PEM) for an https:// server instead of the system\'s')
     .option('--json', 'print the result as JSON');
 }
 
-function readPolicyFile(file: string): unknown {
+export function readPolicyFile(file: string): unknown {
   let text: string;
   try {
     const st = fs.statSync(file);
@@ -54,12 +60,11 @@ export function adminCommand(): Command {
     .option('--admin', 'an administrator: may use medv admin (and the console) with their own login instead of the admin token')
     .addHelpText('after', `
 Names are 1 to 64 letters, digits, '.', '_', '@' or '-'; passwords 8 to 1024 bytes.
-Exit status: 0 created; 2 bad name or password; 3 the user exists; 4 wrong admin token; 10 network.
 
 Examples:
   medv admin user add alice --group finance --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
   medv admin user add root-ann --admin --password-file ann.pw --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin user add bob --password-file bob.pw --group lab --group finance --server https://console.example --json`))
+  medv admin user add bob --password-file bob.pw --group lab --group finance --server https://console.example --json`), ['EINVAL_ARG', 'EEXIST', 'ENOENT'], { EINVAL_ARG: 'bad name or password', EEXIST: 'the user exists', ENOENT: 'no such password file' })
     .action(async (name: string, o: Opts) => {
       const token = adminToken(o);
       const password = await readPassword(o.passwordFile as string | undefined, `Password for ${name}: `, true);
@@ -70,18 +75,17 @@ Examples:
     });
 
   const userPath = (name: string, verb = '') => `/api/admin/users/${encodeURIComponent(name)}${verb}`;
-  const EXIT_HELP = 'Exit status: 0 done; 3 no such user; 4 wrong admin token (or not an administrator); 10 network.';
+  const NO_USER: [ErrorCode[], Partial<Record<ErrorCode, string>>] = [['ENOENT'], { ENOENT: 'no such user' }];
 
   serverOptions(user.command('disable <user>')
     .description('disable an account: its tokens stop working at once and it cannot log in (until enabled)')
     .addHelpText('after', `
 Nothing is deleted: groups, tokens (refused while disabled), clients and reports stay; \`enable\`
 undoes it (tokens that have not expired work again: revoke them too if the account was misused).
-${EXIT_HELP}
 
 Examples:
   medv admin user disable bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin user disable bob --server https://console.example --json`))
+  medv admin user disable bob --server https://console.example --json`), ...NO_USER)
     .action(async (name: string, o: Opts) => {
       const r = await adminCall<UserRow>(o, 'POST', userPath(name, '/disable'));
       if (o.json) printJson(r); else process.stdout.write(`user ${r.user} disabled\n`);
@@ -90,10 +94,9 @@ Examples:
   serverOptions(user.command('enable <user>')
     .description('enable a disabled account again')
     .addHelpText('after', `
-${EXIT_HELP}
 
 Example:
-  medv admin user enable bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`))
+  medv admin user enable bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`), ...NO_USER)
     .action(async (name: string, o: Opts) => {
       const r = await adminCall<UserRow>(o, 'POST', userPath(name, '/enable'));
       if (o.json) printJson(r); else process.stdout.write(`user ${r.user} enabled\n`);
@@ -106,11 +109,10 @@ What goes: the account, its group memberships (the groups stay for their other m
 policies that name them), its tokens, the clients it registered and the reports those clients sent
 as this user. The audit log keeps what the user did. A deleted name can be added again later: it
 is a new account (policies that name the user directly apply to it).
-${EXIT_HELP}
 
 Examples:
   medv admin user delete bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin user delete bob --server https://console.example --json`))
+  medv admin user delete bob --server https://console.example --json`), ...NO_USER)
     .action(async (name: string, o: Opts) => {
       const r = await adminCall<{ user: string; groups: string[]; tokens: number; clients: number; reports: number }>(o, 'DELETE', userPath(name));
       if (o.json) printJson(r);
@@ -122,11 +124,10 @@ Examples:
     .option('--password-file <file>', 'read the new password from a file (- for stdin); default: ask twice on the terminal')
     .addHelpText('after', `
 The user logs in again with the new password (medv login) on every client.
-${EXIT_HELP} 2: the password is not 8 to 1024 bytes.
 
 Examples:
   medv admin user passwd bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin user passwd bob --password-file new.pw --server https://console.example --json`))
+  medv admin user passwd bob --password-file new.pw --server https://console.example --json`), ['ENOENT', 'EINVAL_ARG'], { ENOENT: 'no such user', EINVAL_ARG: 'the password is not 8 to 1024 bytes' })
     .action(async (name: string, o: Opts) => {
       const password = await readPassword(o.passwordFile as string | undefined, `New password for ${name}: `, true);
       const r = await adminCall<{ user: string; tokensRevoked: number }>(o, 'POST', userPath(name, '/password'), { password });
@@ -136,10 +137,9 @@ Examples:
   serverOptions(user.command('revoke <user>')
     .description('revoke every token of an account (it stays enabled: the user logs in again)')
     .addHelpText('after', `
-${EXIT_HELP}
 
 Example:
-  medv admin user revoke bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token --json`))
+  medv admin user revoke bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token --json`), ...NO_USER)
     .action(async (name: string, o: Opts) => {
       const r = await adminCall<{ user: string; tokensRevoked: number }>(o, 'POST', userPath(name, '/revoke'));
       if (o.json) printJson(r); else process.stdout.write(`${r.tokensRevoked} token${r.tokensRevoked === 1 ? '' : 's'} of ${r.user} revoked\n`);
@@ -165,11 +165,10 @@ Examples:
 The document is checked against docs/policy.schema.json by the server; a refusal names the bad
 field as a JSON pointer, e.g. "policy field /workspaces/0/memory does not match any allowed form".
 Every version is kept; users see the newest version of each policy that names them or their groups.
-Exit status: 0 published; 5 the document is not JSON or fails the schema; 4 wrong admin token.
 
 Examples:
   medv admin policy publish finance.json --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin policy publish lab.json --server https://console.example --json`))
+  medv admin policy publish lab.json --server https://console.example --json`), ['ENOENT', 'EINVAL_ARG', 'EPOLICY', 'ETOOLARGE'], { EFORMAT: 'the document is not JSON', EPOLICY: 'the document fails the schema (the message names the field)' })
     .action(async (file: string, o: Opts) => {
       const token = adminToken(o);
       const doc = readPolicyFile(file);
@@ -200,11 +199,10 @@ and the trusted signers (console.sign.pub and trusted/*.pub) to the server, whic
 wrapped under its server key and releases them, sealed to each client's own key, to the users a
 policy entitles to a workspace of this image. The key files are unwrapped with MEDV_PASSPHRASE,
 --passphrase-file or --host-key, as medv image pack wrapped them. Publishing again replaces them.
-Exit status: 0 published; 4 no such keys, wrong passphrase or wrong admin token; 10 network.
 
 Examples:
   medv admin image-keys publish win10 --keys /srv/medv/keys --passphrase-file console.pass --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin image-keys publish lab --keys keys --host-key console.key --server https://console.example --ca ca.pem --json`))
+  medv admin image-keys publish lab --keys keys --host-key console.key --server https://console.example --ca ca.pem --json`), [...RAISES.keys, 'ENOENT'], { ENOENT: 'no keys of that image in the key folder', EBADKEY: 'wrong passphrase or host key' })
     .action(async (name: string, o: Opts & KeyOptions) => {
       const token = adminToken(o);
       const { openImageKeys } = await import('../pack/index.js');
@@ -226,25 +224,51 @@ Examples:
     .option('--limit <n>', 'rows per page (1 to 1000)', '100')
     .option('--after <cursor>', 'the page after this cursor (printed as "next" by the page before)')
     .option('--all', 'every page, one after the other')
+    .option('--client <id>', 'only this client')
+    .option('--user <name>', 'only this user\'s')
+    .option('--workspace <name>', 'only this workspace')
+    .option('--state <state>', 'only this state (running, stopped, suspended, updating, failed, offline)')
+    .option('--image <name>', 'only workspaces granted this image')
+    .option('--history', 'every report received (the last 200 of each client, user and workspace), newest first, instead of the latest of each')
+    .option('--csv', 'print every matching row as CSV (spreadsheet-safe) instead of a table')
     .addHelpText('after', `
 One row per client, user and workspace, in that order: the version it runs, its state (running,
 stopped, suspended, updating, failed, offline), how long ago the client reported it, and its last
 error. A client reports only after a grant for its user, only for workspaces the user is entitled
 to, and a user keeps at most --max-reports-per-user rows (medv serve).
 When more rows follow, the last line (or "next" in --json) is the cursor for --after.
-Exit status: 0; 2 bad --limit or --after; 4 wrong admin token; 10 network.
+With --history: the reports themselves, newest first (client time), for --client, --user and
+--workspace; --limit rows from --offset (default 0).
 
 Examples:
   medv admin clients --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  medv admin clients --state failed --csv --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token > failed.csv
+  medv admin clients --history --client 3fe07c13070b3e54 --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
   medv admin clients --all --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  MEDV_ADMIN_TOKEN=… medv admin clients --limit 500 --after eyJ… --server https://console.example --json`))
+  MEDV_ADMIN_TOKEN=… medv admin clients --limit 500 --after eyJ… --server https://console.example --json`), ['EINVAL_ARG'], { EINVAL_ARG: 'bad --limit, --after, --offset or filter' })
+    .option('--offset <n>', 'with --history: the first row to show', '0')
     .action(async (o: Opts) => {
+      const filters = new URLSearchParams();
+      for (const k of ['client', 'user', 'workspace', ...(o.history ? [] : ['state', 'image'])]) if (o[k] !== undefined) filters.set(k, String(o[k]));
+      if (o.csv) { await printCsv(o, `/api/admin/clients${o.history ? '/history' : ''}?${filters}&format=csv`); return; }
+      if (o.history) {
+        const q = new URLSearchParams(filters);
+        q.set('limit', String(o.limit));
+        q.set('offset', String(o.offset));
+        const page = await adminCall<{ reports: HistoryRow[]; total: number; offset: number }>(o, 'GET', `/api/admin/clients/history?${q}`);
+        if (o.json) { printJson(page); return; }
+        table([['REPORTED', 'RECEIVED', 'CLIENT', 'USER', 'WORKSPACE', 'VERSION', 'STATE', 'ERROR'],
+          ...page.reports.map((r) => [r.at, r.received, r.client, r.user, r.workspace, r.version === null ? '-' : String(r.version), r.state, printable(r.lastError ?? '').slice(0, 120)])]);
+        if (page.offset + page.reports.length < page.total) process.stdout.write(`${page.total - page.offset - page.reports.length} more: --offset ${page.offset + page.reports.length}\n`);
+        return;
+      }
       const rows: string[][] = [['CLIENT', 'USER', 'WORKSPACE', 'VERSION', 'STATE', 'AGE', 'LAST ERROR']];
       const all: ClientRow[] = [];
       let after = o.after as string | undefined;
       let next: string | null;
       do {
-        const q = new URLSearchParams({ limit: String(o.limit) });
+        const q = new URLSearchParams(filters);
+        q.set('limit', String(o.limit));
         if (after) q.set('after', after);
         const page = await adminCall<{ clients: ClientRow[]; next: string | null }>(o, 'GET', `/api/admin/clients?${q}`);
         // a report without an error has no lastError (as the client library gives it)
@@ -262,29 +286,42 @@ Examples:
     .description('the audit log, newest first, a page at a time')
     .option('--limit <n>', 'entries per page (1 to 1000)', '100')
     .option('--before <cursor>', 'the page after this cursor (printed as "next" by the page before)')
-    .option('--since <time>', 'only entries (or repeats) at or after this ISO 8601 time')
-    .option('--action <action>', 'only this action (login, login.fail, login.limited, logout, user.add, user.disable, user.enable, user.delete, user.passwd, user.revoke, policy.publish, keys.publish, keys.release, keys.deny, reports.refused, admin.denied, client.drop)')
+    .option('--since <time>', 'only entries (or repeats) at or after this time (2026-12-01, 2026-12-01T10:30, or ISO 8601 with a zone; UTC)')
+    .option('--until <time>', 'only entries before this time (a bare date includes that day)')
+    .option('--action <action>', 'only this action (login, login.fail, login.limited, logout, user.add, user.disable, user.enable, user.delete, user.passwd, user.revoke, user.role, user.groups, policy.publish, policy.unpublish, keys.publish, keys.release, keys.deny, reports.refused, admin.denied, client.lock, client.wipe, client.revoke, client.unlock, client.wiped, client.drop, image.prune, image.test), or a family: login.*')
     .option('--user <name>', 'only entries whose actor is this user (or "admin", "anonymous")')
+    .option('--about <name>', 'only entries whose actor or target is this user')
+    .option('--csv', 'print every matching entry as CSV (spreadsheet-safe) instead of a page')
     .addHelpText('after', `
 Each entry: when, how many times (repeated refusals from one address within 10 minutes are one
 entry with a count and the time of the last), the actor, the action, its target, the client's
 address and details (never a password, token or key). The server keeps entries for
 --audit-retention and at most --audit-max-rows of them.
-Exit status: 0; 2 bad option; 4 wrong admin token; 10 network.
 
 Examples:
   medv admin audit --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin audit --action login.fail --since 2026-12-01T00:00:00Z --server https://console.example --json`))
+  medv admin audit --action login.fail --since 2026-12-01T00:00:00Z --server https://console.example --json
+  medv admin audit --action client.* --since 2026-12-01 --csv --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token > orders.csv`), ['EINVAL_ARG'])
     .action(async (o: Opts) => {
       const q = new URLSearchParams({ limit: String(o.limit) });
-      for (const [k, v] of [['before', o.before], ['since', o.since], ['action', o.action], ['actor', o.user]] as const) if (v !== undefined) q.set(k, String(v));
+      for (const [k, v] of [['before', o.before], ['since', o.since], ['until', o.until], ['action', o.action], ['actor', o.user], ['user', o.about]] as const) if (v !== undefined) q.set(k, String(v));
+      if (o.csv) { q.delete('limit'); q.delete('before'); await printCsv(o, `/api/admin/audit?${q}&format=csv`); return; }
       const page = await adminCall<{ entries: AuditRow[]; next: string | null }>(o, 'GET', `/api/admin/audit?${q}`);
       if (o.json) { printJson(page); return; }
       table([['TIME', 'COUNT', 'ACTOR', 'ACTION', 'TARGET', 'ADDRESS', 'DETAIL'],
         ...page.entries.map((e) => [e.time, e.count > 1 ? `${e.count} (last ${e.last})` : '1', e.actor, e.action, e.target, e.address || '-', printable(JSON.stringify(e.detail)).slice(0, 160)])]);
       if (page.next) process.stdout.write(`more: --before ${page.next}\n`);
     });
+  addConsoleCommands(admin, { user, policy });
   return admin;
+}
+
+interface HistoryRow { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; at: string; received: string }
+
+/** A CSV export of the server, as it is, on stdout. */
+export async function printCsv(o: Opts, path: string): Promise<void> {
+  const { apiBytes } = await import('../client/api.js');
+  process.stdout.write((await apiBytes(String(o.server), path, { token: adminToken(o), ca: o.ca as string | undefined })).bytes);
 }
 
 interface UserRow { user: string; groups: string[]; created: string; disabled: boolean; role: 'admin' | 'user' }
@@ -292,23 +329,23 @@ interface ClientRow { client: string; user: string; workspace: string; version: 
 interface AuditRow { time: string; last: string; count: number; actor: string; action: string; target: string; address: string; detail: unknown }
 
 /** One admin request with the options' server, token and CA. */
-async function adminCall<T>(o: Opts, method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
+export async function adminCall<T>(o: Opts, method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
   const token = adminToken(o);
   const { apiRequest } = await import('../client/api.js');
   return apiRequest<T>(String(o.server), method, path, { token, ca: o.ca as string | undefined, ...(body !== undefined ? { body } : {}) });
 }
 
 /** Control characters (from reports, names) never reach the terminal. */
-const printable = (s: string) => s.replace(/[\x00-\x1f\x7f]/g, ' ');
+export const printable = (s: string) => s.replace(/[\x00-\x1f\x7f]/g, ' ');
 
 /** Rows padded to columns, the last column as it is. */
-function table(rows: string[][]): void {
+export function table(rows: string[][]): void {
   const width = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   for (const r of rows) process.stdout.write(`${r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(width[i]))).join('  ').trimEnd()}\n`);
 }
 
 /** 42s, 5m, 3h, 2d (a report from the future: 0s). */
-function age(ms: number): string {
+export function age(ms: number): string {
   const s = Math.max(0, Math.floor(ms / 1000));
   if (s < 120) return `${s}s`;
   if (s < 7200) return `${Math.floor(s / 60)}m`;

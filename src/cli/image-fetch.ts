@@ -1,14 +1,16 @@
 /** `medv image fetch`: a packed image from a repository into a new .evhd. Thin wrapper over src/transfer. */
 import type { Command } from 'commander';
 import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
-import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
+import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, RAISES, raises, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 export function addImageFetchCommand(image: Command): void {
-  addKeyOptions(image.command('fetch <index>'))
+  raises(addKeyOptions(image.command('fetch <index>')), [...RAISES.files, ...RAISES.keys, ...RAISES.damaged, ...RAISES.disk, ...RAISES.server, 'ESIGNATURE', 'EBADBLOCK', 'ECHANGED'], {
+    EEXIST: 'the output exists', ESIGNATURE: 'a bad signature or damaged repository data (nothing is left under the output name)', ENETWORK: 'the repository is unreachable or changed (run again to resume)',
+  })
     .description('fetch a packed image (URL or path of <NAME>_<N>.ckm.index) into a new encrypted disk, taking what it can from local seeds')
     .requiredOption('--out <disk.evhd>', 'the new disk (must not exist); its key file NAME.enc is written beside it')
     .option('--seed <path>', 'a disk (.evhd, .vhd, raw), a folder of packs (PackedImages, PrestagedImages) or a .ckm.index to take blocks from (repeatable)', collect, [])
@@ -35,9 +37,6 @@ What it does:
      its name once the last block is written.
   An interrupted fetch (killed, network down) leaves .NAME.evhd.medv-fetch/ beside the output;
   the same command run again fetches only what is still missing.
-
-Exit status: 0 done; 3 output exists; 4 key missing or wrong; 5 bad signature or damaged
-repository data (nothing is left under the output name); 10 repository unreachable or changed.
 
 Examples:
   medv image fetch https://images.example/win10/win10_2.ckm.index --out win10-v2.evhd --seed win10-v1.evhd --keys keys

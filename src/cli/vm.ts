@@ -8,9 +8,13 @@ import { discardVmState, listVms, pauseVm, resumeVm, screenshotVm, serialLogPath
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/config.js';
 import { parseDuration } from '../core/units.js';
-import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
+import { readBoundedSync } from '../core/fsio.js';
+import { addKeyOptions, kekFrom, printJson, printResult, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
+
+/** The most serial output `vm serial --json` puts in one JSON value. */
+const SERIAL_JSON_MAX = 16 << 20;
 
 function positiveInt(what: string) {
   return (v: string): number => {
@@ -192,8 +196,16 @@ export function vmCommand(): Command {
   vm.command('serial <name>')
     .description('what the guest wrote to its first serial port (kept after it stops, until the name starts again)')
     .option('--follow', 'keep printing new output until the VM stops')
+    .option('--json', 'print {"name","serial"} (the output as text) instead of the raw bytes; not with --follow')
     .action(async (name: string, o: Opts) => {
       const file = serialLogPath(name);
+      if (o.json) {
+        if (o.follow) throw new MedvError('EINVAL_ARG', '--follow prints the output as it comes: it does not go with --json');
+        // The log grows with whatever the guest writes: as JSON it is read whole, so at most SERIAL_JSON_MAX.
+        const bytes = readBoundedSync(file, SERIAL_JSON_MAX, `the serial output of VM ${name} (read it without --json)`);
+        printJson({ name, serial: (bytes ?? Buffer.alloc(0)).toString('utf8') });
+        return;
+      }
       let pos = 0;
       const drain = () => {
         const fd = fs.openSync(file, 'r');
@@ -217,7 +229,12 @@ export function vmCommand(): Command {
 
   vm.command('screenshot <name> <file>')
     .description('save the guest\'s screen as a PNG (QMP screendump)')
-    .action(async (name: string, file: string) => { await screenshotVm(name, resolve(file)); });
+    .option('--json', 'print {"name","file"}')
+    .action(async (name: string, file: string, o: Opts) => {
+      const path = resolve(file);
+      await screenshotVm(name, path);
+      printResult(o.json, { name, file: path }, `saved the screen of VM ${name} to ${path}`);
+    });
 
   return vm;
 }

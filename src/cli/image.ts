@@ -68,6 +68,7 @@ Examples:
             process.stdout.write(`packed ${disk} as ${r.name} version ${r.version} (${formatBytes(r.virtualSize)}) in ${r.seconds.toFixed(1)} s\n`);
             process.stdout.write(`  ${r.packPath}: ${formatBytes(r.packBytes)}, ${s.storedBlocks} blocks stored${s.deltaBlocks ? ` (${s.deltaBlocks} as deltas)` : ''}\n`);
             process.stdout.write(`  ${r.indexPath}: ${formatBytes(r.indexBytes)}\n`);
+            if (r.deltaPath) process.stdout.write(`  ${r.deltaPath}: ${formatBytes(r.deltaBytes)} (what changed in the index since ${r.previous}, for clients holding that version)\n`);
             process.stdout.write(`  ${s.zeroBlocks} zero blocks skipped, ${s.dedupBlocks} duplicates stored once, ${s.reusedBlocks} blocks reused from ${r.previous ?? 'no earlier version'}\n`);
           }
         } finally {

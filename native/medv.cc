@@ -686,6 +686,22 @@ Napi::Value SetSendBuffer(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), v);
 }
 
+// getsockopt(SO_PEERCRED): the pid, uid and gid of the process at the other end of a unix socket,
+// as the kernel recorded them when it connected. undefined when the socket has none (not unix).
+Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sock;
+  if (!GetFd(info, 0, &sock)) return env.Undefined();
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof cred) return env.Undefined();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("pid", Napi::Number::New(env, cred.pid));
+  out.Set("uid", Napi::Number::New(env, cred.uid));
+  out.Set("gid", Napi::Number::New(env, cred.gid));
+  return out;
+}
+
 Napi::Value SendFileReply(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int sock, fd;
@@ -743,6 +759,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendFileReply", Napi::Function::New(env, SendFileReply, "sendFileReply"));
   exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
   exports.Set("pageCached", Napi::Function::New(env, PageCached, "pageCached"));
+  exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
   exports.Set("seekData", Napi::Function::New(env, SeekData, "seekData"));
   return exports;
 }

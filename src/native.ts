@@ -122,10 +122,16 @@ export interface NativeApi {
   /** SO_SNDBUF of socket `sockfd` (the kernel doubles it and caps it at net.core.wmem_max): the size
    *  now in effect, or -1 when refused. The fallback, and older builds, change nothing (-1). */
   setSendBuffer(sockfd: number, bytes: number): number;
+  /**
+   * SO_PEERCRED of a connected unix socket: the peer's pid, uid and gid as the kernel recorded them
+   * at connect. undefined where it cannot be read: the fallback, an addon built before this
+   * existed, or a socket without credentials (callers then rely on the socket file's mode).
+   */
+  peerCredentials(sockfd: number): { pid: number; uid: number; gid: number } | undefined;
 }
 
 /** The raw addon as exported by native/medv.cc (no argument typing beyond its own checks). */
-type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer' | 'preadXtsAsync'
+type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer' | 'peerCredentials' | 'preadXtsAsync'
   | 'mapFile' | 'unmapFile' | 'xtsFromMapAsync' | 'dataSegments'> & {
   seekData?(fd: number, position: number, end: number, max: number): number[];
   preadXtsAsync?: NativeApi['preadXtsAsync'];
@@ -133,6 +139,7 @@ type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFile
   unmapFile?: NativeApi['unmapFile'];
   xtsFromMapAsync?: NativeApi['xtsFromMapAsync'];
   setSendBuffer?: NativeApi['setSendBuffer'];
+  peerCredentials?: NativeApi['peerCredentials'];
   sendFileReply?: NativeApi['sendFileReply'];
   pageCached?: NativeApi['pageCached'];
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<boolean> };
@@ -399,6 +406,11 @@ export const fallback: NativeApi = {
     return -1;
   },
 
+  peerCredentials(sockfd) {
+    checkFd(sockfd);
+    return undefined;
+  },
+
   async dataSegments(fd, position, end, max) {
     checkSegmentArgs(fd, position, end, max);
     return perlSegments(fd, position, end, max);
@@ -467,6 +479,10 @@ function wrap(raw: RawAddon): NativeApi {
     setSendBuffer(sockfd, bytes) {
       checkSendBufferArgs(sockfd, bytes);
       return raw.setSendBuffer ? raw.setSendBuffer(sockfd, bytes) : -1;
+    },
+    peerCredentials(sockfd) {
+      checkFd(sockfd);
+      return raw.peerCredentials ? raw.peerCredentials(sockfd) : undefined;
     },
     async dataSegments(fd, position, end, max) {
       checkSegmentArgs(fd, position, end, max);

@@ -49,6 +49,7 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   EEXPIRED: 14,
   ELOCKED: 15,
   EWIPED: 16,
+  ETIMEOUT: 17,
 };
 
 /** Exit status of `disk check` when the disk is damaged: a result, not an error. */
@@ -75,6 +76,7 @@ export const EXIT_MEANING: Readonly<Record<number, string>> = {
   14: 'expired',
   15: 'locked by an administrator (the reason is in the message)',
   16: 'wiped by an administrator: its disks and keys are gone',
+  17: 'timed out (medv vm wait --timeout)',
 };
 
 /** Codes, grouped as commands raise them (a command lists the groups it can meet). */

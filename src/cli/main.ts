@@ -14,6 +14,7 @@ import { EXIT_USAGE, exitStatusFor, exitStatuses, finishLeaves, leafCommands, re
 const NOUNS: Record<string, () => Promise<Command>> = {
   disk: async () => (await import('./disk.js')).diskCommand(),
   vm: async () => (await import('./vm.js')).vmCommand(),
+  host: async () => (await import('./host.js')).hostCommand(),
   demo: async () => (await import('./demo.js')).demoCommand(),
   image: async () => (await import('./image.js')).imageCommand(),
   serve: async () => (await import('./serve.js')).serveCommand(),

@@ -21,6 +21,7 @@ import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
+import type { KekSource } from '../crypto/index.js';
 import { clientKeyPair, configPath, openClient, readClientConfig, readCredentials, type ClientConfig, type ClientContext, type Credentials } from './client.js';
 import { now as clock } from './clock.js';
 import { deployVersion, type DeployResult } from './deploy.js';
@@ -53,6 +54,8 @@ export interface StartOptions extends WorkspaceOptions {
    * them) and `update` is undefined: true deploys it now. Without it the update is only announced.
    */
   confirmUpdate?: (current: number, latest: number) => Promise<boolean>;
+  /** How the VM is started (default: src/host/client.ts startVm; the CLI and the host service start it through the service's warm pool). */
+  startVm?: (config: VmConfig, opts: { kek?: KekSource; root?: string }) => Promise<VmState>;
 }
 
 export interface StartResult {
@@ -306,7 +309,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     store.checkEngine();
     const resumed = fs.existsSync(store.savedStatePath(version));
     if (settings.mode === 'revertible' && !resumed && await discardUndo(store, version, s.ctx.kek)) info(`discarded the changes of the last run (revertible workspace)`);
-    const vm = await startVm(vmConfigFor(vmName, store, settings, version, o.display ?? 'none', o.accel), { kek: s.ctx.kek, root: o.runRoot });
+    const vm = await (o.startVm ?? startVm)(vmConfigFor(vmName, store, settings, version, o.display ?? 'none', o.accel), { kek: s.ctx.kek, root: o.runRoot });
     s.log.append('info', `workspace ${name} ${resumed ? 'resumed' : 'started'}: ${entry.image} version ${version}, ${settings.mode ?? 'persistent'}, ${vm.memoryMiB} MiB, ${vm.accel ?? 'accelerator unknown'}`, { workspace: name, vm: vmName });
     let desktopEntries: string[] = [];
     const instance = { id: vmName, workspace: name, clientRoot: s.ctx.root.root };

@@ -29,6 +29,12 @@ export interface FileOpenOptions {
    * any other open — another process, or another open in this one — gives EBUSY naming the holder.
    */
   lock?: LockMode;
+  /**
+   * Map the file for fileRange({ mapped }) (default true). False for a file read once, in order (a
+   * seed): the touched pages of a shared mapping count in the process's RSS, while pread's copies
+   * out of the page cache do not stay; readers then pread (and decrypt) in the same thread-pool job.
+   */
+  map?: boolean;
 }
 
 /** Size in bytes of the block device `rdev` (/sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors). */
@@ -53,7 +59,8 @@ export class FileDevice implements BlockDevice {
   private mapping: { map: FileMap; length: number } | undefined;
   private mapTried = false;
 
-  private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean, fixedSize = false) {
+  private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean, fixedSize = false,
+    private readonly mayMap = true) {
     // With the addon, discard punches holes and write-zeroes zeroes ranges with fallocate(2);
     // without it (or on a file system that refuses), zeros are written and discard changes nothing.
     this.capabilities = defaultCapabilities({
@@ -88,7 +95,7 @@ export class FileDevice implements BlockDevice {
         await fsFtruncate(fd, options.size);
         size = options.size;
       }
-      return new FileDevice(path, fd, size, readOnly, st.isBlockDevice());
+      return new FileDevice(path, fd, size, readOnly, st.isBlockDevice(), options.map ?? true);
     } catch (e) {
       await fsClose(fd).catch(() => undefined);
       throw fromSystemError(e, path);
@@ -113,7 +120,8 @@ export class FileDevice implements BlockDevice {
   /**
    * See BlockDevice.fileRange: the device's bytes are the file's, at the same offsets. The mapping
    * (`mapped`) is made on first use, of the file's size then; a range past it (the file grew since)
-   * comes without one, as do ranges of small files and all ranges where mmap is unavailable.
+   * comes without one, as do ranges of small files, of a file opened with `map: false`, and all
+   * ranges where mmap is unavailable.
    */
   fileRange(offset: number, length: number, options?: FileRangeOptions): FileRange | undefined {
     if (this.closed || !(offset >= 0) || !(length > 0) || offset + length > this.currentSize) return undefined;
@@ -124,7 +132,7 @@ export class FileDevice implements BlockDevice {
   /** The file's mapping if it reaches `end`: made on first use; none for small files or where mmap
    *  is unavailable. */
   private mapCovering(end: number): FileMap | undefined {
-    if (!this.mapping && !this.mapTried && this.currentSize >= MAP_MIN) {
+    if (!this.mapping && !this.mapTried && this.mayMap && this.currentSize >= MAP_MIN) {
       this.mapTried = true;
       try {
         const map = native.mapFile(this.fd, this.currentSize);

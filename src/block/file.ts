@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { blockDeviceSize } from '../core/fsio.js';
 import { type FileMap, native } from '../native.js';
 import { writeZeroesByWriting } from './emulate.js';
 import { type BlockCapabilities, type BlockDevice, type FileRange, type FileRangeOptions, type WriteOptions, defaultCapabilities } from './device.js';
@@ -29,17 +30,6 @@ export interface FileOpenOptions {
    * any other open — another process, or another open in this one — gives EBUSY naming the holder.
    */
   lock?: LockMode;
-}
-
-/** Size in bytes of the block device `rdev` (/sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors). */
-function blockDeviceSize(rdev: number, path: string): number {
-  const major = Number((BigInt(rdev) >> 8n) & 0xfffn | (BigInt(rdev) >> 32n) & ~0xfffn);
-  const minor = Number(BigInt(rdev) & 0xffn | (BigInt(rdev) >> 12n) & ~0xffn);
-  let text: string;
-  try { text = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'latin1'); } catch (e) { throw fromSystemError(e, path); }
-  const sectors = Number(text.trim());
-  if (!Number.isSafeInteger(sectors) || sectors < 0) throw new MedvError('EIO', `cannot tell the size of block device ${path}`, { file: path });
-  return sectors * 512;
 }
 
 /**

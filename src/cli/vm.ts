@@ -36,12 +36,13 @@ function hostPort(v: string, previous: number[] | undefined): number[] {
   return [...(previous ?? []), n];
 }
 
-function driveMap(specs: string[] | undefined): Record<string, string> | undefined {
+/** `--map-drive C=/folder` or `--host-drive D=/dev/sr0` values, by upper-case letter. */
+function driveMap(specs: string[] | undefined, option = '--map-drive', example = '/absolute/folder'): Record<string, string> | undefined {
   if (!specs?.length) return undefined;
   const out: Record<string, string> = {};
   for (const s of specs) {
     const m = /^([A-Za-z])=(\/.*)$/.exec(s);
-    if (!m) throw new MedvError('EINVAL_ARG', `--map-drive ${JSON.stringify(s)}: use LETTER=/absolute/folder`);
+    if (!m) throw new MedvError('EINVAL_ARG', `${option} ${JSON.stringify(s)}: use LETTER=${example}`);
     out[m[1].toUpperCase()] = m[2];
   }
   return out;
@@ -63,7 +64,7 @@ function render(s: VmState): string {
 }
 
 /** The VM a `.vmc` or a disk describes, as `vm start` and `vm discard-state` read it. */
-async function configFrom(disk: string, o: Opts): Promise<VmConfig> {
+async function configFrom(disk: string, o: Opts, onWarning?: (message: string) => void): Promise<VmConfig> {
   const path = resolve(disk);
   if (!fs.existsSync(path)) throw new MedvError('ENOENT', `no such ${extname(disk).toLowerCase() === '.vmc' ? 'file' : 'disk'}: ${disk}`, { file: disk });
   const display = (o.display ?? 'none') as 'none' | 'vnc' | 'window';
@@ -71,7 +72,7 @@ async function configFrom(disk: string, o: Opts): Promise<VmConfig> {
   let config: VmConfig;
   if (extname(path).toLowerCase() === '.vmc') {
     const { vmConfigFromVmc } = await import('../host/vmc.js'); // the XML parser only for a .vmc
-    config = vmConfigFromVmc(path, { name: o.name as string | undefined, readOnly: Boolean(o.readOnly), undo: Boolean(o.undo), display, accel, driveMap: driveMap(o.mapDrive as string[] | undefined) });
+    config = vmConfigFromVmc(path, { name: o.name as string | undefined, readOnly: Boolean(o.readOnly), undo: Boolean(o.undo), display, accel, driveMap: driveMap(o.mapDrive as string[] | undefined), hostDrives: driveMap(o.hostDrive as string[] | undefined, '--host-drive', '/dev/sr0'), onWarning });
     if (o.memory !== undefined) config.memoryMiB = Number(o.memory);
     if (o.network !== undefined) config.network = o.network as 'none' | 'nat';
     if (o.mac !== undefined) config.mac = String(o.mac);
@@ -105,6 +106,7 @@ export function vmCommand(): Command {
     .option('--undo', 'Virtual PC undo disks: guest writes go to <image>.undo.vhd|evhd, kept until `medv disk undo merge|discard`')
     .addOption(new Option('--network <kind>', 'guest network (default: the .vmc\'s, else none)').choices(['none', 'nat']))
     .option('--map-drive <letter=folder...>', 'map a Windows drive letter of the .vmc\'s absolute paths to a host folder (C=/srv/vms); unmapped drives are refused')
+    .option('--host-drive <letter=device...>', 'let the .vmc\'s CD/DVD bound to host drive LETTER (Virtual PC\'s "use physical drive") use this optical drive (D=/dev/sr0); without it, or with no disc in it, the guest gets an empty CD/DVD drive and a warning')
     .option('--mac <mac>', 'MAC address of the NIC (with --network nat)')
     .option('--allow-host-port <port...>', 'with --network nat: let the guest reach this TCP/UDP port of the host\'s loopback (127.0.0.1) at its gateway 10.0.2.2; by default it reaches none', hostPort)
     .addOption(new Option('--nic <model>', 'NIC model: e1000 (most guests have a driver) or virtio').choices(['e1000', 'virtio']))
@@ -112,11 +114,11 @@ export function vmCommand(): Command {
     .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (a VNC server on a unix socket in the run folder, shown by `vm status`), window (a GTK window on $DISPLAY; needs qemu-system-gui)').choices(['none', 'vnc', 'window']).default('none'))
     .addOption(new Option('--accel <accel>', 'accelerator to try first (default: kvm when usable)').choices(['kvm', 'tcg']))
     .option('--json', 'print the VM state as JSON')
-    .addHelpText('after', '\nExamples:\n  medv vm start base.evhd --name test --read-only --json\n  medv vm start work.vhd --memory 512 --network nat\n  medv vm stop test')
+    .addHelpText('after', '\nExamples:\n  medv vm start base.evhd --name test --read-only --json\n  medv vm start work.vhd --memory 512 --network nat\n  medv vm start xp.vmc --host-drive D=/dev/sr0\n  medv vm stop test')
     .action(async (disk: string, o: Opts) => {
       if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', '--read-only and --undo exclude each other');
       if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc on a headless host)');
-      const config = await configFrom(disk, o);
+      const config = await configFrom(disk, o, (m) => process.stderr.write(`medv: warning: ${m}\n`));
       if (config.allowHostPorts?.length && config.network !== 'nat') throw new MedvError('EINVAL_ARG', '--allow-host-port needs --network nat (or a .vmc with a network adapter)');
       const kek = optionalKek(o, config.disks.map((d) => d.path));
       if (!kek && config.disks.some((d) => d.mode !== 'test' && d.mode !== 'cdrom')) {

@@ -900,3 +900,14 @@ export function withShownPaths<T>(e: T, pins: ReadonlyArray<{ proc: string; path
   if (e instanceof MedvError && typeof e.data.file === 'string') e.data.file = swap(e.data.file);
   return e;
 }
+
+/** Size in bytes of the block device `rdev` (/sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors). */
+export function blockDeviceSize(rdev: number, path: string): number {
+  const major = Number((BigInt(rdev) >> 8n) & 0xfffn | (BigInt(rdev) >> 32n) & ~0xfffn);
+  const minor = Number(BigInt(rdev) & 0xffn | (BigInt(rdev) >> 12n) & ~0xffn);
+  let text: string;
+  try { text = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'latin1'); } catch (e) { throw fromSystemError(e, path); }
+  const sectors = Number(text.trim());
+  if (!Number.isSafeInteger(sectors) || sectors < 0) throw new MedvError('EIO', `cannot tell the size of block device ${path}`, { file: path });
+  return sectors * 512;
+}

@@ -181,7 +181,7 @@ export class Supervisor {
       try { this.vsv!.shown(() => reader.remove()); } catch (e) { this.trace(`the resumed saved state was not removed: ${(e as Error).message}`); }
       saved.close();
     }
-    this.state = { ...this.state, state: 'running', memoryMiB: this.memoryMiB ?? c.memoryMiB, disks: this.disks.list.map((d) => d.state), resumed: Boolean(saved) };
+    this.state = { ...this.state, state: 'running', memoryMiB: this.memoryMiB ?? c.memoryMiB, disks: this.disks.list.map((d) => d.state), cdDrives: await this.cdDrives(), resumed: Boolean(saved) };
     writeState(this.dir, this.state);
     this.trace('running');
     return this.state;
@@ -210,6 +210,14 @@ export class Supervisor {
     return saved;
   }
 
+  /** The guest's CD/DVD drives as QEMU has them (`query-block`): the disc each holds (a disk's path), or null. */
+  private async cdDrives(): Promise<VmState['cdDrives']> {
+    const blocks = await this.vm!.execute<Array<{ removable?: boolean; inserted?: { 'node-name'?: string } }>>('query-block');
+    const byNode = new Map(this.disks!.list.map((d, i) => [`disk${i}`, d.state.path]));
+    const out = blocks.filter((b) => b.removable).map((b) => ({ disc: b.inserted ? byNode.get(b.inserted['node-name'] ?? '') ?? null : null }));
+    return out.length ? out : undefined;
+  }
+
   /** Start QEMU on the disks' NBD sockets (QMP not connected yet: QemuProcess.connect). */
   private spawnQemu(accel: Accelerator, incoming: boolean): QemuProcess {
     const c = this.input.config;
@@ -224,6 +232,7 @@ export class Supervisor {
       vga: true,
       display: c.display === 'vnc' ? { kind: 'vnc', socket: join(this.dir, 'vnc.sock') } : { kind: c.display },
       drives: c.disks.map((d, i) => ({ source: { nbd: { socket: join(this.dir, `disk${i}.sock`) } }, ...(d.mode === 'cdrom' ? { cdrom: true, readOnly: true } : { iface: c.diskBus ?? 'ide' }) })),
+      emptyCdDrives: c.emptyCdDrives,
       qmpSocket: join(this.dir, 'qmp.sock'),
       network: c.network === 'nat' ? { kind: 'stream', mac: c.mac, model: c.nicModel } : { kind: 'none' },
     }, { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });

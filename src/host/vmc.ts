@@ -9,7 +9,10 @@
  * FIFO; ImageState.xml beside it without following a link.
  *
  * Mapping: memory from ImageState or the VMC; every hard disk in IDE order (primary master boots);
- * CD/DVD images as read-only IDE CD drives; undo drives (Virtual PC's "enable undo disks") use the
+ * CD/DVD images as read-only IDE CD drives; a CD/DVD bound to a host drive (`<absolute>D</absolute>`,
+ * Virtual PC's "use physical drive D:") gets the host's optical drive only when the caller allowed
+ * that letter (`hostDrives`, from the command line) and it holds a disc, else an empty drive and one
+ * warning: never a refusal, and never a device the user did not name; undo drives (Virtual PC's "enable undo disks") use the
  * `.vud` the file names, else `<disk>.undo.vhd|evhd`; any network adapter means NAT (through passt,
  * src/hypervisor/usernet.ts) with the adapter's MAC (bridged host networks are mapped to NAT too);
  * the saved state is the `.vsv` the file names, else `<vmc>.vsv` beside it.
@@ -17,7 +20,7 @@
 import * as fs from 'node:fs';
 import { basename, dirname, extname, join, posix, resolve } from 'node:path';
 import { MedvError } from '../core/errors.js';
-import { nameExists, openDirBeneath, openFileIn, openNamed, type PinnedFile } from '../core/fsio.js';
+import { blockDeviceSize, nameExists, openDirBeneath, openFileIn, openNamed, type PinnedFile } from '../core/fsio.js';
 import { effectiveSettings, parseImageState, type ImageState } from '../formats/imagestate/index.js';
 import { parseVmc, resolvePathRef, MAX_XML_BYTES, type WindowsPathRef } from '../formats/vmc/index.js';
 import { defaultUndoPath, type VmConfig, type VmDiskConfig } from './config.js';
@@ -29,6 +32,10 @@ export interface VmcStartOptions {
   /** Force Virtual PC undo semantics even when the VMC does not enable them. */
   undo?: boolean;
   driveMap?: Readonly<Record<string, string>>;
+  /** Host optical drives the user allowed, by the .vmc's drive letter (`D` -> `/dev/sr0`). */
+  hostDrives?: Readonly<Record<string, string>>;
+  /** Told (one line) for each CD/DVD drive bound to a host drive that starts empty. */
+  onWarning?: (message: string) => void;
   display?: VmConfig['display'];
   accel?: VmConfig['accel'];
 }
@@ -52,6 +59,23 @@ function driveRoot(windows: string, driveMap: Readonly<Record<string, string>> |
   const letter = windows[0]?.toUpperCase();
   const hit = Object.entries(driveMap ?? {}).find(([k]) => k.replace(/:$/, '').toUpperCase() === letter);
   return hit ? posix.normalize(hit[1]) : undefined;
+}
+
+/** Host drive `letter` as the CD/DVD medium if it is allowed, a block device and holds a disc; else why not. */
+function hostOpticalDrive(letter: string, hostDrives: VmcStartOptions['hostDrives']): { path: string } | { why: string } {
+  const dev = Object.entries(hostDrives ?? {}).find(([k]) => k.replace(/:$/, '').toUpperCase() === letter)?.[1];
+  if (dev === undefined) return { why: `not allowed (give --host-drive ${letter}=/dev/sr0 to use a host drive)` };
+  let f: PinnedFile;
+  try { f = openNamed(dev, { blockDevice: true, what: 'host drive' }); } catch (e) { return { why: (e as Error).message }; }
+  try {
+    if (!f.stat.isBlockDevice()) return { why: `${dev} is not a block device` };
+    if (blockDeviceSize(f.stat.rdev, dev) === 0) return { why: `${dev} holds no disc` };
+    return { path: dev };
+  } catch (e) {
+    return { why: (e as Error).message };
+  } finally {
+    f.close();
+  }
 }
 
 export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): VmConfig {
@@ -85,10 +109,20 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
   };
   const undoMode = !opts.readOnly && (opts.undo || eff.undoDrives);
   const disks: VmDiskConfig[] = [];
+  let emptyCdDrives = 0;
   for (const d of eff.drives) {
     const where = `ide_controller ${d.controller} location ${d.location}`;
     if (d.kind === 'cd-dvd') {
-      if (d.hostDrive) throw new MedvError('EUNSUPPORTED', `${where}: a CD/DVD bound to host drive ${d.hostDrive}: is not supported; give an .iso`, { file });
+      if (d.hostDrive) {
+        const host = hostOpticalDrive(d.hostDrive, opts.hostDrives);
+        // The device the user named on the command line: opened by the supervisor as they named it.
+        if ('path' in host) disks.push({ path: host.path, mode: 'cdrom' });
+        else {
+          emptyCdDrives++;
+          opts.onWarning?.(`${where}: host drive ${d.hostDrive}: ${host.why}; the guest gets an empty CD/DVD drive`);
+        }
+        continue;
+      }
       if (d.path) disks.push({ ...find(d.path, `${where} pathname`), mode: 'cdrom' });
       continue;
     }
@@ -120,5 +154,6 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
     vmc: file,
     savedState: savedState.path,
     savedStateConfine: savedState.confine,
+    ...(emptyCdDrives ? { emptyCdDrives } : {}),
   };
 }

@@ -32,6 +32,12 @@ export interface VmcStartOptions {
   /** Force Virtual PC undo semantics even when the VMC does not enable them. */
   undo?: boolean;
   driveMap?: Readonly<Record<string, string>>;
+  /**
+   * A folder holding the .vmc's folder that its relative paths may reach (default: the .vmc's own
+   * folder): a workspace version's `Test/<image>.vmc` names `..\<image>.evhd` (src/workspace/vmfiles.ts).
+   * Everything is still opened below it without following links.
+   */
+  confineTo?: string;
   /** Host optical drives the user allowed, by the .vmc's drive letter (`D` -> `/dev/sr0`). */
   hostDrives?: Readonly<Record<string, string>>;
   /** Told (one line) for each CD/DVD drive bound to a host drive that starts empty. */
@@ -81,6 +87,19 @@ function hostOpticalDrive(letter: string, hostDrives: VmcStartOptions['hostDrive
 export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): VmConfig {
   const file = resolve(vmcPath);
   const vmcDir = dirname(file);
+  const base = opts.confineTo === undefined ? vmcDir : resolve(opts.confineTo);
+  const inBase = (p: string) => p === base || p.startsWith(base.endsWith('/') ? base : `${base}/`);
+  if (!inBase(vmcDir)) throw new MedvError('EINVAL_ARG', `${file} is not inside ${base}`, { file });
+  const pathOpts = { vmcDir, driveMap: opts.driveMap, allowOutsideVmcDir: base !== vmcDir };
+  /** resolvePathRef, with relative paths kept inside `base`. */
+  const resolveRef = (ref: WindowsPathRef, element?: string) => {
+    const r = resolvePathRef(ref, pathOpts, { file, element });
+    const outside = r.candidates.filter((c) => c.from === 'relative' && !inBase(c.path));
+    return {
+      candidates: r.candidates.filter((c) => !outside.includes(c)),
+      rejected: [...r.rejected, ...outside.map((c) => ({ windows: c.windows, error: new MedvError('EUNSAFE', `${c.windows} leads out of ${base}`, { file }) }))],
+    };
+  };
   // The .vmc itself the user named (a link is theirs to make); never blocks on a FIFO.
   const doc = parseVmc(readPinned(openNamed(file, { what: '.vmc' })), { file });
   // What came with it is read without following links.
@@ -96,9 +115,9 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
   const eff = effectiveSettings(doc.settings, imageState, { file });
   /** A path the .vmc names, and the folder it must stay in (the .vmc's, or the mapped drive's). */
   const rooted = (c: { from: 'relative' | 'absolute'; windows: string; path: string }): { path: string; confine: string } =>
-    ({ path: c.path, confine: c.from === 'relative' ? vmcDir : driveRoot(c.windows, opts.driveMap) ?? vmcDir });
+    ({ path: c.path, confine: c.from === 'relative' ? base : driveRoot(c.windows, opts.driveMap) ?? vmcDir });
   const find = (ref: WindowsPathRef, element: string): { path: string; confine: string } => {
-    const r = resolvePathRef(ref, { vmcDir, driveMap: opts.driveMap }, { file, element });
+    const r = resolveRef(ref, element);
     // Which candidate is used is decided here; the supervisor opens it without following links.
     const hit = r.candidates.find((c) => nameExists(c.path));
     if (!hit) {
@@ -132,7 +151,7 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
     if (!undoMode) { disks.push({ path, confine, mode: 'normal' }); continue; }
     let undo: { path: string; confine: string } = { path: defaultUndoPath(path), confine };
     if (d.undoPath) {
-      const r = resolvePathRef(d.undoPath, { vmcDir, driveMap: opts.driveMap }, { file, element: `${where} undo_pathname` });
+      const r = resolveRef(d.undoPath, `${where} undo_pathname`);
       const named = r.candidates[0];
       // A .vud is a plain differencing VHD: usable over a plain parent; an encrypted parent needs an .evhd undo disk.
       if (named && (extname(path).toLowerCase() !== '.evhd' || nameExists(named.path))) undo = rooted(named);
@@ -140,7 +159,7 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
     disks.push({ path, confine, mode: 'undo', undoPath: undo.path, ...(undo.confine !== confine ? { undoConfine: undo.confine } : {}) });
   }
   if (!disks.some((d) => d.mode !== 'cdrom')) throw new MedvError('EFORMAT', 'the .vmc names no hard disk', { file });
-  const named = doc.settings.savedState ? resolvePathRef(doc.settings.savedState, { vmcDir, driveMap: opts.driveMap }, { file }).candidates[0] : undefined;
+  const named = doc.settings.savedState ? resolveRef(doc.settings.savedState).candidates[0] : undefined;
   const savedState = named ? rooted(named) : { path: join(vmcDir, `${basename(file, extname(file))}.vsv`), confine: vmcDir };
   const adapter = eff.network.adapters[0];
   return {

@@ -1,8 +1,9 @@
 /**
  * Deploying a version of a workspace's image into its image folder (./identity.ts): fetched with
  * TrimTransfer (src/transfer) into `<folder>/v<N>/<image>.evhd` with the older versions and the
- * pre-staged and packed folders as seeds, wrapped with the host key; then its ImageState.xml from
- * the policy and the image's GlobalImageData.xml; then retention.
+ * pre-staged and packed folders as seeds, wrapped with the host key; then the image's
+ * GlobalImageData.xml (engine minimum, layout version, VM name) and the version's `.vmc` and
+ * ImageState.xml, with their read-only test copies in `Test/` (./vmfiles.ts); then retention.
  *
  * Order: `Image.json` first (which image, image id and version the folder is for; a folder whose
  * record names anything else is refused by the workspace layer, never written into), then the
@@ -20,7 +21,8 @@ import { MedvError } from '../core/errors.js';
 import { CURRENT_WORKSPACE_VERSION, IDENTITY_FILE, ensureSafeDir, ImageStore, type ClientRoot } from '../repo/index.js';
 import { readCa } from '../client/http.js';
 import type { KekSource } from '../crypto/index.js';
-import { imageStateFor, type WorkspaceSettings } from './settings.js';
+import { type WorkspaceSettings } from './settings.js';
+import { writeVersionVmFiles } from './vmfiles.js';
 
 export interface DeployResult {
   version: number;
@@ -50,6 +52,8 @@ export interface DeployOptions {
   source: string;
   keyDir: string;
   kek: KekSource;
+  /** The workspace's VM name (./identity.ts), recorded in GlobalImageData.xml. */
+  vmName: string;
   /** CA (PEM file) an https:// server must chain to. */
   ca?: string;
   /** More disks to take blocks from (every block is checked against the image's ids). */
@@ -112,8 +116,8 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
     // the fetch checked the header already; this cannot happen unless it changed under us
     throw new MedvError('EBADREPLY', `the server's index ${o.source} is ${r.name} version ${r.version}, not ${settings.image} version ${version}`);
   }
-  store.writeImageState(version, imageStateFor(settings));
-  store.writeGlobal({ virtualizationEngine: settings.minEngine ?? '1.0', workspaceVersion: CURRENT_WORKSPACE_VERSION });
+  store.writeGlobal({ virtualizationEngine: settings.minEngine ?? '1.0', workspaceVersion: CURRENT_WORKSPACE_VERSION, vmName: o.vmName });
+  writeVersionVmFiles(store, version, settings, o.vmName);
   const kept = store.retain(settings.versionsToKeep ?? 1, new Set([...(o.inUse ?? []), version]));
   for (const s of kept.skipped) o.onWarning?.(`left in place: ${s}`);
   return {

@@ -241,6 +241,41 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     await stop('alice', 'desk');
   });
 
+  it('each version folder holds its .vmc (UTF-16LE, CRLF) and ImageState.xml, with copies in Test/; the VM runs from that .vmc; GlobalImageData keeps engine, layout and VM name; --read-only runs the Test/ copy', async () => {
+    const out = JSON.parse(ok(await start('alice', 'kiosk')).stdout);
+    const v = join(out.folder, `v${out.version}`);
+    const vmcText = (path: string) => {
+      const bytes = fs.readFileSync(path);
+      assert.deepEqual([...bytes.subarray(0, 2)], [0xff, 0xfe], `${path} starts with the UTF-16LE byte-order mark`);
+      const text = bytes.subarray(2).toString('utf16le');
+      assert.doesNotMatch(text, /[^\r]\n/, `${path}: CRLF line ends only`);
+      assert.match(text, /^<\?xml version="1.0" encoding="UTF-16"\?>\r\n<preferences>\r\n/);
+      assert.match(text, /<ram_size type="integer">64<\/ram_size>/, 'the policy\'s memory');
+      assert.match(text, /<undo_drives>[\s\S]*<enabled type="boolean">true<\/enabled>/, 'a revertible workspace: undo drives');
+      return text;
+    };
+    assert.match(vmcText(join(v, `${IMAGE}.vmc`)), /<relative type="string">\.\\img\.evhd<\/relative>/);
+    assert.match(vmcText(join(v, 'Test', `${IMAGE}.vmc`)), /<relative type="string">\.\.\\img\.evhd<\/relative>/);
+    for (const d of [v, join(v, 'Test')]) assert.match(fs.readFileSync(join(d, 'ImageState.xml'), 'utf8'), /<Memory>64<\/Memory>[\s\S]*<Network>none<\/Network>/);
+    // What the folder says is what runs: the VM host started the workspace from that .vmc.
+    assert.equal(out.vm.vmc, join(v, `${IMAGE}.vmc`));
+    assert.equal(out.vm.memoryMiB, 64);
+    assert.equal(out.vm.disks[0].undo, join(v, `${IMAGE}.undo.evhd`));
+    const global = fs.readFileSync(join(out.folder, 'GlobalImageData.xml'), 'utf8');
+    assert.match(global, /<VirtualizationEngine>1\.0<\/VirtualizationEngine>\s*<WorkspaceVersion>2<\/WorkspaceVersion>\s*<VmName>([^<]+)<\/VmName>/);
+    assert.equal(global.match(/<VmName>([^<]+)</)![1], out.vmName);
+    assert.equal(await bootCount('alice', 'kiosk'), 1);
+    await stop('alice', 'kiosk');
+    // A read-only test run: the Test/ copy, its writes in a throw-away undo disk in Test/, gone at stop.
+    const t = JSON.parse(ok(await start('alice', 'kiosk', ['--read-only'])).stdout);
+    assert.equal(t.vm.vmc, join(v, 'Test', `${IMAGE}.vmc`));
+    assert.equal(t.vm.disks[0].undo, join(v, 'Test', `${IMAGE}.undo.evhd`));
+    assert.equal(t.vm.disks[0].undoPolicy, 'discard');
+    assert.equal(await bootCount('alice', 'kiosk'), 1);
+    await stop('alice', 'kiosk');
+    assert.deepEqual(fs.readdirSync(join(v, 'Test')).sort(), ['ImageState.xml', `${IMAGE}.vmc`], 'the test run left only the copies');
+  });
+
   it('a policy that suggests updates: a script is told, a terminal is asked (y deploys it)', async function () {
     if (spawnSync('script', ['--version']).status !== 0) this.skip();
     publishVersion(4, [40, 41]);

@@ -212,7 +212,9 @@ export class Supervisor {
 
   /** The guest's CD/DVD drives as QEMU has them (`query-block`): the disc each holds (a disk's path), or null. */
   private async cdDrives(): Promise<VmState['cdDrives']> {
-    const blocks = await this.vm!.execute<Array<{ removable?: boolean; inserted?: { 'node-name'?: string } }>>('query-block');
+    let blocks: Array<{ removable?: boolean; inserted?: { 'node-name'?: string } }>;
+    // Only a report: a QMP answer missing must not stop a guest that runs.
+    try { blocks = await this.vm!.execute('query-block'); } catch (e) { this.trace(`query-block: ${(e as Error).message}`); return undefined; }
     const byNode = new Map(this.disks!.list.map((d, i) => [`disk${i}`, d.state.path]));
     const out = blocks.filter((b) => b.removable).map((b) => ({ disc: b.inserted ? byNode.get(b.inserted['node-name'] ?? '') ?? null : null }));
     return out.length ? out : undefined;

@@ -12,10 +12,11 @@
  * CD/DVD images as read-only IDE CD drives; a CD/DVD bound to a host drive (`<absolute>D</absolute>`,
  * Virtual PC's "use physical drive D:") gets the host's optical drive only when the caller allowed
  * that letter (`hostDrives`, from the command line) and it holds a disc, else an empty drive and one
- * warning: never a refusal, and never a device the user did not name; undo drives (Virtual PC's "enable undo disks") use the
- * `.vud` the file names, else `<disk>.undo.vhd|evhd`; any network adapter means NAT (through passt,
- * src/hypervisor/usernet.ts) with the adapter's MAC (bridged host networks are mapped to NAT too);
- * the saved state is the `.vsv` the file names, else `<vmc>.vsv` beside it.
+ * warning: never a refusal, and never a device the user did not name; undo drives (Virtual PC's
+ * "enable undo disks") use the `.vud` the file names, else `<disk>.undo.vhd|evhd`; any network
+ * adapter means NAT (through passt, src/hypervisor/usernet.ts) with the adapter's MAC (bridged host
+ * networks are mapped to NAT too); the saved state is the `.vsv` the file names, else `<vmc>.vsv`
+ * beside it.
  */
 import * as fs from 'node:fs';
 import { basename, dirname, extname, join, posix, resolve } from 'node:path';

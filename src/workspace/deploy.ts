@@ -1,11 +1,14 @@
 /**
- * Deploying a version of a workspace's image into its image folder (./identity.ts): fetched with
- * TrimTransfer (src/transfer) into `<folder>/v<N>/<image>.evhd` with the older versions and the
- * pre-staged and packed folders as seeds, wrapped with the host key; then the image's
+ * Deploying a version of a workspace's image into its image folder (./identity.ts): unless the
+ * user's base folder of the image (`<image>@<hash>`) holds that version already (another workspace
+ * of the image deployed it: nothing is fetched), it is fetched there with TrimTransfer
+ * (src/transfer) into `v<N>/<image>.evhd`, the older versions and the pre-staged and packed folders
+ * as seeds, wrapped with the host key, under the base's lock. Then the workspace's `v<N>/` gets its
+ * `Image.json` and hard links to the base's key and disk (no second copy); then the image's
  * GlobalImageData.xml (engine minimum, layout version, VM name) and the version's `.vmc` and
- * ImageState.xml, with their read-only test copies in `Test/` (./vmfiles.ts); then retention.
+ * ImageState.xml, with their read-only test copies in `Test/` (./vmfiles.ts); then retention (and the base versions no workspace links to, but the newest).
  *
- * Order: `Image.json` first (which image, image id and version the folder is for; a folder whose
+ * Order, in the base as in the workspace's folder: `Image.json` first (which image, image id and version the folder is for; a folder whose
  * record names anything else is refused by the workspace layer, never written into), then the
  * disk. A version counts only once its disk and key are published (src/repo/images.ts), and the
  * fetch publishes them only after checking the signed index header against that same image name,
@@ -17,7 +20,8 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MedvError } from '../core/errors.js';
+import { lockExclusive } from '../block/flock.js';
+import { MedvError, fromSystemError } from '../core/errors.js';
 import { CURRENT_WORKSPACE_VERSION, IDENTITY_FILE, ensureSafeDir, ImageStore, type ClientRoot } from '../repo/index.js';
 import { readCa } from '../client/http.js';
 import type { KekSource } from '../crypto/index.js';
@@ -38,12 +42,16 @@ export interface DeployResult {
   seconds: number;
   /** Versions retention removed afterwards. */
   removed: number[];
+  /** True when the base was on this client already (another workspace of the image): nothing was fetched. */
+  shared: boolean;
 }
 
 export interface DeployOptions {
   root: ClientRoot;
   /** The workspace's store, with its identity (image name and id). */
   store: ImageStore;
+  /** The user's shared bases of this image (./identity.ts baseStore): each version is downloaded there once. */
+  base: ImageStore;
   settings: WorkspaceSettings;
   version: number;
   /** The image id (content key id, 32 hex) the signed index must carry. */
@@ -67,18 +75,91 @@ export interface DeployOptions {
 }
 
 export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
-  const { store, settings, version } = o;
-  if (!store.identity || store.identity.image !== settings.image || store.identity.imageId !== o.imageId) {
-    throw new MedvError('EINVAL_ARG', `deploying ${settings.image} (image ${o.imageId}) into a store of ${store.identity?.image ?? 'no recorded image'}`);
+  const { store, base, settings, version } = o;
+  for (const st of [store, base]) {
+    if (!st.identity || st.identity.image !== settings.image || st.identity.imageId !== o.imageId) {
+      throw new MedvError('EINVAL_ARG', `deploying ${settings.image} (image ${o.imageId}) into a store of ${st.identity?.image ?? 'no recorded image'}`);
+    }
   }
-  const { fetchImage } = await import('../transfer/index.js');
+  ensureSafeDir(base.dir);
+  const unlock = lockBase(base);
+  try {
+    const fetched = base.versions().includes(version) ? undefined : await fetchIntoBase(o);
+    linkVersion(base, store, version);
+    store.writeGlobal({ virtualizationEngine: settings.minEngine ?? '1.0', workspaceVersion: CURRENT_WORKSPACE_VERSION, vmName: o.vmName });
+    writeVersionVmFiles(store, version, settings, o.vmName);
+    const kept = store.retain(settings.versionsToKeep ?? 1, new Set([...(o.inUse ?? []), version]));
+    for (const sk of kept.skipped) o.onWarning?.(`left in place: ${sk}`);
+    // A base version no workspace links to any more goes (the newest stays: the next update's seed).
+    base.retain(0, new Set([version, ...base.versions().filter((n) => linkCount(base.diskPath(n)) > 1)]));
+    const r = fetched;
+    return {
+      version,
+      disk: store.diskPath(version),
+      fetchedBytes: r ? r.networkBytes + r.repositoryFileBytes : 0,
+      imageBytes: r ? r.virtualSize : fs.statSync(base.diskPath(version)).size,
+      blocks: r?.blocks ?? 0,
+      blocksFromSeeds: r?.blocksFromSeeds ?? 0,
+      blocksFromNetwork: r?.blocksFromNetwork ?? 0,
+      requests: r?.requests ?? 0,
+      seconds: r?.seconds ?? 0,
+      removed: kept.deleted,
+      shared: r === undefined,
+    };
+  } finally {
+    unlock();
+  }
+}
+
+/** How many names the file has (a base disk: its own, and one per workspace version linking it). */
+function linkCount(path: string): number {
+  try { return fs.lstatSync(path).nlink; } catch { return 0; }
+}
+
+/** One deployment of an image base at a time (`<base>/lock`); another start deploying it: EBUSY. */
+function lockBase(base: ImageStore): () => void {
+  let fd: number;
+  try {
+    fd = lockExclusive(join(base.dir, 'lock'), 'the image base\'s lock file');
+  } catch (e) {
+    if (e instanceof MedvError && e.code === 'EBUSY') throw new MedvError('EBUSY', `image ${base.image} is being deployed by another medv command; try again when it is done`, { holders: e.data.holders });
+    throw e;
+  }
+  let held = true;
+  return () => { if (held) { held = false; fs.closeSync(fd); } };
+}
+
+/**
+ * A workspace's version folder gets hard links to the base's key and disk (the disk last: it makes
+ * the version count), after its own Image.json: no second copy of the image is stored, and the
+ * base's bytes are never written (the workspace runs with an undo disk, ./vmfiles.ts).
+ */
+function linkVersion(base: ImageStore, store: ImageStore, version: number): void {
   ensureSafeDir(store.dir);
-  const vdir = store.versionDir(version);
-  const created = !fs.existsSync(vdir);
-  const recorded = store.readIdentity(version) !== undefined;
-  ensureSafeDir(vdir);
+  ensureSafeDir(store.versionDir(version));
   store.writeIdentity(version);
-  const older = store.versions().filter((n) => n !== version).sort((a, b) => b - a).map((n) => store.diskPath(n));
+  for (const name of [`${base.image}.enc`, `${base.image}.evhd`]) {
+    const from = join(base.versionDir(version), name);
+    const to = join(store.versionDir(version), name);
+    const st = fs.lstatSync(from);
+    if (!st.isFile()) throw new MedvError('EUNSAFE', `${from} is not a regular file`, { file: from });
+    try { fs.linkSync(from, to); } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw fromSystemError(e, to);
+    }
+  }
+}
+
+/** Fetch version `o.version` into the base (the signed index checked first; see the file comment). */
+async function fetchIntoBase(o: DeployOptions) {
+  const { store, base, settings, version } = o;
+  const { fetchImage } = await import('../transfer/index.js');
+  const vdir = base.versionDir(version);
+  const created = !fs.existsSync(vdir);
+  const recorded = base.readIdentity(version) !== undefined;
+  ensureSafeDir(vdir);
+  base.writeIdentity(version);
+  const older = [...base.versions(), ...store.versions()].filter((n) => n !== version).sort((a, b) => b - a)
+    .flatMap((n) => [base, store].filter((st) => st.versions().includes(n)).slice(0, 1).map((st) => st.diskPath(n)));
   // pack folders count only when they hold an index of this image (else the fetch warns about each)
   const holdsIndex = (dir: string) => {
     try { return fs.readdirSync(dir).some((n) => n.startsWith(`${settings.image}_`) && n.endsWith('.ckm.index')); } catch { return false; }
@@ -88,7 +169,7 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
   try {
     r = await fetchImage({
       source: o.source,
-      out: store.diskPath(version),
+      out: base.diskPath(version),
       seeds,
       keyDir: o.keyDir,
       kek: () => o.kek,
@@ -116,20 +197,5 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
     // the fetch checked the header already; this cannot happen unless it changed under us
     throw new MedvError('EBADREPLY', `the server's index ${o.source} is ${r.name} version ${r.version}, not ${settings.image} version ${version}`);
   }
-  store.writeGlobal({ virtualizationEngine: settings.minEngine ?? '1.0', workspaceVersion: CURRENT_WORKSPACE_VERSION, vmName: o.vmName });
-  writeVersionVmFiles(store, version, settings, o.vmName);
-  const kept = store.retain(settings.versionsToKeep ?? 1, new Set([...(o.inUse ?? []), version]));
-  for (const s of kept.skipped) o.onWarning?.(`left in place: ${s}`);
-  return {
-    version,
-    disk: store.diskPath(version),
-    fetchedBytes: r.networkBytes + r.repositoryFileBytes,
-    imageBytes: r.virtualSize,
-    blocks: r.blocks,
-    blocksFromSeeds: r.blocksFromSeeds,
-    blocksFromNetwork: r.blocksFromNetwork,
-    requests: r.requests,
-    seconds: r.seconds,
-    removed: kept.deleted,
-  };
+  return r;
 }

@@ -2,8 +2,9 @@
  * A workspace version's Virtual PC files, as the original's image repository held them:
  *
  *   v<N>/<image>.vmc           the VM (UTF-16LE with a byte-order mark, CRLF, as Virtual PC writes it):
- *                              memory, the disk `.\<image>.evhd` on the primary master, undo drives
- *                              for a revertible workspace, a network adapter unless the policy says none
+ *                              memory, the disk `.\<image>.evhd` on the primary master (a hard link to
+ *                              the shared read-only base), undo drives (the workspace's own writes),
+ *                              a network adapter unless the policy says none
  *   v<N>/ImageState.xml        the policy's overrides (memory by host RAM, devices, network)
  *   v<N>/Test/<image>.vmc      the same VM for a read-only test: its disk is `..\<image>.evhd`; a test
  *   v<N>/Test/ImageState.xml   run's throw-away undo disk goes beside them (src/host/disks.ts)
@@ -27,7 +28,9 @@ export function workspaceVmc(image: string, settings: WorkspaceSettings, prefix:
   return serializeVmc(createVmc({
     memoryMB: memoryFor(settings),
     drives: [{ controller: 0, location: 0, kind: 'hard-disk', path: { relative: `${prefix}\\${image}.evhd` } }],
-    undoEnabled: settings.mode === 'revertible',
+    // always: the disk is the user's shared read-only base (./deploy.ts); a persistent workspace
+    // keeps its undo disk, a revertible one drops it at every start and stop
+    undoEnabled: true,
     network: (settings.network ?? 'nat') === 'none' ? [] : [{}],
   }));
 }

@@ -25,7 +25,7 @@ import { clientKeyPair, configPath, openClient, readClientConfig, readCredential
 import { now as clock } from './clock.js';
 import { deployVersion, type DeployResult } from './deploy.js';
 import { forgetGrant, isRefusal, keepGrant, workspaceKeyDir } from './grant.js';
-import { checkWorkspaceName, instanceName, legacyStore, workspaceStore } from './identity.js';
+import { baseStore, checkWorkspaceName, instanceName, legacyStore, workspaceStore } from './identity.js';
 import { lockWorkspace } from './lock.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
 import { type WorkspaceSettings } from './settings.js';
@@ -248,14 +248,15 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
       const legacy = legacyStore(s.ctx.root, name);
       if (legacy) warn(`${legacy.dir} holds disks of workspace ${name} from an earlier medv that do not record their image or user: they serve only as download seeds and are never started; remove that folder when you no longer need it`);
       deployed = await deployVersion({
-        root: s.ctx.root, store, settings, version: latest!, imageId: entry.imageId,
+        root: s.ctx.root, store, base: baseStore(s.ctx.root, s.cfg.user, { image: entry.image, imageId: entry.imageId }), settings, version: latest!, imageId: entry.imageId,
         source: `${s.cfg.server}/images/${entry.image}_${latest}.ckm.index`,
         keyDir: workspaceKeyDir(s.ctx.root, s.cfg.user, name), kek: s.ctx.kek, vmName, ca: s.cfg.ca, cacheDir: seedCacheDir(o.userDirs),
         extraSeeds: legacy ? legacy.versions().map((n) => legacy.diskPath(n)) : [],
         onProgress: (d, t) => o.onProgress?.('fetch', d, t),
         onWarning: warn,
       });
-      info(`deployed ${entry.image} version ${latest}: fetched ${humanBytes(deployed.fetchedBytes)} of a ${humanBytes(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
+      if (deployed.shared) info(`deployed ${entry.image} version ${latest}: already on this client for another workspace, nothing fetched (one read-only base; this workspace's writes go to its own undo disk)`);
+      else info(`deployed ${entry.image} version ${latest}: fetched ${humanBytes(deployed.fetchedBytes)} of a ${humanBytes(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
       if (deployed.removed.length) info(`removed old version${deployed.removed.length > 1 ? 's' : ''} ${deployed.removed.join(', ')} (the policy keeps ${settings.versionsToKeep ?? 1})`);
     } else if (newer) {
       updateAvailable = latest;

@@ -4,7 +4,7 @@
  * under QEMU (its boot counter shows whether a disk kept the last run's writes).
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -134,6 +134,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
         { name: 'travel', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', offlineDays: 5 },
         { name: 'flip', image: 'swap', mode: 'persistent', memory: 64, network: 'none' },
         { name: 'race', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', versionsToKeep: 0 },
+        { name: 'twin', image: IMAGE, mode: 'persistent', memory: 64, network: 'none' },
       ],
     }));
     ok(medv(['admin', 'policy', 'publish', f('policy.json'), '--server', url, '--token-file', adminTokenFile()]));
@@ -144,7 +145,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
   });
 
   after(async () => {
-    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk', 'resume', 'travel', 'flip', 'race']) await client(['workspace', 'stop', ws, '--force'], who);
+    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk', 'resume', 'travel', 'flip', 'race', 'twin']) await client(['workspace', 'stop', ws, '--force'], who);
     for (const extra of cleanups) await extra();
     serve?.kill('SIGTERM');
     await proxy?.close();
@@ -274,6 +275,28 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     assert.equal(await bootCount('alice', 'kiosk'), 1);
     await stop('alice', 'kiosk');
     assert.deepEqual(fs.readdirSync(join(v, 'Test')).sort(), ['ImageState.xml', `${IMAGE}.vmc`], 'the test run left only the copies');
+  });
+
+  it('one download per image: a second workspace of a version already here fetches nothing and stores no second base; the two never see each other\'s writes', async () => {
+    const desk = JSON.parse(ok(await start('alice', 'desk')).stdout);
+    const n = await bootCount('alice', 'desk');
+    await stop('alice', 'desk');
+    const du = () => Number(execFileSync('du', ['-s', '-B1', join(clients.alice.root, 'images')], { encoding: 'utf8' }).split('\t')[0]);
+    const before = du();
+    proxy.reset();
+    const twin = JSON.parse(ok(await start('alice', 'twin')).stdout);
+    assert.equal(twin.version, desk.version);
+    assert.equal(twin.deployed.shared, true);
+    assert.equal(twin.deployed.fetchedBytes, 0);
+    assert.doesNotMatch(proxy.wire().toString('latin1'), /content-type: (?:application\/octet-stream|multipart\/byteranges)/i, 'no index or pack bytes crossed the wire');
+    const disk = (o: { folder: string; version: number }) => fs.statSync(join(o.folder, `v${o.version}`, `${IMAGE}.evhd`));
+    assert.equal(disk(twin).ino, disk(desk).ino, 'one base file, linked into both version folders');
+    assert.ok(du() - before < IMAGE_BYTES / 8, `the second workspace added ${du() - before} bytes (the image is ${IMAGE_BYTES})`);
+    assert.equal(await bootCount('alice', 'twin'), 1, 'twin boots the pristine base, not desk\'s writes');
+    await stop('alice', 'twin');
+    ok(await start('alice', 'desk'));
+    assert.equal(await bootCount('alice', 'desk'), n + 1, 'desk kept its own writes, and saw none of twin\'s');
+    await stop('alice', 'desk');
   });
 
   it('a policy that suggests updates: a script is told, a terminal is asked (y deploys it)', async function () {

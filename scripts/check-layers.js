@@ -34,7 +34,7 @@ function walk(dir) {
   for (const name of readdirSync(dir).sort()) {
     const p = join(dir, name);
     if (statSync(p).isDirectory()) out.push(...walk(p));
-    else if (name.endsWith('.ts') && !name.endsWith('.d.ts')) out.push(p);
+    else if ((name.endsWith('.ts') && !name.endsWith('.d.ts')) || name.endsWith('.tsx')) out.push(p);
   }
   return out;
 }

@@ -50,7 +50,8 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 # faketime: the workspace tests set a command's clock back or forward (libfaketime), as a user would;
 # medv itself has no clock hook.
 # passt: a VM's NAT network (`medv vm --network nat`) without the host's loopback (src/hypervisor/usernet.ts).
-read -r -a packages <<<"${MEDV_SETUP_APT_PACKAGES:-qemu-system-x86 qemu-utils nasm libvhdi-utils python3-libvhdi nginx-light fio nbdkit libnbd-bin g++ make libgcrypt20-dev qemu-system-gui xvfb x11-apps vncsnapshot libjpeg-turbo-progs e2fsprogs mtools zsync rsync zstd casync postgresql faketime passt}"
+# chromium: the console's browser tests drive it with playwright-core (which downloads no browser).
+read -r -a packages <<<"${MEDV_SETUP_APT_PACKAGES:-qemu-system-x86 qemu-utils nasm libvhdi-utils python3-libvhdi nginx-light fio nbdkit libnbd-bin g++ make libgcrypt20-dev qemu-system-gui xvfb x11-apps vncsnapshot libjpeg-turbo-progs e2fsprogs mtools zsync rsync zstd casync postgresql faketime passt chromium}"
 if command -v dpkg-query >/dev/null; then
   missing=()
   for p in "${packages[@]}"; do

@@ -6,17 +6,18 @@ import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
 import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
 import { readTokenFile } from './image-repo.js';
 import { readPassword } from './login.js';
+import { addConsoleCommands } from './admin-console.js';
 
 type Opts = Record<string, unknown>;
 const POLICY_MAX = 64 * 1024;
 
-function adminToken(o: Opts): string {
+export function adminToken(o: Opts): string {
   const token = o.tokenFile ? readTokenFile(String(o.tokenFile)) : process.env.MEDV_ADMIN_TOKEN;
   if (!token) throw new MedvError('ENOKEY', 'no admin token: give --token-file (the server\'s <root>/admin.token) or set MEDV_ADMIN_TOKEN');
   return token;
 }
 
-function serverOptions(c: Command): Command {
+export function serverOptions(c: Command): Command {
   return c
     .requiredOption('--server <url>', 'the medv server, e.g. http://console:8080')
     .option('--token-file <file>', 'file holding the admin token (default $MEDV_ADMIN_TOKEN)')
@@ -24,7 +25,7 @@ function serverOptions(c: Command): Command {
     .option('--json', 'print the result as JSON');
 }
 
-function readPolicyFile(file: string): unknown {
+export function readPolicyFile(file: string): unknown {
   let text: string;
   try {
     const st = fs.statSync(file);
@@ -226,25 +227,52 @@ Examples:
     .option('--limit <n>', 'rows per page (1 to 1000)', '100')
     .option('--after <cursor>', 'the page after this cursor (printed as "next" by the page before)')
     .option('--all', 'every page, one after the other')
+    .option('--client <id>', 'only this client')
+    .option('--user <name>', 'only this user\'s')
+    .option('--workspace <name>', 'only this workspace')
+    .option('--state <state>', 'only this state (running, stopped, suspended, updating, failed, offline)')
+    .option('--image <name>', 'only workspaces granted this image')
+    .option('--history', 'every report received (the last 200 of each client, user and workspace), newest first, instead of the latest of each')
+    .option('--csv', 'print every matching row as CSV (spreadsheet-safe) instead of a table')
     .addHelpText('after', `
 One row per client, user and workspace, in that order: the version it runs, its state (running,
 stopped, suspended, updating, failed, offline), how long ago the client reported it, and its last
 error. A client reports only after a grant for its user, only for workspaces the user is entitled
 to, and a user keeps at most --max-reports-per-user rows (medv serve).
 When more rows follow, the last line (or "next" in --json) is the cursor for --after.
-Exit status: 0; 2 bad --limit or --after; 4 wrong admin token; 10 network.
+With --history: the reports themselves, newest first (client time), for --client, --user and
+--workspace; --limit rows from --offset (default 0).
+Exit status: 0; 2 bad --limit, --after or filter; 4 wrong admin token; 10 network.
 
 Examples:
   medv admin clients --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
+  medv admin clients --state failed --csv --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token > failed.csv
+  medv admin clients --history --client 3fe07c13070b3e54 --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
   medv admin clients --all --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
   MEDV_ADMIN_TOKEN=… medv admin clients --limit 500 --after eyJ… --server https://console.example --json`))
+    .option('--offset <n>', 'with --history: the first row to show', '0')
     .action(async (o: Opts) => {
+      const filters = new URLSearchParams();
+      for (const k of ['client', 'user', 'workspace', ...(o.history ? [] : ['state', 'image'])]) if (o[k] !== undefined) filters.set(k, String(o[k]));
+      if (o.csv) { await printCsv(o, `/api/admin/clients${o.history ? '/history' : ''}?${filters}&format=csv`); return; }
+      if (o.history) {
+        const q = new URLSearchParams(filters);
+        q.set('limit', String(o.limit));
+        q.set('offset', String(o.offset));
+        const page = await adminCall<{ reports: HistoryRow[]; total: number; offset: number }>(o, 'GET', `/api/admin/clients/history?${q}`);
+        if (o.json) { printJson(page); return; }
+        table([['REPORTED', 'RECEIVED', 'CLIENT', 'USER', 'WORKSPACE', 'VERSION', 'STATE', 'ERROR'],
+          ...page.reports.map((r) => [r.at, r.received, r.client, r.user, r.workspace, r.version === null ? '-' : String(r.version), r.state, printable(r.lastError ?? '').slice(0, 120)])]);
+        if (page.offset + page.reports.length < page.total) process.stdout.write(`${page.total - page.offset - page.reports.length} more: --offset ${page.offset + page.reports.length}\n`);
+        return;
+      }
       const rows: string[][] = [['CLIENT', 'USER', 'WORKSPACE', 'VERSION', 'STATE', 'AGE', 'LAST ERROR']];
       const all: ClientRow[] = [];
       let after = o.after as string | undefined;
       let next: string | null;
       do {
-        const q = new URLSearchParams({ limit: String(o.limit) });
+        const q = new URLSearchParams(filters);
+        q.set('limit', String(o.limit));
         if (after) q.set('after', after);
         const page = await adminCall<{ clients: ClientRow[]; next: string | null }>(o, 'GET', `/api/admin/clients?${q}`);
         // a report without an error has no lastError (as the client library gives it)
@@ -262,9 +290,12 @@ Examples:
     .description('the audit log, newest first, a page at a time')
     .option('--limit <n>', 'entries per page (1 to 1000)', '100')
     .option('--before <cursor>', 'the page after this cursor (printed as "next" by the page before)')
-    .option('--since <time>', 'only entries (or repeats) at or after this ISO 8601 time')
-    .option('--action <action>', 'only this action (login, login.fail, login.limited, logout, user.add, user.disable, user.enable, user.delete, user.passwd, user.revoke, policy.publish, keys.publish, keys.release, keys.deny, reports.refused, admin.denied, client.drop)')
+    .option('--since <time>', 'only entries (or repeats) at or after this time (2026-12-01, 2026-12-01T10:30, or ISO 8601 with a zone; UTC)')
+    .option('--until <time>', 'only entries before this time (a bare date includes that day)')
+    .option('--action <action>', 'only this action (login, login.fail, login.limited, logout, user.add, user.disable, user.enable, user.delete, user.passwd, user.revoke, user.role, user.groups, policy.publish, policy.unpublish, keys.publish, keys.release, keys.deny, reports.refused, admin.denied, client.lock, client.wipe, client.revoke, client.unlock, client.wiped, client.drop, image.prune, image.test), or a family: login.*')
     .option('--user <name>', 'only entries whose actor is this user (or "admin", "anonymous")')
+    .option('--about <name>', 'only entries whose actor or target is this user')
+    .option('--csv', 'print every matching entry as CSV (spreadsheet-safe) instead of a page')
     .addHelpText('after', `
 Each entry: when, how many times (repeated refusals from one address within 10 minutes are one
 entry with a count and the time of the last), the actor, the action, its target, the client's
@@ -274,17 +305,28 @@ Exit status: 0; 2 bad option; 4 wrong admin token; 10 network.
 
 Examples:
   medv admin audit --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin audit --action login.fail --since 2026-12-01T00:00:00Z --server https://console.example --json`))
+  medv admin audit --action login.fail --since 2026-12-01T00:00:00Z --server https://console.example --json
+  medv admin audit --action client.* --since 2026-12-01 --csv --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token > orders.csv`))
     .action(async (o: Opts) => {
       const q = new URLSearchParams({ limit: String(o.limit) });
-      for (const [k, v] of [['before', o.before], ['since', o.since], ['action', o.action], ['actor', o.user]] as const) if (v !== undefined) q.set(k, String(v));
+      for (const [k, v] of [['before', o.before], ['since', o.since], ['until', o.until], ['action', o.action], ['actor', o.user], ['user', o.about]] as const) if (v !== undefined) q.set(k, String(v));
+      if (o.csv) { q.delete('limit'); q.delete('before'); await printCsv(o, `/api/admin/audit?${q}&format=csv`); return; }
       const page = await adminCall<{ entries: AuditRow[]; next: string | null }>(o, 'GET', `/api/admin/audit?${q}`);
       if (o.json) { printJson(page); return; }
       table([['TIME', 'COUNT', 'ACTOR', 'ACTION', 'TARGET', 'ADDRESS', 'DETAIL'],
         ...page.entries.map((e) => [e.time, e.count > 1 ? `${e.count} (last ${e.last})` : '1', e.actor, e.action, e.target, e.address || '-', printable(JSON.stringify(e.detail)).slice(0, 160)])]);
       if (page.next) process.stdout.write(`more: --before ${page.next}\n`);
     });
+  addConsoleCommands(admin, { user, policy });
   return admin;
+}
+
+interface HistoryRow { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; at: string; received: string }
+
+/** A CSV export of the server, as it is, on stdout. */
+export async function printCsv(o: Opts, path: string): Promise<void> {
+  const { apiBytes } = await import('../client/api.js');
+  process.stdout.write((await apiBytes(String(o.server), path, { token: adminToken(o), ca: o.ca as string | undefined })).bytes);
 }
 
 interface UserRow { user: string; groups: string[]; created: string; disabled: boolean; role: 'admin' | 'user' }
@@ -292,23 +334,23 @@ interface ClientRow { client: string; user: string; workspace: string; version: 
 interface AuditRow { time: string; last: string; count: number; actor: string; action: string; target: string; address: string; detail: unknown }
 
 /** One admin request with the options' server, token and CA. */
-async function adminCall<T>(o: Opts, method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
+export async function adminCall<T>(o: Opts, method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
   const token = adminToken(o);
   const { apiRequest } = await import('../client/api.js');
   return apiRequest<T>(String(o.server), method, path, { token, ca: o.ca as string | undefined, ...(body !== undefined ? { body } : {}) });
 }
 
 /** Control characters (from reports, names) never reach the terminal. */
-const printable = (s: string) => s.replace(/[\x00-\x1f\x7f]/g, ' ');
+export const printable = (s: string) => s.replace(/[\x00-\x1f\x7f]/g, ' ');
 
 /** Rows padded to columns, the last column as it is. */
-function table(rows: string[][]): void {
+export function table(rows: string[][]): void {
   const width = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   for (const r of rows) process.stdout.write(`${r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(width[i]))).join('  ').trimEnd()}\n`);
 }
 
 /** 42s, 5m, 3h, 2d (a report from the future: 0s). */
-function age(ms: number): string {
+export function age(ms: number): string {
   const s = Math.max(0, Math.floor(ms / 1000));
   if (s < 120) return `${s}s`;
   if (s < 7200) return `${Math.floor(s / 60)}m`;

@@ -43,6 +43,8 @@ export const EXIT_STATUS: Partial<Record<ErrorCode, number>> = {
   EEXPIRED: 14,
   EUNSAFE: 4,
   EENGINE: 12,
+  ELOCKED: 15,
+  EWIPED: 16,
 };
 /** Exit status of `disk check` when the disk is damaged (9 is EBUSY: the disk is locked by another open). */
 export const EXIT_DAMAGED = 8;

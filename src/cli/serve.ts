@@ -39,6 +39,9 @@ export function serveCommand(): Command {
     .option('--header-timeout <duration>', 'a request head (and a TLS handshake) must arrive within this', '20s')
     .option('--body-timeout <duration>', 'a JSON request body must arrive whole within this', '30s')
     .option('--upload-stall-timeout <duration>', 'an upload that sends no byte for this long is cut (the client resumes it)', '60s')
+    .option('--image-test-timeout <duration>', 'the console\'s image test: how long to wait for the guest to print "ready" (or a login prompt) on its serial line before the screenshot is taken anyway', '2m')
+    .option('--image-test-hold <duration>', 'the console\'s image test: how long the VM stays up after its screenshot, for the live view (the administrator may stop it sooner)', '5m')
+    .option('--image-test-on-upload', 'test every version an upload completes (its pack and index both published) as the console\'s image test does; its keys must be published first')
     .option('--json', 'print {url, root, adminTokenFile, database} once listening, then one JSON object per request')
     .addHelpText('after', `
 What it serves:
@@ -121,6 +124,8 @@ Examples:
         keys,
         limits,
         trustProxy: o.trustProxy as string[],
+        imageTests: { timeoutMs: parseDuration(String(o.imageTestTimeout), '--image-test-timeout'), holdMs: parseDuration(String(o.imageTestHold), '--image-test-hold') },
+        imageTestOnUpload: o.imageTestOnUpload === true,
         onLog(e) {
           if (json) process.stdout.write(`${JSON.stringify(e)}\n`);
           else process.stdout.write(`${e.time} ${e.remote} ${e.method} ${e.path} ${e.status} ${e.bytes}${e.received !== undefined ? ` +${e.received}` : ''}\n`);

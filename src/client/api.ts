@@ -38,10 +38,10 @@ export interface RequestOptions {
 /** A JSON answer and the server's clock (its Date header), when it sent one. */
 export interface ApiAnswer<T> { body: T; serverTime?: Date }
 
-/** One API call; the answer's body and the server's Date. Non-2xx answers are MedvErrors (./http.ts responseError). */
-export async function apiCall<T>(server: string, method: 'GET' | 'POST' | 'DELETE', path: string, o: RequestOptions = {}): Promise<ApiAnswer<T>> {
+/** One request and its 2xx answer (non-2xx answers are MedvErrors: ./http.ts responseError). */
+async function exchange(server: string, method: 'GET' | 'POST' | 'DELETE', path: string, o: RequestOptions, accept: string): Promise<{ res: HttpResponse; base: string }> {
   const base = serverBase(server);
-  const headers: Record<string, string> = { Accept: 'application/json' };
+  const headers: Record<string, string> = { Accept: accept };
   if (o.token) headers.Authorization = `Bearer ${o.token}`;
   if (o.body !== undefined) headers['Content-Type'] = 'application/json';
   const agent = new HttpAgent(o.ca ? { ca: readCa(o.ca) } : {});
@@ -55,11 +55,23 @@ export async function apiCall<T>(server: string, method: 'GET' | 'POST' | 'DELET
     agent.close();
   }
   if (res.status < 200 || res.status >= 300) throw responseError(res);
+  return { res, base };
+}
+
+/** One API call; the answer's body and the server's Date. Non-2xx answers are MedvErrors (./http.ts responseError). */
+export async function apiCall<T>(server: string, method: 'GET' | 'POST' | 'DELETE', path: string, o: RequestOptions = {}): Promise<ApiAnswer<T>> {
+  const { res, base } = await exchange(server, method, path, o, 'application/json');
   let body: unknown;
   try { body = JSON.parse(res.body.toString('utf8')); } catch { body = undefined; }
   if (body === undefined) throw new MedvError('EHTTP', `${base}${path}: the server answered ${res.status} without JSON (is this a medv server?)`);
   const date = typeof res.headers.date === 'string' ? new Date(res.headers.date) : undefined;
   return { body: body as T, ...(date && !Number.isNaN(date.getTime()) ? { serverTime: date } : {}) };
+}
+
+/** A GET whose answer is not JSON (a CSV export, a screenshot): its bytes and content type. */
+export async function apiBytes(server: string, path: string, o: RequestOptions = {}): Promise<{ bytes: Buffer; type: string }> {
+  const { res } = await exchange(server, 'GET', path, o, '*/*');
+  return { bytes: res.body, type: String(res.headers['content-type'] ?? '') };
 }
 
 export async function apiRequest<T>(server: string, method: 'GET' | 'POST' | 'DELETE', path: string, o: RequestOptions = {}): Promise<T> {
@@ -136,6 +148,11 @@ export async function sendReports(server: string, token: string, client: string,
   const r = await apiRequest<{ stored?: unknown }>(server, 'POST', '/api/reports', { token, ca, idempotent: true, body: { client, reports } });
   if (typeof r.stored !== 'number') throw badReply('stored');
   return r.stored;
+}
+
+/** POST /api/workspaces/wiped: this client has wiped `workspace`, as the administrator ordered. */
+export async function confirmWiped(server: string, token: string, body: { client: string; workspace: string }, ca?: string): Promise<void> {
+  await apiRequest(server, 'POST', '/api/workspaces/wiped', { token, ca, idempotent: true, body });
 }
 
 export interface ClientStatus extends ClientReport {

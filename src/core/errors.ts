@@ -59,7 +59,10 @@ export type ErrorCode =
   | 'EEXPIRED'            // the workspace's policy expired
   // client repositories
   | 'EUNSAFE'             // a repository folder that is a symlink, another user's, or writable by group/others
-  | 'EENGINE';            // an image that needs a newer medv engine (GlobalImageData.xml) or a newer layout
+  | 'EENGINE'             // an image that needs a newer medv engine (GlobalImageData.xml) or a newer layout
+  // orders of the administrator (the console's lock and wipe), reaching a client at its next contact
+  | 'ELOCKED'             // the workspace, client or user is locked: it does not start until unlocked (data.reason)
+  | 'EWIPED';             // the workspace's data on this client must be wiped, and was (data.reason)
 
 export interface MedvErrorData {
   file?: string;

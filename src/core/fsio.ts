@@ -60,8 +60,9 @@
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { basename, dirname, join, resolve, sep } from 'node:path';
 import { MedvError, fromSystemError, type ErrorCode } from './errors.js';
+import { relativeInside } from './paths.js';
 
 // --- processes
 
@@ -783,8 +784,8 @@ export function nameExists(path: string): boolean {
  * EUNSAFE when `path` is not strictly below `root`.
  */
 export function partsBelow(root: string, path: string): { parts: string[]; name: string } {
-  const rel = relative(root, path);
-  if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) throw new MedvError('EUNSAFE', `${path} is not inside ${root}`, { file: path });
+  const rel = relativeInside(root, path);
+  if (!rel) throw new MedvError('EUNSAFE', `${path} is not inside ${root}`, { file: path });
   const parts = rel.split(sep);
   return { parts: parts.slice(0, -1), name: parts[parts.length - 1] };
 }

@@ -13,8 +13,34 @@
  *   user profile     $XDG_DATA_HOME/medv/profile
  *   menu entries     $XDG_DATA_HOME/applications
  */
+import { realpathSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { isAbsolute, join, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+
+/**
+ * `path` relative to `root` when it is `root` itself ('') or below it; undefined when it is
+ * elsewhere. Both are resolved first. A name that only starts with two dots (`..cfg`) is a name
+ * below the root like any other: only `..` itself, as a whole component, leads out.
+ */
+export function relativeInside(root: string, path: string): string | undefined {
+  const rel = relative(resolve(root), resolve(path));
+  if (isAbsolute(rel) || rel === '..' || rel.startsWith(`..${sep}`)) return undefined;
+  return rel;
+}
+
+/**
+ * Where `path` will lead once the missing folders on its way are made: its longest existing
+ * leading part with every link resolved, then the rest as written. (`realpath` alone fails on a
+ * path not made yet, and the unresolved text hides a link in an existing folder on the way.)
+ */
+export function resolveExisting(path: string): string {
+  const rest: string[] = [];
+  for (let dir = resolve(path); ; dir = dirname(dir)) {
+    try { return join(realpathSync(dir), ...rest); } catch { /* not there yet: one folder up */ }
+    if (dirname(dir) === dir) return resolve(path);
+    rest.unshift(basename(dir));
+  }
+}
 
 /** How each default is chosen, for --help texts (the functions below are the rules). */
 export const DEFAULT_HELP = {

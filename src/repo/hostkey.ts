@@ -21,9 +21,10 @@
  */
 import * as fs from 'node:fs';
 import { homedir } from 'node:os';
-import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { MedvError, isMedvError } from '../core/errors.js';
 import { createFileAtomic, ensureDir, writeFileAtomic } from '../core/fsio.js';
+import { relativeInside, resolveExisting } from '../core/paths.js';
 import { HOST_KEY_BYTES, loadHostKey } from '../crypto/kek.js';
 import type { HostKeySource, KekSource } from '../crypto/kekenv.js';
 import { WRAP_KEY_BYTES, hasTpm2, readWrapKey, wrapHostKey } from '../crypto/hostbind.js';
@@ -40,18 +41,13 @@ export function defaultWrapKeyFile(): string {
   return join(x && isAbsolute(x) ? x : join(homedir(), '.config'), 'medv', WRAP_KEY_FILE);
 }
 
-const inside = (root: string, p: string) => {
-  const rel = relative(root, p);
-  return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
-};
+const inside = (root: string, p: string) => relativeInside(root, p) !== undefined;
 
-/** The wrap key file, refused inside the client root (checked on the resolved paths too). */
+/** The wrap key file, refused inside the client root (checked on the paths as written and as they resolve, links in folders not made yet included). */
 function wrapKeyFileFor(c: ClientRoot): string {
   const file = resolve(defaultWrapKeyFile());
-  let roots = [c.root];
-  try { roots = [c.root, fs.realpathSync(c.root)]; } catch { /* not there yet */ }
-  let real = file;
-  try { real = join(fs.realpathSync(dirname(file)), WRAP_KEY_FILE); } catch { /* not there yet */ }
+  const roots = [c.root, resolveExisting(c.root)];
+  const real = resolveExisting(file);
   if (roots.some((r) => inside(r, file) || inside(r, real))) {
     throw new MedvError('EUNSAFE', `the host key's wrap key ${file} would be inside the client root ${c.root}: it must live outside it (set XDG_CONFIG_HOME elsewhere)`, { file });
   }

@@ -16,7 +16,7 @@ import { checkImageName } from '../formats/ckm/common.js';
 import {
   type GlobalImageData, type ImageState, WORKSPACE_VERSION_MAX, compareEngineVersions, parseGlobalImageData, serializeGlobalImageData, serializeImageState,
 } from '../formats/imagestate/index.js';
-import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
+import { fsyncDirSync, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { type ClientRoot, checkSafeDir, ensureSafeDir } from './paths.js';
 
 /** The layout version (GlobalImageData's WorkspaceVersion) this medv writes. */
@@ -248,6 +248,51 @@ export class ImageStore {
     this.writeGlobal({ virtualizationEngine: g?.virtualizationEngine ?? ENGINE_VERSION, workspaceVersion: CURRENT_WORKSPACE_VERSION });
     done.push(g ? `GlobalImageData.xml: WorkspaceVersion ${from} -> ${CURRENT_WORKSPACE_VERSION}` : `GlobalImageData.xml: written (engine ${ENGINE_VERSION}, WorkspaceVersion ${CURRENT_WORKSPACE_VERSION})`);
     return done;
+  }
+
+  /**
+   * Delete every version of this store (the administrator's wipe, src/workspace): first the key file
+   * of every disk, undo disk and saved state in every v<N> (once they are gone, the data is
+   * unreadable) and each folder fsynced, then the disks, saved states and the rest of the layout,
+   * the version folders and GlobalImageData.xml, then the store's folder when empty. Only the
+   * layout's names, never following a symlink; anything else is left and listed in `skipped`.
+   */
+  wipe(): { keys: string[]; deleted: string[]; skipped: string[] } {
+    const out = { keys: [] as string[], deleted: [] as string[], skipped: [] as string[] };
+    if (!lstatOrUndefined(this.dir)) return out;
+    checkSafeDir(this.dir);
+    const versions = fs.readdirSync(this.dir).filter((n) => VERSION_RE.test(n) && lstatOrUndefined(join(this.dir, n))?.isDirectory()).sort();
+    const i = this.image;
+    const drop = (p: string, into: string[]) => {
+      const st = lstatOrUndefined(p);
+      if (!st) return;
+      if (st.isDirectory()) { out.skipped.push(p); return; }
+      try { fs.unlinkSync(p); into.push(p); } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(e, p);
+      }
+    };
+    const keyFiles = [`${i}.enc`, `${i}.undo.enc`, `${i}.vsv.enc`];
+    for (const v of versions) {
+      const dir = join(this.dir, v);
+      checkSafeDir(dir);
+      for (const k of keyFiles) drop(join(dir, k), out.keys);
+      fsyncDirSync(dir);
+    }
+    for (const v of versions) {
+      const dir = join(this.dir, v);
+      for (const name of this.layoutNames()) drop(join(dir, name), out.deleted);
+      const test = join(dir, TEST_DIR);
+      if (lstatOrUndefined(test)?.isDirectory()) {
+        checkSafeDir(test);
+        for (const name of this.testLayoutNames()) drop(join(test, name), out.deleted);
+        try { fs.rmdirSync(test); } catch { /* not empty: listed below */ }
+      }
+      for (const name of fs.readdirSync(dir).sort()) out.skipped.push(join(dir, name));
+      try { fs.rmdirSync(dir); } catch { /* not empty: listed */ }
+    }
+    drop(join(this.dir, GLOBAL_FILE), out.deleted);
+    try { fs.rmdirSync(this.dir); } catch { /* not empty */ }
+    return out;
   }
 
   /**

@@ -3,10 +3,11 @@
  * 0700 and checked before use: a symlink in its place, a folder owned by another user, or one that
  * group or others can write is refused (EUNSAFE), never "fixed".
  */
-import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { join, resolve, sep } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { checkUserName } from '../api/names.js';
 import { checkDir, ensureDir } from '../core/fsio.js';
+import { relativeInside } from '../core/paths.js';
 
 export interface ClientRoot {
   root: string;
@@ -81,8 +82,8 @@ export function userDir(c: ClientRoot, user: string): string {
  */
 export function pathInRoot(c: ClientRoot, file: string): string {
   const abs = resolve(c.root, file);
-  const rel = relative(c.root, abs);
-  if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
+  const rel = relativeInside(c.root, abs);
+  if (!rel) {
     throw new MedvError('EINVAL_ARG', `${file} is not inside the client root ${c.root}`, { file });
   }
   const parts = rel.split(sep);

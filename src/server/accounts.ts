@@ -35,7 +35,13 @@
 import { type Sodium, sodium as sodiumBase } from '../core/sodium.js';
 import { MedvError } from '../core/errors.js';
 import { checkPolicy, type Policy } from '../api/policy.js';
-import { type DeletedUser, ROLES, type Role, type Store, type UserSummary, type PolicyVersion, type PolicyDocument } from './store/index.js';
+import {
+  type DeletedUser, type GroupRow, type PageOf, type PageQuery, type PolicySummary, type PolicyVersionRow, ROLES, type Role,
+  type Store, type UserFilter, type UserRow, type UserSummary, type PolicyVersion, type PolicyDocument,
+} from './store/index.js';
+import { checkUserName } from '../api/names.js';
+import { type DiffEntry, diffPolicies } from './policy-diff.js';
+import { type PolicyPreview, previewPolicy } from './policy-preview.js';
 import type { Audit } from './audit.js';
 
 /** The password-string functions of sodium-native, beside the subset src/crypto/sodium.ts types. */
@@ -243,8 +249,12 @@ export class Accounts {
     return { fresh: !states.some((f) => f.key === keys.pair && f.count > 0) };
   }
 
-  /** Log in: a new token, or EDENIED (the same for an unknown name and a wrong password), or ERATELIMIT. */
-  async login(user: string, password: string, address: string, lifetimeMs?: number): Promise<LoginResult> {
+  /**
+   * Check a name and password under the failed-login limits: the user, or EDENIED (the same for an
+   * unknown name and a wrong password), or ERATELIMIT. A success is audited as `login` (with `via`:
+   * api or console, and `detail`). POST /api/login and the console's sign-in both come here.
+   */
+  async checkCredentials(user: string, password: string, address: string, via: 'api' | 'console', detail: Record<string, unknown> = {}): Promise<string> {
     const keys = { pair: `pair:${user}@${address}`, addr: `addr:${address}`, name: `user:${user}` };
     const { fresh } = await this.refuseIfLocked(user, address, keys, Date.now());
     const release = await this.turn(user, fresh);
@@ -263,20 +273,26 @@ export class Accounts {
         }
         const named = await this.store.recordFailure(keys.name, now, this.o.windowMs);
         if (named >= this.o.perName) hold = Math.min(this.o.slowMaxMs, this.o.slowBaseMs * 2 ** Math.min(20, named - this.o.perName));
-        await this.audit.refused({ actor: user, action: 'login.fail', target: user, address, detail: { reason: !record ? 'unknown user' : !ok ? 'wrong password' : 'disabled', ...(hold ? { slowedMs: hold } : {}) } }, now);
+        await this.audit.refused({ actor: user, action: 'login.fail', target: user, address, detail: { via, reason: !record ? 'unknown user' : !ok ? 'wrong password' : 'disabled', ...(hold ? { slowedMs: hold } : {}) } }, now);
         throw new MedvError('EDENIED', DENIED);
       }
-      const now = Date.now();
       await this.store.clearFailures(keys.pair);
-      const life = lifetimeMs === undefined ? this.o.tokenLifetimeMs : Math.min(this.o.tokenLifetimeMs, lifetimeMs);
-      const token = newToken();
-      const expires = now + life;
-      await this.store.addToken(tokenHash(token), user, now, expires);
-      await this.audit.record({ actor: user, action: 'login', target: user, address, detail: { expires: new Date(expires).toISOString() } });
-      return { user, token, expires: new Date(expires).toISOString() };
+      await this.audit.record({ actor: user, action: 'login', target: user, address, detail: { via, ...detail } });
+      return user;
     } finally {
       release(hold);
     }
+  }
+
+  /** Log in: checkCredentials, then a new token. */
+  async login(user: string, password: string, address: string, lifetimeMs?: number): Promise<LoginResult> {
+    const now = Date.now();
+    const life = lifetimeMs === undefined ? this.o.tokenLifetimeMs : Math.min(this.o.tokenLifetimeMs, lifetimeMs);
+    const expires = now + life;
+    await this.checkCredentials(user, password, address, 'api', { expires: new Date(expires).toISOString() });
+    const token = newToken();
+    await this.store.addToken(tokenHash(token), user, now, expires);
+    return { user, token, expires: new Date(expires).toISOString() };
   }
 
   /** The session of a bearer token, or EDENIED (unknown, revoked, expired, deleted user), or EFORBIDDEN (a disabled account). */
@@ -367,4 +383,81 @@ export class Accounts {
   policiesFor(user: string): Promise<PolicyDocument[]> {
     return this.store.policiesFor(user);
   }
+
+  /** May `user` use the console: an account whose role is admin (asked on every console request, so a change applies at once). */
+  async isAdmin(user: string): Promise<boolean> {
+    const r = await this.store.getUser(user);
+    return !!r && r.role === 'admin' && !r.disabled;
+  }
+
+  /** Make an account an administrator or an ordinary user (the console asks on every request: it applies at once). */
+  async setRole(name: string, role: Role, actor: string, address = ''): Promise<UserSummary> {
+    const before = (await this.getUser(name)).role;
+    if (!await this.store.setRole(name, role)) throw new MedvError('ENOENT', `no user ${name}`, { user: name });
+    await this.audit.record({ actor, action: 'user.role', target: name, address, detail: { before, after: role } });
+    return this.getUser(name);
+  }
+
+  /** Replace an account's groups (created when missing; emptied ones stay). */
+  async setGroups(name: string, groups: string[], actor: string, address = ''): Promise<UserSummary> {
+    const before = (await this.getUser(name)).groups;
+    await this.store.setGroups(name, groups);
+    await this.audit.record({ actor, action: 'user.groups', target: name, address, detail: { before, after: [...new Set(groups)].sort() } });
+    return this.getUser(name);
+  }
+
+  // --- the lists of the admin API and the console (filters validated by listing.ts)
+
+  usersPage(f: UserFilter, p: PageQuery): Promise<PageOf<UserRow>> {
+    return this.store.lists.users(f, p);
+  }
+
+  groupsPage(text: string | undefined, p: PageQuery): Promise<PageOf<GroupRow>> {
+    return this.store.lists.groups(text, p);
+  }
+
+  policiesPage(text: string | undefined, p: PageQuery): Promise<PageOf<PolicySummary>> {
+    return this.store.lists.policies(text, p);
+  }
+
+  /** Every version of policy `name`, newest first; ENOENT when there is none. */
+  async policyVersions(name: string): Promise<PolicyVersionRow[]> {
+    const rows = await this.store.lists.policyVersions(checkUserName(name, 'policy'));
+    if (!rows.length) throw new MedvError('ENOENT', `no policy ${name}`);
+    return rows;
+  }
+
+  async policyVersion(name: string, version: number): Promise<PolicyVersionRow & { document: unknown }> {
+    const r = await this.store.lists.policyDocument(checkUserName(name, 'policy'), version);
+    if (!r) throw new MedvError('ENOENT', `no version ${version} of policy ${name}`);
+    return r;
+  }
+
+  /** The changes from version `from` to version `to` of policy `name`. */
+  async policyDiff(name: string, from: number, to: number): Promise<{ name: string; from: number; to: number; changes: DiffEntry[] }> {
+    const [a, b] = await Promise.all([this.policyVersion(name, from), this.policyVersion(name, to)]);
+    return { name, from, to, changes: diffPolicies(a.document, b.document) };
+  }
+
+  /** Who publishing `doc` would reach (checked first: EPOLICY with the bad field's path). */
+  async previewPolicy(doc: unknown): Promise<PolicyPreview> {
+    const policy = checkPolicy(doc);
+    return previewPolicy(this.store, policy.name, policy);
+  }
+
+  /** Who unpublishing policy `name` would reach. */
+  async previewUnpublish(name: string): Promise<PolicyPreview> {
+    const n = checkUserName(name, 'policy');
+    if (!(await this.store.policies.newest(n))) throw new MedvError('ENOENT', `no policy ${n}`);
+    return previewPolicy(this.store, n, null);
+  }
+
+  /** Unpublish policy `name`: a new version that entitles nobody; every earlier version is kept. */
+  async unpublishPolicy(name: string, actor: string, address = ''): Promise<{ name: string; version: number }> {
+    const n = checkUserName(name, 'policy');
+    const version = await this.store.policies.unpublish(n, actor);
+    await this.audit.record({ actor, action: 'policy.unpublish', target: n, address, detail: { version } });
+    return { name: n, version };
+  }
+
 }

@@ -8,7 +8,7 @@
  *   POST   /api/workspaces/grant {workspace, client, clientKey} → {…, sealed}            user token
  *   POST   /api/reports {client, reports}               → {stored, refused}               user token
  *   POST   /api/admin/users {user, password, groups[, role]} → 201 user                  admin
- *   GET    /api/admin/users                             → {users}                         admin
+ *   GET    /api/admin/users[?q&group&status&role&offset&limit] → {users, total, offset, limit} admin
  *   GET    /api/admin/users/NAME                        → user                            admin
  *   DELETE /api/admin/users/NAME                        → {user, groups, tokens, clients, reports}
  *   POST   /api/admin/users/NAME/disable | /enable      → user                            admin
@@ -16,9 +16,12 @@
  *   POST   /api/admin/users/NAME/revoke                 → {user, tokensRevoked}           admin
  *   POST   /api/admin/policies <document>               → 201 {name, version}             admin
  *   GET    /api/admin/policies                          → {policies}                      admin
- *   GET    /api/admin/audit[?limit&before&since&action&actor] → {entries, next}           admin
+ *   GET    /api/admin/audit[?limit&before&since&until&action&actor&user][&format=csv] → {entries, next}  admin
  *   POST   /api/admin/image-keys {image, content, repository, signers} → {image, replaced} admin
- *   GET    /api/admin/clients[?limit&after]             → {clients, next}                 admin
+ *   GET    /api/admin/clients[?limit&after&q&client&user&workspace&state&image&version][&format=csv]
+ *                                                       → {clients, total, next}          admin
+ *   POST   /api/workspaces/wiped {client, workspace}    → {ok}: a client wiped a workspace user token
+ *   …and the console's admin routes: api-admin.ts (overview, groups, policies, images, history, controls)
  *
  * "admin" is the admin token, or the login token of an account whose role is admin (the audit
  * names that account); a user token there is 403 EFORBIDDEN, no or another token 401 EDENIED.
@@ -38,10 +41,16 @@ import type { Audit } from './audit.js';
 import type { AdminToken } from './auth.js';
 import type { ServerModule } from './http.js';
 import type { KeyService } from './keyservice.js';
+import { adminRoutes, sendCsv, wantsCsv } from './api-admin.js';
+import type { ImageCatalog } from './catalog.js';
+import type { ImageTests } from './imagetest.js';
+import type { ClientControls } from './controls.js';
+import { AUDIT_CSV, CLIENTS_CSV } from './csv.js';
+import { encodeAuditCursor } from './audit.js';
 import { httpStatusFor } from '../api/status.js';
 import { isLoopback, peerOf } from './peer.js';
 import {
-  object, parseAuditQuery, parseClientsQuery, parseGrant, parseImageKeys, parseLogin, parseNewUser, parsePassword, parseReports,
+  PAGE_MAX, object, pageQuery, parseAuditQuery, parseClientsQuery, parseGrant, parseImageKeys, parseLogin, parseNewUser, parsePassword, parseReports, userFilter,
 } from './requests.js';
 import { checkUserName } from '../api/names.js';
 
@@ -57,6 +66,16 @@ export interface ApiOptions {
   keys?: KeyService;
   /** Accept credentials over plain HTTP from any address (a TLS proxy on another host). */
   allowPlainHttp?: boolean;
+  /** The images of the repository and their tests; lock, wipe, revoke (api-admin.ts). */
+  catalog: ImageCatalog;
+  tests?: ImageTests;
+  controls?: ClientControls;
+}
+
+/** Credentials must not travel over plain HTTP from another host (the rule of /api/ and /console/). */
+export function plainHttpRefused(req: IncomingMessage, allowPlainHttp?: boolean): boolean {
+  const peer = peerOf(req);
+  return !peer.secure && !allowPlainHttp && !isLoopback(peer.via);
 }
 
 function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
@@ -110,7 +129,7 @@ function bearer(req: IncomingMessage): string | undefined {
   return /^Bearer[ ]+(\S+)\s*$/i.exec(h)?.[1];
 }
 
-interface Ctx {
+export interface ApiCtx {
   req: IncomingMessage;
   res: ServerResponse;
   /** The client's address (peer.ts). */
@@ -119,7 +138,9 @@ interface Ctx {
   name: string;
   query: URLSearchParams;
 }
-type Route = { method: string; pattern: string; run: (c: Ctx) => Promise<void> };
+export type ApiRoute = { method: string; pattern: string; run: (c: ApiCtx) => Promise<void> };
+type Ctx = ApiCtx;
+type Route = ApiRoute;
 
 /** Match `path` against `pattern` (segments; `:name` is one segment, a user name); the parameter or undefined. */
 function match(pattern: string, path: string): { name: string } | undefined {
@@ -189,7 +210,8 @@ export function accountsApi(o: ApiOptions): ServerModule {
     } },
     { method: 'GET', pattern: '/api/admin/users', async run(c) {
       await admin(c);
-      send(c.res, 200, { users: await accounts.listUsers() });
+      const p = await accounts.usersPage(userFilter(c.query), pageQuery(c.query, PAGE_MAX));
+      send(c.res, 200, { users: p.rows, total: p.total, offset: p.offset, limit: p.limit });
     } },
     { method: 'GET', pattern: '/api/admin/users/:name', async run(c) {
       await admin(c);
@@ -221,7 +243,14 @@ export function accountsApi(o: ApiOptions): ServerModule {
     } },
     { method: 'GET', pattern: '/api/admin/audit', async run(c) {
       await admin(c);
-      send(c.res, 200, await audit.list(parseAuditQuery(c.query)));
+      const q = parseAuditQuery(c.query);
+      if (!wantsCsv(c.query)) { send(c.res, 200, await audit.list(q)); return; }
+      // entries made during the export would shift the pages: it ends where it began
+      const fixed = { ...q, until: Math.min(q.until ?? Infinity, Date.now() + 1), limit: PAGE_MAX };
+      await sendCsv(c.res, 'audit.csv', AUDIT_CSV, async (before) => {
+        const p = await audit.list({ ...fixed, ...(before ? { before: decodeCursor(before) } : {}) });
+        return { rows: p.entries, next: p.next };
+      });
     } },
     { method: 'POST', pattern: '/api/admin/image-keys', async run(c) {
       const actor = await admin(c);
@@ -245,8 +274,18 @@ export function accountsApi(o: ApiOptions): ServerModule {
     { method: 'GET', pattern: '/api/admin/clients', async run(c) {
       await admin(c);
       const q = parseClientsQuery(c.query);
-      send(c.res, 200, await keys().listClients(q.limit, q.after));
+      if (!wantsCsv(c.query)) { send(c.res, 200, await keys().listClients(q)); return; }
+      await sendCsv(c.res, 'clients.csv', CLIENTS_CSV, async (after) => {
+        const p = await keys().listClients({ ...q, limit: PAGE_MAX, ...(after ? { after: parseClientsQuery(new URLSearchParams({ after })).after } : {}) });
+        return { rows: p.clients, next: p.next };
+      });
     } },
+    { method: 'POST', pattern: '/api/workspaces/wiped', async run(c) {
+      const s = await user(c);
+      if (!o.controls) throw new MedvError('ENOENT', 'no such API endpoint');
+      send(c.res, 200, await o.controls.wiped(s.user, object(await readJson(c.req)), c.address));
+    } },
+    ...adminRoutes({ accounts, audit, keys: o.keys, catalog: o.catalog, tests: o.tests, controls: o.controls, admin, send, body: (c) => readJson(c.req) }),
   ];
 
   return {
@@ -264,8 +303,7 @@ export function accountsApi(o: ApiOptions): ServerModule {
         }
         if (!allow.length) throw new MedvError('ENOENT', 'no such API endpoint');
         if (!found) throw new MedvError('EMETHOD', 'method not allowed', { allow });
-        const peer = peerOf(req);
-        if (!peer.secure && !o.allowPlainHttp && !isLoopback(peer.via)) {
+        if (plainHttpRefused(req, o.allowPlainHttp)) {
           throw new MedvError('EINSECURE', 'passwords and tokens are not accepted over plain HTTP from another host: use HTTPS (a TLS proxy in front of medv serve, named with --trust-proxy) or run medv serve with --allow-plain-http behind one');
         }
         const q = (req.url ?? '').indexOf('?');
@@ -284,4 +322,10 @@ export function accountsApi(o: ApiOptions): ServerModule {
       await accounts.store.close();
     },
   };
+}
+
+/** A cursor of GET /api/admin/audit (an audit page's `next`). */
+function decodeCursor(v: string): { time: number; id: string } {
+  const q = parseAuditQuery(new URLSearchParams({ before: v }));
+  return q.before!;
 }

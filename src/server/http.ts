@@ -15,6 +15,7 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { httpStatusOf } from '../api/status.js';
 import { MedvError } from '../core/errors.js';
 import { Connections } from './connections.js';
@@ -27,6 +28,8 @@ export interface ServerModule {
   /** Its request bodies stream for as long as they make progress (uploads), rather than arriving whole within the body deadline. */
   streamsBodies?: boolean;
   handle(req: http.IncomingMessage, res: http.ServerResponse, path: string): Promise<void>;
+  /** An `Upgrade:` request (WebSocket) to one of its prefixes; without this, such requests are refused. */
+  upgrade?(req: http.IncomingMessage, socket: Duplex, head: Buffer, path: string): void;
   close(): Promise<void>;
 }
 
@@ -215,6 +218,18 @@ export async function startHttpServer(o: HttpServerOptions): Promise<RunningServ
       if (!res.headersSent) plain(res, httpStatusOf('EINTERNAL'), 'internal error');
       else res.destroy();
     });
+  });
+  // WebSocket upgrades (the console's live view): the module decides; the peer is known as for a request
+  server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => socket.destroy());
+    setPeer(req, trust.peer(req.socket.remoteAddress ?? '', req, o.tls !== undefined));
+    const path = requestPath(req.url);
+    const mod = path === undefined ? undefined : o.modules.find((m) => m.prefixes.some((p) => path === p || path.startsWith(p.endsWith('/') ? p : `${p}/`)));
+    if (!mod?.upgrade) {
+      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
+    mod.upgrade(req, socket, head, path!);
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';

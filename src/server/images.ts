@@ -35,6 +35,8 @@ export interface ImageRepositoryOptions {
   maxPendingUploads: number;
   /** Unfinished uploads older than this are removed (ms). */
   uploadExpiryMs: number;
+  /** Called once an upload made a version complete (its pack and index both published, one of them just now). */
+  onVersionPublished?: (name: string, version: number) => void;
 }
 
 export const IMAGE_REPOSITORY_DEFAULTS = {
@@ -96,6 +98,11 @@ export function imageRepository(o: ImageRepositoryOptions): ServerModule {
       const file = upload.metadata?.filename ?? '';
       try {
         const r = await publishFile(join(uploadsDir, upload.id), file, imagesDir);
+        const f = parseRepoFileName(file);
+        if (f && r.status === 'published' && o.onVersionPublished) {
+          const other = f.kind === 'index' ? `${f.name}_${f.version}.ckm` : `${f.name}_${f.version}.ckm.index`;
+          if (await fs.promises.lstat(join(imagesDir, other)).then((st) => st.isFile(), () => false)) o.onVersionPublished(f.name, f.version);
+        }
         return { res, headers: { 'Medv-Published': r.file, 'Medv-Publish-Status': r.status } };
       } catch (e) {
         const status = httpStatusFor(e);

@@ -17,8 +17,10 @@ export interface InspectedFile extends RepoFileName {
   imageId: Buffer;
   /** A pack's salt (the one its indexes name). */
   salt?: Buffer;
-  /** An index's packs. */
+  /** An index's packs, signer (Ed25519 public key) and creation time (Unix seconds). */
   packs?: PackRef[];
+  signer?: Buffer;
+  created?: number;
 }
 
 /**
@@ -53,7 +55,7 @@ export async function inspectRepoFile(path: string, file: string): Promise<Inspe
     const expected = indexFileLength(h);
     if (st.size < expected) throw new MedvError('ETRUNCATED', `index is ${st.size} bytes, its header says ${expected}`, { file, offset: st.size });
     if (st.size > expected) throw new MedvError('ECORRUPT', `index has ${st.size - expected} bytes past its end`, { file, offset: expected });
-    return { ...named, size: st.size, imageId: h.imageId, packs: h.packs };
+    return { ...named, size: st.size, imageId: h.imageId, packs: h.packs, signer: h.signer, created: h.created };
   } catch (e) {
     if (e instanceof MedvError) throw e;
     if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw new MedvError('EINVAL_ARG', 'is a symbolic link', { file: path });

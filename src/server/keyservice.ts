@@ -26,8 +26,12 @@ import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { MAX_SIGNERS, SIGNER_BYTES, sealImageKeys, type ImageKeySet } from '../api/keyrelease.js';
 import { checkImageName, isFileOfImage } from '../api/names.js';
 import type { Audit } from './audit.js';
+import type { ClientControls } from './controls.js';
+import { type Picked, workspacesOf } from './entitlement.js';
 import type { ServerKey } from './serverkey.js';
-import { LIMITS, type ReportKey, type ReportRecord, type ReportRow, type Store } from './store/index.js';
+import {
+  type ClientQuery, type ClientRow, type HistoryFilter, type HistoryRow, LIMITS, type PageOf, type PageQuery, type ReportKey, type ReportRow, type Store,
+} from './store/index.js';
 
 export const REPORT_STATES = ['running', 'stopped', 'suspended', 'updating', 'failed', 'offline'] as const;
 export type ReportState = typeof REPORT_STATES[number];
@@ -48,7 +52,8 @@ export const KEY_SERVICE_DEFAULTS: KeyServiceOptions = { maxClientsPerUser: 32, 
 export interface GrantRequest { workspace: string; client: string; clientKey: Buffer }
 export interface ReportInput { workspace: string; version: number | null; state: ReportState; lastError: string | null; reportedAt: number }
 export interface RefusedReport { index: number; workspace: string; reason: string }
-export interface ClientsPage { clients: ReportRecord[]; next: string | null }
+/** A page of GET /api/admin/clients: rows with their grant, how many match, the cursor of the next page. */
+export interface ClientsPage { clients: ClientRow[]; total: number; next: string | null }
 
 /** What the database keeps, before wrapping: [1][content id][content key][repository id][repository key][n][n signers]. */
 function serializeKeys(k: ImageKeySet): Buffer {
@@ -108,15 +113,9 @@ export async function latestVersion(root: string, image: string): Promise<number
   return null;
 }
 
-/** The workspaces of `user`'s entitled policies, first policy (by name) first. */
-async function entitledWorkspaces(store: Store, user: string): Promise<Map<string, { policy: PolicyRef; settings: Record<string, unknown> }>> {
-  const out = new Map<string, { policy: PolicyRef; settings: Record<string, unknown> }>();
-  for (const p of await store.policiesFor(user)) {
-    for (const ws of (p.document as { workspaces?: Record<string, unknown>[] }).workspaces ?? []) {
-      if (typeof ws.name === 'string' && !out.has(ws.name)) out.set(ws.name, { policy: { name: p.name, version: p.version }, settings: ws });
-    }
-  }
-  return out;
+/** The workspaces of `user`'s entitled policies, first policy (by name) first (the rule of entitlement.ts). */
+async function entitledWorkspaces(store: Store, user: string): Promise<Map<string, Picked>> {
+  return workspacesOf(await store.policiesFor(user));
 }
 
 /** The cursor of a clients page: base64url of the JSON [client, user, workspace] of its last row. */
@@ -135,6 +134,9 @@ export function decodeClientsCursor(v: string): ReportKey | undefined {
 
 export class KeyService {
   readonly o: KeyServiceOptions;
+
+  /** The administrator's lock, wipe and revoke orders (controls.ts), checked at every grant. */
+  controls?: ClientControls;
 
   constructor(readonly store: Store, readonly serverKey: ServerKey, readonly root: string, readonly audit: Audit, o: Partial<KeyServiceOptions> = {}) {
     this.o = { ...KEY_SERVICE_DEFAULTS, ...o };
@@ -158,6 +160,8 @@ export class KeyService {
   /** POST /api/workspaces/grant */
   async grant(user: string, r: GrantRequest, address = ''): Promise<GrantAnswer> {
     const { workspace, client, clientKey } = r;
+    // the administrator's orders (lock, wipe, revoke) answer before anything else, entitled or not
+    await this.controls?.check(user, client, workspace, address);
     const found = (await entitledWorkspaces(this.store, user)).get(workspace);
     if (!found) {
       await this.audit.refused({ actor: user, action: 'keys.deny', target: workspace, address, detail: { client, reason: 'not entitled' } });
@@ -176,22 +180,11 @@ export class KeyService {
       await this.audit.refused({ actor: user, action: 'keys.deny', target: workspace, address, detail: { client, image, policy: found.policy, reason: 'no keys published' } });
       throw new MedvError('ENOKEY', `no keys published for image ${image} (medv admin image-keys publish)`);
     }
-    const plain = this.serverKey.unwrap(image, wrapped);
-    let set: ImageKeySet;
-    try {
-      set = parseKeys(image, plain);
-    } finally {
-      secureFree(plain);
-    }
-    let sealed: Buffer;
-    try {
-      sealed = sealImageKeys(set, clientKey);
-    } finally {
-      set.content.dispose();
-      set.repository.dispose();
-    }
+    const sealed = await this.opened(image, wrapped, async (set) => sealImageKeys(set, clientKey));
     const latest = await latestVersion(this.root, image);
     await this.audit.record({ actor: user, action: 'keys.release', target: workspace, address, detail: { client, image, policy: found.policy, clientKey: clientKey.toString('hex') } });
+    const offlineDays = typeof found.settings.offlineDays === 'number' ? found.settings.offlineDays : 0;
+    await this.store.clients.recordGrant({ client, user, workspace, image, policy: found.policy.name, policyVersion: found.policy.version, offlineDays, grantedAt: Date.now() });
     return { workspace, image, policy: found.policy, settings: found.settings, latestVersion: latest, sealed: sealed.toString('base64') };
   }
 
@@ -215,12 +208,49 @@ export class KeyService {
     return { stored: await this.store.putReports(rows, Date.now(), this.o.maxReportsPerUser), refused };
   }
 
-  /** GET /api/admin/clients: one page in (client, user, workspace) order. */
-  async listClients(limit: number, after?: ReportKey): Promise<ClientsPage> {
-    const rows = await this.store.listReports({ limit: limit + 1, after });
-    const clients = rows.slice(0, limit);
-    const last = clients[clients.length - 1];
-    return { clients, next: rows.length > limit && last ? encodeClientsCursor([last.client, last.user, last.workspace]) : null };
+  /** GET /api/admin/clients and the console: one page in (client, user, workspace) order, filtered. */
+  async listClients(q: ClientQuery): Promise<ClientsPage> {
+    const p = await this.store.clients.reports(q);
+    return { clients: p.clients, total: p.total, next: p.next ? encodeClientsCursor(p.next) : null };
+  }
+
+
+  /**
+   * Run `use` with the keys published for `image` (unwrapped into secure memory, disposed after);
+   * ENOKEY when none are published. The server's image test uses them to fetch a version.
+   */
+  async withImageKeys<T>(image: string, use: (keys: ImageKeySet) => Promise<T>): Promise<T> {
+    const wrapped = await this.store.getImageKeys(image);
+    if (wrapped === undefined) throw new MedvError('ENOKEY', `no keys published for image ${image} (medv admin image-keys publish)`);
+    return this.opened(image, wrapped, use);
+  }
+
+  /** Unwrap stored keys into secure memory, run `use`, dispose them whatever happens. */
+  private async opened<T>(image: string, wrapped: Buffer, use: (keys: ImageKeySet) => Promise<T>): Promise<T> {
+    const plain = this.serverKey.unwrap(image, wrapped);
+    let set: ImageKeySet;
+    try {
+      set = parseKeys(image, plain);
+    } finally {
+      secureFree(plain);
+    }
+    try {
+      return await use(set);
+    } finally {
+      set.content.dispose();
+      set.repository.dispose();
+    }
+  }
+
+  /** The trusted signers published with `image`'s keys (public keys), or undefined when none are published. */
+  async signersOf(image: string): Promise<Buffer[] | undefined> {
+    if ((await this.store.getImageKeys(image)) === undefined) return undefined;
+    return this.withImageKeys(image, async (k) => k.signers);
+  }
+
+  /** Every report received (the last HISTORY_PER_KEY of each client, user and workspace), newest first. */
+  historyPage(f: HistoryFilter, p: PageQuery): Promise<PageOf<HistoryRow>> {
+    return this.store.clients.history(f, p);
   }
 
   close(): void {

@@ -13,11 +13,11 @@ import { secureAlloc, secureFree } from '../crypto/secure.js';
 import { base64DecodeInto, base64Length, hexDecodeInto } from '../api/bytes.js';
 import { SecretText, parseJsonBytes } from '../api/jsonbytes.js';
 import { CLIENT_KEY_BYTES, MAX_SIGNERS, SIGNER_BYTES, checkClientKey, type ImageKeySet } from '../api/keyrelease.js';
-import { checkClientId, checkGroupName, checkImageName, checkUserName, checkWorkspaceName } from '../api/names.js';
+import { CLIENT_ID_RE, PRINCIPAL_NAME_RE, checkClientId, checkGroupName, checkImageName, checkUserName, checkWorkspaceName } from '../api/names.js';
 import { type NewUser, PASSWORD_MAX, checkPassword, checkRole } from './accounts.js';
 import { decodeAuditCursor } from './audit.js';
 import { MAX_REPORTS, MAX_REPORT_AHEAD_MS, REPORT_STATES, type GrantRequest, type ReportInput, type ReportState, decodeClientsCursor } from './keyservice.js';
-import { LIMITS, type AuditQuery, type ReportKey } from './store/index.js';
+import { LIMITS, ROLES, type AuditQuery, type ClientQuery, type HistoryFilter, type PageQuery, type UserFilter } from './store/index.js';
 
 const MAX_VERSION = 2 ** 31 - 1;
 /** Rows in one page of a list (clients, audit): the default and the most a request may ask. */
@@ -157,45 +157,125 @@ export function parseImageKeys(raw: Buffer): ImageKeySet {
   }
 }
 
-// --- pages
+// --- pages: the query parameters of every list the admin API and the console show
 
-function count(v: string | null, what: string): number {
-  if (v === null) return PAGE_DEFAULT;
+const bad = (what: string, rule: string, v: string) => new MedvError('EINVAL_ARG', `${what} must be ${rule}, not ${JSON.stringify(v.slice(0, 80))}`, { parameter: what });
+
+function one(q: URLSearchParams, key: string): string | undefined {
+  const v = q.get(key);
+  return v === null || v === '' ? undefined : v;
+}
+
+function count(v: string | null, what: string, dflt = PAGE_DEFAULT): number {
+  if (v === null || v === '') return dflt;
   if (!/^[0-9]{1,6}$/.test(v) || Number(v) < 1 || Number(v) > PAGE_MAX) throw arg(`${what} must be a whole number from 1 to ${PAGE_MAX}`);
   return Number(v);
 }
 
-/** ?limit=N&after=CURSOR of GET /api/admin/clients. */
-export function parseClientsQuery(q: URLSearchParams): { limit: number; after?: ReportKey } {
-  const limit = count(q.get('limit'), 'limit');
-  const a = q.get('after');
-  if (a === null) return { limit };
-  const after = decodeClientsCursor(a);
-  if (!after) throw arg('after must be the next cursor of an earlier page');
-  return { limit, after };
+export function intParam(q: URLSearchParams, key: string, min: number, max: number): number | undefined {
+  const v = one(q, key);
+  if (v === undefined) return undefined;
+  if (!/^[0-9]{1,10}$/.test(v) || Number(v) < min || Number(v) > max) throw bad(key, `an integer from ${min} to ${max}`, v);
+  return Number(v);
 }
 
-/** ?limit=N&before=CURSOR&since=ISO&action=A&actor=NAME of GET /api/admin/audit. */
+/** `offset` (default 0) and `limit` (default `dflt`, at most PAGE_MAX): the lists small enough to count (users, groups, policies, a client's history). */
+export function pageQuery(q: URLSearchParams, dflt = PAGE_DEFAULT): PageQuery {
+  return { offset: intParam(q, 'offset', 0, 10_000_000) ?? 0, limit: count(q.get('limit'), 'limit', dflt) };
+}
+
+/** Free text to match (a substring): printable, at most 64 characters. */
+export function textParam(q: URLSearchParams, key: string): string | undefined {
+  const v = one(q, key)?.trim();
+  if (v === undefined || v === '') return undefined;
+  if (v.length > 64 || /[\x00-\x1f\x7f]/.test(v)) throw bad(key, 'at most 64 printable characters', v);
+  return v;
+}
+
+/** A user, group, workspace, policy or image name to filter by (the widest name rule: letters, digits, '.', '_', '@', '-'). */
+export function nameParam(q: URLSearchParams, key: string): string | undefined {
+  const v = one(q, key)?.trim();
+  if (v === undefined || v === '') return undefined;
+  if (!PRINCIPAL_NAME_RE.test(v)) throw bad(key, "1 to 64 letters, digits, '.', '_', '@' or '-'", v);
+  return v;
+}
+
+export function enumParam<T extends string>(q: URLSearchParams, key: string, values: readonly T[]): T | undefined {
+  const v = one(q, key);
+  if (v === undefined) return undefined;
+  if (!(values as readonly string[]).includes(v)) throw bad(key, `one of ${values.join(', ')}`, v);
+  return v as T;
+}
+
+/**
+ * A time: `2026-12-02`, `2026-12-02T10:30` (what a date-time input sends; UTC), with seconds,
+ * fractions or a zone. `end` turns a bare date into the start of the next day (so `until=2026-12-02`
+ * includes that day). Milliseconds since the epoch.
+ */
+export function timeParam(q: URLSearchParams, key: string, end = false): number | undefined {
+  const v = one(q, key)?.trim();
+  if (v === undefined) return undefined;
+  const m = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}:\d{2})?)?$/.exec(v);
+  const ms = m ? Date.parse(m[2] ? `${m[1]}T${m[2]}${m[3] ?? 'Z'}` : `${m[1]}T00:00:00Z`) : NaN;
+  if (!m || !Number.isFinite(ms) || new Date(`${m[1]}T00:00:00Z`).toISOString().slice(0, 10) !== m[1]) {
+    throw bad(key, 'a date or date-time such as 2026-12-02 or 2026-12-02T10:30 (UTC)', v);
+  }
+  return end && !m[2] ? ms + 86400_000 : ms;
+}
+
+export const USER_STATUSES = ['active', 'disabled'] as const;
+
+export function userFilter(q: URLSearchParams): UserFilter {
+  return { q: textParam(q, 'q'), group: nameParam(q, 'group'), status: enumParam(q, 'status', USER_STATUSES), role: enumParam(q, 'role', ROLES) };
+}
+
+export function historyFilter(q: URLSearchParams): HistoryFilter {
+  const client = one(q, 'client');
+  if (client !== undefined && !CLIENT_ID_RE.test(client)) throw bad('client', "1 to 64 letters, digits, '.', '_' or '-'", client);
+  return { client, user: nameParam(q, 'user'), workspace: nameParam(q, 'workspace') };
+}
+
+/** ?limit&after=CURSOR and the filters of GET /api/admin/clients (q: a substring of the client id). */
+export function parseClientsQuery(q: URLSearchParams): ClientQuery {
+  const out: ClientQuery = {
+    limit: count(q.get('limit'), 'limit'),
+    q: textParam(q, 'q'), client: undefined, user: nameParam(q, 'user'), workspace: nameParam(q, 'workspace'),
+    state: enumParam(q, 'state', REPORT_STATES), image: nameParam(q, 'image'), version: intParam(q, 'version', 1, MAX_VERSION),
+  };
+  const c = one(q, 'client');
+  if (c !== undefined) out.client = checkClientId(c, 'client');
+  const a = q.get('after');
+  if (a !== null) {
+    const after = decodeClientsCursor(a);
+    if (!after) throw arg('after must be the next cursor of an earlier page');
+    out.after = after;
+  }
+  return out;
+}
+
+/**
+ * ?limit&before=CURSOR&since&until&action&actor&user of GET /api/admin/audit: `action` is an
+ * action, or a family with `.*` (`login.*`: login, login.fail, login.limited), `user` the actor or
+ * the target, `actor` the actor only; times as timeParam (a bare `until` date includes that day).
+ */
 export function parseAuditQuery(q: URLSearchParams): AuditQuery {
   const out: AuditQuery = { limit: count(q.get('limit'), 'limit') };
-  const before = q.get('before');
-  if (before !== null) {
+  const before = one(q, 'before');
+  if (before !== undefined) {
     const c = decodeAuditCursor(before);
     if (!c) throw arg('before must be the next cursor of an earlier page');
     out.before = c;
   }
-  const since = q.get('since');
-  if (since !== null) {
-    const t = Date.parse(since);
-    if (since.length > 40 || !Number.isFinite(t)) throw arg('since must be an ISO 8601 time such as 2026-12-02T10:00:00Z');
-    out.since = t;
-  }
-  const action = q.get('action');
-  if (action !== null) {
-    if (!/^[a-z][a-z.]{0,39}$/.test(action)) throw arg('action must be an audit action such as login.fail');
+  out.since = timeParam(q, 'since');
+  out.until = timeParam(q, 'until', true);
+  const action = one(q, 'action');
+  if (action !== undefined) {
+    if (!/^[a-z][a-z.]{0,37}(\.\*)?$/.test(action)) throw arg('action must be an audit action such as login.fail, or a family such as login.*');
     out.action = action;
   }
-  const actor = q.get('actor');
-  if (actor !== null) out.actor = checkUserName(actor, 'actor');
+  const actor = one(q, 'actor');
+  if (actor !== undefined) out.actor = checkUserName(actor, 'actor');
+  out.user = nameParam(q, 'user');
+  for (const k of Object.keys(out) as (keyof AuditQuery)[]) if (out[k] === undefined) delete out[k];
   return out;
 }

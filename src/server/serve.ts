@@ -11,6 +11,10 @@ import { Accounts, type AccountsOptions } from './accounts.js';
 import { Audit, type AuditOptions } from './audit.js';
 import { accountsApi } from './api.js';
 import { KeyService, type KeyServiceOptions } from './keyservice.js';
+import { ImageCatalog } from './catalog.js';
+import { consoleModule } from './console/module.js';
+import { ImageTests, UPLOAD_TESTER, type ImageTestOptions } from './imagetest.js';
+import { ClientControls } from './controls.js';
 import { SERVER_KEY_FILE, loadServerKey } from './serverkey.js';
 import { Store } from './store/index.js';
 
@@ -30,6 +34,10 @@ export interface ServeOptions {
   /** HTTPS: certificate chain and private key files (PEM); the key file must be 0600. */
   tlsCert?: string;
   tlsKey?: string;
+  /** The console's image test: timeout, hold, ready pattern, accelerator. */
+  imageTests?: Partial<Pick<ImageTestOptions, 'timeoutMs' | 'holdMs' | 'readyPattern' | 'accel'>>;
+  /** Test every version an upload completes (the console's image test, by `(upload)`). */
+  imageTestOnUpload?: boolean;
   /** Deadlines and connection limits of the HTTP edge (http.ts). */
   limits?: Partial<HttpLimits>;
   /** Proxies (CIDRs) whose X-Forwarded-For and X-Forwarded-Proto are believed (peer.ts). */
@@ -74,10 +82,13 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
   const tls = o.tlsCert !== undefined && o.tlsKey !== undefined ? { cert: readPem(o.tlsCert, false), key: readPem(o.tlsKey, true) } : undefined;
   const token = loadAdminToken(o.adminTokenFile, join(root, ADMIN_TOKEN_FILE));
   const serverKey = loadServerKey(o.serverKeyFile, join(root, SERVER_KEY_FILE));
+  // set once the image tests exist (below): the repository is made first
+  let onVersionPublished: ((name: string, version: number) => void) | undefined;
   const images = imageRepository({
     ...IMAGE_REPOSITORY_DEFAULTS,
     root,
     token,
+    onVersionPublished: (name, version) => onVersionPublished?.(name, version),
     ...(o.maxUploadSize !== undefined ? { maxUploadSize: o.maxUploadSize } : {}),
     ...(o.maxActiveUploads !== undefined ? { maxActiveUploads: o.maxActiveUploads } : {}),
   });
@@ -91,19 +102,29 @@ export async function serveRepository(o: ServeOptions): Promise<Serving> {
   }
   const audit = new Audit(store, o.audit);
   await audit.prune();
-  const api = accountsApi({
-    accounts: new Accounts(store, audit, o.accounts),
-    audit,
-    token,
-    keys: new KeyService(store, serverKey, root, audit, o.keys),
-    allowPlainHttp: o.allowPlainHttp,
-  });
+  const accounts = new Accounts(store, audit, o.accounts);
+  const controls = new ClientControls(store, audit);
+  const keys = new KeyService(store, serverKey, root, audit, o.keys);
+  keys.controls = controls;
+  const catalog = new ImageCatalog(root, store, audit, keys);
+  const tests = new ImageTests({ ...o.imageTests, root, store, audit, keys });
+  // a failure here must not keep the server down; it is said on stderr (the leftovers stay until the next start)
+  await tests.recover().catch((e: unknown) => process.emitWarning(`image tests: could not clean up after the last run: ${(e as Error).message}`));
+  if (o.imageTestOnUpload) {
+    // one test at a time: a version uploaded while another is tested is not tested (said on stderr; the console can test it)
+    onVersionPublished = (name, version) => {
+      tests.start(name, version, UPLOAD_TESTER).catch((e: unknown) => process.emitWarning(`image test of ${name} version ${version} after its upload not started: ${(e as Error).message}`));
+    };
+  }
+  const api = accountsApi({ accounts, audit, token, keys, catalog, tests, controls, allowPlainHttp: o.allowPlainHttp });
+  const web = consoleModule({ accounts, audit, keys, catalog, tests, controls, isAdmin: (u) => accounts.isAdmin(u), allowPlainHttp: o.allowPlainHttp });
   let running;
   try {
-    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api], onLog: o.onLog, tls, limits: o.limits, trustProxy });
+    running = await startHttpServer({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080, modules: [images, api, web], onLog: o.onLog, tls, limits: o.limits, trustProxy });
   } catch (e) {
     await images.close();
     await api.close();
+    await web.close();
     throw e;
   }
   return { ...running, root, adminTokenFile: token.file, serverKeyFile: serverKey.file, tokenCreated: token.created, database: store.where };

@@ -90,8 +90,7 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
     writeVersionVmFiles(store, version, settings, o.vmName);
     const kept = store.retain(settings.versionsToKeep ?? 1, new Set([...(o.inUse ?? []), version]));
     for (const sk of kept.skipped) o.onWarning?.(`left in place: ${sk}`);
-    // A base version no workspace links to any more goes (the newest stays: the next update's seed).
-    base.retain(0, new Set([version, ...base.versions().filter((n) => linkCount(base.diskPath(n)) > 1)]));
+    dropUnlinkedBase(base, version);
     const r = fetched;
     return {
       version,
@@ -109,6 +108,29 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
   } finally {
     unlock();
   }
+}
+
+/**
+ * Remove the base versions no workspace links to any more. After a deployment (`keep`: the version
+ * just deployed) the newest stays, as the next update's seed; after a wipe, a base nothing links
+ * to goes whole (keys first, src/repo/images.ts wipe()).
+ */
+function dropUnlinkedBase(base: ImageStore, keep?: number): { keys: string[]; deleted: string[]; skipped: string[] } {
+  const linked = base.versions().filter((n) => n === keep || linkCount(base.diskPath(n)) > 1);
+  if (keep === undefined && linked.length === 0) return base.wipe();
+  const r = base.retain(0, new Set(linked));
+  return { keys: [], deleted: r.deleted.map((n) => base.versionDir(n)), skipped: r.skipped };
+}
+
+/** After a wipe of a workspace: its image's base, when no other workspace links it (under the base's lock; a deployment in progress keeps it). */
+export function wipeUnlinkedBase(base: ImageStore): { keys: string[]; deleted: string[]; skipped: string[] } {
+  try { fs.lstatSync(base.dir); } catch { return { keys: [], deleted: [], skipped: [] }; }
+  let unlock: () => void;
+  try { unlock = lockBase(base); } catch (e) {
+    if (e instanceof MedvError && e.code === 'EBUSY') return { keys: [], deleted: [], skipped: [base.dir] };
+    throw e;
+  }
+  try { return dropUnlinkedBase(base); } finally { unlock(); }
 }
 
 /** How many names the file has (a base disk: its own, and one per workspace version linking it). */

@@ -55,6 +55,15 @@ export function isRefusal(e: unknown): boolean {
   return e instanceof MedvError && (e.code === 'EFORBIDDEN' || e.code === 'EDENIED' || e.code === 'EEXPIRED') && e.data.status === 403;
 }
 
+/** The administrator's orders at a grant (src/server/controls.ts): locked (423) or wipe (410). */
+export function isLocked(e: unknown): e is MedvError {
+  return e instanceof MedvError && e.code === 'ELOCKED';
+}
+
+export function isWipe(e: unknown): e is MedvError {
+  return e instanceof MedvError && e.code === 'EWIPED';
+}
+
 /** End the cached grant of a workspace: its offline entry and its key folder. Returns what was removed. */
 export async function forgetGrant(ctx: ClientContext, cfg: ClientConfig, workspace: string): Promise<string[]> {
   const removed: string[] = [];

@@ -87,3 +87,30 @@ export function workspaceDataDir(c: ClientRoot, user: string, workspace: string)
   const ws = join(userDir(c, user), 'Workspaces');
   return join(ws, workspace);
 }
+
+/**
+ * Every image folder of (user, workspace) on this client, whatever image it holds: a folder named
+ * `<workspace>.<hash>` counts only when the identity one of its versions records (Image.json)
+ * gives back exactly that name for this user and workspace. What a wipe deletes (./grant.ts), found
+ * without the cached grant (a lock may have removed it before).
+ */
+export function workspaceStores(c: ClientRoot, user: string, workspace: string): ImageStore[] {
+  checkWorkspaceName(workspace);
+  let names: string[];
+  try { names = fs.readdirSync(c.images); } catch { return []; }
+  const out: ImageStore[] = [];
+  for (const folder of names.filter((n) => n.startsWith(`${readable(workspace)}.`)).sort()) {
+    let versions: string[];
+    try { versions = fs.readdirSync(join(c.images, folder)).filter((v) => /^v[1-9][0-9]{0,9}$/.test(v)); } catch { continue; }
+    for (const v of versions) {
+      let id: ImageIdentity | undefined;
+      try {
+        const probe = new ImageStore(c, 'probe', { folder });
+        const rec = probe.readIdentity(Number(v.slice(1)));
+        if (rec) id = { image: rec.image, imageId: rec.imageId };
+      } catch { /* not a store of ours */ }
+      if (id && imageFolderName(user, workspace, id) === folder) { out.push(workspaceStore(c, user, workspace, id)); break; }
+    }
+  }
+  return out;
+}

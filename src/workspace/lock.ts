@@ -6,7 +6,7 @@
  * menu entry, a start and a `--update`) both passed the check: one started the VM while the other
  * deployed a new version and its retention deleted the disk the running VM was using. The VM's own
  * run-folder lock (src/host/vmlock.ts) takes over once it runs. The lock is the kernel's: it goes
- * with the process however it ends.
+ * with the process however it ends. A wipe ordered by the administrator (workspace.ts) takes it too.
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';

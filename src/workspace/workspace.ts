@@ -15,7 +15,7 @@ import { MedvError } from '../core/errors.js';
 import { humanBytes } from '../core/units.js';
 import { DevLog, ImageStore, ReportQueue, clientRootLayout, removeDesktopEntries, userProfile, writeDesktopEntries, type QueuedReport } from '../repo/index.js';
 import { clientRootPath, desktopDir, seedCacheDir, type UserDirs } from '../core/paths.js';
-import { requestGrant, sendReports, type WorkspaceGrant } from '../client/api.js';
+import { confirmWiped, requestGrant, sendReports, type WorkspaceGrant } from '../client/api.js';
 import { type ClientKeyPair } from '../api/keyrelease.js';
 import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
@@ -23,9 +23,9 @@ import type { VmConfig } from '../host/supervisor.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
 import { clientKeyPair, configPath, openClient, readClientConfig, readCredentials, type ClientConfig, type ClientContext, type Credentials } from './client.js';
 import { now as clock } from './clock.js';
-import { deployVersion, type DeployResult } from './deploy.js';
-import { forgetGrant, isRefusal, keepGrant, workspaceKeyDir } from './grant.js';
-import { baseStore, checkWorkspaceName, instanceName, legacyStore, workspaceStore } from './identity.js';
+import { deployVersion, wipeUnlinkedBase, type DeployResult } from './deploy.js';
+import { forgetGrant, isLocked, isRefusal, isWipe, keepGrant, workspaceKeyDir } from './grant.js';
+import { baseStore, checkWorkspaceName, instanceName, legacyStore, workspaceDataDir, workspaceStore, workspaceStores } from './identity.js';
 import { lockWorkspace } from './lock.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
 import { type WorkspaceSettings } from './settings.js';
@@ -126,7 +126,7 @@ async function report(s: Session, r: Omit<QueuedReport, 'at'>, online: boolean):
  * keys with it); undefined when the server cannot be reached. A refusal (403) ends the cached
  * grant first (./grant.ts), then is thrown.
  */
-async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair, warn: (m: string) => void): Promise<WorkspaceGrant | undefined> {
+async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair, warn: (m: string) => void, runRoot?: string): Promise<WorkspaceGrant | undefined> {
   const creds = s.creds;
   if (!creds) throw new MedvError('ENOLOGIN', `no saved login for ${s.cfg.user} at ${s.cfg.server}: run medv login --server ${s.cfg.server} --user ${s.cfg.user}`);
   try {
@@ -138,12 +138,55 @@ async function grantOnline(s: Session, workspace: string, pair: ClientKeyPair, w
       if (removed.length) warn(`${s.cfg.server} refused workspace ${workspace}: its cached grant and released keys were removed (it will not start offline)`);
       throw e;
     }
+    // locked: no start until the administrator unlocks it, offline neither; its disks stay
+    if (isLocked(e)) {
+      await forgetGrant(s.ctx, s.cfg, workspace);
+      throw new MedvError('ELOCKED', `${e.message} (its data stays on this client; it starts again once unlocked)`, { reason: e.data.reason });
+    }
+    if (isWipe(e)) throw await wipeWorkspace(s, workspace, e, warn, runRoot);
     // 401: the token (missing, expired, revoked); 403: a valid login that is not entitled
     if (e instanceof MedvError && e.code === 'EDENIED' && e.data.status === 401) {
       throw new MedvError('ENOLOGIN', `the server refused the saved login (${e.message}): run medv login --server ${s.cfg.server} --user ${s.cfg.user}`);
     }
     throw e;
   }
+}
+
+/**
+ * The administrator ordered this workspace wiped on this client: its released keys go first (the
+ * user's key folder and cached grant), then every disk key file, then the disks and saved states
+ * of every image folder of this user's workspace; then the server is told (best effort: the order
+ * stands, the next start wipes again and tells again). Returns the error to throw (EWIPED).
+ */
+async function wipeWorkspace(s: Session, workspace: string, order: MedvError, warn: (m: string) => void, runRoot?: string): Promise<MedvError> {
+  const keys = await forgetGrant(s.ctx, s.cfg, workspace);
+  let keyFiles = 0;
+  let files = 0;
+  // under the workspace's lock (./lock.ts) when it was ever started here (no folder is made for a name
+  // the server answered): no start deploys into or boots from what is deleted here; a VM of it that
+  // another start got running meanwhile is stopped first (its disks go next)
+  const unlock = fs.existsSync(workspaceDataDir(s.ctx.root, s.cfg.user, workspace)) ? lockWorkspace(s.ctx.root, s.cfg.user, workspace) : undefined;
+  try {
+    const vmName = instanceName(s.ctx.root, s.cfg.user, workspace);
+    if (runningState(vmName, runRoot)) await stopVm(vmName, { root: runRoot, force: true });
+    for (const store of workspaceStores(s.ctx.root, s.cfg.user, workspace)) {
+      const r = store.wipe();
+      // the image's shared base goes too once no other workspace of this user links it (./deploy.ts)
+      const b = store.identity ? wipeUnlinkedBase(baseStore(s.ctx.root, s.cfg.user, store.identity)) : { keys: [], deleted: [], skipped: [] };
+      keyFiles += r.keys.length + b.keys.length;
+      files += r.deleted.length + b.deleted.length;
+      for (const p of [...r.skipped, ...b.skipped]) warn(`wipe of workspace ${workspace}: left ${p} (not a file medv writes there)`);
+    }
+  } finally {
+    unlock?.();
+  }
+  s.log.append('warn', 'workspace wiped by the administrator', { workspace, keys: keys.length, keyFiles, files });
+  try {
+    await confirmWiped(s.cfg.server, s.creds!.token, { client: s.cfg.client, workspace }, s.cfg.ca);
+  } catch (e) {
+    warn(`could not tell ${s.cfg.server} that workspace ${workspace} was wiped: ${(e as Error).message}`);
+  }
+  return new MedvError('EWIPED', `${order.message}: this client deleted the workspace's released keys, ${keyFiles} disk key file${keyFiles === 1 ? '' : 's'}, then ${files} disk and state file${files === 1 ? '' : 's'}`, { reason: order.data.reason });
 }
 
 function runningState(vmName: string, runRoot?: string): VmState | undefined {
@@ -206,7 +249,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     let grant: WorkspaceGrant | undefined;
     const pair = await clientKeyPair(s.ctx, s.cfg.user);
     try {
-      grant = await grantOnline(s, name, pair, warn);
+      grant = await grantOnline(s, name, pair, warn, o.runRoot);
       if (grant && grant.workspace !== name) throw new MedvError('EBADREPLY', `asked for workspace ${name}, the server granted ${grant.workspace}`);
       if (grant) {
         online = true;

@@ -1,9 +1,12 @@
 /** src/core/paths.ts: every default location, from an option, a MEDV_* variable, the XDG variables or the home folder. */
 import assert from 'node:assert/strict';
-import { homedir } from 'node:os';
+import * as fs from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
-  cacheHome, clientRootPath, configHome, consoleKeyDir, dataHome, desktopDir, profileDir, runRoot, seedCacheDir, stateHome, uploadStateDir,
+  cacheHome, clientRootPath, configHome, consoleKeyDir, dataHome, desktopDir, profileDir, relativeInside, resolveExisting, runRoot, seedCacheDir, stateHome, uploadStateDir,
 } from '../../src/core/paths.js';
+import { partsBelow } from '../../src/core/fsio.js';
 
 const VARS = ['MEDV_CLIENT_ROOT', 'MEDV_RUN_DIR', 'MEDV_KEYS', 'MEDV_STATE_DIR', 'XDG_DATA_HOME', 'XDG_CONFIG_HOME', 'XDG_STATE_HOME', 'XDG_CACHE_HOME', 'XDG_RUNTIME_DIR'];
 
@@ -66,5 +69,32 @@ describe('core/paths', () => {
     assert.equal(uploadStateDir(d), '/demo/state/medv/uploads');
     assert.equal(consoleKeyDir(d), '/demo/config/medv/keys');
     assert.equal(process.env.XDG_DATA_HOME, '/env/data');
+  });
+
+  it('relativeInside: a name that starts with two dots is inside; only a whole ".." component leads out', () => {
+    assert.equal(relativeInside('/r', '/r'), '');
+    assert.equal(relativeInside('/r', '/r/..cfg/medv/k'), '..cfg/medv/k');
+    assert.equal(relativeInside('/r/', '/r/a/../..x'), '..x');
+    assert.equal(relativeInside('/r', '/r/..'), undefined);
+    assert.equal(relativeInside('/r', '/r/../x'), undefined);
+    assert.equal(relativeInside('/r', '/rx'), undefined);
+    assert.equal(relativeInside('/r', '/'), undefined);
+    // fsio's confinement (a .vmc's disks below its folder) agrees
+    assert.deepEqual(partsBelow('/vm', '/vm/..disks/a.vhd'), { parts: ['..disks'], name: 'a.vhd' });
+    assert.throws(() => partsBelow('/vm', '/vm/../a.vhd'), /not inside/);
+  });
+
+  it('resolveExisting: a link in the existing part of a path is resolved, the folders not made yet follow as written', () => {
+    const t = fs.mkdtempSync(join(tmpdir(), 'medv-paths-'));
+    try {
+      fs.mkdirSync(join(t, 'real'));
+      fs.symlinkSync(join(t, 'real'), join(t, 'link'));
+      const real = fs.realpathSync(t);
+      assert.equal(resolveExisting(join(t, 'link', 'medv', 'k')), join(real, 'real', 'medv', 'k'));
+      assert.equal(resolveExisting(join(t, 'link')), join(real, 'real'));
+      assert.equal(resolveExisting(join(t, 'none', 'a')), join(real, 'none', 'a'));
+    } finally {
+      fs.rmSync(t, { recursive: true, force: true });
+    }
   });
 });

@@ -42,7 +42,7 @@ describe('host: the supervisor\'s children and run folder (real CLI, real QEMU)'
   it('no passphrase or token in the environment of the supervisor, QEMU or passt; QEMU gets only PATH and the locale', async () => {
     const disk = join(host.path, 'e.evhd');
     assert.equal(runMedv(['disk', 'convert', freshGuestImage(host.path), disk], host.env).code, 0);
-    const secrets = { MEDV_ADMIN_TOKEN: 'admin-token-not-for-children', MEDV_DB: 'postgres://u:dbpass@h/db', SOME_API_KEY: 'api-key-not-for-children' };
+    const secrets = { MEDV_ADMIN_TOKEN: 'admin-token-not-for-children', MEDV_DB: 'postgres://u:dbpass@h/db', SOME_API_KEY: 'api-key-not-for-children', APP_DATABASE_URL: 'postgres://app:urlpass@db/x', https_proxy: 'http://me:proxypass@proxy:3128' };
     const s = json(['start', disk, '--name', 'e', '--memory', '32', '--network', 'nat'], secrets);
     await waitForFileText(host.serialOf('e'), GUEST.serial.ready, 60_000);
     const passt = childrenOf(s.pid).filter((c) => c.comm.startsWith('passt'));

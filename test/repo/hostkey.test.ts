@@ -101,6 +101,25 @@ describe('repo: the host key, bound to the machine and the user', function () {
     });
   });
 
+  it('a wrap key in a folder of the root whose name starts with two dots (root/..cfg) is refused too, through the CLI', () => {
+    const root = p('root-dots');
+    const r = runMedv(['logs', '--client-root', root], { XDG_CONFIG_HOME: join(root, '..cfg') });
+    assert.notEqual(r.code, 0, 'medv logs must refuse');
+    assert.match(r.stderr, /would be inside the client root .*\[EUNSAFE\]/);
+    assert.equal(fs.existsSync(join(root, '..cfg', 'medv', 'host-wrap.key')), false, 'no wrap key written inside the root');
+  });
+
+  it('a wrap key whose XDG_CONFIG_HOME is a link into the root (its medv folder not made yet) is refused before any key is written', () => {
+    const root = p('root-linked');
+    fs.mkdirSync(join(root, 'x'), { recursive: true, mode: 0o700 });
+    fs.symlinkSync(join(root, 'x'), p('cfg-link'));
+    const r = runMedv(['logs', '--client-root', root], { XDG_CONFIG_HOME: p('cfg-link') });
+    assert.notEqual(r.code, 0, 'medv logs must refuse');
+    assert.match(r.stderr, /would be inside the client root .*\[EUNSAFE\]/);
+    assert.equal(fs.existsSync(join(root, 'x', 'medv', 'host-wrap.key')), false, 'no wrap key written inside the root');
+    assert.equal(fs.existsSync(join(root, 'data', 'Local', 'host.key')), false, 'no host key made');
+  });
+
   it('wrapping: another wrap key, a changed header or payload is EBADKEY "bound"; through systemd-creds too (root only, its host secret)', async function () {
     const hk = secureAlloc(32);
     const wk = secureAlloc(32);

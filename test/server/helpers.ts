@@ -41,7 +41,12 @@ export async function startServe(root: string, args: string[] = []): Promise<Ser
       while ((nl = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
-        if (first) { first = false; clearTimeout(timer); resolve(JSON.parse(line)); continue; }
+        // the ready line is the first with a url (a request that reached the new port before it was printed is logged first)
+        if (first) {
+          const o = JSON.parse(line);
+          if (typeof o.url !== 'string') { log.push(o); continue; }
+          first = false; clearTimeout(timer); resolve(o); continue;
+        }
         log.push(JSON.parse(line));
         for (const w of [...waiters]) w();
       }
@@ -98,9 +103,9 @@ export function header(h: string, name: string): string | undefined {
   return m ? m[1] : undefined;
 }
 
-/** Run medv without blocking the event loop (the server's log keeps flowing); resolves with code and output. */
-export function runMedvAsync(args: string[], onChild?: (c: ChildProcess) => void): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [MEDV_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** Run medv without blocking the event loop (the server's log keeps flowing); resolves with code and output. `env` is added to this process's (undefined removes a variable). */
+export function runMedvAsync(args: string[], onChild?: (c: ChildProcess) => void, env: Record<string, string | undefined> = {}): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [MEDV_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => { stdout += d; });

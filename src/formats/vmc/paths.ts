@@ -15,6 +15,7 @@
  */
 import { posix } from 'node:path';
 import { MedvError } from '../../core/errors.js';
+import { relativeInside } from '../../core/paths.js';
 
 export interface WindowsPathRef {
   /** `pathname/absolute` as written, e.g. `C:\VMs\xp\xp.vhd`. */
@@ -152,12 +153,11 @@ export function toWindowsPathRef(hostPath: string, opts: PathResolveOptions): Wi
   if (!posix.isAbsolute(hostPath)) throw new MedvError('EINVAL_ARG', `host path must be absolute: ${hostPath}`);
   const p = posix.normalize(hostPath);
   const ref: WindowsPathRef = {};
-  const rel = posix.relative(posix.normalize(opts.vmcDir), p);
-  if (rel !== '' && !rel.startsWith('..') && !posix.isAbsolute(rel)) ref.relative = `.\\${rel.split('/').join('\\')}`;
+  const rel = relativeInside(opts.vmcDir, p);
+  if (rel) ref.relative = `.\\${rel.split('/').join('\\')}`;
   let best: [string, string] | undefined;
   for (const [letter, root] of normaliseMap(opts.driveMap, {})) {
-    const r = posix.relative(root, p);
-    if (r.startsWith('..') || posix.isAbsolute(r)) continue;
+    if (relativeInside(root, p) === undefined) continue;
     if (!best || root.length > best[1].length) best = [letter, root];
   }
   if (best) ref.absolute = `${best[0]}:\\${posix.relative(best[1], p).split('/').join('\\')}`;

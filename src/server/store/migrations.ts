@@ -156,6 +156,76 @@ const m0006: Migration = {
   },
 };
 
+/**
+ * The console: its sign-in sessions (hashed ids, idle and absolute expiry), the history of client
+ * reports (client_reports keeps only the latest of each client, user and workspace), and what the
+ * server last granted each client (image, policy, offline allowance: the console's "which clients
+ * run this image" and "offline allowance left").
+ */
+const m0007: Migration = {
+  async up(db: Db) {
+    await db.schema.createTable('console_sessions')
+      .addColumn('hash', 'varchar(64)', (c) => c.primaryKey().check(len('hash', LIMITS.tokenHash)))
+      .addColumn('user_name', 'varchar(64)', (c) => c.notNull().references('users.name').onDelete('cascade'))
+      .addColumn('created', 'bigint', (c) => c.notNull())
+      .addColumn('last_seen', 'bigint', (c) => c.notNull())
+      .addColumn('expires', 'bigint', (c) => c.notNull())
+      .addColumn('address', 'varchar(64)', (c) => c.notNull().check(len('address', LIMITS.address)))
+      .execute();
+    await db.schema.createIndex('console_sessions_user').on('console_sessions').column('user_name').execute();
+    await db.schema.createTable('client_report_history')
+      .addColumn('id', 'varchar(32)', (c) => c.primaryKey())
+      .addColumn('client', 'varchar(64)', (c) => c.notNull().check(len('client', LIMITS.clientId)))
+      .addColumn('user_name', 'varchar(64)', (c) => c.notNull().check(len('user_name', LIMITS.name)))
+      .addColumn('workspace', 'varchar(64)', (c) => c.notNull().check(len('workspace', LIMITS.name)))
+      .addColumn('version', 'integer')
+      .addColumn('state', 'varchar(16)', (c) => c.notNull().check(len('state', LIMITS.state)))
+      .addColumn('last_error', 'varchar(1024)', (c) => c.check(len('last_error', LIMITS.lastError)))
+      .addColumn('reported_at', 'bigint', (c) => c.notNull())
+      .addColumn('received_at', 'bigint', (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex('client_report_history_key').on('client_report_history').columns(['client', 'user_name', 'workspace', 'reported_at']).execute();
+    await db.schema.createIndex('client_report_history_time').on('client_report_history').column('reported_at').execute();
+    await db.schema.createTable('client_grants')
+      .addColumn('client', 'varchar(64)', (c) => c.notNull().check(len('client', LIMITS.clientId)))
+      .addColumn('user_name', 'varchar(64)', (c) => c.notNull().check(len('user_name', LIMITS.name)))
+      .addColumn('workspace', 'varchar(64)', (c) => c.notNull().check(len('workspace', LIMITS.name)))
+      .addColumn('image', 'varchar(64)', (c) => c.notNull().check(len('image', LIMITS.name)))
+      .addColumn('policy_name', 'varchar(64)', (c) => c.notNull().check(len('policy_name', LIMITS.name)))
+      .addColumn('policy_version', 'integer', (c) => c.notNull())
+      .addColumn('offline_days', 'integer', (c) => c.notNull())
+      .addColumn('granted_at', 'bigint', (c) => c.notNull())
+      .addPrimaryKeyConstraint('client_grants_pk', ['client', 'user_name', 'workspace'])
+      .execute();
+    await db.schema.createIndex('client_grants_image').on('client_grants').column('image').execute();
+    // an unpublished policy is a last version that entitles nobody (no entitlement rows), marked so
+    await db.schema.alterTable('policies').addColumn('unpublished', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+    // the administrator's standing orders (lock, wipe, revoke) per client or user, and the wipes clients confirmed
+    await db.schema.createTable('client_controls')
+      .addColumn('scope', 'varchar(8)', (c) => c.notNull().check(sql`scope in ('client', 'user')`))
+      .addColumn('subject', 'varchar(64)', (c) => c.notNull().check(len('subject', LIMITS.name)))
+      .addColumn('workspace', 'varchar(64)', (c) => c.notNull().check(len('workspace', LIMITS.name)))
+      .addColumn('action', 'varchar(8)', (c) => c.notNull().check(sql`action in ('lock', 'wipe', 'revoke')`))
+      .addColumn('reason', 'varchar(512)', (c) => c.notNull().check(len('reason', LIMITS.reason)))
+      .addColumn('actor', 'varchar(64)', (c) => c.notNull().check(len('actor', LIMITS.name)))
+      .addColumn('at', 'bigint', (c) => c.notNull())
+      .addPrimaryKeyConstraint('client_controls_pk', ['scope', 'subject', 'workspace', 'action'])
+      .execute();
+    await db.schema.createTable('client_wipes')
+      .addColumn('client', 'varchar(64)', (c) => c.notNull().check(len('client', LIMITS.clientId)))
+      .addColumn('user_name', 'varchar(64)', (c) => c.notNull().check(len('user_name', LIMITS.name)))
+      .addColumn('workspace', 'varchar(64)', (c) => c.notNull().check(len('workspace', LIMITS.name)))
+      .addColumn('at', 'bigint', (c) => c.notNull())
+      .addPrimaryKeyConstraint('client_wipes_pk', ['client', 'user_name', 'workspace'])
+      .execute();
+    // the console's audit filters (by user: actor or target; by action) and its per-user page
+    await db.schema.createIndex('audit_actor').on('audit').columns(['actor', 'time']).execute();
+    await db.schema.createIndex('audit_target').on('audit').columns(['target', 'time']).execute();
+    await db.schema.createIndex('audit_action').on('audit').columns(['action', 'time']).execute();
+    await db.schema.createIndex('client_reports_received').on('client_reports').column('received_at').execute();
+  },
+};
+
 export const MIGRATIONS: Record<string, Migration> = {
   '0001_accounts_policies': m0001,
   '0002_image_keys_client_reports': m0002,
@@ -163,6 +233,7 @@ export const MIGRATIONS: Record<string, Migration> = {
   '0004_audit_aggregate': m0004,
   '0005_clients': m0005,
   '0006_image_keys_bytes': m0006,
+  '0007_console': m0007,
 };
 
 export const migrationProvider: MigrationProvider = {

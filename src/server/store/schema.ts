@@ -24,6 +24,8 @@ export const LIMITS = {
   clientId: 64,
   state: 16,
   lastError: 1024,
+  /** client_controls.reason: the administrator's words, shown to the user by the client. */
+  reason: 512,
 } as const;
 
 export type Role = 'admin' | 'user';
@@ -61,6 +63,8 @@ export interface TokensTable {
 export interface PoliciesTable {
   name: string;
   version: number;
+  /** 1: this version unpublishes the policy (it entitles nobody: no entitlement rows). */
+  unpublished: Generated<number>;
   /** The policy document as published (JSON, validated against docs/policy.schema.json). */
   document: string;
   published: number;
@@ -138,6 +142,61 @@ export interface ClientReportsTable {
   received_at: number;
 }
 
+/** A console sign-in (console/session.ts): only the BLAKE2b-256 of its random id is stored. */
+export interface ConsoleSessionsTable {
+  hash: string;
+  user_name: string;
+  created: number;
+  /** Last request (ms), updated at most once a minute: the idle expiry counts from it. */
+  last_seen: number;
+  /** Absolute expiry (ms). */
+  expires: number;
+  address: string;
+}
+
+/** Every report received (client_reports keeps only the latest per client, user and workspace). */
+export interface ClientReportHistoryTable extends ClientReportsTable {
+  /** 16 random bytes, hex. */
+  id: string;
+}
+
+/** What the server last granted a client for a workspace (keyservice.ts grant). */
+export interface ClientGrantsTable {
+  client: string;
+  user_name: string;
+  workspace: string;
+  image: string;
+  policy_name: string;
+  policy_version: number;
+  /** The policy's offlineDays at the grant: the client may start offline until granted_at + this. */
+  offline_days: number;
+  granted_at: number;
+}
+
+/**
+ * A standing order of the administrator (console/controls): `lock` (the workspace does not start),
+ * `wipe` (the client deletes the workspace's keys, disks and state), `revoke` (no grant), for one
+ * client (`scope` client, `subject` its id) or one user (every client of theirs); `workspace` ''
+ * means every workspace. It holds until cleared.
+ */
+export interface ClientControlsTable {
+  scope: 'client' | 'user';
+  subject: string;
+  workspace: string;
+  action: 'lock' | 'wipe' | 'revoke';
+  reason: string;
+  actor: string;
+  at: number;
+}
+
+/** A client's word that it wiped a workspace (the latest, per client, user and workspace). */
+export interface ClientWipesTable {
+  client: string;
+  user_name: string;
+  workspace: string;
+  at: number;
+}
+
 export interface Database {
   users: UsersTable;
   groups: GroupsTable;
@@ -150,4 +209,9 @@ export interface Database {
   image_keys: ImageKeysTable;
   client_reports: ClientReportsTable;
   clients: ClientsTable;
+  console_sessions: ConsoleSessionsTable;
+  client_report_history: ClientReportHistoryTable;
+  client_grants: ClientGrantsTable;
+  client_controls: ClientControlsTable;
+  client_wipes: ClientWipesTable;
 }

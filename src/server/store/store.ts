@@ -8,6 +8,11 @@ import type { Expression, ExpressionBuilder, Kysely, SqlBool } from 'kysely';
 import { MedvError } from '../../core/errors.js';
 import { type OpenedDatabase, openDatabase } from './open.js';
 import { type Database, LIMITS, type Role } from './schema.js';
+import { SessionQueries } from './sessions.js';
+import { ListingQueries } from './listing.js';
+import { ClientQueries } from './clients.js';
+import { PolicyQueries } from './policies.js';
+import { ControlQueries } from './controls.js';
 
 export interface UserRecord { name: string; passwordHash: string; disabled: boolean; role: Role }
 export interface UserSummary { user: string; groups: string[]; created: string; disabled: boolean; role: Role }
@@ -17,7 +22,11 @@ export interface PolicyVersion { name: string; version: number; published: strin
 export interface PolicyDocument { name: string; version: number; published: string; document: unknown }
 export interface AuditEntry { actor: string; action: string; target: string; address?: string; detail?: Record<string, unknown> }
 export interface AuditRecord { id: string; time: string; last: string; count: number; actor: string; action: string; target: string; address: string; detail: unknown }
-export interface AuditQuery { limit: number; before?: { time: number; id: string }; since?: number; action?: string; actor?: string }
+/**
+ * A page of the audit log: `action` is an action, or a family (`login.*`: login, login.fail…), `actor` the
+ * actor, `user` the actor or the target; `since` matches an entry or its last repeat, `until` its first occurrence.
+ */
+export interface AuditQuery { limit: number; before?: { time: number; id: string }; since?: number; until?: number; action?: string; actor?: string; user?: string }
 export interface FailureState { key: string; count: number; lockedUntil: number }
 export interface ReportRow { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; reportedAt: number }
 export interface ReportRecord { client: string; user: string; workspace: string; version: number | null; state: string; lastError: string | null; at: string; received: string }
@@ -46,11 +55,26 @@ export class Store {
   readonly kind: OpenedDatabase['kind'];
   readonly where: string;
   readonly db: Kysely<Database>;
+  /**
+   * The console's queries, each in its own file beside this one: sessions (sessions.ts), paginated
+   * lists (listing.ts), grants, reports and history (clients.ts), unpublishing and preview reads
+   * (policies.ts), lock/wipe/revoke orders (controls.ts).
+   */
+  readonly sessions: SessionQueries;
+  readonly lists: ListingQueries;
+  readonly clients: ClientQueries;
+  readonly policies: PolicyQueries;
+  readonly controls: ControlQueries;
 
   private constructor(o: OpenedDatabase) {
     this.kind = o.kind;
     this.where = o.where;
     this.db = o.db;
+    this.sessions = new SessionQueries(o.db);
+    this.lists = new ListingQueries(o.db);
+    this.clients = new ClientQueries(o.db);
+    this.policies = new PolicyQueries(o.db);
+    this.controls = new ControlQueries(o.db);
   }
 
   static async open(root: string, url?: string): Promise<Store> {
@@ -133,9 +157,29 @@ export class Store {
       const tokens = await trx.deleteFrom('tokens').where('user_name', '=', name).executeTakeFirst();
       const clients = await trx.deleteFrom('clients').where('user_name', '=', name).executeTakeFirst();
       const reports = await trx.deleteFrom('client_reports').where('user_name', '=', name).executeTakeFirst();
+      // what the console keeps of them (console_sessions go by the foreign key's cascade)
+      for (const t of ['client_grants', 'client_report_history', 'client_wipes'] as const) await trx.deleteFrom(t).where('user_name', '=', name).execute();
+      await trx.deleteFrom('client_controls').where('scope', '=', 'user').where('subject', '=', name).execute();
       await trx.deleteFrom('membership').where('user_name', '=', name).execute();
       await trx.deleteFrom('users').where('name', '=', name).execute();
       return { user: name, groups, tokens: Number(tokens.numDeletedRows), clients: Number(clients.numDeletedRows), reports: Number(reports.numDeletedRows) };
+    });
+  }
+
+  /** Set the role of `name`; false when there is no such user. */
+  async setRole(name: string, role: Role): Promise<boolean> {
+    const r = await this.db.updateTable('users').set({ role }).where('name', '=', name).executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
+  }
+
+  /** Replace the groups of `name` (groups created when missing; a group left empty stays). */
+  async setGroups(name: string, groups: string[], now = Date.now()): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('membership').where('user_name', '=', name).execute();
+      for (const g of new Set(groups)) {
+        await trx.insertInto('groups').values({ name: g, created: now }).onConflict((oc) => oc.column('name').doNothing()).execute();
+        await trx.insertInto('membership').values({ user_name: name, group_name: g }).execute();
+      }
     });
   }
 
@@ -291,6 +335,7 @@ export class Store {
           .where('client_reports.reported_at', '<=', r.reportedAt))
           .execute();
       }
+      await this.clients.appendHistory(trx, rows, now);
       // a user's rows beyond the cap: the least recently received go
       if (Number.isFinite(maxPerUser)) {
         for (const user of new Set(rows.map((r) => r.user))) {
@@ -301,17 +346,6 @@ export class Store {
       }
     });
     return rows.length;
-  }
-
-  /** One page of reports in (client, user, workspace) order, after `after`. */
-  async listReports(o: { limit: number; after?: ReportKey } = { limit: 1_000_000 }): Promise<ReportRecord[]> {
-    let q = this.db.selectFrom('client_reports').selectAll();
-    if (o.after) q = q.where((eb) => eb(eb.refTuple('client', 'user_name', 'workspace'), '>', eb.tuple(o.after![0], o.after![1], o.after![2])));
-    const rows = await q.orderBy('client').orderBy('user_name').orderBy('workspace').limit(o.limit).execute();
-    return rows.map((r) => ({
-      client: r.client, user: r.user_name, workspace: r.workspace, version: r.version === null ? null : Number(r.version),
-      state: r.state, lastError: r.last_error, at: iso(r.reported_at), received: iso(r.received_at),
-    }));
   }
 
   // --- audit log (audit.ts decides what is aggregated and when it is pruned)
@@ -332,8 +366,14 @@ export class Store {
     let sel = this.db.selectFrom('audit').selectAll();
     if (q.before) sel = sel.where((eb) => eb(eb.refTuple('time', 'id'), '<', eb.tuple(q.before!.time, q.before!.id)));
     if (q.since !== undefined) sel = sel.where((eb) => eb.or([eb('time', '>=', q.since!), eb('last', '>=', q.since!)]));
-    if (q.action !== undefined) sel = sel.where('action', '=', q.action);
+    if (q.until !== undefined) sel = sel.where('time', '<', q.until);
+    // an action, or a family `a.*`: a itself and `a.` <= action < `a/` ('/' follows '.'), which the action index serves
+    if (q.action !== undefined && q.action.endsWith('.*')) {
+      const a = q.action.slice(0, -2);
+      sel = sel.where((eb) => eb.or([eb('action', '=', a), eb.and([eb('action', '>=', `${a}.`), eb('action', '<', `${a}/`)])]));
+    } else if (q.action !== undefined) sel = sel.where('action', '=', q.action);
     if (q.actor !== undefined) sel = sel.where('actor', '=', q.actor);
+    if (q.user !== undefined) { const u = q.user; sel = sel.where((eb) => eb.or([eb('actor', '=', u), eb('target', '=', u)])); }
     const rows = await sel.orderBy('time', 'desc').orderBy('id', 'desc').limit(q.limit).execute();
     return rows.map((r) => ({
       id: r.id, time: iso(r.time), last: iso(r.last ?? r.time), count: Number(r.count), actor: r.actor, action: r.action, target: r.target, address: r.address, detail: JSON.parse(r.detail),

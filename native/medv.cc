@@ -9,6 +9,7 @@
 //   fallocate(fd, mode, offset, length)                          punch a hole (0) or zero a range (1), on the libuv pool
 //   kvmProbe()                                                   open /dev/kvm, KVM_GET_API_VERSION == 12
 //   flock(fd, exclusive)                                         flock(2) LOCK_EX|LOCK_SH with LOCK_NB: true, or false when held
+//   seekData(fd, position, max)                                  data segments from position on (lseek SEEK_DATA / SEEK_HOLE)
 //
 // AES-XTS comes from libgcrypt (linked: -lgcrypt, Debian's libgcrypt20-dev), which has VAES code
 // for it; Node's OpenSSL 3.0 does not. The typed boundary (argument checks that raise MedvError) lives in
@@ -591,6 +592,47 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The data segments of a sparse file from `position` on, found with lseek(2) SEEK_DATA and
+// SEEK_HOLE (what lies between them is a hole, which reads as zeros): (fd, position, end, max) ->
+// a flat array [start0, end0, start1, end1, ...] of at most `max` segments clipped to [position,
+// end). Stops at `end`, at the end of the file (ENXIO), or after `max` segments. A file system
+// without holes reports its whole size as data. lseek moves the descriptor's file offset, which
+// no caller uses (every read and write is positional). Errors throw with `code`.
+Napi::Value SeekData(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  uint64_t position, end, max;
+  if (!GetFd(info, 0, &fd) || !GetIndex(info, 1, kMaxSafeInteger, &position) || !GetIndex(info, 2, kMaxSafeInteger, &end) ||
+      !GetIndex(info, 3, 1 << 20, &max)) {
+    return env.Undefined();
+  }
+  std::vector<double> out;
+  uint64_t at = position;
+  while (at < end && out.size() / 2 < max) {
+    off_t data = lseek(fd, static_cast<off_t>(at), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // no data from here to the end of the file
+      SysError(env, "lseek", errno).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (static_cast<uint64_t>(data) >= end) break;
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) {
+      SysError(env, "lseek", errno).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    uint64_t stop = static_cast<uint64_t>(hole) < end ? static_cast<uint64_t>(hole) : end;
+    if (stop <= static_cast<uint64_t>(data)) break;  // the file shrank under us
+    out.push_back(static_cast<double>(data));
+    out.push_back(static_cast<double>(stop));
+    at = stop;
+  }
+  Napi::Array a = Napi::Array::New(env, out.size());
+  for (size_t i = 0; i < out.size(); i++) a.Set(static_cast<uint32_t>(i), Napi::Number::New(env, out[i]));
+  return a;
+}
+
+// ---------------------------------------------------------------------------------------------
 // A READ reply sent from the page cache without copying it through our memory: `header` with
 // send(2), then the file range with sendfile(2), which hands a unix socket references to the
 // cached pages (the reader's recv is the only copy). Everything is non-blocking on the event loop:
@@ -642,6 +684,22 @@ Napi::Value SetSendBuffer(const Napi::CallbackInfo& info) {
   socklen_t len = sizeof v;
   if (getsockopt(sock, SOL_SOCKET, SO_SNDBUF, &v, &len) != 0) return Napi::Number::New(info.Env(), -1);
   return Napi::Number::New(info.Env(), v);
+}
+
+// getsockopt(SO_PEERCRED): the pid, uid and gid of the process at the other end of a unix socket,
+// as the kernel recorded them when it connected. undefined when the socket has none (not unix).
+Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sock;
+  if (!GetFd(info, 0, &sock)) return env.Undefined();
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof cred) return env.Undefined();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("pid", Napi::Number::New(env, cred.pid));
+  out.Set("uid", Napi::Number::New(env, cred.uid));
+  out.Set("gid", Napi::Number::New(env, cred.gid));
+  return out;
 }
 
 Napi::Value SendFileReply(const Napi::CallbackInfo& info) {
@@ -701,6 +759,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendFileReply", Napi::Function::New(env, SendFileReply, "sendFileReply"));
   exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
   exports.Set("pageCached", Napi::Function::New(env, PageCached, "pageCached"));
+  exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
+  exports.Set("seekData", Napi::Function::New(env, SeekData, "seekData"));
   return exports;
 }
 

@@ -23,11 +23,6 @@ import { fileURLToPath } from 'node:url';
 const SERVER = 'server';
 const CLIENT_SIDE = ['workspace', 'repo', 'client'];
 const FSIO = 'core/fsio.ts';
-/**
- * Folders whose writers are still being moved onto src/core/fsio.ts by another change (issue 19:
- * the pack/transfer writers). Temporary: remove each entry when its folder lands converted.
- */
-const RENAME_EXCEPTIONS = ['pack', 'transfer'];
 
 function walk(dir) {
   const out = [];
@@ -103,7 +98,7 @@ export function checkLayers(srcRoot) {
       if (CLIENT_SIDE.includes(from) && to === SERVER) problems.push(`src/${rel}:${lineOf(raw, spec)}: src/${from} must not import src/server (${spec}); move what both sides need to src/api`);
       if (from === SERVER && CLIENT_SIDE.includes(to)) problems.push(`src/${rel}:${lineOf(raw, spec)}: src/server must not import src/${to} (${spec})`);
     }
-    if (rel !== FSIO && !RENAME_EXCEPTIONS.some((d) => rel.startsWith(`${d}/`))) {
+    if (rel !== FSIO) {
       for (const use of renameUses(text)) problems.push(`src/${rel}:${lineOf(text, use.at)}: ${use.what}: files are renamed or linked only in src/${FSIO}`);
     }
   }

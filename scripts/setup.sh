@@ -9,7 +9,8 @@
 #   5. the Linux test guest (scripts/build-linux-guest.js): Debian packages fetched once with
 #      `apt-get download` into vm/build/linux/debs; rebuilt only when vm/linux or the .debs change
 #   6. reports whether QEMU tests can use KVM
-# One line per step when nothing is missing; command output is shown only when a step fails.
+# One line per step when nothing is missing; command output is shown only when a step fails; a step
+# that runs longer than 30 s says so every 30 s, and its line ends with how long it took.
 # Non-interactive (CI=true, no stdin). MEDV_SETUP_APT_PACKAGES overrides the package list (for testing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,14 +19,41 @@ say() { printf 'medv setup: %s\n' "$*"; }
 die() { printf 'medv setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 LOG="$(mktemp "${TMPDIR:-/tmp}/medv-setup.XXXXXX")"
-trap 'rm -f "$LOG"' EXIT
+TICKER=""
+trap 'rm -f "$LOG"; [ -z "$TICKER" ] || kill "$TICKER" 2>/dev/null' EXIT
+
+# duration SECONDS: "42 s", "3 min 5 s"
+duration() { if [ "$1" -lt 60 ]; then printf '%d s' "$1"; else printf '%d min %d s' $(($1 / 60)) $(($1 % 60)); fi; }
 
 # run_logged DESCRIPTION CMD...: runs CMD with its output in $LOG; on failure prints the log's tail.
+# While it runs, a line every 30 s says it still does (a loaded machine takes minutes for npm ci);
+# STEP_TIME is then its duration, " (3 min 5 s)", for the step's closing line (empty under 2 s).
+STEP_TIME=""
 run_logged() {
   local what="$1"; shift
-  "$@" </dev/null >"$LOG" 2>&1 && return 0
-  local rc=$?
-  printf 'medv setup: %s failed (exit %d); last lines of its output:\n' "$what" "$rc" >&2
+  local start=$SECONDS rc=0
+  (
+    s=""
+    trap '[ -z "$s" ] || kill "$s" 2>/dev/null; exit 0' TERM
+    n=0
+    while :; do
+      sleep 30 >/dev/null 2>&1 </dev/null &
+      s=$!
+      wait "$s"
+      n=$((n + 30))
+      say "still running $what ($(duration "$n"))…"
+    done
+  ) &
+  TICKER=$!
+  if "$@" </dev/null >"$LOG" 2>&1; then rc=0; else rc=$?; fi
+  kill "$TICKER" 2>/dev/null || true
+  wait "$TICKER" 2>/dev/null || true
+  TICKER=""
+  local took=$((SECONDS - start))
+  STEP_TIME=""
+  [ "$took" -lt 2 ] || STEP_TIME=" ($(duration "$took"))"
+  [ "$rc" -ne 0 ] || return 0
+  printf 'medv setup: %s failed (exit %d) after %s; last lines of its output:\n' "$what" "$rc" "$(duration "$took")" >&2
   tail -n 60 "$LOG" >&2
   return "$rc"
 }
@@ -70,7 +98,7 @@ if command -v dpkg-query >/dev/null; then
     say "apt packages: installing ${missing[*]}"
     run_logged "apt-get update" apt-get update -q || exit 1
     run_logged "apt-get install" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" || exit 1
-    say "apt packages: installed ${missing[*]}"
+    say "apt packages: installed ${missing[*]}$STEP_TIME"
   fi
 else
   say "apt packages: no dpkg-query (not Debian?); make sure these are installed: ${packages[*]}"
@@ -80,7 +108,7 @@ fi
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "node_modules: missing or older than package-lock.json, running npm ci"
   run_logged "npm ci" npm ci --no-audit --no-fund || exit 1
-  say "node_modules: installed"
+  say "node_modules: installed$STEP_TIME"
 else
   say "node_modules: up to date"
 fi
@@ -101,7 +129,7 @@ if [ -f binding.gyp ]; then
     rm -f "$addon"
     run_logged "node-gyp rebuild" npm run --silent install || true
     if [ -f "$addon" ]; then
-      say "native addon: built"
+      say "native addon: built$STEP_TIME"
     else
       say "WARNING: native addon did not build; medv uses its JavaScript fallback (slower). node-gyp said:"
       tail -n 15 "$LOG" | sed 's/^/    /'
@@ -115,11 +143,11 @@ fi
 
 # --- 4. build (tsc + test guest)
 run_logged "npm run build" npm run --silent build || exit 1
-say "build: ok (tsc, vm/build/guest.img)"
+say "build: ok (tsc, vm/build/guest.img)$STEP_TIME"
 
 # --- 5. the Linux test guest (vm/linux; vm/README.md): cached, one line when up to date
 run_logged "the Linux test guest (node scripts/build-linux-guest.js)" node scripts/build-linux-guest.js || exit 1
-say "linux guest: $(tail -n 1 "$LOG" | sed 's/^build-linux-guest: //')"
+say "linux guest: $(tail -n 1 "$LOG" | sed 's/^build-linux-guest: //')$STEP_TIME"
 
 # --- 6. KVM
 if [ ! -e /dev/kvm ]; then

@@ -9,7 +9,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { promisify } from 'node:util';
 import { createRequire } from 'node:module';
@@ -25,6 +25,14 @@ export interface KvmProbeResult {
 
 /** A read-only shared mapping of a file (mapFile): opaque to JS. */
 export type FileMap = { readonly __fileMap: unique symbol };
+
+/** What dataSegments found: the data of [position, covered) lies in `segments`, the rest of it is holes. */
+export interface DataSegments {
+  /** [start, end) byte ranges, ascending, inside [position, covered). */
+  segments: Array<[number, number]>;
+  /** How far the answer goes: the requested end, or less when it stopped at `max` segments. */
+  covered: number;
+}
 
 export interface NativeApi {
   /** True when the compiled addon is in use, false for the JS fallback. */
@@ -101,19 +109,37 @@ export interface NativeApi {
   /** Is every page of [position, +length) of file `fd` in the page cache (cachestat(2))? False where
    *  the kernel cannot tell, in the fallback, and in an addon built before this existed. */
   pageCached(fd: number, position: number, length: number): boolean;
+  /**
+   * The data segments of file `fd` in [position, end) (lseek SEEK_DATA / SEEK_HOLE): what lies
+   * between them is a hole, which reads as zeros. At most `max` segments; `covered` says how far
+   * the answer goes (ask again from there). A file system without holes reports all of it as data.
+   * Resolves undefined when the allocation cannot be learned (then it is all data to the caller).
+   * The fallback, and an addon built before this existed, ask /usr/bin/perl (sysseek with whence 3
+   * and 4 is lseek) on the inherited descriptor: a child process per call, so callers ask for
+   * large ranges at once. Moves the descriptor's file offset, which no caller uses (I/O is positional).
+   */
+  dataSegments(fd: number, position: number, end: number, max: number): Promise<DataSegments | undefined>;
   /** SO_SNDBUF of socket `sockfd` (the kernel doubles it and caps it at net.core.wmem_max): the size
    *  now in effect, or -1 when refused. The fallback, and older builds, change nothing (-1). */
   setSendBuffer(sockfd: number, bytes: number): number;
+  /**
+   * SO_PEERCRED of a connected unix socket: the peer's pid, uid and gid as the kernel recorded them
+   * at connect. undefined where it cannot be read: the fallback, an addon built before this
+   * existed, or a socket without credentials (callers then rely on the socket file's mode).
+   */
+  peerCredentials(sockfd: number): { pid: number; uid: number; gid: number } | undefined;
 }
 
 /** The raw addon as exported by native/medv.cc (no argument typing beyond its own checks). */
-type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer' | 'preadXtsAsync'
-  | 'mapFile' | 'unmapFile' | 'xtsFromMapAsync'> & {
+type RawAddon = Omit<NativeApi, 'available' | 'reason' | 'fallocate' | 'sendFileReply' | 'pageCached' | 'setSendBuffer' | 'peerCredentials' | 'preadXtsAsync'
+  | 'mapFile' | 'unmapFile' | 'xtsFromMapAsync' | 'dataSegments'> & {
+  seekData?(fd: number, position: number, end: number, max: number): number[];
   preadXtsAsync?: NativeApi['preadXtsAsync'];
   mapFile?: NativeApi['mapFile'];
   unmapFile?: NativeApi['unmapFile'];
   xtsFromMapAsync?: NativeApi['xtsFromMapAsync'];
   setSendBuffer?: NativeApi['setSendBuffer'];
+  peerCredentials?: NativeApi['peerCredentials'];
   sendFileReply?: NativeApi['sendFileReply'];
   pageCached?: NativeApi['pageCached'];
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<boolean> };
@@ -200,6 +226,58 @@ function checkRangeArgs(fd: number, position: number, length: number, maxLength 
 function checkSendBufferArgs(sockfd: number, bytes: number): void {
   checkFd(sockfd);
   if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes > 1 << 30) throw badArg(`send buffer size ${bytes} is invalid`);
+}
+
+function checkSegmentArgs(fd: number, position: number, end: number, max: number): void {
+  checkFd(fd);
+  if (!Number.isSafeInteger(position) || position < 0 || !Number.isSafeInteger(end) || end < position) throw badArg(`file range ${position}..${end} is invalid`);
+  if (!Number.isSafeInteger(max) || max < 1 || max > 1 << 20) throw badArg(`segment count ${max} is invalid`);
+}
+
+/** [start, end, start, end, …] from either implementation, checked: ascending, inside [position, end). */
+function toSegments(flat: readonly number[], position: number, end: number, max: number): DataSegments {
+  const segments: Array<[number, number]> = [];
+  let at = position;
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    const a = flat[i];
+    const b = flat[i + 1];
+    if (!Number.isSafeInteger(a) || !Number.isSafeInteger(b) || a < at || b <= a || b > end) throw new MedvError('EIO', 'lseek SEEK_DATA/SEEK_HOLE answered out of order');
+    segments.push([a, b]);
+    at = b;
+  }
+  return { segments, covered: segments.length >= max ? at : end };
+}
+
+/** The fallback's dataSegments: lseek through perl (its sysseek passes whence 3 and 4 straight to lseek). */
+const PERL_SEEK = 'open(my $f, "<&=", 3) or exit 3; my ($at, $end, $max) = @ARGV; my $n = 0; $| = 1;'
+  + ' while ($at < $end && $n < $max) { my $d = sysseek($f, $at, 3); if (!defined $d) { exit 0 if $!{ENXIO}; exit 4 }'
+  + ' $d += 0; last if $d >= $end; my $h = sysseek($f, $d, 4); exit 4 unless defined $h; $h += 0; $h = $end if $h > $end;'
+  + ' last if $h <= $d; print "$d $h\n"; $at = $h; $n++ }';
+
+function perlSegments(fd: number, position: number, end: number, max: number): Promise<DataSegments | undefined> {
+  return new Promise((resolve) => {
+    let out = '';
+    let child;
+    try {
+      // an empty environment: no PERL5OPT/PERL5LIB to obey, and none of our secrets in the child
+      child = spawn('/usr/bin/perl', ['-e', PERL_SEEK, String(position), String(end), String(max)], { stdio: ['ignore', 'pipe', 'ignore', fd], env: {} });
+    } catch {
+      resolve(undefined);
+      return;
+    }
+    child.stdout!.setEncoding('latin1');
+    child.stdout!.on('data', (d: string) => { if (out.length < 64 * (max + 1)) out += d; });
+    child.on('error', () => resolve(undefined));
+    child.on('close', (code) => {
+      if (code !== 0) { resolve(undefined); return; }
+      try {
+        const flat = out.split('\n').filter((l) => l.length > 0).flatMap((l) => l.split(' ').map(Number));
+        resolve(toSegments(flat, position, end, max));
+      } catch {
+        resolve(undefined);
+      }
+    });
+  });
 }
 
 function checkFlockArgs(fd: number, exclusive: boolean): void {
@@ -327,6 +405,16 @@ export const fallback: NativeApi = {
     checkSendBufferArgs(sockfd, bytes);
     return -1;
   },
+
+  peerCredentials(sockfd) {
+    checkFd(sockfd);
+    return undefined;
+  },
+
+  async dataSegments(fd, position, end, max) {
+    checkSegmentArgs(fd, position, end, max);
+    return perlSegments(fd, position, end, max);
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -391,6 +479,15 @@ function wrap(raw: RawAddon): NativeApi {
     setSendBuffer(sockfd, bytes) {
       checkSendBufferArgs(sockfd, bytes);
       return raw.setSendBuffer ? raw.setSendBuffer(sockfd, bytes) : -1;
+    },
+    peerCredentials(sockfd) {
+      checkFd(sockfd);
+      return raw.peerCredentials ? raw.peerCredentials(sockfd) : undefined;
+    },
+    async dataSegments(fd, position, end, max) {
+      checkSegmentArgs(fd, position, end, max);
+      if (!raw.seekData) return perlSegments(fd, position, end, max);
+      return toSegments(raw.seekData(fd, position, end, max), position, end, max);
     },
   };
 }

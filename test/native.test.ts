@@ -209,6 +209,38 @@ describe('native', () => {
         }
       });
 
+      it('dataSegments finds the data of a sparse file (SEEK_DATA / SEEK_HOLE), at most `max` segments at a time', async () => {
+        const api = impl!;
+        const dir = fs.mkdtempSync(join(tmpdir(), 'medv-native-'));
+        try {
+          const p = join(dir, 'sparse');
+          const fd = fs.openSync(p, 'w+');
+          try {
+            const G = 1 << 30;
+            fs.ftruncateSync(fd, 16 * G); // 16 GiB, data at 1 MiB, 5 GiB and in the last 64 KiB
+            fs.writeSync(fd, randomBytes(8192), 0, 8192, 1 << 20);
+            fs.writeSync(fd, randomBytes(1 << 20), 0, 1 << 20, 5 * G);
+            fs.writeSync(fd, randomBytes(65536), 0, 65536, 16 * G - 65536);
+            const all = await api.dataSegments(fd, 0, 16 * G, 1024);
+            assert.ok(all, 'the allocation is known');
+            assert.deepEqual(all.segments, [[1 << 20, (1 << 20) + 8192], [5 * G, 5 * G + (1 << 20)], [16 * G - 65536, 16 * G]]);
+            assert.equal(all.covered, 16 * G);
+            const clipped = await api.dataSegments(fd, (1 << 20) + 4096, 5 * G + 4096, 1024);
+            assert.deepEqual(clipped!.segments, [[(1 << 20) + 4096, (1 << 20) + 8192], [5 * G, 5 * G + 4096]]);
+            const first = await api.dataSegments(fd, 0, 16 * G, 1);
+            assert.deepEqual(first, { segments: [[1 << 20, (1 << 20) + 8192]], covered: (1 << 20) + 8192 });
+            assert.deepEqual(await api.dataSegments(fd, 2 << 20, 4 * G, 8), { segments: [], covered: 4 * G });
+          } finally {
+            fs.closeSync(fd);
+          }
+          await assert.rejects(async () => api.dataSegments(-1, 0, 1, 1), isArgError);
+          await assert.rejects(async () => api.dataSegments(0, 10, 5, 1), isArgError);
+          await assert.rejects(async () => api.dataSegments(0, 0, 1, 0), isArgError);
+        } finally {
+          fs.rmSync(dir, { recursive: true, force: true });
+        }
+      });
+
       it('kvmProbe answers with a boolean and a reason when unavailable', () => {
         const r = impl!.kvmProbe();
         assert.equal(typeof r.available, 'boolean');

@@ -1,14 +1,22 @@
 /**
- * Lifecycle benchmark (not a test): in one run, side by side,
- *  1. start -> the guest's first serial line: `medv vm start` (supervisor, NBD, QEMU) against QEMU
- *     started directly on a raw file of the same guest;
+ * Lifecycle benchmark (not a test): in one run, side by side, each against its peer:
+ *  1. start -> the guest's first serial line: `medv vm start` through the host service with its warm
+ *     pool (default 1), and through a service with the pool disabled (--pool 0), against QEMU
+ *     started directly on a raw file of the same guest (with and without the VGA adapter every
+ *     medv VM has);
  *  2. suspend + resume of a guest with 256 MiB RAM: `medv vm suspend` + `medv vm start` (encrypted
- *     .vsv through the supervisor) against plain QMP `migrate` to a file and `-incoming` from it.
- * Prints the medians and the ratios. Usage: node dist/bench/lifecycle/bench.js [--runs 5] [--host-key]
- * The saved state's key is wrapped with a passphrase (Argon2id, once per suspend and once per
- * resume) unless --host-key: then with a host key file, as a managed client would.
+ *     .vsv, one pass) against plain QMP `migrate` to a file and `-incoming` from it;
+ *  3. `medv vm list --json` with 3 VMs running against `node -e 0`.
+ * With --previous DIR, the same medv commands are also run with DIR's bin/medv (e.g. a checkout of
+ * the per-process path, before the host service), in its own run root, in the same run.
+ * Prints the medians, the ratios and the load average (`uptime`) before and after.
+ *
+ * Usage: node dist/bench/lifecycle/bench.js [--runs 3] [--host-key] [--previous /path/to/checkout]
+ * Keys: by default the saved state's key is wrapped with a passphrase; the service runs unlocked
+ * (`medv host unlock`: the derived key cached, no Argon2id per suspend or resume), the previous
+ * path pays Argon2id once per suspend and once per resume. --host-key: a host key file for both.
  */
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, watch } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -16,24 +24,34 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { QemuProcess, defaultAccelerator } from '../../src/hypervisor/qemu.js';
 import { createHostKey } from '../../src/crypto/index.js';
+import { hostApi } from '../../src/host/api.js';
+import { MEDV, startService } from './host.js';
+import { arg } from '../args.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-const MEDV = join(ROOT, 'bin/medv');
 const GUEST_IMG = join(ROOT, 'vm/build/guest.img');
-const runs = Number(process.argv[process.argv.indexOf('--runs') + 1] || 5) || 5;
+const runs = Number(arg('runs', '3')) || 3;
+const previous = arg('previous', '') || undefined;
 const accel = defaultAccelerator();
 const work = mkdtempSync(join(tmpdir(), 'medv-bench-lifecycle-'));
 const hostKey = process.argv.includes('--host-key') ? join(work, 'host.key') : undefined;
-const env: NodeJS.ProcessEnv = { ...process.env, MEDV_RUN_DIR: join(work, 'run'), MEDV_PASSPHRASE: 'bench passphrase' };
-if (hostKey) delete env.MEDV_PASSPHRASE;
+const PASSPHRASE = 'bench passphrase';
 const keyArgs = hostKey ? ['--host-key', hostKey] : [];
 
+/** A medv to measure: its bin/medv and its own run root. */
+interface Medv { name: string; bin: string; root: string; env: NodeJS.ProcessEnv }
+function medvAt(name: string, bin: string, root: string, passphrase: boolean): Medv {
+  const env: NodeJS.ProcessEnv = { ...process.env, MEDV_RUN_DIR: root };
+  delete env.MEDV_PASSPHRASE;
+  if (passphrase && !hostKey) env.MEDV_PASSPHRASE = PASSPHRASE;
+  return { name, bin, root, env };
+}
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const medv = (args: string[]) => {
-  const r = spawnSync(process.execPath, [MEDV, ...args], { env, encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`medv ${args.join(' ')}: ${r.stderr}`);
+function medv(m: Medv, args: string[]): string {
+  const r = spawnSync(process.execPath, [m.bin, ...args], { env: m.env, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${m.name}: medv ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
-};
+}
 
 function waitForLine(file: string, re: RegExp): Promise<void> {
   return new Promise((res) => {
@@ -41,6 +59,16 @@ function waitForLine(file: string, re: RegExp): Promise<void> {
     const w = watch(dirname(file), () => void check());
     check();
   });
+}
+
+/** Until the service's pool holds a member of this RAM size and mode whose QEMU runs. */
+async function poolReady(root: string, memoryMiB: number, incoming: boolean): Promise<void> {
+  const api = hostApi({ root, start: false });
+  for (;;) {
+    const h = await api.call<{ pool: { members: Array<{ shape: { memoryMiB: number; incoming: boolean }; qemuPid?: number }> } }>('GET', '/v1/host');
+    if (h.pool.members.some((m) => m.qemuPid && m.shape.memoryMiB === memoryMiB && m.shape.incoming === incoming)) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 /** `vga`: with the VGA adapter every medv VM has (SeaBIOS then runs its option ROM before booting). */
@@ -55,14 +83,14 @@ async function bareStart(vga = false): Promise<number> {
   return ms;
 }
 
-async function medvStart(): Promise<number> {
-  const img = join(work, 'm.img');
+async function medvStart(m: Medv): Promise<number> {
+  const img = join(work, `${m.name}.img`);
   copyFileSync(GUEST_IMG, img);
   const t0 = performance.now();
-  medv(['vm', 'start', img, '--name', 'b', '--memory', '32', '--accel', accel]);
-  await waitForLine(join(work, 'run', 'b', 'serial.log'), /MEDV-GUEST start/);
+  medv(m, ['vm', 'start', img, '--name', 'b', '--memory', '32', '--accel', accel]);
+  await waitForLine(join(m.root, 'b', 'serial.log'), /MEDV-GUEST start/);
   const ms = performance.now() - t0;
-  medv(['vm', 'stop', 'b', '--force']);
+  medv(m, ['vm', 'stop', 'b', '--force']);
   return ms;
 }
 
@@ -98,40 +126,102 @@ async function bareSuspendResume(vga = false): Promise<number> {
   return ms;
 }
 
-async function medvSuspendResume(): Promise<number> {
-  const img = join(work, 'ms.vhd');
+/** `service`: wait for the pool to hold the resume's QEMU before timing, as a user who suspends and later resumes would find it. */
+async function medvSuspendResume(m: Medv, service: boolean): Promise<number> {
+  const img = join(work, `${m.name}-s.vhd`);
   rmSync(img, { force: true });
-  medv(['disk', 'convert', GUEST_IMG, img]);
-  medv(['vm', 'start', img, '--name', 's', '--memory', '256', '--accel', accel, ...keyArgs]);
-  await waitForLine(join(work, 'run', 's', 'serial.log'), /MEDV-GUEST ready/);
+  medv(m, ['disk', 'convert', GUEST_IMG, img]);
+  medv(m, ['vm', 'start', img, '--name', 's', '--memory', '256', '--accel', accel, ...keyArgs]);
+  await waitForLine(join(m.root, 's', 'serial.log'), /MEDV-GUEST ready/);
   const t0 = performance.now();
-  medv(['vm', 'suspend', 's']);
-  medv(['vm', 'start', img, '--name', 's', ...keyArgs]);
-  const ms = performance.now() - t0;
-  medv(['vm', 'stop', 's', '--force']);
+  medv(m, ['vm', 'suspend', 's']);
+  const suspended = performance.now();
+  if (service) await poolReady(m.root, 256, true);
+  const waited = performance.now() - suspended;
+  medv(m, ['vm', 'start', img, '--name', 's', ...keyArgs]);
+  const ms = performance.now() - t0 - waited;
+  medv(m, ['vm', 'stop', 's', '--force']);
   return ms;
 }
 
+/** Wall time of one `medv vm list --json`. */
+function listTime(m: Medv): number {
+  const t0 = performance.now();
+  const out = medv(m, ['vm', 'list', '--json']);
+  const ms = performance.now() - t0;
+  if ((JSON.parse(out) as unknown[]).length < 3) throw new Error('vm list: fewer than 3 VMs');
+  return ms;
+}
+function nodeTime(): number {
+  const t0 = performance.now();
+  spawnSync(process.execPath, ['-e', '0']);
+  return performance.now() - t0;
+}
+
+function uptime(): string { return spawnSync('uptime', { encoding: 'utf8' }).stdout.trim().replace(/^.*load/, 'load'); }
+
 async function main(): Promise<void> {
   if (hostKey) await createHostKey(hostKey);
-  const r = { bareStart: [] as number[], bareStartVga: [] as number[], medvStart: [] as number[], bareSR: [] as number[], bareSRVga: [] as number[], medvSR: [] as number[] };
-  for (let i = 0; i < runs; i++) {
-    r.bareStart.push(await bareStart());
-    r.bareStartVga.push(await bareStart(true));
-    r.medvStart.push(await medvStart());
-    r.bareSR.push(await bareSuspendResume());
-    r.bareSRVga.push(await bareSuspendResume(true));
-    r.medvSR.push(await medvSuspendResume());
+  const load0 = uptime();
+  const warm = medvAt('service', MEDV, join(work, 'warm'), false);
+  const cold = medvAt('service, pool 0', MEDV, join(work, 'cold'), false);
+  // Its own service for suspend + resume: a pool of 1 keeps the shape used last, and the starts above want another.
+  const warmSr = medvAt('service (resume)', MEDV, join(work, 'warm-sr'), false);
+  const prev = previous ? medvAt('previous', join(resolve(previous), 'bin/medv'), join(work, 'prev'), true) : undefined;
+  const services = [await startService(warm.root, 1), await startService(cold.root, 0), await startService(warmSr.root, 1)];
+  if (!hostKey) {
+    for (const m of [warm, cold, warmSr]) spawnSync(process.execPath, [MEDV, 'host', 'unlock', '--for', '1h'], { env: { ...m.env, MEDV_PASSPHRASE: PASSPHRASE } });
   }
-  const line = (name: string, bare: number[], ours: number[], target: number) =>
-    `${name.padEnd(34)} qemu ${median(bare).toFixed(0).padStart(6)} ms   medv ${median(ours).toFixed(0).padStart(6)} ms   ratio ${(median(ours) / median(bare)).toFixed(2)}x (target <= ${target}x)`;
-  process.stdout.write(`accel ${accel}, ${runs} runs each, medians, saved-state key under a ${hostKey ? 'host key' : 'passphrase'}\n`);
-  process.stdout.write(`${line('start -> first serial line', r.bareStart, r.medvStart, 1.15)}\n`);
-  process.stdout.write(`${line('suspend + resume (256 MiB RAM)', r.bareSR, r.medvSR, 1.2)}\n`);
-  process.stdout.write('the same, QEMU with the VGA adapter medv gives every VM:\n');
-  process.stdout.write(`${line('start -> first serial line', r.bareStartVga, r.medvStart, 1.15)}\n`);
-  process.stdout.write(`${line('suspend + resume (256 MiB RAM)', r.bareSRVga, r.medvSR, 1.2)}\n`);
+  const r: Record<string, number[]> = {};
+  const add = (k: string, v: number) => { (r[k] ??= []).push(v); process.stderr.write(`${k} ${v.toFixed(0)} ms\n`); };
+  try {
+    // The pool keeps members of the shapes in use: one start (not counted) puts the benchmark's in use.
+    await medvStart(warm);
+    for (let i = 0; i < runs; i++) {
+      add('bareStart', await bareStart());
+      add('bareStartVga', await bareStart(true));
+      await poolReady(warm.root, 32, false);
+      add('warmStart', await medvStart(warm));
+      add('coldStart', await medvStart(cold));
+      if (prev) add('prevStart', await medvStart(prev));
+      add('bareSR', await bareSuspendResume());
+      add('bareSRVga', await bareSuspendResume(true));
+      add('warmSR', await medvSuspendResume(warmSr, true));
+      add('coldSR', await medvSuspendResume(cold, false));
+      if (prev) add('prevSR', await medvSuspendResume(prev, false));
+    }
+    // 3. vm list --json with 3 VMs running (in the warm service's run root).
+    for (const n of ['l1', 'l2', 'l3']) {
+      const img = join(work, `${n}.img`);
+      copyFileSync(GUEST_IMG, img);
+      medv(warm, ['vm', 'start', img, '--name', n, '--memory', '32', '--accel', accel]);
+    }
+    for (let i = 0; i < Math.max(5, runs); i++) { add('node', nodeTime()); add('list', listTime(warm)); }
+    for (const n of ['l1', 'l2', 'l3']) medv(warm, ['vm', 'stop', n, '--force']);
+  } finally {
+    for (const s of services) s.kill('SIGTERM');
+  }
+  const line = (name: string, peer: string, ours: string, target: number | undefined) => {
+    const a = median(r[peer]); const b = median(r[ours]);
+    return `${name.padEnd(46)} ${a.toFixed(0).padStart(6)} ms  ${b.toFixed(0).padStart(6)} ms  ratio ${(b / a).toFixed(2)}x${target ? ` (target <= ${target}x)` : ''}\n`;
+  };
+  const out = process.stdout;
+  out.write(`accel ${accel}, ${runs} runs each, medians; saved-state key under ${hostKey ? 'a host key' : 'a passphrase (the service unlocked)'}\n`);
+  out.write(`before: ${load0}\nafter:  ${uptime()}\n`);
+  out.write(`${'what'.padEnd(46)} ${'peer'.padStart(9)}  ${'medv'.padStart(9)}\n`);
+  out.write(line('start -> serial, service (pool 1) vs qemu', 'bareStart', 'warmStart', 1.0));
+  out.write(line('start -> serial, service (pool 0) vs qemu', 'bareStart', 'coldStart', 1.3));
+  if (prev) out.write(line('start -> serial, previous path vs qemu', 'bareStart', 'prevStart', undefined));
+  out.write(line('start -> serial, service (pool 1) vs qemu+vga', 'bareStartVga', 'warmStart', 1.0));
+  out.write(line('start -> serial, service (pool 0) vs qemu+vga', 'bareStartVga', 'coldStart', 1.3));
+  if (prev) out.write(line('start -> serial, service (pool 1) vs previous', 'prevStart', 'warmStart', undefined));
+  out.write(line('suspend+resume 256 MiB, service (pool 1) vs qemu', 'bareSR', 'warmSR', 1.2));
+  out.write(line('suspend+resume 256 MiB, service (pool 0) vs qemu', 'bareSR', 'coldSR', undefined));
+  if (prev) out.write(line('suspend+resume 256 MiB, previous path vs qemu', 'bareSR', 'prevSR', undefined));
+  out.write(line('suspend+resume 256 MiB, service (pool 1) vs qemu+vga', 'bareSRVga', 'warmSR', 1.2));
+  if (prev) out.write(line('suspend+resume 256 MiB, service (pool 1) vs previous', 'prevSR', 'warmSR', undefined));
+  out.write(line('vm list --json, 3 VMs running, vs node -e 0', 'node', 'list', 1.5));
   rmSync(work, { recursive: true, force: true });
 }
 
-void main();
+main().catch((e) => { process.stderr.write(`${e instanceof Error ? e.stack : e}\n`); process.exitCode = 1; });

@@ -1,46 +1,76 @@
 /**
  * Pack benchmark (not a test), the console side of bench/transfer:
  *
- *   1. pack speed: `medv image pack` of a /usr-content disk (default 512 MiB, half used) against
- *      `casync make` of the same disk as a blob into a chunk store (its default chunking, zstd),
- *      both from the page cache; MB/s of disk size, and the ratio.
+ *   1. pack speed: `medv image pack` against `casync make` (a blob into a fresh chunk store, its
+ *      default chunking, zstd) of the same disk from the page cache, MB/s of disk size and the
+ *      ratio, on two disks: the bench's disk (default 512 MiB, half of it /usr files on the 4 KiB
+ *      grid, the rest zeros) and a disk of real files (default 768 MiB: an ext4 file system made
+ *      by `mke2fs -d` from ~540 MB of /usr files, 85% of its blocks used).
  *   2. memory: peak RSS (VmHWM) of `medv image pack` and of `medv image fetch` (local path, no
- *      seed) on a small disk and on a 16 GiB one (mostly zero, its used part as large as the
- *      small disk's), to show the peak does not grow with the image size.
+ *      seed) on a small disk and on a 16 GiB one (sparse: its used part as large as the small
+ *      disk's), to show the peak does not grow with the image size; and the bytes the pack read
+ *      (rchar of /proc/PID/io): the holes of the sparse file are not read. Each disk of 1. is also
+ *      fetched whole (local path, no seed) and that fetch's peak RSS printed.
  *
- *   npm run bench:pack -- [--size-mib 512] [--big-gib 16] [--dir /tmp/medv-bench-pack2]
+ * Each section prints the load average (`uptime`) before and after: on a shared machine compare
+ * ratios within one run, not absolute speeds across runs.
+ *
+ * Pack speed: medv and casync alternate `--repeat` times (default 2); the table shows the fastest
+ * run of each, the ratio of those and each pair's, and CPU time (user + system, all threads), which
+ * a loaded machine disturbs less than wall time.
+ *
+ *   npm run bench:pack -- [--size-mib 512] [--real-mib 768] [--big-gib 16] [--repeat 2] [--dir /tmp/medv-bench-pack2]
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
-import { makeUsrDisk } from '../../test/pack/images.js';
+import { dirname, join } from 'node:path';
+import { makeUsrDisk, usrFiles } from '../../test/pack/images.js';
 import { arg, freshDir } from '../args.js';
 
 const MiB = 1048576;
 const sizeMiB = Number(arg('size-mib', '512'));
+const realMiB = Number(arg('real-mib', '768'));
 const bigGiB = Number(arg('big-gib', '16'));
 const dir = freshDir(arg('dir', '/tmp/medv-bench-pack2'));
 const hostKey = join(dir, 'host.key');
 writeFileSync(hostKey, randomBytes(32), { mode: 0o600 });
 const MEDV_BIN = new URL('../../../bin/medv', import.meta.url).pathname;
 const now = () => Number(process.hrtime.bigint()) / 1e9;
+const load = () => loadavg().map((x) => x.toFixed(2)).join(' ');
+const repeat = Number(arg('repeat', '2'));
+if (!Number.isInteger(repeat) || repeat < 1) throw new Error('--repeat is a whole number, 1 or more');
+const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
 
-/** Runs a command; returns its wall time and peak RSS (VmHWM, polled from /proc until it exits). */
-function measured(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ seconds: number; peakMiB: number; code: number | null; stderr: string }> {
+interface Measured { seconds: number; cpuSeconds: number; peakMiB: number; readBytes: number; code: number | null; stderr: string }
+
+/**
+ * Runs a command; returns its wall time, peak RSS (VmHWM), bytes read (rchar) and CPU time (user +
+ * system of all its threads and waited-for children, from /proc/PID/stat: the last 20 ms before
+ * it exits are not seen), polled from /proc until it exits.
+ */
+function measured(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Measured> {
   return new Promise((resolve) => {
     const s = now();
     const child = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr!.on('data', (d) => { stderr += d; });
     let peak = 0;
+    let readBytes = 0;
+    let ticks = 0;
     const poll = setInterval(() => {
       try {
+        const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        ticks = Math.max(ticks, Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])); // its own and its waited-for children's
         const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
         if (m) peak = Math.max(peak, Number(m[1]) / 1024);
+        const io = /rchar:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/io`, 'utf8'));
+        if (io) readBytes = Math.max(readBytes, Number(io[1]));
       } catch { /* exited */ }
     }, 20);
-    child.once('exit', (code) => { clearInterval(poll); resolve({ seconds: now() - s, peakMiB: peak, code, stderr }); });
+    child.once('exit', (code) => { clearInterval(poll); resolve({ seconds: now() - s, cpuSeconds: ticks / CLOCK_TICKS, peakMiB: peak, readBytes, code, stderr }); });
   });
 }
 
@@ -48,30 +78,82 @@ const env = { ...process.env, MEDV_PASSPHRASE: '' };
 const medvArgs = (args: string[]) => [MEDV_BIN, ...args, '--host-key', hostKey];
 function warm(file: string): void { spawnSync('cat', [file], { stdio: ['ignore', 'ignore', 'ignore'] }); }
 
-// 1. pack speed against casync
-const disk = join(dir, 'disk.raw');
-makeUsrDisk(disk, sizeMiB * MiB, 0.5, 7);
-warm(disk);
-const pack = await measured(process.execPath, medvArgs(['image', 'pack', disk, '--name', 'bench', '--version', '1', '--out', join(dir, 'packed'), '--keys', join(dir, 'keys')]), env);
-if (pack.code !== 0) throw new Error(`medv image pack: ${pack.stderr}`);
-let casync: { seconds: number; peakMiB: number } | undefined;
-if (spawnSync('casync', ['--version']).status === 0) {
-  warm(disk);
-  const c = await measured('casync', ['make', `--store=${join(dir, 'casync.castr')}`, join(dir, 'disk.caibx'), disk]);
-  if (c.code !== 0) throw new Error(`casync make: ${c.stderr}`);
-  casync = c;
-} else {
-  console.log('casync is not installed (apt-get install casync): its row is left out');
+/** An ext4 file system of `size` bytes made by mke2fs -d from about `bytes` of /usr files (their copy, staged beside it). */
+function makeExt4Disk(path: string, size: number, bytes: number): void {
+  const stage = `${path}.d`;
+  rmSync(stage, { recursive: true, force: true });
+  for (const f of usrFiles(['/usr/lib', '/usr/share', '/usr/bin'], bytes)) {
+    const to = join(stage, f);
+    mkdirSync(dirname(to), { recursive: true });
+    try { copyFileSync(f, to); } catch { /* unreadable: skipped */ }
+  }
+  const r = spawnSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-b', '4096', '-N', '98304', '-d', stage, path, `${size / MiB}M`], { encoding: 'utf8' });
+  rmSync(stage, { recursive: true, force: true });
+  if (r.status !== 0) throw new Error(`mke2fs: ${r.stderr}`);
 }
-const mbs = (s: number) => (sizeMiB * MiB) / s / 1e6;
-console.log(`\npack speed, ${sizeMiB} MiB disk half full of /usr files (from the page cache):`);
-console.log('| packer | wall s | MB/s of disk | peak RSS MiB |');
-console.log('|---|---:|---:|---:|');
-console.log(`| medv image pack | ${pack.seconds.toFixed(2)} | ${mbs(pack.seconds).toFixed(0)} | ${pack.peakMiB.toFixed(0)} |`);
-if (casync) console.log(`| casync make (blob) | ${casync.seconds.toFixed(2)} | ${mbs(casync.seconds).toFixed(0)} | ${casync.peakMiB.toFixed(0)} |`);
-if (casync) console.log(`\nmedv pack / casync make: ${(mbs(pack.seconds) / mbs(casync.seconds)).toFixed(2)}x the MB/s`);
+
+const hasCasync = spawnSync('casync', ['--version']).status === 0;
+if (!hasCasync) console.log('casync is not installed (apt-get install casync): its rows are left out');
+
+// 1. pack speed against casync
+const disks: Array<[string, string, number]> = [];
+const benchDisk = join(dir, 'disk.raw');
+makeUsrDisk(benchDisk, sizeMiB * MiB, 0.5, 7);
+disks.push([`${sizeMiB} MiB disk, half /usr files on the 4 KiB grid`, benchDisk, sizeMiB * MiB]);
+const realDisk = join(dir, 'real.raw');
+if (spawnSync('mke2fs', ['-V']).status === 0) {
+  makeExt4Disk(realDisk, realMiB * MiB, Math.round(realMiB * MiB * 0.7));
+  disks.push([`${realMiB} MiB ext4 of /usr files (mke2fs -d)`, realDisk, realMiB * MiB]);
+} else {
+  console.log('mke2fs is not installed (e2fsprogs): the disk of real files is left out');
+}
+for (const [label, disk, bytes] of disks) {
+  console.log(`\npack speed, ${label} (from the page cache); load before: ${load()}`);
+  const tag = label.split(' ')[0];
+  const out = join(dir, `packed-${tag}`);
+  // medv and casync alternated `repeat` times: a load spike of a shared machine hits one run, not one side
+  const packs: Measured[] = [];
+  const casyncs: Measured[] = [];
+  for (let i = 0; i < repeat; i++) {
+    rmSync(out, { recursive: true, force: true });
+    warm(disk);
+    const pack = await measured(process.execPath, medvArgs(['image', 'pack', disk, '--name', 'bench', '--version', '1', '--out', out, '--keys', join(dir, 'keys')]), env);
+    if (pack.code !== 0) throw new Error(`medv image pack: ${pack.stderr}`);
+    packs.push(pack);
+    if (hasCasync) {
+      warm(disk);
+      const store = join(dir, `casync-${tag}.castr`);
+      const casync = await measured('casync', ['make', `--store=${store}`, join(dir, `disk-${tag}.caibx`), disk]);
+      if (casync.code !== 0) throw new Error(`casync make: ${casync.stderr}`);
+      rmSync(store, { recursive: true, force: true });
+      rmSync(join(dir, `disk-${tag}.caibx`), { force: true });
+      casyncs.push(casync);
+    }
+  }
+  const mbs = (s: number) => bytes / s / 1e6;
+  const fastest = (ms: Measured[]) => ms.reduce<Measured | undefined>((a, m) => (!a || m.seconds < a.seconds ? m : a), undefined);
+  const pack = fastest(packs)!;
+  const casync = fastest(casyncs);
+  console.log(`| packer (fastest of ${repeat}) | wall s | MB/s of disk | CPU s | MB of disk per CPU-second | peak RSS MiB |`);
+  console.log('|---|---:|---:|---:|---:|---:|');
+  const row = (what: string, m: Measured) => console.log(`| ${what} | ${m.seconds.toFixed(2)} | ${mbs(m.seconds).toFixed(0)} | ${m.cpuSeconds.toFixed(2)} | ${mbs(m.cpuSeconds).toFixed(0)} | ${m.peakMiB.toFixed(0)} |`);
+  row('medv image pack', pack);
+  if (casync) row('casync make (blob)', casync);
+  if (casync) {
+    console.log(`\nmedv pack / casync make: ${(casync.seconds / pack.seconds).toFixed(2)}x the MB/s (run by run: ${packs.map((p, i) => (casyncs[i].seconds / p.seconds).toFixed(2)).join(', ')}), ${(casync.cpuSeconds / pack.cpuSeconds).toFixed(2)}x the MB per CPU-second; load after: ${load()}`);
+  }
+  // A full fetch of the same image (local path, no seed): its peak RSS must not follow the data.
+  const fetched = await measured(process.execPath, medvArgs(['image', 'fetch', join(out, 'bench_1.ckm.index'), '--out', join(dir, `fetched-${tag}.evhd`), '--keys', join(dir, 'keys')]),
+    { ...env, XDG_CACHE_HOME: join(dir, 'cache') });
+  if (fetched.code !== 0) throw new Error(`medv image fetch: ${fetched.stderr}`);
+  console.log(`full fetch of it (local, no seed): ${fetched.seconds.toFixed(1)} s, peak RSS ${fetched.peakMiB.toFixed(0)} MiB; load after: ${load()}`);
+  rmSync(out, { recursive: true, force: true });
+  for (const f of [`fetched-${tag}.evhd`, `fetched-${tag}.enc`, `fetched-${tag}.evhd.index`]) rmSync(join(dir, f), { force: true });
+}
+rmSync(realDisk, { force: true });
 
 // 2. peak RSS against image size: the same used data in a small and a big (sparse) disk
+console.log(`\nmemory; load before: ${load()}`);
 const rows: string[] = [];
 for (const [label, bytes] of [[`${sizeMiB} MiB`, sizeMiB * MiB], [`${bigGiB} GiB`, bigGiB * 1024 * MiB]] as const) {
   const d = join(dir, `rss-${label.replace(' ', '')}.raw`);
@@ -83,10 +165,11 @@ for (const [label, bytes] of [[`${sizeMiB} MiB`, sizeMiB * MiB], [`${bigGiB} GiB
   const f = await measured(process.execPath, medvArgs(['image', 'fetch', join(out, 'rss_1.ckm.index'), '--out', join(dir, `rss-${label.replace(' ', '')}.evhd`), '--keys', join(dir, 'keys')]),
     { ...env, XDG_CACHE_HOME: join(dir, 'cache') });
   if (f.code !== 0) throw new Error(`fetch ${label}: ${f.stderr}`);
-  rows.push(`| ${label} | ${p.peakMiB.toFixed(0)} | ${p.seconds.toFixed(1)} | ${f.peakMiB.toFixed(0)} | ${f.seconds.toFixed(1)} |`);
+  rows.push(`| ${label} | ${p.peakMiB.toFixed(0)} | ${p.seconds.toFixed(1)} | ${(p.readBytes / MiB).toFixed(0)} | ${f.peakMiB.toFixed(0)} | ${f.seconds.toFixed(1)} |`);
   rmSync(d, { force: true });
 }
-console.log(`\npeak RSS against image size (the same ${sizeMiB / 2} MiB of used data; the rest zero):`);
-console.log('| virtual size | pack peak RSS MiB | pack s | fetch peak RSS MiB | fetch s |');
-console.log('|---|---:|---:|---:|---:|');
+console.log(`\npeak RSS against image size (the same ${sizeMiB / 2} MiB of used data; the rest zero, holes of a sparse file):`);
+console.log('| virtual size | pack peak RSS MiB | pack s | pack read MiB (rchar) | fetch peak RSS MiB | fetch s |');
+console.log('|---|---:|---:|---:|---:|---:|');
 for (const r of rows) console.log(r);
+console.log(`load after: ${load()}`);

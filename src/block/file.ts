@@ -4,7 +4,7 @@ import { MedvError, fromSystemError } from '../core/errors.js';
 import { blockDeviceSize } from '../core/fsio.js';
 import { type FileMap, native } from '../native.js';
 import { writeZeroesByWriting } from './emulate.js';
-import { type BlockCapabilities, type BlockDevice, type FileRange, type FileRangeOptions, type WriteOptions, defaultCapabilities } from './device.js';
+import { type BlockCapabilities, type BlockDevice, type Extent, type FileRange, type FileRangeOptions, type WriteOptions, defaultCapabilities } from './device.js';
 import { type LockMode, lockFile } from './flock.js';
 
 export type { LockMode } from './flock.js';
@@ -164,6 +164,28 @@ export class FileDevice implements BlockDevice {
         done += n;
       }
     } catch (e) { throw fromSystemError(e, this.path); }
+  }
+
+  /**
+   * See BlockDevice.extents: the holes of a sparse file (lseek SEEK_DATA / SEEK_HOLE, through
+   * native.dataSegments) read as zeros; all of it is data where that cannot be learned. Up to
+   * 1024 data segments per call; the caller asks again for the rest.
+   */
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    this.checkRead(offset, length);
+    if (length === 0) return [];
+    const end = offset + length;
+    const found = await native.dataSegments(this.fd, offset, end, 1024).catch(() => undefined);
+    if (!found) return [{ length, hole: false, zero: false }];
+    const out: Extent[] = [];
+    let at = offset;
+    for (const [a, b] of found.segments) {
+      if (a > at) out.push({ length: a - at, hole: true, zero: true });
+      out.push({ length: b - a, hole: false, zero: false });
+      at = b;
+    }
+    if (found.covered > at) out.push({ length: found.covered - at, hole: true, zero: true });
+    return out.length ? out : [{ length, hole: false, zero: false }];
   }
 
   async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {

@@ -12,7 +12,9 @@ import { adminCall, adminToken, age, printable, serverOptions, table } from './a
 
 type Opts = Record<string, unknown>;
 
-const EXIT = 'Exit status: 0 done; 2 bad argument; 3 no such user, policy, image or version; 4 wrong admin token (or not an administrator); 10 network.';
+/** The options and the codes (beyond every admin command's) of the console's verbs: their help lists the exit statuses. */
+const consoleOptions = (c: Command): Command =>
+  serverOptions(c, ['EINVAL_ARG', 'ENOENT'], { EINVAL_ARG: 'bad argument', ENOENT: 'no such user, policy, image or version' });
 const count = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
 const bytes = (n: number) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : n < 1073741824 ? `${(n / 1048576).toFixed(1)} MiB` : `${(n / 1073741824).toFixed(2)} GiB`);
 const q = (o: Record<string, string | number | undefined>) => new URLSearchParams(Object.entries(o).filter(([, v]) => v !== undefined).map(([k, v]) => [k, String(v)])).toString();
@@ -36,11 +38,10 @@ function printPreview(p: Preview, verb: string): void {
 export function addConsoleCommands(admin: Command, nouns: { user: Command; policy: Command }): void {
   const { user, policy } = nouns;
 
-  serverOptions(user.command('role <user> <role>')
+  consoleOptions(user.command('role <user> <role>')
     .description('make a user an administrator (role admin: medv admin and the console with their own login) or an ordinary user')
     .addHelpText('after', `
 The console asks on every request: a user made ordinary gets 403 on every console page at once.
-${EXIT}
 
 Examples:
   medv admin user role ann admin --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`))
@@ -51,11 +52,10 @@ Examples:
       else process.stdout.write(`${r.user} is now ${r.role === 'admin' ? 'an administrator' : 'an ordinary user'}\n`);
     });
 
-  serverOptions(user.command('groups <user> [groups...]')
+  consoleOptions(user.command('groups <user> [groups...]')
     .description('set the groups of a user (created when missing; none: no group)')
     .addHelpText('after', `
 Policies entitle groups as well as users: the user's workspaces change at the next grant.
-${EXIT}
 
 Examples:
   medv admin user groups alice finance lab --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`))
@@ -65,13 +65,12 @@ Examples:
       else process.stdout.write(`${r.user} is in ${r.groups.length ? r.groups.join(', ') : 'no group'}\n`);
     });
 
-  serverOptions(policy.command('diff <name>')
+  consoleOptions(policy.command('diff <name>')
     .description('what changed between two versions of a policy, field by field')
     .option('--from <n>', 'the older version (default: the one before --to)')
     .option('--to <n>', 'the newer version (default: the newest)')
     .addHelpText('after', `
 Lists of names compare as sets; workspaces and applications are matched by name.
-${EXIT}
 
 Examples:
   medv admin policy diff finance --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
@@ -89,12 +88,11 @@ Examples:
       }
     });
 
-  serverOptions(policy.command('preview <file>')
+  consoleOptions(policy.command('preview <file>')
     .description('who publishing a policy document would reach, without publishing it')
     .addHelpText('after', `
 Users gaining or losing the policy, workspaces gained, lost or changed per user, and the clients
 that learn it at their next contact. The document is checked first (exit 5 naming the bad field).
-${EXIT}
 
 Examples:
   medv admin policy preview finance.json --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`))
@@ -105,13 +103,12 @@ Examples:
       else printPreview(r, 'publishing');
     });
 
-  serverOptions(policy.command('unpublish <name>')
+  consoleOptions(policy.command('unpublish <name>')
     .description('unpublish a policy: its next version entitles nobody (every version is kept; publish again to undo)')
     .option('--dry-run', 'say who it would reach and change nothing')
     .addHelpText('after', `
 Clients learn it at their next contact: they are refused the policy's workspaces (offline, they go
 on until their offline allowance ends).
-${EXIT}
 
 Examples:
   medv admin policy unpublish finance --dry-run --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
@@ -129,14 +126,13 @@ Examples:
 
   const image = admin.command('image').description('the images published on the server: versions, update sizes, tests, retention');
 
-  serverOptions(image.command('list [name]')
+  consoleOptions(image.command('list [name]')
     .description('every image on the server, or every version of one with what a client one version behind downloads')
     .addHelpText('after', `
 Without a name: each image, its versions, size, whether its keys are published, the client
 workspaces on it. With a name: each version's pack and index size, blocks new in it, the update a
 client holding the version before downloads (from the two indexes), the signature as clients will
 judge it, the clients on it, and its last test.
-${EXIT}
 
 Examples:
   medv admin image list --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
@@ -156,7 +152,7 @@ Examples:
         v.signature, String(v.clients)])]);
     });
 
-  serverOptions(image.command('test <name>')
+  consoleOptions(image.command('test <name>')
     .description('boot a version read-only on the server (TCG where there is no KVM), keep a screenshot and its serial log with it')
     .requiredOption('--version <n>', 'the version to test')
     .option('--wait', 'wait until the test is over (the VM stays up for the console\'s live view for medv serve --image-test-hold, unless --stop)')
@@ -167,7 +163,6 @@ The server fetches the version into an encrypted disk with its published keys, b
 network, waits for "ready" (or a login prompt) on its serial line or --image-test-timeout, takes a
 screenshot, and later stops the VM and deletes the disk and its keys. The console shows it live.
 One test runs at a time (another: exit 9).
-${EXIT}
 
 Examples:
   medv admin image test win10 --version 3 --wait --stop --screenshot win10-3.png --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`))
@@ -199,7 +194,7 @@ Examples:
       if (t.phase === 'failed') process.exitCode = 1;
     });
 
-  serverOptions(image.command('prune <name>')
+  consoleOptions(image.command('prune <name>')
     .description('keep the N newest versions of an image in the server\'s repository, delete the rest')
     .requiredOption('--keep <n>', 'versions to keep (1 or more)')
     .option('--dry-run', 'say what would be deleted and delete nothing')
@@ -207,7 +202,6 @@ Examples:
 The same retention as medv image prune on a folder, run by the server on its own repository: older
 indexes first, then the packs no kept index needs (a version may need packs of earlier ones).
 The answer counts the client workspaces still on a version that goes.
-${EXIT}
 
 Examples:
   medv admin image prune win10 --keep 2 --dry-run --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`))
@@ -219,7 +213,7 @@ Examples:
     });
 
   const client = admin.command('client').description('orders that reach a client (or every client of a user) at its next contact: lock, unlock, wipe, revoke');
-  const orderOptions = (c: Command) => serverOptions(c
+  const orderOptions = (c: Command) => consoleOptions(c
     .option('--user <name>', 'every client of this user instead of one client')
     .option('--workspace <name>', 'only this workspace (default: every workspace)'));
   const subject = (id: string | undefined, o: Opts) => {
@@ -229,7 +223,6 @@ Examples:
   const ORDER_HELP = `
 A client contacts the server at every workspace start it can; offline, it goes on until its
 policy's offline allowance ends (the console shows the date). The order stands until unlock.
-Exit status: 0 given; 2 bad argument; 4 wrong admin token (or not an administrator); 10 network.
 The client's start then fails with exit 15 (locked) or 16 (wiped), naming --reason.`;
   for (const [action, what] of [['lock', 'the workspace does not start, offline neither, until unlocked; its data stays'], ['wipe', 'the client deletes the workspace\'s keys, then its disks and saved state'], ['revoke', 'no more keys (for a user: their logins end too)']] as const) {
     orderOptions(client.command(`${action} [client]`)
@@ -258,12 +251,10 @@ Examples:
       if (o.json) printJson(r);
       else process.stdout.write(`${count(r.cleared, 'order')} cleared\n`);
     });
-  serverOptions(client.command('orders [client]')
+  consoleOptions(client.command('orders [client]')
     .description('the standing orders of a client or user (or all), and the wipes clients confirmed')
     .option('--user <name>', 'a user\'s orders')
     .addHelpText('after', `
-Exit status: 0; 4 wrong admin token; 10 network.
-
 Examples:
   medv admin client orders --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`))
     .action(async (id: string | undefined, o: Opts) => {

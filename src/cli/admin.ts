@@ -3,7 +3,8 @@ import * as fs from 'node:fs';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
-import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
+import { addKeyOptions, kekFrom, printJson, RAISES, raises, type KeyOptions } from './common.js';
+import type { ErrorCode } from '../core/errors.js';
 import { readTokenFile } from './image-repo.js';
 import { readPassword } from './login.js';
 import { addConsoleCommands } from './admin-console.js';
@@ -17,8 +18,12 @@ export function adminToken(o: Opts): string {
   return token;
 }
 
-export function serverOptions(c: Command): Command {
-  return c
+/** What every admin command can meet: the token, the server, the network. */
+const ADMIN_NOTES = { ENOKEY: 'no admin token', EDENIED: 'wrong admin token', EFORBIDDEN: 'not an administrator' };
+
+/** The options of a command that calls the server, and the codes it raises (beyond those of every admin command). */
+export function serverOptions(c: Command, codes: ErrorCode[] = [], notes: Partial<Record<ErrorCode, string>> = {}): Command {
+  return raises(c, [...RAISES.server, 'ENOKEY', 'EINSECURE', 'EFORMAT', ...codes], { ...ADMIN_NOTES, EFORMAT: 'the token file does not hold one token', ...notes })
     .requiredOption('--server <url>', 'the medv server, e.g. http://console:8080')
     .option('--token-file <file>', 'file holding the admin token (default $MEDV_ADMIN_TOKEN)')
     .option('--ca <file>', 'trust this CA (PEM) for an https:// server instead of the system\'s')
@@ -55,12 +60,11 @@ export function adminCommand(): Command {
     .option('--admin', 'an administrator: may use medv admin (and the console) with their own login instead of the admin token')
     .addHelpText('after', `
 Names are 1 to 64 letters, digits, '.', '_', '@' or '-'; passwords 8 to 1024 bytes.
-Exit status: 0 created; 2 bad name or password; 3 the user exists; 4 wrong admin token; 10 network.
 
 Examples:
   medv admin user add alice --group finance --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
   medv admin user add root-ann --admin --password-file ann.pw --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin user add bob --password-file bob.pw --group lab --group finance --server https://console.example --json`))
+  medv admin user add bob --password-file bob.pw --group lab --group finance --server https://console.example --json`), ['EINVAL_ARG', 'EEXIST', 'ENOENT'], { EINVAL_ARG: 'bad name or password', EEXIST: 'the user exists', ENOENT: 'no such password file' })
     .action(async (name: string, o: Opts) => {
       const token = adminToken(o);
       const password = await readPassword(o.passwordFile as string | undefined, `Password for ${name}: `, true);
@@ -71,18 +75,17 @@ Examples:
     });
 
   const userPath = (name: string, verb = '') => `/api/admin/users/${encodeURIComponent(name)}${verb}`;
-  const EXIT_HELP = 'Exit status: 0 done; 3 no such user; 4 wrong admin token (or not an administrator); 10 network.';
+  const NO_USER: [ErrorCode[], Partial<Record<ErrorCode, string>>] = [['ENOENT'], { ENOENT: 'no such user' }];
 
   serverOptions(user.command('disable <user>')
     .description('disable an account: its tokens stop working at once and it cannot log in (until enabled)')
     .addHelpText('after', `
 Nothing is deleted: groups, tokens (refused while disabled), clients and reports stay; \`enable\`
 undoes it (tokens that have not expired work again: revoke them too if the account was misused).
-${EXIT_HELP}
 
 Examples:
   medv admin user disable bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin user disable bob --server https://console.example --json`))
+  medv admin user disable bob --server https://console.example --json`), ...NO_USER)
     .action(async (name: string, o: Opts) => {
       const r = await adminCall<UserRow>(o, 'POST', userPath(name, '/disable'));
       if (o.json) printJson(r); else process.stdout.write(`user ${r.user} disabled\n`);
@@ -91,10 +94,9 @@ Examples:
   serverOptions(user.command('enable <user>')
     .description('enable a disabled account again')
     .addHelpText('after', `
-${EXIT_HELP}
 
 Example:
-  medv admin user enable bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`))
+  medv admin user enable bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token`), ...NO_USER)
     .action(async (name: string, o: Opts) => {
       const r = await adminCall<UserRow>(o, 'POST', userPath(name, '/enable'));
       if (o.json) printJson(r); else process.stdout.write(`user ${r.user} enabled\n`);
@@ -107,11 +109,10 @@ What goes: the account, its group memberships (the groups stay for their other m
 policies that name them), its tokens, the clients it registered and the reports those clients sent
 as this user. The audit log keeps what the user did. A deleted name can be added again later: it
 is a new account (policies that name the user directly apply to it).
-${EXIT_HELP}
 
 Examples:
   medv admin user delete bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin user delete bob --server https://console.example --json`))
+  medv admin user delete bob --server https://console.example --json`), ...NO_USER)
     .action(async (name: string, o: Opts) => {
       const r = await adminCall<{ user: string; groups: string[]; tokens: number; clients: number; reports: number }>(o, 'DELETE', userPath(name));
       if (o.json) printJson(r);
@@ -123,11 +124,10 @@ Examples:
     .option('--password-file <file>', 'read the new password from a file (- for stdin); default: ask twice on the terminal')
     .addHelpText('after', `
 The user logs in again with the new password (medv login) on every client.
-${EXIT_HELP} 2: the password is not 8 to 1024 bytes.
 
 Examples:
   medv admin user passwd bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin user passwd bob --password-file new.pw --server https://console.example --json`))
+  medv admin user passwd bob --password-file new.pw --server https://console.example --json`), ['ENOENT', 'EINVAL_ARG'], { ENOENT: 'no such user', EINVAL_ARG: 'the password is not 8 to 1024 bytes' })
     .action(async (name: string, o: Opts) => {
       const password = await readPassword(o.passwordFile as string | undefined, `New password for ${name}: `, true);
       const r = await adminCall<{ user: string; tokensRevoked: number }>(o, 'POST', userPath(name, '/password'), { password });
@@ -137,10 +137,9 @@ Examples:
   serverOptions(user.command('revoke <user>')
     .description('revoke every token of an account (it stays enabled: the user logs in again)')
     .addHelpText('after', `
-${EXIT_HELP}
 
 Example:
-  medv admin user revoke bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token --json`))
+  medv admin user revoke bob --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token --json`), ...NO_USER)
     .action(async (name: string, o: Opts) => {
       const r = await adminCall<{ user: string; tokensRevoked: number }>(o, 'POST', userPath(name, '/revoke'));
       if (o.json) printJson(r); else process.stdout.write(`${r.tokensRevoked} token${r.tokensRevoked === 1 ? '' : 's'} of ${r.user} revoked\n`);
@@ -166,11 +165,10 @@ Examples:
 The document is checked against docs/policy.schema.json by the server; a refusal names the bad
 field as a JSON pointer, e.g. "policy field /workspaces/0/memory does not match any allowed form".
 Every version is kept; users see the newest version of each policy that names them or their groups.
-Exit status: 0 published; 5 the document is not JSON or fails the schema; 4 wrong admin token.
 
 Examples:
   medv admin policy publish finance.json --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin policy publish lab.json --server https://console.example --json`))
+  medv admin policy publish lab.json --server https://console.example --json`), ['ENOENT', 'EINVAL_ARG', 'EPOLICY', 'ETOOLARGE'], { EFORMAT: 'the document is not JSON', EPOLICY: 'the document fails the schema (the message names the field)' })
     .action(async (file: string, o: Opts) => {
       const token = adminToken(o);
       const doc = readPolicyFile(file);
@@ -201,11 +199,10 @@ and the trusted signers (console.sign.pub and trusted/*.pub) to the server, whic
 wrapped under its server key and releases them, sealed to each client's own key, to the users a
 policy entitles to a workspace of this image. The key files are unwrapped with MEDV_PASSPHRASE,
 --passphrase-file or --host-key, as medv image pack wrapped them. Publishing again replaces them.
-Exit status: 0 published; 4 no such keys, wrong passphrase or wrong admin token; 10 network.
 
 Examples:
   medv admin image-keys publish win10 --keys /srv/medv/keys --passphrase-file console.pass --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  medv admin image-keys publish lab --keys keys --host-key console.key --server https://console.example --ca ca.pem --json`))
+  medv admin image-keys publish lab --keys keys --host-key console.key --server https://console.example --ca ca.pem --json`), [...RAISES.keys, 'ENOENT'], { ENOENT: 'no keys of that image in the key folder', EBADKEY: 'wrong passphrase or host key' })
     .action(async (name: string, o: Opts & KeyOptions) => {
       const token = adminToken(o);
       const { openImageKeys } = await import('../pack/index.js');
@@ -242,14 +239,13 @@ to, and a user keeps at most --max-reports-per-user rows (medv serve).
 When more rows follow, the last line (or "next" in --json) is the cursor for --after.
 With --history: the reports themselves, newest first (client time), for --client, --user and
 --workspace; --limit rows from --offset (default 0).
-Exit status: 0; 2 bad --limit, --after or filter; 4 wrong admin token; 10 network.
 
 Examples:
   medv admin clients --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
   medv admin clients --state failed --csv --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token > failed.csv
   medv admin clients --history --client 3fe07c13070b3e54 --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
   medv admin clients --all --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
-  MEDV_ADMIN_TOKEN=… medv admin clients --limit 500 --after eyJ… --server https://console.example --json`))
+  MEDV_ADMIN_TOKEN=… medv admin clients --limit 500 --after eyJ… --server https://console.example --json`), ['EINVAL_ARG'], { EINVAL_ARG: 'bad --limit, --after, --offset or filter' })
     .option('--offset <n>', 'with --history: the first row to show', '0')
     .action(async (o: Opts) => {
       const filters = new URLSearchParams();
@@ -301,12 +297,11 @@ Each entry: when, how many times (repeated refusals from one address within 10 m
 entry with a count and the time of the last), the actor, the action, its target, the client's
 address and details (never a password, token or key). The server keeps entries for
 --audit-retention and at most --audit-max-rows of them.
-Exit status: 0; 2 bad option; 4 wrong admin token; 10 network.
 
 Examples:
   medv admin audit --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token
   medv admin audit --action login.fail --since 2026-12-01T00:00:00Z --server https://console.example --json
-  medv admin audit --action client.* --since 2026-12-01 --csv --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token > orders.csv`))
+  medv admin audit --action client.* --since 2026-12-01 --csv --server http://127.0.0.1:8080 --token-file /srv/medv/admin.token > orders.csv`), ['EINVAL_ARG'])
     .action(async (o: Opts) => {
       const q = new URLSearchParams({ limit: String(o.limit) });
       for (const [k, v] of [['before', o.before], ['since', o.since], ['until', o.until], ['action', o.action], ['actor', o.user], ['user', o.about]] as const) if (v !== undefined) q.set(k, String(v));

@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { MedvError } from '../core/errors.js';
 import type { KekSource } from '../crypto/index.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
-import { printJson, progressBar } from './common.js';
+import { printJson, progressBar, raises } from './common.js';
 // Everything else the demo uses (QEMU driver, the test guest's fixtures under vm/, the disk stack)
 // is imported inside runDemo, so `medv disk …` never loads it and works without vm/.
 
@@ -203,7 +203,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
 }
 
 export function demoCommand(): Command {
-  return new Command('demo')
+  return raises(new Command('demo'), ['ENOENT', 'EINVAL_ARG', 'ENETWORK'], { ENOENT: 'the test guest is not built (npm run demo builds it)' })
     .description('run medv end to end on this machine, headless, in a temp folder: pack and publish an image, deploy and start it as a workspace, update it with TrimTransfer, revert, stop, and check that nothing is in the clear')
     .option('--disks', 'the disk-stack demo instead: encrypted disk, undo disk, NBD export, two boots of the tiny guest, checks, discard')
     .option('--keep', 'keep the work folder')
@@ -219,7 +219,7 @@ The workspace demo (default) uses the Linux test guest (vm/linux, built by scrip
   6. client: start again: the revertible workspace's writes are gone   7. plaintext scan
 The workspace demo runs its guest under TCG unless --kvm is given: the Linux guest boots in
 seconds under TCG, and its time then does not depend on KVM, which on nested virtual machines is
-slower for this guest (its BIOS) or fails (docs/machines.md). Exit status 0 when every check passed, 1 otherwise.
+slower for this guest (its BIOS) or fails (docs/machines.md). A check that fails is exit status 1.
 
 Examples:
   npm run demo

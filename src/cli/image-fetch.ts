@@ -1,14 +1,16 @@
 /** `medv image fetch`: a packed image from a repository into a new .evhd. Thin wrapper over src/transfer. */
 import type { Command } from 'commander';
 import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
-import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
+import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, RAISES, raises, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 export function addImageFetchCommand(image: Command): void {
-  addKeyOptions(image.command('fetch <index>'))
+  raises(addKeyOptions(image.command('fetch <index>')), [...RAISES.files, ...RAISES.keys, ...RAISES.damaged, ...RAISES.disk, ...RAISES.server, 'ESIGNATURE', 'EBADBLOCK', 'ECHANGED'], {
+    EEXIST: 'the output exists', ESIGNATURE: 'a bad signature or damaged repository data (nothing is left under the output name)', ENETWORK: 'the repository is unreachable or changed (run again to resume)',
+  })
     .description('fetch a packed image (URL or path of <NAME>_<N>.ckm.index) into a new encrypted disk, taking what it can from local seeds')
     .requiredOption('--out <disk.evhd>', 'the new disk (must not exist); its key file NAME.enc is written beside it')
     .option('--seed <path>', 'a disk (.evhd, .vhd, raw), a folder of packs (PackedImages, PrestagedImages) or a .ckm.index to take blocks from (repeatable)', collect, [])
@@ -21,18 +23,20 @@ What it does:
   1. Downloads the index header and checks its signature against console.sign.pub and
      trusted/*.pub in the key folder before anything else; then the run records it does not
      already hold (records of an earlier index in a seed folder, or NAME.evhd.index beside a
-     disk seed, are reused by hash).
-  2. Looks every block up by its keyed id in the seeds (disks are hashed once; their ids are
-     cached under ${DEFAULT_HELP.seedCache}, keyed hashes only) and copies those, each checked.
+     disk seed, are reused by hash). Holding version M of the image, it rebuilds the changed
+     records from the signed index delta <NAME>_<N>.ckm.index-from-<M> when the repository has
+     one (a delta that cannot be used is reported and the records are fetched instead).
+  2. Looks every block up in the seeds: at the same place in a disk seed, else by its keyed id
+     anywhere in the seeds (a disk's ids are cached under ${DEFAULT_HELP.seedCache}, keyed
+     hashes only, by the disk's identity and content generation: a disk this command fetched is
+     never hashed), and copies those.
   3. Fetches the rest from the packs (<NAME>_<N>.ckm beside the index) with coalesced range
      requests, several in flight; servers without multi-range or range support work too.
   4. Writes a new .evhd with a fresh data key (wrapped with MEDV_PASSPHRASE / --passphrase-file /
-     --host-key), reads it back, checks every block, and only then gives it its name.
+     --host-key), checking every block against its id just before it is written, and gives it
+     its name once the last block is written.
   An interrupted fetch (killed, network down) leaves .NAME.evhd.medv-fetch/ beside the output;
   the same command run again fetches only what is still missing.
-
-Exit status: 0 done; 3 output exists; 4 key missing or wrong; 5 bad signature or damaged
-repository data (nothing is left under the output name); 10 repository unreachable or changed.
 
 Examples:
   medv image fetch https://images.example/win10/win10_2.ckm.index --out win10-v2.evhd --seed win10-v1.evhd --keys keys
@@ -66,6 +70,6 @@ Examples:
       }
       w.write(`fetched ${r.name} version ${r.version} into ${r.out} (${formatBytes(r.virtualSize)}) in ${r.seconds.toFixed(1)} s\n`);
       w.write(`  ${r.blocks} blocks: ${r.blocksFromSeeds} from seeds, ${r.blocksFromNetwork} from the repository, ${r.blocksResumed} from an earlier interrupted run\n`);
-      w.write(`  ${formatBytes(r.networkBytes + r.repositoryFileBytes)} from the repository in ${r.requests} requests; index records: ${r.indexRecordsFetched} fetched, ${r.indexRecordsReused} reused\n`);
+      w.write(`  ${formatBytes(r.networkBytes + r.repositoryFileBytes)} from the repository in ${r.requests} requests; index records: ${r.indexRecordsFetched} fetched, ${r.indexRecordsReused} reused, ${r.indexRecordsFromDelta} rebuilt from the index delta\n`);
     });
 }

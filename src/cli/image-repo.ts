@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { DEFAULT_HELP } from '../core/paths.js';
-import { formatBytes, printJson, progressBar } from './common.js';
+import { formatBytes, printJson, progressBar, RAISES, raises } from './common.js';
 import { parseSize } from '../core/units.js';
 
 type Opts = Record<string, unknown>;
@@ -18,7 +18,10 @@ export function readTokenFile(file: string): string {
 }
 
 export function addImageRepoCommands(image: Command): void {
-  image.command('upload <files...>')
+  raises(image.command('upload <files...>'), [...RAISES.server, 'EINVAL_ARG', 'ENOENT', 'EEXIST', 'ENOKEY', 'EFORMAT', 'ECHANGED', 'EPRECONDITION'], {
+    EINVAL_ARG: 'a file that is not <NAME>_<N>.ckm[.index]', EEXIST: 'another file is published under that name', EDENIED: 'the server refused the token', ENOKEY: 'no admin token',
+    EFORMAT: 'the server refused the content', ENETWORK: 'network or server failure (run again to resume)',
+  })
     .description('upload packs and indexes to a medv serve repository (resumable; packs before indexes)')
     .requiredOption('--server <url>', 'repository server, e.g. http://console:8080')
     .option('--token-file <file>', 'file holding the admin token (default $MEDV_ADMIN_TOKEN)')
@@ -31,10 +34,6 @@ an index's packs already published) and publishes it atomically under <server>/i
 go first, so a client never sees an index whose packs are missing. An upload that is cut off
 resumes where the server stopped receiving when the same command runs again. A file already
 published with the same bytes is fine; other bytes under the same name are refused (exit 3).
-
-Exit status: 0 all published; 2 a file that is not <NAME>_<N>.ckm[.index]; 3 another file is
-published under that name; 4 the server refused the token; 5 the server refused the content;
-10 network or server failure (run again to resume).
 
 Examples:
   medv image upload PackedImages/win10_2.ckm PackedImages/win10_2.ckm.index --server http://console:8080 --token-file admin.token
@@ -55,7 +54,7 @@ Examples:
       else for (const f of r) process.stdout.write(`${f.file}: ${f.status} (${formatBytes(f.size)}${f.resumed ? `, resumed, ${formatBytes(f.sent)} sent` : ''})\n`);
     });
 
-  image.command('prune <dir>')
+  raises(image.command('prune <dir>'), ['ENOENT', 'EINVAL_ARG', 'EUNSAFE', 'EREADONLY', 'EBUSY'])
     .description('delete the older versions of an image from a repository folder; the kept versions stay complete')
     .requiredOption('--name <name>', 'image name')
     .requiredOption('--keep <n>', 'how many of the highest versions to keep (1 or more)')

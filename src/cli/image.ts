@@ -5,7 +5,7 @@ import { MedvError } from '../core/errors.js';
 import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
 import { checkImageName } from '../formats/ckm/index.js';
 import { addImageRepoCommands } from './image-repo.js';
-import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, type KeyOptions } from './common.js';
+import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, RAISES, raises, type KeyOptions } from './common.js';
 import { addImageFetchCommand } from './image-fetch.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
@@ -21,7 +21,7 @@ function parseVersion(v: string): number {
 export function imageCommand(): Command {
   const image = new Command('image').description('packed images: pack a tested disk into a signed, encrypted .ckm + .ckm.index, and verify them');
 
-  addKeyOptions(image.command('pack <disk>'))
+  raises(addKeyOptions(image.command('pack <disk>')), [...RAISES.files, ...RAISES.keys, ...RAISES.damaged, ...RAISES.disk, 'ESIGNATURE'], { EEXIST: 'that version is already packed in --out' })
     .description('pack a disk (raw, VHD, EVHD, or a VHD/EVHD with its parents) into <NAME>_<N>.ckm and <NAME>_<N>.ckm.index')
     .requiredOption('--name <name>', 'image name (A-Z a-z 0-9 . _ -, up to 64)')
     .requiredOption('--version <n>', 'image version number (1, 2, …)')
@@ -68,6 +68,7 @@ Examples:
             process.stdout.write(`packed ${disk} as ${r.name} version ${r.version} (${formatBytes(r.virtualSize)}) in ${r.seconds.toFixed(1)} s\n`);
             process.stdout.write(`  ${r.packPath}: ${formatBytes(r.packBytes)}, ${s.storedBlocks} blocks stored${s.deltaBlocks ? ` (${s.deltaBlocks} as deltas)` : ''}\n`);
             process.stdout.write(`  ${r.indexPath}: ${formatBytes(r.indexBytes)}\n`);
+            if (r.deltaPath) process.stdout.write(`  ${r.deltaPath}: ${formatBytes(r.deltaBytes)} (what changed in the index since ${r.previous}, for clients holding that version)\n`);
             process.stdout.write(`  ${s.zeroBlocks} zero blocks skipped, ${s.dedupBlocks} duplicates stored once, ${s.reusedBlocks} blocks reused from ${r.previous ?? 'no earlier version'}\n`);
           }
         } finally {
@@ -79,15 +80,13 @@ Examples:
       }
     });
 
-  addKeyOptions(image.command('verify <index>'))
+  raises(addKeyOptions(image.command('verify <index>')), ['ENOENT', ...RAISES.keys, ...RAISES.damaged, 'ESIGNATURE', 'EBADBLOCK'], { ENOKEY: 'a missing or wrong key', EBADKEY: 'a missing or wrong key', ESIGNATURE: 'a bad signature, a damaged or truncated file, or a block that does not match its id' })
     .description('check an index and its packs: signature by a trusted key, then every block decrypts, decompresses and matches its id')
     .option('--keys <dir>', `key folder with the image content key, the repository key and trusted signers (default ${DEFAULT_HELP.keys})`)
     .option('--packs <dir>', 'folder of the .ckm files (default: the index\'s folder)')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', `
-Trusted signers are console.sign.pub and trusted/*.pub in the key folder. Exit status 0 when
-everything checks; 5 for a bad signature, a damaged or truncated file, or a block that does not
-match; 4 for a missing or wrong key.
+Trusted signers are console.sign.pub and trusted/*.pub in the key folder.
 
 Examples:
   MEDV_PASSPHRASE=… medv image verify PackedImages/win10_2.ckm.index --keys /srv/medv/keys

@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { DEFAULT_HELP } from '../core/paths.js';
-import { printJson } from './common.js';
+import { printJson, RAISES, raises } from './common.js';
 import { parseDuration } from '../core/units.js';
 
 type Opts = Record<string, unknown>;
@@ -71,7 +71,11 @@ export async function readPassword(file: string | undefined, prompt: string, con
 }
 
 export function loginCommand(): Command {
-  return new Command('login')
+  return raises(new Command('login'), [...RAISES.server, 'ENOKEY', 'EINVAL_ARG', 'EINSECURE', 'EUNSAFE', 'ENOENT'], {
+    EDENIED: 'wrong user name or password (the server does not say which)', ENOKEY: 'no password given',
+    EINSECURE: 'a password that would go to a remote http:// server', EUNSAFE: 'an unsafe client root',
+    ERATELIMIT: 'too many failed logins (wait for the time the message gives)', ENETWORK: 'network failure',
+  })
     .description('log in to a medv server: exchanges a password for an expiring token kept in a 0600 file')
     .requiredOption('--server <url>', 'the medv server, e.g. https://console.example:8080')
     .requiredOption('--user <name>', 'user name')
@@ -88,9 +92,6 @@ data/Users/<user>/Credentials.dat. \`medv workspace\` uses it until it expires o
 again. The password is never printed or stored. Over plain HTTP the server accepts passwords only
 from the same host (loopback); use https:// (with --ca naming the CA of a server whose certificate
 is not signed by a system CA) from elsewhere.
-
-Exit status: 0 logged in; 4 wrong user name or password (the server does not say which), or no
-password given; 10 too many failed logins (wait for the time the message gives) or network failure.
 
 Examples:
   medv login --server http://127.0.0.1:8080 --user alice

@@ -1,6 +1,7 @@
 /** `medv logs`: decrypt and print the device log (src/repo/devlog.ts). */
 import { Command } from 'commander';
 import { DEFAULT_HELP } from '../core/paths.js';
+import { RAISES, raises } from './common.js';
 
 type Opts = Record<string, unknown>;
 
@@ -23,7 +24,7 @@ function formatRecord(r: { at: string; level: string; message: string; fields?: 
 }
 
 export function logsCommand(): Command {
-  return new Command('logs')
+  return raises(new Command('logs'), ['EUNSAFE', 'EINSECURE', 'ENOENT', 'EFORMAT', ...RAISES.keys], { EUNSAFE: 'the host key or a folder is unsafe (readable by others, a symlink)', EFORMAT: 'a damaged host key' })
     .description('print the device log (decrypted with the host key)')
     .option('--follow', 'keep printing new records, across rotations, until interrupted (Ctrl-C)')
     .option('--json', 'one JSON object per line: {at, level, message, fields}')
@@ -35,8 +36,7 @@ Every record is encrypted and authenticated on its own with a key derived from t
 and a changed record is noticed. Records print oldest first; a damaged record prints as one warn
 line naming the file and offset, and the rest still print.
 
-Exit status: 0 printed (also when the log is empty); 4 the host key or a folder is unsafe
-(readable by others, a symlink); 5 damaged host key.
+An empty log prints nothing (exit 0).
 
 Examples:
   medv logs

@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { MedvError } from '../core/errors.js';
 import { parseDuration, parseSize } from '../core/units.js';
-import { printJson } from './common.js';
+import { printJson, raises } from './common.js';
 
 type Opts = Record<string, unknown>;
 
@@ -12,7 +12,9 @@ function parseCount(v: string, what: string, max: number): number {
 }
 
 export function serveCommand(): Command {
-  return new Command('serve')
+  return raises(new Command('serve'), ['EINVAL_ARG', 'ENOENT', 'EEXIST', 'EREADONLY', 'EUNSAFE', 'EINSECURE', 'EBADKEY', 'EFORMAT', 'ENETWORK', 'EBUSY'], {
+    EBUSY: 'the port is in use', EUNSAFE: 'a root that others may write into', EINSECURE: 'a key or token file readable by others', ENETWORK: 'the database cannot be reached',
+  })
     .description('serve an image repository over HTTP (packs and indexes with Range requests, uploads with the admin token), and users and policies under /api/')
     .requiredOption('--root <dir>', 'repository folder: images/ is served, .uploads/ holds unfinished uploads (created if missing)')
     .option('--port <port>', 'TCP port (0: the system picks one)', '8080')

@@ -1,16 +1,27 @@
-/** `medv vm …`: start, stop, pause, resume, inspect and list VMs; thin over src/host. */
+/**
+ * `medv vm …`: a thin client of the host service's API (src/host/api.ts, docs/host-api.yaml): start,
+ * stop, pause, resume, suspend, inspect, wait for and follow VMs. It loads only the API client: the
+ * service (started on demand) reads .vmc files, opens disks and keys, and runs the supervisors.
+ */
 import { Command, Option } from 'commander';
 import * as fs from 'node:fs';
-import { basename, dirname, extname, resolve } from 'node:path';
+import { basename, extname, resolve } from 'node:path';
 import { MedvError, isMedvError } from '../core/errors.js';
-import type { KekSource } from '../crypto/index.js';
-import { discardVmState, listVms, pauseVm, resumeVm, screenshotVm, serialLogPath, startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
-import { isTerminal, type VmState } from '../host/rundir.js';
-import type { VmConfig } from '../host/config.js';
 import { parseDuration } from '../core/units.js';
-import { addKeyOptions, kekFrom, printJson, type KeyOptions } from './common.js';
+import type { HostApi } from '../host/api.js';
+import type { VmRunState, VmState } from '../host/rundir.js';
+import { addKeyOptions, kekFrom, printJson, printResult, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
+
+const STATES: readonly VmRunState[] = ['starting', 'running', 'paused', 'suspending', 'stopping', 'stopped', 'suspended', 'failed'];
+const isTerminal = (s: string) => s === 'stopped' || s === 'suspended' || s === 'failed';
+
+/** The host service of this run root (started when none runs). */
+const api = async (): Promise<HostApi> => (await import('../host/api.js')).hostApi({ start: true });
+/** The most serial output `vm serial --json` puts in one JSON value. */
+const SERIAL_JSON_MAX = 16 << 20;
+const vmPath = (name: string, rest = '') => `/v1/vms/${encodeURIComponent(name)}${rest}`;
 
 function positiveInt(what: string) {
   return (v: string): number => {
@@ -18,16 +29,6 @@ function positiveInt(what: string) {
     if (!Number.isSafeInteger(n) || n <= 0) throw new MedvError('EINVAL_ARG', `${what} must be a positive integer, not ${JSON.stringify(v)}`);
     return n;
   };
-}
-
-/** The KEK when one is configured; undefined when none is and no disk needs one. */
-function optionalKek(o: KeyOptions, disks: string[]): KekSource | undefined {
-  try {
-    return kekFrom(o)();
-  } catch (e) {
-    if (isMedvError(e, 'ENOKEY') && !disks.some((d) => extname(d).toLowerCase() === '.evhd')) return undefined;
-    throw e;
-  }
 }
 
 function hostPort(v: string, previous: number[] | undefined): number[] {
@@ -48,7 +49,31 @@ function driveMap(specs: string[] | undefined, option = '--map-drive', example =
   return out;
 }
 
+/**
+ * The key a request brings: a host key file (its path), or a passphrase (MEDV_PASSPHRASE,
+ * --passphrase-file) sent once to the service for a one-time handle; none: the service's
+ * unlocked key, if any (medv host unlock).
+ */
+async function keyFor(host: HostApi, o: KeyOptions): Promise<{ hostKey?: string; handle?: string } | undefined> {
+  let kek;
+  try {
+    kek = kekFrom(o)();
+  } catch (e) {
+    if (isMedvError(e, 'ENOKEY')) return undefined;
+    throw e;
+  }
+  if (kek.kind === 'hostkey') return { hostKey: resolve(kek.keyFile) };
+  const bytes = Buffer.from(kek.passphrase as string, 'utf8');
+  try {
+    return { handle: (await host.call<{ handle: string }>('POST', '/v1/keys', undefined, { bytes, type: 'application/octet-stream' })).handle };
+  } finally {
+    bytes.fill(0);
+  }
+}
+
 function render(s: VmState): string {
+  const d = s.display;
+  const display = d.kind === 'vnc-tcp' ? `vnc-tcp ${d.vncAddress ?? '?'}${d.vncPassword ? `, password ${d.vncPassword}` : ''}` : `${d.kind}${d.vncSocket ? ` ${d.vncSocket}` : ''}`;
   const lines = [
     `name:      ${s.name}`,
     `state:     ${s.state}${s.exitReason && isTerminal(s.state) ? ` (${s.exitReason})` : ''}${s.savedState && s.state === 'suspended' ? `, saved in ${s.savedState}` : ''}`,
@@ -56,47 +81,71 @@ function render(s: VmState): string {
     `accel:     ${s.accel ?? '-'}`,
     `memory:    ${s.memoryMiB} MiB`,
     `network:   ${s.network}`,
-    `display:   ${s.display.kind}${s.display.vncSocket ? ` ${s.display.vncSocket}` : ''}`,
+    `display:   ${display}`,
+    `key:       ${s.key ?? '-'}`,
     `started:   ${s.startedAt}${s.stoppedAt ? `, stopped ${s.stoppedAt}` : ''}`,
   ];
-  for (const d of s.disks) lines.push(`disk:      ${d.path}${d.undo ? ` (writes to ${d.undo}, ${d.undoPolicy === 'discard' ? 'discarded at stop' : 'kept'})` : ''}`);
+  for (const disk of s.disks) lines.push(`disk:      ${disk.path}${disk.undo ? ` (writes to ${disk.undo}, ${disk.undoPolicy === 'discard' ? 'discarded at stop' : 'kept'})` : ''}`);
   return `${lines.join('\n')}\n`;
 }
 
-/** The VM a `.vmc` or a disk describes, as `vm start` and `vm discard-state` read it. */
-async function configFrom(disk: string, o: Opts, onWarning?: (message: string) => void): Promise<VmConfig> {
-  const path = resolve(disk);
-  if (!fs.existsSync(path)) throw new MedvError('ENOENT', `no such ${extname(disk).toLowerCase() === '.vmc' ? 'file' : 'disk'}: ${disk}`, { file: disk });
-  const display = (o.display ?? 'none') as 'none' | 'vnc' | 'window';
-  const accel = o.accel as 'kvm' | 'tcg' | undefined;
-  let config: VmConfig;
-  if (extname(path).toLowerCase() === '.vmc') {
-    const { vmConfigFromVmc } = await import('../host/vmc.js'); // the XML parser only for a .vmc
-    config = vmConfigFromVmc(path, { name: o.name as string | undefined, readOnly: Boolean(o.readOnly), undo: Boolean(o.undo), display, accel, driveMap: driveMap(o.mapDrive as string[] | undefined), hostDrives: driveMap(o.hostDrive as string[] | undefined, '--host-drive', '/dev/sr0'), onWarning });
-    if (o.memory !== undefined) config.memoryMiB = Number(o.memory);
-    if (o.network !== undefined) config.network = o.network as 'none' | 'nat';
-    if (o.mac !== undefined) config.mac = String(o.mac);
-  } else {
-    config = {
-      name: String(o.name ?? basename(path, extname(path))),
-      memoryMiB: o.memory === undefined ? 128 : Number(o.memory),
-      disks: [{ path, mode: o.readOnly ? 'test' : o.undo ? 'undo' : 'normal' }],
-      network: (o.network as 'none' | 'nat' | undefined) ?? 'none',
-      mac: o.mac as string | undefined,
-      display,
-      accel,
-      // Named after the whole file name: x.vhd and x.evhd in one folder are two VMs, with two saved states.
-      savedState: `${path}.vsv`,
-    };
-  }
-  if (o.allowHostPort !== undefined) config.allowHostPorts = o.allowHostPort as number[];
-  if (o.nic !== undefined) config.nicModel = o.nic as 'e1000' | 'virtio';
-  if (o.diskBus !== undefined) config.diskBus = o.diskBus as 'ide' | 'virtio';
-  return config;
+/** The start request for `vm start` (the host API's POST /v1/vms body). */
+function startRequest(disk: string, o: Opts): Record<string, unknown> {
+  const source = resolve(disk);
+  if (!fs.existsSync(source)) throw new MedvError('ENOENT', `no such ${extname(disk).toLowerCase() === '.vmc' ? 'file' : 'disk'}: ${disk}`, { file: disk });
+  const accel = o.accel ?? (process.env.MEDV_ACCEL || undefined);
+  return {
+    source,
+    ...(o.name !== undefined ? { name: o.name } : {}),
+    ...(o.memory !== undefined ? { memoryMiB: o.memory } : {}),
+    ...(o.readOnly ? { readOnly: true } : {}),
+    ...(o.undo ? { undo: true } : {}),
+    ...(o.network !== undefined ? { network: o.network } : {}),
+    ...(o.mac !== undefined ? { mac: o.mac } : {}),
+    ...(o.allowHostPort !== undefined ? { allowHostPorts: o.allowHostPort } : {}),
+    ...(o.nic !== undefined ? { nicModel: o.nic } : {}),
+    ...(o.diskBus !== undefined ? { diskBus: o.diskBus } : {}),
+    display: o.display ?? 'none',
+    ...(o.display === 'window' ? { x11: { display: process.env.DISPLAY, ...(process.env.XAUTHORITY ? { xauthority: resolve(process.env.XAUTHORITY) } : {}) } } : {}),
+    ...(accel ? { accel } : {}),
+    ...(o.mapDrive ? { driveMap: driveMap(o.mapDrive as string[]) } : {}),
+    ...(o.hostDrive ? { hostDrives: driveMap(o.hostDrive as string[], '--host-drive', '/dev/sr0') } : {}),
+  };
+}
+
+/** Follow GET /v1/events (optionally for one VM) and hand each event to `on` until it returns true. */
+async function followEvents(host: HostApi, q: { since?: number; vm?: string }, on: (e: Record<string, any>) => boolean | void, ready?: () => void): Promise<void> {
+  const params = new URLSearchParams();
+  if (q.since !== undefined) params.set('since', String(q.since));
+  if (q.vm !== undefined) params.set('vm', q.vm);
+  const res = await host.stream(`/v1/events${params.size ? `?${params}` : ''}`);
+  ready?.();
+  await new Promise<void>((resolveDone, reject) => {
+    let partial = '';
+    res.on('data', (c: Buffer) => {
+      partial += c.toString('utf8');
+      let nl: number;
+      while ((nl = partial.indexOf('\n')) >= 0) {
+        const line = partial.slice(0, nl);
+        partial = partial.slice(nl + 1);
+        if (!line.trim()) continue;
+        try {
+          if (on(JSON.parse(line)) === true) { res.destroy(); resolveDone(); return; }
+        } catch (e) { res.destroy(); reject(e); return; }
+      }
+    });
+    res.once('end', () => resolveDone());
+    res.once('error', reject);
+    res.once('close', () => resolveDone());
+  });
+}
+
+function defaultName(disk: string, o: Opts): string {
+  return String(o.name ?? basename(resolve(disk), extname(disk)));
 }
 
 export function vmCommand(): Command {
-  const vm = new Command('vm').description('run VMs on QEMU under a per-VM supervisor that outlives this command (KVM when usable, else TCG)');
+  const vm = new Command('vm').description('run VMs on QEMU, each under a supervisor that outlives the command, through the host service (medv host; started when none runs)');
 
   addKeyOptions(vm.command('start <vmc-or-disk>'))
     .description('start a VM from a Virtual PC .vmc (with ImageState.xml beside it, if any) or from a disk image (raw, .vhd, .evhd); it keeps running after this command exits, and a VM with a saved state (.vsv) resumes from it')
@@ -111,22 +160,25 @@ export function vmCommand(): Command {
     .option('--allow-host-port <port...>', 'with --network nat: let the guest reach this TCP/UDP port of the host\'s loopback (127.0.0.1) at its gateway 10.0.2.2; by default it reaches none', hostPort)
     .addOption(new Option('--nic <model>', 'NIC model: e1000 (most guests have a driver) or virtio').choices(['e1000', 'virtio']))
     .addOption(new Option('--disk-bus <bus>', 'bus of the hard disks: ide (as Virtual PC) or virtio (faster, needs guest drivers)').choices(['ide', 'virtio']))
-    .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (a VNC server on a unix socket in the run folder, shown by `vm status`), window (a GTK window on $DISPLAY; needs qemu-system-gui)').choices(['none', 'vnc', 'window']).default('none'))
-    .addOption(new Option('--accel <accel>', 'accelerator to try first (default: kvm when usable)').choices(['kvm', 'tcg']))
+    .addOption(new Option('--display <kind>', 'where the screen goes: none; vnc (a VNC server on a unix socket in the run folder, for tools: vm status shows it); vnc-tcp (VNC on 127.0.0.1 with a generated password, for people: vm status shows address and password); window (a GTK window on $DISPLAY; needs qemu-system-gui)').choices(['none', 'vnc', 'vnc-tcp', 'window']).default('none'))
+    .addOption(new Option('--accel <accel>', 'accelerator to try first (default: MEDV_ACCEL, else kvm when usable)').choices(['kvm', 'tcg']))
     .option('--json', 'print the VM state as JSON')
-    .addHelpText('after', '\nExamples:\n  medv vm start base.evhd --name test --read-only --json\n  medv vm start work.vhd --memory 512 --network nat\n  medv vm start xp.vmc --host-drive D=/dev/sr0\n  medv vm stop test')
+    .addHelpText('after', `\nExamples:\n  medv vm start base.evhd --name test --read-only --json\n  medv vm start work.vhd --memory 512 --network nat\n  medv vm start xp.vmc --display vnc-tcp && medv vm status xp\n  medv vm start xp.vmc --host-drive D=/dev/sr0\n  medv vm stop test`)
     .action(async (disk: string, o: Opts) => {
       if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', '--read-only and --undo exclude each other');
-      if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc on a headless host)');
-      const config = await configFrom(disk, o, (m) => process.stderr.write(`medv: warning: ${m}\n`));
-      if (config.allowHostPorts?.length && config.network !== 'nat') throw new MedvError('EINVAL_ARG', '--allow-host-port needs --network nat (or a .vmc with a network adapter)');
-      const kek = optionalKek(o, config.disks.map((d) => d.path));
-      if (!kek && config.disks.some((d) => d.mode !== 'test' && d.mode !== 'cdrom')) {
-        process.stderr.write(`medv: warning: no passphrase or host key: \`medv vm suspend ${config.name}\` will be refused (a saved state is always encrypted); give one at start (MEDV_PASSPHRASE, --passphrase-file or --host-key) to be able to suspend\n`);
+      if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc-tcp on a headless host)');
+      const body = startRequest(disk, o);
+      const host = await api();
+      const key = await keyFor(host, o);
+      const state = await host.call<VmState & { warnings?: string[] }>('POST', '/v1/vms', { ...body, ...(key ? { key } : {}) });
+      // What the service started otherwise than the .vmc says (a host CD/DVD drive left empty), told once.
+      for (const w of state.warnings ?? []) process.stderr.write(`medv: warning: ${w}\n`);
+      if (state.key === 'none' && state.disks.some((d) => d.undoPolicy !== 'discard')) {
+        process.stderr.write(`medv: warning: no passphrase or host key: \`medv vm suspend ${state.name}\` will be refused (a saved state is always encrypted); give one at start (MEDV_PASSPHRASE, --passphrase-file, --host-key, or medv host unlock) to be able to suspend\n`);
       }
-      const state = await startVm(config, { kek });
-      if (o.json) printJson(state);
-      else process.stdout.write(`${state.resumed ? 'resumed' : 'started'} VM ${state.name} (${state.accel}, supervisor pid ${state.pid}); stop it with: medv vm stop ${state.name}\n`);
+      if (o.json) { printJson(state); return; }
+      const vnc = state.display.kind === 'vnc-tcp' ? `; VNC on ${state.display.vncAddress} (password: medv vm status ${state.name})` : '';
+      process.stdout.write(`${state.resumed ? 'resumed' : 'started'} VM ${state.name} (${state.accel}, supervisor pid ${state.pid})${vnc}; stop it with: medv vm stop ${state.name}\n`);
     });
 
   vm.command('stop <name>')
@@ -135,7 +187,7 @@ export function vmCommand(): Command {
     .option('--force', 'do not ask the guest: quit at once')
     .option('--json', 'print the final VM state as JSON')
     .action(async (name: string, o: Opts) => {
-      const state = await stopVm(name, { timeoutS: Number(o.timeout) / 1000, force: Boolean(o.force) });
+      const state = await (await api()).call<VmState>('POST', vmPath(name, '/stop'), { timeoutS: Number(o.timeout) / 1000, force: Boolean(o.force) });
       if (o.json) printJson(state);
       else process.stdout.write(`VM ${name} stopped (${state.exitReason ?? 'unknown'})\n`);
     });
@@ -144,20 +196,26 @@ export function vmCommand(): Command {
     .description('save the running guest to an encrypted .vsv beside its disk (key in .vsv.enc) and stop it; the next start resumes it')
     .option('--json', 'print the final VM state as JSON')
     .action(async (name: string, o: Opts) => {
-      const state = await suspendVm(name);
+      const state = await (await api()).call<VmState>('POST', vmPath(name, '/suspend'));
       if (o.json) printJson(state);
       else process.stdout.write(`VM ${name} suspended to ${state.savedState}\n`);
     });
 
   addKeyOptions(vm.command('discard-state <vmc-or-disk>'))
     .description('drop a suspended VM\'s saved state: remove its .vsv and .vsv.enc and clear the saved-state flag of its disks (or undo disks); the guest then starts as after a power cut. Also for a Virtual PC disk whose flag is set and whose .vsv is gone')
+    .option('--name <name>', 'the VM\'s name (default: the file name without extension)')
     .option('--undo', 'the VM ran with --undo: clear the flag of its undo disk')
     .option('--map-drive <letter=folder...>', 'as for vm start, for a .vmc with absolute paths')
     .option('--json', 'print what was removed and cleared as JSON')
-    .addHelpText('after', '\nExamples:\n  medv vm discard-state work.vhd\n  medv vm discard-state xp.vmc --map-drive C=/srv/vms')
+    .addHelpText('after', `\nExamples:\n  medv vm discard-state work.vhd\n  medv vm discard-state xp.vmc --map-drive C=/srv/vms`)
     .action(async (disk: string, o: Opts) => {
-      const config = await configFrom(disk, o);
-      const r = await discardVmState(config, { kek: optionalKek(o, config.disks.map((d) => d.undoPath ?? d.path)) });
+      const source = resolve(disk);
+      if (!fs.existsSync(source)) throw new MedvError('ENOENT', `no such ${extname(disk).toLowerCase() === '.vmc' ? 'file' : 'disk'}: ${disk}`, { file: disk });
+      const host = await api();
+      const key = await keyFor(host, o);
+      const r = await host.call<{ removed: string[]; kept: Array<{ path: string; reason: string }>; cleared: string[] }>('POST', vmPath(defaultName(disk, o), '/discard-state'), {
+        source, ...(o.undo ? { undo: true } : {}), ...(o.mapDrive ? { driveMap: driveMap(o.mapDrive as string[]) } : {}), ...(key ? { key } : {}),
+      });
       if (o.json) { printJson(r); return; }
       for (const f of r.removed) process.stdout.write(`removed ${f}\n`);
       for (const k of r.kept) process.stdout.write(`kept ${k.path}: ${k.reason}\n`);
@@ -165,61 +223,123 @@ export function vmCommand(): Command {
       if (!r.removed.length && !r.cleared.length && !r.kept.length) process.stdout.write('no saved state to discard\n');
     });
 
-  for (const [verb, fn, text] of [['pause', pauseVm, 'pause the guest\'s CPUs (memory stays)'], ['resume', resumeVm, 'let a paused guest run again']] as const) {
+  for (const [verb, text] of [['pause', 'pause the guest\'s CPUs (memory stays)'], ['resume', 'let a paused guest run again (a suspended VM resumes with vm start)']] as const) {
     vm.command(`${verb} <name>`).description(text).option('--json', 'print the VM state as JSON')
       .action(async (name: string, o: Opts) => {
-        const state = await fn(name);
+        const state = await (await api()).call<VmState>('POST', vmPath(name, `/${verb}`));
         if (o.json) printJson(state); else process.stdout.write(`VM ${name} ${state.state}\n`);
       });
   }
 
   vm.command('status <name>')
-    .description('state, pids, accelerator, disks and display of a VM (a dead supervisor reads as stopped)')
-    .option('--json', 'print as JSON (schema: README, "medv vm")')
-    .action((name: string, o: Opts) => {
-      const s = vmStatus(name);
+    .description('state, pids, accelerator, disks and display of a VM (a dead supervisor reads as stopped); with --display vnc-tcp, where VNC listens and its password')
+    .option('--json', 'print as JSON (schema: README, "medv vm"; docs/host-api.yaml VmState)')
+    .action(async (name: string, o: Opts) => {
+      const s = await (await api()).call<VmState>('GET', vmPath(name));
       if (o.json) printJson(s); else process.stdout.write(render(s));
     });
 
   vm.command('list')
     .description('every VM that has run here, with its state')
-    .option('--json', 'print a JSON array of states')
-    .action((o: Opts) => {
-      const all = listVms();
+    .option('--json', 'print a JSON array of states (VNC passwords left out: vm status shows them)')
+    .action(async (o: Opts) => {
+      const all = await (await api()).call<VmState[]>('GET', '/v1/vms');
       if (o.json) { printJson(all); return; }
       if (all.length === 0) { process.stdout.write('no VMs\n'); return; }
       for (const s of all) process.stdout.write(`${s.name.padEnd(20)} ${s.state.padEnd(9)} ${s.accel ?? '-'}  ${s.disks.map((d) => d.path).join(', ')}\n`);
     });
 
+  vm.command('wait <name>')
+    .description('wait until a VM is in one of the states given (at once when it is already)')
+    .requiredOption('--state <states>', `comma-separated: ${STATES.join(', ')}`)
+    .option('--timeout <duration>', 'give up after this long (exit 17): seconds, or with s, m, h (default: wait as long as it takes)', (v: string) => parseDuration(v, '--timeout', { max: 366 * 86400_000 }))
+    .option('--json', 'print the VM state reached as JSON')
+    .addHelpText('after', `\nExamples:\n  medv vm wait build --state stopped,failed --timeout 10m`)
+    .action(async (name: string, o: Opts) => {
+      const want = String(o.state).split(',').map((s) => s.trim()).filter(Boolean);
+      for (const s of want) if (!STATES.includes(s as VmRunState)) throw new MedvError('EINVAL_ARG', `--state ${JSON.stringify(s)}: one of ${STATES.join(', ')}`);
+      const host = await api();
+      let timer: NodeJS.Timeout | undefined;
+      let reached: string | undefined;
+      const status = () => host.call<VmState>('GET', vmPath(name));
+      const waiting = followEvents(host, { vm: name }, (e) => {
+        if (e.type === 'state' && e.vm === name && want.includes(e.state)) { reached = e.state; return true; }
+        if (e.type === 'service' && e.what === 'stopping') throw new MedvError('EHYPERVISOR', 'the host service stopped while waiting');
+      }, () => undefined);
+      // Subscribed first, then asked: a change in between is seen either way.
+      const now = await status().catch((e: unknown) => { if (isMedvError(e, 'ENOENT')) return undefined; throw e; });
+      if (now && want.includes(now.state)) reached = now.state;
+      else {
+        const timeout = o.timeout === undefined ? undefined : new Promise<never>((_r, reject) => { timer = setTimeout(() => reject(new MedvError('ETIMEOUT', `VM ${name} did not reach ${want.join(' or ')} within ${Number(o.timeout) / 1000} s`)), Number(o.timeout)); });
+        await Promise.race([waiting, ...(timeout ? [timeout] : [])]);
+      }
+      clearTimeout(timer);
+      if (!reached) throw new MedvError('EHYPERVISOR', 'the event stream ended before the VM got there');
+      const state = await status();
+      if (o.json) printJson(state); else process.stdout.write(`VM ${name} ${reached}\n`);
+      process.exit(0); // the event stream would keep the process alive
+    });
+
+  vm.command('events')
+    .description('follow the host service\'s events: VM state changes, guest serial lines, errors; each with a cursor that only grows (resume with --since)')
+    .option('--since <cursor>', 'replay the events after this cursor first (those the service still holds; a "lost" event says what is gone)')
+    .option('--vm <name>', 'only this VM\'s events')
+    .option('--json', 'one JSON object per line, as the API sends them')
+    .addHelpText('after', `\nExamples:\n  medv vm events --vm build --json\n  medv vm events --since 4294967312`)
+    .action(async (o: Opts) => {
+      const since = o.since === undefined ? undefined : Number(o.since);
+      if (since !== undefined && (!Number.isSafeInteger(since) || since < 0)) throw new MedvError('EINVAL_ARG', `--since must be an event cursor, not ${JSON.stringify(o.since)}`);
+      await followEvents(await api(), { since, vm: o.vm as string | undefined }, (e) => {
+        if (o.json) { process.stdout.write(`${JSON.stringify(e)}\n`); return; }
+        const what = e.type === 'serial' ? (e.line ?? `(${e.skipped} bytes skipped)`) : e.type === 'state' ? `${e.state}${e.exitReason ? ` (${e.exitReason})` : ''}`
+          : e.type === 'error' ? `${e.code}: ${e.message}` : e.type === 'lost' ? `events ${e.after + 1}..${e.until} are gone: ${e.why}` : e.message ?? e.what ?? '';
+        process.stdout.write(`${e.cursor} ${e.time} ${(e.vm ?? e.workspace ?? '-').padEnd(16)} ${e.type.padEnd(7)} ${what}\n`);
+      });
+    });
+
   vm.command('serial <name>')
     .description('what the guest wrote to its first serial port (kept after it stops, until the name starts again)')
-    .option('--follow', 'keep printing new output until the VM stops')
+    .option('--follow', 'keep printing new lines until the VM stops')
+    .option('--json', 'print {"name","serial"} (the output as text) instead of the raw bytes; not with --follow')
     .action(async (name: string, o: Opts) => {
-      const file = serialLogPath(name);
-      let pos = 0;
-      const drain = () => {
-        const fd = fs.openSync(file, 'r');
-        try {
-          const buf = Buffer.alloc(64 * 1024);
-          let n: number;
-          while ((n = fs.readSync(fd, buf, 0, buf.length, pos)) > 0) { process.stdout.write(buf.subarray(0, n)); pos += n; }
-        } finally { fs.closeSync(fd); }
+      if (o.json && o.follow) throw new MedvError('EINVAL_ARG', '--follow prints the output as it comes: it does not go with --json');
+      const host = await api();
+      const sofar = (b: Buffer) => {
+        if (!o.json) { process.stdout.write(b); return; }
+        // The log grows with whatever the guest writes: as one JSON value, at most SERIAL_JSON_MAX.
+        if (b.length > SERIAL_JSON_MAX) throw new MedvError('ETOOLARGE', `the serial output of VM ${name} is over ${SERIAL_JSON_MAX >> 20} MiB (read it without --json)`);
+        printJson({ name, serial: b.toString('utf8') });
       };
-      drain();
-      if (!o.follow) return;
-      // The run folder, not the log: a VM can stop without printing anything more (state.json changes).
-      await new Promise<void>((res) => {
-        const watcher = fs.watch(dirname(file), () => {
-          drain();
-          if (isTerminal(vmStatus(name).state)) { watcher.close(); res(); }
-        });
-        if (isTerminal(vmStatus(name).state)) { watcher.close(); res(); }
+      if (!o.follow) { sofar(await host.bytes('GET', vmPath(name, '/serial'))); return; }
+      // Subscribed first, then the log so far; lines that came as events before it arrived are in it.
+      let caughtUp = false;
+      await followEvents(host, { vm: name }, (e) => {
+        if (e.type === 'serial' && e.line !== undefined && caughtUp) process.stdout.write(`${e.line}\n`);
+        if (e.type === 'state' && isTerminal(e.state)) return true;
+      }, () => {
+        void host.bytes('GET', vmPath(name, '/serial')).then((b) => { sofar(b); caughtUp = true; }, () => { caughtUp = true; });
       });
+      process.exit(0);
     });
 
   vm.command('screenshot <name> <file>')
     .description('save the guest\'s screen as a PNG (QMP screendump)')
-    .action(async (name: string, file: string) => { await screenshotVm(name, resolve(file)); });
+    .option('--json', 'print {"name","file"}')
+    .action(async (name: string, file: string, o: Opts) => {
+      const png = await (await api()).bytes('GET', vmPath(name, '/screenshot'));
+      const out = resolve(file);
+      const { writeFileAtomic } = await import('../core/fsio.js');
+      await writeFileAtomic(out, png, { mode: 0o644 });
+      printResult(o.json, { name, file: out }, `saved the screen of VM ${name} to ${out}`);
+    });
+
+  vm.command('delete <name>')
+    .description('forget a VM that does not run: remove its run folder (state, serial and supervisor logs); its disks and saved state are not touched')
+    .option('--json', 'print {"removed":NAME} as JSON')
+    .action(async (name: string, o: Opts) => {
+      const r = await (await api()).call('DELETE', vmPath(name));
+      if (o.json) printJson(r); else process.stdout.write(`VM ${name} forgotten\n`);
+    });
 
   return vm;
 }

@@ -62,12 +62,6 @@ it will not start offline until a server grants it again. The administrator's or
 the same contact: locked, it does not start (offline neither) until unlocked, its data kept;
 wiped, this client deletes the workspace's keys, then its disks and saved state, and says so.
 
-Exit status: 0 started; 2 bad option; 4 not logged in, login expired, not entitled, or a
-password or token that would go to a remote http:// server; 5 damaged image, bad policy, or a
-version folder holding another image; 9 already running; 10 server error; 12 the image needs a
-newer medv (EENGINE); 13 offline allowance used up; 14 expired; 15 locked by the administrator
-(ELOCKED, with the reason); 16 wiped by order of the administrator (EWIPED, with the reason).
-
 Examples:
   medv login --server https://console.example --user alice
   medv workspace start ledger

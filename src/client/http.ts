@@ -15,6 +15,11 @@
  * - Retry (./retry.ts): idempotent requests (GET, HEAD, PUT, DELETE, or `idempotent: true`) are
  *   retried with backoff on transient failures only; a request with a streamed body is retried
  *   only when it can be reopened (`body.open`).
+ * - A kept-alive connection the server closed while it sat idle in the pool (a server closes idle
+ *   ones after a few seconds; a client whose event loop was busy has not seen the FIN yet) fails
+ *   before any byte of the answer: an idempotent request is then sent again at once, once, on a
+ *   new connection, whatever the retry policy (the standard rule: RFC 9110 9.2.2, as Go's
+ *   net/http and undici do). Anything else that fails on a reused connection is an ordinary failure.
  * - Answers are bounded (`maxBody`, default 16 MiB) and returned whatever their status;
  *   `responseError` turns a non-2xx answer into a MedvError through the one status→code table
  *   (src/api/status.ts), preferring the code a medv server names in its JSON error body.
@@ -145,6 +150,16 @@ class TimeoutError extends Error {
   readonly code = 'ETIMEDOUT';
 }
 
+/** A reset (or a write into a closed socket) on a connection reused from the pool, before any byte of the answer. */
+class StaleConnection extends Error {
+  readonly code: string;
+  constructor(readonly original: NodeJS.ErrnoException) {
+    super(original.message, { cause: original });
+    this.code = original.code ?? 'ECONNRESET';
+  }
+}
+const STALE_CODES: ReadonlySet<string | undefined> = new Set(['ECONNRESET', 'EPIPE']);
+
 /** A transient answer, carried through withRetry (and tus-js-client's retries); the last one is the answer. */
 export class TransientAnswer extends TransientFailure {
   constructor(readonly response: HttpResponse) {
@@ -191,10 +206,12 @@ export class HttpAgent {
     this.headersTimeoutMs = options.headersTimeoutMs ?? 60_000;
     this.idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
     this.retry = options.retry ?? DEFAULT_RETRY;
-    this.agents = {
-      http: new http.Agent({ keepAlive: true, maxSockets: 8 }),
-      https: new https.Agent({ keepAlive: true, maxSockets: 8, ...(options.ca ? { ca: options.ca } : {}) }),
-    };
+    this.agents = { http: new http.Agent({ keepAlive: true, maxSockets: 8 }), https: this.httpsAgent({ keepAlive: true, maxSockets: 8 }) };
+  }
+
+  /** An HTTPS agent with this client's TLS settings (the pinned CA): the pool's and a fresh connection's alike. */
+  private httpsAgent(o: https.AgentOptions): https.Agent {
+    return new https.Agent({ ...o, ...(this.options.ca ? { ca: this.options.ca } : {}) });
   }
 
   /** Close idle connections (the agent may still be used afterwards). */
@@ -221,7 +238,14 @@ export class HttpAgent {
     const localhost = credential && url.protocol === 'http:' && isLocalhostName(url.hostname);
     try {
       return await withRetry(async () => {
-        const res = await this.once(url, r, localhost);
+        let res: HttpResponse;
+        try {
+          res = await this.once(url, r, localhost, false);
+        } catch (e) {
+          if (!(e instanceof StaleConnection)) throw e;
+          if (!idempotent) throw e.original;
+          res = await this.once(url, r, localhost, true);
+        }
         if (TRANSIENT_STATUSES.has(res.status)) throw new TransientAnswer(res);
         return res;
       }, { policy, isTransient: isRetryable });
@@ -231,8 +255,8 @@ export class HttpAgent {
     }
   }
 
-  /** One attempt. */
-  private once(url: URL, r: HttpRequest, loopbackOnly: boolean): Promise<HttpResponse> {
+  /** One attempt; `fresh`: on a new connection of its own, never one from the pool. */
+  private once(url: URL, r: HttpRequest, loopbackOnly: boolean, fresh: boolean): Promise<HttpResponse> {
     const headers: Record<string, string> = { 'accept-encoding': 'identity', ...r.headers };
     let body: Buffer | Readable | undefined;
     if (typeof r.body === 'string') body = Buffer.from(r.body, 'utf8');
@@ -251,10 +275,13 @@ export class HttpAgent {
         if (body && !Buffer.isBuffer(body)) body.destroy();
         if (e) reject(e); else resolve(v!);
       };
+      const pooled = https_ ? this.agents.https : this.agents.http;
+      const agent = !fresh ? pooled : https_ ? this.httpsAgent({ keepAlive: false }) : new http.Agent({ keepAlive: false });
       const req = (https_ ? https : http).request(url, {
-        method: r.method, headers, agent: https_ ? this.agents.https : this.agents.http,
+        method: r.method, headers, agent,
         ...(loopbackOnly ? { lookup: loopbackLookup as unknown as typeof dns.lookup } : {}),
       });
+      let answered = false;
       const fail = (msg: string) => req.destroy(new TimeoutError(`${url.origin}: ${msg}`));
       req.on('socket', (s) => {
         if (!s.connecting) return;
@@ -264,8 +291,9 @@ export class HttpAgent {
       });
       req.setTimeout(this.idleTimeoutMs, () => fail(`nothing sent or received for ${this.idleTimeoutMs / 1000} s`));
       req.on('finish', () => timers.push(setTimeout(() => fail(`no answer within ${this.headersTimeoutMs / 1000} s`), this.headersTimeoutMs)));
-      req.on('error', (e) => done(e));
+      req.on('error', (e: NodeJS.ErrnoException) => done(req.reusedSocket && !answered && STALE_CODES.has(e.code) ? new StaleConnection(e) : e));
       req.on('response', (res) => {
+        answered = true;
         for (const t of timers.splice(0)) clearTimeout(t);
         const chunks: Buffer[] = [];
         let n = 0;

@@ -21,6 +21,11 @@ export interface Sodium {
   crypto_generichash_BYTES_MIN: number;
   crypto_generichash_BYTES_MAX: number;
   crypto_generichash_KEYBYTES_MAX: number;
+  /** BLAKE2b over data given in pieces: init a state of STATEBYTES, update, final. */
+  crypto_generichash_STATEBYTES: number;
+  crypto_generichash_init(state: Buffer, key: Buffer | null, outputLength: number): void;
+  crypto_generichash_update(state: Buffer, input: Buffer): void;
+  crypto_generichash_final(state: Buffer, out: Buffer): void;
 
   crypto_pwhash(out: Buffer, passwd: Buffer, salt: Buffer, opslimit: number, memlimit: number, alg: number): void;
   crypto_pwhash_async(out: Buffer, passwd: Buffer, salt: Buffer, opslimit: number, memlimit: number, alg: number): Promise<void>;

@@ -8,7 +8,7 @@ export { type KekSource, kekFromEnvironment, createHostKey, loadHostKey, hostKey
 export { type HostKeySource } from './kekenv.js';
 export { wrapHostKey, unwrapHostKey, isWrappedHostKey, hasTpm2, protectorOf, WRAP_KEY_BYTES, type Protector } from './hostbind.js';
 export { writeKeyFile, writeKeyFileAt, writeWrappedKeyFile, readKeyFile, wrapDataKey, unwrapDataKey, DEFAULT_PWHASH, type PwhashParams, type WrapOptions } from './keyfile.js';
-export { secureAlloc, secureRandom, secureWipe, secureFree, constantTimeEqual } from './secure.js';
+export { secureAlloc, secureRandom, secureSeal, secureWipe, secureFree, constantTimeEqual } from './secure.js';
 
 /** The key file beside an .evhd: foo.evhd -> foo.enc (any other name gets ".enc" appended). */
 export function encPathFor(evhdPath: string): string {

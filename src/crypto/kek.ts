@@ -9,11 +9,11 @@ import * as fs from 'node:fs';
 import { MedvError, fromSystemError, isMedvError } from '../core/errors.js';
 import { createFileAtomic, readSecretSync } from '../core/fsio.js';
 import { WRAPPED_HOST_KEY_MAX, WRAPPED_HOST_KEY_MIN, isWrappedHostKey, readHostKeyFile, unwrapHostKey } from './hostbind.js';
-import type { HostKeySource } from './kekenv.js';
+import type { HostKeySource, PassphraseSource } from './kekenv.js';
 import { secureAlloc, secureFree } from './secure.js';
 import { sodium } from '../core/sodium.js';
 
-export { type KekSource, kekFromEnvironment } from './kekenv.js';
+export { type KekSource, type DerivedKek, type PassphraseSource, kekFromEnvironment } from './kekenv.js';
 
 export const HOST_KEY_BYTES = 32;
 export const HOST_KEY_ID_BYTES = 16;
@@ -73,9 +73,10 @@ export function hostKeyId(hostKey: Buffer): Buffer {
 }
 
 /** Argon2id of a passphrase into a secure 32-byte KEK (runs on the thread pool). */
-export async function passphraseKek(passphrase: string, salt: Buffer, opslimit: number, memlimit: number): Promise<Buffer> {
+export async function passphraseKek(passphrase: string | Buffer, salt: Buffer, opslimit: number, memlimit: number): Promise<Buffer> {
   const kek = secureAlloc(32);
-  const pw = Buffer.from(passphrase, 'utf8');
+  // A passphrase given as bytes (secure memory) is used as it is, and left to its owner.
+  const pw = typeof passphrase === 'string' ? Buffer.from(passphrase, 'utf8') : passphrase;
   try {
     await sodium.crypto_pwhash_async(kek, pw, salt, opslimit, memlimit, sodium.crypto_pwhash_ALG_ARGON2ID13);
     return kek;
@@ -83,6 +84,16 @@ export async function passphraseKek(passphrase: string, salt: Buffer, opslimit: 
     secureFree(kek);
     throw new MedvError('ECRYPTO', 'Argon2id failed (out of memory?)', {}, { cause: e });
   } finally {
-    pw.fill(0);
+    if (typeof passphrase === 'string') pw.fill(0);
   }
+}
+
+/** A copy (secure memory) of the KEK `source` already derived for this salt and cost, if it has one. */
+export function derivedKekFor(source: PassphraseSource, salt: Buffer, opslimit: number, memlimit: number): Buffer | undefined {
+  const hit = [...(source.derived ?? []), ...(source.wrapWith ? [source.wrapWith] : [])]
+    .find((d) => d.opslimit === opslimit && d.memlimit === memlimit && d.salt.length === salt.length && d.salt.equals(salt) && d.key.length === 32);
+  if (!hit) return undefined;
+  const k = secureAlloc(32);
+  hit.key.copy(k);
+  return k;
 }

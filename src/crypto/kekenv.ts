@@ -12,7 +12,23 @@ import { readSecretSync } from '../core/fsio.js';
  */
 export interface HostKeySource { kind: 'hostkey'; keyFile: string; wrapKeyFile?: string }
 
-export type KekSource = { kind: 'passphrase'; passphrase: string } | HostKeySource;
+/**
+ * A key-encryption key Argon2id already derived from a passphrase with one salt and cost (what a
+ * key file records): `key` is 32 bytes in secure memory. The host service (src/host/service/keys.ts)
+ * derives these once while it is unlocked, so a start or resume does not pay Argon2id again.
+ */
+export interface DerivedKek { salt: Buffer; opslimit: number; memlimit: number; key: Buffer }
+
+/**
+ * A passphrase, as text (the command line's) or as bytes in secure memory (the host service's key
+ * cache: never a JS string there). `derived`: KEKs already derived from it, used for key files
+ * whose salt and cost they match; `wrapWith`: new key files are wrapped under this one (its salt
+ * and cost recorded in them) instead of a fresh salt, so a file written now (a saved state's key)
+ * opens again without Argon2id while the cache holds it, and with the passphrase alone after.
+ */
+export interface PassphraseSource { kind: 'passphrase'; passphrase: string | Buffer; derived?: readonly DerivedKek[]; wrapWith?: DerivedKek }
+
+export type KekSource = PassphraseSource | HostKeySource;
 
 
 /** Largest passphrase file we read (a passphrase, not a document). */

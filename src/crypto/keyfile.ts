@@ -10,7 +10,7 @@ import {
   parseKeyFile, serializeKeyFile, serializeKeyFileAad,
 } from '../formats/keyfile.js';
 import { DATA_KEY_BYTES, DataKey } from './datakey.js';
-import { type KekSource, hostKeyId, loadHostKey, passphraseKek } from './kek.js';
+import { type KekSource, derivedKekFor, hostKeyId, loadHostKey, passphraseKek } from './kek.js';
 import { secureAlloc, secureFree } from './secure.js';
 import { sodium } from '../core/sodium.js';
 
@@ -35,7 +35,13 @@ export async function wrapDataKey(dataKey: DataKey, kek: KekSource, opts: WrapOp
   const nonce = randomBytes(KEYFILE_NONCE_BYTES);
   let header: KeyFileKek;
   let k: Buffer;
-  if (kek.kind === 'passphrase') {
+  if (kek.kind === 'passphrase' && kek.wrapWith && !opts.pwhash) {
+    // Under a KEK derived already (the host service's key cache): its salt and cost go in the file.
+    const w = kek.wrapWith;
+    header = { kind: 'passphrase', salt: Buffer.from(w.salt), opslimit: BigInt(w.opslimit), memlimit: BigInt(w.memlimit) };
+    serializeKeyFileAad({ version: KEYFILE_VERSION, keyId: dataKey.keyId, kek: header, nonce }); // validates limits first
+    k = derivedKekFor(kek, w.salt, w.opslimit, w.memlimit)!;
+  } else if (kek.kind === 'passphrase') {
     const p = opts.pwhash ?? DEFAULT_PWHASH;
     const salt = randomBytes(KEYFILE_SALT_BYTES);
     header = { kind: 'passphrase', salt, opslimit: BigInt(p.opslimit), memlimit: BigInt(p.memlimit) };
@@ -69,7 +75,8 @@ export async function unwrapDataKey(enc: Buffer, kek: KekSource, file?: string):
     if (kek.kind !== 'passphrase') {
       throw new MedvError('ENOKEY', 'this key file is protected by a passphrase: set MEDV_PASSPHRASE or use --passphrase-file', { file });
     }
-    k = await passphraseKek(kek.passphrase, rec.kek.salt, Number(rec.kek.opslimit), Number(rec.kek.memlimit));
+    const [ops, mem] = [Number(rec.kek.opslimit), Number(rec.kek.memlimit)];
+    k = derivedKekFor(kek, rec.kek.salt, ops, mem) ?? await passphraseKek(kek.passphrase, rec.kek.salt, ops, mem);
   } else {
     if (kek.kind !== 'hostkey') throw new MedvError('ENOKEY', 'this key file is wrapped with a host key, not a passphrase', { file });
     k = await loadHostKey(kek);

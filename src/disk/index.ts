@@ -163,6 +163,9 @@ export interface ConvertOptions extends FormatOptions {
   onProgress?: Progress;
 }
 
+/** What a convert wrote: the destination's format, layout and virtual size. */
+export interface ConvertResult { source: string; destination: string; from: DiskFormat; to: DiskFormat; type: 'raw' | VhdLayout; virtualSize: number }
+
 export function formatForPath(path: string): DiskFormat {
   const p = path.toLowerCase();
   if (p.endsWith('.evhd')) return 'evhd';
@@ -177,7 +180,7 @@ const COPY_CHUNK = 1024 * 1024;
  * container (byte-exact: decrypt(encrypt(x.vhd)) == x.vhd); everything else is a copy of the
  * virtual disk that skips all-zero chunks (new destinations read as zeros).
  */
-export async function convertDisk(src: string, dst: string, options: ConvertOptions = {}): Promise<void> {
+export async function convertDisk(src: string, dst: string, options: ConvertOptions = {}): Promise<ConvertResult> {
   const to = options.to ?? formatForPath(dst);
   if (existsSync(dst)) throw new MedvError('EEXIST', `destination exists: ${dst}`, { file: dst });
   if (to === 'evhd' && !dst.toLowerCase().endsWith('.evhd')) {
@@ -193,13 +196,14 @@ export async function convertDisk(src: string, dst: string, options: ConvertOpti
   const kekValue = () => requireKek(options.kek, from === 'evhd' ? src : dst);
   // Every branch writes under temporary names and publishes at the end (src/core/fsio.ts):
   // a failed or killed convert leaves nothing under DST, and never removes a file it did not create.
+  const result = (type: 'raw' | VhdLayout, virtualSize: number): ConvertResult => ({ source: src, destination: dst, from, to, type, virtualSize });
   if (from === 'vhd' && to === 'evhd' && sameLayout && srcType !== 'differencing') {
     await encryptFile(src, dst, kekValue(), options.onProgress);
-    return;
+    return result(srcType as VhdLayout, described.size);
   }
   if (from === 'evhd' && to === 'vhd' && sameLayout && srcType !== 'differencing') {
     await decryptFile(src, dst, kekValue(), options.onProgress);
-    return;
+    return result(srcType as VhdLayout, described.size);
   }
   const source = await openDisk(src, { readOnly: true, kek: options.kek, format: from, parent: options.parent });
   try {
@@ -207,10 +211,12 @@ export async function convertDisk(src: string, dst: string, options: ConvertOpti
     const out = await newContainer(dst, to === 'evhd', options.kek, to === 'raw' ? source.device.size : undefined);
     try {
       const target = to === 'raw' ? out.storage : await createVhdOn(out.storage, dst, type, source.device.size);
+      const virtualSize = target.size;
       await copyDevice(source.device, target, options.onProgress);
       await target.flush();
       await target.close();
       await out.publish();
+      return result(to === 'raw' ? 'raw' : type, virtualSize);
     } catch (e) {
       await out.abort().catch(() => undefined);
       throw e;

@@ -7,14 +7,14 @@ import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { MedvError, type ErrorCode } from '../core/errors.js';
 import { nameExists } from '../core/fsio.js';
-import { JsonLineReader } from '../core/jsonlines.js';
 import { runRoot } from '../core/paths.js';
 import { checkVmName } from '../api/names.js';
 import type { SavedStateReader } from '../hypervisor/savedstate.js';
 import { controlRequest } from './protocol.js';
 import { effectiveState, isTerminal, listRunDirs, readState, vmRunDir, type VmState } from './rundir.js';
 import type { SupervisorInput, VmConfig } from './config.js';
-import { spawnSupervisor, takePrespawned } from './prespawn.js';
+import { POOLED_QEMU_GONE, spawnSupervisor, takePrespawned, type SupervisorAnswer, type WaitingSupervisor } from './prespawn.js';
+import { encodeInput } from './input.js';
 
 export interface HostOptions {
   /** Run folder root (default runRoot()). */
@@ -40,27 +40,15 @@ function tail(file: string, bytes = 4000): string {
   }
 }
 
-export interface StartAnswer { ok: boolean; state?: VmState; error?: { code: string; message: string } }
-
-/** Longest answer a supervisor may send on fd 3 (a state of a few KiB). */
-export const MAX_START_ANSWER = 1024 * 1024;
-
-/**
- * The supervisor's answer to a start: the first line on its fd 3, one JSON object, bounded
- * (src/core/jsonlines.ts); an over-long line or one that is not JSON is an EPROTO answer.
- */
-export function readStartAnswer(pipe: NodeJS.ReadableStream, done: (a: StartAnswer) => void): void {
-  let answered = false;
-  const once = (a: StartAnswer) => { if (!answered) { answered = true; done(a); } };
-  const reader = new JsonLineReader((v) => once(v as StartAnswer), (e) => { once({ ok: false, error: { code: 'EPROTO', message: e.message } }); }, 'the supervisor', MAX_START_ANSWER);
-  pipe.on('data', (d: Buffer | string) => reader.push(d));
-}
+export { readStartAnswer, MAX_START_ANSWER, type StartAnswer } from './prespawn.js';
 
 /**
  * Start a VM under a new detached supervisor; resolves once QEMU runs (the guest may still be
  * booting). The VM keeps running after this process exits. EBUSY if a VM of that name runs.
+ * `supervisor`: one started already (the host service's pool: src/host/pooled.ts); when it ends
+ * without an answer because its pooled QEMU died (POOLED_QEMU_GONE), the VM starts cold instead.
  */
-export async function startVm(config: VmConfig, options: HostOptions & { kek?: KekSource } = {}): Promise<VmState> {
+export async function startVm(config: VmConfig, options: HostOptions & { kek?: KekSource; supervisor?: WaitingSupervisor } = {}): Promise<VmState> {
   const root = options.root ?? runRoot();
   checkVmName(config.name);
   const dir = vmRunDir(config.name, root);
@@ -70,29 +58,38 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
   if (current && !isTerminal(effectiveState(current).state)) {
     throw new MedvError('EBUSY', `VM ${config.name} is already ${current.state} (supervisor pid ${current.pid})`);
   }
-  // Usually started already, while this command was parsing (./prespawn.ts).
-  const supervisor = takePrespawned(root) ?? spawnSupervisor(root);
-  const child = supervisor.child;
-  const input: SupervisorInput = { config, runRoot: root, kek: options.kek, logFile: supervisor.log };
-  child.stdin!.on('error', () => undefined); // a supervisor that died at once is reported through 'exit'
-  child.stdin!.end(JSON.stringify(input));
-  const answer = await new Promise<StartAnswer>((resolve) => {
-    const timer = setTimeout(() => resolve({ ok: false, error: { code: 'ETIMEOUT', message: `the supervisor did not report within ${START_TIMEOUT_MS} ms` } }), START_TIMEOUT_MS);
-    readStartAnswer(child.stdio[3] as NodeJS.ReadableStream, (a) => { clearTimeout(timer); resolve(a); });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      // Its temporary log, unless it got as far as moving it into the run folder.
-      const log = tail(fs.existsSync(supervisor.log) ? supervisor.log : join(dir, 'supervisor.log'));
-      resolve({ ok: false, error: { code: 'EHYPERVISOR', message: `the supervisor exited (code ${code}, signal ${signal}) before the VM ran${log ? `: ${log}` : ''}` } });
-    });
-  });
-  (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
-  child.unref();
+  // Usually started already, while this command was parsing (./prespawn.ts), or by the pool.
+  let supervisor = options.supervisor ?? takePrespawned(root) ?? spawnSupervisor(root);
+  let answer = await runSupervisor(supervisor, { config, runRoot: root, kek: options.kek, logFile: supervisor.log }, dir);
+  if (!answer.ok && answer.exit?.code === POOLED_QEMU_GONE) {
+    supervisor = spawnSupervisor(root);
+    answer = await runSupervisor(supervisor, { config, runRoot: root, kek: options.kek, logFile: supervisor.log }, dir);
+  }
   if (!answer.ok || !answer.state) {
-    if (answer.error?.code === 'ETIMEOUT') { try { process.kill(child.pid!, 'SIGTERM'); } catch { /* gone */ } }
     throw new MedvError((answer.error?.code ?? 'EHYPERVISOR') as ErrorCode, answer.error?.message ?? 'the VM did not start');
   }
   return answer.state;
+}
+
+/** Send a supervisor its input and wait for its answer (bounded in time). */
+async function runSupervisor(supervisor: WaitingSupervisor, input: SupervisorInput, dir: string): Promise<SupervisorAnswer> {
+  const child = supervisor.child;
+  child.stdin!.end(encodeInput(input));
+  let timer: NodeJS.Timeout | undefined;
+  const answer = await Promise.race([
+    supervisor.answer,
+    new Promise<SupervisorAnswer>((resolve) => { timer = setTimeout(() => resolve({ ok: false, error: { code: 'ETIMEOUT', message: `the supervisor did not report within ${START_TIMEOUT_MS} ms` } }), START_TIMEOUT_MS); }),
+  ]);
+  clearTimeout(timer);
+  (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
+  child.unref();
+  if (!answer.ok && answer.error?.code === 'ETIMEOUT') { try { process.kill(child.pid!, 'SIGTERM'); } catch { /* gone */ } }
+  if (answer.exit && answer.exit.code !== POOLED_QEMU_GONE) {
+    // Its temporary log, unless it got as far as moving it into the run folder.
+    const log = tail(fs.existsSync(supervisor.log) ? supervisor.log : join(dir, 'supervisor.log'));
+    if (log) return { ...answer, error: { code: 'EHYPERVISOR', message: `${answer.error!.message}: ${log}` } };
+  }
+  return answer;
 }
 
 function runningState(name: string, root: string): { dir: string; state: VmState } {

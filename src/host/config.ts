@@ -43,7 +43,8 @@ export interface VmConfig {
   allowHostPorts?: number[];
   /** Bus of the hard disks (default ide, as Virtual PC; virtio is faster for guests with drivers). */
   diskBus?: 'ide' | 'virtio';
-  display: 'none' | 'vnc' | 'window';
+  /** none; vnc: a unix socket in the run folder (tools); vnc-tcp: 127.0.0.1 with a generated password (people); window: GTK on $DISPLAY. */
+  display: 'none' | 'vnc' | 'vnc-tcp' | 'window';
   /** Accelerator to try first (default: KVM when usable, else TCG). */
   accel?: Accelerator;
   vmc?: string;

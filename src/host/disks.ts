@@ -159,9 +159,12 @@ export class VmDisks {
   private async openAs(cfg: VmDiskConfig, resuming: boolean): Promise<void> {
     const { open: { openDisk }, crypto: { encPathFor } } = this.layers;
     const kek = this.kekFn;
-    const base = pinDisk(cfg.path, cfg.confine, { blockDevice: cfg.confine === undefined, what: cfg.mode === 'cdrom' ? 'CD/DVD image' : 'disk' });
+    // A CD/DVD no .vmc folder confines is a host optical drive the user named (--host-drive): a block device, checked on the fd.
+    const hostDrive = cfg.mode === 'cdrom' && cfg.confine === undefined;
+    const base = pinDisk(cfg.path, cfg.confine, { blockDevice: cfg.confine === undefined, what: hostDrive ? 'host drive' : cfg.mode === 'cdrom' ? 'CD/DVD image' : 'disk' });
     const pins: Array<{ proc: string; path: string }> = [base.file, ...(base.dir ? [base.dir] : [])];
     try {
+      if (hostDrive && !base.file.stat.isBlockDevice()) throw new MedvError('EUNSAFE', `host drive ${cfg.path} is not a block device`, { file: cfg.path });
       if (cfg.mode === 'cdrom') {
         // CD/DVD images are read-only media: exported read-only like any disk (raw bytes).
         const opened = await openDisk(base.shown, { readOnly: true, format: 'raw', via: base.via });

@@ -52,7 +52,14 @@ export interface VmState {
   /** The guest's CD/DVD drives as QEMU reports them: the disc each holds (an image or host drive), or null when empty. */
   cdDrives?: Array<{ disc: string | null }>;
   network: 'none' | 'nat';
-  display: { kind: 'none' | 'vnc' | 'window'; vncSocket?: string };
+  /**
+   * Where the screen is: `vnc` a unix socket in the run folder (`vncSocket`, for tools); `vnc-tcp`
+   * a VNC server on 127.0.0.1 (`vncAddress`, host:port) that takes the generated `vncPassword`
+   * (set over QMP, never on a command line; shown by `vm status`, left out of `vm list`).
+   */
+  display: { kind: 'none' | 'vnc' | 'vnc-tcp' | 'window'; vncSocket?: string; vncAddress?: string; vncPassword?: string };
+  /** What the VM holds to write a saved state: a passphrase (or a KEK derived from one), a host key, or nothing (suspend refused). */
+  key?: 'none' | 'passphrase' | 'host-key';
   startedAt: string;
   stoppedAt?: string;
   /** Why the VM stopped: 'poweroff' (the guest), 'forced', 'crashed', or an error message. */

@@ -1,59 +1,129 @@
 /**
- * Entry of the detached supervisor process (spawned by startVm in ./client.ts).
- * stdin: one JSON SupervisorInput (the key-encryption key travels here, never in argv, the
- *        environment or a file), at most 1 MiB;
+ * Entry of the detached supervisor process (spawned by startVm in ./client.ts, or by the host
+ * service's pool, src/host/service/pool.ts).
+ * stdin: frames (./input.ts): a pooled supervisor first gets `{"pool":{"root","shape"}}`, starts
+ *        its QEMU (./pooled.ts), answers `{"pooled":{"qemuPid"}}` on fd 3 and waits; then (every
+ *        supervisor) one SupervisorInput, its secrets after it (the key-encryption key travels
+ *        here, never in argv, the environment or a file), at most 1 MiB, then EOF;
  * fd 3:  one JSON line back to the starter: {"ok":true,"state":…} once the VM runs, or
  *        {"ok":false,"error":{"code","message"}}; then it is closed and the starter may exit.
  * stdout/stderr: a temporary log in the run root, named by argv[2] (./prespawn.ts), moved to the
  *        VM's supervisor.log in its run folder once the input names the VM. An empty input means
- *        the command that started it did not start a VM after all: remove the log and exit.
+ *        the command (or the pool) that started it did not start a VM after all: remove the log
+ *        and exit. A pooled supervisor whose QEMU exits before a VM took it exits with status 75
+ *        and no answer (the pool then starts the VM cold).
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { renameSync } from '../core/fsio.js';
+import { secureAlloc } from '../crypto/secure.js';
+import { decodeInput, MAX_INPUT } from './input.js';
+import { POOLED_QEMU_GONE, preparePooled, type PooledQemu } from './pooled.js';
 import { vmRunDir } from './rundir.js';
 import { lockRunDir } from './vmlock.js';
 import { Supervisor, type SupervisorInput } from './supervisor.js';
+import type { MachineShape } from './shape.js';
 
 const LOG = process.argv[2];
 
-const MAX_INPUT = 1 << 20;
 
-async function readInput(): Promise<SupervisorInput | undefined> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of process.stdin) {
-    total += (chunk as Buffer).length;
-    if (total > MAX_INPUT) throw new MedvError('EINVAL_ARG', 'supervisor input is too large');
-    chunks.push(chunk as Buffer);
-  }
-  const raw = Buffer.concat(chunks);
-  if (raw.length === 0) return undefined;
-  try {
-    return JSON.parse(raw.toString('utf8')) as SupervisorInput;
-  } finally {
-    raw.fill(0);
-    for (const c of chunks) c.fill(0);
-  }
+/** stdin as frames: `line()` gives the next JSON line (undefined at EOF), `rest()` every byte after it. */
+function stdinFrames(): { line(): Promise<string | undefined>; rest(): Promise<Buffer> } {
+  let buf = Buffer.alloc(0);
+  let ended = false;
+  let wake: (() => void) | undefined;
+  let failure: Error | undefined;
+  process.stdin.on('data', (chunk: Buffer) => {
+    if (buf.length + chunk.length > MAX_INPUT) { failure = new MedvError('EINVAL_ARG', 'supervisor input is too large'); process.stdin.destroy(); }
+    else buf = Buffer.concat([buf, chunk]);
+    chunk.fill(0);
+    wake?.();
+  });
+  process.stdin.on('end', () => { ended = true; wake?.(); });
+  process.stdin.on('error', () => { ended = true; wake?.(); });
+  const next = () => new Promise<void>((r) => { wake = r; });
+  return {
+    async line() {
+      for (;;) {
+        if (failure) throw failure;
+        const nl = buf.indexOf(0x0a);
+        if (nl >= 0) {
+          const text = buf.subarray(0, nl).toString('utf8');
+          buf = buf.subarray(nl + 1);
+          return text;
+        }
+        if (ended) {
+          if (buf.length) throw new MedvError('EINVAL_ARG', 'supervisor input ends without a newline');
+          return undefined;
+        }
+        await next();
+      }
+    },
+    async rest() {
+      while (!ended && !failure) await next();
+      if (failure) throw failure;
+      const out = buf;
+      buf = Buffer.alloc(0);
+      return out;
+    },
+  };
 }
 
-function report(msg: unknown): void {
+function report(msg: unknown, close = true): void {
   try {
     fs.writeSync(3, `${JSON.stringify(msg)}\n`);
-    fs.closeSync(3);
+    if (close) fs.closeSync(3);
   } catch { /* the starter is gone: nobody to tell */ }
+}
+
+/** A pooled supervisor: start QEMU for the shape, say so, and give up when QEMU dies before a VM comes. */
+async function preparePool(pool: { root: string; shape: MachineShape }): Promise<PooledQemu> {
+  // Everything a start needs is loaded while the pooled QEMU starts (the disk layers come first in a cold start).
+  void import('./layers.js').then((l) => l.loadLayers()).catch(() => undefined);
+  const pooled = await preparePooled(pool.root, pool.shape);
+  process.stdout.write(`medv supervisor: pooled QEMU pid ${pooled.vm.pid} started in ${pooled.dir}\n`);
+  void pooled.vm.exitedPromise.then(() => {
+    if (adopted) return;
+    process.stdout.write('medv supervisor: the pooled QEMU exited before a VM took it\n');
+    pooled.removeDir();
+    if (LOG) fs.rmSync(LOG, { force: true });
+    process.exit(POOLED_QEMU_GONE);
+  });
+  report({ pooled: { qemuPid: pooled.vm.pid } }, false);
+  return pooled;
+}
+
+let adopted = false;
+
+/** The pool's first frame, `{"pool":{"root","shape"}}`, or undefined for anything else (the input). */
+function poolFrame(line: string): { root: string; shape: MachineShape } | undefined {
+  if (!line.startsWith('{"pool":')) return undefined;
+  const f = JSON.parse(line) as { pool?: { root?: unknown; shape?: unknown } };
+  if (typeof f.pool?.root !== 'string' || !f.pool.shape || typeof f.pool.shape !== 'object') throw new MedvError('EINVAL_ARG', 'a pool frame needs a run root and a machine shape');
+  return f.pool as { root: string; shape: MachineShape };
 }
 
 async function main(): Promise<void> {
   let supervisor: Supervisor;
   let logged = false;
+  let pooled: PooledQemu | undefined;
   try {
-    const input = await readInput();
-    if (!input) {
+    const frames = stdinFrames();
+    let line = await frames.line();
+    const pool = line === undefined ? undefined : poolFrame(line);
+    if (pool) {
+      pooled = await preparePool(pool);
+      line = await frames.line();
+    }
+    if (line === undefined) {
+      // No VM after all (the command ended, or the pool was closed).
+      if (pooled) await pooled.discard();
       if (LOG) fs.rmSync(LOG, { force: true });
       return;
     }
+    adopted = true;
+    const input: SupervisorInput = decodeInput(line, await frames.rest(), secureAlloc);
     if (input.logFile !== undefined && input.logFile !== LOG) throw new MedvError('EINVAL_ARG', 'the input names another log than the one this supervisor writes');
     const dir = vmRunDir(input.config.name, input.runRoot);
     // Before anything in the folder is looked at or touched; held until this process exits.
@@ -62,10 +132,12 @@ async function main(): Promise<void> {
       renameSync(LOG, join(dir, 'supervisor.log'));
       logged = true;
     }
-    supervisor = new Supervisor(input);
+    supervisor = new Supervisor(input, pooled);
+    pooled = undefined;
     const state = await supervisor.start();
     report({ ok: true, state });
   } catch (e) {
+    if (pooled) await pooled.discard().catch(() => undefined);
     const error = e instanceof MedvError ? { code: e.code, message: e.message } : { code: 'EINTERNAL', message: String((e as Error)?.message ?? e) };
     process.stderr.write(`medv supervisor: ${error.message}\n`);
     report({ ok: false, error });

@@ -22,6 +22,10 @@ import type { SavedStateMeta, SavedStateReader } from '../hypervisor/savedstate.
 import { peekSavedState } from '../hypervisor/savedstate-header.js';
 import { startUserNet, type UserNet } from '../hypervisor/usernet.js';
 import { bindNbd, type NbdListener } from '../nbd/server.js';
+import { randomInt } from 'node:crypto';
+import { writeFileAtomicSync } from '../core/fsio.js';
+import type { PooledQemu } from './pooled.js';
+import { machineShape, shapeKey, specFor, type MachineShape } from './shape.js';
 import type { SupervisorInput } from './config.js';
 import { ControlServer } from './control.js';
 import { VmDisks } from './disks.js';
@@ -38,6 +42,12 @@ export { defaultUndoPath, testUndoPath } from './config.js';
 export const DEFAULT_STOP_TIMEOUT_S = 30;
 /** Serial output kept in memory (the log file has all of it). */
 const SERIAL_MEMORY = 1 << 20;
+
+/** A VNC password: 8 characters (VNC's authentication uses 8), about 46 random bits. */
+function vncPassword(): string {
+  const alphabet = 'ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789';
+  return Array.from({ length: 8 }, () => alphabet[randomInt(alphabet.length)]).join('');
+}
 
 export class Supervisor {
   private readonly dir: string;
@@ -58,7 +68,13 @@ export class Supervisor {
   private savedMeta: SavedStateMeta | undefined;
   private suspending = false;
 
-  constructor(private readonly input: SupervisorInput) {
+  /** A pooled QEMU this supervisor was started with (./pooled.ts), until start() takes or discards it. */
+  private adopted: PooledQemu | undefined;
+  /** The pooled QEMU taken, until its sockets moved into the run folder. */
+  private pooled: PooledQemu | undefined;
+
+  constructor(private readonly input: SupervisorInput, adopted?: PooledQemu) {
+    this.adopted = adopted;
     this.dir = vmRunDir(input.config.name, input.runRoot);
     this.finished = new Promise((r) => { this.resolveFinished = r; });
     this.control = new ControlServer(join(this.dir, 'control.sock'), (req) => this.execute(req));
@@ -96,11 +112,14 @@ export class Supervisor {
     this.state = {
       name: c.name, state: 'starting', pid: process.pid, pidStart, memoryMiB: c.memoryMiB, disks: [],
       network: c.network, display: { kind: c.display, ...(c.display === 'vnc' ? { vncSocket: join(this.dir, 'vnc.sock') } : {}) }, startedAt: new Date().toISOString(), vmc: c.vmc,
+      key: this.input.kek ? (this.input.kek.kind === 'hostkey' ? 'host-key' : 'passphrase') : 'none',
       ...(previous?.testUndo?.length ? { testUndo: previous.testUndo } : {}),
     };
     for (const stale of ['control.sock', 'qmp.sock']) fs.rmSync(join(this.dir, stale), { force: true });
     this.state.savedState = c.savedState;
     writeState(this.dir, this.state);
+    // What this VM is made of, for a later start by name (the host service's POST /v1/vms/{name}/start): no key in it.
+    writeFileAtomicSync(join(this.dir, 'config.json'), `${JSON.stringify(c, null, 2)}\n`, { mode: 0o600 });
     this.trace('input read');
     const listeners: NbdListener[] = [];
     let saved: SavedStateReader | undefined;
@@ -122,14 +141,9 @@ export class Supervisor {
           this.memoryMiB = peek.memoryMiB;
         }
       }
-      for (let i = 0; i < c.disks.length; i++) {
-        const socket = join(this.dir, `disk${i}.sock`);
-        fs.rmSync(socket, { force: true });
-        listeners.push(await bindNbd(socket));
-      }
       const accel = c.accel ?? defaultAccelerator();
-      const vm = this.spawnQemu(accel, resuming);
-      this.trace(`QEMU started (pid ${vm.pid}, ${accel})`);
+      const shape = machineShape(c, { accel, memoryMiB: this.memoryMiB ?? c.memoryMiB, incoming: resuming });
+      const vm = await this.adopt(shape, listeners) ?? await this.startCold(shape, listeners);
       if (resuming && !saved) {
         // Unwrapping its key (Argon2id for a passphrase) runs on the thread pool from now on,
         // alongside QEMU's start and the layers' loading; it and the disks' check are awaited
@@ -156,17 +170,24 @@ export class Supervisor {
       this.trace('disks open and served');
       await vm.connect();
       this.trace('QMP connected');
+      this.moveIn(listeners);
       if (saved) {
         // The disks are no longer a suspended VM's: cleared before `cont`, never while the guest could allocate blocks.
         await feedSavedState(vm, saved, (w) => this.trace(w), () => disks.setSavedState(false));
         this.trace('saved state fed and verified; guest running');
       }
+      if (c.display === 'vnc-tcp') await this.setVncPassword(vm);
       this.watch(vm, accel);
       await this.control.listen();
     } catch (e) {
       // Sockets not serving yet are closed first: a QEMU waiting in its NBD handshake then fails and
       // exits at once. Served ones close in cleanup(), after QEMU was killed.
       if (!this.disks?.serving) await Promise.all(listeners.map((l) => l.close().catch(() => undefined)));
+      // A pooled QEMU the start did not get to: it never ran a guest or read a block.
+      if (this.adopted) { await this.adopted.discard().catch(() => undefined); this.adopted = undefined; }
+      // One taken whose sockets are still in the pool's folder: QEMU is killed by cleanup, the folder goes now.
+      this.pooled?.removeDir();
+      this.pooled = undefined;
       saved?.close();
       if (opening && !saved) void opening.then((s) => s.close(), () => undefined);
       // As a stop in progress: QEMU's exit, caused by this cleanup, must not start another one.
@@ -220,28 +241,84 @@ export class Supervisor {
     return out.length ? out : undefined;
   }
 
-  /** Start QEMU on the disks' NBD sockets (QMP not connected yet: QemuProcess.connect). */
-  private spawnQemu(accel: Accelerator, incoming: boolean): QemuProcess {
+  /** A cold start: bind each disk's NBD socket in the run folder, then start QEMU on them. */
+  private async startCold(shape: MachineShape, listeners: NbdListener[]): Promise<QemuProcess> {
+    for (let i = 0; i < shape.drives.length; i++) {
+      const socket = join(this.dir, `disk${i}.sock`);
+      fs.rmSync(socket, { force: true });
+      listeners.push(await bindNbd(socket));
+    }
+    const vm = this.spawnQemu(shape);
+    this.trace(`QEMU started (pid ${vm.pid}, ${shape.accel})`);
+    return vm;
+  }
+
+  /**
+   * Take the pooled QEMU this supervisor was started with (./pooled.ts), when it still runs and has
+   * exactly this VM's shape; otherwise it is discarded (the start goes on cold, nothing is lost: it
+   * had read no block and run no guest code). The run folder's lock is held already
+   * (./supervisor-main.ts). Its sockets stay where QEMU was told they are until QEMU has finished
+   * starting (it connects to its disks one after the other, and makes its VNC socket late); then
+   * `moveIn` moves them into the run folder.
+   */
+  private async adopt(shape: MachineShape, listeners: NbdListener[]): Promise<QemuProcess | undefined> {
+    const pooled = this.adopted;
+    this.adopted = undefined;
+    if (!pooled) return undefined;
+    const why = pooled.vm.exitStatus !== undefined ? 'its QEMU exited' : pooled.key !== shapeKey(shape) ? 'it has another machine shape' : undefined;
+    if (why) {
+      this.trace(`pooled QEMU not used (${why}): starting cold`);
+      await pooled.discard();
+      return undefined;
+    }
+    this.pooled = pooled;
+    listeners.push(...pooled.listeners);
+    const vm = pooled.vm;
+    vm.setSerialLog(join(this.dir, 'serial.log'));
+    vm.setSerialMemoryLimit(SERIAL_MEMORY);
+    this.attachNet(vm);
+    this.vm = vm;
+    this.state = { ...this.state, qemuPid: vm.pid, accel: shape.accel };
+    this.trace(`pooled QEMU taken (pid ${vm.pid}, ${shape.accel}, waiting in its NBD handshake since the pool started it)`);
+    return vm;
+  }
+
+  /** A pooled QEMU has started (QMP answers): its sockets take their names in the run folder, the pool's folder goes. */
+  private moveIn(listeners: NbdListener[]): void {
+    const pooled = this.pooled;
+    if (!pooled) return;
+    this.pooled = undefined;
+    listeners.forEach((l, i) => {
+      fs.rmSync(join(this.dir, `disk${i}.sock`), { force: true });
+      l.relocate(join(this.dir, `disk${i}.sock`));
+    });
+    pooled.vm.relocate({ qmpSocket: join(this.dir, 'qmp.sock'), ...(pooled.shape.display === 'vnc' ? { vncSocket: join(this.dir, 'vnc.sock') } : {}) });
+    pooled.removeDir();
+  }
+
+  /** NAT through passt, never QEMU's own user network (it hands the guest the host's loopback). */
+  private attachNet(vm: QemuProcess): void {
     const c = this.input.config;
-    // NAT through passt, never QEMU's own user network (it hands the guest the host's loopback).
     this.net?.close();
     this.net = c.network === 'nat' ? startUserNet({ allowHostPorts: c.allowHostPorts, log: (l) => this.trace(l) }) : undefined;
-    const vm = QemuProcess.spawn({
-      name: c.name,
-      accel,
-      memoryMiB: this.memoryMiB ?? c.memoryMiB,
-      incoming,
-      vga: true,
-      display: c.display === 'vnc' ? { kind: 'vnc', socket: join(this.dir, 'vnc.sock') } : { kind: c.display },
-      drives: c.disks.map((d, i) => ({ source: { nbd: { socket: join(this.dir, `disk${i}.sock`) } }, ...(d.mode === 'cdrom' ? { cdrom: true, readOnly: true } : { iface: c.diskBus ?? 'ide' }) })),
-      emptyCdDrives: c.emptyCdDrives,
-      qmpSocket: join(this.dir, 'qmp.sock'),
-      network: c.network === 'nat' ? { kind: 'stream', mac: c.mac, model: c.nicModel } : { kind: 'none' },
-    }, { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });
     if (this.net) this.net.attach(vm.netStream!);
+  }
+
+  /** Start QEMU on the disks' NBD sockets in the run folder (QMP not connected yet: QemuProcess.connect). */
+  private spawnQemu(shape: MachineShape): QemuProcess {
+    const c = this.input.config;
+    const vm = QemuProcess.spawn(specFor(shape, this.dir, c.name), { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });
+    this.attachNet(vm);
     this.vm = vm;
-    this.state = { ...this.state, qemuPid: vm.pid, accel };
+    this.state = { ...this.state, qemuPid: vm.pid, accel: shape.accel };
     return vm;
+  }
+
+  /** `vnc-tcp`: a fresh password, set over QMP (never on a command line), shown by `vm status` only. */
+  private async setVncPassword(vm: QemuProcess): Promise<void> {
+    const password = vncPassword();
+    const at = await vm.setVncPassword(password);
+    this.state = { ...this.state, display: { kind: 'vnc-tcp', vncAddress: `${at.host}:${at.port}`, vncPassword: password } };
   }
 
   /** When QEMU stops on its own: KVM's internal-error restarts it once under TCG; anything else stops the VM. */
@@ -253,8 +330,9 @@ export class Supervisor {
         await vm.kill();
         if (this.stopping) return;
         try {
-          const again = this.spawnQemu('tcg', false);
+          const again = this.spawnQemu({ ...machineShape(this.input.config, { accel: 'tcg', memoryMiB: this.memoryMiB ?? this.input.config.memoryMiB, incoming: false }) });
           await again.connect();
+          if (this.input.config.display === 'vnc-tcp') await this.setVncPassword(again);
           this.watch(again, 'tcg');
           writeState(this.dir, { ...this.state, state: 'running' });
         } catch (e2) {

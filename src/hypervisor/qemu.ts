@@ -15,6 +15,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { renameSync } from '../core/fsio.js';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -67,8 +68,13 @@ export interface LaunchSpec {
   incoming?: boolean;
   /** Give the VM a standard VGA adapter (for screenshots and displays); default none. */
   vga?: boolean;
-  /** Where the screen goes: nowhere (default), a VNC server on a unix socket, or a GTK window on $DISPLAY. */
-  display?: { kind: 'none' } | { kind: 'vnc'; socket: string } | { kind: 'window' };
+  /**
+   * Where the screen goes: nowhere (default), a VNC server on a unix socket (for tools), a VNC
+   * server on 127.0.0.1 for people (`vnc-tcp`: the first free port from 5900, `password=on`: no
+   * client gets in until `setVncPassword` set one over QMP, never on the command line), or a GTK
+   * window on $DISPLAY.
+   */
+  display?: { kind: 'none' } | { kind: 'vnc'; socket: string } | { kind: 'vnc-tcp' } | { kind: 'window' };
   /** Appended to the command line. */
   extraArgs?: string[];
   binary?: string;
@@ -191,8 +197,11 @@ export function qemuArgv(spec: LaunchSpec): string[] {
   if (display.kind === 'vnc') {
     if (!display.socket) throw new MedvError('EINVAL_ARG', `invalid VNC socket path ${JSON.stringify(display.socket)}`);
     argv.push('-vnc', `unix:${optValue(display.socket)}`);
+  } else if (display.kind === 'vnc-tcp') {
+    // Loopback only; display 0 (port 5900) or the next free one up to 99; no client until a password is set.
+    argv.push('-vnc', '127.0.0.1:0,to=99,password=on');
   } else if (display.kind !== 'none' && display.kind !== 'window') {
-    throw new MedvError('EINVAL_ARG', `display must be none, vnc or window, not ${JSON.stringify((display as { kind: unknown }).kind)}`);
+    throw new MedvError('EINVAL_ARG', `display must be none, vnc, vnc-tcp or window, not ${JSON.stringify((display as { kind: unknown }).kind)}`);
   }
   if (spec.vga || display.kind !== 'none') argv.push('-device', 'VGA');
   if (spec.incoming) argv.push('-S', '-incoming', 'defer');
@@ -347,6 +356,44 @@ export class QemuProcess {
     // A STOP in the same read as the capabilities reply was emitted before this listener existed.
     if (this.qmp.events.some((e) => e.event === 'STOP')) onStop();
     if (/KVM internal error/.test(this.stderrText)) void this.confirmInternalError();
+  }
+
+  /**
+   * Append the guest's COM1 output from now on to `file` (created 0600): for a QEMU started before
+   * it knew its VM (a pooled one, src/host/pooled.ts), whose guest has not run yet.
+   */
+  setSerialLog(file: string): void {
+    if (this.serialLogFd !== undefined) closeSync(this.serialLogFd);
+    this.serialLogFd = openSync(file, 'a', 0o600);
+  }
+
+  /** Keep at most this many characters of serial output in memory (the newest). */
+  setSerialMemoryLimit(chars: number): void { this.serialLimit = chars; }
+
+  /**
+   * Move QEMU's QMP and VNC unix sockets to new names (same file system): a pooled QEMU's, from the
+   * pool's folder into its VM's run folder, once QEMU has started: it made its sockets and will not
+   * look for them by name again). The bound sockets are the same (a rename moves a socket node,
+   * src/core/fsio.ts); only the names change.
+   */
+  relocate(to: { qmpSocket: string; vncSocket?: string }): void {
+    renameSync(this.spec.qmpSocket, to.qmpSocket);
+    const display = this.spec.display;
+    let moved: LaunchSpec['display'] = display;
+    if (display?.kind === 'vnc') {
+      if (!to.vncSocket) throw new MedvError('EINVAL_ARG', 'a VNC socket must move with QMP\'s');
+      renameSync(display.socket, to.vncSocket);
+      moved = { kind: 'vnc', socket: to.vncSocket };
+    }
+    (this as { spec: LaunchSpec }).spec = { ...this.spec, qmpSocket: to.qmpSocket, display: moved };
+  }
+
+  /** `vnc-tcp`: set the VNC password (QMP, never argv) and return where VNC listens (query-vnc). */
+  async setVncPassword(password: string): Promise<{ host: string; port: number }> {
+    await this.execute('set_password', { protocol: 'vnc', password });
+    const vnc = await this.execute<{ enabled: boolean; host?: string; service?: string }>('query-vnc');
+    if (!vnc.enabled || !vnc.service) throw new QemuError('start', 'QEMU\'s VNC server is not listening', this.accel);
+    return { host: vnc.host ?? '127.0.0.1', port: Number(vnc.service) };
   }
 
   /** Everything the guest printed on COM1 so far (latin1). */

@@ -12,7 +12,7 @@ import * as net from 'node:net';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { BlockDevice } from '../block/device.js';
 import { MedvError } from '../core/errors.js';
-import { rename } from '../core/fsio.js';
+import { rename, renameSync } from '../core/fsio.js';
 import { ByteBudget } from './budget.js';
 import { Connection } from './connection.js';
 import { resolveLimits, type NbdServerOptions } from './options.js';
@@ -114,6 +114,12 @@ async function listenPrivately(server: net.Server, path: string): Promise<number
  */
 export interface NbdListener {
   readonly socketPath: string;
+  /**
+   * Give the socket another name (same file system), before or after serve(): the bound socket and
+   * its clients stay; only its name moves (a pooled VM's, from the pool's folder into its run
+   * folder, once QEMU has connected). close() and the server remove the new name.
+   */
+  relocate(to: string): void;
   /** Serve `device` to the clients waiting and to every later one. Once only. */
   serve(device: BlockDevice, opts: Omit<NbdServerOptions, 'socketPath'>): NbdServer;
   /** Disconnect the waiting clients, stop listening and remove the socket file (when not serving). */
@@ -142,12 +148,19 @@ export async function bindNbd(socketPath: string, opts: { log?: (line: string) =
   server.on('error', (e) => log(`nbd: server error: ${e.message}`));
   const ino = await listenPrivately(server, socketPath);
   let served: NbdServer | undefined;
+  const where = { path: socketPath };
   return {
-    socketPath,
+    get socketPath() { return where.path; },
+    relocate(to) {
+      if (closed) throw new MedvError('EINVAL_ARG', `${where.path} is closed`, { file: where.path });
+      checkSocketPath(to);
+      renameSync(where.path, to); // a socket node: the same bound socket under its new name
+      where.path = to;
+    },
     serve(device, opts) {
-      if (served || closed) throw new MedvError('EINVAL_ARG', `${socketPath} is already ${closed ? 'closed' : 'serving'}`, { file: socketPath });
+      if (served || closed) throw new MedvError('EINVAL_ARG', `${where.path} is already ${closed ? 'closed' : 'serving'}`, { file: where.path });
       log = opts.log ?? log;
-      const serving = startServing(server, ino, device, { ...opts, socketPath });
+      const serving = startServing(server, ino, device, { ...opts, socketPath: where.path }, where);
       served = serving.server;
       accept = (socket) => { socket.removeAllListeners('error'); serving.admit(socket); };
       for (const socket of waiting.splice(0)) {
@@ -161,8 +174,8 @@ export async function bindNbd(socketPath: string, opts: { log?: (line: string) =
       closed = true;
       for (const socket of waiting.splice(0)) socket.destroy();
       await new Promise<void>((r) => server.close(() => r()));
-      const st = await fs.promises.lstat(socketPath).catch(() => undefined);
-      if (st?.isSocket() && st.ino === ino) await fs.promises.unlink(socketPath).catch(() => undefined);
+      const st = await fs.promises.lstat(where.path).catch(() => undefined);
+      if (st?.isSocket() && st.ino === ino) await fs.promises.unlink(where.path).catch(() => undefined);
     },
   };
 }
@@ -177,10 +190,9 @@ export async function serveNbd(device: BlockDevice, opts: NbdServerOptions): Pro
 }
 
 /** The serving side of a bound listener: admission, connections, shutdown. */
-function startServing(server: net.Server, ino: number, device: BlockDevice, opts: NbdServerOptions): { server: NbdServer; admit: (socket: net.Socket) => void } {
+function startServing(server: net.Server, ino: number, device: BlockDevice, opts: NbdServerOptions, where: { path: string } = { path: opts.socketPath }): { server: NbdServer; admit: (socket: net.Socket) => void } {
   const log = opts.log ?? (() => undefined);
   const limits = resolveLimits(device, opts);
-  const socketPath = opts.socketPath;
   const conns = new Set<Connection>();
   const budget = new ByteBudget(limits.maxTotalBytes);
   const pool = new BufferPool(POOL_LIMIT);
@@ -203,7 +215,7 @@ function startServing(server: net.Server, ino: number, device: BlockDevice, opts
     void conn.closed.then(() => conns.delete(conn));
   };
   const nbd: NbdServer = {
-    socketPath,
+    get socketPath() { return where.path; },
     connections: () => conns.size,
     heldBytes: () => budget.inUse,
     close(): Promise<void> {
@@ -218,9 +230,9 @@ function startServing(server: net.Server, ino: number, device: BlockDevice, opts
         clearTimeout(timer);
         await Promise.all(all.map((c) => c.settled()));
         await stopped;
-        const st = await fs.promises.lstat(socketPath).catch(() => undefined);
-        if (st?.isSocket() && st.ino === ino) await fs.promises.unlink(socketPath).catch(() => undefined);
-        log(`nbd: stopped listening on ${socketPath}`);
+        const st = await fs.promises.lstat(where.path).catch(() => undefined);
+        if (st?.isSocket() && st.ino === ino) await fs.promises.unlink(where.path).catch(() => undefined);
+        log(`nbd: stopped listening on ${where.path}`);
       })();
       return closing;
     },

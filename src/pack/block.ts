@@ -6,8 +6,8 @@
 import { MedvError } from '../core/errors.js';
 import { sodium } from '../core/sodium.js';
 import {
-  type BlockKind, CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_TAG_BYTES, DELTA_DICT_PREFIX, ZSTD_LEVEL, blockAad, blockNonce,
-  zstdCompress, zstdDecompress,
+  BLOCK_AAD_BYTES, BLOCK_NONCE_BYTES, type BlockKind, CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_TAG_BYTES, DELTA_DICT_PREFIX, PACK_SALT_BYTES, ZSTD_LEVEL, blockAad,
+  blockNonce, writeBlockAad, zstdCompress, zstdDecompress,
 } from '../formats/ckm/index.js';
 
 export interface CodecKeys {
@@ -30,6 +30,10 @@ export function deltaDictionary(base: Buffer): Buffer {
 }
 
 export class BlockCodec {
+  /** Reused by sealInto: nonce and associated data of the block being sealed. */
+  private nonce?: Buffer;
+  private aad?: Buffer;
+
   constructor(private readonly keys: CodecKeys, private readonly level = ZSTD_LEVEL) {}
 
   /** The block id: BLAKE2b-128 of the 4 KiB plaintext keyed with the repository id key. */
@@ -55,6 +59,21 @@ export class BlockCodec {
     const stored = Buffer.alloc(payload.length + CKM_TAG_BYTES);
     sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(stored, payload, blockAad(this.keys.imageId, id, kind, baseId), null, blockNonce(salt, offset), this.keys.contentKey);
     return stored;
+  }
+
+  /**
+   * As seal, into `dst` (exactly payload + tag bytes, e.g. a pack's write buffer), with no
+   * allocation: the packer seals every block it stores this way.
+   */
+  sealInto(dst: Buffer, payload: Buffer, kind: BlockKind, id: Buffer, salt: Buffer, offset: number, baseId?: Buffer): void {
+    if (dst.length !== payload.length + CKM_TAG_BYTES) throw new MedvError('EINTERNAL', 'seal: output length');
+    const nonce = (this.nonce ??= Buffer.alloc(BLOCK_NONCE_BYTES));
+    salt.copy(nonce, 0, 0, PACK_SALT_BYTES);
+    nonce.writeUInt32LE(offset % 0x100000000, PACK_SALT_BYTES);
+    nonce.writeUInt32LE(Math.floor(offset / 0x100000000), PACK_SALT_BYTES + 4);
+    const aad = (this.aad ??= Buffer.alloc(BLOCK_AAD_BYTES));
+    writeBlockAad(aad, this.keys.imageId, id, kind, baseId);
+    sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(dst, payload, aad, null, nonce, this.keys.contentKey);
   }
 
   /**

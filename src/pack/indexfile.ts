@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import {
-  DIR_ENTRY_BYTES, INDEX_MAX_HEADER, type ParsedIndexHeader, type RunDirectory, type RunRecord, decodeRunRecord, indexFileLength,
+  DELTA_SIGNED_BYTES, DIR_ENTRY_BYTES, INDEX_MAX_HEADER, type ParsedDeltaHeader, type ParsedIndexHeader, type RunDirectory, type RunRecord, decodeRunRecord, indexFileLength,
   parseIndexHeader, parseRunDirectory, runSlots,
 } from '../formats/ckm/index.js';
 import { signSodium } from './keys.js';
@@ -17,6 +17,16 @@ export function verifyIndexSignature(h: ParsedIndexHeader, trusted: Buffer[], fi
   }
   if (!signSodium.crypto_sign_verify_detached(h.signature, h.signed, h.signer)) {
     throw new MedvError('ESIGNATURE', 'index signature does not verify', { file, offset: h.headerLength - 64 });
+  }
+}
+
+/** Check an index delta's signature and that its signer is one of `trusted`. ESIGNATURE otherwise. */
+export function verifyDeltaSignature(h: ParsedDeltaHeader, trusted: Buffer[], file?: string): void {
+  if (!trusted.some((k) => k.equals(h.signer))) {
+    throw new MedvError('ESIGNATURE', `index delta is signed by ${h.signer.toString('hex').slice(0, 16)}…, which is not a trusted key`, { file, offset: 100 });
+  }
+  if (!signSodium.crypto_sign_verify_detached(h.signature, h.signed, h.signer)) {
+    throw new MedvError('ESIGNATURE', 'index delta signature does not verify', { file, offset: DELTA_SIGNED_BYTES });
   }
 }
 

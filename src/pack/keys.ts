@@ -16,10 +16,9 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { DataKey, readKeyFile, writeKeyFile, type KekSource, type WrapOptions } from '../crypto/index.js';
-import { fsyncDir } from '../core/fsio.js';
+import { createFileAtomic } from '../core/fsio.js';
 import { secureAlloc } from '../crypto/secure.js';
 import { sodium } from '../core/sodium.js';
 import { checkImageName, CKM_IMAGE_ID_BYTES } from '../formats/ckm/index.js';
@@ -93,22 +92,9 @@ async function mkdirPrivate(dir: string): Promise<void> {
   try { await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 }); } catch (e) { throw fromSystemError(e, dir); }
 }
 
-/** Write a small public file atomically (temp, fsync, link: never overwrites). */
+/** Write a small public file: write-then-link (src/core/fsio.ts), never over an existing one. */
 async function writePublicFile(path: string, text: string): Promise<void> {
-  const dir = join(path, '..');
-  const tmp = join(dir, `.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    await fs.promises.writeFile(tmp, text, { mode: 0o644, flag: 'wx' });
-    const fh = await fs.promises.open(tmp, 'r');
-    await fh.sync();
-    await fh.close();
-    await fs.promises.link(tmp, path);
-  } catch (e) {
-    throw fromSystemError(e, path);
-  } finally {
-    await fs.promises.unlink(tmp).catch(() => undefined);
-  }
-  await fsyncDir(dir);
+  await createFileAtomic(path, text, { mode: 0o644 });
 }
 
 /** Parse a public key file: 64 hex digits, optional trailing newline. */

@@ -1,42 +1,50 @@
 /**
  * packImage: a readable virtual disk -> `<NAME>_<N>.ckm` + `<NAME>_<N>.ckm.index`.
  *
- * Streaming, one 1 MiB run at a time: runs are read and prepared ahead (zero test, keyed id, zstd;
- * in worker threads on a multi-core machine, pool.ts), then consumed in order on the main thread,
- * which alone decides placement and encrypts (the nonce holds the pack offset). All-zero blocks
- * are skipped; a block whose id is already known (an earlier block of this disk, or any block of
- * the previous version's index) is referenced where it is; everything else is appended to the new
- * pack, so the blocks a version adds lie together in LBA order. A changed block whose LBA held a
- * whole block in the previous version is stored as a zstd delta against it when that is smaller.
+ * Streaming, one 1 MiB run at a time: runs are read (only the parts the device's allocation map
+ * says hold data: allocation.ts; by the worker itself when the device is a plain file, through
+ * its fileRange) and prepared ahead (zero test, keyed id, zstd; in worker threads on a multi-core
+ * machine, pool.ts), then consumed in order on the main thread, which alone
+ * decides placement and encrypts (the nonce holds the pack offset). All-zero blocks are skipped; a
+ * block whose id is already known (an earlier block of this disk, or any block of the previous
+ * version's index) is referenced where it is; everything else is appended to the new pack, so the
+ * blocks a version adds lie together in LBA order. A changed block whose LBA held a whole block in
+ * the previous version is stored as a zstd delta against it when that is smaller.
  *
- * Memory: a few runs in flight (2 per worker), one run record, the pack write buffer (4 MiB), the
- * workers' small heaps, and the map of known block ids (about 100 bytes per distinct non-zero
- * block: the only part that grows, with the amount of distinct data, not with the disk's size).
+ * Memory: a fixed set of run buffers (4 per worker, plus one; 2 MiB each: the workers run ahead
+ * of the main thread), the two 4 MiB write buffers of the pack and of the index, the workers' small
+ * heaps, and the map of known block ids (about 100 bytes per distinct non-zero block: the only part
+ * that grows, with the amount of distinct data, not with the disk's size).
  *
- * Publication order (crash safety): pack and index are written under temporary names in the output
- * folder and fsynced; then the pack is linked to its final name, then the index (link refuses to
- * replace an existing file); then the temporary names are removed and the folder fsynced. An index
- * therefore never names a pack that is not complete on disk, and a crash leaves at most a pack
- * without an index (harmless) or `.tmp` files.
+ * Publication (src/core/fsio.ts, staging): pack and index are written under temporary names in
+ * the output folder; then both are fsynced, the pack is linked to its final name, then the index
+ * (a link never replaces an existing file), the folder fsynced and the temporary names removed. An
+ * index therefore never names a pack that is not complete on disk; a crash leaves at most a pack
+ * without an index (harmless) or temporaries, which the next pack of the same version removes.
  */
 import * as fs from 'node:fs';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { BlockDevice } from '../block/device.js';
 import { availableParallelism } from 'node:os';
+import type { BlockDevice } from '../block/device.js';
+import { readInto } from '../block/emulate.js';
 import { MedvError, fromSystemError } from '../core/errors.js';
-import { fsyncDir } from '../core/fsio.js';
+import { type Staging, beginStaging } from '../core/fsio.js';
 import {
-  type BlockKind, type BlockPlace, CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_RUN_BLOCKS, KIND_BY_CODE, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BYTES, type IndexHeader, PACK_SALT_BYTES,
-  type PackRef, type RunEntry, ZSTD_LEVEL, checkImageName, checkImageVersion, encodeRunRecord, indexFileName, packFileName,
-  rootHashOf, runCountFor, runSlots, serializeIndexHeader, serializeIndexHeaderSigned, serializePackHeader, serializeRunDirectory, DIR_ENTRY_BYTES,
+  Blake2bStream, type BlockKind, type BlockPlace, CKM_BLOCK_SIZE, DELTA_BODY_HASH_BYTES, DELTA_HEADER_BYTES, DeltaBodyWriter, type DeltaHeader, deltaFileName,
+  diffRun, serializeDeltaHeader, serializeDeltaHeaderSigned, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BYTES, CKM_TAG_BYTES, DIR_ENTRY_BYTES, type IndexHeader, KIND_BY_CODE,
+  PACK_SALT_BYTES, type PackRef, type RunEntry, ZERO_RUN_HASH, ZSTD_LEVEL, checkImageName, checkImageVersion, encodeRunRecord, headerLengthFor, indexFileName,
+  packFileName, rootHashOf, runCountFor, runSlots, serializeIndexHeader, serializeIndexHeaderSigned, serializePackHeader, serializeRunDirectory,
 } from '../formats/ckm/index.js';
+import { AllocationMap } from './allocation.js';
+import { Appender } from './appender.js';
 import { BlockCodec } from './block.js';
 import { IndexFile } from './indexfile.js';
 import type { ImageKeys } from './keys.js';
 import { PackSet } from './read.js';
 import { PreparePool } from './pool.js';
-import { type PreparedRun, prepareRun } from './prepare.js';
+import { PREP_PAYLOADS, RunJob, prepareRun } from './prepare.js';
+
 
 export interface PackOptions {
   name: string;
@@ -52,7 +60,10 @@ export interface PackOptions {
   previous?: string | false;
   /** Try zstd deltas against the previous version's block at the same LBA (default true). */
   delta?: boolean;
-  /** zstd level for blocks (default 3). */
+  /**
+   * zstd level for whole blocks; default: zstd's fast strategy sized for 4 KiB blocks (see
+   * formats/ckm/zstd.ts). Deltas are always level 3 (their bytes are what an update downloads).
+   */
   level?: number;
   /** Worker threads preparing blocks (default: one per core for disks from 64 MiB; 0 = inline). */
   workers?: number;
@@ -82,6 +93,9 @@ export interface PackResult {
   indexPath: string;
   packBytes: number;
   indexBytes: number;
+  /** The signed index delta from the previous version (`<NAME>_<N>.ckm.index-from-<M>`), when there is one and something changed. */
+  deltaPath: string | null;
+  deltaBytes: number;
   previous: string | null;
   packs: number[];
   stats: PackStats;
@@ -90,65 +104,8 @@ export interface PackResult {
 
 interface Known { kind: BlockKind; place: BlockPlace; base?: RunEntry['base'] }
 
-const WRITE_BUFFER = 4 * 1024 * 1024;
-
-/** Appends to a file through a bounded buffer. */
-class Appender {
-  private buf = Buffer.allocUnsafe(WRITE_BUFFER);
-  private used = 0;
-  position: number;
-  private flushedTo: number;
-  constructor(private readonly fh: fs.promises.FileHandle, start: number, private readonly file: string) {
-    this.position = start;
-    this.flushedTo = start;
-  }
-
-  async append(b: Buffer): Promise<void> {
-    if (this.used + b.length > this.buf.length) await this.flush();
-    if (b.length > this.buf.length) await this.write(b);
-    else { b.copy(this.buf, this.used); this.used += b.length; }
-    this.position += b.length;
-  }
-
-  private async write(b: Buffer): Promise<void> {
-    let done = 0;
-    while (done < b.length) {
-      const { bytesWritten } = await this.fh.write(b, done, b.length - done, this.flushedTo + done);
-      done += bytesWritten;
-    }
-    this.flushedTo += b.length;
-  }
-
-  async flush(): Promise<void> {
-    if (this.used === 0) return;
-    try { await this.write(this.buf.subarray(0, this.used)); } catch (e) { throw fromSystemError(e, this.file); }
-    this.used = 0;
-  }
-}
-
-/** What prepareRun gives for a run of zeros (every length 0). */
-const ZERO_PREPARED: PreparedRun = { ids: new Uint8Array(0), lengths: new Uint32Array(CKM_RUN_BLOCKS), kinds: new Uint8Array(CKM_RUN_BLOCKS), payloads: new Uint8Array(0) };
-
-/**
- * True when the device's allocation map says [offset, offset + length) reads as zeros (an
- * unallocated region of a dynamic VHD, say): the run is then skipped without reading it. A device
- * without extents() is all data.
- */
-async function allZero(device: BlockDevice, offset: number, length: number): Promise<boolean> {
-  if (!device.extents) return false;
-  let at = offset;
-  const end = offset + length;
-  while (at < end) {
-    const list = await device.extents(at, end - at);
-    if (list.length === 0) return false;
-    for (const e of list) {
-      if (!e.zero || !(e.length > 0)) return false;
-      at += e.length;
-      if (at >= end) return true;
-    }
-  }
-  return true;
-}
+/** A run the allocation map already says reads as zeros (never read, never prepared). */
+const ZERO_RUN = new RunJob(0);
 
 function defaultWorkers(size: number): number {
   const cores = availableParallelism();
@@ -169,6 +126,29 @@ export function findPreviousIndex(dir: string, name: string, version: number): s
   return best > 0 ? join(dir, indexFileName(name, best)) : undefined;
 }
 
+/**
+ * Where the data of run `job` (at `offset`) is, as the allocation map says: false when the whole
+ * run reads as zeros (nothing to read). The spans are set on the job, relative to the run; when the
+ * device's bytes are a file's at known offsets (`fileRange`), the worker reads them itself.
+ */
+async function locateRun(device: BlockDevice, alloc: AllocationMap, job: RunJob, offset: number): Promise<boolean> {
+  const spans = await alloc.dataIn(offset, job.length);
+  job.spans = spans.map(([a, b]) => [a - offset, b - offset]);
+  job.file = device.fileRange?.(offset, job.length);
+  return spans.length > 0;
+}
+
+/** Read the data spans of run `job` (at `offset`) through the device, on this thread; the rest of the run is zero-filled. */
+async function readRun(device: BlockDevice, job: RunJob, offset: number): Promise<void> {
+  const buf = job.data;
+  if (job.spans.length === 1 && job.spans[0][0] === 0 && job.spans[0][1] === job.length) {
+    await readInto(device, buf.subarray(0, job.length), offset);
+    return;
+  }
+  buf.fill(0, 0, job.length);
+  for (const [a, b] of job.spans) await readInto(device, buf.subarray(a, b), offset + a);
+}
+
 export async function packImage(device: BlockDevice, opts: PackOptions): Promise<PackResult> {
   const started = process.hrtime.bigint();
   checkImageName(opts.name);
@@ -181,25 +161,23 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
   try { await fs.promises.mkdir(outDir, { recursive: true }); } catch (e) { throw fromSystemError(e, outDir); }
   const packPath = join(outDir, packFileName(name, version));
   const indexPath = join(outDir, indexFileName(name, version));
-  for (const p of [packPath, indexPath]) if (fs.existsSync(p)) throw new MedvError('EEXIST', `refusing to overwrite ${p}`, { file: p });
+  const staging = beginStaging([packPath, indexPath], (f) => `refusing to overwrite ${f}`);
 
   const previousPath = opts.previous === false ? undefined : (opts.previous ?? findPreviousIndex(outDir, name, version));
+  let deltaStaging: Staging | undefined;
+  let deltaPath: string | undefined;
+  let deltaPublished = false;
   let prev: IndexFile | undefined;
   let prevPacks: PackSet | undefined;
-  const codec = new BlockCodec(keys, opts.level ?? ZSTD_LEVEL);
+  const level = opts.level;
+  const codec = new BlockCodec(keys, ZSTD_LEVEL);
   const known = new Map<string, Known>();
   const earlierPacks = new Map<number, PackRef>();
 
-  const tag = randomBytes(6).toString('hex');
-  const packTmp = join(outDir, `.${packFileName(name, version)}.${tag}.tmp`);
-  const recordsTmp = join(outDir, `.${indexFileName(name, version)}.${tag}.records.tmp`);
-  const indexTmp = join(outDir, `.${indexFileName(name, version)}.${tag}.tmp`);
   let packFh: fs.promises.FileHandle | undefined;
-  let recFh: fs.promises.FileHandle | undefined;
   let idxFh: fs.promises.FileHandle | undefined;
-  let linkedPack = false;
+  let deltaFh: fs.promises.FileHandle | undefined;
   let pool: PreparePool | undefined;
-  const level = opts.level ?? ZSTD_LEVEL;
   try {
     if (previousPath) {
       // The new index names the earlier packs by version, to be found beside it: one image's
@@ -214,6 +192,8 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
       if (h.version >= version) throw new MedvError('EINVAL_ARG', `previous index is version ${h.version}, not below ${version}`, { file: previousPath });
       for (const p of h.packs) earlierPacks.set(p.version, p);
       prevPacks = await PackSet.open(dirname(previousPath), name, keys.imageId, h.packs);
+      deltaPath = join(outDir, deltaFileName(name, h.version, version));
+      deltaStaging = beginStaging([deltaPath], (f) => `refusing to overwrite ${f}`);
       for await (const { record } of prev.runs()) {
         for (const e of record.entries) {
           const k = e.id.toString('latin1');
@@ -223,57 +203,99 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
     }
 
     const salt = randomBytes(PACK_SALT_BYTES);
+    const packTmp = staging.tempFor(packPath);
+    const indexTmp = staging.tempFor(indexPath);
     try {
       packFh = await fs.promises.open(packTmp, 'wx', 0o644);
-      recFh = await fs.promises.open(recordsTmp, 'wx+', 0o600);
+      idxFh = await fs.promises.open(indexTmp, 'wx+', 0o644);
     } catch (e) { throw fromSystemError(e, outDir); }
     const pack = new Appender(packFh, 0, packTmp);
     await pack.append(serializePackHeader({ version, imageId: keys.imageId, salt }));
-    const records = new Appender(recFh, 0, recordsTmp);
+    // the index delta from the previous version: its body streams into the file after room for the header
+    let delta: { writer: DeltaBodyWriter; out: Appender; hash: Blake2bStream; file: string } | undefined;
+    if (deltaStaging && deltaPath) {
+      const file = deltaStaging.tempFor(deltaPath);
+      try { deltaFh = await fs.promises.open(file, 'wx', 0o644); } catch (e) { throw fromSystemError(e, file); }
+      delta = { writer: new DeltaBodyWriter(), out: new Appender(deltaFh, DELTA_HEADER_BYTES, file), hash: new Blake2bStream(DELTA_BODY_HASH_BYTES), file };
+    }
+    const drainDelta = async (min: number) => {
+      if (!delta || delta.writer.pending < min) return;
+      const b = delta.writer.drain();
+      delta.hash.update(b);
+      await delta.out.append(b);
+    };
 
+    // The run records go straight into the index file, after room for the longest header this
+    // index can have (every earlier pack listed) and the run directory; the header, known only
+    // at the end, is written in front of them (the records are moved down when it is shorter).
     const runCount = runCountFor(size);
+    const dirBytes = runCount * DIR_ENTRY_BYTES;
+    const roomForHeader = headerLengthFor(name, earlierPacks.size + 1);
+    const records = new Appender(idxFh, roomForHeader + dirBytes, indexTmp);
     const hashes: Buffer[] = [];
     const lengths: number[] = [];
     const used = new Set<number>([version]);
     const stats: PackStats = { blocks: Math.ceil(size / CKM_BLOCK_SIZE), zeroBlocks: 0, storedBlocks: 0, deltaBlocks: 0, dedupBlocks: 0, reusedBlocks: 0 };
-    const zero = Buffer.alloc(CKM_BLOCK_SIZE);
     const deltas = opts.delta ?? true;
 
-    // Pipeline: runs are read and prepared (zero test, id, zstd) ahead, in worker threads when
-    // there are several cores; the main thread consumes them in order (dedup, deltas, placement,
-    // encryption with the pack offset in the nonce). At most `ahead` runs are in flight.
+    // Pipeline: runs are read (only what the allocation map says holds data) and prepared (zero
+    // test, id, zstd) ahead, in worker threads when there are several cores; the main thread
+    // consumes them in order (dedup, deltas, placement, encryption with the pack offset in the
+    // nonce, sealed straight into the pack's write buffer). A fixed set of run buffers circulates
+    // (transferred to the workers and back): at most `ahead` runs are in flight.
     const workers = opts.workers ?? defaultWorkers(size);
-    pool = workers > 0 ? new PreparePool(workers, keys.idKey, level) : undefined;
-    const prepare = (data: Buffer): Promise<PreparedRun> => (pool ? pool.prepare(data) : Promise.resolve(prepareRun(data, keys.idKey, level)));
-    const ahead = Math.max(2, 2 * workers);
-    const inflight: Array<Promise<{ data: Buffer; prepared: PreparedRun }>> = [];
+    pool = workers > 0 ? new PreparePool(workers, keys.idKey, level, device.description) : undefined;
+    const alloc = new AllocationMap(device);
+    const ahead = Math.max(2, 4 * workers + 1);
+    const free: RunJob[] = Array.from({ length: ahead }, () => new RunJob());
+    const inflight: Array<Promise<RunJob> | RunJob> = [];
+    const start = async (job: RunJob, offset: number): Promise<RunJob> => {
+      if (!(await locateRun(device, alloc, job, offset))) job.zero();
+      else if (pool && job.file) await pool.prepare(job); // the worker reads the file itself
+      else {
+        job.file = undefined;
+        await readRun(device, job, offset);
+        if (pool) await pool.prepare(job);
+        else prepareRun(job.data, job.length, job.prep, keys.idKey, level);
+      }
+      return job;
+    };
     let nextRun = 0;
     for (let run = 0; run < runCount; run++) {
-      while (nextRun < runCount && inflight.length < ahead) {
+      while (nextRun < runCount && (free.length > 0 || alloc.knownZero(nextRun * CKM_RUN_BYTES, CKM_RUN_BYTES))) {
         const off = nextRun * CKM_RUN_BYTES;
         const len = Math.min(CKM_RUN_BYTES, size - off);
-        const p = allZero(device, off, len).then(async (zero) => {
-          if (zero) return { data: Buffer.alloc(0), prepared: ZERO_PREPARED };
-          const data = await device.read(off, len);
-          return { data, prepared: await prepare(data) };
-        });
+        nextRun++;
+        // a run the map already says is zeros takes no buffer and no trip anywhere
+        if (alloc.knownZero(off, len)) { inflight.push(ZERO_RUN); continue; }
+        const job = free.pop()!;
+        job.length = len;
+        const p = start(job, off);
         p.catch(() => undefined); // awaited in order below; a failure is handled there
         inflight.push(p);
-        nextRun++;
       }
-      const { data, prepared } = await inflight.shift()!;
+      const job = await inflight.shift()!;
       const offset = run * CKM_RUN_BYTES;
       const slots = runSlots(size, run);
       const prevRun = prev && run < prev.header.runCount ? await prev.run(run) : undefined;
-      const prevBySlot = new Map<number, RunEntry>(prevRun?.entries.map((e) => [e.slot, e]));
+      if (job === ZERO_RUN && !prevRun?.entries.length) {
+        stats.zeroBlocks += slots;
+        hashes.push(ZERO_RUN_HASH);
+        lengths.push(0);
+        opts.onProgress?.(Math.min(offset + CKM_RUN_BYTES, size), size);
+        continue;
+      }
+      const prevBySlot = prevRun && new Map<number, RunEntry>(prevRun.entries.map((e) => [e.slot, e]));
+      const plens = job.lengths();
+      const kinds = job.kinds();
       const entries: RunEntry[] = [];
-      let payloadAt = 0;
+      let payloadAt = PREP_PAYLOADS;
       for (let slot = 0; slot < slots; slot++) {
-        const plen = prepared.lengths[slot];
+        const plen = plens[slot];
         if (plen === 0) { stats.zeroBlocks++; continue; }
-        const payload = Buffer.from(prepared.payloads.buffer, prepared.payloads.byteOffset + payloadAt, plen);
+        const payload = job.prep.subarray(payloadAt, payloadAt + plen);
         payloadAt += plen;
-        const id = Buffer.from(prepared.ids.subarray(slot * CKM_ID_BYTES, (slot + 1) * CKM_ID_BYTES));
+        const id = job.id(slot);
         const k = id.toString('latin1');
         const hit = known.get(k);
         if (hit) {
@@ -283,41 +305,49 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
           if (hit.base) used.add(hit.base.place.pack);
           continue;
         }
-        let kind: BlockKind = KIND_BY_CODE[prepared.kinds[slot]];
-        let body = payload;
+        let kind: BlockKind = KIND_BY_CODE[kinds[slot]];
+        let body: Buffer = payload;
         let base: RunEntry['base'];
-        const pe = prevBySlot.get(slot);
+        const pe = prevBySlot?.get(slot);
         if (deltas && pe && pe.kind !== 'delta' && prevPacks) {
           const stored = await prevPacks.read(pe.place);
           const old = codec.decode(stored, pe.kind, pe.id, prevPacks.salt(pe.place.pack), { file: prevPacks.path(pe.place.pack), offset: pe.place.offset });
-          let block = data.subarray(slot * CKM_BLOCK_SIZE, (slot + 1) * CKM_BLOCK_SIZE);
-          if (block.length < CKM_BLOCK_SIZE) block = Buffer.concat([block, zero.subarray(block.length)]);
-          const d = codec.delta(block, old);
+          // prepareRun zeroed the tail of a short last block
+          const d = codec.delta(job.data.subarray(slot * CKM_BLOCK_SIZE, (slot + 1) * CKM_BLOCK_SIZE), old);
           if (d.length < body.length) {
             kind = 'delta';
             body = d;
             base = { id: pe.id, kind: pe.kind as 'zstd' | 'raw', place: pe.place };
           }
         }
-        const stored = codec.seal(body, kind, id, salt, pack.position, base?.id);
-        const place: BlockPlace = { pack: version, offset: pack.position, length: stored.length };
-        await pack.append(stored);
+        const place: BlockPlace = { pack: version, offset: pack.position, length: body.length + CKM_TAG_BYTES };
+        const dst = pack.reserveNow(place.length) ?? await pack.reserve(place.length);
+        codec.sealInto(dst, body, kind, id, salt, place.offset, base?.id);
         if (base) { used.add(base.place.pack); stats.deltaBlocks++; }
         stats.storedBlocks++;
         known.set(k, { kind, place, base });
         entries.push({ slot, id, kind, place, base });
       }
-      const enc = encodeRunRecord({ slots, entries });
+      const rec = { slots, entries };
+      const enc = encodeRunRecord(rec);
+      if (delta && prev) {
+        const edits = diffRun(prevRun, rec);
+        if (edits.length > 0) delta.writer.add(run, edits, prevRun);
+        await drainDelta(1 << 20);
+      }
+      if (job !== ZERO_RUN) free.push(job); // the record is encoded and diffed: nothing refers to the job's buffers any more
       hashes.push(enc.hash);
       lengths.push(enc.compressed.length);
       if (enc.compressed.length) await records.append(enc.compressed);
       opts.onProgress?.(Math.min(offset + CKM_RUN_BYTES, size), size);
     }
+    // every run is prepared: the workers go (their heaps with them) before the index is written
+    await pool?.close();
+    pool = undefined;
     await pack.flush();
     await records.flush();
     const packBytes = pack.position;
-    const tableLength = records.position;
-    await packFh.sync();
+    const tableLength = records.position - roomForHeader - dirBytes;
 
     const packs: PackRef[] = [...used].sort((a, b) => a - b).map((v) => {
       if (v === version) return { version, length: packBytes, salt };
@@ -330,42 +360,70 @@ export async function packImage(device: BlockDevice, opts: PackOptions): Promise
       name, version, imageId: keys.imageId, virtualSize: size, runCount, tableLength, rootHash: rootHashOf(directory),
       signer: keys.signPublic, created: Math.floor(Date.now() / 1000), packs,
     };
-    const signed = serializeIndexHeaderSigned(header);
-    const headerBytes = serializeIndexHeader(header, keys.sign(signed));
-    try { idxFh = await fs.promises.open(indexTmp, 'wx', 0o644); } catch (e) { throw fromSystemError(e, indexTmp); }
-    const index = new Appender(idxFh, 0, indexTmp);
-    await index.append(headerBytes);
-    await index.append(directory);
-    const chunk = Buffer.allocUnsafe(WRITE_BUFFER);
-    for (let at = 0; at < tableLength;) {
-      const { bytesRead } = await recFh.read(chunk, 0, Math.min(chunk.length, tableLength - at), at);
-      if (bytesRead === 0) throw new MedvError('EIO', 'records file shrank', { file: recordsTmp });
-      await index.append(Buffer.from(chunk.subarray(0, bytesRead)));
-      at += bytesRead;
+    const headerBytes = serializeIndexHeader(header, keys.sign(serializeIndexHeaderSigned(header)));
+    const recordsAt = headerBytes.length + dirBytes;
+    if (recordsAt < roomForHeader + dirBytes) await moveDown(idxFh, roomForHeader + dirBytes, recordsAt, tableLength, indexTmp);
+    try {
+      await writeAll(idxFh, Buffer.concat([headerBytes, directory]), 0);
+      await idxFh.truncate(recordsAt + tableLength);
+    } catch (e) { throw fromSystemError(e, indexTmp); }
+    const indexBytes = recordsAt + tableLength;
+    let deltaBytes = 0;
+    if (delta && prev && deltaFh && delta.writer.runs > 0) {
+      await drainDelta(0);
+      await delta.out.flush();
+      const bodyLength = delta.out.position - DELTA_HEADER_BYTES;
+      const dh: DeltaHeader = {
+        from: prev.header.version, to: version, imageId: keys.imageId, fromRoot: prev.header.rootHash, toRoot: header.rootHash, signer: keys.signPublic,
+        runCount, changedRuns: delta.writer.runs, bodyLength, bodyHash: delta.hash.digest(), created: header.created,
+      };
+      try { await writeAll(deltaFh, serializeDeltaHeader(dh, keys.sign(serializeDeltaHeaderSigned(dh))), 0); } catch (e) { throw fromSystemError(e, delta.file); }
+      deltaBytes = DELTA_HEADER_BYTES + bodyLength;
     }
-    await index.flush();
-    await idxFh.sync();
-    const indexBytes = index.position;
-    if (indexBytes !== headerBytes.length + runCount * DIR_ENTRY_BYTES + tableLength) throw new MedvError('EINTERNAL', 'index length mismatch');
-
-    try { await fs.promises.link(packTmp, packPath); } catch (e) { throw fromSystemError(e, packPath); }
-    linkedPack = true;
-    try { await fs.promises.link(indexTmp, indexPath); } catch (e) { throw fromSystemError(e, indexPath); }
-    await fsyncDir(outDir);
+    for (const fh of [packFh, idxFh, deltaFh]) await fh?.close();
+    packFh = idxFh = deltaFh = undefined;
+    // the delta first (useless without its index), then: fsync both, link the pack, then the
+    // index (never over an existing file), fsync the folder
+    if (deltaStaging && deltaBytes > 0) {
+      await deltaStaging.publish();
+      deltaPublished = true;
+    } else await deltaStaging?.abort();
+    await staging.publish();
     return {
       name, version, imageId: keys.imageId.toString('hex'), virtualSize: size, packPath, indexPath, packBytes, indexBytes,
+      deltaPath: deltaBytes > 0 ? deltaPath! : null, deltaBytes,
       previous: previousPath ?? null, packs: packs.map((p) => p.version), stats,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } catch (e) {
-    if (linkedPack) await fs.promises.unlink(packPath).catch(() => undefined);
+    await staging.abort().catch(() => undefined);
+    // a delta published for an index that was not: ours (its name was free when we began)
+    if (deltaPublished && deltaPath) await fs.promises.unlink(deltaPath).catch(() => undefined);
     throw e;
   } finally {
-    for (const fh of [packFh, recFh, idxFh]) await fh?.close().catch(() => undefined);
-    for (const p of [packTmp, recordsTmp, indexTmp]) await fs.promises.unlink(p).catch(() => undefined);
+    for (const fh of [packFh, idxFh, deltaFh]) await fh?.close().catch(() => undefined);
+    await staging.abort().catch(() => undefined);
+    await deltaStaging?.abort().catch(() => undefined);
     await prev?.close();
     await prevPacks?.close();
     await pool?.close();
   }
 }
 
+async function writeAll(fh: fs.promises.FileHandle, b: Buffer, at: number): Promise<void> {
+  for (let done = 0; done < b.length;) done += (await fh.write(b, done, b.length - done, at + done)).bytesWritten;
+}
+
+/** Move `length` bytes of a file from `from` down to `to` (< from), front to back. */
+async function moveDown(fh: fs.promises.FileHandle, from: number, to: number, length: number, file: string): Promise<void> {
+  const chunk = Buffer.allocUnsafe(Math.min(length, 4 * 1024 * 1024));
+  try {
+    for (let at = 0; at < length;) {
+      const n = Math.min(chunk.length, length - at);
+      const { bytesRead } = await fh.read(chunk, 0, n, from + at);
+      if (bytesRead !== n) throw new MedvError('EIO', 'index file shrank while being written', { file });
+      await writeAll(fh, chunk.subarray(0, n), to + at);
+      at += n;
+    }
+  } catch (e) { throw fromSystemError(e, file); }
+}

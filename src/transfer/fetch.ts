@@ -2,14 +2,24 @@
  * fetchImage: a packed image from a repository (http(s) URL or local path of its .ckm.index) into
  * a new, freshly keyed .evhd, taking every block it can from local seeds and the rest with
  * coalesced range requests. Order of trust: index signature (trusted keys) -> run directory ->
- * run records -> each block (AEAD, then its id), and the finished disk is read back and every
- * block checked against its id before it is published under its final name.
+ * run records -> each block (AEAD, then its id). Every block is checked against its id just before
+ * it is written (a seed's block hashed again, a fetched one decoded), and nothing else is ever
+ * written: blocks the image holds as zeros are never written, and a fresh dynamic VHD reads zeros
+ * there. So the disk is complete and checked when the last block is written, and it is published
+ * then, without reading it back.
  *
  *   1. index header (signature), then the records no local index holds (./remote-index.ts)
  *   2. the partial output of an earlier, interrupted fetch of the same index (./output.ts)
- *   3. blocks still missing, by id -> seeds (./seeds.ts), copied and checked
- *   4. the rest from the packs: delta bases first (seed or network), then the blocks (./http.ts)
- *   5. read back, check every block, publish (key file, then disk)
+ *   3. seeds: their block ids, from their caches or hashed once (./seeds.ts)
+ *   4. one pass over the index: blocks already written are skipped; blocks a disk seed holds at
+ *      the same place are copied a VHD block at a time, a few at once; the rest are wanted by id
+ *   5. the wanted blocks found elsewhere in a seed, then the rest from the packs: delta bases
+ *      first (seed or network), then the blocks (./http.ts)
+ *   6. flush, publish (key file, then disk), and the new disk's block ids cached from its index
+ *      (the next update that uses it as a seed does not hash it)
+ *
+ * Memory: the blocks wanted by id (those no seed holds at their place: for an update, about the
+ * changed blocks), a few windows of 2 MiB, and per request the pieces partly received.
  */
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
@@ -19,7 +29,7 @@ import { dirname, join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { encPathFor } from '../crypto/index.js';
 import { MedvError } from '../core/errors.js';
-import { type BlockPlace, CKM_BLOCK_SIZE, CKM_RUN_BLOCKS, CKM_RUN_BYTES, type RunEntry, packFileName, runSlots } from '../formats/ckm/index.js';
+import { type BlockPlace, CKM_BLOCK_SIZE, CKM_ID_BYTES, CKM_RUN_BLOCKS, CKM_RUN_BYTES, type RunEntry, packFileName } from '../formats/ckm/index.js';
 import { BlockCodec } from '../pack/block.js';
 import type { IndexFile } from '../pack/indexfile.js';
 import { type ImageKeys, loadTrustedKeys, openImageKeys } from '../pack/keys.js';
@@ -27,8 +37,9 @@ import { HttpClient, type HttpOptions } from './http.js';
 import { PartialOutput } from './output.js';
 import { MULTI_RANGE, SINGLE_RANGE, planRequests } from './plan.js';
 import { fetchIndex, fetchIndexHeader } from './remote-index.js';
-import { LocalFile, type RemoteFile, type TransferStats, isUrl, newStats, siblingOf } from './remote.js';
-import { SeedSet, type SeedReport, idKey, localIndexes } from './seeds.js';
+import { LocalFile, type RemoteFile, type TransferStats, isUrl, newStats } from './remote.js';
+import { type DiskSeed, SeedSet, type SeedReport, idKey, localIndexes } from './seeds.js';
+import { type SeedIds, keyTag, seedStamp, writeSeedCache } from './seedcache.js';
 import { seedCacheDir } from '../core/paths.js';
 
 export interface FetchImageOptions {
@@ -75,6 +86,10 @@ export interface FetchImageResult {
   requests: number;
   indexRecordsReused: number;
   indexRecordsFetched: number;
+  /** Run records rebuilt from a signed index delta (`<NAME>_<N>.ckm.index-from-<M>`). */
+  indexRecordsFromDelta: number;
+  /** The index delta used, or why none was. */
+  indexDelta: string;
   /** --dry-run: stored bytes and requests the blocks would need. */
   wouldFetchBytes?: number;
   wouldRequests?: number;
@@ -90,6 +105,17 @@ interface Need {
 }
 
 interface Piece { offset: number; length: number; pack: number; key: string; base: boolean }
+
+/** Blocks of a seed window (one 2 MiB VHD block of the output), and windows copied at the same time. */
+const SEED_SPAN = 512;
+const SEED_COPIES = 8;
+/**
+ * A part of the image ends (on a window boundary) once it has this many blocks wanted by id (a few
+ * hundred bytes each while wanted), or this many found in place in a seed (a few bytes each). An
+ * update's changed blocks are one part, so their pieces of a pack are asked for together.
+ */
+const PART_BLOCKS = 32768;
+const PART_IN_PLACE = 1 << 20;
 
 /** `*.evhd.index` files in the output's folder (at most 16, newest first). */
 function indexesBeside(out: string): string[] {
@@ -109,6 +135,34 @@ function checkOut(out: string): void {
   if (!fs.existsSync(dir)) throw new MedvError('ENOENT', `no such folder: ${dir}`, { file: dir });
 }
 
+/** A disk seed's blocks that land at the same place in the new disk, within one VHD block. */
+interface Window {
+  seed: DiskSeed;
+  /** First block of the window (the first member). */
+  first: number;
+  /** Members: block numbers, ascending. */
+  members: number[];
+}
+
+/** The ids of every non-zero block of an image, with their block numbers, collected as the index is read (a seed id cache). */
+class IdCollector implements SeedIds {
+  ids = Buffer.alloc(CKM_RUN_BLOCKS * CKM_ID_BYTES);
+  blocks = new Uint32Array(CKM_RUN_BLOCKS);
+  count = 0;
+  add(block: number, id: Buffer): void {
+    if (this.count === this.blocks.length) {
+      const ids = Buffer.alloc(this.ids.length * 2);
+      this.ids.copy(ids);
+      this.ids = ids;
+      const blocks = new Uint32Array(this.blocks.length * 2);
+      blocks.set(this.blocks);
+      this.blocks = blocks;
+    }
+    id.copy(this.ids, this.count * CKM_ID_BYTES);
+    this.blocks[this.count++] = block;
+  }
+}
+
 export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageResult> {
   const started = process.hrtime.bigint();
   const trim = opts.trim ?? true;
@@ -118,6 +172,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
   const client = new HttpClient(stats, opts.http);
   const open = (name: string): RemoteFile => (isUrl(name) ? client.file(name) : new LocalFile(name, stats));
   const warn = (m: string) => opts.onWarning?.(m);
+  const cacheDir = opts.cacheDir ?? seedCacheDir();
   let keys: ImageKeys | undefined;
   let partial: PartialOutput | undefined;
   let seeds: SeedSet | undefined;
@@ -127,6 +182,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     if (!fs.existsSync(opts.keyDir)) throw new MedvError('ENOKEY', `key folder ${opts.keyDir} does not exist (use --keys DIR)`, { file: opts.keyDir });
     const trusted = await loadTrustedKeys(opts.keyDir);
     if (trusted.length === 0) throw new MedvError('ENOKEY', `no trusted signer in ${opts.keyDir} (console.sign.pub or trusted/*.pub)`, { file: opts.keyDir });
+    // 1. the index: header and signature first
     const indexFile = open(opts.source);
     const known = await fetchIndexHeader(indexFile, trusted);
     const h = known.header;
@@ -145,13 +201,14 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
       scratch = mkdtempSync(join(tmpdir(), 'medv-fetch-'));
       dest = join(scratch, 'index');
     } else {
+      // 2. the partial output (resumed when it is of this index)
       partial = await PartialOutput.open(opts.out, identity, opts.kek);
       dest = partial.indexPath;
     }
-    // earlier indexes whose run records may be reused: the seeds', and those of disks fetched
-    // into the output's folder before (NAME.evhd.index)
+    // earlier indexes whose run records may be reused (or rebuilt from a delta): the seeds', and
+    // those of disks fetched into the output's folder before (NAME.evhd.index)
     const previous = trim ? [...localIndexes(seedPaths, h.name), ...indexesBeside(opts.out)] : [];
-    const fetched = await fetchIndex(indexFile, dest, trusted, [...new Set(previous)], known);
+    const fetched = await fetchIndex(indexFile, dest, trusted, [...new Set(previous)], known, { onWarning: warn });
     index = fetched.index;
 
     const codec = new BlockCodec(keys);
@@ -159,94 +216,95 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     const packFile = new Map<number, RemoteFile>();
     const packOf = (v: number): RemoteFile => {
       let f = packFile.get(v);
-      if (!f) { f = open(siblingOf(opts.source, packFileName(h.name, v))); packFile.set(v, f); }
+      if (!f) { f = indexFile.sibling(packFileName(h.name, v)); packFile.set(v, f); }
       return f;
     };
     let blocksTotal = 0;
     let resumed = 0;
     let fromSeeds = 0;
     let fromNetwork = 0;
-    let seedBytes = 0;
     let wouldFetchBytes = 0;
     let wouldRequests = 0;
     let progressDone = 0;
     const progress = (n: number) => { progressDone += n; opts.onProgress?.(progressDone * CKM_BLOCK_SIZE, blocksTotal * CKM_BLOCK_SIZE); };
-
     const writeBlock = async (need: Need, data: Buffer, local = false) => {
       for (const b of need.blocks) await partial!.write(b, data, local);
       progress(need.blocks.length);
     };
 
-    for (let attempt = 0; ; attempt++) {
-      // 2. what is still missing, by id
-      const needs = new Map<string, Need>();
-      blocksTotal = 0;
-      for await (const { run, record } of index.runs()) {
-        for (const e of record.entries) {
-          blocksTotal++;
-          const b = run * CKM_RUN_BLOCKS + e.slot;
-          if (partial?.isDone(b)) { if (attempt === 0) resumed++; continue; }
-          const k = idKey(e.id);
-          const n = needs.get(k);
-          if (n) n.blocks.push(b);
-          else needs.set(k, { id: e.id, entry: e, blocks: [b] });
-        }
-      }
+    // 3. seeds: their ids (a disk seed hashed at most once)
+    if (trim && seedPaths.length > 0) {
+      seeds = new SeedSet({ keys, kek: opts.kek, cacheDir, name: h.name });
+      for (const p of seedPaths) await seeds.add(p);
+      for (const r of seeds.reports) if (r.error) warn(`seed ${r.path} skipped: ${r.error}`);
+    }
+
+    /** The entry of block `b` in the index (a seed block that failed its check: wanted by id now). */
+    const entryOfBlock = async (b: number): Promise<RunEntry> => {
+      const rec = await index!.run(Math.floor(b / CKM_RUN_BLOCKS));
+      const e = rec.entries.find((x) => x.slot === b % CKM_RUN_BLOCKS);
+      if (!e) throw new MedvError('EINTERNAL', `block ${b} is not in the index`);
+      return e;
+    };
+    const want = (needs: Map<string, Need>, b: number, id: Buffer, entry: RunEntry) => {
+      const k = idKey(id);
+      const n = needs.get(k);
+      if (n) n.blocks.push(b);
+      else needs.set(k, { id, entry, blocks: [b] });
+    };
+    const where = (pack: number, offset: number) => ({ file: packOf(pack).name, offset });
+    const buffers = dryRun ? [] : Array.from({ length: SEED_COPIES }, () => Buffer.allocUnsafeSlow(SEED_SPAN * CKM_BLOCK_SIZE));
+
+    /** Steps 5 and 6 for the blocks of a part of the image: windows, then by id (seeds, then the network). */
+    const complete = async (needs: Map<string, Need>, parts: Window[]): Promise<void> => {
+      let windows = parts;
       // the partial output itself: blocks an interrupted run wrote after its last recorded progress
-      if (attempt === 0 && partial?.resumed && needs.size > 0) resumed += await recoverUnrecorded(partial, needs, codec);
-      progressDone = 0;
-      progress(blocksTotal - [...needs.values()].reduce((s, n) => s + n.blocks.length, 0));
+      // (done now: a window must not write zeros over them, so windows are split there)
+      if (partial?.resumed && needs.size > 0) {
+        const recovered = await recoverUnrecorded(partial, needs, codec);
+        resumed += recovered.length;
+        progress(recovered.length);
+        if (recovered.length > 0) windows = splitWindows(windows, recovered);
+      }
 
-      // 3. seeds
-      if (trim && seedPaths.length > 0 && needs.size > 0) {
-        if (!seeds) {
-          seeds = new SeedSet({ keys, kek: opts.kek, cacheDir: opts.cacheDir ?? seedCacheDir(), name: h.name });
-          const wanted = new Set<string>(needs.keys());
-          for (const n of needs.values()) if (n.entry.kind === 'delta') wanted.add(idKey(n.entry.base!.id));
-          for (const p of seedPaths) await seeds.add(p, wanted);
-          for (const r of seeds.reports) if (r.error) warn(`seed ${r.path} skipped: ${r.error}`);
-        }
-        const fromSeed = [...needs.entries()].filter(([k]) => seeds!.found.has(k)).sort((a, b) => a[1].blocks[0] - b[1].blocks[0]);
-        if (dryRun) {
-          for (const [k, n] of fromSeed) { fromSeeds += n.blocks.length; needs.delete(k); }
-        } else {
-          for (let i = 0; i < fromSeed.length;) {
-            // a span: consecutive disk blocks of one disk seed landing on consecutive blocks here (the usual case: the same place in an earlier version)
-            const first = seeds.found.get(fromSeed[i][0]);
-            let j = i + 1;
-            if (first?.kind === 'disk' && fromSeed[i][1].blocks.length === 1) {
-              while (j < fromSeed.length && j - i < CKM_RUN_BLOCKS) {
-                const [k2, n2] = fromSeed[j];
-                const l2 = seeds.found.get(k2);
-                if (l2?.kind !== 'disk' || l2.seed !== first.seed || l2.block !== first.block + (j - i) || n2.blocks.length !== 1 || n2.blocks[0] !== fromSeed[i][1].blocks[0] + (j - i)) break;
-                j++;
-              }
-            }
-            const span = fromSeed.slice(i, j);
-            i = j;
-            const datas = span.length > 1 ? await seeds.readSpan(span.map(([k, n]) => ({ k, id: n.id }))) : [await seeds.read(span[0][0], span[0][1].id)];
-            // write the blocks that matched their ids, in runs
-            for (let a = 0; a < span.length;) {
-              if (!datas[a]) { a++; continue; } // fetched instead
-              let b = a + 1;
-              while (b < span.length && datas[b] && span[b][1].blocks.length === 1 && span[a][1].blocks.length === 1 && span[b][1].blocks[0] === span[a][1].blocks[0] + (b - a)) b++;
-              if (b - a === 1) await writeBlock(span[a][1], datas[a]!, true);
-              else {
-                await partial!.write(span[a][1].blocks[0], Buffer.concat(datas.slice(a, b) as Buffer[]), true);
-                progress(b - a);
-              }
-              for (let c = a; c < b; c++) {
-                fromSeeds += span[c][1].blocks.length;
-                seedBytes += CKM_BLOCK_SIZE * span[c][1].blocks.length;
-                needs.delete(span[c][0]);
-              }
-              a = b;
-            }
+      // the windows: one read of the seed and one write each, every member checked against its id
+      if (dryRun) fromSeeds += windows.reduce((n, w) => n + w.members.length, 0);
+      else {
+        await forEachLimited(windows, SEED_COPIES, async (w, slot) => {
+          const count = w.members[w.members.length - 1] - w.first + 1;
+          const buf = buffers[slot].subarray(0, count * CKM_BLOCK_SIZE);
+          const ok = await seeds!.readChecked(w.seed, w.first, buf, w.members.map((b) => ({ i: b - w.first, id: w.seed.idAt(b)! })));
+          const done = w.members.filter((_b, j) => ok[j]);
+          // written: the members that matched their ids, and zeros between them (blocks the image
+          // holds as zeros, or blocks written for real below, not marked done before)
+          if (done.length > 0) await partial!.write(w.first, buf, true, done);
+          progress(done.length);
+          fromSeeds += done.length;
+          // a member that did not match is wanted by id like any other
+          for (const b of w.members.filter((_b, j) => !ok[j])) {
+            const entry = await entryOfBlock(b);
+            want(needs, b, entry.id, entry);
           }
+        });
+      }
+
+      // by id: elsewhere in a seed (after the windows, whose zeros would otherwise cover them)
+      if (seeds && needs.size > 0) {
+        const wanted = new Set<string>(needs.keys());
+        for (const n of needs.values()) if (n.entry.kind === 'delta') wanted.add(idKey(n.entry.base!.id));
+        await seeds.locate(wanted);
+        for (const [k, n] of [...needs.entries()].sort((x, y) => x[1].blocks[0] - y[1].blocks[0])) {
+          if (!seeds.found.has(k)) continue;
+          if (dryRun) { fromSeeds += n.blocks.length; needs.delete(k); continue; }
+          const data = await seeds.read(k, n.id);
+          if (!data) continue; // fetched instead
+          await writeBlock(n, data, true);
+          fromSeeds += n.blocks.length;
+          needs.delete(k);
         }
       }
 
-      // 4. the network: delta bases first (from a seed when one holds it), then the blocks
+      // the network: delta bases first (from a seed when one holds it), then the blocks
       const bases = new Map<string, Buffer>();
       const basePieces: Piece[] = [];
       const basePlaces = new Map<string, BlockPlace>();
@@ -264,7 +322,6 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
       const baseIds = new Map<string, { id: Buffer; kind: 'zstd' | 'raw' }>();
       for (const n of needs.values()) if (n.entry.kind === 'delta') baseIds.set(idKey(n.entry.base!.id), { id: n.entry.base!.id, kind: n.entry.base!.kind });
       const mainPieces: Piece[] = [...needs.entries()].map(([k, n]) => ({ offset: n.entry.place.offset, length: n.entry.place.length, pack: n.entry.place.pack, key: k, base: false }));
-
       const byPack = (ps: Piece[]) => {
         const m = new Map<number, Piece[]>();
         for (const p of ps) { const l = m.get(p.pack) ?? []; l.push(p); m.set(p.pack, l); }
@@ -275,18 +332,17 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
           for (const [, list] of byPack(ps)) {
             const reqs = planRequests(list, MULTI_RANGE);
             wouldRequests += reqs.length;
-            wouldFetchBytes += reqs.reduce((s, r) => s + r.bytes, 0);
+            wouldFetchBytes += reqs.reduce((n, r) => n + r.bytes, 0);
           }
         }
-        fromNetwork = [...needs.values()].reduce((s, n) => s + n.blocks.length, 0);
-        break;
+        fromNetwork += [...needs.values()].reduce((n, x) => n + x.blocks.length, 0);
+        return;
       }
-      const where = (pack: number, offset: number) => ({ file: packOf(pack).name, offset });
       for (const [v, list] of byPack(basePieces)) {
         const ref = packs.get(v)!;
         await packOf(v).fetch(list, ref.length, async (p, stored) => {
           const b = baseIds.get(p.key)!;
-          const data = codec.decode(stored, b.kind, b.id, ref.salt, where(v, p.offset));
+          const data = codec.decode(stored, b.kind, b.id, ref.salt, where(v, p.offset)); // checked against its id
           bases.set(p.key, data);
           const same = needs.get(p.key);
           if (same) {
@@ -307,31 +363,66 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
             if (!data) throw new MedvError('EINTERNAL', 'delta block without its base');
             base = { id: e.base!.id, data };
           }
-          const data = codec.decode(stored, e.kind, e.id, ref.salt, where(v, p.offset), base);
+          const data = codec.decode(stored, e.kind, e.id, ref.salt, where(v, p.offset), base); // checked against its id
           await writeBlock(n, data);
           fromNetwork += n.blocks.length;
           needs.delete(p.key);
         });
       }
       if (needs.size > 0) throw new MedvError('EINTERNAL', `${needs.size} blocks were neither in a seed nor fetched`);
-      await partial!.checkpoint();
+    };
 
-      // 5. read back and check every block
-      const bad = await verifyOutput(index, partial!, codec);
-      if (bad.length === 0) break;
-      if (attempt > 0) throw new MedvError('EBADBLOCK', `${bad.length} blocks of the new disk do not match their ids after being written`, { file: opts.out, offset: bad[0] * CKM_BLOCK_SIZE });
-      warn(`${bad.length} blocks of the partial output did not match their ids; fetching them again`);
-      for (const b of bad) partial!.clear(b);
+    // 4. one pass over the index: what is done, what a disk seed holds in place, what is wanted by
+    // id; completed a part at a time (see PART_BLOCKS), so memory does not grow with the image
+    let needs = new Map<string, Need>();
+    let windows: Window[] = [];
+    let inPlace = 0;
+    const ids = dryRun ? undefined : new IdCollector();
+    let cur: Window | undefined;
+    let lastDone = -1;
+    const disks = seeds?.disks ?? [];
+    for await (const { run, record } of index.runs()) {
+      for (const e of record.entries) {
+        blocksTotal++;
+        const b = run * CKM_RUN_BLOCKS + e.slot;
+        ids?.add(b, e.id);
+        if (partial?.isDone(b)) { resumed++; progress(1); lastDone = b; continue; }
+        const seed = disks.find((d) => d.idAt(b)?.equals(e.id));
+        if (seed) {
+          // a window never spans a block already written (its gaps are written as zeros)
+          const joins = cur && cur.seed === seed && Math.floor(b / SEED_SPAN) === Math.floor(cur.first / SEED_SPAN) && lastDone < cur.first;
+          if (joins) cur!.members.push(b);
+          else windows.push(cur = { seed, first: b, members: [b] });
+          inPlace++;
+          continue;
+        }
+        want(needs, b, e.id, e);
+      }
+      if ((needs.size >= PART_BLOCKS || inPlace >= PART_IN_PLACE) && ((run + 1) * CKM_RUN_BLOCKS) % SEED_SPAN === 0) {
+        await complete(needs, windows);
+        needs = new Map();
+        windows = [];
+        cur = undefined;
+        inPlace = 0;
+      }
+    }
+    await complete(needs, windows);
+    buffers.forEach((x) => x.fill(0));
+
+    if (!dryRun) {
+      // 6. every block is written and was checked: flush, publish, cache the new disk's ids
+      await partial!.publish();
+      partial = undefined;
+      writeSeedCache(cacheDir, opts.out, seedStamp(opts.out), keyTag(keys.idKey), ids!);
     }
 
-    if (!dryRun) await partial!.publish();
-    partial = undefined;
     const s: TransferStats = stats;
     return {
       out: opts.out, name: h.name, version: h.version, virtualSize: h.virtualSize, dryRun,
       blocks: blocksTotal, blocksResumed: resumed, blocksFromSeeds: fromSeeds, blocksFromNetwork: fromNetwork,
-      networkBytes: s.networkBytes, repositoryFileBytes: s.localBytes, seedBytes, requests: s.requests,
-      indexRecordsReused: fetched.reusedRecords, indexRecordsFetched: fetched.fetchedRecords,
+      networkBytes: s.networkBytes, repositoryFileBytes: s.localBytes, seedBytes: fromSeeds * CKM_BLOCK_SIZE, requests: s.requests,
+      indexRecordsReused: fetched.reusedRecords, indexRecordsFetched: fetched.fetchedRecords, indexRecordsFromDelta: fetched.deltaRecords,
+      indexDelta: fetched.delta,
       ...(dryRun ? { wouldFetchBytes, wouldRequests } : {}),
       seeds: seeds?.reports ?? [],
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
@@ -346,14 +437,44 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
   }
 }
 
+/** `f` on every item, at most `limit` at a time (`slot`: which of the `limit` is running it); the first failure stops new starts and is thrown once the others settle. */
+async function forEachLimited<T>(items: T[], limit: number, f: (item: T, slot: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed: unknown;
+  const worker = async (slot: number) => {
+    while (failed === undefined && next < items.length) {
+      const item = items[next++];
+      try { await f(item, slot); } catch (e) { failed ??= e; }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, (_x, i) => worker(i)));
+  if (failed !== undefined) throw failed;
+}
+
 const ZERO_BLOCK = Buffer.alloc(CKM_BLOCK_SIZE);
+
+/** `windows` cut wherever one of `done` (ascending) lies inside one (between its first and last member). */
+function splitWindows(windows: Window[], done: number[]): Window[] {
+  const out: Window[] = [];
+  for (const w of windows) {
+    let cur: Window | undefined;
+    let d = done.findIndex((x) => x > w.first);
+    for (const b of w.members) {
+      const cut = d >= 0 && d < done.length && done[d] < b;
+      while (d >= 0 && d < done.length && done[d] < b) d++;
+      if (!cur || cut) out.push(cur = { seed: w.seed, first: b, members: [b] });
+      else cur.members.push(b);
+    }
+  }
+  return out;
+}
 
 /**
  * Blocks of a resumed partial output that are on its disk but not yet recorded as done (written
  * after the last checkpoint of the killed run): read back run by run, kept when they match their
- * id (and recorded at the next checkpoint). Returns how many blocks were recovered.
+ * id (and recorded at the next checkpoint). Returns the blocks recovered, ascending.
  */
-async function recoverUnrecorded(partial: PartialOutput, needs: Map<string, Need>, codec: BlockCodec): Promise<number> {
+async function recoverUnrecorded(partial: PartialOutput, needs: Map<string, Need>, codec: BlockCodec): Promise<number[]> {
   const byRun = new Map<number, Array<{ k: string; n: Need; b: number }>>();
   for (const [k, n] of needs) {
     for (const b of n.blocks) {
@@ -363,7 +484,7 @@ async function recoverUnrecorded(partial: PartialOutput, needs: Map<string, Need
       byRun.set(run, l);
     }
   }
-  let recovered = 0;
+  const recovered: number[] = [];
   for (const run of [...byRun.keys()].sort((a, b) => a - b)) {
     const off = run * CKM_RUN_BYTES;
     const len = Math.min(CKM_RUN_BYTES, partial.device.size - off);
@@ -377,34 +498,10 @@ async function recoverUnrecorded(partial: PartialOutput, needs: Map<string, Need
       partial.markDone(b);
       n.blocks = n.blocks.filter((x) => x !== b);
       if (n.blocks.length === 0) needs.delete(k);
-      recovered++;
+      recovered.push(b);
     }
   }
-  return recovered;
-}
-
-/** Every block of the image read back from the output: non-zero ones match their ids, the rest are zero. Returns the bad block numbers. */
-async function verifyOutput(index: IndexFile, out: PartialOutput, codec: BlockCodec): Promise<number[]> {
-  const bad: number[] = [];
-  const size = index.header.virtualSize;
-  if (out.device.size < size) throw new MedvError('ECORRUPT', `the new disk is ${out.device.size} bytes, the image ${size}`, { file: out.out });
-  for await (const { run, record } of index.runs()) {
-    const slots = runSlots(size, run);
-    const off = run * CKM_RUN_BYTES;
-    const len = Math.min(slots * CKM_BLOCK_SIZE, out.device.size - off);
-    const data = await out.device.read(off, len);
-    const padded = data.length === slots * CKM_BLOCK_SIZE ? data : Buffer.concat([data, Buffer.alloc(slots * CKM_BLOCK_SIZE - data.length)]);
-    let next = 0;
-    for (let s = 0; s < slots; s++) {
-      const block = padded.subarray(s * CKM_BLOCK_SIZE, (s + 1) * CKM_BLOCK_SIZE);
-      const e = record.entries[next];
-      if (e && e.slot === s) {
-        next++;
-        if (!codec.id(block).equals(e.id)) bad.push(run * CKM_RUN_BLOCKS + s);
-      } else if (!block.equals(ZERO_BLOCK)) bad.push(run * CKM_RUN_BLOCKS + s);
-    }
-  }
-  return bad;
+  return recovered.sort((a, b) => a - b);
 }
 
 export { SINGLE_RANGE, MULTI_RANGE };

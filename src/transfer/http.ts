@@ -19,8 +19,8 @@ import * as https from 'node:https';
 import { MedvError } from '../core/errors.js';
 import { PieceCollector } from './collect.js';
 import { MultipartParser, byterangesBoundary, parseContentRange } from '../formats/multipart.js';
-import { MULTI_RANGE, type PlanOptions, SINGLE_RANGE, type Span, planRequests, rangeHeader, uniquePieces } from './plan.js';
-import { type PieceSink, type RemoteFile, type TransferStats, checkFileSize } from './remote.js';
+import { MULTI_RANGE, type PlanOptions, SINGLE_RANGE, type Span, planRequests, rangeHeader, sizedFor, uniquePieces } from './plan.js';
+import { type PieceSink, type RemoteFile, type TransferStats, checkFileSize, siblingOf } from './remote.js';
 
 export type RangeMode = 'multi' | 'single' | 'none';
 
@@ -127,6 +127,8 @@ function strongEtag(res: http.IncomingMessage): string | undefined {
 export class HttpFile implements RemoteFile {
   constructor(readonly name: string, private readonly client: HttpClient) {}
 
+  sibling(name: string): RemoteFile { return new HttpFile(siblingOf(this.name, name), this.client); }
+
   /** The ETag of a reply must be the one this file had so far. */
   private checkEtag(res: http.IncomingMessage): void {
     const e = strongEtag(res);
@@ -201,7 +203,8 @@ export class HttpFile implements RemoteFile {
     if (mode === undefined && planRequests(all, MULTI_RANGE).some((r) => r.ranges.length > 1)) mode = await this.client.rangeMode(this.name);
     mode ??= 'single';
     // no range support: one request streams the whole file once for every piece
-    const plan = (ps: P[]): P[][] => (mode === 'none' ? [ps] : planRequests(ps, mode === 'multi' ? MULTI_RANGE : SINGLE_RANGE).map((r) => r.pieces));
+    const sized = { multi: sizedFor(all, MULTI_RANGE), single: sizedFor(all, SINGLE_RANGE) };
+    const plan = (ps: P[]): P[][] => (mode === 'none' ? [ps] : planRequests(ps, mode === 'multi' ? sized.multi : sized.single).map((r) => r.pieces));
     const queue: P[][] = plan(all);
     let failures = 0;
     let fatal: unknown;

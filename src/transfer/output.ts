@@ -18,16 +18,63 @@
  */
 import * as fs from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import type { BlockDevice } from '../block/device.js';
-import { fsyncDir } from '../core/fsio.js';
+import { fsyncDir, linkNew, parseTempName, readBoundedSync, writeFileAtomic } from '../core/fsio.js';
 import { FileDevice } from '../block/file.js';
 import { DataKey, type KekSource, encPathFor, writeKeyFileAt } from '../crypto/index.js';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { createEvhd, openEvhdFile } from '../layers/evhd/index.js';
 import { createVhd, openVhd } from '../layers/vhd/index.js';
 
-const STATE_FORMAT = 1;
+const STATE_FORMAT = 2;
+/** Network data between two checkpoints, and the longest time: what a crash can lose (a killed run loses nothing: see fetch.ts, recoverUnrecorded). */
+const CHECKPOINT_BYTES = 8 * 1024 * 1024;
+const CHECKPOINT_MS = 2000;
+
+/**
+ * The done set of `blocks` blocks as alternating run lengths (blocks not done, then done, ...),
+ * LEB128 varints: a fetch fills the disk mostly in order, so this stays a few bytes where the
+ * bitmap would be one bit per block of the virtual disk (512 KiB for 16 GiB), written at every
+ * checkpoint.
+ */
+export function encodeDone(bits: Uint8Array, blocks: number): Buffer {
+  const out: number[] = [];
+  let cur = 0;
+  let run = 0;
+  const push = (v: number) => { do { let b = v % 128; v = Math.floor(v / 128); if (v > 0) b |= 0x80; out.push(b); } while (v > 0); };
+  for (let b = 0; b < blocks; b++) {
+    if ((b & 7) === 0 && b + 8 <= blocks && bits[b >> 3] === (cur ? 0xff : 0)) { run += 8; b += 7; continue; } // a whole byte of the current run
+    const bit = (bits[b >> 3] >> (b & 7)) & 1;
+    if (bit !== cur) { push(run); cur = bit; run = 0; }
+    run++;
+  }
+  push(run);
+  return Buffer.from(out);
+}
+
+/** encodeDone's inverse: the bitmap, or undefined unless the runs add up to exactly `blocks`. */
+export function decodeDone(b: Buffer, blocks: number): Uint8Array | undefined {
+  const bits = new Uint8Array(Math.ceil(blocks / 8));
+  let at = 0;
+  let pos = 0;
+  let cur = 0;
+  while (at < b.length) {
+    let v = 0;
+    let mul = 1;
+    for (let i = 0; ; i++) {
+      if (at >= b.length || i >= 8) return undefined;
+      const x = b[at++];
+      v += (x & 0x7f) * mul;
+      mul *= 128;
+      if ((x & 0x80) === 0) break;
+    }
+    if (v > blocks - pos) return undefined;
+    if (cur) for (let k = pos; k < pos + v; k++) bits[k >> 3] |= 1 << (k & 7);
+    pos += v;
+    cur ^= 1;
+  }
+  return pos === blocks ? bits : undefined;
+}
 
 /** Identity of what a partial output is being filled from: a new index means a new output. */
 export interface OutputIdentity {
@@ -99,15 +146,15 @@ export class PartialOutput {
   private static async tryResume(out: string, dir: string, identity: OutputIdentity, kek: () => KekSource): Promise<PartialOutput | undefined> {
     let state: { format: number; index: string; virtualSize: number; done: string };
     try {
-      const text = fs.readFileSync(join(dir, 'state.json'), 'utf8');
-      if (text.length > 64 * 1024 * 1024) return undefined;
-      state = JSON.parse(text);
+      const text = readBoundedSync(join(dir, 'state.json'), 64 * 1024 * 1024, 'fetch state');
+      if (!text) return undefined;
+      state = JSON.parse(text.toString('utf8'));
     } catch {
       return undefined;
     }
     if (state.format !== STATE_FORMAT || state.index !== identity.index || state.virtualSize !== identity.virtualSize || typeof state.done !== 'string') return undefined;
-    const done = Buffer.from(state.done, 'base64');
-    if (done.length !== Math.ceil(PartialOutput.blocksOf(identity.virtualSize) / 8)) return undefined;
+    const done = decodeDone(Buffer.from(state.done, 'base64'), PartialOutput.blocksOf(identity.virtualSize));
+    if (!done) return undefined;
     let e;
     try {
       e = await openEvhdFile(join(dir, 'disk.evhd'), kek());
@@ -132,8 +179,9 @@ export class PartialOutput {
     let st: fs.Stats;
     try { st = fs.lstatSync(dir); } catch { return; }
     if (!st.isDirectory()) throw new MedvError('EEXIST', `${dir} is in the way (not a partial fetch folder)`, { file: dir });
+    const ours = (n: string) => /^(disk\.evhd|disk\.enc|state\.json|index)$/.test(n) || /^(state\.json|index)$/.test(parseTempName(n)?.final ?? '');
     for (const n of fs.readdirSync(dir)) {
-      if (!/^(disk\.evhd|disk\.enc|state\.json|state\.json\.[0-9a-f]+\.tmp|index|index\.tmp)$/.test(n)) {
+      if (!ours(n)) {
         throw new MedvError('EEXIST', `${dir} holds ${n}, which a fetch did not put there; remove the folder by hand`, { file: join(dir, n) });
       }
     }
@@ -155,23 +203,27 @@ export class PartialOutput {
   }
 
   /**
-   * Write `data` (whole blocks) at block `block`; marks them done once written. Progress is
-   * recorded every 256 KiB of fetched data (or 0.5 s); blocks from a local seed (`local`), cheap
-   * to copy again, only every 2 s: a flush costs two fsyncs.
+   * Write `data` (whole blocks, each checked against its id by the caller just before) at block
+   * `block`; marks them done once written, or only the blocks listed in `done` (the others hold
+   * zeros until they are written for real). Progress is recorded every 8 MiB of fetched data (or
+   * 2 s; blocks from a local seed, `local`, only by time): a checkpoint costs a flush of the disk
+   * and of the state file. A killed fetch loses nothing written since (the next run finds those
+   * blocks on the disk); only a crash of the machine can, at most that much.
    */
-  async write(block: number, data: Buffer, local = false): Promise<void> {
+  async write(block: number, data: Buffer, local = false, done?: readonly number[]): Promise<void> {
     const off = block * 4096;
     const len = Math.min(data.length, this.device.size - off);
     await this.device.write(off, len === data.length ? data : data.subarray(0, len));
-    const n = data.length / 4096;
-    for (let b = block; b < block + n; b++) {
+    const mark = (b: number) => {
       this.done[b >> 3] |= 1 << (b & 7);
       this.writtenSinceFlush.push(b);
-    }
+    };
+    if (done) done.forEach(mark);
+    else for (let b = block; b < block + data.length / 4096; b++) mark(b);
     if (!local) this.bytesSinceCheckpoint += data.length;
     const age = Date.now() - this.lastCheckpoint;
     if (this.failed) throw this.failed;
-    if (!this.checkpointing && (this.bytesSinceCheckpoint >= 256 * 1024 || age >= (local ? 2000 : 500))) {
+    if (!this.checkpointing && (this.bytesSinceCheckpoint >= CHECKPOINT_BYTES || age >= CHECKPOINT_MS)) {
       // in the background: writers go on while the disk is flushed (a failure surfaces on the next write)
       this.checkpoint().catch((e) => { this.failed ??= e; });
     }
@@ -195,22 +247,8 @@ export class PartialOutput {
   }
 
   private async writeState(): Promise<void> {
-    const path = join(this.dir, 'state.json');
-    const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-    const body = JSON.stringify({ format: STATE_FORMAT, index: this.identity.index, virtualSize: this.identity.virtualSize, done: Buffer.from(this.persisted).toString('base64') });
-    try {
-      const fh = await fs.promises.open(tmp, 'wx', 0o600);
-      try {
-        await fh.writeFile(body);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await fs.promises.rename(tmp, path);
-    } catch (e) {
-      await fs.promises.rm(tmp, { force: true });
-      throw fromSystemError(e, path);
-    }
+    const body = JSON.stringify({ format: STATE_FORMAT, index: this.identity.index, virtualSize: this.identity.virtualSize, done: encodeDone(this.persisted, PartialOutput.blocksOf(this.identity.virtualSize)).toString('base64') });
+    await writeFileAtomic(join(this.dir, 'state.json'), body, { mode: 0o600 });
   }
 
   /**
@@ -225,23 +263,18 @@ export class PartialOutput {
     const finals: Array<[string, string]> = [[encPathFor(evhd), encPathFor(this.out)], [evhd, this.out]];
     const linked: string[] = [];
     try {
+      // each: fsync, link (never over an existing file: EEXIST), fsync the folder
       for (const [from, to] of finals) {
-        try {
-          await fs.promises.link(from, to);
-        } catch (e) {
-          throw (e as NodeJS.ErrnoException).code === 'EEXIST' ? new MedvError('EEXIST', `file exists: ${to}`, { file: to }) : fromSystemError(e, to);
-        }
+        await linkNew(from, to);
         linked.push(to);
       }
-      await fsyncDir(dirname(this.out));
     } catch (e) {
       for (const f of linked.reverse()) await fs.promises.unlink(f).catch(() => undefined);
       throw e;
     }
     // the index the disk came from: offered to the next fetch that uses this disk as a seed
-    await fs.promises.link(this.indexPath, `${this.out}.index`).catch(async (e) => {
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return;
-      throw fromSystemError(e, `${this.out}.index`);
+    await linkNew(this.indexPath, `${this.out}.index`).catch((e) => {
+      if (!(e instanceof MedvError && e.code === 'EEXIST')) throw e;
     });
     await PartialOutput.discard(this.out);
     await fsyncDir(dirname(this.out));

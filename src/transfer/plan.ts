@@ -36,6 +36,22 @@ export const MULTI_RANGE: PlanOptions = { gap: 256, maxRanges: 96, maxBytes: 128
 /** One range per request: larger gaps merge, since every range is a round trip. */
 export const SINGLE_RANGE: PlanOptions = { gap: 48 * 1024, maxRanges: 1, maxBytes: 128 * 1024 };
 
+/** Pieces of a file adding up to at most this are asked for in at most SMALL_REQUESTS requests. */
+export const SMALL_FETCH = 4 * 1024 * 1024;
+const SMALL_REQUESTS = 8;
+
+/**
+ * `opts` for fetching `pieces`: requests of `opts.maxBytes` (128 KiB: what a killed run can lose
+ * in flight stays small), except for a fetch of a few MiB (an update's changed blocks), which is
+ * split into at most 8 requests, so it costs few round trips even from a server that answers one
+ * range per request.
+ */
+export function sizedFor(pieces: Span[], opts: PlanOptions): PlanOptions {
+  const total = pieces.reduce((n, p) => n + p.length, 0);
+  if (total > SMALL_FETCH) return opts;
+  return { ...opts, maxBytes: Math.max(opts.maxBytes, Math.ceil(total / SMALL_REQUESTS)) };
+}
+
 /** Sort by offset and drop pieces that repeat an offset (the same stored block wanted twice). */
 export function uniquePieces<P extends Span>(pieces: P[]): P[] {
   const sorted = [...pieces].sort((a, b) => a.offset - b.offset);

@@ -30,6 +30,8 @@ export interface RemoteFile {
    * a file of another length is ETRUNCATED (shorter) or ECORRUPT (longer) before any piece.
    */
   fetch<P extends Span>(pieces: P[], size: number, sink: PieceSink<P>): Promise<void>;
+  /** The file `name` beside this one (same folder, same way of reaching it). */
+  sibling(name: string): RemoteFile;
 }
 
 export function checkFileSize(name: string, actual: number, expected: number): void {
@@ -40,6 +42,8 @@ export function checkFileSize(name: string, actual: number, expected: number): v
 /** A repository file on a local (or mounted) file system. */
 export class LocalFile implements RemoteFile {
   constructor(readonly name: string, private readonly stats: TransferStats) {}
+
+  sibling(name: string): RemoteFile { return new LocalFile(siblingOf(this.name, name), this.stats); }
 
   private async open(): Promise<{ fh: fs.promises.FileHandle; size: number }> {
     let fh: fs.promises.FileHandle | undefined;

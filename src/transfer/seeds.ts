@@ -1,34 +1,40 @@
 /**
  * Local seeds: where a fetch finds blocks without the network.
  *
- * - A disk (EVHD, VHD, raw: an earlier version, another image): hashed on the 4 KiB grid with
- *   keyed BLAKE2b-128 ids (repository id key); the ids are cached (./seedcache.ts) and the disk
- *   is hashed again only when its size, mtime or inode change. The index it was fetched from
- *   (`DISK.index`, written by fetch) offers its run records to the index fetch.
+ * - A disk (EVHD, VHD, raw: an earlier version, another image): the keyed BLAKE2b-128 id of each
+ *   of its non-zero 4 KiB blocks (repository id key). The ids are cached (./seedcache.ts, by the
+ *   disk's identity and content generation), so a disk is hashed at most once, and a disk this
+ *   tool fetched never (its ids come from its index when it is published). A block of the new
+ *   image that the disk holds at the same place (the usual case: an earlier version of the same
+ *   disk) is found by position (`idAt`); any other by id (`locate`). The index the disk was
+ *   fetched from (`DISK.index`) offers its run records to the index fetch.
  * - A folder of packs (PackedImages, PrestagedImages) or one `.ckm.index`: indexes of the same
  *   image, signature checked, give blocks by id without hashing; their records serve the index
  *   fetch as well.
  *
- * A seed that cannot be opened, read or trusted is reported and skipped; every block taken from a
- * seed is checked against its id by the caller, and one that does not match is fetched instead.
+ * A seed that cannot be opened, read or trusted is reported and skipped. Nothing read from a seed
+ * is used before it was hashed again and matched its id (`read`, `readChecked`): a stale or forged
+ * id cache, a disk changed behind our back, a damaged pack only make the fetch take those blocks
+ * from the network.
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import { sodium } from '../core/sodium.js';
 import { MedvError } from '../core/errors.js';
+import { readInto } from '../block/emulate.js';
 import { CKM_BLOCK_SIZE, CKM_ID_BYTES, type RunEntry } from '../formats/ckm/index.js';
 import { openDisk, type OpenedDisk } from '../layers/open.js';
 import { BlockCodec } from '../pack/block.js';
 import { IndexFile } from '../pack/indexfile.js';
 import type { ImageKeys } from '../pack/keys.js';
 import { PackSet } from '../pack/read.js';
-import { type SeedIds, cachePathFor, keyTag, readSeedCache, seedStamp, writeSeedCache } from './seedcache.js';
+import { type SeedIds, keyTag, readSeedCache, seedStamp, writeSeedCache } from './seedcache.js';
 
 export interface SeedReport {
   path: string;
   kind: 'disk' | 'packs';
-  /** Blocks this fetch can take from the seed. */
+  /** Blocks this fetch took from the seed. */
   blocks: number;
   /** disk seeds: ids came from the cache (no hashing). */
   cached?: boolean;
@@ -46,21 +52,39 @@ export const idKey = (id: Buffer): string => id.toString('latin1');
 
 export class DiskSeed {
   private opened?: OpenedDisk;
-  constructor(readonly path: string, private readonly kek: () => KekSource) {}
+  /** Seed block number -> index in ids (or -1): the positional lookup. */
+  private byBlock = new Int32Array(0);
+  constructor(readonly path: string, private readonly kek: () => KekSource, readonly report: SeedReport, private ids: SeedIds = { ids: Buffer.alloc(0), blocks: new Uint32Array(0), count: 0 }) {}
 
   async device(): Promise<OpenedDisk['device']> {
     this.opened ??= await openDisk(this.path, { readOnly: true, kek: this.kek });
     return this.opened.device;
   }
 
-  /** `count` blocks from block `block` on (zero-padded past the end of the disk). */
-  async read(block: number, count: number): Promise<Buffer> {
+  setIds(ids: SeedIds, size: number): void {
+    this.ids = ids;
+    this.byBlock = new Int32Array(Math.ceil(size / CKM_BLOCK_SIZE)).fill(-1);
+    for (let i = 0; i < ids.count; i++) if (ids.blocks[i] < this.byBlock.length) this.byBlock[ids.blocks[i]] = i;
+  }
+
+  get count(): number { return this.ids.count; }
+  /** Id of the seed's block number `i` of its id list (a view). */
+  idOf(i: number): Buffer { return this.ids.ids.subarray(i * CKM_ID_BYTES, (i + 1) * CKM_ID_BYTES); }
+  blockOf(i: number): number { return this.ids.blocks[i]; }
+
+  /** The id the seed has at block `block` (a view), or undefined for a zero block or past its end. */
+  idAt(block: number): Buffer | undefined {
+    const i = block < this.byBlock.length ? this.byBlock[block] : -1;
+    return i >= 0 ? this.idOf(i) : undefined;
+  }
+
+  /** `buf.length` bytes from block `block` on (zero-padded past the end of the disk). */
+  async readInto(buf: Buffer, block: number): Promise<void> {
     const dev = await this.device();
     const off = block * CKM_BLOCK_SIZE;
-    const want = count * CKM_BLOCK_SIZE;
-    if (off >= dev.size) return Buffer.alloc(want);
-    const data = await dev.read(off, Math.min(want, dev.size - off));
-    return data.length === want ? data : Buffer.concat([data, Buffer.alloc(want - data.length)]);
+    const have = Math.max(0, Math.min(buf.length, dev.size - off));
+    if (have > 0) await readInto(dev, buf.subarray(0, have), off);
+    if (have < buf.length) buf.fill(0, have);
   }
 
   async close(): Promise<void> {
@@ -70,7 +94,7 @@ export class DiskSeed {
 }
 
 export class PackSeed {
-  constructor(readonly indexPath: string, readonly packs: PackSet, private readonly codec: BlockCodec) {}
+  constructor(readonly indexPath: string, readonly index: IndexFile, readonly packs: PackSet, private readonly codec: BlockCodec, readonly report: SeedReport) {}
 
   /** The plaintext of `entry`: authenticated, decompressed, checked against its id (EBADBLOCK otherwise). */
   async read(entry: RunEntry): Promise<Buffer> {
@@ -81,7 +105,10 @@ export class PackSeed {
     return decode(entry, base);
   }
 
-  async close(): Promise<void> { await this.packs.close(); }
+  async close(): Promise<void> {
+    await this.index.close();
+    await this.packs.close();
+  }
 }
 
 const isZero = (b: Buffer, at: number): boolean => {
@@ -97,13 +124,12 @@ export async function hashDisk(seed: DiskSeed, key: Buffer): Promise<SeedIds> {
   let nums = new Uint32Array(ids.length / CKM_ID_BYTES);
   let count = 0;
   const CHUNK = 256;
-  const out = Buffer.alloc(CKM_ID_BYTES);
+  const data = Buffer.allocUnsafeSlow(CHUNK * CKM_BLOCK_SIZE);
   for (let b = 0; b < blocks; b += CHUNK) {
     const n = Math.min(CHUNK, blocks - b);
-    const data = await seed.read(b, n);
+    await seed.readInto(data.subarray(0, n * CKM_BLOCK_SIZE), b);
     for (let i = 0; i < n; i++) {
       if (isZero(data, i * CKM_BLOCK_SIZE)) continue;
-      sodium.crypto_generichash(out, data.subarray(i * CKM_BLOCK_SIZE, (i + 1) * CKM_BLOCK_SIZE), key);
       if (count === nums.length) {
         const bigger = Buffer.alloc(ids.length * 2);
         ids.copy(bigger);
@@ -112,10 +138,11 @@ export async function hashDisk(seed: DiskSeed, key: Buffer): Promise<SeedIds> {
         nn.set(nums);
         nums = nn;
       }
-      out.copy(ids, count * CKM_ID_BYTES);
+      sodium.crypto_generichash(ids.subarray(count * CKM_ID_BYTES, (count + 1) * CKM_ID_BYTES), data.subarray(i * CKM_BLOCK_SIZE, (i + 1) * CKM_BLOCK_SIZE), key);
       nums[count++] = b + i;
     }
   }
+  data.fill(0);
   return { ids, blocks: nums, count };
 }
 
@@ -146,47 +173,39 @@ export function localIndexes(paths: string[], name: string): string[] {
 
 export class SeedSet {
   readonly reports: SeedReport[] = [];
-  private readonly disks: DiskSeed[] = [];
+  readonly disks: DiskSeed[] = [];
   private readonly packSeeds: PackSeed[] = [];
-  /** id -> where to read it. */
+  /** id -> where to read it (filled by locate, for the blocks not found by position). */
   readonly found = new Map<string, SeedLocation>();
 
   constructor(private readonly opts: SeedOptions) {}
 
-  /** Look for every id in `wanted` in the seed at `path` (a disk, a folder of packs, or an index). */
-  async add(path: string, wanted: Set<string>): Promise<void> {
+  /** Open the seed at `path` (a disk, a folder of packs, or an index): its ids, without reading any block yet. */
+  async add(path: string): Promise<void> {
     let st: fs.Stats;
     try { st = fs.statSync(path); } catch (e) { this.reports.push({ path, kind: 'disk', blocks: 0, error: (e as Error).message }); return; }
     if (st.isDirectory()) {
       const idx = localIndexes([path], this.opts.name);
       if (idx.length === 0) this.reports.push({ path, kind: 'packs', blocks: 0, error: `no ${this.opts.name}_<N>.ckm.index in this folder` });
-      for (const i of idx) await this.addPacks(i, wanted);
-    } else if (path.endsWith('.ckm.index')) await this.addPacks(path, wanted);
-    else await this.addDisk(path, wanted);
+      for (const i of idx) await this.addPacks(i);
+    } else if (path.endsWith('.ckm.index')) await this.addPacks(path);
+    else await this.addDisk(path);
   }
 
-  private async addDisk(path: string, wanted: Set<string>): Promise<void> {
-    const seed = new DiskSeed(path, this.opts.kek);
+  private async addDisk(path: string): Promise<void> {
     const report: SeedReport = { path, kind: 'disk', blocks: 0 };
+    const seed = new DiskSeed(path, this.opts.kek, report);
     try {
       const stamp = seedStamp(path);
       const tag = keyTag(this.opts.keys.idKey);
-      const cacheFile = cachePathFor(this.opts.cacheDir, path);
-      let ids = readSeedCache(cacheFile, stamp, tag);
+      let ids = readSeedCache(this.opts.cacheDir, stamp, tag);
       report.cached = ids !== undefined;
       if (!ids) {
         ids = await hashDisk(seed, this.opts.keys.idKey);
-        // only when the seed did not change while it was read
-        const after = seedStamp(path);
-        if (after.size === stamp.size && after.mtimeNs === stamp.mtimeNs && after.ino === stamp.ino) writeSeedCache(cacheFile, stamp, tag, ids);
+        // kept only when the seed did not change while it was read
+        writeSeedCache(this.opts.cacheDir, path, stamp, tag, ids);
       }
-      for (let i = 0; i < ids.count; i++) {
-        const k = ids.ids.toString('latin1', i * CKM_ID_BYTES, (i + 1) * CKM_ID_BYTES);
-        if (wanted.has(k) && !this.found.has(k)) {
-          this.found.set(k, { kind: 'disk', seed, block: ids.blocks[i] });
-          report.blocks++;
-        }
-      }
+      seed.setIds(ids, stamp.size);
       this.disks.push(seed);
     } catch (e) {
       await seed.close();
@@ -195,7 +214,7 @@ export class SeedSet {
     this.reports.push(report);
   }
 
-  private async addPacks(indexPath: string, wanted: Set<string>): Promise<void> {
+  private async addPacks(indexPath: string): Promise<void> {
     const report: SeedReport = { path: indexPath, kind: 'packs', blocks: 0 };
     let index: IndexFile | undefined;
     let packs: PackSet | undefined;
@@ -205,19 +224,8 @@ export class SeedSet {
       const h = index.header;
       if (!h.imageId.equals(this.opts.keys.imageId)) throw new MedvError('EBADKEY', 'an index of another image (no content key for it)');
       packs = await PackSet.open(join(indexPath, '..'), h.name, h.imageId, h.packs);
-      const seed = new PackSeed(indexPath, packs, new BlockCodec(this.opts.keys));
-      let n = 0;
-      for await (const { record } of index.runs()) {
-        for (const e of record.entries) {
-          const k = idKey(e.id);
-          if (wanted.has(k) && !this.found.has(k)) {
-            this.found.set(k, { kind: 'pack', seed, entry: e });
-            n++;
-          }
-        }
-      }
-      report.blocks = n;
-      this.packSeeds.push(seed);
+      this.packSeeds.push(new PackSeed(indexPath, index, packs, new BlockCodec(this.opts.keys), report));
+      index = undefined;
       packs = undefined;
     } catch (e) {
       report.error = e instanceof Error ? e.message : String(e);
@@ -228,15 +236,44 @@ export class SeedSet {
     this.reports.push(report);
   }
 
+  /**
+   * Find every id of `wanted` anywhere in the seeds (disk seeds by their ids, pack seeds by their
+   * records): `found` says where. One pass over each seed's ids.
+   */
+  async locate(wanted: Set<string>): Promise<void> {
+    if (wanted.size === 0) return;
+    for (const d of this.disks) {
+      for (let i = 0; i < d.count; i++) {
+        const k = d.idOf(i).toString('latin1');
+        if (wanted.has(k) && !this.found.has(k)) this.found.set(k, { kind: 'disk', seed: d, block: d.blockOf(i) });
+      }
+    }
+    for (const p of this.packSeeds) {
+      for await (const { record } of p.index.runs()) {
+        for (const e of record.entries) {
+          const k = idKey(e.id);
+          if (wanted.has(k) && !this.found.has(k)) this.found.set(k, { kind: 'pack', seed: p, entry: e });
+        }
+      }
+    }
+  }
+
   /** Plaintext of the block with id `k` from a seed, or undefined when the seed fails or the block does not match its id. */
   async read(k: string, id: Buffer): Promise<Buffer | undefined> {
     const loc = this.found.get(k);
     if (!loc) return undefined;
     try {
-      const data = loc.kind === 'disk' ? await loc.seed.read(loc.block, 1) : await loc.seed.read(loc.entry);
+      let data: Buffer;
+      if (loc.kind === 'disk') {
+        data = Buffer.allocUnsafe(CKM_BLOCK_SIZE);
+        await loc.seed.readInto(data, loc.block);
+      } else data = await loc.seed.read(loc.entry);
       const check = Buffer.alloc(CKM_ID_BYTES);
       sodium.crypto_generichash(check, data, this.opts.keys.idKey);
-      if (check.equals(id)) return data;
+      if (check.equals(id)) {
+        loc.seed.report.blocks++;
+        return data;
+      }
     } catch {
       // falls back to the network
     }
@@ -245,26 +282,32 @@ export class SeedSet {
   }
 
   /**
-   * Plaintexts of consecutive blocks of one disk seed (as `read`, one read for all): each entry is
-   * undefined when it does not match its id (and is forgotten, so it is fetched instead).
+   * Blocks of disk seed `seed` from block `block` on into `buf`, in one read, checked: each member
+   * (block `i` of the range, wanted with id `id`) is kept when it matches its id and zeroed when it
+   * does not; every other block of `buf` is zeroed, so nothing unchecked leaves this function.
+   * Returns which members matched (none when the seed cannot be read).
    */
-  async readSpan(items: Array<{ k: string; id: Buffer }>): Promise<Array<Buffer | undefined>> {
-    const first = this.found.get(items[0].k);
-    if (first?.kind !== 'disk') return Promise.all(items.map((x) => this.read(x.k, x.id)));
-    let data: Buffer;
+  async readChecked(seed: DiskSeed, block: number, buf: Buffer, members: ReadonlyArray<{ i: number; id: Buffer }>): Promise<boolean[]> {
+    const ok = members.map(() => false);
     try {
-      data = await first.seed.read(first.block, items.length);
+      await seed.readInto(buf, block);
     } catch {
-      return Promise.all(items.map((x) => this.read(x.k, x.id)));
+      buf.fill(0);
+      return ok;
     }
     const check = Buffer.alloc(CKM_ID_BYTES);
-    return items.map((x, i) => {
-      const b = data.subarray(i * CKM_BLOCK_SIZE, (i + 1) * CKM_BLOCK_SIZE);
+    let next = 0;
+    members.forEach((m, j) => {
+      if (m.i > next) buf.fill(0, next * CKM_BLOCK_SIZE, m.i * CKM_BLOCK_SIZE);
+      const b = buf.subarray(m.i * CKM_BLOCK_SIZE, (m.i + 1) * CKM_BLOCK_SIZE);
       sodium.crypto_generichash(check, b, this.opts.keys.idKey);
-      if (check.equals(x.id)) return b;
-      this.found.delete(x.k);
-      return undefined;
+      if (check.equals(m.id)) ok[j] = true;
+      else b.fill(0);
+      next = m.i + 1;
     });
+    buf.fill(0, next * CKM_BLOCK_SIZE);
+    seed.report.blocks += ok.filter((x) => x).length;
+    return ok;
   }
 
   async close(): Promise<void> {

@@ -21,6 +21,7 @@ import { startVm, stopVm, suspendVm, vmStatus } from '../host/client.js';
 import { isTerminal, type VmState } from '../host/rundir.js';
 import type { VmConfig } from '../host/supervisor.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
+import type { KekSource } from '../crypto/index.js';
 import { clientKeyPair, configPath, openClient, readClientConfig, readCredentials, type ClientConfig, type ClientContext, type Credentials } from './client.js';
 import { now as clock } from './clock.js';
 import { deployVersion, wipeUnlinkedBase, type DeployResult } from './deploy.js';
@@ -56,6 +57,8 @@ export interface StartOptions extends WorkspaceOptions {
    * them) and `update` is undefined: true deploys it now. Without it the update is only announced.
    */
   confirmUpdate?: (current: number, latest: number) => Promise<boolean>;
+  /** How the VM is started (default: src/host/client.ts startVm; the CLI and the host service start it through the service's warm pool). */
+  startVm?: (config: VmConfig, opts: { kek?: KekSource; root?: string }) => Promise<VmState>;
 }
 
 export interface StartResult {
@@ -311,7 +314,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     for (const p of writeVersionVmFiles(store, version, settings, vmName)) info(`wrote ${p}`);
     const resumed = !o.readOnly && fs.existsSync(store.savedStatePath(version));
     if (settings.mode === 'revertible' && !resumed && !o.readOnly && await discardUndo(store, version, s.ctx.kek)) info(`discarded the changes of the last run (revertible workspace)`);
-    const vm = await startVm(await vmConfigFor(vmName, store, settings, version, o), { kek: s.ctx.kek, root: o.runRoot });
+    const vm = await (o.startVm ?? startVm)(await vmConfigFor(vmName, store, settings, version, o), { kek: s.ctx.kek, root: o.runRoot });
     s.log.append('info', `workspace ${name} ${resumed ? 'resumed' : 'started'}: ${entry.image} version ${version}, ${settings.mode ?? 'persistent'}, ${vm.memoryMiB} MiB, ${vm.accel ?? 'accelerator unknown'}`, { workspace: name, vm: vmName });
     let desktopEntries: string[] = [];
     const instance = { id: vmName, workspace: name, clientRoot: s.ctx.root.root };

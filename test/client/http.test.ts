@@ -15,6 +15,7 @@ import { MEDV_BIN, tempDir, type RunResult } from '../helpers/cli.js';
 import { listener } from '../helpers/net.js';
 import { HTTP_STATUS, codeForStatus, httpStatusFor } from '../../src/api/status.js';
 import { HttpAgent, checkCredentialTarget, responseError } from '../../src/client/http.js';
+import { NO_RETRY } from '../../src/client/retry.js';
 import { apiRequest } from '../../src/client/api.js';
 import { MedvError, type ErrorCode } from '../../src/core/errors.js';
 
@@ -147,5 +148,62 @@ describe('client: the one HTTP agent', function () {
     } finally {
       await s.close();
     }
+  });
+
+  describe('a kept-alive connection the server closed while it was idle in the pool', () => {
+    /**
+     * What a busy client meets when the server closed an idle keep-alive connection and the FIN
+     * was not read yet: the next request goes out on that pooled socket and is reset before any
+     * byte of the answer. Made certain here (no waiting on the server's idle timer): this server
+     * answers the first request of a connection (keep-alive) and resets the connection when a
+     * second request arrives on it.
+     */
+    async function resetsReused() {
+      let connections = 0;
+      const seen: string[] = [];
+      const served = new WeakMap<net.Socket, number>();
+      const server = http.createServer((req, res) => {
+        seen.push(`${req.method} ${req.url}`);
+        const n = (served.get(req.socket) ?? 0) + 1;
+        served.set(req.socket, n);
+        if (n > 1) { req.socket.resetAndDestroy(); return; }
+        req.resume();
+        req.on('end', () => res.end('ok'));
+      });
+      server.on('connection', () => { connections++; });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      return {
+        url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, seen, connections: () => connections,
+        close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+      };
+    }
+
+    it('an idempotent request is sent again at once on a new connection, once, even with retries off', async () => {
+      const s = await resetsReused();
+      const agent = new HttpAgent({ retry: NO_RETRY });
+      try {
+        assert.equal((await agent.request({ method: 'GET', url: `${s.url}/a` })).body.toString(), 'ok');
+        const r = await agent.request({ method: 'PUT', url: `${s.url}/b`, body: 'x' });
+        assert.equal(r.status, 200);
+        assert.deepEqual(s.seen, ['GET /a', 'PUT /b', 'PUT /b'], 'reset on the reused connection, then sent again');
+        assert.equal(s.connections(), 2, 'the second attempt went on a connection of its own');
+      } finally {
+        agent.close();
+        await s.close();
+      }
+    });
+
+    it('a request that is not idempotent is not sent again: ENETWORK, and the server saw it once', async () => {
+      const s = await resetsReused();
+      const agent = new HttpAgent({ retry: { ...NO_RETRY, retries: 3 } });
+      try {
+        await agent.request({ method: 'GET', url: `${s.url}/a` });
+        await assert.rejects(agent.request({ method: 'POST', url: `${s.url}/once`, body: '{}' }), (e: unknown) => e instanceof MedvError && e.code === 'ENETWORK');
+        assert.deepEqual(s.seen, ['GET /a', 'POST /once']);
+      } finally {
+        agent.close();
+        await s.close();
+      }
+    });
   });
 });

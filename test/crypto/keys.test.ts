@@ -174,14 +174,13 @@ describe('crypto: keys', () => {
       const k = DataKey.generate();
       await assert.rejects(wrapDataKey(k, { kind: 'passphrase', passphrase: 'x' }, { pwhash: { opslimit: 1, memlimit: 2 ** 40 } }), code('EFORMAT'));
       const good = await wrapDataKey(k, { kind: 'passphrase', passphrase: 'x' }, CHEAP);
-      // Forge memlimit = 2^40 with a valid checksum: refused at parse time, in microseconds.
+      // Forge memlimit = 2^40 with a valid checksum: refused at parse time (EFORMAT; Argon2id run
+      // with it would fail with ECRYPTO for want of memory). How fast: bench/limits.
       const forged = Buffer.from(good);
       forged.writeBigUInt64LE(2n ** 40n, 56);
       const { createHash: h } = await import('node:crypto');
       h('sha256').update(forged.subarray(0, 184)).digest().copy(forged, 184);
-      const t = process.hrtime.bigint();
       await assert.rejects(unwrapDataKey(forged, { kind: 'passphrase', passphrase: 'x' }), code('EFORMAT'));
-      assert.ok(Number(process.hrtime.bigint() - t) < 50e6);
     });
 
     it('encPathFor: foo.evhd -> foo.enc, anything else gets .enc appended', () => {

@@ -51,6 +51,12 @@ describe('e2e: the Linux test guest (vm/linux) under QEMU', function () {
   const runs: GuestRun[] = [];
   const children: ChildProcess[] = [];
   const times: string[] = [];
+  /**
+   * The first boot that KVM stopped in `internal-error` (a nested virtual machine): the detection
+   * and the relaunch under TCG are then tested; the later KVM boots of this file would only repeat
+   * both and then the TCG boots of the `under tcg` block, so they go to TCG at once (or are skipped).
+   */
+  let kvmStopped: string | undefined;
 
   before(() => { tmp = tempDir('linux-guest'); });
   afterEach(async () => {
@@ -69,10 +75,15 @@ describe('e2e: the Linux test guest (vm/linux) under QEMU', function () {
    * the same boot then runs under TCG, as medv's own launcher does.
    */
   async function bootAndPowerOff(what: string, opts: LinuxBootOptions): Promise<BootResult> {
+    if (opts.accel === 'kvm' && kvmStopped) {
+      times.push(`[kvm] ${what}: under TCG at once (KVM stopped in internal-error at "${kvmStopped}")`);
+      return await bootOnce(what, { ...opts, accel: 'tcg' });
+    }
     try {
       return await bootOnce(what, opts);
     } catch (e) {
       if (opts.accel !== 'kvm' || !isInternalError(e)) throw e;
+      kvmStopped ??= what;
       await Promise.all(runs.splice(0).map((r) => r.kill()));
       times.push(`[kvm] ${what}: KVM internal error detected (nested virtualization), retried under TCG`);
       return await bootOnce(what, { ...opts, accel: 'tcg' });
@@ -118,6 +129,8 @@ describe('e2e: the Linux test guest (vm/linux) under QEMU', function () {
 
   for (const accel of accelerators()) {
     describe(`under ${accel}`, () => {
+      // Once KVM stopped in internal-error here, a KVM scenario would be the TCG one below again.
+      beforeEach(function () { if (accel === 'kvm' && kvmStopped) this.skip(); });
       it('raw image: fetches a page through NAT (URL in /etc/medv/url, virtio), then without a network cannot (IDE); the counter persists on ext4', async () => {
         const http = await tokenServer();
         try {

@@ -68,8 +68,8 @@ describe('fuzz: evhd headers and .enc key files', function () {
     createHash('sha256').update(z).digest().copy(b, 104);
   };
 
+  // How long a hostile header takes to refuse: bench/limits (no timing here).
   it('6,000 mutated EVHD headers parse or fail with MedvError; 1,500 open and read over memory', async () => {
-    const started = Date.now();
     const key = DataKey.generate();
     const mem = new MemoryDevice(0);
     const dev = await createEvhd(mem, key.clone());
@@ -105,11 +105,9 @@ describe('fuzz: evhd headers and .enc key files', function () {
     }
     assert.ok(forgedRefused > 50, `forged headers that pass the checksum are refused by the MAC (${forgedRefused})`);
     assert.ok(failed > 4000, `most mutations must be refused (ok ${ok}, failed ${failed})`);
-    assert.ok(Date.now() - started < 30000);
   });
 
-  it('5,000 mutated .enc files (passphrase and host key) unwrap or fail with MedvError, fast', async () => {
-    const started = Date.now();
+  it('5,000 mutated .enc files (passphrase and host key) unwrap or fail with MedvError', async () => {
     const key = DataKey.generate();
     const pass: KekSource = { kind: 'passphrase', passphrase: 'fuzz' };
     const hk = join(dir, 'host.key');
@@ -123,12 +121,11 @@ describe('fuzz: evhd headers and .enc key files', function () {
     const encFields: Field[] = [[8, 2], [10, 1], [11, 1], [12, 4], [16, 16], [32, 16], [48, 8], [56, 8], [64, 16], [80, 16], [104, 16], [120, 16]];
     const resealEnc = (b: Buffer) => { if (b.length >= 216) createHash('sha256').update(b.subarray(0, 184)).digest().copy(b, 184); };
     const r = prng(0x5eed);
-    let ok = 0, failed = 0, slowest = 0;
+    let ok = 0, failed = 0;
     const codes = new Map<string, number>();
     for (let i = 0; i < 5000; i++) {
       const [base, kek] = bases[i % 2];
       const m = mutate(r, base, encFields, resealEnc);
-      const t = Date.now();
       try {
         const k = await unwrapDataKey(m, kek, 'fuzz.enc');
         assert.ok(k.key.equals(key.key), 'a successful unwrap gives the real key');
@@ -139,11 +136,8 @@ describe('fuzz: evhd headers and .enc key files', function () {
         codes.set((e as MedvError).code, (codes.get((e as MedvError).code) ?? 0) + 1);
         failed++;
       }
-      slowest = Math.max(slowest, Date.now() - t);
     }
     assert.ok(failed > 4000, `ok ${ok} failed ${failed}`);
     for (const c of ['ECHECKSUM', 'EFORMAT', 'ETRUNCATED', 'EBADKEY']) assert.ok((codes.get(c) ?? 0) > 0, `no ${c}: ${[...codes]}`);
-    assert.ok(slowest < 2000, `one unwrap took ${slowest} ms`);
-    assert.ok(Date.now() - started < 30000);
   });
 });

@@ -109,8 +109,6 @@ describe('fuzz: .vmc, ImageState.xml, GlobalImageData.xml', function () {
     const gSeed = serializeGlobalImageData({ virtualizationEngine: '1.2.3', workspaceVersion: 7 }).toString('utf8');
     const stats = { vmc: 0, vmcOk: 0, is: 0, isOk: 0, g: 0, gOk: 0, paths: 0 };
     const codes = new Map<string, number>();
-    let slowest = 0;
-    const started = Date.now();
 
     for (let i = 0; i < 4500; i++) {
       const kind = i < 2000 ? 'vmc' : i < 3500 ? 'is' : 'g';
@@ -118,7 +116,6 @@ describe('fuzz: .vmc, ImageState.xml, GlobalImageData.xml', function () {
       const seed = kind === 'vmc' ? vmcSeeds[i % 4 === 0 ? 0 : 1] : kind === 'is' ? isSeed : gSeed;
       const what = `case ${i} (${kind}, seed ${SEED})`;
       const buf = rnd() < 0.8 ? encode(mutateText(seed, rnd), rnd) : mutateBytes(encode(seed, rnd), rnd);
-      const t0 = performance.now();
       const note = (f: () => void): boolean => {
         try { f(); return true; } catch (e) {
           if (!(e instanceof MedvError)) throw new Error(`${what}: non-MedvError ${e instanceof Error ? e.stack : String(e)}`);
@@ -161,16 +158,12 @@ describe('fuzz: .vmc, ImageState.xml, GlobalImageData.xml', function () {
           assert.deepEqual(parseGlobalImageData(serializeGlobalImageData(g), { file: 'fuzz.xml' }), g, what);
         });
       }
-      const took = performance.now() - t0;
-      slowest = Math.max(slowest, took);
-      assert.ok(took < 2000, `${what} took ${took.toFixed(0)} ms`);
     }
     // The mutations must reach past the first checks a fair share of the time, and fail in many ways.
     assert.ok(stats.vmcOk > stats.vmc * 0.08, `only ${stats.vmcOk} of ${stats.vmc} mutated .vmc files parsed`);
     assert.ok(stats.isOk > stats.is * 0.08 && stats.gOk > stats.g * 0.08, JSON.stringify(stats));
     assert.ok(stats.paths > 200, JSON.stringify(stats));
     for (const c of ['EFORMAT', 'EUNSUPPORTED', 'ETRUNCATED']) assert.ok((codes.get(c) ?? 0) > 0, `no ${c} seen: ${JSON.stringify([...codes])}`);
-    assert.ok(Date.now() - started < 60000);
-    console.log(`      ${JSON.stringify(stats)} errors ${JSON.stringify(Object.fromEntries(codes))} slowest ${slowest.toFixed(1)} ms, total ${Date.now() - started} ms`);
+    console.log(`      ${JSON.stringify(stats)} errors ${JSON.stringify(Object.fromEntries(codes))}`);
   });
 });

@@ -12,14 +12,53 @@ export const TEST_PASSPHRASE = 'correct horse battery staple';
 
 export interface RunResult { code: number | null; stdout: string; stderr: string }
 
-/** Run `bin/medv`; a command still running after `timeoutMs` (default 120 s) is killed and has code null. */
+/**
+ * Run `bin/medv`; a command still running after `timeoutMs` (default 120 s) is killed and has code null.
+ * Every run is also held to the CLI's shape (src/cli/README.md): the exit status is one its `--help`
+ * lists, and no line is printed on both stdout and stderr. A run that breaks either throws.
+ */
 export function runMedv(args: string[], env: Record<string, string | undefined> = {}, opts: { timeoutMs?: number } = {}): RunResult {
   const r = spawnSync(process.execPath, [MEDV_BIN, ...args], {
     encoding: 'utf8',
     env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env },
     timeout: opts.timeoutMs ?? 120_000,
   });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  const result = { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  checkShape(args, result);
+  return result;
+}
+
+let exitTable: Record<string, number[]> | undefined;
+
+/** The exit statuses each leaf command's help lists, read once per test process from the real program. */
+function declaredExits(): Record<string, number[]> {
+  if (exitTable) return exitTable;
+  const main = join(REPO_ROOT, 'dist/src/cli/main.js');
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(main)}); process.stdout.write(JSON.stringify(await m.exitStatusTable()));`], { encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`could not read the exit-status table: ${r.stderr}`);
+  return (exitTable = JSON.parse(r.stdout) as Record<string, number[]>);
+}
+
+/** The leaf a command line names (`disk undo create`), or undefined when it names none (`--help`, a usage error). */
+export function leafOf(args: string[], table: Record<string, number[]>): string | undefined {
+  const words = args.filter((a) => !a.startsWith('-'));
+  for (let n = Math.min(words.length, 3); n > 0; n--) {
+    const key = words.slice(0, n).join(' ');
+    if (Object.hasOwn(table, key)) return key;
+  }
+  return undefined;
+}
+
+function checkShape(args: string[], r: RunResult): void {
+  const out = new Set(r.stdout.split('\n').map((l) => l.trim()).filter(Boolean));
+  const twice = r.stderr.split('\n').map((l) => l.trim()).filter((l) => l && out.has(l));
+  if (twice.length) throw new Error(`medv ${args.join(' ')} printed the same line on stdout and stderr: ${JSON.stringify(twice[0])}`);
+  if (r.code === null || r.code <= 2) return;
+  const table = declaredExits();
+  const leaf = leafOf(args, table);
+  if (leaf && !table[leaf].includes(r.code)) {
+    throw new Error(`medv ${leaf} exited ${r.code}, a status its --help does not list (${table[leaf].join(', ')}); declare the code with raises() in src/cli/:\n${r.stderr}`);
+  }
 }
 
 /** Start a long-running medv command (serve); resolves once it printed its ready line. */

@@ -63,6 +63,7 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
       assert.equal(started.name, 'g');
       await waitForFileText(serialOf('g'), GUEST.serial.ready, 60_000);
       assert.match(vm(['serial', 'g']).stdout, /MEDV-GUEST boot=1\r?\n/);
+      assert.match(json(['serial', 'g']).serial, /MEDV-GUEST boot=1\r?\n/);
       assert.equal(json(['status', 'g']).state, 'running');
       const stopped = json(['stop', 'g', '--timeout', '30']);
       assert.equal(stopped.state, 'stopped');
@@ -261,7 +262,10 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
       relay.close();
     }
     const png = join(dir.path, 'shot.png');
-    assert.equal(vm(['screenshot', 'v', png]).code, 0);
+    const saved = vm(['screenshot', 'v', png]);
+    assert.equal(saved.code, 0, saved.stderr);
+    assert.equal(saved.stdout, `saved the screen of VM v to ${png}\n`);
+    assert.deepEqual(json(['screenshot', 'v', join(dir.path, 'shot2.png')]), { name: 'v', file: join(dir.path, 'shot2.png') });
     const shot = readPng(png);
     assert.ok(shot.width >= 640 && shot.height >= 400);
     assert.ok(nonBackgroundPixels(shot) > 2000, 'the screenshot shows text');

@@ -2,8 +2,9 @@
 import { closeSync, ftruncateSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import type { KekSource } from '../../src/crypto/index.js';
 import {
-  DIR_ENTRY_BYTES, type RunRecord, decodeRunRecord, encodeRunRecord, parseIndexHeader, parseRunDirectory, rootHashOf, runSlots,
-  serializeIndexHeader, serializeIndexHeaderSigned, serializeRunDirectory,
+  DELTA_HEADER_BYTES, DIR_ENTRY_BYTES, type DeltaHeader, type DeltaRun, DeltaBodyWriter, type RunRecord, decodeRunRecord, deltaBodyHash,
+  encodeRunRecord, parseDeltaBody, parseDeltaHeader, parseIndexHeader, parseRunDirectory, rootHashOf, runSlots, serializeDeltaHeader,
+  serializeDeltaHeaderSigned, serializeIndexHeader, serializeIndexHeaderSigned, serializeRunDirectory,
 } from '../../src/formats/ckm/index.js';
 import { type ImageKeys, openImageKeys, openPackedImage } from '../../src/pack/index.js';
 
@@ -63,4 +64,25 @@ export function forgeIndex(indexPath: string, keys: ImageKeys, edit: (run: numbe
   const out = Buffer.concat([serializeIndexHeader(header, keys.sign(serializeIndexHeaderSigned(header))), directory, table]);
   if (out.length !== serializeIndexHeaderSigned(header).length + 64 + h.runCount * DIR_ENTRY_BYTES + table.length) throw new Error('forge length');
   writeFileSync(indexPath, out);
+}
+
+/**
+ * Rewrite an index delta with `edit` applied to its header fields and its runs (as parsed: an
+ * edit whose base is the previous version's block keeps saying so), its body hash recomputed, then
+ * signed with `sign` (the console's key, or any other): what a hostile holder of a key could publish.
+ * `limits` are the index's (run count, slots, packs), for parsing the runs.
+ */
+export function forgeDelta(path: string, indexPath: string, sign: (m: Buffer) => Buffer, signer: Buffer, edit: (h: DeltaHeader, runs: DeltaRun[]) => void): void {
+  const buf = readFileSync(path);
+  const h = parseDeltaHeader(buf);
+  const ix = parseIndexHeader(readFileSync(indexPath));
+  const limits = { runCount: ix.runCount, slots: (r: number) => runSlots(ix.virtualSize, r), packs: new Map(ix.packs.map((p) => [p.version, p.length])) };
+  const runs = [...parseDeltaBody(buf.subarray(DELTA_HEADER_BYTES), h.changedRuns, limits)];
+  const header: DeltaHeader = { ...h, signer };
+  edit(header, runs);
+  const w = new DeltaBodyWriter();
+  for (const r of runs) w.add(r.run, r.edits, undefined);
+  const body = w.drain();
+  const out: DeltaHeader = { ...header, changedRuns: header.changedRuns === h.changedRuns ? runs.length : header.changedRuns, bodyLength: body.length, bodyHash: deltaBodyHash(body) };
+  writeFileSync(path, Buffer.concat([serializeDeltaHeader(out, sign(serializeDeltaHeaderSigned(out))), body]));
 }

@@ -76,11 +76,16 @@ export function makeUsrDisk(path: string, size: number, fill = 0.5, seed = 1): n
   }
 }
 
+/** Where replaced blocks come from by default: text (headers, documentation, perl modules). */
+export const TEXT_SOURCES = ['/usr/include', '/usr/share/doc', '/usr/share/perl'];
+/** Binary content unrelated to a disk made by makeUsrDisk (shared libraries, read from the end of /usr/lib). */
+export const BINARY_SOURCES = ['/usr/lib/x86_64-linux-gnu'];
+
 /**
  * Rewrite `share` of the non-zero blocks of a raw disk in place: half get a few bytes changed,
- * half are replaced by a block of another /usr file. Returns the byte offsets changed.
+ * half are replaced by a block of another file under `sources`. Returns the byte offsets changed.
  */
-export function mutateDisk(path: string, share = 0.03, seed = 2): number[] {
+export function mutateDisk(path: string, share = 0.03, seed = 2, sources: string[] = TEXT_SOURCES): number[] {
   const rnd = prng(seed);
   const fd = openSync(path, 'r+');
   const changed: number[] = [];
@@ -92,7 +97,7 @@ export function mutateDisk(path: string, share = 0.03, seed = 2): number[] {
       readSync(fd, buf, 0, BLOCK, off);
       if (buf.some((x) => x !== 0)) nonZero.push(off);
     }
-    const files = usrFiles(['/usr/include', '/usr/share/doc', '/usr/share/perl'], 64 * 1024 * 1024);
+    const files = usrFiles(sources, 64 * 1024 * 1024);
     const count = Math.max(2, Math.floor(nonZero.length * share));
     const picked = new Set<number>();
     while (picked.size < count) picked.add(nonZero[Math.floor(rnd() * nonZero.length)]);

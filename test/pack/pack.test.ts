@@ -5,12 +5,14 @@
  * another image swapped in, another packing run's pack, the wrong content key.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, cpSync, mkdirSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, appendFileSync, rmSync } from 'node:fs';
+import { closeSync, copyFileSync, cpSync, mkdirSync, openSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, writeSync, appendFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import type { BlockDevice } from '../../src/block/device.js';
+import { readByCopy } from '../../src/block/emulate.js';
 import { FileDevice } from '../../src/block/file.js';
 import { MedvError } from '../../src/core/errors.js';
 import { CKM_MAX_STORED, PACK_HEADER_SIZE } from '../../src/formats/ckm/index.js';
-import { IndexFile, type PackResult, packImage, verifyPack } from '../../src/pack/index.js';
+import { IndexFile, type PackResult, openPackedImage, packImage, verifyPack } from '../../src/pack/index.js';
 import { containsPattern, run, sha256File, tempDir } from '../helpers/cli.js';
 import { openDisk } from '../../src/layers/open.js';
 import { forgeIndex, kek, testKeys, unpackToRaw } from './helpers.js';
@@ -33,6 +35,19 @@ async function pack(raw: string, name: string, version: number, outDir: string, 
   }
 }
 
+/** `dev` with every byte read through read() or readInto() counted (and no fileRange: the workers would read the file themselves). */
+function countingReads(dev: BlockDevice, count: (bytes: number) => void): BlockDevice {
+  return Object.create(dev, {
+    read: { value: (off: number, len: number) => { count(len); return dev.read(off, len); } },
+    readInto: { value: (buf: Buffer, off: number) => { count(buf.length); return dev.readInto ? dev.readInto(buf, off) : readByCopy(dev, buf, off); } },
+    fileRange: { value: undefined },
+  });
+}
+
+/** Bytes this process has read with read system calls so far, all threads (rchar of /proc/self/io). */
+function bytesReadByProcess(): number {
+  return Number(/rchar:\s+(\d+)/.exec(readFileSync('/proc/self/io', 'utf8'))![1]);
+}
 
 describe('pack: packImage and verifyPack', function () {
   this.timeout(60_000);
@@ -60,7 +75,7 @@ describe('pack: packImage and verifyPack', function () {
     assert.equal(statSync(back).size, statSync(v1).size);
     assert.equal(sha256File(back), sha256File(v1));
     assert.ok(statSync(r1.packPath).size < statSync(v1).size / 2, 'half the disk is zeros and the rest compresses');
-    assert.deepEqual(readdirSync(out).filter((f) => f.endsWith('.tmp')), []);
+    assert.deepEqual(readdirSync(out).filter((f) => f.startsWith('.')), []);
   });
 
   it('worker threads pack the same blocks as the main thread alone', async () => {
@@ -89,8 +104,11 @@ describe('pack: packImage and verifyPack', function () {
     const dev = await FileDevice.open(v1, { readOnly: true });
     let reads = 0;
     // error injection: the real file below, a failing read on the 9th run
+    const fail = () => { if (++reads === 9) throw new MedvError('EIO', 'injected read failure'); };
     const failing = Object.create(dev, {
-      read: { value: async (off: number, len: number) => { if (++reads === 9) throw new MedvError('EIO', 'injected read failure'); return dev.read(off, len); } },
+      read: { value: async (off: number, len: number) => { fail(); return dev.read(off, len); } },
+      readInto: { value: async (buf: Buffer, off: number) => { fail(); return dev.readInto(buf, off); } },
+      fileRange: { value: undefined },
     });
     const dir = join(t.path, 'failing');
     try {
@@ -108,9 +126,7 @@ describe('pack: packImage and verifyPack', function () {
     run('qemu-io', ['-f', 'vpc', '-c', 'write -P 0x55 0 1M', '-c', 'write -P 0xaa 300M 64k', '-c', 'write -P 0x0f 1000M 4k', vhd]);
     const opened = await openDisk(vhd, { readOnly: true });
     let readBytes = 0;
-    const counting = Object.create(opened.device, {
-      read: { value: (off: number, len: number) => { readBytes += len; return opened.device.read(off, len); } },
-    });
+    const counting = countingReads(opened.device, (n) => { readBytes += n; });
     const keys = await testKeys(keyDir, 'sparse');
     let r: PackResult;
     try {
@@ -123,6 +139,54 @@ describe('pack: packImage and verifyPack', function () {
     const back = join(t.path, 'sparse.back.raw');
     await unpackToRaw(r.indexPath, keyDir, back);
     run('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'vpc', back, vhd]);
+  });
+
+  it('a 16 GiB sparse raw disk is packed reading only its data (the holes of the file are never read)', async () => {
+    const raw = join(t.path, 'sparse16.raw');
+    const G = 1 << 30;
+    writeFileSync(raw, Buffer.alloc(0));
+    truncateSync(raw, 16 * G);
+    const data = readFileSync(v1).subarray(0, 4 * MiB);
+    const fd = openSync(raw, 'r+');
+    try {
+      // data at the start, in the middle (not on a run boundary) and at the very end
+      for (const at of [0, 7 * G + 12 * 4096, 16 * G - 2 * MiB]) writeSync(fd, data, 0, 2 * MiB, at);
+    } finally {
+      closeSync(fd);
+    }
+    const dev = await FileDevice.open(raw, { readOnly: true });
+    let readBytes = 0;
+    const keys = await testKeys(keyDir, 'sparse16');
+    let r: PackResult;
+    try {
+      r = await packImage(countingReads(dev, (n) => { readBytes += n; }), { name: 'sparse16', version: 1, outDir: join(t.path, 'sparse16'), keys });
+    } finally {
+      await dev.close();
+      keys.dispose();
+    }
+    assert.ok(readBytes <= 6 * MiB, `read ${readBytes} bytes of a 16 GiB file holding 6 MiB`);
+    assert.equal(r.stats.zeroBlocks + r.stats.storedBlocks + r.stats.dedupBlocks, 4 * 1024 * 1024);
+    // and with the workers reading the file themselves (its fileRange): what the process read in all
+    const keys2 = await testKeys(keyDir, 'sparse16');
+    const dev2 = await FileDevice.open(raw, { readOnly: true });
+    const before = bytesReadByProcess();
+    try {
+      await packImage(dev2, { name: 'sparse16', version: 1, outDir: join(t.path, 'sparse16-workers'), keys: keys2, workers: 2 });
+    } finally {
+      await dev2.close();
+      keys2.dispose();
+    }
+    const read = bytesReadByProcess() - before;
+    assert.ok(read <= 24 * MiB, `the process read ${read} bytes packing a 16 GiB file holding 6 MiB (workers' own module files included)`);
+    const img = await openPackedImage(r.indexPath, { keyDir, kek });
+    try {
+      const offsets: number[] = [];
+      for await (const b of img.blocks()) offsets.push(b.offset);
+      assert.ok(offsets.some((o) => o >= 7 * G && o < 7 * G + 2 * MiB + 12 * 4096) && offsets.some((o) => o >= 16 * G - 2 * MiB));
+      assert.equal(offsets.length, r.stats.storedBlocks + r.stats.dedupBlocks);
+    } finally {
+      await img.close();
+    }
   });
 
   it('stores identical blocks once and zero blocks never', async () => {
@@ -191,7 +255,7 @@ describe('pack: packImage and verifyPack', function () {
 
   it('refuses to overwrite a published version and leaves no temporary files', async () => {
     await assert.rejects(pack(v1, 'lab', 1, out, keyDir), code('EEXIST'));
-    assert.deepEqual(readdirSync(out).filter((f) => f.endsWith('.tmp')), []);
+    assert.deepEqual(readdirSync(out).filter((f) => f.startsWith('.')), []);
   });
 
   describe('hostile repositories', () => {

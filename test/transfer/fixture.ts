@@ -28,7 +28,7 @@ export interface Repo {
   env: Record<string, string>;
 }
 
-export function makeRepo(root: string, sizeMiB: number, fill = 0.5, seed = 31): Repo {
+export function makeRepo(root: string, sizeMiB: number, fill = 0.5, seed = 31, sources?: string[]): Repo {
   const repo = join(root, 'repo');
   const keys = join(root, 'keys');
   const hostKey = join(root, 'host.key');
@@ -39,7 +39,7 @@ export function makeRepo(root: string, sizeMiB: number, fill = 0.5, seed = 31): 
   mkdirSync(repo);
   makeUsrDisk(v1, sizeMiB * MiB, fill, seed);
   copyFileSync(v1, v2);
-  const changed = mutateDisk(v2, 0.03, seed + 1);
+  const changed = mutateDisk(v2, 0.03, seed + 1, sources);
   const env = { MEDV_PASSPHRASE: '', XDG_CACHE_HOME: cache };
   const medv = (args: string[]) => runMedv([...args, '--host-key', hostKey], env);
   for (const [raw, v] of [[v1, '1'], [v2, '2']]) {

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import { copyFileSync, createReadStream, existsSync, mkdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
-import { openImageKeys } from '../../src/pack/index.js';
+import { type RunEntry, parseIndexHeader } from '../../src/formats/ckm/index.js';
+import { BlockCodec, openImageKeys } from '../../src/pack/index.js';
 import { tempDir } from '../helpers/cli.js';
 import { type Nginx, startNginx } from '../helpers/nginx.js';
 import { forgeIndex } from '../pack/helpers.js';
@@ -93,6 +94,35 @@ describe('transfer: fetch from a hostile repository', function () {
       }
     })();
     await expectFailure(nginx.url(url), 'ECORRUPT', 5, /past the end of pack/);
+  });
+
+  it('a block that authenticates but is not the block its id names (sealed with the image key): EBADBLOCK before it is written, nothing published', async () => {
+    const url = await makeCase('content', async (index, pack) => {
+      const keys = await openImageKeys(r.keys, 'lab', () => ({ kind: 'hostkey', keyFile: r.hostKey }), { sign: true });
+      try {
+        const h = parseIndexHeader(readFileSync(index));
+        let target: RunEntry | undefined;
+        forgeIndex(index, keys, (run, rec) => {
+          if (target || rec.entries.length === 0) return;
+          const e = rec.entries.find((x) => x.kind !== 'delta')!;
+          // what a hostile publisher holding the key could store: a valid frame of other content under e's id
+          const codec = new BlockCodec(keys);
+          const { kind, payload } = codec.compress(Buffer.alloc(4096, 0x33));
+          const stored = codec.seal(payload, kind, e.id, h.packs[0].salt, e.place.offset);
+          assert.ok(stored.length <= e.place.length);
+          const b = readFileSync(pack);
+          stored.copy(b, e.place.offset);
+          writeFileSync(pack, b);
+          e.kind = kind;
+          e.place = { ...e.place, length: stored.length };
+          target = e;
+        });
+        assert.ok(target);
+      } finally {
+        keys.dispose();
+      }
+    })();
+    await expectFailure(nginx.url(url), 'EBADBLOCK', 5, /does not match its id/);
   });
 
   it('blocks of another image swapped in: EBADBLOCK (5)', async () => {

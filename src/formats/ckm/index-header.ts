@@ -32,11 +32,11 @@
  * each run record (its hash) -> each block (its id and its AEAD tag).
  */
 import { MedvError } from '../../core/errors.js';
-import { sodium } from '../../core/sodium.js';
 import {
   type CkmContext, CKM_BLOCK_SIZE, CKM_IMAGE_ID_BYTES, CKM_MAX_VERSION, CKM_MAX_VIRTUAL_SIZE, CKM_RUN_BLOCKS, CKM_RUN_BYTES,
   IMAGE_NAME_RE, Reader, Writer, checkImageName, checkImageVersion, checkLength, ckmError,
 } from './common.js';
+import { blake2b } from './hash.js';
 import { PACK_HEADER_SIZE, PACK_SALT_BYTES } from './pack.js';
 import { RUN_HASH_BYTES, RUN_RECORD_COMPRESSED_MAX } from './run.js';
 
@@ -220,9 +220,7 @@ export interface RunDirectory {
 }
 
 export function rootHashOf(directory: Buffer): Buffer {
-  const out = Buffer.alloc(ROOT_HASH_BYTES);
-  sodium.crypto_generichash(out, directory);
-  return out;
+  return blake2b(directory, ROOT_HASH_BYTES);
 }
 
 export function serializeRunDirectory(hashes: Buffer[], lengths: number[]): Buffer {

@@ -4,3 +4,5 @@ export * from './pack.js';
 export * from './run.js';
 export * from './index-header.js';
 export { zstdCompress, zstdDecompress, ZSTD_LEVEL } from './zstd.js';
+export * from './delta.js';
+export { blake2b, Blake2bStream } from './hash.js';

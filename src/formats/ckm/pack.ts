@@ -94,9 +94,16 @@ export function blockNonce(salt: Buffer, offset: number): Buffer {
 
 /** The associated data that binds a stored block to its image, its id, its kind and its base. */
 export function blockAad(imageId: Buffer, blockId: Buffer, kind: BlockKind, baseId?: Buffer): Buffer {
+  const a = Buffer.alloc(BLOCK_AAD_BYTES);
+  writeBlockAad(a, imageId, blockId, kind, baseId);
+  return a;
+}
+
+/** blockAad into `a` (BLOCK_AAD_BYTES, reused by a caller that seals many blocks). */
+export function writeBlockAad(a: Buffer, imageId: Buffer, blockId: Buffer, kind: BlockKind, baseId?: Buffer): void {
   checkLength('image id', imageId, CKM_IMAGE_ID_BYTES);
   checkLength('block id', blockId, CKM_ID_BYTES);
-  const a = Buffer.alloc(BLOCK_AAD_BYTES);
+  checkLength('associated data', a, BLOCK_AAD_BYTES);
   imageId.copy(a, 0);
   blockId.copy(a, CKM_IMAGE_ID_BYTES);
   a[CKM_IMAGE_ID_BYTES + CKM_ID_BYTES] = KIND_CODE[kind];
@@ -104,6 +111,7 @@ export function blockAad(imageId: Buffer, blockId: Buffer, kind: BlockKind, base
     if (!baseId) throw new MedvError('EINVAL_ARG', 'a delta block needs its base block id');
     checkLength('base block id', baseId, CKM_ID_BYTES);
     baseId.copy(a, CKM_IMAGE_ID_BYTES + CKM_ID_BYTES + 1);
+  } else {
+    a.fill(0, CKM_IMAGE_ID_BYTES + CKM_ID_BYTES + 1);
   }
-  return a;
 }

@@ -1,5 +1,5 @@
 /**
- * Fuzzing the .ckm.index parsers with seeded mutations (bit flips, interesting 8/32/64-bit values,
+ * Fuzzing the .ckm.index parsers (and the index delta's) with seeded mutations (bit flips, interesting 8/32/64-bit values,
  * truncation, extension, duplicated spans) of a real index and of its run records:
  *  - every failure is a MedvError;
  *  - whatever parses is canonical: serializing the parsed record gives back the very bytes
@@ -9,8 +9,9 @@
 import assert from 'node:assert/strict';
 import { MedvError } from '../../../src/core/errors.js';
 import {
-  CKM_MAX_STORED, type IndexHeader, PACK_HEADER_SIZE, type RunRecord, decodeRunRecord, encodeRunRecord, parseIndexHeader, parseRunDirectory,
-  parseRunRecord, rootHashOf, runSlots, serializeIndexHeader, serializeRunDirectory, serializeRunRecord, zstdCompress, runHash,
+  CKM_MAX_STORED, DELTA_HEADER_BYTES, type DeltaHeader, DeltaBodyWriter, type IndexHeader, PACK_HEADER_SIZE, type RunRecord, applyDeltaRun, decodeRunRecord,
+  deltaBodyHash, diffRun, encodeRunRecord, parseDeltaBody, parseDeltaHeader, parseIndexHeader, parseRunDirectory, parseRunRecord, rootHashOf, runSlots,
+  serializeDeltaHeader, serializeIndexHeader, serializeRunDirectory, serializeRunRecord, zstdCompress, runHash,
 } from '../../../src/formats/ckm/index.js';
 import { prng } from '../../conformance/blockdevice.js';
 
@@ -132,4 +133,53 @@ describe('fuzz: .ckm.index parsers', function () {
     }
     assert.ok(accepted > 50, `only ${accepted} mutations accepted: the fuzzer never gets past the first checks`);
   });
+
+  it('4,000 mutated index deltas (header and body): typed errors; an accepted body is canonical and every place lies in a listed pack', () => {
+    const recs = sampleRecords();
+    // version 3 of the sample: every third entry of run 0 replaced, run 1 cleared and refilled
+    const next: RunRecord = { slots: 256, entries: recs[0].entries.map((e, i) => (i % 3 === 0 ? { ...e, id: Buffer.alloc(16, 100 + i), place: { pack: 2, offset: 64 + i * 20, length: 20 } } : e)) };
+    next.entries[4] = { ...next.entries[4], kind: 'delta', base: { id: recs[0].entries[4].id, kind: 'zstd', place: recs[0].entries[4].place } };
+    const w = new DeltaBodyWriter();
+    w.add(0, diffRun(recs[0], next), recs[0]);
+    w.add(1, diffRun(recs[1], { slots: 3, entries: [{ slot: 0, id: Buffer.alloc(16, 9), kind: 'raw', place: { pack: 1, offset: 64, length: CKM_MAX_STORED } }] }), recs[1]);
+    const body = w.drain();
+    const header: DeltaHeader = {
+      from: 1, to: 2, imageId: Buffer.alloc(16, 1), fromRoot: Buffer.alloc(32, 2), toRoot: Buffer.alloc(32, 3), signer: Buffer.alloc(32, 4),
+      runCount: 2, changedRuns: 2, bodyLength: body.length, bodyHash: deltaBodyHash(body), created: 5,
+    };
+    const file = Buffer.concat([serializeDeltaHeader(header, Buffer.alloc(64, 6)), body]);
+    const limits = { runCount: 2, slots: (r: number) => (r === 0 ? 256 : 3), packs };
+    const rnd = prng(0xde17a);
+    let headers = 0;
+    let bodies = 0;
+    for (let i = 0; i < 4000; i++) {
+      const m = mutate(file, rnd);
+      try {
+        const h = parseDeltaHeader(m, { file: `case${i}` });
+        headers++;
+        assert.deepEqual(serializeDeltaHeader(h, h.signature), m.subarray(0, DELTA_HEADER_BYTES), `case ${i}: header not canonical`);
+        // the body as a client would take it: checked against the header's length first (the hash is not, to reach the parser)
+        const b = m.subarray(DELTA_HEADER_BYTES);
+        if (b.length !== h.bodyLength || h.runCount !== limits.runCount) continue;
+        const again = new DeltaBodyWriter();
+        for (const run of parseDeltaBody(b, h.changedRuns, limits, { file: `case${i}`, offset: DELTA_HEADER_BYTES })) {
+          for (const ed of run.edits) if (ed.entry) checkPlaces({ slots: limits.slots(run.run), entries: [ed.entry] }, packs);
+          again.add(run.run, run.edits, undefined);
+          const prev = recs[run.run];
+          try {
+            const rec = applyDeltaRun(prev, run, limits.slots(run.run));
+            checkPlaces(rec, packs);
+          } catch (e) {
+            expectTyped(e, `case ${i} apply`);
+          }
+        }
+        bodies++;
+        assert.deepEqual(again.drain(), b, `case ${i}: accepted a non-canonical body`);
+      } catch (e) {
+        expectTyped(e, `case ${i}`);
+      }
+    }
+    assert.ok(headers > 500 && bodies > 50, `only ${headers} headers and ${bodies} bodies parsed: the mutations never reach the later checks`);
+  });
 });
+

@@ -1,0 +1,256 @@
+/**
+ * The host service's faults and bounds, with the real CLI, real service and real QEMU (the nasm
+ * guest): a SIGKILLed service loses no VM and the next one reattaches; a pooled QEMU killed makes
+ * a start go cold without a word to the user; another uid is refused (by the socket's mode, and by
+ * SO_PEERCRED when the mode lets it in); oversized, malformed and slow requests are refused while
+ * the service goes on serving; a thousand connections held do not stop a client; one service per
+ * run root however many commands start one; idle exit; systemd socket activation.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+import { GUEST, freshGuestImage } from '../helpers/qemu.js';
+import { MEDV_BIN, runMedv, tempDir, waitForFileText, waitForPidExit } from '../helpers/cli.js';
+import { vmHost } from '../helpers/vmhost.js';
+import { checkedApi, startHost } from '../helpers/hostapi.js';
+import { native } from '../../src/native.js';
+
+const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+
+/** Send raw bytes to the socket; resolves with what came back before the service closed the connection (or after `ms`). */
+function rawExchange(socket: string, bytes: Buffer | string, ms = 15_000): Promise<string> {
+  return new Promise((resolve) => {
+    const s = connect(socket);
+    let got = '';
+    const timer = setTimeout(() => { s.destroy(); resolve(got); }, ms);
+    s.on('data', (d) => { got += d.toString('latin1'); });
+    s.on('close', () => { clearTimeout(timer); resolve(got); });
+    s.on('error', () => undefined);
+    s.write(bytes);
+  });
+}
+
+/** Processes whose command line is `medv host …` with this run root in their environment. */
+function hostProcesses(runRoot: string): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc').filter((f) => /^\d+$/.test(f))) {
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0');
+      if (!cmd.includes('host') || !cmd.some((c) => c.endsWith('main.js') || c.endsWith('bin/medv'))) continue;
+      if (readFileSync(`/proc/${p}/environ`, 'latin1').split('\0').includes(`MEDV_RUN_DIR=${runRoot}`)) out.push(Number(p));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+
+describe('host service: faults (real CLI, real QEMU)', function () {
+  this.timeout(180_000);
+  const host = vmHost('host-service');
+
+  it('SIGKILL of the service with 2 VMs running: both keep running, the next service reattaches, vm stop works', async () => {
+    const a = host.json(['start', freshGuestImage(host.path, 'a.img'), '--name', 'a', '--memory', '32']);
+    const b = host.json(['start', freshGuestImage(host.path, 'b.img'), '--name', 'b', '--memory', '32']);
+    await Promise.all([waitForFileText(host.serialOf('a'), GUEST.serial.ready, 60_000), waitForFileText(host.serialOf('b'), GUEST.serial.ready, 60_000)]);
+    const status = JSON.parse(runMedv(['host', 'status', '--json'], host.env).stdout);
+    process.kill(status.pid, 'SIGKILL');
+    await waitForPidExit(status.pid);
+    for (const s of [a, b]) assert.ok(alive(s.pid) && alive(s.qemuPid), `VM ${s.name} runs on`);
+    // The next command starts a new service, which finds both in their run folders.
+    const listed = host.json(['list']);
+    assert.deepEqual(listed.map((s: { name: string; state: string }) => `${s.name} ${s.state}`), ['a running', 'b running']);
+    const again = JSON.parse(runMedv(['host', 'status', '--json'], host.env).stdout);
+    assert.notEqual(again.pid, status.pid);
+    assert.ok(again.epoch > status.epoch, 'a new epoch: its cursors are larger than the dead service\'s');
+    // Its events follow the VMs it reattached to.
+    const api = checkedApi(join(host.env.MEDV_RUN_DIR, 'host.sock'));
+    const stopped = api.events(`vm=a&since=${status.cursor}`, (e) => e.type === 'state' && e.state === 'stopped');
+    assert.equal(host.json(['stop', 'a']).exitReason, 'poweroff');
+    const seen = await stopped;
+    assert.equal(seen[0].type, 'lost', 'the dead service\'s events are reported lost');
+    assert.equal(host.json(['stop', 'b']).exitReason, 'poweroff');
+    await Promise.all([a.pid, a.qemuPid, b.pid, b.qemuPid].map(waitForPidExit));
+  });
+
+  it('a pooled QEMU killed: the next start of that shape goes cold, with no error for the user', async () => {
+    const api = checkedApi(join(host.env.MEDV_RUN_DIR, 'host.sock'));
+    const first = host.json(['start', freshGuestImage(host.path, 'c.img'), '--name', 'c', '--memory', '32']);
+    // The pool starts a member of this shape once the start is done.
+    const member = (await api.events('since=0', (e) => e.type === 'service' && e.what === 'pool')).at(-1);
+    assert.ok(alive(member.qemuPid));
+    process.kill(member.qemuPid, 'SIGKILL');
+    await waitForPidExit(member.qemuPid);
+    const r = runMedv(['vm', 'start', freshGuestImage(host.path, 'd.img'), '--name', 'd', '--memory', '32', '--json'], host.env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, '', 'nothing on stderr');
+    const d = JSON.parse(r.stdout);
+    assert.equal(d.state, 'running');
+    assert.notEqual(d.qemuPid, member.qemuPid);
+    await waitForFileText(host.serialOf('d'), GUEST.serial.ready, 60_000);
+    // Taken and found dead (cold in the same supervisor), or gone before (a new supervisor): either way the guest runs.
+    const log = readFileSync(join(host.env.MEDV_RUN_DIR, 'd', 'supervisor.log'), 'utf8');
+    assert.match(log, /QEMU started \(pid/, 'started cold');
+    host.json(['stop', 'c']);
+    host.json(['stop', 'd']);
+    await waitForPidExit(first.qemuPid);
+  });
+
+  it('a start that takes a pooled QEMU: same guest, sockets in the run folder, the pool\'s folder gone', async () => {
+    const api = checkedApi(join(host.env.MEDV_RUN_DIR, 'host.sock'));
+    host.json(['start', freshGuestImage(host.path, 'e.img'), '--name', 'e', '--memory', '32', '--display', 'vnc']);
+    const member = (await api.events('since=0', (e) => e.type === 'service' && e.what === 'pool')).at(-1);
+    const f = host.json(['start', freshGuestImage(host.path, 'f.img'), '--name', 'f', '--memory', '32', '--display', 'vnc']);
+    assert.equal(f.qemuPid, member.qemuPid, 'the pooled QEMU runs the VM');
+    assert.equal(f.pid, member.supervisorPid);
+    await waitForFileText(host.serialOf('f'), GUEST.serial.ready, 60_000);
+    const run = join(host.env.MEDV_RUN_DIR, 'f');
+    for (const s of ['disk0.sock', 'qmp.sock', 'control.sock', 'vnc.sock']) assert.ok(statSync(join(run, s)).isSocket(), `${s} is in the run folder`);
+    assert.equal(f.display.vncSocket, join(run, 'vnc.sock'));
+    assert.deepEqual(readdirSync(join(host.env.MEDV_RUN_DIR, '.pool')).filter((n) => n.startsWith('q-') && !readdirSync(join(host.env.MEDV_RUN_DIR, '.pool', n)).length), [], 'no empty pool folder left');
+    assert.match(readFileSync(join(run, 'supervisor.log'), 'utf8'), /pooled QEMU taken/);
+    assert.equal(host.json(['pause', 'f']).state, 'paused', 'QMP answers');
+    assert.equal(host.json(['resume', 'f']).state, 'running');
+    host.json(['stop', 'e']);
+    assert.equal(host.json(['stop', 'f']).exitReason, 'poweroff');
+  });
+});
+
+describe('host service: hostile peers and bounds (real service)', function () {
+  this.timeout(120_000);
+  let dir: ReturnType<typeof tempDir>;
+  let run: string;
+  let sock: string;
+  let pid: number;
+
+  before(async () => {
+    dir = tempDir('host-peers');
+    run = join(dir.path, 'run');
+    pid = (await startHost({ MEDV_RUN_DIR: run })).pid!;
+    sock = join(run, 'host.sock');
+  });
+  after(async () => {
+    process.kill(pid, 'SIGTERM');
+    await waitForPidExit(pid);
+    await dir.cleanup();
+  });
+  const serving = async () => assert.equal((await checkedApi(sock).json('GET', '/v1/host')).pid, pid, 'the service still serves');
+
+  it('another uid is refused: by the socket\'s mode, and by SO_PEERCRED when the mode would let it in', async function () {
+    const asNobody = () => spawnSync('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--unix-socket', sock, 'http://medv/v1/host'], { encoding: 'utf8' });
+    assert.equal(statSync(sock).mode & 0o777, 0o600);
+    assert.equal(statSync(run).mode & 0o777, 0o700);
+    const r1 = asNobody();
+    assert.equal(r1.stdout, '000', 'nobody cannot connect');
+    assert.equal(r1.status, 7, `curl: couldn't connect (${r1.status})`);
+    if (process.env.MEDV_NO_NATIVE) return; // without the addon the mode alone decides (documented)
+    assert.ok(native.available, native.reason);
+    // Opened up (as a mistaken chmod would): connecting works, the service still says no.
+    for (let d = run; d !== '/' && d.startsWith(dir.path); d = dirname(d)) chmodSync(d, 0o711);
+    chmodSync(dir.path, 0o711);
+    chmodSync(sock, 0o666);
+    try {
+      const r2 = asNobody();
+      assert.equal(r2.stdout, '000', `nobody got an answer (${r2.stdout}): rebuild the addon if it lacks peerCredentials`);
+      assert.ok(r2.status === 52 || r2.status === 56, `curl: the connection was closed without an answer (${r2.status})`);
+    } finally {
+      chmodSync(sock, 0o600);
+      chmodSync(run, 0o700);
+      chmodSync(dir.path, 0o700);
+    }
+    await serving();
+  });
+
+  it('oversized, malformed and unknown requests are refused; the service goes on serving', async () => {
+    assert.match(await rawExchange(sock, `GET /v1/host HTTP/1.1\r\nhost: medv\r\nx-big: ${'a'.repeat(20_000)}\r\n\r\n`), /^HTTP\/1\.1 431 /);
+    assert.match(await rawExchange(sock, 'this is not HTTP\r\n\r\n'), /^HTTP\/1\.1 400 /);
+    assert.match(await rawExchange(sock, `POST /v1/vms HTTP/1.1\r\nhost: medv\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n${'10000\r\n'}${' '.repeat(0x10000)}\r\n${'10000\r\n'}${' '.repeat(0x10000)}\r\n`), /^HTTP\/1\.1 413 /);
+    assert.match(await rawExchange(sock, 'GET /v2/nothing HTTP/1.1\r\nhost: medv\r\nconnection: close\r\n\r\n'), /^HTTP\/1\.1 404 [\s\S]*"ENOENT"/);
+    assert.match(await rawExchange(sock, 'PUT /v1/vms HTTP/1.1\r\nhost: medv\r\nconnection: close\r\n\r\n'), /^HTTP\/1\.1 405 [\s\S]*allow: GET, POST/i);
+    // Half a request head, then nothing: closed after the head's time limit (10 s), with 408.
+    assert.match(await rawExchange(sock, 'GET /v1/host HTTP/1.1\r\nhost: me', 30_000), /^HTTP\/1\.1 408 |^$/);
+    await serving();
+  });
+
+  it('a thousand connections opened and held do not stop a client; the service stays bounded', async () => {
+    const held: Socket[] = [];
+    await Promise.all(Array.from({ length: 1000 }, (_v, i) => new Promise<void>((resolve) => {
+      const s = connect(sock);
+      held.push(s);
+      s.on('error', () => undefined);
+      s.once('connect', () => { if (i % 2) s.write('GET /v1/host HTTP/1.1\r\nhost: m'); resolve(); });
+      s.once('close', () => resolve());
+    })));
+    try {
+      const r = runMedv(['vm', 'list', '--json'], { MEDV_RUN_DIR: run });
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(JSON.parse(r.stdout), []);
+      const status = await checkedApi(sock).json('GET', '/v1/host');
+      assert.ok(status.connections <= 257, `connections held by the service: ${status.connections}`);
+    } finally {
+      for (const s of held) s.destroy();
+    }
+    await serving();
+  });
+});
+
+describe('host service: one per run root, idle exit, socket activation', function () {
+  this.timeout(120_000);
+  let dir: ReturnType<typeof tempDir>;
+  beforeEach(() => { dir = tempDir('host-life'); });
+  afterEach(async () => {
+    for (const p of hostProcesses(join(dir.path, 'run'))) { try { process.kill(p, 'SIGTERM'); } catch { /* gone */ } }
+    await dir.cleanup();
+  });
+
+  it('three commands at once that each find no service: one service serves them all', async () => {
+    const run = join(dir.path, 'run');
+    const results = await Promise.all([0, 1, 2].map(() => new Promise<{ code: number | null; out: string }>((resolve) => {
+      const c = spawn(process.execPath, [MEDV_BIN, 'host', 'status', '--json'], { env: { ...process.env, MEDV_RUN_DIR: run } });
+      let out = '';
+      c.stdout.on('data', (d) => { out += d; });
+      c.once('close', (code) => resolve({ code, out }));
+    })));
+    // `host status` does not start one: all three see none. `vm list` does.
+    for (const r of results) assert.equal(r.code, 3);
+    const lists = await Promise.all([0, 1, 2].map(() => new Promise<number | null>((resolve) => {
+      spawn(process.execPath, [MEDV_BIN, 'vm', 'list', '--json'], { env: { ...process.env, MEDV_RUN_DIR: run }, stdio: 'ignore' }).once('close', resolve);
+    })));
+    assert.deepEqual(lists, [0, 0, 0]);
+    assert.equal(hostProcesses(run).length, 1, 'one service for the run root');
+    const statuses = await Promise.all([0, 1].map(() => checkedApi(join(run, 'host.sock')).json('GET', '/v1/host')));
+    assert.equal(statuses[0].pid, statuses[1].pid);
+    assert.equal(statuses[0].pid, hostProcesses(run)[0]);
+  });
+
+  it('exits when idle with no VM, and when its socket is removed', async () => {
+    const run = join(dir.path, 'run');
+    const idle = await startHost({ MEDV_RUN_DIR: run }, ['--idle', '2s']);
+    await waitForPidExit(idle.pid!);
+    assert.equal(hostProcesses(run).length, 0);
+    const other = await startHost({ MEDV_RUN_DIR: run });
+    rmSync(join(run, 'host.sock'));
+    await waitForPidExit(other.pid!);
+  });
+
+  it('socket activation: the service takes the listening socket systemd (systemd-socket-activate) hands it', async () => {
+    const run = join(dir.path, 'run');
+    const sock = join(run, 'host.sock');
+    mkdirSync(run, { mode: 0o700 });
+    const activator = spawn('systemd-socket-activate', ['-l', sock, '-E', `MEDV_RUN_DIR=${run}`, '-E', `PATH=${process.env.PATH}`, '-E', 'MEDV_ACCEL=tcg',
+      process.execPath, MEDV_BIN, 'host', '--idle', '1m'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      // It says so once it listens (the file appears at bind, a moment before).
+      await new Promise<void>((resolve) => {
+        let text = '';
+        activator.stderr!.on('data', (d) => { text += d; if (/Listening on/.test(text)) resolve(); });
+      });
+      const status = await checkedApi(sock).json('GET', '/v1/host');
+      assert.equal(status.socketActivated, true);
+      assert.equal(status.socket, sock);
+    } finally {
+      activator.kill('SIGTERM');
+      await waitForPidExit(activator.pid!);
+    }
+  });
+});

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { GUEST, freshGuestImage } from '../helpers/qemu.js';
 import { waitForFileText } from '../helpers/cli.js';
 import { vmHost } from '../helpers/vmhost.js';
+import { checkAnswer } from '../helpers/hostapi.js';
 
 /**
  * A .vmc as Virtual PC 2007 saves one (UTF-16LE with a byte-order mark, CRLF, four-space indents,
@@ -90,22 +91,31 @@ describe('host: a Virtual PC 2007 .vmc with its CD bound to a host drive (real C
     writeVpc2007Vmc(vmc, 'D');
   });
 
-  /** Start it, see the guest run, and return what the user saw and what QEMU reports. */
-  async function start(args: string[]): Promise<{ stderr: string; status: any }> {
+  /**
+   * Start it, see the guest run, and return what the user saw, the host service's start answer
+   * (`vm start --json`) and what QEMU reports; both answers fit docs/host-api.yaml.
+   */
+  async function start(args: string[]): Promise<{ stderr: string; started: any; status: any }> {
     const r = host.vm(['start', vmc, '--json', ...args]);
     assert.equal(r.code, 0, `vm start: ${r.stderr}`);
-    assert.equal(JSON.parse(r.stdout).state, 'running');
+    checkAnswer('POST', '/v1/vms', 201, 'application/json', Buffer.from(r.stdout));
+    const started = JSON.parse(r.stdout);
+    assert.equal(started.state, 'running');
     await waitForFileText(host.serialOf('office'), GUEST.serial.ready, 60_000);
-    const status = JSON.parse(host.vm(['status', 'office', '--json']).stdout);
+    const s = host.vm(['status', 'office', '--json']);
+    checkAnswer('GET', '/v1/vms/office', 200, 'application/json', Buffer.from(s.stdout));
+    const status = JSON.parse(s.stdout);
     assert.equal(JSON.parse(host.vm(['stop', 'office', '--json']).stdout).exitReason, 'poweroff');
-    return { stderr: r.stderr, status };
+    return { stderr: r.stderr, started, status };
   }
 
   it('without --host-drive it starts with an empty CD/DVD drive and one warning line naming the way to allow it', async () => {
-    const { stderr, status } = await start([]);
+    const { stderr, started, status } = await start([]);
     const warnings = stderr.trim().split('\n').filter((l) => /CD\/DVD/.test(l));
     assert.equal(warnings.length, 1, stderr);
     assert.match(warnings[0], /^medv: warning: ide_controller 1 location 0: host drive D: not allowed \(give --host-drive D=\/dev\/sr0 .*\); the guest gets an empty CD\/DVD drive$/);
+    // The service told it in its start answer, once; the CLI printed that line.
+    assert.deepEqual(started.warnings, [warnings[0].replace(/^medv: warning: /, '')]);
     assert.deepEqual(status.cdDrives, [{ disc: null }], 'QEMU has one CD/DVD drive, with no disc');
   });
 
@@ -133,8 +143,9 @@ describe('host: a Virtual PC 2007 .vmc with its CD bound to a host drive (real C
     const loop = made.stdout.trim();
     try {
       // The letter is matched as Virtual PC writes it, in any case.
-      const { stderr, status } = await start(['--host-drive', `d=${loop}`]);
+      const { stderr, started, status } = await start(['--host-drive', `d=${loop}`]);
       assert.doesNotMatch(stderr, /CD\/DVD/, stderr);
+      assert.equal(started.warnings, undefined);
       assert.deepEqual(status.cdDrives, [{ disc: loop }], 'QEMU\'s CD/DVD drive holds the host drive');
     } finally {
       host.vm(['stop', 'office', '--force']);

@@ -380,6 +380,18 @@ export function renameSync(from: string, to: string): void {
   try { fs.renameSync(from, to); } catch (e) { throw fromSystemError(e, to); }
 }
 
+/**
+ * A second name `to` for the file `from` (a hard link: the same inode, no copy; `from` itself is not
+ * followed when it is a symbolic link). Returns false, changing nothing, when `to` exists already.
+ */
+export function hardLinkSync(from: string, to: string): boolean {
+  try { fs.linkSync(from, to); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw fromSystemError(e, to);
+  }
+  return true;
+}
+
 /** As renameSync, on the thread pool. */
 export async function rename(from: string, to: string): Promise<void> {
   try { await fs.promises.rename(from, to); } catch (e) { throw fromSystemError(e, to); }

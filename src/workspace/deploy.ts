@@ -21,7 +21,8 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { lockExclusive } from '../block/flock.js';
-import { MedvError, fromSystemError } from '../core/errors.js';
+import { MedvError } from '../core/errors.js';
+import { hardLinkSync } from '../core/fsio.js';
 import { CURRENT_WORKSPACE_VERSION, IDENTITY_FILE, ensureSafeDir, ImageStore, type ClientRoot } from '../repo/index.js';
 import { readCa } from '../client/http.js';
 import type { KekSource } from '../crypto/index.js';
@@ -165,9 +166,7 @@ function linkVersion(base: ImageStore, store: ImageStore, version: number): void
     const to = join(store.versionDir(version), name);
     const st = fs.lstatSync(from);
     if (!st.isFile()) throw new MedvError('EUNSAFE', `${from} is not a regular file`, { file: from });
-    try { fs.linkSync(from, to); } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw fromSystemError(e, to);
-    }
+    hardLinkSync(from, to);
   }
 }
 

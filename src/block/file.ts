@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { blockDeviceSize } from '../core/fsio.js';
 import { type FileMap, native } from '../native.js';
 import { writeZeroesByWriting } from './emulate.js';
 import { type BlockCapabilities, type BlockDevice, type Extent, type FileRange, type FileRangeOptions, type WriteOptions, defaultCapabilities } from './device.js';
@@ -35,17 +36,12 @@ export interface FileOpenOptions {
    * out of the page cache do not stay; readers then pread (and decrypt) in the same thread-pool job.
    */
   map?: boolean;
-}
-
-/** Size in bytes of the block device `rdev` (/sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors). */
-function blockDeviceSize(rdev: number, path: string): number {
-  const major = Number((BigInt(rdev) >> 8n) & 0xfffn | (BigInt(rdev) >> 32n) & ~0xfffn);
-  const minor = Number(BigInt(rdev) & 0xffn | (BigInt(rdev) >> 12n) & ~0xffn);
-  let text: string;
-  try { text = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'latin1'); } catch (e) { throw fromSystemError(e, path); }
-  const sectors = Number(text.trim());
-  if (!Number.isSafeInteger(sectors) || sectors < 0) throw new MedvError('EIO', `cannot tell the size of block device ${path}`, { file: path });
-  return sectors * 512;
+  /**
+   * Refuse (EREADONLY) a regular file with more than one hard link: writes through this name would
+   * change every other name of it too (an image base linked into several workspaces' version
+   * folders, src/workspace/deploy.ts). Checked on the opened descriptor.
+   */
+  unshared?: boolean;
 }
 
 /**
@@ -88,6 +84,9 @@ export class FileDevice implements BlockDevice {
       const st = await fsFstat(fd);
       if (st.isDirectory()) throw new MedvError('EINVAL_ARG', `is a directory, not a disk: ${path}`, { file: path });
       if (!st.isFile() && !st.isBlockDevice()) throw new MedvError('EINVAL_ARG', 'not a regular file', { file: path });
+      if (options.unshared && st.isFile() && st.nlink > 1) {
+        throw new MedvError('EREADONLY', `${path} is shared: it has ${st.nlink} names (hard links; a workspace's image base is linked into every workspace of that image), so writing it would change the disks of all of them`, { file: path, links: st.nlink });
+      }
       lockFile(fd, path, options.lock ?? (readOnly && !options.create ? 'shared' : 'exclusive'));
       // A block device's size is not in its inode (fstat says 0): the kernel says it in sysfs, in 512-byte sectors.
       let size = st.isBlockDevice() ? blockDeviceSize(st.rdev, path) : st.size;

@@ -91,7 +91,7 @@ export function diskCommand(): Command {
       printResult(o.json, { undo: undoPath, parent: String(o.parent), encrypted }, `created undo disk ${undoPath} over ${String(o.parent)}${encrypted ? ' (encrypted)' : ''}: writes go to it, the parent stays as it is`);
     });
   raises(addKeyOptions(undo.command('merge <undo>')), DISK_ERRORS)
-    .description('commit the undo disk into its parent, then delete it (safe to re-run if interrupted); refused while the undo disk is in use')
+    .description('commit the undo disk into its parent, then delete it (safe to re-run if interrupted); refused while the undo disk is in use, and when the parent file has other hard links (a workspace\'s image base is shared by every workspace of the image)')
     .option('--parent <parent>', 'the parent to merge into (required for a raw parent: checked against the size and fingerprint the undo disk recorded)')
     .option('--json', 'print as JSON')
     .action(async (undoPath: string, o: Opts) => {

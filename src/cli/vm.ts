@@ -37,12 +37,13 @@ function hostPort(v: string, previous: number[] | undefined): number[] {
   return [...(previous ?? []), n];
 }
 
-function driveMap(specs: string[] | undefined): Record<string, string> | undefined {
+/** `--map-drive C=/folder` or `--host-drive D=/dev/sr0` values, by upper-case letter. */
+function driveMap(specs: string[] | undefined, option = '--map-drive', example = '/absolute/folder'): Record<string, string> | undefined {
   if (!specs?.length) return undefined;
   const out: Record<string, string> = {};
   for (const s of specs) {
     const m = /^([A-Za-z])=(\/.*)$/.exec(s);
-    if (!m) throw new MedvError('EINVAL_ARG', `--map-drive ${JSON.stringify(s)}: use LETTER=/absolute/folder`);
+    if (!m) throw new MedvError('EINVAL_ARG', `${option} ${JSON.stringify(s)}: use LETTER=${example}`);
     out[m[1].toUpperCase()] = m[2];
   }
   return out;
@@ -108,6 +109,7 @@ function startRequest(disk: string, o: Opts): Record<string, unknown> {
     ...(o.display === 'window' ? { x11: { display: process.env.DISPLAY, ...(process.env.XAUTHORITY ? { xauthority: resolve(process.env.XAUTHORITY) } : {}) } } : {}),
     ...(accel ? { accel } : {}),
     ...(o.mapDrive ? { driveMap: driveMap(o.mapDrive as string[]) } : {}),
+    ...(o.hostDrive ? { hostDrives: driveMap(o.hostDrive as string[], '--host-drive', '/dev/sr0') } : {}),
   };
 }
 
@@ -153,6 +155,7 @@ export function vmCommand(): Command {
     .option('--undo', 'Virtual PC undo disks: guest writes go to <image>.undo.vhd|evhd, kept until `medv disk undo merge|discard`')
     .addOption(new Option('--network <kind>', 'guest network (default: the .vmc\'s, else none)').choices(['none', 'nat']))
     .option('--map-drive <letter=folder...>', 'map a Windows drive letter of the .vmc\'s absolute paths to a host folder (C=/srv/vms); unmapped drives are refused')
+    .option('--host-drive <letter=device...>', 'let the .vmc\'s CD/DVD bound to host drive LETTER (Virtual PC\'s "use physical drive") use this optical drive (D=/dev/sr0); without it, or with no disc in it, the guest gets an empty CD/DVD drive and a warning')
     .option('--mac <mac>', 'MAC address of the NIC (with --network nat)')
     .option('--allow-host-port <port...>', 'with --network nat: let the guest reach this TCP/UDP port of the host\'s loopback (127.0.0.1) at its gateway 10.0.2.2; by default it reaches none', hostPort)
     .addOption(new Option('--nic <model>', 'NIC model: e1000 (most guests have a driver) or virtio').choices(['e1000', 'virtio']))
@@ -160,14 +163,16 @@ export function vmCommand(): Command {
     .addOption(new Option('--display <kind>', 'where the screen goes: none; vnc (a VNC server on a unix socket in the run folder, for tools: vm status shows it); vnc-tcp (VNC on 127.0.0.1 with a generated password, for people: vm status shows address and password); window (a GTK window on $DISPLAY; needs qemu-system-gui)').choices(['none', 'vnc', 'vnc-tcp', 'window']).default('none'))
     .addOption(new Option('--accel <accel>', 'accelerator to try first (default: MEDV_ACCEL, else kvm when usable)').choices(['kvm', 'tcg']))
     .option('--json', 'print the VM state as JSON')
-    .addHelpText('after', `\nExamples:\n  medv vm start base.evhd --name test --read-only --json\n  medv vm start work.vhd --memory 512 --network nat\n  medv vm start xp.vmc --display vnc-tcp && medv vm status xp\n  medv vm stop test`)
+    .addHelpText('after', `\nExamples:\n  medv vm start base.evhd --name test --read-only --json\n  medv vm start work.vhd --memory 512 --network nat\n  medv vm start xp.vmc --display vnc-tcp && medv vm status xp\n  medv vm start xp.vmc --host-drive D=/dev/sr0\n  medv vm stop test`)
     .action(async (disk: string, o: Opts) => {
       if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', '--read-only and --undo exclude each other');
       if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc-tcp on a headless host)');
       const body = startRequest(disk, o);
       const host = await api();
       const key = await keyFor(host, o);
-      const state = await host.call<VmState>('POST', '/v1/vms', { ...body, ...(key ? { key } : {}) });
+      const state = await host.call<VmState & { warnings?: string[] }>('POST', '/v1/vms', { ...body, ...(key ? { key } : {}) });
+      // What the service started otherwise than the .vmc says (a host CD/DVD drive left empty), told once.
+      for (const w of state.warnings ?? []) process.stderr.write(`medv: warning: ${w}\n`);
       if (state.key === 'none' && state.disks.some((d) => d.undoPolicy !== 'discard')) {
         process.stderr.write(`medv: warning: no passphrase or host key: \`medv vm suspend ${state.name}\` will be refused (a saved state is always encrypted); give one at start (MEDV_PASSPHRASE, --passphrase-file, --host-key, or medv host unlock) to be able to suspend\n`);
       }

@@ -33,6 +33,7 @@ export function workspaceCommand(): Command {
     .description('start a workspace: ask the server (or, offline, the cached policy) for it, deploy or update its image with TrimTransfer, and launch it as an encrypted VM')
     .option('--update', 'update to the newest published version before starting')
     .option('--no-update', 'start the version on this client even if a newer one is published')
+    .option('--read-only', 'a test run from the version\'s Test/ copy of its .vmc: the guest\'s writes go to a throw-away undo disk in Test/, deleted at stop')
     .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (unix socket, see workspace status), window (needs $DISPLAY)').choices(['none', 'window', 'vnc']).default('none'))
     .addOption(new Option('--accel <accel>', 'accelerator to try first (default: kvm when usable)').choices(['kvm', 'tcg']))
     .option('--json', 'print the result as JSON')
@@ -48,8 +49,10 @@ What it does:
      script (no terminal, or --json) is told with one line. Only the blocks this client lacks are fetched
      (older versions and PrestagedImages are the seeds); the policy's versionsToKeep old
      versions stay, older ones are deleted (never the running one).
-  4. Starts the VM (persistent: writes go into the disk; revertible: into an undo disk dropped at
-     every stop); a suspended workspace resumes. Menu entries for published applications are
+  4. Starts the VM from the version folder's <image>.vmc and ImageState.xml (deployment writes
+     them, with a copy in Test/ for --read-only test runs; what you read there is what runs):
+     persistent: writes go into the disk; revertible: into an undo disk dropped at every stop; a
+     suspended workspace resumes. Menu entries for published applications are
      written to ${DEFAULT_HELP.menu}.
 
 Each step is printed once on stderr as it happens; the result is one line on stdout (with --json,
@@ -75,6 +78,7 @@ Examples:
           update: o.update === true ? true : o.update === false ? false : undefined,
           display: o.display as 'none' | 'window' | 'vnc',
           accel: o.accel as 'kvm' | 'tcg' | undefined,
+          readOnly: Boolean(o.readOnly),
           onInfo: o.json ? undefined : (m) => { bar.stop(); stderrLine(m); },
           onWarning: (m) => { bar.stop(); stderrLine(`warning: ${m}`); },
           onProgress: (_l, d, t) => bar.update(d, t),

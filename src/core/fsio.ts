@@ -380,6 +380,18 @@ export function renameSync(from: string, to: string): void {
   try { fs.renameSync(from, to); } catch (e) { throw fromSystemError(e, to); }
 }
 
+/**
+ * A second name `to` for the file `from` (a hard link: the same inode, no copy; `from` itself is not
+ * followed when it is a symbolic link). Returns false, changing nothing, when `to` exists already.
+ */
+export function hardLinkSync(from: string, to: string): boolean {
+  try { fs.linkSync(from, to); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw fromSystemError(e, to);
+  }
+  return true;
+}
+
 /** As renameSync, on the thread pool. */
 export async function rename(from: string, to: string): Promise<void> {
   try { await fs.promises.rename(from, to); } catch (e) { throw fromSystemError(e, to); }
@@ -900,4 +912,15 @@ export function withShownPaths<T>(e: T, pins: ReadonlyArray<{ proc: string; path
   e.message = swap(e.message);
   if (e instanceof MedvError && typeof e.data.file === 'string') e.data.file = swap(e.data.file);
   return e;
+}
+
+/** Size in bytes of the block device `rdev` (/sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors). */
+export function blockDeviceSize(rdev: number, path: string): number {
+  const major = Number((BigInt(rdev) >> 8n) & 0xfffn | (BigInt(rdev) >> 32n) & ~0xfffn);
+  const minor = Number(BigInt(rdev) & 0xffn | (BigInt(rdev) >> 12n) & ~0xffn);
+  let text: string;
+  try { text = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'latin1'); } catch (e) { throw fromSystemError(e, path); }
+  const sectors = Number(text.trim());
+  if (!Number.isSafeInteger(sectors) || sectors < 0) throw new MedvError('EIO', `cannot tell the size of block device ${path}`, { file: path });
+  return sectors * 512;
 }

@@ -14,7 +14,7 @@ export interface VmDiskConfig {
    * test:   the console's read-only test: writes go to a throw-away undo disk in a `Test/` folder
    *         beside the image, discarded when the VM stops (the base is only ever opened read-only);
    * undo:   Virtual PC undo disks: writes go to `undoPath`, kept until `medv disk undo merge|discard`;
-   * cdrom:  a CD/DVD image, read-only.
+   * cdrom:  a CD/DVD image, read-only (or, named on the command line, a host's optical drive).
    */
   mode: 'normal' | 'test' | 'undo' | 'cdrom';
   undoPath?: string;
@@ -52,6 +52,8 @@ export interface VmConfig {
   savedState: string;
   /** As VmDiskConfig.confine, for the saved state (named by a .vmc). */
   savedStateConfine?: string;
+  /** CD/DVD drives with no disc, after the disks (a .vmc's host drive that is not allowed or absent). */
+  emptyCdDrives?: number;
 }
 
 export interface SupervisorInput {

@@ -12,7 +12,7 @@
  * Every file is opened once, then used through its descriptor (src/core/fsio.ts): a file a .vmc
  * named (`confine`) is reached one component at a time below the .vmc's folder (or mapped drive)
  * without following any link and must be a regular file there; a file named on the command line
- * may be a link or a block device (not a CD image); a FIFO, socket or character device is refused
+ * may be a link or a block device (a host optical drive as a CD); a FIFO, socket or character device is refused
  * without ever blocking. The stack then opens `/proc/self/fd/N` of the checked file, never the
  * name again, so nothing swapped in after the check is reached.
  *
@@ -159,9 +159,12 @@ export class VmDisks {
   private async openAs(cfg: VmDiskConfig, resuming: boolean): Promise<void> {
     const { open: { openDisk }, crypto: { encPathFor } } = this.layers;
     const kek = this.kekFn;
-    const base = pinDisk(cfg.path, cfg.confine, { blockDevice: cfg.confine === undefined && cfg.mode !== 'cdrom', what: cfg.mode === 'cdrom' ? 'CD/DVD image' : 'disk' });
+    // A CD/DVD no .vmc folder confines is a host optical drive the user named (--host-drive): a block device, checked on the fd.
+    const hostDrive = cfg.mode === 'cdrom' && cfg.confine === undefined;
+    const base = pinDisk(cfg.path, cfg.confine, { blockDevice: cfg.confine === undefined, what: hostDrive ? 'host drive' : cfg.mode === 'cdrom' ? 'CD/DVD image' : 'disk' });
     const pins: Array<{ proc: string; path: string }> = [base.file, ...(base.dir ? [base.dir] : [])];
     try {
+      if (hostDrive && !base.file.stat.isBlockDevice()) throw new MedvError('EUNSAFE', `host drive ${cfg.path} is not a block device`, { file: cfg.path });
       if (cfg.mode === 'cdrom') {
         // CD/DVD images are read-only media: exported read-only like any disk (raw bytes).
         const opened = await openDisk(base.shown, { readOnly: true, format: 'raw', via: base.via });

@@ -49,6 +49,8 @@ export interface VmState {
   accel?: 'kvm' | 'tcg';
   memoryMiB: number;
   disks: VmDiskState[];
+  /** The guest's CD/DVD drives as QEMU reports them: the disc each holds (an image or host drive), or null when empty. */
+  cdDrives?: Array<{ disc: string | null }>;
   network: 'none' | 'nat';
   /**
    * Where the screen is: `vnc` a unix socket in the run folder (`vncSocket`, for tools); `vnc-tcp`

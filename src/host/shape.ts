@@ -19,6 +19,8 @@ export interface MachineShape {
   /** Waits for a saved state (`-S -incoming defer`). */
   incoming: boolean;
   drives: Array<Omit<DriveSpec, 'source'>>;
+  /** IDE CD/DVD drives with no disc, after `drives` (a .vmc's host drive not allowed or absent). */
+  emptyCdDrives?: number;
   network: { kind: 'none' } | { kind: 'stream'; mac?: string; model?: 'e1000' | 'virtio' };
   display: 'none' | 'vnc' | 'vnc-tcp' | 'window';
 }
@@ -30,6 +32,7 @@ export function machineShape(config: VmConfig, run: { accel: Accelerator; memory
     memoryMiB: run.memoryMiB,
     incoming: run.incoming,
     drives: config.disks.map((d) => (d.mode === 'cdrom' ? { cdrom: true, readOnly: true } : { iface: config.diskBus ?? 'ide' })),
+    ...(config.emptyCdDrives ? { emptyCdDrives: config.emptyCdDrives } : {}),
     // NAT goes through passt (src/hypervisor/usernet.ts) behind QEMU's fd 4, attached once QEMU runs.
     network: config.network === 'nat' ? { kind: 'stream', ...(config.mac ? { mac: config.mac } : {}), ...(config.nicModel ? { model: config.nicModel } : {}) } : { kind: 'none' },
     display: config.display,
@@ -47,6 +50,7 @@ export function specFor(shape: MachineShape, dir: string, name: string): LaunchS
     vga: true,
     display,
     drives: shape.drives.map((d, i) => ({ ...d, source: { nbd: { socket: join(dir, `disk${i}.sock`) } } })),
+    ...(shape.emptyCdDrives ? { emptyCdDrives: shape.emptyCdDrives } : {}),
     qmpSocket: join(dir, 'qmp.sock'),
     network: shape.network,
   };

@@ -24,13 +24,22 @@ export interface VmSourceOptions {
   accel?: Accelerator;
   /** Windows drive letters of the .vmc's absolute paths, mapped to host folders (`{"C": "/srv/vms"}`). */
   driveMap?: Record<string, string>;
+  /**
+   * Host optical drives the user allows, by the .vmc's drive letter (`{"D": "/dev/sr0"}`): a .vmc's
+   * CD/DVD bound to a host drive gets that device only when named here (and a block device holding
+   * a disc), else an empty drive and a warning. A .vmc alone never opens a host device.
+   */
+  hostDrives?: Record<string, string>;
   /** A disk (not a .vmc): its undo disk with `undo` (default `<disk>.undo.vhd|evhd`), and where its saved state goes (default `<disk file name>.vsv`). */
   undoPath?: string;
   savedState?: string;
 }
 
-/** The VM that `source` (an absolute path) describes, with these options applied. */
-export async function vmConfigFromSource(source: string, o: VmSourceOptions = {}): Promise<VmConfig> {
+/**
+ * The VM that `source` (an absolute path) describes, with these options applied. `onWarning` is
+ * told (one line each) what starts otherwise than the .vmc says (a host CD/DVD drive left empty).
+ */
+export async function vmConfigFromSource(source: string, o: VmSourceOptions = {}, onWarning?: (message: string) => void): Promise<VmConfig> {
   if (typeof source !== 'string' || !isAbsolute(source)) throw new MedvError('EINVAL_ARG', `the VM's .vmc or disk must be an absolute path, not ${JSON.stringify(String(source).slice(0, 200))}`);
   if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', 'read-only and undo exclude each other');
   const isVmc = extname(source).toLowerCase() === '.vmc';
@@ -38,9 +47,10 @@ export async function vmConfigFromSource(source: string, o: VmSourceOptions = {}
   const display = o.display ?? 'none';
   let config: VmConfig;
   if (isVmc && (o.undoPath || o.savedState)) throw new MedvError('EINVAL_ARG', 'a .vmc names its own undo disks and saved state');
+  if (!isVmc && o.hostDrives && Object.keys(o.hostDrives).length) throw new MedvError('EINVAL_ARG', 'host drives are for a .vmc\'s CD/DVD bound to a host drive; a disk has none');
   if (isVmc) {
     const { vmConfigFromVmc } = await import('./vmc.js'); // the XML parser only for a .vmc
-    config = vmConfigFromVmc(source, { name: o.name, readOnly: o.readOnly, undo: o.undo, display, accel: o.accel, driveMap: o.driveMap });
+    config = vmConfigFromVmc(source, { name: o.name, readOnly: o.readOnly, undo: o.undo, display, accel: o.accel, driveMap: o.driveMap, hostDrives: o.hostDrives, onWarning });
     if (o.memoryMiB !== undefined) config.memoryMiB = o.memoryMiB;
     if (o.network !== undefined) config.network = o.network;
     if (o.mac !== undefined) config.mac = o.mac;

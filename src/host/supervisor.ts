@@ -202,7 +202,7 @@ export class Supervisor {
       try { this.vsv!.shown(() => reader.remove()); } catch (e) { this.trace(`the resumed saved state was not removed: ${(e as Error).message}`); }
       saved.close();
     }
-    this.state = { ...this.state, state: 'running', memoryMiB: this.memoryMiB ?? c.memoryMiB, disks: this.disks.list.map((d) => d.state), resumed: Boolean(saved) };
+    this.state = { ...this.state, state: 'running', memoryMiB: this.memoryMiB ?? c.memoryMiB, disks: this.disks.list.map((d) => d.state), cdDrives: await this.cdDrives(), resumed: Boolean(saved) };
     writeState(this.dir, this.state);
     this.trace('running');
     return this.state;
@@ -229,6 +229,16 @@ export class Supervisor {
     }
     this.trace('saved state opened: this VM\'s, disks unchanged');
     return saved;
+  }
+
+  /** The guest's CD/DVD drives as QEMU has them (`query-block`): the disc each holds (a disk's path), or null. */
+  private async cdDrives(): Promise<VmState['cdDrives']> {
+    let blocks: Array<{ removable?: boolean; inserted?: { 'node-name'?: string } }>;
+    // Only a report: a QMP answer missing must not stop a guest that runs.
+    try { blocks = await this.vm!.execute('query-block'); } catch (e) { this.trace(`query-block: ${(e as Error).message}`); return undefined; }
+    const byNode = new Map(this.disks!.list.map((d, i) => [`disk${i}`, d.state.path]));
+    const out = blocks.filter((b) => b.removable).map((b) => ({ disc: b.inserted ? byNode.get(b.inserted['node-name'] ?? '') ?? null : null }));
+    return out.length ? out : undefined;
   }
 
   /** A cold start: bind each disk's NBD socket in the run folder, then start QEMU on them. */

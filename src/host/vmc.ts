@@ -9,15 +9,19 @@
  * FIFO; ImageState.xml beside it without following a link.
  *
  * Mapping: memory from ImageState or the VMC; every hard disk in IDE order (primary master boots);
- * CD/DVD images as read-only IDE CD drives; undo drives (Virtual PC's "enable undo disks") use the
- * `.vud` the file names, else `<disk>.undo.vhd|evhd`; any network adapter means NAT (through passt,
- * src/hypervisor/usernet.ts) with the adapter's MAC (bridged host networks are mapped to NAT too);
- * the saved state is the `.vsv` the file names, else `<vmc>.vsv` beside it.
+ * CD/DVD images as read-only IDE CD drives; a CD/DVD bound to a host drive (`<absolute>D</absolute>`,
+ * Virtual PC's "use physical drive D:") gets the host's optical drive only when the caller allowed
+ * that letter (`hostDrives`, from the command line) and it holds a disc, else an empty drive and one
+ * warning: never a refusal, and never a device the user did not name; undo drives (Virtual PC's
+ * "enable undo disks") use the `.vud` the file names, else `<disk>.undo.vhd|evhd`; any network
+ * adapter means NAT (through passt, src/hypervisor/usernet.ts) with the adapter's MAC (bridged host
+ * networks are mapped to NAT too); the saved state is the `.vsv` the file names, else `<vmc>.vsv`
+ * beside it.
  */
 import * as fs from 'node:fs';
 import { basename, dirname, extname, join, posix, resolve } from 'node:path';
 import { MedvError } from '../core/errors.js';
-import { nameExists, openDirBeneath, openFileIn, openNamed, type PinnedFile } from '../core/fsio.js';
+import { blockDeviceSize, nameExists, openDirBeneath, openFileIn, openNamed, type PinnedFile } from '../core/fsio.js';
 import { effectiveSettings, parseImageState, type ImageState } from '../formats/imagestate/index.js';
 import { parseVmc, resolvePathRef, MAX_XML_BYTES, type WindowsPathRef } from '../formats/vmc/index.js';
 import { defaultUndoPath, type VmConfig, type VmDiskConfig } from './config.js';
@@ -29,6 +33,16 @@ export interface VmcStartOptions {
   /** Force Virtual PC undo semantics even when the VMC does not enable them. */
   undo?: boolean;
   driveMap?: Readonly<Record<string, string>>;
+  /**
+   * A folder holding the .vmc's folder that its relative paths may reach (default: the .vmc's own
+   * folder): a workspace version's `Test/<image>.vmc` names `..\<image>.evhd` (src/workspace/vmfiles.ts).
+   * Everything is still opened below it without following links.
+   */
+  confineTo?: string;
+  /** Host optical drives the user allowed, by the .vmc's drive letter (`D` -> `/dev/sr0`). */
+  hostDrives?: Readonly<Record<string, string>>;
+  /** Told (one line) for each CD/DVD drive bound to a host drive that starts empty. */
+  onWarning?: (message: string) => void;
   display?: VmConfig['display'];
   accel?: VmConfig['accel'];
 }
@@ -54,9 +68,39 @@ function driveRoot(windows: string, driveMap: Readonly<Record<string, string>> |
   return hit ? posix.normalize(hit[1]) : undefined;
 }
 
+/** Host drive `letter` as the CD/DVD medium if it is allowed, a block device and holds a disc; else why not. */
+function hostOpticalDrive(letter: string, hostDrives: VmcStartOptions['hostDrives']): { path: string } | { why: string } {
+  const dev = Object.entries(hostDrives ?? {}).find(([k]) => k.replace(/:$/, '').toUpperCase() === letter)?.[1];
+  if (dev === undefined) return { why: `not allowed (give --host-drive ${letter}=/dev/sr0 to use a host drive)` };
+  let f: PinnedFile;
+  try { f = openNamed(dev, { blockDevice: true, what: 'host drive' }); } catch (e) { return { why: (e as Error).message }; }
+  try {
+    if (!f.stat.isBlockDevice()) return { why: `${dev} is not a block device` };
+    if (blockDeviceSize(f.stat.rdev, dev) === 0) return { why: `${dev} holds no disc` };
+    return { path: dev };
+  } catch (e) {
+    return { why: (e as Error).message };
+  } finally {
+    f.close();
+  }
+}
+
 export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): VmConfig {
   const file = resolve(vmcPath);
   const vmcDir = dirname(file);
+  const base = opts.confineTo === undefined ? vmcDir : resolve(opts.confineTo);
+  const inBase = (p: string) => p === base || p.startsWith(base.endsWith('/') ? base : `${base}/`);
+  if (!inBase(vmcDir)) throw new MedvError('EINVAL_ARG', `${file} is not inside ${base}`, { file });
+  const pathOpts = { vmcDir, driveMap: opts.driveMap, allowOutsideVmcDir: base !== vmcDir };
+  /** resolvePathRef, with relative paths kept inside `base`. */
+  const resolveRef = (ref: WindowsPathRef, element?: string) => {
+    const r = resolvePathRef(ref, pathOpts, { file, element });
+    const outside = r.candidates.filter((c) => c.from === 'relative' && !inBase(c.path));
+    return {
+      candidates: r.candidates.filter((c) => !outside.includes(c)),
+      rejected: [...r.rejected, ...outside.map((c) => ({ windows: c.windows, error: new MedvError('EUNSAFE', `${c.windows} leads out of ${base}`, { file }) }))],
+    };
+  };
   // The .vmc itself the user named (a link is theirs to make); never blocks on a FIFO.
   const doc = parseVmc(readPinned(openNamed(file, { what: '.vmc' })), { file });
   // What came with it is read without following links.
@@ -72,9 +116,9 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
   const eff = effectiveSettings(doc.settings, imageState, { file });
   /** A path the .vmc names, and the folder it must stay in (the .vmc's, or the mapped drive's). */
   const rooted = (c: { from: 'relative' | 'absolute'; windows: string; path: string }): { path: string; confine: string } =>
-    ({ path: c.path, confine: c.from === 'relative' ? vmcDir : driveRoot(c.windows, opts.driveMap) ?? vmcDir });
+    ({ path: c.path, confine: c.from === 'relative' ? base : driveRoot(c.windows, opts.driveMap) ?? vmcDir });
   const find = (ref: WindowsPathRef, element: string): { path: string; confine: string } => {
-    const r = resolvePathRef(ref, { vmcDir, driveMap: opts.driveMap }, { file, element });
+    const r = resolveRef(ref, element);
     // Which candidate is used is decided here; the supervisor opens it without following links.
     const hit = r.candidates.find((c) => nameExists(c.path));
     if (!hit) {
@@ -85,10 +129,20 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
   };
   const undoMode = !opts.readOnly && (opts.undo || eff.undoDrives);
   const disks: VmDiskConfig[] = [];
+  let emptyCdDrives = 0;
   for (const d of eff.drives) {
     const where = `ide_controller ${d.controller} location ${d.location}`;
     if (d.kind === 'cd-dvd') {
-      if (d.hostDrive) throw new MedvError('EUNSUPPORTED', `${where}: a CD/DVD bound to host drive ${d.hostDrive}: is not supported; give an .iso`, { file });
+      if (d.hostDrive) {
+        const host = hostOpticalDrive(d.hostDrive, opts.hostDrives);
+        // The device the user named on the command line: opened by the supervisor as they named it.
+        if ('path' in host) disks.push({ path: host.path, mode: 'cdrom' });
+        else {
+          emptyCdDrives++;
+          opts.onWarning?.(`${where}: host drive ${d.hostDrive}: ${host.why}; the guest gets an empty CD/DVD drive`);
+        }
+        continue;
+      }
       if (d.path) disks.push({ ...find(d.path, `${where} pathname`), mode: 'cdrom' });
       continue;
     }
@@ -98,7 +152,7 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
     if (!undoMode) { disks.push({ path, confine, mode: 'normal' }); continue; }
     let undo: { path: string; confine: string } = { path: defaultUndoPath(path), confine };
     if (d.undoPath) {
-      const r = resolvePathRef(d.undoPath, { vmcDir, driveMap: opts.driveMap }, { file, element: `${where} undo_pathname` });
+      const r = resolveRef(d.undoPath, `${where} undo_pathname`);
       const named = r.candidates[0];
       // A .vud is a plain differencing VHD: usable over a plain parent; an encrypted parent needs an .evhd undo disk.
       if (named && (extname(path).toLowerCase() !== '.evhd' || nameExists(named.path))) undo = rooted(named);
@@ -106,7 +160,7 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
     disks.push({ path, confine, mode: 'undo', undoPath: undo.path, ...(undo.confine !== confine ? { undoConfine: undo.confine } : {}) });
   }
   if (!disks.some((d) => d.mode !== 'cdrom')) throw new MedvError('EFORMAT', 'the .vmc names no hard disk', { file });
-  const named = doc.settings.savedState ? resolvePathRef(doc.settings.savedState, { vmcDir, driveMap: opts.driveMap }, { file }).candidates[0] : undefined;
+  const named = doc.settings.savedState ? resolveRef(doc.settings.savedState).candidates[0] : undefined;
   const savedState = named ? rooted(named) : { path: join(vmcDir, `${basename(file, extname(file))}.vsv`), confine: vmcDir };
   const adapter = eff.network.adapters[0];
   return {
@@ -120,5 +174,6 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
     vmc: file,
     savedState: savedState.path,
     savedStateConfine: savedState.confine,
+    ...(emptyCdDrives ? { emptyCdDrives } : {}),
   };
 }

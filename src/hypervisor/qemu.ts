@@ -52,6 +52,8 @@ export interface LaunchSpec {
   memoryMiB?: number;
   /** Disks in boot order (the first one boots). At most 4 IDE disks. */
   drives: DriveSpec[];
+  /** IDE CD/DVD drives with no disc, after `drives` (they count towards the 4 IDE drives). */
+  emptyCdDrives?: number;
   /** Path of the QMP unix socket QEMU listens on. */
   qmpSocket: string;
   /**
@@ -174,6 +176,11 @@ export function qemuArgv(spec: LaunchSpec): string[] {
       throw new MedvError('EINVAL_ARG', `drive ${i}: interface must be ide or virtio, not ${JSON.stringify(iface)}`);
     }
   });
+  for (let i = 0; i < (spec.emptyCdDrives ?? 0); i++) {
+    if (ide === 4) throw new MedvError('EINVAL_ARG', 'at most 4 IDE drives');
+    argv.push('-device', `ide-cd,bus=ide.${ide >> 1},unit=${ide & 1}`);
+    ide++;
+  }
   const net = spec.network ?? { kind: 'none' };
   if (net.kind === 'nat' || net.kind === 'stream') {
     if (net.mac !== undefined && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(net.mac)) throw new MedvError('EINVAL_ARG', `invalid MAC address ${JSON.stringify(net.mac)}`);

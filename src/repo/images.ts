@@ -26,6 +26,8 @@ export const ENGINE_VERSION = '1.0';
 
 const GLOBAL_FILE = 'GlobalImageData.xml';
 const IMAGESTATE_FILE = 'ImageState.xml';
+/** A version's read-only test folder. */
+const TEST_DIR = 'Test';
 /** Which image a version folder holds: written last by a deployment (./README.md). */
 export const IDENTITY_FILE = 'Image.json';
 const IDENTITY_MAX = 4096;
@@ -51,6 +53,19 @@ function lstatOrUndefined(p: string): fs.Stats | undefined {
   try { return fs.lstatSync(p); } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
     throw fromSystemError(e, p);
+  }
+}
+
+/** Remove the regular files `names` of `dir` (never following a link; a folder there is listed in `skipped`). */
+function removeFiles(dir: string, names: readonly string[], skipped: string[]): void {
+  for (const name of names) {
+    const p = join(dir, name);
+    const st = lstatOrUndefined(p);
+    if (!st) continue;
+    if (st.isDirectory()) { skipped.push(p); continue; }
+    try { fs.unlinkSync(p); } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(e, p);
+    }
   }
 }
 
@@ -82,6 +97,12 @@ export class ImageStore {
   }
 
   /** The layout's file names in v<N>/, in deletion order (the .evhd first: the version stops counting at once). */
+  /** The names a version's Test/ folder may hold. */
+  testLayoutNames(): string[] {
+    const i = this.image;
+    return [`${i}.vmc`, IMAGESTATE_FILE, `${i}.undo.evhd`, `${i}.undo.enc`, `${i}.undo.vhd`, `${i}.vsv`, `${i}.vsv.enc`];
+  }
+
   layoutNames(): string[] {
     const i = this.image;
     return [`${i}.evhd`, `${i}.enc`, IDENTITY_FILE, `${i}.evhd.index`, `${i}.undo.evhd`, `${i}.undo.enc`, `${i}.vsv`, `${i}.vsv.enc`, `${i}.vmc`, IMAGESTATE_FILE];
@@ -260,6 +281,12 @@ export class ImageStore {
     for (const v of versions) {
       const dir = join(this.dir, v);
       for (const name of this.layoutNames()) drop(join(dir, name), out.deleted);
+      const test = join(dir, TEST_DIR);
+      if (lstatOrUndefined(test)?.isDirectory()) {
+        checkSafeDir(test);
+        for (const name of this.testLayoutNames()) drop(join(test, name), out.deleted);
+        try { fs.rmdirSync(test); } catch { /* not empty: listed below */ }
+      }
       for (const name of fs.readdirSync(dir).sort()) out.skipped.push(join(dir, name));
       try { fs.rmdirSync(dir); } catch { /* not empty: listed */ }
     }
@@ -286,14 +313,13 @@ export class ImageStore {
       if (keepByCount.has(n) || inUse.has(n) || lstatOrUndefined(this.savedStatePath(n))) { kept.push(n); continue; }
       const dir = this.versionDir(n);
       checkSafeDir(dir);
-      for (const name of this.layoutNames()) {
-        const p = join(dir, name);
-        const st = lstatOrUndefined(p);
-        if (!st) continue;
-        if (st.isDirectory()) { skipped.push(p); continue; }
-        try { fs.unlinkSync(p); } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(e, p);
-        }
+      removeFiles(dir, this.layoutNames(), skipped);
+      // Test/: the read-only test copies (src/workspace/vmfiles.ts) and a test run's undo disk.
+      const test = join(dir, TEST_DIR);
+      if (lstatOrUndefined(test)?.isDirectory()) {
+        checkSafeDir(test);
+        removeFiles(test, this.testLayoutNames(), skipped);
+        try { fs.rmdirSync(test); } catch { /* something else is there: listed below */ }
       }
       const layout = new Set(this.layoutNames());
       for (const name of fs.readdirSync(dir).sort()) if (!layout.has(name) || lstatOrUndefined(join(dir, name))?.isDirectory()) {

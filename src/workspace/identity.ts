@@ -57,6 +57,17 @@ export function workspaceStore(c: ClientRoot, user: string, workspace: string, i
 }
 
 /**
+ * `<image>@<16 hex>`: the user's read-only bases of one image (user, image, image id), shared by
+ * all their workspaces of it: each version downloaded once; a workspace's version folder holds hard
+ * links to the base's disk and key, and the guest's writes go to its own undo (differencing) disk.
+ * (`@` is in no workspace name, so no workspace folder has this name.)
+ */
+export function baseStore(c: ClientRoot, user: string, id: ImageIdentity): ImageStore {
+  checkImageId(id.imageId);
+  return new ImageStore(c, id.image, { folder: `${id.image}@${hash16('medv image base v1', user, id.image, id.imageId)}`, identity: id });
+}
+
+/**
  * The folder an earlier medv kept a workspace's disks in (`images/<workspace>/`, named after the
  * workspace only), when one exists: its disks are used as download seeds (every block is checked
  * against the image's ids), never started (they record no image or user).

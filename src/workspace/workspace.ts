@@ -24,12 +24,13 @@ import type { Accelerator } from '../hypervisor/qemu.js';
 import type { KekSource } from '../crypto/index.js';
 import { clientKeyPair, configPath, openClient, readClientConfig, readCredentials, type ClientConfig, type ClientContext, type Credentials } from './client.js';
 import { now as clock } from './clock.js';
-import { deployVersion, type DeployResult } from './deploy.js';
+import { deployVersion, wipeUnlinkedBase, type DeployResult } from './deploy.js';
 import { forgetGrant, isLocked, isRefusal, isWipe, keepGrant, workspaceKeyDir } from './grant.js';
-import { checkWorkspaceName, instanceName, legacyStore, workspaceDataDir, workspaceStore, workspaceStores } from './identity.js';
+import { baseStore, checkWorkspaceName, instanceName, legacyStore, workspaceDataDir, workspaceStore, workspaceStores } from './identity.js';
 import { lockWorkspace } from './lock.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
-import { memoryFor, type WorkspaceSettings } from './settings.js';
+import { type WorkspaceSettings } from './settings.js';
+import { testVmcPath, writeVersionVmFiles } from './vmfiles.js';
 
 export interface WorkspaceOptions {
   /** Client root (default: $MEDV_CLIENT_ROOT, /var/lib/medv for root, else $XDG_DATA_HOME/medv). */
@@ -49,6 +50,8 @@ export interface StartOptions extends WorkspaceOptions {
   update?: boolean;
   display?: 'none' | 'window' | 'vnc';
   accel?: Accelerator;
+  /** A read-only test run from the version's `Test/` copy: the guest's writes go to a throw-away undo disk in `Test/`. */
+  readOnly?: boolean;
   /**
    * Asked when a newer version is published, the policy suggests updates (rather than forcing
    * them) and `update` is undefined: true deploys it now. Without it the update is only announced.
@@ -171,9 +174,11 @@ async function wipeWorkspace(s: Session, workspace: string, order: MedvError, wa
     if (runningState(vmName, runRoot)) await stopVm(vmName, { root: runRoot, force: true });
     for (const store of workspaceStores(s.ctx.root, s.cfg.user, workspace)) {
       const r = store.wipe();
-      keyFiles += r.keys.length;
-      files += r.deleted.length;
-      for (const p of r.skipped) warn(`wipe of workspace ${workspace}: left ${p} (not a file medv writes there)`);
+      // the image's shared base goes too once no other workspace of this user links it (./deploy.ts)
+      const b = store.identity ? wipeUnlinkedBase(baseStore(s.ctx.root, s.cfg.user, store.identity)) : { keys: [], deleted: [], skipped: [] };
+      keyFiles += r.keys.length + b.keys.length;
+      files += r.deleted.length + b.deleted.length;
+      for (const p of [...r.skipped, ...b.skipped]) warn(`wipe of workspace ${workspace}: left ${p} (not a file medv writes there)`);
     }
   } finally {
     unlock?.();
@@ -197,19 +202,17 @@ function runningState(vmName: string, runRoot?: string): VmState | undefined {
   }
 }
 
-function vmConfigFor(vmName: string, store: ImageStore, settings: WorkspaceSettings, version: number, display: VmConfig['display'], accel?: Accelerator): VmConfig {
-  const revertible = settings.mode === 'revertible';
-  return {
-    name: vmName,
-    memoryMiB: memoryFor(settings),
-    disks: [{ path: store.diskPath(version), mode: revertible ? 'undo' : 'normal', ...(revertible ? { undoPath: store.undoPath(version) } : {}) }],
-    network: settings.network ?? 'nat',
-    nicModel: settings.hardware?.nic ?? 'e1000',
-    diskBus: settings.hardware?.diskBus ?? 'ide',
-    display,
-    ...(accel ? { accel } : {}),
-    savedState: store.savedStatePath(version),
-  };
+/**
+ * The VM of a workspace version: its `.vmc` and ImageState.xml as the folder holds them (the VM
+ * host reads them, src/host/vmc.ts), or their `Test/` copies for a read-only test run; the NIC
+ * model and disk bus, which a .vmc cannot say, from the policy.
+ */
+async function vmConfigFor(vmName: string, store: ImageStore, settings: WorkspaceSettings, version: number, o: StartOptions): Promise<VmConfig> {
+  const { vmConfigFromVmc } = await import('../host/vmc.js');
+  const config = o.readOnly
+    ? vmConfigFromVmc(testVmcPath(store, version), { name: vmName, readOnly: true, confineTo: store.versionDir(version), display: o.display ?? 'none', accel: o.accel })
+    : vmConfigFromVmc(store.vmcPath(version), { name: vmName, display: o.display ?? 'none', accel: o.accel });
+  return { ...config, nicModel: settings.hardware?.nic ?? 'e1000', diskBus: settings.hardware?.diskBus ?? 'ide' };
 }
 
 /** A revertible workspace's undo disk, dropped (not while a saved state needs it). */
@@ -291,14 +294,15 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
       const legacy = legacyStore(s.ctx.root, name);
       if (legacy) warn(`${legacy.dir} holds disks of workspace ${name} from an earlier medv that do not record their image or user: they serve only as download seeds and are never started; remove that folder when you no longer need it`);
       deployed = await deployVersion({
-        root: s.ctx.root, store, settings, version: latest!, imageId: entry.imageId,
+        root: s.ctx.root, store, base: baseStore(s.ctx.root, s.cfg.user, { image: entry.image, imageId: entry.imageId }), settings, version: latest!, imageId: entry.imageId,
         source: `${s.cfg.server}/images/${entry.image}_${latest}.ckm.index`,
-        keyDir: workspaceKeyDir(s.ctx.root, s.cfg.user, name), kek: s.ctx.kek, ca: s.cfg.ca, cacheDir: seedCacheDir(o.userDirs),
+        keyDir: workspaceKeyDir(s.ctx.root, s.cfg.user, name), kek: s.ctx.kek, vmName, ca: s.cfg.ca, cacheDir: seedCacheDir(o.userDirs),
         extraSeeds: legacy ? legacy.versions().map((n) => legacy.diskPath(n)) : [],
         onProgress: (d, t) => o.onProgress?.('fetch', d, t),
         onWarning: warn,
       });
-      info(`deployed ${entry.image} version ${latest}: fetched ${humanBytes(deployed.fetchedBytes)} of a ${humanBytes(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
+      if (deployed.shared) info(`deployed ${entry.image} version ${latest}: already on this client for another workspace, nothing fetched (one read-only base; this workspace's writes go to its own undo disk)`);
+      else info(`deployed ${entry.image} version ${latest}: fetched ${humanBytes(deployed.fetchedBytes)} of a ${humanBytes(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
       if (deployed.removed.length) info(`removed old version${deployed.removed.length > 1 ? 's' : ''} ${deployed.removed.join(', ')} (the policy keeps ${settings.versionsToKeep ?? 1})`);
     } else if (newer) {
       updateAvailable = latest;
@@ -307,9 +311,10 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     version = store.newest();
     if (version === undefined) throw new MedvError(online ? 'ENOENT' : 'EOFFLINE', online ? `no version of image ${entry.image} is published on ${s.cfg.server}` : `image ${entry.image} is not on this client and ${s.cfg.server} cannot be reached`);
     store.checkEngine();
-    const resumed = fs.existsSync(store.savedStatePath(version));
-    if (settings.mode === 'revertible' && !resumed && await discardUndo(store, version, s.ctx.kek)) info(`discarded the changes of the last run (revertible workspace)`);
-    const vm = await (o.startVm ?? startVm)(vmConfigFor(vmName, store, settings, version, o.display ?? 'none', o.accel), { kek: s.ctx.kek, root: o.runRoot });
+    for (const p of writeVersionVmFiles(store, version, settings, vmName)) info(`wrote ${p}`);
+    const resumed = !o.readOnly && fs.existsSync(store.savedStatePath(version));
+    if (settings.mode === 'revertible' && !resumed && !o.readOnly && await discardUndo(store, version, s.ctx.kek)) info(`discarded the changes of the last run (revertible workspace)`);
+    const vm = await (o.startVm ?? startVm)(await vmConfigFor(vmName, store, settings, version, o), { kek: s.ctx.kek, root: o.runRoot });
     s.log.append('info', `workspace ${name} ${resumed ? 'resumed' : 'started'}: ${entry.image} version ${version}, ${settings.mode ?? 'persistent'}, ${vm.memoryMiB} MiB, ${vm.accel ?? 'accelerator unknown'}`, { workspace: name, vm: vmName });
     let desktopEntries: string[] = [];
     const instance = { id: vmName, workspace: name, clientRoot: s.ctx.root.root };

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { FileDevice } from '../../src/block/file.js';
@@ -121,6 +121,39 @@ describe('cli: parents and undo disks', function () {
       assert.ok(existsSync(undo), 'the undo disk is kept');
       const m = runMedv(['disk', 'undo', 'merge', undo, '--parent', join(dir.path, 'moved.img')]);
       assert.equal(m.code, 0, m.stderr);
+    });
+  });
+
+  describe('undo merge never writes into a parent other names share', () => {
+    it('a parent with another hard link (a workspace\'s image base) is refused: EREADONLY, nothing written, the undo disk kept; with one name left it merges', async () => {
+      // As deployment lays it out: the base in the image's base folder, hard-linked (disk and key) into a workspace's version folder.
+      const baseDir = join(dir.path, 'img@base');
+      const ws = join(dir.path, 'ws-v1');
+      mkdirSync(baseDir);
+      mkdirSync(ws);
+      assert.equal(runMedv(['disk', 'create', join(baseDir, 'img.evhd'), '--size', '8M']).code, 0);
+      for (const n of ['img.evhd', 'img.enc']) linkSync(join(baseDir, n), join(ws, n));
+      const parent = join(ws, 'img.evhd');
+      const undo = join(ws, 'img.undo.evhd');
+      const c = runMedv(['disk', 'undo', 'create', undo, '--parent', parent]);
+      assert.equal(c.code, 0, c.stderr);
+      const sock = join(dir.path, 's');
+      const server = await startMedv(['disk', 'serve', parent, '--undo', undo, '--socket', sock]);
+      try {
+        run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 64k', `nbd+unix:///?socket=${sock}`]);
+      } finally {
+        await stop(server);
+      }
+      const h = sha256File(parent);
+      assertError(runMedv(['disk', 'undo', 'merge', undo]), 'EREADONLY', 6, /img\.evhd is shared: it has 2 names \(hard links/);
+      assert.equal(sha256File(parent), h, 'the shared base is untouched');
+      assert.ok(existsSync(undo), 'the undo disk is kept');
+      // The base folder's name gone, the workspace's is the only one: the merge is the user's to make.
+      for (const n of ['img.evhd', 'img.enc']) unlinkSync(join(baseDir, n));
+      const m = runMedv(['disk', 'undo', 'merge', undo]);
+      assert.equal(m.code, 0, m.stderr);
+      assert.notEqual(sha256File(parent), h, 'merged into the parent');
+      assert.equal(existsSync(undo), false);
     });
   });
 

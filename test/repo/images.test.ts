@@ -152,6 +152,22 @@ describe('repo: image store', () => {
     assert.throws(() => s.retain(-1, new Set()), code('EINVAL_ARG'));
   });
 
+  it('retain() removes a version\'s Test/ copies and test undo disk with it; anything else in Test/ stays, named', () => {
+    const s = new ImageStore(c, 'img');
+    for (let n = 1; n <= 3; n++) {
+      plantVersion(s, n);
+      fs.mkdirSync(join(s.dir, `v${n}`, 'Test'));
+      for (const name of ['img.vmc', 'ImageState.xml', 'img.undo.evhd', 'img.undo.enc']) fs.writeFileSync(join(s.dir, `v${n}`, 'Test', name), 'x');
+    }
+    fs.writeFileSync(join(s.dir, 'v2', 'Test', 'notes.txt'), 'mine');
+    const r = s.retain(0, new Set());
+    assert.deepEqual(r.deleted, [1, 2]);
+    assert.equal(fs.existsSync(join(s.dir, 'v1')), false, 'v1 and its Test/ are gone');
+    assert.deepEqual(fs.readdirSync(join(s.dir, 'v2', 'Test')), ['notes.txt']);
+    assert.deepEqual(r.skipped, [join(s.dir, 'v2', 'Test')]);
+    assert.deepEqual(fs.readdirSync(join(s.dir, 'v3', 'Test')).sort(), ['ImageState.xml', 'img.undo.enc', 'img.undo.evhd', 'img.vmc']);
+  });
+
   it('retain() never follows a symlink planted under a layout name', () => {
     const s = new ImageStore(c, 'img');
     plantVersion(s, 1); plantVersion(s, 2);

@@ -4,7 +4,7 @@
  * under QEMU (its boot counter shows whether a disk kept the last run's writes).
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -134,6 +134,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
         { name: 'travel', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', offlineDays: 5 },
         { name: 'flip', image: 'swap', mode: 'persistent', memory: 64, network: 'none' },
         { name: 'race', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', versionsToKeep: 0 },
+        { name: 'twin', image: IMAGE, mode: 'persistent', memory: 64, network: 'none' },
       ],
     }));
     ok(medv(['admin', 'policy', 'publish', f('policy.json'), '--server', url, '--token-file', adminTokenFile()]));
@@ -144,7 +145,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
   });
 
   after(async () => {
-    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk', 'resume', 'travel', 'flip', 'race']) await client(['workspace', 'stop', ws, '--force'], who);
+    for (const who of ['alice', 'bob'] as const) for (const ws of ['desk', 'kiosk', 'resume', 'travel', 'flip', 'race', 'twin']) await client(['workspace', 'stop', ws, '--force'], who);
     for (const extra of cleanups) await extra();
     serve?.kill('SIGTERM');
     await proxy?.close();
@@ -238,6 +239,78 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     await stop('alice', 'desk');
     ok(await start('alice', 'desk'));
     assert.equal(await bootCount('alice', 'desk'), n + 1, `persistent desk v${before.version}`);
+    await stop('alice', 'desk');
+  });
+
+  it('each version folder holds its .vmc (UTF-16LE, CRLF) and ImageState.xml, with copies in Test/; the VM runs from that .vmc; GlobalImageData keeps engine, layout and VM name; --read-only runs the Test/ copy', async () => {
+    const out = JSON.parse(ok(await start('alice', 'kiosk')).stdout);
+    const v = join(out.folder, `v${out.version}`);
+    const vmcText = (path: string) => {
+      const bytes = fs.readFileSync(path);
+      assert.deepEqual([...bytes.subarray(0, 2)], [0xff, 0xfe], `${path} starts with the UTF-16LE byte-order mark`);
+      const text = bytes.subarray(2).toString('utf16le');
+      assert.doesNotMatch(text, /[^\r]\n/, `${path}: CRLF line ends only`);
+      assert.match(text, /^<\?xml version="1.0" encoding="UTF-16"\?>\r\n<preferences>\r\n/);
+      assert.match(text, /<ram_size type="integer">64<\/ram_size>/, 'the policy\'s memory');
+      assert.match(text, /<undo_drives>[\s\S]*<enabled type="boolean">true<\/enabled>/, 'a revertible workspace: undo drives');
+      return text;
+    };
+    assert.match(vmcText(join(v, `${IMAGE}.vmc`)), /<relative type="string">\.\\img\.evhd<\/relative>/);
+    assert.match(vmcText(join(v, 'Test', `${IMAGE}.vmc`)), /<relative type="string">\.\.\\img\.evhd<\/relative>/);
+    for (const d of [v, join(v, 'Test')]) assert.match(fs.readFileSync(join(d, 'ImageState.xml'), 'utf8'), /<Memory>64<\/Memory>[\s\S]*<Network>none<\/Network>/);
+    // What the folder says is what runs: the VM host started the workspace from that .vmc.
+    assert.equal(out.vm.vmc, join(v, `${IMAGE}.vmc`));
+    assert.equal(out.vm.memoryMiB, 64);
+    assert.equal(out.vm.disks[0].undo, join(v, `${IMAGE}.undo.evhd`));
+    const global = fs.readFileSync(join(out.folder, 'GlobalImageData.xml'), 'utf8');
+    assert.match(global, /<VirtualizationEngine>1\.0<\/VirtualizationEngine>\s*<WorkspaceVersion>2<\/WorkspaceVersion>\s*<VmName>([^<]+)<\/VmName>/);
+    assert.equal(global.match(/<VmName>([^<]+)</)![1], out.vmName);
+    assert.equal(await bootCount('alice', 'kiosk'), 1);
+    await stop('alice', 'kiosk');
+    // A read-only test run: the Test/ copy, its writes in a throw-away undo disk in Test/, gone at stop.
+    const t = JSON.parse(ok(await start('alice', 'kiosk', ['--read-only'])).stdout);
+    assert.equal(t.vm.vmc, join(v, 'Test', `${IMAGE}.vmc`));
+    assert.equal(t.vm.disks[0].undo, join(v, 'Test', `${IMAGE}.undo.evhd`));
+    assert.equal(t.vm.disks[0].undoPolicy, 'discard');
+    assert.equal(await bootCount('alice', 'kiosk'), 1);
+    await stop('alice', 'kiosk');
+    assert.deepEqual(fs.readdirSync(join(v, 'Test')).sort(), ['ImageState.xml', `${IMAGE}.vmc`], 'the test run left only the copies');
+  });
+
+  it('one download per image: a second workspace of a version already here fetches nothing and stores no second base; the two never see each other\'s writes', async () => {
+    const desk = JSON.parse(ok(await start('alice', 'desk')).stdout);
+    const n = await bootCount('alice', 'desk');
+    await stop('alice', 'desk');
+    const du = () => Number(execFileSync('du', ['-s', '-B1', join(clients.alice.root, 'images')], { encoding: 'utf8' }).split('\t')[0]);
+    const before = du();
+    proxy.reset();
+    const twin = JSON.parse(ok(await start('alice', 'twin')).stdout);
+    assert.equal(twin.version, desk.version);
+    assert.equal(twin.deployed.shared, true);
+    assert.equal(twin.deployed.fetchedBytes, 0);
+    assert.doesNotMatch(proxy.wire().toString('latin1'), /content-type: (?:application\/octet-stream|multipart\/byteranges)/i, 'no index or pack bytes crossed the wire');
+    const disk = (o: { folder: string; version: number }) => fs.statSync(join(o.folder, `v${o.version}`, `${IMAGE}.evhd`));
+    assert.equal(disk(twin).ino, disk(desk).ino, 'one base file, linked into both version folders');
+    assert.equal(await bootCount('alice', 'twin'), 1, 'twin boots the pristine base, not desk\'s writes');
+    await stop('alice', 'twin');
+    // Measured once twin's VM is gone (its guest's writes are all in its undo disk by then), and
+    // without that undo disk: twin's own state (a VHD allocates 2 MiB blocks), not a second base.
+    const undo = fs.statSync(join(twin.folder, `v${twin.version}`, `${IMAGE}.undo.evhd`));
+    const added = du() - before - undo.blocks * 512;
+    assert.ok(added < IMAGE_BYTES / 8, `the second workspace added ${added} bytes besides its undo disk (the image is ${IMAGE_BYTES})`);
+    ok(await start('alice', 'desk'));
+    assert.equal(await bootCount('alice', 'desk'), n + 1, 'desk kept its own writes, and saw none of twin\'s');
+    await stop('alice', 'desk');
+    // A wipe of twin deletes twin's folder (Test/ copies included) and leaves the base desk links.
+    const links = disk(desk).nlink;
+    ok(medv(['admin', 'client', 'wipe', '--user', 'alice', '--workspace', 'twin', '--reason', 'test wipe', '--server', url, '--token-file', adminTokenFile()]));
+    const wiped = await start('alice', 'twin');
+    assert.equal(wiped.code, 16, wiped.stderr);
+    assert.doesNotMatch(wiped.stderr, /left /, 'nothing of twin was left behind');
+    assert.equal(fs.existsSync(join(twin.folder, `v${twin.version}`)), false, 'twin\'s version folder is gone');
+    assert.equal(disk(desk).nlink, links - 1, 'the base is still there, linked by desk (twin\'s link gone)');
+    ok(await start('alice', 'desk'));
+    assert.equal(await bootCount('alice', 'desk'), n + 2);
     await stop('alice', 'desk');
   });
 

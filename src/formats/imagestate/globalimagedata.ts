@@ -17,7 +17,12 @@ export interface GlobalImageData {
   virtualizationEngine: string;
   /** The workspace (image) version, a positive integer. */
   workspaceVersion: number;
+  /** The VM name the client generated for the workspace this folder serves (VM-name rules), when recorded. */
+  vmName?: string;
 }
+
+/** A VM name as the VM host accepts one (src/api/names.ts's workspace rule): at most 49 of letters, digits, `.`, `_`, `-`. */
+const VM_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,48}$/;
 
 /** `1.2.3` -> [1, 2, 3]; undefined when it is not a dotted version. */
 export function parseEngineVersion(v: string): number[] | undefined {
@@ -45,7 +50,7 @@ export function engineSatisfies(data: GlobalImageData, engine: string): boolean 
 export function parseGlobalImageData(buf: Buffer, opts: ParseVmcOptions = {}): GlobalImageData {
   const { root, r } = parseStrictRoot(buf, opts, GLOBALIMAGEDATA_ROOT);
   r.version(root, GLOBALIMAGEDATA_ROOT, [GLOBALIMAGEDATA_VERSION]);
-  const top = r.children(root, GLOBALIMAGEDATA_ROOT, ['VirtualizationEngine', 'WorkspaceVersion'], ['version']);
+  const top = r.children(root, GLOBALIMAGEDATA_ROOT, ['VirtualizationEngine', 'WorkspaceVersion', 'VmName'], ['version']);
   const need = (name: string) => {
     const el = top.get(name);
     if (!el) throw r.error('EFORMAT', `${GLOBALIMAGEDATA_ROOT}/${name}`, 'missing', root);
@@ -55,7 +60,11 @@ export function parseGlobalImageData(buf: Buffer, opts: ParseVmcOptions = {}): G
   const eng = r.text(engEl, `${GLOBALIMAGEDATA_ROOT}/VirtualizationEngine`);
   if (!parseEngineVersion(eng)) throw r.error('EFORMAT', `${GLOBALIMAGEDATA_ROOT}/VirtualizationEngine`, `${JSON.stringify(eng.slice(0, 40))} is not a version (1 to 4 dotted numbers, each 0..65535)`, engEl);
   const workspaceVersion = r.integer(need('WorkspaceVersion'), `${GLOBALIMAGEDATA_ROOT}/WorkspaceVersion`, 1, WORKSPACE_VERSION_MAX);
-  return { virtualizationEngine: eng, workspaceVersion };
+  const nameEl = top.get('VmName');
+  if (!nameEl) return { virtualizationEngine: eng, workspaceVersion };
+  const vmName = r.text(nameEl, `${GLOBALIMAGEDATA_ROOT}/VmName`);
+  if (!VM_NAME_RE.test(vmName)) throw r.error('EFORMAT', `${GLOBALIMAGEDATA_ROOT}/VmName`, `${JSON.stringify(vmName.slice(0, 60))} is not a VM name`, nameEl);
+  return { virtualizationEngine: eng, workspaceVersion, vmName };
 }
 
 export function serializeGlobalImageData(d: GlobalImageData): Buffer {
@@ -65,8 +74,10 @@ export function serializeGlobalImageData(d: GlobalImageData): Buffer {
   if (!Number.isInteger(d.workspaceVersion) || d.workspaceVersion < 1 || d.workspaceVersion > WORKSPACE_VERSION_MAX) {
     throw new MedvError('EINVAL_ARG', `GlobalImageData: workspaceVersion must be an integer in 1..${WORKSPACE_VERSION_MAX}`);
   }
+  if (d.vmName !== undefined && !VM_NAME_RE.test(d.vmName)) throw new MedvError('EINVAL_ARG', `GlobalImageData: vmName ${JSON.stringify(d.vmName.slice(0, 60))} is not a VM name`);
   return writeStrict(newElement(GLOBALIMAGEDATA_ROOT, [['version', String(GLOBALIMAGEDATA_VERSION)]], [
     leaf('VirtualizationEngine', d.virtualizationEngine),
     leaf('WorkspaceVersion', String(d.workspaceVersion)),
+    ...(d.vmName === undefined ? [] : [leaf('VmName', d.vmName)]),
   ]));
 }

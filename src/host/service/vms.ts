@@ -37,7 +37,7 @@ const START_SPEC: BodySpec = {
   source: 'abspath', name: 'name', memoryMiB: { int: [1, 16 * 1024 * 1024] }, readOnly: 'boolean', undo: 'boolean',
   network: { enum: ['none', 'nat'] }, mac: 'string', allowHostPorts: 'ports', nicModel: { enum: ['e1000', 'virtio'] },
   diskBus: { enum: ['ide', 'virtio'] }, display: { enum: ['none', 'vnc', 'vnc-tcp', 'window'] }, accel: { enum: ['kvm', 'tcg'] },
-  driveMap: 'driveMap', undoPath: 'abspath', savedState: 'abspath', key: 'key', x11: 'x11',
+  driveMap: 'driveMap', hostDrives: 'driveMap', undoPath: 'abspath', savedState: 'abspath', key: 'key', x11: 'x11',
 };
 const RESTART_SPEC: BodySpec = { key: 'key', display: START_SPEC.display, x11: 'x11', accel: START_SPEC.accel };
 const STOP_SPEC: BodySpec = { timeoutS: { number: [0, 3600] }, force: 'boolean' };
@@ -49,12 +49,18 @@ const MAX_SCREENSHOT = 64 * 1024 * 1024;
 export class VmOps {
   constructor(private readonly d: { root: string; pool: WarmPool; keys: KeyCache; tracker: VmTracker; events: EventLog; log: (line: string) => void }) {}
 
-  /** POST /v1/vms: a VM from a .vmc or disk, started (resumed when it has a saved state). */
-  async create(body: unknown): Promise<VmState> {
+  /**
+   * POST /v1/vms: a VM from a .vmc or disk, started (resumed when it has a saved state). The answer
+   * carries `warnings` (one line each, for the caller to show) when something starts otherwise than
+   * the .vmc says.
+   */
+  async create(body: unknown): Promise<VmState & { warnings?: string[] }> {
     const b = checkBody<VmSourceOptions & { source?: string; key?: KeyChoice; x11?: { display?: string; xauthority?: string } }>(body, START_SPEC);
     if (!b.source) throw new MedvError('EINVAL_ARG', 'source: the .vmc or disk to start is missing');
     const { source, key, x11, ...opts } = b;
-    return this.startConfig(await vmConfigFromSource(source, opts), key, x11);
+    const warnings: string[] = [];
+    const state = await this.startConfig(await vmConfigFromSource(source, opts, (m) => warnings.push(m)), key, x11);
+    return warnings.length ? { ...state, warnings } : state;
   }
 
   /** POST /v1/vms/{name}/start: the VM as it last ran here (its run folder's config.json), again or resumed. */

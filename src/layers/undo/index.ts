@@ -12,7 +12,8 @@
  * - `discard` opens and validates the undo disk (a differencing disk, lockable) before deleting it
  *   and its .enc; anything else is refused and nothing is deleted.
  * - `merge` copies every range stored in the undo disk into the parent, flushes the parent, and only
- *   then deletes the undo disk. An interrupted merge leaves the undo disk intact, and re-running it
+ *   then deletes the undo disk. A parent with more than one hard link (a workspace's shared image
+ *   base) is refused (EREADONLY) before anything is written: every name of it would change. An interrupted merge leaves the undo disk intact, and re-running it
  *   writes the same data again (idempotent).
  */
 import { randomBytes } from 'node:crypto';

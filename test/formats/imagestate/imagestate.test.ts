@@ -33,6 +33,7 @@ const GLOBAL_EXAMPLE = `<?xml version="1.0" encoding="UTF-8"?>
 <GlobalImageData version="1">
   <VirtualizationEngine>1.0</VirtualizationEngine>
   <WorkspaceVersion>3</WorkspaceVersion>
+  <VmName>desk-3f2a9c0d5e6b7a81</VmName>
 </GlobalImageData>
 `;
 
@@ -99,7 +100,7 @@ describe('formats: ImageState.xml and GlobalImageData.xml', () => {
 
   it('parses and writes GlobalImageData; compares engine versions', () => {
     const g = parseGlobalImageData(u8(GLOBAL_EXAMPLE), { file: 'GlobalImageData.xml' });
-    assert.deepEqual(g, { virtualizationEngine: '1.0', workspaceVersion: 3 });
+    assert.deepEqual(g, { virtualizationEngine: '1.0', workspaceVersion: 3, vmName: 'desk-3f2a9c0d5e6b7a81' });
     assert.equal(serializeGlobalImageData(g).toString('utf8'), GLOBAL_EXAMPLE);
     const file = join(dir, 'GlobalImageData.xml');
     writeFileSync(file, serializeGlobalImageData({ virtualizationEngine: '2.1.7', workspaceVersion: 12 }));
@@ -122,6 +123,7 @@ describe('formats: ImageState.xml and GlobalImageData.xml', () => {
       [ok.replace('>1<', '>0<'), /WorkspaceVersion: 0 is outside 1\.\.2147483647/],
       [ok.replace('>1<', '>4294967296<'), /WorkspaceVersion: 4294967296 is outside/],
       [ok.replace('1.0', 'one'), /VirtualizationEngine: "one" is not a version/],
+      [`${ok}<VmName>../x</VmName>`, /GlobalImageData\/VmName: "\.\.\/x" is not a VM name/],
       [ok.replace('1.0', '1.2.3.4.5'), /is not a version/],
       [ok.replace('1.0', '1.70000'), /is not a version/],
       [`${ok}<Extra/>`, /GlobalImageData\/Extra: unknown element/],

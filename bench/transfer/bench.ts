@@ -11,8 +11,9 @@
  *   zsync -i v1.raw  (zsyncmake -b 4096 v2.raw; control file included)
  *   rsync --no-W v2.raw onto a copy of v1.raw (rsync daemon on loopback; bytes both ways from --stats)
  *
- * and prints bytes, requests and wall time of each (and the peak RSS, VmHWM, of each medv fetch), with ratios against medv, and the load
- * average before and after (compare ratios within one run on a shared machine).
+ * and prints bytes, requests and wall time of each (and each medv fetch's peak RSS, VmHWM), with
+ * ratios against medv, and the load average before and after (compare ratios within one run on a
+ * shared machine).
  *
  * The update and zsync run `--repeat` times (default 2), alternated; the wall-time ratio takes the
  * fastest run of each side (and prints each pair's).

@@ -11,8 +11,9 @@
  *   zsync -i v1.raw  (zsyncmake -b 4096 v2.raw; control file included)
  *   rsync --no-W v2.raw onto a copy of v1.raw (rsync daemon on loopback; bytes both ways from --stats)
  *
- * and prints bytes, requests and wall time of each, with ratios against medv, and the load
- * average before and after (compare ratios within one run on a shared machine).
+ * and prints bytes, requests and wall time of each (and each medv fetch's peak RSS, VmHWM), with
+ * ratios against medv, and the load average before and after (compare ratios within one run on a
+ * shared machine).
  *
  * The update and zsync run `--repeat` times (default 2), alternated; the wall-time ratio takes the
  * fastest run of each side (and prints each pair's).
@@ -23,12 +24,13 @@ import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { waitForFile } from '../../test/helpers/cli.js';
+import { MEDV_BIN, waitForFile } from '../../test/helpers/cli.js';
 import { startNginx } from '../../test/helpers/nginx.js';
 import { loadavg } from 'node:os';
 import { BINARY_SOURCES, TEXT_SOURCES } from '../../test/pack/images.js';
 import { makeRepo } from '../../test/transfer/fixture.js';
 import { arg, freshDir } from '../args.js';
+import { measured } from '../proc.js';
 
 const sizeMiB = Number(arg('size-mib', '1024'));
 const fill = Number(arg('fill', '0.5'));
@@ -47,23 +49,22 @@ const nginx = await startNginx(join(dir, 'nginx'), r.repo);
 const single = await startNginx(join(dir, 'nginx-single'), r.repo, { maxRanges: 1 });
 console.log(`load before: ${load()}`);
 
-interface Row { what: string; bytes: number; requests: number; seconds: number; note?: string }
+interface Row { what: string; bytes: number; requests: number; seconds: number; peakMiB?: number; note?: string }
 const rows: Row[] = [];
-const medvFetch = (what: string, args: string[], server = nginx) => {
+const medvFetch = async (what: string, args: string[], server = nginx) => {
   server.resetLog();
-  const s = now();
-  const res = r.medv(['image', 'fetch', ...args, '--keys', r.keys, '--json']);
+  const res = await measured(process.execPath, [MEDV_BIN, 'image', 'fetch', ...args, '--keys', r.keys, '--host-key', r.hostKey, '--json'], { ...process.env, ...r.env });
   if (res.code !== 0) throw new Error(`${what}: ${res.stderr}`);
   const j = JSON.parse(res.stdout);
   const index = server.bytes((u) => u.includes('.ckm.index'));
   rows.push({
-    what, bytes: server.bytes(), requests: server.log().length, seconds: now() - s,
+    what, bytes: server.bytes(), requests: server.log().length, seconds: res.seconds, peakMiB: res.peakMiB,
     note: `${j.blocksFromSeeds} blocks from seeds (${j.seeds.every((x: { cached?: boolean }) => x.cached !== false) ? 'ids cached' : 'seed hashed'}), ${j.blocksFromNetwork} fetched; index ${index} B: records ${j.indexRecordsFetched} fetched / ${j.indexRecordsReused} reused / ${j.indexRecordsFromDelta} from the delta`,
   });
 };
 
 try {
-  medvFetch('medv fetch v1 (full)', [nginx.url('lab_1.ckm.index'), '--out', join(dir, 'v1.evhd')]);
+  await medvFetch('medv fetch v1 (full)', [nginx.url('lab_1.ckm.index'), '--out', join(dir, 'v1.evhd')]);
   // zsync's control file, made once
   copyFileSync(r.v2, join(r.repo, 'v2.raw'));
   let s = now();
@@ -74,7 +75,7 @@ try {
   for (let i = 0; i < repeat; i++) {
     const again = i === 0 ? '' : ` (again, ${i + 1})`;
     mkdirSync(join(dir, `update-${i}`));
-    medvFetch(`medv fetch v2 --seed v1.evhd${again}`, [nginx.url('lab_2.ckm.index'), '--out', join(dir, `update-${i}`, 'v2.evhd'), '--seed', join(dir, 'v1.evhd')]);
+    await medvFetch(`medv fetch v2 --seed v1.evhd${again}`, [nginx.url('lab_2.ckm.index'), '--out', join(dir, `update-${i}`, 'v2.evhd'), '--seed', join(dir, 'v1.evhd')]);
     if (i === 0 && !r.sameAs(join(dir, 'update-0', 'v2.evhd'), r.v2)) throw new Error('medv: fetched v2 differs from the source');
     mkdirSync(join(dir, `zsync-${i}`));
     nginx.resetLog();
@@ -84,7 +85,7 @@ try {
     rows.push({ what: `zsync -i v1.raw (-b 4096)${again}`, bytes: nginx.bytes(), requests: nginx.log().length, seconds: now() - s, note: `control file ${statSync(join(r.repo, 'v2.raw.zsync')).size} B, zsyncmake ${zsyncmakeSeconds.toFixed(1)} s` });
   }
   mkdirSync(join(dir, 'single'));
-  medvFetch('the same, nginx max_ranges 1', [single.url('lab_2.ckm.index'), '--out', join(dir, 'single', 'v2.evhd'), '--seed', join(dir, 'v1.evhd')], single);
+  await medvFetch('the same, nginx max_ranges 1', [single.url('lab_2.ckm.index'), '--out', join(dir, 'single', 'v2.evhd'), '--seed', join(dir, 'v1.evhd')], single);
 
   // rsync --no-W through a daemon on loopback
   if (spawnSync('rsync', ['--version']).status === 0) {
@@ -115,9 +116,9 @@ try {
 }
 
 const update = rows.find((x) => x.what.startsWith('medv fetch v2'))!;
-console.log('\n| transfer | bytes | requests | wall s | vs medv update (bytes) | |');
-console.log('|---|---:|---:|---:|---:|---|');
-for (const x of rows) console.log(`| ${x.what} | ${x.bytes.toLocaleString('en')} | ${x.requests} | ${x.seconds.toFixed(1)} | ${(x.bytes / update.bytes).toFixed(2)}x | ${x.note ?? ''} |`);
+console.log('\n| transfer | bytes | requests | wall s | peak RSS MiB | vs medv update (bytes) | |');
+console.log('|---|---:|---:|---:|---:|---:|---|');
+for (const x of rows) console.log(`| ${x.what} | ${x.bytes.toLocaleString('en')} | ${x.requests} | ${x.seconds.toFixed(1)} | ${x.peakMiB === undefined ? '' : x.peakMiB.toFixed(0)} | ${(x.bytes / update.bytes).toFixed(2)}x | ${x.note ?? ''} |`);
 const fastest = (prefix: string) => rows.filter((x) => x.what.startsWith(prefix)).reduce<Row | undefined>((a, x) => (!a || x.seconds < a.seconds ? x : a), undefined);
 const medvBest = fastest('medv fetch v2')!;
 const zs = fastest('zsync');
@@ -127,4 +128,5 @@ const bytes = (x: Row | undefined) => (x ? (update.bytes / x.bytes).toFixed(3) :
 console.log(`\nmedv update / zsync: ${bytes(zs)} bytes, ${wall(zs)} wall (fastest of ${repeat} alternated runs each); medv update / rsync: ${bytes(rsy)} bytes, ${wall(rsy)} wall`);
 const pairs = rows.filter((x) => x.what.startsWith('medv fetch v2')).map((m, i) => (m.seconds / rows.filter((x) => x.what.startsWith('zsync'))[i].seconds).toFixed(2));
 console.log(`medv update / zsync wall, run by run: ${pairs.join(', ')}`);
+console.log(`medv update peak RSS (VmHWM), run by run: ${rows.filter((x) => x.what.startsWith('medv fetch v2')).map((x) => `${x.peakMiB!.toFixed(0)} MiB`).join(', ')}`);
 console.log(`single-range server: ${rows.find((x) => x.what.includes('max_ranges'))!.requests} requests; load after: ${load()}`);

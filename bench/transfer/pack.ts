@@ -21,13 +21,14 @@
  *
  *   npm run bench:pack -- [--size-mib 512] [--real-mib 768] [--big-gib 16] [--repeat 2] [--dir /tmp/medv-bench-pack2]
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { makeUsrDisk, usrFiles } from '../../test/pack/images.js';
 import { arg, freshDir } from '../args.js';
+import { type Measured, measured } from '../proc.js';
 
 const MiB = 1048576;
 const sizeMiB = Number(arg('size-mib', '512'));
@@ -37,42 +38,9 @@ const dir = freshDir(arg('dir', '/tmp/medv-bench-pack2'));
 const hostKey = join(dir, 'host.key');
 writeFileSync(hostKey, randomBytes(32), { mode: 0o600 });
 const MEDV_BIN = new URL('../../../bin/medv', import.meta.url).pathname;
-const now = () => Number(process.hrtime.bigint()) / 1e9;
 const load = () => loadavg().map((x) => x.toFixed(2)).join(' ');
 const repeat = Number(arg('repeat', '2'));
 if (!Number.isInteger(repeat) || repeat < 1) throw new Error('--repeat is a whole number, 1 or more');
-const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
-
-interface Measured { seconds: number; cpuSeconds: number; peakMiB: number; readBytes: number; code: number | null; stderr: string }
-
-/**
- * Runs a command; returns its wall time, peak RSS (VmHWM), bytes read (rchar) and CPU time (user +
- * system of all its threads and waited-for children, from /proc/PID/stat: the last 20 ms before
- * it exits are not seen), polled from /proc until it exits.
- */
-function measured(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Measured> {
-  return new Promise((resolve) => {
-    const s = now();
-    const child = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr!.on('data', (d) => { stderr += d; });
-    let peak = 0;
-    let readBytes = 0;
-    let ticks = 0;
-    const poll = setInterval(() => {
-      try {
-        const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
-        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-        ticks = Math.max(ticks, Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])); // its own and its waited-for children's
-        const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
-        if (m) peak = Math.max(peak, Number(m[1]) / 1024);
-        const io = /rchar:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/io`, 'utf8'));
-        if (io) readBytes = Math.max(readBytes, Number(io[1]));
-      } catch { /* exited */ }
-    }, 20);
-    child.once('exit', (code) => { clearInterval(poll); resolve({ seconds: now() - s, cpuSeconds: ticks / CLOCK_TICKS, peakMiB: peak, readBytes, code, stderr }); });
-  });
-}
 
 const env = { ...process.env, MEDV_PASSPHRASE: '' };
 const medvArgs = (args: string[]) => [MEDV_BIN, ...args, '--host-key', hostKey];

@@ -31,6 +31,12 @@ export interface FileOpenOptions {
    */
   lock?: LockMode;
   /**
+   * Map the file for fileRange({ mapped }) (default true). False for a file read once, in order (a
+   * seed): the touched pages of a shared mapping count in the process's RSS, while pread's copies
+   * out of the page cache do not stay; readers then pread (and decrypt) in the same thread-pool job.
+   */
+  map?: boolean;
+  /**
    * Refuse (EREADONLY) a regular file with more than one hard link: writes through this name would
    * change every other name of it too (an image base linked into several workspaces' version
    * folders, src/workspace/deploy.ts). Checked on the opened descriptor.
@@ -49,7 +55,8 @@ export class FileDevice implements BlockDevice {
   private mapping: { map: FileMap; length: number } | undefined;
   private mapTried = false;
 
-  private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean, fixedSize = false) {
+  private constructor(readonly path: string, private readonly fd: number, private currentSize: number, readonly readOnly: boolean, fixedSize = false,
+    private readonly mayMap = true) {
     // With the addon, discard punches holes and write-zeroes zeroes ranges with fallocate(2);
     // without it (or on a file system that refuses), zeros are written and discard changes nothing.
     this.capabilities = defaultCapabilities({
@@ -87,7 +94,7 @@ export class FileDevice implements BlockDevice {
         await fsFtruncate(fd, options.size);
         size = options.size;
       }
-      return new FileDevice(path, fd, size, readOnly, st.isBlockDevice());
+      return new FileDevice(path, fd, size, readOnly, st.isBlockDevice(), options.map ?? true);
     } catch (e) {
       await fsClose(fd).catch(() => undefined);
       throw fromSystemError(e, path);
@@ -112,7 +119,8 @@ export class FileDevice implements BlockDevice {
   /**
    * See BlockDevice.fileRange: the device's bytes are the file's, at the same offsets. The mapping
    * (`mapped`) is made on first use, of the file's size then; a range past it (the file grew since)
-   * comes without one, as do ranges of small files and all ranges where mmap is unavailable.
+   * comes without one, as do ranges of small files, of a file opened with `map: false`, and all
+   * ranges where mmap is unavailable.
    */
   fileRange(offset: number, length: number, options?: FileRangeOptions): FileRange | undefined {
     if (this.closed || !(offset >= 0) || !(length > 0) || offset + length > this.currentSize) return undefined;
@@ -123,7 +131,7 @@ export class FileDevice implements BlockDevice {
   /** The file's mapping if it reaches `end`: made on first use; none for small files or where mmap
    *  is unavailable. */
   private mapCovering(end: number): FileMap | undefined {
-    if (!this.mapping && !this.mapTried && this.currentSize >= MAP_MIN) {
+    if (!this.mapping && !this.mapTried && this.mayMap && this.currentSize >= MAP_MIN) {
       this.mapTried = true;
       try {
         const map = native.mapFile(this.fd, this.currentSize);

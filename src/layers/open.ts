@@ -51,6 +51,8 @@ export interface OpenDiskOptions {
   via?: DiskVia;
   /** As `via`, for the parent named with `parent`. */
   parentVia?: DiskVia;
+  /** Map the files for reading (default true); false for a disk read once, in order: see FileOpenOptions.map. */
+  map?: boolean;
 }
 
 export interface DiskVia { file: string; keyFile?: string }
@@ -143,13 +145,13 @@ async function openAt(path: string, format: DiskFormat, readOnly: boolean, optio
   statOrThrow(file, path);
   if (format === 'raw') {
     if (top && options.parent) throw new MedvError('EINVAL_ARG', `${path} is a raw disk: it has no parent to name`, { file: path });
-    return { path, format, device: await FileDevice.open(file, { readOnly }), chain: [{ path: real, format }] };
+    return { path, format, device: await FileDevice.open(file, { readOnly, map: options.map }), chain: [{ path: real, format }] };
   }
   // A parent opened for writing (undo merge) must have no other name: a shared base would change under every disk over it.
   const unshared = !top && !readOnly;
   const storage: BlockDevice = format === 'evhd'
-    ? await openEvhdFile(path, requireKek(options, path), { readOnly, via, unshared })
-    : await FileDevice.open(file, { readOnly, unshared });
+    ? await openEvhdFile(path, requireKek(options, path), { readOnly, via, unshared, map: options.map })
+    : await FileDevice.open(file, { readOnly, unshared, map: options.map });
   let parentChain: ChainLink[] = [];
   let parent: OpenedDisk['parent'];
   let rawParent: BlockDevice | undefined;
@@ -206,7 +208,7 @@ async function openParentOf(childPath: string, childFormat: DiskFormat, info: Pa
   checkEncryptionOrder(childPath, childFormat, path, format);
   if (format === 'raw') {
     const real = nextInChain(file, chain);
-    return { path, format, device: await FileDevice.open(file, { readOnly, unshared: !readOnly }), chain: [{ path: real, format }] };
+    return { path, format, device: await FileDevice.open(file, { readOnly, unshared: !readOnly, map: options.map }), chain: [{ path: real, format }] };
   }
   try {
     return await openAt(path, format, readOnly, options, chain, false, via);

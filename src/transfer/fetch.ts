@@ -19,7 +19,8 @@
  *      (the next update that uses it as a seed does not hash it)
  *
  * Memory: the blocks wanted by id (those no seed holds at their place: for an update, about the
- * changed blocks), a few windows of 2 MiB, and per request the pieces partly received.
+ * changed blocks), a few windows of 2 MiB, and per request the pieces partly received. A disk
+ * seed is pread, not mapped (./seeds.ts): its pages would otherwise count in the RSS.
  */
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';

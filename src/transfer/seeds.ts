@@ -57,7 +57,8 @@ export class DiskSeed {
   constructor(readonly path: string, private readonly kek: () => KekSource, readonly report: SeedReport, private ids: SeedIds = { ids: Buffer.alloc(0), blocks: new Uint32Array(0), count: 0 }) {}
 
   async device(): Promise<OpenedDisk['device']> {
-    this.opened ??= await openDisk(this.path, { readOnly: true, kek: this.kek });
+    // read once, in order: not mapped (a mapping's touched pages would count in our RSS, up to the disk's size)
+    this.opened ??= await openDisk(this.path, { readOnly: true, kek: this.kek, map: false });
     return this.opened.device;
   }
 

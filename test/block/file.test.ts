@@ -91,3 +91,48 @@ describe('block: FileDevice fileRange', () => {
     }
   });
 });
+
+describe('block: FileDevice opened with map: false', () => {
+  /** Bytes of the file's pages this process holds mapped (RssFile of /proc/self/status). */
+  const rssFile = () => Number(/RssFile:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
+  const key = randomBytes(64);
+
+  it('gives file ranges without a mapping, so reading a file through them leaves none of its pages in RSS (a mapped read does)', async function () {
+    if (!native.available) this.skip(); // the fallback never maps
+    const dir = mkdtempSync(join(tmpdir(), 'medv-file-nomap-'));
+    try {
+      const size = 32 << 20;
+      const path = join(dir, 'seed.img');
+      writeFileSync(path, randomBytes(size));
+      /** Reads the whole file through the ranges the device gives (as an EVHD reads its storage); the growth of RssFile. */
+      const readAll = async (dev: FileDevice) => {
+        const before = rssFile();
+        const buf = Buffer.alloc(1 << 20);
+        for (let at = 0; at < size; at += buf.length) {
+          const r = dev.fileRange(at, buf.length, { mapped: true })!;
+          if (r.map) await native.xtsFromMapAsync(r.map, r.position, buf, key, 0, 4096);
+          else await native.preadXtsAsync(r.fd, buf, r.position, key, 0, 4096);
+        }
+        return rssFile() - before;
+      };
+      const plain = await FileDevice.open(path, { readOnly: true, map: false });
+      try {
+        assert.equal(plain.fileRange(0, 4096, { mapped: true })?.map, undefined, 'no mapping when asked');
+        assert.ok(plain.fileRange(0, 4096, { mapped: true }), 'but a file range');
+        const grew = await readAll(plain);
+        assert.ok(grew < 4 << 20, `RssFile grew by ${grew >> 20} MiB reading 32 MiB unmapped`);
+      } finally {
+        await plain.close();
+      }
+      const mapped = await FileDevice.open(path, { readOnly: true });
+      try {
+        const grew = await readAll(mapped);
+        assert.ok(grew > 24 << 20, `RssFile grew by ${grew >> 20} MiB reading 32 MiB mapped (the shared mapping's pages count)`);
+      } finally {
+        await mapped.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -143,13 +143,13 @@ export async function createEvhdFile(path: string, kek: KekSource): Promise<Evhd
  * (`file`) and the key file (`keyFile`) through other paths, e.g. `/proc/self/fd/N` of files the
  * caller opened without following links (src/core/fsio.ts); `path` still names the disk.
  */
-export async function openEvhdFile(path: string, kek: KekSource, opts: { readOnly?: boolean; via?: { file: string; keyFile?: string }; unshared?: boolean } = {}): Promise<EvhdDevice> {
+export async function openEvhdFile(path: string, kek: KekSource, opts: { readOnly?: boolean; via?: { file: string; keyFile?: string }; unshared?: boolean; map?: boolean } = {}): Promise<EvhdDevice> {
   const file = opts.via?.file ?? path;
   if (!fs.existsSync(file)) throw new MedvError('ENOENT', `no such file: ${path}`, { file: path });
   const key = await readKeyFile(opts.via?.keyFile ?? encPathFor(path), kek);
   let storage: FileDevice | undefined;
   try {
-    storage = await FileDevice.open(file, { readOnly: opts.readOnly ?? false, unshared: opts.unshared });
+    storage = await FileDevice.open(file, { readOnly: opts.readOnly ?? false, unshared: opts.unshared, map: opts.map });
     return await openEvhd(storage, key, { readOnly: opts.readOnly, name: path });
   } catch (e) {
     if (storage) await storage.close().catch(() => undefined);

@@ -29,6 +29,7 @@ import { ensurePrivateDir, readBoundedSync, writeFileAtomic } from '../core/fsio
 import { IMAGE_NAME_RE, checkImageName } from '../api/names.js';
 import { createHostKey, type KekSource } from '../crypto/kek.js';
 import { screenshotVm, startVm, stopVm, vmStatus } from '../host/client.js';
+import { lockRunDir } from '../host/vmlock.js';
 import { removeKeyFolder, writeKeyFolder } from '../pack/keyfolder.js';
 import { fetchImage } from '../transfer/fetch.js';
 import { IMAGES_DIR } from './images.js';
@@ -337,10 +338,59 @@ export class ImageTests {
       try {
         const st = vmStatus(vm, { root: this.run });
         if (!['stopped', 'suspended', 'failed'].includes(st.state)) { await stopVm(vm, { root: this.run, force: true }); done.push(`stopped ${vm}`); }
-      } catch { /* no such VM */ }
+      } catch { /* no such VM, or it cannot answer yet: its lock says whether a supervisor lives */ }
+      try {
+        if (await this.endSupervisor(vm)) done.push(`stopped the starting ${vm}`);
+      } catch (e) {
+        done.push(`left ${n} alone: ${(e as Error).message}`); // its files stay while its VM may run
+        continue;
+      }
       this.scrub(join(this.dir, n));
     }
     return done;
+  }
+
+  /**
+   * A supervisor the killed server had just spawned may not have written its state yet (vmStatus:
+   * no such VM), and would go on to run the guest after its files are gone. It holds the lock of its
+   * run folder for its whole life (../host/vmlock.ts): while the lock is held, ask the holder (a
+   * supervisor of this run root, checked by its command line) to stop (SIGTERM: ACPI, then forced),
+   * until the lock is free. True when there was one to stop.
+   */
+  private async endSupervisor(vm: string): Promise<boolean> {
+    const dir = join(this.run, vm);
+    if (!fs.existsSync(dir)) return false;
+    for (let waited = 0, signalled = false; ; waited += 100) {
+      let fd: number;
+      try {
+        fd = lockRunDir(dir, vm);
+      } catch (e) {
+        if (!(e instanceof MedvError && e.code === 'EBUSY')) throw e;
+        if (waited > 60_000) throw new MedvError('EBUSY', `the test VM ${vm} a killed server left would not stop`, e.data);
+        if (!signalled) for (const pid of this.supervisorsHolding(join(dir, 'lock'))) { try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ } }
+        signalled = true;
+        await new Promise((r) => setTimeout(r, 100)); // the kernel tells no one when a flock is released
+        continue;
+      }
+      fs.closeSync(fd);
+      return signalled;
+    }
+  }
+
+  /**
+   * The supervisors of this run root that have `lockFile` open: found by their descriptors, not by
+   * /proc/locks' pid (without the addon that is the pid of the flock(1) that took the lock for them).
+   */
+  private supervisorsHolding(lockFile: string): number[] {
+    const out: number[] = [];
+    for (const p of fs.readdirSync('/proc').filter((f) => /^\d+$/.test(f))) {
+      try {
+        const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0');
+        if (!cmd.some((a) => a.endsWith('supervisor-main.js')) || !cmd.some((a) => a.startsWith(`${this.run}/`))) continue;
+        if (fs.readdirSync(`/proc/${p}/fd`).some((f) => { try { return fs.readlinkSync(`/proc/${p}/fd/${f}`) === lockFile; } catch { return false; } })) out.push(Number(p));
+      } catch { /* gone, or not ours to read */ }
+    }
+    return out;
   }
 
   /** Wait for the running test (tests, shutdown). */

@@ -115,6 +115,13 @@ describe('console: image test with a live view', function () {
     const again = await startServe(s.w.srv.root);
     try {
       assert.deepEqual(readdirSync(dir).filter((f) => /host\.key|disk\.|keys|Test/.test(f)), [], 'the restarted server removed what the killed test left');
+      // and no supervisor or QEMU of the killed test runs on (one spawned just before the kill had
+      // not written its state yet, and went on to boot the guest on files that were gone)
+      const run = join(s.w.srv.root, 'tests', '.run');
+      const left = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+        try { return readFileSync(`/proc/${p}/cmdline`, 'latin1').includes(`${run}/`); } catch { return false; }
+      });
+      assert.deepEqual(left, [], 'no process of the killed test is left');
     } finally {
       await again.stop();
     }

@@ -63,7 +63,7 @@ async function passphraseBytes(o: KeyOptions): Promise<Buffer> {
 
 export function hostCommand(): Command {
   const host = new Command('host')
-    .description('the host service: one per user (and one for root) on <run root>/host.sock; any medv vm or workspace command starts it when none runs; it keeps a warm pool of QEMUs, serves the API in docs/host-api.yaml and exits when idle')
+    .description('the host service: one per user (and one for root) on <run root>/host.sock; any medv vm command starts it when none runs; it keeps a warm pool of QEMUs, serves the API in docs/host-api.yaml and exits when idle')
     .option('--pool <n>', 'QEMUs kept started ahead for the machine shapes in use (default 1, MEDV_HOST_POOL; 0: none)', count('--pool'))
     .option('--pool-memory <mib>', 'memory the pool may hold, MiB (default a quarter of the RAM, at most 2048; MEDV_HOST_POOL_MEMORY)', count('--pool-memory'))
     .option('--idle <duration>', 'exit after this long with no VM running and no request (default 5m; MEDV_HOST_IDLE)', (v: string) => parseDuration(v, '--idle', { min: 1000 }))

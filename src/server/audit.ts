@@ -60,7 +60,7 @@ export class Audit {
   /** One entry: an action someone took. */
   async record(e: AuditEntry, now = Date.now()): Promise<void> {
     await this.store.audit(e, now);
-    this.counted();
+    await this.counted();
   }
 
   /** A refusal that may repeat: aggregated per action, actor, target and address within the window. */
@@ -68,11 +68,18 @@ export class Audit {
     const bucket = Math.floor(now / this.o.windowMs);
     const agg = createHash('sha256').update(JSON.stringify([e.action, e.actor, e.target, e.address ?? '', bucket])).digest('hex').slice(0, 32);
     await this.store.auditRepeated(e, agg, now);
-    this.counted();
+    await this.counted();
   }
 
-  private counted(): void {
-    if (++this.sincePrune >= Math.max(1, Math.min(1000, Math.floor(this.o.maxRows / 10)))) void this.prune();
+  /**
+   * Every `maxRows / 10` entries the request that adds one waits for a prune (a failed prune is
+   * forgotten, never the request's error): the request is answered only after the table is back
+   * under its cap, so a flood can outrun the cap by at most the entries of the requests in flight,
+   * however slow the database (a prune left running on its own let a sequential flood add rows
+   * faster than it deleted them: 56 rows for a cap of 40 on a loaded PostgreSQL).
+   */
+  private async counted(): Promise<void> {
+    if (++this.sincePrune >= Math.max(1, Math.min(1000, Math.floor(this.o.maxRows / 10)))) await this.prune();
   }
 
   /** Apply retention and the row cap now (one pass at a time); resolves with the rows deleted. */

@@ -58,7 +58,8 @@ for (const backend of BACKENDS) {
       for (let i = 0; i < 150; i++) assert.equal((await api(srv.url, 'POST', `/api/admin/users/u${i}/disable`, { token: 'x'.repeat(43) })).status, 401);
       const rows = await entries(admin);
       console.log(`      150 distinct refusals: ${rows.length} rows kept`);
-      assert.ok(rows.length <= 40 + 10, `${rows.length} rows`);
+      // the request that adds every 4th entry (maxRows / 10) is answered after its prune: at most 3 more than the cap
+      assert.ok(rows.length <= 40 + 3, `${rows.length} rows`);
       assert.ok(rows.some((r) => r.target === '/api/admin/users/u149/disable'), 'the newest are kept');
       assert.ok(!rows.some((r) => r.target === '/api/admin/users/u0/disable'), 'the oldest refusals went');
       assert.ok(rows.some((r) => r.action === 'user.add' && r.target === keep), 'a flood of refusals does not push out what the administrator did');
@@ -80,7 +81,8 @@ for (const backend of BACKENDS) {
         assert.equal(r.status, 409, r.text); // no keys published for lab: refused after the client was registered
       }
       const rows = await entries(admin);
-      assert.ok(rows.length <= 40 + 10, `${rows.length} rows`);
+      // the request that adds every 4th entry (maxRows / 10) is answered after its prune: at most 3 more than the cap
+      assert.ok(rows.length <= 40 + 3, `${rows.length} rows`);
       assert.ok(rows.some((r) => r.action === 'client.drop'), 'the flood is in the log');
       for (const u of [keep, flooder]) assert.ok(rows.some((r) => r.action === 'user.add' && r.target === u), `an account's flood pushed out the administrator's user.add ${u}`);
       assert.ok(rows.some((r) => r.action === 'policy.publish' && r.target === policy), 'an account\'s flood pushed out the administrator\'s policy.publish');

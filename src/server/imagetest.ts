@@ -367,7 +367,7 @@ export class ImageTests {
       } catch (e) {
         if (!(e instanceof MedvError && e.code === 'EBUSY')) throw e;
         if (waited > 60_000) throw new MedvError('EBUSY', `the test VM ${vm} a killed server left would not stop`, e.data);
-        if (!signalled) for (const pid of this.supervisorsHolding(join(dir, 'lock'))) { try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ } }
+        if (!signalled) for (const { pid } of (e.data.holders as Array<{ pid: number }> | undefined) ?? []) if (this.isOurSupervisor(pid)) { try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ } }
         signalled = true;
         await new Promise((r) => setTimeout(r, 100)); // the kernel tells no one when a flock is released
         continue;
@@ -378,19 +378,15 @@ export class ImageTests {
   }
 
   /**
-   * The supervisors of this run root that have `lockFile` open: found by their descriptors, not by
-   * /proc/locks' pid (without the addon that is the pid of the flock(1) that took the lock for them).
+   * Whether `pid` (a holder of a run folder's lock, as block/flock.ts finds it: /proc/locks, or the
+   * descriptors' fdinfo when the lock was taken by flock(1) for the process) is a supervisor of this
+   * run root: nothing else is ever signalled.
    */
-  private supervisorsHolding(lockFile: string): number[] {
-    const out: number[] = [];
-    for (const p of fs.readdirSync('/proc').filter((f) => /^\d+$/.test(f))) {
-      try {
-        const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0');
-        if (!cmd.some((a) => a.endsWith('supervisor-main.js')) || !cmd.some((a) => a.startsWith(`${this.run}/`))) continue;
-        if (fs.readdirSync(`/proc/${p}/fd`).some((f) => { try { return fs.readlinkSync(`/proc/${p}/fd/${f}`) === lockFile; } catch { return false; } })) out.push(Number(p));
-      } catch { /* gone, or not ours to read */ }
-    }
-    return out;
+  private isOurSupervisor(pid: number): boolean {
+    try {
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+      return cmd.some((a) => a.endsWith('supervisor-main.js')) && cmd.some((a) => a.startsWith(`${this.run}/`));
+    } catch { return false; }
   }
 
   /** Wait for the running test (tests, shutdown). */

@@ -35,6 +35,7 @@ import { BlockCodec } from '../pack/block.js';
 import type { IndexFile } from '../pack/indexfile.js';
 import { type ImageKeys, loadTrustedKeys, openImageKeys } from '../pack/keys.js';
 import { HttpClient, type HttpOptions } from './http.js';
+import { MirrorState, MirroredFile, checkMirrorUrls } from './mirrors.js';
 import { PartialOutput } from './output.js';
 import { MULTI_RANGE, SINGLE_RANGE, planRequests } from './plan.js';
 import { fetchIndex, fetchIndexHeader } from './remote-index.js';
@@ -58,6 +59,13 @@ export interface FetchImageOptions {
   cacheDir?: string;
   http?: HttpOptions;
   /**
+   * Base URLs of static copies of the packs (./mirrors.ts), tried in order for pack data before
+   * the server (the index always comes from `source`); at most 8, http(s), no credentials.
+   */
+  mirrors?: string[];
+  /** How mirrors are asked (default: one retry, a 10 s stall moves on to the next source). */
+  mirrorHttp?: HttpOptions;
+  /**
    * What the caller asked for: the signed header must name exactly this image name, version and
    * image id (32 hex), checked right after its signature and before anything is created, so a
    * rolled-back or swapped index under the expected URL leaves nothing behind (EBADREPLY).
@@ -78,8 +86,10 @@ export interface FetchImageResult {
   blocksResumed: number;
   blocksFromSeeds: number;
   blocksFromNetwork: number;
-  /** Body bytes received from the repository over HTTP (index included). */
+  /** Body bytes received from the repository over HTTP (index included), mirrors included. */
   networkBytes: number;
+  /** Of those, the bytes received from mirrors. */
+  mirrorBytes: number;
   /** Bytes read from a repository given as a local path. */
   repositoryFileBytes: number;
   /** Plaintext bytes taken from seeds. */
@@ -169,8 +179,12 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
   const trim = opts.trim ?? true;
   const dryRun = opts.dryRun ?? false;
   checkOut(opts.out);
+  const mirrors = checkMirrorUrls(opts.mirrors ?? []);
   const stats = newStats();
   const client = new HttpClient(stats, opts.http);
+  const mirrorStats = newStats();
+  const mirrorClient = new HttpClient(mirrorStats, { retries: 1, timeoutMs: 10_000, ...opts.mirrorHttp });
+  const mirrorState = new MirrorState();
   const open = (name: string): RemoteFile => (isUrl(name) ? client.file(name) : new LocalFile(name, stats));
   const warn = (m: string) => opts.onWarning?.(m);
   const cacheDir = opts.cacheDir ?? seedCacheDir();
@@ -217,7 +231,13 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     const packFile = new Map<number, RemoteFile>();
     const packOf = (v: number): RemoteFile => {
       let f = packFile.get(v);
-      if (!f) { f = indexFile.sibling(packFileName(h.name, v)); packFile.set(v, f); }
+      if (!f) {
+        const name = packFileName(h.name, v);
+        f = indexFile.sibling(name);
+        // mirrors first, each block still checked against the signed index (./mirrors.ts)
+        if (mirrors.length > 0) f = new MirroredFile(mirrors.map((base) => ({ base, file: mirrorClient.file(new URL(encodeURIComponent(name), base).toString()) })), f, mirrorState, warn);
+        packFile.set(v, f);
+      }
       return f;
     };
     let blocksTotal = 0;
@@ -421,7 +441,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     return {
       out: opts.out, name: h.name, version: h.version, virtualSize: h.virtualSize, dryRun,
       blocks: blocksTotal, blocksResumed: resumed, blocksFromSeeds: fromSeeds, blocksFromNetwork: fromNetwork,
-      networkBytes: s.networkBytes, repositoryFileBytes: s.localBytes, seedBytes: fromSeeds * CKM_BLOCK_SIZE, requests: s.requests,
+      networkBytes: s.networkBytes + mirrorStats.networkBytes, mirrorBytes: mirrorStats.networkBytes, repositoryFileBytes: s.localBytes, seedBytes: fromSeeds * CKM_BLOCK_SIZE, requests: s.requests + mirrorStats.requests,
       indexRecordsReused: fetched.reusedRecords, indexRecordsFetched: fetched.fetchedRecords, indexRecordsFromDelta: fetched.deltaRecords,
       indexDelta: fetched.delta,
       ...(dryRun ? { wouldFetchBytes, wouldRequests } : {}),
@@ -434,6 +454,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     await partial?.close();
     keys?.dispose();
     client.close();
+    mirrorClient.close();
     if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
   }
 }

@@ -32,8 +32,10 @@ import { writeVersionVmFiles } from './vmfiles.js';
 export interface DeployResult {
   version: number;
   disk: string;
-  /** Bytes fetched from the server, index included. */
+  /** Bytes fetched, index included (from mirrors too). */
   fetchedBytes: number;
+  /** Of those, bytes from the policy's mirrors. */
+  mirrorBytes: number;
   /** Size of the image's disk. */
   imageBytes: number;
   blocks: number;
@@ -97,6 +99,7 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
       version,
       disk: store.diskPath(version),
       fetchedBytes: r ? r.networkBytes + r.repositoryFileBytes : 0,
+      mirrorBytes: r?.mirrorBytes ?? 0,
       imageBytes: r ? r.virtualSize : fs.statSync(base.diskPath(version)).size,
       blocks: r?.blocks ?? 0,
       blocksFromSeeds: r?.blocksFromSeeds ?? 0,
@@ -195,6 +198,7 @@ async function fetchIntoBase(o: DeployOptions) {
       keyDir: o.keyDir,
       kek: () => o.kek,
       trim: settings.useTrimTransfer !== false,
+      ...(settings.mirrors?.length ? { mirrors: settings.mirrors } : {}),
       expect: { name: settings.image, version, imageId: o.imageId },
       ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}),
       ...(o.ca ? { http: { ca: readCa(o.ca) } } : {}),

@@ -302,7 +302,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
         onWarning: warn,
       });
       if (deployed.shared) info(`deployed ${entry.image} version ${latest}: already on this client for another workspace, nothing fetched (one read-only base; this workspace's writes go to its own undo disk)`);
-      else info(`deployed ${entry.image} version ${latest}: fetched ${humanBytes(deployed.fetchedBytes)} of a ${humanBytes(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
+      else info(`deployed ${entry.image} version ${latest}: fetched ${humanBytes(deployed.fetchedBytes)}${deployed.mirrorBytes ? ` (${humanBytes(deployed.mirrorBytes)} from mirrors)` : ''} of a ${humanBytes(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
       if (deployed.removed.length) info(`removed old version${deployed.removed.length > 1 ? 's' : ''} ${deployed.removed.join(', ')} (the policy keeps ${settings.versionsToKeep ?? 1})`);
     } else if (newer) {
       updateAvailable = latest;

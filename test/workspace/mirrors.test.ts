@@ -1,0 +1,166 @@
+/**
+ * Image mirrors (issue 22 part 8), through the CLI: a real `medv serve` behind a proxy that
+ * records what it was asked, real nginx mirrors serving the packs as static files (one of them
+ * hostile: its packs have every byte after the header flipped), and `medv workspace start`. The
+ * server must be asked only for /api/ and the signed index when a mirror serves the packs; a bad
+ * mirror costs one warning line and the pieces it did not deliver come from the next source.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { GUEST } from '../helpers/qemu.js';
+import { MEDV_BIN, runMedv, runMedvAsync, tempDir, type RunResult } from '../helpers/cli.js';
+import { startNginx, type Nginx } from '../helpers/nginx.js';
+import { recordingProxy } from '../helpers/net.js';
+import { openClient } from '../../src/workspace/client.js';
+import { openDisk } from '../../src/layers/open.js';
+import { PACK_HEADER_SIZE } from '../../src/formats/ckm/index.js';
+
+const IMAGE = 'img';
+const IMAGE_BYTES = 16 << 20;
+
+describe('image mirrors: packs from real nginx mirrors, the signed index from medv serve', function () {
+  this.timeout(600_000);
+  const dir = tempDir('mirrors');
+  const f = (...p: string[]) => join(dir.path, ...p);
+  let serve: ChildProcess;
+  let server: Awaited<ReturnType<typeof recordingProxy>>;
+  let good: Nginx;
+  let hostile: Nginx;
+  const admin = (args: string[]) => runMedv([...args, '--server', serverUrl, '--token-file', f('server', 'admin.token')], { MEDV_STATE_DIR: f('state') });
+  let serverUrl = '';
+  const env = (who: string) => ({
+    MEDV_CLIENT_ROOT: f(`root-${who}`), MEDV_RUN_DIR: f(`run-${who}`), XDG_DATA_HOME: f(`xdg-${who}`), XDG_CACHE_HOME: f(`cache-${who}`),
+    XDG_CONFIG_HOME: f(`config-${who}`), MEDV_TEST_ACCEL: undefined,
+  });
+  const client = (args: string[], who: string) => runMedvAsync(args, env(who));
+  const ok = (r: RunResult) => { assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}${r.stdout}`); return r; };
+  const raw = f('img-v1.raw');
+
+  /** The deployed disk's bytes, read with the client's host key (as the VM host would). */
+  const deployedBytes = async (who: string, disk: string): Promise<Buffer> => {
+    const saved = process.env.XDG_CONFIG_HOME;
+    process.env.XDG_CONFIG_HOME = env(who).XDG_CONFIG_HOME;
+    try {
+      const ctx = await openClient(env(who).MEDV_CLIENT_ROOT);
+      const d = await openDisk(disk, { readOnly: true, kek: () => ctx.kek });
+      try { return Buffer.from(await d.device.read(0, IMAGE_BYTES)); } finally { await d.device.close(); }
+    } finally {
+      if (saved === undefined) delete process.env.XDG_CONFIG_HOME; else process.env.XDG_CONFIG_HOME = saved;
+    }
+  };
+  const packRequests = () => server.requests().filter((r) => /^GET \/images\/[^ ]+\.ckm$/.test(r));
+
+  before(async () => {
+    fs.mkdirSync(f('server'));
+    serve = spawn(process.execPath, [MEDV_BIN, 'serve', '--root', f('server'), '--port', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const direct = await new Promise<string>((res, rej) => {
+      let out = '';
+      serve.stdout!.on('data', (d) => { out += d; const nl = out.indexOf('\n'); if (nl >= 0) res(JSON.parse(out.slice(0, nl)).url); });
+      serve.once('exit', (c) => rej(new Error(`medv serve exited ${c}`)));
+    });
+    serverUrl = direct;
+    server = await recordingProxy(Number(new URL(direct).port));
+    // the image: the nasm guest, then 15 MiB of patterned data
+    const buf = Buffer.alloc(IMAGE_BYTES);
+    fs.readFileSync(GUEST.image).copy(buf, 0);
+    for (let i = 1 << 20; i < IMAGE_BYTES; i += 32) buf.writeUInt32LE(i * 2654435761 >>> 0, i);
+    fs.writeFileSync(raw, buf);
+    ok(runMedv(['image', 'pack', raw, '--name', IMAGE, '--version', '1', '--out', f('packed'), '--keys', f('keys')], { MEDV_STATE_DIR: f('state') }));
+    ok(admin(['image', 'upload', f('packed', `${IMAGE}_1.ckm`), f('packed', `${IMAGE}_1.ckm.index`)]));
+    ok(admin(['admin', 'image-keys', 'publish', IMAGE, '--keys', f('keys')]));
+    fs.writeFileSync(f('alice.pw'), 'alice-password-alice', { mode: 0o600 });
+    ok(admin(['admin', 'user', 'add', 'alice', '--password-file', f('alice.pw')]));
+
+    // the good mirror serves the server's own published folder; the hostile one flipped copies
+    good = await startNginx(f('nginx-good'), f('server', 'images'));
+    fs.mkdirSync(f('flipped'));
+    const pack = fs.readFileSync(f('packed', `${IMAGE}_1.ckm`));
+    for (let i = PACK_HEADER_SIZE; i < pack.length; i++) pack[i] ^= 0xff;
+    fs.writeFileSync(f('flipped', `${IMAGE}_1.ckm`), pack);
+    hostile = await startNginx(f('nginx-hostile'), f('flipped'));
+    const ws = (name: string, mirrors: string[]) => ({ name, image: IMAGE, mode: 'persistent', memory: 64, network: 'none', mirrors });
+    fs.writeFileSync(f('policy.json'), JSON.stringify({
+      name: 'branch', users: ['alice'],
+      workspaces: [
+        ws('near', [good.url('')]),
+        ws('chain', [good.url('not-synced-yet/'), good.url('')]),
+        ws('bad', [hostile.url('')]),
+      ],
+    }));
+    ok(admin(['admin', 'policy', 'publish', f('policy.json')]));
+  });
+
+  after(async () => {
+    for (const [who, w] of [['a', 'near'], ['b', 'chain'], ['c', 'bad']]) await client(['workspace', 'stop', w, '--force'], who);
+    serve?.kill('SIGTERM');
+    await good?.stop();
+    await hostile?.stop();
+    await server?.close();
+    await dir.cleanup();
+  });
+
+  /** A fresh client root for `who`, logged in through the recording proxy; `workspace start NAME` there. */
+  const startOn = async (who: string, name: string) => {
+    ok(await client(['login', '--server', server.url, '--user', 'alice', '--password-file', f('alice.pw')], who));
+    server.reset();
+    good.resetLog();
+    hostile.resetLog();
+    const r = await client(['workspace', 'start', name, '--json', '--accel', 'tcg'], who);
+    return { r, out: r.code === 0 ? JSON.parse(r.stdout) : undefined };
+  };
+
+  it('a policy mirror serves every pack byte: medv serve is asked only for /api/ and the signed index, and the disk is the image', async () => {
+    const { r, out } = await startOn('a', 'near');
+    ok(r);
+    assert.deepEqual(packRequests(), [], `the server was asked for pack data: ${server.requests().join(', ')}`);
+    assert.ok(server.requests().some((x) => x.startsWith(`GET /images/${IMAGE}_1.ckm.index`)), 'the index came from the server');
+    assert.ok(server.requests().every((x) => /^\S+ \/(api\/|images\/[^ ]+\.ckm\.index)/.test(x)), server.requests().join(', '));
+    const fromMirror = good.bytes((u) => u === `/${IMAGE}_1.ckm`);
+    assert.ok(fromMirror > 100_000, `nginx sent ${fromMirror} bytes of the pack`);
+    assert.equal(out.deployed.mirrorBytes > 0, true);
+    assert.doesNotMatch(r.stderr, /warning/i);
+    assert.ok((await deployedBytes('a', out.deployed.disk)).equals(fs.readFileSync(raw)), 'the deployed disk is the packed image');
+    ok(await client(['workspace', 'stop', 'near', '--force'], 'a'));
+  });
+
+  it('mirrors are tried in order: one without the pack (404) costs one warning line, the next serves it, the server still serves no pack byte', async () => {
+    const { r, out } = await startOn('b', 'chain');
+    ok(r);
+    assert.deepEqual(packRequests(), []);
+    const lines = r.stderr.split('\n').filter((l) => /mirror/.test(l));
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0], /not-synced-yet\/.*not found \(HTTP 404\)/);
+    assert.ok(good.log().some((l) => l.uri === `/not-synced-yet/${IMAGE}_1.ckm` && l.status === 404));
+    assert.ok(good.bytes((u) => u === `/${IMAGE}_1.ckm`) > 100_000);
+    assert.ok((await deployedBytes('b', out.deployed.disk)).equals(fs.readFileSync(raw)));
+    ok(await client(['workspace', 'stop', 'chain', '--force'], 'b'));
+  });
+
+  it('a hostile mirror serving flipped bytes: one warning, the pack from the server, and the disk is the image', async () => {
+    const { r, out } = await startOn('c', 'bad');
+    ok(r);
+    assert.ok(hostile.bytes((u) => u === `/${IMAGE}_1.ckm`) > 0, 'the hostile mirror was asked first');
+    assert.ok(packRequests().length > 0, 'the server served the pack');
+    const lines = r.stderr.split('\n').filter((l) => /mirror/.test(l));
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0], /EBADBLOCK/);
+    assert.ok((await deployedBytes('c', out.deployed.disk)).equals(fs.readFileSync(raw)), 'the deployed disk is the packed image, not the mirror\'s bytes');
+    ok(await client(['workspace', 'stop', 'bad', '--force'], 'c'));
+  });
+
+  it('mirror URLs are checked when the policy is published: no credentials, http(s) only, at most 8', () => {
+    const publish = (mirrors: string[]) => {
+      fs.writeFileSync(f('bad-policy.json'), JSON.stringify({ name: 'rejected', users: ['alice'], workspaces: [{ name: 'x', image: IMAGE, mirrors }] }));
+      return admin(['admin', 'policy', 'publish', f('bad-policy.json')]);
+    };
+    for (const m of [['http://user:secret@mirror.example/images/'], ['ftp://mirror.example/images/'], ['https://mirror.example/images/?sig=abc'], ['file:///srv/images/'],
+      Array.from({ length: 9 }, (_x, i) => `https://m${i}.example/`)]) {
+      const r = publish(m);
+      assert.equal(r.code, 5, `${m[0]}: ${r.stderr}`);
+      assert.match(r.stderr, /\/workspaces\/0\/mirrors/);
+      assert.doesNotMatch(r.stderr, /secret/);
+    }
+  });
+});

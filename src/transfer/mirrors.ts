@@ -20,7 +20,9 @@ export const MAX_MIRRORS = 8;
  */
 export function checkMirrorUrl(url: string): string {
   let u: URL;
-  const bad = (why: string) => new MedvError('EINVAL_ARG', `mirror ${JSON.stringify(url.slice(0, 200))} ${why}`);
+  // never echoed with what could be a password in it (a message ends up in logs)
+  const shown = String(url).slice(0, 200).replace(/\/\/[^/?#]*@/, '//…@');
+  const bad = (why: string) => new MedvError('EINVAL_ARG', `mirror ${JSON.stringify(shown)} ${why}`);
   if (typeof url !== 'string' || url.length > 1024) throw bad('is not a URL of at most 1024 characters');
   try { u = new URL(url); } catch { throw bad('is not a URL'); }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw bad('must be an http:// or https:// URL');

@@ -1,0 +1,79 @@
+/**
+ * Mirrors as fetchImage sees them (./src/transfer/mirrors.ts): every way a mirror can fail moves
+ * the pieces it did not deliver to the next source with one warning, and the disk is the image.
+ * The workspace path (policy, real medv serve) is test/workspace/mirrors.test.ts.
+ */
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdirSync, readFileSync, truncateSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { fetchImage } from '../../src/transfer/index.js';
+import { checkMirrorUrls } from '../../src/transfer/mirrors.js';
+import { tempDir } from '../helpers/cli.js';
+import { listener } from '../helpers/net.js';
+import { type Nginx, startNginx } from '../helpers/nginx.js';
+import { type Repo, makeRepo } from './fixture.js';
+
+describe('transfer: mirrors', function () {
+  this.timeout(120_000);
+  const t = tempDir('fetch-mirrors');
+  let r: Repo;
+  let origin: Nginx;
+  let mirror: Nginx;
+
+  before(async () => {
+    r = makeRepo(t.path, 16, 0.5, 71);
+    origin = await startNginx(join(t.path, 'nginx-origin'), r.repo);
+    // one mirror host: a synced copy at /good/, a truncated copy at /short/
+    const m = join(t.path, 'mirror');
+    for (const d of ['good', 'short']) mkdirSync(join(m, d), { recursive: true });
+    copyFileSync(join(r.repo, 'lab_1.ckm'), join(m, 'good', 'lab_1.ckm'));
+    copyFileSync(join(r.repo, 'lab_1.ckm'), join(m, 'short', 'lab_1.ckm'));
+    truncateSync(join(m, 'short', 'lab_1.ckm'), readFileSync(join(r.repo, 'lab_1.ckm')).length - 1000);
+    mirror = await startNginx(join(t.path, 'nginx-mirror'), m);
+  });
+  after(async () => {
+    await origin?.stop();
+    await mirror?.stop();
+    await t.cleanup();
+  });
+
+  it('a redirect, a stalled mirror and a truncated copy each cost one warning; the next mirror serves the pack, the server none of it', async () => {
+    const redirect = createServer((_req, res) => { res.writeHead(302, { location: mirror.url('good/lab_1.ckm') }); res.end(); });
+    await new Promise<void>((res) => redirect.listen(0, '127.0.0.1', res));
+    const stalled = await listener('127.0.0.1');
+    const warnings: string[] = [];
+    try {
+      const out = join(t.path, 'v1.evhd');
+      const res = await fetchImage({
+        source: origin.url('lab_1.ckm.index'), out, keyDir: r.keys, kek: () => ({ kind: 'hostkey', keyFile: r.hostKey }), cacheDir: r.cache,
+        mirrors: [`http://127.0.0.1:${(redirect.address() as AddressInfo).port}/`, `http://127.0.0.1:${stalled.port}/packs`, mirror.url('short/'), mirror.url('good/')],
+        mirrorHttp: { timeoutMs: 500, backoffMs: 10 },
+        onWarning: (m) => warnings.push(m),
+      });
+      assert.equal(warnings.length, 3, warnings.join('\n'));
+      assert.match(warnings[0], /HTTP 302/);
+      assert.match(warnings[1], /packs\/: no answer .* \[ENETWORK\]/);
+      assert.match(warnings[2], /short\/.*\[ETRUNCATED\]/);
+      assert.ok(stalled.connections() > 0, 'the stalled mirror was asked');
+      assert.equal(origin.bytes((u) => u === '/lab_1.ckm'), 0, 'the server served pack bytes');
+      assert.ok(mirror.bytes((u) => u === '/good/lab_1.ckm') > 0);
+      // nginx's $bytes_sent counts response headers too; mirrorBytes counts bodies
+      assert.ok(res.mirrorBytes > 0 && res.mirrorBytes <= mirror.bytes(), `mirrorBytes ${res.mirrorBytes}`);
+      assert.ok(r.sameAs(out, r.v1), 'the fetched disk is v1');
+    } finally {
+      redirect.close();
+      await stalled.close();
+    }
+  });
+
+  it('a caller\'s mirror list is checked: http(s), no credentials, query or fragment, at most 8, no repeats', () => {
+    for (const bad of [['ftp://m.example/'], ['http://u:p@m.example/'], ['https://m.example/x?sig=1'], ['https://m.example/#a'], ['/srv/images'],
+      ['https://m.example/a', 'https://m.example/a/'], Array.from({ length: 9 }, (_x, i) => `https://m${i}.example/`)]) {
+      assert.throws(() => checkMirrorUrls(bad), (e: Error & { code?: string }) => e.code === 'EINVAL_ARG' && !/:p@/.test(e.message), bad.join(' '));
+    }
+    assert.deepEqual(checkMirrorUrls(['https://cdn.example/medv/images']), ['https://cdn.example/medv/images/']);
+  });
+});
+

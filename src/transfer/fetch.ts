@@ -257,7 +257,10 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     if (trim && seedPaths.length > 0) {
       seeds = new SeedSet({ keys, kek: opts.kek, cacheDir, name: h.name });
       for (const p of seedPaths) await seeds.add(p);
-      for (const r of seeds.reports) if (r.error) warn(`seed ${r.path} skipped: ${r.error}`);
+      for (const r of seeds.reports) {
+        if (r.error) warn(`seed ${r.path} skipped: ${r.error}`);
+        else if (r.missingPacks) warn(`seed ${r.path}: its index refers to packs not in its folder (${r.missingPacks.map((v) => packFileName(h.name, v)).join(', ')}): those blocks come from the repository`);
+      }
     }
 
     /** The entry of block `b` in the index (a seed block that failed its check: wanted by id now). */

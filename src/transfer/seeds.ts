@@ -40,6 +40,8 @@ export interface SeedReport {
   cached?: boolean;
   /** Why the seed was skipped. */
   error?: string;
+  /** packs: versions of the packs its index refers to that are not in its folder (their blocks are fetched). */
+  missingPacks?: number[];
 }
 
 /** Where a block can be read locally. */
@@ -224,7 +226,9 @@ export class SeedSet {
       await index.verify(this.opts.keys.trusted);
       const h = index.header;
       if (!h.imageId.equals(this.opts.keys.imageId)) throw new MedvError('EBADKEY', 'an index of another image (no content key for it)');
-      packs = await PackSet.open(join(indexPath, '..'), h.name, h.imageId, h.packs);
+      // a folder pre-staged with the newest version alone: its own pack serves, the earlier ones it refers to are fetched
+      packs = await PackSet.open(join(indexPath, '..'), h.name, h.imageId, h.packs, { allowMissing: true });
+      if (packs.missing.length > 0) report.missingPacks = packs.missing;
       this.packSeeds.push(new PackSeed(indexPath, index, packs, new BlockCodec(this.opts.keys), report));
       index = undefined;
       packs = undefined;
@@ -252,6 +256,7 @@ export class SeedSet {
     for (const p of this.packSeeds) {
       for await (const { record } of p.index.runs()) {
         for (const e of record.entries) {
+          if (!p.packs.has(e.place.pack) || (e.base && !p.packs.has(e.base.place.pack))) continue;
           const k = idKey(e.id);
           if (wanted.has(k) && !this.found.has(k)) this.found.set(k, { kind: 'pack', seed: p, entry: e });
         }

@@ -23,7 +23,8 @@ import { join } from 'node:path';
 import { lockExclusive } from '../block/flock.js';
 import { MedvError } from '../core/errors.js';
 import { hardLinkSync } from '../core/fsio.js';
-import { CURRENT_WORKSPACE_VERSION, IDENTITY_FILE, ensureSafeDir, ImageStore, type ClientRoot } from '../repo/index.js';
+import { CURRENT_WORKSPACE_VERSION, ENGINE_VERSION, IDENTITY_FILE, ensureSafeDir, ImageStore, type ClientRoot } from '../repo/index.js';
+import { compareEngineVersions } from '../formats/imagestate/index.js';
 import { readCa } from '../client/http.js';
 import type { KekSource } from '../crypto/index.js';
 import { type WorkspaceSettings } from './settings.js';
@@ -83,6 +84,11 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
     if (!st.identity || st.identity.image !== settings.image || st.identity.imageId !== o.imageId) {
       throw new MedvError('EINVAL_ARG', `deploying ${settings.image} (image ${o.imageId}) into a store of ${st.identity?.image ?? 'no recorded image'}`);
     }
+  }
+  // an image this medv cannot run is refused before anything is fetched or created
+  if (compareEngineVersions(ENGINE_VERSION, settings.minEngine ?? ENGINE_VERSION) < 0) {
+    throw new MedvError('EENGINE', `image ${settings.image} needs medv engine ${settings.minEngine} or later (the policy's minEngine); this medv is ${ENGINE_VERSION}: update medv before deploying it (nothing was downloaded)`,
+      { image: settings.image, needs: settings.minEngine, engine: ENGINE_VERSION });
   }
   ensureSafeDir(base.dir);
   const unlock = lockBase(base);

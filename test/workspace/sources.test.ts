@@ -1,12 +1,17 @@
 /**
- * Image mirrors (issue 22 part 8), through the CLI: a real `medv serve` behind a proxy that
- * records what it was asked, real nginx mirrors serving the packs as static files (one of them
- * hostile: its packs have every byte after the header flipped), and `medv workspace start`. The
- * server must be asked only for /api/ and the signed index when a mirror serves the packs; a bad
- * mirror costs one warning line and the pieces it did not deliver come from the next source.
+ * Where a deployment's blocks come from (issue 22 parts 6 to 8), through the CLI: a real `medv
+ * serve` behind a proxy that records what it was asked, and `medv workspace start`.
+ * - Mirrors: real nginx mirrors serve the packs as static files (one hostile: its packs have every
+ *   byte after the header flipped); the server must be asked only for /api/ and the signed index
+ *   when a mirror serves the packs; a bad mirror costs one warning line and the pieces it did not
+ *   deliver come from the next source.
+ * - Pre-staging the newest version alone: its own pack serves all of its blocks, only the blocks of
+ *   earlier packs it refers to are fetched; an image needing a newer engine is refused before any
+ *   download.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { GUEST } from '../helpers/qemu.js';
@@ -20,7 +25,7 @@ import { PACK_HEADER_SIZE } from '../../src/formats/ckm/index.js';
 const IMAGE = 'img';
 const IMAGE_BYTES = 16 << 20;
 
-describe('image mirrors: packs from real nginx mirrors, the signed index from medv serve', function () {
+describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-staged packs, medv serve', function () {
   this.timeout(600_000);
   const dir = tempDir('mirrors');
   const f = (...p: string[]) => join(dir.path, ...p);
@@ -37,6 +42,22 @@ describe('image mirrors: packs from real nginx mirrors, the signed index from me
   const client = (args: string[], who: string) => runMedvAsync(args, env(who));
   const ok = (r: RunResult) => { assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}${r.stdout}`); return r; };
   const raw = f('img-v1.raw');
+  /** The raw image of a version: the previous version's (v1: the nasm guest, then 15 MiB of patterned data) with `changed` blocks made random. */
+  const rawImage = (version: number, changed: number[]): string => {
+    let buf = Buffer.alloc(IMAGE_BYTES);
+    if (version > 1) buf = fs.readFileSync(f(`img-v${version - 1}.raw`));
+    else {
+      fs.readFileSync(GUEST.image).copy(buf, 0);
+      for (let i = 1 << 20; i < IMAGE_BYTES; i += 32) buf.writeUInt32LE(i * 2654435761 >>> 0, i);
+    }
+    for (const b of changed) randomBytes(4096).copy(buf, (1 << 20) + b * 4096);
+    fs.writeFileSync(f(`img-v${version}.raw`), buf);
+    return f(`img-v${version}.raw`);
+  };
+  const publishVersion = (version: number, changed: number[]) => {
+    ok(runMedv(['image', 'pack', rawImage(version, changed), '--name', IMAGE, '--version', String(version), '--out', f('packed'), '--keys', f('keys')], { MEDV_STATE_DIR: f('state') }));
+    ok(admin(['image', 'upload', f('packed', `${IMAGE}_${version}.ckm`), f('packed', `${IMAGE}_${version}.ckm.index`)]));
+  };
 
   /** The deployed disk's bytes, read with the client's host key (as the VM host would). */
   const deployedBytes = async (who: string, disk: string): Promise<Buffer> => {
@@ -62,13 +83,7 @@ describe('image mirrors: packs from real nginx mirrors, the signed index from me
     });
     serverUrl = direct;
     server = await recordingProxy(Number(new URL(direct).port));
-    // the image: the nasm guest, then 15 MiB of patterned data
-    const buf = Buffer.alloc(IMAGE_BYTES);
-    fs.readFileSync(GUEST.image).copy(buf, 0);
-    for (let i = 1 << 20; i < IMAGE_BYTES; i += 32) buf.writeUInt32LE(i * 2654435761 >>> 0, i);
-    fs.writeFileSync(raw, buf);
-    ok(runMedv(['image', 'pack', raw, '--name', IMAGE, '--version', '1', '--out', f('packed'), '--keys', f('keys')], { MEDV_STATE_DIR: f('state') }));
-    ok(admin(['image', 'upload', f('packed', `${IMAGE}_1.ckm`), f('packed', `${IMAGE}_1.ckm.index`)]));
+    publishVersion(1, []);
     ok(admin(['admin', 'image-keys', 'publish', IMAGE, '--keys', f('keys')]));
     fs.writeFileSync(f('alice.pw'), 'alice-password-alice', { mode: 0o600 });
     ok(admin(['admin', 'user', 'add', 'alice', '--password-file', f('alice.pw')]));
@@ -87,13 +102,15 @@ describe('image mirrors: packs from real nginx mirrors, the signed index from me
         ws('near', [good.url('')]),
         ws('chain', [good.url('not-synced-yet/'), good.url('')]),
         ws('bad', [hostile.url('')]),
+        { name: 'pre', image: IMAGE, mode: 'persistent', memory: 64, network: 'none' },
+        { name: 'future', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', minEngine: '99.0' },
       ],
     }));
     ok(admin(['admin', 'policy', 'publish', f('policy.json')]));
   });
 
   after(async () => {
-    for (const [who, w] of [['a', 'near'], ['b', 'chain'], ['c', 'bad']]) await client(['workspace', 'stop', w, '--force'], who);
+    for (const [who, w] of [['a', 'near'], ['b', 'chain'], ['c', 'bad'], ['d', 'pre']]) await client(['workspace', 'stop', w, '--force'], who);
     serve?.kill('SIGTERM');
     await good?.stop();
     await hostile?.stop();
@@ -148,6 +165,32 @@ describe('image mirrors: packs from real nginx mirrors, the signed index from me
     assert.match(lines[0], /EBADBLOCK/);
     assert.ok((await deployedBytes('c', out.deployed.disk)).equals(fs.readFileSync(raw)), 'the deployed disk is the packed image, not the mirror\'s bytes');
     ok(await client(['workspace', 'stop', 'bad', '--force'], 'c'));
+  });
+
+  it('the newest version pre-staged alone: its pack serves all of its blocks, only blocks of the earlier packs it refers to are fetched, and the missing packs are named', async () => {
+    publishVersion(2, [10, 11, 702]);
+    publishVersion(3, [30, 31, 703]);
+    ok(await client(['login', '--server', server.url, '--user', 'alice', '--password-file', f('alice.pw')], 'd'));
+    const prestaged = join(f('root-d'), 'images', 'PrestagedImages');
+    for (const n of [`${IMAGE}_3.ckm`, `${IMAGE}_3.ckm.index`]) fs.copyFileSync(f('packed', n), join(prestaged, n));
+    const { r, out } = await startOn('d', 'pre');
+    ok(r);
+    assert.equal(out.version, 3);
+    assert.match(r.stderr, new RegExp(`PrestagedImages/${IMAGE}_3\\.ckm\\.index: its index refers to packs not in its folder \\(${IMAGE}_1\\.ckm, ${IMAGE}_2\\.ckm\\)`));
+    const asked = packRequests();
+    assert.ok(!asked.some((x) => x.includes(`${IMAGE}_3.ckm`)), `the pre-staged pack was fetched: ${asked.join(', ')}`);
+    for (const v of [1, 2]) assert.ok(asked.some((x) => x === `GET /images/${IMAGE}_${v}.ckm`), `pack ${v} was not fetched: ${asked.join(', ')}`);
+    assert.equal(out.deployed.blocksFromSeeds, 3, 'the three blocks of version 3\'s own pack came from the pre-staged folder');
+    assert.ok((await deployedBytes('d', out.deployed.disk)).equals(fs.readFileSync(f('img-v3.raw'))), 'the deployed disk is version 3');
+    ok(await client(['workspace', 'stop', 'pre', '--force'], 'd'));
+  });
+
+  it('an image that needs a newer engine (minEngine) is refused before any download: not one /images/ request, nothing deployed', async () => {
+    const { r } = await startOn('e', 'future');
+    assert.equal(r.code, 12, r.stderr);
+    assert.match(r.stderr, /needs medv engine 99\.0 or later .*nothing was downloaded/);
+    assert.deepEqual(server.requests().filter((x) => x.includes('/images/')), []);
+    assert.deepEqual(fs.readdirSync(join(f('root-e'), 'images')).sort(), ['PackedImages', 'PrestagedImages']);
   });
 
   it('mirror URLs are checked when the policy is published: no credentials, http(s) only, at most 8', () => {

@@ -1,11 +1,10 @@
 /** `medv image fetch`: a packed image from a repository into a new .evhd. Thin wrapper over src/transfer. */
 import type { Command } from 'commander';
 import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
-import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, RAISES, raises, type KeyOptions } from './common.js';
+import { addKeyOptions, collect, formatBytes, kekFrom, printJson, progressBar, RAISES, raises, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
 
-const collect = (v: string, prev: string[]) => [...prev, v];
 
 export function addImageFetchCommand(image: Command): void {
   raises(addKeyOptions(image.command('fetch <index>')), [...RAISES.files, ...RAISES.keys, ...RAISES.damaged, ...RAISES.disk, ...RAISES.server, 'ESIGNATURE', 'EBADBLOCK', 'ECHANGED'], {

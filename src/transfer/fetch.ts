@@ -50,6 +50,8 @@ export interface FetchImageOptions {
   /** The new disk: `*.evhd` (its key file beside it). */
   out: string;
   seeds?: string[];
+  /** Folders of host data whose regular files are hashed on a 4 KiB grid and used by block id (./hostseeds.ts). */
+  hostSeeds?: string[];
   keyDir: string;
   kek: () => KekSource;
   /** Use seeds (TrimTransfer). false: every block from the repository. Default true. */
@@ -254,11 +256,14 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     };
 
     // 3. seeds: their ids (a disk seed hashed at most once)
-    if (trim && seedPaths.length > 0) {
+    const hostPaths = trim ? opts.hostSeeds ?? [] : [];
+    if (seedPaths.length > 0 || hostPaths.length > 0) {
       seeds = new SeedSet({ keys, kek: opts.kek, cacheDir, name: h.name });
       for (const p of seedPaths) await seeds.add(p);
+      for (const p of hostPaths) await seeds.addHostData(p);
       for (const r of seeds.reports) {
         if (r.error) warn(`seed ${r.path} skipped: ${r.error}`);
+        else if (r.limited) warn(`seed ${r.path}: ${r.limited} (a bound of host data seeds); the rest of the folder is not used`);
         else if (r.missingPacks) warn(`seed ${r.path}: its index refers to packs not in its folder (${r.missingPacks.map((v) => packFileName(h.name, v)).join(', ')}): those blocks come from the repository`);
       }
     }

@@ -29,6 +29,7 @@ import { readCa } from '../client/http.js';
 import type { KekSource } from '../crypto/index.js';
 import { type WorkspaceSettings } from './settings.js';
 import { writeVersionVmFiles } from './vmfiles.js';
+import type { SeedReport } from '../transfer/seeds.js';
 
 export interface DeployResult {
   version: number;
@@ -48,6 +49,8 @@ export interface DeployResult {
   removed: number[];
   /** True when the base was on this client already (another workspace of the image): nothing was fetched. */
   shared: boolean;
+  /** What each seed gave (none when nothing was fetched). */
+  seeds: SeedReport[];
 }
 
 export interface DeployOptions {
@@ -70,6 +73,8 @@ export interface DeployOptions {
   ca?: string;
   /** More disks to take blocks from (every block is checked against the image's ids). */
   extraSeeds?: string[];
+  /** Folders of host data to take blocks from (src/transfer/hostseeds.ts; every block checked too). */
+  hostSeeds?: string[];
   /** Versions that must survive retention (the one running). */
   inUse?: ReadonlySet<number>;
   /** Where disk seeds' block ids are cached (default src/core/paths.ts seedCacheDir()). */
@@ -114,6 +119,7 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
       seconds: r?.seconds ?? 0,
       removed: kept.deleted,
       shared: r === undefined,
+      seeds: r?.seeds ?? [],
     };
   } finally {
     unlock();
@@ -201,6 +207,7 @@ async function fetchIntoBase(o: DeployOptions) {
       source: o.source,
       out: base.diskPath(version),
       seeds,
+      ...(o.hostSeeds?.length ? { hostSeeds: o.hostSeeds } : {}),
       keyDir: o.keyDir,
       kek: () => o.kek,
       trim: settings.useTrimTransfer !== false,

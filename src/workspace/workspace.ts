@@ -57,6 +57,8 @@ export interface StartOptions extends WorkspaceOptions {
    * them) and `update` is undefined: true deploys it now. Without it the update is only announced.
    */
   confirmUpdate?: (current: number, latest: number) => Promise<boolean>;
+  /** Folders of host data to take blocks from at a deployment (`--seed DIR`), besides the client's `seedFolders` (src/transfer/hostseeds.ts). */
+  seeds?: string[];
   /** How the VM is started (default: src/host/client.ts startVm; the CLI and the host service start it through the service's warm pool). */
   startVm?: (config: VmConfig, opts: { kek?: KekSource; root?: string }) => Promise<VmState>;
 }
@@ -298,6 +300,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
         source: `${s.cfg.server}/images/${entry.image}_${latest}.ckm.index`,
         keyDir: workspaceKeyDir(s.ctx.root, s.cfg.user, name), kek: s.ctx.kek, vmName, ca: s.cfg.ca, cacheDir: seedCacheDir(o.userDirs),
         extraSeeds: legacy ? legacy.versions().map((n) => legacy.diskPath(n)) : [],
+        hostSeeds: [...new Set([...(o.seeds ?? []).map((p) => resolve(p)), ...(s.cfg.seedFolders ?? [])])],
         onProgress: (d, t) => o.onProgress?.('fetch', d, t),
         onWarning: warn,
       });

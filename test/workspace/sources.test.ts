@@ -8,9 +8,11 @@
  * - Pre-staging the newest version alone: its own pack serves all of its blocks, only the blocks of
  *   earlier packs it refers to are fetched; an image needing a newer engine is refused before any
  *   download.
+ * - Host data seeds (`--seed DIR`): files holding blocks of the image cut what is fetched (nginx's
+ *   log), a changed file is hashed again, links and FIFOs are not followed.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +21,7 @@ import { MEDV_BIN, runMedv, runMedvAsync, tempDir, type RunResult } from '../hel
 import { startNginx, type Nginx } from '../helpers/nginx.js';
 import { recordingProxy } from '../helpers/net.js';
 import { openClient } from '../../src/workspace/client.js';
+import { clientRootLayout } from '../../src/repo/index.js';
 import { openDisk } from '../../src/layers/open.js';
 import { PACK_HEADER_SIZE } from '../../src/formats/ckm/index.js';
 
@@ -36,7 +39,8 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
   const admin = (args: string[]) => runMedv([...args, '--server', serverUrl, '--token-file', f('server', 'admin.token')], { MEDV_STATE_DIR: f('state') });
   let serverUrl = '';
   const env = (who: string) => ({
-    MEDV_CLIENT_ROOT: f(`root-${who}`), MEDV_RUN_DIR: f(`run-${who}`), XDG_DATA_HOME: f(`xdg-${who}`), XDG_CACHE_HOME: f(`cache-${who}`),
+    // client f2 shares client f's cache (its seed id cache): another root, the same user account
+    MEDV_CLIENT_ROOT: f(`root-${who}`), MEDV_RUN_DIR: f(`run-${who}`), XDG_DATA_HOME: f(`xdg-${who}`), XDG_CACHE_HOME: f(`cache-${who === 'f2' ? 'f' : who}`),
     XDG_CONFIG_HOME: f(`config-${who}`), MEDV_TEST_ACCEL: undefined,
   });
   const client = (args: string[], who: string) => runMedvAsync(args, env(who));
@@ -103,6 +107,7 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
         ws('chain', [good.url('not-synced-yet/'), good.url('')]),
         ws('bad', [hostile.url('')]),
         { name: 'pre', image: IMAGE, mode: 'persistent', memory: 64, network: 'none' },
+        ws('host', [good.url('')]),
         { name: 'future', image: IMAGE, mode: 'persistent', memory: 64, network: 'none', minEngine: '99.0' },
       ],
     }));
@@ -110,7 +115,7 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
   });
 
   after(async () => {
-    for (const [who, w] of [['a', 'near'], ['b', 'chain'], ['c', 'bad'], ['d', 'pre']]) await client(['workspace', 'stop', w, '--force'], who);
+    for (const [who, w] of [['a', 'near'], ['b', 'chain'], ['c', 'bad'], ['d', 'pre'], ['g', 'host'], ['f', 'host'], ['f2', 'host']]) await client(['workspace', 'stop', w, '--force'], who);
     serve?.kill('SIGTERM');
     await good?.stop();
     await hostile?.stop();
@@ -119,12 +124,13 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
   });
 
   /** A fresh client root for `who`, logged in through the recording proxy; `workspace start NAME` there. */
-  const startOn = async (who: string, name: string) => {
+  const startOn = async (who: string, name: string, args: string[] = [], afterLogin?: () => void) => {
     ok(await client(['login', '--server', server.url, '--user', 'alice', '--password-file', f('alice.pw')], who));
+    afterLogin?.();
     server.reset();
     good.resetLog();
     hostile.resetLog();
-    const r = await client(['workspace', 'start', name, '--json', '--accel', 'tcg'], who);
+    const r = await client(['workspace', 'start', name, '--json', '--accel', 'tcg', ...args], who);
     return { r, out: r.code === 0 ? JSON.parse(r.stdout) : undefined };
   };
 
@@ -191,6 +197,48 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
     assert.match(r.stderr, /needs medv engine 99\.0 or later .*nothing was downloaded/);
     assert.deepEqual(server.requests().filter((x) => x.includes('/images/')), []);
     assert.deepEqual(fs.readdirSync(join(f('root-e'), 'images')).sort(), ['PackedImages', 'PrestagedImages']);
+  });
+
+  it('host data seeds: files holding blocks of the image cut what a first download fetches; a changed file is hashed again; links and FIFOs are not followed', async () => {
+    const v3 = fs.readFileSync(f('img-v3.raw'));
+    const data = f('hostdata');
+    fs.mkdirSync(join(data, 'sub'), { recursive: true });
+    fs.writeFileSync(join(data, 'a.bin'), v3.subarray(2 << 20, (2 << 20) + (256 << 10))); // 64 blocks of the image
+    fs.writeFileSync(join(data, 'sub', 'b.bin'), v3.subarray(5 << 20, (5 << 20) + (512 << 10))); // 128 more
+    fs.writeFileSync(join(data, 'small.txt'), 'a note\n');
+    fs.symlinkSync(f('img-v3.raw'), join(data, 'link.raw')); // the whole image, behind a link: never read
+    assert.equal(spawnSync('mkfifo', [join(data, 'fifo')]).status, 0);
+    const packBytes = () => good.bytes((u) => /^\/img_\d+\.ckm$/.test(u));
+    const host = (out: { deployed: { seeds: Array<{ kind: string; files: number; hashedFiles: number; cachedFiles: number; skipped: number; blocks: number }> } }) => out.deployed.seeds.find((x) => x.kind === 'host')!;
+
+    const plain = await startOn('g', 'host');
+    ok(plain.r);
+    const without = packBytes();
+    ok(await client(['workspace', 'stop', 'host', '--force'], 'g'));
+
+    const seeded = await startOn('f', 'host', ['--seed', data]);
+    ok(seeded.r);
+    const withSeed = packBytes();
+    assert.equal(seeded.out.version, 3);
+    assert.equal(seeded.out.deployed.blocksFromSeeds, 192, 'every block of a.bin and b.bin came from the host data');
+    // the image's patterned data packs to ~640 bytes a block
+    assert.ok(withSeed < without - 192 * 512, `pack bytes from nginx: ${withSeed} with the seed folder, ${without} without`);
+    assert.deepEqual({ ...host(seeded.out), path: undefined }, { path: undefined, kind: 'host', blocks: 192, files: 3, hashedFiles: 3, cachedFiles: 0, skipped: 2 });
+    assert.ok((await deployedBytes('f', seeded.out.deployed.disk)).equals(v3));
+    ok(await client(['workspace', 'stop', 'host', '--force'], 'f'));
+
+    // b.bin changes (same size, a new mtime, other bytes): hashed again; a.bin's ids come from the
+    // cache. The folder is the client's setting this time (Client.json seedFolders), not --seed.
+    fs.writeFileSync(join(data, 'sub', 'b.bin'), randomBytes(512 << 10));
+    const again = await startOn('f2', 'host', [], () => {
+      const cfg = join(clientRootLayout(f('root-f2')).config, 'Client.json');
+      fs.writeFileSync(cfg, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfg, 'utf8')), seedFolders: [data] }));
+    });
+    ok(again.r);
+    assert.deepEqual({ ...host(again.out), path: undefined }, { path: undefined, kind: 'host', blocks: 64, files: 3, hashedFiles: 2, cachedFiles: 1, skipped: 2 });
+    assert.equal(again.out.deployed.blocksFromSeeds, 64);
+    assert.ok((await deployedBytes('f2', again.out.deployed.disk)).equals(v3));
+    ok(await client(['workspace', 'stop', 'host', '--force'], 'f2'));
   });
 
   it('mirror URLs are checked when the policy is published: no credentials, http(s) only, at most 8', () => {

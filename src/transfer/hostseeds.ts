@@ -9,7 +9,8 @@
  * followed: the user chose it), every entry below it through the descriptor of its folder
  * (src/core/fsio.ts openDirBeneath / openFileIn: no link is followed, the type is checked on the
  * descriptor, a FIFO never blocks the open), only regular files on the folder's file system are
- * read, at most HOST_SEED_LIMITS.maxFiles files, maxDepth folders deep and maxBlocks blocks. A file
+ * read, at most HOST_SEED_LIMITS.maxFiles files, maxDepth folders deep, maxBlocks blocks and maxBytes
+ * bytes of files (hashing reads them: a huge or sparse file stops the walk). A file
  * is read through the descriptor it was checked on, and reopened the same way (and checked to be
  * the same file: device and inode) when one of its blocks is used; every block is hashed again
  * before it is written (./seeds.ts), so a file changed meanwhile costs only a fetch.
@@ -32,13 +33,15 @@ export const HOST_SEED_LIMITS = {
   maxDepth: 32,
   /** Non-zero blocks in all (20 bytes of memory each): 64 GiB of distinct data. */
   maxBlocks: 1 << 24,
+  /** Bytes of files in all (what hashing may have to read: a huge or sparse file stops the walk). */
+  maxBytes: 256 * 1024 ** 3,
   /** Files of at least this many blocks have their ids cached. */
   cacheFrom: 16,
 };
 
 export type HostSeedLimits = typeof HOST_SEED_LIMITS;
 
-interface HostFile { parts: string[]; name: string; dev: bigint; ino: bigint; ids: SeedIds }
+export interface HostFile { parts: string[]; name: string; dev: bigint; ino: bigint; ids: SeedIds }
 
 /** Files kept open at once while their blocks are read. */
 const OPEN_FILES = 32;
@@ -57,6 +60,7 @@ export class HostDataSeed {
   readonly files: HostFile[] = [];
   private readonly open = new Map<number, PinnedFile>();
   private blocks = 0;
+  private bytes = 0;
   private stopped = false;
 
   private constructor(readonly root: string, readonly report: SeedReport, private readonly limits: HostSeedLimits) {}
@@ -107,6 +111,8 @@ export class HostDataSeed {
     const st = fs.fstatSync(f.fd, { bigint: true });
     const size = Number(st.size);
     if (size === 0) return;
+    if (this.bytes + size > this.limits.maxBytes) { this.stop(`stopped at ${f.path}: the files add up to more than ${this.limits.maxBytes} bytes`); return; }
+    this.bytes += size;
     const stamp = stampOf(st);
     const cached = Math.ceil(size / CKM_BLOCK_SIZE) >= this.limits.cacheFrom;
     let ids = cached ? readSeedCache(cacheDir, stamp, tag) : undefined;

@@ -5,7 +5,6 @@ import { addKeyOptions, collect, formatBytes, kekFrom, printJson, progressBar, R
 
 type Opts = KeyOptions & Record<string, unknown>;
 
-
 export function addImageFetchCommand(image: Command): void {
   raises(addKeyOptions(image.command('fetch <index>')), [...RAISES.files, ...RAISES.keys, ...RAISES.damaged, ...RAISES.disk, ...RAISES.server, 'ESIGNATURE', 'EBADBLOCK', 'ECHANGED'], {
     EEXIST: 'the output exists', ESIGNATURE: 'a bad signature or damaged repository data (nothing is left under the output name)', ENETWORK: 'the repository is unreachable or changed (run again to resume)',

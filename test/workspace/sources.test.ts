@@ -93,7 +93,8 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
     ok(admin(['admin', 'user', 'add', 'alice', '--password-file', f('alice.pw')]));
 
     // the good mirror serves the server's own published folder; the hostile one flipped copies
-    good = await startNginx(f('nginx-good'), f('server', 'images'));
+    // one range per request is enough of a mirror: nginx with max_ranges 1 answers 200 to more
+    good = await startNginx(f('nginx-good'), f('server', 'images'), { maxRanges: 1 });
     fs.mkdirSync(f('flipped'));
     const pack = fs.readFileSync(f('packed', `${IMAGE}_1.ckm`));
     for (let i = PACK_HEADER_SIZE; i < pack.length; i++) pack[i] ^= 0xff;
@@ -221,8 +222,9 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
     const withSeed = packBytes();
     assert.equal(seeded.out.version, 3);
     assert.equal(seeded.out.deployed.blocksFromSeeds, 192, 'every block of a.bin and b.bin came from the host data');
-    // the image's patterned data packs to ~640 bytes a block
-    assert.ok(withSeed < without - 192 * 512, `pack bytes from nginx: ${withSeed} with the seed folder, ${without} without`);
+    // the image's patterned data packs to ~640 bytes a block; from a one-range mirror, gaps of up
+    // to 48 KiB between wanted blocks are fetched with them, so part of the saving goes back
+    assert.ok(withSeed < without - 192 * 256, `pack bytes from nginx: ${withSeed} with the seed folder, ${without} without`);
     assert.deepEqual({ ...host(seeded.out), path: undefined }, { path: undefined, kind: 'host', blocks: 192, files: 3, hashedFiles: 3, cachedFiles: 0, skipped: 2 });
     assert.ok((await deployedBytes('f', seeded.out.deployed.disk)).equals(v3));
     ok(await client(['workspace', 'stop', 'host', '--force'], 'f'));

@@ -28,7 +28,7 @@ describe('transfer: mirrors', function () {
     // one mirror host: a synced copy at /good/, a truncated copy at /short/
     const m = join(t.path, 'mirror');
     for (const d of ['good', 'short']) mkdirSync(join(m, d), { recursive: true });
-    copyFileSync(join(r.repo, 'lab_1.ckm'), join(m, 'good', 'lab_1.ckm'));
+    for (const n of ['lab_1.ckm', 'lab_2.ckm']) copyFileSync(join(r.repo, n), join(m, 'good', n));
     copyFileSync(join(r.repo, 'lab_1.ckm'), join(m, 'short', 'lab_1.ckm'));
     truncateSync(join(m, 'short', 'lab_1.ckm'), readFileSync(join(r.repo, 'lab_1.ckm')).length - 1000);
     mirror = await startNginx(join(t.path, 'nginx-mirror'), m);
@@ -66,6 +66,22 @@ describe('transfer: mirrors', function () {
       redirect.close();
       await stalled.close();
     }
+  });
+
+  it('medv image fetch --mirror: the pack from the mirror, the index from the repository; a mirror URL with a password is refused without echoing it', async () => {
+    origin.resetLog();
+    mirror.resetLog();
+    const out = join(t.path, 'cli.evhd');
+    const res = r.medv(['image', 'fetch', origin.url('lab_2.ckm.index'), '--out', out, '--keys', r.keys, '--mirror', mirror.url('good/'), '--json']);
+    assert.equal(res.code, 0, res.stderr);
+    assert.doesNotMatch(res.stderr, /warning/);
+    assert.ok(JSON.parse(res.stdout).mirrorBytes > 0);
+    assert.equal(origin.bytes((u) => /\.ckm$/.test(u)), 0, 'the repository served pack bytes');
+    assert.ok(r.sameAs(out, r.v2));
+    const bad = r.medv(['image', 'fetch', origin.url('lab_2.ckm.index'), '--out', join(t.path, 'no.evhd'), '--keys', r.keys, '--mirror', 'http://user:hunter2@m.example/']);
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /must not carry a user name or password/);
+    assert.doesNotMatch(bad.stderr, /hunter2/);
   });
 
   it('a caller\'s mirror list is checked: http(s), no credentials, query or fragment, at most 8, no repeats', () => {

@@ -65,7 +65,7 @@ export interface FetchImageOptions {
    * the server (the index always comes from `source`); at most 8, http(s), no credentials.
    */
   mirrors?: string[];
-  /** How mirrors are asked (default: one retry, a 10 s stall moves on to the next source). */
+  /** How mirrors are asked (default: one retry; a 10 s stall, or under 8 KiB/s after 10 s, moves on to the next source). */
   mirrorHttp?: HttpOptions;
   /**
    * What the caller asked for: the signed header must name exactly this image name, version and
@@ -185,7 +185,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
   const stats = newStats();
   const client = new HttpClient(stats, opts.http);
   const mirrorStats = newStats();
-  const mirrorClient = new HttpClient(mirrorStats, { retries: 1, timeoutMs: 10_000, ...opts.mirrorHttp });
+  const mirrorClient = new HttpClient(mirrorStats, { retries: 1, timeoutMs: 10_000, minRate: { bytesPerSecond: 8192, afterMs: 10_000 }, ...opts.mirrorHttp });
   const mirrorState = new MirrorState();
   const open = (name: string): RemoteFile => (isUrl(name) ? client.file(name) : new LocalFile(name, stats));
   const warn = (m: string) => opts.onWarning?.(m);

@@ -49,7 +49,7 @@ describe('transfer: mirrors', function () {
       const res = await fetchImage({
         source: origin.url('lab_1.ckm.index'), out, keyDir: r.keys, kek: () => ({ kind: 'hostkey', keyFile: r.hostKey }), cacheDir: r.cache,
         mirrors: [`http://127.0.0.1:${(redirect.address() as AddressInfo).port}/`, `http://127.0.0.1:${stalled.port}/packs`, mirror.url('short/'), mirror.url('good/')],
-        mirrorHttp: { timeoutMs: 500, backoffMs: 10 },
+        mirrorHttp: { timeoutMs: 2000, backoffMs: 10 },
         onWarning: (m) => warnings.push(m),
       });
       assert.equal(warnings.length, 3, warnings.join('\n'));
@@ -65,6 +65,43 @@ describe('transfer: mirrors', function () {
     } finally {
       redirect.close();
       await stalled.close();
+    }
+  });
+
+  it('a mirror that trickles (its bytes slower than the floor) is left for the next source with one warning', async () => {
+    const pack = readFileSync(join(r.repo, 'lab_1.ckm'));
+    const timers = new Set<NodeJS.Timeout>();
+    const trickle = createServer((req, res) => {
+      const m = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range ?? ''));
+      if (req.method !== 'GET' || !m) { res.writeHead(200, { 'content-length': pack.length }); res.end(); return; }
+      const [a, b] = [Number(m[1]), Math.min(Number(m[2]), pack.length - 1)];
+      res.writeHead(206, { 'content-range': `bytes ${a}-${b}/${pack.length}`, 'content-length': b - a + 1 });
+      let at = a;
+      const tick = setInterval(() => {
+        if (at > b || res.destroyed) { clearInterval(tick); timers.delete(tick); res.end(); return; }
+        res.write(pack.subarray(at, Math.min(at + 16, b + 1)));
+        at += 16;
+      }, 50);
+      timers.add(tick);
+    });
+    await new Promise<void>((res) => trickle.listen(0, '127.0.0.1', res));
+    const warnings: string[] = [];
+    try {
+      const out = join(t.path, 'trickled.evhd');
+      await fetchImage({
+        source: origin.url('lab_1.ckm.index'), out, keyDir: r.keys, kek: () => ({ kind: 'hostkey', keyFile: r.hostKey }), cacheDir: r.cache,
+        mirrors: [`http://127.0.0.1:${(trickle.address() as AddressInfo).port}/`, mirror.url('good/')],
+        // 320 bytes/s against a floor of 8 KiB/s after 1 s: a loaded machine's nginx is far above it
+        mirrorHttp: { minRate: { bytesPerSecond: 8192, afterMs: 1000 }, backoffMs: 10 },
+        onWarning: (m) => warnings.push(m),
+      });
+      assert.equal(warnings.length, 1, warnings.join('\n'));
+      assert.match(warnings[0], /slower than 8192 bytes\/s .*\[ENETWORK\]/);
+      assert.ok(r.sameAs(out, r.v1));
+    } finally {
+      for (const x of timers) clearInterval(x);
+      trickle.closeAllConnections();
+      trickle.close();
     }
   });
 

@@ -75,6 +75,17 @@ export interface LaunchSpec {
    * window on $DISPLAY.
    */
   display?: { kind: 'none' } | { kind: 'vnc'; socket: string } | { kind: 'vnc-tcp' } | { kind: 'window' };
+  /**
+   * The QEMU guest agent's port (virtio-serial `org.qemu.guest_agent.0`, ./qga.ts) on a unix
+   * socket QEMU listens on; default none (the guest has no such port).
+   */
+  guestAgent?: { socket: string };
+  /**
+   * The clipboard shared with the display (`-chardev qemu-vdagent,clipboard=on` on the
+   * virtio-serial port `com.redhat.spice.0`, which a guest's spice-vdagent opens); default none:
+   * no such chardev or port exists.
+   */
+  clipboard?: boolean;
   /** Appended to the command line. */
   extraArgs?: string[];
   binary?: string;
@@ -204,6 +215,16 @@ export function qemuArgv(spec: LaunchSpec): string[] {
     throw new MedvError('EINVAL_ARG', `display must be none, vnc, vnc-tcp or window, not ${JSON.stringify((display as { kind: unknown }).kind)}`);
   }
   if (spec.vga || display.kind !== 'none') argv.push('-device', 'VGA');
+  if (spec.guestAgent || spec.clipboard) argv.push('-device', 'virtio-serial-pci,id=vser0');
+  if (spec.guestAgent) {
+    if (!spec.guestAgent.socket) throw new MedvError('EINVAL_ARG', `invalid guest agent socket path ${JSON.stringify(spec.guestAgent.socket)}`);
+    argv.push('-chardev', `socket,id=qga0,path=${optValue(spec.guestAgent.socket)},server=on,wait=off`,
+      '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0');
+  }
+  if (spec.clipboard) {
+    argv.push('-chardev', 'qemu-vdagent,id=vdagent0,clipboard=on,mouse=off',
+      '-device', 'virtserialport,bus=vser0.0,chardev=vdagent0,name=com.redhat.spice.0');
+  }
   if (spec.incoming) argv.push('-S', '-incoming', 'defer');
   argv.push(...(spec.extraArgs ?? []));
   return argv;

@@ -106,8 +106,24 @@ export function raises(cmd: Command, codes: readonly ErrorCode[], notes: Partial
   return cmd;
 }
 
-/** The statuses a command can exit with: 0, 1, 2 and those of its declared codes (all of them when it declared none). */
+const PASS_THROUGH = new WeakMap<Command, string>();
+
+/**
+ * Declare that a command exits with a status of something it runs (`medv workspace run`: the
+ * application's), any of 0-255; `what` says so in its help, above medv's own statuses.
+ */
+export function passesStatus(cmd: Command, what: string): Command {
+  PASS_THROUGH.set(cmd, what);
+  return cmd;
+}
+
+/** The statuses a command can exit with: 0, 1, 2 and those of its declared codes (all of them when it declared none; 0-255 for one that passes a status through). */
 export function exitStatuses(cmd: Command): number[] {
+  if (PASS_THROUGH.has(cmd)) return Array.from({ length: 256 }, (_, i) => i);
+  return ownExitStatuses(cmd);
+}
+
+function ownExitStatuses(cmd: Command): number[] {
   const spec = EXIT_SPECS.get(cmd);
   if (!spec) return Object.keys(EXIT_MEANING).map(Number);
   const s = new Set([0, 1, EXIT_USAGE]);
@@ -119,7 +135,7 @@ export function exitStatuses(cmd: Command): number[] {
 /** The "Exit status:" block of a command's help, generated from EXIT_STATUS and EXIT_MEANING. */
 export function exitHelp(cmd: Command): string {
   const spec = EXIT_SPECS.get(cmd);
-  const rows = exitStatuses(cmd).map((status) => {
+  const rows = ownExitStatuses(cmd).map((status) => {
     const codes = spec ? spec.codes.filter((c) => (EXIT_STATUS[c] ?? 1) === status) : (Object.keys(EXIT_STATUS) as ErrorCode[]).filter((c) => EXIT_STATUS[c] === status);
     // Codes grouped by what they mean here: the command's note, else the table's words for the status.
     const groups = new Map<string, ErrorCode[]>();
@@ -131,7 +147,8 @@ export function exitHelp(cmd: Command): string {
     if (!parts.length) parts.push(spec?.notes[status] ?? EXIT_MEANING[status]);
     return wrap(parts.join('; '), `  ${String(status).padEnd(4)}`, ' '.repeat(6));
   });
-  return `\nExit status${spec ? '' : ' (every status medv uses)'}:\n${rows.join('\n')}\nWith --json the result is one JSON value on stdout, and an error {"error":{"code","message","data"}}\n(with its one line on stderr too).`;
+  const passed = PASS_THROUGH.get(cmd);
+  return `${passed ? `\nExit status: ${passed}\nWhen medv itself fails:` : `\nExit status${spec ? '' : ' (every status medv uses)'}:`}\n${rows.join('\n')}\nWith --json the result is one JSON value on stdout, and an error {"error":{"code","message","data"}}\n(with its one line on stderr too).`;
 }
 
 /** `text` in lines of at most 100 columns, the first after `first`, the others after `rest`. */

@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import { MedvError } from '../core/errors.js';
 import { DEFAULT_HELP } from '../core/paths.js';
 import { parseDuration } from '../core/units.js';
-import { printJson, progressBar } from './common.js';
+import { passesStatus, printJson, progressBar } from './common.js';
 
 type Opts = Record<string, unknown>;
 
@@ -91,6 +91,61 @@ Examples:
       // the steps went to stderr as they happened; the result is one line on stdout
       const vnc = r.vm.display.vncSocket ? `; screen on ${r.vm.display.vncSocket}` : '';
       process.stdout.write(`workspace ${r.workspace} ${r.resumed ? 'resumed' : 'started'}: ${r.image} version ${r.version}${r.online ? '' : ` (offline, ${r.offlineDaysLeft} days left)`}, VM ${r.vmName}${vnc}; stop it with: medv workspace stop ${r.workspace}\n`);
+    });
+
+  passesStatus(rootOption(w.command('run <name> <app>')), 'the application\'s (0-255), or 128+N when signal N ended it.')
+    .description('run a published application of a workspace inside its guest (what its menu entry runs): start the workspace if needed, wait for its guest agent, run the application, and exit with its exit status')
+    .addOption(new Option('--display <kind>', 'when the workspace must be started: where its screen goes (none: headless, for scripts and tests)').choices(['none', 'window', 'vnc']).default('window'))
+    .addOption(new Option('--accel <accel>', 'accelerator to try first when starting (default: kvm when usable)').choices(['kvm', 'tcg']))
+    .option('--no-update', 'when starting: start the version on this client even if a newer one is published')
+    .option('--agent-timeout <duration>', 'how long to wait for the guest agent to answer: seconds, or with s, m, h', '300')
+    .option('--timeout <duration>', 'how long the application may run (default: no limit): seconds, or with s, m, h')
+    .option('--json', 'print the result as JSON (the application\'s output as text in stdout/stderr fields)')
+    .addHelpText('after', `
+What it does:
+  1. When the workspace's VM is not running, starts it as \`medv workspace start\` does (with a
+     window unless --display says otherwise; a start in progress elsewhere is waited for).
+  2. Looks the application up in the workspace's policy (applications[].name) and waits for the
+     QEMU guest agent in the guest (the VM of a workspace that publishes applications has its
+     port; the guest must run qemu-guest-agent).
+  3. Runs the application's argv in the guest through the agent (guest-exec: no shell, exactly
+     the arguments the policy lists), waits for it to end, and copies its output to stdout and
+     stderr. The workspace keeps running afterwards (medv workspace stop NAME).
+
+The exit status is the application's own (0-255), or 128+N when signal N ended it, as a shell
+reports it. When medv itself fails (not entitled, no such application, no guest agent answering)
+it prints one error line and exits with its own status (the table below); with --json the result
+tells them apart: {exitCode, signal} only when the application ran.
+
+Examples:
+  medv workspace run ledger editor
+  medv workspace run ledger report --display none --json`)
+    .action(async (name: string, app: string, o: Opts) => {
+      const { runApplication, exitStatusOf } = await ws();
+      if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display none or vnc on a headless host)');
+      const agentTimeoutMs = parseDuration(String(o.agentTimeout), '--agent-timeout', { max: 3600_000 });
+      const timeoutMs = o.timeout === undefined ? undefined : parseDuration(String(o.timeout), '--timeout', { max: 30 * 24 * 3600_000 });
+      const r = await runApplication(name, app, {
+        clientRoot: o.clientRoot as string | undefined,
+        display: o.display as 'none' | 'window' | 'vnc',
+        accel: o.accel as 'kvm' | 'tcg' | undefined,
+        update: o.update === false ? false : undefined,
+        agentTimeoutMs, timeoutMs,
+        onInfo: o.json ? undefined : stderrLine,
+        onWarning: (m) => stderrLine(`warning: ${m}`),
+      });
+      const status = exitStatusOf(r);
+      if (o.json) {
+        printJson({
+          workspace: r.workspace, application: r.application, argv: r.argv, vmName: r.vmName, started: r.started,
+          ...(r.exitCode !== undefined ? { exitCode: r.exitCode } : {}), ...(r.signal !== undefined ? { signal: r.signal } : {}),
+          stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), truncated: r.truncated,
+        });
+      } else {
+        process.stdout.write(r.stdout);
+        process.stderr.write(r.stderr);
+      }
+      process.exitCode = status;
     });
 
   rootOption(w.command('stop <name>'))

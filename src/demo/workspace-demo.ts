@@ -147,7 +147,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
         name: WORKSPACE, image: IMAGE, mode: 'revertible', onStop: 'shutdown', memory: 256, network: 'none',
         versionsToKeep: 1, suggestUpdate: true, useTrimTransfer: true, offlineDays: 7,
         hardware: { diskBus: 'virtio', nic: 'virtio' },
-        applications: [{ name: 'Demo Shell', command: '/bin/sh' }],
+        applications: [{ name: 'shell', title: 'Demo Shell', argv: ['/bin/sh'] }],
       }],
     };
     const pub = await apiRequest<{ name: string; version: number }>(server.url, 'POST', '/api/admin/policies', { token: adminToken, body: policy });

@@ -54,6 +54,13 @@ export interface VmConfig {
   savedStateConfine?: string;
   /** CD/DVD drives with no disc, after the disks (a .vmc's host drive that is not allowed or absent). */
   emptyCdDrives?: number;
+  /**
+   * The QEMU guest agent's port (`org.qemu.guest_agent.0`) on `qga.sock` in the run folder, for
+   * published applications (src/workspace/apps.ts). Absent: the VM has no such port.
+   */
+  guestAgent?: boolean;
+  /** The clipboard shared with the display (qemu-vdagent): only when the device policy allows it. */
+  clipboard?: boolean;
 }
 
 export interface SupervisorInput {

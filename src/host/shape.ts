@@ -13,6 +13,9 @@ import { join } from 'node:path';
 import type { Accelerator, DriveSpec, LaunchSpec } from '../hypervisor/qemu.js';
 import type { VmConfig } from './config.js';
 
+/** The guest agent's socket in a VM's run folder (VmConfig.guestAgent). */
+export const AGENT_SOCKET = 'qga.sock';
+
 export interface MachineShape {
   accel: Accelerator;
   memoryMiB: number;
@@ -23,6 +26,10 @@ export interface MachineShape {
   emptyCdDrives?: number;
   network: { kind: 'none' } | { kind: 'stream'; mac?: string; model?: 'e1000' | 'virtio' };
   display: 'none' | 'vnc' | 'vnc-tcp' | 'window';
+  /** The guest agent's port on `qga.sock`. */
+  guestAgent?: true;
+  /** The clipboard's qemu-vdagent chardev and port. */
+  clipboard?: true;
 }
 
 /** The shape of `config` started with this accelerator, RAM (a saved state's, when resuming) and mode. */
@@ -36,10 +43,12 @@ export function machineShape(config: VmConfig, run: { accel: Accelerator; memory
     // NAT goes through passt (src/hypervisor/usernet.ts) behind QEMU's fd 4, attached once QEMU runs.
     network: config.network === 'nat' ? { kind: 'stream', ...(config.mac ? { mac: config.mac } : {}), ...(config.nicModel ? { model: config.nicModel } : {}) } : { kind: 'none' },
     display: config.display,
+    ...(config.guestAgent ? { guestAgent: true as const } : {}),
+    ...(config.clipboard ? { clipboard: true as const } : {}),
   };
 }
 
-/** The launch spec of a shape with its sockets in `dir` (qmp.sock, disk<i>.sock, vnc.sock). */
+/** The launch spec of a shape with its sockets in `dir` (qmp.sock, disk<i>.sock, vnc.sock, qga.sock). */
 export function specFor(shape: MachineShape, dir: string, name: string): LaunchSpec {
   const display: LaunchSpec['display'] = shape.display === 'vnc' ? { kind: 'vnc', socket: join(dir, 'vnc.sock') } : { kind: shape.display };
   return {
@@ -53,6 +62,8 @@ export function specFor(shape: MachineShape, dir: string, name: string): LaunchS
     ...(shape.emptyCdDrives ? { emptyCdDrives: shape.emptyCdDrives } : {}),
     qmpSocket: join(dir, 'qmp.sock'),
     network: shape.network,
+    ...(shape.guestAgent ? { guestAgent: { socket: join(dir, AGENT_SOCKET) } } : {}),
+    ...(shape.clipboard ? { clipboard: true } : {}),
   };
 }
 

@@ -25,7 +25,7 @@ import { bindNbd, type NbdListener } from '../nbd/server.js';
 import { randomInt } from 'node:crypto';
 import { writeFileAtomicSync } from '../core/fsio.js';
 import type { PooledQemu } from './pooled.js';
-import { machineShape, shapeKey, specFor, type MachineShape } from './shape.js';
+import { AGENT_SOCKET, machineShape, shapeKey, specFor, type MachineShape } from './shape.js';
 import type { SupervisorInput } from './config.js';
 import { ControlServer } from './control.js';
 import { VmDisks } from './disks.js';
@@ -115,7 +115,7 @@ export class Supervisor {
       key: this.input.kek ? (this.input.kek.kind === 'hostkey' ? 'host-key' : 'passphrase') : 'none',
       ...(previous?.testUndo?.length ? { testUndo: previous.testUndo } : {}),
     };
-    for (const stale of ['control.sock', 'qmp.sock']) fs.rmSync(join(this.dir, stale), { force: true });
+    for (const stale of ['control.sock', 'qmp.sock', AGENT_SOCKET]) fs.rmSync(join(this.dir, stale), { force: true });
     this.state.savedState = c.savedState;
     writeState(this.dir, this.state);
     // What this VM is made of, for a later start by name (the host service's POST /v1/vms/{name}/start): no key in it.

@@ -7,8 +7,9 @@ import { totalmem } from 'node:os';
 import { MedvError } from '../core/errors.js';
 import { checkPolicy } from '../api/policy.js';
 import type { ImageState } from '../formats/imagestate/index.js';
+import type { PublishedApp } from '../repo/desktop.js';
 
-export interface PublishedApp { name: string; command: string; icon?: string }
+export type { PublishedApp };
 
 export interface WorkspaceSettings {
   name: string;

@@ -192,7 +192,8 @@ async function wipeWorkspace(s: Session, workspace: string, order: MedvError, wa
   return new MedvError('EWIPED', `${order.message}: this client deleted the workspace's released keys, ${keyFiles} disk key file${keyFiles === 1 ? '' : 's'}, then ${files} disk and state file${files === 1 ? '' : 's'}`, { reason: order.data.reason });
 }
 
-function runningState(vmName: string, runRoot?: string): VmState | undefined {
+/** The state of a workspace's VM while it runs (starting, running, …); undefined when it does not. */
+export function runningState(vmName: string, runRoot?: string): VmState | undefined {
   try {
     const st = vmStatus(vmName, { root: runRoot });
     return isTerminal(st.state) ? undefined : st;
@@ -212,7 +213,8 @@ async function vmConfigFor(vmName: string, store: ImageStore, settings: Workspac
   const config = o.readOnly
     ? vmConfigFromVmc(testVmcPath(store, version), { name: vmName, readOnly: true, confineTo: store.versionDir(version), display: o.display ?? 'none', accel: o.accel })
     : vmConfigFromVmc(store.vmcPath(version), { name: vmName, display: o.display ?? 'none', accel: o.accel });
-  return { ...config, nicModel: settings.hardware?.nic ?? 'e1000', diskBus: settings.hardware?.diskBus ?? 'ide' };
+  // published applications run through the guest agent (./apps.ts): only then has the VM its port
+  return { ...config, nicModel: settings.hardware?.nic ?? 'e1000', diskBus: settings.hardware?.diskBus ?? 'ide', ...(settings.applications?.length ? { guestAgent: true } : {}) };
 }
 
 /** A revertible workspace's undo disk, dropped (not while a saved state needs it). */

@@ -1,0 +1,118 @@
+/**
+ * Published applications end to end, through the CLI: a real `medv serve` with a policy that
+ * publishes two applications of a workspace whose image is the Linux test guest (with Debian's
+ * qemu-guest-agent), packed and uploaded with `medv image pack|upload`; `medv workspace run`
+ * starts the workspace (headless, TCG), waits for the agent and runs each application's argv in
+ * the guest: the exit status and the output reach the CLI. The menu entries run that command.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { MEDV_BIN, TEST_PASSPHRASE, runMedv, tempDir, type RunResult } from '../helpers/cli.js';
+import { freshLinuxImage, LINUX_BOOT_MS } from '../helpers/linux-guest.js';
+
+describe('workspace run: published applications in the Linux guest through its guest agent', function () {
+  this.timeout(LINUX_BOOT_MS + 600_000);
+  const dir = tempDir('apps');
+  const f = (...p: string[]) => join(dir.path, ...p);
+  let serve: ChildProcess;
+  let url = '';
+  const adminTokenFile = () => f('server', 'admin.token');
+  const env = (extra: Record<string, string | undefined> = {}) => ({
+    MEDV_CLIENT_ROOT: f('client'), MEDV_RUN_DIR: f('run'), XDG_DATA_HOME: f('xdg'), XDG_CACHE_HOME: f('cache'), XDG_CONFIG_HOME: f('config'),
+    MEDV_TEST_ACCEL: undefined, ...extra,
+  });
+  /** A client command, asynchronously (the server is our child too). */
+  const client = (args: string[], extra: Record<string, string | undefined> = {}): Promise<RunResult> => new Promise((resolve) => {
+    const child = spawn(process.execPath, [MEDV_BIN, ...args], { env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env(extra) }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => { stdout += d; });
+    child.stderr!.on('data', (d) => { stderr += d; });
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+  const ok = (r: RunResult) => { assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}${r.stdout}`); return r; };
+  const admin = (args: string[]) => ok(runMedv([...args, '--server', url, '--token-file', adminTokenFile()], { MEDV_STATE_DIR: f('state') }, { timeoutMs: 300_000 }));
+  const run = (app: string, args: string[] = [], extra: Record<string, string | undefined> = {}) => client(['workspace', 'run', 'apps', app, '--display', 'none', '--accel', 'tcg', ...args], extra);
+
+  before(async () => {
+    fs.mkdirSync(f('server'));
+    serve = spawn(process.execPath, [MEDV_BIN, 'serve', '--root', f('server'), '--port', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    url = await new Promise<string>((res, rej) => {
+      let out = '';
+      serve.stdout!.on('data', (d) => { out += d; const nl = out.indexOf('\n'); if (nl >= 0) res(JSON.parse(out.slice(0, nl)).url); });
+      serve.once('exit', (c) => rej(new Error(`medv serve exited ${c}`)));
+    });
+    fs.writeFileSync(f('alice.pw'), 'alice-password-alice', { mode: 0o600 });
+    admin(['admin', 'user', 'add', 'alice', '--password-file', f('alice.pw'), '--group', 'staff']);
+    fs.writeFileSync(f('policy.json'), JSON.stringify({
+      name: 'staff', groups: ['staff'],
+      workspaces: [{
+        name: 'apps', image: 'linux', mode: 'revertible', memory: 256, network: 'none',
+        applications: [
+          { name: 'exit7', title: 'Exit "7" for $USER %u', argv: ['sh', '-c', 'exit 7'] },
+          { name: 'version', title: 'Guest version', argv: ['cat', '/etc/medv/version'] },
+          { name: 'killed', argv: ['sh', '-c', 'kill -TERM $$'] },
+        ],
+      }],
+    }));
+    admin(['admin', 'policy', 'publish', f('policy.json')]);
+    ok(runMedv(['image', 'pack', freshLinuxImage(dir.path), '--name', 'linux', '--version', '1', '--out', f('packed'), '--keys', f('keys')], {}, { timeoutMs: 300_000 }));
+    admin(['image', 'upload', f('packed', 'linux_1.ckm'), f('packed', 'linux_1.ckm.index')]);
+    admin(['admin', 'image-keys', 'publish', 'linux', '--keys', f('keys')]);
+    ok(await client(['login', '--server', url, '--user', 'alice', '--password-file', f('alice.pw')]));
+  });
+
+  after(async () => {
+    await client(['workspace', 'stop', 'apps', '--force']);
+    serve?.kill('SIGTERM');
+    await dir.cleanup();
+  });
+
+  it('the default display is a window: without $DISPLAY a clear refusal, nothing started', async () => {
+    const r = await client(['workspace', 'run', 'apps', 'exit7'], { DISPLAY: undefined });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--display window needs an X display/);
+    assert.ok(!fs.existsSync(f('client', 'images', 'PackedImages', 'linux_1.ckm')));
+  });
+
+  it('starts the workspace, waits for the agent, runs `sh -c "exit 7"` in the guest: medv exits 7', async () => {
+    const r = await run('exit7');
+    assert.equal(r.code, 7, `${r.stderr}${r.stdout}`);
+    assert.match(r.stderr, /deployed linux version 1/);
+    assert.match(r.stderr, /running exit7 in workspace apps/);
+  });
+
+  it('the running workspace: a second application reads a file in the guest, its output and status in --json', async () => {
+    const r = ok(await run('version', ['--json']));
+    const out = JSON.parse(r.stdout);
+    assert.equal(out.started, false, 'the workspace was already running');
+    assert.equal(out.exitCode, 0);
+    assert.equal(out.stdout, '1\n');
+    assert.deepEqual(out.argv, ['cat', '/etc/medv/version']);
+    // the plain form copies the guest's output to stdout
+    assert.equal(ok(await run('version')).stdout, '1\n');
+  });
+
+  it('a signal that ends the application is 128+N; an application the policy does not publish is ENOENT (exit 3)', async () => {
+    const killed = await run('killed', ['--json']);
+    assert.equal(killed.code, 128 + 15, killed.stderr);
+    assert.equal(JSON.parse(killed.stdout).signal, 15);
+    const none = await run('nope');
+    assert.equal(none.code, 3);
+    assert.match(none.stderr, /workspace apps publishes no application nope \(it publishes exit7, version, killed\)/);
+    const bad = await run('../x');
+    assert.equal(bad.code, 2);
+  });
+
+  it('the menu entries run `medv workspace run` with this client root and a window', () => {
+    const apps = f('xdg', 'applications');
+    const entries = fs.readdirSync(apps).filter((n) => n.endsWith('.desktop')).sort();
+    assert.equal(entries.length, 3, entries.join(' '));
+    const exit7 = fs.readFileSync(join(apps, entries.find((n) => n.endsWith('-exit7.desktop'))!), 'utf8');
+    const exec = exit7.split('\n').find((l) => l.startsWith('Exec='))!;
+    assert.ok(exec.includes(` workspace run --client-root ${f('client')} --display window apps exit7`), exec);
+    assert.match(exit7, /^Name=Exit "7" for \$USER %u$/m);
+  });
+});

@@ -62,12 +62,18 @@ export const POLICY_SCHEMA = {
         devices: {
           type: 'object',
           additionalProperties: false,
-          description: 'Host devices the guest may use; absent means not allowed.',
+          description: 'Host devices the guest may use; absent means not allowed, and a device not allowed is not in the VM at all.',
           properties: {
-            usb: { type: 'boolean' },
+            usb: { type: 'boolean', description: 'USB redirection of the devices in usbDevices (nothing else).' },
+            usbDevices: {
+              type: 'array', maxItems: 16, uniqueItems: true,
+              description: 'The USB devices the guest gets when usb is true, as vendor:product (4 hex digits each, as lsusb shows them).',
+              items: { type: 'string', pattern: '^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}$' },
+            },
             cdrom: { type: 'boolean' },
-            clipboard: { type: 'boolean' },
-            sharedFolders: { type: 'boolean' },
+            clipboard: { type: 'boolean', description: 'The clipboard shared with the VM\'s window (QEMU\'s qemu-vdagent; the guest needs spice-vdagent).' },
+            sharedFolders: { type: 'boolean', description: 'Host folders the user names (medv workspace start --share TAG=DIR) are shared with the guest (virtio-9p), read-only.' },
+            sharedFoldersWritable: { type: 'boolean', description: 'With sharedFolders: the guest may also write into them.' },
           },
         },
         versionsToKeep: { type: 'integer', minimum: 0, maximum: 16, default: 1, description: 'Older versions kept on the client besides the newest.' },

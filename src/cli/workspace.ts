@@ -1,5 +1,6 @@
 /** `medv workspace …`: the client's workspaces. Thin over src/workspace. */
 import { Command, Option } from 'commander';
+import { resolve } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { DEFAULT_HELP } from '../core/paths.js';
 import { parseDuration } from '../core/units.js';
@@ -26,6 +27,15 @@ async function askYesNo(question: string): Promise<boolean> {
 
 const stderrLine = (m: string) => process.stderr.write(`medv: ${m}\n`);
 
+/** `--share TAG=DIR`, repeatable: a host folder shared with the guest under a mount tag. */
+function collectShare(value: string, previous: Array<{ tag: string; path: string }> = []): Array<{ tag: string; path: string }> {
+  const eq = value.indexOf('=');
+  if (eq <= 0 || eq === value.length - 1) throw new MedvError('EINVAL_ARG', `--share takes TAG=DIR (for example docs=$HOME/Documents), not ${JSON.stringify(value).slice(0, 60)}`);
+  return [...previous, { tag: value.slice(0, eq), path: resolve(value.slice(eq + 1)) }];
+}
+
+const SHARE_HELP = 'share host folder DIR with the guest under mount tag TAG (repeatable; the policy must allow shared folders; read-only unless it allows writes; no symbolic link anywhere in DIR\'s path)';
+
 export function workspaceCommand(): Command {
   const w = new Command('workspace').description('the workspaces your policies entitle you to: start (deploying or updating the image), stop, status, list');
 
@@ -33,6 +43,7 @@ export function workspaceCommand(): Command {
     .description('start a workspace: ask the server (or, offline, the cached policy) for it, deploy or update its image with TrimTransfer, and launch it as an encrypted VM')
     .option('--update', 'update to the newest published version before starting')
     .option('--no-update', 'start the version on this client even if a newer one is published')
+    .option('--share <TAG=DIR>', SHARE_HELP, collectShare)
     .option('--read-only', 'a test run from the version\'s Test/ copy of its .vmc: the guest\'s writes go to a throw-away undo disk in Test/, deleted at stop')
     .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (unix socket, see workspace status), window (needs $DISPLAY)').choices(['none', 'window', 'vnc']).default('none'))
     .addOption(new Option('--accel <accel>', 'accelerator to try first (default: kvm when usable)').choices(['kvm', 'tcg']))
@@ -79,6 +90,7 @@ Examples:
           display: o.display as 'none' | 'window' | 'vnc',
           accel: o.accel as 'kvm' | 'tcg' | undefined,
           readOnly: Boolean(o.readOnly),
+          shares: o.share as Array<{ tag: string; path: string }> | undefined,
           onInfo: o.json ? undefined : (m) => { bar.stop(); stderrLine(m); },
           onWarning: (m) => { bar.stop(); stderrLine(`warning: ${m}`); },
           onProgress: (_l, d, t) => bar.update(d, t),
@@ -98,6 +110,7 @@ Examples:
     .addOption(new Option('--display <kind>', 'when the workspace must be started: where its screen goes (none: headless, for scripts and tests)').choices(['none', 'window', 'vnc']).default('window'))
     .addOption(new Option('--accel <accel>', 'accelerator to try first when starting (default: kvm when usable)').choices(['kvm', 'tcg']))
     .option('--no-update', 'when starting: start the version on this client even if a newer one is published')
+    .option('--share <TAG=DIR>', `when starting: ${SHARE_HELP}`, collectShare)
     .option('--agent-timeout <duration>', 'how long to wait for the guest agent to answer: seconds, or with s, m, h', '300')
     .option('--timeout <duration>', 'how long the application may run (default: no limit): seconds, or with s, m, h')
     .option('--json', 'print the result as JSON (the application\'s output as text in stdout/stderr fields)')
@@ -130,6 +143,7 @@ Examples:
         display: o.display as 'none' | 'window' | 'vnc',
         accel: o.accel as 'kvm' | 'tcg' | undefined,
         update: o.update === false ? false : undefined,
+        shares: o.share as Array<{ tag: string; path: string }> | undefined,
         agentTimeoutMs, timeoutMs,
         onInfo: o.json ? undefined : stderrLine,
         onWarning: (m) => stderrLine(`warning: ${m}`),

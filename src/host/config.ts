@@ -6,6 +6,7 @@
 import { basename, dirname, extname, join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
+import type { SharedFolder } from './shares.js';
 
 export interface VmDiskConfig {
   path: string;
@@ -61,6 +62,16 @@ export interface VmConfig {
   guestAgent?: boolean;
   /** The clipboard shared with the display (qemu-vdagent): only when the device policy allows it. */
   clipboard?: boolean;
+  /** Host folders shared with the guest (virtio-9p, read-only unless `writable`; ./shares.ts opens them). */
+  sharedFolders?: SharedFolder[];
+  /** USB devices the guest gets by vendor:product (QEMU usb-host): only those the policy allows. */
+  usbDevices?: Array<{ vendorId: number; productId: number }>;
+}
+
+/** What QEMU says a running VM has (the supervisor's `devices` control command, QMP query-chardev and qom-list). */
+export interface VmDevices {
+  chardevs: Array<{ label: string; filename: string }>;
+  devices: Array<{ id: string; type: string; vendorId?: number; productId?: number; mountTag?: string; fsdev?: string }>;
 }
 
 export interface SupervisorInput {

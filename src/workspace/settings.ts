@@ -18,7 +18,7 @@ export interface WorkspaceSettings {
   onStop?: 'shutdown' | 'suspend';
   memory?: number | { byHostRam: { hostMiB: number; guestMiB: number }[] };
   network?: 'nat' | 'none';
-  devices?: { usb?: boolean; cdrom?: boolean; clipboard?: boolean; sharedFolders?: boolean };
+  devices?: { usb?: boolean; usbDevices?: string[]; cdrom?: boolean; clipboard?: boolean; sharedFolders?: boolean; sharedFoldersWritable?: boolean };
   versionsToKeep?: number;
   suggestUpdate?: boolean;
   useTrimTransfer?: boolean;
@@ -53,6 +53,15 @@ export function memoryFor(s: WorkspaceSettings, hostMiB = Math.floor(totalmem() 
   const rows = m.byHostRam.filter((r) => r.hostMiB <= hostMiB).sort((a, b) => b.hostMiB - a.hostMiB);
   if (rows.length === 0) return Math.min(...m.byHostRam.map((r) => r.guestMiB));
   return rows[0].guestMiB;
+}
+
+/** The USB devices the policy lets the guest have (none unless `devices.usb`). */
+export function usbDevicesFor(s: WorkspaceSettings): Array<{ vendorId: number; productId: number }> {
+  if (s.devices?.usb !== true) return [];
+  return (s.devices.usbDevices ?? []).map((d) => {
+    const [v, p] = d.split(':');
+    return { vendorId: parseInt(v, 16), productId: parseInt(p, 16) };
+  });
 }
 
 /** ImageState.xml of a deployed version, from the policy. */

@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MEDV_BIN, TEST_PASSPHRASE, runMedv, tempDir, type RunResult } from '../helpers/cli.js';
 import { freshLinuxImage, LINUX_BOOT_MS } from '../helpers/linux-guest.js';
+import { vmDevices } from '../../src/host/client.js';
 
 describe('workspace run: published applications in the Linux guest through its guest agent', function () {
   this.timeout(LINUX_BOOT_MS + 600_000);
@@ -35,6 +36,7 @@ describe('workspace run: published applications in the Linux guest through its g
   const ok = (r: RunResult) => { assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}${r.stdout}`); return r; };
   const admin = (args: string[]) => ok(runMedv([...args, '--server', url, '--token-file', adminTokenFile()], { MEDV_STATE_DIR: f('state') }, { timeoutMs: 300_000 }));
   const run = (app: string, args: string[] = [], extra: Record<string, string | undefined> = {}) => client(['workspace', 'run', 'apps', app, '--display', 'none', '--accel', 'tcg', ...args], extra);
+  const devicesOf = async (ws: string) => vmDevices(JSON.parse(ok(await client(['workspace', 'status', ws, '--json'])).stdout).vmName, { root: f('run') });
 
   before(async () => {
     fs.mkdirSync(f('server'));
@@ -54,7 +56,12 @@ describe('workspace run: published applications in the Linux guest through its g
           { name: 'exit7', title: 'Exit "7" for $USER %u', argv: ['sh', '-c', 'exit 7'] },
           { name: 'version', title: 'Guest version', argv: ['cat', '/etc/medv/version'] },
           { name: 'killed', argv: ['sh', '-c', 'kill -TERM $$'] },
+          // the virtio device ids the guest sees (9: a 9p transport, 3: the console/serial ports)
+          { name: 'virtio', argv: ['sh', '-c', 'cat /sys/bus/virtio/devices/*/device'] },
         ],
+        devices: { clipboard: true, sharedFolders: true, usb: true, usbDevices: ['1234:abcd'] },
+      }, {
+        name: 'bare', image: 'linux', mode: 'revertible', memory: 256, network: 'none',
       }],
     }));
     admin(['admin', 'policy', 'publish', f('policy.json')]);
@@ -65,7 +72,7 @@ describe('workspace run: published applications in the Linux guest through its g
   });
 
   after(async () => {
-    await client(['workspace', 'stop', 'apps', '--force']);
+    for (const ws of ['apps', 'bare']) await client(['workspace', 'stop', ws, '--force']);
     serve?.kill('SIGTERM');
     await dir.cleanup();
   });
@@ -78,7 +85,8 @@ describe('workspace run: published applications in the Linux guest through its g
   });
 
   it('starts the workspace, waits for the agent, runs `sh -c "exit 7"` in the guest: medv exits 7', async () => {
-    const r = await run('exit7');
+    fs.mkdirSync(f('docs'));
+    const r = await run('exit7', ['--share', `docs=${f('docs')}`]);
     assert.equal(r.code, 7, `${r.stderr}${r.stdout}`);
     assert.match(r.stderr, /deployed linux version 1/);
     assert.match(r.stderr, /running exit7 in workspace apps/);
@@ -101,15 +109,40 @@ describe('workspace run: published applications in the Linux guest through its g
     assert.equal(JSON.parse(killed.stdout).signal, 15);
     const none = await run('nope');
     assert.equal(none.code, 3);
-    assert.match(none.stderr, /workspace apps publishes no application nope \(it publishes exit7, version, killed\)/);
+    assert.match(none.stderr, /workspace apps publishes no application nope \(it publishes exit7, version, killed, virtio\)/);
     const bad = await run('../x');
     assert.equal(bad.code, 2);
+  });
+
+  it('the device policy reached the VM: clipboard, the shared folder, the allowed USB device (QMP); the guest sees the 9p device', async () => {
+    const d = await devicesOf('apps');
+    assert.ok(d.chardevs.some((c) => c.label === 'vdagent0'), JSON.stringify(d.chardevs));
+    assert.ok(d.chardevs.some((c) => c.label === 'qga0'));
+    const share = d.devices.find((x) => x.type === 'virtio-9p-pci');
+    assert.equal(share?.mountTag, 'docs');
+    assert.deepEqual(d.devices.filter((x) => x.type === 'usb-host').map((x) => [x.vendorId, x.productId]), [[0x1234, 0xabcd]]);
+    const ids = JSON.parse(ok(await run('virtio', ['--json'])).stdout).stdout.split('\n').filter(Boolean);
+    assert.ok(ids.includes('0x0009'), `the guest's virtio devices: ${ids.join(' ')}`);
+  });
+
+  it('a workspace whose policy allows nothing: no agent port, clipboard, 9p or USB in its VM; --share is refused (exit 4) before anything starts', async () => {
+    const refused = await client(['workspace', 'start', 'bare', '--accel', 'tcg', '--share', `docs=${f('docs')}`]);
+    assert.equal(refused.code, 4, refused.stderr);
+    assert.match(refused.stderr, /the policy of workspace bare does not allow shared folders/);
+    ok(await client(['workspace', 'start', 'bare', '--accel', 'tcg', '--json']));
+    const d = await devicesOf('bare');
+    assert.deepEqual(d.chardevs.map((c) => c.label).filter((l) => l === 'qga0' || l === 'vdagent0'), []);
+    assert.deepEqual(d.devices.map((x) => x.type).filter((t) => ['virtio-serial-pci', 'virtio-9p-pci', 'qemu-xhci', 'usb-host'].includes(t)), []);
+    const none = await client(['workspace', 'run', 'bare', 'anything', '--display', 'none']);
+    assert.equal(none.code, 3, none.stderr);
+    assert.match(none.stderr, /workspace bare publishes no application anything/);
+    ok(await client(['workspace', 'stop', 'bare', '--force']));
   });
 
   it('the menu entries run `medv workspace run` with this client root and a window', () => {
     const apps = f('xdg', 'applications');
     const entries = fs.readdirSync(apps).filter((n) => n.endsWith('.desktop')).sort();
-    assert.equal(entries.length, 3, entries.join(' '));
+    assert.equal(entries.length, 4, entries.join(' '));
     const exit7 = fs.readFileSync(join(apps, entries.find((n) => n.endsWith('-exit7.desktop'))!), 'utf8');
     const exec = exit7.split('\n').find((l) => l.startsWith('Exec='))!;
     assert.ok(exec.includes(` workspace run --client-root ${f('client')} --display window apps exit7`), exec);

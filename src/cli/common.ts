@@ -117,13 +117,13 @@ export function passesStatus(cmd: Command, what: string): Command {
   return cmd;
 }
 
-/** The statuses a command can exit with: 0, 1, 2 and those of its declared codes (all of them when it declared none; 0-255 for one that passes a status through). */
-export function exitStatuses(cmd: Command): number[] {
-  if (PASS_THROUGH.has(cmd)) return Array.from({ length: 256 }, (_, i) => i);
-  return ownExitStatuses(cmd);
+/** Does `cmd` exit with the status of what it runs (passesStatus)? Then any of 0-255 is its to return. */
+export function passesThrough(cmd: Command): boolean {
+  return PASS_THROUGH.has(cmd);
 }
 
-function ownExitStatuses(cmd: Command): number[] {
+/** The statuses a command can exit with when it fails itself: 0, 1, 2 and those of its declared codes (all of them when it declared none). */
+export function exitStatuses(cmd: Command): number[] {
   const spec = EXIT_SPECS.get(cmd);
   if (!spec) return Object.keys(EXIT_MEANING).map(Number);
   const s = new Set([0, 1, EXIT_USAGE]);
@@ -135,7 +135,7 @@ function ownExitStatuses(cmd: Command): number[] {
 /** The "Exit status:" block of a command's help, generated from EXIT_STATUS and EXIT_MEANING. */
 export function exitHelp(cmd: Command): string {
   const spec = EXIT_SPECS.get(cmd);
-  const rows = ownExitStatuses(cmd).map((status) => {
+  const rows = exitStatuses(cmd).map((status) => {
     const codes = spec ? spec.codes.filter((c) => (EXIT_STATUS[c] ?? 1) === status) : (Object.keys(EXIT_STATUS) as ErrorCode[]).filter((c) => EXIT_STATUS[c] === status);
     // Codes grouped by what they mean here: the command's note, else the table's words for the status.
     const groups = new Map<string, ErrorCode[]>();

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MEDV_BIN, TEST_PASSPHRASE, runMedv, tempDir, type RunResult } from '../helpers/cli.js';
+import { MEDV_BIN, runMedv, runMedvAsync, tempDir, type RunResult } from '../helpers/cli.js';
 import { freshLinuxImage, LINUX_BOOT_MS } from '../helpers/linux-guest.js';
 import { vmDevices } from '../../src/host/client.js';
 
@@ -25,14 +25,7 @@ describe('workspace run: published applications in the Linux guest through its g
     MEDV_TEST_ACCEL: undefined, ...extra,
   });
   /** A client command, asynchronously (the server is our child too). */
-  const client = (args: string[], extra: Record<string, string | undefined> = {}): Promise<RunResult> => new Promise((resolve) => {
-    const child = spawn(process.execPath, [MEDV_BIN, ...args], { env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env(extra) }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d) => { stdout += d; });
-    child.stderr!.on('data', (d) => { stderr += d; });
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  const client = (args: string[], extra: Record<string, string | undefined> = {}): Promise<RunResult> => runMedvAsync(args, env(extra));
   const ok = (r: RunResult) => { assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}${r.stdout}`); return r; };
   const admin = (args: string[]) => ok(runMedv([...args, '--server', url, '--token-file', adminTokenFile()], { MEDV_STATE_DIR: f('state') }, { timeoutMs: 300_000 }));
   const run = (app: string, args: string[] = [], extra: Record<string, string | undefined> = {}) => client(['workspace', 'run', 'apps', app, '--display', 'none', '--accel', 'tcg', ...args], extra);

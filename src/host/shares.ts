@@ -11,9 +11,9 @@ import * as fs from 'node:fs';
 import { isAbsolute, normalize, sep } from 'node:path';
 import { MedvError, fromSystemError } from '../core/errors.js';
 import { fdPath } from '../core/fsio.js';
+import { SHARE_TAG_RE } from '../hypervisor/qemu.js';
 
-/** A mount tag: what the guest mounts (`mount -t 9p TAG DIR`); 9p allows at most 31 bytes. */
-export const SHARE_TAG_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$/;
+export { SHARE_TAG_RE };
 /** Shared folders one VM may have. */
 export const MAX_SHARES = 8;
 

@@ -153,6 +153,8 @@ export function blockdevOptions(drive: DriveSpec, nodeName: string): Record<stri
 export const NET_FD = 4;
 /** QEMU's fd of its first shared folder (LaunchSpec.shares): stdio[5 + i]. */
 export const SHARE_FD_BASE = 5;
+/** A 9p mount tag: what the guest mounts (`mount -t 9p TAG DIR`); 9p allows at most 31 bytes, and none of QEMU's option syntax. */
+export const SHARE_TAG_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$/;
 
 /** A value inside QEMU's `key=value,key=value` syntax: commas doubled (QemuOpts' escape). */
 function optValue(v: string): string {
@@ -237,7 +239,7 @@ export function qemuArgv(spec: LaunchSpec): string[] {
       '-device', 'virtserialport,bus=vser0.0,chardev=vdagent0,name=com.redhat.spice.0');
   }
   (spec.shares ?? []).forEach((share, i) => {
-    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$/.test(share.tag)) throw new MedvError('EINVAL_ARG', `invalid shared folder tag ${JSON.stringify(share.tag)}`);
+    if (!SHARE_TAG_RE.test(share.tag)) throw new MedvError('EINVAL_ARG', `invalid shared folder tag ${JSON.stringify(share.tag)}`);
     if (!Number.isSafeInteger(share.fd) || share.fd < 0) throw new MedvError('EINVAL_ARG', `shared folder ${share.tag}: invalid descriptor`);
     argv.push('-fsdev', `local,id=fsdev${i},path=/proc/self/fd/${SHARE_FD_BASE + i},security_model=none${share.readOnly === false ? '' : ',readonly=on'}`,
       '-device', `virtio-9p-pci,id=share${i},fsdev=fsdev${i},mount_tag=${share.tag}`);

@@ -124,7 +124,7 @@ const SEED_COPIES = 8;
  * this many found in place in a seed (a few bytes each). A block wanted by id costs ~1 KiB of heap
  * until its part is done (its entry, key, piece and request plan); 32,768 of them made a full fetch
  * of the bench's 1 GiB disk peak at 267 MiB (its heap grew to ~100 MiB, ~30 MiB of each part
- * dying at once), 8,192 at ~200 MiB. An update's changed blocks (3,931 in the bench) are one part,
+ * dying at once), 8,192 at 201 to 217 MiB (loaded machine). An update's changed blocks (3,931 in the bench) are one part,
  * so their pieces of a pack are asked for together (few requests from a single-range server).
  */
 const PART_BLOCKS = 8192;

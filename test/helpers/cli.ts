@@ -28,25 +28,6 @@ export function runMedv(args: string[], env: Record<string, string | undefined> 
   return result;
 }
 
-/**
- * `runMedv` without blocking this process: for commands whose peers (a proxy, a fake peer) run in
- * the test's own event loop. Same environment and shape checks.
- */
-export function runMedvAsync(args: string[], env: Record<string, string | undefined> = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MEDV_BIN, ...args], { env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d) => { stdout += d; });
-    child.stderr!.on('data', (d) => { stderr += d; });
-    child.once('close', (code) => {
-      const result = { code, stdout, stderr };
-      try { checkShape(args, result); } catch (e) { reject(e); return; }
-      resolve(result);
-    });
-  });
-}
-
 let exitTable: Record<string, number[]> | undefined;
 
 /** The exit statuses each leaf command's help lists, read once per test process from the real program. */
@@ -78,6 +59,21 @@ function checkShape(args: string[], r: RunResult): void {
   if (leaf && !table[leaf].includes(r.code)) {
     throw new Error(`medv ${leaf} exited ${r.code}, a status its --help does not list (${table[leaf].join(', ')}); declare the code with raises() in src/cli/:\n${r.stderr}`);
   }
+}
+
+/**
+ * Run medv asynchronously (the event loop keeps turning: a server, proxy or watcher in this
+ * process goes on answering), with the test passphrase and `env` over ours; resolves when it exits.
+ */
+export function runMedvAsync(args: string[], env: Record<string, string | undefined> = {}): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [MEDV_BIN, ...args], { env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => { stdout += d; });
+    child.stderr!.on('data', (d) => { stderr += d; });
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
 }
 
 /** Start a long-running medv command (serve); resolves once it printed its ready line. */

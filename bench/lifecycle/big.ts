@@ -114,11 +114,15 @@ async function medvRun(): Promise<{ suspend: number; resume: number; bytes: numb
   const t0 = performance.now();
   medv(['vm', 'suspend', 'big']);
   const suspend = performance.now() - t0;
+  const log = join(env.MEDV_RUN_DIR!, 'big', 'supervisor.log');
+  // Where the time went, by the supervisors' milestones (stderr, not the summary).
+  process.stderr.write(`suspend:\n${readFileSync(log, 'utf8').split('\n').filter((l) => / suspend: /.test(l)).join('\n')}\n`);
   const bytes = statSync(`${img}.vsv`).size;
   await poolReady();
   const t1 = performance.now();
   medv(['vm', 'start', img, '--name', 'big', '--disk-bus', 'virtio', ...keyArgs]);
   const resume = performance.now() - t1;
+  process.stderr.write(`resume:\n${readFileSync(log, 'utf8')}\n`);
   medv(['vm', 'stop', 'big', '--force']);
   rmSync(img, { force: true });
   return { suspend, resume, bytes, fill: `${filled[1]} MiB in ${filled[2]} s` };

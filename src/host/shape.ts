@@ -56,6 +56,18 @@ export function specFor(shape: MachineShape, dir: string, name: string): LaunchS
   };
 }
 
+/**
+ * The hardware a guest sees and a saved state's devices must match (drives with bus and kind, empty
+ * CD/DVD drives, the NIC's model), in words: recorded at suspend, compared at resume, so that a
+ * resume started with another `--disk-bus` or NIC is refused before QEMU gets the state (QEMU
+ * itself only fails mid-stream, the supervisor then seeing the connection reset).
+ */
+export function hardwareOf(shape: MachineShape): string {
+  const drives = shape.drives.map((d) => (d.cdrom ? 'cdrom' : d.iface ?? 'ide')).join(',');
+  const net = shape.network.kind === 'none' ? 'none' : shape.network.model ?? 'e1000';
+  return `drives ${drives || 'none'}${shape.emptyCdDrives ? ` + ${shape.emptyCdDrives} empty CD/DVD` : ''}; NIC ${net}`;
+}
+
 /** Equal for two shapes exactly when a QEMU of one can run a VM of the other. */
 export function shapeKey(shape: MachineShape): string {
   return JSON.stringify(shape);

@@ -25,7 +25,7 @@ import { bindNbd, type NbdListener } from '../nbd/server.js';
 import { randomInt } from 'node:crypto';
 import { writeFileAtomicSync } from '../core/fsio.js';
 import type { PooledQemu } from './pooled.js';
-import { machineShape, shapeKey, specFor, type MachineShape } from './shape.js';
+import { hardwareOf, machineShape, shapeKey, specFor, type MachineShape } from './shape.js';
 import type { SupervisorInput } from './config.js';
 import { ControlServer } from './control.js';
 import { VmDisks } from './disks.js';
@@ -67,6 +67,8 @@ export class Supervisor {
   /** The authenticated metadata of the saved state being resumed. */
   private savedMeta: SavedStateMeta | undefined;
   private suspending = false;
+  /** The guest's hardware in words (./shape.ts hardwareOf), recorded in a saved state. */
+  private hardware: string | undefined;
 
   /** A pooled QEMU this supervisor was started with (./pooled.ts), until start() takes or discards it. */
   private adopted: PooledQemu | undefined;
@@ -143,6 +145,7 @@ export class Supervisor {
       }
       const accel = c.accel ?? defaultAccelerator();
       const shape = machineShape(c, { accel, memoryMiB: this.memoryMiB ?? c.memoryMiB, incoming: resuming });
+      this.hardware = hardwareOf(shape);
       const vm = await this.adopt(shape, listeners) ?? await this.startCold(shape, listeners);
       if (resuming && !saved) {
         // Unwrapping its key (Argon2id for a passphrase) runs on the thread pool from now on,
@@ -154,6 +157,10 @@ export class Supervisor {
       const layers = await loadLayers();
       this.trace('disk layers loaded');
       if (opening) saved = await opening;
+      // Before any disk is opened: the hardware the saved devices need (QEMU would fail mid-stream).
+      if (this.savedMeta?.hardware !== undefined && this.savedMeta.hardware !== hardwareOf(shape)) {
+        throw new MedvError('ESAVEDSTATE', `the saved state ${c.savedState} was taken with other hardware (${this.savedMeta.hardware}) than this start asks for (${hardwareOf(shape)}): start the VM with the settings it was suspended with (--disk-bus, --nic), or drop the state with medv vm discard-state`, { file: c.savedState });
+      }
       const disks = new VmDisks(layers, this.input.kek, {
         savedState: c.savedState,
         testUndo: this.state.testUndo,
@@ -388,7 +395,7 @@ export class Supervisor {
         }
         // Recorded now, with the disks closed and flagged: what a resume must find again (./binding.ts).
         const binding = bindingOf(disks.bound);
-        await vsv.shown(() => writer.finish({ vm: this.input.config.name, memoryMiB: this.memoryMiB ?? this.input.config.memoryMiB, createdAt: new Date().toISOString(), disks: fingerprintsOf(binding), binding }));
+        await vsv.shown(() => writer.finish({ vm: this.input.config.name, memoryMiB: this.memoryMiB ?? this.input.config.memoryMiB, createdAt: new Date().toISOString(), disks: fingerprintsOf(binding), binding, hardware: this.hardware }));
         this.trace('suspend: disks closed, saved state published');
       });
     })();

@@ -18,9 +18,11 @@
  *   6. flush, publish (key file, then disk), and the new disk's block ids cached from its index
  *      (the next update that uses it as a seed does not hash it)
  *
- * Memory: the blocks wanted by id (those no seed holds at their place: for an update, about the
- * changed blocks), a few windows of 2 MiB, and per request the pieces partly received. A disk
- * seed is pread, not mapped (./seeds.ts): its pages would otherwise count in the RSS.
+ * Memory: the blocks wanted by id of one part of the image (PART_BLOCKS: for an update, the
+ * changed blocks), a few windows of 2 MiB, and the repository bytes in flight: at most
+ * `inFlightBytes` (./inflight.ts) from the moment a request is sent until the blocks it carried
+ * are written. A disk seed is pread, not mapped (./seeds.ts): its pages would otherwise count in
+ * the RSS.
  */
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
@@ -58,6 +60,11 @@ export interface FetchImageOptions {
   cacheDir?: string;
   http?: HttpOptions;
   /**
+   * Repository bytes held at once, from a request's sending until the blocks it carried are
+   * decoded and written (default FETCH_IN_FLIGHT_BYTES, 4 MiB): requests wait for room.
+   */
+  inFlightBytes?: number;
+  /**
    * What the caller asked for: the signed header must name exactly this image name, version and
    * image id (32 hex), checked right after its signature and before anything is created, so a
    * rolled-back or swapped index under the expected URL leaves nothing behind (EBADREPLY).
@@ -85,6 +92,8 @@ export interface FetchImageResult {
   /** Plaintext bytes taken from seeds. */
   seedBytes: number;
   requests: number;
+  /** The most repository bytes held at once (at most `inFlightBytes`, or one request alone when it is larger). */
+  maxInFlightBytes: number;
   indexRecordsReused: number;
   indexRecordsFetched: number;
   /** Run records rebuilt from a signed index delta (`<NAME>_<N>.ckm.index-from-<M>`). */
@@ -111,11 +120,14 @@ interface Piece { offset: number; length: number; pack: number; key: string; bas
 const SEED_SPAN = 512;
 const SEED_COPIES = 8;
 /**
- * A part of the image ends (on a window boundary) once it has this many blocks wanted by id (a few
- * hundred bytes each while wanted), or this many found in place in a seed (a few bytes each). An
- * update's changed blocks are one part, so their pieces of a pack are asked for together.
+ * A part of the image ends (on a window boundary) once it has this many blocks wanted by id, or
+ * this many found in place in a seed (a few bytes each). A block wanted by id costs ~1 KiB of heap
+ * until its part is done (its entry, key, piece and request plan); 32,768 of them made a full fetch
+ * of the bench's 1 GiB disk peak at 267 MiB (its heap grew to ~100 MiB, ~30 MiB of each part
+ * dying at once), 8,192 at 201 to 217 MiB (loaded machine). An update's changed blocks (3,931 in the bench) are one part,
+ * so their pieces of a pack are asked for together (few requests from a single-range server).
  */
-const PART_BLOCKS = 32768;
+const PART_BLOCKS = 8192;
 const PART_IN_PLACE = 1 << 20;
 
 /** `*.evhd.index` files in the output's folder (at most 16, newest first). */
@@ -169,7 +181,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
   const trim = opts.trim ?? true;
   const dryRun = opts.dryRun ?? false;
   checkOut(opts.out);
-  const stats = newStats();
+  const stats = newStats(opts.inFlightBytes);
   const client = new HttpClient(stats, opts.http);
   const open = (name: string): RemoteFile => (isUrl(name) ? client.file(name) : new LocalFile(name, stats));
   const warn = (m: string) => opts.onWarning?.(m);
@@ -422,6 +434,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
       out: opts.out, name: h.name, version: h.version, virtualSize: h.virtualSize, dryRun,
       blocks: blocksTotal, blocksResumed: resumed, blocksFromSeeds: fromSeeds, blocksFromNetwork: fromNetwork,
       networkBytes: s.networkBytes, repositoryFileBytes: s.localBytes, seedBytes: fromSeeds * CKM_BLOCK_SIZE, requests: s.requests,
+      maxInFlightBytes: s.inFlight.max,
       indexRecordsReused: fetched.reusedRecords, indexRecordsFetched: fetched.fetchedRecords, indexRecordsFromDelta: fetched.deltaRecords,
       indexDelta: fetched.delta,
       ...(dryRun ? { wouldFetchBytes, wouldRequests } : {}),

@@ -39,6 +39,12 @@ export interface HttpOptions {
 
 class Retryable extends Error {}
 
+/**
+ * What a reply streamed in full holds at once: one socket chunk (at most 64 KiB) and the pieces it
+ * completes or starts (each written before the next chunk is read).
+ */
+const STREAMED_BYTES = 128 * 1024;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** What one fetch run shares across files: agents (keep-alive), range support per origin, ETags per URL, counters. */
@@ -215,7 +221,11 @@ export class HttpFile implements RemoteFile {
       if (want.length === 0) return;
       const delivered = { n: 0 };
       try {
-        const outcome = await this.requestOnce(want, size, mode!, pending, queue, sink, delivered);
+        // admitted for the bytes it asks for, held until every piece it carried is written; a
+        // whole file streamed (no range support) holds one chunk and the pieces it completes
+        const span = this.bodyRanges(want, mode!).reduce((n, r) => n + r.length, 0);
+        const asked = mode === 'none' ? Math.min(span, STREAMED_BYTES) : span;
+        const outcome = await this.client.stats.inFlight.with(asked, () => this.requestOnce(want, size, mode!, pending, queue, sink, delivered));
         if (outcome === 'multi-refused') {
           mode = 'single';
           this.client.setMode(this.name, 'single');
@@ -248,6 +258,13 @@ export class HttpFile implements RemoteFile {
     }
   }
 
+  /** The byte ranges one request for `want` asks for (one range unless the origin takes several). */
+  private bodyRanges(want: Span[], mode: RangeMode): Span[] {
+    const ranges = planRequests(want, { gap: mode === 'multi' ? MULTI_RANGE.gap : SINGLE_RANGE.gap, maxRanges: Infinity, maxBytes: Infinity })
+      .flatMap((r) => r.ranges);
+    return mode !== 'multi' ? [{ offset: ranges[0].offset, length: ranges[ranges.length - 1].offset + ranges[ranges.length - 1].length - ranges[0].offset }] : ranges;
+  }
+
   /**
    * One request for `want`. Delivers what arrives (removing it from `pending`); throws Retryable
    * when the rest is worth asking again. A 200 reply takes over every piece still queued.
@@ -255,9 +272,7 @@ export class HttpFile implements RemoteFile {
   private async requestOnce<P extends Span>(
     want: P[], size: number, mode: RangeMode, pending: Set<P>, queue: P[][], sink: PieceSink<P>, delivered: { n: number },
   ): Promise<'ok' | 'multi-refused' | 'no-ranges'> {
-    const ranges = planRequests(want, { gap: mode === 'multi' ? MULTI_RANGE.gap : SINGLE_RANGE.gap, maxRanges: Infinity, maxBytes: Infinity })
-      .flatMap((r) => r.ranges);
-    const single = mode !== 'multi' ? [{ offset: ranges[0].offset, length: ranges[ranges.length - 1].offset + ranges[ranges.length - 1].length - ranges[0].offset }] : ranges;
+    const single = this.bodyRanges(want, mode);
     const headers: Record<string, string> = mode === 'none' ? {} : { range: rangeHeader(single), ...this.conditional() };
     const res = await this.client.request(this.name, 'GET', headers);
     const waits: Array<Promise<void>> = [];

@@ -5,6 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { MedvError, fromSystemError } from '../core/errors.js';
+import { InFlight } from './inflight.js';
 import { type Span, planRequests } from './plan.js';
 
 export interface TransferStats {
@@ -14,9 +15,11 @@ export interface TransferStats {
   requests: number;
   /** Bytes read from local repository files (a path instead of a URL). */
   localBytes: number;
+  /** The bound on repository bytes held at once, shared by every file of one fetch (./inflight.ts). */
+  inFlight: InFlight;
 }
 
-export function newStats(): TransferStats { return { networkBytes: 0, requests: 0, localBytes: 0 }; }
+export function newStats(inFlightBytes?: number): TransferStats { return { networkBytes: 0, requests: 0, localBytes: 0, inFlight: new InFlight(inFlightBytes) }; }
 
 export type PieceSink<P> = (piece: P, data: Buffer) => Promise<void> | void;
 
@@ -86,8 +89,10 @@ export class LocalFile implements RemoteFile {
       checkFileSize(this.name, actual, size);
       for (const req of planRequests(pieces, { gap: 0, maxRanges: 1, maxBytes: 1 << 20 })) {
         const r = req.ranges[0];
-        const buf = await this.readAt(fh, r.offset, r.length);
-        for (const p of req.pieces) await sink(p, buf.subarray(p.offset - r.offset, p.offset - r.offset + p.length));
+        await this.stats.inFlight.with(r.length, async () => {
+          const buf = await this.readAt(fh, r.offset, r.length);
+          for (const p of req.pieces) await sink(p, buf.subarray(p.offset - r.offset, p.offset - r.offset + p.length));
+        });
       }
     } finally {
       await fh.close().catch(() => undefined);

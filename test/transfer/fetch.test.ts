@@ -13,6 +13,9 @@ import { tempDir } from '../helpers/cli.js';
 import { type Nginx, startNginx } from '../helpers/nginx.js';
 import { type Repo, makeRepo, medvAsync, zstdAlone } from './fixture.js';
 import { DiskSeed } from '../../src/transfer/seeds.js';
+import { fetchImage } from '../../src/transfer/fetch.js';
+import { FETCH_IN_FLIGHT_BYTES } from '../../src/transfer/inflight.js';
+import { MULTI_RANGE } from '../../src/transfer/plan.js';
 import { native } from '../../src/native.js';
 
 describe('transfer: medv image fetch over HTTP', function () {
@@ -47,6 +50,28 @@ describe('transfer: medv image fetch over HTTP', function () {
     // nothing of the partial output is left; the key file and the index copy sit beside the disk
     assert.deepEqual(readdirSync(t.path).filter((n) => n.startsWith('.v1.evhd')), []);
     assert.ok(statSync(join(t.path, 'v1.enc')).isFile());
+  });
+
+  it('holds at most inFlightBytes of repository data at once (a request waits for room), and still fetches a correct disk when the bound is below one request', async () => {
+    const kek = () => ({ kind: 'hostkey' as const, keyFile: r.hostKey });
+    const fetchWith = async (name: string, inFlightBytes?: number) => {
+      const out = join(t.path, 'inflight', `${name}.evhd`);
+      mkdirSync(join(t.path, 'inflight'), { recursive: true });
+      const res = await fetchImage({ source: nginx.url('lab_1.ckm.index'), out, keyDir: r.keys, kek, cacheDir: join(t.path, 'inflight', 'cache'), inFlightBytes });
+      assert.ok(r.sameAs(out, r.v1), `${name}: fetched v1 differs from the source`);
+      assert.ok(res.blocksFromNetwork > 0 && res.maxInFlightBytes > 0, JSON.stringify(res));
+      return res;
+    };
+    // the default bound, and one of two requests' worth: 4 requests of up to 128 KiB would hold 512 KiB
+    const byDefault = await fetchWith('default');
+    assert.ok(byDefault.maxInFlightBytes <= FETCH_IN_FLIGHT_BYTES, `${byDefault.maxInFlightBytes} bytes in flight, bound ${FETCH_IN_FLIGHT_BYTES}`);
+    const two = 2 * MULTI_RANGE.maxBytes;
+    const bounded = await fetchWith('two-requests', two);
+    assert.ok(bounded.maxInFlightBytes <= two, `${bounded.maxInFlightBytes} bytes in flight, bound ${two}`);
+    // below one request: each request goes alone, and the fetch completes
+    const tiny = await fetchWith('tiny', 4096);
+    assert.ok(tiny.maxInFlightBytes <= MULTI_RANGE.maxBytes, `${tiny.maxInFlightBytes} bytes in flight with a 4 KiB bound: more than one request at a time`);
+    console.log(`      bytes in flight at most: ${byDefault.maxInFlightBytes} (default bound), ${bounded.maxInFlightBytes} (bound ${two}), ${tiny.maxInFlightBytes} (bound 4096)`);
   });
 
   it('reads a disk seed without mapping its file: none of its pages stay in the process\'s RSS (a 1 GiB update peaked at ~860 MiB)', async function () {

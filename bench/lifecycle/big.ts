@@ -26,7 +26,7 @@ import { QemuProcess, defaultAccelerator } from '../../src/hypervisor/qemu.js';
 import { linuxGuest, readRootFile } from '../../src/hypervisor/linuxguest.js';
 import { createHostKey } from '../../src/crypto/index.js';
 import { hostApi } from '../../src/host/api.js';
-import { MEDV, startService } from './host.js';
+import { MEDV, plainResume, plainSuspend, startService } from './host.js';
 import { arg } from '../args.js';
 
 const runs = Number(arg('runs', '1')) || 1;
@@ -137,26 +137,11 @@ async function qemuRun(): Promise<{ suspend: number; resume: number; bytes: numb
   const filled = await vm.waitForSerial(FILLED, BOOT_MS);
   await vm.waitForSerial(READY, BOOT_MS);
   const t0 = performance.now();
-  await vm.execute('stop');
-  await vm.execute('migrate-set-parameters', { 'max-bandwidth': 1024 ** 4, 'downtime-limit': 60_000 });
-  await vm.execute('migrate', { uri: `exec:cat > ${file}` });
-  for (;;) {
-    const s = await vm.execute<{ status: string }>('query-migrate');
-    if (s.status === 'completed') break;
-    if (s.status === 'failed') throw new Error('migrate failed');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  await vm.kill();
+  await plainSuspend(vm, file);
   const suspend = performance.now() - t0;
   const bytes = statSync(file).size;
   const t1 = performance.now();
-  const back = await QemuProcess.launch({ accel, memoryMiB, vga: true, drives, extraArgs: ['-incoming', `exec:cat ${file}`] });
-  for (;;) {
-    const s = await back.execute<{ status: string }>('query-status');
-    if (s.status !== 'inmigrate') break;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  await back.execute('cont').catch(() => undefined);
+  const back = await plainResume({ accel, memoryMiB, vga: true, drives }, file);
   const resume = performance.now() - t1;
   await back.kill();
   rmSync(img, { force: true });

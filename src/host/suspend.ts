@@ -128,6 +128,8 @@ export async function feedSavedState(vm: QemuProcess, saved: SavedStateReader, t
   const frames = saved.frames();
   try {
     for (;;) {
+      // QEMU gone: nothing takes the rest (`done` says why).
+      if (vm.exitStatus !== undefined) break;
       const r = await frames.next();
       if (r.done) break;
       pipe.write(r.value);

@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // Builds the Linux test guest (vm/README.md, "The Linux guest") into vm/build/linux/disk.img:
-//   1. `apt-get download` Debian's cloud kernel, busybox-static and syslinux into
-//      vm/build/linux/debs (once; the names it resolved are kept in debs/packages.json);
+//   1. `apt-get download` Debian's cloud kernel, busybox-static, syslinux and qemu-guest-agent
+//      with its Depends closure (its shared libraries) into vm/build/linux/debs (once; the names
+//      it resolved are kept in debs/packages.json);
 //   2. `dpkg-deb -x` them into vm/build/linux/x (once per .deb; nothing is installed on the host);
 //   3. an initramfs (newc cpio written here, gzip) with busybox, vm/linux/initramfs/init and the
 //      kernel modules of layout.modules with their dependencies, in load order;
 //   4. a FAT boot partition made with mtools (kernel, initramfs, syslinux.cfg, SYSLINUX installed
 //      by the extracted `syslinux` binary) and an ext4 root made by `mke2fs -d` from vm/linux/root
-//      plus busybox, both written at their offsets in a raw MBR disk with SYSLINUX's mbr.bin.
+//      plus busybox and qemu-ga with the libraries it loads (readelf's NEEDED), both written at their offsets in a raw MBR disk with SYSLINUX's mbr.bin.
 // No loop mounts. Re-runs are instant while vm/linux, this script, the cached .debs and the built
 // image are unchanged (stamp.json); an image that was booted in place is rebuilt fresh. The image
 // is not byte-reproducible across builds (file times in the FAT and ext4 metadata).
@@ -15,7 +16,7 @@
 // script refuses an image that contains it whole.
 //
 // Usage: node scripts/build-linux-guest.js [--force] [--quiet]
-// Host tools: apt-get, dpkg-deb, mke2fs (e2fsprogs), mformat/mcopy (mtools).
+// Host tools: apt-get, dpkg-deb, readelf (binutils), mke2fs (e2fsprogs), mformat/mcopy (mtools).
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -78,16 +79,49 @@ if (rootBytes % layout.root.blockBytes !== 0 || rootStart % layout.root.blockByt
 // ---------------------------------------------------------------------------------------------
 // 1. Downloads (cached)
 
-const wanted = [layout.packages.kernel, layout.packages.busybox, ...layout.packages.bootloader];
+const base = [layout.packages.kernel, layout.packages.busybox, ...layout.packages.bootloader, layout.packages.agent];
+// The agent's shared libraries come from its Depends closure (packages.json records it as `closure`).
+let wanted = base;
 
 function cachedPackages() {
   try {
     const known = JSON.parse(fs.readFileSync(path.join(debs, 'packages.json'), 'utf8'));
-    if (wanted.every((p) => typeof known[p] === 'string' && fs.existsSync(path.join(debs, known[p])))) return known;
+    const all = [...base, ...(Array.isArray(known.closure) ? known.closure : [])];
+    if (Array.isArray(known.closure) && all.every((p) => typeof known[p] === 'string' && fs.existsSync(path.join(debs, known[p])))) {
+      wanted = [...new Set(all)];
+      return known;
+    }
   } catch {
     // missing or unreadable: download
   }
   return undefined;
+}
+
+/**
+ * The packages `name` needs to run: its Depends (not PreDepends: init-system-helpers is dpkg
+ * plumbing, not a library), transitively, first alternative of each; virtual packages skipped.
+ */
+function dependsClosure(name) {
+  const seen = new Set();
+  const todo = [name];
+  while (todo.length) {
+    const pkg = todo.pop();
+    if (seen.has(pkg)) continue;
+    seen.add(pkg);
+    const text = run('apt-cache', ['depends', '--no-recommends', '--no-suggests', '--no-conflicts', '--no-breaks', '--no-replaces', '--no-enhances', '--no-pre-depends', pkg]).toString();
+    let alt = false;
+    for (const line of text.split('\n')) {
+      const m = line.match(/^\s*(\|)?Depends:\s*(\S+)/);
+      if (!m) continue;
+      const dep = m[2].replace(/:any$/, '');
+      const skip = alt; // a later alternative of an `|` group
+      alt = m[1] === '|';
+      if (skip || dep.startsWith('<')) continue;
+      todo.push(dep);
+    }
+  }
+  seen.delete(name);
+  return [...seen].sort();
 }
 
 /** A metapackage (linux-image-cloud-amd64) stands for the versioned image it depends on. */
@@ -116,8 +150,21 @@ function download() {
   }
   const tmp = fs.mkdtempSync(path.join(debs, 'dl-'));
   const known = {};
+  let prior;
+  try {
+    prior = JSON.parse(fs.readFileSync(path.join(debs, 'packages.json'), 'utf8'));
+  } catch {
+    prior = {};
+  }
+  known.closure = dependsClosure(layout.packages.agent).filter((p) => !base.includes(p));
+  wanted = [...new Set([...base, ...known.closure])];
   try {
     for (const name of wanted) {
+      // a .deb fetched by an earlier build is kept (the kernel is 60 MB)
+      if (typeof prior[name] === 'string' && fs.existsSync(path.join(debs, prior[name]))) {
+        known[name] = prior[name];
+        continue;
+      }
       const pkg = realPackage(name);
       log(`apt-get download ${pkg}`);
       const before = new Set(fs.readdirSync(tmp));
@@ -132,7 +179,7 @@ function download() {
   }
   fs.writeFileSync(path.join(debs, 'packages.json'), JSON.stringify(known, null, 2) + '\n');
   // .debs of an earlier layout (another kernel, an older version) are no longer needed.
-  const keep = new Set(Object.values(known));
+  const keep = new Set(wanted.map((n) => known[n]));
   for (const f of fs.readdirSync(debs)) if (f.endsWith('.deb') && !keep.has(f)) fs.rmSync(path.join(debs, f));
   return known;
 }
@@ -298,6 +345,42 @@ for (const applet of run(busybox, ['--list']).toString().split('\n').filter(Bool
   fs.symlinkSync('busybox', path.join(rootTree, 'bin', applet));
 }
 
+// The QEMU guest agent (qemu-ga) and the shared libraries it loads (ELF DT_NEEDED, transitively,
+// found in the extracted closure), all in /lib where the dynamic loader looks without a cache.
+const agentDirs = wanted.filter((n) => n !== layout.packages.kernel && !layout.packages.bootloader.includes(n)).map((n) => x[n]);
+const agentBin = findIn([x[layout.packages.agent]], 'usr/sbin/qemu-ga');
+const libDirs = agentDirs.flatMap((d) => ['lib/x86_64-linux-gnu', 'usr/lib/x86_64-linux-gnu', 'lib64', 'lib'].map((l) => path.join(d, l)));
+function findLib(soname) {
+  for (const d of libDirs) {
+    const p = path.join(d, soname);
+    if (fs.existsSync(p)) return fs.realpathSync(p);
+  }
+  return fail(`${soname}, needed by qemu-ga, is in no package of its Depends closure (${wanted.join(', ')})`);
+}
+const needed = (file) => run('readelf', ['-d', '-W', file]).toString().split('\n').map((l) => l.match(/\(NEEDED\)\s+Shared library: \[(.+)\]/)?.[1]).filter(Boolean);
+const libs = new Map();
+const libTodo = needed(agentBin);
+while (libTodo.length) {
+  const soname = libTodo.pop();
+  if (libs.has(soname)) continue;
+  const file = findLib(soname);
+  libs.set(soname, file);
+  libTodo.push(...needed(file));
+}
+const interp = 'ld-linux-x86-64.so.2';
+if (!libs.has(interp)) libs.set(interp, findLib(interp));
+fs.mkdirSync(path.join(rootTree, 'lib'), { recursive: true });
+fs.mkdirSync(path.join(rootTree, 'lib64'), { recursive: true });
+fs.mkdirSync(path.join(rootTree, 'usr', 'sbin'), { recursive: true });
+for (const [soname, file] of libs) {
+  fs.copyFileSync(file, path.join(rootTree, 'lib', soname));
+  fs.chmodSync(path.join(rootTree, 'lib', soname), 0o755);
+}
+fs.symlinkSync(`/lib/${interp}`, path.join(rootTree, 'lib64', interp));
+fs.copyFileSync(agentBin, path.join(rootTree, 'usr', 'sbin', 'qemu-ga'));
+fs.chmodSync(path.join(rootTree, 'usr', 'sbin', 'qemu-ga'), 0o755);
+step(`agent (${[...libs.keys()].sort().join(' ')})`);
+
 // ---------------------------------------------------------------------------------------------
 // 4b. The FAT boot partition: SYSLINUX, the kernel, the initramfs, syslinux.cfg (mtools)
 
@@ -367,7 +450,7 @@ if (!built.includes(Buffer.from(head)) || !built.includes(Buffer.from(tail))) fa
 
 fs.renameSync(tmpImage, image);
 fs.writeFileSync(stampFile, JSON.stringify({
-  inputs, image: sha256(built), kernel: kernelVersion, packages, modules: order, initrdBytes: initrd.length,
+  inputs, image: sha256(built), kernel: kernelVersion, packages, modules: order, agentLibs: [...libs.keys()].sort(), initrdBytes: initrd.length,
 }, null, 2) + '\n');
 step('checked');
 fs.rmSync(work, { recursive: true, force: true });

@@ -10,6 +10,9 @@
  *                         name is its VM's name, its run folder's name and part of its desktop
  *                         entries' file names, so no '@' (or anything else a path, a URL or a
  *                         desktop entry would have to escape).
+ *   application           as a workspace name: a published application's name in the policy, the
+ *                         APP of `medv workspace run WORKSPACE APP` and part of its menu entry's
+ *                         `Exec=` line (its menu label is the application's `title`, free text).
  *   image                 as a workspace name (it makes `<image>_<N>.ckm`): src/formats/ckm's
  *                         IMAGE_NAME_RE, the one definition.
  *   client id             1-64 of A-Z a-z 0-9 . _ - (what `medv login` makes: 16 hex digits).
@@ -34,6 +37,10 @@ export const WORKSPACE_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$';
 export const WORKSPACE_NAME_RE = new RegExp(WORKSPACE_NAME_PATTERN);
 /** VM names (`medv vm start --name`, run folders): the workspace rule. */
 export const VM_NAME_RE = WORKSPACE_NAME_RE;
+
+/** Published application names: the workspace rule. */
+export const APP_NAME_PATTERN = WORKSPACE_NAME_PATTERN;
+export const APP_NAME_RE = WORKSPACE_NAME_RE;
 
 /** Image names as a JSON Schema pattern (IMAGE_NAME_RE's text). */
 export const IMAGE_NAME_PATTERN = IMAGE_NAME_RE.source;
@@ -68,6 +75,11 @@ export function checkWorkspaceName(v: unknown, what = 'workspace'): string {
 /** A VM name. */
 export function checkVmName(v: unknown, what = 'VM name'): string {
   return check(v, VM_NAME_RE, what, `letters, digits, '.', '_' or '-'${START}`);
+}
+
+/** A published application's name. */
+export function checkAppName(v: unknown, what = 'application'): string {
+  return check(v, APP_NAME_RE, what, `letters, digits, '.', '_' or '-'${START}`);
 }
 
 /** A client id. */

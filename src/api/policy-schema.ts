@@ -3,7 +3,7 @@
  * written out (test/server/policy.test.ts checks they are equal); docs/policy.md explains it.
  * The name patterns are ./names.ts's rules (the ones the server and the client apply).
  */
-import { IMAGE_NAME_PATTERN, PRINCIPAL_NAME_PATTERN, WORKSPACE_NAME_PATTERN } from './names.js';
+import { APP_NAME_PATTERN, IMAGE_NAME_PATTERN, PRINCIPAL_NAME_PATTERN, WORKSPACE_NAME_PATTERN } from './names.js';
 
 const NAME = { type: 'string', pattern: PRINCIPAL_NAME_PATTERN };
 const WORKSPACE = { type: 'string', pattern: WORKSPACE_NAME_PATTERN };
@@ -62,12 +62,18 @@ export const POLICY_SCHEMA = {
         devices: {
           type: 'object',
           additionalProperties: false,
-          description: 'Host devices the guest may use; absent means not allowed.',
+          description: 'Host devices the guest may use; absent means not allowed, and a device not allowed is not in the VM at all.',
           properties: {
-            usb: { type: 'boolean' },
+            usb: { type: 'boolean', description: 'USB redirection of the devices in usbDevices (nothing else).' },
+            usbDevices: {
+              type: 'array', maxItems: 16, uniqueItems: true,
+              description: 'The USB devices the guest gets when usb is true, as vendor:product (4 hex digits each, as lsusb shows them).',
+              items: { type: 'string', pattern: '^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}$' },
+            },
             cdrom: { type: 'boolean' },
-            clipboard: { type: 'boolean' },
-            sharedFolders: { type: 'boolean' },
+            clipboard: { type: 'boolean', description: 'The clipboard shared with the VM\'s window (QEMU\'s qemu-vdagent; the guest needs spice-vdagent).' },
+            sharedFolders: { type: 'boolean', description: 'Host folders the user names (medv workspace start --share TAG=DIR) are shared with the guest (virtio-9p), read-only.' },
+            sharedFoldersWritable: { type: 'boolean', description: 'With sharedFolders: the guest may also write into them.' },
           },
         },
         versionsToKeep: { type: 'integer', minimum: 0, maximum: 16, default: 1, description: 'Older versions kept on the client besides the newest.' },
@@ -87,11 +93,17 @@ export const POLICY_SCHEMA = {
         minEngine: { type: 'string', pattern: '^[0-9]{1,5}(\\.[0-9]{1,5}){0,3}$', default: '1.0', description: 'Oldest medv engine (VirtualizationEngine) that may run the image; an older client refuses to start it.' },
         applications: {
           type: 'array', maxItems: 64,
+          description: 'Published applications: each gets a menu entry that runs `medv workspace run WORKSPACE NAME`, which starts the workspace if needed and runs `argv` in the guest through its QEMU guest agent (the VM then has the agent\'s port).',
           items: {
-            type: 'object', additionalProperties: false, required: ['name', 'command'],
+            type: 'object', additionalProperties: false, required: ['name', 'argv'],
             properties: {
-              name: { type: 'string', minLength: 1, maxLength: 128 },
-              command: { type: 'string', minLength: 1, maxLength: 1024, description: 'Command line run in the guest.' },
+              name: { type: 'string', pattern: APP_NAME_PATTERN, description: 'What `medv workspace run WORKSPACE NAME` names (the workspace name rules).' },
+              title: { type: 'string', minLength: 1, maxLength: 128, description: 'The menu label (default: name).' },
+              argv: {
+                type: 'array', minItems: 1, maxItems: 64,
+                description: 'The program and its arguments, run in the guest as given: no shell (name one, e.g. ["sh", "-c", "..."], to get one). argv[0] is looked up on the guest agent\'s PATH.',
+                items: { type: 'string', maxLength: 1024, pattern: '^[^\\u0000]*$' },
+              },
               icon: { type: 'string', maxLength: 256, description: 'Icon name or path, for the .desktop file.' },
             },
           },

@@ -59,6 +59,14 @@ export function checkPolicy(doc: unknown): Policy {
       }
     }
   });
+  policy.workspaces.forEach((w, i) => {
+    const apps = Array.isArray(w.applications) ? (w.applications as Array<{ name: string; argv: string[] }>) : [];
+    const an = apps.map((a) => a.name);
+    const d = an.findIndex((n, j) => an.indexOf(n) !== j);
+    if (d >= 0) throw new MedvError('EPOLICY', `policy field /workspaces/${i}/applications/${d}/name repeats application ${an[d]}`, { path: `/workspaces/${i}/applications/${d}/name` });
+    const e = apps.findIndex((a) => a.argv[0] === '');
+    if (e >= 0) throw new MedvError('EPOLICY', `policy field /workspaces/${i}/applications/${e}/argv/0 is empty: it names the program`, { path: `/workspaces/${i}/applications/${e}/argv/0` });
+  });
   const names = policy.workspaces.map((w) => w.name);
   const dup = names.findIndex((n, i) => names.indexOf(n) !== i);
   if (dup >= 0) throw new MedvError('EPOLICY', `policy field /workspaces/${dup}/name repeats workspace ${names[dup]}`, { path: `/workspaces/${dup}/name` });

@@ -66,7 +66,23 @@ export function raises(cmd: Command, codes: readonly ErrorCode[], notes: Partial
   return cmd;
 }
 
-/** The statuses a command can exit with: 0, 1, 2 and those of its declared codes (all of them when it declared none). */
+const PASS_THROUGH = new WeakMap<Command, string>();
+
+/**
+ * Declare that a command exits with a status of something it runs (`medv workspace run`: the
+ * application's), any of 0-255; `what` says so in its help, above medv's own statuses.
+ */
+export function passesStatus(cmd: Command, what: string): Command {
+  PASS_THROUGH.set(cmd, what);
+  return cmd;
+}
+
+/** Does `cmd` exit with the status of what it runs (passesStatus)? Then any of 0-255 is its to return. */
+export function passesThrough(cmd: Command): boolean {
+  return PASS_THROUGH.has(cmd);
+}
+
+/** The statuses a command can exit with when it fails itself: 0, 1, 2 and those of its declared codes (all of them when it declared none). */
 export function exitStatuses(cmd: Command): number[] {
   const spec = EXIT_SPECS.get(cmd);
   if (!spec) return Object.keys(EXIT_MEANING).map(Number);
@@ -91,7 +107,8 @@ export function exitHelp(cmd: Command): string {
     if (!parts.length) parts.push(spec?.notes[status] ?? EXIT_MEANING[status]);
     return wrap(parts.join('; '), `  ${String(status).padEnd(4)}`, ' '.repeat(6));
   });
-  return `\nExit status${spec ? '' : ' (every status medv uses)'}:\n${rows.join('\n')}\nWith --json the result is one JSON value on stdout, and an error {"error":{"code","message","data"}}\n(with its one line on stderr too).`;
+  const passed = PASS_THROUGH.get(cmd);
+  return `${passed ? `\nExit status: ${passed}\nWhen medv itself fails:` : `\nExit status${spec ? '' : ' (every status medv uses)'}:`}\n${rows.join('\n')}\nWith --json the result is one JSON value on stdout, and an error {"error":{"code","message","data"}}\n(with its one line on stderr too).`;
 }
 
 /** `text` in lines of at most 100 columns, the first after `first`, the others after `rest`. */

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { MedvError } from '../core/errors.js';
-import { EXIT_USAGE, exitStatusFor, exitStatuses, finishLeaves, leafCommands, reportError } from './common.js';
+import { EXIT_USAGE, exitStatusFor, exitStatuses, finishLeaves, passesThrough, leafCommands, reportError } from './common.js';
 
 /**
  * The nouns, in help order, each loaded only when needed: `medv vm start` loads the vm module and
@@ -46,9 +46,9 @@ export async function buildProgram(noun?: string): Promise<Command> {
   return program;
 }
 
-/** `{"disk create": [0, 1, 2, 3, …], …}`: the exit statuses each leaf's --help lists (tests check every run against it). */
+/** `{"disk create": [0, 1, 2, 3, …], …}`: the exit statuses each leaf's --help lists, 0-255 for one that passes its application's through (tests check every run against it). */
 export async function exitStatusTable(): Promise<Record<string, number[]>> {
-  return Object.fromEntries(leafCommands(await buildProgram()).map(({ path, cmd }) => [path.join(' '), exitStatuses(cmd)]));
+  return Object.fromEntries(leafCommands(await buildProgram()).map(({ path, cmd }) => [path.join(' '), passesThrough(cmd) ? Array.from({ length: 256 }, (_, i) => i) : exitStatuses(cmd)]));
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,9 +1,10 @@
 /** `medv workspace …`: the client's workspaces. Thin over src/workspace. */
 import { Command, Option } from 'commander';
+import { resolve } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { DEFAULT_HELP } from '../core/paths.js';
 import { parseDuration } from '../core/units.js';
-import { printJson, progressBar } from './common.js';
+import { passesStatus, printJson, progressBar } from './common.js';
 
 type Opts = Record<string, unknown>;
 
@@ -26,6 +27,15 @@ async function askYesNo(question: string): Promise<boolean> {
 
 const stderrLine = (m: string) => process.stderr.write(`medv: ${m}\n`);
 
+/** `--share TAG=DIR`, repeatable: a host folder shared with the guest under a mount tag. */
+function collectShare(value: string, previous: Array<{ tag: string; path: string }> = []): Array<{ tag: string; path: string }> {
+  const eq = value.indexOf('=');
+  if (eq <= 0 || eq === value.length - 1) throw new MedvError('EINVAL_ARG', `--share takes TAG=DIR (for example docs=$HOME/Documents), not ${JSON.stringify(value).slice(0, 60)}`);
+  return [...previous, { tag: value.slice(0, eq), path: resolve(value.slice(eq + 1)) }];
+}
+
+const SHARE_HELP = 'share host folder DIR with the guest under mount tag TAG (repeatable; the policy must allow shared folders; read-only unless it allows writes; no symbolic link anywhere in DIR\'s path)';
+
 export function workspaceCommand(): Command {
   const w = new Command('workspace').description('the workspaces your policies entitle you to: start (deploying or updating the image), stop, status, list');
 
@@ -33,6 +43,7 @@ export function workspaceCommand(): Command {
     .description('start a workspace: ask the server (or, offline, the cached policy) for it, deploy or update its image with TrimTransfer, and launch it as an encrypted VM')
     .option('--update', 'update to the newest published version before starting')
     .option('--no-update', 'start the version on this client even if a newer one is published')
+    .option('--share <TAG=DIR>', SHARE_HELP, collectShare)
     .option('--read-only', 'a test run from the version\'s Test/ copy of its .vmc: the guest\'s writes go to a throw-away undo disk in Test/, deleted at stop')
     .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (unix socket, see workspace status), window (needs $DISPLAY)').choices(['none', 'window', 'vnc']).default('none'))
     .addOption(new Option('--accel <accel>', 'accelerator to try first (default: kvm when usable)').choices(['kvm', 'tcg']))
@@ -79,6 +90,7 @@ Examples:
           display: o.display as 'none' | 'window' | 'vnc',
           accel: o.accel as 'kvm' | 'tcg' | undefined,
           readOnly: Boolean(o.readOnly),
+          shares: o.share as Array<{ tag: string; path: string }> | undefined,
           onInfo: o.json ? undefined : (m) => { bar.stop(); stderrLine(m); },
           onWarning: (m) => { bar.stop(); stderrLine(`warning: ${m}`); },
           onProgress: (_l, d, t) => bar.update(d, t),
@@ -91,6 +103,63 @@ Examples:
       // the steps went to stderr as they happened; the result is one line on stdout
       const vnc = r.vm.display.vncSocket ? `; screen on ${r.vm.display.vncSocket}` : '';
       process.stdout.write(`workspace ${r.workspace} ${r.resumed ? 'resumed' : 'started'}: ${r.image} version ${r.version}${r.online ? '' : ` (offline, ${r.offlineDaysLeft} days left)`}, VM ${r.vmName}${vnc}; stop it with: medv workspace stop ${r.workspace}\n`);
+    });
+
+  passesStatus(rootOption(w.command('run <name> <app>')), 'the application\'s (0-255), or 128+N when signal N ended it.')
+    .description('run a published application of a workspace inside its guest (what its menu entry runs): start the workspace if needed, wait for its guest agent, run the application, and exit with its exit status')
+    .addOption(new Option('--display <kind>', 'when the workspace must be started: where its screen goes (none: headless, for scripts and tests)').choices(['none', 'window', 'vnc']).default('window'))
+    .addOption(new Option('--accel <accel>', 'accelerator to try first when starting (default: kvm when usable)').choices(['kvm', 'tcg']))
+    .option('--no-update', 'when starting: start the version on this client even if a newer one is published')
+    .option('--share <TAG=DIR>', `when starting: ${SHARE_HELP}`, collectShare)
+    .option('--agent-timeout <duration>', 'how long to wait for the guest agent to answer: seconds, or with s, m, h', '300')
+    .option('--timeout <duration>', 'how long the application may run (default: no limit): seconds, or with s, m, h')
+    .option('--json', 'print the result as JSON (the application\'s output as text in stdout/stderr fields)')
+    .addHelpText('after', `
+What it does:
+  1. When the workspace's VM is not running, starts it as \`medv workspace start\` does (with a
+     window unless --display says otherwise; a start in progress elsewhere is waited for).
+  2. Looks the application up in the workspace's policy (applications[].name) and waits for the
+     QEMU guest agent in the guest (the VM of a workspace that publishes applications has its
+     port; the guest must run qemu-guest-agent).
+  3. Runs the application's argv in the guest through the agent (guest-exec: no shell, exactly
+     the arguments the policy lists), waits for it to end, and copies its output to stdout and
+     stderr. The workspace keeps running afterwards (medv workspace stop NAME).
+
+The exit status is the application's own (0-255), or 128+N when signal N ended it, as a shell
+reports it. When medv itself fails (not entitled, no such application, no guest agent answering)
+it prints one error line and exits with its own status (the table below); with --json the result
+tells them apart: {exitCode, signal} only when the application ran.
+
+Examples:
+  medv workspace run ledger editor
+  medv workspace run ledger report --display none --json`)
+    .action(async (name: string, app: string, o: Opts) => {
+      const { runApplication, exitStatusOf } = await ws();
+      if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display none or vnc on a headless host)');
+      const agentTimeoutMs = parseDuration(String(o.agentTimeout), '--agent-timeout', { max: 3600_000 });
+      const timeoutMs = o.timeout === undefined ? undefined : parseDuration(String(o.timeout), '--timeout', { max: 30 * 24 * 3600_000 });
+      const r = await runApplication(name, app, {
+        clientRoot: o.clientRoot as string | undefined,
+        display: o.display as 'none' | 'window' | 'vnc',
+        accel: o.accel as 'kvm' | 'tcg' | undefined,
+        update: o.update === false ? false : undefined,
+        shares: o.share as Array<{ tag: string; path: string }> | undefined,
+        agentTimeoutMs, timeoutMs,
+        onInfo: o.json ? undefined : stderrLine,
+        onWarning: (m) => stderrLine(`warning: ${m}`),
+      });
+      const status = exitStatusOf(r);
+      if (o.json) {
+        printJson({
+          workspace: r.workspace, application: r.application, argv: r.argv, vmName: r.vmName, started: r.started,
+          ...(r.exitCode !== undefined ? { exitCode: r.exitCode } : {}), ...(r.signal !== undefined ? { signal: r.signal } : {}),
+          stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), truncated: r.truncated,
+        });
+      } else {
+        process.stdout.write(r.stdout);
+        process.stderr.write(r.stderr);
+      }
+      process.exitCode = status;
     });
 
   rootOption(w.command('stop <name>'))

@@ -7,7 +7,8 @@
  *            is shown, `workspace stop`
  *   console  changes files of the guest's root as an update would, packs and uploads v2
  *   client   `workspace start --update` fetches only what changed (TrimTransfer) and boots v2; stop;
- *            start again: the guest's writes of the last run are gone (revertible); stop
+ *            start again: the guest's writes of the last run are gone (revertible); `workspace run`
+ *            runs the published application in the guest through its guest agent; stop
  *   checks   no file under the work folder holds the guest's marker or a key in the clear
  */
 import * as fs from 'node:fs';
@@ -41,6 +42,8 @@ export interface WorkspaceDemoResult {
   v2: { packBytes: number; fetchedBytes: number; fullDownloadBytes: number; blocksFromSeeds: number; blocksFromNetwork: number };
   boots: DemoBoot[];
   reverted: boolean;
+  /** The published application run in the guest through its guest agent (`medv workspace run`). */
+  application: { name: string; argv: string[]; exitCode?: number; output: string };
   plaintextHits: { file: string; what: string[] }[];
   clients: unknown[];
   steps: { step: number; title: string; ms: number }[];
@@ -80,7 +83,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
   const { uploadFiles } = await import('../client/upload.js');
   const { apiRequest, login, publishImageKeys, listClients } = await import('../client/api.js');
   const { openClient, saveClientLogin } = await import('../workspace/client.js');
-  const { startWorkspace, stopWorkspace } = await import('../workspace/index.js');
+  const { runApplication, startWorkspace, stopWorkspace } = await import('../workspace/index.js');
 
   const work = mkdtempSync(join(tmpdir(), 'medv-demo-'));
   const dirs = { console: join(work, 'console'), keys: join(work, 'console', 'keys'), packed: join(work, 'console', 'PackedImages'), server: join(work, 'server'), client: join(work, 'client'), run: join(work, 'run'), xdg: join(work, 'xdg') };
@@ -147,7 +150,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
         name: WORKSPACE, image: IMAGE, mode: 'revertible', onStop: 'shutdown', memory: 256, network: 'none',
         versionsToKeep: 1, suggestUpdate: true, useTrimTransfer: true, offlineDays: 7,
         hardware: { diskBus: 'virtio', nic: 'virtio' },
-        applications: [{ name: 'Demo Shell', command: '/bin/sh' }],
+        applications: [{ name: 'version', title: 'Demo guest version', argv: ['cat', '/etc/medv/version'] }],
       }],
     };
     const pub = await apiRequest<{ name: string; version: number }>(server.url, 'POST', '/api/admin/policies', { token: adminToken, body: policy });
@@ -214,10 +217,13 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     log(`  v2: fetched ${humanBytes(d2.fetchedBytes)} = ${(100 * d2.fetchedBytes / d2.imageBytes).toFixed(2)}% of the ${humanBytes(d2.imageBytes)} image, ${(100 * d2.fetchedBytes / full).toFixed(1)}% of a full download (${humanBytes(full)}); ${d2.blocksFromSeeds} blocks from v1 on this client, ${d2.blocksFromNetwork} from the server`);
     await stop();
 
-    step(`client: start again: a revertible workspace starts from the published image`);
+    step(`client: start again: a revertible workspace starts from the published image; a published application runs in it`);
     await bootAndShow(false);
     const reverted = boots.at(-1)!.boot === 1 && boots.at(-1)!.version === '2';
     log(`  boot counter ${boots.at(-1)!.boot}: ${reverted ? 'the last run\'s writes are gone' : 'NOT reverted'}`);
+    const ran = await runApplication(WORKSPACE, 'version', { ...wsOpts, display: 'none', accel: o.accel, agentTimeoutMs: READY_MS, timeoutMs: 60_000 });
+    const application = { name: 'version', argv: ran.argv, ...(ran.exitCode !== undefined ? { exitCode: ran.exitCode } : {}), output: ran.stdout.toString('utf8') };
+    log(`  medv workspace run ${WORKSPACE} version (its menu entry's command): the guest agent ran ${ran.argv.join(' ')} in the guest: exit ${ran.exitCode ?? `signal ${ran.signal}`}, output ${JSON.stringify(application.output.trim())}`);
     await stop();
 
     step('checks: no plaintext at rest, the server sees the client');
@@ -232,15 +238,16 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     const hits = scanTrees([work], needles);
     log(hits.length ? `  FOUND in the clear: ${hits.map((h) => `${h.file} (${h.what.join(', ')})`).join('; ')}` : `  no file under the work folder (client, server, console, run folders) holds the guest's marker, the image keys or the disks' data keys`);
     steps[steps.length - 1].ms = Math.round(performance.now() - stepT);
-    const passed = hits.length === 0 && reverted && boots.length === 3 && boots[0].version === '1' && boots[1].version === '2';
+    const appOk = application.exitCode === 0 && application.output === '2\n';
+    const passed = hits.length === 0 && reverted && appOk && boots.length === 3 && boots[0].version === '1' && boots[1].version === '2';
     const seconds = (performance.now() - t0) / 1000;
-    log(`\ndemo ${passed ? 'passed' : 'FAILED'} in ${seconds.toFixed(1)} s: v1 ${humanBytes(p1.virtualSize)} image deployed, v2 update fetched ${humanBytes(d2.fetchedBytes)} (${(100 * d2.fetchedBytes / full).toFixed(1)}% of a full download), 3 boots (${boots.map((b) => `${(b.readyMs / 1000).toFixed(1)} s`).join(', ')} to ready, ${r1.vm.accel}), revert ${reverted ? 'ok' : 'FAILED'}, ${hits.length} plaintext hits`);
+    log(`\ndemo ${passed ? 'passed' : 'FAILED'} in ${seconds.toFixed(1)} s: v1 ${humanBytes(p1.virtualSize)} image deployed, v2 update fetched ${humanBytes(d2.fetchedBytes)} (${(100 * d2.fetchedBytes / full).toFixed(1)}% of a full download), 3 boots (${boots.map((b) => `${(b.readyMs / 1000).toFixed(1)} s`).join(', ')} to ready, ${r1.vm.accel}), revert ${reverted ? 'ok' : 'FAILED'}, application ${appOk ? 'ok' : 'FAILED'}, ${hits.length} plaintext hits`);
     return {
       passed, workDir: work, accel: r1.vm.accel ?? 'unknown',
       image: { name: IMAGE, bytes: p1.virtualSize },
       v1: { packBytes: p1.packBytes, fetchedBytes: r1.deployed?.fetchedBytes ?? 0 },
       v2: { packBytes: p2.packBytes, fetchedBytes: d2.fetchedBytes, fullDownloadBytes: full, blocksFromSeeds: d2.blocksFromSeeds, blocksFromNetwork: d2.blocksFromNetwork },
-      boots, reverted, plaintextHits: hits, clients, steps, seconds,
+      boots, reverted, application, plaintextHits: hits, clients, steps, seconds,
     };
   } finally {
     if (running) await stopWorkspace(WORKSPACE, { ...wsOpts, force: true }).catch(() => undefined);

@@ -12,7 +12,7 @@ import { checkVmName } from '../api/names.js';
 import type { SavedStateReader } from '../hypervisor/savedstate.js';
 import { controlRequest } from './protocol.js';
 import { effectiveState, isTerminal, listRunDirs, readState, vmRunDir, type VmState } from './rundir.js';
-import type { SupervisorInput, VmConfig } from './config.js';
+import type { SupervisorInput, VmConfig, VmDevices } from './config.js';
 import { POOLED_QEMU_GONE, spawnSupervisor, takePrespawned, type SupervisorAnswer, type WaitingSupervisor } from './prespawn.js';
 import { encodeInput } from './input.js';
 
@@ -126,6 +126,11 @@ export async function resumeVm(name: string, opts: HostOptions = {}): Promise<Vm
 /** Write a PNG of the guest's screen (QMP screendump). */
 export async function screenshotVm(name: string, file: string, opts: HostOptions = {}): Promise<void> {
   await control(name, 'screenshot', { file }, opts);
+}
+
+/** What QEMU says the running VM has: its chardevs and devices (QMP query-chardev, qom-list; Supervisor.devices). */
+export async function vmDevices(name: string, opts: HostOptions = {}): Promise<VmDevices> {
+  return await control(name, 'devices', {}, opts) as VmDevices;
 }
 
 /** The VM's state as it really is (a dead supervisor reads as stopped). */

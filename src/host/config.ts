@@ -6,6 +6,7 @@
 import { basename, dirname, extname, join } from 'node:path';
 import type { KekSource } from '../crypto/index.js';
 import type { Accelerator } from '../hypervisor/qemu.js';
+import type { SharedFolder } from './shares.js';
 
 export interface VmDiskConfig {
   path: string;
@@ -54,6 +55,23 @@ export interface VmConfig {
   savedStateConfine?: string;
   /** CD/DVD drives with no disc, after the disks (a .vmc's host drive that is not allowed or absent). */
   emptyCdDrives?: number;
+  /**
+   * The QEMU guest agent's port (`org.qemu.guest_agent.0`) on `qga.sock` in the run folder, for
+   * published applications (src/workspace/apps.ts). Absent: the VM has no such port.
+   */
+  guestAgent?: boolean;
+  /** The clipboard shared with the display (qemu-vdagent): only when the device policy allows it. */
+  clipboard?: boolean;
+  /** Host folders shared with the guest (virtio-9p, read-only unless `writable`; ./shares.ts opens them). */
+  sharedFolders?: SharedFolder[];
+  /** USB devices the guest gets by vendor:product (QEMU usb-host): only those the policy allows. */
+  usbDevices?: Array<{ vendorId: number; productId: number }>;
+}
+
+/** What QEMU says a running VM has (the supervisor's `devices` control command, QMP query-chardev and qom-list). */
+export interface VmDevices {
+  chardevs: Array<{ label: string; filename: string }>;
+  devices: Array<{ id: string; type: string; vendorId?: number; productId?: number; mountTag?: string; fsdev?: string }>;
 }
 
 export interface SupervisorInput {

@@ -1,6 +1,6 @@
 /**
  * The supervisor's control protocol: newline-delimited JSON on control.sock.
- *   request:  {"id": 1, "cmd": "status" | "stop" | "pause" | "resume" | "screenshot", "args": {...}}
+ *   request:  {"id": 1, "cmd": "status" | "stop" | "pause" | "resume" | "screenshot" | "suspend" | "devices", "args": {...}}
  *   response: {"id": 1, "ok": true, "result": ...} or {"id": 1, "ok": false, "error": {"code", "message"}}
  * Lines are bounded (src/core/jsonlines.ts: a peer cannot grow our buffer past 64 KiB); a longer
  * line ends the connection.
@@ -9,7 +9,7 @@ import { connect, type Socket } from 'node:net';
 import { MedvError, type ErrorCode } from '../core/errors.js';
 import { JsonLineReader } from '../core/jsonlines.js';
 
-export type ControlCommand = 'status' | 'stop' | 'pause' | 'resume' | 'screenshot' | 'suspend';
+export type ControlCommand = 'status' | 'stop' | 'pause' | 'resume' | 'screenshot' | 'suspend' | 'devices';
 
 export interface ControlRequest { id: number; cmd: ControlCommand; args?: Record<string, unknown> }
 export type ControlResponse =

@@ -10,8 +10,12 @@
  * socket); anything else, including any setting added to VmConfig later, starts cold.
  */
 import { join } from 'node:path';
+import { MedvError } from '../core/errors.js';
 import type { Accelerator, DriveSpec, LaunchSpec } from '../hypervisor/qemu.js';
 import type { VmConfig } from './config.js';
+
+/** The guest agent's socket in a VM's run folder (VmConfig.guestAgent). */
+export const AGENT_SOCKET = 'qga.sock';
 
 export interface MachineShape {
   accel: Accelerator;
@@ -23,6 +27,13 @@ export interface MachineShape {
   emptyCdDrives?: number;
   network: { kind: 'none' } | { kind: 'stream'; mac?: string; model?: 'e1000' | 'virtio' };
   display: 'none' | 'vnc' | 'vnc-tcp' | 'window';
+  /** The guest agent's port on `qga.sock`. */
+  guestAgent?: true;
+  /** The clipboard's qemu-vdagent chardev and port. */
+  clipboard?: true;
+  /** virtio-9p shares (their folders' descriptors are the supervisor's: specFor's `shareFds`). */
+  shares?: Array<{ tag: string; readOnly: boolean }>;
+  usbDevices?: Array<{ vendorId: number; productId: number }>;
 }
 
 /** The shape of `config` started with this accelerator, RAM (a saved state's, when resuming) and mode. */
@@ -36,11 +47,16 @@ export function machineShape(config: VmConfig, run: { accel: Accelerator; memory
     // NAT goes through passt (src/hypervisor/usernet.ts) behind QEMU's fd 4, attached once QEMU runs.
     network: config.network === 'nat' ? { kind: 'stream', ...(config.mac ? { mac: config.mac } : {}), ...(config.nicModel ? { model: config.nicModel } : {}) } : { kind: 'none' },
     display: config.display,
+    ...(config.guestAgent ? { guestAgent: true as const } : {}),
+    ...(config.clipboard ? { clipboard: true as const } : {}),
+    ...(config.sharedFolders?.length ? { shares: config.sharedFolders.map((f) => ({ tag: f.tag, readOnly: f.writable !== true })) } : {}),
+    ...(config.usbDevices?.length ? { usbDevices: config.usbDevices.map((d) => ({ vendorId: d.vendorId, productId: d.productId })) } : {}),
   };
 }
 
-/** The launch spec of a shape with its sockets in `dir` (qmp.sock, disk<i>.sock, vnc.sock). */
-export function specFor(shape: MachineShape, dir: string, name: string): LaunchSpec {
+/** The launch spec of a shape with its sockets in `dir` (qmp.sock, disk<i>.sock, vnc.sock, qga.sock) and its shares' folder descriptors. */
+export function specFor(shape: MachineShape, dir: string, name: string, shareFds: readonly number[] = []): LaunchSpec {
+  if ((shape.shares?.length ?? 0) !== shareFds.length) throw new MedvError('EINTERNAL', `${shape.shares?.length ?? 0} shared folders, ${shareFds.length} descriptors`);
   const display: LaunchSpec['display'] = shape.display === 'vnc' ? { kind: 'vnc', socket: join(dir, 'vnc.sock') } : { kind: shape.display };
   return {
     name,
@@ -53,19 +69,30 @@ export function specFor(shape: MachineShape, dir: string, name: string): LaunchS
     ...(shape.emptyCdDrives ? { emptyCdDrives: shape.emptyCdDrives } : {}),
     qmpSocket: join(dir, 'qmp.sock'),
     network: shape.network,
+    ...(shape.guestAgent ? { guestAgent: { socket: join(dir, AGENT_SOCKET) } } : {}),
+    ...(shape.clipboard ? { clipboard: true } : {}),
+    ...(shape.shares ? { shares: shape.shares.map((sh, i) => ({ ...sh, fd: shareFds[i] })) } : {}),
+    ...(shape.usbDevices ? { usbDevices: shape.usbDevices } : {}),
   };
 }
 
 /**
  * The hardware a guest sees and a saved state's devices must match (drives with bus and kind, empty
- * CD/DVD drives, the NIC's model), in words: recorded at suspend, compared at resume, so that a
+ * CD/DVD drives, the NIC's model, the guest agent's and clipboard's ports, shared folders, USB
+ * devices), in words: recorded at suspend, compared at resume, so that a
  * resume started with another `--disk-bus` or NIC is refused before QEMU gets the state (QEMU
  * itself only fails mid-stream, the supervisor then seeing the connection reset).
  */
 export function hardwareOf(shape: MachineShape): string {
   const drives = shape.drives.map((d) => (d.cdrom ? 'cdrom' : d.iface ?? 'ide')).join(',');
   const net = shape.network.kind === 'none' ? 'none' : shape.network.model ?? 'e1000';
-  return `drives ${drives || 'none'}${shape.emptyCdDrives ? ` + ${shape.emptyCdDrives} empty CD/DVD` : ''}; NIC ${net}`;
+  const extra = [
+    ...(shape.guestAgent ? ['guest agent'] : []),
+    ...(shape.clipboard ? ['clipboard'] : []),
+    ...(shape.shares?.length ? [`shares ${shape.shares.map((x) => `${x.tag}${x.readOnly ? '' : ' (writable)'}`).join(',')}`] : []),
+    ...(shape.usbDevices?.length ? [`USB ${shape.usbDevices.map((u) => `${u.vendorId.toString(16).padStart(4, '0')}:${u.productId.toString(16).padStart(4, '0')}`).join(',')}`] : []),
+  ];
+  return `drives ${drives || 'none'}${shape.emptyCdDrives ? ` + ${shape.emptyCdDrives} empty CD/DVD` : ''}; NIC ${net}${extra.map((e) => `; ${e}`).join('')}`;
 }
 
 /** Equal for two shapes exactly when a QEMU of one can run a VM of the other. */

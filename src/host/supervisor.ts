@@ -25,8 +25,8 @@ import { bindNbd, type NbdListener } from '../nbd/server.js';
 import { randomInt } from 'node:crypto';
 import { writeFileAtomicSync } from '../core/fsio.js';
 import type { PooledQemu } from './pooled.js';
-import { hardwareOf, machineShape, shapeKey, specFor, type MachineShape } from './shape.js';
-import type { SupervisorInput } from './config.js';
+import { AGENT_SOCKET, hardwareOf, machineShape, shapeKey, specFor, type MachineShape } from './shape.js';
+import type { SupervisorInput, VmDevices } from './config.js';
 import { ControlServer } from './control.js';
 import { VmDisks } from './disks.js';
 import { loadLayers } from './layers.js';
@@ -34,8 +34,9 @@ import type { ControlRequest } from './protocol.js';
 import { readState, vmRunDir, writeState, type VmState } from './rundir.js';
 import { feedSavedState, migrateToSavedState, pinSavedState, type SavedStateFile } from './suspend.js';
 import { bindingOf, checkAfterOpen, checkBeforeOpen, fingerprintsOf } from './binding.js';
+import { checkShares, openSharedFolder, type OpenShare } from './shares.js';
 
-export type { SupervisorInput, VmConfig, VmDiskConfig } from './config.js';
+export type { SupervisorInput, VmConfig, VmDiskConfig, VmDevices } from './config.js';
 export { defaultUndoPath, testUndoPath } from './config.js';
 
 /** Seconds the guest gets to power off after the ACPI button before it is forced. */
@@ -69,6 +70,8 @@ export class Supervisor {
   private suspending = false;
   /** The guest's hardware in words (./shape.ts hardwareOf), recorded in a saved state. */
   private hardware: string | undefined;
+  /** The shared folders, held open while the VM runs (./shares.ts): QEMU inherits these descriptors. */
+  private shares: OpenShare[] = [];
 
   /** A pooled QEMU this supervisor was started with (./pooled.ts), until start() takes or discards it. */
   private adopted: PooledQemu | undefined;
@@ -117,7 +120,7 @@ export class Supervisor {
       key: this.input.kek ? (this.input.kek.kind === 'hostkey' ? 'host-key' : 'passphrase') : 'none',
       ...(previous?.testUndo?.length ? { testUndo: previous.testUndo } : {}),
     };
-    for (const stale of ['control.sock', 'qmp.sock']) fs.rmSync(join(this.dir, stale), { force: true });
+    for (const stale of ['control.sock', 'qmp.sock', AGENT_SOCKET]) fs.rmSync(join(this.dir, stale), { force: true });
     this.state.savedState = c.savedState;
     writeState(this.dir, this.state);
     // What this VM is made of, for a later start by name (the host service's POST /v1/vms/{name}/start): no key in it.
@@ -146,6 +149,7 @@ export class Supervisor {
       const accel = c.accel ?? defaultAccelerator();
       const shape = machineShape(c, { accel, memoryMiB: this.memoryMiB ?? c.memoryMiB, incoming: resuming });
       this.hardware = hardwareOf(shape);
+      for (const share of checkShares(c.sharedFolders)) this.shares.push(openSharedFolder(share));
       const vm = await this.adopt(shape, listeners) ?? await this.startCold(shape, listeners);
       if (resuming && !saved) {
         // Unwrapping its key (Argon2id for a passphrase) runs on the thread pool from now on,
@@ -321,7 +325,7 @@ export class Supervisor {
   /** Start QEMU on the disks' NBD sockets in the run folder (QMP not connected yet: QemuProcess.connect). */
   private spawnQemu(shape: MachineShape): QemuProcess {
     const c = this.input.config;
-    const vm = QemuProcess.spawn(specFor(shape, this.dir, c.name), { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });
+    const vm = QemuProcess.spawn(specFor(shape, this.dir, c.name, this.shares.map((sh) => sh.fd)), { serialLog: join(this.dir, 'serial.log'), serialMemoryLimit: SERIAL_MEMORY });
     this.attachNet(vm);
     this.vm = vm;
     this.state = { ...this.state, qemuPid: vm.pid, accel: shape.accel };
@@ -429,9 +433,39 @@ export class Supervisor {
         await this.requireVm().execute('screendump', { filename: file, format: 'png' });
         return { file };
       }
+      case 'devices': return this.devices();
       default:
         throw new MedvError('EINVAL_ARG', `unknown control command ${JSON.stringify((req as { cmd?: unknown }).cmd)}`);
     }
+  }
+
+  /**
+   * What QEMU says the VM has (QMP query-chardev, qom-list of /machine/peripheral, and the
+   * identity of each usb-host and 9p device): how a test or an administrator sees that a device
+   * the policy does not allow is absent, not merely unused.
+   */
+  private async devices(): Promise<VmDevices> {
+    const vm = this.requireVm();
+    const chardevs = (await vm.execute<Array<{ label: string; filename: string }>>('query-chardev')).map((c) => ({ label: c.label, filename: c.filename }));
+    const devices: VmDevices['devices'] = [];
+    const get = (path: string, property: string) => vm.execute<unknown>('qom-get', { path, property }).catch(() => undefined);
+    for (const p of await vm.execute<Array<{ name: string; type: string }>>('qom-list', { path: '/machine/peripheral' })) {
+      const type = /^child<(.+)>$/.exec(p.type)?.[1];
+      if (!type) continue;
+      const path = `/machine/peripheral/${p.name}`;
+      const d: VmDevices['devices'][number] = { id: p.name, type };
+      if (type === 'usb-host') {
+        d.vendorId = Number(await get(path, 'vendorid'));
+        d.productId = Number(await get(path, 'productid'));
+      } else if (type === 'virtio-9p-pci') {
+        const tag = await get(`${path}/virtio-backend`, 'mount_tag') ?? await get(path, 'mount_tag');
+        if (typeof tag === 'string') d.mountTag = tag;
+        const fsdev = await get(`${path}/virtio-backend`, 'fsdev') ?? await get(path, 'fsdev');
+        if (typeof fsdev === 'string') d.fsdev = fsdev;
+      }
+      devices.push(d);
+    }
+    return { chardevs, devices };
   }
 
   private requireVm(): QemuProcess {
@@ -489,6 +523,7 @@ export class Supervisor {
   private async cleanup(reason: string, final: 'stopped' | 'failed' | 'suspended', afterClose?: () => Promise<void>): Promise<void> {
     if (this.vm) await this.vm.kill().catch(() => undefined);
     this.net?.close();
+    for (const share of this.shares.splice(0)) share.close();
     // Stop accepting; connections waiting for this stop get their answer in closeControl().
     this.control.close();
     const errors = this.disks ? await this.disks.close() : [];

@@ -175,5 +175,7 @@ export function vmConfigFromVmc(vmcPath: string, opts: VmcStartOptions = {}): Vm
     savedState: savedState.path,
     savedStateConfine: savedState.confine,
     ...(emptyCdDrives ? { emptyCdDrives } : {}),
+    // the device allowance (ImageState.xml): what is not allowed is not in the VM at all
+    ...(eff.devices.clipboard ? { clipboard: true } : {}),
   };
 }

@@ -75,6 +75,26 @@ export interface LaunchSpec {
    * window on $DISPLAY.
    */
   display?: { kind: 'none' } | { kind: 'vnc'; socket: string } | { kind: 'vnc-tcp' } | { kind: 'window' };
+  /**
+   * The QEMU guest agent's port (virtio-serial `org.qemu.guest_agent.0`, ./qga.ts) on a unix
+   * socket QEMU listens on; default none (the guest has no such port).
+   */
+  guestAgent?: { socket: string };
+  /**
+   * The clipboard shared with the display (`-chardev qemu-vdagent,clipboard=on` on the
+   * virtio-serial port `com.redhat.spice.0`, which a guest's spice-vdagent opens); default none:
+   * no such chardev or port exists.
+   */
+  clipboard?: boolean;
+  /**
+   * Host folders as virtio-9p shares, each a folder descriptor of ours that QEMU inherits as its
+   * fd SHARE_FD_BASE + i and opens as `/proc/self/fd/<n>` (never by name: ../host/shares.ts
+   * opened it without following links). `readOnly` (QEMU's `readonly=on`) unless the policy
+   * allows writes. Default none: no fsdev and no 9p device exist.
+   */
+  shares?: Array<{ tag: string; fd: number; readOnly: boolean }>;
+  /** USB devices passed through by vendor:product (`usb-host` on a `qemu-xhci` controller); default none: no USB controller either. */
+  usbDevices?: Array<{ vendorId: number; productId: number }>;
   /** Appended to the command line. */
   extraArgs?: string[];
   binary?: string;
@@ -131,6 +151,10 @@ export function blockdevOptions(drive: DriveSpec, nodeName: string): Record<stri
 
 /** QEMU's fd for the network stream (`network.kind === 'stream'`): stdio[4] of its process. */
 export const NET_FD = 4;
+/** QEMU's fd of its first shared folder (LaunchSpec.shares): stdio[5 + i]. */
+export const SHARE_FD_BASE = 5;
+/** A 9p mount tag: what the guest mounts (`mount -t 9p TAG DIR`); 9p allows at most 31 bytes, and none of QEMU's option syntax. */
+export const SHARE_TAG_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$/;
 
 /** A value inside QEMU's `key=value,key=value` syntax: commas doubled (QemuOpts' escape). */
 function optValue(v: string): string {
@@ -204,6 +228,30 @@ export function qemuArgv(spec: LaunchSpec): string[] {
     throw new MedvError('EINVAL_ARG', `display must be none, vnc, vnc-tcp or window, not ${JSON.stringify((display as { kind: unknown }).kind)}`);
   }
   if (spec.vga || display.kind !== 'none') argv.push('-device', 'VGA');
+  if (spec.guestAgent || spec.clipboard) argv.push('-device', 'virtio-serial-pci,id=vser0');
+  if (spec.guestAgent) {
+    if (!spec.guestAgent.socket) throw new MedvError('EINVAL_ARG', `invalid guest agent socket path ${JSON.stringify(spec.guestAgent.socket)}`);
+    argv.push('-chardev', `socket,id=qga0,path=${optValue(spec.guestAgent.socket)},server=on,wait=off`,
+      '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0');
+  }
+  if (spec.clipboard) {
+    argv.push('-chardev', 'qemu-vdagent,id=vdagent0,clipboard=on,mouse=off',
+      '-device', 'virtserialport,bus=vser0.0,chardev=vdagent0,name=com.redhat.spice.0');
+  }
+  (spec.shares ?? []).forEach((share, i) => {
+    if (!SHARE_TAG_RE.test(share.tag)) throw new MedvError('EINVAL_ARG', `invalid shared folder tag ${JSON.stringify(share.tag)}`);
+    if (!Number.isSafeInteger(share.fd) || share.fd < 0) throw new MedvError('EINVAL_ARG', `shared folder ${share.tag}: invalid descriptor`);
+    argv.push('-fsdev', `local,id=fsdev${i},path=/proc/self/fd/${SHARE_FD_BASE + i},security_model=none${share.readOnly === false ? '' : ',readonly=on'}`,
+      '-device', `virtio-9p-pci,id=share${i},fsdev=fsdev${i},mount_tag=${share.tag}`);
+  });
+  const usb = spec.usbDevices ?? [];
+  if (usb.length) argv.push('-device', 'qemu-xhci,id=usb');
+  usb.forEach((d, i) => {
+    const ok = (n: number) => Number.isInteger(n) && n >= 0 && n <= 0xffff;
+    if (!ok(d.vendorId) || !ok(d.productId)) throw new MedvError('EINVAL_ARG', `invalid USB vendor:product ${JSON.stringify(d)}`);
+    const hex = (n: number) => `0x${n.toString(16).padStart(4, '0')}`;
+    argv.push('-device', `usb-host,bus=usb.0,id=usbhost${i},vendorid=${hex(d.vendorId)},productid=${hex(d.productId)}`);
+  });
   if (spec.incoming) argv.push('-S', '-incoming', 'defer');
   argv.push(...(spec.extraArgs ?? []));
   return argv;
@@ -333,7 +381,9 @@ export class QemuProcess {
       process.on('exit', () => { for (const c of live) c.kill('SIGKILL'); });
     }
     const stream = full.network?.kind === 'stream';
-    const stdio: Array<'ignore' | 'pipe'> = ['ignore', 'pipe', 'pipe', full.incoming ? 'pipe' : 'ignore', ...(stream ? ['pipe' as const] : [])];
+    const shares = full.shares ?? [];
+    const stdio: Array<'ignore' | 'pipe' | number> = ['ignore', 'pipe', 'pipe', full.incoming ? 'pipe' : 'ignore', ...(stream || shares.length ? [stream ? 'pipe' as const : 'ignore' as const] : []),
+      ...shares.map((s) => s.fd)];
     // Nothing of our environment but what QEMU needs: never a passphrase or token (src/core/env.ts).
     const env = minimalEnv(full.display?.kind === 'window' ? ['DISPLAY', 'XAUTHORITY', 'WAYLAND_DISPLAY', 'XDG_RUNTIME_DIR', 'HOME'] : []);
     const vm = new QemuProcess(full, argv, spawn(spawned[0], spawned.slice(1), { stdio, env }), ownRunDir);

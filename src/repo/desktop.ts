@@ -1,7 +1,8 @@
 /**
  * Published applications as desktop menu entries (freedesktop Desktop Entry spec 1.5):
- * `<dir>/medv-<instance>-<slug>.desktop`, each starting its workspace with
- * `<medv> workspace start --client-root <root> <workspace>` and marked `X-Medv-Instance=<instance>`,
+ * `<dir>/medv-<instance>-<slug>.desktop`, each running its application with
+ * `<medv> workspace run --client-root <root> --display window <workspace> <app>` (which starts the
+ * workspace if needed, in a window) and marked `X-Medv-Instance=<instance>`,
  * so that removal touches only entries medv wrote for that workspace of that client root and
  * user. The instance id is src/workspace's instanceName (workspace name and a hash of client root,
  * user and workspace): two client roots, or two users of one root, never replace each other's
@@ -10,11 +11,12 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
-import { checkVmName, checkWorkspaceName } from '../api/names.js';
+import { checkAppName, checkVmName, checkWorkspaceName } from '../api/names.js';
 import { ensureDir, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { desktopDir } from '../core/paths.js';
 
-export interface PublishedApp { name: string; command: string; icon?: string }
+/** A policy's published application (src/api/policy-schema.ts): `name` by the name rules, `argv` run in the guest. */
+export interface PublishedApp { name: string; title?: string; argv: string[]; icon?: string }
 
 /** One workspace of one client root and user: whose entries these are. */
 export interface DesktopInstance {
@@ -48,13 +50,15 @@ function escapeValue(s: string): string {
 }
 
 /**
- * One Exec argument: quoted when it holds a reserved character; inside quotes `"`, `` ` ``, `$`
- * and `\` are backslash-escaped; `%` is doubled (field codes). The result is then a string value,
- * escaped again by escapeValue when written.
+ * One Exec argument (Desktop Entry spec 1.5, "The Exec key"): quoted when it holds a reserved
+ * character (space, tab, newline, `"'\><~|&;$*?#()` and backquote) or `=` (reserved in the first
+ * argument) or is empty; inside quotes `"`, `` ` ``, `$` and `\` are backslash-escaped; `%` is
+ * doubled (field codes), quoted or not. The result is then a string value, escaped again by
+ * escapeValue when written (so a `\` in an argument is `\\\\` in the file).
  */
 export function quoteExecArg(arg: string): string {
   const a = arg.replace(/%/g, '%%');
-  if (a !== '' && !/[\s"'\\><~|&;$*?#()`]/.test(a)) return a;
+  if (a !== '' && !/[\s"'\\><~|&;$*?#()`=]/.test(a)) return a;
   return `"${a.replace(/["`$\\]/g, (ch) => `\\${ch}`)}"`;
 }
 
@@ -98,13 +102,14 @@ export function writeDesktopEntries(instance: DesktopInstance, apps: PublishedAp
   const used = new Set<string>();
   const planned: Array<{ path: string; text: string }> = [];
   for (const app of apps) {
-    if (!app || typeof app.name !== 'string' || typeof app.command !== 'string') throw new MedvError('EINVAL_ARG', 'a published application needs a name and a command');
-    const name = clean(app.name, NAME_MAX) || 'Application';
-    let slug = slugOf(name);
-    for (let i = 2; used.has(slug); i++) slug = `${slugOf(name)}-${i}`;
+    if (!app || !Array.isArray(app.argv)) throw new MedvError('EINVAL_ARG', 'a published application needs a name and an argv');
+    checkAppName(app.name, 'published application name');
+    const name = clean(app.title ?? app.name, NAME_MAX) || app.name;
+    let slug = slugOf(app.name);
+    for (let i = 2; used.has(slug); i++) slug = `${slugOf(app.name)}-${i}`;
     used.add(slug);
     const path = join(dir, `medv-${id}-${slug}.desktop`);
-    const exec = [o.medv, 'workspace', 'start', '--client-root', instance.clientRoot, workspace].map(quoteExecArg).join(' ');
+    const exec = [o.medv, 'workspace', 'run', '--client-root', instance.clientRoot, '--display', 'window', workspace, app.name].map(quoteExecArg).join(' ');
     const lines = [
       '[Desktop Entry]',
       'Type=Application',
@@ -119,7 +124,7 @@ export function writeDesktopEntries(instance: DesktopInstance, apps: PublishedAp
       const icon = clean(app.icon, FIELD_MAX);
       if (icon) lines.push(`Icon=${escapeValue(icon)}`);
     }
-    lines.push(`${MARK}=${id}`, `X-Medv-Workspace=${workspace}`, `X-Medv-Command=${escapeValue(clean(app.command, FIELD_MAX))}`, '');
+    lines.push(`${MARK}=${id}`, `X-Medv-Workspace=${workspace}`, `X-Medv-Application=${app.name}`, '');
     planned.push({ path, text: lines.join('\n') });
   }
   for (const p of planned) {

@@ -4,3 +4,4 @@ export { checkSettings, memoryFor, type WorkspaceSettings } from './settings.js'
 export { deployVersion, type DeployResult } from './deploy.js';
 export { instanceName, imageFolderName, workspaceStore, checkWorkspaceName } from './identity.js';
 export { workspaceKeyDir, forgetGrant } from './grant.js';
+export { runApplication, exitStatusOf, DEFAULT_AGENT_TIMEOUT_MS, type RunOptions, type RunResult } from './apps.js';

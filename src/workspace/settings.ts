@@ -7,8 +7,9 @@ import { totalmem } from 'node:os';
 import { MedvError } from '../core/errors.js';
 import { checkPolicy } from '../api/policy.js';
 import type { ImageState } from '../formats/imagestate/index.js';
+import type { PublishedApp } from '../repo/desktop.js';
 
-export interface PublishedApp { name: string; command: string; icon?: string }
+export type { PublishedApp };
 
 export interface WorkspaceSettings {
   name: string;
@@ -17,7 +18,7 @@ export interface WorkspaceSettings {
   onStop?: 'shutdown' | 'suspend';
   memory?: number | { byHostRam: { hostMiB: number; guestMiB: number }[] };
   network?: 'nat' | 'none';
-  devices?: { usb?: boolean; cdrom?: boolean; clipboard?: boolean; sharedFolders?: boolean };
+  devices?: { usb?: boolean; usbDevices?: string[]; cdrom?: boolean; clipboard?: boolean; sharedFolders?: boolean; sharedFoldersWritable?: boolean };
   versionsToKeep?: number;
   suggestUpdate?: boolean;
   useTrimTransfer?: boolean;
@@ -52,6 +53,15 @@ export function memoryFor(s: WorkspaceSettings, hostMiB = Math.floor(totalmem() 
   const rows = m.byHostRam.filter((r) => r.hostMiB <= hostMiB).sort((a, b) => b.hostMiB - a.hostMiB);
   if (rows.length === 0) return Math.min(...m.byHostRam.map((r) => r.guestMiB));
   return rows[0].guestMiB;
+}
+
+/** The USB devices the policy lets the guest have (none unless `devices.usb`). */
+export function usbDevicesFor(s: WorkspaceSettings): Array<{ vendorId: number; productId: number }> {
+  if (s.devices?.usb !== true) return [];
+  return (s.devices.usbDevices ?? []).map((d) => {
+    const [v, p] = d.split(':');
+    return { vendorId: parseInt(v, 16), productId: parseInt(p, 16) };
+  });
 }
 
 /** ImageState.xml of a deployed version, from the policy. */

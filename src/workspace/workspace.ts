@@ -29,7 +29,7 @@ import { forgetGrant, isLocked, isRefusal, isWipe, keepGrant, workspaceKeyDir } 
 import { baseStore, checkWorkspaceName, instanceName, legacyStore, workspaceDataDir, workspaceStore, workspaceStores } from './identity.js';
 import { lockWorkspace } from './lock.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
-import { type WorkspaceSettings } from './settings.js';
+import { usbDevicesFor, type WorkspaceSettings } from './settings.js';
 import { testVmcPath, writeVersionVmFiles } from './vmfiles.js';
 
 export interface WorkspaceOptions {
@@ -57,6 +57,8 @@ export interface StartOptions extends WorkspaceOptions {
    * them) and `update` is undefined: true deploys it now. Without it the update is only announced.
    */
   confirmUpdate?: (current: number, latest: number) => Promise<boolean>;
+  /** Host folders to share with the guest, as the user names them (the policy must allow shared folders; writable only if it allows that too). */
+  shares?: Array<{ tag: string; path: string }>;
   /** How the VM is started (default: src/host/client.ts startVm; the CLI and the host service start it through the service's warm pool). */
   startVm?: (config: VmConfig, opts: { kek?: KekSource; root?: string }) => Promise<VmState>;
 }
@@ -192,7 +194,8 @@ async function wipeWorkspace(s: Session, workspace: string, order: MedvError, wa
   return new MedvError('EWIPED', `${order.message}: this client deleted the workspace's released keys, ${keyFiles} disk key file${keyFiles === 1 ? '' : 's'}, then ${files} disk and state file${files === 1 ? '' : 's'}`, { reason: order.data.reason });
 }
 
-function runningState(vmName: string, runRoot?: string): VmState | undefined {
+/** The state of a workspace's VM while it runs (starting, running, …); undefined when it does not. */
+export function runningState(vmName: string, runRoot?: string): VmState | undefined {
   try {
     const st = vmStatus(vmName, { root: runRoot });
     return isTerminal(st.state) ? undefined : st;
@@ -212,7 +215,17 @@ async function vmConfigFor(vmName: string, store: ImageStore, settings: Workspac
   const config = o.readOnly
     ? vmConfigFromVmc(testVmcPath(store, version), { name: vmName, readOnly: true, confineTo: store.versionDir(version), display: o.display ?? 'none', accel: o.accel })
     : vmConfigFromVmc(store.vmcPath(version), { name: vmName, display: o.display ?? 'none', accel: o.accel });
-  return { ...config, nicModel: settings.hardware?.nic ?? 'e1000', diskBus: settings.hardware?.diskBus ?? 'ide' };
+  const shares = o.shares ?? [];
+  if (shares.length && settings.devices?.sharedFolders !== true) throw new MedvError('EFORBIDDEN', `the policy of workspace ${settings.name} does not allow shared folders (devices.sharedFolders)`);
+  const usb = usbDevicesFor(settings);
+  return {
+    ...config, nicModel: settings.hardware?.nic ?? 'e1000', diskBus: settings.hardware?.diskBus ?? 'ide',
+    // published applications run through the guest agent (./apps.ts): only then has the VM its port
+    ...(settings.applications?.length ? { guestAgent: true } : {}),
+    // what the device policy does not allow is not in the VM at all
+    ...(shares.length ? { sharedFolders: shares.map((sh) => ({ ...sh, ...(settings.devices?.sharedFoldersWritable === true ? { writable: true } : {}) })) } : {}),
+    ...(usb.length ? { usbDevices: usb } : {}),
+  };
 }
 
 /** A revertible workspace's undo disk, dropped (not while a saved state needs it). */

@@ -49,7 +49,7 @@ describe('api/names', () => {
       const server = accepts(() => checkWorkspaceName(name));
       const vm = accepts(() => checkVmName(vmName(name)));
       const runFolder = accepts(() => vmRunDir(vmName(name), runRoot));
-      const desktop = accepts(() => writeDesktopEntries({ id: vmName(name), workspace: name, clientRoot: c.root }, [{ name: 'Editor', command: 'ed' }], { medv: '/usr/bin/medv', dir: apps }));
+      const desktop = accepts(() => writeDesktopEntries({ id: vmName(name), workspace: name, clientRoot: c.root }, [{ name: 'Editor', argv: ['ed'] }], { medv: '/usr/bin/medv', dir: apps }));
       assert.deepEqual({ server, vm, runFolder, desktop }, { server: schema, vm: schema, runFolder: schema, desktop: schema }, JSON.stringify(name));
       if (!schema) continue;
       schemaAccepted++;

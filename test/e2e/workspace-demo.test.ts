@@ -27,6 +27,8 @@ describe('e2e: medv demo (workspaces)', function () {
     work = out.workDir;
     assert.equal(out.passed, true);
     assert.deepEqual(out.boots.map((b: { version: string; boot: number }) => [b.version, b.boot]), [['1', 1], ['2', 1], ['2', 1]]);
+    // the published application ran in the guest through its agent: version 2's /etc/medv/version
+    assert.deepEqual(out.application, { name: 'version', argv: ['cat', '/etc/medv/version'], exitCode: 0, output: '2\n' });
     assert.ok(out.v2.fetchedBytes < out.image.bytes / 50, `v2 fetched ${out.v2.fetchedBytes} of ${out.image.bytes}`);
     assert.ok(out.v2.fetchedBytes < out.v2.fullDownloadBytes / 5);
     assert.ok(out.clients.some((c: { workspace: string; version: number }) => c.workspace === 'demo-desktop' && c.version === 2));

@@ -61,6 +61,21 @@ function checkShape(args: string[], r: RunResult): void {
   }
 }
 
+/**
+ * Run medv asynchronously (the event loop keeps turning: a server, proxy or watcher in this
+ * process goes on answering), with the test passphrase and `env` over ours; resolves when it exits.
+ */
+export function runMedvAsync(args: string[], env: Record<string, string | undefined> = {}): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [MEDV_BIN, ...args], { env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => { stdout += d; });
+    child.stderr!.on('data', (d) => { stderr += d; });
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
 /** Start a long-running medv command (serve); resolves once it printed its ready line. */
 export async function startMedv(args: string[], env: Record<string, string | undefined> = {}): Promise<ChildProcess> {
   const child = spawn(process.execPath, [MEDV_BIN, ...args], {

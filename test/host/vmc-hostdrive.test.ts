@@ -13,6 +13,7 @@ import { GUEST, freshGuestImage } from '../helpers/qemu.js';
 import { waitForFileText } from '../helpers/cli.js';
 import { vmHost } from '../helpers/vmhost.js';
 import { checkAnswer } from '../helpers/hostapi.js';
+import { vmDevices } from '../../src/host/client.js';
 
 /**
  * A .vmc as Virtual PC 2007 saves one (UTF-16LE with a byte-order mark, CRLF, four-space indents,
@@ -117,6 +118,18 @@ describe('host: a Virtual PC 2007 .vmc with its CD bound to a host drive (real C
     // The service told it in its start answer, once; the CLI printed that line.
     assert.deepEqual(started.warnings, [warnings[0].replace(/^medv: warning: /, '')]);
     assert.deepEqual(status.cdDrives, [{ disc: null }], 'QEMU has one CD/DVD drive, with no disc');
+  });
+
+  it('the device policy: ImageState.xml beside it with CdDvd false drops the CD/DVD drive (QEMU has none, no warning); Clipboard true adds the qemu-vdagent chardev', async () => {
+    writeFileSync(join(host.path, 'ImageState.xml'), '<?xml version="1.0" encoding="UTF-8"?>\n<ImageState version="1">\n  <Devices>\n    <CdDvd>false</CdDvd>\n    <Clipboard>true</Clipboard>\n  </Devices>\n</ImageState>\n');
+    const r = host.vm(['start', vmc, '--json', '--host-drive', 'D=/dev/sr0']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /CD\/DVD/);
+    const devices = await vmDevices('office', { root: host.env.MEDV_RUN_DIR });
+    assert.ok(devices.chardevs.some((c) => c.label === 'vdagent0'), JSON.stringify(devices.chardevs));
+    await waitForFileText(host.serialOf('office'), GUEST.serial.ready, 60_000);
+    assert.deepEqual(JSON.parse(host.vm(['status', 'office', '--json']).stdout).cdDrives ?? [], [], 'QEMU has no CD/DVD drive');
+    assert.equal(JSON.parse(host.vm(['stop', 'office', '--json']).stdout).exitReason, 'poweroff');
   });
 
   it('a host drive that is not there (or not a block device) gives an empty drive and one warning; nothing else is opened', async () => {

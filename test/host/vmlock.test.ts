@@ -5,24 +5,14 @@
  * stay intact: `vm stop` stops it (issue 18, item 4).
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { GUEST, freshGuestImage } from '../helpers/qemu.js';
-import { MEDV_BIN, TEST_PASSPHRASE, runMedv, waitForFileText, waitForPidExit, type RunResult } from '../helpers/cli.js';
+import { runMedv, runMedvAsync, waitForFileText, waitForPidExit, type RunResult } from '../helpers/cli.js';
 import { vmHost } from '../helpers/vmhost.js';
 
 /** Run a medv command without waiting for it (so that two run at once). */
-function runAsync(args: string[], env: Record<string, string>): Promise<RunResult> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [MEDV_BIN, ...args], { env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d) => { stdout += d; });
-    child.stderr!.on('data', (d) => { stderr += d; });
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const runAsync = (args: string[], env: Record<string, string>): Promise<RunResult> => runMedvAsync(args, env);
 
 for (const fallback of [false, true]) {
   describe(`host: one VM name, two starts at once${fallback ? ' (JS fallback flock)' : ''} (real CLI, real QEMU)`, function () {

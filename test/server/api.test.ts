@@ -14,7 +14,7 @@ import { BACKENDS, api, dbArgs, password, postgres, scan, stopPostgres, unique }
 const policyDoc = (name: string, entitled: { users?: string[]; groups?: string[] }, extra: Record<string, unknown> = {}) => ({
   name,
   ...entitled,
-  workspaces: [{ name: 'desk', image: 'lab', mode: 'revertible', onStop: 'suspend', memory: { byHostRam: [{ hostMiB: 0, guestMiB: 512 }, { hostMiB: 8192, guestMiB: 2048 }] }, network: 'nat', devices: { usb: false, clipboard: true }, versionsToKeep: 1, suggestUpdate: true, useTrimTransfer: true, offlineDays: 7, expires: '2030-12-31', applications: [{ name: 'Editor', command: 'notepad.exe', icon: 'notepad' }], ...extra }],
+  workspaces: [{ name: 'desk', image: 'lab', mode: 'revertible', onStop: 'suspend', memory: { byHostRam: [{ hostMiB: 0, guestMiB: 512 }, { hostMiB: 8192, guestMiB: 2048 }] }, network: 'nat', devices: { usb: false, clipboard: true }, versionsToKeep: 1, suggestUpdate: true, useTrimTransfer: true, offlineDays: 7, expires: '2030-12-31', applications: [{ name: 'Editor', argv: ['notepad.exe'], icon: 'notepad' }], ...extra }],
 });
 
 after(() => stopPostgres());
@@ -133,7 +133,7 @@ for (const backend of BACKENDS) {
         [policyDoc('p', {}, { network: 'bridged' }), '/workspaces/0/network'],
         [policyDoc('p', {}, { devices: { usb: true, floppy: true } }), '/workspaces/0/devices/floppy'],
         [policyDoc('p', {}, { expires: '2030-02-30' }), '/workspaces/0/expires'],
-        [policyDoc('p', {}, { applications: [{ name: 'x' }] }), '/workspaces/0/applications/0/command'],
+        [policyDoc('p', {}, { applications: [{ name: 'x' }] }), '/workspaces/0/applications/0/argv'],
         [{ name: 'p', workspaces: [{ name: 'w' }] }, '/workspaces/0/image'],
         [{ name: 'p', workspaces: [], color: 'red' }, '/color'],
         [{ name: '../p', workspaces: [{ name: 'w', image: 'lab' }] }, '/name'],

@@ -21,4 +21,22 @@ describe('server: policy schema and its documentation', () => {
       assert.throws(() => checkPolicy(bad), (e: { code: string; data: { path: string } }) => e.code === 'EPOLICY' && e.data.path.startsWith(`/workspaces/0/${field}`), field);
     }
   });
+
+  it('published applications: names by the name rules, argv a list of strings (never a shell string), no NUL, no empty program, no repeated name', () => {
+    const doc = (applications: unknown) => ({ name: 'p', workspaces: [{ name: 'w', image: 'lab', applications }] });
+    assert.doesNotThrow(() => checkPolicy(doc([{ name: 'editor', title: 'Editor "2010" %u', argv: ['sh', '-c', 'exit 7', ''] }])));
+    const cases: [unknown, string][] = [
+      [[{ name: 'editor', command: 'notepad.exe' }], '/workspaces/0/applications/0/argv'],
+      [[{ name: 'editor', argv: 'sh -c "rm -rf /"' }], '/workspaces/0/applications/0/argv'],
+      [[{ name: 'editor', argv: [] }], '/workspaces/0/applications/0/argv'],
+      [[{ name: 'editor', argv: ['a\u0000b'] }], '/workspaces/0/applications/0/argv/0'],
+      [[{ name: 'editor', argv: [''] }], '/workspaces/0/applications/0/argv/0'],
+      [[{ name: 'my editor', argv: ['x'] }], '/workspaces/0/applications/0/name'],
+      [[{ name: '../x', argv: ['x'] }], '/workspaces/0/applications/0/name'],
+      [[{ name: 'a', argv: ['x'] }, { name: 'a', argv: ['y'] }], '/workspaces/0/applications/1/name'],
+    ];
+    for (const [apps, path] of cases) {
+      assert.throws(() => checkPolicy(doc(structuredClone(apps))), (e: { code: string; data: { path: string } }) => e.code === 'EPOLICY' && e.data.path === path, JSON.stringify(apps));
+    }
+  });
 });

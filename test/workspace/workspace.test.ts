@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { join } from 'node:path';
 import { GUEST, fileContainsMarker } from '../helpers/qemu.js';
-import { MEDV_BIN, TEST_PASSPHRASE, runMedv, tempDir, waitForFileText, type RunResult } from '../helpers/cli.js';
+import { MEDV_BIN, TEST_PASSPHRASE, runMedv, runMedvAsync, tempDir, waitForFileText, type RunResult } from '../helpers/cli.js';
 import { fakeClock } from '../helpers/faketime.js';
 import { readKeyFile } from '../../src/crypto/index.js';
 import { clientRootLayout } from '../../src/repo/index.js';
@@ -69,14 +69,7 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
   });
   const medv = (args: string[], who?: Who, extra: Record<string, string> = {}): RunResult => runMedv(args, who ? env(who, extra) : { MEDV_STATE_DIR: f('state') });
   /** A client command, run asynchronously: its requests go through the recording proxy in this process. */
-  const client = (args: string[], who: Who, extra: Record<string, string> = {}): Promise<RunResult> => new Promise((resolve) => {
-    const child = spawn(process.execPath, [MEDV_BIN, ...args], { env: { ...process.env, MEDV_PASSPHRASE: TEST_PASSPHRASE, ...env(who, extra) }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d) => { stdout += d; });
-    child.stderr!.on('data', (d) => { stderr += d; });
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  const client = (args: string[], who: Who, extra: Record<string, string> = {}): Promise<RunResult> => runMedvAsync(args, env(who, extra));
   const ok = (r: RunResult) => { assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}${r.stdout}`); return r; };
   /** The serial log of a workspace's VM: its name is scoped to the client root and user. */
   const serialOf = (root: string, run: string, user: string, ws: string) => join(run, instanceName(clientRootLayout(root), user, ws), 'serial.log');

@@ -279,7 +279,7 @@ describe('console security', function () {
   describe('XSS, clickjacking, traversal', () => {
     it('stored and reflected markup in every shown field stays text (policy text, report errors, names in forms, filters); CSV cells cannot become formulas', async () => {
       // stored: a policy whose free-text fields hold markup; a client report whose error does
-      const doc = { name: 'hostile', description: HOSTILE, groups: ['finance'], workspaces: [{ name: 'desk', image: 'lab', offlineDays: 2, applications: [{ name: HOSTILE, command: HOSTILE, icon: HOSTILE }] }] };
+      const doc = { name: 'hostile', description: HOSTILE, groups: ['finance'], workspaces: [{ name: 'desk', image: 'lab', offlineDays: 2, applications: [{ name: 'hostile', title: HOSTILE, argv: [HOSTILE], icon: HOSTILE }] }] };
       assert.equal((await api(base, 'POST', '/api/admin/policies', { token: w.adminToken, body: doc })).status, 201);
       assert.equal((await api(base, 'POST', '/api/admin/policies', { token: w.adminToken, body: { ...doc, description: `${HOSTILE} v2` } })).status, 201);
       const login = await api(base, 'POST', '/api/login', { body: { user: w.alice.user, password: w.alice.password } });

@@ -79,6 +79,11 @@ export const POLICY_SCHEMA = {
         versionsToKeep: { type: 'integer', minimum: 0, maximum: 16, default: 1, description: 'Older versions kept on the client besides the newest.' },
         suggestUpdate: { type: 'boolean', default: true, description: 'true: ask the user when a new version is published; false: update at the next start.' },
         useTrimTransfer: { type: 'boolean', default: true, description: 'Fetch only the blocks the client lacks (else download whole packs).' },
+        mirrors: {
+          type: 'array', maxItems: 8, uniqueItems: true,
+          description: 'Base URLs of static copies of the image\'s packs (a branch web server, a CDN, an object store\'s public URL), tried in order before the server; every block is checked against the server\'s signed index, so a mirror needs no trust. http(s), no credentials, query or fragment.',
+          items: { type: 'string', maxLength: 1024, pattern: '^https?://[^/@\\s?#]+(/[^\\s?#]*)?$' },
+        },
         offlineDays: { type: 'integer', minimum: 0, maximum: 3650, default: 0, description: 'Days the workspace may start without reaching the server.' },
         expires: { type: 'string', pattern: '^[0-9]{4}-[0-9]{2}-[0-9]{2}$', description: 'Last day (UTC, YYYY-MM-DD) the workspace may start.' },
         hardware: {

@@ -172,3 +172,6 @@ export function progressBar(label: string): { update: (done: number, total: numb
 export function formatBytes(n: number): string {
   return n < 1024 ? `${n} B` : `${humanBytes(n)} (${n} bytes)`;
 }
+
+/** A repeatable option's values, in order (commander's `.option(flags, help, collect, [])`). */
+export const collect = (v: string, prev: string[]): string[] => [...prev, v];

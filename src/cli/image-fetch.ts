@@ -1,11 +1,9 @@
 /** `medv image fetch`: a packed image from a repository into a new .evhd. Thin wrapper over src/transfer. */
 import type { Command } from 'commander';
 import { DEFAULT_HELP, consoleKeyDir } from '../core/paths.js';
-import { addKeyOptions, formatBytes, kekFrom, printJson, progressBar, RAISES, raises, type KeyOptions } from './common.js';
+import { addKeyOptions, collect, formatBytes, kekFrom, printJson, progressBar, RAISES, raises, type KeyOptions } from './common.js';
 
 type Opts = KeyOptions & Record<string, unknown>;
-
-const collect = (v: string, prev: string[]) => [...prev, v];
 
 export function addImageFetchCommand(image: Command): void {
   raises(addKeyOptions(image.command('fetch <index>')), [...RAISES.files, ...RAISES.keys, ...RAISES.damaged, ...RAISES.disk, ...RAISES.server, 'ESIGNATURE', 'EBADBLOCK', 'ECHANGED'], {
@@ -14,6 +12,8 @@ export function addImageFetchCommand(image: Command): void {
     .description('fetch a packed image (URL or path of <NAME>_<N>.ckm.index) into a new encrypted disk, taking what it can from local seeds')
     .requiredOption('--out <disk.evhd>', 'the new disk (must not exist); its key file NAME.enc is written beside it')
     .option('--seed <path>', 'a disk (.evhd, .vhd, raw), a folder of packs (PackedImages, PrestagedImages) or a .ckm.index to take blocks from (repeatable)', collect, [])
+    .option('--host-data <dir>', 'a folder of host data whose regular files are hashed on a 4 KiB grid and used by block id (repeatable; links not followed, one file system)', collect, [])
+    .option('--mirror <url>', 'base URL of a static copy of the packs, tried before the index\'s folder for pack data (repeatable, in order; at most 8; every block is still checked against the signed index)', collect, [])
     .option('--keys <dir>', `key folder with the image content key, the repository key and trusted signers (default ${DEFAULT_HELP.keys})`)
     .option('--no-trim', 'ignore seeds: take every block from the repository (an interrupted fetch still resumes)')
     .option('--dry-run', 'fetch the index only, and print what the blocks would cost (bytes, requests); write nothing')
@@ -31,7 +31,9 @@ What it does:
      hashes only, by the disk's identity and content generation: a disk this command fetched is
      never hashed), and copies those.
   3. Fetches the rest from the packs (<NAME>_<N>.ckm beside the index) with coalesced range
-     requests, several in flight; servers without multi-range or range support work too.
+     requests, several in flight; servers without multi-range or range support work too. With
+     --mirror, each mirror's <URL><NAME>_<N>.ckm is tried first, in order: a mirror that fails
+     or serves wrong bytes is one warning line, and the next source serves what it did not.
   4. Writes a new .evhd with a fresh data key (wrapped with MEDV_PASSPHRASE / --passphrase-file /
      --host-key), checking every block against its id just before it is written, and gives it
      its name once the last block is written.
@@ -41,7 +43,8 @@ What it does:
 Examples:
   medv image fetch https://images.example/win10/win10_2.ckm.index --out win10-v2.evhd --seed win10-v1.evhd --keys keys
   medv image fetch /mnt/share/win10_2.ckm.index --out v2.evhd --seed /var/lib/medv/images/PrestagedImages
-  medv image fetch URL --out v2.evhd --seed v1.evhd --dry-run --json`)
+  medv image fetch URL --out v2.evhd --seed v1.evhd --dry-run --json
+  medv image fetch https://console.example/images/win10_2.ckm.index --out v2.evhd --mirror http://branch-nginx/medv/images/`)
     .action(async (indexPath: string, o: Opts) => {
       const { fetchImage } = await import('../transfer/index.js');
       const bar = progressBar('fetch');
@@ -51,6 +54,8 @@ Examples:
           source: indexPath,
           out: String(o.out),
           seeds: o.seed as string[],
+          hostSeeds: o.hostData as string[],
+          mirrors: o.mirror as string[],
           keyDir: (o.keys as string | undefined) ?? consoleKeyDir(),
           kek: kekFrom(o),
           trim: o.trim !== false,

@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { DEFAULT_HELP } from '../core/paths.js';
 import { parseDuration } from '../core/units.js';
-import { passesStatus, printJson, progressBar } from './common.js';
+import { collect, passesStatus, printJson, progressBar } from './common.js';
 
 type Opts = Record<string, unknown>;
 
@@ -43,6 +43,7 @@ export function workspaceCommand(): Command {
     .description('start a workspace: ask the server (or, offline, the cached policy) for it, deploy or update its image with TrimTransfer, and launch it as an encrypted VM')
     .option('--update', 'update to the newest published version before starting')
     .option('--no-update', 'start the version on this client even if a newer one is published')
+    .option('--seed <dir>', 'a folder of host data (installers, documents, libraries) whose files may hold blocks of the image: hashed on a 4 KiB grid (ids cached) and used before the network at a deployment (repeatable; adds to Client.json\'s seedFolders)', collect, [])
     .option('--share <TAG=DIR>', SHARE_HELP, collectShare)
     .option('--read-only', 'a test run from the version\'s Test/ copy of its .vmc: the guest\'s writes go to a throw-away undo disk in Test/, deleted at stop')
     .addOption(new Option('--display <kind>', 'where the screen goes: none, vnc (unix socket, see workspace status), window (needs $DISPLAY)').choices(['none', 'window', 'vnc']).default('none'))
@@ -58,7 +59,8 @@ What it does:
   3. A newer version: deployed on the first start, with --update, or when the policy does not
      suggest updates (suggestUpdate: false); otherwise you are asked on a terminal (y/N), and a
      script (no terminal, or --json) is told with one line. Only the blocks this client lacks are fetched
-     (older versions and PrestagedImages are the seeds); the policy's versionsToKeep old
+     (older versions, PrestagedImages, and the host data folders of --seed and Client.json's
+     seedFolders are the seeds), from the policy's mirrors first, then the server; the policy's versionsToKeep old
      versions stay, older ones are deleted (never the running one).
   4. Starts the VM from the version folder's <image>.vmc and ImageState.xml (deployment writes
      them, with a copy in Test/ for --read-only test runs; what you read there is what runs):
@@ -90,6 +92,7 @@ Examples:
           display: o.display as 'none' | 'window' | 'vnc',
           accel: o.accel as 'kvm' | 'tcg' | undefined,
           readOnly: Boolean(o.readOnly),
+          seeds: o.seed as string[],
           shares: o.share as Array<{ tag: string; path: string }> | undefined,
           onInfo: o.json ? undefined : (m) => { bar.stop(); stderrLine(m); },
           onWarning: (m) => { bar.stop(); stderrLine(`warning: ${m}`); },

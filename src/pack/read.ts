@@ -15,19 +15,30 @@ import type { ImageKeys } from './keys.js';
 
 /** The pack files an index names, opened from one folder and checked against the index. */
 export class PackSet {
-  private constructor(private readonly files: Map<number, { path: string; fh: fs.promises.FileHandle; ref: PackRef }>) {}
+  /** Versions of the packs the index lists that are not in the folder (`open` with `allowMissing`). */
+  readonly missing: number[];
+
+  private constructor(private readonly files: Map<number, { path: string; fh: fs.promises.FileHandle; ref: PackRef }>, missing: number[] = []) {
+    this.missing = missing;
+  }
 
   /**
    * Open `<name>_<v>.ckm` in `dir` for every pack the (verified) index lists; each must have the
    * image id and salt the index says, and exactly the length it says (ETRUNCATED when shorter).
+   * `allowMissing`: a pack that does not exist is listed in `missing` instead (a folder pre-staged
+   * with the newest version alone); `has` says which are here.
    */
-  static async open(dir: string, name: string, imageId: Buffer, packs: PackRef[]): Promise<PackSet> {
+  static async open(dir: string, name: string, imageId: Buffer, packs: PackRef[], opts: { allowMissing?: boolean } = {}): Promise<PackSet> {
     const files = new Map<number, { path: string; fh: fs.promises.FileHandle; ref: PackRef }>();
+    const missing: number[] = [];
     try {
       for (const ref of packs) {
         const path = join(dir, packFileName(name, ref.version));
         let fh: fs.promises.FileHandle;
-        try { fh = await fs.promises.open(path, 'r'); } catch (e) { throw fromSystemError(e, path); }
+        try { fh = await fs.promises.open(path, 'r'); } catch (e) {
+          if (opts.allowMissing && (e as NodeJS.ErrnoException).code === 'ENOENT') { missing.push(ref.version); continue; }
+          throw fromSystemError(e, path);
+        }
         files.set(ref.version, { path, fh, ref });
         const st = await fh.stat();
         const head = Buffer.alloc(Math.min(st.size, PACK_HEADER_SIZE));
@@ -43,8 +54,11 @@ export class PackSet {
       for (const f of files.values()) await f.fh.close().catch(() => undefined);
       throw e;
     }
-    return new PackSet(files);
+    return new PackSet(files, missing);
   }
+
+  /** Whether pack `version` is open here. */
+  has(version: number): boolean { return this.files.has(version); }
 
   path(version: number): string { return this.get(version).path; }
   salt(version: number): Buffer { return this.get(version).ref.salt; }

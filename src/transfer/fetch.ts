@@ -37,6 +37,7 @@ import { BlockCodec } from '../pack/block.js';
 import type { IndexFile } from '../pack/indexfile.js';
 import { type ImageKeys, loadTrustedKeys, openImageKeys } from '../pack/keys.js';
 import { HttpClient, type HttpOptions } from './http.js';
+import { MirrorState, MirroredFile, checkMirrorUrls } from './mirrors.js';
 import { PartialOutput } from './output.js';
 import { MULTI_RANGE, SINGLE_RANGE, planRequests } from './plan.js';
 import { fetchIndex, fetchIndexHeader } from './remote-index.js';
@@ -51,6 +52,8 @@ export interface FetchImageOptions {
   /** The new disk: `*.evhd` (its key file beside it). */
   out: string;
   seeds?: string[];
+  /** Folders of host data whose regular files are hashed on a 4 KiB grid and used by block id (./hostseeds.ts). */
+  hostSeeds?: string[];
   keyDir: string;
   kek: () => KekSource;
   /** Use seeds (TrimTransfer). false: every block from the repository. Default true. */
@@ -64,6 +67,13 @@ export interface FetchImageOptions {
    * decoded and written (default FETCH_IN_FLIGHT_BYTES, 4 MiB): requests wait for room.
    */
   inFlightBytes?: number;
+  /**
+   * Base URLs of static copies of the packs (./mirrors.ts), tried in order for pack data before
+   * the server (the index always comes from `source`); at most 8, http(s), no credentials.
+   */
+  mirrors?: string[];
+  /** How mirrors are asked (default: one retry; a 10 s stall, or under 8 KiB/s after 10 s, moves on to the next source). */
+  mirrorHttp?: HttpOptions;
   /**
    * What the caller asked for: the signed header must name exactly this image name, version and
    * image id (32 hex), checked right after its signature and before anything is created, so a
@@ -85,8 +95,10 @@ export interface FetchImageResult {
   blocksResumed: number;
   blocksFromSeeds: number;
   blocksFromNetwork: number;
-  /** Body bytes received from the repository over HTTP (index included). */
+  /** Body bytes received from the repository over HTTP (index included), mirrors included. */
   networkBytes: number;
+  /** Of those, the bytes received from mirrors. */
+  mirrorBytes: number;
   /** Bytes read from a repository given as a local path. */
   repositoryFileBytes: number;
   /** Plaintext bytes taken from seeds. */
@@ -181,8 +193,13 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
   const trim = opts.trim ?? true;
   const dryRun = opts.dryRun ?? false;
   checkOut(opts.out);
+  const mirrors = checkMirrorUrls(opts.mirrors ?? []);
   const stats = newStats(opts.inFlightBytes);
   const client = new HttpClient(stats, opts.http);
+  // the mirrors' own counters, within the same bound on bytes in flight
+  const mirrorStats: TransferStats = { networkBytes: 0, requests: 0, localBytes: 0, inFlight: stats.inFlight };
+  const mirrorClient = new HttpClient(mirrorStats, { retries: 1, timeoutMs: 10_000, minRate: { bytesPerSecond: 8192, afterMs: 10_000 }, ...opts.mirrorHttp });
+  const mirrorState = new MirrorState();
   const open = (name: string): RemoteFile => (isUrl(name) ? client.file(name) : new LocalFile(name, stats));
   const warn = (m: string) => opts.onWarning?.(m);
   const cacheDir = opts.cacheDir ?? seedCacheDir();
@@ -229,7 +246,13 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     const packFile = new Map<number, RemoteFile>();
     const packOf = (v: number): RemoteFile => {
       let f = packFile.get(v);
-      if (!f) { f = indexFile.sibling(packFileName(h.name, v)); packFile.set(v, f); }
+      if (!f) {
+        const name = packFileName(h.name, v);
+        f = indexFile.sibling(name);
+        // mirrors first, each block still checked against the signed index (./mirrors.ts)
+        if (mirrors.length > 0) f = new MirroredFile(mirrors.map((base) => ({ base, file: mirrorClient.file(new URL(encodeURIComponent(name), base).toString()) })), f, mirrorState, warn);
+        packFile.set(v, f);
+      }
       return f;
     };
     let blocksTotal = 0;
@@ -246,10 +269,16 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     };
 
     // 3. seeds: their ids (a disk seed hashed at most once)
-    if (trim && seedPaths.length > 0) {
+    const hostPaths = trim ? opts.hostSeeds ?? [] : [];
+    if (seedPaths.length > 0 || hostPaths.length > 0) {
       seeds = new SeedSet({ keys, kek: opts.kek, cacheDir, name: h.name });
       for (const p of seedPaths) await seeds.add(p);
-      for (const r of seeds.reports) if (r.error) warn(`seed ${r.path} skipped: ${r.error}`);
+      for (const p of hostPaths) await seeds.addHostData(p);
+      for (const r of seeds.reports) {
+        if (r.error) warn(`seed ${r.path} skipped: ${r.error}`);
+        else if (r.limited) warn(`seed ${r.path}: ${r.limited} (a bound of host data seeds); the rest of the folder is not used`);
+        else if (r.missingPacks) warn(`seed ${r.path}: its index refers to packs not in its folder (${r.missingPacks.map((v) => packFileName(h.name, v)).join(', ')}): those blocks come from the repository`);
+      }
     }
 
     /** The entry of block `b` in the index (a seed block that failed its check: wanted by id now). */
@@ -433,7 +462,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     return {
       out: opts.out, name: h.name, version: h.version, virtualSize: h.virtualSize, dryRun,
       blocks: blocksTotal, blocksResumed: resumed, blocksFromSeeds: fromSeeds, blocksFromNetwork: fromNetwork,
-      networkBytes: s.networkBytes, repositoryFileBytes: s.localBytes, seedBytes: fromSeeds * CKM_BLOCK_SIZE, requests: s.requests,
+      networkBytes: s.networkBytes + mirrorStats.networkBytes, mirrorBytes: mirrorStats.networkBytes, repositoryFileBytes: s.localBytes, seedBytes: fromSeeds * CKM_BLOCK_SIZE, requests: s.requests + mirrorStats.requests,
       maxInFlightBytes: s.inFlight.max,
       indexRecordsReused: fetched.reusedRecords, indexRecordsFetched: fetched.fetchedRecords, indexRecordsFromDelta: fetched.deltaRecords,
       indexDelta: fetched.delta,
@@ -447,6 +476,7 @@ export async function fetchImage(opts: FetchImageOptions): Promise<FetchImageRes
     await partial?.close();
     keys?.dispose();
     client.close();
+    mirrorClient.close();
     if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
   }
 }

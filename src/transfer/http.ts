@@ -35,6 +35,11 @@ export interface HttpOptions {
   timeoutMs?: number;
   /** CA certificates (PEM) an https:// repository must chain to, instead of the system's. */
   ca?: Buffer;
+  /**
+   * A reply body slower than `bytesPerSecond` once `afterMs` have passed since the request is
+   * given up like a stalled one (a mirror that trickles: the next source is faster). Default: none.
+   */
+  minRate?: { bytesPerSecond: number; afterMs: number };
 }
 
 class Retryable extends Error {}
@@ -53,6 +58,7 @@ export class HttpClient {
   readonly retries: number;
   readonly backoffMs: number;
   readonly timeoutMs: number;
+  readonly minRate: HttpOptions['minRate'];
   private readonly agents: { http: http.Agent; https: https.Agent };
   readonly modes = new Map<string, RangeMode>();
   readonly etags = new Map<string, string>();
@@ -63,6 +69,7 @@ export class HttpClient {
     this.retries = opts.retries ?? 10;
     this.backoffMs = opts.backoffMs ?? 200;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.minRate = opts.minRate;
     this.agents = { http: new http.Agent({ keepAlive: true, maxSockets: 8 }), https: new https.Agent({ keepAlive: true, maxSockets: 8, ...(opts.ca ? { ca: opts.ca } : {}) }) };
   }
 
@@ -274,6 +281,7 @@ export class HttpFile implements RemoteFile {
   ): Promise<'ok' | 'multi-refused' | 'no-ranges'> {
     const single = this.bodyRanges(want, mode);
     const headers: Record<string, string> = mode === 'none' ? {} : { range: rangeHeader(single), ...this.conditional() };
+    const sent = Date.now();
     const res = await this.client.request(this.name, 'GET', headers);
     const waits: Array<Promise<void>> = [];
     let collector: PieceCollector<P> | undefined;
@@ -349,9 +357,14 @@ export class HttpFile implements RemoteFile {
           };
         }
       }
+      const rate = this.client.minRate;
+      let received = 0;
       try {
         for await (const chunk of res as AsyncIterable<Buffer>) {
           this.client.stats.networkBytes += chunk.length;
+          received += chunk.length;
+          const ms = Date.now() - sent;
+          if (rate && ms > rate.afterMs && received * 1000 < rate.bytesPerSecond * ms) throw new Retryable(`${received} bytes in ${(ms / 1000).toFixed(1)} s, slower than ${rate.bytesPerSecond} bytes/s`);
           feed(chunk);
           if (waits.length) await Promise.all(waits.splice(0));
           if (status === 200 && collector.complete) break;

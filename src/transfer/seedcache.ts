@@ -22,7 +22,11 @@ export type { SeedIds, SeedStamp };
 export { sameStamp };
 
 export function seedStamp(path: string): SeedStamp {
-  const st = fs.statSync(path, { bigint: true });
+  return stampOf(fs.statSync(path, { bigint: true }));
+}
+
+/** The stamp of a file from its stat (an open descriptor's: `fs.fstatSync(fd, { bigint: true })`). */
+export function stampOf(st: fs.BigIntStats): SeedStamp {
   return { size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino, dev: st.dev };
 }
 
@@ -59,4 +63,37 @@ export function writeSeedCache(cacheDir: string, seedPath: string, stamp: SeedSt
   } catch {
     return false;
   }
+}
+
+/** What the cache folder may hold: cache files and bytes (the oldest written go first). */
+export const SEED_CACHE_MAX_FILES = 16384;
+export const SEED_CACHE_MAX_BYTES = 512 * 1024 * 1024;
+
+/**
+ * Keep the cache folder within `maxFiles` cache files and `maxBytes`: the oldest written are
+ * removed first. Only files named as this module names them (32 hex + `.ids`, regular files) are
+ * counted or removed. Returns how many were removed; failures only leave a bigger cache.
+ */
+export function pruneSeedCache(cacheDir: string, limits: { maxFiles?: number; maxBytes?: number } = {}): number {
+  const maxFiles = limits.maxFiles ?? SEED_CACHE_MAX_FILES;
+  const maxBytes = limits.maxBytes ?? SEED_CACHE_MAX_BYTES;
+  let names: string[];
+  try { names = fs.readdirSync(cacheDir).filter((n) => /^[0-9a-f]{32}\.ids$/.test(n)); } catch { return 0; }
+  const files: Array<{ path: string; size: number; mtime: number }> = [];
+  for (const n of names) {
+    try {
+      const st = fs.lstatSync(join(cacheDir, n));
+      if (st.isFile()) files.push({ path: join(cacheDir, n), size: st.size, mtime: st.mtimeMs });
+    } catch { /* gone meanwhile */ }
+  }
+  let bytes = files.reduce((s, x) => s + x.size, 0);
+  let count = files.length;
+  let removed = 0;
+  for (const x of files.sort((a, b) => a.mtime - b.mtime)) {
+    if (count <= maxFiles && bytes <= maxBytes) break;
+    try { fs.unlinkSync(x.path); removed++; } catch { /* someone else pruned it */ }
+    count--;
+    bytes -= x.size;
+  }
+  return removed;
 }

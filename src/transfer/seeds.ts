@@ -30,22 +30,34 @@ import { IndexFile } from '../pack/indexfile.js';
 import type { ImageKeys } from '../pack/keys.js';
 import { PackSet } from '../pack/read.js';
 import { type SeedIds, keyTag, readSeedCache, seedStamp, writeSeedCache } from './seedcache.js';
+import { HostDataSeed } from './hostseeds.js';
 
 export interface SeedReport {
   path: string;
-  kind: 'disk' | 'packs';
+  /** host: a folder of host data (./hostseeds.ts). */
+  kind: 'disk' | 'packs' | 'host';
   /** Blocks this fetch took from the seed. */
   blocks: number;
   /** disk seeds: ids came from the cache (no hashing). */
   cached?: boolean;
   /** Why the seed was skipped. */
   error?: string;
+  /** packs: versions of the packs its index refers to that are not in its folder (their blocks are fetched). */
+  missingPacks?: number[];
+  /** host: files whose ids are known, of them hashed now and taken from the cache; entries skipped (links, other file systems, not regular files). */
+  files?: number;
+  hashedFiles?: number;
+  cachedFiles?: number;
+  skipped?: number;
+  /** host: the walk stopped at one of its bounds (which). */
+  limited?: string;
 }
 
 /** Where a block can be read locally. */
 export type SeedLocation =
   | { kind: 'disk'; seed: DiskSeed; block: number }
-  | { kind: 'pack'; seed: PackSeed; entry: RunEntry };
+  | { kind: 'pack'; seed: PackSeed; entry: RunEntry }
+  | { kind: 'host'; seed: HostDataSeed; file: number; block: number };
 
 /** The id map key of a block id. */
 export const idKey = (id: Buffer): string => id.toString('latin1');
@@ -120,7 +132,15 @@ const isZero = (b: Buffer, at: number): boolean => {
 /** The keyed ids of every non-zero block of a disk (read once, 1 MiB at a time). */
 export async function hashDisk(seed: DiskSeed, key: Buffer): Promise<SeedIds> {
   const dev = await seed.device();
-  const blocks = Math.ceil(dev.size / CKM_BLOCK_SIZE);
+  return hashBlocks(dev.size, (buf, block) => seed.readInto(buf, block), key);
+}
+
+/**
+ * The keyed ids of every non-zero 4 KiB block of `size` bytes read with `readInto` (which fills
+ * its buffer from block `block` on, zero-padded past the end), 1 MiB at a time.
+ */
+export async function hashBlocks(size: number, readInto: (buf: Buffer, block: number) => Promise<void>, key: Buffer): Promise<SeedIds> {
+  const blocks = Math.ceil(size / CKM_BLOCK_SIZE);
   let ids = Buffer.alloc(Math.min(blocks, 1 << 16) * CKM_ID_BYTES);
   let nums = new Uint32Array(ids.length / CKM_ID_BYTES);
   let count = 0;
@@ -128,7 +148,7 @@ export async function hashDisk(seed: DiskSeed, key: Buffer): Promise<SeedIds> {
   const data = Buffer.allocUnsafeSlow(CHUNK * CKM_BLOCK_SIZE);
   for (let b = 0; b < blocks; b += CHUNK) {
     const n = Math.min(CHUNK, blocks - b);
-    await seed.readInto(data.subarray(0, n * CKM_BLOCK_SIZE), b);
+    await readInto(data.subarray(0, n * CKM_BLOCK_SIZE), b);
     for (let i = 0; i < n; i++) {
       if (isZero(data, i * CKM_BLOCK_SIZE)) continue;
       if (count === nums.length) {
@@ -176,6 +196,7 @@ export class SeedSet {
   readonly reports: SeedReport[] = [];
   readonly disks: DiskSeed[] = [];
   private readonly packSeeds: PackSeed[] = [];
+  private readonly hostSeeds: HostDataSeed[] = [];
   /** id -> where to read it (filled by locate, for the blocks not found by position). */
   readonly found = new Map<string, SeedLocation>();
 
@@ -191,6 +212,17 @@ export class SeedSet {
       for (const i of idx) await this.addPacks(i);
     } else if (path.endsWith('.ckm.index')) await this.addPacks(path);
     else await this.addDisk(path);
+  }
+
+  /** A folder of host data (./hostseeds.ts): its regular files' ids, without reading any block yet. */
+  async addHostData(path: string): Promise<void> {
+    const report: SeedReport = { path, kind: 'host', blocks: 0 };
+    try {
+      this.hostSeeds.push(await HostDataSeed.scan(path, { idKey: this.opts.keys.idKey, cacheDir: this.opts.cacheDir, report }));
+    } catch (e) {
+      report.error = e instanceof Error ? e.message : String(e);
+    }
+    this.reports.push(report);
   }
 
   private async addDisk(path: string): Promise<void> {
@@ -224,7 +256,9 @@ export class SeedSet {
       await index.verify(this.opts.keys.trusted);
       const h = index.header;
       if (!h.imageId.equals(this.opts.keys.imageId)) throw new MedvError('EBADKEY', 'an index of another image (no content key for it)');
-      packs = await PackSet.open(join(indexPath, '..'), h.name, h.imageId, h.packs);
+      // a folder pre-staged with the newest version alone: its own pack serves, the earlier ones it refers to are fetched
+      packs = await PackSet.open(join(indexPath, '..'), h.name, h.imageId, h.packs, { allowMissing: true });
+      if (packs.missing.length > 0) report.missingPacks = packs.missing;
       this.packSeeds.push(new PackSeed(indexPath, index, packs, new BlockCodec(this.opts.keys), report));
       index = undefined;
       packs = undefined;
@@ -249,9 +283,18 @@ export class SeedSet {
         if (wanted.has(k) && !this.found.has(k)) this.found.set(k, { kind: 'disk', seed: d, block: d.blockOf(i) });
       }
     }
+    for (const h of this.hostSeeds) {
+      h.files.forEach((f, file) => {
+        for (let i = 0; i < f.ids.count; i++) {
+          const k = f.ids.ids.toString('latin1', i * CKM_ID_BYTES, (i + 1) * CKM_ID_BYTES);
+          if (wanted.has(k) && !this.found.has(k)) this.found.set(k, { kind: 'host', seed: h, file, block: f.ids.blocks[i] });
+        }
+      });
+    }
     for (const p of this.packSeeds) {
       for await (const { record } of p.index.runs()) {
         for (const e of record.entries) {
+          if (!p.packs.has(e.place.pack) || (e.base && !p.packs.has(e.base.place.pack))) continue;
           const k = idKey(e.id);
           if (wanted.has(k) && !this.found.has(k)) this.found.set(k, { kind: 'pack', seed: p, entry: e });
         }
@@ -268,7 +311,8 @@ export class SeedSet {
       if (loc.kind === 'disk') {
         data = Buffer.allocUnsafe(CKM_BLOCK_SIZE);
         await loc.seed.readInto(data, loc.block);
-      } else data = await loc.seed.read(loc.entry);
+      } else if (loc.kind === 'host') data = await loc.seed.read(loc.file, loc.block);
+      else data = await loc.seed.read(loc.entry);
       const check = Buffer.alloc(CKM_ID_BYTES);
       sodium.crypto_generichash(check, data, this.opts.keys.idKey);
       if (check.equals(id)) {
@@ -314,5 +358,6 @@ export class SeedSet {
   async close(): Promise<void> {
     for (const d of this.disks) await d.close();
     for (const p of this.packSeeds) await p.close();
+    for (const h of this.hostSeeds) h.close();
   }
 }

@@ -11,7 +11,7 @@
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
 import { clientRootPath } from '../core/paths.js';
 import { MedvError } from '../core/errors.js';
@@ -28,6 +28,8 @@ export interface ClientConfig {
   ca?: string;
   /** This client's id in status reports (random, made once). */
   client: string;
+  /** Folders of host data used as seeds by every deployment (src/transfer/hostseeds.ts); absolute paths, at most 8. */
+  seedFolders?: string[];
 }
 
 export interface Credentials { server: string; user: string; token: string; expires: string }
@@ -60,14 +62,19 @@ export function readClientConfig(c: ClientRoot): ClientConfig {
     || (v.ca !== undefined && typeof v.ca !== 'string')) {
     throw new MedvError('EFORMAT', `${file} is not a medv client configuration`, { file });
   }
-  return { server: v.server, user: v.user, client: v.client, ...(v.ca ? { ca: v.ca } : {}) };
+  const seeds = v.seedFolders;
+  if (seeds !== undefined && (!Array.isArray(seeds) || seeds.length > 8 || !seeds.every((p) => typeof p === 'string' && isAbsolute(p) && p.length <= 4096 && !p.includes('\0')))) {
+    throw new MedvError('EFORMAT', `${file}: seedFolders must be a list of at most 8 absolute folder paths`, { file });
+  }
+  return { server: v.server, user: v.user, client: v.client, ...(v.ca ? { ca: v.ca } : {}), ...(seeds?.length ? { seedFolders: seeds } : {}) };
 }
 
 /** Record a login: the server and user for the workspace commands, the token sealed. */
 export async function saveClientLogin(ctx: ClientContext, login: Credentials, ca?: string): Promise<ClientConfig> {
   let client: string | undefined;
-  try { client = readClientConfig(ctx.root).client; } catch { /* first login */ }
-  const cfg: ClientConfig = { server: login.server, user: login.user, client: client ?? randomBytes(8).toString('hex'), ...(ca ? { ca } : {}) };
+  let seedFolders: string[] | undefined;
+  try { ({ client, seedFolders } = readClientConfig(ctx.root)); } catch { /* first login */ }
+  const cfg: ClientConfig = { server: login.server, user: login.user, client: client ?? randomBytes(8).toString('hex'), ...(ca ? { ca } : {}), ...(seedFolders ? { seedFolders } : {}) };
   userDir(ctx.root, login.user);
   await writeSealed(ctx.root, join('data', 'Users', login.user, CREDENTIALS_FILE), CREDENTIALS_PURPOSE, login);
   writeFileAtomicSync(configPath(ctx.root), `${JSON.stringify(cfg, null, 2)}\n`);

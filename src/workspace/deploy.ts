@@ -23,17 +23,21 @@ import { join } from 'node:path';
 import { lockExclusive } from '../block/flock.js';
 import { MedvError } from '../core/errors.js';
 import { hardLinkSync } from '../core/fsio.js';
-import { CURRENT_WORKSPACE_VERSION, IDENTITY_FILE, ensureSafeDir, ImageStore, type ClientRoot } from '../repo/index.js';
+import { CURRENT_WORKSPACE_VERSION, ENGINE_VERSION, IDENTITY_FILE, ensureSafeDir, ImageStore, type ClientRoot } from '../repo/index.js';
+import { compareEngineVersions } from '../formats/imagestate/index.js';
 import { readCa } from '../client/http.js';
 import type { KekSource } from '../crypto/index.js';
 import { type WorkspaceSettings } from './settings.js';
 import { writeVersionVmFiles } from './vmfiles.js';
+import type { SeedReport } from '../transfer/seeds.js';
 
 export interface DeployResult {
   version: number;
   disk: string;
-  /** Bytes fetched from the server, index included. */
+  /** Bytes fetched, index included (from mirrors too). */
   fetchedBytes: number;
+  /** Of those, bytes from the policy's mirrors. */
+  mirrorBytes: number;
   /** Size of the image's disk. */
   imageBytes: number;
   blocks: number;
@@ -45,6 +49,8 @@ export interface DeployResult {
   removed: number[];
   /** True when the base was on this client already (another workspace of the image): nothing was fetched. */
   shared: boolean;
+  /** What each seed gave (none when nothing was fetched). */
+  seeds: SeedReport[];
 }
 
 export interface DeployOptions {
@@ -67,6 +73,8 @@ export interface DeployOptions {
   ca?: string;
   /** More disks to take blocks from (every block is checked against the image's ids). */
   extraSeeds?: string[];
+  /** Folders of host data to take blocks from (src/transfer/hostseeds.ts; every block checked too). */
+  hostSeeds?: string[];
   /** Versions that must survive retention (the one running). */
   inUse?: ReadonlySet<number>;
   /** Where disk seeds' block ids are cached (default src/core/paths.ts seedCacheDir()). */
@@ -81,6 +89,11 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
     if (!st.identity || st.identity.image !== settings.image || st.identity.imageId !== o.imageId) {
       throw new MedvError('EINVAL_ARG', `deploying ${settings.image} (image ${o.imageId}) into a store of ${st.identity?.image ?? 'no recorded image'}`);
     }
+  }
+  // an image this medv cannot run is refused before anything is fetched or created
+  if (compareEngineVersions(ENGINE_VERSION, settings.minEngine ?? ENGINE_VERSION) < 0) {
+    throw new MedvError('EENGINE', `image ${settings.image} needs medv engine ${settings.minEngine} or later (the policy's minEngine); this medv is ${ENGINE_VERSION}: update medv before deploying it (nothing was downloaded)`,
+      { image: settings.image, needs: settings.minEngine, engine: ENGINE_VERSION });
   }
   ensureSafeDir(base.dir);
   const unlock = lockBase(base);
@@ -97,6 +110,7 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
       version,
       disk: store.diskPath(version),
       fetchedBytes: r ? r.networkBytes + r.repositoryFileBytes : 0,
+      mirrorBytes: r?.mirrorBytes ?? 0,
       imageBytes: r ? r.virtualSize : fs.statSync(base.diskPath(version)).size,
       blocks: r?.blocks ?? 0,
       blocksFromSeeds: r?.blocksFromSeeds ?? 0,
@@ -105,6 +119,7 @@ export async function deployVersion(o: DeployOptions): Promise<DeployResult> {
       seconds: r?.seconds ?? 0,
       removed: kept.deleted,
       shared: r === undefined,
+      seeds: r?.seeds ?? [],
     };
   } finally {
     unlock();
@@ -192,9 +207,11 @@ async function fetchIntoBase(o: DeployOptions) {
       source: o.source,
       out: base.diskPath(version),
       seeds,
+      ...(o.hostSeeds?.length ? { hostSeeds: o.hostSeeds } : {}),
       keyDir: o.keyDir,
       kek: () => o.kek,
       trim: settings.useTrimTransfer !== false,
+      ...(settings.mirrors?.length ? { mirrors: settings.mirrors } : {}),
       expect: { name: settings.image, version, imageId: o.imageId },
       ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}),
       ...(o.ca ? { http: { ca: readCa(o.ca) } } : {}),

@@ -22,6 +22,8 @@ export interface WorkspaceSettings {
   versionsToKeep?: number;
   suggestUpdate?: boolean;
   useTrimTransfer?: boolean;
+  /** Base URLs of static copies of the packs, tried before the server (src/transfer/mirrors.ts). */
+  mirrors?: string[];
   offlineDays?: number;
   expires?: string;
   applications?: PublishedApp[];

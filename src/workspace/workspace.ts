@@ -57,6 +57,8 @@ export interface StartOptions extends WorkspaceOptions {
    * them) and `update` is undefined: true deploys it now. Without it the update is only announced.
    */
   confirmUpdate?: (current: number, latest: number) => Promise<boolean>;
+  /** Folders of host data to take blocks from at a deployment (`--seed DIR`), besides the client's `seedFolders` (src/transfer/hostseeds.ts). */
+  seeds?: string[];
   /** Host folders to share with the guest, as the user names them (the policy must allow shared folders; writable only if it allows that too). */
   shares?: Array<{ tag: string; path: string }>;
   /** How the VM is started (default: src/host/client.ts startVm; the CLI and the host service start it through the service's warm pool). */
@@ -311,11 +313,12 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
         source: `${s.cfg.server}/images/${entry.image}_${latest}.ckm.index`,
         keyDir: workspaceKeyDir(s.ctx.root, s.cfg.user, name), kek: s.ctx.kek, vmName, ca: s.cfg.ca, cacheDir: seedCacheDir(o.userDirs),
         extraSeeds: legacy ? legacy.versions().map((n) => legacy.diskPath(n)) : [],
+        hostSeeds: [...new Set([...(o.seeds ?? []).map((p) => resolve(p)), ...(s.cfg.seedFolders ?? [])])],
         onProgress: (d, t) => o.onProgress?.('fetch', d, t),
         onWarning: warn,
       });
       if (deployed.shared) info(`deployed ${entry.image} version ${latest}: already on this client for another workspace, nothing fetched (one read-only base; this workspace's writes go to its own undo disk)`);
-      else info(`deployed ${entry.image} version ${latest}: fetched ${humanBytes(deployed.fetchedBytes)} of a ${humanBytes(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
+      else info(`deployed ${entry.image} version ${latest}: fetched ${humanBytes(deployed.fetchedBytes)}${deployed.mirrorBytes ? ` (${humanBytes(deployed.mirrorBytes)} from mirrors)` : ''} of a ${humanBytes(deployed.imageBytes)} image (${deployed.blocksFromSeeds} blocks from local seeds, ${deployed.blocksFromNetwork} from the server)`);
       if (deployed.removed.length) info(`removed old version${deployed.removed.length > 1 ? 's' : ''} ${deployed.removed.join(', ')} (the policy keeps ${settings.versionsToKeep ?? 1})`);
     } else if (newer) {
       updateAvailable = latest;

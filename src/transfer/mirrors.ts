@@ -1,0 +1,106 @@
+/**
+ * Image mirrors: plain static copies of a repository's packs (a branch nginx, a CDN, an object
+ * store's public URL) tried in order before the server. A mirror needs no trust: the index (and
+ * its signature) comes from the server, and every block a mirror delivers is authenticated and
+ * checked against its id by the caller's sink before it is written. So whatever a mirror does
+ * (wrong bytes, 404, 5xx, a redirect, a stall, a file of another length, a changing ETag) only
+ * sends the pieces it did not deliver to the next source, with one warning line; the server is
+ * the last source, and its failure is the fetch's.
+ */
+import { MedvError } from '../core/errors.js';
+import type { Span } from './plan.js';
+import type { PieceSink, RemoteFile } from './remote.js';
+
+/** At most this many mirrors (a policy's list, a caller's). */
+export const MAX_MIRRORS = 8;
+
+/**
+ * A mirror's base URL, checked (http or https, no user name or password, no query or fragment,
+ * at most 1024 characters) and ending with '/': its files are `<base><NAME>_<N>.ckm`.
+ */
+export function checkMirrorUrl(url: string): string {
+  let u: URL;
+  // never echoed with what could be a password in it (a message ends up in logs)
+  const shown = String(url).slice(0, 200).replace(/\/\/[^/?#]*@/, '//…@');
+  const bad = (why: string) => new MedvError('EINVAL_ARG', `mirror ${JSON.stringify(shown)} ${why}`);
+  if (typeof url !== 'string' || url.length > 1024) throw bad('is not a URL of at most 1024 characters');
+  try { u = new URL(url); } catch { throw bad('is not a URL'); }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw bad('must be an http:// or https:// URL');
+  if (u.username || u.password) throw bad('must not carry a user name or password (a mirror needs none: it serves only encrypted packs)');
+  if (u.search || u.hash || url.includes('?') || url.includes('#')) throw bad('must not carry a query or fragment (it names a folder of static files)');
+  if (!u.pathname.endsWith('/')) u.pathname += '/';
+  return u.toString();
+}
+
+/** The mirror list of a caller, checked: at most MAX_MIRRORS, no repeats. */
+export function checkMirrorUrls(urls: readonly string[]): string[] {
+  if (urls.length > MAX_MIRRORS) throw new MedvError('EINVAL_ARG', `at most ${MAX_MIRRORS} mirrors (got ${urls.length})`);
+  const out = urls.map(checkMirrorUrl);
+  const dup = out.find((u, i) => out.indexOf(u) !== i);
+  if (dup) throw new MedvError('EINVAL_ARG', `mirror ${dup} is listed twice`);
+  return out;
+}
+
+/** An error thrown by the caller's sink for a reason other than the bytes it was given: not the source's fault. */
+class SinkFailure extends Error {
+  constructor(readonly inner: unknown) { super('sink failure'); }
+}
+
+/** Mirrors that failed during one fetch: not asked again (404 excepted: that file only). */
+export class MirrorState {
+  readonly dropped = new Set<string>();
+}
+
+/**
+ * One pack file from the first source that delivers it: each mirror's copy in order (those not
+ * dropped), then the server's. Each source is asked only for the pieces the ones before it did
+ * not deliver.
+ */
+export class MirroredFile implements RemoteFile {
+  constructor(
+    private readonly mirrors: Array<{ base: string; file: RemoteFile }>,
+    private readonly server: RemoteFile,
+    private readonly state: MirrorState,
+    private readonly warn: (m: string) => void,
+  ) {}
+
+  get name(): string { return this.server.name; }
+
+  readHead(n: number): Promise<{ data: Buffer; size: number }> { return this.server.readHead(n); }
+
+  sibling(name: string): RemoteFile { return this.server.sibling(name); }
+
+  async fetch<P extends Span>(pieces: P[], size: number, sink: PieceSink<P>): Promise<void> {
+    const left = new Set(pieces);
+    const guarded: PieceSink<P> = async (p, data) => {
+      if (!left.has(p)) return;
+      try {
+        await sink(p, data);
+      } catch (e) {
+        // bytes that fail their check are the source's fault; anything else (a write) is ours
+        if (e instanceof MedvError && e.code === 'EBADBLOCK') throw e;
+        throw new SinkFailure(e);
+      }
+      left.delete(p);
+    };
+    for (const m of this.mirrors) {
+      if (left.size === 0) return;
+      if (this.state.dropped.has(m.base)) continue;
+      try {
+        await m.file.fetch([...left], size, guarded);
+      } catch (e) {
+        if (e instanceof SinkFailure) throw e.inner;
+        const notThere = e instanceof MedvError && e.code === 'EHTTP' && (e.data.status === 404 || e.data.status === 410);
+        if (!notThere) this.state.dropped.add(m.base);
+        const reason = e instanceof MedvError ? `${e.message} [${e.code}]` : String(e);
+        this.warn(`mirror ${m.base}: ${reason}; ${left.size} piece${left.size === 1 ? '' : 's'} of ${this.server.name.split('/').pop()} from the next source${notThere ? '' : ' (this mirror is not used again in this fetch)'}`);
+      }
+    }
+    if (left.size === 0) return;
+    try {
+      await this.server.fetch([...left], size, guarded);
+    } catch (e) {
+      throw e instanceof SinkFailure ? e.inner : e;
+    }
+  }
+}

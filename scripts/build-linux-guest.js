@@ -45,6 +45,7 @@ const variantName = variantAt < 0 ? '' : process.argv[variantAt + 1] ?? '';
 if (variantAt >= 0 && !Object.hasOwn(layout.variants ?? {}, variantName)) {
   fail(`--variant takes one of ${Object.keys(layout.variants ?? {}).join(', ') || '(none)'}, not ${JSON.stringify(variantName)}`);
 }
+if (variantName && !/^[a-z0-9]+$/.test(variantName)) fail(`layout.variants: ${JSON.stringify(variantName)} is not a folder-safe name`);
 const variant = variantName ? layout.variants[variantName] : {};
 if (variant.kernel) layout.packages.kernel = variant.kernel;
 layout.modules = [...layout.modules, ...(variant.modules ?? [])];

@@ -41,13 +41,13 @@ export const LINUX_SERIAL = {
   net: /medv-linux: net (none|eth0 (\S+))\r?\n/,
   /** Only when a URL is configured: `wget ok <first line of the body>` or `wget failed`. */
   wget: /medv-linux: wget (ok (.*?)|failed)\r?\n/,
-  /** All done and the power button armed; with the kernel's uptime in seconds. */
   /** A virtio-9p share mounted at shareRoot/<tag> (never with the default, cloud kernel: see image9p). */
   share9p: /medv-linux: 9p (\S+) mounted\r?\n/,
-  /** A mounted share holding shareFile: its tag and the file's first line (at most 200 characters). */
+  /** A mounted share holding shareFile: its tag and the file's first line (control characters dropped, at most 200 characters). */
   share: /medv-linux: share (\S+) (.*?)\r?\n/,
-  /** Then one file written into that share (and removed): `ok`, or `refused` on a read-only share. */
-  shareWrite: /medv-linux: share-write (\S+) (ok|refused)\r?\n/,
+  /** Then one new file written into that share (and removed): `ok`, or `refused` with the shell's reason (`Read-only file system`). */
+  shareWrite: /medv-linux: share-write (\S+) (ok|refused: .*?)\r?\n/,
+  /** All done and the power button armed; with the kernel's uptime in seconds. */
   ready: /medv-linux: ready uptime=(\S+)\r?\n/,
   powerdown: /medv-linux: powerdown\r?\n/,
   error: /medv-linux: error=(\S+)\r?\n/,

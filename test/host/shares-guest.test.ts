@@ -40,7 +40,7 @@ describe('host: shared folders mounted and read in the Linux guest (virtio-9p)',
     const all = (re: RegExp) => [...text.matchAll(new RegExp(re.source, 'g'))].map((m) => m.slice(1).join(' '));
     assert.deepEqual(all(LINUX_GUEST.serial.share9p), ['docs', 'rw'], `both shares mounted:\n${text}`);
     assert.deepEqual(all(LINUX_GUEST.serial.share), [`docs ${token} (read-only)`, `rw ${token} (writable)`], 'the guest read what the host wrote');
-    assert.deepEqual(all(LINUX_GUEST.serial.shareWrite), ['docs refused', 'rw ok'], 'read-only is enforced by the host, not by the guest\'s mount');
+    assert.deepEqual(all(LINUX_GUEST.serial.shareWrite), ['docs refused: Read-only file system', 'rw ok'], 'read-only is enforced by the host, not by the guest\'s mount');
     assert.doesNotMatch(text, LINUX_GUEST.serial.error);
     assert.deepEqual(fs.readdirSync(f('ro docs')), [LINUX_GUEST.shareFile], 'nothing reached the read-only folder');
     assert.deepEqual(fs.readdirSync(f('rw')), [LINUX_GUEST.shareFile], 'the guest removed the file it wrote');

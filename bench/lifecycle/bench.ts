@@ -25,7 +25,7 @@ import { performance } from 'node:perf_hooks';
 import { QemuProcess, defaultAccelerator } from '../../src/hypervisor/qemu.js';
 import { createHostKey } from '../../src/crypto/index.js';
 import { hostApi } from '../../src/host/api.js';
-import { MEDV, startService } from './host.js';
+import { MEDV, plainResume, plainSuspend, startService } from './host.js';
 import { arg } from '../args.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -102,25 +102,8 @@ async function bareSuspendResume(vga = false): Promise<number> {
   const vm = await QemuProcess.launch({ accel, memoryMiB: 256, vga, drives: [{ source: img }] });
   await vm.waitForSerial(/MEDV-GUEST ready/, 60_000);
   const t0 = performance.now();
-  await vm.execute('stop');
-  // The same migration parameters as medv's suspend (src/host/supervisor.ts): no bandwidth cap, a
-  // long tolerated downtime (the guest is stopped anyway), so QEMU sends it all in one pass.
-  await vm.execute('migrate-set-parameters', { 'max-bandwidth': 1024 ** 4, 'downtime-limit': 60_000 });
-  await vm.execute('migrate', { uri: `exec:cat > ${file}` });
-  for (;;) {
-    const s = await vm.execute<{ status: string }>('query-migrate');
-    if (s.status === 'completed') break;
-    if (s.status === 'failed') throw new Error('migrate failed');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  await vm.kill();
-  const back = await QemuProcess.launch({ accel, memoryMiB: 256, vga, drives: [{ source: img }], extraArgs: ['-incoming', `exec:cat ${file}`] });
-  for (;;) {
-    const s = await back.execute<{ status: string }>('query-status');
-    if (s.status !== 'inmigrate') break;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  await back.execute('cont').catch(() => undefined);
+  await plainSuspend(vm, file);
+  const back = await plainResume({ accel, memoryMiB: 256, vga, drives: [{ source: img }] }, file);
   const ms = performance.now() - t0;
   await back.kill();
   return ms;

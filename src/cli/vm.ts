@@ -10,66 +10,14 @@ import { MedvError, isMedvError } from '../core/errors.js';
 import { parseDuration } from '../core/units.js';
 import type { HostApi } from '../host/api.js';
 import type { VmRunState, VmState } from '../host/rundir.js';
-import { addKeyOptions, kekFrom, printJson, printResult, type KeyOptions } from './common.js';
-
-type Opts = KeyOptions & Record<string, unknown>;
+import { addKeyOptions, printJson, printResult } from './common.js';
+import { api, driveMap, hostPort, keyFor, positiveInt, vmList, vmPath, vmStart, vmStop, vmSuspend, type Opts } from './vm-actions.js';
 
 const STATES: readonly VmRunState[] = ['starting', 'running', 'paused', 'suspending', 'stopping', 'stopped', 'suspended', 'failed'];
 const isTerminal = (s: string) => s === 'stopped' || s === 'suspended' || s === 'failed';
 
-/** The host service of this run root (started when none runs). */
-const api = async (): Promise<HostApi> => (await import('../host/api.js')).hostApi({ start: true });
 /** The most serial output `vm serial --json` puts in one JSON value. */
 const SERIAL_JSON_MAX = 16 << 20;
-const vmPath = (name: string, rest = '') => `/v1/vms/${encodeURIComponent(name)}${rest}`;
-
-function positiveInt(what: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isSafeInteger(n) || n <= 0) throw new MedvError('EINVAL_ARG', `${what} must be a positive integer, not ${JSON.stringify(v)}`);
-    return n;
-  };
-}
-
-function hostPort(v: string, previous: number[] | undefined): number[] {
-  const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1 || n > 65535) throw new MedvError('EINVAL_ARG', `--allow-host-port must be a port number 1-65535, not ${JSON.stringify(v)}`);
-  return [...(previous ?? []), n];
-}
-
-/** `--map-drive C=/folder` or `--host-drive D=/dev/sr0` values, by upper-case letter. */
-function driveMap(specs: string[] | undefined, option = '--map-drive', example = '/absolute/folder'): Record<string, string> | undefined {
-  if (!specs?.length) return undefined;
-  const out: Record<string, string> = {};
-  for (const s of specs) {
-    const m = /^([A-Za-z])=(\/.*)$/.exec(s);
-    if (!m) throw new MedvError('EINVAL_ARG', `${option} ${JSON.stringify(s)}: use LETTER=${example}`);
-    out[m[1].toUpperCase()] = m[2];
-  }
-  return out;
-}
-
-/**
- * The key a request brings: a host key file (its path), or a passphrase (MEDV_PASSPHRASE,
- * --passphrase-file) sent once to the service for a one-time handle; none: the service's
- * unlocked key, if any (medv host unlock).
- */
-async function keyFor(host: HostApi, o: KeyOptions): Promise<{ hostKey?: string; handle?: string } | undefined> {
-  let kek;
-  try {
-    kek = kekFrom(o)();
-  } catch (e) {
-    if (isMedvError(e, 'ENOKEY')) return undefined;
-    throw e;
-  }
-  if (kek.kind === 'hostkey') return { hostKey: resolve(kek.keyFile) };
-  const bytes = Buffer.from(kek.passphrase as string, 'utf8');
-  try {
-    return { handle: (await host.call<{ handle: string }>('POST', '/v1/keys', undefined, { bytes, type: 'application/octet-stream' })).handle };
-  } finally {
-    bytes.fill(0);
-  }
-}
 
 function render(s: VmState): string {
   const d = s.display;
@@ -87,30 +35,6 @@ function render(s: VmState): string {
   ];
   for (const disk of s.disks) lines.push(`disk:      ${disk.path}${disk.undo ? ` (writes to ${disk.undo}, ${disk.undoPolicy === 'discard' ? 'discarded at stop' : 'kept'})` : ''}`);
   return `${lines.join('\n')}\n`;
-}
-
-/** The start request for `vm start` (the host API's POST /v1/vms body). */
-function startRequest(disk: string, o: Opts): Record<string, unknown> {
-  const source = resolve(disk);
-  if (!fs.existsSync(source)) throw new MedvError('ENOENT', `no such ${extname(disk).toLowerCase() === '.vmc' ? 'file' : 'disk'}: ${disk}`, { file: disk });
-  const accel = o.accel ?? (process.env.MEDV_ACCEL || undefined);
-  return {
-    source,
-    ...(o.name !== undefined ? { name: o.name } : {}),
-    ...(o.memory !== undefined ? { memoryMiB: o.memory } : {}),
-    ...(o.readOnly ? { readOnly: true } : {}),
-    ...(o.undo ? { undo: true } : {}),
-    ...(o.network !== undefined ? { network: o.network } : {}),
-    ...(o.mac !== undefined ? { mac: o.mac } : {}),
-    ...(o.allowHostPort !== undefined ? { allowHostPorts: o.allowHostPort } : {}),
-    ...(o.nic !== undefined ? { nicModel: o.nic } : {}),
-    ...(o.diskBus !== undefined ? { diskBus: o.diskBus } : {}),
-    display: o.display ?? 'none',
-    ...(o.display === 'window' ? { x11: { display: process.env.DISPLAY, ...(process.env.XAUTHORITY ? { xauthority: resolve(process.env.XAUTHORITY) } : {}) } } : {}),
-    ...(accel ? { accel } : {}),
-    ...(o.mapDrive ? { driveMap: driveMap(o.mapDrive as string[]) } : {}),
-    ...(o.hostDrive ? { hostDrives: driveMap(o.hostDrive as string[], '--host-drive', '/dev/sr0') } : {}),
-  };
 }
 
 /** Follow GET /v1/events (optionally for one VM) and hand each event to `on` until it returns true. */
@@ -164,42 +88,19 @@ export function vmCommand(): Command {
     .addOption(new Option('--accel <accel>', 'accelerator to try first (default: MEDV_ACCEL, else kvm when usable)').choices(['kvm', 'tcg']))
     .option('--json', 'print the VM state as JSON')
     .addHelpText('after', `\nExamples:\n  medv vm start base.evhd --name test --read-only --json\n  medv vm start work.vhd --memory 512 --network nat\n  medv vm start xp.vmc --display vnc-tcp && medv vm status xp\n  medv vm start xp.vmc --host-drive D=/dev/sr0\n  medv vm stop test`)
-    .action(async (disk: string, o: Opts) => {
-      if (o.readOnly && o.undo) throw new MedvError('EINVAL_ARG', '--read-only and --undo exclude each other');
-      if (o.display === 'window' && !process.env.DISPLAY) throw new MedvError('EINVAL_ARG', '--display window needs an X display: $DISPLAY is not set (use --display vnc-tcp on a headless host)');
-      const body = startRequest(disk, o);
-      const host = await api();
-      const key = await keyFor(host, o);
-      const state = await host.call<VmState & { warnings?: string[] }>('POST', '/v1/vms', { ...body, ...(key ? { key } : {}) });
-      // What the service started otherwise than the .vmc says (a host CD/DVD drive left empty), told once.
-      for (const w of state.warnings ?? []) process.stderr.write(`medv: warning: ${w}\n`);
-      if (state.key === 'none' && state.disks.some((d) => d.undoPolicy !== 'discard')) {
-        process.stderr.write(`medv: warning: no passphrase or host key: \`medv vm suspend ${state.name}\` will be refused (a saved state is always encrypted); give one at start (MEDV_PASSPHRASE, --passphrase-file, --host-key, or medv host unlock) to be able to suspend\n`);
-      }
-      if (o.json) { printJson(state); return; }
-      const vnc = state.display.kind === 'vnc-tcp' ? `; VNC on ${state.display.vncAddress} (password: medv vm status ${state.name})` : '';
-      process.stdout.write(`${state.resumed ? 'resumed' : 'started'} VM ${state.name} (${state.accel}, supervisor pid ${state.pid})${vnc}; stop it with: medv vm stop ${state.name}\n`);
-    });
+    .action((disk: string, o: Opts) => vmStart(disk, o));
 
   vm.command('stop <name>')
     .description('press the ACPI power button and wait for the guest to power off; force it off after --timeout')
     .option('--timeout <duration>', 'how long to wait before forcing: seconds, or with s, m, h (at most 1h)', (v: string) => parseDuration(v, '--timeout', { max: 3600_000 }), 30_000)
     .option('--force', 'do not ask the guest: quit at once')
     .option('--json', 'print the final VM state as JSON')
-    .action(async (name: string, o: Opts) => {
-      const state = await (await api()).call<VmState>('POST', vmPath(name, '/stop'), { timeoutS: Number(o.timeout) / 1000, force: Boolean(o.force) });
-      if (o.json) printJson(state);
-      else process.stdout.write(`VM ${name} stopped (${state.exitReason ?? 'unknown'})\n`);
-    });
+    .action((name: string, o: Opts) => vmStop(name, o));
 
   vm.command('suspend <name>')
     .description('save the running guest to an encrypted .vsv beside its disk (key in .vsv.enc) and stop it; the next start resumes it')
     .option('--json', 'print the final VM state as JSON')
-    .action(async (name: string, o: Opts) => {
-      const state = await (await api()).call<VmState>('POST', vmPath(name, '/suspend'));
-      if (o.json) printJson(state);
-      else process.stdout.write(`VM ${name} suspended to ${state.savedState}\n`);
-    });
+    .action((name: string, o: Opts) => vmSuspend(name, o));
 
   addKeyOptions(vm.command('discard-state <vmc-or-disk>'))
     .description('drop a suspended VM\'s saved state: remove its .vsv and .vsv.enc and clear the saved-state flag of its disks (or undo disks); the guest then starts as after a power cut. Also for a Virtual PC disk whose flag is set and whose .vsv is gone')
@@ -242,12 +143,7 @@ export function vmCommand(): Command {
   vm.command('list')
     .description('every VM that has run here, with its state')
     .option('--json', 'print a JSON array of states (VNC passwords left out: vm status shows them)')
-    .action(async (o: Opts) => {
-      const all = await (await api()).call<VmState[]>('GET', '/v1/vms');
-      if (o.json) { printJson(all); return; }
-      if (all.length === 0) { process.stdout.write('no VMs\n'); return; }
-      for (const s of all) process.stdout.write(`${s.name.padEnd(20)} ${s.state.padEnd(9)} ${s.accel ?? '-'}  ${s.disks.map((d) => d.path).join(', ')}\n`);
-    });
+    .action((o: Opts) => vmList(o));
 
   vm.command('wait <name>')
     .description('wait until a VM is in one of the states given (at once when it is already)')

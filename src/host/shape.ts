@@ -76,6 +76,25 @@ export function specFor(shape: MachineShape, dir: string, name: string, shareFds
   };
 }
 
+/**
+ * The hardware a guest sees and a saved state's devices must match (drives with bus and kind, empty
+ * CD/DVD drives, the NIC's model, the guest agent's and clipboard's ports, shared folders, USB
+ * devices), in words: recorded at suspend, compared at resume, so that a
+ * resume started with another `--disk-bus` or NIC is refused before QEMU gets the state (QEMU
+ * itself only fails mid-stream, the supervisor then seeing the connection reset).
+ */
+export function hardwareOf(shape: MachineShape): string {
+  const drives = shape.drives.map((d) => (d.cdrom ? 'cdrom' : d.iface ?? 'ide')).join(',');
+  const net = shape.network.kind === 'none' ? 'none' : shape.network.model ?? 'e1000';
+  const extra = [
+    ...(shape.guestAgent ? ['guest agent'] : []),
+    ...(shape.clipboard ? ['clipboard'] : []),
+    ...(shape.shares?.length ? [`shares ${shape.shares.map((x) => `${x.tag}${x.readOnly ? '' : ' (writable)'}`).join(',')}`] : []),
+    ...(shape.usbDevices?.length ? [`USB ${shape.usbDevices.map((u) => `${u.vendorId.toString(16).padStart(4, '0')}:${u.productId.toString(16).padStart(4, '0')}`).join(',')}`] : []),
+  ];
+  return `drives ${drives || 'none'}${shape.emptyCdDrives ? ` + ${shape.emptyCdDrives} empty CD/DVD` : ''}; NIC ${net}${extra.map((e) => `; ${e}`).join('')}`;
+}
+
 /** Equal for two shapes exactly when a QEMU of one can run a VM of the other. */
 export function shapeKey(shape: MachineShape): string {
   return JSON.stringify(shape);

@@ -25,7 +25,7 @@ import { bindNbd, type NbdListener } from '../nbd/server.js';
 import { randomInt } from 'node:crypto';
 import { writeFileAtomicSync } from '../core/fsio.js';
 import type { PooledQemu } from './pooled.js';
-import { AGENT_SOCKET, machineShape, shapeKey, specFor, type MachineShape } from './shape.js';
+import { AGENT_SOCKET, hardwareOf, machineShape, shapeKey, specFor, type MachineShape } from './shape.js';
 import type { SupervisorInput, VmDevices } from './config.js';
 import { ControlServer } from './control.js';
 import { VmDisks } from './disks.js';
@@ -68,6 +68,8 @@ export class Supervisor {
   /** The authenticated metadata of the saved state being resumed. */
   private savedMeta: SavedStateMeta | undefined;
   private suspending = false;
+  /** The guest's hardware in words (./shape.ts hardwareOf), recorded in a saved state. */
+  private hardware: string | undefined;
   /** The shared folders, held open while the VM runs (./shares.ts): QEMU inherits these descriptors. */
   private shares: OpenShare[] = [];
 
@@ -146,6 +148,7 @@ export class Supervisor {
       }
       const accel = c.accel ?? defaultAccelerator();
       const shape = machineShape(c, { accel, memoryMiB: this.memoryMiB ?? c.memoryMiB, incoming: resuming });
+      this.hardware = hardwareOf(shape);
       for (const share of checkShares(c.sharedFolders)) this.shares.push(openSharedFolder(share));
       const vm = await this.adopt(shape, listeners) ?? await this.startCold(shape, listeners);
       if (resuming && !saved) {
@@ -158,6 +161,10 @@ export class Supervisor {
       const layers = await loadLayers();
       this.trace('disk layers loaded');
       if (opening) saved = await opening;
+      // Before any disk is opened: the hardware the saved devices need (QEMU would fail mid-stream).
+      if (this.savedMeta?.hardware !== undefined && this.savedMeta.hardware !== hardwareOf(shape)) {
+        throw new MedvError('ESAVEDSTATE', `the saved state ${c.savedState} was taken with other hardware (${this.savedMeta.hardware}) than this start asks for (${hardwareOf(shape)}): start the VM with the settings it was suspended with (--disk-bus, --nic), or drop the state with medv vm discard-state`, { file: c.savedState });
+      }
       const disks = new VmDisks(layers, this.input.kek, {
         savedState: c.savedState,
         testUndo: this.state.testUndo,
@@ -203,8 +210,15 @@ export class Supervisor {
       const reader = saved;
       // The guest runs: a saved state that cannot be removed must not stop it. Its disks' flags
       // are clear now, so it would never be resumed again (their mtime changed): it is only left.
+      // Held open across the removal, the unlink only drops the name: the blocks of a large .vsv
+      // (1.7 GB: ~0.5 s of the kernel's time) are freed when this closes, on the thread pool, while
+      // the start is answered. Only held, never read: whatever file it is, nothing is done with it.
+      let held: number | undefined;
+      try { held = fs.openSync(this.vsv!.at, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK); } catch { held = undefined; }
       try { this.vsv!.shown(() => reader.remove()); } catch (e) { this.trace(`the resumed saved state was not removed: ${(e as Error).message}`); }
+      if (held !== undefined) fs.close(held, () => undefined);
       saved.close();
+      this.trace('saved state removed');
     }
     this.state = { ...this.state, state: 'running', memoryMiB: this.memoryMiB ?? c.memoryMiB, disks: this.disks.list.map((d) => d.state), cdDrives: await this.cdDrives(), resumed: Boolean(saved) };
     writeState(this.dir, this.state);
@@ -392,7 +406,7 @@ export class Supervisor {
         }
         // Recorded now, with the disks closed and flagged: what a resume must find again (./binding.ts).
         const binding = bindingOf(disks.bound);
-        await vsv.shown(() => writer.finish({ vm: this.input.config.name, memoryMiB: this.memoryMiB ?? this.input.config.memoryMiB, createdAt: new Date().toISOString(), disks: fingerprintsOf(binding), binding }));
+        await vsv.shown(() => writer.finish({ vm: this.input.config.name, memoryMiB: this.memoryMiB ?? this.input.config.memoryMiB, createdAt: new Date().toISOString(), disks: fingerprintsOf(binding), binding, hardware: this.hardware }));
         this.trace('suspend: disks closed, saved state published');
       });
     })();

@@ -11,10 +11,16 @@ import { basename, dirname } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { openDirBeneath, partsBelow, withShownPaths, type PinnedDir } from '../core/fsio.js';
 import type { QemuProcess } from '../hypervisor/qemu.js';
+import { native } from '../native.js';
 import type { SavedStateReader, SavedStateWriter } from '../hypervisor/savedstate.js';
 import type { VmConfig } from './config.js';
 
 type Trace = (what: string) => void;
+
+/** Decrypted saved-state bytes queued for QEMU at most while the next frames are decrypted (memory bound of a resume's feed). */
+const FEED_AHEAD = 8 << 20;
+/** The send buffer asked for on QEMU's incoming socket. */
+const FEED_SEND_BUFFER = 4 << 20;
 
 /**
  * Where a VM's saved state is read, written and removed: its folder opened once without
@@ -115,12 +121,21 @@ export async function feedSavedState(vm: QemuProcess, saved: SavedStateReader, t
   await vm.execute('migrate-incoming', { uri: 'fd:3' });
   const pipe = vm.incoming!;
   pipe.on('error', () => undefined); // QEMU gone: the migration fails and `done` says so
+  // The way in is a unix socket (libuv's stdio pipes are socket pairs): a larger send buffer lets
+  // QEMU read more per wake-up (bounded by the system's wmem_max; -1 without the addon: as it was).
+  const fd = (pipe as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd === 'number' && fd >= 0) native.setSendBuffer(fd, FEED_SEND_BUFFER);
   const frames = saved.frames();
   try {
     for (;;) {
+      // QEMU gone: nothing takes the rest (`done` says why).
+      if (vm.exitStatus !== undefined) break;
       const r = await frames.next();
       if (r.done) break;
-      if (!pipe.write(r.value)) await Promise.race([once(pipe, 'drain'), vm.exitedPromise]);
+      pipe.write(r.value);
+      // Up to FEED_AHEAD decrypted bytes wait for QEMU: the next frames are read and decrypted
+      // while it takes these (waiting for each frame to drain left QEMU idle meanwhile).
+      if ((pipe as NodeJS.WritableStream & { writableLength: number }).writableLength >= FEED_AHEAD) await Promise.race([once(pipe, 'drain'), vm.exitedPromise]);
     }
   } finally {
     pipe.end();

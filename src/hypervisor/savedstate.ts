@@ -58,6 +58,8 @@ export interface SavedStateMeta {
    * boot order with every file it reads, identified (src/host/binding.ts checks it on resume).
    */
   binding?: VmBinding;
+  /** The guest's hardware in words (src/host/shape.ts hardwareOf; absent in earlier files): a resume must have the same. */
+  hardware?: string;
 }
 
 export interface DiskFingerprint { path: string; size: number; mtimeNs: string; ino: number }
@@ -236,6 +238,7 @@ function checkMeta(meta: SavedStateMeta, path: string): SavedStateMeta {
     && d.files.every((f) => f && typeof f.path === 'string' && typeof f.ino === 'string' && typeof f.dev === 'string')))) {
     throw new MedvError('EFORMAT', 'saved state metadata has a malformed disk binding', { file: path });
   }
+  if (meta.hardware !== undefined && typeof meta.hardware !== 'string') throw new MedvError('EFORMAT', 'saved state metadata has a malformed hardware record', { file: path });
   return meta;
 }
 

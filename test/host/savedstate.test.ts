@@ -87,6 +87,24 @@ describe('host: the VHD saved-state flag (real CLI, real QEMU)', function () {
     await dir.cleanup();
   });
 
+  it('a resume asking for other hardware than the suspend had (--disk-bus) is refused with one clear line, the state kept; as suspended, it resumes', async () => {
+    const disk = join(dir.path, 'h.vhd');
+    ok(['disk', 'convert', freshGuestImage(dir.path), disk]);
+    ok(['vm', 'start', disk, '--name', 'h', '--memory', '32', '--disk-bus', 'virtio']);
+    await waitForFileText(serialOf('h'), GUEST.serial.ready, 60_000);
+    ok(['vm', 'suspend', 'h']);
+    const vsv = `${disk}.vsv`;
+    const before = sha256File(vsv);
+    // QEMU used to fail mid-stream here, and the command said only "read ECONNRESET [EINTERNAL]".
+    refused(['vm', 'start', disk, '--name', 'h'], /other hardware \(drives virtio; NIC none\) than this start asks for \(drives ide; NIC none\)/);
+    assert.equal(sha256File(vsv), before, 'the saved state is kept as it was');
+    assertFlag(disk, true);
+    const r = ok(['vm', 'start', disk, '--name', 'h', '--disk-bus', 'virtio', '--json']);
+    assert.equal(JSON.parse(r.stdout).resumed, true);
+    assert.equal(existsSync(vsv), false);
+    ok(['vm', 'stop', 'h', '--force']);
+  });
+
   for (const ext of ['vhd', 'evhd']) {
     it(`suspend sets the flag of a ${ext}; only its resume writes the disk; the resume clears it`, async () => {
       const disk = join(dir.path, `s.${ext}`);

@@ -15,7 +15,10 @@
 // The guest's marker is in no built file: the init script carries it in two pieces, and this
 // script refuses an image that contains it whole.
 //
-// Usage: node scripts/build-linux-guest.js [--force] [--quiet]
+// With `--variant NAME` (layout.json's variants: another kernel package, more modules) the same
+// steps build vm/build/linux-NAME/disk.img from the same root and init, with their own cache.
+//
+// Usage: node scripts/build-linux-guest.js [--variant NAME] [--force] [--quiet]
 // Host tools: apt-get, dpkg-deb, readelf (binutils), mke2fs (e2fsprogs), mformat/mcopy (mtools).
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -26,11 +29,6 @@ import zlib from 'node:zlib';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const src = path.join(root, 'vm', 'linux');
-const out = path.join(root, 'vm', 'build', 'linux');
-const debs = path.join(out, 'debs');
-const work = path.join(out, 'work');
-const image = path.join(out, 'disk.img');
-const stampFile = path.join(out, 'stamp.json');
 const layout = JSON.parse(fs.readFileSync(path.join(src, 'layout.json'), 'utf8'));
 const force = process.argv.includes('--force');
 const quiet = process.argv.includes('--quiet');
@@ -39,6 +37,23 @@ function fail(message) {
   process.stderr.write(`build-linux-guest: ${message}\n`);
   process.exit(1);
 }
+
+// A variant (layout.variants) is the same guest with another kernel package and more modules, in
+// its own folder: `--variant 9p` is vm/build/linux-9p with Debian's generic kernel (it has 9p).
+const variantAt = process.argv.indexOf('--variant');
+const variantName = variantAt < 0 ? '' : process.argv[variantAt + 1] ?? '';
+if (variantAt >= 0 && !Object.hasOwn(layout.variants ?? {}, variantName)) {
+  fail(`--variant takes one of ${Object.keys(layout.variants ?? {}).join(', ') || '(none)'}, not ${JSON.stringify(variantName)}`);
+}
+if (variantName && !/^[a-z0-9]+$/.test(variantName)) fail(`layout.variants: ${JSON.stringify(variantName)} is not a folder-safe name`);
+const variant = variantName ? layout.variants[variantName] : {};
+if (variant.kernel) layout.packages.kernel = variant.kernel;
+layout.modules = [...layout.modules, ...(variant.modules ?? [])];
+const out = path.join(root, 'vm', 'build', variantName ? `linux-${variantName}` : 'linux');
+const debs = path.join(out, 'debs');
+const work = path.join(out, 'work');
+const image = path.join(out, 'disk.img');
+const stampFile = path.join(out, 'stamp.json');
 function log(message) {
   if (!quiet) process.stdout.write(`build-linux-guest: ${message}\n`);
 }
@@ -201,7 +216,7 @@ function inputsHash(packages) {
     const p = path.join(src, rel);
     h.update(`\0${rel}\0${fs.statSync(p).mode & 0o100 ? 'x' : '-'}\0`).update(fs.readFileSync(p));
   }
-  h.update(JSON.stringify(packages));
+  h.update(JSON.stringify(packages)).update(`\0variant=${variantName}`);
   return h.digest('hex');
 }
 

@@ -7,7 +7,8 @@
 #      (src/native.ts falls back to JavaScript)
 #   4. npm run build (tsc + the test guest in vm/build), every time
 #   5. the Linux test guest (scripts/build-linux-guest.js): Debian packages fetched once with
-#      `apt-get download` into vm/build/linux/debs; rebuilt only when vm/linux or the .debs change
+#      `apt-get download` into vm/build/linux/debs; rebuilt only when vm/linux or the .debs change;
+#      then its 9p variant (--variant 9p: Debian's generic kernel, for the shared-folder test) the same way
 #   6. reports whether QEMU tests can use KVM
 # One line per step when nothing is missing; command output is shown only when a step fails; a step
 # that runs longer than 30 s says so every 30 s, and its line ends with how long it took.
@@ -148,6 +149,8 @@ say "build: ok (tsc, vm/build/guest.img)$STEP_TIME"
 # --- 5. the Linux test guest (vm/linux; vm/README.md): cached, one line when up to date
 run_logged "the Linux test guest (node scripts/build-linux-guest.js)" node scripts/build-linux-guest.js || exit 1
 say "linux guest: $(tail -n 1 "$LOG" | sed 's/^build-linux-guest: //')$STEP_TIME"
+run_logged "the Linux test guest's 9p variant (node scripts/build-linux-guest.js --variant 9p)" node scripts/build-linux-guest.js --variant 9p || exit 1
+say "linux guest (9p): $(tail -n 1 "$LOG" | sed 's/^build-linux-guest: //')$STEP_TIME"
 
 # --- 6. KVM
 if [ ! -e /dev/kvm ]; then

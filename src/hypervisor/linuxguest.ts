@@ -18,6 +18,7 @@ interface LinuxLayout {
   root: { startLba: number; sectors: number; label: string; uuid: string; blockBytes: number };
   marker: string; markerRepeat: number;
   counterPath: string; markerPath: string; versionPath: string; urlPath: string; fwCfgUrl: string;
+  shareRoot: string; shareFile: string;
 }
 
 let layoutCache: LinuxLayout | undefined;
@@ -40,6 +41,12 @@ export const LINUX_SERIAL = {
   net: /medv-linux: net (none|eth0 (\S+))\r?\n/,
   /** Only when a URL is configured: `wget ok <first line of the body>` or `wget failed`. */
   wget: /medv-linux: wget (ok (.*?)|failed)\r?\n/,
+  /** A virtio-9p share mounted at shareRoot/<tag> (never with the default, cloud kernel: see image9p). */
+  share9p: /medv-linux: 9p (\S+) mounted\r?\n/,
+  /** A mounted share holding shareFile: its tag and the file's first line (control characters dropped, at most 200 characters). */
+  share: /medv-linux: share (\S+) (.*?)\r?\n/,
+  /** Then one new file written into that share (and removed): `ok`, or `refused` with the shell's reason (`Read-only file system`). */
+  shareWrite: /medv-linux: share-write (\S+) (ok|refused: .*?)\r?\n/,
   /** All done and the power button armed; with the kernel's uptime in seconds. */
   ready: /medv-linux: ready uptime=(\S+)\r?\n/,
   powerdown: /medv-linux: powerdown\r?\n/,
@@ -53,6 +60,11 @@ export function linuxGuest() {
     /** The fresh raw image; copy it before booting it. */
     image: join(REPO_ROOT, 'vm', 'build', 'linux', 'disk.img'),
     stamp: join(REPO_ROOT, 'vm', 'build', 'linux', 'stamp.json'),
+    /**
+     * The same guest with Debian's generic kernel, which can mount virtio-9p shares (`--variant 9p`
+     * of the build): about twice as slow to boot under TCG, so only the shared-folder test uses it.
+     */
+    image9p: join(REPO_ROOT, 'vm', 'build', 'linux-9p', 'disk.img'),
     imageBytes: l.imageBytes,
     bootOffset: l.boot.startLba * l.sectorBytes,
     rootOffset: l.root.startLba * l.sectorBytes,
@@ -67,6 +79,9 @@ export function linuxGuest() {
     versionPath: l.versionPath,
     urlPath: l.urlPath,
     fwCfgUrl: l.fwCfgUrl,
+    /** Where the guest mounts each 9p share (`<shareRoot>/<tag>`), and the file in a share it reads and answers with a write. */
+    shareRoot: l.shareRoot,
+    shareFile: l.shareFile,
     serial: LINUX_SERIAL,
   };
 }

@@ -22,13 +22,17 @@ export const LINUX_BOOT_MS = 120_000;
 
 export const LINUX_GUEST = linuxGuest();
 
-/** Copies the fresh Linux guest image into `dir` and returns the copy's path. */
-export function freshLinuxImage(dir: string, name = 'linux.img'): string {
-  if (!existsSync(LINUX_GUEST.image)) {
-    throw new Error(`${LINUX_GUEST.image} is missing: run bash scripts/setup.sh (or node scripts/build-linux-guest.js as root)`);
+/**
+ * Copies the fresh Linux guest image into `dir` and returns the copy's path; variant `9p` is the
+ * guest with the generic kernel, which mounts shared folders (only for the shared-folder tests).
+ */
+export function freshLinuxImage(dir: string, name = 'linux.img', variant?: '9p'): string {
+  const image = variant === '9p' ? LINUX_GUEST.image9p : LINUX_GUEST.image;
+  if (!existsSync(image)) {
+    throw new Error(`${image} is missing: run bash scripts/setup.sh (or node scripts/build-linux-guest.js${variant ? ` --variant ${variant}` : ''} as root)`);
   }
   const path = join(dir, name);
-  copyFileSync(LINUX_GUEST.image, path);
+  copyFileSync(image, path);
   return path;
 }
 

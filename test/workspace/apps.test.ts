@@ -4,13 +4,15 @@
  * qemu-guest-agent), packed and uploaded with `medv image pack|upload`; `medv workspace run`
  * starts the workspace (headless, TCG), waits for the agent and runs each application's argv in
  * the guest: the exit status and the output reach the CLI. The menu entries run that command.
+ * A third workspace runs the guest's 9p variant (Debian's generic kernel, vm/README.md): a folder
+ * the user shares with `medv workspace start --share` is read inside the guest, and is read-only.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { MEDV_BIN, runMedv, runMedvAsync, tempDir, type RunResult } from '../helpers/cli.js';
-import { freshLinuxImage, LINUX_BOOT_MS } from '../helpers/linux-guest.js';
+import { MEDV_BIN, runMedv, runMedvAsync, tempDir, waitForFileText, type RunResult } from '../helpers/cli.js';
+import { freshLinuxImage, LINUX_BOOT_MS, LINUX_GUEST } from '../helpers/linux-guest.js';
 import { vmDevices } from '../../src/host/client.js';
 
 describe('workspace run: published applications in the Linux guest through its guest agent', function () {
@@ -29,7 +31,8 @@ describe('workspace run: published applications in the Linux guest through its g
   const ok = (r: RunResult) => { assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}${r.stdout}`); return r; };
   const admin = (args: string[]) => ok(runMedv([...args, '--server', url, '--token-file', adminTokenFile()], { MEDV_STATE_DIR: f('state') }, { timeoutMs: 300_000 }));
   const run = (app: string, args: string[] = [], extra: Record<string, string | undefined> = {}) => client(['workspace', 'run', 'apps', app, '--display', 'none', '--accel', 'tcg', ...args], extra);
-  const devicesOf = async (ws: string) => vmDevices(JSON.parse(ok(await client(['workspace', 'status', ws, '--json'])).stdout).vmName, { root: f('run') });
+  const vmNameOf = async (ws: string): Promise<string> => JSON.parse(ok(await client(['workspace', 'status', ws, '--json'])).stdout).vmName;
+  const devicesOf = async (ws: string) => vmDevices(await vmNameOf(ws), { root: f('run') });
 
   before(async () => {
     fs.mkdirSync(f('server'));
@@ -55,17 +58,23 @@ describe('workspace run: published applications in the Linux guest through its g
         devices: { clipboard: true, sharedFolders: true, usb: true, usbDevices: ['1234:abcd'] },
       }, {
         name: 'bare', image: 'linux', mode: 'revertible', memory: 256, network: 'none',
+      }, {
+        // the guest with a kernel that mounts 9p; shared folders allowed, read-only (no sharedFoldersWritable)
+        name: 'shares', image: 'linux9p', mode: 'revertible', memory: 256, network: 'none', devices: { sharedFolders: true },
       }],
     }));
     admin(['admin', 'policy', 'publish', f('policy.json')]);
     ok(runMedv(['image', 'pack', freshLinuxImage(dir.path), '--name', 'linux', '--version', '1', '--out', f('packed'), '--keys', f('keys')], {}, { timeoutMs: 300_000 }));
     admin(['image', 'upload', f('packed', 'linux_1.ckm'), f('packed', 'linux_1.ckm.index')]);
     admin(['admin', 'image-keys', 'publish', 'linux', '--keys', f('keys')]);
+    ok(runMedv(['image', 'pack', freshLinuxImage(dir.path, 'linux-9p.img', '9p'), '--name', 'linux9p', '--version', '1', '--out', f('packed'), '--keys', f('keys9p')], {}, { timeoutMs: 300_000 }));
+    admin(['image', 'upload', f('packed', 'linux9p_1.ckm'), f('packed', 'linux9p_1.ckm.index')]);
+    admin(['admin', 'image-keys', 'publish', 'linux9p', '--keys', f('keys9p')]);
     ok(await client(['login', '--server', url, '--user', 'alice', '--password-file', f('alice.pw')]));
   });
 
   after(async () => {
-    for (const ws of ['apps', 'bare']) await client(['workspace', 'stop', ws, '--force']);
+    for (const ws of ['apps', 'bare', 'shares']) await client(['workspace', 'stop', ws, '--force']);
     serve?.kill('SIGTERM');
     await dir.cleanup();
   });
@@ -130,6 +139,21 @@ describe('workspace run: published applications in the Linux guest through its g
     assert.equal(none.code, 3, none.stderr);
     assert.match(none.stderr, /workspace bare publishes no application anything/);
     ok(await client(['workspace', 'stop', 'bare', '--force']));
+  });
+
+  it('a folder shared with `workspace start --share` is read inside the guest (9p) and is read-only there', async () => {
+    const folder = f('shared by alice');
+    fs.mkdirSync(folder);
+    const line = `alice's note ${process.pid}`;
+    fs.writeFileSync(join(folder, LINUX_GUEST.shareFile), `${line}\nsecond line\n`);
+    ok(await client(['workspace', 'start', 'shares', '--accel', 'tcg', '--share', `notes=${folder}`, '--json']));
+    const serial = join(f('run'), await vmNameOf('shares'), 'serial.log');
+    await waitForFileText(serial, LINUX_GUEST.serial.ready, LINUX_BOOT_MS);
+    const text = fs.readFileSync(serial, 'latin1');
+    assert.deepEqual(text.match(LINUX_GUEST.serial.share)?.slice(1), ['notes', line], `the guest read the file:\n${text}`);
+    assert.deepEqual(text.match(LINUX_GUEST.serial.shareWrite)?.slice(1), ['notes', 'refused: Read-only file system'], 'the policy does not allow writes');
+    assert.deepEqual(fs.readdirSync(folder), [LINUX_GUEST.shareFile]);
+    ok(await client(['workspace', 'stop', 'shares']));
   });
 
   it('the menu entries run `medv workspace run` with this client root and a window', () => {

@@ -204,7 +204,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
 
 export function demoCommand(): Command {
   return raises(new Command('demo'), ['ENOENT', 'EINVAL_ARG', 'ENETWORK'], { ENOENT: 'the test guest is not built (npm run demo builds it)' })
-    .description('run medv end to end on this machine, headless, in a temp folder: pack and publish an image, deploy and start it as a workspace, update it with TrimTransfer, revert, stop, and check that nothing is in the clear')
+    .description('run medv end to end on this machine, headless, in a temp folder: pack and publish an image, deploy and start it as a workspace, update it with TrimTransfer, revert, run a published application in the guest, start a second workspace of the image with nothing downloaded, and check that nothing is in the clear')
     .option('--disks', 'the disk-stack demo instead: encrypted disk, undo disk, NBD export, two boots of the tiny guest, checks, discard')
     .option('--keep', 'keep the work folder')
     .option('--tcg', 'use TCG (software emulation): the workspace demo\'s default; for --disks, instead of KVM')
@@ -216,7 +216,11 @@ The workspace demo (default) uses the Linux test guest (vm/linux, built by scrip
   3. client: login, workspace start (deploy v1), the guest's serial output, stop
   4. console: changes the guest's files, packs and uploads v2
   5. client: workspace start --update (TrimTransfer: bytes fetched vs image and full download)
-  6. client: start again: the revertible workspace's writes are gone   7. plaintext scan
+  6. client: start again: the revertible workspace's writes are gone; workspace run: a published
+     application runs in the guest through its guest agent
+  7. client: a second workspace of the same image (persistent) starts with 0 bytes fetched: one
+     read-only base on disk, each workspace its own writes
+  8. plaintext scan
 The workspace demo runs its guest under TCG unless --kvm is given: the Linux guest boots in
 seconds under TCG, and its time then does not depend on KVM, which on nested virtual machines is
 slower for this guest (its BIOS) or fails (docs/machines.md). A check that fails is exit status 1.

@@ -8,7 +8,9 @@
  *   console  changes files of the guest's root as an update would, packs and uploads v2
  *   client   `workspace start --update` fetches only what changed (TrimTransfer) and boots v2; stop;
  *            start again: the guest's writes of the last run are gone (revertible); `workspace run`
- *            runs the published application in the guest through its guest agent; stop
+ *            runs the published application in the guest through its guest agent; stop; a second
+ *            workspace of the same image (persistent) starts with nothing downloaded: it shares the
+ *            one read-only base and writes to its own disk
  *   checks   no file under the work folder holds the guest's marker or a key in the clear
  */
 import * as fs from 'node:fs';
@@ -44,6 +46,8 @@ export interface WorkspaceDemoResult {
   reverted: boolean;
   /** The published application run in the guest through its guest agent (`medv workspace run`). */
   application: { name: string; argv: string[]; exitCode?: number; output: string };
+  /** The second workspace of the image: nothing fetched, the base shared (hard links to one file). */
+  second: { workspace: string; fetchedBytes: number; shared: boolean; baseLinks: number; storeGrowthBytes: number; baseBytes: number; boot: number; version: string };
   plaintextHits: { file: string; what: string[] }[];
   clients: unknown[];
   steps: { step: number; title: string; ms: number }[];
@@ -52,6 +56,7 @@ export interface WorkspaceDemoResult {
 
 const IMAGE = 'demo-linux';
 const WORKSPACE = 'demo-desktop';
+const SECOND = 'demo-persistent';
 const USER = 'alice';
 const READY_MS = 180_000;
 
@@ -103,7 +108,7 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
   const progress = (label: string) => (d: number, t: number) => o.onProgress?.(label, d, t);
 
   let server: Awaited<ReturnType<typeof serveRepository>> | undefined;
-  let running = false;
+  let running: string | undefined;
   const wsOpts = { clientRoot: dirs.client, runRoot: dirs.run, userDirs, onInfo: (m: string) => { o.onProgressEnd?.(); log(`  ${m}`); }, onWarning: (m: string) => { o.onProgressEnd?.(); log(`  warning: ${m}`); } };
   const boots: DemoBoot[] = [];
   try {
@@ -151,10 +156,14 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
         versionsToKeep: 1, suggestUpdate: true, useTrimTransfer: true, offlineDays: 7,
         hardware: { diskBus: 'virtio', nic: 'virtio' },
         applications: [{ name: 'version', title: 'Demo guest version', argv: ['cat', '/etc/medv/version'] }],
+      }, {
+        name: SECOND, image: IMAGE, mode: 'persistent', onStop: 'shutdown', memory: 256, network: 'none',
+        versionsToKeep: 1, suggestUpdate: true, useTrimTransfer: true, offlineDays: 7,
+        hardware: { diskBus: 'virtio', nic: 'virtio' },
       }],
     };
     const pub = await apiRequest<{ name: string; version: number }>(server.url, 'POST', '/api/admin/policies', { token: adminToken, body: policy });
-    log(`  user ${USER} (group demo); policy ${pub.name} v${pub.version}: workspace ${WORKSPACE}, revertible, 256 MiB, 7 days offline`);
+    log(`  user ${USER} (group demo); policy ${pub.name} v${pub.version}: workspace ${WORKSPACE} (revertible) and ${SECOND} (persistent) of one image, 256 MiB, 7 days offline`);
     const signers = [Buffer.from(fs.readFileSync(join(dirs.keys, 'console.sign.pub'), 'utf8').trim(), 'hex')];
     const content = await readKeyFile(join(dirs.keys, 'images', `${IMAGE}.key.enc`), consoleKek());
     const repository = await readKeyFile(join(dirs.keys, 'repository.key.enc'), consoleKek());
@@ -175,10 +184,10 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     const ctx = await openClient(dirs.client);
     const creds = await login(server.url, USER, password);
     await saveClientLogin(ctx, creds);
-    const bootAndShow = async (update: boolean | undefined) => {
-      const r = await startWorkspace(WORKSPACE, { ...wsOpts, update, accel: o.accel, onProgress: (l, d, t) => o.onProgress?.(l, d, t) });
+    const bootAndShow = async (update: boolean | undefined, ws = WORKSPACE) => {
+      const r = await startWorkspace(ws, { ...wsOpts, update, accel: o.accel, onProgress: (l, d, t) => o.onProgress?.(l, d, t) });
       o.onProgressEnd?.();
-      running = true;
+      running = ws;
       const started = performance.now();
       const ready = await waitForText(join(dirs.run, r.vmName, 'serial.log'), guest.serial.ready, 0, READY_MS);
       const version = ready.text.match(guest.serial.init)?.[1] ?? '?';
@@ -187,10 +196,10 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
       boots.push({ version, boot, readyMs: Math.round(performance.now() - started) });
       return r;
     };
-    const stop = async () => {
-      const s = await stopWorkspace(WORKSPACE, wsOpts);
-      running = false;
-      log(`  workspace ${WORKSPACE} stopped${s.discarded ? '; the guest\'s writes were discarded (revertible)' : ''}`);
+    const stop = async (ws = WORKSPACE) => {
+      const s = await stopWorkspace(ws, wsOpts);
+      running = undefined;
+      log(`  workspace ${ws} stopped${s.discarded ? '; the guest\'s writes were discarded (revertible)' : ''}`);
     };
     const r1 = await bootAndShow(undefined);
     log(`  fetched ${humanBytes(r1.deployed?.fetchedBytes ?? 0)} for v1 (first deployment: every non-zero block); accelerator ${r1.vm.accel}`);
@@ -226,6 +235,20 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     log(`  medv workspace run ${WORKSPACE} version (its menu entry's command): the guest agent ran ${ran.argv.join(' ')} in the guest: exit ${ran.exitCode ?? `signal ${ran.signal}`}, output ${JSON.stringify(application.output.trim())}`);
     await stop();
 
+    step(`client: start a second workspace of the same image, ${SECOND} (persistent): nothing is downloaded`);
+    const imagesDir = join(dirs.client, 'images');
+    const storeBefore = storeBytes(imagesDir);
+    const r3 = await bootAndShow(false, SECOND);
+    const d3 = r3.deployed;
+    if (!d3) throw new MedvError('EINTERNAL', `workspace ${SECOND} was not deployed`);
+    const baseStat = fs.statSync(d3.disk);
+    const baseLinks = baseStat.nlink;
+    const baseBytes = baseStat.blocks * 512;
+    await stop(SECOND);
+    const storeGrowth = storeBytes(imagesDir) - storeBefore;
+    const second = { workspace: SECOND, fetchedBytes: d3.fetchedBytes, shared: d3.shared, baseLinks, storeGrowthBytes: storeGrowth, baseBytes, boot: boots.at(-1)!.boot, version: boots.at(-1)!.version };
+    log(`  ${SECOND}: fetched ${humanBytes(d3.fetchedBytes)}; its v${d3.version} disk is the same file as ${WORKSPACE}'s (${baseLinks} links to one read-only base); the client's image folder grew by ${humanBytes(Math.max(0, storeGrowth))} (its own writes and files), not by another copy of the ${humanBytes(baseBytes)} base; its own boot counter: ${second.boot}`);
+
     step('checks: no plaintext at rest, the server sees the client');
     const clients = await listClients(server.url, adminToken);
     for (const c of clients) log(`  server: client ${c.client} user ${c.user} ${c.workspace} v${c.version ?? '-'} ${c.state}`);
@@ -239,18 +262,19 @@ export async function runWorkspaceDemo(o: WorkspaceDemoOptions = {}): Promise<Wo
     log(hits.length ? `  FOUND in the clear: ${hits.map((h) => `${h.file} (${h.what.join(', ')})`).join('; ')}` : `  no file under the work folder (client, server, console, run folders) holds the guest's marker, the image keys or the disks' data keys`);
     steps[steps.length - 1].ms = Math.round(performance.now() - stepT);
     const appOk = application.exitCode === 0 && application.output === '2\n';
-    const passed = hits.length === 0 && reverted && appOk && boots.length === 3 && boots[0].version === '1' && boots[1].version === '2';
+    const secondOk = second.shared && second.fetchedBytes === 0 && second.baseLinks >= 3 && second.storeGrowthBytes < baseBytes / 2 && second.boot === 1 && second.version === '2';
+    const passed = hits.length === 0 && reverted && appOk && secondOk && boots.length === 4 && boots[0].version === '1' && boots[1].version === '2';
     const seconds = (performance.now() - t0) / 1000;
-    log(`\ndemo ${passed ? 'passed' : 'FAILED'} in ${seconds.toFixed(1)} s: v1 ${humanBytes(p1.virtualSize)} image deployed, v2 update fetched ${humanBytes(d2.fetchedBytes)} (${(100 * d2.fetchedBytes / full).toFixed(1)}% of a full download), 3 boots (${boots.map((b) => `${(b.readyMs / 1000).toFixed(1)} s`).join(', ')} to ready, ${r1.vm.accel}), revert ${reverted ? 'ok' : 'FAILED'}, application ${appOk ? 'ok' : 'FAILED'}, ${hits.length} plaintext hits`);
+    log(`\ndemo ${passed ? 'passed' : 'FAILED'} in ${seconds.toFixed(1)} s: v1 ${humanBytes(p1.virtualSize)} image deployed, v2 update fetched ${humanBytes(d2.fetchedBytes)} (${(100 * d2.fetchedBytes / full).toFixed(1)}% of a full download), ${boots.length} boots (${boots.map((b) => `${(b.readyMs / 1000).toFixed(1)} s`).join(', ')} to ready, ${r1.vm.accel}), revert ${reverted ? 'ok' : 'FAILED'}, application ${appOk ? 'ok' : 'FAILED'}, second workspace ${secondOk ? 'shared the base, 0 B fetched' : 'FAILED'}, ${hits.length} plaintext hits`);
     return {
       passed, workDir: work, accel: r1.vm.accel ?? 'unknown',
       image: { name: IMAGE, bytes: p1.virtualSize },
       v1: { packBytes: p1.packBytes, fetchedBytes: r1.deployed?.fetchedBytes ?? 0 },
       v2: { packBytes: p2.packBytes, fetchedBytes: d2.fetchedBytes, fullDownloadBytes: full, blocksFromSeeds: d2.blocksFromSeeds, blocksFromNetwork: d2.blocksFromNetwork },
-      boots, reverted, application, plaintextHits: hits, clients, steps, seconds,
+      boots, reverted, application, second, plaintextHits: hits, clients, steps, seconds,
     };
   } finally {
-    if (running) await stopWorkspace(WORKSPACE, { ...wsOpts, force: true }).catch(() => undefined);
+    if (running) await stopWorkspace(running, { ...wsOpts, force: true }).catch(() => undefined);
     await server?.close().catch(() => undefined);
     if (!o.keep) rmSync(work, { recursive: true, force: true });
     else log(`work folder kept: ${work}`);
@@ -266,4 +290,18 @@ async function clientDiskKeys(clientRoot: string, kek: import('../crypto/index.j
     try { out[`data key of ${f.slice(clientRoot.length + 1)}`] = Buffer.from(k.key.subarray(0, 32)); } finally { k.dispose(); }
   }
   return out;
+}
+
+/** Bytes the files under `dir` take on disk, each inode counted once (hard links share their blocks). */
+function storeBytes(dir: string): number {
+  const seen = new Set<string>();
+  let total = 0;
+  for (const f of filesUnder(dir)) {
+    const st = fs.lstatSync(f, { bigint: true });
+    const id = `${st.dev}:${st.ino}`;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    total += Number(st.blocks) * 512;
+  }
+  return total;
 }

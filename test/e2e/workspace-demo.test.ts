@@ -19,18 +19,25 @@ describe('e2e: medv demo (workspaces)', function () {
   let work = '';
   after(() => { if (work) fs.rmSync(work, { recursive: true, force: true }); });
 
-  it('passes headless: v1 deployed, v2 fetched with TrimTransfer, the revertible run reverted, nothing in the clear', async () => {
+  it('passes headless: v1 deployed, v2 fetched with TrimTransfer, the revertible run reverted, an application run in the guest, a second workspace of the image fetched nothing, nothing in the clear', async () => {
     const before = new Set(fs.readdirSync(tmpdir()));
     const r = runMedv(['demo', '--keep', '--json'], { MEDV_PASSPHRASE: undefined });
     assert.equal(r.code, 0, r.stderr + r.stdout.slice(0, 4000));
     const out = JSON.parse(r.stdout);
     work = out.workDir;
     assert.equal(out.passed, true);
-    assert.deepEqual(out.boots.map((b: { version: string; boot: number }) => [b.version, b.boot]), [['1', 1], ['2', 1], ['2', 1]]);
+    assert.deepEqual(out.boots.map((b: { version: string; boot: number }) => [b.version, b.boot]), [['1', 1], ['2', 1], ['2', 1], ['2', 1]]);
     // the published application ran in the guest through its agent: version 2's /etc/medv/version
     assert.deepEqual(out.application, { name: 'version', argv: ['cat', '/etc/medv/version'], exitCode: 0, output: '2\n' });
     assert.ok(out.v2.fetchedBytes < out.image.bytes / 50, `v2 fetched ${out.v2.fetchedBytes} of ${out.image.bytes}`);
     assert.ok(out.v2.fetchedBytes < out.v2.fullDownloadBytes / 5);
+    // a second workspace of the same image: nothing fetched, the same base file, no second copy on disk
+    assert.equal(out.second.workspace, 'demo-persistent');
+    assert.equal(out.second.fetchedBytes, 0);
+    assert.equal(out.second.shared, true);
+    assert.ok(out.second.baseLinks >= 3, `base has ${out.second.baseLinks} links`);
+    assert.ok(out.second.storeGrowthBytes < out.second.baseBytes / 2, `the client's images grew by ${out.second.storeGrowthBytes} B (base ${out.second.baseBytes} B)`);
+    assert.ok(out.clients.some((c: { workspace: string; version: number }) => c.workspace === 'demo-persistent' && c.version === 2));
     assert.ok(out.clients.some((c: { workspace: string; version: number }) => c.workspace === 'demo-desktop' && c.version === 2));
 
     // our own scan: the marker, the image keys (unwrapped with the console's key file) and the client disks' data keys

@@ -105,6 +105,7 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
       name: 'branch', users: ['alice'],
       workspaces: [
         ws('near', [good.url('')]),
+        ws('near2', [good.url('')]),
         ws('chain', [good.url('not-synced-yet/'), good.url('')]),
         ws('bad', [hostile.url('')]),
         { name: 'pre', image: IMAGE, mode: 'persistent', memory: 64, network: 'none' },
@@ -116,7 +117,7 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
   });
 
   after(async () => {
-    for (const [who, w] of [['a', 'near'], ['b', 'chain'], ['c', 'bad'], ['d', 'pre'], ['g', 'host'], ['f', 'host'], ['f2', 'host']]) await client(['workspace', 'stop', w, '--force'], who);
+    for (const [who, w] of [['a', 'near'], ['a', 'near2'], ['b', 'chain'], ['c', 'bad'], ['d', 'pre'], ['g', 'host'], ['f', 'host'], ['f2', 'host']]) await client(['workspace', 'stop', w, '--force'], who);
     serve?.kill('SIGTERM');
     await good?.stop();
     await hostile?.stop();
@@ -147,6 +148,22 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
     assert.doesNotMatch(r.stderr, /warning/i);
     assert.ok((await deployedBytes('a', out.deployed.disk)).equals(fs.readFileSync(raw)), 'the deployed disk is the packed image');
     ok(await client(['workspace', 'stop', 'near', '--force'], 'a'));
+  });
+
+  it('a second workspace of the same image on that client: nginx\'s log shows no pack byte, the server none, and no second base is stored', async () => {
+    const images = f('root-a', 'images');
+    const before = bytesOnDisk(images);
+    const { r, out } = await startOn('a', 'near2');
+    ok(r);
+    assert.equal(out.deployed.shared, true, r.stdout);
+    assert.equal(out.deployed.fetchedBytes, 0);
+    assert.deepEqual(good.log().filter((l) => l.uri.endsWith('.ckm')), [], 'nginx served pack data to the second workspace');
+    assert.deepEqual(packRequests(), []);
+    ok(await client(['workspace', 'stop', 'near2', '--force'], 'a'));
+    const base = fs.statSync(out.deployed.disk);
+    assert.ok(base.nlink >= 3, `the deployed disk has ${base.nlink} links (the base and two workspaces expected)`);
+    const grown = bytesOnDisk(images) - before;
+    assert.ok(grown < base.blocks * 512 / 2, `the client's images grew by ${grown} B; the base takes ${base.blocks * 512} B`);
   });
 
   it('mirrors are tried in order: one without the pack (404) costs one warning line, the next serves it, the server still serves no pack byte', async () => {
@@ -257,3 +274,21 @@ describe('where a deployment\'s blocks come from: mirrors (real nginx), pre-stag
     }
   });
 });
+
+/** Bytes the files under `dir` take on disk, each inode once (hard links share their blocks). */
+function bytesOnDisk(dir: string): number {
+  const seen = new Set<number>();
+  let total = 0;
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile()) {
+        const st = fs.lstatSync(p);
+        if (!seen.has(st.ino)) { seen.add(st.ino); total += st.blocks * 512; }
+      }
+    }
+  };
+  walk(dir);
+  return total;
+}

@@ -23,8 +23,8 @@ export function workspaceKeyDir(c: ClientRoot, user: string, workspace: string):
 }
 
 /** Keep what the grant released: the keys (host-key wrapped) and the offline entry. */
-export async function keepGrant(ctx: ClientContext, cfg: ClientConfig, g: WorkspaceGrant, pair: ClientKeyPair, at: Date): Promise<OfflineEntry> {
-  const settings = checkSettings(g.settings, g.workspace, g.policy.name);
+export async function keepGrant(ctx: ClientContext, cfg: ClientConfig, g: WorkspaceGrant, pair: ClientKeyPair, at: Date, onWarning?: (m: string) => void): Promise<OfflineEntry> {
+  const settings = checkSettings(g.settings, g.workspace, g.policy.name, onWarning);
   if (settings.name !== g.workspace) throw new MedvError('EBADREPLY', `the server's grant of workspace ${g.workspace} carries the policy entry of ${settings.name}`);
   if (settings.image !== g.image) throw new MedvError('EBADREPLY', `the server's grant names image ${g.image}, its policy entry ${settings.image}`);
   const keys = openReleasedKeys(g.sealed, pair);

@@ -66,8 +66,7 @@ export async function offlineEntry(c: ClientRoot, server: string, user: string, 
   const e = (await load(c)).entries.find((x) => same(x, { server, user, workspace }));
   if (!e) return undefined;
   // sealed, so ours; checked anyway: an entry from an older medv may not fit today's schema
-  checkSettings(e.settings, workspace, e.policy?.name);
-  return e;
+  return { ...e, settings: checkSettings(e.settings, workspace, e.policy?.name) };
 }
 
 /** Keep `entry` (replacing that of its server, user and workspace). */

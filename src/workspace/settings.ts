@@ -34,8 +34,15 @@ export interface WorkspaceSettings {
 /** Guest RAM when the policy names none. */
 export const DEFAULT_MEMORY_MIB = 256;
 
-/** `settings` as the policy schema allows it for workspace `name`, else EPOLICY naming the field. */
-export function checkSettings(settings: unknown, name: string, policyName = 'policy'): WorkspaceSettings {
+/**
+ * `settings` as the policy schema allows it for workspace `name`, else EPOLICY naming the field.
+ * A published application in the form of an earlier medv (`{name, command}`: a command-line string,
+ * which this medv never splits or hands to a shell) is left out with one warning rather than making
+ * the whole workspace unstartable: policies stored on a server, and grants cached on a client,
+ * before applications took `argv` keep working; the administrator republishes with `argv`.
+ */
+export function checkSettings(settings: unknown, name: string, policyName = 'policy', onWarning?: (m: string) => void): WorkspaceSettings {
+  settings = withoutLegacyApps(settings, name, onWarning);
   try {
     checkPolicy({ name: policyName, workspaces: [settings] });
   } catch (e) {
@@ -45,6 +52,18 @@ export function checkSettings(settings: unknown, name: string, policyName = 'pol
   const s = settings as WorkspaceSettings;
   if (s.name !== name) throw new MedvError('EPOLICY', `asked for workspace ${name}, the server answered with ${s.name}`);
   return s;
+}
+
+/** `settings` without the applications of the earlier `{name, command}` form (a copy; the input is not changed). */
+function withoutLegacyApps(settings: unknown, name: string, onWarning?: (m: string) => void): unknown {
+  if (typeof settings !== 'object' || settings === null || !Array.isArray((settings as { applications?: unknown }).applications)) return settings;
+  const apps = (settings as { applications: unknown[] }).applications;
+  const legacy = (a: unknown) => typeof a === 'object' && a !== null && !Array.isArray(a) && typeof (a as { command?: unknown }).command === 'string' && !('argv' in a);
+  const old = apps.filter(legacy);
+  if (old.length === 0) return settings;
+  const names = old.map((a) => String((a as { name?: unknown }).name ?? '?').slice(0, 64).replace(/[^\x21-\x7e]/g, '?'));
+  onWarning?.(`workspace ${name}: application${names.length > 1 ? 's' : ''} ${names.join(', ')} left out: ${names.length > 1 ? 'they use' : 'it uses'} the earlier \`command\` string, and this medv runs only an \`argv\` list (ask the administrator to republish the policy with argv)`);
+  return { ...settings, applications: apps.filter((a) => !legacy(a)) };
 }
 
 /** The policy's guest RAM for this host: a number, or the byHostRam row with the largest hostMiB not above the host's RAM. */

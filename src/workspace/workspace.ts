@@ -271,7 +271,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
       if (grant && grant.workspace !== name) throw new MedvError('EBADREPLY', `asked for workspace ${name}, the server granted ${grant.workspace}`);
       if (grant) {
         online = true;
-        entry = await keepGrant(s.ctx, s.cfg, grant, pair, local);
+        entry = await keepGrant(s.ctx, s.cfg, grant, pair, local, warn);
         info(`${s.cfg.server} granted workspace ${name} (policy ${entry.policy.name} v${entry.policy.version}, image ${entry.image}, newest version ${entry.latestVersion ?? 'none'})`);
       }
     } finally {

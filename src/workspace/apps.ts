@@ -11,6 +11,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { MedvError } from '../core/errors.js';
 import { checkAppName } from '../api/names.js';
 import { AgentClient } from '../hypervisor/qga.js';
@@ -18,6 +19,7 @@ import { vmRunDir } from '../host/rundir.js';
 import { AGENT_SOCKET } from '../host/shape.js';
 import { openClient, readClientConfig } from './client.js';
 import { checkWorkspaceName, instanceName } from './identity.js';
+import { lockWorkspace } from './lock.js';
 import { offlineEntry } from './offline.js';
 import { runningState, startWorkspace, type StartOptions, type StartResult } from './workspace.js';
 
@@ -60,12 +62,20 @@ export async function runApplication(name: string, app: string, o: RunOptions = 
   const published = async () => (await offlineEntry(ctx.root, cfg.server, cfg.user, name))?.settings.applications ?? [];
   const find = (apps: Awaited<ReturnType<typeof published>>) => apps.find((a) => a.name === app);
   let start: StartResult | undefined;
+  const agentMs = o.agentTimeoutMs ?? DEFAULT_AGENT_TIMEOUT_MS;
+  const startIt = async () => { start = await startWorkspace(name, { ...o, display: o.display ?? 'window' }); };
   if (!runningState(vmName, o.runRoot)) {
     try {
-      start = await startWorkspace(name, { ...o, display: o.display ?? 'window' });
+      await startIt();
     } catch (e) {
-      // another start of it (another menu click) won the race: use the VM it started
-      if (!(e instanceof MedvError && e.code === 'EBUSY' && runningState(vmName, o.runRoot))) throw e;
+      if (!(e instanceof MedvError && e.code === 'EBUSY')) throw e;
+      // another start of it (a second menu click) holds the workspace: wait for it, then use the VM
+      // it started (or start it, when that start failed)
+      if (!runningState(vmName, o.runRoot)) {
+        o.onInfo?.(`workspace ${name} is being started by another medv command: waiting for it`);
+        await untilUnlocked(() => lockWorkspace(ctx.root, cfg.user, name), agentMs, e);
+        if (!runningState(vmName, o.runRoot)) await startIt();
+      }
     }
   }
   const apps = await published();
@@ -73,6 +83,8 @@ export async function runApplication(name: string, app: string, o: RunOptions = 
   if (!entry) {
     throw new MedvError('ENOENT', `workspace ${name} publishes no application ${app}${apps.length ? ` (it publishes ${apps.map((a) => a.name).join(', ')})` : ''}`);
   }
+  // another start (a second menu click) may still be bringing the VM up: its agent port comes with QEMU
+  await untilNotStarting(vmName, o.runRoot, agentMs);
   const socket = join(vmRunDir(vmName, o.runRoot), AGENT_SOCKET);
   let st: fs.Stats | undefined;
   try { st = fs.lstatSync(socket); } catch { st = undefined; }
@@ -82,13 +94,51 @@ export async function runApplication(name: string, app: string, o: RunOptions = 
   const agent = await AgentClient.connect(socket);
   try {
     o.onInfo?.(`waiting for the guest agent of workspace ${name}`);
-    await agent.waitForAgent(o.agentTimeoutMs ?? DEFAULT_AGENT_TIMEOUT_MS, { alive: () => runningState(vmName, o.runRoot) !== undefined });
+    await agent.waitForAgent(agentMs, { alive: () => runningState(vmName, o.runRoot) !== undefined });
     o.onInfo?.(`running ${app} in workspace ${name}`);
     const r = await agent.exec(entry.argv, { timeoutMs: o.timeoutMs ? Math.min(o.timeoutMs, NO_LIMIT_MS) : NO_LIMIT_MS });
     return { workspace: name, application: app, argv: entry.argv, vmName, started: start !== undefined, ...(start ? { start } : {}), ...r };
   } finally {
     agent.close();
   }
+}
+
+/**
+ * Resolves once `lock` succeeds (and releases it at once): the workspace's start or stop by another
+ * process is over. A flock has no event to wait on, so this retries every 200 ms until `ms`, then
+ * throws `busy` (the lock's own EBUSY, naming its holders).
+ */
+async function untilUnlocked(lock: () => () => void, ms: number, busy: MedvError): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      lock()();
+      return;
+    } catch (e) {
+      if (!(e instanceof MedvError && e.code === 'EBUSY') || Date.now() > deadline) throw e instanceof MedvError && e.code === 'EBUSY' ? busy : e;
+    }
+    await delay(200);
+  }
+}
+
+/** Resolves once VM `vmName` is past `starting` (or gone), woken by its run folder's changes; ETIMEOUT after `ms`. */
+async function untilNotStarting(vmName: string, runRoot: string | undefined, ms: number): Promise<void> {
+  if (runningState(vmName, runRoot)?.state !== 'starting') return;
+  await new Promise<void>((resolve, reject) => {
+    let watcher: fs.FSWatcher | undefined;
+    const done = (e?: Error) => { clearTimeout(timer); watcher?.close(); if (e) reject(e); else resolve(); };
+    const check = () => {
+      try {
+        if (runningState(vmName, runRoot)?.state !== 'starting') done();
+      } catch (e) { done(e as Error); }
+    };
+    const timer = setTimeout(() => done(new MedvError('ETIMEOUT', `the VM ${vmName} was still starting after ${Math.round(ms / 1000)} s`)), Math.min(ms, NO_LIMIT_MS));
+    try {
+      watcher = fs.watch(vmRunDir(vmName, runRoot), check);
+      watcher.on('error', () => check());
+    } catch { /* the folder is gone: the VM is no longer starting */ }
+    check();
+  });
 }
 
 /**

@@ -86,11 +86,14 @@ describe('workspace run: published applications in the Linux guest through its g
     assert.ok(!fs.existsSync(f('client', 'images', 'PackedImages', 'linux_1.ckm')));
   });
 
-  it('starts the workspace, waits for the agent, runs `sh -c "exit 7"` in the guest: medv exits 7', async () => {
+  it('starts the workspace, waits for the agent, runs `sh -c "exit 7"` in the guest: medv exits 7; a second run at the same moment (a double click) waits for that start and runs too', async () => {
     fs.mkdirSync(f('docs'));
-    const r = await run('exit7', ['--share', `docs=${f('docs')}`]);
+    const share = ['--share', `docs=${f('docs')}`];
+    const [r, twin] = await Promise.all([run('exit7', share), run('version', share)]);
     assert.equal(r.code, 7, `${r.stderr}${r.stdout}`);
-    assert.match(r.stderr, /deployed linux version 1/);
+    assert.equal(twin.code, 0, `${twin.stderr}${twin.stdout}`);
+    assert.equal(twin.stdout, '1\n');
+    assert.match(r.stderr + twin.stderr, /deployed linux version 1/);
     assert.match(r.stderr, /running exit7 in workspace apps/);
   });
 

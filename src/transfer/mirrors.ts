@@ -20,8 +20,12 @@ export const MAX_MIRRORS = 8;
  */
 export function checkMirrorUrl(url: string): string {
   let u: URL;
-  // never echoed with what could be a password in it (a message ends up in logs)
-  const shown = String(url).slice(0, 200).replace(/\/\/[^/?#]*@/, '//…@');
+  // never echoed with what could be a password in it (a message ends up in logs): everything before
+  // the last '@' goes, wherever the parser would end the user part ('https:u:p@h', a '#', '/' or
+  // '?' in the password, a user name longer than what is shown)
+  const text = String(url);
+  const at = text.lastIndexOf('@');
+  const shown = (at < 0 ? text : `…${text.slice(at)}`).slice(0, 200);
   const bad = (why: string) => new MedvError('EINVAL_ARG', `mirror ${JSON.stringify(shown)} ${why}`);
   if (typeof url !== 'string' || url.length > 1024) throw bad('is not a URL of at most 1024 characters');
   try { u = new URL(url); } catch { throw bad('is not a URL'); }

@@ -4,6 +4,7 @@
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { MedvError } from '../core/errors.js';
+import { checkMirrorUrls } from './mirrors.js';
 import { POLICY_SCHEMA } from './policy-schema.js';
 
 export interface Policy {
@@ -64,6 +65,12 @@ export function checkPolicy(doc: unknown): Policy {
     const an = apps.map((a) => a.name);
     const d = an.findIndex((n, j) => an.indexOf(n) !== j);
     if (d >= 0) throw new MedvError('EPOLICY', `policy field /workspaces/${i}/applications/${d}/name repeats application ${an[d]}`, { path: `/workspaces/${i}/applications/${d}/name` });
+    // the schema's pattern is only a first sieve: the client's own rule decides (a port out of range, a bad host, one folder listed twice)
+    if (Array.isArray(w.mirrors)) {
+      try { checkMirrorUrls(w.mirrors as string[]); } catch (err) {
+        throw new MedvError('EPOLICY', `policy field /workspaces/${i}/mirrors: ${(err as Error).message}`, { path: `/workspaces/${i}/mirrors` });
+      }
+    }
     const e = apps.findIndex((a) => a.argv[0] === '');
     if (e >= 0) throw new MedvError('EPOLICY', `policy field /workspaces/${i}/applications/${e}/argv/0 is empty: it names the program`, { path: `/workspaces/${i}/applications/${e}/argv/0` });
   });

@@ -241,7 +241,11 @@ export function qemuArgv(spec: LaunchSpec): string[] {
   (spec.shares ?? []).forEach((share, i) => {
     if (!SHARE_TAG_RE.test(share.tag)) throw new MedvError('EINVAL_ARG', `invalid shared folder tag ${JSON.stringify(share.tag)}`);
     if (!Number.isSafeInteger(share.fd) || share.fd < 0) throw new MedvError('EINVAL_ARG', `shared folder ${share.tag}: invalid descriptor`);
-    argv.push('-fsdev', `local,id=fsdev${i},path=/proc/self/fd/${SHARE_FD_BASE + i},security_model=none${share.readOnly === false ? '' : ',readonly=on'}`,
+    // A writable share stores what the guest asks for (owners, modes, links, device nodes) in
+    // extended attributes (mapped-xattr): its files are plain files of ours on the host, never a
+    // link, a setuid or a world-writable file a hostile guest planted. A read-only one maps nothing.
+    const model = share.readOnly === false ? 'mapped-xattr' : 'none,readonly=on';
+    argv.push('-fsdev', `local,id=fsdev${i},path=/proc/self/fd/${SHARE_FD_BASE + i},security_model=${model}`,
       '-device', `virtio-9p-pci,id=share${i},fsdev=fsdev${i},mount_tag=${share.tag}`);
   });
   const usb = spec.usbDevices ?? [];

@@ -26,10 +26,23 @@ export const QGA_MAX_OUTPUT = 16 * 1024 * 1024;
 /** The port name the agent opens in the guest. */
 export const QGA_PORT = 'org.qemu.guest_agent.0';
 
-/** An `error` reply of the agent: `errorClass` is its class (GenericError, CommandNotFound, ...). */
+/** The guest's text as one printable line: its control characters (escape sequences, new lines) become spaces. */
+// eslint-disable-next-line no-control-regex
+const printable = (s: string) => s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, ' ');
+
+/**
+ * An `error` reply of the agent: `errorClass` is its class (GenericError, CommandNotFound, ...).
+ * Both are the guest's words (its desc echoes what it was given): made printable before they
+ * reach a message, a terminal or a log.
+ */
 export class AgentError extends MedvError {
-  constructor(readonly command: string, readonly errorClass: string, readonly desc: string) {
-    super('EHYPERVISOR', `guest agent ${command}: ${errorClass}: ${desc}`, { command, errorClass });
+  readonly errorClass: string;
+  readonly desc: string;
+
+  constructor(readonly command: string, errorClass: string, desc: string) {
+    super('EHYPERVISOR', `guest agent ${command}: ${printable(errorClass)}: ${printable(desc)}`, { command, errorClass: printable(errorClass) });
+    this.errorClass = printable(errorClass);
+    this.desc = printable(desc);
     this.name = 'AgentError';
   }
 }

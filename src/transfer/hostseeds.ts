@@ -9,7 +9,7 @@
  * followed: the user chose it), every entry below it through the descriptor of its folder
  * (src/core/fsio.ts openDirBeneath / openFileIn: no link is followed, the type is checked on the
  * descriptor, a FIFO never blocks the open), only regular files on the folder's file system are
- * read, at most HOST_SEED_LIMITS.maxFiles files, maxDepth folders deep, maxBlocks blocks and maxBytes
+ * read, at most HOST_SEED_LIMITS.maxEntries entries looked at (of any kind), maxFiles files, maxDepth folders deep, maxBlocks blocks and maxBytes
  * bytes of files (hashing reads them: a huge or sparse file stops the walk). A file
  * is read through the descriptor it was checked on, and reopened the same way (and checked to be
  * the same file: device and inode) when one of its blocks is used; every block is hashed again
@@ -31,6 +31,8 @@ export const HOST_SEED_LIMITS = {
   maxFiles: 100_000,
   /** Folders below the one named. */
   maxDepth: 32,
+  /** Entries of any kind looked at (files, folders, links, empty files: what costs the walk time and memory whether or not it counts as a file). */
+  maxEntries: 1_000_000,
   /** Non-zero blocks in all (20 bytes of memory each): 64 GiB of distinct data. */
   maxBlocks: 1 << 24,
   /** Bytes of files in all (what hashing may have to read: a huge or sparse file stops the walk). */
@@ -61,6 +63,8 @@ export class HostDataSeed {
   private readonly open = new Map<number, PinnedFile>();
   private blocks = 0;
   private bytes = 0;
+  /** Entries looked at, of any kind (HOST_SEED_LIMITS.maxEntries). */
+  private entries = 0;
   private stopped = false;
 
   private constructor(readonly root: string, readonly report: SeedReport, private readonly limits: HostSeedLimits) {}
@@ -87,8 +91,16 @@ export class HostDataSeed {
   }
 
   private async walk(dir: PinnedDir, parts: string[], depth: number, key: Buffer, tag: Buffer, cacheDir: string): Promise<void> {
-    let entries: fs.Dirent[];
-    try { entries = fs.readdirSync(dir.proc, { withFileTypes: true }); } catch { this.skip(); return; }
+    // read one entry at a time, so that a folder of millions stops at the bound instead of being listed whole
+    const entries: fs.Dirent[] = [];
+    let listing: fs.Dir;
+    try { listing = fs.opendirSync(dir.proc); } catch { this.skip(); return; }
+    try {
+      for (let e = listing.readSync(); e !== null; e = listing.readSync()) {
+        if (++this.entries > this.limits.maxEntries) { this.stop(`stopped after ${this.limits.maxEntries} entries`); return; }
+        entries.push(e);
+      }
+    } catch { this.skip(); return; } finally { listing.closeSync(); }
     entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     for (const e of entries) {
       if (this.stopped) return;

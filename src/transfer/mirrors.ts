@@ -11,35 +11,7 @@ import { MedvError } from '../core/errors.js';
 import type { Span } from './plan.js';
 import type { PieceSink, RemoteFile } from './remote.js';
 
-/** At most this many mirrors (a policy's list, a caller's). */
-export const MAX_MIRRORS = 8;
-
-/**
- * A mirror's base URL, checked (http or https, no user name or password, no query or fragment,
- * at most 1024 characters) and ending with '/': its files are `<base><NAME>_<N>.ckm`.
- */
-export function checkMirrorUrl(url: string): string {
-  let u: URL;
-  // never echoed with what could be a password in it (a message ends up in logs)
-  const shown = String(url).slice(0, 200).replace(/\/\/[^/?#]*@/, '//…@');
-  const bad = (why: string) => new MedvError('EINVAL_ARG', `mirror ${JSON.stringify(shown)} ${why}`);
-  if (typeof url !== 'string' || url.length > 1024) throw bad('is not a URL of at most 1024 characters');
-  try { u = new URL(url); } catch { throw bad('is not a URL'); }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw bad('must be an http:// or https:// URL');
-  if (u.username || u.password) throw bad('must not carry a user name or password (a mirror needs none: it serves only encrypted packs)');
-  if (u.search || u.hash || url.includes('?') || url.includes('#')) throw bad('must not carry a query or fragment (it names a folder of static files)');
-  if (!u.pathname.endsWith('/')) u.pathname += '/';
-  return u.toString();
-}
-
-/** The mirror list of a caller, checked: at most MAX_MIRRORS, no repeats. */
-export function checkMirrorUrls(urls: readonly string[]): string[] {
-  if (urls.length > MAX_MIRRORS) throw new MedvError('EINVAL_ARG', `at most ${MAX_MIRRORS} mirrors (got ${urls.length})`);
-  const out = urls.map(checkMirrorUrl);
-  const dup = out.find((u, i) => out.indexOf(u) !== i);
-  if (dup) throw new MedvError('EINVAL_ARG', `mirror ${dup} is listed twice`);
-  return out;
-}
+export { MAX_MIRRORS, checkMirrorUrl, checkMirrorUrls } from '../api/mirrors.js';
 
 /** An error thrown by the caller's sink for a reason other than the bytes it was given: not the source's fault. */
 class SinkFailure extends Error {

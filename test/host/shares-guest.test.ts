@@ -10,6 +10,9 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { serialLogPath, startVm, stopVm } from '../../src/host/client.js';
+import { vmRunDir } from '../../src/host/rundir.js';
+import { AGENT_SOCKET } from '../../src/host/shape.js';
+import { AgentClient } from '../../src/hypervisor/qga.js';
 import { tempDir, waitForFileText } from '../helpers/cli.js';
 import { LINUX_BOOT_MS, LINUX_GUEST, freshLinuxImage } from '../helpers/linux-guest.js';
 
@@ -44,6 +47,30 @@ describe('host: shared folders mounted and read in the Linux guest (virtio-9p)',
     assert.doesNotMatch(text, LINUX_GUEST.serial.error);
     assert.deepEqual(fs.readdirSync(f('ro docs')), [LINUX_GUEST.shareFile], 'nothing reached the read-only folder');
     assert.deepEqual(fs.readdirSync(f('rw')), [LINUX_GUEST.shareFile], 'the guest removed the file it wrote');
+    assert.equal((await stopVm('lx9p', { root: run(), timeoutS: 60 })).exitReason, 'poweroff');
+  });
+
+  it('a hostile guest writing into a writable share plants no symbolic link, setuid file or world-writable file in the host folder', async () => {
+    fs.mkdirSync(f('rw2'));
+    await startVm({
+      name: 'lx9p', memoryMiB: 256, disks: [{ path: freshLinuxImage(dir.path, 'linux-9p-2.img', '9p'), mode: 'normal' }],
+      diskBus: 'virtio', network: 'none', display: 'none', accel: 'tcg', savedState: f('lx9p.vsv'), guestAgent: true,
+      sharedFolders: [{ tag: 'rw', path: f('rw2'), writable: true }],
+    }, { root: run() });
+    await waitForFileText(serialLogPath('lx9p', { root: run() }), LINUX_GUEST.serial.ready, LINUX_BOOT_MS);
+    const agent = await AgentClient.connect(join(vmRunDir('lx9p', run()), AGENT_SOCKET));
+    try {
+      await agent.waitForAgent(60_000);
+      const r = await agent.exec(['sh', '-c', `cd ${LINUX_GUEST.shareRoot}/rw && ln -s /etc/passwd link && echo x > suid && chmod 4777 suid && mkdir open && chmod 0777 open && ls -la`], { timeoutMs: 60_000 });
+      assert.equal(r.exitCode, 0, r.stderr.toString());
+    } finally {
+      agent.close();
+    }
+    assert.equal(fs.lstatSync(f('rw2', 'link')).isSymbolicLink(), false, 'the guest\'s symbolic link is a link on the host');
+    for (const name of ['suid', 'open']) {
+      const mode = fs.lstatSync(f('rw2', name)).mode;
+      assert.equal(mode & 0o6002, 0, `${name} has mode ${(mode & 0o7777).toString(8)} on the host`);
+    }
     assert.equal((await stopVm('lx9p', { root: run(), timeoutS: 60 })).exitReason, 'poweroff');
   });
 });

@@ -61,6 +61,15 @@ describe('hypervisor/qga: the guest agent of the Linux test guest', function () 
     assert.equal((await agent!.exec(['true'], { timeoutMs: 60_000 })).exitCode, 0);
   });
 
+  it('the agent\'s error text (which echoes what it was given) reaches no terminal or log with control characters', async () => {
+    await assert.rejects(agent!.exec(['/no/such/\u001b]0;owned\u0007\u001b[2J\nsecond line'], { timeoutMs: 60_000 }), (e: unknown) => {
+      assert.ok(e instanceof AgentError, String(e));
+      assert.doesNotMatch(e.message, /[\u0000-\u001f\u007f-\u009f]/, JSON.stringify(e.message));
+      assert.match(e.message, /no\/such/);
+      return true;
+    });
+  });
+
   it('argv is checked before anything is sent', async () => {
     await assert.rejects(agent!.exec([], { timeoutMs: 1000 }), (e: unknown) => e instanceof MedvError && e.code === 'EINVAL_ARG');
     await assert.rejects(agent!.exec(['a\0b'], { timeoutMs: 1000 }), (e: unknown) => e instanceof MedvError && e.code === 'EINVAL_ARG');

@@ -39,4 +39,12 @@ describe('server: policy schema and its documentation', () => {
       assert.throws(() => checkPolicy(doc(structuredClone(apps))), (e: { code: string; data: { path: string } }) => e.code === 'EPOLICY' && e.data.path === path, JSON.stringify(apps));
     }
   });
+
+  it('mirrors: a policy the server takes is one every client takes (the client\'s own URL check; an invalid port, a bad host, the same folder twice are refused at publish)', () => {
+    const doc = (mirrors: string[]) => ({ name: 'p', workspaces: [{ name: 'w', image: 'lab', mirrors }] });
+    assert.doesNotThrow(() => checkPolicy(doc(['https://cdn.example/medv/images', 'http://10.0.0.5:8080/packs/'])));
+    for (const mirrors of [['https://m.example:99999/'], ['http://%zz/'], ['https://m.example/a', 'https://m.example/a/']]) {
+      assert.throws(() => checkPolicy(doc(mirrors)), (e: { code: string; data: { path: string } }) => e.code === 'EPOLICY' && e.data.path.startsWith('/workspaces/0/mirrors'), JSON.stringify(mirrors));
+    }
+  });
 });

@@ -62,6 +62,17 @@ describe('transfer: host data seeds', function () {
     assert.match((await scan({ maxBytes: 4096 })).report.limited ?? '', /more than 4096 bytes/);
   });
 
+  it('bounds: entries of any kind (empty files, folders, links: none of them a file counted) stop the walk too, a huge folder included', async () => {
+    const many = join(t.path, 'many');
+    fs.mkdirSync(join(many, 'dirs'), { recursive: true });
+    for (let i = 0; i < 40; i++) fs.writeFileSync(join(many, `empty-${i}`), '');
+    for (let i = 0; i < 40; i++) fs.mkdirSync(join(many, 'dirs', `d${i}`));
+    const report: SeedReport = { path: many, kind: 'host', blocks: 0 };
+    await HostDataSeed.scan(many, { idKey, cacheDir: cache(), report, limits: { maxFiles: 10, maxEntries: 30 } });
+    assert.match(report.limited ?? '', /stopped after 30 entries/);
+    assert.equal(report.files, 0);
+  });
+
   it('a file swapped after the walk is not read (ECHANGED), nor one behind a folder swapped for a link (EUNSAFE)', async () => {
     const { seed } = await scan();
     const mid = seed.files.findIndex((f) => f.name === 'mid.bin');

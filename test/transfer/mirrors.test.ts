@@ -128,5 +128,11 @@ describe('transfer: mirrors', function () {
     }
     assert.deepEqual(checkMirrorUrls(['https://cdn.example/medv/images']), ['https://cdn.example/medv/images/']);
   });
+
+  it('a mirror URL with a password is never echoed, whatever else is wrong with it (no slashes, a # / or ? in the password, a long user name)', () => {
+    for (const bad of ['https:u:hunter2@m.example/', 'https://u:hun#ter2@m.example/', 'http://u:hun/ter2@m.example/', 'https://u:hun?ter2@m.example/', `https://${'u'.repeat(250)}:hunter2@m.example/`]) {
+      assert.throws(() => checkMirrorUrls([bad]), (e: Error & { code?: string }) => e.code === 'EINVAL_ARG' && !/hun/.test(e.message) && /m\.example/.test(e.message), `${bad}: ${(() => { try { checkMirrorUrls([bad]); return ''; } catch (e) { return (e as Error).message; } })()}`);
+    }
+  });
 });
 

@@ -26,6 +26,8 @@ export const ENGINE_VERSION = '1.0';
 
 const GLOBAL_FILE = 'GlobalImageData.xml';
 const IMAGESTATE_FILE = 'ImageState.xml';
+/** The devices the version's VM got at its last cold start, sealed (src/workspace/resumedevices.ts). */
+export const VM_DEVICES_FILE = 'vm-devices.sealed';
 /** A version's read-only test folder. */
 const TEST_DIR = 'Test';
 /** Which image a version folder holds: written last by a deployment (./README.md). */
@@ -105,7 +107,7 @@ export class ImageStore {
 
   layoutNames(): string[] {
     const i = this.image;
-    return [`${i}.evhd`, `${i}.enc`, IDENTITY_FILE, `${i}.evhd.index`, `${i}.undo.evhd`, `${i}.undo.enc`, `${i}.vsv`, `${i}.vsv.enc`, `${i}.vmc`, IMAGESTATE_FILE];
+    return [`${i}.evhd`, `${i}.enc`, IDENTITY_FILE, `${i}.evhd.index`, `${i}.undo.evhd`, `${i}.undo.enc`, `${i}.vsv`, `${i}.vsv.enc`, `${i}.vmc`, IMAGESTATE_FILE, VM_DEVICES_FILE];
   }
 
   /**

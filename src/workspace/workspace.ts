@@ -28,6 +28,7 @@ import { deployVersion, wipeUnlinkedBase, type DeployResult } from './deploy.js'
 import { forgetGrant, isLocked, isRefusal, isWipe, keepGrant, workspaceKeyDir } from './grant.js';
 import { baseStore, checkWorkspaceName, instanceName, legacyStore, workspaceDataDir, workspaceStore, workspaceStores } from './identity.js';
 import { lockWorkspace } from './lock.js';
+import { devicesOf, recordDevices, recordedDevices, sameDevices } from './resumedevices.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
 import { usbDevicesFor, type WorkspaceSettings } from './settings.js';
 import { testVmcPath, writeVersionVmFiles } from './vmfiles.js';
@@ -330,7 +331,18 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
     for (const p of writeVersionVmFiles(store, version, settings, vmName)) info(`wrote ${p}`);
     const resumed = !o.readOnly && fs.existsSync(store.savedStatePath(version));
     if (settings.mode === 'revertible' && !resumed && !o.readOnly && await discardUndo(store, version, s.ctx.kek)) info(`discarded the changes of the last run (revertible workspace)`);
-    const vm = await (o.startVm ?? startVm)(await vmConfigFor(vmName, store, settings, version, o), { kek: s.ctx.kek, root: o.runRoot });
+    let config = await vmConfigFor(vmName, store, settings, version, o);
+    if (resumed) {
+      // a saved state resumes only on the hardware it was taken with (./resumedevices.ts)
+      const had = await recordedDevices(s.ctx.root, store, version, vmName).catch(() => undefined);
+      if (had && !sameDevices(had, devicesOf(config))) {
+        warn(`the policy changed the devices of workspace ${name} while it was suspended: it resumes with the devices it had; the change applies from its next start after a shutdown (medv workspace stop ${name} --force shuts it down)`);
+        const { guestAgent: _a, clipboard: _c, usbDevices: _u, nicModel: _n, diskBus: _d, ...rest } = config;
+        config = { ...rest, ...had };
+      }
+    }
+    const vm = await (o.startVm ?? startVm)(config, { kek: s.ctx.kek, root: o.runRoot });
+    if (!resumed && !o.readOnly) await recordDevices(s.ctx.root, store, version, vmName, config).catch((e) => warn(`could not record the devices of workspace ${name}'s VM (a resume after a policy change may then be refused): ${e instanceof Error ? e.message : String(e)}`));
     s.log.append('info', `workspace ${name} ${resumed ? 'resumed' : 'started'}: ${entry.image} version ${version}, ${settings.mode ?? 'persistent'}, ${vm.memoryMiB} MiB, ${vm.accel ?? 'accelerator unknown'}`, { workspace: name, vm: vmName });
     let desktopEntries: string[] = [];
     const instance = { id: vmName, workspace: name, clientRoot: s.ctx.root.root };

@@ -8,7 +8,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_pr
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { GUEST, fileContainsMarker } from '../helpers/qemu.js';
 import { MEDV_BIN, TEST_PASSPHRASE, runMedv, runMedvAsync, tempDir, waitForFileText, type RunResult } from '../helpers/cli.js';
 import { fakeClock } from '../helpers/faketime.js';
@@ -363,6 +363,27 @@ describe('workspaces end to end: medv serve, two clients, two users, the nasm gu
     assert.equal(out.vm.resumed, true);
     ok(await client(['workspace', 'stop', 'resume', '--force'], 'alice'));
     assert.equal(JSON.parse(ok(await client(['workspace', 'status', 'resume', '--json'], 'alice')).stdout).suspended, false);
+  });
+
+  it('a policy that changes the devices of a suspended workspace (its first published application: the agent\'s port) does not strand it: it resumes with the devices it had, with one warning; the next cold start has the new ones', async () => {
+    ok(await start('alice', 'resume'));
+    await waitForFileText(serial('alice', 'resume'), GUEST.serial.ready, 60_000);
+    assert.equal(JSON.parse((await stop('alice', 'resume')).stdout).suspended, true);
+    const policy = JSON.parse(fs.readFileSync(f('policy.json'), 'utf8'));
+    policy.workspaces.find((w: { name: string }) => w.name === 'resume').applications = [{ name: 'shell', argv: ['sh'] }];
+    fs.writeFileSync(f('policy-apps.json'), JSON.stringify(policy));
+    ok(medv(['admin', 'policy', 'publish', f('policy-apps.json'), '--server', url, '--token-file', adminTokenFile()]));
+    const agentPort = () => fs.existsSync(join(dirname(serial('alice', 'resume')), 'qga.sock'));
+    const r = ok(await start('alice', 'resume'));
+    assert.equal(JSON.parse(r.stdout).resumed, true, r.stderr);
+    assert.equal(agentPort(), false, 'the resumed VM got a device its saved state does not have');
+    assert.equal(r.stderr.split('\n').filter((l) => /changed the devices of workspace resume while it was suspended/.test(l)).length, 1, r.stderr);
+    ok(await client(['workspace', 'stop', 'resume', '--force'], 'alice'));
+    const cold = ok(await start('alice', 'resume'));
+    assert.equal(JSON.parse(cold.stdout).resumed, false);
+    assert.doesNotMatch(cold.stderr, /changed the devices/);
+    assert.equal(agentPort(), true, 'the cold start lacks the guest agent\'s port the policy now asks for');
+    ok(await client(['workspace', 'stop', 'resume', '--force'], 'alice'));
   });
 
   it('VM names are scoped to the client root: the same user and workspace in two roots run side by side, and each stops only its own', async () => {

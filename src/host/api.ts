@@ -94,7 +94,10 @@ export class HostApi {
 
   private once(method: string, path: string, payload: Buffer | undefined, type: string, timeoutMs?: number): Promise<IncomingMessage> {
     return new Promise((resolve, reject) => {
-      const req = request({ socketPath: this.socketPath, method, path, headers: { host: 'medv', ...(payload ? { 'content-type': type, 'content-length': payload.length } : {}) } });
+      // a connection per request (agent: false): Node 20's global agent keeps connections alive, and
+      // one left idle in its pool may be closed by the service (its oldest idle connections make room
+      // under a flood, src/host/service/http.ts) just as it is reused: EPIPE on a request never sent
+      const req = request({ socketPath: this.socketPath, agent: false, method, path, headers: { host: 'medv', ...(payload ? { 'content-type': type, 'content-length': payload.length } : {}) } });
       req.once('response', resolve);
       req.once('error', (e) => reject((e as NodeJS.ErrnoException).code === 'ECONNRESET' ? new MedvError('EHYPERVISOR', `the host service closed the connection (${method} ${path})`) : e));
       if (timeoutMs) req.setTimeout(timeoutMs, () => req.destroy(new MedvError('ETIMEOUT', `the host service did not answer ${method} ${path} within ${timeoutMs} ms`)));

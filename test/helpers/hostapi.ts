@@ -85,7 +85,8 @@ export interface CheckedApi {
 
 export function checkedApi(socketPath: string): CheckedApi {
   const raw = (method: string, path: string, body?: Buffer, headers: Record<string, string> = {}) => new Promise<Answer>((resolve, reject) => {
-    const req = request({ socketPath, method, path, headers: { host: 'medv', ...(body ? { 'content-length': String(body.length) } : {}), ...headers } }, (res) => {
+    // agent: false, as src/host/api.ts: a kept-alive connection the service evicted under a flood would be reused
+    const req = request({ socketPath, agent: false, method, path, headers: { host: 'medv', ...(body ? { 'content-length': String(body.length) } : {}), ...headers } }, (res) => {
       const parts: Buffer[] = [];
       res.on('data', (c: Buffer) => parts.push(c));
       res.once('end', () => {
@@ -110,7 +111,7 @@ export function checkedApi(socketPath: string): CheckedApi {
         const seen: any[] = [];
         const path = `/v1/events${query ? `?${query}` : ''}`;
         const timer = setTimeout(() => { req.destroy(); reject(new Error(`no matching event within ${opts.timeoutMs ?? 60_000} ms; saw: ${JSON.stringify(seen).slice(-2000)}`)); }, opts.timeoutMs ?? 60_000);
-        const req = request({ socketPath, method: 'GET', path, headers: { host: 'medv' } }, (res) => {
+        const req = request({ socketPath, agent: false, method: 'GET', path, headers: { host: 'medv' } }, (res) => {
           if (res.statusCode !== 200) { clearTimeout(timer); reject(new Error(`GET ${path}: ${res.statusCode}`)); return; }
           opts.ready?.(Number(res.headers['x-medv-cursor']));
           let partial = '';

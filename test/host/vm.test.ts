@@ -189,7 +189,15 @@ describe('host: medv vm (supervisor, real QEMU)', function () {
         for (const f of readdirSync(top, { recursive: true, withFileTypes: true })) {
           if (!f.isFile()) continue;
           const file = join(f.parentPath ?? f.path, f.name);
-          assert.equal(await fileContainsMarker(file), false, `the guest's marker is in ${file} in clear`);
+          let found: boolean;
+          try {
+            found = await fileContainsMarker(file);
+          } catch (e) {
+            // a warm-pool supervisor's log, listed and then removed as that member is taken or retired
+            if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+            throw e;
+          }
+          assert.equal(found, false, `the guest's marker is in ${file} in clear`);
         }
       }
     }

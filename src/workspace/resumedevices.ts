@@ -17,18 +17,20 @@ import type { VmConfig } from '../host/supervisor.js';
 
 const PURPOSE = 'medv-vm-devices-v1';
 
-export type VmDevices = Pick<VmConfig, 'guestAgent' | 'clipboard' | 'usbDevices' | 'nicModel' | 'diskBus'>;
+/** The VmConfig fields that are the guest's devices here (shared folders aside: see above). */
+const DEVICE_FIELDS = ['guestAgent', 'clipboard', 'usbDevices', 'nicModel', 'diskBus'] as const;
+export type VmDevices = Pick<VmConfig, typeof DEVICE_FIELDS[number]>;
 interface DevicesRecord { vmName: string; version: number; devices: VmDevices }
 
 /** The device fields of `c` (absent ones stay absent). */
 export function devicesOf(c: VmConfig): VmDevices {
-  const d: VmDevices = {};
-  if (c.guestAgent !== undefined) d.guestAgent = c.guestAgent;
-  if (c.clipboard !== undefined) d.clipboard = c.clipboard;
-  if (c.usbDevices !== undefined) d.usbDevices = c.usbDevices;
-  if (c.nicModel !== undefined) d.nicModel = c.nicModel;
-  if (c.diskBus !== undefined) d.diskBus = c.diskBus;
-  return d;
+  return Object.fromEntries(DEVICE_FIELDS.filter((k) => c[k] !== undefined).map((k) => [k, c[k]])) as VmDevices;
+}
+
+/** `c` with exactly the devices `d` (none of `c`'s own device fields kept). */
+export function withDevices(c: VmConfig, d: VmDevices): VmConfig {
+  const rest = Object.fromEntries(Object.entries(c).filter(([k]) => !(DEVICE_FIELDS as readonly string[]).includes(k))) as VmConfig;
+  return { ...rest, ...d };
 }
 
 /** The same devices, compared as the VM sees them (an absent flag is false, an absent list empty). */

@@ -28,7 +28,7 @@ import { deployVersion, wipeUnlinkedBase, type DeployResult } from './deploy.js'
 import { forgetGrant, isLocked, isRefusal, isWipe, keepGrant, workspaceKeyDir } from './grant.js';
 import { baseStore, checkWorkspaceName, instanceName, legacyStore, workspaceDataDir, workspaceStore, workspaceStores } from './identity.js';
 import { lockWorkspace } from './lock.js';
-import { devicesOf, recordDevices, recordedDevices, sameDevices } from './resumedevices.js';
+import { devicesOf, recordDevices, recordedDevices, sameDevices, withDevices } from './resumedevices.js';
 import { advanceClock, checkExpiry, checkOfflineAllowance, offlineEntries, offlineEntry, type OfflineEntry } from './offline.js';
 import { usbDevicesFor, type WorkspaceSettings } from './settings.js';
 import { testVmcPath, writeVersionVmFiles } from './vmfiles.js';
@@ -337,8 +337,7 @@ export async function startWorkspace(name: string, o: StartOptions = {}): Promis
       const had = await recordedDevices(s.ctx.root, store, version, vmName).catch(() => undefined);
       if (had && !sameDevices(had, devicesOf(config))) {
         warn(`the policy changed the devices of workspace ${name} while it was suspended: it resumes with the devices it had; the change applies from its next start after a shutdown (medv workspace stop ${name} --force shuts it down)`);
-        const { guestAgent: _a, clipboard: _c, usbDevices: _u, nicModel: _n, diskBus: _d, ...rest } = config;
-        config = { ...rest, ...had };
+        config = withDevices(config, had);
       }
     }
     const vm = await (o.startVm ?? startVm)(config, { kek: s.ctx.kek, root: o.runRoot });

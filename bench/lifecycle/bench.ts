@@ -6,7 +6,10 @@
  *     medv VM has);
  *  2. suspend + resume of a guest with 256 MiB RAM: `medv vm suspend` + `medv vm start` (encrypted
  *     .vsv, one pass) against plain QMP `migrate` to a file and `-incoming` from it;
- *  3. `medv vm list --json` with 3 VMs running against `node -e 0`.
+ *  3. `medv vm list --json` with 3 VMs running against `node -e 0`;
+ *  4. the same start and suspend + resume through the host API from a shell (one `curl --unix-socket`
+ *     per request, as test/host/automation.sh does), and `node -e 0` against the peer's start: a
+ *     `medv` command is a Node process, whose start-up alone is the floor of every CLI ratio.
  * With --previous DIR, the same medv commands are also run with DIR's bin/medv (e.g. a checkout of
  * the per-process path, before the host service), in its own run root, in the same run.
  * Prints the medians, the ratios and the load average (`uptime`) before and after.
@@ -127,6 +130,46 @@ async function medvSuspendResume(m: Medv, service: boolean): Promise<number> {
   return ms;
 }
 
+/** One request to the host API from a shell: `curl --unix-socket` (test/host/automation.sh). */
+function curl(m: Medv, method: string, path: string, body?: unknown): unknown {
+  const args = ['-sS', '--fail-with-body', '--unix-socket', join(m.root, 'host.sock'), '-X', method, '-H', 'content-type: application/json'];
+  if (body !== undefined) args.push('--data-binary', JSON.stringify(body));
+  const r = spawnSync('curl', [...args, `http://medv${path}`], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${m.name}: curl ${method} ${path}: ${r.stdout}${r.stderr}`);
+  return JSON.parse(r.stdout) as unknown;
+}
+
+/** `medvStart` through the API from a shell: POST /v1/vms. */
+async function curlStart(m: Medv): Promise<number> {
+  const img = join(work, `${m.name}-c.img`);
+  copyFileSync(GUEST_IMG, img);
+  const t0 = performance.now();
+  curl(m, 'POST', '/v1/vms', { source: img, name: 'c', memoryMiB: 32, accel, display: 'none' });
+  await waitForLine(join(m.root, 'c', 'serial.log'), /MEDV-GUEST start/);
+  const ms = performance.now() - t0;
+  curl(m, 'POST', '/v1/vms/c/stop', { force: true });
+  return ms;
+}
+
+/** `medvSuspendResume` through the API from a shell (the service unlocked, or the host key named in the request). */
+async function curlSuspendResume(m: Medv): Promise<number> {
+  const img = join(work, `${m.name}-cs.vhd`);
+  rmSync(img, { force: true });
+  medv(m, ['disk', 'convert', GUEST_IMG, img]);
+  const key = hostKey ? { key: { hostKey } } : {};
+  curl(m, 'POST', '/v1/vms', { source: img, name: 'cs', memoryMiB: 256, accel, display: 'none', ...key });
+  await waitForLine(join(m.root, 'cs', 'serial.log'), /MEDV-GUEST ready/);
+  const t0 = performance.now();
+  curl(m, 'POST', '/v1/vms/cs/suspend');
+  const suspended = performance.now();
+  await poolReady(m.root, 256, true);
+  const waited = performance.now() - suspended;
+  curl(m, 'POST', '/v1/vms', { source: img, name: 'cs', ...key });
+  const ms = performance.now() - t0 - waited;
+  curl(m, 'POST', '/v1/vms/cs/stop', { force: true });
+  return ms;
+}
+
 /** Wall time of one `medv vm list --json`. */
 function listTime(m: Medv): number {
   const t0 = performance.now();
@@ -166,11 +209,16 @@ async function main(): Promise<void> {
       await poolReady(warm.root, 32, false);
       add('warmStart', await medvStart(warm));
       add('coldStart', await medvStart(cold));
+      await poolReady(warm.root, 32, false);
+      add('curlStart', await curlStart(warm));
+      add('curlColdStart', await curlStart(cold));
+      add('nodeStart', nodeTime());
       if (prev) add('prevStart', await medvStart(prev));
       add('bareSR', await bareSuspendResume());
       add('bareSRVga', await bareSuspendResume(true));
       add('warmSR', await medvSuspendResume(warmSr, true));
       add('coldSR', await medvSuspendResume(cold, false));
+      add('curlSR', await curlSuspendResume(warmSr));
       if (prev) add('prevSR', await medvSuspendResume(prev, false));
     }
     // 3. vm list --json with 3 VMs running (in the warm service's run root).
@@ -184,6 +232,7 @@ async function main(): Promise<void> {
   } finally {
     for (const s of services) s.kill('SIGTERM');
   }
+  r.nodeSR = r.nodeStart.map((x, i) => x + (r.node[i] ?? x));
   const line = (name: string, peer: string, ours: string, target: number | undefined) => {
     const a = median(r[peer]); const b = median(r[ours]);
     return `${name.padEnd(46)} ${a.toFixed(0).padStart(6)} ms  ${b.toFixed(0).padStart(6)} ms  ratio ${(b / a).toFixed(2)}x${target ? ` (target <= ${target}x)` : ''}\n`;
@@ -204,6 +253,11 @@ async function main(): Promise<void> {
   out.write(line('suspend+resume 256 MiB, service (pool 1) vs qemu+vga', 'bareSRVga', 'warmSR', 1.2));
   if (prev) out.write(line('suspend+resume 256 MiB, service (pool 1) vs previous', 'prevSR', 'warmSR', undefined));
   out.write(line('vm list --json, 3 VMs running, vs node -e 0', 'node', 'list', 1.5));
+  out.write(line('start -> serial, API by curl (pool 1) vs qemu', 'bareStart', 'curlStart', 1.0));
+  out.write(line('start -> serial, API by curl (pool 0) vs qemu', 'bareStart', 'curlColdStart', 1.3));
+  out.write(line('suspend+resume 256 MiB, API by curl vs qemu', 'bareSR', 'curlSR', 1.2));
+  out.write(line('floor of a CLI start: node -e 0 vs qemu', 'bareStart', 'nodeStart', undefined));
+  out.write(line('floor of a CLI suspend+resume: 2 x node -e 0', 'bareSR', 'nodeSR', undefined));
   rmSync(work, { recursive: true, force: true });
 }
 

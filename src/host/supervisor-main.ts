@@ -2,7 +2,9 @@
  * Entry of the detached supervisor process (spawned by startVm in ./client.ts, or by the host
  * service's pool, src/host/service/pool.ts).
  * stdin: frames (./input.ts): a pooled supervisor first gets `{"pool":{"root","shape"}}`, starts
- *        its QEMU (./pooled.ts), answers `{"pooled":{"qemuPid"}}` on fd 3 and waits; then (every
+ *        its QEMU (./pooled.ts), answers `{"pooled":{"qemuPid"}}` on fd 3 and waits (the pool's
+ *        spare gets `{"pool":{"root"}}`: no QEMU; it loads the disk layers, answers
+ *        `{"pooled":{}}` and waits); then (every
  *        supervisor) one SupervisorInput, its secrets after it (the key-encryption key travels
  *        here, never in argv, the environment or a file), at most 1 MiB, then EOF;
  * fd 3:  one JSON line back to the starter: {"ok":true,"state":…} once the VM runs, or
@@ -77,10 +79,20 @@ function report(msg: unknown, close = true): void {
   } catch { /* the starter is gone: nobody to tell */ }
 }
 
-/** A pooled supervisor: start QEMU for the shape, say so, and give up when QEMU dies before a VM comes. */
-async function preparePool(pool: { root: string; shape: MachineShape }): Promise<PooledQemu> {
+/**
+ * A pooled supervisor: start QEMU for the shape, say so, and give up when QEMU dies before a VM
+ * comes. Without a shape (the pool's spare): no QEMU, nothing bound; say so once the disk layers
+ * are loaded too, and wait for an input like any supervisor.
+ */
+async function preparePool(pool: { root: string; shape?: MachineShape }): Promise<PooledQemu | undefined> {
   // Everything a start needs is loaded while the pooled QEMU starts (the disk layers come first in a cold start).
-  void import('./layers.js').then((l) => l.loadLayers()).catch(() => undefined);
+  const layers = import('./layers.js').then((l) => l.loadLayers()).catch(() => undefined);
+  if (!pool.shape) {
+    await layers;
+    process.stdout.write('medv supervisor: spare, modules loaded, waiting for a start\n');
+    report({ pooled: {} }, false);
+    return undefined;
+  }
   const pooled = await preparePooled(pool.root, pool.shape);
   process.stdout.write(`medv supervisor: pooled QEMU pid ${pooled.vm.pid} started in ${pooled.dir}\n`);
   void pooled.vm.exitedPromise.then(() => {
@@ -96,12 +108,12 @@ async function preparePool(pool: { root: string; shape: MachineShape }): Promise
 
 let adopted = false;
 
-/** The pool's first frame, `{"pool":{"root","shape"}}`, or undefined for anything else (the input). */
-function poolFrame(line: string): { root: string; shape: MachineShape } | undefined {
+/** The pool's first frame, `{"pool":{"root","shape"}}` (no shape: the spare), or undefined for anything else (the input). */
+function poolFrame(line: string): { root: string; shape?: MachineShape } | undefined {
   if (!line.startsWith('{"pool":')) return undefined;
   const f = JSON.parse(line) as { pool?: { root?: unknown; shape?: unknown } };
-  if (typeof f.pool?.root !== 'string' || !f.pool.shape || typeof f.pool.shape !== 'object') throw new MedvError('EINVAL_ARG', 'a pool frame needs a run root and a machine shape');
-  return f.pool as { root: string; shape: MachineShape };
+  if (typeof f.pool?.root !== 'string' || (f.pool.shape !== undefined && (!f.pool.shape || typeof f.pool.shape !== 'object'))) throw new MedvError('EINVAL_ARG', 'a pool frame needs a run root, and a machine shape or none');
+  return f.pool as { root: string; shape?: MachineShape };
 }
 
 async function main(): Promise<void> {

@@ -176,8 +176,7 @@ describe('host service: the spare supervisor (pool 0, real CLI, real QEMU)', fun
     await waitForPidExit(g.qemuPid);
     service.kill('SIGTERM');
     await waitForPidExit(service.pid!);
-    await waitForPidExit(next.supervisorPid);
-    assert.deepEqual(runRootProcesses(env.MEDV_RUN_DIR), [], 'no process of the run root left');
+    assert.deepEqual(runRootProcesses(env.MEDV_RUN_DIR), [], 'no process of the run root outlives the service');
     assert.deepEqual(readdirSync(join(env.MEDV_RUN_DIR, '.pool')).filter((n) => n.startsWith('.supervisor-') || n.startsWith('w-')), [], 'the spare removed its temporary log and warm-up folder');
   });
 

@@ -115,13 +115,22 @@ export class WarmPool {
     };
   }
 
-  /** Every member and the spare end (empty input: a member discards its QEMU and exits). */
-  close(): void {
+  /**
+   * Every member and the spare end (empty input: a member discards its QEMU and exits); resolves
+   * once they have exited (at most `waitMs`), so nothing of the pool outlives the service's exit.
+   */
+  close(waitMs = 5000): Promise<void> {
     this.closed = true;
-    for (const m of this.members) this.release(m);
+    const all = this.spareMember ? [...this.members, this.spareMember] : [...this.members];
     this.members.clear();
-    if (this.spareMember) this.release(this.spareMember);
     this.spareMember = undefined;
+    const exited = all.map((m) => new Promise<void>((resolve) => {
+      if (gone(m.sup)) { resolve(); return; }
+      m.sup.child.once('exit', () => resolve());
+      this.release(m);
+    }));
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([Promise.all(exited).then(() => undefined), new Promise<void>((r) => { timer = setTimeout(r, waitMs); })]).finally(() => clearTimeout(timer));
   }
 
   private get spareSize(): number { return Math.min(1, this.opts.spare ?? 1); }

@@ -10,7 +10,8 @@
  *   no child inherits them.
  * - VMs are not its children: each runs under its own supervisor (src/host/supervisor-main.ts), so
  *   a service that dies (even SIGKILL) loses none; the next one reads the run folders
- *   (./tracker.ts) and goes on. Pool members (./pool.ts) end with it (their stdin closes).
+ *   (./tracker.ts) and goes on. Pool members and the spare (./pool.ts) end with it (their stdin
+ *   closes); a service that stops waits for them to exit (at most 5 s).
  * - It exits after `idleMs` with no VM running, no request in progress and no event stream open,
  *   and when its socket file is removed or replaced (its run root deleted).
  */
@@ -149,9 +150,9 @@ export async function runService(o: ServiceOptions = {}): Promise<RunningService
       http.server.close();
       events.closeAll();
       http.closeAll();
-      pool.close();
+      const poolClosed = pool.close();
       tracker.stop();
-      void keys.close().finally(() => {
+      void Promise.all([keys.close(), poolClosed]).finally(() => {
         if (socketIno !== undefined) {
           try { if (fs.lstatSync(socketPath).ino === socketIno) fs.rmSync(socketPath, { force: true }); } catch { /* gone */ }
         }

@@ -180,6 +180,17 @@ describe('host service: the spare supervisor (pool 0, real CLI, real QEMU)', fun
     assert.deepEqual(readdirSync(join(env.MEDV_RUN_DIR, '.pool')).filter((n) => n.startsWith('.supervisor-') || n.startsWith('w-')), [], 'the spare removed its temporary log and warm-up folder');
   });
 
+  it('with the pool on, a start whose shape has no pooled QEMU takes the spare', async () => {
+    service = await startHost(env, ['--pool', '1', '--idle', '1m']);
+    const api = checkedApi(join(env.MEDV_RUN_DIR, 'host.sock'));
+    const spare = await readySpare(api, 0);
+    assert.deepEqual((await api.json('GET', '/v1/host')).pool.members, [], 'no shape in use yet: no member');
+    const v = JSON.parse(runMedv(['vm', 'start', freshGuestImage(dir.path, 'v.img'), '--name', 'v', '--memory', '32', '--json'], env).stdout);
+    assert.equal(v.pid, spare.supervisorPid, 'the spare supervisor runs the VM');
+    await waitForFileText(join(env.MEDV_RUN_DIR, 'v', 'serial.log'), GUEST.serial.ready, 60_000);
+    assert.equal(JSON.parse(runMedv(['vm', 'stop', 'v', '--json'], env).stdout).exitReason, 'poweroff');
+  });
+
   it('a spare SIGKILLed before a start takes it: the start still works, with no error for the user', async () => {
     service = await startHost(env, ['--pool', '0', '--idle', '1m']);
     const api = checkedApi(join(env.MEDV_RUN_DIR, 'host.sock'));

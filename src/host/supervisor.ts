@@ -78,7 +78,13 @@ export class Supervisor {
   /** The pooled QEMU taken, until its sockets moved into the run folder. */
   private pooled: PooledQemu | undefined;
 
-  constructor(private readonly input: SupervisorInput, adopted?: PooledQemu) {
+  /**
+   * `unlock` releases the run folder's lock (./vmlock.ts; supervisor-main.ts took it): called once
+   * this run has ended and everything it had is closed and recorded, before the request that ended
+   * it is answered, so a start of this name right after the answer does not wait for this
+   * process's exit.
+   */
+  constructor(private readonly input: SupervisorInput, adopted?: PooledQemu, private unlock?: () => void) {
     this.adopted = adopted;
     this.dir = vmRunDir(input.config.name, input.runRoot);
     this.finished = new Promise((r) => { this.resolveFinished = r; });
@@ -536,6 +542,10 @@ export class Supervisor {
     };
     writeState(this.dir, this.state);
     this.vsv?.close();
+    // Nothing of this run is left open (QEMU gone, disks closed, the saved state published) and
+    // its end is recorded: the folder is free for the next start.
+    this.unlock?.();
+    this.unlock = undefined;
     this.resolveFinished();
   }
 }

@@ -99,6 +99,9 @@ export async function migrateToSavedState(vm: QemuProcess, writer: SavedStateWri
     trace('suspend: guest paused');
     await vm.execute('migrate', { uri: `unix:${sock}` });
     await Promise.all([received, done]);
+    // The stream is complete: what is not on disk yet goes there while QEMU quits and the disks are
+    // flagged and closed (the .vsv's fsync before it is published then has little left).
+    writer.syncWritten();
     type MigrateStats = { 'total-time'?: number; 'setup-time'?: number; downtime?: number };
     const stats = await vm.execute<MigrateStats>('query-migrate').catch((): MigrateStats => ({}));
     trace(`suspend: migration stream received (${writer.streamBytes} bytes; QEMU: total ${stats['total-time']} ms, setup ${stats['setup-time']} ms, downtime ${stats.downtime} ms)`);

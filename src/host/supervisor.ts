@@ -32,7 +32,7 @@ import { VmDisks } from './disks.js';
 import { loadLayers } from './layers.js';
 import type { ControlRequest } from './protocol.js';
 import { readState, vmRunDir, writeState, type VmState } from './rundir.js';
-import { feedSavedState, migrateToSavedState, pinSavedState, type SavedStateFile } from './suspend.js';
+import { FramesAhead, feedSavedState, migrateToSavedState, pinSavedState, type SavedStateFile } from './suspend.js';
 import { bindingOf, checkAfterOpen, checkBeforeOpen, fingerprintsOf } from './binding.js';
 import { checkShares, openSharedFolder, type OpenShare } from './shares.js';
 
@@ -135,6 +135,7 @@ export class Supervisor {
     const listeners: NbdListener[] = [];
     let saved: SavedStateReader | undefined;
     let opening: Promise<SavedStateReader> | undefined;
+    let ahead: FramesAhead | undefined;
     try {
       // A folder that does not exist yet holds no saved state; suspend pins it when it does.
       this.vsv = pinSavedState(c, { missingOk: true });
@@ -171,6 +172,9 @@ export class Supervisor {
       if (this.savedMeta?.hardware !== undefined && this.savedMeta.hardware !== hardwareOf(shape)) {
         throw new MedvError('ESAVEDSTATE', `the saved state ${c.savedState} was taken with other hardware (${this.savedMeta.hardware}) than this start asks for (${hardwareOf(shape)}): start the VM with the settings it was suspended with (--disk-bus, --nic), or drop the state with medv vm discard-state`, { file: c.savedState });
       }
+      // Its stream is decrypted (each frame held once it authenticated) while the disks are opened
+      // and QEMU finishes starting; QEMU gets the frames only in feedSavedState below.
+      if (saved) ahead = new FramesAhead(saved);
       const disks = new VmDisks(layers, this.input.kek, {
         savedState: c.savedState,
         testUndo: this.state.testUndo,
@@ -190,7 +194,7 @@ export class Supervisor {
       this.moveIn(listeners);
       if (saved) {
         // The disks are no longer a suspended VM's: cleared before `cont`, never while the guest could allocate blocks.
-        await feedSavedState(vm, saved, (w) => this.trace(w), () => disks.setSavedState(false));
+        await feedSavedState(vm, ahead!, (w) => this.trace(w), () => disks.setSavedState(false));
         this.trace('saved state fed and verified; guest running');
       }
       if (c.display === 'vnc-tcp') await this.setVncPassword(vm);
@@ -205,6 +209,7 @@ export class Supervisor {
       // One taken whose sockets are still in the pool's folder: QEMU is killed by cleanup, the folder goes now.
       this.pooled?.removeDir();
       this.pooled = undefined;
+      await ahead?.stop();
       saved?.close();
       if (opening && !saved) void opening.then((s) => s.close(), () => undefined);
       // As a stop in progress: QEMU's exit, caused by this cleanup, must not start another one.

@@ -17,7 +17,7 @@ import type { VmConfig } from './config.js';
 
 type Trace = (what: string) => void;
 
-/** Decrypted saved-state bytes queued for QEMU at most while the next frames are decrypted (memory bound of a resume's feed). */
+/** Decrypted saved-state bytes queued for QEMU, and held ahead of it (FramesAhead), at most while the next frames are decrypted (memory bound of a resume's feed: twice this). */
 const FEED_AHEAD = 8 << 20;
 /** The send buffer asked for on QEMU's incoming socket. */
 const FEED_SEND_BUFFER = 4 << 20;
@@ -112,12 +112,83 @@ export async function migrateToSavedState(vm: QemuProcess, writer: SavedStateWri
 }
 
 /**
- * Feed the saved state into a QEMU started with -incoming defer, decrypting it once: each frame
- * goes to QEMU only after it authenticated, and the guest (kept paused by -S) runs only once the
- * final frame verified too and `beforeRun` (the disks leave the suspended state) succeeded; a
+ * A saved state's stream, decrypted in one pass ahead of QEMU: started once the saved state is
+ * opened and checked (while the disks are opened and QEMU finishes starting), so that the feed
+ * finds the first frames ready. A frame is held only once it authenticated (SavedStateReader
+ * frames()), at most FEED_AHEAD bytes of them; nothing here writes to QEMU (feedSavedState does,
+ * after `migrate-incoming`). `stop()` before the reader is closed when the start fails.
+ */
+export class FramesAhead {
+  private readonly held: Buffer[] = [];
+  private heldBytes = 0;
+  private end: { failed: false } | { failed: true; error: unknown } | undefined;
+  private wake: (() => void) | undefined;
+  private stopped = false;
+  private readonly pumping: Promise<void>;
+
+  constructor(saved: SavedStateReader) {
+    this.pumping = this.pump(saved.frames());
+  }
+
+  /** The next authenticated frame; undefined once the final frame verified; rejects as the stream failed. */
+  async next(): Promise<Buffer | undefined> {
+    for (;;) {
+      const frame = this.held.shift();
+      if (frame) {
+        this.heldBytes -= frame.length;
+        this.signal();
+        return frame;
+      }
+      if (this.end?.failed) throw this.end.error;
+      if (this.end) return undefined;
+      await new Promise<void>((r) => { this.wake = r; });
+    }
+  }
+
+  /** Stop decrypting and drop what is held; resolves once no read is in progress and the file is closed. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.signal();
+    await this.pumping;
+    for (const b of this.held.splice(0)) b.fill(0);
+    this.heldBytes = 0;
+  }
+
+  private async pump(frames: AsyncGenerator<Buffer, unknown, void>): Promise<void> {
+    try {
+      for (;;) {
+        while (this.heldBytes >= FEED_AHEAD && !this.stopped) await new Promise<void>((r) => { this.wake = r; });
+        if (this.stopped) {
+          await frames.return(undefined);
+          return;
+        }
+        const r = await frames.next();
+        if (r.done) break;
+        this.held.push(r.value);
+        this.heldBytes += r.value.length;
+        this.signal();
+      }
+      this.end = { failed: false };
+    } catch (e) {
+      this.end = { failed: true, error: e };
+    }
+    this.signal();
+  }
+
+  private signal(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+}
+
+/**
+ * Feed the saved state into a QEMU started with -incoming defer, decrypted once (`frames`): each
+ * frame goes to QEMU only after it authenticated, and the guest (kept paused by -S) runs only once
+ * the final frame verified too and `beforeRun` (the disks leave the suspended state) succeeded; a
  * frame that fails rejects, and the caller kills QEMU.
  */
-export async function feedSavedState(vm: QemuProcess, saved: SavedStateReader, trace: Trace, beforeRun: () => Promise<void>): Promise<void> {
+export async function feedSavedState(vm: QemuProcess, frames: FramesAhead, trace: Trace, beforeRun: () => Promise<void>): Promise<void> {
   await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
   const done = migrationDone(vm);
   done.catch(() => undefined); // awaited below; a failed feed must not leave it unhandled
@@ -128,14 +199,13 @@ export async function feedSavedState(vm: QemuProcess, saved: SavedStateReader, t
   // QEMU read more per wake-up (bounded by the system's wmem_max; -1 without the addon: as it was).
   const fd = (pipe as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (typeof fd === 'number' && fd >= 0) native.setSendBuffer(fd, FEED_SEND_BUFFER);
-  const frames = saved.frames();
   try {
     for (;;) {
       // QEMU gone: nothing takes the rest (`done` says why).
       if (vm.exitStatus !== undefined) break;
-      const r = await frames.next();
-      if (r.done) break;
-      pipe.write(r.value);
+      const frame = await frames.next();
+      if (!frame) break;
+      pipe.write(frame);
       // Up to FEED_AHEAD decrypted bytes wait for QEMU: the next frames are read and decrypted
       // while it takes these (waiting for each frame to drain left QEMU idle meanwhile).
       if ((pipe as NodeJS.WritableStream & { writableLength: number }).writableLength >= FEED_AHEAD) await Promise.race([once(pipe, 'drain'), vm.exitedPromise]);

@@ -388,10 +388,12 @@ export class Supervisor {
     const vsv = this.vsv ??= pinSavedState(this.input.config)!;
     const writer = vsv.shown(() => format.SavedStateWriter.create(vsv.at, kek, this.memoryMiB ?? this.input.config.memoryMiB));
     this.suspending = true;
-    this.state = { ...this.state, state: 'suspending' };
-    writeState(this.dir, this.state);
     try {
-      await migrateToSavedState(vm, writer, join(this.dir, 'migrate.sock'), (w) => this.trace(w));
+      // state.json says so while QEMU stops the guest (its fsync costs as long as the stop).
+      await migrateToSavedState(vm, writer, join(this.dir, 'migrate.sock'), (w) => this.trace(w), () => {
+        this.state = { ...this.state, state: 'suspending' };
+        writeState(this.dir, this.state);
+      });
     } catch (e) {
       writer.abort();
       this.suspending = false;

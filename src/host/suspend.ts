@@ -73,9 +73,10 @@ export function pinSavedState(config: VmConfig, opts: { missingOk?: boolean } = 
  * Pause the guest and stream QEMU's migration data through a unix socket (`sock`, in the run
  * folder) into `writer` (encrypted as it arrives: nothing in clear on disk). Resolves when QEMU
  * reports the migration completed; the guest stays paused and QEMU still runs. On failure the
- * caller aborts the writer and lets the guest continue.
+ * caller aborts the writer and lets the guest continue. `whileStopping` runs once the stop is
+ * sent, while QEMU stops the guest (the caller's own bookkeeping, off the critical path).
  */
-export async function migrateToSavedState(vm: QemuProcess, writer: SavedStateWriter, sock: string, trace: Trace): Promise<void> {
+export async function migrateToSavedState(vm: QemuProcess, writer: SavedStateWriter, sock: string, trace: Trace, whileStopping: () => void = () => undefined): Promise<void> {
   fs.rmSync(sock, { force: true });
   const server = createServer();
   try {
@@ -83,6 +84,7 @@ export async function migrateToSavedState(vm: QemuProcess, writer: SavedStateWri
     // Sent together (one round trip instead of three): QMP runs a connection's commands in order,
     // so the guest is stopped before the migration is set up, and `migrate` below comes after all.
     const stopped = vm.execute('stop');
+    stopped.catch(() => undefined); // awaited below, unless whileStopping threw first
     const setUp = Promise.all([
       vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }),
       // The guest is stopped: its "downtime" is the whole suspend anyway. Without a limit on the
@@ -93,6 +95,7 @@ export async function migrateToSavedState(vm: QemuProcess, writer: SavedStateWri
     setUp.catch(() => undefined); // awaited below, unless the stop failed first
     const listening = new Promise<void>((res, rej) => { server.once('error', rej); server.listen(sock, () => res()); });
     listening.catch(() => undefined);
+    whileStopping();
     await stopped;
     trace('suspend: guest stopped (QEMU flushed its disks)');
     await listening;

@@ -106,6 +106,12 @@ describe('host API: a VM over HTTP on the unix socket (real service, real QEMU)'
     const waited = new Promise<string>((r) => { sawWait = () => r('waited'); });
     const onLog = (d: Buffer) => { if (/VM w: waiting for the supervisor of its last run/.test(String(d))) sawWait(); };
     host.stderr!.on('data', onLog);
+    // The pool's member of this shape, started after the answer: the test ends only once it is up
+    // (one still starting when the service is stopped would race the folder's removal).
+    let following!: () => void;
+    const followed = new Promise<void>((r) => { following = r; });
+    const poolBack = api.events('', (e) => e.type === 'service' && e.what === 'pool' && e.incoming === false, { ready: () => following() });
+    await followed;
     const start = api.json('POST', '/v1/vms', { source: img, name: 'w', key: { hostKey } }, 201);
     start.catch(() => undefined);
     const first = await Promise.race([waited, start.then(() => 'answered', (e: Error) => `refused: ${e.message}`)]);
@@ -118,6 +124,7 @@ describe('host API: a VM over HTTP on the unix socket (real service, real QEMU)'
     const serial = (await api.raw('GET', '/v1/vms/w/serial')).body.toString('latin1');
     assert.doesNotMatch(serial, /MEDV-GUEST boot=2/, 'the guest was resumed, not booted again');
     assert.equal((await api.json('POST', '/v1/vms/w/stop', { force: true })).state, 'stopped');
+    await poolBack;
   });
 
   it('refusals are typed errors the document describes, and the service goes on serving', async () => {

@@ -161,13 +161,14 @@ async function main(): Promise<void> {
     const input: SupervisorInput = decodeInput(line, await frames.rest(), secureAlloc);
     if (input.logFile !== undefined && input.logFile !== LOG) throw new MedvError('EINVAL_ARG', 'the input names another log than the one this supervisor writes');
     const dir = vmRunDir(input.config.name, input.runRoot);
-    // Before anything in the folder is looked at or touched; held until this process exits.
-    lockRunDir(dir, input.config.name);
+    // Before anything in the folder is looked at or touched; held until the VM's run has ended
+    // and been recorded (Supervisor.cleanup), or this process exits.
+    const lock = lockRunDir(dir, input.config.name);
     if (input.logFile !== undefined) {
       renameSync(LOG, join(dir, 'supervisor.log'));
       logged = true;
     }
-    supervisor = new Supervisor(input, pooled);
+    supervisor = new Supervisor(input, pooled, () => fs.closeSync(lock));
     pooled = undefined;
     const state = await supervisor.start();
     report({ ok: true, state });

@@ -32,7 +32,7 @@ import { VmDisks } from './disks.js';
 import { loadLayers } from './layers.js';
 import type { ControlRequest } from './protocol.js';
 import { readState, vmRunDir, writeState, writeStateAsync, type VmState } from './rundir.js';
-import { feedSavedState, migrateToSavedState, pinSavedState, type SavedStateFile } from './suspend.js';
+import { FramesAhead, feedSavedState, migrateToSavedState, pinSavedState, type SavedStateFile } from './suspend.js';
 import { bindingOf, checkAfterOpen, checkBeforeOpen, fingerprintsOf } from './binding.js';
 import { checkShares, openSharedFolder, type OpenShare } from './shares.js';
 
@@ -78,7 +78,13 @@ export class Supervisor {
   /** The pooled QEMU taken, until its sockets moved into the run folder. */
   private pooled: PooledQemu | undefined;
 
-  constructor(private readonly input: SupervisorInput, adopted?: PooledQemu) {
+  /**
+   * `unlock` releases the run folder's lock (./vmlock.ts; supervisor-main.ts took it): called once
+   * this run has ended and everything it had is closed and recorded, before the request that ended
+   * it is answered, so a start of this name right after the answer does not wait for this
+   * process's exit.
+   */
+  constructor(private readonly input: SupervisorInput, adopted?: PooledQemu, private unlock?: () => void) {
     this.adopted = adopted;
     this.dir = vmRunDir(input.config.name, input.runRoot);
     this.finished = new Promise((r) => { this.resolveFinished = r; });
@@ -138,6 +144,7 @@ export class Supervisor {
     const listeners: NbdListener[] = [];
     let saved: SavedStateReader | undefined;
     let opening: Promise<SavedStateReader> | undefined;
+    let ahead: FramesAhead | undefined;
     try {
       // A folder that does not exist yet holds no saved state; suspend pins it when it does.
       this.vsv = pinSavedState(c, { missingOk: true });
@@ -176,6 +183,9 @@ export class Supervisor {
       }
       // A test run's disk records its undo disk in state.json as it creates it: after the write above.
       if (c.disks.some((d) => d.mode === 'test')) await recorded();
+      // Its stream is decrypted (each frame held once it authenticated) while the disks are opened
+      // and QEMU finishes starting; QEMU gets the frames only in feedSavedState below.
+      if (saved) ahead = new FramesAhead(saved);
       const disks = new VmDisks(layers, this.input.kek, {
         savedState: c.savedState,
         testUndo: this.state.testUndo,
@@ -196,7 +206,7 @@ export class Supervisor {
       this.moveIn(listeners);
       if (saved) {
         // The disks are no longer a suspended VM's: cleared before `cont`, never while the guest could allocate blocks.
-        await feedSavedState(vm, saved, (w) => this.trace(w), () => disks.setSavedState(false));
+        await feedSavedState(vm, ahead!, (w) => this.trace(w), () => disks.setSavedState(false));
         this.trace('saved state fed and verified; guest running');
       }
       if (c.display === 'vnc-tcp') await this.setVncPassword(vm);
@@ -213,6 +223,7 @@ export class Supervisor {
       // One taken whose sockets are still in the pool's folder: QEMU is killed by cleanup, the folder goes now.
       this.pooled?.removeDir();
       this.pooled = undefined;
+      await ahead?.stop();
       saved?.close();
       if (opening && !saved) void opening.then((s) => s.close(), () => undefined);
       // As a stop in progress: QEMU's exit, caused by this cleanup, must not start another one.
@@ -391,10 +402,12 @@ export class Supervisor {
     const vsv = this.vsv ??= pinSavedState(this.input.config)!;
     const writer = vsv.shown(() => format.SavedStateWriter.create(vsv.at, kek, this.memoryMiB ?? this.input.config.memoryMiB));
     this.suspending = true;
-    this.state = { ...this.state, state: 'suspending' };
-    writeState(this.dir, this.state);
     try {
-      await migrateToSavedState(vm, writer, join(this.dir, 'migrate.sock'), (w) => this.trace(w));
+      // state.json says so while QEMU stops the guest (its fsync costs as long as the stop).
+      await migrateToSavedState(vm, writer, join(this.dir, 'migrate.sock'), (w) => this.trace(w), () => {
+        this.state = { ...this.state, state: 'suspending' };
+        writeState(this.dir, this.state);
+      });
     } catch (e) {
       writer.abort();
       this.suspending = false;
@@ -550,6 +563,10 @@ export class Supervisor {
     };
     writeState(this.dir, this.state);
     this.vsv?.close();
+    // Nothing of this run is left open (QEMU gone, disks closed, the saved state published) and
+    // its end is recorded: the folder is free for the next start.
+    this.unlock?.();
+    this.unlock = undefined;
     this.resolveFinished();
   }
 }

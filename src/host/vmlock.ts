@@ -1,8 +1,9 @@
 /**
  * The lock of a VM's run folder: `<root>/<name>/lock`, an exclusive flock(2) (src/block/flock.ts:
  * the addon, or /usr/bin/flock on the same open file description without it) that the VM's
- * supervisor takes before it looks at or touches anything in the folder, and holds until it exits
- * (the kernel drops it when the process dies, however it dies). Two starts of one name at once:
+ * supervisor takes before it looks at or touches anything in the folder, and holds until its run
+ * has ended and been recorded (everything closed, state.json final: Supervisor.cleanup), or until
+ * it exits (the kernel drops it when the process dies, however it dies). Two starts of one name at once:
  * exactly one supervisor gets it; the other is refused with EBUSY before it has removed, bound or
  * written anything, so the running VM's sockets, state and logs stay as they are.
  */

@@ -5,6 +5,7 @@
  * fits the document's schemas; a VM's whole life over the API; the event stream's cursor.
  */
 import assert from 'node:assert/strict';
+import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { freshGuestImage } from '../helpers/qemu.js';
@@ -12,6 +13,8 @@ import { tempDir, waitForPidExit } from '../helpers/cli.js';
 import { checkedApi, documentedRoutes, startHost, type CheckedApi } from '../helpers/hostapi.js';
 import { hostRoutes } from '../../src/host/service/routes.js';
 import type { RouteDeps } from '../../src/host/service/routes.js';
+import { lockRunDir } from '../../src/host/vmlock.js';
+import { createHostKey } from '../../src/crypto/index.js';
 
 describe('host API: the routes and docs/host-api.yaml', () => {
   it('every route the service has is documented, and every documented path is a route', () => {
@@ -87,6 +90,41 @@ describe('host API: a VM over HTTP on the unix socket (real service, real QEMU)'
     const busy = await api.json('DELETE', '/v1/vms/a');
     assert.deepEqual(busy, { removed: 'a' });
     await api.json('GET', '/v1/vms/a', undefined, 404);
+  });
+
+  it('suspend, then a start at once: the run folder is free when the suspend answers; a start that finds the last run\'s supervisor still holding it waits, and resumes the guest', async () => {
+    const img = freshGuestImage(dir.path, 'w.img');
+    const hostKey = join(dir.path, 'w.key');
+    await createHostKey(hostKey);
+    await api.json('POST', '/v1/vms', { source: img, name: 'w', memoryMiB: 32, key: { hostKey } }, 201);
+    await api.events('vm=w&since=0', (e) => e.type === 'serial' && /MEDV-GUEST ready/.test(e.line ?? ''));
+    assert.equal((await api.json('POST', '/v1/vms/w/suspend')).state, 'suspended');
+    // Free once answered: taken here at once (EBUSY would throw). Held, it stands for a supervisor
+    // that recorded its end and has not let the lock go yet.
+    const lock = lockRunDir(join(run, 'w'), 'w');
+    let sawWait!: () => void;
+    const waited = new Promise<string>((r) => { sawWait = () => r('waited'); });
+    const onLog = (d: Buffer) => { if (/VM w: waiting for the supervisor of its last run/.test(String(d))) sawWait(); };
+    host.stderr!.on('data', onLog);
+    // The pool's member of this shape, started after the answer: the test ends only once it is up
+    // (one still starting when the service is stopped would race the folder's removal).
+    let following!: () => void;
+    const followed = new Promise<void>((r) => { following = r; });
+    const poolBack = api.events('', (e) => e.type === 'service' && e.what === 'pool' && e.incoming === false, { ready: () => following() });
+    await followed;
+    const start = api.json('POST', '/v1/vms', { source: img, name: 'w', key: { hostKey } }, 201);
+    start.catch(() => undefined);
+    const first = await Promise.race([waited, start.then(() => 'answered', (e: Error) => `refused: ${e.message}`)]);
+    closeSync(lock);
+    host.stderr!.off('data', onLog);
+    assert.equal(first, 'waited', 'the start waits for the run folder instead of answering EBUSY');
+    const resumed = await start;
+    assert.equal(resumed.state, 'running');
+    assert.equal(resumed.resumed, true);
+    const serial = (await api.raw('GET', '/v1/vms/w/serial')).body.toString('latin1');
+    assert.doesNotMatch(serial, /MEDV-GUEST boot=2/, 'the guest was resumed, not booted again');
+    assert.equal((await api.json('POST', '/v1/vms/w/stop', { force: true })).state, 'stopped');
+    await poolBack;
   });
 
   it('refusals are typed errors the document describes, and the service goes on serving', async () => {

@@ -10,6 +10,9 @@ import { join } from 'node:path';
 import { GUEST, freshGuestImage } from '../helpers/qemu.js';
 import { runMedv, runMedvAsync, waitForFileText, waitForPidExit, type RunResult } from '../helpers/cli.js';
 import { vmHost } from '../helpers/vmhost.js';
+import { closeSync } from 'node:fs';
+import { controlRequest } from '../../src/host/protocol.js';
+import { lockRunDir } from '../../src/host/vmlock.js';
 
 /** Run a medv command without waiting for it (so that two run at once). */
 const runAsync = (args: string[], env: Record<string, string>): Promise<RunResult> => runMedvAsync(args, env);
@@ -50,6 +53,17 @@ for (const fallback of [false, true]) {
       assert.equal(JSON.parse(stopped.stdout).exitReason, 'poweroff');
       // Both exit: nothing of the winner is left running that vm stop could not reach.
       await Promise.all([waitForPidExit(won.qemuPid), waitForPidExit(won.pid)]);
+    });
+
+    it('the supervisor frees the run folder once its run ended: the lock is free when its stop is answered, not only at its exit', async () => {
+      const img = freshGuestImage(host.path, 'c.img');
+      const started = host.json(['start', img, '--name', 'freed', '--memory', '32']);
+      const run = join(host.env.MEDV_RUN_DIR, 'freed');
+      const stopped = await controlRequest(join(run, 'control.sock'), 'stop', { force: true }) as { state: string };
+      assert.equal(stopped.state, 'stopped');
+      // Taken at once after the answer (EBUSY would throw): a start of this name right after finds it free.
+      closeSync(lockRunDir(run, 'freed'));
+      await waitForPidExit(started.pid);
     });
   });
 }

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHostKey, type KekSource } from '../../src/crypto/index.js';
 import { MAX_FRAME, SavedStateReader, SavedStateWriter } from '../../src/hypervisor/savedstate.js';
@@ -54,6 +54,39 @@ describe('hypervisor: encrypted saved state (.vsv)', () => {
       assert.ok(all.data.equals(stream));
       assert.deepEqual(all.meta, r.meta);
     } finally { r.close(); }
+  });
+
+  /** Descriptors of this process open on a file in `folder` (by /proc/self/fd's links). */
+  function openIn(folder: string): string[] {
+    const out: string[] = [];
+    for (const fd of readdirSync('/proc/self/fd')) {
+      try { const to = readlinkSync(`/proc/self/fd/${fd}`); if (to.startsWith(`${folder}/`)) out.push(to); } catch { /* closed meanwhile */ }
+    }
+    return out;
+  }
+
+  it('a stream larger than the background flush interval (flushed while written): published whole, nothing left open; an abort mid-flush leaves no file and no descriptor', async () => {
+    const big = Buffer.alloc(150 * MAX_FRAME);
+    for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE(i, i); // distinct pages, cheap to make
+    const path = join(dir.path, 'big.vsv');
+    const w = SavedStateWriter.create(path, kek, 256);
+    for (let at = 0; at < big.length; at += 4 * MAX_FRAME) w.write(big.subarray(at, at + 4 * MAX_FRAME));
+    w.syncWritten();
+    await w.finish(meta);
+    assert.deepEqual(openIn(dir.path), [], 'no descriptor left on the .vsv');
+    const r = await SavedStateReader.open(path, kek);
+    try {
+      assert.ok((await readAll(r)).data.equals(big));
+    } finally { r.close(); }
+
+    const cut = join(dir.path, 'cut.vsv');
+    const a = SavedStateWriter.create(cut, kek, 256);
+    for (let at = 0; at < 70 * MAX_FRAME; at += 4 * MAX_FRAME) a.write(big.subarray(at, at + 4 * MAX_FRAME));
+    a.abort();
+    await new Promise((res) => setTimeout(res, 0)); // the flush's descriptor closes when the flush ends
+    for (let i = 0; i < 100 && openIn(dir.path).length; i++) await new Promise((res) => setTimeout(res, 20));
+    assert.deepEqual(openIn(dir.path), [], 'no descriptor left on the aborted temporary');
+    assert.deepEqual(readdirSync(dir.path).filter((f) => f.startsWith('cut')), [], 'nothing of the aborted .vsv is left');
   });
 
   it('a flipped byte in the trailer or the header is refused at open (ECRYPTO), before any frame', async () => {

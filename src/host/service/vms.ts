@@ -19,8 +19,8 @@ import { peekSavedState } from '../../hypervisor/savedstate-header.js';
 import { discardVmState, pauseVm, resumeVm, screenshotVm, startVm, stopVm, suspendVm, vmStatus, type DiscardResult } from '../client.js';
 import type { VmConfig } from '../config.js';
 import { spawnSupervisor } from '../prespawn.js';
-import type { VmState } from '../rundir.js';
-import { machineShape, poolShape } from '../shape.js';
+import { isTerminal, readState, type VmState } from '../rundir.js';
+import { machineShape, poolShape, type MachineShape } from '../shape.js';
 import { keyFilesOf, vmConfigFromSource, type VmSourceOptions } from '../source.js';
 import { pinSavedState } from '../suspend.js';
 import { lockRunDir } from '../vmlock.js';
@@ -83,11 +83,12 @@ export class VmOps {
   /** Suspend, then keep a pooled QEMU ready for its resume (`-incoming defer` with its RAM size). */
   async suspend(name: string): Promise<VmState> {
     const state = this.after(name, await this.released(name, await suspendVm(this.name(name), { root: this.d.root })));
+    let shape: MachineShape | undefined;
     try {
       const config = this.recordedConfig(name);
-      const shape = poolShape(config, { accel: config.accel ?? defaultAccelerator(), memoryMiB: state.memoryMiB, incoming: true });
-      if (shape) this.d.pool.use(shape);
+      shape = poolShape(config, { accel: config.accel ?? defaultAccelerator(), memoryMiB: state.memoryMiB, incoming: true });
     } catch { /* no pool for it: the resume starts cold */ }
+    if (shape) this.usePoolLater(shape);
     return state;
   }
 
@@ -160,17 +161,47 @@ export class VmOps {
    * refused as busy. Bounded: still held after 10 s, the answer goes as it is.
    */
   private async released(name: string, state: VmState): Promise<VmState> {
+    await this.lockFree(name);
+    return state;
+  }
+
+  /**
+   * Until the run folder's lock is free (at most 10 s; anything but EBUSY ends the wait: the
+   * start that follows reports it). A supervisor frees it once its run ended and was recorded
+   * (src/host/supervisor.ts cleanup), one of an older medv only at its exit; the kernel tells no
+   * one when a flock goes, hence the polling. `onBusy` is told once when it has to wait.
+   */
+  private async lockFree(name: string, onBusy?: (holders: string) => void): Promise<void> {
     const dir = join(this.d.root, this.name(name));
     for (const until = Date.now() + 10_000; Date.now() < until;) {
       try {
         fs.closeSync(lockRunDir(dir, name));
-        break;
+        return;
       } catch (e) {
-        if (!isMedvError(e, 'EBUSY')) break;
+        if (!isMedvError(e, 'EBUSY')) return;
+        onBusy?.(((e.data.holders as Array<{ pid: number }> | undefined) ?? []).map((h) => h.pid).join(', '));
+        onBusy = undefined;
         await new Promise((r) => setTimeout(r, 10));
       }
     }
-    return state;
+  }
+
+  /**
+   * A start of a VM whose run folder says it ended (stopped, suspended, failed) while the
+   * supervisor of that run still holds the folder's lock (it records its end just before it lets
+   * the lock go): wait for the lock, rather than have the new supervisor refuse with EBUSY. A VM
+   * that runs or starts is left to startVm's EBUSY.
+   */
+  private async previousRunEnded(name: string): Promise<void> {
+    let s: VmState | undefined;
+    try { s = readState(join(this.d.root, this.name(name))); } catch { return; }
+    if (!s || !isTerminal(s.state)) return;
+    await this.lockFree(name, (pids) => this.d.log(`VM ${name}: waiting for the supervisor of its last run${pids ? ` (pid ${pids})` : ''} to free its run folder`));
+  }
+
+  /** The pool keeps a member of `shape` (if any) and its spare, started once the answer in progress has gone (a spawn costs milliseconds). */
+  private usePoolLater(shape?: MachineShape): void {
+    setImmediate(() => this.d.pool.use(shape));
   }
 
   private after(name: string, state: VmState): VmState {
@@ -221,17 +252,18 @@ export class VmOps {
       : (shape ? this.d.pool.take(shape) : undefined) ?? this.d.pool.takeSpare();
     let state: VmState;
     try {
+      await this.previousRunEnded(config.name);
       state = await startVm(config, { root: this.d.root, kek, supervisor });
     } catch (e) {
       this.d.events.emit('error', { vm: config.name, code: (e as MedvError).code ?? 'EINTERNAL', message: (e as Error).message.split('\n')[0] });
-      this.d.pool.use(); // the spare or member it took comes back, as after a start that worked
+      this.usePoolLater(); // the spare or member it took comes back, as after a start that worked
       throw e;
     } finally {
       if (!given) await this.d.keys.release(kek);
       this.d.tracker.refresh(config.name);
     }
     // The shape in use gets its pool member back, and the pool its spare (after the start, not competing with it).
-    this.d.pool.use(!shape ? undefined : resumeMiB === undefined ? shape : machineShape(config, { ...shape, incoming: false, memoryMiB: config.memoryMiB }));
+    this.usePoolLater(!shape ? undefined : resumeMiB === undefined ? shape : machineShape(config, { ...shape, incoming: false, memoryMiB: config.memoryMiB }));
     return state;
   }
 }

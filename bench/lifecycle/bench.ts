@@ -1,7 +1,8 @@
 /**
  * Lifecycle benchmark (not a test): in one run, side by side, each against its peer:
  *  1. start -> the guest's first serial line: `medv vm start` through the host service with its warm
- *     pool (default 1), and through a service with the pool disabled (--pool 0), against QEMU
+ *     pool (default 1), and through a service with the pool disabled (--pool 0: its spare
+ *     supervisor, modules loaded, starts QEMU), against QEMU
  *     started directly on a raw file of the same guest (with and without the VGA adapter every
  *     medv VM has);
  *  2. suspend + resume of a guest with 256 MiB RAM: `medv vm suspend` + `medv vm start` (encrypted
@@ -64,12 +65,17 @@ function waitForLine(file: string, re: RegExp): Promise<void> {
   });
 }
 
-/** Until the service's pool holds a member of this RAM size and mode whose QEMU runs. */
-async function poolReady(root: string, memoryMiB: number, incoming: boolean): Promise<void> {
+/**
+ * Until the service's pool holds a member of this RAM size and mode whose QEMU runs (none: any),
+ * and its spare supervisor (if it keeps one) has loaded its modules: what a user who started a VM
+ * a moment ago finds, with nothing of the last start still competing for the CPU.
+ */
+async function poolReady(root: string, memoryMiB?: number, incoming?: boolean): Promise<void> {
   const api = hostApi({ root, start: false });
   for (;;) {
-    const h = await api.call<{ pool: { members: Array<{ shape: { memoryMiB: number; incoming: boolean }; qemuPid?: number }> } }>('GET', '/v1/host');
-    if (h.pool.members.some((m) => m.qemuPid && m.shape.memoryMiB === memoryMiB && m.shape.incoming === incoming)) return;
+    const h = await api.call<{ pool: { members: Array<{ shape: { memoryMiB: number; incoming: boolean }; qemuPid?: number }>; spare?: { size: number; ready?: boolean } } }>('GET', '/v1/host');
+    const member = memoryMiB === undefined || h.pool.members.some((m) => m.qemuPid && m.shape.memoryMiB === memoryMiB && m.shape.incoming === incoming);
+    if (member && (!h.pool.spare?.size || h.pool.spare.ready)) return;
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -208,9 +214,11 @@ async function main(): Promise<void> {
       add('bareStartVga', await bareStart(true));
       await poolReady(warm.root, 32, false);
       add('warmStart', await medvStart(warm));
+      await poolReady(cold.root);
       add('coldStart', await medvStart(cold));
       await poolReady(warm.root, 32, false);
       add('curlStart', await curlStart(warm));
+      await poolReady(cold.root);
       add('curlColdStart', await curlStart(cold));
       add('nodeStart', nodeTime());
       if (prev) add('prevStart', await medvStart(prev));

@@ -20,7 +20,16 @@ function count(what: string) {
   };
 }
 
-/** The service's settings: the option, else MEDV_HOST_POOL / MEDV_HOST_POOL_MEMORY / MEDV_HOST_IDLE, else the defaults. */
+/** 0 or 1 (--spare). */
+function spare(what: string) {
+  return (v: string): number => {
+    const n = count(what)(v);
+    if (n > 1) throw new MedvError('EINVAL_ARG', `${what} is 0 or 1, not ${n}`);
+    return n;
+  };
+}
+
+/** The service's settings: the option, else MEDV_HOST_POOL / MEDV_HOST_SPARE / MEDV_HOST_POOL_MEMORY / MEDV_HOST_IDLE, else the defaults. */
 function setting<T>(option: T | undefined, env: string, parse: (v: string) => T): T | undefined {
   if (option !== undefined) return option;
   const v = process.env[env];
@@ -65,13 +74,16 @@ export function hostCommand(): Command {
   const host = new Command('host')
     .description('the host service: one per user (and one for root) on <run root>/host.sock; any medv vm command starts it when none runs; it keeps a warm pool of QEMUs, serves the API in docs/host-api.yaml and exits when idle')
     .option('--pool <n>', 'QEMUs kept started ahead for the machine shapes in use (default 1, MEDV_HOST_POOL; 0: none)', count('--pool'))
-    .option('--pool-memory <mib>', 'memory the pool may hold, MiB (default a quarter of the RAM, at most 2048; MEDV_HOST_POOL_MEMORY)', count('--pool-memory'))
+    .option('--spare <n>', 'supervisors kept started ahead without a QEMU, for a start no pooled QEMU fits (with --pool 0: every start); 1 (default, MEDV_HOST_SPARE) or 0: none', spare('--spare'))
+    .option('--pool-memory <mib>', 'memory the pool and the spare may hold, MiB (default a quarter of the RAM, at most 2048; MEDV_HOST_POOL_MEMORY)', count('--pool-memory'))
     .option('--idle <duration>', 'exit after this long with no VM running and no request (default 5m; MEDV_HOST_IDLE)', (v: string) => parseDuration(v, '--idle', { min: 1000 }))
     .addOption(new Option('--ready-fd <fd>', 'say "ready" on this descriptor once listening (for the command that starts it)').argParser(count('--ready-fd')).hideHelp())
     .addHelpText('after', `
 Runs the service in the foreground (systemd: contrib/medv-host.socket and .service). VMs run under
 their own supervisors and outlive it: a service that stops or dies loses no VM, the next one finds
-them in the run folders.
+them in the run folders. A start takes a pooled QEMU of its machine shape when there is one, else
+the spare supervisor (its Node start-up and modules done, no QEMU), else starts a supervisor;
+each is replaced after the start. --pool 0 --spare 0: every start spawns its supervisor.
 ${EXIT}
 
 Examples:
@@ -83,6 +95,7 @@ Examples:
       const [{ runService }, ws] = await Promise.all([import('../host/service/service.js'), import('../workspace/index.js')]);
       const service = await runService({
         pool: setting(o.pool as number | undefined, 'MEDV_HOST_POOL', count('MEDV_HOST_POOL')),
+        spare: setting(o.spare as number | undefined, 'MEDV_HOST_SPARE', spare('MEDV_HOST_SPARE')),
         poolMemoryMiB: setting(o.poolMemory as number | undefined, 'MEDV_HOST_POOL_MEMORY', count('MEDV_HOST_POOL_MEMORY')),
         idleMs: setting(o.idle as number | undefined, 'MEDV_HOST_IDLE', (v) => parseDuration(v, 'MEDV_HOST_IDLE', { min: 1000 })),
         readyFd: o.readyFd as number | undefined,
@@ -117,6 +130,7 @@ Examples:
         `host service pid ${s.pid} on ${s.socket}${s.socketActivated ? ' (socket-activated)' : ''}, since ${s.startedAt}`,
         `VMs:   ${s.vms.running} running of ${s.vms.total}`,
         `pool:  ${s.pool.members.length} of ${s.pool.size}${members ? `: ${members}` : ''}`,
+        `spare: ${s.pool.spare.supervisorPid ? `supervisor pid ${s.pool.spare.supervisorPid}${s.pool.spare.ready ? '' : ' (loading)'}, holding ${s.pool.spare.residentMiB} MiB` : s.pool.spare.size ? 'none now' : 'off'}`,
         `keys:  ${s.keys.unlocked ? `unlocked until ${s.keys.expiresAt}` : 'locked'}`,
         `idle exit after ${s.idleSeconds} s without a VM; ${s.connections} connection(s), ${s.eventStreams} event stream(s)`,
       ].join('\n')}\n`);

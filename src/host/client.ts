@@ -59,9 +59,15 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
     throw new MedvError('EBUSY', `VM ${config.name} is already ${current.state} (supervisor pid ${current.pid})`);
   }
   // Usually started already, while this command was parsing (./prespawn.ts), or by the pool.
-  let supervisor = options.supervisor ?? takePrespawned(root) ?? spawnSupervisor(root);
+  const ahead = options.supervisor ?? takePrespawned(root);
+  let supervisor = ahead ?? spawnSupervisor(root);
   let answer = await runSupervisor(supervisor, { config, runRoot: root, kek: options.kek, logFile: supervisor.log }, dir);
-  if (!answer.ok && answer.exit?.code === POOLED_QEMU_GONE) {
+  // Started ahead and gone before it did anything: its pooled QEMU died (POOLED_QEMU_GONE), or it
+  // was killed while it waited (a signal, and the run folder's state is not its own: it never began
+  // the start, whose first step after the lock is writing it). It had started nothing (a QEMU of
+  // its own dies with it, and the kernel dropped its locks), so a new supervisor starts the VM,
+  // with no error for the user.
+  if (!answer.ok && (answer.exit?.code === POOLED_QEMU_GONE || (ahead && answer.exit?.signal && !wroteState(dir, supervisor)))) {
     supervisor = spawnSupervisor(root);
     answer = await runSupervisor(supervisor, { config, runRoot: root, kek: options.kek, logFile: supervisor.log }, dir);
   }
@@ -69,6 +75,11 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
     throw new MedvError((answer.error?.code ?? 'EHYPERVISOR') as ErrorCode, answer.error?.message ?? 'the VM did not start');
   }
   return answer.state;
+}
+
+/** Did this supervisor write the run folder's state (it took the lock and began the start)? */
+function wroteState(dir: string, supervisor: WaitingSupervisor): boolean {
+  try { return readState(dir)?.pid === supervisor.child.pid; } catch { return true; }
 }
 
 /** Send a supervisor its input and wait for its answer (bounded in time). */

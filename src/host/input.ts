@@ -3,6 +3,7 @@
  * followed by secret bytes.
  *
  *   {"pool":{…}}\n                        only a pooled supervisor (./pooled.ts): prepare QEMU and wait
+ *                                         (no `shape`: the pool's spare, modules loaded, no QEMU)
  *   {"config":…,"kek":…,"secretBytes":N}\n<N bytes>   the input (SupervisorInput), then EOF
  *
  * Key material that is bytes in secure memory (the host service's key cache: a passphrase and the

@@ -26,7 +26,7 @@ export const SUPERVISOR_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'su
 /** Exit status of a pooled supervisor whose QEMU died before any VM took it (EX_TEMPFAIL): the start goes cold. */
 export const POOLED_QEMU_GONE = 75;
 
-export interface StartAnswer { ok: boolean; state?: VmState; error?: { code: string; message: string }; pooled?: { qemuPid: number } }
+export interface StartAnswer { ok: boolean; state?: VmState; error?: { code: string; message: string }; pooled?: { qemuPid?: number } }
 
 /** Longest answer a supervisor may send on fd 3 (a state of a few KiB). */
 export const MAX_START_ANSWER = 1024 * 1024;
@@ -36,7 +36,7 @@ export const MAX_START_ANSWER = 1024 * 1024;
  * object, bounded (src/core/jsonlines.ts); an over-long line or one that is not JSON is an EPROTO
  * answer. A pooled supervisor's `{"pooled":…}` line before it goes to `onPooled`.
  */
-export function readStartAnswer(pipe: NodeJS.ReadableStream, done: (a: StartAnswer) => void, onPooled?: (p: { qemuPid: number }) => void): void {
+export function readStartAnswer(pipe: NodeJS.ReadableStream, done: (a: StartAnswer) => void, onPooled?: (p: { qemuPid?: number }) => void): void {
   let answered = false;
   const once = (a: StartAnswer) => { if (!answered) { answered = true; done(a); } };
   const reader = new JsonLineReader((v) => {
@@ -57,8 +57,11 @@ export interface WaitingSupervisor {
   log: string;
   /** Its answer on fd 3, or (`exit`) how it ended without one. */
   answer: Promise<SupervisorAnswer>;
-  /** A pooled supervisor (src/host/pooled.ts): resolves once its QEMU runs (undefined if it ended first). */
-  pooled: Promise<{ qemuPid: number } | undefined>;
+  /**
+   * A pooled supervisor (src/host/pooled.ts): resolves once its QEMU runs, or for the pool's spare
+   * (no QEMU, no `qemuPid`) once it has loaded what a start needs; undefined if it ended first.
+   */
+  pooled: Promise<{ qemuPid?: number } | undefined>;
 }
 
 let waiting: WaitingSupervisor | undefined;
@@ -78,8 +81,8 @@ export function spawnSupervisor(root: string, extraEnv: Record<string, string | 
     const child = spawn(process.execPath, [SUPERVISOR_MAIN, log], { detached: true, stdio: ['pipe', fd, fd, 'pipe'], env: { ...scrubbedEnv(), ...scrubbedEnv(extraEnv) } });
     child.on('error', () => undefined); // reported through 'exit' to whoever waits for it
     child.stdin!.on('error', () => undefined); // a supervisor that died at once is reported through 'exit'
-    let pooledSeen: (p: { qemuPid: number } | undefined) => void = () => undefined;
-    const pooled = new Promise<{ qemuPid: number } | undefined>((r) => { pooledSeen = r; });
+    let pooledSeen: (p: { qemuPid?: number } | undefined) => void = () => undefined;
+    const pooled = new Promise<{ qemuPid?: number } | undefined>((r) => { pooledSeen = r; });
     const answer = new Promise<SupervisorAnswer>((resolve) => {
       readStartAnswer(child.stdio[3] as NodeJS.ReadableStream, (a) => { pooledSeen(undefined); resolve(a); }, (p) => pooledSeen(p));
       child.once('exit', (code, signal) => {

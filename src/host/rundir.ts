@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
 import { checkVmName, VM_NAME_RE } from '../api/names.js';
 import { runRoot } from '../core/paths.js';
-import { ensurePrivateDir, processAlive, readBoundedSync, writeFileAtomicSync } from '../core/fsio.js';
+import { ensurePrivateDir, processAlive, readBoundedSync, writeFileAtomic, writeFileAtomicSync } from '../core/fsio.js';
 
 export type VmRunState = 'starting' | 'running' | 'paused' | 'suspending' | 'stopping' | 'stopped' | 'suspended' | 'failed';
 
@@ -92,6 +92,11 @@ export function vmRunDir(name: string, root = runRoot()): string {
 /** Write state.json atomically (src/core/fsio.ts: temporary, fsync, rename, fsync of the folder). */
 export function writeState(dir: string, state: VmState): void {
   writeFileAtomicSync(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
+}
+
+/** As writeState, with the writes and fsyncs on the thread pool. */
+export function writeStateAsync(dir: string, state: VmState): Promise<void> {
+  return writeFileAtomic(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
 }
 
 /** Read a VM's state.json; undefined when there is none. A damaged file is a typed error. */

@@ -2,7 +2,9 @@
  * Entry of the detached supervisor process (spawned by startVm in ./client.ts, or by the host
  * service's pool, src/host/service/pool.ts).
  * stdin: frames (./input.ts): a pooled supervisor first gets `{"pool":{"root","shape"}}`, starts
- *        its QEMU (./pooled.ts), answers `{"pooled":{"qemuPid"}}` on fd 3 and waits; then (every
+ *        its QEMU (./pooled.ts), answers `{"pooled":{"qemuPid"}}` on fd 3 and waits (the pool's
+ *        spare gets `{"pool":{"root"}}`: no QEMU; it loads the disk layers, answers
+ *        `{"pooled":{}}` and waits); then (every
  *        supervisor) one SupervisorInput, its secrets after it (the key-encryption key travels
  *        here, never in argv, the environment or a file), at most 1 MiB, then EOF;
  * fd 3:  one JSON line back to the starter: {"ok":true,"state":…} once the VM runs, or
@@ -13,11 +15,13 @@
  *        and exit. A pooled supervisor whose QEMU exits before a VM took it exits with status 75
  *        and no answer (the pool then starts the VM cold).
  */
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
-import { renameSync } from '../core/fsio.js';
+import { ensurePrivateDir, renameSync } from '../core/fsio.js';
 import { secureAlloc } from '../crypto/secure.js';
+import { bindNbd } from '../nbd/server.js';
 import { decodeInput, MAX_INPUT } from './input.js';
 import { POOLED_QEMU_GONE, preparePooled, type PooledQemu } from './pooled.js';
 import { vmRunDir } from './rundir.js';
@@ -77,10 +81,21 @@ function report(msg: unknown, close = true): void {
   } catch { /* the starter is gone: nobody to tell */ }
 }
 
-/** A pooled supervisor: start QEMU for the shape, say so, and give up when QEMU dies before a VM comes. */
-async function preparePool(pool: { root: string; shape: MachineShape }): Promise<PooledQemu> {
+/**
+ * A pooled supervisor: start QEMU for the shape, say so, and give up when QEMU dies before a VM
+ * comes. Without a shape (the pool's spare): no QEMU, nothing bound; say so once the disk layers
+ * are loaded too, and wait for an input like any supervisor.
+ */
+async function preparePool(pool: { root: string; shape?: MachineShape }): Promise<PooledQemu | undefined> {
   // Everything a start needs is loaded while the pooled QEMU starts (the disk layers come first in a cold start).
-  void import('./layers.js').then((l) => l.loadLayers()).catch(() => undefined);
+  const layers = import('./layers.js').then((l) => l.loadLayers()).catch(() => undefined);
+  if (!pool.shape) {
+    await layers;
+    await warmUp(pool.root).catch(() => undefined);
+    process.stdout.write('medv supervisor: spare, modules loaded, waiting for a start\n');
+    report({ pooled: {} }, false);
+    return undefined;
+  }
   const pooled = await preparePooled(pool.root, pool.shape);
   process.stdout.write(`medv supervisor: pooled QEMU pid ${pooled.vm.pid} started in ${pooled.dir}\n`);
   void pooled.vm.exitedPromise.then(() => {
@@ -94,14 +109,34 @@ async function preparePool(pool: { root: string; shape: MachineShape }): Promise
   return pooled;
 }
 
+/**
+ * The spare, before it says it is ready: run once what a cold start runs first (an NBD socket bound
+ * and closed, in a folder of its own under the pool's; a child process spawned), so that the start
+ * does not wait for V8 to compile those paths or for libuv to create its thread pool (measured:
+ * the first bind and spawn of a process took 5-9 ms each, later ones 1-3).
+ */
+async function warmUp(root: string): Promise<void> {
+  const dir = fs.mkdtempSync(join(ensurePrivateDir(join(ensurePrivateDir(root, true), '.pool')), 'w-'));
+  try {
+    await (await bindNbd(join(dir, 'disk.sock'))).close();
+    await new Promise<void>((resolve) => {
+      const child = spawn('/bin/true', [], { stdio: 'ignore', env: {} });
+      child.once('exit', () => resolve());
+      child.once('error', () => resolve());
+    });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 let adopted = false;
 
-/** The pool's first frame, `{"pool":{"root","shape"}}`, or undefined for anything else (the input). */
-function poolFrame(line: string): { root: string; shape: MachineShape } | undefined {
+/** The pool's first frame, `{"pool":{"root","shape"}}` (no shape: the spare), or undefined for anything else (the input). */
+function poolFrame(line: string): { root: string; shape?: MachineShape } | undefined {
   if (!line.startsWith('{"pool":')) return undefined;
   const f = JSON.parse(line) as { pool?: { root?: unknown; shape?: unknown } };
-  if (typeof f.pool?.root !== 'string' || !f.pool.shape || typeof f.pool.shape !== 'object') throw new MedvError('EINVAL_ARG', 'a pool frame needs a run root and a machine shape');
-  return f.pool as { root: string; shape: MachineShape };
+  if (typeof f.pool?.root !== 'string' || (f.pool.shape !== undefined && (!f.pool.shape || typeof f.pool.shape !== 'object'))) throw new MedvError('EINVAL_ARG', 'a pool frame needs a run root, and a machine shape or none');
+  return f.pool as { root: string; shape?: MachineShape };
 }
 
 async function main(): Promise<void> {

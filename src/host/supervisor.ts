@@ -23,7 +23,7 @@ import { peekSavedState } from '../hypervisor/savedstate-header.js';
 import { startUserNet, type UserNet } from '../hypervisor/usernet.js';
 import { bindNbd, type NbdListener } from '../nbd/server.js';
 import { randomInt } from 'node:crypto';
-import { writeFileAtomicSync } from '../core/fsio.js';
+import { writeFileAtomic } from '../core/fsio.js';
 import type { PooledQemu } from './pooled.js';
 import { AGENT_SOCKET, hardwareOf, machineShape, shapeKey, specFor, type MachineShape } from './shape.js';
 import type { SupervisorInput, VmDevices } from './config.js';
@@ -31,7 +31,7 @@ import { ControlServer } from './control.js';
 import { VmDisks } from './disks.js';
 import { loadLayers } from './layers.js';
 import type { ControlRequest } from './protocol.js';
-import { readState, vmRunDir, writeState, type VmState } from './rundir.js';
+import { readState, vmRunDir, writeState, writeStateAsync, type VmState } from './rundir.js';
 import { FramesAhead, feedSavedState, migrateToSavedState, pinSavedState, type SavedStateFile } from './suspend.js';
 import { bindingOf, checkAfterOpen, checkBeforeOpen, fingerprintsOf } from './binding.js';
 import { checkShares, openSharedFolder, type OpenShare } from './shares.js';
@@ -128,9 +128,18 @@ export class Supervisor {
     };
     for (const stale of ['control.sock', 'qmp.sock', AGENT_SOCKET]) fs.rmSync(join(this.dir, stale), { force: true });
     this.state.savedState = c.savedState;
-    writeState(this.dir, this.state);
-    // What this VM is made of, for a later start by name (the host service's POST /v1/vms/{name}/start): no key in it.
-    writeFileAtomicSync(join(this.dir, 'config.json'), `${JSON.stringify(c, null, 2)}\n`, { mode: 0o600 });
+    // state.json ('starting') and what this VM is made of (config.json, for a later start by name:
+    // the host service's POST /v1/vms/{name}/start; no key in it) go to disk on the thread pool
+    // while QEMU starts; both are on disk before a disk is served, and before anything else writes
+    // state.json (`recorded()`). Until then the folder shows the previous run's state, as it did
+    // between the lock and this point; a crash meanwhile leaves that state (its supervisor dead)
+    // and at most a temporary file the next write removes.
+    let writing: Promise<unknown> | undefined = Promise.all([
+      writeStateAsync(this.dir, this.state),
+      writeFileAtomic(join(this.dir, 'config.json'), `${JSON.stringify(c, null, 2)}\n`, { mode: 0o600 }),
+    ]);
+    writing.catch(() => undefined);
+    const recorded = async () => { const w = writing; writing = undefined; if (w) await w; };
     this.trace('input read');
     const listeners: NbdListener[] = [];
     let saved: SavedStateReader | undefined;
@@ -172,6 +181,8 @@ export class Supervisor {
       if (this.savedMeta?.hardware !== undefined && this.savedMeta.hardware !== hardwareOf(shape)) {
         throw new MedvError('ESAVEDSTATE', `the saved state ${c.savedState} was taken with other hardware (${this.savedMeta.hardware}) than this start asks for (${hardwareOf(shape)}): start the VM with the settings it was suspended with (--disk-bus, --nic), or drop the state with medv vm discard-state`, { file: c.savedState });
       }
+      // A test run's disk records its undo disk in state.json as it creates it: after the write above.
+      if (c.disks.some((d) => d.mode === 'test')) await recorded();
       // Its stream is decrypted (each frame held once it authenticated) while the disks are opened
       // and QEMU finishes starting; QEMU gets the frames only in feedSavedState below.
       if (saved) ahead = new FramesAhead(saved);
@@ -187,6 +198,7 @@ export class Supervisor {
       for (const d of c.disks) await disks.open(d, resuming);
       // Open and locked, not yet served: the files the stacks read must be the saved state's.
       if (this.savedMeta) checkAfterOpen(this.savedMeta, disks.bound, c.savedState);
+      await recorded();
       disks.serve(listeners);
       this.trace('disks open and served');
       await vm.connect();
@@ -204,6 +216,8 @@ export class Supervisor {
       // Sockets not serving yet are closed first: a QEMU waiting in its NBD handshake then fails and
       // exits at once. Served ones close in cleanup(), after QEMU was killed.
       if (!this.disks?.serving) await Promise.all(listeners.map((l) => l.close().catch(() => undefined)));
+      // The 'starting' state on disk before cleanup's 'failed' (a write that failed changes nothing).
+      await recorded().catch(() => undefined);
       // A pooled QEMU the start did not get to: it never ran a guest or read a block.
       if (this.adopted) { await this.adopted.discard().catch(() => undefined); this.adopted = undefined; }
       // One taken whose sockets are still in the pool's folder: QEMU is killed by cleanup, the folder goes now.

@@ -17,6 +17,9 @@ import { vmHost } from '../helpers/vmhost.js';
 import { checkedApi, startHost } from '../helpers/hostapi.js';
 import { native } from '../../src/native.js';
 import { HostApi } from '../../src/host/api.js';
+import { startVm, stopVm } from '../../src/host/client.js';
+import { spawnSupervisor } from '../../src/host/prespawn.js';
+import { vmConfigFromSource } from '../../src/host/source.js';
 
 const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
 
@@ -114,6 +117,106 @@ describe('host service: faults (real CLI, real QEMU)', function () {
     assert.equal(host.json(['resume', 'f']).state, 'running');
     host.json(['stop', 'e']);
     assert.equal(host.json(['stop', 'f']).exitReason, 'poweroff');
+  });
+});
+
+/** Processes started for this run root (the service, its supervisors: their environment names it). */
+function runRootProcesses(runRoot: string): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc').filter((f) => /^\d+$/.test(f))) {
+    try { if (readFileSync(`/proc/${p}/environ`, 'latin1').split('\0').includes(`MEDV_RUN_DIR=${runRoot}`)) out.push(Number(p)); } catch { /* gone, or not ours */ }
+  }
+  return out;
+}
+
+describe('host service: the spare supervisor (pool 0, real CLI, real QEMU)', function () {
+  this.timeout(180_000);
+  let dir: ReturnType<typeof tempDir>;
+  let env: Record<string, string>;
+  let service: Awaited<ReturnType<typeof startHost>> | undefined;
+  beforeEach(() => { dir = tempDir('host-spare'); env = { MEDV_RUN_DIR: join(dir.path, 'run') }; });
+  afterEach(async () => {
+    // Through this test's service only (a command finding none would start another).
+    if (service && service.exitCode === null) {
+      for (const s of JSON.parse(runMedv(['vm', 'list', '--json'], env).stdout || '[]')) if (s.state !== 'stopped') runMedv(['vm', 'stop', s.name, '--force'], env);
+      service.kill('SIGTERM');
+    }
+    service = undefined;
+    for (const p of runRootProcesses(env.MEDV_RUN_DIR)) await waitForPidExit(p);
+    await dir.cleanup();
+  });
+  /** The spare once it has loaded its modules (its `service` event), as GET /v1/host shows it. */
+  async function readySpare(api: ReturnType<typeof checkedApi>, since: number): Promise<{ supervisorPid: number }> {
+    await api.events(`since=${since}`, (e) => e.type === 'service' && e.what === 'spare');
+    const h = await api.json('GET', '/v1/host');
+    assert.equal(h.pool.spare.ready, true);
+    return h.pool.spare;
+  }
+
+  it('with the pool off a start takes the spare: the VM runs, a new spare follows, vm stop works, nothing is left when the service stops', async () => {
+    service = await startHost(env, ['--pool', '0', '--idle', '1m']);
+    const api = checkedApi(join(env.MEDV_RUN_DIR, 'host.sock'));
+    const spare = await readySpare(api, 0);
+    const cursor = (await api.json('GET', '/v1/host')).cursor;
+    const r = runMedv(['vm', 'start', freshGuestImage(dir.path, 'g.img'), '--name', 'g', '--memory', '32', '--json'], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, '');
+    const g = JSON.parse(r.stdout);
+    assert.equal(g.state, 'running');
+    assert.equal(g.pid, spare.supervisorPid, 'the spare supervisor runs the VM');
+    await waitForFileText(join(env.MEDV_RUN_DIR, 'g', 'serial.log'), GUEST.serial.ready, 60_000);
+    assert.match(readFileSync(join(env.MEDV_RUN_DIR, 'g', 'supervisor.log'), 'utf8'), /spare, modules loaded[\s\S]*QEMU started \(pid/, 'its log moved into the run folder');
+    const next = await readySpare(api, cursor);
+    assert.notEqual(next.supervisorPid, spare.supervisorPid, 'a new spare after the start');
+    assert.ok(alive(next.supervisorPid));
+    const h = await api.json('GET', '/v1/host');
+    assert.equal(h.pool.size, 0);
+    assert.deepEqual(h.pool.members, [], 'no pooled QEMU with --pool 0');
+    assert.equal(JSON.parse(runMedv(['vm', 'stop', 'g', '--json'], env).stdout).exitReason, 'poweroff');
+    await waitForPidExit(g.qemuPid);
+    service.kill('SIGTERM');
+    await waitForPidExit(service.pid!);
+    assert.deepEqual(runRootProcesses(env.MEDV_RUN_DIR), [], 'no process of the run root outlives the service');
+    assert.deepEqual(readdirSync(join(env.MEDV_RUN_DIR, '.pool')).filter((n) => n.startsWith('.supervisor-') || n.startsWith('w-')), [], 'the spare removed its temporary log and warm-up folder');
+  });
+
+  it('with the pool on, a start whose shape has no pooled QEMU takes the spare', async () => {
+    service = await startHost(env, ['--pool', '1', '--idle', '1m']);
+    const api = checkedApi(join(env.MEDV_RUN_DIR, 'host.sock'));
+    const spare = await readySpare(api, 0);
+    assert.deepEqual((await api.json('GET', '/v1/host')).pool.members, [], 'no shape in use yet: no member');
+    const v = JSON.parse(runMedv(['vm', 'start', freshGuestImage(dir.path, 'v.img'), '--name', 'v', '--memory', '32', '--json'], env).stdout);
+    assert.equal(v.pid, spare.supervisorPid, 'the spare supervisor runs the VM');
+    await waitForFileText(join(env.MEDV_RUN_DIR, 'v', 'serial.log'), GUEST.serial.ready, 60_000);
+    assert.equal(JSON.parse(runMedv(['vm', 'stop', 'v', '--json'], env).stdout).exitReason, 'poweroff');
+  });
+
+  it('a spare SIGKILLed before a start takes it: the start still works, with no error for the user', async () => {
+    service = await startHost(env, ['--pool', '0', '--idle', '1m']);
+    const api = checkedApi(join(env.MEDV_RUN_DIR, 'host.sock'));
+    const spare = await readySpare(api, 0);
+    process.kill(spare.supervisorPid, 'SIGKILL');
+    // At once: the service may not have seen it die yet (it takes the dead spare) or may have (it spawns one).
+    const r = runMedv(['vm', 'start', freshGuestImage(dir.path, 'k.img'), '--name', 'k', '--memory', '32', '--json'], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, '', 'nothing on stderr');
+    const k = JSON.parse(r.stdout);
+    assert.equal(k.state, 'running');
+    assert.notEqual(k.pid, spare.supervisorPid);
+    await waitForFileText(join(env.MEDV_RUN_DIR, 'k', 'serial.log'), GUEST.serial.ready, 60_000);
+    assert.equal(JSON.parse(runMedv(['vm', 'stop', 'k', '--json'], env).stdout).exitReason, 'poweroff');
+  });
+
+  it('a supervisor started ahead and killed before its input: startVm starts the VM with a new one', async () => {
+    const run = env.MEDV_RUN_DIR;
+    const ahead = spawnSupervisor(run);
+    process.kill(ahead.child.pid!, 'SIGKILL');
+    await ahead.answer; // dead for sure: the start writes its input to a supervisor that is gone
+    const state = await startVm(await vmConfigFromSource(freshGuestImage(dir.path, 'a.img'), { name: 'a', memoryMiB: 32 }), { root: run, supervisor: ahead });
+    assert.equal(state.state, 'running');
+    assert.notEqual(state.pid, ahead.child.pid);
+    await waitForFileText(join(run, 'a', 'serial.log'), GUEST.serial.ready, 60_000);
+    assert.equal((await stopVm('a', { root: run, force: true })).state, 'stopped');
   });
 });
 

@@ -10,6 +10,13 @@
  * has not built its machine yet, so it holds none of its guest's RAM). A shape whose members keep
  * dying is left alone for a minute. A member that exits (its QEMU killed) is dropped; a start that
  * took one in the meantime goes cold (no error for the user).
+ *
+ * The spare (`spare`, default 1, 0: none): one more supervisor started the same way, with its
+ * modules and disk layers loaded but no QEMU, no run folder and nothing bound (its pool frame names
+ * no shape). Any start that finds no member of its shape (the pool off, a shape not pooled, a
+ * setting no pooled QEMU can have) takes it instead of spawning a supervisor, so it waits for QEMU's
+ * start-up but not for a Node start-up. Its memory counts against `memoryMiB` like a member's; it
+ * is started again after a start took it, and ends with the service (its stdin closes).
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,11 +28,19 @@ export interface PoolOptions {
   size: number;
   memoryMiB: number;
   log: (line: string) => void;
+  /** Spare supervisors without QEMU kept (default 1; 0: none; at most 1). */
+  spare?: number;
   /** A member's QEMU runs (it waits in its NBD handshake): a `service` event says so. */
   onReady?: (member: { supervisorPid?: number; qemuPid: number; shape: MachineShape }) => void;
+  /** The spare has loaded its modules and waits for an input. */
+  onSpareReady?: (spare: { supervisorPid?: number }) => void;
 }
 
-interface Member { sup: WaitingSupervisor; key: string; shape: MachineShape; startedAt: number; taken: boolean; qemuPid?: number }
+/** A member (with a shape: its QEMU) or the spare (no shape, no QEMU). */
+interface Member { sup: WaitingSupervisor; key: string; shape?: MachineShape; startedAt: number; taken: boolean; ready: boolean; qemuPid?: number }
+
+/** The spare's key in `failing` (no shape's key is this: shapeKey is a JSON object). */
+const SPARE_KEY = 'spare';
 
 /** Resident memory of a process, in MiB (0 when it is gone). */
 function rssMiB(pid: number | undefined): number {
@@ -35,12 +50,17 @@ function rssMiB(pid: number | undefined): number {
 
 /** What one member holds, before it was measured. */
 const MEMBER_ESTIMATE_MIB = 160;
+/** What the spare (a Node process with its modules loaded) holds, before it was measured. */
+const SPARE_ESTIMATE_MIB = 64;
+
+const gone = (sup: WaitingSupervisor) => sup.child.exitCode !== null || sup.child.signalCode !== null;
 
 export class WarmPool {
   private readonly members = new Set<Member>();
   /** Shapes in use, most recent first. */
   private wanted: Array<{ key: string; shape: MachineShape }> = [];
   private readonly failing = new Map<string, number>();
+  private spareMember: Member | undefined;
   private closed = false;
 
   constructor(private readonly opts: PoolOptions) {}
@@ -51,7 +71,7 @@ export class WarmPool {
   take(shape: MachineShape): WaitingSupervisor | undefined {
     const key = shapeKey(shape);
     for (const m of this.members) {
-      if (m.key !== key || m.taken || m.sup.child.exitCode !== null || m.sup.child.signalCode !== null) continue;
+      if (m.key !== key || m.taken || gone(m.sup)) continue;
       m.taken = true;
       this.members.delete(m);
       return m.sup;
@@ -59,68 +79,120 @@ export class WarmPool {
     return undefined;
   }
 
-  /** `shape` is in use: keep a member of it (the least recently used shape gives way), started now. */
-  use(shape: MachineShape): void {
-    if (this.opts.size <= 0 || this.closed) return;
-    const key = shapeKey(shape);
-    this.wanted = [{ key, shape }, ...this.wanted.filter((w) => w.key !== key)].slice(0, this.opts.size);
+  /** The spare supervisor (no QEMU), taken out of the pool; undefined when there is none alive. */
+  takeSpare(): WaitingSupervisor | undefined {
+    const m = this.spareMember;
+    if (!m || m.taken || gone(m.sup)) return undefined;
+    m.taken = true;
+    this.spareMember = undefined;
+    return m.sup;
+  }
+
+  /**
+   * After a start: `shape` (if any) is in use: keep a member of it (the least recently used shape
+   * gives way); and keep the spare. Whatever is missing is started now.
+   */
+  use(shape?: MachineShape): void {
+    if (this.closed) return;
+    if (shape && this.opts.size > 0) {
+      const key = shapeKey(shape);
+      this.wanted = [{ key, shape }, ...this.wanted.filter((w) => w.key !== key)].slice(0, this.opts.size);
+    }
     this.refill();
   }
 
-  /** Members and what they hold (`GET /v1/host`). */
-  status(): { size: number; memoryMiB: number; members: Array<{ shape: MachineShape; supervisorPid?: number; qemuPid?: number; residentMiB: number }> } {
+  /** Members, the spare and what they hold (`GET /v1/host`). */
+  status(): {
+    size: number; memoryMiB: number;
+    members: Array<{ shape: MachineShape; supervisorPid?: number; qemuPid?: number; residentMiB: number }>;
+    spare: { size: number; supervisorPid?: number; ready?: boolean; residentMiB?: number };
+  } {
+    const s = this.spareMember;
     return {
       size: this.opts.size, memoryMiB: this.opts.memoryMiB,
-      members: [...this.members].map((m) => ({ shape: m.shape, supervisorPid: m.sup.child.pid, ...(m.qemuPid ? { qemuPid: m.qemuPid } : {}), residentMiB: Math.round(this.memberMiB(m)) })),
+      members: [...this.members].map((m) => ({ shape: m.shape!, supervisorPid: m.sup.child.pid, ...(m.qemuPid ? { qemuPid: m.qemuPid } : {}), residentMiB: Math.round(this.memberMiB(m)) })),
+      spare: { size: this.spareSize, ...(s ? { supervisorPid: s.sup.child.pid, ready: s.ready, residentMiB: Math.round(this.memberMiB(s)) } : {}) },
     };
   }
 
-  /** Every member ends (empty input: it discards its QEMU and exits). */
-  close(): void {
+  /**
+   * Every member and the spare end (empty input: a member discards its QEMU and exits); resolves
+   * once they have exited (at most `waitMs`), so nothing of the pool outlives the service's exit.
+   */
+  close(waitMs = 5000): Promise<void> {
     this.closed = true;
-    for (const m of this.members) this.release(m);
+    const all = this.spareMember ? [...this.members, this.spareMember] : [...this.members];
     this.members.clear();
+    this.spareMember = undefined;
+    const exited = all.map((m) => new Promise<void>((resolve) => {
+      if (gone(m.sup)) { resolve(); return; }
+      m.sup.child.once('exit', () => resolve());
+      this.release(m);
+    }));
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([Promise.all(exited).then(() => undefined), new Promise<void>((r) => { timer = setTimeout(r, waitMs); })]).finally(() => clearTimeout(timer));
   }
+
+  private get spareSize(): number { return Math.min(1, this.opts.spare ?? 1); }
 
   private memberMiB(m: Member): number {
     const measured = rssMiB(m.sup.child.pid) + rssMiB(m.qemuPid);
-    return measured > 0 ? measured : MEMBER_ESTIMATE_MIB;
+    return measured > 0 ? measured : m.shape ? MEMBER_ESTIMATE_MIB : SPARE_ESTIMATE_MIB;
+  }
+
+  /** Room under the memory cap for one more process holding `estimate` MiB (else logged). */
+  private room(what: string, estimate: number): boolean {
+    const all = this.spareMember ? [...this.members, this.spareMember] : [...this.members];
+    const held = all.reduce((sum, m) => sum + this.memberMiB(m), 0);
+    if (held + estimate <= this.opts.memoryMiB) return true;
+    this.opts.log(`pool: not starting ${what}: ${Math.round(held)} MiB held, cap ${this.opts.memoryMiB} MiB`);
+    return false;
   }
 
   private refill(): void {
+    if (this.closed) return;
     const wantedKeys = new Set(this.wanted.map((w) => w.key));
     for (const m of this.members) if (!wantedKeys.has(m.key)) { this.members.delete(m); this.release(m); }
     for (const w of this.wanted) {
       if ([...this.members].some((m) => m.key === w.key)) continue;
       if ((this.failing.get(w.key) ?? 0) > Date.now()) continue;
-      const held = [...this.members].reduce((sum, m) => sum + this.memberMiB(m), 0);
-      if (held + MEMBER_ESTIMATE_MIB > this.opts.memoryMiB) { this.opts.log(`pool: not starting a member: ${Math.round(held)} MiB held, cap ${this.opts.memoryMiB} MiB`); continue; }
-      this.spawn(w.key, w.shape);
+      if (this.room('a member', MEMBER_ESTIMATE_MIB)) this.spawn(w.key, w.shape);
+    }
+    if (this.spareSize > 0 && !this.spareMember && (this.failing.get(SPARE_KEY) ?? 0) <= Date.now() && this.room('the spare', SPARE_ESTIMATE_MIB)) {
+      this.spareMember = this.spawn(SPARE_KEY, undefined);
     }
   }
 
-  private spawn(key: string, shape: MachineShape): void {
+  /** Start a member of `shape`, or with none the spare (a supervisor without QEMU). */
+  private spawn(key: string, shape: MachineShape | undefined): Member | undefined {
     let sup: WaitingSupervisor;
+    const what = shape ? 'a member' : 'the spare';
     // Its log waits in the pool's folder (the VM's run folder gets it when a start takes it).
-    try { sup = spawnSupervisor(this.opts.root, {}, join(this.opts.root, '.pool')); } catch (e) { this.opts.log(`pool: cannot start a member: ${(e as Error).message}`); return; }
-    const m: Member = { sup, key, shape, startedAt: Date.now(), taken: false };
-    this.members.add(m);
-    sup.child.stdin!.write(`${JSON.stringify({ pool: { root: this.opts.root, shape } })}\n`);
+    try { sup = spawnSupervisor(this.opts.root, {}, join(this.opts.root, '.pool')); } catch (e) { this.opts.log(`pool: cannot start ${what}: ${(e as Error).message}`); return undefined; }
+    const m: Member = { sup, key, shape, startedAt: Date.now(), taken: false, ready: false };
+    if (shape) this.members.add(m);
+    // src/host/supervisor-main.ts: with a shape it starts QEMU; without one it only loads what a start needs.
+    sup.child.stdin!.write(`${JSON.stringify({ pool: { root: this.opts.root, ...(shape ? { shape } : {}) } })}\n`);
     void sup.pooled.then((p) => {
       if (!p) return;
+      m.ready = true;
       m.qemuPid = p.qemuPid;
-      if (!m.taken) this.opts.onReady?.({ supervisorPid: sup.child.pid, qemuPid: p.qemuPid, shape });
+      if (m.taken) return;
+      if (shape && p.qemuPid) this.opts.onReady?.({ supervisorPid: sup.child.pid, qemuPid: p.qemuPid, shape });
+      else if (!shape) this.opts.onSpareReady?.({ supervisorPid: sup.child.pid });
     });
     sup.child.once('exit', (code, signal) => {
       if (m.taken) return; // a start has it: its answer says how it went
       this.members.delete(m);
+      if (this.spareMember === m) this.spareMember = undefined;
       if (this.closed) return;
-      this.opts.log(`pool: a member exited before it was taken (code ${code}, signal ${signal})`);
+      this.opts.log(`pool: ${what} exited before it was taken (code ${code}, signal ${signal})`);
       // Dying young again and again (QEMU cannot start this shape): leave the shape alone a while.
       if (Date.now() - m.startedAt < 10_000) this.failing.set(key, Date.now() + 60_000);
       setTimeout(() => this.refill(), 1000).unref();
     });
     sup.child.unref();
+    return m;
   }
 
   private release(m: Member): void {

@@ -10,7 +10,8 @@
  *   no child inherits them.
  * - VMs are not its children: each runs under its own supervisor (src/host/supervisor-main.ts), so
  *   a service that dies (even SIGKILL) loses none; the next one reads the run folders
- *   (./tracker.ts) and goes on. Pool members (./pool.ts) end with it (their stdin closes).
+ *   (./tracker.ts) and goes on. Pool members and the spare (./pool.ts) end with it (their stdin
+ *   closes); a service that stops waits for them to exit (at most 5 s).
  * - It exits after `idleMs` with no VM running, no request in progress and no event stream open,
  *   and when its socket file is removed or replaced (its run root deleted).
  */
@@ -41,7 +42,9 @@ export interface ServiceOptions {
   root?: string;
   /** Warm pool members (default 1; 0: none). */
   pool?: number;
-  /** Memory the pool's members may hold together, MiB (default a quarter of the host's RAM, at most 2048). */
+  /** Spare supervisors without QEMU for starts no member fits (./pool.ts; default 1, 0: none). */
+  spare?: number;
+  /** Memory the pool's members and spare may hold together, MiB (default a quarter of the host's RAM, at most 2048). */
   poolMemoryMiB?: number;
   /** Exit after this long with nothing to do (default 5 minutes). */
   idleMs?: number;
@@ -84,8 +87,9 @@ export async function runService(o: ServiceOptions = {}): Promise<RunningService
   const keys = new KeyCache();
   const poolSize = o.pool ?? 1;
   const pool = new WarmPool({
-    root, size: poolSize, memoryMiB: o.poolMemoryMiB ?? Math.min(2048, Math.floor(totalmem() / 1048576 / 4)), log,
+    root, size: poolSize, spare: o.spare ?? 1, memoryMiB: o.poolMemoryMiB ?? Math.min(2048, Math.floor(totalmem() / 1048576 / 4)), log,
     onReady: (m) => events.emit('service', { what: 'pool', supervisorPid: m.supervisorPid, qemuPid: m.qemuPid, memoryMiB: m.shape.memoryMiB, incoming: m.shape.incoming }),
+    onSpareReady: (m) => events.emit('service', { what: 'spare', supervisorPid: m.supervisorPid }),
   });
   const vms = new VmOps({ root, pool, keys, tracker, events, log });
   const startedAt = new Date().toISOString();
@@ -121,7 +125,8 @@ export async function runService(o: ServiceOptions = {}): Promise<RunningService
   }
   tracker.start();
   events.emit('service', { what: 'started', pid: process.pid, pool: poolSize });
-  log(`listening on ${socketPath}${activated ? ' (socket activation)' : ''}, pool ${poolSize}, idle exit after ${Math.round(idleMs / 1000)} s`);
+  pool.use(); // the spare, ready for the first start
+  log(`listening on ${socketPath}${activated ? ' (socket activation)' : ''}, pool ${poolSize}, spare ${pool.status().spare.size}, idle exit after ${Math.round(idleMs / 1000)} s`);
 
   const timer = setInterval(() => {
     if (socketIno !== undefined) {
@@ -145,9 +150,9 @@ export async function runService(o: ServiceOptions = {}): Promise<RunningService
       http.server.close();
       events.closeAll();
       http.closeAll();
-      pool.close();
+      const poolClosed = pool.close();
       tracker.stop();
-      void keys.close().finally(() => {
+      void Promise.all([keys.close(), poolClosed]).finally(() => {
         if (socketIno !== undefined) {
           try { if (fs.lstatSync(socketPath).ino === socketIno) fs.rmSync(socketPath, { force: true }); } catch { /* gone */ }
         }

@@ -199,8 +199,8 @@ export class VmOps {
     await this.lockFree(name, (pids) => this.d.log(`VM ${name}: waiting for the supervisor of its last run${pids ? ` (pid ${pids})` : ''} to free its run folder`));
   }
 
-  /** The pool keeps a member of `shape`, started once the answer in progress has gone (a spawn costs milliseconds). */
-  private usePoolLater(shape: MachineShape): void {
+  /** The pool keeps a member of `shape` (if any) and its spare, started once the answer in progress has gone (a spawn costs milliseconds). */
+  private usePoolLater(shape?: MachineShape): void {
     setImmediate(() => this.d.pool.use(shape));
   }
 
@@ -249,20 +249,21 @@ export class VmOps {
     // A window needs the caller's X display (the service's environment has none of its own).
     const supervisor = config.display === 'window'
       ? spawnSupervisor(this.d.root, { DISPLAY: x11?.display, XAUTHORITY: x11?.xauthority })
-      : shape ? this.d.pool.take(shape) : undefined;
+      : (shape ? this.d.pool.take(shape) : undefined) ?? this.d.pool.takeSpare();
     let state: VmState;
     try {
       await this.previousRunEnded(config.name);
       state = await startVm(config, { root: this.d.root, kek, supervisor });
     } catch (e) {
       this.d.events.emit('error', { vm: config.name, code: (e as MedvError).code ?? 'EINTERNAL', message: (e as Error).message.split('\n')[0] });
+      this.usePoolLater(); // the spare or member it took comes back, as after a start that worked
       throw e;
     } finally {
       if (!given) await this.d.keys.release(kek);
       this.d.tracker.refresh(config.name);
     }
-    // The shape in use gets its pool member back (after the start, not competing with it).
-    if (shape) this.usePoolLater(resumeMiB === undefined ? shape : machineShape(config, { ...shape, incoming: false, memoryMiB: config.memoryMiB }));
+    // The shape in use gets its pool member back, and the pool its spare (after the start, not competing with it).
+    this.usePoolLater(!shape ? undefined : resumeMiB === undefined ? shape : machineShape(config, { ...shape, incoming: false, memoryMiB: config.memoryMiB }));
     return state;
   }
 }

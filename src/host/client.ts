@@ -50,13 +50,21 @@ export { readStartAnswer, MAX_START_ANSWER, type StartAnswer } from './prespawn.
  */
 export async function startVm(config: VmConfig, options: HostOptions & { kek?: KekSource; supervisor?: WaitingSupervisor } = {}): Promise<VmState> {
   const root = options.root ?? runRoot();
-  checkVmName(config.name);
-  const dir = vmRunDir(config.name, root);
-  // A quick answer for the usual case; the supervisor's lock on the folder (./vmlock.ts) decides
-  // when two starts race, before either touches anything in it.
-  const current = readState(dir);
-  if (current && !isTerminal(effectiveState(current).state)) {
-    throw new MedvError('EBUSY', `VM ${config.name} is already ${current.state} (supervisor pid ${current.pid})`);
+  let dir: string;
+  try {
+    checkVmName(config.name);
+    dir = vmRunDir(config.name, root);
+    // A quick answer for the usual case; the supervisor's lock on the folder (./vmlock.ts) decides
+    // when two starts race, before either touches anything in it.
+    const current = readState(dir);
+    if (current && !isTerminal(effectiveState(current).state)) {
+      throw new MedvError('EBUSY', `VM ${config.name} is already ${current.state} (supervisor pid ${current.pid})`);
+    }
+  } catch (e) {
+    // A supervisor given (the service's spare or pool member) that gets no input ends now, as the
+    // pool ends one it releases (empty input); else it would wait for one as long as the service runs.
+    options.supervisor?.child.stdin!.end();
+    throw e;
   }
   // Usually started already, while this command was parsing (./prespawn.ts), or by the pool.
   const ahead = options.supervisor ?? takePrespawned(root);

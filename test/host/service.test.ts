@@ -207,6 +207,27 @@ describe('host service: the spare supervisor (pool 0, real CLI, real QEMU)', fun
     assert.equal(JSON.parse(runMedv(['vm', 'stop', 'k', '--json'], env).stdout).exitReason, 'poweroff');
   });
 
+  it('a start refused before its supervisor got an input (the VM runs already) leaves no supervisor behind: the spare it took ends, one spare follows', async () => {
+    service = await startHost(env, ['--pool', '0', '--idle', '1m']);
+    const api = checkedApi(join(env.MEDV_RUN_DIR, 'host.sock'));
+    await readySpare(api, 0);
+    const img = freshGuestImage(dir.path, 'b.img');
+    let cursor = (await api.json('GET', '/v1/host')).cursor;
+    const b = await api.json('POST', '/v1/vms', { source: img, name: 'b', memoryMiB: 32 }, 201);
+    let spare = await readySpare(api, cursor);
+    const taken: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      cursor = (await api.json('GET', '/v1/host')).cursor;
+      taken.push(spare.supervisorPid);
+      assert.equal((await api.json('POST', '/v1/vms', { source: img, name: 'b', memoryMiB: 32 }, 503)).error.code, 'EBUSY');
+      spare = await readySpare(api, cursor);
+    }
+    // Each spare taken by a refused start ends (bounded wait: a leaked one waits for an input forever).
+    const ended = await Promise.race([Promise.all(taken.map(waitForPidExit)).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 30_000))]);
+    assert.ok(ended, `supervisors left waiting by refused starts: ${taken.filter(alive).join(', ')}`);
+    assert.deepEqual(runRootProcesses(env.MEDV_RUN_DIR).sort(), [service.pid!, b.pid, spare.supervisorPid].sort(), 'the service, the VM\'s supervisor and one spare');
+  });
+
   it('a supervisor started ahead and killed before its input: startVm starts the VM with a new one', async () => {
     const run = env.MEDV_RUN_DIR;
     const ahead = spawnSupervisor(run);

@@ -76,7 +76,7 @@ export async function startVm(config: VmConfig, options: HostOptions & { kek?: K
   // its own dies with it, and the kernel dropped its locks), so a new supervisor starts the VM,
   // with no error for the user.
   if (!answer.ok && (answer.exit?.code === POOLED_QEMU_GONE || (ahead && answer.exit?.signal && !wroteState(dir, supervisor)))) {
-    supervisor = spawnSupervisor(root);
+    supervisor = spawnSupervisor(root, supervisor.extraEnv);
     answer = await runSupervisor(supervisor, { config, runRoot: root, kek: options.kek, logFile: supervisor.log }, dir);
   }
   if (!answer.ok || !answer.state) {

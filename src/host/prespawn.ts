@@ -55,6 +55,8 @@ export interface WaitingSupervisor {
   child: ChildProcess;
   root: string;
   log: string;
+  /** What it got on top of our (scrubbed) environment: a replacement gets the same (a window's X display). */
+  extraEnv: Record<string, string | undefined>;
   /** Its answer on fd 3, or (`exit`) how it ended without one. */
   answer: Promise<SupervisorAnswer>;
   /**
@@ -90,7 +92,7 @@ export function spawnSupervisor(root: string, extraEnv: Record<string, string | 
         resolve({ ok: false, exit: { code, signal }, error: { code: 'EHYPERVISOR', message: `the supervisor exited (code ${code}, signal ${signal}) before the VM ran` } });
       });
     });
-    return { child, root, log, answer, pooled };
+    return { child, root, log, extraEnv, answer, pooled };
   } finally {
     fs.closeSync(fd);
   }

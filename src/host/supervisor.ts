@@ -75,6 +75,8 @@ export class Supervisor {
 
   /** A pooled QEMU this supervisor was started with (./pooled.ts), until start() takes or discards it. */
   private adopted: PooledQemu | undefined;
+  /** Its end recorded and the run folder let go (cleanup): state.json is no longer this run's to write. */
+  private ended = false;
   /** The pooled QEMU taken, until its sockets moved into the run folder. */
   private pooled: PooledQemu | undefined;
 
@@ -191,7 +193,7 @@ export class Supervisor {
         testUndo: this.state.testUndo,
         onTestUndo: (records) => {
           this.state = { ...this.state, testUndo: records.length ? records : undefined };
-          writeState(this.dir, this.state);
+          this.record(this.state);
         },
       });
       this.disks = disks;
@@ -246,7 +248,7 @@ export class Supervisor {
       this.trace('saved state removed');
     }
     this.state = { ...this.state, state: 'running', memoryMiB: this.memoryMiB ?? c.memoryMiB, disks: this.disks.list.map((d) => d.state), cdDrives: await this.cdDrives(), resumed: Boolean(saved) };
-    writeState(this.dir, this.state);
+    this.record(this.state);
     this.trace('running');
     return this.state;
   }
@@ -377,7 +379,7 @@ export class Supervisor {
           await again.connect();
           if (this.input.config.display === 'vnc-tcp') await this.setVncPassword(again);
           this.watch(again, 'tcg');
-          writeState(this.dir, { ...this.state, state: 'running' });
+          this.record({ ...this.state, state: 'running' });
         } catch (e2) {
           void this.stop({ reason: `restart under TCG failed: ${(e2 as Error).message}` });
         }
@@ -406,14 +408,14 @@ export class Supervisor {
       // state.json says so while QEMU stops the guest (its fsync costs as long as the stop).
       await migrateToSavedState(vm, writer, join(this.dir, 'migrate.sock'), (w) => this.trace(w), () => {
         this.state = { ...this.state, state: 'suspending' };
-        writeState(this.dir, this.state);
+        this.record(this.state);
       });
     } catch (e) {
       writer.abort();
       this.suspending = false;
       await vm.execute('cont').catch(() => undefined);
       this.state = { ...this.state, state: 'running' };
-      writeState(this.dir, this.state);
+      this.record(this.state);
       throw e;
     }
     this.stopping = (async () => {
@@ -504,7 +506,7 @@ export class Supervisor {
     const vm = this.requireVm();
     await vm.execute(paused ? 'stop' : 'cont');
     this.state = { ...this.state, state: paused ? 'paused' : 'running' };
-    writeState(this.dir, this.state);
+    this.record(this.state);
     return this.state;
   }
 
@@ -519,7 +521,7 @@ export class Supervisor {
       let reason = opts.reason;
       if (vm && vm.exitStatus === undefined) {
         this.state = { ...this.state, state: 'stopping' };
-        writeState(this.dir, this.state);
+        this.record(this.state);
         let forced = opts.force === true;
         if (!forced) {
           try {
@@ -547,6 +549,16 @@ export class Supervisor {
     await this.control.drain();
   }
 
+  /**
+   * state.json, while this run holds the run folder: nothing once cleanup recorded its end and let
+   * the folder's lock go (a late write — e.g. the KVM-to-TCG restart's `running`, racing a stop —
+   * would otherwise land in the state of the next run of this name).
+   */
+  private record(state: VmState): void {
+    if (this.ended) return;
+    writeState(this.dir, state);
+  }
+
   private async cleanup(reason: string, final: 'stopped' | 'failed' | 'suspended', afterClose?: () => Promise<void>): Promise<void> {
     if (this.vm) await this.vm.kill().catch(() => undefined);
     this.net?.close();
@@ -561,7 +573,8 @@ export class Supervisor {
       ...this.state, state: final, stoppedAt: new Date().toISOString(),
       exitReason: errors.length ? `${reason}; cleanup: ${errors.join('; ')}` : reason,
     };
-    writeState(this.dir, this.state);
+    this.record(this.state);
+    this.ended = true;
     this.vsv?.close();
     // Nothing of this run is left open (QEMU gone, disks closed, the saved state published) and
     // its end is recorded: the folder is free for the next start.

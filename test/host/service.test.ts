@@ -239,6 +239,18 @@ describe('host service: the spare supervisor (pool 0, real CLI, real QEMU)', fun
     await waitForFileText(join(run, 'a', 'serial.log'), GUEST.serial.ready, 60_000);
     assert.equal((await stopVm('a', { root: run, force: true })).state, 'stopped');
   });
+
+  it('the replacement of a killed supervisor gets what it was started with on top of the environment (a window\'s X display)', async () => {
+    const run = env.MEDV_RUN_DIR;
+    const ahead = spawnSupervisor(run, { DISPLAY: ':medv-test-display' });
+    process.kill(ahead.child.pid!, 'SIGKILL');
+    await ahead.answer;
+    const state = await startVm(await vmConfigFromSource(freshGuestImage(dir.path, 'w.img'), { name: 'w', memoryMiB: 32 }), { root: run, supervisor: ahead });
+    assert.notEqual(state.pid, ahead.child.pid);
+    const environ = readFileSync(`/proc/${state.pid}/environ`, 'latin1').split('\0');
+    assert.ok(environ.includes('DISPLAY=:medv-test-display'), 'the new supervisor has the X display the killed one was given');
+    assert.equal((await stopVm('w', { root: run, force: true })).state, 'stopped');
+  });
 });
 
 describe('host service: hostile peers and bounds (real service)', function () {

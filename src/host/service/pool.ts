@@ -155,10 +155,10 @@ export class WarmPool {
     for (const m of this.members) if (!wantedKeys.has(m.key)) { this.members.delete(m); this.release(m); }
     for (const w of this.wanted) {
       if ([...this.members].some((m) => m.key === w.key)) continue;
-      if ((this.failing.get(w.key) ?? 0) > Date.now()) continue;
+      if ((this.failing.get(w.key) ?? 0) > performance.now()) continue;
       if (this.room('a member', MEMBER_ESTIMATE_MIB)) this.spawn(w.key, w.shape);
     }
-    if (this.spareSize > 0 && !this.spareMember && (this.failing.get(SPARE_KEY) ?? 0) <= Date.now() && this.room('the spare', SPARE_ESTIMATE_MIB)) {
+    if (this.spareSize > 0 && !this.spareMember && (this.failing.get(SPARE_KEY) ?? 0) <= performance.now() && this.room('the spare', SPARE_ESTIMATE_MIB)) {
       this.spareMember = this.spawn(SPARE_KEY, undefined);
     }
   }
@@ -169,7 +169,7 @@ export class WarmPool {
     const what = shape ? 'a member' : 'the spare';
     // Its log waits in the pool's folder (the VM's run folder gets it when a start takes it).
     try { sup = spawnSupervisor(this.opts.root, {}, join(this.opts.root, '.pool')); } catch (e) { this.opts.log(`pool: cannot start ${what}: ${(e as Error).message}`); return undefined; }
-    const m: Member = { sup, key, shape, startedAt: Date.now(), taken: false, ready: false };
+    const m: Member = { sup, key, shape, startedAt: performance.now(), taken: false, ready: false };
     if (shape) this.members.add(m);
     // src/host/supervisor-main.ts: with a shape it starts QEMU; without one it only loads what a start needs.
     sup.child.stdin!.write(`${JSON.stringify({ pool: { root: this.opts.root, ...(shape ? { shape } : {}) } })}\n`);
@@ -188,7 +188,7 @@ export class WarmPool {
       if (this.closed) return;
       this.opts.log(`pool: ${what} exited before it was taken (code ${code}, signal ${signal})`);
       // Dying young again and again (QEMU cannot start this shape): leave the shape alone a while.
-      if (Date.now() - m.startedAt < 10_000) this.failing.set(key, Date.now() + 60_000);
+      if (performance.now() - m.startedAt < 10_000) this.failing.set(key, performance.now() + 60_000);
       setTimeout(() => this.refill(), 1000).unref();
     });
     sup.child.unref();

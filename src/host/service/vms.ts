@@ -173,7 +173,7 @@ export class VmOps {
    */
   private async lockFree(name: string, onBusy?: (holders: string) => void): Promise<void> {
     const dir = join(this.d.root, this.name(name));
-    for (const until = Date.now() + 10_000; Date.now() < until;) {
+    for (const until = performance.now() + 10_000; performance.now() < until;) {
       try {
         fs.closeSync(lockRunDir(dir, name));
         return;

@@ -18,6 +18,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
+import { MedvError } from '../core/errors.js';
 import { ensurePrivateDir } from '../core/fsio.js';
 import { QemuProcess } from '../hypervisor/qemu.js';
 import { bindNbd, type NbdListener } from '../nbd/server.js';
@@ -37,9 +38,18 @@ export interface PooledQemu {
   removeDir(): void;
 }
 
+/**
+ * `<root>/.pool`, made if missing. The run root itself must exist (its service made it): a pool
+ * process that outlives its service and run root (removed meanwhile) does not bring them back.
+ */
+export function poolDir(root: string): string {
+  if (!fs.existsSync(root)) throw new MedvError('ENOENT', `the run root ${root} is gone`, { file: root });
+  return ensurePrivateDir(join(ensurePrivateDir(root), '.pool'));
+}
+
 /** Start QEMU for `shape` with its sockets in a new folder under `<root>/.pool/`. */
 export async function preparePooled(root: string, shape: MachineShape): Promise<PooledQemu> {
-  const base = ensurePrivateDir(join(ensurePrivateDir(root, true), '.pool'));
+  const base = poolDir(root);
   const dir = fs.mkdtempSync(join(base, 'q-')); // 0700
   const listeners: NbdListener[] = [];
   const removeDir = () => fs.rmSync(dir, { recursive: true, force: true });

@@ -19,11 +19,11 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { MedvError } from '../core/errors.js';
-import { ensurePrivateDir, renameSync } from '../core/fsio.js';
+import { renameSync } from '../core/fsio.js';
 import { secureAlloc } from '../crypto/secure.js';
 import { bindNbd } from '../nbd/server.js';
 import { decodeInput, MAX_INPUT } from './input.js';
-import { POOLED_QEMU_GONE, preparePooled, type PooledQemu } from './pooled.js';
+import { POOLED_QEMU_GONE, poolDir, preparePooled, type PooledQemu } from './pooled.js';
 import { vmRunDir } from './rundir.js';
 import { lockRunDir } from './vmlock.js';
 import { Supervisor, type SupervisorInput } from './supervisor.js';
@@ -116,7 +116,7 @@ async function preparePool(pool: { root: string; shape?: MachineShape }): Promis
  * the first bind and spawn of a process took 5-9 ms each, later ones 1-3).
  */
 async function warmUp(root: string): Promise<void> {
-  const dir = fs.mkdtempSync(join(ensurePrivateDir(join(ensurePrivateDir(root, true), '.pool')), 'w-'));
+  const dir = fs.mkdtempSync(join(poolDir(root), 'w-'));
   try {
     await (await bindNbd(join(dir, 'disk.sock'))).close();
     await new Promise<void>((resolve) => {

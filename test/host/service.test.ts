@@ -234,10 +234,14 @@ describe('host service: the spare supervisor (pool 0, real CLI, real QEMU)', fun
     process.kill(ahead.child.pid!, 'SIGKILL');
     await ahead.answer; // dead for sure: the start writes its input to a supervisor that is gone
     const state = await startVm(await vmConfigFromSource(freshGuestImage(dir.path, 'a.img'), { name: 'a', memoryMiB: 32 }), { root: run, supervisor: ahead });
-    assert.equal(state.state, 'running');
-    assert.notEqual(state.pid, ahead.child.pid);
-    await waitForFileText(join(run, 'a', 'serial.log'), GUEST.serial.ready, 60_000);
-    assert.equal((await stopVm('a', { root: run, force: true })).state, 'stopped');
+    try {
+      assert.equal(state.state, 'running');
+      assert.notEqual(state.pid, ahead.child.pid);
+      await waitForFileText(join(run, 'a', 'serial.log'), GUEST.serial.ready, 60_000);
+    } finally {
+      // Stopped also when an assertion failed: a VM started by the library outlives the service.
+      assert.equal((await stopVm('a', { root: run, force: true })).state, 'stopped');
+    }
   });
 
   it('the replacement of a killed supervisor gets what it was started with on top of the environment (a window\'s X display)', async () => {
@@ -246,10 +250,13 @@ describe('host service: the spare supervisor (pool 0, real CLI, real QEMU)', fun
     process.kill(ahead.child.pid!, 'SIGKILL');
     await ahead.answer;
     const state = await startVm(await vmConfigFromSource(freshGuestImage(dir.path, 'w.img'), { name: 'w', memoryMiB: 32 }), { root: run, supervisor: ahead });
-    assert.notEqual(state.pid, ahead.child.pid);
-    const environ = readFileSync(`/proc/${state.pid}/environ`, 'latin1').split('\0');
-    assert.ok(environ.includes('DISPLAY=:medv-test-display'), 'the new supervisor has the X display the killed one was given');
-    assert.equal((await stopVm('w', { root: run, force: true })).state, 'stopped');
+    try {
+      assert.notEqual(state.pid, ahead.child.pid);
+      const environ = readFileSync(`/proc/${state.pid}/environ`, 'latin1').split('\0');
+      assert.ok(environ.includes('DISPLAY=:medv-test-display'), 'the new supervisor has the X display the killed one was given');
+    } finally {
+      assert.equal((await stopVm('w', { root: run, force: true })).state, 'stopped');
+    }
   });
 });
 

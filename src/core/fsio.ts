@@ -529,11 +529,11 @@ function openForRead(path: string, what: string, symlinkCode: ErrorCode): number
   }
 }
 
-/** Read up to `buf.length` bytes from offset 0. */
-function readAllSync(fd: number, buf: Buffer): number {
+/** Read up to `buf.length` bytes of `fd` from `position` on (short only at the end of the file); returns how many were read. */
+export function preadAllSync(fd: number, buf: Buffer, position = 0): number {
   let done = 0;
   while (done < buf.length) {
-    const n = fs.readSync(fd, buf, done, buf.length - done, done);
+    const n = fs.readSync(fd, buf, done, buf.length - done, position + done);
     if (n === 0) break;
     done += n;
   }
@@ -557,7 +557,7 @@ export function readBoundedSync(path: string, max: number, what = 'file'): Buffe
     if (!st.isFile()) throw new MedvError('EUNSAFE', `${what} is not a regular file`, { file: path });
     if (st.size > max) throw new MedvError('ETOOLARGE', `${what} is ${st.size} bytes, more than the ${max} allowed`, { file: path });
     const buf = Buffer.alloc(Math.min(st.size, max) + 1);
-    const done = readAllSync(fd, buf);
+    const done = preadAllSync(fd, buf);
     if (done > max) throw new MedvError('ETOOLARGE', `${what} grew past the ${max} bytes allowed`, { file: path });
     return buf.subarray(0, done);
   } catch (e) {
@@ -609,12 +609,12 @@ export function readSecretSync(path: string, opts: SecretReadOptions): Buffer {
     if (opts.size !== undefined) {
       const buf = opts.into ?? Buffer.alloc(opts.size);
       if (buf.length !== opts.size) throw new MedvError('EINTERNAL', `${what}: buffer of ${buf.length} bytes for ${opts.size}`);
-      const n = readAllSync(fd, buf);
+      const n = preadAllSync(fd, buf);
       if (n !== opts.size) throw new MedvError('ETRUNCATED', `${what} shrank while being read`, { file: path, offset: n });
       return buf;
     }
     const buf = Buffer.alloc(st.size);
-    const n = readAllSync(fd, buf);
+    const n = preadAllSync(fd, buf);
     return buf.subarray(0, n);
   } catch (e) {
     throw fromSystemError(e, path);

@@ -21,7 +21,7 @@
 import * as fs from 'node:fs';
 import { basename, dirname, extname, join, posix, resolve } from 'node:path';
 import { MedvError } from '../core/errors.js';
-import { blockDeviceSize, nameExists, openDirBeneath, openFileIn, openNamed, type PinnedFile } from '../core/fsio.js';
+import { blockDeviceSize, nameExists, openDirBeneath, openFileIn, openNamed, preadAllSync, type PinnedFile } from '../core/fsio.js';
 import { effectiveSettings, parseImageState, type ImageState } from '../formats/imagestate/index.js';
 import { parseVmc, resolvePathRef, MAX_XML_BYTES, type WindowsPathRef } from '../formats/vmc/index.js';
 import { defaultUndoPath, type VmConfig, type VmDiskConfig } from './config.js';
@@ -52,8 +52,7 @@ function readPinned(f: PinnedFile): Buffer {
   try {
     if (f.stat.size > MAX_XML_BYTES) throw new MedvError('EFORMAT', `${f.path} is larger than ${MAX_XML_BYTES} bytes`, { file: f.path });
     const buf = Buffer.alloc(MAX_XML_BYTES + 1);
-    let n = 0;
-    for (let r; n < buf.length && (r = fs.readSync(f.fd, buf, n, buf.length - n, n)) > 0;) n += r;
+    const n = preadAllSync(f.fd, buf);
     if (n > MAX_XML_BYTES) throw new MedvError('EFORMAT', `${f.path} grew past ${MAX_XML_BYTES} bytes`, { file: f.path });
     return buf.subarray(0, n);
   } finally {

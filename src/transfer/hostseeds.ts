@@ -21,7 +21,7 @@
  */
 import * as fs from 'node:fs';
 import { MedvError } from '../core/errors.js';
-import { openDirBeneath, openFileIn, type PinnedDir, type PinnedFile } from '../core/fsio.js';
+import { openDirBeneath, openFileIn, preadAllSync, type PinnedDir, type PinnedFile } from '../core/fsio.js';
 import { CKM_BLOCK_SIZE } from '../formats/ckm/index.js';
 import { hashBlocks, type SeedReport } from './seeds.js';
 import { type SeedIds, keyTag, pruneSeedCache, readSeedCache, stampOf, writeSeedCache } from './seedcache.js';
@@ -48,14 +48,9 @@ export interface HostFile { parts: string[]; name: string; dev: bigint; ino: big
 /** Files kept open at once while their blocks are read. */
 const OPEN_FILES = 32;
 
-function preadFull(fd: number, buf: Buffer, offset: number): void {
-  let done = 0;
-  while (done < buf.length) {
-    const n = fs.readSync(fd, buf, done, buf.length - done, offset + done);
-    if (n === 0) break;
-    done += n;
-  }
-  if (done < buf.length) buf.fill(0, done);
+/** `buf` from file offset `offset`, zero-padded past the end of the file. */
+function preadPadded(fd: number, buf: Buffer, offset: number): void {
+  buf.fill(0, preadAllSync(fd, buf, offset));
 }
 
 export class HostDataSeed {
@@ -130,7 +125,7 @@ export class HostDataSeed {
     let ids = cached ? readSeedCache(cacheDir, stamp, tag) : undefined;
     if (ids) this.report.cachedFiles! += 1;
     else {
-      ids = await hashBlocks(size, async (buf, block) => preadFull(f.fd, buf, block * CKM_BLOCK_SIZE), key);
+      ids = await hashBlocks(size, async (buf, block) => preadPadded(f.fd, buf, block * CKM_BLOCK_SIZE), key);
       this.report.hashedFiles! += 1;
       // kept only when the file did not change while it was read (stat again through the descriptor)
       if (cached) writeSeedCache(cacheDir, f.proc, stamp, tag, ids);
@@ -145,7 +140,7 @@ export class HostDataSeed {
   async read(file: number, block: number): Promise<Buffer> {
     const f = this.pinned(file);
     const buf = Buffer.alloc(CKM_BLOCK_SIZE);
-    preadFull(f.fd, buf, block * CKM_BLOCK_SIZE);
+    preadPadded(f.fd, buf, block * CKM_BLOCK_SIZE);
     return buf;
   }
 

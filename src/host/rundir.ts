@@ -91,13 +91,15 @@ export function vmRunDir(name: string, root = runRoot()): string {
 
 /** Write state.json atomically (src/core/fsio.ts: temporary, fsync, rename, fsync of the folder). */
 export function writeState(dir: string, state: VmState): void {
-  writeFileAtomicSync(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
+  writeFileAtomicSync(join(dir, 'state.json'), stateText(state), { mode: 0o600 });
 }
 
 /** As writeState, with the writes and fsyncs on the thread pool. */
 export function writeStateAsync(dir: string, state: VmState): Promise<void> {
-  return writeFileAtomic(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
+  return writeFileAtomic(join(dir, 'state.json'), stateText(state), { mode: 0o600 });
 }
+
+const stateText = (state: VmState) => `${JSON.stringify(state, null, 2)}\n`;
 
 /** Read a VM's state.json; undefined when there is none. A damaged file is a typed error. */
 export function readState(dir: string): VmState | undefined {

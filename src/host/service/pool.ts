@@ -121,7 +121,7 @@ export class WarmPool {
    */
   close(waitMs = 5000): Promise<void> {
     this.closed = true;
-    const all = this.spareMember ? [...this.members, this.spareMember] : [...this.members];
+    const all = this.held();
     this.members.clear();
     this.spareMember = undefined;
     const exited = all.map((m) => new Promise<void>((resolve) => {
@@ -133,6 +133,11 @@ export class WarmPool {
     return Promise.race([Promise.all(exited).then(() => undefined), new Promise<void>((r) => { timer = setTimeout(r, waitMs); })]).finally(() => clearTimeout(timer));
   }
 
+  /** The members and the spare. */
+  private held(): Member[] {
+    return this.spareMember ? [...this.members, this.spareMember] : [...this.members];
+  }
+
   private get spareSize(): number { return Math.min(1, this.opts.spare ?? 1); }
 
   private memberMiB(m: Member): number {
@@ -142,8 +147,7 @@ export class WarmPool {
 
   /** Room under the memory cap for one more process holding `estimate` MiB (else logged). */
   private room(what: string, estimate: number): boolean {
-    const all = this.spareMember ? [...this.members, this.spareMember] : [...this.members];
-    const held = all.reduce((sum, m) => sum + this.memberMiB(m), 0);
+    const held = this.held().reduce((sum, m) => sum + this.memberMiB(m), 0);
     if (held + estimate <= this.opts.memoryMiB) return true;
     this.opts.log(`pool: not starting ${what}: ${Math.round(held)} MiB held, cap ${this.opts.memoryMiB} MiB`);
     return false;

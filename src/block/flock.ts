@@ -57,6 +57,29 @@ export function lockExclusive(file: string, what: string): number {
   return fd;
 }
 
+/**
+ * Until a lock someone else holds is free: `take` takes it (or throws EBUSY) and returns its
+ * release, which is called at once. The kernel tells no one when a flock goes, so this tries every
+ * `everyMs` for at most `forMs` (the monotonic clock). True once it was free, false when it was still
+ * held at the end; any error but EBUSY is thrown. `onBusy` is told the first EBUSY (its holders).
+ */
+export async function waitUntilFree(take: () => () => void, o: { everyMs: number; forMs: number; onBusy?: (busy: MedvError) => void }): Promise<boolean> {
+  const until = performance.now() + o.forMs;
+  let onBusy = o.onBusy;
+  for (;;) {
+    try {
+      take()();
+      return true;
+    } catch (e) {
+      if (!(e instanceof MedvError && e.code === 'EBUSY')) throw e;
+      onBusy?.(e);
+      onBusy = undefined;
+    }
+    if (performance.now() >= until) return false;
+    await new Promise((r) => setTimeout(r, o.everyMs));
+  }
+}
+
 /** Device numbers as /proc/locks prints them: major and minor in hex (glibc's dev_t encoding). */
 function procDevice(dev: bigint): string {
   const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);

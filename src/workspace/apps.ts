@@ -11,9 +11,9 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
 import { MedvError } from '../core/errors.js';
 import { checkAppName } from '../api/names.js';
+import { waitUntilFree } from '../block/flock.js';
 import { AgentClient } from '../hypervisor/qga.js';
 import { vmRunDir } from '../host/rundir.js';
 import { AGENT_SOCKET } from '../host/shape.js';
@@ -73,7 +73,8 @@ export async function runApplication(name: string, app: string, o: RunOptions = 
       // it started (or start it, when that start failed)
       if (!runningState(vmName, o.runRoot)) {
         o.onInfo?.(`workspace ${name} is being started by another medv command: waiting for it`);
-        await untilUnlocked(() => lockWorkspace(ctx.root, cfg.user, name), agentMs, e);
+        // its start or stop by another process is over once the workspace's lock is free (then let go at once)
+        if (!(await waitUntilFree(() => lockWorkspace(ctx.root, cfg.user, name), { everyMs: 200, forMs: agentMs }))) throw e;
         if (!runningState(vmName, o.runRoot)) await startIt();
       }
     }
@@ -100,24 +101,6 @@ export async function runApplication(name: string, app: string, o: RunOptions = 
     return { workspace: name, application: app, argv: entry.argv, vmName, started: start !== undefined, ...(start ? { start } : {}), ...r };
   } finally {
     agent.close();
-  }
-}
-
-/**
- * Resolves once `lock` succeeds (and releases it at once): the workspace's start or stop by another
- * process is over. A flock has no event to wait on, so this retries every 200 ms until `ms`, then
- * throws `busy` (the lock's own EBUSY, naming its holders).
- */
-async function untilUnlocked(lock: () => () => void, ms: number, busy: MedvError): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      lock()();
-      return;
-    } catch (e) {
-      if (!(e instanceof MedvError && e.code === 'EBUSY') || Date.now() > deadline) throw e instanceof MedvError && e.code === 'EBUSY' ? busy : e;
-    }
-    await delay(200);
   }
 }
 

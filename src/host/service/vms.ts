@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { MedvError, isMedvError } from '../../core/errors.js';
+import { MedvError } from '../../core/errors.js';
 import { nameExists, readBoundedSync } from '../../core/fsio.js';
 import { checkVmName } from '../../api/names.js';
 import type { KekSource } from '../../crypto/kekenv.js';
@@ -24,6 +24,7 @@ import { machineShape, poolShape, type MachineShape } from '../shape.js';
 import { keyFilesOf, vmConfigFromSource, type VmSourceOptions } from '../source.js';
 import { pinSavedState } from '../suspend.js';
 import { lockRunDir } from '../vmlock.js';
+import { waitUntilFree } from '../../block/flock.js';
 import type { EventLog } from './events.js';
 import type { KeyCache } from './keys.js';
 import type { WarmPool } from './pool.js';
@@ -173,17 +174,12 @@ export class VmOps {
    */
   private async lockFree(name: string, onBusy?: (holders: string) => void): Promise<void> {
     const dir = join(this.d.root, this.name(name));
-    for (const until = performance.now() + 10_000; performance.now() < until;) {
-      try {
-        fs.closeSync(lockRunDir(dir, name));
-        return;
-      } catch (e) {
-        if (!isMedvError(e, 'EBUSY')) return;
-        onBusy?.(((e.data.holders as Array<{ pid: number }> | undefined) ?? []).map((h) => h.pid).join(', '));
-        onBusy = undefined;
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    }
+    try {
+      await waitUntilFree(() => { const fd = lockRunDir(dir, name); return () => fs.closeSync(fd); }, {
+        everyMs: 10, forMs: 10_000,
+        onBusy: onBusy && ((e) => onBusy(((e.data.holders as Array<{ pid: number }> | undefined) ?? []).map((h) => h.pid).join(', '))),
+      });
+    } catch { /* not EBUSY: the start that follows reports it */ }
   }
 
   /**
